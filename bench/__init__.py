@@ -1,0 +1,1 @@
+"""Benchmarks and static GPU checks (run as python -m bench.NAME)."""

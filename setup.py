@@ -1,0 +1,47 @@
+"""reflectioncoder: a lean, kernel-level ReflectionCoder trainer.
+
+The Triton kernels live in the top-level `kernels/` folder and are installed as
+`reflectioncoder.kernels` (never as a bare `kernels` package: one of that name is on PyPI and
+transformers probes for it).
+"""
+
+from setuptools import setup
+
+setup(
+    name="reflectioncoder",
+    version="0.1.0",
+    description="Fused-kernel ReflectionCoder training and sandboxed evaluation for code LLMs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "reflectioncoder",
+        "reflectioncoder.kernels",
+        "reflectioncoder.data",
+        "reflectioncoder.train",
+        "reflectioncoder.eval",
+        "reflectioncoder.construct",
+    ],
+    package_dir={"reflectioncoder.kernels": "kernels"},
+    package_data={"reflectioncoder.construct": ["*.jsonl", "*.json"]},
+    # Versions shown to work together on CPU (TRITON_INTERPRET=1) and as a GPU stack.
+    install_requires=[
+        "torch>=2.4",
+        "triton==3.9.0",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "safetensors",
+        "deepspeed>=0.19,<0.20",
+        "liger-kernel>=0.8,<0.9",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6"],
+        "dev": ["pytest>=8", "pytest-benchmark", "ruff", "hypothesis"],
+    },
+    entry_points={"console_scripts": ["reflectioncoder=reflectioncoder.cli:main"]},
+)

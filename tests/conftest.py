@@ -1,0 +1,38 @@
+import os
+import random
+import sys
+from pathlib import Path
+
+# Every Triton kernel must really run in CI: the interpreter runs them on the CPU. Set before
+# anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+# `../shared` beside the repository (CI has it there too).
+SHARED_DIR = Path(os.environ.get("REFLECTIONCODER_SHARED", REPO_ROOT.parent / "shared"))
+
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed per test run (printed on failure) so inputs are random, yet reproducible."""
+    value = int(os.environ.get("TEST_SEED", random.SystemRandom().randrange(2**31)))
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+    print(f"TEST_SEED={value}")
+    return value
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"{SHARED_DIR} not found (set REFLECTIONCODER_SHARED)")
+    return SHARED_DIR
