@@ -1,0 +1,341 @@
+"""Model integration: the only module that touches transformers internals.
+
+- ``load_model`` loads any ``AutoModelForCausalLM`` from a local folder (Llama, Qwen2,
+  DeepSeek-Coder, CodeLlama, ...); ``build_tiny_llama`` builds a small random Llama-style model
+  (GQA, RoPE) from sizes, for tests, the demo and benchmarks.
+- ``add_special_token_embeddings`` grows the embeddings for the seven SPEC tokens and
+  mean-initialises their input and output rows (SPEC §1), ZeRO-3 safe through ``gather_for_update``.
+- ``forward_hidden`` runs the body only, over a packed batch: attention is our
+  ``varlen_attention`` registered in transformers' ``AttentionInterface`` and fed ``cu_seqlens``
+  explicitly (never inferred from position ids, which have gaps in the student segments).
+  The LM head (``lm_head_weight``) is applied only in the fused loss, on the loss rows.
+- ``prepare_model`` switches the attention, Liger-Kernel (RMSNorm, RoPE, SwiGLU; CUDA only) and
+  gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from reflectioncoder.kernels.varlen_attention import varlen_attention
+
+ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
+
+# A factory of a context in which the given parameters are whole and writable (ZeRO-3:
+# ``deepspeed.zero.GatheredParameters(params, modifier_rank=0)``; train/distributed.py owns it).
+GatherForUpdate = Callable[[list[nn.Parameter]], AbstractContextManager[Any]]
+
+
+class PackedInputs(Protocol):
+    """What ``forward_hidden`` reads from a ``data.packing.PackedBatch``."""
+
+    input_ids: torch.Tensor  # (T,) int64
+    position_ids: torch.Tensor  # (T,) int64, original (gapped) positions in student segments
+    cu_seqlens: torch.Tensor  # (S + 1,) int32
+    max_seqlen: int
+
+
+@contextlib.contextmanager
+def no_gather(params: list[nn.Parameter]) -> Iterator[None]:
+    """The single-process ``GatherForUpdate``: parameters are already whole."""
+    yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed attention through transformers' AttentionInterface
+# ---------------------------------------------------------------------------------------------
+
+
+def _varlen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    rc_seqlens: list[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: query (1, Hq, T, Dh), key/value (1, Hkv, T, Dh)
+    -> ((1, T, Hq, Dh), None). The packing comes from ``cu_seq_lens_q`` only."""
+    if cu_seq_lens_q is None or max_length_q is None:
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION}: cu_seq_lens_q and max_length_q are required (packed "
+            "batches only); call reflectioncoder.model.forward_hidden"
+        )
+    if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: cu_seq_lens_k must be cu_seq_lens_q")
+    if query.shape[0] != 1:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: packed batch must be (1, T), got {query.shape}")
+    if dropout > 0.0:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: attention dropout {dropout} is not supported")
+    out = varlen_attention(
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        cu_seq_lens_q,
+        max_length_q,
+        causal=True,
+        softmax_scale=scaling,
+        seqlens=rc_seqlens,
+    )
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _varlen_attention_forward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def build_tiny_llama(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 4096,
+    tie_word_embeddings: bool = False,
+    rope_theta: float = 10000.0,
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+    seed: int | None = None,
+) -> PreTrainedModel:
+    """A random Llama-architecture model (RMSNorm, RoPE, GQA, SwiGLU) in float32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    for name, value in (
+        ("vocab_size", vocab_size),
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+        ("num_heads", num_heads),
+        ("num_kv_heads", num_kv_heads),
+    ):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: must be a positive int, got {value!r}")
+    if hidden_size % num_heads or num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_heads: hidden_size={hidden_size} must divide by num_heads={num_heads}, which "
+            f"must divide by num_kv_heads={num_kv_heads}"
+        )
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    config._attn_implementation = attn_implementation
+    with _fork_rng(seed):
+        model = LlamaForCausalLM(config)
+    return model
+
+
+@contextlib.contextmanager
+def _fork_rng(seed: int | None) -> Iterator[None]:
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def load_model(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+    device: str | torch.device | None = None,
+) -> PreTrainedModel:
+    """Load a causal LM from a local folder (config.json + weights); never downloads.
+
+    ``dtype`` defaults to the checkpoint's. Call ``prepare_model`` next for Liger and
+    gradient checkpointing.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"path: {path} is not a local model folder (no config.json)")
+    AutoConfig.from_pretrained(str(path), local_files_only=True)  # clear error on a bad config
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=dtype if dtype is not None else "auto",
+        attn_implementation=attn_implementation,
+        local_files_only=True,
+    )
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def prepare_model(
+    model: PreTrainedModel,
+    *,
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+    liger: bool | None = None,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Switch attention, Liger-Kernel and gradient checkpointing on ``model`` (in place).
+
+    ``liger=None`` means on when the model is on CUDA: Liger's RMSNorm and SwiGLU kernels do
+    not run under the Triton interpreter, so ``liger=True`` on the CPU raises.
+    """
+    model.set_attn_implementation(attn_implementation)
+    on_cuda = next(model.parameters()).is_cuda
+    if liger is None:
+        liger = on_cuda
+    if liger:
+        if not on_cuda:
+            raise ValueError("liger: Liger-Kernel needs the model on CUDA (it fails on the CPU)")
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        # Loss kernels off: the head runs only in our fused loss, on the loss rows.
+        _apply_liger_kernel_to_instance(
+            model=model,
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Special tokens (SPEC §1)
+# ---------------------------------------------------------------------------------------------
+
+
+def add_special_token_embeddings(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    splits: Mapping[str, Sequence[int]],
+    *,
+    gather_for_update: GatherForUpdate = no_gather,
+) -> dict[str, int]:
+    """Make room for the special tokens and mean-initialise their embedding rows (in place).
+
+    ``tokenizer`` already holds the tokens (``data.tokenize.add_special_tokens`` added them and
+    returned ``splits``: each token string -> the ORIGINAL tokenizer's ids for that string).
+    The input row and, if untied, the output (LM head) row of each token become the mean of the
+    rows of its split. Embeddings grow to ``len(tokenizer)`` when smaller (never shrink: many
+    checkpoints pad the vocabulary). Under ZeRO-3 pass ``gather_for_update`` (a factory of
+    ``GatheredParameters(params, modifier_rank=0)``), so the rows are edited whole.
+    Returns each token string -> its id.
+    """
+    ids: dict[str, int] = {}
+    for token, split in splits.items():
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
+            raise ValueError(f"tokenizer: lacks token {token!r}; add it before the embeddings")
+        if len(split) == 0:
+            raise ValueError(f"splits[{token!r}]: empty split, nothing to average")
+        ids[token] = int(tid)
+
+    n_vocab = max(len(tokenizer), max(ids.values()) + 1)
+    current = model.get_input_embeddings().weight.shape[0]
+    for token, split in splits.items():
+        bad = [i for i in split if not 0 <= i < current]
+        if bad:
+            raise ValueError(f"splits[{token!r}]: ids {bad} outside the model's {current} rows")
+    if n_vocab > current:
+        # mean_resizing=False: the rows are set just below; skip transformers' covariance init.
+        model.resize_token_embeddings(n_vocab, mean_resizing=False)
+
+    tables = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not tables[0]:  # tied heads share the input rows
+        tables.append(out.weight)
+    with gather_for_update(tables), torch.no_grad():
+        for table in tables:
+            for token, split in splits.items():
+                rows = table[torch.tensor(list(split), dtype=torch.long, device=table.device)]
+                table[ids[token]] = rows.float().mean(dim=0).to(table.dtype)
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed forward
+# ---------------------------------------------------------------------------------------------
+
+
+def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
+    """The LM head's (V, D) weight; the input embedding itself when tied."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError("model: has no output embeddings (not a causal LM)")
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("model: LM head with a bias is not supported by the fused loss")
+    return head.weight
+
+
+def forward_hidden(
+    model: PreTrainedModel,
+    batch: PackedInputs,
+    *,
+    seqlens: list[int] | None = None,
+) -> torch.Tensor:
+    """Final hidden states (after the last norm) of a packed batch: (T, D).
+
+    ``batch`` gives input_ids (T,), position_ids (T,), cu_seqlens (S + 1,) int32, max_seqlen.
+    ``seqlens`` (host list of the S lengths; taken from ``batch.seqlens`` when it has them)
+    spares the PyTorch attention path a device sync per layer on CUDA.
+    """
+    impl = model.config._attn_implementation
+    if impl != ATTN_IMPLEMENTATION:
+        raise ValueError(
+            f"model: attention is {impl!r}; packed batches need {ATTN_IMPLEMENTATION!r} "
+            "(prepare_model) since other backends would infer sequences from position ids"
+        )
+    ids, pos = batch.input_ids, batch.position_ids
+    if ids.dim() != 1 or pos.shape != ids.shape:
+        raise ValueError(
+            f"batch.input_ids, batch.position_ids: expected equal (T,) shapes, got "
+            f"{tuple(ids.shape)} and {tuple(pos.shape)}"
+        )
+    if seqlens is None:
+        seqlens = getattr(batch, "seqlens", None)
+    cu = batch.cu_seqlens
+    body = model.base_model  # the decoder stack without the LM head
+    out = body(
+        input_ids=ids.unsqueeze(0),
+        position_ids=pos.unsqueeze(0),
+        use_cache=False,
+        cu_seq_lens_q=cu,
+        cu_seq_lens_k=cu,
+        max_length_q=int(batch.max_seqlen),
+        max_length_k=int(batch.max_seqlen),
+        rc_seqlens=seqlens,
+    )
+    return out.last_hidden_state[0]
