@@ -1,0 +1,57 @@
+"""PackedBatch + final hidden states -> the ReflectionCoder loss (SPEC §2) via the fused kernel.
+
+Only the loss rows are gathered (rows with no CE and no KL pair cost nothing); the LM head is
+applied inside ``fused_linear_reflection_loss``, so no (T, V) logits tensor ever exists.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class LossInputs(Protocol):
+    """What ``reflection_loss`` reads from a ``data.packing.PackedBatch``."""
+
+    loss_rows: torch.Tensor  # (R,) int64 indices into the T packed tokens
+    targets: torch.Tensor  # (R,) int64 next-token ids; -100 = no CE on the row
+    ce_weight: torch.Tensor  # (R,) float32
+    kl_pairs: torch.Tensor  # (P, 2) int64 (teacher_row, student_row) into the R loss rows
+    kl_weight: torch.Tensor  # (P,) float32
+
+
+def reflection_loss(
+    hidden: torch.Tensor,
+    batch: LossInputs,
+    lm_head_weight: torch.Tensor,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted CE + KL of a packed micro-batch.
+
+    Args:
+        hidden: (T, D) final hidden states (``model.forward_hidden``).
+        batch: loss_rows (R,), targets (R,), ce_weight (R,), kl_pairs (P, 2), kl_weight (P,).
+        lm_head_weight: (V, D) LM head (``model.lm_head_weight``).
+        backend: "triton" | "torch" | "auto" (the fused loss's choice).
+
+    Returns:
+        (loss, parts): loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL_j (0-dim; the
+        weights carry the normalisation), parts = {"ce", "kl"} (0-dim, detached sums).
+    """
+    from reflectioncoder.kernels import fused_linear_reflection_loss
+
+    if hidden.dim() != 2 or hidden.shape[1] != lm_head_weight.shape[1]:
+        raise ValueError(
+            f"hidden: expected (T, D={lm_head_weight.shape[1]}), got {tuple(hidden.shape)}"
+        )
+    rows = hidden.index_select(0, batch.loss_rows)  # (R, D): only rows that carry a loss
+    return fused_linear_reflection_loss(
+        rows,
+        lm_head_weight,
+        batch.targets,
+        batch.ce_weight,
+        batch.kl_pairs,
+        batch.kl_weight,
+        backend=backend,
+    )
