@@ -1,0 +1,474 @@
+"""Typed configuration of a training run: one dataclass per component, presets, YAML, overrides.
+
+A run is a ``RunConfig``: ``model``, ``data``, ``mask`` and ``packing`` (the data room's
+``DataConfig``, ``MaskConfig``, ``PackingConfig``), ``optim``, ``train``, ``distributed``,
+``checkpoint``, ``logging``. Every dataclass
+checks itself in ``__post_init__`` and raises ``ValueError`` naming the bad field.
+
+Sources, later ones win: a preset (``tiny`` | ``paper``) or a YAML file, then command-line
+overrides ``section.field=value`` (values parsed as YAML: ``1e-4``, ``true``, ``[a, b]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
+
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+BACKENDS = ("auto", "none", "deepspeed")
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    """The model: a Hugging Face checkpoint, or a small Llama built from ``arch`` (tests, demo)."""
+
+    name_or_path: str | None = None
+    """Hugging Face model folder (or hub name already in the local cache); None builds ``arch``."""
+    tokenizer: str | None = None
+    """Tokenizer folder; None: that of ``name_or_path``, or one trained on the data."""
+    tokenizer_vocab_size: int = 512
+    """Vocabulary of the tokenizer trained locally when neither path is given."""
+    arch: dict[str, Any] = field(default_factory=dict)
+    """``model.build_tiny_llama`` keyword arguments for a model built from scratch
+    (hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, ...)."""
+    dtype: str = "auto"
+    """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (the paper: on)."""
+    attention: str = "auto"
+    """Packed attention backend: auto | flash | torch (passed to the model room)."""
+
+    def __post_init__(self) -> None:
+        _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _check(
+            self.name_or_path is not None or bool(self.arch),
+            "model.arch",
+            "give model.name_or_path or model.arch (a LlamaConfig to build from scratch)",
+        )
+        _check(
+            isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
+            "model.tokenizer_vocab_size",
+            f"must be an int >= 300, got {self.tokenizer_vocab_size!r}",
+        )
+        _check(
+            self.attention in ("auto", "flash", "torch"),
+            "model.attention",
+            f"must be auto | flash | torch, got {self.attention!r}",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (the paper: lr 5e-5, cosine, 5% warm-up)."""
+
+    lr: float = 5e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    schedule: str = "cosine"
+    """cosine | linear | constant, after the warm-up."""
+    warmup_ratio: float = 0.05
+    """Fraction of the optimizer steps spent in linear warm-up from 0."""
+    min_lr_ratio: float = 0.0
+    """The schedule decays to lr * min_lr_ratio."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # YAML gives lists
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(
+            self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}"
+        )
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            f"must be two floats in [0, 1), got {self.betas}",
+        )
+        _check(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
+        _check(
+            self.schedule in SCHEDULES,
+            "optim.schedule",
+            f"must be one of {SCHEDULES}, got {self.schedule!r}",
+        )
+        _check(
+            0 <= self.warmup_ratio < 1,
+            "optim.warmup_ratio",
+            f"must be in [0, 1), got {self.warmup_ratio}",
+        )
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            "optim.min_lr_ratio",
+            f"must be in [0, 1], got {self.min_lr_ratio}",
+        )
+        _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: how much data one optimizer step covers, how long to train, the seed."""
+
+    epochs: float = 2.0
+    """Passes over the (upsampled) data; fractional values allowed."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (None: as many as ``epochs`` give)."""
+    samples_per_step: int | None = 512
+    """Samples per optimizer step across all ranks (the paper's global batch: 512)."""
+    tokens_per_step: int | None = None
+    """Instead of samples_per_step: fill each optimizer step up to this many sample tokens."""
+    seed: int = 3407
+    """Seed of the data order, the masks and the model built from scratch."""
+    device: str = "auto"
+    """auto (cuda when present) | cpu | cuda."""
+    skip_nonfinite: bool = True
+    """Skip the update (and count it) when the loss or the gradient norm is not finite."""
+    max_skipped_steps: int = 10
+    """Abort after this many skipped updates in a row: the run is broken, not unlucky."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
+        _check(
+            self.max_steps is None or self.max_steps > 0,
+            "train.max_steps",
+            f"must be > 0 or null, got {self.max_steps}",
+        )
+        _check(
+            (self.samples_per_step is None) != (self.tokens_per_step is None),
+            "train.samples_per_step",
+            "give exactly one of train.samples_per_step and train.tokens_per_step "
+            "(set the other to null)",
+        )
+        _check(
+            self.samples_per_step is None or self.samples_per_step > 0,
+            "train.samples_per_step",
+            f"must be > 0, got {self.samples_per_step}",
+        )
+        _check(
+            self.tokens_per_step is None or self.tokens_per_step > 0,
+            "train.tokens_per_step",
+            f"must be > 0, got {self.tokens_per_step}",
+        )
+        _check(
+            self.device in ("auto", "cpu", "cuda"),
+            "train.device",
+            f"must be auto | cpu | cuda, got {self.device!r}",
+        )
+        _check(
+            self.max_skipped_steps >= 1,
+            "train.max_skipped_steps",
+            f"must be >= 1, got {self.max_skipped_steps}",
+        )
+
+
+@dataclass
+class DistributedConfig:
+    """Data parallelism: one process, or DeepSpeed ZeRO 1/2/3 under deepspeed or torchrun."""
+
+    backend: str = "auto"
+    """auto (deepspeed when launched with several ranks) | none | deepspeed."""
+    zero_stage: int = 1
+    """ZeRO stage 0-3 (the paper: 1; 3 for 33B/34B)."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON (the reference's format); its "auto" values are filled from this config."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload the optimizer states to CPU memory."""
+    timeout_minutes: int = 30
+    """Collective timeout."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.backend in BACKENDS,
+            "distributed.backend",
+            f"must be one of {BACKENDS}, got {self.backend!r}",
+        )
+        _check(
+            self.zero_stage in (0, 1, 2, 3),
+            "distributed.zero_stage",
+            f"must be 0, 1, 2 or 3, got {self.zero_stage!r}",
+        )
+        _check(
+            self.deepspeed_config is None or Path(self.deepspeed_config).is_file(),
+            "distributed.deepspeed_config",
+            f"file not found: {self.deepspeed_config}",
+        )
+        _check(
+            self.timeout_minutes > 0,
+            "distributed.timeout_minutes",
+            f"must be > 0, got {self.timeout_minutes}",
+        )
+
+
+@dataclass
+class CheckpointConfig:
+    """Where the run writes, and how often it saves a resumable checkpoint."""
+
+    out_dir: str = "runs/default"
+    """Run folder: checkpoints, metrics.jsonl, TensorBoard events, loss plot, final model."""
+    save_every: int = 0
+    """Save a checkpoint every this many optimizer steps (0: only at the end)."""
+    keep_last: int = 2
+    """Keep the last K step checkpoints (older ones are deleted)."""
+    save_final: bool = True
+    """Save the final model (Hugging Face format) to OUT/final."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.out_dir), "checkpoint.out_dir", "must be a non-empty path")
+        _check(
+            self.save_every >= 0, "checkpoint.save_every", f"must be >= 0, got {self.save_every}"
+        )
+        _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics: OUT/metrics.jsonl every step, TensorBoard, a progress bar, a loss plot."""
+
+    log_every: int = 1
+    """Write a metrics row every this many optimizer steps."""
+    tensorboard: bool = True
+    """Also write TensorBoard events to OUT/tensorboard."""
+    progress: bool = True
+    """Show a tqdm progress bar (rank 0)."""
+    plot: bool = True
+    """Draw OUT/loss.png at the end of the run."""
+    split_ce: bool = True
+    """Log teacher CE and student CE separately (one extra no-grad loss pass on logging steps)."""
+    peak_tflops: float | None = None
+    """Peak bf16 TFLOP/s of one accelerator, for MFU (None: guessed from the GPU name)."""
+
+    def __post_init__(self) -> None:
+        _check(self.log_every >= 1, "logging.log_every", f"must be >= 1, got {self.log_every}")
+        _check(
+            self.peak_tflops is None or self.peak_tflops > 0,
+            "logging.peak_tflops",
+            f"must be > 0 or null, got {self.peak_tflops}",
+        )
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-serialisable)."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML (the run folder keeps the exact config it ran with)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from nested dicts (YAML), with clear errors on unknown keys.
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        sub = _dataclass_of(hints[key])
+        name = f"{where}.{key}" if where else key
+        kwargs[key] = (
+            _from_dict(sub, value, name) if sub is not None and value is not None else value
+        )
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field missing
+        raise ValueError(f"{where or 'config'}: {err}") from err
+    except ValueError as err:
+        # The data room's messages name the field only: add the section.
+        msg = str(err)
+        if where and not msg.startswith(where):
+            msg = f"{where}.{msg}"
+        raise ValueError(msg) from err
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass inside a type hint (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=1e-4'`` -> (["optim", "lr"], 0.0001). The value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r}: expected section.field=value")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual float spelling.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides to a nested config dict (returns a new dict)."""
+    out = _deep_merge({}, data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A preset as a nested dict: ``tiny`` (CPU demo) or ``paper`` (SPEC §4)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: unknown {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: str | None = None
+) -> RunConfig:
+    """Build a ``RunConfig`` from a preset and/or a YAML file, then ``overrides``.
+
+    A YAML file may name its preset with a top-level ``preset: tiny`` key; its other keys update
+    that preset. ``base`` names a preset when no file is given.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config: file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"config: {path}: invalid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"config: {path}: expected a mapping at the top level")
+        base = data.pop("preset", base)
+    if base is not None:
+        data = _deep_merge(preset(base), data)
+    data = apply_overrides(data, overrides or [])
+    if "model" not in data:
+        raise ValueError("config: model: missing section (give a preset or a model section)")
+    return _from_dict(RunConfig, data, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets.
+
+
+def tiny_preset() -> dict[str, Any]:
+    """The demo: a ~1M-parameter Llama built from config, trained for a few hundred CPU steps."""
+    return {
+        "model": {
+            "arch": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_layers": 2,
+                "num_heads": 4,
+                "num_kv_heads": 2,
+                "max_position_embeddings": 1024,
+                "tie_word_embeddings": False,
+            },
+            "tokenizer_vocab_size": 512,
+            "dtype": "fp32",
+        },
+        "data": {"files": [], "max_len": 1024},
+        "mask": {"strategies": ["block_mask"], "block_order": "tce"},
+        "packing": {"max_tokens": 4096, "normalisation": "sample"},
+        "optim": {"lr": 2e-3, "warmup_ratio": 0.05, "weight_decay": 0.0, "grad_clip": 1.0},
+        "train": {"epochs": 4, "samples_per_step": 8, "seed": 3407, "device": "cpu"},
+        "distributed": {"backend": "none", "zero_stage": 0},
+        "checkpoint": {"out_dir": "runs/tiny", "save_every": 50, "keep_last": 2},
+        "logging": {"log_every": 1},
+    }
+
+
+def paper_preset() -> dict[str, Any]:
+    """SPEC §4: AdamW 5e-5, cosine, 5% warm-up, 2 epochs, 512 sequences, 4096, bf16, ZeRO-1."""
+    return {
+        "model": {
+            "name_or_path": "deepseek-ai/deepseek-coder-6.7b-base",
+            "dtype": "bf16",
+            "gradient_checkpointing": True,
+        },
+        # Generation set once, each reflection set twice (SPEC §4): give the files with
+        # --set data.files=[codefeedback.jsonl,reflectionseq-gpt.jsonl,reflectionseq-ds.jsonl].
+        "data": {"files": [], "upsample": None, "max_len": 4096},
+        "mask": {"strategies": ["block_mask"], "block_order": "tce", "distill": True, "kl": True},
+        "packing": {"max_tokens": 16384, "normalisation": "sample"},
+        "optim": {
+            "lr": 5e-5,
+            "schedule": "cosine",
+            "warmup_ratio": 0.05,
+            "weight_decay": 0.0,
+            "grad_clip": 1.0,
+        },
+        "train": {"epochs": 2, "samples_per_step": 512, "seed": 3407, "device": "auto"},
+        "distributed": {"backend": "deepspeed", "zero_stage": 1},
+        "checkpoint": {"out_dir": "runs/paper", "save_every": 200, "keep_last": 2},
+        "logging": {"log_every": 1},
+    }
+
+
+PRESETS = {"tiny": tiny_preset, "paper": paper_preset}

@@ -1,0 +1,372 @@
+"""Process groups and engines: the ONLY module that imports DeepSpeed.
+
+Two engines behind one small interface (``backward``, ``finish_step``, ``set_lr``, state):
+- ``LocalEngine``: plain PyTorch AdamW, one process (or several under torchrun, gradients
+  all-reduced by hand), global-norm clipping, non-finite updates skipped;
+- ``DeepSpeedEngine``: DeepSpeed ZeRO 0-3, launched by ``deepspeed`` or ``torchrun`` (both set
+  RANK / WORLD_SIZE / LOCAL_RANK), multi-node; gloo on CPU, NCCL on GPU.
+
+Both expect the loss of a micro-batch to be a SUM whose weights already carry the step's global
+normalisation (the data room computes them across all ranks' micro-batches), so gradients are
+summed over ranks, never averaged: DeepSpeed averages, so its losses are scaled by the world size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from reflectioncoder.config import DistributedConfig, RunConfig
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: its rank, the world, its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    deepspeed: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    try:
+        return default if value is None else int(value)
+    except ValueError as err:
+        raise ValueError(f"environment {name}: expected an int, got {value!r}") from err
+
+
+def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
+    """Read the launcher's environment, pick the device, start the process group if needed."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: cuda requested but torch.cuda.is_available() is False")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    use_ds = cfg.backend == "deepspeed" or (cfg.backend == "auto" and world > 1)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        timeout = datetime.timedelta(minutes=cfg.timeout_minutes)
+        if use_ds:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
+    return DistInfo(rank, world, local_rank, dev, use_ds)
+
+
+def shutdown() -> None:
+    """Destroy the process group this module started (a no-op for one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op for one process); returns it."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (host objects: paths, plans)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def is_zero3_param(param: torch.nn.Parameter) -> bool:
+    """True for a parameter partitioned by ZeRO-3 (its full data lives on no single rank)."""
+    return hasattr(param, "ds_id")
+
+
+@contextlib.contextmanager
+def gathered_params(
+    params: torch.nn.Parameter | list[torch.nn.Parameter], modifier_rank: int | None = 0
+) -> Iterator[None]:
+    """Inside the block, ZeRO-3 partitioned ``params`` are whole on every rank.
+
+    With ``modifier_rank`` set, that rank's in-place edits are broadcast and re-partitioned on
+    exit (e.g. mean-initialising new embedding rows); ``None`` gathers for reading only. Without
+    ZeRO-3 it does nothing, so callers need not know how the model is sharded.
+    """
+    plist = [params] if isinstance(params, torch.nn.Parameter) else list(params)
+    if not any(is_zero3_param(p) for p in plist):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(plist, modifier_rank=modifier_rank):
+        yield
+
+
+def model_init_context(run: RunConfig, info: DistInfo) -> contextlib.AbstractContextManager:
+    """Context to construct the model in: ZeRO-3 partitions it while it is built."""
+    if not (info.deepspeed and _zero_stage(run) == 3):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(run, info))
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSpeed JSON: the reference's format, "auto" values filled from our config.
+
+
+def _zero_stage(run: RunConfig) -> int:
+    if run.distributed.deepspeed_config is not None:
+        raw = json.loads(Path(run.distributed.deepspeed_config).read_text())
+        stage = raw.get("zero_optimization", {}).get("stage", "auto")
+        if stage != "auto":
+            return int(stage)
+    return run.distributed.zero_stage
+
+
+def deepspeed_config(run: RunConfig, info: DistInfo) -> dict[str, Any]:
+    """The DeepSpeed config dict: the user's JSON (if any) with its "auto" values filled.
+
+    Our trainer owns packing, accumulation, AdamW and the schedule: DeepSpeed sees micro-batch 1,
+    one accumulation step (we set the boundary by hand), and no optimizer or scheduler section.
+    """
+    path = run.distributed.deepspeed_config
+    raw: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
+    dtype = resolve_dtype(run.model.dtype, info.device)
+    fill: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": info.world_size,
+        "gradient_clipping": run.optim.grad_clip,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    cfg = {k: v for k, v in raw.items() if k not in ("optimizer", "scheduler")}
+    for key, value in fill.items():
+        if cfg.get(key, "auto") == "auto" or key in (
+            "train_micro_batch_size_per_gpu",
+            "gradient_accumulation_steps",
+            "train_batch_size",
+        ):
+            cfg[key] = value
+    zero = dict(cfg.get("zero_optimization", {}))
+    if zero.get("stage", "auto") == "auto":
+        zero["stage"] = run.distributed.zero_stage
+    if run.distributed.offload_optimizer and "offload_optimizer" not in zero:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    for key, value in list(zero.items()):
+        if value == "auto":
+            # Sizes the HF integration derives from the hidden size; DeepSpeed's defaults are safe.
+            del zero[key]
+    cfg["zero_optimization"] = zero
+    bf16 = dict(cfg.get("bf16", {}))
+    fp16 = dict(cfg.get("fp16", {}))
+    if bf16.get("enabled", "auto") == "auto":
+        bf16["enabled"] = dtype == torch.bfloat16
+    if fp16.get("enabled", "auto") == "auto":
+        fp16["enabled"] = dtype == torch.float16
+    # A NaN/inf gradient must skip the update in bf16 too (fp16 does through its loss scaler).
+    bf16.setdefault("check_grad_overflow", True)
+    cfg["bf16"], cfg["fp16"] = bf16, fp16
+    cfg["zero_allow_untested_optimizer"] = True
+    leftover = [k for k, v in cfg.items() if v == "auto"]
+    if leftover:
+        raise ValueError(f"distributed.deepspeed_config: cannot fill 'auto' for {leftover}")
+    return cfg
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """model.dtype -> torch dtype; auto = bf16 on GPU, fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines.
+
+
+def _adamw(params: list[torch.nn.Parameter], run: RunConfig) -> torch.optim.AdamW:
+    # No weight decay on biases and norm weights (1-D), as usual for transformers.
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": run.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    o = run.optim
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=o.lr, betas=o.betas, eps=o.eps, foreach=True
+    )
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did, on the host (after the step's single sync)."""
+
+    stats: list[float]
+    grad_norm: float
+    applied: bool
+
+
+class LocalEngine:
+    """Plain PyTorch: AdamW, gradient sum over ranks (if any), clipping, non-finite skip."""
+
+    def __init__(self, module: torch.nn.Module, run: RunConfig, info: DistInfo) -> None:
+        self.module = module
+        self.info = info
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = _adamw(self.params, run)
+        self.grad_clip = run.optim.grad_clip
+        self.loss_factor = 1.0
+        self.skip_nonfinite = run.train.skip_nonfinite
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def start_micro_batch(self, last: bool) -> None:
+        """Nothing to do: gradients accumulate in .grad until ``finish_step``."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def finish_step(self, stats: torch.Tensor) -> StepResult:
+        """Reduce, clip, check, step. ``stats`` (K,) float: the step's sums; stats[0] = loss."""
+        if self.info.world_size > 1:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            for g in grads:
+                dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            all_reduce_sum(stats)
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        # The one host sync per optimizer step: logging needs the numbers, the skip decision too.
+        host = torch.cat([stats.float(), norm.reshape(1).float().to(stats.device)]).tolist()
+        applied = math.isfinite(host[0]) and math.isfinite(host[-1])
+        if applied or not self.skip_nonfinite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(host[:-1], host[-1], applied)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's full weights (rank 0 holds them all here)."""
+        return self.module.state_dict()
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO 0-3 around our loss module; we set the accumulation boundary ourselves."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        run: RunConfig,
+        info: DistInfo,
+        external_params: list[torch.nn.Parameter] = (),
+    ) -> None:
+        import deepspeed
+
+        self.info = info
+        self.config = deepspeed_config(run, info)
+        if self.config["zero_optimization"].get("stage", 0) == 3:
+            # The LM head is used by the fused loss outside its own module's forward.
+            for p in external_params:
+                deepspeed.zero.register_external_parameter(module, p)
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=module, optimizer=_adamw(params, run), config=self.config
+        )
+        self.module = self.engine.module
+        # DeepSpeed averages gradients over ranks; our weights already normalise globally.
+        self.loss_factor = float(info.world_size)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def start_micro_batch(self, last: bool) -> None:
+        """Reduce gradients only after the step's last micro-batch."""
+        self.engine.set_gradient_accumulation_boundary(last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss * self.loss_factor, scale_wrt_gas=False)
+
+    def finish_step(self, stats: torch.Tensor) -> StepResult:
+        """Step (DeepSpeed clips, and skips on a non-finite gradient norm), then one sync."""
+        all_reduce_sum(stats)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = float("nan") if norm is None else float(norm)
+        # The one host sync per optimizer step (logging).
+        host = stats.float().tolist()
+        return StepResult(host, norm, bool(self.engine.was_step_applied()))
+
+    def save(self, path: str | Path) -> None:
+        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout)."""
+        self.engine.save_checkpoint(str(path), tag="deepspeed", save_latest=False)
+
+    def load(self, path: str | Path) -> None:
+        load_path, _ = self.engine.load_checkpoint(
+            str(path), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if load_path is None:
+            raise ValueError(f"--resume: no DeepSpeed state under {path}/deepspeed")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights on rank 0 (ZeRO-3 gathers: a collective, every rank calls it)."""
+        if self.config["zero_optimization"].get("stage", 0) == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.engine.module.state_dict()
+
+
+def make_engine(
+    module: torch.nn.Module,
+    run: RunConfig,
+    info: DistInfo,
+    external_params: list[torch.nn.Parameter] = (),
+) -> LocalEngine | DeepSpeedEngine:
+    """The engine this run asks for."""
+    if info.deepspeed:
+        return DeepSpeedEngine(module, run, info, external_params)
+    return LocalEngine(module, run, info)
