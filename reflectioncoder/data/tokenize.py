@@ -7,9 +7,15 @@ ids by one left-to-right scan over the special-token ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from reflectioncoder.data.schema import Sample
 
 # The seven special tokens of SPEC §1, in this order.
 USER = "<|user|>"
@@ -103,10 +109,116 @@ class TokenizedSample:
 
     @property
     def num_label_tokens(self) -> int:
-        """Teacher + student label tokens (the CE count of SPEC §2)."""
-        return int((self.labels != IGNORE).sum()) + int((self.student_labels != IGNORE).sum())
+        """Teacher + student label tokens (the CE count of SPEC §2); position 0 is never a
+        target (no row predicts it)."""
+        return int((self.labels[1:] != IGNORE).sum()) + int(
+            (self.student_labels[1:] != IGNORE).sum()
+        )
 
     @property
     def num_kl_rows(self) -> int:
         """Rows of the KL term: positions where the student label is not IGNORE."""
         return int((self.student_labels != IGNORE).sum())
+
+
+def serialise(sample: Sample) -> str:
+    """SPEC §1: ROLE + (TYPE + content + <|endofblock|>)* + <|endofmessage|> per message."""
+    parts = []
+    for message in sample.messages:
+        parts.append(ROLE_TOKENS[message.role])
+        for block in message.blocks:
+            parts.append(BLOCK_TOKENS[block.type])
+            parts.append(block.content)
+            parts.append(END_OF_BLOCK)
+        parts.append(END_OF_MESSAGE)
+    return "".join(parts)
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """[BOS] + tokenize(text, no special tokens added) + [EOS], the whole text in one call."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is None or eos is None:
+        raise ValueError("tokenizer: needs both a bos_token and an eos_token")
+    return [int(bos), *tokenizer.encode(text, add_special_tokens=False), int(eos)]
+
+
+def build_sample(
+    ids: Sequence[int] | np.ndarray,
+    special: dict[str, int],
+    is_reflection: bool,
+    source: str = "",
+    uid: int = 0,
+) -> TokenizedSample:
+    """Teacher labels, student labels, body and blocks of a sample from its ids (SPEC §1-3).
+
+    Scans only the special-token positions (no per-token Python loop).
+    """
+    ids_np = np.asarray(ids, dtype=np.int64)
+    length = int(ids_np.shape[0])
+    labels = ids_np.copy()
+    if length:
+        labels[0] = IGNORE  # BOS
+    user, asst, eom = special[USER], special[ASSISTANT], special[END_OF_MESSAGE]
+    exe, eob = special[EXECUTION], special[END_OF_BLOCK]
+    type_of = {special[TEXT]: "text", special[CODE]: "code", exe: "execution"}
+    specials = np.asarray(list(special.values()), dtype=np.int64)
+    where = np.nonzero(np.isin(ids_np, specials))[0].tolist()
+    toks = ids_np[where].tolist()
+    # Teacher labels: one left-to-right pass; a span with no closing token runs to the end.
+    closing = None
+    span_start = 0
+    for p, tok in zip(where, toks, strict=True):
+        if closing is None:
+            if tok == user:
+                closing, span_start = eom, p
+            elif tok == exe:
+                closing, span_start = eob, p
+        elif tok == closing:
+            labels[span_start : p + 1] = IGNORE
+            closing = None
+    if closing is not None:
+        labels[span_start:] = IGNORE
+
+    student = np.full(length, IGNORE, dtype=np.int64)
+    body_start = body_end = answer_start = 0
+    blocks: list[tuple[int, int, str]] = []
+    if is_reflection:
+        assistants = [p for p, t in zip(where, toks, strict=True) if t == asst]
+        if not assistants:
+            raise ValueError(f"{source}: reflection sample without <|assistant|> token")
+        answer_start = assistants[-1]
+        # Student labels: positions a .. L-2 keep ids[p]; the final EOS stays IGNORE (quirk).
+        student[answer_start : length - 1] = ids_np[answer_start : length - 1]
+        body_start = assistants[0] + 1
+        ends = [p for p, t in zip(where, toks, strict=True) if t == eom and p >= body_start]
+        body_end = ends[0] if ends else length
+        open_at, open_type = -1, ""
+        for p, tok in zip(where, toks, strict=True):
+            if p < body_start or p >= body_end:
+                continue
+            if tok in type_of and open_at < 0:
+                open_at, open_type = p, type_of[tok]
+            elif tok == eob and open_at >= 0:
+                blocks.append((open_at, p + 1, open_type))
+                open_at = -1
+        if open_at >= 0:  # unclosed block runs to the body's end
+            blocks.append((open_at, body_end, open_type))
+    return TokenizedSample(
+        ids=torch.from_numpy(ids_np),
+        labels=torch.from_numpy(labels),
+        student_labels=torch.from_numpy(student),
+        is_reflection=is_reflection,
+        body_start=body_start,
+        body_end=body_end,
+        answer_start=answer_start,
+        blocks=blocks,
+        source=source,
+        uid=uid,
+    )
+
+
+def tokenize_sample(sample: Sample, tokenizer, special: dict[str, int] | None = None):
+    """Serialise, tokenise (one call) and label one Sample -> TokenizedSample."""
+    special = special if special is not None else special_token_ids(tokenizer)
+    ids = encode_text(tokenizer, serialise(sample))
+    return build_sample(ids, special, sample.is_reflection, sample.source)

@@ -1,0 +1,102 @@
+"""Typed configuration of the data room: loading, the dynamic mask, packing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STRATEGIES: tuple[str, ...] = (
+    "all_mask",
+    "random_token_mask",
+    "sequential_token_mask",
+    "random_block_mask",
+    "sequential_block_mask",
+    "block_mask",
+)
+NORMALISATIONS = ("sample", "token")
+
+
+@dataclass
+class DataConfig:
+    """Which jsonl files to load and how to tokenise them."""
+
+    files: list[str] = field(default_factory=list)
+    """ReflectionSeq / generation jsonl files (SPEC §1)."""
+    upsample: list[int] | None = None
+    """Times each file is listed (the paper lists each reflection set twice); default 1 each."""
+    max_len: int = 4096
+    """Samples with more ids are dropped, counted and reported."""
+    skip_bad: bool = False
+    """False: stop at the first bad sample (DataError file:line:field). True: skip and report."""
+    cache_dir: str | None = None
+    """Where tokenised files are cached (key: tokenizer, file bytes, max_len); None: no cache."""
+    num_workers: int = 1
+    """Processes that tokenise (1: in this process)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.files, str):
+            self.files = [self.files]
+        self.files = [str(f) for f in self.files]
+        if self.upsample is not None:
+            self.upsample = list(self.upsample)
+            if len(self.upsample) != len(self.files):
+                raise ValueError(
+                    f"upsample: {len(self.upsample)} factors for {len(self.files)} files"
+                )
+            if any(not isinstance(u, int) or u < 1 for u in self.upsample):
+                raise ValueError(f"upsample: factors must be ints >= 1, got {self.upsample}")
+        if not isinstance(self.max_len, int) or self.max_len < 2:
+            raise ValueError(f"max_len: must be an int >= 2, got {self.max_len!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 1:
+            raise ValueError(f"num_workers: must be an int >= 1, got {self.num_workers!r}")
+
+
+@dataclass
+class MaskConfig:
+    """The student's dynamic mask (SPEC §3) and which losses run (SPEC §2)."""
+
+    strategies: tuple[str, ...] = ("block_mask",)
+    """Enabled strategies; one drawn uniformly per sample. Empty with distill on: the student
+    sees every token (the reference's behaviour, KL = 0)."""
+    block_order: str = "tce"
+    """Permutation of t, c, e for block_mask: the published command uses tce, the code's
+    default is etc."""
+    distill: bool = True
+    """Reflection self-distillation (student pass). False: reflection samples train like
+    generation samples (teacher CE only)."""
+    kl: bool = True
+    """The KL logit-alignment term (the reference's --logit flag)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.strategies, str):
+            self.strategies = (self.strategies,)
+        self.strategies = tuple(self.strategies)
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise ValueError(f"strategies: unknown strategy {s!r}; choose from {STRATEGIES}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies: listed twice in {self.strategies}")
+        if sorted(self.block_order) != ["c", "e", "t"]:
+            raise ValueError(
+                f"block_order: must be a permutation of t, c, e (e.g. tce), got {self.block_order!r}"
+            )
+
+
+@dataclass
+class PackingConfig:
+    """How an optimizer step's samples become micro-batches."""
+
+    max_tokens: int = 16384
+    """Token budget per micro-batch: teacher + student tokens, the student counted at full
+    length so grouping does not depend on the step (a sample longer than the budget gets a
+    micro-batch of its own)."""
+    normalisation: str = "sample"
+    """sample: mean over samples of CE_i + KL_i (the reference); token: CE and KL each
+    averaged over all their tokens / rows of the step (SPEC §2)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens: must be an int >= 1, got {self.max_tokens!r}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"normalisation: must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+            )

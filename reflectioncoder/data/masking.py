@@ -1,0 +1,209 @@
+"""The dynamic mask of SPEC §3: what the student sees at optimizer step k.
+
+Split in two so both implementations share the random choices:
+- ``draw_masks`` (host, per sample, seeded by (seed, step, uid)): picks the strategy and turns
+  it into a per-token ``key`` plus a per-sample ``threshold``: a body token is hidden iff
+  ``key < threshold``. Tokens before ``start`` and the token at ``end`` are always hidden.
+- ``apply_masks_host`` (vectorised torch over the whole micro-batch) or the Triton kernel
+  ``kernels.mask.apply_reflection_mask`` (device): visibility, then prefix-sum compaction into
+  student gather indices, position ids (original, gapped) and labels.
+Call it when the optimizer step is known (the trainer's step), never in a data-loader worker.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reflectioncoder.data.config import MaskConfig
+from reflectioncoder.data.tokenize import TokenizedSample
+
+NEVER = np.iinfo(np.int32).max  # key of a token no strategy hides
+_TYPE_LETTER = {"text": "t", "code": "c", "execution": "e"}
+
+
+def mask_rate(step: int, total_steps: int) -> float:
+    """r = min((step + 1) / total_steps, 1) in float64; 0 when total_steps is 0 (SPEC §3)."""
+    if step < 0:
+        raise ValueError(f"step: must be >= 0, got {step}")
+    if total_steps < 0:
+        raise ValueError(f"total_steps: must be >= 0, got {total_steps}")
+    if total_steps == 0:
+        return 0.0
+    return min((step + 1) / total_steps, 1.0)
+
+
+def hide_count(n: int, rate: float) -> int:
+    """ceil(n * r) in float64, as the reference (n=100, r=0.07 hides 8)."""
+    return int(math.ceil(float(n) * float(rate)))
+
+
+def block_mask_types(rate: float) -> int:
+    """How many block types block_mask hides: 1, from r >= 0.33 two, from r >= 0.67 three."""
+    return 1 + int(rate >= 0.33) + int(rate >= 0.67)
+
+
+@dataclass
+class MaskPlan:
+    """The random choices for the students of some reflection samples at one step.
+
+    keys: (T,) int32 over the samples' ids concatenated; offsets: (S+1,) int64 into them.
+    starts, ends, thresholds: (S,) int64 (``starts = 0, ends = -1``: nothing hidden, the
+    no-strategy case). student_lens: host list of each student's length.
+    """
+
+    keys: torch.Tensor
+    offsets: torch.Tensor
+    starts: torch.Tensor
+    ends: torch.Tensor
+    thresholds: torch.Tensor
+    student_lens: list[int]
+    strategies: list[str | None]
+    rate: float
+
+
+def sample_rng(seed: int, step: int, uid: int) -> np.random.Generator:
+    """The generator of one sample's draws: a function of (seed, step, uid) only, so a
+    resumed run (or another rank, or a worker) draws the same masks."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(step), int(uid)])
+
+
+def sample_keys(
+    sample: TokenizedSample, strategy: str | None, rate: float, block_order: str, rng
+) -> tuple[np.ndarray, int, int, int]:
+    """One sample's (keys (L,) int32, start, end, threshold) for ``strategy`` at ``rate``."""
+    length = len(sample)
+    keys = np.full(length, NEVER, dtype=np.int32)
+    if strategy is None:  # distillation on, no strategy: the student sees every token
+        return keys, 0, -1, 0
+    start, end = sample.body_start, sample.body_end
+    n_tok = end - start
+    blocks = sample.blocks
+    if strategy == "all_mask":
+        keys[start:end] = 0
+        return keys, start, end, 1
+    if strategy in ("random_token_mask", "sequential_token_mask"):
+        if strategy == "random_token_mask":
+            keys[start:end] = rng.permutation(n_tok).astype(np.int32)
+        else:
+            keys[start:end] = np.arange(n_tok, dtype=np.int32)
+        return keys, start, end, hide_count(n_tok, rate)
+    if strategy in ("random_block_mask", "sequential_block_mask", "block_mask"):
+        n_blocks = len(blocks)
+        if strategy == "random_block_mask":
+            ranks = rng.permutation(n_blocks)
+            threshold = hide_count(n_blocks, rate)
+        elif strategy == "sequential_block_mask":
+            ranks = np.arange(n_blocks)
+            threshold = hide_count(n_blocks, rate)
+        else:
+            ranks = np.array([block_order.index(_TYPE_LETTER[b[2]]) for b in blocks], np.int64)
+            threshold = block_mask_types(rate)
+        if n_blocks:
+            bounds = np.asarray([(b[0], b[1]) for b in blocks], dtype=np.int64)
+            lens = bounds[:, 1] - bounds[:, 0]
+            idx = np.repeat(bounds[:, 0] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+            keys[idx] = np.repeat(ranks.astype(np.int32), lens)
+        return keys, start, end, threshold
+    raise ValueError(f"strategy: unknown {strategy!r}")
+
+
+def draw_masks(
+    samples: Sequence[TokenizedSample],
+    step: int,
+    total_steps: int,
+    cfg: MaskConfig,
+    seed: int,
+) -> MaskPlan:
+    """Draw the students' masks of reflection ``samples`` at optimizer ``step`` (host).
+
+    One strategy is drawn uniformly per sample among ``cfg.strategies``; every draw comes from
+    ``sample_rng(seed, step, sample.uid)``.
+    """
+    rate = mask_rate(step, total_steps)
+    keys, starts, ends, thresholds, lens, strategies = [], [], [], [], [], []
+    offsets = [0]
+    for sample in samples:
+        if not sample.is_reflection:
+            raise ValueError(f"samples: {sample.source} is a generation sample (no student)")
+        rng = sample_rng(seed, step, sample.uid)
+        strategy = None
+        if cfg.strategies:
+            strategy = cfg.strategies[int(rng.integers(len(cfg.strategies)))]
+        k, start, end, threshold = sample_keys(sample, strategy, rate, cfg.block_order, rng)
+        keys.append(k)
+        starts.append(start)
+        ends.append(end)
+        thresholds.append(threshold)
+        strategies.append(strategy)
+        offsets.append(offsets[-1] + len(k))
+        if strategy is None:
+            lens.append(len(k))
+        else:  # hidden: [0, start), the body tokens with key < threshold, and `end`
+            hidden = start + int((k[start:end] < threshold).sum()) + int(end < len(k))
+            lens.append(len(k) - hidden)
+    cat = np.concatenate(keys) if keys else np.zeros(0, np.int32)
+    return MaskPlan(
+        keys=torch.from_numpy(cat),
+        offsets=torch.tensor(offsets, dtype=torch.int64),
+        starts=torch.tensor(starts, dtype=torch.int64),
+        ends=torch.tensor(ends, dtype=torch.int64),
+        thresholds=torch.tensor(thresholds, dtype=torch.int64),
+        student_lens=lens,
+        strategies=strategies,
+        rate=rate,
+    )
+
+
+def visibility_host(plan: MaskPlan) -> torch.Tensor:
+    """(T,) bool: which of the samples' tokens the student sees (vectorised)."""
+    lens = plan.offsets[1:] - plan.offsets[:-1]
+    seg = torch.repeat_interleave(torch.arange(lens.numel()), lens)
+    pos = torch.arange(int(plan.offsets[-1])) - plan.offsets[seg]
+    start, end, thr = plan.starts[seg], plan.ends[seg], plan.thresholds[seg]
+    body = (pos >= start) & (pos < end)
+    hidden = (pos < start) | (pos == end) | (body & (plan.keys.to(torch.int64) < thr))
+    return ~hidden
+
+
+@dataclass
+class StudentTokens:
+    """The students of a MaskPlan, compacted. gather: (Ts,) int64 indices into the samples'
+    concatenated ids; input_ids, position_ids (original positions), labels: (Ts,) int64;
+    out_offsets: (S+1,) int64 student offsets."""
+
+    gather: torch.Tensor
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor
+    out_offsets: torch.Tensor
+
+
+def apply_masks_host(
+    plan: MaskPlan, ids: torch.Tensor, student_labels: torch.Tensor
+) -> StudentTokens:
+    """Visibility then compaction over a whole micro-batch (torch, no per-token Python loop).
+
+    ids, student_labels: (T,) int64, the samples' ids / student labels concatenated.
+    """
+    total = int(plan.offsets[-1])
+    if ids.shape != (total,) or student_labels.shape != (total,):
+        raise ValueError(f"ids, student_labels: expected ({total},), got {tuple(ids.shape)}")
+    visible = visibility_host(plan)
+    gather = torch.nonzero(visible).flatten()
+    lens = plan.offsets[1:] - plan.offsets[:-1]
+    seg = torch.repeat_interleave(torch.arange(lens.numel()), lens)
+    positions = torch.arange(total) - plan.offsets[seg]
+    out_offsets = torch.zeros(lens.numel() + 1, dtype=torch.int64)
+    out_offsets[1:] = torch.tensor(plan.student_lens, dtype=torch.int64).cumsum(0)
+    return StudentTokens(
+        gather=gather,
+        input_ids=ids[gather],
+        position_ids=positions[gather],
+        labels=student_labels[gather],
+        out_offsets=out_offsets,
+    )

@@ -1,0 +1,340 @@
+"""Packing an optimizer step's samples into flat micro-batches (docs/ARCHITECTURE.md).
+
+Each reflection sample gives two sequences in one flat batch: its teacher (every token) and,
+right after it, its student (the visible tokens only, original position ids). Generation
+samples (or distillation off) give the teacher only. Only rows with a CE target or in a KL
+pair become loss rows. Normalisation (SPEC §2) lives entirely in ``ce_weight``/``kl_weight``
+so that summing the loss over the step's micro-batches gives the step's loss.
+
+Two stages: ``plan_micro_batches`` (step-independent: may run ahead, in workers) and
+``build_packed_batch`` / ``make_step_batches`` (step-dependent: the mask; in the train step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from reflectioncoder.data.config import MaskConfig, PackingConfig
+from reflectioncoder.data.masking import MaskPlan, StudentTokens, apply_masks_host, draw_masks
+from reflectioncoder.data.tokenize import IGNORE, TokenizedSample
+
+
+@dataclass
+class PackedBatch:
+    """One micro-batch, ready for the model and the fused loss.
+
+    input_ids, position_ids: (T,) int64 (students keep original, gapped positions);
+    cu_seqlens: (S+1,) int32; max_seqlen: int; seq_lens: host list of the S lengths;
+    loss_rows: (R,) int64 indices into T; targets: (R,) int64 (-100: no CE on the row);
+    ce_weight: (R,) float32; kl_pairs: (P, 2) int64 (teacher_row, student_row) into the R rows;
+    kl_weight: (P,) float32. The loss is sum ce_weight*CE + sum kl_weight*KL.
+    Host counts: num_samples, num_tokens (T), num_label_tokens (CE targets), num_kl_rows (P),
+    reference_tokens (what the reference runs: passes x samples x padded length).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    seq_lens: list[int]
+    loss_rows: torch.Tensor
+    targets: torch.Tensor
+    ce_weight: torch.Tensor
+    kl_pairs: torch.Tensor
+    kl_weight: torch.Tensor
+    num_samples: int = 0
+    num_tokens: int = 0
+    num_label_tokens: int = 0
+    num_kl_rows: int = 0
+    reference_tokens: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> PackedBatch:
+        """A copy with every tensor on ``device`` (host counts unchanged)."""
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+        return PackedBatch(**values)
+
+
+@dataclass
+class StepCounts:
+    """Denominators of one optimizer step (sum them over data-parallel ranks)."""
+
+    samples: int = 0
+    label_tokens: int = 0
+    kl_rows: int = 0
+
+    def __add__(self, other: StepCounts) -> StepCounts:
+        return StepCounts(
+            self.samples + other.samples,
+            self.label_tokens + other.label_tokens,
+            self.kl_rows + other.kl_rows,
+        )
+
+
+def _has_student(sample: TokenizedSample, cfg: MaskConfig) -> bool:
+    return sample.is_reflection and cfg.distill
+
+
+def _sample_counts(sample: TokenizedSample, cfg: MaskConfig) -> tuple[int, int]:
+    """(CE label tokens, KL rows) of one sample; both step-independent, as the student's
+    labels (a .. L-2) all lie after the reflection body and are never hidden."""
+    teacher = int((sample.labels[1:] != IGNORE).sum())
+    if not _has_student(sample, cfg):
+        return teacher, 0
+    student = int((sample.student_labels[1:] != IGNORE).sum())
+    return teacher + student, (student if cfg.kl else 0)
+
+
+def step_counts(samples: Sequence[TokenizedSample], mask_cfg: MaskConfig) -> StepCounts:
+    """This rank's counts for one optimizer step (samples, CE label tokens, KL rows)."""
+    total = StepCounts()
+    for s in samples:
+        ce, kl = _sample_counts(s, mask_cfg)
+        total = total + StepCounts(1, ce, kl)
+    return total
+
+
+def plan_micro_batches(
+    samples: Sequence[TokenizedSample], packing_cfg: PackingConfig, mask_cfg: MaskConfig
+) -> list[list[int]]:
+    """Group sample indices into micro-batches under ``packing_cfg.max_tokens`` (step-independent).
+
+    Cost of a sample: L, twice for one with a student (counted at full length, so the plan
+    holds at every step). First-fit decreasing; a sample's teacher and student stay together.
+    """
+    cost = [len(s) * (2 if _has_student(s, mask_cfg) else 1) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: (-cost[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        for b, r in enumerate(room):
+            if cost[i] <= r:
+                bins[b].append(i)
+                room[b] -= cost[i]
+                break
+        else:
+            bins.append([i])
+            room.append(packing_cfg.max_tokens - cost[i])
+    return [sorted(b) for b in bins]
+
+
+def sample_weights(
+    sample: TokenizedSample, mask_cfg: MaskConfig, normalisation: str, denominators: StepCounts
+) -> tuple[float, float]:
+    """(weight of each CE row, weight of each KL row) of one sample (SPEC §2)."""
+    ce, kl = _sample_counts(sample, mask_cfg)
+    if normalisation == "sample":
+        n = max(denominators.samples, 1)
+        return (1.0 / (n * ce) if ce else 0.0), (1.0 / (n * kl) if kl else 0.0)
+    if normalisation == "token":
+        return (
+            1.0 / denominators.label_tokens if denominators.label_tokens else 0.0,
+            1.0 / denominators.kl_rows if denominators.kl_rows else 0.0,
+        )
+    raise ValueError(f"normalisation: must be sample or token, got {normalisation!r}")
+
+
+def build_packed_batch(
+    samples: Sequence[TokenizedSample],
+    step: int,
+    total_steps: int,
+    mask_cfg: MaskConfig,
+    seed: int,
+    normalisation: str = "sample",
+    denominators: StepCounts | None = None,
+    backend: str = "host",
+    device: torch.device | str | None = None,
+) -> PackedBatch:
+    """Pack ``samples`` (one micro-batch) with their students masked at ``step``.
+
+    ``denominators``: the whole step's counts across micro-batches and ranks (default: these
+    samples alone). ``backend``: "host" (torch on the CPU) or "triton" (the mask kernel on
+    ``device``; the returned batch lives there).
+    """
+    if not samples:
+        raise ValueError("samples: a micro-batch needs at least one sample")
+    if backend not in ("host", "triton"):
+        raise ValueError(f"backend: must be host or triton, got {backend!r}")
+    denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
+    students = [s for s in samples if _has_student(s, mask_cfg)]
+    plan = draw_masks(students, step, total_steps, mask_cfg, seed)
+    if students:
+        s_ids = torch.cat([s.ids for s in students])
+        s_labels = torch.cat([s.student_labels for s in students])
+    else:
+        s_ids = s_labels = torch.zeros(0, dtype=torch.int64)
+    if backend == "host":
+        tokens = apply_masks_host(plan, s_ids, s_labels)
+    else:
+        tokens = _apply_masks_device(plan, s_ids, s_labels, device)
+    return _assemble(samples, students, plan, tokens, mask_cfg, normalisation, denominators)
+
+
+def _apply_masks_device(plan: MaskPlan, ids, labels, device) -> StudentTokens:
+    from reflectioncoder.kernels.mask import apply_reflection_mask
+
+    device = torch.device(device) if device is not None else torch.device("cuda")
+    out_offsets = torch.zeros(len(plan.student_lens) + 1, dtype=torch.int64)
+    out_offsets[1:] = torch.tensor(plan.student_lens, dtype=torch.int64).cumsum(0)
+    gather, out_ids, pos, out_labels = apply_reflection_mask(
+        ids.to(device),
+        labels.to(device),
+        plan.keys.to(device),
+        plan.offsets.to(device),
+        plan.starts.to(device),
+        plan.ends.to(device),
+        plan.thresholds.to(device),
+        out_offsets.to(device),
+        sum(plan.student_lens),
+    )
+    return StudentTokens(gather, out_ids, pos, out_labels, out_offsets)
+
+
+def _assemble(
+    samples: Sequence[TokenizedSample],
+    students: list[TokenizedSample],
+    plan: MaskPlan,
+    tokens: StudentTokens,
+    mask_cfg: MaskConfig,
+    normalisation: str,
+    denominators: StepCounts,
+) -> PackedBatch:
+    """Interleave teachers and students; loss rows, targets, KL pairs and weights.
+
+    The student rows are computed from host counts: every position from ``end + 1`` on is
+    visible, so the student index of such a position p is p - (hidden tokens)."""
+    device = tokens.input_ids.device
+    seq_lens: list[int] = []
+    # Per-segment host descriptors; the tensors are built with a handful of torch ops.
+    seg_src: list[tuple[str, int]] = []  # ("t", sample index) | ("s", student index)
+    teacher_rows, teacher_targets, teacher_w = [], [], []
+    student_rows, student_targets, student_w = [], [], []
+    kl_t, kl_s, kl_w = [], [], []
+    offset = 0
+    k = 0
+    for i, s in enumerate(samples):
+        length = len(s)
+        ce_w, kl_wt = sample_weights(s, mask_cfg, normalisation, denominators)
+        seg_src.append(("t", i))
+        seq_lens.append(length)
+        # Teacher: row j predicts labels[j + 1].
+        nxt = s.labels[1:]
+        rows = torch.nonzero(nxt != IGNORE).flatten()
+        teacher_rows.append(rows + offset)
+        teacher_targets.append(nxt[rows])
+        teacher_w.append(torch.full((rows.numel(),), ce_w))
+        t_off = offset
+        offset += length
+        if _has_student(s, mask_cfg):
+            slen = plan.student_lens[k]
+            hidden = length - slen
+            seg_src.append(("s", k))
+            seq_lens.append(slen)
+            a = s.answer_start
+            # Student CE: row k predicts the student label at k + 1: rows of positions a-1 .. L-3.
+            pos = torch.arange(a - 1, length - 2)
+            student_rows.append(pos - hidden + offset)
+            student_targets.append(s.student_labels[pos + 1])
+            student_w.append(torch.full((pos.numel(),), ce_w))
+            if mask_cfg.kl:
+                kpos = torch.arange(a, length - 1)  # KL rows a .. L-2 (shifted by one, quirk)
+                kl_t.append(kpos + t_off)
+                kl_s.append(kpos - hidden + offset)
+                kl_w.append(torch.full((kpos.numel(),), kl_wt))
+            offset += slen
+            k += 1
+
+    def cat(parts, dtype):
+        return torch.cat(parts).to(dtype) if parts else torch.zeros(0, dtype=dtype)
+
+    # Loss rows: the union of CE rows and KL rows, sorted; each row's target and weight.
+    ce_rows = cat(teacher_rows + student_rows, torch.int64)
+    ce_tg = cat(teacher_targets + student_targets, torch.int64)
+    ce_wt = cat(teacher_w + student_w, torch.float32)
+    kt, ks = cat(kl_t, torch.int64), cat(kl_s, torch.int64)
+    all_rows = torch.cat([ce_rows, kt, ks])
+    loss_rows = torch.unique(all_rows)  # sorted
+    targets = torch.full((loss_rows.numel(),), IGNORE, dtype=torch.int64)
+    ce_weight = torch.zeros(loss_rows.numel(), dtype=torch.float32)
+    at = torch.searchsorted(loss_rows, ce_rows)
+    targets[at] = ce_tg
+    ce_weight[at] = ce_wt
+    kl_pairs = torch.stack(
+        [torch.searchsorted(loss_rows, kt), torch.searchsorted(loss_rows, ks)], 1
+    )
+
+    # Flat input ids / positions: teachers from the host, students from the mask output.
+    t_ids = [s.ids for s in samples]
+    parts_ids, parts_pos = [], []
+    for kind, idx in seg_src:
+        if kind == "t":
+            parts_ids.append(t_ids[idx].to(device))
+            parts_pos.append(torch.arange(len(samples[idx]), device=device))
+        else:
+            lo, hi = int(tokens.out_offsets[idx]), int(tokens.out_offsets[idx + 1])
+            parts_ids.append(tokens.input_ids[lo:hi])
+            parts_pos.append(tokens.position_ids[lo:hi])
+    cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
+    n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
+    padded = max(len(s) for s in samples)
+    return PackedBatch(
+        input_ids=torch.cat(parts_ids).to(torch.int64),
+        position_ids=torch.cat(parts_pos).to(torch.int64),
+        cu_seqlens=cu.to(device),
+        max_seqlen=max(seq_lens),
+        seq_lens=seq_lens,
+        loss_rows=loss_rows.to(device),
+        targets=targets.to(device),
+        ce_weight=ce_weight.to(device),
+        kl_pairs=kl_pairs.reshape(-1, 2).to(device),
+        kl_weight=cat(kl_w, torch.float32).to(device),
+        num_samples=len(samples),
+        num_tokens=sum(seq_lens),
+        num_label_tokens=int(ce_rows.numel()),
+        num_kl_rows=int(kt.numel()),
+        reference_tokens=n_passes * padded,
+        sources=[s.source for s in samples],
+    )
+
+
+def make_step_batches(
+    samples: Sequence[TokenizedSample],
+    step: int,
+    total_steps: int,
+    mask_cfg: MaskConfig,
+    packing_cfg: PackingConfig,
+    seed: int,
+    denominators: StepCounts | None = None,
+    groups: list[list[int]] | None = None,
+    backend: str = "host",
+    device: torch.device | str | None = None,
+) -> list[PackedBatch]:
+    """One optimizer step's micro-batches for this rank's ``samples``.
+
+    ``denominators``: the step's counts summed over all ranks (default: this rank's, i.e. a
+    single process). ``groups``: a plan from ``plan_micro_batches`` (default: planned here).
+    Summing the weighted losses of the returned batches gives the step's loss (SPEC §2).
+    """
+    denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
+    groups = groups if groups is not None else plan_micro_batches(samples, packing_cfg, mask_cfg)
+    return [
+        build_packed_batch(
+            [samples[i] for i in g],
+            step,
+            total_steps,
+            mask_cfg,
+            seed,
+            packing_cfg.normalisation,
+            denominators,
+            backend,
+            device,
+        )
+        for g in groups
+    ]

@@ -1,0 +1,181 @@
+"""Loading and validating ReflectionSeq jsonl files (SPEC §1).
+
+Every error names ``file:line:field``. By default loading stops at the first bad sample
+(``DataError``); with ``skip_bad=True`` bad samples are skipped and listed in the report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reflectioncoder.data.tokenize import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
+
+
+class DataError(ValueError):
+    """A bad sample; the message starts with ``file:line:field``."""
+
+    def __init__(self, source: str, field_path: str, reason: str) -> None:
+        self.source = source
+        self.field = field_path
+        self.reason = reason
+        super().__init__(f"{source}:{field_path}: {reason}")
+
+
+@dataclass
+class Block:
+    """One block of a message: type in text/code/execution, content (may be empty)."""
+
+    type: str
+    content: str
+
+
+@dataclass
+class Message:
+    role: str  # user | assistant
+    blocks: list[Block]
+
+
+@dataclass
+class Sample:
+    """One validated sample: ``type`` as in the file, its messages, and ``source`` (file:line)."""
+
+    type: str
+    messages: list[Message]
+    source: str
+
+    @property
+    def is_reflection(self) -> bool:
+        return self.type != "generation"
+
+
+@dataclass
+class LoadReport:
+    """What loading saw: samples read per file (before upsampling) and skipped bad lines."""
+
+    loaded: int = 0
+    skipped: list[str] = field(default_factory=list)  # "file:line:field: reason"
+    per_file: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> str:
+        text = f"loaded {self.loaded} samples"
+        if self.skipped:
+            shown = "; ".join(self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
+            text += f", skipped {len(self.skipped)} bad: {shown}"
+        return text
+
+
+def parse_sample(obj: object, source: str) -> Sample:
+    """Validate one decoded JSON object (SPEC §1); raise DataError naming the field."""
+    if not isinstance(obj, dict):
+        raise DataError(source, "<sample>", f"expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise DataError(source, "type", f"expected a string, got {kind!r}")
+    raw_messages = obj.get("messages")
+    if not isinstance(raw_messages, list):
+        raise DataError(source, "messages", f"expected a list, got {type(raw_messages).__name__}")
+    messages = []
+    for m, raw in enumerate(raw_messages):
+        where = f"messages[{m}]"
+        if not isinstance(raw, dict):
+            raise DataError(source, where, "expected an object with role and content")
+        role = raw.get("role")
+        if role not in ROLE_TOKENS:
+            raise DataError(source, f"{where}.role", f"unknown role {role!r} (user | assistant)")
+        content = raw.get("content")
+        if not isinstance(content, list):
+            raise DataError(source, f"{where}.content", "expected a list of blocks")
+        blocks = []
+        for b, raw_block in enumerate(content):
+            bwhere = f"{where}.content[{b}]"
+            if not isinstance(raw_block, dict):
+                raise DataError(source, bwhere, "expected an object with type and content")
+            btype = raw_block.get("type")
+            if btype not in BLOCK_TOKENS:
+                raise DataError(
+                    source, f"{bwhere}.type", f"unknown block type {btype!r} (text|code|execution)"
+                )
+            text = raw_block.get("content")
+            if not isinstance(text, str):
+                raise DataError(source, f"{bwhere}.content", f"expected a string, got {text!r}")
+            for special in SPECIAL_TOKENS:
+                if special in text:
+                    raise DataError(
+                        source,
+                        f"{bwhere}.content",
+                        f"contains the special-token string {special!r}",
+                    )
+            blocks.append(Block(btype, text))
+        messages.append(Message(role, blocks))
+    roles = [m.role for m in messages]
+    if kind == "generation":
+        if len(messages) < 2 or roles[-1] != "assistant":
+            raise DataError(source, "messages", "missing final answer (last assistant message)")
+    else:
+        # SPEC §1: instruction, reflection sequence, instruction again, one-off answer.
+        if len(messages) < 4 or roles[3] != "assistant":
+            raise DataError(
+                source, "messages", "missing final answer (reflection samples need 4 messages)"
+            )
+        if roles != ["user", "assistant", "user", "assistant"]:
+            raise DataError(
+                source, "messages", f"roles must be user, assistant, user, assistant; got {roles}"
+            )
+    return Sample(kind, messages, source)
+
+
+def load_jsonl(path: str | Path, skip_bad: bool = False, report: LoadReport | None = None):
+    """Read one ReflectionSeq jsonl file into a list of Samples (blank lines ignored)."""
+    report = report if report is not None else LoadReport()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    samples: list[Sample] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{lineno}"
+            try:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})")
+                samples.append(parse_sample(obj, source))
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                report.skipped.append(str(e))
+    report.per_file[str(path)] = len(samples)
+    report.loaded += len(samples)
+    return samples
+
+
+def load_files(
+    paths: Sequence[str | Path],
+    upsample: Sequence[int] | None = None,
+    skip_bad: bool = False,
+) -> tuple[list[Sample], LoadReport]:
+    """Load several jsonl files, each listed ``upsample[i]`` times (the paper lists each
+    reflection set twice). Returns the samples in file order and a LoadReport."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    upsample = [1] * len(paths) if upsample is None else list(upsample)
+    if len(upsample) != len(paths):
+        raise ValueError(f"upsample: {len(upsample)} factors for {len(paths)} files")
+    for u in upsample:
+        if not isinstance(u, int) or u < 1:
+            raise ValueError(f"upsample: factors must be ints >= 1, got {u!r}")
+    report = LoadReport()
+    out: list[Sample] = []
+    for path, factor in zip(paths, upsample, strict=True):
+        samples = load_jsonl(path, skip_bad=skip_bad, report=report)
+        out.extend(samples * factor)
+    return out, report
