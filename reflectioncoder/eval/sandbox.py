@@ -1,0 +1,503 @@
+"""The one place that runs untrusted (model-written) code.
+
+Every run gets its own process tree, its own temporary directory and hard limits; the verdict
+about what it did is always taken outside of it. Isolation levels, strongest first:
+
+- ``bwrap``: bubblewrap namespaces: own user, PID, network, IPC and UTS namespaces, the host file
+  system read-only, a private size-capped ``/tmp`` (the working directory lives there), data and
+  cache directories hidden. When the PID namespace's first process dies the kernel kills every
+  process in it, so nothing outlives the run.
+- ``rlimits`` (fallback where bubblewrap or user namespaces are missing): a new session and
+  process group, resource limits, a private working directory as ``cwd`` and ``TMPDIR``, a sweep
+  of ``/proc`` for processes tagged with the run's marker (children that called ``setsid``), and
+  for Python programs an audit hook that refuses writes and deletes outside the working
+  directory, network connections, signals to other processes and new programs. Weaker: native
+  code (ctypes) can bypass the audit hook.
+
+Both levels add a ``pids`` cgroup (the fork-bomb limit, and the list of processes to kill) when
+the machine lets us create one, and rlimits on address space, CPU time, file size, open files,
+core dumps and (for non-root users) processes. The wall-clock timeout kills from outside with
+SIGKILL, which no program can ignore. Output is capped; a run that floods it is killed.
+
+Force a level with ``REFLECTIONCODER_SANDBOX=bwrap|rlimits`` (``auto`` by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["ExecResult", "isolation_level", "run_python", "run_sandboxed"]
+
+# Mount points inside the bwrap sandbox (both under the private /tmp).
+_SRC_IN_BOX = "/tmp/src"
+_WORK_IN_BOX = "/tmp/work"
+_MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a sandboxed run printed and how it ended.
+
+    ``exit_code`` is the process's status (negative: killed by that signal) or None when the
+    sandbox killed it (timeout or output flood). Output beyond the cap is dropped and
+    ``output_truncated`` is set; the run is then killed.
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    output_truncated: bool
+    duration_s: float
+    isolation: str
+
+    @property
+    def ok(self) -> bool:
+        """Exited by itself with status 0."""
+        return self.exit_code == 0 and not self.timed_out and not self.output_truncated
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def _bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+@lru_cache(maxsize=1)
+def _bwrap_works() -> bool:
+    """True when bubblewrap can create the namespaces we ask for on this machine."""
+    exe = _bwrap_path()
+    if exe is None:
+        return False
+    with tempfile.TemporaryDirectory(prefix="rc-probe-") as tmp:
+        argv = _bwrap_argv(exe, Path(tmp), Path(tmp), hide=()) + ["/bin/true"]
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    return proc.returncode == 0
+
+
+@lru_cache(maxsize=1)
+def _cgroup_root() -> Path | None:
+    """A directory where we may create ``pids`` cgroups (v1 or v2), or None."""
+    candidates = [Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")]
+    for root in candidates:
+        if not (root / "cgroup.procs").exists():
+            continue
+        probe = root / f"rc-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            ok = (probe / "pids.max").exists()
+            if ok:
+                (probe / "pids.max").write_text("8")
+        except OSError:
+            ok = False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.rmdir()
+        if ok:
+            return root
+    return None
+
+
+def isolation_level() -> str:
+    """The isolation runs get here: ``bwrap`` or ``rlimits``, plus ``+cgroup`` when available."""
+    wanted = os.environ.get("REFLECTIONCODER_SANDBOX", "auto")
+    if wanted not in ("auto", "bwrap", "rlimits"):
+        raise ValueError(f"REFLECTIONCODER_SANDBOX must be auto, bwrap or rlimits, got {wanted!r}")
+    if wanted == "bwrap" and not _bwrap_works():
+        raise RuntimeError("REFLECTIONCODER_SANDBOX=bwrap but bubblewrap cannot run here")
+    level = "bwrap" if wanted != "rlimits" and _bwrap_works() else "rlimits"
+    return level + ("+cgroup" if _cgroup_root() is not None else "")
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def _paths_to_keep() -> list[str]:
+    """Host paths under /tmp that programs need (a virtualenv there), re-bound after the
+    private /tmp hides them."""
+    keep = set()
+    for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))):
+        if p.startswith("/tmp/") and os.path.isdir(p):
+            keep.add(p)
+    return sorted(keep)
+
+
+def _bwrap_argv(
+    exe: str, src: Path, work: Path, hide: Sequence[str], tmp_mb: int = 512
+) -> list[str]:
+    argv = [exe, "--unshare-all", "--die-with-parent", "--new-session"]
+    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
+    for keep in _paths_to_keep():
+        argv += ["--ro-bind", keep, keep]
+    for path in hide:
+        if os.path.isdir(path) and not path.startswith("/tmp/"):
+            argv += ["--tmpfs", path]
+    argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--dir", _WORK_IN_BOX, "--chdir", _WORK_IN_BOX]
+    argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", _WORK_IN_BOX, "--"]
+    return argv
+
+
+def _make_cgroup(max_processes: int) -> Path | None:
+    root = _cgroup_root()
+    if root is None:
+        return None
+    path = root / f"rc-sandbox-{uuid.uuid4().hex}"
+    try:
+        path.mkdir()
+        (path / "pids.max").write_text(str(max_processes))
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        return None
+    return path
+
+
+def _preexec(
+    memory_mb: int, cpu_s: int, file_size_mb: int, open_files: int, max_processes: int, cgroup: str
+):
+    """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+
+    def apply() -> None:
+        if cgroup:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        mem = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_mb << 20, file_size_mb << 20))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; the cgroup covers that case
+            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+
+    return apply
+
+
+def _kill_cgroup(cgroup: Path) -> None:
+    """SIGKILL every process of the cgroup until it is empty, then remove it."""
+    for _ in range(200):
+        try:
+            pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
+        except OSError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+    for _ in range(100):
+        try:
+            cgroup.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
+def _sweep_marked(marker: str) -> None:
+    """Kill processes that carry this run's marker in their environment (fallback mode: catches
+    children that left the process group with setsid)."""
+    needle = f"{_MARKER_ENV}={marker}".encode()
+    for _ in range(20):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle not in f.read():
+                        continue
+            except OSError:
+                continue
+            found = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+def run_sandboxed(
+    argv: Sequence[str],
+    *,
+    files: Mapping[str, str | bytes] | None = None,
+    stdin: str | bytes = b"",
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    cpu_s: int | None = None,
+    max_processes: int = 64,
+    file_size_mb: int = 64,
+    open_files: int = 256,
+    tmp_mb: int = 512,
+    output_limit: int = 1 << 20,
+    env: Mapping[str, str] | None = None,
+    hide: Sequence[str] = (),
+) -> ExecResult:
+    """Run ``argv`` in the sandbox and return what it printed.
+
+    ``files`` are written, read-only to the program, into a source directory; ``{src}`` and
+    ``{work}`` in ``argv`` are replaced by that directory and the writable working directory
+    (the program's cwd). ``hide`` lists host directories the program must not see (bwrap only).
+    ``output_limit`` caps stdout and stderr each, in bytes.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
+    level = isolation_level()
+    root = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
+    src, work = root / "src", root / "work"
+    src.mkdir()
+    work.mkdir()
+    for name, content in (files or {}).items():
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"files: {name!r} must be a plain file name")
+        data = content.encode() if isinstance(content, str) else content
+        (src / name).write_bytes(data)
+    use_bwrap = level.startswith("bwrap")
+    box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
+    cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+    marker = uuid.uuid4().hex
+    child_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TMPDIR": box_work if not use_bwrap else "/tmp",
+        "HOME": box_work,
+        _MARKER_ENV: marker,
+    }
+    child_env.update(env or {})
+    if use_bwrap:
+        cmd = _bwrap_argv(_bwrap_path() or "bwrap", src, work, hide, tmp_mb) + cmd
+    cgroup = _make_cgroup(max_processes)
+    cpu = int(cpu_s if cpu_s is not None else max(1, int(timeout_s) + 1))
+    data_in = stdin.encode() if isinstance(stdin, str) else stdin
+    start = time.monotonic()
+    timed_out = truncated = False
+    out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
+    sizes = {1: 0, 2: 0}
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(work),
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_preexec(
+                memory_mb, cpu, file_size_mb, open_files, max_processes, str(cgroup or "")
+            ),
+        )
+        try:
+            timed_out, truncated = _pump(
+                proc, data_in, start + timeout_s, output_limit, out_chunks, sizes
+            )
+        finally:
+            _kill_tree(proc, cgroup, marker)
+        exit_code = None if (timed_out or truncated) else proc.returncode
+    finally:
+        if cgroup is not None:
+            _kill_cgroup(cgroup)
+        shutil.rmtree(root, ignore_errors=True)
+    return ExecResult(
+        stdout=b"".join(out_chunks[1]).decode("utf-8", "replace"),
+        stderr=b"".join(out_chunks[2]).decode("utf-8", "replace"),
+        exit_code=exit_code,
+        timed_out=timed_out,
+        output_truncated=truncated,
+        duration_s=time.monotonic() - start,
+        isolation=level,
+    )
+
+
+def _pump(
+    proc: subprocess.Popen,
+    data_in: bytes,
+    deadline: float,
+    limit: int,
+    chunks: dict[int, list[bytes]],
+    sizes: dict[int, int],
+) -> tuple[bool, bool]:
+    """Feed stdin and collect stdout/stderr until the process exits, the deadline passes or the
+    output exceeds ``limit``. Returns (timed_out, truncated)."""
+    sel = selectors.DefaultSelector()
+    assert proc.stdin and proc.stdout and proc.stderr
+    streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+    for fd in streams:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    view, pos = memoryview(data_in), 0
+    in_fd = proc.stdin.fileno()
+    if data_in:
+        os.set_blocking(in_fd, False)
+        sel.register(in_fd, selectors.EVENT_WRITE)
+    else:
+        proc.stdin.close()
+    open_reads = len(streams)
+    try:
+        while open_reads:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True, False
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                fd = key.fd
+                if fd == in_fd:
+                    try:
+                        pos += os.write(fd, view[pos : pos + 65536])
+                    except (BrokenPipeError, BlockingIOError, OSError):
+                        pos = len(view)
+                    if pos >= len(view):
+                        sel.unregister(fd)
+                        proc.stdin.close()
+                    continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(fd)
+                    open_reads -= 1
+                    continue
+                which = streams[fd]
+                room = limit - sizes[which]
+                chunks[which].append(chunk[: max(room, 0)])
+                sizes[which] += len(chunk)
+                if sizes[which] > limit:
+                    return False, True
+        left = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=max(left, 0.001))
+        except subprocess.TimeoutExpired:
+            return True, False
+        return False, False
+    finally:
+        sel.close()
+        if not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+
+def _kill_tree(proc: subprocess.Popen, cgroup: Path | None, marker: str) -> None:
+    """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if cgroup is not None:
+        _kill_cgroup(cgroup)
+    if not isolation_level().startswith("bwrap"):
+        _sweep_marked(marker)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+# ----------------------------------------------------------------------------- python
+
+# Runs the program in-process after installing guards; tracebacks skip this file's frame.
+_PY_LAUNCHER = r"""
+import os, sys, traceback
+_work = os.path.realpath(os.getcwd())
+_strict = os.environ.get("RC_SANDBOX_STRICT") == "1"
+def _inside(path):
+    try:
+        p = os.path.realpath(os.fsdecode(path))
+    except Exception:
+        return False
+    return p == _work or p.startswith(_work + os.sep) or p == os.devnull
+
+def _hook(event, args):
+    if event == "open":
+        mode, flags = args[1], args[2] or 0
+        writing = any(c in str(mode) for c in "wax+") if mode is not None else bool(
+            flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+        if writing and isinstance(args[0], (str, bytes)) and not _inside(args[0]):
+            raise PermissionError(f"sandbox: writing outside the working directory: {args[0]!r}")
+    elif event in ("os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod", "os.chown",
+                   "os.link", "os.symlink", "os.mkdir", "shutil.rmtree", "shutil.move"):
+        path = args[0]
+        if isinstance(path, (str, bytes)) and not _inside(path):
+            raise PermissionError(f"sandbox: {event} outside the working directory: {path!r}")
+    elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+        raise PermissionError("sandbox: network access is not allowed")
+    elif event in ("os.kill", "os.killpg") and args[0] not in (0, os.getpid()):
+        raise PermissionError("sandbox: signals to other processes are not allowed")
+    elif event in ("os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
+                   "os.fork", "os.forkpty", "pty.spawn", "ctypes.dlopen"):
+        raise PermissionError(f"sandbox: {event} is not allowed")
+
+if _strict:
+    sys.addaudithook(_hook)
+_path = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, _work)
+with open(_path, encoding="utf-8") as _f:
+    _code = compile(_f.read(), "main.py", "exec")
+sys.excepthook = lambda t, v, tb: traceback.print_exception(t, v, tb.tb_next)
+del _f, _path
+exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+"""
+
+
+def python_argv(script: str = "main.py") -> list[str]:
+    """argv that runs ``{src}/script`` with this interpreter behind the launcher's guards."""
+    return [sys.executable, "-I", "-B", "{src}/_launch.py", f"{{src}}/{script}"]
+
+
+def python_env() -> dict[str, str]:
+    """Environment for Python programs: the audit-hook guards in the fallback level."""
+    return {"RC_SANDBOX_STRICT": "0" if isolation_level().startswith("bwrap") else "1"}
+
+
+def run_python(
+    source: str, *, stdin: str = "", timeout_s: float = 5.0, memory_mb: int = 512
+) -> ExecResult:
+    """Run a whole Python program in the sandbox; what it printed comes back (capped).
+
+    Tracebacks read as if the program ran as ``main.py``: real interpreter feedback.
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"source must be str, got {type(source).__name__}")
+    return run_sandboxed(
+        python_argv(),
+        files={"main.py": source, "_launch.py": _PY_LAUNCHER},
+        stdin=stdin,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        env=python_env(),
+        output_limit=64 << 10,
+    )
