@@ -10,4 +10,6 @@ Public entry points:
 if __name__ == "kernels":
     __version__ = "0.0.0"
 else:
-    __all__: list[str] = []
+    from .fused_loss import fused_linear_reflection_loss
+
+    __all__: list[str] = ["fused_linear_reflection_loss"]
