@@ -220,10 +220,13 @@ def prepare_model(
             cross_entropy=False,
             fused_linear_cross_entropy=False,
         )
+    # transformers 5 names it activation checkpointing (gradient_checkpointing_* deprecated).
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    elif model.is_activation_checkpointing:
+        model.activation_checkpointing_disable()
     return model
 
 
@@ -309,7 +312,7 @@ def forward_hidden(
     """Final hidden states (after the last norm) of a packed batch: (T, D).
 
     ``batch`` gives input_ids (T,), position_ids (T,), cu_seqlens (S + 1,) int32, max_seqlen.
-    ``seqlens`` (host list of the S lengths; taken from ``batch.seqlens`` when it has them)
+    ``seqlens`` (host list of the S lengths; taken from ``batch.seq_lens`` when it has them)
     spares the PyTorch attention path a device sync per layer on CUDA.
     """
     impl = model.config._attn_implementation
@@ -325,7 +328,7 @@ def forward_hidden(
             f"{tuple(ids.shape)} and {tuple(pos.shape)}"
         )
     if seqlens is None:
-        seqlens = getattr(batch, "seqlens", None)
+        seqlens = getattr(batch, "seq_lens", None)
     cu = batch.cu_seqlens
     body = model.base_model  # the decoder stack without the LM head
     out = body(
