@@ -13,3 +13,4 @@ else:
     from .fused_loss import fused_linear_reflection_loss
 
     __all__: list[str] = ["fused_linear_reflection_loss"]
+    from .mask import apply_reflection_mask as apply_reflection_mask  # data room (device mask)
