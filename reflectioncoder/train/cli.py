@@ -1,0 +1,64 @@
+"""Train a code LLM with the ReflectionCoder method.
+
+reflectioncoder train --preset tiny --set data.files=[demo.jsonl] --set checkpoint.out_dir=runs/t
+reflectioncoder train --config configs/paper.yaml --set optim.lr=1e-4 --resume
+deepspeed --num_gpus 8 -m reflectioncoder.cli train --config configs/paper.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from reflectioncoder.config import PRESETS, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (may name a preset: `preset: tiny`)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (repeatable), e.g. --set optim.lr=1e-4",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in the run folder (or the one given)",
+    )
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.config is None and args.preset is None:
+        print("reflectioncoder train: give --config FILE or --preset NAME", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides, base=args.preset)
+    except ValueError as err:
+        print(f"reflectioncoder train: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from reflectioncoder.train.trainer import Trainer
+
+    trainer = Trainer(cfg, resume=args.resume)
+    try:
+        summary = trainer.train()
+    finally:
+        trainer.close()
+    if trainer.info.is_main:
+        logging.getLogger("reflectioncoder.train").info("done: %s", summary)
+    return 0

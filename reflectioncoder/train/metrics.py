@@ -1,0 +1,156 @@
+"""Training metrics: OUT/metrics.jsonl, TensorBoard, a tqdm bar, and a loss plot at the end.
+
+One row per logged optimizer step (rank 0 writes), e.g.::
+
+    {"step": 12, "loss": 3.91, "ce": 3.55, "teacher_ce": 1.92, "student_ce": 1.63, "kl": 0.36,
+     "mask_rate": 0.12, "lr": 0.0019, "grad_norm": 1.7, "samples": 8, "tokens": 5120,
+     "tokens_per_s": 10240.0, "skipped": false, "time": 0.5}
+
+``loss = ce + kl`` and ``ce = teacher_ce + student_ce``: each is that part's contribution to the
+step's loss under the configured normalisation (the weights of SPEC §2's sample or token mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from reflectioncoder.config import LoggingConfig
+
+log = logging.getLogger("reflectioncoder.train")
+
+# Dense bf16 peak TFLOP/s per GPU, for MFU when logging.peak_tflops is not given.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
+
+# Metrics the plot draws, in this order.
+PLOTTED = ("loss", "teacher_ce", "student_ce", "kl")
+
+
+def guess_peak_tflops(device_name: str) -> float | None:
+    """Peak bf16 TFLOP/s of a GPU from its name (None when unknown)."""
+    for key, value in PEAK_TFLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file (a torn last line, from a kill, is dropped)."""
+    rows = []
+    path = Path(path)
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
+    """Draw the loss curves (loss, teacher CE, student CE, KL per step) to a PNG."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key in PLOTTED:
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+        pts = [(s, v) for s, v in pts if math.isfinite(v)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), label=key, linewidth=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title("ReflectionCoder training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+class MetricsLogger:
+    """Writes metrics rows (rank 0 only; other ranks get a silent logger)."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        cfg: LoggingConfig,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.enabled = enabled
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "metrics.jsonl"
+        self._bar = None
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # On resume, drop rows the killed run wrote after its last checkpoint: they are redone.
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step + 1)
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Write one row (``row["step"]`` is the 1-based optimizer step just finished)."""
+        if not self.enabled:
+            return
+        step = row["step"]
+        if step % self.cfg.log_every == 0 or row.get("skipped"):
+            self._file.write(json.dumps(row) + "\n")
+            if self._tb is not None:
+                for key, value in row.items():
+                    if (
+                        key != "step"
+                        and isinstance(value, int | float)
+                        and not isinstance(value, bool)
+                    ):
+                        self._tb.add_scalar(f"train/{key}", value, step)
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(
+                loss=f"{row['loss']:.4f}",
+                kl=f"{row['kl']:.3f}",
+                r=f"{row['mask_rate']:.2f}",
+                lr=f"{row['lr']:.2e}",
+                tok_s=f"{row['tokens_per_s']:.0f}",
+                refresh=False,
+            )
+
+    def close(self, plot: bool | None = None) -> Path | None:
+        """Flush and close; draw OUT/loss.png when asked (default: ``cfg.plot``)."""
+        if not self.enabled:
+            return None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if plot if plot is not None else self.cfg.plot:
+            return plot_losses(read_metrics(self.path), self.out_dir / "loss.png")
+        return None

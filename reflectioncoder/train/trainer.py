@@ -1,0 +1,523 @@
+"""The ReflectionCoder trainer: ``Trainer(cfg)``, ``.train_step()``, ``.train()``, ``.close()``.
+
+One optimizer step, as a straight line (docs/ARCHITECTURE.md):
+
+    plan[step] (sample indices, fixed by the seed)  ->  global denominators (host)
+    -> micro-batch groups, split over ranks  ->  mask at this step + pack (data room, host)
+    -> forward_hidden -> reflection_loss (fused)  ->  backward  ... for each micro-batch
+    -> one sync: loss parts and grad norm  ->  skip if non-finite, else clip + AdamW step
+
+Every rank knows the whole step's samples (the plan is deterministic), so the loss weights carry
+the step's global normalisation without any communication; gradients are then SUMMED over ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
+from reflectioncoder.data.masking import mask_rate
+from reflectioncoder.data.packing import (
+    PackedBatch,
+    make_step_batches,
+    plan_micro_batches,
+    step_counts,
+)
+from reflectioncoder.data.tokenize import TokenizedSample
+from reflectioncoder.train import checkpoint, distributed
+from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
+
+log = logging.getLogger("reflectioncoder.train")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules and the step plan: pure functions of the config (so resume needs only the step).
+
+
+def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Learning rate of optimizer step ``step`` (from 0), as Hugging Face's schedulers give it.
+
+    Linear warm-up over ceil(warmup_ratio * total) steps from 0, then cosine | linear decay to
+    lr * min_lr_ratio, or constant.
+    """
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if step < warmup:
+        return cfg.lr * step / max(1, warmup)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if cfg.schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        factor = 1.0 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * factor)
+
+
+def plan_steps(lengths: list[int], cfg: TrainConfig) -> list[list[int]]:
+    """Sample indices of every optimizer step: epochs of seeded permutations, cut into steps.
+
+    A step takes ``samples_per_step`` samples, or consecutive samples up to ``tokens_per_step``
+    tokens (at least one). The last step of the run may be smaller.
+    """
+    n = len(lengths)
+    if n == 0:
+        raise ValueError("data.files: no training samples (all dropped or none given)")
+    total = max(1, int(cfg.epochs * n))
+    order: list[int] = []
+    epoch = 0
+    while len(order) < total:
+        order.extend(np.random.default_rng([cfg.seed, epoch]).permutation(n).tolist())
+        epoch += 1
+    order = order[:total]
+    steps: list[list[int]] = []
+    if cfg.samples_per_step is not None:
+        k = cfg.samples_per_step
+        steps = [order[i : i + k] for i in range(0, len(order), k)]
+    else:
+        cur: list[int] = []
+        used = 0
+        for i in order:
+            if cur and used + lengths[i] > cfg.tokens_per_step:
+                steps.append(cur)
+                cur, used = [], 0
+            cur.append(i)
+            used += lengths[i]
+        if cur:
+            steps.append(cur)
+    if cfg.max_steps is not None:
+        steps = steps[: cfg.max_steps]
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and its loss as one module (DeepSpeed wraps this; under ZeRO-3 the LM head is
+# registered as an external parameter of it, since the fused loss reads it outside lm_head).
+
+
+class ReflectionLossModule(nn.Module):
+    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``."""
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+
+    def forward(
+        self, batch: PackedBatch, teacher_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weighted loss sums of one packed micro-batch (0-dim tensors, no host sync).
+
+        ``teacher_rows`` (R,) float, 1 on the teacher's loss rows: also returns the teacher's CE
+        part (one extra no-grad loss pass, on logging steps only); else teacher_ce is NaN.
+        """
+        from reflectioncoder.loss import reflection_loss
+        from reflectioncoder.model import forward_hidden, lm_head_weight
+
+        device_type = batch.input_ids.device.type
+        with torch.autocast(
+            device_type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=bool(self.autocast_dtype),
+        ):
+            hidden = forward_hidden(self.model, batch)
+        weight = lm_head_weight(self.model)
+        if self.autocast_dtype is not None:
+            hidden = hidden.to(self.autocast_dtype)
+            weight = weight.to(self.autocast_dtype)
+        loss, parts = reflection_loss(hidden, batch, weight)
+        teacher_ce = torch.full((), float("nan"), device=loss.device)
+        if teacher_rows is not None:
+            with torch.no_grad():
+                only_teacher = dataclasses.replace(
+                    batch,
+                    ce_weight=batch.ce_weight * teacher_rows,
+                    kl_pairs=batch.kl_pairs[:0],
+                    kl_weight=batch.kl_weight[:0],
+                )
+                teacher_ce = reflection_loss(hidden.detach(), only_teacher, weight.detach())[1][
+                    "ce"
+                ]
+        return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
+
+
+def teacher_row_flags(batch: PackedBatch, has_student: list[bool]) -> torch.Tensor:
+    """(R,) float32 on the host: 1 for loss rows in teacher segments, 0 in student segments.
+
+    Segments come in sample order, each teacher followed by its student when it has one (the
+    packing's layout); computed before the batch moves to the device, so it costs no sync.
+    """
+    kinds: list[bool] = []
+    for student in has_student:
+        kinds.append(False)
+        if student:
+            kinds.append(True)
+    if len(kinds) != len(batch.seq_lens):
+        raise ValueError(f"batch: {len(batch.seq_lens)} segments, expected {len(kinds)}")
+    token_is_student = torch.repeat_interleave(
+        torch.tensor(kinds), torch.tensor(batch.seq_lens), output_size=batch.num_tokens
+    )
+    return (~token_is_student[batch.loss_rows.cpu()]).float()
+
+
+def _zero_weight_copy(batch: PackedBatch) -> PackedBatch:
+    """A batch that costs a forward and backward but adds nothing: pads a rank with fewer
+    micro-batches, so every rank runs the same collectives (ZeRO-3 gathers per forward)."""
+    return dataclasses.replace(
+        batch,
+        ce_weight=torch.zeros_like(batch.ce_weight),
+        kl_weight=torch.zeros_like(batch.kl_weight),
+        num_samples=0,
+        num_tokens=0,
+        num_label_tokens=0,
+        num_kl_rows=0,
+        reference_tokens=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and model set-up (the data and model rooms do the work; this wires them to the config).
+
+
+def load_samples(
+    cfg: RunConfig, tokenizer: Any, is_main: bool = True
+) -> tuple[list[TokenizedSample], dict[str, int]]:
+    """Load, validate and tokenise ``cfg.data.files`` (upsampled); drop samples over max_len.
+
+    Each sample's ``uid`` is its index (upsampled copies differ), so mask draws are a function
+    of (seed, step, uid) only. Returns the samples and counts (loaded, dropped_too_long).
+    """
+    from reflectioncoder.data.schema import load_files
+    from reflectioncoder.data.tokenize import special_token_ids, tokenize_sample
+
+    if not cfg.data.files:
+        raise ValueError("data.files: no training files given")
+    raw, report = load_files(cfg.data.files, cfg.data.upsample, cfg.data.skip_bad)
+    special = special_token_ids(tokenizer)
+    samples: list[TokenizedSample] = []
+    dropped = 0
+    for uid, sample in enumerate(raw):
+        tok = tokenize_sample(sample, tokenizer, special)
+        if len(tok) > cfg.data.max_len:
+            dropped += 1
+            continue
+        tok.uid = uid
+        samples.append(tok)
+    if is_main:
+        log.info(
+            "data: %d samples loaded, %d skipped as bad, %d dropped as longer than max_len=%d",
+            len(raw),
+            report.num_skipped,
+            dropped,
+            cfg.data.max_len,
+        )
+    return samples, {
+        "loaded": len(raw),
+        "skipped_bad": report.num_skipped,
+        "dropped_too_long": dropped,
+    }
+
+
+def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:
+    from reflectioncoder.data.schema import load_files
+
+    raw, _ = load_files(cfg.data.files, None, cfg.data.skip_bad)
+    return [b.content for s in raw for m in s.messages for b in m.blocks]
+
+
+def load_tokenizer(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo) -> Any:
+    """The run's ORIGINAL tokenizer (before the special tokens), fixed in OUT/tokenizer.
+
+    From ``model.tokenizer`` or ``model.name_or_path``; else trained on the data by rank 0 on
+    the first run. A resumed run reuses OUT/tokenizer, so its vocabulary is the same.
+    """
+    from transformers import AutoTokenizer
+
+    saved = out_dir / "tokenizer"
+    source = cfg.model.tokenizer or cfg.model.name_or_path
+    if not (saved / "tokenizer_config.json").is_file():
+        if info.is_main:
+            if source is not None:
+                tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+                tok.save_pretrained(str(saved))
+            else:
+                from reflectioncoder.tokenizer import train_tokenizer
+
+                train_tokenizer(_texts_for_tokenizer(cfg), cfg.model.tokenizer_vocab_size, saved)
+        distributed.barrier()
+    return AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+
+
+def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
+    """Load or build the model, add the special tokens (mean-initialised rows), prepare it.
+
+    ``tokenizer`` is the original one: the seven tokens are added to it here (in place).
+    """
+    from reflectioncoder.data.tokenize import add_special_tokens
+    from reflectioncoder.model import (
+        add_special_token_embeddings,
+        build_tiny_llama,
+        load_model,
+        prepare_model,
+    )
+
+    if cfg.model.name_or_path is not None:
+        model = load_model(cfg.model.name_or_path, dtype=torch.float32)
+    else:
+        model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
+    splits = add_special_tokens(tokenizer)
+    # The model is whole here (ZeRO-3 partitions it later, in deepspeed.initialize), so no
+    # gather is needed; a model built under zero.Init would pass distributed.gathered_params.
+    add_special_token_embeddings(model, tokenizer, splits)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
+
+    def __init__(self, cfg: RunConfig, resume: bool | str = False) -> None:
+        self.cfg = cfg
+        self.info = distributed.setup(cfg.distributed, cfg.train.device)
+        self.out_dir = Path(cfg.checkpoint.out_dir)
+        if self.info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out_dir / "config.yaml")
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+
+        self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
+        self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info)
+        model = build_model(cfg, self.tokenizer, self.dtype)
+        self.samples, self.data_counts = load_samples(cfg, self.tokenizer, self.info.is_main)
+        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)
+        self.total_steps = len(self.plan)
+
+        from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
+
+        if self.info.deepspeed:
+            model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
+            autocast = None
+        else:
+            model.to(self.info.device)  # fp32 weights; bf16 through autocast
+            autocast = self.dtype if self.dtype != torch.float32 else None
+        prepare_model(model, gradient_checkpointing=cfg.model.gradient_checkpointing)
+        self.model = model
+        self.n_params = count_parameters(model)
+        self.module = ReflectionLossModule(model, autocast)
+        self.engine = distributed.make_engine(
+            self.module, cfg, self.info, external_params=[lm_head_weight(model)]
+        )
+
+        self.step = 0
+        self.skipped = 0
+        self._skipped_in_a_row = 0
+        if resume:
+            path = resume if isinstance(resume, str) else checkpoint.latest_checkpoint(self.out_dir)
+            if path is None:
+                if self.info.is_main:
+                    log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
+            else:
+                state = checkpoint.load_checkpoint(path, self.engine, self.model, self.info)
+                if state.get("total_steps") != self.total_steps:
+                    raise ValueError(
+                        f"--resume: {path} planned {state.get('total_steps')} steps, this "
+                        f"config plans {self.total_steps} (data or batch size changed)"
+                    )
+                self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+                if self.info.is_main:
+                    log.info("resumed from %s at step %d", path, self.step)
+        peak = cfg.logging.peak_tflops
+        if peak is None and self.info.device.type == "cuda":
+            peak = guess_peak_tflops(torch.cuda.get_device_name(self.info.device))
+        self.peak_flops = peak * 1e12 if peak else None
+        self.metrics = MetricsLogger(
+            self.out_dir, cfg.logging, self.total_steps, self.step, enabled=self.info.is_main
+        )
+        if self.info.is_main:
+            log.info(
+                "%d samples, %d optimizer steps, %d parameters, %d rank(s), %s, %s",
+                len(self.samples),
+                self.total_steps,
+                self.n_params,
+                self.info.world_size,
+                "deepspeed ZeRO-%d" % self.engine.config["zero_optimization"]["stage"]
+                if self.info.deepspeed
+                else "single engine",
+                self.dtype,
+            )
+
+    # -- one optimizer step -------------------------------------------------------------------
+
+    def step_batches(self, step: int) -> tuple[list[PackedBatch], list[list[bool]]]:
+        """This rank's micro-batches of ``step`` (mask applied at ``step``), and for each the
+        has-student flag of its samples. Every rank runs the same number of micro-batches."""
+        cfg = self.cfg
+        samples = [self.samples[i] for i in self.plan[step]]
+        # Denominators of the whole step, all ranks together: no communication needed.
+        denominators = step_counts(samples, cfg.mask)
+        groups = plan_micro_batches(samples, cfg.packing, cfg.mask)
+        world, rank = self.info.world_size, self.info.rank
+        mine = groups[rank::world]
+        batches = make_step_batches(
+            samples,
+            step,
+            self.total_steps,
+            cfg.mask,
+            cfg.packing,
+            cfg.train.seed,
+            denominators=denominators,
+            groups=mine,
+        )
+        flags = [
+            [s.is_reflection and cfg.mask.distill for s in (samples[i] for i in g)] for g in mine
+        ]
+        per_rank = math.ceil(len(groups) / world)
+        while len(batches) < per_rank:
+            if batches:
+                batches.append(_zero_weight_copy(batches[0]))
+                flags.append(flags[0])
+            else:  # more ranks than micro-batches: borrow the first group, weighted 0
+                first = make_step_batches(
+                    samples,
+                    step,
+                    self.total_steps,
+                    cfg.mask,
+                    cfg.packing,
+                    cfg.train.seed,
+                    denominators=denominators,
+                    groups=groups[:1],
+                )[0]
+                batches.append(_zero_weight_copy(first))
+                flags.append([samples[i].is_reflection and cfg.mask.distill for i in groups[0]])
+        return batches, flags
+
+    def train_step(self) -> dict[str, Any]:
+        """Run optimizer step ``self.step``; returns its metrics row (host values)."""
+        if self.step >= self.total_steps:
+            raise ValueError(f"train_step: the run's {self.total_steps} steps are done")
+        t0 = time.perf_counter()
+        step = self.step
+        lr = lr_at(step, self.total_steps, self.cfg.optim)
+        self.engine.set_lr(lr)
+        log_now = (step + 1) % self.cfg.logging.log_every == 0
+        split = self.cfg.logging.split_ce and log_now
+        batches, flags = self.step_batches(step)
+        device = self.info.device
+        # loss, ce, kl, teacher_ce, tokens, samples: summed over micro-batches, then ranks.
+        stats = torch.zeros(6, dtype=torch.float64, device=device)
+        for j, (batch, has_student) in enumerate(zip(batches, flags, strict=True)):
+            rows = teacher_row_flags(batch, has_student).to(device) if split else None
+            sizes = torch.tensor([batch.num_tokens, batch.num_samples], dtype=torch.float64)
+            batch = batch.to(device)
+            self.engine.start_micro_batch(last=j == len(batches) - 1)
+            loss, ce, kl, teacher_ce = self.engine(batch, rows)
+            self.engine.backward(loss)
+            stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
+            stats[4:] += sizes.to(device, non_blocking=True)
+        result = self.engine.finish_step(stats)  # the step's one host sync (inside)
+        loss, ce, kl, teacher_ce, tokens, n_samples = result.stats
+        elapsed = time.perf_counter() - t0
+        self.step += 1
+        row = {
+            "step": self.step,
+            "loss": loss,
+            "ce": ce,
+            "teacher_ce": teacher_ce if split else None,
+            "student_ce": ce - teacher_ce if split else None,
+            "kl": kl,
+            "mask_rate": mask_rate(step, self.total_steps),
+            "lr": lr,
+            "grad_norm": result.grad_norm,
+            "samples": int(n_samples),
+            "tokens": int(tokens),
+            "tokens_per_s": tokens / elapsed,
+            "skipped": not result.applied,
+            "time": elapsed,
+        }
+        if self.peak_flops:
+            # 6 N FLOPs per token (forward + backward), all ranks' tokens over all ranks' peak.
+            row["mfu"] = (
+                6 * self.n_params * row["tokens_per_s"] / (self.info.world_size * self.peak_flops)
+            )
+        if result.applied:
+            self._skipped_in_a_row = 0
+        else:
+            self.skipped += 1
+            self._skipped_in_a_row += 1
+            if self.info.is_main:
+                log.warning(
+                    "step %d: non-finite loss (%s) or gradient norm (%s): update skipped, weights "
+                    "unchanged (%d skipped so far)",
+                    self.step,
+                    loss,
+                    result.grad_norm,
+                    self.skipped,
+                )
+            if self._skipped_in_a_row >= self.cfg.train.max_skipped_steps:
+                raise NonFiniteError(
+                    f"{self._skipped_in_a_row} optimizer steps in a row had a non-finite loss "
+                    f"or gradient (last: step {self.step}); stopping: lower optim.lr or check "
+                    "the data."
+                )
+        row["skipped_total"] = self.skipped
+        self.metrics.log(row)
+        return row
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """A resumable checkpoint of the current step (every rank calls this)."""
+        return checkpoint.save_checkpoint(
+            self.out_dir,
+            self.step,
+            self.engine,
+            self.model,
+            self.tokenizer,
+            self.info,
+            {"total_steps": self.total_steps, "skipped": self.skipped},
+            self.cfg.checkpoint.keep_last,
+        )
+
+    def train(self) -> dict[str, Any]:
+        """Train to the end of the plan, saving every ``checkpoint.save_every`` steps and the
+        final model to OUT/final. Returns a summary (steps, skipped, last loss)."""
+        every = self.cfg.checkpoint.save_every
+        row: dict[str, Any] = {}
+        while self.step < self.total_steps:
+            row = self.train_step()
+            if every and self.step % every == 0 and self.step < self.total_steps:
+                self.save()
+        if self.cfg.checkpoint.save_every:
+            self.save()
+        if self.cfg.checkpoint.save_final:
+            full = self.engine.full_state_dict()
+            if self.info.is_main:
+                checkpoint.save_hf_model(self.model, self.tokenizer, full, self.out_dir / "final")
+            distributed.barrier()
+        return {
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "skipped": self.skipped,
+            "loss": row.get("loss"),
+            "out_dir": str(self.out_dir),
+        }
+
+    def close(self) -> None:
+        """Flush metrics, draw the loss plot, end the process group."""
+        self.metrics.close()
+        distributed.shutdown()
