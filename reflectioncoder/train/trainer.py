@@ -270,7 +270,6 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
         add_special_token_embeddings,
         build_tiny_llama,
         load_model,
-        prepare_model,
     )
 
     if cfg.model.name_or_path is not None:
@@ -355,7 +354,7 @@ class Trainer:
                 self.total_steps,
                 self.n_params,
                 self.info.world_size,
-                "deepspeed ZeRO-%d" % self.engine.config["zero_optimization"]["stage"]
+                f"deepspeed ZeRO-{self.engine.config['zero_optimization']['stage']}"
                 if self.info.deepspeed
                 else "single engine",
                 self.dtype,
