@@ -1,0 +1,277 @@
+"""Who writes the code and the reflections: the ``Backend`` protocol and two backends.
+
+- ``MutationBackend`` (offline, the default): the first attempt is the reference solution with
+  one or two mutations; each reflection explains the failure the sandbox really printed and
+  reverts one mutation.
+- ``OpenAIBackend``: any OpenAI-compatible chat endpoint (``/v1/chat/completions``), so a real
+  model can write attempts and reflections, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from reflectioncoder.construct.execute import Execution
+from reflectioncoder.construct.mutate import KINDS, Edit, apply_mutations, site_kinds
+from reflectioncoder.construct.problems import Problem, TestCase
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A backend's turn: a short ``text`` and the function ``code`` (tests are added by us)."""
+
+    text: str
+    code: str
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One round of a reflection sequence: the draft, the program run, and its execution."""
+
+    draft: Draft
+    program: str
+    execution: Execution
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Writes first attempts and, from the interpreter's feedback, reflections with fixes."""
+
+    name: str
+
+    def attempt(self, problem: Problem, rng: random.Random) -> Draft:
+        """The first attempt at ``problem``."""
+        ...
+
+    def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        """Explain why the last turn of ``history`` failed, and give fixed code."""
+        ...
+
+
+# ----------------------------------------------------------------------------- feedback parsing
+
+_GOT_RE = re.compile(r"^AssertionError: got (.*)$", re.MULTILINE)
+_FRAME_RE = re.compile(r'File "main\.py", line (\d+), in <module>')
+
+
+def failing_test(problem: Problem, program: str, output: str) -> TestCase | None:
+    """The test whose line the traceback's last top-level frame points at, if any.
+
+    Found from the line number, so it works whether or not the traceback shows source lines.
+    """
+    frames = _FRAME_RE.findall(output)
+    if not frames:
+        return None
+    lines = program.splitlines()
+    line = int(frames[-1])
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    return next((t for t in problem.tests if source == t.checked_assertion()), None)
+
+
+def describe_failure(problem: Problem, program: str, execution: Execution) -> str:
+    """One or two sentences on what the execution of ``program`` shows, from its output alone."""
+    output = execution.output
+    if execution.timed_out:
+        return "Running the tests timed out: the program never finished, so a loop does not end."
+    lines = [line for line in output.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else "no output"
+    failing = failing_test(problem, program, output)
+    got = _GOT_RE.search(output)
+    if failing is not None and got is not None:
+        return (
+            f"The test `{failing.call} == {failing.expected}` failed: "
+            f"the function returned {got.group(1)} instead of {failing.expected}."
+        )
+    where = f" while checking `{failing.call}`" if failing is not None else ""
+    return f"Running the tests raised `{last}`{where}."
+
+
+_DIAGNOSIS = {
+    "off_by_one": [
+        "This is an off-by-one error: {wrong} is one away from what it should be, {correct}.",
+        "The bound in {wrong} is off by one; it must be {correct}.",
+    ],
+    "wrong_operator": [
+        "The line {wrong} uses the wrong operator; it should be {correct}.",
+        "{wrong} computes the wrong thing because of its operator: it must be {correct}.",
+    ],
+    "wrong_comparison": [
+        "The comparison in {wrong} is wrong; it should be {correct}.",
+        "{wrong} compares the wrong way round or at the wrong boundary: it must be {correct}.",
+    ],
+    "missing_case": [
+        "The code misses a case. It needs: {correct}",
+        "A case is not handled; this part is missing: {correct}",
+    ],
+    "wrong_return": [
+        "The function returns the wrong value: {wrong} should be {correct}.",
+        "{wrong} hands back the wrong value; it must be {correct}.",
+    ],
+}
+_PLANS = [
+    "Let me fix that and run the tests again.",
+    "I'll correct it and rerun the tests.",
+    "Fixing it and testing again.",
+]
+_OPENERS = [
+    "I'll write `{name}` and test it on a few cases.",
+    "Let me implement `{name}` and check it against some tests.",
+    "Here is a first version of `{name}`, with tests.",
+]
+
+
+def _snippet(lines: tuple[str, ...]) -> str:
+    """One line as inline code, several as a python fence on lines of their own."""
+    if len(lines) == 1:
+        return f"`{lines[0].strip()}`"
+    return "\n```python\n" + "\n".join(lines) + "\n```\n"
+
+
+def diagnose(edit: Edit, rng: random.Random) -> str:
+    """A sentence explaining ``edit`` (the mutation being reverted)."""
+    if edit.kind not in KINDS:
+        raise ValueError(f"edit.kind: unknown mutation kind {edit.kind!r}")
+    wrong = _snippet(edit.wrong) if edit.wrong else ""
+    return rng.choice(_DIAGNOSIS[edit.kind]).format(correct=_snippet(edit.correct), wrong=wrong)
+
+
+def _join(parts: list[str]) -> str:
+    """Sentences joined by spaces; a part that ends in a code fence starts a new line."""
+    text = ""
+    for part in parts:
+        sep = "" if not text else "\n" if text.endswith("```") else " "
+        text += sep + part.strip().replace(" \n", "\n")
+    return text
+
+
+class MutationBackend:
+    """Offline backend: mutated reference solutions and templated, feedback-driven reflections.
+
+    two_bug_rate: the share of first attempts that carry two mutations (two reflection rounds
+    when the half-fixed program still fails, as the sandbox decides).
+    """
+
+    name = "mutation"
+
+    def __init__(self, two_bug_rate: float = 0.25) -> None:
+        if not 0.0 <= two_bug_rate <= 1.0:
+            raise ValueError(f"two_bug_rate: expected a value in [0, 1], got {two_bug_rate}")
+        self.two_bug_rate = two_bug_rate
+
+    def attempt(self, problem: Problem, rng: random.Random) -> Draft:
+        kinds = site_kinds(problem.solution)
+        if not kinds:
+            raise ValueError(f"problem {problem.task_id}: its solution admits no mutation")
+        # Draw a kind first, then a site of that kind, so every kind is common.
+        kind = rng.choice(sorted(set(kinds)))
+        first = rng.choice([i for i, k in enumerate(kinds) if k == kind])
+        sites = [first]
+        if rng.random() < self.two_bug_rate and len(kinds) > 1:
+            sites.append(rng.choice([i for i in range(len(kinds)) if i != first]))
+        mutant = apply_mutations(problem.solution, sites)
+        text = rng.choice(_OPENERS).format(name=problem.entry_point)
+        return Draft(text, mutant.code, {"sites": mutant.sites, "edits": mutant.edits})
+
+    def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        last = history[-1]
+        sites, edits = last.draft.meta["sites"], last.draft.meta["edits"]
+        if not sites:
+            raise ValueError(f"problem {problem.task_id}: no mutation left to fix")
+        remaining = tuple(sites[1:])
+        code = apply_mutations(problem.solution, remaining).code
+        parts = [
+            describe_failure(problem, last.program, last.execution),
+            diagnose(edits[0], rng),
+            rng.choice(_PLANS),
+        ]
+        text = _join(parts)
+        return Draft(text, code, {"sites": remaining, "edits": tuple(edits[1:])})
+
+
+# ----------------------------------------------------------------------------- HTTP backend
+
+_FENCE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def split_reply(reply: str) -> Draft:
+    """A chat reply -> (the text before the last python fence, the fenced code)."""
+    fences = list(_FENCE_RE.finditer(reply))
+    if not fences:
+        raise ValueError(f"reply: no python code fence in {reply[:200]!r}")
+    last = fences[-1]
+    return Draft(reply[: last.start()].strip(), last.group(1).strip() + "\n")
+
+
+class OpenAIBackend:
+    """Attempts and reflections from an OpenAI-compatible chat endpoint (no SDK needed).
+
+    base_url: e.g. ``http://localhost:8000/v1``; requests go to ``{base_url}/chat/completions``.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        temperature: float = 0.0,
+        timeout_s: float = 120.0,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http(s) URL, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key = api_key
+        self.temperature = temperature
+        self.timeout_s = timeout_s
+
+    def _chat(self, messages: list[dict]) -> str:
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": self.temperature}
+        ).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            reply = json.loads(response.read().decode())
+        try:
+            return reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{self.base_url}: unexpected chat reply {str(reply)[:200]}") from e
+
+    def _conversation(self, problem: Problem, history: list[Turn]) -> list[dict]:
+        messages = [
+            {
+                "role": "system",
+                "content": "Write Python in one ```python fence. Tests are added and run for you.",
+            },
+            {"role": "user", "content": problem.instruction()},
+        ]
+        for turn in history:
+            text = f"{turn.draft.text}\n```python\n{turn.draft.code.rstrip()}\n```"
+            messages.append({"role": "assistant", "content": text})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": "Running your code with the tests printed:\n"
+                    f"```\n{turn.execution.output}\n```\n"
+                    "Explain what went wrong, then give the whole fixed function.",
+                }
+            )
+        return messages
+
+    def attempt(self, problem: Problem, rng: random.Random) -> Draft:
+        return split_reply(self._chat(self._conversation(problem, [])))
+
+    def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        return split_reply(self._chat(self._conversation(problem, history)))

@@ -1,0 +1,221 @@
+"""Assemble ReflectionSeq samples (SPEC §1) by really executing every attempt, and write jsonl.
+
+A reflection sample is: the instruction; the reflection sequence (text, code, execution, then
+per round a reflection text, the fixed code and its execution); the instruction again; the
+one-off answer in a python fence. Execution blocks hold what the sandbox printed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
+from reflectioncoder.construct.execute import run_program
+from reflectioncoder.construct.problems import Problem, generate_problems
+from reflectioncoder.data.tokenize import SPECIAL_TOKENS
+
+STYLES = ("humaneval", "mbpp")
+
+
+@dataclass
+class BuildStats:
+    """What a build did: samples written per type, attempts rejected and why, executions run."""
+
+    reflection: int = 0
+    generation: int = 0
+    executions: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    rounds: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rounds = ", ".join(f"{k} round(s): {v}" for k, v in sorted(self.rounds.items()))
+        rejected = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (
+            f"{self.reflection} reflection + {self.generation} generation samples, "
+            f"{self.executions} sandboxed runs in {self.seconds:.1f} s; {rounds}; "
+            f"rejected attempts: {rejected}"
+        )
+
+
+def _text(content: str) -> dict:
+    return {"type": "text", "content": content}
+
+
+def answer_block(code: str) -> dict:
+    """The one-off answer: the code in a python fence (SPEC §1, message 4)."""
+    return _text(f"```python\n{code.rstrip()}\n```")
+
+
+def has_special_token(sample: dict) -> bool:
+    """True when any content holds one of SPEC's seven special-token strings (a bad sample)."""
+    return any(
+        special in block["content"]
+        for message in sample["messages"]
+        for block in message["content"]
+        for special in SPECIAL_TOKENS
+    )
+
+
+def generation_sample(problem: Problem, style: str) -> dict:
+    """A plain instruction sample (``type: generation``): instruction -> answer."""
+    return {
+        "type": "generation",
+        "task_id": problem.task_id,
+        "messages": [
+            {"role": "user", "content": [_text(problem.instruction(style))]},
+            {"role": "assistant", "content": [answer_block(problem.solution)]},
+        ],
+    }
+
+
+def reflection_sample(
+    problem: Problem,
+    backend: Backend,
+    rng: random.Random,
+    style: str = "humaneval",
+    max_rounds: int = 3,
+    max_attempts: int = 6,
+    timeout_s: float = 5.0,
+    stats: BuildStats | None = None,
+) -> dict | None:
+    """One reflection sample for ``problem``, or None when no attempt led to a passing fix.
+
+    The first attempt must fail when run with the tests (an attempt that passes is redrawn, up
+    to ``max_attempts``); then the backend reflects on the real output until the code passes,
+    for at most ``max_rounds`` rounds.
+    """
+    stats = stats if stats is not None else BuildStats()
+    for _ in range(max_attempts):
+        draft = backend.attempt(problem, rng)
+        program = problem.test_program(draft.code)
+        execution = run_program(program, timeout_s=timeout_s)
+        stats.executions += 1
+        if execution.passed:
+            stats.rejected["first attempt passed"] += 1
+            continue
+        history = [Turn(draft, program, execution)]
+        while not history[-1].execution.passed and len(history) <= max_rounds:
+            draft = backend.reflect(problem, history, rng)
+            program = problem.test_program(draft.code)
+            history.append(Turn(draft, program, run_program(program, timeout_s=timeout_s)))
+            stats.executions += 1
+        if not history[-1].execution.passed:
+            stats.rejected["never passed"] += 1
+            continue
+        body = []
+        for turn in history:
+            body += [
+                _text(turn.draft.text),
+                {"type": "code", "content": turn.program.rstrip("\n")},
+                {"type": "execution", "content": turn.execution.output},
+            ]
+        instruction = problem.instruction(style)
+        sample = {
+            "type": "reflection",
+            "task_id": problem.task_id,
+            "construct": {
+                "backend": backend.name,
+                "mutations": [e.kind for e in history[0].draft.meta.get("edits", ())],
+                "rounds": len(history) - 1,
+            },
+            "messages": [
+                {"role": "user", "content": [_text(instruction)]},
+                {"role": "assistant", "content": body},
+                {"role": "user", "content": [_text(instruction)]},
+                {"role": "assistant", "content": [answer_block(history[-1].draft.code)]},
+            ],
+        }
+        if has_special_token(sample):
+            stats.rejected["special-token string in content"] += 1
+            continue
+        stats.rounds[len(history) - 1] += 1
+        stats.kinds.update(sample["construct"]["mutations"])
+        return sample
+    return None
+
+
+def build_dataset(
+    n: int,
+    seed: int,
+    workers: int = 1,
+    generation_fraction: float = 0.25,
+    backend: Backend | None = None,
+    timeout_s: float = 5.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict], BuildStats]:
+    """``n`` samples (about ``generation_fraction`` of them generation samples), seeded.
+
+    Problems are the template problems in a seeded order, reused with fresh mutations when
+    ``n`` exceeds their number. Deterministic given ``seed`` whatever ``workers`` is.
+    progress: called with (done, total) after each reflection sample.
+    """
+    if n < 0:
+        raise ValueError(f"n: expected a non-negative number of samples, got {n}")
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
+    if not 0.0 <= generation_fraction <= 1.0:
+        raise ValueError(
+            f"generation_fraction: expected a value in [0, 1], got {generation_fraction}"
+        )
+    backend = backend if backend is not None else MutationBackend()
+    start = time.perf_counter()
+    problems = generate_problems(seed)
+    n_generation = round(n * generation_fraction)
+    n_reflection = n - n_generation
+    stats = BuildStats()
+
+    def one(index: int) -> dict | None:
+        problem = problems[index % len(problems)]
+        rng = random.Random(f"{seed}/reflection/{index}")
+        style = "humaneval" if rng.random() < 0.8 else "mbpp"
+        local = BuildStats()
+        sample = reflection_sample(problem, backend, rng, style, timeout_s=timeout_s, stats=local)
+        return sample, local
+
+    reflections: list[dict] = []
+    next_index = 0
+    # A problem may yield no sample (every attempt passed); draw more indices until n are made.
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # sandbox runs are subprocesses
+        while len(reflections) < n_reflection and next_index < n_reflection * 4 + 8:
+            batch = range(next_index, next_index + (n_reflection - len(reflections)))
+            next_index = batch.stop
+            for sample, local in pool.map(one, batch):  # ordered: deterministic output
+                stats.executions += local.executions
+                stats.rejected.update(local.rejected)
+                stats.rounds.update(local.rounds)
+                stats.kinds.update(local.kinds)
+                if sample is not None and len(reflections) < n_reflection:
+                    reflections.append(sample)
+                    if progress is not None:
+                        progress(len(reflections), n_reflection)
+    if len(reflections) < n_reflection:
+        raise RuntimeError(f"made only {len(reflections)} of {n_reflection} reflection samples")
+    rng = random.Random(f"{seed}/generation")
+    generations = [
+        generation_sample(problems[i % len(problems)], rng.choice(STYLES))
+        for i in range(len(problems) - 1, len(problems) - 1 - n_generation, -1)
+    ]
+    samples = reflections + generations
+    random.Random(f"{seed}/order").shuffle(samples)
+    stats.reflection, stats.generation = len(reflections), len(generations)
+    stats.seconds = time.perf_counter() - start
+    return samples, stats
+
+
+def write_jsonl(samples: list[dict], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8); creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return path
