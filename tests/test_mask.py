@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference.mask import body_ref, blocks_ref, rate_ref, student_ref, visible_ref
+from reference.mask import rate_ref, student_ref, visible_drawn
+from reflectioncoder.kernels.mask import apply_reflection_mask
 
 from reflectioncoder.data.config import STRATEGIES, MaskConfig
 from reflectioncoder.data.masking import (
@@ -16,7 +17,6 @@ from reflectioncoder.data.masking import (
     sample_rng,
 )
 from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
-from reflectioncoder.kernels.mask import apply_reflection_mask
 
 VOCAB = 61
 SP = default_special_ids(VOCAB)
@@ -44,16 +44,7 @@ def _reference(samples, step, total, cfg: MaskConfig, seed: int):
     for s in samples:
         ids = s.ids.tolist()
         rng = sample_rng(seed, step, s.uid)
-        strategy = None
-        if cfg.strategies:
-            strategy = cfg.strategies[int(rng.integers(len(cfg.strategies)))]
-        start, end = body_ref(ids, SP)
-        ranks = None
-        if strategy == "random_token_mask":
-            ranks = rng.permutation(end - start).tolist()
-        elif strategy == "random_block_mask":
-            ranks = rng.permutation(len(blocks_ref(ids, SP, start, end))).tolist()
-        vis = visible_ref(ids, SP, strategy, rate, cfg.block_order, ranks)
+        vis = visible_drawn(ids, SP, cfg.strategies, cfg.block_order, rate, rng)
         out.append(student_ref(ids, s.student_labels.tolist(), vis))
     return out
 

@@ -77,7 +77,8 @@ class MaskConfig:
             raise ValueError(f"strategies: listed twice in {self.strategies}")
         if sorted(self.block_order) != ["c", "e", "t"]:
             raise ValueError(
-                f"block_order: must be a permutation of t, c, e (e.g. tce), got {self.block_order!r}"
+                "block_order: must be a permutation of t, c, e (e.g. tce), "
+                f"got {self.block_order!r}"
             )
 
 

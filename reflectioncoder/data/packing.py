@@ -237,6 +237,8 @@ def _assemble(
             seg_src.append(("s", k))
             seq_lens.append(slen)
             a = s.answer_start
+            if a - 1 <= s.body_end:  # the row formula below needs [a - 1, L) all visible
+                raise ValueError(f"samples: {s.source}: answer overlaps the reflection body")
             # Student CE: row k predicts the student label at k + 1: rows of positions a-1 .. L-3.
             pos = torch.arange(a - 1, length - 2)
             student_rows.append(pos - hidden + offset)

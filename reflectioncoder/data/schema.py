@@ -147,7 +147,9 @@ def load_jsonl(path: str | Path, skip_bad: bool = False, report: LoadReport | No
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})")
+                    raise DataError(
+                        source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})"
+                    ) from None
                 samples.append(parse_sample(obj, source))
             except DataError as e:
                 if not skip_bad:

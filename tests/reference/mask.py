@@ -96,3 +96,16 @@ def student_ref(ids: list[int], student_labels: list[int], visible: list[bool]):
     """(positions, ids, labels) of the student: the visible tokens, original positions."""
     pos = [p for p in range(len(ids)) if visible[p]]
     return pos, [ids[p] for p in pos], [student_labels[p] for p in pos]
+
+
+def visible_drawn(ids, sp, strategies, block_order: str, rate: float, rng) -> list[bool]:
+    """visible_ref with the draws taken from ``rng`` in the documented order: the strategy
+    (uniform index into ``strategies``), then the permutation of a random strategy."""
+    strategy = strategies[int(rng.integers(len(strategies)))] if strategies else None
+    start, end = body_ref(ids, sp)
+    ranks = None
+    if strategy == "random_token_mask":
+        ranks = rng.permutation(end - start).tolist()
+    elif strategy == "random_block_mask":
+        ranks = rng.permutation(len(blocks_ref(ids, sp, start, end))).tolist()
+    return visible_ref(ids, sp, strategy, rate, block_order, ranks)
