@@ -71,12 +71,11 @@ def step_loss_ref(per_sample_terms, normalisation: str) -> torch.Tensor:
 
 def packed_loss(model, batch) -> torch.Tensor:
     """sum ce_weight * CE + sum kl_weight * KL of one PackedBatch, run segment by segment."""
+    cu = batch.cu_seqlens.tolist()
     logits = torch.cat(
         [
             model(batch.input_ids[lo:hi], batch.position_ids[lo:hi])
-            for lo, hi in zip(
-                batch.cu_seqlens[:-1].tolist(), batch.cu_seqlens[1:].tolist(), strict=True
-            )
+            for lo, hi in zip(cu[:-1], cu[1:], strict=True)
         ]
     )
     rows = logits[batch.loss_rows]
