@@ -117,7 +117,7 @@ def test_serialisation_and_labels_match_reference(tokenizer, seed, tmp_path):
             assert len(t.blocks) == len(obj["messages"][1]["content"])
             assert [b[2] for b in t.blocks] == [b["type"] for b in obj["messages"][1]["content"]]
             for lo, hi, _ in t.blocks:
-                assert ids[hi - 1] == sp["<|endofblock|>"]
+                assert ids[lo] in sp.values() and ids[hi - 1] == sp["<|endofblock|>"]
         else:
             assert (t.student_labels == IGNORE).all()
 
