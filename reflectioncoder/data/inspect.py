@@ -1,0 +1,158 @@
+"""Show what the teacher and the student see for each sample at an optimizer step.
+
+Teacher: every token; tokens that carry a CE label are shown inside [[ ]].
+Student: hidden runs are shown as <~N hidden~>; the student's labelled tokens inside [[ ]].
+``--json OUT`` writes one object per sample (file order; over-length samples left out and
+reported): input_ids, labels, student_positions, student_labels, kl_positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from reflectioncoder.data.config import STRATEGIES, DataConfig, MaskConfig
+from reflectioncoder.data.dataset import load_dataset
+from reflectioncoder.data.masking import draw_masks, visibility_host
+from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, nargs="+", help="jsonl file(s) (SPEC §1)")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (local)")
+    parser.add_argument("--step", type=int, default=0, help="optimizer step (from 0)")
+    parser.add_argument("--total-steps", type=int, default=1, help="optimizer steps of the run")
+    parser.add_argument("--seed", type=int, default=3407, help="the run's seed")
+    parser.add_argument(
+        "--strategy",
+        action="append",
+        choices=STRATEGIES,
+        help="mask strategy (repeat for several; default block_mask)",
+    )
+    parser.add_argument("--block-order", default="tce", help="block_mask order, e.g. tce or etc")
+    parser.add_argument("--max-len", type=int, default=4096, help="drop (and report) longer")
+    parser.add_argument("--no-distill", action="store_true", help="no student pass")
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad samples, report them")
+    parser.add_argument("--limit", type=int, default=None, help="print at most this many")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the views here")
+
+
+def sample_views(
+    samples: list[TokenizedSample], step: int, total_steps: int, cfg: MaskConfig, seed: int
+) -> list[dict]:
+    """One JSON-ready dict per sample: what the teacher and the student see at ``step``."""
+    students = [s for s in samples if s.is_reflection and cfg.distill]
+    plan = draw_masks(students, step, total_steps, cfg, seed)
+    visible = visibility_host(plan)
+    by_uid = {}
+    for k, s in enumerate(students):
+        lo, hi = int(plan.offsets[k]), int(plan.offsets[k + 1])
+        by_uid[id(s)] = (visible[lo:hi], plan.strategies[k])
+    views = []
+    for s in samples:
+        view = {
+            "source": s.source,
+            "type": "reflection" if s.is_reflection else "generation",
+            "input_ids": s.ids.tolist(),
+            "labels": s.labels.tolist(),
+            "student_positions": [],
+            "student_labels": [],
+            "kl_positions": [],
+            "strategy": None,
+            "rate": plan.rate,
+        }
+        if id(s) in by_uid:
+            vis, strategy = by_uid[id(s)]
+            pos = torch.nonzero(vis).flatten()
+            view["student_positions"] = pos.tolist()
+            view["student_labels"] = s.student_labels[pos].tolist()
+            if cfg.kl:
+                view["kl_positions"] = torch.nonzero(s.student_labels != IGNORE).flatten().tolist()
+            view["strategy"] = strategy
+        views.append(view)
+    return views
+
+
+def _render(pieces: list[str], labelled: list[bool], shown: list[bool] | None = None) -> str:
+    """Concatenate token strings; [[ ]] around labelled runs, <~N hidden~> for hidden runs."""
+    out, hidden, inside = [], 0, False
+    for p, text in enumerate(pieces):
+        if shown is not None and not shown[p]:
+            if inside:
+                out.append("]]")
+                inside = False
+            hidden += 1
+            continue
+        if hidden:
+            out.append(f"<~{hidden} hidden~>")
+            hidden = 0
+        if labelled[p] != inside:
+            out.append("[[" if labelled[p] else "]]")
+            inside = labelled[p]
+        out.append(text)
+    if hidden:
+        out.append(f"<~{hidden} hidden~>")
+    if inside:
+        out.append("]]")
+    return "".join(out)
+
+
+def format_view(view: dict, tokenizer) -> str:
+    ids = view["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    teacher_lab = [lab != IGNORE for lab in view["labels"]]
+    lines = [
+        f"== {view['source']}  {view['type']}  {len(ids)} tokens, "
+        f"{sum(teacher_lab)} teacher labels",
+        "-- teacher:",
+        _render(pieces, teacher_lab),
+    ]
+    if view["student_positions"]:
+        pos = view["student_positions"]
+        shown = [False] * len(ids)
+        student_lab = [False] * len(ids)
+        for p, lab in zip(pos, view["student_labels"], strict=True):
+            shown[p] = True
+            student_lab[p] = lab != IGNORE
+        lines += [
+            f"-- student ({view['strategy'] or 'no strategy'}, rate {view['rate']:.4g}): "
+            f"{len(pos)} of {len(ids)} tokens, {sum(student_lab)} labels, "
+            f"{len(view['kl_positions'])} KL rows",
+            _render(pieces, student_lab, shown),
+        ]
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    strategies = tuple(args.strategy) if args.strategy else ("block_mask",)
+    try:
+        mask_cfg = MaskConfig(
+            strategies=strategies, block_order=args.block_order, distill=not args.no_distill
+        )
+        data_cfg = DataConfig(files=args.data, max_len=args.max_len, skip_bad=args.skip_bad)
+        if args.step < 0 or args.total_steps < 0:
+            raise ValueError("--step and --total-steps must be >= 0")
+    except ValueError as e:
+        print(f"reflectioncoder inspect: {e}", file=sys.stderr)
+        return 2
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens
+    samples, report = load_dataset(data_cfg, tokenizer)
+    print(f"# {report.summary(args.max_len)}")
+    for line in report.skipped + [f"over-length: {s}" for s in report.over_length]:
+        print(f"#   {line}")
+    views = sample_views(samples, args.step, args.total_steps, mask_cfg, args.seed)
+    shown = views if args.limit is None else views[: args.limit]
+    for view in shown:
+        print(format_view(view, tokenizer))
+        print()
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(views, f)
+        print(f"# wrote {len(views)} samples to {args.json_out}")
+    return 0
