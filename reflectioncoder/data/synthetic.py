@@ -29,6 +29,7 @@ def synthetic_samples(
     special: dict[str, int] | None = None,
     bos_id: int = 1,
     eos_id: int = 2,
+    first_uid: int = 0,
 ) -> list[TokenizedSample]:
     """``n`` samples; lengths drawn uniformly from the (min, max) token ranges given.
 
@@ -37,6 +38,7 @@ def synthetic_samples(
     repeated, with random skips) filled until its drawn length; ``block_len`` bounds each
     block's content (0 allowed when the minimum is 0: empty blocks are valid).
     ``generation_fraction`` of the samples are generation samples (instruction, answer).
+    Sample i gets uid ``first_uid + i`` (give several calls distinct ranges).
     """
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
@@ -64,7 +66,7 @@ def synthetic_samples(
         if rng.random() < generation_fraction:
             ids = [bos_id, user, type_ids[0], *instr, eob, eom]
             ids += text_message(asst, draw(answer)) + [eos_id]
-            out.append(build_sample(ids, sp, False, f"synthetic:{i}", uid=i))
+            out.append(build_sample(ids, sp, False, f"synthetic:{i}", uid=first_uid + i))
             continue
         target = draw(reflection)
         body: list[int] = []
@@ -76,5 +78,5 @@ def synthetic_samples(
         ids = [bos_id, user, type_ids[0], *instr, eob, eom, asst, *body, eom]
         ids += [user, type_ids[0], *instr, eob, eom]
         ids += text_message(asst, draw(answer)) + [eos_id]
-        out.append(build_sample(ids, sp, True, f"synthetic:{i}", uid=i))
+        out.append(build_sample(ids, sp, True, f"synthetic:{i}", uid=first_uid + i))
     return out
