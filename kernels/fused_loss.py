@@ -66,7 +66,7 @@ BWD_BLOCKS = {
     torch.float32: LossBlocks(block_d=32, num_stages=2),
 }
 # fp32 inputs: exact fp32 products, as torch's default matmul (no TF32).
-PRECISION = {torch.bfloat16: "tf32", torch.float16: "tf32", torch.float32: "ieee"}
+PRECISION = {torch.bfloat16: "ieee", torch.float16: "ieee", torch.float32: "ieee"}
 
 
 @triton.jit
@@ -93,6 +93,7 @@ def _fused_loss_fwd_kernel(
     BLOCK_D: tl.constexpr,  # reduction tile
     HAS_KL: tl.constexpr,  # any pair in the launch
     PRECISION: tl.constexpr,  # tl.dot input precision ("ieee" for fp32 inputs)
+    UPCAST: tl.constexpr,  # interpreter only: its tl.dot multiplies bf16 bit patterns
 ):
     blk = tl.program_id(0).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
@@ -117,15 +118,17 @@ def _fused_loss_fwd_kernel(
     zy_b = tl.zeros((BLOCK_H,), tl.float32)
     c_ab = tl.zeros((BLOCK_H,), tl.float32)  # sum exp(z_a - m_a) (z_a - z_b)
     for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-        in_v = offs_v < V
+        # int32 column offsets inside the tile, one int64 base per tile: fewer registers
+        cols = tl.arange(0, BLOCK_V)
+        in_v = cols < V - v0
+        w_tile = W_ptr + tl.cast(v0, tl.int64) * W_stride
         z_a = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
         z_b = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             in_d = offs_d < D
             w = tl.load(
-                W_ptr + offs_v[:, None] * W_stride + offs_d[None, :],
+                w_tile + cols[:, None] * W_stride + offs_d[None, :],
                 mask=in_v[:, None] & in_d[None, :],
                 other=0.0,
             )
@@ -135,10 +138,12 @@ def _fused_loss_fwd_kernel(
             h_b = tl.load(
                 h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
             )
+            if UPCAST:
+                w, h_a, h_b = w.to(tl.float32), h_a.to(tl.float32), h_b.to(tl.float32)
             z_a = tl.dot(h_a, tl.trans(w), z_a, input_precision=PRECISION)
             z_b = tl.dot(h_b, tl.trans(w), z_b, input_precision=PRECISION)
-        zy_a += tl.sum(tl.where(offs_v[None, :] == tgt_a[:, None], z_a, 0.0), axis=1)
-        zy_b += tl.sum(tl.where(offs_v[None, :] == tgt_b[:, None], z_b, 0.0), axis=1)
+        zy_a += tl.sum(tl.where(cols[None, :] == (tgt_a - v0)[:, None], z_a, 0.0), axis=1)
+        zy_b += tl.sum(tl.where(cols[None, :] == (tgt_b - v0)[:, None], z_b, 0.0), axis=1)
         # online log-sum-exp: rescale the running sums when the running maximum grows
         m_a_new = tl.maximum(m_a, tl.max(tl.where(in_v[None, :], z_a, float("-inf")), axis=1))
         m_b_new = tl.maximum(m_b, tl.max(tl.where(in_v[None, :], z_b, float("-inf")), axis=1))
@@ -194,6 +199,7 @@ def _fused_loss_bwd_kernel(
     COMPUTE_DH: tl.constexpr,  # hidden requires grad
     COMPUTE_DW: tl.constexpr,  # weight requires grad
     PRECISION: tl.constexpr,  # tl.dot input precision
+    UPCAST: tl.constexpr,  # interpreter only: its tl.dot multiplies bf16 bit patterns
 ):
     pid = tl.program_id(0).to(tl.int64)
     blk = pid % NUM_BLOCKS  # row blocks vary fastest: neighbours share the W tile in L2
@@ -209,8 +215,10 @@ def _fused_loss_bwd_kernel(
     used_b = rows_b >= 0
     h_rows_a = H_ptr + rows_a * H_stride
     h_rows_b = H_ptr + rows_b * H_stride
-    offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V).to(tl.int64)
-    in_v = offs_v < V
+    v0 = v_tile * BLOCK_V
+    cols = tl.arange(0, BLOCK_V)
+    in_v = cols < V - v0
+    w_tile = W_ptr + v0 * W_stride
 
     z_a = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
     z_b = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
@@ -218,7 +226,7 @@ def _fused_loss_bwd_kernel(
         offs_d = d0 + tl.arange(0, BLOCK_D)
         in_d = offs_d < D
         w = tl.load(
-            W_ptr + offs_v[:, None] * W_stride + offs_d[None, :],
+            w_tile + cols[:, None] * W_stride + offs_d[None, :],
             mask=in_v[:, None] & in_d[None, :],
             other=0.0,
         )
@@ -228,6 +236,8 @@ def _fused_loss_bwd_kernel(
         h_b = tl.load(
             h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
         )
+        if UPCAST:
+            w, h_a, h_b = w.to(tl.float32), h_a.to(tl.float32), h_b.to(tl.float32)
         z_a = tl.dot(h_a, tl.trans(w), z_a, input_precision=PRECISION)
         z_b = tl.dot(h_b, tl.trans(w), z_b, input_precision=PRECISION)
 
@@ -242,21 +252,25 @@ def _fused_loss_bwd_kernel(
     cw_b = tl.load(CW_ptr + slot_b) * g
     kw = tl.load(KW_ptr + blk * BLOCK_H + offs_h) * g
     # dz = c (p - onehot(y)); students also k (p_s - p_t); teachers get nothing from the KL
-    dz_a = cw_a[:, None] * (p_a - tl.where(offs_v[None, :] == tgt_a[:, None], 1.0, 0.0))
-    dz_b = cw_b[:, None] * (p_b - tl.where(offs_v[None, :] == tgt_b[:, None], 1.0, 0.0))
+    dz_a = cw_a[:, None] * (p_a - tl.where(cols[None, :] == (tgt_a - v0)[:, None], 1.0, 0.0))
+    dz_b = cw_b[:, None] * (p_b - tl.where(cols[None, :] == (tgt_b - v0)[:, None], 1.0, 0.0))
     dz_b += kw[:, None] * (p_b - p_a)
     dz_a = dz_a.to(W_ptr.dtype.element_ty)  # tensor-core operands in the input dtype
     dz_b = dz_b.to(W_ptr.dtype.element_ty)
+    if UPCAST:
+        dz_a, dz_b = dz_a.to(tl.float32), dz_b.to(tl.float32)
 
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         in_d = offs_d < D
         if COMPUTE_DH:
             w = tl.load(
-                W_ptr + offs_v[:, None] * W_stride + offs_d[None, :],
+                w_tile + cols[:, None] * W_stride + offs_d[None, :],
                 mask=in_v[:, None] & in_d[None, :],
                 other=0.0,
             )
+            if UPCAST:
+                w = w.to(tl.float32)
             dh_a = tl.dot(dz_a, w, input_precision=PRECISION)
             dh_b = tl.dot(dz_b, w, input_precision=PRECISION)
             tl.atomic_add(
@@ -276,13 +290,79 @@ def _fused_loss_bwd_kernel(
             h_b = tl.load(
                 h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
             )
+            if UPCAST:
+                h_a, h_b = h_a.to(tl.float32), h_b.to(tl.float32)
             dw = tl.dot(tl.trans(dz_a), h_a, input_precision=PRECISION)
             dw = tl.dot(tl.trans(dz_b), h_b, dw, input_precision=PRECISION)
             tl.atomic_add(
-                DW_ptr + offs_v[:, None] * DW_stride + offs_d[None, :],
+                DW_ptr + v0 * DW_stride + cols[:, None] * DW_stride + offs_d[None, :],
                 dw,
                 mask=in_v[:, None] & in_d[None, :],
             )
+
+
+_PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
+
+
+def _compile_specs() -> list[dict]:
+    """Production launches of both kernels per dtype, for bench/compile_check.py."""
+    specs = []
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        io = {"H_ptr": _PTR[dtype], "W_ptr": _PTR[dtype], "Rows_ptr": "*i64", "Tgt_ptr": "*i64"}
+        io |= {"CW_ptr": "*fp32", "KW_ptr": "*fp32", "Lse_ptr": "*fp32"}
+        fwd, bwd = FWD_BLOCKS[dtype], BWD_BLOCKS[dtype]
+        tiles = lambda b: {"BLOCK_H": b.block_h, "BLOCK_V": b.block_v, "BLOCK_D": b.block_d}
+        specs.append(
+            {
+                "name": f"fused_loss_fwd/{name}",
+                "kernel": _fused_loss_fwd_kernel,
+                "signature": io
+                | {"CE_ptr": "*fp32", "KL_ptr": "*fp32", "V": "i32", "D": "i32"}
+                | {"H_stride": "i64", "W_stride": "i64"}
+                | dict.fromkeys(
+                    ["BLOCK_H", "BLOCK_V", "BLOCK_D", "HAS_KL", "PRECISION", "UPCAST"], "constexpr"
+                ),
+                "constexprs": tiles(fwd)
+                | {"HAS_KL": True, "PRECISION": PRECISION[dtype], "UPCAST": False},
+                "num_warps": fwd.num_warps,
+                "num_stages": fwd.num_stages,
+            }
+        )
+        specs.append(
+            {
+                "name": f"fused_loss_bwd/{name}",
+                "kernel": _fused_loss_bwd_kernel,
+                "signature": io
+                | {"G_ptr": "*fp32", "DH_ptr": "*fp32", "DW_ptr": "*fp32"}
+                | {"V": "i32", "D": "i32", "NUM_BLOCKS": "i32"}
+                | dict.fromkeys(["H_stride", "W_stride", "DH_stride", "DW_stride"], "i64")
+                | dict.fromkeys(
+                    [
+                        "BLOCK_H",
+                        "BLOCK_V",
+                        "BLOCK_D",
+                        "COMPUTE_DH",
+                        "COMPUTE_DW",
+                        "PRECISION",
+                        "UPCAST",
+                    ],
+                    "constexpr",
+                ),
+                "constexprs": tiles(bwd)
+                | {
+                    "COMPUTE_DH": True,
+                    "COMPUTE_DW": True,
+                    "PRECISION": PRECISION[dtype],
+                    "UPCAST": False,
+                },
+                "num_warps": bwd.num_warps,
+                "num_stages": bwd.num_stages,
+            }
+        )
+    return specs
+
+
+COMPILE_SPECS = _compile_specs()
 
 
 @dataclass
@@ -368,6 +448,7 @@ def _loss_fwd(
             BLOCK_D=blocks.block_d,
             HAS_KL=has_kl,
             PRECISION=PRECISION[hidden.dtype],
+            UPCAST=hidden.dtype != torch.float32 and triton_interpreted(),
             num_warps=blocks.num_warps,
             num_stages=blocks.num_stages,
         )
@@ -418,6 +499,7 @@ def _loss_bwd(
             COMPUTE_DH=need_dh,
             COMPUTE_DW=need_dw,
             PRECISION=PRECISION[hidden.dtype],
+            UPCAST=hidden.dtype != torch.float32 and triton_interpreted(),
             num_warps=blocks.num_warps,
             num_stages=blocks.num_stages,
         )

@@ -1,0 +1,244 @@
+"""fused_linear_reflection_loss, both backends, against the float64 reference (tests/reference).
+
+The Triton kernels run in the CPU interpreter (conftest sets TRITON_INTERPRET=1) with small
+tiles, so every shape below spans several row blocks, vocabulary tiles and D tiles.
+"""
+
+import math
+
+import pytest
+import torch
+from reference.loss import plain_reflection_loss, reflection_loss_reference
+
+from reflectioncoder.kernels import fused_linear_reflection_loss
+from reflectioncoder.kernels.fused_loss import (
+    LossBlocks,
+    build_slots,
+    triton_interpreted,
+    triton_linear_reflection_loss,
+)
+from reflectioncoder.kernels.fused_loss_torch import chunk_rows, torch_linear_reflection_loss
+
+SMALL = LossBlocks(block_h=4, block_v=16, block_d=16, num_warps=1, num_stages=1)
+# fp32 tolerance, relative to the largest reference value of each output
+TOL = {torch.float32: 3e-5}
+
+
+def run_backend(backend: str, *args, blocks: LossBlocks = SMALL, rows: int = 6):
+    """Small tiles / chunks so that the multi-tile paths run at test sizes."""
+    if backend == "triton":
+        return triton_linear_reflection_loss(*args, fwd_blocks=blocks, bwd_blocks=blocks)
+    return torch_linear_reflection_loss(*args, rows_per_chunk=rows)
+
+
+def make_case(n, d, v, p, dtype=torch.float32, ignore=0.3, dup=True):
+    """Random inputs; logits of order 1-3 so that softmaxes are neither flat nor one-hot."""
+    hidden = torch.randn(n, d).to(dtype)
+    weight = (torch.randn(v, d) * (2.0 / math.sqrt(d))).to(dtype)
+    targets = torch.randint(0, v, (n,))
+    targets[torch.rand(n) < ignore] = -100
+    ce_weight = torch.rand(n) * 2 + 0.05
+    pairs = torch.stack([torch.randint(0, n, (p,)), torch.randint(0, n, (p,))], 1)
+    if dup and p >= 3:  # a row in several pairs, as student and as teacher
+        pairs[1, 1] = pairs[0, 1]
+        pairs[2, 0] = pairs[0, 1]
+    kl_weight = torch.rand(p) * 2 + 0.05
+    return hidden, weight, targets, ce_weight, pairs, kl_weight
+
+
+def reference_with_grads(case, grad_out: float):
+    hidden, weight, *rest = case
+    h = hidden.double().requires_grad_()
+    w = weight.double().requires_grad_()
+    loss, ce, kl = reflection_loss_reference(h, w, *rest)
+    (loss * grad_out).backward()
+    return loss.detach(), ce.detach(), kl.detach(), h.grad, w.grad
+
+
+def ours_with_grads(backend, case, grad_out: float, **kw):
+    hidden, weight, *rest = case
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    loss, parts = run_backend(backend, h, w, *rest, **kw)
+    (loss * grad_out).backward()
+    return loss.detach(), parts["ce"], parts["kl"], h.grad, w.grad
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = ref.abs().max().clamp_min(1e-12)
+    return float((ours.double() - ref).abs().max() / scale)
+
+
+def assert_close(ours, ref, tol):
+    names = ("loss", "ce", "kl", "d hidden", "d weight")
+    for name, a, b in zip(names, ours, ref, strict=True):
+        assert torch.isfinite(a).all(), name
+        if b.abs().max() == 0:
+            assert (a == 0).all(), f"{name}: expected exact zeros"
+        else:
+            assert rel_err(a, b) <= tol, f"{name}: rel err {rel_err(a, b):.2e} > {tol:.0e}"
+
+
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "n, d, v, p",
+    [
+        (23, 37, 101, 9),  # odd everything, several pair blocks and solo blocks
+        (13, 45, 67, 0),  # no KL pairs
+        (1, 17, 19, 0),  # one row
+        (31, 24, 50, 13),  # more pairs than solo rows
+    ],
+)
+def test_matches_reference(seed, backend, n, d, v, p):
+    case = make_case(n, d, v, p)
+    g = 0.3 + torch.rand(()).item() * 2  # an upstream gradient other than 1
+    assert_close(
+        ours_with_grads(backend, case, g), reference_with_grads(case, g), TOL[torch.float32]
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_only_kl_pairs(seed, backend):
+    """No CE anywhere: the loss is the KL alone, teachers get no gradient."""
+    case = make_case(11, 21, 35, 7, ignore=1.0)
+    ours = ours_with_grads(backend, case, 1.0)
+    ref = reference_with_grads(case, 1.0)
+    assert_close(ours, ref, TOL[torch.float32])
+    assert ours[1] == 0
+    pairs = case[4]
+    teachers_only = torch.ones(11, dtype=torch.bool)
+    teachers_only[pairs[:, 1]] = False
+    assert (ours[3][teachers_only] == 0).all(), "a teacher row got a KL gradient"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_rows_ignored(seed, backend):
+    """No CE and no pairs: loss 0, gradients 0, no NaN."""
+    case = make_case(9, 19, 29, 0, ignore=1.0)
+    loss, ce, kl, dh, dw = ours_with_grads(backend, case, 1.7)
+    assert loss == 0 and ce == 0 and kl == 0
+    assert (dh == 0).all() and (dw == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weight_without_grad(seed, backend):
+    """A frozen LM head: d weight is skipped, d hidden unchanged."""
+    hidden, weight, *rest = make_case(10, 20, 33, 5)
+    h = hidden.clone().requires_grad_()
+    loss, _ = run_backend(backend, h, weight, *rest)
+    loss.backward()
+    ref_h = hidden.double().requires_grad_()
+    reflection_loss_reference(ref_h, weight.double(), *rest)[0].backward()
+    assert weight.grad is None
+    assert rel_err(h.grad, ref_h.grad) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
+def test_vocab_over_64k(seed, backend):
+    """V above 64K (and odd): tiny N and D, several vocabulary tiles."""
+    case = make_case(5, 7, 65_599, 3)
+    blocks = LossBlocks(block_h=4, block_v=16384, block_d=16, num_warps=1, num_stages=1)
+    ours = ours_with_grads(backend, case, 0.7, blocks=blocks, rows=4)
+    # fp32 sums over 65K terms: a looser bound than the small cases
+    assert_close(ours, reference_with_grads(case, 0.7), 5 * TOL[torch.float32])
+
+
+def bf16_errors(outputs, ref):
+    """Relative max error of loss, d hidden, d weight."""
+    return [rel_err(outputs[i].float(), ref[i]) for i in (0, 3, 4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_within_twice_torch_error(seed, backend):
+    """bf16: our error vs float64 at most twice that of plain PyTorch computing in bf16."""
+    torch.manual_seed(seed)
+    case = make_case(24, 48, 97, 8, dtype=torch.bfloat16)
+    ref = reference_with_grads(case, 1.0)
+    hidden, weight, *rest = case
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    loss, ce, kl = plain_reflection_loss(h, w, *rest)
+    loss.backward()
+    plain = bf16_errors((loss.detach(), ce, kl, h.grad, w.grad), ref)
+    ours = bf16_errors(ours_with_grads(backend, case, 1.0), ref)
+    for name, a, b in zip(("loss", "d hidden", "d weight"), ours, plain, strict=True):
+        assert a <= 2 * b, f"{name}: bf16 error {a:.2e} > 2 x PyTorch's {b:.2e}"
+
+
+def test_auto_backend_is_torch_on_cpu_and_matches(seed):
+    case = make_case(12, 16, 40, 4)
+    loss, parts = fused_linear_reflection_loss(*case)
+    ref = reflection_loss_reference(*case)
+    assert rel_err(loss, ref[0]) <= TOL[torch.float32]
+    assert rel_err(parts["ce"], ref[1]) <= TOL[torch.float32]
+    assert rel_err(parts["kl"], ref[2]) <= TOL[torch.float32]
+    assert parts["ce"].dim() == 0 and not parts["ce"].requires_grad
+    assert torch.equal(loss, fused_linear_reflection_loss(*case, backend="torch")[0])
+    if triton_interpreted():
+        loss_t, _ = fused_linear_reflection_loss(*case, backend="triton")
+        assert rel_err(loss_t, ref[0]) <= TOL[torch.float32]
+
+
+def test_every_loss_slot_once(seed):
+    """Slot layout: every CE row once, every pair in a block beside its student, no extra row."""
+    _, _, targets, ce_weight, pairs, kl_weight = make_case(40, 4, 9, 11)
+    bh = 4
+    slots = build_slots(targets, ce_weight, pairs, kl_weight, bh)
+    rows = slots.rows.view(-1, 2, bh)
+    n_pb = -(-pairs.shape[0] // bh)
+    got = rows[:n_pb].transpose(0, 1).reshape(2, -1)[:, : pairs.shape[0]]
+    assert torch.equal(got.T, pairs)
+    ce_rows = slots.rows[slots.targets != -100]
+    assert sorted(ce_rows.tolist()) == sorted((targets != -100).nonzero().squeeze(1).tolist())
+    assert torch.equal(slots.ce_weight[slots.targets != -100], ce_weight[ce_rows])
+
+
+def test_chunk_rows_bounded():
+    """The torch path's chunk depends on V only: memory does not grow with N."""
+    assert chunk_rows(32_000) * 32_000 * 4 <= 16 * 2**20
+    assert chunk_rows(128_256) >= 2 and chunk_rows(7) <= 1024
+
+
+def _bad(case, **changes):
+    args = dict(
+        zip(
+            ("hidden", "weight", "targets", "ce_weight", "kl_pairs", "kl_weight"), case, strict=True
+        )
+    )
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize(
+    "name, change",
+    [
+        ("hidden", lambda c: c[0][0]),
+        ("hidden", lambda c: c[0].long()),
+        ("weight", lambda c: c[1][:, :-1]),
+        ("weight", lambda c: c[1].double()),
+        ("targets", lambda c: c[2][:-1]),
+        ("targets", lambda c: c[2].int()),
+        ("targets", lambda c: torch.full_like(c[2], 40)),
+        ("targets", lambda c: torch.full_like(c[2], -1)),
+        ("ce_weight", lambda c: c[3].double()),
+        ("ce_weight", lambda c: c[3][:3]),
+        ("kl_pairs", lambda c: c[4][:, :1]),
+        ("kl_pairs", lambda c: c[4].int()),
+        ("kl_pairs", lambda c: c[4] + 12),
+        ("kl_pairs", lambda c: c[4] - 12),
+        ("kl_weight", lambda c: c[5][:-1]),
+        ("kl_weight", lambda c: c[5].half()),
+    ],
+)
+def test_bad_arguments_raise(seed, name, change):
+    case = make_case(12, 16, 40, 4)
+    with pytest.raises(ValueError, match=name):
+        fused_linear_reflection_loss(**_bad(case, **{name: change(case)}))
+
+
+def test_bad_backend_raises(seed):
+    with pytest.raises(ValueError, match="backend"):
+        fused_linear_reflection_loss(*make_case(4, 8, 10, 1), backend="cuda")
