@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 from reference.loss import plain_reflection_loss, reflection_loss_reference
-
 from reflectioncoder.kernels import fused_linear_reflection_loss
 from reflectioncoder.kernels.fused_loss import (
     LossBlocks,
