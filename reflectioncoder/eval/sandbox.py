@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -261,13 +261,16 @@ def run_sandboxed(
     output_limit: int = 1 << 20,
     env: Mapping[str, str] | None = None,
     hide: Sequence[str] = (),
+    on_stdout_line: Callable[[bytes], bool] | None = None,
 ) -> ExecResult:
     """Run ``argv`` in the sandbox and return what it printed.
 
     ``files`` are written, read-only to the program, into a source directory; ``{src}`` and
     ``{work}`` in ``argv`` are replaced by that directory and the writable working directory
     (the program's cwd). ``hide`` lists host directories the program must not see (bwrap only).
-    ``output_limit`` caps stdout and stderr each, in bytes.
+    ``output_limit`` caps stdout and stderr each, in bytes. ``on_stdout_line`` sees each line
+    of stdout as it arrives (a trusted caller judging results while the run goes on); when it
+    returns True the run is stopped there and killed (``exit_code`` None).
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -322,12 +325,12 @@ def run_sandboxed(
             ),
         )
         try:
-            timed_out, truncated = _pump(
-                proc, data_in, start + timeout_s, output_limit, out_chunks, sizes
+            timed_out, truncated, stopped = _pump(
+                proc, data_in, start + timeout_s, output_limit, out_chunks, sizes, on_stdout_line
             )
         finally:
             _kill_tree(proc, cgroup, marker)
-        exit_code = None if (timed_out or truncated) else proc.returncode
+        exit_code = None if (timed_out or truncated or stopped) else proc.returncode
     finally:
         if cgroup is not None:
             _kill_cgroup(cgroup)
@@ -350,9 +353,10 @@ def _pump(
     limit: int,
     chunks: dict[int, list[bytes]],
     sizes: dict[int, int],
-) -> tuple[bool, bool]:
-    """Feed stdin and collect stdout/stderr until the process exits, the deadline passes or the
-    output exceeds ``limit``. Returns (timed_out, truncated)."""
+    on_line: Callable[[bytes], bool] | None,
+) -> tuple[bool, bool, bool]:
+    """Feed stdin and collect stdout/stderr until the process exits, the deadline passes, the
+    output exceeds ``limit`` or ``on_line`` says stop. Returns (timed_out, truncated, stopped)."""
     sel = selectors.DefaultSelector()
     assert proc.stdin and proc.stdout and proc.stderr
     streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
@@ -367,17 +371,20 @@ def _pump(
     else:
         proc.stdin.close()
     open_reads = len(streams)
+    pending = b""
     try:
         while open_reads:
             left = deadline - time.monotonic()
             if left <= 0:
-                return True, False
+                return True, False, False
             for key, _ in sel.select(timeout=min(left, 0.5)):
                 fd = key.fd
                 if fd == in_fd:
                     try:
                         pos += os.write(fd, view[pos : pos + 65536])
-                    except (BrokenPipeError, BlockingIOError, OSError):
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the program closed its stdin: drop the rest
                         pos = len(view)
                     if pos >= len(view):
                         sel.unregister(fd)
@@ -396,13 +403,21 @@ def _pump(
                 chunks[which].append(chunk[: max(room, 0)])
                 sizes[which] += len(chunk)
                 if sizes[which] > limit:
-                    return False, True
+                    return False, True, False
+                if on_line is not None and which == 1:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if on_line(line):
+                            return False, False, True
         left = deadline - time.monotonic()
         try:
             proc.wait(timeout=max(left, 0.001))
         except subprocess.TimeoutExpired:
-            return True, False
-        return False, False
+            return True, False, False
+        if on_line is not None and pending and on_line(pending):
+            return False, False, True
+        return False, False, False
     finally:
         sel.close()
         if not proc.stdin.closed:

@@ -1,0 +1,489 @@
+"""The sandbox side of a Python test run, and the plain-data codec both sides share.
+
+This file is copied into the sandbox and run there as a script (standard library only). It
+reads one job from stdin, runs the function on every input (EvalPlus semantics: each phase in
+fresh globals, a SIGALRM time limit per input, stdio swallowed, EvalPlus's reliability guard),
+and writes one JSON line per input to the result stream: the output it computed, encoded as
+plain data. It never sees an expected output, so nothing it prints can be a verdict: the
+scorer, outside, decodes the outputs and compares them.
+
+Codec: JSON with tags for what JSON lacks: ``{"$tuple": [...]}``, ``$set``, ``$frozenset``,
+``$dict`` (a list of key/value pairs: keys need not be strings), ``$bytes`` (base64),
+``$bytearray``, ``$complex``, ``$float`` ("nan", "inf", "-inf"), ``$int`` (hex, for huge
+ints), ``$sha`` (sha256 and length of a top-level string over 64 KiB: equal strings have equal
+digests, and only the digest crosses the pipe), ``$np`` / ``$ndarray`` (numpy scalar / array:
+dtype and values) and ``$opaque`` (a type name: a value that is not plain data; it equals nothing). Subclasses of plain types (bool, int,
+float, str, list, tuple, dict, set) are encoded as their base type's value, read through the
+base type's own methods, so an overridden ``__eq__`` never reaches the scorer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+_BIG_INT_BITS = 8000  # past ~4300 digits int <-> str is limited (and slow); use hex instead
+
+
+class DecodeError(ValueError):
+    """The untrusted side sent something that is not our plain-data encoding."""
+
+
+def encode(value: Any, _depth: int = 0) -> Any:
+    """Python value -> JSON-able tagged structure (never raises: odd values become opaque)."""
+    if _depth > 200:
+        return {"$opaque": "too deep"}
+    t = type(value)
+    if value is None or t is str:
+        return value
+    if t is bool:
+        return value
+    if t is int:
+        if value.bit_length() > _BIG_INT_BITS:
+            return {"$int": format(value, "x")}
+        return value
+    if t is float:
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    d = _depth + 1
+    if t is list:
+        return [encode(v, d) for v in list.__iter__(value)]
+    if t is tuple:
+        return {"$tuple": [encode(v, d) for v in tuple.__iter__(value)]}
+    if t is dict:
+        return {"$dict": [[encode(k, d), encode(v, d)] for k, v in dict.items(value)]}
+    if t is set or t is frozenset:
+        tag = "$set" if t is set else "$frozenset"
+        return {tag: [encode(v, d) for v in t.__iter__(value)]}
+    if t is complex:
+        return {
+            "$complex": [
+                encode(complex.__getattribute__(value, "real")),
+                encode(complex.__getattribute__(value, "imag")),
+            ]
+        }
+    if t is bytes:
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if t is bytearray:
+        return {"$bytearray": base64.b64encode(bytes(value)).decode("ascii")}
+    numpy = _numpy_if_loaded()
+    if numpy is not None:
+        if t is numpy.ndarray:
+            try:
+                return {"$ndarray": [str(value.dtype), encode(value.tolist(), d)]}
+            except Exception:
+                return {"$opaque": "ndarray"}
+        if issubclass(t, numpy.generic):
+            try:
+                return {"$np": [str(value.dtype), encode(value.item(), d)]}
+            except Exception:
+                return {"$opaque": t.__name__}
+    # Subclasses: the base type's value, read with the base type's methods.
+    for base in (bool, int, float, str, list, tuple, dict, set, frozenset, bytes):
+        if issubclass(t, base):
+            try:
+                plain = _to_base(base, value)
+            except Exception:
+                return {"$opaque": t.__name__}
+            return encode(plain, d)
+    return {"$opaque": getattr(t, "__name__", "?")}
+
+
+def _to_base(base: type, value: Any) -> Any:
+    if base is bool:
+        return bool(int.__int__(value))
+    if base is int:
+        return int.__int__(value)
+    if base is float:
+        return float.__float__(value)
+    if base is str:
+        return str.__str__(value)
+    if base is dict:
+        return dict(list(dict.items(value)))
+    return base(list(base.__iter__(value)))
+
+
+def _numpy_if_loaded():
+    import sys
+
+    return sys.modules.get("numpy")
+
+
+_TAGS = {
+    "$tuple",
+    "$set",
+    "$frozenset",
+    "$dict",
+    "$bytes",
+    "$bytearray",
+    "$complex",
+    "$float",
+    "$int",
+    "$np",
+    "$ndarray",
+    "$opaque",
+    "$sha",
+}
+BIG_STR = 1 << 16
+
+
+def encode_output(value: Any) -> Any:
+    """``encode``, but a big top-level string travels as its digest."""
+    if type(value) is str and len(value) > BIG_STR:
+        import hashlib
+
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"$sha": [digest, len(value)]}
+    return encode(value)
+
+
+class Digest:
+    """A big string known by its sha256: equal only to a Digest of the same string."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, digest: str, length: int) -> None:
+        self.key = (digest, length)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and other.key == self.key
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"<str of {self.key[1]} chars, sha256 {self.key[0][:12]}>"
+
+
+class Opaque:
+    """A value the untrusted side could not express as plain data: equal to nothing."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<opaque {self.type_name}>"
+
+
+def decode(data: Any, _depth: int = 0) -> Any:
+    """Tagged structure -> Python value; raises DecodeError on anything unexpected."""
+    if _depth > 220:
+        raise DecodeError("nested too deeply")
+    t = type(data)
+    if data is None or t in (bool, int, float, str):
+        return data
+    d = _depth + 1
+    if t is list:
+        return [decode(v, d) for v in data]
+    if t is not dict or len(data) != 1:
+        raise DecodeError(f"unexpected {t.__name__}")
+    ((tag, body),) = data.items()
+    if tag not in _TAGS:
+        raise DecodeError(f"unknown tag {tag!r}")
+    try:
+        if tag == "$tuple":
+            return tuple(decode(v, d) for v in _list(body))
+        if tag == "$set":
+            return {decode(v, d) for v in _list(body)}
+        if tag == "$frozenset":
+            return frozenset(decode(v, d) for v in _list(body))
+        if tag == "$dict":
+            return {decode(k, d): decode(v, d) for k, v in _list(body)}
+        if tag == "$bytes":
+            return base64.b64decode(_str(body), validate=True)
+        if tag == "$bytearray":
+            return bytearray(base64.b64decode(_str(body), validate=True))
+        if tag == "$complex":
+            re, im = _list(body)
+            re, im = decode(re, d), decode(im, d)
+            if type(re) is not float or type(im) is not float:
+                raise DecodeError("complex parts must be floats")
+            return complex(re, im)
+        if tag == "$float":
+            if body not in ("nan", "inf", "-inf"):
+                raise DecodeError(f"bad float {body!r}")
+            return float(body)
+        if tag == "$int":
+            return int(_str(body), 16)
+        if tag == "$opaque":
+            return Opaque(_str(body))
+        if tag == "$sha":
+            digest, length = _list(body)
+            if type(length) is not int:
+                raise DecodeError("$sha length must be an int")
+            return Digest(_str(digest), length)
+        import numpy
+
+        dtype, values = _list(body)
+        dtype = numpy.dtype(_str(dtype))
+        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
+            raise DecodeError(f"dtype {dtype} not allowed")
+        if tag == "$np":
+            return dtype.type(decode(values, d))
+        return numpy.array(decode(values, d), dtype=dtype)
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise DecodeError(f"{tag}: {exc}") from None
+
+
+def _list(body: Any) -> list:
+    if type(body) is not list:
+        raise DecodeError("expected a list")
+    return body
+
+
+def _str(body: Any) -> str:
+    if type(body) is not str:
+        raise DecodeError("expected a string")
+    return body
+
+
+def _tag_hook(obj: dict) -> Any:
+    """json.loads object hook: one-key ``$`` objects are tags (their bodies are already decoded:
+    the parser works bottom-up); other objects stay as they are (result rows, job fields)."""
+    if len(obj) != 1:
+        return obj
+    ((tag, body),) = obj.items()
+    if not tag.startswith("$"):
+        return obj
+    if tag not in _TAGS:
+        raise DecodeError(f"unknown tag {tag!r}")
+    try:
+        if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
+            text = _str(body)
+            if tag == "$bytes":
+                return base64.b64decode(text, validate=True)
+            if tag == "$bytearray":
+                return bytearray(base64.b64decode(text, validate=True))
+            if tag == "$int":
+                return int(text, 16)
+            if tag == "$opaque":
+                return Opaque(text)
+            if text not in ("nan", "inf", "-inf"):
+                raise DecodeError(f"bad float {text!r}")
+            return float(text)
+        items = _list(body)
+        if tag == "$tuple":
+            return tuple(items)
+        if tag == "$set":
+            return set(items)
+        if tag == "$frozenset":
+            return frozenset(items)
+        if tag == "$dict":
+            return {k: v for k, v in items}
+        if tag == "$complex":
+            re, im = items
+            if type(re) is not float or type(im) is not float:
+                raise DecodeError("complex parts must be floats")
+            return complex(re, im)
+        if tag == "$sha":
+            digest, length = items
+            if type(length) is not int:
+                raise DecodeError("$sha length must be an int")
+            return Digest(_str(digest), length)
+        import numpy
+
+        dtype, values = items
+        dtype = numpy.dtype(_str(dtype))
+        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
+            raise DecodeError(f"dtype {dtype} not allowed")
+        if tag == "$np":
+            return dtype.type(values)
+        return numpy.array(values, dtype=dtype)
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DecodeError(f"{tag}: {exc}") from None
+
+
+def loads_row(text: str | bytes) -> Any:
+    """Parse one JSON line, decoding tags on the way (C parser; Python only for tags).
+    Raises DecodeError (a ValueError) on anything that is not our encoding."""
+    try:
+        return json.loads(text, object_hook=_tag_hook)
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+
+
+def dumps(value: Any) -> str:
+    """Encode to one line of JSON text."""
+    return json.dumps(encode(value), separators=(",", ":"))
+
+
+def loads(text: str | bytes) -> Any:
+    """Decode one line of JSON text (raises DecodeError)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    return decode(data)
+
+
+# ----------------------------------------------------------------------------- sandbox side
+
+
+def _main() -> None:  # pragma: no cover - runs inside the sandbox
+    """Job on stdin -> one result line per input on stdout (see module docstring)."""
+    import contextlib
+    import copy
+    import io
+    import os
+    import signal
+    import sys
+    import time
+
+    job = loads_row(sys.stdin.buffer.read())
+    sys.path.extend(job.get("sys_path", []))  # started with -S: site-packages without .pth work
+    out_fd = os.dup(1)
+    write = os.write
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # native writes of the code go nowhere; results go to out_fd only
+        os.dup2(null, fd)
+
+    def emit(obj: dict) -> None:
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        while data:
+            data = data[write(out_fd, data) :]
+
+    class TimeoutException(Exception):
+        pass
+
+    class _WriteOnly(io.StringIO):
+        def write(self, s):  # discard: a flood must not grow memory
+            return len(s)
+
+        def read(self, *a, **k):
+            raise OSError
+
+        readline = readlines = read
+
+        def readable(self, *a, **k):
+            return False
+
+    def handler(signum, frame):
+        raise TimeoutException("Timed out!")
+
+    @contextlib.contextmanager
+    def swallow_io():
+        stream = _WriteOnly()
+        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+            old, sys.stdin = sys.stdin, stream
+            try:
+                yield
+            finally:
+                sys.stdin = old
+
+    record = bool(job.get("record"))
+    not_none = bool(job.get("output_not_none"))
+    phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
+    setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.time
+    if job.get("guard"):
+        _reliability_guard(job.get("memory_bytes"))
+    sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
+    for name, inputs, limits in phases:
+        env: dict = {}
+        try:
+            with swallow_io():
+                exec(job["code"], env)
+                fn = env[job["entry_point"]]
+        except BaseException as exc:
+            emit({"phase": name, "load_error": type(exc).__name__})
+            continue
+        for i, inp in enumerate(inputs):
+            if record:
+                inp = copy.deepcopy(inp)
+                t0 = perf()
+                out = fn(*inp)
+                emit(
+                    {
+                        "phase": name,
+                        "i": i,
+                        "t": perf() - t0,
+                        "out": encode_output(out is not None if not_none else out),
+                    }
+                )
+                continue
+            try:
+                signal_fn(signal.SIGALRM, handler)
+                setitimer(signal.ITIMER_REAL, limits[i])
+                try:
+                    # swallow stdio (cheaper than contextlib per input; restored below)
+                    sys.stdout = sys.stderr = sys.stdin = sink
+                    out = fn(*inp)
+                finally:
+                    setitimer(signal.ITIMER_REAL, 0)
+                    sys.stdout, sys.stderr, sys.stdin = saved
+            except BaseException as exc:
+                emit({"phase": name, "i": i, "error": type(exc).__name__})
+                if job.get("fail_fast", True):
+                    break
+                continue
+            emit({"phase": name, "i": i, "out": encode_output(out)})
+        emit({"phase": name, "done": True})
+
+
+def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - sandbox side
+    """EvalPlus's in-process guard (destructive helpers set to None), so that completions that
+    lean on them fail as they do under EvalPlus; the sandbox around is the real protection."""
+    import builtins
+    import faulthandler
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if memory_bytes:
+        import resource
+
+        for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_STACK):
+            with _suppress():
+                resource.setrlimit(limit, (memory_bytes, memory_bytes))
+    faulthandler.disable()
+    builtins.exit = None
+    builtins.quit = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in (
+        "kill system putenv remove removedirs rmdir fchdir setuid fork forkpty killpg "
+        "rename renames truncate replace unlink fchmod fchown chmod chown chroot "
+        "lchflags lchmod lchown getcwd chdir"
+    ).split():
+        setattr(os, name, None)
+    builtins.open = None
+    shutil.rmtree = None
+    shutil.move = None
+    shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[mod] = None
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], (ValueError, OSError))
+
+
+if __name__ == "__main__":
+    _main()

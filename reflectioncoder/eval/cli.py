@@ -1,0 +1,318 @@
+"""Score samples (or generate them first) on HumanEval(+), MBPP(+) or MultiPL-E, sandboxed.
+
+reflectioncoder evaluate --task humaneval --samples S.jsonl --json result.json
+reflectioncoder evaluate --task mbpp --model DIR            # generate with transformers first
+reflectioncoder evaluate --task multiple-cpp --samples S.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from reflectioncoder.eval import multiple as ml
+from reflectioncoder.eval import prompts as pr
+from reflectioncoder.eval import tasks as tk
+
+TASKS = ("humaneval", "mbpp", "multiple-LANG")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples", type=Path, help="jsonl of {task_id, completion}: score these")
+    src.add_argument("--model", help="model directory (or name, with --base-url): generate first")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="evaluation data (default: ../shared/evaldata when present)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the full result here")
+    parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers (default 2)")
+    parser.add_argument("--base-only", action="store_true", help="skip the plus tests")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k to report")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    gen = parser.add_argument_group("generation (with --model)")
+    gen.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
+    gen.add_argument("--base-url", default=None, help="OpenAI-compatible server (backend openai)")
+    gen.add_argument("--api-key", default=None)
+    gen.add_argument("--n-samples", type=int, default=1, help="samples per task")
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--max-new-tokens", type=int, default=1024)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    gen.add_argument("--tensor-parallel", type=int, default=1, help="vLLM tensor parallelism")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument(
+        "--save-samples",
+        type=Path,
+        default=None,
+        help="where generated samples go (default: beside --json, or ./samples-TASK.jsonl)",
+    )
+
+
+class _Progress:
+    """tqdm when available and wanted; a no-op otherwise."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def __call__(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _read_samples(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--samples: {path} not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+            if not isinstance(row, dict) or "task_id" not in row:
+                raise ValueError(f"{path}:{n}:task_id: missing")
+            if not isinstance(row.get("completion", row.get("solution")), str):
+                raise ValueError(f"{path}:{n}:completion: missing or not a string")
+            rows.append(row)
+    return rows
+
+
+def _generate(
+    args: argparse.Namespace, task_ids: list[str], prompts: list[str], post
+) -> list[dict]:
+    from reflectioncoder.eval import generate as gn
+
+    config = gn.GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        n=args.n_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    bar = _Progress(len(prompts), "generate", not args.no_progress)
+    try:
+        if args.backend == "hf":
+            texts = gn.generate_hf(args.model, prompts, config, device=args.device, progress=bar)
+        elif args.backend == "vllm":
+            texts = gn.generate_vllm(
+                args.model, prompts, config, tensor_parallel=args.tensor_parallel
+            )
+        else:
+            if not args.base_url:
+                raise ValueError("--backend openai needs --base-url")
+            texts = gn.generate_openai(
+                args.base_url, args.model, prompts, config, api_key=args.api_key, progress=bar
+            )
+    finally:
+        bar.close()
+    return [
+        {"task_id": tid, "completion": post(tid, raw)}
+        for tid, outs in zip(task_ids, texts, strict=True)
+        for raw in outs
+    ]
+
+
+def _pass_at(n: list[int], c: list[int], ks: list[int]) -> dict[str, float]:
+    from reflectioncoder.eval.score import estimate_pass_at_k
+
+    return {f"pass@{k}": float(estimate_pass_at_k(n, c, k).mean()) for k in ks if min(n) >= k}
+
+
+def main(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    data_dir = args.data_dir or tk.default_data_dir()
+    if data_dir is None:
+        print("error: --data-dir not given and ../shared/evaldata not found", file=sys.stderr)
+        return 2
+    task = args.task
+    if task.startswith("multiple-"):
+        lang = task.removeprefix("multiple-")
+        problem = ml.toolchain_problem(lang)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 3
+        tasks = tk.load_multiple(data_dir, lang)
+    elif task == "humaneval":
+        tasks = tk.load_humaneval_plus(data_dir)
+    elif task == "mbpp":
+        tasks = tk.load_mbpp_plus(data_dir)
+    else:
+        print(f"error: --task must be one of {', '.join(TASKS)}, got {task!r}", file=sys.stderr)
+        return 2
+    if args.limit:
+        tasks = dict(list(tasks.items())[: args.limit])
+
+    if args.samples is not None:
+        samples = _read_samples(args.samples)
+    else:
+        ids = list(tasks)
+        if task.startswith("multiple-"):
+            prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
+            samples = _generate(
+                args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
+            )
+        else:
+            prompts = [pr.python_prompt(tasks[t]) for t in ids]
+            samples = _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
+        out = args.save_samples or (
+            args.json.with_suffix(".samples.jsonl") if args.json else Path(f"samples-{task}.jsonl")
+        )
+        with open(out, "w", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps(s) + "\n")
+        print(f"samples: {out}", file=sys.stderr)
+    if args.limit:
+        samples = [s for s in samples if s["task_id"] in tasks]
+    missing = sorted(set(tasks) - {s["task_id"] for s in samples})
+    if missing:
+        print(
+            f"error: --samples has no sample for {len(missing)} tasks, e.g. {missing[:3]}",
+            file=sys.stderr,
+        )
+        return 2
+
+    if task.startswith("multiple-"):
+        result = _score_multiple(args, tasks, samples)
+    else:
+        result = _score_python(args, task, tasks, samples, data_dir)
+    result.update(
+        task=task, samples=str(args.samples or args.model), seconds=round(time.monotonic() - t0, 2)
+    )
+    _print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"result: {args.json}", file=sys.stderr)
+    return 0
+
+
+def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: Path) -> dict:
+    from reflectioncoder.eval import score as sc
+    from reflectioncoder.eval.sandbox import isolation_level
+
+    rel = tk.HUMANEVAL_PLUS_FILE if task == "humaneval" else tk.MBPP_PLUS_FILE
+    source = tk.dataset_file(data_dir, rel)
+    all_tasks = (
+        tk.load_humaneval_plus(data_dir) if task == "humaneval" else tk.load_mbpp_plus(data_dir)
+    )
+    bar = _Progress(len(all_tasks), "expected outputs", not args.no_progress)
+    try:
+        expected = sc.expected_outputs(
+            all_tasks, tk.file_hash(source), parallel=args.parallel, progress=bar
+        )
+    finally:
+        bar.close()
+    bar = _Progress(len(samples), "score", not args.no_progress)
+    try:
+        results = sc.score_python_samples(
+            tasks,
+            samples,
+            expected,
+            parallel=args.parallel,
+            base_only=args.base_only,
+            progress=bar,
+            hide=[str(data_dir)],
+        )
+    finally:
+        bar.close()
+    per_task: dict[str, list] = {}
+    for r in results:
+        per_task.setdefault(r.task_id, []).append(r)
+    n = [len(v) for v in per_task.values()]
+    name = "HumanEval" if task == "humaneval" else "MBPP"
+    scores = {name: _pass_at(n, [sum(r.passed_base for r in v) for v in per_task.values()], args.k)}
+    if not args.base_only:
+        c_plus = [sum(r.passed_plus for r in v) for v in per_task.values()]
+        scores[name + "+"] = _pass_at(n, c_plus, args.k)
+    return {
+        "scores": scores,
+        "isolation": isolation_level(),
+        "details": {
+            tid: [
+                {
+                    "completion_id": r.completion_id,
+                    "base": r.base,
+                    "plus": r.plus,
+                    "base_failed_input": r.base_failed_input,
+                    "plus_failed_input": r.plus_failed_input,
+                    "reason": r.reason,
+                    "seconds": round(r.duration_s, 3),
+                }
+                for r in v
+            ]
+            for tid, v in per_task.items()
+        },
+    }
+
+
+def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
+    from reflectioncoder.eval.sandbox import isolation_level
+
+    bar = _Progress(len(samples), "score", not args.no_progress)
+    try:
+        results = ml.score_multiple_samples(tasks, samples, parallel=args.parallel, progress=bar)
+    finally:
+        bar.close()
+    per_task: dict[str, list] = {}
+    for r in results:
+        per_task.setdefault(r.task_id, []).append(r)
+    n = [len(v) for v in per_task.values()]
+    c = [sum(r.passed for r in v) for v in per_task.values()]
+    return {
+        "scores": {args.task: _pass_at(n, c, args.k)},
+        "isolation": isolation_level(),
+        "details": {
+            tid: [
+                {
+                    "completion_id": r.completion_id,
+                    "status": r.status,
+                    "exit_code": r.exit_code,
+                    "stderr_tail": r.stderr_tail,
+                    "seconds": round(r.duration_s, 3),
+                }
+                for r in v
+            ]
+            for tid, v in per_task.items()
+        },
+    }
+
+
+def _print_table(result: dict) -> None:
+    """A short table: one row per benchmark, one column per pass@k."""
+    scores = result["scores"]
+    ks = sorted({k for v in scores.values() for k in v}, key=lambda s: int(s.split("@")[1]))
+    width = max(len(name) for name in scores) + 2
+    print(f"{'benchmark':<{width}}" + "".join(f"{k:>10}" for k in ks))
+    for name, vals in scores.items():
+        print(
+            f"{name:<{width}}"
+            + "".join(f"{100 * vals[k]:>10.1f}" if k in vals else f"{'-':>10}" for k in ks)
+        )
+    n_samples = sum(len(v) for v in result["details"].values())
+    print(
+        f"{len(result['details'])} tasks, {n_samples} samples, {result['seconds']} s, "
+        f"sandbox: {result['isolation']}"
+    )

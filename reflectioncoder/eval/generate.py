@@ -1,0 +1,186 @@
+"""One-off generation backends: transformers ``generate``, vLLM (when installed), and any
+OpenAI-compatible HTTP endpoint. Each takes prompts and returns raw texts (n per prompt); the
+caller post-processes them (``prompts.postprocess``).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from reflectioncoder.eval.prompts import GENERATION_STOP
+
+__all__ = ["GenerationConfig", "generate_hf", "generate_openai", "generate_vllm", "vllm_available"]
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; greedy (temperature 0) is the paper's one-off setting."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt
+    batch_size: int = 8
+    seed: int = 0
+    stop: tuple[str, ...] = tuple(GENERATION_STOP)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("n > 1 needs temperature > 0 (greedy gives n identical samples)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def generate_hf(
+    model_dir: str,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    *,
+    device: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """transformers ``generate``, batched with left padding; special tokens kept in the decoded
+    text (the stop strings are special tokens), then cut at the first stop string."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    stop_ids = [tok.convert_tokens_to_ids(s) for s in config.stop]
+    stop_ids = [i for i in stop_ids if isinstance(i, int) and i != tok.unk_token_id]
+    eos = [tok.eos_token_id, *stop_ids] if tok.eos_token_id is not None else stop_ids
+    torch.manual_seed(config.seed)
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), config.batch_size):
+        batch = list(prompts[start : start + config.batch_size])
+        # the prompt strings hold our special tokens literally: BOS is added, nothing else
+        enc = tok(batch, return_tensors="pt", padding=True).to(device)
+        kwargs = dict(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=config.temperature > 0,
+            num_return_sequences=config.n,
+            eos_token_id=eos or None,
+            pad_token_id=tok.pad_token_id,
+        )
+        if config.temperature > 0:
+            kwargs.update(temperature=config.temperature, top_p=config.top_p)
+        with torch.no_grad():
+            gen = model.generate(**enc, **kwargs)
+        new = gen[:, enc["input_ids"].shape[1] :].cpu()  # one host copy per batch
+        texts = tok.batch_decode(new, skip_special_tokens=False)
+        for j in range(len(batch)):
+            outs = texts[j * config.n : (j + 1) * config.n]
+            out.append([_cut_at_stop(_strip_pad(t, tok), config.stop) for t in outs])
+        if progress:
+            progress(len(batch))
+    return out
+
+
+def _strip_pad(text: str, tok) -> str:
+    for special in (tok.pad_token, tok.eos_token):
+        if special:
+            text = text.replace(special, "")
+    return text
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def generate_vllm(
+    model_dir: str, prompts: Sequence[str], config: GenerationConfig, *, tensor_parallel: int = 1
+) -> list[list[str]]:
+    """vLLM (the authors' backend), when installed."""
+    if not vllm_available():
+        raise RuntimeError("--backend vllm: vllm is not installed (pip install vllm)")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel, seed=config.seed)
+    params = SamplingParams(
+        n=config.n,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_new_tokens,
+        skip_special_tokens=False,
+        spaces_between_special_tokens=False,
+        stop=list(config.stop),
+    )
+    results = llm.generate(list(prompts), params)
+    return [[o.text for o in r.outputs] for r in results]
+
+
+def generate_openai(
+    base_url: str,
+    model: str,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    *,
+    api_key: str | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """Any OpenAI-compatible server's ``/v1/completions`` (vLLM, TGI, llama.cpp, ...)."""
+    url = base_url.rstrip("/") + (
+        "/completions" if base_url.rstrip("/").endswith("/v1") else "/v1/completions"
+    )
+    out = []
+    for prompt in prompts:
+        body = {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "n": config.n,
+            "stop": list(config.stop),
+            "seed": config.seed,
+            "skip_special_tokens": False,  # vLLM's extension; others ignore it
+        }
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode(),
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.URLError as exc:
+            raise RuntimeError(f"--base-url {base_url}: request failed: {exc}") from None
+        choices = sorted(data.get("choices", []), key=lambda c: c.get("index", 0))
+        if len(choices) != config.n:
+            raise RuntimeError(
+                f"--base-url {base_url}: expected {config.n} choices, got {len(choices)}"
+            )
+        out.append([_cut_at_stop(c.get("text", ""), config.stop) for c in choices])
+        if progress:
+            progress(1)
+    return out

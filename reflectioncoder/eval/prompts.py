@@ -1,0 +1,131 @@
+"""Prompts and post-processing of SPEC section 5 (the authors' evaluation), exactly.
+
+The model sees one user message and the start of an assistant text block that opens a code
+fence; generation stops at ``<|endofblock|>`` / ``<|endofmessage|>``; the raw text is then cut at
+the closing fence and at stop strings, with block tokens removed.
+"""
+
+from __future__ import annotations
+
+from reflectioncoder.eval.tasks import MultiplETask, PythonTask
+
+__all__ = [
+    "GENERATION_STOP",
+    "MULTIPLE_LANGUAGE_NAMES",
+    "humaneval_prompt",
+    "mbpp_prompt",
+    "multiple_prompt",
+    "postprocess",
+    "postprocess_multiple",
+    "python_prompt",
+]
+
+USER, ASSISTANT, TEXT = "<|user|>", "<|assistant|>", "<|text|>"
+END_BLOCK, END_MESSAGE = "<|endofblock|>", "<|endofmessage|>"
+# Strings at which generation stops (the model closes its text block or message).
+GENERATION_STOP = [END_BLOCK, END_MESSAGE]
+_REMOVED = [TEXT, "<|code|>", END_BLOCK, END_MESSAGE]
+PYTHON_STOPS = ["\n# Test", "\nif", "\nassert", "\nprint", "\n```"]
+FENCE = "```"
+
+# Language names in the MultiPL-E prompt (the fence tag is the lower-cased name).
+MULTIPLE_LANGUAGE_NAMES = {
+    "cpp": "C++",
+    "cs": "CSharp",
+    "cs-bu": "CSharp",
+    "java": "Java",
+    "js": "Javascript",
+    "php": "PHP",
+    "ts": "Typescript",
+    "sh": "Bash",
+    "swift": "Swift",
+    "rs": "Rust",
+    "go": "Go",
+    "python": "Python",
+    "rb": "Ruby",
+    "lua": "Lua",
+    "pl": "Perl",
+    "r": "R",
+    "jl": "Julia",
+    "scala": "Scala",
+    "d": "D",
+    "rkt": "Racket",
+}
+# Extra stops per language, cut at their LAST occurrence; js and php drop the data's own stops
+# and get their closing brace back.
+_MULTIPLE_STOPS = {
+    "cpp": ["\nint main"],
+    "js": ["\n}"],
+    "php": ["\n}"],
+    "ts": ["\n}"],
+    "rs": ["\nfn main()"],
+}
+_CLOSE_BRACE = {"js", "php", "ts"}
+
+
+def _wrap(user_text: str, fence_tag: str) -> str:
+    return f"{USER}{TEXT}{user_text}{END_BLOCK}{END_MESSAGE}{ASSISTANT}{TEXT}{FENCE}{fence_tag}\n"
+
+
+def humaneval_prompt(task: PythonTask) -> str:
+    """HumanEval(+): the docstring prompt after a one-line instruction."""
+    return _wrap(
+        f"Write a complete Python function for the problem.\n\n{task.prompt.strip()}", "python"
+    )
+
+
+def mbpp_prompt(task: PythonTask) -> str:
+    """MBPP(+): the task's first line and its first test (the prompt's second line)."""
+    lines = task.prompt.replace('"""', "").strip().split("\n")
+    if len(lines) < 2:
+        raise ValueError(f"{task.task_id}: prompt needs a description line and an assertion")
+    body = (
+        f"{lines[0]}\nYour code should satisfy the following assertion:\n```python\n{lines[1]}\n```"
+    )
+    return _wrap(body, "python")
+
+
+def python_prompt(task: PythonTask) -> str:
+    return humaneval_prompt(task) if task.dataset == "humaneval" else mbpp_prompt(task)
+
+
+def postprocess(text: str, stops: list[str] | None = None) -> str:
+    """Raw generation -> completion: drop block tokens, cut at the closing fence (an odd number of
+    fences: cut at the last; even: take what follows the first fence line), cut at the first
+    stop string, strip."""
+    for token in _REMOVED:
+        text = text.replace(token, "")
+    if text.count(FENCE) % 2 == 1:
+        text = text[: text.rfind(FENCE)]
+    else:
+        text = text[text.find(FENCE) + 3 :]
+        text = text[text.find("\n") + 1 :]
+    for stop in (stops + ["\n```"]) if stops is not None else PYTHON_STOPS:
+        if stop in text:
+            text = text[: text.find(stop)]
+    return text.strip()
+
+
+def multiple_prompt(task: MultiplETask) -> str:
+    """MultiPL-E: the translated prompt, which the model continues inside the fence."""
+    name = MULTIPLE_LANGUAGE_NAMES.get(task.language, task.language)
+    user = f"Write a complete {name} function for the problem.\n\n{task.prompt.strip()}"
+    return _wrap(user, name.lower()) + task.prompt
+
+
+def postprocess_multiple(task: MultiplETask, text: str) -> str:
+    """Raw generation (after the prompt) -> the program's function: cut at the LAST occurrence
+    of each stop, prefix the prompt (MultiPL-E programs are prompt + completion + tests)."""
+    for token in GENERATION_STOP + [FENCE]:  # generation stops there
+        if token in text:
+            text = text[: text.find(token)]
+    stops = list(_MULTIPLE_STOPS.get(task.language, []))
+    if task.language not in ("php", "js"):
+        stops += task.stop_tokens
+    for stop in stops:
+        if stop in text:
+            text = text[: text.rfind(stop)]
+    out = task.prompt + text
+    if task.language in _CLOSE_BRACE:
+        out += "\n}"
+    return out

@@ -1,0 +1,457 @@
+"""Trusted scoring: expected outputs, sandboxed runs, EvalPlus-exact comparison, pass@k.
+
+The sandbox returns computed outputs as plain data (``_harness`` codec); only this module
+compares them with expected outputs, which it never hands to the sandbox. A run's verdict never
+depends on its exit code or on what it printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reflectioncoder.eval import _harness
+from reflectioncoder.eval.sandbox import run_sandboxed
+from reflectioncoder.eval.tasks import PythonTask
+
+__all__ = [
+    "PASS",
+    "FAIL",
+    "TIMEOUT",
+    "SampleResult",
+    "estimate_pass_at_k",
+    "expected_outputs",
+    "check_sample",
+    "score_python_samples",
+    "outputs_match",
+]
+
+PASS, FAIL, TIMEOUT = "pass", "fail", "timeout"
+MIN_TIME_LIMIT = 1.0  # EvalPlus 0.3.1 defaults
+GT_TIME_LIMIT_FACTOR = 4.0
+TASK_TIMEOUT_CAP = 60.0
+MEMORY_MB = 4096  # EvalPlus's 4 GiB address-space limit
+_HARNESS_SOURCE = Path(_harness.__file__).read_text()
+_HARNESS_VERSION = "3"
+
+# Special oracles of EvalPlus 0.3.1 (eval/_special_oracle.py), by entry point.
+MBPP_OUTPUT_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
+MBPP_OUTPUT_SET_EQ = {
+    "similar_elements",
+    "find_char_long",
+    "common_in_nested_lists",
+    "extract_singly",
+    "larg_nnum",
+    "intersection_array",
+    "find_dissimilar",
+    "Diff",
+}
+
+
+def _surface_area(base_edge: float, height: float) -> int:  # Mbpp/581: height is perpendicular
+    slant = math.sqrt((base_edge / 2) ** 2 + height**2)
+    return round(base_edge**2 + 4 * (base_edge * slant) / 2)
+
+
+def _digit_distance_nums(a: int, b: int) -> int:  # Mbpp/558: pad with zeros to equal length
+    sa, sb = str(a), str(b)
+    width = max(len(sa), len(sb))
+    return sum(abs(int(x) - int(y)) for x, y in zip(sa.zfill(width), sb.zfill(width), strict=True))
+
+
+def _poly(xs: list, x: float) -> float:  # HumanEval/32
+    return sum(c * math.pow(x, i) for i, c in enumerate(xs))
+
+
+def estimate_pass_at_k(n: Sequence[int], c: Sequence[int], k: int) -> np.ndarray:
+    """Unbiased pass@k per task: 1 - C(n - c, k) / C(n, k) (Chen et al. 2021)."""
+    out = []
+    for ni, ci in zip(n, c, strict=True):
+        if ci < 0 or ci > ni:
+            raise ValueError(f"c must be in [0, n], got n={ni}, c={ci}")
+        if ni - ci < k:
+            out.append(1.0)
+        else:
+            out.append(1.0 - float(np.prod(1.0 - k / np.arange(ni - ci + 1, ni + 1))))
+    return np.array(out, dtype=np.float64)
+
+
+def _is_floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(i, float) for i in x)
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.float64 or x.dtype == np.float32
+    return False
+
+
+class _Comparer:
+    """EvalPlus's per-input check, run here on decoded plain data. Keeps EvalPlus's state:
+    ``atol`` becomes 1e-6 for the rest of a phase once a float expected output is seen."""
+
+    def __init__(self, task: PythonTask) -> None:
+        self.task = task
+        self.atol = task.atol
+
+    def __call__(self, inp: Any, out: Any, exp: Any) -> bool:
+        try:
+            return self._check(inp, out, exp)
+        except Exception:  # any error while comparing is a failed test, as in EvalPlus
+            return False
+
+    def _check(self, inp: Any, out: Any, exp: Any) -> bool:
+        task, ep = self.task, self.task.entry_point
+        if isinstance(out, _harness.Opaque) and not (
+            task.dataset == "mbpp" and ep in MBPP_OUTPUT_NOT_NONE
+        ):
+            return False
+        if isinstance(out, _harness.Digest) or isinstance(exp, _harness.Digest):
+            return out == exp  # big strings: equal iff same digest (no oracle takes strings)
+        exact = out == exp
+        if task.dataset == "mbpp":
+            if ep == "are_equivalent":  # Mbpp/164
+                exact = True
+            elif ep == "sum_div":  # Mbpp/295
+                exact = exact or out == 0
+            elif ep == "surface_Area":  # Mbpp/581
+                exact = exact or abs(out - _surface_area(*inp)) <= self.atol
+            elif ep == "digit_distance_nums":  # Mbpp/558
+                exact = exact or out == _digit_distance_nums(*inp)
+            elif ep in MBPP_OUTPUT_SET_EQ:
+                exact = set(out) == set(exp)
+            elif ep in MBPP_OUTPUT_NOT_NONE:  # expected is "the output is not None"
+                exact = out == exp if isinstance(out, bool) else exp == (out is not None)
+        if task.dataset == "humaneval" and ep == "find_zero":
+            return abs(_poly(*inp, out)) <= self.atol
+        if self.atol == 0 and _is_floats(exp):
+            self.atol = 1e-6
+        if not exact and self.atol != 0:
+            if type(out) is not type(exp):
+                return False
+            if isinstance(exp, (list, tuple)) and len(out) != len(exp):
+                return False
+            return bool(np.allclose(out, exp, rtol=1e-07, atol=self.atol))
+        return bool(exact)
+
+
+def outputs_match(task: PythonTask, inputs: list, outputs: list, expected: list) -> list[bool]:
+    """Per-input verdicts of one phase (EvalPlus semantics), on already-decoded outputs."""
+    cmp = _Comparer(task)
+    return [cmp(i, o, e) for i, o, e in zip(inputs, outputs, expected, strict=True)]
+
+
+# ----------------------------------------------------------------------------- expected outputs
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REFLECTIONCODER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "reflectioncoder"
+    )
+    return Path(root) / "eval"
+
+
+def _ground_truth_job(task: PythonTask) -> str:
+    not_none = task.dataset == "mbpp" and task.entry_point in MBPP_OUTPUT_NOT_NONE
+    return json.dumps(
+        {
+            "code": task.prompt + task.canonical_solution,
+            "entry_point": task.entry_point,
+            "record": True,
+            "sys_path": _site_paths(),
+            "output_not_none": not_none,
+            "phases": [
+                {"name": "base", "inputs": _harness.encode(task.base_inputs)},
+                {"name": "plus", "inputs": _harness.encode(task.plus_inputs)},
+            ],
+        }
+    )
+
+
+def _run_ground_truth(task: PythonTask) -> dict:
+    res = run_sandboxed(
+        _harness_argv(),
+        files={"harness.py": _HARNESS_SOURCE},
+        stdin=_ground_truth_job(task),
+        timeout_s=600,
+        memory_mb=MEMORY_MB,
+        output_limit=1 << 30,
+    )
+    got: dict[str, dict[str, list]] = {"base": {"out": [], "t": []}, "plus": {"out": [], "t": []}}
+    for line in res.stdout.splitlines():
+        row = json.loads(line)  # kept encoded: this goes to the cache file as is
+        if "i" in row:
+            got[row["phase"]]["out"].append(row["out"])
+            got[row["phase"]]["t"].append(row["t"])
+    for phase, n in (("base", len(task.base_inputs)), ("plus", len(task.plus_inputs))):
+        if len(got[phase]["out"]) != n:
+            raise RuntimeError(
+                f"{task.task_id}: the canonical solution failed on {phase} input "
+                f"{len(got[phase]['out'])}: {res.stderr[-2000:]}"
+            )
+    return got
+
+
+def _harness_argv() -> list[str]:
+    # -S skips site's start-up work (tens of ms per run); the job carries site-packages instead
+    return [sys.executable, "-I", "-S", "-B", "{src}/harness.py"]
+
+
+def _site_paths() -> list[str]:
+    import site
+
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def expected_outputs(
+    tasks: dict[str, PythonTask],
+    source_hash: str,
+    *,
+    parallel: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict]:
+    """Expected outputs and ground-truth times of every task, cached on disk by the dataset
+    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}`` (outputs in
+    the tagged encoding on disk, decoded here). The first run computes them by running the
+    canonical solutions."""
+    cache = _cache_dir() / f"expected-{source_hash[:32]}-v{_HARNESS_VERSION}.json"
+    if cache.is_file():
+        data = _harness.loads_row(cache.read_bytes())
+        if set(data) >= set(tasks):
+            return data
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        results = {}
+        for tid, got in zip(tasks, pool.map(_run_ground_truth, tasks.values()), strict=True):
+            results[tid] = got
+            if progress:
+                progress(1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(results))
+    tmp.replace(cache)
+    return _harness.loads_row(cache.read_bytes())
+
+
+# ----------------------------------------------------------------------------- one sample
+
+
+@dataclass
+class SampleResult:
+    """Verdict of one completion: ``base`` / ``plus`` are pass | fail | timeout | None (not
+    run: the base tests failed already)."""
+
+    task_id: str
+    completion_id: int
+    base: str
+    plus: str | None
+    base_failed_input: int | None = None
+    plus_failed_input: int | None = None
+    reason: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def passed_base(self) -> bool:
+        return self.base == PASS
+
+    @property
+    def passed_plus(self) -> bool:
+        return self.base == PASS and self.plus == PASS
+
+
+_DECODED: dict[int, tuple[list, list[float], dict]] = {}
+
+
+def _decoded(expected: dict) -> tuple[list, list[float]]:
+    """Expected outputs decoded and per-input limits ``max(1, 4 * gt_time)``, once per phase."""
+    hit = _DECODED.get(id(expected))
+    if hit is None or hit[2] is not expected:
+        limits = [max(MIN_TIME_LIMIT, GT_TIME_LIMIT_FACTOR * t) for t in expected["t"]]
+        hit = (expected["out"], limits, expected)
+        _DECODED[id(expected)] = hit
+    return hit[0], hit[1]
+
+
+class _Phase:
+    def __init__(self, name: str, task: PythonTask, inputs: list, expected: dict) -> None:
+        self.name, self.inputs = name, inputs
+        self.expected, self.limits = _decoded(expected)
+        self.budget = min(TASK_TIMEOUT_CAP, sum(self.limits)) + 1.0
+        self.cmp = _Comparer(task)
+        self.next = 0
+        self.status: str | None = None
+        self.failed_input: int | None = None
+        self.reason = ""
+
+    def fail(self, status: str, i: int | None, reason: str) -> None:
+        self.status, self.failed_input, self.reason = status, i, reason
+
+
+_JOB_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
+    key = (task.task_id, id(phases[0].expected), len(phases))
+    tail = _JOB_CACHE.get(key)
+    if tail is None:
+        body = {
+            "entry_point": task.entry_point,
+            "guard": True,
+            "sys_path": _site_paths(),
+            "memory_bytes": MEMORY_MB << 20,
+            "fail_fast": True,
+            "phases": [
+                {"name": p.name, "inputs": _harness.encode(p.inputs), "time_limits": p.limits}
+                for p in phases
+            ],
+        }
+        tail = json.dumps(body)[1:]  # the job is '{"code": ..., ' + tail
+        _JOB_CACHE[key] = tail
+    return tail
+
+
+def check_sample(
+    task: PythonTask,
+    solution: str,
+    expected: dict,
+    *,
+    completion_id: int = 0,
+    base_only: bool = False,
+    hide: Sequence[str] = (),
+) -> SampleResult:
+    """Run one whole solution (prompt + completion) on the task's tests in one sandboxed
+    process and judge each output here, stopping at the first failure (EvalPlus fail-fast)."""
+    phases = [_Phase("base", task, task.base_inputs, expected["base"])]
+    if not base_only:
+        phases.append(_Phase("plus", task, task.plus_inputs, expected["plus"]))
+    job = '{"code": ' + json.dumps(solution) + ", " + _job_tail(task, phases)
+    by_name = {p.name: p for p in phases}
+
+    def on_line(line: bytes) -> bool:
+        """Judge one result line as it arrives; True stops the run (a verdict is reached)."""
+        try:
+            row = _harness.loads_row(line)
+            phase = by_name[row["phase"]]
+        except (ValueError, KeyError, TypeError):  # DecodeError included: not plain data
+            for p in phases:
+                if p.status is None:
+                    p.fail(FAIL, p.next, "malformed result line")
+                    break
+            return True
+        if phase.status is not None:
+            return False
+        if "load_error" in row:
+            phase.fail(FAIL, None, f"load error: {row.get('load_error')}")
+            return phase is phases[0]
+        if row.get("done"):
+            if phase.next == len(phase.inputs):
+                phase.status = PASS
+            else:
+                phase.fail(FAIL, phase.next, "missing outputs")
+            return phase.status != PASS and phase is phases[0]
+        i = row.get("i")
+        if i != phase.next:
+            phase.fail(FAIL, phase.next, "out-of-order result")
+            return phase is phases[0]
+        if "error" in row:
+            kind = TIMEOUT if row["error"] == "TimeoutException" else FAIL
+            phase.fail(kind, i, str(row["error"])[:100])
+            return phase is phases[0]
+        try:
+            out = row["out"]
+        except KeyError:
+            phase.fail(FAIL, i, "output is not plain data")
+            return phase is phases[0]
+        if not phase.cmp(phase.inputs[i], out, phase.expected[i]):
+            phase.fail(FAIL, i, "wrong output")
+            return phase is phases[0]
+        phase.next += 1
+        return False
+
+    budget = sum(p.budget for p in phases) + 2.0
+    res = run_sandboxed(
+        _harness_argv(),
+        files={"harness.py": _HARNESS_SOURCE},
+        stdin=job,
+        timeout_s=budget,
+        memory_mb=MEMORY_MB,
+        cpu_s=int(budget) + 1,
+        output_limit=256 << 20,
+        hide=hide,
+        on_stdout_line=on_line,
+    )
+    for p in phases:
+        if p.status is None:
+            if res.timed_out:
+                p.fail(TIMEOUT, p.next, "wall-clock limit")
+            elif res.output_truncated:
+                p.fail(FAIL, p.next, "output over the cap")
+            else:
+                p.fail(FAIL, p.next, f"process ended (exit {res.exit_code})")
+    base = phases[0]
+    plus = phases[1] if len(phases) > 1 else None
+    plus_status = None if plus is None or base.status != PASS else plus.status
+    reason = base.reason if base.status != PASS else (plus.reason if plus else "")
+    return SampleResult(
+        task_id=task.task_id,
+        completion_id=completion_id,
+        base=base.status or FAIL,
+        plus=plus_status,
+        base_failed_input=base.failed_input,
+        plus_failed_input=plus.failed_input if plus is not None and plus_status else None,
+        reason=reason if (base.status != PASS or plus_status not in (PASS, None)) else "",
+        duration_s=res.duration_s,
+    )
+
+
+def score_python_samples(
+    tasks: dict[str, PythonTask],
+    samples: Iterable[dict],
+    expected: dict[str, dict],
+    *,
+    parallel: int = 2,
+    base_only: bool = False,
+    progress: Callable[[int], None] | None = None,
+    hide: Sequence[str] = (),
+) -> list[SampleResult]:
+    """Score samples (``task_id`` + ``completion`` or ``solution``) with ``parallel`` workers.
+    The solution run is ``prompt + completion`` (EvalPlus), or ``solution`` as given."""
+    jobs = []
+    counts: dict[str, int] = {}
+    for n, s in enumerate(samples, 1):
+        tid = s.get("task_id")
+        if tid not in tasks:
+            raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
+        if "solution" in s:
+            code = s["solution"]
+        elif "completion" in s:
+            code = tasks[tid].prompt + s["completion"]
+        else:
+            raise ValueError(f"samples:{n}: needs 'completion' or 'solution'")
+        if not isinstance(code, str):
+            raise ValueError(f"samples:{n}:completion: must be a string")
+        jobs.append((tid, counts.get(tid, 0), code))
+        counts[tid] = counts.get(tid, 0) + 1
+
+    def one(job: tuple[str, int, str]) -> SampleResult:
+        tid, cid, code = job
+        r = check_sample(
+            tasks[tid], code, expected[tid], completion_id=cid, base_only=base_only, hide=hide
+        )
+        if progress:
+            progress(1)
+        return r
+
+    # Slowest tasks first keeps both workers busy to the end.
+    order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j][0]].plus_inputs))
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))
+    return [done[j] for j in range(len(jobs))]

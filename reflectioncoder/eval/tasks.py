@@ -1,0 +1,240 @@
+"""Benchmark tasks from local files: HumanEval(+), MBPP(+), MultiPL-E HumanEval translations.
+
+``--data-dir`` holds the layout of ``../shared/evaldata`` (see its README for provenance).
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PythonTask",
+    "MultiplETask",
+    "default_data_dir",
+    "load_humaneval_plus",
+    "load_mbpp_plus",
+    "load_multiple",
+    "dataset_file",
+    "file_hash",
+    "mbpp_deserialize_inputs",
+]
+
+HUMANEVAL_PLUS_FILE = "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
+MBPP_PLUS_FILE = "mbppplus/MbppPlus-v0.2.0.jsonl.gz"
+MULTIPLE_DIR = "multipl_e"
+
+
+@dataclass
+class PythonTask:
+    """One EvalPlus task: ``base_inputs`` / ``plus_inputs`` are lists of argument lists."""
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    base_inputs: list[Any]
+    plus_inputs: list[Any]
+    atol: float
+    dataset: str  # "humaneval" | "mbpp"
+    first_test: str = ""  # MBPP: the first assertion, shown in the prompt
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class MultiplETask:
+    """One MultiPL-E task: the program is ``prompt + completion + tests``."""
+
+    task_id: str
+    language: str
+    prompt: str
+    tests: str
+    stop_tokens: list[str]
+
+
+def default_data_dir() -> Path | None:
+    """``$REFLECTIONCODER_DATA_DIR``, else ``../shared/evaldata`` beside the checkout or cwd."""
+    env = os.environ.get("REFLECTIONCODER_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parents[2]
+    candidates += [here.parent / "shared" / "evaldata", Path.cwd().parent / "shared" / "evaldata"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+def dataset_file(data_dir: str | Path, rel: str) -> Path:
+    path = Path(data_dir) / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"--data-dir: {path} not found (expected the evaldata layout)")
+    return path
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes: the key of cached expected outputs."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+    return rows
+
+
+def _need(row: dict, key: str, path: Path, n: int) -> Any:
+    if key not in row:
+        raise ValueError(f"{path}:{n}:{key}: missing")
+    return row[key]
+
+
+def load_humaneval_plus(data_dir: str | Path) -> dict[str, PythonTask]:
+    """HumanEval+ v0.1.10 (164 tasks); its base inputs are HumanEval's own tests."""
+    path = dataset_file(data_dir, HUMANEVAL_PLUS_FILE)
+    tasks = {}
+    for n, row in enumerate(_read_jsonl(path), 1):
+        tid = _need(row, "task_id", path, n)
+        tasks[tid] = PythonTask(
+            task_id=tid,
+            prompt=_need(row, "prompt", path, n),
+            entry_point=_need(row, "entry_point", path, n),
+            canonical_solution=_need(row, "canonical_solution", path, n),
+            base_inputs=_need(row, "base_input", path, n),
+            plus_inputs=_need(row, "plus_input", path, n),
+            atol=float(_need(row, "atol", path, n)),
+            dataset="humaneval",
+        )
+    return tasks
+
+
+def load_mbpp_plus(data_dir: str | Path) -> dict[str, PythonTask]:
+    """MBPP+ v0.2.0 (378 tasks), serialised inputs decoded as EvalPlus does."""
+    path = dataset_file(data_dir, MBPP_PLUS_FILE)
+    tasks = {}
+    for n, row in enumerate(_read_jsonl(path), 1):
+        tid = _need(row, "task_id", path, n)
+        assertion = _need(row, "assertion", path, n).strip()
+        tasks[tid] = PythonTask(
+            task_id=tid,
+            prompt=_need(row, "prompt", path, n),
+            entry_point=_need(row, "entry_point", path, n),
+            canonical_solution=_need(row, "canonical_solution", path, n),
+            base_inputs=mbpp_deserialize_inputs(tid, _need(row, "base_input", path, n)),
+            plus_inputs=mbpp_deserialize_inputs(tid, _need(row, "plus_input", path, n)),
+            atol=float(_need(row, "atol", path, n)),
+            dataset="mbpp",
+            first_test=assertion.split("\n")[0].strip(),
+        )
+    return tasks
+
+
+# MBPP+ stores some inputs with types JSON cannot hold; these sets say how each task's inputs
+# are rebuilt (the task lists are EvalPlus 0.3.1's, data/mbpp.py).
+_ARGS_TO_TUPLES = {
+    2,
+    116,
+    132,
+    143,
+    222,
+    261,
+    273,
+    394,
+    399,
+    421,
+    424,
+    429,
+    470,
+    560,
+    579,
+    596,
+    616,
+    630,
+    726,
+    740,
+    744,
+    809,
+}
+_NESTED_TO_TUPLES = {63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780}
+_FIRST_NESTED_TO_TUPLES = {75, 413, 444, 753}
+_SECOND_TO_TUPLE = {106, 750}
+_FIRST_TO_TUPLE = {250, 405, 446, 617, 720, 763, 808}
+_NESTED_THEN_ARGS = {259, 401, 445}
+_ALL_TUPLES = {580, 615, 791}
+
+
+def _deep_tuple(x: Any) -> Any:
+    return tuple(_deep_tuple(i) for i in x) if isinstance(x, list) else x
+
+
+def mbpp_deserialize_inputs(task_id: str, inputs: list) -> list:
+    """Rebuild the Python inputs of MBPP+ task ``Mbpp/N`` from its JSON form."""
+    n = int(task_id.split("/")[-1])
+    if n in _ARGS_TO_TUPLES:
+        return [[tuple(a) for a in inp] for inp in inputs]
+    if n in _NESTED_TO_TUPLES:
+        return [[[tuple(x) for x in a] for a in inp] for inp in inputs]
+    if n in _FIRST_NESTED_TO_TUPLES:
+        return [[[tuple(x) for x in inp[0]]] + [inp[1]] for inp in inputs]
+    if n in _SECOND_TO_TUPLE:
+        return [[inp[0]] + [tuple(inp[1])] for inp in inputs]
+    if n == 115:  # an empty list stands for an empty dict
+        return [
+            [[set(x) if isinstance(x, list) and len(x) else {} for x in inp[0]]] for inp in inputs
+        ]
+    if n == 124:
+        return [(float(inp[0]), complex(inp[1])) for inp in inputs]
+    if n in _FIRST_TO_TUPLE:
+        return [[tuple(inp[0])] + [inp[1]] for inp in inputs]
+    if n in _NESTED_THEN_ARGS:
+        nested = [[[tuple(x) for x in a] for a in inp] for inp in inputs]
+        return [[tuple(a) for a in inp] for inp in nested]
+    if n == 278:
+        first = [[[tuple(x) if isinstance(x, list) else x for x in inp[0]]] for inp in inputs]
+        return [[tuple(a) for a in inp] for inp in first]
+    if n == 307:
+        return [[tuple(inp[0])] + [inp[1], inp[2]] for inp in inputs]
+    if n == 722:
+        return [[{k: tuple(v) for k, v in inp[0].items()}] + inp[1:] for inp in inputs]
+    if n == 252:
+        return [[complex(inp[0])] for inp in inputs]
+    if n in _ALL_TUPLES:
+        return [_deep_tuple(inp) for inp in inputs]
+    return inputs
+
+
+def multiple_languages(data_dir: str | Path) -> list[str]:
+    """Languages with a MultiPL-E file in ``data_dir``."""
+    folder = Path(data_dir) / MULTIPLE_DIR
+    return sorted(p.stem.removeprefix("humaneval-") for p in folder.glob("humaneval-*.jsonl"))
+
+
+def load_multiple(data_dir: str | Path, language: str) -> dict[str, MultiplETask]:
+    """MultiPL-E HumanEval translation for ``language`` (e.g. ``cpp``, ``java``, ``sh``)."""
+    path = dataset_file(data_dir, f"{MULTIPLE_DIR}/humaneval-{language}.jsonl")
+    tasks = {}
+    for n, row in enumerate(_read_jsonl(path), 1):
+        # the python file is HumanEval's own format (task_id, test) rather than MultiPL-E's
+        name = row.get("name") or _need(row, "task_id", path, n)
+        tests = row["tests"] if "tests" in row else _need(row, "test", path, n)
+        tasks[name] = MultiplETask(
+            task_id=name,
+            language=language,
+            prompt=_need(row, "prompt", path, n),
+            tests=tests,
+            stop_tokens=list(row.get("stop_tokens") or []),
+        )
+    return tasks
