@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 # How a HumanEval-style instruction starts (SPEC §5 uses the same words at evaluation).
 HUMANEVAL_PREAMBLE = "Write a complete Python function for the problem."
-N_TESTS = 4
+N_TESTS = 3
 
 
 @dataclass(frozen=True)
