@@ -12,9 +12,9 @@ Codec: JSON with tags for what JSON lacks: ``{"$tuple": [...]}``, ``$set``, ``$f
 ``$bytearray``, ``$complex``, ``$float`` ("nan", "inf", "-inf"), ``$int`` (hex, for huge
 ints), ``$sha`` (sha256 and length of a top-level string over 64 KiB: equal strings have equal
 digests, and only the digest crosses the pipe), ``$np`` / ``$ndarray`` (numpy scalar / array:
-dtype and values) and ``$opaque`` (a type name: a value that is not plain data; it equals nothing). Subclasses of plain types (bool, int,
-float, str, list, tuple, dict, set) are encoded as their base type's value, read through the
-base type's own methods, so an overridden ``__eq__`` never reaches the scorer.
+dtype and values) and ``$opaque`` (a type name: a value that is not plain data; it equals
+nothing). Subclasses of plain types (bool, int, float, str, list, tuple, dict, set) are encoded
+as their base type's value, read through the base type's own methods, so an overridden ``__eq__`` never reaches the scorer.
 """
 
 from __future__ import annotations
@@ -398,6 +398,8 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.time
     if job.get("guard"):
         _reliability_guard(job.get("memory_bytes"))
+    if job.get("strict"):
+        install_audit_guard(os.getcwd())
     sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
     for name, inputs, limits in phases:
         env: dict = {}
@@ -439,6 +441,111 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
                 continue
             emit({"phase": name, "i": i, "out": encode_output(out)})
         emit({"phase": name, "done": True})
+
+
+def install_audit_guard(work_dir: str) -> None:  # pragma: no cover - sandbox side
+    """The fallback level's in-process guard (an audit hook cannot be removed from Python):
+    no writes, deletes or renames outside ``work_dir``, no network, no signals to other
+    processes, no new programs, no forks, no native libraries loaded by ctypes."""
+    import os
+    import sys
+
+    work = os.path.realpath(work_dir)
+    getpid, realpath, fsdecode, sep, devnull = (
+        os.getpid,
+        os.path.realpath,
+        os.fsdecode,
+        os.sep,
+        os.devnull,
+    )
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    path_events = {
+        "os.remove",
+        "os.rmdir",
+        "os.rename",
+        "os.truncate",
+        "os.chmod",
+        "os.chown",
+        "os.link",
+        "os.symlink",
+        "os.mkdir",
+        "shutil.rmtree",
+        "shutil.move",
+        "os.utime",
+    }
+    denied = {
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.system",
+        "subprocess.Popen",
+        "os.fork",
+        "os.forkpty",
+        "pty.spawn",
+        "ctypes.dlopen",
+        "os.startfile",
+    }
+
+    def inside(path) -> bool:
+        if isinstance(path, int):  # a descriptor we already hold
+            return True
+        try:
+            p = realpath(fsdecode(path))
+        except Exception:
+            return False
+        return p == work or p.startswith(work + sep) or p == devnull
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            mode, flags = args[1], args[2] or 0
+            writing = (
+                any(c in str(mode) for c in "wax+")
+                if mode is not None
+                else bool(flags & write_flags)
+            )
+            if writing and not inside(args[0]):
+                raise PermissionError(f"sandbox: writing outside the working dir: {args[0]!r}")
+        elif event in path_events:
+            if not inside(args[0]) or (
+                len(args) > 1
+                and isinstance(args[1], (str, bytes))
+                and event in ("os.rename", "os.link", "os.symlink", "shutil.move")
+                and not inside(args[1])
+            ):
+                raise PermissionError(f"sandbox: {event} outside the working dir: {args[0]!r}")
+        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
+            raise PermissionError("sandbox: no network")
+        elif event in ("os.kill", "os.killpg") and args[0] not in (0, getpid()):
+            raise PermissionError("sandbox: no signals to other processes")
+        elif event in denied:
+            raise PermissionError(f"sandbox: {event} is not allowed")
+
+    sys.addaudithook(hook)
+
+
+def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox side
+    """``--run FILE``: run a whole program as ``__main__`` (its tracebacks name ``main.py`` and
+    skip this file's frame), behind the audit guard in the fallback level."""
+    import os
+    import sys
+    import traceback
+
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), os.path.basename(path), "exec")
+    sys.argv = [os.path.basename(path)]
+    sys.path.insert(0, os.getcwd())
+    name = code.co_filename
+
+    def excepthook(t, v, tb) -> None:  # start the traceback at the program's own frames
+        first = tb
+        while first is not None and first.tb_frame.f_code.co_filename != name:
+            first = first.tb_next
+        traceback.print_exception(t, v, first or tb)
+
+    sys.excepthook = excepthook
+    if strict:
+        install_audit_guard(os.getcwd())
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
 
 
 def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - sandbox side
@@ -486,4 +593,9 @@ class _suppress:
 
 
 if __name__ == "__main__":
-    _main()
+    import sys as _sys
+
+    if len(_sys.argv) == 3 and _sys.argv[1] == "--run":
+        _run_program(_sys.argv[2], __import__("os").environ.get("RC_SANDBOX_STRICT") == "1")
+    else:
+        _main()

@@ -443,58 +443,20 @@ def _kill_tree(proc: subprocess.Popen, cgroup: Path | None, marker: str) -> None
 
 # ----------------------------------------------------------------------------- python
 
-# Runs the program in-process after installing guards; tracebacks skip this file's frame.
-_PY_LAUNCHER = r"""
-import os, sys, traceback
-_work = os.path.realpath(os.getcwd())
-_strict = os.environ.get("RC_SANDBOX_STRICT") == "1"
-def _inside(path):
-    try:
-        p = os.path.realpath(os.fsdecode(path))
-    except Exception:
-        return False
-    return p == _work or p.startswith(_work + os.sep) or p == os.devnull
 
-def _hook(event, args):
-    if event == "open":
-        mode, flags = args[1], args[2] or 0
-        writing = any(c in str(mode) for c in "wax+") if mode is not None else bool(
-            flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
-        if writing and isinstance(args[0], (str, bytes)) and not _inside(args[0]):
-            raise PermissionError(f"sandbox: writing outside the working directory: {args[0]!r}")
-    elif event in ("os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod", "os.chown",
-                   "os.link", "os.symlink", "os.mkdir", "shutil.rmtree", "shutil.move"):
-        path = args[0]
-        if isinstance(path, (str, bytes)) and not _inside(path):
-            raise PermissionError(f"sandbox: {event} outside the working directory: {path!r}")
-    elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
-        raise PermissionError("sandbox: network access is not allowed")
-    elif event in ("os.kill", "os.killpg") and args[0] not in (0, os.getpid()):
-        raise PermissionError("sandbox: signals to other processes are not allowed")
-    elif event in ("os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
-                   "os.fork", "os.forkpty", "pty.spawn", "ctypes.dlopen"):
-        raise PermissionError(f"sandbox: {event} is not allowed")
+def _harness_source() -> str:
+    from reflectioncoder.eval import _harness  # the file runs in the sandbox as a script
 
-if _strict:
-    sys.addaudithook(_hook)
-_path = sys.argv[1]
-sys.argv = sys.argv[1:]
-sys.path.insert(0, _work)
-with open(_path, encoding="utf-8") as _f:
-    _code = compile(_f.read(), "main.py", "exec")
-sys.excepthook = lambda t, v, tb: traceback.print_exception(t, v, tb.tb_next)
-del _f, _path
-exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
-"""
+    return Path(_harness.__file__).read_text()
 
 
 def python_argv(script: str = "main.py") -> list[str]:
-    """argv that runs ``{src}/script`` with this interpreter behind the launcher's guards."""
-    return [sys.executable, "-I", "-B", "{src}/_launch.py", f"{{src}}/{script}"]
+    """argv that runs ``{src}/script`` with this interpreter behind the harness's guards."""
+    return [sys.executable, "-I", "-B", "{src}/harness.py", "--run", f"{{src}}/{script}"]
 
 
 def python_env() -> dict[str, str]:
-    """Environment for Python programs: the audit-hook guards in the fallback level."""
+    """Environment for Python programs: the audit guard is on in the fallback level."""
     return {"RC_SANDBOX_STRICT": "0" if isolation_level().startswith("bwrap") else "1"}
 
 
@@ -509,7 +471,7 @@ def run_python(
         raise TypeError(f"source must be str, got {type(source).__name__}")
     return run_sandboxed(
         python_argv(),
-        files={"main.py": source, "_launch.py": _PY_LAUNCHER},
+        files={"main.py": source, "harness.py": _harness_source()},
         stdin=stdin,
         timeout_s=timeout_s,
         memory_mb=memory_mb,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from reflectioncoder.eval import _harness
-from reflectioncoder.eval.sandbox import run_sandboxed
+from reflectioncoder.eval.sandbox import isolation_level, run_sandboxed
 from reflectioncoder.eval.tasks import PythonTask
 
 __all__ = [
@@ -305,6 +305,7 @@ def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
         body = {
             "entry_point": task.entry_point,
             "guard": True,
+            "strict": not isolation_level().startswith("bwrap"),
             "sys_path": _site_paths(),
             "memory_bytes": MEMORY_MB << 20,
             "fail_fast": True,

@@ -1,0 +1,129 @@
+"""Side-by-side scoring time: EvalPlus 0.3.1 vs ``reflectioncoder evaluate``.
+
+One greedy sample set (the authors' released completions), ``--parallel 2`` on both sides,
+expected outputs cached on both sides (a warm-up run fills each cache first), the two tools run
+one after the other in the same invocation, each as its own command. EvalPlus runs offline from
+the same data files (HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH). Rows go to
+bench/results/eval.json: (kernel, provider, mode, size, device, commit, value) + scores.
+
+  python bench/bench_eval.py --model ReflectionCoder-CL-7B --tasks humaneval mbpp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared"))
+DATA = {
+    "humaneval": "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
+    "mbpp": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
+}
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = re.search(r"Model name:\s*(.+)", out)
+        cores = os.cpu_count()
+        return f"CPU, {cores} cores, {name.group(1).strip() if name else platform.processor()}"
+    except OSError:
+        return f"CPU, {os.cpu_count()} cores"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+
+
+def _timed(cmd: list[str], env: dict, cwd: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout + proc.stderr
+
+
+def _evalplus(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, dict]:
+    run_dir = Path(tempfile.mkdtemp(dir=tmp))  # fresh: EvalPlus reuses old result files
+    copy = run_dir / "samples.jsonl"
+    shutil.copy(samples, copy)
+    cmd = [sys.executable, "-m", "evalplus.evaluate", "--dataset", task, "--samples", str(copy),
+           "--parallel", "2", "--i_just_wanna_run"]  # fmt: skip
+    wall, out = _timed(cmd, env, str(run_dir))
+    found = re.findall(r"pass@1:\s*([0-9.]+)", out)
+    return wall, {"base": float(found[0]), "plus": float(found[1])} if len(found) >= 2 else {}
+
+
+def _ours(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, dict]:
+    out_json = Path(tempfile.mkdtemp(dir=tmp)) / "result.json"
+    cmd = [sys.executable, "-m", "reflectioncoder.cli", "evaluate", "--task", task, "--samples",
+           str(samples), "--data-dir", str(SHARED / "evaldata"), "--json", str(out_json),
+           "--parallel", "2", "--no-progress"]  # fmt: skip
+    wall, _ = _timed(cmd, env, str(ROOT))
+    scores = json.loads(out_json.read_text())["scores"]
+    base, plus = list(scores.values())[:2]
+    return wall, {"base": base["pass@1"], "plus": plus["pass@1"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ReflectionCoder-CL-7B")
+    parser.add_argument("--tasks", nargs="+", default=["humaneval", "mbpp"], choices=list(DATA))
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/eval.json")
+    parser.add_argument("--no-warmup", action="store_true", help="caches are known to be warm")
+    args = parser.parse_args()
+    try:
+        import evalplus  # noqa: F401
+    except ImportError:
+        print("pip install evalplus==0.3.1 to run the comparison", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    env["HUMANEVAL_OVERRIDE_PATH"] = str(SHARED / "evaldata" / DATA["humaneval"])
+    env["MBPP_OVERRIDE_PATH"] = str(SHARED / "evaldata" / DATA["mbpp"])
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    device, commit = _cpu_name(), _commit()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp_name:
+        tmp = Path(tmp_name)
+        for task in args.tasks:
+            samples = SHARED / "reference-samples" / args.model / f"{task}.jsonl"
+            if not args.no_warmup:  # fill both expected-output caches (first runs)
+                for tool in (_evalplus, _ours):
+                    wall, _ = tool(task, samples, env, tmp)
+                    print(f"warm-up {tool.__name__[1:]} {task}: {wall:.1f} s", flush=True)
+            for _ in range(args.repeats):
+                for name, tool in (("evalplus-0.3.1", _evalplus), ("reflectioncoder", _ours)):
+                    wall, scores = tool(task, samples, env, tmp)
+                    rows.append({"kernel": "evaluate", "provider": name, "mode": task,
+                                 "size": f"{args.model}, {sum(1 for _ in open(samples))} samples",
+                                 "device": device, "commit": commit, "value": round(wall, 2),
+                                 "unit": "s", "scores": scores, "parallel": 2})  # fmt: skip
+                    print(f"{name:16s} {task:10s} {wall:7.1f} s  {scores}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else []
+    args.out.write_text(json.dumps(old + rows, indent=1) + "\n")
+    for task in args.tasks:
+        ep = [r["value"] for r in rows if r["mode"] == task and r["provider"] != "reflectioncoder"]
+        us = [r["value"] for r in rows if r["mode"] == task and r["provider"] == "reflectioncoder"]
+        print(f"{task}: EvalPlus {min(ep):.1f} s, ours {min(us):.1f} s, {min(ep) / min(us):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
