@@ -46,26 +46,26 @@ class LossBlocks:
 
     block_h: int = 64  # pairs (or solo rows) per half block: 128 rows per block
     block_v: int = 128  # vocabulary tile
-    block_d: int = 64  # reduction tile over D
+    block_d: int = 32  # reduction tile over D
     num_warps: int = 8
     num_stages: int = 3
 
 
-# Production tiles: 2 x (64 x 64) hidden tiles + (128 x 64) weight tile per pipeline stage =
-# 32 KiB in bf16, 3 stages = 96 KiB of shared memory (sm_80 allows 163 KiB, sm_90 227 KiB);
-# fp32 doubles the bytes, so 2 stages. Two 64 x 128 fp32 accumulators = 64 registers/thread at
-# 8 warps. bench/compile_check.py verifies registers, spills and shared memory for both.
+# Production tiles, chosen with bench/compile_check.py (registers, stack, shared memory on sm_80
+# and sm_90): 128 rows x 128 vocabulary columns per program, two 64 x 128 fp32 accumulators
+# (64 registers/thread at 8 warps). BLOCK_D = 32 rather than 64: at 64 the epilogue's
+# temporaries spilled 400-900 B of stack per thread; at 32 the bf16 kernels spill 0-216 B.
+# Shared memory per stage: 2 x (64 x 32) + (128 x 32) bf16 = 16 KiB; 3 stages fit either card.
+# fp32 inputs (exact "ieee" products, FMA path, tests and second opinion only) use smaller tiles.
+# The backward must use the forward's block_h: lse is stored per slot.
 FWD_BLOCKS = {
-    torch.bfloat16: LossBlocks(),
-    torch.float16: LossBlocks(),
-    torch.float32: LossBlocks(num_stages=2),
+    torch.bfloat16: LossBlocks(block_h=64, block_v=128, block_d=32, num_warps=8, num_stages=3),
+    torch.float16: LossBlocks(block_h=64, block_v=128, block_d=32, num_warps=8, num_stages=3),
+    torch.float32: LossBlocks(block_h=32, block_v=64, block_d=16, num_warps=4, num_stages=2),
 }
-BWD_BLOCKS = {
-    torch.bfloat16: LossBlocks(num_stages=2),
-    torch.float16: LossBlocks(num_stages=2),
-    torch.float32: LossBlocks(block_d=32, num_stages=2),
-}
-# fp32 inputs: exact fp32 products, as torch's default matmul (no TF32).
+BWD_BLOCKS = dict(FWD_BLOCKS)
+# fp32 inputs: exact fp32 products, as torch's default matmul (no TF32). For bf16 / fp16 the
+# setting is moot (tensor cores multiply them exactly, accumulating in fp32).
 PRECISION = {torch.bfloat16: "ieee", torch.float16: "ieee", torch.float32: "ieee"}
 
 
@@ -513,10 +513,10 @@ class TritonFusedReflectionLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ce_weight, kl_pairs, kl_weight, fwd, bwd):
         hidden = hidden.contiguous()
         weight = weight.contiguous()
+        if bwd.block_h != fwd.block_h:  # lse is stored per slot of the forward's layout
+            raise ValueError("bwd_blocks: block_h must equal the forward's")
         slots = build_slots(targets, ce_weight, kl_pairs, kl_weight, fwd.block_h)
         lse, ce, kl = _loss_fwd(hidden, weight, slots, kl_pairs.shape[0] > 0, fwd)
-        if bwd.block_h != fwd.block_h:  # lse is per slot: re-lay it out for the backward's blocks
-            raise ValueError("blocks: forward and backward must share block_h")
         ctx.save_for_backward(hidden, weight, lse)
         ctx.slots = slots
         ctx.bwd = bwd
