@@ -267,7 +267,9 @@ def add_special_token_embeddings(
         ids[token] = int(tid)
 
     n_vocab = max(len(tokenizer), max(ids.values()) + 1)
-    current = model.get_input_embeddings().weight.shape[0]
+    # ZeRO-3 partitions leave an empty local tensor; ds_shape is the whole one.
+    emb = model.get_input_embeddings().weight
+    current = int(getattr(emb, "ds_shape", emb.shape)[0])
     for token, split in splits.items():
         bad = [i for i in split if not 0 <= i < current]
         if bad:

@@ -202,3 +202,26 @@ def test_build_tiny_llama_validates() -> None:
     b = build_tiny_llama(40, hidden_size=16, num_layers=1, seed=3)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_reflection_loss_checks_hidden(seed: int) -> None:
+    from reflectioncoder.loss import reflection_loss
+
+    batch = types.SimpleNamespace(
+        loss_rows=torch.tensor([0, 2]),
+        targets=torch.tensor([3, 4]),
+        ce_weight=torch.tensor([0.5, 0.5]),
+        kl_pairs=torch.tensor([[0, 1]]),
+        kl_weight=torch.tensor([1.0]),
+    )
+    weight = torch.randn(11, 8)
+    with pytest.raises(ValueError, match="hidden"):
+        reflection_loss(torch.randn(3, 7), batch, weight)
+    hidden = torch.randn(3, 8, dtype=torch.float64)
+    loss, parts = reflection_loss(hidden.float(), batch, weight, backend="torch")
+    # Only rows 0 and 2 count: CE of both plus KL(row 0 || row 2), in float64.
+    z = hidden[[0, 2]] @ weight.double().T
+    ce = 0.5 * (torch.logsumexp(z, -1) - z[[0, 1], [3, 4]]).sum()
+    kl = (z[0].softmax(-1) * (z[0].log_softmax(-1) - z[1].log_softmax(-1))).sum()
+    torch.testing.assert_close(loss.double(), ce + kl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parts["ce"].double(), ce, atol=1e-5, rtol=1e-5)
