@@ -167,7 +167,7 @@ def teacher_row_flags(batch: PackedBatch, has_student: list[bool]) -> torch.Tens
     if len(kinds) != len(batch.seq_lens):
         raise ValueError(f"batch: {len(batch.seq_lens)} segments, expected {len(kinds)}")
     token_is_student = torch.repeat_interleave(
-        torch.tensor(kinds), torch.tensor(batch.seq_lens), output_size=batch.num_tokens
+        torch.tensor(kinds), torch.tensor(batch.seq_lens), output_size=sum(batch.seq_lens)
     )
     return (~token_is_student[batch.loss_rows.cpu()]).float()
 
@@ -247,16 +247,15 @@ def load_tokenizer(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo) ->
 
     saved = out_dir / "tokenizer"
     source = cfg.model.tokenizer or cfg.model.name_or_path
-    if not (saved / "tokenizer_config.json").is_file():
-        if info.is_main:
-            if source is not None:
-                tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
-                tok.save_pretrained(str(saved))
-            else:
-                from reflectioncoder.tokenizer import train_tokenizer
+    if info.is_main and not (saved / "tokenizer_config.json").is_file():
+        if source is not None:
+            tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            tok.save_pretrained(str(saved))
+        else:
+            from reflectioncoder.tokenizer import train_tokenizer
 
-                train_tokenizer(_texts_for_tokenizer(cfg), cfg.model.tokenizer_vocab_size, saved)
-        distributed.barrier()
+            train_tokenizer(_texts_for_tokenizer(cfg), cfg.model.tokenizer_vocab_size, saved)
+    distributed.barrier()  # every rank, unconditionally: the others wait for rank 0's files
     return AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
 
 
@@ -467,14 +466,14 @@ class Trainer:
                     result.grad_norm,
                     self.skipped,
                 )
-            if self._skipped_in_a_row >= self.cfg.train.max_skipped_steps:
-                raise NonFiniteError(
-                    f"{self._skipped_in_a_row} optimizer steps in a row had a non-finite loss "
-                    f"or gradient (last: step {self.step}); stopping: lower optim.lr or check "
-                    "the data."
-                )
         row["skipped_total"] = self.skipped
         self.metrics.log(row)
+        if self._skipped_in_a_row >= self.cfg.train.max_skipped_steps:
+            raise NonFiniteError(
+                f"{self._skipped_in_a_row} optimizer steps in a row had a non-finite loss "
+                f"or gradient (last: step {self.step}); stopping: lower optim.lr or check "
+                "the data."
+            )
         return row
 
     # -- the loop -----------------------------------------------------------------------------
