@@ -136,7 +136,8 @@ def _reference_step(trainer: Trainer, model64: torch.nn.Module, step: int) -> di
     if cfg.packing.normalisation == "sample":
         ce = sum(c / n for c, n, _, _ in terms) / len(terms)
         kl = sum(x / m if m else 0.0 * x for _, _, x, m in terms) / len(terms)
-        tce = sum(tc / n for (tc, _, _, _), (_, n, _, _) in zip(teacher_terms, terms)) / len(terms)
+        pairs = zip(teacher_terms, terms, strict=True)
+        tce = sum(tc / n for (tc, _, _, _), (_, n, _, _) in pairs) / len(terms)
     else:
         n_ce = sum(n for _, n, _, _ in terms)
         n_kl = max(sum(m for _, _, _, m in terms), 1)
@@ -176,7 +177,8 @@ def test_step_losses_match_float64_reference(tmp_path, seed, normalisation):
             assert row["lr"] == pytest.approx(lr_at(step, 4, cfg.optim))
             assert row["samples"] == len(trainer.plan[step])
             assert math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
-            changed = [not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters())]
+            after = trainer.model.parameters()
+            changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
             assert all(changed)
     finally:
         trainer.close()
