@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 
 os.environ.pop("TRITON_INTERPRET", None)  # before the kernels are imported (see docstring)
+# Triton 3.9 warns that its fp-fusion default changes in 3.10: pin today's default (fusion on).
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
