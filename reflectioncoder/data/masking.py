@@ -159,15 +159,26 @@ def draw_masks(
     )
 
 
+def _positions(plan: MaskPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(segment of each token, position of each token in its sample), both (T,) int64."""
+    offsets = plan.offsets.numpy()
+    lens = np.diff(offsets)
+    seg = np.repeat(np.arange(lens.size), lens)
+    return seg, np.arange(int(offsets[-1])) - offsets[:-1][seg]
+
+
+def _visible(plan: MaskPlan, seg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    # Keys outside the body are NEVER (above any threshold), so the body test is implicit.
+    hidden = pos < plan.starts.numpy()[seg]
+    hidden |= pos == plan.ends.numpy()[seg]
+    hidden |= plan.keys.numpy() < plan.thresholds.numpy()[seg]
+    return ~hidden
+
+
 def visibility_host(plan: MaskPlan) -> torch.Tensor:
     """(T,) bool: which of the samples' tokens the student sees (vectorised)."""
-    lens = plan.offsets[1:] - plan.offsets[:-1]
-    seg = torch.repeat_interleave(torch.arange(lens.numel()), lens)
-    pos = torch.arange(int(plan.offsets[-1])) - plan.offsets[seg]
-    start, end, thr = plan.starts[seg], plan.ends[seg], plan.thresholds[seg]
-    body = (pos >= start) & (pos < end)
-    hidden = (pos < start) | (pos == end) | (body & (plan.keys.to(torch.int64) < thr))
-    return ~hidden
+    seg, pos = _positions(plan)
+    return torch.from_numpy(_visible(plan, seg, pos))
 
 
 @dataclass
@@ -193,17 +204,15 @@ def apply_masks_host(
     total = int(plan.offsets[-1])
     if ids.shape != (total,) or student_labels.shape != (total,):
         raise ValueError(f"ids, student_labels: expected ({total},), got {tuple(ids.shape)}")
-    visible = visibility_host(plan)
-    gather = torch.nonzero(visible).flatten()
-    lens = plan.offsets[1:] - plan.offsets[:-1]
-    seg = torch.repeat_interleave(torch.arange(lens.numel()), lens)
-    positions = torch.arange(total) - plan.offsets[seg]
-    out_offsets = torch.zeros(lens.numel() + 1, dtype=torch.int64)
+    seg, pos = _positions(plan)
+    gather = np.flatnonzero(_visible(plan, seg, pos))
+    out_offsets = torch.zeros(len(plan.student_lens) + 1, dtype=torch.int64)
     out_offsets[1:] = torch.tensor(plan.student_lens, dtype=torch.int64).cumsum(0)
+    # numpy indexing: torch's index kernel is far slower on small CPU tensors.
     return StudentTokens(
-        gather=gather,
-        input_ids=ids[gather],
-        position_ids=positions[gather],
-        labels=student_labels[gather],
+        gather=torch.from_numpy(gather),
+        input_ids=torch.from_numpy(ids.numpy()[gather]),
+        position_ids=torch.from_numpy(pos[gather]),
+        labels=torch.from_numpy(student_labels.numpy()[gather]),
         out_offsets=out_offsets,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
@@ -207,100 +208,99 @@ def _assemble(
 ) -> PackedBatch:
     """Interleave teachers and students; loss rows, targets, KL pairs and weights.
 
-    The student rows are computed from host counts: every position from ``end + 1`` on is
-    visible, so the student index of such a position p is p - (hidden tokens)."""
+    Per-token work is numpy over the whole batch (flat arrays of length T). The student rows
+    come from host counts: every position from ``end + 1`` on is visible, so the student index
+    of such a position p is p - (hidden tokens).
+    """
     device = tokens.input_ids.device
+    out_offsets = tokens.out_offsets.tolist()  # host tensor: no device sync
     seq_lens: list[int] = []
-    # Per-segment host descriptors; the tensors are built with a handful of torch ops.
-    seg_src: list[tuple[str, int]] = []  # ("t", sample index) | ("s", student index)
-    teacher_rows, teacher_targets, teacher_w = [], [], []
-    student_rows, student_targets, student_w = [], [], []
-    kl_t, kl_s, kl_w = [], [], []
-    offset = 0
-    k = 0
+    segments: list[tuple[str, int]] = []  # ("t", sample index) | ("s", student index)
+    t_offsets, s_offsets, weights = [], [], []
+    hidden_of: dict[int, int] = {}  # sample index -> tokens its student hides
+    offset = k = 0
     for i, s in enumerate(samples):
-        length = len(s)
-        ce_w, kl_wt = sample_weights(s, mask_cfg, normalisation, denominators)
-        seg_src.append(("t", i))
-        seq_lens.append(length)
-        # Teacher: row j predicts labels[j + 1].
-        nxt = s.labels[1:]
-        rows = torch.nonzero(nxt != IGNORE).flatten()
-        teacher_rows.append(rows + offset)
-        teacher_targets.append(nxt[rows])
-        teacher_w.append(torch.full((rows.numel(),), ce_w))
-        t_off = offset
-        offset += length
+        weights.append(sample_weights(s, mask_cfg, normalisation, denominators))
+        segments.append(("t", i))
+        seq_lens.append(len(s))
+        t_offsets.append(offset)
+        offset += len(s)
         if _has_student(s, mask_cfg):
-            slen = plan.student_lens[k]
-            hidden = length - slen
-            seg_src.append(("s", k))
-            seq_lens.append(slen)
-            a = s.answer_start
-            if a - 1 <= s.body_end:  # the row formula below needs [a - 1, L) all visible
+            if s.answer_start - 1 <= s.body_end:  # the row formula needs [a - 1, L) visible
                 raise ValueError(f"samples: {s.source}: answer overlaps the reflection body")
-            # Student CE: row k predicts the student label at k + 1: rows of positions a-1 .. L-3.
-            pos = torch.arange(a - 1, length - 2)
-            student_rows.append(pos - hidden + offset)
-            student_targets.append(s.student_labels[pos + 1])
-            student_w.append(torch.full((pos.numel(),), ce_w))
-            if mask_cfg.kl:
-                kpos = torch.arange(a, length - 1)  # KL rows a .. L-2 (shifted by one, quirk)
-                kl_t.append(kpos + t_off)
-                kl_s.append(kpos - hidden + offset)
-                kl_w.append(torch.full((kpos.numel(),), kl_wt))
-            offset += slen
+            segments.append(("s", k))
+            seq_lens.append(plan.student_lens[k])
+            s_offsets.append(offset)
+            hidden_of[i] = len(s) - plan.student_lens[k]
+            offset += plan.student_lens[k]
             k += 1
+        else:
+            s_offsets.append(-1)
+    total = offset
 
-    def cat(parts, dtype):
-        return torch.cat(parts).to(dtype) if parts else torch.zeros(0, dtype=dtype)
-
-    # Loss rows: the union of CE rows and KL rows, sorted; each row's target and weight.
-    ce_rows = cat(teacher_rows + student_rows, torch.int64)
-    ce_tg = cat(teacher_targets + student_targets, torch.int64)
-    ce_wt = cat(teacher_w + student_w, torch.float32)
-    kt, ks = cat(kl_t, torch.int64), cat(kl_s, torch.int64)
-    all_rows = torch.cat([ce_rows, kt, ks])
-    loss_rows = torch.unique(all_rows)  # sorted
-    targets = torch.full((loss_rows.numel(),), IGNORE, dtype=torch.int64)
-    ce_weight = torch.zeros(loss_rows.numel(), dtype=torch.float32)
-    at = torch.searchsorted(loss_rows, ce_rows)
-    targets[at] = ce_tg
-    ce_weight[at] = ce_wt
-    kl_pairs = torch.stack(
-        [torch.searchsorted(loss_rows, kt), torch.searchsorted(loss_rows, ks)], 1
-    )
+    # Flat per-token arrays: the CE target each row predicts, its weight, KL row marks.
+    target = np.full(total, IGNORE, dtype=np.int64)
+    ce_w = np.zeros(total, dtype=np.float32)
+    kl_t, kl_s, kl_w = [], [], []
+    for i, s in enumerate(samples):
+        length, to = len(s), t_offsets[i]
+        w_ce, w_kl = weights[i]
+        labels = s.labels.numpy()
+        target[to : to + length - 1] = labels[1:]  # teacher row j predicts labels[j + 1]
+        ce_w[to : to + length - 1] = np.where(labels[1:] != IGNORE, w_ce, 0.0)
+        so = s_offsets[i]
+        if so < 0:
+            continue
+        hidden = hidden_of[i]
+        a = s.answer_start
+        # Student CE: row k predicts the student label at k + 1: rows of positions a-1 .. L-3.
+        lo = so + a - 1 - hidden
+        target[lo : lo + length - 1 - a] = s.student_labels.numpy()[a : length - 1]
+        ce_w[lo : lo + length - 1 - a] = w_ce
+        if mask_cfg.kl:  # KL rows a .. L-2, shifted by one from the student CE rows (quirk)
+            kl_t.append(np.arange(to + a, to + length - 1))
+            kl_s.append(np.arange(so + a - hidden, so + length - 1 - hidden))
+            kl_w.append(np.full(length - 1 - a, w_kl, dtype=np.float32))
+    kt = np.concatenate(kl_t) if kl_t else np.zeros(0, np.int64)
+    ks = np.concatenate(kl_s) if kl_s else np.zeros(0, np.int64)
+    is_row = target != IGNORE
+    num_ce = int(is_row.sum())
+    is_row[kt] = True
+    is_row[ks] = True
+    loss_rows = np.flatnonzero(is_row)
+    row_of = np.cumsum(is_row) - 1  # token index -> loss-row index
+    kl_pairs = np.stack([row_of[kt], row_of[ks]], 1).reshape(-1, 2)
 
     # Flat input ids / positions: teachers from the host, students from the mask output.
-    t_ids = [s.ids for s in samples]
     parts_ids, parts_pos = [], []
-    for kind, idx in seg_src:
+    for kind, idx in segments:
         if kind == "t":
-            parts_ids.append(t_ids[idx].to(device))
+            parts_ids.append(samples[idx].ids.to(device))
             parts_pos.append(torch.arange(len(samples[idx]), device=device))
         else:
-            lo, hi = int(tokens.out_offsets[idx]), int(tokens.out_offsets[idx + 1])
+            lo, hi = out_offsets[idx], out_offsets[idx + 1]
             parts_ids.append(tokens.input_ids[lo:hi])
             parts_pos.append(tokens.position_ids[lo:hi])
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
     padded = max(len(s) for s in samples)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
     return PackedBatch(
         input_ids=torch.cat(parts_ids).to(torch.int64),
         position_ids=torch.cat(parts_pos).to(torch.int64),
         cu_seqlens=cu.to(device),
         max_seqlen=max(seq_lens),
         seq_lens=seq_lens,
-        loss_rows=loss_rows.to(device),
-        targets=targets.to(device),
-        ce_weight=ce_weight.to(device),
-        kl_pairs=kl_pairs.reshape(-1, 2).to(device),
-        kl_weight=cat(kl_w, torch.float32).to(device),
+        loss_rows=t(loss_rows),
+        targets=t(target[loss_rows]),
+        ce_weight=t(ce_w[loss_rows]),
+        kl_pairs=t(kl_pairs),
+        kl_weight=t(np.concatenate(kl_w) if kl_w else np.zeros(0, np.float32)),
         num_samples=len(samples),
-        num_tokens=sum(seq_lens),
-        num_label_tokens=int(ce_rows.numel()),
-        num_kl_rows=int(kt.numel()),
+        num_tokens=total,
+        num_label_tokens=num_ce,
+        num_kl_rows=int(kt.size),
         reference_tokens=n_passes * padded,
         sources=[s.source for s in samples],
     )
