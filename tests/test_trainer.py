@@ -261,7 +261,8 @@ def test_short_run_writes_metrics_plot_tensorboard_and_hf_model(tmp_path, seed):
     assert (out / "loss.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # The final model is a plain Hugging Face folder with our tokens.
-    model = AutoModelForCausalLM.from_pretrained(str(out / "final"))
+    model, info = AutoModelForCausalLM.from_pretrained(str(out / "final"), output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
     tok = AutoTokenizer.from_pretrained(str(out / "final"))
     assert all(tok.convert_tokens_to_ids(s) != tok.unk_token_id for s in SPECIAL_TOKENS)
     ours = trainer.model.state_dict()

@@ -144,7 +144,9 @@ def load_checkpoint(
     else:
         from safetensors.torch import load_file
 
-        weights = load_file(str(path / "model" / "model.safetensors"), device="cpu")
+        weights: dict[str, torch.Tensor] = {}
+        for shard in sorted((path / "model").glob("*.safetensors")):  # large models are sharded
+            weights.update(load_file(str(shard), device="cpu"))
         missing, unexpected = model.load_state_dict(weights, strict=False)
         # A tied LM head is saved once; anything else missing is a real mismatch.
         missing = [k for k in missing if not k.endswith("lm_head.weight")]

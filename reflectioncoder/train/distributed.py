@@ -289,7 +289,7 @@ class LocalEngine:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
-        return self.module.state_dict()
+        return _unwrap(self.module.state_dict())
 
 
 class DeepSpeedEngine:
@@ -356,8 +356,15 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights on rank 0 (ZeRO-3 gathers: a collective, every rank calls it)."""
         if self.config["zero_optimization"].get("stage", 0) == 3:
-            return self.engine._zero3_consolidated_16bit_state_dict()
-        return self.engine.module.state_dict()
+            return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
+        return _unwrap(self.engine.module.state_dict())
+
+
+def _unwrap(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The Hugging Face model's keys: our loss module holds it as ``.model``."""
+    if state is None:  # ZeRO-3 consolidates on rank 0 only
+        return None
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
 
 
 def make_engine(
