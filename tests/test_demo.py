@@ -1,0 +1,82 @@
+"""The embedded demo's pipeline, end to end with a handful of steps (the full demo: make demo)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from reflectioncoder.demo import cut_completion, generation_prompt, main, run_demo
+
+
+def test_generation_prompt_is_spec_section_5() -> None:
+    prompt = 'def f(x):\n    """Doc."""\n'
+    expected = (
+        "<|user|><|text|>Write a complete Python function for the problem.\n\n"
+        + prompt.strip()
+        + "<|endofblock|><|endofmessage|><|assistant|><|text|>```python\n"
+    )
+    assert generation_prompt(prompt) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, cut",
+    [
+        ("def f(x):\n    return x\n```\nmore", "def f(x):\n    return x"),
+        ("def f(x):\n    return x\nassert f(1) == 1", "def f(x):\n    return x"),
+        ("def f(x):\n    return x\n# Test\nf(1)", "def f(x):\n    return x"),
+        (
+            "def f(x):\n    if x:\n        return x\nif True: pass",
+            "def f(x):\n    if x:\n        return x",
+        ),
+        ("def f(x):\n    return x\nprint(f(1))", "def f(x):\n    return x"),
+        ("", ""),
+    ],
+)
+def test_completion_is_cut_at_the_fence_and_stop_strings(raw: str, cut: str) -> None:
+    assert cut_completion(raw) == cut
+
+
+@pytest.mark.slow  # ~20 s on a quiet 2-core machine, most of it importing transformers
+def test_demo_pipeline_end_to_end(tmp_path, seed: int) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reflectioncoder.data.schema import load_jsonl
+
+    res = run_demo(
+        tmp_path / "demo",
+        n=6,
+        seed=seed,
+        workers=4,
+        max_steps=3,
+        samples_per_step=2,
+        max_new_tokens=6,
+        progress=False,
+    )
+    samples = load_jsonl(res.data)
+    assert len(samples) == 6 and any(s.is_reflection for s in samples)
+    assert (res.tokenizer / "tokenizer.json").is_file()
+    rows = [json.loads(line) for line in res.metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] == list(range(1, res.steps + 1))
+    # The full method ran: the mask rate follows SPEC §3's schedule, the loss has a KL part.
+    assert [r["mask_rate"] for r in rows] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(math.isfinite(r["loss"]) and r["kl"] >= 0 for r in rows)
+    assert res.first_loss == pytest.approx(rows[0]["loss"])
+    assert res.last_loss == pytest.approx(rows[-1]["loss"])
+    # The checkpoint loads with plain transformers and holds the special tokens.
+    model = AutoModelForCausalLM.from_pretrained(str(res.checkpoint))
+    tokenizer = AutoTokenizer.from_pretrained(str(res.checkpoint))
+    assert "<|execution|>" in tokenizer.get_vocab()
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+    assert res.prompt.startswith("<|user|><|text|>Write a complete Python function")
+    assert "```" not in res.completion
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["checkpoint"] == str(res.checkpoint)
+
+
+def test_demo_rejects_bad_arguments(tmp_path) -> None:
+    with pytest.raises(ValueError, match="n:"):
+        run_demo(tmp_path, n=1)
+    with pytest.raises(SystemExit):
+        main(["--n", "not-a-number"])
