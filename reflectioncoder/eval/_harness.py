@@ -13,8 +13,9 @@ Codec: JSON with tags for what JSON lacks: ``{"$tuple": [...]}``, ``$set``, ``$f
 ints), ``$sha`` (sha256 and length of a top-level string over 64 KiB: equal strings have equal
 digests, and only the digest crosses the pipe), ``$np`` / ``$ndarray`` (numpy scalar / array:
 dtype and values) and ``$opaque`` (a type name: a value that is not plain data; it equals
-nothing). Subclasses of plain types (bool, int, float, str, list, tuple, dict, set) are encoded
-as their base type's value, read through the base type's own methods, so an overridden ``__eq__`` never reaches the scorer.
+nothing). Subclasses of plain types (bool, int, float, str, list, tuple, dict, set) are
+encoded as their base type's value, read through the base type's own methods, so an
+overridden ``__eq__`` never reaches the scorer.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def encode(value: Any, _depth: int = 0) -> Any:
             return value
         return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
     d = _depth + 1
-    if t is list:
-        return [encode(v, d) for v in list.__iter__(value)]
-    if t is tuple:
-        return {"$tuple": [encode(v, d) for v in tuple.__iter__(value)]}
+    if t is list or t is tuple:
+        items = list(t.__iter__(value))
+        flat = _flat_scalars(items)
+        if flat is None:
+            flat = [encode(v, d) for v in items]
+        return flat if t is list else {"$tuple": flat}
     if t is dict:
         return {"$dict": [[encode(k, d), encode(v, d)] for k, v in dict.items(value)]}
     if t is set or t is frozenset:
@@ -90,6 +93,21 @@ def encode(value: Any, _depth: int = 0) -> Any:
                 return {"$opaque": t.__name__}
             return encode(plain, d)
     return {"$opaque": getattr(t, "__name__", "?")}
+
+
+def _flat_scalars(items: list) -> list | None:
+    """``items`` itself when it holds only JSON-native scalars (str, small int, finite float):
+    checked with C-level loops, so big flat outputs cost little to encode."""
+    kinds = set(map(type, items))
+    if not kinds <= {int, str, float}:
+        return None
+    if float in kinds and not all(map(math.isfinite, (x for x in items if type(x) is float))):
+        return None
+    if int in kinds:
+        ints = [x for x in items if type(x) is int]
+        if ints and max(map(int.bit_length, ints)) > _BIG_INT_BITS:
+            return None
+    return items
 
 
 def _to_base(base: type, value: Any) -> Any:
@@ -396,10 +414,10 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     not_none = bool(job.get("output_not_none"))
     phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
     setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.time
-    if job.get("guard"):
-        _reliability_guard(job.get("memory_bytes"))
     if job.get("strict"):
         install_audit_guard(os.getcwd())
+    if job.get("guard"):
+        _reliability_guard(job.get("memory_bytes"))
     sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
     for name, inputs, limits in phases:
         env: dict = {}
@@ -533,7 +551,7 @@ def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox
     with open(path, encoding="utf-8") as f:
         code = compile(f.read(), os.path.basename(path), "exec")
     sys.argv = [os.path.basename(path)]
-    sys.path.insert(0, os.getcwd())
+    sys.path[:0] = [os.getcwd(), os.path.dirname(path)]  # the latter lets tracebacks show lines
     name = code.co_filename
 
     def excepthook(t, v, tb) -> None:  # start the traceback at the program's own frames

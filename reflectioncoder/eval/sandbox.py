@@ -270,7 +270,8 @@ def run_sandboxed(
     (the program's cwd). ``hide`` lists host directories the program must not see (bwrap only).
     ``output_limit`` caps stdout and stderr each, in bytes. ``on_stdout_line`` sees each line
     of stdout as it arrives (a trusted caller judging results while the run goes on); when it
-    returns True the run is stopped there and killed (``exit_code`` None).
+    returns True the run is stopped there and killed (``exit_code`` None); stdout is then not
+    kept, and ``output_limit`` caps each line instead.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -399,17 +400,23 @@ def _pump(
                     open_reads -= 1
                     continue
                 which = streams[fd]
+                if on_line is not None and which == 1:
+                    # line mode: nothing is kept; the cap applies to one line
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if len(line) > limit:
+                            return False, True, False
+                        if on_line(line):
+                            return False, False, True
+                    if len(pending) > limit:
+                        return False, True, False
+                    continue
                 room = limit - sizes[which]
                 chunks[which].append(chunk[: max(room, 0)])
                 sizes[which] += len(chunk)
                 if sizes[which] > limit:
                     return False, True, False
-                if on_line is not None and which == 1:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if on_line(line):
-                            return False, False, True
         left = deadline - time.monotonic()
         try:
             proc.wait(timeout=max(left, 0.001))
@@ -431,7 +438,7 @@ def _kill_tree(proc: subprocess.Popen, cgroup: Path | None, marker: str) -> None
         os.killpg(proc.pid, signal.SIGKILL)
     if cgroup is not None:
         _kill_cgroup(cgroup)
-    if not isolation_level().startswith("bwrap"):
+    if cgroup is None:  # the cgroup already holds every process of the run
         _sweep_marked(marker)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()

@@ -385,7 +385,7 @@ def check_sample(
         timeout_s=budget,
         memory_mb=MEMORY_MB,
         cpu_s=int(budget) + 1,
-        output_limit=256 << 20,
+        output_limit=64 << 20,  # per result line
         hide=hide,
         on_stdout_line=on_line,
     )
@@ -396,7 +396,8 @@ def check_sample(
             elif res.output_truncated:
                 p.fail(FAIL, p.next, "output over the cap")
             else:
-                p.fail(FAIL, p.next, f"process ended (exit {res.exit_code})")
+                tail = res.stderr.strip().splitlines()[-1:] or [""]
+                p.fail(FAIL, p.next, f"process ended (exit {res.exit_code}) {tail[0][:200]}")
     base = phases[0]
     plus = phases[1] if len(phases) > 1 else None
     plus_status = None if plus is None or base.status != PASS else plus.status
