@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -45,8 +46,6 @@ def device_name() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return f"CPU, {os.cpu_count()} cores, {model}"
 
 
@@ -174,7 +173,7 @@ def to_markdown(rows: list[dict], n: int, batch: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=512, help="samples in the global batch")
-    parser.add_argument("--batch", type=int, default=512, help="reference batch size")
+    parser.add_argument("--batch", type=int, default=16, help="reference padded batch size")
     parser.add_argument("--max-tokens", type=int, default=32768, help="our micro-batch budget")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
