@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_sandbox import _alive_with, _levels
 
 from reflectioncoder.eval import sandbox
 from reflectioncoder.eval.score import FAIL, PASS, TIMEOUT, check_sample
 from reflectioncoder.eval.tasks import PythonTask
-from test_sandbox import _alive_with, _levels
 
 
 @pytest.fixture(params=_levels())
@@ -250,8 +250,8 @@ def test_prints_success_lines(level, seed):
     [
         "class A:\n    def __eq__(self, o):\n        return True\n    __hash__ = object.__hash__\n"
         "def f(x):\n    return A()\n",
-        "class B(int):\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\n"
-        "def f(x):\n    return B(-1)\n",
+        "class B(int):\n    def __eq__(self, o):\n        return True\n"
+        "    __hash__ = int.__hash__\ndef f(x):\n    return B(-1)\n",
         "class C(list):\n    def __eq__(self, o):\n        return True\n"
         "def f(x):\n    return C()\n",
     ],
