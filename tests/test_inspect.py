@@ -115,3 +115,11 @@ def test_inspect_bad_arguments(tmp_path, tok_dir, capsys):
     argv = ["inspect", "--data", "x.jsonl", "--tokenizer", tok_dir, "--block-order", "tc"]
     assert cli_main(argv) == 2
     assert "block_order: must be a permutation of t, c, e" in capsys.readouterr().err
+
+
+def test_inspect_bad_sample_message(tmp_path, tok_dir, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"type": "generation", "messages": [{"role": "bot", "content": []}]}\n')
+    assert cli_main(["inspect", "--data", str(data), "--tokenizer", tok_dir]) == 1
+    err = capsys.readouterr().err
+    assert f"{data}:1:messages[0].role: unknown role 'bot' (user | assistant)" in err

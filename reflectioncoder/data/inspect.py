@@ -17,6 +17,7 @@ import torch
 from reflectioncoder.data.config import STRATEGIES, DataConfig, MaskConfig
 from reflectioncoder.data.dataset import load_dataset
 from reflectioncoder.data.masking import draw_masks, visibility_host
+from reflectioncoder.data.schema import DataError
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
 
 
@@ -142,7 +143,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens
-    samples, report = load_dataset(data_cfg, tokenizer)
+    try:
+        samples, report = load_dataset(data_cfg, tokenizer)
+    except (DataError, FileNotFoundError) as e:
+        print(f"reflectioncoder inspect: {e}", file=sys.stderr)
+        return 1
     print(f"# {report.summary(args.max_len)}")
     for line in report.skipped + [f"over-length: {s}" for s in report.over_length]:
         print(f"#   {line}")
