@@ -1,0 +1,243 @@
+"""Scoring: the pass@k estimator, the plain-data codec, EvalPlus's comparison rules, MBPP+ input
+decoding, and (slow) the authors' released completions reproducing EvalPlus's published scores."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference.passk import pass_at_k
+
+from reflectioncoder.eval import _harness
+from reflectioncoder.eval.cli import add_arguments, main
+from reflectioncoder.eval.score import estimate_pass_at_k, outputs_match
+from reflectioncoder.eval.tasks import PythonTask, load_mbpp_plus, mbpp_deserialize_inputs
+
+
+def test_pass_at_k_matches_exact_definition(seed):
+    rng = random.Random(seed)
+    n = [rng.randint(1, 60) for _ in range(40)]
+    c = [rng.randint(0, x) for x in n]
+    for k in (1, 2, 5, 10):
+        ours = estimate_pass_at_k(n, c, k)
+        ref = [float(pass_at_k(a, b, k)) if a >= k else 1.0 for a, b in zip(n, c, strict=True)]
+        np.testing.assert_allclose(
+            ours[[a >= k for a in n]], np.array(ref)[[a >= k for a in n]], rtol=1e-12, atol=1e-12
+        )
+
+
+def test_pass_at_k_rejects_bad_counts():
+    with pytest.raises(ValueError, match="c must be"):
+        estimate_pass_at_k([3], [4], 1)
+
+
+def _random_value(rng: random.Random, depth: int = 0):
+    kinds = ["int", "bigint", "float", "special", "str", "bool", "none", "bytes", "complex"]
+    if depth < 3:
+        kinds += ["list", "tuple", "set", "dict", "frozenset"]
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.randint(-(10**12), 10**12)
+    if kind == "bigint":
+        return rng.choice([-1, 1]) * rng.getrandbits(rng.randint(9000, 12000))
+    if kind == "float":
+        return rng.uniform(-1e6, 1e6)
+    if kind == "special":
+        return rng.choice([math.inf, -math.inf, -0.0, 1e-310])
+    if kind == "str":
+        return "".join(rng.choice("ab\n\"'\\{}$é\u2603\x00") for _ in range(rng.randint(0, 8)))
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "none":
+        return None
+    if kind == "bytes":
+        return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 6)))
+    if kind == "complex":
+        return complex(rng.uniform(-5, 5), rng.uniform(-5, 5))
+    items = [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if kind == "list":
+        return items
+    if kind == "tuple":
+        return tuple(items)
+    hashable = [x for x in items if _hashable(x)]
+    if kind == "set":
+        return set(hashable)
+    if kind == "frozenset":
+        return frozenset(hashable)
+    return {k: _random_value(rng, depth + 1) for k in hashable}
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same types all the way down (== alone lets 1 == 1.0 == True)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return a == b
+
+
+def test_codec_round_trips_plain_data(seed):
+    rng = random.Random(seed)
+    for _ in range(300):
+        value = _random_value(rng)
+        line = json.dumps(_harness.encode(value))
+        assert _same(_harness.loads_row(line), value), value
+        assert _same(_harness.decode(json.loads(line)), value), value
+
+
+def test_codec_nan_and_numpy():
+    out = _harness.loads_row(json.dumps(_harness.encode([math.nan, np.int64(7), np.arange(3.0)])))
+    assert math.isnan(out[0]) and type(out[1]) is np.int64 and out[1] == 7
+    assert isinstance(out[2], np.ndarray) and out[2].dtype == np.float64
+
+
+def test_codec_subclass_loses_its_eq():
+    class Rigged(int):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    assert _harness.loads_row(json.dumps(_harness.encode(Rigged(5)))) == 5
+    assert type(_harness.loads_row(json.dumps(_harness.encode(Rigged(5))))) is int
+    opaque = _harness.loads_row(json.dumps(_harness.encode(object())))
+    assert opaque != opaque and not (opaque == 1)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"$eval": "1"}',
+        '{"$tuple": 3}',
+        '{"$set": [[1]]}',
+        '{"$float": "1e999"}',
+        '{"$complex": ["a", 1.0]}',
+        '{"$ndarray": ["V8", []]}',
+        "[1, 2",
+        "NaN-ish",
+    ],
+)
+def test_codec_rejects_what_is_not_plain_data(line):
+    with pytest.raises(_harness.DecodeError):
+        _harness.loads_row(line)
+
+
+def test_big_strings_travel_as_digests(seed):
+    rng = random.Random(seed)
+    text = "".join(rng.choice("xyz") for _ in range(_harness.BIG_STR + 10))
+    a = _harness.loads_row(json.dumps(_harness.encode_output(text)))
+    b = _harness.loads_row(json.dumps(_harness.encode_output(text[:-1] + "w")))
+    assert isinstance(a, _harness.Digest) and a == _harness.loads_row(
+        json.dumps(_harness.encode_output(text))
+    )
+    assert a != b
+
+
+def _task(entry_point="f", atol=0.0, dataset="humaneval") -> PythonTask:
+    return PythonTask("T/0", "", entry_point, "", [], [], atol, dataset)
+
+
+def test_evalplus_comparison_rules():
+    t = _task()
+    # exact equality, Python's: 1 == 1.0 == True, but list != tuple
+    assert outputs_match(t, [[0]] * 3, [1, 1.0, [1, 2]], [1, 1, (1, 2)]) == [True, True, False]
+    # floats: allclose(atol 1e-6, rtol 1e-7) once a float expected output is seen, same types
+    assert outputs_match(t, [[0]] * 3, [0.1 + 2e-7, 1, [1.0]], [0.1, 1.0 + 1e-9, [1.0 + 1e-9]]) == [
+        True,
+        False,
+        True,
+    ]
+    # the atol set by a float expected output stays for the rest of the phase (EvalPlus quirk)
+    assert outputs_match(t, [[0]] * 2, [1.0, 10**9 + 1], [1.0, 10**9]) == [True, True]
+    assert outputs_match(t, [[0]], [10**9 + 1], [10**9]) == [False]
+    # task atol
+    assert outputs_match(_task(atol=1e-3), [[0]], [1.0005], [1.0]) == [True]
+
+
+def test_special_oracles():
+    assert outputs_match(_task("similar_elements", dataset="mbpp"), [[0]], [(2, 1)], [(1, 2)])[0]
+    assert outputs_match(
+        _task("check_str", dataset="mbpp"),
+        [[0]] * 2,
+        [_harness.Opaque("re.Match"), None],
+        [True, True],
+    ) == [True, False]
+    assert outputs_match(_task("sum_div", dataset="mbpp"), [[0]], [0], [7]) == [True]
+    assert outputs_match(_task("find_zero", atol=1e-4), [[[1.0, 2.0]]], [-0.5], [0.0]) == [True]
+    assert outputs_match(_task("find_zero", atol=1e-4), [[[1.0, 2.0]]], [0.5], [-0.5]) == [False]
+    assert outputs_match(_task("f"), [[0]], [_harness.Opaque("A")], [None]) == [False]
+
+
+def test_mbpp_inputs_decoded_as_evalplus(shared_dir):
+    tasks = load_mbpp_plus(shared_dir / "evaldata")
+    assert len(tasks) == 378
+    assert all(type(a) is tuple for inp in tasks["Mbpp/2"].base_inputs for a in inp)
+    assert type(tasks["Mbpp/252"].base_inputs[0][0]) is complex
+    assert mbpp_deserialize_inputs("Mbpp/580", [[[1, [2, 3]], 4]]) == [((1, (2, 3)), 4)]
+    assert mbpp_deserialize_inputs("Mbpp/1", [[[1, 2]]]) == [[[1, 2]]]
+
+
+def _cli(tmp_path: Path, *argv: str) -> dict:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "result.json"
+    assert main(parser.parse_args([*argv, "--json", str(out), "--no-progress"])) == 0
+    return json.loads(out.read_text())
+
+
+# EvalPlus 0.3.1's scores of the authors' released completions (HE / HE+ / MBPP / MBPP+).
+PUBLISHED = {"ReflectionCoder-CL-7B": (75.0, 68.9, 72.2, 61.4)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list(PUBLISHED))
+def test_reference_samples_reproduce_evalplus(model, shared_dir, tmp_path):
+    he = _cli(
+        tmp_path,
+        "--task",
+        "humaneval",
+        "--samples",
+        str(shared_dir / "reference-samples" / model / "humaneval.jsonl"),
+        "--data-dir",
+        str(shared_dir / "evaldata"),
+    )
+    mbpp = _cli(
+        tmp_path,
+        "--task",
+        "mbpp",
+        "--samples",
+        str(shared_dir / "reference-samples" / model / "mbpp.jsonl"),
+        "--data-dir",
+        str(shared_dir / "evaldata"),
+    )
+    got = tuple(
+        round(100 * s[name]["pass@1"], 1)
+        for s, name in (
+            (he["scores"], "HumanEval"),
+            (he["scores"], "HumanEval+"),
+            (mbpp["scores"], "MBPP"),
+            (mbpp["scores"], "MBPP+"),
+        )
+    )
+    assert got == PUBLISHED[model]
+    assert len(he["details"]) == 164 and len(mbpp["details"]) == 378
