@@ -254,6 +254,7 @@ def run_demo(
         completion_passed=result.passed,
         seconds=seconds,
     )
+    first_line = completion.splitlines()[0][:60] if completion else ""
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     print(
         f"data        {data_path}  ({stats.reflection} reflection + {stats.generation} "
@@ -263,7 +264,7 @@ def run_demo(
         f"metrics     {res.metrics}  (TensorBoard: {run_dir / 'tensorboard'})\n"
         f"loss plot   {plot}\n"
         f"checkpoint  {checkpoint}  (AutoModelForCausalLM.from_pretrained loads it)\n"
-        f"sample      {problem.entry_point}: {completion.splitlines()[0] if completion else ''!r}"
+        f"sample      {problem.entry_point}: {first_line!r}"
         f" ... tests {verdict}\n"
         f"time        {timing}"
     )
