@@ -114,8 +114,8 @@ def multiple_prompt(task: MultiplETask) -> str:
 
 
 def postprocess_multiple(task: MultiplETask, text: str) -> str:
-    """Raw generation (after the prompt) -> the program's function: cut at the LAST occurrence
-    of each stop, prefix the prompt (MultiPL-E programs are prompt + completion + tests)."""
+    """Raw generation (after the prompt) -> completion: cut at the LAST occurrence of each stop
+    (the reference's rule). The program run is ``prompt + completion + "\\n" + tests``."""
     for token in GENERATION_STOP + [FENCE]:  # generation stops there
         if token in text:
             text = text[: text.find(token)]
@@ -125,7 +125,6 @@ def postprocess_multiple(task: MultiplETask, text: str) -> str:
     for stop in stops:
         if stop in text:
             text = text[: text.rfind(stop)]
-    out = task.prompt + text
     if task.language in _CLOSE_BRACE:
-        out += "\n}"
-    return out
+        text += "\n}"
+    return text
