@@ -152,17 +152,23 @@ def bf16_errors(outputs, ref):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bf16_within_twice_torch_error(seed, backend):
-    """bf16: our error vs float64 at most twice that of plain PyTorch computing in bf16."""
-    torch.manual_seed(seed)
-    case = make_case(24, 48, 97, 8, dtype=torch.bfloat16)
-    ref = reference_with_grads(case, 1.0)
-    hidden, weight, *rest = case
-    h = hidden.clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    loss, ce, kl = plain_reflection_loss(h, w, *rest)
-    loss.backward()
-    plain = bf16_errors((loss.detach(), ce, kl, h.grad, w.grad), ref)
-    ours = bf16_errors(ours_with_grads(backend, case, 1.0), ref)
+    """bf16: our error vs float64 at most twice that of plain PyTorch computing in bf16.
+
+    Errors are summed over a few batches: one scalar loss's error is too noisy to compare."""
+    blocks = LossBlocks(block_h=8, block_v=32, block_d=32, num_warps=1, num_stages=1)
+    ours, plain = [0.0] * 3, [0.0] * 3
+    for _ in range(3):
+        case = make_case(24, 48, 97, 8, dtype=torch.bfloat16)
+        ref = reference_with_grads(case, 1.0)
+        hidden, weight, *rest = case
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        loss, ce, kl = plain_reflection_loss(h, w, *rest)
+        loss.backward()
+        errs = bf16_errors((loss.detach(), ce, kl, h.grad, w.grad), ref)
+        plain = [a + b for a, b in zip(plain, errs, strict=True)]
+        errs = bf16_errors(ours_with_grads(backend, case, 1.0, blocks=blocks, rows=8), ref)
+        ours = [a + b for a, b in zip(ours, errs, strict=True)]
     for name, a, b in zip(("loss", "d hidden", "d weight"), ours, plain, strict=True):
         assert a <= 2 * b, f"{name}: bf16 error {a:.2e} > 2 x PyTorch's {b:.2e}"
 
