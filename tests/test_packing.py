@@ -172,3 +172,27 @@ def test_bad_arguments():
     s = _samples(0, 2)
     with pytest.raises(ValueError, match="backend: must be host or triton"):
         build_packed_batch(s, 0, 1, MaskConfig(), 0, backend="cuda")
+
+
+def test_plan_at_step_fills_budget(seed):
+    """Planning with the students' exact lengths at the step: budget held exactly, fewer
+    micro-batches once the mask hides much, and the same step loss."""
+    samples = synthetic_samples(
+        24, VOCAB, seed, instruction=(2, 10), reflection=(10, 60), answer=(2, 10)
+    )
+    cfg = MaskConfig(strategies=("all_mask",))
+    full = PackingConfig(max_tokens=300)
+    at_step = PackingConfig(max_tokens=300, plan_at_step=True)
+    a = make_step_batches(samples, 9, 10, cfg, full, seed)
+    b = make_step_batches(samples, 9, 10, cfg, at_step, seed)
+    assert all(x.num_tokens <= 300 or x.num_samples == 1 for x in b)
+    assert len(b) < len(a)
+    model = ToyCausalModel(VOCAB, 8, 256, seed)
+    torch.testing.assert_close(
+        sum(packed_loss(model, x) for x in b),
+        sum(packed_loss(model, x) for x in a),
+        rtol=2e-6,
+        atol=0,
+    )
+    with pytest.raises(ValueError, match="total_steps, seed: needed with step"):
+        plan_micro_batches(samples, full, cfg, step=3)

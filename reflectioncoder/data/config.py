@@ -90,6 +90,10 @@ class PackingConfig:
     """Token budget per micro-batch: teacher + student tokens, the student counted at full
     length so grouping does not depend on the step (a sample longer than the budget gets a
     micro-batch of its own)."""
+    plan_at_step: bool = False
+    """True: plan each step's micro-batches with the students' exact lengths at that step (the
+    draws are deterministic, so still plannable ahead); fills the budget better once the mask
+    hides much. False: plan once at full student length (step-independent)."""
     normalisation: str = "sample"
     """sample: mean over samples of CE_i + KL_i (the reference); token: CE and KL each
     averaged over all their tokens / rows of the step (SPEC §2)."""

@@ -102,14 +102,28 @@ def step_counts(samples: Sequence[TokenizedSample], mask_cfg: MaskConfig) -> Ste
 
 
 def plan_micro_batches(
-    samples: Sequence[TokenizedSample], packing_cfg: PackingConfig, mask_cfg: MaskConfig
+    samples: Sequence[TokenizedSample],
+    packing_cfg: PackingConfig,
+    mask_cfg: MaskConfig,
+    step: int | None = None,
+    total_steps: int | None = None,
+    seed: int | None = None,
 ) -> list[list[int]]:
-    """Group sample indices into micro-batches under ``packing_cfg.max_tokens`` (step-independent).
+    """Group sample indices into micro-batches under ``packing_cfg.max_tokens``.
 
-    Cost of a sample: L, twice for one with a student (counted at full length, so the plan
-    holds at every step). First-fit decreasing; a sample's teacher and student stay together.
+    Cost of a sample: L, plus its student's length: the full L (step-independent: the plan
+    holds at every step) unless ``step``, ``total_steps`` and ``seed`` are given, then the
+    student's exact length at that step. First-fit decreasing; a sample's teacher and student
+    stay together; a sample over the budget gets a micro-batch of its own.
     """
     cost = [len(s) * (2 if _has_student(s, mask_cfg) else 1) for s in samples]
+    if step is not None:
+        if total_steps is None or seed is None:
+            raise ValueError("total_steps, seed: needed with step to plan at a step")
+        which = [i for i, s in enumerate(samples) if _has_student(s, mask_cfg)]
+        plan = draw_masks([samples[i] for i in which], step, total_steps, mask_cfg, seed)
+        for i, n in zip(which, plan.student_lens, strict=True):
+            cost[i] = len(samples[i]) + n
     order = sorted(range(len(samples)), key=lambda i: (-cost[i], i))
     bins: list[list[int]] = []
     room: list[int] = []
@@ -213,22 +227,18 @@ def _assemble(
     of such a position p is p - (hidden tokens).
     """
     device = tokens.input_ids.device
-    out_offsets = tokens.out_offsets.tolist()  # host tensor: no device sync
     seq_lens: list[int] = []
-    segments: list[tuple[str, int]] = []  # ("t", sample index) | ("s", student index)
     t_offsets, s_offsets, weights = [], [], []
     hidden_of: dict[int, int] = {}  # sample index -> tokens its student hides
     offset = k = 0
     for i, s in enumerate(samples):
         weights.append(sample_weights(s, mask_cfg, normalisation, denominators))
-        segments.append(("t", i))
         seq_lens.append(len(s))
         t_offsets.append(offset)
         offset += len(s)
         if _has_student(s, mask_cfg):
             if s.answer_start - 1 <= s.body_end:  # the row formula needs [a - 1, L) visible
                 raise ValueError(f"samples: {s.source}: answer overlaps the reflection body")
-            segments.append(("s", k))
             seq_lens.append(plan.student_lens[k])
             s_offsets.append(offset)
             hidden_of[i] = len(s) - plan.student_lens[k]
@@ -271,24 +281,34 @@ def _assemble(
     row_of = np.cumsum(is_row) - 1  # token index -> loss-row index
     kl_pairs = np.stack([row_of[kt], row_of[ks]], 1).reshape(-1, 2)
 
-    # Flat input ids / positions: teachers from the host, students from the mask output.
-    parts_ids, parts_pos = [], []
-    for kind, idx in segments:
-        if kind == "t":
-            parts_ids.append(samples[idx].ids.to(device))
-            parts_pos.append(torch.arange(len(samples[idx]), device=device))
-        else:
-            lo, hi = out_offsets[idx], out_offsets[idx + 1]
-            parts_ids.append(tokens.input_ids[lo:hi])
-            parts_pos.append(tokens.position_ids[lo:hi])
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    # Flat input ids / positions: teachers built on the host, students from the mask output
+    # (host or device), each placed with ONE scatter (no per-sample copies).
+    t_lens = np.asarray([len(x) for x in samples], dtype=np.int64)
+    t_start = np.asarray(t_offsets, dtype=np.int64)
+    t_pos = np.arange(int(t_lens.sum())) - np.repeat(np.cumsum(t_lens) - t_lens, t_lens)
+    t_at = np.repeat(t_start, t_lens) + t_pos  # where each teacher token goes in T
+    s_lens = np.asarray(plan.student_lens, dtype=np.int64)
+    s_start = np.asarray([o for o in s_offsets if o >= 0], dtype=np.int64)
+    s_at = (
+        np.repeat(s_start, s_lens)
+        + np.arange(int(s_lens.sum()))
+        - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
+    )  # where each student token goes in T
+    input_ids = torch.empty(total, dtype=torch.int64, device=device)
+    position_ids = torch.empty(total, dtype=torch.int64, device=device)
+    t_idx, s_idx = t(t_at), t(s_at)
+    input_ids[t_idx] = torch.cat([x.ids for x in samples]).to(device)
+    position_ids[t_idx] = t(t_pos)
+    input_ids[s_idx] = tokens.input_ids
+    position_ids[s_idx] = tokens.position_ids
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
     padded = max(len(s) for s in samples)
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
     return PackedBatch(
-        input_ids=torch.cat(parts_ids).to(torch.int64),
-        position_ids=torch.cat(parts_pos).to(torch.int64),
+        input_ids=input_ids,
+        position_ids=position_ids,
         cu_seqlens=cu.to(device),
         max_seqlen=max(seq_lens),
         seq_lens=seq_lens,
@@ -321,11 +341,14 @@ def make_step_batches(
     """One optimizer step's micro-batches for this rank's ``samples``.
 
     ``denominators``: the step's counts summed over all ranks (default: this rank's, i.e. a
-    single process). ``groups``: a plan from ``plan_micro_batches`` (default: planned here).
+    single process). ``groups``: a plan from ``plan_micro_batches`` (default: planned here,
+    at this step when ``packing_cfg.plan_at_step``).
     Summing the weighted losses of the returned batches gives the step's loss (SPEC §2).
     """
     denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
-    groups = groups if groups is not None else plan_micro_batches(samples, packing_cfg, mask_cfg)
+    if groups is None:
+        at_step = (step, total_steps, seed) if packing_cfg.plan_at_step else (None, None, None)
+        groups = plan_micro_batches(samples, packing_cfg, mask_cfg, *at_step)
     return [
         build_packed_batch(
             [samples[i] for i in g],
