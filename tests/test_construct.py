@@ -232,7 +232,13 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     rng = random.Random(seed)
     problem = rng.choice(generate_problems(seed))
     kinds = site_kinds(problem.solution)
-    buggy = apply_mutations(problem.solution, [rng.randrange(len(kinds))]).code
+    for _ in range(10):  # a mutant that really fails (some mutants are equivalent)
+        buggy = apply_mutations(problem.solution, [rng.randrange(len(kinds))]).code
+        run = run_program(problem.test_program(buggy))
+        if not run.passed:
+            break
+    else:
+        pytest.skip("ten drawn mutants all passed their tests")
     replies = [
         f"Here is my attempt.\n```python\n{buggy}\n```",
         f"The output shows the bug; fixed:\n```python\n{problem.solution}\n```",
@@ -262,11 +268,6 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         backend = OpenAIBackend(url, "stub-model", api_key="k")
-        sample = None
-        # The mutant may pass its tests (an equivalent mutant): then the stub has no reply left.
-        run = run_program(problem.test_program(buggy))
-        if run.passed:
-            pytest.skip("the drawn mutant passes its tests")
         sample = reflection_sample(problem, backend, rng, max_attempts=1)
     finally:
         server.shutdown()
