@@ -10,7 +10,8 @@ positions were applied before and may have gaps).
 Backends, chosen from the device:
 - CUDA with flash-attn installed: ``flash_attn_varlen_func`` (GQA native, no padding).
 - otherwise (CPU; CUDA without flash-attn): one ``scaled_dot_product_attention`` call per
-  segment, so memory is O(sum L_s^2) at worst on the math path and a T x T mask is never built.
+  segment, which takes PyTorch's flash kernels (CPU and CUDA; O(L) memory) and never builds a
+  T x T mask.
   Segment lengths come from a host list (``seqlens``), so the loop issues no device sync.
 
 Cost: 4 * Hq * Dh * sum_s L_s^2 / 2 FLOPs forward (causal), twice that backward.
@@ -84,16 +85,17 @@ def _sdpa_varlen(
         if n == 0:  # an empty segment contributes no rows
             continue
         end = start + n
-        # (L, H, Dh) -> (H, L, Dh): SDPA's (..., L, Dh) layout with heads as the batch.
+        # (L, H, Dh) -> (1, H, L, Dh): SDPA's 4-D layout. It must be 4-D: with 3-D inputs the
+        # CPU dispatcher takes the math path, which stores the (H, L, L) probabilities.
         o = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k[start:end].transpose(0, 1),
-            v[start:end].transpose(0, 1),
+            q[start:end].transpose(0, 1).unsqueeze(0),
+            k[start:end].transpose(0, 1).unsqueeze(0),
+            v[start:end].transpose(0, 1).unsqueeze(0),
             is_causal=causal,
             scale=scale,
             enable_gqa=gqa,
         )
-        outs.append(o.transpose(0, 1))
+        outs.append(o[0].transpose(0, 1))
         start = end
     if not outs:
         return q.new_empty(q.shape)
