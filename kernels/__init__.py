@@ -14,3 +14,4 @@ else:
 
     __all__: list[str] = ["fused_linear_reflection_loss"]
     from .mask import apply_reflection_mask as apply_reflection_mask  # data room (device mask)
+    from .varlen_attention import varlen_attention as varlen_attention  # model room (packed)
