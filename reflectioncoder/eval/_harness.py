@@ -148,13 +148,29 @@ _TAGS = {
 BIG_STR = 1 << 16
 
 
-def encode_output(value: Any) -> Any:
-    """``encode``, but a big top-level string travels as its digest."""
-    if type(value) is str and len(value) > BIG_STR:
-        import hashlib
+HUGE_ITEMS = 5_000_000  # a list/tuple output past this many elements travels as a digest
 
+
+def encode_output(value: Any) -> Any:
+    """``encode``, but a big top-level string, or a huge list/tuple (millions of elements, where
+    encoding and shipping would cost more than computing), travels as a digest. The digest of a
+    container hashes each element's ``repr``: equal values of the same element types agree
+    (values that are equal across types, like 1 and 1.0, do not: the price of not shipping)."""
+    import hashlib
+
+    t = type(value)
+    if t is str and len(value) > BIG_STR:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
         return {"$sha": [digest, len(value)]}
+    if (t is list or t is tuple) and len(value) > 100_000:
+        first = value[0]
+        inner = len(first) if type(first) in (list, tuple, str) else 1
+        if len(value) * max(inner, 1) > HUGE_ITEMS:
+            h = hashlib.sha256(t.__name__.encode() + b"\0")
+            for item in t.__iter__(value):
+                h.update(repr(item).encode("utf-8", "surrogatepass"))
+                h.update(b"\0")
+            return {"$sha": [h.hexdigest(), len(value)]}
     return encode(value)
 
 
