@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output jsonl file")
     parser.add_argument("--n", type=int, required=True, help="number of samples to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, bugs and order")
-    parser.add_argument("--workers", type=int, default=1, help="sandboxed runs in parallel")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        help="sandboxed runs in parallel (default 8: a run mostly waits on process start-up)",
+    )
     parser.add_argument(
         "--generation-fraction",
         type=float,

@@ -586,6 +586,12 @@ def _render(template: _Template, index: int, rng: random.Random) -> Problem:
     for test in candidates.values():
         if len(tests) < N_TESTS and test not in tests:
             tests.append(test)
+    # The docstring's example (and MBPP's one assertion) is the first test: make it telling.
+    trivial = ("[]", "0", "False", "None", "''", "-1")
+    telling = [t for t in tests if t.expected not in trivial]
+    if telling:
+        tests.remove(telling[0])
+        tests.insert(0, telling[0])
     example = f"    >>> {tests[0].call}\n    {tests[0].expected}\n"
     prompt = f'{header}\n    """{template.doc}\n{example}    """\n'
     return Problem(
