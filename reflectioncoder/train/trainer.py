@@ -194,39 +194,21 @@ def _zero_weight_copy(batch: PackedBatch) -> PackedBatch:
 def load_samples(
     cfg: RunConfig, tokenizer: Any, is_main: bool = True
 ) -> tuple[list[TokenizedSample], dict[str, int]]:
-    """Load, validate and tokenise ``cfg.data.files`` (upsampled); drop samples over max_len.
-
-    Each sample's ``uid`` is its index (upsampled copies differ), so mask draws are a function
-    of (seed, step, uid) only. Returns the samples and counts (loaded, dropped_too_long).
-    """
-    from reflectioncoder.data.schema import load_files
-    from reflectioncoder.data.tokenize import special_token_ids, tokenize_sample
+    """Load, validate and tokenise ``cfg.data.files`` (upsampled, cached; the data room's
+    ``load_dataset``); over-length samples are dropped and counted. Each sample's ``uid`` is
+    distinct (upsampled copies too), so mask draws depend on (seed, step, uid) only."""
+    from reflectioncoder.data.dataset import load_dataset
 
     if not cfg.data.files:
         raise ValueError("data.files: no training files given")
-    raw, report = load_files(cfg.data.files, cfg.data.upsample, cfg.data.skip_bad)
-    special = special_token_ids(tokenizer)
-    samples: list[TokenizedSample] = []
-    dropped = 0
-    for uid, sample in enumerate(raw):
-        tok = tokenize_sample(sample, tokenizer, special)
-        if len(tok) > cfg.data.max_len:
-            dropped += 1
-            continue
-        tok.uid = uid
-        samples.append(tok)
+    samples, report = load_dataset(cfg.data, tokenizer)
     if is_main:
-        log.info(
-            "data: %d samples loaded, %d skipped as bad, %d dropped as longer than max_len=%d",
-            len(raw),
-            report.num_skipped,
-            dropped,
-            cfg.data.max_len,
-        )
+        log.info("data: %s", report.summary(cfg.data.max_len))
     return samples, {
-        "loaded": len(raw),
-        "skipped_bad": report.num_skipped,
-        "dropped_too_long": dropped,
+        "loaded": report.loaded,
+        "samples": report.samples,
+        "skipped_bad": len(report.skipped),
+        "dropped_too_long": len(report.over_length),
     }
 
 
@@ -301,7 +283,12 @@ class Trainer:
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
         self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info)
         model = build_model(cfg, self.tokenizer, self.dtype)
-        self.samples, self.data_counts = load_samples(cfg, self.tokenizer, self.info.is_main)
+        # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
+        if self.info.is_main:
+            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
+        distributed.barrier()
+        if not self.info.is_main:
+            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
         self.plan = plan_steps([len(s) for s in self.samples], cfg.train)
         self.total_steps = len(self.plan)
 
