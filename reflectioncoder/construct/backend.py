@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from reflectioncoder.construct.execute import Execution
+from reflectioncoder.construct.execute import Execution, run_program
 from reflectioncoder.construct.mutate import KINDS, Edit, apply_mutations, site_kinds
 from reflectioncoder.construct.problems import Problem, TestCase
 
@@ -154,15 +154,20 @@ class MutationBackend:
     """Offline backend: mutated reference solutions and templated, feedback-driven reflections.
 
     two_bug_rate: the share of first attempts that carry two mutations (two reflection rounds
-    when the half-fixed program still fails, as the sandbox decides).
+    when the half-fixed program still fails, as the sandbox decides). With two bugs, the
+    reflection fixes the one the observed failure points at, found by running each fix alone
+    (one or two extra sandboxed runs, not part of the sample).
     """
 
     name = "mutation"
 
-    def __init__(self, two_bug_rate: float = 0.25) -> None:
+    def __init__(self, two_bug_rate: float = 0.25, timeout_s: float = 5.0) -> None:
         if not 0.0 <= two_bug_rate <= 1.0:
             raise ValueError(f"two_bug_rate: expected a value in [0, 1], got {two_bug_rate}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s}")
         self.two_bug_rate = two_bug_rate
+        self.timeout_s = timeout_s
 
     def attempt(self, problem: Problem, rng: random.Random) -> Draft:
         kinds = site_kinds(problem.solution)
@@ -183,15 +188,29 @@ class MutationBackend:
         sites, edits = last.draft.meta["sites"], last.draft.meta["edits"]
         if not sites:
             raise ValueError(f"problem {problem.task_id}: no mutation left to fix")
-        remaining = tuple(sites[1:])
+        k = self._explaining_bug(problem, sites, last) if len(sites) > 1 else 0
+        remaining = tuple(sites[:k] + sites[k + 1 :])
         code = apply_mutations(problem.solution, remaining).code
         parts = [
             describe_failure(problem, last.program, last.execution),
-            diagnose(edits[0], rng),
+            diagnose(edits[k], rng),
             rng.choice(_PLANS),
         ]
-        text = _join(parts)
-        return Draft(text, code, {"sites": remaining, "edits": tuple(edits[1:])})
+        left = tuple(edits[:k] + edits[k + 1 :])
+        return Draft(_join(parts), code, {"sites": remaining, "edits": left})
+
+    def _explaining_bug(self, problem: Problem, sites: tuple[int, ...], last: Turn) -> int:
+        """Which of several bugs the observed failure points at, decided by running: the first
+        whose fix alone makes the tests pass, else the first whose fix changes the output."""
+        changed = None
+        for k in range(len(sites)):
+            code = apply_mutations(problem.solution, sites[:k] + sites[k + 1 :]).code
+            run = run_program(problem.test_program(code), timeout_s=self.timeout_s)
+            if run.passed:
+                return k
+            if changed is None and run.output != last.execution.output:
+                changed = k
+        return changed if changed is not None else 0
 
 
 # ----------------------------------------------------------------------------- HTTP backend

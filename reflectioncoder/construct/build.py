@@ -166,7 +166,7 @@ def build_dataset(
         raise ValueError(
             f"generation_fraction: expected a value in [0, 1], got {generation_fraction}"
         )
-    backend = backend if backend is not None else MutationBackend()
+    backend = backend if backend is not None else MutationBackend(timeout_s=timeout_s)
     start = time.perf_counter()
     problems = generate_problems(seed)
     n_generation = round(n * generation_fraction)

@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
         backend = OpenAIBackend(args.base_url, args.model, os.environ.get("OPENAI_API_KEY"))
     else:
-        backend = MutationBackend(args.two_bug_rate)
+        backend = MutationBackend(args.two_bug_rate, timeout_s=args.timeout)
     from tqdm import tqdm
 
     with tqdm(total=None, desc="reflection samples", unit="sample", leave=False) as bar:
