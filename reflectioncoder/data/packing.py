@@ -85,10 +85,10 @@ def _has_student(sample: TokenizedSample, cfg: MaskConfig) -> bool:
 def _sample_counts(sample: TokenizedSample, cfg: MaskConfig) -> tuple[int, int]:
     """(CE label tokens, KL rows) of one sample; both step-independent, as the student's
     labels (a .. L-2) all lie after the reflection body and are never hidden."""
-    teacher = int((sample.labels[1:] != IGNORE).sum())
+    teacher = int(np.count_nonzero(sample.labels.numpy()[1:] != IGNORE))
     if not _has_student(sample, cfg):
         return teacher, 0
-    student = int((sample.student_labels[1:] != IGNORE).sum())
+    student = int(np.count_nonzero(sample.student_labels.numpy()[1:] != IGNORE))
     return teacher + student, (student if cfg.kl else 0)
 
 
@@ -295,13 +295,22 @@ def _assemble(
         + np.arange(int(s_lens.sum()))
         - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
     )  # where each student token goes in T
-    input_ids = torch.empty(total, dtype=torch.int64, device=device)
-    position_ids = torch.empty(total, dtype=torch.int64, device=device)
-    t_idx, s_idx = t(t_at), t(s_at)
-    input_ids[t_idx] = torch.cat([x.ids for x in samples]).to(device)
-    position_ids[t_idx] = t(t_pos)
-    input_ids[s_idx] = tokens.input_ids
-    position_ids[s_idx] = tokens.position_ids
+    if device.type == "cpu":  # numpy: torch's CPU index_put is far slower on these sizes
+        ids_np = np.empty(total, dtype=np.int64)
+        pos_np = np.empty(total, dtype=np.int64)
+        ids_np[t_at] = np.concatenate([x.ids.numpy() for x in samples])
+        pos_np[t_at] = t_pos
+        ids_np[s_at] = tokens.input_ids.numpy()
+        pos_np[s_at] = tokens.position_ids.numpy()
+        input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
+    else:
+        input_ids = torch.empty(total, dtype=torch.int64, device=device)
+        position_ids = torch.empty(total, dtype=torch.int64, device=device)
+        t_idx, s_idx = t(t_at), t(s_at)
+        input_ids[t_idx] = torch.cat([x.ids for x in samples]).to(device)
+        position_ids[t_idx] = t(t_pos)
+        input_ids[s_idx] = tokens.input_ids
+        position_ids[s_idx] = tokens.position_ids
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
