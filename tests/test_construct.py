@@ -281,3 +281,23 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     assert run.output in requests[1]["body"]["messages"][-1]["content"]  # ... went to the model
     assert body[-1]["content"] == "All tests passed."
     assert _answer_code(sample).strip() == problem.solution.strip()
+
+
+def test_with_two_bugs_the_reflection_fixes_the_one_the_failure_shows() -> None:
+    from reflectioncoder.construct.backend import Turn
+
+    problem = next(p for p in generate_problems(0) if p.entry_point == "fibonacci")
+    kinds = site_kinds(problem.solution)
+    edits = {i: apply_mutations(problem.solution, [i]).edits[0] for i in range(len(kinds))}
+    loop = next(i for i, e in edits.items() if e.wrong == ("for _ in range(n + 1):",))
+    ret = next(i for i, e in edits.items() if e.wrong == ("return n",))
+    # `return n` hides the loop's bug: every failure shows n, whatever the loop computes.
+    mutant = apply_mutations(problem.solution, [loop, ret])
+    program = problem.test_program(mutant.code)
+    draft = Draft("Try.", mutant.code, {"sites": mutant.sites, "edits": mutant.edits})
+    turn = Turn(draft, program, run_program(program))
+    assert not turn.execution.passed
+    fix = MutationBackend().reflect(problem, [turn], random.Random(0))
+    assert "`return n`" in fix.text and "`return a`" in fix.text
+    assert fix.meta["sites"] == (loop,)
+    assert fix.code == apply_mutations(problem.solution, [loop]).code
