@@ -131,7 +131,7 @@ class MetricsLogger:
             self._bar.update(1)
             self._bar.set_postfix(
                 loss=f"{row['loss']:.4f}",
-                kl=f"{row['kl']:.3f}",
+                kl=f"{row['kl']:.2e}",
                 r=f"{row['mask_rate']:.2f}",
                 lr=f"{row['lr']:.2e}",
                 tok_s=f"{row['tokens_per_s']:.0f}",
