@@ -209,12 +209,17 @@ def run_demo(
     k = max(1, min(10, len(rows) // 5))  # mean of the first and last k steps: less noise
     first = sum(r["loss"] for r in rows[:k]) / k
     last = sum(r["loss"] for r in rows[-k:]) / k
-    print("\nstep   loss     ce       kl       mask rate")
+    print("\nstep   loss     teacher CE  student CE  KL       mask rate")
     shown = rows[:: max(1, len(rows) // 8)]
     shown += [rows[-1]] if shown[-1] is not rows[-1] else []
     for r in shown:
-        losses = f"{r['loss']:.4f}   {r['ce']:.4f}   {r['kl']:.4f}"
-        print(f"{r['step']:>4}   {losses}   {r['mask_rate']:.2f}")
+        teacher, student = r.get("teacher_ce"), r.get("student_ce")
+        parts = "   ".join(f"{v:8.4f}" if v is not None else "     n/a" for v in (teacher, student))
+        print(f"{r['step']:>4}   {r['loss']:.4f}   {parts}    {r['kl']:.4f}   {r['mask_rate']:.2f}")
+    print(
+        "(teacher CE + student CE = CE, one mean over both passes' label tokens (SPEC §2); the\n"
+        "student's share is small: it is scored on the final answer only)"
+    )
     print(f"loss: {first:.3f} (mean of the first {k} steps) -> {last:.3f} (last {k})")
     checkpoint = run_dir / "final"
 
