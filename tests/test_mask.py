@@ -30,11 +30,16 @@ def _samples(seed: int, n: int = 10):
     out = synthetic_samples(
         n, VOCAB, seed, instruction=(0, 4), reflection=(0, 40), answer=(0, 5), block_len=(0, 6)
     )
+    # Bodies of one block with one content token, and empty bodies (no block at all).
     out += synthetic_samples(
         3, VOCAB, seed + 1, instruction=(1, 2), reflection=(1, 3), answer=(1, 2), block_len=(1, 1)
     )
+    out += synthetic_samples(
+        2, VOCAB, seed + 2, instruction=(0, 2), reflection=(0, 0), answer=(0, 2)
+    )
     for i, s in enumerate(out):
         s.uid = i
+    assert out[-1].body_start == out[-1].body_end and len(out[-3].blocks) == 1
     return out
 
 
