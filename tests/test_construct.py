@@ -12,6 +12,7 @@ import pytest
 from reference.construct import structure_errors
 
 from reflectioncoder.construct.backend import (
+    Backend,
     Draft,
     MutationBackend,
     OpenAIBackend,
@@ -268,6 +269,7 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         backend = OpenAIBackend(url, "stub-model", api_key="k")
+        assert isinstance(backend, Backend) and isinstance(MutationBackend(), Backend)
         sample = reflection_sample(problem, backend, rng, max_attempts=1)
     finally:
         server.shutdown()
