@@ -77,12 +77,15 @@ def apply_reflection_mask(
     thresholds: torch.Tensor,
     out_offsets: torch.Tensor,
     total_out: int,
+    block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compact the students of S samples on the device.
 
     ids, student_labels: (T,) int64; keys: (T,) int32; offsets, out_offsets: (S+1,) int64;
     starts, ends, thresholds: (S,) int64; ``total_out`` = out_offsets[-1], passed from the host
-    so no sync is needed. Returns (gather, input_ids, position_ids, labels), each (Ts,) int64.
+    so no sync is needed. ``block_size``: tokens per tile (a power of two; default
+    min(1024, next_power_of_2(T))). Returns (gather, input_ids, position_ids, labels), each
+    (Ts,) int64.
     """
     n_samples = starts.numel()
     total = ids.numel()
@@ -107,7 +110,9 @@ def apply_reflection_mask(
     out = [torch.empty(total_out, dtype=torch.int64, device=device) for _ in range(4)]
     if n_samples == 0 or total_out == 0:
         return tuple(out)
-    block = min(MAX_BLOCK, triton.next_power_of_2(max(total, 16)))
+    block = block_size or min(MAX_BLOCK, triton.next_power_of_2(max(total, 16)))
+    if block & (block - 1) or not 16 <= block <= MAX_BLOCK:
+        raise ValueError(f"block_size: must be a power of two in [16, {MAX_BLOCK}], got {block}")
     i64 = lambda t: t.to(device=device, dtype=torch.int64).contiguous()
     _apply_mask_kernel[(n_samples,)](
         ids.contiguous(),

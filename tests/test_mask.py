@@ -63,7 +63,7 @@ def _split(tokens_pos, tokens_ids, tokens_labels, lens):
     return out
 
 
-def _check(samples, step, total, cfg, seed):
+def _check(samples, step, total, cfg, seed, block_size=None):
     plan = draw_masks(samples, step, total, cfg, seed)
     expected = _reference(samples, step, total, cfg, seed)
     assert plan.student_lens == [len(e[0]) for e in expected]
@@ -81,6 +81,7 @@ def _check(samples, step, total, cfg, seed):
         plan.thresholds,
         host.out_offsets,
         sum(plan.student_lens),
+        block_size=block_size,
     )
     assert torch.equal(gather, host.gather)
     assert _split(k_pos, k_ids, k_labels, plan.student_lens) == expected
@@ -101,6 +102,14 @@ def test_several_strategies_and_block_orders(order, seed):
         _check(samples, step, total, cfg, seed)
     drawn = {s for step in range(40) for s in draw_masks(samples, step, 50, cfg, seed).strategies}
     assert drawn == set(STRATEGIES)
+
+
+def test_kernel_many_tiles_per_sample(seed):
+    """Tiles of 16 tokens: the running count carries across several tiles of one sample."""
+    samples = _samples(seed, 6)
+    cfg = MaskConfig(strategies=STRATEGIES)
+    for step, total in STEPS[1:4]:
+        _check(samples, step, total, cfg, seed, block_size=16)
 
 
 def test_no_strategy_student_sees_everything(seed):
@@ -176,6 +185,8 @@ def test_kernel_argument_errors():
         apply_reflection_mask(ids, ids, keys, one, one, one, one, two, 3)
     with pytest.raises(ValueError, match="total_out: must be in \\[0, 5\\]"):
         apply_reflection_mask(ids, ids, keys, two, one, one, one, two, 9)
+    with pytest.raises(ValueError, match="block_size: must be a power of two in \\[16, 1024\\]"):
+        apply_reflection_mask(ids, ids, keys, two, one, one, one, two, 3, block_size=24)
 
 
 def test_empty_plan():
