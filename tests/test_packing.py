@@ -14,6 +14,7 @@ from reflectioncoder.data.packing import (
     make_step_batches,
     plan_micro_batches,
     step_counts,
+    step_stats,
 )
 from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
 from reflectioncoder.data.tokenize import IGNORE
@@ -160,6 +161,9 @@ def test_compute_saved_and_counts(seed):
     hidden = sum(s.body_end + 1 for s in samples)  # [0, end] hidden under all_mask
     assert b.num_tokens == 2 * sum(len(s) for s in samples) - hidden
     assert b.num_kl_rows == sum(len(s) - 1 - s.answer_start for s in samples)
+    stats = step_stats([b, b], max_tokens=b.num_tokens)
+    assert stats["compute_saved"] == pytest.approx(1 - b.num_tokens / b.reference_tokens)
+    assert stats["budget_fill"] == 1.0 and stats["micro_batches"] == 2
 
 
 def test_bad_arguments():

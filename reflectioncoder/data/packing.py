@@ -335,6 +335,23 @@ def _assemble(
     )
 
 
+def step_stats(batches: Sequence[PackedBatch], max_tokens: int | None = None) -> dict[str, float]:
+    """Host figures of one step's micro-batches, for logging: tokens computed, the reference
+    recipe's tokens (passes x samples x padded length per micro-batch), compute saved, and
+    the budget fill when ``max_tokens`` is given."""
+    tokens = sum(b.num_tokens for b in batches)
+    reference = sum(b.reference_tokens for b in batches)
+    out = {
+        "micro_batches": float(len(batches)),
+        "tokens": float(tokens),
+        "reference_tokens": float(reference),
+        "compute_saved": 1.0 - tokens / reference if reference else 0.0,
+    }
+    if max_tokens:
+        out["budget_fill"] = tokens / (len(batches) * max_tokens) if batches else 0.0
+    return out
+
+
 def make_step_batches(
     samples: Sequence[TokenizedSample],
     step: int,

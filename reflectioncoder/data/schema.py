@@ -131,7 +131,9 @@ def parse_sample(obj: object, source: str) -> Sample:
     return Sample(kind, messages, source)
 
 
-def load_jsonl(path: str | Path, skip_bad: bool = False, report: LoadReport | None = None):
+def load_jsonl(
+    path: str | Path, skip_bad: bool = False, report: LoadReport | None = None
+) -> list[Sample]:
     """Read one ReflectionSeq jsonl file into a list of Samples (blank lines ignored)."""
     report = report if report is not None else LoadReport()
     path = Path(path)
