@@ -1,8 +1,9 @@
 """Train a code LLM with the ReflectionCoder method.
 
-reflectioncoder train --preset tiny --set data.files=[demo.jsonl] --set checkpoint.out_dir=runs/t
-reflectioncoder train --config configs/paper.yaml --set optim.lr=1e-4 --resume
-deepspeed --num_gpus 8 -m reflectioncoder.cli train --config configs/paper.yaml
+    reflectioncoder train --preset tiny --set data.files=[demo.jsonl] --set checkpoint.out_dir=t
+    reflectioncoder train --config configs/paper.yaml --set optim.lr=1e-4 --resume
+    deepspeed --no_local_rank --num_gpus 8 --module reflectioncoder.cli train \\
+        --config configs/paper.yaml
 """
 
 from __future__ import annotations
