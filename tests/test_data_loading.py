@@ -225,6 +225,8 @@ def test_upsampling_over_length_and_uids(tmp_path, seed, tokenizer):
     n_over = sum(n > max_len for n in lengths)
     assert n_over > 0 and len(report.over_length) == n_over and len(cut) == 10 - n_over
     assert all(len(s) <= max_len for s in cut)
+    # uids count the dropped samples too: a sample keeps its uid (and its masks) whatever max_len.
+    assert [s.uid for s in cut] == [i for i, s in enumerate(full[:10]) if len(s) <= max_len]
     assert f"{n_over} over-length > max_len {max_len} dropped" in report.summary(max_len)
     with pytest.raises(ValueError, match="upsample: 1 factors for 2 files"):
         DataConfig(files=[gen, refl], upsample=[2])

@@ -53,11 +53,12 @@ def test_inspect_json_matches_reference(strategies, order, tok_dir, tmp_path, se
     assert cli_main(argv) == 0
     text = capsys.readouterr().out
     views = json.loads(out.read_text())
-    kept = [s for s in raw if len(ids_ref(s, tok)) <= max_len]
+    # uid: the index among all valid samples, over-length ones counted (as the trainer does).
+    kept = [(uid, s) for uid, s in enumerate(raw) if len(ids_ref(s, tok)) <= max_len]
     assert len(views) == len(kept) and len(kept) < len(raw)
     assert f"{len(raw) - len(kept)} over-length > max_len {max_len} dropped" in text
     strategies = strategies or ["block_mask"]
-    for uid, (obj, view) in enumerate(zip(kept, views, strict=True)):
+    for (uid, obj), view in zip(kept, views, strict=True):
         ids = ids_ref(obj, tok)
         assert view["input_ids"] == ids
         assert view["labels"] == teacher_labels_ref(ids, sp)

@@ -28,7 +28,7 @@ from reflectioncoder.data.tokenize import (
     special_token_ids,
 )
 
-CACHE_VERSION = 1  # bump when serialisation or labelling changes
+CACHE_VERSION = 2  # bump when serialisation or labelling changes
 _CHUNK = 256  # samples per worker task
 
 
@@ -132,6 +132,7 @@ def _tokenise_file(path: str, tokenizer, cfg: DataConfig) -> dict:
         "lengths": torch.tensor(lens, dtype=torch.int64),
         "is_reflection": [samples[i].is_reflection for i in keep],
         "sources": [samples[i].source for i in keep],
+        "index": keep,  # position among the file's valid samples (for uids)
         "loaded": len(samples),
         "skipped": list(report.skipped),
         "over_length": [
@@ -144,7 +145,8 @@ def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], Dat
     """Load, validate and tokenise ``cfg.files`` (upsampled), cached under ``cfg.cache_dir``.
 
     Raises DataError (file:line:field) on the first bad sample unless ``cfg.skip_bad``.
-    Each returned sample has a distinct ``uid`` (its index, upsampling copies included).
+    Each returned sample has a distinct ``uid``: its index among the valid samples of the
+    upsampled file list (over-length ones counted), as the trainer numbers them.
     """
     if not cfg.files:
         raise ValueError("files: no data files given")
@@ -153,6 +155,7 @@ def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], Dat
     upsample = cfg.upsample or [1] * len(cfg.files)
     report = DataReport()
     out: list[TokenizedSample] = []
+    next_uid = 0
     for path, factor in zip(cfg.files, upsample, strict=True):
         if not Path(path).is_file():
             raise FileNotFoundError(f"files: data file not found: {path}")
@@ -183,7 +186,12 @@ def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], Dat
             )
         ]
         for _ in range(factor):
-            base = len(out)
-            out += [dataclasses.replace(s, uid=base + j) for j, s in enumerate(file_samples)]
+            # uid: index among all valid samples (upsampled copies and over-length ones
+            # counted), so max_len does not change which mask a sample draws.
+            out += [
+                dataclasses.replace(s, uid=next_uid + j)
+                for j, s in zip(cached["index"], file_samples, strict=True)
+            ]
+            next_uid += cached["loaded"]
     report.samples = len(out)
     return out, report
