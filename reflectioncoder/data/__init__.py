@@ -1,1 +1,10 @@
-"""reflectioncoder.data"""
+"""reflectioncoder.data: from ReflectionSeq jsonl files to packed micro-batches (SPEC §1-3).
+
+- ``schema``: load and validate jsonl (errors name file:line:field).
+- ``tokenize``: SPEC constants, ``add_special_tokens``, serialisation, labels, ``TokenizedSample``.
+- ``dataset``: ``load_dataset`` (upsampling, over-length report, multi-process, disk cache).
+- ``masking``: the dynamic mask (strategies, schedule, deterministic draws, host application).
+- ``packing``: ``PackedBatch``, ``plan_micro_batches``, ``make_step_batches``, ``step_counts``.
+- ``config``: ``DataConfig``, ``MaskConfig``, ``PackingConfig``.
+- ``inspect``: the ``reflectioncoder inspect`` command; ``synthetic``: synthetic samples.
+"""

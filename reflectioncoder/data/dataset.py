@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,8 @@ from reflectioncoder.data.tokenize import (
     serialise,
     special_token_ids,
 )
+
+log = logging.getLogger("reflectioncoder.data")
 
 CACHE_VERSION = 2  # bump when serialisation or labelling changes
 _CHUNK = 256  # samples per worker task
@@ -194,4 +197,6 @@ def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], Dat
             ]
             next_uid += cached["loaded"]
     report.samples = len(out)
+    if report.skipped or report.over_length:  # never dropped silently, even if unreported
+        log.warning("data: %s", report.summary(cfg.max_len))
     return out, report
