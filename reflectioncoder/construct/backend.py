@@ -188,7 +188,7 @@ class MutationBackend:
         sites, edits = last.draft.meta["sites"], last.draft.meta["edits"]
         if not sites:
             raise ValueError(f"problem {problem.task_id}: no mutation left to fix")
-        k = self._explaining_bug(problem, sites, last) if len(sites) > 1 else 0
+        k, checks = self._explaining_bug(problem, sites, last) if len(sites) > 1 else (0, 0)
         remaining = tuple(sites[:k] + sites[k + 1 :])
         code = apply_mutations(problem.solution, remaining).code
         parts = [
@@ -197,20 +197,24 @@ class MutationBackend:
             rng.choice(_PLANS),
         ]
         left = tuple(edits[:k] + edits[k + 1 :])
-        return Draft(_join(parts), code, {"sites": remaining, "edits": left})
+        meta = {"sites": remaining, "edits": left, "runs": checks}
+        return Draft(_join(parts), code, meta)
 
-    def _explaining_bug(self, problem: Problem, sites: tuple[int, ...], last: Turn) -> int:
+    def _explaining_bug(
+        self, problem: Problem, sites: tuple[int, ...], last: Turn
+    ) -> tuple[int, int]:
         """Which of several bugs the observed failure points at, decided by running: the first
-        whose fix alone makes the tests pass, else the first whose fix changes the output."""
+        whose fix alone makes the tests pass, else the first whose fix changes the output.
+        Returns (that bug's index, sandboxed runs made)."""
         changed = None
         for k in range(len(sites)):
             code = apply_mutations(problem.solution, sites[:k] + sites[k + 1 :]).code
             run = run_program(problem.test_program(code), timeout_s=self.timeout_s)
             if run.passed:
-                return k
+                return k, k + 1
             if changed is None and run.output != last.execution.output:
                 changed = k
-        return changed if changed is not None else 0
+        return (changed if changed is not None else 0), len(sites)
 
 
 # ----------------------------------------------------------------------------- HTTP backend

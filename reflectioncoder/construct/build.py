@@ -107,7 +107,7 @@ def reflection_sample(
             draft = backend.reflect(problem, history, rng)
             program = problem.test_program(draft.code)
             history.append(Turn(draft, program, run_program(program, timeout_s=timeout_s)))
-            stats.executions += 1
+            stats.executions += 1 + draft.meta.get("runs", 0)  # with the backend's own runs
         if not history[-1].execution.passed:
             stats.rejected["never passed"] += 1
             continue
