@@ -43,8 +43,9 @@ def _cpu_name() -> str:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"
 
@@ -62,8 +63,18 @@ def _evalplus(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, di
     run_dir = Path(tempfile.mkdtemp(dir=tmp))  # fresh: EvalPlus reuses old result files
     copy = run_dir / "samples.jsonl"
     shutil.copy(samples, copy)
-    cmd = [sys.executable, "-m", "evalplus.evaluate", "--dataset", task, "--samples", str(copy),
-           "--parallel", "2", "--i_just_wanna_run"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "evalplus.evaluate",
+        "--dataset",
+        task,
+        "--samples",
+        str(copy),
+        "--parallel",
+        "2",
+        "--i_just_wanna_run",
+    ]
     wall, out = _timed(cmd, env, str(run_dir))
     found = re.findall(r"pass@1:\s*([0-9.]+)", out)
     return wall, {"base": float(found[0]), "plus": float(found[1])} if len(found) >= 2 else {}
@@ -71,9 +82,23 @@ def _evalplus(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, di
 
 def _ours(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, dict]:
     out_json = Path(tempfile.mkdtemp(dir=tmp)) / "result.json"
-    cmd = [sys.executable, "-m", "reflectioncoder.cli", "evaluate", "--task", task, "--samples",
-           str(samples), "--data-dir", str(SHARED / "evaldata"), "--json", str(out_json),
-           "--parallel", "2", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "reflectioncoder.cli",
+        "evaluate",
+        "--task",
+        task,
+        "--samples",
+        str(samples),
+        "--data-dir",
+        str(SHARED / "evaldata"),
+        "--json",
+        str(out_json),
+        "--parallel",
+        "2",
+        "--no-progress",
+    ]
     wall, _ = _timed(cmd, env, str(ROOT))
     scores = json.loads(out_json.read_text())["scores"]
     base, plus = list(scores.values())[:2]
@@ -110,10 +135,20 @@ def main() -> int:
             for _ in range(args.repeats):
                 for name, tool in (("evalplus-0.3.1", _evalplus), ("reflectioncoder", _ours)):
                     wall, scores = tool(task, samples, env, tmp)
-                    rows.append({"kernel": "evaluate", "provider": name, "mode": task,
-                                 "size": f"{args.model}, {sum(1 for _ in open(samples))} samples",
-                                 "device": device, "commit": commit, "value": round(wall, 2),
-                                 "unit": "s", "scores": scores, "parallel": 2})  # fmt: skip
+                    rows.append(
+                        {
+                            "kernel": "evaluate",
+                            "provider": name,
+                            "mode": task,
+                            "size": f"{args.model}, {sum(1 for _ in open(samples))} samples",
+                            "device": device,
+                            "commit": commit,
+                            "value": round(wall, 2),
+                            "unit": "s",
+                            "scores": scores,
+                            "parallel": 2,
+                        }
+                    )
                     print(f"{name:16s} {task:10s} {wall:7.1f} s  {scores}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.is_file() else []

@@ -215,13 +215,10 @@ def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: P
 
     rel = tk.HUMANEVAL_PLUS_FILE if task == "humaneval" else tk.MBPP_PLUS_FILE
     source = tk.dataset_file(data_dir, rel)
-    all_tasks = (
-        tk.load_humaneval_plus(data_dir) if task == "humaneval" else tk.load_mbpp_plus(data_dir)
-    )
-    bar = _Progress(len(all_tasks), "expected outputs", not args.no_progress)
+    bar = _Progress(len(tasks), "expected outputs", not args.no_progress)
     try:
         expected = sc.expected_outputs(
-            all_tasks, tk.file_hash(source), parallel=args.parallel, progress=bar
+            tasks, tk.file_hash(source), parallel=args.parallel, progress=bar
         )
     finally:
         bar.close()

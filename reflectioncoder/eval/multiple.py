@@ -84,7 +84,8 @@ def toolchain_problem(language: str) -> str | None:
     """None when ``language`` can run here, else a sentence saying why not."""
     lang = LANGUAGES.get(language)
     if lang is None:
-        return f"multiple-{language}: skipped, no runner for this language (supported: {', '.join(LANGUAGES)})"
+        supported = ", ".join(LANGUAGES)
+        return f"multiple-{language}: skipped, no runner for this language (supported: {supported})"
     missing = [tool for tool in lang.needs if shutil.which(tool) is None]
     if missing:
         return f"multiple-{language}: skipped, toolchain not installed ({', '.join(missing)})"

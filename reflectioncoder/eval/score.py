@@ -219,26 +219,31 @@ def expected_outputs(
     parallel: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict]:
-    """Expected outputs and ground-truth times of every task, cached on disk by the dataset
-    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}`` (outputs in
-    the tagged encoding on disk, decoded here). The first run computes them by running the
-    canonical solutions."""
+    """Expected outputs and ground-truth times of ``tasks``, cached on disk by the dataset
+    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}`` (tagged
+    encoding on disk, decoded here). Tasks missing from the cache are computed by running their
+    canonical solutions (the first run computes them all) and added to it."""
     cache = _cache_dir() / f"expected-{source_hash[:32]}-v{_HARNESS_VERSION}.json"
-    if cache.is_file():
-        data = _harness.loads_row(cache.read_bytes())
-        if set(data) >= set(tasks):
-            return data
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        results = {}
-        for tid, got in zip(tasks, pool.map(_run_ground_truth, tasks.values()), strict=True):
-            results[tid] = got
-            if progress:
-                progress(1)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results))
-    tmp.replace(cache)
-    return _harness.loads_row(cache.read_bytes())
+    raw: dict[str, dict] = json.loads(cache.read_bytes()) if cache.is_file() else {}
+    missing = [tid for tid in tasks if tid not in raw]
+    if missing:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            for tid, got in zip(
+                missing, pool.map(_run_ground_truth, [tasks[t] for t in missing]), strict=True
+            ):
+                raw[tid] = got
+                if progress:
+                    progress(1)
+        if cache.is_file():  # another run may have added tasks meanwhile: keep them too
+            raw = {**json.loads(cache.read_bytes()), **raw}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(raw))
+        tmp.replace(cache)
+    elif progress:
+        progress(len(tasks))
+    wanted = json.dumps({tid: raw[tid] for tid in tasks})
+    return _harness.loads_row(wanted)
 
 
 # ----------------------------------------------------------------------------- one sample

@@ -1,0 +1,177 @@
+"""Generation backends end to end: ``evaluate --model DIR`` with a tiny random Llama and a
+locally trained tokenizer (transformers), and an OpenAI-compatible server (a local stub)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from reflectioncoder.eval import generate as gn
+from reflectioncoder.eval.cli import add_arguments, main
+from reflectioncoder.eval.prompts import GENERATION_STOP
+
+SPECIAL = [
+    "<|user|>",
+    "<|assistant|>",
+    "<|text|>",
+    "<|code|>",
+    "<|execution|>",
+    "<|endofblock|>",
+    "<|endofmessage|>",
+]
+
+
+def _run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return main(parser.parse_args([*argv, "--no-progress"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reflectioncoder.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    texts = ["def add(x, y):\n    return x + y\n", "Write a complete Python function."] * 20
+    tok = train_tokenizer(texts, 300)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL})
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def test_generate_hf_batched_greedy_is_deterministic(tiny_model):
+    prompts = [
+        "<|user|><|text|>hi<|endofblock|><|endofmessage|><|assistant|><|text|>```python\n",
+        "def add(x, y):",
+    ]
+    cfg = gn.GenerationConfig(max_new_tokens=6, batch_size=2)
+    a = gn.generate_hf(str(tiny_model), prompts, cfg, device="cpu")
+    b = gn.generate_hf(
+        str(tiny_model),
+        prompts[::-1],
+        gn.GenerationConfig(max_new_tokens=6, batch_size=1),
+        device="cpu",
+    )
+    assert a == b[::-1]  # left padding: batched greedy equals one by one
+    assert all(len(outs) == 1 and isinstance(outs[0], str) for outs in a)
+    assert not any(stop in outs[0] for outs in a for stop in GENERATION_STOP)
+    sampled = gn.generate_hf(
+        str(tiny_model),
+        prompts[:1],
+        gn.GenerationConfig(max_new_tokens=4, temperature=1.0, n=3),
+        device="cpu",
+    )
+    assert len(sampled) == 1 and len(sampled[0]) == 3
+
+
+def test_evaluate_model_dir(tiny_model, tmp_path, shared_dir):
+    out = tmp_path / "result.json"
+    rc = _run_cli(
+        "--task",
+        "humaneval",
+        "--model",
+        str(tiny_model),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(shared_dir / "evaldata"),
+        "--json",
+        str(out),
+    )
+    assert rc == 0
+    samples = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    assert all(set(s) == {"task_id", "completion"} for s in samples)
+    result = json.loads(out.read_text())
+    assert set(result["scores"]) == {"HumanEval", "HumanEval+"}
+    assert set(result["details"]) == {"HumanEval/0", "HumanEval/1"}
+
+
+class _Stub(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Stub.requests.append({"path": self.path, **body})
+        # an answer that closes the fence and then keeps talking past the stop token
+        text = "    return x + y\n```<|endofblock|><|endofmessage|>ignored"
+        choices = [{"index": i, "text": text} for i in range(body.get("n", 1))]
+        data = json.dumps({"choices": choices}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_openai_compatible_endpoint(tmp_path, shared_dir):
+    server = HTTPServer(("127.0.0.1", 0), _Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        out = tmp_path / "r.json"
+        rc = _run_cli(
+            "--task",
+            "mbpp",
+            "--model",
+            "stub-model",
+            "--backend",
+            "openai",
+            "--base-url",
+            f"http://127.0.0.1:{server.server_port}/v1",
+            "--limit",
+            "3",
+            "--base-only",
+            "--data-dir",
+            str(shared_dir / "evaldata"),
+            "--json",
+            str(out),
+        )
+    finally:
+        server.shutdown()
+    assert rc == 0
+    assert len(_Stub.requests) == 3
+    req = _Stub.requests[0]
+    assert req["path"] == "/v1/completions" and req["model"] == "stub-model"
+    assert req["temperature"] == 0.0 and req["stop"] == GENERATION_STOP
+    assert req["prompt"].startswith("<|user|><|text|>") and req["prompt"].endswith("```python\n")
+    samples = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [s["completion"] for s in samples] == ["return x + y"] * 3
+
+
+def test_generation_config_validates():
+    with pytest.raises(ValueError, match="temperature"):
+        gn.GenerationConfig(temperature=-1)
+    with pytest.raises(ValueError, match="n > 1"):
+        gn.GenerationConfig(n=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        gn.GenerationConfig(max_new_tokens=0)
