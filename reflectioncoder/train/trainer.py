@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -219,17 +220,20 @@ def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:
     return [b.content for s in raw for m in s.messages for b in m.blocks]
 
 
-def load_tokenizer(cfg: RunConfig, out_dir: Path, info: distributed.DistInfo) -> Any:
+def load_tokenizer(
+    cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, reuse: bool = False
+) -> Any:
     """The run's ORIGINAL tokenizer (before the special tokens), fixed in OUT/tokenizer.
 
-    From ``model.tokenizer`` or ``model.name_or_path``; else trained on the data by rank 0 on
-    the first run. A resumed run reuses OUT/tokenizer, so its vocabulary is the same.
+    From ``model.tokenizer`` or ``model.name_or_path``; else trained on the data by rank 0.
+    A resumed run (``reuse``) keeps OUT/tokenizer, so its vocabulary is the same.
     """
     from transformers import AutoTokenizer
 
     saved = out_dir / "tokenizer"
     source = cfg.model.tokenizer or cfg.model.name_or_path
-    if info.is_main and not (saved / "tokenizer_config.json").is_file():
+    if info.is_main and not (reuse and (saved / "tokenizer_config.json").is_file()):
+        shutil.rmtree(saved, ignore_errors=True)
         if source is not None:
             tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
             tok.save_pretrained(str(saved))
@@ -281,7 +285,12 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
 
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
-        self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info)
+        stale = checkpoint.list_checkpoints(self.out_dir)
+        if not resume and stale and self.info.is_main:
+            # A fresh run must never be resumed from an older run's checkpoints.
+            log.warning("fresh run: removing %d old checkpoint(s) in %s", len(stale), self.out_dir)
+            shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
+        self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info, reuse=bool(resume))
         model = build_model(cfg, self.tokenizer, self.dtype)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
