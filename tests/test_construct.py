@@ -189,7 +189,7 @@ def test_timeout_is_real_feedback(seed: int) -> None:
 
 def test_special_token_strings_are_rejected(seed: int) -> None:
     problem = random.Random(seed).choice(generate_problems(seed))
-    broken = problem.solution.replace("return", "return 0 #", 1)
+    broken = problem.solution.replace(":\n", ":\n    raise ValueError('bug')\n", 1)
     backend = _ScriptedBackend(
         [Draft("Try <|code|> this.", broken), Draft("Fixed.", problem.solution)]
     )

@@ -177,11 +177,22 @@ class MutationBackend:
         kind = rng.choice(sorted(set(kinds)))
         first = rng.choice([i for i, k in enumerate(kinds) if k == kind])
         sites = [first]
+        runs = 0
         if rng.random() < self.two_bug_rate and len(kinds) > 1:
             sites.append(rng.choice([i for i in range(len(kinds)) if i != first]))
+            # Keep only bugs the tests can see: a bug that passes alone would survive into the
+            # final answer, since the fixes stop once the tests pass.
+            seen = []
+            for site in sites:
+                code = apply_mutations(problem.solution, [site]).code
+                runs += 1
+                if not run_program(problem.test_program(code), timeout_s=self.timeout_s).passed:
+                    seen.append(site)
+            sites = seen or sites[:1]
         mutant = apply_mutations(problem.solution, sites)
         text = rng.choice(_OPENERS).format(name=problem.entry_point)
-        return Draft(text, mutant.code, {"sites": mutant.sites, "edits": mutant.edits})
+        meta = {"sites": mutant.sites, "edits": mutant.edits, "runs": runs}
+        return Draft(text, mutant.code, meta)
 
     def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
         last = history[-1]

@@ -98,7 +98,7 @@ def reflection_sample(
         draft = backend.attempt(problem, rng)
         program = problem.test_program(draft.code)
         execution = run_program(program, timeout_s=timeout_s)
-        stats.executions += 1
+        stats.executions += 1 + draft.meta.get("runs", 0)
         if execution.passed:
             stats.rejected["first attempt passed"] += 1
             continue
