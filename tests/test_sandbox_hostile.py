@@ -5,6 +5,7 @@ same task passes (so these tests can fail)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -205,6 +206,29 @@ def test_network_connection(level, seed):
         server.close()
     assert res.base == FAIL
     assert got == []
+
+
+def test_reads_the_expected_outputs(level, seed, monkeypatch):
+    """The cache of expected outputs (and the data) are out of the program's sight."""
+    task, expected = _task(seed)
+    cache = Path("/var/tmp") / f"rc-cache-{uuid.uuid4().hex}"  # outside the private /tmp
+    (cache / "eval").mkdir(parents=True)
+    request_cleanup = shutil.rmtree
+    secret = cache / "eval" / "answers.txt"
+    secret.write_text(str(expected["base"]["out"][0]))
+    monkeypatch.setenv("REFLECTIONCODER_CACHE", str(cache))
+    code = (
+        "import io\n"
+        "def f(x):\n"
+        "    try:\n"
+        f"        return int(io.open({str(secret)!r}).read())\n"
+        "    except Exception:\n"
+        "        return -1\n"
+    )
+    try:
+        assert _judge(level, seed, code).base == FAIL
+    finally:
+        request_cleanup(cache)
 
 
 def test_kills_its_parent(level, seed):

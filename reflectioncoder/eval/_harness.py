@@ -431,7 +431,7 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
     setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.time
     if job.get("strict"):
-        install_audit_guard(os.getcwd())
+        install_audit_guard(os.getcwd(), job.get("hidden", ()))
     if job.get("guard"):
         _reliability_guard(job.get("memory_bytes"))
     sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
@@ -477,14 +477,16 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
         emit({"phase": name, "done": True})
 
 
-def install_audit_guard(work_dir: str) -> None:  # pragma: no cover - sandbox side
+def install_audit_guard(work_dir: str, hidden: list | tuple = ()) -> None:  # pragma: no cover
     """The fallback level's in-process guard (an audit hook cannot be removed from Python):
-    no writes, deletes or renames outside ``work_dir``, no network, no signals to other
-    processes, no new programs, no forks, no native libraries loaded by ctypes."""
+    no writes, deletes or renames outside ``work_dir``, no reads under ``hidden`` (the data and
+    the expected-output cache), no network, no signals to other processes, no new programs,
+    no forks, no native libraries loaded by ctypes."""
     import os
     import sys
 
     work = os.path.realpath(work_dir)
+    hidden = tuple(os.path.realpath(h) for h in hidden)
     getpid, realpath, fsdecode, sep, devnull = (
         os.getpid,
         os.path.realpath,
@@ -529,7 +531,22 @@ def install_audit_guard(work_dir: str) -> None:  # pragma: no cover - sandbox si
             return False
         return p == work or p.startswith(work + sep) or p == devnull
 
+    def is_hidden(path) -> bool:
+        try:
+            p = realpath(fsdecode(path))
+        except Exception:
+            return True
+        return any(p == h or p.startswith(h + sep) for h in hidden)
+
     def hook(event: str, args: tuple) -> None:
+        if (
+            hidden
+            and event in ("open", "os.listdir", "os.scandir")
+            and args
+            and not isinstance(args[0], int)
+            and is_hidden(args[0])
+        ):
+            raise PermissionError(f"sandbox: {args[0]!r} is hidden")
         if event == "open":
             mode, flags = args[1], args[2] or 0
             writing = (

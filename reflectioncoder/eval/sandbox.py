@@ -153,7 +153,7 @@ def _bwrap_argv(
     argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
     for keep in _paths_to_keep():
         argv += ["--ro-bind", keep, keep]
-    for path in hide:
+    for path in map(os.path.abspath, hide):
         if os.path.isdir(path) and not path.startswith("/tmp/"):
             argv += ["--tmpfs", path]
     argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--dir", _WORK_IN_BOX, "--chdir", _WORK_IN_BOX]

@@ -338,7 +338,17 @@ def check_sample(
     phases = [_Phase("base", task, task.base_inputs, expected["base"])]
     if not base_only:
         phases.append(_Phase("plus", task, task.plus_inputs, expected["plus"]))
-    job = '{"code": ' + json.dumps(solution) + ", " + _job_tail(task, phases)
+    # the program sees neither the data nor the expected outputs (bwrap: hidden mounts;
+    # fallback: the audit guard refuses reads there)
+    hide = [os.path.abspath(h) for h in (*hide, _cache_dir())]
+    job = (
+        '{"code": '
+        + json.dumps(solution)
+        + ', "hidden": '
+        + json.dumps(hide)
+        + ", "
+        + _job_tail(task, phases)
+    )
     by_name = {p.name: p for p in phases}
 
     def on_line(line: bytes) -> bool:
