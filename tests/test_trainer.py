@@ -153,16 +153,22 @@ def _float64_reference_model(model: torch.nn.Module) -> torch.nn.Module:
     return ref
 
 
-@pytest.mark.parametrize("normalisation", ["sample", "token"])
-def test_step_losses_match_float64_reference(tmp_path, seed, normalisation):
+@pytest.mark.parametrize("normalisation, checkpointing", [("sample", False), ("token", True)])
+def test_step_losses_match_float64_reference(tmp_path, seed, normalisation, checkpointing):
     """Two optimizer steps: each logged loss, CE (teacher and student) and KL equal SPEC §2's
-    float64 value on the weights before that step (so the update between them is real too)."""
+    float64 value on the weights before that step (so the update between them is real too),
+    with or without gradient checkpointing."""
     cfg = tiny_config(
         tmp_path,
         seed,
-        extra=(f"packing.normalisation={normalisation}", "packing.max_tokens=300"),
+        extra=(
+            f"packing.normalisation={normalisation}",
+            "packing.max_tokens=300",
+            f"model.gradient_checkpointing={str(checkpointing).lower()}",
+        ),
     )
     trainer = Trainer(cfg)
+    assert trainer.model.is_activation_checkpointing == checkpointing
     try:
         assert trainer.total_steps == 4
         for step in range(2):
