@@ -153,10 +153,10 @@ def _join(parts: list[str]) -> str:
 class MutationBackend:
     """Offline backend: mutated reference solutions and templated, feedback-driven reflections.
 
-    two_bug_rate: the share of first attempts that carry two mutations (two reflection rounds
-    when the half-fixed program still fails, as the sandbox decides). With two bugs, the
-    reflection fixes the one the observed failure points at, found by running each fix alone
-    (one or two extra sandboxed runs, not part of the sample).
+    two_bug_rate: the share of first attempts that carry two mutations, each checked to fail
+    the tests on its own (so two reflection rounds, and the last fix is the reference). The
+    reflection fixes the bug the observed failure points at, found by running each fix alone.
+    These checks are extra sandboxed runs, counted in the build's figures but not in the sample.
     """
 
     name = "mutation"
