@@ -82,6 +82,10 @@ def _varlen_attention_forward(
         raise ValueError(f"{ATTN_IMPLEMENTATION}: packed batch must be (1, T), got {query.shape}")
     if dropout > 0.0:
         raise ValueError(f"{ATTN_IMPLEMENTATION}: attention dropout {dropout} is not supported")
+    if attention_mask is not None:  # packing replaces padding masks; a custom mask would be lost
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: attention_mask must be None (packed batches)")
+    if kwargs.get("sliding_window") is not None:  # e.g. Qwen2 with use_sliding_window=True
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported")
     out = varlen_attention(
         query[0].transpose(0, 1),
         key[0].transpose(0, 1),

@@ -225,3 +225,29 @@ def test_reflection_loss_checks_hidden(seed: int) -> None:
     kl = (z[0].softmax(-1) * (z[0].log_softmax(-1) - z[1].log_softmax(-1))).sum()
     torch.testing.assert_close(loss.double(), ce + kl, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(parts["ce"].double(), ce, atol=1e-5, rtol=1e-5)
+
+
+def test_varlen_attention_rejects_masks_and_sliding_window(seed: int) -> None:
+    cfg = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=0,
+    )
+    model = prepare_model(Qwen2ForCausalLM(cfg))
+    with pytest.raises(ValueError, match="sliding-window"):
+        forward_hidden(model, _packed([3, 4], 40))
+    llama = build_tiny_llama(40, hidden_size=32, num_layers=1)
+    batch = _packed([3, 4], 40)
+    with pytest.raises(ValueError, match="attention_mask"):
+        llama.base_model(
+            input_ids=batch.input_ids[None],
+            attention_mask=torch.ones(1, 1, 7, 7, dtype=torch.bool),
+            cu_seq_lens_q=batch.cu_seqlens,
+            max_length_q=7,
+        )
