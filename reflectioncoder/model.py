@@ -29,8 +29,8 @@ from reflectioncoder.kernels.varlen_attention import varlen_attention
 
 ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
 
-# A factory of a context in which the given parameters are whole and writable (ZeRO-3:
-# ``deepspeed.zero.GatheredParameters(params, modifier_rank=0)``; train/distributed.py owns it).
+# A factory of a context in which the given parameters are whole and writable: under ZeRO-3,
+# ``reflectioncoder.train.distributed.gathered_params`` (GatheredParameters, modifier_rank=0).
 GatherForUpdate = Callable[[list[nn.Parameter]], AbstractContextManager[Any]]
 
 
