@@ -20,7 +20,9 @@ reset through /proc/self/clear_refs once the inputs exist; inputs are made in pl
 leave no freed temporaries) minus the resident set before the call. torch's CPU allocator keeps
 no statistics and tracemalloc does not see it, so the RSS high-water is the honest measure; it
 counts every page touched, the gradients of hidden and weight included (for every provider).
-Time: median of ``--reps`` runs after one warm-up (the memory run); on CUDA with events.
+Time: median of ``--reps`` runs after one warm-up (the memory run); on CUDA with events; on
+CPU both wall time and process CPU time (all threads), the latter being the stable figure on a
+machine whose cores other jobs share.
 GPU rows also carry TFLOP/s (6 N D V for full, 2 N D V for fwd) and the share of the card's
 dense bf16 peak.
 """
@@ -144,7 +146,7 @@ def measure_one(
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _rss_bytes("VmHWM") - base
-    times = []
+    times, cpu_times = [], []
     for _ in range(reps):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -154,9 +156,10 @@ def measure_one(
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times.append((time.perf_counter() - t0) * 1e3)
+            cpu_times.append((time.process_time() - c0) * 1e3)
     row = dict(
         kernel="fused_linear_reflection_loss",
         provider=provider,
@@ -171,6 +174,9 @@ def measure_one(
         peak_bytes=int(peak),
         reps=reps,
     )
+    if not cuda:  # CPU time of all threads: stable where other jobs share the cores
+        row["cpu_ms"] = round(statistics.median(cpu_times), 3)
+        row["threads"] = torch.get_num_threads()
     if cuda:
         flops = (6 if mode == "full" else 2) * n * d * v
         row["tflops"] = round(flops / (row["median_ms"] * 1e-3) / 1e12, 1)
@@ -235,6 +241,8 @@ def summarise(rows: list[dict]) -> str:
             continue
         b = ref.get((r["mode"], r["N"], r["D"], r["V"], r["dtype"]))
         t = f"{r['median_ms'] / b['median_ms']:.2f}" if b else "-"
+        if b and "cpu_ms" in r and "cpu_ms" in b:
+            t += f" (cpu {r['cpu_ms'] / b['cpu_ms']:.2f})"
         m = f"{r['peak_bytes'] / b['peak_bytes']:.3f}" if b and b["peak_bytes"] > 0 else "-"
         lines.append(
             f"| {r['provider']} | {r['mode']} | {r['N']} | {r['D']} | {r['V']} | {r['dtype']} | "

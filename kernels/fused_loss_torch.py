@@ -10,10 +10,11 @@ are [teachers of the chunk, students of the chunk], so both logit blocks of a pa
 at once and z_t, z_s are computed once; rows with CE and no pair follow in plain chunks. A row in
 several pairs owns its CE in exactly one slot (the first one), so it is counted once. Each chunk
 computes its (rows, V) logits exactly (no online statistics needed: the chunk holds whole rows),
-its loss, and, when a gradient is wanted, d z and at once d h (= d z W) and d W (+= d z^T h):
-3 GEMMs in all, as many as the unfused forward + backward, and backward only scales the stored
-gradients by the upstream gradient. Memory beyond inputs and gradients: a few (rows, V) fp32
-buffers, rows = CHUNK_BYTES / (4 V), independent of N.
+its loss, and, when a gradient is wanted, d z (in place of the logits) and at once d h (= d z W)
+and d W (+= d z^T h): 3 GEMMs in all, as many as the unfused forward + backward, and backward
+only scales the stored gradients by the upstream gradient. Memory beyond inputs and gradients:
+one (rows, V) fp32 buffer, rows = CHUNK_BYTES / (4 V), independent of N, plus cache-sized
+sub-block temporaries.
 FLOPs: 2 R D V (logits) + 2 R D V (d h) + 2 R D V (d W), R = rows with CE + 2 * pairs.
 """
 
@@ -22,15 +23,18 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-# One (rows, V) fp32 buffer is about this large; the chunk holds ~3 of them at its peak. 16 MiB
-# keeps 128+ rows per GEMM up to V = 32K (good CPU GEMM efficiency) and the extra memory under
-# 1/8 of the full-logit recipe at N = 4096.
-CHUNK_BYTES = 16 * 2**20
-MAX_CHUNK_ROWS = 1024
+# The chunk's (rows, V) fp32 logits take about this much; they are the only large buffer (the
+# softmax work runs SUB_ROWS rows at a time). 64 MiB gives 512-row GEMMs at V = 32K, so W is
+# streamed (and the fp32 dW read-modified-written) N / 512 times, and keeps the extra memory
+# under 1/8 of the full-logit recipe at N = 4096.
+CHUNK_BYTES = 64 * 2**20
+MAX_CHUNK_ROWS = 2048
+# Rows per softmax sub-block: 32 x 32K fp32 = 4 MiB, cache-sized.
+SUB_ROWS = 32
 
 
 def chunk_rows(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk so that one (rows, V) fp32 buffer takes about ``chunk_bytes`` (even, >= 2)."""
+    """Rows per chunk so that the (rows, V) fp32 logits take about ``chunk_bytes`` (even, >= 2)."""
     rows = max(2, min(MAX_CHUNK_ROWS, chunk_bytes // (4 * max(vocab, 1))))
     return rows - rows % 2
 
@@ -103,6 +107,47 @@ def pair_slot_owner(kl_pairs: torch.Tensor, n_rows: int) -> torch.Tensor:
     return owner.scatter_reduce_(0, kl_pairs.reshape(-1), slots, reduce="amin")
 
 
+def _ce_rows(
+    z: torch.Tensor, targets: torch.Tensor, ce_w: torch.Tensor, want_grad: bool
+) -> torch.Tensor:
+    """CE sum of rows z (r, V) fp32; with ``want_grad`` z becomes c (p - onehot(y)) in place."""
+    cw = torch.where(targets != IGNORE_INDEX, ce_w, 0.0)
+    y = targets.clamp(min=0)[:, None]
+    torch.log_softmax(z, dim=-1, out=z)  # one fused pass; row-wise, so in place is safe
+    ce = -(cw * z.gather(1, y).squeeze(1)).sum()
+    if want_grad:
+        z.exp_().mul_(cw[:, None]).scatter_add_(1, y, -cw[:, None])
+    return ce
+
+
+def _pair_rows(
+    zt: torch.Tensor,
+    zs: torch.Tensor,
+    tgt_t: torch.Tensor,
+    tgt_s: torch.Tensor,
+    cw_t: torch.Tensor,
+    cw_s: torch.Tensor,
+    kw: torch.Tensor,
+    want_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE sum, KL sum) of r pairs, logits zt, zs (r, V) fp32; with ``want_grad`` they become
+    dz in place: teachers c_t (p_t - onehot), students (c_s + k) p_s - k p_t - c_s onehot."""
+    cw_t = torch.where(tgt_t != IGNORE_INDEX, cw_t, 0.0)
+    cw_s = torch.where(tgt_s != IGNORE_INDEX, cw_s, 0.0)
+    y_t = tgt_t.clamp(min=0)[:, None]
+    y_s = tgt_s.clamp(min=0)[:, None]
+    torch.log_softmax(zt, dim=-1, out=zt)
+    torch.log_softmax(zs, dim=-1, out=zs)
+    ce = -(cw_t * zt.gather(1, y_t).squeeze(1)).sum() - (cw_s * zs.gather(1, y_s).squeeze(1)).sum()
+    p_t = zt.exp()
+    kl = (kw * torch.linalg.vecdot(p_t, zt - zs)).sum()  # sum_v p_t (log p_t - log p_s)
+    if want_grad:
+        zs.exp_().mul_((cw_s + kw)[:, None]).addcmul_(p_t, -kw[:, None])
+        zs.scatter_add_(1, y_s, -cw_s[:, None])
+        torch.mul(p_t, cw_t[:, None], out=zt).scatter_add_(1, y_t, -cw_t[:, None])
+    return ce, kl
+
+
 def _chunk(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -117,44 +162,40 @@ def _chunk(
 
     rows (R,) int64 into hidden; targets (R,) with IGNORE where this slot carries no CE; ce_w (R,)
     fp32; kl_w (R/2,) fp32 or None: then rows = [teachers (R/2), students (R/2)] of R/2 pairs.
-    Returns (ce sum, kl sum), 0-dim fp32.
+    The GEMMs take the whole chunk; the softmax work runs SUB_ROWS rows at a time so that its
+    ~15 passes over the data stay in cache. Returns (ce sum, kl sum), 0-dim fp32.
     """
     h = hidden.index_select(0, rows)  # (R, D)
     z = (h @ weight.T).float()  # (R, V): the chunk's logits, fp32 statistics from here on
-    lse = torch.logsumexp(z, dim=-1)  # (R,)
-    valid = targets != IGNORE_INDEX
-    cw = torch.where(valid, ce_w, 0.0)
-    y = targets.clamp(min=0)[:, None]
-    z_y = z.gather(1, y).squeeze(1)
-    ce = (cw * (lse - z_y)).sum()
-    z.sub_(lse[:, None])  # z is now log p
+    want_grad = grad_h is not None or grad_w is not None
+    ce = z.new_zeros(())
     kl = z.new_zeros(())
-    if kl_w is not None:
-        half = rows.shape[0] // 2
-        logp_t, logp_s = z[:half], z[half:]
-        p_t = logp_t.exp()
-        diff = logp_t - logp_s
-        kl = (kl_w * diff.mul_(p_t).sum(-1)).sum()
-        del diff
-    if grad_h is None and grad_w is None:
+    r = rows.shape[0]
+    if kl_w is None:
+        for a in range(0, r, SUB_ROWS):
+            b = min(r, a + SUB_ROWS)
+            ce += _ce_rows(z[a:b], targets[a:b], ce_w[a:b], want_grad)
+    else:
+        half = r // 2
+        step = max(1, SUB_ROWS // 2)
+        for a in range(0, half, step):
+            b = min(half, a + step)
+            t, s = slice(a, b), slice(half + a, half + b)
+            c, k = _pair_rows(
+                z[t], z[s], targets[t], targets[s], ce_w[t], ce_w[s], kl_w[a:b], want_grad
+            )
+            ce += c
+            kl += k
+    if not want_grad:
         return ce, kl
-    dz = z.exp_()  # p, in place
-    kl_grad = None
-    if kl_w is not None:
-        kl_grad = (dz[half:] - p_t).mul_(kl_w[:, None])  # k_j (p_s - p_t), students only
-        del p_t
-    dz.mul_(cw[:, None]).scatter_add_(1, y, -cw[:, None])  # c (p - onehot(y))
-    if kl_grad is not None:
-        dz[half:].add_(kl_grad)
-        del kl_grad
-    dz_in = dz.to(weight.dtype)
+    dz = z.to(weight.dtype)  # z now holds d loss / d z
     if grad_h is not None:
-        grad_h.index_add_(0, rows, (dz_in @ weight).float())
+        grad_h.index_add_(0, rows, (dz @ weight).float())
     if grad_w is not None:
-        if grad_w.dtype == dz_in.dtype:
-            grad_w.addmm_(dz_in.T, h)
+        if grad_w.dtype == dz.dtype:
+            grad_w.addmm_(dz.T, h)
         else:  # bf16 / fp16: the GEMM runs in the input dtype, accumulation in fp32
-            grad_w.add_(dz_in.T @ h)
+            grad_w.add_(dz.T @ h)
     return ce, kl
 
 

@@ -16,7 +16,12 @@ from reflectioncoder.kernels.fused_loss import (
     triton_interpreted,
     triton_linear_reflection_loss,
 )
-from reflectioncoder.kernels.fused_loss_torch import chunk_rows, torch_linear_reflection_loss
+from reflectioncoder.kernels.fused_loss_torch import (
+    CHUNK_BYTES,
+    MAX_CHUNK_ROWS,
+    chunk_rows,
+    torch_linear_reflection_loss,
+)
 
 SMALL = LossBlocks(block_h=4, block_v=16, block_d=16, num_warps=1, num_stages=1)
 # fp32 tolerance, relative to the largest reference value of each output
@@ -203,8 +208,8 @@ def test_every_loss_slot_once(seed):
 
 def test_chunk_rows_bounded():
     """The torch path's chunk depends on V only: memory does not grow with N."""
-    assert chunk_rows(32_000) * 32_000 * 4 <= 16 * 2**20
-    assert chunk_rows(128_256) >= 2 and chunk_rows(7) <= 1024
+    assert chunk_rows(32_000) * 32_000 * 4 <= CHUNK_BYTES
+    assert chunk_rows(128_256) >= 2 and chunk_rows(7) <= MAX_CHUNK_ROWS
 
 
 def _bad(case, **changes):
