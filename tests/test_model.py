@@ -251,3 +251,37 @@ def test_varlen_attention_rejects_masks_and_sliding_window(seed: int) -> None:
             cu_seq_lens_q=batch.cu_seqlens,
             max_length_q=7,
         )
+
+
+def test_special_tokens_under_simulated_zero3(seed: int) -> None:
+    """Partitioned weights (empty local tensors, ds_shape) are edited only inside the gather,
+    and a padded vocabulary (model rows > len(tokenizer)) is kept, not shrunk."""
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    splits = add_special_tokens(tok)
+    rows = len(tok) + 9  # padded vocabulary, as many checkpoints have
+    model = build_tiny_llama(rows, hidden_size=16, num_layers=1)
+    tables = [model.get_input_embeddings().weight, lm_head_weight(model)]
+    full = [t.detach().clone() for t in tables]
+    for t in tables:  # partition: what ZeRO-3 leaves on a rank
+        t.ds_shape = t.shape
+        t.data = torch.empty(0)
+
+    class Gather:
+        def __init__(self, params):
+            self.params = params
+
+        def __enter__(self):
+            for p, whole in zip(self.params, full, strict=True):
+                p.data = whole.clone()
+
+        def __exit__(self, *exc):
+            for k, p in enumerate(self.params):
+                full[k] = p.data.clone()
+                p.data = torch.empty(0)
+
+    ids = add_special_token_embeddings(model, tok, splits, gather_for_update=Gather)
+    emb, head = full
+    assert emb.shape[0] == rows and head.shape[0] == rows
+    for token, split in splits.items():  # split rows are original ids, left untouched
+        torch.testing.assert_close(emb[ids[token]], emb[split].mean(0), atol=1e-6, rtol=0)
+        torch.testing.assert_close(head[ids[token]], head[split].mean(0), atol=1e-6, rtol=0)
