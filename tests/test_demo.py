@@ -38,7 +38,7 @@ def test_completion_is_cut_at_the_fence_and_stop_strings(raw: str, cut: str) -> 
     assert cut_completion(raw) == cut
 
 
-@pytest.mark.slow  # 40-60 s wall on the shared 2-core machine (18 s of CPU), mostly imports
+@pytest.mark.slow  # 24-83 s wall on the busy shared 2-core machine (~18 s CPU), mostly imports
 def test_demo_pipeline_end_to_end(tmp_path, seed: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
