@@ -1,11 +1,13 @@
 """Data parallelism on the CPU: 2 processes over gloo with DeepSpeed ZeRO-2 and ZeRO-3 log the
 same losses as one process, for several steps of the full method (teacher, student, dynamic
-mask, KL), with ranks holding unequal numbers of micro-batches; the ZeRO-3 run's saved model
-(gathered from the partitions) equals the single process's."""
+mask, KL), with ranks holding unequal numbers of micro-batches; a NaN step is skipped on every
+rank alike; the saved model (ZeRO-3: gathered from the partitions) equals the single
+process's."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -46,7 +48,6 @@ def _overrides(data: Path, out: Path, seed: int, normalisation: str) -> list[str
         f"train.seed={seed}",
         "train.epochs=1",
         "train.samples_per_step=5",
-        "train.max_steps=3",
         "optim.lr=3e-3",
         "optim.warmup_ratio=0",
         "mask.strategies=[random_token_mask, block_mask]",
@@ -69,47 +70,72 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").open()]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage, normalisation", [(2, "sample"), (3, "token")])
-def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation):
-    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
-    single, multi = tmp_path / "single", tmp_path / "multi"
+def poison_step(trainer: Trainer, step: int) -> None:
+    """Make optimizer step ``step`` produce a NaN loss on every rank (its update must be
+    skipped everywhere, and the run go on)."""
+    real = trainer.step_batches
 
-    trainer = Trainer(
-        load_config(base="tiny", overrides=_overrides(data, single, seed, normalisation))
-    )
+    def poisoned(k: int):
+        batches, flags = real(k)
+        if k == step:
+            b = batches[0]
+            b.ce_weight = b.ce_weight.clone()
+            b.ce_weight[0] = float("nan")
+        return batches, flags
+
+    trainer.step_batches = poisoned
+
+
+def _train(overrides: list[str], poison: int | None) -> None:
+    trainer = Trainer(load_config(base="tiny", overrides=overrides))
+    if poison is not None:
+        poison_step(trainer, poison)
     trainer.train()
     trainer.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "stage, normalisation, poison",
+    [(2, "sample", None), (3, "token", 1)],
+    ids=["zero2-sample-cli", "zero3-token-nan-skip"],
+)
+def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, poison):
+    """ZeRO-2 runs through the ``reflectioncoder train`` command; ZeRO-3 through this file as
+    a driver, with step 2 poisoned (NaN) on both sides: skipped alike, then training goes on."""
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    steps = 3 if poison is None else 4
+    common = [f"train.max_steps={steps}", "train.epochs=2"]
+    _train(_overrides(data, single, seed, normalisation) + common, poison)
 
     env = dict(os.environ)
     # DeepSpeed JIT-builds a CPU communication op on first use (~40 s): keep it cached.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     env["OMP_NUM_THREADS"] = "1"
-    args = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "reflectioncoder.cli",
-        "train",
-        "--preset",
-        "tiny",
-    ]
-    for o in _overrides(data, multi, seed, normalisation) + [
-        "distributed.backend=deepspeed",
-        f"distributed.zero_stage={stage}",
-    ]:
-        args += ["--set", o]
+    overrides = _overrides(data, multi, seed, normalisation) + common
+    overrides += ["distributed.backend=deepspeed", f"distributed.zero_stage={stage}"]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    args += [f"--master_port={_free_port()}"]
+    if poison is None:
+        args += ["-m", "reflectioncoder.cli", "train", "--preset", "tiny"]
+        for o in overrides:
+            args += ["--set", o]
+    else:
+        args += [__file__, json.dumps({"overrides": overrides, "poison": poison})]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert f"deepspeed ZeRO-{stage}" in proc.stderr
 
     want, got = _rows(single), _rows(multi)
-    assert [r["step"] for r in got] == [1, 2, 3]
+    assert [r["step"] for r in got] == list(range(1, steps + 1))
+    assert [r["skipped"] for r in got] == [k == poison for k in range(steps)]
+    assert [r["skipped"] for r in want] == [k == poison for k in range(steps)]
     for w, g in zip(want, got, strict=True):
         assert g["samples"] == w["samples"] and g["tokens"] == w["tokens"]
+        if g["skipped"]:
+            assert not math.isfinite(g["loss"]) and not math.isfinite(w["loss"])
+            continue
         # float32 sums in another order (2 ranks, 1 thread each): KL, a difference of nearly
         # equal terms, keeps an absolute error of ~1e-8.
         for key, rel, abs_ in TOLERANCE:
@@ -122,3 +148,11 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+if __name__ == "__main__":  # the ZeRO-3 case's driver, one process per rank under torchrun
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    spec = json.loads(sys.argv[1])
+    _train(spec["overrides"], spec["poison"])
