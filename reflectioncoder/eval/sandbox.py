@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["ExecResult", "isolation_level", "run_python", "run_sandboxed"]
+__all__ = ["ExecResult", "PreparedRun", "isolation_level", "run_python", "run_sandboxed"]
 
 # Mount points inside the bwrap sandbox (both under the private /tmp).
 _SRC_IN_BOX = "/tmp/src"
@@ -246,6 +246,161 @@ def _sweep_marked(marker: str) -> None:
         time.sleep(0.01)
 
 
+class PreparedRun:
+    """A sandboxed process started ahead of its input (bwrap, interpreter start-up and imports
+    happen while the caller does other work), used for exactly ONE run: ``run`` feeds stdin,
+    collects, kills the tree and cleans up; ``discard`` does the last two without running.
+    Isolation per run is the same as ``run_sandboxed``'s."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        files: Mapping[str, str | bytes] | None = None,
+        memory_mb: int = 512,
+        cpu_s: int = 6,
+        max_processes: int = 64,
+        file_size_mb: int = 64,
+        open_files: int = 256,
+        tmp_mb: int = 512,
+        env: Mapping[str, str] | None = None,
+        hide: Sequence[str] = (),
+    ) -> None:
+        if memory_mb <= 0:
+            raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
+        self.level = isolation_level()
+        self.root: Path | None = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
+        self.cgroup: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.used = False
+        try:
+            self._start(
+                argv,
+                files,
+                memory_mb,
+                cpu_s,
+                max_processes,
+                file_size_mb,
+                open_files,
+                tmp_mb,
+                env,
+                hide,
+            )
+        except BaseException:
+            self.discard()
+            raise
+
+    def _start(
+        self,
+        argv,
+        files,
+        memory_mb,
+        cpu_s,
+        max_processes,
+        file_size_mb,
+        open_files,
+        tmp_mb,
+        env,
+        hide,
+    ) -> None:
+        assert self.root is not None
+        src, work = self.root / "src", self.root / "work"
+        src.mkdir()
+        work.mkdir()
+        for name, content in (files or {}).items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"files: {name!r} must be a plain file name")
+            data = content.encode() if isinstance(content, str) else content
+            (src / name).write_bytes(data)
+        use_bwrap = self.level.startswith("bwrap")
+        box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
+        cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+        self.marker = uuid.uuid4().hex
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TMPDIR": box_work if not use_bwrap else "/tmp",
+            "HOME": box_work,
+            _MARKER_ENV: self.marker,
+        }
+        child_env.update(env or {})
+        if use_bwrap:
+            cmd = _bwrap_argv(_bwrap_path() or "bwrap", src, work, hide, tmp_mb) + cmd
+        self.cgroup = _make_cgroup(max_processes)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(work),
+            env=child_env,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_preexec(
+                memory_mb, cpu_s, file_size_mb, open_files, max_processes, str(self.cgroup or "")
+            ),
+        )
+
+    def run(
+        self,
+        stdin: str | bytes = b"",
+        *,
+        timeout_s: float = 5.0,
+        output_limit: int = 1 << 20,
+        on_stdout_line: Callable[[bytes], bool] | None = None,
+    ) -> ExecResult:
+        """Feed ``stdin`` and wait (wall clock from now); see ``run_sandboxed``."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if self.used or self.proc is None:
+            raise RuntimeError("a PreparedRun runs once")
+        self.used = True
+        data_in = stdin.encode() if isinstance(stdin, str) else stdin
+        out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
+        sizes = {1: 0, 2: 0}
+        start = time.monotonic()
+        try:
+            timed_out, truncated, stopped = _pump(
+                self.proc,
+                data_in,
+                start + timeout_s,
+                output_limit,
+                out_chunks,
+                sizes,
+                on_stdout_line,
+            )
+        finally:
+            self.discard()
+        exit_code = None if (timed_out or truncated or stopped) else self.proc.returncode
+        return ExecResult(
+            stdout=b"".join(out_chunks[1]).decode("utf-8", "replace"),
+            stderr=b"".join(out_chunks[2]).decode("utf-8", "replace"),
+            exit_code=exit_code,
+            timed_out=timed_out,
+            output_truncated=truncated,
+            duration_s=time.monotonic() - start,
+            isolation=self.level,
+        )
+
+    def discard(self) -> None:
+        """Kill whatever runs and remove the run's directory and cgroup (idempotent)."""
+        self.used = True
+        if self.root is None:
+            return
+        try:
+            if self.proc is not None:
+                _kill_tree(self.proc, self.cgroup, self.marker)
+        finally:
+            if self.cgroup is not None:
+                _kill_cgroup(self.cgroup)
+                self.cgroup = None
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+
 def run_sandboxed(
     argv: Sequence[str],
     *,
@@ -275,75 +430,20 @@ def run_sandboxed(
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-    if memory_mb <= 0:
-        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
-    level = isolation_level()
-    root = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
-    src, work = root / "src", root / "work"
-    src.mkdir()
-    work.mkdir()
-    for name, content in (files or {}).items():
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"files: {name!r} must be a plain file name")
-        data = content.encode() if isinstance(content, str) else content
-        (src / name).write_bytes(data)
-    use_bwrap = level.startswith("bwrap")
-    box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
-    cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
-    marker = uuid.uuid4().hex
-    child_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "TMPDIR": box_work if not use_bwrap else "/tmp",
-        "HOME": box_work,
-        _MARKER_ENV: marker,
-    }
-    child_env.update(env or {})
-    if use_bwrap:
-        cmd = _bwrap_argv(_bwrap_path() or "bwrap", src, work, hide, tmp_mb) + cmd
-    cgroup = _make_cgroup(max_processes)
-    cpu = int(cpu_s if cpu_s is not None else max(1, int(timeout_s) + 1))
-    data_in = stdin.encode() if isinstance(stdin, str) else stdin
-    start = time.monotonic()
-    timed_out = truncated = False
-    out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
-    sizes = {1: 0, 2: 0}
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(work),
-            env=child_env,
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_preexec(
-                memory_mb, cpu, file_size_mb, open_files, max_processes, str(cgroup or "")
-            ),
-        )
-        try:
-            timed_out, truncated, stopped = _pump(
-                proc, data_in, start + timeout_s, output_limit, out_chunks, sizes, on_stdout_line
-            )
-        finally:
-            _kill_tree(proc, cgroup, marker)
-        exit_code = None if (timed_out or truncated or stopped) else proc.returncode
-    finally:
-        if cgroup is not None:
-            _kill_cgroup(cgroup)
-        shutil.rmtree(root, ignore_errors=True)
-    return ExecResult(
-        stdout=b"".join(out_chunks[1]).decode("utf-8", "replace"),
-        stderr=b"".join(out_chunks[2]).decode("utf-8", "replace"),
-        exit_code=exit_code,
-        timed_out=timed_out,
-        output_truncated=truncated,
-        duration_s=time.monotonic() - start,
-        isolation=level,
+    prepared = PreparedRun(
+        argv,
+        files=files,
+        memory_mb=memory_mb,
+        cpu_s=int(cpu_s if cpu_s is not None else max(1, int(timeout_s) + 1)),
+        max_processes=max_processes,
+        file_size_mb=file_size_mb,
+        open_files=open_files,
+        tmp_mb=tmp_mb,
+        env=env,
+        hide=hide,
+    )
+    return prepared.run(
+        stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
     )
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from reflectioncoder.eval import _harness
-from reflectioncoder.eval.sandbox import isolation_level, run_sandboxed
+from reflectioncoder.eval.sandbox import PreparedRun, isolation_level, run_sandboxed
 from reflectioncoder.eval.tasks import PythonTask
 
 __all__ = [
@@ -41,7 +42,7 @@ GT_TIME_LIMIT_FACTOR = 4.0
 TASK_TIMEOUT_CAP = 60.0
 MEMORY_MB = 4096  # EvalPlus's 4 GiB address-space limit
 _HARNESS_SOURCE = Path(_harness.__file__).read_text()
-_HARNESS_VERSION = "4"
+_HARNESS_VERSION = "5"
 
 # Special oracles of EvalPlus 0.3.1 (eval/_special_oracle.py), by entry point.
 MBPP_OUTPUT_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
@@ -180,7 +181,7 @@ def _ground_truth_job(task: PythonTask) -> str:
 def _run_ground_truth(task: PythonTask) -> dict:
     res = run_sandboxed(
         _harness_argv(),
-        files={"harness.py": _HARNESS_SOURCE},
+        files={"harness.pyc": _HARNESS_PYC},
         stdin=_ground_truth_job(task),
         timeout_s=600,
         memory_mb=8 * MEMORY_MB,  # trusted code; EvalPlus runs it unlimited, in-process
@@ -201,9 +202,23 @@ def _run_ground_truth(task: PythonTask) -> dict:
     return got
 
 
+def _harness_bytecode() -> bytes:
+    """The harness compiled once here: each sandboxed run then skips compiling it."""
+    import importlib.util
+    import marshal
+
+    code = compile(_HARNESS_SOURCE, "harness.py", "exec")
+    flags = (0).to_bytes(4, "little")  # timestamp-based pyc, checked against nothing
+    header = importlib.util.MAGIC_NUMBER + flags + (0).to_bytes(8, "little")
+    return header + marshal.dumps(code)
+
+
+_HARNESS_PYC = _harness_bytecode()
+
+
 def _harness_argv() -> list[str]:
     # -S skips site's start-up work (tens of ms per run); the job carries site-packages instead
-    return [sys.executable, "-I", "-S", "-B", "{src}/harness.py"]
+    return [sys.executable, "-I", "-S", "-B", "{src}/harness.pyc", "--warm"]
 
 
 def _site_paths() -> list[str]:
@@ -220,30 +235,36 @@ def expected_outputs(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict]:
     """Expected outputs and ground-truth times of ``tasks``, cached on disk by the dataset
-    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}`` (tagged
-    encoding on disk, decoded here). Tasks missing from the cache are computed by running their
-    canonical solutions (the first run computes them all) and added to it."""
-    cache = _cache_dir() / f"expected-{source_hash[:32]}-v{_HARNESS_VERSION}.json"
-    raw: dict[str, dict] = json.loads(cache.read_bytes()) if cache.is_file() else {}
-    missing = [tid for tid in tasks if tid not in raw]
+    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}``. The cache is
+    JSON lines, one task per line in the tagged encoding, so a run decodes only its tasks;
+    tasks missing from it are computed by running their canonical solutions and appended."""
+    cache = _cache_dir() / f"expected-{source_hash[:32]}-v{_HARNESS_VERSION}.jsonl"
+    lines: dict[str, bytes] = {}
+    if cache.is_file():
+        with open(cache, "rb") as f:
+            for line in f:
+                head = line[: line.find(b",")]  # {"task_id": "...", ...}: the id leads each line
+                lines[json.loads(head + b"}")["task_id"]] = line
+    missing = [tid for tid in tasks if tid not in lines]
     if missing:
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for tid, got in zip(
-                missing, pool.map(_run_ground_truth, [tasks[t] for t in missing]), strict=True
-            ):
-                raw[tid] = got
-                if progress:
-                    progress(1)
-        if cache.is_file():  # another run may have added tasks meanwhile: keep them too
-            raw = {**json.loads(cache.read_bytes()), **raw}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(raw))
-        tmp.replace(cache)
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            got_all = pool.map(_run_ground_truth, [tasks[t] for t in missing])
+            with open(cache, "ab") as f:  # appends of whole lines: concurrent runs stay readable
+                for tid, got in zip(missing, got_all, strict=True):
+                    line = (json.dumps({"task_id": tid, **got}) + "\n").encode()
+                    f.write(line)
+                    f.flush()
+                    lines[tid] = line
+                    if progress:
+                        progress(1)
     elif progress:
         progress(len(tasks))
-    wanted = json.dumps({tid: raw[tid] for tid in tasks})
-    return _harness.loads_row(wanted)
+    out = {}
+    for tid in tasks:
+        row = _harness.loads_row(lines[tid])
+        out[tid] = {"base": row["base"], "plus": row["plus"]}
+    return out
 
 
 # ----------------------------------------------------------------------------- one sample
@@ -324,6 +345,22 @@ def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
     return tail
 
 
+def prepare_harness(hide: Sequence[str] = ()) -> PreparedRun:
+    """A sandboxed harness process, started and waiting for its one job. The data and the
+    expected-output cache are hidden from it (bwrap mounts; the audit guard in the fallback)."""
+    return PreparedRun(
+        _harness_argv(),
+        files={"harness.pyc": _HARNESS_PYC},
+        memory_mb=MEMORY_MB,
+        cpu_s=int(2 * TASK_TIMEOUT_CAP + 10),  # a CPU backstop; the wall clock decides
+        hide=_hidden(hide),
+    )
+
+
+def _hidden(hide: Sequence[str]) -> list[str]:
+    return [os.path.abspath(h) for h in (*hide, _cache_dir())]
+
+
 def check_sample(
     task: PythonTask,
     solution: str,
@@ -332,15 +369,18 @@ def check_sample(
     completion_id: int = 0,
     base_only: bool = False,
     hide: Sequence[str] = (),
+    prepared: PreparedRun | None = None,
 ) -> SampleResult:
     """Run one whole solution (prompt + completion) on the task's tests in one sandboxed
-    process and judge each output here, stopping at the first failure (EvalPlus fail-fast)."""
+    process and judge each output here, stopping at the first failure (EvalPlus fail-fast).
+    ``prepared``: a fresh process from ``prepare_harness`` (started ahead), used for this
+    sample only."""
     phases = [_Phase("base", task, task.base_inputs, expected["base"])]
     if not base_only:
         phases.append(_Phase("plus", task, task.plus_inputs, expected["plus"]))
     # the program sees neither the data nor the expected outputs (bwrap: hidden mounts;
     # fallback: the audit guard refuses reads there)
-    hide = [os.path.abspath(h) for h in (*hide, _cache_dir())]
+    hide = _hidden(hide)
     job = (
         '{"code": '
         + json.dumps(solution)
@@ -393,17 +433,8 @@ def check_sample(
         return False
 
     budget = sum(p.budget for p in phases) + 2.0
-    res = run_sandboxed(
-        _harness_argv(),
-        files={"harness.py": _HARNESS_SOURCE},
-        stdin=job,
-        timeout_s=budget,
-        memory_mb=MEMORY_MB,
-        cpu_s=int(budget) + 1,
-        output_limit=64 << 20,  # per result line
-        hide=hide,
-        on_stdout_line=on_line,
-    )
+    box = prepared or prepare_harness(hide)
+    res = box.run(job, timeout_s=budget, output_limit=64 << 20, on_stdout_line=on_line)
     for p in phases:
         if p.status is None:
             if res.timed_out:
@@ -458,17 +489,40 @@ def score_python_samples(
         jobs.append((tid, counts.get(tid, 0), code))
         counts[tid] = counts.get(tid, 0) + 1
 
+    # Each worker keeps the NEXT sample's sandbox starting while it scores the current one
+    # (start-up latency hidden); every process still serves exactly one sample.
+    local = threading.local()
+    spare: list[PreparedRun] = []
+    lock = threading.Lock()
+
     def one(job: tuple[str, int, str]) -> SampleResult:
         tid, cid, code = job
-        r = check_sample(
-            tasks[tid], code, expected[tid], completion_id=cid, base_only=base_only, hide=hide
-        )
+        box = getattr(local, "next", None) or prepare_harness(hide)
+        local.next = prepare_harness(hide)
+        with lock:
+            spare.append(local.next)
+        try:
+            r = check_sample(
+                tasks[tid],
+                code,
+                expected[tid],
+                completion_id=cid,
+                base_only=base_only,
+                hide=hide,
+                prepared=box,
+            )
+        finally:
+            box.discard()
         if progress:
             progress(1)
         return r
 
     # Slowest tasks first keeps both workers busy to the end.
     order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j][0]].plus_inputs))
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+            done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))
+    finally:
+        for box in spare:  # the unused ones (discard is idempotent)
+            box.discard()
     return [done[j] for j in range(len(jobs))]
