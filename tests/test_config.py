@@ -171,3 +171,18 @@ def test_deepspeed_json_auto_values_are_filled(tmp_path):
     assert out["zero_optimization"]["stage"] == 1 and out["zero_optimization"]["overlap_comm"]
     assert "reduce_bucket_size" not in out["zero_optimization"]
     assert not any(v == "auto" for v in out.values())
+
+
+def test_train_command_prints_config_and_rejects_bad_values(capsys, seed):
+    """The thin CLI: --print-config shows the resolved config; a bad value exits 2, naming it."""
+    from reflectioncoder.cli import main
+
+    lr = 1e-5 * (1 + seed % 5)
+    capsys.readouterr()  # the seed fixture's line
+    assert main(["train", "--preset", "paper", "--set", f"optim.lr={lr}", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == pytest.approx(lr)
+    assert printed["train"]["samples_per_step"] == 512
+    assert main(["train", "--preset", "tiny", "--set", "optim.warmup_ratio=2"]) == 2
+    assert "optim.warmup_ratio" in capsys.readouterr().err
+    assert main(["train"]) == 2  # neither --config nor --preset
