@@ -137,3 +137,19 @@ def test_bad_level_named(monkeypatch):
     monkeypatch.setenv("REFLECTIONCODER_SANDBOX", "docker")
     with pytest.raises(ValueError, match="REFLECTIONCODER_SANDBOX"):
         sandbox.isolation_level()
+
+
+def test_prepared_run_is_single_use(level, seed):
+    token = f"{time.time_ns() % 10**9}.125"
+    box = sandbox.PreparedRun(
+        ["/bin/sh", "-c", f"read x; echo got $x; exec sleep {token}"], cpu_s=5
+    )
+    res = box.run(f"{seed}\n", timeout_s=1.0)
+    assert res.stdout == f"got {seed}\n" and res.timed_out
+    assert _alive_with(token) == []
+    with pytest.raises(RuntimeError, match="once"):
+        box.run("again\n")
+    box.discard()  # idempotent
+    unused = sandbox.PreparedRun(["/bin/sh", "-c", f"exec sleep {token}"], cpu_s=5)
+    unused.discard()
+    assert _alive_with(token) == []
