@@ -195,7 +195,9 @@ def _preexec(
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; the cgroup covers that case
-            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+            # the limit counts ALL of this user's processes and threads, hence the headroom
+            nproc = max_processes + 1024
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
     return apply
 
