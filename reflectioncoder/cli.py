@@ -21,6 +21,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
+    argv = [a for a in argv if not a.startswith("--local_rank=")]
     parser = argparse.ArgumentParser(prog="reflectioncoder", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
