@@ -140,7 +140,7 @@ def test_weight_without_grad(seed, backend):
     assert rel_err(h.grad, ref_h.grad) <= TOL[torch.float32]
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_vocab_over_64k(seed, backend):
     """V above 64K (and odd): tiny N and D, several vocabulary tiles."""
     case = make_case(5, 7, 65_599, 3)
