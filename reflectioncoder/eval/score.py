@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -310,7 +311,9 @@ class _Phase:
     def __init__(self, name: str, task: PythonTask, inputs: list, expected: dict) -> None:
         self.name, self.inputs = name, inputs
         self.expected, self.limits = _decoded(expected)
-        self.budget = min(TASK_TIMEOUT_CAP, sum(self.limits)) + 1.0
+        # EvalPlus gives each phase's process min(60, sum of limits) + 1 s, joined with 1 s more
+        self.budget = min(TASK_TIMEOUT_CAP, sum(self.limits)) + 2.0
+        self.started: float | None = None
         self.cmp = _Comparer(task)
         self.next = 0
         self.status: str | None = None
@@ -404,36 +407,45 @@ def check_sample(
             return True
         if phase.status is not None:
             return False
+        now = time.monotonic()
+        if phase.started is None:  # the base phase starts with the run, plus when base ends
+            phase.started = clock["start"]
+        if now - phase.started > phase.budget:  # as EvalPlus's per-phase process timeout
+            phase.fail(TIMEOUT, phase.next, "phase over its time budget")
+            return True
         if "load_error" in row:
             phase.fail(FAIL, None, f"load error: {row.get('load_error')}")
-            return phase is phases[0]
+            return True
         if row.get("done"):
             if phase.next == len(phase.inputs):
                 phase.status = PASS
+                if phase is phases[0] and len(phases) > 1:
+                    phases[1].started = now
             else:
                 phase.fail(FAIL, phase.next, "missing outputs")
-            return phase.status != PASS and phase is phases[0]
+            return phase.status != PASS
         i = row.get("i")
         if i != phase.next:
             phase.fail(FAIL, phase.next, "out-of-order result")
-            return phase is phases[0]
+            return True
         if "error" in row:
             kind = TIMEOUT if row["error"] == "TimeoutException" else FAIL
             phase.fail(kind, i, str(row["error"])[:100])
-            return phase is phases[0]
+            return True
         try:
             out = row["out"]
         except KeyError:
             phase.fail(FAIL, i, "output is not plain data")
-            return phase is phases[0]
+            return True
         if not phase.cmp(phase.inputs[i], out, phase.expected[i]):
             phase.fail(FAIL, i, "wrong output")
-            return phase is phases[0]
+            return True
         phase.next += 1
         return False
 
-    budget = sum(p.budget for p in phases) + 2.0
+    budget = sum(p.budget for p in phases) + 1.0
     box = prepared or prepare_harness(hide)
+    clock = {"start": time.monotonic()}
     res = box.run(job, timeout_s=budget, output_limit=64 << 20, on_stdout_line=on_line)
     for p in phases:
         if p.status is None:
