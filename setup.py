@@ -41,7 +41,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "pytest-benchmark", "ruff", "hypothesis"],
+        "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"],
     },
     entry_points={"console_scripts": ["reflectioncoder=reflectioncoder.cli:main"]},
 )
