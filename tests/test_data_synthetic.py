@@ -23,8 +23,8 @@ def test_lengths_and_structure(seed):
         assert s.student_labels.tolist() == student_labels_ref(ids, sp)
         body = s.body_end - s.body_start
         assert 300 <= body <= 2501
-        # [BOS, user, text, instr.., eob, eom, asst]: the instruction is 100-400 tokens.
-        assert 100 <= s.body_start - 7 <= 400
+        # BOS, user, text come before the instruction; eob, eom, asst after: body_start = n + 6.
+        assert 100 <= s.body_start - 6 <= 400
         answer = len(s) - s.answer_start - 5  # asst text .. eob eom eos
         assert 100 <= answer <= 600
         assert s.blocks[0][0] == s.body_start and s.blocks[-1][1] == s.body_end
