@@ -70,6 +70,48 @@ PRECISION = {torch.bfloat16: "ieee", torch.float16: "ieee", torch.float32: "ieee
 
 
 @triton.jit
+def _logit_tiles(
+    w_tile,  # pointer: row v0 of W (V, D)
+    W_stride,  # row stride of W
+    cols,  # (BLOCK_V,) int32 column offsets inside the tile
+    in_v,  # (BLOCK_V,) columns inside the vocabulary
+    h_rows_a,  # (BLOCK_H,) pointers: rows of the first half block
+    used_a,  # (BLOCK_H,) slots in use
+    h_rows_b,  # (BLOCK_H,) pointers: rows of the second half block
+    used_b,  # (BLOCK_H,) slots in use
+    D,  # hidden size
+    BLOCK_H: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """z = h W^T for both half blocks on one vocabulary tile (fp32 accumulation); the forward
+    and the backward recompute the same two tiles, so they share this."""
+    z_a = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
+    z_b = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        in_d = offs_d < D
+        w = tl.load(
+            w_tile + cols[:, None] * W_stride + offs_d[None, :],
+            mask=in_v[:, None] & in_d[None, :],
+            other=0.0,
+        )
+        h_a = tl.load(
+            h_rows_a[:, None] + offs_d[None, :], mask=used_a[:, None] & in_d[None, :], other=0.0
+        )
+        h_b = tl.load(
+            h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
+        )
+        if UPCAST:
+            w, h_a, h_b = w.to(tl.float32), h_a.to(tl.float32), h_b.to(tl.float32)
+        z_a = tl.dot(h_a, tl.trans(w), z_a, input_precision=PRECISION)
+        z_b = tl.dot(h_b, tl.trans(w), z_b, input_precision=PRECISION)
+    return z_a, z_b
+
+
+@triton.jit
 def _fused_loss_fwd_kernel(
     # pointers
     H_ptr,  # (N, D) hidden states
@@ -122,26 +164,10 @@ def _fused_loss_fwd_kernel(
         cols = tl.arange(0, BLOCK_V)
         in_v = cols < V - v0
         w_tile = W_ptr + tl.cast(v0, tl.int64) * W_stride
-        z_a = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
-        z_b = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            in_d = offs_d < D
-            w = tl.load(
-                w_tile + cols[:, None] * W_stride + offs_d[None, :],
-                mask=in_v[:, None] & in_d[None, :],
-                other=0.0,
-            )
-            h_a = tl.load(
-                h_rows_a[:, None] + offs_d[None, :], mask=used_a[:, None] & in_d[None, :], other=0.0
-            )
-            h_b = tl.load(
-                h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
-            )
-            if UPCAST:
-                w, h_a, h_b = w.to(tl.float32), h_a.to(tl.float32), h_b.to(tl.float32)
-            z_a = tl.dot(h_a, tl.trans(w), z_a, input_precision=PRECISION)
-            z_b = tl.dot(h_b, tl.trans(w), z_b, input_precision=PRECISION)
+        z_a, z_b = _logit_tiles(
+            w_tile, W_stride, cols, in_v, h_rows_a, used_a, h_rows_b, used_b, D,
+            BLOCK_H, BLOCK_V, BLOCK_D, PRECISION, UPCAST,
+        )  # fmt: skip
         zy_a += tl.sum(tl.where(cols[None, :] == (tgt_a - v0)[:, None], z_a, 0.0), axis=1)
         zy_b += tl.sum(tl.where(cols[None, :] == (tgt_b - v0)[:, None], z_b, 0.0), axis=1)
         # online log-sum-exp: rescale the running sums when the running maximum grows
@@ -220,26 +246,10 @@ def _fused_loss_bwd_kernel(
     in_v = cols < V - v0
     w_tile = W_ptr + v0 * W_stride
 
-    z_a = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
-    z_b = tl.zeros((BLOCK_H, BLOCK_V), tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        in_d = offs_d < D
-        w = tl.load(
-            w_tile + cols[:, None] * W_stride + offs_d[None, :],
-            mask=in_v[:, None] & in_d[None, :],
-            other=0.0,
-        )
-        h_a = tl.load(
-            h_rows_a[:, None] + offs_d[None, :], mask=used_a[:, None] & in_d[None, :], other=0.0
-        )
-        h_b = tl.load(
-            h_rows_b[:, None] + offs_d[None, :], mask=used_b[:, None] & in_d[None, :], other=0.0
-        )
-        if UPCAST:
-            w, h_a, h_b = w.to(tl.float32), h_a.to(tl.float32), h_b.to(tl.float32)
-        z_a = tl.dot(h_a, tl.trans(w), z_a, input_precision=PRECISION)
-        z_b = tl.dot(h_b, tl.trans(w), z_b, input_precision=PRECISION)
+    z_a, z_b = _logit_tiles(
+        w_tile, W_stride, cols, in_v, h_rows_a, used_a, h_rows_b, used_b, D,
+        BLOCK_H, BLOCK_V, BLOCK_D, PRECISION, UPCAST,
+    )  # fmt: skip
 
     g = tl.load(G_ptr)
     lse_a = tl.load(Lse_ptr + slot_a)
