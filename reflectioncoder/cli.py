@@ -63,8 +63,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, like every other error of the command."""
 
-    def error(self, message: str) -> None:  # argparse's hook; never returns
-        raise UsageError(f"{message} (see {self.prog} --help)")
+    def error(self, message: str) -> None:  # argparse's hook; exits 2, as argparse does
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _command_parser(name: str, module) -> Parser:
