@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from reflectioncoder.config import PRESETS, load_config
+from reflectioncoder.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,13 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.config is None and args.preset is None:
-        print("reflectioncoder train: give --config FILE or --preset NAME", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(args.config, args.overrides, base=args.preset)
-    except ValueError as err:
-        print(f"reflectioncoder train: {err}", file=sys.stderr)
-        return 2
+        raise UsageError("give --config FILE or --preset NAME")
+    cfg = load_config(args.config, args.overrides, base=args.preset)
     if args.print_config:
         import yaml
 
