@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
 from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine
 
@@ -38,7 +39,7 @@ TMP_PREFIX = ".tmp-"
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A fresh run was launched into a folder that holds a run."""
 
 
@@ -52,8 +53,9 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
     found = [m for m in RUN_MARKERS if (out_dir / m).exists()]
     if found and not (resume or overwrite):
         raise RunFolderError(
-            f"checkpoint.out_dir: {out_dir} already holds a run ({', '.join(found)}); "
-            "pass --resume to continue it or --overwrite to start over (deletes it)"
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
+            "it or --overwrite to start over (deletes it)",
+            field="checkpoint.out_dir",
         )
 
 

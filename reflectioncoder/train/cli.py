@@ -54,14 +54,9 @@ def main(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from reflectioncoder.train.checkpoint import RunFolderError
     from reflectioncoder.train.trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    except RunFolderError as err:
-        print(f"reflectioncoder train: {err}", file=sys.stderr)
-        return 2
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.train()
     finally:
