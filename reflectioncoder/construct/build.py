@@ -19,7 +19,7 @@ from pathlib import Path
 from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.problems import Problem, generate_problems
-from reflectioncoder.data.tokenize import SPECIAL_TOKENS
+from reflectioncoder.data.special import SPECIAL_TOKENS
 
 STYLES = ("humaneval", "mbpp")
 
