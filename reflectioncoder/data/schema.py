@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflectioncoder.data.tokenize import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
+from reflectioncoder.data.special import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
 
 
 class DataError(ValueError):
