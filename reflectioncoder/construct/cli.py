@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+from pathlib import Path
 
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
+from reflectioncoder.errors import UsageError
+from reflectioncoder.progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``reflectioncoder build-data`` flags."""
     parser.add_argument("--out", required=True, help="output jsonl file")
-    parser.add_argument("--n", type=int, required=True, help="number of samples to write")
+    parser.add_argument("--n", type=int, required=True, help="number of samples to write (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, bugs and order")
     parser.add_argument(
         "--workers",
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         help="share of plain `type: generation` samples (default 0.25)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per program run")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per program run (> 0)")
     parser.add_argument(
         "--two-bug-rate",
         type=float,
@@ -39,33 +41,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mutation backend: share of first attempts with two bugs (default 0.25)",
     )
     parser.add_argument(
-        "--backend", choices=("mutation", "openai"), default="mutation", help="who writes code"
+        "--backend",
+        choices=("mutation", "openai"),
+        default="mutation",
+        help="who writes the code: mutated reference solutions, or a model behind an "
+        "OpenAI-compatible server (key from $OPENAI_API_KEY)",
     )
     parser.add_argument("--base-url", help="openai backend: e.g. http://localhost:8000/v1")
     parser.add_argument("--model", help="openai backend: the model name to request")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def main(args: argparse.Namespace) -> int:
     """Build the dataset and write it; prints a one-line summary."""
-    if args.n < 0:
-        print(f"error: --n: expected a non-negative number, got {args.n}", file=sys.stderr)
-        return 2
-    if args.workers < 1:
-        print(f"error: --workers: expected at least 1, got {args.workers}", file=sys.stderr)
-        return 2
+    check_arguments(args)
     if args.backend == "openai":
-        if not args.base_url or not args.model:
-            print("error: --backend openai needs --base-url and --model", file=sys.stderr)
-            return 2
         backend = OpenAIBackend(args.base_url, args.model, os.environ.get("OPENAI_API_KEY"))
     else:
         backend = MutationBackend(args.two_bug_rate, timeout_s=args.timeout)
-    from tqdm import tqdm
-
-    with tqdm(total=None, desc="reflection samples", unit="sample", leave=False) as bar:
+    with Progress(None, "reflection samples", unit="sample", enabled=not args.no_progress) as bar:
 
         def progress(done: int, total: int) -> None:
-            bar.total = total
+            bar.set_total(total)
             bar.update(done - bar.n)
 
         samples, stats = build_dataset(
@@ -80,3 +77,23 @@ def main(args: argparse.Namespace) -> int:
     path = write_jsonl(samples, args.out)
     print(f"wrote {path}: {stats.summary()}")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument values argparse cannot check alone: a UsageError naming the flag."""
+    if args.n < 1:
+        raise UsageError(f"--n: expected a number of samples >= 1, got {args.n}")
+    if args.workers < 1:
+        raise UsageError(f"--workers: expected at least 1, got {args.workers}")
+    for flag, value in (
+        ("--generation-fraction", args.generation_fraction),
+        ("--two-bug-rate", args.two_bug_rate),
+    ):
+        if not 0 <= value <= 1:
+            raise UsageError(f"{flag}: expected a value in [0, 1], got {value}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout: expected seconds > 0, got {args.timeout}")
+    if args.backend == "openai" and (not args.base_url or not args.model):
+        raise UsageError("--backend openai needs --base-url and --model")
+    if Path(args.out).is_dir():
+        raise UsageError("is a folder; give a file name", file=args.out, field="--out")

@@ -121,6 +121,11 @@ def save_checkpoint(
     return path
 
 
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...)."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
 def load_checkpoint(
     path: str | Path,
     engine: LocalEngine | DeepSpeedEngine,
@@ -131,7 +136,7 @@ def load_checkpoint(
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"--resume: {path} is not a complete checkpoint (no {COMPLETE} file)")
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_trainer_state(path)
     if state.get("world_size", info.world_size) != info.world_size and isinstance(
         engine, DeepSpeedEngine
     ):
