@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reflectioncoder.chat_template import make_usable
 from reflectioncoder.train import distributed
 from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine
 
@@ -74,6 +75,8 @@ def save_hf_model(
     path.mkdir(parents=True, exist_ok=True)
     # Our packed attention is registered at import of reflectioncoder.model; a plain
     # from_pretrained elsewhere must not need it, so the saved config names sdpa.
+    if tokenizer is not None:
+        make_usable(model, tokenizer)
     config = model.config
     saved_impl = config._attn_implementation
     config._attn_implementation = "sdpa"
