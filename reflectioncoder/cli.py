@@ -27,6 +27,10 @@ COMMANDS = {
     "inspect": ("reflectioncoder.data.inspect", "show what the teacher and the student see"),
     "evaluate": ("reflectioncoder.eval.cli", "generate and score pass@k in a sandbox"),
     "build-data": ("reflectioncoder.construct.cli", "build reflection sequences by execution"),
+    "prepare-data": (
+        "reflectioncoder.data.prepare",
+        "convert downloaded datasets to ReflectionSeq jsonl, decontaminated",
+    ),
 }
 
 DEBUG_ENV = "REFLECTIONCODER_DEBUG"

@@ -227,7 +227,10 @@ class CheckpointConfig:
     save_every: int = 0
     """Save a checkpoint every this many optimizer steps (0: only at the end)."""
     keep_last: int = 2
-    """Keep the last K step checkpoints (older ones are deleted)."""
+    """Keep the last K step checkpoints (older ones are deleted; never the newest)."""
+    model_only: bool = False
+    """Step checkpoints hold the model only (weights, tokenizer, config: the authors'
+    --save_only_model, ~1/8 of the bytes); they cannot be resumed from."""
     save_final: bool = True
     """Save the final model (Hugging Face format) to OUT/final."""
 
@@ -237,6 +240,11 @@ class CheckpointConfig:
             self.save_every >= 0, "checkpoint.save_every", f"must be >= 0, got {self.save_every}"
         )
         _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(
+            isinstance(self.model_only, bool),
+            "checkpoint.model_only",
+            f"must be true or false, got {self.model_only!r}",
+        )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
     reflectioncoder train --preset tiny --set data.files=[demo.jsonl] --set checkpoint.out_dir=t
     reflectioncoder train --config configs/paper.yaml --set optim.lr=1e-4 --resume
+    reflectioncoder train --config configs/paper.yaml --overwrite   # start the run over
     deepspeed --no_local_rank --num_gpus 8 --module reflectioncoder.cli train \\
         --config configs/paper.yaml
 """
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue from the latest checkpoint in the run folder (or the one given)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in a folder that holds one (deletes its checkpoints and metrics)",
+    )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument(
@@ -56,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from reflectioncoder.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.train()
     finally:
