@@ -189,6 +189,45 @@ def triton_sum_slots(dh_slots, rows, n, g, tiles: RowTiles):
     return dh
 
 
+def _compile_specs() -> list[dict]:
+    """Production launches at the headline shape (D = 4096, V = 128256, 2048-slot chunks) for
+    bench/compile_check.py, with arguments as the launcher passes them (dtypes; pointer
+    alignment: chunk slices start at multiples of 256 slots); the check turns them into the
+    runtime's specialisation."""
+    d, v, rows = 4096, 128256, 2048
+    specs = []
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        z = torch.empty(16, dtype=dtype)
+        i64 = torch.empty(16, dtype=torch.int64)
+        f32 = torch.empty(16, dtype=torch.float32)
+        for pairs in (True, False):
+            args = dict(Z_ptr=z, Tgt_ptr=i64, CW_ptr=f32, KW_ptr=f32, CE_ptr=f32, KL_ptr=f32)
+            args |= dict(V=v, Z_stride=v, HALF=rows // 2 if pairs else 0)
+            args |= dict(PAIRS=pairs, WRITE_DZ=True, BLOCK_V=TILES.block_v)
+            specs.append(
+                {
+                    "name": f"reflection_rows/{'pairs' if pairs else 'ce_only'}/{name}",
+                    "kernel": _reflection_rows_kernel,
+                    "args": args,
+                    "num_warps": TILES.num_warps,
+                }
+            )
+        args = dict(DHS_ptr=z, Order_ptr=i64, Start_ptr=i64, G_ptr=f32, DH_ptr=z, D=d)
+        args |= dict(DHS_stride=d, DH_stride=d, BLOCK_D=TILES.block_d)
+        specs.append(
+            {
+                "name": f"sum_slots/{name}",
+                "kernel": _sum_slots_kernel,
+                "args": args,
+                "num_warps": TILES.num_warps,
+            }
+        )
+    return specs
+
+
+COMPILE_SPECS = _compile_specs()
+
+
 class FusedReflectionLoss(torch.autograd.Function):
     """Forward runs the chunks (loss, per-slot d h, d W for an upstream gradient of 1);
     backward sums the slots per row and scales both gradients by the upstream gradient."""
@@ -291,9 +330,7 @@ def fused_linear_reflection_loss(
         backend = "triton" if on_cuda else "torch"
     if backend == "triton" and not on_cuda and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
-    return linear_reflection_loss(
-        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, backend
-    )
+    return linear_reflection_loss(hidden, weight, targets, ce_weight, kl_pairs, kl_weight, backend)
 
 
 __all__ = ["IGNORE_INDEX", "LossPlan", "fused_linear_reflection_loss"]

@@ -237,7 +237,10 @@ def test_production_tiles(seed, backend):
     loss.backward()
     ref = reference_with_grads(case, 1.0)
     for name, ours, want in zip(
-        ("loss", "d hidden", "d weight"), (loss, h.grad, w.grad), (ref[0], ref[3], ref[4])
+        ("loss", "d hidden", "d weight"),
+        (loss, h.grad, w.grad),
+        (ref[0], ref[3], ref[4]),
+        strict=True,
     ):
         assert rel_err(ours.detach().float(), want) <= 3e-2, name
 
