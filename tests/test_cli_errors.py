@@ -240,7 +240,6 @@ def test_inspect_bad_input(extra, code, words, files, tmp_path, capfd):
     "extra, code, words",
     [
         (["--in", "{missing}", "--no-decontaminate"], 1, ["missing.jsonl"]),
-        (["--in", "{notjson}", "--no-decontaminate"], 1, ["notjson.jsonl"]),
     ],
 )
 def test_prepare_data_bad_input(extra, code, words, files, tmp_path, capfd):
