@@ -7,4 +7,6 @@
 - ``packing``: ``PackedBatch``, ``plan_micro_batches``, ``make_step_batches``, ``step_counts``.
 - ``config``: ``DataConfig``, ``MaskConfig``, ``PackingConfig``.
 - ``inspect``: the ``reflectioncoder inspect`` command; ``synthetic``: synthetic samples.
+- ``prepare``: the ``reflectioncoder prepare-data`` command (``readers`` for jsonl / json /
+  parquet / ``datasets`` folders, ``formats`` for the conversions, ``decontaminate``).
 """

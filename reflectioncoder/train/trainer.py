@@ -274,22 +274,21 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
 class Trainer:
     """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
 
-    def __init__(self, cfg: RunConfig, resume: bool | str = False) -> None:
+    def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
         self.cfg = cfg
-        self.info = distributed.setup(cfg.distributed, cfg.train.device)
         self.out_dir = Path(cfg.checkpoint.out_dir)
+        # Before anything is written: a fresh launch never replaces a run by mistake.
+        checkpoint.check_run_folder(self.out_dir, bool(resume), overwrite)
+        self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if self.info.is_main:
+            if overwrite and not resume:
+                checkpoint.clear_run_folder(self.out_dir)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out_dir / "config.yaml")
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
-        stale = checkpoint.list_checkpoints(self.out_dir)
-        if not resume and stale and self.info.is_main:
-            # A fresh run must never be resumed from an older run's checkpoints.
-            log.warning("fresh run: removing %d old checkpoint(s) in %s", len(stale), self.out_dir)
-            shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
         self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info, reuse=bool(resume))
         model = build_model(cfg, self.tokenizer, self.dtype)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
@@ -322,6 +321,11 @@ class Trainer:
         self._skipped_in_a_row = 0
         if resume:
             path = resume if isinstance(resume, str) else checkpoint.latest_checkpoint(self.out_dir)
+            if path is None and checkpoint.list_checkpoints(self.out_dir):
+                raise ValueError(
+                    f"--resume: {self.out_dir} holds model-only checkpoints "
+                    "(checkpoint.model_only): none has the optimizer state to continue from"
+                )
             if path is None:
                 if self.info.is_main:
                     log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
@@ -485,6 +489,7 @@ class Trainer:
             self.info,
             {"total_steps": self.total_steps, "skipped": self.skipped},
             self.cfg.checkpoint.keep_last,
+            self.cfg.checkpoint.model_only,
         )
 
     def train(self) -> dict[str, Any]:
