@@ -49,7 +49,7 @@ compile-check: env
 # slower than in the last saved run. On the CPU they time process CPU time (steady when other
 # jobs share the cores), on CUDA wall time. BENCH_ARGS adds pytest arguments (e.g. -k loss).
 BENCH_STORAGE ?= .benchmarks
-BENCH_FAIL ?= 25
+BENCH_FAIL ?= 50
 BENCH_ARGS ?=
 BENCH_PATHS ?= bench
 BENCH_TIMER = $(shell $(PY) -c "import torch; print('time.perf_counter' if torch.cuda.is_available() else 'time.process_time')")

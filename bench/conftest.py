@@ -1,8 +1,8 @@
 """pytest-benchmark suites of the kernels and the train step: ``pytest bench --benchmark-only``.
 
 Sizes come from a profile (bench/profiles.py; ``--bench-profile``, default ``gpu`` with CUDA,
-``cpu`` without). Each row runs its callable once untimed, measuring the extra peak memory (and
-warming up), then ``rounds`` timed calls; ``extra_info`` holds the peak extra memory, wall and
+``cpu`` without). Each row runs its callable untimed (a warm-up, then a call measuring the extra
+peak memory), then ``rounds`` timed calls; ``extra_info`` holds the peak extra memory, wall and
 CPU-time medians, TF/s or GB/s and, on a known GPU, % of the card's peak. On the CPU the suites
 use one thread unless OMP_NUM_THREADS says otherwise, and Triton's interpreter.
 ``make test`` never collects this folder (pytest.ini: testpaths = tests).
@@ -74,10 +74,14 @@ def run_bench(benchmark, profile, device, request):
     """``run_bench(fn, group=..., flops=..., bytes_moved=..., **info)``: time ``fn`` and fill
     ``extra_info``. Rates use the wall time on CUDA and the CPU time on the CPU."""
 
-    def run(fn, *, group: str, flops=None, bytes_moved=None, rounds=None, **info):
-        """``info`` must name the ``provider``; ``baseline=True`` marks the group's baseline."""
+    def run(fn, *, group: str, flops=None, bytes_moved=None, rounds=None, warm=False, **info):
+        """``info`` must name the ``provider``; ``baseline=True`` marks the group's baseline;
+        ``warm=True`` when the caller already ran ``fn`` (else one untimed call warms up, so
+        one-time allocations of a first call stay out of the memory figure)."""
         benchmark.group = group
-        peak = extra_peak_bytes(fn, device)  # the first, untimed call: memory and warm-up
+        if not warm:
+            fn()
+        peak = extra_peak_bytes(fn, device)  # untimed: the extra peak memory of one call
         wall, cpu = [], []
 
         def timed():

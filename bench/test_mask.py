@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profiles import selected
+from bench.profiles import noisy_on, selected
 from bench.providers import mask as M
 
 RATE = 0.5
@@ -12,11 +12,14 @@ RATE = 0.5
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        samples = selected(metafunc.config).mask_samples
-        metafunc.parametrize(
-            "case",
-            [pytest.param((p, s), id=f"{p}-{s}samples") for p in M.PROVIDERS for s in samples],
-        )
+        prof = selected(metafunc.config)
+        # On a CPU: milliseconds (host) or the interpreter (triton), both noisy there.
+        cases = [
+            pytest.param((p, s), id=f"{p}-{s}samples", marks=noisy_on(prof))
+            for p in M.PROVIDERS
+            for s in prof.mask_samples
+        ]
+        metafunc.parametrize("case", cases)
 
 
 def test_mask(case, run_bench, device) -> None:

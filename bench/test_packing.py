@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.profiles import noisy_on, selected
 from bench.providers import packing as P
 
 STRATEGIES = ("block_mask/tce", "random_token_mask")
@@ -16,10 +17,13 @@ SEED = 3407
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
-        cases = [(s, r) for s in STRATEGIES for r in RATES]
-        metafunc.parametrize(
-            "case", [pytest.param(c, id=f"{c[0].replace('/', '-')}-rate{c[1]:g}") for c in cases]
-        )
+        marks = noisy_on(selected(metafunc.config))  # numpy + Python, jittery on a shared CPU
+        cases = [
+            pytest.param((s, r), id=f"{s.replace('/', '-')}-rate{r:g}", marks=marks)
+            for s in STRATEGIES
+            for r in RATES
+        ]
+        metafunc.parametrize("case", cases)
 
 
 @pytest.fixture(scope="module")

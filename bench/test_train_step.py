@@ -22,4 +22,5 @@ def test_train_step(provider, run_bench, device, profile) -> None:
         baseline=provider == "reference",
         model_tokens=tokens,
         params=params,
+        warm=True,
     )
