@@ -1,5 +1,5 @@
-"""Masking and packing one optimizer step (host), per strategy and mask rate, with the tokens
-the model then computes per sample against the reference recipe's padded batches."""
+"""Planning, masking and packing one optimizer step (host), per strategy and mask rate, with
+the tokens the model then computes per sample against the reference recipe's padded batches."""
 
 from __future__ import annotations
 
@@ -33,12 +33,11 @@ def samples(profile):
 
 def test_pack_step(case, samples, run_bench) -> None:
     strategy, rate = case
-    groups = P.plan_groups(samples, strategy, MAX_TOKENS)
-    batches = P.pack_step(samples, strategy, rate, MAX_TOKENS, SEED, groups)
+    batches = P.pack_step(samples, strategy, rate, MAX_TOKENS, SEED)
     ours = sum(b.num_tokens for b in batches)
     lengths = [len(s) for s in samples]
     run_bench(
-        lambda: P.pack_step(samples, strategy, rate, MAX_TOKENS, SEED, groups),
+        lambda: P.pack_step(samples, strategy, rate, MAX_TOKENS, SEED),
         group=f"packing {len(samples)} samples, budget {MAX_TOKENS}",
         provider=f"ours {strategy} rate {rate:g}",
         tokens_per_sample=round(ours / len(samples), 1),

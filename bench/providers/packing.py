@@ -1,15 +1,16 @@
 """Packing one optimizer step (SPEC §4): ours against the reference recipe's padded batches.
 
 ``setup_packing`` makes a global batch of synthetic reflection samples (instruction 100-400,
-reflection 300-2500, answer 100-600 tokens); ``pack_step`` masks and packs one step of them
-with ``make_step_batches`` (host) under a strategy at a mask rate. The reference recipe runs
+reflection 300-2500, answer 100-600 tokens); ``pack_step`` plans one step of them
+(``plan_step``: masks drawn once, micro-batches balanced) and packs it (``pack_rank``, host)
+under a strategy at a mask rate. The reference recipe runs
 2 x batch x padded_len tokens (``reference_tokens``).
 """
 
 from __future__ import annotations
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
-from reflectioncoder.data.packing import PackedBatch, make_step_batches, plan_micro_batches
+from reflectioncoder.data.packing import PackedBatch, pack_rank, plan_step
 from reflectioncoder.data.synthetic import synthetic_samples
 from reflectioncoder.data.tokenize import TokenizedSample
 
@@ -34,20 +35,10 @@ def reference_tokens(lengths: list[int], batch: int, grouped: bool) -> int:
     return sum(2 * len(chunk) * max(chunk) for chunk in chunks)
 
 
-def plan_groups(samples: list[TokenizedSample], strategy: str, max_tokens: int) -> list[list[int]]:
-    """The default micro-batch plan (made once, at full student length)."""
-    return plan_micro_batches(samples, PackingConfig(max_tokens=max_tokens), STRATEGIES[strategy])
-
-
 def pack_step(
-    samples: list[TokenizedSample],
-    strategy: str,
-    rate: float,
-    max_tokens: int,
-    seed: int,
-    groups: list[list[int]] | None = None,
+    samples: list[TokenizedSample], strategy: str, rate: float, max_tokens: int, seed: int
 ) -> list[PackedBatch]:
-    """Mask and pack one optimizer step of ``samples`` at mask ``rate`` (host)."""
+    """Plan and pack one optimizer step of ``samples`` at mask ``rate`` (host, one rank)."""
     step, total = RATES[rate]
-    pack = PackingConfig(max_tokens=max_tokens)
-    return make_step_batches(samples, step, total, STRATEGIES[strategy], pack, seed, groups=groups)
+    mask, pack = STRATEGIES[strategy], PackingConfig(max_tokens=max_tokens)
+    return pack_rank(plan_step(samples, step, total, mask, pack, seed), 0, mask, pack)

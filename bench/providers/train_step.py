@@ -108,14 +108,17 @@ def _mask_cfg(cfg: TrainStepConfig):
 
 def prepare_ours(cfg: TrainStepConfig, per_step) -> list:
     from reflectioncoder.data.config import PackingConfig
-    from reflectioncoder.data.packing import make_step_batches
+    from reflectioncoder.data.packing import pack_rank, plan_step
 
     step, total = _rate_step(cfg.mask_rate)
     packing = PackingConfig(max_tokens=cfg.max_tokens, normalisation="sample")
+    mask = _mask_cfg(cfg)
     return [
         [
             b.to(cfg.device)
-            for b in make_step_batches(samples, step, total, _mask_cfg(cfg), packing, cfg.seed)
+            for b in pack_rank(
+                plan_step(samples, step, total, mask, packing, cfg.seed), 0, mask, packing
+            )
         ]
         for samples in per_step
     ]

@@ -18,6 +18,7 @@ fingerprint of a task, and is left out.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import re
@@ -127,7 +128,8 @@ class BenchmarkIndex:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> BenchmarkIndex:
-        return cls.from_texts(benchmark_texts(data_dir))
+        """The index of ``data_dir``'s benchmarks (built once per process and folder)."""
+        return _load_index(str(Path(data_dir).resolve()))
 
     def hits(self, text: str) -> list[Hit]:
         """One hit per benchmark whose text ``text`` shares an n-gram with (or holds whole)."""
@@ -144,6 +146,11 @@ class BenchmarkIndex:
                     for bench, task_id in owners:
                         found.setdefault(bench, Hit(bench, task_id, short))
         return list(found.values())
+
+
+@functools.lru_cache(maxsize=2)
+def _load_index(data_dir: str) -> BenchmarkIndex:
+    return BenchmarkIndex.from_texts(benchmark_texts(data_dir))
 
 
 def sample_text(sample: dict) -> str:

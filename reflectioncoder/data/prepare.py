@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationRepo
 from reflectioncoder.data.formats import FORMATS, convert_row
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
+from reflectioncoder.errors import UsageError
 
 MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
 
@@ -115,12 +115,14 @@ def prepare(
     to temporary files, then renamed), so a failed run leaves any earlier output as it was.
     """
     if fmt is not None and fmt not in FORMATS:
-        raise ValueError(f"--format: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise UsageError(
+            f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", field="--format"
+        )
     out = Path(out)
     sources = [pair for path in inputs for pair in expand_input(path)]
     for _, path in sources:
         if path.resolve() == out.resolve():
-            raise ValueError(f"--out: {out} is also an input; choose another output file")
+            raise UsageError(f"{out} is also an input; choose another output file", field="--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     stats: list[InputStats] = []
@@ -223,18 +225,13 @@ def main(args: argparse.Namespace) -> int:
 
         data_dir = args.data_dir or default_data_dir()
         if data_dir is None:
-            print(
-                "error: --data-dir: no benchmark data found (../shared/evaldata); pass "
-                "--data-dir or --no-decontaminate",
-                file=sys.stderr,
+            raise UsageError(
+                "no benchmark data found (../shared/evaldata); pass --data-dir or "
+                "--no-decontaminate",
+                field="--data-dir",
             )
-            return 2
         index = BenchmarkIndex.load(data_dir)
-    try:
-        result = prepare(args.inputs, args.out, args.format, index, args.keep_contaminated)
-    except (ValueError, FileNotFoundError) as e:  # a bad flag or path: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = prepare(args.inputs, args.out, args.format, index, args.keep_contaminated)
     print(result.summary())
     for s in result.inputs:
         skipped = ", ".join(f"{k}: {len(v)}" for k, v in s.skipped.items()) or "none"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reflectioncoder.eval.sandbox import run_sandboxed
+from reflectioncoder.eval.sandbox import run_sandboxed, toolchain_binds
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -149,6 +149,7 @@ def run_program(language: str, program: str, *, timeout_s: float | None = None):
     return run_sandboxed(
         ["/bin/sh", "-c", command],
         env=env,
+        ro_binds=[*toolchain_binds(lang.needs), *env.values()],  # bwrap binds nothing else
         files={lang.file: program},
         timeout_s=timeout_s or lang.timeout_s,
         memory_mb=lang.memory_mb,
