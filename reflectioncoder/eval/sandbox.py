@@ -570,6 +570,8 @@ class PreparedRun:
         use_bwrap = self.level.startswith("bwrap")
         box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+        if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
+            cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
