@@ -104,7 +104,7 @@ def test_demo_log_is_readable_in_a_file(tmp_path) -> None:
     steps = [line for line in lines if line.startswith("train: ")]
     assert [int(re.match(r"train: (\d+)/6", s).group(1)) for s in steps] == [1, 2, 3, 4, 5, 6]
     # The line of step k shows step k's loss (metrics.jsonl), not the step before's.
-    rows = [json.loads(r) for r in (tmp_path / "demo/train/metrics.jsonl").read_text().split()]
+    rows = [json.loads(r) for r in (tmp_path / "demo/train/metrics.jsonl").read_text().splitlines()]
     for line, row in zip(steps, rows, strict=True):
         assert f"loss {row['loss']:.4f}" in line
     assert "Traceback" not in text and "it/s" not in text  # no third-party bar either
