@@ -107,6 +107,7 @@ def run_demo(
     vocab_size: int = 1024,
     max_new_tokens: int = 96,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> DemoResult:
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
     from reflectioncoder.construct.build import build_dataset, write_jsonl
@@ -180,6 +181,7 @@ def run_demo(
         f"train.samples_per_step={samples_per_step}",
         f"train.seed={seed}",
         f"logging.progress={str(progress).lower()}",
+        f"train.threads={'null' if threads is None else threads}",
     ]
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
@@ -312,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.steps,
         samples_per_step=args.samples_per_step,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0
