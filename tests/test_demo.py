@@ -107,4 +107,4 @@ def test_demo_log_is_readable_in_a_file(tmp_path) -> None:
     rows = [json.loads(r) for r in (tmp_path / "demo/train/metrics.jsonl").read_text().splitlines()]
     for line, row in zip(steps, rows, strict=True):
         assert f"loss {row['loss']:.4f}" in line
-    assert "Traceback" not in text and "it/s" not in text  # no third-party bar either
+    assert "it/s" not in text  # no third-party bar either (the demo shows real tracebacks)
