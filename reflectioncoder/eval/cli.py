@@ -3,6 +3,7 @@
 reflectioncoder evaluate --task humaneval --samples S.jsonl --json result.json
 reflectioncoder evaluate --task mbpp --model DIR            # generate with transformers first
 reflectioncoder evaluate --task multiple-cpp --samples S.jsonl
+reflectioncoder evaluate --task multiple --samples S.jsonl   # every language, rows carry "language"
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import prompts as pr
 from reflectioncoder.eval import tasks as tk
 
-TASKS = ("humaneval", "mbpp", "multiple-LANG")
+TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
     parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers (default 2)")
     parser.add_argument("--base-only", action="store_true", help="skip the plus tests")
+    parser.add_argument(
+        "--languages",
+        nargs="+",
+        default=None,
+        metavar="LANG",
+        help="--task multiple: only these languages (default: all that run here)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k to report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,6 +156,8 @@ def main(args: argparse.Namespace) -> int:
         print("error: --data-dir not given and ../shared/evaldata not found", file=sys.stderr)
         return 2
     task = args.task
+    if task == "multiple":
+        return _multiple_all(args, data_dir, t0)
     if task.startswith("multiple-"):
         lang = task.removeprefix("multiple-")
         problem = ml.toolchain_problem(lang)
@@ -168,45 +178,124 @@ def main(args: argparse.Namespace) -> int:
     if args.samples is not None:
         samples = _read_samples(args.samples)
     else:
-        ids = list(tasks)
-        if task.startswith("multiple-"):
-            prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
-            samples = _generate(
-                args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
-            )
-        else:
-            prompts = [pr.python_prompt(tasks[t]) for t in ids]
-            samples = _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
-        out = args.save_samples or (
-            args.json.with_suffix(".samples.jsonl") if args.json else Path(f"samples-{task}.jsonl")
-        )
-        with open(out, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s) + "\n")
-        print(f"samples: {out}", file=sys.stderr)
+        samples = _generate_for(args, task, tasks)
+        _save_samples(args, task, samples)
     if args.limit:
         samples = [s for s in samples if s["task_id"] in tasks]
-    missing = sorted(set(tasks) - {s["task_id"] for s in samples})
-    if missing:
-        print(
-            f"error: --samples has no sample for {len(missing)} tasks, e.g. {missing[:3]}",
-            file=sys.stderr,
-        )
+    if _report_missing(tasks, samples, "--samples"):
         return 2
 
     if task.startswith("multiple-"):
         result = _score_multiple(args, tasks, samples)
     else:
         result = _score_python(args, task, tasks, samples, data_dir)
+    return _finish(args, result, t0)
+
+
+def _finish(args: argparse.Namespace, result: dict, t0: float) -> int:
     result.update(
-        task=task, samples=str(args.samples or args.model), seconds=round(time.monotonic() - t0, 2)
+        task=args.task,
+        samples=str(args.samples or args.model),
+        seconds=round(time.monotonic() - t0, 2),
     )
     _print_table(result)
+    for lang, reason in result.get("unavailable", {}).items():
+        print(reason if reason.startswith("multiple-") else f"multiple-{lang}: {reason}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
         print(f"result: {args.json}", file=sys.stderr)
     return 0
+
+
+def _generate_for(args: argparse.Namespace, task: str, tasks: dict) -> list[dict]:
+    ids = list(tasks)
+    if task.startswith("multiple"):
+        prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
+        return _generate(
+            args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
+        )
+    prompts = [pr.python_prompt(tasks[t]) for t in ids]
+    return _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
+
+
+def _save_samples(args: argparse.Namespace, task: str, samples: list[dict]) -> None:
+    out = args.save_samples or (
+        args.json.with_suffix(".samples.jsonl") if args.json else Path(f"samples-{task}.jsonl")
+    )
+    with open(out, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+    print(f"samples: {out}", file=sys.stderr)
+
+
+def _report_missing(tasks: dict, samples: list[dict], where: str) -> bool:
+    missing = sorted(set(tasks) - {s["task_id"] for s in samples})
+    if missing:
+        print(
+            f"error: {where} has no sample for {len(missing)} tasks, e.g. {missing[:3]}",
+            file=sys.stderr,
+        )
+    return bool(missing)
+
+
+def _multiple_all(args: argparse.Namespace, data_dir: Path, t0: float) -> int:
+    """``--task multiple``: every language that runs here (or ``--languages``), one table.
+    Samples name their language (``"language": "cs"``); with ``--model`` each available
+    language is generated in turn."""
+    on_disk = tk.multiple_languages(data_dir)
+    wanted = args.languages or [lang for lang in ml.LANGUAGES if lang in on_disk]
+    bad = [lang for lang in wanted if lang not in on_disk or lang not in ml.LANGUAGES]
+    if bad:
+        print(
+            f"error: --languages: no MultiPL-E runner or data for {' '.join(bad)}", file=sys.stderr
+        )
+        return 2
+    rows = _read_samples(args.samples) if args.samples is not None else None
+    if rows is not None:
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row.get("language"), str):
+                print(
+                    f"error: {args.samples}:{n}:language: missing (--task multiple)",
+                    file=sys.stderr,
+                )
+                return 2
+        if args.languages is None:  # the languages the samples cover
+            wanted = [lang for lang in wanted if any(r["language"] == lang for r in rows)]
+    unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
+    unavailable = {lang: why for lang, why in unavailable.items() if why}
+    scores, details, generated = {}, {}, []
+    for lang in wanted:
+        if lang in unavailable:
+            continue
+        tasks = tk.load_multiple(data_dir, lang)
+        if args.limit:
+            tasks = dict(list(tasks.items())[: args.limit])
+        if rows is None:
+            samples = [{**s, "language": lang} for s in _generate_for(args, "multiple", tasks)]
+            generated += samples
+        else:
+            samples = [r for r in rows if r["language"] == lang and r["task_id"] in tasks]
+        if _report_missing(tasks, samples, f"--samples ({lang})"):
+            return 2
+        part = _score_multiple(args, tasks, samples, f"multiple-{lang}")
+        scores.update(part["scores"])
+        details.update({f"{lang}:{tid}": v for tid, v in part["details"].items()})
+    if generated:
+        _save_samples(args, "multiple", generated)
+    if not scores:
+        print(
+            "error: no MultiPL-E language runs here (see `reflectioncoder eval-setup`)",
+            file=sys.stderr,
+        )
+        for reason in unavailable.values():
+            print(reason, file=sys.stderr)
+        return 3
+    from reflectioncoder.eval.sandbox import isolation_level
+
+    result = {"scores": scores, "isolation": isolation_level(), "details": details}
+    result["unavailable"] = unavailable
+    return _finish(args, result, t0)
 
 
 def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: Path) -> dict:
@@ -265,10 +354,10 @@ def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: P
     }
 
 
-def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
+def _score_multiple(args, tasks: dict, samples: list[dict], name: str = "") -> dict:
     from reflectioncoder.eval.sandbox import isolation_level
 
-    bar = _Progress(len(samples), "score", not args.no_progress)
+    bar = _Progress(len(samples), f"score {name}".strip(), not args.no_progress)
     try:
         results = ml.score_multiple_samples(tasks, samples, parallel=args.parallel, progress=bar)
     finally:
@@ -279,7 +368,7 @@ def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
     n = [len(v) for v in per_task.values()]
     c = [sum(r.passed for r in v) for v in per_task.values()]
     return {
-        "scores": {args.task: _pass_at(n, c, args.k)},
+        "scores": {name or args.task: _pass_at(n, c, args.k)},
         "isolation": isolation_level(),
         "details": {
             tid: [
