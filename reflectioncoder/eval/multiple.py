@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
+SCALA_LIBRARY_JAR = "/usr/share/java/scala-library.jar"  # Debian's scala
 # ``timeout -v`` says this on stderr when it kills the run at its limit.
 _RUN_TIMEOUT_NOTE = "timeout: sending signal KILL"
 
@@ -182,9 +183,12 @@ LANGUAGES: dict[str, Language] = {
     ),
     "scala": Language(
         "Problem.scala",
+        # MultiPL-E runs `scala -cp . Problem`: the same main on the same JVM, without the
+        # runner script and its MainGenericRunner in front (seconds under load)
         "scalac -J-XX:+UseSerialGC -J-Xss64m -d {work} {src}/Problem.scala && "
-        f"JAVA_OPTS='{_JVM}' {{run}} scala -cp {{work}} Problem",
-        ("scalac", "scala"), ("scala",), 'println("{nonce}")', "brace-2",
+        f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR} Problem",
+        ("scalac", "java"), ("scala",), 'println("{nonce}")', "brace-2",
+        library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
         binds=("/usr/share/scala-2.11", "/usr/share/java", "/usr/lib/jvm"),
         stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
         memory_mb=16384, processes=256, build_s=120,
