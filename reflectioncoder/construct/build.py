@@ -19,7 +19,8 @@ from pathlib import Path
 from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.problems import Problem, generate_problems
-from reflectioncoder.data.tokenize import SPECIAL_TOKENS
+from reflectioncoder.data.special import SPECIAL_TOKENS
+from reflectioncoder.errors import atomic_write_text
 
 STYLES = ("humaneval", "mbpp")
 
@@ -89,9 +90,10 @@ def reflection_sample(
 ) -> dict | None:
     """One reflection sample for ``problem``, or None when no attempt led to a passing fix.
 
-    The first attempt must fail when run with the tests (an attempt that passes is redrawn, up
-    to ``max_attempts``); then the backend reflects on the real output until the code passes,
-    for at most ``max_rounds`` rounds.
+    Stage 1: the first attempt must fail when run with the tests (an attempt that passes is
+    redrawn, up to ``max_attempts``); then the backend reflects on the real output until the
+    code passes, for at most ``max_rounds`` rounds. Stage 2: the backend answers the problem
+    again in one block (message 4), which is run too: ``construct.final_passed``.
     """
     stats = stats if stats is not None else BuildStats()
     for _ in range(max_attempts):
@@ -111,6 +113,15 @@ def reflection_sample(
         if not history[-1].execution.passed:
             stats.rejected["never passed"] += 1
             continue
+        # Stage 2: the problem again, answered in one standalone block, which runs too.
+        answer = history[-1].draft
+        if hasattr(backend, "answer"):
+            answer = backend.answer(problem, history, rng)
+        if answer.code == history[-1].draft.code:
+            final = history[-1].execution  # the same program: its run already decided it
+        else:
+            final = run_program(problem.test_program(answer.code), timeout_s=timeout_s)
+            stats.executions += 1
         body = []
         for turn in history:
             body += [
@@ -126,12 +137,13 @@ def reflection_sample(
                 "backend": backend.name,
                 "mutations": [e.kind for e in history[0].draft.meta.get("edits", ())],
                 "rounds": len(history) - 1,
+                "final_passed": final.passed,
             },
             "messages": [
                 {"role": "user", "content": [_text(instruction)]},
                 {"role": "assistant", "content": body},
                 {"role": "user", "content": [_text(instruction)]},
-                {"role": "assistant", "content": [answer_block(history[-1].draft.code)]},
+                {"role": "assistant", "content": [answer_block(answer.code)]},
             ],
         }
         if has_special_token(sample):
@@ -184,7 +196,8 @@ def build_dataset(
     reflections: list[dict] = []
     next_index = 0
     # A problem may yield no sample (every attempt passed); draw more indices until n are made.
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # sandbox runs are subprocesses
+    pool = ThreadPoolExecutor(max_workers=workers)  # sandbox runs are subprocesses
+    try:
         while len(reflections) < n_reflection and next_index < n_reflection * 4 + 8:
             batch = range(next_index, next_index + (n_reflection - len(reflections)))
             next_index = batch.stop
@@ -197,6 +210,8 @@ def build_dataset(
                     reflections.append(sample)
                     if progress is not None:
                         progress(len(reflections), n_reflection)
+    finally:  # on Ctrl-C: drop the queued runs, wait only for those running
+        pool.shutdown(wait=True, cancel_futures=True)
     if len(reflections) < n_reflection:
         raise RuntimeError(f"made only {len(reflections)} of {n_reflection} reflection samples")
     rng = random.Random(f"{seed}/generation")
@@ -215,7 +230,6 @@ def write_jsonl(samples: list[dict], path: str | Path) -> Path:
     """Write one JSON object per line (UTF-8); creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    return path
+    # Through a temporary file: Ctrl-C or a kill leaves the old file or the whole new one.
+    text = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
+    return atomic_write_text(path, text)

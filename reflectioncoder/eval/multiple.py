@@ -17,6 +17,7 @@ sandbox limits. Languages run only where their toolchain is on the machine;
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
-from reflectioncoder.eval.sandbox import run_sandboxed
+from reflectioncoder.eval.sandbox import run_sandboxed, toolchain_binds
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -71,18 +72,25 @@ class Language:
     nonce_at: str = "end"
     library: str = ""  # the test library the tests import, found by running ``probe``
     probe: tuple[str, ...] = ()
-    binds: tuple[str, ...] = ()  # host paths the toolchain reads besides /usr/bin, /lib
+    binds: tuple[str, ...] = ()  # host paths (globs) it reads beyond /usr and /lib: bound ro
     env: tuple[tuple[str, str], ...] = ()
     stderr_fails: bool = False
     fail_marks: tuple[str, ...] = ()  # text in stdout or stderr that fails a run
     unavailable: str = ""  # why the toolchain cannot be installed from Debian's packages
-    memory_mb: int = 4096  # RLIMIT_AS: runtimes that reserve big virtual ranges need more
-    processes: int = 64  # pids cgroup: JVM/mono/node threads count too
+    memory_mb: int = 4096  # the run's memory (cgroup) and each process's address space
+    processes: int = 64  # pids cgroup: threads count too (JVM, Go)
     build_s: float = 0.0  # wall budget of the compile step
     run_s: float = 15.0  # wall limit of the run (MultiPL-E's default timeout)
 
 
-_JVM = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xss64m -Xmx1g"  # small, fast-starting JVM
+# A small, fast-starting JVM: one GC thread, C1 only, small reserved ranges (3 GiB of address
+# space is then enough), deep recursion as before.
+_JVM_FLAGS = (
+    "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CompressedClassSpaceSize=64m",
+    "-XX:ReservedCodeCacheSize=32m", "-Xss64m", "-Xmx512m",
+)
+_JVM = " ".join(_JVM_FLAGS)
+_JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
 
 LANGUAGES: dict[str, Language] = {
     "python": Language(
@@ -93,7 +101,7 @@ LANGUAGES: dict[str, Language] = {
         "main.cpp",
         "g++ -std=c++17 -o {work}/a.out {src}/main.cpp && {run} {work}/a.out",
         ("g++",), ("g++",), 'std::cout << "{nonce}" << std::endl;', "brace-1",
-        build_s=60,
+        memory_mb=2048, build_s=60,
     ),
     "cs": Language(
         "Problem.cs",
@@ -101,18 +109,18 @@ LANGUAGES: dict[str, Language] = {
         "{run} mono {work}/Problem.exe",
         ("mcs", "mono"), ("mono-mcs", "mono-runtime"),
         'Console.WriteLine("{nonce}");', "brace-2",
-        binds=("/usr/lib/mono", "/etc/mono"),
+        binds=("/etc/mono",),
         # mono reports a failed Debug.Assert on this listener and goes on with exit status 0
         env=(("MONO_TRACE_LISTENER", "Console.Error"),),
         fail_marks=("DEBUG ASSERTION FAILED", "DefaultTraceListener.Fail", "Unhandled Exception"),
-        memory_mb=4096, processes=128, build_s=60,
+        memory_mb=2048, processes=64, build_s=60,
     ),
     "d": Language(
         "main.d",
         "ldc2 -unittest -od={work} -of={work}/main {src}/main.d && {run} {work}/main",
         ("ldc2",), ("ldc",),
         'unittest { import core.stdc.stdio : puts; puts("{nonce}"); }',
-        binds=("/usr/lib/ldc", "/etc/ldc2.conf"), build_s=90,
+        binds=("/etc/ldc2.conf",), memory_mb=2048, build_s=90,
     ),
     "go": Language(
         "main_test.go",
@@ -121,19 +129,17 @@ LANGUAGES: dict[str, Language] = {
         "GO111MODULE=off go test -c -o {work}/main.test ./main_test.go && "
         "{run} {work}/main.test -test.v",
         ("go",), ("golang-go",), 'fmt.Println("{nonce}")', "brace-1",
-        binds=("/usr/lib/go", "/usr/share/go"),
-        memory_mb=16384, processes=256, build_s=60,
+        memory_mb=4096, processes=128, build_s=60,
     ),
     "java": Language(
         "Problem.java",
-        f"javac -J-XX:+UseSerialGC -J-XX:TieredStopAtLevel=1 -encoding UTF8 "
+        f"javac {_JAVAC_JVM} -encoding UTF8 "
         f"-cp {JAVATUPLES_JAR} -d {{work}} {{src}}/Problem.java && "
         f"{{run}} java {_JVM} -ea -cp {{work}}:{JAVATUPLES_JAR} Problem",
         ("javac", "java"), ("default-jdk-headless", "libjavatuples-java"),
         'System.out.println("{nonce}");', "brace-2",
         library=JAVATUPLES_JAR, probe=("test", "-f", JAVATUPLES_JAR),
-        binds=("/usr/lib/jvm", "/usr/share/java", "/etc/java-17-openjdk"),
-        memory_mb=16384, processes=256, build_s=60,  # the JVM reserves big virtual ranges
+        binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=60,
     ),
     "jl": Language(
         "main.jl", "{run} julia {src}/main.jl", ("julia",), (), 'println("{nonce}")',
@@ -142,59 +148,59 @@ LANGUAGES: dict[str, Language] = {
     ),
     "js": Language(
         "main.js", "{run} node {src}/main.js", ("node",), ("nodejs",),
-        'console.log("{nonce}");', memory_mb=16384,
+        'console.log("{nonce}");', memory_mb=2048,
     ),
     "lua": Language(
         "main.lua", "{run} lua5.4 {src}/main.lua", ("lua5.4",), ("lua5.4", "lua-unit"),
-        'print("{nonce}")', "lua", binds=("/usr/share/lua",),
+        'print("{nonce}")', "lua", memory_mb=1024,
         library="luaunit", probe=("lua5.4", "-e", "require('luaunit')"),
     ),
     "php": Language(
         "main.php", "{run} php {src}/main.php", ("php",), ("php-cli",), 'echo "{nonce}\\n";',
-        binds=("/etc/php", "/usr/lib/php"),
+        binds=("/etc/php",), memory_mb=1024,
     ),
     "pl": Language(
         "main.pl", "{run} perl {src}/main.pl", ("perl",), ("perl", "libtest-deep-perl"),
-        'print "\\n{nonce}\\n";', binds=("/usr/share/perl", "/usr/lib/x86_64-linux-gnu/perl"),
+        'print "\\n{nonce}\\n";', memory_mb=1024,
         fail_marks=("ERROR",), library="Test::Deep", probe=("perl", "-MTest::Deep", "-e", "1"),
     ),
     "r": Language(
         "main.r", "{run} Rscript {src}/main.r", ("Rscript",), ("r-base-core",),
-        'cat("{nonce}\\n")', binds=("/usr/lib/R", "/usr/share/R", "/etc/R"),
+        'cat("{nonce}\\n")', binds=("/etc/R",), memory_mb=2048,  # R_HOME/etc links there
     ),
     "rb": Language(
         "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
         # test-unit runs its cases at exit; this one sorts after every test_<name> case
         "class TestHumanEval\n  def test_zzzz_rc_nonce\n    puts \"\\n{nonce}\"\n  end\nend",
-        binds=("/usr/lib/ruby", "/usr/share/rubygems-integration"),
+        memory_mb=1024,
         library="test-unit", probe=("ruby", "-e", "gem 'test-unit'"),
     ),
     "rkt": Language(
         "main.rkt", "{run} racket {src}/main.rkt", ("racket",), ("racket",),
-        '(displayln "{nonce}")', binds=("/usr/share/racket", "/usr/lib/racket", "/etc/racket"),
+        '(displayln "{nonce}")', binds=("/etc/racket",),
         library="rackunit", probe=("racket", "-l", "racket/base", "-l", "rackunit", "-e", "1"),
         stderr_fails=True,  # rackunit reports a failed check on stderr and exits 0
-        memory_mb=8192, run_s=30,
+        memory_mb=2048, run_s=30,
     ),
     "rs": Language(
         "main.rs",
         "rustc --edition 2021 -o {work}/main {src}/main.rs && {run} {work}/main",
-        ("rustc",), ("rustc",), 'println!("{nonce}");', "brace-1", build_s=60,
+        ("rustc",), ("rustc",), 'println!("{nonce}");', "brace-1", memory_mb=2048, build_s=60,
     ),
     "scala": Language(
         "Problem.scala",
         # MultiPL-E runs `scala -cp . Problem`: the same main on the same JVM, without the
         # runner script and its MainGenericRunner in front (seconds under load)
-        "scalac -J-XX:+UseSerialGC -J-Xss64m -d {work} {src}/Problem.scala && "
+        f"scalac {_JAVAC_JVM} -d {{work}} {{src}}/Problem.scala && "
         f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR} Problem",
         ("scalac", "java"), ("scala",), 'println("{nonce}")', "brace-2",
         library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
-        binds=("/usr/share/scala-2.11", "/usr/share/java", "/usr/lib/jvm"),
+        binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=120,
         stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
-        memory_mb=16384, processes=256, build_s=120,
     ),
     "sh": Language(
         "main.sh", "{run} bash {src}/main.sh", ("bash",), ("bash",), 'echo "{nonce}"',
+        memory_mb=1024,
     ),
     "swift": Language(
         "main.swift",
@@ -210,7 +216,7 @@ LANGUAGES: dict[str, Language] = {
         "tsc --target esnext --skipLibCheck --outDir {work} {src}/main.ts && "
         "{run} node {work}/main.js",
         ("tsc", "node"), ("node-typescript", "nodejs"), 'console.log("{nonce}");',
-        memory_mb=16384, build_s=60,
+        memory_mb=2048, build_s=60,
     ),
 }  # fmt: skip
 
@@ -325,20 +331,23 @@ def run_program(language: str, program: str, *, run_s: float | None = None):
     lang = LANGUAGES[language]
     run_s = run_s or lang.run_s
     env = dict(lang.env)
+    binds = [*toolchain_binds(lang.needs), *(p for g in lang.binds for p in glob.glob(g))]
     if language == "rs":  # rustup's proxies find their toolchain through these
         for var, default in (("RUSTUP_HOME", "~/.rustup"), ("CARGO_HOME", "~/.cargo")):
             path = os.environ.get(var) or os.path.expanduser(default)
             if os.path.isdir(path):
                 env[var] = path
+                binds.append(path)
     wall_s = lang.build_s + run_s + 5
     return run_sandboxed(
         ["/bin/sh", "-c", command_line(language, run_s)],
         env=env,
+        ro_binds=binds,  # bwrap binds nothing else beyond the system's directories
         files={lang.file: program},
         timeout_s=wall_s,
         memory_mb=lang.memory_mb,
         max_processes=lang.processes,
-        cpu_s=int(wall_s * 2) + 1,  # compilers may use both cores
+        cpu_s=wall_s,  # counted by the run's cgroup, which gets one core
         output_limit=64 << 10,
     )
 
