@@ -86,8 +86,12 @@ class Language:
 # A small, fast-starting JVM: one GC thread, C1 only, small reserved ranges (3 GiB of address
 # space is then enough), deep recursion as before.
 _JVM_FLAGS = (
-    "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CompressedClassSpaceSize=64m",
-    "-XX:ReservedCodeCacheSize=32m", "-Xss64m", "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:CompressedClassSpaceSize=64m",
+    "-XX:ReservedCodeCacheSize=32m",
+    "-Xss64m",
+    "-Xmx512m",
 )
 _JVM = " ".join(_JVM_FLAGS)
 _JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
