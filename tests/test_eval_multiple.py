@@ -265,7 +265,7 @@ def test_evaluate_task_multiple_cli(tmp_path, shared_dir):
          "--samples", str(bad), "--data-dir", str(shared_dir / "evaldata")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert out.returncode == 2 and f"{bad}:1:language: missing" in out.stderr
+    assert out.returncode == 1 and f"{bad}:1: language: missing" in out.stderr
 
 
 def test_wrong_completions_differ():
