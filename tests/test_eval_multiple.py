@@ -7,6 +7,7 @@ suite runs every kind on ``add``, the slow sweep the other two tasks."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -266,6 +267,13 @@ def test_evaluate_task_multiple_cli(tmp_path, shared_dir):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 1 and f"{bad}:1: language: missing" in out.stderr
+    bad.write_text(json.dumps({"language": "cobol", "task_id": "x", "completion": ""}) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "reflectioncoder.cli", "evaluate", "--task", "multiple",
+         "--samples", str(bad), "--data-dir", str(shared_dir / "evaldata")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and "'cobol' is not a MultiPL-E language" in out.stderr
 
 
 def test_wrong_completions_differ():
@@ -349,10 +357,33 @@ def test_eval_setup_prints_the_command(tmp_path):
          "--print"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode in (0, 1), out.stderr
+    assert "internal error" not in out.stderr
+    if ml.toolchain_problem("jl"):
+        assert out.returncode == 1, out.stderr  # asked for by name, and not here
     text = out.stdout + out.stderr
     assert "jl" in text and "Debian 12 does not package Julia" in text
     if ml.toolchain_problem("cs"):
         assert "apt-get install" in out.stdout and "mono-mcs" in out.stdout
     else:
         assert "cs" in text and "available" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="eval-setup installs only as root")
+def test_eval_setup_installs_with_apt_get(tmp_path):
+    """As root, eval-setup runs apt-get update and install with the missing languages'
+    packages (a stand-in apt-get on an otherwise empty PATH: every toolchain looks missing)."""
+    log = tmp_path / "apt.log"
+    fake = tmp_path / "bin" / "apt-get"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        [sys.executable, "-m", "reflectioncoder.cli", "eval-setup", "--languages", "cs", "ts"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": str(fake.parent)},
+    )  # fmt: skip
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("update"), calls
+    assert calls[1].split()[-5:] == [
+        "bubblewrap", "mono-mcs", "mono-runtime", "node-typescript", "nodejs"
+    ], calls  # fmt: skip
+    assert out.returncode == 1 and "multiple-cs: unavailable, mcs, mono not installed" in out.stdout

@@ -346,10 +346,19 @@ def _multiple_all(args: argparse.Namespace, data_dir: Path, t0: float) -> int:
     rows = None
     if args.samples is not None:
         rows = _read_samples(args.samples)
+        known = set(tk.multiple_languages(data_dir)) & set(ml.LANGUAGES)
         for n, row in enumerate(rows, 1):
             if not isinstance(row.get("language"), str):
                 raise UserError(
                     "missing (--task multiple)", file=args.samples, line=n, field="language"
+                )
+            if row["language"] not in known:
+                raise UserError(
+                    f"{row['language']!r} is not a MultiPL-E language here "
+                    f"({' '.join(sorted(known))})",
+                    file=args.samples,
+                    line=n,
+                    field="language",
                 )
     wanted = _multiple_languages(args, data_dir, rows)
     unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}

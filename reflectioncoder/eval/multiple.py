@@ -147,7 +147,7 @@ LANGUAGES: dict[str, Language] = {
     ),
     "jl": Language(
         "main.jl", "{run} julia {src}/main.jl", ("julia",), (), 'println("{nonce}")',
-        unavailable="Debian 12 does not package Julia (install it from julialang.org)",
+        unavailable="Debian 12 does not package Julia; julialang.org has it",
         memory_mb=16384, processes=256,
     ),
     "js": Language(
@@ -210,8 +210,8 @@ LANGUAGES: dict[str, Language] = {
         "main.swift",
         "swiftc -o {work}/main {src}/main.swift && {run} {work}/main",
         ("swiftc",), (), 'print("{nonce}")',
-        unavailable="Debian 12 does not package the Swift compiler (its `swift` package is "
-        "OpenStack's object store); install it from swift.org",
+        unavailable="Debian 12 does not package the Swift compiler (its `swift` is OpenStack's "
+        "object store); swift.org has it",
         memory_mb=16384, processes=256, build_s=120,
     ),
     "ts": Language(

@@ -80,5 +80,6 @@ def main(args: argparse.Namespace) -> int:
         problem = ml.toolchain_problem(lang)
         print(f"{lang:<7} {'available' if problem is None else problem}")
         # Julia and Swift are not packaged: only a failure when asked for by name
-        missing += problem is not None and (args.languages or not ml.LANGUAGES[lang].unavailable)
+        asked = args.languages is not None or not ml.LANGUAGES[lang].unavailable
+        missing += problem is not None and asked
     return 1 if missing else 0
