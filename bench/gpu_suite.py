@@ -98,8 +98,11 @@ def run_tests(dry_run: bool) -> dict:
     return {"rc": rc, "summary": summary.strip("= "), "failures": failures, "seconds": seconds}
 
 
-def run_benchmarks(profile: str, out: Path) -> dict:
-    """Each suite at ``profile``; rows from their --benchmark-json files."""
+def run_benchmarks(dry_run: bool, out: Path) -> dict:
+    """Each suite (``tiny`` profile on a dry run, else ``headline``); rows from their
+    --benchmark-json files."""
+    profile = "tiny" if dry_run else "headline"
+    env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
     rows, skipped, failures, rcs, seconds = [], [], [], [], 0.0
     for paths, timeout in SUITES:
         json_path = out / f"pytest_benchmark_{Path(paths.split()[0]).stem}.json"
@@ -109,7 +112,7 @@ def run_benchmarks(profile: str, out: Path) -> dict:
             f"--bench-profile={profile}", f"--benchmark-json={json_path}",
             "--benchmark-group-by=group", "--benchmark-columns=min,median,max,rounds",
         ]  # fmt: skip
-        rc, text, took = _run(cmd, dict(os.environ), timeout)
+        rc, text, took = _run(cmd, env, timeout)
         rcs.append(rc)
         seconds += took
         if json_path.exists():
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = {"rc": 0, "summary": "skipped (--skip-tests)", "failures": [], "seconds": 0.0}
     tests = skipped if args.skip_tests else run_tests(args.dry_run)
     print(f"tests: {tests['summary']} (exit {tests['rc']})", flush=True)
-    bench = run_benchmarks("tiny" if args.dry_run else "headline", out)
+    bench = run_benchmarks(args.dry_run, out)
     (out / "gpu_suite.json").write_text(
         json.dumps({"environment": env, "tests": tests, "benchmarks": bench}, indent=1) + "\n"
     )
