@@ -85,15 +85,16 @@ def test_codefeedback_equals_the_authors_conversion(name, tmp_path):
 def test_datasets_pipeline_equals_ours(tmp_path):
     """The authors' own pipeline (datasets map + to_json) against prepare-data on the raw rows
     saved as users get them: a save_to_disk folder and a to_json file."""
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     rows = good_codefeedback()
     data = Dataset.from_list(rows)
     theirs = tmp_path / "code_instruct.jsonl"
     data.map(authors_process, remove_columns=list(data.features)).to_json(str(theirs))
     data.save_to_disk(str(tmp_path / "saved"))
+    DatasetDict({"train": data}).save_to_disk(str(tmp_path / "saved_dict"))
     data.to_json(str(tmp_path / "raw.json"))  # `.json`, but lines: to_json's default
-    for source in (tmp_path / "saved", tmp_path / "raw.json"):
+    for source in (tmp_path / "saved", tmp_path / "saved_dict", tmp_path / "raw.json"):
         out = tmp_path / f"ours-{source.name}.jsonl"
         result = prepare([source], out, progress=False)
         assert read_out(out) == read_out(theirs), source
