@@ -95,6 +95,7 @@ def data_files(folder: Path) -> list[Path]:
         if p.is_file()
         and p.name.endswith(DATA_SUFFIXES)
         and p.name not in _METADATA
+        and not p.name.endswith((".manifest.json", ".progress.jsonl"))  # ours, not data
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
