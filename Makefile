@@ -20,12 +20,14 @@ demo: env
 	$(PY) -m reflectioncoder.demo --out runs/demo
 
 # Every Triton kernel really runs (on the CPU, through the interpreter), then the kernels are
-# compiled ahead of time for sm_80 and sm_90 to check registers, spills and shared memory.
+# compiled ahead of time for sm_80 and sm_90 with the runtime's specialisation to check
+# registers, spills, shared memory, fences and atomics, and the loss's roofline model is printed.
 # `test` (CI) leaves out the tests marked slow; `test-all` runs them too.
 PYTEST_MARK ?= not slow
 test: env
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)"
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
+	$(PY) -m bench.roofline
 
 test-all:
 	$(MAKE) test PYTEST_MARK=
