@@ -309,3 +309,25 @@ def test_decontamination_checks_every_block(tmp_path, evaldata, bench_index):
         f.write(json.dumps(row) + "\n")
     result = prepare([src], tmp_path / "o.jsonl", index=bench_index, progress=False)
     assert result.inputs[0].decontaminated == 1 and result.written == 4
+
+
+def test_json_files_of_every_shape(tmp_path):
+    rows = good_codefeedback()[:2]
+    shapes = {
+        "array.json": json.dumps(rows, indent=2),
+        "lines.json": "".join(json.dumps(r) + "\n" for r in rows),
+        "object.json": json.dumps(rows[0], indent=2),
+        "broken.json": json.dumps(rows, indent=2)[:-3],
+    }
+    for name, text in shapes.items():
+        (tmp_path / name).write_text(text)
+    result = prepare([tmp_path], tmp_path / "out" / "o.jsonl", progress=False)
+    by_name = {Path(s.path).name: s for s in result.inputs}
+    assert {k: v.written for k, v in by_name.items()} == {
+        "array.json": 2,
+        "broken.json": 0,
+        "lines.json": 2,
+        "object.json": 1,
+    }
+    assert list(by_name["broken.json"].skipped) == ["invalid JSON"]
+    assert read_out(tmp_path / "out" / "o.jsonl")[:2] == [authors_process(r) for r in rows]
