@@ -294,6 +294,11 @@ LIGER_TRITON_A100 = (
     "provider liger, full, H=4096 V=128256 bf16, NVIDIA A100-SXM4-80GB, Liger 0.4.2 (2024-11-22)"
 )
 LIGER_TRITON_H200 = LIGER_CUTEDSL.replace("provider liger-cutedsl", "provider liger (Triton)")
+LIGER_TP_H200 = (
+    "Liger-Kernel PR #1422 (merged; Hopper tensor-parallel fused linear cross entropy), its "
+    "benchmark table: H200 SXM, CUDA 12.9, TP=1, backward pass p50 (one persistent kernel: "
+    "recomputed logits, dX and dW, 6 M H V FLOPs)"
+)
 CCE_A100 = (
     "apple/ml-cross-entropy README, benchmark table (A100-SXM4 80 GB, PyTorch 2.4.1, CUDA 12.4; "
     "paper: 8,192 tokens, Gemma 2 2B: D=2304, V=256000, bf16), method cce"
@@ -325,6 +330,10 @@ CALIBRATION = (
         for bt, ms in ((1024, 138.541), (2048, 138.785), (4096, 140.765), (8192, 153.635))
     ]
     + [
+        ("Liger Hopper FLCE, backward", "H200", "fused_bwd", m, 4096, v, ms, LIGER_TP_H200)
+        for m, v, ms in ((2048, 131072, 8.589), (2048, 262144, 16.842))
+    ]
+    + [
         ("Cut Cross-Entropy, forward", "A100", "cce_fw", 8192, 2304, 256000, 46.4, CCE_A100),
         ("Cut Cross-Entropy, fwd+bwd", "A100", "cce", 8192, 2304, 256000, 134.8, CCE_A100),
     ]
@@ -335,6 +344,7 @@ SCHEDULES = {
     "liger_0.4": lambda n, d, v, e: liger_flce(n, d, v, e, dw_add_fp32=False),
     "liger_0.8": liger_flce,
     "cce": cce,
+    "fused_bwd": lambda n, d, v, e: Schedule(cce(n, d, v, e).kernels[1:]),
     "cce_fw": lambda n, d, v, e: cce(n, d, v, e, backward=False),
 }
 

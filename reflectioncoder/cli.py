@@ -26,6 +26,10 @@ COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
     "inspect": ("reflectioncoder.data.inspect", "show what the teacher and the student see"),
     "evaluate": ("reflectioncoder.eval.cli", "generate and score pass@k in a sandbox"),
+    "eval-setup": (
+        "reflectioncoder.eval.toolchains",
+        "install the toolchains of MultiPL-E's languages (Debian packages)",
+    ),
     "build-data": ("reflectioncoder.construct.cli", "build reflection sequences by execution"),
     "prepare-data": (
         "reflectioncoder.data.prepare",

@@ -25,14 +25,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UserError
+from reflectioncoder.progress import Progress
 
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
@@ -331,7 +330,8 @@ def _lock(log, out: Path) -> None:
 def _run(todo, out, log, summary, backend, workers, settings, progress: bool) -> None:
     """Build ``todo`` on ``workers`` threads; each finished problem is recorded at once."""
     total = summary.resumed + len(todo)
-    bar = tqdm(total=total, initial=summary.resumed, desc="problems", disable=not progress)
+    bar = Progress(total, "problems", unit="problem", enabled=progress)
+    bar.n = summary.resumed
     with (
         out.open("a", encoding="utf-8") as samples,
         ThreadPoolExecutor(max_workers=workers) as pool,
