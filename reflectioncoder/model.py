@@ -167,6 +167,32 @@ def _fork_rng(seed: int | None) -> Iterator[None]:
         yield
 
 
+def resolve_model_path(name: str | Path, field: str = "model.name_or_path") -> Path:
+    """A local model folder: ``name`` itself, or a hub name's snapshot in the local Hugging Face
+    cache. Never downloads: training machines are often offline, and a 34B download inside a
+    64-rank launch would be repeated by every node."""
+    from reflectioncoder.errors import UserError
+
+    path = Path(name)
+    if (path / "config.json").is_file():
+        return path
+    hub_name = not path.is_absolute() and str(name).count("/") == 1
+    if hub_name:
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(name), local_files_only=True))
+        except Exception:  # not in the cache (or no such repo): the message below says what to do
+            hint = (
+                f"a hub name not in the local Hugging Face cache; download it first (e.g. "
+                f"`huggingface-cli download {name} --local-dir /models/{path.name}`) and set "
+                f"{field} to that folder"
+            )
+    else:
+        hint = "not a model folder (no config.json): give the folder that holds the weights"
+    raise UserError(f"{name}: {hint}", field=field)
+
+
 def load_model(
     path: str | Path,
     *,
@@ -179,9 +205,7 @@ def load_model(
     ``dtype`` defaults to the checkpoint's. Call ``prepare_model`` next for Liger and
     gradient checkpointing.
     """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"path: {path} is not a local model folder (no config.json)")
+    path = resolve_model_path(path, field="path")
     AutoConfig.from_pretrained(str(path), local_files_only=True)  # clear error on a bad config
     model = AutoModelForCausalLM.from_pretrained(
         str(path),

@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ from reflectioncoder.train import checkpoint, distributed
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
+
+
+@dataclasses.dataclass
+class PreparedStep:
+    """One step's host work: this rank's micro-batches and, on logging steps, each one's
+    teacher-row flags (for the teacher/student CE split)."""
+
+    step: int
+    batches: list[PackedBatch]
+    teacher_rows: list[torch.Tensor] | None
 
 
 class NonFiniteError(RuntimeError):
@@ -211,8 +222,13 @@ def load_tokenizer(
     """
     from transformers import AutoTokenizer
 
+    from reflectioncoder.model import resolve_model_path
+
     saved = out_dir / "tokenizer"
     source = cfg.model.tokenizer or cfg.model.name_or_path
+    if source is not None and not Path(source).is_dir():  # a hub name: its cached snapshot
+        field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
+        source = str(resolve_model_path(source, field))
     if info.is_main and not (reuse and (saved / "tokenizer_config.json").is_file()):
         shutil.rmtree(saved, ignore_errors=True)
         if source is not None:
@@ -236,10 +252,11 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
         add_special_token_embeddings,
         build_tiny_llama,
         load_model,
+        resolve_model_path,
     )
 
     if cfg.model.name_or_path is not None:
-        model = load_model(cfg.model.name_or_path, dtype=torch.float32)
+        model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=torch.float32)
     else:
         model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
     splits = add_special_tokens(tokenizer)
@@ -256,6 +273,10 @@ class Trainer:
     """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
 
     def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
+        # The DeepSpeed JSON's optimizer section, honoured (or refused) before anything starts.
+        optim = distributed.optim_with_deepspeed_section(cfg)
+        if optim is not cfg.optim:
+            cfg = dataclasses.replace(cfg, optim=optim)
         self.cfg = cfg
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
@@ -297,6 +318,9 @@ class Trainer:
             self.module, cfg, self.info, external_params=[lm_head_weight(model)]
         )
 
+        # The next step's host work runs here while the current step computes.
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rc-prepare")
+        self._ahead: Future[PreparedStep] | None = None
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
@@ -363,6 +387,32 @@ class Trainer:
         rank = self.info.rank
         return pack_rank(plan, rank, self.cfg.mask, self.cfg.packing), plan.has_student(rank)
 
+    def _prepare(self, step: int) -> PreparedStep:
+        """Step ``step``'s host work: plan, mask, pack, teacher-row flags on logging steps, and
+        on CUDA pinned copies (so the copies to the device can overlap)."""
+        batches, flags = self.step_batches(step)
+        rows = None
+        if self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0:
+            rows = [teacher_row_flags(b, f) for b, f in zip(batches, flags, strict=True)]
+        if self.info.device.type == "cuda":
+            batches = [b.pin_memory() for b in batches]
+            rows = None if rows is None else [r.pin_memory() for r in rows]
+        return PreparedStep(step, batches, rows)
+
+    def _prepared(self, step: int) -> tuple[PreparedStep, float]:
+        """Step ``step``'s host work, prepared on the background thread while the previous
+        step ran (or now, on the first step); then the next step's is started. Also returns
+        the seconds this step waited for it (host time left on the critical path)."""
+        t0 = time.perf_counter()
+        ahead, self._ahead = self._ahead, None
+        prepared = ahead.result() if ahead is not None else None
+        if prepared is None or prepared.step != step:
+            prepared = self._prepare(step)
+        waited = time.perf_counter() - t0
+        if step + 1 < self.total_steps:
+            self._ahead = self._host.submit(self._prepare, step + 1)
+        return prepared, waited
+
     def train_step(self) -> dict[str, Any]:
         """Run optimizer step ``self.step``; returns its metrics row (host values)."""
         if self.step >= self.total_steps:
@@ -371,16 +421,18 @@ class Trainer:
         step = self.step
         lr = lr_at(step, self.total_steps, self.cfg.optim)
         self.engine.set_lr(lr)
-        log_now = (step + 1) % self.cfg.logging.log_every == 0
-        split = self.cfg.logging.split_ce and log_now
-        batches, flags = self.step_batches(step)
+        prepared, host_wait = self._prepared(step)
+        batches, teacher_rows = prepared.batches, prepared.teacher_rows
+        split = self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0
+        if split and teacher_rows is None:  # logging changed after this step was prepared
+            teacher_rows = self._prepare(step).teacher_rows
         device = self.info.device
         # loss, ce, kl, teacher_ce, tokens, samples: summed over micro-batches, then ranks.
         stats = torch.zeros(6, dtype=torch.float64, device=device)
-        for j, (batch, has_student) in enumerate(zip(batches, flags, strict=True)):
-            rows = teacher_row_flags(batch, has_student).to(device) if split else None
+        for j, batch in enumerate(batches):
+            rows = teacher_rows[j].to(device, non_blocking=True) if split else None
             sizes = torch.tensor([batch.num_tokens, batch.num_samples], dtype=torch.float64)
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=True)
             self.engine.start_micro_batch(last=j == len(batches) - 1)
             loss, ce, kl, teacher_ce = self.engine(batch, rows)
             self.engine.backward(loss)
@@ -405,6 +457,7 @@ class Trainer:
             "tokens_per_s": tokens / elapsed,
             "skipped": not result.applied,
             "time": elapsed,
+            "host_wait": host_wait,
         }
         if self.peak_flops:
             # 6 N FLOPs per token (forward + backward), all ranks' tokens over all ranks' peak.
@@ -477,5 +530,6 @@ class Trainer:
 
     def close(self) -> None:
         """Flush metrics, draw the loss plot, end the process group."""
+        self._host.shutdown(wait=True, cancel_futures=True)
         self.metrics.close()
         distributed.shutdown()
