@@ -264,8 +264,9 @@ def prepare_model(
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Number of distinct parameters (tied weights counted once; ZeRO-3 partitions whole)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(getattr(p, "ds_numel", p.numel()) for p in unique)
 
 
 # ---------------------------------------------------------------------------------------------

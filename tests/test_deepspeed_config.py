@@ -4,6 +4,7 @@ offload device (JSON or flag) selecting DeepSpeed's CPU Adam, fp32 gradient accu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,31 @@ def test_offload_flag_and_fp32_grad_accum(tmp_path):
         _run(tmp_path, None, "distributed.fp32_grad_accum=true", "distributed.zero_stage=2")
     with pytest.raises(ConfigError, match="needs ZeRO stage 1 under DeepSpeed"):
         deepspeed_config(_run(tmp_path, None, *bf16), INFO)  # tiny: zero_stage 0
+
+
+def test_34b_launch_config_fills(monkeypatch):
+    """docs/training.md's 34B launch: configs/paper-34b.yaml with configs/ds_zero3.json."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    run = load_config(
+        "configs/paper-34b.yaml", ["distributed.deepspeed_config=configs/ds_zero3.json"]
+    )
+    info = DistInfo(
+        rank=0, world_size=32, local_rank=0, device=torch.device("cuda", 0), deepspeed=True
+    )
+    cfg = deepspeed_config(run, info)
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["bf16"]["enabled"]
+    assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert "auto" not in json.dumps(cfg) and not offloads_optimizer(cfg)
+    assert optim_with_deepspeed_section(run) == run.optim  # all "auto": ours
+
+
+def test_hub_name_outside_the_cache_is_a_clear_error(tmp_path, monkeypatch):
+    from reflectioncoder.errors import UserError
+    from reflectioncoder.model import resolve_model_path
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="model.name_or_path: deepseek-ai/x: a hub name not in"):
+        resolve_model_path("deepseek-ai/x")
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_path(tmp_path)

@@ -149,9 +149,26 @@ def gathered_params(
         yield
 
 
+def uses_zero3(run: RunConfig, info: DistInfo) -> bool:
+    return info.deepspeed and _zero_stage(run) == 3
+
+
+def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
+    """Under ZeRO-3, transformers' DeepSpeed integration object (``HfDeepSpeedConfig``): while
+    it lives, ``from_pretrained`` builds the model under ``deepspeed.zero.Init`` and loads the
+    checkpoint straight into each rank's partitions, and ``resize_token_embeddings`` gathers and
+    re-partitions. Keep the returned object alive as long as the model. None otherwise."""
+    if not uses_zero3(run, info):
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(deepspeed_config(run, info))
+
+
 def model_init_context(run: RunConfig, info: DistInfo) -> contextlib.AbstractContextManager:
-    """Context to construct the model in: ZeRO-3 partitions it while it is built."""
-    if not (info.deepspeed and _zero_stage(run) == 3):
+    """Context to construct a model from its config in: under ZeRO-3 each parameter is
+    partitioned over the ranks as soon as its module is built (no rank ever holds it whole)."""
+    if not uses_zero3(run, info):
         return contextlib.nullcontext()
     import deepspeed
 
@@ -356,6 +373,9 @@ class LocalEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(host[:-1], host[-1], applied)
 
+    def describe(self) -> str:
+        return f"single engine, {type(self.optimizer).__name__}"
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
@@ -390,6 +410,7 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.config
         )
+        self.optimizer_name = type(optimizer).__name__
         self.module = self.engine.module
         # DeepSpeed averages gradients over ranks; our weights already normalise globally.
         self.loss_factor = float(info.world_size)
@@ -400,6 +421,14 @@ class DeepSpeedEngine:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def describe(self) -> str:
+        weights, accum = self.engine.get_data_types()
+        offload = " offloaded" if offloads_optimizer(self.config) else ""
+        return (
+            f"deepspeed ZeRO-{self.config['zero_optimization']['stage']}, "
+            f"{self.optimizer_name}{offload}, weights {weights}, grad accumulation {accum}"
+        )
 
     def start_micro_batch(self, last: bool) -> None:
         """Reduce gradients only after the step's last micro-batch."""

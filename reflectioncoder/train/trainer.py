@@ -242,10 +242,15 @@ def load_tokenizer(
     return AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
 
 
-def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
-    """Load or build the model, add the special tokens (mean-initialised rows), prepare it.
+def build_model(
+    cfg: RunConfig, tokenizer: Any, dtype: torch.dtype, info: distributed.DistInfo
+) -> nn.Module:
+    """Load or build the model, add the special tokens (mean-initialised rows).
 
-    ``tokenizer`` is the original one: the seven tokens are added to it here (in place).
+    ``tokenizer`` is the original one: the seven tokens are added to it here (in place). Under
+    DeepSpeed the weights load in the training dtype; under ZeRO-3 straight into each rank's
+    partitions (transformers' DeepSpeed integration must be active: ``Trainer`` keeps it), and
+    the new embedding rows are written under gathered parameters.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
     from reflectioncoder.model import (
@@ -255,14 +260,17 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
         resolve_model_path,
     )
 
+    # One process keeps fp32 weights (bf16 through autocast); DeepSpeed holds fp32 masters.
+    load_dtype = dtype if info.deepspeed else torch.float32
     if cfg.model.name_or_path is not None:
-        model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=torch.float32)
+        model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=load_dtype)
     else:
-        model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
+        with distributed.model_init_context(cfg, info):
+            model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
     splits = add_special_tokens(tokenizer)
-    # The model is whole here (ZeRO-3 partitions it later, in deepspeed.initialize), so no
-    # gather is needed; a model built under zero.Init would pass distributed.gathered_params.
-    add_special_token_embeddings(model, tokenizer, splits)
+    add_special_token_embeddings(
+        model, tokenizer, splits, gather_for_update=distributed.gathered_params
+    )
     return model
 
 
@@ -292,7 +300,9 @@ class Trainer:
 
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
         self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info, reuse=bool(resume))
-        model = build_model(cfg, self.tokenizer, self.dtype)
+        # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
+        self._zero3_hf = distributed.zero3_transformers_config(cfg, self.info)
+        model = build_model(cfg, self.tokenizer, self.dtype, self.info)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
@@ -304,7 +314,9 @@ class Trainer:
 
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
 
-        if self.info.deepspeed:
+        if self._zero3_hf is not None:
+            autocast = None  # partitioned where it was built: never whole on one device
+        elif self.info.deepspeed:
             model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
             autocast = None
         else:
@@ -358,9 +370,7 @@ class Trainer:
                 self.total_steps,
                 self.n_params,
                 self.info.world_size,
-                f"deepspeed ZeRO-{self.engine.config['zero_optimization']['stage']}"
-                if self.info.deepspeed
-                else "single engine",
+                self.engine.describe(),
                 self.dtype,
             )
 
