@@ -254,7 +254,10 @@ class LoggingConfig:
     tensorboard: bool = True
     """Also write TensorBoard events to OUT/tensorboard."""
     progress: bool = True
-    """Show a tqdm progress bar (rank 0)."""
+    """Show progress (rank 0): a live bar on a terminal, else a plain line every print_every
+    steps and one per data phase. False: none at all (``--no-progress``)."""
+    print_every: int | None = None
+    """Steps between plain progress lines when the output is not a terminal (None: ~20 lines)."""
     plot: bool = True
     """Draw OUT/loss.png at the end of the run."""
     split_ce: bool = True
@@ -264,6 +267,11 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _check(self.log_every >= 1, "logging.log_every", f"must be >= 1, got {self.log_every}")
+        _check(
+            self.print_every is None or self.print_every >= 1,
+            "logging.print_every",
+            f"must be >= 1 or null, got {self.print_every}",
+        )
         _check(
             self.peak_tflops is None or self.peak_tflops > 0,
             "logging.peak_tflops",
@@ -321,7 +329,8 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
     for key in data:
         if key not in names:
             name = f"{where}.{key}" if where else key
-            raise _config_error(name, f"unknown field; known: {', '.join(sorted(names))}", origins)
+            reason = f"unknown field; known: {', '.join(sorted(names))}"
+            raise _config_error(name, reason, origins, at_key=True)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
@@ -344,8 +353,11 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
         raise _config_error(field_name, reason or msg, origins) from err
 
 
-def _config_error(name: str, reason: str, origins: Origins) -> ConfigError:
-    """A ConfigError for field ``name``, located at the value's origin when known."""
+def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False) -> ConfigError:
+    """A ConfigError for field ``name``, located at the value's origin (or its key's) if known."""
+    if at_key and name + "@key" in origins:
+        file, line, column = origins[name + "@key"]
+        return ConfigError(reason, file=file, line=line, column=column, field=name)
     key = name.split("[")[0]  # a list item is located by its list
     near = [v for k, v in origins.items() if k == key or k.startswith(key + ".")]
     file, line, column = near[0] if near else (None, None, None)
@@ -494,6 +506,8 @@ def _yaml_origins(text: str, file: str) -> Origins:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
                 mark = value.start_mark
                 origins[name] = (file, mark.line + 1, mark.column + 1)
+                at_key = key.start_mark  # where an unknown field is pointed at
+                origins[name + "@key"] = (file, at_key.line + 1, at_key.column + 1)
                 walk(value, name)
 
     walk(yaml.compose(text), "")

@@ -167,30 +167,28 @@ def _fork_rng(seed: int | None) -> Iterator[None]:
         yield
 
 
-def resolve_model_path(name: str | Path, field: str = "model.name_or_path") -> Path:
-    """A local model folder: ``name`` itself, or a hub name's snapshot in the local Hugging Face
-    cache. Never downloads: training machines are often offline, and a 34B download inside a
-    64-rank launch would be repeated by every node."""
-    from reflectioncoder.errors import UserError
+def resolve_model_path(
+    name: str | Path, field: str = "model.name_or_path", need: str = "model"
+) -> Path:
+    """A local model (or tokenizer: ``need``) folder: ``name`` itself, or a hub name's snapshot
+    already in the local Hugging Face cache. Never downloads: training machines are often
+    offline, and a 34B download inside a 64-rank launch would be repeated by every node."""
+    from reflectioncoder.errors import UserError, require_model_folder
 
     path = Path(name)
-    if (path / "config.json").is_file():
-        return path
-    hub_name = not path.is_absolute() and str(name).count("/") == 1
-    if hub_name:
+    if not path.exists() and not path.is_absolute() and str(name).count("/") == 1:
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(snapshot_download(str(name), local_files_only=True))
-        except Exception:  # not in the cache (or no such repo): the message below says what to do
-            hint = (
-                f"a hub name not in the local Hugging Face cache; download it first (e.g. "
-                f"`huggingface-cli download {name} --local-dir /models/{path.name}`) and set "
-                f"{field} to that folder"
-            )
-    else:
-        hint = "not a model folder (no config.json): give the folder that holds the weights"
-    raise UserError(f"{name}: {hint}", field=field)
+            path = Path(snapshot_download(str(name), local_files_only=True))
+        except Exception as err:  # not in the cache (or no such repo): say what to do
+            raise UserError(
+                f"{name}: a hub name not in the local Hugging Face cache; download it first "
+                f"(e.g. `huggingface-cli download {name} --local-dir /models/{path.name}`) and "
+                f"set {field} to that folder",
+                field=field,
+            ) from err
+    return require_model_folder(path, field, need)
 
 
 def load_model(
