@@ -298,6 +298,25 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         BUGGY.pop("later", None)
 
 
+def test_rate_limit_spaces_requests_over_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reflectioncoder.construct.backend import RateLimiter
+
+    limiter = RateLimiter(per_second=40)
+    stamps: list[float] = []
+
+    def call(_):
+        limiter.wait()
+        stamps.append(time.monotonic())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(call, range(12)))
+    stamps.sort()
+    assert stamps[-1] - stamps[0] >= 11 / 40 - 0.01  # 12 calls at 40/s: 11 intervals
+    assert RateLimiter(0).interval == 0.0  # no limit
+
+
 def test_http_errors_that_retrying_cannot_fix_stop_the_run(tmp_path, monkeypatch, capsys):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
@@ -390,3 +409,14 @@ def test_transformers_backend_from_disk(tiny_model, tmp_path, capsys):
     assert rows(progress_path(out)) == [
         {"id": "clamp", "status": "fail", "reason": "reply: no python code fence"}
     ]
+
+
+def test_two_runs_on_one_output_are_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "o.jsonl"
+    with progress_path(out).open("a") as held:  # as a running build-data holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        argv = ["build-data", "--problems", str(PROBLEMS), "--out", str(out)]
+        assert cli_main(argv) == 1
+    assert not out.exists()
