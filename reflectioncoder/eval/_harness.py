@@ -23,6 +23,7 @@ from __future__ import annotations
 import binascii  # not base64: that imports re, costly in every sandboxed start-up
 import json
 import math
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time in every sandboxed run
@@ -243,52 +244,15 @@ def decode(data: Any, _depth: int = 0) -> Any:
         raise DecodeError(f"unexpected {t.__name__}")
     ((tag, body),) = data.items()
     if tag not in _TAGS:
-        raise DecodeError(f"unknown tag {tag!r}")
+        raise DecodeError(f"unknown tag {_clip(str(tag))!r}")
     try:
-        if tag == "$tuple":
-            return tuple(decode(v, d) for v in _list(body))
-        if tag == "$set":
-            return {decode(v, d) for v in _list(body)}
-        if tag == "$frozenset":
-            return frozenset(decode(v, d) for v in _list(body))
-        if tag == "$dict":
-            return {decode(k, d): decode(v, d) for k, v in _list(body)}
-        if tag == "$bytes":
-            return _unb64(_str(body))
-        if tag == "$bytearray":
-            return bytearray(_unb64(_str(body)))
-        if tag == "$complex":
-            re, im = _list(body)
-            re, im = decode(re, d), decode(im, d)
-            if type(re) is not float or type(im) is not float:
-                raise DecodeError("complex parts must be floats")
-            return complex(re, im)
-        if tag == "$float":
-            if body not in ("nan", "inf", "-inf"):
-                raise DecodeError(f"bad float {body!r}")
-            return float(body)
-        if tag == "$int":
-            return int(_str(body), 16)
-        if tag == "$opaque":
-            return Opaque(_str(body))
-        if tag == "$sha":
-            digest, length = _list(body)
-            if type(length) is not int:
-                raise DecodeError("$sha length must be an int")
-            return Digest(_str(digest), length)
-        import numpy
-
-        dtype, values = _list(body)
-        dtype = numpy.dtype(_str(dtype))
-        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
-            raise DecodeError(f"dtype {dtype} not allowed")
-        if tag == "$np":
-            return dtype.type(decode(values, d))
-        return numpy.array(decode(values, d), dtype=dtype)
+        if type(body) is list:
+            body = [decode(v, d) for v in body]
+        return _build(tag, body)
     except DecodeError:
         raise
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise DecodeError(f"{tag}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {_clip(str(exc))}") from None
 
 
 def _list(body: Any) -> list:
@@ -312,53 +276,105 @@ def _tag_hook(obj: dict) -> Any:
     if not tag.startswith("$"):
         return obj
     if tag not in _TAGS:
-        raise DecodeError(f"unknown tag {tag!r}")
+        raise DecodeError(f"unknown tag {_clip(tag)!r}")
     try:
-        if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
-            text = _str(body)
-            if tag == "$bytes":
-                return _unb64(text)
-            if tag == "$bytearray":
-                return bytearray(_unb64(text))
-            if tag == "$int":
-                return int(text, 16)
-            if tag == "$opaque":
-                return Opaque(text)
-            if text not in ("nan", "inf", "-inf"):
-                raise DecodeError(f"bad float {text!r}")
-            return float(text)
-        items = _list(body)
-        if tag == "$tuple":
-            return tuple(items)
-        if tag == "$set":
-            return set(items)
-        if tag == "$frozenset":
-            return frozenset(items)
-        if tag == "$dict":
-            return {k: v for k, v in items}
-        if tag == "$complex":
-            re, im = items
-            if type(re) is not float or type(im) is not float:
-                raise DecodeError("complex parts must be floats")
-            return complex(re, im)
-        if tag == "$sha":
-            digest, length = items
-            if type(length) is not int:
-                raise DecodeError("$sha length must be an int")
-            return Digest(_str(digest), length)
-        import numpy
-
-        dtype, values = items
-        dtype = numpy.dtype(_str(dtype))
-        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
-            raise DecodeError(f"dtype {dtype} not allowed")
-        if tag == "$np":
-            return dtype.type(values)
-        return numpy.array(values, dtype=dtype)
+        return _build(tag, body)
     except DecodeError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise DecodeError(f"{tag}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {_clip(str(exc))}") from None
+
+
+COLLISIONS_ALLOWED = 64  # distinct members of one set/dict that may share a hash
+MAX_NUMPY_BYTES = 1 << 28  # what one decoded numpy array may allocate
+
+
+def _build(tag: str, body: Any) -> Any:
+    """One tag's value from its already-decoded body. Bounded: nothing here allocates more
+    than a small multiple of the line, and no set or dict is built from members whose hashes
+    collide (a crafted set of equal-hash members would cost quadratic time)."""
+    if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
+        text = _str(body)
+        if tag == "$bytes":
+            return _unb64(text)
+        if tag == "$bytearray":
+            return bytearray(_unb64(text))
+        if tag == "$int":
+            return int(text, 16)  # a power-of-two base: linear time, no digit limit needed
+        if tag == "$opaque":
+            return Opaque(_clip(text))
+        if text not in ("nan", "inf", "-inf"):
+            raise DecodeError(f"bad float {_clip(text)!r}")
+        return float(text)
+    items = _list(body)
+    if tag == "$tuple":
+        return tuple(items)
+    if tag == "$set":
+        return set(_distinct_hashes(items))
+    if tag == "$frozenset":
+        return frozenset(_distinct_hashes(items))
+    if tag == "$dict":
+        for pair in items:
+            if type(pair) is not list or len(pair) != 2:
+                raise DecodeError("$dict items must be [key, value] pairs")
+        _distinct_hashes([k for k, _ in items])
+        return dict(items)
+    if len(items) != 2:
+        raise DecodeError(f"{tag} takes two items")
+    if tag == "$complex":
+        re, im = items
+        if type(re) is not float or type(im) is not float:
+            raise DecodeError("complex parts must be floats")
+        return complex(re, im)
+    if tag == "$sha":
+        digest, length = items
+        if type(length) is not int or not 0 <= length < 1 << 62:
+            raise DecodeError("$sha length must be a small int")
+        return Digest(_clip(_str(digest)), length)
+    return _build_numpy(tag, *items)
+
+
+def _build_numpy(tag: str, dtype_name: Any, values: Any) -> Any:
+    import numpy
+
+    dtype = numpy.dtype(_str(dtype_name)[:32])
+    if dtype.kind not in "biufcUSO" or dtype.subdtype is not None:  # no structured/void dtypes
+        raise DecodeError(f"dtype {dtype} not allowed")
+    if dtype.itemsize * _leaves(values, dtype.itemsize) > MAX_NUMPY_BYTES:
+        raise DecodeError(f"{tag}: {dtype} array over {MAX_NUMPY_BYTES >> 20} MiB")
+    if tag == "$np":
+        return dtype.type(values)
+    return numpy.array(values, dtype=dtype)
+
+
+def _leaves(values: Any, itemsize: int) -> int:
+    """How many elements a nested list holds (counted only where the dtype is wide: narrow
+    dtypes allocate no more than the line already holds)."""
+    if itemsize <= 16 or type(values) is not list:
+        return 1
+    count, stack = 0, [values]
+    while stack:
+        v = stack.pop()
+        if type(v) is list:
+            stack.extend(v)
+        else:
+            count += 1
+    return count
+
+
+def _distinct_hashes(items: list) -> list:
+    """``items``, after checking that at most COLLISIONS_ALLOWED of them share a hash with
+    another (set and dict members are distinct, so honest data shares almost none)."""
+    if len(items) > COLLISIONS_ALLOWED and (
+        len(items) - len(set(map(hash, items))) > COLLISIONS_ALLOWED
+    ):
+        raise DecodeError("set or dict members with colliding hashes")
+    return items
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Untrusted text cut to ``limit`` characters before it goes anywhere."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def loads_row(text: str | bytes) -> Any:
@@ -370,6 +386,44 @@ def loads_row(text: str | bytes) -> Any:
         raise
     except (ValueError, RecursionError, TypeError) as exc:
         raise DecodeError(f"not JSON: {exc}") from None
+
+
+MAX_LINE = 64 << 20  # bytes of one result line from the untrusted side
+MAX_INT_DIGITS = 4300  # Python's own default int-from-str limit; bigger ints travel as $int
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1:
+        raise DecodeError(f"an integer of {len(text)} digits (over {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not plain data (non-finite floats travel as $float)")
+
+
+_RESULT_DECODER = json.JSONDecoder(object_hook=_tag_hook, parse_constant=_no_constant)
+_RESULT_DECODER_SLOW = json.JSONDecoder(
+    object_hook=_tag_hook, parse_constant=_no_constant, parse_int=_bounded_int
+)
+
+
+def loads_result(line: bytes) -> Any:
+    """Decode one result line written by the untrusted side, at a cost bounded by its length:
+    the line is capped before parsing; integers are limited to MAX_INT_DIGITS digits (by the C
+    parser itself when Python's own limit is in force, else by a hook); big allocations (numpy
+    dtypes) are refused before they are made; sets and dicts whose members collide in hash
+    are refused instead of built. Raises DecodeError (a ValueError) and nothing else."""
+    if len(line) > MAX_LINE:
+        raise DecodeError(f"a line of {len(line)} bytes (over {MAX_LINE >> 20} MiB)")
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    decoder = _RESULT_DECODER if 0 < limit <= MAX_INT_DIGITS else _RESULT_DECODER_SLOW
+    try:
+        return decoder.decode(line.decode("utf-8"))
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, TypeError, MemoryError, OverflowError) as exc:
+        raise DecodeError(f"not JSON: {_clip(str(exc))}") from None
 
 
 def dumps(value: Any) -> str:
