@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: env demo test lint format bench compile-check clean
+.PHONY: env demo test test-all lint format bench compile-check clean
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -21,9 +21,14 @@ demo: env
 
 # Every Triton kernel really runs (on the CPU, through the interpreter), then the kernels are
 # compiled ahead of time for sm_80 and sm_90 to check registers, spills and shared memory.
+# `test` (CI) leaves out the tests marked slow; `test-all` runs them too.
+PYTEST_MARK ?= not slow
 test: env
-	TRITON_INTERPRET=1 $(PY) -m pytest -q
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)"
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
+
+test-all:
+	$(MAKE) test PYTEST_MARK=
 
 lint: env
 	$(VENV)/bin/ruff check .

@@ -35,6 +35,8 @@ setup(
         "liger-kernel>=0.8,<0.9",
         "numpy",
         "pyyaml",
+        "datasets",
+        "pyarrow",
         "tqdm",
         "tensorboard",
         "matplotlib",

@@ -3,12 +3,12 @@
     python -m bench.bench_packing --out bench/results/packing.json --md bench/results/packing.md
 
 One global batch of synthetic reflection samples (instruction 100-400, reflection 300-2500,
-answer 100-600 tokens), packed by ``make_step_batches`` at mask rates 0, 0.5 and 1 under
-several strategies. Ours: teacher + visible student tokens, no padding. The reference recipe
-runs 2 x batch x padded_len tokens: ``reference_padded`` pads each batch to its longest
-sample (a random global batch), ``reference_grouped`` sorts the data by length first (its
-length grouping, the reference's best case), ``reference_unpadded`` is 2 x L per sample (no
-padding at all: per-device batch 1). Also the host time to mask and pack one step.
+answer 100-600 tokens), planned by ``plan_step`` and packed by ``pack_rank`` at mask rates 0,
+0.5 and 1 under several strategies. Ours: teacher + visible student tokens, no padding. The
+reference recipe runs 2 x batch x padded_len tokens: ``reference_padded`` pads each batch to
+its longest sample (a random global batch), ``reference_grouped`` sorts the data by length
+first (its length grouping, the reference's best case), ``reference_unpadded`` is 2 x L per
+sample (no padding at all: per-device batch 1). Also the host time to mask and pack one step.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
-from reflectioncoder.data.packing import make_step_batches, plan_micro_batches
+from reflectioncoder.data.packing import pack_rank, plan_step
 from reflectioncoder.data.synthetic import synthetic_samples
 
 RATES = {0.0: (0, 0), 0.5: (49, 100), 1.0: (99, 100)}  # rate -> (step, total_steps)
@@ -104,12 +104,12 @@ def run(n: int, batch: int, max_tokens: int, seed: int, repeats: int) -> list[di
     row("reference_unpadded", "-", None, "tokens_per_sample", 2 * sum(lengths) / n, "tokens")
     pack = PackingConfig(max_tokens=max_tokens)
     for strategy, cfg in STRATEGIES.items():
-        groups = plan_micro_batches(samples, pack, cfg)
         for rate, (step, total) in RATES.items():
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                batches = make_step_batches(samples, step, total, cfg, pack, seed, groups=groups)
+                plan = plan_step(samples, step, total, cfg, pack, seed)
+                batches = pack_rank(plan, 0, cfg, pack)
                 times.append(time.perf_counter() - t0)
             ours = sum(b.num_tokens for b in batches)
             fill = ours / (len(batches) * max_tokens)
@@ -124,16 +124,6 @@ def run(n: int, batch: int, max_tokens: int, seed: int, repeats: int) -> list[di
                 "host_pack_tokens_per_s",
                 ours / statistics.median(times),
                 "tokens/s",
-            )
-            step_plan = plan_micro_batches(samples, pack, cfg, step, total, seed)
-            row("ours_plan_at_step", strategy, rate, "micro_batches", len(step_plan), "count")
-            row(
-                "ours_plan_at_step",
-                strategy,
-                rate,
-                "budget_fill",
-                ours / (len(step_plan) * max_tokens),
-                "fraction",
             )
     return rows
 
@@ -158,8 +148,8 @@ def to_markdown(rows: list[dict], n: int, batch: int) -> str:
         f"{ref_unp:.0f} unpadded (2 x L).",
         "",
         "| strategy | rate | ours tokens/sample | vs padded | vs grouped | vs 2xL | "
-        "micro-batches (fill) | with plan_at_step | host pack ms/step |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "micro-batches (fill) | host plan + pack ms/step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for strategy in STRATEGIES:
         for rate in RATES:
@@ -169,18 +159,15 @@ def to_markdown(rows: list[dict], n: int, batch: int) -> str:
                 f"{ours / ref_grp:.3f} | {ours / ref_unp:.3f} | "
                 f"{get[('ours', strategy, rate, 'micro_batches')]} "
                 f"({get[('ours', strategy, rate, 'budget_fill')]:.1%}) | "
-                f"{get[('ours_plan_at_step', strategy, rate, 'micro_batches')]} "
-                f"({get[('ours_plan_at_step', strategy, rate, 'budget_fill')]:.1%}) | "
                 f"{get[('ours', strategy, rate, 'host_pack_ms')]:.0f} |"
             )
     lines += [
         "",
-        "Ratios are our tokens over the reference's (lower is better). The default micro-batch "
-        "plan is made once, at full student length, so it holds at every step; at high rates "
-        "the students are shorter and the budget fills less. `PackingConfig(plan_at_step=True)` "
-        "plans each step with the students' exact lengths (same tokens, fewer micro-batches). "
-        "Host pack time: numpy on a shared, loaded CPU (other jobs running), one step of all "
-        "samples, median of the repeats.",
+        "Ratios are our tokens over the reference's (lower is better). Each step is planned "
+        "with the students' exact lengths at that step (the masks are drawn once, in the "
+        "plan), so the budget fills at every mask rate. Host plan + pack time: numpy on a "
+        "shared, loaded CPU (other jobs running), one step of all samples, median of the "
+        "repeats.",
     ]
     return "\n".join(lines) + "\n"
 

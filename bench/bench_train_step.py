@@ -116,12 +116,13 @@ def _mask_cfg(args):
 
 def _prepare_ours(args, per_step):
     from reflectioncoder.data.config import PackingConfig
-    from reflectioncoder.data.packing import make_step_batches
+    from reflectioncoder.data.packing import pack_rank, plan_step
 
     step, total = _rate_step(args.mask_rate)
     packing = PackingConfig(max_tokens=args.max_tokens, normalisation="sample")
+    cfg = _mask_cfg(args)
     return [
-        make_step_batches(samples, step, total, _mask_cfg(args), packing, args.seed)
+        pack_rank(plan_step(samples, step, total, cfg, packing, args.seed), 0, cfg, packing)
         for samples in per_step
     ]
 

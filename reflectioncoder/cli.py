@@ -1,39 +1,163 @@
-"""The ``reflectioncoder`` command: a thin dispatcher to each room's own command module.
+"""The ``reflectioncoder`` command: train code LLMs the ReflectionCoder way, and evaluate them.
 
 Each command module defines ``add_arguments(parser)`` and ``main(args) -> int``; it is imported
 only when its command runs, so ``reflectioncoder evaluate`` never pays for torch's or DeepSpeed's
 import, for instance.
+
+This is also the one error boundary of every command: a user's mistake (``errors.UserError``,
+and the ``ValueError``/``OSError`` our loaders raise) is printed as one line
+``reflectioncoder CMD: message`` and exits 1 (2 for a bad argument or config value); Ctrl-C
+prints ``interrupted`` and exits 130; a closed pipe (``... | head``) ends quietly. ``--debug``
+(or ``REFLECTIONCODER_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from reflectioncoder import __version__
+from reflectioncoder.errors import UsageError, is_expected, one_line
 
 COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
     "inspect": ("reflectioncoder.data.inspect", "show what the teacher and the student see"),
     "evaluate": ("reflectioncoder.eval.cli", "generate and score pass@k in a sandbox"),
     "build-data": ("reflectioncoder.construct.cli", "build reflection sequences by execution"),
+    "prepare-data": (
+        "reflectioncoder.data.prepare",
+        "convert downloaded datasets to ReflectionSeq jsonl, decontaminated",
+    ),
 }
 
+DEBUG_ENV = "REFLECTIONCODER_DEBUG"
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
-    argv = [a for a in argv if not a.startswith("--local_rank=")]
-    parser = argparse.ArgumentParser(prog="reflectioncoder", description=__doc__.splitlines()[0])
+EPILOG = """\
+examples:
+  make demo                                        # the whole method on a CPU, in minutes
+  reflectioncoder build-data --n 200 --out data.jsonl
+  reflectioncoder train --preset tiny --set data.files=[data.jsonl] --set checkpoint.out_dir=run
+  reflectioncoder evaluate --task humaneval --model run/final --json run/humaneval.json
+
+Run `reflectioncoder COMMAND --help` for a command's options. Add --debug (or set
+REFLECTIONCODER_DEBUG=1) to see a Python traceback instead of the one-line error.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; adds each option's default when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and action.nargs != 0
+        ):
+            shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+            text += f" (default: {shown})"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command."""
+
+    def error(self, message: str) -> None:  # argparse's hook; exits 2, as argparse does
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _command_parser(name: str, module) -> Parser:
+    parser = Parser(
+        prog=f"reflectioncoder {name}",
+        description=module.__doc__,
+        formatter_class=HelpFormatter,
+    )
+    module.add_arguments(parser)
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)"
+    )
+    return parser
+
+
+def _top_parser() -> Parser:
+    parser = Parser(
+        prog="reflectioncoder",
+        description=__doc__.splitlines()[0].split(": ", 1)[1],
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"reflectioncoder {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    command = argparse.ArgumentParser(prog=f"reflectioncoder {argv[0]}", description=module.__doc__)
-    module.add_arguments(command)
-    return int(module.main(command.parse_args(argv[1:])) or 0)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    top = [a for a in argv if a != "--debug"]
+    if not top or top[0] not in COMMANDS:
+        parser = _top_parser()
+        if not top or top[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        parser.parse_args(top)  # --version exits; anything else is a usage error
+        raise UsageError(f"unknown command {top[0]!r} (see reflectioncoder --help)")
+    name = top[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    args = _command_parser(name, module).parse_args(argv[argv.index(name) + 1 :])
+    return int(module.main(args) or 0)
+
+
+def _command_name(argv: list[str]) -> str:
+    name = next((a for a in argv if a in COMMANDS), None)
+    return f"reflectioncoder {name}" if name else "reflectioncoder"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
+    argv = [a for a in argv if not a.startswith("--local_rank=")]
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    prog = _command_name(argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_closed_stdout()
+        return 141  # as a process killed by SIGPIPE, which is what a shell expects
+    except SystemExit:
+        raise
+    except Exception as err:  # the one boundary: every error is one line unless --debug
+        if debug:
+            raise
+        message, code = one_line(err)
+        if not is_expected(err):
+            message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
+        print(f"{prog}: {message}", file=sys.stderr)
+        return code
+
+
+def _quiet_closed_stdout() -> None:
+    """The reader went away (``| head``): drop what is still buffered without a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

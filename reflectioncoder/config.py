@@ -12,6 +12,7 @@ overrides ``section.field=value`` (values parsed as YAML: ``1e-4``, ``true``, ``
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
+from reflectioncoder.errors import ConfigError, UsageError
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -225,7 +227,10 @@ class CheckpointConfig:
     save_every: int = 0
     """Save a checkpoint every this many optimizer steps (0: only at the end)."""
     keep_last: int = 2
-    """Keep the last K step checkpoints (older ones are deleted)."""
+    """Keep the last K step checkpoints (older ones are deleted; never the newest)."""
+    model_only: bool = False
+    """Step checkpoints hold the model only (weights, tokenizer, config: the authors'
+    --save_only_model, ~1/8 of the bytes); they cannot be resumed from."""
     save_final: bool = True
     """Save the final model (Hugging Face format) to OUT/final."""
 
@@ -235,6 +240,11 @@ class CheckpointConfig:
             self.save_every >= 0, "checkpoint.save_every", f"must be >= 0, got {self.save_every}"
         )
         _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(
+            isinstance(self.model_only, bool),
+            "checkpoint.model_only",
+            f"must be true or false, got {self.model_only!r}",
+        )
 
 
 @dataclass
@@ -298,34 +308,117 @@ def _to_plain(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building dataclasses from nested dicts (YAML), with clear errors on unknown keys.
+# Building dataclasses from nested dicts (YAML, --set): each value checked against its field's
+# type, by name, before the dataclass checks its range. Errors are ConfigErrors that name the
+# field and where its value came from (file:line:column, or the --set argument).
+
+Origins = dict[str, tuple[str, int | None, int | None]]  # "optim.lr" -> (file, line, column)
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None) -> Any:
+    origins = origins if origins is not None else {}
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+        raise _config_error(where, f"expected a mapping, got {type(data).__name__}", origins)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            name = f"{where}.{key}" if where else key
+            raise _config_error(name, f"unknown field; known: {', '.join(sorted(names))}", origins)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
-        sub = _dataclass_of(hints[key])
         name = f"{where}.{key}" if where else key
-        kwargs[key] = (
-            _from_dict(sub, value, name) if sub is not None and value is not None else value
-        )
+        sub = _dataclass_of(hints[key])
+        if sub is not None and value is not None:
+            kwargs[key] = _from_dict(sub, value, name, origins)
+        else:
+            kwargs[key] = _coerce(value, hints[key], name, origins)
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field missing
-        raise ValueError(f"{where or 'config'}: {err}") from err
+        raise _config_error(where or "config", str(err), origins) from err
     except ValueError as err:
         # The data room's messages name the field only: add the section.
         msg = str(err)
         if where and not msg.startswith(where):
             msg = f"{where}.{msg}"
-        raise ValueError(msg) from err
+        field_name, _, reason = msg.partition(": ")
+        raise _config_error(field_name, reason or msg, origins) from err
+
+
+def _config_error(name: str, reason: str, origins: Origins) -> ConfigError:
+    """A ConfigError for field ``name``, located at the value's origin when known."""
+    key = name.split("[")[0]  # a list item is located by its list
+    near = [v for k, v in origins.items() if k == key or k.startswith(key + ".")]
+    file, line, column = near[0] if near else (None, None, None)
+    return ConfigError(reason, file=file, line=line, column=column, field=name or "config")
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
+    """``value`` as the type ``hint`` says (YAML's ``1e-3`` string is a float), or a
+    ConfigError naming the field, the value and what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], name, origins)
+        return value
+    if hint is Any or (value is None and hint is Any):
+        return value
+    if origin in (list, tuple):
+        items = [value] if isinstance(value, str) and origin is list else value
+        if not isinstance(items, list | tuple):
+            raise _config_error(name, f"expected a list, got {value!r}", origins)
+        if origin is tuple and args and args[-1] is not Ellipsis and len(items) != len(args):
+            raise _config_error(name, f"expected {len(args)} values, got {value!r}", origins)
+        item_hints = (
+            [args[0]] * len(items)
+            if args and (origin is list or args[-1] is Ellipsis)
+            else list(args)
+        )
+        out = [
+            _coerce(v, h, f"{name}[{i}]", origins) if h is not Any else v
+            for i, (v, h) in enumerate(zip(items, item_hints or [Any] * len(items), strict=True))
+        ]
+        return out if origin is list else tuple(out)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _config_error(name, f"expected a mapping, got {value!r}", origins)
+        return value
+    if hint in _EXPECTED:
+        coerced = _scalar(value, hint)
+        if coerced is None:
+            got = "nothing (null)" if value is None else repr(value)
+            raise _config_error(name, f"expected {_EXPECTED[hint]}, got {got}", origins)
+        return coerced
+    return value
+
+
+def _scalar(value: Any, hint: type) -> Any:
+    """``value`` as a bool/int/float/str, or None when it is not one."""
+    if hint is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None  # true is not 1 here: a bool in a number field is a mistake
+    if hint is str:
+        return str(value) if isinstance(value, str | int | float) else None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if hint is float else int(value.strip())
+        except ValueError:
+            return None
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    if hint is int and isinstance(value, int):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _dataclass_of(hint: Any) -> type | None:
@@ -350,21 +443,27 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'optim.lr=1e-4'`` -> (["optim", "lr"], 0.0001). The value is parsed as YAML."""
+    """``'optim.lr=1e-4'`` -> (["optim", "lr"], 0.0001). The value is parsed as YAML (plus
+    1e-4 as a float); the field's type then decides (a float field also takes a YAML file's
+    ``lr: 1e-3``, which PyYAML reads as a string)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"--set {text!r}: expected section.field=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual float spelling.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
+        raise UsageError(f"--set {text!r}: expected section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--set {text!r}: the value is not valid YAML ({err.problem})") from None
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 wants 1.0e-4; 1e-4 is what people write
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], origins: Origins | None = None
+) -> dict[str, Any]:
     """Apply ``section.field=value`` overrides to a nested config dict (returns a new dict)."""
     out = _deep_merge({}, data)
     for text in overrides:
@@ -373,16 +472,56 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {text!r}: {part} is not a section")
+                raise UsageError(f"--set {text!r}: {part} is not a section")
         node[path[-1]] = value
+        if origins is not None:
+            origins[".".join(path)] = (f"--set {text}", None, None)
     return out
 
 
 def preset(name: str) -> dict[str, Any]:
     """A preset as a nested dict: ``tiny`` (CPU demo) or ``paper`` (SPEC §4)."""
     if name not in PRESETS:
-        raise ValueError(f"preset: unknown {name!r}; known: {sorted(PRESETS)}")
+        raise UsageError(f"preset: unknown {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def _yaml_origins(text: str, file: str) -> Origins:
+    """Where each ``section.field`` value is in a YAML text: (file, line, column), 1-based."""
+    origins: Origins = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                mark = value.start_mark
+                origins[name] = (file, mark.line + 1, mark.column + 1)
+                walk(value, name)
+
+    walk(yaml.compose(text), "")
+    return origins
+
+
+def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise UsageError(f"config file {state}", file=path, field="--config")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+        origins.update(_yaml_origins(text, str(path)))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        reason = getattr(err, "problem", None) or str(err)
+        raise ConfigError(
+            f"invalid YAML: {reason}",
+            file=path,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping (section: fields) at the top level", file=path)
+    return data
 
 
 def load_config(
@@ -391,26 +530,20 @@ def load_config(
     """Build a ``RunConfig`` from a preset and/or a YAML file, then ``overrides``.
 
     A YAML file may name its preset with a top-level ``preset: tiny`` key; its other keys update
-    that preset. ``base`` names a preset when no file is given.
+    that preset. ``base`` names a preset when no file is given. Raises ``ConfigError`` (a
+    ``ValueError``) naming the field, the value and where it came from.
     """
     data: dict[str, Any] = {}
+    origins: Origins = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config: file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"config: {path}: invalid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"config: {path}: expected a mapping at the top level")
+        data = _read_yaml(Path(path), origins)
         base = data.pop("preset", base)
     if base is not None:
         data = _deep_merge(preset(base), data)
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], origins)
     if "model" not in data:
-        raise ValueError("config: model: missing section (give a preset or a model section)")
-    return _from_dict(RunConfig, data, "")
+        raise ConfigError("missing section (give a preset or a model section)", field="model")
+    return _from_dict(RunConfig, data, "", origins)
 
 
 # ---------------------------------------------------------------------------------------------

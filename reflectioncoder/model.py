@@ -201,11 +201,16 @@ def prepare_model(
     liger: bool | None = None,
     gradient_checkpointing: bool = False,
 ) -> PreTrainedModel:
-    """Switch attention, Liger-Kernel and gradient checkpointing on ``model`` (in place).
+    """Put ``model`` in training mode and switch attention, Liger-Kernel and gradient
+    checkpointing (in place).
 
+    Training mode matters: ``from_pretrained`` returns the model in eval mode, and transformers
+    recomputes a checkpointed layer only when ``self.training`` is set, so without ``.train()``
+    checkpointing would be silently off for every model loaded from disk.
     ``liger=None`` means on when the model is on CUDA: Liger's RMSNorm and SwiGLU kernels do
     not run under the Triton interpreter, so ``liger=True`` on the CPU raises.
     """
+    model.train()
     model.set_attn_implementation(attn_implementation)
     on_cuda = next(model.parameters()).is_cuda
     if liger is None:

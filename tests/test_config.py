@@ -186,3 +186,49 @@ def test_train_command_prints_config_and_rejects_bad_values(capsys, seed):
     assert main(["train", "--preset", "tiny", "--set", "optim.warmup_ratio=2"]) == 2
     assert "optim.warmup_ratio" in capsys.readouterr().err
     assert main(["train"]) == 2  # neither --config nor --preset
+
+
+@pytest.mark.parametrize(
+    "override, field, expected",
+    [
+        ("optim.lr=fast", "optim.lr", "a number"),
+        ("train.seed=abc", "train.seed", "an integer"),
+        ("logging.tensorboard=maybe", "logging.tensorboard", "true or false"),
+        ("train.samples_per_step=4.5", "train.samples_per_step", "an integer"),
+        ("train.epochs=[1]", "train.epochs", "a number"),
+        ("model.arch=3", "model.arch", "a mapping"),
+        ("data.upsample=[1, x]", "data.upsample[1]", "an integer"),
+    ],
+)
+def test_values_are_checked_by_type_naming_field_value_and_expectation(override, field, expected):
+    with pytest.raises(ValueError) as err:
+        load_config(base="tiny", overrides=[override])
+    message = str(err.value)
+    assert f"{field}: expected {expected}" in message
+    assert override.split("=", 1)[1] in message  # the value, and the --set that gave it
+    assert message.startswith(f"--set {override}")
+
+
+def test_yaml_and_set_read_scientific_notation_alike(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny\noptim:\n  lr: 1e-3\n  eps: 1E-6\ntrain:\n  epochs: 3\n")
+    from_yaml = load_config(path)
+    from_set = load_config(
+        base="tiny", overrides=["optim.lr=1e-3", "optim.eps=1E-6", "train.epochs=3"]
+    )
+    assert from_yaml.optim.lr == from_set.optim.lr == 1e-3
+    assert from_yaml.optim.eps == from_set.optim.eps == 1e-6
+    assert isinstance(from_yaml.train.epochs, float) and from_yaml.train.epochs == 3.0
+
+
+def test_yaml_errors_name_file_line_and_column(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny\ntrain:\n  seed: 7\n  samples_per_step: lots\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}:4:21: train.samples_per_step: expected an integer, got 'lots'"
+    )
+    path.write_text("preset: tiny\noptim:\n  lr: -1e-3\n")
+    with pytest.raises(ValueError, match=rf"{path}:3:7: optim.lr: must be > 0"):
+        load_config(path)

@@ -243,6 +243,7 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     replies = [
         f"Here is my attempt.\n```python\n{buggy}\n```",
         f"The output shows the bug; fixed:\n```python\n{problem.solution}\n```",
+        f"```python\n{problem.solution}\n```",  # stage 2: the one-off answer
     ]
     requests: list[dict] = []
 
@@ -275,7 +276,7 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
         server.shutdown()
         thread.join()
     assert sample is not None and structure_errors(sample) == []
-    assert [r["path"] for r in requests] == ["/v1/chat/completions"] * 2
+    assert [r["path"] for r in requests] == ["/v1/chat/completions"] * 3
     assert all(r["auth"] == "Bearer k" and r["body"]["model"] == "stub-model" for r in requests)
     body = sample["messages"][1]["content"]
     assert body[0]["content"] == "Here is my attempt."
@@ -283,6 +284,10 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     assert run.output in requests[1]["body"]["messages"][-1]["content"]  # ... went to the model
     assert body[-1]["content"] == "All tests passed."
     assert _answer_code(sample).strip() == problem.solution.strip()
+    assert sample["construct"]["final_passed"] is True
+    stage2 = requests[2]["body"]["messages"]
+    assert stage2[-1]["role"] == "user" and problem.instruction() in stage2[-1]["content"]
+    assert stage2[-2]["role"] == "assistant"  # the passing fix, then the problem again
 
 
 def test_with_two_bugs_the_reflection_fixes_the_one_the_failure_shows() -> None:

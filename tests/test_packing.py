@@ -10,10 +10,10 @@ from reference.packing import ToyCausalModel, packed_loss, sample_terms, step_lo
 from reflectioncoder.data.config import STRATEGIES, MaskConfig, PackingConfig
 from reflectioncoder.data.masking import sample_rng
 from reflectioncoder.data.packing import (
+    balance_groups,
     build_packed_batch,
-    make_step_batches,
-    plan_micro_batches,
-    step_counts,
+    pack_rank,
+    plan_step,
     step_stats,
 )
 from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
@@ -37,6 +37,12 @@ def _samples(seed: int, n: int = 9):
     for i, s in enumerate(out):
         s.uid = 100 + i
     return out
+
+
+def _step_batches(samples, step, total, cfg, pack, seed, world_size=1):
+    """Every rank's micro-batches of one step, rank after rank."""
+    plan = plan_step(samples, step, total, cfg, pack, seed, world_size)
+    return [b for rank in range(world_size) for b in pack_rank(plan, rank, cfg, pack)]
 
 
 def _reference_loss(model, samples, step, total, cfg: MaskConfig, seed, normalisation):
@@ -69,9 +75,7 @@ def test_step_loss_matches_spec(cfg, normalisation, seed):
     samples = _samples(seed)
     model = ToyCausalModel(VOCAB, 8, 256, seed)
     for step, total in [(0, 0), (2, 7), (9, 10)]:
-        batches = make_step_batches(
-            samples, step, total, cfg, PackingConfig(90, normalisation), seed
-        )
+        batches = _step_batches(samples, step, total, cfg, PackingConfig(90, normalisation), seed)
         assert len(batches) > 1  # the budget splits the step
         got = sum(packed_loss(model, b) for b in batches)
         want = _reference_loss(model, samples, step, total, cfg, seed, normalisation)
@@ -79,35 +83,59 @@ def test_step_loss_matches_spec(cfg, normalisation, seed):
 
 
 @pytest.mark.parametrize("normalisation", ["sample", "token"])
-def test_data_parallel_denominators(normalisation, seed):
-    """Two ranks with the global counts give the single-process step loss, summed."""
+@pytest.mark.parametrize("world_size", [2, 3, 16])
+def test_data_parallel_plan(normalisation, world_size, seed):
+    """Ranks' micro-batches (the global denominators in their weights) sum to the
+    single-process step loss; every rank runs the same number of micro-batches; every sample
+    is in exactly one of them; zero-weight slots only when there are too few samples."""
     samples = _samples(seed, 10)
     cfg = MaskConfig(strategies=("random_block_mask", "all_mask"))
     pack = PackingConfig(120, normalisation)
     model = ToyCausalModel(VOCAB, 8, 256, seed)
-    single = sum(packed_loss(model, b) for b in make_step_batches(samples, 3, 8, cfg, pack, seed))
-    ranks = [samples[0::2], samples[1::2]]
-    glob = step_counts(ranks[0], cfg) + step_counts(ranks[1], cfg)
-    assert glob == step_counts(samples, cfg)
-    split = sum(
-        packed_loss(model, b)
-        for r in ranks
-        for b in make_step_batches(r, 3, 8, cfg, pack, seed, denominators=glob)
-    )
+    single = sum(packed_loss(model, b) for b in _step_batches(samples, 3, 8, cfg, pack, seed))
+    plan = plan_step(samples, 3, 8, cfg, pack, seed, world_size)
+    assert plan.denominators == plan_step(samples, 3, 8, cfg, pack, seed).denominators
+    ranks = [pack_rank(plan, r, cfg, pack) for r in range(world_size)]
+    assert {len(r) for r in ranks} == {plan.micro_batches}
+    slots = zip(sum(plan.groups, []), sum(plan.padding, []), strict=True)
+    real = [i for g, pad in slots if not pad for i in g]
+    assert sorted(real) == list(range(len(samples)))
+    assert any(sum(plan.padding, [])) == (len(samples) < world_size * plan.micro_batches)
+    for rank, pads in zip(ranks, plan.padding, strict=True):
+        for b, pad in zip(rank, pads, strict=True):
+            assert pad == (b.num_samples == 0) and (not pad or not b.ce_weight.any())
+    split = sum(packed_loss(model, b) for r in ranks for b in r)
     torch.testing.assert_close(split, single, rtol=2e-6, atol=0)
+
+
+def test_balance_groups_by_tokens(seed):
+    """Within the budget, as few micro-batches per rank as fit, nearly equal tokens."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(200, 7000, (512,), generator=g).tolist()
+    for world in (8, 64):
+        groups, padding = balance_groups(tokens, world, 16384)
+        m = len(groups[0])
+        loads = [sum(tokens[i] for i in b) for r in groups for b in r]
+        assert all(len(r) == m for r in groups) and not any(sum(padding, []))
+        assert max(loads) <= 16384
+        assert m <= -(-sum(tokens) // (world * 16384)) + 1
+        assert min(loads) >= 0.85 * max(loads), (world, min(loads), max(loads))
+    oversize = [20000, 100, 100]
+    groups, padding = balance_groups(oversize, 2, 1000)
+    assert [0] in [b for r in groups for b in r]  # alone in its micro-batch
 
 
 def test_packed_batch_layout(seed):
     samples = _samples(seed, 12)
     cfg = MaskConfig(strategies=STRATEGIES)
     pack = PackingConfig(max_tokens=100)
-    groups = plan_micro_batches(samples, pack, cfg)
+    plan = plan_step(samples, 4, 10, cfg, pack, seed)
+    groups = plan.groups[0]
     assert sorted(i for g in groups for i in g) == list(range(len(samples)))
-    for g in groups:
-        cost = sum(len(samples[i]) * (2 if samples[i].is_reflection else 1) for i in g)
-        assert cost <= pack.max_tokens or len(g) == 1
-    batches = make_step_batches(samples, 4, 10, cfg, pack, seed, groups=groups)
+    batches = pack_rank(plan, 0, cfg, pack)
     for g, b in zip(groups, batches, strict=True):
+        assert b.num_tokens == sum(plan.tokens[i] for i in g)
+        assert b.num_tokens <= pack.max_tokens or len(g) == 1
         assert b.cu_seqlens.dtype == torch.int32
         assert b.cu_seqlens[-1] == b.input_ids.numel() == b.num_tokens
         assert torch.equal(b.cu_seqlens.diff().long(), torch.tensor(b.seq_lens))
@@ -176,27 +204,3 @@ def test_bad_arguments():
     s = _samples(0, 2)
     with pytest.raises(ValueError, match="backend: must be host or triton"):
         build_packed_batch(s, 0, 1, MaskConfig(), 0, backend="cuda")
-
-
-def test_plan_at_step_fills_budget(seed):
-    """Planning with the students' exact lengths at the step: budget held exactly, fewer
-    micro-batches once the mask hides much, and the same step loss."""
-    samples = synthetic_samples(
-        24, VOCAB, seed, instruction=(2, 10), reflection=(10, 60), answer=(2, 10)
-    )
-    cfg = MaskConfig(strategies=("all_mask",))
-    full = PackingConfig(max_tokens=300)
-    at_step = PackingConfig(max_tokens=300, plan_at_step=True)
-    a = make_step_batches(samples, 9, 10, cfg, full, seed)
-    b = make_step_batches(samples, 9, 10, cfg, at_step, seed)
-    assert all(x.num_tokens <= 300 or x.num_samples == 1 for x in b)
-    assert len(b) < len(a)
-    model = ToyCausalModel(VOCAB, 8, 256, seed)
-    torch.testing.assert_close(
-        sum(packed_loss(model, x) for x in b),
-        sum(packed_loss(model, x) for x in a),
-        rtol=2e-6,
-        atol=0,
-    )
-    with pytest.raises(ValueError, match="total_steps, seed: needed with step"):
-        plan_micro_batches(samples, full, cfg, step=3)

@@ -4,7 +4,8 @@
   one or two mutations; each reflection explains the failure the sandbox really printed and
   reverts one mutation.
 - ``OpenAIBackend``: any OpenAI-compatible chat endpoint (``/v1/chat/completions``), so a real
-  model can write attempts and reflections, as in the paper.
+  model can write attempts, reflections and the one-off answer, as in the paper;
+  ``TransformersBackend``: the same with a local ``transformers`` model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import threading
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -52,6 +56,9 @@ class Backend(Protocol):
     def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
         """Explain why the last turn of ``history`` failed, and give fixed code."""
         ...
+
+    # Optional: ``answer(problem, history, rng) -> Draft``, stage 2 (the problem again, answered
+    # in one standalone block); a backend without it answers with its last fix.
 
 
 # ----------------------------------------------------------------------------- feedback parsing
@@ -211,6 +218,10 @@ class MutationBackend:
         meta = {"sites": remaining, "edits": left, "runs": checks}
         return Draft(_join(parts), code, meta)
 
+    def answer(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        """The one-off answer is the code the reflections arrived at."""
+        return Draft("", history[-1].draft.code)
+
     def _explaining_bug(
         self, problem: Problem, sites: tuple[int, ...], last: Turn
     ) -> tuple[int, int]:
@@ -228,9 +239,21 @@ class MutationBackend:
         return (changed if changed is not None else 0), len(sites)
 
 
-# ----------------------------------------------------------------------------- HTTP backend
+# ----------------------------------------------------------------------------- chat backends
 
-_FENCE_RE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+_FENCE_RE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
+SYSTEM_PROMPT = "Write Python in one ```python fence. Tests are added and run for you."
+FEEDBACK_PROMPT = (
+    "Running your code with the tests printed:\n```\n{output}\n```\n"
+    "Explain what went wrong, then give the whole fixed function."
+)
+ANSWER_PROMPT = (
+    "{instruction}\n\nAnswer with the complete solution in one standalone ```python block."
+)
+
+
+class BackendError(RuntimeError):
+    """The model could not be reached (after retries): the problem is left for a later run."""
 
 
 def split_reply(reply: str) -> Draft:
@@ -242,10 +265,73 @@ def split_reply(reply: str) -> Draft:
     return Draft(reply[: last.start()].strip(), last.group(1).strip() + "\n")
 
 
-class OpenAIBackend:
-    """Attempts and reflections from an OpenAI-compatible chat endpoint (no SDK needed).
+class ChatBackend:
+    """The paper's two stages as a chat, for any model behind ``_chat(messages) -> str``.
+
+    Stage 1: the problem; the model's code runs with the tests; the real output goes back and
+    the model reflects and fixes (``attempt`` / ``reflect``). Stage 2 (``answer``): with that
+    conversation before it, the problem again, answered in one standalone code block.
+    """
+
+    name = "chat"
+
+    def _chat(self, messages: list[dict]) -> str:
+        raise NotImplementedError
+
+    def _conversation(self, problem: Problem, history: list[Turn]) -> list[dict]:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": problem.instruction()},
+        ]
+        for turn in history:
+            text = f"{turn.draft.text}\n```python\n{turn.draft.code.rstrip()}\n```".lstrip()
+            messages.append({"role": "assistant", "content": text})
+            if not turn.execution.passed:
+                output = turn.execution.output
+                messages.append({"role": "user", "content": FEEDBACK_PROMPT.format(output=output)})
+        return messages
+
+    def attempt(self, problem: Problem, rng: random.Random) -> Draft:
+        return split_reply(self._chat(self._conversation(problem, [])))
+
+    def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        return split_reply(self._chat(self._conversation(problem, history)))
+
+    def answer(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
+        messages = self._conversation(problem, history)
+        prompt = ANSWER_PROMPT.format(instruction=problem.instruction())
+        return split_reply(self._chat([*messages, {"role": "user", "content": prompt}]))
+
+
+class RateLimiter:
+    """At most ``per_second`` calls a second across threads (evenly spaced; 0: no limit)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        time.sleep(max(0.0, start - now))
+
+
+_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend(ChatBackend):
+    """Any OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp, a hosted API), no SDK.
 
     base_url: e.g. ``http://localhost:8000/v1``; requests go to ``{base_url}/chat/completions``.
+    A request that times out, cannot connect or gets 408/429/5xx is retried up to ``retries``
+    times with exponential back-off (``backoff_s`` doubled each time, a server's Retry-After
+    obeyed); other 4xx replies (a wrong model name, a bad key) stop the run as a user error.
+    ``rate_limit``: requests per second over all threads (0: none).
     """
 
     name = "openai"
@@ -257,55 +343,118 @@ class OpenAIBackend:
         api_key: str | None = None,
         temperature: float = 0.0,
         timeout_s: float = 120.0,
+        retries: int = 5,
+        backoff_s: float = 1.0,
+        rate_limit: float = 0.0,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url: expected an http(s) URL, got {base_url!r}")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or rate_limit < 0:
+            raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0, rate_limit >= 0")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key = api_key
         self.temperature = temperature
         self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.limiter = RateLimiter(rate_limit)
+        self.requests = 0  # sent, retries included
+        self.retried = 0
 
-    def _chat(self, messages: list[dict]) -> str:
+    def _request(self, messages: list[dict]) -> urllib.request.Request:
         body = json.dumps(
             {"model": self.model, "messages": messages, "temperature": self.temperature}
         ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-            reply = json.loads(response.read().decode())
+        url = f"{self.base_url}/chat/completions"
+        return urllib.request.Request(url, data=body, headers=headers, method="POST")
+
+    def _chat(self, messages: list[dict]) -> str:
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+            self.limiter.wait()
+            self.requests += 1
+            try:
+                with urllib.request.urlopen(self._request(messages), timeout=self.timeout_s) as r:
+                    reply = json.loads(r.read().decode())
+                break
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:200]
+                if e.code not in _RETRY_STATUS:
+                    from reflectioncoder.errors import UserError
+
+                    raise UserError(f"HTTP {e.code} {e.reason}: {detail}", file=url) from None
+                last = f"HTTP {e.code} {e.reason}"
+                delay = _retry_after(e.headers.get("Retry-After"))
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                last = f"{type(reason).__name__}: {reason}"
+                delay = None
+            except json.JSONDecodeError as e:
+                last = f"reply is not JSON: {e.msg}"
+                delay = None
+            if attempt == self.retries:
+                raise BackendError(f"{url}: {last} (after {self.retries} retries)")
+            time.sleep(delay if delay is not None else self.backoff_s * 2**attempt)
         try:
-            return reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as e:
-            raise ValueError(f"{self.base_url}: unexpected chat reply {str(reply)[:200]}") from e
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"{url}: unexpected chat reply {str(reply)[:200]}") from None
+        if not isinstance(content, str):
+            raise BackendError(f"{url}: reply content is not text: {str(content)[:200]}")
+        return content
 
-    def _conversation(self, problem: Problem, history: list[Turn]) -> list[dict]:
-        messages = [
-            {
-                "role": "system",
-                "content": "Write Python in one ```python fence. Tests are added and run for you.",
-            },
-            {"role": "user", "content": problem.instruction()},
-        ]
-        for turn in history:
-            text = f"{turn.draft.text}\n```python\n{turn.draft.code.rstrip()}\n```"
-            messages.append({"role": "assistant", "content": text})
-            messages.append(
-                {
-                    "role": "user",
-                    "content": "Running your code with the tests printed:\n"
-                    f"```\n{turn.execution.output}\n```\n"
-                    "Explain what went wrong, then give the whole fixed function.",
-                }
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds form; capped at 60), None if absent."""
+    try:
+        return min(max(float(value), 0.0), 60.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+class TransformersBackend(ChatBackend):
+    """A local ``transformers`` causal LM (a model folder), greedy, one generation at a time.
+
+    The chat goes through the tokenizer's chat template when it has one, else as
+    ``role: text`` lines ending in ``assistant:``.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model_path: str, max_new_tokens: int = 1024, device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
+        self.max_new_tokens = max_new_tokens
+        self.device = device
+        self._lock = threading.Lock()  # one model: generations run one at a time
+
+    def _prompt_ids(self, messages: list[dict]):
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return self.tokenizer(text, return_tensors="pt")["input_ids"]
+
+    def _chat(self, messages: list[dict]) -> str:
+        import torch
+
+        ids = self._prompt_ids(messages).to(self.device)
+        with self._lock, torch.no_grad():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
             )
-        return messages
-
-    def attempt(self, problem: Problem, rng: random.Random) -> Draft:
-        return split_reply(self._chat(self._conversation(problem, [])))
-
-    def reflect(self, problem: Problem, history: list[Turn], rng: random.Random) -> Draft:
-        return split_reply(self._chat(self._conversation(problem, history)))
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.problems import Problem, generate_problems
-from reflectioncoder.data.tokenize import SPECIAL_TOKENS
+from reflectioncoder.data.special import SPECIAL_TOKENS
 
 STYLES = ("humaneval", "mbpp")
 
@@ -89,9 +89,10 @@ def reflection_sample(
 ) -> dict | None:
     """One reflection sample for ``problem``, or None when no attempt led to a passing fix.
 
-    The first attempt must fail when run with the tests (an attempt that passes is redrawn, up
-    to ``max_attempts``); then the backend reflects on the real output until the code passes,
-    for at most ``max_rounds`` rounds.
+    Stage 1: the first attempt must fail when run with the tests (an attempt that passes is
+    redrawn, up to ``max_attempts``); then the backend reflects on the real output until the
+    code passes, for at most ``max_rounds`` rounds. Stage 2: the backend answers the problem
+    again in one block (message 4), which is run too: ``construct.final_passed``.
     """
     stats = stats if stats is not None else BuildStats()
     for _ in range(max_attempts):
@@ -111,6 +112,15 @@ def reflection_sample(
         if not history[-1].execution.passed:
             stats.rejected["never passed"] += 1
             continue
+        # Stage 2: the problem again, answered in one standalone block, which runs too.
+        answer = history[-1].draft
+        if hasattr(backend, "answer"):
+            answer = backend.answer(problem, history, rng)
+        if answer.code == history[-1].draft.code:
+            final = history[-1].execution  # the same program: its run already decided it
+        else:
+            final = run_program(problem.test_program(answer.code), timeout_s=timeout_s)
+            stats.executions += 1
         body = []
         for turn in history:
             body += [
@@ -126,12 +136,13 @@ def reflection_sample(
                 "backend": backend.name,
                 "mutations": [e.kind for e in history[0].draft.meta.get("edits", ())],
                 "rounds": len(history) - 1,
+                "final_passed": final.passed,
             },
             "messages": [
                 {"role": "user", "content": [_text(instruction)]},
                 {"role": "assistant", "content": body},
                 {"role": "user", "content": [_text(instruction)]},
-                {"role": "assistant", "content": [answer_block(history[-1].draft.code)]},
+                {"role": "assistant", "content": [answer_block(answer.code)]},
             ],
         }
         if has_special_token(sample):

@@ -1,37 +1,47 @@
-"""Build reflection sequences by real execution: problems, buggy attempts, feedback, fixes.
+"""Build reflection sequences by real execution: problems, attempts, feedback, fixes, answers.
 
-Writes ReflectionSeq jsonl (SPEC §1). Every attempt runs with its tests in the sandbox; the
-execution blocks hold what the interpreter printed.
+Writes ReflectionSeq jsonl (SPEC §1). Every program runs with its tests in the sandbox; the
+execution blocks hold what the interpreter printed. Without ``--problems`` the problems are the
+313 template problems (``--n`` samples); with ``--problems FILE`` they are the user's own
+(jsonl ``{id, prompt, tests, reference?, entry_point?, language?}``), one sample per problem,
+and the run is resumable: run the same command again to continue a stopped run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend
+from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
+from reflectioncoder.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``reflectioncoder build-data`` flags."""
     parser.add_argument("--out", required=True, help="output jsonl file")
-    parser.add_argument("--n", type=int, required=True, help="number of samples to write")
+    parser.add_argument(
+        "--problems", help="your problems (jsonl: id, prompt, tests, reference?, entry_point?)"
+    )
+    parser.add_argument("--n", type=int, help="template problems: number of samples to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, bugs and order")
     parser.add_argument(
         "--workers",
         type=int,
         default=8,
-        help="sandboxed runs in parallel (default 8: a run mostly waits on process start-up)",
+        help="problems in flight at once (default 8: a run mostly waits on process start-up "
+        "or on the model)",
     )
     parser.add_argument(
         "--generation-fraction",
         type=float,
         default=0.25,
-        help="share of plain `type: generation` samples (default 0.25)",
+        help="template problems: share of plain `type: generation` samples (default 0.25)",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per program run")
+    parser.add_argument(
+        "--max-rounds", type=int, default=3, help="--problems: reflection rounds at most"
+    )
     parser.add_argument(
         "--two-bug-rate",
         type=float,
@@ -39,27 +49,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mutation backend: share of first attempts with two bugs (default 0.25)",
     )
     parser.add_argument(
-        "--backend", choices=("mutation", "openai"), default="mutation", help="who writes code"
+        "--backend",
+        choices=("mutation", "openai", "transformers"),
+        default="mutation",
+        help="who writes code: mutated references (offline), an OpenAI-compatible endpoint, "
+        "or a local transformers model",
     )
     parser.add_argument("--base-url", help="openai backend: e.g. http://localhost:8000/v1")
-    parser.add_argument("--model", help="openai backend: the model name to request")
+    parser.add_argument(
+        "--model", help="openai: the model name to request; transformers: the model folder"
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=120.0, help="openai: seconds per request"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="openai: retries of a failed request (back-off)"
+    )
+    parser.add_argument(
+        "--rate-limit", type=float, default=0.0, help="openai: requests per second (0: no limit)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=1024, help="transformers: tokens per reply"
+    )
+
+
+def _backend(args: argparse.Namespace):
+    if args.backend == "openai":
+        if not args.base_url or not args.model:
+            raise UsageError("--backend openai needs --base-url and --model", field="--backend")
+        return OpenAIBackend(
+            args.base_url,
+            args.model,
+            os.environ.get("OPENAI_API_KEY"),
+            timeout_s=args.request_timeout,
+            retries=args.retries,
+            rate_limit=args.rate_limit,
+        )
+    if args.backend == "transformers":
+        if not args.model:
+            raise UsageError("--backend transformers needs --model FOLDER", field="--backend")
+        return TransformersBackend(args.model, max_new_tokens=args.max_new_tokens)
+    return MutationBackend(args.two_bug_rate, timeout_s=args.timeout)
 
 
 def main(args: argparse.Namespace) -> int:
     """Build the dataset and write it; prints a one-line summary."""
-    if args.n < 0:
-        print(f"error: --n: expected a non-negative number, got {args.n}", file=sys.stderr)
-        return 2
     if args.workers < 1:
-        print(f"error: --workers: expected at least 1, got {args.workers}", file=sys.stderr)
-        return 2
-    if args.backend == "openai":
-        if not args.base_url or not args.model:
-            print("error: --backend openai needs --base-url and --model", file=sys.stderr)
-            return 2
-        backend = OpenAIBackend(args.base_url, args.model, os.environ.get("OPENAI_API_KEY"))
-    else:
-        backend = MutationBackend(args.two_bug_rate, timeout_s=args.timeout)
+        raise UsageError(f"expected at least 1, got {args.workers}", field="--workers")
+    if args.problems is None and args.n is None:
+        raise UsageError("give --n (template problems) or --problems FILE", field="--n")
+    if args.n is not None and args.n < 0:
+        raise UsageError(f"expected a non-negative number, got {args.n}", field="--n")
+    backend = _backend(args)
+    if args.problems is not None:
+        from reflectioncoder.construct.from_problems import build_from_problems, progress_path
+
+        summary = build_from_problems(
+            args.problems,
+            args.out,
+            backend,
+            workers=args.workers,
+            max_rounds=args.max_rounds,
+            timeout_s=args.timeout,
+            seed=args.seed,
+        )
+        print(f"{args.out}: {summary.summary()}")
+        for where, reason in list(summary.skipped.items())[:20]:
+            print(f"  skipped {where}: {reason}")
+        print(f"  progress log: {progress_path(args.out)}")
+        return 1 if summary.left else 0
     from tqdm import tqdm
 
     with tqdm(total=None, desc="reflection samples", unit="sample", leave=False) as bar:

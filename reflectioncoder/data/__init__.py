@@ -4,7 +4,9 @@
 - ``tokenize``: SPEC constants, ``add_special_tokens``, serialisation, labels, ``TokenizedSample``.
 - ``dataset``: ``load_dataset`` (upsampling, over-length report, multi-process, disk cache).
 - ``masking``: the dynamic mask (strategies, schedule, deterministic draws, host application).
-- ``packing``: ``PackedBatch``, ``plan_micro_batches``, ``make_step_batches``, ``step_counts``.
+- ``packing``: ``PackedBatch``, ``StepPlan`` (``plan_step``), ``pack_rank``, ``step_counts``.
 - ``config``: ``DataConfig``, ``MaskConfig``, ``PackingConfig``.
 - ``inspect``: the ``reflectioncoder inspect`` command; ``synthetic``: synthetic samples.
+- ``prepare``: the ``reflectioncoder prepare-data`` command (``readers`` for jsonl / json /
+  parquet / ``datasets`` folders, ``formats`` for the conversions, ``decontaminate``).
 """

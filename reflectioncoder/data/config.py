@@ -87,20 +87,14 @@ class PackingConfig:
     """How an optimizer step's samples become micro-batches."""
 
     max_tokens: int = 16384
-    """Token budget per micro-batch: teacher + student tokens, the student counted at full
-    length so grouping does not depend on the step (unless plan_at_step); a sample over the
-    budget gets a micro-batch of its own."""
+    """Token budget per micro-batch: teacher + visible student tokens at the step (the masks
+    are drawn when the step is planned); a sample over the budget gets a micro-batch of its
+    own."""
     normalisation: str = "sample"
     """sample: mean over samples of CE_i + KL_i (the reference); token: CE and KL each
     averaged over all their tokens / rows of the step (SPEC §2)."""
-    plan_at_step: bool = False
-    """True: plan each step's micro-batches with the students' exact lengths at that step (the
-    draws are deterministic, so still plannable ahead); fills the budget better once the mask
-    hides much. False: plan once at full student length (step-independent)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.plan_at_step, bool):
-            raise ValueError(f"plan_at_step: must be a bool, got {self.plan_at_step!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be an int >= 1, got {self.max_tokens!r}")
         if self.normalisation not in NORMALISATIONS:

@@ -66,6 +66,25 @@ class MaskPlan:
     rate: float
 
 
+def select_masks(plan: MaskPlan, rows: Sequence[int]) -> MaskPlan:
+    """The draws of some of ``plan``'s students (``rows``, in that order): a step's masks are
+    drawn once, and each micro-batch takes its students' share."""
+    offsets = plan.offsets.numpy()
+    keys = [plan.keys[offsets[r] : offsets[r + 1]] for r in rows]
+    lens = [int(offsets[r + 1] - offsets[r]) for r in rows]
+    index = torch.tensor(list(rows), dtype=torch.int64)
+    return MaskPlan(
+        keys=torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int32),
+        offsets=torch.tensor([0, *np.cumsum(lens).tolist()], dtype=torch.int64),
+        starts=plan.starts[index],
+        ends=plan.ends[index],
+        thresholds=plan.thresholds[index],
+        student_lens=[plan.student_lens[r] for r in rows],
+        strategies=[plan.strategies[r] for r in rows],
+        rate=plan.rate,
+    )
+
+
 def sample_rng(seed: int, step: int, uid: int) -> np.random.Generator:
     """The generator of one sample's draws: a function of (seed, step, uid) only, so a
     resumed run (or another rank, or a worker) draws the same masks."""

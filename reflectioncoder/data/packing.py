@@ -6,20 +6,30 @@ samples (or distillation off) give the teacher only. Only rows with a CE target 
 pair become loss rows. Normalisation (SPEC §2) lives entirely in ``ce_weight``/``kl_weight``
 so that summing the loss over the step's micro-batches gives the step's loss.
 
-Two stages: ``plan_micro_batches`` (step-independent: may run ahead, in workers) and
-``build_packed_batch`` / ``make_step_batches`` (step-dependent: the mask; in the train step).
+One plan object per optimizer step, built once and alike on every rank (``plan_step``): the
+step's samples, the global denominators, every student's mask draw, and each rank's
+micro-batches, balanced by tokens so that every rank runs the same number of them with nearly
+equal token counts. ``pack_rank`` turns one rank's share into ``PackedBatch``es.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
-from reflectioncoder.data.masking import MaskPlan, StudentTokens, apply_masks_host, draw_masks
+from reflectioncoder.data.masking import (
+    MaskPlan,
+    StudentTokens,
+    apply_masks_host,
+    draw_masks,
+    select_masks,
+)
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample
 
 
@@ -101,44 +111,6 @@ def step_counts(samples: Sequence[TokenizedSample], mask_cfg: MaskConfig) -> Ste
     return total
 
 
-def plan_micro_batches(
-    samples: Sequence[TokenizedSample],
-    packing_cfg: PackingConfig,
-    mask_cfg: MaskConfig,
-    step: int | None = None,
-    total_steps: int | None = None,
-    seed: int | None = None,
-) -> list[list[int]]:
-    """Group sample indices into micro-batches under ``packing_cfg.max_tokens``.
-
-    Cost of a sample: L, plus its student's length: the full L (step-independent: the plan
-    holds at every step) unless ``step``, ``total_steps`` and ``seed`` are given, then the
-    student's exact length at that step. First-fit decreasing; a sample's teacher and student
-    stay together; a sample over the budget gets a micro-batch of its own.
-    """
-    cost = [len(s) * (2 if _has_student(s, mask_cfg) else 1) for s in samples]
-    if step is not None:
-        if total_steps is None or seed is None:
-            raise ValueError("total_steps, seed: needed with step to plan at a step")
-        which = [i for i, s in enumerate(samples) if _has_student(s, mask_cfg)]
-        plan = draw_masks([samples[i] for i in which], step, total_steps, mask_cfg, seed)
-        for i, n in zip(which, plan.student_lens, strict=True):
-            cost[i] = len(samples[i]) + n
-    order = sorted(range(len(samples)), key=lambda i: (-cost[i], i))
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        for b, r in enumerate(room):
-            if cost[i] <= r:
-                bins[b].append(i)
-                room[b] -= cost[i]
-                break
-        else:
-            bins.append([i])
-            room.append(packing_cfg.max_tokens - cost[i])
-    return [sorted(b) for b in bins]
-
-
 def sample_weights(
     sample: TokenizedSample, mask_cfg: MaskConfig, normalisation: str, denominators: StepCounts
 ) -> tuple[float, float]:
@@ -165,12 +137,14 @@ def build_packed_batch(
     denominators: StepCounts | None = None,
     backend: str = "host",
     device: torch.device | str | None = None,
+    masks: MaskPlan | None = None,
 ) -> PackedBatch:
     """Pack ``samples`` (one micro-batch) with their students masked at ``step``.
 
     ``denominators``: the whole step's counts across micro-batches and ranks (default: these
     samples alone). ``backend``: "host" (torch on the CPU) or "triton" (the mask kernel on
-    ``device``; the returned batch lives there).
+    ``device``; the returned batch lives there). ``masks``: the students' draws, already made
+    (a ``StepPlan``'s); default: drawn here.
     """
     if not samples:
         raise ValueError("samples: a micro-batch needs at least one sample")
@@ -178,7 +152,9 @@ def build_packed_batch(
         raise ValueError(f"backend: must be host or triton, got {backend!r}")
     denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
     students = [s for s in samples if _has_student(s, mask_cfg)]
-    plan = draw_masks(students, step, total_steps, mask_cfg, seed)
+    plan = masks if masks is not None else draw_masks(students, step, total_steps, mask_cfg, seed)
+    if len(plan.student_lens) != len(students):
+        raise ValueError(f"masks: {len(plan.student_lens)} draws for {len(students)} students")
     if students:
         s_ids = torch.cat([s.ids for s in students])
         s_labels = torch.cat([s.student_labels for s in students])
@@ -352,40 +328,193 @@ def step_stats(batches: Sequence[PackedBatch], max_tokens: int | None = None) ->
     return out
 
 
-def make_step_batches(
+@dataclass
+class StepPlan:
+    """One optimizer step, decided once on the host and alike on every rank.
+
+    samples: the step's samples (all ranks); denominators: their counts (SPEC §2's global
+    normalisation, no communication needed); masks: every student's draw at this step, in
+    sample order (``student_row[i]``: sample i's row, -1 without a student); tokens: each
+    sample's tokens at this step (teacher + visible student); groups[rank][j]: sample indices
+    of that rank's micro-batch j; padding[rank][j]: True for a zero-weight slot (only when the
+    step has fewer samples than ranks x micro-batches).
+    """
+
+    step: int
+    total_steps: int
+    seed: int
+    samples: list[TokenizedSample]
+    denominators: StepCounts
+    masks: MaskPlan
+    student_row: list[int]
+    tokens: list[int]
+    groups: list[list[list[int]]]
+    padding: list[list[bool]]
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per rank (the same on every rank)."""
+        return len(self.groups[0])
+
+    def has_student(self, rank: int) -> list[list[bool]]:
+        """For each of ``rank``'s micro-batches, whether each of its samples has a student."""
+        return [[self.student_row[i] >= 0 for i in g] for g in self.groups[rank]]
+
+
+def plan_step(
     samples: Sequence[TokenizedSample],
     step: int,
     total_steps: int,
     mask_cfg: MaskConfig,
     packing_cfg: PackingConfig,
     seed: int,
-    denominators: StepCounts | None = None,
-    groups: list[list[int]] | None = None,
+    world_size: int = 1,
+) -> StepPlan:
+    """The step's ``StepPlan``: masks drawn once, micro-batches balanced over ``world_size``."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("samples: a step needs at least one sample")
+    which = [i for i, s in enumerate(samples) if _has_student(s, mask_cfg)]
+    masks = draw_masks([samples[i] for i in which], step, total_steps, mask_cfg, seed)
+    student_row = [-1] * len(samples)
+    tokens = [len(s) for s in samples]
+    for row, i in enumerate(which):
+        student_row[i] = row
+        tokens[i] += masks.student_lens[row]
+    groups, padding = balance_groups(tokens, world_size, packing_cfg.max_tokens)
+    return StepPlan(
+        step=step,
+        total_steps=total_steps,
+        seed=seed,
+        samples=samples,
+        denominators=step_counts(samples, mask_cfg),
+        masks=masks,
+        student_row=student_row,
+        tokens=tokens,
+        groups=groups,
+        padding=padding,
+    )
+
+
+def pack_rank(
+    plan: StepPlan,
+    rank: int,
+    mask_cfg: MaskConfig,
+    packing_cfg: PackingConfig,
     backend: str = "host",
     device: torch.device | str | None = None,
 ) -> list[PackedBatch]:
-    """One optimizer step's micro-batches for this rank's ``samples``.
-
-    ``denominators``: the step's counts summed over all ranks (default: this rank's, i.e. a
-    single process). ``groups``: a plan from ``plan_micro_batches`` (default: planned here,
-    at this step when ``packing_cfg.plan_at_step``).
-    Summing the weighted losses of the returned batches gives the step's loss (SPEC §2).
-    """
-    denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
-    if groups is None:
-        at_step = (step, total_steps, seed) if packing_cfg.plan_at_step else (None, None, None)
-        groups = plan_micro_batches(samples, packing_cfg, mask_cfg, *at_step)
-    return [
-        build_packed_batch(
-            [samples[i] for i in g],
-            step,
-            total_steps,
+    """``rank``'s micro-batches of ``plan``, masked with the plan's draws. Summing the weighted
+    losses of every rank's batches gives the step's loss (SPEC §2)."""
+    batches = []
+    for group, pad in zip(plan.groups[rank], plan.padding[rank], strict=True):
+        rows = [plan.student_row[i] for i in group if plan.student_row[i] >= 0]
+        batch = build_packed_batch(
+            [plan.samples[i] for i in group],
+            plan.step,
+            plan.total_steps,
             mask_cfg,
-            seed,
+            plan.seed,
             packing_cfg.normalisation,
-            denominators,
+            plan.denominators,
             backend,
             device,
+            masks=select_masks(plan.masks, rows),
         )
-        for g in groups
-    ]
+        batches.append(zero_weight(batch) if pad else batch)
+    return batches
+
+
+def zero_weight(batch: PackedBatch) -> PackedBatch:
+    """A batch that costs a forward and backward but adds nothing: fills a rank's slot when the
+    step has too few samples, so every rank runs the same collectives (ZeRO-3 gathers per
+    forward)."""
+    return replace(
+        batch,
+        ce_weight=torch.zeros_like(batch.ce_weight),
+        kl_weight=torch.zeros_like(batch.kl_weight),
+        num_samples=0,
+        num_tokens=0,
+        num_label_tokens=0,
+        num_kl_rows=0,
+        reference_tokens=0,
+    )
+
+
+def balance_groups(
+    tokens: Sequence[int], world_size: int, max_tokens: int
+) -> tuple[list[list[list[int]]], list[list[bool]]]:
+    """Deal samples (``tokens[i]`` each) into ``world_size`` x m micro-batches under
+    ``max_tokens``, m as small as fits, with nearly equal token counts: largest first into the
+    lightest micro-batch, then moves and swaps out of the heaviest. A sample over the budget
+    gets a micro-batch of its own. Micro-batches are dealt so that each rank's j-th ones are
+    alike in size (ranks run them in lockstep under ZeRO-3). Returns (groups, padding)."""
+    if world_size < 1:
+        raise ValueError(f"world_size: must be >= 1, got {world_size}")
+    m = max(1, math.ceil(sum(tokens) / (world_size * max_tokens)))
+    while (bins := _fill(tokens, world_size * m, max_tokens)) is None:
+        m += 1
+    _even_out(bins, tokens, max_tokens)
+    loads = [sum(tokens[i] for i in b) for b in bins]
+    order = sorted(range(len(bins)), key=lambda b: (-loads[b], min(bins[b], default=-1)))
+    groups: list[list[list[int]]] = [[] for _ in range(world_size)]
+    for j in range(m):
+        slot = order[j * world_size : (j + 1) * world_size]
+        if j % 2:  # snake: the ranks' totals even out too
+            slot = slot[::-1]
+        for rank, b in enumerate(slot):
+            groups[rank].append(sorted(bins[b]))
+    # Too few samples for every slot: a zero-weight copy of the step's smallest sample.
+    smallest = min(range(len(tokens)), key=lambda i: (tokens[i], i))
+    padding = [[not g for g in rank] for rank in groups]
+    groups = [[g or [smallest] for g in rank] for rank in groups]
+    return groups, padding
+
+
+def _fill(tokens: Sequence[int], n_bins: int, max_tokens: int) -> list[list[int]] | None:
+    """Largest first into the lightest bin; None when it does not fit in ``n_bins``."""
+    heap = [(0, b) for b in range(n_bins)]
+    bins: list[list[int]] = [[] for _ in range(n_bins)]
+    for i in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
+        load, b = heapq.heappop(heap)
+        if load + tokens[i] > max_tokens and bins[b]:
+            return None  # the lightest bin is full, so every bin is
+        bins[b].append(i)
+        heapq.heappush(heap, (load + tokens[i], b))
+    return bins
+
+
+def _even_out(bins: list[list[int]], tokens: Sequence[int], max_tokens: int) -> None:
+    """Lower the heaviest bin by a move or a swap with a lighter one, while one helps."""
+    loads = [sum(tokens[i] for i in b) for b in bins]
+    for _ in range(4 * sum(len(b) for b in bins)):
+        top = max(range(len(bins)), key=loads.__getitem__)
+        if not _improve(bins, loads, tokens, top, max_tokens):
+            return
+
+
+def _improve(bins, loads, tokens, top: int, max_tokens: int) -> bool:
+    peak = loads[top]
+    for other in sorted(range(len(bins)), key=loads.__getitem__):
+        if loads[other] >= peak:
+            return False
+        for x in bins[top]:
+            if (
+                len(bins[top]) > 1
+                and loads[other] + tokens[x] < peak
+                and (loads[other] + tokens[x] <= max_tokens)
+            ):
+                bins[top].remove(x)
+                bins[other].append(x)
+                loads[top] -= tokens[x]
+                loads[other] += tokens[x]
+                return True
+            for y in bins[other]:
+                delta = tokens[x] - tokens[y]
+                if 0 < delta and loads[other] + delta < peak and loads[other] + delta <= max_tokens:
+                    bins[top][bins[top].index(x)] = y
+                    bins[other][bins[other].index(y)] = x
+                    loads[top] -= delta
+                    loads[other] += delta
+                    return True
+    return False

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflectioncoder.data.tokenize import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
+from reflectioncoder.data.special import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
 
 
 class DataError(ValueError):
@@ -119,14 +119,18 @@ def parse_sample(obj: object, source: str) -> Sample:
         if len(messages) < 2 or roles[-1] != "assistant":
             raise DataError(source, "messages", "missing final answer (last assistant message)")
     else:
-        # SPEC §1: instruction, reflection sequence, instruction again, one-off answer.
-        if len(messages) < 4 or roles[3] != "assistant":
+        # SPEC §1: instruction, reflection sequence, instruction again, one-off answer. Like the
+        # authors' code, any number of turns in between: the reflection body is the first
+        # assistant message, the answer the last one (SPEC §2-3 find them by the role tokens).
+        if len(messages) < 4 or roles[-1] != "assistant":
             raise DataError(
-                source, "messages", "missing final answer (reflection samples need 4 messages)"
+                source, "messages", "missing final answer (reflection samples need >= 4 messages)"
             )
-        if roles != ["user", "assistant", "user", "assistant"]:
+        if roles[:2] != ["user", "assistant"] or roles[-2] != "user":
             raise DataError(
-                source, "messages", f"roles must be user, assistant, user, assistant; got {roles}"
+                source,
+                "messages",
+                "roles must be user, assistant, ..., user, assistant; got " + str(roles),
             )
     return Sample(kind, messages, source)
 

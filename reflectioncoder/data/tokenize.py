@@ -14,28 +14,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+# The seven special tokens of SPEC §1 (defined without torch, for data preparation).
+from reflectioncoder.data.special import (
+    ASSISTANT,
+    BLOCK_TOKENS,
+    CODE,
+    END_OF_BLOCK,
+    END_OF_MESSAGE,
+    EXECUTION,
+    ROLE_TOKENS,
+    SPECIAL_TOKENS,
+    TEXT,
+    USER,
+)
+
 if TYPE_CHECKING:
     from reflectioncoder.data.schema import Sample
 
-# The seven special tokens of SPEC §1, in this order.
-USER = "<|user|>"
-ASSISTANT = "<|assistant|>"
-TEXT = "<|text|>"
-CODE = "<|code|>"
-EXECUTION = "<|execution|>"
-END_OF_BLOCK = "<|endofblock|>"
-END_OF_MESSAGE = "<|endofmessage|>"
-SPECIAL_TOKENS: tuple[str, ...] = (
-    USER,
-    ASSISTANT,
-    TEXT,
-    CODE,
-    EXECUTION,
-    END_OF_BLOCK,
-    END_OF_MESSAGE,
-)
-ROLE_TOKENS = {"user": USER, "assistant": ASSISTANT}
-BLOCK_TOKENS = {"text": TEXT, "code": CODE, "execution": EXECUTION}
 IGNORE = -100
 
 

@@ -5,8 +5,14 @@ OUT/checkpoints/step-000120/
                         loadable by AutoModelForCausalLM.from_pretrained as is
     optimizer.pt        AdamW state (single process), or deepspeed/ (ZeRO partitions, per rank)
     rng/rank-00000.pt   python, numpy, torch (and CUDA) RNG states of each rank
-    trainer_state.json  step, skipped updates, the data plan's fingerprint
-    COMPLETE            written last: a checkpoint without it is ignored (killed mid-save)
+    trainer_state.json  step, skipped updates, the data plan's fingerprint, model_only
+    COMPLETE            written last
+
+A checkpoint is written under OUT/checkpoints/.tmp-step-000120 and renamed to step-000120 only
+once complete, so a kill during a save leaves the previous checkpoints as they were (the torn
+temporary folder is removed by the next save). ``checkpoint.model_only`` writes model/ and
+trainer_state.json only (the authors' --save_only_model: a tenth of the bytes, not resumable).
+Pruning to ``keep_last`` never deletes the checkpoint just written.
 
 The data position is the optimizer step: the step plan (which samples each step takes) and the
 masks are functions of (seed, step), so a resumed run sees exactly the batches it would have.
@@ -23,14 +29,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
 from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine
 
 COMPLETE = "COMPLETE"
+TMP_PREFIX = ".tmp-"
+# What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
+RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
+
+
+class RunFolderError(UserError):
+    """A fresh run was launched into a folder that holds a run."""
 
 
 def step_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step-{step:06d}"
+
+
+def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a fresh launch into ``out_dir`` when it holds a run, touching nothing."""
+    out_dir = Path(out_dir)
+    found = [m for m in RUN_MARKERS if (out_dir / m).exists()]
+    if found and not (resume or overwrite):
+        raise RunFolderError(
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
+            "it or --overwrite to start over (deletes it)",
+            field="checkpoint.out_dir",
+        )
+
+
+def clear_run_folder(out_dir: str | Path) -> None:
+    """--overwrite: remove the previous run's checkpoints, final model and metrics."""
+    out_dir = Path(out_dir)
+    for name in (*RUN_MARKERS, "tensorboard", "loss.png"):
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -42,9 +79,14 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+def is_resumable(path: Path) -> bool:
+    state = json.loads((path / "trainer_state.json").read_text())
+    return not state.get("model_only", False)
+
+
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    found = list_checkpoints(out_dir)
+    """The newest complete, resumable (not model-only) checkpoint, or None."""
+    found = [p for p in list_checkpoints(out_dir) if is_resumable(p)]
     return found[-1] if found else None
 
 
@@ -94,31 +136,59 @@ def save_checkpoint(
     info: DistInfo,
     trainer_state: dict[str, Any],
     keep_last: int,
+    model_only: bool = False,
 ) -> Path:
-    """Write the checkpoint of ``step`` (every rank calls this), then prune to ``keep_last``."""
+    """Write the checkpoint of ``step`` (every rank calls this) under a temporary name, rename
+    it when complete, then prune to ``keep_last`` (never the one just written)."""
     path = step_dir(out_dir, step)
-    if info.is_main and path.exists():
-        shutil.rmtree(path)  # a half-written one from a killed save
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    if info.is_main:
+        _clear_torn_saves(path.parent)
     distributed.barrier()
     full = engine.full_state_dict()  # a collective under ZeRO-3: every rank calls it
     if info.is_main:
-        save_hf_model(model, tokenizer, full, path / "model")
+        save_hf_model(model, tokenizer, full, tmp / "model")
     del full
-    if isinstance(engine, DeepSpeedEngine):
-        engine.save(path)
-    elif info.is_main:
-        torch.save(engine.state_dict(), path / "optimizer.pt")
-    (path / "rng").mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), path / "rng" / f"rank-{info.rank:05d}.pt")
+    if not model_only:
+        if isinstance(engine, DeepSpeedEngine):
+            engine.save(tmp)
+        elif info.is_main:
+            torch.save(engine.state_dict(), tmp / "optimizer.pt")
+        (tmp / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
     distributed.barrier()
     if info.is_main:
-        state = dict(trainer_state, step=step, world_size=info.world_size)
-        (path / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        (path / COMPLETE).write_text("ok\n")
-        for old in list_checkpoints(out_dir)[:-keep_last]:
+        state = dict(trainer_state, step=step, world_size=info.world_size, model_only=model_only)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        (tmp / COMPLETE).write_text("ok\n")
+        _replace_dir(tmp, path)
+        others = [p for p in list_checkpoints(out_dir) if p != path]
+        for old in others[: max(0, len(others) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
     return path
+
+
+def _clear_torn_saves(root: Path) -> None:
+    """Remove what a save killed midway left; a moved-aside complete copy whose replacement
+    never landed is put back."""
+    for torn in root.glob(TMP_PREFIX + "*"):
+        if torn.name.startswith(TMP_PREFIX + "old-"):
+            home = root / torn.name[len(TMP_PREFIX + "old-") :]
+            if not home.exists():
+                torn.rename(home)
+                continue
+        shutil.rmtree(torn)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; an existing ``dst`` (the same step saved again) is moved aside
+    first and removed only after the rename, so one complete copy exists at every moment."""
+    old = dst.with_name(TMP_PREFIX + "old-" + dst.name)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(
@@ -132,6 +202,11 @@ def load_checkpoint(
     if not (path / COMPLETE).is_file():
         raise ValueError(f"--resume: {path} is not a complete checkpoint (no {COMPLETE} file)")
     state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("model_only"):
+        raise ValueError(
+            f"--resume: {path} holds the model only (checkpoint.model_only): no optimizer "
+            "state to continue from"
+        )
     if state.get("world_size", info.world_size) != info.world_size and isinstance(
         engine, DeepSpeedEngine
     ):

@@ -2,6 +2,7 @@
 
     reflectioncoder train --preset tiny --set data.files=[demo.jsonl] --set checkpoint.out_dir=t
     reflectioncoder train --config configs/paper.yaml --set optim.lr=1e-4 --resume
+    reflectioncoder train --config configs/paper.yaml --overwrite   # start the run over
     deepspeed --no_local_rank --num_gpus 8 --module reflectioncoder.cli train \\
         --config configs/paper.yaml
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from reflectioncoder.config import PRESETS, load_config
+from reflectioncoder.errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="continue from the latest checkpoint in the run folder (or the one given)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in a folder that holds one (deletes its checkpoints and metrics)",
+    )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
 
@@ -41,13 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.config is None and args.preset is None:
-        print("reflectioncoder train: give --config FILE or --preset NAME", file=sys.stderr)
-        return 2
-    try:
-        cfg = load_config(args.config, args.overrides, base=args.preset)
-    except ValueError as err:
-        print(f"reflectioncoder train: {err}", file=sys.stderr)
-        return 2
+        raise UsageError("give --config FILE or --preset NAME")
+    cfg = load_config(args.config, args.overrides, base=args.preset)
     if args.print_config:
         import yaml
 
@@ -55,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from reflectioncoder.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=args.resume)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.train()
     finally:

@@ -2,8 +2,9 @@
 
 One optimizer step, as a straight line (docs/ARCHITECTURE.md):
 
-    plan[step] (sample indices, fixed by the seed)  ->  global denominators (host)
-    -> micro-batch groups, split over ranks  ->  mask at this step + pack (data room, host)
+    plan[step] (sample indices, fixed by the seed)  ->  StepPlan (data room, host, built once:
+    global denominators, mask draws, every rank's micro-batches balanced by tokens)
+    -> this rank's share packed with the plan's draws
     -> forward_hidden -> reflection_loss (fused)  ->  backward  ... for each micro-batch
     -> one sync: loss parts and grad norm  ->  skip if non-finite, else clip + AdamW step
 
@@ -27,12 +28,7 @@ from torch import nn
 
 from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.masking import mask_rate
-from reflectioncoder.data.packing import (
-    PackedBatch,
-    make_step_batches,
-    plan_micro_batches,
-    step_counts,
-)
+from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.train import checkpoint, distributed
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
@@ -173,21 +169,6 @@ def teacher_row_flags(batch: PackedBatch, has_student: list[bool]) -> torch.Tens
     return (~token_is_student[batch.loss_rows.cpu()]).float()
 
 
-def _zero_weight_copy(batch: PackedBatch) -> PackedBatch:
-    """A batch that costs a forward and backward but adds nothing: pads a rank with fewer
-    micro-batches, so every rank runs the same collectives (ZeRO-3 gathers per forward)."""
-    return dataclasses.replace(
-        batch,
-        ce_weight=torch.zeros_like(batch.ce_weight),
-        kl_weight=torch.zeros_like(batch.kl_weight),
-        num_samples=0,
-        num_tokens=0,
-        num_label_tokens=0,
-        num_kl_rows=0,
-        reference_tokens=0,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Data and model set-up (the data and model rooms do the work; this wires them to the config).
 
@@ -274,22 +255,21 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
 class Trainer:
     """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
 
-    def __init__(self, cfg: RunConfig, resume: bool | str = False) -> None:
+    def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
         self.cfg = cfg
-        self.info = distributed.setup(cfg.distributed, cfg.train.device)
         self.out_dir = Path(cfg.checkpoint.out_dir)
+        # Before anything is written: a fresh launch never replaces a run by mistake.
+        checkpoint.check_run_folder(self.out_dir, bool(resume), overwrite)
+        self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if self.info.is_main:
+            if overwrite and not resume:
+                checkpoint.clear_run_folder(self.out_dir)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out_dir / "config.yaml")
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
-        stale = checkpoint.list_checkpoints(self.out_dir)
-        if not resume and stale and self.info.is_main:
-            # A fresh run must never be resumed from an older run's checkpoints.
-            log.warning("fresh run: removing %d old checkpoint(s) in %s", len(stale), self.out_dir)
-            shutil.rmtree(self.out_dir / "checkpoints", ignore_errors=True)
         self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info, reuse=bool(resume))
         model = build_model(cfg, self.tokenizer, self.dtype)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
@@ -298,7 +278,7 @@ class Trainer:
         distributed.barrier()
         if not self.info.is_main:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
-        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)
+        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
         self.total_steps = len(self.plan)
 
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
@@ -322,6 +302,11 @@ class Trainer:
         self._skipped_in_a_row = 0
         if resume:
             path = resume if isinstance(resume, str) else checkpoint.latest_checkpoint(self.out_dir)
+            if path is None and checkpoint.list_checkpoints(self.out_dir):
+                raise ValueError(
+                    f"--resume: {self.out_dir} holds model-only checkpoints "
+                    "(checkpoint.model_only): none has the optimizer state to continue from"
+                )
             if path is None:
                 if self.info.is_main:
                     log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
@@ -357,48 +342,26 @@ class Trainer:
 
     # -- one optimizer step -------------------------------------------------------------------
 
-    def step_batches(self, step: int) -> tuple[list[PackedBatch], list[list[bool]]]:
-        """This rank's micro-batches of ``step`` (mask applied at ``step``), and for each the
-        has-student flag of its samples. Every rank runs the same number of micro-batches."""
+    def step_plan(self, step: int) -> StepPlan:
+        """Step ``step``'s plan: its samples, global denominators, mask draws and every rank's
+        micro-batches (built once; every rank builds the same, so no communication)."""
         cfg = self.cfg
-        samples = [self.samples[i] for i in self.plan[step]]
-        # Denominators of the whole step, all ranks together: no communication needed.
-        denominators = step_counts(samples, cfg.mask)
-        groups = plan_micro_batches(samples, cfg.packing, cfg.mask)
-        world, rank = self.info.world_size, self.info.rank
-        mine = groups[rank::world]
-        batches = make_step_batches(
-            samples,
+        return plan_step(
+            [self.samples[i] for i in self.plan[step]],
             step,
             self.total_steps,
             cfg.mask,
             cfg.packing,
             cfg.train.seed,
-            denominators=denominators,
-            groups=mine,
+            self.info.world_size,
         )
-        flags = [
-            [s.is_reflection and cfg.mask.distill for s in (samples[i] for i in g)] for g in mine
-        ]
-        per_rank = math.ceil(len(groups) / world)
-        while len(batches) < per_rank:
-            if batches:
-                batches.append(_zero_weight_copy(batches[0]))
-                flags.append(flags[0])
-            else:  # more ranks than micro-batches: borrow the first group, weighted 0
-                first = make_step_batches(
-                    samples,
-                    step,
-                    self.total_steps,
-                    cfg.mask,
-                    cfg.packing,
-                    cfg.train.seed,
-                    denominators=denominators,
-                    groups=groups[:1],
-                )[0]
-                batches.append(_zero_weight_copy(first))
-                flags.append([samples[i].is_reflection and cfg.mask.distill for i in groups[0]])
-        return batches, flags
+
+    def step_batches(self, step: int) -> tuple[list[PackedBatch], list[list[bool]]]:
+        """This rank's micro-batches of ``step`` (mask applied at ``step``), and for each the
+        has-student flag of its samples. Every rank runs the same number of micro-batches."""
+        plan = self.step_plan(step)
+        rank = self.info.rank
+        return pack_rank(plan, rank, self.cfg.mask, self.cfg.packing), plan.has_student(rank)
 
     def train_step(self) -> dict[str, Any]:
         """Run optimizer step ``self.step``; returns its metrics row (host values)."""
@@ -485,6 +448,7 @@ class Trainer:
             self.info,
             {"total_steps": self.total_steps, "skipped": self.skipped},
             self.cfg.checkpoint.keep_last,
+            self.cfg.checkpoint.model_only,
         )
 
     def train(self) -> dict[str, Any]:

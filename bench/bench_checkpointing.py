@@ -1,0 +1,147 @@
+"""Peak memory of ``reflectioncoder train`` with and without gradient checkpointing, on a model
+loaded from disk whose activations dominate (narrow, deep, long packed micro-batches).
+
+    python -m bench.bench_checkpointing --out bench/results/checkpointing.json
+
+Each case is a fresh ``reflectioncoder train`` process (the command users run) for a few steps;
+the figure is its peak resident memory (ru_maxrss), and the same minus the resident memory just
+before the first step (the step's own peak: activations, gradients, optimizer state). Both cases
+run one after the other in the same invocation, so the ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_packing import commit, device_name
+
+ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4}
+
+
+def _prepare(folder: Path, samples: int) -> Path:
+    """A model + tokenizer folder and a toy jsonl (what a user points the trainer at)."""
+    from reflectioncoder.model import build_tiny_llama
+    from reflectioncoder.tokenizer import train_tokenizer
+    from reflectioncoder.train.toydata import write_toy_jsonl
+
+    data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
+    tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
+    model = build_tiny_llama(len(tok), num_kv_heads=2, seed=0, **ARCH)
+    model.config._attn_implementation = "sdpa"
+    model.save_pretrained(str(folder / "model"))
+    tok.save_pretrained(str(folder / "model"))
+    return data
+
+
+def _child(argv: list[str]) -> None:
+    """Run ``reflectioncoder train`` in this process; print its peak RSS figures as JSON."""
+    from reflectioncoder.train import trainer as trainer_module
+
+    marks: dict[str, float] = {}
+    real_step = trainer_module.Trainer.train_step
+
+    def step(self):  # the RSS just before the first step: model, data and optimizer set up
+        marks.setdefault("before_step", _rss_now())
+        return real_step(self)
+
+    trainer_module.Trainer.train_step = step
+    from reflectioncoder.cli import main
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    rc = main(["train", *argv])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    print(
+        json.dumps(
+            {"rc": rc, "peak": peak, "before": marks["before_step"], "wall": wall, "cpu": cpu}
+        )
+    )
+
+
+def _rss_now() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(samples_per_step: int, steps: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = _prepare(folder, samples_per_step * steps)
+        for ckpt in (False, True):
+            out = folder / f"run-{ckpt}"
+            argv = ["--preset", "tiny"]
+            for o in (
+                f"model.name_or_path={folder / 'model'}",
+                f"model.gradient_checkpointing={str(ckpt).lower()}",
+                f"data.files=[{data}]",
+                f"checkpoint.out_dir={out}",
+                "checkpoint.save_every=0",
+                "checkpoint.save_final=false",
+                f"train.samples_per_step={samples_per_step}",
+                "train.epochs=1",
+                "packing.max_tokens=65536",  # one long micro-batch per step
+                "logging.progress=false",
+                "logging.tensorboard=false",
+                "logging.plot=false",
+            ):
+                argv += ["--set", o]
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.bench_checkpointing", "--child", json.dumps(argv)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            tokens = metrics[0]["tokens"]
+            common = {
+                "kernel": "train_step",
+                "provider": "checkpointing" if ckpt else "no_checkpointing",
+                "size": f"{ARCH['num_layers']} layers x {ARCH['hidden_size']}, "
+                f"{tokens} tokens/micro-batch, {steps} steps",
+                "device": device_name(),
+                "commit": commit(),
+            }
+            for mode, value, unit in (
+                ("peak_rss", got["peak"], "MiB"),
+                ("step_peak_over_setup", got["peak"] - got["before"], "MiB"),
+                ("wall", got["wall"], "s"),
+                ("cpu", got["cpu"], "s"),
+                ("first_loss", metrics[0]["loss"], "nats"),
+            ):
+                rows.append({**common, "mode": mode, "value": value, "unit": unit})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/checkpointing.json")
+    parser.add_argument("--samples-per-step", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(json.loads(args.child))
+        return
+    rows = run(args.samples_per_step, args.steps)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['provider']:>17} {r['mode']:>21}: {r['value']:.4g} {r['unit']}")
+
+
+if __name__ == "__main__":
+    main()

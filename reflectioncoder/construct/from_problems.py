@@ -1,0 +1,343 @@
+"""Reflection sequences from the user's own problems (``build-data --problems FILE``), resumable.
+
+A problem is one jsonl line ``{id, prompt, tests, reference?, entry_point?, language?}``:
+``tests`` are Python assert lines (a list, or one string of lines). Bad problems (no prompt, no
+tests, a reference that hangs, kills its process or fails its own tests, ...) are reported with
+their reason and skipped; the run goes on.
+
+Resuming: every finished problem is appended to ``OUT`` (its sample) and to
+``OUT.progress.jsonl`` (its id and outcome), each line flushed to disk before the next problem
+is counted done. A run started again with the same ``--out`` skips the ids found in either
+file, so a killed run loses nothing and does no problem twice. A problem the model could not be
+reached for (``BackendError``) is not recorded, so the next run tries it again.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import re
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
+from reflectioncoder.construct.build import BuildStats, reflection_sample
+from reflectioncoder.construct.execute import run_program
+from reflectioncoder.data.schema import DataError
+from reflectioncoder.errors import UserError
+
+_DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class AssertTest:
+    """One of the user's assert lines. ``assert CALL == EXPECTED`` is run as a checked
+    assertion that prints the value the call returned, as the template problems do."""
+
+    line: str
+
+    def _eq(self) -> tuple[str, str] | None:
+        try:
+            node = ast.parse(self.line).body[0]
+        except (SyntaxError, IndexError):
+            return None
+        test = node.test if isinstance(node, ast.Assert) else None
+        if (
+            isinstance(test, ast.Compare)
+            and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)
+            and node.msg is None
+        ):
+            return ast.unparse(test.left), ast.unparse(test.comparators[0])
+        return None
+
+    @property
+    def call(self) -> str:
+        eq = self._eq()
+        return eq[0] if eq else self.line.removeprefix("assert").strip()
+
+    @property
+    def expected(self) -> str:
+        eq = self._eq()
+        return eq[1] if eq else "True"
+
+    def checked_assertion(self) -> str:
+        eq = self._eq()
+        if eq is None:
+            return self.line
+        return f'assert {eq[0]} == {eq[1]}, f"got {{{eq[0]}!r}}"'
+
+
+@dataclass(frozen=True)
+class UserProblem:
+    """A problem from the user's file: the prompt is the instruction, as written."""
+
+    task_id: str
+    prompt: str
+    tests: tuple[AssertTest, ...]
+    solution: str = ""  # the reference ("" when none was given)
+    entry_point: str = "the function"
+    language: str = "python"
+
+    def instruction(self, style: str = "humaneval") -> str:
+        return self.prompt.strip()
+
+    def test_program(self, code: str) -> str:
+        checks = "\n".join(t.checked_assertion() for t in self.tests)
+        return f"{code.rstrip()}\n\n\n{checks}\nprint('All tests passed.')\n"
+
+
+def parse_problem(row: object, source: str) -> UserProblem:
+    """One decoded line -> a UserProblem, or DataError naming the field."""
+    if not isinstance(row, dict):
+        raise DataError(source, "<problem>", "expected a JSON object")
+    pid = row.get("id", row.get("task_id"))
+    if not isinstance(pid, str | int) or isinstance(pid, bool) or str(pid).strip() == "":
+        raise DataError(source, "id", f"expected a non-empty string or number, got {pid!r}")
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(source, "prompt", "missing or empty")
+    language = row.get("language") or "python"
+    if str(language).lower() not in ("python", "py"):
+        raise DataError(source, "language", f"{language!r} is not supported (python only)")
+    tests = row.get("tests")
+    if isinstance(tests, str):
+        tests = [t for t in tests.splitlines() if t.strip()]
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+        raise DataError(source, "tests", "expected a non-empty list of assert lines")
+    for i, line in enumerate(tests):
+        try:
+            ast.parse(line.strip())
+        except SyntaxError as e:
+            raise DataError(source, f"tests[{i}]", f"not Python: {e.msg}") from None
+    reference = row.get("reference") or ""
+    if not isinstance(reference, str):
+        raise DataError(source, "reference", "expected a string")
+    if reference:
+        try:
+            ast.parse(reference)
+        except SyntaxError as e:
+            raise DataError(source, "reference", f"not Python: {e.msg} (line {e.lineno})") from None
+    entry = row.get("entry_point")
+    if not isinstance(entry, str) or not entry:
+        found = _DEF_RE.search(reference) or _DEF_RE.search(prompt)
+        entry = found.group(1) if found else "the function"
+    return UserProblem(
+        str(pid), prompt, tuple(AssertTest(t.strip()) for t in tests), reference, entry
+    )
+
+
+def load_problems(path: str | Path) -> tuple[list[UserProblem], list[tuple[str, str]]]:
+    """The good problems of a jsonl file, and (id or file:line, reason) of the bad ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--problems: {path} not found")
+    problems: list[UserProblem] = []
+    bad: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{lineno}"
+            try:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(source, "<json>", f"invalid JSON: {e.msg}") from None
+                problem = parse_problem(row, source)
+                if problem.task_id in seen:
+                    raise DataError(source, "id", f"{problem.task_id!r} appears twice")
+            except DataError as e:
+                bad.append((source, f"{e.field}: {e.reason}"))
+                continue
+            seen.add(problem.task_id)
+            problems.append(problem)
+    return problems, bad
+
+
+def check_reference(problem: UserProblem, timeout_s: float) -> str | None:
+    """Why the problem's reference is unusable (None: it passes its tests in the sandbox)."""
+    run = run_program(problem.test_program(problem.solution), timeout_s=timeout_s)
+    if run.passed:
+        return None
+    if run.timed_out:
+        return f"the reference hangs (no end within {timeout_s:g} s)"
+    if run.exit_code is not None and (run.exit_code < 0 or run.exit_code > 128):
+        return f"the reference kills its process (exit code {run.exit_code})"
+    last = (run.output.strip().splitlines() or ["no output"])[-1]
+    return f"the tests fail on the reference: {last}"
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunSummary:
+    """What a ``--problems`` run did (this run and, from the files, the runs before it)."""
+
+    problems: int = 0
+    resumed: int = 0  # done by an earlier run
+    written: int = 0  # samples written by this run
+    final_passed: int = 0
+    rounds: Counter = field(default_factory=Counter)
+    skipped: dict[str, str] = field(default_factory=dict)  # id or file:line -> reason
+    failed: Counter = field(default_factory=Counter)  # no sample: by kind
+    left: Counter = field(default_factory=Counter)  # not done (model unreachable): by error
+    executions: int = 0
+
+    def summary(self) -> str:
+        rounds = ", ".join(f"{k}: {v}" for k, v in sorted(self.rounds.items())) or "-"
+        failed = ", ".join(f"{k}: {v}" for k, v in sorted(self.failed.items())) or "none"
+        rate = f"{self.final_passed}/{self.written}" if self.written else "-"
+        text = (
+            f"{self.problems} problems ({self.resumed} done before): {self.written} samples "
+            f"written; rounds per problem {{{rounds}}}; final answers pass {rate}; "
+            f"bad problems skipped {len(self.skipped)}; failed {{{failed}}}; "
+            f"{self.executions} sandboxed runs"
+        )
+        if self.left:
+            errors = "; ".join(f"{k} ({v})" for k, v in self.left.items())
+            text += f"; NOT DONE (run again to retry): {sum(self.left.values())}: {errors}"
+        return text
+
+
+def progress_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".jsonl") + ".progress.jsonl")
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The file's complete lines; a partial last line (a killed write) is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return data[:end].decode("utf-8").splitlines()
+
+
+def done_ids(out: Path) -> set[str]:
+    """Ids an earlier run finished: in the progress log or with a sample in ``out``."""
+    done = set()
+    for path, key in ((progress_path(out), "id"), (out, "task_id")):
+        for line in _complete_lines(path):
+            if line.strip():
+                done.add(str(json.loads(line)[key]))
+    return done
+
+
+def _append(f, record: dict) -> None:
+    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _one(
+    problem: UserProblem, backend: Backend, seed: int, max_rounds: int, timeout_s: float
+) -> tuple[dict | None, str | None, BuildStats]:
+    """(sample, None) or (None, why no sample); BackendError propagates (not done)."""
+    stats = BuildStats()
+    if isinstance(backend, MutationBackend) and not problem.solution:
+        return None, "skip:the mutation backend needs a reference", stats
+    if problem.solution:
+        stats.executions += 1
+        reason = check_reference(problem, timeout_s)
+        if reason is not None:
+            return None, f"skip:{reason}", stats
+    rng = random.Random(f"{seed}/{problem.task_id}")
+    try:
+        sample = reflection_sample(
+            problem, backend, rng, max_rounds=max_rounds, timeout_s=timeout_s, stats=stats
+        )
+    except UserError:
+        raise
+    except ValueError as e:  # a reply without code, a reference that admits no mutation
+        return None, f"fail:{_failure_kind(e)}", stats
+    if sample is None:
+        kind = stats.rejected.most_common(1)[0][0] if stats.rejected else "no sample"
+        return None, f"fail:{kind}", stats
+    return sample, None, stats
+
+
+def _failure_kind(error: Exception) -> str:
+    """A failure's kind, the same for every problem it happens to (ids and quotes cut)."""
+    text = re.sub(r"^problem [^:]+: ", "", str(error))
+    return text.split(" in ")[0][:80]
+
+
+def build_from_problems(
+    problems_file: str | Path,
+    out: str | Path,
+    backend: Backend,
+    workers: int = 8,
+    max_rounds: int = 3,
+    timeout_s: float = 5.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> RunSummary:
+    """Build one reflection sample per problem of ``problems_file`` into ``out`` (appending,
+    resumable). Returns the run's summary."""
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds: expected at least 1, got {max_rounds}")
+    out = Path(out)
+    problems, bad = load_problems(problems_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = done_ids(out)
+    summary = RunSummary(problems=len(problems) + len(bad))
+    summary.skipped.update(bad)
+    todo = [p for p in problems if p.task_id not in done]
+    summary.resumed = len(problems) - len(todo)
+    bar = tqdm(total=len(problems), initial=summary.resumed, desc="problems", disable=not progress)
+    with (
+        out.open("a", encoding="utf-8") as samples,
+        progress_path(out).open("a", encoding="utf-8") as log,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
+        pending = {pool.submit(_one, p, backend, seed, max_rounds, timeout_s): p for p in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    problem = pending.pop(future)
+                    _record(future, problem, samples, log, summary)
+                    bar.update()
+        finally:
+            for future in pending:  # a user error (e.g. HTTP 401) stops the run
+                future.cancel()
+            bar.close()
+    return summary
+
+
+def _record(future, problem: UserProblem, samples, log, summary: RunSummary) -> None:
+    """Write one finished problem: its sample (then its progress line), or why it has none."""
+    try:
+        sample, why, stats = future.result()
+    except BackendError as e:
+        summary.left[str(e).split(" (after")[0]] += 1
+        return
+    summary.executions += stats.executions
+    if sample is not None:
+        _append(samples, sample)  # first the sample: a kill between the two loses nothing
+        rounds = sample["construct"]["rounds"]
+        _append(log, {"id": problem.task_id, "status": "written", "rounds": rounds})
+        summary.written += 1
+        summary.rounds[rounds] += 1
+        summary.final_passed += bool(sample["construct"]["final_passed"])
+        return
+    status, reason = why.split(":", 1)
+    _append(log, {"id": problem.task_id, "status": status, "reason": reason})
+    if status == "skip":
+        summary.skipped[problem.task_id] = reason
+    else:
+        summary.failed[reason] += 1

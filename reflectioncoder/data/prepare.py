@@ -1,0 +1,246 @@
+"""Turn downloaded datasets into one ReflectionSeq jsonl file, decontaminated, with a manifest.
+
+``reflectioncoder prepare-data --in FILE_OR_DIR [--in ...] --out OUT.jsonl [--format F]
+[--data-dir D] [--keep-contaminated]`` writes ``OUT.jsonl`` and ``OUT.manifest.json``: per
+input the rows read, written, skipped (by reason, each with file:line:field) and dropped as
+contaminated, the formats met, and the message and round counts of its samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationReport, sample_text
+from reflectioncoder.data.formats import FORMATS, convert_row
+from reflectioncoder.data.readers import expand_input, read_rows
+from reflectioncoder.data.schema import DataError, parse_sample
+from reflectioncoder.errors import UsageError
+
+MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
+
+
+@dataclass
+class InputStats:
+    """What one input file gave."""
+
+    path: str
+    reader: str
+    read: int = 0
+    written: int = 0
+    decontaminated: int = 0
+    formats: Counter = field(default_factory=Counter)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> file:line:field
+    messages: Counter = field(default_factory=Counter)  # messages per sample
+    rounds: Counter = field(default_factory=Counter)  # code runs in a reflection sequence
+
+    def skip(self, error: DataError) -> None:
+        self.skipped.setdefault(_reason_kind(error.reason), []).append(str(error))
+
+    def as_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "reader": self.reader,
+            "formats": dict(self.formats),
+            "read": self.read,
+            "written": self.written,
+            "skipped": sum(len(v) for v in self.skipped.values()),
+            "skipped_by_reason": {
+                reason: {"count": len(where), "rows": where[:MAX_LISTED]}
+                for reason, where in sorted(self.skipped.items())
+            },
+            "decontaminated": self.decontaminated,
+            "messages_per_sample": {str(k): v for k, v in sorted(self.messages.items())},
+            "reflection_rounds": {str(k): v for k, v in sorted(self.rounds.items())},
+        }
+
+
+def _reason_kind(reason: str) -> str:
+    """The part of a reason that names its kind (before any quoted detail)."""
+    for stop in (" (", ":", " '", ' "', ", got"):
+        reason = reason.split(stop, 1)[0]
+    return reason.strip()
+
+
+def reflection_rounds(sample: dict) -> int:
+    """Code blocks run in the reflection sequence (messages between the first and the
+    instruction again): 1 = the first attempt only, 2 = one reflection and fix, ..."""
+    middle = sample["messages"][1:-2]
+    return sum(b.get("type") == "execution" for m in middle for b in m["content"])
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    manifest: Path
+    inputs: list[InputStats]
+    contamination: dict | None
+
+    @property
+    def written(self) -> int:
+        return sum(s.written for s in self.inputs)
+
+    def summary(self) -> str:
+        read = sum(s.read for s in self.inputs)
+        skipped = sum(sum(len(v) for v in s.skipped.values()) for s in self.inputs)
+        dropped = sum(s.decontaminated for s in self.inputs)
+        return (
+            f"wrote {self.out}: {self.written} of {read} rows ({skipped} bad skipped, "
+            f"{dropped} contaminated dropped); manifest {self.manifest}"
+        )
+
+
+def manifest_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name.removesuffix(".jsonl") + ".manifest.json")
+
+
+def prepare(
+    inputs: list[str | Path],
+    out: str | Path,
+    fmt: str | None = None,
+    index: BenchmarkIndex | None = None,
+    keep_contaminated: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Read, convert, validate and (with ``index``) decontaminate every input into ``out``.
+
+    Bad rows are skipped and listed; the output and its manifest appear atomically (written
+    to temporary files, then renamed), so a failed run leaves any earlier output as it was.
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(
+            f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", field="--format"
+        )
+    out = Path(out)
+    sources = [pair for path in inputs for pair in expand_input(path)]
+    for _, path in sources:
+        if path.resolve() == out.resolve():
+            raise UsageError(f"{out} is also an input; choose another output file", field="--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    stats: list[InputStats] = []
+    report = ContaminationReport()
+    bar = tqdm(desc="prepare", unit="row", disable=not progress)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for reader, path in sources:
+                s = InputStats(str(path), reader)
+                stats.append(s)
+                for source, row in read_rows(reader, path):
+                    s.read += 1
+                    bar.update()
+                    sample = _convert(row, fmt, source, s)
+                    if sample is None:
+                        continue
+                    hits = index.hits(sample_text(sample)) if index is not None else []
+                    if hits:
+                        report.add(source, hits)
+                        s.decontaminated += 1
+                        if not keep_contaminated:
+                            continue
+                    f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                    s.written += 1
+        contamination = None
+        if index is not None:
+            contamination = {
+                "kept": keep_contaminated,
+                "benchmarks": report.as_dict(index),
+            }
+        manifest = {
+            "output": str(out),
+            "written": sum(s.written for s in stats),
+            "format": fmt or "auto",
+            "inputs": [s.as_dict() for s in stats],
+            "decontamination": contamination,
+        }
+        mpath = manifest_path(out)
+        mtmp = mpath.with_name(f".{mpath.name}.tmp{os.getpid()}")
+        mtmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+        os.replace(mtmp, mpath)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    return PrepareResult(out, mpath, stats, contamination)
+
+
+def _convert(row: object, fmt: str | None, source: str, s: InputStats) -> dict | None:
+    """The ReflectionSeq row for ``row``, validated (SPEC §1), or None when it is bad."""
+    try:
+        if isinstance(row, DataError):
+            raise row
+        found, sample = convert_row(row, fmt, source)
+        parsed = parse_sample(sample, source)
+    except DataError as e:
+        s.skip(e)
+        return None
+    s.formats[found] += 1
+    s.messages[len(parsed.messages)] += 1
+    if parsed.is_reflection:
+        s.rounds[reflection_rounds(sample)] += 1
+    return sample
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``reflectioncoder prepare-data`` flags."""
+    parser.add_argument(
+        "--in",
+        dest="inputs",
+        action="append",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="jsonl / json / parquet file, hub snapshot folder or save_to_disk folder (repeat)",
+    )
+    parser.add_argument("--out", required=True, help="output ReflectionSeq jsonl file")
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="input format (default: detected per row)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="benchmark data for decontamination (default: ../shared/evaldata)",
+    )
+    parser.add_argument(
+        "--keep-contaminated",
+        action="store_true",
+        help="keep samples that overlap a benchmark (they are still reported)",
+    )
+    parser.add_argument(
+        "--no-decontaminate", action="store_true", help="skip the benchmark overlap check"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Prepare, print a summary and each benchmark's overlap count."""
+    index = None
+    if not args.no_decontaminate:
+        from reflectioncoder.eval.tasks import default_data_dir
+
+        data_dir = args.data_dir or default_data_dir()
+        if data_dir is None:
+            raise UsageError(
+                "no benchmark data found (../shared/evaldata); pass --data-dir or "
+                "--no-decontaminate",
+                field="--data-dir",
+            )
+        index = BenchmarkIndex.load(data_dir)
+    result = prepare(args.inputs, args.out, args.format, index, args.keep_contaminated)
+    print(result.summary())
+    for s in result.inputs:
+        skipped = ", ".join(f"{k}: {len(v)}" for k, v in s.skipped.items()) or "none"
+        print(
+            f"  {s.path}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
+            f"contaminated {s.decontaminated}"
+        )
+    if result.contamination is not None:
+        action = "kept" if args.keep_contaminated else "dropped"
+        for bench, r in result.contamination["benchmarks"].items():
+            print(f"  {bench}: {r['samples_matched']} samples overlap ({action})")
+    return 0

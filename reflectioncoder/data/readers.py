@@ -1,0 +1,135 @@
+"""Rows from the files a user downloads: jsonl, json, parquet, and ``datasets`` folders.
+
+Each row comes with where it was: ``file:N`` with N the line (jsonl) or the 1-based row
+(a JSON array, parquet, a ``save_to_disk`` folder). A line that is not JSON comes back as a
+:class:`DataError` in place of the row, so one bad line never stops a file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from reflectioncoder.data.schema import DataError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+# Files of a `datasets` folder or hub snapshot that describe the data rather than hold it.
+_METADATA = {"dataset_info.json", "dataset_dict.json", "state.json", "dataset_infos.json"}
+
+Row = tuple[str, "dict | DataError"]
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> Iterator[Row]:
+    """One row per non-blank line; ``datasets``' ``to_json`` writes this (lines=True)."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{lineno}"
+            try:
+                yield source, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield source, DataError(source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})")
+
+
+def read_json(path: Path) -> Iterator[Row]:
+    """A ``.json`` file: a JSON array of rows, or (as ``to_json`` writes by default) jsonl."""
+    with _open_text(path) as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        yield from read_jsonl(path)
+        return
+    with _open_text(path) as f:
+        try:
+            rows = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}", "<json>", f"invalid JSON: {e.msg}") from None
+    for i, row in enumerate(rows, start=1):
+        yield f"{path}:{i}", row
+
+
+def read_parquet(path: Path) -> Iterator[Row]:
+    """Streamed in record batches (a hub parquet shard can be large)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"{path}:{n}", row
+
+
+def read_saved_dataset(folder: Path) -> Iterator[Row]:
+    """A ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` folder, via ``datasets``;
+    a DatasetDict gives its ``train`` split (all splits in name order if it has none)."""
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(str(folder))
+    if isinstance(data, DatasetDict):
+        splits = ["train"] if "train" in data else sorted(data)
+        for split in splits:
+            for i, row in enumerate(data[split], start=1):
+                yield f"{folder}/{split}:{i}", row
+        return
+    for i, row in enumerate(data, start=1):
+        yield f"{folder}:{i}", row
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The data files under a folder (a hub snapshot), sorted, metadata files left out."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name.endswith(DATA_SUFFIXES)
+        and p.name not in _METADATA
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def expand_input(path: str | Path) -> list[tuple[str, Path]]:
+    """(reader, path) pairs that one ``--in`` names: a file, a ``save_to_disk`` folder, or a
+    folder of data files."""
+    path = Path(path)
+    if path.is_dir():
+        if is_saved_dataset(path):
+            return [("save_to_disk", path)]
+        files = data_files(path)
+        if not files:
+            raise FileNotFoundError(f"--in: no {'/'.join(DATA_SUFFIXES)} files under {path}")
+        return [(reader_for(f), f) for f in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"--in: {path} not found")
+    return [(reader_for(path), path)]
+
+
+def reader_for(path: Path) -> str:
+    name = path.name
+    for suffix, reader in ((".parquet", "parquet"), (".json", "json"), (".json.gz", "json")):
+        if name.endswith(suffix):
+            return reader
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return "jsonl"
+    raise ValueError(f"--in: {path}: unknown file type (expected {', '.join(DATA_SUFFIXES)})")
+
+
+def read_rows(reader: str, path: Path) -> Iterator[Row]:
+    readers = {
+        "jsonl": read_jsonl,
+        "json": read_json,
+        "parquet": read_parquet,
+        "save_to_disk": read_saved_dataset,
+    }
+    return readers[reader](path)

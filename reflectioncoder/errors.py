@@ -1,0 +1,133 @@
+"""Errors a user can fix, and how the command line shows them: one line, no traceback.
+
+Raise ``UserError`` (a run error, exit 1) or ``UsageError`` (a bad argument or config value,
+exit 2) with the file, line, column and field where there is one; ``reflectioncoder.cli`` prints
+``reflectioncoder CMD: file:line:col: field: message``. The errors our loaders already raise
+(``FileNotFoundError``, ``ValueError`` and its ``DataError``, JSON and YAML errors) are shown
+the same way, so a new command gets this without code of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave (a file, a folder, a value): exit 1. A ValueError, so
+    that code which checks its input with ValueError keeps working."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.line = line
+        self.column = column
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ":".join(str(p) for p in (self.file, self.line, self.column) if p is not None)
+        parts = [p for p in (where, self.field, self.message) if p]
+        return ": ".join(parts)
+
+
+class UsageError(UserError):
+    """A bad command-line argument or config value: exit 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A config field with a bad type or value (the field is ``section.name``)."""
+
+
+def one_line(err: BaseException) -> tuple[str, int]:
+    """The message and exit code the command line shows for ``err`` (no traceback)."""
+    if isinstance(err, UserError):
+        return _flat(str(err)), err.exit_code
+    if isinstance(err, json.JSONDecodeError):
+        return _flat(f"line {err.lineno} column {err.colno}: invalid JSON: {err.msg}"), 1
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return _flat(f"{err.filename}: {err.strerror}"), 1
+    try:
+        import yaml
+
+        if isinstance(err, yaml.YAMLError):
+            return _flat(f"invalid YAML: {err}"), 2
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        pass
+    if isinstance(err, ValueError | OSError | LookupError):
+        return _flat(str(err) or type(err).__name__), 1
+    return _flat(f"{type(err).__name__}: {err}"), 1
+
+
+def is_expected(err: BaseException) -> bool:
+    """Whether ``err`` is a user's mistake (as opposed to a bug in reflectioncoder)."""
+    return isinstance(err, UserError | ValueError | OSError)
+
+
+def _flat(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill or Ctrl-C
+    leaves either the old file or the whole new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def require_file(path: str | os.PathLike, what: str, field: str | None = None) -> Path:
+    """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise UserError(f"{what} {state}", file=path, field=field)
+    return path
+
+
+def require_model_folder(path: str | os.PathLike, field: str, need: str = "model") -> Path:
+    """Check a local model or tokenizer folder before transformers reads it.
+
+    ``need``: "model" (config.json), "tokenizer" (tokenizer files) or "both". A run folder given
+    instead of its ``final/`` is named as such; a missing folder is not taken for a hub name.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError("folder not found", file=path, field=field)
+    if not path.is_dir():
+        raise UserError("expected a model folder, got a file", file=path, field=field)
+    if (path / "final").is_dir() and not (path / "config.json").is_file():
+        raise UserError(
+            f"this is a run folder; its trained model is {path / 'final'}", file=path, field=field
+        )
+    has_model = (path / "config.json").is_file()
+    has_tokenizer = any(
+        (path / name).is_file()
+        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
+    if need in ("model", "both") and not has_model:
+        raise UserError(
+            "no config.json here: not a Hugging Face model folder", file=path, field=field
+        )
+    if need in ("tokenizer", "both") and not has_tokenizer:
+        raise UserError("no tokenizer files here (tokenizer.json)", file=path, field=field)
+    return path
