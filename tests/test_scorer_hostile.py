@@ -24,7 +24,7 @@ FORGED = {
     "an array": b"[1,2,3]",
     "a tag that decodes to an array": b'{"$tuple":[{"phase":"base","i":0,"out":1}]}',
     "not a mapping": b'"pass"',
-    "an enormous allocation": b'{"phase":"base","i":0,"out":{"$ndarray":["U1000000000",["a","b"]]}}',
+    "an enormous allocation": b'{"phase":"base","i":0,"out":{"$ndarray":["U1000000000",["a"]]}}',
     "hash-colliding set members": json.dumps(
         {"phase": "base", "i": 0, "out": {"$set": [k * _P for k in range(1, 20_000)]}}
     ).encode(),
@@ -96,4 +96,3 @@ def test_forged_line_costs_the_scorer_little(name):
     with pytest.raises(ValueError):
         _result_row(FORGED[name])
     assert time.perf_counter() - t0 < 1.0
-
