@@ -16,6 +16,7 @@ from pathlib import Path
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import prompts as pr
 from reflectioncoder.eval import tasks as tk
+from reflectioncoder.eval.sandbox import not_guaranteed
 
 TASKS = ("humaneval", "mbpp", "multiple-LANG")
 
@@ -201,6 +202,8 @@ def main(args: argparse.Namespace) -> int:
     result.update(
         task=task, samples=str(args.samples or args.model), seconds=round(time.monotonic() - t0, 2)
     )
+    language = task.removeprefix("multiple-") if task.startswith("multiple-") else "python"
+    result["not_guaranteed"] = not_guaranteed(result["isolation"], language)
     _print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

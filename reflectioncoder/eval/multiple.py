@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reflectioncoder.eval.sandbox import run_sandboxed
+from reflectioncoder.eval.sandbox import _harness_source, python_env, run_sandboxed
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -43,7 +43,10 @@ class Language:
 
 
 LANGUAGES: dict[str, Language] = {
-    "python": Language("main.py", "{python} -I -B {src}/main.py", (), 1024, 15.0),
+    # through the harness: its audit guard and seccomp filter in the fallback level
+    "python": Language(
+        "main.py", "{python} -I -B {src}/harness.py --run {src}/main.py", (), 1024, 15.0
+    ),
     "cpp": Language(
         "main.cpp", "g++ -std=c++17 -o {work}/a.out {src}/main.cpp && {work}/a.out", ("g++",)
     ),
@@ -140,7 +143,10 @@ def run_program(language: str, program: str, *, timeout_s: float | None = None):
         command = command.replace("-d {work}", f"-cp {jar} -d {{work}}").replace(
             "-cp {work}", f"-cp {{work}}:{jar}"
         )
-    env = {}
+    env, files = {}, {lang.file: program}
+    if language == "python":
+        env.update(python_env())
+        files["harness.py"] = _harness_source()
     if language == "rs":  # rustup's proxies find their toolchain through these
         for var, default in (("RUSTUP_HOME", "~/.rustup"), ("CARGO_HOME", "~/.cargo")):
             path = os.environ.get(var) or os.path.expanduser(default)
@@ -149,7 +155,7 @@ def run_program(language: str, program: str, *, timeout_s: float | None = None):
     return run_sandboxed(
         ["/bin/sh", "-c", command],
         env=env,
-        files={lang.file: program},
+        files=files,
         timeout_s=timeout_s or lang.timeout_s,
         memory_mb=lang.memory_mb,
         max_processes=lang.processes,

@@ -587,3 +587,43 @@ def run_python(
         env=python_env(),
         output_limit=64 << 10,
     )
+
+
+# ----------------------------------------------------------------------------- what is not promised
+
+_FALLBACK_GAPS = (
+    "host files outside the hidden data and cache directories can be read",
+    "memory is limited per process (RLIMIT_AS), not per sample",
+    "files, network and /proc are guarded by a Python audit hook: native code (a C extension) "
+    "can step around it",
+)
+_FALLBACK_NATIVE_GAPS = (
+    "programs that are not Python (MultiPL-E compiled languages, shell) get rlimits, a process "
+    "group and the pids cgroup only: no file, network, /proc or new-process guard",
+)
+
+
+def seccomp_available() -> bool:
+    """Whether the fallback's seccomp filter (new processes, ptrace, mounts...) can be
+    installed here: a machine we have syscall tables for, and a kernel with seccomp."""
+    from reflectioncoder.eval import _harness
+
+    if _harness._seccomp_filter(os.uname().machine, 1) is None:
+        return False
+    try:
+        return "Seccomp:" in Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+
+
+def not_guaranteed(level: str, language: str = "python") -> list[str]:
+    """The properties the isolation ``level`` cannot promise for programs in ``language`` (the
+    result file lists them; docs/evaluation.md has the table)."""
+    if not level.startswith("rlimits"):
+        return []
+    gaps = list(_FALLBACK_GAPS)
+    if language != "python":
+        gaps += _FALLBACK_NATIVE_GAPS
+    elif not seccomp_available():
+        gaps.append("new processes are refused from Python only (no seccomp here)")
+    return gaps
