@@ -20,6 +20,7 @@ import sys
 
 from reflectioncoder import __version__
 from reflectioncoder.errors import UsageError, is_expected, one_line
+from reflectioncoder.progress import setup_output
 
 COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
@@ -113,6 +114,7 @@ def _run(argv: list[str]) -> int:
     name = top[0]
     module = importlib.import_module(COMMANDS[name][0])
     args = _command_parser(name, module).parse_args(argv[argv.index(name) + 1 :])
+    setup_output(progress=not getattr(args, "no_progress", False))
     return int(module.main(args) or 0)
 
 

@@ -256,7 +256,10 @@ class LoggingConfig:
     tensorboard: bool = True
     """Also write TensorBoard events to OUT/tensorboard."""
     progress: bool = True
-    """Show a tqdm progress bar (rank 0)."""
+    """Show progress (rank 0): a live bar on a terminal, else a plain line every print_every
+    steps and one per data phase. False: none at all (``--no-progress``)."""
+    print_every: int | None = None
+    """Steps between plain progress lines when the output is not a terminal (None: ~20 lines)."""
     plot: bool = True
     """Draw OUT/loss.png at the end of the run."""
     split_ce: bool = True
@@ -266,6 +269,11 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _check(self.log_every >= 1, "logging.log_every", f"must be >= 1, got {self.log_every}")
+        _check(
+            self.print_every is None or self.print_every >= 1,
+            "logging.print_every",
+            f"must be >= 1 or null, got {self.print_every}",
+        )
         _check(
             self.peak_tflops is None or self.peak_tflops > 0,
             "logging.peak_tflops",

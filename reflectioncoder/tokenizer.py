@@ -58,14 +58,23 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator((str(t) for t in texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = _wrap(tok)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tokenizer_from_json(serialised: str) -> PreTrainedTokenizerFast:
+    """A tokenizer ``train_tokenizer`` made, from its ``backend_tokenizer.to_str()``."""
+    return _wrap(Tokenizer.from_str(serialised))
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
         unk_token=UNK_TOKEN,
     )
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        fast.save_pretrained(str(out_dir))
-    return fast

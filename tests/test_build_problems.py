@@ -89,13 +89,14 @@ def test_mutation_backend_on_the_shipped_problems(tmp_path, capsys):
     }
     for reason in reasons.values():
         assert reason in printed, reason
-    assert "8 samples written" in printed and "final answers pass 8/8" in printed
+    assert "8 samples (8 new)" in printed and "final answers pass 8/8" in printed
     log = rows(progress_path(out))
     assert {r["id"] for r in log} == set(GOOD) | {"hangs", "kills", "wrong_reference"}
     # run again: everything is done, nothing is added
     assert cli_main(argv) == 0
     assert len(rows(out)) == len(GOOD)
-    assert "(11 done before)" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "(11 done before): 8 samples (0 new)" in again and "skipped 7" in again
 
 
 def test_problem_fields_are_checked():

@@ -20,6 +20,7 @@ from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.problems import Problem, generate_problems
 from reflectioncoder.data.special import SPECIAL_TOKENS
+from reflectioncoder.errors import atomic_write_text
 
 STYLES = ("humaneval", "mbpp")
 
@@ -195,7 +196,8 @@ def build_dataset(
     reflections: list[dict] = []
     next_index = 0
     # A problem may yield no sample (every attempt passed); draw more indices until n are made.
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # sandbox runs are subprocesses
+    pool = ThreadPoolExecutor(max_workers=workers)  # sandbox runs are subprocesses
+    try:
         while len(reflections) < n_reflection and next_index < n_reflection * 4 + 8:
             batch = range(next_index, next_index + (n_reflection - len(reflections)))
             next_index = batch.stop
@@ -208,6 +210,8 @@ def build_dataset(
                     reflections.append(sample)
                     if progress is not None:
                         progress(len(reflections), n_reflection)
+    finally:  # on Ctrl-C: drop the queued runs, wait only for those running
+        pool.shutdown(wait=True, cancel_futures=True)
     if len(reflections) < n_reflection:
         raise RuntimeError(f"made only {len(reflections)} of {n_reflection} reflection samples")
     rng = random.Random(f"{seed}/generation")
@@ -226,7 +230,6 @@ def write_jsonl(samples: list[dict], path: str | Path) -> Path:
     """Write one JSON object per line (UTF-8); creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-    return path
+    # Through a temporary file: Ctrl-C or a kill leaves the old file or the whole new one.
+    text = "".join(json.dumps(sample, ensure_ascii=False) + "\n" for sample in samples)
+    return atomic_write_text(path, text)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
-from reflectioncoder.errors import UsageError
+from reflectioncoder.errors import UsageError, require_file
+from reflectioncoder.progress import Progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--problems", help="your problems (jsonl: id, prompt, tests, reference?, entry_point?)"
     )
-    parser.add_argument("--n", type=int, help="template problems: number of samples to write")
+    parser.add_argument("--n", type=int, help="template problems: number of samples (>= 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, bugs and order")
     parser.add_argument(
         "--workers",
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.25,
         help="template problems: share of plain `type: generation` samples (default 0.25)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per program run")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per program run (> 0)")
     parser.add_argument(
         "--max-rounds", type=int, default=3, help="--problems: reflection rounds at most"
     )
@@ -71,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, default=1024, help="transformers: tokens per reply"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def _backend(args: argparse.Namespace):
@@ -94,12 +97,7 @@ def _backend(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     """Build the dataset and write it; prints a one-line summary."""
-    if args.workers < 1:
-        raise UsageError(f"expected at least 1, got {args.workers}", field="--workers")
-    if args.problems is None and args.n is None:
-        raise UsageError("give --n (template problems) or --problems FILE", field="--n")
-    if args.n is not None and args.n < 0:
-        raise UsageError(f"expected a non-negative number, got {args.n}", field="--n")
+    check_arguments(args)
     backend = _backend(args)
     if args.problems is not None:
         from reflectioncoder.construct.from_problems import build_from_problems, progress_path
@@ -118,12 +116,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"  skipped {where}: {reason}")
         print(f"  progress log: {progress_path(args.out)}")
         return 1 if summary.left else 0
-    from tqdm import tqdm
-
-    with tqdm(total=None, desc="reflection samples", unit="sample", leave=False) as bar:
+    with Progress(None, "reflection samples", unit="sample", enabled=not args.no_progress) as bar:
 
         def progress(done: int, total: int) -> None:
-            bar.total = total
+            bar.set_total(total)
             bar.update(done - bar.n)
 
         samples, stats = build_dataset(
@@ -138,3 +134,25 @@ def main(args: argparse.Namespace) -> int:
     path = write_jsonl(samples, args.out)
     print(f"wrote {path}: {stats.summary()}")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument values argparse cannot check alone: a UsageError naming the flag."""
+    if args.problems is None and args.n is None:
+        raise UsageError("give --n (template problems) or --problems FILE", field="--n")
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"expected a number of samples >= 1, got {args.n}", field="--n")
+    if args.workers < 1:
+        raise UsageError(f"expected at least 1, got {args.workers}", field="--workers")
+    if args.problems is not None:
+        require_file(args.problems, "problems file", field="--problems")
+    for flag, value in (
+        ("--generation-fraction", args.generation_fraction),
+        ("--two-bug-rate", args.two_bug_rate),
+    ):
+        if not 0 <= value <= 1:
+            raise UsageError(f"expected a value in [0, 1], got {value}", field=flag)
+    if not args.timeout > 0:
+        raise UsageError(f"expected seconds > 0, got {args.timeout}", field="--timeout")
+    if Path(args.out).is_dir():
+        raise UsageError("is a folder; give a file name", file=args.out, field="--out")

@@ -184,7 +184,8 @@ class RunSummary:
 
     problems: int = 0
     resumed: int = 0  # done by an earlier run
-    written: int = 0  # samples written by this run
+    written: int = 0  # samples in the output (earlier runs' included)
+    new: int = 0  # samples written by this run
     final_passed: int = 0
     rounds: Counter = field(default_factory=Counter)
     skipped: dict[str, str] = field(default_factory=dict)  # id or file:line -> reason
@@ -192,13 +193,18 @@ class RunSummary:
     left: Counter = field(default_factory=Counter)  # not done (model unreachable): by error
     executions: int = 0
 
+    def count_sample(self, sample: dict) -> None:
+        self.written += 1
+        self.rounds[sample["construct"]["rounds"]] += 1
+        self.final_passed += bool(sample["construct"]["final_passed"])
+
     def summary(self) -> str:
         rounds = ", ".join(f"{k}: {v}" for k, v in sorted(self.rounds.items())) or "-"
         failed = ", ".join(f"{k}: {v}" for k, v in sorted(self.failed.items())) or "none"
         rate = f"{self.final_passed}/{self.written}" if self.written else "-"
         text = (
             f"{self.problems} problems ({self.resumed} done before): {self.written} samples "
-            f"written; rounds per problem {{{rounds}}}; final answers pass {rate}; "
+            f"({self.new} new); rounds per problem {{{rounds}}}; final answers pass {rate}; "
             f"bad problems skipped {len(self.skipped)}; failed {{{failed}}}; "
             f"{self.executions} sandboxed runs"
         )
@@ -225,13 +231,28 @@ def _complete_lines(path: Path) -> list[str]:
     return data[:end].decode("utf-8").splitlines()
 
 
-def done_ids(out: Path) -> set[str]:
-    """Ids an earlier run finished: in the progress log or with a sample in ``out``."""
+def done_ids(out: Path, summary: RunSummary | None = None) -> set[str]:
+    """Ids an earlier run finished: in the progress log or with a sample in ``out``. With
+    ``summary``, their outcomes are counted into it (the summary covers the whole output)."""
     done = set()
-    for path, key in ((progress_path(out), "id"), (out, "task_id")):
-        for line in _complete_lines(path):
-            if line.strip():
-                done.add(str(json.loads(line)[key]))
+    records = {}
+    for line in _complete_lines(progress_path(out)):
+        if line.strip():
+            record = json.loads(line)
+            done.add(str(record["id"]))
+            records[str(record["id"])] = record
+    for line in _complete_lines(out):
+        if line.strip():
+            sample = json.loads(line)
+            done.add(str(sample["task_id"]))
+            if summary is not None:
+                summary.count_sample(sample)
+    if summary is not None:
+        for pid, record in records.items():
+            if record["status"] == "skip":
+                summary.skipped[pid] = record["reason"]
+            elif record["status"] == "fail":
+                summary.failed[record["reason"]] += 1
     return done
 
 
@@ -293,9 +314,9 @@ def build_from_problems(
     out = Path(out)
     problems, bad = load_problems(problems_file)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_ids(out)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)
+    done = done_ids(out, summary)
     todo = [p for p in problems if p.task_id not in done]
     summary.resumed = len(problems) - len(todo)
     bar = tqdm(total=len(problems), initial=summary.resumed, desc="problems", disable=not progress)
@@ -331,9 +352,8 @@ def _record(future, problem: UserProblem, samples, log, summary: RunSummary) -> 
         _append(samples, sample)  # first the sample: a kill between the two loses nothing
         rounds = sample["construct"]["rounds"]
         _append(log, {"id": problem.task_id, "status": "written", "rounds": rounds})
-        summary.written += 1
-        summary.rounds[rounds] += 1
-        summary.final_passed += bool(sample["construct"]["final_passed"])
+        summary.count_sample(sample)
+        summary.new += 1
         return
     status, reason = why.split(":", 1)
     _append(log, {"id": problem.task_id, "status": status, "reason": reason})

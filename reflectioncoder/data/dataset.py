@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from reflectioncoder.data.config import DataConfig
 from reflectioncoder.data.schema import LoadReport, load_jsonl
@@ -28,6 +27,7 @@ from reflectioncoder.data.tokenize import (
     serialise,
     special_token_ids,
 )
+from reflectioncoder.progress import Progress
 
 log = logging.getLogger("reflectioncoder.data")
 
@@ -99,7 +99,8 @@ def encode_texts(tokenizer, texts: list[str], num_workers: int = 1, desc: str = 
     """[BOS] + ids + [EOS] of each text (one tokenizer call per text), with a progress bar;
     ``num_workers > 1`` spreads chunks over processes."""
     chunks = [texts[i : i + _CHUNK] for i in range(0, len(texts), _CHUNK)]
-    bar = tqdm(total=len(texts), desc=desc or "tokenise", unit="sample", leave=False)
+    # One plain line per file when the output is not a terminal.
+    bar = Progress(len(texts), f"tokenise {desc}".strip(), unit="sample", every=len(texts))
     out: list[list[int]] = []
     try:
         if num_workers <= 1 or len(chunks) <= 1:

@@ -19,6 +19,7 @@ from reflectioncoder.data.dataset import load_dataset
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
+from reflectioncoder.errors import atomic_write_text, require_model_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=4096, help="drop (and report) longer")
     parser.add_argument("--no-distill", action="store_true", help="no student pass")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad samples, report them")
-    parser.add_argument("--limit", type=int, default=None, help="print at most this many")
+    parser.add_argument("--limit", type=int, default=None, help="print at most this many (>= 1)")
     parser.add_argument("--json", dest="json_out", default=None, help="write the views here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def sample_views(
@@ -138,9 +140,12 @@ def main(args: argparse.Namespace) -> int:
         data_cfg = DataConfig(files=args.data, max_len=args.max_len, skip_bad=args.skip_bad)
         if args.step < 0 or args.total_steps < 0:
             raise ValueError("--step and --total-steps must be >= 0")
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit: expected a number >= 1, got {args.limit}")
     except ValueError as e:
         print(f"reflectioncoder inspect: {e}", file=sys.stderr)
         return 2
+    require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens
     try:
@@ -157,7 +162,6 @@ def main(args: argparse.Namespace) -> int:
         print(format_view(view, tokenizer))
         print()
     if args.json_out:
-        with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump(views, f)
+        atomic_write_text(args.json_out, json.dumps(views))
         print(f"# wrote {len(views)} samples to {args.json_out}")
     return 0

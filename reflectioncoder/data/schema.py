@@ -144,10 +144,12 @@ def load_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     samples: list[Sample] = []
+    lineno_seen = 0  # non-blank lines
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            lineno_seen += 1
             source = f"{path}:{lineno}"
             try:
                 try:
@@ -161,6 +163,8 @@ def load_jsonl(
                 if not skip_bad:
                     raise
                 report.skipped.append(str(e))
+    if not samples and lineno_seen == 0:
+        raise DataError(str(path), "<file>", "no samples: the file is empty")
     report.per_file[str(path)] = len(samples)
     report.loaded += len(samples)
     return samples

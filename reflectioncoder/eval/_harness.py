@@ -2,7 +2,7 @@
 
 This file is copied into the sandbox and run there as a script (standard library only). It
 reads one job from stdin, runs the function on every input (EvalPlus semantics: each phase in
-fresh globals, a SIGALRM time limit per input, stdio swallowed, EvalPlus's reliability guard),
+fresh globals, a time limit per input (CPU time), stdio swallowed, EvalPlus's reliability guard),
 and writes one JSON line per input to the result stream: the output it computed, encoded as
 plain data. It never sees an expected output, so nothing it prints can be a verdict: the
 scorer, outside, decodes the outputs and compares them.
@@ -501,7 +501,9 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     record = bool(job.get("record"))
     not_none = bool(job.get("output_not_none"))
     phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
-    setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.time
+    # Limits and ground-truth times are CPU seconds of this process (ITIMER_PROF counts them):
+    # they do not grow when the machine is loaded. The scorer's cgroup clock covers children.
+    setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.process_time
     if job.get("strict"):
         install_audit_guard(os.getcwd(), job.get("hidden", ()))
     if job.get("guard"):
@@ -534,14 +536,14 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
                 )
                 continue
             try:
-                signal_fn(signal.SIGALRM, handler)
-                setitimer(signal.ITIMER_REAL, limits[i])
+                signal_fn(signal.SIGPROF, handler)
+                setitimer(signal.ITIMER_PROF, limits[i])
                 try:
                     # swallow stdio (cheaper than contextlib per input; restored below)
                     sys.stdout = sys.stderr = sys.stdin = sink
                     out = fn(*inp)
                 finally:
-                    setitimer(signal.ITIMER_REAL, 0)
+                    setitimer(signal.ITIMER_PROF, 0)
                     sys.stdout, sys.stderr, sys.stdin = saved
             except BaseException as exc:
                 emit({"phase": name, "i": i, "error": type(exc).__name__}, now=True)

@@ -1,88 +1,166 @@
 """Score samples (or generate them first) on HumanEval(+), MBPP(+) or MultiPL-E, sandboxed.
 
-reflectioncoder evaluate --task humaneval --samples S.jsonl --json result.json
-reflectioncoder evaluate --task mbpp --model DIR            # generate with transformers first
-reflectioncoder evaluate --task multiple-cpp --samples S.jsonl
+examples:
+  reflectioncoder evaluate --task humaneval --samples S.jsonl --json result.json
+  reflectioncoder evaluate --task mbpp --model runs/demo/train/final --json mbpp.json
+  reflectioncoder evaluate --task multiple-cpp --samples S.jsonl
+
+Generated samples go beside --json (RESULT.samples.jsonl), to --save-samples, or into the run
+folder of a trained model (RUN/eval/); never silently into the current folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
 from pathlib import Path
 
+from reflectioncoder.errors import (
+    UsageError,
+    UserError,
+    atomic_write_text,
+    require_file,
+    require_model_folder,
+)
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import prompts as pr
 from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.sandbox import not_guaranteed
+from reflectioncoder.progress import Progress
 
 TASKS = ("humaneval", "mbpp", "multiple-LANG")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
+    languages = ", ".join(ml.LANGUAGES)
+    parser.add_argument(
+        "--task",
+        required=True,
+        help=f"humaneval | mbpp | multiple-LANG, LANG one of: {languages}",
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--samples", type=Path, help="jsonl of {task_id, completion}: score these")
-    src.add_argument("--model", help="model directory (or name, with --base-url): generate first")
+    src.add_argument("--model", help="model folder (or name, with --base-url): generate first")
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="evaluation data (default: ../shared/evaldata when present)",
+        help="evaluation data (default: $REFLECTIONCODER_DATA_DIR or ../shared/evaldata)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
-    parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers (default 2)")
+    parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers")
     parser.add_argument("--base-only", action="store_true", help="skip the plus tests")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k to report")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N tasks (N >= 1)")
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=None,
+        help="pass@k to report, each k <= samples per task (default: those of 1, 10, 100 that "
+        "the samples allow)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     gen = parser.add_argument_group("generation (with --model)")
-    gen.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
+    gen.add_argument(
+        "--backend",
+        choices=("hf", "vllm", "openai"),
+        default="hf",
+        help="transformers on a local folder, vLLM, or an OpenAI-compatible server",
+    )
     gen.add_argument("--base-url", default=None, help="OpenAI-compatible server (backend openai)")
-    gen.add_argument("--api-key", default=None)
+    gen.add_argument(
+        "--api-key",
+        default=None,
+        help="key for --base-url (default: none; the server may not need one)",
+    )
     gen.add_argument("--n-samples", type=int, default=1, help="samples per task")
-    gen.add_argument("--temperature", type=float, default=0.0)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--max-new-tokens", type=int, default=1024)
-    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    gen.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per completion")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     gen.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
     gen.add_argument("--tensor-parallel", type=int, default=1, help="vLLM tensor parallelism")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.add_argument(
         "--save-samples",
         type=Path,
         default=None,
-        help="where generated samples go (default: beside --json, or ./samples-TASK.jsonl)",
+        help="where generated samples go (default: beside --json, or RUN/eval/ for a model "
+        "inside a run folder)",
     )
 
 
-class _Progress:
-    """tqdm when available and wanted; a no-op otherwise."""
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument values argparse cannot check alone: a UsageError naming the flag."""
+    positive = {
+        "--limit": args.limit,
+        "--parallel": args.parallel,
+        "--n-samples": args.n_samples,
+        "--max-new-tokens": args.max_new_tokens,
+        "--batch-size": args.batch_size,
+        "--tensor-parallel": args.tensor_parallel,
+    }
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{flag}: expected a number >= 1, got {value}")
+    for k in args.k or []:
+        if k < 1:
+            raise UsageError(f"--k: expected numbers >= 1, got {k}")
+        if args.model is not None and k > args.n_samples:
+            raise UsageError(
+                f"--k {k}: needs at least {k} samples per task; --n-samples is {args.n_samples}"
+            )
+    if args.temperature < 0:
+        raise UsageError(f"--temperature: expected >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
+    if args.samples is not None:
+        require_file(args.samples, "samples file", field="--samples")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
+    if args.model is not None and args.backend != "openai":
+        require_model_folder(args.model, "--model", need="both")
+    if args.model is not None and args.backend == "openai" and not args.base_url:
+        raise UsageError("--backend openai needs --base-url")
+    if args.device is not None and args.model is not None:
+        _check_device(args.device)
 
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                pass
+def _check_device(device: str) -> None:
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
 
-    def __call__(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: this torch build or machine has no CUDA device")
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+
+def samples_path(args: argparse.Namespace) -> Path:
+    """Where generated samples go: --save-samples, beside --json, or RUN/eval/ for a model
+    inside a run folder (RUN/final, RUN/checkpoints/step-N/model)."""
+    if args.save_samples is not None:
+        return args.save_samples
+    if args.json is not None:
+        return args.json.with_suffix(".samples.jsonl")
+    model = Path(args.model).resolve()
+    for run in (model.parent, model.parent.parent.parent):
+        if (run / "config.yaml").is_file():
+            return run / "eval" / f"samples-{args.task}.jsonl"
+    raise UsageError(
+        "give --json RESULT or --save-samples FILE: where should the generated samples go?"
+    )
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Progress:
+    """A bar on a terminal; about ten plain lines in a log."""
+    return Progress(total, desc, unit="item", enabled=enabled)
 
 
 def _read_samples(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--samples: {path} not found")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -91,11 +169,19 @@ def _read_samples(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+                raise UserError(
+                    f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
+                ) from None
             if not isinstance(row, dict) or "task_id" not in row:
-                raise ValueError(f"{path}:{n}:task_id: missing")
+                raise UserError("missing", file=path, line=n, field="task_id")
             if not isinstance(row.get("completion", row.get("solution")), str):
-                raise ValueError(f"{path}:{n}:completion: missing or not a string")
+                got = row.get("completion", row.get("solution"))
+                raise UserError(
+                    f"expected a string, got {json.dumps(got)}",
+                    file=path,
+                    line=n,
+                    field="completion",
+                )
             rows.append(row)
     return rows
 
@@ -113,7 +199,7 @@ def _generate(
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    bar = _Progress(len(prompts), "generate", not args.no_progress)
+    bar = _bar(len(prompts), "generate", not args.no_progress)
     try:
         if args.backend == "hf":
             texts = gn.generate_hf(args.model, prompts, config, device=args.device, progress=bar)
@@ -122,8 +208,6 @@ def _generate(
                 args.model, prompts, config, tensor_parallel=args.tensor_parallel
             )
         else:
-            if not args.base_url:
-                raise ValueError("--backend openai needs --base-url")
             texts = gn.generate_openai(
                 args.base_url, args.model, prompts, config, api_key=args.api_key, progress=bar
             )
@@ -144,16 +228,16 @@ def _pass_at(n: list[int], c: list[int], ks: list[int]) -> dict[str, float]:
 
 def main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    check_arguments(args)
     data_dir = args.data_dir or tk.default_data_dir()
     if data_dir is None:
-        print("error: --data-dir not given and ../shared/evaldata not found", file=sys.stderr)
-        return 2
+        raise UsageError("--data-dir not given and ../shared/evaldata not found")
     task = args.task
     if task.startswith("multiple-"):
         lang = task.removeprefix("multiple-")
         problem = ml.toolchain_problem(lang)
         if problem:
-            print(problem, file=sys.stderr)
+            print(f"reflectioncoder evaluate: {problem}", file=sys.stderr)
             return 3
         tasks = tk.load_multiple(data_dir, lang)
     elif task == "humaneval":
@@ -161,14 +245,14 @@ def main(args: argparse.Namespace) -> int:
     elif task == "mbpp":
         tasks = tk.load_mbpp_plus(data_dir)
     else:
-        print(f"error: --task must be one of {', '.join(TASKS)}, got {task!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     if args.limit:
         tasks = dict(list(tasks.items())[: args.limit])
 
     if args.samples is not None:
         samples = _read_samples(args.samples)
     else:
+        out = samples_path(args)
         ids = list(tasks)
         if task.startswith("multiple-"):
             prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
@@ -178,22 +262,25 @@ def main(args: argparse.Namespace) -> int:
         else:
             prompts = [pr.python_prompt(tasks[t]) for t in ids]
             samples = _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
-        out = args.save_samples or (
-            args.json.with_suffix(".samples.jsonl") if args.json else Path(f"samples-{task}.jsonl")
-        )
-        with open(out, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s) + "\n")
+        atomic_write_text(out, "".join(json.dumps(s) + "\n" for s in samples))
         print(f"samples: {out}", file=sys.stderr)
     if args.limit:
         samples = [s for s in samples if s["task_id"] in tasks]
     missing = sorted(set(tasks) - {s["task_id"] for s in samples})
     if missing:
-        print(
-            f"error: --samples has no sample for {len(missing)} tasks, e.g. {missing[:3]}",
-            file=sys.stderr,
+        raise UserError(
+            f"no sample for {len(missing)} tasks, e.g. {missing[:3]}",
+            file=args.samples,
         )
-        return 2
+    per_task = collections.Counter(s["task_id"] for s in samples)
+    fewest = min(per_task[t] for t in tasks)
+    if args.k is None:
+        args.k = [k for k in (1, 10, 100) if k <= fewest]
+    elif max(args.k) > fewest:
+        raise UsageError(
+            f"--k {max(args.k)}: some tasks have only {fewest} sample(s); pass@k needs k <= "
+            "samples per task"
+        )
 
     if task.startswith("multiple-"):
         result = _score_multiple(args, tasks, samples)
@@ -206,8 +293,7 @@ def main(args: argparse.Namespace) -> int:
     result["not_guaranteed"] = not_guaranteed(result["isolation"], language)
     _print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_text(args.json, json.dumps(result, indent=1))
         print(f"result: {args.json}", file=sys.stderr)
     return 0
 
@@ -218,14 +304,14 @@ def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: P
 
     rel = tk.HUMANEVAL_PLUS_FILE if task == "humaneval" else tk.MBPP_PLUS_FILE
     source = tk.dataset_file(data_dir, rel)
-    bar = _Progress(len(tasks), "expected outputs", not args.no_progress)
+    bar = _bar(len(tasks), "expected outputs", not args.no_progress)
     try:
         expected = sc.expected_outputs(
             tasks, tk.file_hash(source), parallel=args.parallel, progress=bar
         )
     finally:
         bar.close()
-    bar = _Progress(len(samples), "score", not args.no_progress)
+    bar = _bar(len(samples), "score", not args.no_progress)
     try:
         results = sc.score_python_samples(
             tasks,
@@ -271,7 +357,7 @@ def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: P
 def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
     from reflectioncoder.eval.sandbox import isolation_level
 
-    bar = _Progress(len(samples), "score", not args.no_progress)
+    bar = _bar(len(samples), "score", not args.no_progress)
     try:
         results = ml.score_multiple_samples(tasks, samples, parallel=args.parallel, progress=bar)
     finally:

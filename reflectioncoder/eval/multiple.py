@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from reflectioncoder.eval.sandbox import _harness_source, python_env, run_sandboxed
+from reflectioncoder.eval.sandbox import (
+    _harness_source,
+    python_env,
+    run_sandboxed,
+    toolchain_binds,
+)
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -144,17 +149,19 @@ def run_program(language: str, program: str, *, timeout_s: float | None = None):
             "-cp {work}", f"-cp {{work}}:{jar}"
         )
     env, files = {}, {lang.file: program}
-    if language == "python":
-        env.update(python_env())
-        files["harness.py"] = _harness_source()
     if language == "rs":  # rustup's proxies find their toolchain through these
         for var, default in (("RUSTUP_HOME", "~/.rustup"), ("CARGO_HOME", "~/.cargo")):
             path = os.environ.get(var) or os.path.expanduser(default)
             if os.path.isdir(path):
                 env[var] = path
+    binds = list(env.values())
+    if language == "python":
+        env.update(python_env())
+        files["harness.py"] = _harness_source()
     return run_sandboxed(
         ["/bin/sh", "-c", command],
         env=env,
+        ro_binds=[*toolchain_binds(lang.needs), *binds],  # bwrap binds nothing else
         files=files,
         timeout_s=timeout_s or lang.timeout_s,
         memory_mb=lang.memory_mb,

@@ -1,11 +1,25 @@
 """The one place that runs untrusted (model-written) code.
 
-Every run gets its own process tree, its own temporary directory and hard limits; the verdict
-about what it did is always taken outside of it. Isolation levels, strongest first:
+API for callers (construct/, eval/score.py, eval/multiple.py and new MultiPL-E languages)::
 
-- ``bwrap``: bubblewrap namespaces: own user, PID, network, IPC and UTS namespaces, the host file
-  system read-only, a private size-capped ``/tmp`` (the working directory lives there), data and
-  cache directories hidden. When the PID namespace's first process dies the kernel kills every
+    run_sandboxed(argv, files=..., stdin=..., timeout_s=WALL_BACKSTOP, cpu_s=CPU_LIMIT,
+                  memory_mb=..., max_processes=..., cpu_cores=..., ro_binds=[toolchain dirs])
+    PreparedRun(argv, <same limits>).run(stdin, timeout_s=..., cpu_s=...)  # started ahead
+
+Limits are per run (the whole process tree, not per process): ``memory_mb`` (cgroup memory
+limit, and RLIMIT_AS per process), ``max_processes`` (cgroup pids), ``cpu_s`` (CPU seconds of the
+run's cgroup: load on the machine does not change it), ``cpu_cores`` (CPU quota), ``timeout_s``
+(wall-clock backstop). ``ro_binds`` lists extra host paths a toolchain needs, bound read-only
+(bwrap); ``toolchain_binds(tools)`` finds them for programs named on PATH.
+
+Isolation levels, strongest first (``isolation_level()`` names exactly what is in force):
+
+- ``bwrap``: bubblewrap with its own user (uid/gid 65534, every capability dropped, no nested
+  user namespaces), PID, network, IPC and UTS namespaces; a file system made only of what a
+  program needs, read-only (``/usr`` and the library dirs, a few ``/etc`` files, the Python
+  installation and site-packages, ``ro_binds``), a private size-capped ``/tmp`` (the working
+  directory lives there), ``/dev/shm`` and ``/dev``. No data, cache, home, host socket or cgroup
+  file system is visible. When the PID namespace's first process dies the kernel kills every
   process in it, so nothing outlives the run.
 - ``rlimits`` (fallback where bubblewrap or user namespaces are missing): a new session and
   process group, resource limits, a private working directory as ``cwd`` and ``TMPDIR``, a sweep
@@ -14,10 +28,11 @@ about what it did is always taken outside of it. Isolation levels, strongest fir
   directory, network connections, signals to other processes and new programs. Weaker: native
   code (ctypes) can bypass the audit hook.
 
-Both levels add a ``pids`` cgroup (the fork-bomb limit, and the list of processes to kill) when
-the machine lets us create one, and rlimits on address space, CPU time, file size, open files,
-core dumps and (for non-root users) processes. The wall-clock timeout kills from outside with
-SIGKILL, which no program can ignore. Output is capped; a run that floods it is killed.
+Both levels put each run in its own cgroup (v2, or v1 controllers, where the machine lets us
+create one): ``memory`` (the whole tree's memory, /dev/shm included), ``pids``, ``cpu`` (quota)
+and CPU accounting (the CPU-time limit). The whole tree is killed at the verdict. The wall-clock
+backstop kills from outside with SIGKILL, which no program can ignore. Output is capped; a run
+that floods it is killed.
 
 Force a level with ``REFLECTIONCODER_SANDBOX=bwrap|rlimits`` (``auto`` by default).
 """
@@ -26,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import os
 import resource
 import selectors
@@ -41,13 +57,37 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["ExecResult", "PreparedRun", "isolation_level", "run_python", "run_sandboxed"]
+__all__ = [
+    "ExecResult",
+    "PreparedRun",
+    "isolation_level",
+    "run_python",
+    "run_sandboxed",
+    "toolchain_binds",
+]
 
 # Mount points inside the bwrap sandbox (both under the private /tmp).
 _SRC_IN_BOX = "/tmp/src"
 _WORK_IN_BOX = "/tmp/work"
 _MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
 _PR_SET_PDEATHSIG = 1
+SANDBOX_UID = 65534  # "nobody": the uid and gid programs have inside bwrap
+# What every program gets, read-only: the system's programs and libraries, and the few /etc
+# files that loaders and toolchains read (no passwd, shadow, hosts, ssh, ...).
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_PATTERNS = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "java-*",
+    "php",
+    "php[0-9]*",
+    "ssl/openssl.cnf",
+    "mono",
+)
+_CPU_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
@@ -55,8 +95,9 @@ class ExecResult:
     """What a sandboxed run printed and how it ended.
 
     ``exit_code`` is the process's status (negative: killed by that signal) or None when the
-    sandbox killed it (timeout or output flood). Output beyond the cap is dropped and
-    ``output_truncated`` is set; the run is then killed.
+    sandbox killed it (time limit or output flood). Output beyond the cap is dropped and
+    ``output_truncated`` is set; the run is then killed. ``cpu_time_s``: CPU seconds the whole
+    run used (its cgroup), None where no cgroup counts it.
     """
 
     stdout: str
@@ -66,6 +107,7 @@ class ExecResult:
     output_truncated: bool
     duration_s: float
     isolation: str
+    cpu_time_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,7 +129,7 @@ def _bwrap_works() -> bool:
     if exe is None:
         return False
     with tempfile.TemporaryDirectory(prefix="rc-probe-") as tmp:
-        argv = _bwrap_argv(exe, Path(tmp), Path(tmp), hide=()) + ["/bin/true"]
+        argv = _bwrap_argv(exe, Path(tmp), hide=(), ro_binds=()) + ["/bin/true"]
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
@@ -95,102 +137,338 @@ def _bwrap_works() -> bool:
     return proc.returncode == 0
 
 
-@lru_cache(maxsize=1)
-def _cgroup_root() -> Path | None:
-    """A directory where we may create ``pids`` cgroups (v1 or v2), or None."""
-    candidates = [Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")]
-    for root in candidates:
-        if not (root / "cgroup.procs").exists():
-            continue
-        probe = root / f"rc-probe-{uuid.uuid4().hex[:8]}"
-        try:
-            probe.mkdir()
-        except OSError:
-            continue
-        try:
-            ok = (probe / "pids.max").exists()
-            if ok:
-                (probe / "pids.max").write_text("8")
-        except OSError:
-            ok = False
-        finally:
+# The file that proves a controller works in a run's cgroup, and a value to write there.
+_V1_PROBES = {
+    "pids": ("pids.max", "8"),
+    "memory": ("memory.limit_in_bytes", str(64 << 20)),
+    "cpu": ("cpu.cfs_quota_us", str(_CPU_PERIOD_US)),
+    "cputime": ("cpuacct.usage", None),
+}
+_V2_PROBES = {
+    "pids": ("pids.max", "8"),
+    "memory": ("memory.max", str(64 << 20)),
+    "cpu": ("cpu.max", f"{_CPU_PERIOD_US} {_CPU_PERIOD_US}"),
+    "cputime": ("cpu.stat", None),
+}
+_V1_HIERARCHY = {"pids": "pids", "memory": "memory", "cpu": "cpu", "cputime": "cpuacct"}
+
+
+@dataclass(frozen=True)
+class _CgroupLayout:
+    """Where runs' cgroups are made: ``parents`` maps each working controller (pids, memory,
+    cpu, cputime) to the directory under which a run's cgroup is created."""
+
+    version: int
+    parents: dict[str, Path]
+
+    def describe(self) -> str:
+        return f"cgroup-v{self.version}({','.join(sorted(self.parents))})"
+
+
+def _own_cgroup_paths() -> dict[str, str]:
+    """/proc/self/cgroup as {controller or "" (v2): path}."""
+    paths = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                paths[c] = path
+    return paths
+
+
+def _cgroup_mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, mount point, mount root, options) of every cgroup file system."""
+    mounts = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                opts = set(rfields[2].split(","))
+                mounts.append((rfields[0], fields[4], fields[3], opts))
+    return mounts
+
+
+def _parent_dir(mount_point: str, mount_root: str, own: str | None) -> Path:
+    """Our own cgroup's directory in this mount (so runs nest under our limits), else the
+    mount's top."""
+    if own is not None and own.startswith(mount_root):
+        rel = own[len(mount_root) :].lstrip("/")
+        candidate = Path(mount_point) / rel
+        if candidate.is_dir():
+            return candidate
+    return Path(mount_point)
+
+
+def _probe(parent: Path, probes: dict[str, tuple[str, str | None]], wanted: list[str]) -> list[str]:
+    """The controllers of ``wanted`` that work in a fresh cgroup under ``parent``."""
+    probe = parent / f"rc-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return []
+    ok = []
+    try:
+        for name in wanted:
+            file, value = probes[name]
             with contextlib.suppress(OSError):
-                probe.rmdir()
-        if ok:
-            return root
+                if value is not None:
+                    (probe / file).write_text(value)
+                    ok.append(name)
+                elif (probe / file).exists():
+                    ok.append(name)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+    return ok
+
+
+def _v2_layout(mounts, own) -> _CgroupLayout | None:
+    for fstype, point, root, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        parent = _parent_dir(point, root, own.get(""))
+        with contextlib.suppress(OSError):  # lets our runs' cgroups use these controllers
+            (parent / "cgroup.subtree_control").write_text("+pids +memory +cpu")
+        works = _probe(parent, _V2_PROBES, list(_V2_PROBES))
+        if works:
+            return _CgroupLayout(2, {name: parent for name in works})
     return None
 
 
+def _v1_layout(mounts, own) -> _CgroupLayout | None:
+    parents = {}
+    for name, hierarchy in _V1_HIERARCHY.items():
+        for fstype, point, root, opts in mounts:
+            if fstype == "cgroup" and hierarchy in opts:
+                parent = _parent_dir(point, root, own.get(hierarchy))
+                if _probe(parent, _V1_PROBES, [name]):
+                    parents[name] = parent
+                    break
+    return _CgroupLayout(1, parents) if parents else None
+
+
+@lru_cache(maxsize=1)
+def _cgroup_layout() -> _CgroupLayout | None:
+    """The richest cgroup setup this machine lets us make (v2 where writable, else v1), or None."""
+    mounts, own = _cgroup_mounts(), _own_cgroup_paths()
+    found = [lay for lay in (_v2_layout(mounts, own), _v1_layout(mounts, own)) if lay]
+    return max(found, key=lambda lay: len(lay.parents), default=None)
+
+
 def isolation_level() -> str:
-    """The isolation runs get here: ``bwrap`` or ``rlimits``, plus ``+cgroup`` when available."""
+    """Exactly what runs get here, e.g.
+    ``bwrap(uid=65534,caps=none,userns=none,fs=minimal-ro)+cgroup-v1(cpu,cputime,memory,pids)
+    +time=cpu``: the level (``bwrap`` or ``rlimits``), the cgroup controllers in force, and
+    whether time limits count CPU time of the run's cgroup or the wall clock."""
     wanted = os.environ.get("REFLECTIONCODER_SANDBOX", "auto")
     if wanted not in ("auto", "bwrap", "rlimits"):
         raise ValueError(f"REFLECTIONCODER_SANDBOX must be auto, bwrap or rlimits, got {wanted!r}")
     if wanted == "bwrap" and not _bwrap_works():
         raise RuntimeError("REFLECTIONCODER_SANDBOX=bwrap but bubblewrap cannot run here")
-    level = "bwrap" if wanted != "rlimits" and _bwrap_works() else "rlimits"
-    return level + ("+cgroup" if _cgroup_root() is not None else "")
+    if wanted != "rlimits" and _bwrap_works():
+        level = f"bwrap(uid={SANDBOX_UID},caps=none,userns=none,fs=minimal-ro)"
+    else:
+        level = "rlimits(caller-uid,audit-guard)"
+    layout = _cgroup_layout()
+    if layout is not None:
+        level += "+" + layout.describe()
+    cpu_clock = layout is not None and "cputime" in layout.parents
+    return level + ("+time=cpu" if cpu_clock else "+time=wall")
+
+
+# ----------------------------------------------------------------------------- bwrap
+
+
+def _python_paths() -> list[str]:
+    """The interpreter, its standard library and the site-packages programs import from."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths.update(p for p in sys.path if "-packages" in p)  # site dirs, .pth-added ones too
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def toolchain_binds(tools: Sequence[str]) -> list[str]:
+    """Host directories to bind for programs found on PATH outside the system directories
+    (e.g. ``~/.cargo/bin/rustc``: its directory and where its symlinks lead)."""
+    binds: set[str] = set()
+    for tool in tools:
+        found = shutil.which(tool)
+        if found is None:
+            continue
+        for path in (found, os.path.realpath(found)):
+            parent = os.path.dirname(path)
+            if not any(_inside(parent, s) for s in _SYSTEM_PATHS):
+                binds.add(parent)
+    return sorted(binds)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _bwrap_argv(
+    exe: str,
+    src: Path,
+    hide: Sequence[str],
+    ro_binds: Sequence[str],
+    tmp_mb: int = 512,
+) -> list[str]:
+    """Namespaces, no privileges, and a file system of only what programs need (read-only)."""
+    uid = str(SANDBOX_UID)
+    argv = [exe, "--unshare-all", "--unshare-user", "--uid", uid, "--gid", uid]
+    argv += ["--disable-userns", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    argv += ["--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev"]
+    for mount in ("/tmp", "/dev/shm"):
+        argv += ["--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", mount]
+    for path in _SYSTEM_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    bound = list(_SYSTEM_PATHS)
+    etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
+    for path in [*etc, *_python_paths(), *map(os.path.abspath, ro_binds)]:
+        if any(_inside(path, b) for b in bound):
+            continue  # already there (binding again would undo a hide)
+        argv += ["--ro-bind", path, path]
+        bound.append(path)
+    for path in map(os.path.abspath, hide):  # data or caches inside a bound directory
+        if os.path.isdir(path) and any(_inside(path, b) for b in bound):
+            argv += ["--tmpfs", path]
+    argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--dir", _WORK_IN_BOX, "--chdir", _WORK_IN_BOX]
+    argv += ["--remount-ro", "/"]  # the sandbox's root itself: nothing new at its top
+    argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", _WORK_IN_BOX, "--"]
+    return argv
+
+
+# ----------------------------------------------------------------------------- cgroups
+
+
+class _RunCgroup:
+    """One run's cgroup: every process of the run is put in it before exec and cannot leave
+    it (inside bwrap it runs as an unprivileged uid with no cgroup file system mounted)."""
+
+    def __init__(
+        self, layout: _CgroupLayout, memory_mb: int, max_processes: int, cpu_cores: float
+    ) -> None:
+        self.layout = layout
+        name = f"rc-sandbox-{uuid.uuid4().hex}"
+        self.dirs: dict[str, Path] = {c: p / name for c, p in layout.parents.items()}
+        for path in self.unique_dirs():
+            path.mkdir()
+        quota = str(max(1000, int(cpu_cores * _CPU_PERIOD_US)))
+        mem = str(memory_mb << 20)
+        if layout.version == 2:
+            self._write("pids", "pids.max", str(max_processes))
+            self._write("memory", "memory.max", mem)
+            self._write("memory", "memory.swap.max", "0", required=False)
+            self._write("cpu", "cpu.max", f"{quota} {_CPU_PERIOD_US}")
+        else:
+            self._write("pids", "pids.max", str(max_processes))
+            self._write("memory", "memory.limit_in_bytes", mem)
+            self._write("memory", "memory.memsw.limit_in_bytes", mem, required=False)
+            self._write("cpu", "cpu.cfs_period_us", str(_CPU_PERIOD_US))
+            self._write("cpu", "cpu.cfs_quota_us", quota)
+
+    def unique_dirs(self) -> list[Path]:
+        return sorted(set(self.dirs.values()))
+
+    def _write(self, controller: str, file: str, value: str, required: bool = True) -> None:
+        if controller in self.dirs:
+            try:
+                (self.dirs[controller] / file).write_text(value)
+            except OSError:
+                if required:
+                    raise
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.unique_dirs()]
+
+    def cpu_time_s(self) -> float | None:
+        """CPU seconds every process of the run has used so far (user + system)."""
+        path = self.dirs.get("cputime")
+        if path is None:
+            return None
+        try:
+            if self.layout.version == 1:
+                return int((path / "cpuacct.usage").read_text()) / 1e9
+            for line in (path / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def _pids(self) -> list[int]:
+        pids: set[int] = set()
+        for path in self.unique_dirs():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        return sorted(pids)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the run (cgroup.kill where the kernel has it) until none is
+        left."""
+        for path in self.unique_dirs():
+            with contextlib.suppress(OSError):
+                (path / "cgroup.kill").write_text("1")
+        for _ in range(400):
+            pids = self._pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        self.kill()
+        for path in self.unique_dirs():
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def _make_cgroup(memory_mb: int, max_processes: int, cpu_cores: float) -> _RunCgroup | None:
+    layout = _cgroup_layout()
+    if layout is None:
+        return None
+    try:
+        return _RunCgroup(layout, memory_mb, max_processes, cpu_cores)
+    except OSError as exc:
+        raise RuntimeError(f"sandbox: cannot set up the run's cgroup: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- launch
 
 
-def _paths_to_keep() -> list[str]:
-    """Host paths under /tmp that programs need (a virtualenv there), re-bound after the
-    private /tmp hides them."""
-    keep = set()
-    for p in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))):
-        if p.startswith("/tmp/") and os.path.isdir(p):
-            keep.add(p)
-    return sorted(keep)
-
-
-def _bwrap_argv(
-    exe: str, src: Path, work: Path, hide: Sequence[str], tmp_mb: int = 512
-) -> list[str]:
-    argv = [exe, "--unshare-all", "--die-with-parent", "--new-session"]
-    argv += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
-    for keep in _paths_to_keep():
-        argv += ["--ro-bind", keep, keep]
-    for path in map(os.path.abspath, hide):
-        if os.path.isdir(path) and not path.startswith("/tmp/"):
-            argv += ["--tmpfs", path]
-    argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--dir", _WORK_IN_BOX, "--chdir", _WORK_IN_BOX]
-    argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", _WORK_IN_BOX, "--"]
-    return argv
-
-
-def _make_cgroup(max_processes: int) -> Path | None:
-    root = _cgroup_root()
-    if root is None:
-        return None
-    path = root / f"rc-sandbox-{uuid.uuid4().hex}"
-    try:
-        path.mkdir()
-        (path / "pids.max").write_text(str(max_processes))
-    except OSError:
-        with contextlib.suppress(OSError):
-            path.rmdir()
-        return None
-    return path
-
-
 def _preexec(
-    memory_mb: int, cpu_s: int, file_size_mb: int, open_files: int, max_processes: int, cgroup: str
+    memory_mb: int,
+    cpu_s: float,
+    file_size_mb: int,
+    open_files: int,
+    max_processes: int,
+    cgroup_procs: list[str],
 ):
     """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits."""
     libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
+    cpu_rlimit = int(cpu_s) + 1  # per process; the cgroup's CPU clock is the real limit
 
     def apply() -> None:
-        if cgroup:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        for procs in cgroup_procs:
+            with open(procs, "w") as f:
                 f.write("0")
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         mem = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_rlimit, cpu_rlimit + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_mb << 20, file_size_mb << 20))
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -200,29 +478,6 @@ def _preexec(
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
     return apply
-
-
-def _kill_cgroup(cgroup: Path) -> None:
-    """SIGKILL every process of the cgroup until it is empty, then remove it."""
-    for _ in range(200):
-        try:
-            pids = [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
-        except OSError:
-            break
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)
-    for _ in range(100):
-        try:
-            cgroup.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.01)
 
 
 def _sweep_marked(marker: str) -> None:
@@ -248,11 +503,22 @@ def _sweep_marked(marker: str) -> None:
         time.sleep(0.01)
 
 
+@dataclass(frozen=True)
+class _Limits:
+    memory_mb: int
+    cpu_s: float
+    max_processes: int
+    cpu_cores: float
+    file_size_mb: int
+    open_files: int
+    tmp_mb: int
+
+
 class PreparedRun:
     """A sandboxed process started ahead of its input (bwrap, interpreter start-up and imports
     happen while the caller does other work), used for exactly ONE run: ``run`` feeds stdin,
     collects, kills the tree and cleans up; ``discard`` does the last two without running.
-    Isolation per run is the same as ``run_sandboxed``'s."""
+    Isolation and limits per run are ``run_sandboxed``'s."""
 
     def __init__(
         self,
@@ -260,51 +526,38 @@ class PreparedRun:
         *,
         files: Mapping[str, str | bytes] | None = None,
         memory_mb: int = 512,
-        cpu_s: int = 6,
+        cpu_s: float = 6,
         max_processes: int = 64,
+        cpu_cores: float = 1.0,
         file_size_mb: int = 64,
         open_files: int = 256,
         tmp_mb: int = 512,
         env: Mapping[str, str] | None = None,
         hide: Sequence[str] = (),
+        ro_binds: Sequence[str] = (),
     ) -> None:
-        if memory_mb <= 0:
-            raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
+        for name, value in (("memory_mb", memory_mb), ("cpu_s", cpu_s), ("cpu_cores", cpu_cores)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for path in ro_binds:
+            if not os.path.exists(path):
+                raise ValueError(f"ro_binds: {path!r} does not exist")
+        limits = _Limits(
+            memory_mb, cpu_s, max_processes, cpu_cores, file_size_mb, open_files, tmp_mb
+        )
         self.level = isolation_level()
+        self.cpu_s = cpu_s
         self.root: Path | None = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
-        self.cgroup: Path | None = None
+        self.cgroup: _RunCgroup | None = None
         self.proc: subprocess.Popen | None = None
         self.used = False
         try:
-            self._start(
-                argv,
-                files,
-                memory_mb,
-                cpu_s,
-                max_processes,
-                file_size_mb,
-                open_files,
-                tmp_mb,
-                env,
-                hide,
-            )
+            self._start(argv, files, limits, env, hide, ro_binds)
         except BaseException:
             self.discard()
             raise
 
-    def _start(
-        self,
-        argv,
-        files,
-        memory_mb,
-        cpu_s,
-        max_processes,
-        file_size_mb,
-        open_files,
-        tmp_mb,
-        env,
-        hide,
-    ) -> None:
+    def _start(self, argv, files, limits: _Limits, env, hide, ro_binds) -> None:
         assert self.root is not None
         src, work = self.root / "src", self.root / "work"
         src.mkdir()
@@ -330,8 +583,9 @@ class PreparedRun:
         }
         child_env.update(env or {})
         if use_bwrap:
-            cmd = _bwrap_argv(_bwrap_path() or "bwrap", src, work, hide, tmp_mb) + cmd
-        self.cgroup = _make_cgroup(max_processes)
+            bwrap = _bwrap_argv(_bwrap_path() or "bwrap", src, hide, ro_binds, limits.tmp_mb)
+            cmd = bwrap + cmd
+        self.cgroup = _make_cgroup(limits.memory_mb, limits.max_processes, limits.cpu_cores)
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -342,19 +596,31 @@ class PreparedRun:
             start_new_session=True,
             close_fds=True,
             preexec_fn=_preexec(
-                memory_mb, cpu_s, file_size_mb, open_files, max_processes, str(self.cgroup or "")
+                limits.memory_mb,
+                limits.cpu_s,
+                limits.file_size_mb,
+                limits.open_files,
+                limits.max_processes,
+                self.cgroup.procs_files() if self.cgroup else [],
             ),
         )
+
+    def cpu_time_s(self) -> float | None:
+        """CPU seconds the run's whole process tree has used since it started (None where no
+        cgroup counts it)."""
+        return self.cgroup.cpu_time_s() if self.cgroup is not None else None
 
     def run(
         self,
         stdin: str | bytes = b"",
         *,
         timeout_s: float = 5.0,
+        cpu_s: float | None = None,
         output_limit: int = 1 << 20,
         on_stdout_line: Callable[[bytes], bool] | None = None,
     ) -> ExecResult:
-        """Feed ``stdin`` and wait (wall clock from now); see ``run_sandboxed``."""
+        """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
+        (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if self.used or self.proc is None:
@@ -364,16 +630,21 @@ class PreparedRun:
         out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
         sizes = {1: 0, 2: 0}
         start = time.monotonic()
+        cpu0 = self.cpu_time_s()
+        cpu_deadline = None if cpu0 is None else cpu0 + (cpu_s or self.cpu_s)
+        cpu_used = None
         try:
             timed_out, truncated, stopped = _pump(
                 self.proc,
                 data_in,
-                start + timeout_s,
+                (start + timeout_s, cpu_deadline, self.cpu_time_s),
                 output_limit,
                 out_chunks,
                 sizes,
                 on_stdout_line,
             )
+            cpu_now = self.cpu_time_s()
+            cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
         finally:
             self.discard()
         exit_code = None if (timed_out or truncated or stopped) else self.proc.returncode
@@ -385,6 +656,7 @@ class PreparedRun:
             output_truncated=truncated,
             duration_s=time.monotonic() - start,
             isolation=self.level,
+            cpu_time_s=cpu_used,
         )
 
     def discard(self) -> None:
@@ -397,7 +669,7 @@ class PreparedRun:
                 _kill_tree(self.proc, self.cgroup, self.marker)
         finally:
             if self.cgroup is not None:
-                _kill_cgroup(self.cgroup)
+                self.cgroup.remove()
                 self.cgroup = None
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
@@ -410,21 +682,28 @@ def run_sandboxed(
     stdin: str | bytes = b"",
     timeout_s: float = 5.0,
     memory_mb: int = 512,
-    cpu_s: int | None = None,
+    cpu_s: float | None = None,
     max_processes: int = 64,
+    cpu_cores: float = 1.0,
     file_size_mb: int = 64,
     open_files: int = 256,
     tmp_mb: int = 512,
     output_limit: int = 1 << 20,
     env: Mapping[str, str] | None = None,
     hide: Sequence[str] = (),
+    ro_binds: Sequence[str] = (),
     on_stdout_line: Callable[[bytes], bool] | None = None,
 ) -> ExecResult:
     """Run ``argv`` in the sandbox and return what it printed.
 
     ``files`` are written, read-only to the program, into a source directory; ``{src}`` and
     ``{work}`` in ``argv`` are replaced by that directory and the writable working directory
-    (the program's cwd). ``hide`` lists host directories the program must not see (bwrap only).
+    (the program's cwd). Limits cover the whole process tree: ``cpu_s`` CPU seconds (default
+    ``timeout_s``; counted by the run's cgroup, so machine load does not change it),
+    ``timeout_s`` wall-clock seconds (the backstop for programs that wait), ``memory_mb`` (all
+    processes together, /dev/shm and /tmp included), ``max_processes``, ``cpu_cores`` (quota).
+    ``hide`` lists host directories the program must not see; ``ro_binds`` host paths a
+    toolchain needs (bwrap binds nothing else but the system's and Python's directories).
     ``output_limit`` caps stdout and stderr each, in bytes. ``on_stdout_line`` sees each line
     of stdout as it arrives (a trusted caller judging results while the run goes on); when it
     returns True the run is stopped there and killed (``exit_code`` None); stdout is then not
@@ -436,13 +715,15 @@ def run_sandboxed(
         argv,
         files=files,
         memory_mb=memory_mb,
-        cpu_s=int(cpu_s if cpu_s is not None else max(1, int(timeout_s) + 1)),
+        cpu_s=cpu_s if cpu_s is not None else timeout_s,
         max_processes=max_processes,
+        cpu_cores=cpu_cores,
         file_size_mb=file_size_mb,
         open_files=open_files,
         tmp_mb=tmp_mb,
         env=env,
         hide=hide,
+        ro_binds=ro_binds,
     )
     return prepared.run(
         stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
@@ -452,14 +733,24 @@ def run_sandboxed(
 def _pump(
     proc: subprocess.Popen,
     data_in: bytes,
-    deadline: float,
+    deadlines: tuple[float, float | None, Callable[[], float | None]],
     limit: int,
     chunks: dict[int, list[bytes]],
     sizes: dict[int, int],
     on_line: Callable[[bytes], bool] | None,
 ) -> tuple[bool, bool, bool]:
-    """Feed stdin and collect stdout/stderr until the process exits, the deadline passes, the
-    output exceeds ``limit`` or ``on_line`` says stop. Returns (timed_out, truncated, stopped)."""
+    """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
+    clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop.
+    Returns (timed_out, truncated, stopped)."""
+    deadline, cpu_deadline, cpu_clock = deadlines
+    poll = 0.5 if cpu_deadline is None else 0.05
+
+    def over_time() -> bool:
+        if time.monotonic() >= deadline:
+            return True
+        used = cpu_clock() if cpu_deadline is not None else None
+        return used is not None and used >= cpu_deadline  # type: ignore[operator]
+
     sel = selectors.DefaultSelector()
     assert proc.stdin and proc.stdout and proc.stderr
     streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
@@ -477,10 +768,10 @@ def _pump(
     pending = b""
     try:
         while open_reads:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if over_time():
                 return True, False, False
-            for key, _ in sel.select(timeout=min(left, 0.5)):
+            left = deadline - time.monotonic()
+            for key, _ in sel.select(timeout=min(max(left, 0.001), poll)):
                 fd = key.fd
                 if fd == in_fd:
                     try:
@@ -519,11 +810,10 @@ def _pump(
                 sizes[which] += len(chunk)
                 if sizes[which] > limit:
                     return False, True, False
-        left = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=max(left, 0.001))
-        except subprocess.TimeoutExpired:
-            return True, False, False
+        while proc.poll() is None:  # output closed; the program may still run (or wait)
+            if over_time():
+                return True, False, False
+            time.sleep(0.01)
         if on_line is not None and pending and on_line(pending):
             return False, False, True
         return False, False, False
@@ -534,13 +824,13 @@ def _pump(
                 proc.stdin.close()
 
 
-def _kill_tree(proc: subprocess.Popen, cgroup: Path | None, marker: str) -> None:
+def _kill_tree(proc: subprocess.Popen, cgroup: _RunCgroup | None, marker: str) -> None:
     """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if cgroup is not None:
-        _kill_cgroup(cgroup)
-    if cgroup is None:  # the cgroup already holds every process of the run
+        cgroup.kill()
+    else:  # the cgroup holds every process of the run; without one, sweep for the marker
         _sweep_marked(marker)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
@@ -559,6 +849,13 @@ def _harness_source() -> str:
     return Path(_harness.__file__).read_text()
 
 
+def wall_backstop(cpu_s: float) -> float:
+    """The wall-clock limit that goes with a CPU-time limit: generous, so that a loaded machine
+    (a run getting a fifth of a core) does not change a verdict; it stops programs that sleep or
+    block."""
+    return 5.0 * cpu_s + 10.0
+
+
 def python_argv(script: str = "main.py") -> list[str]:
     """argv that runs ``{src}/script`` with this interpreter behind the harness's guards."""
     return [sys.executable, "-I", "-B", "{src}/harness.py", "--run", f"{{src}}/{script}"]
@@ -575,14 +872,19 @@ def run_python(
     """Run a whole Python program in the sandbox; what it printed comes back (capped).
 
     Tracebacks read as if the program ran as ``main.py``: real interpreter feedback.
+    ``timeout_s`` counts CPU seconds of the whole run; a program that only waits is stopped by
+    the wall clock at ``wall_backstop(timeout_s)``.
     """
     if not isinstance(source, str):
         raise TypeError(f"source must be str, got {type(source).__name__}")
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     return run_sandboxed(
         python_argv(),
         files={"main.py": source, "harness.py": _harness_source()},
         stdin=stdin,
-        timeout_s=timeout_s,
+        cpu_s=timeout_s,  # CPU time of the whole run: load on the machine changes nothing
+        timeout_s=wall_backstop(timeout_s),
         memory_mb=memory_mb,
         env=python_env(),
         output_limit=64 << 10,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from reflectioncoder.eval import _harness
-from reflectioncoder.eval.sandbox import PreparedRun, isolation_level, run_sandboxed
+from reflectioncoder.eval.sandbox import PreparedRun, isolation_level, run_sandboxed, wall_backstop
 from reflectioncoder.eval.tasks import PythonTask
 
 __all__ = [
@@ -43,7 +43,7 @@ GT_TIME_LIMIT_FACTOR = 4.0
 TASK_TIMEOUT_CAP = 60.0
 MEMORY_MB = 4096  # EvalPlus's 4 GiB address-space limit
 _HARNESS_SOURCE = Path(_harness.__file__).read_text()
-_HARNESS_VERSION = "5"
+_HARNESS_VERSION = "6"  # 6: ground-truth times are CPU seconds
 
 # Special oracles of EvalPlus 0.3.1 (eval/_special_oracle.py), by entry point.
 MBPP_OUTPUT_NOT_NONE = {"check_str", "text_match_three", "text_starta_endb"}
@@ -406,8 +406,9 @@ class _Judge:
     """Judges one sample's result lines as they arrive; True stops the run (a verdict is
     reached). Whatever a line holds, the worst it can do is fail this sample."""
 
-    def __init__(self, phases: list[_Phase], start: float, max_bytes: int) -> None:
-        self.phases, self.start, self.received, self.max_bytes = phases, start, 0, max_bytes
+    def __init__(self, phases: list[_Phase], clock: Callable[[], float], max_bytes: int) -> None:
+        self.phases, self.clock, self.received, self.max_bytes = phases, clock, 0, max_bytes
+        self.start = clock()
         self.by_name = {p.name: p for p in phases}
 
     def __call__(self, line: bytes) -> bool:
@@ -430,7 +431,7 @@ class _Judge:
         phase = self.by_name.get(row["phase"])
         if phase is None or phase.status is not None:  # the harness never writes these
             return self._fail_current(FAIL, "malformed result line: unexpected phase")
-        now = time.monotonic()
+        now = self.clock()
         if phase.started is None:  # the base phase starts with the run, plus when base ends
             phase.started = self.start
         if now - phase.started > phase.budget:  # as EvalPlus's per-phase process timeout
@@ -499,8 +500,18 @@ def check_sample(
     )
     budget = sum(p.budget for p in phases) + 1.0
     box = prepared or prepare_harness(hide)
-    judge = _Judge(phases, time.monotonic(), MAX_SAMPLE_OUTPUT + 8 * expected.get("bytes", 0))
-    res = box.run(job, timeout_s=budget, output_limit=_harness.MAX_LINE, on_stdout_line=judge)
+    # Budgets count CPU seconds of the sample's cgroup (the wall clock where none counts them):
+    # EvalPlus's limits are wall time on an idle machine, which is CPU time; a loaded machine
+    # then changes no verdict. The wall clock only backs them up, generously.
+    clock = box.cpu_time_s if box.cpu_time_s() is not None else time.monotonic
+    judge = _Judge(phases, clock, MAX_SAMPLE_OUTPUT + 8 * expected.get("bytes", 0))
+    res = box.run(
+        job,
+        cpu_s=budget,
+        timeout_s=wall_backstop(budget),
+        output_limit=_harness.MAX_LINE,
+        on_stdout_line=judge,
+    )
     for p in phases:
         if p.status is None:
             if res.timed_out:

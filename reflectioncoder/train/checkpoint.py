@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
 from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine
@@ -116,6 +117,8 @@ def save_hf_model(
     path.mkdir(parents=True, exist_ok=True)
     # Our packed attention is registered at import of reflectioncoder.model; a plain
     # from_pretrained elsewhere must not need it, so the saved config names sdpa.
+    if tokenizer is not None:
+        make_usable(model, tokenizer)
     config = model.config
     saved_impl = config._attn_implementation
     config._attn_implementation = "sdpa"
@@ -169,6 +172,11 @@ def save_checkpoint(
     return path
 
 
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...)."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
+
+
 def _clear_torn_saves(root: Path) -> None:
     """Remove what a save killed midway left; a moved-aside complete copy whose replacement
     never landed is put back."""
@@ -201,7 +209,7 @@ def load_checkpoint(
     path = Path(path)
     if not (path / COMPLETE).is_file():
         raise ValueError(f"--resume: {path} is not a complete checkpoint (no {COMPLETE} file)")
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_trainer_state(path)
     if state.get("model_only"):
         raise ValueError(
             f"--resume: {path} holds the model only (checkpoint.model_only): no optimizer "

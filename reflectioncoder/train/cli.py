@@ -42,13 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar or lines (same as --set logging.progress=false)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.config is None and args.preset is None:
         raise UsageError("give --config FILE or --preset NAME")
-    cfg = load_config(args.config, args.overrides, base=args.preset)
+    overrides = args.overrides + (["logging.progress=false"] if args.no_progress else [])
+    cfg = load_config(args.config, overrides, base=args.preset)
     if args.print_config:
         import yaml
 

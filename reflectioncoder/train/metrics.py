@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectioncoder.config import LoggingConfig
+from reflectioncoder.progress import Progress
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -108,9 +109,10 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step + 1)
         if cfg.progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            # A plain line every print_every steps when stderr is not a terminal.
+            every = cfg.print_every or max(1, total_steps // 20)
+            self._bar = Progress(total_steps, "train", unit="step", every=every)
+            self._bar.n = self._bar._printed_at = start_step
 
     def log(self, row: dict[str, Any]) -> None:
         """Write one row (``row["step"]`` is the 1-based optimizer step just finished)."""
@@ -128,15 +130,12 @@ class MetricsLogger:
                     ):
                         self._tb.add_scalar(f"train/{key}", value, step)
         if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(
-                loss=f"{row['loss']:.4f}",
-                kl=f"{row['kl']:.2e}",
-                r=f"{row['mask_rate']:.2f}",
-                lr=f"{row['lr']:.2e}",
-                tok_s=f"{row['tokens_per_s']:.0f}",
-                refresh=False,
+            # The text first: the bar then shows the step just finished, not the one before.
+            self._bar.note(
+                f"loss {row['loss']:.4f}  kl {row['kl']:.2e}  mask {row['mask_rate']:.2f}  "
+                f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s"
             )
+            self._bar.update(1)
 
     def close(self, plot: bool | None = None) -> Path | None:
         """Flush and close; draw OUT/loss.png when asked (default: ``cfg.plot``)."""

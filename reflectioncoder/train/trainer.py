@@ -14,6 +14,7 @@ the step's global normalisation without any communication; gradients are then SU
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from reflectioncoder import progress
 from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
+from reflectioncoder.errors import UserError, require_model_folder
 from reflectioncoder.train import checkpoint, distributed
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
@@ -184,7 +187,7 @@ def load_samples(
     if not cfg.data.files:
         raise ValueError("data.files: no training files given")
     samples, report = load_dataset(cfg.data, tokenizer)
-    if is_main:
+    if is_main and not (report.skipped or report.over_length):  # else load_dataset warned
         log.info("data: %s", report.summary(cfg.data.max_len))
     return samples, {
         "loaded": report.loaded,
@@ -198,32 +201,61 @@ def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:
     from reflectioncoder.data.schema import load_files
 
     raw, _ = load_files(cfg.data.files, None, cfg.data.skip_bad)
-    return [b.content for s in raw for m in s.messages for b in m.blocks]
+    texts = [b.content for s in raw for m in s.messages for b in m.blocks]
+    if not any(texts):
+        raise UserError("no text to train a tokenizer on", field="data.files")
+    return texts
 
 
-def load_tokenizer(
-    cfg: RunConfig, out_dir: Path, info: distributed.DistInfo, reuse: bool = False
-) -> Any:
-    """The run's ORIGINAL tokenizer (before the special tokens), fixed in OUT/tokenizer.
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what decides the ids (the data room's cache key uses the same)."""
+    from reflectioncoder.data.dataset import tokenizer_fingerprint as fingerprint
 
-    From ``model.tokenizer`` or ``model.name_or_path``; else trained on the data by rank 0.
-    A resumed run (``reuse``) keeps OUT/tokenizer, so its vocabulary is the same.
+    return fingerprint(tokenizer)
+
+
+def load_tokenizer(cfg: RunConfig, info: distributed.DistInfo, resume_from: Path | None) -> Any:
+    """The run's ORIGINAL tokenizer (before the special tokens), in memory: nothing is written.
+
+    Resuming from a checkpoint: OUT/tokenizer, which must be the one that checkpoint trained
+    with. Otherwise ``model.tokenizer`` or ``model.name_or_path``; else one trained on the data
+    by rank 0 and sent to the other ranks, so every rank holds the same vocabulary.
     """
     from transformers import AutoTokenizer
 
-    saved = out_dir / "tokenizer"
+    if resume_from is not None:
+        return _resumed_tokenizer(Path(cfg.checkpoint.out_dir), resume_from)
     source = cfg.model.tokenizer or cfg.model.name_or_path
-    if info.is_main and not (reuse and (saved / "tokenizer_config.json").is_file()):
-        shutil.rmtree(saved, ignore_errors=True)
-        if source is not None:
-            tok = AutoTokenizer.from_pretrained(source, local_files_only=True)
-            tok.save_pretrained(str(saved))
-        else:
-            from reflectioncoder.tokenizer import train_tokenizer
+    if source is not None:
+        field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
+        require_model_folder(source, field, need="tokenizer")
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    from reflectioncoder.tokenizer import tokenizer_from_json, train_tokenizer
 
-            train_tokenizer(_texts_for_tokenizer(cfg), cfg.model.tokenizer_vocab_size, saved)
-    distributed.barrier()  # every rank, unconditionally: the others wait for rank 0's files
-    return AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+    serialised = None
+    if info.is_main:
+        trained = train_tokenizer(_texts_for_tokenizer(cfg), cfg.model.tokenizer_vocab_size)
+        serialised = trained.backend_tokenizer.to_str()
+    return tokenizer_from_json(distributed.broadcast_object(serialised))
+
+
+def _resumed_tokenizer(out_dir: Path, checkpoint_path: Path) -> Any:
+    """OUT/tokenizer, checked against the fingerprint the checkpoint recorded."""
+    from transformers import AutoTokenizer
+
+    saved = out_dir / "tokenizer"
+    if not (saved / "tokenizer_config.json").is_file():
+        raise UserError(
+            f"{checkpoint_path} has no tokenizer beside it", file=saved, field="--resume"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(saved), local_files_only=True)
+    state = checkpoint.read_trainer_state(checkpoint_path)
+    recorded = state.get("tokenizer_sha256")
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise UserError(
+            f"is not the tokenizer {checkpoint_path} was trained with", file=saved, field="--resume"
+        )
+    return tokenizer
 
 
 def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
@@ -239,6 +271,7 @@ def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module
     )
 
     if cfg.model.name_or_path is not None:
+        require_model_folder(cfg.model.name_or_path, "model.name_or_path", need="model")
         model = load_model(cfg.model.name_or_path, dtype=torch.float32)
     else:
         model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
@@ -260,17 +293,19 @@ class Trainer:
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
         checkpoint.check_run_folder(self.out_dir, bool(resume), overwrite)
+        self.overwrite = overwrite and not resume
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
-        if self.info.is_main:
-            if overwrite and not resume:
-                checkpoint.clear_run_folder(self.out_dir)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.out_dir / "config.yaml")
+        if not cfg.logging.progress or not self.info.is_main:
+            progress.quiet()
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
-        self.tokenizer = load_tokenizer(cfg, self.out_dir, self.info, reuse=bool(resume))
+        # Everything is loaded before anything is written: a start that fails on the data, the
+        # tokenizer or the model leaves the run folder as it was.
+        self.resume_from = self._checkpoint_to_resume(resume)
+        self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
+        original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
         model = build_model(cfg, self.tokenizer, self.dtype)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
@@ -280,6 +315,18 @@ class Trainer:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
         self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
         self.total_steps = len(self.plan)
+        self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
+        if self.resume_from is not None:
+            planned = checkpoint.read_trainer_state(self.resume_from).get("total_steps")
+            if planned != self.total_steps:
+                raise UserError(
+                    f"{self.resume_from} planned {planned} steps, this config plans "
+                    f"{self.total_steps} (data or batch size changed)",
+                    field="--resume",
+                )
+        if self.info.is_main:
+            self._write_run_folder(original_tokenizer)
+        distributed.barrier()
 
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
 
@@ -300,23 +347,10 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
-        if resume:
-            path = resume if isinstance(resume, str) else checkpoint.latest_checkpoint(self.out_dir)
-            if path is None and checkpoint.list_checkpoints(self.out_dir):
-                raise ValueError(
-                    f"--resume: {self.out_dir} holds model-only checkpoints "
-                    "(checkpoint.model_only): none has the optimizer state to continue from"
-                )
-            if path is None:
-                if self.info.is_main:
-                    log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
-            else:
+        if self.resume_from is not None:
+            path = self.resume_from
+            if path is not None:
                 state = checkpoint.load_checkpoint(path, self.engine, self.model, self.info)
-                if state.get("total_steps") != self.total_steps:
-                    raise ValueError(
-                        f"--resume: {path} planned {state.get('total_steps')} steps, this "
-                        f"config plans {self.total_steps} (data or batch size changed)"
-                    )
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
                 if self.info.is_main:
                     log.info("resumed from %s at step %d", path, self.step)
@@ -339,6 +373,38 @@ class Trainer:
                 else "single engine",
                 self.dtype,
             )
+
+    def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:
+        """The checkpoint ``--resume`` continues from (None: a fresh start)."""
+        if not resume:
+            return None
+        if isinstance(resume, str):
+            path = Path(resume)
+            if not (path / checkpoint.COMPLETE).is_file():
+                raise UserError("not a complete checkpoint folder", file=path, field="--resume")
+            return path
+        path = checkpoint.latest_checkpoint(self.out_dir)
+        if path is None and checkpoint.list_checkpoints(self.out_dir):
+            raise UserError(
+                "holds model-only checkpoints (checkpoint.model_only): none has the optimizer "
+                "state to continue from",
+                file=self.out_dir,
+                field="--resume",
+            )
+        if path is None and self.info.is_main:
+            log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
+        return path
+
+    def _write_run_folder(self, original_tokenizer: Any) -> None:
+        """OUT/config.yaml and OUT/tokenizer (the original one), once everything has loaded."""
+        if self.overwrite:
+            checkpoint.clear_run_folder(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.out_dir / "config.yaml")
+        if self.resume_from is None:
+            saved = self.out_dir / "tokenizer"
+            shutil.rmtree(saved, ignore_errors=True)
+            original_tokenizer.save_pretrained(str(saved))
 
     # -- one optimizer step -------------------------------------------------------------------
 
@@ -446,7 +512,11 @@ class Trainer:
             self.model,
             self.tokenizer,
             self.info,
-            {"total_steps": self.total_steps, "skipped": self.skipped},
+            {
+                "total_steps": self.total_steps,
+                "skipped": self.skipped,
+                "tokenizer_sha256": self.tokenizer_sha256,
+            },
             self.cfg.checkpoint.keep_last,
             self.cfg.checkpoint.model_only,
         )
