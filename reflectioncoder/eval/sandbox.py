@@ -269,7 +269,7 @@ def isolation_level() -> str:
     if wanted != "rlimits" and _bwrap_works():
         level = f"bwrap(uid={SANDBOX_UID},caps=none,userns=none,fs=minimal-ro)"
     else:
-        level = "rlimits(caller-uid,audit-guard)"
+        level = "rlimits(caller-uid,audit-guard" + (",seccomp)" if seccomp_available() else ")")
     layout = _cgroup_layout()
     if layout is not None:
         level += "+" + layout.describe()
@@ -905,6 +905,7 @@ _FALLBACK_NATIVE_GAPS = (
 )
 
 
+@lru_cache(maxsize=1)
 def seccomp_available() -> bool:
     """Whether the fallback's seccomp filter (new processes, ptrace, mounts...) can be
     installed here: a machine we have syscall tables for, and a kernel with seccomp."""
