@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: env demo test test-all lint format bench compile-check clean
+.PHONY: env demo test test-all lint format bench bench-compare bench-reports gpu-suite compile-check clean
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -20,12 +20,16 @@ demo: env
 	$(PY) -m reflectioncoder.demo --out runs/demo
 
 # Every Triton kernel really runs (on the CPU, through the interpreter), then the kernels are
-# compiled ahead of time for sm_80 and sm_90 to check registers, spills and shared memory.
+# compiled ahead of time for sm_80 and sm_90 with the runtime's specialisation to check
+# registers, spills, shared memory, fences and atomics, the loss's roofline model is printed, and
+# the GPU suite takes its whole path at toy sizes on the CPU (bench/README.md).
 # `test` (CI) leaves out the tests marked slow; `test-all` runs them too.
 PYTEST_MARK ?= not slow
 test: env
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)"
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
+	$(PY) -m bench.roofline
+	$(PY) -m bench.gpu_suite --dry-run --out .cache/gpu_suite_dry_run
 
 test-all:
 	$(MAKE) test PYTEST_MARK=
@@ -41,8 +45,34 @@ format: env
 compile-check: env
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
 
+# Kernel benchmarks (pytest-benchmark, bench/test_*.py): `make bench` times every provider and
+# saves the run under $(BENCH_STORAGE); `make bench-compare` reruns the rows that are stable on
+# a shared machine (not marked `noisy`) and fails when a median is more than $(BENCH_FAIL)%
+# slower than in the last saved run. On the CPU they time process CPU time (steady when other
+# jobs share the cores), on CUDA wall time. BENCH_ARGS adds pytest arguments (e.g. -k loss).
+BENCH_STORAGE ?= .benchmarks
+BENCH_FAIL ?= 50
+BENCH_ARGS ?=
+BENCH_PATHS ?= bench
+BENCH_TIMER = $(shell $(PY) -c "import torch; print('time.perf_counter' if torch.cuda.is_available() else 'time.process_time')")
+BENCH_OPTS = --benchmark-only --benchmark-storage=$(BENCH_STORAGE) --benchmark-timer=$(BENCH_TIMER) \
+	--benchmark-group-by=group --benchmark-columns=min,median,iqr,max,rounds --benchmark-sort=name
+
 bench: env
+	$(PY) -m pytest $(BENCH_PATHS) $(BENCH_OPTS) --benchmark-autosave $(BENCH_ARGS)
+
+bench-compare: env
+	@ls $(BENCH_STORAGE)/*/*.json >/dev/null 2>&1 || { echo "bench-compare: no saved run in $(BENCH_STORAGE); run make bench first" >&2; exit 2; }
+	$(PY) -m pytest $(BENCH_PATHS) $(BENCH_OPTS) -m "not noisy" --benchmark-compare \
+		--benchmark-compare-fail=median:$(BENCH_FAIL)% $(BENCH_ARGS)
+
+# The standalone reports, each provider in its own process (peak RSS): bench/RESULTS.md.
+bench-reports: env
 	$(PY) -m bench.run_all
+
+# On a lent GPU: tests on CUDA, the headline benchmarks, a 1B train step (bench/README.md).
+gpu-suite: env
+	$(PY) -m bench.gpu_suite
 
 clean:
 	rm -rf $(VENV) runs .cache

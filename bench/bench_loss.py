@@ -1,37 +1,28 @@
-"""Peak memory and time of the reflection loss (CE + KL from hidden states), per provider.
+"""Peak memory and time of the reflection loss (CE + KL from hidden states), per provider,
+each row in a fresh process (its own memory high-water mark).
 
     python -m bench.bench_loss               # CPU points -> bench/results/loss_cpu.json
     python -m bench.bench_loss --gpu-suite   # on a GPU: the issue's grid and target point
 
-Providers: ``reference`` (the recipe: full logits, F.cross_entropy mean, kl_div batchmean on
-log_softmax / softmax), ``torch`` (ours, chunked PyTorch), ``triton`` (ours, GPU only),
-``liger`` (LigerFusedLinearCrossEntropyLoss + a separate KL on full logits of the pair rows,
-GPU only). Modes: ``fwd`` (the forward of a training step: inputs require grad) and ``full``
-(forward + backward). Ours gets ce_weight = 1 / (CE rows) and kl_weight = 1 / P, so all
-providers compute the same number.
+Providers (bench/providers/loss.py): ``ours:torch``, ``ours:triton`` (GPU only here),
+``reference``, ``liger`` (GPU only here). Modes: ``fwd`` and ``full`` (forward + backward).
+The pytest-benchmark suite ``bench/test_loss.py`` times the same callables in one process;
+this report is the one to read for memory on the CPU.
 
-Batch (``setup_loss``): N loss rows, D, V; rows [0, N/2) play teachers, [N/2, N) students,
-P = N/4 pairs (teacher i, student N/2 + i), 10% of targets ignored.
-
-Method. Each (provider, mode, size) runs in a fresh subprocess. Memory is the EXTRA peak over
-the inputs: on CUDA torch.cuda.max_memory_allocated() after reset, minus what is allocated
-before the call; on CPU the process's resident-set high-water mark (VmHWM in /proc/self/status,
-reset through /proc/self/clear_refs once the inputs exist; inputs are made in place so they
-leave no freed temporaries) minus the resident set before the call. torch's CPU allocator keeps
-no statistics and tracemalloc does not see it, so the RSS high-water is the honest measure; it
-counts every page touched, the gradients of hidden and weight included (for every provider).
-Time: median of ``--reps`` runs after one warm-up (the memory run); on CUDA with events; on
-CPU both wall time and process CPU time (all threads), the latter being the stable figure on a
-machine whose cores other jobs share.
-GPU rows also carry TFLOP/s (6 N D V for full, 2 N D V for fwd) and the share of the card's
-dense bf16 peak.
+Method. Memory is the EXTRA peak over the inputs (bench/providers/common.py): on CUDA
+max_memory_allocated after a reset minus what is allocated before the call; on CPU the
+resident-set high-water mark above the resident set before the call (the inputs are made in
+place, so they leave no freed temporaries). It counts the gradients of hidden and weight, for
+every provider. Time: median of ``--reps`` runs after one warm-up (the memory run); on CUDA
+with events; on CPU both wall time and process CPU time (all threads), the latter being the
+stable figure on a machine whose cores other jobs share. GPU rows also carry TFLOP/s (6 N D V
+for full, 2 N D V for fwd) and the share of the card's dense bf16 peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -40,82 +31,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # reference.loss: the recipe, one place for tests too
+from bench.providers.common import REPO, commit, device_name, extra_peak_bytes, rates
+from bench.providers.loss import DTYPES, make_step, setup_loss, useful_flops
 
-from reference.loss import recipe_loss  # noqa: E402
-from reflectioncoder.kernels import fused_linear_reflection_loss  # noqa: E402
-
-PROVIDERS = ("reference", "torch", "triton", "liger")
-GPU_ONLY = {"triton", "liger"}
+PROVIDERS = ("reference", "ours:torch", "ours:triton", "liger")
+GPU_ONLY = {"ours:triton", "liger"}
 MODES = ("fwd", "full")
 CPU_SIZES = [(1024, 1024, 32768), (4096, 1024, 32768)]
 GPU_TARGET = (16384, 4096, 131072)
-# Dense bf16 tensor-core peak, TFLOP/s (vendor figures, no sparsity).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def setup_loss(n: int, d: int, v: int, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
-    """Inputs of one benchmark point, made in place (no freed temporaries to skew RSS)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    hidden = torch.empty(n, d, dtype=dtype, device=device).normal_(generator=gen)
-    weight = torch.empty(v, d, dtype=dtype, device=device).normal_(0, d**-0.5, generator=gen)
-    targets = torch.randint(0, v, (n,), generator=gen, device=device)
-    targets[torch.rand(n, generator=gen, device=device) < 0.1] = -100
-    p = n // 4
-    teacher = torch.arange(p, device=device)
-    kl_pairs = torch.stack([teacher, teacher + n // 2], 1)
-    n_ce = (targets != -100).sum()  # on the device: the weights carry the normalisation
-    ce_weight = (targets != -100).float() / n_ce.clamp(min=1)
-    kl_weight = torch.full((p,), 1.0 / max(p, 1), device=device)
-    hidden.requires_grad_()
-    weight.requires_grad_()
-    return dict(
-        hidden=hidden,
-        weight=weight,
-        targets=targets,
-        ce_weight=ce_weight,
-        kl_pairs=kl_pairs,
-        kl_weight=kl_weight,
-    )
-
-
-def make_loss_fn(provider: str, x: dict):
-    """A callable returning the 0-dim loss of ``provider`` on inputs ``x``."""
-    args = (x["hidden"], x["weight"], x["targets"], x["ce_weight"], x["kl_pairs"], x["kl_weight"])
-    if provider == "reference":
-        return lambda: recipe_loss(x["hidden"], x["weight"], x["targets"], x["kl_pairs"])
-    if provider in ("torch", "triton"):
-        return lambda: fused_linear_reflection_loss(*args, backend=provider)[0]
-    if provider == "liger":
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-        flce = LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="mean")
-
-        def liger():
-            ce = flce(x["weight"], x["hidden"], x["targets"])
-            pairs = x["kl_pairs"]
-            logits = torch.cat([x["hidden"][pairs[:, 0]], x["hidden"][pairs[:, 1]]]) @ x["weight"].T
-            t, s = logits.float().chunk(2)
-            kl = torch.nn.functional.kl_div(
-                torch.log_softmax(s, -1), torch.softmax(t.detach(), -1), reduction="batchmean"
-            )
-            return ce + kl
-
-        return liger
-    raise ValueError(f"provider: expected one of {PROVIDERS}, got {provider!r}")
-
-
-def _rss_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_rss_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
 
 
 def measure_one(
@@ -123,29 +46,9 @@ def measure_one(
 ) -> dict:
     """One row, measured in this process (run it in a fresh one)."""
     x = setup_loss(n, d, v, DTYPES[dtype], device)
-    fn = make_loss_fn(provider, x)
+    step = make_step(provider, mode, x, device)
     cuda = device == "cuda"
-
-    def step():
-        x["hidden"].grad = x["weight"].grad = None
-        loss = fn()
-        if mode == "full":
-            loss.backward()
-        return loss
-
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_bytes("VmRSS")
-        _reset_rss_peak()
-    step()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _rss_bytes("VmHWM") - base
+    peak = extra_peak_bytes(step, device)
     times, cpu_times = [], []
     for _ in range(reps):
         if cuda:
@@ -171,46 +74,21 @@ def measure_one(
         device=device_name(device),
         commit=commit(),
         median_ms=round(statistics.median(times), 3),
-        peak_bytes=int(peak),
+        peak_bytes=int(peak or 0),
         reps=reps,
     )
     if not cuda:  # CPU time of all threads: stable where other jobs share the cores
         row["cpu_ms"] = round(statistics.median(cpu_times), 3)
         row["threads"] = torch.get_num_threads()
-    if cuda:
-        flops = (6 if mode == "full" else 2) * n * d * v
-        row["tflops"] = round(flops / (row["median_ms"] * 1e-3) / 1e12, 1)
-        peak_tf = next((p for k, p in PEAK_TFLOPS.items() if k in row["device"]), None)
-        if peak_tf:
-            row["pct_of_peak"] = round(100 * row["tflops"] / peak_tf, 1)
+    else:
+        row |= rates(row["median_ms"] * 1e-3, device, flops=useful_flops(mode, n, d, v))
     return row
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"CPU, {os.cpu_count()} cores, {model}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def run_isolated(provider, mode, n, d, v, dtype, device, reps, timeout) -> dict:
     """measure_one in a fresh interpreter: a clean memory high-water mark per row."""
     cmd = [sys.executable, "-m", "bench.bench_loss", "--one"]
-    cmd += [f"{provider},{mode},{n},{d},{v},{dtype},{device},{reps}"]
+    cmd += [f"{provider}/{mode}/{n}/{d}/{v}/{dtype}/{device}/{reps}"]
     base = dict(provider=provider, mode=mode, N=n, D=d, V=v, dtype=dtype)
     try:
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -264,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.one:
-        p, mode, n, d, v, dtype, device, reps = args.one.split(",")
+        p, mode, n, d, v, dtype, device, reps = args.one.split("/")
         row = measure_one(p, mode, int(n), int(d), int(v), dtype, device, int(reps))
         print(json.dumps(row))
         return 0

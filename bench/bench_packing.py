@@ -15,68 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
-from reflectioncoder.data.config import MaskConfig, PackingConfig
-from reflectioncoder.data.packing import pack_rank, plan_step
-from reflectioncoder.data.synthetic import synthetic_samples
-
-RATES = {0.0: (0, 0), 0.5: (49, 100), 1.0: (99, 100)}  # rate -> (step, total_steps)
-STRATEGIES = {
-    "block_mask/tce": MaskConfig(strategies=("block_mask",), block_order="tce"),
-    "block_mask/etc": MaskConfig(strategies=("block_mask",), block_order="etc"),
-    "random_token_mask": MaskConfig(strategies=("random_token_mask",)),
-    "all_mask": MaskConfig(strategies=("all_mask",)),
-}
-
-
-def device_name() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU, {os.cpu_count()} cores, {model}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def reference_tokens(lengths: list[int], batch: int, grouped: bool) -> int:
-    """2 x batch x padded_len summed over the batches of ``batch`` samples."""
-    order = sorted(lengths) if grouped else lengths
-    return sum(2 * len(chunk) * max(chunk) for chunk in _chunks(order, batch))
-
-
-def _chunks(items: list[int], n: int):
-    return [items[i : i + n] for i in range(0, len(items), n)]
-
-
-def setup_packing(n: int, seed: int):
-    return synthetic_samples(n, vocab_size=32000, seed=seed)
+from bench.providers.common import commit, device_name
+from bench.providers.packing import (
+    RATES,
+    STRATEGIES,
+    pack_step,
+    reference_tokens,
+    setup_packing,
+)
 
 
 def run(n: int, batch: int, max_tokens: int, seed: int, repeats: int) -> list[dict]:
     samples = setup_packing(n, seed)
     lengths = [len(s) for s in samples]
-    dev, rev = device_name(), commit()
+    dev, rev = device_name("cpu"), commit()
     rows: list[dict] = []
 
     def row(provider, strategy, rate, metric, value, unit):
@@ -102,14 +60,12 @@ def run(n: int, batch: int, max_tokens: int, seed: int, repeats: int) -> list[di
         row(name, "-", None, "tokens_per_sample", ref / n, "tokens")
         row(name, "-", None, "padding_waste", 1 - real / ref, "fraction")
     row("reference_unpadded", "-", None, "tokens_per_sample", 2 * sum(lengths) / n, "tokens")
-    pack = PackingConfig(max_tokens=max_tokens)
-    for strategy, cfg in STRATEGIES.items():
-        for rate, (step, total) in RATES.items():
+    for strategy in STRATEGIES:
+        for rate in RATES:
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                plan = plan_step(samples, step, total, cfg, pack, seed)
-                batches = pack_rank(plan, 0, cfg, pack)
+                batches = pack_step(samples, strategy, rate, max_tokens, seed)
                 times.append(time.perf_counter() - t0)
             ours = sum(b.num_tokens for b in batches)
             fill = ours / (len(batches) * max_tokens)

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,11 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-REPO = Path(__file__).resolve().parent.parent
-IGNORE = -100
+from bench.providers.common import REPO, commit, device_name
+from bench.providers.train_step import TrainStepConfig, setup_provider
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,154 +67,46 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _rate_step(rate: float) -> tuple[int, int]:
-    """(step, total_steps) whose SPEC §3 rate min((step + 1) / total, 1) is ``rate``."""
-    total = 1000
-    return max(round(rate * total) - 1, 0), total
-
-
-def setup_train_step(args: argparse.Namespace):
-    """The model (seeded), its AdamW, and each optimizer step's samples (same for all)."""
-    from reflectioncoder.data.synthetic import synthetic_samples
-    from reflectioncoder.model import build_tiny_llama
-
-    model = build_tiny_llama(
-        args.vocab,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        intermediate_size=args.intermediate,
-        max_position_embeddings=8192,
-        seed=args.seed,
-    )
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
-    n_steps = args.warmup + args.steps
-    samples = synthetic_samples(
-        n_steps * args.samples,
-        vocab_size=args.vocab,
-        seed=args.seed,
+def config_of(args: argparse.Namespace) -> TrainStepConfig:
+    return TrainStepConfig(
+        vocab=args.vocab,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        samples=args.samples,
+        steps=args.warmup + args.steps,
         instruction=tuple(args.instruction),
         reflection=tuple(args.reflection),
         answer=tuple(args.answer),
+        mask_rate=args.mask_rate,
+        strategy=args.strategy,
+        block_order=args.block_order,
+        max_tokens=args.max_tokens,
+        ref_attn=args.ref_attn,
+        loss_backend=args.loss_backend,
+        seed=args.seed,
     )
-    per_step = [samples[i * args.samples : (i + 1) * args.samples] for i in range(n_steps)]
-    return model, opt, per_step
-
-
-def _mask_cfg(args):
-    from reflectioncoder.data.config import MaskConfig
-
-    return MaskConfig(strategies=(args.strategy,), block_order=args.block_order)
-
-
-def _prepare_ours(args, per_step):
-    from reflectioncoder.data.config import PackingConfig
-    from reflectioncoder.data.packing import pack_rank, plan_step
-
-    step, total = _rate_step(args.mask_rate)
-    packing = PackingConfig(max_tokens=args.max_tokens, normalisation="sample")
-    cfg = _mask_cfg(args)
-    return [
-        pack_rank(plan_step(samples, step, total, cfg, packing, args.seed), 0, cfg, packing)
-        for samples in per_step
-    ]
-
-
-def _step_ours(model, opt, batches, args) -> tuple[float, int]:
-    from reflectioncoder.loss import reflection_loss
-    from reflectioncoder.model import forward_hidden, lm_head_weight
-
-    opt.zero_grad(set_to_none=True)
-    total = torch.zeros(())
-    for batch in batches:
-        hidden = forward_hidden(model, batch)
-        loss, _ = reflection_loss(hidden, batch, lm_head_weight(model), backend=args.loss_backend)
-        loss.backward()
-        total += loss.detach()
-    opt.step()
-    return float(total), sum(b.num_tokens for b in batches)  # host read after the step: bench only
-
-
-def _prepare_reference(args, per_step):
-    """Each sample's doubled row pair: ids (2, L), positions (2, L), and the reference's
-    padding-style key mask (2, L) (teacher: all ones; student: its visibility), from which
-    transformers builds the causal masked attention inside the forward, as the reference does."""
-    from reflectioncoder.data.masking import draw_masks, visibility_host
-
-    step, total = _rate_step(args.mask_rate)
-    plans = [draw_masks(samples, step, total, _mask_cfg(args), args.seed) for samples in per_step]
-    out = []
-    for samples, plan in zip(per_step, plans, strict=True):
-        vis = visibility_host(plan)
-        items = []
-        for k, s in enumerate(samples):
-            length = len(s)
-            v = vis[int(plan.offsets[k]) : int(plan.offsets[k + 1])]
-            keys = torch.stack([torch.ones(length, dtype=torch.long), v.long()])
-            items.append(
-                (
-                    s.ids.expand(2, length).contiguous(),
-                    torch.arange(length).expand(2, length).contiguous(),
-                    keys,
-                    s.labels,
-                    s.student_labels,
-                )
-            )
-        out.append(items)
-    return out
-
-
-def _step_reference(model, opt, items, args) -> tuple[float, int]:
-    opt.zero_grad(set_to_none=True)
-    n = len(items)
-    total = 0.0
-    tokens = 0
-    for ids, pos, mask, labels, student_labels in items:
-        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits  # (2, L, V)
-        t, s = logits[0], logits[1]
-        ce_t = F.cross_entropy(t[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
-        ce_s = F.cross_entropy(s[:-1], student_labels[1:], ignore_index=IGNORE, reduction="sum")
-        n_ce = (labels[1:] != IGNORE).sum() + (student_labels[1:] != IGNORE).sum()
-        rows = student_labels != IGNORE
-        kl = F.kl_div(
-            F.log_softmax(s[rows], dim=-1),
-            F.softmax(t[rows].detach(), dim=-1),
-            reduction="batchmean",
-        )
-        loss = ((ce_t + ce_s) / n_ce + kl) / n
-        loss.backward()
-        total += float(loss.detach())  # host read after backward: bench bookkeeping
-        tokens += ids.numel()
-    opt.step()
-    return total, tokens
 
 
 def run_provider(args: argparse.Namespace) -> dict:
     """One provider in this process: warm-up, timed steps, memory high-water."""
-    torch.manual_seed(args.seed)
-    model, opt, per_step = setup_train_step(args)
-    if args.provider == "ours":
-        data = _prepare_ours(args, per_step)
-        step_fn = _step_ours
-    else:
-        model.set_attn_implementation(args.ref_attn)
-        data = _prepare_reference(args, per_step)
-        step_fn = _step_reference
+    cfg = config_of(args)
+    model, opt, data, step_fn = setup_provider(args.provider, cfg)
     rss_setup_kb = _rss_now_kb()
     times, cpu_times, losses, run_tokens = [], [], [], []
     for k, d in enumerate(data):
         t0, c0 = time.perf_counter(), time.process_time()
-        loss, tokens = step_fn(model, opt, d, args)
+        loss, tokens = step_fn(model, opt, d, cfg)
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
-        losses.append(loss)
+        losses.append(float(loss))  # host read after the step: bench bookkeeping
         if k >= args.warmup:
             times.append(dt)
             cpu_times.append(dc)
             run_tokens.append(tokens)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sample_tokens = [sum(len(s) for s in samples) for samples in per_step[args.warmup :]]
+    sample_tokens = _samples_per_step(cfg)[args.warmup :]
     step_s = statistics.median(times)
     return {
         "provider": args.provider,
@@ -240,6 +127,22 @@ def run_provider(args: argparse.Namespace) -> dict:
     }
 
 
+def _samples_per_step(cfg: TrainStepConfig) -> list[int]:
+    """Tokens of each optimizer step's samples (one teacher copy each)."""
+    from reflectioncoder.data.synthetic import synthetic_samples
+
+    samples = synthetic_samples(
+        cfg.steps * cfg.samples,
+        vocab_size=cfg.vocab,
+        seed=cfg.seed,
+        instruction=cfg.instruction,
+        reflection=cfg.reflection,
+        answer=cfg.answer,
+    )
+    lens = [len(s) for s in samples]
+    return [sum(lens[i * cfg.samples : (i + 1) * cfg.samples]) for i in range(cfg.steps)]
+
+
 def _rss_now_kb() -> int:
     """Current resident set (Linux /proc); the high-water mark only grows from here."""
     with open("/proc/self/status") as f:
@@ -247,27 +150,6 @@ def _rss_now_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def _device() -> str:
-    model = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"CPU, {os.cpu_count()} cores, {model}"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             "answer": args.answer,
         },
     }
-    device, commit = _device(), _commit()
+    device, rev = device_name("cpu"), commit()
     rows = []
     metrics = [
         ("steps_per_s", "1/s"),
@@ -328,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                     "unit": unit,
                     "size": size,
                     "device": device,
-                    "commit": commit,
+                    "commit": rev,
                 }
             )
-    print(f"\n{device}, commit {commit}, {size['params'] / 1e6:.1f}M parameters")
+    print(f"\n{device}, commit {rev}, {size['params'] / 1e6:.1f}M parameters")
     print(f"{'metric':24s}" + "".join(f"{p:>14s}" for p in results))
     for metric, unit in metrics:
         vals = "".join(f"{results[p][metric]:14.4g}" for p in results)
@@ -360,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                     "unit": "x",
                     "size": size,
                     "device": device,
-                    "commit": commit,
+                    "commit": rev,
                 }
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

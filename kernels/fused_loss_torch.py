@@ -1,42 +1,63 @@
-"""Fused linear reflection loss in chunked plain PyTorch: the CPU production path.
+"""Fused linear reflection loss: the chunked schedule, shared by both backends, and its PyTorch
+row maths (the CPU production path).
 
 Maths (KERNEL-MATH.md). Rows r have hidden h_r (D), logits z_r = W h_r (V), p_r = softmax(z_r):
   loss = sum_r c_r (lse_r - z_r[y_r]) + sum_j k_j sum_v p_tv (log p_tv - log p_sv),  j = (t, s)
   d loss / d z_r = c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j))
 (the teacher of a pair is detached from the KL: it keeps only its own CE gradient).
 
-Schedule. Only the rows that carry a loss are touched: pairs are processed in chunks whose rows
-are [teachers of the chunk, students of the chunk], so both logit blocks of a pair are in hand
-at once and z_t, z_s are computed once; rows with CE and no pair follow in plain chunks. A row in
-several pairs owns its CE in exactly one slot (the first one), so it is counted once. Each chunk
-computes its (rows, V) logits exactly (no online statistics needed: the chunk holds whole rows),
-its loss, and, when a gradient is wanted, d z (in place of the logits) and at once d h (= d z W)
-and d W (+= d z^T h): 3 GEMMs in all, as many as the unfused forward + backward, and backward
-only scales the stored gradients by the upstream gradient. Memory beyond inputs and gradients:
-one (rows, V) fp32 buffer, rows = CHUNK_BYTES / (4 V), independent of N, plus cache-sized
-sub-block temporaries.
-FLOPs: 2 R D V (logits) + 2 R D V (d h) + 2 R D V (d W), R = rows with CE + 2 * pairs.
+Schedule. Only loss rows are touched. They are laid out once per call as "slots" (``LossPlan``):
+pairs in chunks whose slots are [teachers of the chunk, students of the chunk], so both rows of
+a pair are in the same chunk; then rows with CE and no pair. A row in several pairs owns its CE
+in exactly one slot (its first), so it is counted once. Per chunk of R slots:
+  1. z = h W^T: one GEMM into an (R, V) buffer in the input dtype (fp32 accumulation);
+  2. the row maths (torch here, one Triton row kernel on the GPU) reads z once for lse, CE and KL
+     and, when a gradient is wanted, once more to write d z over z in place;
+  3. d h = d z W into the chunk's rows of an (S, D) per-slot buffer, and d W += d z^T h, two
+     GEMMs with fp32 accumulation; d W lives in the weight's dtype (one rounding per chunk).
+No atomics anywhere: per-slot d h is summed per row in a fixed order (the slots sorted by row)
+in backward, which also applies the upstream gradient. Gradients are bitwise reproducible.
+FLOPs: 6 R D V for R slots, as an unfused forward + backward. Extra memory: the (rows, V) logits
+buffer (rows from a byte budget, independent of N), the (rows, D) gathered h, the (S, D)
+per-slot d h and (S,)-sized plan vectors; ``bench/roofline.py`` models each of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 IGNORE_INDEX = -100
-# The chunk's (rows, V) fp32 logits take about this much; they are the only large buffer (the
-# softmax work runs SUB_ROWS rows at a time). 64 MiB gives 512-row GEMMs at V = 32K, so W is
-# streamed (and the fp32 dW read-modified-written) N / 512 times, and keeps the extra memory
-# under 1/8 of the full-logit recipe at N = 4096.
-CHUNK_BYTES = 64 * 2**20
-MAX_CHUNK_ROWS = 2048
-# Rows per softmax sub-block: 32 x 32K fp32 = 4 MiB, cache-sized.
+# Rows per softmax sub-block of the torch row maths: 32 x 32K fp32 = 4 MiB, cache-sized.
 SUB_ROWS = 32
 
 
-def chunk_rows(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk so that the (rows, V) fp32 logits take about ``chunk_bytes`` (even, >= 2)."""
-    rows = max(2, min(MAX_CHUNK_ROWS, chunk_bytes // (4 * max(vocab, 1))))
-    return rows - rows % 2
+@dataclass(frozen=True)
+class ChunkBudget:
+    """How many slots one chunk holds: its (rows, V) logits take about ``logits_bytes``."""
+
+    logits_bytes: int
+    max_rows: int
+    row_multiple: int  # GEMM-friendly row counts (pairs need an even count)
+
+    def rows(self, vocab: int, elem_bytes: int) -> int:
+        rows = min(self.max_rows, self.logits_bytes // (elem_bytes * max(vocab, 1)))
+        rows -= rows % self.row_multiple
+        return max(rows, 2)
+
+
+# GPU: 512 MiB of bf16 logits = 2048 rows at V = 128K (8192 at V = 32K): GEMMs of M >= 2048 run
+# near the tensor-core roof, W is streamed N / 2048 times, and the whole workspace stays under
+# 1 GiB at N = 16K, D = 4K (bench/roofline.py). CPU: 64 MiB keeps the extra memory under 1/8 of
+# the full-logit recipe at N = 4096 (bench/RESULTS.md).
+GPU_BUDGET = ChunkBudget(logits_bytes=512 * 2**20, max_rows=8192, row_multiple=256)
+CPU_BUDGET = ChunkBudget(logits_bytes=64 * 2**20, max_rows=2048, row_multiple=2)
+
+
+def default_budget(device: torch.device) -> ChunkBudget:
+    return GPU_BUDGET if device.type == "cuda" else CPU_BUDGET
 
 
 def check_loss_inputs(
@@ -107,191 +128,174 @@ def pair_slot_owner(kl_pairs: torch.Tensor, n_rows: int) -> torch.Tensor:
     return owner.scatter_reduce_(0, kl_pairs.reshape(-1), slots, reduce="amin")
 
 
-def _ce_rows(
-    z: torch.Tensor, targets: torch.Tensor, ce_w: torch.Tensor, want_grad: bool
-) -> torch.Tensor:
-    """CE sum of rows z (r, V) fp32; with ``want_grad`` z becomes c (p - onehot(y)) in place."""
-    cw = torch.where(targets != IGNORE_INDEX, ce_w, 0.0)
+@dataclass(frozen=True)
+class Chunk:
+    """Slots [start, stop); pairs: the slots are [teachers, students] of pairs [pair0, ...)."""
+
+    start: int
+    stop: int
+    pairs: bool
+    pair0: int = 0
+
+
+@dataclass
+class LossPlan:
+    """The slot layout of one call (module docstring), built once on the device."""
+
+    rows: torch.Tensor  # (S,) int64: the row of each slot
+    targets: torch.Tensor  # (S,) int64: the slot's target, IGNORE_INDEX where it has no CE
+    ce_weight: torch.Tensor  # (S,) fp32: 0 where the slot has no CE
+    kl_weight: torch.Tensor  # (P,) fp32
+    chunks: list[Chunk]
+    chunk_rows: int
+
+
+def build_plan(
+    targets: torch.Tensor,
+    ce_weight: torch.Tensor,
+    kl_pairs: torch.Tensor,
+    kl_weight: torch.Tensor,
+    chunk_rows: int,
+) -> LossPlan:
+    """Slots and chunks. Pair slots are placed arithmetically (no sync); the count of CE-only
+    rows is read once on the host (one sync on CUDA: it sizes the GEMMs)."""
+    n = targets.shape[0]
+    p = kl_pairs.shape[0]
+    dev = targets.device
+    half = max(1, chunk_rows // 2)  # pairs per chunk
+    owner = pair_slot_owner(kl_pairs, n)
+    # Pair j sits in chunk c = j // half holding m pairs: teacher slot 2a + i, student 2a + m + i.
+    j = torch.arange(p, device=dev)
+    a = j - j % half
+    m = torch.clamp(p - a, max=half)
+    pair_slot = torch.stack([a + j, a + j + m], 1)  # (P, 2): 2a + i = a + j
+    solo = ((targets != IGNORE_INDEX) & (ce_weight != 0) & (owner == 2 * p)).nonzero().squeeze(1)
+    rows = torch.empty(2 * p + solo.shape[0], dtype=torch.int64, device=dev)
+    rows[pair_slot.reshape(-1)] = kl_pairs.reshape(-1)
+    rows[2 * p :] = solo
+    # The slot's pair-side id (2 j + side) decides CE ownership; CE-only slots always own theirs.
+    side_id = torch.full_like(rows, -1)
+    side_id[pair_slot.reshape(-1)] = torch.arange(2 * p, device=dev)
+    mine = (owner[rows] == side_id) | (torch.arange(rows.shape[0], device=dev) >= 2 * p)
+    mine &= targets[rows] != IGNORE_INDEX
+    chunks = [Chunk(2 * s, 2 * min(p, s + half), True, s) for s in range(0, p, half)]
+    chunks += [
+        Chunk(s, min(rows.shape[0], s + chunk_rows), False)
+        for s in range(2 * p, rows.shape[0], chunk_rows)
+    ]
+    return LossPlan(
+        rows=rows,
+        targets=torch.where(mine, targets[rows], IGNORE_INDEX),
+        ce_weight=torch.where(mine, ce_weight[rows], 0.0),
+        kl_weight=kl_weight,
+        chunks=chunks,
+        chunk_rows=chunk_rows,
+    )
+
+
+# A row op takes (z (R, V) in the input dtype, targets (R,), ce_weight (R,), kl_weight (R/2,) or
+# None for a CE-only chunk, ce_out (R,) fp32, kl_out (R/2,) fp32, write_dz) and writes per-slot
+# CE and per-pair KL; with write_dz it overwrites z with d loss / d z (upstream gradient 1).
+RowOp = Callable[..., None]
+
+
+def run_chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    plan: LossPlan,
+    row_op: RowOp,
+    need_dh: bool,
+    need_dw: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(ce sum, kl sum, per-slot d h (S, D) or None, d W (V, D) or None), upstream gradient 1."""
+    v, d = weight.shape
+    s = plan.rows.shape[0]
+    dev = hidden.device
+    rows = min(plan.chunk_rows, s)
+    logits = torch.empty(rows, v, dtype=hidden.dtype, device=dev)
+    h_buf = torch.empty(rows, d, dtype=hidden.dtype, device=dev)
+    ce_out = torch.zeros(s, dtype=torch.float32, device=dev)
+    kl_out = torch.zeros(plan.kl_weight.shape[0], dtype=torch.float32, device=dev)
+    dh_slots = torch.empty(s, d, dtype=hidden.dtype, device=dev) if need_dh else None
+    dw = torch.zeros(weight.shape, dtype=weight.dtype, device=dev) if need_dw else None
+    for c in plan.chunks:
+        r = c.stop - c.start
+        h = torch.index_select(hidden, 0, plan.rows[c.start : c.stop], out=h_buf[:r])
+        z = torch.mm(h, weight.T, out=logits[:r])
+        kw = kl_out_c = None
+        if c.pairs:
+            kw = plan.kl_weight[c.pair0 : c.pair0 + r // 2]
+            kl_out_c = kl_out[c.pair0 : c.pair0 + r // 2]
+        row_op(
+            z,
+            plan.targets[c.start : c.stop],
+            plan.ce_weight[c.start : c.stop],
+            kw,
+            ce_out[c.start : c.stop],
+            kl_out_c,
+            need_dh or need_dw,
+        )
+        if dh_slots is not None:
+            torch.mm(z, weight, out=dh_slots[c.start : c.stop])
+        if dw is not None:
+            dw.addmm_(z.T, h)
+    return ce_out.sum(), kl_out.sum(), dh_slots, dw
+
+
+def _ce_rows(z, targets, ce_w, ce_out, write_dz) -> None:
+    """CE of fp32 rows z (r, V) into ce_out; with ``write_dz`` z becomes c (p - onehot(y))."""
     y = targets.clamp(min=0)[:, None]
     torch.log_softmax(z, dim=-1, out=z)  # one fused pass; row-wise, so in place is safe
-    ce = -(cw * z.gather(1, y).squeeze(1)).sum()
-    if want_grad:
-        z.exp_().mul_(cw[:, None]).scatter_add_(1, y, -cw[:, None])
-    return ce
+    ce_out.copy_(-ce_w * z.gather(1, y).squeeze(1))
+    if write_dz:
+        z.exp_().mul_(ce_w[:, None]).scatter_add_(1, y, -ce_w[:, None])
 
 
-def _pair_rows(
-    zt: torch.Tensor,
-    zs: torch.Tensor,
-    tgt_t: torch.Tensor,
-    tgt_s: torch.Tensor,
-    cw_t: torch.Tensor,
-    cw_s: torch.Tensor,
-    kw: torch.Tensor,
-    want_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CE sum, KL sum) of r pairs, logits zt, zs (r, V) fp32; with ``want_grad`` they become
-    dz in place: teachers c_t (p_t - onehot), students (c_s + k) p_s - k p_t - c_s onehot."""
-    cw_t = torch.where(tgt_t != IGNORE_INDEX, cw_t, 0.0)
-    cw_s = torch.where(tgt_s != IGNORE_INDEX, cw_s, 0.0)
+def _pair_rows(zt, zs, tgt_t, tgt_s, cw_t, cw_s, kw, ce_t, ce_s, kl_out, write_dz) -> None:
+    """CE and KL of r pairs, fp32 logits zt, zs (r, V); with ``write_dz`` they become d z:
+    teachers c_t (p_t - onehot), students (c_s + k) p_s - k p_t - c_s onehot."""
     y_t = tgt_t.clamp(min=0)[:, None]
     y_s = tgt_s.clamp(min=0)[:, None]
     torch.log_softmax(zt, dim=-1, out=zt)
     torch.log_softmax(zs, dim=-1, out=zs)
-    ce = -(cw_t * zt.gather(1, y_t).squeeze(1)).sum() - (cw_s * zs.gather(1, y_s).squeeze(1)).sum()
+    ce_t.copy_(-cw_t * zt.gather(1, y_t).squeeze(1))
+    ce_s.copy_(-cw_s * zs.gather(1, y_s).squeeze(1))
     p_t = zt.exp()
-    kl = (kw * torch.linalg.vecdot(p_t, zt - zs)).sum()  # sum_v p_t (log p_t - log p_s)
-    if want_grad:
+    kl_out.copy_(kw * torch.linalg.vecdot(p_t, zt - zs))  # sum_v p_t (log p_t - log p_s)
+    if write_dz:
         zs.exp_().mul_((cw_s + kw)[:, None]).addcmul_(p_t, -kw[:, None])
         zs.scatter_add_(1, y_s, -cw_s[:, None])
         torch.mul(p_t, cw_t[:, None], out=zt).scatter_add_(1, y_t, -cw_t[:, None])
-    return ce, kl
 
 
-def _chunk(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    rows: torch.Tensor,
-    targets: torch.Tensor,
-    ce_w: torch.Tensor,
-    kl_w: torch.Tensor | None,
-    grad_h: torch.Tensor | None,
-    grad_w: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss (and gradients, accumulated in place) of one chunk of rows.
-
-    rows (R,) int64 into hidden; targets (R,) with IGNORE where this slot carries no CE; ce_w (R,)
-    fp32; kl_w (R/2,) fp32 or None: then rows = [teachers (R/2), students (R/2)] of R/2 pairs.
-    The GEMMs take the whole chunk; the softmax work runs SUB_ROWS rows at a time so that its
-    ~15 passes over the data stay in cache. Returns (ce sum, kl sum), 0-dim fp32.
-    """
-    h = hidden.index_select(0, rows)  # (R, D)
-    z = (h @ weight.T).float()  # (R, V): the chunk's logits, fp32 statistics from here on
-    want_grad = grad_h is not None or grad_w is not None
-    ce = z.new_zeros(())
-    kl = z.new_zeros(())
-    r = rows.shape[0]
+def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
+    """The row maths in PyTorch, SUB_ROWS rows at a time in fp32 (cache-sized temporaries)."""
+    r = z.shape[0]
     if kl_w is None:
         for a in range(0, r, SUB_ROWS):
-            b = min(r, a + SUB_ROWS)
-            ce += _ce_rows(z[a:b], targets[a:b], ce_w[a:b], want_grad)
-    else:
-        half = r // 2
-        step = max(1, SUB_ROWS // 2)
-        for a in range(0, half, step):
-            b = min(half, a + step)
-            t, s = slice(a, b), slice(half + a, half + b)
-            c, k = _pair_rows(
-                z[t], z[s], targets[t], targets[s], ce_w[t], ce_w[s], kl_w[a:b], want_grad
-            )
-            ce += c
-            kl += k
-    if not want_grad:
-        return ce, kl
-    dz = z.to(weight.dtype)  # z now holds d loss / d z
-    if grad_h is not None:
-        grad_h.index_add_(0, rows, (dz @ weight).float())
-    if grad_w is not None:
-        if grad_w.dtype == dz.dtype:
-            grad_w.addmm_(dz.T, h)
-        else:  # bf16 / fp16: the GEMM runs in the input dtype, accumulation in fp32
-            grad_w.add_(dz.T @ h)
-    return ce, kl
+            zf = z[a : a + SUB_ROWS].float()
+            b = a + zf.shape[0]
+            _ce_rows(zf, targets[a:b], ce_w[a:b], ce_out[a:b], write_dz)
+            if write_dz:
+                z[a:b].copy_(zf)
+        return
+    half = r // 2
+    step = max(1, SUB_ROWS // 2)
+    for a in range(0, half, step):
+        b = min(half, a + step)
+        t, s = slice(a, b), slice(half + a, half + b)
+        zt, zs = z[t].float(), z[s].float()
+        _pair_rows(
+            zt, zs, targets[t], targets[s], ce_w[t], ce_w[s], kl_w[a:b],
+            ce_out[t], ce_out[s], kl_out[a:b], write_dz,
+        )  # fmt: skip
+        if write_dz:
+            z[t].copy_(zt)
+            z[s].copy_(zs)
 
 
-def torch_reflection_loss_and_grads(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ce_weight: torch.Tensor,
-    kl_pairs: torch.Tensor,
-    kl_weight: torch.Tensor,
-    need_grad_hidden: bool,
-    need_grad_weight: bool,
-    rows_per_chunk: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(ce sum, kl sum, d loss/d hidden (N, D) fp32 or None, d loss/d weight (V, D) fp32 or None)
-    for an upstream gradient of 1. Shapes as in ``fused_linear_reflection_loss``."""
-    n, d = hidden.shape
-    v = weight.shape[0]
-    p = kl_pairs.shape[0]
-    dev = hidden.device
-    rows_per_chunk = rows_per_chunk or chunk_rows(v)
-    grad_h = torch.zeros(n, d, dtype=torch.float32, device=dev) if need_grad_hidden else None
-    grad_w = torch.zeros(v, d, dtype=torch.float32, device=dev) if need_grad_weight else None
-    ce = torch.zeros((), dtype=torch.float32, device=dev)
-    kl = torch.zeros((), dtype=torch.float32, device=dev)
-    owner = pair_slot_owner(kl_pairs, n)
-    teacher, student = kl_pairs[:, 0], kl_pairs[:, 1]
-    half = max(1, rows_per_chunk // 2)
-    for a in range(0, p, half):
-        b = min(p, a + half)
-        rows = torch.cat([teacher[a:b], student[a:b]])
-        slots = torch.arange(a, b, device=dev) * 2
-        mine = owner[rows] == torch.cat([slots, slots + 1])
-        tgt = torch.where(mine, targets[rows], IGNORE_INDEX)
-        c, k = _chunk(hidden, weight, rows, tgt, ce_weight[rows], kl_weight[a:b], grad_h, grad_w)
-        ce += c
-        kl += k
-    # Rows with CE and no pair. nonzero() sizes the work from the data: free on CPU, one sync
-    # on CUDA (this path is only the second opinion there; the Triton path has none).
-    solo = ((targets != IGNORE_INDEX) & (ce_weight != 0) & (owner == 2 * p)).nonzero()
-    solo = solo.squeeze(1)
-    for a in range(0, solo.shape[0], rows_per_chunk):
-        rows = solo[a : a + rows_per_chunk]
-        c, _ = _chunk(hidden, weight, rows, targets[rows], ce_weight[rows], None, grad_h, grad_w)
-        ce += c
-    return ce, kl, grad_h, grad_w
-
-
-class TorchFusedReflectionLoss(torch.autograd.Function):
-    """Loss and gradients in one chunked forward; backward scales them by the upstream grad."""
-
-    @staticmethod
-    def forward(
-        ctx, hidden, weight, targets, ce_weight, kl_pairs, kl_weight, grads, rows_per_chunk
-    ):
-        ce, kl, grad_h, grad_w = torch_reflection_loss_and_grads(
-            hidden, weight, targets, ce_weight, kl_pairs, kl_weight, *grads, rows_per_chunk
-        )
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        ctx.used = False
-        ctx.mark_non_differentiable(ce, kl)
-        return ce + kl, ce, kl
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_ce, _grad_kl):
-        if ctx.used:
-            raise RuntimeError("fused_linear_reflection_loss: backward may run only once")
-        ctx.used = True
-        grad_h, grad_w = ctx.saved_tensors
-        dh = dw = None
-        # In place (the stored gradients are used once): no second (V, D) fp32 buffer.
-        if grad_h is not None:
-            dh = grad_h.mul_(grad_loss).to(ctx.dtypes[0])
-        if grad_w is not None:
-            dw = grad_w.mul_(grad_loss).to(ctx.dtypes[1])
-        return dh, dw, None, None, None, None, None, None
-
-
-def torch_linear_reflection_loss(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    ce_weight: torch.Tensor,
-    kl_pairs: torch.Tensor,
-    kl_weight: torch.Tensor,
-    rows_per_chunk: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PyTorch backend of ``fused_linear_reflection_loss`` (inputs already checked).
-
-    hidden: (N, D); weight: (V, D); targets: (N,) int64; ce_weight: (N,) fp32;
-    kl_pairs: (P, 2) int64; kl_weight: (P,) fp32 -> (loss 0-dim fp32, {"ce", "kl"}).
-    """
-    grad_on = torch.is_grad_enabled()
-    grads = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
-    loss, ce, kl = TorchFusedReflectionLoss.apply(
-        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, grads, rows_per_chunk
-    )
-    return loss, {"ce": ce, "kl": kl}
+def torch_sum_slots(dh_slots: torch.Tensor, rows: torch.Tensor, n: int, g: torch.Tensor):
+    """d h (N, D) in the slots' dtype: the slots of each row summed in fp32, times g."""
+    out = torch.zeros(n, dh_slots.shape[1], dtype=torch.float32, device=dh_slots.device)
+    out.index_add_(0, rows, dh_slots.float())  # sequential on CPU: a fixed order
+    return out.mul_(g).to(dh_slots.dtype)

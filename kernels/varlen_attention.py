@@ -7,12 +7,18 @@ positions were applied before and may have gaps).
 
   out[t] = sum_{u in seg(t), u <= t} softmax_u(scale * q[t] . k[u]) v[u]
 
-Backends, chosen from the device:
-- CUDA with flash-attn installed: ``flash_attn_varlen_func`` (GQA native, no padding).
-- otherwise (CPU; CUDA without flash-attn): one ``scaled_dot_product_attention`` call per
-  segment, which takes PyTorch's flash kernels (CPU and CUDA; O(L) memory) and never builds a
-  T x T mask.
-  Segment lengths come from a host list (``seqlens``), so the loop issues no device sync.
+Backends, chosen per call from the device, dtype and head size (``varlen_backend``), first that
+applies:
+- ``flash_attn_3``: FA3's ``flash_attn_interface.flash_attn_varlen_func`` (Hopper, sm_90, where
+  the hopper build is installed).
+- ``flash_attn``: flash-attn 2's ``flash_attn_varlen_func`` (setup.py extra ``gpu``).
+- ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (the flash kernel
+  built into torch; CUDA only, sm_80+), so CUDA needs no extra package.
+- ``sdpa``: one ``scaled_dot_product_attention`` call per segment, which takes PyTorch's fused
+  kernels (CPU and CUDA; O(L) memory) and never builds a T x T mask. The CPU path, and CUDA in
+  fp32 (the flash kernels take fp16 / bf16 only). Segment lengths come from a host list
+  (``seqlens``), so the loop issues no device sync.
+All take (T, H, Dh) packed tensors and GQA natively (no repeated k / v).
 
 Cost: 4 * Hq * Dh * sum_s L_s^2 / 2 FLOPs forward (causal), twice that backward.
 """
@@ -25,13 +31,54 @@ import math
 import torch
 import torch.nn.functional as F
 
-# flash-attn is an optional GPU extra (setup.py `gpu`); probe without importing it.
+# Optional packages, probed without importing them: flash-attn 2 (setup.py extra `gpu`) and
+# FA3's hopper build (module `flash_attn_interface`).
 _HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+_HAS_FLASH_ATTN_3 = importlib.util.find_spec("flash_attn_interface") is not None
+_HAS_TORCH_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+BACKENDS = ("flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
+# The flash kernels' limits: half precision, head size up to 256 (a multiple of 8 for torch's).
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+_FLASH_MAX_HEAD_DIM = 256
 
 
-def varlen_backend(device: torch.device) -> str:
-    """The backend ``varlen_attention`` uses on ``device``: "flash_attn" or "sdpa"."""
-    return "flash_attn" if device.type == "cuda" and _HAS_FLASH_ATTN else "sdpa"
+def _cuda_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def _torch_flash_built() -> bool:
+    return torch.backends.cuda.is_flash_attention_available()
+
+
+def backend_available(
+    backend: str, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> bool:
+    """Whether ``backend`` runs for q on ``device`` with ``dtype`` and head size ``head_dim``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    if backend == "sdpa":
+        return True
+    if device.type != "cuda" or dtype not in _FLASH_DTYPES or head_dim > _FLASH_MAX_HEAD_DIM:
+        return False
+    capability = _cuda_capability(device)
+    if backend == "flash_attn_3":
+        return _HAS_FLASH_ATTN_3 and capability[0] == 9
+    if backend == "torch_varlen":
+        return (
+            _HAS_TORCH_VARLEN
+            and capability >= (8, 0)
+            and head_dim % 8 == 0
+            and _torch_flash_built()
+        )
+    return _HAS_FLASH_ATTN and capability >= (8, 0)  # flash_attn
+
+
+def varlen_backend(
+    device: torch.device, dtype: torch.dtype = torch.bfloat16, head_dim: int = 128
+) -> str:
+    """The backend ``varlen_attention`` picks for (device, dtype, head_dim): the first of
+    BACKENDS that is available."""
+    return next(b for b in BACKENDS if backend_available(b, device, dtype, head_dim))
 
 
 def _check_inputs(
@@ -102,6 +149,51 @@ def _sdpa_varlen(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+def _flash_varlen(
+    backend: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """One varlen flash call over the whole packed batch (no host sync, no padding)."""
+    if backend == "torch_varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        # torch's API has no causal flag: window (-1, 0) is causal, (-1, -1) full.
+        return varlen_attn(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            cu_seqlens,
+            max_seqlen,
+            max_seqlen,
+            scale=scale,
+            window_size=(-1, 0) if causal else (-1, -1),
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+    if backend == "flash_attn_3":
+        from flash_attn_interface import flash_attn_varlen_func
+    else:
+        from flash_attn import flash_attn_varlen_func
+    out = flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
+        softmax_scale=scale,
+        causal=causal,
+    )
+    return out[0] if isinstance(out, tuple) else out  # some FA3 releases return (out, lse)
+
+
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -112,6 +204,7 @@ def varlen_attention(
     causal: bool = True,
     softmax_scale: float | None = None,
     seqlens: list[int] | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Attention of each packed sequence over itself.
 
@@ -124,26 +217,24 @@ def varlen_attention(
         softmax_scale: defaults to 1 / sqrt(Dh).
         seqlens: optional host list of the S lengths; the PyTorch path needs them on the host,
             and reading them from ``cu_seqlens`` otherwise costs one device sync on CUDA.
+        backend: "auto" (``varlen_backend``'s choice) or one of BACKENDS (benchmarks, tests);
+            an unavailable one raises.
 
     Returns:
         (T, Hq, Dh) attention output, q's dtype.
     """
     _check_inputs(q, k, v, cu_seqlens, seqlens)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if varlen_backend(q.device) == "flash_attn":
-        from flash_attn import flash_attn_varlen_func
-
-        return flash_attn_varlen_func(
-            q,
-            k,
-            v,
-            cu_seqlens_q=cu_seqlens,
-            cu_seqlens_k=cu_seqlens,
-            max_seqlen_q=int(max_seqlen),
-            max_seqlen_k=int(max_seqlen),
-            softmax_scale=scale,
-            causal=causal,
+    if backend == "auto":
+        backend = varlen_backend(q.device, q.dtype, q.shape[-1])
+    elif not backend_available(backend, q.device, q.dtype, q.shape[-1]):
+        raise ValueError(
+            f"backend: {backend!r} does not run here ({q.device.type}, {q.dtype}, head size "
+            f"{q.shape[-1]}); available: "
+            f"{[b for b in BACKENDS if backend_available(b, q.device, q.dtype, q.shape[-1])]}"
         )
+    if backend != "sdpa":
+        return _flash_varlen(backend, q, k, v, cu_seqlens, int(max_seqlen), causal, scale)
     if seqlens is None:
         # Host copy of the lengths: free on the CPU; on CUDA one sync, avoided by passing seqlens.
         seqlens = torch.diff(cu_seqlens).tolist()

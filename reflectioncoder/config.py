@@ -331,7 +331,8 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
     for key in data:
         if key not in names:
             name = f"{where}.{key}" if where else key
-            raise _config_error(name, f"unknown field; known: {', '.join(sorted(names))}", origins)
+            reason = f"unknown field; known: {', '.join(sorted(names))}"
+            raise _config_error(name, reason, origins, at_key=True)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
@@ -354,8 +355,11 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
         raise _config_error(field_name, reason or msg, origins) from err
 
 
-def _config_error(name: str, reason: str, origins: Origins) -> ConfigError:
-    """A ConfigError for field ``name``, located at the value's origin when known."""
+def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False) -> ConfigError:
+    """A ConfigError for field ``name``, located at the value's origin (or its key's) if known."""
+    if at_key and name + "@key" in origins:
+        file, line, column = origins[name + "@key"]
+        return ConfigError(reason, file=file, line=line, column=column, field=name)
     key = name.split("[")[0]  # a list item is located by its list
     near = [v for k, v in origins.items() if k == key or k.startswith(key + ".")]
     file, line, column = near[0] if near else (None, None, None)
@@ -504,6 +508,8 @@ def _yaml_origins(text: str, file: str) -> Origins:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
                 mark = value.start_mark
                 origins[name] = (file, mark.line + 1, mark.column + 1)
+                at_key = key.start_mark  # where an unknown field is pointed at
+                origins[name + "@key"] = (file, at_key.line + 1, at_key.column + 1)
                 walk(value, name)
 
     walk(yaml.compose(text), "")

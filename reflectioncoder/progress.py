@@ -98,8 +98,8 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        elif self.enabled and self.n > self._printed_at:
-            self._line()
+        elif self.enabled and self.n > self._printed_at and sys.exc_info()[0] is None:
+            self._line()  # the last count; not when an error is on its way to the user
         self.enabled = False
 
     def __enter__(self) -> Progress:

@@ -325,3 +325,68 @@ def test_http_errors_that_retrying_cannot_fix_stop_the_run(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "model not found" in err
     assert done_ids(tmp_path / "o.jsonl") == set()  # nothing recorded: a rerun does it all
+
+
+# ----------------------------------------------------------------------------- local model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama and a locally trained tokenizer with a chat template, on disk."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from reflectioncoder.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-chat")
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n", "Write `clamp`. ```python"] * 20, 300)
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+def test_transformers_backend_from_disk(tiny_model, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reflectioncoder.construct.backend import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_model), max_new_tokens=6)
+    messages = [{"role": "user", "content": "Write `clamp`."}]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    text = "<user>Write `clamp`.\n<assistant>"  # the chat template's rendering
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert backend._prompt_ids(messages).tolist() == ids.tolist()
+    with torch.no_grad():
+        greedy = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert backend._chat(messages) == tok.decode(
+        greedy[0, ids.shape[1] :], skip_special_tokens=True
+    )
+    # the whole command: a random model writes no code block; that is a failure by kind
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in problem_rows(["clamp"])))
+    out = tmp_path / "o.jsonl"
+    argv = ["build-data", "--problems", str(path), "--out", str(out), "--backend", "transformers"]
+    argv += ["--model", str(tiny_model), "--max-new-tokens", "4"]
+    assert cli_main(argv) == 0
+    assert "failed {reply: no python code fence: 1}" in capsys.readouterr().out
+    assert rows(progress_path(out)) == [
+        {"id": "clamp", "status": "fail", "reason": "reply: no python code fence"}
+    ]

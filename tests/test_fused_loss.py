@@ -1,7 +1,8 @@
 """fused_linear_reflection_loss, both backends, against the float64 reference (tests/reference).
 
 The Triton kernels run in the CPU interpreter (conftest sets TRITON_INTERPRET=1) with small
-tiles, so every shape below spans several row blocks, vocabulary tiles and D tiles.
+tiles and chunks, so every shape below spans several chunks, vocabulary tiles and D tiles; the
+production tiles and chunk sizes have their own tests below.
 """
 
 import math
@@ -11,28 +12,31 @@ import torch
 from reference.loss import plain_reflection_loss, reflection_loss_reference
 from reflectioncoder.kernels import fused_linear_reflection_loss
 from reflectioncoder.kernels.fused_loss import (
-    LossBlocks,
-    build_slots,
+    TILES,
+    RowTiles,
+    linear_reflection_loss,
     triton_interpreted,
-    triton_linear_reflection_loss,
 )
 from reflectioncoder.kernels.fused_loss_torch import (
-    CHUNK_BYTES,
-    MAX_CHUNK_ROWS,
-    chunk_rows,
-    torch_linear_reflection_loss,
+    CPU_BUDGET,
+    GPU_BUDGET,
+    ChunkBudget,
+    build_plan,
 )
 
-SMALL = LossBlocks(block_h=4, block_v=16, block_d=16, num_warps=1, num_stages=1)
+SMALL = RowTiles(block_v=16, block_d=16, num_warps=1)
 # fp32 tolerance, relative to the largest reference value of each output
 TOL = {torch.float32: 3e-5}
 
 
-def run_backend(backend: str, *args, blocks: LossBlocks = SMALL, rows: int = 6):
-    """Small tiles / chunks so that the multi-tile paths run at test sizes."""
-    if backend == "triton":
-        return triton_linear_reflection_loss(*args, fwd_blocks=blocks, bwd_blocks=blocks)
-    return torch_linear_reflection_loss(*args, rows_per_chunk=rows)
+def budget(rows: int) -> ChunkBudget:
+    """A chunk budget of exactly ``rows`` slots at any V (tests: several chunks)."""
+    return ChunkBudget(logits_bytes=2**62, max_rows=rows, row_multiple=2)
+
+
+def run_backend(backend: str, *args, tiles: RowTiles = SMALL, rows: int = 6):
+    """Small tiles / chunks so that the multi-tile, multi-chunk paths run at test sizes."""
+    return linear_reflection_loss(*args, backend=backend, budget=budget(rows), tiles=tiles)
 
 
 def make_case(n, d, v, p, dtype=torch.float32, ignore=0.3, dup=True):
@@ -90,7 +94,7 @@ BACKENDS = ["torch", "triton"]
 @pytest.mark.parametrize(
     "n, d, v, p",
     [
-        (23, 37, 101, 9),  # odd everything, several pair blocks and solo blocks
+        (23, 37, 101, 9),  # odd everything, several pair chunks and CE-only chunks
         (13, 45, 67, 0),  # no KL pairs
         (1, 17, 19, 0),  # one row
         (31, 24, 50, 13),  # more pairs than solo rows
@@ -144,8 +148,8 @@ def test_weight_without_grad(seed, backend):
 def test_vocab_over_64k(seed, backend):
     """V above 64K (and odd): tiny N and D, several vocabulary tiles."""
     case = make_case(5, 7, 65_599, 3)
-    blocks = LossBlocks(block_h=4, block_v=16384, block_d=16, num_warps=1, num_stages=1)
-    ours = ours_with_grads(backend, case, 0.7, blocks=blocks, rows=4)
+    tiles = RowTiles(block_v=16384, block_d=16, num_warps=1)
+    ours = ours_with_grads(backend, case, 0.7, tiles=tiles, rows=4)
     # fp32 sums over 65K terms: a looser bound than the small cases
     assert_close(ours, reference_with_grads(case, 0.7), 5 * TOL[torch.float32])
 
@@ -160,7 +164,7 @@ def test_bf16_within_twice_torch_error(seed, backend):
     """bf16: our error vs float64 at most twice that of plain PyTorch computing in bf16.
 
     Errors are summed over a few batches: one scalar loss's error is too noisy to compare."""
-    blocks = LossBlocks(block_h=8, block_v=32, block_d=32, num_warps=1, num_stages=1)
+    tiles = RowTiles(block_v=32, block_d=32, num_warps=1)
     ours, plain = [0.0] * 3, [0.0] * 3
     for _ in range(3):
         case = make_case(24, 48, 97, 8, dtype=torch.bfloat16)
@@ -172,7 +176,7 @@ def test_bf16_within_twice_torch_error(seed, backend):
         loss.backward()
         errs = bf16_errors((loss.detach(), ce, kl, h.grad, w.grad), ref)
         plain = [a + b for a, b in zip(plain, errs, strict=True)]
-        errs = bf16_errors(ours_with_grads(backend, case, 1.0, blocks=blocks, rows=8), ref)
+        errs = bf16_errors(ours_with_grads(backend, case, 1.0, tiles=tiles, rows=8), ref)
         ours = [a + b for a, b in zip(ours, errs, strict=True)]
     for name, a, b in zip(("loss", "d hidden", "d weight"), ours, plain, strict=True):
         assert a <= 2 * b, f"{name}: bf16 error {a:.2e} > 2 x PyTorch's {b:.2e}"
@@ -193,23 +197,62 @@ def test_auto_backend_is_torch_on_cpu_and_matches(seed):
 
 
 def test_every_loss_slot_once(seed):
-    """Slot layout: every CE row once, every pair in a block beside its student, no extra row."""
+    """Plan: every CE row once, each pair's teacher and student in one chunk, no extra row."""
     _, _, targets, ce_weight, pairs, kl_weight = make_case(40, 4, 9, 11)
-    bh = 4
-    slots = build_slots(targets, ce_weight, pairs, kl_weight, bh)
-    rows = slots.rows.view(-1, 2, bh)
-    n_pb = -(-pairs.shape[0] // bh)
-    got = rows[:n_pb].transpose(0, 1).reshape(2, -1)[:, : pairs.shape[0]]
-    assert torch.equal(got.T, pairs)
-    ce_rows = slots.rows[slots.targets != -100]
+    plan = build_plan(targets, ce_weight, pairs, kl_weight, chunk_rows=8)
+    for c in plan.chunks:
+        if c.pairs:
+            half = (c.stop - c.start) // 2
+            got = plan.rows[c.start : c.stop].view(2, half).T
+            assert torch.equal(got, pairs[c.pair0 : c.pair0 + half])
+    assert sum(c.stop - c.start for c in plan.chunks) == plan.rows.shape[0]
+    assert max(c.stop - c.start for c in plan.chunks) <= 8
+    has_ce = plan.targets != -100
+    ce_rows = plan.rows[has_ce]
     assert sorted(ce_rows.tolist()) == sorted((targets != -100).nonzero().squeeze(1).tolist())
-    assert torch.equal(slots.ce_weight[slots.targets != -100], ce_weight[ce_rows])
+    assert torch.equal(plan.ce_weight[has_ce], ce_weight[ce_rows])
+    assert (plan.ce_weight[~has_ce] == 0).all()
 
 
-def test_chunk_rows_bounded():
-    """The torch path's chunk depends on V only: memory does not grow with N."""
-    assert chunk_rows(32_000) * 32_000 * 4 <= CHUNK_BYTES
-    assert chunk_rows(128_256) >= 2 and chunk_rows(7) <= MAX_CHUNK_ROWS
+def test_chunk_budget_at_production_shapes():
+    """The GPU chunk at the headline shape (V = 128256, bf16): 2048 rows, 501 MiB of logits;
+    at V = 32000, 8192 rows. CPU: about 64 MiB of logits, independent of N."""
+    assert GPU_BUDGET.rows(128_256, 2) == 2048
+    assert GPU_BUDGET.rows(32_000, 2) == 8192
+    assert 2048 * 128_256 * 2 <= GPU_BUDGET.logits_bytes
+    assert CPU_BUDGET.rows(32_000, 4) * 32_000 * 4 <= CPU_BUDGET.logits_bytes
+    assert CPU_BUDGET.rows(128_256, 2) >= 2 and CPU_BUDGET.rows(7, 4) <= CPU_BUDGET.max_rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_production_tiles(seed, backend):
+    """The production row-kernel tiles (BLOCK_V = 2048, three V tiles with a ragged tail) and
+    a 256-row-multiple chunk budget, bf16, against the float64 reference."""
+    case = make_case(40, 24, 5000, 12, dtype=torch.bfloat16)
+    prod = ChunkBudget(logits_bytes=16 * 5000 * 2, max_rows=4096, row_multiple=8)
+    hidden, weight, *rest = case
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    loss, parts = linear_reflection_loss(h, w, *rest, backend=backend, budget=prod, tiles=TILES)
+    loss.backward()
+    ref = reference_with_grads(case, 1.0)
+    for name, ours, want in zip(
+        ("loss", "d hidden", "d weight"),
+        (loss, h.grad, w.grad),
+        (ref[0], ref[3], ref[4]),
+        strict=True,
+    ):
+        assert rel_err(ours.detach().float(), want) <= 3e-2, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_bitwise_reproducible(seed, backend):
+    """Two runs on the same inputs give bitwise identical loss and gradients (no atomics)."""
+    case = make_case(30, 20, 77, 10, dtype=torch.bfloat16)
+    first = ours_with_grads(backend, case, 0.9)
+    second = ours_with_grads(backend, case, 0.9)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
 
 
 def _bad(case, **changes):

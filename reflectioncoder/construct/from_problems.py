@@ -24,13 +24,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
 from reflectioncoder.construct.execute import run_program
+from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UserError
+from reflectioncoder.progress import Progress
 
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
@@ -141,24 +141,18 @@ def load_problems(path: str | Path) -> tuple[list[UserProblem], list[tuple[str, 
     problems: list[UserProblem] = []
     bad: list[tuple[str, str]] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            source = f"{path}:{lineno}"
-            try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(source, "<json>", f"invalid JSON: {e.msg}") from None
-                problem = parse_problem(row, source)
-                if problem.task_id in seen:
-                    raise DataError(source, "id", f"{problem.task_id!r} appears twice")
-            except DataError as e:
-                bad.append((source, f"{e.field}: {e.reason}"))
-                continue
-            seen.add(problem.task_id)
-            problems.append(problem)
+    for source, row in read_jsonl(path):
+        try:
+            if isinstance(row, DataError):
+                raise row
+            problem = parse_problem(row, source)
+            if problem.task_id in seen:
+                raise DataError(source, "id", f"{problem.task_id!r} appears twice")
+        except DataError as e:
+            bad.append((source, f"{e.field}: {e.reason}"))
+            continue
+        seen.add(problem.task_id)
+        problems.append(problem)
     return problems, bad
 
 
@@ -319,7 +313,8 @@ def build_from_problems(
     done = done_ids(out, summary)
     todo = [p for p in problems if p.task_id not in done]
     summary.resumed = len(problems) - len(todo)
-    bar = tqdm(total=len(problems), initial=summary.resumed, desc="problems", disable=not progress)
+    bar = Progress(len(problems), "problems", unit="problem", enabled=progress)
+    bar.n = summary.resumed
     with (
         out.open("a", encoding="utf-8") as samples,
         progress_path(out).open("a", encoding="utf-8") as log,

@@ -15,13 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationReport, sample_text
 from reflectioncoder.data.formats import FORMATS, convert_row
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
 from reflectioncoder.errors import UsageError
+from reflectioncoder.progress import Progress
 
 MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
 
@@ -127,7 +126,7 @@ def prepare(
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     stats: list[InputStats] = []
     report = ContaminationReport()
-    bar = tqdm(desc="prepare", unit="row", disable=not progress)
+    bar = Progress(None, "prepare", unit="row", enabled=progress, every=10000)
     try:
         with tmp.open("w", encoding="utf-8") as f:
             for reader, path in sources:

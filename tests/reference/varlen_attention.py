@@ -34,3 +34,40 @@ def varlen_attention_reference(
             out[start : start + n, h] = torch.softmax(scores, dim=-1) @ vs
         start += n
     return out
+
+
+def varlen_attention_reference_grad(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seqlens: list[int],
+    causal: bool = True,
+    softmax_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in float64 of ``varlen_attention_reference``, written out without autograd
+    (usable inside a dispatcher kernel, where autograd is off):
+    P = softmax(s), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = s dS K, dK = s dS^T Q.
+    """
+    q, k, v, grad_out = q.double(), k.double(), v.double(), grad_out.double()
+    hq, hkv, dh = q.shape[1], k.shape[1], q.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(dh)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    start = 0
+    for n in seqlens:
+        rows = slice(start, start + n)
+        for h in range(hq):
+            g = h // (hq // hkv)
+            qs, ks, vs, do = q[rows, h], k[rows, g], v[rows, g], grad_out[rows, h]
+            scores = qs @ ks.T * scale
+            if causal:
+                future = torch.ones(n, n, dtype=torch.bool).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            p = torch.softmax(scores, dim=-1)
+            o = p @ vs
+            ds = p * (do @ vs.T - (do * o).sum(-1, keepdim=True))
+            dq[rows, h] = scale * ds @ ks
+            dk[rows, g] += scale * ds.T @ qs
+            dv[rows, g] += p.T @ do
+        start += n
+    return dq, dk, dv

@@ -1,0 +1,159 @@
+"""Everything a lent GPU should measure, in one call: ``python -m bench.gpu_suite``.
+
+1. The environment: card, driver, torch / CUDA / Triton versions, which optional packages
+   (flash-attn, FA3, Liger) are installed. Nothing is installed: what is missing is skipped.
+2. The tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for real).
+3. The pytest-benchmark suites (bench/test_*.py) at the ``headline`` profile: the fused loss at
+   N=16384, D=4096, V=128256 and V=32000 in bf16 (ours per backend, the reference
+   formulation, Liger's fused linear CE + KL: time, TF/s over 6NDV, % of peak, extra memory,
+   determinism over two runs), the mask kernel, packing, the attention paths, and a train step
+   of a 1B-class Llama (random weights, 4K packed, bf16) against the reference recipe.
+4. ``gpu_suite.json`` and ``gpu_suite.md`` in ``--out``; the table is printed last.
+
+``--dry-run`` takes the same path at the ``tiny`` profile on the CPU (tests through the Triton
+interpreter, RC_TEST_DEVICE=cpu): CI runs it. Budget: about 8 minutes on one H100 / H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.providers.common import REPO, commit
+from bench.report import ratio_table
+
+OPTIONAL = {
+    "flash-attn": "flash_attn",
+    "flash-attn-3": "flash_attn_interface",
+    "liger-kernel": "liger_kernel",
+}
+TEST_TIMEOUT_S = 150
+BENCH_TIMEOUT_S = 300
+
+
+def environment(dry_run: bool) -> dict:
+    import torch
+    import triton
+
+    env = {
+        "commit": commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
+        "dry_run": dry_run,
+    }
+    for dist, module in OPTIONAL.items():
+        if importlib.util.find_spec(module) is None:
+            env[dist] = None
+            continue
+        try:
+            env[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            env[dist] = "installed"
+    try:
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        env["driver"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        env["driver"] = None
+    return env
+
+
+def _run(cmd: list[str], env: dict, timeout: int) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        rc, text = out.returncode, out.stdout + out.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, text = 124, f"timed out after {timeout} s\n{e.stdout or ''}"
+    return rc, text, time.perf_counter() - start
+
+
+def run_tests(dry_run: bool) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
+    if dry_run:
+        env["RC_TEST_DEVICE"] = "cpu"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests", "-p", "no:randomly"]
+    rc, text, seconds = _run(cmd, env, TEST_TIMEOUT_S)
+    summary = next((line for line in reversed(text.splitlines()) if " in " in line), "")
+    failures = [line for line in text.splitlines() if line.startswith("FAILED")]
+    return {"rc": rc, "summary": summary.strip("= "), "failures": failures, "seconds": seconds}
+
+
+def run_benchmarks(profile: str, json_path: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "pytest", "bench", "-q", "--benchmark-only",
+        f"--bench-profile={profile}", f"--benchmark-json={json_path}",
+        "--benchmark-group-by=group", "--benchmark-columns=min,median,max,rounds",
+    ]  # fmt: skip
+    rc, text, seconds = _run(cmd, dict(os.environ), BENCH_TIMEOUT_S)
+    rows = []
+    if json_path.exists():
+        for b in json.loads(json_path.read_text())["benchmarks"]:
+            rows.append(dict(b["extra_info"], group=b["group"], name=b["name"]))
+    skipped = [line for line in text.splitlines() if line.startswith("SKIPPED")]
+    failures = [line for line in text.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"rc": rc, "rows": rows, "skipped": skipped, "failures": failures, "seconds": seconds}
+
+
+def markdown(env: dict, tests: dict, bench: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("device", "dry_run"))
+    lines = [
+        f"# GPU suite{' (dry run, CPU)' if env['dry_run'] else ''}: {env['device']}",
+        "",
+        f"{versions}.",
+        "",
+        f"Tests on the device (`pytest -m gpu`): {tests['summary'] or 'no summary'} "
+        f"(exit {tests['rc']}, {tests['seconds']:.0f} s).",
+        *[f"- {f}" for f in tests["failures"]],
+        "",
+        f"Benchmarks (`pytest bench`, exit {bench['rc']}, {bench['seconds']:.0f} s); time is "
+        "the median, ratios are to each group's baseline in this run:",
+        *[f"- {f}" for f in bench["failures"] + bench["skipped"]],
+        "",
+        ratio_table(bench["rows"]) if bench["rows"] else "(no benchmark rows)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (CI)")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/gpu")
+    parser.add_argument("--skip-tests", action="store_true", help="benchmarks only")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_suite: no CUDA device here; use --dry-run on a CPU", file=sys.stderr)
+        return 2
+    out = args.out or REPO / "bench" / "results" / ("gpu_dry_run" if args.dry_run else "gpu")
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(args.dry_run)
+    print(json.dumps(env), flush=True)
+    skipped = {"rc": 0, "summary": "skipped (--skip-tests)", "failures": [], "seconds": 0.0}
+    tests = skipped if args.skip_tests else run_tests(args.dry_run)
+    print(f"tests: {tests['summary']} (exit {tests['rc']})", flush=True)
+    bench = run_benchmarks("tiny" if args.dry_run else "headline", out / "pytest_benchmark.json")
+    (out / "gpu_suite.json").write_text(
+        json.dumps({"environment": env, "tests": tests, "benchmarks": bench}, indent=1) + "\n"
+    )
+    text = markdown(env, tests, bench)
+    (out / "gpu_suite.md").write_text(text)
+    print(f"-> {out / 'gpu_suite.json'}, {out / 'gpu_suite.md'}\n")
+    print(text)
+    return 0 if tests["rc"] == 0 and bench["rc"] == 0 and bench["rows"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

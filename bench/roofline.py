@@ -1,0 +1,437 @@
+"""Roofline model of the fused reflection loss (forward + backward) on a GPU, no GPU needed.
+
+    python -m bench.roofline                       # headline shape and V=32000, H100 and H200
+    python -m bench.roofline --json                # the same rows as a JSON list
+    python -m bench.roofline --n 8192 --d 4096 --v 128256 --card H200 --dtype bf16
+    python -m bench.roofline --calibrate           # the model against published figures
+
+Schedules (rows): ``chunked`` (ours, the launcher's default on CUDA: kernels/fused_loss.py),
+``atomic_tiles`` (the previous kernel: one program per (vocabulary tile, row block), fp32 atomic
+adds into d h and d W), and ``liger_flce+kl`` (Liger's fused linear CE, its chunking rule, plus a
+separate KL on the full logits of the pair rows, as bench/bench_loss.py runs it). The batch: N
+loss rows, all in teacher/student pairs (P = N / 2), as a reflection batch is.
+
+Each schedule is a list of kernels; each kernel has FLOPs, HBM bytes, L2 bytes and atomic
+operations, and takes  max(FLOPs / (peak * TC_EFF), HBM bytes / (bandwidth * BW_EFF),
+atomics / ATOMIC_RATE) + LAUNCH_S. The assumptions, stated once for every schedule and card:
+- TC_EFF = 0.75: a large bf16 cuBLAS GEMM reaches 75% of the dense tensor-core peak;
+- BW_EFF = 0.85: streaming kernels reach 85% of the HBM bandwidth;
+- LAUNCH_S = 5 us per kernel launch;
+- ATOMIC_RATE: fenced fp32 atomic adds resolved at L2 (4e11/s on H100/H200, 2.5e11/s on A100).
+  No public figure calibrates it; it matters only for the old atomic kernel.
+- peak and bandwidth are the vendors' dense figures (CARDS).
+Calibration (``--calibrate``; bench/RESULTS.md): the same model applied to published runs of
+others, with their shapes and schedules, against their published times (CALIBRATION, with the
+sources). Useful FLOPs are 6 N D V (an unfused forward + backward); pct_of_peak is useful FLOPs
+over the predicted time, as a share of the dense bf16 peak. Workspace is the memory beyond the
+inputs, the gradients' own storage (d h, d W in the inputs' dtype) and the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+
+from reflectioncoder.kernels.fused_loss_torch import GPU_BUDGET, ChunkBudget
+
+TC_EFF = 0.75
+BW_EFF = 0.85
+LAUNCH_S = 5e-6
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    bf16_tflops: float  # dense tensor-core peak
+    hbm_tbs: float  # HBM bandwidth, TB/s
+    sms: int
+    atomic_rate: float  # fenced fp32 atomic adds per second at L2 (assumed)
+
+
+CARDS = {
+    "H100": Card("H100", 989.0, 3.35, 132, 4e11),  # SXM5 80 GB
+    "H200": Card("H200", 989.0, 4.8, 132, 4e11),  # SXM 141 GB
+    "A100": Card("A100", 312.0, 2.039, 108, 2.5e11),  # SXM4 80 GB
+}
+
+
+@dataclass
+class Kernel:
+    name: str
+    flops: float = 0.0
+    hbm: float = 0.0
+    l2: float = 0.0
+    atomics: float = 0.0
+    count: int = 1  # launches of this kernel
+
+    def seconds(self, card: Card) -> float:
+        return self.count * LAUNCH_S + max(
+            self.flops / (card.bf16_tflops * 1e12 * TC_EFF),
+            self.hbm / (card.hbm_tbs * 1e12 * BW_EFF),
+            self.atomics / card.atomic_rate,
+        )
+
+
+@dataclass
+class Schedule:
+    kernels: list[Kernel]
+    workspace: dict[str, int] = field(default_factory=dict)
+
+
+def _gemm(name, m, n, k, e, *, read_c=False, count=1) -> Kernel:
+    """C (m, n) = A (m, k) B (k, n) with e-byte operands and output, each read once from HBM."""
+    bytes_ = (m * k + k * n + m * n * (2 if read_c else 1)) * e
+    return Kernel(name, flops=2.0 * m * n * k, hbm=bytes_, l2=bytes_, count=count)
+
+
+def _stream(name, bytes_, count=1) -> Kernel:
+    return Kernel(name, hbm=bytes_, l2=bytes_, count=count)
+
+
+def chunked(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, dh_slots=True) -> Schedule:
+    """Ours: chunks of R slots; per chunk GEMM -> logits, row kernel (3 passes), 2 GEMMs."""
+    r = budget.rows(v, e)
+    ks = []
+    for a in range(0, n, r):
+        c = min(r, n - a)
+        ks += [
+            _stream("gather h", 2 * c * d * e),
+            _gemm("z = h W^T", c, v, d, e),
+            _stream("row kernel", 3 * c * v * e),
+            _gemm("dh = dz W", c, d, v, e),
+            _gemm("dW += dz^T h", v, d, c, e, read_c=True),
+        ]
+    ks += [_stream("zero dW", v * d * e), _stream("dW *= g", 2 * v * d * e)]
+    if dh_slots:
+        ks.append(_stream("sum slots -> dh", 2 * n * d * e + 16 * n))
+    # The tensors alive at the peak (the forward's chunk loop; backward needs less).
+    r = min(r, n)
+    workspace = {
+        "logits (rows, V)": r * v * e,
+        "gathered h (rows, D)": r * d * e,
+        "plan: rows, targets, CE weight, CE out (S,); KL out (P,)": n * (8 + 8 + 4 + 4)
+        + n // 2 * 4,
+    }
+    if dh_slots:
+        workspace["per-slot dh (S, D)"] = n * d * e
+    return Schedule(ks, workspace)
+
+
+def atomic_tiles(n, d, v, e, card: Card, block_rows=128, block_v=128) -> Schedule:
+    """The previous kernel: forward one program per 128-slot block streaming all of W; backward
+    one program per (V tile, block) recomputing logits and atomically adding into fp32 dh, dW."""
+    blocks = math.ceil(n / block_rows)
+    vtiles = math.ceil(v / block_v)
+    waves = math.ceil(blocks / card.sms)
+    h_block = block_rows * d * e
+    fwd = Kernel(
+        "forward (online lse, KL)",
+        flops=2.0 * n * d * v,
+        hbm=waves * v * d * e + blocks * vtiles * h_block,  # h re-read for every V tile
+        l2=blocks * v * d * e + blocks * vtiles * h_block,
+    )
+    atomics = 2.0 * blocks * vtiles * block_rows * d  # dh and dW tile of every program
+    bwd = Kernel(
+        "backward (recompute, atomic dh, dW)",
+        flops=6.0 * n * d * v,
+        # h twice per program; W about twice; every V-tile wave read-modify-writes all of dh
+        hbm=2 * blocks * vtiles * h_block + 2 * v * d * e + vtiles * 2 * n * d * 4,
+        l2=2 * blocks * vtiles * h_block + 2 * blocks * v * d * e + atomics * 4,
+        atomics=atomics,
+    )
+    casts = _stream("zero + cast fp32 grads", (n * d + v * d) * (4 + 4 + e), count=4)
+    workspace = {
+        "fp32 dW (V, D)": v * d * 4,
+        "fp32 dh (N, D)": n * d * 4,
+        "slots, lse": n * (8 + 8 + 4 + 4 + 4),
+    }
+    return Schedule([fwd, bwd, casts], workspace)
+
+
+def liger_flce(n, d, v, e, kl_pairs=0, dw_add_fp32=True) -> Schedule:
+    """Liger's fused linear CE (Triton, chunk = next_pow2(N / ceil(V / D)) rows), plus, with
+    kl_pairs, a separate KL on the full logits of the 2P pair rows (fp32 log-softmax).
+    d W per chunk: Liger 0.8 ``grad_weight += mm(dz^T, h).float()`` (dw_add_fp32: a new (V, D)
+    product, an fp32 copy of it, then the add); Liger 0.4 one in-place addmm."""
+    chunk = 2 ** math.ceil(math.log2(max(1, math.ceil(n / math.ceil(v / d)))))
+    ks = [_stream("zero dW", v * d * e)]
+    for a in range(0, n, chunk):
+        c = min(chunk, n - a)
+        ks += [
+            _gemm("logits", c, v, d, e),
+            _stream("CE kernel", 3 * c * v * e),
+            _gemm("grad input", c, d, v, e),
+        ]
+        if dw_add_fp32:
+            ks += [
+                _gemm("grad weight (mm)", v, d, c, e),
+                _stream(".float() + add into grad_weight", v * d * (e + 4 + e + 4 + e), count=2),
+            ]
+        else:
+            ks.append(_gemm("grad weight (addmm)", v, d, c, e, read_c=True))
+    workspace = {"logits chunk (chunk, V)": chunk * v * e}
+    if dw_add_fp32:
+        workspace["grad weight product + fp32 copy (V, D)"] = v * d * (e + 4)
+    if kl_pairs:
+        r = 2 * kl_pairs
+        # fwd: bf16 logits, fp32 upcast, log_softmax x2, softmax, kl_div, sum; bwd: kl_div and
+        # log_softmax backward, cast to bf16: about 70 bytes of HBM traffic per logit
+        ks += [
+            _gemm("KL: pair logits", r, v, d, e),
+            _stream("KL: softmax / kl_div fwd + bwd", 70 * r * v, count=12),
+            _gemm("KL: grad input", r, d, v, e),
+            _gemm("KL: grad weight", v, d, r, e, read_c=True),
+        ]
+        workspace["KL: logits bf16 + 4 fp32 (2P, V)"] = r * v * (e + 16)
+    return Schedule(ks, workspace)
+
+
+def cutedsl_flce(n, d, v, e) -> Schedule:
+    """Liger's CuTe DSL FLCE (Hopper): chunks of up to 2 GiB of logits, 3 cuBLAS GEMMs per
+    chunk and a CE kernel (3 passes over the chunk's logits)."""
+    big = ChunkBudget(logits_bytes=2 * 2**30, max_rows=1 << 20, row_multiple=1)
+    return chunked(n, d, v, e, big, dh_slots=False)
+
+
+def torch_unfused(n, d, v, e) -> Schedule:
+    """logits = h W^T in bf16, F.cross_entropy(logits.float()), backward through both: the
+    logits' HBM traffic (bf16 write, fp32 upcast, log-softmax fwd and bwd, bf16 cast) is about
+    30 bytes per logit."""
+    ks = [
+        _gemm("logits", n, v, d, e),
+        _stream("fp32 CE fwd + bwd", 30 * n * v, count=6),
+        _gemm("grad input", n, d, v, e),
+        _gemm("grad weight", v, d, n, e),
+    ]
+    return Schedule(ks, {"logits bf16 + fp32 copies": n * v * (e + 8)})
+
+
+def cce(n, d, v, e, backward=True) -> Schedule:
+    """Cut Cross-Entropy: forward one fused GEMM + online lse kernel (2 N D V); backward
+    recomputes the logits and forms both gradients (6 N D V), counted with no gradient
+    filtering (CCE skips blocks whose softmax is negligible, which the model cannot know)."""
+    ks = [Kernel("lse forward (fused GEMM)", flops=2.0 * n * d * v, hbm=(n + v) * d * e)]
+    if backward:
+        ks.append(
+            Kernel(
+                "backward (recompute + dE + dC)",
+                flops=6.0 * n * d * v,
+                hbm=4 * (n + v) * d * e,
+            )
+        )
+    return Schedule(ks, {})
+
+
+@dataclass
+class Row:
+    schedule: str
+    default: bool
+    card: str
+    N: int
+    D: int
+    V: int
+    dtype: str
+    useful_flops: float
+    executed_flops: float
+    hbm_bytes: float
+    l2_bytes: float
+    atomic_ops: float
+    workspace_bytes: int
+    workspace: dict[str, int]
+    kernel_launches: int
+    predicted_ms: float
+    pct_of_peak: float
+
+
+def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False) -> Row:
+    seconds = sum(k.seconds(card) for k in sched.kernels)
+    useful = 6.0 * n * d * v
+    return Row(
+        schedule=name,
+        default=default,
+        card=card.name,
+        N=n,
+        D=d,
+        V=v,
+        dtype=dtype,
+        useful_flops=useful,
+        executed_flops=sum(k.flops for k in sched.kernels),
+        hbm_bytes=sum(k.hbm for k in sched.kernels),
+        l2_bytes=sum(k.l2 for k in sched.kernels),
+        atomic_ops=sum(k.atomics for k in sched.kernels),
+        workspace_bytes=sum(sched.workspace.values()),
+        workspace=sched.workspace,
+        kernel_launches=sum(k.count for k in sched.kernels),
+        predicted_ms=seconds * 1e3,
+        pct_of_peak=100.0 * useful / seconds / (card.bf16_tflops * 1e12),
+    )
+
+
+def model_rows(n, d, v, dtype, card_name) -> list[Row]:
+    """The three schedules at one shape on one card; ``chunked`` is the launcher's default."""
+    e = DTYPE_BYTES[dtype]
+    card = CARDS[card_name]
+    return [
+        evaluate("chunked", chunked(n, d, v, e), card, n, d, v, dtype, default=True),
+        evaluate("atomic_tiles", atomic_tiles(n, d, v, e, card), card, n, d, v, dtype),
+        evaluate("liger_flce+kl", liger_flce(n, d, v, e, n // 2), card, n, d, v, dtype),
+    ]
+
+
+# Published figures of others: (label, card, schedule, N, D, V, published ms, source).
+LIGER_CUTEDSL = (
+    "Liger-Kernel PR commit 8ca11b28 (feat(cutedsl): Hopper CuTe DSL FLCE), "
+    "benchmark/data/all_benchmark_data.csv, provider liger-cutedsl, full (fwd+bwd), "
+    "H=4096 V=128256 bf16, NVIDIA H200, Liger 0.8.0"
+)
+TORCH_H200 = LIGER_CUTEDSL.replace("provider liger-cutedsl", "provider torch (unfused)")
+LIGER_TRITON_A100 = (
+    "Liger-Kernel main, benchmark/data/all_benchmark_data.csv, fused_linear_cross_entropy, "
+    "provider liger, full, H=4096 V=128256 bf16, NVIDIA A100-SXM4-80GB, Liger 0.4.2 (2024-11-22)"
+)
+LIGER_TRITON_H200 = LIGER_CUTEDSL.replace("provider liger-cutedsl", "provider liger (Triton)")
+LIGER_TP_H200 = (
+    "Liger-Kernel PR #1422 (merged; Hopper tensor-parallel fused linear cross entropy), its "
+    "benchmark table: H200 SXM, CUDA 12.9, TP=1, backward pass p50 (one persistent kernel: "
+    "recomputed logits, dX and dW, 6 M H V FLOPs)"
+)
+CCE_A100 = (
+    "apple/ml-cross-entropy README, benchmark table (A100-SXM4 80 GB, PyTorch 2.4.1, CUDA 12.4; "
+    "paper: 8,192 tokens, Gemma 2 2B: D=2304, V=256000, bf16), method cce"
+)
+CALIBRATION = (
+    [
+        ("Liger CuTe DSL FLCE", "H200", "cutedsl", bt, 4096, 128256, ms, LIGER_CUTEDSL)
+        for bt, ms in ((1024, 6.553), (2048, 11.082), (4096, 21.216), (8192, 40.368))
+    ]
+    + [
+        (
+            "unfused torch (Liger's baseline)",
+            "H200",
+            "torch",
+            bt,
+            4096,
+            128256,
+            ms,
+            TORCH_H200,
+        )
+        for bt, ms in ((1024, 5.511), (2048, 10.741), (4096, 21.353), (8192, 42.092))
+    ]
+    + [
+        ("Liger FLCE (Triton) 0.4.2", "A100", "liger_0.4", bt, 4096, 128256, ms, LIGER_TRITON_A100)
+        for bt, ms in ((4096, 121.431), (8192, 166.709), (16384, 277.117), (32768, 511.064))
+    ]
+    + [
+        ("Liger FLCE (Triton) 0.8.0", "H200", "liger_0.8", bt, 4096, 128256, ms, LIGER_TRITON_H200)
+        for bt, ms in ((1024, 138.541), (2048, 138.785), (4096, 140.765), (8192, 153.635))
+    ]
+    + [
+        ("Liger Hopper FLCE, backward", "H200", "fused_bwd", m, 4096, v, ms, LIGER_TP_H200)
+        for m, v, ms in ((2048, 131072, 8.589), (2048, 262144, 16.842))
+    ]
+    + [
+        ("Cut Cross-Entropy, forward", "A100", "cce_fw", 8192, 2304, 256000, 46.4, CCE_A100),
+        ("Cut Cross-Entropy, fwd+bwd", "A100", "cce", 8192, 2304, 256000, 134.8, CCE_A100),
+    ]
+)
+SCHEDULES = {
+    "cutedsl": cutedsl_flce,
+    "torch": torch_unfused,
+    "liger_0.4": lambda n, d, v, e: liger_flce(n, d, v, e, dw_add_fp32=False),
+    "liger_0.8": liger_flce,
+    "cce": cce,
+    "fused_bwd": lambda n, d, v, e: Schedule(cce(n, d, v, e).kernels[1:]),
+    "cce_fw": lambda n, d, v, e: cce(n, d, v, e, backward=False),
+}
+
+
+def calibration_rows() -> list[dict]:
+    rows = []
+    for label, card, sched, n, d, v, published, source in CALIBRATION:
+        predicted = evaluate(sched, SCHEDULES[sched](n, d, v, 2), CARDS[card], n, d, v, "bf16")
+        err = predicted.predicted_ms / published - 1
+        rows.append(
+            {
+                "what": label,
+                "card": card,
+                "N": n,
+                "D": d,
+                "V": v,
+                "published_ms": published,
+                "predicted_ms": round(predicted.predicted_ms, 2),
+                "error_pct": round(100 * err, 1),
+                "within_25pct": abs(err) <= 0.25,
+                "source": source,
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    head = (
+        "| schedule | default | card | N | D | V | dtype | useful TFLOP | executed TFLOP | "
+        "HBM GB | L2 GB | atomics | workspace MiB | predicted ms | % of peak |\n"
+        + "| --- " * 15
+        + "|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r.schedule} | {'yes' if r.default else ''} | {r.card} | {r.N} | {r.D} | {r.V} "
+            f"| {r.dtype} | {r.useful_flops / 1e12:.1f} | {r.executed_flops / 1e12:.1f} "
+            f"| {r.hbm_bytes / 1e9:.1f} | {r.l2_bytes / 1e9:.1f} | {r.atomic_ops:.2e} "
+            f"| {r.workspace_bytes / 2**20:.0f} | {r.predicted_ms:.1f} | {r.pct_of_peak:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def calibration_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| published run | card | N | D | V | published ms | model ms | error | within 25% |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['what']} | {r['card']} | {r['N']} | {r['D']} | {r['V']} | "
+            f"{r['published_ms']} | {r['predicted_ms']} | {r['error_pct']:+.1f}% | "
+            f"{'yes' if r['within_25pct'] else 'NO'} |"
+        )
+    sources = sorted({r["source"] for r in rows})
+    return "\n".join(lines + ["", "Sources:"] + [f"- {s}" for s in sources])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[16384], help="loss rows")
+    parser.add_argument("--d", type=int, default=4096)
+    parser.add_argument("--v", type=int, nargs="+", default=[128256, 32000])
+    parser.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16")
+    parser.add_argument("--card", choices=sorted(CARDS), nargs="+", default=["H100", "H200"])
+    parser.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    parser.add_argument("--calibrate", action="store_true", help="the published-figures table")
+    args = parser.parse_args(argv)
+    for name, values in (("--n", args.n), ("--v", args.v), ("--d", [args.d])):
+        if any(x < 1 for x in values):
+            print(f"roofline: {name} must be positive, got {values}", file=sys.stderr)
+            return 2
+    if args.calibrate:
+        rows = calibration_rows()
+        print(json.dumps(rows, indent=1) if args.json else calibration_markdown(rows))
+        return 0
+    rows = [
+        row
+        for card in args.card
+        for v in args.v
+        for n in args.n
+        for row in model_rows(n, args.d, v, args.dtype, card)
+    ]
+    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The kernels on a real device (marker ``gpu``): CUDA when present, compiled for real.
+
+``bench/gpu_suite.py`` runs these first on a lent GPU (TRITON_INTERPRET=0). Without CUDA they
+skip, unless RC_TEST_DEVICE=cpu (the GPU suite's --dry-run), which runs the same checks on the
+CPU through the Triton interpreter at the same small sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+from reference.loss import reflection_loss_reference
+from reference.varlen_attention import varlen_attention_reference
+from reflectioncoder.kernels import fused_linear_reflection_loss
+from reflectioncoder.kernels.varlen_attention import BACKENDS, backend_available, varlen_attention
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def device() -> torch.device:
+    name = os.environ.get("RC_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
+    if not name:
+        pytest.skip("needs CUDA (or RC_TEST_DEVICE=cpu)")
+    return torch.device(name)
+
+
+def _loss_case(n, d, v, dtype, device, seed):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=gen).to(device, dtype)
+    weight = (torch.randn(v, d, generator=gen) * 2 / d**0.5).to(device, dtype)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[torch.rand(n, generator=gen) < 0.2] = -100
+    ce_weight = torch.rand(n, generator=gen) + 0.05
+    pairs = torch.stack([torch.arange(n // 4), torch.arange(n // 4) + n // 2], 1)
+    kl_weight = torch.rand(n // 4, generator=gen) + 0.05
+    rest = [t.to(device) for t in (targets, ce_weight, pairs, kl_weight)]
+    return hidden, weight, *rest
+
+
+def _loss_and_grads(backend, case):
+    hidden, weight, *rest = case
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, _ = fused_linear_reflection_loss(h, w, *rest, backend=backend)
+    loss.backward()
+    return [loss.detach(), h.grad, w.grad]
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_fused_loss_on_device(device, seed, backend, dtype, tol) -> None:
+    # Production tiles on CUDA (hundreds of rows, a vocabulary over several V tiles).
+    n, d, v = (256, 128, 1000) if device.type == "cuda" else (16, 16, 40)
+    case = _loss_case(n, d, v, dtype, device, seed)
+    ours = _loss_and_grads(backend, case)
+    hidden, weight, *rest = case
+    h = hidden.double().cpu().requires_grad_()
+    w = weight.double().cpu().requires_grad_()
+    ref_loss = reflection_loss_reference(h, w, *(t.cpu() for t in rest))[0]
+    ref_loss.backward()
+    for name, a, b in zip(("loss", "dh", "dW"), ours, (ref_loss, h.grad, w.grad), strict=True):
+        err = (a.double().cpu() - b).abs().max() / b.abs().max().clamp(min=1e-30)
+        assert err <= tol, f"{backend} {dtype} {name}: relative error {err:.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fused_loss_deterministic(device, seed, backend) -> None:
+    n, d, v = (512, 256, 4096) if device.type == "cuda" else (16, 16, 40)
+    case = _loss_case(n, d, v, torch.bfloat16, device, seed)
+    first, second = _loss_and_grads(backend, case), _loss_and_grads(backend, case)
+    for name, a, b in zip(("loss", "dh", "dW"), first, second, strict=True):
+        assert torch.equal(a, b), f"{backend} {name}: differs between two identical runs"
+
+
+def test_mask_kernel_on_device(device, seed) -> None:
+    from bench.providers.mask import make_mask_fn, setup_mask
+
+    host = make_mask_fn("host", setup_mask(3, 0.5, seed % 1000))()
+    dev = make_mask_fn("triton", setup_mask(3, 0.5, seed % 1000, device=str(device)))()
+    for name, a, b in zip(
+        ("gather", "input_ids", "position_ids", "labels"),
+        (host.gather, host.input_ids, host.position_ids, host.labels),
+        dev,
+        strict=True,
+    ):
+        assert torch.equal(a, b.cpu()), f"mask kernel {name} differs from the host path"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varlen_attention_on_device(device, seed, backend) -> None:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if not backend_available(backend, device, dtype, 64):
+        pytest.skip(f"{backend} does not run on {device.type} / {dtype}")
+    rng = random.Random(seed)
+    seqlens = [1, rng.randint(2, 60), rng.randint(100, 300), rng.randint(3, 40)]
+    t = sum(seqlens)
+    q, k, v = (torch.randn(t, h, 64, device=device, dtype=dtype) for h in (8, 2, 2))
+    cu = torch.tensor([0, *seqlens], device=device).cumsum(0).to(torch.int32)
+    grad_out = torch.randn_like(q)
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = varlen_attention(*ours, cu, max(seqlens), seqlens=seqlens, backend=backend)
+    out.backward(grad_out)
+    refs = [x.detach().double().cpu().requires_grad_() for x in (q, k, v)]
+    ref = varlen_attention_reference(*refs, seqlens)
+    ref.backward(grad_out.double().cpu())
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    for name, a, b in zip(
+        ("out", "dq", "dk", "dv"),
+        [out] + [x.grad for x in ours],
+        [ref] + [x.grad for x in refs],
+        strict=True,
+    ):
+        err = (a.double().cpu() - b).abs().max() / b.abs().max()
+        assert err <= tol, f"{backend} {name}: relative error {err:.2e} > {tol:.0e}"
