@@ -765,7 +765,8 @@ def _pump(
     else:
         proc.stdin.close()
     open_reads = len(streams)
-    pending = b""
+    partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
+    partial_size = 0
     try:
         while open_reads:
             if over_time():
@@ -794,15 +795,20 @@ def _pump(
                     continue
                 which = streams[fd]
                 if on_line is not None and which == 1:
-                    # line mode: nothing is kept; the cap applies to one line
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if len(line) > limit:
-                            return False, True, False
-                        if on_line(line):
-                            return False, False, True
-                    if len(pending) > limit:
+                    # line mode: nothing is kept; the cap applies to one line. A long line
+                    # costs linear time (a flood without newlines must not cost quadratic)
+                    if b"\n" in chunk:
+                        *lines, rest = (b"".join(partial) + chunk).split(b"\n")
+                        partial, partial_size = [rest], len(rest)
+                        for line in lines:
+                            if len(line) > limit:
+                                return False, True, False
+                            if on_line(line):
+                                return False, False, True
+                    else:
+                        partial.append(chunk)
+                        partial_size += len(chunk)
+                    if partial_size > limit:
                         return False, True, False
                     continue
                 room = limit - sizes[which]
@@ -814,7 +820,8 @@ def _pump(
             if over_time():
                 return True, False, False
             time.sleep(0.01)
-        if on_line is not None and pending and on_line(pending):
+        tail = b"".join(partial)
+        if on_line is not None and tail and on_line(tail):
             return False, False, True
         return False, False, False
     finally:
