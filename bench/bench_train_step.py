@@ -21,6 +21,7 @@ timer starts for both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -68,26 +69,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def config_of(args: argparse.Namespace) -> TrainStepConfig:
-    return TrainStepConfig(
-        vocab=args.vocab,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.kv_heads,
-        intermediate=args.intermediate,
-        samples=args.samples,
-        steps=args.warmup + args.steps,
-        instruction=tuple(args.instruction),
-        reflection=tuple(args.reflection),
-        answer=tuple(args.answer),
-        mask_rate=args.mask_rate,
-        strategy=args.strategy,
-        block_order=args.block_order,
-        max_tokens=args.max_tokens,
-        ref_attn=args.ref_attn,
-        loss_backend=args.loss_backend,
-        seed=args.seed,
-    )
+    """The provider's config from the command line (every field has an option of its name)."""
+    names = {f.name for f in dataclasses.fields(TrainStepConfig)} - {"steps", "device", "dtype"}
+    values = {n: tuple(v) if isinstance(v := getattr(args, n), list) else v for n in names}
+    return TrainStepConfig(**values, steps=args.warmup + args.steps)
 
 
 def run_provider(args: argparse.Namespace) -> dict:

@@ -26,6 +26,10 @@ COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
     "inspect": ("reflectioncoder.data.inspect", "show what the teacher and the student see"),
     "evaluate": ("reflectioncoder.eval.cli", "generate and score pass@k in a sandbox"),
+    "eval-setup": (
+        "reflectioncoder.eval.toolchains",
+        "install the toolchains of MultiPL-E's languages (Debian packages)",
+    ),
     "build-data": ("reflectioncoder.construct.cli", "build reflection sequences by execution"),
     "prepare-data": (
         "reflectioncoder.data.prepare",
@@ -57,7 +61,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             "%(default)" not in text
             and "default" not in text
             and action.option_strings
-            and default not in (None, False, argparse.SUPPRESS)
+            and default is not None
+            and default is not False
+            and default is not argparse.SUPPRESS
+            and default != []
             and action.nargs != 0
         ):
             shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default

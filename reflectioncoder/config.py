@@ -144,6 +144,10 @@ class TrainConfig:
     """Skip the update (and count it) when the loss or the gradient norm is not finite."""
     max_skipped_steps: int = 10
     """Abort after this many skipped updates in a row: the run is broken, not unlucky."""
+    threads: int | None = None
+    """torch CPU threads of each process. None: the cores this process may use, shared among
+    the ranks on this machine, less the cores other programs keep busy (load average); at
+    least 1, never more than the cores (torch's own default takes every core in every rank)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
@@ -172,6 +176,11 @@ class TrainConfig:
             self.device in ("auto", "cpu", "cuda"),
             "train.device",
             f"must be auto | cpu | cuda, got {self.device!r}",
+        )
+        _check(
+            self.threads is None or self.threads >= 1,
+            "train.threads",
+            f"must be >= 1 or null, got {self.threads}",
         )
         _check(
             self.max_skipped_steps >= 1,

@@ -4,6 +4,7 @@ examples:
   reflectioncoder evaluate --task humaneval --samples S.jsonl --json result.json
   reflectioncoder evaluate --task mbpp --model runs/demo/train/final --json mbpp.json
   reflectioncoder evaluate --task multiple-cpp --samples S.jsonl
+  reflectioncoder evaluate --task multiple --samples S.jsonl   # every language; rows name theirs
 
 Generated samples go beside --json (RESULT.samples.jsonl), to --save-samples, or into the run
 folder of a trained model (RUN/eval/); never silently into the current folder.
@@ -31,7 +32,7 @@ from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.sandbox import not_guaranteed
 from reflectioncoder.progress import Progress
 
-TASKS = ("humaneval", "mbpp", "multiple-LANG")
+TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--task",
         required=True,
-        help=f"humaneval | mbpp | multiple-LANG, LANG one of: {languages}",
+        help=f"humaneval | mbpp | multiple (every language that runs here) | multiple-LANG, "
+        f"LANG one of: {languages}",
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--samples", type=Path, help="jsonl of {task_id, completion}: score these")
@@ -53,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
     parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers")
     parser.add_argument("--base-only", action="store_true", help="skip the plus tests")
+    parser.add_argument(
+        "--languages",
+        nargs="+",
+        default=None,
+        metavar="LANG",
+        help="--task multiple: only these languages (default: those the samples name, or all "
+        "that run here with --model)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N tasks (N >= 1)")
     parser.add_argument(
         "--k",
@@ -233,6 +243,8 @@ def main(args: argparse.Namespace) -> int:
     if data_dir is None:
         raise UsageError("--data-dir not given and ../shared/evaldata not found")
     task = args.task
+    if task == "multiple":
+        return _multiple_all(args, data_dir, t0)
     if task.startswith("multiple-"):
         lang = task.removeprefix("multiple-")
         problem = ml.toolchain_problem(lang)
@@ -253,17 +265,31 @@ def main(args: argparse.Namespace) -> int:
         samples = _read_samples(args.samples)
     else:
         out = samples_path(args)
-        ids = list(tasks)
-        if task.startswith("multiple-"):
-            prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
-            samples = _generate(
-                args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
-            )
-        else:
-            prompts = [pr.python_prompt(tasks[t]) for t in ids]
-            samples = _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
+        samples = _generate_for(args, task, tasks)
         atomic_write_text(out, "".join(json.dumps(s) + "\n" for s in samples))
         print(f"samples: {out}", file=sys.stderr)
+    samples = _check_samples(args, tasks, samples)
+    if task.startswith("multiple-"):
+        result = _score_multiple(args, tasks, samples)
+    else:
+        result = _score_python(args, task, tasks, samples, data_dir)
+    return _finish(args, result, t0)
+
+
+def _generate_for(args: argparse.Namespace, task: str, tasks: dict) -> list[dict]:
+    ids = list(tasks)
+    if task.startswith("multiple"):
+        prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
+        return _generate(
+            args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
+        )
+    prompts = [pr.python_prompt(tasks[t]) for t in ids]
+    return _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
+
+
+def _check_samples(args: argparse.Namespace, tasks: dict, samples: list[dict]) -> list[dict]:
+    """The samples of ``tasks`` (``--limit`` drops the rest); every task needs one, and
+    ``--k`` (defaulted here) at most as many as the task with the fewest has."""
     if args.limit:
         samples = [s for s in samples if s["task_id"] in tasks]
     missing = sorted(set(tasks) - {s["task_id"] for s in samples})
@@ -281,21 +307,91 @@ def main(args: argparse.Namespace) -> int:
             f"--k {max(args.k)}: some tasks have only {fewest} sample(s); pass@k needs k <= "
             "samples per task"
         )
+    return samples
 
-    if task.startswith("multiple-"):
-        result = _score_multiple(args, tasks, samples)
-    else:
-        result = _score_python(args, task, tasks, samples, data_dir)
+
+def _finish(args: argparse.Namespace, result: dict, t0: float) -> int:
     result.update(
-        task=task, samples=str(args.samples or args.model), seconds=round(time.monotonic() - t0, 2)
+        task=args.task,
+        samples=str(args.samples or args.model),
+        seconds=round(time.monotonic() - t0, 2),
     )
-    language = task.removeprefix("multiple-") if task.startswith("multiple-") else "python"
-    result["not_guaranteed"] = not_guaranteed(result["isolation"], language)
+    python_only = args.task in ("humaneval", "mbpp", "multiple-python")
+    result["not_guaranteed"] = not_guaranteed(result["isolation"], python_only)
     _print_table(result)
+    for reason in result.get("unavailable", {}).values():
+        print(reason)
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
         print(f"result: {args.json}", file=sys.stderr)
     return 0
+
+
+def _multiple_languages(args: argparse.Namespace, data_dir: Path, rows: list[dict] | None):
+    """The languages ``--task multiple`` scores: --languages, else those the samples name,
+    else (generating) every language with a runner and data."""
+    on_disk = tk.multiple_languages(data_dir)
+    if args.languages:
+        bad = [lang for lang in args.languages if lang not in on_disk or lang not in ml.LANGUAGES]
+        if bad:
+            raise UsageError(f"--languages: no MultiPL-E runner or data for {' '.join(bad)}")
+        return args.languages
+    named = None if rows is None else {r["language"] for r in rows}
+    return [lang for lang in ml.LANGUAGES if lang in on_disk and (named is None or lang in named)]
+
+
+def _multiple_all(args: argparse.Namespace, data_dir: Path, t0: float) -> int:
+    """``--task multiple``: every language that runs here, one table. Samples name their
+    language (``"language": "cs"``); with ``--model`` each language is generated in turn.
+    Languages whose toolchain is missing are listed under the table with the reason."""
+    from reflectioncoder.eval.sandbox import isolation_level
+
+    rows = None
+    if args.samples is not None:
+        rows = _read_samples(args.samples)
+        known = set(tk.multiple_languages(data_dir)) & set(ml.LANGUAGES)
+        for n, row in enumerate(rows, 1):
+            if not isinstance(row.get("language"), str):
+                raise UserError(
+                    "missing (--task multiple)", file=args.samples, line=n, field="language"
+                )
+            if row["language"] not in known:
+                raise UserError(
+                    f"{row['language']!r} is not a MultiPL-E language here "
+                    f"({' '.join(sorted(known))})",
+                    file=args.samples,
+                    line=n,
+                    field="language",
+                )
+    wanted = _multiple_languages(args, data_dir, rows)
+    unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
+    unavailable = {lang: why for lang, why in unavailable.items() if why}
+    out = samples_path(args) if rows is None else None  # before generating: fail fast
+    result = {"scores": {}, "isolation": isolation_level(), "details": {}}
+    generated = []
+    k_asked = args.k
+    for lang in (lang for lang in wanted if lang not in unavailable):
+        tasks = tk.load_multiple(data_dir, lang)
+        if args.limit:
+            tasks = dict(list(tasks.items())[: args.limit])
+        if rows is None:
+            samples = [{**s, "language": lang} for s in _generate_for(args, "multiple", tasks)]
+            generated += samples
+        else:
+            samples = [r for r in rows if r["language"] == lang]
+        args.k = k_asked
+        samples = _check_samples(args, tasks, samples)
+        part = _score_multiple(args, tasks, samples, f"multiple-{lang}")
+        result["scores"].update(part["scores"])
+        result["details"].update({f"{lang}:{tid}": v for tid, v in part["details"].items()})
+    if out is not None:
+        atomic_write_text(out, "".join(json.dumps(s) + "\n" for s in generated))
+        print(f"samples: {out}", file=sys.stderr)
+    if not result["scores"]:
+        reasons = "; ".join(unavailable.values()) or "no language given"
+        raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")
+    result["unavailable"] = unavailable
+    return _finish(args, result, t0)
 
 
 def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: Path) -> dict:
@@ -354,10 +450,10 @@ def _score_python(args, task: str, tasks: dict, samples: list[dict], data_dir: P
     }
 
 
-def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
+def _score_multiple(args, tasks: dict, samples: list[dict], name: str = "") -> dict:
     from reflectioncoder.eval.sandbox import isolation_level
 
-    bar = _bar(len(samples), "score", not args.no_progress)
+    bar = _bar(len(samples), f"score {name}".strip(), not args.no_progress)
     try:
         results = ml.score_multiple_samples(tasks, samples, parallel=args.parallel, progress=bar)
     finally:
@@ -368,7 +464,7 @@ def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
     n = [len(v) for v in per_task.values()]
     c = [sum(r.passed for r in v) for v in per_task.values()]
     return {
-        "scores": {args.task: _pass_at(n, c, args.k)},
+        "scores": {name or args.task: _pass_at(n, c, args.k)},
         "isolation": isolation_level(),
         "details": {
             tid: [
@@ -376,6 +472,7 @@ def _score_multiple(args, tasks: dict, samples: list[dict]) -> dict:
                     "completion_id": r.completion_id,
                     "status": r.status,
                     "exit_code": r.exit_code,
+                    "reason": r.reason,
                     "stderr_tail": r.stderr_tail,
                     "seconds": round(r.duration_s, 3),
                 }

@@ -926,13 +926,14 @@ def seccomp_available() -> bool:
         return False
 
 
-def not_guaranteed(level: str, language: str = "python") -> list[str]:
-    """The properties the isolation ``level`` cannot promise for programs in ``language`` (the
-    result file lists them; docs/evaluation.md has the table)."""
+def not_guaranteed(level: str, python_only: bool = True) -> list[str]:
+    """The properties the isolation ``level`` cannot promise (for Python programs only, or
+    for programs in any language: MultiPL-E); the result file lists them, docs/evaluation.md
+    has the table."""
     if not level.startswith("rlimits"):
         return []
     gaps = list(_FALLBACK_GAPS)
-    if language != "python":
+    if not python_only:
         gaps += _FALLBACK_NATIVE_GAPS
     elif not seccomp_available():
         gaps.append("new processes are refused from Python only (no seccomp here)")

@@ -29,6 +29,8 @@ __all__ = [
 HUMANEVAL_PLUS_FILE = "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP_PLUS_FILE = "mbppplus/MbppPlus-v0.2.0.jsonl.gz"
 MULTIPLE_DIR = "multipl_e"
+# C#: the authors score the fixed file (they name it humaneval-cs-bu.jsonl), see _csharp_file.
+_CSHARP_COPIES = ("cs-bu", "cs")
 
 
 @dataclass
@@ -217,14 +219,29 @@ def mbpp_deserialize_inputs(task_id: str, inputs: list) -> list:
 
 
 def multiple_languages(data_dir: str | Path) -> list[str]:
-    """Languages with a MultiPL-E file in ``data_dir``."""
+    """Languages with a MultiPL-E file in ``data_dir`` (C#'s two copies are one language)."""
     folder = Path(data_dir) / MULTIPLE_DIR
-    return sorted(p.stem.removeprefix("humaneval-") for p in folder.glob("humaneval-*.jsonl"))
+    tags = {p.stem.removeprefix("humaneval-") for p in folder.glob("humaneval-*.jsonl")}
+    return sorted({"cs" if tag in _CSHARP_COPIES else tag for tag in tags})
+
+
+def _csharp_file(folder: Path) -> Path:
+    """The fixed C# file. MultiPL-E's C# tests compare list results with ``List.Equals``, which
+    is reference equality, so a correct solution fails 44 tasks; the fix compares them with
+    ``SequenceEqual``. The authors name the fixed copy ``humaneval-cs-bu.jsonl``; we take
+    whichever copy carries the fix (in ``../shared/evaldata`` that is ``humaneval-cs.jsonl``)."""
+    copies = [folder / f"humaneval-{tag}.jsonl" for tag in _CSHARP_COPIES]
+    present = [p for p in copies if p.is_file()]
+    if not present:
+        return copies[0]
+    return max(present, key=lambda p: p.read_text(encoding="utf-8").count(".SequenceEqual("))
 
 
 def load_multiple(data_dir: str | Path, language: str) -> dict[str, MultiplETask]:
     """MultiPL-E HumanEval translation for ``language`` (e.g. ``cpp``, ``java``, ``sh``)."""
-    path = dataset_file(data_dir, f"{MULTIPLE_DIR}/humaneval-{language}.jsonl")
+    folder = Path(data_dir) / MULTIPLE_DIR
+    name = _csharp_file(folder).name if language == "cs" else f"humaneval-{language}.jsonl"
+    path = dataset_file(data_dir, f"{MULTIPLE_DIR}/{name}")
     tasks = {}
     for n, row in enumerate(_read_jsonl(path), 1):
         # the python file is HumanEval's own format (task_id, test) rather than MultiPL-E's

@@ -76,6 +76,30 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local_rank, dev, use_ds)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(local_ranks: int) -> int:
+    """torch threads per rank: this machine's cores shared among its ranks, less the cores other
+    programs keep busy. On 2 cores with one busy neighbour, 2 threads made a tiny-model step
+    34x slower than 1 (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
+    cores = usable_cores()
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(cores // max(1, local_ranks), cores - busy))
+
+
+def set_threads(requested: int | None, local_ranks: int) -> int:
+    """Apply ``train.threads`` (None: ``default_threads``); returns the number set."""
+    threads = requested if requested is not None else default_threads(local_ranks)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def shutdown() -> None:
     """Destroy the process group this module started (a no-op for one process)."""
     if dist.is_available() and dist.is_initialized():

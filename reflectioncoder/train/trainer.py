@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -297,6 +298,8 @@ class Trainer:
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if not cfg.logging.progress or not self.info.is_main:
             progress.quiet()
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.threads = distributed.set_threads(cfg.train.threads, local_ranks)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
@@ -363,7 +366,8 @@ class Trainer:
         )
         if self.info.is_main:
             log.info(
-                "%d samples, %d optimizer steps, %d parameters, %d rank(s), %s, %s",
+                "%d samples, %d optimizer steps, %d parameters, %d rank(s), %s, %s, "
+                "%d CPU thread(s) per rank",
                 len(self.samples),
                 self.total_steps,
                 self.n_params,
@@ -372,6 +376,7 @@ class Trainer:
                 if self.info.deepspeed
                 else "single engine",
                 self.dtype,
+                self.threads,
             )
 
     def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:

@@ -1,0 +1,84 @@
+"""Install the toolchains MultiPL-E's languages need, from Debian's packages.
+
+reflectioncoder eval-setup                         # every language Debian packages
+reflectioncoder eval-setup --languages cs ts java  # just these
+reflectioncoder eval-setup --print                 # print the apt-get command, install nothing
+
+As root with apt-get it installs what is missing (and bubblewrap, the sandbox); otherwise it
+prints the command to run. Then it prints which languages run here and why the others do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from reflectioncoder.errors import UsageError
+from reflectioncoder.eval import multiple as ml
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--languages",
+        nargs="+",
+        default=None,
+        metavar="LANG",
+        help=f"MultiPL-E languages (default: all; known: {' '.join(ml.LANGUAGES)})",
+    )
+    parser.add_argument(
+        "--print", action="store_true", help="print the install command instead of running it"
+    )
+
+
+def install_command(packages: list[str]) -> str:
+    return (
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
+        "--no-install-recommends " + " ".join(packages)
+    )
+
+
+def _install(packages: list[str]) -> int:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    t0 = time.monotonic()
+    for argv in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+    ):
+        print("$ " + " ".join(argv), file=sys.stderr)
+        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if proc.returncode != 0:
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            print(f"error: {argv[0]} {argv[1]} failed: {' / '.join(tail)}", file=sys.stderr)
+            return proc.returncode
+    print(f"installed {len(packages)} packages in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    chosen = args.languages or list(ml.LANGUAGES)
+    unknown = [lang for lang in chosen if lang not in ml.LANGUAGES]
+    if unknown:
+        raise UsageError(
+            f"unknown {' '.join(unknown)} (known: {' '.join(ml.LANGUAGES)})", field="--languages"
+        )
+    packages = ml.setup_packages(lang for lang in chosen if not ml.LANGUAGES[lang].unavailable)
+    if packages:
+        can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+        if args.print or not can_install:
+            if not args.print:
+                print("not root or no apt-get: run this as root", file=sys.stderr)
+            print(install_command(packages))
+        elif _install(packages) != 0:
+            return 1
+    missing = 0
+    for lang in chosen:
+        problem = ml.toolchain_problem(lang)
+        print(f"{lang:<7} {'available' if problem is None else problem}")
+        # Julia and Swift are not packaged: only a failure when asked for by name
+        asked = args.languages is not None or not ml.LANGUAGES[lang].unavailable
+        missing += problem is not None and asked
+    return 1 if missing else 0
