@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench/results/threads.json")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     settings = ["1", "2", "torch", "default"]
     rows = []
@@ -83,6 +83,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 for s in settings:
                     runs[s].append(measure("null" if s == "default" else s, args.steps))
+                    walls = runs[s][-1]["walls"]
+                    print(f"  {load}, threads={s}: {statistics.median(walls):.3f} s", flush=True)
         finally:
             if busy is not None:
                 busy.kill()

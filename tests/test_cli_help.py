@@ -51,3 +51,9 @@ def test_evaluate_help_lists_the_multiple_languages():
     text = " ".join(parser.format_help().split())
     for lang in LANGUAGES:
         assert lang in text
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "build-data", "prepare-data", "inspect"])
+def test_long_commands_take_no_progress(name):
+    parser = _command_parser(name, importlib.import_module(COMMANDS[name][0]))
+    assert any("--no-progress" in a.option_strings for a in parser._actions)
