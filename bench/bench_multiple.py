@@ -68,9 +68,10 @@ def bare_run(lang: str, program: str) -> int:
     """The same command with no sandbox and no limits (the baseline); returns its exit code."""
     spec = ml.LANGUAGES[lang]
     with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as work:
-        Path(src, spec.file).write_text(program, encoding="utf-8")
+        for name, text in ml.program_files(lang, program).items():
+            Path(src, name).write_text(text, encoding="utf-8")
         command = ml.command_line(lang, spec.run_s).replace("{src}", src).replace("{work}", work)
-        env = {**os.environ, **dict(spec.env), "HOME": work}
+        env = {**os.environ, **ml.toolchain_env(lang)[0], "HOME": work}
         proc = subprocess.run(["/bin/sh", "-c", command], cwd=work, env=env, capture_output=True)
         return proc.returncode
 
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         row = bench_language(lang, args.tasks, args.bare)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.languages and args.out.is_file():  # a partial rerun replaces only its rows
+        kept = json.loads(args.out.read_text())["rows"]
+        rows = [r for r in kept if r["language"] not in chosen] + rows
+        rows.sort(key=lambda r: list(ml.LANGUAGES).index(r["language"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"CPU, {os.cpu_count()} cores", "parallel": 2, "tasks": args.tasks}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

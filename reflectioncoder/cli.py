@@ -61,7 +61,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             "%(default)" not in text
             and "default" not in text
             and action.option_strings
-            and default not in (None, False, argparse.SUPPRESS)
+            and default is not None
+            and default is not False
+            and default is not argparse.SUPPRESS
+            and default != []
             and action.nargs != 0
         ):
             shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from reflectioncoder.progress import Progress, setup_output
+
 # SPEC §5: the completion is cut at the closing fence and at these stop strings.
 STOP_STRINGS = ("\n# Test", "\nif", "\nassert", "\nprint")
 
@@ -105,6 +107,7 @@ def run_demo(
     vocab_size: int = 1024,
     max_new_tokens: int = 96,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> DemoResult:
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
     from reflectioncoder.construct.build import build_dataset, write_jsonl
@@ -127,20 +130,13 @@ def run_demo(
         flush=True,
     )
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    with Progress(None, "reflection samples", unit="sample", enabled=progress) as bar:
 
-        bar = tqdm(desc="reflection samples", unit="sample", leave=False)
-
-    def tick(done: int, of: int) -> None:
-        if bar is not None:
-            bar.total = of
+        def tick(done: int, of: int) -> None:
+            bar.set_total(of)
             bar.update(done - bar.n)
 
-    samples, stats = build_dataset(n, seed, workers=workers, progress=tick)
-    if bar is not None:
-        bar.close()
+        samples, stats = build_dataset(n, seed, workers=workers, progress=tick)
     data_path = write_jsonl(samples, out / "data" / "reflection.jsonl")
     seconds["data"] = time.perf_counter() - t0
     print(f"wrote {data_path}\n{stats.summary()}")
@@ -185,6 +181,7 @@ def run_demo(
         f"train.samples_per_step={samples_per_step}",
         f"train.seed={seed}",
         f"logging.progress={str(progress).lower()}",
+        f"train.threads={'null' if threads is None else threads}",
     ]
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
@@ -298,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    setup_output(progress=not args.no_progress)  # plain lines, not bars, when logged to a file
     import torch
 
     torch.set_num_threads(args.threads)
@@ -316,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.steps,
         samples_per_step=args.samples_per_step,
         progress=not args.no_progress,
+        threads=args.threads,
     )
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return 0

@@ -199,7 +199,7 @@ class Script:
             time.sleep(2.0)  # longer than --request-timeout: the client gives up and retries
         if pid == "no_code":
             return 200, "I would rather not write code.", {}
-        code = BUGGY[pid] if stage == "attempt" else problem["reference"]
+        code = BUGGY.get(pid, problem["reference"]) if stage == "attempt" else problem["reference"]
         text = {
             "attempt": "First try.",
             "reflect": "The output shows the bug; fixed.",
@@ -239,7 +239,7 @@ def serve(script: Script):
 
 
 def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
-    problems = problem_rows(["sum_even", "digits_sum", "clamp"])
+    problems = problem_rows(["sum_even", "digits_sum", "clamp", "is_palindrome"])
     problems.append(
         {"id": "no_code", "prompt": "Write `noop()`.", "tests": ["assert noop() is None"]}
     )
@@ -265,7 +265,17 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         assert "NOT DONE (run again to retry): 1: " in printed and "HTTP 503" in printed
         assert "reply: no python code fence: 1" in printed
         first = rows(out)
-        assert sorted(s["task_id"] for s in first) == ["clamp", "digits_sum", "sum_even"]
+        ids = ["clamp", "digits_sum", "is_palindrome", "sum_even"]
+        assert sorted(s["task_id"] for s in first) == ids
+        # right the first time: a sample with 0 rounds, the answer asked for and run all the same
+        right = next(s for s in first if s["task_id"] == "is_palindrome")
+        assert right["construct"]["rounds"] == 0 and right["construct"]["final_passed"] is True
+        assert right["messages"][1]["content"][2]["content"] == "All tests passed."
+        assert [r["stage"] for r in script.requests if r["id"] == "is_palindrome"] == [
+            "attempt",
+            "answer",
+        ]
+        first = [s for s in first if s["task_id"] != "is_palindrome"]
         stages = [(r["id"], r["stage"]) for r in script.requests]
         # retried: 500, 429 (Retry-After: 0) and the slow reply each cost one extra request
         assert stages.count(("digits_sum", "attempt")) == 2
@@ -291,11 +301,30 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         asked = {r["id"] for r in script.requests[before:]}
         assert asked == {"later"}
         samples = rows(out)
-        assert samples[:3] == first
-        assert sorted(s["task_id"] for s in samples) == ["clamp", "digits_sum", "later", "sum_even"]
+        assert [s for s in samples[:4] if s["task_id"] != "is_palindrome"] == first
+        assert sorted(s["task_id"] for s in samples) == sorted([*ids, "later"])
     finally:
         server.shutdown()
         BUGGY.pop("later", None)
+
+
+def test_rate_limit_spaces_requests_over_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reflectioncoder.construct.backend import RateLimiter
+
+    limiter = RateLimiter(per_second=40)
+    stamps: list[float] = []
+
+    def call(_):
+        limiter.wait()
+        stamps.append(time.monotonic())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(call, range(12)))
+    stamps.sort()
+    assert stamps[-1] - stamps[0] >= 11 / 40 - 0.01  # 12 calls at 40/s: 11 intervals
+    assert RateLimiter(0).interval == 0.0  # no limit
 
 
 def test_http_errors_that_retrying_cannot_fix_stop_the_run(tmp_path, monkeypatch, capsys):
@@ -390,3 +419,14 @@ def test_transformers_backend_from_disk(tiny_model, tmp_path, capsys):
     assert rows(progress_path(out)) == [
         {"id": "clamp", "status": "fail", "reason": "reply: no python code fence"}
     ]
+
+
+def test_two_runs_on_one_output_are_refused(tmp_path):
+    import fcntl
+
+    out = tmp_path / "o.jsonl"
+    with progress_path(out).open("a") as held:  # as a running build-data holds it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        argv = ["build-data", "--problems", str(PROBLEMS), "--out", str(out)]
+        assert cli_main(argv) == 1
+    assert not out.exists()

@@ -248,6 +248,18 @@ def test_prepare_data_bad_input(extra, code, words, files, tmp_path, capfd):
     _one_line_error(capfd, argv, code, out, *words)
 
 
+def test_eval_setup_unknown_language(tmp_path, capfd):
+    _one_line_error(capfd, ["eval-setup", "--languages", "klingon", "--print"], 2, tmp_path,
+                    "--languages", "klingon")  # fmt: skip
+
+
+def test_evaluate_multiple_bad_samples(files, tmp_path, capfd, shared_dir):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--task", "multiple", "--samples", str(files["one"])]
+    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(out / "r.json")]
+    _one_line_error(capfd, argv, 1, out, "one.jsonl:1", "language")
+
+
 def test_usage_errors_are_one_line(capfd):
     for argv in (["nonsense"], ["evaluate", "--task"], ["build-data", "--n", "x", "--out", "o"]):
         with pytest.raises(SystemExit) as exit_:

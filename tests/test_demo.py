@@ -80,3 +80,31 @@ def test_demo_rejects_bad_arguments(tmp_path) -> None:
         run_demo(tmp_path, n=1)
     with pytest.raises(SystemExit):
         main(["--n", "not-a-number"])
+
+
+@pytest.mark.slow  # ~40-90 s: the demo, small, as a real process
+def test_demo_log_is_readable_in_a_file(tmp_path) -> None:
+    """`make demo > log.txt 2>&1`: no carriage-return redraws, no escape codes, each message
+    once, training progress as plain lines that name the step just finished."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    argv = [sys.executable, "-m", "reflectioncoder.demo", "--out", str(tmp_path / "demo")]
+    argv += ["--n", "8", "--steps", "6", "--samples-per-step", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with log.open("w") as f:
+        subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=True, timeout=600)
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert sum(line.startswith("data: ") for line in lines) == 1
+    steps = [line for line in lines if line.startswith("train: ")]
+    assert [int(re.match(r"train: (\d+)/6", s).group(1)) for s in steps] == [1, 2, 3, 4, 5, 6]
+    # The line of step k shows step k's loss (metrics.jsonl), not the step before's.
+    rows = [json.loads(r) for r in (tmp_path / "demo/train/metrics.jsonl").read_text().splitlines()]
+    for line, row in zip(steps, rows, strict=True):
+        assert f"loss {row['loss']:.4f}" in line
+    assert "it/s" not in text  # no third-party bar either (the demo shows real tracebacks)

@@ -387,3 +387,16 @@ def test_eval_setup_installs_with_apt_get(tmp_path):
         "bubblewrap", "mono-mcs", "mono-runtime", "node-typescript", "nodejs"
     ], calls  # fmt: skip
     assert out.returncode == 1 and "multiple-cs: unavailable, mcs, mono not installed" in out.stdout
+
+
+def test_nonce_rule_edge_cases(shared_dir):
+    """Output left without a newline before the nonce still passes; a program that prints its
+    own source (the nonce's print statement with it) and exits 0 does not."""
+    tasks = load_multiple(shared_dir / "evaldata", "python")
+    unfinished = '    import sys; sys.stdout.write("partial")\n    return x + y\n'
+    echo = "    import sys; print(open(sys.argv[0]).read()); sys.exit(0)\n"
+    samples = [{"task_id": "Python/53", "completion": c} for c in (unfinished, echo)]
+    res = ml.score_multiple_samples(tasks, samples)
+    assert [(r.status, r.reason) for r in res] == [
+        ("pass", ""), ("fail", "exited before its last test")
+    ], [r.stderr_tail for r in res]  # fmt: skip

@@ -85,15 +85,16 @@ def test_codefeedback_equals_the_authors_conversion(name, tmp_path):
 def test_datasets_pipeline_equals_ours(tmp_path):
     """The authors' own pipeline (datasets map + to_json) against prepare-data on the raw rows
     saved as users get them: a save_to_disk folder and a to_json file."""
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
 
     rows = good_codefeedback()
     data = Dataset.from_list(rows)
     theirs = tmp_path / "code_instruct.jsonl"
     data.map(authors_process, remove_columns=list(data.features)).to_json(str(theirs))
     data.save_to_disk(str(tmp_path / "saved"))
+    DatasetDict({"train": data}).save_to_disk(str(tmp_path / "saved_dict"))
     data.to_json(str(tmp_path / "raw.json"))  # `.json`, but lines: to_json's default
-    for source in (tmp_path / "saved", tmp_path / "raw.json"):
+    for source in (tmp_path / "saved", tmp_path / "saved_dict", tmp_path / "raw.json"):
         out = tmp_path / f"ours-{source.name}.jsonl"
         result = prepare([source], out, progress=False)
         assert read_out(out) == read_out(theirs), source
@@ -308,3 +309,48 @@ def test_decontamination_checks_every_block(tmp_path, evaldata, bench_index):
         f.write(json.dumps(row) + "\n")
     result = prepare([src], tmp_path / "o.jsonl", index=bench_index, progress=False)
     assert result.inputs[0].decontaminated == 1 and result.written == 4
+
+
+def test_json_files_of_every_shape(tmp_path):
+    rows = good_codefeedback()[:2]
+    shapes = {
+        "array.json": json.dumps(rows, indent=2),
+        "lines.json": "".join(json.dumps(r) + "\n" for r in rows),
+        "object.json": json.dumps(rows[0], indent=2),
+        "broken.json": json.dumps(rows, indent=2)[:-3],
+    }
+    for name, text in shapes.items():
+        (tmp_path / name).write_text(text)
+    result = prepare([tmp_path], tmp_path / "out" / "o.jsonl", progress=False)
+    by_name = {Path(s.path).name: s for s in result.inputs}
+    assert {k: v.written for k, v in by_name.items()} == {
+        "array.json": 2,
+        "broken.json": 0,
+        "lines.json": 2,
+        "object.json": 1,
+    }
+    assert list(by_name["broken.json"].skipped) == ["invalid JSON"]
+    assert read_out(tmp_path / "out" / "o.jsonl")[:2] == [authors_process(r) for r in rows]
+
+
+def test_paper_config_trains_on_what_the_docs_prepare():
+    """configs/paper.yaml names the files docs/data.md's prepare commands write, in the
+    paper's mix: CodeFeedback once, each reflection set twice."""
+    import re
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "configs" / "paper.yaml").read_text())
+    docs = (repo / "docs" / "data.md").read_text()
+    outs = re.findall(r"reflectioncoder prepare-data --in downloads/\S+ --out (\S+)", docs)
+    assert (
+        config["data"]["files"]
+        == outs
+        == [
+            "data/prepared/code_instruct.jsonl",
+            "data/prepared/reflection_gpt.jsonl",
+            "data/prepared/reflection_ds.jsonl",
+        ]
+    )
+    assert config["data"]["upsample"] == [1, 2, 2]

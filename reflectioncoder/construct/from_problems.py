@@ -15,6 +15,7 @@ reached for (``BackendError``) is not recorded, so the next run tries it again.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
 import random
@@ -269,9 +270,19 @@ def _one(
         if reason is not None:
             return None, f"skip:{reason}", stats
     rng = random.Random(f"{seed}/{problem.task_id}")
+    # A model's first answer that passes is a sample with 0 rounds (stage 2 still runs); the
+    # mutation backend always means to write a bug, so a mutant that passes is redrawn.
+    mutation = isinstance(backend, MutationBackend)
     try:
         sample = reflection_sample(
-            problem, backend, rng, max_rounds=max_rounds, timeout_s=timeout_s, stats=stats
+            problem,
+            backend,
+            rng,
+            max_rounds=max_rounds,
+            max_attempts=6 if mutation else 1,
+            timeout_s=timeout_s,
+            stats=stats,
+            redraw_passing=mutation,
         )
     except UserError:
         raise
@@ -310,17 +321,32 @@ def build_from_problems(
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)
-    done = done_ids(out, summary)
-    todo = [p for p in problems if p.task_id not in done]
-    summary.resumed = len(problems) - len(todo)
-    bar = Progress(len(problems), "problems", unit="problem", enabled=progress)
+    with progress_path(out).open("a", encoding="utf-8") as log:
+        _lock(log, out)  # one run per output: two would do problems twice
+        done = done_ids(out, summary)
+        todo = [p for p in problems if p.task_id not in done]
+        summary.resumed = len(problems) - len(todo)
+        _run(todo, out, log, summary, backend, workers, (seed, max_rounds, timeout_s), progress)
+    return summary
+
+
+def _lock(log, out: Path) -> None:
+    try:
+        fcntl.flock(log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError("another build-data run is writing to it", file=out) from None
+
+
+def _run(todo, out, log, summary, backend, workers, settings, progress: bool) -> None:
+    """Build ``todo`` on ``workers`` threads; each finished problem is recorded at once."""
+    total = summary.resumed + len(todo)
+    bar = Progress(total, "problems", unit="problem", enabled=progress)
     bar.n = summary.resumed
     with (
         out.open("a", encoding="utf-8") as samples,
-        progress_path(out).open("a", encoding="utf-8") as log,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):
-        pending = {pool.submit(_one, p, backend, seed, max_rounds, timeout_s): p for p in todo}
+        pending = {pool.submit(_one, p, backend, *settings): p for p in todo}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -332,7 +358,6 @@ def build_from_problems(
             for future in pending:  # a user error (e.g. HTTP 401) stops the run
                 future.cancel()
             bar.close()
-    return summary
 
 
 def _record(future, problem: UserProblem, samples, log, summary: RunSummary) -> None:

@@ -214,6 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-decontaminate", action="store_true", help="skip the benchmark overlap check"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -230,7 +231,14 @@ def main(args: argparse.Namespace) -> int:
                 field="--data-dir",
             )
         index = BenchmarkIndex.load(data_dir)
-    result = prepare(args.inputs, args.out, args.format, index, args.keep_contaminated)
+    result = prepare(
+        args.inputs,
+        args.out,
+        args.format,
+        index,
+        args.keep_contaminated,
+        progress=not args.no_progress,
+    )
     print(result.summary())
     for s in result.inputs:
         skipped = ", ".join(f"{k}: {len(v)}" for k, v in s.skipped.items()) or "none"

@@ -41,19 +41,43 @@ def read_jsonl(path: Path) -> Iterator[Row]:
 
 
 def read_json(path: Path) -> Iterator[Row]:
-    """A ``.json`` file: a JSON array of rows, or (as ``to_json`` writes by default) jsonl."""
+    """A ``.json`` file: a JSON array of rows, jsonl (as ``to_json`` writes by default), or
+    one pretty-printed object (one row)."""
     with _open_text(path) as f:
         head = f.read(4096).lstrip()
+        f.seek(0)
+        first = f.readline()
     if not head.startswith("["):
-        yield from read_jsonl(path)
+        if _is_json(first) or not head.startswith("{"):
+            yield from read_jsonl(path)
+            return
+        # one object over several lines (pretty-printed): one row, or the file's error
+        with _open_text(path) as f:
+            try:
+                yield f"{path}:1", json.load(f)
+            except json.JSONDecodeError as e:
+                yield (
+                    f"{path}:{e.lineno}",
+                    DataError(f"{path}:{e.lineno}", "<json>", f"invalid JSON: {e.msg}"),
+                )
         return
     with _open_text(path) as f:
         try:
             rows = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", "<json>", f"invalid JSON: {e.msg}") from None
+        except json.JSONDecodeError as e:  # the file's one error, reported like a bad row
+            source = f"{path}:{e.lineno}"
+            yield source, DataError(source, "<json>", f"invalid JSON: {e.msg}")
+            return
     for i, row in enumerate(rows, start=1):
         yield f"{path}:{i}", row
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def read_parquet(path: Path) -> Iterator[Row]:
@@ -95,6 +119,7 @@ def data_files(folder: Path) -> list[Path]:
         if p.is_file()
         and p.name.endswith(DATA_SUFFIXES)
         and p.name not in _METADATA
+        and not p.name.endswith((".manifest.json", ".progress.jsonl"))  # ours, not data
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 

@@ -29,7 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
-from reflectioncoder.eval.sandbox import run_sandboxed, toolchain_binds
+from reflectioncoder.eval.sandbox import (
+    _harness_source,
+    python_env,
+    run_sandboxed,
+    toolchain_binds,
+)
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -38,6 +43,8 @@ __all__ = [
     "MultiplEResult",
     "available_languages",
     "command_line",
+    "toolchain_env",
+    "program_files",
     "program_text",
     "run_program",
     "score_multiple_samples",
@@ -97,9 +104,10 @@ _JVM = " ".join(_JVM_FLAGS)
 _JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
 
 LANGUAGES: dict[str, Language] = {
+    # through the harness: its audit guard and seccomp filter in the fallback level
     "python": Language(
-        "main.py", "{run} {python} -I -B {src}/main.py", (), (), 'print("{nonce}")',
-        memory_mb=1024,
+        "main.py", "{run} {python} -I -B {src}/harness.py --run {src}/main.py", (), (),
+        'print("{nonce}")', memory_mb=1024,
     ),
     "cpp": Language(
         "main.cpp",
@@ -327,13 +335,9 @@ def command_line(language: str, run_s: float) -> str:
     return command.replace("{run}", f"timeout -v -s KILL {run_s:g}")
 
 
-def run_program(language: str, program: str, *, run_s: float | None = None):
-    """Build and run one program (one compile, one run); returns the sandbox's ExecResult."""
-    problem = toolchain_problem(language)
-    if problem:
-        raise RuntimeError(problem)
+def toolchain_env(language: str) -> tuple[dict[str, str], list[str]]:
+    """The environment a language's commands need, and the host paths to bind for them."""
     lang = LANGUAGES[language]
-    run_s = run_s or lang.run_s
     env = dict(lang.env)
     binds = [*toolchain_binds(lang.needs), *(p for g in lang.binds for p in glob.glob(g))]
     if language == "rs":  # rustup's proxies find their toolchain through these
@@ -342,12 +346,33 @@ def run_program(language: str, program: str, *, run_s: float | None = None):
             if os.path.isdir(path):
                 env[var] = path
                 binds.append(path)
+    return env, binds
+
+
+def program_files(language: str, program: str) -> dict[str, str]:
+    """The files of one run: the program, and for Python the harness that runs it."""
+    files = {LANGUAGES[language].file: program}
+    if language == "python":
+        files["harness.py"] = _harness_source()
+    return files
+
+
+def run_program(language: str, program: str, *, run_s: float | None = None):
+    """Build and run one program (one compile, one run); returns the sandbox's ExecResult."""
+    problem = toolchain_problem(language)
+    if problem:
+        raise RuntimeError(problem)
+    lang = LANGUAGES[language]
+    run_s = run_s or lang.run_s
+    env, binds = toolchain_env(language)
+    if language == "python":  # the harness's guard is on in the fallback level
+        env.update(python_env())
     wall_s = lang.build_s + run_s + 5
     return run_sandboxed(
         ["/bin/sh", "-c", command_line(language, run_s)],
         env=env,
         ro_binds=binds,  # bwrap binds nothing else beyond the system's directories
-        files={lang.file: program},
+        files=program_files(language, program),
         timeout_s=wall_s,
         memory_mb=lang.memory_mb,
         max_processes=lang.processes,
@@ -367,7 +392,9 @@ def _verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
     marks = [m for m in lang.fail_marks if m in res.stdout or m in res.stderr]
     if marks:
         return "fail", f"{marks[0]!r} in the output"
-    if nonce not in res.stdout.splitlines():
+    # the end of a line: output the program left unfinished may precede it, while the
+    # statement that prints it (a program echoing its source) ends in a quote
+    if not any(line.rstrip().endswith(nonce) for line in res.stdout.splitlines()):
         return "fail", "exited before its last test"
     return "pass", ""
 

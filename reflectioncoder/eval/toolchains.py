@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from reflectioncoder.errors import UsageError
 from reflectioncoder.eval import multiple as ml
 
 
@@ -61,11 +62,9 @@ def main(args: argparse.Namespace) -> int:
     chosen = args.languages or list(ml.LANGUAGES)
     unknown = [lang for lang in chosen if lang not in ml.LANGUAGES]
     if unknown:
-        print(
-            f"error: --languages: unknown {' '.join(unknown)} (known: {' '.join(ml.LANGUAGES)})",
-            file=sys.stderr,
+        raise UsageError(
+            f"unknown {' '.join(unknown)} (known: {' '.join(ml.LANGUAGES)})", field="--languages"
         )
-        return 2
     packages = ml.setup_packages(lang for lang in chosen if not ml.LANGUAGES[lang].unavailable)
     if packages:
         can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
