@@ -2,7 +2,8 @@
 tasks (add, greatest_common_divisor, sum_product: Java's returns a javatuples Pair), each
 correct, wrong, non-compiling, timing out and exiting 0 before the tests, with the verdicts
 MultiPL-E's rule plus our nonce give. One scoring call per language and test; the default
-suite runs every kind on ``add``, the slow sweep the other two tasks."""
+suite runs every kind on ``add`` (Scala in the slow set: scalac), the slow sweep the other
+two tasks."""
 
 from __future__ import annotations
 
@@ -216,7 +217,11 @@ def _check(lang: str, shared_dir, cases: list[tuple[int, str]]) -> None:
             assert r.exit_code == 0 and r.reason == "exited before its last test", details
 
 
-@pytest.mark.parametrize("lang", list(STYLES))
+# scalac takes seconds a sample: Scala's default case runs with the slow sweep
+DEFAULT_LANGS = [pytest.param(k, marks=pytest.mark.slow) if k == "scala" else k for k in STYLES]
+
+
+@pytest.mark.parametrize("lang", DEFAULT_LANGS)
 def test_language_verdicts(lang, shared_dir):
     """Every kind of completion of add, in one scoring call."""
     _check(lang, shared_dir, [(0, k) for k in _kinds(lang)])
