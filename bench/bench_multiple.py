@@ -68,7 +68,8 @@ def bare_run(lang: str, program: str) -> int:
     """The same command with no sandbox and no limits (the baseline); returns its exit code."""
     spec = ml.LANGUAGES[lang]
     with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as work:
-        Path(src, spec.file).write_text(program, encoding="utf-8")
+        for name, text in ml.program_files(lang, program).items():
+            Path(src, name).write_text(text, encoding="utf-8")
         command = ml.command_line(lang, spec.run_s).replace("{src}", src).replace("{work}", work)
         env = {**os.environ, **ml.toolchain_env(lang)[0], "HOME": work}
         proc = subprocess.run(["/bin/sh", "-c", command], cwd=work, env=env, capture_output=True)

@@ -39,7 +39,8 @@ class ModelConfig:
     """The model: a Hugging Face checkpoint, or a small Llama built from ``arch`` (tests, demo)."""
 
     name_or_path: str | None = None
-    """Hugging Face model folder (or hub name already in the local cache); None builds ``arch``."""
+    """Hugging Face model folder, or a hub name already in the local Hugging Face cache (never
+    downloaded); None builds ``arch``."""
     tokenizer: str | None = None
     """Tokenizer folder; None: that of ``name_or_path``, or one trained on the data."""
     tokenizer_vocab_size: int = 512
@@ -51,8 +52,6 @@ class ModelConfig:
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (the paper: on)."""
-    attention: str = "auto"
-    """Packed attention backend: auto | flash | torch (passed to the model room)."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
@@ -65,11 +64,6 @@ class ModelConfig:
             isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
             "model.tokenizer_vocab_size",
             f"must be an int >= 300, got {self.tokenizer_vocab_size!r}",
-        )
-        _check(
-            self.attention in ("auto", "flash", "torch"),
-            "model.attention",
-            f"must be auto | flash | torch, got {self.attention!r}",
         )
 
 
@@ -200,7 +194,11 @@ class DistributedConfig:
     deepspeed_config: str | None = None
     """A DeepSpeed JSON (the reference's format); its "auto" values are filled from this config."""
     offload_optimizer: bool = False
-    """ZeRO-Offload the optimizer states to CPU memory."""
+    """ZeRO-Offload the optimizer states (and the step) to CPU memory, run by DeepSpeed's CPU
+    Adam (also when the DeepSpeed JSON asks for an offload device)."""
+    fp32_grad_accum: bool = False
+    """Accumulate gradients over micro-batches in fp32 when the weights are bf16 (DeepSpeed's
+    BF16 optimizer, ZeRO-1). One process always does: its weights stay fp32 under autocast."""
     timeout_minutes: int = 30
     """Collective timeout."""
 
@@ -219,6 +217,11 @@ class DistributedConfig:
             self.deepspeed_config is None or Path(self.deepspeed_config).is_file(),
             "distributed.deepspeed_config",
             f"file not found: {self.deepspeed_config}",
+        )
+        _check(
+            not self.fp32_grad_accum or self.zero_stage in (0, 1),
+            "distributed.fp32_grad_accum",
+            f"needs distributed.zero_stage 1 (DeepSpeed's BF16 optimizer), got {self.zero_stage}",
         )
         _check(
             self.timeout_minutes > 0,
@@ -249,11 +252,6 @@ class CheckpointConfig:
             self.save_every >= 0, "checkpoint.save_every", f"must be >= 0, got {self.save_every}"
         )
         _check(self.keep_last >= 1, "checkpoint.keep_last", f"must be >= 1, got {self.keep_last}")
-        _check(
-            isinstance(self.model_only, bool),
-            "checkpoint.model_only",
-            f"must be true or false, got {self.model_only!r}",
-        )
 
 
 @dataclass

@@ -167,6 +167,30 @@ def _fork_rng(seed: int | None) -> Iterator[None]:
         yield
 
 
+def resolve_model_path(
+    name: str | Path, field: str = "model.name_or_path", need: str = "model"
+) -> Path:
+    """A local model (or tokenizer: ``need``) folder: ``name`` itself, or a hub name's snapshot
+    already in the local Hugging Face cache. Never downloads: training machines are often
+    offline, and a 34B download inside a 64-rank launch would be repeated by every node."""
+    from reflectioncoder.errors import UserError, require_model_folder
+
+    path = Path(name)
+    if not path.exists() and not path.is_absolute() and str(name).count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(str(name), local_files_only=True))
+        except Exception as err:  # not in the cache (or no such repo): say what to do
+            raise UserError(
+                f"{name}: a hub name not in the local Hugging Face cache; download it first "
+                f"(e.g. `huggingface-cli download {name} --local-dir /models/{path.name}`) and "
+                f"set {field} to that folder",
+                field=field,
+            ) from err
+    return require_model_folder(path, field, need)
+
+
 def load_model(
     path: str | Path,
     *,
@@ -179,9 +203,7 @@ def load_model(
     ``dtype`` defaults to the checkpoint's. Call ``prepare_model`` next for Liger and
     gradient checkpointing.
     """
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"path: {path} is not a local model folder (no config.json)")
+    path = resolve_model_path(path, field="path")
     AutoConfig.from_pretrained(str(path), local_files_only=True)  # clear error on a bad config
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
@@ -240,8 +262,9 @@ def prepare_model(
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Number of distinct parameters (tied weights counted once; ZeRO-3 partitions whole)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(getattr(p, "ds_numel", p.numel()) for p in unique)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ class Script:
             time.sleep(2.0)  # longer than --request-timeout: the client gives up and retries
         if pid == "no_code":
             return 200, "I would rather not write code.", {}
-        code = BUGGY[pid] if stage == "attempt" else problem["reference"]
+        code = BUGGY.get(pid, problem["reference"]) if stage == "attempt" else problem["reference"]
         text = {
             "attempt": "First try.",
             "reflect": "The output shows the bug; fixed.",
@@ -239,7 +239,7 @@ def serve(script: Script):
 
 
 def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
-    problems = problem_rows(["sum_even", "digits_sum", "clamp"])
+    problems = problem_rows(["sum_even", "digits_sum", "clamp", "is_palindrome"])
     problems.append(
         {"id": "no_code", "prompt": "Write `noop()`.", "tests": ["assert noop() is None"]}
     )
@@ -265,7 +265,17 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         assert "NOT DONE (run again to retry): 1: " in printed and "HTTP 503" in printed
         assert "reply: no python code fence: 1" in printed
         first = rows(out)
-        assert sorted(s["task_id"] for s in first) == ["clamp", "digits_sum", "sum_even"]
+        ids = ["clamp", "digits_sum", "is_palindrome", "sum_even"]
+        assert sorted(s["task_id"] for s in first) == ids
+        # right the first time: a sample with 0 rounds, the answer asked for and run all the same
+        right = next(s for s in first if s["task_id"] == "is_palindrome")
+        assert right["construct"]["rounds"] == 0 and right["construct"]["final_passed"] is True
+        assert right["messages"][1]["content"][2]["content"] == "All tests passed."
+        assert [r["stage"] for r in script.requests if r["id"] == "is_palindrome"] == [
+            "attempt",
+            "answer",
+        ]
+        first = [s for s in first if s["task_id"] != "is_palindrome"]
         stages = [(r["id"], r["stage"]) for r in script.requests]
         # retried: 500, 429 (Retry-After: 0) and the slow reply each cost one extra request
         assert stages.count(("digits_sum", "attempt")) == 2
@@ -291,8 +301,8 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         asked = {r["id"] for r in script.requests[before:]}
         assert asked == {"later"}
         samples = rows(out)
-        assert samples[:3] == first
-        assert sorted(s["task_id"] for s in samples) == ["clamp", "digits_sum", "later", "sum_even"]
+        assert [s for s in samples[:4] if s["task_id"] != "is_palindrome"] == first
+        assert sorted(s["task_id"] for s in samples) == sorted([*ids, "later"])
     finally:
         server.shutdown()
         BUGGY.pop("later", None)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_gradient_checkpointing import save_tiny_model
 
 from reflectioncoder.config import load_config
 from reflectioncoder.train.toydata import write_toy_jsonl
@@ -107,6 +108,9 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, 
     single, multi = tmp_path / "single", tmp_path / "multi"
     steps = 3 if poison is None else 4
     common = [f"train.max_steps={steps}", "train.epochs=2"]
+    if stage == 3:  # a model from disk: ZeRO-3 loads it straight into the partitions
+        save_tiny_model(tmp_path / "model", data.read_text().splitlines(), seed)
+        common.append(f"model.name_or_path={tmp_path / 'model'}")
     _train(_overrides(data, single, seed, normalisation) + common, poison)
 
     env = dict(os.environ)
@@ -126,6 +130,7 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, 
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert f"deepspeed ZeRO-{stage}" in proc.stderr
+    assert ("model loaded into partitions" in proc.stderr) == (stage == 3)
 
     want, got = _rows(single), _rows(multi)
     assert [r["step"] for r in got] == list(range(1, steps + 1))
@@ -148,6 +153,55 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _torchrun_cli(overrides: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    args += [f"--master_port={_free_port()}", "-m", "reflectioncoder.cli", "train"]
+    args += ["--preset", "tiny"]
+    for o in overrides:
+        args += ["--set", o]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=1500)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra, expect, rel",
+    [
+        (
+            ["distributed.zero_stage=2", "distributed.offload_optimizer=true"],
+            "deepspeed ZeRO-2, DeepSpeedCPUAdam offloaded, weights torch.float32",
+            1e-4,
+        ),
+        (
+            ["distributed.zero_stage=1", "distributed.fp32_grad_accum=true", "model.dtype=bf16"],
+            "grad accumulation torch.float32",
+            3e-2,
+        ),
+    ],
+    ids=["zero2-offload-cpu-adam", "zero1-bf16-fp32-grad-accum"],
+)
+def test_two_ranks_offload_and_fp32_accumulation(tmp_path, seed, extra, expect, rel):
+    """ZeRO-Offload runs DeepSpeed's CPU Adam (the first build of the op takes minutes) and
+    logs one process's losses; bf16 weights with fp32 gradient accumulation (DeepSpeed's BF16
+    optimizer) log one bf16-autocast process's losses to bf16 precision."""
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    common = ["train.max_steps=3", "train.epochs=2"]
+    dtype = [o for o in extra if o.startswith("model.dtype")]
+    _train(_overrides(data, single, seed, "sample") + common + dtype, None)
+    overrides = _overrides(data, multi, seed, "sample") + common + extra
+    proc = _torchrun_cli(overrides + ["distributed.backend=deepspeed"])
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert expect in proc.stderr
+    want, got = _rows(single), _rows(multi)
+    assert [r["step"] for r in got] == [1, 2, 3] and not any(r["skipped"] for r in got)
+    for w, g in zip(want, got, strict=True):
+        assert g["samples"] == w["samples"] and g["tokens"] == w["tokens"]
+        assert g["loss"] == pytest.approx(w["loss"], rel=rel), g["step"]
+    assert got[-1]["loss"] != got[0]["loss"]  # the optimizer really stepped
 
 
 if __name__ == "__main__":  # the ZeRO-3 case's driver, one process per rank under torchrun

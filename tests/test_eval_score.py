@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,101 @@ def test_reference_samples_reproduce_evalplus(model, shared_dir, tmp_path):
     )
     assert got == PUBLISHED[model]
     assert len(he["details"]) == 164 and len(mbpp["details"]) == 378
+
+
+# ----------------------------------------------------------------------------- hostile lines
+_P = 2**61 - 1  # ints k * _P all hash to 0: a set of them costs quadratic time to build
+
+
+def _timed_reject(line: bytes, limit_s: float = 2.0) -> str:
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(_harness.DecodeError) as err:
+        _harness.loads_result(line)
+    took = time.perf_counter() - t0
+    assert took < limit_s, f"rejecting took {took:.1f} s"
+    assert len(str(err.value)) < 300  # error text is clipped before it goes anywhere
+    return str(err.value)
+
+
+@pytest.mark.parametrize("tag", ["$set", "$frozenset"])
+def test_colliding_set_members_are_refused_in_linear_time(tag, seed):
+    members = [k * _P for k in range(1, 20_000)]  # built as a set: ~1 min here
+    random.Random(seed).shuffle(members)
+    line = json.dumps({"phase": "base", "i": 0, "out": {tag: members}}).encode()
+    assert "colliding" in _timed_reject(line)
+    pairs = [[m, 0] for m in members]
+    assert "colliding" in _timed_reject(json.dumps({"$dict": pairs}).encode())
+    # honest sets and dicts of the same size decode, and equal what was sent
+    honest = list(range(20_000))
+    assert _harness.loads_result(json.dumps({tag: honest}).encode()) == set(honest)
+
+
+def test_huge_integers_are_refused_whatever_the_int_limit(seed):
+    digits = "9" * 50_000
+    _timed_reject(f'{{"phase": "base", "i": {digits}}}'.encode())  # Python's own limit
+    old = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # a scorer process with Python's limit switched off
+    try:
+        msg = _timed_reject(f'{{"phase": "base", "i": 0, "out": [1, {digits}]}}'.encode())
+        assert "digits" in msg
+        ok = 10 ** (seed % 4000)
+        assert _harness.loads_result(f'{{"out": {ok}}}'.encode()) == {"out": ok}
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"out": {"$ndarray": ["U1000000000", ["a", "b", "c"]]}}',  # 12 GB of UCS-4
+        '{"out": {"$np": ["(4000000000,)i8", 0]}}',  # a subarray dtype
+        '{"out": {"$sha": ["ab", {"$int": "ffffffffffffffffffffffffff"}]}}',
+        '{"out": NaN}',
+        '{"out": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"out": {"$complex": [1.0, 2.0, 3.0]}}',
+        '{"out": {"$dict": [[1, 2, 3]]}}',
+        '{"out": {"$unknown' + "x" * 100_000 + '": 1}}',
+        b'{"out": "\xff"}',
+    ],
+)
+def test_crafted_values_are_refused_cheaply(line):
+    _timed_reject(line if isinstance(line, bytes) else line.encode())
+
+
+def test_overlong_lines_are_refused_before_parsing(monkeypatch):
+    monkeypatch.setattr(_harness, "MAX_LINE", 1000)
+    assert "MiB" in _timed_reject(b'{"out": "' + b"x" * 2000 + b'"}')
+
+
+def test_result_rows_are_schema_checked():
+    from reflectioncoder.eval.score import _result_row
+
+    assert _result_row(b'{"phase": "base", "i": 3, "out": {"$tuple": [1]}}')["out"] == (1,)
+    for bad in [
+        b"[1, 2, 3]",
+        b'{"$tuple": [{"phase": "base"}]}',
+        b'"a string"',
+        b"42",
+        b'{"phase": "base", "i": true}',
+        b'{"phase": "base", "i": 0, "error": {"$int": "ffffffffffffffff"}}',
+        b'{"phase": ["base"]}',
+        b'{"i": 0}',
+        b'{"phase": "base", "load_error": 7}',
+        b'{"phase": "base", "extra": 1}',
+    ]:
+        with pytest.raises(_harness.DecodeError):
+            _result_row(bad)
+
+
+def test_set_oracle_bounds_colliding_outputs():
+    import time
+
+    t = _task("similar_elements", dataset="mbpp")
+    colliding = [k * _P for k in range(1, 40_000)]
+    t0 = time.perf_counter()
+    assert outputs_match(t, [[0]], [colliding], [(1, 2)]) == [False]
+    assert time.perf_counter() - t0 < 2.0
+    # honest duplicates are no collision: [2, 2, 1, ...] equals {1, 2} as a set
+    assert outputs_match(t, [[0]], [[2] * 10_000 + [1]], [(1, 2)]) == [True]

@@ -331,3 +331,26 @@ def test_json_files_of_every_shape(tmp_path):
     }
     assert list(by_name["broken.json"].skipped) == ["invalid JSON"]
     assert read_out(tmp_path / "out" / "o.jsonl")[:2] == [authors_process(r) for r in rows]
+
+
+def test_paper_config_trains_on_what_the_docs_prepare():
+    """configs/paper.yaml names the files docs/data.md's prepare commands write, in the
+    paper's mix: CodeFeedback once, each reflection set twice."""
+    import re
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "configs" / "paper.yaml").read_text())
+    docs = (repo / "docs" / "data.md").read_text()
+    outs = re.findall(r"reflectioncoder prepare-data --in downloads/\S+ --out (\S+)", docs)
+    assert (
+        config["data"]["files"]
+        == outs
+        == [
+            "data/prepared/code_instruct.jsonl",
+            "data/prepared/reflection_gpt.jsonl",
+            "data/prepared/reflection_ds.jsonl",
+        ]
+    )
+    assert config["data"]["upsample"] == [1, 2, 2]

@@ -87,6 +87,7 @@ def reflection_sample(
     max_attempts: int = 6,
     timeout_s: float = 5.0,
     stats: BuildStats | None = None,
+    redraw_passing: bool = True,
 ) -> dict | None:
     """One reflection sample for ``problem``, or None when no attempt led to a passing fix.
 
@@ -94,6 +95,8 @@ def reflection_sample(
     redrawn, up to ``max_attempts``); then the backend reflects on the real output until the
     code passes, for at most ``max_rounds`` rounds. Stage 2: the backend answers the problem
     again in one block (message 4), which is run too: ``construct.final_passed``.
+    ``redraw_passing=False``: a first attempt that passes is kept (a sample with 0 rounds), as a
+    model's correct first answer is in the paper's pipeline.
     """
     stats = stats if stats is not None else BuildStats()
     for _ in range(max_attempts):
@@ -101,7 +104,7 @@ def reflection_sample(
         program = problem.test_program(draft.code)
         execution = run_program(program, timeout_s=timeout_s)
         stats.executions += 1 + draft.meta.get("runs", 0)
-        if execution.passed:
+        if execution.passed and redraw_passing:
             stats.rejected["first attempt passed"] += 1
             continue
         history = [Turn(draft, program, execution)]

@@ -270,9 +270,19 @@ def _one(
         if reason is not None:
             return None, f"skip:{reason}", stats
     rng = random.Random(f"{seed}/{problem.task_id}")
+    # A model's first answer that passes is a sample with 0 rounds (stage 2 still runs); the
+    # mutation backend always means to write a bug, so a mutant that passes is redrawn.
+    mutation = isinstance(backend, MutationBackend)
     try:
         sample = reflection_sample(
-            problem, backend, rng, max_rounds=max_rounds, timeout_s=timeout_s, stats=stats
+            problem,
+            backend,
+            rng,
+            max_rounds=max_rounds,
+            max_attempts=6 if mutation else 1,
+            timeout_s=timeout_s,
+            stats=stats,
+            redraw_passing=mutation,
         )
     except UserError:
         raise

@@ -105,6 +105,10 @@ class BenchmarkIndex:
     whole: dict[str, list[tuple[str, str]]]  # short texts, matched whole
     tasks: dict[str, int] = field(default_factory=dict)  # benchmark -> tasks indexed
 
+    def __post_init__(self) -> None:
+        # Words of the indexed n-grams: a window holding any other word cannot match.
+        self.vocab = frozenset(w for g in self.grams for w in g.split())
+
     @classmethod
     def from_texts(cls, texts: dict[str, list[tuple[str, str]]]) -> BenchmarkIndex:
         grams: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -135,8 +139,15 @@ class BenchmarkIndex:
         """One hit per benchmark whose text ``text`` shares an n-gram with (or holds whole)."""
         seq = words(text)
         found: dict[str, Hit] = {}
-        for i in range(len(seq) - NGRAM + 1):
-            g = " ".join(seq[i : i + NGRAM])
+        last_unknown = -1  # windows reaching back to an unindexed word are skipped unjoined
+        for end, word in enumerate(seq):
+            if word not in self.vocab:
+                last_unknown = end
+                continue
+            start = end - NGRAM + 1
+            if start <= last_unknown:
+                continue
+            g = " ".join(seq[start : end + 1])
             for bench, task_id in self.grams.get(g, ()):
                 found.setdefault(bench, Hit(bench, task_id, g))
         if self.whole:

@@ -63,6 +63,14 @@ class PackedBatch:
     reference_tokens: int = 0
     sources: list[str] = field(default_factory=list)
 
+    def pin_memory(self) -> PackedBatch:
+        """A copy with every tensor in pinned host memory (asynchronous copies to CUDA)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, v in values.items():
+            if torch.is_tensor(v):
+                values[name] = v.pin_memory()
+        return PackedBatch(**values)
+
     def to(self, device: torch.device | str, non_blocking: bool = True) -> PackedBatch:
         """A copy with every tensor on ``device`` (host counts unchanged)."""
         values = {}

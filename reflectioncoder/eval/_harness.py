@@ -23,6 +23,7 @@ from __future__ import annotations
 import binascii  # not base64: that imports re, costly in every sandboxed start-up
 import json
 import math
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time in every sandboxed run
@@ -243,52 +244,15 @@ def decode(data: Any, _depth: int = 0) -> Any:
         raise DecodeError(f"unexpected {t.__name__}")
     ((tag, body),) = data.items()
     if tag not in _TAGS:
-        raise DecodeError(f"unknown tag {tag!r}")
+        raise DecodeError(f"unknown tag {_clip(str(tag))!r}")
     try:
-        if tag == "$tuple":
-            return tuple(decode(v, d) for v in _list(body))
-        if tag == "$set":
-            return {decode(v, d) for v in _list(body)}
-        if tag == "$frozenset":
-            return frozenset(decode(v, d) for v in _list(body))
-        if tag == "$dict":
-            return {decode(k, d): decode(v, d) for k, v in _list(body)}
-        if tag == "$bytes":
-            return _unb64(_str(body))
-        if tag == "$bytearray":
-            return bytearray(_unb64(_str(body)))
-        if tag == "$complex":
-            re, im = _list(body)
-            re, im = decode(re, d), decode(im, d)
-            if type(re) is not float or type(im) is not float:
-                raise DecodeError("complex parts must be floats")
-            return complex(re, im)
-        if tag == "$float":
-            if body not in ("nan", "inf", "-inf"):
-                raise DecodeError(f"bad float {body!r}")
-            return float(body)
-        if tag == "$int":
-            return int(_str(body), 16)
-        if tag == "$opaque":
-            return Opaque(_str(body))
-        if tag == "$sha":
-            digest, length = _list(body)
-            if type(length) is not int:
-                raise DecodeError("$sha length must be an int")
-            return Digest(_str(digest), length)
-        import numpy
-
-        dtype, values = _list(body)
-        dtype = numpy.dtype(_str(dtype))
-        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
-            raise DecodeError(f"dtype {dtype} not allowed")
-        if tag == "$np":
-            return dtype.type(decode(values, d))
-        return numpy.array(decode(values, d), dtype=dtype)
+        if type(body) is list:
+            body = [decode(v, d) for v in body]
+        return _build(tag, body)
     except DecodeError:
         raise
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise DecodeError(f"{tag}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {_clip(str(exc))}") from None
 
 
 def _list(body: Any) -> list:
@@ -312,53 +276,105 @@ def _tag_hook(obj: dict) -> Any:
     if not tag.startswith("$"):
         return obj
     if tag not in _TAGS:
-        raise DecodeError(f"unknown tag {tag!r}")
+        raise DecodeError(f"unknown tag {_clip(tag)!r}")
     try:
-        if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
-            text = _str(body)
-            if tag == "$bytes":
-                return _unb64(text)
-            if tag == "$bytearray":
-                return bytearray(_unb64(text))
-            if tag == "$int":
-                return int(text, 16)
-            if tag == "$opaque":
-                return Opaque(text)
-            if text not in ("nan", "inf", "-inf"):
-                raise DecodeError(f"bad float {text!r}")
-            return float(text)
-        items = _list(body)
-        if tag == "$tuple":
-            return tuple(items)
-        if tag == "$set":
-            return set(items)
-        if tag == "$frozenset":
-            return frozenset(items)
-        if tag == "$dict":
-            return {k: v for k, v in items}
-        if tag == "$complex":
-            re, im = items
-            if type(re) is not float or type(im) is not float:
-                raise DecodeError("complex parts must be floats")
-            return complex(re, im)
-        if tag == "$sha":
-            digest, length = items
-            if type(length) is not int:
-                raise DecodeError("$sha length must be an int")
-            return Digest(_str(digest), length)
-        import numpy
-
-        dtype, values = items
-        dtype = numpy.dtype(_str(dtype))
-        if dtype.kind not in "biufcUSO":  # no structured or void dtypes
-            raise DecodeError(f"dtype {dtype} not allowed")
-        if tag == "$np":
-            return dtype.type(values)
-        return numpy.array(values, dtype=dtype)
+        return _build(tag, body)
     except DecodeError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise DecodeError(f"{tag}: {exc}") from None
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {_clip(str(exc))}") from None
+
+
+COLLISIONS_ALLOWED = 64  # distinct members of one set/dict that may share a hash
+MAX_NUMPY_BYTES = 1 << 28  # what one decoded numpy array may allocate
+
+
+def _build(tag: str, body: Any) -> Any:
+    """One tag's value from its already-decoded body. Bounded: nothing here allocates more
+    than a small multiple of the line, and no set or dict is built from members whose hashes
+    collide (a crafted set of equal-hash members would cost quadratic time)."""
+    if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
+        text = _str(body)
+        if tag == "$bytes":
+            return _unb64(text)
+        if tag == "$bytearray":
+            return bytearray(_unb64(text))
+        if tag == "$int":
+            return int(text, 16)  # a power-of-two base: linear time, no digit limit needed
+        if tag == "$opaque":
+            return Opaque(_clip(text))
+        if text not in ("nan", "inf", "-inf"):
+            raise DecodeError(f"bad float {_clip(text)!r}")
+        return float(text)
+    items = _list(body)
+    if tag == "$tuple":
+        return tuple(items)
+    if tag == "$set":
+        return set(_distinct_hashes(items))
+    if tag == "$frozenset":
+        return frozenset(_distinct_hashes(items))
+    if tag == "$dict":
+        for pair in items:
+            if type(pair) is not list or len(pair) != 2:
+                raise DecodeError("$dict items must be [key, value] pairs")
+        _distinct_hashes([k for k, _ in items])
+        return dict(items)
+    if len(items) != 2:
+        raise DecodeError(f"{tag} takes two items")
+    if tag == "$complex":
+        re, im = items
+        if type(re) is not float or type(im) is not float:
+            raise DecodeError("complex parts must be floats")
+        return complex(re, im)
+    if tag == "$sha":
+        digest, length = items
+        if type(length) is not int or not 0 <= length < 1 << 62:
+            raise DecodeError("$sha length must be a small int")
+        return Digest(_clip(_str(digest)), length)
+    return _build_numpy(tag, *items)
+
+
+def _build_numpy(tag: str, dtype_name: Any, values: Any) -> Any:
+    import numpy
+
+    dtype = numpy.dtype(_str(dtype_name)[:32])
+    if dtype.kind not in "biufcUSO" or dtype.subdtype is not None:  # no structured/void dtypes
+        raise DecodeError(f"dtype {dtype} not allowed")
+    if dtype.itemsize * _leaves(values, dtype.itemsize) > MAX_NUMPY_BYTES:
+        raise DecodeError(f"{tag}: {dtype} array over {MAX_NUMPY_BYTES >> 20} MiB")
+    if tag == "$np":
+        return dtype.type(values)
+    return numpy.array(values, dtype=dtype)
+
+
+def _leaves(values: Any, itemsize: int) -> int:
+    """How many elements a nested list holds (counted only where the dtype is wide: narrow
+    dtypes allocate no more than the line already holds)."""
+    if itemsize <= 16 or type(values) is not list:
+        return 1
+    count, stack = 0, [values]
+    while stack:
+        v = stack.pop()
+        if type(v) is list:
+            stack.extend(v)
+        else:
+            count += 1
+    return count
+
+
+def _distinct_hashes(items: list) -> list:
+    """``items``, after checking that at most COLLISIONS_ALLOWED of them share a hash with
+    another (set and dict members are distinct, so honest data shares almost none)."""
+    if len(items) > COLLISIONS_ALLOWED and (
+        len(items) - len(set(map(hash, items))) > COLLISIONS_ALLOWED
+    ):
+        raise DecodeError("set or dict members with colliding hashes")
+    return items
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Untrusted text cut to ``limit`` characters before it goes anywhere."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def loads_row(text: str | bytes) -> Any:
@@ -370,6 +386,44 @@ def loads_row(text: str | bytes) -> Any:
         raise
     except (ValueError, RecursionError, TypeError) as exc:
         raise DecodeError(f"not JSON: {exc}") from None
+
+
+MAX_LINE = 64 << 20  # bytes of one result line from the untrusted side
+MAX_INT_DIGITS = 4300  # Python's own default int-from-str limit; bigger ints travel as $int
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1:
+        raise DecodeError(f"an integer of {len(text)} digits (over {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not plain data (non-finite floats travel as $float)")
+
+
+_RESULT_DECODER = json.JSONDecoder(object_hook=_tag_hook, parse_constant=_no_constant)
+_RESULT_DECODER_SLOW = json.JSONDecoder(
+    object_hook=_tag_hook, parse_constant=_no_constant, parse_int=_bounded_int
+)
+
+
+def loads_result(line: bytes) -> Any:
+    """Decode one result line written by the untrusted side, at a cost bounded by its length:
+    the line is capped before parsing; integers are limited to MAX_INT_DIGITS digits (by the C
+    parser itself when Python's own limit is in force, else by a hook); big allocations (numpy
+    dtypes) are refused before they are made; sets and dicts whose members collide in hash
+    are refused instead of built. Raises DecodeError (a ValueError) and nothing else."""
+    if len(line) > MAX_LINE:
+        raise DecodeError(f"a line of {len(line)} bytes (over {MAX_LINE >> 20} MiB)")
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    decoder = _RESULT_DECODER if 0 < limit <= MAX_INT_DIGITS else _RESULT_DECODER_SLOW
+    try:
+        return decoder.decode(line.decode("utf-8"))
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, TypeError, MemoryError, OverflowError) as exc:
+        raise DecodeError(f"not JSON: {_clip(str(exc))}") from None
 
 
 def dumps(value: Any) -> str:
@@ -501,100 +555,404 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
 
 
 def install_audit_guard(work_dir: str, hidden: list | tuple = ()) -> None:  # pragma: no cover
-    """The fallback level's in-process guard (an audit hook cannot be removed from Python):
-    no writes, deletes or renames outside ``work_dir``, no reads under ``hidden`` (the data and
-    the expected-output cache), no network, no signals to other processes, no new programs,
-    no forks, no native libraries loaded by ctypes."""
+    """The fallback level's in-process guard, installed before any untrusted code runs.
+
+    A seccomp filter (x86-64, aarch64) makes the kernel refuse every new process or program
+    (fork, vfork, clone other than threads, execve), signals to other processes, ptrace and the
+    other processes' memory, namespaces, mounts, device nodes and file handles; whatever calls
+    them (``_posixsubprocess.fork_exec``, which has no audit event, ctypes, a C extension).
+    An audit hook (which Python cannot remove) then refuses: writes, deletes, renames, links
+    and mode changes outside ``work_dir``; reads under ``hidden`` (the data and the
+    expected-output cache); anything under ``/proc/<pid>`` of another process; device files
+    other than the harmless ones; descriptors of directories (so no ``dir_fd=`` call can start
+    outside the working directory); path objects other than str and bytes (their ``__fspath__``
+    could answer differently twice); sockets; new programs; ctypes; gc's object walks, tracing,
+    and rewriting the guard's functions (its state is immutable: tuples, strings and built-in
+    functions bound as defaults, so nothing it reads can be patched from Python)."""
     import os
+    import posix
     import sys
 
+    seccomp = _deny_processes_by_seccomp()
+    import _posixsubprocess  # no audit event: removed, and blocked by seccomp where it runs
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("sandbox: new processes are not allowed")
+
+    _posixsubprocess.fork_exec = refuse
+    if "subprocess" in sys.modules:
+        sys.modules["subprocess"]._fork_exec = refuse
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "pidfd_open"):
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, refuse)
+    if not seccomp:  # a C extension could still start programs: the result says so
+        sys.stderr.write("sandbox: seccomp unavailable, processes guarded from Python only\n")
     work = os.path.realpath(work_dir)
-    hidden = tuple(os.path.realpath(h) for h in hidden)
-    getpid, realpath, fsdecode, sep, devnull = (
-        os.getpid,
-        os.path.realpath,
-        os.fsdecode,
-        os.sep,
-        os.devnull,
-    )
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    path_events = {
-        "os.remove",
-        "os.rmdir",
-        "os.rename",
-        "os.truncate",
-        "os.chmod",
-        "os.chown",
-        "os.link",
-        "os.symlink",
-        "os.mkdir",
-        "shutil.rmtree",
-        "shutil.move",
-        "os.utime",
-    }
-    denied = {
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.system",
-        "subprocess.Popen",
-        "os.fork",
-        "os.forkpty",
-        "pty.spawn",
-        "ctypes.dlopen",
-        "os.startfile",
-    }
-
-    def inside(path) -> bool:
-        if isinstance(path, int):  # a descriptor we already hold
-            return True
-        try:
-            p = realpath(fsdecode(path))
-        except Exception:
-            return False
-        return p == work or p.startswith(work + sep) or p == devnull
-
-    def is_hidden(path) -> bool:
-        try:
-            p = realpath(fsdecode(path))
-        except Exception:
-            return True
-        return any(p == h or p.startswith(h + sep) for h in hidden)
-
-    def hook(event: str, args: tuple) -> None:
-        if (
-            hidden
-            and event in ("open", "os.listdir", "os.scandir")
-            and args
-            and not isinstance(args[0], int)
-            and is_hidden(args[0])
-        ):
-            raise PermissionError(f"sandbox: {args[0]!r} is hidden")
-        if event == "open":
-            mode, flags = args[1], args[2] or 0
-            writing = (
-                any(c in str(mode) for c in "wax+")
-                if mode is not None
-                else bool(flags & write_flags)
-            )
-            if writing and not inside(args[0]):
-                raise PermissionError(f"sandbox: writing outside the working dir: {args[0]!r}")
-        elif event in path_events:
-            if not inside(args[0]) or (
-                len(args) > 1
-                and isinstance(args[1], (str, bytes))
-                and event in ("os.rename", "os.link", "os.symlink", "shutil.move")
-                and not inside(args[1])
-            ):
-                raise PermissionError(f"sandbox: {event} outside the working dir: {args[0]!r}")
-        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
-            raise PermissionError("sandbox: no network")
-        elif event in ("os.kill", "os.killpg") and args[0] not in (0, getpid()):
-            raise PermissionError("sandbox: no signals to other processes")
-        elif event in denied:
-            raise PermissionError(f"sandbox: {event} is not allowed")
-
+    hook = _make_audit_hook(work, tuple(os.path.realpath(h) for h in hidden), posix.getpid())
     sys.addaudithook(hook)
+
+
+_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
+_DIR_FLAGS = 0o200000 | 0o10000000  # O_DIRECTORY | O_PATH (x86-64 and aarch64 values differ:
+_DIR_FLAGS_ARM = 0o40000 | 0o10000000  # O_DIRECTORY is 0o40000 on aarch64)
+_SAFE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+_PATH_EVENTS = (
+    "os.remove",
+    "os.rmdir",
+    "os.rename",
+    "os.truncate",
+    "os.chmod",
+    "os.chown",
+    "os.link",
+    "os.symlink",
+    "os.mkdir",
+    "shutil.rmtree",
+    "shutil.move",
+    "os.utime",
+    "os.setxattr",
+    "os.removexattr",
+)
+_DENIED_EVENTS = (
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "subprocess.Popen",
+    "os.fork",
+    "os.forkpty",
+    "pty.spawn",
+    "os.startfile",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "sys.settrace",
+    "sys.setprofile",
+    "socket.connect",
+    "socket.bind",
+    "socket.sendto",
+    "socket.sendmsg",
+)
+_DENIED_IMPORTS = ("_posixsubprocess", "_ctypes", "ctypes", "_testcapi", "_testinternalcapi")
+
+
+def _resolve(
+    path,
+    proc_pid: str,
+    _type=type,
+    _str=str,
+    _bytes=bytes,
+    _lstat=__import__("posix").lstat,
+    _readlink=__import__("posix").readlink,
+    _getcwd=__import__("posix").getcwd,
+    _fsdecode=__import__("os").fsdecode,
+    _perm=PermissionError,
+    _oserror=OSError,
+):
+    """(real path, st_mode or 0) of ``path``, symlinks followed one component at a time (so
+    ``/proc/<pid>/root`` and the like are checked before they are followed); raises
+    PermissionError on another process's ``/proc`` entry. Depends only on its defaults (a
+    tuple: the audit hook refuses to replace them)."""
+    if _type(path) is _bytes:
+        path = _fsdecode(path)
+    if _type(path) is not _str:
+        raise _perm("sandbox: only str and bytes paths")
+    if not path.startswith("/"):
+        path = _getcwd() + "/" + path
+    todo = [p for p in path.split("/") if p][::-1]
+    done: list = []
+    mode, links = 0, 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        if done == ["proc"] and part != proc_pid and part[:1].isdigit():
+            raise _perm("sandbox: another process's /proc entry")
+        candidate = "/" + "/".join([*done, part])
+        try:
+            mode = _lstat(candidate).st_mode
+        except _oserror:
+            mode = 0
+            done.append(part)
+            continue
+        if mode & 0o170000 == 0o120000:  # a symlink
+            links += 1
+            if links > 40:
+                raise _perm("sandbox: too many symlinks")
+            target = _readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            todo.extend([p for p in target.split("/") if p][::-1])
+            continue
+        done.append(part)
+    if not done:
+        mode = _lstat("/").st_mode
+    return "/" + "/".join(done), mode
+
+
+def _make_audit_hook(work: str, hidden: tuple, pid: int):  # pragma: no cover - sandbox side
+    """The audit hook; everything it uses is bound as an immutable default."""
+    import os
+
+    dir_flags = _DIR_FLAGS_ARM if os.uname().machine == "aarch64" else _DIR_FLAGS
+
+    def hook(
+        event,
+        args,
+        *,
+        _work=work,
+        _inside=work + "/",
+        _devices=frozenset(_SAFE_DEVICES),
+        _hidden=tuple(h + "/" for h in hidden),
+        _pid=pid,
+        _proc_pid=str(pid),
+        _resolve=_resolve,
+        _path_events=frozenset(_PATH_EVENTS),
+        _two_paths=frozenset(("os.rename", "os.link", "os.symlink", "shutil.move")),
+        _fd_events=frozenset(("os.chmod", "os.chown", "os.utime")),
+        _denied=frozenset(_DENIED_EVENTS),
+        _imports=frozenset(_DENIED_IMPORTS),
+        _write_flags=_WRITE_FLAGS,
+        _dir_flags=dir_flags,
+        _readlink=__import__("posix").readlink,
+        _type=type,
+        _int=int,
+        _str=str,
+        _any=any,
+        _perm=PermissionError,
+        _import_error=ImportError,
+    ):
+        if event == "open" or event == "os.listdir" or event == "os.scandir":
+            path = args[0] if args and args[0] is not None else "."
+            if _type(path) is _int:  # a descriptor it holds already (no directory among them)
+                return
+            real, mode = _resolve(path, _proc_pid)
+            if real.startswith(_hidden) or real + "/" in _hidden:
+                raise _perm(f"sandbox: {real!r} is hidden")
+            if event != "open":
+                return
+            flags, file_mode = args[2] or 0, args[1]
+            writing = (
+                _any(c in _str(file_mode) for c in "wax+")
+                if file_mode is not None
+                else bool(flags & _write_flags)
+            )
+            if writing and not (real.startswith(_inside) or real in _devices):
+                raise _perm(f"sandbox: writing outside the working dir: {real!r}")
+            if file_mode is None and (flags & _dir_flags or mode & 0o170000 == 0o040000):
+                raise _perm("sandbox: no descriptors of directories (dir_fd)")
+            if mode & 0o170000 in (0o020000, 0o060000) and real not in _devices:
+                raise _perm(f"sandbox: device {real!r}")
+        elif event in _path_events:
+            paths = args[:2] if event in _two_paths else args[:1]
+            if event == "os.symlink" and _type(paths[0]) is _str and paths[0][:1] != "/":
+                # a relative target is relative to the link's own directory
+                link_dir = _resolve(paths[1], _proc_pid)[0].rsplit("/", 1)[0]
+                paths = (link_dir + "/" + paths[0], paths[1])
+            for path in paths:
+                if _type(path) is _int and event in _fd_events:
+                    path = _readlink(f"/proc/self/fd/{path}")
+                elif _type(path) is _int or path is None:
+                    continue
+                real = _resolve(path, _proc_pid)[0]
+                if not (real.startswith(_inside) or real == _work):
+                    raise _perm(f"sandbox: {event} outside the working dir: {real!r}")
+        elif event in _denied or event.startswith("ctypes."):
+            raise _perm(f"sandbox: {event} is not allowed")
+        elif event == "import" and args[0] in _imports:
+            raise _import_error(f"sandbox: importing {args[0]} is not allowed")
+        elif event in ("os.kill", "os.killpg") and args[0] not in (0, _pid):
+            raise _perm("sandbox: no signals to other processes")
+        elif event == "object.__setattr__" and args[0] is _resolve:
+            raise _perm("sandbox: rewriting the guard is not allowed")
+
+    return hook
+
+
+# seccomp: syscalls refused by number, per machine (from the kernel's unistd tables)
+_SYSCALLS = {
+    "x86_64": (
+        0xC000003E,  # AUDIT_ARCH_X86_64
+        {"clone": 56, "clone3": 435, "kill": 62, "tkill": 200, "tgkill": 234},
+        (
+            57,
+            58,
+            59,
+            322,
+            101,
+            310,
+            311,
+            424,
+            438,
+            434,
+            308,
+            272,
+            165,
+            166,
+            155,
+            161,
+            133,
+            259,
+            304,
+            303,
+            175,
+            313,
+            176,
+            246,
+            320,
+            169,
+            321,
+            298,
+            323,
+            430,
+            432,
+            429,
+            428,
+            433,
+            431,
+            442,
+            103,
+            167,
+            168,
+            164,
+            227,
+            159,
+            170,
+            171,
+            172,
+            173,
+            179,
+            163,
+            250,
+            248,
+            249,
+        ),
+    ),  # fork vfork execve execveat ptrace process_vm_readv/writev pidfd_* setns unshare
+    # mount umount2 pivot_root chroot mknod(at) *_handle_at *module kexec* reboot bpf
+    # perf_event_open userfaultfd fs*/mount api syslog swap* clocks hostnames io* quotactl
+    # acct keys
+    "aarch64": (
+        0xC00000B7,  # AUDIT_ARCH_AARCH64
+        {"clone": 220, "clone3": 435, "kill": 129, "tkill": 130, "tgkill": 131},
+        (
+            221,
+            281,
+            117,
+            270,
+            271,
+            424,
+            438,
+            434,
+            268,
+            97,
+            40,
+            39,
+            41,
+            51,
+            33,
+            265,
+            264,
+            105,
+            273,
+            106,
+            104,
+            294,
+            142,
+            280,
+            241,
+            282,
+            430,
+            432,
+            429,
+            428,
+            433,
+            431,
+            442,
+            116,
+            224,
+            225,
+            170,
+            112,
+            171,
+            161,
+            162,
+            60,
+            89,
+            219,
+            217,
+            218,
+        ),
+    ),
+}
+
+
+def _seccomp_filter(machine: str, pid: int) -> bytes | None:
+    """The BPF program: deny the listed syscalls (EPERM), clone3 (ENOSYS: libc then makes
+    threads with clone), clone without CLONE_THREAD, signals to any pid but our own."""
+    import struct
+
+    spec = _SYSCALLS.get(machine)
+    if spec is None:
+        return None
+    arch, nr, denied = spec
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, deny, nosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
+    prog: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", arch), (ld, 0, 0, 0)]
+    if machine == "x86_64":
+        prog.append((jge, "DENY", 0, 0x40000000))  # the x32 ABI's numbers
+    prog += [(jeq, "DENY", 0, n) for n in denied]
+    prog += [(jeq, "NOSYS", 0, nr["clone3"]), (jeq, "CLONE", 0, nr["clone"])]
+    prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
+    prog.append((ret, 0, 0, allow))
+    labels = {"CLONE": len(prog)}
+    prog += [(ld, 0, 0, 16), (jset, "ALLOW", "DENY", 0x00010000)]  # CLONE_THREAD
+    labels["SIGNAL"] = len(prog)
+    own = (pid, 0, (-pid) & 0xFFFFFFFF)
+    prog += [
+        (ld, 0, 0, 16),
+        *[(jeq, "ALLOW", 0, k) for k in own[:-1]],
+        (jeq, "ALLOW", "DENY", own[-1]),
+    ]
+    for name, value in (("ALLOW", allow), ("DENY", deny), ("NOSYS", nosys), ("KILL", kill)):
+        labels[name] = len(prog)
+        prog.append((ret, 0, 0, value))
+    out = []
+    for i, (code, jt, jf, k) in enumerate(prog):
+        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out.append(struct.pack("HBBI", code, jt, jf, k))
+    return b"".join(out)
+
+
+def _deny_processes_by_seccomp() -> bool:  # pragma: no cover - sandbox side
+    """Install ``_seccomp_filter`` on this process (and what it starts): True when in force."""
+    import ctypes
+    import os
+
+    code = _seccomp_filter(os.uname().machine, os.getpid())
+    if code is None:
+        return False
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = Program(len(code) // 8, ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        return False
+    return libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
 
 
 def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox side

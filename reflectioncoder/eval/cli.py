@@ -29,6 +29,7 @@ from reflectioncoder.errors import (
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import prompts as pr
 from reflectioncoder.eval import tasks as tk
+from reflectioncoder.eval.sandbox import not_guaranteed
 from reflectioncoder.progress import Progress
 
 TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
@@ -315,6 +316,8 @@ def _finish(args: argparse.Namespace, result: dict, t0: float) -> int:
         samples=str(args.samples or args.model),
         seconds=round(time.monotonic() - t0, 2),
     )
+    python_only = args.task in ("humaneval", "mbpp", "multiple-python")
+    result["not_guaranteed"] = not_guaranteed(result["isolation"], python_only)
     _print_table(result)
     for reason in result.get("unavailable", {}).values():
         print(reason)

@@ -29,7 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
-from reflectioncoder.eval.sandbox import run_sandboxed, toolchain_binds
+from reflectioncoder.eval.sandbox import (
+    _harness_source,
+    python_env,
+    run_sandboxed,
+    toolchain_binds,
+)
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "available_languages",
     "command_line",
     "toolchain_env",
+    "program_files",
     "program_text",
     "run_program",
     "score_multiple_samples",
@@ -98,9 +104,10 @@ _JVM = " ".join(_JVM_FLAGS)
 _JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
 
 LANGUAGES: dict[str, Language] = {
+    # through the harness: its audit guard and seccomp filter in the fallback level
     "python": Language(
-        "main.py", "{run} {python} -I -B {src}/main.py", (), (), 'print("{nonce}")',
-        memory_mb=1024,
+        "main.py", "{run} {python} -I -B {src}/harness.py --run {src}/main.py", (), (),
+        'print("{nonce}")', memory_mb=1024,
     ),
     "cpp": Language(
         "main.cpp",
@@ -347,6 +354,14 @@ def toolchain_env(language: str) -> tuple[dict[str, str], list[str]]:
     return env, binds
 
 
+def program_files(language: str, program: str) -> dict[str, str]:
+    """The files of one run: the program, and for Python the harness that runs it."""
+    files = {LANGUAGES[language].file: program}
+    if language == "python":
+        files["harness.py"] = _harness_source()
+    return files
+
+
 def run_program(language: str, program: str, *, run_s: float | None = None):
     """Build and run one program (one compile, one run); returns the sandbox's ExecResult."""
     problem = toolchain_problem(language)
@@ -355,12 +370,14 @@ def run_program(language: str, program: str, *, run_s: float | None = None):
     lang = LANGUAGES[language]
     run_s = run_s or lang.run_s
     env, binds = toolchain_env(language)
+    if language == "python":  # the harness's guard is on in the fallback level
+        env.update(python_env())
     wall_s = lang.build_s + run_s + 5
     return run_sandboxed(
         ["/bin/sh", "-c", command_line(language, run_s)],
         env=env,
         ro_binds=binds,  # bwrap binds nothing else beyond the system's directories
-        files={lang.file: program},
+        files=program_files(language, program),
         timeout_s=wall_s,
         memory_mb=lang.memory_mb,
         max_processes=lang.processes,

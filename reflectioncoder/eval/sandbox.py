@@ -50,6 +50,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -269,7 +270,7 @@ def isolation_level() -> str:
     if wanted != "rlimits" and _bwrap_works():
         level = f"bwrap(uid={SANDBOX_UID},caps=none,userns=none,fs=minimal-ro)"
     else:
-        level = "rlimits(caller-uid,audit-guard)"
+        level = "rlimits(caller-uid,audit-guard" + (",seccomp)" if seccomp_available() else ")")
     layout = _cgroup_layout()
     if layout is not None:
         level += "+" + layout.describe()
@@ -570,6 +571,8 @@ class PreparedRun:
         use_bwrap = self.level.startswith("bwrap")
         box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+        if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
+            cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -664,15 +667,14 @@ class PreparedRun:
         self.used = True
         if self.root is None:
             return
+        root, cgroup, self.root, self.cgroup = self.root, self.cgroup, None, None
         try:
             if self.proc is not None:
-                _kill_tree(self.proc, self.cgroup, self.marker)
+                _kill_tree(self.proc, cgroup, self.marker)  # every process is gone on return
         finally:
-            if self.cgroup is not None:
-                self.cgroup.remove()
-                self.cgroup = None
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+            # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
+            # the next verdict; not a daemon thread, so the interpreter waits for it at exit
+            threading.Thread(target=_remove_run, args=(cgroup, root)).start()
 
 
 def run_sandboxed(
@@ -765,7 +767,8 @@ def _pump(
     else:
         proc.stdin.close()
     open_reads = len(streams)
-    pending = b""
+    partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
+    partial_size = 0
     try:
         while open_reads:
             if over_time():
@@ -794,15 +797,20 @@ def _pump(
                     continue
                 which = streams[fd]
                 if on_line is not None and which == 1:
-                    # line mode: nothing is kept; the cap applies to one line
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if len(line) > limit:
-                            return False, True, False
-                        if on_line(line):
-                            return False, False, True
-                    if len(pending) > limit:
+                    # line mode: nothing is kept; the cap applies to one line. A long line
+                    # costs linear time (a flood without newlines must not cost quadratic)
+                    if b"\n" in chunk:
+                        *lines, rest = (b"".join(partial) + chunk).split(b"\n")
+                        partial, partial_size = [rest], len(rest)
+                        for line in lines:
+                            if len(line) > limit:
+                                return False, True, False
+                            if on_line(line):
+                                return False, False, True
+                    else:
+                        partial.append(chunk)
+                        partial_size += len(chunk)
+                    if partial_size > limit:
                         return False, True, False
                     continue
                 room = limit - sizes[which]
@@ -814,7 +822,8 @@ def _pump(
             if over_time():
                 return True, False, False
             time.sleep(0.01)
-        if on_line is not None and pending and on_line(pending):
+        tail = b"".join(partial)
+        if on_line is not None and tail and on_line(tail):
             return False, False, True
         return False, False, False
     finally:
@@ -822,6 +831,12 @@ def _pump(
         if not proc.stdin.closed:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+
+
+def _remove_run(cgroup: _RunCgroup | None, root: Path) -> None:
+    if cgroup is not None:
+        cgroup.remove()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _kill_tree(proc: subprocess.Popen, cgroup: _RunCgroup | None, marker: str) -> None:
@@ -889,3 +904,45 @@ def run_python(
         env=python_env(),
         output_limit=64 << 10,
     )
+
+
+# ----------------------------------------------------------------------------- what is not promised
+
+_FALLBACK_GAPS = (
+    "host files outside the hidden data and cache directories can be read",
+    "memory is limited per process (RLIMIT_AS), not per sample",
+    "files, network and /proc are guarded by a Python audit hook: native code (a C extension) "
+    "can step around it",
+)
+_FALLBACK_NATIVE_GAPS = (
+    "programs that are not Python (MultiPL-E compiled languages, shell) get rlimits, a process "
+    "group and the pids cgroup only: no file, network, /proc or new-process guard",
+)
+
+
+@lru_cache(maxsize=1)
+def seccomp_available() -> bool:
+    """Whether the fallback's seccomp filter (new processes, ptrace, mounts...) can be
+    installed here: a machine we have syscall tables for, and a kernel with seccomp."""
+    from reflectioncoder.eval import _harness
+
+    if _harness._seccomp_filter(os.uname().machine, 1) is None:
+        return False
+    try:
+        return "Seccomp:" in Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+
+
+def not_guaranteed(level: str, python_only: bool = True) -> list[str]:
+    """The properties the isolation ``level`` cannot promise (for Python programs only, or
+    for programs in any language: MultiPL-E); the result file lists them, docs/evaluation.md
+    has the table."""
+    if not level.startswith("rlimits"):
+        return []
+    gaps = list(_FALLBACK_GAPS)
+    if not python_only:
+        gaps += _FALLBACK_NATIVE_GAPS
+    elif not seccomp_available():
+        gaps.append("new processes are refused from Python only (no seccomp here)")
+    return gaps

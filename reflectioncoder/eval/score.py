@@ -97,6 +97,22 @@ def _is_floats(x: Any) -> bool:
     return False
 
 
+def _bounded_set(values: Any) -> set:
+    """``set(values)`` for untrusted values: refused (ValueError) when more than a few unequal
+    values share a hash, which would make building the set quadratic (a crafted output)."""
+    items = list(values)
+    hashes = list(map(hash, items))
+    if len(items) - len(set(hashes)) > _harness.COLLISIONS_ALLOWED:  # duplicates, or collisions
+        distinct: dict[int, list] = {}
+        for h, x in zip(hashes, items, strict=True):
+            seen = distinct.setdefault(h, [])
+            if all(x != y for y in seen):
+                if len(seen) >= _harness.COLLISIONS_ALLOWED:
+                    raise ValueError("values with colliding hashes")
+                seen.append(x)
+    return set(items)
+
+
 class _Comparer:
     """EvalPlus's per-input check, run here on decoded plain data. Keeps EvalPlus's state:
     ``atol`` becomes 1e-6 for the rest of a phase once a float expected output is seen."""
@@ -130,7 +146,7 @@ class _Comparer:
             elif ep == "digit_distance_nums":  # Mbpp/558
                 exact = exact or out == _digit_distance_nums(*inp)
             elif ep in MBPP_OUTPUT_SET_EQ:
-                exact = set(out) == set(exp)
+                exact = _bounded_set(out) == set(exp)
             elif ep in MBPP_OUTPUT_NOT_NONE:  # expected is "the output is not None"
                 exact = out == exp if isinstance(out, bool) else exp == (out is not None)
         if task.dataset == "humaneval" and ep == "find_zero":
@@ -264,7 +280,7 @@ def expected_outputs(
     out = {}
     for tid in tasks:
         row = _harness.loads_row(lines[tid])
-        out[tid] = {"base": row["base"], "plus": row["plus"]}
+        out[tid] = {"base": row["base"], "plus": row["plus"], "bytes": len(lines[tid])}
     return out
 
 
@@ -361,7 +377,97 @@ def prepare_harness(hide: Sequence[str] = ()) -> PreparedRun:
 
 
 def _hidden(hide: Sequence[str]) -> list[str]:
-    return [os.path.abspath(h) for h in (*hide, _cache_dir())]
+    # real paths: bwrap cannot mount over a path that goes through a symlink
+    return [os.path.realpath(h) for h in (*hide, _cache_dir())]
+
+
+_ROW_FIELDS = {"phase": str, "i": int, "error": str, "load_error": str, "done": bool}
+# bytes of result lines one sample may send in all: this plus 8x its expected outputs' encoding
+# (floats may print longer than the expected ones and still be close enough)
+MAX_SAMPLE_OUTPUT = 64 << 20
+REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's reason
+
+
+def _result_row(line: bytes) -> dict:
+    """A result line decoded (bounded, see ``_harness.loads_result``) and schema-checked: a
+    mapping of known fields with the types the harness writes, ``out`` being any plain data."""
+    row = _harness.loads_result(line)
+    if type(row) is not dict:
+        raise _harness.DecodeError(f"a result row must be an object, not {type(row).__name__}")
+    for key, value in row.items():
+        if key != "out" and type(value) is not _ROW_FIELDS.get(key):
+            raise _harness.DecodeError(f"field {_harness._clip(str(key), 40)!r}: unexpected")
+    if "phase" not in row:
+        raise _harness.DecodeError("a result row names its phase")
+    return row
+
+
+class _Judge:
+    """Judges one sample's result lines as they arrive; True stops the run (a verdict is
+    reached). Whatever a line holds, the worst it can do is fail this sample."""
+
+    def __init__(self, phases: list[_Phase], clock: Callable[[], float], max_bytes: int) -> None:
+        self.phases, self.clock, self.received, self.max_bytes = phases, clock, 0, max_bytes
+        self.start = clock()
+        self.by_name = {p.name: p for p in phases}
+
+    def __call__(self, line: bytes) -> bool:
+        self.received += len(line)
+        try:
+            if self.received > self.max_bytes:
+                return self._fail_current(FAIL, "output over the cap")
+            return self._judge(_result_row(line))
+        except Exception as exc:  # DecodeError, or anything a crafted value provokes
+            return self._fail_current(FAIL, f"malformed result line: {type(exc).__name__}")
+
+    def _fail_current(self, status: str, reason: str) -> bool:
+        for p in self.phases:
+            if p.status is None:
+                p.fail(status, p.next, reason)
+                break
+        return True
+
+    def _judge(self, row: dict) -> bool:
+        phase = self.by_name.get(row["phase"])
+        if phase is None or phase.status is not None:  # the harness never writes these
+            return self._fail_current(FAIL, "malformed result line: unexpected phase")
+        now = self.clock()
+        if phase.started is None:  # the base phase starts with the run, plus when base ends
+            phase.started = self.start
+        if now - phase.started > phase.budget:  # as EvalPlus's per-phase process timeout
+            phase.fail(TIMEOUT, phase.next, "phase over its time budget")
+            return True
+        if "load_error" in row:
+            phase.fail(FAIL, None, f"load error: {row['load_error'][:REASON_CHARS]}")
+            return True
+        if row.get("done"):
+            return self._phase_done(phase, now)
+        i = row.get("i")
+        if i != phase.next:
+            phase.fail(FAIL, phase.next, "out-of-order result")
+            return True
+        if "error" in row:
+            kind = TIMEOUT if row["error"] == "TimeoutException" else FAIL
+            phase.fail(kind, i, row["error"][:REASON_CHARS])
+            return True
+        if "out" not in row:
+            phase.fail(FAIL, i, "output is not plain data")
+            return True
+        if not phase.cmp(phase.inputs[i], row["out"], phase.expected[i]):
+            phase.fail(FAIL, i, "wrong output")
+            return True
+        phase.next += 1
+        return False
+
+    def _phase_done(self, phase: _Phase, now: float) -> bool:
+        if phase.next != len(phase.inputs):
+            phase.fail(FAIL, phase.next, "missing outputs")
+            return True
+        phase.status = PASS
+        later = self.phases[self.phases.index(phase) + 1 :]
+        if later:
+            later[0].started = now
+        return False
 
 
 def check_sample(
@@ -392,75 +498,25 @@ def check_sample(
         + ", "
         + _job_tail(task, phases)
     )
-    by_name = {p.name: p for p in phases}
-
-    def on_line(line: bytes) -> bool:
-        """Judge one result line as it arrives; True stops the run (a verdict is reached)."""
-        try:
-            row = _harness.loads_row(line)
-            phase = by_name[row["phase"]]
-        except (ValueError, KeyError, TypeError):  # DecodeError included: not plain data
-            for p in phases:
-                if p.status is None:
-                    p.fail(FAIL, p.next, "malformed result line")
-                    break
-            return True
-        if phase.status is not None:
-            return False
-        now = clock()
-        if phase.started is None:  # the base phase starts with the run, plus when base ends
-            phase.started = start
-        if now - phase.started > phase.budget:  # as EvalPlus's per-phase process timeout
-            phase.fail(TIMEOUT, phase.next, "phase over its time budget")
-            return True
-        if "load_error" in row:
-            phase.fail(FAIL, None, f"load error: {row.get('load_error')}")
-            return True
-        if row.get("done"):
-            if phase.next == len(phase.inputs):
-                phase.status = PASS
-                if phase is phases[0] and len(phases) > 1:
-                    phases[1].started = now
-            else:
-                phase.fail(FAIL, phase.next, "missing outputs")
-            return phase.status != PASS
-        i = row.get("i")
-        if i != phase.next:
-            phase.fail(FAIL, phase.next, "out-of-order result")
-            return True
-        if "error" in row:
-            kind = TIMEOUT if row["error"] == "TimeoutException" else FAIL
-            phase.fail(kind, i, str(row["error"])[:100])
-            return True
-        try:
-            out = row["out"]
-        except KeyError:
-            phase.fail(FAIL, i, "output is not plain data")
-            return True
-        if not phase.cmp(phase.inputs[i], out, phase.expected[i]):
-            phase.fail(FAIL, i, "wrong output")
-            return True
-        phase.next += 1
-        return False
-
     budget = sum(p.budget for p in phases) + 1.0
     box = prepared or prepare_harness(hide)
     # Budgets count CPU seconds of the sample's cgroup (the wall clock where none counts them):
     # EvalPlus's limits are wall time on an idle machine, which is CPU time; a loaded machine
     # then changes no verdict. The wall clock only backs them up, generously.
     clock = box.cpu_time_s if box.cpu_time_s() is not None else time.monotonic
-    start = clock()
+    judge = _Judge(phases, clock, MAX_SAMPLE_OUTPUT + 8 * expected.get("bytes", 0))
     res = box.run(
         job,
         cpu_s=budget,
         timeout_s=wall_backstop(budget),
-        output_limit=64 << 20,
-        on_stdout_line=on_line,
+        output_limit=_harness.MAX_LINE,
+        on_stdout_line=judge,
     )
     for p in phases:
         if p.status is None:
             if res.timed_out:
-                p.fail(TIMEOUT, p.next, "wall-clock limit")
+                over_cpu = res.cpu_time_s is not None and res.cpu_time_s >= budget
+                p.fail(TIMEOUT, p.next, "CPU-time budget" if over_cpu else "wall-clock backstop")
             elif res.output_truncated:
                 p.fail(FAIL, p.next, "output over the cap")
             else:

@@ -1,6 +1,8 @@
 """Trainer overheads, as ratios measured in the same run (tiny model, toy data):
 
-- host preparation of a step (plan, mask at the step, packing) over the whole step's time;
+- host preparation of a step (plan, mask at the step, packing) over the whole step's time, and
+  the part of it left on the critical path (the step's wait for its batches, which are prepared
+  on a background thread while the previous step runs);
 - the teacher/student CE split (one extra no-grad pass of the fused loss) over a step without it.
 
     python -m reflectioncoder.train.bench --out bench/results/training.json
@@ -55,13 +57,15 @@ def run(repeats: int, samples_per_step: int) -> list[dict]:
         )
         trainer = Trainer(cfg)
         trainer.train_step()  # warm-up
-        prep, plain, split = [], [], []
+        prep, plain, split, wait = [], [], [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
             trainer.step_batches(trainer.step)
             prep.append(time.perf_counter() - t0)
             cfg.logging.split_ce = False
-            plain.append(trainer.train_step()["time"])
+            row = trainer.train_step()
+            plain.append(row["time"])
+            wait.append(row["host_wait"])
             cfg.logging.split_ce = True
             split.append(trainer.train_step()["time"])
         tokens = trainer.train_step()["tokens"]
@@ -75,6 +79,8 @@ def run(repeats: int, samples_per_step: int) -> list[dict]:
         ("step", step, "s"),
         ("host_prep", host, "s"),
         ("host_prep/step", host / step, "ratio"),
+        ("host_wait", statistics.median(wait), "s"),
+        ("host_wait/step", statistics.median(wait) / step, "ratio"),
         ("split_ce/plain", statistics.median(split) / step, "ratio"),
         ("threads", torch.get_num_threads(), "count"),
     ]

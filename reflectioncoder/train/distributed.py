@@ -14,6 +14,7 @@ summed over ranks, never averaged: DeepSpeed averages, so its losses are scaled 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -26,7 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from reflectioncoder.config import DistributedConfig, RunConfig
+from reflectioncoder.config import DistributedConfig, OptimConfig, RunConfig
+from reflectioncoder.errors import ConfigError
 
 
 @dataclass
@@ -64,16 +66,31 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     use_ds = cfg.backend == "deepspeed" or (cfg.backend == "auto" and world > 1)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or use_ds) and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         timeout = datetime.timedelta(minutes=cfg.timeout_minutes)
+        if world == 1:  # DeepSpeed in one process started without a launcher: a group of one
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if use_ds:
             import deepspeed
 
-            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+            deepspeed.init_distributed(
+                dist_backend=backend, auto_mpi_discovery=False, timeout=timeout
+            )
         else:
             dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev, use_ds)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def usable_cores() -> int:
@@ -86,8 +103,8 @@ def usable_cores() -> int:
 
 def default_threads(local_ranks: int) -> int:
     """torch threads per rank: this machine's cores shared among its ranks, less the cores other
-    programs keep busy. On 2 cores with one busy neighbour, 2 threads made a tiny-model step
-    34x slower than 1 (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
+    programs keep busy. On 2 busy cores, 2 threads made a tiny-model step 19-72x slower than 1
+    (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
     cores = usable_cores()
     busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     return max(1, min(cores // max(1, local_ranks), cores - busy))
@@ -156,36 +173,88 @@ def gathered_params(
         yield
 
 
-def model_init_context(run: RunConfig, info: DistInfo) -> contextlib.AbstractContextManager:
-    """Context to construct the model in: ZeRO-3 partitions it while it is built."""
-    if not (info.deepspeed and _zero_stage(run) == 3):
-        return contextlib.nullcontext()
-    import deepspeed
+def uses_zero3(run: RunConfig, info: DistInfo) -> bool:
+    return info.deepspeed and _zero_stage(run) == 3
 
-    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(run, info))
+
+def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
+    """Under ZeRO-3 with a model loaded from disk, transformers' DeepSpeed integration object
+    (``HfDeepSpeedConfig``): while it lives, ``from_pretrained`` builds the model under
+    ``deepspeed.zero.Init`` and rank 0 loads each module's weights straight into the partitions,
+    and ``resize_token_embeddings`` gathers and re-partitions. Keep it alive as long as the
+    model. None otherwise: a small model built from ``model.arch`` (tests, demo) is built whole,
+    so that its random init equals one process's, and ``deepspeed.initialize`` partitions it."""
+    if not uses_zero3(run, info) or run.model.name_or_path is None:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(deepspeed_config(run, info))
 
 
 # ---------------------------------------------------------------------------------------------
 # DeepSpeed JSON: the reference's format, "auto" values filled from our config.
 
 
+def _user_json(run: RunConfig) -> dict[str, Any]:
+    path = run.distributed.deepspeed_config
+    return json.loads(Path(path).read_text()) if path else {}
+
+
 def _zero_stage(run: RunConfig) -> int:
-    if run.distributed.deepspeed_config is not None:
-        raw = json.loads(Path(run.distributed.deepspeed_config).read_text())
-        stage = raw.get("zero_optimization", {}).get("stage", "auto")
-        if stage != "auto":
-            return int(stage)
-    return run.distributed.zero_stage
+    stage = _user_json(run).get("zero_optimization", {}).get("stage", "auto")
+    return run.distributed.zero_stage if stage == "auto" else int(stage)
+
+
+# The DeepSpeed JSON optimizer section's params we honour (-> OptimConfig field), and those
+# that change nothing here (which implementation runs is ours to choose).
+_OPTIM_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay"}
+_IMPLEMENTATION_PARAMS = ("torch_adam", "fused", "adam_w_mode")
+
+
+def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
+    """``run.optim`` with the DeepSpeed JSON's optimizer section applied: an Adam/AdamW section's
+    explicit params (lr, betas, eps, weight_decay) win over the config's, "auto" keeps ours; any
+    other optimizer, or a param we cannot honour, is refused naming it."""
+    section = _user_json(run).get("optimizer")
+    if not section:
+        return run.optim
+    where = f"{run.distributed.deepspeed_config}: optimizer"
+    kind = str(section.get("type", "")).lower()
+    if kind not in ("adam", "adamw"):
+        raise ConfigError(
+            f"type {section.get('type')!r} is not supported: the trainer runs AdamW (DeepSpeed's "
+            "CPU Adam under offload); use Adam or AdamW, or remove the section",
+            field=where,
+        )
+    params = dict(section.get("params", {}))
+    if kind == "adam" and params.get("adam_w_mode") is False and params.get("weight_decay"):
+        raise ConfigError("adam_w_mode=false (L2 weight decay) is not supported", field=where)
+    unknown = sorted(set(params) - set(_OPTIM_PARAMS) - set(_IMPLEMENTATION_PARAMS))
+    if unknown:
+        raise ConfigError(
+            f"params {unknown} cannot be honoured; known: lr, betas, eps, weight_decay", field=where
+        )
+    chosen = {_OPTIM_PARAMS[k]: v for k, v in params.items() if k in _OPTIM_PARAMS and v != "auto"}
+    try:
+        return dataclasses.replace(run.optim, **chosen)
+    except ValueError as err:
+        raise ConfigError(str(err), field=where) from err
+
+
+def offloads_optimizer(config: dict[str, Any]) -> bool:
+    """Whether a (filled) DeepSpeed config puts the optimizer on the CPU or NVMe."""
+    device = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    return device in ("cpu", "nvme")
 
 
 def deepspeed_config(run: RunConfig, info: DistInfo) -> dict[str, Any]:
     """The DeepSpeed config dict: the user's JSON (if any) with its "auto" values filled.
 
     Our trainer owns packing, accumulation, AdamW and the schedule: DeepSpeed sees micro-batch 1,
-    one accumulation step (we set the boundary by hand), and no optimizer or scheduler section.
+    one accumulation step (we set the boundary by hand), and no optimizer or scheduler section
+    (the optimizer section's values reach AdamW through ``optim_with_deepspeed_section``).
     """
-    path = run.distributed.deepspeed_config
-    raw: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
+    raw = _user_json(run)
     dtype = resolve_dtype(run.model.dtype, info.device)
     fill: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
@@ -220,8 +289,15 @@ def deepspeed_config(run: RunConfig, info: DistInfo) -> dict[str, Any]:
     if fp16.get("enabled", "auto") == "auto":
         fp16["enabled"] = dtype == torch.float16
     # A NaN/inf gradient must skip the update in bf16 too (fp16 does through its loss scaler).
-    bf16.setdefault("check_grad_overflow", True)
+    bf16.setdefault("check_grad_overflow", run.train.skip_nonfinite)
     cfg["bf16"], cfg["fp16"] = bf16, fp16
+    if run.distributed.fp32_grad_accum and bf16["enabled"]:
+        if zero["stage"] != 1:
+            raise ConfigError(
+                f"needs ZeRO stage 1 under DeepSpeed (its BF16 optimizer), got {zero['stage']}",
+                field="distributed.fp32_grad_accum",
+            )
+        cfg["data_types"] = dict(cfg.get("data_types", {}), grad_accum_dtype="fp32")
     cfg["zero_allow_untested_optimizer"] = True
     leftover = [k for k, v in cfg.items() if v == "auto"]
     if leftover:
@@ -240,18 +316,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 # Engines.
 
 
-def _adamw(params: list[torch.nn.Parameter], run: RunConfig) -> torch.optim.AdamW:
+def _adamw(
+    params: list[torch.nn.Parameter], optim: OptimConfig, on_cpu: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW over ``params``; ``on_cpu``: DeepSpeed's CPU Adam (ZeRO-Offload runs the step on
+    the host, and DeepSpeed accepts no other client optimizer there)."""
     # No weight decay on biases and norm weights (1-D), as usual for transformers.
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [
-        {"params": decay, "weight_decay": run.optim.weight_decay},
+        {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    o = run.optim
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=o.lr, betas=o.betas, eps=o.eps, foreach=True
-    )
+    groups = [g for g in groups if g["params"]]
+    if on_cpu:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(
+            groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, adamw_mode=True
+        )
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=True)
 
 
 @dataclass
@@ -270,7 +354,7 @@ class LocalEngine:
         self.module = module
         self.info = info
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = _adamw(self.params, run)
+        self.optimizer = _adamw(self.params, run.optim)
         self.grad_clip = run.optim.grad_clip
         self.loss_factor = 1.0
         self.skip_nonfinite = run.train.skip_nonfinite
@@ -305,6 +389,9 @@ class LocalEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(host[:-1], host[-1], applied)
 
+    def describe(self) -> str:
+        return f"single engine, {type(self.optimizer).__name__}"
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
@@ -335,9 +422,11 @@ class DeepSpeedEngine:
             for p in external_params:
                 deepspeed.zero.register_external_parameter(module, p)
         params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = _adamw(params, run.optim, on_cpu=offloads_optimizer(self.config))
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=_adamw(params, run), config=self.config
+            model=module, optimizer=optimizer, config=self.config
         )
+        self.optimizer_name = type(optimizer).__name__
         self.module = self.engine.module
         # DeepSpeed averages gradients over ranks; our weights already normalise globally.
         self.loss_factor = float(info.world_size)
@@ -348,6 +437,14 @@ class DeepSpeedEngine:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def describe(self) -> str:
+        weights, accum = self.engine.get_data_types()
+        offload = " offloaded" if offloads_optimizer(self.config) else ""
+        return (
+            f"deepspeed ZeRO-{self.config['zero_optimization']['stage']}, "
+            f"{self.optimizer_name}{offload}, weights {weights}, grad accumulation {accum}"
+        )
 
     def start_micro_batch(self, last: bool) -> None:
         """Reduce gradients only after the step's last micro-batch."""

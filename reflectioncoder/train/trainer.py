@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,21 @@ from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
-from reflectioncoder.errors import UserError, require_model_folder
+from reflectioncoder.errors import UserError
 from reflectioncoder.train import checkpoint, distributed
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
+
+
+@dataclasses.dataclass
+class PreparedStep:
+    """One step's host work: this rank's micro-batches and, on logging steps, each one's
+    teacher-row flags (for the teacher/student CE split)."""
+
+    step: int
+    batches: list[PackedBatch]
+    teacher_rows: list[torch.Tensor] | None
 
 
 class NonFiniteError(RuntimeError):
@@ -228,9 +239,11 @@ def load_tokenizer(cfg: RunConfig, info: distributed.DistInfo, resume_from: Path
         return _resumed_tokenizer(Path(cfg.checkpoint.out_dir), resume_from)
     source = cfg.model.tokenizer or cfg.model.name_or_path
     if source is not None:
+        from reflectioncoder.model import resolve_model_path
+
         field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
-        require_model_folder(source, field, need="tokenizer")
-        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        folder = resolve_model_path(source, field, need="tokenizer")
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     from reflectioncoder.tokenizer import tokenizer_from_json, train_tokenizer
 
     serialised = None
@@ -259,27 +272,34 @@ def _resumed_tokenizer(out_dir: Path, checkpoint_path: Path) -> Any:
     return tokenizer
 
 
-def build_model(cfg: RunConfig, tokenizer: Any, dtype: torch.dtype) -> nn.Module:
-    """Load or build the model, add the special tokens (mean-initialised rows), prepare it.
+def build_model(
+    cfg: RunConfig, tokenizer: Any, dtype: torch.dtype, info: distributed.DistInfo
+) -> nn.Module:
+    """Load or build the model, add the special tokens (mean-initialised rows).
 
-    ``tokenizer`` is the original one: the seven tokens are added to it here (in place).
+    ``tokenizer`` is the original one: the seven tokens are added to it here (in place). Under
+    DeepSpeed the weights load in the training dtype; under ZeRO-3 straight into each rank's
+    partitions (transformers' DeepSpeed integration must be active: ``Trainer`` keeps it), and
+    the new embedding rows are written under gathered parameters. ``info`` says which.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
     from reflectioncoder.model import (
         add_special_token_embeddings,
         build_tiny_llama,
         load_model,
+        resolve_model_path,
     )
 
+    # One process keeps fp32 weights (bf16 through autocast); DeepSpeed holds fp32 masters.
+    load_dtype = dtype if info.deepspeed else torch.float32
     if cfg.model.name_or_path is not None:
-        require_model_folder(cfg.model.name_or_path, "model.name_or_path", need="model")
-        model = load_model(cfg.model.name_or_path, dtype=torch.float32)
+        model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=load_dtype)
     else:
         model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
     splits = add_special_tokens(tokenizer)
-    # The model is whole here (ZeRO-3 partitions it later, in deepspeed.initialize), so no
-    # gather is needed; a model built under zero.Init would pass distributed.gathered_params.
-    add_special_token_embeddings(model, tokenizer, splits)
+    add_special_token_embeddings(
+        model, tokenizer, splits, gather_for_update=distributed.gathered_params
+    )
     return model
 
 
@@ -290,6 +310,10 @@ class Trainer:
     """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
 
     def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
+        # The DeepSpeed JSON's optimizer section, honoured (or refused) before anything starts.
+        optim = distributed.optim_with_deepspeed_section(cfg)
+        if optim is not cfg.optim:
+            cfg = dataclasses.replace(cfg, optim=optim)
         self.cfg = cfg
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
@@ -309,7 +333,9 @@ class Trainer:
         self.resume_from = self._checkpoint_to_resume(resume)
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
-        model = build_model(cfg, self.tokenizer, self.dtype)
+        # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
+        self._zero3_hf = distributed.zero3_transformers_config(cfg, self.info)
+        model = build_model(cfg, self.tokenizer, self.dtype, self.info)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
@@ -333,7 +359,16 @@ class Trainer:
 
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
 
-        if self.info.deepspeed:
+        if self._zero3_hf is not None:
+            autocast = None  # loaded into partitions: never whole on one device
+            if self.info.is_main:
+                local = sum(p.numel() for p in model.parameters())
+                log.info(
+                    "ZeRO-3: model loaded into partitions, this rank holds %d of %d parameters",
+                    local,
+                    count_parameters(model),
+                )
+        elif self.info.deepspeed:
             model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
             autocast = None
         else:
@@ -347,6 +382,9 @@ class Trainer:
             self.module, cfg, self.info, external_params=[lm_head_weight(model)]
         )
 
+        # The next step's host work runs here while the current step computes.
+        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rc-prepare")
+        self._ahead: Future[PreparedStep] | None = None
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
@@ -372,9 +410,7 @@ class Trainer:
                 self.total_steps,
                 self.n_params,
                 self.info.world_size,
-                f"deepspeed ZeRO-{self.engine.config['zero_optimization']['stage']}"
-                if self.info.deepspeed
-                else "single engine",
+                self.engine.describe(),
                 self.dtype,
                 self.threads,
             )
@@ -434,6 +470,32 @@ class Trainer:
         rank = self.info.rank
         return pack_rank(plan, rank, self.cfg.mask, self.cfg.packing), plan.has_student(rank)
 
+    def _prepare(self, step: int) -> PreparedStep:
+        """Step ``step``'s host work: plan, mask, pack, teacher-row flags on logging steps, and
+        on CUDA pinned copies (so the copies to the device can overlap)."""
+        batches, flags = self.step_batches(step)
+        rows = None
+        if self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0:
+            rows = [teacher_row_flags(b, f) for b, f in zip(batches, flags, strict=True)]
+        if self.info.device.type == "cuda":
+            batches = [b.pin_memory() for b in batches]
+            rows = None if rows is None else [r.pin_memory() for r in rows]
+        return PreparedStep(step, batches, rows)
+
+    def _prepared(self, step: int) -> tuple[PreparedStep, float]:
+        """Step ``step``'s host work, prepared on the background thread while the previous
+        step ran (or now, on the first step); then the next step's is started. Also returns
+        the seconds this step waited for it (host time left on the critical path)."""
+        t0 = time.perf_counter()
+        ahead, self._ahead = self._ahead, None
+        prepared = ahead.result() if ahead is not None else None
+        if prepared is None or prepared.step != step:
+            prepared = self._prepare(step)
+        waited = time.perf_counter() - t0
+        if step + 1 < self.total_steps:
+            self._ahead = self._host.submit(self._prepare, step + 1)
+        return prepared, waited
+
     def train_step(self) -> dict[str, Any]:
         """Run optimizer step ``self.step``; returns its metrics row (host values)."""
         if self.step >= self.total_steps:
@@ -442,16 +504,18 @@ class Trainer:
         step = self.step
         lr = lr_at(step, self.total_steps, self.cfg.optim)
         self.engine.set_lr(lr)
-        log_now = (step + 1) % self.cfg.logging.log_every == 0
-        split = self.cfg.logging.split_ce and log_now
-        batches, flags = self.step_batches(step)
+        prepared, host_wait = self._prepared(step)
+        batches, teacher_rows = prepared.batches, prepared.teacher_rows
+        split = self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0
+        if split and teacher_rows is None:  # logging changed after this step was prepared
+            teacher_rows = self._prepare(step).teacher_rows
         device = self.info.device
         # loss, ce, kl, teacher_ce, tokens, samples: summed over micro-batches, then ranks.
         stats = torch.zeros(6, dtype=torch.float64, device=device)
-        for j, (batch, has_student) in enumerate(zip(batches, flags, strict=True)):
-            rows = teacher_row_flags(batch, has_student).to(device) if split else None
+        for j, batch in enumerate(batches):
+            rows = teacher_rows[j].to(device, non_blocking=True) if split else None
             sizes = torch.tensor([batch.num_tokens, batch.num_samples], dtype=torch.float64)
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=True)
             self.engine.start_micro_batch(last=j == len(batches) - 1)
             loss, ce, kl, teacher_ce = self.engine(batch, rows)
             self.engine.backward(loss)
@@ -476,6 +540,7 @@ class Trainer:
             "tokens_per_s": tokens / elapsed,
             "skipped": not result.applied,
             "time": elapsed,
+            "host_wait": host_wait,
         }
         if self.peak_flops:
             # 6 N FLOPs per token (forward + backward), all ranks' tokens over all ranks' peak.
@@ -552,5 +617,6 @@ class Trainer:
 
     def close(self) -> None:
         """Flush metrics, draw the loss plot, end the process group."""
+        self._host.shutdown(wait=True, cancel_futures=True)
         self.metrics.close()
         distributed.shutdown()

@@ -1,0 +1,172 @@
+"""Host memory of building a CodeLlama-34B-shaped model under ZeRO-3 (2 gloo ranks) against an
+unpartitioned build of the same slice, through the trainer's own construction path.
+
+    python -m bench.bench_zero3_init --out bench/results/zero3_init.json
+
+The slice: CodeLlama-34B's hidden 8192, intermediate 22016, 64 heads, 8 KV heads, vocabulary
+32000, with ``--layers`` decoder layers (2 by default: 1.9B parameters, 3.8 GB in bf16), saved
+in bf16 as a Hugging Face folder in 1 GB shards (real 34B checkpoints come in shards too).
+Each case is fresh processes running ``trainer.build_model`` (load in bf16, add the special
+tokens with their mean-initialised rows) and reporting its peak resident memory (ru_maxrss):
+
+- ``unpartitioned``: one process, DeepSpeed ZeRO-1 (the whole model in bf16 on the rank);
+- ``zero3``: 2 ranks under torchrun, ZeRO-3: transformers' DeepSpeed integration builds the
+  model under ``deepspeed.zero.Init`` and rank 0 loads each module's weights straight into the
+  partitions (gathered one module at a time); the special-token rows are written under gathered
+  parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.providers.common import commit, device_name
+
+SHAPE = {"hidden_size": 8192, "intermediate_size": 22016, "num_heads": 64, "num_kv_heads": 8}
+VOCAB = 32000
+
+
+def _prepare(folder: Path, layers: int) -> None:
+    """The slice, random, saved in bf16 with a small locally trained tokenizer."""
+    import torch
+
+    from reflectioncoder.model import build_tiny_llama
+    from reflectioncoder.tokenizer import train_tokenizer
+
+    torch.set_default_dtype(torch.bfloat16)  # never a whole fp32 copy, even here
+    model = build_tiny_llama(VOCAB, num_layers=layers, seed=0, **SHAPE)
+    model.config._attn_implementation = "sdpa"
+    model.save_pretrained(str(folder), max_shard_size="1GB")
+    texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(300)]
+    train_tokenizer(texts, vocab_size=400).save_pretrained(str(folder))
+
+
+def _child(spec: dict) -> None:
+    """Build the model the trainer's way; print this rank's figures as one JSON line."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from reflectioncoder.config import load_config
+    from reflectioncoder.model import count_parameters
+    from reflectioncoder.train import distributed
+    from reflectioncoder.train.trainer import build_model
+
+    cfg = load_config(
+        base="tiny",
+        overrides=[
+            f"model.name_or_path={spec['model']}",
+            "model.dtype=bf16",
+            "data.files=[unused.jsonl]",
+            "distributed.backend=deepspeed",
+            f"distributed.zero_stage={spec['stage']}",
+        ],
+    )
+    info = distributed.setup(cfg.distributed, "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0, c0 = time.perf_counter(), time.process_time()
+    keep = distributed.zero3_transformers_config(cfg, info)
+    model = build_model(cfg, tokenizer, torch.bfloat16, info)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    local = sum(p.numel() for p in model.parameters())
+    print(
+        json.dumps(
+            {
+                "rank": info.rank,
+                "peak": peak,
+                "before": before,
+                "wall": wall,
+                "cpu": cpu,
+                "params": count_parameters(model),
+                "local_params": local,
+                "zero3": keep is not None,
+            }
+        ),
+        flush=True,
+    )
+    distributed.barrier()
+    distributed.shutdown()
+
+
+def _run_case(folder: Path, stage: int, ranks: int) -> list[dict]:
+    spec = json.dumps({"model": str(folder), "stage": stage})
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if ranks == 1:
+        args = [sys.executable, "-m", "bench.bench_zero3_init", "--child", spec]
+    else:
+        args = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={ranks}",
+            "-m",
+            "bench.bench_zero3_init",
+            "--child",
+            spec,
+        ]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError((proc.stdout + proc.stderr)[-4000:])
+    return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+
+
+def run(layers: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "slice"
+        _prepare(folder, layers)
+        common = {
+            "kernel": "zero3_init",
+            "device": device_name("cpu"),
+            "commit": commit(),
+            "size": f"CodeLlama-34B shape, {layers} layers, bf16",
+        }
+        for name, stage, ranks in (("unpartitioned", 1, 1), ("zero3", 3, 2)):
+            for got in _run_case(folder, stage, ranks):
+                for mode, value, unit in (
+                    ("peak_rss", got["peak"], "MiB"),
+                    ("peak_rss_over_start", got["peak"] - got["before"], "MiB"),
+                    ("local_params", got["local_params"], "count"),
+                    ("params", got["params"], "count"),
+                    ("wall", got["wall"], "s"),
+                    ("cpu", got["cpu"], "s"),
+                ):
+                    rows.append(
+                        {
+                            **common,
+                            "provider": f"{name}/rank{got['rank']}",
+                            "mode": mode,
+                            "value": value,
+                            "unit": unit,
+                        }
+                    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="bench/results/zero3_init.json")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(json.loads(args.child))
+        return
+    rows = run(args.layers)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['provider']:>22} {r['mode']:>20}: {r['value']:.6g} {r['unit']}")
+
+
+if __name__ == "__main__":
+    main()

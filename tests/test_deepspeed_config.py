@@ -1,0 +1,105 @@
+"""The DeepSpeed JSON as users bring it: its optimizer section honoured or refused by name, an
+offload device (JSON or flag) selecting DeepSpeed's CPU Adam, fp32 gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reflectioncoder.config import load_config
+from reflectioncoder.errors import ConfigError
+from reflectioncoder.train.distributed import (
+    DistInfo,
+    deepspeed_config,
+    offloads_optimizer,
+    optim_with_deepspeed_section,
+)
+
+INFO = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), deepspeed=True)
+
+
+def _run(tmp_path, ds: dict | None, *extra: str):
+    overrides = ["data.files=[x.jsonl]", *extra]
+    if ds is not None:
+        path = tmp_path / "ds.json"
+        path.write_text(json.dumps(ds))
+        overrides.append(f"distributed.deepspeed_config={path}")
+    return load_config(base="tiny", overrides=overrides)
+
+
+def test_optimizer_section_is_honoured(tmp_path):
+    ds = {
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": 1e-4, "betas": "auto", "eps": 1e-6, "weight_decay": 0.1},
+        },
+        "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+    }
+    run = _run(tmp_path, ds, "optim.betas=[0.9, 0.95]")
+    optim = optim_with_deepspeed_section(run)
+    assert (optim.lr, optim.eps, optim.weight_decay) == (1e-4, 1e-6, 0.1)
+    assert optim.betas == (0.9, 0.95)  # "auto": ours
+    cfg = deepspeed_config(run, INFO)
+    assert "optimizer" not in cfg and offloads_optimizer(cfg)
+    plain = _run(tmp_path, None)
+    assert optim_with_deepspeed_section(plain) is plain.optim
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"type": "Lamb", "params": {"lr": 1e-3}}, "type 'Lamb' is not supported"),
+        ({"type": "AdamW", "params": {"lr": 1e-3, "amsgrad": True}}, r"params \['amsgrad'\]"),
+        ({"type": "Adam", "params": {"adam_w_mode": False, "weight_decay": 0.1}}, "adam_w_mode"),
+        ({"type": "AdamW", "params": {"lr": -1}}, "optim.lr: must be > 0"),
+    ],
+)
+def test_optimizer_section_refused_by_name(tmp_path, section, message):
+    run = _run(tmp_path, {"optimizer": section})
+    with pytest.raises(ConfigError, match=message) as err:
+        optim_with_deepspeed_section(run)
+    assert "ds.json: optimizer" in str(err.value)
+
+
+def test_offload_flag_and_fp32_grad_accum(tmp_path):
+    run = _run(tmp_path, None, "distributed.offload_optimizer=true", "distributed.zero_stage=2")
+    assert offloads_optimizer(deepspeed_config(run, INFO))
+    assert not offloads_optimizer(deepspeed_config(_run(tmp_path, None), INFO))
+    bf16 = ("model.dtype=bf16", "distributed.fp32_grad_accum=true")
+    run = _run(tmp_path, None, *bf16, "distributed.zero_stage=1")
+    assert deepspeed_config(run, INFO)["data_types"] == {"grad_accum_dtype": "fp32"}
+    with pytest.raises(ValueError, match="distributed.fp32_grad_accum"):
+        _run(tmp_path, None, "distributed.fp32_grad_accum=true", "distributed.zero_stage=2")
+    with pytest.raises(ConfigError, match="needs ZeRO stage 1 under DeepSpeed"):
+        deepspeed_config(_run(tmp_path, None, *bf16), INFO)  # tiny: zero_stage 0
+
+
+def test_34b_launch_config_fills(monkeypatch):
+    """docs/training.md's 34B launch: configs/paper-34b.yaml with configs/ds_zero3.json."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    run = load_config(
+        "configs/paper-34b.yaml", ["distributed.deepspeed_config=configs/ds_zero3.json"]
+    )
+    info = DistInfo(
+        rank=0, world_size=32, local_rank=0, device=torch.device("cuda", 0), deepspeed=True
+    )
+    cfg = deepspeed_config(run, info)
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["bf16"]["enabled"]
+    assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert "auto" not in json.dumps(cfg) and not offloads_optimizer(cfg)
+    assert optim_with_deepspeed_section(run) == run.optim  # all "auto": ours
+
+
+def test_hub_name_outside_the_cache_is_a_clear_error(tmp_path, monkeypatch):
+    from reflectioncoder.errors import UserError
+    from reflectioncoder.model import resolve_model_path
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="model.name_or_path: deepseek-ai/x: a hub name not in"):
+        resolve_model_path("deepseek-ai/x")
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_model_path(tmp_path)
