@@ -32,6 +32,7 @@ setup(
         "tokenizers>=0.21",
         "safetensors",
         "deepspeed>=0.19,<0.20",
+        "accelerate>=1.1",  # transformers' ZeRO-3 integration (HfDeepSpeedConfig) needs it
         "liger-kernel>=0.8,<0.9",
         "numpy",
         "pyyaml",

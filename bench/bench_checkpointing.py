@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_packing import commit, device_name
+from bench.providers.common import commit, device_name
 
 ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4}
 
@@ -112,7 +112,7 @@ def run(samples_per_step: int, steps: int) -> list[dict]:
                 "provider": "checkpointing" if ckpt else "no_checkpointing",
                 "size": f"{ARCH['num_layers']} layers x {ARCH['hidden_size']}, "
                 f"{tokens} tokens/micro-batch, {steps} steps",
-                "device": device_name(),
+                "device": device_name("cpu"),
                 "commit": commit(),
             }
             for mode, value, unit in (

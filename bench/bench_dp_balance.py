@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.bench_packing import commit, device_name
+from bench.providers.common import commit, device_name
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import plan_step
 from reflectioncoder.data.synthetic import synthetic_samples
@@ -75,7 +75,7 @@ def run(samples_per_step: int, steps: int, budget: int, seed: int) -> list[dict]
     cfg = MaskConfig(strategies=("block_mask",), block_order="tce")
     pack = PackingConfig(max_tokens=budget)
     pool = synthetic_samples(samples_per_step * steps, vocab_size=32000, seed=seed)
-    common = {"kernel": "dp_balance", "device": device_name(), "commit": commit()}
+    common = {"kernel": "dp_balance", "device": device_name("cpu"), "commit": commit()}
     rows = []
     for world in RANKS:
         got: dict[str, list[float]] = {"before": [], "balanced": [], "plan_ms": []}

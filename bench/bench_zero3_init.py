@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_packing import commit, device_name
+from bench.providers.common import commit, device_name
 
 SHAPE = {"hidden_size": 8192, "intermediate_size": 22016, "num_heads": 64, "num_kv_heads": 8}
 VOCAB = 32000
@@ -126,7 +126,7 @@ def run(layers: int) -> list[dict]:
         _prepare(folder, layers)
         common = {
             "kernel": "zero3_init",
-            "device": device_name(),
+            "device": device_name("cpu"),
             "commit": commit(),
             "size": f"CodeLlama-34B shape, {layers} layers, bf16",
         }

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_gradient_checkpointing import save_tiny_model
 
 from reflectioncoder.config import load_config
 from reflectioncoder.train.toydata import write_toy_jsonl
@@ -107,6 +108,9 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, 
     single, multi = tmp_path / "single", tmp_path / "multi"
     steps = 3 if poison is None else 4
     common = [f"train.max_steps={steps}", "train.epochs=2"]
+    if stage == 3:  # a model from disk: ZeRO-3 loads it straight into the partitions
+        save_tiny_model(tmp_path / "model", data.read_text().splitlines(), seed)
+        common.append(f"model.name_or_path={tmp_path / 'model'}")
     _train(_overrides(data, single, seed, normalisation) + common, poison)
 
     env = dict(os.environ)
@@ -126,6 +130,7 @@ def test_two_ranks_zero_match_one_process(tmp_path, seed, stage, normalisation, 
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert f"deepspeed ZeRO-{stage}" in proc.stderr
+    assert ("model loaded into partitions" in proc.stderr) == (stage == 3)
 
     want, got = _rows(single), _rows(multi)
     assert [r["step"] for r in got] == list(range(1, steps + 1))

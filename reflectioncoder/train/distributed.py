@@ -103,8 +103,8 @@ def usable_cores() -> int:
 
 def default_threads(local_ranks: int) -> int:
     """torch threads per rank: this machine's cores shared among its ranks, less the cores other
-    programs keep busy. On 2 cores with one busy neighbour, 2 threads made a tiny-model step
-    34x slower than 1 (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
+    programs keep busy. On 2 busy cores, 2 threads made a tiny-model step 19-72x slower than 1
+    (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
     cores = usable_cores()
     busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     return max(1, min(cores // max(1, local_ranks), cores - busy))
@@ -178,25 +178,17 @@ def uses_zero3(run: RunConfig, info: DistInfo) -> bool:
 
 
 def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
-    """Under ZeRO-3, transformers' DeepSpeed integration object (``HfDeepSpeedConfig``): while
-    it lives, ``from_pretrained`` builds the model under ``deepspeed.zero.Init`` and loads the
-    checkpoint straight into each rank's partitions, and ``resize_token_embeddings`` gathers and
-    re-partitions. Keep the returned object alive as long as the model. None otherwise."""
-    if not uses_zero3(run, info):
+    """Under ZeRO-3 with a model loaded from disk, transformers' DeepSpeed integration object
+    (``HfDeepSpeedConfig``): while it lives, ``from_pretrained`` builds the model under
+    ``deepspeed.zero.Init`` and rank 0 loads each module's weights straight into the partitions,
+    and ``resize_token_embeddings`` gathers and re-partitions. Keep it alive as long as the
+    model. None otherwise: a small model built from ``model.arch`` (tests, demo) is built whole,
+    so that its random init equals one process's, and ``deepspeed.initialize`` partitions it."""
+    if not uses_zero3(run, info) or run.model.name_or_path is None:
         return None
     from transformers.integrations import HfDeepSpeedConfig
 
     return HfDeepSpeedConfig(deepspeed_config(run, info))
-
-
-def model_init_context(run: RunConfig, info: DistInfo) -> contextlib.AbstractContextManager:
-    """Context to construct a model from its config in: under ZeRO-3 each parameter is
-    partitioned over the ranks as soon as its module is built (no rank ever holds it whole)."""
-    if not uses_zero3(run, info):
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.Init(config_dict_or_path=deepspeed_config(run, info))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -280,7 +280,7 @@ def build_model(
     ``tokenizer`` is the original one: the seven tokens are added to it here (in place). Under
     DeepSpeed the weights load in the training dtype; under ZeRO-3 straight into each rank's
     partitions (transformers' DeepSpeed integration must be active: ``Trainer`` keeps it), and
-    the new embedding rows are written under gathered parameters.
+    the new embedding rows are written under gathered parameters. ``info`` says which.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
     from reflectioncoder.model import (
@@ -295,8 +295,7 @@ def build_model(
     if cfg.model.name_or_path is not None:
         model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=load_dtype)
     else:
-        with distributed.model_init_context(cfg, info):
-            model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
+        model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
     splits = add_special_tokens(tokenizer)
     add_special_token_embeddings(
         model, tokenizer, splits, gather_for_update=distributed.gathered_params
@@ -361,7 +360,14 @@ class Trainer:
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
 
         if self._zero3_hf is not None:
-            autocast = None  # partitioned where it was built: never whole on one device
+            autocast = None  # loaded into partitions: never whole on one device
+            if self.info.is_main:
+                local = sum(p.numel() for p in model.parameters())
+                log.info(
+                    "ZeRO-3: model loaded into partitions, this rank holds %d of %d parameters",
+                    local,
+                    count_parameters(model),
+                )
         elif self.info.deepspeed:
             model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
             autocast = None
