@@ -333,3 +333,21 @@ def test_a_hog_changes_no_other_verdict(level, seed):
         assert (r.base, r.plus) == (PASS, PASS), (name, r)
     assert not results["hog"].passed_base
     assert _alive_with(token) == []
+
+
+def test_stale_run_cgroups_are_swept():
+    """A scorer killed before its cleanup leaves an empty run cgroup; the next one removes it
+    once it is old, and leaves fresh ones (another scorer's run about to start) alone."""
+    _needs_cgroup("pids")
+    parent = sandbox._cgroup_layout().parents["pids"]
+    old, fresh = (parent / f"rc-sandbox-test-{uuid.uuid4().hex}" for _ in range(2))
+    old.mkdir()
+    fresh.mkdir()
+    try:
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        sandbox._remove_stale_cgroups(sandbox._cgroup_layout())
+        assert not old.exists() and fresh.exists()
+    finally:
+        for path in (old, fresh):
+            if path.exists():
+                path.rmdir()

@@ -254,7 +254,20 @@ def _cgroup_layout() -> _CgroupLayout | None:
     """The richest cgroup setup this machine lets us make (v2 where writable, else v1), or None."""
     mounts, own = _cgroup_mounts(), _own_cgroup_paths()
     found = [lay for lay in (_v2_layout(mounts, own), _v1_layout(mounts, own)) if lay]
-    return max(found, key=lambda lay: len(lay.parents), default=None)
+    layout = max(found, key=lambda lay: len(lay.parents), default=None)
+    if layout is not None:
+        _remove_stale_cgroups(layout)
+    return layout
+
+
+def _remove_stale_cgroups(layout: _CgroupLayout, older_than_s: float = 600.0) -> None:
+    """Empty run cgroups left by scorers that were killed before their cleanup ran."""
+    for parent in set(layout.parents.values()):
+        for path in parent.glob("rc-sandbox-*"):
+            with contextlib.suppress(OSError):
+                stale = time.time() - path.stat().st_mtime > older_than_s
+                if stale and not (path / "cgroup.procs").read_text().strip():
+                    path.rmdir()
 
 
 def isolation_level() -> str:
