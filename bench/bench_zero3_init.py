@@ -77,7 +77,7 @@ def _child(spec: dict) -> None:
     model = build_model(cfg, tokenizer, torch.bfloat16, info)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    local = sum(p.numel() for p in model.parameters())
+    local = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
     print(
         json.dumps(
             {
@@ -123,7 +123,21 @@ def run(layers: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "slice"
-        _prepare(folder, layers)
+        # In its own process: a child inherits its parent's peak RSS (Linux keeps it over
+        # fork and exec), so this process must never hold the model.
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_zero3_init",
+                "--prepare",
+                str(folder),
+                "--layers",
+                str(layers),
+            ],
+            check=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        )
         common = {
             "kernel": "zero3_init",
             "device": device_name("cpu"),
@@ -157,7 +171,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/zero3_init.json")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare:
+        _prepare(Path(args.prepare), args.layers)
+        return
     if args.child:
         _child(json.loads(args.child))
         return
