@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,10 +51,16 @@ def _commit() -> str:
         return "unknown"
 
 
+CPU_SECONDS: list[float] = []  # CPU time (user + system) of each timed command's process tree
+
+
 def _timed(cmd: list[str], env: dict, cwd: str) -> tuple[float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return wall, proc.stdout + proc.stderr
@@ -145,11 +152,17 @@ def main() -> int:
                             "commit": commit,
                             "value": round(wall, 2),
                             "unit": "s",
+                            "cpu_s": round(CPU_SECONDS[-1], 1),
+                            "load1": round(os.getloadavg()[0], 1),
                             "scores": scores,
                             "parallel": 2,
                         }
                     )
-                    print(f"{name:16s} {task:10s} {wall:7.1f} s  {scores}", flush=True)
+                    cpu = CPU_SECONDS[-1]
+                    print(
+                        f"{name:16s} {task:10s} {wall:7.1f} s  CPU {cpu:7.1f} s  {scores}",
+                        flush=True,
+                    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.is_file() else []
     args.out.write_text(json.dumps(old + rows, indent=1) + "\n")

@@ -14,7 +14,7 @@ def test_train_step(provider, run_bench, device, profile) -> None:
     model, opt, data, step = T.setup_provider(provider, cfg)
     params = sum(p.numel() for p in model.parameters())
     _, tokens = step(model, opt, data[0], cfg)  # compile / warm-up outside the measurement
-    run_bench(
+    info = run_bench(
         lambda: step(model, opt, data[0], cfg),
         group=f"train step {params / 1e6:.3g}M params {cfg.samples} samples {profile.dtype}",
         flops=T.model_flops(params, tokens),
@@ -24,3 +24,5 @@ def test_train_step(provider, run_bench, device, profile) -> None:
         params=params,
         warm=True,
     )
+    seconds = info["wall_ms" if device == "cuda" else "cpu_ms"] * 1e-3
+    info["model_tokens_per_s"] = round(tokens / seconds)

@@ -295,6 +295,8 @@ def test_planted_benchmark_prompts_are_dropped(tmp_path, evaldata, bench_index):
         [src], tmp_path / "all.jsonl", index=bench_index, keep_contaminated=True, progress=False
     )
     assert kept.written == len(rows) and kept.inputs[0].decontaminated == len(planted)
+    assert f"{len(planted)} contaminated kept" in kept.summary()
+    assert f"{len(planted)} contaminated dropped" in result.summary()
     assert manifest_path(tmp_path / "all.jsonl").is_file()
 
 
@@ -354,3 +356,30 @@ def test_paper_config_trains_on_what_the_docs_prepare():
         ]
     )
     assert config["data"]["upsample"] == [1, 2, 2]
+
+
+def test_rows_users_get_wrong_are_one_bad_row_each(tmp_path, capsys):
+    """A BOM, a line that is not UTF-8, a row missing one field, an output that is a folder,
+    a corrupt parquet file and a file none of whose rows convert: each one clear line."""
+    src = tmp_path / "mine.jsonl"
+    src.write_bytes(
+        b'\xef\xbb\xbf{"query": "a", "answer": "b"}\n'
+        b'{"query": "caf\xe9", "answer": "b"}\n'
+        b'{"query": "only the query"}\n'
+    )
+    result = prepare([src], tmp_path / "out.jsonl", progress=False)
+    assert result.written == 1
+    assert result.inputs[0].skipped == {
+        "not UTF-8": [f"{src}:2:<text>: not UTF-8 (byte 15)"],
+        "expected a string": [f"{src}:3:answer: expected a string, missing"],
+    }
+    base = ["prepare-data", "--no-decontaminate", "--no-progress"]
+    assert cli_main([*base, "--in", str(src), "--out", str(tmp_path)]) == 2
+    assert "--out:" in capsys.readouterr().err
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    argv = [*base, "--in", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o.jsonl")]
+    assert cli_main(argv) == 1
+    assert f"{tmp_path / 'bad.parquet'}: --in: not a readable parquet" in capsys.readouterr().err
+    argv = [*base, "--in", str(src), "--format", "sharegpt", "--out", str(tmp_path / "o.jsonl")]
+    assert cli_main(argv) == 0
+    assert f"warning: {src}: none of its 3 rows could be converted" in capsys.readouterr().err

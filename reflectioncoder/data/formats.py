@@ -39,20 +39,20 @@ def detect_format(row: object) -> str | None:
     """The format a row is in, from its keys (None when it is none of FORMATS)."""
     if not isinstance(row, dict):
         return None
-    if "query" in row and "answer" in row:
+    # one of a format's keys is enough: a row missing the other is that format's bad row
+    # ("answer: expected a string, missing"), not a row of no known format
+    if "query" in row or "answer" in row:
         return "codefeedback"
     if "conversations" in row:
         return "sharegpt"
-    messages = row.get("messages")
-    if isinstance(messages, list) and messages:
-        first = messages[0]
-        content = first.get("content") if isinstance(first, dict) else None
-        if isinstance(content, list) and all(
-            isinstance(b, dict) and "content" in b for b in content
-        ):
-            return "reflectionseq"
-        return "openai"
-    return None
+    if "messages" not in row:
+        return None
+    messages = row["messages"]
+    first = messages[0] if isinstance(messages, list) and messages else None
+    content = first.get("content") if isinstance(first, dict) else None
+    if isinstance(content, list) and all(isinstance(b, dict) and "content" in b for b in content):
+        return "reflectionseq"
+    return "openai"
 
 
 def _string(row: dict, key: str, source: str, field: str | None = None) -> str:

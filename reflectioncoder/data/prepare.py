@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ class InputStats:
 
 def _reason_kind(reason: str) -> str:
     """The part of a reason that names its kind (before any quoted detail)."""
-    for stop in (" (", ":", " '", ' "', ", got"):
+    for stop in (" (", ":", " '", ' "', ", got", ", missing"):
         reason = reason.split(stop, 1)[0]
     return reason.strip()
 
@@ -88,10 +89,11 @@ class PrepareResult:
     def summary(self) -> str:
         read = sum(s.read for s in self.inputs)
         skipped = sum(sum(len(v) for v in s.skipped.values()) for s in self.inputs)
-        dropped = sum(s.decontaminated for s in self.inputs)
+        contaminated = sum(s.decontaminated for s in self.inputs)
+        action = "kept" if self.contamination and self.contamination["kept"] else "dropped"
         return (
             f"wrote {self.out}: {self.written} of {read} rows ({skipped} bad skipped, "
-            f"{dropped} contaminated dropped); manifest {self.manifest}"
+            f"{contaminated} contaminated {action}); manifest {self.manifest}"
         )
 
 
@@ -118,6 +120,8 @@ def prepare(
             f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", field="--format"
         )
     out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; name the output .jsonl file", field="--out")
     sources = [pair for path in inputs for pair in expand_input(path)]
     for _, path in sources:
         if path.resolve() == out.resolve():
@@ -246,6 +250,12 @@ def main(args: argparse.Namespace) -> int:
             f"  {s.path}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
             f"contaminated {s.decontaminated}"
         )
+        if s.read and not s.written and not s.decontaminated:
+            print(
+                f"warning: {s.path}: none of its {s.read} rows could be converted; "
+                f"is it the format you meant{' (--format)' if args.format else ''}?",
+                file=sys.stderr,
+            )
     if result.contamination is not None:
         action = "kept" if args.keep_contaminated else "dropped"
         for bench, r in result.contamination["benchmarks"].items():

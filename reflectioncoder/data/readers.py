@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from reflectioncoder.data.schema import DataError
+from reflectioncoder.errors import UserError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 # Files of a `datasets` folder or hub snapshot that describe the data rather than hold it.
@@ -21,19 +22,26 @@ _METADATA = {"dataset_info.json", "dataset_dict.json", "state.json", "dataset_in
 Row = tuple[str, "dict | DataError"]
 
 
-def _open_text(path: Path):
+def _open_text(path: Path, errors: str = "strict"):
+    # utf-8-sig: a byte-order mark (some Windows editors write one) is not part of the data
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors=errors)
+    return path.open(encoding="utf-8-sig", errors=errors)
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
-    """One row per non-blank line; ``datasets``' ``to_json`` writes this (lines=True)."""
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    """One row per non-blank line; ``datasets``' ``to_json`` writes this (lines=True).
+    Read as bytes and decoded per line, so a line that is not UTF-8 is one bad row."""
+    with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            source = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield source, DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})")
+                continue
             if not line.strip():
                 continue
-            source = f"{path}:{lineno}"
             try:
                 yield source, json.loads(line)
             except json.JSONDecodeError as e:
@@ -43,7 +51,15 @@ def read_jsonl(path: Path) -> Iterator[Row]:
 def read_json(path: Path) -> Iterator[Row]:
     """A ``.json`` file: a JSON array of rows, jsonl (as ``to_json`` writes by default), or
     one pretty-printed object (one row)."""
-    with _open_text(path) as f:
+    try:
+        yield from _read_json(path)
+    except UnicodeDecodeError as e:  # the whole document is unreadable: the file's one error
+        source = f"{path}:1"
+        yield source, DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})")
+
+
+def _read_json(path: Path) -> Iterator[Row]:
+    with _open_text(path, errors="replace") as f:  # only to tell the shape
         head = f.read(4096).lstrip()
         f.seek(0)
         first = f.readline()
@@ -82,10 +98,15 @@ def _is_json(line: str) -> bool:
 
 def read_parquet(path: Path) -> Iterator[Row]:
     """Streamed in record batches (a hub parquet shard can be large)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"not a readable parquet file ({e})", file=path, field="--in") from e
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    for batch in parquet.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
             n += 1
             yield f"{path}:{n}", row

@@ -773,120 +773,68 @@ def _make_audit_hook(work: str, hidden: tuple, pid: int):  # pragma: no cover - 
     return hook
 
 
-# seccomp: syscalls refused by number, per machine (from the kernel's unistd tables)
-_SYSCALLS = {
-    "x86_64": (
-        0xC000003E,  # AUDIT_ARCH_X86_64
-        {"clone": 56, "clone3": 435, "kill": 62, "tkill": 200, "tgkill": 234},
-        (
-            57,
-            58,
-            59,
-            322,
-            101,
-            310,
-            311,
-            424,
-            438,
-            434,
-            308,
-            272,
-            165,
-            166,
-            155,
-            161,
-            133,
-            259,
-            304,
-            303,
-            175,
-            313,
-            176,
-            246,
-            320,
-            169,
-            321,
-            298,
-            323,
-            430,
-            432,
-            429,
-            428,
-            433,
-            431,
-            442,
-            103,
-            167,
-            168,
-            164,
-            227,
-            159,
-            170,
-            171,
-            172,
-            173,
-            179,
-            163,
-            250,
-            248,
-            249,
-        ),
-    ),  # fork vfork execve execveat ptrace process_vm_readv/writev pidfd_* setns unshare
-    # mount umount2 pivot_root chroot mknod(at) *_handle_at *module kexec* reboot bpf
-    # perf_event_open userfaultfd fs*/mount api syslog swap* clocks hostnames io* quotactl
-    # acct keys
-    "aarch64": (
-        0xC00000B7,  # AUDIT_ARCH_AARCH64
-        {"clone": 220, "clone3": 435, "kill": 129, "tkill": 130, "tgkill": 131},
-        (
-            221,
-            281,
-            117,
-            270,
-            271,
-            424,
-            438,
-            434,
-            268,
-            97,
-            40,
-            39,
-            41,
-            51,
-            33,
-            265,
-            264,
-            105,
-            273,
-            106,
-            104,
-            294,
-            142,
-            280,
-            241,
-            282,
-            430,
-            432,
-            429,
-            428,
-            433,
-            431,
-            442,
-            116,
-            224,
-            225,
-            170,
-            112,
-            171,
-            161,
-            162,
-            60,
-            89,
-            219,
-            217,
-            218,
-        ),
-    ),
+# seccomp: syscalls refused, by (x86-64, aarch64) number from the kernel's unistd tables
+# (None: the machine has no such call; aarch64 has only clone and *at variants)
+_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
+_SPECIAL_SYSCALLS = {
+    "clone": (56, 220),
+    "clone3": (435, 435),
+    "kill": (62, 129),
+    "tkill": (200, 130),
+    "tgkill": (234, 131),
+}
+_DENIED_SYSCALLS = {
+    "fork": (57, None),
+    "vfork": (58, None),
+    "execve": (59, 221),
+    "execveat": (322, 281),
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "pidfd_send_signal": (424, 424),
+    "pidfd_getfd": (438, 438),
+    "pidfd_open": (434, 434),
+    "setns": (308, 268),
+    "unshare": (272, 97),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "mknod": (133, None),
+    "mknodat": (259, 33),
+    "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "reboot": (169, 142),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "fsopen": (430, 430),
+    "fsmount": (432, 432),
+    "move_mount": (429, 429),
+    "open_tree": (428, 428),
+    "fspick": (433, 433),
+    "fsconfig": (431, 431),
+    "mount_setattr": (442, 442),
+    "syslog": (103, 116),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "adjtimex": (159, 171),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "quotactl": (179, 60),
+    "acct": (163, 89),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
 }
 
 
@@ -895,10 +843,11 @@ def _seccomp_filter(machine: str, pid: int) -> bytes | None:
     threads with clone), clone without CLONE_THREAD, signals to any pid but our own."""
     import struct
 
-    spec = _SYSCALLS.get(machine)
-    if spec is None:
+    if machine not in _ARCH:
         return None
-    arch, nr, denied = spec
+    col, arch = _ARCH[machine]
+    nr = {name: numbers[col] for name, numbers in _SPECIAL_SYSCALLS.items()}
+    denied = [n[col] for n in _DENIED_SYSCALLS.values() if n[col] is not None]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, deny, nosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
     prog: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", arch), (ld, 0, 0, 0)]

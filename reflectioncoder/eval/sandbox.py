@@ -50,6 +50,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -253,7 +254,20 @@ def _cgroup_layout() -> _CgroupLayout | None:
     """The richest cgroup setup this machine lets us make (v2 where writable, else v1), or None."""
     mounts, own = _cgroup_mounts(), _own_cgroup_paths()
     found = [lay for lay in (_v2_layout(mounts, own), _v1_layout(mounts, own)) if lay]
-    return max(found, key=lambda lay: len(lay.parents), default=None)
+    layout = max(found, key=lambda lay: len(lay.parents), default=None)
+    if layout is not None:
+        _remove_stale_cgroups(layout)
+    return layout
+
+
+def _remove_stale_cgroups(layout: _CgroupLayout, older_than_s: float = 600.0) -> None:
+    """Empty run cgroups left by scorers that were killed before their cleanup ran."""
+    for parent in set(layout.parents.values()):
+        for path in parent.glob("rc-sandbox-*"):
+            with contextlib.suppress(OSError):
+                stale = time.time() - path.stat().st_mtime > older_than_s
+                if stale and not (path / "cgroup.procs").read_text().strip():
+                    path.rmdir()
 
 
 def isolation_level() -> str:
@@ -570,6 +584,8 @@ class PreparedRun:
         use_bwrap = self.level.startswith("bwrap")
         box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+        if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
+            cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -664,15 +680,14 @@ class PreparedRun:
         self.used = True
         if self.root is None:
             return
+        root, cgroup, self.root, self.cgroup = self.root, self.cgroup, None, None
         try:
             if self.proc is not None:
-                _kill_tree(self.proc, self.cgroup, self.marker)
+                _kill_tree(self.proc, cgroup, self.marker)  # every process is gone on return
         finally:
-            if self.cgroup is not None:
-                self.cgroup.remove()
-                self.cgroup = None
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
+            # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
+            # the next verdict; not a daemon thread, so the interpreter waits for it at exit
+            threading.Thread(target=_remove_run, args=(cgroup, root)).start()
 
 
 def run_sandboxed(
@@ -829,6 +844,12 @@ def _pump(
         if not proc.stdin.closed:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+
+
+def _remove_run(cgroup: _RunCgroup | None, root: Path) -> None:
+    if cgroup is not None:
+        cgroup.remove()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _kill_tree(proc: subprocess.Popen, cgroup: _RunCgroup | None, marker: str) -> None:

@@ -515,7 +515,8 @@ def check_sample(
     for p in phases:
         if p.status is None:
             if res.timed_out:
-                p.fail(TIMEOUT, p.next, "wall-clock limit")
+                over_cpu = res.cpu_time_s is not None and res.cpu_time_s >= budget
+                p.fail(TIMEOUT, p.next, "CPU-time budget" if over_cpu else "wall-clock backstop")
             elif res.output_truncated:
                 p.fail(FAIL, p.next, "output over the cap")
             else:

@@ -103,8 +103,8 @@ def usable_cores() -> int:
 
 def default_threads(local_ranks: int) -> int:
     """torch threads per rank: this machine's cores shared among its ranks, less the cores other
-    programs keep busy. On 2 cores with one busy neighbour, 2 threads made a tiny-model step
-    34x slower than 1 (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
+    programs keep busy. On 2 busy cores, 2 threads made a tiny-model step 19-72x slower than 1
+    (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
     cores = usable_cores()
     busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     return max(1, min(cores // max(1, local_ranks), cores - busy))
