@@ -21,6 +21,7 @@ from reflectioncoder.cli import main as cli_main
 from reflectioncoder.construct.backend import ANSWER_PROMPT
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.from_problems import (
+    check_reference,
     done_ids,
     load_problems,
     parse_problem,
@@ -430,3 +431,19 @@ def test_two_runs_on_one_output_are_refused(tmp_path):
         argv = ["build-data", "--problems", str(PROBLEMS), "--out", str(out)]
         assert cli_main(argv) == 1
     assert not out.exists()
+
+
+def test_code_that_exits_0_before_its_tests_does_not_pass():
+    """``sys.exit(0)`` / ``os._exit(0)`` in the code under test ends the program before the
+    asserts run: exit code 0, but no pass (the recorded final_passed must mean the tests ran)."""
+    row = {"id": "f", "prompt": "Write f()", "tests": ["assert f() == 1"]}
+    for exit_call in ("import sys\nsys.exit(0)", "import os\nos._exit(0)"):
+        source = f"def f():\n    return 2\n{exit_call}\n"
+        problem = parse_problem({**row, "reference": source}, "p.jsonl:1")
+        run = run_program(problem.test_program(source), timeout_s=5)
+        assert run.exit_code == 0 and not run.passed
+        assert check_reference(problem, 5) == (
+            "the reference exits before its tests have run (exit code 0)"
+        )
+    good = parse_problem({**row, "reference": "def f():\n    return 1\n"}, "p.jsonl:1")
+    assert check_reference(good, 5) is None

@@ -2,7 +2,8 @@
 tasks (add, greatest_common_divisor, sum_product: Java's returns a javatuples Pair), each
 correct, wrong, non-compiling, timing out and exiting 0 before the tests, with the verdicts
 MultiPL-E's rule plus our nonce give. One scoring call per language and test; the default
-suite runs every kind on ``add``, the slow sweep the other two tasks."""
+suite runs every kind on ``add`` (Scala in the slow set: scalac), the slow sweep the other
+two tasks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from reflectioncoder.eval import multiple as ml
+from reflectioncoder.eval.sandbox import ExecResult
 from reflectioncoder.eval.tasks import load_multiple, multiple_languages
 
 TASKS = ("HumanEval_53_add", "HumanEval_13_greatest_common_divisor", "HumanEval_8_sum_product")
@@ -216,7 +218,11 @@ def _check(lang: str, shared_dir, cases: list[tuple[int, str]]) -> None:
             assert r.exit_code == 0 and r.reason == "exited before its last test", details
 
 
-@pytest.mark.parametrize("lang", list(STYLES))
+# scalac takes seconds a sample: Scala's default case runs with the slow sweep
+DEFAULT_LANGS = [pytest.param(k, marks=pytest.mark.slow) if k == "scala" else k for k in STYLES]
+
+
+@pytest.mark.parametrize("lang", DEFAULT_LANGS)
 def test_language_verdicts(lang, shared_dir):
     """Every kind of completion of add, in one scoring call."""
     _check(lang, shared_dir, [(0, k) for k in _kinds(lang)])
@@ -390,13 +396,17 @@ def test_eval_setup_installs_with_apt_get(tmp_path):
 
 
 def test_nonce_rule_edge_cases(shared_dir):
-    """Output left without a newline before the nonce still passes; a program that prints its
-    own source (the nonce's print statement with it) and exits 0 does not."""
+    """Output left without a newline before the nonce still passes (a real run); a program
+    that prints its own source, the nonce's print statement with it, and exits 0 does not."""
     tasks = load_multiple(shared_dir / "evaldata", "python")
     unfinished = '    import sys; sys.stdout.write("partial")\n    return x + y\n'
-    echo = "    import sys; print(open(sys.argv[0]).read()); sys.exit(0)\n"
-    samples = [{"task_id": "Python/53", "completion": c} for c in (unfinished, echo)]
-    res = ml.score_multiple_samples(tasks, samples)
-    assert [(r.status, r.reason) for r in res] == [
-        ("pass", ""), ("fail", "exited before its last test")
-    ], [r.stderr_tail for r in res]  # fmt: skip
+    res = ml.score_multiple_samples(tasks, [{"task_id": "Python/53", "completion": unfinished}])
+    assert (res[0].status, res[0].reason) == ("pass", ""), res[0].stderr_tail
+    nonce = "rc-done-0123456789abcdef"
+    for lang in ("js", "java", "rb", "sh"):
+        spec = ml.LANGUAGES[lang]
+        echoed = ml.program_text(load_multiple(shared_dir / "evaldata", lang)[TASKS[0]], "", nonce)
+        run = ExecResult(echoed, "", 0, False, False, 0.1, "bwrap")
+        assert ml._verdict(spec, run, nonce) == ("fail", "exited before its last test"), lang
+        run = ExecResult(f"ok!ok!{nonce}\n", "", 0, False, False, 0.1, "bwrap")
+        assert ml._verdict(spec, run, nonce) == ("pass", ""), lang

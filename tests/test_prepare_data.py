@@ -295,6 +295,8 @@ def test_planted_benchmark_prompts_are_dropped(tmp_path, evaldata, bench_index):
         [src], tmp_path / "all.jsonl", index=bench_index, keep_contaminated=True, progress=False
     )
     assert kept.written == len(rows) and kept.inputs[0].decontaminated == len(planted)
+    assert f"{len(planted)} contaminated kept" in kept.summary()
+    assert f"{len(planted)} contaminated dropped" in result.summary()
     assert manifest_path(tmp_path / "all.jsonl").is_file()
 
 

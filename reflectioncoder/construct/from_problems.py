@@ -27,7 +27,7 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import run_program
+from reflectioncoder.construct.execute import ALL_PASSED, run_program
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UserError
@@ -91,7 +91,7 @@ class UserProblem:
 
     def test_program(self, code: str) -> str:
         checks = "\n".join(t.checked_assertion() for t in self.tests)
-        return f"{code.rstrip()}\n\n\n{checks}\nprint('All tests passed.')\n"
+        return f"{code.rstrip()}\n\n\n{checks}\nprint({ALL_PASSED!r})\n"
 
 
 def parse_problem(row: object, source: str) -> UserProblem:
@@ -166,6 +166,8 @@ def check_reference(problem: UserProblem, timeout_s: float) -> str | None:
         return f"the reference hangs (no end within {timeout_s:g} s)"
     if run.exit_code is not None and (run.exit_code < 0 or run.exit_code > 128):
         return f"the reference kills its process (exit code {run.exit_code})"
+    if run.exit_code == 0:
+        return "the reference exits before its tests have run (exit code 0)"
     last = (run.output.strip().splitlines() or ["no output"])[-1]
     return f"the tests fail on the reference: {last}"
 

@@ -89,10 +89,11 @@ class PrepareResult:
     def summary(self) -> str:
         read = sum(s.read for s in self.inputs)
         skipped = sum(sum(len(v) for v in s.skipped.values()) for s in self.inputs)
-        dropped = sum(s.decontaminated for s in self.inputs)
+        contaminated = sum(s.decontaminated for s in self.inputs)
+        action = "kept" if self.contamination and self.contamination["kept"] else "dropped"
         return (
             f"wrote {self.out}: {self.written} of {read} rows ({skipped} bad skipped, "
-            f"{dropped} contaminated dropped); manifest {self.manifest}"
+            f"{contaminated} contaminated {action}); manifest {self.manifest}"
         )
 
 

@@ -74,7 +74,7 @@ class Language:
     file: str
     command: str
     needs: tuple[str, ...]  # executables that must be on PATH
-    packages: tuple[str, ...]  # Debian packages that provide them ("" : none packaged)
+    packages: tuple[str, ...]  # Debian packages that provide them (empty: none packaged)
     nonce: str
     nonce_at: str = "end"
     library: str = ""  # the test library the tests import, found by running ``probe``
@@ -257,6 +257,11 @@ def _probe_ok(argv: tuple[str, ...]) -> bool:
         return subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def forget_probes() -> None:
+    """Probe again next time (after an install)."""
+    _probe_ok.cache_clear()
 
 
 def available_languages() -> list[str]:

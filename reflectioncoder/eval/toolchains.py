@@ -74,6 +74,7 @@ def main(args: argparse.Namespace) -> int:
             print(install_command(packages))
         elif _install(packages) != 0:
             return 1
+        ml.forget_probes()  # the libraries may be there now
     missing = 0
     for lang in chosen:
         problem = ml.toolchain_problem(lang)

@@ -605,7 +605,7 @@ class Trainer:
         if self.cfg.checkpoint.save_final:
             full = self.engine.full_state_dict()
             if self.info.is_main:
-                checkpoint.save_hf_model(self.model, self.tokenizer, full, self.out_dir / "final")
+                checkpoint.save_final_model(self.model, self.tokenizer, full, self.out_dir)
             distributed.barrier()
         return {
             "steps": self.step,
