@@ -447,3 +447,20 @@ def test_code_that_exits_0_before_its_tests_does_not_pass():
         )
     good = parse_problem({**row, "reference": "def f():\n    return 1\n"}, "p.jsonl:1")
     assert check_reference(good, 5) is None
+
+
+def test_an_out_that_build_data_did_not_write_is_refused_untouched(tmp_path, capsys):
+    """--out naming the problems file, or any jsonl that holds no samples, is refused before
+    anything is cut: the resume logic trims a partial last line only from its own files."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(PROBLEMS.read_text().splitlines()[0])  # no trailing newline
+    before = problems.read_bytes()
+    argv = ["build-data", "--problems", str(problems), "--no-progress", "--out"]
+    assert cli_main([*argv, str(problems)]) == 2
+    assert f"--out: {problems} is the problems file" in capsys.readouterr().err
+    other = tmp_path / "train.jsonl"
+    other.write_bytes(b'{"messages": []}\n{"messages": [')
+    assert cli_main([*argv, str(other)]) == 1
+    assert f"{other}:1: not written by build-data" in capsys.readouterr().err
+    assert problems.read_bytes() == before
+    assert other.read_bytes() == b'{"messages": []}\n{"messages": ['
