@@ -463,4 +463,10 @@ def test_an_out_that_build_data_did_not_write_is_refused_untouched(tmp_path, cap
     assert cli_main([*argv, str(other)]) == 1
     assert f"{other}:1: not written by build-data" in capsys.readouterr().err
     assert problems.read_bytes() == before
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert (
+        cli_main([*argv[:2], str(tmp_path / "empty.jsonl"), *argv[3:], str(tmp_path / "e.jsonl")])
+        == 1
+    )
+    assert "empty.jsonl: no problems in it" in capsys.readouterr().err
     assert other.read_bytes() == b'{"messages": []}\n{"messages": ['

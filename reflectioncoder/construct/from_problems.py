@@ -336,6 +336,8 @@ def build_from_problems(
     if Path(problems_file).resolve() in (out.resolve(), progress_path(out).resolve()):
         raise UsageError(f"{out} is the problems file; name a new .jsonl", field="--out")
     problems, bad = load_problems(problems_file)
+    if not problems and not bad:
+        raise UserError("no problems in it (one JSON object a line)", file=problems_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)
