@@ -7,7 +7,9 @@ The slice: CodeLlama-34B's hidden 8192, intermediate 22016, 64 heads, 8 KV heads
 32000, with ``--layers`` decoder layers (2 by default: 1.9B parameters, 3.8 GB in bf16), saved
 in bf16 as a Hugging Face folder in 1 GB shards (real 34B checkpoints come in shards too).
 Each case is fresh processes running ``trainer.build_model`` (load in bf16, add the special
-tokens with their mean-initialised rows) and reporting its peak resident memory (ru_maxrss):
+tokens with their mean-initialised rows), then reading one element per memory page of what the
+rank holds (weights mapped from the file but not yet read are not resident), and reporting its
+peak resident memory (ru_maxrss):
 
 - ``unpartitioned``: one process, DeepSpeed ZeRO-1 (the whole model in bf16 on the rank);
 - ``zero3``: 2 ranks under torchrun, ZeRO-3: transformers' DeepSpeed integration builds the
@@ -75,9 +77,14 @@ def _child(spec: dict) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     keep = distributed.zero3_transformers_config(cfg, info)
     model = build_model(cfg, tokenizer, torch.bfloat16, info)
+    # from_pretrained may leave weights as untouched file mappings (not yet resident): read one
+    # element per 4 KiB page of what this rank holds, as the first step would.
+    for p in model.parameters():
+        held = getattr(p, "ds_tensor", p).detach().reshape(-1)
+        held[:: 4096 // held.element_size()].float().sum()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    local = sum(p.numel() for p in model.parameters())
+    local = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
     print(
         json.dumps(
             {
@@ -123,7 +130,21 @@ def run(layers: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "slice"
-        _prepare(folder, layers)
+        # In its own process: a child inherits its parent's peak RSS (Linux keeps it over
+        # fork and exec), so this process must never hold the model.
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_zero3_init",
+                "--prepare",
+                str(folder),
+                "--layers",
+                str(layers),
+            ],
+            check=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
+        )
         common = {
             "kernel": "zero3_init",
             "device": device_name("cpu"),
@@ -157,7 +178,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/zero3_init.json")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare:
+        _prepare(Path(args.prepare), args.layers)
+        return
     if args.child:
         _child(json.loads(args.child))
         return

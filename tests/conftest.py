@@ -36,3 +36,21 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"{SHARED_DIR} not found (set REFLECTIONCODER_SHARED)")
     return SHARED_DIR
+
+
+@pytest.fixture(autouse=True)
+def _restore_progress_settings():
+    """A command run in-process (``cli.main``) silences bars for the rest of its process; give
+    every test the settings it started with."""
+    from reflectioncoder import progress
+
+    keys = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
+    saved_env = {k: os.environ.get(k) for k in keys}
+    saved_enabled = progress._enabled
+    yield
+    progress._enabled = saved_enabled
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

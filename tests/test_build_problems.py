@@ -21,6 +21,7 @@ from reflectioncoder.cli import main as cli_main
 from reflectioncoder.construct.backend import ANSWER_PROMPT
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.from_problems import (
+    check_reference,
     done_ids,
     load_problems,
     parse_problem,
@@ -430,3 +431,42 @@ def test_two_runs_on_one_output_are_refused(tmp_path):
         argv = ["build-data", "--problems", str(PROBLEMS), "--out", str(out)]
         assert cli_main(argv) == 1
     assert not out.exists()
+
+
+def test_code_that_exits_0_before_its_tests_does_not_pass():
+    """``sys.exit(0)`` / ``os._exit(0)`` in the code under test ends the program before the
+    asserts run: exit code 0, but no pass (the recorded final_passed must mean the tests ran)."""
+    row = {"id": "f", "prompt": "Write f()", "tests": ["assert f() == 1"]}
+    for exit_call in ("import sys\nsys.exit(0)", "import os\nos._exit(0)"):
+        source = f"def f():\n    return 2\n{exit_call}\n"
+        problem = parse_problem({**row, "reference": source}, "p.jsonl:1")
+        run = run_program(problem.test_program(source), timeout_s=5)
+        assert run.exit_code == 0 and not run.passed
+        assert check_reference(problem, 5) == (
+            "the reference exits before its tests have run (exit code 0)"
+        )
+    good = parse_problem({**row, "reference": "def f():\n    return 1\n"}, "p.jsonl:1")
+    assert check_reference(good, 5) is None
+
+
+def test_an_out_that_build_data_did_not_write_is_refused_untouched(tmp_path, capsys):
+    """--out naming the problems file, or any jsonl that holds no samples, is refused before
+    anything is cut: the resume logic trims a partial last line only from its own files."""
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(PROBLEMS.read_text().splitlines()[0])  # no trailing newline
+    before = problems.read_bytes()
+    argv = ["build-data", "--problems", str(problems), "--no-progress", "--out"]
+    assert cli_main([*argv, str(problems)]) == 2
+    assert f"--out: {problems} is the problems file" in capsys.readouterr().err
+    other = tmp_path / "train.jsonl"
+    other.write_bytes(b'{"messages": []}\n{"messages": [')
+    assert cli_main([*argv, str(other)]) == 1
+    assert f"{other}:1: not written by build-data" in capsys.readouterr().err
+    assert problems.read_bytes() == before
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert (
+        cli_main([*argv[:2], str(tmp_path / "empty.jsonl"), *argv[3:], str(tmp_path / "e.jsonl")])
+        == 1
+    )
+    assert "empty.jsonl: no problems in it" in capsys.readouterr().err
+    assert other.read_bytes() == b'{"messages": []}\n{"messages": ['

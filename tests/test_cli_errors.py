@@ -307,6 +307,20 @@ def test_ctrl_c_in_build_data_leaves_no_half_file(tmp_path):
     assert not out.exists()
 
 
+def test_ctrl_c_in_evaluate_writes_no_result(tmp_path, shared_dir):
+    samples = shared_dir / "reference-samples" / "ReflectionCoder-DS-6.7B" / "humaneval.jsonl"
+    if not samples.is_file():
+        pytest.skip(f"{samples} not found")
+    out = tmp_path / "out" / "result.json"
+    argv = _cli("evaluate", "--task", "humaneval", "--samples", str(samples), "--json", str(out),
+                "--data-dir", str(shared_dir / "evaldata"))  # fmt: skip
+    rc, err = _interrupt_when(argv, "outputs:")
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1] == "reflectioncoder evaluate: interrupted"
+    assert "Traceback" not in err
+    assert not out.parent.exists()
+
+
 @pytest.mark.slow  # ~30 s: imports torch and trains until the first progress line
 def test_ctrl_c_in_train_keeps_what_it_wrote_whole(files, tmp_path):
     out = tmp_path / "run"

@@ -295,6 +295,8 @@ def test_planted_benchmark_prompts_are_dropped(tmp_path, evaldata, bench_index):
         [src], tmp_path / "all.jsonl", index=bench_index, keep_contaminated=True, progress=False
     )
     assert kept.written == len(rows) and kept.inputs[0].decontaminated == len(planted)
+    assert f"{len(planted)} contaminated kept" in kept.summary()
+    assert f"{len(planted)} contaminated dropped" in result.summary()
     assert manifest_path(tmp_path / "all.jsonl").is_file()
 
 
@@ -374,6 +376,9 @@ def test_rows_users_get_wrong_are_one_bad_row_each(tmp_path, capsys):
     base = ["prepare-data", "--no-decontaminate", "--no-progress"]
     assert cli_main([*base, "--in", str(src), "--out", str(tmp_path)]) == 2
     assert "--out:" in capsys.readouterr().err
+    argv = [*base, "--in", str(src), "--in", str(tmp_path), "--out", str(tmp_path / "o.jsonl")]
+    assert cli_main(argv) == 2
+    assert f"--in: {src} is named twice" in capsys.readouterr().err
     (tmp_path / "bad.parquet").write_text("not parquet")
     argv = [*base, "--in", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "o.jsonl")]
     assert cli_main(argv) == 1

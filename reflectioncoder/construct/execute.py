@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # traceback names it. It is replaced by this fixed name so a seeded build is reproducible.
 PROGRAM_NAME = "main.py"
 MAX_OUTPUT_CHARS = 2000
+# A test program's last line prints this: a program that exits 0 before its tests ran
+# (``sys.exit(0)``, ``os._exit(0)`` in the code under test) has not passed.
+ALL_PASSED = "All tests passed."
 _FILE_RE = re.compile(r'File "([^"]+)"')
 
 
@@ -42,7 +45,8 @@ def _normalise(text: str) -> str:
 
 
 def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Execution:
-    """Run ``source`` as a whole program in the sandbox; passed = exit code 0, no timeout."""
+    """Run ``source`` as a whole program in the sandbox; passed = exit code 0, no timeout,
+    and :data:`ALL_PASSED` the last line printed (test programs end by printing it)."""
     from reflectioncoder.eval.sandbox import run_python
 
     result = run_python(source, timeout_s=timeout_s, memory_mb=memory_mb)
@@ -52,5 +56,6 @@ def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ex
     if result.timed_out:
         output = output.rstrip() + ("\n" if output.strip() else "")
         output += f"TimeoutError: the program did not finish within {timeout_s:g} seconds"
-    passed = result.exit_code == 0 and not result.timed_out
+    finished = stdout.rstrip().endswith(ALL_PASSED)
+    passed = result.exit_code == 0 and not result.timed_out and finished
     return Execution(_normalise(output), passed, bool(result.timed_out), result.exit_code)

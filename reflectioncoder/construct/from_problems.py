@@ -27,10 +27,10 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import run_program
+from reflectioncoder.construct.execute import ALL_PASSED, run_program
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UsageError, UserError
 from reflectioncoder.progress import Progress
 
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
@@ -91,7 +91,7 @@ class UserProblem:
 
     def test_program(self, code: str) -> str:
         checks = "\n".join(t.checked_assertion() for t in self.tests)
-        return f"{code.rstrip()}\n\n\n{checks}\nprint('All tests passed.')\n"
+        return f"{code.rstrip()}\n\n\n{checks}\nprint({ALL_PASSED!r})\n"
 
 
 def parse_problem(row: object, source: str) -> UserProblem:
@@ -166,6 +166,8 @@ def check_reference(problem: UserProblem, timeout_s: float) -> str | None:
         return f"the reference hangs (no end within {timeout_s:g} s)"
     if run.exit_code is not None and (run.exit_code < 0 or run.exit_code > 128):
         return f"the reference kills its process (exit code {run.exit_code})"
+    if run.exit_code == 0:
+        return "the reference exits before its tests have run (exit code 0)"
     last = (run.output.strip().splitlines() or ["no output"])[-1]
     return f"the tests fail on the reference: {last}"
 
@@ -214,16 +216,33 @@ def progress_path(out: str | Path) -> Path:
     return out.with_name(out.name.removesuffix(".jsonl") + ".progress.jsonl")
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """The file's complete lines; a partial last line (a killed write) is cut off the file."""
+def _complete_lines(path: Path, key: str) -> list[dict]:
+    """The file's complete lines as records; a partial last line (a killed write) is cut off
+    the file, but only once every complete line is a record with ``key``: a file this command
+    did not write (``--out`` naming the problems or a training file) is refused untouched."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
+    records = []
+    for lineno, line in enumerate(data[:end].decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or key not in record:
+            raise UserError(
+                f"not written by build-data (no {key!r}); choose another --out",
+                file=path,
+                line=lineno,
+            )
+        records.append(record)
     if end != len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    return data[:end].decode("utf-8").splitlines()
+    return records
 
 
 def done_ids(out: Path, summary: RunSummary | None = None) -> set[str]:
@@ -231,17 +250,14 @@ def done_ids(out: Path, summary: RunSummary | None = None) -> set[str]:
     ``summary``, their outcomes are counted into it (the summary covers the whole output)."""
     done = set()
     records = {}
-    for line in _complete_lines(progress_path(out)):
-        if line.strip():
-            record = json.loads(line)
-            done.add(str(record["id"]))
-            records[str(record["id"])] = record
-    for line in _complete_lines(out):
-        if line.strip():
-            sample = json.loads(line)
-            done.add(str(sample["task_id"]))
-            if summary is not None:
-                summary.count_sample(sample)
+    samples = _complete_lines(out, "task_id")  # checked first: the file users name
+    for record in _complete_lines(progress_path(out), "id"):
+        done.add(str(record["id"]))
+        records[str(record["id"])] = record
+    for sample in samples:
+        done.add(str(sample["task_id"]))
+        if summary is not None:
+            summary.count_sample(sample)
     if summary is not None:
         for pid, record in records.items():
             if record["status"] == "skip":
@@ -317,7 +333,11 @@ def build_from_problems(
     if max_rounds < 1:
         raise ValueError(f"max_rounds: expected at least 1, got {max_rounds}")
     out = Path(out)
+    if Path(problems_file).resolve() in (out.resolve(), progress_path(out).resolve()):
+        raise UsageError(f"{out} is the problems file; name a new .jsonl", field="--out")
     problems, bad = load_problems(problems_file)
+    if not problems and not bad:
+        raise UserError("no problems in it (one JSON object a line)", file=problems_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)

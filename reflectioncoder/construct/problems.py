@@ -14,6 +14,8 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from reflectioncoder.construct.execute import ALL_PASSED
+
 # How a HumanEval-style instruction starts (SPEC §5 uses the same words at evaluation).
 HUMANEVAL_PREAMBLE = "Write a complete Python function for the problem."
 N_TESTS = 3
@@ -66,7 +68,7 @@ class Problem:
     def test_program(self, code: str) -> str:
         """``code`` followed by this problem's tests, printing a line when all pass."""
         checks = "\n".join(t.checked_assertion() for t in self.tests)
-        return f"{code.rstrip()}\n\n\n{checks}\nprint('All tests passed.')\n"
+        return f"{code.rstrip()}\n\n\n{checks}\nprint({ALL_PASSED!r})\n"
 
 
 @dataclass(frozen=True)

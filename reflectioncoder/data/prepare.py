@@ -89,10 +89,11 @@ class PrepareResult:
     def summary(self) -> str:
         read = sum(s.read for s in self.inputs)
         skipped = sum(sum(len(v) for v in s.skipped.values()) for s in self.inputs)
-        dropped = sum(s.decontaminated for s in self.inputs)
+        contaminated = sum(s.decontaminated for s in self.inputs)
+        action = "kept" if self.contamination and self.contamination["kept"] else "dropped"
         return (
             f"wrote {self.out}: {self.written} of {read} rows ({skipped} bad skipped, "
-            f"{dropped} contaminated dropped); manifest {self.manifest}"
+            f"{contaminated} contaminated {action}); manifest {self.manifest}"
         )
 
 
@@ -122,9 +123,13 @@ def prepare(
     if out.is_dir():
         raise UsageError(f"{out} is a folder; name the output .jsonl file", field="--out")
     sources = [pair for path in inputs for pair in expand_input(path)]
+    seen: set[Path] = set()
     for _, path in sources:
         if path.resolve() == out.resolve():
             raise UsageError(f"{out} is also an input; choose another output file", field="--out")
+        if path.resolve() in seen:  # its rows would be written twice
+            raise UsageError(f"{path} is named twice", field="--in")
+        seen.add(path.resolve())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     stats: list[InputStats] = []

@@ -177,6 +177,19 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
+def save_final_model(
+    model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], out_dir: Path
+) -> Path:
+    """OUT/final, written beside it and renamed into place: Ctrl-C or a kill during the save
+    leaves the previous OUT/final (or none), never half a model."""
+    tmp = Path(out_dir) / (TMP_PREFIX + "final")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_hf_model(model, tokenizer, state_dict, tmp)
+    final = Path(out_dir) / "final"
+    _replace_dir(tmp, final)
+    return final
+
+
 def _clear_torn_saves(root: Path) -> None:
     """Remove what a save killed midway left; a moved-aside complete copy whose replacement
     never landed is put back."""

@@ -362,7 +362,7 @@ class Trainer:
         if self._zero3_hf is not None:
             autocast = None  # loaded into partitions: never whole on one device
             if self.info.is_main:
-                local = sum(p.numel() for p in model.parameters())
+                local = sum(p.ds_tensor.numel() for p in model.parameters())
                 log.info(
                     "ZeRO-3: model loaded into partitions, this rank holds %d of %d parameters",
                     local,
@@ -605,7 +605,7 @@ class Trainer:
         if self.cfg.checkpoint.save_final:
             full = self.engine.full_state_dict()
             if self.info.is_main:
-                checkpoint.save_hf_model(self.model, self.tokenizer, full, self.out_dir / "final")
+                checkpoint.save_final_model(self.model, self.tokenizer, full, self.out_dir)
             distributed.barrier()
         return {
             "steps": self.step,
