@@ -207,7 +207,12 @@ def _cli(tmp_path: Path, *argv: str) -> dict:
 
 
 # EvalPlus 0.3.1's scores of the authors' released completions (HE / HE+ / MBPP / MBPP+).
-PUBLISHED = {"ReflectionCoder-CL-7B": (75.0, 68.9, 72.2, 61.4)}
+# Exact on a loaded machine too: limits count CPU time (issue 12; bench/RESULTS.md).
+PUBLISHED = {
+    "ReflectionCoder-CL-7B": (75.0, 68.9, 72.2, 61.4),
+    "ReflectionCoder-DS-33B": (82.9, 76.8, 84.9, 72.8),
+    "ReflectionCoder-CL-34B": (78.0, 73.8, 80.2, 67.5),
+}
 
 
 @pytest.mark.slow
