@@ -2,6 +2,10 @@
 loaded from disk whose activations dominate (narrow, deep, long packed micro-batches).
 
     python -m bench.bench_checkpointing --out bench/results/checkpointing.json
+    python -m bench.bench_checkpointing --device cuda --out bench/results/checkpointing_cuda.json
+
+On CUDA the figures are the CUDA allocator's (``max_memory_allocated``) on a wider model, and
+the rows add the un-overlapped host wait per step (pinned, non-blocking copies).
 
 Each case is a fresh ``reflectioncoder train`` process (the command users run) for a few steps;
 the figure is its peak resident memory (ru_maxrss), and the same minus the resident memory just
@@ -23,10 +27,13 @@ from pathlib import Path
 
 from bench.providers.common import commit, device_name
 
-ARCH = {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4}
+ARCH = {
+    "cpu": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4},
+    "cuda": {"hidden_size": 1024, "intermediate_size": 2048, "num_layers": 24, "num_heads": 8},
+}
 
 
-def _prepare(folder: Path, samples: int) -> Path:
+def _prepare(folder: Path, samples: int, arch: dict) -> Path:
     """A model + tokenizer folder and a toy jsonl (what a user points the trainer at)."""
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.tokenizer import train_tokenizer
@@ -34,7 +41,7 @@ def _prepare(folder: Path, samples: int) -> Path:
 
     data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
     tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
-    model = build_tiny_llama(len(tok), num_kv_heads=2, seed=0, **ARCH)
+    model = build_tiny_llama(len(tok), num_kv_heads=2, seed=0, **arch)
     model.config._attn_implementation = "sdpa"
     model.save_pretrained(str(folder / "model"))
     tok.save_pretrained(str(folder / "model"))
@@ -48,8 +55,8 @@ def _child(argv: list[str]) -> None:
     marks: dict[str, float] = {}
     real_step = trainer_module.Trainer.train_step
 
-    def step(self):  # the RSS just before the first step: model, data and optimizer set up
-        marks.setdefault("before_step", _rss_now())
+    def step(self):  # memory just before the first step: model, data and optimizer set up
+        marks.setdefault("before_step", _memory_now())
         return real_step(self)
 
     trainer_module.Trainer.train_step = step
@@ -58,12 +65,35 @@ def _child(argv: list[str]) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     rc = main(["train", *argv])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    peak = _peak_memory()
     print(
         json.dumps(
             {"rc": rc, "peak": peak, "before": marks["before_step"], "wall": wall, "cpu": cpu}
         )
     )
+
+
+def _on_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _memory_now() -> float:
+    """MiB: the CUDA allocator's when the run is on CUDA, else the resident set."""
+    if _on_cuda():
+        import torch
+
+        return torch.cuda.memory_allocated() / 2**20
+    return _rss_now()
+
+
+def _peak_memory() -> float:
+    if _on_cuda():
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
 
 
 def _rss_now() -> float:
@@ -73,11 +103,11 @@ def _rss_now() -> float:
     return float("nan")
 
 
-def run(samples_per_step: int, steps: int) -> list[dict]:
-    rows = []
+def run(samples_per_step: int, steps: int, device: str) -> list[dict]:
+    rows, arch = [], ARCH[device]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = _prepare(folder, samples_per_step * steps)
+        data = _prepare(folder, samples_per_step * steps, arch)
         for ckpt in (False, True):
             out = folder / f"run-{ckpt}"
             argv = ["--preset", "tiny"]
@@ -90,6 +120,7 @@ def run(samples_per_step: int, steps: int) -> list[dict]:
                 "checkpoint.save_final=false",
                 f"train.samples_per_step={samples_per_step}",
                 "train.epochs=1",
+                f"train.device={device}",
                 "packing.max_tokens=65536",  # one long micro-batch per step
                 "logging.progress=false",
                 "logging.tensorboard=false",
@@ -110,17 +141,20 @@ def run(samples_per_step: int, steps: int) -> list[dict]:
             common = {
                 "kernel": "train_step",
                 "provider": "checkpointing" if ckpt else "no_checkpointing",
-                "size": f"{ARCH['num_layers']} layers x {ARCH['hidden_size']}, "
+                "size": f"{arch['num_layers']} layers x {arch['hidden_size']}, "
                 f"{tokens} tokens/micro-batch, {steps} steps",
-                "device": device_name("cpu"),
+                "device": device_name(device),
                 "commit": commit(),
             }
+            # un-overlapped host wait over step time, steps after the first (it waits for one)
+            waits = [m["host_wait"] / m["time"] for m in metrics[1:]]
             for mode, value, unit in (
-                ("peak_rss", got["peak"], "MiB"),
+                ("peak_cuda" if device == "cuda" else "peak_rss", got["peak"], "MiB"),
                 ("step_peak_over_setup", got["peak"] - got["before"], "MiB"),
                 ("wall", got["wall"], "s"),
                 ("cpu", got["cpu"], "s"),
                 ("first_loss", metrics[0]["loss"], "nats"),
+                ("host_wait/step", max(waits, default=float("nan")), "ratio (max)"),
             ):
                 rows.append({**common, "mode": mode, "value": value, "unit": unit})
     return rows
@@ -131,12 +165,13 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/checkpointing.json")
     parser.add_argument("--samples-per-step", type=int, default=48)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
         return
-    rows = run(args.samples_per_step, args.steps)
+    rows = run(args.samples_per_step, args.steps, args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     for r in rows:

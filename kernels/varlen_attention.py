@@ -26,6 +26,7 @@ Cost: 4 * Hq * Dh * sum_s L_s^2 / 2 FLOPs forward (causal), twice that backward.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 
 import torch
@@ -163,19 +164,20 @@ def _flash_varlen(
     if backend == "torch_varlen":
         from torch.nn.attention.varlen import varlen_attn
 
-        # torch's API has no causal flag: window (-1, 0) is causal, (-1, -1) full.
-        return varlen_attn(
-            q,
-            k,
-            v,
-            cu_seqlens,
-            cu_seqlens,
-            max_seqlen,
-            max_seqlen,
-            scale=scale,
-            window_size=(-1, 0) if causal else (-1, -1),
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
+        names = inspect.signature(varlen_attn).parameters
+        kwargs = {"scale": scale}
+        # torch >= 2.11: window (-1, 0) is causal, (-1, -1) full; 2.9-2.10: an is_causal flag.
+        if "window_size" in names:
+            kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
+        else:
+            kwargs["is_causal"] = causal
+        if q.shape[1] != k.shape[1]:
+            if "enable_gqa" in names:
+                kwargs["enable_gqa"] = True
+            else:  # no GQA in this torch: repeat each KV head for its group of query heads
+                group = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
     if backend == "flash_attn_3":
         from flash_attn_interface import flash_attn_varlen_func
     else:

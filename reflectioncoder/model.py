@@ -264,14 +264,32 @@ def prepare_model(
             cross_entropy=False,
             fused_linear_cross_entropy=False,
         )
-    # transformers 5 names it activation checkpointing (gradient_checkpointing_* deprecated).
-    if gradient_checkpointing:
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
-    elif model.is_activation_checkpointing:
-        model.activation_checkpointing_disable()
+    set_checkpointing(model, gradient_checkpointing)
     return model
+
+
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Recompute each layer in backward (``use_reentrant=False``), or not. transformers >= 5.2x
+    names it activation checkpointing (gradient_checkpointing_* deprecated); 5.0-5.1x only have
+    the gradient_checkpointing_* names (the H200 image's 5.17, for one)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        elif model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
+def checkpointing_on(model: nn.Module) -> bool:
+    """Whether ``set_checkpointing(model, True)`` is in force (either transformers naming)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,12 +7,17 @@ CPU through the Triton interpreter at the same small sizes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
 import pytest
 import torch
-from reference.loss import reflection_loss_reference
+from reference.loss import (
+    plain_reflection_loss,
+    reflection_loss_reference,
+    reflection_loss_reference_chunked,
+)
 from reference.varlen_attention import varlen_attention_reference
 from reflectioncoder.kernels import fused_linear_reflection_loss
 from reflectioncoder.kernels.varlen_attention import BACKENDS, backend_available, varlen_attention
@@ -73,6 +78,43 @@ def test_fused_loss_deterministic(device, seed, backend) -> None:
     first, second = _loss_and_grads(backend, case), _loss_and_grads(backend, case)
     for name, a, b in zip(("loss", "dh", "dW"), first, second, strict=True):
         assert torch.equal(a, b), f"{backend} {name}: differs between two identical runs"
+
+
+@pytest.mark.parametrize("v", [128256, 32000])
+def test_bf16_rule_at_headline_shape(device, seed, v) -> None:
+    """The headline shape in bf16 with the production chunking (d W kept in bf16 across its 8
+    chunks at V=128256): loss, d hidden and d W within twice plain PyTorch's bf16 error against
+    float64, on both backends. The errors go to RC_GPU_FIGURES (a JSON-lines file) when set."""
+    n, d = (16384, 4096) if device.type == "cuda" else (64, 32)
+    v = v if device.type == "cuda" else v // 500
+    case = _loss_case(n, d, v, torch.bfloat16, device, seed)
+    ref = reflection_loss_reference_chunked(*case)
+    hidden, weight, *rest = case
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    plain_loss = plain_reflection_loss(h, w, *rest)[0]
+    plain_loss.backward()
+    errors = {"plain": _rel_errors([plain_loss.detach(), h.grad, w.grad], ref)}
+    del plain_loss, h, w
+    try:
+        for backend in ("torch", "triton"):
+            errors[backend] = _rel_errors(_loss_and_grads(backend, case), ref)
+    finally:  # what was measured is kept, also when a backend fails
+        if os.environ.get("RC_GPU_FIGURES"):
+            row = {"test": "bf16_rule", "N": n, "D": d, "V": v, "seed": seed, "errors": errors}
+            with open(os.environ["RC_GPU_FIGURES"], "a") as f:
+                f.write(json.dumps(row) + "\n")
+    for backend in ("triton", "torch"):
+        for name, ours, plain in zip(
+            ("loss", "dh", "dW"), errors[backend], errors["plain"], strict=True
+        ):
+            assert ours <= 2 * plain, f"{backend} {name}: {ours:.2e} > 2 x PyTorch's {plain:.2e}"
+
+
+def _rel_errors(outputs, ref) -> list[float]:
+    return [
+        float((a.double() - b).abs().max() / b.abs().max().clamp(min=1e-30))
+        for a, b in zip(outputs, ref, strict=True)
+    ]
 
 
 def test_mask_kernel_on_device(device, seed) -> None:

@@ -13,6 +13,7 @@ from reference.recipe import REFERENCE_ATTN, reference_logits, sample_loss_terms
 
 from reflectioncoder.config import OptimConfig, TrainConfig, load_config
 from reflectioncoder.data.masking import draw_masks, visibility_host
+from reflectioncoder.model import checkpointing_on
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import NonFiniteError, Trainer, lr_at, plan_steps
 
@@ -168,7 +169,7 @@ def test_step_losses_match_float64_reference(tmp_path, seed, normalisation, chec
         ),
     )
     trainer = Trainer(cfg)
-    assert trainer.model.is_activation_checkpointing == checkpointing
+    assert checkpointing_on(trainer.model) == checkpointing
     try:
         assert trainer.total_steps == 4
         for step in range(2):

@@ -211,6 +211,38 @@ def test_torch_varlen_path_matches_reference(
         torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=f"d{name}")
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_varlen_before_2_11(monkeypatch, seed: int, causal: bool) -> None:
+    # torch 2.9-2.10's varlen_attn: an is_causal flag, no window_size, no enable_gqa (so the KV
+    # heads are repeated for their query groups): a stand-in with that signature, forward and
+    # backward against the float64 reference.
+    import torch.nn.attention.varlen as tv
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False,
+                    return_aux=None, scale=None):  # fmt: skip
+        assert query.shape[1] == key.shape[1] == value.shape[1], "GQA reached torch 2.10"
+        return varlen_attention_reference(
+            query, key, value, torch.diff(cu_seq_q).tolist(), is_causal, scale
+        )
+
+    monkeypatch.setattr(tv, "varlen_attn", varlen_attn)
+    monkeypatch.setattr(va, "backend_available", lambda b, *a: b in ("torch_varlen", "sdpa"))
+    seqlens = _random_seqlens(random.Random(seed))
+    q, k, v, cu = _packed(seqlens, 6, 2, 8, torch.float64)
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = varlen_attention(
+        *ours, cu, max(seqlens), causal=causal, softmax_scale=0.4, backend="torch_varlen"
+    )
+    grad_out = torch.randn_like(q)
+    out.backward(grad_out)
+    refs = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref = varlen_attention_reference(*refs, seqlens, causal, 0.4)
+    ref.backward(grad_out)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    for name, a, b in zip("qkv", ours, refs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=1e-10, msg=f"d{name}")
+
+
 @pytest.mark.parametrize(
     "backend,module", [("flash_attn", "flash_attn"), ("flash_attn_3", "flash_attn_interface")]
 )

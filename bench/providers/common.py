@@ -55,7 +55,10 @@ def device_name(device: torch.device | str) -> str:
 
 
 def commit() -> str:
-    """Short hash of the checked-out commit, or 'unknown'."""
+    """Short hash of the checked-out commit (RC_COMMIT where the copy has no .git, as on a lent
+    GPU), or 'unknown'."""
+    if os.environ.get("RC_COMMIT"):
+        return os.environ["RC_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True

@@ -3,6 +3,8 @@
 - ``reflection_loss_reference``: float64, the ground truth of the tests.
 - ``plain_reflection_loss``: the same weighted maths in the inputs' own dtype (what plain PyTorch
   does in bf16), to size the error PyTorch itself makes in that dtype.
+- ``reflection_loss_reference_chunked``: float64 again, rows in chunks with the gradients
+  written out by hand (no (N, V) tensor, no autograd), for the headline shape on a GPU.
 - ``recipe_loss``: the reference recipe (F.cross_entropy mean + kl_div batchmean on full logits),
   the baseline of the benchmarks.
 """
@@ -44,6 +46,48 @@ def reflection_loss_reference(
     leaves (pass ``hidden.double().requires_grad_()``)."""
     logits = hidden.double() @ weight.double().T
     return _weighted_loss(logits, targets, ce_weight, kl_pairs, kl_weight)
+
+
+@torch.no_grad()
+def reflection_loss_reference_chunked(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ce_weight: torch.Tensor,
+    kl_pairs: torch.Tensor,
+    kl_weight: torch.Tensor,
+    rows: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, d hidden, d weight) in float64 on the inputs' device, for d loss = 1: KERNEL-MATH's
+    d z_r = c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j)), teacher detached.
+    Each row is a student of at most one pair."""
+    h, w = hidden.double(), weight.double()
+    n = h.shape[0]
+    lse = torch.cat([torch.logsumexp(h[a : a + rows] @ w.T, -1) for a in range(0, n, rows)])
+    teacher_of = torch.full((n,), -1, dtype=torch.long, device=h.device)
+    teacher_of[kl_pairs[:, 1]] = kl_pairs[:, 0]
+    k_of = torch.zeros(n, dtype=torch.float64, device=h.device)
+    k_of[kl_pairs[:, 1]] = kl_weight.double()
+    c_of = torch.where(targets != IGNORE, ce_weight.double(), 0.0)
+    loss = torch.zeros((), dtype=torch.float64, device=h.device)
+    dh, dw = torch.zeros_like(h), torch.zeros_like(w)
+    for a in range(0, n, rows):
+        z = h[a : a + rows] @ w.T
+        logp = z - lse[a : a + rows, None]
+        y = targets[a : a + rows].clamp(min=0)[:, None]
+        c = c_of[a : a + rows]
+        loss -= (c * logp.gather(1, y).squeeze(1)).sum()
+        dz = c[:, None] * logp.exp()
+        dz.scatter_add_(1, y, -c[:, None])
+        students = (teacher_of[a : a + rows] >= 0).nonzero().squeeze(1)
+        t = teacher_of[a + students]
+        logp_t = h[t] @ w.T - lse[t, None]
+        k = k_of[a + students]
+        loss += (k * (logp_t.exp() * (logp_t - logp[students])).sum(-1)).sum()
+        dz[students] += k[:, None] * (logp[students].exp() - logp_t.exp())
+        dh[a : a + rows] = dz @ w
+        dw += dz.T @ h[a : a + rows]
+    return loss, dh, dw
 
 
 def plain_reflection_loss(
