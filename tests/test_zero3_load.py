@@ -118,7 +118,7 @@ def _child(spec: dict) -> None:
                 "distributed.zero_stage=3",
             ],
         )
-        info = info or distributed.setup(cfg.distributed, "cpu")
+        info = info or distributed.setup(cfg.distributed, spec.get("device", "cpu"))
         dtype = distributed.resolve_dtype(cfg.model.dtype, info.device)
         tokenizer = AutoTokenizer.from_pretrained(case["folder"])
         model = build_model(cfg, copy.deepcopy(tokenizer), dtype, info)
@@ -126,12 +126,15 @@ def _child(spec: dict) -> None:
         whole = [name for name, p in model.named_parameters() if p.numel()]
         local = sum(p.ds_tensor.numel() for p in model.parameters())
         half = sum(math.ceil(p.ds_numel / info.world_size) for p in model.parameters())
+        devices = sorted({str(p.ds_tensor.device) for p in model.parameters()})
         differ = []
         for name, param in model.named_parameters():
             with distributed.gathered_params(param, modifier_rank=None):
-                if not torch.equal(param.detach(), want[name].detach()):
+                if not torch.equal(param.detach().cpu(), want[name].detach()):
                     differ.append(name)
-        report.append({"whole": whole, "differ": differ, "local": local, "half": half})
+        report.append(
+            {"whole": whole, "differ": differ, "local": local, "half": half, "on": devices}
+        )
     print(json.dumps({"rank": info.rank, "cases": report}), flush=True)
     distributed.shutdown()
 

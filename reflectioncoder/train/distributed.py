@@ -180,8 +180,12 @@ def zero3_partitioning(run: RunConfig, info: DistInfo) -> Iterator[None]:
     of rank 0's values is skipped: it would make every parameter whole on every rank for a
     moment. The whole tensors, never written, are never resident."""
     import deepspeed
-    from transformers.integrations.deepspeed import prevent_arange_dtype_change
     from transformers.modeling_utils import set_zero3_state
+
+    try:  # transformers >= 5.2x: RoPE's buffers keep their dtype under zero.Init
+        from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    except ImportError:
+        prevent_arange_dtype_change = contextlib.nullcontext
 
     class EmptyPartitions(deepspeed.zero.Init):
         def _zero_init_param(self, param: torch.nn.Parameter) -> None:
@@ -189,7 +193,7 @@ def zero3_partitioning(run: RunConfig, info: DistInfo) -> Iterator[None]:
             param.partition()
 
     with (
-        prevent_arange_dtype_change(),  # RoPE's buffers keep their dtype (as transformers does)
+        prevent_arange_dtype_change(),
         EmptyPartitions(config_dict_or_path=deepspeed_config(run, info)),
         set_zero3_state(),  # tells transformers a zero.Init is open: it must not open its own
     ):
