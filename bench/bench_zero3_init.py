@@ -100,21 +100,19 @@ def _child(spec: dict) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = _memory_mib("VmHWM")
     local = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
-    print(
-        json.dumps(
-            {
-                "rank": info.rank,
-                "peak": peak,
-                "before": before,
-                "wall": wall,
-                "cpu": cpu,
-                "params": count_parameters(model),
-                "local_params": local,
-                "zero3": keep is not None,
-            }
-        ),
-        flush=True,
+    line = json.dumps(
+        {
+            "rank": info.rank,
+            "peak": peak,
+            "before": before,
+            "wall": wall,
+            "cpu": cpu,
+            "params": count_parameters(model),
+            "local_params": local,
+            "zero3": keep is not None,
+        }
     )
+    os.write(1, (line + "\n").encode())  # one write: the ranks' lines never interleave
     distributed.barrier()
     distributed.shutdown()
 

@@ -3,7 +3,8 @@ rank's piece of every parameter, special-token rows included, holds exactly the 
 unpartitioned path (``load_model`` + ``add_special_token_embeddings``), bit for bit: pieces cut
 anywhere (a special-token row split between two, the last one padded), checkpoints in another
 dtype, tied heads, sharded checkpoints, and a vocabulary padded past the tokenizer; and for real
-with 2 gloo ranks under DeepSpeed, through the trainer's ``build_model``."""
+with 2 gloo ranks under DeepSpeed, through the trainer's ``build_model`` (a ``.bin`` checkpoint
+too, which goes through transformers' ZeRO-3 loader)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200)]
 
 
-def save_model(folder: Path, seed: int, *, tied: bool, dtype: torch.dtype, extra_rows: int = 0):
-    """A tiny Llama saved with its tokenizer; ``extra_rows``: vocabulary padded past it."""
+def save_model(
+    folder: Path,
+    seed: int,
+    *,
+    tied: bool,
+    dtype: torch.dtype,
+    extra_rows: int = 0,
+    pickled: bool = False,
+):
+    """A tiny Llama saved with its tokenizer; ``extra_rows``: vocabulary padded past it;
+    ``pickled``: weights in ``pytorch_model.bin`` (older checkpoints) instead of safetensors."""
     tok = train_tokenizer(TEXTS, vocab_size=300)
     model = build_tiny_llama(
         len(tok) + extra_rows, hidden_size=32, intermediate_size=48, tie_word_embeddings=tied,
@@ -41,6 +51,10 @@ def save_model(folder: Path, seed: int, *, tied: bool, dtype: torch.dtype, extra
     )  # fmt: skip
     model.config._attn_implementation = "sdpa"
     model.to(dtype).save_pretrained(str(folder), max_shard_size="40KB")  # several shards
+    if pickled:
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+        for path in folder.glob("model*.safetensors*"):
+            path.unlink()
     tok.save_pretrained(str(folder))
     return tok
 
@@ -98,7 +112,7 @@ def test_pieces_hold_the_unpartitioned_values(tmp_path, seed, tied, stored, dtyp
 
 def _child(spec: dict) -> None:
     """One rank: the trainer's build under ZeRO-3, then each parameter gathered and compared to
-    the unpartitioned path's, bitwise. Prints one JSON line per rank."""
+    the unpartitioned path's, bitwise. Rank 0 prints one JSON line per rank."""
     from transformers import AutoTokenizer
 
     from reflectioncoder.config import load_config
@@ -121,21 +135,28 @@ def _child(spec: dict) -> None:
         info = info or distributed.setup(cfg.distributed, spec.get("device", "cpu"))
         dtype = distributed.resolve_dtype(cfg.model.dtype, info.device)
         tokenizer = AutoTokenizer.from_pretrained(case["folder"])
-        model = build_model(cfg, copy.deepcopy(tokenizer), dtype, info)
-        want = reference(Path(case["folder"]), tokenizer, dtype)
+        want = reference(Path(case["folder"]), copy.deepcopy(tokenizer), dtype)
+        keep = distributed.zero3_transformers_config(cfg, info)  # as the Trainer keeps it
+        model = build_model(cfg, tokenizer, dtype, info)
         whole = [name for name, p in model.named_parameters() if p.numel()]
-        local = sum(p.ds_tensor.numel() for p in model.parameters())
-        half = sum(math.ceil(p.ds_numel / info.world_size) for p in model.parameters())
-        devices = sorted({str(p.ds_tensor.device) for p in model.parameters()})
+        held = [getattr(p, "ds_tensor", p) for p in model.parameters()]
+        local = sum(h.numel() for h in held)
+        numels = [getattr(p, "ds_numel", p.numel()) for p in model.parameters()]
+        half = sum(math.ceil(n / info.world_size) for n in numels)
+        devices = sorted({str(h.device) for h in held})
         differ = []
         for name, param in model.named_parameters():
             with distributed.gathered_params(param, modifier_rank=None):
                 if not torch.equal(param.detach().cpu(), want[name].detach()):
                     differ.append(name)
+        del keep
         report.append(
             {"whole": whole, "differ": differ, "local": local, "half": half, "on": devices}
         )
-    print(json.dumps({"rank": info.rank, "cases": report}), flush=True)
+    ranks = [None] * info.world_size  # one line from rank 0: the ranks' prints would interleave
+    torch.distributed.all_gather_object(ranks, {"rank": info.rank, "cases": report})
+    if info.is_main:
+        print("\n".join(json.dumps(r) for r in ranks), flush=True)
     distributed.shutdown()
 
 
@@ -144,9 +165,10 @@ def test_two_ranks_load_their_pieces_of_the_checkpoint(tmp_path, seed):
     for name, tied, stored, dtype in (
         ("untied", False, torch.float32, "bf16"),
         ("tied", True, torch.bfloat16, "fp32"),
+        ("pickled", False, torch.float32, "fp32"),  # transformers' ZeRO-3 loader
     ):
-        save_model(tmp_path / name, seed, tied=tied, dtype=stored)
-        cases.append({"folder": str(tmp_path / name), "dtype": dtype})
+        save_model(tmp_path / name, seed, tied=tied, dtype=stored, pickled=name == "pickled")
+        cases.append({"folder": str(tmp_path / name), "dtype": dtype, "name": name})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
@@ -155,9 +177,13 @@ def test_two_ranks_load_their_pieces_of_the_checkpoint(tmp_path, seed):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ranks = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
-    for k in range(len(cases)):
+    for k, case in enumerate(cases):
         for got in (r["cases"][k] for r in ranks):
-            assert got["whole"] == [] and got["differ"] == [], got  # partitioned, exact
+            assert got["differ"] == [], got  # exact
+            if case["name"] == "pickled":  # transformers resizes the tables whole on each rank
+                assert got["whole"] == ["model.embed_tokens.weight", "lm_head.weight"], got
+                continue
+            assert got["whole"] == [], got  # partitioned
             assert got["local"] == got["half"] > 0  # each rank holds its half, no more
 
 
