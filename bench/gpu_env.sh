@@ -6,8 +6,11 @@
 export PYTHONUNBUFFERED=1 RC_COMMIT=${RC_COMMIT:-unknown}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  for w in .whl/*.whl; do  # one by one: a wheel for another Python loses only itself
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$w" || echo "gpu_env: $w not installed"
+  done
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if ! python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/tmp/pip_e.log 2>&1; then
   [ -e reflectioncoder/kernels ] || ln -s ../kernels reflectioncoder/kernels
