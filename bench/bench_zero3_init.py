@@ -1,21 +1,23 @@
 """Host memory of building a CodeLlama-34B-shaped model under ZeRO-3 (2 gloo ranks) against an
 unpartitioned build of the same slice, through the trainer's own construction path.
 
-    python -m bench.bench_zero3_init --out bench/results/zero3_init.json
+    python -m bench.bench_zero3_init --out bench/results/zero3_init.json [--layers 4]
 
 The slice: CodeLlama-34B's hidden 8192, intermediate 22016, 64 heads, 8 KV heads, vocabulary
 32000, with ``--layers`` decoder layers (2 by default: 1.9B parameters, 3.8 GB in bf16), saved
-in bf16 as a Hugging Face folder in 1 GB shards (real 34B checkpoints come in shards too).
-Each case is fresh processes running ``trainer.build_model`` (load in bf16, add the special
-tokens with their mean-initialised rows), then reading one element per memory page of what the
-rank holds (weights mapped from the file but not yet read are not resident), and reporting its
-peak resident memory (ru_maxrss):
+in bf16 as a Hugging Face folder in 1 GB shards (real 34B checkpoints come in shards too), with
+a tokenizer of 32000 tokens (so the seven special tokens add rows, as for CodeLlama). Each case
+is fresh processes that load the model, then read one element per memory page of what the rank
+holds (weights mapped from the file but not yet read are not resident), and report the peak
+resident memory (VmHWM) and the resident memory just before loading (VmRSS, after imports, the
+process group and the tokenizer):
 
-- ``unpartitioned``: one process, DeepSpeed ZeRO-1 (the whole model in bf16 on the rank);
-- ``zero3``: 2 ranks under torchrun, ZeRO-3: transformers' DeepSpeed integration builds the
-  model under ``deepspeed.zero.Init`` and rank 0 loads each module's weights straight into the
-  partitions (gathered one module at a time); the special-token rows are written under gathered
-  parameters.
+- ``from_pretrained``: one process, ``from_pretrained`` in bf16 (the baseline);
+- ``unpartitioned``: one process, ``trainer.build_model`` under DeepSpeed ZeRO-1 (bf16, then
+  the special tokens: the tables are resized, so copied);
+- ``zero3``: 2 ranks under torchrun, ``trainer.build_model`` under ZeRO-3: the model is built
+  partitioned with no values and each rank reads only its piece of each parameter from the
+  safetensors files, the special-token rows included.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -48,16 +49,27 @@ def _prepare(folder: Path, layers: int) -> None:
     model.config._attn_implementation = "sdpa"
     model.save_pretrained(str(folder), max_shard_size="1GB")
     texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(300)]
-    train_tokenizer(texts, vocab_size=400).save_pretrained(str(folder))
+    tokenizer = train_tokenizer(texts, vocab_size=400)
+    # As large as the vocabulary (as CodeLlama's): the special tokens then add 7 rows.
+    tokenizer.add_tokens([f"<filler_{i}>" for i in range(VOCAB - len(tokenizer))])
+    tokenizer.save_pretrained(str(folder))
+
+
+def _memory_mib(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _child(spec: dict) -> None:
-    """Build the model the trainer's way; print this rank's figures as one JSON line."""
+    """Build the model one case's way; print this rank's figures as one JSON line."""
     import torch
     from transformers import AutoTokenizer
 
     from reflectioncoder.config import load_config
-    from reflectioncoder.model import count_parameters
+    from reflectioncoder.model import count_parameters, load_model
     from reflectioncoder.train import distributed
     from reflectioncoder.train.trainer import build_model
 
@@ -67,23 +79,26 @@ def _child(spec: dict) -> None:
             f"model.name_or_path={spec['model']}",
             "model.dtype=bf16",
             "data.files=[unused.jsonl]",
-            "distributed.backend=deepspeed",
-            f"distributed.zero_stage={spec['stage']}",
+            "distributed.backend=" + ("none" if spec["stage"] is None else "deepspeed"),
+            f"distributed.zero_stage={spec['stage'] or 1}",
         ],
     )
     info = distributed.setup(cfg.distributed, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _memory_mib("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
-    keep = distributed.zero3_transformers_config(cfg, info)
-    model = build_model(cfg, tokenizer, torch.bfloat16, info)
+    keep = distributed.zero3_transformers_config(cfg, info)  # as the Trainer keeps it
+    if spec["stage"] is None:  # what one process without the trainer does
+        model = load_model(spec["model"], dtype=torch.bfloat16)
+    else:
+        model = build_model(cfg, tokenizer, torch.bfloat16, info)
     # from_pretrained may leave weights as untouched file mappings (not yet resident): read one
     # element per 4 KiB page of what this rank holds, as the first step would.
     for p in model.parameters():
         held = getattr(p, "ds_tensor", p).detach().reshape(-1)
         held[:: 4096 // held.element_size()].float().sum()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _memory_mib("VmHWM")
     local = sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
     print(
         json.dumps(
@@ -104,7 +119,7 @@ def _child(spec: dict) -> None:
     distributed.shutdown()
 
 
-def _run_case(folder: Path, stage: int, ranks: int) -> list[dict]:
+def _run_case(folder: Path, stage: int | None, ranks: int) -> list[dict]:
     spec = json.dumps({"model": str(folder), "stage": stage})
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if ranks == 1:
@@ -151,11 +166,13 @@ def run(layers: int) -> list[dict]:
             "commit": commit(),
             "size": f"CodeLlama-34B shape, {layers} layers, bf16",
         }
-        for name, stage, ranks in (("unpartitioned", 1, 1), ("zero3", 3, 2)):
+        cases = (("from_pretrained", None, 1), ("unpartitioned", 1, 1), ("zero3", 3, 2))
+        for name, stage, ranks in cases:
             for got in _run_case(folder, stage, ranks):
                 for mode, value, unit in (
                     ("peak_rss", got["peak"], "MiB"),
-                    ("peak_rss_over_start", got["peak"] - got["before"], "MiB"),
+                    ("rss_before", got["before"], "MiB"),
+                    ("construction_delta", got["peak"] - got["before"], "MiB"),
                     ("local_params", got["local_params"], "count"),
                     ("params", got["params"], "count"),
                     ("wall", got["wall"], "s"),

@@ -173,17 +173,53 @@ def gathered_params(
         yield
 
 
+@contextlib.contextmanager
+def zero3_partitioning(run: RunConfig, info: DistInfo) -> Iterator[None]:
+    """Inside, each module's parameters are partitioned over the ranks as it is built, holding
+    no values yet (``model.load_model_into_partitions`` reads them next). DeepSpeed's broadcast
+    of rank 0's values is skipped: it would make every parameter whole on every rank for a
+    moment. The whole tensors, never written, are never resident."""
+    import deepspeed
+    from transformers.modeling_utils import set_zero3_state
+
+    try:  # transformers >= 5.2x: RoPE's buffers keep their dtype under zero.Init
+        from transformers.integrations.deepspeed import prevent_arange_dtype_change
+    except ImportError:
+        prevent_arange_dtype_change = contextlib.nullcontext
+
+    class EmptyPartitions(deepspeed.zero.Init):
+        def _zero_init_param(self, param: torch.nn.Parameter) -> None:
+            self._convert_to_deepspeed_param(param)  # as DeepSpeed's, less the broadcast
+            param.partition()
+
+    with (
+        prevent_arange_dtype_change(),
+        EmptyPartitions(config_dict_or_path=deepspeed_config(run, info)),
+        set_zero3_state(),  # tells transformers a zero.Init is open: it must not open its own
+    ):
+        yield
+
+
+def zero3_local_piece(param: torch.nn.Parameter) -> tuple[torch.Tensor, int]:
+    """This rank's piece of a ZeRO-3 parameter (1-D) and where it starts in the flattened
+    parameter: rank r holds elements [r * n, (r + 1) * n), the last rank's padded past the end."""
+    piece = param.ds_tensor
+    return piece, piece.ds_numel * param.ds_zero_partition_rank
+
+
 def uses_zero3(run: RunConfig, info: DistInfo) -> bool:
     return info.deepspeed and _zero_stage(run) == 3
 
 
 def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
     """Under ZeRO-3 with a model loaded from disk, transformers' DeepSpeed integration object
-    (``HfDeepSpeedConfig``): while it lives, ``from_pretrained`` builds the model under
-    ``deepspeed.zero.Init`` and rank 0 loads each module's weights straight into the partitions,
-    and ``resize_token_embeddings`` gathers and re-partitions. Keep it alive as long as the
-    model. None otherwise: a small model built from ``model.arch`` (tests, demo) is built whole,
-    so that its random init equals one process's, and ``deepspeed.initialize`` partitions it."""
+    (``HfDeepSpeedConfig``). A checkpoint that is not safetensors needs it: while it lives,
+    ``from_pretrained`` builds the model under ``deepspeed.zero.Init``, rank 0 loads each
+    module's weights into the partitions (gathering it), and ``resize_token_embeddings``
+    gathers and re-partitions. Keep it alive as long as the model. (Safetensors checkpoints
+    load through ``zero3_partitioning`` and ``zero3_local_piece`` without gathering.) None
+    otherwise: a small model built from ``model.arch`` (tests, demo) is built whole, so that its
+    random init equals one process's, and ``deepspeed.initialize`` partitions it."""
     if not uses_zero3(run, info) or run.model.name_or_path is None:
         return None
     from transformers.integrations import HfDeepSpeedConfig

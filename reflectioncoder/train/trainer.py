@@ -278,22 +278,37 @@ def build_model(
     """Load or build the model, add the special tokens (mean-initialised rows).
 
     ``tokenizer`` is the original one: the seven tokens are added to it here (in place). Under
-    DeepSpeed the weights load in the training dtype; under ZeRO-3 straight into each rank's
-    partitions (transformers' DeepSpeed integration must be active: ``Trainer`` keeps it), and
-    the new embedding rows are written under gathered parameters. ``info`` says which.
+    DeepSpeed the weights load in the training dtype. Under ZeRO-3 a model with safetensors
+    weights is built partitioned and each rank reads only its piece of every parameter, the
+    special-token rows included: nothing is ever whole on a rank. Other checkpoints go through
+    transformers' DeepSpeed integration (``Trainer`` keeps it alive), which gathers one module at
+    a time, and the special-token rows are written under gathered parameters.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
     from reflectioncoder.model import (
         add_special_token_embeddings,
         build_tiny_llama,
+        has_safetensors,
         load_model,
+        load_model_into_partitions,
         resolve_model_path,
     )
 
     # One process keeps fp32 weights (bf16 through autocast); DeepSpeed holds fp32 masters.
     load_dtype = dtype if info.deepspeed else torch.float32
-    if cfg.model.name_or_path is not None:
-        model = load_model(resolve_model_path(cfg.model.name_or_path), dtype=load_dtype)
+    path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
+    if path is not None and distributed.uses_zero3(cfg, info) and has_safetensors(path):
+        model, _ = load_model_into_partitions(
+            path,
+            tokenizer,
+            add_special_tokens(tokenizer),
+            dtype=load_dtype,
+            partition_context=distributed.zero3_partitioning(cfg, info),
+            local_piece=distributed.zero3_local_piece,
+        )
+        return model
+    if path is not None:
+        model = load_model(path, dtype=load_dtype)
     else:
         model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
     splits = add_special_tokens(tokenizer)
