@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU measures, in one call of the device tool, inside ~9 minutes:
 #   bash bench/gpu_call.sh [OUT]      (OUT: default $OUT, else bench/results/gpu)
-# 1. installs nothing from a network: wheels carried in .whl/ (Liger) go to /tmp/site, and the
-#    project is imported from this checkout (pip -e without build isolation, or a link);
+# 1. installs nothing from a network (bench/gpu_env.sh: wheels carried in .whl/, the project
+#    imported from this checkout);
 # 2. python -m bench.gpu_suite (tests on the device, then the benchmark suites), capped;
 # 3. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
 # 4. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files).
@@ -13,17 +13,7 @@ device=${DEVICE:-cuda}
 dry=$([ "$device" = cpu ] && echo --dry-run)
 mkdir -p "$out"
 work=$(mktemp -d)
-export PYTHONUNBUFFERED=1 RC_COMMIT=${RC_COMMIT:-unknown}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-if ! python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$work/pip.log" 2>&1; then
-  # reflectioncoder.kernels is the top-level kernels/ (setup.py's package_dir)
-  [ -e reflectioncoder/kernels ] || ln -s ../kernels reflectioncoder/kernels
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-python3 -c "import reflectioncoder.kernels, torch; print('torch', torch.__version__)" || exit 1
+source bench/gpu_env.sh || exit 1
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv | tee "$work/nvidia_smi.csv"
 export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: measured errors

@@ -1,0 +1,19 @@
+# Sourced on a lent GPU (no network) before running anything of the project there:
+#   source bench/gpu_env.sh
+# Wheels carried in .whl/ (Liger; DeepSpeed and its pure-Python needs) go to /tmp/site, and the
+# project is imported from this checkout: pip -e without build isolation, or else a link
+# (reflectioncoder.kernels is the top-level kernels/, setup.py's package_dir).
+export PYTHONUNBUFFERED=1 RC_COMMIT=${RC_COMMIT:-unknown}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  for w in .whl/*.whl; do  # one by one: a wheel for another Python loses only itself
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$w" || echo "gpu_env: $w not installed"
+  done
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/tmp/pip_e.log 2>&1; then
+  [ -e reflectioncoder/kernels ] || ln -s ../kernels reflectioncoder/kernels
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "import reflectioncoder.kernels, torch; print('torch', torch.__version__)"
