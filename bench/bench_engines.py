@@ -85,6 +85,9 @@ def run_case(name: str, folder: Path, data: Path, args) -> dict:
         f"train.samples_per_step={args.samples_per_step}",
         f"train.max_steps={args.steps}",
         f"train.device={args.device}",
+        # bf16 on a GPU (the tiny preset's fp32 would time fp32 GEMMs), an lr a 1B model takes
+        f"model.dtype={'bf16' if args.device == 'cuda' else 'fp32'}",
+        "optim.lr=1e-4",
         "packing.max_tokens=16384",
         "logging.progress=false",
         "logging.tensorboard=false",
