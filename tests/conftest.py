@@ -38,10 +38,7 @@ def shared_dir() -> Path:
     return SHARED_DIR
 
 
-@pytest.fixture(autouse=True)
-def _restore_progress_settings():
-    """A command run in-process (``cli.main``) silences bars for the rest of its process; give
-    every test the settings it started with."""
+def _kept_progress_settings():
     from reflectioncoder import progress
 
     keys = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")
@@ -54,3 +51,16 @@ def _restore_progress_settings():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _restore_progress_settings():
+    """A command run in-process (``cli.main``) silences bars for the rest of its process; give
+    every test the settings it started with."""
+    yield from _kept_progress_settings()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_progress_settings_per_module():
+    """The same around a module: its module-scoped fixtures may run a command (the demo)."""
+    yield from _kept_progress_settings()
