@@ -48,6 +48,10 @@ def _train(tmp_path: Path, name: str, data: Path, extra: list[str]) -> list[dict
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    # One process under ZeRO-3 without offload is told that it gains nothing.
+    assert ("ZeRO-3 in one process partitions nothing" in proc.stderr) == (
+        "zero_stage=3" in extra[-1]
+    )
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
