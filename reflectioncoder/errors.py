@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 
@@ -131,3 +132,11 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
     if need in ("tokenizer", "both") and not has_tokenizer:
         raise UserError("no tokenizer files here (tokenizer.json)", file=path, field=field)
     return path
+
+
+def ctrl_c_to_main_thread() -> None:
+    """Initializer of every worker thread pool: this thread never takes SIGINT, so a Ctrl-C
+    lands on the main thread, the one Python raises KeyboardInterrupt in and the one waiting on
+    the pool (a lock wait is woken only by a signal to its own thread); the sandboxed children
+    the thread forks start with it held (eval.sandbox releases it in their own session)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})

@@ -153,3 +153,20 @@ def test_prepared_run_is_single_use(level, seed):
     unused = sandbox.PreparedRun(["/bin/sh", "-c", f"exec sleep {token}"], cpu_s=5)
     unused.discard()
     assert _alive_with(token) == []
+
+
+def test_program_gets_a_plain_sigint_from_a_pool_thread(level):
+    # Pool threads hold SIGINT (errors.ctrl_c_to_main_thread) and the sandbox holds it while
+    # forking (a Ctrl-C in the fork window printed a traceback): the program itself must start
+    # with SIGINT neither blocked nor ignored.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reflectioncoder.errors import ctrl_c_to_main_thread
+
+    code = (
+        "fields = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines()"
+        " if ':\\t' in l)\nprint(int(fields['SigBlk'], 16) & 2, int(fields['SigIgn'], 16) & 2)"
+    )
+    with ThreadPoolExecutor(1, initializer=ctrl_c_to_main_thread) as pool:
+        res = pool.submit(sandbox.run_python, code).result()
+    assert res.stdout == "0 0\n", res

@@ -20,7 +20,7 @@ from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.problems import Problem, generate_problems
 from reflectioncoder.data.special import SPECIAL_TOKENS
-from reflectioncoder.errors import atomic_write_text
+from reflectioncoder.errors import atomic_write_text, ctrl_c_to_main_thread
 
 STYLES = ("humaneval", "mbpp")
 
@@ -199,7 +199,8 @@ def build_dataset(
     reflections: list[dict] = []
     next_index = 0
     # A problem may yield no sample (every attempt passed); draw more indices until n are made.
-    pool = ThreadPoolExecutor(max_workers=workers)  # sandbox runs are subprocesses
+    # sandbox runs are subprocesses
+    pool = ThreadPoolExecutor(max_workers=workers, initializer=ctrl_c_to_main_thread)
     try:
         while len(reflections) < n_reflection and next_index < n_reflection * 4 + 8:
             batch = range(next_index, next_index + (n_reflection - len(reflections)))

@@ -30,7 +30,7 @@ from reflectioncoder.construct.build import BuildStats, reflection_sample
 from reflectioncoder.construct.execute import ALL_PASSED, run_program
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
-from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.progress import Progress
 
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
@@ -364,7 +364,7 @@ def _run(todo, out, log, summary, backend, workers, settings, progress: bool) ->
     bar.n = summary.resumed
     with (
         out.open("a", encoding="utf-8") as samples,
-        ThreadPoolExecutor(max_workers=workers) as pool,
+        ThreadPoolExecutor(max_workers=workers, initializer=ctrl_c_to_main_thread) as pool,
     ):
         pending = {pool.submit(_one, p, backend, *settings): p for p in todo}
         try:

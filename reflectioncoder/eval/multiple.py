@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 
+from reflectioncoder.errors import ctrl_c_to_main_thread
 from reflectioncoder.eval.sandbox import (
     _harness_source,
     python_env,
@@ -438,5 +439,5 @@ def score_multiple_samples(
             tid, cid, status, res.exit_code, res.stderr[-500:], res.duration_s, reason
         )
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
         return list(pool.map(one, jobs))

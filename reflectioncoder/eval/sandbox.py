@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,6 +72,7 @@ _SRC_IN_BOX = "/tmp/src"
 _WORK_IN_BOX = "/tmp/work"
 _MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
 _PR_SET_PDEATHSIG = 1
+_SIG_DFL, _SIG_IGN = 0, 1  # C's signal dispositions (signal.h)
 SANDBOX_UID = 65534  # "nobody": the uid and gid programs have inside bwrap
 # What every program gets, read-only: the system's programs and libraries, and the few /etc
 # files that loaders and toolchains read (no passwd, shadow, hosts, ssh, ...).
@@ -462,6 +463,28 @@ def _make_cgroup(memory_mb: int, max_processes: int, cpu_cores: float) -> _RunCg
 # ----------------------------------------------------------------------------- launch
 
 
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold SIGINT in this thread while forking a sandboxed child. The child runs Python's
+    after-fork hooks before ``setsid`` takes it out of the terminal's process group; a Ctrl-C
+    landing there raised KeyboardInterrupt inside ``threading._after_fork`` and printed a
+    traceback on the user's terminal (1 run in 8 of tests/test_cli_errors.py's Ctrl-C test).
+    The child drops a held SIGINT and unblocks it once in its own session (``_preexec``)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _release_ctrl_c(libc: ctypes.CDLL) -> None:
+    """In the child, in its own session: discard a SIGINT held since the fork (ignoring a
+    signal drops it), unblock SIGINT and give the program its default action."""
+    libc.signal(signal.SIGINT, _SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    libc.signal(signal.SIGINT, _SIG_DFL)
+
+
 def _preexec(
     memory_mb: int,
     cpu_s: float,
@@ -472,10 +495,13 @@ def _preexec(
 ):
     """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits."""
     libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    libc.signal.restype = ctypes.c_void_p
     prctl = libc.prctl
     cpu_rlimit = int(cpu_s) + 1  # per process; the cgroup's CPU clock is the real limit
 
     def apply() -> None:
+        _release_ctrl_c(libc)
         for procs in cgroup_procs:
             with open(procs, "w") as f:
                 f.write("0")
@@ -602,24 +628,25 @@ class PreparedRun:
             bwrap = _bwrap_argv(_bwrap_path() or "bwrap", src, hide, ro_binds, limits.tmp_mb)
             cmd = bwrap + cmd
         self.cgroup = _make_cgroup(limits.memory_mb, limits.max_processes, limits.cpu_cores)
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(work),
-            env=child_env,
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_preexec(
-                limits.memory_mb,
-                limits.cpu_s,
-                limits.file_size_mb,
-                limits.open_files,
-                limits.max_processes,
-                self.cgroup.procs_files() if self.cgroup else [],
-            ),
-        )
+        with _ctrl_c_held():  # until the child is in its own session (_preexec)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(work),
+                env=child_env,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_preexec(
+                    limits.memory_mb,
+                    limits.cpu_s,
+                    limits.file_size_mb,
+                    limits.open_files,
+                    limits.max_processes,
+                    self.cgroup.procs_files() if self.cgroup else [],
+                ),
+            )
 
     def cpu_time_s(self) -> float | None:
         """CPU seconds the run's whole process tree has used since it started (None where no

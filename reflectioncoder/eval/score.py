@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from reflectioncoder.errors import ctrl_c_to_main_thread
 from reflectioncoder.eval import _harness
 from reflectioncoder.eval.sandbox import PreparedRun, isolation_level, run_sandboxed, wall_backstop
 from reflectioncoder.eval.tasks import PythonTask
@@ -265,7 +266,7 @@ def expected_outputs(
     missing = [tid for tid in tasks if tid not in lines]
     if missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
             got_all = pool.map(_run_ground_truth, [tasks[t] for t in missing])
             with open(cache, "ab") as f:  # appends of whole lines: concurrent runs stay readable
                 for tid, got in zip(missing, got_all, strict=True):
@@ -598,7 +599,7 @@ def score_python_samples(
     # Slowest tasks first keeps both workers busy to the end.
     order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j][0]].plus_inputs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
             done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))
     finally:
         for box in spare:  # the unused ones (discard is idempotent)

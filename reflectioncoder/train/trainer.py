@@ -34,7 +34,7 @@ from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
@@ -398,7 +398,7 @@ class Trainer:
         )
 
         # The next step's host work runs here while the current step computes.
-        self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rc-prepare")
+        self._host = ThreadPoolExecutor(1, "rc-prepare", initializer=ctrl_c_to_main_thread)
         self._ahead: Future[PreparedStep] | None = None
         self.step = 0
         self.skipped = 0
