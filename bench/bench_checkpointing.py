@@ -33,15 +33,16 @@ ARCH = {
 }
 
 
-def _prepare(folder: Path, samples: int, arch: dict) -> Path:
-    """A model + tokenizer folder and a toy jsonl (what a user points the trainer at)."""
+def prepare_model_and_data(folder: Path, samples: int, arch: dict, num_kv_heads: int = 2) -> Path:
+    """A saved model + tokenizer in ``folder/model`` and a toy jsonl (what a user points the
+    trainer at); returns the jsonl. Also bench_engines'."""
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.tokenizer import train_tokenizer
     from reflectioncoder.train.toydata import write_toy_jsonl
 
     data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
     tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
-    model = build_tiny_llama(len(tok), num_kv_heads=2, seed=0, **arch)
+    model = build_tiny_llama(len(tok), num_kv_heads=num_kv_heads, seed=0, **arch)
     model.config._attn_implementation = "sdpa"
     model.save_pretrained(str(folder / "model"))
     tok.save_pretrained(str(folder / "model"))
@@ -107,7 +108,7 @@ def run(samples_per_step: int, steps: int, device: str) -> list[dict]:
     rows, arch = [], ARCH[device]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = _prepare(folder, samples_per_step * steps, arch)
+        data = prepare_model_and_data(folder, samples_per_step * steps, arch)
         for ckpt in (False, True):
             out = folder / f"run-{ckpt}"
             argv = ["--preset", "tiny"]

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_checkpointing import prepare_model_and_data
 from bench.providers.common import commit, device_name
 
 SHAPES = {
@@ -40,21 +41,6 @@ CASES = {
         "distributed.offload_optimizer=true",
     ],
 }
-
-
-def _prepare(folder: Path, samples: int, arch: dict) -> Path:
-    """A saved model + tokenizer and a toy jsonl, as a user points the trainer at them."""
-    from reflectioncoder.model import build_tiny_llama
-    from reflectioncoder.tokenizer import train_tokenizer
-    from reflectioncoder.train.toydata import write_toy_jsonl
-
-    data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
-    tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
-    model = build_tiny_llama(len(tok), num_kv_heads=arch["num_heads"] // 4, seed=0, **arch)
-    model.config._attn_implementation = "sdpa"
-    model.save_pretrained(str(folder / "model"))
-    tok.save_pretrained(str(folder / "model"))
-    return data
 
 
 def _child(argv: list[str]) -> None:
@@ -136,7 +122,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = _prepare(folder, args.samples_per_step * args.steps, SHAPES[shape])
+        arch = SHAPES[shape]
+        data = prepare_model_and_data(
+            folder, args.samples_per_step * args.steps, arch, num_kv_heads=arch["num_heads"] // 4
+        )
         for name in args.cases.split(","):
             row = run_case(name, folder, data, args)
             row.update(shape=shape, arch=SHAPES[shape], device=device_name(args.device))
