@@ -429,15 +429,14 @@ class Trainer:
                 self.dtype,
                 self.threads,
             )
-            if self.info.world_size == 1 and distributed.uses_zero3(cfg, self.info):
-                ds_config = distributed.deepspeed_config(cfg, self.info)
-                if not distributed.offloads_optimizer(ds_config):
-                    # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
-                    log.warning(
-                        "ZeRO-3 in one process partitions nothing and gathers every layer for "
-                        "nothing: on one GPU use distributed.zero_stage=0-2 or "
-                        "distributed.backend=none, or offload_optimizer=true to fit a larger model"
-                    )
+            one_zero3 = self.info.world_size == 1 and distributed.uses_zero3(cfg, self.info)
+            if one_zero3 and not distributed.offloads_optimizer(self.engine.config):
+                # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
+                log.warning(
+                    "ZeRO-3 in one process partitions nothing and gathers every layer for "
+                    "nothing: on one GPU use distributed.zero_stage=0-2 or "
+                    "distributed.backend=none, or offload_optimizer=true to fit a larger model"
+                )
 
     def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:
         """The checkpoint ``--resume`` continues from (None: a fresh start)."""
