@@ -1,7 +1,8 @@
 """``reflectioncoder train`` on one device through each engine: plain PyTorch, DeepSpeed ZeRO-3,
 ZeRO-3 with the optimizer offloaded to CPU Adam. Per case: the device's peak memory (CUDA
 allocator, or the resident set on a CPU), the host's peak resident set, the median step time
-after the first, tokens per second, MFU where the card is known, and the losses.
+after the first; tokens/s, samples/s, MFU and HFU (reflectioncoder.train.flops) over those same
+steps, where the card is known; and the losses.
 
     python -m bench.bench_engines --device cuda --out bench/results/engines_cuda.json
 
@@ -90,17 +91,28 @@ def run_case(name: str, folder: Path, data: Path, args) -> dict:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         return {"case": name, "error": "\n".join(tail)}
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    after_first = [m["time"] for m in metrics[1:]] or [metrics[0]["time"]]
+    timed = metrics[1:] or metrics[:1]  # every figure from the same steps: all after the first
+    seconds = sum(m["time"] for m in timed)
     return {
         "case": name,
         **got,
-        "step_s": statistics.median(after_first),
+        "step_s": statistics.median(m["time"] for m in timed),
         "tokens": metrics[0]["tokens"],
-        "tokens_per_s": metrics[0]["tokens"] / statistics.median(after_first),
-        "mfu": metrics[-1].get("mfu"),
+        "tokens_per_s": sum(m["tokens"] for m in timed) / seconds,
+        "samples_per_s": sum(m["samples"] for m in timed) / seconds,
+        # Each row's MFU is its FLOPs over its own seconds: weighted by time, the steps' total.
+        "mfu": _over_time(timed, "mfu"),
+        "hfu": _over_time(timed, "hfu"),
         "losses": [m["loss"] for m in metrics],
         "host_wait": max(m["host_wait"] for m in metrics[1:]) if len(metrics) > 1 else None,
     }
+
+
+def _over_time(rows: list[dict], key: str) -> float | None:
+    """sum(FLOPs) / (sum(seconds) x peak) of ``rows``, from each row's share of the peak."""
+    if any(r.get(key) is None for r in rows):
+        return None
+    return sum(r[key] * r["time"] for r in rows) / sum(r["time"] for r in rows)
 
 
 def main() -> None:
@@ -135,14 +147,14 @@ def main() -> None:
             if args.out:  # kept after each case: a later one that overruns loses only itself
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
-    print("\n| case | device peak MiB | host peak MiB | step s | tokens/s | MFU | losses |")
+    print("\n| case | device peak MiB | host peak MiB | step s | tokens/s | MFU / HFU | losses |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "error" in r:
             print(f"| {r['case']} | failed: {r['error'].splitlines()[-1][:120]} | | | | | |")
             continue
         dev = "-" if r["device_peak"] is None else f"{r['device_peak']:.0f}"
-        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}% / {100 * r['hfu']:.1f}%"
         losses = ", ".join(f"{x:.4f}" for x in r["losses"])
         print(f"| {r['case']} | {dev} | {r['host_peak']:.0f} | {r['step_s']:.3f} | "
               f"{r['tokens_per_s']:.0f} | {mfu} | {losses} |")  # fmt: skip

@@ -1,5 +1,6 @@
 """One optimizer step end to end: ours (packed, varlen attention, fused loss) against the
-reference recipe (the baseline), on the same model, samples and mask."""
+authors' recipe (the baseline, bench/providers/train_step.py), on the same model, samples and
+mask. FLOPs: reflectioncoder.train.flops' model count of what each provider runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_train_step(provider, run_bench, device, profile) -> None:
     info = run_bench(
         lambda: step(model, opt, data[0], cfg),
         group=f"train step {params / 1e6:.3g}M params {cfg.samples} samples {profile.dtype}",
-        flops=T.model_flops(params, tokens),
+        flops=T.step_flops(provider, model, data[0], cfg).model,
         provider=provider,
         baseline=provider == "reference",
         model_tokens=tokens,

@@ -1,15 +1,21 @@
-"""End-to-end train step: ours (packed) against the reference recipe, same model, data, mask.
+"""End-to-end train step: ours (packed) against the authors' recipe, same model, data, mask.
 
 - ``ours``: each optimizer step's samples packed into micro-batches (teacher + student, the
   student only its visible tokens with original positions), varlen attention, the fused loss on
   the loss rows only (no full logits), backward, AdamW. On CUDA ``prepare_model`` switches
   Liger's RMSNorm / RoPE / SwiGLU on, as the trainer does.
-- ``reference``: the authors' recipe: one sample per micro-batch, doubled (teacher row + a
-  full-length student row whose hidden keys are masked in the attention), original position
-  ids, full-vocabulary logits of both passes, SPEC §2 loss (CE + batchmean KL), gradient
-  accumulation over the step's samples, AdamW.
+- ``reference``: the authors' recipe, as faithfully as this machine runs it (SPEC §3-4): one
+  sample per micro-batch; a reflection sample doubled (teacher row + a full-length student row
+  with the original positions), a generation sample one row; the student's visibility given as
+  a 2-D (padding-style) attention mask through the model's own attention (``ref_attn="auto"``:
+  ``flash_attention_2`` on CUDA when flash-attn is installed, as the authors, which then drops
+  the hidden keys; else SDPA with that mask, the closest runnable, labelled ``sdpa``); gradient
+  checkpointing on (``ref_checkpointing``); in bf16, fp32 master weights and AdamW states as
+  ZeRO-1 keeps them (one GPU: nothing to partition); full-vocabulary logits of every row and
+  SPEC §2's loss (CE + batchmean KL); gradient accumulation over the step's samples.
 Both compute the same loss (``sample`` normalisation). Data preparation (packing, padding) is
-done before any timing, for both.
+done before any timing, for both. Compare samples/s: the recipe computes 2 L tokens a
+reflection sample, ours L + the visible student.
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ class TrainStepConfig:
     instruction: tuple[int, int] = (100, 400)
     reflection: tuple[int, int] = (300, 2500)
     answer: tuple[int, int] = (100, 600)
+    generation_fraction: float = 0.5  # generation samples beside reflection ones (assumed mix)
     mask_rate: float = 0.5  # fixed r of SPEC §3
     strategy: str = "block_mask"
     block_order: str = "tce"
     max_tokens: int = 16384  # our micro-batch budget
-    ref_attn: str = "eager"  # the reference's attention: eager (as the authors) or sdpa
+    # The recipe's attention: auto (flash_attention_2 on CUDA when installed, as the authors;
+    # else sdpa with the 2-D mask), or one of sdpa, flash_attention_2, eager.
+    ref_attn: str = "auto"
+    ref_checkpointing: bool = True  # the authors' gradient checkpointing
     loss_backend: str = "auto"
     seed: int = 3407
     device: str = "cpu"
@@ -57,6 +67,13 @@ class TrainStepConfig:
             raise ValueError("samples, steps: must be >= 1")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype: expected fp32 or bf16, got {self.dtype!r}")
+        if self.ref_attn not in ("auto", "sdpa", "flash_attention_2", "eager"):
+            raise ValueError(f"ref_attn: expected auto, sdpa, flash_attention_2 or eager, got "
+                             f"{self.ref_attn!r}")  # fmt: skip
+        if not 0.0 <= self.generation_fraction <= 1.0:
+            raise ValueError(
+                f"generation_fraction: must be in [0, 1], got {self.generation_fraction}"
+            )
 
 
 # A Llama-3.2-1B-shaped model (1.24B parameters with its 128256 vocabulary), for the GPU suite.
@@ -95,6 +112,7 @@ def setup_train_step(cfg: TrainStepConfig):
         instruction=tuple(cfg.instruction),
         reflection=tuple(cfg.reflection),
         answer=tuple(cfg.answer),
+        generation_fraction=cfg.generation_fraction,
     )
     per_step = [samples[i * cfg.samples : (i + 1) * cfg.samples] for i in range(cfg.steps)]
     return model, opt, per_step
@@ -142,25 +160,30 @@ def step_ours(model, opt, batches, cfg: TrainStepConfig) -> tuple[torch.Tensor, 
 
 
 def prepare_reference(cfg: TrainStepConfig, per_step) -> list:
-    """Each sample's doubled row pair: ids (2, L), positions (2, L), and the reference's
-    padding-style key mask (2, L) (teacher: all ones; student: its visibility), from which
-    transformers builds the causal masked attention inside the forward, as the reference does."""
+    """Each sample's rows as the recipe feeds them: ids (rows, L), positions (rows, L), the
+    padding-style key mask (rows, L) (teacher: all ones; student: its visibility) from which
+    the model's attention masks the hidden keys, the teacher's labels and, for a reflection
+    sample, the student's (rows = 2; a generation sample: one row, no student)."""
     from reflectioncoder.data.masking import draw_masks, visibility_host
 
     step, total = _rate_step(cfg.mask_rate)
     out = []
     for samples in per_step:
-        plan = draw_masks(samples, step, total, _mask_cfg(cfg), cfg.seed)
+        students = [s for s in samples if s.is_reflection]
+        plan = draw_masks(students, step, total, _mask_cfg(cfg), cfg.seed)
         vis = visibility_host(plan)
-        items = []
-        for k, s in enumerate(samples):
+        items, k = [], 0
+        for s in samples:
             length = len(s)
-            v = vis[int(plan.offsets[k]) : int(plan.offsets[k + 1])]
-            keys = torch.stack([torch.ones(length, dtype=torch.long), v.long()])
+            keys = [torch.ones(length, dtype=torch.long)]
+            if s.is_reflection:
+                keys.append(vis[int(plan.offsets[k]) : int(plan.offsets[k + 1])].long())
+                k += 1
+            rows = len(keys)
             row = (
-                s.ids.expand(2, length).contiguous(),
-                torch.arange(length).expand(2, length).contiguous(),
-                keys,
+                s.ids.expand(rows, length).contiguous(),
+                torch.arange(length).expand(rows, length).contiguous(),
+                torch.stack(keys),
                 s.labels,
                 s.student_labels,
             )
@@ -175,24 +198,63 @@ def step_reference(model, opt, items, cfg: TrainStepConfig) -> tuple[torch.Tenso
     total = torch.zeros((), device=cfg.device)
     tokens = 0
     for ids, pos, mask, labels, student_labels in items:
-        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits  # (2, L, V)
-        t, s = logits[0].float(), logits[1].float()
-        ce_t = F.cross_entropy(t[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
-        ce_s = F.cross_entropy(s[:-1], student_labels[1:], ignore_index=IGNORE, reduction="sum")
-        n_ce = (labels[1:] != IGNORE).sum() + (student_labels[1:] != IGNORE).sum()
-        rows = student_labels != IGNORE
-        kl = F.kl_div(
-            F.log_softmax(s[rows], dim=-1),
-            F.softmax(t[rows].detach(), dim=-1),
-            reduction="batchmean",
-        )
-        loss = ((ce_t + ce_s) / n_ce + kl) / n
+        logits = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits  # (rows, L, V)
+        t = logits[0].float()
+        ce = F.cross_entropy(t[:-1], labels[1:], ignore_index=IGNORE, reduction="sum")
+        n_ce = (labels[1:] != IGNORE).sum()
+        kl = torch.zeros((), device=t.device)
+        if ids.shape[0] == 2:  # a reflection sample: the student's CE and the KL
+            s = logits[1].float()
+            ce = ce + F.cross_entropy(
+                s[:-1], student_labels[1:], ignore_index=IGNORE, reduction="sum"
+            )
+            n_ce = n_ce + (student_labels[1:] != IGNORE).sum()
+            rows = student_labels != IGNORE
+            kl = F.kl_div(
+                F.log_softmax(s[rows], dim=-1),
+                F.softmax(t[rows].detach(), dim=-1),
+                reduction="batchmean",
+            )
+        loss = (ce / n_ce + kl) / n
         loss.backward()
         total += loss.detach()
         tokens += ids.numel()
     opt.step()
     synchronize(cfg.device)
     return total, tokens
+
+
+class Fp32MasterAdamW:
+    """AdamW over fp32 master copies of bf16 weights, as DeepSpeed's ZeRO-1 bf16 optimizer
+    keeps them (one GPU: nothing to partition): grads cast up, the step in fp32, weights cast
+    back down."""
+
+    def __init__(self, params, **kwargs) -> None:
+        self.params = list(params)
+        self.masters = [p.detach().float().clone() for p in self.params]
+        self.optimizer = torch.optim.AdamW(self.masters, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for p, m in zip(self.params, self.masters, strict=True):
+            m.grad = None if p.grad is None else p.grad.float()
+        self.optimizer.step()
+        for p, m in zip(self.params, self.masters, strict=True):
+            p.copy_(m)
+
+
+def reference_attention(cfg: TrainStepConfig) -> str:
+    """The recipe's attention here: ``ref_attn``, with auto resolved (module docstring)."""
+    if cfg.ref_attn != "auto":
+        return cfg.ref_attn
+    from transformers.utils import is_flash_attn_2_available
+
+    on_cuda = torch.device(cfg.device).type == "cuda"
+    return "flash_attention_2" if on_cuda and is_flash_attn_2_available() else "sdpa"
 
 
 def setup_provider(provider: str, cfg: TrainStepConfig):
@@ -206,11 +268,27 @@ def setup_provider(provider: str, cfg: TrainStepConfig):
         prepare_model(model)
         return model, opt, prepare_ours(cfg, per_step), step_ours
     if provider == "reference":
-        model.set_attn_implementation(cfg.ref_attn)
+        from reflectioncoder.model import set_checkpointing
+
+        model.set_attn_implementation(reference_attention(cfg))
+        set_checkpointing(model, cfg.ref_checkpointing)
+        if cfg.dtype == "bf16":
+            opt = Fp32MasterAdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
         return model, opt, prepare_reference(cfg, per_step), step_reference
     raise ValueError(f"provider: expected one of {PROVIDERS}, got {provider!r}")
 
 
-def model_flops(params: int, tokens: int) -> float:
-    """6 x parameters x tokens (fwd + bwd of the dense layers; attention's L^2 term left out)."""
-    return 6.0 * params * tokens
+def step_flops(provider: str, model, data, cfg: TrainStepConfig):
+    """Model and hardware FLOPs of one optimizer step's ``data`` (reflectioncoder.train.flops):
+    ours counts its packed tokens and loss rows; the recipe every row it runs (2 L for a
+    reflection sample, the LM head on all of them), with its checkpointing's recompute."""
+    from reflectioncoder.train.flops import ModelShape, StepFlops, batch_flops, packed_flops
+
+    shape = ModelShape.from_model(model)
+    if provider == "ours":
+        return sum((batch_flops(shape, b, recompute=False) for b in data), StepFlops())
+    total = StepFlops()
+    for ids, *_ in data:
+        rows, length = ids.shape
+        total += packed_flops(shape, [length] * rows, rows * length, cfg.ref_checkpointing)
+    return total

@@ -418,7 +418,7 @@ class LocalEngine:
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         # The one host sync per optimizer step: logging needs the numbers, the skip decision too.
-        host = torch.cat([stats.float(), norm.reshape(1).float().to(stats.device)]).tolist()
+        host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
         applied = math.isfinite(host[0]) and math.isfinite(host[-1])
         if applied or not self.skip_nonfinite:
             self.optimizer.step()
@@ -496,7 +496,7 @@ class DeepSpeedEngine:
         norm = self.engine.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
         # The one host sync per optimizer step (logging).
-        host = stats.float().tolist()
+        host = stats.tolist()
         return StepResult(host, norm, bool(self.engine.was_step_applied()))
 
     def save(self, path: str | Path) -> None:

@@ -36,6 +36,7 @@ from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed
+from reflectioncoder.train.flops import ModelShape, StepFlops, batch_flops, utilisation
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
@@ -43,12 +44,15 @@ log = logging.getLogger("reflectioncoder.train")
 
 @dataclasses.dataclass
 class PreparedStep:
-    """One step's host work: this rank's micro-batches and, on logging steps, each one's
-    teacher-row flags (for the teacher/student CE split)."""
+    """One step's host work: this rank's micro-batches, on logging steps each one's
+    teacher-row flags (for the teacher/student CE split), and the rank's host totals
+    (tokens, samples, model FLOPs, hardware FLOPs: ``train.flops``), added to the step's
+    device sums once."""
 
     step: int
     batches: list[PackedBatch]
     teacher_rows: list[torch.Tensor] | None
+    totals: torch.Tensor
 
 
 class NonFiniteError(RuntimeError):
@@ -392,6 +396,7 @@ class Trainer:
         prepare_model(model, gradient_checkpointing=cfg.model.gradient_checkpointing)
         self.model = model
         self.n_params = count_parameters(model)
+        self.flop_shape = ModelShape.from_model(model)
         self.module = ReflectionLossModule(model, autocast)
         self.engine = distributed.make_engine(
             self.module, cfg, self.info, external_params=[lm_head_weight(model)]
@@ -500,10 +505,22 @@ class Trainer:
         rows = None
         if self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0:
             rows = [teacher_row_flags(b, f) for b, f in zip(batches, flags, strict=True)]
+        recompute = self.cfg.model.gradient_checkpointing
+        flops = sum((batch_flops(self.flop_shape, b, recompute) for b in batches), StepFlops())
+        totals = torch.tensor(
+            [
+                sum(b.num_tokens for b in batches),
+                sum(b.num_samples for b in batches),
+                flops.model,
+                flops.hardware,
+            ],
+            dtype=torch.float64,
+        )
         if self.info.device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
             rows = None if rows is None else [r.pin_memory() for r in rows]
-        return PreparedStep(step, batches, rows)
+            totals = totals.pin_memory()
+        return PreparedStep(step, batches, rows, totals)
 
     def _prepared(self, step: int) -> tuple[PreparedStep, float]:
         """Step ``step``'s host work, prepared on the background thread while the previous
@@ -533,19 +550,19 @@ class Trainer:
         if split and teacher_rows is None:  # logging changed after this step was prepared
             teacher_rows = self._prepare(step).teacher_rows
         device = self.info.device
-        # loss, ce, kl, teacher_ce, tokens, samples: summed over micro-batches, then ranks.
-        stats = torch.zeros(6, dtype=torch.float64, device=device)
+        # loss, ce, kl, teacher_ce (summed over micro-batches), then this rank's host totals
+        # (tokens, samples, model and hardware FLOPs); all summed over ranks.
+        stats = torch.zeros(8, dtype=torch.float64, device=device)
+        stats[4:].copy_(prepared.totals, non_blocking=True)
         for j, batch in enumerate(batches):
             rows = teacher_rows[j].to(device, non_blocking=True) if split else None
-            sizes = torch.tensor([batch.num_tokens, batch.num_samples], dtype=torch.float64)
             batch = batch.to(device, non_blocking=True)
             self.engine.start_micro_batch(last=j == len(batches) - 1)
             loss, ce, kl, teacher_ce = self.engine(batch, rows)
             self.engine.backward(loss)
             stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
-            stats[4:] += sizes.to(device, non_blocking=True)
         result = self.engine.finish_step(stats)  # the step's one host sync (inside)
-        loss, ce, kl, teacher_ce, tokens, n_samples = result.stats
+        loss, ce, kl, teacher_ce, tokens, n_samples, model_flops, hardware_flops = result.stats
         elapsed = time.perf_counter() - t0
         self.step += 1
         row = {
@@ -561,15 +578,17 @@ class Trainer:
             "samples": int(n_samples),
             "tokens": int(tokens),
             "tokens_per_s": tokens / elapsed,
+            "samples_per_s": n_samples / elapsed,
+            "model_flops": model_flops,
+            "hardware_flops": hardware_flops,
             "skipped": not result.applied,
             "time": elapsed,
             "host_wait": host_wait,
         }
         if self.peak_flops:
-            # 6 N FLOPs per token (forward + backward), all ranks' tokens over all ranks' peak.
-            row["mfu"] = (
-                6 * self.n_params * row["tokens_per_s"] / (self.info.world_size * self.peak_flops)
-            )
+            # All ranks' FLOPs (train.flops: the one count) over all ranks' peak, same seconds.
+            flops = StepFlops(model_flops, hardware_flops)
+            row.update(utilisation(flops, elapsed, self.info.world_size, self.peak_flops))
         if result.applied:
             self._skipped_in_a_row = 0
         else:

@@ -1,0 +1,138 @@
+"""The one FLOP count of a packed training step (the trainer's MFU / HFU, every bench, the docs).
+
+A micro-batch of S packed segments of lengths L_1..L_S (T tokens) with R loss rows, on a
+decoder of ``layers`` layers whose attention is ``heads x head_dim`` wide, costs, forward +
+backward (each multiply-add 2 FLOPs, backward twice the forward):
+
+    model FLOPs    = 6 x body_params x T              (every parameter outside the input
+                                                        embedding and the LM head)
+                   + 6 x V x D x R                     (the LM head, on the loss rows only)
+                   + 12 x layers x heads x head_dim x sum_i L_i^2   (attention scores and
+                                                        their use, per segment)
+    hardware FLOPs = model FLOPs, plus with activation checkpointing one more forward of the
+                   decoder layers but their last GEMM: 2 x recomputed_params x T
+                   + 4 x layers x heads x head_dim x sum L^2
+
+Attention is counted as torchtitan and PaLM count it (the whole L x L square, not halved for
+the causal mask), so our MFU compares with the published anchors; a causal kernel executes
+about half of that term. The embedding lookup, norms, RoPE and activations count no FLOPs
+(norm weights are in ``body_params`` but are < 0.1% of it at 7B). MFU = model FLOPs over
+(seconds x devices x peak); HFU = hardware FLOPs over the same. torch's non-reentrant checkpoint
+stops recomputing a layer once every tensor its backward saved is back (early stop), so the
+layer's last GEMM (the MLP's down projection, whose output only feeds the residual add) is not
+run again: ``recomputed_params`` leaves it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP count needs of a decoder-only model."""
+
+    layers: int
+    hidden: int  # D
+    attn_width: int  # query heads x head size
+    vocab: int  # V, rows of the LM head
+    body_params: int  # parameters outside the input embedding and the LM head
+    recomputed_params: int  # decoder-layer parameters checkpointing runs again (no down_proj)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelShape:
+        """The shape of a Hugging Face causal LM (ZeRO-3 partitions counted whole)."""
+        config = model.config.get_text_config()
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        embedding = model.get_input_embeddings().weight
+        head = model.get_output_embeddings().weight
+        outside = {id(embedding): embedding, id(head): head}
+        unique = {id(p): p for p in model.parameters()}
+        body = sum(_numel(p) for i, p in unique.items() if i not in outside)
+        layers = model.base_model.layers
+        recomputed = {id(p): p for p in layers.parameters()}
+        for layer in layers:
+            down = getattr(getattr(layer, "mlp", None), "down_proj", None)
+            for p in down.parameters() if down is not None else ():
+                recomputed.pop(id(p))
+        return cls(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            attn_width=heads * head_dim,
+            vocab=int(getattr(head, "ds_shape", head.shape)[0]),
+            body_params=body,
+            recomputed_params=sum(_numel(p) for p in recomputed.values()),
+        )
+
+    @classmethod
+    def llama(
+        cls,
+        hidden: int,
+        intermediate: int,
+        layers: int,
+        heads: int,
+        kv_heads: int,
+        vocab: int,
+        head_dim: int | None = None,
+    ) -> ModelShape:
+        """A Llama-architecture shape from its sizes (no model built): q/k/v/o, SwiGLU, two
+        RMSNorms per layer and a final one."""
+        head_dim = head_dim or hidden // heads
+        attn = hidden * head_dim * (2 * heads + 2 * kv_heads)
+        per_layer = attn + 3 * hidden * intermediate + 2 * hidden
+        return cls(
+            layers=layers,
+            hidden=hidden,
+            attn_width=heads * head_dim,
+            vocab=vocab,
+            body_params=layers * per_layer + hidden,
+            recomputed_params=layers * (per_layer - hidden * intermediate),
+        )
+
+
+@dataclass(frozen=True)
+class StepFlops:
+    """Model FLOPs (useful work: MFU) and hardware FLOPs (executed: HFU) of some micro-batches."""
+
+    model: float = 0.0
+    hardware: float = 0.0
+
+    def __add__(self, other: StepFlops) -> StepFlops:
+        return StepFlops(self.model + other.model, self.hardware + other.hardware)
+
+
+def packed_flops(
+    shape: ModelShape, seq_lens: Sequence[int], loss_rows: int, recompute: bool
+) -> StepFlops:
+    """Forward + backward FLOPs of one packed micro-batch (module docstring).
+
+    ``seq_lens``: the segments' lengths; ``loss_rows``: rows the LM head runs on;
+    ``recompute``: activation checkpointing of every decoder layer (one more layer forward).
+    """
+    tokens = sum(seq_lens)
+    square = shape.layers * shape.attn_width * sum(n * n for n in seq_lens)
+    model = 6.0 * shape.body_params * tokens + 6.0 * shape.vocab * shape.hidden * loss_rows
+    model += 12.0 * square
+    extra = 2.0 * shape.recomputed_params * tokens + 4.0 * square if recompute else 0.0
+    return StepFlops(model, model + extra)
+
+
+def batch_flops(shape: ModelShape, batch, recompute: bool) -> StepFlops:
+    """``packed_flops`` of a ``PackedBatch`` (host figures only: no device sync). A zero-weight
+    filler batch (a rank's empty slot) is executed but does no useful work: hardware only."""
+    flops = packed_flops(shape, batch.seq_lens, batch.loss_rows.shape[0], recompute)
+    return flops if batch.num_samples > 0 else StepFlops(0.0, flops.hardware)
+
+
+def utilisation(flops: StepFlops, seconds: float, devices: int, peak_flops: float) -> dict:
+    """{"mfu", "hfu"}: the step's FLOPs over ``seconds`` x ``devices`` x the peak FLOP/s."""
+    capacity = seconds * devices * peak_flops
+    return {"mfu": flops.model / capacity, "hfu": flops.hardware / capacity}
+
+
+def _numel(param: nn.Parameter) -> int:
+    return int(getattr(param, "ds_numel", param.numel()))
