@@ -1,20 +1,51 @@
-# One environment (.venv), made on first use; every target runs inside it.
+# One environment (.venv), made on first use; every target runs inside it. It installs the versions
+# last tested together: requirements/lock.txt, given to pip as constraints (setup.py keeps the
+# ranges for people who install the package into their own environment). `make env LATEST=1`
+# makes .venv-latest with the newest versions those ranges allow instead; `make check-latest`
+# runs the quick check there (.ci/drift.py) and `make lock` refreshes the lock from it.
+LATEST ?=
+LOCK ?= requirements/lock.txt
+EXTRAS ?= dev
+LOCK_EXTRAS ?= dev,bench
+ifeq ($(LATEST),1)
+VENV ?= .venv-latest
+PIP_PINS := --upgrade --upgrade-strategy eager
+PINNED_BY :=
+else
 VENV ?= .venv
+PIP_PINS := -c $(LOCK)
+PINNED_BY := $(LOCK)
+endif
 PY := $(VENV)/bin/python
 # The CPU build lies on disk here; on a GPU machine set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: env demo test test-all lint format bench bench-compare bench-reports gpu-suite compile-check clean
+.PHONY: env check-latest lock demo test test-all lint format bench bench-compare bench-reports gpu-suite compile-check clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py $(PINNED_BY)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]"
 	touch $@
 
 env: $(VENV)/.installed
+
+# The newest versions setup.py allows (torch stays at TORCH_SPEC: an unpinned torch is a CUDA
+# build of several GB), made afresh each time: imports, the fast tests of the loss, model,
+# trainer and CLI, and the smallest demo; a failure names the packages newer than the lock.
+check-latest:
+	rm -rf .venv-latest
+	$(MAKE) env LATEST=1
+	.venv-latest/bin/python .ci/drift.py check --lock $(LOCK)
+
+# Refresh the lock: a fresh environment at the newest allowed versions (with the `bench` extra,
+# so evalplus is pinned too), frozen. Run `make test` and `make check-latest` on the result.
+lock:
+	rm -rf .venv-latest
+	$(MAKE) env LATEST=1 EXTRAS=$(LOCK_EXTRAS)
+	.venv-latest/bin/python .ci/drift.py freeze --out $(LOCK)
 
 demo: env
 	$(PY) -m reflectioncoder.demo --out runs/demo
@@ -75,4 +106,4 @@ gpu-suite: env
 	$(PY) -m bench.gpu_suite
 
 clean:
-	rm -rf $(VENV) runs .cache
+	rm -rf .venv .venv-latest runs .cache

@@ -45,6 +45,8 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6"],
         "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"],
+        # bench/bench_eval.py's comparison; its results are recorded against this version.
+        "bench": ["evalplus==0.3.1"],
     },
     entry_points={"console_scripts": ["reflectioncoder=reflectioncoder.cli:main"]},
 )

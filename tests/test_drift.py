@@ -1,0 +1,59 @@
+"""The lock and the latest check (.ci/drift.py): the lock parses, names what differs, and a failure
+names the packages it involves."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock.txt"
+
+
+def _drift():
+    spec = importlib.util.spec_from_file_location("drift", ROOT / ".ci" / "drift.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lock_pins_every_tested_package_exactly():
+    pins = _drift().read_lock(LOCK)
+    for name in ["torch", "triton", "transformers", "kernels", "tokenizers", "accelerate",
+                 "deepspeed", "liger-kernel", "datasets", "pyarrow", "evalplus", "pytest",
+                 "pytest-benchmark", "ruff"]:  # fmt: skip
+        assert re.fullmatch(r"\d+(\.\w+)*", pins[name]), (name, pins.get(name))
+    assert "+" not in pins["torch"], "a local label would refuse the CUDA build of that version"
+
+
+def test_this_environment_is_the_locked_one_for_what_it_shares():
+    drift = _drift()
+    pins, now = drift.read_lock(LOCK), drift.installed()
+    if now.get("transformers") != pins["transformers"]:
+        pytest.skip("not the locked environment (make env LATEST=1, or the user's own)")
+    assert drift.differences(pins, now) == []
+
+
+def test_bad_lock_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "lock.txt"
+    bad.write_text("# header\ntorch==2.13.0\ntransformers>=5\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"lock.txt:3: expected NAME==VERSION"):
+        _drift().read_lock(bad)
+
+
+def test_failure_names_the_packages_in_its_traceback():
+    drift = _drift()
+    lock = {"transformers": "5.24.0", "kernels": "0.18.0", "numpy": "2.3.0", "rich": "14.0"}
+    now = {"transformers": "5.25.0", "kernels": "0.19.1", "numpy": "2.3.0", "rich": "14.1"}
+    changed = drift.differences(lock, now)
+    assert changed == ["kernels 0.18.0 -> 0.19.1", "rich 14.0 -> 14.1",
+                       "transformers 5.24.0 -> 5.25.0"]  # fmt: skip
+    output = (
+        '  File ".venv-latest/lib/python3.11/site-packages/transformers/integrations/'
+        'hub_kernels.py", line 104, in <module>\n    from kernels import (\n'
+        "ImportError: cannot import name 'CUDAProperties' from 'kernels'\n"
+    )
+    assert drift.suspects(output, changed) == [changed[0], changed[2]]
