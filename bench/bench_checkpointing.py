@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import RESULTS
 from bench.providers.common import commit, device_name
 
 ARCH = {
@@ -163,7 +164,7 @@ def run(samples_per_step: int, steps: int, device: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/checkpointing.json")
+    parser.add_argument("--out", default=RESULTS / "checkpointing.json")
     parser.add_argument("--samples-per-step", type=int, default=48)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

@@ -24,6 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench import RESULTS
 from bench.providers.common import commit, device_name
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import plan_step
@@ -124,7 +125,7 @@ def run(samples_per_step: int, steps: int, budget: int, seed: int) -> list[dict]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/dp_balance.json")
+    parser.add_argument("--out", default=RESULTS / "dp_balance.json")
     parser.add_argument("--samples-per-step", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3, help="distinct steps, each at 3 rates")
     parser.add_argument("--max-tokens", type=int, default=16384)

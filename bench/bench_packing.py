@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import RESULTS
 from bench.providers.common import commit, device_name
 from bench.providers.packing import (
     RATES,
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32768, help="our micro-batch budget")
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/packing.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "packing.json")
     parser.add_argument("--md", type=Path, default=None, help="also write a markdown table")
     args = parser.parse_args(argv)
     np.random.seed(args.seed)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import RESULTS
 from reflectioncoder.data.decontaminate import BenchmarkIndex, benchmark_texts
 from reflectioncoder.data.prepare import prepare
 from reflectioncoder.eval.tasks import default_data_dir
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="bench/results/prepare.json")
+    parser.add_argument("--out", default=RESULTS / "prepare.json")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     prompts = [t for _, t in benchmark_texts(data_dir)["humaneval"]]

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import RESULTS
+
 STEP_SCRIPT = r"""
 import json, sys, tempfile, time, torch
 from pathlib import Path
@@ -69,7 +71,7 @@ def measure(setting: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/threads.json")
+    parser.add_argument("--out", default=RESULTS / "threads.json")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()

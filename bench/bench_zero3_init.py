@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import RESULTS
 from bench.providers.common import commit, device_name
 
 SHAPE = {"hidden_size": 8192, "intermediate_size": 22016, "num_heads": 64, "num_kv_heads": 8}
@@ -190,7 +191,7 @@ def run(layers: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="bench/results/zero3_init.json")
+    parser.add_argument("--out", default=RESULTS / "zero3_init.json")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)

@@ -51,6 +51,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
+from bench import RESULTS  # noqa: E402
+
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory per block
 SPEC_KEYS = {"name", "kernel", "num_warps"}
 ALIGNED = [["tt.divisibility", 16]]
@@ -196,7 +198,7 @@ def compile_one(spec: dict, cap: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/compile_check.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "compile_check.json")
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=[80, 90])
     parser.add_argument("--only", default="", help="compile only kernels whose name has this")
     args = parser.parse_args(argv)
