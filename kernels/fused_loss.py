@@ -233,12 +233,12 @@ class FusedReflectionLoss(torch.autograd.Function):
     backward sums the slots per row and scales both gradients by the upstream gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run):
+    def forward(ctx, hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows):
         backend, grads, budget, tiles = run
         hidden = hidden.contiguous()
         weight = weight.contiguous()
         rows = budget.rows(weight.shape[0], weight.element_size())
-        plan = build_plan(targets, ce_weight, kl_pairs, kl_weight, rows)
+        plan = build_plan(targets, ce_weight, kl_pairs, kl_weight, rows, ce_only_rows)
         row_op = triton_row_op(tiles) if backend == "triton" else torch_row_op
         ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op, *grads)
         ctx.save_for_backward(dh_slots, dw, plan.rows)
@@ -263,7 +263,7 @@ class FusedReflectionLoss(torch.autograd.Function):
                 dh = torch_sum_slots(dh_slots, rows, n, g)
         if dw is not None:
             dw.mul_(g)  # in place: the forward's d W is used once; exact when g = 1
-        return dh, dw, None, None, None, None, None
+        return dh, dw, None, None, None, None, None, None
 
 
 def triton_interpreted() -> bool:
@@ -281,13 +281,14 @@ def linear_reflection_loss(
     backend: str,
     budget: ChunkBudget | None = None,
     tiles: RowTiles = TILES,
+    ce_only_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One backend on checked inputs; ``budget`` / ``tiles`` overrides are for tests."""
     grad_on = torch.is_grad_enabled()
     grads = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
     run = (backend, grads, budget or default_budget(hidden.device), tiles)
     loss, ce, kl = FusedReflectionLoss.apply(
-        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run
+        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows
     )
     return loss, {"ce": ce, "kl": kl}
 
@@ -301,6 +302,7 @@ def fused_linear_reflection_loss(
     kl_weight: torch.Tensor,
     backend: str = "auto",
     check_inputs: bool | None = None,
+    ce_only_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of packed rows straight from hidden states; no (N, V) tensor is built.
 
@@ -312,7 +314,10 @@ def fused_linear_reflection_loss(
     backend: "triton" (CUDA: cuBLAS GEMMs + the Triton row kernel; the CPU interpreter in tests),
     "torch" (the same chunks with PyTorch row maths), or "auto" (Triton on CUDA, PyTorch
     elsewhere). check_inputs: check target and pair indices (default: on CPU; off on CUDA,
-    where it costs a host sync).
+    where it costs a host sync). ce_only_rows: (M,) int64, ascending, the rows with a CE term
+    (target given, weight non-zero) in no KL pair, when the caller knows them (``PackedBatch``
+    does): rows with a zero weight may be among them, paired rows may not; without it the count
+    is read from the device (one host sync on CUDA).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -325,12 +330,15 @@ def fused_linear_reflection_loss(
         kl_pairs,
         kl_weight,
         check_indices=(not on_cuda) if check_inputs is None else check_inputs,
+        ce_only_rows=ce_only_rows,
     )
     if backend == "auto":
         backend = "triton" if on_cuda else "torch"
     if backend == "triton" and not on_cuda and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
-    return linear_reflection_loss(hidden, weight, targets, ce_weight, kl_pairs, kl_weight, backend)
+    return linear_reflection_loss(
+        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, backend, ce_only_rows=ce_only_rows
+    )
 
 
 __all__ = ["IGNORE_INDEX", "LossPlan", "fused_linear_reflection_loss"]

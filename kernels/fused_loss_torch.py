@@ -68,6 +68,7 @@ def check_loss_inputs(
     kl_pairs: torch.Tensor,
     kl_weight: torch.Tensor,
     check_indices: bool,
+    ce_only_rows: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError naming the first bad argument. ``check_indices`` reads index ranges back
     to the host (a sync on CUDA), so it is the caller's choice there."""
@@ -99,7 +100,13 @@ def check_loss_inputs(
         raise ValueError(
             f"kl_weight: expected ({p},) float32, got {tuple(kl_weight.shape)} {kl_weight.dtype}"
         )
+    if ce_only_rows is not None and (ce_only_rows.dim() != 1 or ce_only_rows.dtype != torch.int64):
+        raise ValueError(
+            f"ce_only_rows: expected (M,) int64, got {tuple(ce_only_rows.shape)} "
+            f"{ce_only_rows.dtype}"
+        )
     for name, t in (
+        ("ce_only_rows", weight if ce_only_rows is None else ce_only_rows),
         ("weight", weight),
         ("targets", targets),
         ("ce_weight", ce_weight),
@@ -117,6 +124,16 @@ def check_loss_inputs(
         raise ValueError(f"targets: ids must lie in [0, V={v}) or be {IGNORE_INDEX}")
     if p > 0 and bool(((kl_pairs < 0) | (kl_pairs >= n)).any()):
         raise ValueError(f"kl_pairs: row indices must lie in [0, N={n})")
+    if ce_only_rows is not None:
+        # Every row with a CE term alone must be given, and no given row may be in a pair.
+        given = torch.zeros(n, dtype=torch.bool, device=targets.device)
+        given[ce_only_rows] = True
+        paired = pair_slot_owner(kl_pairs, n) < 2 * p
+        alone = (targets != IGNORE_INDEX) & (ce_weight != 0) & ~paired
+        if bool((alone & ~given).any() | (given & paired).any()):
+            raise ValueError(
+                "ce_only_rows: must hold every row with a CE term in no KL pair, and no paired row"
+            )
 
 
 def pair_slot_owner(kl_pairs: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -156,9 +173,11 @@ def build_plan(
     kl_pairs: torch.Tensor,
     kl_weight: torch.Tensor,
     chunk_rows: int,
+    ce_only_rows: torch.Tensor | None = None,
 ) -> LossPlan:
-    """Slots and chunks. Pair slots are placed arithmetically (no sync); the count of CE-only
-    rows is read once on the host (one sync on CUDA: it sizes the GEMMs)."""
+    """Slots and chunks. Pair slots are placed arithmetically (no sync); the CE-only rows are
+    ``ce_only_rows`` when the caller knows them (a packed batch does, from the host), else
+    found here, their count read once on the host (one sync on CUDA: it sizes the GEMMs)."""
     n = targets.shape[0]
     p = kl_pairs.shape[0]
     dev = targets.device
@@ -169,7 +188,9 @@ def build_plan(
     a = j - j % half
     m = torch.clamp(p - a, max=half)
     pair_slot = torch.stack([a + j, a + j + m], 1)  # (P, 2): 2a + i = a + j
-    solo = ((targets != IGNORE_INDEX) & (ce_weight != 0) & (owner == 2 * p)).nonzero().squeeze(1)
+    solo = ce_only_rows
+    if solo is None:
+        solo = ((targets != IGNORE_INDEX) & (ce_weight != 0) & (owner == 2 * p)).nonzero()[:, 0]
     rows = torch.empty(2 * p + solo.shape[0], dtype=torch.int64, device=dev)
     rows[pair_slot.reshape(-1)] = kl_pairs.reshape(-1)
     rows[2 * p :] = solo

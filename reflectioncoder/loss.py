@@ -19,6 +19,7 @@ class LossInputs(Protocol):
     ce_weight: torch.Tensor  # (R,) float32
     kl_pairs: torch.Tensor  # (P, 2) int64 (teacher_row, student_row) into the R loss rows
     kl_weight: torch.Tensor  # (P,) float32
+    # Optional: ce_only_rows (M,) int64, the rows with CE in no pair (the plan then needs no sync)
 
 
 def reflection_loss(
@@ -26,14 +27,18 @@ def reflection_loss(
     batch: LossInputs,
     lm_head_weight: torch.Tensor,
     backend: str = "auto",
+    check_inputs: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted CE + KL of a packed micro-batch.
+    """Weighted CE + KL of a packed micro-batch; no host sync when ``check_inputs`` is off.
 
     Args:
         hidden: (T, D) final hidden states (``model.forward_hidden``).
-        batch: loss_rows (R,), targets (R,), ce_weight (R,), kl_pairs (P, 2), kl_weight (P,).
+        batch: loss_rows (R,), targets (R,), ce_weight (R,), kl_pairs (P, 2), kl_weight (P,),
+            and if it has them ce_only_rows (M,) (``PackedBatch`` has).
         lm_head_weight: (V, D) LM head (``model.lm_head_weight``).
         backend: "triton" | "torch" | "auto" (the fused loss's choice).
+        check_inputs: the fused loss's index checks (default: on the CPU only; each is a host
+            sync, and a batch from ``data.packing`` has its indices right by construction).
 
     Returns:
         (loss, parts): loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL_j (0-dim; the
@@ -54,4 +59,6 @@ def reflection_loss(
         batch.kl_pairs,
         batch.kl_weight,
         backend=backend,
+        check_inputs=check_inputs,
+        ce_only_rows=getattr(batch, "ce_only_rows", None),
     )

@@ -77,12 +77,12 @@ def poison_step(trainer: Trainer, step: int) -> None:
     real = trainer.step_batches
 
     def poisoned(k: int):
-        batches, flags = real(k)
+        batches = real(k)
         if k == step:
             b = batches[0]
             b.ce_weight = b.ce_weight.clone()
             b.ce_weight[0] = float("nan")
-        return batches, flags
+        return batches
 
     trainer.step_batches = poisoned
 

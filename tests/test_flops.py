@@ -109,7 +109,7 @@ def test_trainer_row_uses_the_same_count_and_seconds(tmp_path, seed):
     extra = ("logging.peak_tflops=0.5", "model.gradient_checkpointing=true")
     trainer = Trainer(tiny_config(tmp_path, seed, n=8, extra=extra))
     try:
-        batches, _ = trainer.step_batches(0)
+        batches = trainer.step_batches(0)
         row = trainer.train_step()
     finally:
         trainer.close()

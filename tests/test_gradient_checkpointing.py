@@ -72,7 +72,7 @@ def test_loaded_model_recomputes_every_layer_in_backward(
 
         trainer.engine.backward = backward
         monkeypatch.setattr(model_room, "varlen_attention", counted_attention)
-        batches, _ = trainer.step_batches(trainer.step)
+        batches = trainer.step_batches(trainer.step)
         row = trainer.train_step()
     finally:
         trainer.close()

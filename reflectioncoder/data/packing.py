@@ -42,6 +42,10 @@ class PackedBatch:
     loss_rows: (R,) int64 indices into T; targets: (R,) int64 (-100: no CE on the row);
     ce_weight: (R,) float32; kl_pairs: (P, 2) int64 (teacher_row, student_row) into the R rows;
     kl_weight: (P,) float32. The loss is sum ce_weight*CE + sum kl_weight*KL.
+    row_is_student: (R,) bool, the loss rows in student segments; ce_only_rows: (M,) int64, the
+    rows with a CE term and in no KL pair; teacher_ce_rows: (K,) int64, the teacher rows with a
+    CE term (both ascending, into the R rows: the fused loss's plan reads no count from the
+    device with them, and the teacher/student CE split needs no rebuilding of the layout).
     Host counts: num_samples, num_tokens (T), num_label_tokens (CE targets), num_kl_rows (P),
     reference_tokens (what the reference runs: passes x samples x padded length).
     """
@@ -56,6 +60,9 @@ class PackedBatch:
     ce_weight: torch.Tensor
     kl_pairs: torch.Tensor
     kl_weight: torch.Tensor
+    row_is_student: torch.Tensor
+    ce_only_rows: torch.Tensor
+    teacher_ce_rows: torch.Tensor
     num_samples: int = 0
     num_tokens: int = 0
     num_label_tokens: int = 0
@@ -295,6 +302,14 @@ def _assemble(
         position_ids[t_idx] = t(t_pos)
         input_ids[s_idx] = tokens.input_ids
         position_ids[s_idx] = tokens.position_ids
+    # Which loss rows are the student's, which have a CE term alone, which the teacher's CE.
+    is_student = np.zeros(total, dtype=bool)
+    is_student[s_at] = True
+    in_pair = np.zeros(total, dtype=bool)
+    in_pair[kt] = in_pair[ks] = True
+    has_ce = (target != IGNORE) & (ce_w != 0)
+    ce_only_rows = row_of[np.flatnonzero(has_ce & ~in_pair)]
+    teacher_ce_rows = row_of[np.flatnonzero(has_ce & ~is_student)]
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
@@ -310,6 +325,9 @@ def _assemble(
         ce_weight=t(ce_w[loss_rows]),
         kl_pairs=t(kl_pairs),
         kl_weight=t(np.concatenate(kl_w) if kl_w else np.zeros(0, np.float32)),
+        row_is_student=t(is_student[loss_rows]),
+        ce_only_rows=t(ce_only_rows),
+        teacher_ce_rows=t(teacher_ce_rows),
         num_samples=len(samples),
         num_tokens=total,
         num_label_tokens=num_ce,
@@ -363,10 +381,6 @@ class StepPlan:
     def micro_batches(self) -> int:
         """Micro-batches per rank (the same on every rank)."""
         return len(self.groups[0])
-
-    def has_student(self, rank: int) -> list[list[bool]]:
-        """For each of ``rank``'s micro-batches, whether each of its samples has a student."""
-        return [[self.student_row[i] >= 0 for i in g] for g in self.groups[rank]]
 
 
 def plan_step(

@@ -353,10 +353,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _adamw(
-    params: list[torch.nn.Parameter], optim: OptimConfig, on_cpu: bool = False
+    params: list[torch.nn.Parameter],
+    optim: OptimConfig,
+    on_cpu: bool = False,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """AdamW over ``params``; ``on_cpu``: DeepSpeed's CPU Adam (ZeRO-Offload runs the step on
-    the host, and DeepSpeed accepts no other client optimizer there)."""
+    the host, and DeepSpeed accepts no other client optimizer there); ``fused``: torch's fused
+    kernel (one launch per dtype and device, no host reads, and it honours ``found_inf``)."""
     # No weight decay on biases and norm weights (1-D), as usual for transformers.
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -371,7 +375,8 @@ def _adamw(
         return DeepSpeedCPUAdam(
             groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, adamw_mode=True
         )
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=True)
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, **kind)
 
 
 @dataclass
@@ -390,7 +395,7 @@ class LocalEngine:
         self.module = module
         self.info = info
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = _adamw(self.params, run.optim)
+        self.optimizer = _adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.loss_factor = 1.0
         self.skip_nonfinite = run.train.skip_nonfinite
@@ -409,7 +414,10 @@ class LocalEngine:
         loss.backward()
 
     def finish_step(self, stats: torch.Tensor) -> StepResult:
-        """Reduce, clip, check, step. ``stats`` (K,) float: the step's sums; stats[0] = loss."""
+        """Reduce, clip, step, then read. ``stats`` (K,) float: the step's sums; stats[0] =
+        loss. A non-finite loss or gradient norm skips the update on the device (the fused
+        AdamW's ``found_inf``: weights, moments and step count unchanged), so the step's one
+        host sync comes after the step is launched."""
         if self.info.world_size > 1:
             grads = [p.grad for p in self.params if p.grad is not None]
             for g in grads:
@@ -417,12 +425,14 @@ class LocalEngine:
             all_reduce_sum(stats)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        # The one host sync per optimizer step: logging needs the numbers, the skip decision too.
+        if self.skip_nonfinite:
+            finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
+            self.optimizer.found_inf = (~finite).float()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # The one host sync per optimizer step (logging), the update already queued.
         host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
         applied = math.isfinite(host[0]) and math.isfinite(host[-1])
-        if applied or not self.skip_nonfinite:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return StepResult(host[:-1], host[-1], applied)
 
     def describe(self) -> str:

@@ -44,14 +44,11 @@ log = logging.getLogger("reflectioncoder.train")
 
 @dataclasses.dataclass
 class PreparedStep:
-    """One step's host work: this rank's micro-batches, on logging steps each one's
-    teacher-row flags (for the teacher/student CE split), and the rank's host totals
-    (tokens, samples, model FLOPs, hardware FLOPs: ``train.flops``), added to the step's
-    device sums once."""
+    """One step's host work: this rank's micro-batches and its host totals (tokens, samples,
+    model FLOPs, hardware FLOPs: ``train.flops``), added to the step's device sums once."""
 
     step: int
     batches: list[PackedBatch]
-    teacher_rows: list[torch.Tensor] | None
     totals: torch.Tensor
 
 
@@ -132,12 +129,13 @@ class ReflectionLossModule(nn.Module):
         self.autocast_dtype = autocast_dtype
 
     def forward(
-        self, batch: PackedBatch, teacher_rows: torch.Tensor | None = None
+        self, batch: PackedBatch, split: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Weighted loss sums of one packed micro-batch (0-dim tensors, no host sync).
 
-        ``teacher_rows`` (R,) float, 1 on the teacher's loss rows: also returns the teacher's CE
-        part (one extra no-grad loss pass, on logging steps only); else teacher_ce is NaN.
+        ``split``: also returns the teacher's CE part (one extra no-grad loss pass over the
+        teacher's CE rows, ``batch.teacher_ce_rows``, on logging steps only); else teacher_ce
+        is NaN.
         """
         from reflectioncoder.loss import reflection_loss
         from reflectioncoder.model import forward_hidden, lm_head_weight
@@ -153,39 +151,22 @@ class ReflectionLossModule(nn.Module):
         if self.autocast_dtype is not None:
             hidden = hidden.to(self.autocast_dtype)
             weight = weight.to(self.autocast_dtype)
-        loss, parts = reflection_loss(hidden, batch, weight)
+        # The packing's indices are right by construction: no checks (each a host sync).
+        loss, parts = reflection_loss(hidden, batch, weight, check_inputs=False)
         teacher_ce = torch.full((), float("nan"), device=loss.device)
-        if teacher_rows is not None:
+        if split:
             with torch.no_grad():
                 only_teacher = dataclasses.replace(
                     batch,
-                    ce_weight=batch.ce_weight * teacher_rows,
+                    ce_weight=batch.ce_weight * ~batch.row_is_student,
                     kl_pairs=batch.kl_pairs[:0],
                     kl_weight=batch.kl_weight[:0],
+                    ce_only_rows=batch.teacher_ce_rows,
                 )
-                teacher_ce = reflection_loss(hidden.detach(), only_teacher, weight.detach())[1][
-                    "ce"
-                ]
+                teacher_ce = reflection_loss(
+                    hidden.detach(), only_teacher, weight.detach(), check_inputs=False
+                )[1]["ce"]
         return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
-
-
-def teacher_row_flags(batch: PackedBatch, has_student: list[bool]) -> torch.Tensor:
-    """(R,) float32 on the host: 1 for loss rows in teacher segments, 0 in student segments.
-
-    Segments come in sample order, each teacher followed by its student when it has one (the
-    packing's layout); computed before the batch moves to the device, so it costs no sync.
-    """
-    kinds: list[bool] = []
-    for student in has_student:
-        kinds.append(False)
-        if student:
-            kinds.append(True)
-    if len(kinds) != len(batch.seq_lens):
-        raise ValueError(f"batch: {len(batch.seq_lens)} segments, expected {len(kinds)}")
-    token_is_student = torch.repeat_interleave(
-        torch.tensor(kinds), torch.tensor(batch.seq_lens), output_size=sum(batch.seq_lens)
-    )
-    return (~token_is_student[batch.loss_rows.cpu()]).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,20 +472,15 @@ class Trainer:
             self.info.world_size,
         )
 
-    def step_batches(self, step: int) -> tuple[list[PackedBatch], list[list[bool]]]:
-        """This rank's micro-batches of ``step`` (mask applied at ``step``), and for each the
-        has-student flag of its samples. Every rank runs the same number of micro-batches."""
-        plan = self.step_plan(step)
-        rank = self.info.rank
-        return pack_rank(plan, rank, self.cfg.mask, self.cfg.packing), plan.has_student(rank)
+    def step_batches(self, step: int) -> list[PackedBatch]:
+        """This rank's micro-batches of ``step`` (mask applied at ``step``). Every rank runs
+        the same number of micro-batches."""
+        return pack_rank(self.step_plan(step), self.info.rank, self.cfg.mask, self.cfg.packing)
 
     def _prepare(self, step: int) -> PreparedStep:
-        """Step ``step``'s host work: plan, mask, pack, teacher-row flags on logging steps, and
-        on CUDA pinned copies (so the copies to the device can overlap)."""
-        batches, flags = self.step_batches(step)
-        rows = None
-        if self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0:
-            rows = [teacher_row_flags(b, f) for b, f in zip(batches, flags, strict=True)]
+        """Step ``step``'s host work: plan, mask, pack, the host totals, and on CUDA pinned
+        copies (so the copies to the device can overlap)."""
+        batches = self.step_batches(step)
         recompute = self.cfg.model.gradient_checkpointing
         flops = sum((batch_flops(self.flop_shape, b, recompute) for b in batches), StepFlops())
         totals = torch.tensor(
@@ -518,9 +494,8 @@ class Trainer:
         )
         if self.info.device.type == "cuda":
             batches = [b.pin_memory() for b in batches]
-            rows = None if rows is None else [r.pin_memory() for r in rows]
             totals = totals.pin_memory()
-        return PreparedStep(step, batches, rows, totals)
+        return PreparedStep(step, batches, totals)
 
     def _prepared(self, step: int) -> tuple[PreparedStep, float]:
         """Step ``step``'s host work, prepared on the background thread while the previous
@@ -545,20 +520,17 @@ class Trainer:
         lr = lr_at(step, self.total_steps, self.cfg.optim)
         self.engine.set_lr(lr)
         prepared, host_wait = self._prepared(step)
-        batches, teacher_rows = prepared.batches, prepared.teacher_rows
+        batches = prepared.batches
         split = self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0
-        if split and teacher_rows is None:  # logging changed after this step was prepared
-            teacher_rows = self._prepare(step).teacher_rows
         device = self.info.device
         # loss, ce, kl, teacher_ce (summed over micro-batches), then this rank's host totals
         # (tokens, samples, model and hardware FLOPs); all summed over ranks.
         stats = torch.zeros(8, dtype=torch.float64, device=device)
         stats[4:].copy_(prepared.totals, non_blocking=True)
         for j, batch in enumerate(batches):
-            rows = teacher_rows[j].to(device, non_blocking=True) if split else None
             batch = batch.to(device, non_blocking=True)
             self.engine.start_micro_batch(last=j == len(batches) - 1)
-            loss, ce, kl, teacher_ce = self.engine(batch, rows)
+            loss, ce, kl, teacher_ce = self.engine(batch, split)
             self.engine.backward(loss)
             stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
         result = self.engine.finish_step(stats)  # the step's one host sync (inside)
