@@ -24,6 +24,10 @@ from reflectioncoder.progress import setup_output
 
 COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
+    "runs": (
+        "reflectioncoder.train.runs",
+        "list a run folder's checkpoints: step, loss, complete, resumable",
+    ),
     "inspect": ("reflectioncoder.data.inspect", "show what the teacher and the student see"),
     "evaluate": ("reflectioncoder.eval.cli", "generate and score pass@k in a sandbox"),
     "eval-setup": (

@@ -27,6 +27,7 @@ from reflectioncoder.errors import ConfigError, UsageError
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "none", "deepspeed")
+REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -260,8 +261,15 @@ class LoggingConfig:
 
     log_every: int = 1
     """Write a metrics row every this many optimizer steps."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get the metrics rows' scalars and the config (rank 0, offline by
+    default): tensorboard, wandb, mlflow, trackio, or none (``train.reporters``)."""
     tensorboard: bool = True
-    """Also write TensorBoard events to OUT/tensorboard."""
+    """False leaves tensorboard out of ``report_to`` (the switch configs had before it)."""
+    project: str = "reflectioncoder"
+    """The trackers' project (W&B project, MLflow experiment, trackio project)."""
+    run_name: str | None = None
+    """The run's name in the trackers (None: the name of ``checkpoint.out_dir``)."""
     progress: bool = True
     """Show progress (rank 0): a live bar on a terminal, else a plain line every print_every
     steps and one per data phase. False: none at all (``--no-progress``)."""
@@ -274,8 +282,25 @@ class LoggingConfig:
     peak_tflops: float | None = None
     """Peak bf16 TFLOP/s of one accelerator, for MFU (None: guessed from the GPU name)."""
 
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this run reports to (``report_to`` less tensorboard when it is off)."""
+        off = {"none"} if self.tensorboard else {"none", "tensorboard"}
+        return [r for r in self.report_to if r not in off]
+
     def __post_init__(self) -> None:
         _check(self.log_every >= 1, "logging.log_every", f"must be >= 1, got {self.log_every}")
+        unknown = [r for r in self.report_to if r not in REPORTERS]
+        _check(
+            not unknown,
+            "logging.report_to",
+            f"unknown {unknown}; known: {', '.join(REPORTERS)}",
+        )
+        _check(
+            "none" not in self.report_to or len(self.report_to) == 1,
+            "logging.report_to",
+            f"none goes alone, got {self.report_to}",
+        )
         _check(
             self.print_every is None or self.print_every >= 1,
             "logging.print_every",

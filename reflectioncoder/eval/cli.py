@@ -324,6 +324,14 @@ def _finish(args: argparse.Namespace, result: dict, t0: float) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
         print(f"result: {args.json}", file=sys.stderr)
+    if args.model is not None and args.backend != "openai":
+        from reflectioncoder.train.model_card import add_eval_results
+
+        # A subset's score says so: "pass@1 (first 2 tasks)".
+        note = f" (first {len(result['details'])} tasks)" if args.limit else ""
+        card = add_eval_results(args.model, result["scores"], note)
+        if card is not None:
+            print(f"model card: {card} (model-index updated)", file=sys.stderr)
     return 0
 
 

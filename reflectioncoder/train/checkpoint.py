@@ -16,11 +16,19 @@ Pruning to ``keep_last`` never deletes the checkpoint just written.
 
 The data position is the optimizer step: the step plan (which samples each step takes) and the
 masks are functions of (seed, step), so a resumed run sees exactly the batches it would have.
+
+Resume anywhere: trainer_state.json records the layout that wrote the checkpoint (engine, ZeRO
+stage, ranks). A run of another layout (2 ranks -> 1, 1 -> 8, ZeRO-3 -> ZeRO-1, DeepSpeed -> one
+process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpeed's universal
+checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
+is read from optimizer.pt and model/; each rank then writes its own share of every parameter's
+fp32 weight and AdamW state. The step count and the data position carry over unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -32,9 +40,12 @@ import torch
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
-from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine
+from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine, ParamState
+
+log = logging.getLogger("reflectioncoder.train")
 
 COMPLETE = "COMPLETE"
+UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint, converted on a resume that needs it
 TMP_PREFIX = ".tmp-"
 # What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
@@ -63,7 +74,7 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
 def clear_run_folder(out_dir: str | Path) -> None:
     """--overwrite: remove the previous run's checkpoints, final model and metrics."""
     out_dir = Path(out_dir)
-    for name in (*RUN_MARKERS, "tensorboard", "loss.png"):
+    for name in (*RUN_MARKERS, "tensorboard", "wandb", "mlruns", "loss.png"):
         target = out_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -111,9 +122,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_hf_model(
-    model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], path: Path
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state_dict: dict[str, torch.Tensor],
+    path: Path,
+    card: str | None = None,
 ) -> None:
-    """``model`` with weights ``state_dict`` as a Hugging Face folder (safetensors + tokenizer)."""
+    """``model`` with weights ``state_dict`` as a Hugging Face folder (safetensors + tokenizer,
+    and the model card ``card`` as README.md)."""
     path.mkdir(parents=True, exist_ok=True)
     # Our packed attention is registered at import of reflectioncoder.model; a plain
     # from_pretrained elsewhere must not need it, so the saved config names sdpa.
@@ -128,6 +144,8 @@ def save_hf_model(
         config._attn_implementation = saved_impl
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+    if card is not None:
+        (path / "README.md").write_text(card, encoding="utf-8")
 
 
 def save_checkpoint(
@@ -140,6 +158,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
     model_only: bool = False,
+    card: str | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` (every rank calls this) under a temporary name, rename
     it when complete, then prune to ``keep_last`` (never the one just written)."""
@@ -150,7 +169,7 @@ def save_checkpoint(
     distributed.barrier()
     full = engine.full_state_dict()  # a collective under ZeRO-3: every rank calls it
     if info.is_main:
-        save_hf_model(model, tokenizer, full, tmp / "model")
+        save_hf_model(model, tokenizer, full, tmp / "model", card)
     del full
     if not model_only:
         if isinstance(engine, DeepSpeedEngine):
@@ -161,7 +180,13 @@ def save_checkpoint(
         torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
     distributed.barrier()
     if info.is_main:
-        state = dict(trainer_state, step=step, world_size=info.world_size, model_only=model_only)
+        state = dict(
+            trainer_state,
+            step=step,
+            world_size=info.world_size,
+            layout=engine_layout(engine, info),
+            model_only=model_only,
+        )
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         (tmp / COMPLETE).write_text("ok\n")
         _replace_dir(tmp, path)
@@ -178,13 +203,17 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 
 
 def save_final_model(
-    model: torch.nn.Module, tokenizer: Any, state_dict: dict[str, torch.Tensor], out_dir: Path
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state_dict: dict[str, torch.Tensor],
+    out_dir: Path,
+    card: str | None = None,
 ) -> Path:
     """OUT/final, written beside it and renamed into place: Ctrl-C or a kill during the save
     leaves the previous OUT/final (or none), never half a model."""
     tmp = Path(out_dir) / (TMP_PREFIX + "final")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf_model(model, tokenizer, state_dict, tmp)
+    save_hf_model(model, tokenizer, state_dict, tmp, card)
     final = Path(out_dir) / "final"
     _replace_dir(tmp, final)
     return final
@@ -228,21 +257,20 @@ def load_checkpoint(
             f"--resume: {path} holds the model only (checkpoint.model_only): no optimizer "
             "state to continue from"
         )
-    if state.get("world_size", info.world_size) != info.world_size and isinstance(
-        engine, DeepSpeedEngine
-    ):
-        raise ValueError(
-            f"--resume: {path} was written by {state['world_size']} ranks, this run has "
-            f"{info.world_size} (ZeRO partitions do not reshard here)"
-        )
-    if isinstance(engine, DeepSpeedEngine):
+    saved, current = saved_layout(path, state), engine_layout(engine, info)
+    if needs_conversion(saved, current):
+        if info.is_main:
+            log.info(
+                "--resume: %s was written by %s; this run is %s: converting its state",
+                path,
+                describe_layout(saved),
+                describe_layout(current),
+            )
+        engine.load_param_states(_state_reader(path, saved, info))
+    elif isinstance(engine, DeepSpeedEngine):
         engine.load(path)  # module weights and optimizer partitions
     else:
-        from safetensors.torch import load_file
-
-        weights: dict[str, torch.Tensor] = {}
-        for shard in sorted((path / "model").glob("*.safetensors")):  # large models are sharded
-            weights.update(load_file(str(shard), device="cpu"))
+        weights = _model_weights(path)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         # A tied LM head is saved once; anything else missing is a real mismatch.
         missing = [k for k in missing if not k.endswith("lm_head.weight")]
@@ -253,3 +281,127 @@ def load_checkpoint(
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts, and reading a checkpoint of another layout one parameter at a time.
+
+
+def engine_layout(engine: LocalEngine | DeepSpeedEngine, info: DistInfo) -> dict[str, Any]:
+    """What wrote (or will read) a checkpoint: engine, ZeRO stage, ranks."""
+    if isinstance(engine, DeepSpeedEngine):
+        stage = int(engine.config["zero_optimization"].get("stage", 0))
+        return {"engine": "deepspeed", "zero_stage": stage, "world_size": info.world_size}
+    return {"engine": "single", "zero_stage": None, "world_size": info.world_size}
+
+
+def saved_layout(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The layout a checkpoint records (checkpoints from before it was recorded: inferred)."""
+    if "layout" in state:
+        return state["layout"]
+    engine = "deepspeed" if (path / "deepspeed").is_dir() else "single"
+    return {"engine": engine, "zero_stage": None, "world_size": state.get("world_size")}
+
+
+def needs_conversion(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """False when the checkpoint loads natively (one-process state is whole on every rank;
+    DeepSpeed's partitions only into the same ranks and stage)."""
+    if saved["engine"] != current["engine"]:
+        return True
+    if saved["engine"] == "single":
+        return False
+    stage_known = saved["zero_stage"] is not None
+    return saved["world_size"] != current["world_size"] or (
+        stage_known and saved["zero_stage"] != current["zero_stage"]
+    )
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    ranks = f"{layout['world_size']} rank(s)"
+    if layout["engine"] == "single":
+        return f"the single engine on {ranks}"
+    stage = "?" if layout["zero_stage"] is None else layout["zero_stage"]
+    return f"DeepSpeed ZeRO-{stage} on {ranks}"
+
+
+def _model_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted((path / "model").glob("*.safetensors")):  # large models are sharded
+        weights.update(load_file(str(shard), device="cpu"))
+    return weights
+
+
+def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
+    """``read(name, shape) -> ParamState`` over a checkpoint of another layout."""
+    if saved["engine"] == "deepspeed":
+        folder = path / UNIVERSAL
+        if info.is_main and not (folder / "zero").is_dir():
+            tmp = path / (TMP_PREFIX + UNIVERSAL)
+            shutil.rmtree(tmp, ignore_errors=True)
+            distributed.convert_to_universal(path / "deepspeed", tmp)
+            tmp.rename(folder)
+        distributed.barrier()
+        return _universal_reader(folder / "zero")
+    return _single_reader(path)
+
+
+def _universal_reader(zero: Path):
+    """DeepSpeed's universal layout: zero/NAME/{fp32,exp_avg,exp_avg_sq[,step]}.pt."""
+    common = torch.load(zero / "optimizer_state.pt", map_location="cpu", weights_only=False)
+    # ZeRO-3 keeps the step counts here; ZeRO 1-2 in each parameter's step.pt.
+    group_states = common.get("optimizer_state_dict", {}).get("state", {})
+    default_step = max((float(v["step"]) for v in group_states.values() if "step" in v), default=0)
+
+    def load(folder: Path, key: str, shape: torch.Size) -> torch.Tensor | None:
+        file = folder / f"{key}.pt"
+        if not file.is_file():
+            return None
+        value = torch.load(file, map_location="cpu", weights_only=False)
+        value = value["param"] if isinstance(value, dict) else value  # ZeRO 1-2 | ZeRO-3
+        return value.float().reshape(shape)
+
+    def read(name: str, shape: torch.Size) -> ParamState:
+        folder = zero / name
+        weight = load(folder, "fp32", shape)
+        if weight is None:
+            raise ValueError(f"--resume: {zero.parent} holds no state for parameter {name}")
+        step = folder / "step.pt"
+        moments = [load(folder, key, shape) for key in ("exp_avg", "exp_avg_sq")]
+        moments = [torch.zeros(shape) if m is None else m for m in moments]  # never stepped
+        return ParamState(
+            weight,
+            *moments,
+            float(torch.load(step, weights_only=False)) if step.is_file() else default_step,
+        )
+
+    return read
+
+
+def _single_reader(path: Path):
+    """A one-process checkpoint: model/ (fp32 weights) and optimizer.pt (AdamW, by name)."""
+    saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    if "names" not in saved:
+        raise ValueError(
+            f"--resume: {path} predates resuming on another layout; resume it as it was saved "
+            "(the single engine), then save again"
+        )
+    states = saved["optimizer"]["state"]
+    by_name = {name: states.get(i) for i, name in enumerate(saved["names"])}
+    weights = _model_weights(path)
+
+    def read(name: str, shape: torch.Size) -> ParamState:
+        key = name.removeprefix("model.")  # the loss module holds the model as .model
+        if key not in weights or name not in by_name:
+            raise ValueError(f"--resume: {path} holds no state for parameter {name}")
+        adam = by_name[name] or {}
+        zeros = torch.zeros(shape)
+        return ParamState(
+            weights[key].float().reshape(shape),
+            adam.get("exp_avg", zeros).float().reshape(shape),
+            adam.get("exp_avg_sq", zeros).float().reshape(shape),
+            float(adam.get("step", 0)),
+        )
+
+    return read

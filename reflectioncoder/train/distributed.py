@@ -380,6 +380,58 @@ def _adamw(
 
 
 @dataclass
+class ParamState:
+    """One parameter's whole training state, whatever the ranks or ZeRO stage that trained it:
+    the fp32 (master) weight and AdamW's moments and step count, all full-shaped."""
+
+    weight: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_sq: torch.Tensor
+    step: float
+
+
+# Reads a saved parameter's state: (its name in the loss module, its full shape) -> ParamState.
+StateReader = Any
+
+
+def optimizer_param_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The loss module's names of ``optimizer``'s parameters, in its state_dict's index order."""
+    names = {id(p): n for n, p in module.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _adam_state(like: torch.Tensor, state: ParamState) -> dict[str, torch.Tensor]:
+    return {
+        "step": torch.tensor(float(state.step)),
+        "exp_avg": state.exp_avg.to(like.device, torch.float32).reshape(like.shape).clone(),
+        "exp_avg_sq": state.exp_avg_sq.to(like.device, torch.float32).reshape(like.shape).clone(),
+    }
+
+
+def convert_to_universal(deepspeed_dir: Path, out: Path) -> None:
+    """DeepSpeed's own conversion of a ZeRO 1-3 checkpoint (any number of ranks) into its
+    universal layout: OUT/zero/NAME/{fp32,exp_avg,exp_avg_sq}.pt, one full tensor per file."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(deepspeed_dir),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # our checkpoints carry no universal-checkpoint info
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds_to_universal.main(args)
+    (out.parent / "latest_universal").unlink(missing_ok=True)  # a pointer we do not use
+
+
+@dataclass
 class StepResult:
     """What one optimizer step did, on the host (after the step's single sync)."""
 
@@ -439,10 +491,20 @@ class LocalEngine:
         return f"single engine, {type(self.optimizer).__name__}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        names = optimizer_param_names(self.module, self.optimizer)
+        return {"optimizer": self.optimizer.state_dict(), "names": names}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def load_param_states(self, read: StateReader) -> None:
+        """Weights and AdamW state from a checkpoint of another layout (``read(name, shape)``)."""
+        for name, p in self.module.named_parameters():
+            if p.requires_grad:
+                state = read(name, p.shape)
+                with torch.no_grad():
+                    p.copy_(state.weight.reshape(p.shape))
+                self.optimizer.state[p] = _adam_state(p, state)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
@@ -520,11 +582,75 @@ class DeepSpeedEngine:
         if load_path is None:
             raise ValueError(f"--resume: no DeepSpeed state under {path}/deepspeed")
 
+    def load_param_states(self, read: StateReader) -> None:
+        """Weights, fp32 masters and AdamW state from a checkpoint of another layout (another
+        number of ranks or ZeRO stage, or one process): each rank writes its own partition."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        _create_adam_state(self.optimizer)
+        steps = set()
+        for name, p in self.module.named_parameters():
+            if not p.requires_grad:
+                continue
+            zero3 = is_zero3_param(p)
+            state = read(name, p.ds_shape if zero3 else p.shape)
+            steps.add(state.step)
+            with torch.no_grad():
+                if zero3:
+                    piece, start = zero3_local_piece(p)
+                    flat = state.weight.flatten()
+                    n = max(0, min(piece.numel(), flat.numel() - start))
+                    piece[:n].copy_(flat[start : start + n])
+                else:
+                    p.copy_(state.weight.reshape(p.shape))
+            if zero3 or hasattr(p, "_hp_mapping"):
+                safe_set_full_fp32_param(p, state.weight.reshape(p.ds_shape if zero3 else p.shape))
+                for key in ("exp_avg", "exp_avg_sq"):
+                    value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
+                    safe_set_full_optimizer_state(p, value, key)
+            else:  # ZeRO-0 in fp32: DeepSpeed steps the client optimizer on the module's own
+                self.optimizer.state[p] = _adam_state(p, state)
+        base = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the client's
+        for group_state in base.state.values():
+            if "step" in group_state:
+                group_state["step"] = torch.full_like(
+                    torch.as_tensor(group_state["step"]), max(steps)
+                )
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights on rank 0 (ZeRO-3 gathers: a collective, every rank calls it)."""
         if self.config["zero_optimization"].get("stage", 0) == 3:
             return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
         return _unwrap(self.engine.module.state_dict())
+
+
+# Where DeepSpeed's ZeRO 1-2, ZeRO-3 and BF16 optimizers keep their flat fp32 partitions.
+_FLAT_FP32 = (
+    "single_partition_of_fp32_groups",
+    "fp32_partitioned_groups_flat",
+    "fp32_groups_flat_partition",
+)
+
+
+def _create_adam_state(zero_optimizer: Any) -> None:
+    """DeepSpeed's optimizers create AdamW's state at their first step and only then link each
+    parameter's fragment of it; a resume writes the state before any step, so it creates the
+    (zero) state of every flat partition, as AdamW's first step would, and links it."""
+    name = next((a for a in _FLAT_FP32 if hasattr(zero_optimizer, a)), None)
+    if name is None:  # ZeRO-0 in fp32: the client optimizer, whose state is set per parameter
+        return
+    base = zero_optimizer.optimizer
+    for flat in getattr(zero_optimizer, name):
+        if not base.state.get(flat):
+            zeros = torch.zeros_like(flat)
+            base.state[flat] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": zeros,
+                "exp_avg_sq": zeros.clone(),
+            }
+    link = getattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
 
 
 def _unwrap(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:

@@ -1,10 +1,11 @@
-"""Training metrics: OUT/metrics.jsonl, TensorBoard, a tqdm bar, and a loss plot at the end.
+"""Training metrics: OUT/metrics.jsonl, the trackers of ``logging.report_to`` (TensorBoard,
+W&B, MLflow, trackio: ``reporters``), a progress bar, and a loss plot at the end.
 
 One row per logged optimizer step (rank 0 writes), e.g.::
 
     {"step": 12, "loss": 3.91, "ce": 3.55, "teacher_ce": 1.92, "student_ce": 1.63, "kl": 0.36,
      "mask_rate": 0.12, "lr": 0.0019, "grad_norm": 1.7, "samples": 8, "tokens": 5120,
-     "tokens_per_s": 10240.0, "skipped": false, "time": 0.5}
+     "tokens_per_s": 10240.0, "samples_per_s": 16.0, "skipped": false, "time": 0.5}
 
 ``loss = ce + kl`` and ``ce = teacher_ce + student_ce``: each is that part's contribution to the
 step's loss under the configured normalisation (the weights of SPEC §2's sample or token mode).
@@ -20,6 +21,7 @@ from typing import Any
 
 from reflectioncoder.config import LoggingConfig
 from reflectioncoder.progress import Progress
+from reflectioncoder.train.reporters import Reporter, make_reporters, scalars_of
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -89,25 +91,31 @@ class MetricsLogger:
         total_steps: int,
         start_step: int = 0,
         enabled: bool = True,
+        run_config: dict[str, Any] | None = None,
+        start_totals: dict[str, float] | None = None,
     ) -> None:
         self.cfg = cfg
+        # What the run has trained on so far (applied steps; seconds: all steps), and the last
+        # row written: the model card's figures. A resume continues the checkpoint's totals.
+        self.totals = dict(start_totals or {"samples": 0, "tokens": 0, "seconds": 0.0})
+        self.last_row: dict[str, Any] | None = None
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
         self._bar = None
-        self._tb = None
+        self._reporters: list[Reporter] = []
         self._file = None
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # On resume, drop rows the killed run wrote after its last checkpoint: they are redone.
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
+        self.last_row = kept[-1] if kept else None
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start_step + 1)
+        self._reporters = make_reporters(
+            cfg.trackers, self.out_dir, run_config or {}, cfg.project, cfg.run_name, start_step
+        )
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.
             every = cfg.print_every or max(1, total_steps // 20)
@@ -119,16 +127,18 @@ class MetricsLogger:
         if not self.enabled:
             return
         step = row["step"]
+        if "samples_per_s" not in row and row.get("time"):
+            row["samples_per_s"] = row["samples"] / row["time"]
+        self.totals["seconds"] += row.get("time", 0.0)
+        if not row.get("skipped"):
+            self.totals["samples"] += row["samples"]
+            self.totals["tokens"] += row["tokens"]
         if step % self.cfg.log_every == 0 or row.get("skipped"):
             self._file.write(json.dumps(row) + "\n")
-            if self._tb is not None:
-                for key, value in row.items():
-                    if (
-                        key != "step"
-                        and isinstance(value, int | float)
-                        and not isinstance(value, bool)
-                    ):
-                        self._tb.add_scalar(f"train/{key}", value, step)
+            self.last_row = row
+            scalars = scalars_of(row)
+            for reporter in self._reporters:
+                reporter.log(scalars, step)
         if self._bar is not None:
             # The text first: the bar then shows the step just finished, not the one before.
             self._bar.note(
@@ -144,9 +154,9 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for reporter in self._reporters:
+            reporter.close()
+        self._reporters = []
         if self._file is not None:
             self._file.close()
             self._file = None

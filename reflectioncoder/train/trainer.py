@@ -35,7 +35,7 @@ from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import UserError, ctrl_c_to_main_thread
-from reflectioncoder.train import checkpoint, distributed
+from reflectioncoder.train import checkpoint, distributed, model_card, reporters
 from reflectioncoder.train.flops import ModelShape, StepFlops, batch_flops, utilisation
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
@@ -318,6 +318,7 @@ class Trainer:
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
         checkpoint.check_run_folder(self.out_dir, bool(resume), overwrite)
+        reporters.check_installed(cfg.logging.trackers)  # at start-up, not after a step
         self.overwrite = overwrite and not resume
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if not cfg.logging.progress or not self.info.is_main:
@@ -389,11 +390,13 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
+        resumed_totals = None
         if self.resume_from is not None:
             path = self.resume_from
             if path is not None:
                 state = checkpoint.load_checkpoint(path, self.engine, self.model, self.info)
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+                resumed_totals = state.get("totals")
                 if self.info.is_main:
                     log.info("resumed from %s at step %d", path, self.step)
         peak = cfg.logging.peak_tflops
@@ -401,7 +404,13 @@ class Trainer:
             peak = guess_peak_tflops(torch.cuda.get_device_name(self.info.device))
         self.peak_flops = peak * 1e12 if peak else None
         self.metrics = MetricsLogger(
-            self.out_dir, cfg.logging, self.total_steps, self.step, enabled=self.info.is_main
+            self.out_dir,
+            cfg.logging,
+            self.total_steps,
+            self.step,
+            enabled=self.info.is_main,
+            run_config=cfg.to_dict(),
+            start_totals=resumed_totals,
         )
         if self.info.is_main:
             log.info(
@@ -443,6 +452,8 @@ class Trainer:
             )
         if path is None and self.info.is_main:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
+        elif self.info.is_main:
+            log.info("--resume: the newest complete checkpoint is %s", path)
         return path
 
     def _write_run_folder(self, original_tokenizer: Any) -> None:
@@ -600,10 +611,27 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "skipped": self.skipped,
                 "tokenizer_sha256": self.tokenizer_sha256,
+                "totals": self.metrics.totals,
             },
             self.cfg.checkpoint.keep_last,
             self.cfg.checkpoint.model_only,
+            card=self.model_card(),
         )
+
+    def model_card(self) -> str | None:
+        """The run's model card at this step (rank 0; None on the others)."""
+        if not self.info.is_main:
+            return None
+        progress = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "skipped": self.skipped,
+            "totals": self.metrics.totals,
+            "last_row": self.metrics.last_row,
+            "hardware": model_card.hardware(self.info.device, self.info.world_size),
+            "engine": f"{self.engine.describe()}, {self.dtype}",
+        }
+        return model_card.run_card(self.cfg, self.data_counts, progress)
 
     def train(self) -> dict[str, Any]:
         """Train to the end of the plan, saving every ``checkpoint.save_every`` steps and the
@@ -619,7 +647,9 @@ class Trainer:
         if self.cfg.checkpoint.save_final:
             full = self.engine.full_state_dict()
             if self.info.is_main:
-                checkpoint.save_final_model(self.model, self.tokenizer, full, self.out_dir)
+                checkpoint.save_final_model(
+                    self.model, self.tokenizer, full, self.out_dir, self.model_card()
+                )
             distributed.barrier()
         return {
             "steps": self.step,

@@ -1,0 +1,259 @@
+"""The model card: README.md in OUT/final/ and in each checkpoint's model/ folder.
+
+Hugging Face's conventions: YAML metadata between ``---`` lines (``base_model``, ``tags``,
+``library_name``, and ``model-index`` once ``reflectioncoder evaluate`` has scored the folder),
+then sections: the base model, the method and its hyper-parameters, the data (files, counts and
+the decontamination reports of ``prepare-data`` manifests), the training (steps, tokens,
+hardware, time, the last logged losses) and the evaluation results. Only what the run set or
+measured is written: a figure that was not measured is left out, never estimated.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from reflectioncoder import __version__
+
+if TYPE_CHECKING:  # evaluate imports this module: no config (or torch) import at run time
+    from reflectioncoder.config import RunConfig
+
+README = "README.md"
+TAG = "reflectioncoder"
+LOSS_KEYS = ("loss", "ce", "teacher_ce", "student_ce", "kl")
+# Benchmark names of ``evaluate``'s score table -> Hugging Face dataset ids.
+DATASETS = {
+    "HumanEval": "openai/openai_humaneval",
+    "HumanEval+": "evalplus/humanevalplus",
+    "MBPP": "google-research-datasets/mbpp",
+    "MBPP+": "evalplus/mbppplus",
+}
+
+
+def hardware(device: Any, world_size: int) -> str:
+    """``2 x NVIDIA H200`` or ``1 x CPU (Intel Xeon ...)``: what the run trained on."""
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({_cpu_model()})"
+    return f"{world_size} x {name}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _manifest(data_file: str) -> dict[str, Any] | None:
+    from reflectioncoder.data.prepare import manifest_path
+
+    path = manifest_path(data_file)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
+    lines = [f"| {head[0]} | {head[1]} |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    return "\n".join(lines)
+
+
+def _method(cfg: RunConfig) -> str:
+    o, t = cfg.optim, cfg.train
+    rows = [
+        ("mask strategies", ", ".join(cfg.mask.strategies)),
+        ("block order", cfg.mask.block_order),
+        ("student CE (distill)", cfg.mask.distill),
+        ("KL(teacher || student)", cfg.mask.kl),
+        ("loss normalisation", cfg.packing.normalisation),
+        ("optimizer", f"AdamW, betas {tuple(o.betas)}, eps {o.eps}, weight decay {o.weight_decay}"),
+        ("learning rate", o.lr),
+        (
+            "schedule",
+            f"{o.schedule}, warm-up ratio {o.warmup_ratio}, min lr ratio {o.min_lr_ratio}",
+        ),
+        ("gradient clipping", o.grad_clip),
+        ("samples per step", t.samples_per_step),
+        ("tokens per step", t.tokens_per_step),
+        ("epochs", t.epochs),
+        ("max steps", t.max_steps),
+        ("max sample length", cfg.data.max_len),
+        ("micro-batch tokens", cfg.packing.max_tokens),
+        ("dtype", cfg.model.dtype),
+        ("gradient checkpointing", cfg.model.gradient_checkpointing),
+        ("seed", t.seed),
+    ]
+    return _table(rows, ("hyper-parameter", "value"))
+
+
+def _data(cfg: RunConfig, counts: dict[str, int]) -> str:
+    parts = [
+        "Files: " + ", ".join(f"`{f}`" for f in cfg.data.files),
+        "",
+        _table(
+            [
+                ("samples read", counts.get("loaded")),
+                ("samples trained on (after upsampling)", counts.get("samples")),
+                ("skipped as bad", counts.get("skipped_bad")),
+                (
+                    f"dropped as longer than {cfg.data.max_len} tokens",
+                    counts.get("dropped_too_long"),
+                ),
+                ("upsampling", cfg.data.upsample),
+            ],
+            ("count", "value"),
+        ),
+    ]
+    for file in cfg.data.files:
+        manifest = _manifest(file)
+        if manifest is None:
+            continue
+        parts += ["", f"`{file}` was written by `reflectioncoder prepare-data`:"]
+        parts.append(
+            f"{manifest['written']} rows from "
+            + ", ".join(
+                f"`{i['path']}` ({i['written']} of {i['read']} rows)" for i in manifest["inputs"]
+            )
+        )
+        report = manifest.get("decontamination")
+        if report is None:
+            parts.append("Not decontaminated (no benchmark index was given).")
+            continue
+        action = "kept" if report["kept"] else "dropped"
+        rows = [
+            (b, f"{r['samples_matched']} samples matched {r['tasks_indexed']} tasks ({action})")
+            for b, r in report["benchmarks"].items()
+        ]
+        parts += [
+            "",
+            "Decontamination against the benchmarks:",
+            "",
+            _table(rows, ("benchmark", "matched")),
+        ]
+    return "\n".join(parts)
+
+
+def _training(progress: dict[str, Any]) -> str:
+    totals = progress.get("totals") or {}
+    seconds = totals.get("seconds")
+    rows = [
+        ("optimizer steps", f"{progress['step']} of {progress['total_steps']}"),
+        ("updates skipped (non-finite)", progress.get("skipped")),
+        ("samples", totals.get("samples")),
+        ("tokens", totals.get("tokens")),
+        ("hardware", progress.get("hardware")),
+        ("engine", progress.get("engine")),
+        ("training time (sum of step times)", None if seconds is None else f"{seconds:.1f} s"),
+    ]
+    text = _table(rows, ("what", "value"))
+    last = progress.get("last_row")
+    if last:
+        losses = [(k, f"{last[k]:.4f}") for k in LOSS_KEYS if isinstance(last.get(k), float)]
+        text += f"\n\nLosses at step {last['step']} (the last logged):\n\n"
+        text += _table(losses, ("loss", "nats"))
+    return text
+
+
+def _results(index: list[dict[str, Any]]) -> str:
+    rows = []
+    for entry in index:
+        for result in entry.get("results", []):
+            for metric in result["metrics"]:
+                rows.append((result["dataset"]["name"], f"{metric['name']}: {metric['value']}"))
+    if not rows:
+        return "Not evaluated yet: `reflectioncoder evaluate --task humaneval --model THIS_FOLDER`."
+    return _table(rows, ("benchmark", "score (%)"))
+
+
+def render(meta: dict[str, Any], sections: dict[str, str], title: str) -> str:
+    """The card's text: YAML metadata, the title, then one ``## `` section each."""
+    body = "\n\n".join(f"## {name}\n\n{text}" for name, text in sections.items())
+    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return f"---\n{head}---\n\n# {title}\n\n{body}\n"
+
+
+def parse(text: str) -> tuple[dict[str, Any], str, dict[str, str]]:
+    """(metadata, title, sections) of a card written by ``render``."""
+    if not text.startswith("---\n"):
+        return {}, "", {}
+    head, _, body = text[4:].partition("\n---\n")
+    meta = yaml.safe_load(head) or {}
+    title = ""
+    sections: dict[str, str] = {}
+    name = None
+    for line in body.splitlines():
+        if line.startswith("# ") and not title:
+            title = line[2:].strip()
+        elif line.startswith("## "):
+            name = line[3:].strip()
+            sections[name] = ""
+        elif name is not None:
+            sections[name] += line + "\n"
+    return meta, title, {k: v.strip() for k, v in sections.items()}
+
+
+def run_card(cfg: RunConfig, counts: dict[str, int], progress: dict[str, Any]) -> str:
+    """The card of a run at ``progress["step"]`` (a checkpoint, or the end)."""
+    base = cfg.model.name_or_path
+    meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
+    if base is not None:
+        meta["base_model"] = base
+    meta["tags"] = [TAG, "code", "reflection"]
+    if base is None:
+        arch = ", ".join(f"{k} {v}" for k, v in cfg.model.arch.items())
+        base_text = f"None: a Llama built from scratch ({arch})."
+    else:
+        base_text = f"`{base}`"
+    sections = {
+        "Base model": base_text,
+        "Training procedure": (
+            f"Fine-tuned with the ReflectionCoder method by reflectioncoder {__version__}: a "
+            "teacher pass over each whole reflection sequence, a student pass that sees it "
+            "dynamically masked, cross-entropy on both and KL(teacher || student) on the "
+            "answer.\n\n" + _method(cfg)
+        ),
+        "Training data": _data(cfg, counts),
+        "Training results": _training(progress),
+        "Evaluation results": _results([]),
+    }
+    return render(meta, sections, Path(cfg.checkpoint.out_dir).resolve().name)
+
+
+def add_eval_results(
+    folder: str | Path, scores: dict[str, dict[str, float]], note: str = ""
+) -> Path | None:
+    """Add ``evaluate``'s scores to the folder's card as ``model-index`` entries (a benchmark
+    and metric scored again replaces its entry) and rewrite its results section. Cards that
+    reflectioncoder did not write are left alone (None)."""
+    path = Path(folder) / README
+    if not path.is_file():
+        return None
+    meta, title, sections = parse(path.read_text(encoding="utf-8"))
+    if TAG not in (meta.get("tags") or []):
+        return None
+    index = meta.setdefault("model-index", [{"name": title, "results": []}])
+    results = index[0].setdefault("results", [])
+    for bench, values in scores.items():
+        result = next((r for r in results if r["dataset"]["name"] == bench), None)
+        if result is None:
+            dataset = {"name": bench, "type": DATASETS.get(bench, bench)}
+            result = {"task": {"type": "text-generation"}, "dataset": dataset, "metrics": []}
+            results.append(result)
+        for metric, value in values.items():
+            name = f"{metric}{note}"
+            result["metrics"] = [m for m in result["metrics"] if m["name"] != name]
+            entry = {"type": metric, "value": round(100 * value, 2), "name": name}
+            result["metrics"].append(dict(entry, verified=False))
+    sections["Evaluation results"] = _results(index)
+    path.write_text(render(meta, sections, title), encoding="utf-8")
+    return path

@@ -1,0 +1,180 @@
+"""Experiment trackers (``logging.report_to``): TensorBoard, Weights & Biases, MLflow, trackio.
+
+Each is driven through its own API behind one small interface, ``Reporter``: ``log(scalars,
+step)`` and ``close()``. The run's config goes to each as parameters when it starts. Every one
+works offline by default, and each environment variable the tracker itself reads still wins:
+
+    tensorboard  OUT/tensorboard                 (tensorboard --logdir OUT/tensorboard)
+    wandb        OUT/wandb, offline mode         (WANDB_MODE=online to sync; `wandb sync` later)
+    mlflow       OUT/mlruns, a local file store  (MLFLOW_TRACKING_URI for a server or database)
+    trackio      trackio's local store           (TRACKIO_DIR; `trackio show`)
+
+Only rank 0 reports (the metrics logger of other ranks is silent). A tracker whose package is
+missing stops the run at start-up, in one line naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from reflectioncoder.errors import UserError
+
+# Tracker -> the module it needs (and the setup.py extra that installs it).
+PACKAGES = {name: name for name in ("tensorboard", "wandb", "mlflow", "trackio")}
+MLFLOW_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+
+
+class Reporter(Protocol):
+    def log(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_installed(report_to: list[str]) -> None:
+    """One line naming the first tracker in ``report_to`` whose package is not importable."""
+    for name in report_to:
+        module = PACKAGES.get(name)
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise UserError(
+                f"{name} is not installed: pip install 'reflectioncoder[{name}]' "
+                f"(or remove {name} from the list)",
+                field="logging.report_to",
+            )
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1e-3}}`` -> ``{"optim.lr": 1e-3}``; lists and dicts below a section
+    (``model.arch``, ``data.files``) stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix:
+            flat.update(flat_config(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def scalars_of(row: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics row, as ``train/NAME`` (bools and the step left out)."""
+    return {
+        f"train/{key}": float(value)
+        for key, value in row.items()
+        if key != "step"
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
+class TensorBoardReporter:
+    def __init__(self, out_dir: Path, config: dict[str, Any], start_step: int) -> None:
+        import yaml
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: a resumed run drops the events the killed run wrote after its checkpoint.
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step + 1)
+        text = yaml.safe_dump(config, sort_keys=False)
+        self.writer.add_text("config", f"```yaml\n{text}```", start_step)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbReporter:
+    def __init__(self, out_dir: Path, config: dict[str, Any], project: str, name: str) -> None:
+        import wandb
+
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", project),
+            name=name,
+            dir=str(out_dir),
+            config=config,
+            mode=os.environ.get("WANDB_MODE", "offline"),
+        )
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowReporter:
+    def __init__(self, out_dir: Path, config: dict[str, Any], project: str, name: str) -> None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri is None:
+            # MLflow 3 refuses its file store unless asked for it: asking is the offline mode.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = (out_dir / "mlruns").resolve().as_uri()
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        self._metric = Metric
+        self.client = MlflowClient(uri)
+        experiment = self.client.get_experiment_by_name(project)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(project)
+        )
+        self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
+        params = [Param(k, str(v)) for k, v in flat_config(config).items()]
+        for i in range(0, len(params), MLFLOW_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[i : i + MLFLOW_PARAMS_PER_BATCH])
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = [self._metric(k, v, now, step) for k, v in scalars.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+class TrackioReporter:
+    def __init__(self, config: dict[str, Any], project: str, name: str) -> None:
+        import trackio
+
+        self.run = trackio.init(project=project, name=name, config=flat_config(config), embed=False)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def make_reporters(
+    report_to: list[str],
+    out_dir: str | Path,
+    config: dict[str, Any],
+    project: str,
+    name: str | None,
+    start_step: int = 0,
+) -> list[Reporter]:
+    """One reporter per tracker in ``report_to`` ("none" and an empty list: none)."""
+    check_installed(report_to)
+    out_dir = Path(out_dir)
+    name = name or out_dir.resolve().name
+    made: list[Reporter] = []
+    for tracker in report_to:
+        if tracker == "tensorboard":
+            made.append(TensorBoardReporter(out_dir, config, start_step))
+        elif tracker == "wandb":
+            made.append(WandbReporter(out_dir, config, project, name))
+        elif tracker == "mlflow":
+            made.append(MlflowReporter(out_dir, config, project, name))
+        elif tracker == "trackio":
+            made.append(TrackioReporter(config, project, name))
+    return made

@@ -1,0 +1,91 @@
+"""List a run folder's checkpoints: step, loss, whether each is complete and resumable.
+
+    reflectioncoder runs runs/tiny
+
+A checkpoint is complete once its COMPLETE file is written (a save killed midway leaves a
+``.tmp-step-N`` folder, listed as incomplete); model-only checkpoints are complete but cannot
+be resumed from. The loss is the metrics row of that step, when one was logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from reflectioncoder.errors import UsageError
+
+COMPLETE = "COMPLETE"  # checkpoint.COMPLETE (not imported: it would import torch)
+TMP_PREFIX = ".tmp-"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", type=Path, help="a run folder (checkpoint.out_dir)")
+
+
+def _losses(folder: Path) -> dict[int, float]:
+    path = folder / "metrics.jsonl"
+    rows: dict[int, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a torn last line (a kill)
+            rows[row["step"]] = row["loss"]
+    return rows
+
+
+def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
+    """One dict per checkpoint folder (complete or not), oldest step first."""
+    root = folder / "checkpoints"
+    found = sorted(root.glob("step-*")) + sorted(root.glob(TMP_PREFIX + "step-*"))
+    losses = _losses(folder)
+    rows = []
+    for path in found:
+        step = int(path.name.rsplit("-", 1)[1])
+        state_file = path / "trainer_state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        complete = (path / COMPLETE).is_file() and not path.name.startswith(TMP_PREFIX)
+        if not complete:
+            status = "incomplete (its save was interrupted)"
+        elif state.get("model_only"):
+            status = "complete, model only (not resumable)"
+        else:
+            status = "complete"
+        rows.append(
+            {
+                "path": path,
+                "step": step,
+                "total_steps": state.get("total_steps"),
+                "loss": losses.get(step),
+                "complete": complete,
+                "resumable": complete and not state.get("model_only"),
+                "status": status,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["step"], r["complete"]))
+
+
+def main(args: argparse.Namespace) -> int:
+    folder: Path = args.folder
+    if not folder.is_dir():
+        raise UsageError("not a folder", file=folder, field="FOLDER")
+    rows = checkpoint_rows(folder)
+    if not rows and not (folder / "final").is_dir():
+        raise UsageError("holds no checkpoints and no final model", file=folder, field="FOLDER")
+    print(f"{'checkpoint':<34}{'step':>8}{'loss':>10}  state")
+    for r in rows:
+        step = f"{r['step']}" if r["total_steps"] is None else f"{r['step']}/{r['total_steps']}"
+        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        name = str(r["path"].relative_to(folder))
+        print(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
+    if (folder / "final").is_dir():
+        print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
+    resumable = [r for r in rows if r["resumable"]]
+    if resumable:
+        print(f"--resume continues from {resumable[-1]['path']}")
+    else:
+        print("--resume: no resumable checkpoint (a resumed run starts from step 0)")
+    return 0

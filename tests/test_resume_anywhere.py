@@ -1,0 +1,102 @@
+"""Resume anywhere: a run checkpointed with one layout (ranks, ZeRO stage, DeepSpeed or the single
+engine) continues with another, over gloo on the CPU: 2 ranks -> 1 process, 1 process -> 2
+ranks, ZeRO-3 -> ZeRO-1. Every step takes the same samples and tokens as one uninterrupted
+process (the data position is exact), and the losses after the resume match that process's
+within test_distributed's tolerance (rel 1e-5 on the loss and CE, 1e-4 on the gradient norm,
+1e-3 with abs 1e-7 on KL: float32 sums in another order)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
+
+from reflectioncoder.config import load_config
+from reflectioncoder.train.checkpoint import read_trainer_state, step_dir
+from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.train.trainer import Trainer
+
+STEPS, STOP = 4, 2  # the run plans 4 steps; the first part saves at step 2 and stops
+
+SINGLE = ["distributed.backend=none", "distributed.zero_stage=0"]
+
+
+def zero(stage: int) -> list[str]:
+    return ["distributed.backend=deepspeed", f"distributed.zero_stage={stage}"]
+
+
+def _part(overrides: list[str], resume: bool, stop: int | None) -> None:
+    """Train (resuming when asked) up to ``stop`` and save there, or to the end."""
+    trainer = Trainer(load_config(base="tiny", overrides=overrides), resume=resume)
+    try:
+        if stop is None:
+            trainer.train()
+        else:
+            while trainer.step < stop:
+                trainer.train_step()
+            trainer.save()
+    finally:
+        trainer.close()
+
+
+def _run(overrides: list[str], ranks: int, resume: bool, stop: int | None) -> str:
+    """One part of the run: in this process (1 rank) or under torchrun (2 ranks); returns the
+    log of the torchrun part."""
+    if ranks == 1:
+        _part(overrides, resume, stop)
+        return ""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+    spec = json.dumps({"overrides": overrides, "resume": resume, "stop": stop})
+    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
+    args += [f"--master_port={_free_port()}", __file__, spec]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "before, after, expect",
+    [
+        ((2, zero(2)), (1, SINGLE), "DeepSpeed ZeRO-2 on 2 rank(s); this run is the single"),
+        ((1, SINGLE), (2, zero(1)), "the single engine on 1 rank(s); this run is DeepSpeed ZeRO-1"),
+        ((2, zero(3)), (2, zero(1)), "DeepSpeed ZeRO-3 on 2 rank(s); this run is DeepSpeed ZeRO-1"),
+    ],
+    ids=["2-ranks-zero2-to-1-process", "1-process-to-2-ranks-zero1", "zero3-to-zero1"],
+)
+def test_resume_on_another_layout_continues_as_one_process(tmp_path, seed, before, after, expect):
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    common = [f"train.max_steps={STEPS}", "train.epochs=2"]
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    _part(_overrides(data, reference, seed, "sample") + common + SINGLE, False, None)
+
+    (ranks, layout), (ranks_after, layout_after) = before, after
+    _run(_overrides(data, moved, seed, "sample") + common + layout, ranks, False, STOP)
+    saved = read_trainer_state(step_dir(moved, STOP))
+    assert saved["layout"]["world_size"] == ranks
+    log = _run(
+        _overrides(data, moved, seed, "sample") + common + layout_after, ranks_after, True, None
+    )
+    if ranks_after > 1:  # the in-process part logs through pytest's caplog, not stderr
+        assert expect in log and f"at step {STOP}" in log
+
+    want, got = _rows(reference), _rows(moved)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    for w, g in zip(want, got, strict=True):
+        assert (g["samples"], g["tokens"]) == (w["samples"], w["tokens"]), g["step"]  # exact
+        for key, rel, abs_ in TOLERANCE:
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
+    assert got[-1]["loss"] != got[STOP - 1]["loss"]  # the resumed part really trained
+
+
+if __name__ == "__main__":  # one part of a run, one process per rank under torchrun
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    spec = json.loads(sys.argv[1])
+    _part(spec["overrides"], spec["resume"], spec["stop"])
