@@ -7,6 +7,12 @@ transformers probes for it).
 
 from setuptools import setup
 
+TRACKERS = {
+    "wandb": ["wandb>=0.31,<1"],
+    "mlflow": ["mlflow-skinny>=3.18,<4"],
+    "trackio": ["trackio>=0.43,<1"],
+}
+
 setup(
     name="reflectioncoder",
     version="0.1.0",
@@ -44,7 +50,12 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
-        "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"],
+        # logging.report_to's trackers (tensorboard is always installed); tested with wandb
+        # 0.31.0, mlflow-skinny 3.18.0, trackio 0.43.0.
+        **TRACKERS,
+        "trackers": [req for reqs in TRACKERS.values() for req in reqs],
+        "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"]
+        + [req for reqs in TRACKERS.values() for req in reqs],
         # bench/bench_eval.py's comparison; its results are recorded against this version.
         "bench": ["evalplus==0.3.1"],
     },

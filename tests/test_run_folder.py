@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from reflectioncoder.cli import main
 from reflectioncoder.config import load_config
 from reflectioncoder.train.checkpoint import TMP_PREFIX, latest_checkpoint, list_checkpoints
 from reflectioncoder.train.metrics import read_metrics
@@ -90,7 +91,7 @@ def test_fresh_launch_into_a_run_is_refused_until_resume_or_overwrite(tmp_path, 
     assert [json.loads(r)["step"] for r in rows] == [1]
 
 
-def test_model_only_checkpoints_and_keep_last_keeps_the_newest(tmp_path, seed):
+def test_model_only_checkpoints_and_keep_last_keeps_the_newest(tmp_path, seed, capsys):
     from transformers import AutoModelForCausalLM
 
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 4, seed=seed)
@@ -121,6 +122,19 @@ def test_model_only_checkpoints_and_keep_last_keeps_the_newest(tmp_path, seed):
     assert latest_checkpoint(out).name == "step-000002"
     with pytest.raises(ValueError, match="model only"):
         Trainer(cfg, resume=str(path))
+
+    # `reflectioncoder runs` lists them, a torn save too, and names what --resume would take.
+    (out / "checkpoints" / (TMP_PREFIX + "step-000004")).mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 2, "loss": 4.25}\n')
+    assert main(["runs", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(None, 3) for line in lines[:-1]] == [
+        ["checkpoint", "step", "loss", "state"],
+        ["checkpoints/step-000002", "2/2", "4.2500", "complete"],
+        ["checkpoints/step-000003", "3/2", "-", "complete, model only (not resumable)"],
+        ["checkpoints/.tmp-step-000004", "4", "-", "incomplete (its save was interrupted)"],
+    ]
+    assert lines[-1] == f"--resume continues from {out / 'checkpoints' / 'step-000002'}"
 
 
 def test_sigkill_during_a_save_leaves_a_resumable_run(tmp_path, seed):
@@ -154,6 +168,7 @@ def test_sigkill_during_a_save_leaves_a_resumable_run(tmp_path, seed):
         _cli(overrides, "--resume"), capture_output=True, text=True, env=_env()
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume: the newest complete checkpoint is {done}\n" in resumed.stderr
     rows = [json.loads(r) for r in (out / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     # The step the kill interrupted is recomputed from the previous checkpoint, identically.
