@@ -130,7 +130,7 @@ def _trackio(folder: Path) -> tuple[dict, dict]:
     return scalars, SQLiteStorage.get_run_config("reflectioncoder", "toy")
 
 
-@pytest.mark.slow  # four trackers start and write in a real run: ~40 s on a free CPU
+@pytest.mark.slow  # four trackers start and write in a real run: 16 s here, more when busy
 def test_every_tracker_receives_the_scalars_and_the_config(tmp_path):
     out = tmp_path / "run"
     proc = _train(tmp_path, out, "tensorboard, wandb, mlflow, trackio")
@@ -144,7 +144,7 @@ def test_every_tracker_receives_the_scalars_and_the_config(tmp_path):
 
     scalars, config = _wandb(out)
     _check("wandb", scalars, rows)
-    assert config["optim"]["value"]["lr"] == LR
+    assert config["optim"]["lr"] == LR
 
     scalars, params = _mlflow(out)
     _check("mlflow", scalars, rows)
