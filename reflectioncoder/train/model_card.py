@@ -74,7 +74,7 @@ def _method(cfg: RunConfig) -> str:
         ("mask strategies", ", ".join(cfg.mask.strategies)),
         ("block order", cfg.mask.block_order),
         ("student CE (distill)", cfg.mask.distill),
-        ("KL(teacher || student)", cfg.mask.kl),
+        ("KL divergence, teacher to student", cfg.mask.kl),
         ("loss normalisation", cfg.packing.normalisation),
         ("optimizer", f"AdamW, betas {tuple(o.betas)}, eps {o.eps}, weight decay {o.weight_decay}"),
         ("learning rate", o.lr),
