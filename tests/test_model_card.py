@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TESTS_DIR as REPO_TESTS
 
 from reflectioncoder.demo import run_demo
 from reflectioncoder.train.metrics import read_metrics
@@ -79,3 +80,33 @@ def test_demo_final_card_and_evaluate_adds_scores(tmp_path, seed, shared_dir):
         assert metric["name"] == "pass@1 (first 2 tasks)" and metric["type"] == "pass@1"
         assert metric["value"] == pytest.approx(100 * scores[bench]["pass@1"], abs=0.01)
     assert "| HumanEval+ | pass@1 (first 2 tasks):" in sections["Evaluation results"]
+
+
+def test_card_carries_the_prepare_data_manifest_and_only_measured_figures(tmp_path):
+    from reflectioncoder.config import load_config
+    from reflectioncoder.data.decontaminate import BenchmarkIndex
+    from reflectioncoder.data.prepare import prepare
+    from reflectioncoder.train.model_card import run_card
+
+    source = REPO_TESTS / "data" / "prepare" / "reflectionseq.jsonl"
+    planted = json.loads(source.read_text().splitlines()[0])["messages"][0]["content"][0]
+    index = BenchmarkIndex.from_texts({"HumanEval": [("HumanEval/0", planted["content"])]})
+    data = tmp_path / "prepared.jsonl"
+    result = prepare([source], data, index=index, keep_contaminated=True, progress=False)
+    manifest = json.loads(result.manifest.read_text())
+    matched = manifest["decontamination"]["benchmarks"]["HumanEval"]["samples_matched"]
+    assert matched >= 1
+
+    cfg = load_config(base="tiny", overrides=[f"data.files=[{data}]", "model.name_or_path=base/7b"])
+    counts = {"loaded": 3, "samples": 3, "skipped_bad": 0, "dropped_too_long": 0}
+    progress = {"step": 2, "total_steps": 5, "skipped": 0, "totals": {}, "last_row": None}
+    meta, _, sections = parse(run_card(cfg, counts, progress))
+    assert meta["base_model"] == "base/7b" and sections["Base model"] == "`base/7b`"
+    text = sections["Training data"]
+    assert f"{manifest['written']} rows from `{source}`" in text
+    assert f"| HumanEval | {matched} samples matched 1 tasks (kept) |" in text
+    results = sections["Training results"]
+    assert "| optimizer steps | 2 of 5 |" in results
+    # Not measured here: no tokens, samples, time, hardware, engine or losses are written.
+    for absent in ("| tokens", "| samples |", "training time", "hardware", "engine", "Losses"):
+        assert absent not in results

@@ -71,7 +71,7 @@ def _run(overrides: list[str], ranks: int, resume: bool, stop: int | None) -> st
 )
 def test_resume_on_another_layout_continues_as_one_process(tmp_path, seed, before, after, expect):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
-    common = [f"train.max_steps={STEPS}", "train.epochs=2"]
+    common = [f"train.max_steps={STEPS}", "train.epochs=2", "logging.tensorboard=true"]
     reference, moved = tmp_path / "reference", tmp_path / "moved"
     _part(_overrides(data, reference, seed, "sample") + common + SINGLE, False, None)
 
@@ -92,6 +92,8 @@ def test_resume_on_another_layout_continues_as_one_process(tmp_path, seed, befor
         for key, rel, abs_ in TOLERANCE:
             assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
     assert got[-1]["loss"] != got[STOP - 1]["loss"]  # the resumed part really trained
+    # Rank 0 alone reports: one TensorBoard writer per part, whatever its ranks.
+    assert len(list((moved / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 if __name__ == "__main__":  # one part of a run, one process per rank under torchrun

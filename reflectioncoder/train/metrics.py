@@ -127,8 +127,6 @@ class MetricsLogger:
         if not self.enabled:
             return
         step = row["step"]
-        if "samples_per_s" not in row and row.get("time"):
-            row["samples_per_s"] = row["samples"] / row["time"]
         self.totals["seconds"] += row.get("time", 0.0)
         if not row.get("skipped"):
             self.totals["samples"] += row["samples"]
