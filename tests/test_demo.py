@@ -38,22 +38,17 @@ def test_completion_is_cut_at_the_fence_and_stop_strings(raw: str, cut: str) -> 
     assert cut_completion(raw) == cut
 
 
+# A demo of a handful of steps (tests/test_model_card.py reads its card).
+SMALL_DEMO = dict(n=6, workers=4, max_steps=3, samples_per_step=2, max_new_tokens=6, progress=False)
+
+
 @pytest.mark.slow  # 24-83 s wall on the busy shared 2-core machine (~18 s CPU), mostly imports
 def test_demo_pipeline_end_to_end(tmp_path, seed: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reflectioncoder.data.schema import load_jsonl
 
-    res = run_demo(
-        tmp_path / "demo",
-        n=6,
-        seed=seed,
-        workers=4,
-        max_steps=3,
-        samples_per_step=2,
-        max_new_tokens=6,
-        progress=False,
-    )
+    res = run_demo(tmp_path / "demo", seed=seed, **SMALL_DEMO)
     samples = load_jsonl(res.data)
     assert len(samples) == 6 and any(s.is_reflection for s in samples)
     assert (res.tokenizer / "tokenizer.json").is_file()

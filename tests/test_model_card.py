@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import TESTS_DIR as REPO_TESTS
+from test_demo import SMALL_DEMO
 
 from reflectioncoder.demo import run_demo
 from reflectioncoder.train.metrics import read_metrics
@@ -39,16 +40,7 @@ def _evaluate(final, data_dir, tmp_path, name: str) -> dict:
 
 @pytest.mark.slow  # the demo (~30-80 s here), then evaluate twice on 2 tasks
 def test_demo_final_card_and_evaluate_adds_scores(tmp_path, seed, shared_dir):
-    res = run_demo(
-        tmp_path / "demo",
-        n=6,
-        seed=seed,
-        workers=4,
-        max_steps=3,
-        samples_per_step=2,
-        max_new_tokens=6,
-        progress=False,
-    )
+    res = run_demo(tmp_path / "demo", seed=seed, **SMALL_DEMO)
     final = res.checkpoint
     meta, title, sections = parse((final / "README.md").read_text())
     assert meta["library_name"] == "transformers" and "reflectioncoder" in meta["tags"]
