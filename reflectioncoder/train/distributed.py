@@ -400,9 +400,15 @@ def optimizer_param_names(module: torch.nn.Module, optimizer: torch.optim.Optimi
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def _adam_state(like: torch.Tensor, state: ParamState) -> dict[str, torch.Tensor]:
+def _adam_state(
+    like: torch.Tensor, state: ParamState, optimizer: torch.optim.Optimizer
+) -> dict[str, torch.Tensor]:
+    """AdamW's state of one parameter, where torch keeps it: the step count on the parameter's
+    device for the fused (or capturable) kernel, on the host otherwise."""
+    defaults = optimizer.defaults
+    on_device = defaults.get("fused") or defaults.get("capturable")
     return {
-        "step": torch.tensor(float(state.step)),
+        "step": torch.tensor(float(state.step), device=like.device if on_device else "cpu"),
         "exp_avg": state.exp_avg.to(like.device, torch.float32).reshape(like.shape).clone(),
         "exp_avg_sq": state.exp_avg_sq.to(like.device, torch.float32).reshape(like.shape).clone(),
     }
@@ -504,7 +510,7 @@ class LocalEngine:
                 state = read(name, p.shape)
                 with torch.no_grad():
                     p.copy_(state.weight.reshape(p.shape))
-                self.optimizer.state[p] = _adam_state(p, state)
+                self.optimizer.state[p] = _adam_state(p, state, self.optimizer)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
@@ -609,7 +615,7 @@ class DeepSpeedEngine:
                     value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
                     safe_set_full_optimizer_state(p, value, key)
             else:  # ZeRO-0 in fp32: DeepSpeed steps the client optimizer on the module's own
-                self.optimizer.state[p] = _adam_state(p, state)
+                self.optimizer.state[p] = _adam_state(p, state, self.optimizer)
         base = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the client's
         for group_state in base.state.values():
             if "step" in group_state:
