@@ -1,9 +1,9 @@
 """Resume anywhere: a run checkpointed with one layout (ranks, ZeRO stage, DeepSpeed or the single
 engine) continues with another, over gloo on the CPU: 2 ranks -> 1 process, 1 process -> 2
-ranks, ZeRO-3 -> ZeRO-1. Every step takes the same samples and tokens as one uninterrupted
-process (the data position is exact), and the losses after the resume match that process's
-within test_distributed's tolerance (rel 1e-5 on the loss and CE, 1e-4 on the gradient norm,
-1e-3 with abs 1e-7 on KL: float32 sums in another order)."""
+ranks, ZeRO-3 -> ZeRO-1, ZeRO-1 -> ZeRO-3. Every step takes the same samples and tokens as one
+uninterrupted process (the data position is exact), and the losses after the resume match that
+process's within test_distributed's tolerance (rel 1e-5 on the loss and CE, 1e-4 on the gradient
+norm, 1e-3 with abs 1e-7 on KL: float32 sums in another order)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,14 @@ def _run(overrides: list[str], ranks: int, resume: bool, stop: int | None) -> st
         ((2, zero(2)), (1, SINGLE), "DeepSpeed ZeRO-2 on 2 rank(s); this run is the single"),
         ((1, SINGLE), (2, zero(1)), "the single engine on 1 rank(s); this run is DeepSpeed ZeRO-1"),
         ((2, zero(3)), (2, zero(1)), "DeepSpeed ZeRO-3 on 2 rank(s); this run is DeepSpeed ZeRO-1"),
+        ((2, zero(1)), (2, zero(3)), "DeepSpeed ZeRO-1 on 2 rank(s); this run is DeepSpeed ZeRO-3"),
     ],
-    ids=["2-ranks-zero2-to-1-process", "1-process-to-2-ranks-zero1", "zero3-to-zero1"],
+    ids=[
+        "2-ranks-zero2-to-1-process",
+        "1-process-to-2-ranks-zero1",
+        "zero3-to-zero1",
+        "zero1-to-zero3",
+    ],
 )
 def test_resume_on_another_layout_continues_as_one_process(tmp_path, seed, before, after, expect):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
