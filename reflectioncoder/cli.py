@@ -48,6 +48,7 @@ examples:
   make demo                                        # the whole method on a CPU, in minutes
   reflectioncoder build-data --n 200 --out data.jsonl
   reflectioncoder train --preset tiny --set data.files=[data.jsonl] --set checkpoint.out_dir=run
+  reflectioncoder runs run                         # its checkpoints: step, loss, complete
   reflectioncoder evaluate --task humaneval --model run/final --json run/humaneval.json
 
 Run `reflectioncoder COMMAND --help` for a command's options. Add --debug (or set
