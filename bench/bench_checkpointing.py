@@ -34,16 +34,20 @@ ARCH = {
 }
 
 
-def prepare_model_and_data(folder: Path, samples: int, arch: dict, num_kv_heads: int = 2) -> Path:
+def prepare_model_and_data(
+    folder: Path, samples: int, arch: dict, num_kv_heads: int = 2, vocab: int | None = None
+) -> Path:
     """A saved model + tokenizer in ``folder/model`` and a toy jsonl (what a user points the
-    trainer at); returns the jsonl. Also bench_engines'."""
+    trainer at); returns the jsonl. ``vocab``: the model's rows (default: the tokenizer's; more
+    are kept, as a checkpoint's padded vocabulary is). Also bench_engines' and the train-step
+    bench's."""
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.tokenizer import train_tokenizer
     from reflectioncoder.train.toydata import write_toy_jsonl
 
     data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
     tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
-    model = build_tiny_llama(len(tok), num_kv_heads=num_kv_heads, seed=0, **arch)
+    model = build_tiny_llama(vocab or len(tok), num_kv_heads=num_kv_heads, seed=0, **arch)
     model.config._attn_implementation = "sdpa"
     model.save_pretrained(str(folder / "model"))
     tok.save_pretrained(str(folder / "model"))

@@ -103,3 +103,34 @@ def test_hub_name_outside_the_cache_is_a_clear_error(tmp_path, monkeypatch):
         resolve_model_path("deepseek-ai/x")
     with pytest.raises(UserError, match="no config.json"):
         resolve_model_path(tmp_path)
+
+
+def test_zero2_overlaps_its_reduction_unless_told(tmp_path):
+    run = _run(tmp_path, None, "distributed.zero_stage=2")
+    assert deepspeed_config(run, INFO)["zero_optimization"]["overlap_comm"] is True
+    told = _run(tmp_path, {"zero_optimization": {"stage": 2, "overlap_comm": False}})
+    assert deepspeed_config(told, INFO)["zero_optimization"]["overlap_comm"] is False
+
+
+def test_zero3_buckets_sized_from_the_model(monkeypatch):
+    """configs/ds_zero3.json's "auto" buckets: sized from D as transformers sizes them (they
+    were dropped for DeepSpeed's defaults); without a model (set-up before it is built) too."""
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    run = load_config(
+        "configs/paper-34b.yaml", ["distributed.deepspeed_config=configs/ds_zero3.json"]
+    )
+    zero = deepspeed_config(run, INFO, hidden_size=8192)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 8192**2
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 8192**2)
+    assert zero["stage3_param_persistence_threshold"] == 81920
+    assert "reduce_bucket_size" not in deepspeed_config(run, INFO)["zero_optimization"]
+    zero = deepspeed_config(_run_stage(3), INFO, hidden_size=64)["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64**2)
+    zero1 = deepspeed_config(_run_stage(1), INFO, hidden_size=64)["zero_optimization"]
+    assert "reduce_bucket_size" not in zero1  # left out below stage 3: DeepSpeed's default
+
+
+def _run_stage(stage: int):
+    return load_config(
+        base="tiny", overrides=["data.files=[x.jsonl]", f"distributed.zero_stage={stage}"]
+    )

@@ -4,6 +4,10 @@
   student only its visible tokens with original positions), varlen attention, the fused loss on
   the loss rows only (no full logits), backward, AdamW. On CUDA ``prepare_model`` switches
   Liger's RMSNorm / RoPE / SwiGLU on, as the trainer does.
+- ``trainer``: ``reflectioncoder.train.Trainer.train_step`` itself on the same model (saved to
+  disk and loaded as a user's is, then given the same weights) and samples: the paper preset's
+  gradient checkpointing and per-step teacher/student CE logging pass, the next step's host
+  work on its background thread, the one-process engine (fused AdamW, clipping).
 - ``reference``: the authors' recipe, as faithfully as this machine runs it (SPEC §3-4): one
   sample per micro-batch; a reflection sample doubled (teacher row + a full-length student row
   with the original positions), a generation sample one row; the student's visibility given as
@@ -28,7 +32,9 @@ import torch.nn.functional as F
 from bench.providers.common import synchronize
 
 IGNORE = -100
-PROVIDERS = ("ours", "reference")
+PROVIDERS = ("ours", "reference")  # the pytest suites' (and the GPU suite's)
+# bench_train_step's too: ``trainer`` is ``Trainer.train_step`` itself, as a user runs it.
+ALL_PROVIDERS = (*PROVIDERS, "trainer")
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,66 @@ def reference_attention(cfg: TrainStepConfig) -> str:
     return "flash_attention_2" if on_cuda and is_flash_attn_2_available() else "sdpa"
 
 
+def setup_trainer(cfg: TrainStepConfig, per_step):
+    """A ``Trainer`` on a saved model of ``cfg``'s sizes holding the seeded model's weights,
+    planned to run ``per_step``'s samples at the fixed mask rate (its plan replaced: the toy
+    data it was pointed at only gets it started)."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.bench_checkpointing import prepare_model_and_data
+    from reflectioncoder.config import load_config
+    from reflectioncoder.train.trainer import Trainer
+
+    folder = tempfile.TemporaryDirectory(prefix="rc-bench-trainer-")
+    arch = dict(
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        max_position_embeddings=8192,
+    )
+    data = prepare_model_and_data(Path(folder.name), 8, arch, cfg.kv_heads, vocab=cfg.vocab)
+    overrides = [
+        f"model.name_or_path={Path(folder.name) / 'model'}",
+        "model.gradient_checkpointing=true",
+        f"model.dtype={cfg.dtype}",
+        f"data.files=[{data}]",
+        f"checkpoint.out_dir={Path(folder.name) / 'run'}",
+        "checkpoint.save_every=0",
+        "checkpoint.save_final=false",
+        f"train.device={cfg.device}",
+        f"train.threads={torch.get_num_threads()}",
+        f"train.seed={cfg.seed}",
+        f"packing.max_tokens={cfg.max_tokens}",
+        "packing.normalisation=sample",
+        f"mask.strategies=[{cfg.strategy}]",
+        f"mask.block_order={cfg.block_order}",
+        "optim.lr=5e-5",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "logging.plot=false",
+    ]
+    trainer = Trainer(load_config(base="tiny", overrides=overrides))
+    model, _, _ = setup_train_step(cfg)
+    with torch.no_grad():
+        for mine, seeded in zip(trainer.model.parameters(), model.parameters(), strict=True):
+            mine.copy_(seeded)
+    step, total = _rate_step(cfg.mask_rate)
+    trainer.samples = [s for samples in per_step for s in samples]
+    n = cfg.samples
+    steps = [list(range(k * n, (k + 1) * n)) for k in range(len(per_step))]
+    trainer.plan = [steps[0]] * step + steps + [steps[-1]] * (total - step - len(steps))
+    trainer.total_steps, trainer.step = total, step
+    trainer._bench_folder = folder  # removed with the trainer
+    return trainer
+
+
+def step_trainer(_model, trainer, _data, cfg: TrainStepConfig) -> tuple[torch.Tensor, int]:
+    row = trainer.train_step()  # its one sync already read the step's figures
+    return torch.tensor(row["loss"]), row["tokens"]
+
+
 def setup_provider(provider: str, cfg: TrainStepConfig):
     """(model, optimizer, per-step data, step function) of ``provider``; the model prepared as
     that provider runs it."""
@@ -264,6 +330,9 @@ def setup_provider(provider: str, cfg: TrainStepConfig):
 
     torch.manual_seed(cfg.seed)
     model, opt, per_step = setup_train_step(cfg)
+    if provider == "trainer":
+        trainer = setup_trainer(cfg, per_step)
+        return trainer.model, trainer, list(range(len(per_step))), step_trainer
     if provider == "ours":
         prepare_model(model)
         return model, opt, prepare_ours(cfg, per_step), step_ours
@@ -275,7 +344,7 @@ def setup_provider(provider: str, cfg: TrainStepConfig):
         if cfg.dtype == "bf16":
             opt = Fp32MasterAdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
         return model, opt, prepare_reference(cfg, per_step), step_reference
-    raise ValueError(f"provider: expected one of {PROVIDERS}, got {provider!r}")
+    raise ValueError(f"provider: expected one of {ALL_PROVIDERS}, got {provider!r}")
 
 
 def step_flops(provider: str, model, data, cfg: TrainStepConfig):

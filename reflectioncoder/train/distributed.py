@@ -283,12 +283,26 @@ def offloads_optimizer(config: dict[str, Any]) -> bool:
     return device in ("cpu", "nvme")
 
 
-def deepspeed_config(run: RunConfig, info: DistInfo) -> dict[str, Any]:
+# ZeRO's bucket sizes from the model's hidden size D, as transformers' DeepSpeed integration
+# fills its "auto" values: buckets of about one D x D matrix, parameters under 10 D kept whole.
+BUCKETS_FROM_HIDDEN = {
+    "reduce_bucket_size": lambda d: d * d,
+    "stage3_prefetch_bucket_size": lambda d: int(0.9 * d * d),
+    "stage3_param_persistence_threshold": lambda d: 10 * d,
+}
+
+
+def deepspeed_config(
+    run: RunConfig, info: DistInfo, hidden_size: int | None = None
+) -> dict[str, Any]:
     """The DeepSpeed config dict: the user's JSON (if any) with its "auto" values filled.
 
     Our trainer owns packing, accumulation, AdamW and the schedule: DeepSpeed sees micro-batch 1,
     one accumulation step (we set the boundary by hand), and no optimizer or scheduler section
     (the optimizer section's values reach AdamW through ``optim_with_deepspeed_section``).
+    ZeRO-2 overlaps its gradient reduction with the backward (``overlap_comm``) unless the JSON
+    says otherwise. With ``hidden_size`` (the engine's model), ZeRO's bucket sizes given as
+    "auto", and at stage 3 also those left out, are sized from it (``BUCKETS_FROM_HIDDEN``).
     """
     raw = _user_json(run)
     dtype = resolve_dtype(run.model.dtype, info.device)
@@ -313,10 +327,16 @@ def deepspeed_config(run: RunConfig, info: DistInfo) -> dict[str, Any]:
         zero["stage"] = run.distributed.zero_stage
     if run.distributed.offload_optimizer and "offload_optimizer" not in zero:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    for key, size in BUCKETS_FROM_HIDDEN.items():
+        stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3
+        wanted = zero.get(key) == "auto" or (key not in zero and stage3)
+        if hidden_size and wanted and (stage3 or not stage3_key):
+            zero[key] = size(hidden_size)
     for key, value in list(zero.items()):
-        if value == "auto":
-            # Sizes the HF integration derives from the hidden size; DeepSpeed's defaults are safe.
+        if value == "auto":  # no model to size it from (set-up before it is built): DeepSpeed's
             del zero[key]
+    if zero["stage"] == 2:
+        zero.setdefault("overlap_comm", True)
     cfg["zero_optimization"] = zero
     bf16 = dict(cfg.get("bf16", {}))
     fp16 = dict(cfg.get("fp16", {}))
@@ -530,7 +550,8 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.info = info
-        self.config = deepspeed_config(run, info)
+        hidden = module.model.config.get_text_config().hidden_size
+        self.config = deepspeed_config(run, info, hidden_size=hidden)
         if self.config["zero_optimization"].get("stage", 0) == 3:
             # The LM head is used by the fused loss outside its own module's forward.
             for p in external_params:
