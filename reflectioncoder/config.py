@@ -53,9 +53,19 @@ class ModelConfig:
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (the paper: on)."""
+    mixed_precision: str = "masters"
+    """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
+    bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as
+    DeepSpeed's bf16 optimizer does); ``autocast`` keeps fp32 weights and computes under
+    torch.autocast (each layer's inputs cast again per GEMM, an fp32 residual stream)."""
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _check(
+            self.mixed_precision in ("masters", "autocast"),
+            "model.mixed_precision",
+            f"must be masters | autocast, got {self.mixed_precision!r}",
+        )
         _check(
             self.name_or_path is not None or bool(self.arch),
             "model.arch",

@@ -414,9 +414,15 @@ class ParamState:
 StateReader = Any
 
 
-def optimizer_param_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The loss module's names of ``optimizer``'s parameters, in its state_dict's index order."""
-    names = {id(p): n for n, p in module.named_parameters()}
+def optimizer_param_names(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    masters: dict[int, torch.Tensor] | None = None,
+) -> list[str]:
+    """The loss module's names of ``optimizer``'s parameters, in its state_dict's index order
+    (``masters``: id(weight) -> the fp32 master the optimizer holds instead, if any)."""
+    masters = masters or {}
+    names = {id(masters.get(id(p), p)): n for n, p in module.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
@@ -467,12 +473,20 @@ class StepResult:
 
 
 class LocalEngine:
-    """Plain PyTorch: AdamW, gradient sum over ranks (if any), clipping, non-finite skip."""
+    """Plain PyTorch: AdamW, gradient sum over ranks (if any), clipping, non-finite skip.
+
+    16-bit weights get fp32 masters: each parameter's gradient is added into its master's fp32
+    ``.grad`` as soon as the backward has it (and dropped), so a step's micro-batches sum in
+    fp32; clipping and AdamW run on the masters, which are then copied into the weights."""
 
     def __init__(self, module: torch.nn.Module, run: RunConfig, info: DistInfo) -> None:
         self.module = module
         self.info = info
-        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.weights = [p for p in module.parameters() if p.requires_grad]
+        self.params = [_fp32_master(p) for p in self.weights]  # what the optimizer steps
+        # id(weight) -> its fp32 master, for 16-bit weights only.
+        pairs = zip(self.weights, self.params, strict=True)
+        self._masters = {id(w): m for w, m in pairs if w is not m}
         self.optimizer = _adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.loss_factor = 1.0
@@ -508,33 +522,67 @@ class LocalEngine:
             self.optimizer.found_inf = (~finite).float()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._masters:
+            weights = [w for w in self.weights if id(w) in self._masters]
+            with torch.no_grad():
+                torch._foreach_copy_(weights, [self._masters[id(w)] for w in weights])
         # The one host sync per optimizer step (logging), the update already queued.
         host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
         applied = math.isfinite(host[0]) and math.isfinite(host[-1])
         return StepResult(host[:-1], host[-1], applied)
 
     def describe(self) -> str:
-        return f"single engine, {type(self.optimizer).__name__}"
+        masters = ", fp32 master weights" if self._masters else ""
+        return f"single engine, {type(self.optimizer).__name__} (fused){masters}"
 
     def state_dict(self) -> dict[str, Any]:
-        names = optimizer_param_names(self.module, self.optimizer)
-        return {"optimizer": self.optimizer.state_dict(), "names": names}
+        names = optimizer_param_names(self.module, self.optimizer, self._masters)
+        state = {"optimizer": self.optimizer.state_dict(), "names": names}
+        if self._masters:
+            state["fp32_masters"] = [m.detach() for m in self.params]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        saved = state.get("fp32_masters")
+        with torch.no_grad():
+            for w, m, k in zip(self.weights, self.params, range(len(self.params)), strict=True):
+                if w is not m:  # the weights were saved rounded: the masters carry the run on
+                    m.copy_(saved[k] if saved is not None else w)
+                    w.copy_(m)
 
     def load_param_states(self, read: StateReader) -> None:
         """Weights and AdamW state from a checkpoint of another layout (``read(name, shape)``)."""
         for name, p in self.module.named_parameters():
             if p.requires_grad:
                 state = read(name, p.shape)
+                master = self._masters.get(id(p), p)
                 with torch.no_grad():
-                    p.copy_(state.weight.reshape(p.shape))
-                self.optimizer.state[p] = _adam_state(p, state, self.optimizer)
+                    master.copy_(state.weight.reshape(p.shape))
+                    p.copy_(master)
+                self.optimizer.state[master] = _adam_state(master, state, self.optimizer)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
         return _unwrap(self.module.state_dict())
+
+
+def _fp32_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
+    """``weight`` itself when fp32; else an fp32 copy that sums its gradients (a hook moves
+    each new 16-bit gradient into the copy's fp32 ``.grad`` and frees it)."""
+    if weight.dtype == torch.float32:
+        return weight
+    master = torch.nn.Parameter(weight.detach().float().clone())
+
+    def accumulate(w: torch.Tensor) -> None:
+        if master.grad is None:
+            master.grad = w.grad.float()
+        else:
+            master.grad.add_(w.grad)
+        w.grad = None
+
+    weight.register_post_accumulate_grad_hook(accumulate)
+    return master
 
 
 class DeepSpeedEngine:

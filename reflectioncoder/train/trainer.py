@@ -279,7 +279,8 @@ def build_model(
         resolve_model_path,
     )
 
-    # One process keeps fp32 weights (bf16 through autocast); DeepSpeed holds fp32 masters.
+    # DeepSpeed loads in its dtype (it keeps fp32 masters); one process loads fp32 and casts
+    # later (bf16 weights with fp32 masters in the engine, or fp32 weights under autocast).
     load_dtype = dtype if info.deepspeed else torch.float32
     path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
     if path is not None and distributed.uses_zero3(cfg, info) and has_safetensors(path):
@@ -372,8 +373,11 @@ class Trainer:
         elif self.info.deepspeed:
             model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
             autocast = None
+        elif self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters":
+            model.to(self.info.device, self.dtype)  # the engine keeps fp32 masters
+            autocast = None
         else:
-            model.to(self.info.device)  # fp32 weights; bf16 through autocast
+            model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
         prepare_model(model, gradient_checkpointing=cfg.model.gradient_checkpointing)
         self.model = model
