@@ -16,7 +16,12 @@ import pytest
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
 
 from reflectioncoder.config import load_config
-from reflectioncoder.train.checkpoint import read_trainer_state, step_dir
+from reflectioncoder.train.checkpoint import (
+    _state_reader,
+    needs_conversion,
+    read_trainer_state,
+    step_dir,
+)
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
@@ -100,6 +105,19 @@ def test_resume_on_another_layout_continues_as_one_process(tmp_path, seed, befor
     assert got[-1]["loss"] != got[STOP - 1]["loss"]  # the resumed part really trained
     # Rank 0 alone reports: one TensorBoard writer per part, whatever its ranks.
     assert len(list((moved / "tensorboard").glob("events.out.tfevents.*"))) == 2
+
+
+def test_layouts_that_load_natively_and_one_that_cannot_convert(tmp_path):
+    single = {"engine": "single", "zero_stage": None, "world_size": 1}
+    ds = {"engine": "deepspeed", "zero_stage": 1, "world_size": 2}
+    assert not needs_conversion(single, dict(single, world_size=4))  # whole on every rank
+    assert not needs_conversion(ds, dict(ds))
+    assert needs_conversion(ds, dict(ds, world_size=4))
+    assert needs_conversion(ds, dict(ds, zero_stage=3))
+    assert needs_conversion(ds, single) and needs_conversion(single, ds)
+    zero0 = dict(ds, zero_stage=0)
+    with pytest.raises(ValueError, match="ZeRO-0 on 2 rank.*distributed.zero_stage=0 on 2"):
+        _state_reader(tmp_path, zero0, None)
 
 
 if __name__ == "__main__":  # one part of a run, one process per rank under torchrun

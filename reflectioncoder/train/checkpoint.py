@@ -336,6 +336,12 @@ def _model_weights(path: Path) -> dict[str, torch.Tensor]:
 def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
     """``read(name, shape) -> ParamState`` over a checkpoint of another layout."""
     if saved["engine"] == "deepspeed":
+        if saved["zero_stage"] == 0:  # no ZeRO partition files: DeepSpeed's tool cannot read it
+            raise ValueError(
+                f"--resume: {path} was written by {describe_layout(saved)}, which DeepSpeed "
+                "cannot convert; resume it with distributed.zero_stage=0 on "
+                f"{saved['world_size']} rank(s)"
+            )
         folder = path / UNIVERSAL
         if info.is_main and not (folder / "zero").is_dir():
             tmp = path / (TMP_PREFIX + UNIVERSAL)
