@@ -53,6 +53,10 @@ class ModelConfig:
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (the paper: on)."""
+    checkpointing_policy: str = "full"
+    """With checkpointing on, what each decoder layer keeps (``model.CHECKPOINTING_POLICIES``):
+    ``full`` (recompute every layer), ``save_gemms`` (keep GEMM and attention outputs,
+    recompute the element-wise ops), ``alternate`` (recompute every second layer)."""
     mixed_precision: str = "masters"
     """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
     bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as
@@ -61,6 +65,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _check(
+            self.checkpointing_policy in ("full", "save_gemms", "alternate"),
+            "model.checkpointing_policy",
+            f"must be full | save_gemms | alternate, got {self.checkpointing_policy!r}",
+        )
         _check(
             self.mixed_precision in ("masters", "autocast"),
             "model.mixed_precision",

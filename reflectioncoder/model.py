@@ -235,6 +235,7 @@ def prepare_model(
     attn_implementation: str = ATTN_IMPLEMENTATION,
     liger: bool | None = None,
     gradient_checkpointing: bool = False,
+    checkpointing_policy: str = "full",
 ) -> PreTrainedModel:
     """Put ``model`` in training mode and switch attention, Liger-Kernel and gradient
     checkpointing (in place).
@@ -264,25 +265,56 @@ def prepare_model(
             cross_entropy=False,
             fused_linear_cross_entropy=False,
         )
-    set_checkpointing(model, gradient_checkpointing)
+    set_checkpointing(model, gradient_checkpointing, checkpointing_policy)
     return model
 
 
-def set_checkpointing(model: nn.Module, on: bool) -> None:
-    """Recompute each layer in backward (``use_reentrant=False``), or not. transformers >= 5.2x
-    names it activation checkpointing (gradient_checkpointing_* deprecated); 5.0-5.1x only have
-    the gradient_checkpointing_* names (the H200 image's 5.17, for one)."""
+# What activation checkpointing keeps, per decoder layer (model.checkpointing_policy):
+#   full       every layer recomputed in the backward from its input (the least memory);
+#   save_gemms every layer, but the outputs of its GEMMs and attention are kept (torch's
+#              selective checkpoint): only the element-wise ops (norms, RoPE, SwiGLU) run again;
+#   alternate  every second layer recomputed whole, the others keep everything.
+CHECKPOINTING_POLICIES = ("full", "save_gemms", "alternate")
+_GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
+
+
+def _save_gemms_context():
+    """torch's selective checkpoint: keep GEMM and attention outputs, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
+            if hasattr(torch.ops.aten, name)}  # fmt: skip
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
+    """Recompute layers in backward (``use_reentrant=False``) as ``policy`` says
+    (``CHECKPOINTING_POLICIES``), or not. transformers >= 5.2x names it activation
+    checkpointing (gradient_checkpointing_* deprecated); 5.0-5.1x only have the
+    gradient_checkpointing_* names (the H200 image's 5.17, for one)."""
+    if policy not in CHECKPOINTING_POLICIES:
+        raise ValueError(f"policy: expected one of {CHECKPOINTING_POLICIES}, got {policy!r}")
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if policy == "save_gemms":
+        kwargs["context_fn"] = _save_gemms_context
     if hasattr(model, "activation_checkpointing_enable"):
         if on:
-            model.activation_checkpointing_enable(
-                activation_checkpointing_kwargs={"use_reentrant": False}
-            )
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         elif model.is_activation_checkpointing:
             model.activation_checkpointing_disable()
     elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     elif model.is_gradient_checkpointing:
         model.gradient_checkpointing_disable()
+    if on and policy == "alternate":
+        for i, layer in enumerate(model.base_model.layers):
+            layer.gradient_checkpointing = i % 2 == 0
 
 
 def checkpointing_on(model: nn.Module) -> bool:

@@ -105,23 +105,32 @@ class StepFlops:
         return StepFlops(self.model + other.model, self.hardware + other.hardware)
 
 
+def recomputed_share(model_cfg) -> float:
+    """The share of decoder layers whose GEMMs checkpointing runs again (a ``ModelConfig``):
+    1 for ``full``, 0.5 for ``alternate``, 0 for ``save_gemms`` (only element-wise ops rerun,
+    which count no FLOPs here) or with checkpointing off."""
+    if not model_cfg.gradient_checkpointing:
+        return 0.0
+    return {"full": 1.0, "alternate": 0.5, "save_gemms": 0.0}[model_cfg.checkpointing_policy]
+
+
 def packed_flops(
-    shape: ModelShape, seq_lens: Sequence[int], loss_rows: int, recompute: bool
+    shape: ModelShape, seq_lens: Sequence[int], loss_rows: int, recompute: float
 ) -> StepFlops:
     """Forward + backward FLOPs of one packed micro-batch (module docstring).
 
     ``seq_lens``: the segments' lengths; ``loss_rows``: rows the LM head runs on;
-    ``recompute``: activation checkpointing of every decoder layer (one more layer forward).
+    ``recompute``: the share of decoder layers checkpointing runs forward again (True: all).
     """
     tokens = sum(seq_lens)
     square = shape.layers * shape.attn_width * sum(n * n for n in seq_lens)
     model = 6.0 * shape.body_params * tokens + 6.0 * shape.vocab * shape.hidden * loss_rows
     model += 12.0 * square
-    extra = 2.0 * shape.recomputed_params * tokens + 4.0 * square if recompute else 0.0
+    extra = float(recompute) * (2.0 * shape.recomputed_params * tokens + 4.0 * square)
     return StepFlops(model, model + extra)
 
 
-def batch_flops(shape: ModelShape, batch, recompute: bool) -> StepFlops:
+def batch_flops(shape: ModelShape, batch, recompute: float) -> StepFlops:
     """``packed_flops`` of a ``PackedBatch`` (host figures only: no device sync). A zero-weight
     filler batch (a rank's empty slot) is executed but does no useful work: hardware only."""
     flops = packed_flops(shape, batch.seq_lens, batch.loss_rows.shape[0], recompute)

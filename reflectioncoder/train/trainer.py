@@ -36,7 +36,13 @@ from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed, model_card, reporters
-from reflectioncoder.train.flops import ModelShape, StepFlops, batch_flops, utilisation
+from reflectioncoder.train.flops import (
+    ModelShape,
+    StepFlops,
+    batch_flops,
+    recomputed_share,
+    utilisation,
+)
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
@@ -379,7 +385,11 @@ class Trainer:
         else:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
-        prepare_model(model, gradient_checkpointing=cfg.model.gradient_checkpointing)
+        prepare_model(
+            model,
+            gradient_checkpointing=cfg.model.gradient_checkpointing,
+            checkpointing_policy=cfg.model.checkpointing_policy,
+        )
         self.model = model
         self.n_params = count_parameters(model)
         self.flop_shape = ModelShape.from_model(model)
@@ -496,7 +506,7 @@ class Trainer:
         """Step ``step``'s host work: plan, mask, pack, the host totals, and on CUDA pinned
         copies (so the copies to the device can overlap)."""
         batches = self.step_batches(step)
-        recompute = self.cfg.model.gradient_checkpointing
+        recompute = recomputed_share(self.cfg.model)
         flops = sum((batch_flops(self.flop_shape, b, recompute) for b in batches), StepFlops())
         totals = torch.tensor(
             [

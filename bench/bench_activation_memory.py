@@ -1,0 +1,111 @@
+"""Activation bytes a decoder layer keeps for the backward, per token, for each checkpointing
+policy (model.checkpointing_policy), measured on the CPU:
+
+    python -m bench.bench_activation_memory --out bench/results/activation_memory.json
+
+For each policy the model's forward + fused loss runs over one packed micro-batch at 2 and at 4
+layers; what the process still holds afterwards (glibc's in-use heap, ``mallinfo2``: every
+tensor the autograd graph or a checkpoint keeps) less what it held before, differenced between
+the two depths, is 2 layers' worth: divided by 2 x tokens it is the bytes per token and layer.
+Rows also give it per hidden unit (bytes / token / layer / D), so that the memory of a
+7B/13B/34B layer (D = 4096 / 5120 / 8192, bf16 halving fp32's bytes) is predicted before a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+from pathlib import Path
+
+from bench import RESULTS
+
+POLICIES = ("none", "full", "save_gemms", "alternate")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+def heap_in_use() -> int:
+    """Bytes malloc has handed out and not had back (small chunks + mmapped blocks)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def _model_and_batch(layers: int, policy: str, sizes: dict, tokens: int, seed: int):
+    from reflectioncoder.data.config import MaskConfig, PackingConfig
+    from reflectioncoder.data.packing import pack_rank, plan_step
+    from reflectioncoder.data.synthetic import synthetic_samples
+    from reflectioncoder.model import build_tiny_llama, prepare_model
+
+    model = build_tiny_llama(sizes["vocab"], num_layers=layers, seed=seed, **sizes["arch"])
+    on = policy != "none"
+    prepare_model(model, liger=False, gradient_checkpointing=on,
+                  checkpointing_policy=policy if on else "full")  # fmt: skip
+    samples = synthetic_samples(
+        max(1, tokens // 700), vocab_size=sizes["vocab"], seed=seed, instruction=(50, 100),
+        reflection=(200, 400), answer=(50, 100),
+    )  # fmt: skip
+    mask, packing = MaskConfig(), PackingConfig(max_tokens=10**6)
+    (batch,) = pack_rank(plan_step(samples, 500, 1000, mask, packing, seed), 0, mask, packing)
+    return model, batch
+
+
+def held_after_forward(layers: int, policy: str, sizes: dict, tokens: int, seed: int = 0):
+    """(bytes held after the forward + loss, tokens of the batch, the loss) of one setting."""
+    from reflectioncoder.train.trainer import ReflectionLossModule
+
+    model, batch = _model_and_batch(layers, policy, sizes, tokens, seed)
+    module = ReflectionLossModule(model)
+    gc.collect()
+    before = heap_in_use()
+    loss, *_ = module(batch)
+    gc.collect()
+    held = heap_in_use() - before
+    return held, batch.num_tokens, loss, model
+
+
+def per_token_and_layer(policy: str, sizes: dict, tokens: int) -> dict:
+    held2, t, *_ = held_after_forward(2, policy, sizes, tokens)
+    held4, *_ = held_after_forward(4, policy, sizes, tokens)
+    per = (held4 - held2) / (2 * t)
+    d = sizes["arch"]["hidden_size"]
+    return {"policy": policy, "tokens": t, "bytes_per_token_layer": per,
+            "bytes_per_token_layer_per_hidden": per / d, "dtype": "fp32", **sizes}  # fmt: skip
+
+
+SIZES = {
+    "vocab": 512,
+    "arch": {"hidden_size": 256, "intermediate_size": 688, "num_heads": 4, "num_kv_heads": 2},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--out", type=Path, default=RESULTS / "activation_memory.json")
+    args = parser.parse_args()
+    rows = [per_token_and_layer(p, SIZES, args.tokens) for p in POLICIES]
+    none = rows[0]["bytes_per_token_layer"]
+    print(f"fp32, D = {SIZES['arch']['hidden_size']}, {rows[0]['tokens']} tokens:")
+    for r in rows:
+        r["vs_none"] = r["bytes_per_token_layer"] / none
+        per, per_d = r["bytes_per_token_layer"], r["bytes_per_token_layer_per_hidden"]
+        print(
+            f"  {r['policy']:11s} {per:9.0f} B/token/layer ({per_d:.2f} x D; {r['vs_none']:.3f}x)"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
