@@ -120,6 +120,29 @@ def test_layouts_that_load_natively_and_one_that_cannot_convert(tmp_path):
         _state_reader(tmp_path, zero0, None)
 
 
+def test_a_bf16_one_process_checkpoint_gives_each_parameter_its_fp32_master(tmp_path, seed):
+    """Its model/ holds the weights rounded to bf16; another layout must read the masters."""
+    import torch
+
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 6, seed=seed)
+    overrides = _overrides(data, tmp_path / "run", seed, "sample") + SINGLE
+    overrides += ["train.max_steps=2", "train.epochs=2", "model.dtype=bf16"]
+    trainer = Trainer(load_config(base="tiny", overrides=overrides))
+    trainer.train_step()
+    trainer.train_step()
+    path = trainer.save()
+    trainer.close()
+    read = _state_reader(path, read_trainer_state(path)["layout"], trainer.info)
+    engine = trainer.engine
+    assert engine._masters  # bf16 weights, fp32 masters
+    for name, p in trainer.module.named_parameters():
+        master = engine._masters[id(p)]
+        state = read(name, p.shape)
+        assert torch.equal(state.weight, master.detach()), name
+        assert torch.equal(state.exp_avg, engine.optimizer.state[master]["exp_avg"]), name
+        assert state.step == 2.0
+
+
 if __name__ == "__main__":  # one part of a run, one process per rank under torchrun
     import logging
 

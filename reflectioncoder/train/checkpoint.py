@@ -386,7 +386,8 @@ def _universal_reader(zero: Path):
 
 
 def _single_reader(path: Path):
-    """A one-process checkpoint: model/ (fp32 weights) and optimizer.pt (AdamW, by name)."""
+    """A one-process checkpoint: optimizer.pt (AdamW by name, and the fp32 masters of 16-bit
+    weights) and model/ (the weights, fp32 where the run kept no masters)."""
     saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
     if "names" not in saved:
         raise ValueError(
@@ -395,6 +396,7 @@ def _single_reader(path: Path):
         )
     states = saved["optimizer"]["state"]
     by_name = {name: states.get(i) for i, name in enumerate(saved["names"])}
+    masters = dict(zip(saved.get("master_names", []), saved.get("fp32_masters", []), strict=True))
     weights = _model_weights(path)
 
     def read(name: str, shape: torch.Size) -> ParamState:
@@ -403,8 +405,9 @@ def _single_reader(path: Path):
             raise ValueError(f"--resume: {path} holds no state for parameter {name}")
         adam = by_name[name] or {}
         zeros = torch.zeros(shape)
+        weight = masters.get(name, weights[key])  # model/ holds 16-bit weights rounded
         return ParamState(
-            weights[key].float().reshape(shape),
+            weight.float().reshape(shape),
             adam.get("exp_avg", zeros).float().reshape(shape),
             adam.get("exp_avg_sq", zeros).float().reshape(shape),
             float(adam.get("step", 0)),

@@ -540,6 +540,10 @@ class LocalEngine:
         state = {"optimizer": self.optimizer.state_dict(), "names": names}
         if self._masters:
             state["fp32_masters"] = [m.detach() for m in self.params]
+            # The masters' names (module order, not the optimizer's): another layout reads them.
+            state["master_names"] = [
+                n for n, p in self.module.named_parameters() if p.requires_grad
+            ]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
