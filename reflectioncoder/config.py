@@ -571,7 +571,13 @@ def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "not found"
         raise UsageError(f"config file {state}", file=path, field="--config")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ConfigError(f"not UTF-8 (byte {column})", file=path, line=line) from None
     try:
         data = yaml.safe_load(text) or {}
         origins.update(_yaml_origins(text, str(path)))

@@ -135,6 +135,13 @@ def parse_sample(obj: object, source: str) -> Sample:
     return Sample(kind, messages, source)
 
 
+def _decode(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})") from None
+
+
 def load_jsonl(
     path: str | Path, skip_bad: bool = False, report: LoadReport | None = None
 ) -> list[Sample]:
@@ -145,15 +152,15 @@ def load_jsonl(
         raise FileNotFoundError(f"data file not found: {path}")
     samples: list[Sample] = []
     lineno_seen = 0  # non-blank lines
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:  # decoded per line: bad bytes are one bad row, named
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             lineno_seen += 1
             source = f"{path}:{lineno}"
             try:
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(_decode(raw, source))
                 except json.JSONDecodeError as e:
                     raise DataError(
                         source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})"

@@ -172,10 +172,14 @@ def _bar(total: int, desc: str, enabled: bool) -> Progress:
 
 def _read_samples(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:  # decoded per line, so bad bytes name their line
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
