@@ -57,7 +57,8 @@ setup(
         "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"]
         + [req for reqs in TRACKERS.values() for req in reqs],
         # bench/bench_eval.py's comparison; its results are recorded against this version.
-        "bench": ["evalplus==0.3.1"],
+        # Cut Cross-Entropy: a provider of the loss suite (CUDA; it skips on the CPU).
+        "bench": ["evalplus==0.3.1", "cut-cross-entropy==25.1.1"],
     },
     entry_points={"console_scripts": ["reflectioncoder=reflectioncoder.cli:main"]},
 )

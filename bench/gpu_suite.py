@@ -5,9 +5,12 @@
 2. The tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for real).
 3. The pytest-benchmark suites (bench/test_*.py) at the ``headline`` profile: the fused loss at
    N=16384, D=4096, V=128256 and V=32000 in bf16 (ours per backend, the reference
-   formulation, Liger's fused linear CE + KL: time, TF/s over 6NDV, % of peak, extra memory,
-   determinism over two runs), the mask kernel, packing, the attention paths, and a train step
-   of a 1B-class Llama (random weights, 4K packed, bf16) against the reference recipe.
+   formulation, and every fused linear CE a user could pick instead: torch's
+   linear_cross_entropy, Liger's Triton and Hopper FLCE and fused JSD, QuACK, Cut
+   Cross-Entropy; time, TF/s over 6NDV, % of peak, extra memory, determinism over two runs,
+   the loss against float64, each provider's version, code path and settings), the mask
+   kernel, packing, the attention paths, and a train step of a 1B-class Llama (random
+   weights, 4K packed, bf16) against the reference recipe.
 4. ``gpu_suite.json`` and ``gpu_suite.md`` in ``--out``; the table is printed last.
 
 ``--dry-run`` takes the same path at the ``tiny`` profile on the CPU (tests through the Triton
@@ -33,13 +36,16 @@ OPTIONAL = {
     "flash-attn": "flash_attn",
     "flash-attn-3": "flash_attn_interface",
     "liger-kernel": "liger_kernel",
+    "nvidia-cutlass-dsl": "cutlass",  # Liger's Hopper FLCE and QuACK are CuTe DSL
+    "quack-kernels": "quack",
+    "cut-cross-entropy": "cut_cross_entropy",
 }
 TEST_TIMEOUT_S = 130
 # One pytest run per suite, each with its own limit, so that one overrunning loses only itself;
 # 8 minutes in all at most with the tests' (a lent GPU gives a session 15 minutes, its start
 # included; expected well under: the limits are for a card slower than planned).
 SUITES = (
-    ("bench/test_loss.py", 150),
+    ("bench/test_loss.py", 200),  # 11 providers at two shapes
     ("bench/test_attention.py", 45),
     ("bench/test_mask.py bench/test_packing.py", 45),
     ("bench/test_train_step.py", 110),

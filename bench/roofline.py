@@ -5,11 +5,16 @@
     python -m bench.roofline --n 8192 --d 4096 --v 128256 --card H200 --dtype bf16
     python -m bench.roofline --calibrate           # the model against published figures
 
-Schedules (rows): ``chunked`` (ours, the launcher's default on CUDA: kernels/fused_loss.py),
-``atomic_tiles`` (the previous kernel: one program per (vocabulary tile, row block), fp32 atomic
-adds into d h and d W), and ``liger_flce+kl`` (Liger's fused linear CE, its chunking rule, plus a
-separate KL on the full logits of the pair rows, as bench/bench_loss.py runs it). The batch: N
-loss rows, all in teacher/student pairs (P = N / 2), as a reflection batch is.
+Schedules (rows): ``pipelined`` (ours, the launcher's default on CUDA: kernels/fused_loss.py;
+each chunk in two halves whose row passes run on a side stream beside the GEMMs),
+``pipelined+epilogue`` (modelled only: the row statistics written by the logits GEMM's
+epilogue, so the row pass reads the logits once), ``chunked`` (the previous default: one row
+pass after each chunk's GEMM), ``gemm_ceiling`` (6 N D V at TC_EFF and nothing else: the bound
+of every schedule built on such GEMMs), ``cutedsl_flce (CE only)`` (Liger's Hopper FLCE, CE
+alone), ``atomic_tiles`` (the first kernel: one program per (vocabulary tile, row block), fp32
+atomic adds into d h and d W), and ``liger_flce+kl`` (Liger's Triton fused linear CE, its
+chunking rule, plus a separate KL on the full logits of the pair rows). The batch: N loss rows,
+all in teacher/student pairs (P = N / 2), as a reflection batch is.
 
 Each schedule is a list of kernels; each kernel has FLOPs, HBM bytes, L2 bytes and atomic
 operations, and takes  max(FLOPs / (peak * TC_EFF), HBM bytes / (bandwidth * BW_EFF),
@@ -92,21 +97,25 @@ def _stream(name, bytes_, count=1) -> Kernel:
     return Kernel(name, hbm=bytes_, l2=bytes_, count=count)
 
 
-def chunked(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, dh_slots=True) -> Schedule:
-    """Ours: chunks of R slots; per chunk GEMM -> logits, row kernel (3 passes), 2 GEMMs."""
+def chunked(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, dh_slots=True, grads=True) -> Schedule:
+    """Ours: chunks of R slots; per chunk GEMM -> logits, row kernel (3 passes), 2 GEMMs.
+    ``grads=False``: the forward-only path (GEMM -> logits, one read by the row kernel)."""
     r = budget.rows(v, e)
     ks = []
     for a in range(0, n, r):
         c = min(r, n - a)
+        ks += [_stream("gather h", 2 * c * d * e), _gemm("z = h W^T", c, v, d, e)]
+        if not grads:
+            ks.append(_stream("row kernel (loss only)", c * v * e))
+            continue
         ks += [
-            _stream("gather h", 2 * c * d * e),
-            _gemm("z = h W^T", c, v, d, e),
             _stream("row kernel", 3 * c * v * e),
             _gemm("dh = dz W", c, d, v, e),
             _gemm("dW += dz^T h", v, d, c, e, read_c=True),
         ]
-    ks += [_stream("zero dW", v * d * e), _stream("dW *= g", 2 * v * d * e)]
-    if dh_slots:
+    if grads:
+        ks += [_stream("zero dW", v * d * e), _stream("dW *= g", 2 * v * d * e)]
+    if grads and dh_slots:
         ks.append(_stream("sum slots -> dh", 2 * n * d * e + 16 * n))
     # The tensors alive at the peak (the forward's chunk loop; backward needs less).
     r = min(r, n)
@@ -116,9 +125,61 @@ def chunked(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, dh_slots=True) -> Sche
         "plan: rows, targets, CE weight, CE out (S,); KL out (P,)": n * (8 + 8 + 4 + 4)
         + n // 2 * 4,
     }
-    if dh_slots:
+    if grads and dh_slots:
         workspace["per-slot dh (S, D)"] = n * d * e
     return Schedule(ks, workspace)
+
+
+EPILOGUE_TILE_V = 256  # vocabulary columns per GEMM output tile: one (max, sum, target) each
+
+
+def _overlapped(name: str, gemm: Kernel, other: Kernel) -> Kernel:
+    """Two kernels on two streams at once, taken as one roofline: their FLOPs against the
+    tensor cores, their bytes against HBM together. It assumes the streaming kernel finds SM
+    slots beside the GEMM's, so it bounds the gain from above."""
+    return Kernel(name, gemm.flops + other.flops, gemm.hbm + other.hbm, gemm.l2 + other.l2, 0, 2)
+
+
+def pipelined(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, epilogue=False) -> Schedule:
+    """The chunks of ``chunked`` (same buffers, same d W roundings), each run as two halves
+    whose row passes sit on a side stream: half a's beside half b's logits GEMM, half b's beside
+    half a's d h GEMM; then one d W GEMM over the whole chunk (the first writes d W instead of
+    adding to a zeroed one). ``epilogue`` (modelled, not built): the logits GEMM also writes each
+    row's (max, sum exp, target logit) per vocabulary tile, so the row pass reads the logits
+    once and writes d z (2 passes instead of 3)."""
+    r = budget.rows(v, e)
+    stats = 12 * math.ceil(v / EPILOGUE_TILE_V) if epilogue else 0  # bytes per row
+    passes = 2 if epilogue else 3
+
+    def logits(c):
+        k = _gemm("z = h W^T" + (" + row stats" if epilogue else ""), c, v, d, e)
+        k.hbm += c * stats
+        return k
+
+    def row_pass(c):
+        return _stream("row pass", passes * c * v * e + c * stats)
+
+    ks = [_stream("gather h", 2 * n * d * e)]
+    for i, a in enumerate(range(0, n, r)):
+        c = min(r, n - a)
+        ca, cb = c - c // 2, c // 2
+        ks += [
+            logits(ca),
+            _overlapped("z(b) || row pass(a)", logits(cb), row_pass(ca)),
+            _overlapped("dh(a) || row pass(b)", _gemm("dh = dz W", ca, d, v, e), row_pass(cb)),
+            _gemm("dh = dz W", cb, d, v, e),
+            _gemm("dW (+)= dz^T h", v, d, c, e, read_c=i > 0),
+        ]
+    ks += [_stream("dW *= g", 2 * v * d * e), _stream("sum slots -> dh", 2 * n * d * e + 16 * n)]
+    workspace = dict(chunked(n, d, v, e, budget).workspace)
+    if epilogue:
+        workspace["row stats per vocabulary tile"] = min(r, n) * stats
+    return Schedule(ks, workspace)
+
+
+def gemm_ceiling(n, d, v, e) -> Schedule:
+    """The bound of any schedule built on GEMMs at TC_EFF: 6 N D V FLOPs and nothing else."""
+    return Schedule([Kernel("6 N D V on tensor cores", flops=6.0 * n * d * v, count=0)])
 
 
 def atomic_tiles(n, d, v, e, card: Card, block_rows=128, block_v=128) -> Schedule:
@@ -272,11 +333,15 @@ def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False) -
 
 
 def model_rows(n, d, v, dtype, card_name) -> list[Row]:
-    """The three schedules at one shape on one card; ``chunked`` is the launcher's default."""
+    """The schedules at one shape on one card; ``pipelined`` is the launcher's default."""
     e = DTYPE_BYTES[dtype]
     card = CARDS[card_name]
     return [
-        evaluate("chunked", chunked(n, d, v, e), card, n, d, v, dtype, default=True),
+        evaluate("pipelined", pipelined(n, d, v, e), card, n, d, v, dtype, default=True),
+        evaluate("chunked", chunked(n, d, v, e), card, n, d, v, dtype),
+        evaluate("pipelined+epilogue", pipelined(n, d, v, e, epilogue=True), card, n, d, v, dtype),
+        evaluate("gemm_ceiling", gemm_ceiling(n, d, v, e), card, n, d, v, dtype),
+        evaluate("cutedsl_flce (CE only)", cutedsl_flce(n, d, v, e), card, n, d, v, dtype),
         evaluate("atomic_tiles", atomic_tiles(n, d, v, e, card), card, n, d, v, dtype),
         evaluate("liger_flce+kl", liger_flce(n, d, v, e, n // 2), card, n, d, v, dtype),
     ]

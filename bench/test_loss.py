@@ -1,8 +1,14 @@
-"""The fused reflection loss, per provider, forward and forward + backward.
+"""The fused reflection loss against every provider a user could pick instead, forward
+(``fwd``), forward + backward (``full``) and forward under no_grad (``eval``).
 
 Providers (bench/providers/loss.py): ours on each backend, the reference formulation (the
-baseline), Liger's fused linear CE + a separate KL. Interpreted providers (the Triton ones on
-the CPU) run at the profile's toy shapes, with the reference and ours:torch beside them.
+baseline), torch's linear_cross_entropy (reference path and chunked), Liger's Triton and Hopper
+fused linear CE, Liger's fused linear JSD (beta = 0) distillation loss, QuACK and Cut
+Cross-Entropy, each CE-only one plus our KL-only pass. Each row records the provider's version,
+code path and settings, and its loss's relative error against float64 of the quantity it
+computes (checked: a provider off by more than the dtype's tolerance fails its row). Providers
+that need CUDA skip on the CPU with the reason; Triton ones run in the interpreter at the
+profile's toy shapes, with the reference and ours:torch beside them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from bench.providers import loss as L
 
 
 def _interpreted(provider: str, config) -> bool:
-    return provider in ("ours:triton", "liger") and selected(config).device == "cpu"
+    return L.PROVIDERS[provider].interpreted and selected(config).device == "cpu"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -27,7 +33,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             shapes = prof.interpreted_loss_shapes
         else:
             shapes = dict.fromkeys(prof.loss_shapes + prof.interpreted_loss_shapes)
-        for mode in L.MODES:
+        ours = provider == "reference" or provider.startswith("ours:")
+        for mode in L.MODES if ours else prof.other_loss_modes:
             for n, d, v in shapes:
                 name = f"{mode}-{provider}-N{n}-D{d}-V{v}-{prof.dtype}"
                 # The toy shapes run in milliseconds (or in the interpreter): noisy on a CPU.
@@ -42,9 +49,12 @@ def test_loss(case, run_bench, device, profile, request) -> None:
     reason = L.unavailable(provider, device)
     if reason:
         pytest.skip(reason)
-    x = L.setup_loss(n, d, v, L.DTYPES[profile.dtype], device)
+    dtype = L.DTYPES[profile.dtype]
+    x = L.setup_loss(n, d, v, dtype, device)
     step = L.make_step(provider, mode, x, device)
     same = L.deterministic(step, x)
+    err = L.value_error(provider, x, step(), key=(n, d, v, profile.dtype, device))
+    assert err <= L.VALUE_TOL[dtype], f"{provider}: loss off float64 by {err:.2e} (relative)"
     run_bench(
         step,
         rounds=2 if _interpreted(provider, request.config) else None,
@@ -58,5 +68,7 @@ def test_loss(case, run_bench, device, profile, request) -> None:
         V=v,
         dtype=profile.dtype,
         deterministic=same,
-        warm=True,  # the two calls of the determinism check
+        value_rel_err_fp64=float(f"{err:.3g}"),
+        **L.describe(provider),
+        warm=True,  # the calls of the determinism and value checks
     )

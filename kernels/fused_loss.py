@@ -6,9 +6,10 @@ Maths (KERNEL-MATH.md). Rows r: h_r (D), z_r = W h_r (V), p_r = softmax(z_r).
   d h_r = sum_v dz_rv W_v,  d W_v = sum_r dz_rv h_r.   (The teacher is detached from the KL.)
 
 GPU schedule (fused_loss_torch.py has the layout): chunks of slots that keep each teacher and
-student together; per chunk one cuBLAS GEMM to (R, V) logits in the input dtype, ONE Triton row
-kernel (below) that reads each logit row once for lse, CE and KL and once more to write d z in
-place, then d h = d z W and d W += d z^T h as two cuBLAS GEMMs with fp32 accumulation. No
+student together, each run as two halves; per half a cuBLAS GEMM to (R / 2, V) logits in the
+input dtype, ONE Triton row kernel (below) on a side stream that reads each logit row once for
+lse, CE and KL and once more to write d z in place (beside the other half's GEMM), and d h =
+d z W; per chunk d W += d z^T h; cuBLAS GEMMs with fp32 accumulation. No
 atomics: per-slot d h rows are summed per row by a second small kernel in a fixed order, so the
 gradients are bitwise reproducible. 6 R D V FLOPs, all on tensor cores in cuBLAS; the row
 kernel is memory-bound (3 passes over 2 R V bytes). bench/roofline.py models time and memory.
@@ -190,11 +191,11 @@ def triton_sum_slots(dh_slots, rows, n, g, tiles: RowTiles):
 
 
 def _compile_specs() -> list[dict]:
-    """Production launches at the headline shape (D = 4096, V = 128256, 2048-slot chunks) for
-    bench/compile_check.py, with arguments as the launcher passes them (dtypes; pointer
-    alignment: chunk slices start at multiples of 256 slots); the check turns them into the
-    runtime's specialisation."""
-    d, v, rows = 4096, 128256, 2048
+    """Production launches at the headline shape (D = 4096, V = 128256, 1024-slot halves of
+    2048-slot chunks) for bench/compile_check.py, with arguments as the launcher passes them
+    (dtypes; pointer alignment: half slices start at multiples of 128 slots); the check turns
+    them into the runtime's specialisation."""
+    d, v, rows = 4096, 128256, 1024
     specs = []
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
         z = torch.empty(16, dtype=dtype)
@@ -228,6 +229,18 @@ def _compile_specs() -> list[dict]:
 COMPILE_SPECS = _compile_specs()
 
 
+def plan_chunks(weight, budget: ChunkBudget, loss_args: tuple, ce_only_rows=None) -> LossPlan:
+    """The slot layout for ``weight``'s vocabulary and dtype under ``budget``: half-chunks,
+    two of which fill the budget's logits buffer (``run_chunks``). ``loss_args``: (targets,
+    ce_weight, kl_pairs, kl_weight)."""
+    rows = budget.rows(weight.shape[0], weight.element_size())
+    return build_plan(*loss_args, max(2, rows // 2), ce_only_rows)
+
+
+def row_op_of(backend: str, tiles: RowTiles):
+    return triton_row_op(tiles) if backend == "triton" else torch_row_op
+
+
 class FusedReflectionLoss(torch.autograd.Function):
     """Forward runs the chunks (loss, per-slot d h, d W for an upstream gradient of 1);
     backward sums the slots per row and scales both gradients by the upstream gradient."""
@@ -237,10 +250,9 @@ class FusedReflectionLoss(torch.autograd.Function):
         backend, grads, budget, tiles = run
         hidden = hidden.contiguous()
         weight = weight.contiguous()
-        rows = budget.rows(weight.shape[0], weight.element_size())
-        plan = build_plan(targets, ce_weight, kl_pairs, kl_weight, rows, ce_only_rows)
-        row_op = triton_row_op(tiles) if backend == "triton" else torch_row_op
-        ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op, *grads)
+        loss_args = (targets, ce_weight, kl_pairs, kl_weight)
+        plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
+        ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), *grads)
         ctx.save_for_backward(dh_slots, dw, plan.rows)
         ctx.meta = (backend, hidden.shape[0], tiles)
         ctx.used = False
@@ -271,6 +283,27 @@ def triton_interpreted() -> bool:
     return not isinstance(_reflection_rows_kernel, triton.runtime.JITFunction)
 
 
+def wants_grad(hidden: torch.Tensor, weight: torch.Tensor, need_grad: bool | None):
+    """(d hidden wanted, d W wanted): autograd's view unless ``need_grad`` says otherwise."""
+    if need_grad is False or not torch.is_grad_enabled():
+        return False, False
+    return hidden.requires_grad, weight.requires_grad
+
+
+def loss_only(
+    hidden: torch.Tensor, weight: torch.Tensor, loss_args: tuple, run: tuple, ce_only_rows=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The forward alone: per chunk the logits GEMM and one read of them by the row maths (no
+    d z, no d h / d W GEMMs, no gradient buffers); memory is one chunk's logits and h.
+    ``loss_args``: (targets, ce_weight, kl_pairs, kl_weight); ``run``: (backend, budget, tiles)."""
+    backend, budget, tiles = run
+    hidden = hidden.detach().contiguous()
+    weight = weight.detach().contiguous()
+    plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
+    ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), False, False)
+    return ce + kl, {"ce": ce, "kl": kl}
+
+
 def linear_reflection_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -282,11 +315,15 @@ def linear_reflection_loss(
     budget: ChunkBudget | None = None,
     tiles: RowTiles = TILES,
     ce_only_rows: torch.Tensor | None = None,
+    need_grad: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One backend on checked inputs; ``budget`` / ``tiles`` overrides are for tests."""
-    grad_on = torch.is_grad_enabled()
-    grads = (grad_on and hidden.requires_grad, grad_on and weight.requires_grad)
-    run = (backend, grads, budget or default_budget(hidden.device), tiles)
+    budget = budget or default_budget(hidden.device)
+    grads = wants_grad(hidden, weight, need_grad)
+    if not any(grads):
+        loss_args = (targets, ce_weight, kl_pairs, kl_weight)
+        return loss_only(hidden, weight, loss_args, (backend, budget, tiles), ce_only_rows)
+    run = (backend, grads, budget, tiles)
     loss, ce, kl = FusedReflectionLoss.apply(
         hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows
     )
@@ -303,6 +340,7 @@ def fused_linear_reflection_loss(
     backend: str = "auto",
     check_inputs: bool | None = None,
     ce_only_rows: torch.Tensor | None = None,
+    need_grad: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of packed rows straight from hidden states; no (N, V) tensor is built.
 
@@ -317,7 +355,9 @@ def fused_linear_reflection_loss(
     where it costs a host sync). ce_only_rows: (M,) int64, ascending, the rows with a CE term
     (target given, weight non-zero) in no KL pair, when the caller knows them (``PackedBatch``
     does): rows with a zero weight may be among them, paired rows may not; without it the count
-    is read from the device (one host sync on CUDA).
+    is read from the device (one host sync on CUDA). need_grad: None (default) follows autograd
+    (grad mode on and ``hidden`` or ``weight`` requiring grad); False computes the loss alone
+    (validation, logging): no d z, no gradient GEMMs or buffers, and a loss without a graph.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -336,9 +376,8 @@ def fused_linear_reflection_loss(
         backend = "triton" if on_cuda else "torch"
     if backend == "triton" and not on_cuda and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
-    return linear_reflection_loss(
-        hidden, weight, targets, ce_weight, kl_pairs, kl_weight, backend, ce_only_rows=ce_only_rows
-    )
+    args = (hidden, weight, targets, ce_weight, kl_pairs, kl_weight)
+    return linear_reflection_loss(*args, backend, ce_only_rows=ce_only_rows, need_grad=need_grad)
 
 
 __all__ = ["IGNORE_INDEX", "LossPlan", "fused_linear_reflection_loss"]

@@ -7,14 +7,18 @@ Maths (KERNEL-MATH.md). Rows r have hidden h_r (D), logits z_r = W h_r (V), p_r 
 (the teacher of a pair is detached from the KL: it keeps only its own CE gradient).
 
 Schedule. Only loss rows are touched. They are laid out once per call as "slots" (``LossPlan``):
-pairs in chunks whose slots are [teachers of the chunk, students of the chunk], so both rows of
-a pair are in the same chunk; then rows with CE and no pair. A row in several pairs owns its CE
-in exactly one slot (its first), so it is counted once. Per chunk of R slots:
-  1. z = h W^T: one GEMM into an (R, V) buffer in the input dtype (fp32 accumulation);
-  2. the row maths (torch here, one Triton row kernel on the GPU) reads z once for lse, CE and KL
-     and, when a gradient is wanted, once more to write d z over z in place;
-  3. d h = d z W into the chunk's rows of an (S, D) per-slot buffer, and d W += d z^T h, two
-     GEMMs with fp32 accumulation; d W lives in the weight's dtype (one rounding per chunk).
+pairs in half-chunks whose slots are [teachers of the half, students of the half], so both rows
+of a pair are in the same half; then rows with CE and no pair. A row in several pairs owns its
+CE in exactly one slot (its first), so it is counted once. Per chunk of R slots (two halves a, b
+sharing one (R, V) logits buffer):
+  1. z = h W^T per half: a GEMM into the buffer in the input dtype (fp32 accumulation);
+  2. the row maths per half (torch here, one Triton row kernel on the GPU) reads z once for lse,
+     CE and KL and, when a gradient is wanted, once more to write d z over z in place; on CUDA
+     on a side stream, so that half a's runs beside half b's logits GEMM and half b's beside
+     half a's d h GEMM (the pipelined schedule of bench/roofline.py);
+  3. d h = d z W per half into its rows of an (S, D) per-slot buffer, and d W (+)= d z^T h once
+     for the chunk: GEMMs with fp32 accumulation; d W lives in the weight's dtype (one rounding
+     per chunk; the first chunk's GEMM writes it, so it is never zeroed).
 No atomics anywhere: per-slot d h is summed per row in a fixed order (the slots sorted by row)
 in backward, which also applies the upstream gradient. Gradients are bitwise reproducible.
 FLOPs: 6 R D V for R slots, as an unfused forward + backward. Extra memory: the (rows, V) logits
@@ -220,6 +224,38 @@ def build_plan(
 RowOp = Callable[..., None]
 
 
+class SideStream:
+    """Where the row maths runs: on CUDA a second stream, so that it overlaps the GEMMs queued
+    on the main one; elsewhere inline, in the same order (the same results, bit for bit)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.pending: list = []
+
+    def run(self, fn: Callable[[], None]):
+        """``fn()`` after all work queued so far on the main stream; a handle for ``wait``."""
+        if self.stream is None:
+            fn()
+            return None
+        ready = torch.cuda.current_stream().record_event()
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(ready)
+            fn()
+            done = self.stream.record_event()
+        self.pending.append(done)
+        return done
+
+    def wait(self, done) -> None:
+        """The main stream waits for the work behind ``done``."""
+        if done is not None:
+            torch.cuda.current_stream().wait_event(done)
+            self.pending.remove(done)
+
+    def wait_all(self) -> None:
+        for done in list(self.pending):
+            self.wait(done)
+
+
 def run_chunks(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -228,39 +264,59 @@ def run_chunks(
     need_dh: bool,
     need_dw: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(ce sum, kl sum, per-slot d h (S, D) or None, d W (V, D) or None), upstream gradient 1."""
+    """(ce sum, kl sum, per-slot d h (S, D) or None, d W (V, D) or None), upstream gradient 1.
+
+    The plan's chunks are halves: two at a time share the logits buffer and one d W GEMM (one
+    rounding of d W per pair of halves). Half a's row maths runs beside half b's logits GEMM,
+    half b's beside half a's d h GEMM (``SideStream``)."""
     v, d = weight.shape
     s = plan.rows.shape[0]
     dev = hidden.device
-    rows = min(plan.chunk_rows, s)
+    groups = [plan.chunks[g : g + 2] for g in range(0, len(plan.chunks), 2)]
+    rows = max((h[-1].stop - h[0].start for h in groups), default=0)
     logits = torch.empty(rows, v, dtype=hidden.dtype, device=dev)
     h_buf = torch.empty(rows, d, dtype=hidden.dtype, device=dev)
     ce_out = torch.zeros(s, dtype=torch.float32, device=dev)
     kl_out = torch.zeros(plan.kl_weight.shape[0], dtype=torch.float32, device=dev)
     dh_slots = torch.empty(s, d, dtype=hidden.dtype, device=dev) if need_dh else None
-    dw = torch.zeros(weight.shape, dtype=weight.dtype, device=dev) if need_dw else None
-    for c in plan.chunks:
-        r = c.stop - c.start
-        h = torch.index_select(hidden, 0, plan.rows[c.start : c.stop], out=h_buf[:r])
-        z = torch.mm(h, weight.T, out=logits[:r])
-        kw = kl_out_c = None
-        if c.pairs:
-            kw = plan.kl_weight[c.pair0 : c.pair0 + r // 2]
-            kl_out_c = kl_out[c.pair0 : c.pair0 + r // 2]
-        row_op(
-            z,
-            plan.targets[c.start : c.stop],
-            plan.ce_weight[c.start : c.stop],
-            kw,
-            ce_out[c.start : c.stop],
-            kl_out_c,
-            need_dh or need_dw,
-        )
-        if dh_slots is not None:
-            torch.mm(z, weight, out=dh_slots[c.start : c.stop])
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_dw else None
+    side = SideStream(dev)
+    write_dz = need_dh or need_dw
+    for g, halves in enumerate(groups):
+        base = halves[0].start
+        done = []
+        for c in halves:
+            a, b = c.start - base, c.stop - base
+            torch.index_select(hidden, 0, plan.rows[c.start : c.stop], out=h_buf[a:b])
+            z = torch.mm(h_buf[a:b], weight.T, out=logits[a:b])
+            done.append(side.run(_row_call(row_op, z, plan, c, ce_out, kl_out, write_dz)))
+        for c, handle in zip(halves, done, strict=True):
+            side.wait(handle)
+            if dh_slots is not None:
+                z = logits[c.start - base : c.stop - base]
+                torch.mm(z, weight, out=dh_slots[c.start : c.stop])
         if dw is not None:
-            dw.addmm_(z.T, h)
+            r = halves[-1].stop - base
+            if g == 0:  # the first d W GEMM writes d W: no zeroing pass
+                torch.mm(logits[:r].T, h_buf[:r], out=dw)
+            else:
+                dw.addmm_(logits[:r].T, h_buf[:r])
+    side.wait_all()
+    if dw is not None and not plan.chunks:
+        dw.zero_()
     return ce_out.sum(), kl_out.sum(), dh_slots, dw
+
+
+def _row_call(row_op, z, plan: LossPlan, c: Chunk, ce_out, kl_out, write_dz):
+    """The row maths of chunk ``c`` on its logits ``z``, as a call for ``SideStream.run``."""
+    kw = kl_out_c = None
+    if c.pairs:
+        r = c.stop - c.start
+        kw = plan.kl_weight[c.pair0 : c.pair0 + r // 2]
+        kl_out_c = kl_out[c.pair0 : c.pair0 + r // 2]
+    tgt, cw = plan.targets[c.start : c.stop], plan.ce_weight[c.start : c.stop]
+    ce_c = ce_out[c.start : c.stop]
+    return lambda: row_op(z, tgt, cw, kw, ce_c, kl_out_c, write_dz)
 
 
 def _ce_rows(z, targets, ce_w, ce_out, write_dz) -> None:

@@ -28,6 +28,7 @@ def reflection_loss(
     lm_head_weight: torch.Tensor,
     backend: str = "auto",
     check_inputs: bool | None = None,
+    need_grad: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of a packed micro-batch; no host sync when ``check_inputs`` is off.
 
@@ -39,6 +40,8 @@ def reflection_loss(
         backend: "triton" | "torch" | "auto" (the fused loss's choice).
         check_inputs: the fused loss's index checks (default: on the CPU only; each is a host
             sync, and a batch from ``data.packing`` has its indices right by construction).
+        need_grad: False computes the loss alone (no gradient work or buffers); None follows
+            autograd (``torch.no_grad()`` or inputs without grad also skip the gradients).
 
     Returns:
         (loss, parts): loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL_j (0-dim; the
@@ -61,4 +64,5 @@ def reflection_loss(
         backend=backend,
         check_inputs=check_inputs,
         ce_only_rows=getattr(batch, "ce_only_rows", None),
+        need_grad=need_grad,
     )

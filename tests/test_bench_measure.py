@@ -49,3 +49,21 @@ def test_ratio_table_against_the_group_baseline() -> None:
     assert lines[3].startswith("| g | ours | 5 | 0.5 | 25.0 | 0.25 | 1.5 |")
     assert lines[3].endswith("| True |")
     assert lines[4].startswith("| h | alone | 2 | - | - | - |")
+
+
+def test_ratio_table_names_each_providers_version_and_path() -> None:
+    common = dict(group="g", cpu_ms=1.0, wall_ms=1.0, peak_extra_mib=1.0, device="CPU")
+    rows = [
+        dict(common, provider="torch_lce", version="2.13.0", path="F.linear_cross_entropy",
+             settings={"options": None}, kl="ours", quantity="recipe", value_rel_err_fp64=2e-7),
+        dict(common, provider="torch_lce", version="2.13.0", path="F.linear_cross_entropy",
+             settings={"options": None}, kl="ours", quantity="recipe", value_rel_err_fp64=5e-7),
+        dict(common, provider="plain"),
+    ]  # fmt: skip
+    lines = ratio_table(rows).splitlines()
+    assert lines[2].startswith("| g | torch_lce 2.13.0 | 1 |")
+    notes = lines[lines.index("Providers:") + 1 :]
+    assert notes == [
+        "- torch_lce 2.13.0: `F.linear_cross_entropy`; settings {'options': None}; KL: ours; "
+        "computes: recipe; loss vs float64: max rel err 5e-07"
+    ]

@@ -216,6 +216,52 @@ def test_bf16_rule_over_many_chunks(seed):
         assert a <= 2 * b, f"{name}: bf16 error {a:.2e} > 2 x PyTorch's {b:.2e}"
 
 
+FORWARD_ONLY = {
+    "no_grad": lambda run, h, w: _under_no_grad(run, h.requires_grad_(), w.requires_grad_()),
+    "inputs without grad": lambda run, h, w: run(h, w, None),
+    "need_grad=False": lambda run, h, w: run(h.requires_grad_(), w.requires_grad_(), False),
+}
+
+
+def _under_no_grad(run, h, w):
+    with torch.no_grad():
+        return run(h, w, None)
+
+
+@pytest.mark.parametrize("how", sorted(FORWARD_ONLY))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_only_equals_full_path(seed, backend, how):
+    """The loss alone (each way of asking for it): bitwise the full path's loss and parts, the
+    float64 reference's within tolerance, no graph, and no gradient work (the row maths never
+    asked to write d z)."""
+    case = make_case(23, 37, 101, 9)
+    hidden, weight, *rest = case
+    full = ours_with_grads(backend, case, 1.0)
+    calls = []
+
+    def run(h, w, need_grad):
+        return linear_reflection_loss(
+            h, w, *rest, backend=backend, budget=budget(6), tiles=SMALL, need_grad=need_grad
+        )
+
+    from reflectioncoder.kernels import fused_loss_torch
+
+    real = fused_loss_torch.run_chunks
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            "reflectioncoder.kernels.fused_loss.run_chunks",
+            lambda *a: calls.append(a[4:]) or real(*a),
+        )
+        loss, parts = FORWARD_ONLY[how](run, hidden.clone(), weight.clone())
+    assert calls == [(False, False)], "the forward-only call asked for gradients"
+    assert not loss.requires_grad and loss.grad_fn is None
+    for got, want in zip((loss, parts["ce"], parts["kl"]), full[:3], strict=True):
+        assert torch.equal(got, want)
+    ref = reflection_loss_reference(*case)
+    assert rel_err(loss, ref[0]) <= TOL[torch.float32]
+    assert rel_err(parts["kl"], ref[2]) <= TOL[torch.float32]
+
+
 def test_chunked_reference_matches_autograd(seed):
     """The hand-written float64 reference (GPU headline check) equals autograd's, rows in chunks
     that split teachers from their students; each row a student at most once."""

@@ -169,8 +169,9 @@ class ReflectionLossModule(nn.Module):
                     kl_weight=batch.kl_weight[:0],
                     ce_only_rows=batch.teacher_ce_rows,
                 )
+                # the loss alone: no d z, no gradient GEMMs or buffers (a forward's cost)
                 teacher_ce = reflection_loss(
-                    hidden.detach(), only_teacher, weight.detach(), check_inputs=False
+                    hidden, only_teacher, weight, check_inputs=False, need_grad=False
                 )[1]["ce"]
         return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
 
