@@ -25,6 +25,7 @@ Cost: 4 * Hq * Dh * sum_s L_s^2 / 2 FLOPs forward (causal), twice that backward.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import math
@@ -164,7 +165,7 @@ def _flash_varlen(
     if backend == "torch_varlen":
         from torch.nn.attention.varlen import varlen_attn
 
-        names = inspect.signature(varlen_attn).parameters
+        names = _parameters(varlen_attn)
         kwargs = {"scale": scale}
         # torch >= 2.11: window (-1, 0) is causal, (-1, -1) full; 2.9-2.10: an is_causal flag.
         if "window_size" in names:
@@ -194,6 +195,12 @@ def _flash_varlen(
         causal=causal,
     )
     return out[0] if isinstance(out, tuple) else out  # some FA3 releases return (out, lse)
+
+
+@functools.cache
+def _parameters(fn) -> frozenset[str]:
+    """``fn``'s parameter names, read once (not on every attention call)."""
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def varlen_attention(

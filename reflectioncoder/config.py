@@ -57,6 +57,9 @@ class ModelConfig:
     """With checkpointing on, what each decoder layer keeps (``model.CHECKPOINTING_POLICIES``):
     ``full`` (recompute every layer), ``save_gemms`` (keep GEMM and attention outputs,
     recompute the element-wise ops), ``alternate`` (recompute every second layer)."""
+    compile: bool = False
+    """``torch.compile`` each decoder layer (regional; attention as a custom op, so no graph
+    break and no recompile across micro-batch lengths: ``model.compile_layers``)."""
     mixed_precision: str = "masters"
     """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
     bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as

@@ -99,16 +99,17 @@ def _varlen_attention_forward(
         raise ValueError(f"{ATTN_IMPLEMENTATION}: attention_mask must be None (packed batches)")
     if kwargs.get("sliding_window") is not None:  # e.g. Qwen2 with use_sliding_window=True
         raise ValueError(f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported")
-    out = varlen_attention(
-        query[0].transpose(0, 1),
-        key[0].transpose(0, 1),
-        value[0].transpose(0, 1),
-        cu_seq_lens_q,
-        max_length_q,
-        causal=True,
-        softmax_scale=scaling,
-        seqlens=rc_seqlens,
-    )
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
+        from reflectioncoder.kernels.varlen_attention_op import varlen_attention_op
+
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale)
+    else:
+        out = varlen_attention(
+            q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scaling,
+            seqlens=rc_seqlens,
+        )  # fmt: skip
     return out.unsqueeze(0), None
 
 
@@ -291,6 +292,21 @@ def _save_gemms_context():
         return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
+
+
+def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
+    """``torch.compile`` each decoder layer (regional compilation: one graph, compiled once,
+    reused by every layer), with ``dynamic=True`` so micro-batches of any length reuse it, and
+    attention as the ``reflectioncoder::varlen_attention`` custom op (no graph break, and the
+    segment lengths never become guards). ``forward_hidden`` then passes no host lengths."""
+    # Under activation checkpointing the layer's forward sets a ContextVar (transformers'
+    # output capture) that dynamo would otherwise refuse to trace inside the checkpoint; the
+    # recompute has no use for it being set again.
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+    for layer in model.base_model.layers:
+        layer.self_attn.rc_custom_op = True
+        layer.compile(backend=backend, dynamic=True)
+    model.rc_compiled = True
 
 
 def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
@@ -641,7 +657,7 @@ def forward_hidden(
             f"batch.input_ids, batch.position_ids: expected equal (T,) shapes, got "
             f"{tuple(ids.shape)} and {tuple(pos.shape)}"
         )
-    if seqlens is None:
+    if seqlens is None and not getattr(model, "rc_compiled", False):  # a host list: a guard
         seqlens = getattr(batch, "seq_lens", None)
     cu = batch.cu_seqlens
     body = model.base_model  # the decoder stack without the LM head

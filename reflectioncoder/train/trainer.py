@@ -391,6 +391,10 @@ class Trainer:
             gradient_checkpointing=cfg.model.gradient_checkpointing,
             checkpointing_policy=cfg.model.checkpointing_policy,
         )
+        if cfg.model.compile:
+            from reflectioncoder.model import compile_layers
+
+            compile_layers(model)
         self.model = model
         self.n_params = count_parameters(model)
         self.flop_shape = ModelShape.from_model(model)
