@@ -111,7 +111,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
     from reflectioncoder.construct.build import build_dataset, write_jsonl
-    from reflectioncoder.construct.execute import run_program
+    from reflectioncoder.construct.execute import run_tests
     from reflectioncoder.construct.problems import generate_problems
 
     if n < 2:
@@ -230,7 +230,7 @@ def run_demo(
     prompt = generation_prompt(problem.prompt)
     raw = generate(checkpoint, prompt, max_new_tokens)
     completion = cut_completion(raw)
-    result = run_program(problem.test_program(completion), timeout_s=5.0)
+    result = run_tests(problem, completion, timeout_s=5.0)
     seconds["generate"] = time.perf_counter() - t0
     note = "not in the training data" if problem.task_id not in used else "seen in training"
     print(f"problem {problem.task_id} ({note}):\n{_indent(problem.prompt.rstrip())}")

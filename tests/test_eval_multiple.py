@@ -321,8 +321,10 @@ def test_nonce_follows_the_last_test_in_every_task(shared_dir):
             continue
         for task in load_multiple(shared_dir / "evaldata", lang).values():
             text = ml.program_text(task, "", "NONCE123")
-            assert text.count("NONCE123") == 1, (lang, task.task_id)
-            after = text[text.index("NONCE123") :]
+            statement = ml.LANGUAGES[lang].nonce.replace("{nonce}", "NONCE123")
+            assert text.count(statement) == 1, (lang, task.task_id)
+            assert ("NONCE123" in text) == ml.nonce_in_source(lang), (lang, task.task_id)
+            after = text[text.index(statement) :]
             for probe in ("assert", "candidate(", "check("):
                 assert probe not in after, (lang, task.task_id, after[:200])
 

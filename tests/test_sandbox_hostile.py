@@ -90,6 +90,30 @@ def test_ignores_the_timer_signals(level, seed):
     assert res.base in (TIMEOUT, FAIL) and not res.passed_base
 
 
+@pytest.mark.parametrize("seconds", [1.3, 2.0])
+def test_catching_the_timer_gains_nothing(level, seed, seconds):
+    """Right answers, each after ``seconds`` of CPU against a 1 s limit: the completion catches
+    the harness's timer exception and carries on. The scorer's own clock (the run's CPU time
+    between result lines) times it out; EvalPlus 0.3.1 would pass it."""
+    task, _ = _task(seed)
+    body = task.canonical_solution.split("return", 1)[1].strip()
+    code = (
+        "import time\n"
+        "def f(x):\n"
+        "    start = time.process_time()\n"
+        "    while True:\n"
+        "        try:\n"
+        f"            while time.process_time() - start < {seconds}:\n"
+        "                pass\n"
+        f"            return {body}\n"
+        "        except BaseException:\n"
+        "            pass\n"
+    )
+    res = _judge(level, seed, code)
+    assert res.base == TIMEOUT and res.base_failed_input == 0, res
+    assert res.reason == "over its CPU-time limit, measured outside", res
+
+
 def test_fork_bomb(level, seed):
     token = f"{time.time_ns() % 10**9}.5"
     code = (

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from reflectioncoder.construct.execute import Execution, run_program
+from reflectioncoder.construct.execute import Execution, run_tests
 from reflectioncoder.construct.mutate import KINDS, Edit, apply_mutations, site_kinds
 from reflectioncoder.construct.problems import Problem, TestCase
 
@@ -193,7 +193,7 @@ class MutationBackend:
             for site in sites:
                 code = apply_mutations(problem.solution, [site]).code
                 runs += 1
-                if not run_program(problem.test_program(code), timeout_s=self.timeout_s).passed:
+                if not run_tests(problem, code, timeout_s=self.timeout_s).passed:
                     seen.append(site)
             sites = seen or sites[:1]
         mutant = apply_mutations(problem.solution, sites)
@@ -231,7 +231,7 @@ class MutationBackend:
         changed = None
         for k in range(len(sites)):
             code = apply_mutations(problem.solution, sites[:k] + sites[k + 1 :]).code
-            run = run_program(problem.test_program(code), timeout_s=self.timeout_s)
+            run = run_tests(problem, code, timeout_s=self.timeout_s)
             if run.passed:
                 return k, k + 1
             if changed is None and run.output != last.execution.output:

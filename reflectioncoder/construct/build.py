@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
-from reflectioncoder.construct.execute import run_program
+from reflectioncoder.construct.execute import run_tests
 from reflectioncoder.construct.problems import Problem, generate_problems
 from reflectioncoder.data.special import SPECIAL_TOKENS
 from reflectioncoder.errors import atomic_write_text, ctrl_c_to_main_thread
@@ -102,7 +102,7 @@ def reflection_sample(
     for _ in range(max_attempts):
         draft = backend.attempt(problem, rng)
         program = problem.test_program(draft.code)
-        execution = run_program(program, timeout_s=timeout_s)
+        execution = run_tests(problem, draft.code, timeout_s=timeout_s)
         stats.executions += 1 + draft.meta.get("runs", 0)
         if execution.passed and redraw_passing:
             stats.rejected["first attempt passed"] += 1
@@ -111,7 +111,8 @@ def reflection_sample(
         while not history[-1].execution.passed and len(history) <= max_rounds:
             draft = backend.reflect(problem, history, rng)
             program = problem.test_program(draft.code)
-            history.append(Turn(draft, program, run_program(program, timeout_s=timeout_s)))
+            execution = run_tests(problem, draft.code, timeout_s=timeout_s)
+            history.append(Turn(draft, program, execution))
             stats.executions += 1 + draft.meta.get("runs", 0)  # with the backend's own runs
         if not history[-1].execution.passed:
             stats.rejected["never passed"] += 1
@@ -123,7 +124,7 @@ def reflection_sample(
         if answer.code == history[-1].draft.code:
             final = history[-1].execution  # the same program: its run already decided it
         else:
-            final = run_program(problem.test_program(answer.code), timeout_s=timeout_s)
+            final = run_tests(problem, answer.code, timeout_s=timeout_s)
             stats.executions += 1
         body = []
         for turn in history:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import ALL_PASSED, run_program
+from reflectioncoder.construct.execute import ALL_PASSED, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
@@ -67,6 +67,17 @@ class AssertTest:
     def expected(self) -> str:
         eq = self._eq()
         return eq[1] if eq else "True"
+
+    def judged(self) -> tuple[str, str | None]:
+        """(call, expected) for ``execute.judge_tests``: ``assert A == B`` (with or without a
+        message) is (A, B); any other ``assert E`` is (E, None): E's value must be truthy."""
+        node = ast.parse(self.line).body[0]
+        test = node.test if isinstance(node, ast.Assert) else None
+        if test is None:
+            raise ValueError(f"not an assert line: {self.line!r}")
+        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+            return ast.unparse(test.left), ast.unparse(test.comparators[0])
+        return ast.unparse(test), None
 
     def checked_assertion(self) -> str:
         eq = self._eq()
@@ -159,7 +170,7 @@ def load_problems(path: str | Path) -> tuple[list[UserProblem], list[tuple[str, 
 
 def check_reference(problem: UserProblem, timeout_s: float) -> str | None:
     """Why the problem's reference is unusable (None: it passes its tests in the sandbox)."""
-    run = run_program(problem.test_program(problem.solution), timeout_s=timeout_s)
+    run = run_tests(problem, problem.solution, timeout_s=timeout_s)
     if run.passed:
         return None
     if run.timed_out:

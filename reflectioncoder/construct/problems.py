@@ -36,6 +36,10 @@ class TestCase:
         """An assertion whose failure prints the value the call returned."""
         return f'assert {self.call} == {self.expected}, f"got {{{self.call}!r}}"'
 
+    def judged(self) -> tuple[str, str | None]:
+        """(call, expected) for ``execute.judge_tests``: the call's value must equal this."""
+        return self.call, self.expected
+
 
 @dataclass(frozen=True)
 class Problem:

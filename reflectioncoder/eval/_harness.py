@@ -515,12 +515,16 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
             sys.stdout = sys.stderr = sys.stdin = sink
             try:
                 exec(job["code"], env)
-                fn = env[job["entry_point"]]
+                # "exprs": each input is an expression of the program's names (build-data's
+                # test calls), evaluated in its namespace; else the entry point is called
+                fn = _evaluator(env) if job.get("exprs") else env[job["entry_point"]]
             finally:
                 sys.stdout, sys.stderr, sys.stdin = saved
         except BaseException as exc:
             emit({"phase": name, "load_error": type(exc).__name__}, now=True)
             continue
+        # the scorer starts the first input's CPU clock here (it measures each input outside)
+        emit({"phase": name, "loaded": True}, now=True)
         for i, inp in enumerate(inputs):
             if record:
                 inp = __import__("copy").deepcopy(inp)
@@ -552,6 +556,15 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
                 continue
             emit({"phase": name, "i": i, "out": encode_output(out)})
         emit({"phase": name, "done": True}, now=True)
+
+
+def _evaluator(env: dict):
+    """``fn(expression)``: the expression's value in the program's namespace ``env``."""
+
+    def evaluate(expression: str):
+        return eval(expression, env)
+
+    return evaluate
 
 
 def install_audit_guard(work_dir: str, hidden: list | tuple = ()) -> None:  # pragma: no cover
@@ -783,25 +796,20 @@ _SPECIAL_SYSCALLS = {
     "tkill": (200, 130),
     "tgkill": (234, 131),
 }
-_DENIED_SYSCALLS = {
-    "fork": (57, None),
-    "vfork": (58, None),
-    "execve": (59, 221),
-    "execveat": (322, 281),
+# Refused at every level (the box's filter and the fallback's): the kernel's own state, other
+# processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
+# them; socketpair stays: see below), keys, tracing, modules.
+_KERNEL_SYSCALLS = {
     "ptrace": (101, 117),
     "process_vm_readv": (310, 270),
     "process_vm_writev": (311, 271),
-    "pidfd_send_signal": (424, 424),
     "pidfd_getfd": (438, 438),
-    "pidfd_open": (434, 434),
     "setns": (308, 268),
     "unshare": (272, 97),
     "mount": (165, 40),
     "umount2": (166, 39),
     "pivot_root": (155, 41),
     "chroot": (161, 51),
-    "mknod": (133, None),
-    "mknodat": (259, 33),
     "open_by_handle_at": (304, 265),
     "name_to_handle_at": (303, 264),
     "init_module": (175, 105),
@@ -825,6 +833,7 @@ _DENIED_SYSCALLS = {
     "swapoff": (168, 225),
     "settimeofday": (164, 170),
     "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
     "adjtimex": (159, 171),
     "sethostname": (170, 161),
     "setdomainname": (171, 162),
@@ -835,19 +844,45 @@ _DENIED_SYSCALLS = {
     "keyctl": (250, 219),
     "add_key": (248, 217),
     "request_key": (249, 218),
+    "socket": (41, 198),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
 }
+# Refused to Python programs in the fallback only (compilers in the box need them; rustc
+# spawns its linker through a socketpair, which reaches nothing but its own other end).
+_PROCESS_SYSCALLS = {
+    "socketpair": (53, 199),
+    "fork": (57, None),
+    "vfork": (58, None),
+    "execve": (59, 221),
+    "execveat": (322, 281),
+    "pidfd_send_signal": (424, 424),
+    "pidfd_open": (434, 434),
+    "mknod": (133, None),
+    "mknodat": (259, 33),
+}
+_DENIED_SYSCALLS = {**_KERNEL_SYSCALLS, **_PROCESS_SYSCALLS}
+# clone flags that make a new namespace (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+# NEWNET; NEWTIME is 0x80)
+_CLONE_NEW_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
+_CLONE_NEW_NAMESPACES |= 0x20000000 | 0x40000000 | 0x00000080
 
 
-def _seccomp_filter(machine: str, pid: int) -> bytes | None:
-    """The BPF program: deny the listed syscalls (EPERM), clone3 (ENOSYS: libc then makes
-    threads with clone), clone without CLONE_THREAD, signals to any pid but our own."""
+def _seccomp_filter(machine: str, pid: int | None) -> bytes | None:
+    """The BPF program. With ``pid`` (the fallback's Python programs): deny every listed
+    syscall (EPERM), clone without CLONE_THREAD, signals to any pid but our own. Without (the
+    box's filter, for programs in any language): deny the kernel-facing calls and clone into
+    new namespaces; processes and signals stay (the PID namespace bounds them). Both: clone3
+    is ENOSYS (libc then uses clone, whose flags a filter can read), other ABIs are killed."""
     import struct
 
     if machine not in _ARCH:
         return None
     col, arch = _ARCH[machine]
     nr = {name: numbers[col] for name, numbers in _SPECIAL_SYSCALLS.items()}
-    denied = [n[col] for n in _DENIED_SYSCALLS.values() if n[col] is not None]
+    table = _DENIED_SYSCALLS if pid is not None else _KERNEL_SYSCALLS
+    denied = [n[col] for n in table.values() if n[col] is not None]
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, deny, nosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
     prog: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", arch), (ld, 0, 0, 0)]
@@ -855,17 +890,21 @@ def _seccomp_filter(machine: str, pid: int) -> bytes | None:
         prog.append((jge, "DENY", 0, 0x40000000))  # the x32 ABI's numbers
     prog += [(jeq, "DENY", 0, n) for n in denied]
     prog += [(jeq, "NOSYS", 0, nr["clone3"]), (jeq, "CLONE", 0, nr["clone"])]
-    prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
+    if pid is not None:
+        prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
     prog.append((ret, 0, 0, allow))
     labels = {"CLONE": len(prog)}
-    prog += [(ld, 0, 0, 16), (jset, "ALLOW", "DENY", 0x00010000)]  # CLONE_THREAD
-    labels["SIGNAL"] = len(prog)
-    own = (pid, 0, (-pid) & 0xFFFFFFFF)
-    prog += [
-        (ld, 0, 0, 16),
-        *[(jeq, "ALLOW", 0, k) for k in own[:-1]],
-        (jeq, "ALLOW", "DENY", own[-1]),
-    ]
+    if pid is not None:
+        prog += [(ld, 0, 0, 16), (jset, "ALLOW", "DENY", 0x00010000)]  # CLONE_THREAD
+        labels["SIGNAL"] = len(prog)
+        own = (pid, 0, (-pid) & 0xFFFFFFFF)
+        prog += [
+            (ld, 0, 0, 16),
+            *[(jeq, "ALLOW", 0, k) for k in own[:-1]],
+            (jeq, "ALLOW", "DENY", own[-1]),
+        ]
+    else:
+        prog += [(ld, 0, 0, 16), (jset, "DENY", "ALLOW", _CLONE_NEW_NAMESPACES)]
     for name, value in (("ALLOW", allow), ("DENY", deny), ("NOSYS", nosys), ("KILL", kill)):
         labels[name] = len(prog)
         prog.append((ret, 0, 0, value))
@@ -879,12 +918,16 @@ def _seccomp_filter(machine: str, pid: int) -> bytes | None:
 
 def _deny_processes_by_seccomp() -> bool:  # pragma: no cover - sandbox side
     """Install ``_seccomp_filter`` on this process (and what it starts): True when in force."""
-    import ctypes
     import os
 
     code = _seccomp_filter(os.uname().machine, os.getpid())
-    if code is None:
-        return False
+    return code is not None and install_seccomp(code)
+
+
+def install_seccomp(code: bytes) -> bool:
+    """Install the BPF program ``code`` on this process (inherited by what it starts), after
+    PR_SET_NO_NEW_PRIVS: True when in force."""
+    import ctypes
 
     class Program(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]

@@ -31,6 +31,7 @@ from functools import cache
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
 from reflectioncoder.eval.sandbox import (
+    SANDBOX_UID,
     _harness_source,
     python_env,
     run_sandboxed,
@@ -55,6 +56,7 @@ __all__ = [
 
 JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
 SCALA_LIBRARY_JAR = "/usr/share/java/scala-library.jar"  # Debian's scala
+_SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 # ``timeout -v`` says this on stderr when it kills the run at its limit.
 _RUN_TIMEOUT_NOTE = "timeout: sending signal KILL"
 
@@ -108,12 +110,15 @@ LANGUAGES: dict[str, Language] = {
     # through the harness: its audit guard and seccomp filter in the fallback level
     "python": Language(
         "main.py", "{run} {python} -I -B {src}/harness.py --run {src}/main.py", (), (),
-        'print("{nonce}")', memory_mb=1024,
+        "import os as _rc_os; print(_rc_os.read(3, 256).decode())", memory_mb=1024,
     ),
     "cpp": Language(
         "main.cpp",
         "g++ -std=c++17 -o {work}/a.out {src}/main.cpp && {run} {work}/a.out",
-        ("g++",), ("g++",), 'std::cout << "{nonce}" << std::endl;', "brace-1",
+        ("g++",), ("g++",),
+        '{ std::ifstream rc_f("/dev/fd/3"); std::string rc_s; std::getline(rc_f, rc_s); '
+        "std::cout << rc_s << std::endl; }",
+        "brace-1",
         memory_mb=2048, build_s=60,
     ),
     "cs": Language(
@@ -150,7 +155,9 @@ LANGUAGES: dict[str, Language] = {
         f"-cp {JAVATUPLES_JAR} -d {{work}} {{src}}/Problem.java && "
         f"{{run}} java {_JVM} -ea -cp {{work}}:{JAVATUPLES_JAR} Problem",
         ("javac", "java"), ("default-jdk-headless", "libjavatuples-java"),
-        'System.out.println("{nonce}");', "brace-2",
+        "try { System.out.println(new String(java.nio.file.Files.readAllBytes("
+        'java.nio.file.Paths.get("/dev/fd/3")))); } catch (Exception rc_e) { }',
+        "brace-2",
         library=JAVATUPLES_JAR, probe=("test", "-f", JAVATUPLES_JAR),
         binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=60,
     ),
@@ -161,20 +168,21 @@ LANGUAGES: dict[str, Language] = {
     ),
     "js": Language(
         "main.js", "{run} node {src}/main.js", ("node",), ("nodejs",),
-        'console.log("{nonce}");', memory_mb=2048,
+        'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));', memory_mb=2048,
     ),
     "lua": Language(
         "main.lua", "{run} lua5.4 {src}/main.lua", ("lua5.4",), ("lua5.4", "lua-unit"),
-        'print("{nonce}")', "lua", memory_mb=1024,
+        'io.write(io.open("/dev/fd/3"):read("a"), "\\n")', "lua", memory_mb=1024,
         library="luaunit", probe=("lua5.4", "-e", "require('luaunit')"),
     ),
     "php": Language(
-        "main.php", "{run} php {src}/main.php", ("php",), ("php-cli",), 'echo "{nonce}\\n";',
+        "main.php", "{run} php {src}/main.php", ("php",), ("php-cli",),
+        'echo "\\n", file_get_contents("php://fd/3"), "\\n";',
         binds=("/etc/php",), memory_mb=1024,
     ),
     "pl": Language(
         "main.pl", "{run} perl {src}/main.pl", ("perl",), ("perl", "libtest-deep-perl"),
-        'print "\\n{nonce}\\n";', memory_mb=1024,
+        'open(my $rc_fh, "<&=", 3); print "\\n", <$rc_fh>, "\\n";', memory_mb=1024,
         fail_marks=("ERROR",), library="Test::Deep", probe=("perl", "-MTest::Deep", "-e", "1"),
     ),
     "r": Language(
@@ -184,7 +192,7 @@ LANGUAGES: dict[str, Language] = {
     "rb": Language(
         "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
         # test-unit runs its cases at exit; this one sorts after every test_<name> case
-        "class TestHumanEval\n  def test_zzzz_rc_nonce\n    puts \"\\n{nonce}\"\n  end\nend",
+        "class TestHumanEval\n  def test_zzzz_rc_nonce\n    puts \"\\n\" + IO.new(3).read\n  end\nend",
         memory_mb=1024,
         library="test-unit", probe=("ruby", "-e", "gem 'test-unit'"),
     ),
@@ -197,8 +205,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "rs": Language(
         "main.rs",
-        "rustc --edition 2021 -o {work}/main {src}/main.rs && {run} {work}/main",
-        ("rustc",), ("rustc",), 'println!("{nonce}");', "brace-1", memory_mb=2048, build_s=60,
+        # {rustc}: the toolchain's own compiler, not rustup's proxy (which reads RUSTUP_HOME)
+        "{rustc} --edition 2021 -o {work}/main {src}/main.rs && {run} {work}/main",
+        ("rustc",), ("rustc",),
+        'println!("{}", std::fs::read_to_string("/dev/fd/3").unwrap_or_default());', "brace-1",
+        memory_mb=2048, build_s=60,
     ),
     "scala": Language(
         "Problem.scala",
@@ -212,7 +223,7 @@ LANGUAGES: dict[str, Language] = {
         stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
     ),
     "sh": Language(
-        "main.sh", "{run} bash {src}/main.sh", ("bash",), ("bash",), 'echo "{nonce}"',
+        "main.sh", "{run} bash {src}/main.sh", ("bash",), ("bash",), "echo; cat <&3; echo",
         memory_mb=1024,
     ),
     "swift": Language(
@@ -228,7 +239,8 @@ LANGUAGES: dict[str, Language] = {
         # --skipLibCheck: the bundled lib .d.ts files are not re-checked (half of tsc's time)
         "tsc --target esnext --skipLibCheck --outDir {work} {src}/main.ts && "
         "{run} node {work}/main.js",
-        ("tsc", "node"), ("node-typescript", "nodejs"), 'console.log("{nonce}");',
+        ("tsc", "node"), ("node-typescript", "nodejs"),
+        'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));',
         memory_mb=2048, build_s=60,
     ),
 }  # fmt: skip
@@ -304,7 +316,9 @@ def _tests_with_nonce(lang: Language, tests: str, nonce: str) -> str:
         if exit_call not in tests:
             raise ValueError(f"the lua tests do not end with {exit_call}")
         head, _, tail = tests.rpartition(exit_call)
-        return f"{head}local rc_status = lu.LuaUnit.run()\n{statement}\nos.exit(rc_status){tail}"
+        # only when every test passed: a completion that replaces os.exit gains nothing
+        run = "local rc_status = lu.LuaUnit.run()\n"
+        return f"{head}{run}if rc_status == 0 then {statement} end\nos.exit(rc_status){tail}"
     return tests.rstrip("\n") + "\n" + statement + "\n"
 
 
@@ -333,26 +347,58 @@ class MultiplEResult:
         return self.status == "pass"
 
 
-def command_line(language: str, run_s: float) -> str:
-    """The shell command of one sample (``{src}``/``{work}`` still to fill)."""
+def command_line(language: str, run_s: float, nonce_fd: int | None = None) -> str:
+    """The shell command of one sample (``{src}``/``{work}`` still to fill). ``nonce_fd``: the
+    descriptor holding the run's nonce, given to the run as its descriptor 3 and closed for
+    the build (compile-time code never holds it)."""
     lang = LANGUAGES[language]
     command = lang.command.replace("{python}", sys.executable)
+    if "{rustc}" in command:
+        command = command.replace("{rustc}", os.path.join(_rust_sysroot() or "/usr", "bin/rustc"))
+    if nonce_fd is not None:
+        build, run, rest = command.partition("{run}")
+        run += rest + (f" 3<&{nonce_fd} {nonce_fd}<&-" if nonce_fd != 3 else "")
+        build = build.strip().removesuffix("&&").strip()
+        command = f"{{ {build} ; }} {nonce_fd}<&- && {run}" if build else run
     # SIGKILL: some runtimes (Racket) turn SIGTERM into an exception a test framework catches
     return command.replace("{run}", f"timeout -v -s KILL {run_s:g}")
 
 
+def nonce_in_source(language: str) -> bool:
+    """Whether the language's nonce statement carries the nonce itself (in the source, so in
+    a binary or class file too) rather than reading it from descriptor 3 at run time: the
+    languages not tested here, and Go, whose prompt imports no file API a completion could
+    read the source with."""
+    return "{nonce}" in LANGUAGES[language].nonce
+
+
 def toolchain_env(language: str) -> tuple[dict[str, str], list[str]]:
-    """The environment a language's commands need, and the host paths to bind for them."""
+    """The environment a language's commands need, and the host paths to bind for them: the
+    directories of its programs and libraries, never a home folder (``CARGO_HOME`` keeps
+    registry tokens, ``RUSTUP_HOME`` its settings, ``~`` an ``.npmrc``...)."""
     lang = LANGUAGES[language]
     env = dict(lang.env)
-    binds = [*toolchain_binds(lang.needs), *(p for g in lang.binds for p in glob.glob(g))]
-    if language == "rs":  # rustup's proxies find their toolchain through these
-        for var, default in (("RUSTUP_HOME", "~/.rustup"), ("CARGO_HOME", "~/.cargo")):
-            path = os.environ.get(var) or os.path.expanduser(default)
-            if os.path.isdir(path):
-                env[var] = path
-                binds.append(path)
+    if language == "rs":  # the toolchain's sysroot only (its rustc, libraries and linker)
+        sysroot = _rust_sysroot()
+        binds = [sysroot] if sysroot else []
+    else:
+        binds = toolchain_binds(lang.needs)
+    binds += [p for g in lang.binds for p in glob.glob(g)]
     return env, binds
+
+
+@cache
+def _rust_sysroot() -> str | None:
+    """The active Rust toolchain's directory (``rustc --print sysroot``: under rustup,
+    ``$RUSTUP_HOME/toolchains/<name>``), found once on the host by a fixed, trusted command."""
+    try:
+        out = subprocess.run(
+            ["rustc", "--print", "sysroot"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.isdir(path) else None
 
 
 def program_files(language: str, program: str) -> dict[str, str]:
@@ -363,8 +409,10 @@ def program_files(language: str, program: str) -> dict[str, str]:
     return files
 
 
-def run_program(language: str, program: str, *, run_s: float | None = None):
-    """Build and run one program (one compile, one run); returns the sandbox's ExecResult."""
+def run_program(language: str, program: str, *, run_s: float | None = None, nonce: str = ""):
+    """Build and run one program (one compile, one run); returns the sandbox's ExecResult.
+    ``nonce``: what the run reads on its descriptor 3 (a pipe whose write end is closed before
+    the program starts: nothing in the source, the binary or the environment holds it)."""
     problem = toolchain_problem(language)
     if problem:
         raise RuntimeError(problem)
@@ -374,17 +422,30 @@ def run_program(language: str, program: str, *, run_s: float | None = None):
     if language == "python":  # the harness's guard is on in the fallback level
         env.update(python_env())
     wall_s = lang.build_s + run_s + 5
-    return run_sandboxed(
-        ["/bin/sh", "-c", command_line(language, run_s)],
-        env=env,
-        ro_binds=binds,  # bwrap binds nothing else beyond the system's directories
-        files=program_files(language, program),
-        timeout_s=wall_s,
-        memory_mb=lang.memory_mb,
-        max_processes=lang.processes,
-        cpu_s=wall_s,  # counted by the run's cgroup, which gets one core
-        output_limit=64 << 10,
-    )
+    read_end = None
+    if nonce and not nonce_in_source(language):
+        read_end, write_end = os.pipe()
+        os.write(write_end, nonce.encode())
+        os.close(write_end)
+        if os.geteuid() == 0:  # reopened as /dev/fd/3 by the box's uid: the pipe is its own
+            os.fchown(read_end, SANDBOX_UID, SANDBOX_UID)
+    try:
+        return run_sandboxed(
+            # bash: dash redirects only descriptors 0-9, and the pipe's number may be higher
+            [_SHELL, "-c", command_line(language, run_s, read_end)],
+            env=env,
+            ro_binds=binds,  # bwrap binds nothing else beyond the system's directories
+            files=program_files(language, program),
+            timeout_s=wall_s,
+            memory_mb=lang.memory_mb,
+            max_processes=lang.processes,
+            cpu_s=wall_s,  # counted by the run's cgroup, which gets one core
+            output_limit=64 << 10,
+            pass_fds=() if read_end is None else (read_end,),
+        )
+    finally:
+        if read_end is not None:
+            os.close(read_end)
 
 
 def _verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
@@ -429,9 +490,12 @@ def score_multiple_samples(
     def one(job: tuple[str, int, str]) -> MultiplEResult:
         tid, cid, completion = job
         task = tasks[tid]
-        nonce = f"rc-done-{uuid.uuid4().hex}"  # fresh per run: a completion cannot know it
+        # fresh per run, and (see nonce_in_source) not in the program: read at its end from
+        # descriptor 3, which a completion written for this scorer can read too (the table
+        # in docs/evaluation.md says where that and other forgeries hold)
+        nonce = f"rc-done-{uuid.uuid4().hex}"
         program = program_text(task, completion, nonce)
-        res = run_program(task.language, program, run_s=timeout_s)
+        res = run_program(task.language, program, run_s=timeout_s, nonce=nonce)
         status, reason = _verdict(LANGUAGES[task.language], res, nonce)
         if progress:
             progress(1)

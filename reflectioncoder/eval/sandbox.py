@@ -130,12 +130,21 @@ def _bwrap_works() -> bool:
     exe = _bwrap_path()
     if exe is None:
         return False
+    if os.geteuid() == 0 and not os.path.exists(_setpriv_path()):
+        return False  # root without setpriv: the program would keep host root's uid
+    fd = _box_seccomp_fd()
     with tempfile.TemporaryDirectory(prefix="rc-probe-") as tmp:
-        argv = _bwrap_argv(exe, Path(tmp), hide=(), ro_binds=()) + ["/bin/true"]
+        os.chmod(tmp, 0o755)
+        argv = _bwrap_argv(exe, Path(tmp), hide=(), ro_binds=(), seccomp_fd=fd) + ["/bin/true"]
         try:
-            proc = subprocess.run(argv, capture_output=True, timeout=20)
+            proc = subprocess.run(
+                argv, capture_output=True, timeout=20, pass_fds=() if fd is None else (fd,)
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
+        finally:
+            if fd is not None:
+                os.close(fd)
     return proc.returncode == 0
 
 
@@ -276,13 +285,20 @@ def isolation_level() -> str:
     ``bwrap(uid=65534,caps=none,userns=none,fs=minimal-ro)+cgroup-v1(cpu,cputime,memory,pids)
     +time=cpu``: the level (``bwrap`` or ``rlimits``), the cgroup controllers in force, and
     whether time limits count CPU time of the run's cgroup or the wall clock."""
+    from reflectioncoder.eval import _harness
+
     wanted = os.environ.get("REFLECTIONCODER_SANDBOX", "auto")
     if wanted not in ("auto", "bwrap", "rlimits"):
         raise ValueError(f"REFLECTIONCODER_SANDBOX must be auto, bwrap or rlimits, got {wanted!r}")
     if wanted == "bwrap" and not _bwrap_works():
         raise RuntimeError("REFLECTIONCODER_SANDBOX=bwrap but bubblewrap cannot run here")
     if wanted != "rlimits" and _bwrap_works():
-        level = f"bwrap(uid={SANDBOX_UID},caps=none,userns=none,fs=minimal-ro)"
+        host_uid = SANDBOX_UID if os.geteuid() == 0 else os.geteuid()
+        filtered = ",seccomp" if _harness._seccomp_filter(os.uname().machine, None) else ""
+        level = (
+            f"bwrap(uid={SANDBOX_UID},host-uid={host_uid},caps=none,userns=none{filtered},"
+            "fs=minimal-ro)"
+        )
     else:
         level = "rlimits(caller-uid,audit-guard" + (",seccomp)" if seccomp_available() else ")")
     layout = _cgroup_layout()
@@ -318,6 +334,12 @@ def toolchain_binds(tools: Sequence[str]) -> list[str]:
     return sorted(binds)
 
 
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b", "/a/b/c"]``."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
@@ -328,12 +350,28 @@ def _bwrap_argv(
     hide: Sequence[str],
     ro_binds: Sequence[str],
     tmp_mb: int = 512,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
-    """Namespaces, no privileges, and a file system of only what programs need (read-only)."""
+    """Namespaces, no privileges, and a file system of only what programs need (read-only).
+
+    Started by root, bwrap makes no user namespace (its uid 65534 would be host root): it
+    mounts as root, then ``setpriv`` drops the program to host uid/gid 65534 with no
+    capability at all, so every root-owned host file (``/proc/sys``, the bound device nodes)
+    stays out of its reach. Started by another user, the user namespace maps 65534 to that
+    unprivileged user. ``seccomp_fd``: a descriptor holding ``_harness``'s box filter."""
     uid = str(SANDBOX_UID)
-    argv = [exe, "--unshare-all", "--unshare-user", "--uid", uid, "--gid", uid]
-    argv += ["--disable-userns", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]
+    argv = [exe, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    as_root = os.geteuid() == 0
+    if as_root:  # setpriv needs these three to drop them for good (and nothing else)
+        argv += [a for cap in _DROP_CAPS for a in ("--cap-add", cap)]
+    else:
+        argv += ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev"]
+    for path in _PROC_COVERED:  # kernel settings and triggers: absent (empty, read-only)
+        argv += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
     for mount in ("/tmp", "/dev/shm"):
         argv += ["--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", mount]
     for path in _SYSTEM_PATHS:
@@ -343,18 +381,53 @@ def _bwrap_argv(
             argv += ["--ro-bind", path, path]
     bound = list(_SYSTEM_PATHS)
     etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
+    binds = []
     for path in [*etc, *_python_paths(), *map(os.path.abspath, ro_binds)]:
         if any(_inside(path, b) for b in bound):
             continue  # already there (binding again would undo a hide)
-        argv += ["--ro-bind", path, path]
+        binds += ["--ro-bind", path, path]
         bound.append(path)
+    # the directories leading to a bind, made 0755 first (bwrap makes them 0700 as root: the
+    # box's uid could not reach the toolchains under /root)
+    parents = {os.path.dirname(p) for p in binds[2::3]}
+    parents = {a for p in parents for a in _ancestors(p) if not any(_inside(a, b) for b in bound)}
+    for path in sorted(parents, key=lambda p: p.count("/")):
+        argv += ["--perms", "0755", "--dir", path]
+    argv += binds
     for path in map(os.path.abspath, hide):  # data or caches inside a bound directory
         if os.path.isdir(path) and any(_inside(path, b) for b in bound):
             argv += ["--tmpfs", path]
-    argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--dir", _WORK_IN_BOX, "--chdir", _WORK_IN_BOX]
-    argv += ["--remount-ro", "/"]  # the sandbox's root itself: nothing new at its top
+    argv += ["--ro-bind", str(src), _SRC_IN_BOX, "--perms", "0777", "--dir", _WORK_IN_BOX]
+    argv += ["--chdir", _WORK_IN_BOX, "--remount-ro", "/"]  # the box's root: nothing new on top
     argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", _WORK_IN_BOX, "--"]
+    if as_root:
+        argv += [_setpriv_path(), f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     return argv
+
+
+# /proc's files that write to the kernel beyond the process's own entries: sysctls (bwrap
+# leaves /proc/sys writable when started by root) and pressure triggers
+_PROC_COVERED = ("/proc/sys", "/proc/pressure")
+_DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+
+
+def _setpriv_path() -> str:
+    return shutil.which("setpriv", path="/usr/bin:/bin") or "/usr/bin/setpriv"
+
+
+def _box_seccomp_fd() -> int | None:
+    """A descriptor (a memfd at offset 0) holding the box's seccomp program, for bwrap's
+    ``--seccomp``; None on a machine we have no syscall table for."""
+    from reflectioncoder.eval import _harness
+
+    code = _harness._seccomp_filter(os.uname().machine, None)
+    if code is None:
+        return None
+    fd = os.memfd_create("rc-seccomp", 0)
+    os.write(fd, code)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 # ----------------------------------------------------------------------------- cgroups
@@ -492,8 +565,13 @@ def _preexec(
     open_files: int,
     max_processes: int,
     cgroup_procs: list[str],
+    seccomp: bytes | None = None,
 ):
-    """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits."""
+    """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits;
+    ``seccomp``: a filter to install last (the fallback level's, for programs in any language:
+    bwrap installs it itself)."""
+    from reflectioncoder.eval._harness import install_seccomp
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
     libc.signal.restype = ctypes.c_void_p
@@ -516,6 +594,8 @@ def _preexec(
             # the limit counts ALL of this user's processes and threads, hence the headroom
             nproc = max_processes + 1024
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if seccomp is not None and not install_seccomp(seccomp):
+            raise OSError("sandbox: the seccomp filter could not be installed")
 
     return apply
 
@@ -575,6 +655,7 @@ class PreparedRun:
         env: Mapping[str, str] | None = None,
         hide: Sequence[str] = (),
         ro_binds: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
     ) -> None:
         for name, value in (("memory_mb", memory_mb), ("cpu_s", cpu_s), ("cpu_cores", cpu_cores)):
             if value <= 0:
@@ -592,21 +673,23 @@ class PreparedRun:
         self.proc: subprocess.Popen | None = None
         self.used = False
         try:
-            self._start(argv, files, limits, env, hide, ro_binds)
+            self._start(argv, files, limits, env, hide, ro_binds, pass_fds)
         except BaseException:
             self.discard()
             raise
 
-    def _start(self, argv, files, limits: _Limits, env, hide, ro_binds) -> None:
+    def _start(self, argv, files, limits: _Limits, env, hide, ro_binds, pass_fds) -> None:
         assert self.root is not None
         src, work = self.root / "src", self.root / "work"
-        src.mkdir()
+        src.mkdir(mode=0o755)
         work.mkdir()
+        src.chmod(0o755)  # read by the box's unprivileged uid, whatever the umask
         for name, content in (files or {}).items():
             if "/" in name or name.startswith("."):
                 raise ValueError(f"files: {name!r} must be a plain file name")
             data = content.encode() if isinstance(content, str) else content
             (src / name).write_bytes(data)
+            (src / name).chmod(0o644)
         use_bwrap = self.level.startswith("bwrap")
         box_src, box_work = (_SRC_IN_BOX, _WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
@@ -624,29 +707,39 @@ class PreparedRun:
             _MARKER_ENV: self.marker,
         }
         child_env.update(env or {})
-        if use_bwrap:
-            bwrap = _bwrap_argv(_bwrap_path() or "bwrap", src, hide, ro_binds, limits.tmp_mb)
-            cmd = bwrap + cmd
-        self.cgroup = _make_cgroup(limits.memory_mb, limits.max_processes, limits.cpu_cores)
-        with _ctrl_c_held():  # until the child is in its own session (_preexec)
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=str(work),
-                env=child_env,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=_preexec(
-                    limits.memory_mb,
-                    limits.cpu_s,
-                    limits.file_size_mb,
-                    limits.open_files,
-                    limits.max_processes,
-                    self.cgroup.procs_files() if self.cgroup else [],
-                ),
-            )
+        from reflectioncoder.eval import _harness
+
+        seccomp_fd = _box_seccomp_fd() if use_bwrap else None
+        fds = [fd for fd in (seccomp_fd, *pass_fds) if fd is not None]
+        try:
+            if use_bwrap:
+                exe = _bwrap_path() or "bwrap"
+                cmd = _bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd) + cmd
+            self.cgroup = _make_cgroup(limits.memory_mb, limits.max_processes, limits.cpu_cores)
+            with _ctrl_c_held():  # until the child is in its own session (_preexec)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=str(work),
+                    env=child_env,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=fds,
+                    preexec_fn=_preexec(
+                        limits.memory_mb,
+                        limits.cpu_s,
+                        limits.file_size_mb,
+                        limits.open_files,
+                        limits.max_processes,
+                        self.cgroup.procs_files() if self.cgroup else [],
+                        None if use_bwrap else _harness._seccomp_filter(os.uname().machine, None),
+                    ),
+                )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
 
     def cpu_time_s(self) -> float | None:
         """CPU seconds the run's whole process tree has used since it started (None where no
@@ -735,6 +828,7 @@ def run_sandboxed(
     hide: Sequence[str] = (),
     ro_binds: Sequence[str] = (),
     on_stdout_line: Callable[[bytes], bool] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> ExecResult:
     """Run ``argv`` in the sandbox and return what it printed.
 
@@ -749,7 +843,8 @@ def run_sandboxed(
     ``output_limit`` caps stdout and stderr each, in bytes. ``on_stdout_line`` sees each line
     of stdout as it arrives (a trusted caller judging results while the run goes on); when it
     returns True the run is stopped there and killed (``exit_code`` None); stdout is then not
-    kept, and ``output_limit`` caps each line instead.
+    kept, and ``output_limit`` caps each line instead. ``pass_fds``: descriptors the program
+    inherits (the caller's numbers).
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -766,6 +861,7 @@ def run_sandboxed(
         env=env,
         hide=hide,
         ro_binds=ro_binds,
+        pass_fds=pass_fds,
     )
     return prepared.run(
         stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line

@@ -333,6 +333,7 @@ class _Phase:
         self.started: float | None = None
         self.cmp = _Comparer(task)
         self.next = 0
+        self.loaded = False
         self.status: str | None = None
         self.failed_input: int | None = None
         self.reason = ""
@@ -382,7 +383,18 @@ def _hidden(hide: Sequence[str]) -> list[str]:
     return [os.path.realpath(h) for h in (*hide, _cache_dir())]
 
 
-_ROW_FIELDS = {"phase": str, "i": int, "error": str, "load_error": str, "done": bool}
+_ROW_FIELDS = {
+    "phase": str,
+    "i": int,
+    "error": str,
+    "load_error": str,
+    "done": bool,
+    "loaded": bool,
+}
+# CPU seconds an input may use beyond its limit, measured outside: encoding and writing its
+# output, and the scorer's reading it (the harness stops the input itself at the limit)
+CPU_SLACK_S = 0.1
+BATCH_S = 0.02  # the harness sends result lines together when they come within this (wall)
 # bytes of result lines one sample may send in all: this plus 8x its expected outputs' encoding
 # (floats may print longer than the expected ones and still be close enough)
 MAX_SAMPLE_OUTPUT = 64 << 20
@@ -411,6 +423,12 @@ class _Judge:
         self.phases, self.clock, self.received, self.max_bytes = phases, clock, 0, max_bytes
         self.start = clock()
         self.by_name = {p.name: p for p in phases}
+        # Each input's limit, checked here on the run's own clock (a program that catches the
+        # harness's timer signal gains nothing): lines that arrive together (one batch,
+        # within BATCH_S) are checked as one, against the limit of the batch's last input
+        # (the harness sends a batch when an input ends more than BATCH_S after the last one)
+        self.mark: float | None = None  # the clock when the current input started
+        self.batch: tuple[_Phase, int, float, float] | None = None  # phase, i, clock, wall
 
     def __call__(self, line: bytes) -> bool:
         self.received += len(line)
@@ -428,11 +446,26 @@ class _Judge:
                 break
         return True
 
+    def close_batch(self, wall: float | None = None) -> bool:
+        """Check the open batch's CPU time (when ``wall`` says a new batch has begun, or at
+        the end): True when its last input went over its limit."""
+        if self.batch is None or (wall is not None and wall - self.batch[3] <= BATCH_S / 4):
+            return False
+        phase, i, cpu, _ = self.batch
+        self.batch = None
+        used, self.mark = cpu - (self.mark if self.mark is not None else cpu), cpu
+        if used > phase.limits[i] + BATCH_S + CPU_SLACK_S and phase.status is None:
+            phase.fail(TIMEOUT, i, "over its CPU-time limit, measured outside")
+            return True
+        return False
+
     def _judge(self, row: dict) -> bool:
         phase = self.by_name.get(row["phase"])
         if phase is None or phase.status is not None:  # the harness never writes these
             return self._fail_current(FAIL, "malformed result line: unexpected phase")
         now = self.clock()
+        if self.close_batch(time.monotonic()):
+            return True
         if phase.started is None:  # the base phase starts with the run, plus when base ends
             phase.started = self.start
         if now - phase.started > phase.budget:  # as EvalPlus's per-phase process timeout
@@ -441,12 +474,26 @@ class _Judge:
         if "load_error" in row:
             phase.fail(FAIL, None, f"load error: {row['load_error'][:REASON_CHARS]}")
             return True
+        if row.get("loaded"):
+            if phase.loaded:  # the harness says it once: a second one is forged
+                return self._fail_current(FAIL, "malformed result line: loaded twice")
+            phase.loaded, self.mark = True, now
+            return False
         if row.get("done"):
+            if self.close_batch():
+                return True
             return self._phase_done(phase, now)
         i = row.get("i")
         if i != phase.next:
             phase.fail(FAIL, phase.next, "out-of-order result")
             return True
+        if not phase.loaded:
+            phase.fail(FAIL, i, "a result before the program loaded")
+            return True
+        if self.batch is None:
+            self.batch = (phase, i, now, time.monotonic())
+        else:
+            self.batch = (phase, i, self.batch[2], self.batch[3])
         if "error" in row:
             kind = TIMEOUT if row["error"] == "TimeoutException" else FAIL
             phase.fail(kind, i, row["error"][:REASON_CHARS])
@@ -513,6 +560,7 @@ def check_sample(
         output_limit=_harness.MAX_LINE,
         on_stdout_line=judge,
     )
+    judge.close_batch()  # the last lines' CPU time, when the run ended without a verdict
     for p in phases:
         if p.status is None:
             if res.timed_out:

@@ -1,0 +1,117 @@
+"""build-data never records a forged pass: a program that prints the pass line and exits,
+exits early, rigs ``__eq__`` or patches how a failed assert ends is judged outside (the test
+calls' values, compared here with the expected literals that never enter the sandbox), so it
+fails; the honest solution of the same problem passes (these tests can fail)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from reflectioncoder.construct.backend import Draft
+from reflectioncoder.construct.build import reflection_sample
+from reflectioncoder.construct.execute import ALL_PASSED, judge_tests, run_program, run_tests
+from reflectioncoder.construct.from_problems import AssertTest, UserProblem
+from reflectioncoder.construct.problems import generate_problems
+
+
+def _problem(seed: int):
+    return random.Random(seed).choice(generate_problems(seed % 1000))
+
+
+def _wrong(problem) -> str:
+    return f"def {problem.entry_point}(*args, **kwargs):\n    return 'wrong'\n"
+
+
+FORGERIES = {
+    "print the pass line, _exit(0)": (
+        "import os, sys\nprint({passed!r})\nsys.stdout.flush()\nos._exit(0)\n{wrong}"
+    ),
+    "excepthook prints it": (
+        "import os, sys\n"
+        "def _hook(*a):\n    print({passed!r})\n    sys.stdout.flush()\n    os._exit(0)\n"
+        "sys.excepthook = _hook\n{wrong}"
+    ),
+    "atexit prints it": (
+        "import atexit, os, sys\n"
+        "def _end():\n    print({passed!r})\n    sys.stdout.flush()\n    os._exit(0)\n"
+        "atexit.register(_end)\n{wrong}"
+    ),
+    "rigged __eq__": (
+        "class _Yes:\n    def __eq__(self, other):\n        return True\n"
+        "    def __repr__(self):\n        return 'yes'\n"
+        "def {name}(*args, **kwargs):\n    return _Yes()\n"
+    ),
+    "int subclass equal to all": (
+        "class _Yes(int):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def {name}(*args, **kwargs):\n    return _Yes(-12345)\n"
+    ),
+}
+
+
+def _forgery(kind: str, problem) -> str:
+    return FORGERIES[kind].format(
+        passed=ALL_PASSED, wrong=_wrong(problem), name=problem.entry_point
+    )
+
+
+@pytest.mark.parametrize("kind", list(FORGERIES))
+def test_forged_pass_is_not_a_pass(kind, seed):
+    problem = _problem(seed)
+    code = _forgery(kind, problem)
+    looked = run_program(problem.test_program(code))
+    assert looked.passed, (kind, looked.output)  # each one fooled the printed-line rule
+    run = run_tests(problem, code)
+    assert not run.passed, (kind, run.output)
+
+
+def test_honest_solution_passes(seed):
+    problem = _problem(seed)
+    assert run_tests(problem, problem.solution).passed
+
+
+def test_user_problem_asserts_are_judged_outside():
+    """The user's own assert lines: equalities, a bare truthy assert, a message, and an
+    expected side that is not a literal (computed in the program, compared outside)."""
+    tests = (
+        AssertTest("assert add(2, 3) == 5"),
+        AssertTest("assert add(-1, 1) == 0, 'zero'"),
+        AssertTest("assert add(1, 1) > 1"),
+        AssertTest("assert add(2, 2) == sum([2, 2])"),
+    )
+    problem = UserProblem("u/1", "Add two numbers.", tests, entry_point="add")
+    assert run_tests(problem, "def add(a, b):\n    return a + b\n").passed
+    assert not run_tests(problem, "def add(a, b):\n    return a - b\n").passed
+    forged = "import os\nprint('All tests passed.')\nos._exit(0)\ndef add(a, b):\n    return 0\n"
+    assert not run_tests(problem, forged).passed
+    checks = [t.judged() for t in tests]
+    assert checks[2] == ("add(1, 1) > 1", None) and checks[1] == ("add(-1, 1)", "0")
+    assert not judge_tests("def add(a, b):\n    return 0\n", checks[2:3], timeout_s=5)
+
+
+class _ForgingBackend:
+    """A chat model that answers every turn with a forged pass (build-data's openai backend
+    with a hostile server)."""
+
+    name = "forger"
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def attempt(self, problem, rng):
+        return Draft("Here it is.", self.code)
+
+    def reflect(self, problem, history, rng):
+        return Draft("Fixed.", self.code)
+
+
+def test_build_data_records_no_forged_sample(seed):
+    problem = _problem(seed)
+    backend = _ForgingBackend(_forgery("print the pass line, _exit(0)", problem))
+    sample = reflection_sample(
+        problem, backend, random.Random(seed), max_rounds=1, max_attempts=1,
+        redraw_passing=False,
+    )  # fmt: skip
+    assert sample is None
