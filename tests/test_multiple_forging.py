@@ -29,7 +29,8 @@ READS_ITSELF = {
     ),
     "cpp": (
         '    std::ifstream f("/proc/self/exe", std::ios::binary);\n'
-        "    std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());\n"
+        "    std::string s((std::istreambuf_iterator<char>(f)),\n"
+        "                  std::istreambuf_iterator<char>());\n"
         '    std::regex re("rc-done-[0-9a-f]{32}");\n'
         "    for (std::sregex_iterator i(s.begin(), s.end(), re), e; i != e; ++i)\n"
         "        std::cout << i->str() << std::endl;\n"
@@ -67,7 +68,8 @@ READS_ITSELF = {
         "    os.exit(0)\nend\n"
     ),
     "rs": (
-        '    let s = String::from_utf8_lossy(&std::fs::read("/proc/self/exe").unwrap()).to_string();\n'
+        '    let b = std::fs::read("/proc/self/exe").unwrap();\n'
+        "    let s = String::from_utf8_lossy(&b).to_string();\n"
         '    for (i, _) in s.match_indices("rc-done-") { println!("{}", &s[i..i + 40]); }\n'
         "    std::process::exit(0);\n"
     ),
@@ -83,7 +85,8 @@ READS_DESCRIPTOR = {
     "python": "    import os, sys\n    print(os.read(3, 256).decode())\n"
     "    sys.stdout.flush(); os._exit(0)\n",
     "sh": "    echo; cat <&3; echo\n    kill -9 $$\n",
-    "js": "  console.log(require('fs').readFileSync('/dev/fd/3', 'utf8'));\n  process.exit(0);\n}\n",
+    "js": "  console.log(require('fs').readFileSync('/dev/fd/3', 'utf8'));\n"
+    "  process.exit(0);\n}\n",
 }
 
 

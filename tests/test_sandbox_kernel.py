@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
+import shutil
 import sys
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from test_sandbox import _levels
+from test_sandbox_root import _Host
 
 from reflectioncoder.eval import multiple, sandbox
 
@@ -226,57 +225,22 @@ print(json.dumps(got))
 """
 
 
-class _Listener:
-    """A unix socket in a directory the box binds, and an abstract one; records connections."""
-
-    def __init__(self, base: Path) -> None:
-        base.mkdir(mode=0o755)
-        self.path = str(base / "host.sock")
-        self.abstract = f"rc-test-{uuid.uuid4().hex}"
-        self.reached: list[bytes] = []
-        self.servers = []
-        for address in (self.path, "\0" + self.abstract):
-            server = socket.socket(socket.AF_UNIX)
-            server.bind(address)
-            server.listen(4)
-            server.settimeout(0.2)
-            self.servers.append(server)
-        os.chmod(self.path, 0o777)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            for server in self.servers:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    continue
-                self.reached.append(conn.recv(16) or b"connected")
-                conn.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        for server in self.servers:
-            server.close()
-
-
 def test_seccomp_refuses_sockets_and_kernel_calls(level):
     """At every level: each refused call fails with EPERM (ENOSYS for clone3, which libc
     replaces with clone), while fork still works (compilers need it)."""
     base = Path("/var/tmp") / f"rc-sock-{uuid.uuid4().hex}"
-    listener = _Listener(base)
+    host = _Host(base, None)  # a unix socket in a directory the box binds, and an abstract one
+    os.chmod(base, 0o755)
+    os.chmod(host.args["socket"], 0o777)  # only the filter may stop the box's uid
     try:
-        stdin = json.dumps({"socket": listener.path, "abstract": listener.abstract})
+        stdin = json.dumps({"socket": host.args["socket"], "abstract": host.abstract})
         res = _python_probe(SYSCALL_PROBE, ro_binds=[str(base)], stdin=stdin)
     finally:
-        listener.close()
-        subprocess.run(["rm", "-rf", str(base)], check=False)
+        host.close()
+        shutil.rmtree(base)
     got = _report(res)
     assert got.pop("fork (allowed)") == "ok"
     assert got.pop("clone3") == "ENOSYS"
     assert {name: e for name, e in got.items() if e != "EPERM"} == {}, got
     assert len(got) >= 17
-    assert listener.reached == []
+    assert host.reached == []

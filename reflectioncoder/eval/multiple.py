@@ -192,7 +192,8 @@ LANGUAGES: dict[str, Language] = {
     "rb": Language(
         "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
         # test-unit runs its cases at exit; this one sorts after every test_<name> case
-        "class TestHumanEval\n  def test_zzzz_rc_nonce\n    puts \"\\n\" + IO.new(3).read\n  end\nend",
+        "class TestHumanEval\n  def test_zzzz_rc_nonce\n"
+        "    puts \"\\n\" + IO.new(3).read\n  end\nend",
         memory_mb=1024,
         library="test-unit", probe=("ruby", "-e", "gem 'test-unit'"),
     ),

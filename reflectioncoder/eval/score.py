@@ -515,7 +515,8 @@ class _Judge:
         later = self.phases[self.phases.index(phase) + 1 :]
         if later:
             later[0].started = now
-        return False
+        # the last phase decided: stop here rather than wait for the interpreter to end
+        return not later
 
 
 def check_sample(
