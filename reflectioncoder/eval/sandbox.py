@@ -14,9 +14,12 @@ run's cgroup: load on the machine does not change it), ``cpu_cores`` (CPU quota)
 
 Isolation levels, strongest first (``isolation_level()`` names exactly what is in force):
 
-- ``bwrap``: bubblewrap with its own user (uid/gid 65534, every capability dropped, no nested
-  user namespaces), PID, network, IPC and UTS namespaces; a file system made only of what a
-  program needs, read-only (``/usr`` and the library dirs, a few ``/etc`` files, the Python
+- ``bwrap``: bubblewrap with its own PID, network, IPC, UTS and cgroup namespaces; the program
+  runs as uid/gid 65534 ON THE HOST (root-started bwrap makes no user namespace and ``setpriv``
+  drops to 65534; started by another user, the user namespace maps 65534 to that user) with no
+  capability in any set, under the seccomp filter ``_harness._seccomp_filter(machine, None)``;
+  ``/proc/sys`` and ``/proc/pressure`` absent; a file system made only of what a program needs,
+  read-only (``/usr`` and the library dirs, a few ``/etc`` files, the Python
   installation and site-packages, ``ro_binds``), a private size-capped ``/tmp`` (the working
   directory lives there), ``/dev/shm`` and ``/dev``. No data, cache, home, host socket or cgroup
   file system is visible. When the PID namespace's first process dies the kernel kills every
@@ -24,9 +27,11 @@ Isolation levels, strongest first (``isolation_level()`` names exactly what is i
 - ``rlimits`` (fallback where bubblewrap or user namespaces are missing): a new session and
   process group, resource limits, a private working directory as ``cwd`` and ``TMPDIR``, a sweep
   of ``/proc`` for processes tagged with the run's marker (children that called ``setsid``), and
-  for Python programs an audit hook that refuses writes and deletes outside the working
-  directory, network connections, signals to other processes and new programs. Weaker: native
-  code (ctypes) can bypass the audit hook.
+  the same seccomp filter for every program (installed between fork and exec), and for Python
+  programs a stricter one plus an audit hook that refuses writes and deletes outside the
+  working directory, network connections, signals to other processes and new programs.
+  Weaker: programs run as the caller (as root: root's files), and native code (ctypes) can
+  bypass the audit hook.
 
 Both levels put each run in its own cgroup (v2, or v1 controllers, where the machine lets us
 create one): ``memory`` (the whole tree's memory, /dev/shm included), ``pids``, ``cpu`` (quota)
@@ -282,7 +287,7 @@ def _remove_stale_cgroups(layout: _CgroupLayout, older_than_s: float = 600.0) ->
 
 def isolation_level() -> str:
     """Exactly what runs get here, e.g.
-    ``bwrap(uid=65534,caps=none,userns=none,fs=minimal-ro)+cgroup-v1(cpu,cputime,memory,pids)
+    ``bwrap(uid=65534,host-uid=65534,caps=none,userns=none,seccomp,fs=minimal-ro)+cgroup-v1(...)
     +time=cpu``: the level (``bwrap`` or ``rlimits``), the cgroup controllers in force, and
     whether time limits count CPU time of the run's cgroup or the wall clock."""
     from reflectioncoder.eval import _harness
@@ -1058,12 +1063,14 @@ def run_python(
 _FALLBACK_GAPS = (
     "host files outside the hidden data and cache directories can be read",
     "memory is limited per process (RLIMIT_AS), not per sample",
-    "files, network and /proc are guarded by a Python audit hook: native code (a C extension) "
-    "can step around it",
+    "files and /proc are guarded by a Python audit hook (sockets by the seccomp filter): "
+    "native code (a C extension) can step around the hook",
 )
 _FALLBACK_NATIVE_GAPS = (
-    "programs that are not Python (MultiPL-E compiled languages, shell) get rlimits, a process "
-    "group and the pids cgroup only: no file, network, /proc or new-process guard",
+    "programs that are not Python (MultiPL-E compiled languages, shell) run as the caller "
+    "(root: every root-owned file, sysctls and device nodes writable) with rlimits, a process "
+    "group, the cgroup and the seccomp filter (no socket, mount, namespace, ptrace): no file "
+    "or /proc guard",
 )
 
 
