@@ -97,7 +97,7 @@ def main() -> None:
         row["vs_plain_bf16"] = ratio
         print(
             f"  {row['case']:24s} first {row['losses'][0]:.4f} last {row['losses'][-1]:.4f} "
-            f"deviation {row['deviation_from_fp32']:.4f} ({ratio:.2f}x plain bf16's) "
+            f"deviation {row['deviation_from_fp32']:.4f} ({ratio:.3g}x plain bf16's) "
             f"{row['seconds']:.0f} s"
         )
     holds = rows[1]["deviation_from_fp32"] <= 2 * plain
