@@ -61,6 +61,7 @@ test: env
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
 	$(PY) -m bench.roofline
 	$(PY) -m bench.gpu_suite --dry-run --out .cache/gpu_suite_dry_run
+	$(PY) -m bench.gpu_step_call --dry-run --steps 1 --out .cache/gpu_step_call_dry_run.json
 
 test-all:
 	$(MAKE) test PYTEST_MARK=

@@ -24,7 +24,10 @@ reflection sample, ours L + the visible student.
 
 from __future__ import annotations
 
+import functools
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -263,16 +266,11 @@ def reference_attention(cfg: TrainStepConfig) -> str:
     return "flash_attention_2" if on_cuda and is_flash_attn_2_available() else "sdpa"
 
 
-def setup_trainer(cfg: TrainStepConfig, per_step):
-    """A ``Trainer`` on a saved model of ``cfg``'s sizes holding the seeded model's weights,
-    planned to run ``per_step``'s samples at the fixed mask rate (its plan replaced: the toy
-    data it was pointed at only gets it started)."""
-    import tempfile
-    from pathlib import Path
-
+@functools.cache
+def _saved_model(cfg: TrainStepConfig):
+    """A folder with the model of ``cfg``'s sizes saved as a user's is, and toy data to start a
+    trainer with (kept for the process: every trainer of these sizes reuses them)."""
     from bench.bench_checkpointing import prepare_model_and_data
-    from reflectioncoder.config import load_config
-    from reflectioncoder.train.trainer import Trainer
 
     folder = tempfile.TemporaryDirectory(prefix="rc-bench-trainer-")
     arch = dict(
@@ -283,12 +281,24 @@ def setup_trainer(cfg: TrainStepConfig, per_step):
         max_position_embeddings=8192,
     )
     data = prepare_model_and_data(Path(folder.name), 8, arch, cfg.kv_heads, vocab=cfg.vocab)
+    return folder, data
+
+
+def setup_trainer(cfg: TrainStepConfig, per_step, extra: tuple[str, ...] = ()):
+    """A ``Trainer`` on a saved model of ``cfg``'s sizes holding the seeded model's weights,
+    planned to run ``per_step``'s samples at the fixed mask rate (its plan replaced: the toy
+    data it was pointed at only gets it started). ``extra``: config overrides (a lever)."""
+    from reflectioncoder.config import load_config
+    from reflectioncoder.train.trainer import Trainer
+
+    folder, data = _saved_model(cfg)
+    run = tempfile.mkdtemp(prefix="rc-bench-run-", dir=folder.name)
     overrides = [
         f"model.name_or_path={Path(folder.name) / 'model'}",
         "model.gradient_checkpointing=true",
         f"model.dtype={cfg.dtype}",
         f"data.files=[{data}]",
-        f"checkpoint.out_dir={Path(folder.name) / 'run'}",
+        f"checkpoint.out_dir={run}",
         "checkpoint.save_every=0",
         "checkpoint.save_final=false",
         f"train.device={cfg.device}",
@@ -302,6 +312,7 @@ def setup_trainer(cfg: TrainStepConfig, per_step):
         "logging.progress=false",
         "logging.tensorboard=false",
         "logging.plot=false",
+        *extra,
     ]
     trainer = Trainer(load_config(base="tiny", overrides=overrides))
     model, _, _ = setup_train_step(cfg)
@@ -314,7 +325,6 @@ def setup_trainer(cfg: TrainStepConfig, per_step):
     steps = [list(range(k * n, (k + 1) * n)) for k in range(len(per_step))]
     trainer.plan = [steps[0]] * step + steps + [steps[-1]] * (total - step - len(steps))
     trainer.total_steps, trainer.step = total, step
-    trainer._bench_folder = folder  # removed with the trainer
     return trainer
 
 
