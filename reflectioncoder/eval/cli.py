@@ -86,12 +86,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="key for --base-url (default: none; the server may not need one)",
     )
+    gen.add_argument(
+        "--prompt-format",
+        choices=pr.PROMPT_FORMATS,
+        default="spec",
+        help="spec: SPEC §5's prompt (the paper's; for models trained here); chat: the same "
+        "request through the model's own chat template, for instruct models (HumanEval: the "
+        "reply repeats the signature and the model writes the body)",
+    )
     gen.add_argument("--n-samples", type=int, default=1, help="samples per task")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
     gen.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per completion")
     gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
     gen.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    gen.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for generation (default: torch's, every core)",
+    )
     gen.add_argument("--tensor-parallel", type=int, default=1, help="vLLM tensor parallelism")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")
     gen.add_argument(
@@ -112,6 +126,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         "--max-new-tokens": args.max_new_tokens,
         "--batch-size": args.batch_size,
         "--tensor-parallel": args.tensor_parallel,
+        "--threads": args.threads,
     }
     for flag, value in positive.items():
         if value is not None and value < 1:
@@ -135,6 +150,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         require_model_folder(args.model, "--model", need="both")
     if args.model is not None and args.backend == "openai" and not args.base_url:
         raise UsageError("--backend openai needs --base-url")
+    if args.prompt_format == "chat" and (args.backend == "openai" or args.task.startswith("mult")):
+        raise UsageError("--prompt-format chat: HumanEval and MBPP with --backend hf or vllm only")
     if args.device is not None and args.model is not None:
         _check_device(args.device)
 
@@ -201,11 +218,12 @@ def _read_samples(path: Path) -> list[dict]:
 
 
 def _generate(
-    args: argparse.Namespace, task_ids: list[str], prompts: list[str], post
+    args: argparse.Namespace, task_ids: list[str], prompts: list[str], post, stop_strings=()
 ) -> list[dict]:
     from reflectioncoder.eval import generate as gn
 
     config = gn.GenerationConfig(
+        stop_strings=tuple(stop_strings),
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
@@ -216,7 +234,14 @@ def _generate(
     bar = _bar(len(prompts), "generate", not args.no_progress)
     try:
         if args.backend == "hf":
-            texts = gn.generate_hf(args.model, prompts, config, device=args.device, progress=bar)
+            texts = gn.generate_hf(
+                args.model,
+                prompts,
+                config,
+                device=args.device,
+                progress=bar,
+                threads=args.threads,
+            )
         elif args.backend == "vllm":
             texts = gn.generate_vllm(
                 args.model, prompts, config, tensor_parallel=args.tensor_parallel
@@ -287,6 +312,13 @@ def _generate_for(args: argparse.Namespace, task: str, tasks: dict) -> list[dict
         return _generate(
             args, ids, prompts, lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)
         )
+    if args.prompt_format == "chat":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        prompts = [pr.chat_prompt(tasks[t], tok) for t in ids]
+        post = lambda tid, raw: pr.postprocess_chat(raw)  # noqa: E731
+        return _generate(args, ids, prompts, post, stop_strings=[pr.FENCE])
     prompts = [pr.python_prompt(tasks[t]) for t in ids]
     return _generate(args, ids, prompts, lambda tid, raw: pr.postprocess(raw))
 

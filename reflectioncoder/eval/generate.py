@@ -27,6 +27,9 @@ class GenerationConfig:
     batch_size: int = 8
     seed: int = 0
     stop: tuple[str, ...] = tuple(GENERATION_STOP)
+    stop_strings: tuple[str, ...] = ()
+    """Plain-text stops: a sequence ends once its text holds one (the closing code fence of a
+    ``chat`` prompt), so a batch is not held up by a model writing prose after its code."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -55,12 +58,16 @@ def generate_hf(
     *,
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> list[list[str]]:
-    """transformers ``generate``, batched with left padding; special tokens kept in the decoded
-    text (the stop strings are special tokens), then cut at the first stop string."""
+    """transformers ``generate``, batched with left padding and a KV cache; special tokens kept
+    in the decoded text (the stop strings are special tokens), then cut at the first stop
+    string. ``threads``: torch's CPU threads (None leaves torch's setting)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
@@ -72,9 +79,12 @@ def generate_hf(
     stop_ids = [i for i in stop_ids if isinstance(i, int) and i != tok.unk_token_id]
     eos = [tok.eos_token_id, *stop_ids] if tok.eos_token_id is not None else stop_ids
     torch.manual_seed(config.seed)
-    out: list[list[str]] = []
+    # Batches of similar prompt lengths: less left padding computed (the order is restored).
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts_by_prompt: dict[int, list[str]] = {}
     for start in range(0, len(prompts), config.batch_size):
-        batch = list(prompts[start : start + config.batch_size])
+        chosen = order[start : start + config.batch_size]
+        batch = [prompts[i] for i in chosen]
         # the prompt strings hold our special tokens literally: BOS is added, nothing else
         enc = tok(batch, return_tensors="pt", padding=True).to(device)
         kwargs = dict(
@@ -86,16 +96,19 @@ def generate_hf(
         )
         if config.temperature > 0:
             kwargs.update(temperature=config.temperature, top_p=config.top_p)
+        if config.stop_strings:
+            kwargs.update(stop_strings=list(config.stop_strings), tokenizer=tok)
         with torch.no_grad():
             gen = model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].shape[1] :].cpu()  # one host copy per batch
         texts = tok.batch_decode(new, skip_special_tokens=False)
-        for j in range(len(batch)):
+        stops = (*config.stop, *config.stop_strings)
+        for j, i in enumerate(chosen):
             outs = texts[j * config.n : (j + 1) * config.n]
-            out.append([_cut_at_stop(_strip_pad(t, tok), config.stop) for t in outs])
+            texts_by_prompt[i] = [_cut_at_stop(_strip_pad(t, tok), stops) for t in outs]
         if progress:
             progress(len(batch))
-    return out
+    return [texts_by_prompt[i] for i in range(len(prompts))]
 
 
 def _strip_pad(text: str, tok) -> str:
@@ -129,7 +142,7 @@ def generate_vllm(
         max_tokens=config.max_new_tokens,
         skip_special_tokens=False,
         spaces_between_special_tokens=False,
-        stop=list(config.stop),
+        stop=[*config.stop, *config.stop_strings],
     )
     results = llm.generate(list(prompts), params)
     return [[o.text for o in r.outputs] for r in results]

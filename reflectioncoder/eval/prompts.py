@@ -11,11 +11,14 @@ from reflectioncoder.eval.tasks import MultiplETask, PythonTask
 
 __all__ = [
     "GENERATION_STOP",
+    "PROMPT_FORMATS",
+    "chat_prompt",
     "MULTIPLE_LANGUAGE_NAMES",
     "humaneval_prompt",
     "mbpp_prompt",
     "multiple_prompt",
     "postprocess",
+    "postprocess_chat",
     "postprocess_multiple",
     "python_prompt",
 ]
@@ -63,26 +66,54 @@ _MULTIPLE_STOPS = {
 _CLOSE_BRACE = {"js", "php", "ts"}
 
 
+# spec: SPEC §5's literal strings (the paper's; right for a model trained by this project).
+# chat: the same user message through the model's own chat template (an instruct model's, e.g.
+# ChatML), the reply opened with a python fence: the model writes the whole function. (Opening
+# the reply with HumanEval's signature and docstring too made SmolLM2-135M-Instruct close
+# fence at once: 0 of 20 tasks with a body, against 18 of 20 functions written this way.)
+PROMPT_FORMATS = ("spec", "chat")
+
+
 def _wrap(user_text: str, fence_tag: str) -> str:
     return f"{USER}{TEXT}{user_text}{END_BLOCK}{END_MESSAGE}{ASSISTANT}{TEXT}{FENCE}{fence_tag}\n"
 
 
+def _humaneval_user(task: PythonTask) -> str:
+    return f"Write a complete Python function for the problem.\n\n{task.prompt.strip()}"
+
+
+def _mbpp_user(task: PythonTask) -> str:
+    lines = task.prompt.replace('"""', "").strip().split("\n")
+    if len(lines) < 2:
+        raise ValueError(f"{task.task_id}: prompt needs a description line and an assertion")
+    return (
+        f"{lines[0]}\nYour code should satisfy the following assertion:\n```python\n{lines[1]}\n```"
+    )
+
+
 def humaneval_prompt(task: PythonTask) -> str:
     """HumanEval(+): the docstring prompt after a one-line instruction."""
-    return _wrap(
-        f"Write a complete Python function for the problem.\n\n{task.prompt.strip()}", "python"
-    )
+    return _wrap(_humaneval_user(task), "python")
 
 
 def mbpp_prompt(task: PythonTask) -> str:
     """MBPP(+): the task's first line and its first test (the prompt's second line)."""
-    lines = task.prompt.replace('"""', "").strip().split("\n")
-    if len(lines) < 2:
-        raise ValueError(f"{task.task_id}: prompt needs a description line and an assertion")
-    body = (
-        f"{lines[0]}\nYour code should satisfy the following assertion:\n```python\n{lines[1]}\n```"
+    return _wrap(_mbpp_user(task), "python")
+
+
+def chat_prompt(task: PythonTask, tokenizer) -> str:
+    """The ``chat`` format: SPEC §5's user message rendered by ``tokenizer``'s chat template
+    (generation prompt added), then the reply's opening python fence."""
+    user = _humaneval_user(task) if task.dataset == "humaneval" else _mbpp_user(task)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("--prompt-format chat: the model's tokenizer has no chat template")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
     )
-    return _wrap(body, "python")
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos) :]  # the template writes BOS and encoding adds it again
+    return text + f"{FENCE}python\n"
 
 
 def python_prompt(task: PythonTask) -> str:
@@ -103,6 +134,17 @@ def postprocess(text: str, stops: list[str] | None = None) -> str:
     for stop in (stops + ["\n```"]) if stops is not None else PYTHON_STOPS:
         if stop in text:
             text = text[: text.find(stop)]
+    return text.strip()
+
+
+def postprocess_chat(text: str) -> str:
+    """Raw generation after a ``chat`` prompt (the fence already open) -> completion: drop block
+    tokens, cut at the closing fence and at the first stop string."""
+    for token in _REMOVED:
+        text = text.replace(token, "")
+    text = text.split(FENCE)[0]
+    for stop in PYTHON_STOPS:
+        text = text.split(stop)[0]
     return text.strip()
 
 
