@@ -678,4 +678,28 @@ def paper_preset() -> dict[str, Any]:
     }
 
 
-PRESETS = {"tiny": tiny_preset, "paper": paper_preset}
+def smollm2_preset() -> dict[str, Any]:
+    """SmolLM2-135M-Instruct (``reflectioncoder install-model smollm2-135m-instruct``) fine-tuned
+    on a CPU: the paper's method and optimizer (block_mask ``tce``, CE + KL, AdamW 5e-5, cosine,
+    5% warm-up), fp32, 8 samples per step, a few dozen steps (about a minute each on one busy
+    core; bench/RESULTS.md)."""
+    from reflectioncoder.models import default_folder
+
+    return {
+        "model": {
+            "name_or_path": str(default_folder("smollm2-135m-instruct")),
+            "dtype": "fp32",
+            "gradient_checkpointing": False,
+        },
+        "data": {"files": [], "max_len": 1024},
+        "mask": {"strategies": ["block_mask"], "block_order": "tce", "distill": True, "kl": True},
+        "packing": {"max_tokens": 4096, "normalisation": "sample"},
+        "optim": {"lr": 5e-5, "schedule": "cosine", "warmup_ratio": 0.05, "grad_clip": 1.0},
+        "train": {"max_steps": 30, "samples_per_step": 8, "seed": 3407, "device": "cpu"},
+        "distributed": {"backend": "none", "zero_stage": 0},
+        "checkpoint": {"out_dir": "runs/smollm2", "save_every": 0, "keep_last": 1},
+        "logging": {"log_every": 1},
+    }
+
+
+PRESETS = {"tiny": tiny_preset, "paper": paper_preset, "smollm2": smollm2_preset}

@@ -13,6 +13,7 @@ __all__ = [
     "GENERATION_STOP",
     "PROMPT_FORMATS",
     "chat_prompt",
+    "chat_request",
     "MULTIPLE_LANGUAGE_NAMES",
     "humaneval_prompt",
     "mbpp_prompt",
@@ -101,10 +102,9 @@ def mbpp_prompt(task: PythonTask) -> str:
     return _wrap(_mbpp_user(task), "python")
 
 
-def chat_prompt(task: PythonTask, tokenizer) -> str:
-    """The ``chat`` format: SPEC §5's user message rendered by ``tokenizer``'s chat template
-    (generation prompt added), then the reply's opening python fence."""
-    user = _humaneval_user(task) if task.dataset == "humaneval" else _mbpp_user(task)
+def chat_request(user: str, tokenizer) -> str:
+    """``user`` as one user message through ``tokenizer``'s chat template (generation prompt
+    added), then the reply's opening python fence."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("--prompt-format chat: the model's tokenizer has no chat template")
     text = tokenizer.apply_chat_template(
@@ -114,6 +114,12 @@ def chat_prompt(task: PythonTask, tokenizer) -> str:
     if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
         text = text[len(bos) :]  # the template writes BOS and encoding adds it again
     return text + f"{FENCE}python\n"
+
+
+def chat_prompt(task: PythonTask, tokenizer) -> str:
+    """The ``chat`` format: SPEC §5's user message for ``task`` through the model's template."""
+    user = _humaneval_user(task) if task.dataset == "humaneval" else _mbpp_user(task)
+    return chat_request(user, tokenizer)
 
 
 def python_prompt(task: PythonTask) -> str:
