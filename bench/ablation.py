@@ -119,7 +119,7 @@ def _installed() -> Path:
 
     folder = default_folder("smollm2-135m-instruct")
     if not (folder / "config.json").is_file():
-        sys.exit(f"ablation: no model at {folder}; run: reflectioncoder install-model {folder.name}")
+        sys.exit(f"ablation: no model at {folder}; reflectioncoder install-model {folder.name}")
     return folder
 
 

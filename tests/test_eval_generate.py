@@ -175,3 +175,48 @@ def test_generation_config_validates():
         gn.GenerationConfig(n=2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         gn.GenerationConfig(max_new_tokens=0)
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_stop_strings_end_a_sequence_at_its_text(tiny_model):
+    prompt = ["def add(x, y):"]
+    free = gn.generate_hf(str(tiny_model), prompt, gn.GenerationConfig(max_new_tokens=12))[0][0]
+    stop = free[3:5]  # text the model writes anyway: generation must end there
+    assert stop and stop in free
+    cut = gn.generate_hf(
+        str(tiny_model), prompt, gn.GenerationConfig(max_new_tokens=12, stop_strings=(stop,))
+    )[0][0]
+    assert cut == free[: free.find(stop)]
+
+
+def test_evaluate_chat_format_reports_generation_speed(tiny_model, tmp_path, shared_dir):
+    """--prompt-format chat renders the model's own template (here ChatML), and the result
+    holds the tokens generated and their rate."""
+    from transformers import AutoTokenizer
+
+    chat_model = tmp_path / "chat"
+    chat_model.mkdir()
+    for f in tiny_model.iterdir():
+        (chat_model / f.name).write_bytes(f.read_bytes())
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = CHATML
+    tok.save_pretrained(chat_model)
+    out = tmp_path / "mbpp.json"
+    rc = _run_cli(
+        "--task", "mbpp", "--model", str(chat_model), "--prompt-format", "chat",
+        "--limit", "2", "--max-new-tokens", "8", "--threads", "1", "--device", "cpu",
+        "--data-dir", str(shared_dir / "evaldata"), "--json", str(out),
+    )  # fmt: skip
+    assert rc == 0
+    gen = json.loads(out.read_text())["generation"]
+    assert 0 < gen["new_tokens"] <= 2 * 8 and gen["threads"] == 1
+    assert gen["tokens_per_s"] == pytest.approx(gen["new_tokens"] / gen["seconds"], rel=0.02)
+    from reflectioncoder.errors import UsageError
+
+    with pytest.raises(UsageError, match="HumanEval and MBPP with --backend hf or vllm only"):
+        _run_cli("--task", "multiple-cpp", "--model", str(chat_model), "--prompt-format", "chat")

@@ -101,3 +101,28 @@ def test_multiple_prompt_and_postprocess(shared_dir):
     assert postprocess_multiple(js, "  return x + y;\n}\n\nfunction g() {\n}\n") == (
         "  return x + y;\n}\n\nfunction g() {\n}"
     )
+
+
+def test_chat_prompt_uses_the_models_template():
+    from reflectioncoder.chat_template import CHAT_TEMPLATE
+    from reflectioncoder.eval.prompts import chat_prompt, postprocess_chat
+    from reflectioncoder.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(["def f(x):\n    return x\n"] * 10, 300)
+    task = _py('def f(x):\n    """Return x."""\n', "humaneval")
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    user = 'Write a complete Python function for the problem.\n\ndef f(x):\n    """Return x."""'
+    want = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n```python\n"
+    assert chat_prompt(task, tok) == want
+    # SPEC's own template writes BOS, which encoding adds again: the rendered BOS goes, so the
+    # prompt is the SPEC one exactly
+    tok.chat_template = CHAT_TEMPLATE
+    assert chat_prompt(task, tok) == humaneval_prompt(task)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        chat_prompt(task, tok)
+    raw = "def f(x):\n    return x\n```\nThis function returns x.<|endofmessage|>"
+    assert postprocess_chat(raw) == "def f(x):\n    return x"

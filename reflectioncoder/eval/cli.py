@@ -241,6 +241,7 @@ def _generate(
                 device=args.device,
                 progress=bar,
                 threads=args.threads,
+                stats=args.generation_stats,
             )
         elif args.backend == "vllm":
             texts = gn.generate_vllm(
@@ -268,6 +269,7 @@ def _pass_at(n: list[int], c: list[int], ks: list[int]) -> dict[str, float]:
 def main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     check_arguments(args)
+    args.generation_stats = {}
     data_dir = args.data_dir or tk.default_data_dir()
     if data_dir is None:
         raise UsageError("--data-dir not given and ../shared/evaldata not found")
@@ -355,6 +357,14 @@ def _finish(args: argparse.Namespace, result: dict, t0: float) -> int:
     python_only = args.task in ("humaneval", "mbpp", "multiple-python")
     result["not_guaranteed"] = not_guaranteed(result["isolation"], python_only)
     _print_table(result)
+    gen = getattr(args, "generation_stats", None)
+    if gen:
+        result["generation"] = gen
+        print(
+            f"generation: {gen['new_tokens']} tokens in {gen['seconds']} s ({gen['tokens_per_s']} "
+            f"tokens/s, {gen['cpu_seconds']} s CPU, {gen['threads']} thread(s), batch "
+            f"{gen['batch_size']})"
+        )
     for reason in result.get("unavailable", {}).values():
         print(reason)
     if args.json:

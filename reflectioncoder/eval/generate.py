@@ -6,6 +6,7 @@ caller post-processes them (``prompts.postprocess``).
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -59,10 +60,13 @@ def generate_hf(
     device: str | None = None,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    stats: dict | None = None,
 ) -> list[list[str]]:
     """transformers ``generate``, batched with left padding and a KV cache; special tokens kept
     in the decoded text (the stop strings are special tokens), then cut at the first stop
-    string. ``threads``: torch's CPU threads (None leaves torch's setting)."""
+    string. ``threads``: torch's CPU threads (None leaves torch's setting). ``stats``, when
+    given, gets the tokens generated (padding excluded; so is the end token where it is the
+    pad token) and the wall and CPU seconds of generation, model loading excluded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,6 +83,7 @@ def generate_hf(
     stop_ids = [i for i in stop_ids if isinstance(i, int) and i != tok.unk_token_id]
     eos = [tok.eos_token_id, *stop_ids] if tok.eos_token_id is not None else stop_ids
     torch.manual_seed(config.seed)
+    t0, cpu0, new_tokens = time.perf_counter(), time.process_time(), 0
     # Batches of similar prompt lengths: less left padding computed (the order is restored).
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts_by_prompt: dict[int, list[str]] = {}
@@ -101,6 +106,7 @@ def generate_hf(
         with torch.no_grad():
             gen = model.generate(**enc, **kwargs)
         new = gen[:, enc["input_ids"].shape[1] :].cpu()  # one host copy per batch
+        new_tokens += int((new != tok.pad_token_id).sum())
         texts = tok.batch_decode(new, skip_special_tokens=False)
         stops = (*config.stop, *config.stop_strings)
         for j, i in enumerate(chosen):
@@ -108,6 +114,16 @@ def generate_hf(
             texts_by_prompt[i] = [_cut_at_stop(_strip_pad(t, tok), stops) for t in outs]
         if progress:
             progress(len(batch))
+    if stats is not None:
+        seconds = time.perf_counter() - t0
+        stats.update(
+            new_tokens=new_tokens,
+            seconds=round(seconds, 2),
+            cpu_seconds=round(time.process_time() - cpu0, 2),
+            tokens_per_s=round(new_tokens / seconds, 2) if seconds else None,
+            threads=torch.get_num_threads(),
+            batch_size=config.batch_size,
+        )
     return [texts_by_prompt[i] for i in range(len(prompts))]
 
 
