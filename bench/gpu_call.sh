@@ -5,7 +5,8 @@
 #    imported from this checkout);
 # 2. python -m bench.gpu_suite (tests on the device, then the benchmark suites), capped;
 # 3. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
-# 4. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files).
+# 4. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files);
+# 5. issue 22's ablation at its GPU size, when the model is on the device (below).
 # DEVICE=cpu rehearses the same path on a CPU (gpu_suite --dry-run, tiny sizes).
 set -uo pipefail
 out=${1:-${OUT:-bench/results/gpu}}
@@ -24,6 +25,19 @@ timeout "${SUITE_LIMIT_S:-490}" python3 -m bench.gpu_suite $dry --out "$work/sui
 pack
 timeout "${CKPT_LIMIT_S:-80}" python3 -m bench.bench_checkpointing --device "$device" \
   --out "$work/checkpointing_cuda.json" 2>&1 | tee "$work/checkpointing.log" | tail -n 14
+pack
+# 5. issue 22's ablation at its GPU size (bench/ablation.py), on SmolLM2-135M-Instruct converted
+#    beforehand (ABLATION_MODEL; `reflectioncoder install-model smollm2-135m-instruct` writes it);
+#    skipped, and said so, when the folder is not on the device.
+model=${ABLATION_MODEL:-$HOME/.cache/reflectioncoder/models/smollm2-135m-instruct}
+if [ "$device" = cpu ]; then
+  echo "ablation: its toy size ran inside gpu_suite --dry-run" | tee "$work/ablation.log"
+elif [ -f "$model/config.json" ]; then
+  timeout "${ABLATION_LIMIT_S:-480}" python3 -m bench.ablation --size gpu --device cuda \
+    --model "$model" --out "$work/ablation" 2>&1 | tee "$work/ablation.log" | tail -n 12
+else
+  echo "ablation: skipped, no model at $model (ABLATION_MODEL)" | tee "$work/ablation.log"
+fi
 pack
 cp "$work/suite/gpu_suite.md" "$out/" 2>/dev/null
 ls -la "$out"

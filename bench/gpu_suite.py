@@ -14,7 +14,9 @@
 4. ``gpu_suite.json`` and ``gpu_suite.md`` in ``--out``; the table is printed last.
 
 ``--dry-run`` takes the same path at the ``tiny`` profile on the CPU (tests through the Triton
-interpreter, RC_TEST_DEVICE=cpu): CI runs it. Budget: at most 8 minutes (2.4 measured on an H200).
+interpreter, RC_TEST_DEVICE=cpu), and runs the ablation (bench/ablation.py) at its toy size,
+every arm and benchmark (its GPU size is a step of bench/gpu_call.sh): CI runs it. Budget: at
+most 8 minutes (2.4 measured on an H200).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ OPTIONAL = {
     "cut-cross-entropy": "cut_cross_entropy",
 }
 TEST_TIMEOUT_S = 130
+ABLATION_TIMEOUT_S = 400  # the toy ablation: ~75 s on the shared 2-core CPU at load 12
 # One pytest run per suite, each with its own limit, so that one overrunning loses only itself;
 # 8 minutes in all at most with the tests' (a lent GPU gives a session 15 minutes, its start
 # included; expected well under: the limits are for a card slower than planned).
@@ -172,14 +175,32 @@ def main(argv: list[str] | None = None) -> int:
     tests = skipped if args.skip_tests else run_tests(args.dry_run)
     print(f"tests: {tests['summary']} (exit {tests['rc']})", flush=True)
     bench = run_benchmarks(args.dry_run, out)
+    ablation = run_ablation_toy(out) if args.dry_run else {"rc": 0}
     (out / "gpu_suite.json").write_text(
-        json.dumps({"environment": env, "tests": tests, "benchmarks": bench}, indent=1) + "\n"
+        json.dumps(
+            {"environment": env, "tests": tests, "benchmarks": bench, "ablation": ablation},
+            indent=1,
+        )
+        + "\n"
     )
     text = markdown(env, tests, bench)
     (out / "gpu_suite.md").write_text(text)
     print(f"-> {out / 'gpu_suite.json'}, {out / 'gpu_suite.md'}\n")
     print(text)
-    return 0 if tests["rc"] == 0 and bench["rc"] == 0 and bench["rows"] else 1
+    ok = tests["rc"] == 0 and bench["rc"] == 0 and bench["rows"] and ablation["rc"] == 0
+    return 0 if ok else 1
+
+
+def run_ablation_toy(out: Path) -> dict:
+    """bench/ablation.py --dry-run: every arm, training and benchmark at the toy size."""
+    folder = out / "ablation_dry_run"
+    cmd = [sys.executable, "-m", "bench.ablation", "--dry-run", "--out", str(folder)]
+    rc, text, seconds = _run(cmd, dict(os.environ), ABLATION_TIMEOUT_S)
+    table = folder / "ablation.md"
+    print(f"ablation --dry-run: exit {rc}, {seconds:.0f} s", flush=True)
+    if rc != 0:
+        print(text[-3000:], flush=True)
+    return {"rc": rc, "seconds": seconds, "table": table.read_text() if table.is_file() else ""}
 
 
 if __name__ == "__main__":
