@@ -11,7 +11,9 @@ backward (each multiply-add 2 FLOPs, backward twice the forward):
                                                         their use, per segment)
     hardware FLOPs = model FLOPs, plus with activation checkpointing one more forward of the
                    decoder layers but their last GEMM: 2 x recomputed_params x T
-                   + 4 x layers x heads x head_dim x sum L^2
+                   + 4 x layers x heads x head_dim x sum L^2, times the share of layers
+                   recomputed (``recomputed_share``: full 1, alternate 0.5, save_gemms 0,
+                   whose reruns are element-wise)
 
 Attention is counted as torchtitan and PaLM count it (the whole L x L square, not halved for
 the causal mask), so our MFU compares with the published anchors; a causal kernel executes
