@@ -1,0 +1,92 @@
+"""bench.step_model: the calibrated step model's rows, its calibration and its monotonic sense."""
+
+import json
+
+from bench import step_model as sm
+
+KEYS = {
+    "model",
+    "card",
+    "gpus",
+    "engine",
+    "micro_batch_tokens",
+    "checkpointing",
+    "default",
+    "predicted_step_s",
+    "mfu",
+    "hfu",
+    "memory_per_gpu_bytes",
+    "samples_per_s_vs_recipe",
+}
+
+
+def _rows(capsys, *argv):
+    assert sm.main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _pick(rows, **want):
+    found = [r for r in rows if all(r[k] == v for k, v in want.items())]
+    assert len(found) == 1, (want, len(found))
+    return found[0]
+
+
+def test_json_rows_have_the_keys_and_cover_the_grid(capsys):
+    rows = _rows(capsys, "--json")
+    assert all(KEYS <= r.keys() for r in rows)
+    grid = {(r["model"], r["card"], r["gpus"], r["engine"]) for r in rows}
+    for model in sm.ARCHS:
+        for card in ("H100", "H200"):
+            for gpus, engine in ((1, "zero1"), (8, "zero1"), (8, "zero2"), (8, "zero3")):
+                assert (model, card, gpus, engine) in grid
+    assert {r["micro_batch_tokens"] for r in rows if r["lever"] != "recipe"} == {16384}
+    defaults = [r for r in rows if r["default"]]
+    assert len(defaults) == 3 * 2 * 2  # one per model, card and GPU count (ZeRO-1)
+    levers = {r["lever"] for r in rows}
+    for lever in ("compiled", "attention=fa3", "loss=full_logits", "precision=autocast"):
+        assert lever in levers
+    assert {"overlap=off", "checkpointing=save_gemms", "recipe", "best"} <= levers
+
+
+def test_calibration_reports_every_error_and_marks_the_fitted_rows(capsys):
+    rows = _rows(capsys, "--calibrate", "--json")
+    assert len(rows) >= 8
+    for r in rows:
+        assert r["error_pct"] == round(100 * (r["predicted"] / r["measured"] - 1), 1)
+        assert r["within_20pct"] == (abs(r["error_pct"]) <= 20.0 + 0.05)
+    fitted = [r for r in rows if r["fitted"]]
+    assert len(fitted) == 2 and all(abs(r["error_pct"]) < 1 for r in fitted)
+    assert any("torchtitan" in r["what"] for r in rows)
+    assert any("llm-foundry" in r["what"] for r in rows)
+
+
+def test_zero3_memory_falls_with_more_gpus_and_checkpointing_costs_flops():
+    arch, work = sm.ARCHS["CodeLlama-13B"], sm.reflection_workload()
+    mem = [sm.predict(arch, "H100", n, "zero3", sm.Levers(), work).memory_bytes for n in (2, 4, 8)]
+    assert mem[0] > mem[1] > mem[2]
+    full = sm.predict(arch, "H100", 8, "zero1", sm.Levers(checkpointing="full"), work)
+    none = sm.predict(arch, "H100", 8, "zero1", sm.Levers(checkpointing="none"), work)
+    assert full.hardware_flops > full.model_flops and none.hardware_flops == none.model_flops
+    assert none.memory_bytes > full.memory_bytes and none.step_s < full.step_s
+
+
+def test_each_lever_moves_the_step_the_right_way(capsys):
+    rows = _rows(capsys, "--json", "--model", "CodeLlama-7B")
+    where = dict(model="CodeLlama-7B", card="H100", gpus=8)
+    base = _pick(rows, **where, engine="zero3", lever="default")
+    for lever in ("compiled", "attention=fa3"):
+        assert (
+            _pick(rows, **where, engine="zero3", lever=lever)["predicted_step_s"]
+            < (base["predicted_step_s"])
+        )
+    for lever in ("loss=full_logits", "overlap=off"):
+        assert (
+            _pick(rows, **where, engine="zero3", lever=lever)["predicted_step_s"]
+            > (base["predicted_step_s"])
+        )
+    local = dict(model="CodeLlama-7B", card="H100", gpus=1, engine="local")
+    autocast = _pick(rows, **local, lever="precision=autocast")
+    assert autocast["predicted_step_s"] > _pick(rows, **local, lever="default")["predicted_step_s"]
+    recipe = _pick(rows, **where, lever="recipe")
+    assert recipe["samples_per_s_vs_recipe"] == 1.0 and base["samples_per_s_vs_recipe"] > 1.0
+    assert 0 < base["mfu"] < base["hfu"] < 1
