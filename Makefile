@@ -52,14 +52,15 @@ demo: env
 
 # Every Triton kernel really runs (on the CPU, through the interpreter), then the kernels are
 # compiled ahead of time for sm_80 and sm_90 with the runtime's specialisation to check
-# registers, spills, shared memory, fences and atomics, the loss's roofline model is printed, and
-# the GPU suite takes its whole path at toy sizes on the CPU (bench/README.md).
+# registers, spills, shared memory, fences and atomics, the loss's roofline model and the step
+# model's calibration are printed, and the GPU suite takes its whole path at toy sizes on the CPU (bench/README.md).
 # `test` (CI) leaves out the tests marked slow; `test-all` runs them too.
 PYTEST_MARK ?= not slow
 test: env
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)"
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
 	$(PY) -m bench.roofline
+	$(PY) -m bench.step_model --calibrate
 	$(PY) -m bench.gpu_suite --dry-run --out .cache/gpu_suite_dry_run
 	$(PY) -m bench.gpu_step_call --dry-run --steps 1 --out .cache/gpu_step_call_dry_run.json
 
