@@ -115,7 +115,7 @@ def _quiet() -> None:
 
 
 def _installed() -> Path:
-    from reflectioncoder.models import default_folder
+    from reflectioncoder.install_model import default_folder
 
     folder = default_folder("smollm2-135m-instruct")
     if not (folder / "config.json").is_file():

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reflectioncoder.eval import prompts as pr
     from reflectioncoder.eval import tasks as tk
-    from reflectioncoder.models import default_folder
+    from reflectioncoder.install_model import default_folder
 
     model_dir = args.model or default_folder("smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(model_dir)

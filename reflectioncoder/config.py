@@ -683,7 +683,7 @@ def smollm2_preset() -> dict[str, Any]:
     on a CPU: the paper's method and optimizer (block_mask ``tce``, CE + KL, AdamW 5e-5, cosine,
     5% warm-up), fp32, 8 samples per step, a few dozen steps (about a minute each on one busy
     core; bench/RESULTS.md)."""
-    from reflectioncoder.models import default_folder
+    from reflectioncoder.install_model import default_folder
 
     return {
         "model": {

