@@ -40,7 +40,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass, field
 
-from reflectioncoder.kernels.fused_loss_torch import GPU_BUDGET, ChunkBudget
+from reflectioncoder.kernels.fused_loss_schedule import GPU_BUDGET, ChunkBudget
 
 TC_EFF = 0.75
 BW_EFF = 0.85

@@ -1,11 +1,11 @@
 """Fused linear reflection loss: teacher CE + student CE + KL straight from hidden states.
 
-Maths (KERNEL-MATH.md). Rows r: h_r (D), z_r = W h_r (V), p_r = softmax(z_r).
+Maths (docs/kernel-math.md). Rows r: h_r (D), z_r = W h_r (V), p_r = softmax(z_r).
   loss = sum_r c_r (lse_r - z_r[y_r]) + sum_j k_j (E_pt[z_t - z_s] - lse_t + lse_s),  j = (t, s)
   d loss / d z_r = g (c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j)))
   d h_r = sum_v dz_rv W_v,  d W_v = sum_r dz_rv h_r.   (The teacher is detached from the KL.)
 
-GPU schedule (fused_loss_torch.py has the layout): chunks of slots that keep each teacher and
+GPU schedule (fused_loss_schedule.py has the layout): chunks of slots that keep each teacher and
 student together, each run as two halves; per half a cuBLAS GEMM to (R / 2, V) logits in the
 input dtype, ONE Triton row kernel (below) on a side stream that reads each logit row once for
 lse, CE and KL and once more to write d z in place (beside the other half's GEMM), and d h =
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_loss_torch import (
+from .fused_loss_schedule import (
     IGNORE_INDEX,
     ChunkBudget,
     LossPlan,

@@ -21,7 +21,7 @@ from reflectioncoder.kernels.fused_loss import (
     linear_reflection_loss,
     triton_interpreted,
 )
-from reflectioncoder.kernels.fused_loss_torch import (
+from reflectioncoder.kernels.fused_loss_schedule import (
     CPU_BUDGET,
     GPU_BUDGET,
     ChunkBudget,
@@ -244,9 +244,9 @@ def test_forward_only_equals_full_path(seed, backend, how):
             h, w, *rest, backend=backend, budget=budget(6), tiles=SMALL, need_grad=need_grad
         )
 
-    from reflectioncoder.kernels import fused_loss_torch
+    from reflectioncoder.kernels import fused_loss_schedule
 
-    real = fused_loss_torch.run_chunks
+    real = fused_loss_schedule.run_chunks
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
             "reflectioncoder.kernels.fused_loss.run_chunks",
@@ -288,9 +288,9 @@ def test_side_stream_waits_before_each_use(seed, backend, monkeypatch):
     """The pipelined schedule's synchronisation: with the row maths deferred to the last moment
     the main stream allows, loss and gradients still match float64 (several chunks of two
     halves, pairs and CE-only rows), and so does the forward alone."""
-    from reflectioncoder.kernels import fused_loss_torch
+    from reflectioncoder.kernels import fused_loss_schedule
 
-    monkeypatch.setattr(fused_loss_torch, "SideStream", LateSideStream)
+    monkeypatch.setattr(fused_loss_schedule, "SideStream", LateSideStream)
     case = make_case(23, 37, 101, 9)
     g = 0.3 + torch.rand(()).item() * 2
     assert_close(

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(REPO_ROOT))
 from reflectioncoder.kernels.fused_loss import RowTiles, linear_reflection_loss  # noqa: E402
-from reflectioncoder.kernels.fused_loss_torch import ChunkBudget  # noqa: E402
+from reflectioncoder.kernels.fused_loss_schedule import ChunkBudget  # noqa: E402
 
 from bench.roofline import CALIBRATION, calibration_rows, chunked, pipelined  # noqa: E402
 from bench.roofline import main as roofline_main  # noqa: E402

@@ -1,4 +1,4 @@
-"""The reflection loss written straight from SPEC.md §2 and KERNEL-MATH.md, with full logits.
+"""The reflection loss written straight from SPEC.md §2 and docs/kernel-math.md, with full logits.
 
 - ``reflection_loss_reference``: float64, the ground truth of the tests.
 - ``plain_reflection_loss``: the same weighted maths in the inputs' own dtype (what plain PyTorch
@@ -58,9 +58,9 @@ def reflection_loss_reference_chunked(
     kl_weight: torch.Tensor,
     rows: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, d hidden, d weight) in float64 on the inputs' device, for d loss = 1: KERNEL-MATH's
-    d z_r = c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j)), teacher detached.
-    Each row is a student of at most one pair."""
+    """(loss, d hidden, d weight) in float64 on the inputs' device, for d loss = 1
+    (docs/kernel-math.md): d z_r = c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j)),
+    teacher detached. Each row is a student of at most one pair."""
     h, w = hidden.double(), weight.double()
     n = h.shape[0]
     lse = torch.cat([torch.logsumexp(h[a : a + rows] @ w.T, -1) for a in range(0, n, rows)])

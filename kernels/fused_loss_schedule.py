@@ -1,7 +1,7 @@
 """Fused linear reflection loss: the chunked schedule, shared by both backends, and its PyTorch
 row maths (the CPU production path).
 
-Maths (KERNEL-MATH.md). Rows r have hidden h_r (D), logits z_r = W h_r (V), p_r = softmax(z_r):
+Maths (docs/kernel-math.md). Rows r have hidden h_r (D), logits z_r = W h_r (V), p_r = softmax(z_r):
   loss = sum_r c_r (lse_r - z_r[y_r]) + sum_j k_j sum_v p_tv (log p_tv - log p_sv),  j = (t, s)
   d loss / d z_r = c_r (p_r - onehot(y_r)) + sum_{j: s_j = r} k_j (p_r - p_t(j))
 (the teacher of a pair is detached from the KL: it keeps only its own CE gradient).
