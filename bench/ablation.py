@@ -196,7 +196,7 @@ def final_answer_only(sample: dict) -> dict:
 
 
 def train_arm(arm: str, base: Path, data: Path, run: Path, size: Size, seed: int, args) -> dict:
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.train.metrics import read_metrics
     from reflectioncoder.train.trainer import Trainer
 

@@ -41,7 +41,7 @@ def demo_data(folder: Path, n: int, seed: int, workers: int) -> tuple[Path, Path
 
 
 def train(name: str, data: Path, tokenizer: Path, folder: Path, steps: int, seed: int) -> dict:
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
     from reflectioncoder.train.trainer import Trainer
 

@@ -24,7 +24,7 @@ from bench import RESULTS
 STEP_SCRIPT = r"""
 import json, sys, tempfile, time, torch
 from pathlib import Path
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 threads, steps = sys.argv[1], int(sys.argv[2])

@@ -69,7 +69,7 @@ def _child(spec: dict) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.model import count_parameters, load_model
     from reflectioncoder.train import distributed
     from reflectioncoder.train.trainer import build_model

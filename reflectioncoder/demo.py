@@ -167,7 +167,7 @@ def run_demo(
 
     # 3 ---------------------------------------------------------------------------------------
     _header(3, total, "Train a tiny Llama with the ReflectionCoder method (preset `tiny`)")
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.train.metrics import read_metrics
     from reflectioncoder.train.trainer import Trainer
 

@@ -13,9 +13,8 @@ from reflectioncoder.config import (
     ModelConfig,
     OptimConfig,
     TrainConfig,
-    load_config,
-    parse_override,
 )
+from reflectioncoder.config_loader import load_config, parse_override
 
 
 def test_paper_preset_is_spec_section_4():

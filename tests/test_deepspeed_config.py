@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.train.distributed import (
     DistInfo,

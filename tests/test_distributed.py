@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from test_gradient_checkpointing import save_tiny_model
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from reflectioncoder import model as model_room
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.model import build_tiny_llama
 from reflectioncoder.tokenizer import train_tokenizer
 from reflectioncoder.train.toydata import write_toy_jsonl

@@ -75,7 +75,7 @@ def test_demo_final_card_and_evaluate_adds_scores(tmp_path, seed, shared_dir):
 
 
 def test_card_carries_the_prepare_data_manifest_and_only_measured_figures(tmp_path):
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.data.decontaminate import BenchmarkIndex
     from reflectioncoder.data.prepare import prepare
     from reflectioncoder.train.model_card import run_card

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.checkpoint import list_checkpoints
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer

@@ -15,7 +15,7 @@ import sys
 import pytest
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.checkpoint import (
     _state_reader,
     needs_conversion,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from reflectioncoder.cli import main
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.checkpoint import TMP_PREFIX, latest_checkpoint, list_checkpoints
 from reflectioncoder.train.metrics import read_metrics
 from reflectioncoder.train.toydata import write_toy_jsonl

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.dataset import tokenizer_fingerprint
 from reflectioncoder.errors import UserError
 from reflectioncoder.tokenizer import train_tokenizer

@@ -11,7 +11,8 @@ import pytest
 import torch
 from reference.recipe import REFERENCE_ATTN, reference_logits, sample_loss_terms
 
-from reflectioncoder.config import OptimConfig, TrainConfig, load_config
+from reflectioncoder.config import OptimConfig, TrainConfig
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.model import checkpointing_on
 from reflectioncoder.train.toydata import write_toy_jsonl

@@ -1,5 +1,5 @@
-"""Loading a model straight into ZeRO-3 partitions (``model.load_model_into_partitions``): every
-rank's piece of every parameter, special-token rows included, holds exactly the values of the
+"""Loading a model straight into ZeRO-3 partitions (``zero3_load.load_model_into_partitions``):
+every rank's piece of every parameter, special-token rows included, holds exactly the values of the
 unpartitioned path (``load_model`` + ``add_special_token_embeddings``), bit for bit: pieces cut
 anywhere (a special-token row split between two, the last one padded), checkpoints in another
 dtype, tied heads, sharded checkpoints, and a vocabulary padded past the tokenizer; and for real
@@ -25,9 +25,9 @@ from reflectioncoder.model import (
     add_special_token_embeddings,
     build_tiny_llama,
     load_model,
-    load_model_into_partitions,
 )
 from reflectioncoder.tokenizer import train_tokenizer
+from reflectioncoder.zero3_load import load_model_into_partitions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200)]
@@ -123,7 +123,7 @@ def _child(spec: dict) -> None:
     the unpartitioned path's, bitwise. Rank 0 prints one JSON line per rank."""
     from transformers import AutoTokenizer
 
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
     from reflectioncoder.train.trainer import build_model
 

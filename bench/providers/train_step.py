@@ -288,7 +288,7 @@ def setup_trainer(cfg: TrainStepConfig, per_step, extra: tuple[str, ...] = ()):
     """A ``Trainer`` on a saved model of ``cfg``'s sizes holding the seeded model's weights,
     planned to run ``per_step``'s samples at the fixed mask rate (its plan replaced: the toy
     data it was pointed at only gets it started). ``extra``: config overrides (a lever)."""
-    from reflectioncoder.config import load_config
+    from reflectioncoder.config_loader import load_config
     from reflectioncoder.train.trainer import Trainer
 
     folder, data = _saved_model(cfg)

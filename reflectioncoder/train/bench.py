@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from reflectioncoder.config import load_config
+from reflectioncoder.config_loader import load_config
 from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from reflectioncoder.config import PRESETS, load_config
+from reflectioncoder.config_loader import load_config
+from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.errors import UsageError
 
 

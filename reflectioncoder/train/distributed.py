@@ -176,7 +176,7 @@ def gathered_params(
 @contextlib.contextmanager
 def zero3_partitioning(run: RunConfig, info: DistInfo) -> Iterator[None]:
     """Inside, each module's parameters are partitioned over the ranks as it is built, holding
-    no values yet (``model.load_model_into_partitions`` reads them next). DeepSpeed's broadcast
+    no values yet (``zero3_load.load_model_into_partitions`` reads them next). DeepSpeed's broadcast
     of rank 0's values is skipped: it would make every parameter whole on every rank for a
     moment. The whole tensors, never written, are never resident."""
     import deepspeed

@@ -280,11 +280,10 @@ def build_model(
     from reflectioncoder.model import (
         add_special_token_embeddings,
         build_tiny_llama,
-        has_safetensors,
         load_model,
-        load_model_into_partitions,
         resolve_model_path,
     )
+    from reflectioncoder.zero3_load import has_safetensors, load_model_into_partitions
 
     # DeepSpeed loads in its dtype (it keeps fp32 masters); one process loads fp32 and casts
     # later (bf16 weights with fp32 masters in the engine, or fp32 weights under autocast).

@@ -1,0 +1,261 @@
+"""A ``RunConfig`` from a preset and/or a YAML file, then ``section.field=value`` overrides.
+
+Sources, later ones win: a preset (``config_presets``: tiny | paper | smollm2) or a YAML file
+(which may name its preset with a top-level ``preset:`` key), then command-line overrides
+(values parsed as YAML: ``1e-4``, ``true``, ``[a, b]``). Each value is checked against its
+field's type, by name, before the dataclass checks its range; errors are ``ConfigError``s that
+name the field and where its value came from (file:line:column, or the ``--set`` argument).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reflectioncoder.config import RunConfig
+from reflectioncoder.config_presets import preset
+from reflectioncoder.errors import ConfigError, UsageError
+
+Origins = dict[str, tuple[str, int | None, int | None]]  # "optim.lr" -> (file, line, column)
+
+
+def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None) -> Any:
+    origins = origins if origins is not None else {}
+    if not isinstance(data, dict):
+        raise _config_error(where, f"expected a mapping, got {type(data).__name__}", origins)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            name = f"{where}.{key}" if where else key
+            reason = f"unknown field; known: {', '.join(sorted(names))}"
+            raise _config_error(name, reason, origins, at_key=True)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        sub = _dataclass_of(hints[key])
+        if sub is not None and value is not None:
+            kwargs[key] = _from_dict(sub, value, name, origins)
+        else:
+            kwargs[key] = _coerce(value, hints[key], name, origins)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field missing
+        raise _config_error(where or "config", str(err), origins) from err
+    except ValueError as err:
+        # The data room's messages name the field only: add the section.
+        msg = str(err)
+        if where and not msg.startswith(where):
+            msg = f"{where}.{msg}"
+        field_name, _, reason = msg.partition(": ")
+        raise _config_error(field_name, reason or msg, origins) from err
+
+
+def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False) -> ConfigError:
+    """A ConfigError for field ``name``, located at the value's origin (or its key's) if known."""
+    if at_key and name + "@key" in origins:
+        file, line, column = origins[name + "@key"]
+        return ConfigError(reason, file=file, line=line, column=column, field=name)
+    key = name.split("[")[0]  # a list item is located by its list
+    near = [v for k, v in origins.items() if k == key or k.startswith(key + ".")]
+    file, line, column = near[0] if near else (None, None, None)
+    return ConfigError(reason, file=file, line=line, column=column, field=name or "config")
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
+    """``value`` as the type ``hint`` says (YAML's ``1e-3`` string is a float), or a
+    ConfigError naming the field, the value and what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], name, origins)
+        return value
+    if hint is Any or (value is None and hint is Any):
+        return value
+    if origin in (list, tuple):
+        items = [value] if isinstance(value, str) and origin is list else value
+        if not isinstance(items, list | tuple):
+            raise _config_error(name, f"expected a list, got {value!r}", origins)
+        if origin is tuple and args and args[-1] is not Ellipsis and len(items) != len(args):
+            raise _config_error(name, f"expected {len(args)} values, got {value!r}", origins)
+        item_hints = (
+            [args[0]] * len(items)
+            if args and (origin is list or args[-1] is Ellipsis)
+            else list(args)
+        )
+        out = [
+            _coerce(v, h, f"{name}[{i}]", origins) if h is not Any else v
+            for i, (v, h) in enumerate(zip(items, item_hints or [Any] * len(items), strict=True))
+        ]
+        return out if origin is list else tuple(out)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _config_error(name, f"expected a mapping, got {value!r}", origins)
+        return value
+    if hint in _EXPECTED:
+        coerced = _scalar(value, hint)
+        if coerced is None:
+            got = "nothing (null)" if value is None else repr(value)
+            raise _config_error(name, f"expected {_EXPECTED[hint]}, got {got}", origins)
+        return coerced
+    return value
+
+
+def _scalar(value: Any, hint: type) -> Any:
+    """``value`` as a bool/int/float/str, or None when it is not one."""
+    if hint is bool:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None  # true is not 1 here: a bool in a number field is a mistake
+    if hint is str:
+        return str(value) if isinstance(value, str | int | float) else None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if hint is float else int(value.strip())
+        except ValueError:
+            return None
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    if hint is int and isinstance(value, int):
+        return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass inside a type hint (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=1e-4'`` -> (["optim", "lr"], 0.0001). The value is parsed as YAML (plus
+    1e-4 as a float); the field's type then decides (a float field also takes a YAML file's
+    ``lr: 1e-3``, which PyYAML reads as a string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set {text!r}: expected section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UsageError(f"--set {text!r}: the value is not valid YAML ({err.problem})") from None
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 wants 1.0e-4; 1e-4 is what people write
+    return key.strip().split("."), value
+
+
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], origins: Origins | None = None
+) -> dict[str, Any]:
+    """Apply ``section.field=value`` overrides to a nested config dict (returns a new dict)."""
+    out = _deep_merge({}, data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {text!r}: {part} is not a section")
+        node[path[-1]] = value
+        if origins is not None:
+            origins[".".join(path)] = (f"--set {text}", None, None)
+    return out
+
+
+def _yaml_origins(text: str, file: str) -> Origins:
+    """Where each ``section.field`` value is in a YAML text: (file, line, column), 1-based."""
+    origins: Origins = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                mark = value.start_mark
+                origins[name] = (file, mark.line + 1, mark.column + 1)
+                at_key = key.start_mark  # where an unknown field is pointed at
+                origins[name + "@key"] = (file, at_key.line + 1, at_key.column + 1)
+                walk(value, name)
+
+    walk(yaml.compose(text), "")
+    return origins
+
+
+def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "not found"
+        raise UsageError(f"config file {state}", file=path, field="--config")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ConfigError(f"not UTF-8 (byte {column})", file=path, line=line) from None
+    try:
+        data = yaml.safe_load(text) or {}
+        origins.update(_yaml_origins(text, str(path)))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        reason = getattr(err, "problem", None) or str(err)
+        raise ConfigError(
+            f"invalid YAML: {reason}",
+            file=path,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping (section: fields) at the top level", file=path)
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: str | None = None
+) -> RunConfig:
+    """Build a ``RunConfig`` from a preset and/or a YAML file, then ``overrides``.
+
+    A YAML file may name its preset with a top-level ``preset: tiny`` key; its other keys update
+    that preset. ``base`` names a preset when no file is given. Raises ``ConfigError`` (a
+    ``ValueError``) naming the field, the value and where it came from.
+    """
+    data: dict[str, Any] = {}
+    origins: Origins = {}
+    if path is not None:
+        data = _read_yaml(Path(path), origins)
+        base = data.pop("preset", base)
+    if base is not None:
+        data = _deep_merge(preset(base), data)
+    data = apply_overrides(data, overrides or [], origins)
+    if "model" not in data:
+        raise ConfigError("missing section (give a preset or a model section)", field="model")
+    return _from_dict(RunConfig, data, "", origins)
