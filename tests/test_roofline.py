@@ -16,7 +16,15 @@ sys.path.insert(0, str(REPO_ROOT))
 from reflectioncoder.kernels.fused_loss import RowTiles, linear_reflection_loss  # noqa: E402
 from reflectioncoder.kernels.fused_loss_schedule import ChunkBudget  # noqa: E402
 
-from bench.roofline import CALIBRATION, calibration_rows, chunked, pipelined  # noqa: E402
+from bench.roofline import (  # noqa: E402
+    CALIBRATION,
+    CARDS,
+    CUBLAS_H200_MS,
+    PUBLISHED_RATES,
+    calibration_rows,
+    chunked,
+    pipelined,
+)
 from bench.roofline import main as roofline_main  # noqa: E402
 
 KEYS = {
@@ -63,6 +71,14 @@ def test_default_rows_meet_the_goal():
         old = next(r for r in head if r["schedule"] == "atomic_tiles")
         assert old["atomic_ops"] > 1e11 and old["predicted_ms"] > 3 * ours["predicted_ms"]
         assert any(r["schedule"] == "liger_flce+kl" for r in head)
+        # Calibrated per shape (cuBLAS's rates at this shape, PR #1356) the default is further
+        # below 75%; only the persistent kernels of PR #1422, not built, are modelled above it.
+        at_shape = next(r for r in head if r["schedule"].startswith("pipelined @ cuBLAS"))
+        assert at_shape["pct_of_peak"] < ours["pct_of_peak"] < 75
+        assert 0.75 < ours["gemm_eff_for_75pct"] < 0.77
+        fused = next(r for r in head if r["schedule"].startswith("fused_persistent"))
+        assert "not built" in fused["schedule"] and not fused["default"]
+        assert fused["pct_of_peak"] >= 75 and fused["workspace_bytes"] < 2**30
 
 
 def test_markdown_and_bad_shape(capsys):
@@ -73,14 +89,32 @@ def test_markdown_and_bad_shape(capsys):
 
 
 def test_calibrated_against_published_figures():
-    """Liger's fused linear CE on H200 (CuTe DSL, large chunks: the schedule like ours; the
-    Hopper fused backward) and Cut Cross-Entropy on A100 predicted within 25% of their
-    published times, with a source each."""
+    """Every published run but Liger's Triton FLCE (whose slowness the model does not explain,
+    shown as such) predicted within 25% of its published time, with a source each: Liger's
+    CuTe DSL FLCE and fused Hopper kernels and cuBLAS's GEMMs on H200, Cut Cross-Entropy on
+    A100, and our own H200 run."""
     rows = calibration_rows()
     assert len(rows) == len(CALIBRATION) and all(r["source"] for r in rows)
-    must = [r for r in rows if r["what"].startswith(("Liger CuTe", "Liger Hopper", "Cut Cross"))]
-    assert len(must) == 8
-    assert all(r["within_25pct"] for r in must), must
+    must = [r for r in rows if not r["what"].startswith("Liger FLCE (Triton)")]
+    assert len(must) == len(rows) - 8 == 23
+    assert all(r["within_25pct"] for r in must), [r for r in must if not r["within_25pct"]]
+
+
+def test_rates_at_the_shape_reproduce_our_measured_run():
+    """The GEMM rates published at the headline shape (PR #1356: each cited time gives back
+    its GEMM's FLOPs) predict our own H200 runs of the chunked schedule within 2%, where the
+    one 75% constant is 6-8% fast."""
+    flops = 2.0 * 4096 * 4096 * 128256
+    peak = CARDS["H200"].bf16_tflops * 1e12
+    for key, ms in CUBLAS_H200_MS.items():
+        assert getattr(PUBLISHED_RATES, key) * peak * ms * 1e-3 == pytest.approx(flops)
+    ours = [r for r in calibration_rows() if r["what"].startswith("ours, chunked")]
+    assert len(ours) == 4
+    for r in ours:
+        if "PR #1356" in r["what"]:
+            assert abs(r["error_pct"]) <= 2, r
+        else:
+            assert -9 <= r["error_pct"] <= -5, r
 
 
 def _peak_allocated(fn) -> int:
