@@ -40,7 +40,7 @@ import torch
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
-from reflectioncoder.train.distributed import DeepSpeedEngine, DistInfo, LocalEngine, ParamState
+from reflectioncoder.train.distributed import DistInfo, Engine, ParamState, read_weights
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -151,7 +151,7 @@ def save_hf_model(
 def save_checkpoint(
     out_dir: str | Path,
     step: int,
-    engine: LocalEngine | DeepSpeedEngine,
+    engine: Engine,
     model: torch.nn.Module,
     tokenizer: Any,
     info: DistInfo,
@@ -172,10 +172,7 @@ def save_checkpoint(
         save_hf_model(model, tokenizer, full, tmp / "model", card)
     del full
     if not model_only:
-        if isinstance(engine, DeepSpeedEngine):
-            engine.save(tmp)
-        elif info.is_main:
-            torch.save(engine.state_dict(), tmp / "optimizer.pt")
+        engine.save_state(tmp)
         (tmp / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
     distributed.barrier()
@@ -184,7 +181,7 @@ def save_checkpoint(
             trainer_state,
             step=step,
             world_size=info.world_size,
-            layout=engine_layout(engine, info),
+            layout=engine.layout(),
             model_only=model_only,
         )
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
@@ -241,12 +238,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(
-    path: str | Path,
-    engine: LocalEngine | DeepSpeedEngine,
-    model: torch.nn.Module,
-    info: DistInfo,
-) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[str, Any]:
     """Restore weights, optimizer and this rank's RNG from ``path``; returns the trainer state."""
     path = Path(path)
     if not (path / COMPLETE).is_file():
@@ -257,7 +249,7 @@ def load_checkpoint(
             f"--resume: {path} holds the model only (checkpoint.model_only): no optimizer "
             "state to continue from"
         )
-    saved, current = saved_layout(path, state), engine_layout(engine, info)
+    saved, current = saved_layout(path, state), engine.layout()
     if needs_conversion(saved, current):
         if info.is_main:
             log.info(
@@ -267,16 +259,8 @@ def load_checkpoint(
                 describe_layout(current),
             )
         engine.load_param_states(_state_reader(path, saved, info))
-    elif isinstance(engine, DeepSpeedEngine):
-        engine.load(path)  # module weights and optimizer partitions
     else:
-        weights = _model_weights(path)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        # A tied LM head is saved once; anything else missing is a real mismatch.
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if missing or unexpected:
-            raise ValueError(f"--resume: {path}/model: missing {missing}, unexpected {unexpected}")
-        engine.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        engine.load_state(path)
     rng_file = path / "rng" / f"rank-{info.rank:05d}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
@@ -285,14 +269,6 @@ def load_checkpoint(
 
 # ---------------------------------------------------------------------------------------------
 # Layouts, and reading a checkpoint of another layout one parameter at a time.
-
-
-def engine_layout(engine: LocalEngine | DeepSpeedEngine, info: DistInfo) -> dict[str, Any]:
-    """What wrote (or will read) a checkpoint: engine, ZeRO stage, ranks."""
-    if isinstance(engine, DeepSpeedEngine):
-        stage = int(engine.config["zero_optimization"].get("stage", 0))
-        return {"engine": "deepspeed", "zero_stage": stage, "world_size": info.world_size}
-    return {"engine": "single", "zero_stage": None, "world_size": info.world_size}
 
 
 def saved_layout(path: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -322,15 +298,6 @@ def describe_layout(layout: dict[str, Any]) -> str:
         return f"the single engine on {ranks}"
     stage = "?" if layout["zero_stage"] is None else layout["zero_stage"]
     return f"DeepSpeed ZeRO-{stage} on {ranks}"
-
-
-def _model_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    weights: dict[str, torch.Tensor] = {}
-    for shard in sorted((path / "model").glob("*.safetensors")):  # large models are sharded
-        weights.update(load_file(str(shard), device="cpu"))
-    return weights
 
 
 def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
@@ -397,7 +364,7 @@ def _single_reader(path: Path):
     states = saved["optimizer"]["state"]
     by_name = {name: states.get(i) for i, name in enumerate(saved["names"])}
     masters = dict(zip(saved.get("master_names", []), saved.get("fp32_masters", []), strict=True))
-    weights = _model_weights(path)
+    weights = read_weights(path / "model")
 
     def read(name: str, shape: torch.Size) -> ParamState:
         key = name.removeprefix("model.")  # the loss module holds the model as .model

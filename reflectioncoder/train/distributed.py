@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -472,6 +472,56 @@ class StepResult:
     applied: bool
 
 
+class Engine(Protocol):
+    """What the trainer and checkpoints ask of an engine (``LocalEngine``, ``DeepSpeedEngine``):
+    a step, its state and the layout that state is written in; no caller asks which it is."""
+
+    module: torch.nn.Module  # the loss module (its ``.model``: the Hugging Face model)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def set_lr(self, lr: float) -> None: ...
+    def start_micro_batch(self, last: bool) -> None: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def finish_step(self, stats: torch.Tensor) -> StepResult: ...
+    def describe(self) -> str: ...
+
+    @property
+    def offloads_optimizer(self) -> bool: ...
+
+    def layout(self) -> dict[str, Any]:
+        """What writes (or reads) its checkpoints: ``engine`` (single | deepspeed),
+        ``zero_stage`` (None for the single engine), ``world_size``."""
+        ...
+
+    def save_state(self, folder: Path) -> None:
+        """Every rank: write the optimizer state (and masters) into the checkpoint ``folder``,
+        beside its model/ (written by rank 0)."""
+        ...
+
+    def load_state(self, folder: Path) -> None:
+        """Every rank: restore weights and optimizer from a checkpoint of this ``layout``."""
+        ...
+
+    def load_param_states(self, read: StateReader) -> None:
+        """Weights and AdamW state from a checkpoint of another layout, one parameter at a
+        time (``read(name, full_shape) -> ParamState``)."""
+        ...
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The model's full weights on rank 0 (None elsewhere under ZeRO-3; every rank calls)."""
+        ...
+
+
+def read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
+    """A Hugging Face folder's safetensors weights (every shard), on the host."""
+    from safetensors.torch import load_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted(Path(model_folder).glob("*.safetensors")):  # large models are sharded
+        weights.update(load_file(str(shard), device="cpu"))
+    return weights
+
+
 class LocalEngine:
     """Plain PyTorch: AdamW, gradient sum over ranks (if any), clipping, non-finite skip.
 
@@ -534,6 +584,28 @@ class LocalEngine:
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
         return f"single engine, {type(self.optimizer).__name__} (fused){masters}"
+
+    offloads_optimizer = False
+
+    def layout(self) -> dict[str, Any]:
+        return {"engine": "single", "zero_stage": None, "world_size": self.info.world_size}
+
+    def save_state(self, folder: Path) -> None:
+        """optimizer.pt (rank 0: the state is whole and the same on every rank)."""
+        if self.info.is_main:
+            torch.save(self.state_dict(), folder / "optimizer.pt")
+
+    def load_state(self, folder: Path) -> None:
+        """model/'s weights, then optimizer.pt (with the fp32 masters of 16-bit weights)."""
+        model = self.module.model
+        missing, unexpected = model.load_state_dict(read_weights(folder / "model"), strict=False)
+        # A tied LM head is saved once; anything else missing is a real mismatch.
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if missing or unexpected:
+            raise ValueError(
+                f"--resume: {folder}/model: missing {missing}, unexpected {unexpected}"
+            )
+        self.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
 
     def state_dict(self) -> dict[str, Any]:
         names = optimizer_param_names(self.module, self.optimizer, self._masters)
@@ -627,7 +699,7 @@ class DeepSpeedEngine:
 
     def describe(self) -> str:
         weights, accum = self.engine.get_data_types()
-        offload = " offloaded" if offloads_optimizer(self.config) else ""
+        offload = " offloaded" if self.offloads_optimizer else ""
         return (
             f"deepspeed ZeRO-{self.config['zero_optimization']['stage']}, "
             f"{self.optimizer_name}{offload}, weights {weights}, grad accumulation {accum}"
@@ -650,16 +722,25 @@ class DeepSpeedEngine:
         host = stats.tolist()
         return StepResult(host, norm, bool(self.engine.was_step_applied()))
 
-    def save(self, path: str | Path) -> None:
-        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout)."""
-        self.engine.save_checkpoint(str(path), tag="deepspeed", save_latest=False)
+    @property
+    def offloads_optimizer(self) -> bool:
+        return offloads_optimizer(self.config)
 
-    def load(self, path: str | Path) -> None:
+    def layout(self) -> dict[str, Any]:
+        stage = int(self.config["zero_optimization"].get("stage", 0))
+        return {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
+
+    def save_state(self, folder: Path) -> None:
+        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout)."""
+        self.engine.save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
+
+    def load_state(self, folder: Path) -> None:
+        """Module weights and optimizer partitions, from DeepSpeed's own files."""
         load_path, _ = self.engine.load_checkpoint(
-            str(path), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=False
+            str(folder), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=False
         )
         if load_path is None:
-            raise ValueError(f"--resume: no DeepSpeed state under {path}/deepspeed")
+            raise ValueError(f"--resume: no DeepSpeed state under {folder}/deepspeed")
 
     def load_param_states(self, read: StateReader) -> None:
         """Weights, fp32 masters and AdamW state from a checkpoint of another layout (another
@@ -744,7 +825,7 @@ def make_engine(
     run: RunConfig,
     info: DistInfo,
     external_params: list[torch.nn.Parameter] = (),
-) -> LocalEngine | DeepSpeedEngine:
+) -> Engine:
     """The engine this run asks for."""
     if info.deepspeed:
         return DeepSpeedEngine(module, run, info, external_params)

@@ -412,7 +412,7 @@ class Trainer:
         if self.resume_from is not None:
             path = self.resume_from
             if path is not None:
-                state = checkpoint.load_checkpoint(path, self.engine, self.model, self.info)
+                state = checkpoint.load_checkpoint(path, self.engine, self.info)
                 self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
                 resumed_totals = state.get("totals")
                 if self.info.is_main:
@@ -443,7 +443,7 @@ class Trainer:
                 self.threads,
             )
             one_zero3 = self.info.world_size == 1 and distributed.uses_zero3(cfg, self.info)
-            if one_zero3 and not distributed.offloads_optimizer(self.engine.config):
+            if one_zero3 and not self.engine.offloads_optimizer:
                 # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
                 log.warning(
                     "ZeRO-3 in one process partitions nothing and gathers every layer for "
