@@ -527,44 +527,70 @@ class LocalEngine:
 
     16-bit weights get fp32 masters: each parameter's gradient is added into its master's fp32
     ``.grad`` as soon as the backward has it (and dropped), so a step's micro-batches sum in
-    fp32; clipping and AdamW run on the masters, which are then copied into the weights."""
+    fp32; clipping and AdamW run on the masters, which are then copied into the weights.
+
+    Several ranks (torchrun without DeepSpeed): torch's DistributedDataParallel sums the
+    gradients over the ranks in buckets of about one D x D matrix, each launched as soon as its
+    gradients are ready in the step's last backward (earlier micro-batches do not reduce).
+    Its comm hook (``_sum_bucket``) sums where DDP would average, and for 16-bit weights adds
+    the bucket into the fp32 masters and reduces the fp32 sums."""
 
     def __init__(self, module: torch.nn.Module, run: RunConfig, info: DistInfo) -> None:
         self.module = module
         self.info = info
         self.weights = [p for p in module.parameters() if p.requires_grad]
+        self._ddp = _data_parallel(module) if info.world_size > 1 else None
+        self._reduce_now = False  # DDP reduces this micro-batch's backward (the step's last)
         self.params = [_fp32_master(p) for p in self.weights]  # what the optimizer steps
         # id(weight) -> its fp32 master, for 16-bit weights only.
         pairs = zip(self.weights, self.params, strict=True)
         self._masters = {id(w): m for w, m in pairs if w is not m}
+        for w in self.weights:
+            if id(w) in self._masters:
+                w.register_post_accumulate_grad_hook(self._into_master)
+        if self._ddp is not None:
+            self._ddp.register_comm_hook(self, _sum_bucket)
         self.optimizer = _adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.loss_factor = 1.0
         self.skip_nonfinite = run.train.skip_nonfinite
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
+        return (self._ddp or self.module)(*args, **kwargs)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def start_micro_batch(self, last: bool) -> None:
-        """Nothing to do: gradients accumulate in .grad until ``finish_step``."""
+        """Gradients accumulate until the step's last micro-batch, whose backward reduces
+        them over the ranks (what DDP's ``no_sync`` does for the others)."""
+        if self._ddp is not None:
+            self._ddp.require_backward_grad_sync = last
+            self._reduce_now = last
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
+    def _into_master(self, weight: torch.Tensor) -> None:
+        """A 16-bit weight's new gradient, added into its master's fp32 ``.grad`` and freed;
+        in a reducing backward DDP's bucket has it, and ``_sum_bucket`` adds it there."""
+        if self._reduce_now:
+            return
+        master = self._masters[id(weight)]
+        if master.grad is None:
+            master.grad = weight.grad.float()
+        else:
+            master.grad.add_(weight.grad)
+        weight.grad = None
+
     def finish_step(self, stats: torch.Tensor) -> StepResult:
-        """Reduce, clip, step, then read. ``stats`` (K,) float: the step's sums; stats[0] =
-        loss. A non-finite loss or gradient norm skips the update on the device (the fused
-        AdamW's ``found_inf``: weights, moments and step count unchanged), so the step's one
-        host sync comes after the step is launched."""
-        if self.info.world_size > 1:
-            grads = [p.grad for p in self.params if p.grad is not None]
-            for g in grads:
-                dist.all_reduce(g, op=dist.ReduceOp.SUM)
-            all_reduce_sum(stats)
+        """Clip, step, then read (the gradients were summed over ranks during the backward).
+        ``stats`` (K,) float: the step's sums; stats[0] = loss. A non-finite loss or gradient
+        norm skips the update on the device (the fused AdamW's ``found_inf``: weights, moments
+        and step count unchanged), so the step's one host sync comes after the step is
+        launched."""
+        all_reduce_sum(stats)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         if self.skip_nonfinite:
@@ -574,6 +600,8 @@ class LocalEngine:
         self.optimizer.zero_grad(set_to_none=True)
         if self._masters:
             weights = [w for w in self.weights if id(w) in self._masters]
+            for w in weights:  # DDP's bucket views of the last micro-batch's 16-bit gradients
+                w.grad = None
             with torch.no_grad():
                 torch._foreach_copy_(weights, [self._masters[id(w)] for w in weights])
         # The one host sync per optimizer step (logging), the update already queued.
@@ -583,7 +611,11 @@ class LocalEngine:
 
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
-        return f"single engine, {type(self.optimizer).__name__} (fused){masters}"
+        ddp = ""
+        if self._ddp is not None:
+            mib = self._ddp.bucket_bytes_cap / 2**20
+            ddp = f", DDP over {self.info.world_size} ranks ({mib:.3g} MiB buckets)"
+        return f"single engine, {type(self.optimizer).__name__} (fused){masters}{ddp}"
 
     offloads_optimizer = False
 
@@ -644,21 +676,46 @@ class LocalEngine:
 
 
 def _fp32_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
-    """``weight`` itself when fp32; else an fp32 copy that sums its gradients (a hook moves
-    each new 16-bit gradient into the copy's fp32 ``.grad`` and frees it)."""
+    """``weight`` itself when fp32; else an fp32 copy (``LocalEngine._into_master`` sums its
+    gradients)."""
     if weight.dtype == torch.float32:
         return weight
-    master = torch.nn.Parameter(weight.detach().float().clone())
+    return torch.nn.Parameter(weight.detach().float().clone())
 
-    def accumulate(w: torch.Tensor) -> None:
-        if master.grad is None:
-            master.grad = w.grad.float()
-        else:
-            master.grad.add_(w.grad)
-        w.grad = None
 
-    weight.register_post_accumulate_grad_hook(accumulate)
-    return master
+def _data_parallel(module: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:
+    """``module`` under DDP: buckets of one D x D matrix of its weights' dtype (the ZeRO
+    reduce bucket, ``BUCKETS_FROM_HIDDEN``), gradients kept as views of the buckets (no copy),
+    buffers never re-broadcast (none changes in training); inputs are already on the device."""
+    hidden = module.model.config.get_text_config().hidden_size
+    elements = BUCKETS_FROM_HIDDEN["reduce_bucket_size"](hidden)
+    itemsize = next(p for p in module.parameters() if p.requires_grad).element_size()
+    return torch.nn.parallel.DistributedDataParallel(
+        module,
+        bucket_cap_mb=elements * itemsize / 2**20,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
+
+
+def _sum_bucket(engine: LocalEngine, bucket: dist.GradBucket) -> torch.futures.Future:
+    """DDP's comm hook, called in the backward as each bucket's gradients are ready: an async
+    all-reduce SUM (DDP's own averages; our losses carry the global normalisation). A bucket
+    of 16-bit gradients is first cast to fp32 and added to the step's earlier micro-batches in
+    the masters' ``.grad``, which become views of the reduced fp32 sums."""
+    buffer = bucket.buffer()
+    flat = buffer
+    if buffer.dtype != torch.float32:
+        flat = buffer.float()
+        start = buffer.storage_offset()
+        for g, p in zip(bucket.gradients(), bucket.parameters(), strict=True):
+            master = engine._masters[id(p)]
+            piece = flat.narrow(0, g.storage_offset() - start, g.numel()).view_as(master)
+            if master.grad is not None:
+                piece.add_(master.grad)
+            master.grad = piece
+    work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+    return work.get_future().then(lambda _: buffer)
 
 
 class DeepSpeedEngine:
