@@ -1,8 +1,10 @@
 """Process groups and engines: the ONLY module that imports DeepSpeed.
 
-Two engines behind one small interface (``backward``, ``finish_step``, ``set_lr``, state):
-- ``LocalEngine``: plain PyTorch AdamW, one process (or several under torchrun, gradients
-  all-reduced by hand), global-norm clipping, non-finite updates skipped;
+Two engines behind one interface, ``Engine`` (the step: ``backward``, ``finish_step``,
+``set_lr``; the state and its layout: ``save_state``, ``load_state``, ``layout``, ...):
+- ``LocalEngine``: plain PyTorch AdamW, one process (or several under torchrun, wrapped in
+  torch's DDP: gradients summed in buckets during the backward), global-norm clipping,
+  non-finite updates skipped;
 - ``DeepSpeedEngine``: DeepSpeed ZeRO 0-3, launched by ``deepspeed`` or ``torchrun`` (both set
   RANK / WORLD_SIZE / LOCAL_RANK), multi-node; gloo on CPU, NCCL on GPU.
 
