@@ -1,10 +1,10 @@
 """The single engine on 2 ranks (torchrun over gloo, no DeepSpeed): torch's DDP sums the
 gradients in buckets, each launched inside the step's last backward. A recording comm hook
 counts them (from the second step on more than one a step, fewer than the parameters; none
-outside the last micro-batch's backward; every parameter once); the losses, gradient norms and final weights
-equal one process's within test_distributed's tolerances, with fp32 weights and with bf16
-weights and fp32 masters (whose gradients are summed over micro-batches and ranks in fp32); and
-a step syncs with the host at most once, as in one process."""
+outside the last micro-batch's backward; every parameter once). The losses, gradient norms
+and final weights equal one process's within test_distributed's tolerances, with fp32 weights
+and with bf16 weights and fp32 masters (whose gradients are summed over micro-batches and
+ranks in fp32); and a step syncs with the host at most once, as in one process."""
 
 from __future__ import annotations
 
