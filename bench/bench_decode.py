@@ -1,6 +1,6 @@
 """Cost of decoding honest result lines: the bounded decoder the scorer uses for what a sample
-sends (``score._result_row``: line cap, int-digit cap, collision check, schema) against the
-unbounded parse it replaced (``_harness.loads_row``, still used for trusted cache lines).
+sends (``codec.read_result_row``: line cap, int-digit cap, collision check, schema) against the
+unbounded parse it replaced (``codec.loads_row``, still used for trusted cache lines).
 
 Rows are what a correct sample sends: every expected output of HumanEval+ as a
 ``{"phase", "i", "out"}`` line in the harness's encoding (expected outputs computed, or read
@@ -17,9 +17,9 @@ import os
 import time
 from pathlib import Path
 
-from reflectioncoder.eval import _harness
 from reflectioncoder.eval import tasks as tk
-from reflectioncoder.eval.score import _result_row, expected_outputs
+from reflectioncoder.eval.sandbox import codec
+from reflectioncoder.eval.score import expected_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared"))
@@ -33,7 +33,7 @@ def result_lines(data_dir: Path) -> list[bytes]:
     for exp in expected.values():
         for phase in ("base", "plus"):
             for i, out in enumerate(exp[phase]["out"]):
-                row = {"phase": phase, "i": i, "out": _harness.encode_output(out)}
+                row = {"phase": phase, "i": i, "out": codec.encode_output(out)}
                 rows.append(json.dumps(row, separators=(",", ":")).encode())
     return rows
 
@@ -55,8 +55,8 @@ def main() -> None:
     print(f"{len(rows)} result lines, {mib:.1f} MiB")
     runs: dict[str, list[tuple[float, float]]] = {"unbounded": [], "bounded": []}
     for _ in range(args.repeats):
-        runs["unbounded"].append(timed(_harness.loads_row, rows))
-        runs["bounded"].append(timed(_result_row, rows))
+        runs["unbounded"].append(timed(codec.loads_row, rows))
+        runs["bounded"].append(timed(codec.read_result_row, rows))
     best = {name: min(r, key=lambda x: x[1]) for name, r in runs.items()}
     for name, (wall, cpu) in best.items():
         print(f"{name:10s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  {mib / cpu:5.0f} MiB/s (cpu)")

@@ -68,8 +68,9 @@ def bare_run(lang: str, program: str) -> int:
     """The same command with no sandbox and no limits (the baseline); returns its exit code."""
     spec = ml.LANGUAGES[lang]
     with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as work:
-        for name, text in ml.program_files(lang, program).items():
-            Path(src, name).write_text(text, encoding="utf-8")
+        for name, content in ml.program_files(lang, program).items():
+            data = content.encode() if isinstance(content, str) else content
+            Path(src, name).write_bytes(data)
         command = ml.command_line(lang, spec.run_s).replace("{src}", src).replace("{work}", work)
         env = {**os.environ, **ml.toolchain_env(lang)[0], "HOME": work}
         proc = subprocess.run(["/bin/sh", "-c", command], cwd=work, env=env, capture_output=True)

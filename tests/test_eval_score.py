@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from reference.passk import pass_at_k
 
-from reflectioncoder.eval import _harness
 from reflectioncoder.eval.cli import add_arguments, main
+from reflectioncoder.eval.sandbox import codec
 from reflectioncoder.eval.score import estimate_pass_at_k, outputs_match
 from reflectioncoder.eval.tasks import PythonTask, load_mbpp_plus, mbpp_deserialize_inputs
 
@@ -99,13 +99,13 @@ def test_codec_round_trips_plain_data(seed):
     rng = random.Random(seed)
     for _ in range(300):
         value = _random_value(rng)
-        line = json.dumps(_harness.encode(value))
-        assert _same(_harness.loads_row(line), value), value
-        assert _same(_harness.decode(json.loads(line)), value), value
+        line = json.dumps(codec.encode(value))
+        assert _same(codec.loads_row(line), value), value
+        assert _same(codec.decode(json.loads(line)), value), value
 
 
 def test_codec_nan_and_numpy():
-    out = _harness.loads_row(json.dumps(_harness.encode([math.nan, np.int64(7), np.arange(3.0)])))
+    out = codec.loads_row(json.dumps(codec.encode([math.nan, np.int64(7), np.arange(3.0)])))
     assert math.isnan(out[0]) and type(out[1]) is np.int64 and out[1] == 7
     assert isinstance(out[2], np.ndarray) and out[2].dtype == np.float64
 
@@ -117,9 +117,9 @@ def test_codec_subclass_loses_its_eq():
 
         __hash__ = int.__hash__
 
-    assert _harness.loads_row(json.dumps(_harness.encode(Rigged(5)))) == 5
-    assert type(_harness.loads_row(json.dumps(_harness.encode(Rigged(5))))) is int
-    opaque = _harness.loads_row(json.dumps(_harness.encode(object())))
+    assert codec.loads_row(json.dumps(codec.encode(Rigged(5)))) == 5
+    assert type(codec.loads_row(json.dumps(codec.encode(Rigged(5))))) is int
+    opaque = codec.loads_row(json.dumps(codec.encode(object())))
     assert opaque != opaque and not (opaque == 1)
 
 
@@ -137,17 +137,17 @@ def test_codec_subclass_loses_its_eq():
     ],
 )
 def test_codec_rejects_what_is_not_plain_data(line):
-    with pytest.raises(_harness.DecodeError):
-        _harness.loads_row(line)
+    with pytest.raises(codec.DecodeError):
+        codec.loads_row(line)
 
 
 def test_big_strings_travel_as_digests(seed):
     rng = random.Random(seed)
-    text = "".join(rng.choice("xyz") for _ in range(_harness.BIG_STR + 10))
-    a = _harness.loads_row(json.dumps(_harness.encode_output(text)))
-    b = _harness.loads_row(json.dumps(_harness.encode_output(text[:-1] + "w")))
-    assert isinstance(a, _harness.Digest) and a == _harness.loads_row(
-        json.dumps(_harness.encode_output(text))
+    text = "".join(rng.choice("xyz") for _ in range(codec.BIG_STR + 10))
+    a = codec.loads_row(json.dumps(codec.encode_output(text)))
+    b = codec.loads_row(json.dumps(codec.encode_output(text[:-1] + "w")))
+    assert isinstance(a, codec.Digest) and a == codec.loads_row(
+        json.dumps(codec.encode_output(text))
     )
     assert a != b
 
@@ -178,13 +178,13 @@ def test_special_oracles():
     assert outputs_match(
         _task("check_str", dataset="mbpp"),
         [[0]] * 2,
-        [_harness.Opaque("re.Match"), None],
+        [codec.Opaque("re.Match"), None],
         [True, True],
     ) == [True, False]
     assert outputs_match(_task("sum_div", dataset="mbpp"), [[0]], [0], [7]) == [True]
     assert outputs_match(_task("find_zero", atol=1e-4), [[[1.0, 2.0]]], [-0.5], [0.0]) == [True]
     assert outputs_match(_task("find_zero", atol=1e-4), [[[1.0, 2.0]]], [0.5], [-0.5]) == [False]
-    assert outputs_match(_task("f"), [[0]], [_harness.Opaque("A")], [None]) == [False]
+    assert outputs_match(_task("f"), [[0]], [codec.Opaque("A")], [None]) == [False]
 
 
 def test_mbpp_inputs_decoded_as_evalplus(shared_dir):
@@ -257,8 +257,8 @@ def _timed_reject(line: bytes, limit_s: float = 2.0) -> str:
     import time
 
     t0 = time.perf_counter()
-    with pytest.raises(_harness.DecodeError) as err:
-        _harness.loads_result(line)
+    with pytest.raises(codec.DecodeError) as err:
+        codec.loads_result(line)
     took = time.perf_counter() - t0
     assert took < limit_s, f"rejecting took {took:.1f} s"
     assert len(str(err.value)) < 300  # error text is clipped before it goes anywhere
@@ -275,7 +275,7 @@ def test_colliding_set_members_are_refused_in_linear_time(tag, seed):
     assert "colliding" in _timed_reject(json.dumps({"$dict": pairs}).encode())
     # honest sets and dicts of the same size decode, and equal what was sent
     honest = list(range(20_000))
-    assert _harness.loads_result(json.dumps({tag: honest}).encode()) == set(honest)
+    assert codec.loads_result(json.dumps({tag: honest}).encode()) == set(honest)
 
 
 def test_huge_integers_are_refused_whatever_the_int_limit(seed):
@@ -287,7 +287,7 @@ def test_huge_integers_are_refused_whatever_the_int_limit(seed):
         msg = _timed_reject(f'{{"phase": "base", "i": 0, "out": [1, {digits}]}}'.encode())
         assert "digits" in msg
         ok = 10 ** (seed % 4000)
-        assert _harness.loads_result(f'{{"out": {ok}}}'.encode()) == {"out": ok}
+        assert codec.loads_result(f'{{"out": {ok}}}'.encode()) == {"out": ok}
     finally:
         sys.set_int_max_str_digits(old)
 
@@ -311,12 +311,12 @@ def test_crafted_values_are_refused_cheaply(line):
 
 
 def test_overlong_lines_are_refused_before_parsing(monkeypatch):
-    monkeypatch.setattr(_harness, "MAX_LINE", 1000)
+    monkeypatch.setattr(codec, "MAX_LINE", 1000)
     assert "MiB" in _timed_reject(b'{"out": "' + b"x" * 2000 + b'"}')
 
 
 def test_result_rows_are_schema_checked():
-    from reflectioncoder.eval.score import _result_row
+    from reflectioncoder.eval.sandbox.codec import read_result_row as _result_row
 
     assert _result_row(b'{"phase": "base", "i": 3, "out": {"$tuple": [1]}}')["out"] == (1,)
     for bad in [
@@ -331,7 +331,7 @@ def test_result_rows_are_schema_checked():
         b'{"phase": "base", "load_error": 7}',
         b'{"phase": "base", "extra": 1}',
     ]:
-        with pytest.raises(_harness.DecodeError):
+        with pytest.raises(codec.DecodeError):
             _result_row(bad)
 
 

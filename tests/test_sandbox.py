@@ -15,7 +15,7 @@ from reflectioncoder.eval import sandbox
 
 def _levels() -> list[str]:
     levels = ["rlimits"]
-    if sandbox._bwrap_works():
+    if sandbox.bwrap_works():
         levels.insert(0, "bwrap")
     return levels
 
@@ -53,7 +53,7 @@ def test_traceback_names_the_program(level):
     assert 'File "main.py", line 4, in <module>' in res.stderr
     assert 'File "main.py", line 2, in f' in res.stderr
     assert "AssertionError: too small" in res.stderr
-    assert "harness.py" not in res.stderr  # feedback shows only the program's own frames
+    assert "runner.py" not in res.stderr  # feedback shows only the program's own frames
 
 
 def test_stdin_reaches_the_program(level, seed):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from reflectioncoder.eval import _harness, sandbox
+from reflectioncoder.eval import sandbox
+from reflectioncoder.eval.sandbox import guards
 from reflectioncoder.eval.tasks import load_humaneval_plus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +157,8 @@ def test_seccomp_filter_holds_without_the_audit_hook(tmp_path):
     marker = tmp_path / "started"
     code = f"""
         import os, threading, _posixsubprocess
-        from reflectioncoder.eval import _harness
-        assert _harness._deny_processes_by_seccomp()
+        from reflectioncoder.eval.sandbox import guards
+        assert guards.deny_processes_by_seccomp()
         out = []
         for name, fn in [
             ("fork", os.fork),
@@ -188,9 +189,9 @@ def test_seccomp_filter_holds_without_the_audit_hook(tmp_path):
 
 def test_seccomp_program_is_well_formed():
     for machine in ("x86_64", "aarch64"):
-        code = _harness._seccomp_filter(machine, 4242)
+        code = guards.seccomp_filter(machine, 4242)
         assert code is not None and len(code) % 8 == 0 and len(code) // 8 < 256
-    assert _harness._seccomp_filter("sparc", 1) is None
+    assert guards.seccomp_filter("sparc", 1) is None
     gaps = " ".join(sandbox.not_guaranteed("rlimits"))
     assert ("no seccomp here" in gaps) == (not sandbox.seccomp_available())
     assert "not Python" in " ".join(sandbox.not_guaranteed("rlimits", python_only=False))

@@ -21,7 +21,7 @@ from test_sandbox_root import _Host
 
 from reflectioncoder.eval import multiple, sandbox
 
-needs_bwrap = pytest.mark.skipif(not sandbox._bwrap_works(), reason="bubblewrap cannot run here")
+needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_works(), reason="bubblewrap cannot run here")
 
 
 @pytest.fixture(params=_levels())

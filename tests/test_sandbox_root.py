@@ -21,9 +21,10 @@ from test_sandbox import _alive_with, _levels
 from test_sandbox_hostile import _task
 
 from reflectioncoder.eval import sandbox
+from reflectioncoder.eval.sandbox.cgroup import cgroup_layout, remove_stale_cgroups
 from reflectioncoder.eval.score import PASS, check_sample
 
-needs_bwrap = pytest.mark.skipif(not sandbox._bwrap_works(), reason="bubblewrap cannot run here")
+needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_works(), reason="bubblewrap cannot run here")
 
 
 @pytest.fixture(params=_levels())
@@ -113,7 +114,7 @@ class _Host:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
-        layout = sandbox._cgroup_layout()
+        layout = cgroup_layout()
         parents = sorted(set(layout.parents.values())) if layout else []
         shadow = [p for p in ("/etc/shadow", "/etc/gshadow") if os.path.exists(p)]
         self.args = {
@@ -195,7 +196,7 @@ def test_no_escape_as_unprivileged_caller():
     if os.geteuid() != 0 or setpriv is None:
         pytest.skip("needs root and setpriv to become an unprivileged user")
     drop = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    repo = Path(sandbox.__file__).resolve().parents[2]
+    repo = Path(sandbox.__file__).resolve().parents[3]
     env = {**os.environ, "REFLECTIONCODER_SANDBOX": "bwrap", "PYTHONPATH": str(repo)}
     env["HOME"] = "/nonexistent"
     python = _interpreter_for(drop, env)
@@ -237,7 +238,7 @@ def test_no_escape_as_unprivileged_caller():
 
 
 def _needs_cgroup(controller: str) -> None:
-    layout = sandbox._cgroup_layout()
+    layout = cgroup_layout()
     if layout is None or controller not in layout.parents:
         pytest.skip(f"no {controller} cgroup can be made here")
 
@@ -339,13 +340,13 @@ def test_stale_run_cgroups_are_swept():
     """A scorer killed before its cleanup leaves an empty run cgroup; the next one removes it
     once it is old, and leaves fresh ones (another scorer's run about to start) alone."""
     _needs_cgroup("pids")
-    parent = sandbox._cgroup_layout().parents["pids"]
+    parent = cgroup_layout().parents["pids"]
     old, fresh = (parent / f"rc-sandbox-test-{uuid.uuid4().hex}" for _ in range(2))
     old.mkdir()
     fresh.mkdir()
     try:
         os.utime(old, (time.time() - 3600, time.time() - 3600))
-        sandbox._remove_stale_cgroups(sandbox._cgroup_layout())
+        remove_stale_cgroups(cgroup_layout())
         assert not old.exists() and fresh.exists()
     finally:
         for path in (old, fresh):

@@ -121,5 +121,5 @@ def test_folders_run_as_scripts_shadow_nothing():
         clash = {p.stem for p in script.parent.glob("*.py")} & taken
         # Files started only as `python -m reflectioncoder.…` or `python -I` (the sandbox's
         # harness) never put their folder on sys.path.
-        if clash and script.name not in {"_harness.py"}:
+        if clash and script.name not in {"runner.py"}:
             pytest.fail(f"{script.relative_to(ROOT)} as a script would shadow {sorted(clash)}")

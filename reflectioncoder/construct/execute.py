@@ -95,9 +95,15 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
     and never enters the sandbox (None: the call's value must be truthy, ``assert CALL``). A
     pass needs every call's value, in order, then the harness's end line. Expected sides that
     are not literals are evaluated in the program's process too (compared here all the same)."""
-    from reflectioncoder.eval import _harness
-    from reflectioncoder.eval.sandbox import isolation_level, run_sandboxed, wall_backstop
-    from reflectioncoder.eval.score import _HARNESS_PYC, _harness_argv, _result_row, _site_paths
+    from reflectioncoder.eval.sandbox import (
+        codec,
+        harness_argv,
+        harness_files,
+        isolation,
+        run_sandboxed,
+        site_paths,
+        wall_backstop,
+    )
 
     calls: list[list[str]] = []
     plan = []  # per check: (index of its call, what it must equal)
@@ -115,23 +121,23 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
     job = {
         "code": code,
         "exprs": True,
-        "strict": not isolation_level().startswith("bwrap"),  # the fallback's audit guard
-        "sys_path": _site_paths(),
+        "strict": isolation().audit_guard,  # the fallback's audit guard
+        "sys_path": site_paths(),
         "phases": [{"name": "tests", "inputs": calls, "time_limits": [timeout_s] * len(calls)}],
     }
     res = run_sandboxed(
-        _harness_argv(),
-        files={"harness.pyc": _HARNESS_PYC},
+        harness_argv(),
+        files=harness_files(),
         stdin=json.dumps(job),
         cpu_s=timeout_s + 1.0,
         timeout_s=wall_backstop(timeout_s + 1.0),
         memory_mb=512,
-        output_limit=_harness.MAX_LINE,
+        output_limit=codec.MAX_LINE,
     )
     if res.timed_out or res.output_truncated:
         return False
     try:
-        rows = [_result_row(line.encode()) for line in res.stdout.splitlines()]
+        rows = [codec.read_result_row(line.encode()) for line in res.stdout.splitlines()]
     except ValueError:
         return False
     framed = len(rows) == len(calls) + 2 and rows[0].get("loaded") and rows[-1].get("done")
@@ -146,7 +152,7 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
 
 def _matches(out: Any, want: tuple[str, Any], outs: list) -> bool:
     """``out == expected`` as the assert does (on decoded plain data: no rigged ``__eq__``)."""
-    from reflectioncoder.eval._harness import Digest, Opaque
+    from reflectioncoder.eval.sandbox.codec import Digest, Opaque
 
     kind, value = want
     if kind == "computed":

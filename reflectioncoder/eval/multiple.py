@@ -32,7 +32,7 @@ from functools import cache
 from reflectioncoder.errors import ctrl_c_to_main_thread
 from reflectioncoder.eval.sandbox import (
     SANDBOX_UID,
-    _harness_source,
+    harness_files,
     python_env,
     run_sandboxed,
     toolchain_binds,
@@ -109,7 +109,7 @@ _JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
 LANGUAGES: dict[str, Language] = {
     # through the harness: its audit guard and seccomp filter in the fallback level
     "python": Language(
-        "main.py", "{run} {python} -I -B {src}/harness.py --run {src}/main.py", (), (),
+        "main.py", "{run} {python} -I -B {src}/runner.pyc --run {src}/main.py", (), (),
         "import os as _rc_os; print(_rc_os.read(3, 256).decode())", memory_mb=1024,
     ),
     "cpp": Language(
@@ -402,11 +402,11 @@ def _rust_sysroot() -> str | None:
     return path if out.returncode == 0 and os.path.isdir(path) else None
 
 
-def program_files(language: str, program: str) -> dict[str, str]:
-    """The files of one run: the program, and for Python the harness that runs it."""
-    files = {LANGUAGES[language].file: program}
+def program_files(language: str, program: str) -> dict[str, str | bytes]:
+    """The files of one run: the program, and for Python the sandbox's runner that runs it."""
+    files: dict[str, str | bytes] = {LANGUAGES[language].file: program}
     if language == "python":
-        files["harness.py"] = _harness_source()
+        files.update(harness_files())
     return files
 
 

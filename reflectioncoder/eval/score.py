@@ -1,6 +1,6 @@
 """Trusted scoring: expected outputs, sandboxed runs, EvalPlus-exact comparison, pass@k.
 
-The sandbox returns computed outputs as plain data (``_harness`` codec); only this module
+The sandbox returns computed outputs as plain data (``sandbox.codec``); only this module
 compares them with expected outputs, which it never hands to the sandbox. A run's verdict never
 depends on its exit code or on what it printed.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,8 +21,16 @@ from typing import Any
 import numpy as np
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
-from reflectioncoder.eval import _harness
-from reflectioncoder.eval.sandbox import PreparedRun, isolation_level, run_sandboxed, wall_backstop
+from reflectioncoder.eval.sandbox import (
+    PreparedRun,
+    codec,
+    harness_argv,
+    harness_files,
+    isolation,
+    run_sandboxed,
+    site_paths,
+    wall_backstop,
+)
 from reflectioncoder.eval.tasks import PythonTask
 
 __all__ = [
@@ -43,7 +50,6 @@ MIN_TIME_LIMIT = 1.0  # EvalPlus 0.3.1 defaults
 GT_TIME_LIMIT_FACTOR = 4.0
 TASK_TIMEOUT_CAP = 60.0
 MEMORY_MB = 4096  # EvalPlus's 4 GiB address-space limit
-_HARNESS_SOURCE = Path(_harness.__file__).read_text()
 _HARNESS_VERSION = "6"  # 6: ground-truth times are CPU seconds
 
 # Special oracles of EvalPlus 0.3.1 (eval/_special_oracle.py), by entry point.
@@ -103,12 +109,12 @@ def _bounded_set(values: Any) -> set:
     values share a hash, which would make building the set quadratic (a crafted output)."""
     items = list(values)
     hashes = list(map(hash, items))
-    if len(items) - len(set(hashes)) > _harness.COLLISIONS_ALLOWED:  # duplicates, or collisions
+    if len(items) - len(set(hashes)) > codec.COLLISIONS_ALLOWED:  # duplicates, or collisions
         distinct: dict[int, list] = {}
         for h, x in zip(hashes, items, strict=True):
             seen = distinct.setdefault(h, [])
             if all(x != y for y in seen):
-                if len(seen) >= _harness.COLLISIONS_ALLOWED:
+                if len(seen) >= codec.COLLISIONS_ALLOWED:
                     raise ValueError("values with colliding hashes")
                 seen.append(x)
     return set(items)
@@ -130,11 +136,11 @@ class _Comparer:
 
     def _check(self, inp: Any, out: Any, exp: Any) -> bool:
         task, ep = self.task, self.task.entry_point
-        if isinstance(out, _harness.Opaque) and not (
+        if isinstance(out, codec.Opaque) and not (
             task.dataset == "mbpp" and ep in MBPP_OUTPUT_NOT_NONE
         ):
             return False
-        if isinstance(out, _harness.Digest) or isinstance(exp, _harness.Digest):
+        if isinstance(out, codec.Digest) or isinstance(exp, codec.Digest):
             return out == exp  # big outputs: equal iff same digest
         exact = out == exp
         if task.dataset == "mbpp":
@@ -186,11 +192,11 @@ def _ground_truth_job(task: PythonTask) -> str:
             "code": task.prompt + task.canonical_solution,
             "entry_point": task.entry_point,
             "record": True,
-            "sys_path": _site_paths(),
+            "sys_path": site_paths(),
             "output_not_none": not_none,
             "phases": [
-                {"name": "base", "inputs": _harness.encode(task.base_inputs)},
-                {"name": "plus", "inputs": _harness.encode(task.plus_inputs)},
+                {"name": "base", "inputs": codec.encode(task.base_inputs)},
+                {"name": "plus", "inputs": codec.encode(task.plus_inputs)},
             ],
         }
     )
@@ -198,8 +204,8 @@ def _ground_truth_job(task: PythonTask) -> str:
 
 def _run_ground_truth(task: PythonTask) -> dict:
     res = run_sandboxed(
-        _harness_argv(),
-        files={"harness.pyc": _HARNESS_PYC},
+        harness_argv(),
+        files=harness_files(),
         stdin=_ground_truth_job(task),
         timeout_s=600,
         memory_mb=8 * MEMORY_MB,  # trusted code; EvalPlus runs it unlimited, in-process
@@ -218,31 +224,6 @@ def _run_ground_truth(task: PythonTask) -> dict:
                 f"{len(got[phase]['out'])}: {res.stderr[-2000:]}"
             )
     return got
-
-
-def _harness_bytecode() -> bytes:
-    """The harness compiled once here: each sandboxed run then skips compiling it."""
-    import importlib.util
-    import marshal
-
-    code = compile(_HARNESS_SOURCE, "harness.py", "exec")
-    flags = (0).to_bytes(4, "little")  # timestamp-based pyc, checked against nothing
-    header = importlib.util.MAGIC_NUMBER + flags + (0).to_bytes(8, "little")
-    return header + marshal.dumps(code)
-
-
-_HARNESS_PYC = _harness_bytecode()
-
-
-def _harness_argv() -> list[str]:
-    # -S skips site's start-up work (tens of ms per run); the job carries site-packages instead
-    return [sys.executable, "-I", "-S", "-B", "{src}/harness.pyc", "--warm"]
-
-
-def _site_paths() -> list[str]:
-    import site
-
-    return [p for p in site.getsitepackages() if os.path.isdir(p)]
 
 
 def expected_outputs(
@@ -280,7 +261,7 @@ def expected_outputs(
         progress(len(tasks))
     out = {}
     for tid in tasks:
-        row = _harness.loads_row(lines[tid])
+        row = codec.loads_row(lines[tid])
         out[tid] = {"base": row["base"], "plus": row["plus"], "bytes": len(lines[tid])}
     return out
 
@@ -352,12 +333,12 @@ def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
         body = {
             "entry_point": task.entry_point,
             "guard": True,
-            "strict": not isolation_level().startswith("bwrap"),
-            "sys_path": _site_paths(),
+            "strict": isolation().audit_guard,
+            "sys_path": site_paths(),
             "memory_bytes": MEMORY_MB << 20,
             "fail_fast": True,
             "phases": [
-                {"name": p.name, "inputs": _harness.encode(p.inputs), "time_limits": p.limits}
+                {"name": p.name, "inputs": codec.encode(p.inputs), "time_limits": p.limits}
                 for p in phases
             ],
         }
@@ -370,8 +351,8 @@ def prepare_harness(hide: Sequence[str] = ()) -> PreparedRun:
     """A sandboxed harness process, started and waiting for its one job. The data and the
     expected-output cache are hidden from it (bwrap mounts; the audit guard in the fallback)."""
     return PreparedRun(
-        _harness_argv(),
-        files={"harness.pyc": _HARNESS_PYC},
+        harness_argv(),
+        files=harness_files(),
         memory_mb=MEMORY_MB,
         cpu_s=int(2 * TASK_TIMEOUT_CAP + 10),  # a CPU backstop; the wall clock decides
         hide=_hidden(hide),
@@ -383,14 +364,6 @@ def _hidden(hide: Sequence[str]) -> list[str]:
     return [os.path.realpath(h) for h in (*hide, _cache_dir())]
 
 
-_ROW_FIELDS = {
-    "phase": str,
-    "i": int,
-    "error": str,
-    "load_error": str,
-    "done": bool,
-    "loaded": bool,
-}
 # CPU seconds an input may use beyond its limit, measured outside: encoding and writing its
 # output, and the scorer's reading it (the harness stops the input itself at the limit)
 CPU_SLACK_S = 0.1
@@ -399,20 +372,6 @@ BATCH_S = 0.02  # the harness sends result lines together when they come within 
 # (floats may print longer than the expected ones and still be close enough)
 MAX_SAMPLE_OUTPUT = 64 << 20
 REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's reason
-
-
-def _result_row(line: bytes) -> dict:
-    """A result line decoded (bounded, see ``_harness.loads_result``) and schema-checked: a
-    mapping of known fields with the types the harness writes, ``out`` being any plain data."""
-    row = _harness.loads_result(line)
-    if type(row) is not dict:
-        raise _harness.DecodeError(f"a result row must be an object, not {type(row).__name__}")
-    for key, value in row.items():
-        if key != "out" and type(value) is not _ROW_FIELDS.get(key):
-            raise _harness.DecodeError(f"field {_harness._clip(str(key), 40)!r}: unexpected")
-    if "phase" not in row:
-        raise _harness.DecodeError("a result row names its phase")
-    return row
 
 
 class _Judge:
@@ -435,7 +394,7 @@ class _Judge:
         try:
             if self.received > self.max_bytes:
                 return self._fail_current(FAIL, "output over the cap")
-            return self._judge(_result_row(line))
+            return self._judge(codec.read_result_row(line))
         except Exception as exc:  # DecodeError, or anything a crafted value provokes
             return self._fail_current(FAIL, f"malformed result line: {type(exc).__name__}")
 
@@ -558,7 +517,7 @@ def check_sample(
         job,
         cpu_s=budget,
         timeout_s=wall_backstop(budget),
-        output_limit=_harness.MAX_LINE,
+        output_limit=codec.MAX_LINE,
         on_stdout_line=judge,
     )
     judge.close_batch()  # the last lines' CPU time, when the run ended without a verdict

@@ -1,0 +1,172 @@
+"""The bubblewrap level: the namespaces, the minimal read-only file system and the drop to an
+unprivileged host uid, as one bwrap command line.
+
+Started by root, bwrap makes no user namespace (its uid 65534 would be host root): it mounts as
+root, then ``setpriv`` drops the program to host uid/gid 65534 with no capability at all.
+Started by another user, the user namespace maps 65534 to that unprivileged user. The file
+system holds only what a program needs, read-only (``/usr`` and the library dirs, a few
+``/etc`` files, the Python installation and site-packages, the toolchain binds), a private
+size-capped ``/tmp`` (the working directory lives there), ``/dev/shm`` and ``/dev``;
+``/proc/sys`` and ``/proc/pressure`` are absent.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reflectioncoder.eval.sandbox import guards
+
+__all__ = [
+    "SANDBOX_UID",
+    "SRC_IN_BOX",
+    "WORK_IN_BOX",
+    "bwrap_argv",
+    "bwrap_path",
+    "box_seccomp_fd",
+    "setpriv_path",
+    "toolchain_binds",
+]
+
+# Mount points inside the box (both under the private /tmp).
+SRC_IN_BOX = "/tmp/src"
+WORK_IN_BOX = "/tmp/work"
+SANDBOX_UID = 65534  # "nobody": the uid and gid programs have inside bwrap
+# What every program gets, read-only: the system's programs and libraries, and the few /etc
+# files that loaders and toolchains read (no passwd, shadow, hosts, ssh, ...).
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_PATTERNS = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "java-*",
+    "php",
+    "php[0-9]*",
+    "ssl/openssl.cnf",
+    "mono",
+)
+# /proc's files that write to the kernel beyond the process's own entries: sysctls (bwrap
+# leaves /proc/sys writable when started by root) and pressure triggers
+_PROC_COVERED = ("/proc/sys", "/proc/pressure")
+_DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+
+
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+def _python_paths() -> list[str]:
+    """The interpreter, its standard library and the site-packages programs import from."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths.update(p for p in sys.path if "-packages" in p)  # site dirs, .pth-added ones too
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+def toolchain_binds(tools: Sequence[str]) -> list[str]:
+    """Host directories to bind for programs found on PATH outside the system directories
+    (e.g. ``~/.cargo/bin/rustc``: its directory and where its symlinks lead)."""
+    binds: set[str] = set()
+    for tool in tools:
+        found = shutil.which(tool)
+        if found is None:
+            continue
+        for path in (found, os.path.realpath(found)):
+            parent = os.path.dirname(path)
+            if not any(_inside(parent, s) for s in _SYSTEM_PATHS):
+                binds.add(parent)
+    return sorted(binds)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/a", "/a/b", "/a/b/c"]``."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def bwrap_argv(
+    exe: str,
+    src: Path,
+    hide: Sequence[str],
+    ro_binds: Sequence[str],
+    tmp_mb: int = 512,
+    seccomp_fd: int | None = None,
+) -> list[str]:
+    """Namespaces, no privileges, and a file system of only what programs need (read-only).
+
+    Started by root, bwrap makes no user namespace (its uid 65534 would be host root): it
+    mounts as root, then ``setpriv`` drops the program to host uid/gid 65534 with no
+    capability at all, so every root-owned host file (``/proc/sys``, the bound device nodes)
+    stays out of its reach. Started by another user, the user namespace maps 65534 to that
+    unprivileged user. ``seccomp_fd``: a descriptor holding ``guards``' box filter."""
+    uid = str(SANDBOX_UID)
+    argv = [exe, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    as_root = os.geteuid() == 0
+    if as_root:  # setpriv needs these three to drop them for good (and nothing else)
+        argv += [a for cap in _DROP_CAPS for a in ("--cap-add", cap)]
+    else:
+        argv += ["--unshare-user", "--uid", uid, "--gid", uid, "--disable-userns"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev"]
+    for path in _PROC_COVERED:  # kernel settings and triggers: absent (empty, read-only)
+        argv += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+    for mount in ("/tmp", "/dev/shm"):
+        argv += ["--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", mount]
+    for path in _SYSTEM_PATHS:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    bound = list(_SYSTEM_PATHS)
+    etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
+    binds = []
+    for path in [*etc, *_python_paths(), *map(os.path.abspath, ro_binds)]:
+        if any(_inside(path, b) for b in bound):
+            continue  # already there (binding again would undo a hide)
+        binds += ["--ro-bind", path, path]
+        bound.append(path)
+    # the directories leading to a bind, made 0755 first (bwrap makes them 0700 as root: the
+    # box's uid could not reach the toolchains under /root)
+    parents = {os.path.dirname(p) for p in binds[2::3]}
+    parents = {a for p in parents for a in _ancestors(p) if not any(_inside(a, b) for b in bound)}
+    for path in sorted(parents, key=lambda p: p.count("/")):
+        argv += ["--perms", "0755", "--dir", path]
+    argv += binds
+    for path in map(os.path.abspath, hide):  # data or caches inside a bound directory
+        if os.path.isdir(path) and any(_inside(path, b) for b in bound):
+            argv += ["--tmpfs", path]
+    argv += ["--ro-bind", str(src), SRC_IN_BOX, "--perms", "0777", "--dir", WORK_IN_BOX]
+    argv += ["--chdir", WORK_IN_BOX, "--remount-ro", "/"]  # the box's root: nothing new on top
+    argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", WORK_IN_BOX, "--"]
+    if as_root:
+        argv += [setpriv_path(), f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    return argv
+
+
+def setpriv_path() -> str:
+    return shutil.which("setpriv", path="/usr/bin:/bin") or "/usr/bin/setpriv"
+
+
+def box_seccomp_fd() -> int | None:
+    """A descriptor (a memfd at offset 0) holding the box's seccomp program, for bwrap's
+    ``--seccomp``; None on a machine we have no syscall table for."""
+    code = guards.seccomp_filter(os.uname().machine, None)
+    if code is None:
+        return None
+    fd = os.memfd_create("rc-seccomp", 0)
+    os.write(fd, code)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -1,0 +1,258 @@
+"""Each run's cgroup: where this machine lets us make them (probed once), and one run's
+lifecycle (limits written, every process put in before exec, CPU clock read, the tree killed,
+the cgroup removed).
+
+A run's cgroup is v2 where the machine lets us make one with controllers, else the v1 ``pids``,
+``memory``, ``cpu`` and ``cpuacct`` hierarchies, nested under the scorer's own cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from reflectioncoder.eval.sandbox.records import Limits
+
+__all__ = ["CgroupLayout", "RunCgroup", "cgroup_layout", "make_cgroup", "remove_stale_cgroups"]
+
+CPU_PERIOD_US = 100_000
+
+# The file that proves a controller works in a run's cgroup, and a value to write there.
+_V1_PROBES = {
+    "pids": ("pids.max", "8"),
+    "memory": ("memory.limit_in_bytes", str(64 << 20)),
+    "cpu": ("cpu.cfs_quota_us", str(CPU_PERIOD_US)),
+    "cputime": ("cpuacct.usage", None),
+}
+_V2_PROBES = {
+    "pids": ("pids.max", "8"),
+    "memory": ("memory.max", str(64 << 20)),
+    "cpu": ("cpu.max", f"{CPU_PERIOD_US} {CPU_PERIOD_US}"),
+    "cputime": ("cpu.stat", None),
+}
+_V1_HIERARCHY = {"pids": "pids", "memory": "memory", "cpu": "cpu", "cputime": "cpuacct"}
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """Where runs' cgroups are made: ``parents`` maps each working controller (pids, memory,
+    cpu, cputime) to the directory under which a run's cgroup is created."""
+
+    version: int
+    parents: dict[str, Path]
+
+    def describe(self) -> str:
+        return f"cgroup-v{self.version}({','.join(sorted(self.parents))})"
+
+
+def _own_cgroup_paths() -> dict[str, str]:
+    """/proc/self/cgroup as {controller or "" (v2): path}."""
+    paths = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else [""]:
+                paths[c] = path
+    return paths
+
+
+def _cgroup_mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, mount point, mount root, options) of every cgroup file system."""
+    mounts = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                opts = set(rfields[2].split(","))
+                mounts.append((rfields[0], fields[4], fields[3], opts))
+    return mounts
+
+
+def _parent_dir(mount_point: str, mount_root: str, own: str | None) -> Path:
+    """Our own cgroup's directory in this mount (so runs nest under our limits), else the
+    mount's top."""
+    if own is not None and own.startswith(mount_root):
+        rel = own[len(mount_root) :].lstrip("/")
+        candidate = Path(mount_point) / rel
+        if candidate.is_dir():
+            return candidate
+    return Path(mount_point)
+
+
+def _probe(parent: Path, probes: dict[str, tuple[str, str | None]], wanted: list[str]) -> list[str]:
+    """The controllers of ``wanted`` that work in a fresh cgroup under ``parent``."""
+    probe = parent / f"rc-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+    except OSError:
+        return []
+    ok = []
+    try:
+        for name in wanted:
+            file, value = probes[name]
+            with contextlib.suppress(OSError):
+                if value is not None:
+                    (probe / file).write_text(value)
+                    ok.append(name)
+                elif (probe / file).exists():
+                    ok.append(name)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.rmdir()
+    return ok
+
+
+def _v2_layout(mounts, own) -> CgroupLayout | None:
+    for fstype, point, root, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        parent = _parent_dir(point, root, own.get(""))
+        with contextlib.suppress(OSError):  # lets our runs' cgroups use these controllers
+            (parent / "cgroup.subtree_control").write_text("+pids +memory +cpu")
+        works = _probe(parent, _V2_PROBES, list(_V2_PROBES))
+        if works:
+            return CgroupLayout(2, {name: parent for name in works})
+    return None
+
+
+def _v1_layout(mounts, own) -> CgroupLayout | None:
+    parents = {}
+    for name, hierarchy in _V1_HIERARCHY.items():
+        for fstype, point, root, opts in mounts:
+            if fstype == "cgroup" and hierarchy in opts:
+                parent = _parent_dir(point, root, own.get(hierarchy))
+                if _probe(parent, _V1_PROBES, [name]):
+                    parents[name] = parent
+                    break
+    return CgroupLayout(1, parents) if parents else None
+
+
+@lru_cache(maxsize=1)
+def cgroup_layout() -> CgroupLayout | None:
+    """The richest cgroup setup this machine lets us make (v2 where writable, else v1), or None."""
+    mounts, own = _cgroup_mounts(), _own_cgroup_paths()
+    found = [lay for lay in (_v2_layout(mounts, own), _v1_layout(mounts, own)) if lay]
+    layout = max(found, key=lambda lay: len(lay.parents), default=None)
+    if layout is not None:
+        remove_stale_cgroups(layout)
+    return layout
+
+
+def remove_stale_cgroups(layout: CgroupLayout, older_than_s: float = 600.0) -> None:
+    """Empty run cgroups left by scorers that were killed before their cleanup ran."""
+    for parent in set(layout.parents.values()):
+        for path in parent.glob("rc-sandbox-*"):
+            with contextlib.suppress(OSError):
+                stale = time.time() - path.stat().st_mtime > older_than_s
+                if stale and not (path / "cgroup.procs").read_text().strip():
+                    path.rmdir()
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class RunCgroup:
+    """One run's cgroup: every process of the run is put in it before exec and cannot leave
+    it (inside bwrap it runs as an unprivileged uid with no cgroup file system mounted)."""
+
+    def __init__(self, layout: CgroupLayout, limits: Limits) -> None:
+        self.layout = layout
+        name = f"rc-sandbox-{uuid.uuid4().hex}"
+        self.dirs: dict[str, Path] = {c: p / name for c, p in layout.parents.items()}
+        for path in self.unique_dirs():
+            path.mkdir()
+        quota = str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US)))
+        mem, max_processes = str(limits.memory_mb << 20), limits.max_processes
+        if layout.version == 2:
+            self._write("pids", "pids.max", str(max_processes))
+            self._write("memory", "memory.max", mem)
+            self._write("memory", "memory.swap.max", "0", required=False)
+            self._write("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}")
+        else:
+            self._write("pids", "pids.max", str(max_processes))
+            self._write("memory", "memory.limit_in_bytes", mem)
+            self._write("memory", "memory.memsw.limit_in_bytes", mem, required=False)
+            self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            self._write("cpu", "cpu.cfs_quota_us", quota)
+
+    def unique_dirs(self) -> list[Path]:
+        return sorted(set(self.dirs.values()))
+
+    def _write(self, controller: str, file: str, value: str, required: bool = True) -> None:
+        if controller in self.dirs:
+            try:
+                (self.dirs[controller] / file).write_text(value)
+            except OSError:
+                if required:
+                    raise
+
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.unique_dirs()]
+
+    def cpu_time_s(self) -> float | None:
+        """CPU seconds every process of the run has used so far (user + system)."""
+        path = self.dirs.get("cputime")
+        if path is None:
+            return None
+        try:
+            if self.layout.version == 1:
+                return int((path / "cpuacct.usage").read_text()) / 1e9
+            for line in (path / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def _pids(self) -> list[int]:
+        pids: set[int] = set()
+        for path in self.unique_dirs():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+        return sorted(pids)
+
+    def kill(self) -> None:
+        """SIGKILL every process of the run (cgroup.kill where the kernel has it) until none is
+        left."""
+        for path in self.unique_dirs():
+            with contextlib.suppress(OSError):
+                (path / "cgroup.kill").write_text("1")
+        for attempt in range(600):
+            pids = self._pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            # killed processes leave within a millisecond or two: look again soon, then less
+            # often (this wait is on the path of every verdict)
+            time.sleep(0.0005 if attempt < 20 else 0.005)
+
+    def remove(self) -> None:
+        self.kill()
+        for path in self.unique_dirs():
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def make_cgroup(layout: CgroupLayout | None, limits: Limits) -> RunCgroup | None:
+    """A run's cgroup under ``layout`` with ``limits`` written (None where there is no layout)."""
+    if layout is None:
+        return None
+    try:
+        return RunCgroup(layout, limits)
+    except OSError as exc:
+        raise RuntimeError(f"sandbox: cannot set up the run's cgroup: {exc}") from None

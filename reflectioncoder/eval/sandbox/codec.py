@@ -1,0 +1,439 @@
+"""The plain-data codec both sides of the box share (shipped into the box as a file: standard
+library only): the runner encodes what a function computed, the scorer decodes it, bounded.
+
+JSON with tags for what JSON lacks: ``{"$tuple": [...]}``, ``$set``, ``$frozenset``,
+``$dict`` (a list of key/value pairs: keys need not be strings), ``$bytes`` (base64),
+``$bytearray``, ``$complex``, ``$float`` ("nan", "inf", "-inf"), ``$int`` (hex, for huge
+ints), ``$sha`` (sha256 and length of a top-level string over 64 KiB: equal strings have equal
+digests, and only the digest crosses the pipe), ``$np`` / ``$ndarray`` (numpy scalar / array:
+dtype and values) and ``$opaque`` (a type name: a value that is not plain data; it equals
+nothing). Subclasses of plain types (bool, int, float, str, list, tuple, dict, set) are
+encoded as their base type's value, read through the base type's own methods, so an
+overridden ``__eq__`` never reaches the scorer.
+"""
+
+from __future__ import annotations
+
+import binascii  # not base64: that imports re, costly in every sandboxed start-up
+import json
+import math
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs start-up time in every sandboxed run
+    from typing import Any
+
+_BIG_INT_BITS = 8000  # past ~4300 digits int <-> str is limited (and slow); use hex instead
+
+
+class DecodeError(ValueError):
+    """The untrusted side sent something that is not our plain-data encoding."""
+
+
+def encode(value: Any, _depth: int = 0) -> Any:
+    """Python value -> JSON-able tagged structure (never raises: odd values become opaque)."""
+    if _depth > 200:
+        return {"$opaque": "too deep"}
+    t = type(value)
+    if value is None or t is str:
+        return value
+    if t is bool:
+        return value
+    if t is int:
+        if value.bit_length() > _BIG_INT_BITS:
+            return {"$int": format(value, "x")}
+        return value
+    if t is float:
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if value != value else ("inf" if value > 0 else "-inf")}
+    d = _depth + 1
+    if t is list or t is tuple:
+        items = list(t.__iter__(value))
+        flat = _flat_scalars(items)
+        if flat is None:
+            flat = [encode(v, d) for v in items]
+        return flat if t is list else {"$tuple": flat}
+    if t is dict:
+        return {"$dict": [[encode(k, d), encode(v, d)] for k, v in dict.items(value)]}
+    if t is set or t is frozenset:
+        tag = "$set" if t is set else "$frozenset"
+        return {tag: [encode(v, d) for v in t.__iter__(value)]}
+    if t is complex:
+        return {
+            "$complex": [
+                encode(complex.__getattribute__(value, "real")),
+                encode(complex.__getattribute__(value, "imag")),
+            ]
+        }
+    if t is bytes:
+        return {"$bytes": _b64(value)}
+    if t is bytearray:
+        return {"$bytearray": _b64(bytes(value))}
+    numpy = _numpy_if_loaded()
+    if numpy is not None:
+        if t is numpy.ndarray:
+            try:
+                return {"$ndarray": [str(value.dtype), encode(value.tolist(), d)]}
+            except Exception:
+                return {"$opaque": "ndarray"}
+        if issubclass(t, numpy.generic):
+            try:
+                return {"$np": [str(value.dtype), encode(value.item(), d)]}
+            except Exception:
+                return {"$opaque": t.__name__}
+    # Subclasses: the base type's value, read with the base type's methods.
+    for base in (bool, int, float, str, list, tuple, dict, set, frozenset, bytes):
+        if issubclass(t, base):
+            try:
+                plain = _to_base(base, value)
+            except Exception:
+                return {"$opaque": t.__name__}
+            return encode(plain, d)
+    return {"$opaque": getattr(t, "__name__", "?")}
+
+
+def _flat_scalars(items: list) -> list | None:
+    """``items`` itself when it holds only JSON-native scalars (str, small int, finite float):
+    checked with C-level loops, so big flat outputs cost little to encode."""
+    kinds = set(map(type, items))
+    if not kinds <= {int, str, float}:
+        return None
+    if float in kinds and not all(map(math.isfinite, (x for x in items if type(x) is float))):
+        return None
+    if int in kinds:
+        ints = [x for x in items if type(x) is int]
+        if ints and max(map(int.bit_length, ints)) > _BIG_INT_BITS:
+            return None
+    return items
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise DecodeError(f"bad base64: {exc}") from None
+
+
+def _to_base(base: type, value: Any) -> Any:
+    if base is bool:
+        return bool(int.__int__(value))
+    if base is int:
+        return int.__int__(value)
+    if base is float:
+        return float.__float__(value)
+    if base is str:
+        return str.__str__(value)
+    if base is dict:
+        return dict(list(dict.items(value)))
+    return base(list(base.__iter__(value)))
+
+
+def _numpy_if_loaded():
+    import sys
+
+    return sys.modules.get("numpy")
+
+
+_TAGS = {
+    "$tuple",
+    "$set",
+    "$frozenset",
+    "$dict",
+    "$bytes",
+    "$bytearray",
+    "$complex",
+    "$float",
+    "$int",
+    "$np",
+    "$ndarray",
+    "$opaque",
+    "$sha",
+}
+BIG_STR = 1 << 16
+
+
+HUGE_ITEMS = 5_000_000  # a list/tuple output past this many elements travels as a digest
+
+
+def encode_output(value: Any) -> Any:
+    """``encode``, but a big top-level string, or a huge list/tuple (millions of elements, where
+    encoding and shipping would cost more than computing), travels as a digest. The digest of a
+    container hashes each element's ``repr``: equal values of the same element types agree
+    (values that are equal across types, like 1 and 1.0, do not: the price of not shipping)."""
+    import hashlib
+
+    t = type(value)
+    if t is str and len(value) > BIG_STR:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"$sha": [digest, len(value)]}
+    if (t is list or t is tuple) and len(value) > 100_000:
+        first = value[0]
+        inner = len(first) if type(first) in (list, tuple, str) else 1
+        if len(value) * max(inner, 1) > HUGE_ITEMS:
+            h = hashlib.sha256(t.__name__.encode() + b"\0")
+            for item in t.__iter__(value):
+                h.update(repr(item).encode("utf-8", "surrogatepass"))
+                h.update(b"\0")
+            return {"$sha": [h.hexdigest(), len(value)]}
+    return encode(value)
+
+
+class Digest:
+    """A big string known by its sha256: equal only to a Digest of the same string."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, digest: str, length: int) -> None:
+        self.key = (digest, length)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and other.key == self.key
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"<str of {self.key[1]} chars, sha256 {self.key[0][:12]}>"
+
+
+class Opaque:
+    """A value the untrusted side could not express as plain data: equal to nothing."""
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<opaque {self.type_name}>"
+
+
+def decode(data: Any, _depth: int = 0) -> Any:
+    """Tagged structure -> Python value; raises DecodeError on anything unexpected."""
+    if _depth > 220:
+        raise DecodeError("nested too deeply")
+    t = type(data)
+    if data is None or t in (bool, int, float, str):
+        return data
+    d = _depth + 1
+    if t is list:
+        return [decode(v, d) for v in data]
+    if t is not dict or len(data) != 1:
+        raise DecodeError(f"unexpected {t.__name__}")
+    ((tag, body),) = data.items()
+    if tag not in _TAGS:
+        raise DecodeError(f"unknown tag {clip(str(tag))!r}")
+    try:
+        if type(body) is list:
+            body = [decode(v, d) for v in body]
+        return _build(tag, body)
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {clip(str(exc))}") from None
+
+
+def _list(body: Any) -> list:
+    if type(body) is not list:
+        raise DecodeError("expected a list")
+    return body
+
+
+def _str(body: Any) -> str:
+    if type(body) is not str:
+        raise DecodeError("expected a string")
+    return body
+
+
+def _tag_hook(obj: dict) -> Any:
+    """json.loads object hook: one-key ``$`` objects are tags (their bodies are already decoded:
+    the parser works bottom-up); other objects stay as they are (result rows, job fields)."""
+    if len(obj) != 1:
+        return obj
+    ((tag, body),) = obj.items()
+    if not tag.startswith("$"):
+        return obj
+    if tag not in _TAGS:
+        raise DecodeError(f"unknown tag {clip(tag)!r}")
+    try:
+        return _build(tag, body)
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise DecodeError(f"{tag}: {clip(str(exc))}") from None
+
+
+COLLISIONS_ALLOWED = 64  # distinct members of one set/dict that may share a hash
+MAX_NUMPY_BYTES = 1 << 28  # what one decoded numpy array may allocate
+
+
+def _build(tag: str, body: Any) -> Any:
+    """One tag's value from its already-decoded body. Bounded: nothing here allocates more
+    than a small multiple of the line, and no set or dict is built from members whose hashes
+    collide (a crafted set of equal-hash members would cost quadratic time)."""
+    if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
+        text = _str(body)
+        if tag == "$bytes":
+            return _unb64(text)
+        if tag == "$bytearray":
+            return bytearray(_unb64(text))
+        if tag == "$int":
+            return int(text, 16)  # a power-of-two base: linear time, no digit limit needed
+        if tag == "$opaque":
+            return Opaque(clip(text))
+        if text not in ("nan", "inf", "-inf"):
+            raise DecodeError(f"bad float {clip(text)!r}")
+        return float(text)
+    items = _list(body)
+    if tag == "$tuple":
+        return tuple(items)
+    if tag == "$set":
+        return set(_distinct_hashes(items))
+    if tag == "$frozenset":
+        return frozenset(_distinct_hashes(items))
+    if tag == "$dict":
+        for pair in items:
+            if type(pair) is not list or len(pair) != 2:
+                raise DecodeError("$dict items must be [key, value] pairs")
+        _distinct_hashes([k for k, _ in items])
+        return dict(items)
+    if len(items) != 2:
+        raise DecodeError(f"{tag} takes two items")
+    if tag == "$complex":
+        re, im = items
+        if type(re) is not float or type(im) is not float:
+            raise DecodeError("complex parts must be floats")
+        return complex(re, im)
+    if tag == "$sha":
+        digest, length = items
+        if type(length) is not int or not 0 <= length < 1 << 62:
+            raise DecodeError("$sha length must be a small int")
+        return Digest(clip(_str(digest)), length)
+    return _build_numpy(tag, *items)
+
+
+def _build_numpy(tag: str, dtype_name: Any, values: Any) -> Any:
+    import numpy
+
+    dtype = numpy.dtype(_str(dtype_name)[:32])
+    if dtype.kind not in "biufcUSO" or dtype.subdtype is not None:  # no structured/void dtypes
+        raise DecodeError(f"dtype {dtype} not allowed")
+    if dtype.itemsize * _leaves(values, dtype.itemsize) > MAX_NUMPY_BYTES:
+        raise DecodeError(f"{tag}: {dtype} array over {MAX_NUMPY_BYTES >> 20} MiB")
+    if tag == "$np":
+        return dtype.type(values)
+    return numpy.array(values, dtype=dtype)
+
+
+def _leaves(values: Any, itemsize: int) -> int:
+    """How many elements a nested list holds (counted only where the dtype is wide: narrow
+    dtypes allocate no more than the line already holds)."""
+    if itemsize <= 16 or type(values) is not list:
+        return 1
+    count, stack = 0, [values]
+    while stack:
+        v = stack.pop()
+        if type(v) is list:
+            stack.extend(v)
+        else:
+            count += 1
+    return count
+
+
+def _distinct_hashes(items: list) -> list:
+    """``items``, after checking that at most COLLISIONS_ALLOWED of them share a hash with
+    another (set and dict members are distinct, so honest data shares almost none)."""
+    if len(items) > COLLISIONS_ALLOWED and (
+        len(items) - len(set(map(hash, items))) > COLLISIONS_ALLOWED
+    ):
+        raise DecodeError("set or dict members with colliding hashes")
+    return items
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """Untrusted text cut to ``limit`` characters before it goes anywhere."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def loads_row(text: str | bytes) -> Any:
+    """Parse one JSON line, decoding tags on the way (C parser; Python only for tags).
+    Raises DecodeError (a ValueError) on anything that is not our encoding."""
+    try:
+        return json.loads(text, object_hook=_tag_hook)
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+
+
+MAX_LINE = 64 << 20  # bytes of one result line from the untrusted side
+MAX_INT_DIGITS = 4300  # Python's own default int-from-str limit; bigger ints travel as $int
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1:
+        raise DecodeError(f"an integer of {len(text)} digits (over {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not plain data (non-finite floats travel as $float)")
+
+
+_RESULT_DECODER = json.JSONDecoder(object_hook=_tag_hook, parse_constant=_no_constant)
+_RESULT_DECODER_SLOW = json.JSONDecoder(
+    object_hook=_tag_hook, parse_constant=_no_constant, parse_int=_bounded_int
+)
+
+
+def loads_result(line: bytes) -> Any:
+    """Decode one result line written by the untrusted side, at a cost bounded by its length:
+    the line is capped before parsing; integers are limited to MAX_INT_DIGITS digits (by the C
+    parser itself when Python's own limit is in force, else by a hook); big allocations (numpy
+    dtypes) are refused before they are made; sets and dicts whose members collide in hash
+    are refused instead of built. Raises DecodeError (a ValueError) and nothing else."""
+    if len(line) > MAX_LINE:
+        raise DecodeError(f"a line of {len(line)} bytes (over {MAX_LINE >> 20} MiB)")
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    decoder = _RESULT_DECODER if 0 < limit <= MAX_INT_DIGITS else _RESULT_DECODER_SLOW
+    try:
+        return decoder.decode(line.decode("utf-8"))
+    except DecodeError:
+        raise
+    except (ValueError, RecursionError, TypeError, MemoryError, OverflowError) as exc:
+        raise DecodeError(f"not JSON: {clip(str(exc))}") from None
+
+
+# The result rows the runner writes: these fields with these types, ``out`` any plain data.
+ROW_FIELDS = {"phase": str, "i": int, "error": str, "load_error": str, "done": bool, "loaded": bool}
+
+
+def read_result_row(line: bytes) -> dict:
+    """A result line decoded (bounded, see ``loads_result``) and schema-checked: a mapping of
+    known fields with the types the runner writes, ``out`` being any plain data. Raises
+    DecodeError (a ValueError) and nothing else."""
+    row = loads_result(line)
+    if type(row) is not dict:
+        raise DecodeError(f"a result row must be an object, not {type(row).__name__}")
+    for key, value in row.items():
+        if key != "out" and type(value) is not ROW_FIELDS.get(key):
+            raise DecodeError(f"field {clip(str(key), 40)!r}: unexpected")
+    if "phase" not in row:
+        raise DecodeError("a result row names its phase")
+    return row

@@ -1,0 +1,392 @@
+"""The in-box guards, shipped into the box as a file (standard library only): the seccomp
+filters (the box's, at every level, and the fallback's stricter one for Python programs) and
+the fallback level's audit hook.
+
+The host side builds the filters from the same tables (``seccomp_filter``) for bwrap's
+``--seccomp`` and for programs of any language in the fallback (``install_seccomp`` between
+fork and exec).
+"""
+
+from __future__ import annotations
+
+__all__ = ["deny_processes_by_seccomp", "install_audit_guard", "install_seccomp", "seccomp_filter"]
+
+
+def install_audit_guard(work_dir: str, hidden: list | tuple = ()) -> None:  # pragma: no cover
+    """The fallback level's in-process guard, installed before any untrusted code runs.
+
+    A seccomp filter (x86-64, aarch64) makes the kernel refuse every new process or program
+    (fork, vfork, clone other than threads, execve), signals to other processes, ptrace and the
+    other processes' memory, namespaces, mounts, device nodes and file handles; whatever calls
+    them (``_posixsubprocess.fork_exec``, which has no audit event, ctypes, a C extension).
+    An audit hook (which Python cannot remove) then refuses: writes, deletes, renames, links
+    and mode changes outside ``work_dir``; reads under ``hidden`` (the data and the
+    expected-output cache); anything under ``/proc/<pid>`` of another process; device files
+    other than the harmless ones; descriptors of directories (so no ``dir_fd=`` call can start
+    outside the working directory); path objects other than str and bytes (their ``__fspath__``
+    could answer differently twice); sockets; new programs; ctypes; gc's object walks, tracing,
+    and rewriting the guard's functions (its state is immutable: tuples, strings and built-in
+    functions bound as defaults, so nothing it reads can be patched from Python)."""
+    import os
+    import posix
+    import sys
+
+    seccomp = deny_processes_by_seccomp()
+    import _posixsubprocess  # no audit event: removed, and blocked by seccomp where it runs
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("sandbox: new processes are not allowed")
+
+    _posixsubprocess.fork_exec = refuse
+    if "subprocess" in sys.modules:
+        sys.modules["subprocess"]._fork_exec = refuse
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "pidfd_open"):
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, refuse)
+    if not seccomp:  # a C extension could still start programs: the result says so
+        sys.stderr.write("sandbox: seccomp unavailable, processes guarded from Python only\n")
+    work = os.path.realpath(work_dir)
+    hook = _make_audit_hook(work, tuple(os.path.realpath(h) for h in hidden), posix.getpid())
+    sys.addaudithook(hook)
+
+
+_WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_TRUNC O_APPEND
+_DIR_FLAGS = 0o200000 | 0o10000000  # O_DIRECTORY | O_PATH (x86-64 and aarch64 values differ:
+_DIR_FLAGS_ARM = 0o40000 | 0o10000000  # O_DIRECTORY is 0o40000 on aarch64)
+_SAFE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+_PATH_EVENTS = (
+    "os.remove",
+    "os.rmdir",
+    "os.rename",
+    "os.truncate",
+    "os.chmod",
+    "os.chown",
+    "os.link",
+    "os.symlink",
+    "os.mkdir",
+    "shutil.rmtree",
+    "shutil.move",
+    "os.utime",
+    "os.setxattr",
+    "os.removexattr",
+)
+_DENIED_EVENTS = (
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.system",
+    "subprocess.Popen",
+    "os.fork",
+    "os.forkpty",
+    "pty.spawn",
+    "os.startfile",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+    "sys.settrace",
+    "sys.setprofile",
+    "socket.connect",
+    "socket.bind",
+    "socket.sendto",
+    "socket.sendmsg",
+)
+_DENIED_IMPORTS = ("_posixsubprocess", "_ctypes", "ctypes", "_testcapi", "_testinternalcapi")
+
+
+def _resolve(
+    path,
+    proc_pid: str,
+    _type=type,
+    _str=str,
+    _bytes=bytes,
+    _lstat=__import__("posix").lstat,
+    _readlink=__import__("posix").readlink,
+    _getcwd=__import__("posix").getcwd,
+    _fsdecode=__import__("os").fsdecode,
+    _perm=PermissionError,
+    _oserror=OSError,
+):
+    """(real path, st_mode or 0) of ``path``, symlinks followed one component at a time (so
+    ``/proc/<pid>/root`` and the like are checked before they are followed); raises
+    PermissionError on another process's ``/proc`` entry. Depends only on its defaults (a
+    tuple: the audit hook refuses to replace them)."""
+    if _type(path) is _bytes:
+        path = _fsdecode(path)
+    if _type(path) is not _str:
+        raise _perm("sandbox: only str and bytes paths")
+    if not path.startswith("/"):
+        path = _getcwd() + "/" + path
+    todo = [p for p in path.split("/") if p][::-1]
+    done: list = []
+    mode, links = 0, 0
+    while todo:
+        part = todo.pop()
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        if done == ["proc"] and part != proc_pid and part[:1].isdigit():
+            raise _perm("sandbox: another process's /proc entry")
+        candidate = "/" + "/".join([*done, part])
+        try:
+            mode = _lstat(candidate).st_mode
+        except _oserror:
+            mode = 0
+            done.append(part)
+            continue
+        if mode & 0o170000 == 0o120000:  # a symlink
+            links += 1
+            if links > 40:
+                raise _perm("sandbox: too many symlinks")
+            target = _readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            todo.extend([p for p in target.split("/") if p][::-1])
+            continue
+        done.append(part)
+    if not done:
+        mode = _lstat("/").st_mode
+    return "/" + "/".join(done), mode
+
+
+def _make_audit_hook(work: str, hidden: tuple, pid: int):  # pragma: no cover - sandbox side
+    """The audit hook; everything it uses is bound as an immutable default."""
+    import os
+
+    dir_flags = _DIR_FLAGS_ARM if os.uname().machine == "aarch64" else _DIR_FLAGS
+
+    def hook(
+        event,
+        args,
+        *,
+        _work=work,
+        _inside=work + "/",
+        _devices=frozenset(_SAFE_DEVICES),
+        _hidden=tuple(h + "/" for h in hidden),
+        _pid=pid,
+        _proc_pid=str(pid),
+        _resolve=_resolve,
+        _path_events=frozenset(_PATH_EVENTS),
+        _two_paths=frozenset(("os.rename", "os.link", "os.symlink", "shutil.move")),
+        _fd_events=frozenset(("os.chmod", "os.chown", "os.utime")),
+        _denied=frozenset(_DENIED_EVENTS),
+        _imports=frozenset(_DENIED_IMPORTS),
+        _write_flags=_WRITE_FLAGS,
+        _dir_flags=dir_flags,
+        _readlink=__import__("posix").readlink,
+        _type=type,
+        _int=int,
+        _str=str,
+        _any=any,
+        _perm=PermissionError,
+        _import_error=ImportError,
+    ):
+        if event == "open" or event == "os.listdir" or event == "os.scandir":
+            path = args[0] if args and args[0] is not None else "."
+            if _type(path) is _int:  # a descriptor it holds already (no directory among them)
+                return
+            real, mode = _resolve(path, _proc_pid)
+            if real.startswith(_hidden) or real + "/" in _hidden:
+                raise _perm(f"sandbox: {real!r} is hidden")
+            if event != "open":
+                return
+            flags, file_mode = args[2] or 0, args[1]
+            writing = (
+                _any(c in _str(file_mode) for c in "wax+")
+                if file_mode is not None
+                else bool(flags & _write_flags)
+            )
+            if writing and not (real.startswith(_inside) or real in _devices):
+                raise _perm(f"sandbox: writing outside the working dir: {real!r}")
+            if file_mode is None and (flags & _dir_flags or mode & 0o170000 == 0o040000):
+                raise _perm("sandbox: no descriptors of directories (dir_fd)")
+            if mode & 0o170000 in (0o020000, 0o060000) and real not in _devices:
+                raise _perm(f"sandbox: device {real!r}")
+        elif event in _path_events:
+            paths = args[:2] if event in _two_paths else args[:1]
+            if event == "os.symlink" and _type(paths[0]) is _str and paths[0][:1] != "/":
+                # a relative target is relative to the link's own directory
+                link_dir = _resolve(paths[1], _proc_pid)[0].rsplit("/", 1)[0]
+                paths = (link_dir + "/" + paths[0], paths[1])
+            for path in paths:
+                if _type(path) is _int and event in _fd_events:
+                    path = _readlink(f"/proc/self/fd/{path}")
+                elif _type(path) is _int or path is None:
+                    continue
+                real = _resolve(path, _proc_pid)[0]
+                if not (real.startswith(_inside) or real == _work):
+                    raise _perm(f"sandbox: {event} outside the working dir: {real!r}")
+        elif event in _denied or event.startswith("ctypes."):
+            raise _perm(f"sandbox: {event} is not allowed")
+        elif event == "import" and args[0] in _imports:
+            raise _import_error(f"sandbox: importing {args[0]} is not allowed")
+        elif event in ("os.kill", "os.killpg") and args[0] not in (0, _pid):
+            raise _perm("sandbox: no signals to other processes")
+        elif event == "object.__setattr__" and args[0] is _resolve:
+            raise _perm("sandbox: rewriting the guard is not allowed")
+
+    return hook
+
+
+# seccomp: syscalls refused, by (x86-64, aarch64) number from the kernel's unistd tables
+# (None: the machine has no such call; aarch64 has only clone and *at variants)
+_ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
+_SPECIAL_SYSCALLS = {
+    "clone": (56, 220),
+    "clone3": (435, 435),
+    "kill": (62, 129),
+    "tkill": (200, 130),
+    "tgkill": (234, 131),
+}
+# Refused at every level (the box's filter and the fallback's): the kernel's own state, other
+# processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
+# them; socketpair stays: see below), keys, tracing, modules.
+_KERNEL_SYSCALLS = {
+    "ptrace": (101, 117),
+    "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
+    "pidfd_getfd": (438, 438),
+    "setns": (308, 268),
+    "unshare": (272, 97),
+    "mount": (165, 40),
+    "umount2": (166, 39),
+    "pivot_root": (155, 41),
+    "chroot": (161, 51),
+    "open_by_handle_at": (304, 265),
+    "name_to_handle_at": (303, 264),
+    "init_module": (175, 105),
+    "finit_module": (313, 273),
+    "delete_module": (176, 106),
+    "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294),
+    "reboot": (169, 142),
+    "bpf": (321, 280),
+    "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282),
+    "fsopen": (430, 430),
+    "fsmount": (432, 432),
+    "move_mount": (429, 429),
+    "open_tree": (428, 428),
+    "fspick": (433, 433),
+    "fsconfig": (431, 431),
+    "mount_setattr": (442, 442),
+    "syslog": (103, 116),
+    "swapon": (167, 224),
+    "swapoff": (168, 225),
+    "settimeofday": (164, 170),
+    "clock_settime": (227, 112),
+    "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171),
+    "sethostname": (170, 161),
+    "setdomainname": (171, 162),
+    "iopl": (172, None),
+    "ioperm": (173, None),
+    "quotactl": (179, 60),
+    "acct": (163, 89),
+    "keyctl": (250, 219),
+    "add_key": (248, 217),
+    "request_key": (249, 218),
+    "socket": (41, 198),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+}
+# Refused to Python programs in the fallback only (compilers in the box need them; rustc
+# spawns its linker through a socketpair, which reaches nothing but its own other end).
+_PROCESS_SYSCALLS = {
+    "socketpair": (53, 199),
+    "fork": (57, None),
+    "vfork": (58, None),
+    "execve": (59, 221),
+    "execveat": (322, 281),
+    "pidfd_send_signal": (424, 424),
+    "pidfd_open": (434, 434),
+    "mknod": (133, None),
+    "mknodat": (259, 33),
+}
+_DENIED_SYSCALLS = {**_KERNEL_SYSCALLS, **_PROCESS_SYSCALLS}
+# clone flags that make a new namespace (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+# NEWNET; NEWTIME is 0x80)
+_CLONE_NEW_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
+_CLONE_NEW_NAMESPACES |= 0x20000000 | 0x40000000 | 0x00000080
+
+
+def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
+    """The BPF program. With ``pid`` (the fallback's Python programs): deny every listed
+    syscall (EPERM), clone without CLONE_THREAD, signals to any pid but our own. Without (the
+    box's filter, for programs in any language): deny the kernel-facing calls and clone into
+    new namespaces; processes and signals stay (the PID namespace bounds them). Both: clone3
+    is ENOSYS (libc then uses clone, whose flags a filter can read), other ABIs are killed."""
+    import struct
+
+    if machine not in _ARCH:
+        return None
+    col, arch = _ARCH[machine]
+    nr = {name: numbers[col] for name, numbers in _SPECIAL_SYSCALLS.items()}
+    table = _DENIED_SYSCALLS if pid is not None else _KERNEL_SYSCALLS
+    denied = [n[col] for n in table.values() if n[col] is not None]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, deny, nosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
+    prog: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", arch), (ld, 0, 0, 0)]
+    if machine == "x86_64":
+        prog.append((jge, "DENY", 0, 0x40000000))  # the x32 ABI's numbers
+    prog += [(jeq, "DENY", 0, n) for n in denied]
+    prog += [(jeq, "NOSYS", 0, nr["clone3"]), (jeq, "CLONE", 0, nr["clone"])]
+    if pid is not None:
+        prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
+    prog.append((ret, 0, 0, allow))
+    labels = {"CLONE": len(prog)}
+    if pid is not None:
+        prog += [(ld, 0, 0, 16), (jset, "ALLOW", "DENY", 0x00010000)]  # CLONE_THREAD
+        labels["SIGNAL"] = len(prog)
+        own = (pid, 0, (-pid) & 0xFFFFFFFF)
+        prog += [
+            (ld, 0, 0, 16),
+            *[(jeq, "ALLOW", 0, k) for k in own[:-1]],
+            (jeq, "ALLOW", "DENY", own[-1]),
+        ]
+    else:
+        prog += [(ld, 0, 0, 16), (jset, "DENY", "ALLOW", _CLONE_NEW_NAMESPACES)]
+    for name, value in (("ALLOW", allow), ("DENY", deny), ("NOSYS", nosys), ("KILL", kill)):
+        labels[name] = len(prog)
+        prog.append((ret, 0, 0, value))
+    out = []
+    for i, (code, jt, jf, k) in enumerate(prog):
+        jt = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out.append(struct.pack("HBBI", code, jt, jf, k))
+    return b"".join(out)
+
+
+def deny_processes_by_seccomp() -> bool:  # pragma: no cover - sandbox side
+    """Install ``seccomp_filter`` on this process (and what it starts): True when in force."""
+    import os
+
+    code = seccomp_filter(os.uname().machine, os.getpid())
+    return code is not None and install_seccomp(code)
+
+
+def install_seccomp(code: bytes) -> bool:
+    """Install the BPF program ``code`` on this process (inherited by what it starts), after
+    PR_SET_NO_NEW_PRIVS: True when in force."""
+    import ctypes
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = Program(len(code) // 8, ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    if libc.prctl(38, 1, None, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        return False
+    return libc.prctl(22, 2, ctypes.addressof(prog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER

@@ -1,0 +1,167 @@
+"""What isolation this machine gives every run, probed once and named in one typed record.
+
+``isolation()`` is the one place that decides: bubblewrap or the rlimits fallback (or what
+``REFLECTIONCODER_SANDBOX=auto|bwrap|rlimits`` forces), the seccomp filter, the cgroup
+controllers and the clock time limits count. Everything else reads the record's fields.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from reflectioncoder.eval.sandbox import bwrap, guards
+from reflectioncoder.eval.sandbox.cgroup import CgroupLayout, cgroup_layout
+
+__all__ = [
+    "Isolation",
+    "bwrap_works",
+    "isolation",
+    "isolation_level",
+    "not_guaranteed",
+    "seccomp_available",
+]
+
+LEVELS = ("auto", "bwrap", "rlimits")
+_FALLBACK_GAPS = (
+    "host files outside the hidden data and cache directories can be read",
+    "memory is limited per process (RLIMIT_AS), not per sample",
+    "files and /proc are guarded by a Python audit hook (sockets by the seccomp filter): "
+    "native code (a C extension) can step around the hook",
+)
+_FALLBACK_NATIVE_GAPS = (
+    "programs that are not Python (MultiPL-E compiled languages, shell) run as the caller "
+    "(root: every root-owned file, sysctls and device nodes writable) with rlimits, a process "
+    "group, the cgroup and the seccomp filter (no socket, mount, namespace, ptrace): no file "
+    "or /proc guard",
+)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What is in force for every run: ``bwrap`` (bubblewrap's namespaces, host uid
+    ``host_uid``, no capability, a minimal read-only file system) or the ``rlimits`` fallback
+    (programs run as the caller; Python programs behind the audit guard); ``seccomp``: the
+    kernel-call filter is installed; ``cgroup``: where runs' cgroups are made (None: none)."""
+
+    bwrap: bool
+    seccomp: bool
+    host_uid: int | None  # the host uid programs run as under bwrap (None: the caller's)
+    cgroup: CgroupLayout | None
+
+    @property
+    def audit_guard(self) -> bool:
+        """Python programs install the in-process audit guard (the fallback's file guard)."""
+        return not self.bwrap
+
+    @property
+    def cpu_clock(self) -> bool:
+        """Time limits count CPU seconds of the run's cgroup (else the wall clock)."""
+        return self.cgroup is not None and "cputime" in self.cgroup.parents
+
+    @property
+    def name(self) -> str:
+        """The level as results print it, e.g. ``bwrap(uid=65534,host-uid=65534,caps=none,
+        userns=none,seccomp,fs=minimal-ro)+cgroup-v1(cpu,cputime,memory,pids)+time=cpu``."""
+        filtered = ",seccomp" if self.seccomp else ""
+        if self.bwrap:
+            level = (
+                f"bwrap(uid={bwrap.SANDBOX_UID},host-uid={self.host_uid},caps=none,userns=none"
+                f"{filtered},fs=minimal-ro)"
+            )
+        else:
+            level = f"rlimits(caller-uid,audit-guard{filtered})"
+        if self.cgroup is not None:
+            level += "+" + self.cgroup.describe()
+        return level + ("+time=cpu" if self.cpu_clock else "+time=wall")
+
+    def not_guaranteed(self, python_only: bool = True) -> list[str]:
+        """What this level cannot promise (for Python programs only, or for programs in any
+        language: MultiPL-E); the result file lists it, docs/evaluation.md has the table."""
+        return _gaps(self.bwrap, python_only)
+
+
+def _gaps(in_bwrap: bool, python_only: bool) -> list[str]:
+    if in_bwrap:
+        return []
+    gaps = list(_FALLBACK_GAPS)
+    if not python_only:
+        gaps += _FALLBACK_NATIVE_GAPS
+    elif not seccomp_available():
+        gaps.append("new processes are refused from Python only (no seccomp here)")
+    return gaps
+
+
+def isolation() -> Isolation:
+    """What runs get here now (``REFLECTIONCODER_SANDBOX`` read on each call; each level is
+    probed once per process)."""
+    wanted = os.environ.get("REFLECTIONCODER_SANDBOX", "auto")
+    if wanted not in LEVELS:
+        raise ValueError(f"REFLECTIONCODER_SANDBOX must be auto, bwrap or rlimits, got {wanted!r}")
+    return _decide(wanted)
+
+
+@lru_cache(maxsize=len(LEVELS))
+def _decide(wanted: str) -> Isolation:
+    if wanted == "bwrap" and not bwrap_works():
+        raise RuntimeError("REFLECTIONCODER_SANDBOX=bwrap but bubblewrap cannot run here")
+    if wanted != "rlimits" and bwrap_works():
+        host_uid = bwrap.SANDBOX_UID if os.geteuid() == 0 else os.geteuid()
+        filtered = guards.seccomp_filter(os.uname().machine, None) is not None
+        return Isolation(True, filtered, host_uid, cgroup_layout())
+    return Isolation(False, seccomp_available(), None, cgroup_layout())
+
+
+def isolation_level() -> str:
+    """``isolation().name``: exactly what runs get here, as results print it."""
+    return isolation().name
+
+
+def not_guaranteed(level: Isolation | str, python_only: bool = True) -> list[str]:
+    """What ``level`` (the record, or a level's name as results print it) cannot promise."""
+    if isinstance(level, Isolation):
+        return level.not_guaranteed(python_only)
+    return _gaps(level.partition("(")[0] == "bwrap", python_only)
+
+
+@lru_cache(maxsize=1)
+def bwrap_works() -> bool:
+    """True when bubblewrap can create the namespaces we ask for on this machine."""
+    exe = bwrap.bwrap_path()
+    if exe is None:
+        return False
+    if os.geteuid() == 0 and not os.path.exists(bwrap.setpriv_path()):
+        return False  # root without setpriv: the program would keep host root's uid
+    fd = bwrap.box_seccomp_fd()
+    with tempfile.TemporaryDirectory(prefix="rc-probe-") as tmp:
+        os.chmod(tmp, 0o755)
+        argv = bwrap.bwrap_argv(exe, Path(tmp), hide=(), ro_binds=(), seccomp_fd=fd)
+        try:
+            proc = subprocess.run(
+                [*argv, "/bin/true"],
+                capture_output=True,
+                timeout=20,
+                pass_fds=() if fd is None else (fd,),
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return proc.returncode == 0
+
+
+@lru_cache(maxsize=1)
+def seccomp_available() -> bool:
+    """Whether the fallback's seccomp filter (new processes, ptrace, mounts...) can be
+    installed here: a machine we have syscall tables for, and a kernel with seccomp."""
+    if guards.seccomp_filter(os.uname().machine, 1) is None:
+        return False
+    try:
+        return "Seccomp:" in Path("/proc/self/status").read_text()
+    except OSError:
+        return False

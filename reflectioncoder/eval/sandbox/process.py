@@ -1,0 +1,345 @@
+"""Starting a sandboxed process and running it: the run's directory, the command (bwrap's, or
+the fallback's), the child's set-up between fork and exec (cgroup, rlimits, seccomp), the I/O
+(``pump``), and the kill of the whole tree at the verdict.
+
+``PreparedRun`` starts the process ahead of its input; ``run_sandboxed`` starts and runs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from reflectioncoder.eval.sandbox import bwrap, guards
+from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
+from reflectioncoder.eval.sandbox.probe import isolation
+from reflectioncoder.eval.sandbox.pump import pump
+from reflectioncoder.eval.sandbox.records import DEFAULT_CPU_S, ExecResult, Limits
+
+__all__ = ["PreparedRun", "run_sandboxed"]
+
+_MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
+_PR_SET_PDEATHSIG = 1
+_SIG_DFL, _SIG_IGN = 0, 1  # C's signal dispositions (signal.h)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold SIGINT in this thread while forking a sandboxed child. The child runs Python's
+    after-fork hooks before ``setsid`` takes it out of the terminal's process group; a Ctrl-C
+    landing there raised KeyboardInterrupt inside ``threading._after_fork`` and printed a
+    traceback on the user's terminal (1 run in 8 of tests/test_cli_errors.py's Ctrl-C test).
+    The child drops a held SIGINT and unblocks it once in its own session (``_preexec``)."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _release_ctrl_c(libc: ctypes.CDLL) -> None:
+    """In the child, in its own session: discard a SIGINT held since the fork (ignoring a
+    signal drops it), unblock SIGINT and give the program its default action."""
+    libc.signal(signal.SIGINT, _SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    libc.signal(signal.SIGINT, _SIG_DFL)
+
+
+def _preexec(limits: Limits, cpu_s: float, cgroup_procs: list[str], seccomp: bytes | None):
+    """Runs in the child between fork and exec: enter the cgroup, die with the parent, limits;
+    ``seccomp``: a filter to install last (the fallback level's, for programs in any language:
+    bwrap installs it itself)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    libc.signal.restype = ctypes.c_void_p
+    prctl = libc.prctl
+    cpu_rlimit = int(cpu_s) + 1  # per process; the cgroup's CPU clock is the real limit
+    file_size = limits.file_size_mb << 20
+
+    def apply() -> None:
+        _release_ctrl_c(libc)
+        for procs in cgroup_procs:
+            with open(procs, "w") as f:
+                f.write("0")
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        mem = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_rlimit, cpu_rlimit + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if os.geteuid() != 0:  # root ignores RLIMIT_NPROC; the cgroup covers that case
+            # the limit counts ALL of this user's processes and threads, hence the headroom
+            nproc = limits.max_processes + 1024
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        if seccomp is not None and not guards.install_seccomp(seccomp):
+            raise OSError("sandbox: the seccomp filter could not be installed")
+
+    return apply
+
+
+def _sweep_marked(marker: str) -> None:
+    """Kill processes that carry this run's marker in their environment (fallback mode: catches
+    children that left the process group with setsid)."""
+    needle = f"{_MARKER_ENV}={marker}".encode()
+    for _ in range(20):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle not in f.read():
+                        continue
+            except OSError:
+                continue
+            found = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+class PreparedRun:
+    """A sandboxed process started ahead of its input (bwrap, interpreter start-up and imports
+    happen while the caller does other work), used for exactly ONE run: ``run`` feeds stdin,
+    collects, kills the tree and cleans up; ``discard`` does the last two without running.
+    Isolation and limits per run are ``run_sandboxed``'s."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        files: Mapping[str, str | bytes] | None = None,
+        limits: Limits | None = None,
+        env: Mapping[str, str] | None = None,
+        hide: Sequence[str] = (),
+        ro_binds: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+        **limit: float,
+    ) -> None:
+        limits = dataclasses.replace(limits or Limits(), **limit)
+        for path in ro_binds:
+            if not os.path.exists(path):
+                raise ValueError(f"ro_binds: {path!r} does not exist")
+        self.isolation = isolation()
+        self.level = self.isolation.name
+        self.cpu_s = limits.cpu_s if limits.cpu_s is not None else DEFAULT_CPU_S
+        self.root: Path | None = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
+        self.cgroup: RunCgroup | None = None
+        self.proc: subprocess.Popen | None = None
+        self.used = False
+        try:
+            self._start(argv, files, limits, env, hide, ro_binds, pass_fds)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _start(self, argv, files, limits: Limits, env, hide, ro_binds, pass_fds) -> None:
+        assert self.root is not None
+        src, work = self.root / "src", self.root / "work"
+        src.mkdir(mode=0o755)
+        work.mkdir()
+        src.chmod(0o755)  # read by the box's unprivileged uid, whatever the umask
+        for name, content in (files or {}).items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"files: {name!r} must be a plain file name")
+            data = content.encode() if isinstance(content, str) else content
+            (src / name).write_bytes(data)
+            (src / name).chmod(0o644)
+        use_bwrap = self.isolation.bwrap
+        box_src, box_work = (
+            (bwrap.SRC_IN_BOX, bwrap.WORK_IN_BOX) if use_bwrap else (str(src), str(work))
+        )
+        cmd = [a.replace("{src}", box_src).replace("{work}", box_work) for a in argv]
+        if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
+            cmd[0] = os.path.normpath(cmd[0])
+        self.marker = uuid.uuid4().hex
+        child_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TMPDIR": box_work if not use_bwrap else "/tmp",
+            "HOME": box_work,
+            _MARKER_ENV: self.marker,
+        }
+        child_env.update(env or {})
+        seccomp_fd = bwrap.box_seccomp_fd() if use_bwrap else None
+        # the fallback installs the box's filter itself, between fork and exec
+        seccomp = None if use_bwrap else guards.seccomp_filter(os.uname().machine, None)
+        fds = [fd for fd in (seccomp_fd, *pass_fds) if fd is not None]
+        try:
+            if use_bwrap:
+                exe = bwrap.bwrap_path() or "bwrap"
+                cmd = bwrap.bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd) + cmd
+            self.cgroup = make_cgroup(self.isolation.cgroup, limits)
+            procs = self.cgroup.procs_files() if self.cgroup else []
+            with _ctrl_c_held():  # until the child is in its own session (_preexec)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=str(work),
+                    env=child_env,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=fds,
+                    preexec_fn=_preexec(limits, self.cpu_s, procs, seccomp),
+                )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+
+    def cpu_time_s(self) -> float | None:
+        """CPU seconds the run's whole process tree has used since it started (None where no
+        cgroup counts it)."""
+        return self.cgroup.cpu_time_s() if self.cgroup is not None else None
+
+    def run(
+        self,
+        stdin: str | bytes = b"",
+        *,
+        timeout_s: float = 5.0,
+        cpu_s: float | None = None,
+        output_limit: int = 1 << 20,
+        on_stdout_line: Callable[[bytes], bool] | None = None,
+    ) -> ExecResult:
+        """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
+        (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if self.used or self.proc is None:
+            raise RuntimeError("a PreparedRun runs once")
+        self.used = True
+        data_in = stdin.encode() if isinstance(stdin, str) else stdin
+        out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
+        sizes = {1: 0, 2: 0}
+        start = time.monotonic()
+        cpu0 = self.cpu_time_s()
+        cpu_deadline = None if cpu0 is None else cpu0 + (cpu_s or self.cpu_s)
+        cpu_used = None
+        try:
+            timed_out, truncated, stopped = pump(
+                self.proc,
+                data_in,
+                (start + timeout_s, cpu_deadline, self.cpu_time_s),
+                output_limit,
+                out_chunks,
+                sizes,
+                on_stdout_line,
+            )
+            cpu_now = self.cpu_time_s()
+            cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
+        finally:
+            self.discard()
+        exit_code = None if (timed_out or truncated or stopped) else self.proc.returncode
+        return ExecResult(
+            stdout=b"".join(out_chunks[1]).decode("utf-8", "replace"),
+            stderr=b"".join(out_chunks[2]).decode("utf-8", "replace"),
+            exit_code=exit_code,
+            timed_out=timed_out,
+            output_truncated=truncated,
+            duration_s=time.monotonic() - start,
+            isolation=self.level,
+            cpu_time_s=cpu_used,
+        )
+
+    def discard(self) -> None:
+        """Kill whatever runs and remove the run's directory and cgroup (idempotent)."""
+        self.used = True
+        if self.root is None:
+            return
+        root, cgroup, self.root, self.cgroup = self.root, self.cgroup, None, None
+        try:
+            if self.proc is not None:
+                _kill_tree(self.proc, cgroup, self.marker)  # every process is gone on return
+        finally:
+            # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
+            # the next verdict; not a daemon thread, so the interpreter waits for it at exit
+            threading.Thread(target=_remove_run, args=(cgroup, root)).start()
+
+
+def run_sandboxed(
+    argv: Sequence[str],
+    *,
+    files: Mapping[str, str | bytes] | None = None,
+    stdin: str | bytes = b"",
+    timeout_s: float = 5.0,
+    limits: Limits | None = None,
+    output_limit: int = 1 << 20,
+    env: Mapping[str, str] | None = None,
+    hide: Sequence[str] = (),
+    ro_binds: Sequence[str] = (),
+    on_stdout_line: Callable[[bytes], bool] | None = None,
+    pass_fds: Sequence[int] = (),
+    **limit: float,
+) -> ExecResult:
+    """Run ``argv`` in the sandbox and return what it printed.
+
+    ``files`` are written, read-only to the program, into a source directory; ``{src}`` and
+    ``{work}`` in ``argv`` are replaced by that directory and the writable working directory
+    (the program's cwd). ``limits`` (or its fields as keywords: ``memory_mb=...``) cover the
+    whole process tree (see ``Limits``); ``cpu_s`` defaults to ``timeout_s``, the wall-clock
+    backstop for programs that wait. ``hide`` lists host directories the program must not see;
+    ``ro_binds`` host paths a toolchain needs (bwrap binds nothing else but the system's and
+    Python's directories). ``output_limit`` caps stdout and stderr each, in bytes.
+    ``on_stdout_line`` sees each line of stdout as it arrives (a trusted caller judging results
+    while the run goes on); when it returns True the run is stopped there and killed
+    (``exit_code`` None); stdout is then not kept, and ``output_limit`` caps each line instead.
+    ``pass_fds``: descriptors the program inherits (the caller's numbers).
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    limits = dataclasses.replace(limits or Limits(), **limit)
+    if limits.cpu_s is None:
+        limits = dataclasses.replace(limits, cpu_s=timeout_s)
+    prepared = PreparedRun(
+        argv,
+        files=files,
+        limits=limits,
+        env=env,
+        hide=hide,
+        ro_binds=ro_binds,
+        pass_fds=pass_fds,
+    )
+    return prepared.run(
+        stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
+    )
+
+
+def _remove_run(cgroup: RunCgroup | None, root: Path) -> None:
+    if cgroup is not None:
+        cgroup.remove()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_tree(proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str) -> None:
+    """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if cgroup is not None:
+        cgroup.kill()
+    else:  # the cgroup holds every process of the run; without one, sweep for the marker
+        _sweep_marked(marker)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()

@@ -1,0 +1,61 @@
+"""The sandbox's public records: the limits a run gets, and what it printed and how it ended."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_CPU_S", "ExecResult", "Limits"]
+
+DEFAULT_CPU_S = 6.0  # a started-ahead run's CPU seconds, unless told (its run may change it)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One run's limits, over its whole process tree (not per process).
+
+    ``memory_mb``: all processes together, ``/tmp`` and ``/dev/shm`` files included (cgroup
+    memory limit; RLIMIT_AS per process as well). ``cpu_s``: CPU seconds of the run's cgroup
+    (load on the machine does not change it; RLIMIT_CPU per process as a backstop); None: the
+    run's wall-clock limit (``run_sandboxed``) or ``DEFAULT_CPU_S`` (``PreparedRun``).
+    ``max_processes``: processes and threads (cgroup pids). ``cpu_cores``: CPU quota.
+    ``file_size_mb``, ``open_files``: per process (rlimits). ``tmp_mb``: size of the private
+    ``/tmp`` and ``/dev/shm`` (bwrap)."""
+
+    memory_mb: int = 512
+    cpu_s: float | None = None
+    max_processes: int = 64
+    cpu_cores: float = 1.0
+    file_size_mb: int = 64
+    open_files: int = 256
+    tmp_mb: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("memory_mb", "cpu_s", "cpu_cores"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a sandboxed run printed and how it ended.
+
+    ``exit_code`` is the process's status (negative: killed by that signal) or None when the
+    sandbox killed it (time limit or output flood). Output beyond the cap is dropped and
+    ``output_truncated`` is set; the run is then killed. ``cpu_time_s``: CPU seconds the whole
+    run used (its cgroup), None where no cgroup counts it.
+    """
+
+    stdout: str
+    stderr: str
+    exit_code: int | None
+    timed_out: bool
+    output_truncated: bool
+    duration_s: float
+    isolation: str
+    cpu_time_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Exited by itself with status 0."""
+        return self.exit_code == 0 and not self.timed_out and not self.output_truncated

@@ -1,0 +1,233 @@
+"""The in-box runner, shipped into the box as a file beside ``codec`` and ``guards`` (standard
+library only) and run there as a script, in one of two modes:
+
+- the Python test run (``runner.pyc --warm``): reads one job from stdin, runs the function on
+  every input (EvalPlus semantics: each phase in fresh globals, a time limit per input (CPU
+  time), stdio swallowed, EvalPlus's reliability guard), and writes one JSON line per input to
+  the result stream: the output it computed, encoded as plain data (``codec``). It never sees
+  an expected output, so nothing it prints can be a verdict: the scorer, outside, decodes the
+  outputs and compares them;
+- ``--run FILE``: a whole program as ``__main__`` (build-data's programs, MultiPL-E's Python),
+  behind the audit guard in the fallback level.
+"""
+
+from __future__ import annotations
+
+
+def _siblings():  # pragma: no cover - runs inside the sandbox
+    """``codec`` and ``guards``, shipped beside this file (``-I`` puts no folder on sys.path)."""
+    import sys
+
+    folder = __file__.rpartition("/")[0] or "."
+    sys.path.insert(0, folder)
+    try:
+        import codec
+        import guards
+    finally:
+        if sys.path and sys.path[0] == folder:
+            del sys.path[0]
+    return codec, guards
+
+
+def _main() -> None:  # pragma: no cover - runs inside the sandbox
+    """Job on stdin -> one result line per input on stdout (see module docstring)."""
+    import io
+    import json
+    import os
+    import signal
+    import sys
+    import time
+
+    codec, guards = _siblings()
+    if "--warm" in sys.argv:  # what the guard patches, imported while waiting for the job
+        import faulthandler  # noqa: F401
+        import shutil  # noqa: F401
+        import subprocess  # noqa: F401
+    job = codec.loads_row(sys.stdin.buffer.read())
+    sys.path.extend(job.get("sys_path", []))  # started with -S: site-packages without .pth work
+    out_fd = os.dup(1)
+    write = os.write
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # native writes of the code go nowhere; results go to out_fd only
+        os.dup2(null, fd)
+
+    pending: list[bytes] = []
+    clock = time.monotonic
+    last_flush = [clock()]
+
+    def flush() -> None:
+        data = b"".join(pending)
+        pending.clear()
+        last_flush[0] = clock()
+        while data:
+            data = data[write(out_fd, data) :]
+
+    def emit(obj: dict, now: bool = False) -> None:
+        # batched: a write per line would wake the scorer per input; 20 ms keeps fail-fast
+        pending.append((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+        if now or clock() - last_flush[0] > 0.02 or len(pending) > 256:
+            flush()
+
+    class TimeoutException(Exception):
+        pass
+
+    class _WriteOnly(io.StringIO):
+        def write(self, s):  # discard: a flood must not grow memory
+            return len(s)
+
+        def read(self, *a, **k):
+            raise OSError
+
+        readline = readlines = read
+
+        def readable(self, *a, **k):
+            return False
+
+    def handler(signum, frame):
+        raise TimeoutException("Timed out!")
+
+    record = bool(job.get("record"))
+    not_none = bool(job.get("output_not_none"))
+    phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
+    # Limits and ground-truth times are CPU seconds of this process (ITIMER_PROF counts them):
+    # they do not grow when the machine is loaded. The scorer's cgroup clock covers children.
+    setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.process_time
+    if job.get("strict"):
+        guards.install_audit_guard(os.getcwd(), job.get("hidden", ()))
+    if job.get("guard"):
+        _reliability_guard(job.get("memory_bytes"))
+    sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
+    for name, inputs, limits in phases:
+        env: dict = {}
+        try:
+            sys.stdout = sys.stderr = sys.stdin = sink
+            try:
+                exec(job["code"], env)
+                # "exprs": each input is an expression of the program's names (build-data's
+                # test calls), evaluated in its namespace; else the entry point is called
+                fn = _evaluator(env) if job.get("exprs") else env[job["entry_point"]]
+            finally:
+                sys.stdout, sys.stderr, sys.stdin = saved
+        except BaseException as exc:
+            emit({"phase": name, "load_error": type(exc).__name__}, now=True)
+            continue
+        # the scorer starts the first input's CPU clock here (it measures each input outside)
+        emit({"phase": name, "loaded": True}, now=True)
+        for i, inp in enumerate(inputs):
+            if record:
+                inp = __import__("copy").deepcopy(inp)
+                t0 = perf()
+                out = fn(*inp)
+                emit(
+                    {
+                        "phase": name,
+                        "i": i,
+                        "t": perf() - t0,
+                        "out": codec.encode_output(out is not None if not_none else out),
+                    }
+                )
+                continue
+            try:
+                signal_fn(signal.SIGPROF, handler)
+                setitimer(signal.ITIMER_PROF, limits[i])
+                try:
+                    # swallow stdio (cheaper than contextlib per input; restored below)
+                    sys.stdout = sys.stderr = sys.stdin = sink
+                    out = fn(*inp)
+                finally:
+                    setitimer(signal.ITIMER_PROF, 0)
+                    sys.stdout, sys.stderr, sys.stdin = saved
+            except BaseException as exc:
+                emit({"phase": name, "i": i, "error": type(exc).__name__}, now=True)
+                if job.get("fail_fast", True):
+                    break
+                continue
+            emit({"phase": name, "i": i, "out": codec.encode_output(out)})
+        emit({"phase": name, "done": True}, now=True)
+
+
+def _evaluator(env: dict):
+    """``fn(expression)``: the expression's value in the program's namespace ``env``."""
+
+    def evaluate(expression: str):
+        return eval(expression, env)
+
+    return evaluate
+
+
+def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox side
+    """``--run FILE``: run a whole program as ``__main__`` (its tracebacks name ``main.py`` and
+    skip this file's frame), behind the audit guard in the fallback level."""
+    import os
+    import sys
+    import traceback
+
+    with open(path, encoding="utf-8") as f:
+        code = compile(f.read(), os.path.basename(path), "exec")
+    sys.argv = [os.path.basename(path)]
+    sys.path[:0] = [os.getcwd(), os.path.dirname(path)]  # the latter lets tracebacks show lines
+    name = code.co_filename
+
+    def excepthook(t, v, tb) -> None:  # start the traceback at the program's own frames
+        first = tb
+        while first is not None and first.tb_frame.f_code.co_filename != name:
+            first = first.tb_next
+        traceback.print_exception(t, v, first or tb)
+
+    sys.excepthook = excepthook
+    if strict:
+        _siblings()[1].install_audit_guard(os.getcwd())
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+
+
+def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - sandbox side
+    """EvalPlus's in-process guard (destructive helpers set to None), so that completions that
+    lean on them fail as they do under EvalPlus; the sandbox around is the real protection."""
+    import builtins
+    import faulthandler
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if memory_bytes:
+        import resource
+
+        for limit in (resource.RLIMIT_AS, resource.RLIMIT_DATA, resource.RLIMIT_STACK):
+            with _suppress():
+                resource.setrlimit(limit, (memory_bytes, memory_bytes))
+    faulthandler.disable()
+    builtins.exit = None
+    builtins.quit = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in (
+        "kill system putenv remove removedirs rmdir fchdir setuid fork forkpty killpg "
+        "rename renames truncate replace unlink fchmod fchown chmod chown chroot "
+        "lchflags lchmod lchown getcwd chdir"
+    ).split():
+        setattr(os, name, None)
+    builtins.open = None
+    shutil.rmtree = None
+    shutil.move = None
+    shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[mod] = None
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], (ValueError, OSError))
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    if len(_sys.argv) == 3 and _sys.argv[1] == "--run":
+        _run_program(_sys.argv[2], __import__("os").environ.get("RC_SANDBOX_STRICT") == "1")
+    else:
+        _main()
