@@ -95,15 +95,8 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
     and never enters the sandbox (None: the call's value must be truthy, ``assert CALL``). A
     pass needs every call's value, in order, then the harness's end line. Expected sides that
     are not literals are evaluated in the program's process too (compared here all the same)."""
-    from reflectioncoder.eval.sandbox import (
-        codec,
-        harness_argv,
-        harness_files,
-        isolation,
-        run_sandboxed,
-        site_paths,
-        wall_backstop,
-    )
+    from reflectioncoder.eval import sandbox
+    from reflectioncoder.eval.sandbox import codec
 
     calls: list[list[str]] = []
     plan = []  # per check: (index of its call, what it must equal)
@@ -121,16 +114,16 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
     job = {
         "code": code,
         "exprs": True,
-        "strict": isolation().audit_guard,  # the fallback's audit guard
-        "sys_path": site_paths(),
+        "strict": sandbox.isolation().audit_guard,  # the fallback's audit guard
+        "sys_path": sandbox.site_paths(),
         "phases": [{"name": "tests", "inputs": calls, "time_limits": [timeout_s] * len(calls)}],
     }
-    res = run_sandboxed(
-        harness_argv(),
-        files=harness_files(),
+    res = sandbox.run_sandboxed(
+        sandbox.harness_argv(),
+        files=sandbox.harness_files(),
         stdin=json.dumps(job),
         cpu_s=timeout_s + 1.0,
-        timeout_s=wall_backstop(timeout_s + 1.0),
+        timeout_s=sandbox.wall_backstop(timeout_s + 1.0),
         memory_mb=512,
         output_limit=codec.MAX_LINE,
     )
