@@ -27,6 +27,7 @@ setup(
         "reflectioncoder.train",
         "reflectioncoder.eval",
         "reflectioncoder.construct",
+        "reflectioncoder.testing",
     ],
     package_dir={"reflectioncoder.kernels": "kernels"},
     package_data={"reflectioncoder.construct": ["*.jsonl", "*.json"]},

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 from pathlib import Path
 
 from bench import RESULTS
+from bench.providers.common import write_rows
 
 POLICIES = ("none", "full", "save_gemms", "alternate")
 
@@ -43,8 +43,8 @@ def heap_in_use() -> int:
 def _model_and_batch(layers: int, policy: str, sizes: dict, tokens: int, seed: int):
     from reflectioncoder.data.config import MaskConfig, PackingConfig
     from reflectioncoder.data.packing import pack_rank, plan_step
-    from reflectioncoder.data.synthetic import synthetic_samples
     from reflectioncoder.model import build_tiny_llama, prepare_model
+    from reflectioncoder.testing.synthetic import synthetic_samples
 
     model = build_tiny_llama(sizes["vocab"], num_layers=layers, seed=seed, **sizes["arch"])
     on = policy != "none"
@@ -102,8 +102,7 @@ def main() -> None:
         print(
             f"  {r['policy']:11s} {per:9.0f} B/token/layer ({per_d:.2f} x D; {r['vs_none']:.3f}x)"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     print(f"wrote {args.out}")
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench import RESULTS
-from bench.providers.common import commit, device_name
+from bench.providers.common import commit, device_name, write_rows
 
 ARCH = {
     "cpu": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4},
@@ -42,8 +42,8 @@ def prepare_model_and_data(
     are kept, as a checkpoint's padded vocabulary is). Also bench_engines' and the train-step
     bench's."""
     from reflectioncoder.model import build_tiny_llama
+    from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
     from reflectioncoder.tokenizer import train_tokenizer
-    from reflectioncoder.train.toydata import write_toy_jsonl
 
     data = write_toy_jsonl(folder / "toy.jsonl", samples, seed=0, generation_fraction=0.0)
     tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
@@ -178,8 +178,7 @@ def main() -> None:
         _child(json.loads(args.child))
         return
     rows = run(args.samples_per_step, args.steps, args.device)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     for r in rows:
         print(f"{r['provider']:>17} {r['mode']:>21}: {r['value']:.4g} {r['unit']}")
 

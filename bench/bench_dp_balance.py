@@ -19,16 +19,14 @@ largest j-th micro-batch): zero-weight padding and waiting both count as waste.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 from bench import RESULTS
-from bench.providers.common import commit, device_name
+from bench.providers.common import commit, device_name, write_rows
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import plan_step
-from reflectioncoder.data.synthetic import synthetic_samples
+from reflectioncoder.testing.synthetic import synthetic_samples
 
 RATES = {0.0: (0, 100), 0.5: (49, 100), 1.0: (99, 100)}  # rate -> (step, total_steps)
 RANKS = (8, 16, 32, 64)
@@ -132,8 +130,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = run(args.samples_per_step, args.steps, args.max_tokens, args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     for r in rows:
         print(
             f"{r['size'][:9]:>9} {r['provider']:>9} {r['mode']:>28}: {r['value']:.4g} {r['unit']}"

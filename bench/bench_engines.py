@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.bench_checkpointing import prepare_model_and_data
-from bench.providers.common import commit, device_name
+from bench.providers.common import commit, device_name, write_rows
 
 SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4},
@@ -145,8 +145,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:  # kept after each case: a later one that overruns loses only itself
-                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+                write_rows(rows, args.out)
     print("\n| case | device peak MiB | host peak MiB | step s | tokens/s | MFU / HFU | losses |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -6,7 +6,7 @@ one after the other in the same invocation, each as its own command. EvalPlus ru
 the same data files (HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH). Rows go to
 bench/results/eval.json: (kernel, provider, mode, size, device, commit, value) + scores.
 
-  python bench/bench_eval.py --model ReflectionCoder-CL-7B --tasks humaneval mbpp
+  python -m bench.bench_eval --model ReflectionCoder-CL-7B --tasks humaneval mbpp
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -24,31 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.providers.common import commit, device_name, write_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared"))
 DATA = {
     "humaneval": "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
     "mbpp": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
 }
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = re.search(r"Model name:\s*(.+)", out)
-        cores = os.cpu_count()
-        return f"CPU, {cores} cores, {name.group(1).strip() if name else platform.processor()}"
-    except OSError:
-        return f"CPU, {os.cpu_count()} cores"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 CPU_SECONDS: list[float] = []  # CPU time (user + system) of each timed command's process tree
@@ -129,7 +111,7 @@ def main() -> int:
     env["HUMANEVAL_OVERRIDE_PATH"] = str(SHARED / "evaldata" / DATA["humaneval"])
     env["MBPP_OVERRIDE_PATH"] = str(SHARED / "evaldata" / DATA["mbpp"])
     env["TOKENIZERS_PARALLELISM"] = "false"
-    device, commit = _cpu_name(), _commit()
+    device, rev = device_name("cpu"), commit()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp_name:
         tmp = Path(tmp_name)
@@ -149,7 +131,7 @@ def main() -> int:
                             "mode": task,
                             "size": f"{args.model}, {sum(1 for _ in open(samples))} samples",
                             "device": device,
-                            "commit": commit,
+                            "commit": rev,
                             "value": round(wall, 2),
                             "unit": "s",
                             "cpu_s": round(CPU_SECONDS[-1], 1),
@@ -163,9 +145,7 @@ def main() -> int:
                         f"{name:16s} {task:10s} {wall:7.1f} s  CPU {cpu:7.1f} s  {scores}",
                         flush=True,
                     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.write_text(json.dumps(old + rows, indent=1) + "\n")
+    write_rows(rows, args.out, append=True)
     for task in args.tasks:
         ep = [r["value"] for r in rows if r["mode"] == task and r["provider"] != "reflectioncoder"]
         us = [r["value"] for r in rows if r["mode"] == task and r["provider"] == "reflectioncoder"]

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_eval import SHARED, _commit, _cpu_name
+from bench.bench_eval import SHARED
+from bench.providers.common import commit, device_name, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 # EvalPlus 0.3.1's scores of the released completions (HE / HE+ / MBPP / MBPP+), as published.
@@ -121,10 +122,8 @@ def main() -> int:
             rows.append({"kind": "load", **load_test(args.load, args.task, tmp)})
             print(json.dumps(rows[-1]), flush=True)
     for row in rows:
-        row.update(device=_cpu_name(), commit=_commit())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else []
-    args.out.write_text(json.dumps(old + rows, indent=1) + "\n")
+        row.update(device=device_name("cpu"), commit=commit())
+    write_rows(rows, args.out, append=True)
     return 0
 
 

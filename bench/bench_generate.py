@@ -16,6 +16,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.providers.common import write_rows
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['tokens_per_cpu_s']:>9.2f}   {ratio:>6.3f}x   {r['load']:.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_rows(rows, args.json)
     return 0
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bench.providers.common import REPO, commit, device_name, extra_peak_bytes, rates
+from bench.providers.common import REPO, commit, device_name, extra_peak_bytes, rates, write_rows
 from bench.providers.loss import DTYPES, make_step, setup_loss, useful_flops
 
 PROVIDERS = ("reference", "ours:torch", "ours:triton", "liger")
@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_isolated(p, mode, n, d, v, dtype, device, reps, args.timeout)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(rows, indent=1) + "\n")  # partial results survive
+                write_rows(rows, out)  # partial results survive
     print(summarise(rows))
     if gpu:
         target = [r for r in rows if (r.get("N"), r.get("D"), r.get("V")) == GPU_TARGET]

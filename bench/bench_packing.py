@@ -14,7 +14,6 @@ sample (no padding at all: per-device batch 1). Also the host time to mask and p
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import RESULTS
-from bench.providers.common import commit, device_name
+from bench.providers.common import commit, device_name, write_rows
 from bench.providers.packing import (
     RATES,
     STRATEGIES,
@@ -141,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     np.random.seed(args.seed)
     rows = run(args.samples, args.batch, args.max_tokens, args.seed, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     text = to_markdown(rows, args.samples, args.batch)
     print(text)
     if args.md is not None:

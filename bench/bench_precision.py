@@ -13,12 +13,12 @@ on the same data, seed and plan; the rows hold every step's loss.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from bench import RESULTS
+from bench.providers.common import write_rows
 
 CASES = {
     "fp32": ["model.dtype=fp32"],
@@ -102,8 +102,7 @@ def main() -> None:
         )
     holds = rows[1]["deviation_from_fp32"] <= 2 * plain
     print(f"bf16 rule (default <= 2x plain PyTorch bf16): {'holds' if holds else 'FAILS'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     print(f"wrote {args.out}")
 
 

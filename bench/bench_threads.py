@@ -17,15 +17,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench import RESULTS
+from bench.providers.common import write_rows
 
 STEP_SCRIPT = r"""
 import json, sys, tempfile, time, torch
 from pathlib import Path
 from reflectioncoder.config_loader import load_config
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 threads, steps = sys.argv[1], int(sys.argv[2])
 with tempfile.TemporaryDirectory() as tmp:
@@ -111,8 +111,7 @@ def main() -> None:
                 f"{load:>17}  {r['mode']:>16} ({r['threads']} threads): step {r['wall_s']:.3f} s "
                 f"wall, {r['cpu_s']:.3f} s CPU, {r['wall_vs_1_thread']:.2f}x one thread"
             )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.providers.common import REPO, commit, device_name
+from bench.providers.common import REPO, commit, device_name, write_rows
 from bench.providers.train_step import (
     ALL_PROVIDERS,
     TrainStepConfig,
@@ -131,19 +131,7 @@ def run_provider(args: argparse.Namespace) -> dict:
 
 def _samples_per_step(cfg: TrainStepConfig) -> list[int]:
     """Tokens of each optimizer step's samples (one teacher copy each)."""
-    from reflectioncoder.data.synthetic import synthetic_samples
-
-    samples = synthetic_samples(
-        cfg.steps * cfg.samples,
-        vocab_size=cfg.vocab,
-        seed=cfg.seed,
-        instruction=cfg.instruction,
-        reflection=cfg.reflection,
-        answer=cfg.answer,
-        generation_fraction=cfg.generation_fraction,
-    )
-    lens = [len(s) for s in samples]
-    return [sum(lens[i * cfg.samples : (i + 1) * cfg.samples]) for i in range(cfg.steps)]
+    return [sum(len(s) for s in step) for step in cfg.step_samples()]
 
 
 def _rss_now_kb() -> int:
@@ -252,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     "commit": rev,
                 }
             )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     print(f"wrote {args.out}")
     return 0
 

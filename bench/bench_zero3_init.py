@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from bench import RESULTS
-from bench.providers.common import commit, device_name
+from bench.providers.common import commit, device_name, write_rows
 
 SHAPE = {"hidden_size": 8192, "intermediate_size": 22016, "num_heads": 64, "num_kv_heads": 8}
 VOCAB = 32000
@@ -203,8 +203,7 @@ def main() -> None:
         _child(json.loads(args.child))
         return
     rows = run(args.layers)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    write_rows(rows, args.out)
     for r in rows:
         print(f"{r['provider']:>22} {r['mode']:>20}: {r['value']:.6g} {r['unit']}")
 

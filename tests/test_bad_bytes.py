@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_cli_errors import SAMPLE, _one_line_error
 
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 
 
 @pytest.fixture

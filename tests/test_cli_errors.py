@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
-from reflectioncoder.train.toydata import write_toy_jsonl
 
 SAMPLE = {"task_id": "HumanEval/0", "completion": "    return True\n"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reference.serialise import IGNORE, student_labels_ref, teacher_labels_ref
 
-from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
+from reflectioncoder.testing.synthetic import default_special_ids, synthetic_samples
 
 
 def test_lengths_and_structure(seed):

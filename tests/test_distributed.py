@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from test_gradient_checkpointing import save_tiny_model
 
 from reflectioncoder.config_loader import load_config
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

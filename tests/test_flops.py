@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from reflectioncoder.config import ModelConfig
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import pack_rank, plan_step
-from reflectioncoder.data.synthetic import synthetic_samples
 from reflectioncoder.model import build_tiny_llama, prepare_model
+from reflectioncoder.testing.synthetic import synthetic_samples
 from reflectioncoder.train.flops import (
     ModelShape,
     StepFlops,

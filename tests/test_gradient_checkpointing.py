@@ -9,8 +9,8 @@ import pytest
 from reflectioncoder import model as model_room
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.model import build_tiny_llama
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
-from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 

@@ -16,7 +16,7 @@ from reflectioncoder.data.masking import (
     mask_rate,
     sample_rng,
 )
-from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
+from reflectioncoder.testing.synthetic import default_special_ids, synthetic_samples
 
 VOCAB = 61
 SP = default_special_ids(VOCAB)

@@ -18,10 +18,10 @@ from reference.recipe import REFERENCE_ATTN, reference_logits, reference_loss
 
 from reflectioncoder.data.config import STRATEGIES, MaskConfig
 from reflectioncoder.data.packing import PackedBatch, build_packed_batch
-from reflectioncoder.data.synthetic import synthetic_samples
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.loss import reflection_loss
 from reflectioncoder.model import build_tiny_llama, forward_hidden, lm_head_weight
+from reflectioncoder.testing.synthetic import synthetic_samples
 
 VOCAB = 83
 TOTAL_STEPS = 10

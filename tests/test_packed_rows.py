@@ -10,9 +10,9 @@ import torch
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import pack_rank, plan_step, zero_weight
-from reflectioncoder.data.synthetic import synthetic_samples
 from reflectioncoder.data.tokenize import IGNORE
 from reflectioncoder.loss import reflection_loss
+from reflectioncoder.testing.synthetic import synthetic_samples
 
 VOCAB = 300
 

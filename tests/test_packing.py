@@ -16,8 +16,8 @@ from reflectioncoder.data.packing import (
     plan_step,
     step_stats,
 )
-from reflectioncoder.data.synthetic import default_special_ids, synthetic_samples
 from reflectioncoder.data.tokenize import IGNORE
+from reflectioncoder.testing.synthetic import default_special_ids, synthetic_samples
 
 VOCAB = 53
 SP = default_special_ids(VOCAB)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from test_distributed import ARCH
 
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.metrics import read_metrics
-from reflectioncoder.train.toydata import write_toy_jsonl
 
 SCALARS = (
     "loss",

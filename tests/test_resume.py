@@ -13,8 +13,8 @@ import time
 import pytest
 
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.checkpoint import list_checkpoints
-from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 ARCH = (

@@ -16,9 +16,9 @@ import pytest
 
 from reflectioncoder.cli import main
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.checkpoint import TMP_PREFIX, latest_checkpoint, list_checkpoints
 from reflectioncoder.train.metrics import read_metrics
-from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 ARCH = (

@@ -10,9 +10,9 @@ import pytest
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.dataset import tokenizer_fingerprint
 from reflectioncoder.errors import UserError
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 from reflectioncoder.train.checkpoint import latest_checkpoint, read_trainer_state
-from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 ARCH = (

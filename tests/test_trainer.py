@@ -15,7 +15,7 @@ from reflectioncoder.config import OptimConfig, TrainConfig
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.model import checkpointing_on
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import NonFiniteError, Trainer, lr_at, plan_steps
 
 TINY_ARCH = [

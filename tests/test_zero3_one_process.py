@@ -16,7 +16,7 @@ from pathlib import Path
 
 from test_gradient_checkpointing import save_tiny_model
 
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,5 @@
-"""Measurement shared by every benchmark: device description, card peaks, extra peak memory.
+"""Measurement shared by every benchmark: device description, the commit, card peaks, extra peak
+memory, and the one writer of a report's rows.
 
 Extra peak memory is the high-water mark of one call above what was allocated before it:
 - CUDA: ``torch.cuda.max_memory_allocated`` after a reset, minus ``memory_allocated`` before.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -66,6 +68,17 @@ def commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def write_rows(rows: list[dict], out: str | Path, append: bool = False) -> Path:
+    """Write a report's rows to ``out`` as the JSON list the reports read (its folder made if
+    missing; ``append``: after the rows already there). The reports that keep partial results
+    call it after each case. Returns ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if append and out.is_file() else []
+    out.write_text(json.dumps(old + rows, indent=1) + "\n")
+    return out
 
 
 def card_peaks(device: torch.device | str) -> tuple[float, float] | None:

@@ -16,7 +16,7 @@ import torch
 from bench.providers.common import synchronize
 from reflectioncoder.data.config import MaskConfig
 from reflectioncoder.data.masking import apply_masks_host, draw_masks
-from reflectioncoder.data.synthetic import synthetic_samples
+from reflectioncoder.testing.synthetic import synthetic_samples
 
 PROVIDERS = ("host", "triton")
 

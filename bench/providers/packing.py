@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import PackedBatch, pack_rank, plan_step
-from reflectioncoder.data.synthetic import synthetic_samples
 from reflectioncoder.data.tokenize import TokenizedSample
+from reflectioncoder.testing.synthetic import synthetic_samples
 
 RATES = {0.0: (0, 0), 0.5: (49, 100), 1.0: (99, 100)}  # rate -> (step, total_steps)
 STRATEGIES = {

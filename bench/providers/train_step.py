@@ -84,6 +84,31 @@ class TrainStepConfig:
                 f"generation_fraction: must be in [0, 1], got {self.generation_fraction}"
             )
 
+    def arch(self) -> dict[str, int]:
+        """``build_tiny_llama``'s sizes, but for the vocabulary and the KV heads."""
+        return {
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_layers": self.layers,
+            "num_heads": self.heads,
+            "max_position_embeddings": 8192,
+        }
+
+    def step_samples(self) -> list[list]:
+        """Each optimizer step's synthetic samples (``TokenizedSample``s), seeded."""
+        from reflectioncoder.testing.synthetic import synthetic_samples
+
+        samples = synthetic_samples(
+            self.steps * self.samples,
+            vocab_size=self.vocab,
+            seed=self.seed,
+            instruction=self.instruction,
+            reflection=self.reflection,
+            answer=self.answer,
+            generation_fraction=self.generation_fraction,
+        )
+        return [samples[i * self.samples : (i + 1) * self.samples] for i in range(self.steps)]
+
 
 # A Llama-3.2-1B-shaped model (1.24B parameters with its 128256 vocabulary), for the GPU suite.
 LLAMA_1B = dict(vocab=128256, hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192)
@@ -97,34 +122,14 @@ def _rate_step(rate: float) -> tuple[int, int]:
 
 def setup_train_step(cfg: TrainStepConfig):
     """The model (seeded, on the device), its AdamW, and each optimizer step's samples."""
-    from reflectioncoder.data.synthetic import synthetic_samples
     from reflectioncoder.model import build_tiny_llama
 
-    model = build_tiny_llama(
-        cfg.vocab,
-        hidden_size=cfg.hidden,
-        num_layers=cfg.layers,
-        num_heads=cfg.heads,
-        num_kv_heads=cfg.kv_heads,
-        intermediate_size=cfg.intermediate,
-        max_position_embeddings=8192,
-        seed=cfg.seed,
-    )
+    model = build_tiny_llama(cfg.vocab, num_kv_heads=cfg.kv_heads, seed=cfg.seed, **cfg.arch())
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     model.to(device=cfg.device, dtype=dtype)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
-    samples = synthetic_samples(
-        cfg.steps * cfg.samples,
-        vocab_size=cfg.vocab,
-        seed=cfg.seed,
-        instruction=tuple(cfg.instruction),
-        reflection=tuple(cfg.reflection),
-        answer=tuple(cfg.answer),
-        generation_fraction=cfg.generation_fraction,
-    )
-    per_step = [samples[i * cfg.samples : (i + 1) * cfg.samples] for i in range(cfg.steps)]
-    return model, opt, per_step
+    return model, opt, cfg.step_samples()
 
 
 def _mask_cfg(cfg: TrainStepConfig):
@@ -273,14 +278,7 @@ def _saved_model(cfg: TrainStepConfig):
     from bench.bench_checkpointing import prepare_model_and_data
 
     folder = tempfile.TemporaryDirectory(prefix="rc-bench-trainer-")
-    arch = dict(
-        hidden_size=cfg.hidden,
-        intermediate_size=cfg.intermediate,
-        num_layers=cfg.layers,
-        num_heads=cfg.heads,
-        max_position_embeddings=8192,
-    )
-    data = prepare_model_and_data(Path(folder.name), 8, arch, cfg.kv_heads, vocab=cfg.vocab)
+    data = prepare_model_and_data(Path(folder.name), 8, cfg.arch(), cfg.kv_heads, vocab=cfg.vocab)
     return folder, data
 
 

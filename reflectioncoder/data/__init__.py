@@ -6,7 +6,7 @@
 - ``masking``: the dynamic mask (strategies, schedule, deterministic draws, host application).
 - ``packing``: ``PackedBatch``, ``StepPlan`` (``plan_step``), ``pack_rank``, ``step_counts``.
 - ``config``: ``DataConfig``, ``MaskConfig``, ``PackingConfig``.
-- ``inspect``: the ``reflectioncoder inspect`` command; ``synthetic``: synthetic samples.
+- ``inspect``: the ``reflectioncoder inspect`` command.
 - ``prepare``: the ``reflectioncoder prepare-data`` command (``readers`` for jsonl / json /
   parquet / ``datasets`` folders, ``formats`` for the conversions, ``decontaminate``).
 """

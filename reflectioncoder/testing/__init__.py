@@ -1,0 +1,7 @@
+"""Fixtures for tests and benchmarks, never used by a command.
+
+- ``toy_jsonl``: small SPEC §1 jsonl files (tiny arithmetic functions, first wrong, then
+  fixed) for trainer tests and smoke runs.
+- ``synthetic``: synthetic reflection samples with realistic lengths, as ``TokenizedSample``
+  objects directly (random content ids, no tokenizer), for packing and step benchmarks.
+"""
