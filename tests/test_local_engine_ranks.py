@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
 
-from reflectioncoder.config import load_config
-from reflectioncoder.train.toydata import write_toy_jsonl
+from reflectioncoder.config_loader import load_config
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 STEPS = 3
