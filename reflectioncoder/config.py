@@ -49,13 +49,17 @@ class ModelConfig:
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (the paper: on)."""
-    checkpointing_policy: str = "full"
-    """With checkpointing on, what each decoder layer keeps (``model.CHECKPOINTING_POLICIES``):
-    ``full`` (recompute every layer), ``save_gemms`` (keep GEMM and attention outputs,
-    recompute the element-wise ops), ``alternate`` (recompute every second layer)."""
-    compile: bool = False
+    checkpointing_policy: str = "auto"
+    """With checkpointing on, what each decoder layer keeps
+    (``reflectioncoder.activation_checkpointing``): ``full`` (recompute every layer),
+    ``save_gemms`` (keep GEMM and attention outputs, recompute the element-wise ops),
+    ``alternate`` (recompute every second layer), ``auto`` (on CUDA: the least recompute whose
+    activations fit the GPU beside the weights, gradients and optimizer states, planned once
+    at start, layer by layer; on a CPU: ``full``)."""
+    compile: bool | str = "auto"
     """``torch.compile`` each decoder layer (regional; attention as a custom op, so no graph
-    break and no recompile across micro-batch lengths: ``model.compile_layers``)."""
+    break and no recompile across micro-batch lengths: ``model.compile_layers``). ``auto``: on
+    when training on CUDA, off on a CPU (compiling there costs more than it saves)."""
     mixed_precision: str = "masters"
     """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
     bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as
@@ -65,9 +69,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _check(
-            self.checkpointing_policy in ("full", "save_gemms", "alternate"),
+            self.checkpointing_policy in ("full", "save_gemms", "alternate", "auto"),
             "model.checkpointing_policy",
-            f"must be full | save_gemms | alternate, got {self.checkpointing_policy!r}",
+            f"must be full | save_gemms | alternate | auto, got {self.checkpointing_policy!r}",
+        )
+        _check(
+            self.compile in (True, False, "auto"),
+            "model.compile",
+            f"must be true | false | auto, got {self.compile!r}",
         )
         _check(
             self.mixed_precision in ("masters", "autocast"),
@@ -212,9 +221,11 @@ class DistributedConfig:
     """ZeRO stage 0-3 (the paper: 1; 3 for 33B/34B)."""
     deepspeed_config: str | None = None
     """A DeepSpeed JSON (the reference's format); its "auto" values are filled from this config."""
-    offload_optimizer: bool = False
+    offload_optimizer: bool | str = "auto"
     """ZeRO-Offload the optimizer states (and the step) to CPU memory, run by DeepSpeed's CPU
-    Adam (also when the DeepSpeed JSON asks for an offload device)."""
+    Adam (also when the DeepSpeed JSON asks for an offload device). ``auto``: on under DeepSpeed
+    ZeRO-1/2 on CUDA when the weights, gradients and optimizer states leave no room for even
+    fully checkpointed activations (``activation_checkpointing.needs_offload``), else off."""
     fp32_grad_accum: bool = False
     """Accumulate gradients over micro-batches in fp32 when the weights are bf16 (DeepSpeed's
     BF16 optimizer, ZeRO-1). One process always does: its weights stay fp32 under autocast."""
@@ -236,6 +247,11 @@ class DistributedConfig:
             self.deepspeed_config is None or Path(self.deepspeed_config).is_file(),
             "distributed.deepspeed_config",
             f"file not found: {self.deepspeed_config}",
+        )
+        _check(
+            self.offload_optimizer in (True, False, "auto"),
+            "distributed.offload_optimizer",
+            f"must be true | false | auto, got {self.offload_optimizer!r}",
         )
         _check(
             not self.fp32_grad_accum or self.zero_stage in (0, 1),

@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from reflectioncoder.activation_checkpointing import set_checkpointing
 from reflectioncoder.kernels.varlen_attention import varlen_attention
 
 ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
@@ -264,30 +265,6 @@ def prepare_model(
     return model
 
 
-# What activation checkpointing keeps, per decoder layer (model.checkpointing_policy):
-#   full       every layer recomputed in the backward from its input (the least memory);
-#   save_gemms every layer, but the outputs of its GEMMs and attention are kept (torch's
-#              selective checkpoint): only the element-wise ops (norms, RoPE, SwiGLU) run again;
-#   alternate  every second layer recomputed whole, the others keep everything.
-CHECKPOINTING_POLICIES = ("full", "save_gemms", "alternate")
-_GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
-
-
-def _save_gemms_context():
-    """torch's selective checkpoint: keep GEMM and attention outputs, recompute the rest."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    keep = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
-            if hasattr(torch.ops.aten, name)}  # fmt: skip
-
-    def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return create_selective_checkpoint_contexts(policy)
-
-
 def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
     """``torch.compile`` each decoder layer (regional compilation: one graph, compiled once,
     reused by every layer), with ``dynamic=True`` so micro-batches of any length reuse it, and
@@ -301,37 +278,6 @@ def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
         layer.self_attn.rc_custom_op = True
         layer.compile(backend=backend, dynamic=True)
     model.rc_compiled = True
-
-
-def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
-    """Recompute layers in backward (``use_reentrant=False``) as ``policy`` says
-    (``CHECKPOINTING_POLICIES``), or not. transformers >= 5.2x names it activation
-    checkpointing (gradient_checkpointing_* deprecated); 5.0-5.1x only have the
-    gradient_checkpointing_* names (the H200 image's 5.17, for one)."""
-    if policy not in CHECKPOINTING_POLICIES:
-        raise ValueError(f"policy: expected one of {CHECKPOINTING_POLICIES}, got {policy!r}")
-    kwargs: dict[str, Any] = {"use_reentrant": False}
-    if policy == "save_gemms":
-        kwargs["context_fn"] = _save_gemms_context
-    if hasattr(model, "activation_checkpointing_enable"):
-        if on:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        elif model.is_activation_checkpointing:
-            model.activation_checkpointing_disable()
-    elif on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    elif model.is_gradient_checkpointing:
-        model.gradient_checkpointing_disable()
-    if on and policy == "alternate":
-        for i, layer in enumerate(model.base_model.layers):
-            layer.gradient_checkpointing = i % 2 == 0
-
-
-def checkpointing_on(model: nn.Module) -> bool:
-    """Whether ``set_checkpointing(model, True)`` is in force (either transformers naming)."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        return model.is_activation_checkpointing
-    return model.is_gradient_checkpointing
 
 
 def count_parameters(model: nn.Module) -> int:

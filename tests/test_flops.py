@@ -8,7 +8,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from reflectioncoder.config import ModelConfig
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.packing import pack_rank, plan_step
 from reflectioncoder.model import build_tiny_llama, prepare_model
@@ -72,9 +71,7 @@ def test_step_flops_match_torch_flop_counter(seed, policy):
     batch = _batch(seed, vocab)
     assert batch.num_kl_rows > 0 and len(batch.seq_lens) > 2  # pairs, several segments
     shape = ModelShape.from_model(model)
-    cfg = ModelConfig(arch={"hidden_size": 1}, gradient_checkpointing=on,
-                      checkpointing_policy=policy or "full")  # fmt: skip
-    flops = batch_flops(shape, batch, recompute=recomputed_share(cfg))
+    flops = batch_flops(shape, batch, recompute=recomputed_share(model.rc_checkpointing_plan))
     counted = _counted(ReflectionLossModule(model), batch)
     # The model counts norm weights (0.12% here), the counter sees no norms: within 0.5%.
     assert counted == pytest.approx(flops.hardware, rel=0.005)

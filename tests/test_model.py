@@ -10,12 +10,12 @@ import torch
 from reference.recipe import REFERENCE_ATTN
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from reflectioncoder.activation_checkpointing import checkpointing_on
 from reflectioncoder.data.tokenize import SPECIAL_TOKENS, add_special_tokens
 from reflectioncoder.model import (
     ATTN_IMPLEMENTATION,
     add_special_token_embeddings,
     build_tiny_llama,
-    checkpointing_on,
     count_parameters,
     forward_hidden,
     lm_head_weight,

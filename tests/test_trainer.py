@@ -11,10 +11,10 @@ import pytest
 import torch
 from reference.recipe import REFERENCE_ATTN, reference_logits, sample_loss_terms
 
+from reflectioncoder.activation_checkpointing import checkpointing_on
 from reflectioncoder.config import OptimConfig, TrainConfig
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.masking import draw_masks, visibility_host
-from reflectioncoder.model import checkpointing_on
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import NonFiniteError, Trainer, lr_at, plan_steps
 

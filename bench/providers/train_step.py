@@ -345,7 +345,7 @@ def setup_provider(provider: str, cfg: TrainStepConfig):
         prepare_model(model)
         return model, opt, prepare_ours(cfg, per_step), step_ours
     if provider == "reference":
-        from reflectioncoder.model import set_checkpointing
+        from reflectioncoder.activation_checkpointing import set_checkpointing
 
         model.set_attn_implementation(reference_attention(cfg))
         set_checkpointing(model, cfg.ref_checkpointing)

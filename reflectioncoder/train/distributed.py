@@ -327,7 +327,7 @@ def deepspeed_config(
     zero = dict(cfg.get("zero_optimization", {}))
     if zero.get("stage", "auto") == "auto":
         zero["stage"] = run.distributed.zero_stage
-    if run.distributed.offload_optimizer and "offload_optimizer" not in zero:
+    if run.distributed.offload_optimizer is True and "offload_optimizer" not in zero:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     for key, size in BUCKETS_FROM_HIDDEN.items():
         stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3

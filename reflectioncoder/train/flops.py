@@ -107,13 +107,11 @@ class StepFlops:
         return StepFlops(self.model + other.model, self.hardware + other.hardware)
 
 
-def recomputed_share(model_cfg) -> float:
-    """The share of decoder layers whose GEMMs checkpointing runs again (a ``ModelConfig``):
-    1 for ``full``, 0.5 for ``alternate``, 0 for ``save_gemms`` (only element-wise ops rerun,
-    which count no FLOPs here) or with checkpointing off."""
-    if not model_cfg.gradient_checkpointing:
-        return 0.0
-    return {"full": 1.0, "alternate": 0.5, "save_gemms": 0.0}[model_cfg.checkpointing_policy]
+def recomputed_share(plan: Sequence[str]) -> float:
+    """The share of decoder layers whose GEMMs checkpointing runs again, from the per-layer
+    plan (``model.rc_checkpointing_plan``): ``full`` layers count 1, ``save_gemms`` 0 (only
+    element-wise ops rerun, which count no FLOPs here), ``none`` 0."""
+    return sum(p == "full" for p in plan) / len(plan) if plan else 0.0
 
 
 def packed_flops(

@@ -385,12 +385,10 @@ class Trainer:
         else:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
-        prepare_model(
-            model,
-            gradient_checkpointing=cfg.model.gradient_checkpointing,
-            checkpointing_policy=cfg.model.checkpointing_policy,
-        )
-        if cfg.model.compile:
+        prepare_model(model)
+        cfg = self._plan_memory(cfg, model)
+        compile_ = cfg.model.compile
+        if compile_ is True or (compile_ == "auto" and self.info.device.type == "cuda"):
             from reflectioncoder.model import compile_layers
 
             compile_layers(model)
@@ -451,6 +449,48 @@ class Trainer:
                     "distributed.backend=none, or offload_optimizer=true to fit a larger model"
                 )
 
+    def _plan_memory(self, cfg: RunConfig, model: nn.Module) -> RunConfig:
+        """Give each layer its checkpointing policy and decide the optimizer's offload, once,
+        from the GPU's memory (``activation_checkpointing.plan_run``); the config with the
+        offload decided."""
+        from reflectioncoder.activation_checkpointing import apply_plan, plan_run
+        from reflectioncoder.model import count_parameters
+
+        device = self.info.device
+        stage = distributed._zero_stage(cfg) if self.info.deepspeed else 0  # noqa: SLF001
+        half = self.dtype in (torch.bfloat16, torch.float16) and (
+            self.info.deepspeed or cfg.model.mixed_precision == "masters"
+        )
+        plan, offload = plan_run(
+            cfg.model.checkpointing_policy,
+            cfg.model.gradient_checkpointing,
+            layers=len(model.base_model.layers),
+            tokens=cfg.packing.max_tokens,
+            hidden=model.config.hidden_size,
+            params=count_parameters(model),
+            stage=stage,
+            ranks=self.info.world_size,
+            offload=cfg.distributed.offload_optimizer,
+            device_bytes=(
+                torch.cuda.get_device_properties(device).total_memory
+                if device.type == "cuda"
+                else None
+            ),
+            element_bytes=2 if half else 4,
+        )
+        apply_plan(model, plan)
+        if self.info.is_main and cfg.model.gradient_checkpointing:
+            counts = {p: plan.count(p) for p in ("none", "save_gemms", "full") if p in plan}
+            log.info(
+                "activation checkpointing %s: %s of %d layers%s",
+                cfg.model.checkpointing_policy,
+                ", ".join(f"{p} {n}" for p, n in counts.items()),
+                len(plan),
+                ", optimizer offloaded to CPU" if offload else "",
+            )
+        distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=offload)
+        return dataclasses.replace(cfg, distributed=distributed_cfg)
+
     def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:
         """The checkpoint ``--resume`` continues from (None: a fresh start)."""
         if not resume:
@@ -510,7 +550,7 @@ class Trainer:
         """Step ``step``'s host work: plan, mask, pack, the host totals, and on CUDA pinned
         copies (so the copies to the device can overlap)."""
         batches = self.step_batches(step)
-        recompute = recomputed_share(self.cfg.model)
+        recompute = recomputed_share(self.model.rc_checkpointing_plan)
         flops = sum((batch_flops(self.flop_shape, b, recompute) for b in batches), StepFlops())
         totals = torch.tensor(
             [

@@ -1,0 +1,244 @@
+"""Activation checkpointing: what each decoder layer keeps for the backward, and a memory plan.
+
+Per layer (``LAYER_POLICIES``):
+  none        keep every activation (no recompute);
+  save_gemms  keep the outputs of its GEMMs and attention (torch's selective checkpoint), rerun
+              only the element-wise ops (norms, RoPE, SwiGLU) in the backward;
+  full        keep the layer's input only, rerun the whole layer in the backward.
+
+``model.checkpointing_policy`` names a plan for all layers: ``full``, ``save_gemms``,
+``alternate`` (full on every second layer, none on the others), or ``auto``: the least
+recompute that fits the device, planned once at start (``plan_layers``) from the bytes each
+policy keeps per token and layer (measured on the CPU: ``KEPT_PER_TOKEN_HIDDEN``) and the
+memory the device has left once weights, gradients and optimizer states (``resident_bytes``)
+and a reserve (``reserve_bytes``) are taken.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+LAYER_POLICIES = ("none", "save_gemms", "full")
+NAMED_POLICIES = ("full", "save_gemms", "alternate", "auto")
+
+# Bytes a layer keeps per token and per hidden unit, fp32 activations, measured on the CPU
+# (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256, I=688: the
+# 7B's I/D); activations of another element size scale with it (bf16: half).
+KEPT_PER_TOKEN_HIDDEN = {"none": 78.09, "save_gemms": 45.73, "full": 4.15}
+
+# What the device holds besides weights, gradients, optimizer states and activations: the CUDA
+# context, cuBLAS workspaces, the loss's chunk workspace, the allocator's fragmentation.
+RESERVE_FIXED = 3 * 2**30
+RESERVE_SHARE = 0.05
+BUCKET_BYTES = 2**30  # ZeRO's reduce buckets (ZeRO-2/3, and ZeRO-1/2 with an offloaded optimizer)
+
+
+def kept_bytes(policy: str, tokens: int, hidden: int, element_bytes: int = 2) -> float:
+    """Bytes one layer of ``policy`` keeps for the backward over ``tokens`` tokens."""
+    return KEPT_PER_TOKEN_HIDDEN[policy] * element_bytes / 4 * tokens * hidden
+
+
+def activation_bytes(
+    plan: Sequence[str], tokens: int, hidden: int, element_bytes: int = 2
+) -> float:
+    """Peak activation bytes of a per-layer plan: what every layer keeps, plus one layer's whole
+    set while a recomputed layer runs again in the backward."""
+    kept = sum(kept_bytes(p, tokens, hidden, element_bytes) for p in plan)
+    if any(p != "none" for p in plan):
+        kept += kept_bytes("none", tokens, hidden, element_bytes)
+    return kept
+
+
+def named_plan(policy: str, layers: int) -> tuple[str, ...]:
+    """The per-layer plan of a named policy other than ``auto``."""
+    if policy == "alternate":
+        return tuple("full" if i % 2 == 0 else "none" for i in range(layers))
+    if policy not in LAYER_POLICIES:
+        raise ValueError(f"policy: expected one of {NAMED_POLICIES}, got {policy!r}")
+    return (policy,) * layers
+
+
+def plan_layers(
+    layers: int, tokens: int, hidden: int, budget_bytes: float, element_bytes: int = 2
+) -> tuple[str, ...]:
+    """The least recompute whose activations fit ``budget_bytes``: every layer ``none`` if that
+    fits; else as many ``save_gemms`` layers as fit (they save a layer's GEMM rerun for the
+    fewest bytes), the rest ``full``, and bytes still left turn ``save_gemms`` layers into
+    ``none``. All ``full`` when not even that fits (the caller says so)."""
+
+    def fits(kept: int, saved: int) -> bool:  # kept none, then save_gemms, the rest full
+        plan = ("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * (layers - saved)
+        return activation_bytes(plan, tokens, hidden, element_bytes) <= budget_bytes
+
+    if fits(layers, layers):
+        return ("none",) * layers
+    saved = 0
+    while saved < layers and fits(0, saved + 1):
+        saved += 1
+    kept = 0
+    while kept < saved and fits(kept + 1, saved):
+        kept += 1
+    return ("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * (layers - saved)
+
+
+def resident_bytes(
+    params: int, *, stage: int, ranks: int, offload: bool = False, autocast: bool = False
+) -> float:
+    """Bytes a device holds for weights, gradients and optimizer states, by engine: ``stage`` 0
+    is one process without DeepSpeed, 1-3 DeepSpeed's ZeRO stage over ``ranks``.
+
+    bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
+    fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
+    and the buckets at stage 2-3 and with an offloaded optimizer; fp32 master weights, m and v
+    over 1/ranks (m and v under autocast), none on the device when offloaded."""
+    weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
+    if stage >= 2 or offload:
+        grads = 4 * params / ranks + BUCKET_BYTES
+    else:
+        grads = (4 if autocast else 6) * params
+    if offload:
+        states = 0.0
+    else:
+        states = 8 * params if autocast else 12 * params / (ranks if stage >= 1 else 1)
+    return weights + grads + states
+
+
+def reserve_bytes(device_bytes: float) -> float:
+    """What a plan leaves free on a device of ``device_bytes`` (``RESERVE_*``)."""
+    return RESERVE_FIXED + RESERVE_SHARE * device_bytes
+
+
+def activation_budget(device_bytes: float, resident: float) -> float:
+    """Bytes left for activations."""
+    return device_bytes - resident - reserve_bytes(device_bytes)
+
+
+def needs_offload(
+    device_bytes: float, params: int, layers: int, tokens: int, hidden: int, stage: int, ranks: int
+) -> bool:
+    """Whether the optimizer has to leave the device: not even all-``full`` checkpointing fits
+    beside the weights, gradients and states that stay."""
+    resident = resident_bytes(params, stage=stage, ranks=ranks)
+    least = activation_bytes(("full",) * layers, tokens, hidden)
+    return least > activation_budget(device_bytes, resident)
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying a plan to a Hugging Face model
+# ---------------------------------------------------------------------------------------------
+
+_GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
+
+
+def _save_gemms_context():
+    """torch's selective checkpoint: keep GEMM and attention outputs, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
+            if hasattr(torch.ops.aten, name)}  # fmt: skip
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def _enable(model: nn.Module) -> None:
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _disable(model: nn.Module) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+
+
+def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
+    """Give each decoder layer its policy (``LAYER_POLICIES``; ``plan`` has one per layer).
+    transformers >= 5.2x names it activation checkpointing (gradient_checkpointing_*
+    deprecated); 5.0-5.1x only have the gradient_checkpointing_* names."""
+    layers = model.base_model.layers
+    if len(plan) != len(layers):
+        raise ValueError(f"plan: {len(plan)} policies for {len(layers)} layers")
+    bad = [p for p in plan if p not in LAYER_POLICIES]
+    if bad:
+        raise ValueError(f"plan: expected each of {LAYER_POLICIES}, got {bad[0]!r}")
+    if all(p == "none" for p in plan):
+        _disable(model)
+        model.rc_checkpointing_plan = tuple(plan)
+        return
+    _enable(model)  # the model's own switches (and the inputs' requires_grad hook)
+    from torch.utils.checkpoint import checkpoint
+
+    selective = functools.partial(checkpoint, use_reentrant=False, context_fn=_save_gemms_context)
+    for layer, policy in zip(layers, plan, strict=True):
+        layer.gradient_checkpointing = policy != "none"
+        if policy == "save_gemms":
+            layer._gradient_checkpointing_func = selective
+    model.rc_checkpointing_plan = tuple(plan)
+
+
+def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
+    """Recompute layers in backward (``use_reentrant=False``) as the named ``policy`` says
+    (``full`` | ``save_gemms`` | ``alternate``; ``auto`` is planned by the trainer, which then
+    calls ``apply_plan``), or not."""
+    if policy not in NAMED_POLICIES or policy == "auto":
+        raise ValueError(f"policy: expected full | save_gemms | alternate, got {policy!r}")
+    layers = len(model.base_model.layers)
+    apply_plan(model, named_plan(policy, layers) if on else ("none",) * layers)
+
+
+def checkpointing_on(model: nn.Module) -> bool:
+    """Whether any layer is recomputed (either transformers naming)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
+def plan_run(
+    policy: str,
+    on: bool,
+    *,
+    layers: int,
+    tokens: int,
+    hidden: int,
+    params: int,
+    stage: int,
+    ranks: int,
+    offload: bool | str,
+    device_bytes: float | None,
+    element_bytes: int = 2,
+) -> tuple[tuple[str, ...], bool]:
+    """(the per-layer plan, whether the optimizer is offloaded) of a run: ``policy`` and
+    ``offload`` as configured (``auto`` resolved here), ``stage`` 0 for one process without
+    DeepSpeed, ``device_bytes`` the GPU's memory (None on a CPU: ``auto`` plans ``full`` and
+    never offloads)."""
+    if offload == "auto":
+        offload = (
+            device_bytes is not None
+            and stage in (1, 2)
+            and needs_offload(device_bytes, params, layers, tokens, hidden, stage, ranks)
+        )
+    if not on:
+        return ("none",) * layers, bool(offload)
+    if policy != "auto":
+        return named_plan(policy, layers), bool(offload)
+    if device_bytes is None:
+        return ("full",) * layers, bool(offload)
+    autocast = element_bytes == 4
+    resident = resident_bytes(params, stage=stage, ranks=ranks, offload=offload, autocast=autocast)
+    budget = activation_budget(device_bytes, resident)
+    return plan_layers(layers, tokens, hidden, budget, element_bytes), bool(offload)

@@ -1,0 +1,127 @@
+"""The per-layer checkpointing plan: planned from the memory a device has left, and applied
+layer by layer with the same loss and gradients as no checkpointing."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from reflectioncoder.activation_checkpointing import (
+    activation_budget,
+    activation_bytes,
+    apply_plan,
+    kept_bytes,
+    named_plan,
+    needs_offload,
+    plan_layers,
+    plan_run,
+    resident_bytes,
+)
+from reflectioncoder.config import ModelConfig
+from reflectioncoder.model import build_tiny_llama, forward_hidden, prepare_model
+
+# CodeLlama-7B: 32 layers, D = 4096, 6.74B parameters; 16K-token micro-batches.
+LAYERS, D, T, P = 32, 4096, 16384, 6_738_546_688
+H100 = 81559 * 2**20
+
+
+def test_plan_is_the_least_recompute_that_fits():
+    none_all = activation_bytes(("none",) * LAYERS, T, D)
+    full_all = activation_bytes(("full",) * LAYERS, T, D)
+    assert plan_layers(LAYERS, T, D, none_all) == ("none",) * LAYERS
+    assert plan_layers(LAYERS, T, D, full_all - 1) == ("full",) * LAYERS  # nothing fits
+    previous = None
+    for budget in torch.linspace(full_all + 1e6, none_all, 40).tolist():
+        plan = plan_layers(LAYERS, T, D, budget)
+        assert len(plan) == LAYERS and activation_bytes(plan, T, D) <= budget
+        recomputed = plan.count("full"), plan.count("save_gemms")
+        if previous is not None:  # more memory never recomputes more
+            assert recomputed[0] <= previous[0]
+        previous = recomputed
+        # no layer could be moved one policy up within the budget
+        if "full" in plan:
+            up = list(plan)
+            up[up.index("full")] = "save_gemms"
+            assert activation_bytes(up, T, D) > budget
+
+
+def test_save_gemms_first_then_none():
+    one_save = activation_bytes(("save_gemms",) + ("full",) * (LAYERS - 1), T, D)
+    assert plan_layers(LAYERS, T, D, one_save) == ("save_gemms",) + ("full",) * (LAYERS - 1)
+    # a bf16 layer's bytes: the measured per-hidden figures, halved from fp32
+    assert kept_bytes("none", T, D) == pytest.approx(39.045 * T * D)
+    assert kept_bytes("full", T, D, element_bytes=4) == pytest.approx(4.15 * T * D)
+
+
+def test_resident_bytes_by_engine():
+    assert resident_bytes(P, stage=1, ranks=8) == pytest.approx(P * (2 + 6 + 12 / 8))
+    assert resident_bytes(P, stage=0, ranks=1, autocast=True) == pytest.approx(16 * P)
+    offloaded = resident_bytes(P, stage=1, ranks=1, offload=True)
+    assert offloaded == pytest.approx(6 * P + 2**30)
+    assert resident_bytes(P, stage=3, ranks=8) == pytest.approx(P * (2 + 4 + 12) / 8 + 2**30)
+
+
+def test_one_h100_offloads_and_eight_do_not():
+    assert needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=1)
+    assert not needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=8)
+    plan, offload = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                             stage=1, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    assert offload and "full" in plan and "save_gemms" in plan
+    budget = activation_budget(H100, resident_bytes(P, stage=1, ranks=1, offload=True))
+    assert activation_bytes(plan, T, D) <= budget
+    # an explicit choice is kept; a CPU run plans `full` and never offloads by itself
+    plan, offload = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                             stage=1, ranks=1, offload=False, device_bytes=None)  # fmt: skip
+    assert plan == ("full",) * LAYERS and not offload
+    plan, _ = plan_run("alternate", True, layers=4, tokens=T, hidden=D, params=P,
+                       stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    assert plan == ("full", "none", "full", "none") == named_plan("alternate", 4)
+    plan, _ = plan_run("auto", False, layers=4, tokens=T, hidden=D, params=P,
+                       stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    assert plan == ("none",) * 4
+
+
+def _loss_and_grads(plan):
+    model = build_tiny_llama(256, hidden_size=64, num_layers=3, intermediate_size=176, seed=2)
+    prepare_model(model, liger=False)
+    apply_plan(model, plan)
+    runs = [0] * len(plan)
+    for i, layer in enumerate(model.base_model.layers):
+        layer.mlp.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+    ids = torch.randint(0, 256, (96,), generator=torch.Generator().manual_seed(3))
+    lens = [40, 56]  # two packed sequences
+    batch = SimpleNamespace(
+        input_ids=ids,
+        position_ids=torch.cat([torch.arange(n) for n in lens]),
+        cu_seqlens=torch.tensor([0, 40, 96], dtype=torch.int32),
+        max_seqlen=56,
+        seq_lens=lens,
+    )
+    logits = forward_hidden(model, batch) @ model.lm_head.weight.T
+    loss = torch.nn.functional.cross_entropy(logits[:-1], ids[1:])
+    loss.backward()
+    assert runs == [1 if p == "none" else 2 for p in plan]  # recomputed layers ran again
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_a_mixed_plan_gives_the_gradients_of_no_checkpointing():
+    want_loss, want = _loss_and_grads(("none",) * 3)
+    loss, grads = _loss_and_grads(("full", "save_gemms", "none"))
+    assert loss == want_loss
+    for name, g in want.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_apply_plan_sets_each_layer():
+    model = build_tiny_llama(256, hidden_size=32, num_layers=3, seed=0)
+    apply_plan(model, ("full", "save_gemms", "none"))
+    flags = [layer.gradient_checkpointing for layer in model.base_model.layers]
+    assert flags == [True, True, False]
+    assert model.rc_checkpointing_plan == ("full", "save_gemms", "none")
+    with pytest.raises(ValueError, match="2 policies for 3 layers"):
+        apply_plan(model, ("full", "full"))
+    with pytest.raises(ValueError, match="model.checkpointing_policy"):
+        ModelConfig(arch={"hidden_size": 8}, checkpointing_policy="most")
+    assert ModelConfig(arch={"hidden_size": 8}).checkpointing_policy == "auto"
