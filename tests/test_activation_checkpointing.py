@@ -89,7 +89,7 @@ def _loss_and_grads(plan):
     apply_plan(model, plan)
     runs = [0] * len(plan)
     for i, layer in enumerate(model.base_model.layers):
-        layer.mlp.register_forward_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
+        layer.mlp.register_forward_pre_hook(lambda *_, i=i: runs.__setitem__(i, runs[i] + 1))
     ids = torch.randint(0, 256, (96,), generator=torch.Generator().manual_seed(3))
     lens = [40, 56]  # two packed sequences
     batch = SimpleNamespace(
@@ -103,6 +103,7 @@ def _loss_and_grads(plan):
     loss = torch.nn.functional.cross_entropy(logits[:-1], ids[1:])
     loss.backward()
     assert runs == [1 if p == "none" else 2 for p in plan]  # recomputed layers ran again
+    # (a pre-hook: the recompute stops once the last tensor the backward needs is back)
     return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
