@@ -82,7 +82,8 @@ import sys
 from dataclasses import asdict, dataclass, replace
 
 from bench import roofline
-from reflectioncoder.train.flops import ModelShape, packed_flops
+from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_share
 
 # FITTED to llm-foundry's MPT-7B at seq 2048 (the calibration table): that row checks nothing
 GEMM_EFF = 0.60
@@ -94,13 +95,16 @@ KL_BYTES_PER_LOGIT = 70
 NCCL_BUS = 360e9
 OVERLAP = 0.8
 OPT_BYTES = {"masters": 30, "autocast": 28}
-ACT_BYTES_PER_D = {"none": 39.05, "full": 2.075, "save_gemms": 22.85, "alternate": 21.85}
-RECOMPUTE = {"none": 0.0, "full": 1.0, "alternate": 0.5, "save_gemms": 0.0}
-EW_RERUN = {"none": 0.0, "full": 1.0, "alternate": 0.5, "save_gemms": 1.0}
-GATHER_RERUN = {"none": 0.0, "full": 1.0, "alternate": 0.5, "save_gemms": 0.0}
-FIXED_BYTES = 3 * 2**30
-BUCKET_BYTES = 2**30
+FIXED_BYTES = ac.RESERVE_FIXED
 MEMORY = {"H100": 81559 * 2**20, "H200": 143771 * 2**20}  # what nvidia-smi reports
+# ZeRO-Offload (an offloaded optimizer): fp32 gradients to the host and bf16 weights back over
+# PCIe 5.0 x16 (64 GB/s a direction), taken at 0.8 of it, ASSUMED (not measured here); the
+# host's AdamW (DeepSpeed's CPU Adam, "5X-7X faster than the standard PyTorch
+# implementation", deepspeed.ai/tutorials/zero-offload) streams 30 bytes a parameter (fp32
+# weight, gradient, m, v in; weight, m, v, bf16 weight out), taken at 100 GB/s of a two-socket
+# server's DRAM, ASSUMED: 3.3e9 parameters/s.
+PCIE = 0.8 * 64e9
+CPU_ADAM_PARAMS_S = 100e9 / 30
 SAMPLES_PER_STEP = 512
 SAMPLE_LEN = 2048
 PACKED_TOKENS_PER_RECIPE_TOKEN = 8857 / 11534
@@ -150,13 +154,18 @@ ARCHS = {
 
 @dataclass(frozen=True)
 class Levers:
-    checkpointing: str = "full"  # none | full | save_gemms | alternate
+    """The shipped default's choices (``ModelConfig`` / ``DistributedConfig``: checkpointing
+    ``auto``, compile ``auto`` = on under CUDA, torch's varlen attention, the fused loss; the
+    optimizer offloaded where ``offload_optimizer: auto`` says: ``default_levers``)."""
+
+    checkpointing: str = "auto"  # auto | none | full | save_gemms | alternate
     precision: str = "masters"  # masters (bf16 weights, fp32 masters) | autocast (fp32 weights)
-    compiled: bool = False
+    compiled: bool = True
     attention: str = "varlen"  # varlen | fa2 | fa3
     loss: str = "fused"  # fused (ours) | full_logits
     overlap: bool = True
     kernels: str = "liger"  # liger (fused RMSNorm / RoPE / SwiGLU) | hf (Hugging Face's eager ops)
+    offload: bool = False  # the optimizer's states and step on the host (ZeRO-Offload)
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,42 @@ def recipe_workload(sample_len: int = SAMPLE_LEN) -> Workload:
 RECIPE = Levers("full", "masters", False, "fa2", "full_logits", False, "hf")
 
 
+def _stage(engine: str) -> int:
+    return {"local": 0, "zero1": 1, "zero2": 2, "zero3": 3}[engine]
+
+
+def default_levers(arch: Arch, card: str, gpus: int, engine: str, work: Workload) -> Levers:
+    """The shipped default on this layout: ``offload_optimizer: auto`` resolved as the trainer
+    does (``activation_checkpointing.needs_offload``; DeepSpeed ZeRO-1/2 only)."""
+    offload = _stage(engine) in (1, 2) and ac.needs_offload(
+        MEMORY[card], _params(arch), arch.layers, work.tokens, arch.hidden, _stage(engine), gpus
+    )
+    return Levers(offload=offload)
+
+
+def _params(arch: Arch) -> int:
+    shape = arch.shape()
+    return shape.body_params + 2 * shape.vocab * shape.hidden
+
+
+def layer_plan(
+    arch: Arch, card: str, gpus: int, engine: str, levers: Levers, work: Workload
+) -> tuple[str, ...]:
+    """Each layer's policy: a named one, or ``auto`` planned as the trainer plans it."""
+    if levers.checkpointing != "auto":
+        return ac.named_plan(levers.checkpointing, arch.layers)
+    resident = ac.resident_bytes(
+        _params(arch),
+        stage=_stage(engine),
+        ranks=gpus,
+        offload=levers.offload,
+        autocast=levers.precision == "autocast",
+    )
+    workspace = _loss(arch, card, levers, work).workspace_bytes
+    budget = ac.activation_budget(MEMORY[card], resident + workspace)
+    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget)
+
+
 @dataclass
 class Prediction:
     micro_s: float
@@ -201,10 +246,27 @@ class Prediction:
     hardware_flops: float
     memory_bytes: float
     split_s: dict
+    plan: tuple[str, ...]
 
 
 def _ring(bytes_: float, gpus: int) -> float:
     return bytes_ * (gpus - 1) / gpus / NCCL_BUS
+
+
+def _loss(arch: Arch, card_name: str, levers: Levers, work: Workload) -> roofline.Row:
+    """bench/roofline.py's model of the loss (module docstring)."""
+    sched = "pipelined" if levers.loss == "fused" else "torch"
+    if sched == "pipelined":
+        loss_sched = roofline.pipelined(work.loss_rows, arch.hidden, arch.vocab, 2)
+    else:  # full logits: CE, and the recipe's KL (teacher row against student row) beside it
+        loss_sched = roofline.torch_unfused(work.loss_rows, arch.hidden, arch.vocab, 2)
+        if work.kl:
+            kl = KL_BYTES_PER_LOGIT * work.loss_rows * arch.vocab
+            loss_sched.kernels.append(roofline._stream("KL fwd + bwd", kl, count=12))
+    card = roofline.CARDS[card_name]
+    return roofline.evaluate(
+        sched, loss_sched, card, work.loss_rows, arch.hidden, arch.vocab, "bf16"
+    )
 
 
 def predict(
@@ -215,23 +277,15 @@ def predict(
     peak, hbm = card.bf16_tflops * 1e12, card.hbm_tbs * 1e12 * BW_EFF
     shape = arch.shape()
     params = shape.body_params + 2 * shape.vocab * shape.hidden
-    t, layers, pol = work.tokens, arch.layers, levers.checkpointing
-    rec = RECOMPUTE[pol]
+    t, layers = work.tokens, arch.layers
+    plan = layer_plan(arch, card_name, gpus, engine, levers, work)
+    rec = recomputed_share(plan)  # GEMMs and attention run again on full layers
+    ew_rerun = sum(p != "none" for p in plan) / layers  # element-wise ops on save_gemms too
     square = layers * shape.attn_width * sum(n * n for n in work.seq_lens)
     gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * GEMM_EFF)
     attn = (12 + 4 * rec) * square / (peak * ATTN_EFF[levers.attention])
-    sched = "pipelined" if levers.loss == "fused" else "torch"
-    if sched == "pipelined":
-        loss_sched = roofline.pipelined(work.loss_rows, arch.hidden, arch.vocab, 2)
-    else:  # full logits: CE, and the recipe's KL (teacher row against student row) beside it
-        loss_sched = roofline.torch_unfused(work.loss_rows, arch.hidden, arch.vocab, 2)
-        if work.kl:
-            kl = KL_BYTES_PER_LOGIT * work.loss_rows * arch.vocab
-            loss_sched.kernels.append(roofline._stream("KL fwd + bwd", kl, count=12))
-    loss = roofline.evaluate(
-        sched, loss_sched, card, work.loss_rows, arch.hidden, arch.vocab, "bf16"
-    )
-    ew_bytes = arch.ew_bytes() * t * layers * (3 + EW_RERUN[pol])
+    loss = _loss(arch, card_name, levers, work)
+    ew_bytes = arch.ew_bytes() * t * layers * (3 + ew_rerun)
     ew_bytes *= EW_COMPILED if levers.compiled else EW_HF if levers.kernels == "hf" else 1.0
     if levers.precision == "autocast":
         ew_bytes = ew_bytes * 1.5 + 6 * params * (1 + rec)
@@ -242,12 +296,16 @@ def predict(
     if engine == "zero2":
         comm = _ring(2 * params, gpus)
     elif engine == "zero3":
-        comm = _ring(2 * params, gpus) * (3 + GATHER_RERUN[pol])
+        comm = _ring(2 * params, gpus) * (3 + rec)
     compute = gemm + attn + loss.predicted_ms / 1e3 + elementwise + accum
     exposed = comm if not levers.overlap else max(comm * (1 - OVERLAP), comm - compute)
     micro = compute + exposed
     opt_shard = 1 if engine == "local" else gpus
-    boundary = OPT_BYTES[levers.precision] * params / opt_shard / hbm
+    if levers.offload:  # fp32 gradients out, the host's AdamW, bf16 weights back
+        # each GPU its own PCIe link; the host's DRAM shared by every rank's CPU Adam
+        boundary = (4 + 2) * params / opt_shard / PCIE + params / CPU_ADAM_PARAMS_S
+    else:
+        boundary = OPT_BYTES[levers.precision] * params / opt_shard / hbm
     if engine == "zero1":
         boundary += 2 * _ring(4 * params, gpus) + _ring(2 * params, gpus)
     elif engine == "zero2":
@@ -269,28 +327,30 @@ def predict(
         step_s=step,
         model_flops=flops.model * micro_batches * gpus,
         hardware_flops=flops.hardware * micro_batches * gpus,
-        memory_bytes=memory(arch, gpus, engine, levers, work, loss.workspace_bytes),
+        memory_bytes=memory(arch, gpus, engine, levers, plan, work, loss.workspace_bytes),
         split_s=split,
+        plan=plan,
     )
 
 
-def memory(arch: Arch, gpus: int, engine: str, levers: Levers, work: Workload, loss_ws) -> float:
+def memory(
+    arch: Arch, gpus: int, engine: str, levers: Levers, plan, work: Workload, loss_ws
+) -> float:
     """Bytes a GPU holds at its peak (module docstring)."""
-    shape = arch.shape()
-    p = shape.body_params + 2 * shape.vocab * shape.hidden
-    n = gpus if engine != "local" else 1
-    autocast = levers.precision == "autocast"
-    weights = (4 if autocast else 2) * p / (gpus if engine == "zero3" else 1)
-    if engine in ("zero2", "zero3"):
-        grads = 4 * p / gpus + BUCKET_BYTES
-    else:
-        grads = 4 * p if autocast else 6 * p
-    states = (8 * p) if autocast else 12 * p / n
-    per_layer = arch.hidden * work.tokens
-    acts = ACT_BYTES_PER_D[levers.checkpointing] * per_layer * arch.layers
-    if levers.checkpointing != "none":
-        acts += ACT_BYTES_PER_D["none"] * per_layer
-    return weights + grads + states + acts + loss_ws + FIXED_BYTES
+    resident = ac.resident_bytes(
+        _params(arch),
+        stage=_stage(engine),
+        ranks=gpus,
+        offload=levers.offload,
+        autocast=levers.precision == "autocast",
+    )
+    acts = ac.activation_bytes(plan, work.tokens, arch.hidden)
+    return resident + acts + loss_ws + FIXED_BYTES
+
+
+def fits(memory_bytes: float, card: str) -> bool:
+    """Within the card less the planner's share for fragmentation (``RESERVE_SHARE``)."""
+    return memory_bytes <= (1 - ac.RESERVE_SHARE) * MEMORY[card]
 
 
 def make_row(
@@ -323,37 +383,35 @@ def make_row(
         "hfu": round(pred.hardware_flops / capacity, 4),
         "samples_per_s": round(sps, 3),
         "memory_per_gpu_bytes": int(pred.memory_bytes),
-        "fits": bool(pred.memory_bytes <= MEMORY[card]),
+        "checkpointing_plan": plan_text(pred.plan),
+        "fits": fits(pred.memory_bytes, card),
         "samples_per_s_vs_recipe": round(sps / (recipe_sps or sps), 3),
     }
 
 
-def lever_variants(engine: str) -> list[tuple[str, Levers]]:
-    """The default, then one lever changed at a time."""
-    base = Levers()
+def plan_text(plan: tuple[str, ...]) -> str:
+    """``save_gemms 23, full 9``: how many layers of each policy."""
+    return ", ".join(f"{p} {plan.count(p)}" for p in ac.LAYER_POLICIES if p in plan)
+
+
+def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
+    """The default (``base``), then one lever changed at a time."""
     out = [("default", base)]
-    for policy in ("none", "save_gemms", "alternate"):
+    for policy in ("full", "none", "save_gemms", "alternate"):
         out.append((f"checkpointing={policy}", replace(base, checkpointing=policy)))
     if engine == "local":  # DeepSpeed always keeps bf16 weights and fp32 masters
         out.append(("precision=autocast", replace(base, precision="autocast")))
     out += [
-        ("compiled", replace(base, compiled=True)),
+        ("compiled=off", replace(base, compiled=False)),
         ("attention=fa3", replace(base, attention="fa3")),
         ("loss=full_logits", replace(base, loss="full_logits")),
     ]
+    if _stage(engine) in (1, 2):
+        flip = "off" if base.offload else "on"
+        out.append((f"offload={flip}", replace(base, offload=not base.offload)))
     if engine in ("zero2", "zero3"):
         out.append(("overlap=off", replace(base, overlap=False)))
     return out
-
-
-def best_row(arch: Arch, card: str, gpus: int, engine: str, recipe_sps: float) -> dict:
-    """Compiled layers, FA3 and the least recompute that fits the card."""
-    for policy in ("none", "save_gemms", "alternate", "full"):
-        levers = Levers(checkpointing=policy, compiled=True, attention="fa3")
-        r = make_row(arch, card, gpus, engine, levers, "best", reflection_workload(), recipe_sps)
-        if r["fits"]:
-            break
-    return r
 
 
 def model_rows() -> list[dict]:
@@ -367,10 +425,13 @@ def model_rows() -> list[dict]:
                 rows.append(recipe)
                 sps = recipe["samples_per_s"]
                 for engine in engines:
-                    for name, levers in lever_variants(engine):
-                        work = reflection_workload()
+                    work = reflection_workload()
+                    base = default_levers(arch, card, gpus, engine, work)
+                    for name, levers in lever_variants(engine, base):
                         rows.append(make_row(arch, card, gpus, engine, levers, name, work, sps))
-                    rows.append(best_row(arch, card, gpus, engine, sps))
+                    # FA3: flash-attn's Hopper build (nothing here installs it)
+                    best = replace(base, attention="fa3")
+                    rows.append(make_row(arch, card, gpus, engine, best, "best", work, sps))
     return rows
 
 
@@ -419,7 +480,7 @@ def _loss_ms() -> float:
 
 def calibration_rows() -> list[dict]:
     """(what, unit, measured, predicted, note): the model against each run."""
-    autocast_full = Levers(precision="autocast")
+    autocast_full = Levers("full", "autocast", compiled=False)
     step_1b = Workload((1107, 1107, 739), 1235, 4 / 3, samples_per_step=4)
     cli = Workload((106,) * 32, round(LOSS_ROWS_PER_TOKEN * 3384), 16, samples_per_step=48)
     titan = Workload((8192,), 8192, 1, samples_per_step=8, kl=False)
@@ -427,7 +488,7 @@ def calibration_rows() -> list[dict]:
     mpt_2k = Workload((2048,) * 6, 12288, 6, samples_per_step=48, kl=False)
     mpt_4k = Workload((4096,) * 16, 65536, 16, samples_per_step=256, kl=False)
     mpt = Levers("none", "autocast", False, "fa2", "full_logits", True)
-    best_7b = Levers("save_gemms", compiled=True, attention="fa3")
+    best_7b = Levers(attention="fa3")
     cases = [
         (
             "H200 attention fwd+bwd, 13,600 tokens (8 x 1700), 32/8 x 128 heads",

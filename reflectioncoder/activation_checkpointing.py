@@ -99,8 +99,10 @@ def resident_bytes(
     weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
     if stage >= 2 or offload:
         grads = 4 * params / ranks + BUCKET_BYTES
+    elif stage == 1 or autocast:  # DeepSpeed's BF16 optimizer frees each bf16 gradient once added
+        grads = 4 * params
     else:
-        grads = (4 if autocast else 6) * params
+        grads = 6 * params
     if offload:
         states = 0.0
     else:

@@ -226,9 +226,11 @@ class DistributedConfig:
     Adam (also when the DeepSpeed JSON asks for an offload device). ``auto``: on under DeepSpeed
     ZeRO-1/2 on CUDA when the weights, gradients and optimizer states leave no room for even
     fully checkpointed activations (``activation_checkpointing.needs_offload``), else off."""
-    fp32_grad_accum: bool = False
+    fp32_grad_accum: bool | str = "auto"
     """Accumulate gradients over micro-batches in fp32 when the weights are bf16 (DeepSpeed's
-    BF16 optimizer, ZeRO-1). One process always does: its weights stay fp32 under autocast."""
+    BF16 optimizer, ZeRO-1; with an offloaded optimizer, an fp32 partition on the GPU).
+    ``auto``: on at ZeRO-1, off at ZeRO-2/3 (DeepSpeed's own). One process always does: its
+    engine owns the fp32 sums."""
     timeout_minutes: int = 30
     """Collective timeout."""
 
@@ -254,7 +256,12 @@ class DistributedConfig:
             f"must be true | false | auto, got {self.offload_optimizer!r}",
         )
         _check(
-            not self.fp32_grad_accum or self.zero_stage in (0, 1),
+            self.fp32_grad_accum in (True, False, "auto"),
+            "distributed.fp32_grad_accum",
+            f"must be true | false | auto, got {self.fp32_grad_accum!r}",
+        )
+        _check(
+            self.fp32_grad_accum is not True or self.zero_stage in (0, 1),
             "distributed.fp32_grad_accum",
             f"needs distributed.zero_stage 1 (DeepSpeed's BF16 optimizer), got {self.zero_stage}",
         )

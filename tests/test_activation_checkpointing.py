@@ -56,7 +56,8 @@ def test_save_gemms_first_then_none():
 
 
 def test_resident_bytes_by_engine():
-    assert resident_bytes(P, stage=1, ranks=8) == pytest.approx(P * (2 + 6 + 12 / 8))
+    assert resident_bytes(P, stage=1, ranks=8) == pytest.approx(P * (2 + 4 + 12 / 8))
+    assert resident_bytes(P, stage=0, ranks=1) == pytest.approx(P * (2 + 6 + 12))
     assert resident_bytes(P, stage=0, ranks=1, autocast=True) == pytest.approx(16 * P)
     offloaded = resident_bytes(P, stage=1, ranks=1, offload=True)
     assert offloaded == pytest.approx(6 * P + 2**30)

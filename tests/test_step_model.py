@@ -43,9 +43,15 @@ def test_json_rows_have_the_keys_and_cover_the_grid(capsys):
     defaults = [r for r in rows if r["default"]]
     assert len(defaults) == 3 * 2 * 2  # one per model, card and GPU count (ZeRO-1)
     levers = {r["lever"] for r in rows}
-    for lever in ("compiled", "attention=fa3", "loss=full_logits", "precision=autocast"):
+    for lever in ("compiled=off", "attention=fa3", "loss=full_logits", "precision=autocast"):
         assert lever in levers
-    assert {"overlap=off", "checkpointing=save_gemms", "recipe", "best"} <= levers
+    assert {"overlap=off", "checkpointing=save_gemms", "checkpointing=full", "recipe"} <= levers
+    assert {"offload=on", "offload=off", "best"} <= levers
+    # the default plans its checkpointing to fit, and offloads only where it must
+    seven = [r for r in defaults if r["model"] == "CodeLlama-7B"]
+    assert all(r["fits"] for r in seven)
+    assert [r["offload"] for r in seven if r["gpus"] == 1] == [True, False]  # H100, H200
+    assert not any(r["offload"] for r in seven if r["gpus"] == 8)
 
 
 def test_calibration_reports_every_error_and_marks_the_fitted_rows(capsys):
@@ -62,7 +68,8 @@ def test_calibration_reports_every_error_and_marks_the_fitted_rows(capsys):
 
 def test_zero3_memory_falls_with_more_gpus_and_checkpointing_costs_flops():
     arch, work = sm.ARCHS["CodeLlama-13B"], sm.reflection_workload()
-    mem = [sm.predict(arch, "H100", n, "zero3", sm.Levers(), work).memory_bytes for n in (2, 4, 8)]
+    full_ckpt = sm.Levers(checkpointing="full")
+    mem = [sm.predict(arch, "H100", n, "zero3", full_ckpt, work).memory_bytes for n in (2, 4, 8)]
     assert mem[0] > mem[1] > mem[2]
     full = sm.predict(arch, "H100", 8, "zero1", sm.Levers(checkpointing="full"), work)
     none = sm.predict(arch, "H100", 8, "zero1", sm.Levers(checkpointing="none"), work)
@@ -74,12 +81,12 @@ def test_each_lever_moves_the_step_the_right_way(capsys):
     rows = _rows(capsys, "--json", "--model", "CodeLlama-7B")
     where = dict(model="CodeLlama-7B", card="H100", gpus=8)
     base = _pick(rows, **where, engine="zero3", lever="default")
-    for lever in ("compiled", "attention=fa3"):
+    for lever in ("attention=fa3",):
         assert (
             _pick(rows, **where, engine="zero3", lever=lever)["predicted_step_s"]
             < (base["predicted_step_s"])
         )
-    for lever in ("loss=full_logits", "overlap=off"):
+    for lever in ("loss=full_logits", "overlap=off", "compiled=off", "checkpointing=full"):
         assert (
             _pick(rows, **where, engine="zero3", lever=lever)["predicted_step_s"]
             > (base["predicted_step_s"])
@@ -89,4 +96,14 @@ def test_each_lever_moves_the_step_the_right_way(capsys):
     assert autocast["predicted_step_s"] > _pick(rows, **local, lever="default")["predicted_step_s"]
     recipe = _pick(rows, **where, lever="recipe")
     assert recipe["samples_per_s_vs_recipe"] == 1.0 and base["samples_per_s_vs_recipe"] > 1.0
-    assert 0 < base["mfu"] < base["hfu"] < 1
+    assert 0 < base["mfu"] <= base["hfu"] < 1
+
+
+def test_auto_checkpointing_uses_the_memory_full_leaves():
+    """More memory (H200 over H100, ZeRO-3 over ZeRO-1) never recomputes more."""
+    arch, work = sm.ARCHS["CodeLlama-7B"], sm.reflection_workload()
+    fulls = []
+    for card, engine in (("H100", "zero1"), ("H200", "zero1"), ("H200", "zero3")):
+        levers = sm.default_levers(arch, card, 8, engine, work)
+        fulls.append(sm.layer_plan(arch, card, 8, engine, levers, work).count("full"))
+    assert fulls[0] > 0 and fulls == sorted(fulls, reverse=True)

@@ -349,13 +349,20 @@ def deepspeed_config(
     # A NaN/inf gradient must skip the update in bf16 too (fp16 does through its loss scaler).
     bf16.setdefault("check_grad_overflow", run.train.skip_nonfinite)
     cfg["bf16"], cfg["fp16"] = bf16, fp16
-    if run.distributed.fp32_grad_accum and bf16["enabled"]:
+    fp32_accum = run.distributed.fp32_grad_accum
+    if fp32_accum == "auto":
+        fp32_accum = zero["stage"] == 1
+    if fp32_accum and bf16["enabled"]:
         if zero["stage"] != 1:
             raise ConfigError(
                 f"needs ZeRO stage 1 under DeepSpeed (its BF16 optimizer), got {zero['stage']}",
                 field="distributed.fp32_grad_accum",
             )
         cfg["data_types"] = dict(cfg.get("data_types", {}), grad_accum_dtype="fp32")
+        if not offloads_optimizer({"zero_optimization": zero}):
+            # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
+            # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
+            bf16.setdefault("immediate_grad_update", True)
     cfg["zero_allow_untested_optimizer"] = True
     leftover = [k for k, v in cfg.items() if v == "auto"]
     if leftover:
