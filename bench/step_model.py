@@ -7,10 +7,15 @@
 Rows: CodeLlama-7B / 13B / 34B shapes at 16K-token micro-batches, on H100 and H200, one GPU
 (engine ``local``: one process; ``zero1``: DeepSpeed, nothing to partition) and 8 (``zero1``,
 ``zero2``, ``zero3``), each with the shipped default config (``default``: true on the ``zero1``
-rows, as ``paper_preset`` runs: full checkpointing, bf16 weights + fp32 masters, eager layers,
-torch's varlen attention (FA2-class; no install path ships flash-attn 3), the fused loss,
+rows, as ``paper_preset`` runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
+``none`` / ``save_gemms`` / ``full``, the least recompute that fits, planned as the trainer
+plans it: reflectioncoder/activation_checkpointing.py), ``model.compile: auto`` (on under CUDA),
+bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
+BF16 optimizer at ZeRO-1, each bf16 gradient freed once added), ``offload_optimizer: auto`` (on
+where weights + gradients + states leave no room for fully checkpointed activations),
+torch's varlen attention (FA2-class; no install path here ships flash-attn 3), the fused loss,
 DeepSpeed's overlap where the stage has it), then one lever changed at a time (``lever``), then
-``best`` (compiled layers, FA3, the least recompute that fits the card). ``predicted_step_s`` is
+``best`` (the default with FA3). ``predicted_step_s`` is
 one optimizer step of the paper's 512 samples; ``mfu`` / ``hfu`` use the one FLOP count
 (reflectioncoder/train/flops.py); ``samples_per_s_vs_recipe`` divides by the authors' recipe
 modelled the same way on the same card and GPU count.
@@ -57,16 +62,23 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
 grad, m, v in and out, bf16 weight out; 28 with fp32 weights) over its 1/n shard; ZeRO-1
 all-reduces fp32 gradients and all-gathers bf16 weights at the boundary, not overlapped;
-ZeRO-2 all-gathers the weights.
+ZeRO-2 all-gathers the weights. With the optimizer offloaded (ZeRO-Offload) instead: the fp32
+gradient shard to the host and the bf16 weights back over each GPU's PCIe link (PCIE), and the
+host's CPU Adam over all P parameters (CPU_ADAM_PARAMS_S, the host shared by every rank), not
+overlapped; both rates ASSUMED (constants' comments), not measured.
 
-Memory per GPU: bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: bf16 2P
-+ fp32 accumulation 4P for ``local`` and ZeRO-1 (4P under autocast), 4P/n for ZeRO-2/3; fp32
-master + m + v 12P/n (m + v 8P under autocast); activations: the measured bytes per token and
-layer of each policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.1 D,
-full 2.08 D, save_gemms 22.9 D, alternate 21.9 D) x T x layers, plus one layer's full set while
-it is recomputed; the loss's workspace (roofline); ZeRO-2/3 buckets 1 GiB; 3 GiB for the CUDA
-context, cuBLAS workspace and fragmentation. ``fits``: that against the card's memory as
-nvidia-smi reports it (81,559 / 143,771 MiB).
+Memory per GPU (``activation_checkpointing.resident_bytes``, the function the trainer plans
+with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at
+ZeRO-1 (the BF16 optimizer frees each bf16 gradient once added) and under autocast, bf16 2P +
+fp32 4P for ``local``, 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an offloaded optimizer;
+fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
+activations (``activation_bytes``): the measured bytes per token and layer of each layer's
+policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
+22.9 D, full 2.08 D) x T, plus one layer's whole set while a recomputed layer runs again; the
+loss's workspace (roofline); 3 GiB for the CUDA context and cuBLAS workspaces. ``auto`` plans
+within the card less 5% for fragmentation (``RESERVE_SHARE``), and ``fits`` is that test:
+memory <= 0.95 x the card's memory as nvidia-smi reports it (81,559 / 143,771 MiB = 79.6 /
+140.4 GiB).
 
 Calibration (``--calibrate``): our H200 rows (attention, the loss, the 1.5B step, the 1.06B
 CLI step) and the published anchors (torchtitan Llama-3.1-8B, llm-foundry MPT-7B, Megatron-LM's
@@ -586,6 +598,7 @@ COLUMNS = (
     "lever",
     "default",
     "checkpointing",
+    "offload",
     "predicted_step_s",
     "mfu",
     "hfu",
@@ -597,16 +610,20 @@ COLUMNS = (
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | card | GPUs | engine | lever | default | checkpointing | step s (512 samples) "
-        "| MFU | HFU | GB per GPU | fits | samples/s x recipe |",
+        "| model | card | GPUs | engine | lever | default | checkpointing (layers) | optimizer "
+        "| step s (512 samples) | MFU | HFU | GiB per GPU | fits | samples/s x recipe |",
         "| --- " * len(COLUMNS) + "|",
     ]
     for r in rows:
+        ckpt = r["checkpointing"]
+        if ckpt in ("auto", "alternate"):
+            ckpt = f"{ckpt}: {r['checkpointing_plan']}"
         lines.append(
             f"| {r['model']} | {r['card']} | {r['gpus']} | {r['engine']} | {r['lever']} | "
-            f"{'yes' if r['default'] else ''} | {r['checkpointing']} | {r['predicted_step_s']:.2f} "
+            f"{'yes' if r['default'] else ''} | {ckpt} | "
+            f"{'CPU' if r['offload'] else 'GPU'} | {r['predicted_step_s']:.2f} "
             f"| {100 * r['mfu']:.1f}% | {100 * r['hfu']:.1f}% | "
-            f"{r['memory_per_gpu_bytes'] / 1e9:.1f} | {'yes' if r['fits'] else 'NO'} | "
+            f"{r['memory_per_gpu_bytes'] / 2**30:.1f} | {'yes' if r['fits'] else 'NO'} | "
             f"{r['samples_per_s_vs_recipe']:.2f} |"
         )
     return "\n".join(lines)
