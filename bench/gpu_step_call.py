@@ -7,10 +7,12 @@ and off, against the authors' faithful recipe on the same layers. Run it when a 
 Shapes: D = 4096, I = 11008, 32 heads (no GQA), V = 32016 (CodeLlama's vocabulary with the
 special tokens), at 2 and at 4 layers; 8 samples a step (half generation samples, the length
 mix of bench/providers/train_step.py) packed into 16K-token micro-batches; bf16. Cases:
-``Trainer.train_step`` with the shipped defaults (bf16 weights + fp32 masters, full
-checkpointing), then one lever changed at a time (checkpointing off, save_gemms, alternate,
-compiled layers, the old autocast engine), and the recipe (one sample per micro-batch, 2-D mask
-through flash_attention_2 when installed, else SDPA; checkpointing; fp32 masters; full logits).
+``Trainer.train_step`` with the shipped defaults (bf16 weights + fp32 masters, checkpointing
+``auto``: at 2 and 4 layers every layer fits uncheckpointed, so it plans ``none``; the 32-layer
+plan is bench/step_model.py's; layers compiled on CUDA), then one lever changed at a time
+(checkpointing full, checkpointing off, save_gemms, alternate, eager layers, the old autocast
+engine), and the recipe (one sample per micro-batch, 2-D mask through flash_attention_2 when
+installed, else SDPA; checkpointing; fp32 masters; full logits).
 
 Per case and depth: the median step time after a warm-up step, the CUDA allocator's peak, the
 step's model / hardware FLOPs (reflectioncoder.train.flops), samples/s, a profiler split of one
@@ -18,7 +20,7 @@ step's device time by kernel category, and the host syncs CUDA reports in a step
 (``torch.cuda.set_sync_debug_mode("warn")``). The 32-layer figures are extrapolated from the
 difference between the depths (per layer = (t4 - t2) / 2; t32 = t2 + 30 x per layer), and so are
 MFU and HFU. JSON rows and a markdown table; ``--dry-run`` takes the same path on the CPU at toy
-sizes (no compile case: inductor's CPU build takes minutes).
+sizes (where no case compiles: inductor's CPU build takes minutes).
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ CODELLAMA_7B = dict(vocab=32016, hidden=4096, layers=2, heads=32, kv_heads=32, i
 TOY = dict(vocab=512, hidden=64, layers=2, heads=4, kv_heads=4, intermediate=176)
 CASES = {
     "trainer (defaults)": [],
+    "checkpointing full": ["model.checkpointing_policy=full"],
     "checkpointing off": ["model.gradient_checkpointing=false"],
     "save_gemms": ["model.checkpointing_policy=save_gemms"],
     "alternate": ["model.checkpointing_policy=alternate"],
-    "compiled layers": ["model.compile=true"],
+    "eager layers": ["model.compile=false"],
     "autocast (fp32 weights)": ["model.mixed_precision=autocast"],
     "recipe": None,
 }
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         device=device, dtype="fp32" if args.dry_run else "bf16",
         **(lengths if args.dry_run else {}),
     )  # fmt: skip
-    cases = [c for c in args.cases.split(",") if not (args.dry_run and c == "compiled layers")]
+    cases = args.cases.split(",")  # on the CPU `model.compile: auto` is off: no inductor build
     rows = []
     for name in cases:
         for layers in (2, 4):

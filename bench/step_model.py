@@ -231,19 +231,22 @@ def _params(arch: Arch) -> int:
     return shape.body_params + 2 * shape.vocab * shape.hidden
 
 
+def _resident(arch: Arch, gpus: int, engine: str, levers: Levers) -> float:
+    """Weights, gradients and optimizer states on a GPU (``activation_checkpointing``)."""
+    autocast = levers.precision == "autocast"
+    stage = _stage(engine)
+    return ac.resident_bytes(
+        _params(arch), stage=stage, ranks=gpus, offload=levers.offload, autocast=autocast
+    )
+
+
 def layer_plan(
     arch: Arch, card: str, gpus: int, engine: str, levers: Levers, work: Workload
 ) -> tuple[str, ...]:
     """Each layer's policy: a named one, or ``auto`` planned as the trainer plans it."""
     if levers.checkpointing != "auto":
         return ac.named_plan(levers.checkpointing, arch.layers)
-    resident = ac.resident_bytes(
-        _params(arch),
-        stage=_stage(engine),
-        ranks=gpus,
-        offload=levers.offload,
-        autocast=levers.precision == "autocast",
-    )
+    resident = _resident(arch, gpus, engine, levers)
     workspace = _loss(arch, card, levers, work).workspace_bytes
     budget = ac.activation_budget(MEMORY[card], resident + workspace)
     return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget)
@@ -349,13 +352,7 @@ def memory(
     arch: Arch, gpus: int, engine: str, levers: Levers, plan, work: Workload, loss_ws
 ) -> float:
     """Bytes a GPU holds at its peak (module docstring)."""
-    resident = ac.resident_bytes(
-        _params(arch),
-        stage=_stage(engine),
-        ranks=gpus,
-        offload=levers.offload,
-        autocast=levers.precision == "autocast",
-    )
+    resident = _resident(arch, gpus, engine, levers)
     acts = ac.activation_bytes(plan, work.tokens, arch.hidden)
     return resident + acts + loss_ws + FIXED_BYTES
 
