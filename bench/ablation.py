@@ -267,7 +267,7 @@ def heldout_pass_rate(model: Path, problems: list, size: Size, args, path: Path)
 
     from reflectioncoder.construct.execute import run_program
     from reflectioncoder.eval import prompts as pr
-    from reflectioncoder.eval.generate import GenerationConfig, generate_hf
+    from reflectioncoder.generate import GenerationConfig, generate_hf
 
     tok = AutoTokenizer.from_pretrained(str(model))
     prompts = [pr.chat_request(p.instruction("humaneval"), tok) for p in problems]

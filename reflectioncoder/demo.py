@@ -23,9 +23,6 @@ from pathlib import Path
 
 from reflectioncoder.progress import Progress, setup_output
 
-# SPEC §5: the completion is cut at the closing fence and at these stop strings.
-STOP_STRINGS = ("\n# Test", "\nif", "\nassert", "\nprint")
-
 
 @dataclass
 class DemoResult:
@@ -56,45 +53,21 @@ def _indent(text: str, prefix: str = "    | ") -> str:
 
 def generation_prompt(problem_prompt: str) -> str:
     """SPEC §5's HumanEval prompt, up to and including the opening python fence."""
-    from reflectioncoder.construct.problems import HUMANEVAL_PREAMBLE
-    from reflectioncoder.data.tokenize import ASSISTANT, END_OF_BLOCK, END_OF_MESSAGE, TEXT, USER
+    from reflectioncoder.eval.prompts import humaneval_user, spec_prompt
 
-    return (
-        f"{USER}{TEXT}{HUMANEVAL_PREAMBLE}\n\n{problem_prompt.strip()}{END_OF_BLOCK}"
-        f"{END_OF_MESSAGE}{ASSISTANT}{TEXT}```python\n"
-    )
-
-
-def cut_completion(text: str) -> str:
-    """SPEC §5: cut at the closing fence and at the stop strings (special tokens are already
-    removed by decoding with skip_special_tokens)."""
-    text = text.split("```")[0]
-    for stop in STOP_STRINGS:
-        text = text.split(stop)[0]
-    return text.rstrip()
+    return spec_prompt(humaneval_user(problem_prompt))
 
 
 def generate(checkpoint: Path, prompt: str, max_new_tokens: int) -> str:
-    """Greedy generation with plain transformers from a saved Hugging Face folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Greedy, on the CPU, from a saved Hugging Face folder, through the one model client; the
+    completion is cut at the closing fence and at SPEC §5's stop strings."""
+    from reflectioncoder.eval.prompts import postprocess_chat
+    from reflectioncoder.generate import GenerationConfig, LocalModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), local_files_only=True)
-    model.eval()
-    # ids = [BOS] + tokenize(text) as in training (SPEC §1); the prompt holds special tokens.
-    ids = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    # only the end token stops it; special tokens are dropped from the text
+    config = GenerationConfig(max_new_tokens=max_new_tokens, stop=(), skip_special_tokens=True)
+    raw = LocalModel(str(checkpoint), device="cpu").complete([prompt], config)[0][0]
+    return postprocess_chat(raw)
 
 
 def run_demo(
@@ -228,8 +201,7 @@ def run_demo(
     unseen = [p for p in problems if p.task_id not in used] or problems
     problem = random.Random(seed).choice(unseen)
     prompt = generation_prompt(problem.prompt)
-    raw = generate(checkpoint, prompt, max_new_tokens)
-    completion = cut_completion(raw)
+    completion = generate(checkpoint, prompt, max_new_tokens)
     result = run_tests(problem, completion, timeout_s=5.0)
     seconds["generate"] = time.perf_counter() - t0
     note = "not in the training data" if problem.task_id not in used else "seen in training"

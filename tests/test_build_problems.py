@@ -312,7 +312,7 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
 def test_rate_limit_spaces_requests_over_threads():
     from concurrent.futures import ThreadPoolExecutor
 
-    from reflectioncoder.construct.backend import RateLimiter
+    from reflectioncoder.generate import RateLimiter
 
     limiter = RateLimiter(per_second=40)
     stamps: list[float] = []
@@ -403,7 +403,10 @@ def test_transformers_backend_from_disk(tiny_model, tmp_path, capsys):
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     text = "<user>Write `clamp`.\n<assistant>"  # the chat template's rendering
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert backend._prompt_ids(messages).tolist() == ids.tolist()
+    rendered = backend.model.tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == text
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert backend._chat(messages) == tok.decode(

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from reflectioncoder.demo import cut_completion, generation_prompt, main, run_demo
+from reflectioncoder.demo import generation_prompt, main, run_demo
+from reflectioncoder.eval.prompts import postprocess_chat
 
 
 def test_generation_prompt_is_spec_section_5() -> None:
@@ -35,7 +36,7 @@ def test_generation_prompt_is_spec_section_5() -> None:
     ],
 )
 def test_completion_is_cut_at_the_fence_and_stop_strings(raw: str, cut: str) -> None:
-    assert cut_completion(raw) == cut
+    assert postprocess_chat(raw) == cut  # the demo cuts its completion so
 
 
 # A demo of a handful of steps (tests/test_model_card.py reads its card).

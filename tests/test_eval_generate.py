@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reflectioncoder.eval import generate as gn
+from reflectioncoder import generate as gn
 from reflectioncoder.eval.cli import add_arguments, main
 from reflectioncoder.eval.prompts import GENERATION_STOP
 

@@ -6,7 +6,6 @@ template problems; ``--problems FILE`` from the user's own (``from_problems``, r
 
 from reflectioncoder.construct.backend import (
     Backend,
-    BackendError,
     Draft,
     MutationBackend,
     OpenAIBackend,
@@ -15,6 +14,7 @@ from reflectioncoder.construct.backend import (
 )
 from reflectioncoder.construct.build import build_dataset, write_jsonl
 from reflectioncoder.construct.problems import Problem, TestCase, generate_problems
+from reflectioncoder.generate import BackendError
 
 __all__ = [
     "Backend",

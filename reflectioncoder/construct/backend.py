@@ -5,24 +5,21 @@
   reverts one mutation.
 - ``OpenAIBackend``: any OpenAI-compatible chat endpoint (``/v1/chat/completions``), so a real
   model can write attempts, reflections and the one-off answer, as in the paper;
-  ``TransformersBackend``: the same with a local ``transformers`` model.
+  ``TransformersBackend``: the same with a local ``transformers`` model. Both are the paper's
+  chat (``ChatBackend``) over the one model client, ``reflectioncoder.generate``.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from reflectioncoder.construct.execute import Execution, run_tests
 from reflectioncoder.construct.mutate import KINDS, Edit, apply_mutations, site_kinds
 from reflectioncoder.construct.problems import Problem, TestCase
+from reflectioncoder.generate import GenerationConfig, LocalModel, OpenAIClient, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -252,10 +249,6 @@ ANSWER_PROMPT = (
 )
 
 
-class BackendError(RuntimeError):
-    """The model could not be reached (after retries): the problem is left for a later run."""
-
-
 def split_reply(reply: str) -> Draft:
     """A chat reply -> (the text before the last python fence, the fenced code)."""
     fences = list(_FENCE_RE.finditer(reply))
@@ -303,35 +296,12 @@ class ChatBackend:
         return split_reply(self._chat([*messages, {"role": "user", "content": prompt}]))
 
 
-class RateLimiter:
-    """At most ``per_second`` calls a second across threads (evenly spaced; 0: no limit)."""
-
-    def __init__(self, per_second: float) -> None:
-        self.interval = 1.0 / per_second if per_second > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        time.sleep(max(0.0, start - now))
-
-
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
 class OpenAIBackend(ChatBackend):
-    """Any OpenAI-compatible chat endpoint (vLLM, TGI, llama.cpp, a hosted API), no SDK.
+    """Any OpenAI-compatible chat endpoint, through ``generate.OpenAIClient``.
 
-    base_url: e.g. ``http://localhost:8000/v1``; requests go to ``{base_url}/chat/completions``.
-    A request that times out, cannot connect or gets 408/429/5xx is retried up to ``retries``
-    times with exponential back-off (``backoff_s`` doubled each time, a server's Retry-After
-    obeyed); other 4xx replies (a wrong model name, a bad key) stop the run as a user error.
-    ``rate_limit``: requests per second over all threads (0: none).
+    base_url: e.g. ``http://localhost:8000/v1``; requests go to ``{base_url}/chat/completions``,
+    retried, backed off and rate-limited as ``policy`` says (``generate.RetryPolicy``); a
+    4xx reply that retrying cannot fix (a wrong model name, a bad key) is a user error.
     """
 
     name = "openai"
@@ -342,119 +312,27 @@ class OpenAIBackend(ChatBackend):
         model: str,
         api_key: str | None = None,
         temperature: float = 0.0,
-        timeout_s: float = 120.0,
-        retries: int = 5,
-        backoff_s: float = 1.0,
-        rate_limit: float = 0.0,
+        policy: RetryPolicy | None = None,
     ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http(s) URL, got {base_url!r}")
-        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or rate_limit < 0:
-            raise ValueError("timeout_s > 0, retries >= 0, backoff_s >= 0, rate_limit >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.api_key = api_key
+        self.client = OpenAIClient(base_url, model, api_key, policy)
         self.temperature = temperature
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.limiter = RateLimiter(rate_limit)
-        self.requests = 0  # sent, retries included
-        self.retried = 0
-
-    def _request(self, messages: list[dict]) -> urllib.request.Request:
-        body = json.dumps(
-            {"model": self.model, "messages": messages, "temperature": self.temperature}
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
-        return urllib.request.Request(url, data=body, headers=headers, method="POST")
 
     def _chat(self, messages: list[dict]) -> str:
-        url = f"{self.base_url}/chat/completions"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-            self.limiter.wait()
-            self.requests += 1
-            try:
-                with urllib.request.urlopen(self._request(messages), timeout=self.timeout_s) as r:
-                    reply = json.loads(r.read().decode())
-                break
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode(errors="replace")[:200]
-                if e.code not in _RETRY_STATUS:
-                    from reflectioncoder.errors import UserError
-
-                    raise UserError(f"HTTP {e.code} {e.reason}: {detail}", file=url) from None
-                last = f"HTTP {e.code} {e.reason}"
-                delay = _retry_after(e.headers.get("Retry-After"))
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                last = f"{type(reason).__name__}: {reason}"
-                delay = None
-            except json.JSONDecodeError as e:
-                last = f"reply is not JSON: {e.msg}"
-                delay = None
-            if attempt == self.retries:
-                raise BackendError(f"{url}: {last} (after {self.retries} retries)")
-            time.sleep(delay if delay is not None else self.backoff_s * 2**attempt)
-        try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise BackendError(f"{url}: unexpected chat reply {str(reply)[:200]}") from None
-        if not isinstance(content, str):
-            raise BackendError(f"{url}: reply content is not text: {str(content)[:200]}")
-        return content
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds form; capped at 60), None if absent."""
-    try:
-        return min(max(float(value), 0.0), 60.0) if value is not None else None
-    except ValueError:
-        return None
+        return self.client.chat(messages, self.temperature)
 
 
 class TransformersBackend(ChatBackend):
-    """A local ``transformers`` causal LM (a model folder), greedy, one generation at a time.
-
-    The chat goes through the tokenizer's chat template when it has one, else as
-    ``role: text`` lines ending in ``assistant:``.
-    """
+    """A local ``transformers`` model (a model folder), greedy, through ``generate.LocalModel``:
+    the chat goes through the tokenizer's chat template when it has one, else as ``role: text``
+    lines ending in ``assistant:``; generations run one at a time."""
 
     name = "transformers"
 
     def __init__(self, model_path: str, max_new_tokens: int = 1024, device: str = "cpu") -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
-        self.max_new_tokens = max_new_tokens
-        self.device = device
-        self._lock = threading.Lock()  # one model: generations run one at a time
-
-    def _prompt_ids(self, messages: list[dict]):
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
-        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return self.tokenizer(text, return_tensors="pt")["input_ids"]
+        self.model = LocalModel(model_path, device=device)
+        self.config = GenerationConfig(
+            max_new_tokens=max_new_tokens, batch_size=1, stop=(), skip_special_tokens=True
+        )
 
     def _chat(self, messages: list[dict]) -> str:
-        import torch
-
-        ids = self._prompt_ids(messages).to(self.device)
-        with self._lock, torch.no_grad():
-            out = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-            )
-        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        return self.model.chat(messages, self.config)

@@ -16,6 +16,7 @@ from pathlib import Path
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
 from reflectioncoder.errors import UsageError, require_file
+from reflectioncoder.generate import RetryPolicy
 from reflectioncoder.progress import Progress
 
 
@@ -84,9 +85,9 @@ def _backend(args: argparse.Namespace):
             args.base_url,
             args.model,
             os.environ.get("OPENAI_API_KEY"),
-            timeout_s=args.request_timeout,
-            retries=args.retries,
-            rate_limit=args.rate_limit,
+            policy=RetryPolicy(
+                timeout_s=args.request_timeout, retries=args.retries, rate_limit=args.rate_limit
+            ),
         )
     if args.backend == "transformers":
         if not args.model:

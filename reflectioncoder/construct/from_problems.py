@@ -25,12 +25,13 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflectioncoder.construct.backend import Backend, BackendError, MutationBackend
+from reflectioncoder.construct.backend import Backend, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
 from reflectioncoder.construct.execute import ALL_PASSED, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
+from reflectioncoder.generate import BackendError
 from reflectioncoder.progress import Progress
 
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)

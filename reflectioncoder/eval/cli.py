@@ -220,7 +220,7 @@ def _read_samples(path: Path) -> list[dict]:
 def _generate(
     args: argparse.Namespace, task_ids: list[str], prompts: list[str], post, stop_strings=()
 ) -> list[dict]:
-    from reflectioncoder.eval import generate as gn
+    from reflectioncoder import generate as gn
 
     config = gn.GenerationConfig(
         stop_strings=tuple(stop_strings),
@@ -234,23 +234,15 @@ def _generate(
     bar = _bar(len(prompts), "generate", not args.no_progress)
     try:
         if args.backend == "hf":
-            texts = gn.generate_hf(
-                args.model,
-                prompts,
-                config,
-                device=args.device,
-                progress=bar,
-                threads=args.threads,
-                stats=args.generation_stats,
-            )
+            model = gn.LocalModel(args.model, device=args.device, threads=args.threads)
+            texts = model.complete(prompts, config, progress=bar, stats=args.generation_stats)
         elif args.backend == "vllm":
-            texts = gn.generate_vllm(
-                args.model, prompts, config, tensor_parallel=args.tensor_parallel
-            )
+            model = gn.VllmModel(args.model, tensor_parallel=args.tensor_parallel, seed=args.seed)
+            texts = model.complete(prompts, config, progress=bar)
         else:
-            texts = gn.generate_openai(
-                args.base_url, args.model, prompts, config, api_key=args.api_key, progress=bar
-            )
+            policy = gn.RetryPolicy(timeout_s=600.0)  # a long completion may take minutes
+            client = gn.OpenAIClient(args.base_url, args.model, args.api_key, policy)
+            texts = client.complete(prompts, config, progress=bar)
     finally:
         bar.close()
     return [

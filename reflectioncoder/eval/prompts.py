@@ -7,7 +7,9 @@ the closing fence and at stop strings, with block tokens removed.
 
 from __future__ import annotations
 
+from reflectioncoder.data.special import ASSISTANT, CODE, END_OF_BLOCK, END_OF_MESSAGE, TEXT, USER
 from reflectioncoder.eval.tasks import MultiplETask, PythonTask
+from reflectioncoder.generate.config import SPEC_STOPS
 
 __all__ = [
     "GENERATION_STOP",
@@ -16,19 +18,19 @@ __all__ = [
     "chat_request",
     "MULTIPLE_LANGUAGE_NAMES",
     "humaneval_prompt",
+    "humaneval_user",
     "mbpp_prompt",
     "multiple_prompt",
     "postprocess",
     "postprocess_chat",
     "postprocess_multiple",
     "python_prompt",
+    "spec_prompt",
 ]
 
-USER, ASSISTANT, TEXT = "<|user|>", "<|assistant|>", "<|text|>"
-END_BLOCK, END_MESSAGE = "<|endofblock|>", "<|endofmessage|>"
 # Strings at which generation stops (the model closes its text block or message).
-GENERATION_STOP = [END_BLOCK, END_MESSAGE]
-_REMOVED = [TEXT, "<|code|>", END_BLOCK, END_MESSAGE]
+GENERATION_STOP = list(SPEC_STOPS)
+_REMOVED = [TEXT, CODE, END_OF_BLOCK, END_OF_MESSAGE]
 PYTHON_STOPS = ["\n# Test", "\nif", "\nassert", "\nprint", "\n```"]
 FENCE = "```"
 
@@ -75,12 +77,17 @@ _CLOSE_BRACE = {"js", "php", "ts"}
 PROMPT_FORMATS = ("spec", "chat")
 
 
-def _wrap(user_text: str, fence_tag: str) -> str:
-    return f"{USER}{TEXT}{user_text}{END_BLOCK}{END_MESSAGE}{ASSISTANT}{TEXT}{FENCE}{fence_tag}\n"
+def spec_prompt(user_text: str, fence_tag: str = "python") -> str:
+    """SPEC §5's wrapper: one user text block, then an assistant text block opening a fence."""
+    return (
+        f"{USER}{TEXT}{user_text}{END_OF_BLOCK}{END_OF_MESSAGE}{ASSISTANT}{TEXT}"
+        f"{FENCE}{fence_tag}\n"
+    )
 
 
-def _humaneval_user(task: PythonTask) -> str:
-    return f"Write a complete Python function for the problem.\n\n{task.prompt.strip()}"
+def humaneval_user(prompt: str) -> str:
+    """SPEC §5's HumanEval user message for a docstring prompt."""
+    return f"Write a complete Python function for the problem.\n\n{prompt.strip()}"
 
 
 def _mbpp_user(task: PythonTask) -> str:
@@ -94,12 +101,12 @@ def _mbpp_user(task: PythonTask) -> str:
 
 def humaneval_prompt(task: PythonTask) -> str:
     """HumanEval(+): the docstring prompt after a one-line instruction."""
-    return _wrap(_humaneval_user(task), "python")
+    return spec_prompt(humaneval_user(task.prompt))
 
 
 def mbpp_prompt(task: PythonTask) -> str:
     """MBPP(+): the task's first line and its first test (the prompt's second line)."""
-    return _wrap(_mbpp_user(task), "python")
+    return spec_prompt(_mbpp_user(task))
 
 
 def chat_request(user: str, tokenizer) -> str:
@@ -118,7 +125,7 @@ def chat_request(user: str, tokenizer) -> str:
 
 def chat_prompt(task: PythonTask, tokenizer) -> str:
     """The ``chat`` format: SPEC §5's user message for ``task`` through the model's template."""
-    user = _humaneval_user(task) if task.dataset == "humaneval" else _mbpp_user(task)
+    user = humaneval_user(task.prompt) if task.dataset == "humaneval" else _mbpp_user(task)
     return chat_request(user, tokenizer)
 
 
@@ -158,7 +165,7 @@ def multiple_prompt(task: MultiplETask) -> str:
     """MultiPL-E: the translated prompt, which the model continues inside the fence."""
     name = MULTIPLE_LANGUAGE_NAMES.get(task.language, task.language)
     user = f"Write a complete {name} function for the problem.\n\n{task.prompt.strip()}"
-    return _wrap(user, name.lower()) + task.prompt
+    return spec_prompt(user, name.lower()) + task.prompt
 
 
 def postprocess_multiple(task: MultiplETask, text: str) -> str:

@@ -1,0 +1,55 @@
+"""What to generate: the decoding settings every backend takes, and the stop rule they share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from reflectioncoder.data.special import END_OF_BLOCK, END_OF_MESSAGE
+
+# SPEC §5: generation stops where the model closes its text block or its message.
+SPEC_STOPS: tuple[str, ...] = (END_OF_BLOCK, END_OF_MESSAGE)
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings; greedy (temperature 0) is the paper's one-off setting."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt
+    batch_size: int = 8
+    seed: int = 0
+    stop: tuple[str, ...] = SPEC_STOPS
+    """Special tokens that end a sequence (also cut from the text)."""
+    stop_strings: tuple[str, ...] = ()
+    """Plain-text stops: a sequence ends once its text holds one (the closing code fence of a
+    ``chat`` prompt), so a batch is not held up by a model writing prose after its code."""
+    skip_special_tokens: bool = False
+    """Decode without special tokens (a chat reply, the demo); by default they stay in the text,
+    where the stops are cut and ``eval.prompts`` removes the block tokens."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("n > 1 needs temperature > 0 (greedy gives n identical samples)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def all_stops(self) -> tuple[str, ...]:
+        return (*self.stop, *self.stop_strings)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first of ``stops`` it holds (all of it when it holds none)."""
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
