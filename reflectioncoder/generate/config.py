@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reflectioncoder.data.special import END_OF_BLOCK, END_OF_MESSAGE
@@ -53,3 +53,31 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     """``text`` up to the first of ``stops`` it holds (all of it when it holds none)."""
     cut = min((text.find(s) for s in stops if s in text), default=-1)
     return text if cut < 0 else text[:cut]
+
+
+class Generator:
+    """What every backend is: ``complete(prompts, config, progress=None)`` returns
+    ``config.n`` texts per prompt, in the prompts' order; ``progress(k)`` is called as k more
+    prompts are done. A backend writes ``_complete_batch`` and says how many prompts it takes
+    at a time (``prompts_per_call``; None: all)."""
+
+    prompts_per_call: int | None = None
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[str]]:
+        size = self.prompts_per_call or max(len(prompts), 1)
+        out: list[list[str]] = []
+        for start in range(0, len(prompts), size):
+            batch = list(prompts[start : start + size])
+            out += self._complete_batch(batch, config)
+            if progress:
+                progress(len(batch))
+        return out
+
+    def _complete_batch(self, prompts: list[str], config: GenerationConfig) -> list[list[str]]:
+        raise NotImplementedError

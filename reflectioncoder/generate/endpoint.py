@@ -15,11 +15,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from reflectioncoder.errors import UserError
-from reflectioncoder.generate.config import GenerationConfig, cut_at_stop
+from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_stop
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -73,7 +72,7 @@ def retry_after(value: str | None) -> float | None:
         return None
 
 
-class OpenAIClient:
+class OpenAIClient(Generator):
     """``base_url``: e.g. ``http://localhost:8000/v1``; a bare ``http://host:port`` gets ``/v1``.
     ``api_key`` goes in a Bearer header when given."""
 
@@ -93,14 +92,10 @@ class OpenAIClient:
         self.policy = policy or RetryPolicy()
         self.limiter = RateLimiter(self.policy.rate_limit)
 
-    def complete(
-        self,
-        prompts: Sequence[str],
-        config: GenerationConfig,
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[list[str]]:
-        """``config.n`` texts per prompt, one request per prompt, each cut at the first stop."""
+    prompts_per_call = 1  # one request per prompt
+
+    def _complete_batch(self, prompts: list[str], config: GenerationConfig) -> list[list[str]]:
+        """``config.n`` texts per prompt, each cut at the first stop."""
         out = []
         for prompt in prompts:
             body = {
@@ -121,8 +116,6 @@ class OpenAIClient:
                 raise BackendError(f"{url}: expected {config.n} choices, got {got}")
             choices = sorted(choices, key=lambda c: c.get("index", 0))
             out.append([cut_at_stop(c.get("text", ""), config.all_stops) for c in choices])
-            if progress:
-                progress(1)
         return out
 
     def chat(self, messages: list[dict], temperature: float = 0.0) -> str:

@@ -11,10 +11,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from reflectioncoder.generate.config import GenerationConfig, cut_at_stop
+from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_stop
 
 
-class LocalModel:
+class LocalModel(Generator):
     """A model folder, loaded once: bfloat16 on CUDA, float32 on the CPU.
 
     ``device``: None picks CUDA when there is one. ``threads``: torch's CPU threads (None leaves

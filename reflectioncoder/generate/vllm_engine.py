@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-from reflectioncoder.generate.config import GenerationConfig
+from reflectioncoder.generate.config import GenerationConfig, Generator
 
 
 def vllm_available() -> bool:
@@ -15,7 +13,7 @@ def vllm_available() -> bool:
     return True
 
 
-class VllmModel:
+class VllmModel(Generator):
     """A model folder served in-process by vLLM's ``LLM``; stops are vLLM's own (the text ends
     before the stop)."""
 
@@ -26,13 +24,7 @@ class VllmModel:
 
         self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel, seed=seed)
 
-    def complete(
-        self,
-        prompts: Sequence[str],
-        config: GenerationConfig,
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[list[str]]:
+    def _complete_batch(self, prompts: list[str], config: GenerationConfig) -> list[list[str]]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -44,7 +36,5 @@ class VllmModel:
             spaces_between_special_tokens=False,
             stop=list(config.all_stops),
         )
-        results = self.llm.generate(list(prompts), params)
-        if progress:
-            progress(len(prompts))
+        results = self.llm.generate(prompts, params)  # vLLM schedules its own batches
         return [[o.text for o in r.outputs] for r in results]
