@@ -64,7 +64,7 @@ def generate(checkpoint: Path, prompt: str, max_new_tokens: int) -> str:
     from reflectioncoder.eval.prompts import postprocess_chat
     from reflectioncoder.generate import GenerationConfig, LocalModel
 
-    # only the end token stops it; special tokens are dropped from the text
+    # the model's end tokens stop it (no stop strings); special tokens are dropped from the text
     config = GenerationConfig(max_new_tokens=max_new_tokens, stop=(), skip_special_tokens=True)
     raw = LocalModel(str(checkpoint), device="cpu").complete([prompt], config)[0][0]
     return postprocess_chat(raw)
