@@ -119,6 +119,28 @@ def test_problem_fields_are_checked():
     assert p.tests[1].checked_assertion() == "assert f(0)"
 
 
+@pytest.mark.parametrize("level", ["auto", "rlimits"])
+def test_reference_reasons_come_from_how_the_run_ended(level, monkeypatch):
+    """A reference stopped by the kernel's per-process CPU limit (SIGXCPU; bwrap reports it as
+    status 152) hangs: it is not reported as killing its process, as it was (issue 21 item 7);
+    one that kills itself is named with its signal."""
+    monkeypatch.setenv("REFLECTIONCODER_SANDBOX", level)
+
+    def problem(reference: str, call: str):
+        row = {"id": "p", "prompt": "p", "reference": reference, "tests": [f"assert {call}"]}
+        return parse_problem(row, "f:1")
+
+    spin = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\n\n"
+    spin += "def spin():\n    while True:\n        pass\n"
+    assert check_reference(problem(spin, "spin() is None"), timeout_s=5) == (
+        "the reference hangs (no end within 5 s)"
+    )
+    boom = "import os, signal\n\ndef boom():\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    assert check_reference(problem(boom, "boom() is None"), timeout_s=5) == (
+        "the reference kills its process: killed by signal 9 (SIGKILL)"
+    )
+
+
 def test_a_partial_last_line_is_cut_on_resume(tmp_path):
     out = tmp_path / "o.jsonl"
     out.write_text(json.dumps({"task_id": "a"}) + '\n{"task_id": "b", "mess')

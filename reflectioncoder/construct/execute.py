@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from reflectioncoder.eval.sandbox.records import Ending
+
 # The sandbox writes the program to a temporary file whose name changes from run to run; the
 # traceback names it. It is replaced by this fixed name so a seeded build is reproducible.
 PROGRAM_NAME = "main.py"
@@ -25,12 +27,14 @@ _FILE_RE = re.compile(r'File "([^"]+)"')
 
 @dataclass(frozen=True)
 class Execution:
-    """What running a program printed (stdout then stderr), and whether its tests passed."""
+    """What running a program printed (stdout then stderr), whether its tests passed, and how
+    it ended (the sandbox's ``Ending``: a time limit, a memory kill, a signal, an exit code)."""
 
     output: str
     passed: bool
     timed_out: bool
     exit_code: int | None
+    ending: Ending | None = None
 
 
 def _normalise(text: str) -> str:
@@ -58,12 +62,15 @@ def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ex
     stdout = result.stdout or ""
     stderr = result.stderr or ""
     output = stdout + ("\n" if stdout and stderr and not stdout.endswith("\n") else "") + stderr
-    if result.timed_out:
+    # a time limit whoever enforced it: the run's CPU clock, the wall clock, or the kernel's
+    # per-process CPU limit (the program then dies of SIGXCPU or SIGKILL: not a crash)
+    timed_out = result.timed_out or (result.ending is not None and result.ending.kind == "timeout")
+    if timed_out:
         output = output.rstrip() + ("\n" if output.strip() else "")
         output += f"TimeoutError: the program did not finish within {timeout_s:g} seconds"
     finished = stdout.rstrip().endswith(ALL_PASSED)
-    passed = result.exit_code == 0 and not result.timed_out and finished
-    return Execution(_normalise(output), passed, bool(result.timed_out), result.exit_code)
+    passed = result.exit_code == 0 and not timed_out and finished
+    return Execution(_normalise(output), passed, timed_out, result.exit_code, result.ending)
 
 
 class _Check(Protocol):
@@ -85,7 +92,7 @@ def run_tests(problem: _Problem, code: str, timeout_s: float = 5.0) -> Execution
     if not run.passed:
         return run
     passed = judge_tests(code, [t.judged() for t in problem.tests], timeout_s=timeout_s)
-    return Execution(run.output, passed, run.timed_out, run.exit_code)
+    return Execution(run.output, passed, run.timed_out, run.exit_code, run.ending)
 
 
 def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: float) -> bool:

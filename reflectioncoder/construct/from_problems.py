@@ -174,10 +174,14 @@ def check_reference(problem: UserProblem, timeout_s: float) -> str | None:
     run = run_tests(problem, problem.solution, timeout_s=timeout_s)
     if run.passed:
         return None
-    if run.timed_out:
+    # the reason is the sandbox's (how the run ended), never read off an exit status
+    kind = run.ending.kind if run.ending is not None else ""
+    if run.timed_out or kind == "timeout":
         return f"the reference hangs (no end within {timeout_s:g} s)"
-    if run.exit_code is not None and (run.exit_code < 0 or run.exit_code > 128):
-        return f"the reference kills its process (exit code {run.exit_code})"
+    if kind == "memory":
+        return "the reference runs out of memory (killed at the run's memory limit)"
+    if kind == "signal":
+        return f"the reference kills its process: {run.ending.describe()}"  # type: ignore[union-attr]
     if run.exit_code == 0:
         return "the reference exits before its tests have run (exit code 0)"
     last = (run.output.strip().splitlines() or ["no output"])[-1]

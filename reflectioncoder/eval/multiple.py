@@ -453,8 +453,8 @@ def _verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
     """(status, reason) of one run under ``lang``'s pass rule."""
     if res.timed_out or (res.exit_code == 137 and _RUN_TIMEOUT_NOTE in res.stderr):
         return "timeout", ""
-    if not res.ok:
-        return "fail", "output flood" if res.output_truncated else ""
+    if not res.ok:  # how it ended, as the sandbox saw it (a signal, the memory limit, ...)
+        return "fail", res.ending.describe() if res.ending else ""
     if lang.stderr_fails and res.stderr.strip():
         return "fail", "stderr not empty"
     marks = [m for m in lang.fail_marks if m in res.stdout or m in res.stderr]

@@ -530,7 +530,8 @@ def check_sample(
                 p.fail(FAIL, p.next, "output over the cap")
             else:
                 tail = res.stderr.strip().splitlines()[-1:] or [""]
-                p.fail(FAIL, p.next, f"process ended (exit {res.exit_code}) {tail[0][:200]}")
+                ended = res.ending.describe() if res.ending else f"exit code {res.exit_code}"
+                p.fail(FAIL, p.next, f"process ended ({ended}) {tail[0][:200]}")
     base = phases[0]
     plus = phases[1] if len(phases) > 1 else None
     plus_status = None if plus is None or base.status != PASS else plus.status

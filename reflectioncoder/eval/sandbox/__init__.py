@@ -66,10 +66,11 @@ from reflectioncoder.eval.sandbox.probe import (
     seccomp_available,
 )
 from reflectioncoder.eval.sandbox.process import PreparedRun, run_sandboxed
-from reflectioncoder.eval.sandbox.records import ExecResult, Limits
+from reflectioncoder.eval.sandbox.records import Ending, ExecResult, Limits
 
 __all__ = [
     "SANDBOX_UID",
+    "Ending",
     "ExecResult",
     "Isolation",
     "Limits",

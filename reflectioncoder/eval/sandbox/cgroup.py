@@ -211,6 +211,18 @@ class RunCgroup:
             pass
         return None
 
+    def oom_kills(self) -> int:
+        """Processes of the run the kernel killed at its memory limit (0 where not counted)."""
+        path = self.dirs.get("memory")
+        if path is None:
+            return 0
+        name = "memory.events" if self.layout.version == 2 else "memory.oom_control"
+        with contextlib.suppress(OSError, ValueError):
+            for line in (path / name).read_text().splitlines():
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+        return 0
+
     def _pids(self) -> list[int]:
         pids: set[int] = set()
         for path in self.unique_dirs():

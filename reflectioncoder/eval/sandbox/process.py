@@ -26,7 +26,7 @@ from reflectioncoder.eval.sandbox import bwrap, guards
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import pump
-from reflectioncoder.eval.sandbox.records import DEFAULT_CPU_S, ExecResult, Limits
+from reflectioncoder.eval.sandbox.records import DEFAULT_CPU_S, Ending, ExecResult, Limits
 
 __all__ = ["PreparedRun", "run_sandboxed"]
 
@@ -233,9 +233,10 @@ class PreparedRun:
         start = time.monotonic()
         cpu0 = self.cpu_time_s()
         cpu_deadline = None if cpu0 is None else cpu0 + (cpu_s or self.cpu_s)
-        cpu_used = None
+        cpu_used = cpu_now = None
+        oom_kills = 0
         try:
-            timed_out, truncated, stopped = pump(
+            stop = pump(
                 self.proc,
                 data_in,
                 (start + timeout_s, cpu_deadline, self.cpu_time_s),
@@ -246,19 +247,44 @@ class PreparedRun:
             )
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
+            oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
         finally:
             self.discard()
-        exit_code = None if (timed_out or truncated or stopped) else self.proc.returncode
+        status = self.proc.returncode
         return ExecResult(
             stdout=b"".join(out_chunks[1]).decode("utf-8", "replace"),
             stderr=b"".join(out_chunks[2]).decode("utf-8", "replace"),
-            exit_code=exit_code,
-            timed_out=timed_out,
-            output_truncated=truncated,
+            exit_code=None if stop else status,
+            timed_out=stop in ("wall", "cpu"),
+            output_truncated=stop == "output",
             duration_s=time.monotonic() - start,
             isolation=self.level,
             cpu_time_s=cpu_used,
+            ending=self._ending(stop, status, oom_kills, cpu_now),
         )
+
+    def _ending(self, stop: str | None, status: int, oom_kills: int, cpu: float | None) -> Ending:
+        """How the run ended, from the sandbox's evidence: its own stop, the status, the
+        cgroup's OOM kills and CPU clock (a SIGXCPU, or a SIGKILL past the hard RLIMIT_CPU, is
+        the per-process CPU limit: a time limit, not a crash)."""
+        if stop in ("wall", "cpu"):
+            return Ending("timeout", clock=stop)
+        if stop is not None:
+            return Ending(stop)
+        # bwrap (like a shell) reports a program killed by signal N as status 128 + N
+        sig = -status if status < 0 else None
+        if self.isolation.bwrap and 128 < status < 128 + 65:
+            sig = status - 128
+        if sig is None:
+            return Ending("exit", status)
+        hard_cpu = int(self.cpu_s) + 2  # _preexec's hard RLIMIT_CPU
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and cpu is not None and cpu >= hard_cpu - 0.05
+        ):
+            return Ending("timeout", clock="cpu")
+        if sig == signal.SIGKILL and oom_kills:
+            return Ending("memory")
+        return Ending("signal", sig)
 
     def discard(self) -> None:
         """Kill whatever runs and remove the run's directory and cgroup (idempotent)."""

@@ -22,18 +22,19 @@ def pump(
     chunks: dict[int, list[bytes]],
     sizes: dict[int, int],
     on_line: Callable[[bytes], bool] | None,
-) -> tuple[bool, bool, bool]:
+) -> str | None:
     """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
     clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop.
-    Returns (timed_out, truncated, stopped)."""
+    Returns why the sandbox stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"``
+    (over ``limit``), ``"stopped"`` (``on_line`` said so), or None (it ended by itself)."""
     deadline, cpu_deadline, cpu_clock = deadlines
     poll = 0.5 if cpu_deadline is None else 0.05
 
-    def over_time() -> bool:
+    def over_time() -> str | None:
         if time.monotonic() >= deadline:
-            return True
+            return "wall"
         used = cpu_clock() if cpu_deadline is not None else None
-        return used is not None and used >= cpu_deadline  # type: ignore[operator]
+        return "cpu" if used is not None and used >= cpu_deadline else None  # type: ignore[operator]
 
     sel = selectors.DefaultSelector()
     assert proc.stdin and proc.stdout and proc.stderr
@@ -53,8 +54,8 @@ def pump(
     partial_size = 0
     try:
         while open_reads:
-            if over_time():
-                return True, False, False
+            if clock := over_time():
+                return clock
             left = deadline - time.monotonic()
             for key, _ in sel.select(timeout=min(max(left, 0.001), poll)):
                 fd = key.fd
@@ -86,20 +87,20 @@ def pump(
                         partial, partial_size = [rest], len(rest)
                         for line in lines:
                             if len(line) > limit:
-                                return False, True, False
+                                return "output"
                             if on_line(line):
-                                return False, False, True
+                                return "stopped"
                     else:
                         partial.append(chunk)
                         partial_size += len(chunk)
                     if partial_size > limit:
-                        return False, True, False
+                        return "output"
                     continue
                 room = limit - sizes[which]
                 chunks[which].append(chunk[: max(room, 0)])
                 sizes[which] += len(chunk)
                 if sizes[which] > limit:
-                    return False, True, False
+                    return "output"
         if proc.poll() is None:  # output closed; the program may still run (or wait)
             try:  # a pidfd is readable when the process ends: no polling
                 sel.register(os.pidfd_open(proc.pid), selectors.EVENT_READ)
@@ -107,13 +108,13 @@ def pump(
             except (AttributeError, OSError):  # kernel before 5.3
                 nap = 0.01
             while proc.poll() is None:
-                if over_time():
-                    return True, False, False
+                if clock := over_time():
+                    return clock
                 sel.select(timeout=min(max(deadline - time.monotonic(), 0.001), nap))
         tail = b"".join(partial)
         if on_line is not None and tail and on_line(tail):
-            return False, False, True
-        return False, False, False
+            return "stopped"
+        return None
     finally:
         for key in list(sel.get_map().values()):
             if key.fd not in streams and key.fd != in_fd:

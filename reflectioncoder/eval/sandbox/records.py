@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CPU_S", "ExecResult", "Limits"]
+__all__ = ["DEFAULT_CPU_S", "Ending", "ExecResult", "Limits"]
 
 DEFAULT_CPU_S = 6.0  # a started-ahead run's CPU seconds, unless told (its run may change it)
 
@@ -37,13 +38,45 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How a run ended, as the sandbox saw it (never as the program said): ``kind`` is
+    ``exit`` (``code`` its status), ``signal`` (``code`` the signal), ``timeout`` (``clock``
+    ``cpu`` or ``wall``: the run's limit, or the per-process CPU limit the kernel enforces),
+    ``memory`` (killed by the run's memory limit), ``output`` (over the cap) or ``stopped``
+    (the caller's judge had its verdict)."""
+
+    kind: str
+    code: int | None = None
+    clock: str = ""
+
+    def describe(self) -> str:
+        """A short phrase for messages, e.g. ``killed by signal 9 (SIGKILL)``."""
+        if self.kind == "exit":
+            return f"exit code {self.code}"
+        if self.kind == "signal":
+            try:
+                name = signal.Signals(self.code).name  # type: ignore[arg-type]
+            except ValueError:
+                name = "unknown"
+            return f"killed by signal {self.code} ({name})"
+        if self.kind == "timeout":
+            return "over its CPU-time limit" if self.clock == "cpu" else "over its wall-clock limit"
+        if self.kind == "memory":
+            return "killed at its memory limit"
+        if self.kind == "output":
+            return "output over the cap"
+        return "stopped at its verdict"
+
+
+@dataclass(frozen=True)
 class ExecResult:
     """What a sandboxed run printed and how it ended.
 
     ``exit_code`` is the process's status (negative: killed by that signal) or None when the
     sandbox killed it (time limit or output flood). Output beyond the cap is dropped and
     ``output_truncated`` is set; the run is then killed. ``cpu_time_s``: CPU seconds the whole
-    run used (its cgroup), None where no cgroup counts it.
+    run used (its cgroup), None where no cgroup counts it. ``ending``: how it ended, from the
+    sandbox's own evidence (None only for results not made by a sandboxed run).
     """
 
     stdout: str
@@ -54,6 +87,7 @@ class ExecResult:
     duration_s: float
     isolation: str
     cpu_time_s: float | None = None
+    ending: Ending | None = None
 
     @property
     def ok(self) -> bool:
