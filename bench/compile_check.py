@@ -2,8 +2,9 @@
 
     python -m bench.compile_check --out bench/results/compile_check.json
 
-Discovery: every module under kernels/ (imported as reflectioncoder.kernels.NAME) that defines
-``COMPILE_SPECS`` registers its kernels there, one dict per production launch:
+Discovery: every module under kernels/ (imported as reflectioncoder.kernels.NAME), and each
+kernel kept in bench/ (``BENCH_KERNELS``), that defines ``COMPILE_SPECS`` registers its kernels
+there, one dict per production launch:
   name        str: unique label, e.g. "reflection_rows/pairs/bf16"
   kernel      the @triton.jit function itself ("fn" is accepted too)
   args        dict: argument name -> the value the launcher passes (tensors of the launched
@@ -58,17 +59,25 @@ SPEC_KEYS = {"name", "kernel", "num_warps"}
 ALIGNED = [["tt.divisibility", 16]]
 
 
+# Triton kernels kept beside the benchmarks, not used by training (each says why).
+BENCH_KERNELS = ("bench.mask_kernel",)
+
+
 def cuobjdump_path() -> Path:
     """The cuobjdump that ships with Triton's NVIDIA backend."""
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def discover_specs(package: str = "reflectioncoder.kernels") -> list[tuple[str, dict]]:
-    """(module name, spec) for every COMPILE_SPECS entry of every module in ``package``."""
+def discover_specs(
+    package: str = "reflectioncoder.kernels", extra: tuple[str, ...] = BENCH_KERNELS
+) -> list[tuple[str, dict]]:
+    """(module name, spec) for every COMPILE_SPECS entry of every module in ``package`` and of
+    the ``extra`` modules."""
     pkg = importlib.import_module(package)
+    names = [f"{package}.{info.name}" for info in pkgutil.iter_modules(pkg.__path__)]
     found = []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        module = importlib.import_module(f"{package}.{info.name}")
+    for name in [*names, *extra]:
+        module = importlib.import_module(name)
         for spec in getattr(module, "COMPILE_SPECS", []):
             spec = dict(spec)
             spec.setdefault("kernel", spec.pop("fn", None))

@@ -8,7 +8,6 @@ if __name__ == "reflectioncoder.kernels":
     from .fused_loss import fused_linear_reflection_loss
 
     __all__: list[str] = ["fused_linear_reflection_loss"]
-    from .mask import apply_reflection_mask as apply_reflection_mask  # data room (device mask)
     from .varlen_attention import varlen_attention as varlen_attention  # model room (packed)
 else:
     # Imported as a bare `kernels`: `python -m ...`, pytest, a REPL or a notebook started in the

@@ -23,7 +23,6 @@ from reflectioncoder.data.tokenize import (
     SPECIAL_TOKENS,
     add_special_tokens,
     special_token_ids,
-    tokenize_sample,
 )
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -99,11 +98,11 @@ def test_add_special_tokens_records_original_split(seed):
 def test_serialisation_and_labels_match_reference(tokenizer, seed, tmp_path):
     rng = random.Random(seed)
     raw = [random_sample(rng) for _ in range(40)]
-    samples, report = load_files([_write(tmp_path / "a.jsonl", raw)])
-    assert report.loaded == 40 and not report.skipped
+    path = _write(tmp_path / "a.jsonl", raw)
+    loaded, report = load_dataset(DataConfig(files=[str(path)], max_len=100_000), tokenizer)
+    assert report.loaded == 40 and not report.skipped and len(loaded) == 40
     sp = {s: tokenizer.convert_tokens_to_ids(s) for s in SPECIALS}
-    for obj, sample in zip(raw, samples, strict=True):
-        t = tokenize_sample(sample, tokenizer)
+    for obj, t in zip(raw, loaded, strict=True):
         ids = ids_ref(obj, tokenizer)
         assert t.ids.tolist() == ids
         assert t.labels.tolist() == teacher_labels_ref(ids, sp)

@@ -1,4 +1,5 @@
-"""The dynamic mask (SPEC §3): host path and Triton kernel against the plain reference."""
+"""The dynamic mask (SPEC §3): host path (what training runs) and the Triton kernel kept in
+bench/ against the plain reference."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from reference.mask import rate_ref, student_ref, visible_drawn
-from reflectioncoder.kernels.mask import apply_reflection_mask
 
+from bench.mask_kernel import apply_reflection_mask
 from reflectioncoder.data.config import STRATEGIES, MaskConfig
 from reflectioncoder.data.masking import (
     apply_masks_host,

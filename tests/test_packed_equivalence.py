@@ -15,9 +15,10 @@ import copy
 import pytest
 import torch
 from reference.recipe import REFERENCE_ATTN, reference_logits, reference_loss
+from test_packing import one_micro_batch
 
 from reflectioncoder.data.config import STRATEGIES, MaskConfig
-from reflectioncoder.data.packing import PackedBatch, build_packed_batch
+from reflectioncoder.data.packing import PackedBatch
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.loss import reflection_loss
 from reflectioncoder.model import build_tiny_llama, forward_hidden, lm_head_weight
@@ -105,7 +106,7 @@ def test_packed_logits_and_loss_match_reference(models, seed: int, strategy: str
     cfg = MaskConfig(strategies=(strategy,), block_order="etc" if seed % 2 else "tce")
     weight = lm_head_weight(ours)
     for step in STEPS:
-        batch = build_packed_batch(samples, step, TOTAL_STEPS, cfg, seed, normalisation="sample")
+        batch = one_micro_batch(samples, step, TOTAL_STEPS, cfg, seed, normalisation="sample")
         segs = _segments(batch, samples, cfg)
         visible = _student_visibility(batch, samples, segs)
         with torch.no_grad():
@@ -156,7 +157,7 @@ def test_token_mode_and_gradients_match_reference(models, seed: int) -> None:
     ours64 = copy.deepcopy(ours).double()
     samples = _samples(seed + 7, n=3)
     cfg = MaskConfig(strategies=("random_token_mask",))
-    batch = build_packed_batch(samples, 4, TOTAL_STEPS, cfg, seed, normalisation="token")
+    batch = one_micro_batch(samples, 4, TOTAL_STEPS, cfg, seed, normalisation="token")
     segs = _segments(batch, samples, cfg)
     visible = _student_visibility(batch, samples, segs)
 

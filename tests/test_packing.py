@@ -9,13 +9,7 @@ from reference.packing import ToyCausalModel, packed_loss, sample_terms, step_lo
 
 from reflectioncoder.data.config import STRATEGIES, MaskConfig, PackingConfig
 from reflectioncoder.data.masking import sample_rng
-from reflectioncoder.data.packing import (
-    balance_groups,
-    build_packed_batch,
-    pack_rank,
-    plan_step,
-    step_stats,
-)
+from reflectioncoder.data.packing import PackedBatch, balance_groups, pack_rank, plan_step
 from reflectioncoder.data.tokenize import IGNORE
 from reflectioncoder.testing.synthetic import default_special_ids, synthetic_samples
 
@@ -37,6 +31,13 @@ def _samples(seed: int, n: int = 9):
     for i, s in enumerate(out):
         s.uid = 100 + i
     return out
+
+
+def one_micro_batch(samples, step, total, cfg, seed, normalisation="sample") -> PackedBatch:
+    """``samples`` as one step packed into one micro-batch (a budget they all fit), in order."""
+    pack = PackingConfig(max_tokens=2 * sum(len(s) for s in samples), normalisation=normalisation)
+    (batch,) = pack_rank(plan_step(samples, step, total, cfg, pack, seed), 0, cfg, pack)
+    return batch
 
 
 def _step_batches(samples, step, total, cfg, pack, seed, world_size=1):
@@ -170,37 +171,22 @@ def test_packed_batch_layout(seed):
         assert torch.equal(moved.loss_rows, b.loss_rows) and moved.seq_lens == b.seq_lens
 
 
-def test_triton_backend_equals_host(seed):
-    samples = _samples(seed, 8)
-    cfg = MaskConfig(strategies=STRATEGIES)
-    host = build_packed_batch(samples, 5, 9, cfg, seed, "token")
-    dev = build_packed_batch(samples, 5, 9, cfg, seed, "token", backend="triton", device="cpu")
-    for name in ("input_ids", "position_ids", "cu_seqlens", "loss_rows", "targets", "kl_pairs"):
-        assert torch.equal(getattr(host, name), getattr(dev, name)), name
-    assert torch.equal(host.ce_weight, dev.ce_weight) and host.seq_lens == dev.seq_lens
-
-
-def test_compute_saved_and_counts(seed):
+def test_counts(seed):
     samples = [s for s in _samples(seed, 10) if s.is_reflection]
     cfg = MaskConfig(strategies=("all_mask",))
-    b = build_packed_batch(samples, 9, 10, cfg, seed)
+    b = one_micro_batch(samples, 9, 10, cfg, seed)
+    assert b.sources == [s.source for s in samples]  # one micro-batch, in order
     padded = max(len(s) for s in samples)
     assert b.reference_tokens == 2 * len(samples) * padded
     hidden = sum(s.body_end + 1 for s in samples)  # [0, end] hidden under all_mask
     assert b.num_tokens == 2 * sum(len(s) for s in samples) - hidden
     assert b.num_kl_rows == sum(len(s) - 1 - s.answer_start for s in samples)
-    stats = step_stats([b, b], max_tokens=b.num_tokens)
-    assert stats["compute_saved"] == pytest.approx(1 - b.num_tokens / b.reference_tokens)
-    assert stats["budget_fill"] == 1.0 and stats["micro_batches"] == 2
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="samples: a micro-batch needs at least one sample"):
-        build_packed_batch([], 0, 1, MaskConfig(), 0)
+    with pytest.raises(ValueError, match="samples: a step needs at least one sample"):
+        plan_step([], 0, 1, MaskConfig(), PackingConfig(), 0)
     with pytest.raises(ValueError, match="max_tokens: must be an int >= 1"):
         PackingConfig(max_tokens=0)
     with pytest.raises(ValueError, match="normalisation: must be one of"):
         PackingConfig(normalisation="batch")
-    s = _samples(0, 2)
-    with pytest.raises(ValueError, match="backend: must be host or triton"):
-        build_packed_batch(s, 0, 1, MaskConfig(), 0, backend="cuda")

@@ -2,9 +2,9 @@
 
 ``setup_mask`` draws the masks of synthetic reflection samples once (host, ``draw_masks``);
 the providers then apply them: ``host`` (``apply_masks_host``: vectorised torch/numpy on the
-CPU) and ``triton`` (``kernels.mask.apply_reflection_mask`` on the device: CUDA, or the CPU
-interpreter). Bytes moved (the kernel's own count): 20 per teacher token read (id, label, key),
-32 per student token written (gather index, id, position, label).
+CPU; what training runs) and ``triton`` (``bench.mask_kernel.apply_reflection_mask`` on the
+device: CUDA, or the CPU interpreter). Bytes moved (the kernel's own count): 20 per teacher
+token read (id, label, key), 32 per student token written (gather index, id, position, label).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def make_mask_fn(provider: str, x: dict) -> Callable[[], object]:
     if provider == "host":
         return lambda: apply_masks_host(x["plan"], x["ids"], x["labels"])
     if provider == "triton":
-        from reflectioncoder.kernels.mask import apply_reflection_mask
+        from bench.mask_kernel import apply_reflection_mask
 
         def triton_mask():
             out = apply_reflection_mask(*x["kernel_args"])

@@ -174,11 +174,6 @@ def _inliner(stmts: list, index: int) -> Callable[[], None]:
     return apply
 
 
-def count_sites(code: str) -> int:
-    """How many single-site mutations ``code`` admits."""
-    return len(_candidates(ast.parse(code)))
-
-
 def site_kinds(code: str) -> list[str]:
     """The kind of each single-site mutation of ``code``, by site index."""
     return [kind for kind, _ in _candidates(ast.parse(code))]

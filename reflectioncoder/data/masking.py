@@ -1,12 +1,13 @@
 """The dynamic mask of SPEC §3: what the student sees at optimizer step k.
 
-Split in two so both implementations share the random choices:
+Split in two, so that the choices are made once per step and applied per micro-batch:
 - ``draw_masks`` (host, per sample, seeded by (seed, step, uid)): picks the strategy and turns
   it into a per-token ``key`` plus a per-sample ``threshold``: a body token is hidden iff
   ``key < threshold``. Tokens before ``start`` and the token at ``end`` are always hidden.
-- ``apply_masks_host`` (vectorised torch over the whole micro-batch) or the Triton kernel
-  ``kernels.mask.apply_reflection_mask`` (device): visibility, then prefix-sum compaction into
-  student gather indices, position ids (original, gapped) and labels.
+- ``apply_masks_host`` (vectorised over the whole micro-batch): visibility, then compaction into
+  student gather indices, position ids (original, gapped) and labels. It runs on the trainer's
+  background thread, off the step's critical path, so training needs no device kernel for it
+  (one is kept and measured in ``bench/mask_kernel.py``).
 Call it when the optimizer step is known (the trainer's step), never in a data-loader worker.
 """
 

@@ -144,62 +144,26 @@ def sample_weights(
 
 def build_packed_batch(
     samples: Sequence[TokenizedSample],
-    step: int,
-    total_steps: int,
+    masks: MaskPlan,
     mask_cfg: MaskConfig,
-    seed: int,
-    normalisation: str = "sample",
-    denominators: StepCounts | None = None,
-    backend: str = "host",
-    device: torch.device | str | None = None,
-    masks: MaskPlan | None = None,
+    normalisation: str,
+    denominators: StepCounts,
 ) -> PackedBatch:
-    """Pack ``samples`` (one micro-batch) with their students masked at ``step``.
-
-    ``denominators``: the whole step's counts across micro-batches and ranks (default: these
-    samples alone). ``backend``: "host" (torch on the CPU) or "triton" (the mask kernel on
-    ``device``; the returned batch lives there). ``masks``: the students' draws, already made
-    (a ``StepPlan``'s); default: drawn here.
-    """
+    """Pack ``samples`` (one micro-batch) with their students masked by ``masks`` (the draws of
+    their students, in order: a ``StepPlan``'s share) on the host. ``denominators``: the whole
+    step's counts across micro-batches and ranks."""
     if not samples:
         raise ValueError("samples: a micro-batch needs at least one sample")
-    if backend not in ("host", "triton"):
-        raise ValueError(f"backend: must be host or triton, got {backend!r}")
-    denominators = denominators if denominators is not None else step_counts(samples, mask_cfg)
     students = [s for s in samples if _has_student(s, mask_cfg)]
-    plan = masks if masks is not None else draw_masks(students, step, total_steps, mask_cfg, seed)
-    if len(plan.student_lens) != len(students):
-        raise ValueError(f"masks: {len(plan.student_lens)} draws for {len(students)} students")
+    if len(masks.student_lens) != len(students):
+        raise ValueError(f"masks: {len(masks.student_lens)} draws for {len(students)} students")
     if students:
         s_ids = torch.cat([s.ids for s in students])
         s_labels = torch.cat([s.student_labels for s in students])
     else:
         s_ids = s_labels = torch.zeros(0, dtype=torch.int64)
-    if backend == "host":
-        tokens = apply_masks_host(plan, s_ids, s_labels)
-    else:
-        tokens = _apply_masks_device(plan, s_ids, s_labels, device)
-    return _assemble(samples, students, plan, tokens, mask_cfg, normalisation, denominators)
-
-
-def _apply_masks_device(plan: MaskPlan, ids, labels, device) -> StudentTokens:
-    from reflectioncoder.kernels.mask import apply_reflection_mask
-
-    device = torch.device(device) if device is not None else torch.device("cuda")
-    out_offsets = torch.zeros(len(plan.student_lens) + 1, dtype=torch.int64)
-    out_offsets[1:] = torch.tensor(plan.student_lens, dtype=torch.int64).cumsum(0)
-    gather, out_ids, pos, out_labels = apply_reflection_mask(
-        ids.to(device),
-        labels.to(device),
-        plan.keys.to(device),
-        plan.offsets.to(device),
-        plan.starts.to(device),
-        plan.ends.to(device),
-        plan.thresholds.to(device),
-        out_offsets.to(device),
-        sum(plan.student_lens),
-    )
-    return StudentTokens(gather, out_ids, pos, out_labels, out_offsets)
+    tokens = apply_masks_host(masks, s_ids, s_labels)
+    return _assemble(samples, students, masks, tokens, mask_cfg, normalisation, denominators)
 
 
 def _assemble(
@@ -217,7 +181,6 @@ def _assemble(
     come from host counts: every position from ``end + 1`` on is visible, so the student index
     of such a position p is p - (hidden tokens).
     """
-    device = tokens.input_ids.device
     seq_lens: list[int] = []
     t_offsets, s_offsets, weights = [], [], []
     hidden_of: dict[int, int] = {}  # sample index -> tokens its student hides
@@ -272,9 +235,9 @@ def _assemble(
     row_of = np.cumsum(is_row) - 1  # token index -> loss-row index
     kl_pairs = np.stack([row_of[kt], row_of[ks]], 1).reshape(-1, 2)
 
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    # Flat input ids / positions: teachers built on the host, students from the mask output
-    # (host or device), each placed with ONE scatter (no per-sample copies).
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    # Flat input ids / positions: teachers and students (the mask output), each placed with ONE
+    # scatter (no per-sample copies).
     t_lens = np.asarray([len(x) for x in samples], dtype=np.int64)
     t_start = np.asarray(t_offsets, dtype=np.int64)
     t_pos = np.arange(int(t_lens.sum())) - np.repeat(np.cumsum(t_lens) - t_lens, t_lens)
@@ -286,22 +249,13 @@ def _assemble(
         + np.arange(int(s_lens.sum()))
         - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
     )  # where each student token goes in T
-    if device.type == "cpu":  # numpy: torch's CPU index_put is far slower on these sizes
-        ids_np = np.empty(total, dtype=np.int64)
-        pos_np = np.empty(total, dtype=np.int64)
-        ids_np[t_at] = np.concatenate([x.ids.numpy() for x in samples])
-        pos_np[t_at] = t_pos
-        ids_np[s_at] = tokens.input_ids.numpy()
-        pos_np[s_at] = tokens.position_ids.numpy()
-        input_ids, position_ids = torch.from_numpy(ids_np), torch.from_numpy(pos_np)
-    else:
-        input_ids = torch.empty(total, dtype=torch.int64, device=device)
-        position_ids = torch.empty(total, dtype=torch.int64, device=device)
-        t_idx, s_idx = t(t_at), t(s_at)
-        input_ids[t_idx] = torch.cat([x.ids for x in samples]).to(device)
-        position_ids[t_idx] = t(t_pos)
-        input_ids[s_idx] = tokens.input_ids
-        position_ids[s_idx] = tokens.position_ids
+    # numpy: torch's CPU index_put is far slower on these sizes
+    ids_np = np.empty(total, dtype=np.int64)
+    pos_np = np.empty(total, dtype=np.int64)
+    ids_np[t_at] = np.concatenate([x.ids.numpy() for x in samples])
+    pos_np[t_at] = t_pos
+    ids_np[s_at] = tokens.input_ids.numpy()
+    pos_np[s_at] = tokens.position_ids.numpy()
     # Which loss rows are the student's, which have a CE term alone, which the teacher's CE.
     is_student = np.zeros(total, dtype=bool)
     is_student[s_at] = True
@@ -315,9 +269,9 @@ def _assemble(
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
     padded = max(len(s) for s in samples)
     return PackedBatch(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        cu_seqlens=cu.to(device),
+        input_ids=torch.from_numpy(ids_np),
+        position_ids=torch.from_numpy(pos_np),
+        cu_seqlens=cu,
         max_seqlen=max(seq_lens),
         seq_lens=seq_lens,
         loss_rows=t(loss_rows),
@@ -335,23 +289,6 @@ def _assemble(
         reference_tokens=n_passes * padded,
         sources=[s.source for s in samples],
     )
-
-
-def step_stats(batches: Sequence[PackedBatch], max_tokens: int | None = None) -> dict[str, float]:
-    """Host figures of one step's micro-batches, for logging: tokens computed, the reference
-    recipe's tokens (passes x samples x padded length per micro-batch), compute saved, and
-    the budget fill when ``max_tokens`` is given."""
-    tokens = sum(b.num_tokens for b in batches)
-    reference = sum(b.reference_tokens for b in batches)
-    out = {
-        "micro_batches": float(len(batches)),
-        "tokens": float(tokens),
-        "reference_tokens": float(reference),
-        "compute_saved": 1.0 - tokens / reference if reference else 0.0,
-    }
-    if max_tokens:
-        out["budget_fill"] = tokens / (len(batches) * max_tokens) if batches else 0.0
-    return out
 
 
 @dataclass
@@ -419,12 +356,7 @@ def plan_step(
 
 
 def pack_rank(
-    plan: StepPlan,
-    rank: int,
-    mask_cfg: MaskConfig,
-    packing_cfg: PackingConfig,
-    backend: str = "host",
-    device: torch.device | str | None = None,
+    plan: StepPlan, rank: int, mask_cfg: MaskConfig, packing_cfg: PackingConfig
 ) -> list[PackedBatch]:
     """``rank``'s micro-batches of ``plan``, masked with the plan's draws. Summing the weighted
     losses of every rank's batches gives the step's loss (SPEC §2)."""
@@ -433,15 +365,10 @@ def pack_rank(
         rows = [plan.student_row[i] for i in group if plan.student_row[i] >= 0]
         batch = build_packed_batch(
             [plan.samples[i] for i in group],
-            plan.step,
-            plan.total_steps,
+            select_masks(plan.masks, rows),
             mask_cfg,
-            plan.seed,
             packing_cfg.normalisation,
             plan.denominators,
-            backend,
-            device,
-            masks=select_masks(plan.masks, rows),
         )
         batches.append(zero_weight(batch) if pad else batch)
     return batches

@@ -59,10 +59,6 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # "file:line:field: reason"
     per_file: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped)
-
     def summary(self) -> str:
         text = f"loaded {self.loaded} samples"
         if self.skipped:

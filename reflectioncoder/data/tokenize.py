@@ -210,10 +210,3 @@ def build_sample(
         source=source,
         uid=uid,
     )
-
-
-def tokenize_sample(sample: Sample, tokenizer, special: dict[str, int] | None = None):
-    """Serialise, tokenise (one call) and label one Sample -> TokenizedSample."""
-    special = special if special is not None else special_token_ids(tokenizer)
-    ids = encode_text(tokenizer, serialise(sample))
-    return build_sample(ids, special, sample.is_reflection, sample.source)
