@@ -127,3 +127,38 @@ def test_apply_plan_sets_each_layer():
     with pytest.raises(ValueError, match="model.checkpointing_policy"):
         ModelConfig(arch={"hidden_size": 8}, checkpointing_policy="most")
     assert ModelConfig(arch={"hidden_size": 8}).checkpointing_policy == "auto"
+
+
+@pytest.mark.slow  # ~40 s of tracing on the shared cores
+def test_compiled_layers_take_a_mixed_plan_without_breaks(seed):
+    """The default on CUDA: compiled layers under an ``auto`` plan. One graph per policy, no
+    graph break, no recompile across micro-batches of other lengths, eager's gradients."""
+    import copy
+
+    import torch._dynamo
+    from test_packed_rows import _batches
+    from torch._dynamo.utils import counters
+
+    from reflectioncoder.model import compile_layers
+    from reflectioncoder.train.trainer import ReflectionLossModule
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_tiny_llama(300, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
+                             seed=seed)  # fmt: skip
+    prepare_model(model, liger=False)
+    apply_plan(model, ("full", "save_gemms", "none"))
+    eager = copy.deepcopy(model)
+    compile_layers(model, backend="aot_eager")
+    batches = _batches(seed)[1][:3]
+    assert len({b.num_tokens for b in batches}) >= 3
+    for batch in batches:
+        loss = ReflectionLossModule(model)(batch)[0]
+        loss.backward()
+        want = ReflectionLossModule(eager)(batch)[0]
+        want.backward()
+        torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 3 == counters["frames"]["total"]
+    for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
