@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -210,6 +211,21 @@ def checkpointing_on(model: nn.Module) -> bool:
     return model.is_gradient_checkpointing
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """A run's plan: each layer's policy, whether the optimizer is offloaded, and on a GPU the
+    activation bytes the plan needs against the bytes left for them."""
+
+    layers: tuple[str, ...]
+    offload: bool
+    activation_bytes: float = 0.0
+    budget_bytes: float | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.budget_bytes is None or self.activation_bytes <= self.budget_bytes
+
+
 def plan_run(
     policy: str,
     on: bool,
@@ -223,24 +239,28 @@ def plan_run(
     offload: bool | str,
     device_bytes: float | None,
     element_bytes: int = 2,
-) -> tuple[tuple[str, ...], bool]:
-    """(the per-layer plan, whether the optimizer is offloaded) of a run: ``policy`` and
-    ``offload`` as configured (``auto`` resolved here), ``stage`` 0 for one process without
-    DeepSpeed, ``device_bytes`` the GPU's memory (None on a CPU: ``auto`` plans ``full`` and
-    never offloads)."""
+) -> MemoryPlan:
+    """The plan of a run: ``policy`` and ``offload`` as configured (``auto`` resolved here),
+    ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the GPU's memory (None on
+    a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked)."""
     if offload == "auto":
         offload = (
             device_bytes is not None
             and stage in (1, 2)
             and needs_offload(device_bytes, params, layers, tokens, hidden, stage, ranks)
         )
+    offload = bool(offload)
     if not on:
-        return ("none",) * layers, bool(offload)
-    if policy != "auto":
-        return named_plan(policy, layers), bool(offload)
+        plan = ("none",) * layers
+    elif policy != "auto":
+        plan = named_plan(policy, layers)
+    elif device_bytes is None:
+        plan = ("full",) * layers
     if device_bytes is None:
-        return ("full",) * layers, bool(offload)
+        return MemoryPlan(plan, offload)
     autocast = element_bytes == 4
     resident = resident_bytes(params, stage=stage, ranks=ranks, offload=offload, autocast=autocast)
     budget = activation_budget(device_bytes, resident)
-    return plan_layers(layers, tokens, hidden, budget, element_bytes), bool(offload)
+    if on and policy == "auto":
+        plan = plan_layers(layers, tokens, hidden, budget, element_bytes)
+    return MemoryPlan(plan, offload, activation_bytes(plan, tokens, hidden, element_bytes), budget)

@@ -67,20 +67,24 @@ def test_resident_bytes_by_engine():
 def test_one_h100_offloads_and_eight_do_not():
     assert needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=1)
     assert not needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=8)
-    plan, offload = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
-                             stage=1, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
-    assert offload and "full" in plan and "save_gemms" in plan
+    memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                      stage=1, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    plan = memory.layers
+    assert memory.offload and "full" in plan and "save_gemms" in plan and memory.fits
     budget = activation_budget(H100, resident_bytes(P, stage=1, ranks=1, offload=True))
-    assert activation_bytes(plan, T, D) <= budget
+    assert activation_bytes(plan, T, D) == memory.activation_bytes <= budget == memory.budget_bytes
+    # one process cannot offload: a 7B does not fit one 80 GB GPU, and the plan says so
+    assert not plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                        stage=0, ranks=1, offload="auto", device_bytes=H100).fits  # fmt: skip
     # an explicit choice is kept; a CPU run plans `full` and never offloads by itself
-    plan, offload = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
-                             stage=1, ranks=1, offload=False, device_bytes=None)  # fmt: skip
-    assert plan == ("full",) * LAYERS and not offload
-    plan, _ = plan_run("alternate", True, layers=4, tokens=T, hidden=D, params=P,
-                       stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                      stage=1, ranks=1, offload=False, device_bytes=None)  # fmt: skip
+    assert memory.layers == ("full",) * LAYERS and not memory.offload and memory.fits
+    plan = plan_run("alternate", True, layers=4, tokens=T, hidden=D, params=P,
+                    stage=0, ranks=1, offload="auto", device_bytes=H100).layers  # fmt: skip
     assert plan == ("full", "none", "full", "none") == named_plan("alternate", 4)
-    plan, _ = plan_run("auto", False, layers=4, tokens=T, hidden=D, params=P,
-                       stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    plan = plan_run("auto", False, layers=4, tokens=T, hidden=D, params=P,
+                    stage=0, ranks=1, offload="auto", device_bytes=H100).layers  # fmt: skip
     assert plan == ("none",) * 4
 
 

@@ -461,7 +461,7 @@ class Trainer:
         half = self.dtype in (torch.bfloat16, torch.float16) and (
             self.info.deepspeed or cfg.model.mixed_precision == "masters"
         )
-        plan, offload = plan_run(
+        memory = plan_run(
             cfg.model.checkpointing_policy,
             cfg.model.gradient_checkpointing,
             layers=len(model.base_model.layers),
@@ -478,16 +478,26 @@ class Trainer:
             ),
             element_bytes=2 if half else 4,
         )
-        apply_plan(model, plan)
+        apply_plan(model, memory.layers)
         if self.info.is_main and cfg.model.gradient_checkpointing:
-            counts = {p: plan.count(p) for p in ("none", "save_gemms", "full") if p in plan}
+            counts = {p: memory.layers.count(p) for p in ("none", "save_gemms", "full")}
             log.info(
                 "activation checkpointing %s: %s of %d layers%s",
                 cfg.model.checkpointing_policy,
-                ", ".join(f"{p} {n}" for p, n in counts.items()),
-                len(plan),
-                ", optimizer offloaded to CPU" if offload else "",
+                ", ".join(f"{p} {n}" for p, n in counts.items() if n),
+                len(memory.layers),
+                ", optimizer offloaded to CPU" if memory.offload else "",
             )
+        if self.info.is_main and not memory.fits:
+            log.warning(
+                "GPU memory: the activations need %.1f GiB, %.1f GiB is left beside the "
+                "weights, gradients and optimizer states: expect out-of-memory; use "
+                "distributed.offload_optimizer (DeepSpeed ZeRO-1/2), more GPUs or ZeRO-3, or "
+                "a smaller packing.max_tokens",
+                memory.activation_bytes / 2**30,
+                max(memory.budget_bytes, 0) / 2**30,
+            )
+        offload = memory.offload
         distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=offload)
         return dataclasses.replace(cfg, distributed=distributed_cfg)
 
