@@ -55,20 +55,16 @@ def test_loss(case, run_bench, device, profile, request) -> None:
     same = L.deterministic(step, x)
     err = L.value_error(provider, x, step(), key=(n, d, v, profile.dtype, device))
     assert err <= L.VALUE_TOL[dtype], f"{provider}: loss off float64 by {err:.2e} (relative)"
+    case_info = {"provider": provider, "mode": mode, "N": n, "D": d, "V": v, "dtype": profile.dtype}
     run_bench(
         step,
         rounds=2 if _interpreted(provider, request.config) else None,
         group=f"loss {mode} N={n} D={d} V={v} {profile.dtype}",
         flops=L.useful_flops(mode, n, d, v),
-        provider=provider,
         baseline=provider == "reference",
-        mode=mode,
-        N=n,
-        D=d,
-        V=v,
-        dtype=profile.dtype,
         deterministic=same,
         value_rel_err_fp64=float(f"{err:.3g}"),
+        **case_info,
         **L.describe(provider),
         warm=True,  # the calls of the determinism and value checks
     )

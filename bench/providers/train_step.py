@@ -100,8 +100,8 @@ class TrainStepConfig:
 
         samples = synthetic_samples(
             self.steps * self.samples,
-            vocab_size=self.vocab,
-            seed=self.seed,
+            self.vocab,
+            self.seed,
             instruction=self.instruction,
             reflection=self.reflection,
             answer=self.answer,
