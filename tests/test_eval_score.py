@@ -15,7 +15,8 @@ from reference.passk import pass_at_k
 
 from reflectioncoder.eval.cli import add_arguments, main
 from reflectioncoder.eval.sandbox import codec
-from reflectioncoder.eval.score import estimate_pass_at_k, outputs_match
+from reflectioncoder.eval.score import outputs_match
+from reflectioncoder.eval.summary import estimate_pass_at_k
 from reflectioncoder.eval.tasks import PythonTask, load_mbpp_plus, mbpp_deserialize_inputs
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
+from reflectioncoder.eval.samples import Sample, number_samples
 from reflectioncoder.eval.sandbox import (
     SANDBOX_UID,
     harness_files,
@@ -335,13 +336,15 @@ def program_text(task: MultiplETask, completion: str, nonce: str = "") -> str:
 
 @dataclass
 class MultiplEResult:
+    """Verdict of one completion (its fields in the order of the details table's row)."""
+
     task_id: str
     completion_id: int
     status: str  # pass | fail | timeout
     exit_code: int | None
+    reason: str  # why a run that exited 0 still failed
     stderr_tail: str
     duration_s: float
-    reason: str = ""  # why a run that exited 0 still failed
 
     @property
     def passed(self) -> bool:
@@ -477,31 +480,27 @@ def score_multiple_samples(
 ) -> list[MultiplEResult]:
     """Score samples (``task_id``, ``completion``: the text after the prompt). ``timeout_s``
     replaces the language's run limit (compilation keeps its own budget)."""
-    jobs = []
-    counts: dict[str, int] = {}
-    for n, s in enumerate(samples, 1):
-        tid = s.get("task_id")
-        if tid not in tasks:
-            raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
-        if not isinstance(s.get("completion"), str):
-            raise ValueError(f"samples:{n}:completion: must be a string")
-        jobs.append((tid, counts.get(tid, 0), s["completion"]))
-        counts[tid] = counts.get(tid, 0) + 1
+    jobs = number_samples(tasks, samples, solutions=False)
 
-    def one(job: tuple[str, int, str]) -> MultiplEResult:
-        tid, cid, completion = job
-        task = tasks[tid]
+    def one(sample: Sample) -> MultiplEResult:
+        task = tasks[sample.task_id]
         # fresh per run, and (see nonce_in_source) not in the program: read at its end from
         # descriptor 3, which a completion written for this scorer can read too (the table
         # in docs/evaluation.md says where that and other forgeries hold)
         nonce = f"rc-done-{uuid.uuid4().hex}"
-        program = program_text(task, completion, nonce)
+        program = program_text(task, sample.text, nonce)
         res = run_program(task.language, program, run_s=timeout_s, nonce=nonce)
         status, reason = _verdict(LANGUAGES[task.language], res, nonce)
         if progress:
             progress(1)
         return MultiplEResult(
-            tid, cid, status, res.exit_code, res.stderr[-500:], res.duration_s, reason
+            task.task_id,
+            sample.completion_id,
+            status,
+            res.exit_code,
+            reason,
+            res.stderr[-500:],
+            res.duration_s,
         )
 
     with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:

@@ -1,4 +1,4 @@
-"""Trusted scoring: expected outputs, sandboxed runs, EvalPlus-exact comparison, pass@k.
+"""Trusted scoring: expected outputs, sandboxed runs, EvalPlus-exact comparison.
 
 The sandbox returns computed outputs as plain data (``sandbox.codec``); only this module
 compares them with expected outputs, which it never hands to the sandbox. A run's verdict never
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
+from reflectioncoder.eval.samples import Sample, number_samples
 from reflectioncoder.eval.sandbox import (
     PreparedRun,
     codec,
@@ -38,7 +39,6 @@ __all__ = [
     "FAIL",
     "TIMEOUT",
     "SampleResult",
-    "estimate_pass_at_k",
     "expected_outputs",
     "check_sample",
     "score_python_samples",
@@ -79,19 +79,6 @@ def _digit_distance_nums(a: int, b: int) -> int:  # Mbpp/558: pad with zeros to 
 
 def _poly(xs: list, x: float) -> float:  # HumanEval/32
     return sum(c * math.pow(x, i) for i, c in enumerate(xs))
-
-
-def estimate_pass_at_k(n: Sequence[int], c: Sequence[int], k: int) -> np.ndarray:
-    """Unbiased pass@k per task: 1 - C(n - c, k) / C(n, k) (Chen et al. 2021)."""
-    out = []
-    for ni, ci in zip(n, c, strict=True):
-        if ci < 0 or ci > ni:
-            raise ValueError(f"c must be in [0, n], got n={ni}, c={ci}")
-        if ni - ci < k:
-            out.append(1.0)
-        else:
-            out.append(1.0 - float(np.prod(1.0 - k / np.arange(ni - ci + 1, ni + 1))))
-    return np.array(out, dtype=np.float64)
 
 
 def _is_floats(x: Any) -> bool:
@@ -560,22 +547,7 @@ def score_python_samples(
 ) -> list[SampleResult]:
     """Score samples (``task_id`` + ``completion`` or ``solution``) with ``parallel`` workers.
     The solution run is ``prompt + completion`` (EvalPlus), or ``solution`` as given."""
-    jobs = []
-    counts: dict[str, int] = {}
-    for n, s in enumerate(samples, 1):
-        tid = s.get("task_id")
-        if tid not in tasks:
-            raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
-        if "solution" in s:
-            code = s["solution"]
-        elif "completion" in s:
-            code = tasks[tid].prompt + s["completion"]
-        else:
-            raise ValueError(f"samples:{n}: needs 'completion' or 'solution'")
-        if not isinstance(code, str):
-            raise ValueError(f"samples:{n}:completion: must be a string")
-        jobs.append((tid, counts.get(tid, 0), code))
-        counts[tid] = counts.get(tid, 0) + 1
+    jobs = number_samples(tasks, samples)
 
     # Each worker keeps the NEXT sample's sandbox starting while it scores the current one
     # (start-up latency hidden); every process still serves exactly one sample.
@@ -583,8 +555,9 @@ def score_python_samples(
     spare: list[PreparedRun] = []
     lock = threading.Lock()
 
-    def one(job: tuple[str, int, str]) -> SampleResult:
-        tid, cid, code = job
+    def one(sample: Sample) -> SampleResult:
+        tid = sample.task_id
+        code = sample.text if sample.whole else tasks[tid].prompt + sample.text
         box = getattr(local, "next", None) or prepare_harness(hide)
         local.next = prepare_harness(hide)
         with lock:
@@ -594,7 +567,7 @@ def score_python_samples(
                 tasks[tid],
                 code,
                 expected[tid],
-                completion_id=cid,
+                completion_id=sample.completion_id,
                 base_only=base_only,
                 hide=hide,
                 prepared=box,
@@ -606,7 +579,7 @@ def score_python_samples(
         return r
 
     # Slowest tasks first keeps both workers busy to the end.
-    order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j][0]].plus_inputs))
+    order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j].task_id].plus_inputs))
     try:
         with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
             done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))

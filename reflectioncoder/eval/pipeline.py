@@ -1,0 +1,196 @@
+"""The steps of ``reflectioncoder evaluate``: load the benchmark's tasks, read the samples (or
+generate them), score them in the sandbox, summarise, report (table, result file, model card).
+
+Every step reads the one ``EvalRequest``; what a run learns on its way (the pass@k its samples
+allow, the generation's speed) is returned, never written back into the request.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from operator import attrgetter
+from pathlib import Path
+
+from reflectioncoder.errors import UsageError, UserError, atomic_write_text
+from reflectioncoder.eval import multiple as ml
+from reflectioncoder.eval import tasks as tk
+from reflectioncoder.eval.completions import generate_samples
+from reflectioncoder.eval.request import EvalRequest
+from reflectioncoder.eval.samples import read_samples, select_samples
+from reflectioncoder.eval.sandbox import isolation_level, not_guaranteed
+from reflectioncoder.eval.summary import print_table, summarise
+from reflectioncoder.progress import Progress
+
+TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
+
+
+def evaluate(req: EvalRequest) -> int:
+    """Run the request: 0 when scored, 3 when the language's toolchain is missing here."""
+    t0 = time.monotonic()
+    if req.task == "multiple":
+        return _evaluate_multiple_all(req, t0)
+    task = req.task
+    if task.startswith("multiple-"):
+        lang = task.removeprefix("multiple-")
+        problem = ml.toolchain_problem(lang)
+        if problem:
+            print(f"reflectioncoder evaluate: {problem}", file=sys.stderr)
+            return 3
+        tasks = tk.load_multiple(req.data_dir, lang)
+    elif task == "humaneval":
+        tasks = tk.load_humaneval_plus(req.data_dir)
+    elif task == "mbpp":
+        tasks = tk.load_mbpp_plus(req.data_dir)
+    else:
+        raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+    tasks = _first(tasks, req.limit)
+    generation: dict = {}
+    if req.samples is not None:
+        rows = read_samples(req.samples, solutions=not task.startswith("multiple"))
+    else:
+        out = req.samples_out()
+        rows = generate_samples(req, tasks, generation)
+        _write_samples(out, rows)
+    rows, ks = select_samples(tasks, rows, subset=bool(req.limit), k=req.k, file=req.samples)
+    if task.startswith("multiple-"):
+        scores, details = _score_multiple(req, tasks, rows, ks, task)
+    else:
+        scores, details = _score_python(req, tasks, rows, ks)
+    result = {"scores": scores, "isolation": isolation_level(), "details": details}
+    return _report(req, result, generation, t0)
+
+
+def _first(tasks: dict, limit: int | None) -> dict:
+    return dict(list(tasks.items())[:limit]) if limit else tasks
+
+
+def _write_samples(out: Path, rows: list[dict]) -> None:
+    atomic_write_text(out, "".join(json.dumps(s) + "\n" for s in rows))
+    print(f"samples: {out}", file=sys.stderr)
+
+
+def _multiple_languages(req: EvalRequest, rows: list[dict] | None) -> list[str]:
+    """The languages ``--task multiple`` scores: --languages, else those the samples name,
+    else (generating) every language with a runner and data."""
+    on_disk = tk.multiple_languages(req.data_dir)
+    if req.languages:
+        bad = [lang for lang in req.languages if lang not in on_disk or lang not in ml.LANGUAGES]
+        if bad:
+            raise UsageError(f"--languages: no MultiPL-E runner or data for {' '.join(bad)}")
+        return list(req.languages)
+    named = None if rows is None else {r["language"] for r in rows}
+    return [lang for lang in ml.LANGUAGES if lang in on_disk and (named is None or lang in named)]
+
+
+def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
+    """``--task multiple``: every language that runs here, one table. Samples name their
+    language (``"language": "cs"``); with ``--model`` each language is generated in turn.
+    Languages whose toolchain is missing are listed under the table with the reason."""
+    rows = None
+    if req.samples is not None:
+        known = set(tk.multiple_languages(req.data_dir)) & set(ml.LANGUAGES)
+        rows = read_samples(req.samples, solutions=False, languages=known)
+    wanted = _multiple_languages(req, rows)
+    unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
+    unavailable = {lang: why for lang, why in unavailable.items() if why}
+    out = req.samples_out() if rows is None else None  # before generating: fail fast
+    result = {"scores": {}, "isolation": isolation_level(), "details": {}}
+    generated, generation = [], {}
+    for lang in (lang for lang in wanted if lang not in unavailable):
+        tasks = _first(tk.load_multiple(req.data_dir, lang), req.limit)
+        if rows is None:
+            lang_rows = generate_samples(req, tasks, generation)
+            lang_rows = [{**s, "language": lang} for s in lang_rows]
+            generated += lang_rows
+        else:
+            lang_rows = [r for r in rows if r["language"] == lang]
+        lang_rows, ks = select_samples(
+            tasks, lang_rows, subset=bool(req.limit), k=req.k, file=req.samples
+        )
+        scores, details = _score_multiple(req, tasks, lang_rows, ks, f"multiple-{lang}", lang)
+        result["scores"].update(scores)
+        result["details"].update(details)
+    if out is not None:
+        _write_samples(out, generated)
+    if not result["scores"]:
+        reasons = "; ".join(unavailable.values()) or "no language given"
+        raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")
+    result["unavailable"] = unavailable
+    return _report(req, result, generation, t0)
+
+
+def _score_python(req: EvalRequest, tasks: dict, rows: list[dict], ks: tuple[int, ...]):
+    from reflectioncoder.eval import score as sc
+
+    rel = tk.HUMANEVAL_PLUS_FILE if req.task == "humaneval" else tk.MBPP_PLUS_FILE
+    source = tk.dataset_file(req.data_dir, rel)
+    bar = Progress(len(tasks), "expected outputs", unit="item", enabled=req.progress)
+    try:
+        expected = sc.expected_outputs(
+            tasks, tk.file_hash(source), parallel=req.parallel, progress=bar
+        )
+    finally:
+        bar.close()
+    bar = Progress(len(rows), "score", unit="item", enabled=req.progress)
+    try:
+        results = sc.score_python_samples(
+            tasks,
+            rows,
+            expected,
+            parallel=req.parallel,
+            base_only=req.base_only,
+            progress=bar,
+            hide=[str(req.data_dir)],
+        )
+    finally:
+        bar.close()
+    name = "HumanEval" if req.task == "humaneval" else "MBPP"
+    benchmarks = {name: attrgetter("passed_base")}
+    if not req.base_only:
+        benchmarks[name + "+"] = attrgetter("passed_plus")  # base and plus both pass
+    return summarise(results, benchmarks, ks)
+
+
+def _score_multiple(
+    req: EvalRequest, tasks: dict, rows: list[dict], ks, name: str, lang: str | None = None
+):
+    """One MultiPL-E language's row; ``lang``: the details are keyed ``lang:task_id``."""
+    desc = f"score {name}" if lang else "score"
+    bar = Progress(len(rows), desc, unit="item", enabled=req.progress)
+    try:
+        results = ml.score_multiple_samples(tasks, rows, parallel=req.parallel, progress=bar)
+    finally:
+        bar.close()
+    prefix = f"{lang}:" if lang else ""
+    return summarise(results, {name: attrgetter("passed")}, ks, prefix=prefix)
+
+
+def _report(req: EvalRequest, result: dict, generation: dict, t0: float) -> int:
+    """The table (and the generation's speed) on stdout, the result file, the model card."""
+    seconds = round(time.monotonic() - t0, 2)
+    result.update(task=req.task, samples=str(req.samples or req.model), seconds=seconds)
+    result["not_guaranteed"] = not_guaranteed(result["isolation"], req.python_only)
+    print_table(result)
+    if generation:
+        result["generation"] = generation
+        print(
+            f"generation: {generation['new_tokens']} tokens in {generation['seconds']} s "
+            f"({generation['tokens_per_s']} tokens/s, {generation['cpu_seconds']} s CPU, "
+            f"{generation['threads']} thread(s), batch {generation['batch_size']})"
+        )
+    for reason in result.get("unavailable", {}).values():
+        print(reason)
+    if req.json:
+        atomic_write_text(req.json, json.dumps(result, indent=1))
+        print(f"result: {req.json}", file=sys.stderr)
+    if req.model is not None and req.backend != "openai":
+        from reflectioncoder.train.model_card import add_eval_results
+
+        # A subset's score says so: "pass@1 (first 2 tasks)".
+        note = f" (first {len(result['details'])} tasks)" if req.limit else ""
+        card = add_eval_results(req.model, result["scores"], note)
+        if card is not None:
+            print(f"model card: {card} (model-index updated)", file=sys.stderr)
+    return 0

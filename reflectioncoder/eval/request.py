@@ -1,0 +1,144 @@
+"""What one ``reflectioncoder evaluate`` run is asked to do: a frozen record built once from
+the command line (its values checked there, each error naming its flag), read by every step."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from reflectioncoder.errors import UsageError, require_file, require_model_folder
+from reflectioncoder.eval import tasks as tk
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Generation settings (``--model``); the field names are ``GenerationConfig``'s."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    n: int  # samples per task
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """One evaluation: which benchmark, whose samples (a file, or a model to generate them),
+    how to score and report them."""
+
+    task: str  # humaneval | mbpp | multiple | multiple-LANG
+    samples: Path | None  # a samples file to score, or None: generate with ``model``
+    model: str | None
+    data_dir: Path
+    json: Path | None
+    parallel: int
+    base_only: bool
+    languages: tuple[str, ...] | None  # --task multiple: only these
+    limit: int | None  # only the first N tasks
+    k: tuple[int, ...] | None  # pass@k asked for; None: those of 1, 10, 100 the samples allow
+    progress: bool
+    backend: str  # hf | vllm | openai
+    base_url: str | None
+    api_key: str | None
+    prompt_format: str  # spec | chat
+    device: str | None
+    threads: int | None
+    tensor_parallel: int
+    save_samples: Path | None
+    decoding: Decoding
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EvalRequest:
+        """The request the parsed command line makes; a UsageError names a bad flag."""
+        check_arguments(args)
+        data_dir = args.data_dir or tk.default_data_dir()
+        if data_dir is None:
+            raise UsageError("--data-dir not given and ../shared/evaldata not found")
+        derived = {"data_dir", "k", "languages", "progress", "decoding"}
+        as_given = {f.name for f in fields(cls)} - derived
+        return cls(
+            **{name: getattr(args, name) for name in as_given},
+            data_dir=data_dir,
+            k=tuple(args.k) if args.k is not None else None,
+            languages=tuple(args.languages) if args.languages else None,
+            progress=not args.no_progress,
+            decoding=Decoding(
+                args.max_new_tokens,
+                args.temperature,
+                args.top_p,
+                args.n_samples,
+                args.batch_size,
+                args.seed,
+            ),
+        )
+
+    @property
+    def python_only(self) -> bool:
+        """Only Python programs run (what the fallback sandbox level can promise depends on it)."""
+        return self.task in ("humaneval", "mbpp", "multiple-python")
+
+    def samples_out(self) -> Path:
+        """Where generated samples go: --save-samples, beside --json, or RUN/eval/ for a model
+        inside a run folder (RUN/final, RUN/checkpoints/step-N/model)."""
+        if self.save_samples is not None:
+            return self.save_samples
+        if self.json is not None:
+            return self.json.with_suffix(".samples.jsonl")
+        model = Path(self.model).resolve()
+        for run in (model.parent, model.parent.parent.parent):
+            if (run / "config.yaml").is_file():
+                return run / "eval" / f"samples-{self.task}.jsonl"
+        raise UsageError(
+            "give --json RESULT or --save-samples FILE: where should the generated samples go?"
+        )
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument values argparse cannot check alone: a UsageError naming the flag."""
+    positive = {
+        "--limit": args.limit,
+        "--parallel": args.parallel,
+        "--n-samples": args.n_samples,
+        "--max-new-tokens": args.max_new_tokens,
+        "--batch-size": args.batch_size,
+        "--tensor-parallel": args.tensor_parallel,
+        "--threads": args.threads,
+    }
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{flag}: expected a number >= 1, got {value}")
+    for k in args.k or []:
+        if k < 1:
+            raise UsageError(f"--k: expected numbers >= 1, got {k}")
+        if args.model is not None and k > args.n_samples:
+            raise UsageError(
+                f"--k {k}: needs at least {k} samples per task; --n-samples is {args.n_samples}"
+            )
+    if args.temperature < 0:
+        raise UsageError(f"--temperature: expected >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
+    if args.samples is not None:
+        require_file(args.samples, "samples file", field="--samples")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
+    if args.model is not None and args.backend != "openai":
+        require_model_folder(args.model, "--model", need="both")
+    if args.model is not None and args.backend == "openai" and not args.base_url:
+        raise UsageError("--backend openai needs --base-url")
+    if args.prompt_format == "chat" and (args.backend == "openai" or args.task.startswith("mult")):
+        raise UsageError("--prompt-format chat: HumanEval and MBPP with --backend hf or vllm only")
+    if args.device is not None and args.model is not None:
+        check_device(args.device)
+
+
+def check_device(device: str) -> None:
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: this torch build or machine has no CUDA device")

@@ -1,0 +1,131 @@
+"""Samples, read and checked in one place for every benchmark.
+
+A sample is ``{"task_id", "completion"}`` (EvalPlus's format; for HumanEval and MBPP
+``"solution"`` instead gives the whole program) and, for ``--task multiple``, ``"language"``.
+``read_samples`` reads a user's file (an error names its line and field); ``number_samples``
+checks a list against the benchmark's tasks and numbers each sample within its task (its
+``completion_id``, in file order), which is what the scorers run; ``select_samples`` keeps the
+samples of the tasks asked for and settles which pass@k they allow.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reflectioncoder.errors import UsageError, UserError
+
+__all__ = ["Sample", "number_samples", "read_samples", "select_samples"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample to score: ``text`` is the completion (what follows the task's prompt), or
+    the whole program when ``whole``."""
+
+    task_id: str
+    completion_id: int
+    text: str
+    whole: bool = False
+
+
+def _text_problem(row: Mapping, solutions: bool) -> str | None:
+    """What is wrong with a row's program text (``"solution"`` counts when ``solutions``)."""
+    got = row.get("solution") if solutions and "solution" in row else row.get("completion")
+    return None if isinstance(got, str) else f"expected a string, got {json.dumps(got)}"
+
+
+def read_samples(
+    path: Path, *, solutions: bool = True, languages: Collection[str] | None = None
+) -> list[dict]:
+    """The rows of a samples file (JSON lines). ``languages``: each row must name one of
+    these (``--task multiple``). A bad row is a UserError naming its line and field."""
+    rows = []
+    with open(path, "rb") as f:  # decoded per line, so bad bytes name their line
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(
+                    f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
+                ) from None
+            if not isinstance(row, dict) or "task_id" not in row:
+                raise UserError("missing", file=path, line=n, field="task_id")
+            problem = _text_problem(row, solutions)
+            if problem:
+                raise UserError(problem, file=path, line=n, field="completion")
+            rows.append(row)
+    if languages is not None:
+        _check_languages(rows, path, languages)
+    return rows
+
+
+def _check_languages(rows: list[dict], path: Path, known: Collection[str]) -> None:
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row.get("language"), str):
+            raise UserError("missing (--task multiple)", file=path, line=n, field="language")
+        if row["language"] not in known:
+            raise UserError(
+                f"{row['language']!r} is not a MultiPL-E language here ({' '.join(sorted(known))})",
+                file=path,
+                line=n,
+                field="language",
+            )
+
+
+def number_samples(
+    tasks: Collection[str], samples: Iterable[Mapping], *, solutions: bool = True
+) -> list[Sample]:
+    """``samples`` as ``Sample``s, numbered within their task in order. A sample of no task in
+    ``tasks``, or without a string to run, is a ValueError naming it (``samples:N:field``)."""
+    out = []
+    counts: collections.Counter[str] = collections.Counter()
+    for n, s in enumerate(samples, 1):
+        tid = s.get("task_id")
+        if tid not in tasks:
+            raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
+        problem = _text_problem(s, solutions)
+        if problem:
+            raise ValueError(f"samples:{n}:completion: {problem}")
+        whole = solutions and "solution" in s
+        out.append(Sample(tid, counts[tid], s["solution" if whole else "completion"], whole))
+        counts[tid] += 1
+    return out
+
+
+def select_samples(
+    tasks: Collection[str],
+    rows: list[dict],
+    *,
+    subset: bool,
+    k: Iterable[int] | None,
+    file: Path | None,
+) -> tuple[list[dict], tuple[int, ...]]:
+    """The rows of ``tasks`` (``subset``: the tasks are the first N of the benchmark, the
+    other rows are dropped) and the pass@k to report: ``k``, or those of 1, 10, 100 that every
+    task's samples allow. Every task needs a sample (a UserError naming ``file`` otherwise)."""
+    if subset:
+        rows = [s for s in rows if s["task_id"] in tasks]
+    missing = sorted(set(tasks) - {s["task_id"] for s in rows})
+    if missing:
+        raise UserError(f"no sample for {len(missing)} tasks, e.g. {missing[:3]}", file=file)
+    per_task = collections.Counter(s["task_id"] for s in rows)
+    fewest = min(per_task[t] for t in tasks)
+    if k is None:
+        return rows, tuple(k for k in (1, 10, 100) if k <= fewest)
+    k = tuple(k)
+    if max(k) > fewest:
+        raise UsageError(
+            f"--k {max(k)}: some tasks have only {fewest} sample(s); pass@k needs k <= "
+            "samples per task"
+        )
+    return rows, k
