@@ -18,7 +18,7 @@ import sys
 import time
 
 from reflectioncoder.errors import UsageError
-from reflectioncoder.eval import multiple as ml
+from reflectioncoder.eval import multiple_languages as ml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

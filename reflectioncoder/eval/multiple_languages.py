@@ -1,0 +1,292 @@
+"""MultiPL-E's languages, one declarative table (``LANGUAGES``): for each, the Debian packages
+that provide its toolchain (``reflectioncoder eval-setup`` installs them), the executables it
+needs, the host paths the toolchain reads (for a sandbox that binds only those), its build and
+run command, where its nonce goes, its pass rule's extras and its sandbox limits. Languages run
+only where their toolchain is on the machine: ``available_languages`` says which, and
+``toolchain_problem`` why not.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from reflectioncoder.eval.sandbox import toolchain_binds
+
+__all__ = [
+    "LANGUAGES",
+    "Language",
+    "available_languages",
+    "forget_probes",
+    "rust_sysroot",
+    "setup_packages",
+    "toolchain_env",
+    "toolchain_problem",
+]
+
+JAVATUPLES_JAR = "/usr/share/java/javatuples.jar"  # Debian's libjavatuples-java
+SCALA_LIBRARY_JAR = "/usr/share/java/scala-library.jar"  # Debian's scala
+
+
+@dataclass(frozen=True)
+class Language:
+    """How one MultiPL-E language is built, run and judged.
+
+    ``command`` runs in ``sh -c`` inside the sandbox: ``{src}`` is the read-only directory
+    holding ``file``, ``{work}`` the writable cwd, ``{run}`` the prefix that limits the run
+    phase to ``run_s`` seconds (compilation gets ``build_s`` more). ``nonce`` prints the run's
+    nonce (``{nonce}``) in the language; ``nonce_at`` says where it goes: ``end`` of the
+    program, before the ``brace-1``/``brace-2`` last closing brace (the test function's end),
+    or ``lua`` (between luaunit's run and its ``os.exit``). ``stderr_fails`` / ``fail_marks``
+    are MultiPL-E's extra rules for runtimes that exit 0 after a failed test.
+    """
+
+    file: str
+    command: str
+    needs: tuple[str, ...]  # executables that must be on PATH
+    packages: tuple[str, ...]  # Debian packages that provide them (empty: none packaged)
+    nonce: str
+    nonce_at: str = "end"
+    library: str = ""  # the test library the tests import, found by running ``probe``
+    probe: tuple[str, ...] = ()
+    binds: tuple[str, ...] = ()  # host paths (globs) it reads beyond /usr and /lib: bound ro
+    env: tuple[tuple[str, str], ...] = ()
+    stderr_fails: bool = False
+    fail_marks: tuple[str, ...] = ()  # text in stdout or stderr that fails a run
+    unavailable: str = ""  # why the toolchain cannot be installed from Debian's packages
+    memory_mb: int = 4096  # the run's memory (cgroup) and each process's address space
+    processes: int = 64  # pids cgroup: threads count too (JVM, Go)
+    build_s: float = 0.0  # wall budget of the compile step
+    run_s: float = 15.0  # wall limit of the run (MultiPL-E's default timeout)
+
+
+# A small, fast-starting JVM: one GC thread, C1 only, small reserved ranges (3 GiB of address
+# space is then enough), deep recursion as before.
+_JVM_FLAGS = (
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:CompressedClassSpaceSize=64m",
+    "-XX:ReservedCodeCacheSize=32m",
+    "-Xss64m",
+    "-Xmx512m",
+)
+_JVM = " ".join(_JVM_FLAGS)
+_JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
+
+LANGUAGES: dict[str, Language] = {
+    # through the harness: its audit guard and seccomp filter in the fallback level
+    "python": Language(
+        "main.py", "{run} {python} -I -B {src}/runner.pyc --run {src}/main.py", (), (),
+        "import os as _rc_os; print(_rc_os.read(3, 256).decode())", memory_mb=1024,
+    ),
+    "cpp": Language(
+        "main.cpp",
+        "g++ -std=c++17 -o {work}/a.out {src}/main.cpp && {run} {work}/a.out",
+        ("g++",), ("g++",),
+        '{ std::ifstream rc_f("/dev/fd/3"); std::string rc_s; std::getline(rc_f, rc_s); '
+        "std::cout << rc_s << std::endl; }",
+        "brace-1",
+        memory_mb=2048, build_s=60,
+    ),
+    "cs": Language(
+        "Problem.cs",
+        "mcs -d:DEBUG -r:System.Numerics.dll -out:{work}/Problem.exe {src}/Problem.cs >&2 && "
+        "{run} mono {work}/Problem.exe",
+        ("mcs", "mono"), ("mono-mcs", "mono-runtime"),
+        'Console.WriteLine("{nonce}");', "brace-2",
+        binds=("/etc/mono",),
+        # mono reports a failed Debug.Assert on this listener and goes on with exit status 0
+        env=(("MONO_TRACE_LISTENER", "Console.Error"),),
+        fail_marks=("DEBUG ASSERTION FAILED", "DefaultTraceListener.Fail", "Unhandled Exception"),
+        memory_mb=2048, processes=64, build_s=60,
+    ),
+    "d": Language(
+        "main.d",
+        "ldc2 -unittest -od={work} -of={work}/main {src}/main.d && {run} {work}/main",
+        ("ldc2",), ("ldc",),
+        'unittest { import core.stdc.stdio : puts; puts("{nonce}"); }',
+        binds=("/etc/ldc2.conf",), memory_mb=2048, build_s=90,
+    ),
+    "go": Language(
+        "main_test.go",
+        # compiled once into a test binary (what `go test` runs), then run under the limit
+        "cp {src}/main_test.go {work}/ && cd {work} && GOCACHE={work}/.gocache GOPATH={work}/go "
+        "GO111MODULE=off go test -c -o {work}/main.test ./main_test.go && "
+        "{run} {work}/main.test -test.v",
+        ("go",), ("golang-go",), 'fmt.Println("{nonce}")', "brace-1",
+        memory_mb=4096, processes=128, build_s=60,
+    ),
+    "java": Language(
+        "Problem.java",
+        f"javac {_JAVAC_JVM} -encoding UTF8 "
+        f"-cp {JAVATUPLES_JAR} -d {{work}} {{src}}/Problem.java && "
+        f"{{run}} java {_JVM} -ea -cp {{work}}:{JAVATUPLES_JAR} Problem",
+        ("javac", "java"), ("default-jdk-headless", "libjavatuples-java"),
+        "try { System.out.println(new String(java.nio.file.Files.readAllBytes("
+        'java.nio.file.Paths.get("/dev/fd/3")))); } catch (Exception rc_e) { }',
+        "brace-2",
+        library=JAVATUPLES_JAR, probe=("test", "-f", JAVATUPLES_JAR),
+        binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=60,
+    ),
+    "jl": Language(
+        "main.jl", "{run} julia {src}/main.jl", ("julia",), (), 'println("{nonce}")',
+        unavailable="Debian 12 does not package Julia; julialang.org has it",
+        memory_mb=16384, processes=256,
+    ),
+    "js": Language(
+        "main.js", "{run} node {src}/main.js", ("node",), ("nodejs",),
+        'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));', memory_mb=2048,
+    ),
+    "lua": Language(
+        "main.lua", "{run} lua5.4 {src}/main.lua", ("lua5.4",), ("lua5.4", "lua-unit"),
+        'io.write(io.open("/dev/fd/3"):read("a"), "\\n")', "lua", memory_mb=1024,
+        library="luaunit", probe=("lua5.4", "-e", "require('luaunit')"),
+    ),
+    "php": Language(
+        "main.php", "{run} php {src}/main.php", ("php",), ("php-cli",),
+        'echo "\\n", file_get_contents("php://fd/3"), "\\n";',
+        binds=("/etc/php",), memory_mb=1024,
+    ),
+    "pl": Language(
+        "main.pl", "{run} perl {src}/main.pl", ("perl",), ("perl", "libtest-deep-perl"),
+        'open(my $rc_fh, "<&=", 3); print "\\n", <$rc_fh>, "\\n";', memory_mb=1024,
+        fail_marks=("ERROR",), library="Test::Deep", probe=("perl", "-MTest::Deep", "-e", "1"),
+    ),
+    "r": Language(
+        "main.r", "{run} Rscript {src}/main.r", ("Rscript",), ("r-base-core",),
+        'cat("{nonce}\\n")', binds=("/etc/R",), memory_mb=2048,  # R_HOME/etc links there
+    ),
+    "rb": Language(
+        "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
+        # test-unit runs its cases at exit; this one sorts after every test_<name> case
+        "class TestHumanEval\n  def test_zzzz_rc_nonce\n"
+        "    puts \"\\n\" + IO.new(3).read\n  end\nend",
+        memory_mb=1024,
+        library="test-unit", probe=("ruby", "-e", "gem 'test-unit'"),
+    ),
+    "rkt": Language(
+        "main.rkt", "{run} racket {src}/main.rkt", ("racket",), ("racket",),
+        '(displayln "{nonce}")', binds=("/etc/racket",),
+        library="rackunit", probe=("racket", "-l", "racket/base", "-l", "rackunit", "-e", "1"),
+        stderr_fails=True,  # rackunit reports a failed check on stderr and exits 0
+        memory_mb=2048, run_s=30,
+    ),
+    "rs": Language(
+        "main.rs",
+        # {rustc}: the toolchain's own compiler, not rustup's proxy (which reads RUSTUP_HOME)
+        "{rustc} --edition 2021 -o {work}/main {src}/main.rs && {run} {work}/main",
+        ("rustc",), ("rustc",),
+        'println!("{}", std::fs::read_to_string("/dev/fd/3").unwrap_or_default());', "brace-1",
+        memory_mb=2048, build_s=60,
+    ),
+    "scala": Language(
+        "Problem.scala",
+        # MultiPL-E runs `scala -cp . Problem`: the same main on the same JVM, without the
+        # runner script and its MainGenericRunner in front (seconds under load)
+        f"scalac {_JAVAC_JVM} -d {{work}} {{src}}/Problem.scala && "
+        f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR} Problem",
+        ("scalac", "java"), ("scala",), 'println("{nonce}")', "brace-2",
+        library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
+        binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=120,
+        stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
+    ),
+    "sh": Language(
+        "main.sh", "{run} bash {src}/main.sh", ("bash",), ("bash",), "echo; cat <&3; echo",
+        memory_mb=1024,
+    ),
+    "swift": Language(
+        "main.swift",
+        "swiftc -o {work}/main {src}/main.swift && {run} {work}/main",
+        ("swiftc",), (), 'print("{nonce}")',
+        unavailable="Debian 12 does not package the Swift compiler (its `swift` is OpenStack's "
+        "object store); swift.org has it",
+        memory_mb=16384, processes=256, build_s=120,
+    ),
+    "ts": Language(
+        "main.ts",
+        # --skipLibCheck: the bundled lib .d.ts files are not re-checked (half of tsc's time)
+        "tsc --target esnext --skipLibCheck --outDir {work} {src}/main.ts && "
+        "{run} node {work}/main.js",
+        ("tsc", "node"), ("node-typescript", "nodejs"),
+        'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));',
+        memory_mb=2048, build_s=60,
+    ),
+}  # fmt: skip
+
+
+def toolchain_problem(language: str) -> str | None:
+    """None when ``language`` can run here, else a sentence saying why not."""
+    lang = LANGUAGES.get(language)
+    if lang is None:
+        supported = ", ".join(LANGUAGES)
+        return f"multiple-{language}: skipped, no runner for this language (supported: {supported})"
+    missing = [tool for tool in lang.needs if shutil.which(tool) is None]
+    if not missing and lang.probe and not _probe_ok(lang.probe):
+        missing.append(lang.library)
+    if not missing:
+        return None
+    how = lang.unavailable or (
+        f"`reflectioncoder eval-setup --languages {language}` installs " + " ".join(lang.packages)
+    )
+    return f"multiple-{language}: unavailable, {', '.join(missing)} not installed ({how})"
+
+
+@cache
+def _probe_ok(argv: tuple[str, ...]) -> bool:
+    """Whether the toolchain finds its test library (a fixed, trusted command)."""
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def forget_probes() -> None:
+    """Probe again next time (after an install)."""
+    _probe_ok.cache_clear()
+
+
+def available_languages() -> list[str]:
+    return [name for name in LANGUAGES if toolchain_problem(name) is None]
+
+
+def setup_packages(languages: Iterable[str]) -> list[str]:
+    """Debian packages still needed for ``languages`` (the sandbox's bubblewrap included)."""
+    wanted = [] if shutil.which("bwrap") else ["bubblewrap"]
+    for name in languages:
+        if toolchain_problem(name) is not None:
+            wanted += [p for p in LANGUAGES[name].packages if p not in wanted]
+    return wanted
+
+
+def toolchain_env(language: str) -> tuple[dict[str, str], list[str]]:
+    """The environment a language's commands need, and the host paths to bind for them: the
+    directories of its programs and libraries, never a home folder (``CARGO_HOME`` keeps
+    registry tokens, ``RUSTUP_HOME`` its settings, ``~`` an ``.npmrc``...)."""
+    lang = LANGUAGES[language]
+    env = dict(lang.env)
+    if language == "rs":  # the toolchain's sysroot only (its rustc, libraries and linker)
+        sysroot = rust_sysroot()
+        binds = [sysroot] if sysroot else []
+    else:
+        binds = toolchain_binds(lang.needs)
+    binds += [p for g in lang.binds for p in glob.glob(g)]
+    return env, binds
+
+
+@cache
+def rust_sysroot() -> str | None:
+    """The active Rust toolchain's directory (``rustc --print sysroot``: under rustup,
+    ``$RUSTUP_HOME/toolchains/<name>``), found once on the host by a fixed, trusted command."""
+    try:
+        out = subprocess.run(
+            ["rustc", "--print", "sysroot"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and os.path.isdir(path) else None
