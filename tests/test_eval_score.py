@@ -14,8 +14,8 @@ import pytest
 from reference.passk import pass_at_k
 
 from reflectioncoder.eval.cli import add_arguments, main
+from reflectioncoder.eval.compare import outputs_match
 from reflectioncoder.eval.sandbox import codec
-from reflectioncoder.eval.score import outputs_match
 from reflectioncoder.eval.summary import estimate_pass_at_k
 from reflectioncoder.eval.tasks import PythonTask, load_mbpp_plus, mbpp_deserialize_inputs
 
