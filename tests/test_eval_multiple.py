@@ -409,6 +409,6 @@ def test_nonce_rule_edge_cases(shared_dir):
         spec = ml.LANGUAGES[lang]
         echoed = ml.program_text(load_multiple(shared_dir / "evaldata", lang)[TASKS[0]], "", nonce)
         run = ExecResult(echoed, "", 0, False, False, 0.1, "bwrap")
-        assert ml._verdict(spec, run, nonce) == ("fail", "exited before its last test"), lang
+        assert ml.verdict(spec, run, nonce) == ("fail", "exited before its last test"), lang
         run = ExecResult(f"ok!ok!{nonce}\n", "", 0, False, False, 0.1, "bwrap")
-        assert ml._verdict(spec, run, nonce) == ("pass", ""), lang
+        assert ml.verdict(spec, run, nonce) == ("pass", ""), lang

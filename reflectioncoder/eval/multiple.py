@@ -49,6 +49,7 @@ __all__ = [
     "score_multiple_samples",
     "setup_packages",
     "toolchain_problem",
+    "verdict",
 ]
 
 _SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
@@ -187,7 +188,7 @@ def run_program(language: str, program: str, *, run_s: float | None = None, nonc
             os.close(read_end)
 
 
-def _verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
+def verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
     """(status, reason) of one run under ``lang``'s pass rule."""
     if res.timed_out or (res.exit_code == 137 and _RUN_TIMEOUT_NOTE in res.stderr):
         return "timeout", ""
@@ -225,7 +226,7 @@ def score_multiple_samples(
         nonce = f"rc-done-{uuid.uuid4().hex}"
         program = program_text(task, sample.text, nonce)
         res = run_program(task.language, program, run_s=timeout_s, nonce=nonce)
-        status, reason = _verdict(LANGUAGES[task.language], res, nonce)
+        status, reason = verdict(LANGUAGES[task.language], res, nonce)
         if progress:
             progress(1)
         return MultiplEResult(
