@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from reflectioncoder.eval import tasks as tk
+from reflectioncoder.eval.expected import expected_outputs
 from reflectioncoder.eval.sandbox import codec
-from reflectioncoder.eval.score import expected_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared"))

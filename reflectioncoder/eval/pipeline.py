@@ -123,12 +123,13 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
 
 def _score_python(req: EvalRequest, tasks: dict, rows: list[dict], ks: tuple[int, ...]):
     from reflectioncoder.eval import score as sc
+    from reflectioncoder.eval.expected import expected_outputs
 
     rel = tk.HUMANEVAL_PLUS_FILE if req.task == "humaneval" else tk.MBPP_PLUS_FILE
     source = tk.dataset_file(req.data_dir, rel)
     bar = Progress(len(tasks), "expected outputs", unit="item", enabled=req.progress)
     try:
-        expected = sc.expected_outputs(
+        expected = expected_outputs(
             tasks, tk.file_hash(source), parallel=req.parallel, progress=bar
         )
     finally:

@@ -1,8 +1,9 @@
-"""Trusted scoring: expected outputs, sandboxed runs, EvalPlus-exact comparison.
+"""Trusted scoring of Python samples (HumanEval, MBPP): each sample runs once in the sandbox
+and its result lines are judged here as they arrive, with EvalPlus's limits and fail-fast.
 
-The sandbox returns computed outputs as plain data (``sandbox.codec``); only this module
-compares them with expected outputs, which it never hands to the sandbox. A run's verdict never
-depends on its exit code or on what it printed.
+The sandbox returns computed outputs as plain data (``sandbox.codec``); only the scorer
+compares them with expected outputs (``compare``), which it never hands to the sandbox. A
+run's verdict never depends on its exit code or on what it printed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
-from reflectioncoder.eval.compare import MBPP_OUTPUT_NOT_NONE, Comparer
+from reflectioncoder.eval.compare import Comparer
+from reflectioncoder.eval.expected import cache_dir
 from reflectioncoder.eval.samples import Sample, number_samples
 from reflectioncoder.eval.sandbox import (
     PreparedRun,
@@ -25,7 +26,6 @@ from reflectioncoder.eval.sandbox import (
     harness_argv,
     harness_files,
     isolation,
-    run_sandboxed,
     site_paths,
     wall_backstop,
 )
@@ -36,7 +36,6 @@ __all__ = [
     "FAIL",
     "TIMEOUT",
     "SampleResult",
-    "expected_outputs",
     "check_sample",
     "score_python_samples",
 ]
@@ -46,100 +45,6 @@ MIN_TIME_LIMIT = 1.0  # EvalPlus 0.3.1 defaults
 GT_TIME_LIMIT_FACTOR = 4.0
 TASK_TIMEOUT_CAP = 60.0
 MEMORY_MB = 4096  # EvalPlus's 4 GiB address-space limit
-_HARNESS_VERSION = "6"  # 6: ground-truth times are CPU seconds
-
-# ----------------------------------------------------------------------------- expected outputs
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("REFLECTIONCODER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "reflectioncoder"
-    )
-    return Path(root) / "eval"
-
-
-def _ground_truth_job(task: PythonTask) -> str:
-    not_none = task.dataset == "mbpp" and task.entry_point in MBPP_OUTPUT_NOT_NONE
-    return json.dumps(
-        {
-            "code": task.prompt + task.canonical_solution,
-            "entry_point": task.entry_point,
-            "record": True,
-            "sys_path": site_paths(),
-            "output_not_none": not_none,
-            "phases": [
-                {"name": "base", "inputs": codec.encode(task.base_inputs)},
-                {"name": "plus", "inputs": codec.encode(task.plus_inputs)},
-            ],
-        }
-    )
-
-
-def _run_ground_truth(task: PythonTask) -> dict:
-    res = run_sandboxed(
-        harness_argv(),
-        files=harness_files(),
-        stdin=_ground_truth_job(task),
-        timeout_s=600,
-        memory_mb=8 * MEMORY_MB,  # trusted code; EvalPlus runs it unlimited, in-process
-        output_limit=1 << 30,
-    )
-    got: dict[str, dict[str, list]] = {"base": {"out": [], "t": []}, "plus": {"out": [], "t": []}}
-    for line in res.stdout.splitlines():
-        row = json.loads(line)  # kept encoded: this goes to the cache file as is
-        if "i" in row:
-            got[row["phase"]]["out"].append(row["out"])
-            got[row["phase"]]["t"].append(row["t"])
-    for phase, n in (("base", len(task.base_inputs)), ("plus", len(task.plus_inputs))):
-        if len(got[phase]["out"]) != n:
-            raise RuntimeError(
-                f"{task.task_id}: the canonical solution failed on {phase} input "
-                f"{len(got[phase]['out'])}: {res.stderr[-2000:]}"
-            )
-    return got
-
-
-def expected_outputs(
-    tasks: dict[str, PythonTask],
-    source_hash: str,
-    *,
-    parallel: int = 2,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, dict]:
-    """Expected outputs and ground-truth times of ``tasks``, cached on disk by the dataset
-    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}``. The cache is
-    JSON lines, one task per line in the tagged encoding, so a run decodes only its tasks;
-    tasks missing from it are computed by running their canonical solutions and appended."""
-    cache = _cache_dir() / f"expected-{source_hash[:32]}-v{_HARNESS_VERSION}.jsonl"
-    lines: dict[str, bytes] = {}
-    if cache.is_file():
-        with open(cache, "rb") as f:
-            for line in f:
-                head = line[: line.find(b",")]  # {"task_id": "...", ...}: the id leads each line
-                lines[json.loads(head + b"}")["task_id"]] = line
-    missing = [tid for tid in tasks if tid not in lines]
-    if missing:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
-            got_all = pool.map(_run_ground_truth, [tasks[t] for t in missing])
-            with open(cache, "ab") as f:  # appends of whole lines: concurrent runs stay readable
-                for tid, got in zip(missing, got_all, strict=True):
-                    line = (json.dumps({"task_id": tid, **got}) + "\n").encode()
-                    f.write(line)
-                    f.flush()
-                    lines[tid] = line
-                    if progress:
-                        progress(1)
-    elif progress:
-        progress(len(tasks))
-    out = {}
-    for tid in tasks:
-        row = codec.loads_row(lines[tid])
-        out[tid] = {"base": row["base"], "plus": row["plus"], "bytes": len(lines[tid])}
-    return out
-
-
-# ----------------------------------------------------------------------------- one sample
 
 
 @dataclass
@@ -234,7 +139,7 @@ def prepare_harness(hide: Sequence[str] = ()) -> PreparedRun:
 
 def _hidden(hide: Sequence[str]) -> list[str]:
     # real paths: bwrap cannot mount over a path that goes through a symlink
-    return [os.path.realpath(h) for h in (*hide, _cache_dir())]
+    return [os.path.realpath(h) for h in (*hide, cache_dir())]
 
 
 # CPU seconds an input may use beyond its limit, measured outside: encoding and writing its

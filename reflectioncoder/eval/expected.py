@@ -1,0 +1,115 @@
+"""Expected outputs of HumanEval(+) and MBPP(+): the canonical solutions run once in the
+sandbox (trusted code, generous limits), their outputs and CPU times cached on disk as JSON
+lines keyed by the dataset file's sha256, so a run computes only the tasks not cached yet."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from reflectioncoder.errors import ctrl_c_to_main_thread
+from reflectioncoder.eval.compare import MBPP_OUTPUT_NOT_NONE
+from reflectioncoder.eval.sandbox import (
+    codec,
+    harness_argv,
+    harness_files,
+    run_sandboxed,
+    site_paths,
+)
+from reflectioncoder.eval.tasks import PythonTask
+
+__all__ = ["cache_dir", "expected_outputs"]
+
+CACHE_VERSION = "6"  # of the cache's format; 6: ground-truth times are CPU seconds
+GROUND_TRUTH_MEMORY_MB = 8 * 4096  # trusted code; EvalPlus runs it unlimited, in-process
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("REFLECTIONCODER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "reflectioncoder"
+    )
+    return Path(root) / "eval"
+
+
+def _ground_truth_job(task: PythonTask) -> str:
+    not_none = task.dataset == "mbpp" and task.entry_point in MBPP_OUTPUT_NOT_NONE
+    return json.dumps(
+        {
+            "code": task.prompt + task.canonical_solution,
+            "entry_point": task.entry_point,
+            "record": True,
+            "sys_path": site_paths(),
+            "output_not_none": not_none,
+            "phases": [
+                {"name": "base", "inputs": codec.encode(task.base_inputs)},
+                {"name": "plus", "inputs": codec.encode(task.plus_inputs)},
+            ],
+        }
+    )
+
+
+def _run_ground_truth(task: PythonTask) -> dict:
+    res = run_sandboxed(
+        harness_argv(),
+        files=harness_files(),
+        stdin=_ground_truth_job(task),
+        timeout_s=600,
+        memory_mb=GROUND_TRUTH_MEMORY_MB,
+        output_limit=1 << 30,
+    )
+    got: dict[str, dict[str, list]] = {"base": {"out": [], "t": []}, "plus": {"out": [], "t": []}}
+    for line in res.stdout.splitlines():
+        row = json.loads(line)  # kept encoded: this goes to the cache file as is
+        if "i" in row:
+            got[row["phase"]]["out"].append(row["out"])
+            got[row["phase"]]["t"].append(row["t"])
+    for phase, n in (("base", len(task.base_inputs)), ("plus", len(task.plus_inputs))):
+        if len(got[phase]["out"]) != n:
+            raise RuntimeError(
+                f"{task.task_id}: the canonical solution failed on {phase} input "
+                f"{len(got[phase]['out'])}: {res.stderr[-2000:]}"
+            )
+    return got
+
+
+def expected_outputs(
+    tasks: dict[str, PythonTask],
+    source_hash: str,
+    *,
+    parallel: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict]:
+    """Expected outputs and ground-truth times of ``tasks``, cached on disk by the dataset
+    file's hash: ``{task_id: {"base": {"out": [...], "t": [...]}, "plus": ...}}``. The cache is
+    JSON lines, one task per line in the tagged encoding, so a run decodes only its tasks;
+    tasks missing from it are computed by running their canonical solutions and appended."""
+    cache = cache_dir() / f"expected-{source_hash[:32]}-v{CACHE_VERSION}.jsonl"
+    lines: dict[str, bytes] = {}
+    if cache.is_file():
+        with open(cache, "rb") as f:
+            for line in f:
+                head = line[: line.find(b",")]  # {"task_id": "...", ...}: the id leads each line
+                lines[json.loads(head + b"}")["task_id"]] = line
+    missing = [tid for tid in tasks if tid not in lines]
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
+            got_all = pool.map(_run_ground_truth, [tasks[t] for t in missing])
+            with open(cache, "ab") as f:  # appends of whole lines: concurrent runs stay readable
+                for tid, got in zip(missing, got_all, strict=True):
+                    line = (json.dumps({"task_id": tid, **got}) + "\n").encode()
+                    f.write(line)
+                    f.flush()
+                    lines[tid] = line
+                    if progress:
+                        progress(1)
+    elif progress:
+        progress(len(tasks))
+    out = {}
+    for tid in tasks:
+        row = codec.loads_row(lines[tid])
+        out[tid] = {"base": row["base"], "plus": row["plus"], "bytes": len(lines[tid])}
+    return out
