@@ -19,7 +19,7 @@ from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.completions import generate_samples
 from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.eval.samples import read_samples, select_samples
-from reflectioncoder.eval.sandbox import isolation_level, not_guaranteed
+from reflectioncoder.eval.sandbox import Isolation, isolation
 from reflectioncoder.eval.summary import print_table, summarise
 from reflectioncoder.progress import Progress
 
@@ -58,8 +58,9 @@ def evaluate(req: EvalRequest) -> int:
         scores, details = _score_multiple(req, tasks, rows, ks, task)
     else:
         scores, details = _score_python(req, tasks, rows, ks)
-    result = {"scores": scores, "isolation": isolation_level(), "details": details}
-    return _report(req, result, generation, t0)
+    level = isolation()
+    result = {"scores": scores, "isolation": level.name, "details": details}
+    return _report(req, result, level, generation, t0)
 
 
 def _first(tasks: dict, limit: int | None) -> dict:
@@ -96,7 +97,8 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
     unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
     unavailable = {lang: why for lang, why in unavailable.items() if why}
     out = req.samples_out() if rows is None else None  # before generating: fail fast
-    result = {"scores": {}, "isolation": isolation_level(), "details": {}}
+    level = isolation()
+    result = {"scores": {}, "isolation": level.name, "details": {}}
     generated, generation = [], {}
     for lang in (lang for lang in wanted if lang not in unavailable):
         tasks = _first(tk.load_multiple(req.data_dir, lang), req.limit)
@@ -118,7 +120,7 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
         reasons = "; ".join(unavailable.values()) or "no language given"
         raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")
     result["unavailable"] = unavailable
-    return _report(req, result, generation, t0)
+    return _report(req, result, level, generation, t0)
 
 
 def _score_python(req: EvalRequest, tasks: dict, rows: list[dict], ks: tuple[int, ...]):
@@ -168,11 +170,11 @@ def _score_multiple(
     return summarise(results, {name: attrgetter("passed")}, ks, prefix=prefix)
 
 
-def _report(req: EvalRequest, result: dict, generation: dict, t0: float) -> int:
+def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, t0: float) -> int:
     """The table (and the generation's speed) on stdout, the result file, the model card."""
     seconds = round(time.monotonic() - t0, 2)
     result.update(task=req.task, samples=str(req.samples or req.model), seconds=seconds)
-    result["not_guaranteed"] = not_guaranteed(result["isolation"], req.python_only)
+    result["not_guaranteed"] = level.not_guaranteed(req.python_only)
     print_table(result)
     if generation:
         result["generation"] = generation
