@@ -1,5 +1,6 @@
 """Samples from a model (``evaluate --model``): each task's prompt in the requested format,
-the model client (``reflectioncoder.generate``), and the post-processing that turns raw text into a completion."""
+the model client (``reflectioncoder.generate``), and the post-processing that turns raw text
+into a completion."""
 
 from __future__ import annotations
 
