@@ -109,3 +109,14 @@ def test_summarise_rows_and_details():
     }
     assert details["x:t1"][0] == {"completion_id": 0, "status": "pass", "seconds": 0.123}
     assert list(details) == ["x:t1", "x:t2"]
+
+
+def test_task_files_name_the_line_of_bad_bytes(tmp_path):
+    from reflectioncoder.eval.tasks import load_multiple
+
+    folder = tmp_path / "multipl_e"
+    folder.mkdir()
+    good = {"name": "HumanEval_0_x", "prompt": "f() {\n", "tests": "", "stop_tokens": []}
+    (folder / "humaneval-sh.jsonl").write_bytes(json.dumps(good).encode() + b'\n{"name": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"humaneval-sh.jsonl:2: not UTF-8 \(byte 11\)"):
+        load_multiple(tmp_path, "sh")

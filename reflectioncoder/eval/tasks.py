@@ -24,6 +24,7 @@ __all__ = [
     "dataset_file",
     "file_hash",
     "mbpp_deserialize_inputs",
+    "read_jsonl",
 ]
 
 HUMANEVAL_PLUS_FILE = "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
@@ -84,15 +85,19 @@ def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file (gzipped when it ends in .gz); a bad line is a ValueError
+    naming the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with opener(path, "rb") as f:  # decoded per line, so bad bytes name their line
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not UTF-8 (byte {exc.start + 1})") from None
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
     return rows
@@ -108,7 +113,7 @@ def load_humaneval_plus(data_dir: str | Path) -> dict[str, PythonTask]:
     """HumanEval+ v0.1.10 (164 tasks); its base inputs are HumanEval's own tests."""
     path = dataset_file(data_dir, HUMANEVAL_PLUS_FILE)
     tasks = {}
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate(read_jsonl(path), 1):
         tid = _need(row, "task_id", path, n)
         tasks[tid] = PythonTask(
             task_id=tid,
@@ -127,7 +132,7 @@ def load_mbpp_plus(data_dir: str | Path) -> dict[str, PythonTask]:
     """MBPP+ v0.2.0 (378 tasks), serialised inputs decoded as EvalPlus does."""
     path = dataset_file(data_dir, MBPP_PLUS_FILE)
     tasks = {}
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate(read_jsonl(path), 1):
         tid = _need(row, "task_id", path, n)
         assertion = _need(row, "assertion", path, n).strip()
         tasks[tid] = PythonTask(
@@ -243,7 +248,7 @@ def load_multiple(data_dir: str | Path, language: str) -> dict[str, MultiplETask
     name = _csharp_file(folder).name if language == "cs" else f"humaneval-{language}.jsonl"
     path = dataset_file(data_dir, f"{MULTIPLE_DIR}/{name}")
     tasks = {}
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate(read_jsonl(path), 1):
         # the python file is HumanEval's own format (task_id, test) rather than MultiPL-E's
         name = row.get("name") or _need(row, "task_id", path, n)
         tests = row["tests"] if "tests" in row else _need(row, "test", path, n)
