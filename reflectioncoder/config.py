@@ -60,6 +60,13 @@ class ModelConfig:
     """``torch.compile`` each decoder layer (regional; attention as a custom op, so no graph
     break and no recompile across micro-batch lengths: ``model.compile_layers``). ``auto``: on
     when training on CUDA, off on a CPU (compiling there costs more than it saves)."""
+    fused_projections: bool = False
+    """q/k/v as one GEMM and gate/up as one (``fused_projections``; the weights stay Hugging
+    Face's own). Off: on the CPU the whole forward + backward measured 1.5-13% slower with it
+    (bench.bench_fused_projections: the slices are strided, the backward concatenates their
+    gradients), and on a GPU Liger's RoPE and SwiGLU copy the slices, about what the one GEMM
+    saves (docs/training.md); a GPU measurement is owed. Not with ZeRO-3, whose hooks gather
+    each projection's own weights."""
     mixed_precision: str = "masters"
     """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
     bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as

@@ -11,8 +11,8 @@
   ``varlen_attention`` registered in transformers' ``AttentionInterface`` and fed ``cu_seqlens``
   explicitly (never inferred from position ids, which have gaps in the student segments).
   The LM head (``lm_head_weight``) is applied only in the fused loss, on the loss rows.
-- ``prepare_model`` switches the attention, Liger-Kernel (RMSNorm, RoPE, SwiGLU; CUDA only) and
-  gradient checkpointing.
+- ``prepare_model`` switches the attention, Liger-Kernel (RMSNorm, RoPE, SwiGLU; CUDA only),
+  fused q/k/v and gate/up projections (``fused_projections``) and gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -232,9 +232,11 @@ def prepare_model(
     liger: bool | None = None,
     gradient_checkpointing: bool = False,
     checkpointing_policy: str = "full",
+    fused_projections: bool = False,
 ) -> PreTrainedModel:
-    """Put ``model`` in training mode and switch attention, Liger-Kernel and gradient
-    checkpointing (in place).
+    """Put ``model`` in training mode and switch attention, Liger-Kernel, fused q/k/v and
+    gate/up projections (``fused_projections.fuse_projections``: call this after the model has
+    its device and dtype) and gradient checkpointing (in place).
 
     Training mode matters: ``from_pretrained`` returns the model in eval mode, and transformers
     recomputes a checkpointed layer only when ``self.training`` is set, so without ``.train()``
@@ -261,6 +263,10 @@ def prepare_model(
             cross_entropy=False,
             fused_linear_cross_entropy=False,
         )
+    if fused_projections:
+        from reflectioncoder.fused_projections import fuse_projections
+
+        fuse_projections(model)
     set_checkpointing(model, gradient_checkpointing, checkpointing_policy)
     return model
 

@@ -34,7 +34,7 @@ from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
-from reflectioncoder.errors import UserError, ctrl_c_to_main_thread
+from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed, model_card, reporters
 from reflectioncoder.train.flops import (
     ModelShape,
@@ -328,6 +328,12 @@ class Trainer:
         reporters.check_installed(cfg.logging.trackers)  # at start-up, not after a step
         self.overwrite = overwrite and not resume
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
+        if cfg.model.fused_projections and distributed.uses_zero3(cfg, self.info):
+            raise ConfigError(
+                "not with ZeRO-3 (its hooks gather each projection's own weights): set it false "
+                "or use ZeRO stage 0-2",
+                field="model.fused_projections",
+            )
         if not cfg.logging.progress or not self.info.is_main:
             progress.quiet()
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -385,7 +391,7 @@ class Trainer:
         else:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
-        prepare_model(model)
+        prepare_model(model, fused_projections=cfg.model.fused_projections)
         cfg = self._plan_memory(cfg, model)
         compile_ = cfg.model.compile
         if compile_ is True or (compile_ == "auto" and self.info.device.type == "cuda"):
