@@ -18,13 +18,18 @@ from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_mode
 from reflectioncoder.train.trainer import ReflectionLossModule
 
 
-@pytest.mark.parametrize("checkpointing", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_compiled_layers_never_break_nor_recompile(seed, checkpointing):
+@pytest.mark.parametrize(
+    "checkpointing, fused",
+    [(False, False), pytest.param(True, False, marks=pytest.mark.slow),
+     pytest.param(False, True, marks=pytest.mark.slow)],
+    ids=["plain", "checkpointing", "fused-projections"],
+)  # fmt: skip
+def test_compiled_layers_never_break_nor_recompile(seed, checkpointing, fused):
     torch._dynamo.reset()
     counters.clear()
     model = build_tiny_llama(300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                              seed=seed)  # fmt: skip
-    prepare_model(model, liger=False, gradient_checkpointing=checkpointing)
+    prepare_model(model, liger=False, gradient_checkpointing=checkpointing, fused_projections=fused)
     eager = copy.deepcopy(model)
     compile_layers(model, backend="aot_eager")
     batches = _batches(seed)[1][:3]
