@@ -19,8 +19,8 @@ from test_trainer import tiny_config
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.fused_projections import GroupHead, GroupMember, fuse_projections, joined
 from reflectioncoder.model import build_tiny_llama, load_model, prepare_model
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.checkpoint import save_hf_model
-from reflectioncoder.train.toydata import write_toy_jsonl
 from reflectioncoder.train.trainer import ReflectionLossModule, Trainer
 
 
