@@ -8,6 +8,7 @@ ranks in fp32); and a step syncs with the host at most once, as in one process."
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -78,6 +79,56 @@ def test_two_ranks_reduce_in_buckets_during_backward_and_match_one_process(tmp_p
         assert record["micro_batches"] > STEPS  # accumulation really happened
     syncs = json.loads((multi / "buckets-rank0.json").read_text())["syncs"]
     assert syncs and all(len(s) <= 1 for s in syncs), syncs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-masters"])
+def test_ddp_path_sums_the_micro_batches_as_one_process(seed, dtype, monkeypatch):
+    """Fast, in this process: the engine's DDP path on a gloo group of one rank (its comm hook
+    and, for bf16, the masters' fp32 sums) gives the gradients and update of the plain engine
+    bit for bit, over a step of 3 micro-batches; only the last backward reduces."""
+    import torch.distributed as dist
+    from test_packed_rows import _batches
+
+    from reflectioncoder.model import build_tiny_llama, prepare_model
+    from reflectioncoder.train import distributed
+    from reflectioncoder.train.trainer import ReflectionLossModule
+
+    run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}"])
+    model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
+    prepare_model(model, liger=False)
+    batches = _batches(seed)[1][:3]
+    assert len(batches) == 3
+    real = dist.all_reduce
+    calls, last = [], [False]
+
+    def recording(tensor, *args, **kwargs):
+        calls.append(last[0])
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", recording)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        engines = []
+        for ranks in (1, 2):  # 2: the DDP path (the group itself has one rank)
+            info = distributed.DistInfo(0, ranks, 0, torch.device("cpu"), deepspeed=False)
+            module = ReflectionLossModule(copy.deepcopy(model))
+            engines.append(distributed.LocalEngine(module, run, info))
+        for engine in engines:
+            for j, batch in enumerate(batches):
+                last[0] = j == len(batches) - 1
+                engine.start_micro_batch(last[0])
+                engine.backward(engine(batch)[0])
+        assert calls and all(calls)  # the DDP engine reduced in the last backward only
+        plain, ddp = engines
+        for a, b in zip(plain.params, ddp.params, strict=True):
+            assert a.grad.dtype == torch.float32 and torch.equal(a.grad, b.grad)
+        stats = [torch.ones(1, dtype=torch.float64) for _ in engines]
+        norms = [engine.finish_step(s).grad_norm for engine, s in zip(engines, stats, strict=True)]
+        assert norms[0] == norms[1]
+        for a, b in zip(plain.weights, ddp.weights, strict=True):
+            assert torch.equal(a, b)
+    finally:
+        dist.destroy_process_group()
 
 
 def _driver(spec: dict) -> None:

@@ -696,22 +696,27 @@ def _data_parallel(module: torch.nn.Module) -> torch.nn.parallel.DistributedData
     """``module`` under DDP: buckets of one D x D matrix of its weights' dtype (the ZeRO
     reduce bucket, ``BUCKETS_FROM_HIDDEN``), gradients kept as views of the buckets (no copy),
     buffers never re-broadcast (none changes in training); inputs are already on the device."""
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
     hidden = module.model.config.get_text_config().hidden_size
     elements = BUCKETS_FROM_HIDDEN["reduce_bucket_size"](hidden)
     itemsize = next(p for p in module.parameters() if p.requires_grad).element_size()
-    return torch.nn.parallel.DistributedDataParallel(
-        module,
-        bucket_cap_mb=elements * itemsize / 2**20,
-        broadcast_buffers=False,
-        gradient_as_bucket_view=True,
+    # newer torch (2.13 here) names it forward_sync_buffers, and warns on broadcast_buffers
+    renamed = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+    no_sync = {"forward_sync_buffers" if renamed else "broadcast_buffers": False}
+    return ddp(
+        module, bucket_cap_mb=elements * itemsize / 2**20, gradient_as_bucket_view=True, **no_sync
     )
 
 
-def _sum_bucket(engine: LocalEngine, bucket: dist.GradBucket) -> torch.futures.Future:
+def _sum_bucket(engine: LocalEngine, bucket):
     """DDP's comm hook, called in the backward as each bucket's gradients are ready: an async
     all-reduce SUM (DDP's own averages; our losses carry the global normalisation). A bucket
     of 16-bit gradients is first cast to fp32 and added to the step's earlier micro-batches in
-    the masters' ``.grad``, which become views of the reduced fp32 sums."""
+    the masters' ``.grad``, which become views of the reduced fp32 sums. ``bucket``: a
+    ``dist.GradBucket``; returns a ``Future`` of its buffer (unannotated: DDP refuses the
+    string annotations ``from __future__ import annotations`` makes)."""
     buffer = bucket.buffer()
     flat = buffer
     if buffer.dtype != torch.float32:
