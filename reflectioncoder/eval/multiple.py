@@ -135,9 +135,9 @@ def command_line(language: str, run_s: float, nonce_fd: int | None = None) -> st
 
 def nonce_in_source(language: str) -> bool:
     """Whether the language's nonce statement carries the nonce itself (in the source, so in
-    a binary or class file too) rather than reading it from descriptor 3 at run time: the
-    languages not tested here, and Go, whose prompt imports no file API a completion could
-    read the source with."""
+    a binary or class file too) rather than reading it from descriptor 3 at run time: Julia
+    and Swift (not packaged by Debian 12, never run here), and Go, whose prompt imports no
+    file API a completion could read the source with."""
     return "{nonce}" in LANGUAGES[language].nonce
 
 

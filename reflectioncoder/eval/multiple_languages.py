@@ -98,7 +98,7 @@ LANGUAGES: dict[str, Language] = {
         "mcs -d:DEBUG -r:System.Numerics.dll -out:{work}/Problem.exe {src}/Problem.cs >&2 && "
         "{run} mono {work}/Problem.exe",
         ("mcs", "mono"), ("mono-mcs", "mono-runtime"),
-        'Console.WriteLine("{nonce}");', "brace-2",
+        'Console.WriteLine(System.IO.File.ReadAllText("/dev/fd/3"));', "brace-2",
         binds=("/etc/mono",),
         # mono reports a failed Debug.Assert on this listener and goes on with exit status 0
         env=(("MONO_TRACE_LISTENER", "Console.Error"),),
@@ -109,7 +109,8 @@ LANGUAGES: dict[str, Language] = {
         "main.d",
         "ldc2 -unittest -od={work} -of={work}/main {src}/main.d && {run} {work}/main",
         ("ldc2",), ("ldc",),
-        'unittest { import core.stdc.stdio : puts; puts("{nonce}"); }',
+        'unittest { import std.file : readText; import std.stdio : writeln; '
+        'writeln(readText("/dev/fd/3")); }',
         binds=("/etc/ldc2.conf",), memory_mb=2048, build_s=90,
     ),
     "go": Language(
@@ -159,7 +160,8 @@ LANGUAGES: dict[str, Language] = {
     ),
     "r": Language(
         "main.r", "{run} Rscript {src}/main.r", ("Rscript",), ("r-base-core",),
-        'cat("{nonce}\\n")', binds=("/etc/R",), memory_mb=2048,  # R_HOME/etc links there
+        'cat("\\n", readLines("/dev/fd/3", warn = FALSE), "\\n", sep = "")',
+        binds=("/etc/R",), memory_mb=2048,  # R_HOME/etc links there
     ),
     "rb": Language(
         "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
@@ -171,7 +173,7 @@ LANGUAGES: dict[str, Language] = {
     ),
     "rkt": Language(
         "main.rkt", "{run} racket {src}/main.rkt", ("racket",), ("racket",),
-        '(displayln "{nonce}")', binds=("/etc/racket",),
+        '(displayln (file->string "/dev/fd/3"))', binds=("/etc/racket",),
         library="rackunit", probe=("racket", "-l", "racket/base", "-l", "rackunit", "-e", "1"),
         stderr_fails=True,  # rackunit reports a failed check on stderr and exits 0
         memory_mb=2048, run_s=30,
@@ -190,7 +192,10 @@ LANGUAGES: dict[str, Language] = {
         # runner script and its MainGenericRunner in front (seconds under load)
         f"scalac {_JAVAC_JVM} -d {{work}} {{src}}/Problem.scala && "
         f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR} Problem",
-        ("scalac", "java"), ("scala",), 'println("{nonce}")', "brace-2",
+        ("scalac", "java"), ("scala",),
+        "println(new String(java.nio.file.Files.readAllBytes("
+        'java.nio.file.Paths.get("/dev/fd/3"))))',
+        "brace-2",
         library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
         binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=120,
         stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
