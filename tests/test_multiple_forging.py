@@ -7,6 +7,7 @@ reads descriptor 3 itself; these tests show that too, so docs/evaluation.md's ta
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -78,6 +79,81 @@ READS_ITSELF = {
         '    print "$1\\n" while $s =~ /(rc-done-[0-9a-f]{32})/g;\n'
         "    exit 0;\n}\n"
     ),
+    # the compiled assembly and the source (C# keeps literals in UTF-16: the NULs go first)
+    "cs": (
+        '        var files = new List<string>(System.IO.Directory.GetFiles("."));\n'
+        '        files.AddRange(System.IO.Directory.GetFiles("../src"));\n'
+        "        files.Add(System.Reflection.Assembly.GetExecutingAssembly().Location);\n"
+        "        foreach (var p in files) {\n"
+        "            var s = Encoding.UTF8.GetString(System.IO.File.ReadAllBytes(p))\n"
+        '                .Replace("\\0", "");\n'
+        "            foreach (System.Text.RegularExpressions.Match m in\n"
+        "                     System.Text.RegularExpressions.Regex.Matches(\n"
+        '                         s, "rc-done-[0-9a-f]{32}"))\n'
+        "                Console.WriteLine(m.Value);\n"
+        "        }\n"
+        "        foreach (System.Collections.DictionaryEntry e in\n"
+        "                 Environment.GetEnvironmentVariables())\n"
+        "            Console.WriteLine(e.Value);\n"
+        "        Environment.Exit(0);\n"
+        "        return 0;\n"
+    ),
+    "d": (
+        "{\n"
+        "    import std.file : dirEntries, SpanMode, read, isFile;\n"
+        "    import std.algorithm.searching : find;\n"
+        "    import std.stdio : writeln;\n"
+        "    import std.process : environment;\n"
+        "    import core.stdc.stdlib : exit;\n"
+        '    string[] paths = [__FILE_FULL_PATH__, "/proc/self/exe"];\n'
+        '    foreach (dir; [".", "../src"])\n'
+        "        foreach (e; dirEntries(dir, SpanMode.shallow)) if (e.isFile) paths ~= e.name;\n"
+        "    foreach (p; paths) {\n"
+        "        auto b = cast(const(ubyte)[]) read(p);\n"
+        '        while ((b = find(b, cast(const(ubyte)[]) "rc-done-")).length >= 40) {\n'
+        "            writeln(cast(string) b[0 .. 40]);\n"
+        "            b = b[1 .. $];\n"
+        "        }\n"
+        "    }\n"
+        "    writeln(environment.toAA());\n"
+        "    exit(0);\n"
+        "    return 0;\n"
+        "}\n"
+    ),
+    "r": (
+        "    args <- commandArgs()\n"
+        '    files <- c(sub("^--file=", "", args[grepl("^--file=", args)]),\n'
+        '               list.files(".", full.names = TRUE),\n'
+        '               list.files("../src", full.names = TRUE))\n'
+        "    for (p in files) {\n"
+        '        s <- paste(readLines(p, warn = FALSE), collapse = "\\n")\n'
+        '        for (n in regmatches(s, gregexpr("rc-done-[0-9a-f]{32}", s))[[1]]) cat(n, "\\n")\n'
+        "    }\n"
+        "    print(Sys.getenv())\n"
+        '    quit(save = "no", status = 0)\n'
+        "}\n"
+    ),
+    "rkt": (
+        "  (define me (variable-reference->module-source (#%variable-reference)))\n"
+        '  (for ([p (append (list me) (directory-list "." #:build? #t)\n'
+        '                   (directory-list "../src" #:build? #t))]\n'
+        "        #:when (file-exists? p))\n"
+        '    (for ([n (regexp-match* #rx"rc-done-[0-9a-f]+" (file->bytes p))]) (displayln n)))\n'
+        "  (define env (current-environment-variables))\n"
+        "  (for ([n (environment-variables-names env)])\n"
+        "    (displayln (environment-variables-ref env n)))\n"
+        "  (exit 0))\n"
+    ),
+    "scala": (
+        '        val files = new java.io.File(".").listFiles.toList ++\n'
+        '            new java.io.File("../src").listFiles.toList\n'
+        "        for (f <- files if f.isFile) {\n"
+        '            val s = new String(java.nio.file.Files.readAllBytes(f.toPath), "ISO-8859-1")\n'
+        '            for (m <- "rc-done-[0-9a-f]{32}".r.findAllIn(s)) println(m)\n'
+        "        }\n"
+        "        println(System.getenv())\n"
+        "        sys.exit(0)\n"
+    ),
 }
 
 # A wrong `add` written for this scorer: it reads descriptor 3 like the test code does.
@@ -87,6 +163,16 @@ READS_DESCRIPTOR = {
     "sh": "    echo; cat <&3; echo\n    kill -9 $$\n",
     "js": "  console.log(require('fs').readFileSync('/dev/fd/3', 'utf8'));\n"
     "  process.exit(0);\n}\n",
+    "cs": '        Console.WriteLine(System.IO.File.ReadAllText("/dev/fd/3"));\n'
+    "        Environment.Exit(0);\n        return 0;\n",
+    "d": "{\n    import std.file : readText;\n    import std.stdio : writeln;\n"
+    "    import core.stdc.stdlib : exit;\n"
+    '    writeln(readText("/dev/fd/3"));\n    exit(0);\n    return 0;\n}\n',
+    "r": '    cat("\\n", readLines("/dev/fd/3", warn = FALSE), "\\n", sep = "")\n'
+    '    quit(save = "no", status = 0)\n}\n',
+    "rkt": '  (displayln (file->string "/dev/fd/3"))\n  (exit 0))\n',
+    "scala": "        println(new String(java.nio.file.Files.readAllBytes(\n"
+    '            java.nio.file.Paths.get("/dev/fd/3"))))\n        sys.exit(0)\n',
 }
 
 
@@ -111,7 +197,7 @@ def test_nonce_is_not_in_the_program(language, shared_dir):
 
 # where that forgery works (False: bash runs the function in a $(...) subshell whose output the
 # test captures, and the test's exit status stays the script's)
-FORGES = {"python": True, "js": True, "sh": False}
+FORGES = {lang: lang != "sh" for lang in READS_DESCRIPTOR}
 
 
 @pytest.mark.parametrize("language", sorted(READS_DESCRIPTOR))
@@ -148,11 +234,53 @@ REDEFINES = {
     "    return Yes()\n",
     # the tests end a failed check with `exit 1`: an exit that returns lets them run on
     "pl": "    return $x * $y;\n}\nBEGIN { *CORE::GLOBAL::exit = sub { 1 }; }\n",
+    "r": "    x * y\n}\nstopifnot <- function(...) invisible(TRUE)\n",
+    # a member of the object shadows Predef.assert
+    "scala": "        x * y\n    }\n    def assert(ok: Boolean): Unit = ()\n"
+    "    def rcUnused(): Long = {\n        0L\n",
+    # Debug.Assert reports to the trace listeners (stderr here): with none, a failure is silent
+    "cs": "        Debug.Listeners.Clear();\n        return x * y;\n",
+    # D's assert is a keyword, but druntime calls a set assertHandler instead of throwing
+    "d": "{\n    import core.exception : assertHandler;\n"
+    "    assertHandler = function(string file, size_t line, string msg) nothrow {};\n"
+    "    return x * y;\n}\n",
+    # rackunit reports a failed check on stderr and goes on: silence it
+    "rkt:stderr": "  (current-error-port (open-output-nowhere))\n  (* x y))\n",
+    # or shadow the check with a module-level definition (definitions shadow a require)
+    "rkt:define": "  (* x y))\n(define-syntax-rule (check-within a b c) (void))\n",
 }
 
 
-@pytest.mark.parametrize("language", sorted(REDEFINES))
-def test_redefined_assertions_forge_a_pass(language, shared_dir):
+# where that forgery does not work (D: LDC compiles a failed assert as a call that never
+# returns, so a handler that returns runs on into undefined code: a segmentation fault)
+REDEFINE_FAILS = {"d"}
+
+
+@pytest.mark.parametrize("attack", sorted(REDEFINES))
+def test_redefined_assertions_forge_a_pass(attack, shared_dir):
     """MultiPL-E's own limit, stated per language in docs/evaluation.md."""
-    res = _score(language, REDEFINES[language], shared_dir)
+    res = _score(attack.partition(":")[0], REDEFINES[attack], shared_dir)
+    want = "fail" if attack in REDEFINE_FAILS else "pass"
+    assert res.status == want, (res.reason, res.stderr_tail)
+
+
+# The nonce statement as it was before descriptor 3 (the nonce in the source), per language
+# whose completion above reads files: with it, each of those completions forges a pass, so
+# their failing above is the descriptor's doing, not a broken attack.
+IN_SOURCE = {
+    "cs": 'Console.WriteLine("{nonce}");',
+    "d": 'unittest { import core.stdc.stdio : puts; puts("{nonce}"); }',
+    "r": 'cat("{nonce}\\n")',
+    "rkt": '(displayln "{nonce}")',
+    "scala": 'println("{nonce}")',
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("language", sorted(IN_SOURCE))
+def test_reading_itself_forges_a_nonce_in_the_source(language, shared_dir, monkeypatch):
+    lang = dataclasses.replace(ml.LANGUAGES[language], nonce=IN_SOURCE[language])
+    monkeypatch.setitem(ml.LANGUAGES, language, lang)
+    assert ml.nonce_in_source(language)
+    res = _score(language, READS_ITSELF[language], shared_dir)
     assert res.status == "pass", (res.reason, res.stderr_tail)
