@@ -170,3 +170,41 @@ def test_program_gets_a_plain_sigint_from_a_pool_thread(level):
     with ThreadPoolExecutor(1, initializer=ctrl_c_to_main_thread) as pool:
         res = pool.submit(sandbox.run_python, code).result()
     assert res.stdout == "0 0\n", res
+
+
+def test_a_big_scorer_starts_children_through_a_fresh_interpreter(level, monkeypatch):
+    """A scorer holding much memory (MBPP+'s expected outputs: 1.7 GB) starts each child through
+    child.py in a fresh interpreter (vfork + exec: no page tables copied) instead of a fork; the
+    program gets the same set-up: SIGINT plain, the per-process limits, the run's cgroup (its CPU
+    is counted), the seccomp filter."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reflectioncoder.errors import ctrl_c_to_main_thread
+    from reflectioncoder.eval.sandbox import process
+
+    monkeypatch.setattr(process, "_FORK_RSS", 0)
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def spy(cmd, *args, **kwargs):
+        started.append(list(cmd))
+        return real_popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    code = (
+        "import resource, socket\n"
+        "fields = dict(l.split(':\\t') for l in open('/proc/self/status').read().splitlines()"
+        " if ':\\t' in l)\n"
+        "try:\n    socket.socket(socket.AF_UNIX)\n    sock = 'opened'\n"
+        "except OSError:\n    sock = 'refused'\n"
+        "print(int(fields['SigBlk'], 16) & 2, int(fields['SigIgn'], 16) & 2,"
+        " resource.getrlimit(resource.RLIMIT_AS)[0] >> 20, sock)\n"
+        "sum(range(3_000_000))\n"
+    )
+    with ThreadPoolExecutor(1, initializer=ctrl_c_to_main_thread) as pool:
+        res = pool.submit(sandbox.run_python, code, memory_mb=300).result()
+    assert any("child.py" in " ".join(cmd) for cmd in started), started
+    assert res.stdout == "0 0 300 refused\n", res
+    if res.cpu_time_s is not None:  # the run's cgroup counted the program's CPU
+        assert res.cpu_time_s > 0.01, res
