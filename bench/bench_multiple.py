@@ -54,7 +54,7 @@ STUBS = {
 def samples_for(lang: str, tasks: dict) -> list[dict]:
     if lang == "python":
         rows = tk.read_jsonl(DATA / tk.MULTIPLE_DIR / "humaneval-python.jsonl")
-        canonical = {r["task_id"]: r["canonical_solution"] for r in rows}
+        canonical = {r["task_id"]: r["canonical_solution"] for _, r in rows}
         return [{"task_id": t, "completion": canonical[t]} for t in tasks]
     return [{"task_id": t, "completion": STUBS[lang]} for t in tasks]
 

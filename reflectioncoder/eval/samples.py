@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.eval.tasks import read_jsonl
 
 __all__ = ["Sample", "number_samples", "read_samples", "select_samples"]
 
@@ -43,34 +44,24 @@ def read_samples(
 ) -> list[dict]:
     """The rows of a samples file (JSON lines). ``languages``: each row must name one of
     these (``--task multiple``). A bad row is a UserError naming its line and field."""
-    rows = []
-    with open(path, "rb") as f:  # decoded per line, so bad bytes name their line
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
-                ) from None
-            if not isinstance(row, dict) or "task_id" not in row:
-                raise UserError("missing", file=path, line=n, field="task_id")
-            problem = _text_problem(row, solutions)
-            if problem:
-                raise UserError(problem, file=path, line=n, field="completion")
-            rows.append(row)
+    rows, lines = [], []
+    for n, row in read_jsonl(path):
+        if not isinstance(row, dict) or "task_id" not in row:
+            raise UserError("missing", file=path, line=n, field="task_id")
+        problem = _text_problem(row, solutions)
+        if problem:
+            raise UserError(problem, file=path, line=n, field="completion")
+        rows.append(row)
+        lines.append(n)
     if languages is not None:
-        _check_languages(rows, path, languages)
+        _check_languages(rows, lines, path, languages)
     return rows
 
 
-def _check_languages(rows: list[dict], path: Path, known: Collection[str]) -> None:
-    for n, row in enumerate(rows, 1):
+def _check_languages(
+    rows: list[dict], lines: list[int], path: Path, known: Collection[str]
+) -> None:
+    for n, row in zip(lines, rows, strict=True):
         if not isinstance(row.get("language"), str):
             raise UserError("missing (--task multiple)", file=path, line=n, field="language")
         if row["language"] not in known:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reflectioncoder.errors import UserError
+
 __all__ = [
     "PythonTask",
     "MultiplETask",
@@ -85,9 +87,9 @@ def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file (gzipped when it ends in .gz); a bad line is a ValueError
-    naming the file and the line."""
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSON-lines file (gzipped when it
+    ends in .gz); a bad line is a UserError naming the file and the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rb") as f:  # decoded per line, so bad bytes name their line
@@ -95,11 +97,13 @@ def read_jsonl(path: Path) -> list[dict]:
             if not raw.strip():
                 continue
             try:
-                rows.append(json.loads(raw.decode("utf-8")))
+                rows.append((n, json.loads(raw.decode("utf-8"))))
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not UTF-8 (byte {exc.start + 1})") from None
+                raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON: {exc}") from None
+                raise UserError(
+                    f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
+                ) from None
     return rows
 
 
@@ -113,7 +117,7 @@ def load_humaneval_plus(data_dir: str | Path) -> dict[str, PythonTask]:
     """HumanEval+ v0.1.10 (164 tasks); its base inputs are HumanEval's own tests."""
     path = dataset_file(data_dir, HUMANEVAL_PLUS_FILE)
     tasks = {}
-    for n, row in enumerate(read_jsonl(path), 1):
+    for n, row in read_jsonl(path):
         tid = _need(row, "task_id", path, n)
         tasks[tid] = PythonTask(
             task_id=tid,
@@ -132,7 +136,7 @@ def load_mbpp_plus(data_dir: str | Path) -> dict[str, PythonTask]:
     """MBPP+ v0.2.0 (378 tasks), serialised inputs decoded as EvalPlus does."""
     path = dataset_file(data_dir, MBPP_PLUS_FILE)
     tasks = {}
-    for n, row in enumerate(read_jsonl(path), 1):
+    for n, row in read_jsonl(path):
         tid = _need(row, "task_id", path, n)
         assertion = _need(row, "assertion", path, n).strip()
         tasks[tid] = PythonTask(
@@ -248,7 +252,7 @@ def load_multiple(data_dir: str | Path, language: str) -> dict[str, MultiplETask
     name = _csharp_file(folder).name if language == "cs" else f"humaneval-{language}.jsonl"
     path = dataset_file(data_dir, f"{MULTIPLE_DIR}/{name}")
     tasks = {}
-    for n, row in enumerate(read_jsonl(path), 1):
+    for n, row in read_jsonl(path):
         # the python file is HumanEval's own format (task_id, test) rather than MultiPL-E's
         name = row.get("name") or _need(row, "task_id", path, n)
         tests = row["tests"] if "tests" in row else _need(row, "test", path, n)
