@@ -283,48 +283,64 @@ COLLISIONS_ALLOWED = 64  # distinct members of one set/dict that may share a has
 MAX_NUMPY_BYTES = 1 << 28  # what one decoded numpy array may allocate
 
 
+def _float_tag(text: str) -> float:
+    if text not in ("nan", "inf", "-inf"):
+        raise DecodeError(f"bad float {clip(text)!r}")
+    return float(text)
+
+
+def _dict_tag(items: list) -> dict:
+    for pair in items:
+        if type(pair) is not list or len(pair) != 2:
+            raise DecodeError("$dict items must be [key, value] pairs")
+    _distinct_hashes([k for k, _ in items])
+    return dict(items)
+
+
+def _complex_tag(re: Any, im: Any) -> complex:
+    if type(re) is not float or type(im) is not float:
+        raise DecodeError("complex parts must be floats")
+    return complex(re, im)
+
+
+def _sha_tag(digest: Any, length: Any) -> Digest:
+    if type(length) is not int or not 0 <= length < 1 << 62:
+        raise DecodeError("$sha length must be a small int")
+    return Digest(clip(_str(digest)), length)
+
+
+# Tags whose body is a string, a list, or a pair, and what each builds from it. "$int" is hex:
+# a power-of-two base parses in linear time, no digit limit needed.
+_FROM_TEXT = {
+    "$bytes": _unb64,
+    "$bytearray": lambda text: bytearray(_unb64(text)),
+    "$int": lambda text: int(text, 16),
+    "$opaque": lambda text: Opaque(clip(text)),
+    "$float": _float_tag,
+}
+_FROM_LIST = {
+    "$tuple": tuple,
+    "$set": lambda items: set(_distinct_hashes(items)),
+    "$frozenset": lambda items: frozenset(_distinct_hashes(items)),
+    "$dict": _dict_tag,
+}
+
+
 def _build(tag: str, body: Any) -> Any:
     """One tag's value from its already-decoded body. Bounded: nothing here allocates more
     than a small multiple of the line, and no set or dict is built from members whose hashes
     collide (a crafted set of equal-hash members would cost quadratic time)."""
-    if tag in ("$bytes", "$bytearray", "$float", "$int", "$opaque"):
-        text = _str(body)
-        if tag == "$bytes":
-            return _unb64(text)
-        if tag == "$bytearray":
-            return bytearray(_unb64(text))
-        if tag == "$int":
-            return int(text, 16)  # a power-of-two base: linear time, no digit limit needed
-        if tag == "$opaque":
-            return Opaque(clip(text))
-        if text not in ("nan", "inf", "-inf"):
-            raise DecodeError(f"bad float {clip(text)!r}")
-        return float(text)
+    if tag in _FROM_TEXT:
+        return _FROM_TEXT[tag](_str(body))
     items = _list(body)
-    if tag == "$tuple":
-        return tuple(items)
-    if tag == "$set":
-        return set(_distinct_hashes(items))
-    if tag == "$frozenset":
-        return frozenset(_distinct_hashes(items))
-    if tag == "$dict":
-        for pair in items:
-            if type(pair) is not list or len(pair) != 2:
-                raise DecodeError("$dict items must be [key, value] pairs")
-        _distinct_hashes([k for k, _ in items])
-        return dict(items)
+    if tag in _FROM_LIST:
+        return _FROM_LIST[tag](items)
     if len(items) != 2:
         raise DecodeError(f"{tag} takes two items")
     if tag == "$complex":
-        re, im = items
-        if type(re) is not float or type(im) is not float:
-            raise DecodeError("complex parts must be floats")
-        return complex(re, im)
+        return _complex_tag(*items)
     if tag == "$sha":
-        digest, length = items
-        if type(length) is not int or not 0 <= length < 1 << 62:
-            raise DecodeError("$sha length must be a small int")
-        return Digest(clip(_str(digest)), length)
+        return _sha_tag(*items)
     return _build_numpy(tag, *items)
 
 

@@ -345,15 +345,8 @@ def run_sandboxed(
     limits = dataclasses.replace(limits or Limits(), **limit)
     if limits.cpu_s is None:
         limits = dataclasses.replace(limits, cpu_s=timeout_s)
-    prepared = PreparedRun(
-        argv,
-        files=files,
-        limits=limits,
-        env=env,
-        hide=hide,
-        ro_binds=ro_binds,
-        pass_fds=pass_fds,
-    )
+    where = {"files": files, "env": env, "hide": hide, "ro_binds": ro_binds}
+    prepared = PreparedRun(argv, limits=limits, pass_fds=pass_fds, **where)
     return prepared.run(
         stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
     )
