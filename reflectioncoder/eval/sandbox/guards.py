@@ -234,79 +234,82 @@ def _make_audit_hook(work: str, hidden: tuple, pid: int):  # pragma: no cover - 
 # seccomp: syscalls refused, by (x86-64, aarch64) number from the kernel's unistd tables
 # (None: the machine has no such call; aarch64 has only clone and *at variants)
 _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
-_SPECIAL_SYSCALLS = {
-    "clone": (56, 220),
-    "clone3": (435, 435),
-    "kill": (62, 129),
-    "tkill": (200, 130),
-    "tgkill": (234, 131),
-}
-# Refused at every level (the box's filter and the fallback's): the kernel's own state, other
+# name, x86-64 number, aarch64 number (-: none), role, in the form of the kernel's syscall .tbl
+# files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel":
+# refused at every level (the box's filter and the fallback's): the kernel's own state, other
 # processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
-# them; socketpair stays: see below), keys, tracing, modules.
-_KERNEL_SYSCALLS = {
-    "ptrace": (101, 117),
-    "process_vm_readv": (310, 270),
-    "process_vm_writev": (311, 271),
-    "pidfd_getfd": (438, 438),
-    "setns": (308, 268),
-    "unshare": (272, 97),
-    "mount": (165, 40),
-    "umount2": (166, 39),
-    "pivot_root": (155, 41),
-    "chroot": (161, 51),
-    "open_by_handle_at": (304, 265),
-    "name_to_handle_at": (303, 264),
-    "init_module": (175, 105),
-    "finit_module": (313, 273),
-    "delete_module": (176, 106),
-    "kexec_load": (246, 104),
-    "kexec_file_load": (320, 294),
-    "reboot": (169, 142),
-    "bpf": (321, 280),
-    "perf_event_open": (298, 241),
-    "userfaultfd": (323, 282),
-    "fsopen": (430, 430),
-    "fsmount": (432, 432),
-    "move_mount": (429, 429),
-    "open_tree": (428, 428),
-    "fspick": (433, 433),
-    "fsconfig": (431, 431),
-    "mount_setattr": (442, 442),
-    "syslog": (103, 116),
-    "swapon": (167, 224),
-    "swapoff": (168, 225),
-    "settimeofday": (164, 170),
-    "clock_settime": (227, 112),
-    "clock_adjtime": (305, 266),
-    "adjtimex": (159, 171),
-    "sethostname": (170, 161),
-    "setdomainname": (171, 162),
-    "iopl": (172, None),
-    "ioperm": (173, None),
-    "quotactl": (179, 60),
-    "acct": (163, 89),
-    "keyctl": (250, 219),
-    "add_key": (248, 217),
-    "request_key": (249, 218),
-    "socket": (41, 198),
-    "io_uring_setup": (425, 425),
-    "io_uring_enter": (426, 426),
-    "io_uring_register": (427, 427),
-}
-# Refused to Python programs in the fallback only (compilers in the box need them; rustc
-# spawns its linker through a socketpair, which reaches nothing but its own other end).
-_PROCESS_SYSCALLS = {
-    "socketpair": (53, 199),
-    "fork": (57, None),
-    "vfork": (58, None),
-    "execve": (59, 221),
-    "execveat": (322, 281),
-    "pidfd_send_signal": (424, 424),
-    "pidfd_open": (434, 434),
-    "mknod": (133, None),
-    "mknodat": (259, 33),
-}
+# them), keys, tracing, modules. "process": refused to Python programs in the fallback only
+# (compilers in the box need them; rustc spawns its linker through a socketpair, which reaches
+# nothing but its own other end).
+_SYSCALL_TABLE = """
+clone                 56  220  special
+clone3               435  435  special
+kill                  62  129  special
+tkill                200  130  special
+tgkill               234  131  special
+ptrace               101  117  kernel
+process_vm_readv     310  270  kernel
+process_vm_writev    311  271  kernel
+pidfd_getfd          438  438  kernel
+setns                308  268  kernel
+unshare              272   97  kernel
+mount                165   40  kernel
+umount2              166   39  kernel
+pivot_root           155   41  kernel
+chroot               161   51  kernel
+open_by_handle_at    304  265  kernel
+name_to_handle_at    303  264  kernel
+init_module          175  105  kernel
+finit_module         313  273  kernel
+delete_module        176  106  kernel
+kexec_load           246  104  kernel
+kexec_file_load      320  294  kernel
+reboot               169  142  kernel
+bpf                  321  280  kernel
+perf_event_open      298  241  kernel
+userfaultfd          323  282  kernel
+fsopen               430  430  kernel
+fsmount              432  432  kernel
+move_mount           429  429  kernel
+open_tree            428  428  kernel
+fspick               433  433  kernel
+fsconfig             431  431  kernel
+mount_setattr        442  442  kernel
+syslog               103  116  kernel
+swapon               167  224  kernel
+swapoff              168  225  kernel
+settimeofday         164  170  kernel
+clock_settime        227  112  kernel
+clock_adjtime        305  266  kernel
+adjtimex             159  171  kernel
+sethostname          170  161  kernel
+setdomainname        171  162  kernel
+iopl                 172    -  kernel
+ioperm               173    -  kernel
+quotactl             179   60  kernel
+acct                 163   89  kernel
+keyctl               250  219  kernel
+add_key              248  217  kernel
+request_key          249  218  kernel
+socket                41  198  kernel
+io_uring_setup       425  425  kernel
+io_uring_enter       426  426  kernel
+io_uring_register    427  427  kernel
+socketpair            53  199  process
+fork                  57    -  process
+vfork                 58    -  process
+execve                59  221  process
+execveat             322  281  process
+pidfd_send_signal    424  424  process
+pidfd_open           434  434  process
+mknod                133    -  process
+mknodat              259   33  process
+"""
+_SYSCALLS = [line.split() for line in _SYSCALL_TABLE.strip().splitlines()]
+_SPECIAL_SYSCALLS, _KERNEL_SYSCALLS, _PROCESS_SYSCALLS = (
+    {n: (int(x86), None if arm == "-" else int(arm)) for n, x86, arm, r in _SYSCALLS if r == role}
+    for role in ("special", "kernel", "process")
+)
 _DENIED_SYSCALLS = {**_KERNEL_SYSCALLS, **_PROCESS_SYSCALLS}
 # clone flags that make a new namespace (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
 # NEWNET; NEWTIME is 0x80)
