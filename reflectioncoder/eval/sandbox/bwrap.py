@@ -12,6 +12,7 @@ size-capped ``/tmp`` (the working directory lives there), ``/dev/shm`` and ``/de
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -57,6 +58,7 @@ _PROC_COVERED = ("/proc/sys", "/proc/pressure")
 _DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 
 
+@functools.lru_cache(maxsize=1)
 def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
@@ -124,15 +126,11 @@ def bwrap_argv(
         argv += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
     for mount in ("/tmp", "/dev/shm"):
         argv += ["--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", mount]
-    for path in _SYSTEM_PATHS:
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            argv += ["--ro-bind", path, path]
+    system, host_paths = _host_layout()
+    argv += system
     bound = list(_SYSTEM_PATHS)
-    etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
     binds = []
-    for path in [*etc, *_python_paths(), *map(os.path.abspath, ro_binds)]:
+    for path in [*host_paths, *map(os.path.abspath, ro_binds)]:
         if any(_inside(path, b) for b in bound):
             continue  # already there (binding again would undo a hide)
         binds += ["--ro-bind", path, path]
@@ -156,6 +154,21 @@ def bwrap_argv(
     return argv
 
 
+@functools.lru_cache(maxsize=1)
+def _host_layout() -> tuple[list[str], list[str]]:
+    """The system directories' mounts and the /etc and Python paths every box binds: read
+    once per process (globbing /etc and stat-ing each path cost a millisecond per run)."""
+    system = []
+    for path in _SYSTEM_PATHS:
+        if os.path.islink(path):
+            system += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            system += ["--ro-bind", path, path]
+    etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
+    return system, [*etc, *_python_paths()]
+
+
+@functools.lru_cache(maxsize=1)
 def setpriv_path() -> str:
     return shutil.which("setpriv", path="/usr/bin:/bin") or "/usr/bin/setpriv"
 
