@@ -27,7 +27,8 @@ $(VENV)/.installed: setup.py $(PINNED_BY)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]"
+	# torch named again: --upgrade-strategy eager would otherwise take the newest torch from PyPI
+	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
 	touch $@
 
 env: $(VENV)/.installed
