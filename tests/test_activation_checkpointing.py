@@ -140,11 +140,10 @@ def test_compiled_layers_take_a_mixed_plan_without_breaks(seed):
     import copy
 
     import torch._dynamo
-    from test_packed_rows import _batches
+    from test_compile import matches_eager_without_breaks
     from torch._dynamo.utils import counters
 
     from reflectioncoder.model import compile_layers
-    from reflectioncoder.train.trainer import ReflectionLossModule
 
     torch._dynamo.reset()
     counters.clear()
@@ -154,15 +153,5 @@ def test_compiled_layers_take_a_mixed_plan_without_breaks(seed):
     apply_plan(model, ("full", "save_gemms", "none"))
     eager = copy.deepcopy(model)
     compile_layers(model, backend="aot_eager")
-    batches = _batches(seed)[1][:3]
-    assert len({b.num_tokens for b in batches}) >= 3
-    for batch in batches:
-        loss = ReflectionLossModule(model)(batch)[0]
-        loss.backward()
-        want = ReflectionLossModule(eager)(batch)[0]
-        want.backward()
-        torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
-    assert dict(counters["graph_break"]) == {}
+    matches_eager_without_breaks(model, eager, seed)
     assert counters["stats"]["unique_graphs"] == 3 == counters["frames"]["total"]
-    for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
