@@ -11,7 +11,13 @@ import pytest
 
 from reflectioncoder.construct.backend import Draft
 from reflectioncoder.construct.build import reflection_sample
-from reflectioncoder.construct.execute import ALL_PASSED, judge_tests, run_program, run_tests
+from reflectioncoder.construct.execute import (
+    ALL_PASSED,
+    Check,
+    judge_tests,
+    run_program,
+    run_tests,
+)
 from reflectioncoder.construct.from_problems import AssertTest, UserProblem
 from reflectioncoder.construct.problems import generate_problems
 
@@ -87,8 +93,57 @@ def test_user_problem_asserts_are_judged_outside():
     forged = "import os\nprint('All tests passed.')\nos._exit(0)\ndef add(a, b):\n    return 0\n"
     assert not run_tests(problem, forged).passed
     checks = [t.judged() for t in tests]
-    assert checks[2] == ("add(1, 1) > 1", None) and checks[1] == ("add(-1, 1)", "0")
+    assert checks[2] == Check("add(1, 1)", ">", "1") and checks[1] == Check("add(-1, 1)", "==", "0")
     assert not judge_tests("def add(a, b):\n    return 0\n", checks[2:3], timeout_s=5)
+
+
+RIGGED_GT = (
+    "class _Big:\n    def __gt__(self, other):\n        return True\n"
+    "    __ge__ = __gt__\n"
+    "def add(a, b):\n    return _Big()\n"
+)
+SHADOWED_SUM = "def add(a, b):\n    return -1\nsum = lambda xs: -1\n"
+
+
+def test_comparisons_are_made_outside_the_program():
+    """``assert add(1, 1) > 1`` and its kin: the call's plain value is compared here, so an
+    object whose ``__gt__`` always says True is not a pass; a wrong plain value is not either."""
+    tests = (AssertTest("assert add(1, 1) > 1"), AssertTest("assert add(2, 2) >= 4"))
+    problem = UserProblem("u/2", "Add two numbers.", tests, entry_point="add")
+    assert run_program(problem.test_program(RIGGED_GT)).passed  # the printed rule is fooled
+    assert not run_tests(problem, RIGGED_GT).passed
+    assert not run_tests(problem, "def add(a, b):\n    return 1\n").passed
+    assert run_tests(problem, "def add(a, b):\n    return a + b\n").passed
+    for op, want in (("in", "[1, 2]"), ("not in", "[7]"), ("!=", "7"), ("<", "3"), ("<=", "2")):
+        check = AssertTest(f"assert add(1, 1) {op} {want}").judged()
+        assert check.op == op
+        assert judge_tests("def add(a, b):\n    return a + b\n", [check], timeout_s=5), op
+        assert not judge_tests("def add(a, b):\n    return 7\n", [check], timeout_s=5), op
+
+
+def test_computed_expected_side_runs_with_the_reference_not_the_program():
+    """An expected side that is not a literal (``sum([2, 2])``) is evaluated without the
+    program (with the reference when there is one), so shadowing ``sum`` forges nothing."""
+    tests = (
+        AssertTest("assert add(2, 2) == sum([2, 2])"),
+        AssertTest("assert add(1, 5) == sum([1, 5])"),
+    )
+    reference = "def add(a, b):\n    return a + b\n"
+    problem = UserProblem("u/3", "Add two numbers.", tests, reference, entry_point="add")
+    assert run_program(problem.test_program(SHADOWED_SUM)).passed  # the printed rule is fooled
+    assert not run_tests(problem, SHADOWED_SUM).passed
+    assert run_tests(problem, reference).passed
+    # no reference: builtins alone still give the expected side, outside the program
+    bare = UserProblem("u/4", "Add two numbers.", tests, entry_point="add")
+    assert not run_tests(bare, SHADOWED_SUM).passed
+    # an expected side naming the reference's own helper is evaluated with the reference
+    helper = (AssertTest("assert add(2, 3) == _add_ref(2, 3)"),)
+    with_helper = reference + "def _add_ref(a, b):\n    return a + b\n"
+    problem = UserProblem("u/5", "Add two numbers.", helper, with_helper, entry_point="add")
+    forged = "def add(a, b):\n    return 0\ndef _add_ref(a, b):\n    return 0\n"
+    assert run_program(problem.test_program(forged)).passed
+    assert not run_tests(problem, forged).passed
+    assert run_tests(problem, reference + "def _add_ref(a, b):\n    return a + b\n").passed
 
 
 class _ForgingBackend:

@@ -7,9 +7,11 @@ construct/ never runs a written or mutated program itself: every run goes throug
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,12 +75,36 @@ def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ex
     return Execution(_normalise(output), passed, timed_out, result.exit_code, result.ending)
 
 
-class _Check(Protocol):
-    def judged(self) -> tuple[str, str | None]: ...
+@dataclass(frozen=True)
+class Check:
+    """One test, as judged outside the program: ``call`` is evaluated in the program's
+    process and sent back as plain data; ``op`` (``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``,
+    ``in``, ``not in``; None: the value must be truthy) compares it here with ``expected``."""
+
+    call: str
+    op: str | None = "=="
+    expected: str | None = None
+
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "in": lambda a, b: operator.contains(b, a),
+    "not in": lambda a, b: not operator.contains(b, a),
+}
+
+
+class _Checked(Protocol):
+    def judged(self) -> Check: ...
 
 
 class _Problem(Protocol):
-    tests: Sequence[_Check]
+    tests: Sequence[_Checked]
+    solution: str
 
     def test_program(self, code: str) -> str: ...
 
@@ -91,39 +117,91 @@ def run_tests(problem: _Problem, code: str, timeout_s: float = 5.0) -> Execution
     run = run_program(problem.test_program(code), timeout_s=timeout_s)
     if not run.passed:
         return run
-    passed = judge_tests(code, [t.judged() for t in problem.tests], timeout_s=timeout_s)
+    checks = [t.judged() for t in problem.tests]
+    passed = judge_tests(code, checks, timeout_s=timeout_s, reference=problem.solution)
     return Execution(run.output, passed, run.timed_out, run.exit_code, run.ending)
 
 
-def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: float) -> bool:
-    """Whether ``code`` passes ``checks``, decided here, outside the program: each check is
-    (call, expected): the sandboxed harness runs the code, evaluates each call in its namespace
-    and sends the value back as plain data; the expected side, a Python literal, is read here
-    and never enters the sandbox (None: the call's value must be truthy, ``assert CALL``). A
-    pass needs every call's value, in order, then the harness's end line. Expected sides that
-    are not literals are evaluated in the program's process too (compared here all the same)."""
+def judge_tests(code: str, checks: Sequence[Check], timeout_s: float, reference: str = "") -> bool:
+    """Whether ``code`` passes ``checks``, decided here, outside the program: the sandboxed
+    harness runs the code, evaluates each check's call in its namespace and sends the value
+    back as plain data, compared here (``Check``). The expected side never runs with the
+    program: a literal is read here; any other expression is evaluated in its own sandboxed
+    run with the problem's ``reference`` (or no code), so the program cannot shadow what it
+    calls (``sorted = ...``). Only an expected side that needs names the reference does not
+    define (no reference given) is evaluated in the program's process, and compared here all
+    the same. A pass needs every call's value, in order, then the harness's end line."""
+    computed = [
+        c.expected for c in checks if c.expected is not None and not _is_literal(c.expected)
+    ]
+    outside = _expected_values(reference, tuple(computed), timeout_s)
+    exprs: list[str] = [c.call for c in checks]
+    wants: list[tuple[str, Any]] = []  # per check: ("value", v) | ("program", index) | truthy
+    for check in checks:
+        if check.expected is None:
+            wants.append(("truthy", None))
+        elif _is_literal(check.expected):
+            wants.append(("value", ast.literal_eval(check.expected)))
+        elif outside.get(check.expected, _MISSING) is not _MISSING:
+            wants.append(("value", outside[check.expected]))
+        else:
+            exprs.append(check.expected)
+            wants.append(("program", len(exprs) - 1))
+    outs = _program_values(code, exprs, timeout_s)
+    if outs is None or any(isinstance(v, _Failed) for v in outs):
+        return False
+    return all(
+        _matches(outs[i], check.op, want, outs)
+        for i, (check, want) in enumerate(zip(checks, wants, strict=True))
+    )
+
+
+class _Failed:
+    """A call that raised, or whose value is not plain data (``Opaque``, ``Digest``)."""
+
+
+_MISSING = object()
+
+
+def _is_literal(text: str) -> bool:
+    try:
+        ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _expected_values(reference: str, exprs: tuple[str, ...], timeout_s: float) -> dict:
+    """The expected sides that are not literals, evaluated with the reference alone (no
+    candidate code): expression -> value; an expression that fails there is left out."""
+    if not exprs:
+        return {}
+    outs = _program_values(reference, list(exprs), timeout_s)
+    if outs is None:
+        return {}
+    return {e: v for e, v in zip(exprs, outs, strict=True) if not isinstance(v, _Failed)}
+
+
+def _program_values(code: str, exprs: list[str], timeout_s: float) -> list | None:
+    """Each expression's value in ``code``'s namespace, from one sandboxed harness run, as
+    plain data (``_Failed`` for one that raised or is not plain data); None: the run itself
+    failed (timeout, truncated, unframed or reordered output)."""
     from reflectioncoder.eval import sandbox
     from reflectioncoder.eval.sandbox import codec
 
-    calls: list[list[str]] = []
-    plan = []  # per check: (index of its call, what it must equal)
-    for call, exp in checks:
-        calls.append([call])
-        at = len(calls) - 1
-        if exp is None:
-            plan.append((at, ("truthy", None)))
-            continue
-        try:
-            plan.append((at, ("literal", ast.literal_eval(exp))))
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            calls.append([exp])  # evaluated in the program's process, compared here
-            plan.append((at, ("computed", len(calls) - 1)))
     job = {
         "code": code,
         "exprs": True,
         "strict": sandbox.isolation().audit_guard,  # the fallback's audit guard
         "sys_path": sandbox.site_paths(),
-        "phases": [{"name": "tests", "inputs": calls, "time_limits": [timeout_s] * len(calls)}],
+        "phases": [
+            {
+                "name": "tests",
+                "inputs": [[e] for e in exprs],
+                "time_limits": [timeout_s] * len(exprs),
+            }
+        ],
     }
     res = sandbox.run_sandboxed(
         sandbox.harness_argv(),
@@ -135,28 +213,32 @@ def judge_tests(code: str, checks: Sequence[tuple[str, str | None]], timeout_s: 
         output_limit=codec.MAX_LINE,
     )
     if res.timed_out or res.output_truncated:
-        return False
+        return None
     try:
         rows = [codec.read_result_row(line.encode()) for line in res.stdout.splitlines()]
     except ValueError:
-        return False
-    framed = len(rows) == len(calls) + 2 and rows[0].get("loaded") and rows[-1].get("done")
+        return None
+    framed = len(rows) == len(exprs) + 2 and rows[0].get("loaded") and rows[-1].get("done")
     body = rows[1:-1]
-    if not framed or [r.get("i") for r in body] != list(range(len(calls))):
-        return False
-    if any("out" not in r for r in body):
-        return False  # an error, or a value that is not plain data
-    outs = [r["out"] for r in body]
-    return all(_matches(outs[at], want, outs) for at, want in plan)
+    if not framed or [r.get("i") for r in body] != list(range(len(exprs))):
+        return None
+    return [_plain(r["out"]) if "out" in r else _Failed() for r in body]
 
 
-def _matches(out: Any, want: tuple[str, Any], outs: list) -> bool:
-    """``out == expected`` as the assert does (on decoded plain data: no rigged ``__eq__``)."""
+def _plain(value: Any) -> Any:
     from reflectioncoder.eval.sandbox.codec import Digest, Opaque
 
+    return _Failed() if isinstance(value, (Opaque, Digest)) else value
+
+
+def _matches(out: Any, op: str | None, want: tuple[str, Any], outs: list) -> bool:
+    """The check's comparison, made here on decoded plain data (no rigged ``__eq__``)."""
     kind, value = want
-    if kind == "computed":
+    if kind == "truthy":
+        return bool(out)
+    if kind == "program":
         value = outs[value]
-    if any(isinstance(x, (Opaque, Digest)) for x in (out, value)):
-        return False  # not plain data: equals nothing, and is not "truthy" either
-    return bool(out) if kind == "truthy" else bool(out == value)
+    try:
+        return bool(_OPS[op or "=="](out, value))
+    except TypeError:  # e.g. a list compared with an int by <: the assert would raise too
+        return False

@@ -27,13 +27,23 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import ALL_PASSED, run_tests
+from reflectioncoder.construct.execute import ALL_PASSED, Check, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.generate import BackendError
 from reflectioncoder.progress import Progress
 
+_COMPARISONS = {
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+}
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
 
@@ -69,16 +79,19 @@ class AssertTest:
         eq = self._eq()
         return eq[1] if eq else "True"
 
-    def judged(self) -> tuple[str, str | None]:
-        """(call, expected) for ``execute.judge_tests``: ``assert A == B`` (with or without a
-        message) is (A, B); any other ``assert E`` is (E, None): E's value must be truthy."""
+    def judged(self) -> Check:
+        """For ``execute.judge_tests``: ``assert A OP B`` with one comparison (``==``, ``!=``,
+        ``<``, ``<=``, ``>``, ``>=``, ``in``, ``not in``; with or without a message) is A's value
+        compared here with B's; any other ``assert E`` needs E's value to be truthy."""
         node = ast.parse(self.line).body[0]
         test = node.test if isinstance(node, ast.Assert) else None
         if test is None:
             raise ValueError(f"not an assert line: {self.line!r}")
-        if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
-            return ast.unparse(test.left), ast.unparse(test.comparators[0])
-        return ast.unparse(test), None
+        if isinstance(test, ast.Compare) and len(test.ops) == 1:
+            op = _COMPARISONS.get(type(test.ops[0]))
+            if op is not None:
+                return Check(ast.unparse(test.left), op, ast.unparse(test.comparators[0]))
+        return Check(ast.unparse(test), None)
 
     def checked_assertion(self) -> str:
         eq = self._eq()

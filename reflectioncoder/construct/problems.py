@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from reflectioncoder.construct.execute import ALL_PASSED
+from reflectioncoder.construct.execute import ALL_PASSED, Check
 
 # How a HumanEval-style instruction starts (SPEC §5 uses the same words at evaluation).
 HUMANEVAL_PREAMBLE = "Write a complete Python function for the problem."
@@ -36,9 +36,9 @@ class TestCase:
         """An assertion whose failure prints the value the call returned."""
         return f'assert {self.call} == {self.expected}, f"got {{{self.call}!r}}"'
 
-    def judged(self) -> tuple[str, str | None]:
-        """(call, expected) for ``execute.judge_tests``: the call's value must equal this."""
-        return self.call, self.expected
+    def judged(self) -> Check:
+        """For ``execute.judge_tests``: the call's value must equal this."""
+        return Check(self.call, "==", self.expected)
 
 
 @dataclass(frozen=True)
