@@ -9,6 +9,11 @@ tensor the autograd graph or a checkpoint keeps) less what it held before, diffe
 the two depths, is 2 layers' worth: divided by 2 x tokens it is the bytes per token and layer.
 Rows also give it per hidden unit (bytes / token / layer / D), so that the memory of a
 7B/13B/34B layer (D = 4096 / 5120 / 8192, bf16 halving fp32's bytes) is predicted before a run.
+
+``offload`` (reflectioncoder/activation_offload.py): on the CPU the host is the device, so the
+heap holds what ``save_gemms`` holds; the layer's stores count the bytes they sent to the host
+(``offloaded_bytes_per_token_layer``), and what a GPU keeps (``bytes_per_token_layer``) is the
+heap's figure less those.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from bench import RESULTS
 from bench.providers.common import write_rows
 
-POLICIES = ("none", "full", "save_gemms", "alternate")
+POLICIES = ("none", "full", "save_gemms", "alternate", "offload")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -73,13 +78,25 @@ def held_after_forward(layers: int, policy: str, sizes: dict, tokens: int, seed:
     return held, batch.num_tokens, loss, model
 
 
+def _offloaded(model) -> int:
+    schedule = getattr(model, "rc_offload", None)
+    return schedule.offloaded_bytes() if schedule is not None else 0
+
+
 def per_token_and_layer(policy: str, sizes: dict, tokens: int) -> dict:
-    held2, t, *_ = held_after_forward(2, policy, sizes, tokens)
-    held4, *_ = held_after_forward(4, policy, sizes, tokens)
-    per = (held4 - held2) / (2 * t)
+    held2, t, _, model2 = held_after_forward(2, policy, sizes, tokens)
+    sent2 = _offloaded(model2)
+    del model2
+    held4, _, _, model4 = held_after_forward(4, policy, sizes, tokens)
+    sent = (_offloaded(model4) - sent2) / (2 * t)
+    per = (held4 - held2) / (2 * t) - sent  # what stays on the device
     d = sizes["arch"]["hidden_size"]
-    return {"policy": policy, "tokens": t, "bytes_per_token_layer": per,
-            "bytes_per_token_layer_per_hidden": per / d, "dtype": "fp32", **sizes}  # fmt: skip
+    row = {"policy": policy, "tokens": t, "bytes_per_token_layer": per,
+           "bytes_per_token_layer_per_hidden": per / d, "dtype": "fp32", **sizes}  # fmt: skip
+    if policy == "offload":
+        row["offloaded_bytes_per_token_layer"] = sent
+        row["offloaded_bytes_per_token_layer_per_hidden"] = sent / d
+    return row
 
 
 SIZES = {
@@ -99,8 +116,11 @@ def main() -> None:
     for r in rows:
         r["vs_none"] = r["bytes_per_token_layer"] / none
         per, per_d = r["bytes_per_token_layer"], r["bytes_per_token_layer_per_hidden"]
+        sent = r.get("offloaded_bytes_per_token_layer_per_hidden")
+        to_host = f"; {sent:.2f} x D to the host" if sent is not None else ""
         print(
-            f"  {r['policy']:11s} {per:9.0f} B/token/layer ({per_d:.2f} x D; {r['vs_none']:.3f}x)"
+            f"  {r['policy']:11s} {per:9.0f} B/token/layer ({per_d:.2f} x D; "
+            f"{r['vs_none']:.3f}x{to_host})"
         )
     write_rows(rows, args.out)
     print(f"wrote {args.out}")

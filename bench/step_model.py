@@ -178,6 +178,7 @@ class Levers:
     overlap: bool = True
     kernels: str = "liger"  # liger (fused RMSNorm / RoPE / SwiGLU) | hf (Hugging Face's eager ops)
     offload: bool = False  # the optimizer's states and step on the host (ZeRO-Offload)
+    activation_offload: bool = True  # ``auto`` may give layers ``offload`` (model.activation_offload)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,32 @@ def layer_plan(
     resident = _resident(arch, gpus, engine, levers)
     workspace = _loss(arch, card, levers, work).workspace_bytes
     budget = ac.activation_budget(MEMORY[card], resident + workspace)
-    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget)
+    offload_layers = 0
+    if levers.activation_offload:  # the trainer's rule and its GEMM-only forward time
+        layer_params = arch.shape().body_params // arch.layers
+        peak = roofline.CARDS[card].bf16_tflops * 1e12
+        forward_s = ac.layer_forward_s(layer_params, work.tokens, peak)
+        link = ac.link_bytes_s(gpus)
+        offload_layers = ac.offloadable_layers(
+            arch.layers, work.tokens, arch.hidden, forward_s, link
+        )
+    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget, 2, offload_layers)
+
+
+def offload_exposed_s(
+    plan: tuple[str, ...], tokens: int, hidden: int, gpus: int, forward_s: float, backward_s: float
+) -> float:
+    """Seconds a micro-batch's compute stream waits on activation offload (docstring): copies
+    out never stall it; their backlog past the forward delays the first copy back, which has
+    the backward of the layers above the offloaded ones; each later one has one layer's
+    backward (the prefetch of layer i starts as layer i + 1's backward starts)."""
+    off = plan.count("offload")
+    if not off:
+        return 0.0
+    one = ac.offloaded_bytes(tokens, hidden) / ac.link_bytes_s(gpus)
+    backlog = max(0.0, off * one - len(plan) * forward_s)
+    first = max(0.0, backlog + one - (len(plan) - off) * backward_s)
+    return first + (off - 1) * max(0.0, one - backward_s)
 
 
 @dataclass
@@ -305,6 +331,12 @@ def predict(
     if levers.precision == "autocast":
         ew_bytes = ew_bytes * 1.5 + 6 * params * (1 + rec)
     elementwise = ew_bytes / hbm
+    # one layer's forward and backward (its element-wise rerun included), for the offload
+    ew_layer = elementwise / (layers * (3 + ew_rerun))
+    fwd_layer = (2 * shape.body_params * t / (peak * GEMM_EFF)) / layers
+    fwd_layer += 4 * square / layers / (peak * ATTN_EFF[levers.attention]) + ew_layer
+    bwd_layer = 2 * fwd_layer + (1 if "offload" in plan else 0) * ew_layer
+    offload = offload_exposed_s(plan, t, arch.hidden, gpus, fwd_layer, bwd_layer)
     shard = gpus if engine in ("zero2", "zero3") else 1
     accum = (10 * params / shard + (4 * params if shard > 1 else 0)) / hbm
     comm = 0.0
@@ -314,7 +346,7 @@ def predict(
         comm = _ring(2 * params, gpus) * (3 + rec)
     compute = gemm + attn + loss.predicted_ms / 1e3 + elementwise + accum
     exposed = comm if not levers.overlap else max(comm * (1 - OVERLAP), comm - compute)
-    micro = compute + exposed
+    micro = compute + exposed + offload
     opt_shard = 1 if engine == "local" else gpus
     if levers.offload:  # fp32 gradients out, the host's AdamW, bf16 weights back
         # each GPU its own PCIe link; the host's DRAM shared by every rank's CPU Adam
@@ -335,6 +367,7 @@ def predict(
         "elementwise": elementwise,
         "grad_accumulation": accum,
         "comm_exposed": exposed,
+        "activation_offload_exposed": offload,
     }
     return Prediction(
         micro_s=micro,
@@ -406,8 +439,9 @@ def plan_text(plan: tuple[str, ...]) -> str:
 def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
     """The default (``base``), then one lever changed at a time."""
     out = [("default", base)]
-    for policy in ("full", "none", "save_gemms", "alternate"):
+    for policy in ("full", "none", "save_gemms", "offload", "alternate"):
         out.append((f"checkpointing={policy}", replace(base, checkpointing=policy)))
+    out.append(("activation_offload=off", replace(base, activation_offload=False)))
     if engine == "local":  # DeepSpeed always keeps bf16 weights and fp32 masters
         out.append(("precision=autocast", replace(base, precision="autocast")))
     out += [

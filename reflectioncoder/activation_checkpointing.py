@@ -4,14 +4,19 @@ Per layer (``LAYER_POLICIES``):
   none        keep every activation (no recompute);
   save_gemms  keep the outputs of its GEMMs and attention (torch's selective checkpoint), rerun
               only the element-wise ops (norms, RoPE, SwiGLU) in the backward;
-  full        keep the layer's input only, rerun the whole layer in the backward.
+  full        keep the layer's input only, rerun the whole layer in the backward;
+  offload     keep what save_gemms keeps, but in host memory (reflectioncoder/activation_offload.py:
+              copied out on a side CUDA stream in the forward, back ahead of the layer's
+              backward): on the device only the layer's input, and what is in flight.
 
 ``model.checkpointing_policy`` names a plan for all layers: ``full``, ``save_gemms``,
-``alternate`` (full on every second layer, none on the others), or ``auto``: the least
-recompute that fits the device, planned once at start (``plan_layers``) from the bytes each
-policy keeps per token and layer (measured on the CPU: ``KEPT_PER_TOKEN_HIDDEN``) and the
-memory the device has left once weights, gradients and optimizer states (``resident_bytes``)
-and a reserve (``reserve_bytes``) are taken.
+``offload`` (every layer), ``alternate`` (full on every second layer, none on the others), or
+``auto``: the least recompute that fits the device, planned once at start (``plan_layers``) from
+the bytes each policy keeps per token and layer (measured on the CPU: ``KEPT_PER_TOKEN_HIDDEN``)
+and the memory the device has left once weights, gradients and optimizer states
+(``resident_bytes``) and a reserve (``reserve_bytes``) are taken; on CUDA (and with
+``model.activation_offload``) ``auto`` offloads the first layers that the host link can carry
+(``offloadable_layers``: the rule is stated there).
 """
 
 from __future__ import annotations
@@ -24,13 +29,27 @@ from typing import Any
 import torch
 from torch import nn
 
-LAYER_POLICIES = ("none", "save_gemms", "full")
-NAMED_POLICIES = ("full", "save_gemms", "alternate", "auto")
+LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
+NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
 
-# Bytes a layer keeps per token and per hidden unit, fp32 activations, measured on the CPU
-# (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256, I=688: the
-# 7B's I/D); activations of another element size scale with it (bf16: half).
-KEPT_PER_TOKEN_HIDDEN = {"none": 78.09, "save_gemms": 45.73, "full": 4.15}
+# Bytes a layer keeps on the device per token and per hidden unit, fp32 activations, measured
+# on the CPU (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256,
+# I=688: the 7B's I/D); activations of another element size scale with it (bf16: half).
+# ``offload``: what it keeps less what it sends to the host (measured: OFFLOADED_PER_TOKEN_HIDDEN).
+KEPT_PER_TOKEN_HIDDEN = {"none": 78.09, "save_gemms": 45.73, "offload": 4.17, "full": 4.15}
+OFFLOADED_PER_TOKEN_HIDDEN = 41.56
+# Offloaded layers on the device at once ahead of a backward: the one in use and the one
+# arriving (activation_offload.py), or one still leaving at the forward's end.
+OFFLOAD_IN_FLIGHT = 2
+# The host link an offload stream has: PCIe 5.0 x16 at 0.8 of 64 GB/s a direction, ASSUMED
+# (bench/step_model.py's PCIE, not measured); and the GEMM efficiency the planner takes for a
+# layer's forward time (bench/step_model.py's GEMM_EFF, fitted there).
+PCIE_BYTES_S = 0.8 * 64e9
+GEMM_EFF = 0.60
+# The host's DRAM that every rank's offload stream on one host shares: a two-socket DDR5-4800
+# server (16 channels x 38.4 GB/s = 614 GB/s) taken at half for the links' DMA beside the
+# host's other traffic, ASSUMED (not measured).
+HOST_DMA_BYTES_S = 0.5 * 614e9
 
 # What the device holds besides weights, gradients, optimizer states and activations: the CUDA
 # context, cuBLAS workspaces, the loss's chunk workspace, the allocator's fragmentation.
@@ -44,15 +63,46 @@ def kept_bytes(policy: str, tokens: int, hidden: int, element_bytes: int = 2) ->
     return KEPT_PER_TOKEN_HIDDEN[policy] * element_bytes / 4 * tokens * hidden
 
 
+def offloaded_bytes(tokens: int, hidden: int, element_bytes: int = 2) -> float:
+    """Bytes one ``offload`` layer sends to the host (and back) over ``tokens`` tokens."""
+    return OFFLOADED_PER_TOKEN_HIDDEN * element_bytes / 4 * tokens * hidden
+
+
 def activation_bytes(
     plan: Sequence[str], tokens: int, hidden: int, element_bytes: int = 2
 ) -> float:
-    """Peak activation bytes of a per-layer plan: what every layer keeps, plus one layer's whole
-    set while a recomputed layer runs again in the backward."""
+    """Peak activation bytes of a per-layer plan: what every layer keeps on the device, plus
+    one layer's whole set while a recomputed layer runs again in the backward, plus the
+    offloaded layers in flight (``OFFLOAD_IN_FLIGHT``)."""
     kept = sum(kept_bytes(p, tokens, hidden, element_bytes) for p in plan)
     if any(p != "none" for p in plan):
         kept += kept_bytes("none", tokens, hidden, element_bytes)
-    return kept
+    in_flight = min(OFFLOAD_IN_FLIGHT, plan.count("offload"))
+    return kept + in_flight * offloaded_bytes(tokens, hidden, element_bytes)
+
+
+def offloadable_layers(
+    layers: int, tokens: int, hidden: int, layer_forward_s: float, link_bytes_s: float,
+    element_bytes: int = 2,
+) -> int:  # fmt: skip
+    """How many layers ``auto`` may offload, the rule: what they send to the host in a
+    micro-batch leaves while the forward of the layers after the first runs,
+    ``n x offloaded_bytes <= link_bytes_s x (layers - 1) x layer_forward_s`` (the copies back
+    then have the longer backward). ``layer_forward_s``: one layer's forward time."""
+    per = offloaded_bytes(tokens, hidden, element_bytes)
+    return max(0, min(layers, int(link_bytes_s * (layers - 1) * layer_forward_s // per)))
+
+
+def link_bytes_s(ranks_on_host: int) -> float:
+    """One rank's offload rate: its PCIe link, or its share of the host's DRAM."""
+    return min(PCIE_BYTES_S, HOST_DMA_BYTES_S / max(1, ranks_on_host))
+
+
+def layer_forward_s(layer_params: int, tokens: int, peak_flops: float) -> float:
+    """The planner's forward time of one layer: its GEMMs alone (2 x parameters x tokens) at
+    ``GEMM_EFF`` of the peak; attention and element-wise ops left out (a shorter window:
+    fewer layers offloaded, never more)."""
+    return 2 * layer_params * tokens / (peak_flops * GEMM_EFF)
 
 
 def named_plan(policy: str, layers: int) -> tuple[str, ...]:
@@ -65,26 +115,48 @@ def named_plan(policy: str, layers: int) -> tuple[str, ...]:
 
 
 def plan_layers(
-    layers: int, tokens: int, hidden: int, budget_bytes: float, element_bytes: int = 2
+    layers: int,
+    tokens: int,
+    hidden: int,
+    budget_bytes: float,
+    element_bytes: int = 2,
+    offload_layers: int = 0,
 ) -> tuple[str, ...]:
     """The least recompute whose activations fit ``budget_bytes``: every layer ``none`` if that
-    fits; else as many ``save_gemms`` layers as fit (they save a layer's GEMM rerun for the
-    fewest bytes), the rest ``full``, and bytes still left turn ``save_gemms`` layers into
-    ``none``. All ``full`` when not even that fits (the caller says so)."""
+    fits; else the fewest ``full`` layers: up to ``offload_layers`` first layers ``offload``
+    (``offloadable_layers``; they rerun what ``save_gemms`` reruns), then as many ``save_gemms``
+    layers as fit on the device (they save a layer's GEMM rerun for the fewest bytes), the rest
+    ``full`` (of equal ``full`` counts, the fewest offloaded); bytes still left turn
+    ``save_gemms`` layers into ``none``. All ``full`` when not even that fits (the caller says
+    so)."""
 
-    def fits(kept: int, saved: int) -> bool:  # kept none, then save_gemms, the rest full
-        plan = ("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * (layers - saved)
-        return activation_bytes(plan, tokens, hidden, element_bytes) <= budget_bytes
+    def plan(off: int, kept: int, saved: int) -> tuple[str, ...]:
+        rest = layers - off - saved
+        return ("offload",) * off + ("none",) * kept + ("save_gemms",) * (saved - kept) + (
+            "full",
+        ) * rest
 
-    if fits(layers, layers):
+    def fits(off: int, kept: int, saved: int) -> bool:
+        return activation_bytes(plan(off, kept, saved), tokens, hidden, element_bytes) <= (
+            budget_bytes
+        )
+
+    if fits(0, layers, layers):
         return ("none",) * layers
-    saved = 0
-    while saved < layers and fits(0, saved + 1):
-        saved += 1
+    best = None  # (full layers, offloaded, saved)
+    for off in range(min(offload_layers, layers) + 1):
+        if not fits(off, 0, 0):
+            break
+        saved = 0
+        while off + saved < layers and fits(off, 0, saved + 1):
+            saved += 1
+        if best is None or layers - off - saved < best[0]:
+            best = (layers - off - saved, off, saved)
+    off, saved = (0, 0) if best is None else best[1:]
     kept = 0
-    while kept < saved and fits(kept + 1, saved):
+    while kept < saved and fits(off, kept + 1, saved):
         kept += 1
-    return ("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * (layers - saved)
+    return plan(off, kept, saved)
 
 
 def resident_bytes(
@@ -140,12 +212,17 @@ _GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu"
              "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
 
 
+def _kept_ops() -> frozenset:
+    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention."""
+    return frozenset(getattr(torch.ops.aten, name).default for name in _GEMM_OPS
+                     if hasattr(torch.ops.aten, name))  # fmt: skip
+
+
 def _save_gemms_context():
     """torch's selective checkpoint: keep GEMM and attention outputs, recompute the rest."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-    keep = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
-            if hasattr(torch.ops.aten, name)}  # fmt: skip
+    keep = _kept_ops()
 
     def policy(ctx, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
@@ -179,8 +256,12 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     bad = [p for p in plan if p not in LAYER_POLICIES]
     if bad:
         raise ValueError(f"plan: expected each of {LAYER_POLICIES}, got {bad[0]!r}")
+    from reflectioncoder.activation_offload import attach
+
+    offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     if all(p == "none" for p in plan):
         _disable(model)
+        attach(model, offloaded, _kept_ops())
         model.rc_checkpointing_plan = tuple(plan)
         return
     _enable(model)  # the model's own switches (and the inputs' requires_grad hook)
@@ -191,15 +272,18 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
         layer.gradient_checkpointing = policy != "none"
         if policy == "save_gemms":
             layer._gradient_checkpointing_func = selective
+    attach(model, offloaded, _kept_ops())  # the offloaded layers' own checkpoint function
     model.rc_checkpointing_plan = tuple(plan)
 
 
 def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
     """Recompute layers in backward (``use_reentrant=False``) as the named ``policy`` says
-    (``full`` | ``save_gemms`` | ``alternate``; ``auto`` is planned by the trainer, which then
-    calls ``apply_plan``), or not."""
+    (``full`` | ``save_gemms`` | ``offload`` | ``alternate``; ``auto`` is planned by the
+    trainer, which then calls ``apply_plan``), or not."""
     if policy not in NAMED_POLICIES or policy == "auto":
-        raise ValueError(f"policy: expected full | save_gemms | alternate, got {policy!r}")
+        raise ValueError(
+            f"policy: expected full | save_gemms | offload | alternate, got {policy!r}"
+        )
     layers = len(model.base_model.layers)
     apply_plan(model, named_plan(policy, layers) if on else ("none",) * layers)
 
@@ -239,10 +323,12 @@ def plan_run(
     offload: bool | str,
     device_bytes: float | None,
     element_bytes: int = 2,
+    offload_layers: int = 0,
 ) -> MemoryPlan:
     """The plan of a run: ``policy`` and ``offload`` as configured (``auto`` resolved here),
     ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the GPU's memory (None on
-    a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked)."""
+    a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked);
+    ``offload_layers``: how many layers ``auto`` may offload (``offloadable_layers``)."""
     if offload == "auto":
         offload = (
             device_bytes is not None
@@ -262,5 +348,5 @@ def plan_run(
     resident = resident_bytes(params, stage=stage, ranks=ranks, offload=offload, autocast=autocast)
     budget = activation_budget(device_bytes, resident)
     if on and policy == "auto":
-        plan = plan_layers(layers, tokens, hidden, budget, element_bytes)
+        plan = plan_layers(layers, tokens, hidden, budget, element_bytes, offload_layers)
     return MemoryPlan(plan, offload, activation_bytes(plan, tokens, hidden, element_bytes), budget)

@@ -53,9 +53,15 @@ class ModelConfig:
     """With checkpointing on, what each decoder layer keeps
     (``reflectioncoder.activation_checkpointing``): ``full`` (recompute every layer),
     ``save_gemms`` (keep GEMM and attention outputs, recompute the element-wise ops),
-    ``alternate`` (recompute every second layer), ``auto`` (on CUDA: the least recompute whose
-    activations fit the GPU beside the weights, gradients and optimizer states, planned once
-    at start, layer by layer; on a CPU: ``full``)."""
+    ``offload`` (keep what ``save_gemms`` keeps, in host memory: copied out on a side CUDA
+    stream in the forward and back ahead of the layer's backward; those layers are not
+    compiled), ``alternate`` (recompute every second layer), ``auto`` (on CUDA: the least
+    recompute whose activations fit the GPU beside the weights, gradients and optimizer
+    states, planned once at start, layer by layer, offloading the first layers as far as the
+    host link carries them in time when ``activation_offload`` is on; on a CPU: ``full``)."""
+    activation_offload: bool = True
+    """Whether ``checkpointing_policy: auto`` may give layers ``offload`` (on CUDA). Off: a
+    host with little free pinned memory, or many ranks sharing a slow host link."""
     compile: bool | str = "auto"
     """``torch.compile`` each decoder layer (regional; attention as a custom op, so no graph
     break and no recompile across micro-batch lengths: ``model.compile_layers``). ``auto``: on
@@ -76,9 +82,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _check(
-            self.checkpointing_policy in ("full", "save_gemms", "alternate", "auto"),
+            self.checkpointing_policy in ("full", "save_gemms", "offload", "alternate", "auto"),
             "model.checkpointing_policy",
-            f"must be full | save_gemms | alternate | auto, got {self.checkpointing_policy!r}",
+            "must be full | save_gemms | offload | alternate | auto, got "
+            f"{self.checkpointing_policy!r}",
+        )
+        _check(
+            isinstance(self.activation_offload, bool),
+            "model.activation_offload",
+            f"must be true | false, got {self.activation_offload!r}",
         )
         _check(
             self.compile in (True, False, "auto"),

@@ -275,12 +275,17 @@ def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
     """``torch.compile`` each decoder layer (regional compilation: one graph, compiled once,
     reused by every layer), with ``dynamic=True`` so micro-batches of any length reuse it, and
     attention as the ``reflectioncoder::varlen_attention`` custom op (no graph break, and the
-    segment lengths never become guards). ``forward_hidden`` then passes no host lengths."""
+    segment lengths never become guards). ``forward_hidden`` then passes no host lengths.
+    Layers whose plan is ``offload`` stay eager (their dispatch modes and hooks run in
+    Python: reflectioncoder/activation_offload.py)."""
     # Under activation checkpointing the layer's forward sets a ContextVar (transformers'
     # output capture) that dynamo would otherwise refuse to trace inside the checkpoint; the
     # recompute has no use for it being set again.
     torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
-    for layer in model.base_model.layers:
+    plan = getattr(model, "rc_checkpointing_plan", ())
+    for index, layer in enumerate(model.base_model.layers):
+        if index < len(plan) and plan[index] == "offload":
+            continue
         layer.self_attn.rc_custom_op = True
         layer.compile(backend=backend, dynamic=True)
     model.rc_compiled = True

@@ -467,6 +467,7 @@ class Trainer:
         half = self.dtype in (torch.bfloat16, torch.float16) and (
             self.info.deepspeed or cfg.model.mixed_precision == "masters"
         )
+        offload_layers = self._offloadable_layers(cfg, model, 2 if half else 4)
         memory = plan_run(
             cfg.model.checkpointing_policy,
             cfg.model.gradient_checkpointing,
@@ -483,10 +484,11 @@ class Trainer:
                 else None
             ),
             element_bytes=2 if half else 4,
+            offload_layers=offload_layers,
         )
         apply_plan(model, memory.layers)
         if self.info.is_main and cfg.model.gradient_checkpointing:
-            counts = {p: memory.layers.count(p) for p in ("none", "save_gemms", "full")}
+            counts = {p: memory.layers.count(p) for p in ("none", "save_gemms", "offload", "full")}
             log.info(
                 "activation checkpointing %s: %s of %d layers%s",
                 cfg.model.checkpointing_policy,
@@ -506,6 +508,30 @@ class Trainer:
         offload = memory.offload
         distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=offload)
         return dataclasses.replace(cfg, distributed=distributed_cfg)
+
+    def _offloadable_layers(self, cfg: RunConfig, model: nn.Module, element_bytes: int) -> int:
+        """How many layers ``auto`` may offload on this GPU (``offloadable_layers``' rule, with
+        the GPU's peak from ``logging.peak_tflops`` or the card's name, the host link shared by
+        the ranks on this host: ``link_bytes_s``); 0 on a CPU, with
+        ``model.activation_offload`` off, or for a card of unknown peak."""
+        from reflectioncoder import activation_checkpointing as ac
+
+        device = self.info.device
+        if device.type != "cuda" or not cfg.model.activation_offload:
+            return 0
+        peak = cfg.logging.peak_tflops or guess_peak_tflops(torch.cuda.get_device_name(device))
+        if not peak:
+            log.info("activation offload off: the GPU's peak is unknown (logging.peak_tflops)")
+            return 0
+        layers = model.base_model.layers
+        layer_params = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
+        tokens = cfg.packing.max_tokens
+        forward_s = ac.layer_forward_s(layer_params, tokens, peak * 1e12)
+        hidden = model.config.hidden_size
+        on_host = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
+        return ac.offloadable_layers(
+            len(layers), tokens, hidden, forward_s, ac.link_bytes_s(on_host), element_bytes
+        )
 
     def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:
         """The checkpoint ``--resume`` continues from (None: a fresh start)."""

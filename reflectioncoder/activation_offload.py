@@ -1,0 +1,203 @@
+"""Activation offload (the ``offload`` layer policy): a decoder layer keeps what ``save_gemms``
+keeps, its GEMM and attention outputs, but in host memory.
+
+Forward: the layer runs under torch's non-reentrant checkpoint with our own pair of dispatch
+modes (``context_fn``) in place of torch's selective-checkpoint pair: each GEMM / attention
+output is copied to pinned host memory on a side CUDA stream as soon as it is made (the side
+stream waits on an event of the compute stream, never the other way round), and the device
+copy is released to the allocator once the copy is done (``record_stream``). Backward: when
+the gradient of a layer's output arrives (a tensor hook: that layer's backward is next), the
+saved outputs of the offloaded layer below it are copied back on the side stream; the final
+norm's output hook does the same for the last offloaded layer, ahead of the whole decoder
+backward. The recompute (torch's checkpoint) reruns the element-wise ops and takes each GEMM /
+attention output from the host copy: the compute stream waits on the prefetch's event, which
+costs time only when the prefetch is late. Nothing here reads a tensor on the host, so no host
+sync is added (the pinned buffers come from torch's caching host allocator).
+
+Ahead of a backward, at most two offloaded layers' outputs are on the device (the one in use,
+the one arriving); ``activation_checkpointing.activation_bytes`` counts two (one still leaving
+at the forward's end). The planner offloads the first layers (their backward comes last, so
+their copies have the whole forward to leave and most of the backward to come back).
+
+On the CPU host and device are the same memory: each output is copied into a fresh tensor and
+the original dropped, so the same path (store, restore, recompute) runs and is tested.
+
+Compile: offloaded layers are left out of ``model.compile_layers`` (eager: the dispatch modes
+and the hooks run in Python); the other layers compile as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+
+class _Saved:
+    """One saved output: a pinned host copy (CUDA) or a copy (CPU), and its way back."""
+
+    def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
+        self.device = tensor.device
+        self.back: torch.Tensor | None = None
+        if stream is None:  # host == device: a copy stands for the host's
+            self.host = tensor.detach().clone()
+            return
+        self.host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+        stream.wait_stream(torch.cuda.current_stream(self.device))  # the output is written
+        with torch.cuda.stream(stream):
+            self.host.copy_(tensor.detach(), non_blocking=True)
+        tensor.record_stream(stream)  # its memory is reused only once the copy is done
+
+    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
+        if self.back is not None:
+            return
+        if stream is None:
+            self.back = self.host
+            return
+        with torch.cuda.stream(stream):  # after the copy out on the same stream
+            self.back = self.host.to(self.device, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record(stream)
+
+    def take(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
+        self.prefetch(stream)  # a late prefetch starts here
+        if stream is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(self.ready)  # the compute stream waits only on a late copy
+            self.back.record_stream(compute)
+        return self.back
+
+
+class LayerStore:
+    """The saved outputs of one offloaded layer's forward, in order per op."""
+
+    def __init__(self, stream: torch.cuda.Stream | None, keep: frozenset) -> None:
+        self.stream = stream
+        self.keep = keep
+        self.saved: dict[Any, list] = defaultdict(list)
+        self.bytes = 0
+
+    def store(self, func, out):
+        def one(x):
+            if not isinstance(x, torch.Tensor):
+                return x
+            self.bytes += x.numel() * x.element_size()
+            return _Saved(x, self.stream)
+
+        self.saved[func].append(tree_map(one, out))
+
+    def prefetch(self) -> None:
+        for outs in self.saved.values():
+            for out in outs:
+                tree_map(lambda s: s.prefetch(self.stream) if isinstance(s, _Saved) else s, out)
+
+    def restore(self, func, index: int):
+        out = self.saved[func][index]
+        return tree_map(lambda s: s.take(self.stream) if isinstance(s, _Saved) else s, out)
+
+    def contexts(self) -> tuple[TorchDispatchMode, TorchDispatchMode]:
+        """``checkpoint``'s ``context_fn``: the forward's and the recompute's modes."""
+        return _Store(self), _Restore(self)
+
+
+class _Store(TorchDispatchMode):
+    def __init__(self, store: LayerStore) -> None:
+        super().__init__()
+        self.layer = store
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.layer.keep:
+            self.layer.store(func, out)
+        return out
+
+
+class _Restore(TorchDispatchMode):
+    def __init__(self, store: LayerStore) -> None:
+        super().__init__()
+        self.layer = store
+        self.calls: dict[Any, int] = defaultdict(int)
+
+    def __enter__(self):
+        self.calls.clear()  # each recompute (a second backward too) takes them from the start
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in self.layer.keep:
+            return func(*args, **(kwargs or {}))
+        index = self.calls[func]
+        self.calls[func] += 1
+        return self.layer.restore(func, index)
+
+
+class OffloadSchedule:
+    """A model's offloaded layers: one side stream, and the stores of the last forward (weakly:
+    the autograd graph owns them, so they go with it)."""
+
+    def __init__(self, device: torch.device, keep: frozenset) -> None:
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.keep = keep
+        self.stores: dict[int, weakref.ref] = {}
+
+    def run_layer(self, index: int, fn, *args):
+        """``_gradient_checkpointing_func`` of offloaded layer ``index``."""
+        from torch.utils.checkpoint import checkpoint
+
+        store = LayerStore(self.stream, self.keep)
+        self.stores[index] = weakref.ref(store)
+        out = checkpoint(fn, *args, use_reentrant=False, context_fn=store.contexts)
+        if isinstance(out, torch.Tensor) and out.requires_grad:
+            out.register_hook(functools.partial(self._backward_reaches, index))
+        return out
+
+    def prefetch(self, index: int) -> None:
+        store = self.stores[index]() if index in self.stores else None
+        if store is not None:
+            store.prefetch()
+
+    def _backward_reaches(self, index: int, grad: torch.Tensor) -> None:
+        self.prefetch(index - 1)  # while layer ``index`` runs its backward
+
+    def backward_starts(self, grad: torch.Tensor) -> None:
+        if self.stores:
+            self.prefetch(max(self.stores))
+
+    def offloaded_bytes(self) -> int:
+        """Bytes the last forward sent to the host (the CPU bench reads it)."""
+        return sum(s.bytes for ref in self.stores.values() if (s := ref()) is not None)
+
+
+def _hook_norm_output(schedule: OffloadSchedule, module, args, out) -> None:
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        out.register_hook(schedule.backward_starts)
+
+
+def attach(model: torch.nn.Module, layers: list[int], keep: frozenset) -> OffloadSchedule | None:
+    """Offload decoder ``layers`` (indices) of ``model``; detach any earlier schedule first.
+    Returns the schedule (also ``model.rc_offload``), None when ``layers`` is empty."""
+    handle = getattr(model, "rc_offload_norm_hook", None)
+    if handle is not None:
+        handle.remove()
+    model.rc_offload_norm_hook = None
+    model.rc_offload = None
+    if not layers:
+        return None
+    device = next(model.parameters()).device
+    schedule = OffloadSchedule(device, keep)
+    decoder = model.base_model
+    for index in layers:
+        decoder.layers[index]._gradient_checkpointing_func = functools.partial(
+            schedule.run_layer, index
+        )
+    norm = getattr(decoder, "norm", None)
+    if norm is not None:  # the last offloaded layer comes back during the layers above it
+        model.rc_offload_norm_hook = norm.register_forward_hook(
+            functools.partial(_hook_norm_output, schedule)
+        )
+    model.rc_offload = schedule
+    return schedule
