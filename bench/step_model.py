@@ -178,7 +178,7 @@ class Levers:
     overlap: bool = True
     kernels: str = "liger"  # liger (fused RMSNorm / RoPE / SwiGLU) | hf (Hugging Face's eager ops)
     offload: bool = False  # the optimizer's states and step on the host (ZeRO-Offload)
-    activation_offload: bool = True  # ``auto`` may give layers ``offload`` (model.activation_offload)
+    activation_offload: bool = True  # auto may give layers `offload` (model.activation_offload)
 
 
 @dataclass(frozen=True)
@@ -250,32 +250,43 @@ def layer_plan(
     resident = _resident(arch, gpus, engine, levers)
     workspace = _loss(arch, card, levers, work).workspace_bytes
     budget = ac.activation_budget(MEMORY[card], resident + workspace)
-    offload_layers = 0
+    offload = (0, 1)
     if levers.activation_offload:  # the trainer's rule and its GEMM-only forward time
         layer_params = arch.shape().body_params // arch.layers
         peak = roofline.CARDS[card].bf16_tflops * 1e12
         forward_s = ac.layer_forward_s(layer_params, work.tokens, peak)
         link = ac.link_bytes_s(gpus)
-        offload_layers = ac.offloadable_layers(
-            arch.layers, work.tokens, arch.hidden, forward_s, link
-        )
-    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget, 2, offload_layers)
+        offload = ac.offload_rule(arch.layers, work.tokens, arch.hidden, forward_s, link)
+    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget, 2, offload)
 
 
 def offload_exposed_s(
     plan: tuple[str, ...], tokens: int, hidden: int, gpus: int, forward_s: float, backward_s: float
 ) -> float:
-    """Seconds a micro-batch's compute stream waits on activation offload (docstring): copies
-    out never stall it; their backlog past the forward delays the first copy back, which has
-    the backward of the layers above the offloaded ones; each later one has one layer's
-    backward (the prefetch of layer i starts as layer i + 1's backward starts)."""
-    off = plan.count("offload")
-    if not off:
+    """Seconds a micro-batch's compute stream waits on activation offload (docstring), one side
+    stream carrying each offloaded layer's bytes out, then back: a copy out starts with its
+    layer's forward and never stalls the compute; what is still leaving at the forward's end
+    delays the copies back; the copy back of the highest offloaded layer starts with the
+    decoder's backward, each other one as the offloaded layer above it starts its backward;
+    the compute waits where a layer's copy has not arrived when its backward is due."""
+    offloaded = [i for i, p in enumerate(plan) if p == "offload"]
+    if not offloaded:
         return 0.0
     one = ac.offloaded_bytes(tokens, hidden) / ac.link_bytes_s(gpus)
-    backlog = max(0.0, off * one - len(plan) * forward_s)
-    first = max(0.0, backlog + one - (len(plan) - off) * backward_s)
-    return first + (off - 1) * max(0.0, one - backward_s)
+    free = 0.0
+    for i in offloaded:
+        free = max(free, i * forward_s) + one
+    free = max(0.0, free - len(plan) * forward_s)  # backward starts at 0
+    clock = waited = issued = 0.0
+    for i in reversed(range(len(plan))):
+        if plan[i] == "offload":
+            ready = max(issued, free) + one
+            free = ready
+            waited += max(0.0, ready - clock)
+            clock = max(clock, ready)
+            issued = clock  # its hook: the next one down starts back now
+        clock += backward_s
+    return waited
 
 
 @dataclass

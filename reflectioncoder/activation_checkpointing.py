@@ -16,12 +16,13 @@ the bytes each policy keeps per token and layer (measured on the CPU: ``KEPT_PER
 and the memory the device has left once weights, gradients and optimizer states
 (``resident_bytes``) and a reserve (``reserve_bytes``) are taken; on CUDA (and with
 ``model.activation_offload``) ``auto`` offloads the first layers that the host link can carry
-(``offloadable_layers``: the rule is stated there).
+(``offload_rule``: the rule is stated there).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,16 +82,21 @@ def activation_bytes(
     return kept + in_flight * offloaded_bytes(tokens, hidden, element_bytes)
 
 
-def offloadable_layers(
+def offload_rule(
     layers: int, tokens: int, hidden: int, layer_forward_s: float, link_bytes_s: float,
     element_bytes: int = 2,
-) -> int:  # fmt: skip
-    """How many layers ``auto`` may offload, the rule: what they send to the host in a
-    micro-batch leaves while the forward of the layers after the first runs,
-    ``n x offloaded_bytes <= link_bytes_s x (layers - 1) x layer_forward_s`` (the copies back
-    then have the longer backward). ``layer_forward_s``: one layer's forward time."""
+) -> tuple[int, int]:  # fmt: skip
+    """(how many layers ``auto`` may offload, every how many layers), the rule: an offloaded
+    layer's copy back has the backward of the layers from it to the next offloaded one above
+    (a layer's backward taken as twice its forward: data and weight gradients), so offloaded
+    layers sit every ``ceil(copy time / (2 x layer_forward_s))`` layers from the first; and what
+    they send to the host in a micro-batch leaves while the forward of the layers after the
+    first runs: ``n x offloaded_bytes <= link_bytes_s x (layers - 1) x layer_forward_s``.
+    ``layer_forward_s``: one layer's forward time (``layer_forward_s``)."""
     per = offloaded_bytes(tokens, hidden, element_bytes)
-    return max(0, min(layers, int(link_bytes_s * (layers - 1) * layer_forward_s // per)))
+    every = max(1, math.ceil(per / link_bytes_s / (2 * layer_forward_s)))
+    most = int(link_bytes_s * (layers - 1) * layer_forward_s // per)
+    return max(0, min(math.ceil(layers / every), most)), every
 
 
 def link_bytes_s(ranks_on_host: int) -> float:
@@ -120,31 +126,30 @@ def plan_layers(
     hidden: int,
     budget_bytes: float,
     element_bytes: int = 2,
-    offload_layers: int = 0,
+    offload: tuple[int, int] = (0, 1),
 ) -> tuple[str, ...]:
     """The least recompute whose activations fit ``budget_bytes``: every layer ``none`` if that
-    fits; else the fewest ``full`` layers: up to ``offload_layers`` first layers ``offload``
-    (``offloadable_layers``; they rerun what ``save_gemms`` reruns), then as many ``save_gemms``
-    layers as fit on the device (they save a layer's GEMM rerun for the fewest bytes), the rest
-    ``full`` (of equal ``full`` counts, the fewest offloaded); bytes still left turn
-    ``save_gemms`` layers into ``none``. All ``full`` when not even that fits (the caller says
-    so)."""
+    fits; else the fewest ``full`` layers: up to ``offload[0]`` layers ``offload``, one every
+    ``offload[1]`` from the first (``offload_rule``; they rerun what ``save_gemms`` reruns),
+    then as many ``save_gemms`` layers as fit on the device (they save a layer's GEMM rerun for
+    the fewest bytes), the rest ``full`` (of equal ``full`` counts, the fewest offloaded); bytes
+    still left turn ``save_gemms`` layers into ``none``. All ``full`` when not even that fits
+    (the caller says so)."""
+    most, every = offload
 
     def plan(off: int, kept: int, saved: int) -> tuple[str, ...]:
-        rest = layers - off - saved
-        return ("offload",) * off + ("none",) * kept + ("save_gemms",) * (saved - kept) + (
-            "full",
-        ) * rest
+        rest = iter(("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * layers)
+        offloaded = range(0, off * every, every)
+        return tuple("offload" if i in offloaded else next(rest) for i in range(layers))
 
     def fits(off: int, kept: int, saved: int) -> bool:
-        return activation_bytes(plan(off, kept, saved), tokens, hidden, element_bytes) <= (
-            budget_bytes
-        )
+        need = activation_bytes(plan(off, kept, saved), tokens, hidden, element_bytes)
+        return need <= budget_bytes
 
     if fits(0, layers, layers):
         return ("none",) * layers
     best = None  # (full layers, offloaded, saved)
-    for off in range(min(offload_layers, layers) + 1):
+    for off in range(min(most, layers) + 1):
         if not fits(off, 0, 0):
             break
         saved = 0
@@ -323,12 +328,12 @@ def plan_run(
     offload: bool | str,
     device_bytes: float | None,
     element_bytes: int = 2,
-    offload_layers: int = 0,
+    offload_layers: tuple[int, int] = (0, 1),
 ) -> MemoryPlan:
     """The plan of a run: ``policy`` and ``offload`` as configured (``auto`` resolved here),
     ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the GPU's memory (None on
     a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked);
-    ``offload_layers``: how many layers ``auto`` may offload (``offloadable_layers``)."""
+    ``offload_layers``: how many layers ``auto`` may offload, every how many (``offload_rule``)."""
     if offload == "auto":
         offload = (
             device_bytes is not None

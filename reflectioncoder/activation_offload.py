@@ -6,8 +6,9 @@ modes (``context_fn``) in place of torch's selective-checkpoint pair: each GEMM 
 output is copied to pinned host memory on a side CUDA stream as soon as it is made (the side
 stream waits on an event of the compute stream, never the other way round), and the device
 copy is released to the allocator once the copy is done (``record_stream``). Backward: when
-the gradient of a layer's output arrives (a tensor hook: that layer's backward is next), the
-saved outputs of the offloaded layer below it are copied back on the side stream; the final
+the gradient of an offloaded layer's output arrives (a tensor hook: that layer's backward is
+next), the saved outputs of the next offloaded layer below it are copied back on the side
+stream (the planner spaces offloaded layers so that the layers between cover the copy); the final
 norm's output hook does the same for the last offloaded layer, ahead of the whole decoder
 backward. The recompute (torch's checkpoint) reruns the element-wise ops and takes each GEMM /
 attention output from the host copy: the compute stream waits on the prefetch's event, which
@@ -47,7 +48,9 @@ class _Saved:
         if stream is None:  # host == device: a copy stands for the host's
             self.host = tensor.detach().clone()
             return
-        self.host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+        self.host = torch.empty_strided(  # the same strides: the recompute gets the same tensor
+            tensor.size(), tensor.stride(), dtype=tensor.dtype, device="cpu", pin_memory=True
+        )
         stream.wait_stream(torch.cuda.current_stream(self.device))  # the output is written
         with torch.cuda.stream(stream):
             self.host.copy_(tensor.detach(), non_blocking=True)
@@ -84,8 +87,8 @@ class LayerStore:
 
     def store(self, func, out):
         def one(x):
-            if not isinstance(x, torch.Tensor):
-                return x
+            if not isinstance(x, torch.Tensor) or (self.stream is not None and not x.is_cuda):
+                return x  # sizes, seeds: kept as they are
             self.bytes += x.numel() * x.element_size()
             return _Saved(x, self.stream)
 
@@ -161,7 +164,9 @@ class OffloadSchedule:
             store.prefetch()
 
     def _backward_reaches(self, index: int, grad: torch.Tensor) -> None:
-        self.prefetch(index - 1)  # while layer ``index`` runs its backward
+        below = [i for i in self.stores if i < index]
+        if below:  # the next offloaded layer down comes back while the layers above it run
+            self.prefetch(max(below))
 
     def backward_starts(self, grad: torch.Tensor) -> None:
         if self.stores:

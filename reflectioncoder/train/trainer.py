@@ -509,8 +509,10 @@ class Trainer:
         distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=offload)
         return dataclasses.replace(cfg, distributed=distributed_cfg)
 
-    def _offloadable_layers(self, cfg: RunConfig, model: nn.Module, element_bytes: int) -> int:
-        """How many layers ``auto`` may offload on this GPU (``offloadable_layers``' rule, with
+    def _offloadable_layers(
+        self, cfg: RunConfig, model: nn.Module, element_bytes: int
+    ) -> tuple[int, int]:
+        """How many layers ``auto`` may offload on this GPU, every how many (``offload_rule``, with
         the GPU's peak from ``logging.peak_tflops`` or the card's name, the host link shared by
         the ranks on this host: ``link_bytes_s``); 0 on a CPU, with
         ``model.activation_offload`` off, or for a card of unknown peak."""
@@ -518,18 +520,18 @@ class Trainer:
 
         device = self.info.device
         if device.type != "cuda" or not cfg.model.activation_offload:
-            return 0
+            return (0, 1)
         peak = cfg.logging.peak_tflops or guess_peak_tflops(torch.cuda.get_device_name(device))
         if not peak:
             log.info("activation offload off: the GPU's peak is unknown (logging.peak_tflops)")
-            return 0
+            return (0, 1)
         layers = model.base_model.layers
         layer_params = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
         tokens = cfg.packing.max_tokens
         forward_s = ac.layer_forward_s(layer_params, tokens, peak * 1e12)
         hidden = model.config.hidden_size
         on_host = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
-        return ac.offloadable_layers(
+        return ac.offload_rule(
             len(layers), tokens, hidden, forward_s, ac.link_bytes_s(on_host), element_bytes
         )
 

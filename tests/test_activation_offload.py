@@ -1,0 +1,145 @@
+"""Activation offload (the ``offload`` layer policy): on the CPU the host is the device, so the
+same path runs (each GEMM / attention output copied out in the forward, back ahead of the
+layer's backward, the element-wise ops rerun): the loss and gradients of no checkpointing, a
+mixed plan through ``Trainer.train_step`` with no host sync in a micro-batch, and the planner's
+rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import activation_offload
+from reflectioncoder.config import ModelConfig
+
+LAYERS, D, T = 32, 4096, 16384  # CodeLlama-7B at 16K-token micro-batches
+SIZES = {
+    "vocab": 256,
+    "arch": {"hidden_size": 64, "intermediate_size": 176, "num_heads": 4, "num_kv_heads": 2},
+}
+MIXED = ("offload", "save_gemms", "offload", "full", "none")
+
+
+def _run(plan, seed, calls=None):
+    from bench.bench_activation_memory import _model_and_batch
+    from reflectioncoder.train.trainer import ReflectionLossModule
+
+    model, batch = _model_and_batch(len(plan), "full", SIZES, tokens=400, seed=seed)
+    ac.apply_plan(model, plan)
+    loss, *_ = ReflectionLossModule(model)(batch)
+    schedule = model.rc_offload
+    sent = schedule.offloaded_bytes() if schedule is not None else 0
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}, sent, schedule
+
+
+def test_offload_gives_the_loss_and_gradients_of_no_checkpointing(seed, monkeypatch):
+    taken, prefetched = Counter(), []
+    take, prefetch = activation_offload._Saved.take, activation_offload.LayerStore.prefetch
+
+    def counting_take(self, stream):
+        taken["outputs"] += 1
+        return take(self, stream)
+
+    def counting_prefetch(self):
+        prefetched.append(self.bytes)
+        return prefetch(self)
+
+    monkeypatch.setattr(activation_offload._Saved, "take", counting_take)
+    monkeypatch.setattr(activation_offload.LayerStore, "prefetch", counting_prefetch)
+    for plan in (MIXED, ("offload",) * 3):
+        want_loss, want, sent, schedule = _run(("none",) * len(plan), seed)
+        assert sent == 0 and schedule is None
+        taken.clear(), prefetched.clear()
+        loss, grads, sent, schedule = _run(plan, seed)
+        assert loss == want_loss
+        assert grads.keys() == want.keys()
+        for name, g in grads.items():
+            torch.testing.assert_close(g, want[name], rtol=1e-5, atol=1e-6, msg=name)
+        # every offloaded layer sent its outputs out and took them back in its recompute,
+        # each fetched ahead (the final norm's hook, then the offloaded layer above's)
+        assert sent > 0 and taken["outputs"] >= 9 * plan.count("offload")
+        assert len(prefetched) == plan.count("offload") and all(prefetched)
+        assert schedule.offloaded_bytes() == 0  # the stores went with the graph
+
+
+def test_offload_through_train_step_without_host_syncs(tmp_path, seed):
+    """A mixed plan through ``Trainer.train_step``: the losses and weights of a run without
+    checkpointing, and no host sync in a micro-batch (one per step, as without offload)."""
+    from test_host_syncs import SyncCounter
+    from test_trainer import tiny_config
+
+    from reflectioncoder.train.trainer import Trainer
+
+    arch = ("model.arch={hidden_size: 32, intermediate_size: 48, num_layers: 5, num_heads: 4, "
+            "num_kv_heads: 2, max_position_embeddings: 512}")  # fmt: skip
+    extra = (arch, "packing.max_tokens=160", "logging.split_ce=true", "logging.log_every=1")
+    runs = {}
+    for name, ckpt in (("none", "false"), ("offload", "true")):
+        on = (f"model.gradient_checkpointing={ckpt}", "model.checkpointing_policy=offload")
+        trainer = Trainer(tiny_config(tmp_path / name, seed, n=12, extra=extra + on))
+        try:
+            if name == "offload":
+                assert trainer.model.rc_checkpointing_plan == ("offload",) * 5  # the config's
+                ac.apply_plan(trainer.model, MIXED)
+            losses = [trainer.train_step()["loss"]]
+            trainer._ahead.result()
+            micro_batches = len(trainer._ahead.result().batches)
+            with SyncCounter() as counter:
+                losses.append(trainer.train_step()["loss"])
+            assert micro_batches >= 2
+            assert len(counter.syncs) == 1, counter.syncs
+            weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            runs[name] = losses, weights
+        finally:
+            trainer.close()
+    assert runs["offload"][0] == pytest.approx(runs["none"][0], rel=1e-6)
+    for name, w in runs["none"][1].items():
+        torch.testing.assert_close(runs["offload"][1][name], w, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_rule_offloads_the_first_layers_spaced_and_recomputes_less():
+    per = ac.offloaded_bytes(T, D)
+    forward_s = ac.layer_forward_s(202_383_360, T, 989e12)
+    count, every = ac.offload_rule(LAYERS, T, D, forward_s, ac.link_bytes_s(1))
+    # out during the forward of the layers after the first; back within the layers' backward
+    assert count * per <= ac.PCIE_BYTES_S * (LAYERS - 1) * forward_s < (count + 1) * per
+    assert (every - 1) * 2 * forward_s < per / ac.PCIE_BYTES_S <= every * 2 * forward_s
+    assert ac.link_bytes_s(8) == ac.HOST_DMA_BYTES_S / 8 < ac.link_bytes_s(1) == ac.PCIE_BYTES_S
+    assert ac.offload_rule(LAYERS, T, D, forward_s, ac.link_bytes_s(8))[0] < count
+    budget = ac.activation_bytes(("save_gemms",) * 20 + ("full",) * 12, T, D)
+    plain = ac.plan_layers(LAYERS, T, D, budget)
+    plan = ac.plan_layers(LAYERS, T, D, budget, offload=(count, every))
+    assert ac.activation_bytes(plan, T, D) <= budget
+    assert plan.count("full") < plain.count("full")
+    where = [i for i, p in enumerate(plan) if p == "offload"]
+    assert 0 < len(where) <= count and where == list(range(0, every * len(where), every))
+    # in flight: two offloaded layers' outputs on the device beside what the others keep
+    assert ac.activation_bytes(("offload",) * 3, T, D) == pytest.approx(
+        3 * ac.kept_bytes("offload", T, D) + ac.kept_bytes("none", T, D) + 2 * per
+    )
+    assert ac.plan_layers(LAYERS, T, D, budget, offload=(0, 1)) == plain
+
+
+def test_the_config_names_the_policy_and_the_switch():
+    assert ModelConfig(arch={"hidden_size": 8}, checkpointing_policy="offload")
+    with pytest.raises(ValueError, match="model.checkpointing_policy: must be full .* offload"):
+        ModelConfig(arch={"hidden_size": 8}, checkpointing_policy="offlaod")
+    with pytest.raises(ValueError, match="model.activation_offload: must be true | false"):
+        ModelConfig(arch={"hidden_size": 8}, activation_offload="yes")
+    assert ModelConfig(arch={"hidden_size": 8}).activation_offload is True
+
+
+def test_offloaded_layers_stay_out_of_compile():
+    from reflectioncoder.model import build_tiny_llama, compile_layers
+
+    model = build_tiny_llama(256, hidden_size=32, num_layers=3, seed=0)
+    ac.apply_plan(model, ("offload", "save_gemms", "full"))
+    compile_layers(model, backend="eager")  # marks layers compiled; nothing traced yet
+    compiled = [layer._compiled_call_impl is not None for layer in model.base_model.layers]
+    assert compiled == [False, True, True]
+    ac.apply_plan(model, ("none",) * 3)  # a new plan drops the schedule and its hook
+    assert model.rc_offload is None and model.rc_offload_norm_hook is None
