@@ -55,6 +55,7 @@ CASES = {
     "checkpointing off": ["model.gradient_checkpointing=false"],
     "save_gemms": ["model.checkpointing_policy=save_gemms"],
     "alternate": ["model.checkpointing_policy=alternate"],
+    "offload": ["model.checkpointing_policy=offload"],
     "eager layers": ["model.compile=false"],
     "autocast (fp32 weights)": ["model.mixed_precision=autocast"],
     "recipe": None,

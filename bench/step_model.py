@@ -8,8 +8,9 @@ Rows: CodeLlama-7B / 13B / 34B shapes at 16K-token micro-batches, on H100 and H2
 (engine ``local``: one process; ``zero1``: DeepSpeed, nothing to partition) and 8 (``zero1``,
 ``zero2``, ``zero3``), each with the shipped default config (``default``: true on the ``zero1``
 rows, as ``paper_preset`` runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
-``none`` / ``save_gemms`` / ``full``, the least recompute that fits, planned as the trainer
-plans it: reflectioncoder/activation_checkpointing.py), ``model.compile: auto`` (on under CUDA),
+``none`` / ``save_gemms`` / ``offload`` / ``full``, the least recompute that fits, planned as
+the trainer plans it: reflectioncoder/activation_checkpointing.py, ``offload`` layers as far
+as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on under CUDA),
 bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
 BF16 optimizer at ZeRO-1, each bf16 gradient freed once added), ``offload_optimizer: auto`` (on
 where weights + gradients + states leave no room for fully checkpointed activations),
@@ -19,6 +20,14 @@ DeepSpeed's overlap where the stage has it), then one lever changed at a time (`
 one optimizer step of the paper's 512 samples; ``mfu`` / ``hfu`` use the one FLOP count
 (reflectioncoder/train/flops.py); ``samples_per_s_vs_recipe`` divides by the authors' recipe
 modelled the same way on the same card and GPU count.
+
+The recipe on one H100 does not fit (118.8 GiB: ZeRO-1 in one process partitions nothing, so
+bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 121 GB for
+6.7B, before activations). To run it there a user would have to add DeepSpeed's ZeRO-Offload
+(``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB, 1.864 samples/s
+modelled, against 1.883 for the unrunnable recipe row, so our default's ratio over it is
+2.04x, not the 2.02x printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
+written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens
 (the mix goes up to 4096); the recipe computes 2L tokens a sample (teacher row + full-length
@@ -59,6 +68,19 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   recomputed forward and the backward, and reduce-scatters gradients; with overlap (ZeRO-2's
   overlap_comm, ZeRO-3's prefetch) OVERLAP = 0.8 of it hides behind compute (never more than the
   compute); kernel launches are not counted (hidden behind kernels this large).
+- activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
+  time is that of ``save_gemms`` (its element-wise ops rerun) plus what the compute stream waits
+  for the copies (``offload_exposed_s``): one side stream a GPU, each offloaded layer's bytes
+  (``activation_checkpointing.offloaded_bytes``: 20.8 D a token in bf16, measured on the CPU)
+  out in the forward and back in the backward at ``link_bytes_s``: the GPU's PCIe link (PCIE,
+  ASSUMED) or its share of the host's DRAM, ``HOST_DMA_BYTES_S`` = 307 GB/s shared by all
+  ranks' offload streams on a host (a two-socket DDR5-4800 server's 614 GB/s taken at half,
+  ASSUMED: 38.4 GB/s a GPU on 8); copies out never stall the compute, what is still leaving at
+  the forward's end delays the copies back, a copy back starts when the offloaded layer above
+  starts its backward (the highest one with the decoder's backward), and the compute waits
+  where a copy has not arrived when its layer's backward is due; a layer's forward and
+  backward times are this model's (GEMMs, attention, element-wise), the backward twice the
+  forward plus the rerun.
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
 grad, m, v in and out, bf16 weight out; 28 with fp32 weights) over its 1/n shard; ZeRO-1
 all-reduces fp32 gradients and all-gathers bf16 weights at the boundary, not overlapped;
@@ -74,7 +96,9 @@ fp32 4P for ``local``, 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an offloaded
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
 policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
-22.9 D, full 2.08 D) x T, plus one layer's whole set while a recomputed layer runs again; the
+22.9 D, full 2.08 D, offload 2.09 D on the GPU) x T, plus one layer's whole set while a
+recomputed layer runs again, plus two offloaded layers in flight (20.8 D x T each: one arriving
+ahead of its backward, one still leaving at the forward's end: ``OFFLOAD_IN_FLIGHT``); the
 loss's workspace (roofline); 3 GiB for the CUDA context and cuBLAS workspaces. ``auto`` plans
 within the card less 5% for fragmentation (``RESERVE_SHARE``), and ``fits`` is that test:
 memory <= 0.95 x the card's memory as nvidia-smi reports it (81,559 / 143,771 MiB = 79.6 /

@@ -143,3 +143,31 @@ def test_offloaded_layers_stay_out_of_compile():
     assert compiled == [False, True, True]
     ac.apply_plan(model, ("none",) * 3)  # a new plan drops the schedule and its hook
     assert model.rc_offload is None and model.rc_offload_norm_hook is None
+
+
+def test_the_step_model_plans_offload_as_the_trainer_and_charges_late_copies():
+    from bench import step_model as sm
+
+    assert (sm.PCIE, sm.GEMM_EFF) == (ac.PCIE_BYTES_S, ac.GEMM_EFF)  # one figure each
+    arch, work = sm.ARCHS["CodeLlama-7B"], sm.reflection_workload()
+    for gpus in (1, 8):
+        base = sm.default_levers(arch, "H100", gpus, "zero1", work)
+        default = sm.predict(arch, "H100", gpus, "zero1", base, work)
+        off = sm.replace(base, activation_offload=False)
+        resident = sm.predict(arch, "H100", gpus, "zero1", off, work)
+        assert "offload" in default.plan and "offload" not in resident.plan
+        assert default.plan.count("full") < resident.plan.count("full")
+        assert (
+            default.step_s < resident.step_s and default.split_s["activation_offload_exposed"] == 0
+        )
+        assert sm.fits(default.memory_bytes, "H100")
+        # every layer offloaded: more than the link carries in time, and the model charges it
+        every = sm.predict(
+            arch, "H100", gpus, "zero1", sm.replace(base, checkpointing="offload"), work
+        )
+        assert every.split_s["activation_offload_exposed"] > 0
+    # the wait: none when each copy has a layer's backward, the excess when it has not
+    plan = ("offload", "none", "offload", "none")
+    one = ac.offloaded_bytes(T, D) / ac.link_bytes_s(1)
+    assert sm.offload_exposed_s(plan, T, D, 1, one, one) == 0
+    assert sm.offload_exposed_s(("offload",) * 3, T, D, 1, one, one / 2) > 0
