@@ -194,7 +194,7 @@ class Levers:
     ``auto``, compile ``auto`` = on under CUDA, torch's varlen attention, the fused loss; the
     optimizer offloaded where ``offload_optimizer: auto`` says: ``default_levers``)."""
 
-    checkpointing: str = "auto"  # auto | none | full | save_gemms | alternate
+    checkpointing: str = "auto"  # auto | none | full | save_gemms | offload | alternate
     precision: str = "masters"  # masters (bf16 weights, fp32 masters) | autocast (fp32 weights)
     compiled: bool = True
     attention: str = "varlen"  # varlen | fa2 | fa3

@@ -171,3 +171,27 @@ def test_the_step_model_plans_offload_as_the_trainer_and_charges_late_copies():
     one = ac.offloaded_bytes(T, D) / ac.link_bytes_s(1)
     assert sm.offload_exposed_s(plan, T, D, 1, one, one) == 0
     assert sm.offload_exposed_s(("offload",) * 3, T, D, 1, one, one / 2) > 0
+
+
+@pytest.mark.slow  # ~10 s of tracing on the shared cores
+def test_compiled_neighbours_of_an_offloaded_layer(seed):
+    """The default on CUDA compiles the other layers: eager's losses and gradients, no graph
+    break, one graph each for the compiled policies, none for the offloaded layer."""
+    import copy
+
+    import torch._dynamo
+    from test_compile import matches_eager_without_breaks
+    from torch._dynamo.utils import counters
+
+    from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build_tiny_llama(300, hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2,
+                             seed=seed)  # fmt: skip
+    prepare_model(model, liger=False)
+    eager = copy.deepcopy(model)
+    ac.apply_plan(model, ("offload", "save_gemms", "full"))
+    compile_layers(model, backend="aot_eager")
+    matches_eager_without_breaks(model, eager, seed)
+    assert counters["stats"]["unique_graphs"] == 2 == counters["frames"]["total"]

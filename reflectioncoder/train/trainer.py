@@ -459,7 +459,7 @@ class Trainer:
         """Give each layer its checkpointing policy and decide the optimizer's offload, once,
         from the GPU's memory (``activation_checkpointing.plan_run``); the config with the
         offload decided."""
-        from reflectioncoder.activation_checkpointing import apply_plan, plan_run
+        from reflectioncoder.activation_checkpointing import LAYER_POLICIES, apply_plan, plan_run
         from reflectioncoder.model import count_parameters
 
         device = self.info.device
@@ -488,7 +488,7 @@ class Trainer:
         )
         apply_plan(model, memory.layers)
         if self.info.is_main and cfg.model.gradient_checkpointing:
-            counts = {p: memory.layers.count(p) for p in ("none", "save_gemms", "offload", "full")}
+            counts = {p: memory.layers.count(p) for p in LAYER_POLICIES}
             log.info(
                 "activation checkpointing %s: %s of %d layers%s",
                 cfg.model.checkpointing_policy,
