@@ -44,6 +44,7 @@ class _Saved:
 
     def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
         self.device = tensor.device
+        self.stream = stream
         self.back: torch.Tensor | None = None
         if stream is None:  # host == device: a copy stands for the host's
             self.host = tensor.detach().clone()
@@ -56,7 +57,8 @@ class _Saved:
             self.host.copy_(tensor.detach(), non_blocking=True)
         tensor.record_stream(stream)  # its memory is reused only once the copy is done
 
-    def prefetch(self, stream: torch.cuda.Stream | None) -> None:
+    def prefetch(self) -> None:
+        stream = self.stream
         if self.back is not None:
             return
         if stream is None:
@@ -67,9 +69,9 @@ class _Saved:
             self.ready = torch.cuda.Event()
             self.ready.record(stream)
 
-    def take(self, stream: torch.cuda.Stream | None) -> torch.Tensor:
-        self.prefetch(stream)  # a late prefetch starts here
-        if stream is not None:
+    def take(self) -> torch.Tensor:
+        self.prefetch()  # a late prefetch starts here
+        if self.stream is not None:
             compute = torch.cuda.current_stream(self.device)
             compute.wait_event(self.ready)  # the compute stream waits only on a late copy
             self.back.record_stream(compute)
@@ -79,29 +81,29 @@ class _Saved:
 class LayerStore:
     """The saved outputs of one offloaded layer's forward, in order per op."""
 
-    def __init__(self, stream: torch.cuda.Stream | None, keep: frozenset) -> None:
-        self.stream = stream
-        self.keep = keep
+    def __init__(self, schedule: OffloadSchedule) -> None:
+        self.schedule = schedule
+        self.keep = schedule.keep
         self.saved: dict[Any, list] = defaultdict(list)
         self.bytes = 0
 
     def store(self, func, out):
         def one(x):
-            if not isinstance(x, torch.Tensor) or (self.stream is not None and not x.is_cuda):
-                return x  # sizes, seeds: kept as they are
+            if not isinstance(x, torch.Tensor):
+                return x  # sizes: kept as they are
             self.bytes += x.numel() * x.element_size()
-            return _Saved(x, self.stream)
+            return _Saved(x, self.schedule.stream_for(x.device))
 
         self.saved[func].append(tree_map(one, out))
 
     def prefetch(self) -> None:
         for outs in self.saved.values():
             for out in outs:
-                tree_map(lambda s: s.prefetch(self.stream) if isinstance(s, _Saved) else s, out)
+                tree_map(lambda s: s.prefetch() if isinstance(s, _Saved) else s, out)
 
     def restore(self, func, index: int):
         out = self.saved[func][index]
-        return tree_map(lambda s: s.take(self.stream) if isinstance(s, _Saved) else s, out)
+        return tree_map(lambda s: s.take() if isinstance(s, _Saved) else s, out)
 
     def contexts(self) -> tuple[TorchDispatchMode, TorchDispatchMode]:
         """``checkpoint``'s ``context_fn``: the forward's and the recompute's modes."""
@@ -142,16 +144,25 @@ class OffloadSchedule:
     """A model's offloaded layers: one side stream, and the stores of the last forward (weakly:
     the autograd graph owns them, so they go with it)."""
 
-    def __init__(self, device: torch.device, keep: frozenset) -> None:
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    def __init__(self, keep: frozenset) -> None:
         self.keep = keep
         self.stores: dict[int, weakref.ref] = {}
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}
+
+    def stream_for(self, device: torch.device) -> torch.cuda.Stream | None:
+        """The side stream of a CUDA device (made on first use, so a model moved after its
+        plan was applied still offloads); None for the CPU (and its tensors, e.g. seeds)."""
+        if device.type != "cuda":
+            return None
+        if device not in self.streams:
+            self.streams[device] = torch.cuda.Stream(device)
+        return self.streams[device]
 
     def run_layer(self, index: int, fn, *args):
         """``_gradient_checkpointing_func`` of offloaded layer ``index``."""
         from torch.utils.checkpoint import checkpoint
 
-        store = LayerStore(self.stream, self.keep)
+        store = LayerStore(self)
         self.stores[index] = weakref.ref(store)
         out = checkpoint(fn, *args, use_reentrant=False, context_fn=store.contexts)
         if isinstance(out, torch.Tensor) and out.requires_grad:
@@ -192,8 +203,7 @@ def attach(model: torch.nn.Module, layers: list[int], keep: frozenset) -> Offloa
     model.rc_offload = None
     if not layers:
         return None
-    device = next(model.parameters()).device
-    schedule = OffloadSchedule(device, keep)
+    schedule = OffloadSchedule(keep)
     decoder = model.base_model
     for index in layers:
         decoder.layers[index]._gradient_checkpointing_func = functools.partial(
