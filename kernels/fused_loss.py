@@ -34,8 +34,14 @@ from .fused_loss_schedule import (
     torch_row_op,
     torch_sum_slots,
 )
+from .fused_loss_stats import GEMM_TILES, GemmTiles, stats_loss
 
 BACKENDS = ("auto", "triton", "torch")
+# How the loss alone is computed: "gemm_rows" (the logits GEMM into the chunk's buffer, then one
+# read by the row kernel; the default: bench/roofline.py models it faster at the GEMM rates
+# published for cuBLAS and Triton) or "stats_epilogue" (Triton only: fused_loss_stats.py, the
+# statistics in the GEMM's epilogue; no logits buffer, a few MiB of workspace instead).
+LOSS_ONLY_SCHEDULES = ("gemm_rows", "stats_epilogue")
 
 
 @dataclass(frozen=True)
@@ -293,14 +299,19 @@ def wants_grad(hidden: torch.Tensor, weight: torch.Tensor, need_grad: bool | Non
 def loss_only(
     hidden: torch.Tensor, weight: torch.Tensor, loss_args: tuple, run: tuple, ce_only_rows=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The forward alone: per chunk the logits GEMM and one read of them by the row maths (no
-    d z, no d h / d W GEMMs, no gradient buffers); memory is one chunk's logits and h.
-    ``loss_args``: (targets, ce_weight, kl_pairs, kl_weight); ``run``: (backend, budget, tiles)."""
-    backend, budget, tiles = run
+    """The forward alone: no d z, no d h / d W GEMMs, no gradient buffers. ``loss_args``:
+    (targets, ce_weight, kl_pairs, kl_weight); ``run``: (backend, budget, tiles, schedule,
+    gemm_tiles). "gemm_rows": per chunk the logits GEMM and one read of them by the row maths,
+    memory one chunk's logits and h; "stats_epilogue": per chunk one statistics GEMM, memory
+    one chunk's h and its tile statistics (``LOSS_ONLY_SCHEDULES``)."""
+    backend, budget, tiles, schedule, gemm_tiles = run
     hidden = hidden.detach().contiguous()
     weight = weight.detach().contiguous()
     plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
-    ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), False, False)
+    if schedule == "stats_epilogue":
+        ce, kl = stats_loss(hidden, weight, plan, gemm_tiles)
+    else:
+        ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), False, False)
     return ce + kl, {"ce": ce, "kl": kl}
 
 
@@ -316,13 +327,25 @@ def linear_reflection_loss(
     tiles: RowTiles = TILES,
     ce_only_rows: torch.Tensor | None = None,
     need_grad: bool | None = None,
+    loss_only_schedule: str = "gemm_rows",
+    gemm_tiles: GemmTiles = GEMM_TILES,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One backend on checked inputs; ``budget`` / ``tiles`` overrides are for tests."""
+    """One backend on checked inputs; ``budget`` / ``tiles`` / ``gemm_tiles`` overrides are for
+    tests; ``loss_only_schedule`` applies when no gradient is wanted (``LOSS_ONLY_SCHEDULES``)."""
+    if loss_only_schedule not in LOSS_ONLY_SCHEDULES:
+        raise ValueError(
+            f"loss_only_schedule: expected one of {LOSS_ONLY_SCHEDULES}, got {loss_only_schedule!r}"
+        )
+    if loss_only_schedule == "stats_epilogue" and backend != "triton":
+        raise ValueError(
+            f"loss_only_schedule: 'stats_epilogue' needs backend 'triton', not {backend!r}"
+        )
     budget = budget or default_budget(hidden.device)
     grads = wants_grad(hidden, weight, need_grad)
     if not any(grads):
         loss_args = (targets, ce_weight, kl_pairs, kl_weight)
-        return loss_only(hidden, weight, loss_args, (backend, budget, tiles), ce_only_rows)
+        run = (backend, budget, tiles, loss_only_schedule, gemm_tiles)
+        return loss_only(hidden, weight, loss_args, run, ce_only_rows)
     run = (backend, grads, budget, tiles)
     loss, ce, kl = FusedReflectionLoss.apply(
         hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows
