@@ -7,11 +7,10 @@ import pytest
 import torch
 import triton.language as tl
 from reference.loss import reflection_loss_reference
-from test_fused_loss import budget, make_case, rel_err
-from triton.runtime import interpreter
-
 from reflectioncoder.kernels.fused_loss import linear_reflection_loss
 from reflectioncoder.kernels.fused_loss_stats import GemmTiles
+from test_fused_loss import budget, make_case, rel_err
+from triton.runtime import interpreter
 
 SMALL = GemmTiles(block_m=16, block_v=16, block_k=16, num_warps=1, num_stages=1)
 
