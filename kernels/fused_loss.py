@@ -34,7 +34,7 @@ from .fused_loss_schedule import (
     torch_row_op,
     torch_sum_slots,
 )
-from .fused_loss_stats import GEMM_TILES, GemmTiles, stats_loss
+from .fused_loss_stats import GemmTiles, stats_loss
 
 BACKENDS = ("auto", "triton", "torch")
 # How the loss alone is computed: "gemm_rows" (the logits GEMM into the chunk's buffer, then one
@@ -328,7 +328,7 @@ def linear_reflection_loss(
     ce_only_rows: torch.Tensor | None = None,
     need_grad: bool | None = None,
     loss_only_schedule: str = "gemm_rows",
-    gemm_tiles: GemmTiles = GEMM_TILES,
+    gemm_tiles: GemmTiles | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One backend on checked inputs; ``budget`` / ``tiles`` / ``gemm_tiles`` overrides are for
     tests; ``loss_only_schedule`` applies when no gradient is wanted (``LOSS_ONLY_SCHEDULES``)."""

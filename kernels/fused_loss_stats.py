@@ -39,6 +39,12 @@ class GemmTiles:
 
 
 GEMM_TILES = GemmTiles()
+# fp32 inputs multiply on the FMA units ("ieee"): smaller tiles, no spills on sm_80 or sm_90.
+GEMM_TILES_FP32 = GemmTiles(block_m=32, block_v=64, block_k=32, num_warps=4, num_stages=2)
+
+
+def gemm_tiles_for(dtype: torch.dtype) -> GemmTiles:
+    return GEMM_TILES_FP32 if dtype == torch.float32 else GEMM_TILES
 
 
 @triton.jit
@@ -131,8 +137,10 @@ def finish_chunk(stats, ce_w, kl_w, ce_out, kl_out) -> None:
     kl_out.copy_(torch.where(kl_w != 0, kl_w * (c[0] / s_a - lse_a + lse_b), 0.0))
 
 
-def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles = GEMM_TILES):
-    """(ce sum, kl sum) of ``plan``: per chunk one statistics GEMM launch, then the fold."""
+def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None):
+    """(ce sum, kl sum) of ``plan``: per chunk one statistics GEMM launch, then the fold.
+    ``tiles``: the dtype's production tiles unless given (tests)."""
+    tiles = tiles or gemm_tiles_for(hidden.dtype)
     v, d = weight.shape
     dev = hidden.device
     ce_out = torch.zeros(plan.rows.shape[0], dtype=torch.float32, device=dev)
@@ -168,19 +176,20 @@ def _compile_specs() -> list[dict]:
         ("fp32", torch.float32, "ieee"),
     ):
         x = torch.empty(16, dtype=dtype)
+        tiles = gemm_tiles_for(dtype)
         for pairs in (True, False):
             args = dict(H_ptr=x, W_ptr=x, Tgt_ptr=torch.empty(16, dtype=torch.int64))
             args |= dict(Stats_ptr=torch.empty(16, dtype=torch.float32))
             args |= dict(A=rows // 2 if pairs else rows, V=v, D=d, H_stride=d, W_stride=d)
-            args |= dict(PAIRS=pairs, DOT_PRECISION=precision, BLOCK_M=GEMM_TILES.block_m)
-            args |= dict(BLOCK_V=GEMM_TILES.block_v, BLOCK_K=GEMM_TILES.block_k)
+            args |= dict(PAIRS=pairs, DOT_PRECISION=precision, BLOCK_M=tiles.block_m)
+            args |= dict(BLOCK_V=tiles.block_v, BLOCK_K=tiles.block_k)
             specs.append(
                 {
                     "name": f"logits_stats/{'pairs' if pairs else 'ce_only'}/{name}",
                     "kernel": _logits_stats_kernel,
                     "args": args,
-                    "num_warps": GEMM_TILES.num_warps,
-                    "num_stages": GEMM_TILES.num_stages,
+                    "num_warps": tiles.num_warps,
+                    "num_stages": tiles.num_stages,
                 }
             )
     return specs
