@@ -255,6 +255,54 @@ def fused_persistent(n, d, v, e, budget: ChunkBudget = GPU_BUDGET) -> Schedule:
     return Schedule(ks, dict(chunked(n, d, v, e, budget).workspace))
 
 
+# Triton's own Hopper GEMMs (no published Triton bf16 GEMM at this loss's shapes runs faster
+# than cuBLAS's rates above): tritonbench's TMA-persistent Triton matmul (the tutorial
+# 09-persistent-matmul kernel, added to tritonbench as a bf16 GEMM by pytorch/benchmark PR
+# #2373) at M = N = 8192, K = 4096: 665.886 TFLOP/s, 0.8256 ms +-0.36% (meta-pytorch/tritonbench
+# PR #894, "Before" table; the PR does not name the card: taken as a dense Hopper peak of 989).
+# Without TMA descriptors the same persistent kernel runs 13.4% slower in fp16 at that shape on
+# an H100 (triton-lang/triton PR #5461: "13% uplift from tensor descriptor vs. 13.4% from
+# host-side TMA"); fused_loss_stats.py's kernel loads through pointers and is not persistent,
+# so that rate bounds it from above.
+TRITONBENCH_894 = (
+    "meta-pytorch/tritonbench PR #894 ([ci] Fix gemm TMA API upgrade), test plan, Before: "
+    "triton_tma_persistent_matmul, (8192, 8192, 4096), 665.886 TFLOP/s; card not named"
+)
+TRITON_TMA_PERSISTENT_EFF = 665.886 / CARDS["H200"].bf16_tflops
+TRITON_POINTER_EFF = TRITON_TMA_PERSISTENT_EFF / 1.134  # PR #5461: TMA's 13.4% uplift removed
+TRITON_EPILOGUE_RATES = GemmRates(TRITON_TMA_PERSISTENT_EFF, PUBLISHED_RATES.dh, PUBLISHED_RATES.dw)
+STATS_TILE_V = 128  # fused_loss_stats.GEMM_TILES.block_v: one statistics column per tile
+
+
+def loss_alone(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, rates=None, epilogue=False):
+    """The forward alone (no gradient wanted), per chunk of R slots: ``gemm_rows`` (the
+    launcher's default) gathers h, runs the logits GEMM into the buffer and reads it once in
+    the row kernel; ``epilogue`` (kernels/fused_loss_stats.py) runs one Triton GEMM whose
+    epilogue writes 7 / 2 fp32 statistics per slot and vocabulary tile of STATS_TILE_V
+    (logits never stored), then folds them (a few reads of the statistics). ``rates``: the
+    logits GEMM's share of the peak."""
+    r = budget.rows(v, e) // 2  # the plan's halves: one chunk of the plan each
+    ks = []
+    for a in range(0, n, r):
+        c = min(r, n - a)
+        ks.append(_stream("gather h", 2 * c * d * e))
+        if epilogue:
+            stats = 14 * c * math.ceil(v / STATS_TILE_V)  # 7 fp32 per pair and tile
+            k = _gemm("z tiles -> row stats (Triton)", c, v, d, e, tc_eff=rates)
+            k.hbm += stats - c * v * e  # the logits are never written
+            ks += [k, _stream("fold the tile statistics", 4 * stats, count=8)]
+        else:
+            ks += [_gemm("z = h W^T", c, v, d, e, tc_eff=rates), _stream("row kernel", c * v * e)]
+    if epilogue:  # one chunk's gathered h and statistics at a time
+        c = min(r, n)
+        workspace = {"gathered h (rows, D)": c * d * e}
+        workspace["tile statistics"] = 14 * c * math.ceil(v / STATS_TILE_V)
+    else:  # run_chunks: two halves share the logits and h buffers
+        c = min(2 * r, n)
+        workspace = {"logits (rows, V)": c * v * e, "gathered h (rows, D)": c * d * e}
+    return Schedule(ks, workspace)
+
+
 def gemm_ceiling(n, d, v, e) -> Schedule:
     """The bound of any schedule built on GEMMs at TC_EFF: 6 N D V FLOPs and nothing else."""
     return Schedule([Kernel("6 N D V on tensor cores", flops=6.0 * n * d * v, count=0)])
@@ -399,9 +447,10 @@ def gemm_eff_for(sched: Schedule, card: Card, useful: float, pct: float = 75.0) 
     return None if hi > 0.999 else hi
 
 
-def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False) -> Row:
+def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False, passes=3) -> Row:
+    """``passes``: useful GEMMs of 2 N D V FLOPs (3: forward + backward; 1: the loss alone)."""
     seconds = sum(k.seconds(card) for k in sched.kernels)
-    useful = 6.0 * n * d * v
+    useful = passes * 2.0 * n * d * v
     return Row(
         schedule=name,
         default=default,
@@ -442,10 +491,31 @@ def model_rows(n, d, v, dtype, card_name) -> list[Row]:
             fused_persistent(n, d, v, e),
             *(card, n, d, v, dtype),
         ),
+        evaluate(
+            "pipelined+epilogue @ Triton z rate (#894), cuBLAS dh, dW",
+            pipelined(n, d, v, e, epilogue=True, rates=TRITON_EPILOGUE_RATES),
+            *(card, n, d, v, dtype),
+        ),
         evaluate("gemm_ceiling", gemm_ceiling(n, d, v, e), card, n, d, v, dtype),
         evaluate("cutedsl_flce (CE only)", cutedsl_flce(n, d, v, e), card, n, d, v, dtype),
         evaluate("atomic_tiles", atomic_tiles(n, d, v, e, card), card, n, d, v, dtype),
         evaluate("liger_flce+kl", liger_flce(n, d, v, e, n // 2), card, n, d, v, dtype),
+    ] + [
+        evaluate(name, sched, card, n, d, v, dtype, passes=1)
+        for name, sched in (
+            (
+                "loss alone: gemm_rows @ cuBLAS rate (PR #1356)",
+                loss_alone(n, d, v, e, rates=PUBLISHED_RATES.logits),
+            ),
+            (
+                "loss alone: stats_epilogue @ Triton TMA-persistent rate (#894)",
+                loss_alone(n, d, v, e, rates=TRITON_TMA_PERSISTENT_EFF, epilogue=True),
+            ),
+            (
+                "loss alone: stats_epilogue @ Triton pointer rate (#894 / 1.134)",
+                loss_alone(n, d, v, e, rates=TRITON_POINTER_EFF, epilogue=True),
+            ),
+        )
     ]
 
 

@@ -34,7 +34,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:
             shapes = dict.fromkeys(prof.loss_shapes + prof.interpreted_loss_shapes)
         ours = provider == "reference" or provider.startswith("ours:")
-        for mode in L.MODES if ours else prof.other_loss_modes:
+        modes = L.MODES if ours else prof.other_loss_modes
+        for mode in (m for m in modes if m in L.PROVIDERS[provider].modes):
             for n, d, v in shapes:
                 name = f"{mode}-{provider}-N{n}-D{d}-V{v}-{prof.dtype}"
                 # The toy shapes run in milliseconds (or in the interpreter): noisy on a CPU.

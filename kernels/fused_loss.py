@@ -364,6 +364,7 @@ def fused_linear_reflection_loss(
     check_inputs: bool | None = None,
     ce_only_rows: torch.Tensor | None = None,
     need_grad: bool | None = None,
+    loss_only_schedule: str = "gemm_rows",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of packed rows straight from hidden states; no (N, V) tensor is built.
 
@@ -381,6 +382,9 @@ def fused_linear_reflection_loss(
     is read from the device (one host sync on CUDA). need_grad: None (default) follows autograd
     (grad mode on and ``hidden`` or ``weight`` requiring grad); False computes the loss alone
     (validation, logging): no d z, no gradient GEMMs or buffers, and a loss without a graph.
+    loss_only_schedule: how that loss alone is computed (``LOSS_ONLY_SCHEDULES``):
+    "gemm_rows" (default) or "stats_epilogue" (backend "triton": the statistics in a Triton
+    GEMM's epilogue, no logits buffer: tens of MiB of workspace instead of about 0.5 GiB).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -400,7 +404,10 @@ def fused_linear_reflection_loss(
     if backend == "triton" and not on_cuda and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
     args = (hidden, weight, targets, ce_weight, kl_pairs, kl_weight)
-    return linear_reflection_loss(*args, backend, ce_only_rows=ce_only_rows, need_grad=need_grad)
+    return linear_reflection_loss(
+        *args, backend, ce_only_rows=ce_only_rows, need_grad=need_grad,
+        loss_only_schedule=loss_only_schedule,
+    )  # fmt: skip
 
 
 __all__ = ["IGNORE_INDEX", "LossPlan", "fused_linear_reflection_loss"]

@@ -61,6 +61,7 @@ class Provider:
     cuda_only: str = ""  # why it needs CUDA ("" = runs on the CPU, natively or interpreted)
     interpreted: bool = False  # Triton: runs on the CPU only in the interpreter (toy sizes)
     module: str = ""  # the import that must succeed
+    modes: tuple[str, ...] = MODES  # the modes where it differs from the providers before it
 
 
 def _providers() -> dict[str, Provider]:
@@ -77,6 +78,17 @@ def _providers() -> dict[str, Provider]:
         )
         for b in fused_loss.BACKENDS
         if b != "auto"
+    ] + [
+        Provider(
+            "ours:triton:stats_epilogue",
+            "reflectioncoder",
+            "reflectioncoder.kernels.fused_linear_reflection_loss(backend='triton', "
+            "loss_only_schedule='stats_epilogue')",
+            {"chunk": "GPU 512 MiB-of-logits halves", "logits": "never stored"},
+            kl="in the call",
+            interpreted=True,  # fp32 on the CPU: the interpreter's tl.dot is wrong for bf16
+            modes=("eval",),  # the schedule of the loss alone; other modes are ours:triton's
+        )
     ]
     return {
         p.name: p
@@ -253,9 +265,10 @@ def make_loss_fn(provider: str, x: dict) -> Callable[[], torch.Tensor]:
     if provider == "reference":
         return lambda: recipe_loss(h, w, t, x["kl_pairs"])
     if provider.startswith("ours:"):
-        backend = provider.split(":", 1)[1]
+        backend, *schedule = provider.split(":")[1:]
         args = (h, w, t, x["ce_weight"], x["kl_pairs"], x["kl_weight"])
-        return lambda: fused_linear_reflection_loss(*args, backend=backend)[0]
+        kw = {"loss_only_schedule": schedule[0]} if schedule else {}
+        return lambda: fused_linear_reflection_loss(*args, backend=backend, **kw)[0]
     if provider == "liger:jsd":
         return _liger_jsd_fn(x)
     factories = {
