@@ -293,14 +293,17 @@ def loss_alone(n, d, v, e, budget: ChunkBudget = GPU_BUDGET, rates=None, epilogu
             ks += [k, _stream("fold the tile statistics", 4 * stats, count=8)]
         else:
             ks += [_gemm("z = h W^T", c, v, d, e, tc_eff=rates), _stream("row kernel", c * v * e)]
-    if epilogue:  # one chunk's gathered h and statistics at a time
+    plan = chunked(n, d, v, e, budget, grads=False).workspace
+    plan = {k: b for k, b in plan.items() if k.startswith("plan")}
+    if epilogue:  # fused_loss_stats.stats_loss: one h and one statistics buffer for all chunks
         c = min(r, n)
-        workspace = {"gathered h (rows, D)": c * d * e}
-        workspace["tile statistics"] = 14 * c * math.ceil(v / STATS_TILE_V)
+        nt = math.ceil(v / STATS_TILE_V)
+        workspace = {"gathered h (rows, D)": c * d * e, "tile statistics": 14 * c * nt}
+        workspace["fold temporaries (2 of 7 statistics planes)"] = 4 * c * nt
     else:  # run_chunks: two halves share the logits and h buffers
         c = min(2 * r, n)
         workspace = {"logits (rows, V)": c * v * e, "gathered h (rows, D)": c * d * e}
-    return Schedule(ks, workspace)
+    return Schedule(ks, workspace | plan)
 
 
 def gemm_ceiling(n, d, v, e) -> Schedule:

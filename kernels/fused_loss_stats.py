@@ -147,10 +147,17 @@ def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None):
     kl_out = torch.zeros(plan.kl_weight.shape[0], dtype=torch.float32, device=dev)
     precision = "ieee" if hidden.dtype == torch.float32 else "tf32"
     nt = triton.cdiv(v, tiles.block_v)
+    rows = max((c.stop - c.start for c in plan.chunks), default=0)
+    # One buffer each for every chunk (stream order keeps them apart): h and the statistics.
+    h_buf = torch.empty(rows, d, dtype=hidden.dtype, device=dev)
+    stats_buf = torch.empty(max(PAIR_STATS * (rows // 2), CE_STATS * rows) * nt, device=dev)
     for c in plan.chunks:
-        h = torch.index_select(hidden, 0, plan.rows[c.start : c.stop])
+        h = torch.index_select(
+            hidden, 0, plan.rows[c.start : c.stop], out=h_buf[: c.stop - c.start]
+        )
         a = h.shape[0] // 2 if c.pairs else h.shape[0]
-        stats = torch.empty(PAIR_STATS if c.pairs else CE_STATS, a, nt, device=dev)
+        planes = PAIR_STATS if c.pairs else CE_STATS
+        stats = stats_buf[: planes * a * nt].view(planes, a, nt)
         _logits_stats_kernel[(triton.cdiv(a, tiles.block_m), nt)](
             h, weight, plan.targets[c.start : c.stop], stats, a, v, d, h.stride(0),
             weight.stride(0), PAIRS=c.pairs, DOT_PRECISION=precision, BLOCK_M=tiles.block_m,

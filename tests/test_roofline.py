@@ -15,14 +15,23 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(REPO_ROOT))
 from reflectioncoder.kernels.fused_loss import RowTiles, linear_reflection_loss  # noqa: E402
 from reflectioncoder.kernels.fused_loss_schedule import ChunkBudget  # noqa: E402
+from reflectioncoder.kernels.fused_loss_stats import (  # noqa: E402
+    GEMM_TILES,
+    PAIR_STATS,
+    GemmTiles,
+)
 
 from bench.roofline import (  # noqa: E402
     CALIBRATION,
     CARDS,
     CUBLAS_H200_MS,
     PUBLISHED_RATES,
+    STATS_TILE_V,
+    TRITON_POINTER_EFF,
+    TRITON_TMA_PERSISTENT_EFF,
     calibration_rows,
     chunked,
+    loss_alone,
     pipelined,
 )
 from bench.roofline import main as roofline_main  # noqa: E402
@@ -79,6 +88,29 @@ def test_default_rows_meet_the_goal():
         fused = next(r for r in head if r["schedule"].startswith("fused_persistent"))
         assert "not built" in fused["schedule"] and not fused["default"]
         assert fused["pct_of_peak"] >= 75 and fused["workspace_bytes"] < 2**30
+
+
+def test_triton_rates_keep_the_defaults():
+    """Triton's published Hopper GEMM rate (tritonbench #894, 67.3% of peak; 59.4% without TMA,
+    PR #5461) is below cuBLAS's at this shape, so every schedule on it is too: the training
+    path with the statistics in a Triton logits GEMM's epilogue is below the default at
+    cuBLAS's rates, and the loss alone with them (built: ``stats_epilogue``) is no faster than
+    ``gemm_rows`` even at the TMA rate, slower at its own, in 1/20 of the workspace."""
+    assert 0.59 < TRITON_POINTER_EFF < TRITON_TMA_PERSISTENT_EFF < PUBLISHED_RATES.logits < 0.75
+    assert STATS_TILE_V == GEMM_TILES.block_v and PAIR_STATS == 7
+    rows = json.loads(run_cli("--json"))
+    for card in ("H100", "H200"):
+        for v in (128256, 32000):
+            at = {r["schedule"]: r for r in rows if r["card"] == card and r["V"] == v}
+            cublas = at["pipelined @ cuBLAS rates of PR #1356"]
+            triton_z = at["pipelined+epilogue @ Triton z rate (#894), cuBLAS dh, dW"]
+            assert triton_z["pct_of_peak"] < cublas["pct_of_peak"] < 75
+            rows_ = at["loss alone: gemm_rows @ cuBLAS rate (PR #1356)"]
+            tma = at["loss alone: stats_epilogue @ Triton TMA-persistent rate (#894)"]
+            ours = at["loss alone: stats_epilogue @ Triton pointer rate (#894 / 1.134)"]
+            assert rows_["useful_flops"] == 2 * 16384 * 4096 * v
+            assert rows_["predicted_ms"] <= tma["predicted_ms"] * 1.001 < ours["predicted_ms"]
+            assert ours["workspace_bytes"] < rows_["workspace_bytes"] / 10 < 2**30
 
 
 def test_markdown_and_bad_shape(capsys):
@@ -142,7 +174,8 @@ def _peak_allocated(fn) -> int:
 def test_workspace_model_matches_the_launcher(seed, n, v, rows):
     """The launcher's real allocations in its forward (the peak: the chunk loop, Triton row
     kernel in the interpreter) minus the gradient's own storage (d W) equal the model's
-    workspace within 10%; so do the forward-only path's (no gradient), bounded by a chunk.
+    workspace within 10%; so do the forward-only path's (no gradient), bounded by a chunk, with
+    either schedule of the loss alone.
     fp32 inputs: on the CPU, oneDNN's bf16 GEMM allocates a packed copy
     of W through torch's allocator, which cuBLAS does not; fp32 GEMMs allocate nothing."""
     d, e = 32, 4
@@ -166,4 +199,14 @@ def test_workspace_model_matches_the_launcher(seed, n, v, rows):
             lambda: linear_reflection_loss(*args, backend="triton", budget=budget, tiles=tiles)
         )
     model = sum(chunked(n, d, v, e, budget, grads=False).workspace.values())
+    assert abs(peak / model - 1) <= 0.10, (peak, model)
+    # The loss alone with the statistics in the GEMM's epilogue: h and statistics, no logits.
+    stats_tiles = GemmTiles(block_m=16, block_v=STATS_TILE_V, block_k=32, num_warps=1, num_stages=1)
+    peak = _peak_allocated(
+        lambda: linear_reflection_loss(
+            *args, backend="triton", budget=budget, need_grad=False,
+            loss_only_schedule="stats_epilogue", gemm_tiles=stats_tiles,
+        )
+    )  # fmt: skip
+    model = sum(loss_alone(n, d, v, e, budget, epilogue=True).workspace.values())
     assert abs(peak / model - 1) <= 0.10, (peak, model)
