@@ -20,6 +20,12 @@ the one arriving); ``activation_checkpointing.activation_bytes`` counts two (one
 at the forward's end). The planner offloads the first layers (their backward comes last, so
 their copies have the whole forward to leave and most of the backward to come back).
 
+Memory: an output freed in the forward returns to the allocator once its copy's event has
+completed (``record_stream``; torchtune's OffloadActivations keeps a stash of recent outputs
+and waits on their events instead: the same bound, held here by the planner's rule that the
+copies keep up); the copies back are allocated on the side stream, whose pool holds the
+offloaded layers in flight beside the compute stream's (counted as ``OFFLOAD_IN_FLIGHT``).
+
 On the CPU host and device are the same memory: each output is copied into a fresh tensor and
 the original dropped, so the same path (store, restore, recompute) runs and is tested.
 
