@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import step_model as sm
 
 KEYS = {
@@ -107,3 +109,33 @@ def test_auto_checkpointing_uses_the_memory_full_leaves():
         levers = sm.default_levers(arch, card, 8, engine, work)
         fulls.append(sm.layer_plan(arch, card, 8, engine, levers, work).count("full"))
     assert fulls[0] > 0 and fulls == sorted(fulls, reverse=True)
+
+
+def test_the_host_bound_holds_only_where_the_kernels_are_small():
+    """The measured host time of eager layers binds a 1.5B model's 1K-token micro-batch, not
+    any model's default 16K-token one."""
+    work = sm.reflection_workload()
+    for arch in sm.ARCHS.values():
+        levers = sm.default_levers(arch, "H100", 8, "zero1", work)
+        assert sm.predict(arch, "H100", 8, "zero1", levers, work).split_s["host_bound"] == 0
+    small = sm.Workload((1024,), 512, 0.25, samples_per_step=0.25)
+    levers = sm.Levers("none", compiled=False)
+    pred = sm.predict(sm.LLAMA_1B, "H200", 1, "local", levers, small)
+    assert pred.split_s["host_bound"] > 0
+    assert pred.micro_s == pytest.approx(sm.LLAMA_1B.layers * sm.HOST_LAYER_S)
+    assert 0 < sm.HOST_RERUN_S < sm.HOST_LAYER_S
+
+
+def test_host_overhead_counts_more_ops_unfused_and_recomputed():
+    """bench_host_overhead, the host term's measurement: fused kernels issue fewer ops than
+    transformers' eager ones, and a recomputed forward issues its ops again."""
+    from bench import bench_host_overhead as bho
+
+    ops = {
+        (kernels, ckpt): bho.measure(2, kernels, "bf16", ckpt, rounds=1)["ops"]
+        for kernels in ("liger", "hf")
+        for ckpt in (False, True)
+    }
+    assert ops["liger", False] < ops["hf", False]
+    assert ops["liger", False] < ops["liger", True]
+    assert ops["hf", False] < ops["hf", True]
