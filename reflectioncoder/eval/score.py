@@ -326,6 +326,16 @@ def check_sample(
     )
 
 
+BOX_COST_S = 0.02  # CPU seconds of a box's start, set-up and verdict, beside its tests
+
+
+def known_cost(expected: dict, base_only: bool = False) -> float:
+    """What a sample of the task is expected to cost, in CPU seconds: the canonical solution's
+    measured time on every input (the expected-output cache's ``t``), and the box."""
+    phases = ("base",) if base_only else ("base", "plus")
+    return BOX_COST_S + sum(sum(expected[p]["t"]) for p in phases)
+
+
 def score_python_samples(
     tasks: dict[str, PythonTask],
     samples: Iterable[dict],
@@ -369,8 +379,10 @@ def score_python_samples(
             progress(1)
         return r
 
-    # Slowest tasks first keeps both workers busy to the end.
-    order = sorted(range(len(jobs)), key=lambda j: -len(tasks[jobs[j].task_id].plus_inputs))
+    # Costliest first keeps both workers busy to the end (a worker left with one long sample
+    # while the other idles was a second of HumanEval(+)'s wall time)
+    cost = {tid: known_cost(expected[tid], base_only) for tid in {s.task_id for s in jobs}}
+    order = sorted(range(len(jobs)), key=lambda j: -cost[jobs[j].task_id])
     try:
         with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
             done = dict(zip(order, pool.map(one, [jobs[j] for j in order]), strict=True))

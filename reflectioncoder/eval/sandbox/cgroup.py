@@ -166,6 +166,7 @@ class RunCgroup:
         self.layout = layout
         name = f"rc-sandbox-{uuid.uuid4().hex}"
         self.dirs: dict[str, Path] = {c: p / name for c, p in layout.parents.items()}
+        self._clock: int | None = None  # the CPU clock's file, open once (``cpu_time_s``)
         for path in self.unique_dirs():
             path.mkdir()
         quota = str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US)))
@@ -197,19 +198,34 @@ class RunCgroup:
         return [str(d / "cgroup.procs") for d in self.unique_dirs()]
 
     def cpu_time_s(self) -> float | None:
-        """CPU seconds every process of the run has used so far (user + system)."""
-        path = self.dirs.get("cputime")
-        if path is None:
+        """CPU seconds every process of the run has used so far (user + system). Read through
+        a descriptor kept open (``pread``: 0.6 us, against 10 us for an open and read): the
+        scorer reads this clock for every result line, 90 thousand times for HumanEval(+)."""
+        fd = self._clock_fd()
+        if fd is None:
             return None
         try:
+            text = os.pread(fd, 4096, 0)
             if self.layout.version == 1:
-                return int((path / "cpuacct.usage").read_text()) / 1e9
-            for line in (path / "cpu.stat").read_text().splitlines():
-                if line.startswith("usage_usec "):
+                return int(text) / 1e9
+            for line in text.splitlines():
+                if line.startswith(b"usage_usec "):
                     return int(line.split()[1]) / 1e6
         except (OSError, ValueError):
             pass
         return None
+
+    def _clock_fd(self) -> int | None:
+        if self._clock is None:
+            path = self.dirs.get("cputime")
+            if path is None:
+                return None
+            name = "cpuacct.usage" if self.layout.version == 1 else "cpu.stat"
+            try:
+                self._clock = os.open(path / name, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        return self._clock
 
     def oom_kills(self) -> int:
         """Processes of the run the kernel killed at its memory limit (0 where not counted)."""
@@ -249,6 +265,9 @@ class RunCgroup:
 
     def remove(self) -> None:
         self.kill()
+        if self._clock is not None:
+            os.close(self._clock)
+            self._clock = None
         for path in self.unique_dirs():
             for _ in range(100):
                 try:

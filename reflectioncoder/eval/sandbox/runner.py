@@ -31,18 +31,13 @@ def _siblings():  # pragma: no cover - runs inside the sandbox
 
 def _main() -> None:  # pragma: no cover - runs inside the sandbox
     """Job on stdin -> one result line per input on stdout (see module docstring)."""
+    import _signal as signal  # the C module: signal's enums import enum, functools, collections
     import io
-    import json
     import os
-    import signal
     import sys
     import time
 
     codec, guards = _siblings()
-    if "--warm" in sys.argv:  # what the guard patches, imported while waiting for the job
-        import faulthandler  # noqa: F401
-        import shutil  # noqa: F401
-        import subprocess  # noqa: F401
     job = codec.loads_row(sys.stdin.buffer.read())
     sys.path.extend(job.get("sys_path", []))  # started with -S: site-packages without .pth work
     out_fd = os.dup(1)
@@ -64,7 +59,7 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
 
     def emit(obj: dict, now: bool = False) -> None:
         # batched: a write per line would wake the scorer per input; 20 ms keeps fail-fast
-        pending.append((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+        pending.append((codec.dumps(obj) + "\n").encode())
         if now or clock() - last_flush[0] > 0.02 or len(pending) > 256:
             flush()
 
@@ -180,14 +175,17 @@ def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
 
 
+# What EvalPlus's guard sets to None in modules a program may import: patched when it imports
+# them (importing both up front cost 5 ms of every box's start-up, and most programs never do)
+_PATCHED_ON_IMPORT = {"shutil": ("rmtree", "move", "chown"), "subprocess": ("Popen",)}
+
+
 def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - sandbox side
     """EvalPlus's in-process guard (destructive helpers set to None), so that completions that
     lean on them fail as they do under EvalPlus; the sandbox around is the real protection."""
     import builtins
     import faulthandler
     import os
-    import shutil
-    import subprocess
     import sys
 
     if memory_bytes:
@@ -207,13 +205,51 @@ def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - 
     ).split():
         setattr(os, name, None)
     builtins.open = None
-    shutil.rmtree = None
-    shutil.move = None
-    shutil.chown = None
-    subprocess.Popen = None
+    for module, names in _PATCHED_ON_IMPORT.items():
+        if module in sys.modules:
+            _set_none(sys.modules[module], names)
+    sys.meta_path.insert(0, _PatchOnImport())
     builtins.help = None
     for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
         sys.modules[mod] = None
+
+
+def _set_none(module, names) -> None:  # pragma: no cover - sandbox side
+    for name in names:
+        setattr(module, name, None)
+
+
+class _PatchOnImport:  # pragma: no cover - sandbox side
+    """A finder ahead of the others: for ``_PATCHED_ON_IMPORT``'s modules it finds the real
+    module through the finders behind it and sets the guarded names to None once the module
+    has run, before the importer sees it (``from subprocess import Popen`` gets None)."""
+
+    def find_spec(self, name, path=None, target=None):
+        import sys
+
+        names = _PATCHED_ON_IMPORT.get(name)
+        if names is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader, names)
+                return spec
+        return None
+
+
+class _PatchingLoader:  # pragma: no cover - sandbox side
+    def __init__(self, loader, names) -> None:
+        self.loader, self.names = loader, names
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        _set_none(module, self.names)
 
 
 class _suppress:
