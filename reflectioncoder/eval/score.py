@@ -70,23 +70,23 @@ class SampleResult:
         return self.base == PASS and self.plus == PASS
 
 
-_DECODED: dict[int, tuple[list, list[float], dict]] = {}
+_LIMITS: dict[int, tuple[list[float], dict]] = {}
 
 
-def _decoded(expected: dict) -> tuple[list, list[float]]:
-    """Expected outputs decoded and per-input limits ``max(1, 4 * gt_time)``, once per phase."""
-    hit = _DECODED.get(id(expected))
-    if hit is None or hit[2] is not expected:
+def _limits(expected: dict) -> list[float]:
+    """Per-input limits ``max(1, 4 * gt_time)``, once per phase."""
+    hit = _LIMITS.get(id(expected))
+    if hit is None or hit[1] is not expected:
         limits = [max(MIN_TIME_LIMIT, GT_TIME_LIMIT_FACTOR * t) for t in expected["t"]]
-        hit = (expected["out"], limits, expected)
-        _DECODED[id(expected)] = hit
-    return hit[0], hit[1]
+        hit = (limits, expected)
+        _LIMITS[id(expected)] = hit
+    return hit[0]
 
 
 class _Phase:
     def __init__(self, name: str, task: PythonTask, inputs: list, expected: dict) -> None:
         self.name, self.inputs = name, inputs
-        self.expected, self.limits = _decoded(expected)
+        self.source, self.limits = expected, _limits(expected)
         # EvalPlus gives each phase's process min(60, sum of limits) + 1 s, joined with 1 s more
         self.budget = min(TASK_TIMEOUT_CAP, sum(self.limits)) + 2.0
         self.started: float | None = None
@@ -97,6 +97,12 @@ class _Phase:
         self.failed_input: int | None = None
         self.reason = ""
 
+    @property
+    def expected(self) -> list:
+        """The expected outputs, read when the first output is compared (a plus phase's are
+        decoded then, ``expected.LazyOutputs``)."""
+        return self.source["out"]
+
     def fail(self, status: str, i: int | None, reason: str) -> None:
         self.status, self.failed_input, self.reason = status, i, reason
 
@@ -105,7 +111,7 @@ _JOB_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
-    key = (task.task_id, id(phases[0].expected), len(phases))
+    key = (task.task_id, id(phases[0].source), len(phases))
     tail = _JOB_CACHE.get(key)
     if tail is None:
         body = {

@@ -397,18 +397,26 @@ def clip(text: str, limit: int = 200) -> str:
 def loads_row(text: str | bytes) -> Any:
     """Parse one JSON line, decoding tags on the way (C parser; Python only for tags).
     Raises DecodeError (a ValueError) on anything that is not our encoding."""
-    try:
-        if type(text) is not str:
+    if type(text) is not str:
+        try:
             text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"not JSON: {exc}") from None
+    value, end = loads_at(text, len(text) - len(text.lstrip(" \t\n\r")))
+    if text[end:].strip(" \t\n\r"):
+        raise DecodeError("not JSON: extra data after the value")
+    return value
+
+
+def loads_at(text: str, index: int) -> tuple[Any, int]:
+    """The JSON value that starts at ``text[index]``, tags decoded, and the index where it
+    ends (a field of a long trusted line read without parsing the rest)."""
+    try:
         if _json is None:
             import json
 
-            return json.loads(text, object_hook=_tag_hook)
-        scan = _json.make_scanner(_ScanContext())  # per call: its memo is the call's own
-        value, end = scan(text, len(text) - len(text.lstrip(" \t\n\r")))
-        if text[end:].strip(" \t\n\r"):
-            raise DecodeError("not JSON: extra data after the value")
-        return value
+            return json.JSONDecoder(object_hook=_tag_hook).raw_decode(text, index)
+        return _json.make_scanner(_ScanContext())(text, index)  # per call: its own memo
     except DecodeError:
         raise
     except StopIteration as stop:  # the C scanner's "no value at this index"
