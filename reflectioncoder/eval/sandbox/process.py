@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -194,7 +193,7 @@ class PreparedRun:
                     "-S",
                     "-B",
                     _CHILD_SCRIPT,
-                    json.dumps(config),
+                    *child.to_argv(config),
                     "--",
                 ] + cmd
             else:
