@@ -251,6 +251,28 @@ def _disable(model: nn.Module) -> None:
         model.gradient_checkpointing_disable()
 
 
+# Liger's RoPE (prepare_model on CUDA) rotates q and k in place, in the q_proj / k_proj GEMM
+# outputs themselves when the projections are not fused: an output kept by ``save_gemms`` would
+# be rotated again in the recompute, one kept by ``offload`` rotated while its copy to the host
+# is in flight. Those layers hand RoPE a copy (one q- and one k-sized copy a forward).
+_ROTATED_PROJECTIONS = ("q_proj", "k_proj")
+
+
+def _copy_output(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    return out.clone()
+
+
+def _copy_rotated_outputs(layer: nn.Module, on: bool) -> None:
+    """Give (``on``) or take back the copy of ``layer``'s q / k projections' outputs."""
+    for handle in getattr(layer, "rc_rope_copies", ()):
+        handle.remove()
+    attn = getattr(layer, "self_attn", None)
+    projections = [getattr(attn, name, None) for name in _ROTATED_PROJECTIONS]
+    layer.rc_rope_copies = [
+        p.register_forward_hook(_copy_output) for p in projections if on and p is not None
+    ]
+
+
 def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     """Give each decoder layer its policy (``LAYER_POLICIES``; ``plan`` has one per layer).
     transformers >= 5.2x names it activation checkpointing (gradient_checkpointing_*
@@ -264,6 +286,8 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     from reflectioncoder.activation_offload import attach
 
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
+    for layer, policy in zip(layers, plan, strict=True):
+        _copy_rotated_outputs(layer, policy in ("save_gemms", "offload"))
     if all(p == "none" for p in plan):
         _disable(model)
         attach(model, offloaded, _kept_ops())

@@ -66,6 +66,38 @@ def test_offload_gives_the_loss_and_gradients_of_no_checkpointing(seed, monkeypa
         assert schedule.offloaded_bytes() == 0  # the stores went with the graph
 
 
+def test_kept_outputs_survive_liger_rope_in_place(seed, monkeypatch):
+    """Liger's RoPE (prepare_model's default on CUDA) rotates q and k in place, in the q_proj /
+    k_proj GEMM outputs themselves: a layer that keeps those outputs (save_gemms; offload, whose
+    copy to the host may still be in flight on the GPU: modelled here by a copy that lands only
+    after the layer's forward) must hand RoPE copies, or its recompute rotates them twice."""
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+    from transformers.models.llama import modeling_llama
+
+    from reflectioncoder.model import build_tiny_llama
+
+    def late_copy(self, tensor, stream):  # the copy out lands after the ops that follow
+        self.device, self.stream, self.back, self.host = tensor.device, None, None, tensor.detach()
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", liger_rotary_pos_emb)
+    monkeypatch.setattr(activation_offload._Saved, "__init__", late_copy)
+    ids = torch.randint(0, 64, (1, 24))
+
+    def grads(plan):
+        model = build_tiny_llama(64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                 seed=seed)  # fmt: skip
+        model.train().set_attn_implementation("sdpa")  # Liger's RoPE on a plain batch
+        ac.apply_plan(model, plan)
+        model(input_ids=ids).logits.square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    want = grads(("none", "none"))
+    for plan in (("offload", "offload"), ("save_gemms", "save_gemms")):
+        for name, g in grads(plan).items():
+            msg = f"{plan[0]}: {name}"
+            torch.testing.assert_close(g, want[name], rtol=1e-5, atol=1e-6, msg=msg)
+
+
 def test_offload_through_train_step_without_host_syncs(tmp_path, seed):
     """A mixed plan through ``Trainer.train_step``: the losses and weights of a run without
     checkpointing, and no host sync in a micro-batch (one per step, as without offload)."""
