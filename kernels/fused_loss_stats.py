@@ -150,7 +150,8 @@ def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None):
     rows = max((c.stop - c.start for c in plan.chunks), default=0)
     # One buffer each for every chunk (stream order keeps them apart): h and the statistics.
     h_buf = torch.empty(rows, d, dtype=hidden.dtype, device=dev)
-    stats_buf = torch.empty(max(PAIR_STATS * (rows // 2), CE_STATS * rows) * nt, device=dev)
+    stats_size = max(PAIR_STATS * (rows // 2), CE_STATS * rows) * nt
+    stats_buf = torch.empty(stats_size, dtype=torch.float32, device=dev)
     for c in plan.chunks:
         h = torch.index_select(
             hidden, 0, plan.rows[c.start : c.stop], out=h_buf[: c.stop - c.start]

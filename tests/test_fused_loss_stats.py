@@ -64,6 +64,19 @@ def test_matches_float64(seed):
     assert not loss.requires_grad
 
 
+def test_statistics_stay_fp32_under_another_default_dtype(seed):
+    """The tile statistics are fp32 whatever ``torch.set_default_dtype`` says (a user's
+    script may set bf16): the loss as accurate as under fp32's default."""
+    case = make_case(23, 37, 101, 9)
+    ref = reflection_loss_reference(*case)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        loss, _ = loss_alone(case, "stats_epilogue")
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert rel_err(loss, ref[0]) <= 3e-5
+
+
 def test_bf16_as_the_gemm_then_rows_path(seed, gpu_bf16):
     """bf16: the statistics come from the logits rounded to bf16, as the default path's buffer
     holds them, so both schedules agree to fp32 summation order and both are within bf16's error
