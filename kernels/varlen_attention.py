@@ -9,6 +9,9 @@ positions were applied before and may have gaps).
 
 Backends, chosen per call from the device, dtype and head size (``varlen_backend``), first that
 applies:
+- ``flash_attn_4``: FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (CuTe DSL,
+  Hopper sm_90 and Blackwell sm_100; a pure-Python wheel, setup.py extra ``hopper``). Its
+  kernels are compiled on first use for each configuration (not per length), then cached.
 - ``flash_attn_3``: FA3's ``flash_attn_interface.flash_attn_varlen_func`` (Hopper, sm_90, where
   the hopper build is installed).
 - ``flash_attn``: flash-attn 2's ``flash_attn_varlen_func`` (setup.py extra ``gpu``).
@@ -29,19 +32,40 @@ import functools
 import importlib.util
 import inspect
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-# Optional packages, probed without importing them: flash-attn 2 (setup.py extra `gpu`) and
-# FA3's hopper build (module `flash_attn_interface`).
-_HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+def _regular_package(name: str) -> bool:
+    """``name`` is installed with its own ``__init__`` (not only a namespace: flash-attn-4's
+    wheel ships ``flash_attn/cute`` without ``flash_attn/__init__.py``)."""
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin is not None
+
+
+def _has_flash_attn_4() -> bool:
+    """flash-attn-4's ``flash_attn/cute`` and its CuTe DSL (``cutlass``), found without importing
+    either (importing ``flash_attn`` would load flash-attn 2's CUDA extension where installed)."""
+    spec = importlib.util.find_spec("flash_attn")
+    roots = spec.submodule_search_locations or () if spec is not None else ()
+    found = any((Path(root) / "cute" / "__init__.py").is_file() for root in roots)
+    return found and importlib.util.find_spec("cutlass") is not None
+
+
+# Optional packages, probed without importing them: flash-attn-4 (setup.py extra `hopper`),
+# flash-attn 2 (extra `gpu`) and FA3's hopper build (module `flash_attn_interface`).
+_HAS_FLASH_ATTN_4 = _has_flash_attn_4()
+_HAS_FLASH_ATTN = _regular_package("flash_attn")
 _HAS_FLASH_ATTN_3 = importlib.util.find_spec("flash_attn_interface") is not None
 _HAS_TORCH_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
-BACKENDS = ("flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
-# The flash kernels' limits: half precision, head size up to 256 (a multiple of 8 for torch's).
+BACKENDS = ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
+# The flash kernels' limits: half precision, head size up to 256 (a multiple of 8 for torch's
+# and FA4's; FA4 on sm_100: up to 128, or 256).
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 _FLASH_MAX_HEAD_DIM = 256
+_FA4_INSTALL = "pip install 'reflectioncoder[hopper]' (flash-attn-4, docs/model.md)"
 
 
 def _cuda_capability(device: torch.device) -> tuple[int, int]:
@@ -52,27 +76,61 @@ def _torch_flash_built() -> bool:
     return torch.backends.cuda.is_flash_attention_available()
 
 
+def unavailable_reason(
+    backend: str,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    head_dim: int | None = None,
+) -> str | None:
+    """Why ``backend`` does not run for q on ``device`` with ``dtype`` and head size
+    ``head_dim`` (either None: not checked), in one line; None when it runs."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    if backend == "sdpa":
+        return None
+    installed = {
+        "flash_attn_4": (_HAS_FLASH_ATTN_4, f"flash-attn-4 is not installed: {_FA4_INSTALL}"),
+        "flash_attn_3": (_HAS_FLASH_ATTN_3, "FA3's hopper build is not installed"),
+        "flash_attn": (_HAS_FLASH_ATTN, "flash-attn is not installed: pip install '.[gpu]'"),
+        "torch_varlen": (_HAS_TORCH_VARLEN, "this torch has no torch.nn.attention.varlen"),
+    }
+    ok, why = installed[backend]
+    if not ok:
+        return why
+    if device.type != "cuda":
+        return f"it needs a CUDA device, got {device.type}"
+    if dtype is not None and dtype not in _FLASH_DTYPES:
+        return f"it takes fp16 / bf16, got {dtype}"
+    if head_dim is not None and head_dim > _FLASH_MAX_HEAD_DIM:
+        return f"head size {head_dim} > {_FLASH_MAX_HEAD_DIM}"
+    return _device_reason(backend, _cuda_capability(device), head_dim or 8)
+
+
+def _device_reason(backend: str, capability: tuple[int, int], head_dim: int) -> str | None:
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if backend == "flash_attn_4":
+        if capability[0] not in (9, 10):
+            return f"FA4 runs on Hopper sm_90 and Blackwell sm_100, not {sm}"
+        sizes = "8-128 in steps of 8, or 256" if capability[0] == 10 else "8-256 in steps of 8"
+        if head_dim % 8 or (capability[0] == 10 and 128 < head_dim < 256):
+            return f"FA4 on {sm} takes head sizes {sizes}, got {head_dim}"
+        return None
+    if backend == "flash_attn_3":
+        return None if capability[0] == 9 else f"FA3 runs on Hopper sm_90 only, not {sm}"
+    if capability < (8, 0):
+        return f"{backend} needs sm_80 or newer, not {sm}"
+    if backend == "torch_varlen" and head_dim % 8:
+        return f"torch's varlen kernel takes head sizes in steps of 8, got {head_dim}"
+    if backend == "torch_varlen" and not _torch_flash_built():
+        return "this torch was built without its flash kernels"
+    return None
+
+
 def backend_available(
     backend: str, device: torch.device, dtype: torch.dtype, head_dim: int
 ) -> bool:
     """Whether ``backend`` runs for q on ``device`` with ``dtype`` and head size ``head_dim``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
-    if backend == "sdpa":
-        return True
-    if device.type != "cuda" or dtype not in _FLASH_DTYPES or head_dim > _FLASH_MAX_HEAD_DIM:
-        return False
-    capability = _cuda_capability(device)
-    if backend == "flash_attn_3":
-        return _HAS_FLASH_ATTN_3 and capability[0] == 9
-    if backend == "torch_varlen":
-        return (
-            _HAS_TORCH_VARLEN
-            and capability >= (8, 0)
-            and head_dim % 8 == 0
-            and _torch_flash_built()
-        )
-    return _HAS_FLASH_ATTN and capability >= (8, 0)  # flash_attn
+    return unavailable_reason(backend, device, dtype, head_dim) is None
 
 
 def varlen_backend(
@@ -179,7 +237,9 @@ def _flash_varlen(
                 group = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
         return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
-    if backend == "flash_attn_3":
+    if backend == "flash_attn_4":
+        from flash_attn.cute import flash_attn_varlen_func
+    elif backend == "flash_attn_3":
         from flash_attn_interface import flash_attn_varlen_func
     else:
         from flash_attn import flash_attn_varlen_func
@@ -194,7 +254,7 @@ def _flash_varlen(
         softmax_scale=scale,
         causal=causal,
     )
-    return out[0] if isinstance(out, tuple) else out  # some FA3 releases return (out, lse)
+    return out[0] if isinstance(out, tuple) else out  # FA4 and some FA3 releases: (out, lse)
 
 
 @functools.cache
@@ -237,11 +297,8 @@ def varlen_attention(
     if backend == "auto":
         backend = varlen_backend(q.device, q.dtype, q.shape[-1])
     elif not backend_available(backend, q.device, q.dtype, q.shape[-1]):
-        raise ValueError(
-            f"backend: {backend!r} does not run here ({q.device.type}, {q.dtype}, head size "
-            f"{q.shape[-1]}); available: "
-            f"{[b for b in BACKENDS if backend_available(b, q.device, q.dtype, q.shape[-1])]}"
-        )
+        why = unavailable_reason(backend, q.device, q.dtype, q.shape[-1])
+        raise ValueError(f"backend: {backend!r} does not run here: {why}")
     if backend != "sdpa":
         return _flash_varlen(backend, q, k, v, cu_seqlens, int(max_seqlen), causal, scale)
     if seqlens is None:

@@ -1,8 +1,9 @@
 """``varlen_attention`` as a ``torch.library`` custom op, so that ``torch.compile`` traces a
 decoder layer around it without a graph break: ``torch.ops.reflectioncoder.varlen_attention``.
 
-    out = varlen_attention_op(q, k, v, cu_seqlens, max_seqlen, causal, scale)
+    out = varlen_attention_op(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend)
     # q (T, Hq, Dh), k / v (T, Hkv, Dh), cu_seqlens (S + 1,) int32 -> (T, Hq, Dh)
+    # backend: "auto" or one of varlen_attention.BACKENDS (model.attention)
 
 The compiler sees an opaque op of known output shape (q's): the segment lengths never become
 guards, so micro-batches of other lengths reuse the compiled layer (with ``dynamic=True``,
@@ -27,13 +28,16 @@ def varlen_attention_op(
     max_seqlen: int,
     causal: bool,
     scale: float,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """(T, Hq, Dh) attention of each packed sequence over itself (``varlen_attention``)."""
-    return varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale)
+    return varlen_attention(
+        q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale, backend=backend
+    )
 
 
 @varlen_attention_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, causal, scale):
+def _(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend="auto"):
     return torch.empty_like(q)
 
 
@@ -67,30 +71,33 @@ def varlen_attention_backward(
     max_seqlen: int,
     causal: bool,
     scale: float,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for an upstream ``grad`` (T, Hq, Dh): the forward again, differentiated."""
     with _with_autograd(), torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-        out = varlen_attention(*leaves, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale)
+        out = varlen_attention(
+            *leaves, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale, backend=backend
+        )
         dq, dk, dv = torch.autograd.grad(out, leaves, grad)
     return dq, dk, dv
 
 
 @varlen_attention_backward.register_fake
-def _(grad, q, k, v, cu_seqlens, max_seqlen, causal, scale):
+def _(grad, q, k, v, cu_seqlens, max_seqlen, causal, scale, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu_seqlens, max_seqlen, causal, scale = inputs
+    q, k, v, cu_seqlens, max_seqlen, causal, scale, backend = inputs
     ctx.save_for_backward(q, k, v, cu_seqlens)
-    ctx.args = (max_seqlen, causal, scale)
+    ctx.args = (max_seqlen, causal, scale, backend)
 
 
 def _backward(ctx, grad):
     q, k, v, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = varlen_attention_backward(grad, q, k, v, cu_seqlens, *ctx.args)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 varlen_attention_op.register_autograd(_backward, setup_context=_setup_context)

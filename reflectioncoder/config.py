@@ -24,6 +24,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 BACKENDS = ("auto", "none", "deepspeed")
 REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
+# "auto" and kernels/varlen_attention.py's BACKENDS, written out so that reading a config
+# imports no torch (tests/test_varlen_attention.py checks that the two agree).
+ATTENTION = ("auto", "flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -73,6 +76,12 @@ class ModelConfig:
     gradients), and on a GPU Liger's RoPE and SwiGLU copy the slices, about what the one GEMM
     saves (docs/training.md); a GPU measurement is owed. Not with ZeRO-3, whose hooks gather
     each projection's own weights."""
+    attention: str = "auto"
+    """The packed attention's kernel (``reflectioncoder.kernels.varlen_attention``): ``auto``
+    takes the first that runs of ``flash_attn_4`` (FlashAttention-4, Hopper / Blackwell, extra
+    ``hopper``), ``flash_attn_3``, ``flash_attn`` (extra ``gpu``), ``torch_varlen`` (torch's
+    own, CUDA) and ``sdpa`` (the CPU); naming one that cannot run here fails at start, in one
+    line saying why."""
     mixed_precision: str = "masters"
     """bf16 in one process (``distributed.backend=none``): ``masters`` keeps the weights in
     bf16 and fp32 master weights, fp32 gradient sums and the AdamW states in the optimizer (as
@@ -96,6 +105,11 @@ class ModelConfig:
             self.compile in (True, False, "auto"),
             "model.compile",
             f"must be true | false | auto, got {self.compile!r}",
+        )
+        _check(
+            self.attention in ATTENTION,
+            "model.attention",
+            f"must be {' | '.join(ATTENTION)}, got {self.attention!r}",
         )
         _check(
             self.mixed_precision in ("masters", "autocast"),

@@ -95,15 +95,16 @@ def _varlen_attention_forward(
     if kwargs.get("sliding_window") is not None:  # e.g. Qwen2 with use_sliding_window=True
         raise ValueError(f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    backend = getattr(module, "rc_attention", "auto")  # model.attention (prepare_model)
     if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
         from reflectioncoder.kernels.varlen_attention_op import varlen_attention_op
 
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale)
+        out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale, backend)
     else:
         out = varlen_attention(
             q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scaling,
-            seqlens=rc_seqlens,
+            seqlens=rc_seqlens, backend=backend,
         )  # fmt: skip
     return out.unsqueeze(0), None
 
@@ -233,8 +234,11 @@ def prepare_model(
     gradient_checkpointing: bool = False,
     checkpointing_policy: str = "full",
     fused_projections: bool = False,
+    attention: str = "auto",
 ) -> PreTrainedModel:
-    """Put ``model`` in training mode and switch attention, Liger-Kernel, fused q/k/v and
+    """Put ``model`` in training mode and switch attention (``attention``: our varlen kernel's
+    backend, ``"auto"`` or one of ``varlen_attention.BACKENDS``; one that cannot run for this
+    model and device raises here, in one line), Liger-Kernel, fused q/k/v and
     gate/up projections (``fused_projections.fuse_projections``: call this after the model has
     its device and dtype) and gradient checkpointing (in place).
 
@@ -246,6 +250,7 @@ def prepare_model(
     """
     model.train()
     model.set_attn_implementation(attn_implementation)
+    set_attention_backend(model, attention)
     on_cuda = next(model.parameters()).is_cuda
     if liger is None:
         liger = on_cuda
@@ -269,6 +274,23 @@ def prepare_model(
         fuse_projections(model)
     set_checkpointing(model, gradient_checkpointing, checkpointing_policy)
     return model
+
+
+def set_attention_backend(model: PreTrainedModel, attention: str) -> None:
+    """Every decoder layer's attention runs ``varlen_attention`` with ``backend=attention``.
+    A named backend is checked against the model's device and head size now (the dtype at each
+    call: under autocast it is not the weights')."""
+    if attention != "auto":
+        from reflectioncoder.kernels.varlen_attention import unavailable_reason
+
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        device = next(model.parameters()).device
+        why = unavailable_reason(attention, device, head_dim=head_dim)
+        if why is not None:
+            raise ValueError(f"model.attention: {attention!r} does not run here: {why}")
+    for layer in model.base_model.layers:
+        layer.self_attn.rc_attention = attention
 
 
 def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:

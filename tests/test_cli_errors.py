@@ -102,6 +102,11 @@ TRAIN_CASES = {
     "seed not an int": (["--set", "train.seed=abc"], 2, ["train.seed", "'abc'", "integer"]),
     "bool maybe": (["--set", "logging.tensorboard=maybe"], 2, ["logging.tensorboard", "maybe"]),
     "fractional batch": (["--set", "train.samples_per_step=4.5"], 2, ["samples_per_step", "4.5"]),
+    "attention kernel not installed": (
+        ["--set", "model.attention=flash_attn_4"],
+        2,
+        ["model.attention", "flash-attn-4 is not installed", "reflectioncoder[hopper]"],
+    ),
 }
 
 

@@ -334,6 +334,13 @@ class Trainer:
                 "or use ZeRO stage 0-2",
                 field="model.fused_projections",
             )
+        if cfg.model.attention != "auto":  # a named kernel that cannot run: before any work
+            from reflectioncoder.kernels.varlen_attention import unavailable_reason
+
+            why = unavailable_reason(cfg.model.attention, self.info.device)
+            if why is not None:
+                raise ConfigError(f"{cfg.model.attention!r} does not run here: {why}",
+                                  field="model.attention")  # fmt: skip
         if not cfg.logging.progress or not self.info.is_main:
             progress.quiet()
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -391,7 +398,9 @@ class Trainer:
         else:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
-        prepare_model(model, fused_projections=cfg.model.fused_projections)
+        prepare_model(
+            model, fused_projections=cfg.model.fused_projections, attention=cfg.model.attention
+        )
         cfg = self._plan_memory(cfg, model)
         compile_ = cfg.model.compile
         if compile_ is True or (compile_ == "auto" and self.info.device.type == "cuda"):
