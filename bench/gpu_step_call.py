@@ -11,8 +11,10 @@ mix of bench/providers/train_step.py) packed into 16K-token micro-batches; bf16.
 ``auto``: at 2 and 4 layers every layer fits uncheckpointed, so it plans ``none``; the 32-layer
 plan is bench/step_model.py's; layers compiled on CUDA), then one lever changed at a time
 (checkpointing full, checkpointing off, save_gemms, alternate, eager layers, the old autocast
-engine), and the recipe (one sample per micro-batch, 2-D mask through flash_attention_2 when
-installed, else SDPA; checkpointing; fp32 masters; full logits).
+engine, the attention kernel named: ``flash_attn_4`` and ``torch_varlen``; a kernel that
+cannot run on the device skips its case, with the reason in the JSON and the table), and the
+recipe (one sample per micro-batch, 2-D mask through flash_attention_2 when installed, else
+SDPA; checkpointing; fp32 masters; full logits).
 
 Per case and depth: the median step time after a warm-up step, the CUDA allocator's peak, the
 step's model / hardware FLOPs (reflectioncoder.train.flops), samples/s, a profiler split of one
@@ -58,6 +60,10 @@ CASES = {
     "offload": ["model.checkpointing_policy=offload"],
     "eager layers": ["model.compile=false"],
     "autocast (fp32 weights)": ["model.mixed_precision=autocast"],
+    # The attention kernel: FA4 where its wheel is carried (`auto` then picks it too), and
+    # torch's FA2-class kernel; a case whose kernel cannot run here is skipped, saying why.
+    "attention flash_attn_4": ["model.attention=flash_attn_4"],
+    "attention torch_varlen": ["model.attention=torch_varlen"],
     "recipe": None,
 }
 CATEGORIES = (
@@ -72,6 +78,17 @@ CATEGORIES = (
 def category(kernel: str) -> str:
     name = kernel.lower()
     return next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "elementwise/other")
+
+
+def skip_reason(name: str, cfg: TrainStepConfig) -> str | None:
+    """Why case ``name`` cannot run on ``cfg.device`` (a named attention kernel), or None."""
+    from reflectioncoder.kernels.varlen_attention import unavailable_reason
+
+    named = [s.split("=", 1)[1] for s in CASES[name] or () if s.startswith("model.attention=")]
+    if not named:
+        return None
+    head_dim = cfg.hidden // cfg.heads
+    return unavailable_reason(named[0], torch.device(cfg.device), head_dim=head_dim)
 
 
 def _step_fn(name: str, cfg: TrainStepConfig):
@@ -180,9 +197,11 @@ def _pct(row: dict, key: str) -> str:
     return f"{100 * row[key]:.1f}%" if key in row else "-"
 
 
-def markdown(rows: list[dict], at32: list[dict], device: str) -> str:
+def markdown(rows: list[dict], at32: list[dict], device: str, skipped: dict[str, str]) -> str:
     lines = [
         f"# Issue 19's step call: {device}",
+        "",
+        *[f"- skipped {name}: {why}" for name, why in skipped.items()],
         "",
         "| case | layers | step s | samples/s | peak MiB | syncs | GEMM / attn / loss / rest s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -231,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         **(lengths if args.dry_run else {}),
     )  # fmt: skip
     cases = args.cases.split(",")  # on the CPU `model.compile: auto` is off: no inductor build
-    rows = []
+    rows, skipped = [], {}
     for name in cases:
+        why = skip_reason(name, base)
+        if why is not None:
+            skipped[name] = why
+            print(f"skipped {name}: {why}", flush=True)
+            continue
         for layers in (2, 4):
             rows.append(measure(name, dataclasses.replace(base, layers=layers), args.steps))
             print(json.dumps(rows[-1]), flush=True)
@@ -244,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         peak = tflops * 1e12 if tflops else None
     at32 = extrapolate(rows, peak)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)"
-    text = markdown(rows, at32, f"{name}, recipe attention {reference_attention(base)}")
+    text = markdown(rows, at32, f"{name}, recipe attention {reference_attention(base)}", skipped)
     out = args.out or RESULTS / (
         "gpu_step_call_dry_run.json" if args.dry_run else "gpu/step_call.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "at_32_layers": at32}, indent=1) + "\n")
+    result = {"rows": rows, "at_32_layers": at32, "skipped": skipped}
+    out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(text)
     print(text)
     return 0

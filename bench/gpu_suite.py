@@ -1,7 +1,9 @@
 """Everything a lent GPU should measure, in one call: ``python -m bench.gpu_suite``.
 
 1. The environment: card, driver, torch / CUDA / Triton versions, which optional packages
-   (flash-attn, FA3, Liger) are installed. Nothing is installed: what is missing is skipped.
+   (flash-attn-4, flash-attn, FA3, Liger) are installed and the attention kernel ``auto``
+   picks. Nothing is installed: what is missing is skipped (FA4: the attention benchmark's
+   ``varlen:flash_attn_4`` row and tests/test_gpu.py's FA4 case, each skipped with its reason).
 2. The tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for real).
 3. The pytest-benchmark suites (bench/test_*.py) at the ``headline`` profile: the fused loss at
    N=16384, D=4096, V=128256 and V=32000 in bf16 (ours per backend, the reference
@@ -31,12 +33,19 @@ import sys
 import time
 from pathlib import Path
 
+from reflectioncoder.kernels.varlen_attention import backend_installed, varlen_backend
+
 from bench.providers.common import REPO, commit
 from bench.report import ratio_table
 
-OPTIONAL = {
+# The attention kernels' packages, probed as varlen_attention probes them (flash-attn-4 leaves
+# a namespace `flash_attn`, which is not flash-attn 2).
+ATTENTION_PACKAGES = {
+    "flash-attn-4": "flash_attn_4",
     "flash-attn": "flash_attn",
-    "flash-attn-3": "flash_attn_interface",
+    "flash-attn-3": "flash_attn_3",
+}
+OPTIONAL = {
     "liger-kernel": "liger_kernel",
     "nvidia-cutlass-dsl": "cutlass",  # Liger's Hopper FLCE and QuACK are CuTe DSL
     "quack-kernels": "quack",
@@ -68,14 +77,18 @@ def environment(dry_run: bool) -> dict:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
         "dry_run": dry_run,
     }
-    for dist, module in OPTIONAL.items():
-        if importlib.util.find_spec(module) is None:
+    found = {d: backend_installed(b) for d, b in ATTENTION_PACKAGES.items()}
+    found |= {d: importlib.util.find_spec(m) is not None for d, m in OPTIONAL.items()}
+    for dist, installed in found.items():
+        if not installed:
             env[dist] = None
             continue
         try:
             env[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             env[dist] = "installed"
+    if torch.cuda.is_available():  # bf16, head size 128: the suite's attention shape
+        env["attention_auto"] = varlen_backend(torch.device("cuda"), torch.bfloat16, 128)
     try:
         query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
         env["driver"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()

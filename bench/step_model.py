@@ -14,9 +14,11 @@ as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on 
 bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
 BF16 optimizer at ZeRO-1, each bf16 gradient freed once added), ``offload_optimizer: auto`` (on
 where weights + gradients + states leave no room for fully checkpointed activations),
-torch's varlen attention (FA2-class; no install path here ships flash-attn 3), the fused loss,
+torch's varlen attention (FA2-class: the default's kernel as CI installs it), the fused loss,
 DeepSpeed's overlap where the stage has it), then one lever changed at a time (``lever``), then
-``best`` (the default with FA3). ``predicted_step_s`` is
+``best`` (the default with FlashAttention-4, ``pip install 'reflectioncoder[hopper]'``, which
+``model.attention: auto`` then picks on Hopper; its rate is FA3's, see ``fa4`` below).
+``predicted_step_s`` is
 one optimizer step of the paper's 512 samples; ``mfu`` / ``hfu`` use the one FLOP count
 (reflectioncoder/train/flops.py); ``samples_per_s_vs_recipe`` divides by the authors' recipe
 modelled the same way on the same card and GPU count.
@@ -48,6 +50,14 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   FA2-class, the default without flash-attn) 0.325, FITTED to our one H200 attention row (so
   that row is no check); ``fa2`` (flash-attn 2, the recipe's) the same; ``fa3`` 1.6x it (the
   FA3 paper's forward + backward gain over FA2 on H100 at head size 128: published, not ours);
+  ``fa4`` (FlashAttention-4, CuTe DSL: the ``hopper`` extra) FA3's rate, a STAND-IN: no
+  published kernel rate of FA4 on H100 / H200 at head size 128 was found. What is published on
+  Hopper: FA4 and FA3 "perform very similarly" end to end on a GH200 (torchtitan PR 4413, a
+  debug model with varlen attention; a PyTorch maintainer there: the varlen gap to FA3 was
+  not fully closed), and FA4's SM90 backward at head size 256 reaches 373 TFLOP/s against
+  FA3's 480 on an H200 (flash-attention PR 2889, which takes it to 530). So ``fa4`` rows are
+  no better than FA3 and may be slower; they are not default rows, and a GPU measurement
+  (bench/gpu_step_call.py's ``attention flash_attn_4`` case) is owed;
 - the loss: bench/roofline.py's own model (``pipelined`` for our fused loss, ``torch`` for full
   logits), on the loss rows; full logits with the reflection loss's KL add its separate pass,
   KL_BYTES_PER_LOGIT = 70 (roofline's Liger + KL estimate);
@@ -140,6 +150,7 @@ from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_sha
 GEMM_EFF = 0.60
 BW_EFF = roofline.BW_EFF
 ATTN_EFF = {"varlen": 0.325, "fa2": 0.325, "fa3": 0.52}
+ATTN_EFF["fa4"] = ATTN_EFF["fa3"]  # a stand-in (the docstring): no published FA4 Hopper rate
 EW_COMPILED = 0.5
 EW_HF = 2.5
 KL_BYTES_PER_LOGIT = 70
@@ -232,7 +243,7 @@ class Levers:
     checkpointing: str = "auto"  # auto | none | full | save_gemms | offload | alternate
     precision: str = "masters"  # masters (bf16 weights, fp32 masters) | autocast (fp32 weights)
     compiled: bool = True
-    attention: str = "varlen"  # varlen | fa2 | fa3
+    attention: str = "varlen"  # varlen | fa2 | fa3 | fa4
     loss: str = "fused"  # fused (ours) | full_logits
     overlap: bool = True
     kernels: str = "liger"  # liger (fused RMSNorm / RoPE / SwiGLU) | hf (Hugging Face's eager ops)
@@ -519,7 +530,7 @@ def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
         out.append(("precision=autocast", replace(base, precision="autocast")))
     out += [
         ("compiled=off", replace(base, compiled=False)),
-        ("attention=fa3", replace(base, attention="fa3")),
+        ("attention=fa4", replace(base, attention="fa4")),
         ("loss=full_logits", replace(base, loss="full_logits")),
     ]
     if _stage(engine) in (1, 2):
@@ -545,8 +556,8 @@ def model_rows() -> list[dict]:
                     base = default_levers(arch, card, gpus, engine, work)
                     for name, levers in lever_variants(engine, base):
                         rows.append(make_row(arch, card, gpus, engine, levers, name, work, sps))
-                    # FA3: flash-attn's Hopper build (nothing here installs it)
-                    best = replace(base, attention="fa3")
+                    # FA4: the `hopper` extra (at FA3's published rate: a stand-in)
+                    best = replace(base, attention="fa4")
                     rows.append(make_row(arch, card, gpus, engine, best, "best", work, sps))
     return rows
 

@@ -65,7 +65,7 @@ BACKENDS = ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen", "sdpa"
 # and FA4's; FA4 on sm_100: up to 128, or 256).
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 _FLASH_MAX_HEAD_DIM = 256
-_FA4_INSTALL = "pip install 'reflectioncoder[hopper]' (flash-attn-4, docs/model.md)"
+_FA4_INSTALL = "pip install 'reflectioncoder[hopper]'"
 
 
 def _cuda_capability(device: torch.device) -> tuple[int, int]:
@@ -74,6 +74,24 @@ def _cuda_capability(device: torch.device) -> tuple[int, int]:
 
 def _torch_flash_built() -> bool:
     return torch.backends.cuda.is_flash_attention_available()
+
+
+_NOT_INSTALLED = {
+    "flash_attn_4": f"flash-attn-4 is not installed: {_FA4_INSTALL}",
+    "flash_attn_3": "FA3's hopper build is not installed",
+    "flash_attn": "flash-attn is not installed: pip install '.[gpu]'",
+    "torch_varlen": "this torch has no torch.nn.attention.varlen",
+}
+
+
+def backend_installed(backend: str) -> bool:
+    """Whether ``backend``'s package is installed (found without importing it)."""
+    return {
+        "flash_attn_4": _HAS_FLASH_ATTN_4,
+        "flash_attn_3": _HAS_FLASH_ATTN_3,
+        "flash_attn": _HAS_FLASH_ATTN,
+        "torch_varlen": _HAS_TORCH_VARLEN,
+    }.get(backend, True)
 
 
 def unavailable_reason(
@@ -88,15 +106,8 @@ def unavailable_reason(
         raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
     if backend == "sdpa":
         return None
-    installed = {
-        "flash_attn_4": (_HAS_FLASH_ATTN_4, f"flash-attn-4 is not installed: {_FA4_INSTALL}"),
-        "flash_attn_3": (_HAS_FLASH_ATTN_3, "FA3's hopper build is not installed"),
-        "flash_attn": (_HAS_FLASH_ATTN, "flash-attn is not installed: pip install '.[gpu]'"),
-        "torch_varlen": (_HAS_TORCH_VARLEN, "this torch has no torch.nn.attention.varlen"),
-    }
-    ok, why = installed[backend]
-    if not ok:
-        return why
+    if not backend_installed(backend):
+        return _NOT_INSTALLED[backend]
     if device.type != "cuda":
         return f"it needs a CUDA device, got {device.type}"
     if dtype is not None and dtype not in _FLASH_DTYPES:

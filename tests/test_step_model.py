@@ -45,7 +45,7 @@ def test_json_rows_have_the_keys_and_cover_the_grid(capsys):
     defaults = [r for r in rows if r["default"]]
     assert len(defaults) == 3 * 2 * 2  # one per model, card and GPU count (ZeRO-1)
     levers = {r["lever"] for r in rows}
-    for lever in ("compiled=off", "attention=fa3", "loss=full_logits", "precision=autocast"):
+    for lever in ("compiled=off", "attention=fa4", "loss=full_logits", "precision=autocast"):
         assert lever in levers
     assert {"overlap=off", "checkpointing=save_gemms", "checkpointing=full", "recipe"} <= levers
     assert {"offload=on", "offload=off", "best"} <= levers
@@ -83,7 +83,7 @@ def test_each_lever_moves_the_step_the_right_way(capsys):
     rows = _rows(capsys, "--json", "--model", "CodeLlama-7B")
     where = dict(model="CodeLlama-7B", card="H100", gpus=8)
     base = _pick(rows, **where, engine="zero3", lever="default")
-    for lever in ("attention=fa3",):
+    for lever in ("attention=fa4",):
         assert (
             _pick(rows, **where, engine="zero3", lever=lever)["predicted_step_s"]
             < (base["predicted_step_s"])

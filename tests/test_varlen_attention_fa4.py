@@ -226,3 +226,17 @@ def test_config_names_the_same_backends() -> None:
     )
     with pytest.raises(ValueError, match="model.attention: must be auto | flash_attn_4"):
         ModelConfig(arch={"hidden_size": 8}, attention="fa4")
+
+
+def test_gpu_step_call_skips_a_kernel_that_cannot_run(monkeypatch) -> None:
+    # bench/gpu_step_call.py's FA4 case: skipped with the reason where FA4 cannot run; the
+    # other cases are never skipped.
+    from bench.gpu_step_call import CASES, skip_reason
+    from bench.providers.train_step import TrainStepConfig
+
+    monkeypatch.setattr(va, "_HAS_FLASH_ATTN_4", False)
+    cfg = TrainStepConfig(device="cpu")
+    assert "flash-attn-4 is not installed" in skip_reason("attention flash_attn_4", cfg)
+    monkeypatch.setattr(va, "_HAS_FLASH_ATTN_4", True)
+    assert skip_reason("attention flash_attn_4", cfg) == "it needs a CUDA device, got cpu"
+    assert all(skip_reason(name, cfg) is None for name in CASES if "attention" not in name)

@@ -2,9 +2,10 @@
 
 ``setup_attention`` packs S sequences (teacher/student-like lengths) into (T, H, Dh) q, k, v
 with ``cu_seqlens``. Providers: ``varlen:<backend>`` for each ``varlen_attention`` backend
-(``sdpa`` per-segment loop everywhere; ``torch_varlen``, ``flash_attn``, ``flash_attn_3`` on
-CUDA where they run) and ``padded_sdpa``, the recipe's way: the sequences padded to the
-longest into one (S, H, L, Dh) batch, one SDPA call with a causal + key-padding mask.
+(``sdpa`` per-segment loop everywhere; ``torch_varlen``, ``flash_attn``, ``flash_attn_3``,
+``flash_attn_4`` on CUDA where they run; the others skip, saying why) and ``padded_sdpa``,
+the recipe's way: the sequences padded to the longest into one (S, H, L, Dh) batch, one SDPA
+call with a causal + key-padding mask.
 FLOPs: 4 Hq Dh sum_s L_s^2 / 2 forward (causal), 2.5x that for the backward.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from reflectioncoder.kernels.varlen_attention import BACKENDS, backend_available, varlen_attention
+from reflectioncoder.kernels.varlen_attention import BACKENDS, unavailable_reason, varlen_attention
 
 from bench.providers.common import synchronize
 
@@ -51,8 +52,9 @@ def unavailable(provider: str, x: dict) -> str | None:
     if provider.startswith("varlen:"):
         backend = provider.split(":", 1)[1]
         q = x["q"]
-        if not backend_available(backend, q.device, q.dtype, q.shape[-1]):
-            return f"{backend} does not run on {q.device.type} / {q.dtype}"
+        why = unavailable_reason(backend, q.device, q.dtype, q.shape[-1])
+        if why is not None:
+            return f"{backend}: {why}"
     return None
 
 
