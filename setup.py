@@ -51,6 +51,11 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
+        # FlashAttention-4 (CuTe DSL; Hopper sm_90, Blackwell sm_100): a pure-Python wheel, no
+        # CUDA compiler needed. A pre-release, pinned to the version our call was written
+        # against (its deps: nvidia-cutlass-dsl, quack-kernels, apache-tvm-ffi); naming the
+        # exact version lets pip take it without --pre.
+        "hopper": ["flash-attn-4==4.0.0b40"],
         # logging.report_to's trackers (tensorboard is always installed); tested with wandb
         # 0.31.0, mlflow-skinny 3.18.0, trackio 0.43.0.
         **TRACKERS,
