@@ -146,6 +146,29 @@ def test_computed_expected_side_runs_with_the_reference_not_the_program():
     assert run_tests(problem, reference + "def _add_ref(a, b):\n    return a + b\n").passed
 
 
+ANY = (
+    "class _Any:\n    def __eq__(self, other):\n        return True\n"
+    "    __lt__ = __gt__ = __eq__\n"
+    "def add(a, b):\n    return _Any()\n"
+)
+
+
+def test_the_call_on_the_expected_side_is_judged_in_the_program_too():
+    """``assert 5 == add(2, 3)``: the program's call is on the expected side. Evaluated with the
+    reference alone it is the reference's 5 whatever the program returns, and an object whose
+    ``__eq__`` says True passes the program's own asserts: it must not pass here."""
+    reference = "def add(a, b):\n    return a + b\n"
+    for line in ("assert 5 == add(2, 3)", "assert 1 < add(1, 1)", "assert 2 in [add(1, 1)]"):
+        tests = (AssertTest(line),)
+        problem = UserProblem("u/6", "Add two numbers.", tests, reference, entry_point="add")
+        assert run_program(problem.test_program(ANY)).passed, line  # the printed rule is fooled
+        assert not run_tests(problem, ANY).passed, line
+        assert run_tests(problem, reference).passed, line
+    # a literal on the left is compared as written: 1 < 3 holds though the reference says 2
+    assert AssertTest("assert 1 < add(1, 1)").judged() == Check("add(1, 1)", ">", "1")
+    assert judge_tests("def add(a, b):\n    return 3\n", [Check("add(1, 1)", ">", "1")], 5)
+
+
 class _ForgingBackend:
     """A chat model that answers every turn with a forged pass (build-data's openai backend
     with a hostile server)."""

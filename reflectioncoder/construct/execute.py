@@ -125,28 +125,27 @@ def run_tests(problem: _Problem, code: str, timeout_s: float = 5.0) -> Execution
 def judge_tests(code: str, checks: Sequence[Check], timeout_s: float, reference: str = "") -> bool:
     """Whether ``code`` passes ``checks``, decided here, outside the program: the sandboxed
     harness runs the code, evaluates each check's call in its namespace and sends the value
-    back as plain data, compared here (``Check``). The expected side never runs with the
-    program: a literal is read here; any other expression is evaluated in its own sandboxed
-    run with the problem's ``reference`` (or no code), so the program cannot shadow what it
-    calls (``sorted = ...``). Only an expected side that needs names the reference does not
-    define (no reference given) is evaluated in the program's process, and compared here all
+    back as plain data, compared here (``Check``). A literal expected side is read here; any
+    other expression is evaluated in its own sandboxed run with the problem's ``reference``
+    (or no code), so the program cannot shadow what it calls (``sorted = ...``), and in the
+    program too, where it must give the same value: it may hold the program's own call
+    (``assert 5 == f(2)``). An expected side that needs names the reference does not define
+    (no reference given) is evaluated in the program's process alone, and compared here all
     the same. A pass needs every call's value, in order, then the harness's end line."""
-    computed = [
-        c.expected for c in checks if c.expected is not None and not _is_literal(c.expected)
-    ]
+    computed = [c.expected for c in checks if c.expected is not None and not is_literal(c.expected)]
     outside = _expected_values(reference, tuple(computed), timeout_s)
     exprs: list[str] = [c.call for c in checks]
-    wants: list[tuple[str, Any]] = []  # per check: ("value", v) | ("program", index) | truthy
+    wants: list[tuple[str, Any]] = []  # per check: (kind, value | index | (value, index))
     for check in checks:
         if check.expected is None:
             wants.append(("truthy", None))
-        elif _is_literal(check.expected):
+        elif is_literal(check.expected):
             wants.append(("value", ast.literal_eval(check.expected)))
-        elif outside.get(check.expected, _MISSING) is not _MISSING:
-            wants.append(("value", outside[check.expected]))
         else:
             exprs.append(check.expected)
-            wants.append(("program", len(exprs) - 1))
+            value = outside.get(check.expected, _MISSING)
+            at = len(exprs) - 1
+            wants.append(("program", at) if value is _MISSING else ("both", (value, at)))
     outs = _program_values(code, exprs, timeout_s)
     if outs is None or any(isinstance(v, _Failed) for v in outs):
         return False
@@ -163,7 +162,8 @@ class _Failed:
 _MISSING = object()
 
 
-def _is_literal(text: str) -> bool:
+def is_literal(text: str) -> bool:
+    """Whether ``text`` is a Python literal (read here with ``ast.literal_eval``, never run)."""
     try:
         ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -238,6 +238,10 @@ def _matches(out: Any, op: str | None, want: tuple[str, Any], outs: list) -> boo
         return bool(out)
     if kind == "program":
         value = outs[value]
+    if kind == "both":  # the reference's value, and the program's must be it
+        value, at = value
+        if not _OPS["=="](outs[at], value):
+            return False
     try:
         return bool(_OPS[op or "=="](out, value))
     except TypeError:  # e.g. a list compared with an int by <: the assert would raise too
