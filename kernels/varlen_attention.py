@@ -9,11 +9,12 @@ positions were applied before and may have gaps).
 
 Backends, chosen per call from the device, dtype and head size (``varlen_backend``), first that
 applies:
+- ``flash_attn_3``: FA3's ``flash_attn_interface.flash_attn_varlen_func`` (Hopper, sm_90, where
+  the hopper build is installed). First on Hopper: the published Hopper figures put FA4 at
+  or below FA3 there (torchtitan #4413, flash-attention #2889).
 - ``flash_attn_4``: FlashAttention-4's ``flash_attn.cute.flash_attn_varlen_func`` (CuTe DSL,
   Hopper sm_90 and Blackwell sm_100; a pure-Python wheel, setup.py extra ``hopper``). Its
   kernels are compiled on first use for each configuration (not per length), then cached.
-- ``flash_attn_3``: FA3's ``flash_attn_interface.flash_attn_varlen_func`` (Hopper, sm_90, where
-  the hopper build is installed).
 - ``flash_attn``: flash-attn 2's ``flash_attn_varlen_func`` (setup.py extra ``gpu``).
 - ``torch_varlen``: PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (the flash kernel
   built into torch; CUDA only, sm_80+), so CUDA needs no extra package.
@@ -60,7 +61,7 @@ _HAS_FLASH_ATTN_4 = _has_flash_attn_4()
 _HAS_FLASH_ATTN = _regular_package("flash_attn")
 _HAS_FLASH_ATTN_3 = importlib.util.find_spec("flash_attn_interface") is not None
 _HAS_TORCH_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
-BACKENDS = ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
+BACKENDS = ("flash_attn_3", "flash_attn_4", "flash_attn", "torch_varlen", "sdpa")
 # The flash kernels' limits: half precision, head size up to 256 (a multiple of 8 for torch's
 # and FA4's; FA4 on sm_100: up to 128, or 256).
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)

@@ -26,7 +26,7 @@ BACKENDS = ("auto", "none", "deepspeed")
 REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
 # "auto" and kernels/varlen_attention.py's BACKENDS, written out so that reading a config
 # imports no torch (tests/test_varlen_attention.py checks that the two agree).
-ATTENTION = ("auto", "flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen", "sdpa")
+ATTENTION = ("auto", "flash_attn_3", "flash_attn_4", "flash_attn", "torch_varlen", "sdpa")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -78,8 +78,9 @@ class ModelConfig:
     each projection's own weights."""
     attention: str = "auto"
     """The packed attention's kernel (``reflectioncoder.kernels.varlen_attention``): ``auto``
-    takes the first that runs of ``flash_attn_4`` (FlashAttention-4, Hopper / Blackwell, extra
-    ``hopper``), ``flash_attn_3``, ``flash_attn`` (extra ``gpu``), ``torch_varlen`` (torch's
+    takes the first that runs of ``flash_attn_3`` (FA3's Hopper build, from source),
+    ``flash_attn_4`` (FlashAttention-4, Hopper / Blackwell, extra ``hopper``), ``flash_attn``
+    (extra ``gpu``), ``torch_varlen`` (torch's
     own, CUDA) and ``sdpa`` (the CPU); naming one that cannot run here fails at start, in one
     line saying why."""
     mixed_precision: str = "masters"

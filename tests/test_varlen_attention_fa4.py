@@ -163,7 +163,7 @@ def test_model_attention_setting_reaches_fa4(fake_fa4, seed: int) -> None:
 @pytest.mark.parametrize(
     "capability,dtype,head_dim,expected",
     [
-        ((9, 0), torch.bfloat16, 128, "flash_attn_4"),  # Hopper: before FA3, FA2, torch's
+        ((9, 0), torch.bfloat16, 128, "flash_attn_3"),  # Hopper: FA3 where built, then FA4
         ((10, 0), torch.float16, 128, "flash_attn_4"),  # Blackwell
         ((10, 0), torch.bfloat16, 192, "flash_attn"),  # FA4 on sm_100: Dh <= 128 or 256
         ((9, 0), torch.bfloat16, 100, "flash_attn_3"),  # FA4: Dh a multiple of 8
@@ -224,7 +224,9 @@ def test_config_names_the_same_backends() -> None:
     assert (
         ModelConfig(arch={"hidden_size": 8}, attention="flash_attn_4").attention == "flash_attn_4"
     )
-    with pytest.raises(ValueError, match="model.attention: must be auto | flash_attn_4"):
+    with pytest.raises(
+        ValueError, match=re.escape("model.attention: must be auto | flash_attn_3 | flash_attn_4")
+    ):
         ModelConfig(arch={"hidden_size": 8}, attention="fa4")
 
 
@@ -240,3 +242,12 @@ def test_gpu_step_call_skips_a_kernel_that_cannot_run(monkeypatch) -> None:
     monkeypatch.setattr(va, "_HAS_FLASH_ATTN_4", True)
     assert skip_reason("attention flash_attn_4", cfg) == "it needs a CUDA device, got cpu"
     assert all(skip_reason(name, cfg) is None for name in CASES if "attention" not in name)
+
+
+def test_fa4_on_hopper_without_fa3(monkeypatch) -> None:
+    """Hopper without FA3's source build (the usual install): FA4 is picked."""
+    monkeypatch.setattr(va, "_cuda_capability", lambda device: (9, 0))
+    monkeypatch.setattr(va, "_HAS_FLASH_ATTN_4", True)
+    monkeypatch.setattr(va, "_HAS_FLASH_ATTN_3", False)
+    monkeypatch.setattr(va, "_HAS_FLASH_ATTN", True)
+    assert varlen_backend(torch.device("cuda", 0), torch.bfloat16, 128) == "flash_attn_4"
