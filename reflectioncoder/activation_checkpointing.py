@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from reflectioncoder.kernels import varlen_attention_op  # noqa: F401 (registers its op)
+
 LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
 NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
 
@@ -218,9 +220,11 @@ _GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu"
 
 
 def _kept_ops() -> frozenset:
-    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention."""
-    return frozenset(getattr(torch.ops.aten, name).default for name in _GEMM_OPS
-                     if hasattr(torch.ops.aten, name))  # fmt: skip
+    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention (aten's,
+    and in a compiled layer our custom op: ``reflectioncoder.kernels.varlen_attention_op``)."""
+    aten = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
+            if hasattr(torch.ops.aten, name)}  # fmt: skip
+    return frozenset(aten | {torch.ops.reflectioncoder.varlen_attention.default})
 
 
 def _save_gemms_context():

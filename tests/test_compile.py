@@ -58,3 +58,33 @@ def _varied_batches(seed: int) -> list:
         if len({b.num_tokens for b in batches}) >= 3:
             return batches
     raise AssertionError(f"no seed in {seed}..{seed + 49} gives three micro-batch lengths")
+
+
+def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
+    """``save_gemms`` keeps the attention's output: compiled (the custom op), a micro-batch
+    runs the attention forward twice (the forward, and the custom backward's own rerun) as with
+    no checkpointing, not a third time in the layer's recompute as ``full`` does."""
+    from reflectioncoder.kernels import varlen_attention_op
+
+    from reflectioncoder import activation_checkpointing as ac
+
+    calls = []
+    attention = varlen_attention_op.varlen_attention
+    monkeypatch.setattr(
+        varlen_attention_op,
+        "varlen_attention",
+        lambda *a, **k: calls.append(1) or attention(*a, **k),
+    )
+    batch = _varied_batches(seed)[0]
+    runs = {}
+    for policy in ("none", "save_gemms", "full"):
+        torch._dynamo.reset()
+        model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                                 seed=seed)  # fmt: skip
+        prepare_model(model, liger=False)
+        ac.apply_plan(model, (policy,))
+        compile_layers(model, backend="aot_eager")
+        calls.clear()
+        ReflectionLossModule(model)(batch)[0].backward()
+        runs[policy] = len(calls)
+    assert runs == {"none": 2, "save_gemms": 2, "full": 3}
