@@ -2,11 +2,14 @@
 in the CPU interpreter with small tiles: several chunks, row blocks, vocabulary tiles with a
 ragged tail and K steps with a ragged tail, against the float64 reference."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 import triton.language as tl
 from reference.loss import reflection_loss_reference
+from reflectioncoder.kernels import fused_loss_stats
 from reflectioncoder.kernels.fused_loss import linear_reflection_loss
 from reflectioncoder.kernels.fused_loss_stats import GemmTiles
 from test_fused_loss import budget, make_case, rel_err
@@ -80,13 +83,11 @@ def test_statistics_stay_fp32_under_another_default_dtype(seed):
 def test_bf16_as_the_gemm_then_rows_path(seed, gpu_bf16):
     """bf16: the statistics come from the logits rounded to bf16, as the default path's buffer
     holds them, so both schedules agree to fp32 summation order and both are within bf16's error
-    of float64; two runs are bitwise equal (no atomics)."""
+    of float64."""
     case = make_case(30, 40, 77, 10, dtype=torch.bfloat16)
     ref = reflection_loss_reference(*case)[0]
     ours, _ = loss_alone(case, "stats_epilogue")
-    again, _ = loss_alone(case, "stats_epilogue")
     rows, _ = loss_alone(case, "gemm_rows")
-    assert torch.equal(ours, again)
     assert rel_err(ours, rows.double()) <= 1e-5
     assert rel_err(ours, ref) <= 2 * rel_err(rows, ref) + 1e-5
 
@@ -100,3 +101,11 @@ def test_bad_schedule_raises(seed, backend, schedule):
         linear_reflection_loss(
             hidden, weight, *rest, backend=backend, need_grad=False, loss_only_schedule=schedule
         )
+
+
+def test_no_atomics_so_runs_are_bitwise_equal():
+    """Bitwise reproducible on the GPU because every statistic has one writer and the fold runs
+    in a fixed order: no atomic adds in the module (the interpreter runs programs one after
+    another, so two runs there are equal with atomics too and would prove nothing)."""
+    source = inspect.getsource(fused_loss_stats)
+    assert "tl.atomic" not in source and "index_add" not in source and "scatter_add" not in source
