@@ -32,6 +32,11 @@ from torch import nn
 
 from reflectioncoder.kernels import varlen_attention_op  # noqa: F401 (registers its op)
 
+try:  # registers torch.ops.torch_attn._varlen_attn (torch >= 2.9)
+    import torch.nn.attention.varlen  # noqa: F401
+except ImportError:
+    pass
+
 LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
 NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
 
@@ -219,12 +224,19 @@ _GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu"
              "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
 
 
+# Attention ops of their own namespace: ours (a compiled layer's, varlen_attention_op) and
+# torch's varlen attention (model.attention torch_varlen, torch >= 2.9), one op each to a
+# dispatch mode (what they call inside is not seen). flash-attn's kernels: not yet.
+_ATTENTION_OPS = (("reflectioncoder", "varlen_attention"), ("torch_attn", "_varlen_attn"))
+
+
 def _kept_ops() -> frozenset:
-    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention (aten's,
-    and in a compiled layer our custom op: ``reflectioncoder.kernels.varlen_attention_op``)."""
-    aten = {getattr(torch.ops.aten, name).default for name in _GEMM_OPS
-            if hasattr(torch.ops.aten, name)}  # fmt: skip
-    return frozenset(aten | {torch.ops.reflectioncoder.varlen_attention.default})
+    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention."""
+    ops = [getattr(torch.ops.aten, name) for name in _GEMM_OPS if hasattr(torch.ops.aten, name)]
+    for namespace, name in _ATTENTION_OPS:
+        if hasattr(getattr(torch.ops, namespace), name):
+            ops.append(getattr(getattr(torch.ops, namespace), name))
+    return frozenset(op.default for op in ops)
 
 
 def _save_gemms_context():

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from reflectioncoder import activation_checkpointing as ac
 from reflectioncoder import activation_offload
@@ -96,6 +97,44 @@ def test_kept_outputs_survive_liger_rope_in_place(seed, monkeypatch):
         for name, g in grads(plan).items():
             msg = f"{plan[0]}: {name}"
             torch.testing.assert_close(g, want[name], rtol=1e-5, atol=1e-6, msg=msg)
+
+
+def test_torch_varlen_attention_is_kept_not_rerun():
+    """torch's varlen attention (``model.attention: torch_varlen``) is one custom op to a
+    dispatch mode: ``save_gemms`` and ``offload`` keep its outputs, so a checkpointed layer
+    runs it once, not again in its recompute (a CPU kernel stands in for its CUDA one)."""
+    pytest.importorskip("torch.nn.attention.varlen")  # torch >= 2.9
+    calls = []
+
+    def forward(q, k, v, *args, **kwargs):
+        calls.append("forward")
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True
+        )
+        return out.transpose(0, 1), q.new_zeros(q.shape[1], q.shape[0]), q.new_zeros(2)
+
+    def backward(grad, q, k, v, *args, **kwargs):
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+
+    def layer(x):
+        y = x * 2  # rerun in the recompute
+        out, _, _ = torch.ops.torch_attn._varlen_attn(y, y, y, cu, cu, 8, 8, True)
+        return out.sin()
+
+    lib = torch.library.Library("torch_attn", "IMPL")
+    try:
+        lib.impl("_varlen_attn", forward, "CPU")
+        lib.impl("_varlen_attn_backward", backward, "CPU")
+        offload = activation_offload.LayerStore(activation_offload.OffloadSchedule(ac._kept_ops()))
+        for context in (ac._save_gemms_context, offload.contexts):
+            calls.clear()
+            x = torch.randn(8, 2, 4, requires_grad=True)
+            checkpoint(layer, x, use_reentrant=False, context_fn=context).sum().backward()
+            assert calls == ["forward"], context
+    finally:
+        lib._destroy()
 
 
 def test_offload_through_train_step_without_host_syncs(tmp_path, seed):
