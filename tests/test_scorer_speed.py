@@ -76,7 +76,7 @@ def test_box_starts_light_and_still_guards(level):
     assert _out(late) is None
 
 
-def test_plus_outputs_decoded_when_first_read(seed):
+def test_outputs_decoded_when_first_read(seed):
     rng = random.Random(seed)
     phases = {
         p: {"out": [_random_value(rng) for _ in range(5)], "t": [rng.random() for _ in range(5)]}
@@ -85,12 +85,17 @@ def test_plus_outputs_decoded_when_first_read(seed):
     encoded = {p: {k: codec.encode(v) for k, v in ph.items()} for p, ph in phases.items()}
     line = (json.dumps({"task_id": "T/0", **encoded}) + "\n").encode()  # as expected.py writes
     row = _task_row(line)
-    assert isinstance(row["plus"], LazyOutputs) and "out" not in dict(row["plus"])
-    assert _same(row["base"], phases["base"]) and _same(row["plus"]["t"], phases["plus"]["t"])
-    assert _same(row["plus"]["out"], phases["plus"]["out"])
-    assert sorted(row["plus"]) == ["out", "t"]
+    for name in ("base", "plus"):
+        lazy = row[name]
+        assert isinstance(lazy, LazyOutputs) and "out" not in dict(lazy)
+        assert _same(lazy["t"], phases[name]["t"])
+        assert _same(lazy["out"], phases[name]["out"]) and sorted(lazy) == ["out", "t"]
     odd = json.dumps({"task_id": "T/0", "plus": encoded["plus"], "base": encoded["base"]})
     assert _same(_task_row(odd.encode()), phases)  # another shape: decoded whole
+    keys = {"$dict": [['"plus": {"out": ', ', "t": '], ['"base": {"out": ', 1]]}
+    tricky = {p: {"out": [keys], "t": [0.5]} for p in ("base", "plus")}  # keys inside strings
+    row = _task_row(json.dumps({"task_id": "T/1", **tricky}).encode())
+    assert _same(row["plus"]["out"], [codec.decode(keys)]) and row["base"]["t"] == [0.5]
 
 
 def test_costliest_samples_first(monkeypatch, seed):

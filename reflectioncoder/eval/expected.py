@@ -114,8 +114,9 @@ def expected_outputs(
 
 class LazyOutputs(dict):
     """A phase's ``{"t": [...], "out": [...]}`` whose ``out`` is decoded when first read
-    (thread-safe): a sample that fails its base tests never needs the plus outputs, and
-    HumanEval/130's are 124 MB of JSON (0.9 s of decoding before the first sample ran)."""
+    (thread-safe), by the worker that scores a sample of the task: the scorer's workers start
+    at once instead of after the whole cache is decoded, and a sample that fails its base
+    tests never needs the plus outputs (HumanEval/130's are 124 MB of JSON: 0.9 s)."""
 
     def __init__(self, times: list, text: str, start: int, end: int) -> None:
         super().__init__(t=times)
@@ -131,29 +132,39 @@ class LazyOutputs(dict):
                 assert self._text is not None
                 value, end = codec.loads_at(self._text, self._span[0])
                 if end != self._span[1]:
-                    raise codec.DecodeError("expected-output cache: a plus phase ends early")
+                    raise codec.DecodeError("expected-output cache: outputs end early")
                 self["out"], self._text = value, None
         return dict.__getitem__(self, "out")
 
 
-_BASE, _PLUS, _OUT, _TIMES = '"base": ', ', "plus": ', '{"out": ', ', "t": '
+_BASE, _PLUS, _OUT, _TIMES = '"base": {"out": ', ', "plus": {"out": ', "{", ', "t": '
+
+
+def _lazy_phase(text: str, out_at: int, stop: int) -> LazyOutputs | None:
+    """The phase whose outputs start at ``out_at`` and whose ``"t"`` is the last before
+    ``stop`` (the phase's closing brace), or None when the text is not shaped so."""
+    times_at = text.rfind(_TIMES, out_at, stop)
+    if times_at < 0:
+        return None
+    times, end = codec.loads_at(text, times_at + len(_TIMES))
+    if end != stop:
+        return None
+    return LazyOutputs(times, text, out_at, times_at)
 
 
 def _task_row(line: bytes) -> dict:
     """A cache line (as ``json.dumps`` wrote it: ``{"task_id": ..., "base": {"out": [...],
-    "t": [...]}, "plus": {...}}``) with its base phase decoded and its plus phase's times;
-    the plus outputs are decoded when first read (``LazyOutputs``). A line of any other shape
-    is decoded whole. Only object keys are followed by ``": "`` in the encoding, so the plus
-    phase's ``"t"`` is the line's last."""
+    "t": [...]}, "plus": {...}}``) with each phase's times decoded and its outputs decoded
+    when first read (``LazyOutputs``). Only object keys are followed by ``": "`` in the
+    encoding (a quote inside a string is escaped), so the keys found here are the row's own.
+    A line of any other shape is decoded whole."""
     text = line.decode("utf-8")
-    start = text.find(_BASE)
-    if start > 0:
-        base, end = codec.loads_at(text, start + len(_BASE))
-        out_at = end + len(_PLUS) + len(_OUT)
-        times_at = text.rfind(_TIMES)
-        if text.startswith(_PLUS + _OUT, end) and times_at > out_at:
-            times, t_end = codec.loads_at(text, times_at + len(_TIMES))
-            if text[t_end:].strip() == "}}":
-                return {"base": base, "plus": LazyOutputs(times, text, out_at, times_at)}
+    base_at, plus_at = text.find(_BASE), text.find(_PLUS)
+    end = len(text.rstrip()) - 2  # the plus phase's closing brace, before the row's
+    if 0 < base_at < plus_at and text.endswith("}}", 0, end + 2):
+        base = _lazy_phase(text, base_at + len(_BASE), plus_at - 1)
+        plus = _lazy_phase(text, plus_at + len(_PLUS), end)
+        if base is not None and plus is not None:
+            return {"base": base, "plus": plus}
     row = codec.loads_row(text)
     return {"base": row["base"], "plus": row["plus"]}
