@@ -34,18 +34,70 @@ DATA = {
 
 
 CPU_SECONDS: list[float] = []  # CPU time (user + system) of each timed command's process tree
+CPU_COUNTED_BY: list[str] = []  # how each was counted: "cgroup" (everything) or "rusage"
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1's CPU accounting, where root can nest
+
+
+def _cpu_cgroup() -> Path | None:
+    """A fresh cpuacct cgroup (v1) to run a command in: it counts the whole tree, the boxes
+    our scorer kills at their verdict included (their pid namespace dies with them and the
+    host's init reaps them, so rusage misses them). None where we cannot make one (then
+    rusage counts what the command reaps; on cgroup v2 moving the tool into a leaf would
+    change where its sandbox may make the runs' cgroups, so v2 is not used)."""
+    path = CPUACCT / f"rc-bench-eval-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        path.mkdir()
+    except OSError:
+        return None
+    return path
 
 
 def _timed(cmd: list[str], env: dict, cwd: str) -> tuple[float, str]:
+    group = _cpu_cgroup()
+
+    def enter() -> None:  # in the child, before exec: the whole tree is counted from here
+        (group / "cgroup.procs").write_text("0")  # type: ignore[operator]
+
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    try:
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            preexec_fn=enter if group else None,
+        )
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        reaped = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        CPU_SECONDS.append(_cgroup_cpu(group) if group else reaped)
+        CPU_COUNTED_BY.append("cgroup" if group else "rusage")
+    finally:
+        if group:
+            _remove(group)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return wall, proc.stdout + proc.stderr
+
+
+def _cgroup_cpu(group: Path) -> float:
+    """CPU seconds the group's processes used, once the last of them is gone."""
+    for _ in range(200):
+        if not (group / "cgroup.procs").read_text().strip():
+            break
+        time.sleep(0.01)
+    return int((group / "cpuacct.usage").read_text()) / 1e9
+
+
+def _remove(group: Path) -> None:
+    for _ in range(100):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def _evalplus(task: str, samples: Path, env: dict, tmp: Path) -> tuple[float, dict]:
@@ -135,6 +187,7 @@ def main() -> int:
                             "value": round(wall, 2),
                             "unit": "s",
                             "cpu_s": round(CPU_SECONDS[-1], 1),
+                            "cpu_counted_by": CPU_COUNTED_BY[-1],
                             "load1": round(os.getloadavg()[0], 1),
                             "scores": scores,
                             "parallel": 2,
@@ -142,7 +195,8 @@ def main() -> int:
                     )
                     cpu = CPU_SECONDS[-1]
                     print(
-                        f"{name:16s} {task:10s} {wall:7.1f} s  CPU {cpu:7.1f} s  {scores}",
+                        f"{name:16s} {task:10s} {wall:7.1f} s  CPU {cpu:7.1f} s "
+                        f"({CPU_COUNTED_BY[-1]})  {scores}",
                         flush=True,
                     )
     write_rows(rows, args.out, append=True)
