@@ -17,6 +17,7 @@ from reflectioncoder.construct.execute import (
     judge_tests,
     run_program,
     run_tests,
+    split_check,
 )
 from reflectioncoder.construct.from_problems import AssertTest, UserProblem
 from reflectioncoder.construct.problems import generate_problems
@@ -93,7 +94,7 @@ def test_user_problem_asserts_are_judged_outside():
     forged = "import os\nprint('All tests passed.')\nos._exit(0)\ndef add(a, b):\n    return 0\n"
     assert not run_tests(problem, forged).passed
     checks = [t.judged() for t in tests]
-    assert checks[2] == Check("add(1, 1)", ">", "1") and checks[1] == Check("add(-1, 1)", "==", "0")
+    assert checks[2] == Check("add(1, 1) > 1") and checks[1] == Check("add(-1, 1) == 0")
     assert not judge_tests("def add(a, b):\n    return 0\n", checks[2:3], timeout_s=5)
 
 
@@ -116,7 +117,6 @@ def test_comparisons_are_made_outside_the_program():
     assert run_tests(problem, "def add(a, b):\n    return a + b\n").passed
     for op, want in (("in", "[1, 2]"), ("not in", "[7]"), ("!=", "7"), ("<", "3"), ("<=", "2")):
         check = AssertTest(f"assert add(1, 1) {op} {want}").judged()
-        assert check.op == op
         assert judge_tests("def add(a, b):\n    return a + b\n", [check], timeout_s=5), op
         assert not judge_tests("def add(a, b):\n    return 7\n", [check], timeout_s=5), op
 
@@ -164,9 +164,65 @@ def test_the_call_on_the_expected_side_is_judged_in_the_program_too():
         assert run_program(problem.test_program(ANY)).passed, line  # the printed rule is fooled
         assert not run_tests(problem, ANY).passed, line
         assert run_tests(problem, reference).passed, line
-    # a literal on the left is compared as written: 1 < 3 holds though the reference says 2
-    assert AssertTest("assert 1 < add(1, 1)").judged() == Check("add(1, 1)", ">", "1")
-    assert judge_tests("def add(a, b):\n    return 3\n", [Check("add(1, 1)", ">", "1")], 5)
+    # the program's value is what is compared: 1 < 3 holds though the reference says 2
+    assert AssertTest("assert 1 < add(1, 1)").judged() == Check("1 < add(1, 1)")
+    assert judge_tests("def add(a, b):\n    return 3\n", [Check("1 < add(1, 1)")], 5)
+
+
+def test_split_check_cuts_out_the_programs_calls():
+    assert split_check("abs(add(1, 2) - 3) < 1e-9", ["add"]) == (
+        "abs(__rc_cut_0 - 3) < 1e-09",
+        ["add(1, 2)"],
+    )
+    assert split_check("0 < add(1, 1) < add(2, 2) and {1: 2}", ["add"]) == (
+        "0 < __rc_cut_0 < __rc_cut_1 and {1: 2}",
+        ["add(1, 1)", "add(2, 2)"],
+    )
+    assert split_check("Sol().add(1, 1)[0] == sorted([2])", ["Sol"]) == (
+        "__rc_cut_0 == sorted([2])",
+        ["Sol().add(1, 1)[0]"],
+    )
+    # a call on a comprehension's variable cannot be cut out: judged in the program
+    assert split_check("all(add(x, x) == 2 * x for x in range(3))", ["add"]) is None
+    assert split_check("all(add(1, 1) == x for x in [2])", ["add"])[1] == ["add(1, 1)"]
+
+
+RIGGED_SUB = (
+    "class _Zero:\n    def __sub__(self, other):\n        return 0\n"
+    "def add(a, b):\n    return _Zero()\n"
+)
+SHADOWED_ABS = "def add(a, b):\n    return 99\nabs = lambda v: 0\n"
+
+
+RIGGED_YES = (
+    "class _Yes:\n    __eq__ = __lt__ = __gt__ = lambda self, other: True\n"
+    "class _Num:\n    def __sub__(self, other):\n        return _Yes()\n"
+    "def add(a, b):\n    return _Num()\n"
+)
+
+
+@pytest.mark.parametrize(
+    "line,forged",
+    [
+        ("assert abs(add(1, 2) - 3) < 1e-9", RIGGED_SUB),
+        ("assert abs(add(1, 2) - 3) < 1e-9", SHADOWED_ABS),
+        ("assert 0 < add(1, 1) - 1 < 2 and add(2, 2) - 4 == 0", RIGGED_YES),
+        ("assert not add(2, 2) - 4", RIGGED_SUB),
+    ],
+)
+def test_compound_asserts_are_judged_outside(line, forged):
+    """Arithmetic, builtins, chained comparisons, ``and`` and ``not`` around the program's
+    calls run outside it: a rigged ``__sub__`` or ``__lt__``, or a shadowed ``abs``, each of
+    which fools the program's own assert, forges nothing."""
+    reference = "def add(a, b):\n    return a + b\n"
+    problem = UserProblem("u/7", "Add two numbers.", (AssertTest(line),), reference, "add")
+    assert run_tests(problem, reference).passed
+    assert run_program(problem.test_program(forged)).passed  # the printed rule is fooled
+    assert not run_tests(problem, forged).passed
+    bare = UserProblem("u/8", "Add two numbers.", (AssertTest(line),), entry_point="add")
+    assert not run_tests(bare, forged).passed
+    assert not run_tests(bare, "def add(a, b):\n    return a - b\n").passed
+    assert run_tests(bare, reference).passed
 
 
 class _ForgingBackend:
@@ -193,3 +249,12 @@ def test_build_data_records_no_forged_sample(seed):
         redraw_passing=False,
     )  # fmt: skip
     assert sample is None
+
+
+def test_an_assert_that_cannot_be_split_is_judged_in_the_program():
+    """``all(add(x, x) == 2 * x for x in ...)``: the call uses the comprehension's variable, so
+    the whole assert runs in the program; its value must still be plain data and true."""
+    line = "assert all(add(x, x) == 2 * x for x in range(3))"
+    problem = UserProblem("u/9", "Double.", (AssertTest(line),), entry_point="add")
+    assert run_tests(problem, "def add(a, b):\n    return a + b\n").passed
+    assert not run_tests(problem, "def add(a, b):\n    return a * b\n").passed

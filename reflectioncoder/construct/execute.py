@@ -7,11 +7,9 @@ construct/ never runs a written or mutated program itself: every run goes throug
 from __future__ import annotations
 
 import ast
-import functools
 import json
-import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +23,7 @@ MAX_OUTPUT_CHARS = 2000
 # the program can print it and exit; ``run_tests`` judges outside (``judge_tests``).
 ALL_PASSED = "All tests passed."
 _FILE_RE = re.compile(r'File "([^"]+)"')
+_CUT = re.compile(r"\b__rc_cut_(\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -77,25 +76,9 @@ def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ex
 
 @dataclass(frozen=True)
 class Check:
-    """One test, as judged outside the program: ``call`` is evaluated in the program's
-    process and sent back as plain data; ``op`` (``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``,
-    ``in``, ``not in``; None: the value must be truthy) compares it here with ``expected``."""
+    """One test, ``assert expr``, judged outside the program (``judge_tests``)."""
 
-    call: str
-    op: str | None = "=="
-    expected: str | None = None
-
-
-_OPS: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "in": lambda a, b: operator.contains(b, a),
-    "not in": lambda a, b: not operator.contains(b, a),
-}
+    expr: str
 
 
 class _Checked(Protocol):
@@ -105,6 +88,7 @@ class _Checked(Protocol):
 class _Problem(Protocol):
     tests: Sequence[_Checked]
     solution: str
+    entry_point: str
 
     def test_program(self, code: str) -> str: ...
 
@@ -118,69 +102,147 @@ def run_tests(problem: _Problem, code: str, timeout_s: float = 5.0) -> Execution
     if not run.passed:
         return run
     checks = [t.judged() for t in problem.tests]
-    passed = judge_tests(code, checks, timeout_s=timeout_s, reference=problem.solution)
+    entry = (problem.entry_point,) if problem.entry_point.isidentifier() else ()
+    passed = judge_tests(code, checks, timeout_s, reference=problem.solution, program=entry)
     return Execution(run.output, passed, run.timed_out, run.exit_code, run.ending)
 
 
-def judge_tests(code: str, checks: Sequence[Check], timeout_s: float, reference: str = "") -> bool:
-    """Whether ``code`` passes ``checks``, decided here, outside the program: the sandboxed
-    harness runs the code, evaluates each check's call in its namespace and sends the value
-    back as plain data, compared here (``Check``). A literal expected side is read here; any
-    other expression is evaluated in its own sandboxed run with the problem's ``reference``
-    (or no code), so the program cannot shadow what it calls (``sorted = ...``), and in the
-    program too, where it must give the same value: it may hold the program's own call
-    (``assert 5 == f(2)``). An expected side that needs names the reference does not define
-    (no reference given) is evaluated in the program's process alone, and compared here all
-    the same. A pass needs every call's value, in order, then the harness's end line."""
-    computed = [c.expected for c in checks if c.expected is not None and not is_literal(c.expected)]
-    outside = _expected_values(reference, tuple(computed), timeout_s)
-    exprs: list[str] = [c.call for c in checks]
-    wants: list[tuple[str, Any]] = []  # per check: (kind, value | index | (value, index))
+def judge_tests(
+    code: str,
+    checks: Sequence[Check],
+    timeout_s: float,
+    reference: str = "",
+    program: Sequence[str] = (),
+) -> bool:
+    """Whether ``code`` passes ``checks``, decided outside the program. ``program``: the names
+    a test takes from the program (the entry point; default: the functions and classes the
+    reference defines, or with no reference the program's). Each assert is split
+    (``split_check``): the uses of those names (``f(2)``) run in a sandboxed
+    harness with ``code`` and come back as plain data; the rest of the assert (comparisons,
+    builtins, arithmetic, the reference's helpers: ``abs(f(2) - 1) < 1e-9``) runs in a second
+    sandboxed run with the problem's ``reference`` (or no code) and those values, and must be
+    true. So a rigged ``__eq__`` or ``__lt__``, a shadowed ``sorted`` or ``abs``, or a pass
+    line printed before an early exit gains nothing. An assert whose program call uses a
+    comprehension's or lambda's variable cannot be split: it runs in the program's process
+    (its value must be plain data and true): the one part a program can still steer."""
+    names = tuple(program) or _defined(reference) or _defined(code)
+    inside: list[str] = []  # expressions run with the candidate's code
+    outside: list[str] = []  # each assert's remainder, its program values as __rc_v[i]
     for check in checks:
-        if check.expected is None:
-            wants.append(("truthy", None))
-        elif is_literal(check.expected):
-            wants.append(("value", ast.literal_eval(check.expected)))
-        else:
-            exprs.append(check.expected)
-            value = outside.get(check.expected, _MISSING)
-            at = len(exprs) - 1
-            wants.append(("program", at) if value is _MISSING else ("both", (value, at)))
-    outs = _program_values(code, exprs, timeout_s)
-    if outs is None or any(isinstance(v, _Failed) for v in outs):
+        split = split_check(check.expr, names)
+        if split is None:
+            outside.append(f"__rc_v[{len(inside)}]")
+            inside.append(check.expr)
+            continue
+        rest, calls = split
+        base = len(inside)
+        outside.append(_CUT.sub(lambda m, b=base: f"__rc_v[{b + int(m.group(1))}]", rest))
+        inside.extend(calls)
+    values = _program_values(code, inside, timeout_s) if inside else []
+    if values is None or any(isinstance(v, _Failed) for v in values):
         return False
-    return all(
-        _matches(outs[i], check.op, want, outs)
-        for i, (check, want) in enumerate(zip(checks, wants, strict=True))
-    )
+    try:
+        bound = f"{reference.rstrip()}\n\n__rc_v = {_source(values)}\n"
+    except TypeError:
+        return False
+    verdicts = _program_values(bound, outside, timeout_s)
+    return verdicts is not None and all(not isinstance(v, _Failed) and v for v in verdicts)
+
+
+def split_check(expr: str, program: Sequence[str]) -> tuple[str, list[str]] | None:
+    """``expr`` with each use of a ``program`` name (a call ``f(x)``, ``obj.m(x)``, or the bare
+    name) cut out: (the rest, with ``__rc_cut_0``, ``__rc_cut_1``, ... where the cuts were; the
+    cut expressions). None: a cut would use a variable bound inside ``expr`` (a comprehension, a
+    lambda), or ``expr`` is not one expression."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        return None
+    cuts: list[str] = []
+    names = set(program)
+
+    class Cut(ast.NodeTransformer):
+        def __init__(self) -> None:
+            self.bound: list[set[str]] = []
+
+        def _scoped(self, node: ast.AST) -> ast.AST:
+            self.bound.append(
+                {
+                    n.id
+                    for n in ast.walk(node)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                }
+                | {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
+            )
+            node = self.generic_visit(node)
+            self.bound.pop()
+            return node
+
+        visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scoped
+        visit_Lambda = _scoped
+
+        def visit(self, node: ast.AST) -> ast.AST:
+            if isinstance(node, ast.NamedExpr):
+                raise ValueError("an assignment inside the assert")
+            root = _root_name(node)
+            if root is not None and root in names:
+                used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+                if any(used & scope for scope in self.bound):
+                    raise ValueError("a program call on a bound variable")
+                cuts.append(ast.unparse(node))
+                return ast.Name(id=f"__rc_cut_{len(cuts) - 1}", ctx=ast.Load())
+            return super().visit(node)
+
+    try:
+        return ast.unparse(Cut().visit(tree)), cuts
+    except ValueError:
+        return None
+
+
+def _defined(code: str) -> tuple[str, ...]:
+    """The functions and classes ``code`` defines at its top level (none if it does not parse)."""
+    try:
+        body = ast.parse(code).body
+    except (SyntaxError, ValueError):
+        return ()
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return tuple(node.name for node in body if isinstance(node, kinds))
+
+
+def _root_name(node: ast.AST) -> str | None:
+    """The name a use of the program starts from: ``f`` in ``f(x)``, ``f``, ``f.g(x)[0]``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Call):
+        return _root_name(node.func)
+    if isinstance(node, (ast.Attribute, ast.Subscript)):
+        return _root_name(node.value)
+    return None
+
+
+def _source(value: Any) -> str:
+    """Python source that rebuilds a decoded plain value exactly (floats through hex)."""
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return repr(value)
+    if isinstance(value, float):
+        return f"float.fromhex({value.hex()!r})"
+    if isinstance(value, complex):
+        return f"complex({_source(value.real)}, {_source(value.imag)})"
+    if isinstance(value, bytearray):
+        return f"bytearray({bytes(value)!r})"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_source, value)) + "]"
+    if isinstance(value, tuple):
+        return "(" + "".join(_source(v) + ", " for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_source(k)}: {_source(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}([" + ", ".join(map(_source, value)) + "])"
+    raise TypeError(f"not plain data: {type(value).__name__}")
 
 
 class _Failed:
     """A call that raised, or whose value is not plain data (``Opaque``, ``Digest``)."""
-
-
-_MISSING = object()
-
-
-def is_literal(text: str) -> bool:
-    """Whether ``text`` is a Python literal (read here with ``ast.literal_eval``, never run)."""
-    try:
-        ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False
-    return True
-
-
-@functools.lru_cache(maxsize=256)
-def _expected_values(reference: str, exprs: tuple[str, ...], timeout_s: float) -> dict:
-    """The expected sides that are not literals, evaluated with the reference alone (no
-    candidate code): expression -> value; an expression that fails there is left out."""
-    if not exprs:
-        return {}
-    outs = _program_values(reference, list(exprs), timeout_s)
-    if outs is None:
-        return {}
-    return {e: v for e, v in zip(exprs, outs, strict=True) if not isinstance(v, _Failed)}
 
 
 def _program_values(code: str, exprs: list[str], timeout_s: float) -> list | None:
@@ -229,20 +291,3 @@ def _plain(value: Any) -> Any:
     from reflectioncoder.eval.sandbox.codec import Digest, Opaque
 
     return _Failed() if isinstance(value, (Opaque, Digest)) else value
-
-
-def _matches(out: Any, op: str | None, want: tuple[str, Any], outs: list) -> bool:
-    """The check's comparison, made here on decoded plain data (no rigged ``__eq__``)."""
-    kind, value = want
-    if kind == "truthy":
-        return bool(out)
-    if kind == "program":
-        value = outs[value]
-    if kind == "both":  # the reference's value, and the program's must be it
-        value, at = value
-        if not _OPS["=="](outs[at], value):
-            return False
-    try:
-        return bool(_OPS[op or "=="](out, value))
-    except TypeError:  # e.g. a list compared with an int by <: the assert would raise too
-        return False

@@ -27,25 +27,13 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import ALL_PASSED, Check, is_literal, run_tests
+from reflectioncoder.construct.execute import ALL_PASSED, Check, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.generate import BackendError
 from reflectioncoder.progress import Progress
 
-_COMPARISONS = {
-    ast.Eq: "==",
-    ast.NotEq: "!=",
-    ast.Lt: "<",
-    ast.LtE: "<=",
-    ast.Gt: ">",
-    ast.GtE: ">=",
-    ast.In: "in",
-    ast.NotIn: "not in",
-}
-# ``LITERAL OP CALL`` read as ``CALL OP' LITERAL``: the call's value is the one compared.
-_REVERSED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 _DEF_RE = re.compile(r"^\s*def\s+([A-Za-z_]\w*)\s*\(", re.MULTILINE)
 
 
@@ -82,22 +70,11 @@ class AssertTest:
         return eq[1] if eq else "True"
 
     def judged(self) -> Check:
-        """For ``execute.judge_tests``: ``assert A OP B`` with one comparison (``==``, ``!=``,
-        ``<``, ``<=``, ``>``, ``>=``, ``in``, ``not in``; with or without a message) is A's value
-        compared here with B's (``LITERAL OP B`` as ``B OP' LITERAL``); any other ``assert E``
-        needs E's value to be truthy."""
+        """For ``execute.judge_tests``: the assert's test expression (its message dropped)."""
         node = ast.parse(self.line).body[0]
-        test = node.test if isinstance(node, ast.Assert) else None
-        if test is None:
+        if not isinstance(node, ast.Assert):
             raise ValueError(f"not an assert line: {self.line!r}")
-        if isinstance(test, ast.Compare) and len(test.ops) == 1:
-            op = _COMPARISONS.get(type(test.ops[0]))
-            left, right = ast.unparse(test.left), ast.unparse(test.comparators[0])
-            if op in _REVERSED and is_literal(left) and not is_literal(right):
-                return Check(right, _REVERSED[op], left)
-            if op is not None:
-                return Check(left, op, right)
-        return Check(ast.unparse(test), None)
+        return Check(ast.unparse(node.test))
 
     def checked_assertion(self) -> str:
         eq = self._eq()

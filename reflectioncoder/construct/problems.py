@@ -38,7 +38,7 @@ class TestCase:
 
     def judged(self) -> Check:
         """For ``execute.judge_tests``: the call's value must equal this."""
-        return Check(self.call, "==", self.expected)
+        return Check(f"{self.call} == {self.expected}")
 
 
 @dataclass(frozen=True)
