@@ -258,3 +258,18 @@ def test_an_assert_that_cannot_be_split_is_judged_in_the_program():
     problem = UserProblem("u/9", "Double.", (AssertTest(line),), entry_point="add")
     assert run_tests(problem, "def add(a, b):\n    return a + b\n").passed
     assert not run_tests(problem, "def add(a, b):\n    return a * b\n").passed
+
+
+def test_plain_comparisons_are_decided_without_a_second_run():
+    """``f(x) == literal`` (chained, and / or / not) is decided on the plain values here; a
+    call, arithmetic or a name is left to the sandboxed run (None)."""
+    from reflectioncoder.construct.execute import _host_verdict
+
+    values = [3, [1, 2], None]
+    assert _host_verdict("__rc_v[0] == 3 and __rc_v[1] != [2, 1]", values) is True
+    assert _host_verdict("0 < __rc_v[0] < 3", values) is False
+    assert _host_verdict("not __rc_v[2] is None or 2 in __rc_v[1]", values) is True
+    assert _host_verdict("__rc_v[1] < 3", values) is False  # TypeError: the assert raises
+    assert _host_verdict("__rc_v[0]", values) is True
+    for expr in ("abs(__rc_v[0]) == 3", "__rc_v[0] - 3 == 0", "__rc_v[0] == x"):
+        assert _host_verdict(expr, values) is None, expr
