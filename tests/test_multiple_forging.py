@@ -284,3 +284,17 @@ def test_reading_itself_forges_a_nonce_in_the_source(language, shared_dir, monke
     assert ml.nonce_in_source(language)
     res = _score(language, READS_ITSELF[language], shared_dir)
     assert res.status == "pass", (res.reason, res.stderr_tail)
+
+
+def test_scala_nonce_helper_is_built_once_and_read_only():
+    """Scala's test code calls RcNonce.print(), compiled once into the cache (so each sample's
+    scalac types no java.io); the folder is bound read-only and the program holds no nonce."""
+    if ml.toolchain_problem("scala"):
+        pytest.skip(ml.toolchain_problem("scala"))
+    from reflectioncoder.eval.multiple_languages import scala_helper_dir, toolchain_env
+
+    folder = scala_helper_dir()
+    assert os.path.isfile(os.path.join(folder, "RcNonce.class"))
+    assert folder in toolchain_env("scala")[1]
+    assert folder in ml.command_line("scala", 5, 9)
+    assert scala_helper_dir() == folder  # built once

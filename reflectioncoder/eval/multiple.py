@@ -28,6 +28,7 @@ from reflectioncoder.eval.multiple_languages import (
     Language,
     available_languages,
     rust_sysroot,
+    scala_helper_dir,
     setup_packages,
     toolchain_env,
     toolchain_problem,
@@ -124,6 +125,8 @@ def command_line(language: str, run_s: float, nonce_fd: int | None = None) -> st
     command = lang.command.replace("{python}", sys.executable)
     if "{rustc}" in command:
         command = command.replace("{rustc}", os.path.join(rust_sysroot() or "/usr", "bin/rustc"))
+    if "{helper}" in command:
+        command = command.replace("{helper}", scala_helper_dir())
     if nonce_fd is not None:
         build, run, rest = command.partition("{run}")
         run += rest + (f" 3<&{nonce_fd} {nonce_fd}<&-" if nonce_fd != 3 else "")

@@ -9,12 +9,15 @@ only where their toolchain is on the machine: ``available_languages`` says which
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from reflectioncoder.eval.sandbox import toolchain_binds
 
@@ -24,6 +27,7 @@ __all__ = [
     "available_languages",
     "forget_probes",
     "rust_sysroot",
+    "scala_helper_dir",
     "setup_packages",
     "toolchain_env",
     "toolchain_problem",
@@ -192,12 +196,12 @@ LANGUAGES: dict[str, Language] = {
         "Problem.scala",
         # MultiPL-E runs `scala -cp . Problem`: the same main on the same JVM, without the
         # runner script and its MainGenericRunner in front (seconds under load)
-        f"scalac {_JAVAC_JVM} -d {{work}} {{src}}/Problem.scala && "
-        f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR} Problem",
+        # {helper}: RcNonce, compiled once on the host (scala_helper_dir): the program calls
+        # it, so scalac types no java.io and each sample compiles what it did before fd 3
+        f"scalac {_JAVAC_JVM} -cp {{helper}} -d {{work}} {{src}}/Problem.scala && "
+        f"{{run}} java {_JVM} -cp {{work}}:{SCALA_LIBRARY_JAR}:{{helper}} Problem",
         ("scalac", "java"), ("scala",),
-        # java.io, loaded with the JVM (NIO's classes cost a run a class-loading pause)
-        '{ val rc_b = new Array[Byte](128); val rc_n = new java.io.FileInputStream("/dev/fd/3")'
-        ".read(rc_b); println(new String(rc_b, 0, if (rc_n > 0) rc_n else 0)) }",
+        "RcNonce.print()",
         "brace-2",
         library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
         binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=120,
@@ -283,7 +287,50 @@ def toolchain_env(language: str) -> tuple[dict[str, str], list[str]]:
     else:
         binds = toolchain_binds(lang.needs)
     binds += [p for g in lang.binds for p in glob.glob(g)]
+    if "{helper}" in lang.command:
+        binds.append(scala_helper_dir())
     return env, binds
+
+
+# Reads the run's nonce from descriptor 3 (java.io, loaded with the JVM: NIO's classes cost a
+# run a class-loading pause) and prints it. Compiled once, so no sample's scalac types it.
+SCALA_NONCE_HELPER = """object RcNonce {
+  def print(): Unit = {
+    val b = new Array[Byte](128)
+    val n = new java.io.FileInputStream("/dev/fd/3").read(b)
+    println(new String(b, 0, if (n > 0) n else 0))
+  }
+}
+"""
+
+
+@cache
+def scala_helper_dir() -> str:
+    """The folder holding RcNonce's class files, built once per helper source on the host by a
+    fixed, trusted command (``scalac``) into the cache; bound read-only into each Scala box."""
+    from reflectioncoder.eval.expected import cache_dir
+
+    digest = hashlib.sha256(SCALA_NONCE_HELPER.encode()).hexdigest()[:16]
+    folder = cache_dir().parent / "multiple" / f"scala-nonce-{digest}"
+    if (folder / "RcNonce.class").is_file():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        source = Path(tmp, "RcNonce.scala")
+        source.write_text(SCALA_NONCE_HELPER)
+        out = Path(tmp, "classes")
+        out.mkdir()
+        argv = ["scalac", *_JAVAC_JVM.split(), "-d", str(out), str(source)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 or not (out / "RcNonce.class").is_file():
+            raise RuntimeError(f"scalac could not build the nonce helper: {done.stderr[-500:]}")
+        out.chmod(0o755)
+        try:
+            os.rename(out, folder)
+        except OSError:  # another process built it first
+            if not (folder / "RcNonce.class").is_file():
+                raise
+    return str(folder)
 
 
 @cache
