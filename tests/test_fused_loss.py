@@ -167,10 +167,11 @@ def bf16_errors(outputs, ref):
 def test_bf16_within_twice_torch_error(seed, backend):
     """bf16: our error vs float64 at most twice that of plain PyTorch computing in bf16.
 
-    Errors are summed over a few batches: one scalar loss's error is too noisy to compare."""
+    Errors are summed over 8 batches: one scalar loss's error is too noisy to compare (with 3
+    the ratio reached 2.10 at TEST_SEED=998136806; over 40 seeds with 8 the largest was 1.67)."""
     tiles = RowTiles(block_v=32, block_d=32, num_warps=1)
     ours, plain = [0.0] * 3, [0.0] * 3
-    for _ in range(3):
+    for _ in range(8):
         case = make_case(24, 48, 97, 8, dtype=torch.bfloat16)
         ref = reference_with_grads(case, 1.0)
         hidden, weight, *rest = case
