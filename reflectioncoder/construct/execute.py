@@ -155,16 +155,17 @@ def judge_tests(
     if values is None or any(isinstance(v, _Failed) for v in values):
         return False
     verdicts = [_host_verdict(expr, values) for expr in outside]
+    if False in verdicts:  # decided here: no second run
+        return False
     rest = [expr for expr, verdict in zip(outside, verdicts, strict=True) if verdict is None]
     if not rest:  # plain values against literals: nothing left to run
-        return all(verdicts)
+        return True
     try:
         bound = f"{reference.rstrip()}\n\n__rc_v = {_source(values)}\n"
     except TypeError:
         return False
     ran = _program_values(bound, rest, timeout_s)
-    decided = [v for v in verdicts if v is not None]
-    return all(decided) and ran is not None and all(not isinstance(v, _Failed) and v for v in ran)
+    return ran is not None and all(not isinstance(v, _Failed) and v for v in ran)
 
 
 def _host_verdict(expr: str, values: list) -> bool | None:
