@@ -179,7 +179,10 @@ def test_step_losses_match_float64_reference(tmp_path, seed, normalisation, chec
             row = trainer.train_step()
             assert row["step"] == step + 1 and not row["skipped"]
             for key in ("loss", "ce", "kl", "teacher_ce"):
-                assert row[key] == pytest.approx(want[key], rel=2e-4, abs=1e-7), key
+                # KL is a small difference of fp32 log-probabilities of size ~1-10: its error is
+                # absolute, ~1e-7 each (at TEST_SEED=467694875 KL 1.95e-4 was 1.05e-7 off)
+                tol = 1e-6 if key == "kl" else 1e-7
+                assert row[key] == pytest.approx(want[key], rel=2e-4, abs=tol), key
             assert row["student_ce"] == pytest.approx(row["ce"] - row["teacher_ce"])
             assert row["mask_rate"] == pytest.approx(min((step + 1) / 4, 1.0))
             assert row["lr"] == pytest.approx(lr_at(step, 4, cfg.optim))
