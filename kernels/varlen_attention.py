@@ -153,6 +153,17 @@ def varlen_backend(
     return next(b for b in BACKENDS if backend_available(b, device, dtype, head_dim))
 
 
+def resolve_backend(q: torch.Tensor, backend: str) -> str:
+    """The backend that runs for q: ``varlen_backend``'s choice for "auto", else ``backend``
+    itself, checked (one that cannot run for q's device, dtype and head size raises)."""
+    if backend == "auto":
+        return varlen_backend(q.device, q.dtype, q.shape[-1])
+    if not backend_available(backend, q.device, q.dtype, q.shape[-1]):
+        why = unavailable_reason(backend, q.device, q.dtype, q.shape[-1])
+        raise ValueError(f"backend: {backend!r} does not run here: {why}")
+    return backend
+
+
 def _check_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -306,11 +317,7 @@ def varlen_attention(
     """
     _check_inputs(q, k, v, cu_seqlens, seqlens)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    if backend == "auto":
-        backend = varlen_backend(q.device, q.dtype, q.shape[-1])
-    elif not backend_available(backend, q.device, q.dtype, q.shape[-1]):
-        why = unavailable_reason(backend, q.device, q.dtype, q.shape[-1])
-        raise ValueError(f"backend: {backend!r} does not run here: {why}")
+    backend = resolve_backend(q, backend)
     if backend != "sdpa":
         return _flash_varlen(backend, q, k, v, cu_seqlens, int(max_seqlen), causal, scale)
     if seqlens is None:
