@@ -47,9 +47,11 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   shapes, between element-wise kernels, reach less than one large isolated GEMM;
 - attention: 12 x layers x width x sum L^2 (the count's full square), plus 4 x that per
   recomputed layer, and 4 x that again per compiled layer (every layer but the offloaded,
-  which run eagerly): a compiled layer's attention is our custom op (varlen_attention_op),
-  whose backward runs the forward again (``attention_op: rerun``, as shipped; ``kernel``, a
-  backward calling the kernel's own with the forward's statistics, is not built), at
+  which run eagerly) whose op reruns it: a compiled layer's attention is our custom op
+  (varlen_attention_op), whose backward calls the kernel's own backward with the forward's
+  out and log-sum-exp (``attention_op: kernel``, as shipped, for ``varlen``, ``fa2`` and
+  ``fa4``: no rerun) and runs the forward again for ``fa3`` (and SDPA, off these rows), as
+  every backend did before (``attention_op: rerun``, a lever row for comparison), at
   ATTN_EFF of the peak in those units: ``varlen`` (torch's varlen_attn,
   FA2-class, the default without flash-attn) 0.325, FITTED to our one H200 attention row (so
   that row is no check); ``fa2`` (flash-attn 2, the recipe's) the same; ``fa3`` 1.6x it (the
@@ -155,6 +157,9 @@ GEMM_EFF = 0.60
 BW_EFF = roofline.BW_EFF
 ATTN_EFF = {"varlen": 0.325, "fa2": 0.325, "fa3": 0.52}
 ATTN_EFF["fa4"] = ATTN_EFF["fa3"]  # a stand-in (the docstring): no published FA4 Hopper rate
+# The attentions whose compiled op calls the kernel's own backward (varlen_attention_op's
+# kernel_backward: torch's varlen kernel, flash-attn 2.7+, FA4); FA3's reruns the forward.
+OP_KERNEL_BACKWARD = frozenset({"varlen", "fa2", "fa4"})
 EW_COMPILED = 0.5
 EW_HF = 2.5
 KL_BYTES_PER_LOGIT = 70
@@ -253,10 +258,10 @@ class Levers:
     kernels: str = "liger"  # liger (fused RMSNorm / RoPE / SwiGLU) | hf (Hugging Face's eager ops)
     offload: bool = False  # the optimizer's states and step on the host (ZeRO-Offload)
     activation_offload: bool = True  # auto may give layers `offload` (model.activation_offload)
-    # our compiled layers' attention (kernels/varlen_attention_op.py): ``rerun``, as shipped,
-    # its backward runs the forward again; ``kernel`` would call the kernel's own backward
-    # with the forward's saved statistics (not built)
-    attention_op: str = "rerun"
+    # our compiled layers' attention (kernels/varlen_attention_op.py): ``kernel``, as shipped,
+    # its backward calls the kernel's own with the forward's out and lse (OP_KERNEL_BACKWARD;
+    # FA3's reruns); ``rerun``: the backward runs the forward again (every backend before)
+    attention_op: str = "kernel"
 
 
 @dataclass(frozen=True)
@@ -414,7 +419,9 @@ def predict(
     square = layers * shape.attn_width * sum(n * n for n in work.seq_lens)
     gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * GEMM_EFF)
     # compiled layers (offloaded ones run eagerly): the custom op's backward reruns the forward
-    rerun = levers.compiled and levers.attention_op == "rerun"
+    # unless it calls the kernel's own backward
+    kernel = levers.attention_op == "kernel" and levers.attention in OP_KERNEL_BACKWARD
+    rerun = levers.compiled and not kernel
     op_rerun = sum(p != "offload" for p in plan) / layers if rerun else 0.0
     attn = (12 + 4 * (rec + op_rerun)) * square / (peak * ATTN_EFF[levers.attention])
     loss = _loss(arch, card_name, levers, work)
@@ -541,7 +548,7 @@ def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
         out.append(("precision=autocast", replace(base, precision="autocast")))
     out += [
         ("compiled=off", replace(base, compiled=False)),
-        ("attention_op=kernel", replace(base, attention_op="kernel")),
+        ("attention_op=rerun", replace(base, attention_op="rerun")),
         ("attention=fa4", replace(base, attention="fa4")),
         ("loss=full_logits", replace(base, loss="full_logits")),
     ]

@@ -61,9 +61,10 @@ def _varied_batches(seed: int) -> list:
 
 
 def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
-    """``save_gemms`` keeps the attention's output: compiled (the custom op), a micro-batch
-    runs the attention forward twice (the forward, and the custom backward's own rerun) as with
-    no checkpointing, not a third time in the layer's recompute as ``full`` does."""
+    """``save_gemms`` keeps the attention's output: compiled (the custom op; SDPA on the CPU,
+    whose backward reruns the forward), a micro-batch runs the attention forward twice (the
+    forward, and the custom backward's rerun) as with no checkpointing, not a third time in
+    the layer's recompute as ``full`` does."""
     from reflectioncoder.kernels import varlen_attention_op
 
     from reflectioncoder import activation_checkpointing as ac

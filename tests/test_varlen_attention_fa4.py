@@ -121,7 +121,9 @@ def test_fa4_call_and_gradients(fake_fa4, seed: int, causal: bool) -> None:
 
 
 def test_fa4_through_the_compiled_custom_op(fake_fa4, seed: int) -> None:
-    # The compiled layer's op: its backward runs FA4's forward again and differentiates it.
+    # The compiled layer's op with an FA4 whose internals (_flash_attn_fwd / _flash_attn_bwd)
+    # are missing (this stand-in has the public function only): the backward runs FA4's
+    # forward again and differentiates it. With them: test_varlen_attention_op.py.
     seqlens = _seqlens(seed + 1)
     q, k, v, cu = _packed(seqlens, 4, 2, 8)
     ours = [x.clone().requires_grad_() for x in (q, k, v)]
