@@ -28,7 +28,7 @@ bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 1
 6.7B, before activations). To run it there a user would have to add DeepSpeed's ZeRO-Offload
 (``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB, 1.864 samples/s
 modelled, against 1.883 for the unrunnable recipe row, so our default's ratio over it is
-2.00x, not the 1.98x printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
+2.04x, not the 2.02x printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
 written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens

@@ -13,7 +13,7 @@ runs one attention forward and one attention backward per micro-batch, as the ea
 
 - ``torch_varlen``: ``torch.ops.torch_attn._varlen_attn`` -> ``(out, lse (Hq, T) fp32,
   rng_state (2,) uint64)``, then ``torch_attn._varlen_attn_backward`` (the two ops torch's own
-  ``varlen_attn`` autograd uses; torch >= 2.11's schemas, with ``window_size`` and
+  ``varlen_attn`` autograd uses; torch 2.13's schemas, with ``window_size`` and
   ``enable_gqa``; GQA heads as they are, the kernel sums dk / dv over each group).
 - ``flash_attn_4``: ``flash_attn.cute.interface._flash_attn_fwd(..., return_lse=True)`` ->
   ``(out, lse (Hq, T))``, then ``_flash_attn_bwd`` (flash-attn-4 4.0.0b40's signatures).

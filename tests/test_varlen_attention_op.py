@@ -2,11 +2,12 @@
 backward with the forward's out and log-sum-exp: one attention forward per layer and
 micro-batch, gradients as the float64 reference's, no graph break, no recompile.
 
-torch's varlen kernel, flash-attn 2 and FA4 are CUDA-only and not installed here: stand-ins
-with their exact call signatures (CPU kernels registered for ``torch_attn``'s ops; modules with
-flash-attn 2.7+'s and flash-attn-4 4.0.0b40's internals) compute in float64 from the reference
-and count their calls. Their backward computes P from the lse it is handed (not from a second
-forward), so a wrong or missing lse or out gives wrong gradients.
+torch's varlen kernel, flash-attn 2 and FA4 are CUDA-only and not installed here. Stand-ins
+with their exact call signatures compute in float64 from the reference and count their calls:
+CPU kernels for aten's flash attention ops, under torch's real ``torch_attn`` ops; modules
+with flash-attn 2.7+'s and flash-attn-4 4.0.0b40's internals. Their backward computes P from
+the lse it is handed, not from a second forward: a wrong or missing lse or out gives wrong
+gradients.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from reference.varlen_attention import (
     varlen_attention_reference_grad,
     varlen_attention_reference_lse,
 )
-from test_compile import _varied_batches
-from torch._dynamo.utils import counters
-
 from reflectioncoder.kernels.varlen_attention_op import (
     kernel_backward,
     varlen_attention_op,
     varlen_attention_with_stats,
 )
+from test_compile import _varied_batches
+from torch._dynamo.utils import counters
+
 from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
 from reflectioncoder.train.trainer import ReflectionLossModule
 
@@ -64,24 +65,26 @@ class StandIn:
 
 
 def _install_torch_varlen(stand_in: StandIn, monkeypatch) -> torch.library.Library:
-    importlib.import_module("torch.nn.attention.varlen")  # torch_attn's ops, CUDA-only
+    """torch's CUDA flash kernels (aten::_flash_attention_forward / _backward) on the CPU: the
+    real ``torch_attn::_varlen_attn`` / ``_varlen_attn_backward`` ops run around them."""
 
-    def forward(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, scale=None,
-                window_size=None, enable_gqa=False, seqused_k=None, block_table=None,
-                num_splits=None):  # fmt: skip
-        assert cu_k is cu_q and max_q == max_k and enable_gqa == (q.shape[1] != k.shape[1])
-        assert list(window_size) == ([-1, 0] if is_causal else [-1, -1])
+    def forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, debug, *, scale=None,
+                window_size_left=None, window_size_right=None, **rest):  # fmt: skip
+        assert torch.equal(cu_q, cu_k) and max_q == max_k and dropout_p == 0.0
+        assert (window_size_left, window_size_right) == ((-1, 0) if is_causal else (-1, -1))
         out, lse = stand_in.forward(q, k, v, cu_q, max_q, is_causal, scale)
-        return out, lse, torch.zeros(2, dtype=torch.uint64)
+        rng_state = torch.zeros(2, dtype=torch.uint64)
+        return out, lse, rng_state, q.new_empty(0), q.new_empty(0)
 
-    def backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, is_causal, rng_state,
-                 scale=None, window_size=None):  # fmt: skip
-        assert cu_k is cu_q and rng_state.dtype == torch.uint64 and rng_state.shape == (2,)
+    def backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dropout_p, is_causal,
+                 rng_state, unused, *, scale=None, window_size_left=None,
+                 window_size_right=None):  # fmt: skip
+        assert torch.equal(cu_q, cu_k) and rng_state.dtype == torch.uint64
         return stand_in.backward(grad, q, k, v, out, lse, cu_q, max_q, is_causal, scale)
 
-    lib = torch.library.Library("torch_attn", "IMPL")
-    lib.impl("_varlen_attn", forward, "CPU")
-    lib.impl("_varlen_attn_backward", backward, "CPU")
+    lib = torch.library.Library("aten", "IMPL")
+    lib.impl("_flash_attention_forward", forward, "CPU")
+    lib.impl("_flash_attention_backward", backward, "CPU")
     return lib
 
 
@@ -90,8 +93,10 @@ def _install_flash_attn(stand_in: StandIn, monkeypatch) -> None:
 
     def forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal,
                 window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None,
-                return_softmax=False, block_table=None, leftpad_k=None, seqused_k=None):  # fmt: skip
-        assert cu_k is cu_q and dropout_p == 0.0 and (window_size_left, window_size_right) == (-1, -1)
+                return_softmax=False, block_table=None, leftpad_k=None,
+                seqused_k=None):  # fmt: skip
+        assert cu_k is cu_q and dropout_p == 0.0
+        assert (window_size_left, window_size_right) == (-1, -1)
         out, lse = stand_in.forward(q, k, v, cu_q, max_q, causal, softmax_scale)
         return out, lse, torch.empty(0, dtype=q.dtype), torch.zeros(2, dtype=torch.int64)
 
@@ -262,3 +267,28 @@ def test_op_and_its_fakes_agree(monkeypatch, request, backend) -> None:
 def test_sdpa_and_fa3_keep_the_rerun() -> None:
     # Per-segment SDPA has no lse API; FA3's internals are pinned by no release.
     assert not kernel_backward("sdpa", 64) and not kernel_backward("flash_attn_3", 64)
+
+
+def test_step_model_counts_a_rerun_where_the_op_reruns() -> None:
+    # bench/step_model.py's OP_KERNEL_BACKWARD names the attentions whose op calls the
+    # kernel's backward, as kernel_backward says (at head size 128); its default does, its
+    # attention_op=rerun lever and FA3 pay one more attention forward per compiled layer.
+    from dataclasses import replace
+
+    from bench import step_model as sm
+
+    backends = {"varlen": "torch_varlen", "fa2": "flash_attn", "fa3": "flash_attn_3",
+                "fa4": "flash_attn_4"}  # fmt: skip
+    assert set(backends) == set(sm.ATTN_EFF)
+    assert sm.OP_KERNEL_BACKWARD == {a for a, b in backends.items() if b in KERNEL_BACKENDS}
+    assert not kernel_backward("flash_attn_3", 128)
+    arch, work = sm.ARCHS["CodeLlama-7B"], sm.reflection_workload()
+    base = sm.Levers()
+    assert base.attention_op == "kernel"
+
+    def step(levers):
+        return sm.predict(arch, "H100", 1, "zero1", levers, work).step_s
+
+    assert step(replace(base, attention_op="rerun")) > step(base)
+    fa3 = replace(base, attention="fa3")
+    assert step(replace(fa3, attention_op="rerun")) == step(fa3)
