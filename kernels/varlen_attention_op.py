@@ -195,18 +195,10 @@ def _(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend="auto"):
     return out, lse, q.new_empty(numel, dtype=dtype)
 
 
-def varlen_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    causal: bool,
-    scale: float,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """(T, Hq, Dh) attention of each packed sequence over itself (``varlen_attention``)."""
-    return varlen_attention_with_stats(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend)[0]
+def varlen_attention_op(*args, **kwargs) -> torch.Tensor:
+    """(T, Hq, Dh) attention of each packed sequence over itself (``varlen_attention``): the
+    output of ``varlen_attention_with_stats``, called with the same arguments."""
+    return varlen_attention_with_stats(*args, **kwargs)[0]
 
 
 def _autograd_key_bits() -> int:

@@ -49,28 +49,10 @@ def varlen_attention_reference_grad(
     (usable inside a dispatcher kernel, where autograd is off):
     P = softmax(s), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dQ = s dS K, dK = s dS^T Q.
     """
-    q, k, v, grad_out = q.double(), k.double(), v.double(), grad_out.double()
-    hq, hkv, dh = q.shape[1], k.shape[1], q.shape[2]
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(dh)
-    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    start = 0
-    for n in seqlens:
-        rows = slice(start, start + n)
-        for h in range(hq):
-            g = h // (hq // hkv)
-            qs, ks, vs, do = q[rows, h], k[rows, g], v[rows, g], grad_out[rows, h]
-            scores = qs @ ks.T * scale
-            if causal:
-                future = torch.ones(n, n, dtype=torch.bool).triu(1)
-                scores = scores.masked_fill(future, float("-inf"))
-            p = torch.softmax(scores, dim=-1)
-            o = p @ vs
-            ds = p * (do @ vs.T - (do * o).sum(-1, keepdim=True))
-            dq[rows, h] = scale * ds @ ks
-            dk[rows, g] += scale * ds.T @ qs
-            dv[rows, g] += p.T @ do
-        start += n
-    return dq, dk, dv
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
+    out = varlen_attention_reference(q, k, v, seqlens, causal, scale)
+    lse = varlen_attention_reference_lse(q, k, seqlens, causal, scale)
+    return varlen_attention_grad_from_lse(grad_out, q, k, v, out, lse, seqlens, causal, scale)
 
 
 def _masked_scores(qs, ks, scale, causal):
@@ -99,15 +81,7 @@ def varlen_attention_reference_lse(
 
 
 def varlen_attention_grad_from_lse(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    seqlens: list[int],
-    causal: bool,
-    softmax_scale: float,
+    grad_out, q, k, v, out, lse, seqlens: list[int], causal: bool, softmax_scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in float64 as a flash kernel's backward computes them: from the forward's
     ``out`` (T, Hq, Dh) and ``lse`` (Hq, T), not from a second forward:
