@@ -292,3 +292,27 @@ def test_step_model_counts_a_rerun_where_the_op_reruns() -> None:
     assert step(replace(base, attention_op="rerun")) > step(base)
     fa3 = replace(base, attention="fa3")
     assert step(replace(fa3, attention_op="rerun")) == step(fa3)
+
+
+@pytest.mark.parametrize("stand_in", ["torch_varlen"], indirect=True)
+def test_checkpointing_policies_keep_the_kernels_statistics(stand_in, seed) -> None:
+    # Compiled, torch's kernel: save_gemms keeps the op's outputs (out, lse, rng_state), so a
+    # micro-batch runs the attention forward once, as with no checkpointing; full recomputes
+    # the layer, a second forward (the rerun made these 2, 2 and 3).
+    from reflectioncoder import activation_checkpointing as ac
+
+    backend, calls = stand_in
+    batch = _varied_batches(seed)[0]
+    runs = {}
+    for policy in ("none", "save_gemms", "full"):
+        torch._dynamo.reset()
+        model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                                 seed=seed)  # fmt: skip
+        prepare_model(model, liger=False, attention=backend)
+        ac.apply_plan(model, (policy,))
+        compile_layers(model, backend="aot_eager")
+        calls.forwards.clear()
+        ReflectionLossModule(model)(batch)[0].backward()
+        runs[policy] = len(calls.forwards)
+    assert runs == {"none": 1, "save_gemms": 1, "full": 2}
+    assert len(calls.backwards) == 3
