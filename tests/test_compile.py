@@ -67,8 +67,6 @@ def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
     the layer's recompute as ``full`` does."""
     from reflectioncoder.kernels import varlen_attention_op
 
-    from reflectioncoder import activation_checkpointing as ac
-
     calls = []
     attention = varlen_attention_op.varlen_attention
     monkeypatch.setattr(
@@ -76,16 +74,25 @@ def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
         "varlen_attention",
         lambda *a, **k: calls.append(1) or attention(*a, **k),
     )
+    runs = attention_forwards_per_policy(seed, calls)
+    assert runs == {"none": 2, "save_gemms": 2, "full": 3}
+
+
+def attention_forwards_per_policy(seed: int, calls: list, attention: str = "auto") -> dict:
+    """``len(calls)`` (the attention forwards counted there) for one micro-batch's forward and
+    backward through a compiled one-layer model, per checkpointing policy."""
+    from reflectioncoder import activation_checkpointing as ac
+
     batch = _varied_batches(seed)[0]
     runs = {}
     for policy in ("none", "save_gemms", "full"):
         torch._dynamo.reset()
         model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
                                  seed=seed)  # fmt: skip
-        prepare_model(model, liger=False)
+        prepare_model(model, liger=False, attention=attention)
         ac.apply_plan(model, (policy,))
         compile_layers(model, backend="aot_eager")
         calls.clear()
         ReflectionLossModule(model)(batch)[0].backward()
         runs[policy] = len(calls)
-    assert runs == {"none": 2, "save_gemms": 2, "full": 3}
+    return runs

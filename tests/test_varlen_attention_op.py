@@ -32,7 +32,7 @@ from reflectioncoder.kernels.varlen_attention_op import (
     varlen_attention_op,
     varlen_attention_with_stats,
 )
-from test_compile import _varied_batches
+from test_compile import _varied_batches, attention_forwards_per_policy
 from torch._dynamo.utils import counters
 
 from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
@@ -299,20 +299,7 @@ def test_checkpointing_policies_keep_the_kernels_statistics(stand_in, seed) -> N
     # Compiled, torch's kernel: save_gemms keeps the op's outputs (out, lse, rng_state), so a
     # micro-batch runs the attention forward once, as with no checkpointing; full recomputes
     # the layer, a second forward (the rerun made these 2, 2 and 3).
-    from reflectioncoder import activation_checkpointing as ac
-
     backend, calls = stand_in
-    batch = _varied_batches(seed)[0]
-    runs = {}
-    for policy in ("none", "save_gemms", "full"):
-        torch._dynamo.reset()
-        model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
-                                 seed=seed)  # fmt: skip
-        prepare_model(model, liger=False, attention=backend)
-        ac.apply_plan(model, (policy,))
-        compile_layers(model, backend="aot_eager")
-        calls.forwards.clear()
-        ReflectionLossModule(model)(batch)[0].backward()
-        runs[policy] = len(calls.forwards)
+    runs = attention_forwards_per_policy(seed, calls.forwards, backend)
     assert runs == {"none": 1, "save_gemms": 1, "full": 2}
     assert len(calls.backwards) == 3
