@@ -136,8 +136,8 @@ def test_mask_kernel_on_device(device, seed) -> None:
         assert torch.equal(a, b.cpu()), f"mask kernel {name} differs from the host path"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_varlen_attention_on_device(device, seed, backend) -> None:
+def _attention_case(device, seed, backend):
+    """Packed causal GQA inputs for ``backend`` on ``device`` (skips where it cannot run)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if not backend_available(backend, device, dtype, 64):
         pytest.skip(f"{backend} does not run on {device.type} / {dtype}")
@@ -146,10 +146,41 @@ def test_varlen_attention_on_device(device, seed, backend) -> None:
     t = sum(seqlens)
     q, k, v = (torch.randn(t, h, 64, device=device, dtype=dtype) for h in (8, 2, 2))
     cu = torch.tensor([0, *seqlens], device=device).cumsum(0).to(torch.int32)
+    return seqlens, q, k, v, cu
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_varlen_attention_on_device(device, seed, backend) -> None:
+    seqlens, q, k, v, cu = _attention_case(device, seed, backend)
     grad_out = torch.randn_like(q)
     ours = [x.clone().requires_grad_() for x in (q, k, v)]
     out = varlen_attention(*ours, cu, max(seqlens), seqlens=seqlens, backend=backend)
     out.backward(grad_out)
+    _assert_close_to_reference(backend, seqlens, q, k, v, grad_out, out, ours)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_attention_op_on_device(device, seed, backend) -> None:
+    # The compiled layer's custom op under inductor: the kernel's own backward where
+    # kernel_backward says so (torch's varlen kernel on torch 2.13), the rerun elsewhere.
+    from reflectioncoder.kernels.varlen_attention_op import kernel_backward, varlen_attention_op
+
+    seqlens, q, k, v, cu = _attention_case(device, seed, backend)
+    assert backend != "torch_varlen" or kernel_backward(backend, 64)
+
+    @torch.compile(fullgraph=True, dynamic=True)
+    def layer(q, k, v):
+        return varlen_attention_op(q, k, v, cu, max(seqlens), True, 64**-0.5, backend)
+
+    grad_out = torch.randn_like(q)
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = layer(*ours)
+    out.backward(grad_out)
+    _assert_close_to_reference(backend, seqlens, q, k, v, grad_out, out, ours)
+
+
+def _assert_close_to_reference(backend, seqlens, q, k, v, grad_out, out, ours) -> None:
+    dtype = q.dtype
     refs = [x.detach().double().cpu().requires_grad_() for x in (q, k, v)]
     ref = varlen_attention_reference(*refs, seqlens)
     ref.backward(grad_out.double().cpu())
