@@ -196,6 +196,7 @@ def _host_rates() -> tuple[float, float]:
 
 
 HOST_LAYER_S, HOST_RERUN_S = _host_rates()
+HOST_REPLAY = Path(__file__).parent / "results" / "host_replay.json"
 SAMPLES_PER_STEP = 512
 SAMPLE_LEN = 2048
 PACKED_TOKENS_PER_RECIPE_TOKEN = 8857 / 11534
@@ -645,38 +646,98 @@ def _micro_batches_s(arch, card, levers, micro_batches) -> float:
     return sum(p.micro_s for p in preds) + preds[0].boundary_s
 
 
-def _step_1b_s() -> float:
+def _replayed_host(case: str) -> tuple[list[float], float]:
+    """(s a segment, s upper bound of the whole step): the host CPU time of a measured step
+    between its host syncs, replayed with the code that ran it (bench/bench_host_replay.py,
+    results/host_replay.json): the main thread's CPU at width 0 (extrapolated over the tiny
+    widths), the background packing thread's added to the first segment (its Python holds
+    the GIL), all x the H200 host's measured slowness against this CPU (``host_speed``)."""
+    replay = json.loads(HOST_REPLAY.read_text())
+    run, speed = replay[case], replay["host_speed"]["median_h200_over_here"]
+    fit = run["fit"]
+    segments = [v["at_width_0"] for v in fit["segments_main_cpu_s"].values()]
+    segments[0] += fit["prepare_cpu_s"]["at_width_0"] if "prepare_cpu_s" in fit else 0.0
+    smallest = run["widths"][0]["median"]["cpu_s"]  # the kernels' cost left in: a bound
+    return [speed * h for h in segments], speed * smallest
+
+
+def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, float, float]:
+    """(forward, loss, backward) GPU seconds of one eager micro-batch on one H200, from
+    ``predict``'s split: the forward's share of the GEMMs (2 of 6 + 2 x recomputed), of the
+    attention (4 of 12 + 4 x recomputed) and of the element-wise passes (1 of 3 + reruns); the
+    fused loss apart (its forward computes its gradients); the rest (recompute, backward,
+    gradient accumulation) after it."""
+    pred = predict(arch, "H200", 1, "local", levers, work)
+    shape, split = arch.shape(), pred.split_s
+    rec = recomputed_share(pred.plan)
+    ew_rerun = sum(p != "none" for p in pred.plan) / arch.layers
+    body, again = shape.body_params, rec * shape.recomputed_params
+    forward = split["gemm"] * 2 * body / (6 * body + 2 * again)
+    forward += split["attention"] * 4 / (12 + 4 * rec) + split["elementwise"] / (3 + ew_rerun)
+    compute = pred.step_s / (work.samples_per_step / work.samples) - pred.boundary_s
+    compute -= split["host_bound"] + split["comm_exposed"] + split["activation_offload_exposed"]
+    return forward, split["loss"], compute - forward - split["loss"]
+
+
+def synced_step_s(host: list[float], gpu: list[float]) -> float:
+    """A step whose host waits for the GPU at each sync: per sync-separated segment the host
+    issues while the GPU runs what was issued, and the segment ends when both are done, so it
+    takes max(host, GPU) (the GPU cannot run ahead of the host, the host cannot pass the sync);
+    the step is the sum over its segments."""
+    return sum(max(h, g) for h, g in zip(host, gpu, strict=True))
+
+
+def _step_1b() -> tuple[float, str]:
     """bench/providers/train_step.py at 3d82f92: bf16 weights and AdamW states (modelled with
     fp32 masters: 30 bytes a parameter against about 36 for torch's foreach AdamW in bf16), no
-    checkpointing (``prepare_model``'s default), Liger, torch's varlen attention, our loss."""
+    checkpointing (``prepare_model``'s default), Liger, torch's varlen attention, our loss;
+    one call = 3 micro-batches, AdamW, then torch.cuda.synchronize (the suite's timing). Its
+    syncs: the loss plan's ``nonzero`` in each micro-batch (after that micro-batch's forward),
+    and the final synchronize: segments [fwd 1], [loss 1, bwd 1, fwd 2], [loss 2, bwd 2,
+    fwd 3], [loss 3, bwd 3, AdamW]."""
     levers = Levers("none", "masters", compiled=False)
     micro = [Workload(lens, rows, 4 / 3, samples_per_step=4 / 3) for lens, rows in STEP_1B_MICRO]
-    return _micro_batches_s(LLAMA_1B, "H200", levers, micro)
+    phases = [_gpu_phases(LLAMA_1B, levers, w) for w in micro]
+    boundary = predict(LLAMA_1B, "H200", 1, "local", levers, micro[0]).boundary_s
+    gpu = [phases[0][0]]
+    for i, (_, loss, backward) in enumerate(phases):
+        gpu.append(loss + backward + (phases[i + 1][0] if i + 1 < len(phases) else boundary))
+    host, bound = _replayed_host("step_1b")
+    step = synced_step_s(host, gpu)
+    return step, _replay_note(host, gpu, step, bound)
 
 
 def _cli_step() -> tuple[float, str]:
     """The median of steps 2-4's models, as bench_engines took the median of their times; and
-    the note with the model's GPU and host seconds of that step."""
+    the note with the model's GPU and the replayed host seconds of that step. Its syncs (the
+    replay's count, de58a14): the loss plan's ``nonzero`` after the forward, the teacher-CE
+    pass's, and ``tolist`` after clipping; AdamW is issued after that and runs on the GPU while
+    the host starts the next step, so the period is max(host after the tolist + host to the
+    first nonzero, AdamW + forward) + max(host, loss) + max(host, teacher-CE + backward)."""
     levers = Levers("full", "autocast", compiled=False)
+    host, bound = _replayed_host("cli")
     steps = []
     for tokens, rows in CLI_STEPS:
         base, extra = divmod(tokens, 96)  # segment lengths equal: attention is 1% of the step
         lens = tuple(base + (i < extra) for i in range(96))
-        pred = predict(CLI_1B, "H200", 1, "local", levers, Workload(lens, rows, 48, 48))
-        host = CLI_1B.layers * (HOST_LAYER_S + HOST_RERUN_S)
-        steps.append((pred.step_s, pred.step_s - pred.split_s["host_bound"], host))
-    step, gpu, host = sorted(steps)[1]
-    note = (
-        "bench/RESULTS.md (bf16 engines row, de58a14): median of steps 2-4, 7,635-7,920 tokens "
-        "each in 96 toy segments; fp32 weights under autocast, Liger, varlen attention, our "
-        "loss, foreach AdamW + clipping on fp32 weights. Not in the model: that AdamW's eight "
-        "passes and the clipping's two (84 bytes a parameter against the modelled 28: +15 ms), "
-        "the teacher-CE pass, 3 host syncs a step. The model has the GPU busy "
-        f"{gpu:.3f} s and the host issuing it {host:.3f} s and overlaps the two; with no "
-        f"overlap the step would be {gpu + host:.3f} s. Which it was needs a profile on a GPU "
-        "(owed)"
+        work = Workload(lens, rows, 48, 48)
+        forward, loss, backward = _gpu_phases(CLI_1B, levers, work)
+        boundary = predict(CLI_1B, "H200", 1, "local", levers, work).boundary_s
+        gpu = [boundary + forward, loss, backward]
+        host_3 = [host[3] + host[0], host[1], host[2]]
+        steps.append((synced_step_s(host_3, gpu), gpu, host_3))
+    step, gpu, host_3 = sorted(steps)[1]
+    return step, _replay_note(host_3, gpu, step, bound)
+
+
+def _replay_note(host: list[float], gpu: list[float], step: float, bound: float) -> str:
+    segments = ", ".join(f"{h:.3f} / {g:.3f}" for h, g in zip(host, gpu, strict=True))
+    return (
+        f"host / GPU s per sync-separated segment: {segments} (host replayed, GPU modelled); "
+        f"host {sum(host):.3f} s (at the smallest width, kernels left in: {bound:.3f}), GPU "
+        f"{sum(gpu):.3f} s; overlapped within segments: {step:.3f} s; no overlap at all: "
+        f"{sum(host) + sum(gpu):.3f} s"
     )
-    return step, note
 
 
 def _titan_tps(compiled: bool, card: str = TITAN_H100.name) -> float:
@@ -704,6 +765,7 @@ def calibration_rows() -> list[dict]:
     mpt_4k = Workload((4096,) * 16, 65536, 16, samples_per_step=256, kl=False)
     mpt = Levers("none", "autocast", False, "fa2", "full_logits", True)
     best_7b = Levers(attention="fa3")
+    step_1b, step_1b_note = _step_1b()
     cases = [
         (
             "H200 attention fwd+bwd, 13,600 tokens (8 x 1700), 32/8 x 128 heads",
@@ -723,8 +785,11 @@ def calibration_rows() -> list[dict]:
             "H200 1.5B train step (ours then: bf16 weights, no ckpt, 3 micro-batches, 4 samples)",
             "s",
             0.2194,
-            _step_1b_s(),
-            "bench/RESULTS.md; 28.5% MFU under the one count. " + (_step_1b_s.__doc__ or ""),
+            step_1b,
+            "bench/RESULTS.md; 28.5% MFU under the one count. "
+            + " ".join((_step_1b.__doc__ or "").split())
+            + "; "
+            + step_1b_note,
         ),
         (
             "H200 1.06B CLI step (plain engine, autocast, full ckpt, one ~7,700-token micro-batch)",

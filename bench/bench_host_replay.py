@@ -1,0 +1,573 @@
+"""Host (CPU) time of a whole measured training step, replayed with the code that ran it.
+
+    python -m bench.bench_host_replay --out bench/results/host_replay.json
+
+bench/step_model.py's calibration has two steps measured on an H200: the 1.06B CLI step
+(``reflectioncoder train`` through bench/bench_engines.py at commit de58a14) and the 1.5B
+bench step (bench/test_train_step.py's ``ours`` at 3d82f92). This script extracts each
+commit's tree (``git archive`` into a temporary folder; the working tree is not touched) and
+runs that commit's own code on the CPU as the run went: for the CLI step bench_engines' saved
+model, toy data, tokenizer and ``reflectioncoder train`` overrides (the CLI, its planning and
+packing on the background thread, the teacher-CE logging pass, clipping, foreach AdamW,
+metrics), steps 2-4 of 4; for the 1.5B step the suite's prepared micro-batches, model and
+AdamW, one warm-up call and ``STEP_1B_ROUNDS`` timed calls. Depth, heads' ratio,
+micro-batches and tokens are the run's; the hidden size is tiny (``WIDTHS``: 4, 8, 16; below
+16 / 32 wide the heads are as many as the width, head size 1, the GQA ratio kept; the MLP
+scaled with it) so that the kernels cost little and the CPU time is what the host spends
+issuing the work. One thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``). Per step:
+the process's CPU time (``process_time``: the background packing thread included), the main
+thread's (``thread_time``) and wall time; per width the median over the steps the run timed
+(steps 2-4; the suite's median of its calls), the least of ``--rounds`` fresh processes. The
+host at width 0 is extrapolated (least squares, linear in the width: what the CPU kernels
+still cost at these widths grows with T x width); the smallest width is an upper bound.
+
+CUDA-only kernels run as one-op CPU stand-ins (one launch each), the Python around them as it
+ran: Liger's RMSNorm / RoPE / SwiGLU (bench_host_overhead's stand-ins: one op forward, two
+backward), torch's varlen attention (what both commits picked on the H200, which had no
+flash-attn: its Python wrapper and custom op as they are, a CPU kernel of one op registered
+for ``torch_attn::_varlen_attn`` and its backward), the fused loss's Triton row and slot-sum
+kernels (one op each; the GPU's chunk budget, so the chunks are the GPU's). Not replayed: the
+cost of a CUDA launch and of the caching allocator against a CPU op's (stated in RESULTS).
+
+The step is split at its host syncs (where a CUDA run waits for the GPU to drain): the main
+thread's CPU time between them, marked where each happens (the loss plan's ``nonzero``; the
+CLI's ``tolist`` after clipping). A separate run (``--count-syncs`` in the child) lists every
+op of one step that syncs on CUDA (``nonzero``, ``item`` / ``bool`` of a tensor, ``tolist``,
+``repeat_interleave`` without ``output_size``) with the file and line that called it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDTHS = (4, 8, 16)
+COMMITS = {"cli": "de58a14", "step_1b": "3d82f92"}
+CASES = (*COMMITS, "host_speed")
+STEP_1B_ROUNDS = 5  # the headline profile's rounds (bench/profiles.py at 3d82f92)
+STEP_1B_VOCAB = 512
+CLI_HEADS, CLI_LAYERS = 16, 24  # bench_engines' 1b shape: num_kv_heads = heads // 4
+CLI_INTERMEDIATE_PER_HIDDEN = 5504 / 2048
+
+
+def extract(commit: str, folder: Path) -> Path:
+    """``commit``'s tree under ``folder`` (git archive); returns a folder holding only its two
+    packages, importable as they were installed (setup.py maps ``reflectioncoder.kernels`` to
+    ``kernels/``; a bare ``kernels`` on sys.path would meet transformers' hub probe)."""
+    tree = folder / commit
+    tree.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    (tree / "reflectioncoder" / "kernels").symlink_to(tree / "kernels")
+    site = tree / "_site"
+    site.mkdir()
+    for package in ("reflectioncoder", "bench"):
+        (site / package).symlink_to(tree / package)
+    return site
+
+
+# ---------------------------------------------------------------------------------------------
+# In the child (started by file path, so ``bench`` and ``reflectioncoder`` are the commit's).
+
+
+class _Marks:
+    """Main-thread CPU time (``thread_time``) at each host sync of a step, in order."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float]] = []
+        self.prepare_cpu: list[float] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.thread_time()))
+
+
+MARKS = _Marks()
+
+
+def _step_row(step: int, tokens: int, c0: float, w0: float) -> dict:
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    t = [m for _, m in MARKS.marks]
+    segments = {}
+    for (a, t0), (b, t1) in zip(MARKS.marks, MARKS.marks[1:], strict=False):
+        segments[f"{len(segments)}: {a} -> {b}"] = t1 - t0
+    return {
+        "step": step,
+        "tokens": tokens,
+        "cpu_s": cpu,
+        "main_thread_cpu_s": t[-1] - t[0],
+        "wall_s": wall,
+        "segments_main_cpu_s": segments,
+    }
+
+
+def _stand_in_liger() -> None:
+    """Liger's RMSNorm, RoPE and SwiGLU as prepare_model applies them on CUDA."""
+    from transformers.models.llama import modeling_llama as ml
+
+    sys.path.append(str(ROOT / "bench"))  # this tree's bench_host_overhead, after the commit's
+    from bench_host_overhead import _fused_mlp, _fused_rms_norm, _fused_rope
+
+    ml.LlamaRMSNorm.forward = _fused_rms_norm
+    ml.LlamaMLP.forward = _fused_mlp
+    ml.apply_rotary_pos_emb = _fused_rope
+
+
+def _stand_in_varlen_attention():
+    """torch's varlen attention, its Python and custom op as they ran; a CPU kernel of one
+    op stands in for CUDA's (a causal SDPA over all T tokens at once would cost T^2 here)."""
+    import reflectioncoder.kernels  # noqa: F401  (its __init__ binds the function's name)
+    import torch
+
+    va = sys.modules["reflectioncoder.kernels.varlen_attention"]
+
+    def forward(q, k, v, *args, **kwargs):
+        return q.mul(1.0), q.new_zeros(q.shape[1], q.shape[0]), q.new_zeros(2)
+
+    def backward(grad, q, k, v, *args, **kwargs):
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    lib = torch.library.Library("torch_attn", "IMPL")
+    lib.impl("_varlen_attn", forward, "CPU")
+    lib.impl("_varlen_attn_backward", backward, "CPU")
+    va.varlen_backend = lambda *args, **kwargs: "torch_varlen"
+    return lib
+
+
+def _stand_in_loss_kernels() -> None:
+    """The fused loss as on CUDA: the GPU's chunk budget, one op for the Triton row kernel
+    and one for the slot sum (the CPU path loops over 32-row blocks); its plan marked."""
+    import reflectioncoder.kernels.fused_loss as fl
+    import torch
+    from reflectioncoder.kernels.fused_loss_torch import GPU_BUDGET
+
+    def row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
+        ce_out.copy_(ce_w)  # one launch writes CE, KL and d z in place
+
+    def sum_slots(dh_slots, rows, n, g):
+        out = torch.zeros(n, dh_slots.shape[1], dtype=dh_slots.dtype)
+        return out.index_add_(0, rows, dh_slots)
+
+    plan = fl.build_plan
+
+    def build_plan(*args, **kwargs):
+        MARKS.mark("loss plan nonzero")  # its nonzero: a CUDA host waits for the GPU here
+        return plan(*args, **kwargs)
+
+    check = fl.check_loss_inputs
+
+    def check_as_on_cuda(*args, check_indices=None, **kwargs):
+        return check(*args, check_indices=False, **kwargs)  # CUDA's default: no index check
+
+    fl.check_loss_inputs = check_as_on_cuda
+    fl.torch_row_op = row_op
+    fl.torch_sum_slots = sum_slots
+    fl.default_budget = lambda device: GPU_BUDGET
+    fl.build_plan = build_plan
+
+
+def _stand_ins():
+    _stand_in_liger()
+    _stand_in_loss_kernels()
+    return _stand_in_varlen_attention()
+
+
+class _SyncSites:
+    """Ops of one step that make a CUDA host wait for the GPU, each with the innermost caller
+    outside torch and the innermost in the commit's code. On the CPU none of them waits; the
+    sites say where a CUDA run did."""
+
+    OPS = ("nonzero", "_local_scalar_dense", "masked_select", "unique", "_unique2")
+
+    def __init__(self, site: Path) -> None:
+        self.roots = (str(site), str(site.resolve().parent))
+        self.sites: dict[str, int] = {}
+        self.ops = 0  # ops that reach a kernel (views and detach left out): CUDA launches
+
+    def _where(self) -> str:
+        import traceback
+
+        stack = [f for f in traceback.extract_stack()[:-3] if "/torch/" not in f.filename]
+        ours = [f for f in stack if f.filename.startswith(self.roots)]
+        inner = f"{'/'.join(Path(stack[-1].filename).parts[-2:])}:{stack[-1].lineno}"
+        if not ours:
+            return inner
+        path = ours[-1].filename
+        for root in self.roots:
+            path = path.removeprefix(root + "/")
+        outer = f"{path}:{ours[-1].lineno}"
+        return outer if ours[-1] is stack[-1] else f"{outer} (in {inner})"
+
+    def count(self, what: str) -> None:
+        key = f"{what} @ {self._where()}"
+        self.sites[key] = self.sites.get(key, 0) + 1
+
+    @contextlib.contextmanager
+    def mode(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        sites = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func.overloadpacket.__name__
+                kwargs = kwargs or {}
+                if not func.is_view and name not in ("detach", "lift_fresh"):
+                    sites.ops += 1
+                if name in sites.OPS or (
+                    name == "repeat_interleave" and kwargs.get("output_size") is None
+                ):
+                    sites.count(name)
+                return func(*args, **kwargs)
+
+        tolist = torch.Tensor.tolist
+
+        def counted_tolist(tensor):
+            sites.count("tolist")
+            return tolist(tensor)
+
+        torch.Tensor.tolist = counted_tolist
+        try:
+            with Mode():
+                yield
+        finally:
+            torch.Tensor.tolist = tolist
+
+
+def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
+    """Time each train_step (its sync marks), the background packing's CPU, and mark the
+    step's last sync (the ``tolist`` right after clipping)."""
+    import torch
+
+    rows: list[dict] = []
+    step_fn, prepare_fn = trainer_cls.train_step, trainer_cls._prepare
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_then_mark(*args, **kwargs):
+        out = clip(*args, **kwargs)
+        MARKS.mark("tolist after clipping")  # the next line's .tolist() drains the GPU
+        return out
+
+    def prepare(self, step):
+        t0 = time.thread_time()
+        out = prepare_fn(self, step)
+        MARKS.prepare_cpu.append(time.thread_time() - t0)
+        return out
+
+    def train_step(self):
+        MARKS.marks.clear()
+        c0, w0 = time.process_time(), time.perf_counter()
+        MARKS.mark("start")
+        counting = counter is not None and self.step == 1  # the second step, as timed ones
+        with counter.mode() if counting else contextlib.nullcontext():
+            row = step_fn(self)
+        MARKS.mark("end")
+        rows.append(_step_row(row["step"], row["tokens"], c0, w0))
+        return row
+
+    trainer_cls.train_step = train_step
+    trainer_cls._prepare = prepare
+    torch.nn.utils.clip_grad_norm_ = clip_then_mark
+    return rows
+
+
+def _cli_child(width: int, counter: _SyncSites | None) -> dict:
+    """bench_engines' plain case at de58a14 (bench/results/gpu/engines_cuda_bf16.json), at
+    hidden size ``width``."""
+    import torch
+
+    torch.set_num_threads(1)
+    lib = _stand_ins()
+    from reflectioncoder.train.toydata import write_toy_jsonl
+
+    from reflectioncoder.cli import main
+    from reflectioncoder.model import build_tiny_llama
+    from reflectioncoder.tokenizer import train_tokenizer
+    from reflectioncoder.train import trainer
+
+    rows = _wrap_trainer(trainer.Trainer, counter)
+    arch = {
+        "hidden_size": width,
+        "intermediate_size": round(width * CLI_INTERMEDIATE_PER_HIDDEN),
+        "num_layers": CLI_LAYERS,
+        "num_heads": min(CLI_HEADS, width),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)  # bench_engines._prepare at de58a14: 48 samples x 4 steps
+        data = write_toy_jsonl(folder / "toy.jsonl", 48 * 4, seed=0, generation_fraction=0.0)
+        tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
+        model = build_tiny_llama(len(tok), num_kv_heads=arch["num_heads"] // 4, seed=0, **arch)
+        model.config._attn_implementation = "sdpa"
+        model.save_pretrained(str(folder / "model"))
+        tok.save_pretrained(str(folder / "model"))
+        argv = ["train", "--preset", "tiny"]
+        for o in (
+            f"model.name_or_path={folder / 'model'}",
+            "model.gradient_checkpointing=true",
+            f"data.files=[{data}]",
+            f"checkpoint.out_dir={folder / 'run-plain'}",
+            "checkpoint.save_every=0",
+            "checkpoint.save_final=false",
+            "train.samples_per_step=48",
+            "train.max_steps=4",
+            "train.device=cpu",
+            "train.threads=1",
+            "model.dtype=bf16",  # as on CUDA: fp32 weights under bf16 autocast, plain engine
+            "optim.lr=1e-4",
+            "packing.max_tokens=16384",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+            "logging.plot=false",
+            "distributed.backend=none",
+        ):
+            argv += ["--set", o]
+        if main(argv) != 0:
+            raise RuntimeError("reflectioncoder train failed")
+    lib._destroy()
+    return {"arch": arch, "steps": rows, "prepare_cpu_s": MARKS.prepare_cpu}
+
+
+def _step_1b_child(width: int, counter: _SyncSites | None) -> dict:
+    """bench/test_train_step.py's ``ours`` at 3d82f92 with the headline profile (LLAMA_1B: 16
+    layers, 32 / 8 heads, vocabulary 128256; 4 samples in 3 micro-batches; bf16 weights, no
+    checkpointing; torch's AdamW, foreach as on CUDA tensors), at hidden size ``width``."""
+    import torch
+
+    torch.set_num_threads(1)
+    lib = _stand_ins()
+    import reflectioncoder.model as rm
+    from bench.profiles import PROFILES
+    from bench.providers import train_step as T
+
+    heads = min(32, width)
+    shape = dict(hidden=width, heads=heads, kv_heads=heads // 4, intermediate=4 * width)
+    cfg = T.TrainStepConfig(**{**PROFILES["headline"].train_step, **shape}, device="cpu")
+    cfg = dataclasses.replace(cfg, dtype="bf16")
+    build = rm.build_tiny_llama
+    # The samples are drawn with the run's vocabulary (so the lengths and packing are the
+    # run's); the model and loss take ids modulo STEP_1B_VOCAB: the (rows, V) logits of a
+    # 128K vocabulary would cost the CPU far more than their one GEMM launch; the chunks, one
+    # per micro-batch at either size under the GPU's budget, and so the ops, are the same.
+    rm.build_tiny_llama = lambda vocab, **kw: build(STEP_1B_VOCAB, **kw)
+    model, opt, data, step = T.setup_provider("ours", cfg)
+    rm.build_tiny_llama = build
+    for group in opt.param_groups:
+        group["foreach"] = True  # torch's default for CUDA tensors (on the CPU a loop)
+    batches = [
+        dataclasses.replace(
+            b,
+            input_ids=b.input_ids % STEP_1B_VOCAB,
+            targets=torch.where(b.targets >= 0, b.targets % STEP_1B_VOCAB, b.targets),
+        )
+        for b in data[0]
+    ]
+    rows = []
+    for i in range(1 + STEP_1B_ROUNDS):  # the suite: one warm-up call, then the timed ones
+        MARKS.marks.clear()
+        c0, w0 = time.process_time(), time.perf_counter()
+        MARKS.mark("start")
+        with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
+            step(model, opt, batches, cfg)
+        MARKS.mark("end")
+        rows.append(_step_row(i + 1, sum(b.num_tokens for b in batches), c0, w0))
+    lib._destroy()
+    micro = [[list(b.seq_lens), int(b.loss_rows.shape[0])] for b in batches]
+    return {"arch": shape, "steps": rows, "prepare_cpu_s": [], "micro_batches": micro}
+
+
+# bench/results/gpu/pytest_benchmark_test_{mask,packing}.json: host-only rows the suite timed on
+# the H200 machine of the 1.5B step (3d82f92, CPU ms, median of 5 after a warm-up, torch's
+# default threads there), timed here again with the same code: their ratio is how fast that
+# machine's host ran this kind of Python-heavy work against this one's.
+H200_HOST_ROWS_MS = {
+    "mask host 512 samples": 13.957,
+    "pack_step block_mask/tce rate 0.5": 141.786,
+    "pack_step block_mask/tce rate 1": 137.323,
+    "pack_step random_token_mask rate 0.5": 150.62,
+    "pack_step random_token_mask rate 1": 132.591,
+}
+
+
+def _host_speed_child(width: int, counter: _SyncSites | None) -> dict:
+    """The H200 suite's host-only rows at 3d82f92 (H200_HOST_ROWS_MS), timed as it timed them."""
+    from bench.providers import mask as M
+    from bench.providers import packing as P
+
+    x = M.setup_mask(512, 0.5, device="cpu")
+    samples = P.setup_packing(512, 3407)
+    fns = {"mask host 512 samples": M.make_mask_fn("host", x)}
+    for strategy in ("block_mask/tce", "random_token_mask"):
+        for rate in (0.5, 1.0):
+            fns[f"pack_step {strategy} rate {rate:g}"] = lambda s=strategy, r=rate: P.pack_step(
+                samples, s, r, 16384, 3407
+            )
+    rows = {}
+    for name, fn in fns.items():
+        fn()
+        cpu = []
+        for _ in range(5):
+            c0 = time.process_time()
+            fn()
+            cpu.append(time.process_time() - c0)
+        rows[name] = 1e3 * statistics.median(cpu)
+    return {"arch": {}, "steps": [], "prepare_cpu_s": [], "cpu_ms": rows}
+
+
+def _child(kind: str, site: Path, width: int, count_syncs: bool) -> dict:
+    sys.path.insert(0, str(site))
+    counter = _SyncSites(site) if count_syncs else None
+    run = {"cli": _cli_child, "step_1b": _step_1b_child, "host_speed": _host_speed_child}[kind]
+    out = {"width": width, **run(width, counter)}
+    if counter is not None:
+        out["syncs"], out["ops"] = counter.sites, counter.ops
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: fresh processes per width and round, the least of the rounds, the fit to width 0.
+
+
+def _run_child(kind: str, site: Path, width: int, count_syncs: bool = False) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--site", str(site)]
+    cmd += ["--width", str(width)] + (["--count-syncs"] if count_syncs else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} width {width}: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fit_zero(widths: list[int], values: list[float]) -> tuple[float, float]:
+    """Least squares value = a + b x width: (a, b)."""
+    n = len(widths)
+    mx, my = sum(widths) / n, sum(values) / n
+    sxx = sum((x - mx) ** 2 for x in widths)
+    b = sum((x - mx) * (y - my) for x, y in zip(widths, values, strict=True)) / sxx
+    return my - b * mx, b
+
+
+def _summary(runs: list[dict], first: int) -> dict:
+    """Per timed step the least over the rounds (its segments from the round with the least
+    main-thread CPU), then the median over the timed steps (the run's own statistic)."""
+    per_step = []
+    for i in range(first, len(runs[0]["steps"])):
+        steps = [r["steps"][i] for r in runs]
+        best = min(steps, key=lambda s: s["main_thread_cpu_s"])
+        per_step.append(
+            {
+                **best,
+                "cpu_s": min(s["cpu_s"] for s in steps),
+                "wall_s": min(s["wall_s"] for s in steps),
+            }
+        )
+    median = {
+        k: statistics.median(s[k] for s in per_step)
+        for k in ("cpu_s", "main_thread_cpu_s", "wall_s")
+    }
+    median["segments_main_cpu_s"] = {
+        k: statistics.median(s["segments_main_cpu_s"][k] for s in per_step)
+        for k in per_step[0]["segments_main_cpu_s"]
+    }
+    prepared = [r["prepare_cpu_s"][first:] for r in runs if r["prepare_cpu_s"]]
+    if prepared:
+        median["prepare_cpu_s"] = statistics.median(min(p) for p in zip(*prepared, strict=True))
+    return {"per_step": per_step, "median": median}
+
+
+def replay(kind: str, site: Path, widths: tuple[int, ...], rounds: int) -> dict:
+    rows = []
+    for width in widths:
+        runs = [_run_child(kind, site, width) for _ in range(rounds)]
+        # the CLI: bench_engines' median of steps 2-4; the 1.5B: the calls after the warm-up
+        rows.append({"width": width, "arch": runs[0]["arch"], **_summary(runs, first=1)})
+        if "micro_batches" in runs[0]:
+            rows[-1]["micro_batches"] = runs[0]["micro_batches"]
+        print(json.dumps({"case": kind, "width": width, **rows[-1]["median"]}), flush=True)
+    ws = [r["width"] for r in rows]
+    fit = {}
+    for key in ("cpu_s", "main_thread_cpu_s", "wall_s", "prepare_cpu_s"):
+        if key in rows[0]["median"]:
+            a, b = _fit_zero(ws, [r["median"][key] for r in rows])
+            fit[key] = {"at_width_0": a, "per_width": b}
+    segments = {}
+    for seg in rows[0]["median"]["segments_main_cpu_s"]:
+        a, b = _fit_zero(ws, [r["median"]["segments_main_cpu_s"][seg] for r in rows])
+        segments[seg] = {"at_width_0": a, "per_width": b}
+    fit["segments_main_cpu_s"] = segments
+    counted = _run_child(kind, site, widths[0], count_syncs=True)
+    return {
+        "commit": COMMITS[kind],
+        "widths": rows,
+        "fit": fit,
+        "syncs_one_step": counted["syncs"],
+        "ops_one_step": counted["ops"],
+    }
+
+
+def host_speed(site: Path, rounds: int) -> dict:
+    """The H200 machine's host-only rows against this machine's (the least over rounds)."""
+    runs = [_run_child("host_speed", site, 0)["cpu_ms"] for _ in range(rounds)]
+    rows = {}
+    for name, h200_ms in H200_HOST_ROWS_MS.items():
+        here = min(r[name] for r in runs)
+        rows[name] = {"h200_host_ms": h200_ms, "here_ms": here, "h200_over_here": h200_ms / here}
+    ratio = statistics.median(r["h200_over_here"] for r in rows.values())
+    print(json.dumps({"host_speed_h200_over_here": ratio}), flush=True)
+    return {"commit": COMMITS["step_1b"], "rows": rows, "median_h200_over_here": ratio}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--site", help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count-syncs", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.child, Path(args.site), args.width, args.count_syncs)))
+        return 0
+    import torch
+
+    widths = tuple(int(w) for w in args.widths.split(","))
+    result: dict = {"meta": {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}}
+    result["meta"]["cpu"] = _cpu_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.cases.split(","):
+            commit = COMMITS["step_1b" if kind == "host_speed" else kind]
+            site = Path(tmp) / commit / "_site"
+            if not site.exists():
+                site = extract(commit, Path(tmp))
+            if kind == "host_speed":
+                result[kind] = host_speed(site, args.rounds)
+            else:
+                result[kind] = replay(kind, site, widths, args.rounds)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
