@@ -106,7 +106,15 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   machine's host may be faster or slower (not measured); compiled layers are given the eager
   figure (an upper bound). It binds where the kernels are small (our 1.5B H200 step: 16 layers
   of 2.5-3.5K tokens) and in no row of the table (the host under half the GPU time; the most,
-  the recipe's 4K-token micro-batches at 7B on an H200).
+  the recipe's 4K-token micro-batches at 7B on an H200; with both constants x 2 no row moves).
+  The calibration's two measured steps are modelled from their whole step's host time
+  instead (``_replayed_host``): each replayed with the code of the commit that ran it
+  (bench/bench_host_replay.py, results/host_replay.json: the run's data, packing, model depth,
+  micro-batches, loss, clipping, AdamW and logging at tiny widths, one thread, CUDA-only
+  kernels as one-op CPU stand-ins), between its host syncs, extrapolated to width 0, times
+  the H200 host's measured slowness against this CPU (1.28: the suite's host-only packing
+  rows timed there and here); combined with the modelled GPU time by ``synced_step_s``: the
+  sum over the sync-separated segments of max(host, GPU).
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
 grad, m, v in and out, bf16 weight out; 28 with fp32 weights) over its 1/n shard; ZeRO-1
 all-reduces fp32 gradients and all-gathers bf16 weights at the boundary, not overlapped;
@@ -133,10 +141,13 @@ memory <= 0.95 x the card's memory as nvidia-smi reports it (81,559 / 143,771 Mi
 Calibration (``--calibrate``): our H200 rows (attention, the loss, the 1.5B step, the 1.06B
 CLI step) and the published anchors (torchtitan Llama-3.1-8B, llm-foundry MPT-7B, Megatron-LM's
 "up to 47%" as a ceiling), each modelled with its own shape, workload, levers and card as it
-ran (our two steps' micro-batches replayed on the CPU with the code of the commit that measured
-them; torchtitan's on its own H100s: 2.4 TB/s HBM2e, 500 W, peak between NVL's and SXM's);
-two constants are fitted, each to one row that is then marked as checking nothing; the host
-rate is measured, not fitted; the misses are printed with what the model leaves out.
+ran (our two steps' micro-batches and host time replayed on the CPU with the code of the
+commit that measured them; torchtitan's on its own H100s: 2.4 TB/s HBM2e, 500 W, peak between
+NVL's and SXM's); two constants are fitted, each to one row that is then marked as checking
+nothing; the host time is measured, not fitted; the misses are printed with what the model
+leaves out (our two H200 steps: -34% and -40% with host and GPU overlapped between syncs,
++18% and +5% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
+not replayed, bench/RESULTS.md).
 """
 
 from __future__ import annotations

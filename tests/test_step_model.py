@@ -139,3 +139,32 @@ def test_host_overhead_counts_more_ops_unfused_and_recomputed():
     assert ops["liger", False] < ops["hf", False]
     assert ops["liger", False] < ops["liger", True]
     assert ops["hf", False] < ops["hf", True]
+
+
+def test_synced_step_overlaps_only_between_syncs():
+    """Between two host syncs host and GPU overlap (the segment takes the longer); across a
+    sync they add: one segment is max(host, GPU), more syncs never make a step faster, and no
+    split is slower than host + GPU."""
+    host, gpu = [0.03, 0.01, 0.02], [0.01, 0.04, 0.02]
+    assert sm.synced_step_s([sum(host)], [sum(gpu)]) == pytest.approx(max(sum(host), sum(gpu)))
+    assert sm.synced_step_s(host, gpu) == pytest.approx(0.03 + 0.04 + 0.02)
+    assert max(sum(host), sum(gpu)) <= sm.synced_step_s(host, gpu) <= sum(host) + sum(gpu)
+
+
+def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
+    """The 1.5B and CLI rows take their host time from bench_host_replay's JSON, one figure per
+    sync-separated segment (4: three loss-plan nonzeros + the end; 3 periods of the CLI), and
+    that host time is within a factor of two of the per-layer constants' figure."""
+    replay = json.loads(sm.HOST_REPLAY.read_text())
+    assert replay["cli"]["commit"] == "de58a14" and replay["step_1b"]["commit"] == "3d82f92"
+    for case, layers, per_layer in (
+        ("step_1b", 3 * sm.LLAMA_1B.layers, sm.HOST_LAYER_S),
+        ("cli", sm.CLI_1B.layers, sm.HOST_LAYER_S + sm.HOST_RERUN_S),
+    ):
+        host, bound = sm._replayed_host(case)
+        assert len(host) == 4 and all(h > 0 for h in host) and sum(host) < bound
+        assert 0.5 < sum(host) / (layers * per_layer) < 2
+    rows = {r["what"]: r for r in _rows(capsys, "--calibrate", "--json")}
+    for what, r in rows.items():
+        if "1.5B train step" in what or "CLI step" in what:
+            assert "host replayed" in r["note"], what
