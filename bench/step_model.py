@@ -112,7 +112,7 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   (bench/bench_host_replay.py, results/host_replay.json: the run's data, packing, model depth,
   micro-batches, loss, clipping, AdamW and logging at tiny widths, one thread, CUDA-only
   kernels as one-op CPU stand-ins), between its host syncs, extrapolated to width 0, times
-  the H200 host's measured slowness against this CPU (1.28: the suite's host-only packing
+  the H200 host's measured slowness against this CPU (1.24: the suite's host-only packing
   rows timed there and here); combined with the modelled GPU time by ``synced_step_s``: the
   sum over the sync-separated segments of max(host, GPU).
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
@@ -145,8 +145,8 @@ ran (our two steps' micro-batches and host time replayed on the CPU with the cod
 commit that measured them; torchtitan's on its own H100s: 2.4 TB/s HBM2e, 500 W, peak between
 NVL's and SXM's); two constants are fitted, each to one row that is then marked as checking
 nothing; the host time is measured, not fitted; the misses are printed with what the model
-leaves out (our two H200 steps: -34% and -40% with host and GPU overlapped between syncs,
-+18% and +5% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
+leaves out (our two H200 steps: -34% and -37% with host and GPU overlapped between syncs,
++15% and +9% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
 not replayed, bench/RESULTS.md).
 """
 

@@ -154,7 +154,7 @@ def test_synced_step_overlaps_only_between_syncs():
 def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
     """The 1.5B and CLI rows take their host time from bench_host_replay's JSON, one figure per
     sync-separated segment (4: three loss-plan nonzeros + the end; 3 periods of the CLI), and
-    that host time is within a factor of two of the per-layer constants' figure."""
+    that host time is within a factor of 2.5 of the per-layer constants' figure."""
     replay = json.loads(sm.HOST_REPLAY.read_text())
     assert replay["cli"]["commit"] == "de58a14" and replay["step_1b"]["commit"] == "3d82f92"
     for case, layers, per_layer in (
@@ -163,7 +163,7 @@ def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
     ):
         host, bound = sm._replayed_host(case)
         assert len(host) == 4 and all(h > 0 for h in host) and sum(host) < bound
-        assert 0.5 < sum(host) / (layers * per_layer) < 2
+        assert 0.4 < sum(host) / (layers * per_layer) < 2.5
     rows = {r["what"]: r for r in _rows(capsys, "--calibrate", "--json")}
     for what, r in rows.items():
         if "1.5B train step" in what or "CLI step" in what:
