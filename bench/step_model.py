@@ -102,11 +102,12 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   eager decoder layer's forward + backward (4.5 ms) and of its recomputed forward (1.9 ms),
   MEASURED on this project's CPU (bench/bench_host_overhead.py: transformers' layer at tiny
   widths, where the kernels cost nothing; one thread; the mean of the Liger / Hugging Face and
-  bf16 / autocast variants, which differ by less than the shared machine's noise); the GPU
-  machine's host may be faster or slower (not measured); compiled layers are given the eager
-  figure (an upper bound). It binds where the kernels are small (our 1.5B H200 step: 16 layers
-  of 2.5-3.5K tokens) and in no row of the table (the host under half the GPU time; the most,
-  the recipe's 4K-token micro-batches at 7B on an H200; with both constants x 2 no row moves).
+  bf16 / autocast variants, which differ by less than the shared machine's noise); the H200
+  machine's host ran such work 1.24x slower than this CPU (below); compiled layers are given
+  the eager figure (an upper bound). It binds where the kernels are small (micro-batches of a
+  few thousand tokens at 1-2B) and in no row of the table (the host under half the GPU time;
+  the most, the recipe's 4K-token micro-batches at 7B on an H200; with both constants x 2 no
+  row moves).
   The calibration's two measured steps are modelled from their whole step's host time
   instead (``_replayed_host``): each replayed with the code of the commit that ran it
   (bench/bench_host_replay.py, results/host_replay.json: the run's data, packing, model depth,
