@@ -1,0 +1,134 @@
+"""In what precision DeepSpeed sums a step's gradients, measured: 2 gloo ranks, bf16 weights,
+the DeepSpeed config ``deepspeed_config`` builds, 17 micro-batches and one SGD step (lr 1, from
+zero weights, no clipping), so the fp32 master weight after the step is minus the summed
+gradient. Each element's per-rank, per-micro-batch gradients are powers of two (exact in bf16):
+
+- ``accumulate`` elements: 1 on both ranks in the first micro-batch, then 2^-10 on both ranks
+  in 16 more (sum 2 + 2^-5). Each micro-batch's cross-rank sum is exact in bf16; a bf16 running
+  sum stays at 2 (2 + 2^-9 rounds back to 2), an fp32 one is exact;
+- ``reduce`` elements: 1 on rank 0 and 2^-10 on rank 1 in the first micro-batch, then 0 (sum
+  1 + 2^-10): the cross-rank sum is exact in fp32 and rounds to 1 in bf16.
+
+So the accumulate error says the dtype of the sums over micro-batches, the reduce error that of
+the cross-rank reduction (DeepSpeed's ``communication_data_type``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_distributed import REPO_ROOT, _free_port
+
+MICRO_BATCHES = 17
+SMALL = 2.0**-10
+ELEMENTS = 64  # even indices: accumulate; odd: reduce
+# (name, overrides, extra DeepSpeed config): what the shipped config does at each stage, and
+# the same with bf16 sums or a bf16 reduction asked for, to show the test sees them
+CASES = [
+    ("zero1", ["distributed.zero_stage=1"], {}),
+    ("zero2", ["distributed.zero_stage=2"], {}),
+    ("zero3", ["distributed.zero_stage=3"], {}),
+    ("zero2_offload", ["distributed.zero_stage=2", "distributed.offload_optimizer=true"], {}),
+    ("zero2_bf16_sums", ["distributed.zero_stage=2", "distributed.fp32_grad_accum=false"], {}),
+    ("zero3_bf16_sums", ["distributed.zero_stage=3", "distributed.fp32_grad_accum=false"], {}),
+    ("zero2_bf16_reduce", ["distributed.zero_stage=2"], {"communication_data_type": "bf16"}),
+    ("zero1_bf16_reduce", ["distributed.zero_stage=1"], {"communication_data_type": "bf16"}),
+]
+
+
+def gradients(rank: int, micro_batch: int) -> torch.Tensor:
+    """This rank's gradient in ``micro_batch`` (the module docstring's pattern)."""
+    g = torch.zeros(ELEMENTS, dtype=torch.float64)
+    g[0::2] = 1.0 if micro_batch == 0 else SMALL
+    if micro_batch == 0:
+        g[1::2] = 1.0 if rank == 0 else SMALL
+    return g
+
+
+def exact_sum(world: int = 2) -> torch.Tensor:
+    return sum(gradients(r, m) for r in range(world) for m in range(MICRO_BATCHES))
+
+
+class Probe(torch.nn.Module):
+    """``sum(w * x)``: its gradient is ``x``, computed exactly in bf16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(ELEMENTS, dtype=torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.w * x).sum()
+
+
+def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
+    """The summed gradient one SGD step applied (every rank), and the config it ran with."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from reflectioncoder.config_loader import load_config
+    from reflectioncoder.train.distributed import DistInfo, deepspeed_config
+
+    run = load_config(
+        base="tiny",
+        overrides=["data.files=[x.jsonl]", "model.dtype=bf16", "optim.grad_clip=0", *overrides],
+    )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
+    config = {**deepspeed_config(run, info), **extra, "zero_force_ds_cpu_optimizer": False}
+    module = Probe()
+    sgd = torch.optim.SGD(module.parameters(), lr=1.0)
+    engine, *_ = deepspeed.initialize(model=module, optimizer=sgd, config=config)
+    for m in range(MICRO_BATCHES):
+        engine.set_gradient_accumulation_boundary(m == MICRO_BATCHES - 1)
+        loss = engine(gradients(rank, m).to(torch.bfloat16))
+        engine.backward(loss * world, scale_wrt_gas=False)  # as DeepSpeedEngine: sums, not means
+    engine.step()
+    summed = -safe_get_full_fp32_param(engine.module.w).double()
+    described = {"types": [str(t) for t in engine.get_data_types()]}
+    described["optimizer"] = type(engine.optimizer).__name__
+    described["communication_data_type"] = str(engine.communication_data_type)
+    engine.destroy()
+    return summed, described
+
+
+def errors(summed: torch.Tensor) -> dict:
+    """The largest absolute error of each kind of element against the float64 sum."""
+    err = (summed - exact_sum()).abs()
+    return {"accumulate": err[0::2].max().item(), "reduce": err[1::2].max().item()}
+
+
+@pytest.mark.slow
+def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
+    out = tmp_path / "sums.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    args += [f"--master_port={_free_port()}", __file__, str(out)]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    got = json.loads(out.read_text())
+    for name in ("zero1", "zero2", "zero3", "zero2_offload"):  # as shipped: fp32 throughout
+        assert got[name]["errors"] == {"accumulate": 0.0, "reduce": 0.0}, (name, got[name])
+        assert got[name]["types"] == ["torch.bfloat16", "torch.float32"], got[name]
+    # bf16 sums lose the 16 small gradients; a bf16 reduction the small rank's
+    for name in ("zero2_bf16_sums", "zero3_bf16_sums"):
+        assert got[name]["errors"]["accumulate"] == 2 * (MICRO_BATCHES - 1) * SMALL, got[name]
+    for name in ("zero2_bf16_reduce", "zero1_bf16_reduce"):
+        assert got[name]["errors"] == {"accumulate": 0.0, "reduce": SMALL}, got[name]
+
+
+if __name__ == "__main__":  # one process per rank under torchrun
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    results = {}
+    for name, overrides, extra in CASES:
+        summed, described = run_case(overrides, extra)
+        results[name] = {"errors": errors(summed), **described}
+    if int(os.environ["RANK"]) == 0:
+        with open(sys.argv[1], "w") as f:
+            json.dump(results, f, indent=1)
+        print(json.dumps(results, indent=1))
