@@ -261,10 +261,12 @@ class DistributedConfig:
     ZeRO-1/2 on CUDA when the weights, gradients and optimizer states leave no room for even
     fully checkpointed activations (``activation_checkpointing.needs_offload``), else off."""
     fp32_grad_accum: bool | str = "auto"
-    """Accumulate gradients over micro-batches in fp32 when the weights are bf16 (DeepSpeed's
-    BF16 optimizer, ZeRO-1; with an offloaded optimizer, an fp32 partition on the GPU).
-    ``auto``: on at ZeRO-1, off at ZeRO-2/3 (DeepSpeed's own). One process always does: its
-    engine owns the fp32 sums."""
+    """Sum a step's gradients over micro-batches and ranks in fp32 when the weights are bf16,
+    under DeepSpeed ZeRO-1/2/3: ``data_types.grad_accum_dtype`` fp32 (ZeRO-1: the BF16
+    optimizer's full fp32 gradient; ZeRO-2/3 and offloaded: an fp32 gradient partition, 1/ranks
+    of them) and ``communication_data_type`` fp32 (the cross-rank sum; twice bf16's bytes).
+    ``auto``: on at ZeRO-1/2/3 (DeepSpeed's ZeRO-0 cannot). One process always does: its engine
+    owns the fp32 sums."""
     timeout_minutes: int = 30
     """Collective timeout."""
 
@@ -293,11 +295,6 @@ class DistributedConfig:
             self.fp32_grad_accum in (True, False, "auto"),
             "distributed.fp32_grad_accum",
             f"must be true | false | auto, got {self.fp32_grad_accum!r}",
-        )
-        _check(
-            self.fp32_grad_accum is not True or self.zero_stage in (0, 1),
-            "distributed.fp32_grad_accum",
-            f"needs distributed.zero_stage 1 (DeepSpeed's BF16 optimizer), got {self.zero_stage}",
         )
         _check(
             self.timeout_minutes > 0,

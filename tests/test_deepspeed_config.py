@@ -68,13 +68,34 @@ def test_offload_flag_and_fp32_grad_accum(tmp_path):
     run = _run(tmp_path, None, "distributed.offload_optimizer=true", "distributed.zero_stage=2")
     assert offloads_optimizer(deepspeed_config(run, INFO))
     assert not offloads_optimizer(deepspeed_config(_run(tmp_path, None), INFO))
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("setting", ["auto", "true", "false"])
+def test_fp32_sums_at_every_zero_stage(tmp_path, stage, setting):
+    """bf16 weights: fp32 sums over micro-batches and over ranks unless turned off
+    (tests/test_zero_fp32_sums.py measures what DeepSpeed does with them); the BF16
+    optimizer's immediate update at ZeRO-1 only."""
+    sets = ("model.dtype=bf16", f"distributed.zero_stage={stage}")
+    cfg = deepspeed_config(
+        _run(tmp_path, None, *sets, f"distributed.fp32_grad_accum={setting}"), INFO
+    )
+    if setting == "false":
+        assert "data_types" not in cfg and "communication_data_type" not in cfg
+        return
+    assert cfg["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert cfg["communication_data_type"] == "fp32"
+    assert cfg["bf16"].get("immediate_grad_update", False) == (stage == 1)
+    told = _run(tmp_path, {"communication_data_type": "bf16"}, *sets)
+    assert deepspeed_config(told, INFO)["communication_data_type"] == "bf16"  # the JSON's
+
+
+def test_fp32_sums_need_a_zero_stage(tmp_path):
     bf16 = ("model.dtype=bf16", "distributed.fp32_grad_accum=true")
-    run = _run(tmp_path, None, *bf16, "distributed.zero_stage=1")
-    assert deepspeed_config(run, INFO)["data_types"] == {"grad_accum_dtype": "fp32"}
-    with pytest.raises(ValueError, match="distributed.fp32_grad_accum"):
-        _run(tmp_path, None, "distributed.fp32_grad_accum=true", "distributed.zero_stage=2")
-    with pytest.raises(ConfigError, match="needs ZeRO stage 1 under DeepSpeed"):
+    with pytest.raises(ConfigError, match="distributed.fp32_grad_accum: needs ZeRO stage 1-3"):
         deepspeed_config(_run(tmp_path, None, *bf16), INFO)  # tiny: zero_stage 0
+    fp32 = _run(tmp_path, None, "distributed.fp32_grad_accum=true", "distributed.zero_stage=0")
+    assert "data_types" not in deepspeed_config(fp32, INFO)  # fp32 weights: nothing to do
 
 
 def test_34b_launch_config_fills(monkeypatch):

@@ -26,6 +26,7 @@ from test_distributed import REPO_ROOT, _free_port
 MICRO_BATCHES = 17
 SMALL = 2.0**-10
 ELEMENTS = 64  # even indices: accumulate; odd: reduce
+HIDDEN = 8  # ZeRO's reduce bucket: HIDDEN^2 = ELEMENTS (BUCKETS_FROM_HIDDEN)
 # (name, overrides, extra DeepSpeed config): what the shipped config does at each stage, and
 # the same with bf16 sums or a bf16 reduction asked for, to show the test sees them
 CASES = [
@@ -33,6 +34,7 @@ CASES = [
     ("zero2", ["distributed.zero_stage=2"], {}),
     ("zero3", ["distributed.zero_stage=3"], {}),
     ("zero2_offload", ["distributed.zero_stage=2", "distributed.offload_optimizer=true"], {}),
+    ("zero1_offload", ["distributed.zero_stage=1", "distributed.offload_optimizer=true"], {}),
     ("zero2_bf16_sums", ["distributed.zero_stage=2", "distributed.fp32_grad_accum=false"], {}),
     ("zero3_bf16_sums", ["distributed.zero_stage=3", "distributed.fp32_grad_accum=false"], {}),
     ("zero2_bf16_reduce", ["distributed.zero_stage=2"], {"communication_data_type": "bf16"}),
@@ -78,21 +80,59 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
     )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
-    config = {**deepspeed_config(run, info), **extra, "zero_force_ds_cpu_optimizer": False}
+    config = {
+        **deepspeed_config(run, info, hidden_size=HIDDEN),
+        **extra,
+        "zero_force_ds_cpu_optimizer": False,
+    }
     module = Probe()
     sgd = torch.optim.SGD(module.parameters(), lr=1.0)
     engine, *_ = deepspeed.initialize(model=module, optimizer=sgd, config=config)
+    described = {}
     for m in range(MICRO_BATCHES):
         engine.set_gradient_accumulation_boundary(m == MICRO_BATCHES - 1)
         loss = engine(gradients(rank, m).to(torch.bfloat16))
         engine.backward(loss * world, scale_wrt_gas=False)  # as DeepSpeedEngine: sums, not means
+        if m in (0, MICRO_BATCHES - 1):
+            described["gradient_bytes_" + ("last" if m else "between")] = gradient_bytes(engine)
     engine.step()
     summed = -safe_get_full_fp32_param(engine.module.w).double()
-    described = {"types": [str(t) for t in engine.get_data_types()]}
+    described["types"] = [str(t) for t in engine.get_data_types()]
     described["optimizer"] = type(engine.optimizer).__name__
     described["communication_data_type"] = str(engine.communication_data_type)
     engine.destroy()
     return summed, described
+
+
+def gradient_bytes(engine) -> dict[str, int]:
+    """Bytes of gradient storage a rank holds after a step's last backward, by dtype: the
+    parameter's ``.grad`` / ``.grad_accum`` and every tensor the ZeRO optimizer keeps in an
+    attribute named for gradients or reduce buckets (lists and dicts of them too)."""
+    seen, held = set(), {}
+
+    def add(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.numel() and obj.untyped_storage().data_ptr() not in seen:
+                seen.add(obj.untyped_storage().data_ptr())
+                key = str(obj.dtype)
+                held[key] = held.get(key, 0) + obj.untyped_storage().nbytes()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                add(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                add(v)
+        elif hasattr(obj, "buffer"):  # an IPG bucket
+            add(obj.buffer)
+        elif hasattr(obj, "flat_partition"):
+            add(obj.flat_partition)
+
+    w = engine.module.w
+    add([w.grad, getattr(w, "grad_accum", None)])
+    for name, value in vars(engine.optimizer).items():
+        if "grad" in name or "ipg" in name:
+            add(value)
+    return held
 
 
 def errors(summed: torch.Tensor) -> dict:
@@ -110,7 +150,13 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     got = json.loads(out.read_text())
-    for name in ("zero1", "zero2", "zero3", "zero2_offload"):  # as shipped: fp32 throughout
+    for name in (
+        "zero1",
+        "zero2",
+        "zero3",
+        "zero2_offload",
+        "zero1_offload",
+    ):  # as shipped: fp32 throughout
         assert got[name]["errors"] == {"accumulate": 0.0, "reduce": 0.0}, (name, got[name])
         assert got[name]["types"] == ["torch.bfloat16", "torch.float32"], got[name]
     # bf16 sums lose the 16 small gradients; a bf16 reduction the small rank's

@@ -351,23 +351,38 @@ def deepspeed_config(
     cfg["bf16"], cfg["fp16"] = bf16, fp16
     fp32_accum = run.distributed.fp32_grad_accum
     if fp32_accum == "auto":
-        fp32_accum = zero["stage"] == 1
+        fp32_accum = zero["stage"] >= 1
     if fp32_accum and bf16["enabled"]:
-        if zero["stage"] != 1:
+        if zero["stage"] == 0:
             raise ConfigError(
-                f"needs ZeRO stage 1 under DeepSpeed (its BF16 optimizer), got {zero['stage']}",
+                "needs ZeRO stage 1-3 under DeepSpeed (its stage 0 sums in the weights' dtype)",
                 field="distributed.fp32_grad_accum",
             )
-        cfg["data_types"] = dict(cfg.get("data_types", {}), grad_accum_dtype="fp32")
-        if not offloads_optimizer({"zero_optimization": zero}):
-            # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
-            # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
-            bf16.setdefault("immediate_grad_update", True)
+        _fp32_sums(cfg, bf16, stage=zero["stage"], offload=offloads_optimizer(cfg))
     cfg["zero_allow_untested_optimizer"] = True
     leftover = [k for k, v in cfg.items() if v == "auto"]
     if leftover:
         raise ValueError(f"distributed.deepspeed_config: cannot fill 'auto' for {leftover}")
     return cfg
+
+
+def _fp32_sums(cfg: dict[str, Any], bf16: dict[str, Any], stage: int, offload: bool) -> None:
+    """bf16 weights, fp32 gradient sums (tests/test_zero_fp32_sums.py measures each stage).
+
+    ``grad_accum_dtype`` fp32: ZeRO-1 runs DeepSpeed's BF16 optimizer (a full fp32 gradient per
+    rank); ZeRO-2 adds each micro-batch's reduced gradient into an fp32 partition
+    (stage_1_and_2.py, the "compact grad partition buffer"), ZeRO-3 its reduce-scattered one
+    (stage3.py ``partition_grads``), so both sum micro-batches in fp32 over 1/ranks. Without it
+    ZeRO-2/3 sum in bf16. ``communication_data_type`` fp32: the cross-rank sum, which DeepSpeed
+    otherwise runs in bf16 at every stage (ZeRO-1 too: its fp32 sums are cast to bf16 for the
+    all-reduce); twice the bytes, overlapped with the backward at ZeRO-2/3."""
+    cfg["data_types"] = dict(cfg.get("data_types", {}), grad_accum_dtype="fp32")
+    if cfg.get("communication_data_type", "auto") == "auto":
+        cfg["communication_data_type"] = "fp32"
+    if stage == 1 and not offload:
+        # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
+        # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
+        bf16.setdefault("immediate_grad_update", True)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
