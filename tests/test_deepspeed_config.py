@@ -1,5 +1,6 @@
 """The DeepSpeed JSON as users bring it: its optimizer section honoured or refused by name, an
-offload device (JSON or flag) selecting DeepSpeed's CPU Adam, fp32 gradient accumulation."""
+offload device (JSON or flag) selecting DeepSpeed's CPU Adam, fp32 gradient sums at ZeRO-1/2/3,
+reduce buckets sized from the model."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def test_optimizer_section_refused_by_name(tmp_path, section, message):
     assert "ds.json: optimizer" in str(err.value)
 
 
-def test_offload_flag_and_fp32_grad_accum(tmp_path):
+def test_offload_flag(tmp_path):
     run = _run(tmp_path, None, "distributed.offload_optimizer=true", "distributed.zero_stage=2")
     assert offloads_optimizer(deepspeed_config(run, INFO))
     assert not offloads_optimizer(deepspeed_config(_run(tmp_path, None), INFO))
@@ -133,7 +134,7 @@ def test_zero2_overlaps_its_reduction_unless_told(tmp_path):
     assert deepspeed_config(told, INFO)["zero_optimization"]["overlap_comm"] is False
 
 
-def test_zero3_buckets_sized_from_the_model(monkeypatch):
+def test_buckets_sized_from_the_model(monkeypatch):
     """configs/ds_zero3.json's "auto" buckets: sized from D as transformers sizes them (they
     were dropped for DeepSpeed's defaults); without a model (set-up before it is built) too."""
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
@@ -147,8 +148,12 @@ def test_zero3_buckets_sized_from_the_model(monkeypatch):
     assert "reduce_bucket_size" not in deepspeed_config(run, INFO)["zero_optimization"]
     zero = deepspeed_config(_run_stage(3), INFO, hidden_size=64)["zero_optimization"]
     assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64**2)
-    zero1 = deepspeed_config(_run_stage(1), INFO, hidden_size=64)["zero_optimization"]
-    assert "reduce_bucket_size" not in zero1  # left out below stage 3: DeepSpeed's default
+    for stage in (1, 2):  # the reduce bucket at every stage; the stage-3 keys only there
+        zero = deepspeed_config(_run_stage(stage), INFO, hidden_size=64)["zero_optimization"]
+        assert zero["reduce_bucket_size"] == 64**2
+        assert not any(key.startswith("stage3_") for key in zero)
+    zero0 = deepspeed_config(_run_stage(0), INFO, hidden_size=64)["zero_optimization"]
+    assert "reduce_bucket_size" not in zero0
 
 
 def _run_stage(stage: int):

@@ -10,7 +10,15 @@ gradient. Each element's per-rank, per-micro-batch gradients are powers of two (
   1 + 2^-10): the cross-rank sum is exact in fp32 and rounds to 1 in bf16.
 
 So the accumulate error says the dtype of the sums over micro-batches, the reduce error that of
-the cross-rank reduction (DeepSpeed's ``communication_data_type``)."""
+the cross-rank reduction (DeepSpeed's ``communication_data_type``).
+
+Also recorded: the gradient storage a rank holds after a micro-batch's backward (the bucket is
+ELEMENTS elements, 1/2 of them a rank's partition): ZeRO-1 the BF16 optimizer's full fp32
+gradient (4 bytes an element); ZeRO-2 an fp32 partition (4 / 2); ZeRO-3 an fp32 partition and
+its reduce bucket, which is fp32 when the reduction is (4 / 2 + 4); ZeRO-1 with an offloaded
+optimizer a full fp32 ``grad_accum`` per parameter, an fp32 partition and an fp32 bucket
+(4 + 4 / 2 + 4). bench/step_model.py's memory (``activation_checkpointing.resident_bytes``)
+counts these."""
 
 from __future__ import annotations
 
@@ -159,6 +167,11 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
     ):  # as shipped: fp32 throughout
         assert got[name]["errors"] == {"accumulate": 0.0, "reduce": 0.0}, (name, got[name])
         assert got[name]["types"] == ["torch.bfloat16", "torch.float32"], got[name]
+    # fp32 gradient bytes a rank holds between micro-batches (module docstring)
+    e = ELEMENTS
+    held = {"zero1": 4 * e, "zero2": 2 * e, "zero3": 2 * e + 4 * e, "zero1_offload": 10 * e}
+    for name, want in held.items():
+        assert got[name]["gradient_bytes_between"]["torch.float32"] == want, (name, got[name])
     # bf16 sums lose the 16 small gradients; a bf16 reduction the small rank's
     for name in ("zero2_bf16_sums", "zero3_bf16_sums"):
         assert got[name]["errors"]["accumulate"] == 2 * (MICRO_BATCHES - 1) * SMALL, got[name]

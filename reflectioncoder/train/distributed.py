@@ -304,7 +304,8 @@ def deepspeed_config(
     (the optimizer section's values reach AdamW through ``optim_with_deepspeed_section``).
     ZeRO-2 overlaps its gradient reduction with the backward (``overlap_comm``) unless the JSON
     says otherwise. With ``hidden_size`` (the engine's model), ZeRO's bucket sizes given as
-    "auto", and at stage 3 also those left out, are sized from it (``BUCKETS_FROM_HIDDEN``).
+    "auto" or left out (the stage-3 ones at stage 3) are sized from it (``BUCKETS_FROM_HIDDEN``).
+    bf16 weights sum their gradients in fp32 unless told otherwise (``_fp32_sums``).
     """
     raw = _user_json(run)
     dtype = resolve_dtype(run.model.dtype, info.device)
@@ -331,7 +332,10 @@ def deepspeed_config(
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     for key, size in BUCKETS_FROM_HIDDEN.items():
         stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3
-        wanted = zero.get(key) == "auto" or (key not in zero and stage3)
+        # DeepSpeed's own reduce bucket (5e8 elements) is 1 GB of bf16 twice over at ZeRO-2
+        # (overlap_comm), and 2 GB of fp32 at ZeRO-1 offloaded (tests/test_zero_fp32_sums.py)
+        reduce = key == "reduce_bucket_size" and zero["stage"] >= 1
+        wanted = zero.get(key) == "auto" or (key not in zero and (stage3 or reduce))
         if hidden_size and wanted and (stage3 or not stage3_key):
             zero[key] = size(hidden_size)
     for key, value in list(zero.items()):
