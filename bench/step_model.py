@@ -26,9 +26,10 @@ modelled the same way on the same card and GPU count.
 The recipe on one H100 does not fit (118.8 GiB: ZeRO-1 in one process partitions nothing, so
 bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 121 GB for
 6.7B, before activations). To run it there a user would have to add DeepSpeed's ZeRO-Offload
-(``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB, 1.864 samples/s
-modelled, against 1.883 for the unrunnable recipe row, so our default's ratio over it is
-2.04x, not the 2.02x printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
+(``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 69.6 GiB with the gradient
+memory of fp32 sums, an upper bound for the recipe's bf16 ones; 1.898 samples/s modelled, against
+1.917 for the unrunnable recipe row, so our default's ratio over it is 1.63x, not the 1.62x
+printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
 written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens
@@ -76,14 +77,18 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   parameter) in each forward and recompute; Hugging Face's eager ops (the recipe: RMSNorm in
   fp32 in five passes, rotate_half's slices and cat, SiLU and the product apart) EW_HF = 2.5x
   the bytes of Liger's fused RMSNorm / RoPE / SwiGLU;
-- gradient accumulation into fp32: 10 bytes a parameter per micro-batch (1/n of it once
-  ZeRO-2/3 have reduce-scattered, plus 4 bytes of the bf16 gradient);
+- summing gradients in fp32 (``distributed.fp32_grad_accum: auto``, on at every engine; fp32
+  sums over micro-batches and over ranks, measured on the CPU by tests/test_zero_fp32_sums.py):
+  GRAD_SUM_BYTES of HBM traffic a parameter per micro-batch, as each engine runs it (10 in one
+  process; 18 at ZeRO-1; 24 + 18/n at ZeRO-2 and 22 + 12/n at ZeRO-3, the bucket copies, casts
+  and averaging of DeepSpeed's reduction included);
 - collectives at NCCL_BUS = 360 GB/s bus bandwidth (nccl-tests on 8 x H100 SXM, NVLink 4;
-  H200 the same), ring volumes ((n-1)/n of the bytes; all-reduce twice): ZeRO-2 reduce-scatters
-  bf16 gradients each micro-batch; ZeRO-3 all-gathers bf16 weights for the forward, each
-  recomputed forward and the backward, and reduce-scatters gradients; with overlap (ZeRO-2's
-  overlap_comm, ZeRO-3's prefetch) OVERLAP = 0.8 of it hides behind compute (never more than the
-  compute);
+  H200 the same), ring volumes ((n-1)/n of the bytes; all-reduce twice): ZeRO-2 all-reduces
+  each micro-batch's gradients in fp32 (DeepSpeed's default ``use_multi_rank_bucket_allreduce``
+  all-reduces each bucket and keeps the rank's slice: twice a reduce-scatter's volume, and fp32
+  twice bf16's bytes); ZeRO-3 all-gathers bf16 weights for the forward, each recomputed forward
+  and the backward, and reduce-scatters fp32 gradients; with overlap (ZeRO-2's overlap_comm,
+  ZeRO-3's prefetch) OVERLAP = 0.8 of it hides behind compute (never more than the compute);
 - activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
   time is that of ``save_gemms`` (its element-wise ops rerun) plus what the compute stream waits
   for the copies (``offload_exposed_s``): one side stream a GPU, each offloaded layer's bytes
@@ -118,7 +123,8 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   sum over the sync-separated segments of max(host, GPU).
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
 grad, m, v in and out, bf16 weight out; 28 with fp32 weights) over its 1/n shard; ZeRO-1
-all-reduces fp32 gradients and all-gathers bf16 weights at the boundary, not overlapped;
+all-reduces fp32 gradients (``communication_data_type`` fp32: DeepSpeed's own would cast them
+to bf16) and all-gathers bf16 weights at the boundary, not overlapped;
 ZeRO-2 all-gathers the weights. With the optimizer offloaded (ZeRO-Offload) instead: the fp32
 gradient shard to the host and the bf16 weights back over each GPU's PCIe link (PCIE), and the
 host's CPU Adam over all P parameters (CPU_ADAM_PARAMS_S, the host shared by every rank), not
@@ -127,7 +133,9 @@ overlapped; both rates ASSUMED (constants' comments), not measured.
 Memory per GPU (``activation_checkpointing.resident_bytes``, the function the trainer plans
 with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at
 ZeRO-1 (the BF16 optimizer frees each bf16 gradient once added) and under autocast, bf16 2P +
-fp32 4P for ``local``, 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an offloaded optimizer;
+fp32 4P for ``local``, an fp32 partition 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an
+offloaded optimizer, where ZeRO-1 also keeps a whole fp32 sum 4P (DeepSpeed's ``grad_accum``:
+the gradient bytes each stage holds are measured by tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
 policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
@@ -177,6 +185,27 @@ EW_HF = 2.5
 KL_BYTES_PER_LOGIT = 70
 NCCL_BUS = 360e9
 OVERLAP = 0.8
+# HBM bytes a parameter per micro-batch to sum gradients in fp32 (bf16 weights), by engine:
+# (on every element, on the 1/n a rank owns), as the engines run them
+# (tests/test_zero_fp32_sums.py proves the sums fp32):
+# - local: the bf16 gradient added into the master's fp32 one (2 + 4 in, 4 out);
+# - zero1: DeepSpeed's BF16 optimizer casts it to fp32 (2 in, 4 out), then adds (12);
+# - zero2: copied into the bucket (4), averaged (4), flattened (4), cast to fp32 (6), all-reduced,
+#   the fp32 result copied back (6); the owned slice added into the fp32 partition (12) and
+#   into the bucket (6) (stage_1_and_2.py average_tensor / allreduce_bucket);
+# - zero3: copied into the bucket, fp32 when the reduction is (6), interleaved (8) and averaged
+#   (8) for the reduce-scatter; the owned piece added into the fp32 partition (12)
+#   (stage3.py __add_grad_to_ipg_bucket, reduce_scatter_coalesced, partition_grads).
+# - fsdp (the calibration's torchtitan and llm-foundry runs, which reduce-scatter in fp32 and
+#   do not accumulate): the bf16 gradient cast into the fp32 reduce-scatter input (6; none
+#   with fp32 weights under autocast) and divided (8), the owned shard divided (8).
+GRAD_SUM_BYTES = {"local": (10, 0), "zero1": (18, 0), "zero2": (24, 18), "zero3": (22, 12)}
+GRAD_SUM_BYTES["fsdp"] = (14, 8)
+# the same in bf16 (``fp32_sums`` off): autograd's bf16 sum at ZeRO-1 (6); at ZeRO-2 the bucket
+# copy, averaging and flattening (12), the owned slice copied back and added in bf16 (10); at
+# ZeRO-3 the bucket copy, interleaving and averaging (12), the owned piece added (6)
+BF16_SUM_BYTES = {"local": (10, 0), "zero1": (6, 0), "zero2": (12, 10), "zero3": (12, 6)}
+BF16_SUM_BYTES["fsdp"] = GRAD_SUM_BYTES["fsdp"]
 OPT_BYTES = {"masters": 30, "autocast": 28}
 FIXED_BYTES = ac.RESERVE_FIXED
 MEMORY = {"H100": 81559 * 2**20, "H200": 143771 * 2**20}  # what nvidia-smi reports
@@ -275,6 +304,11 @@ class Levers:
     # its backward calls the kernel's own with the forward's out and lse (OP_KERNEL_BACKWARD;
     # FA3's reruns); ``rerun``: the backward runs the forward again (every backend before)
     attention_op: str = "kernel"
+    # distributed.fp32_grad_accum under DeepSpeed: sums over micro-batches and ranks in fp32
+    # (auto, as shipped) or in bf16 (the authors' DeepSpeed config, which sets no data_types);
+    # memory is counted as with fp32 sums (measured: bf16 sums at ZeRO-1 hold as many bytes,
+    # a bf16 gradient and a bf16 sum; at ZeRO-3 2P/n fewer)
+    fp32_sums: bool = True
 
 
 @dataclass(frozen=True)
@@ -307,11 +341,11 @@ def recipe_workload(sample_len: int = SAMPLE_LEN) -> Workload:
     return Workload((sample_len, sample_len), 2 * sample_len, 1.0)
 
 
-RECIPE = Levers("full", "masters", False, "fa2", "full_logits", False, "hf")
+RECIPE = Levers("full", "masters", False, "fa2", "full_logits", False, "hf", fp32_sums=False)
 
 
 def _stage(engine: str) -> int:
-    return {"local": 0, "zero1": 1, "zero2": 2, "zero3": 3}[engine]
+    return {"local": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[engine]
 
 
 def default_levers(arch: Arch, card: str, gpus: int, engine: str, work: Workload) -> Levers:
@@ -449,13 +483,17 @@ def predict(
     fwd_layer += 4 * square / layers / (peak * ATTN_EFF[levers.attention]) + ew_layer
     bwd_layer = 2 * fwd_layer + (1 if "offload" in plan else 0) * ew_layer
     offload = offload_exposed_s(plan, t, arch.hidden, gpus, fwd_layer, bwd_layer)
-    shard = gpus if engine in ("zero2", "zero3") else 1
-    accum = (10 * params / shard + (4 * params if shard > 1 else 0)) / hbm
+    whole, owned = (GRAD_SUM_BYTES if levers.fp32_sums else BF16_SUM_BYTES)[engine]
+    if engine == "fsdp" and levers.precision == "autocast":
+        whole -= 6
+    shard = gpus if _stage(engine) >= 2 else 1
+    accum = (whole + owned / shard) * params / hbm
+    grad_bytes = 4 if levers.fp32_sums else 2  # DeepSpeed's communication_data_type
     comm = 0.0
-    if engine == "zero2":
-        comm = _ring(2 * params, gpus)
-    elif engine == "zero3":
-        comm = _ring(2 * params, gpus) * (3 + rec)
+    if engine == "zero2":  # DeepSpeed all-reduces each bucket (module docstring)
+        comm = 2 * _ring(grad_bytes * params, gpus)
+    elif _stage(engine) == 3:  # bf16 weights gathered, gradients reduce-scattered
+        comm = _ring(2 * params, gpus) * (2 + rec) + _ring(grad_bytes * params, gpus)
     compute = gemm + attn + loss.predicted_ms / 1e3 + elementwise + accum
     # the GPU cannot run ahead of the host that issues its kernels (module docstring)
     busy = max(compute, layers * (HOST_LAYER_S + ew_rerun * HOST_RERUN_S))
@@ -468,7 +506,7 @@ def predict(
     else:
         boundary = OPT_BYTES[levers.precision] * params / opt_shard / hbm
     if engine == "zero1":
-        boundary += 2 * _ring(4 * params, gpus) + _ring(2 * params, gpus)
+        boundary += 2 * _ring(grad_bytes * params, gpus) + _ring(2 * params, gpus)
     elif engine == "zero2":
         boundary += _ring(2 * params, gpus)
     micro_batches = work.samples_per_step / (work.samples * gpus)
@@ -570,6 +608,8 @@ def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
         out.append((f"offload={flip}", replace(base, offload=not base.offload)))
     if engine in ("zero2", "zero3"):
         out.append(("overlap=off", replace(base, overlap=False)))
+    if engine != "local":  # one process always sums in fp32
+        out.append(("fp32_sums=off", replace(base, fp32_sums=False)))
     return out
 
 
@@ -757,7 +797,7 @@ def _titan_tps(compiled: bool, card: str = TITAN_H100.name) -> float:
     work = Workload((8192, 8192), 16384, 2, samples_per_step=16, kl=False)
     levers = Levers("alternate", "masters", compiled, "fa2", "full_logits", True, "hf")
     levers = replace(levers, attention_op="kernel")  # torch.compile of their model: no op of ours
-    return 16 * 8192 / _step_s(LLAMA31_8B, card, 8, "zero3", levers, work) / 8
+    return 16 * 8192 / _step_s(LLAMA31_8B, card, 8, "fsdp", levers, work) / 8
 
 
 def _titan_note(compiled: bool) -> str:
@@ -827,7 +867,7 @@ def calibration_rows() -> list[dict]:
             "llm-foundry MPT-7B, 8 x H100, seq 2048, micro 6, no AC",
             "tokens/s/GPU",
             10643,
-            48 * 2048 / _step_s(MPT_7B, "H100", 8, "zero3", mpt, mpt_2k) / 8,
+            48 * 2048 / _step_s(MPT_7B, "H100", 8, "fsdp", mpt, mpt_2k) / 8,
             "FITTED: GEMM_EFF is set from this row, so it checks nothing; "
             + FOUNDRY
             + " (46.44% MFU by its count)",
@@ -838,7 +878,7 @@ def calibration_rows() -> list[dict]:
             8611,
             256
             * 4096
-            / _step_s(MPT_7B, "H100", 8, "zero3", replace(mpt, checkpointing="full"), mpt_4k)
+            / _step_s(MPT_7B, "H100", 8, "fsdp", replace(mpt, checkpointing="full"), mpt_4k)
             / 8,
             FOUNDRY + " (40.42% MFU by its count)",
         ),

@@ -63,7 +63,11 @@ HOST_DMA_BYTES_S = 0.5 * 614e9
 # context, cuBLAS workspaces, the loss's chunk workspace, the allocator's fragmentation.
 RESERVE_FIXED = 3 * 2**30
 RESERVE_SHARE = 0.05
-BUCKET_BYTES = 2**30  # ZeRO's reduce buckets (ZeRO-2/3, and ZeRO-1/2 with an offloaded optimizer)
+# ZeRO's reduce buckets (ZeRO-2/3, and ZeRO-1/2 with an offloaded optimizer): D x D elements
+# (distributed.BUCKETS_FROM_HIDDEN), two bf16 buffers and an fp32 copy to reduce (0.17 GB at
+# D = 4096), and an offloaded optimizer's bf16 buffer of the largest parameter (the embedding:
+# 0.26 GB at 7B); 1 GiB covers them
+BUCKET_BYTES = 2**30
 
 
 def kept_bytes(policy: str, tokens: int, hidden: int, element_bytes: int = 2) -> float:
@@ -179,10 +183,14 @@ def resident_bytes(
 
     bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
     fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
-    and the buckets at stage 2-3 and with an offloaded optimizer; fp32 master weights, m and v
-    over 1/ranks (m and v under autocast), none on the device when offloaded."""
+    and the buckets at stage 2-3 and with an offloaded optimizer, where stage 1 also keeps a
+    whole fp32 sum per parameter (DeepSpeed's ``grad_accum``; measured by
+    tests/test_zero_fp32_sums.py); fp32 master weights, m and v over 1/ranks (m and v under
+    autocast), none on the device when offloaded."""
     weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
-    if stage >= 2 or offload:
+    if stage == 1 and offload:
+        grads = 4 * params + 4 * params / ranks + BUCKET_BYTES
+    elif stage >= 2 or offload:
         grads = 4 * params / ranks + BUCKET_BYTES
     elif stage == 1 or autocast:  # DeepSpeed's BF16 optimizer frees each bf16 gradient once added
         grads = 4 * params

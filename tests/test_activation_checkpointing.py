@@ -60,7 +60,9 @@ def test_resident_bytes_by_engine():
     assert resident_bytes(P, stage=0, ranks=1) == pytest.approx(P * (2 + 6 + 12))
     assert resident_bytes(P, stage=0, ranks=1, autocast=True) == pytest.approx(16 * P)
     offloaded = resident_bytes(P, stage=1, ranks=1, offload=True)
-    assert offloaded == pytest.approx(6 * P + 2**30)
+    # stage 1 offloaded: DeepSpeed's whole fp32 grad_accum beside the fp32 partition
+    assert offloaded == pytest.approx(10 * P + 2**30)
+    assert resident_bytes(P, stage=2, ranks=1, offload=True) == pytest.approx(6 * P + 2**30)
     assert resident_bytes(P, stage=3, ranks=8) == pytest.approx(P * (2 + 4 + 12) / 8 + 2**30)
 
 
@@ -70,7 +72,7 @@ def test_one_h100_offloads_and_eight_do_not():
     memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
                       stage=1, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
     plan = memory.layers
-    assert memory.offload and "full" in plan and "save_gemms" in plan and memory.fits
+    assert memory.offload and "full" in plan and set(plan) != {"full"} and memory.fits
     budget = activation_budget(H100, resident_bytes(P, stage=1, ranks=1, offload=True))
     assert activation_bytes(plan, T, D) == memory.activation_bytes <= budget == memory.budget_bytes
     # one process cannot offload: a 7B does not fit one 80 GB GPU, and the plan says so
