@@ -12,7 +12,8 @@ rows, as ``paper_preset`` runs on CUDA: ``model.checkpointing_policy: auto`` (ea
 the trainer plans it: reflectioncoder/activation_checkpointing.py, ``offload`` layers as far
 as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on under CUDA),
 bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
-BF16 optimizer at ZeRO-1, each bf16 gradient freed once added), ``offload_optimizer: auto`` (on
+BF16 optimizer at ZeRO-1, each bf16 gradient freed once added; an fp32 partition at ZeRO-2/3;
+the cross-rank sums in fp32 too), ``offload_optimizer: auto`` (on
 where weights + gradients + states leave no room for fully checkpointed activations),
 torch's varlen attention (FA2-class: the default's kernel as CI installs it), the fused loss,
 DeepSpeed's overlap where the stage has it), then one lever changed at a time (``lever``), then
