@@ -10,7 +10,8 @@ gradient. Each element's per-rank, per-micro-batch gradients are powers of two (
   1 + 2^-10): the cross-rank sum is exact in fp32 and rounds to 1 in bf16.
 
 So the accumulate error says the dtype of the sums over micro-batches, the reduce error that of
-the cross-rank reduction (DeepSpeed's ``communication_data_type``).
+the cross-rank reduction (DeepSpeed's ``communication_data_type``). With an offloaded optimizer,
+a step with a NaN gradient is skipped and the next one applies (``drop_skipped_sums``).
 
 Also recorded: the gradient storage a rank holds after a micro-batch's backward (the bucket is
 ELEMENTS elements, 1/2 of them a rank's partition): ZeRO-1 the BF16 optimizer's full fp32
@@ -112,6 +113,45 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
     return summed, described
 
 
+def skipped_step_then_clean(overrides: list[str]) -> list[bool]:
+    """Two steps with an offloaded optimizer, the first with a NaN gradient on rank 1: whether
+    each was applied, ``drop_skipped_sums`` run after a skipped one as ``DeepSpeedEngine`` runs
+    it, and whether the weights stayed finite."""
+    import deepspeed
+
+    from reflectioncoder.config_loader import load_config
+    from reflectioncoder.train.distributed import DistInfo, deepspeed_config, drop_skipped_sums
+
+    run = load_config(
+        base="tiny", overrides=["data.files=[x.jsonl]", "model.dtype=bf16", *overrides]
+    )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
+    config = {
+        **deepspeed_config(run, info, hidden_size=HIDDEN),
+        "zero_force_ds_cpu_optimizer": False,
+    }
+    module = Probe()
+    engine, *_ = deepspeed.initialize(
+        model=module, optimizer=torch.optim.SGD(module.parameters(), lr=1.0), config=config
+    )
+    applied = []
+    for step in range(2):
+        for m in range(3):
+            engine.set_gradient_accumulation_boundary(m == 2)
+            x = gradients(rank, m).to(torch.bfloat16)
+            if step == 0 and m == 1 and rank == 1:
+                x[3] = float("nan")
+            engine.backward(engine(x) * world, scale_wrt_gas=False)
+        engine.step()
+        applied.append(bool(engine.was_step_applied()))
+        if not applied[-1]:
+            drop_skipped_sums(engine.optimizer)
+    applied.append(bool(torch.isfinite(engine.module.w).all()))
+    engine.destroy()
+    return applied
+
+
 def gradient_bytes(engine) -> dict[str, int]:
     """Bytes of gradient storage a rank holds after a step's last backward, by dtype: the
     parameter's ``.grad`` / ``.grad_accum`` and every tensor the ZeRO optimizer keeps in an
@@ -177,6 +217,9 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
         assert got[name]["errors"]["accumulate"] == 2 * (MICRO_BATCHES - 1) * SMALL, got[name]
     for name in ("zero2_bf16_reduce", "zero1_bf16_reduce"):
         assert got[name]["errors"] == {"accumulate": 0.0, "reduce": SMALL}, got[name]
+    # offloaded: a NaN step is skipped, and the next one applies (DeepSpeed alone skips it too)
+    for name in ("zero1_offload", "zero2_offload"):
+        assert got["skipped_then_clean"][name] == [False, True, True], got["skipped_then_clean"]
 
 
 if __name__ == "__main__":  # one process per rank under torchrun
@@ -187,6 +230,11 @@ if __name__ == "__main__":  # one process per rank under torchrun
     for name, overrides, extra in CASES:
         summed, described = run_case(overrides, extra)
         results[name] = {"errors": errors(summed), **described}
+    results["skipped_then_clean"] = {
+        name: skipped_step_then_clean(overrides)
+        for name, overrides, _ in CASES
+        if name in ("zero1_offload", "zero2_offload")
+    }
     if int(os.environ["RANK"]) == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f, indent=1)

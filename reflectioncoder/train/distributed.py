@@ -810,7 +810,10 @@ class DeepSpeedEngine:
         norm = float("nan") if norm is None else float(norm)
         # The one host sync per optimizer step (logging).
         host = stats.tolist()
-        return StepResult(host, norm, bool(self.engine.was_step_applied()))
+        applied = bool(self.engine.was_step_applied())
+        if not applied:
+            drop_skipped_sums(self.optimizer)
+        return StepResult(host, norm, applied)
 
     @property
     def offloads_optimizer(self) -> bool:
@@ -872,6 +875,17 @@ class DeepSpeedEngine:
         if self.config["zero_optimization"].get("stage", 0) == 3:
             return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
         return _unwrap(self.engine.module.state_dict())
+
+
+def drop_skipped_sums(zero_optimizer: Any) -> None:
+    """After a skipped (non-finite) step: DeepSpeed 0.19.8's ZeRO-1/2 with an offloaded
+    optimizer keeps that step's fp32 gradient partition (stage_1_and_2.py ``step`` resets only
+    its host buffers on overflow), so the NaN would be summed into every later step and skip
+    it too (tests/test_zero_fp32_sums.py). Drop it, as DeepSpeed does without offload."""
+    sums = getattr(zero_optimizer, "averaged_gradients", None)
+    if getattr(zero_optimizer, "cpu_offload", False) and isinstance(sums, dict):
+        for key in sums:
+            sums[key] = None
 
 
 # Where DeepSpeed's ZeRO 1-2, ZeRO-3 and BF16 optimizers keep their flat fp32 partitions.
