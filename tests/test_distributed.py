@@ -185,13 +185,23 @@ def _torchrun_cli(overrides: list[str]) -> subprocess.CompletedProcess:
             "deepspeed ZeRO-2, AdamW, weights torch.bfloat16, grad accumulation torch.float32",
             3e-2,
         ),
+        (
+            ["distributed.zero_stage=3", "model.dtype=bf16"],
+            "deepspeed ZeRO-3, AdamW, weights torch.bfloat16, grad accumulation torch.float32",
+            3e-2,
+        ),
     ],
-    ids=["zero2-offload-cpu-adam", "zero1-bf16-fp32-grad-accum", "zero2-bf16-fp32-sums"],
+    ids=[
+        "zero2-offload-cpu-adam",
+        "zero1-bf16-fp32-grad-accum",
+        "zero2-bf16-fp32-sums",
+        "zero3-bf16-fp32-sums",
+    ],
 )
 def test_two_ranks_offload_and_fp32_accumulation(tmp_path, seed, extra, expect, rel):
     """ZeRO-Offload runs DeepSpeed's CPU Adam (the first build of the op takes minutes) and
     logs one process's losses; bf16 weights with fp32 gradient sums (ZeRO-1: DeepSpeed's BF16
-    optimizer; ZeRO-2: an fp32 partition, by default) log one bf16 process's losses to bf16
+    optimizer; ZeRO-2/3: an fp32 partition, by default) log one bf16 process's losses to bf16
     precision."""
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
     single, multi = tmp_path / "single", tmp_path / "multi"
