@@ -10,16 +10,18 @@ runs that commit's own code on the CPU as the run went: for the CLI step bench_e
 model, toy data, tokenizer and ``reflectioncoder train`` overrides (the CLI, its planning and
 packing on the background thread, the teacher-CE logging pass, clipping, foreach AdamW,
 metrics), steps 2-4 of 4; for the 1.5B step the suite's prepared micro-batches, model and
-AdamW, one warm-up call and ``STEP_1B_ROUNDS`` timed calls. Depth, heads' ratio,
-micro-batches and tokens are the run's; the hidden size is tiny (``WIDTHS``: 4, 8, 16; below
-16 / 32 wide the heads are as many as the width, head size 1, the GQA ratio kept; the MLP
-scaled with it) so that the kernels cost little and the CPU time is what the host spends
-issuing the work. One thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``). Per step:
-the process's CPU time (``process_time``: the background packing thread included), the main
+AdamW, one warm-up call and ``STEP_1B_ROUNDS`` timed calls. Depth, micro-batches and tokens
+are the run's; the hidden size is tiny (``WIDTHS``: 2, 4, 8; the heads as many as the width,
+head size 1, the KV heads a quarter of them as run, at least one; the MLP scaled with the
+width) so that the kernels cost little and the CPU time is what the host spends issuing the
+work. One thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``). Per step: the
+process's CPU time (``process_time``: the background packing thread included), the main
 thread's (``thread_time``) and wall time; per width the median over the steps the run timed
 (steps 2-4; the suite's median of its calls), the least of ``--rounds`` fresh processes. The
 host at width 0 is extrapolated (least squares, linear in the width: what the CPU kernels
-still cost at these widths grows with T x width); the smallest width is an upper bound.
+still cost at these widths grows with T x width); the smallest width is an upper bound. The
+main thread's CPU is also split by where it is spent (``PARTS``: the layers' forward, the
+loss calls, backward, clipping, AdamW, the metrics; the rest is the step's glue).
 
 CUDA-only kernels run as one-op CPU stand-ins (one launch each), the Python around them as it
 ran: Liger's RMSNorm / RoPE / SwiGLU (bench_host_overhead's stand-ins: one op forward, two
@@ -51,7 +53,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDTHS = (4, 8, 16)
+WIDTHS = (2, 4, 8)
 COMMITS = {"cli": "de58a14", "step_1b": "3d82f92"}
 CASES = (*COMMITS, "host_speed")
 STEP_1B_ROUNDS = 5  # the headline profile's rounds (bench/profiles.py at 3d82f92)
@@ -88,12 +90,55 @@ class _Marks:
     def __init__(self) -> None:
         self.marks: list[tuple[str, float]] = []
         self.prepare_cpu: list[float] = []
+        self.parts: dict[str, float] = {}
 
     def mark(self, name: str) -> None:
         self.marks.append((name, time.thread_time()))
 
+    def clear(self) -> None:
+        self.marks.clear()
+        self.parts = dict.fromkeys(PARTS.values(), 0.0)
+
+    def timed(self, owner, name: str) -> None:
+        """``owner.name`` wrapped: its main-thread CPU added to its part of the step."""
+        fn, label = getattr(owner, name), PARTS[name]
+
+        def wrapper(*args, **kwargs):
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.parts[label] += time.thread_time() - t0
+
+        setattr(owner, name, wrapper)
+
 
 MARKS = _Marks()
+# The step's host work by where it is spent (main thread; the rest: planning's hand-off, the
+# batch to the device, the step's bookkeeping, AdamW's zero_grad, Python between the calls).
+PARTS = {
+    "forward_hidden": "layers forward (forward_hidden)",
+    "reflection_loss": "loss (reflection_loss: plan, chunks; the CLI's teacher-CE pass too)",
+    "backward": "backward (loss.backward: recompute, layers, loss)",
+    "clip_grad_norm_": "clip_grad_norm_",
+    "step": "AdamW step",
+    "log": "metrics log",
+}
+
+
+def _time_parts(optimizer_cls, logger_cls=None) -> None:
+    """Time each part of PARTS where the commit's code calls it (by module attribute)."""
+    import torch
+
+    import reflectioncoder.loss
+    import reflectioncoder.model
+
+    MARKS.timed(reflectioncoder.model, "forward_hidden")
+    MARKS.timed(reflectioncoder.loss, "reflection_loss")
+    MARKS.timed(torch.Tensor, "backward")
+    MARKS.timed(optimizer_cls, "step")
+    if logger_cls is not None:
+        MARKS.timed(logger_cls, "log")
 
 
 def _step_row(step: int, tokens: int, c0: float, w0: float) -> dict:
@@ -109,6 +154,7 @@ def _step_row(step: int, tokens: int, c0: float, w0: float) -> dict:
         "main_thread_cpu_s": t[-1] - t[0],
         "wall_s": wall,
         "segments_main_cpu_s": segments,
+        "parts_main_cpu_s": dict(MARKS.parts),
     }
 
 
@@ -256,7 +302,9 @@ def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
     clip = torch.nn.utils.clip_grad_norm_
 
     def clip_then_mark(*args, **kwargs):
+        t0 = time.thread_time()
         out = clip(*args, **kwargs)
+        MARKS.parts[PARTS["clip_grad_norm_"]] += time.thread_time() - t0
         MARKS.mark("tolist after clipping")  # the next line's .tolist() drains the GPU
         return out
 
@@ -267,7 +315,7 @@ def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
         return out
 
     def train_step(self):
-        MARKS.marks.clear()
+        MARKS.clear()
         c0, w0 = time.process_time(), time.perf_counter()
         MARKS.mark("start")
         counting = counter is not None and self.step == 1  # the second step, as timed ones
@@ -296,8 +344,10 @@ def _cli_child(width: int, counter: _SyncSites | None) -> dict:
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.tokenizer import train_tokenizer
     from reflectioncoder.train import trainer
+    from reflectioncoder.train.metrics import MetricsLogger
 
     rows = _wrap_trainer(trainer.Trainer, counter)
+    _time_parts(torch.optim.AdamW, MetricsLogger)
     arch = {
         "hidden_size": width,
         "intermediate_size": round(width * CLI_INTERMEDIATE_PER_HIDDEN),
@@ -308,7 +358,8 @@ def _cli_child(width: int, counter: _SyncSites | None) -> dict:
         folder = Path(tmp)  # bench_engines._prepare at de58a14: 48 samples x 4 steps
         data = write_toy_jsonl(folder / "toy.jsonl", 48 * 4, seed=0, generation_fraction=0.0)
         tok = train_tokenizer(data.read_text().splitlines(), vocab_size=400)
-        model = build_tiny_llama(len(tok), num_kv_heads=arch["num_heads"] // 4, seed=0, **arch)
+        kv_heads = max(1, arch["num_heads"] // 4)  # bench_engines' heads // 4 (1 at width 2)
+        model = build_tiny_llama(len(tok), num_kv_heads=kv_heads, seed=0, **arch)
         model.config._attn_implementation = "sdpa"
         model.save_pretrained(str(folder / "model"))
         tok.save_pretrained(str(folder / "model"))
@@ -352,7 +403,7 @@ def _step_1b_child(width: int, counter: _SyncSites | None) -> dict:
     from bench.providers import train_step as T
 
     heads = min(32, width)
-    shape = dict(hidden=width, heads=heads, kv_heads=heads // 4, intermediate=4 * width)
+    shape = dict(hidden=width, heads=heads, kv_heads=max(1, heads // 4), intermediate=4 * width)
     cfg = T.TrainStepConfig(**{**PROFILES["headline"].train_step, **shape}, device="cpu")
     cfg = dataclasses.replace(cfg, dtype="bf16")
     build = rm.build_tiny_llama
@@ -361,6 +412,7 @@ def _step_1b_child(width: int, counter: _SyncSites | None) -> dict:
     # 128K vocabulary would cost the CPU far more than their one GEMM launch; the chunks, one
     # per micro-batch at either size under the GPU's budget, and so the ops, are the same.
     rm.build_tiny_llama = lambda vocab, **kw: build(STEP_1B_VOCAB, **kw)
+    _time_parts(torch.optim.AdamW)
     model, opt, data, step = T.setup_provider("ours", cfg)
     rm.build_tiny_llama = build
     for group in opt.param_groups:
@@ -375,7 +427,7 @@ def _step_1b_child(width: int, counter: _SyncSites | None) -> dict:
     ]
     rows = []
     for i in range(1 + STEP_1B_ROUNDS):  # the suite: one warm-up call, then the timed ones
-        MARKS.marks.clear()
+        MARKS.clear()
         c0, w0 = time.process_time(), time.perf_counter()
         MARKS.mark("start")
         with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
@@ -480,6 +532,10 @@ def _summary(runs: list[dict], first: int) -> dict:
         k: statistics.median(s["segments_main_cpu_s"][k] for s in per_step)
         for k in per_step[0]["segments_main_cpu_s"]
     }
+    median["parts_main_cpu_s"] = {
+        k: statistics.median(s["parts_main_cpu_s"][k] for s in per_step)
+        for k in per_step[0]["parts_main_cpu_s"]
+    }
     prepared = [r["prepare_cpu_s"][first:] for r in runs if r["prepare_cpu_s"]]
     if prepared:
         median["prepare_cpu_s"] = statistics.median(min(p) for p in zip(*prepared, strict=True))
@@ -506,6 +562,11 @@ def replay(kind: str, site: Path, widths: tuple[int, ...], rounds: int) -> dict:
         a, b = _fit_zero(ws, [r["median"]["segments_main_cpu_s"][seg] for r in rows])
         segments[seg] = {"at_width_0": a, "per_width": b}
     fit["segments_main_cpu_s"] = segments
+    parts = {}
+    for part in rows[0]["median"]["parts_main_cpu_s"]:
+        a, b = _fit_zero(ws, [r["median"]["parts_main_cpu_s"][part] for r in rows])
+        parts[part] = {"at_width_0": a, "per_width": b}
+    fit["parts_main_cpu_s"] = parts
     counted = _run_child(kind, site, widths[0], count_syncs=True)
     return {
         "commit": COMMITS[kind],
@@ -530,7 +591,7 @@ def host_speed(site: Path, rounds: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", default=None)

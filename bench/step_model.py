@@ -105,21 +105,22 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   forward plus the rerun;
 - the host: the GPU cannot run ahead of the CPU that issues its kernels, so a micro-batch takes
   at least layers x (HOST_LAYER_S + the recomputed share x HOST_RERUN_S), the CPU time of one
-  eager decoder layer's forward + backward (4.5 ms) and of its recomputed forward (1.9 ms),
+  eager decoder layer's forward + backward (1.2 ms) and of its recomputed forward (1.5 ms),
   MEASURED on this project's CPU (bench/bench_host_overhead.py: transformers' layer at tiny
-  widths, where the kernels cost nothing; one thread; the mean of the Liger / Hugging Face and
-  bf16 / autocast variants, which differ by less than the shared machine's noise); the H200
-  machine's host ran such work 1.24x slower than this CPU (below); compiled layers are given
-  the eager figure (an upper bound). It binds where the kernels are small (micro-batches of a
-  few thousand tokens at 1-2B) and in no row of the table (the host under half the GPU time;
-  the most, the recipe's 4K-token micro-batches at 7B on an H200; with both constants x 2 no
-  row moves).
+  widths, where the kernels cost nothing, attention one op as one varlen launch; one thread;
+  the mean of the Liger / Hugging Face and bf16 / autocast variants, 0.9-1.4 ms and 2.0-3.2
+  ms with the rerun; it was 4.5 and 1.9 ms while a CPU SDPA's own compute was counted as
+  host time); a LOWER bound: the replayed steps' layers below issue 1.75x (bf16) and 2.0x
+  (autocast, recomputed) the same variant's figure, with their attention path's Python; the
+  H200 machine's host ran such work 1.26x slower than this CPU (below); compiled layers are
+  given the eager figure. It binds where the kernels are small (micro-batches of a few
+  hundred tokens at 1-2B) and in no row of the table (with both constants x 4 no row moves).
   The calibration's two measured steps are modelled from their whole step's host time
   instead (``_replayed_host``): each replayed with the code of the commit that ran it
   (bench/bench_host_replay.py, results/host_replay.json: the run's data, packing, model depth,
   micro-batches, loss, clipping, AdamW and logging at tiny widths, one thread, CUDA-only
   kernels as one-op CPU stand-ins), between its host syncs, extrapolated to width 0, times
-  the H200 host's measured slowness against this CPU (1.24: the suite's host-only packing
+  the H200 host's measured slowness against this CPU (1.26: the suite's host-only packing
   rows timed there and here); combined with the modelled GPU time by ``synced_step_s``: the
   sum over the sync-separated segments of max(host, GPU).
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
@@ -155,8 +156,8 @@ ran (our two steps' micro-batches and host time replayed on the CPU with the cod
 commit that measured them; torchtitan's on its own H100s: 2.4 TB/s HBM2e, 500 W, peak between
 NVL's and SXM's); two constants are fitted, each to one row that is then marked as checking
 nothing; the host time is measured, not fitted; the misses are printed with what the model
-leaves out (our two H200 steps: -34% and -37% with host and GPU overlapped between syncs,
-+15% and +9% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
+leaves out (our two H200 steps: -34% and -45% with host and GPU overlapped between syncs,
++11% and +1% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
 not replayed, bench/RESULTS.md).
 """
 

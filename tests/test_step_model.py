@@ -112,18 +112,20 @@ def test_auto_checkpointing_uses_the_memory_full_leaves():
 
 
 def test_the_host_bound_holds_only_where_the_kernels_are_small():
-    """The measured host time of eager layers binds a 1.5B model's 1K-token micro-batch, not
+    """The measured host time of eager layers binds a 1.5B model's 256-token micro-batch, not
     any model's default 16K-token one."""
     work = sm.reflection_workload()
     for arch in sm.ARCHS.values():
         levers = sm.default_levers(arch, "H100", 8, "zero1", work)
         assert sm.predict(arch, "H100", 8, "zero1", levers, work).split_s["host_bound"] == 0
-    small = sm.Workload((1024,), 512, 0.25, samples_per_step=0.25)
+    small = sm.Workload((256,), 128, 0.25, samples_per_step=0.25)
     levers = sm.Levers("none", compiled=False)
     pred = sm.predict(sm.LLAMA_1B, "H200", 1, "local", levers, small)
     assert pred.split_s["host_bound"] > 0
     assert pred.micro_s == pytest.approx(sm.LLAMA_1B.layers * sm.HOST_LAYER_S)
-    assert 0 < sm.HOST_RERUN_S < sm.HOST_LAYER_S
+    # a recomputed forward (checkpoint's hooks and the forward again) costs the host about
+    # what a plain forward + backward does
+    assert 0.5 * sm.HOST_LAYER_S < sm.HOST_RERUN_S < 2 * sm.HOST_LAYER_S
 
 
 def test_host_overhead_counts_more_ops_unfused_and_recomputed():
@@ -154,7 +156,7 @@ def test_synced_step_overlaps_only_between_syncs():
 def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
     """The 1.5B and CLI rows take their host time from bench_host_replay's JSON, one figure per
     sync-separated segment (4: three loss-plan nonzeros + the end; 3 periods of the CLI), and
-    that host time is within a factor of 2.5 of the per-layer constants' figure."""
+    that host time is above the per-layer constants' figure, within 4x."""
     replay = json.loads(sm.HOST_REPLAY.read_text())
     assert replay["cli"]["commit"] == "de58a14" and replay["step_1b"]["commit"] == "3d82f92"
     for case, layers, per_layer in (
@@ -163,7 +165,9 @@ def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
     ):
         host, bound = sm._replayed_host(case)
         assert len(host) == 4 and all(h > 0 for h in host) and sum(host) < bound
-        assert 0.4 < sum(host) / (layers * per_layer) < 2.5
+        # the replayed layers issue more than one bench_host_overhead layer (their attention
+        # path's Python, the step around them): the constants are the table's lower bound
+        assert 1 < sum(host) / (layers * per_layer) < 4
     rows = {r["what"]: r for r in _rows(capsys, "--calibrate", "--json")}
     for what, r in rows.items():
         if "1.5B train step" in what or "CLI step" in what:
