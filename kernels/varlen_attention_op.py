@@ -53,8 +53,9 @@ def _schema_names(op) -> frozenset[str]:
 
 
 def _takes(fn, names: set[str]) -> bool:
-    """``fn`` (a function, or a ``torch.library.custom_op``) takes every one of ``names``."""
-    return names <= _parameters(getattr(fn, "_init_fn", fn))
+    """``fn`` (a function, or a ``torch.library.custom_op``) exists and takes every one of
+    ``names`` (a version without it reruns; it must not fail the call)."""
+    return fn is not None and names <= _parameters(getattr(fn, "_init_fn", fn))
 
 
 def _module(name: str):
@@ -187,7 +188,8 @@ def varlen_attention_with_stats(
 @varlen_attention_with_stats.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend="auto"):
     resolved = resolve_backend(q, backend)
-    out = torch.empty_like(q)
+    # FA4 allocates its output contiguous; torch's and flash-attn 2's take q's strides.
+    out = q.new_empty(q.shape) if resolved == "flash_attn_4" else torch.empty_like(q)
     if not kernel_backward(resolved, q.shape[-1]):
         return out, _no_lse(q), _no_rng_state(q)
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)

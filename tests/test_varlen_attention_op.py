@@ -79,7 +79,9 @@ def _install_torch_varlen(stand_in: StandIn, monkeypatch) -> torch.library.Libra
     def backward(grad, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, dropout_p, is_causal,
                  rng_state, unused, *, scale=None, window_size_left=None,
                  window_size_right=None):  # fmt: skip
-        assert torch.equal(cu_q, cu_k) and rng_state.dtype == torch.uint64
+        assert torch.equal(cu_q, cu_k) and max_q == max_k and dropout_p == 0.0
+        assert rng_state.dtype == torch.uint64 and grad.is_contiguous()  # the op makes it so
+        assert (window_size_left, window_size_right) == ((-1, 0) if is_causal else (-1, -1))
         return stand_in.backward(grad, q, k, v, out, lse, cu_q, max_q, is_causal, scale)
 
     lib = torch.library.Library("aten", "IMPL")
@@ -88,32 +90,91 @@ def _install_torch_varlen(stand_in: StandIn, monkeypatch) -> torch.library.Libra
     return lib
 
 
+# flash-attn 2.7+ (torch >= 2.4) registers its internals as torch.library custom ops
+# (flash_attn::_flash_attn_varlen_forward / _backward); these have the same schemas (names,
+# types, defaults, dq / dk / dv mutated), so a misplaced or mistyped argument fails as it would
+# there. They run the current test's StandIn.
+_FA2_STAND_IN: list[StandIn] = []
+
+
+@torch.library.custom_op("rc_test_flash_attn::_flash_attn_varlen_forward", mutates_args=())
+def _fa2_varlen_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int = -1,
+    window_size_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    return_softmax: bool = False,
+    block_table: torch.Tensor | None = None,
+    leftpad_k: torch.Tensor | None = None,
+    seqused_k: torch.Tensor | None = None,
+    zero_tensors: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k) and max_seqlen_q == max_seqlen_k
+    assert dropout_p == 0.0 and softcap == 0.0 and alibi_slopes is None and not return_softmax
+    assert (window_size_left, window_size_right) == (-1, -1)  # causal sets the right side
+    out, lse = _FA2_STAND_IN[-1].forward(q, k, v, cu_seqlens_q, max_seqlen_q, causal,
+                                         softmax_scale)  # fmt: skip
+    return out, lse, q.new_empty(0), torch.zeros(2, dtype=torch.int64)
+
+
+@torch.library.custom_op(
+    "rc_test_flash_attn::_flash_attn_varlen_backward", mutates_args=("dq", "dk", "dv")
+)
+def _fa2_varlen_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    softmax_lse: torch.Tensor,
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
+    dv: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float,
+    softmax_scale: float,
+    causal: bool,
+    window_size_left: int,
+    window_size_right: int,
+    softcap: float,
+    alibi_slopes: torch.Tensor | None,
+    deterministic: bool,
+    rng_state: torch.Tensor | None = None,
+    zero_tensors: bool = False,
+) -> torch.Tensor:
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k) and max_seqlen_q == max_seqlen_k
+    assert dropout_p == 0.0 and softcap == 0.0 and alibi_slopes is None and not deterministic
+    assert (window_size_left, window_size_right) == (-1, -1) and rng_state.dtype == torch.int64
+    grads = _FA2_STAND_IN[-1].backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q,
+                                       max_seqlen_q, causal, softmax_scale)  # fmt: skip
+    for target, g in zip((dq, dk, dv), grads, strict=True):
+        target.copy_(g)  # flash-attn fills the dq, dk, dv it is given (GQA: dk, dv summed)
+    return softmax_lse.new_empty(0)
+
+
 def _install_flash_attn(stand_in: StandIn, monkeypatch) -> None:
-    """flash-attn 2.7+'s ``flash_attn_interface`` internals (the ``flashattn::`` ops)."""
-
-    def forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal,
-                window_size_left=-1, window_size_right=-1, softcap=0.0, alibi_slopes=None,
-                return_softmax=False, block_table=None, leftpad_k=None,
-                seqused_k=None):  # fmt: skip
-        assert cu_k is cu_q and dropout_p == 0.0
-        assert (window_size_left, window_size_right) == (-1, -1)
-        out, lse = stand_in.forward(q, k, v, cu_q, max_q, causal, softmax_scale)
-        return out, lse, torch.empty(0, dtype=q.dtype), torch.zeros(2, dtype=torch.int64)
-
-    def backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_q, cu_k, max_q, max_k,
-                 dropout_p, softmax_scale, causal, window_size_left, window_size_right, softcap,
-                 alibi_slopes, deterministic, rng_state=None):  # fmt: skip
-        assert cu_k is cu_q and rng_state.dtype == torch.int64 and softcap == 0.0
-        grads = stand_in.backward(dout, q, k, v, out, softmax_lse, cu_q, max_q, causal,
-                                  softmax_scale)  # fmt: skip
-        for target, g in zip((dq, dk, dv), grads, strict=True):
-            target.copy_(g)  # flash-attn fills the dq, dk, dv it is given
-        return torch.empty(0)
-
+    """flash-attn 2.7+'s ``flash_attn_interface`` internals: the custom op objects and their
+    ``torch.ops`` packets (``_wrapped_*``), as it binds them under torch >= 2.4."""
+    monkeypatch.setattr(sys.modules[__name__], "_FA2_STAND_IN", [stand_in])
     interface = types.ModuleType("flash_attn.flash_attn_interface")
-    interface._flash_attn_varlen_backward = backward
-    interface._wrapped_flash_attn_varlen_forward = forward
-    interface._wrapped_flash_attn_varlen_backward = backward
+    interface._flash_attn_varlen_forward = _fa2_varlen_forward
+    interface._flash_attn_varlen_backward = _fa2_varlen_backward
+    ops = torch.ops.rc_test_flash_attn
+    interface._wrapped_flash_attn_varlen_forward = ops._flash_attn_varlen_forward
+    interface._wrapped_flash_attn_varlen_backward = ops._flash_attn_varlen_backward
     parent = types.ModuleType("flash_attn")
     parent.flash_attn_interface = interface
     monkeypatch.setitem(sys.modules, "flash_attn", parent)
@@ -129,14 +190,16 @@ def _install_flash_attn_4(stand_in: StandIn, monkeypatch) -> None:
                         window_size_left=None, window_size_right=None, learnable_sink=None,
                         return_lse=False, **rest):  # fmt: skip
         assert cu_seqlens_k is cu_seqlens_q and return_lse and rest == {}
+        assert window_size_left is None and window_size_right is None  # causal: from the flag
         out, lse = stand_in.forward(q, k, v, cu_seqlens_q, max_seqlen_q, causal, softmax_scale)
-        return out, lse, None, None, None
+        return out.contiguous(), lse, None, None, None  # FA4 allocates out contiguous
 
     def _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=None, causal=False, softcap=0.0,
                         window_size_left=None, window_size_right=None, cu_seqlens_q=None,
                         cu_seqlens_k=None, seqused_q=None, seqused_k=None, max_seqlen_q=None,
                         max_seqlen_k=None, **rest):  # fmt: skip
-        assert cu_seqlens_k is cu_seqlens_q and rest == {}
+        assert cu_seqlens_k is cu_seqlens_q and rest == {}  # deterministic: False, as eager
+        assert window_size_left is None and window_size_right is None
         return stand_in.backward(dout, q, k, v, out, lse, cu_seqlens_q, max_seqlen_q, causal,
                                  softmax_scale)  # fmt: skip
 
@@ -183,18 +246,21 @@ def _packed(seqlens, hq, hkv, dh, dtype):
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_op_calls_the_kernels_backward_once(stand_in, seed, dtype) -> None:
-    # Causal packed sequences of several lengths, 6 query heads on 2 KV heads: one forward and
-    # one backward call per micro-batch (no forward rerun), gradients as the float64
-    # reference's within the dtype's tolerance, no graph break across two lengths.
+@pytest.mark.parametrize(
+    "dtype, causal", [(torch.float32, True), (torch.bfloat16, True), (torch.float32, False)]
+)
+def test_compiled_op_calls_the_kernels_backward_once(stand_in, seed, dtype, causal) -> None:
+    # Packed sequences of several lengths, 6 query heads on 2 KV heads (causal, and not: the
+    # flag reaches both kernels, apart from enable_gqa): one forward and one backward call per
+    # micro-batch (no forward rerun), gradients as the float64 reference's within the dtype's
+    # tolerance, no graph break across two lengths.
     backend, calls = stand_in
     torch._dynamo.reset()
     counters.clear()
 
     @torch.compile(backend="aot_eager", fullgraph=True, dynamic=True)
     def layer(q, k, v, cu, max_seqlen):
-        return varlen_attention_op(q, k, v, cu, max_seqlen, True, 0.3, "auto") * 2
+        return varlen_attention_op(q, k, v, cu, max_seqlen, causal, 0.3, "auto") * 2
 
     rng = random.Random(seed)
     for step in range(2):
@@ -205,11 +271,12 @@ def test_compiled_op_calls_the_kernels_backward_once(stand_in, seed, dtype) -> N
         grad_out = torch.randn_like(q)
         out.backward(grad_out)
         assert (len(calls.forwards), len(calls.backwards)) == (step + 1, step + 1)
-        assert calls.backwards[-1]["causal"] and calls.backwards[-1]["scale"] == 0.3
+        assert calls.forwards[-1]["causal"] is causal and calls.backwards[-1]["causal"] is causal
+        assert calls.backwards[-1]["scale"] == 0.3
         tol = TOLERANCE[dtype]
-        ref = 2 * varlen_attention_reference(q, k, v, seqlens, True, 0.3)
+        ref = 2 * varlen_attention_reference(q, k, v, seqlens, causal, 0.3)
         assert (out.double() - ref).abs().max() <= tol * ref.abs().max()
-        want = varlen_attention_reference_grad(2 * grad_out, q, k, v, seqlens, True, 0.3)
+        want = varlen_attention_reference_grad(2 * grad_out, q, k, v, seqlens, causal, 0.3)
         for name, a, b in zip("qkv", ours, want, strict=True):
             err = (a.grad.double() - b).abs().max() / b.abs().max()
             assert err <= tol, f"d{name}: max error {err:.2e} of max |d{name}|"
@@ -246,22 +313,121 @@ def test_compiled_layers_run_attention_once_per_layer(stand_in, seed) -> None:
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("backend", ["torch_varlen", "sdpa"])
-def test_op_and_its_fakes_agree(monkeypatch, request, backend) -> None:
-    # torch.library.opcheck: the fakes' shapes and dtypes (lse (Hq, T) fp32 and rng_state
-    # (2,) uint64 for torch's kernel; empty for the SDPA rerun) are the kernels', and the
-    # autograd registration and AOT dispatch (dynamic shapes) hold.
-    if backend == "torch_varlen":
-        lib = _install_torch_varlen(StandIn(), monkeypatch)
-        request.addfinalizer(lib._destroy)
-        monkeypatch.setattr(
-            va, "unavailable_reason", lambda b, *a, **kw: None if b == backend else "-"
-        )
+def test_op_and_its_fakes_agree(stand_in) -> None:
+    # torch.library.opcheck: the fakes' shapes, dtypes and strides are the kernels' (lse
+    # (Hq, T) fp32; rng_state (2,) uint64 for torch's, (2,) int64 for flash-attn 2's, empty for
+    # FA4's; out as each allocates it: FA4's contiguous, the others with q's strides, here q
+    # laid out head-major), and the autograd registration and AOT dispatch (dynamic shapes)
+    # hold.
+    backend, _ = stand_in
     q, k, v, cu = _packed([3, 8, 5], 4, 2, 8, torch.float64)
+    q = q.transpose(0, 1).contiguous().transpose(0, 1)  # dense, not contiguous
     out, lse, rng_state = varlen_attention_with_stats(q, k, v, cu, 8, True, 0.5, backend)
-    assert lse.shape == ((4, 16) if backend == "torch_varlen" else (0,))
+    want = {"torch_varlen": (2, torch.uint64), "flash_attn": (2, torch.int64)}
+    assert (rng_state.numel(), rng_state.dtype) == want.get(backend, (0, torch.int64))
+    assert lse.shape == (4, 16) and lse.dtype == torch.float32
+    assert out.is_contiguous() == (backend == "flash_attn_4")
     args = (*(x.requires_grad_() for x in (q, k, v)), cu, 8, True, 0.5, backend)
     torch.library.opcheck(torch.ops.reflectioncoder.varlen_attention.default, args)
+
+
+def test_sdpa_op_and_its_fake_agree() -> None:
+    # The SDPA rerun: lse and rng_state empty.
+    q, k, v, cu = _packed([3, 8, 5], 4, 2, 8, torch.float64)
+    out, lse, rng_state = varlen_attention_with_stats(q, k, v, cu, 8, True, 0.5, "sdpa")
+    assert lse.shape == (0,) and rng_state.shape == (0,)
+    args = (*(x.requires_grad_() for x in (q, k, v)), cu, 8, True, 0.5, "sdpa")
+    torch.library.opcheck(torch.ops.reflectioncoder.varlen_attention.default, args)
+
+
+# torch 2.9's torch_attn ops (no scale, window_size, enable_gqa): another namespace, the same
+# argument names.
+@torch.library.custom_op("rc_test_torch_attn_2_9::_varlen_attn", mutates_args=())
+def _torch_2_9_varlen_attn(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    raise AssertionError("the kernel path was taken")
+
+
+@torch.library.custom_op("rc_test_torch_attn_2_9::_varlen_attn_backward", mutates_args=())
+def _torch_2_9_varlen_attn_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seq_q: torch.Tensor,
+    cu_seq_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    is_causal: bool,
+    rng_state: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    raise AssertionError("the kernel path was taken")
+
+
+def _fa2_2_6_varlen_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q,
+                             cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale,
+                             causal, window_size, softcap, alibi_slopes, deterministic,
+                             rng_state=None):  # fmt: skip
+    raise AssertionError("the kernel path was taken")
+
+
+def _fa4_without_return_lse(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                            max_seqlen_k=None, softmax_scale=None, causal=False):  # fmt: skip
+    raise AssertionError("the kernel path was taken")
+
+
+def _internals(name: str, **functions) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for attr, fn in functions.items():
+        setattr(module, attr, fn)
+    return module
+
+
+@pytest.mark.parametrize(
+    "backend, module, internals",
+    [
+        # flash-attn 2.6: window_size one tuple, no torch.ops wrappers
+        ("flash_attn", "flash_attn.flash_attn_interface",
+         {"_flash_attn_varlen_backward": _fa2_2_6_varlen_backward}),
+        # the wrappers' names over 2.6's backward
+        ("flash_attn", "flash_attn.flash_attn_interface",
+         {"_flash_attn_varlen_backward": _fa2_2_6_varlen_backward,
+          "_wrapped_flash_attn_varlen_forward": _fa2_2_6_varlen_backward,
+          "_wrapped_flash_attn_varlen_backward": _fa2_2_6_varlen_backward}),
+        # FA4 before return_lse (2026-02), and one without _flash_attn_fwd at all
+        ("flash_attn_4", "flash_attn.cute.interface",
+         {"_flash_attn_fwd": _fa4_without_return_lse, "_flash_attn_bwd": _fa4_without_return_lse}),
+        ("flash_attn_4", "flash_attn.cute.interface", {"_flash_attn_bwd": _fa4_without_return_lse}),
+        # torch 2.9's torch_attn ops, and a namespace without the backward op
+        ("torch_varlen", "torch_attn", {"_varlen_attn": _torch_2_9_varlen_attn,
+                                         "_varlen_attn_backward": _torch_2_9_varlen_attn_backward}),
+        ("torch_varlen", "torch_attn", {"_varlen_attn": _torch_2_9_varlen_attn}),
+    ],
+)  # fmt: skip
+def test_other_internals_rerun(monkeypatch, backend, module, internals) -> None:
+    # kernel_backward takes the kernel path only where every argument the op passes by name or
+    # position is there; other versions rerun the forward (never a call with a wrong signature,
+    # nor an error).
+    if module == "torch_attn":
+        ops = torch.ops.rc_test_torch_attn_2_9
+        names = types.SimpleNamespace(**{n: getattr(ops, n) for n in internals})
+        importlib.import_module("torch.nn.attention.varlen")
+        monkeypatch.setattr(torch.ops, "torch_attn", names)
+    else:
+        monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+        monkeypatch.setitem(sys.modules, "flash_attn.cute", types.ModuleType("flash_attn.cute"))
+        monkeypatch.setitem(sys.modules, module, _internals(module, **internals))
+    assert not kernel_backward(backend, 64)
 
 
 def test_sdpa_and_fa3_keep_the_rerun() -> None:
