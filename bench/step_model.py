@@ -137,8 +137,10 @@ Memory per GPU (``activation_checkpointing.resident_bytes``, the function the tr
 with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at
 ZeRO-1 (the BF16 optimizer frees each bf16 gradient once added) and under autocast, bf16 2P +
 fp32 4P for ``local``, an fp32 partition 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an
-offloaded optimizer, where ZeRO-1 also keeps a whole fp32 sum 4P (DeepSpeed's ``grad_accum``:
-the gradient bytes each stage holds are measured by tests/test_zero_fp32_sums.py);
+offloaded optimizer (DeepSpeed's ZeRO-1 offloaded would also keep a whole fp32 sum 4P, its
+``grad_accum``, so the trainer runs an offloaded ZeRO-1 as ZeRO-2, and so does this model:
+``distributed.offloaded_stage``; the gradient bytes each stage holds are measured by
+tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
 policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
@@ -458,6 +460,8 @@ def predict(
     arch: Arch, card_name: str, gpus: int, engine: str, levers: Levers, work: Workload
 ) -> Prediction:
     """One optimizer step of ``work.samples_per_step`` samples (module docstring)."""
+    if engine == "zero1" and levers.offload and levers.fp32_sums:
+        engine = "zero2"  # the trainer runs an offloaded ZeRO-1 as ZeRO-2 (offloaded_stage)
     card = CARDS[card_name]
     peak, hbm = card.bf16_tflops * 1e12, card.hbm_tbs * 1e12 * BW_EFF
     shape = arch.shape()

@@ -183,14 +183,11 @@ def resident_bytes(
 
     bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
     fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
-    and the buckets at stage 2-3 and with an offloaded optimizer, where stage 1 also keeps a
-    whole fp32 sum per parameter (DeepSpeed's ``grad_accum``; measured by
-    tests/test_zero_fp32_sums.py); fp32 master weights, m and v over 1/ranks (m and v under
+    and the buckets at stage 2-3 and with an offloaded optimizer (which runs stage 1 as stage 2:
+    ``distributed.offloaded_stage``); fp32 master weights, m and v over 1/ranks (m and v under
     autocast), none on the device when offloaded."""
     weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
-    if stage == 1 and offload:
-        grads = 4 * params + 4 * params / ranks + BUCKET_BYTES
-    elif stage >= 2 or offload:
+    if stage >= 2 or offload:
         grads = 4 * params / ranks + BUCKET_BYTES
     elif stage == 1 or autocast:  # DeepSpeed's BF16 optimizer frees each bf16 gradient once added
         grads = 4 * params

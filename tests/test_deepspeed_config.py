@@ -71,6 +71,17 @@ def test_offload_flag(tmp_path):
     assert not offloads_optimizer(deepspeed_config(_run(tmp_path, None), INFO))
 
 
+def test_an_offloaded_zero1_runs_as_zero2(tmp_path):
+    """DeepSpeed's ZeRO-1 offloaded keeps a whole fp32 gradient beside its partition
+    (tests/test_zero_fp32_sums.py): offloaded, stage 1 runs as 2; not offloaded, it stays 1."""
+    flag = _run(tmp_path, None, "distributed.offload_optimizer=true", "distributed.zero_stage=1")
+    assert deepspeed_config(flag, INFO)["zero_optimization"]["stage"] == 2
+    ds = {"zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}}
+    assert deepspeed_config(_run(tmp_path, ds), INFO)["zero_optimization"]["stage"] == 2
+    plain = _run(tmp_path, None, "distributed.zero_stage=1")
+    assert deepspeed_config(plain, INFO)["zero_optimization"]["stage"] == 1
+
+
 @pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("setting", ["auto", "true", "false"])
 def test_fp32_sums_at_every_zero_stage(tmp_path, stage, setting):

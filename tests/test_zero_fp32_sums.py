@@ -209,9 +209,13 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
         assert got[name]["types"] == ["torch.bfloat16", "torch.float32"], got[name]
     # fp32 gradient bytes a rank holds between micro-batches (module docstring)
     e = ELEMENTS
-    held = {"zero1": 4 * e, "zero2": 2 * e, "zero3": 2 * e + 4 * e, "zero1_offload": 10 * e}
+    held = {"zero1": 4 * e, "zero2": 2 * e, "zero3": 2 * e + 4 * e}
     for name, want in held.items():
         assert got[name]["gradient_bytes_between"]["torch.float32"] == want, (name, got[name])
+    # ZeRO-1 offloaded would keep a whole fp32 gradient beside its partition (10 e here): it runs
+    # as ZeRO-2 offloaded (distributed.offloaded_stage)
+    offloaded = got["zero2_offload"]["gradient_bytes_between"]["torch.float32"]
+    assert got["zero1_offload"]["gradient_bytes_between"]["torch.float32"] == offloaded < 10 * e
     # bf16 sums lose the 16 small gradients; a bf16 reduction the small rank's
     for name in ("zero2_bf16_sums", "zero3_bf16_sums"):
         assert got[name]["errors"]["accumulate"] == 2 * (MICRO_BATCHES - 1) * SMALL, got[name]

@@ -279,6 +279,14 @@ def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
         raise ConfigError(str(err), field=where) from err
 
 
+def offloaded_stage(stage: int) -> int:
+    """The ZeRO stage an offloaded optimizer runs at: DeepSpeed 0.19.8's ZeRO-1 offloaded keeps
+    a whole fp32 gradient per parameter beside the fp32 partition it offloads (4 bytes a
+    parameter more, 27 GB at 7B: tests/test_zero_fp32_sums.py), where ZeRO-2 offloads the same
+    partitioned optimizer without it; so an offloaded ZeRO-1 runs as ZeRO-2."""
+    return 2 if stage == 1 else stage
+
+
 def offloads_optimizer(config: dict[str, Any]) -> bool:
     """Whether a (filled) DeepSpeed config puts the optimizer on the CPU or NVMe."""
     device = config["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
@@ -330,6 +338,8 @@ def deepspeed_config(
         zero["stage"] = run.distributed.zero_stage
     if run.distributed.offload_optimizer is True and "offload_optimizer" not in zero:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offloads_optimizer({"zero_optimization": zero}):
+        zero["stage"] = offloaded_stage(zero["stage"])
     for key, size in BUCKETS_FROM_HIDDEN.items():
         stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3
         # DeepSpeed's own reduce bucket (5e8 elements) is 1 GB of bf16 twice over at ZeRO-2
@@ -766,6 +776,7 @@ class DeepSpeedEngine:
         self.info = info
         hidden = module.model.config.get_text_config().hidden_size
         self.config = deepspeed_config(run, info, hidden_size=hidden)
+        self.asked_stage = _zero_stage(run)
         if self.config["zero_optimization"].get("stage", 0) == 3:
             # The LM head is used by the fused loss outside its own module's forward.
             for p in external_params:
@@ -790,8 +801,11 @@ class DeepSpeedEngine:
     def describe(self) -> str:
         weights, accum = self.engine.get_data_types()
         offload = " offloaded" if self.offloads_optimizer else ""
+        stage = self.config["zero_optimization"]["stage"]
+        if stage != self.asked_stage:  # offloaded_stage
+            stage = f"{stage} (ZeRO-{self.asked_stage} asked: offloaded, it runs as {stage})"
         return (
-            f"deepspeed ZeRO-{self.config['zero_optimization']['stage']}, "
+            f"deepspeed ZeRO-{stage}, "
             f"{self.optimizer_name}{offload}, weights {weights}, grad accumulation {accum}"
         )
 
