@@ -50,7 +50,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "gpu": ["flash-attn>=2.6"],
+        # flash-attn 2.7+: the compiled attention op calls its backward kernel (2.6 reruns)
+        "gpu": ["flash-attn>=2.7"],
         # FlashAttention-4 (CuTe DSL; Hopper sm_90, Blackwell sm_100): a pure-Python wheel, no
         # CUDA compiler needed. A pre-release, pinned to the version our call was written
         # against (its deps: nvidia-cutlass-dsl, quack-kernels, apache-tvm-ffi); naming the

@@ -52,8 +52,8 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   which run eagerly) whose op reruns it: a compiled layer's attention is our custom op
   (varlen_attention_op), whose backward calls the kernel's own backward with the forward's
   out and log-sum-exp (``attention_op: kernel``, as shipped, for ``varlen`` (torch 2.13's
-  torch_attn ops, the lock's), ``fa2`` (flash-attn 2.7+: the ``gpu`` extra's floor, 2.6,
-  reruns) and ``fa4``: no rerun) and runs the forward again for ``fa3`` (and SDPA, off these
+  torch_attn ops, the lock's), ``fa2`` (flash-attn 2.7+, the ``gpu`` extra's
+  floor) and ``fa4``: no rerun) and runs the forward again for ``fa3`` (and SDPA, off these
   rows), as every backend did before (``attention_op: rerun``, a lever row for comparison), at
   ATTN_EFF of the peak in those units: ``varlen`` (torch's varlen_attn,
   FA2-class, the default without flash-attn) 0.325, FITTED to our one H200 attention row (so
