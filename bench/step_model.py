@@ -27,11 +27,11 @@ modelled the same way on the same card and GPU count.
 The recipe on one H100 does not fit (118.8 GiB: ZeRO-1 in one process partitions nothing, so
 bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 121 GB for
 6.7B, before activations). To run it there a user would have to add DeepSpeed's ZeRO-Offload
-(``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 69.6 GiB with the gradient
-memory of fp32 sums, an upper bound for the recipe's bf16 ones; 1.898 samples/s modelled, against
-1.917 for the unrunnable recipe row, so our default's ratio over it is 1.63x, not the 1.62x
-printed), or use 4 GPUs or more. The 1-H100 recipe row is kept as
-written (``fits`` says NO) so the ratio is the smaller one.
+(``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB with an fp32
+partition's gradient memory, an upper bound: with the recipe's bf16 sums DeepSpeed keeps them on
+the host; 1.898 samples/s modelled, against 1.917 for the unrunnable recipe row, so our
+default's ratio over it is 1.90x, not the 1.88x printed), or use 4 GPUs or more. The 1-H100
+recipe row is kept as written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens
 (the mix goes up to 4096); the recipe computes 2L tokens a sample (teacher row + full-length
