@@ -59,19 +59,30 @@ CASES = (*COMMITS, "host_speed")
 STEP_1B_ROUNDS = 5  # the headline profile's rounds (bench/profiles.py at 3d82f92)
 STEP_1B_VOCAB = 512
 CLI_HEADS, CLI_LAYERS = 16, 24  # bench_engines' 1b shape: num_kv_heads = heads // 4
-CLI_INTERMEDIATE_PER_HIDDEN = 5504 / 2048
+CLI_HIDDEN, CLI_INTERMEDIATE_PER_HIDDEN = 2048, 5504 / 2048
+CLI_TIMED_STEPS = 3  # bench_engines' steps 2-4 of 4: the first is the warm-up
+REAL = 0  # a child's width: the measured run's own shape (--device cuda)
 
 
-def extract(commit: str, folder: Path) -> Path:
-    """``commit``'s tree under ``folder`` (git archive); returns a folder holding only its two
+def archive(commit: str, archives: Path | None = None) -> bytes:
+    """``commit``'s tree as a tar: ``archives/<commit>.tar`` where written beforehand
+    (``--write-archives``: a lent GPU gets the working tree without git's history), else
+    ``git archive``."""
+    saved = archives / f"{commit}.tar" if archives else None
+    if saved is not None and saved.is_file():
+        return saved.read_bytes()
+    cmd = ["git", "-C", str(ROOT), "archive", commit]
+    return subprocess.run(cmd, check=True, capture_output=True).stdout
+
+
+def extract(commit: str, folder: Path, archives: Path | None = None) -> Path:
+    """``commit``'s tree under ``folder``; returns a folder holding only its two
     packages, importable as they were installed (setup.py maps ``reflectioncoder.kernels`` to
     ``kernels/``; a bare ``kernels`` on sys.path would meet transformers' hub probe)."""
     tree = folder / commit
     tree.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    archive_ = archive(commit, archives)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive_, check=True)
     (tree / "reflectioncoder" / "kernels").symlink_to(tree / "kernels")
     site = tree / "_site"
     site.mkdir()
@@ -150,6 +161,7 @@ def _step_row(step: int, tokens: int, c0: float, w0: float) -> dict:
     return {
         "step": step,
         "tokens": tokens,
+        "start_wall_s": w0,
         "cpu_s": cpu,
         "main_thread_cpu_s": t[-1] - t[0],
         "wall_s": wall,
@@ -223,7 +235,16 @@ def _stand_in_loss_kernels() -> None:
     fl.build_plan = build_plan
 
 
-def _stand_ins():
+def _stand_ins(device: str):
+    """The CPU's one-op stand-ins; on CUDA the run's own kernels, only the attention pinned
+    to torch's varlen kernel (what both commits picked on the H200, which had no flash-attn;
+    a device with flash-attn installed would otherwise pick it)."""
+    if device == "cuda":
+        import reflectioncoder.kernels  # noqa: F401
+
+        va = sys.modules["reflectioncoder.kernels.varlen_attention"]
+        va.varlen_backend = lambda *args, **kwargs: "torch_varlen"
+        return None
     _stand_in_liger()
     _stand_in_loss_kernels()
     return _stand_in_varlen_attention()
@@ -292,7 +313,40 @@ class _SyncSites:
             torch.Tensor.tolist = tolist
 
 
-def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
+class _StepProfile:
+    """torch.profiler over the timed steps ``first``..``last`` (CPU activities, CUDA's too on
+    CUDA), each step inside a ``replay step N`` range; the trace is written to ``trace`` (a
+    Chrome trace, read by the parent: ``profile_steps``). ``trace`` None: nothing profiled."""
+
+    def __init__(self, trace: str | None, device: str, first: int, last: int) -> None:
+        self.trace, self.device, self.first, self.last = trace, device, first, last
+        self.prof = None
+
+    @contextlib.contextmanager
+    def step(self, index: int):
+        if self.trace is None or not self.first <= index <= self.last:
+            yield
+            return
+        import torch
+        from torch.profiler import ProfilerActivity, profile, record_function
+
+        if index == self.first:
+            acts = [ProfilerActivity.CPU]
+            acts += [ProfilerActivity.CUDA] if self.device == "cuda" else []
+            self.prof = profile(activities=acts)
+            self.prof.start()
+        with record_function(f"replay step {index}"):
+            yield
+        if index == self.last:
+            if self.device == "cuda":
+                torch.cuda.synchronize()  # the last step's kernels inside the trace
+            self.prof.stop()
+            self.prof.export_chrome_trace(self.trace)
+
+
+def _wrap_trainer(
+    trainer_cls, counter: _SyncSites | None, prof: _StepProfile | None = None
+) -> list[dict]:
     """Time each train_step (its sync marks), the background packing's CPU, and mark the
     step's last sync (the ``tolist`` right after clipping)."""
     import torch
@@ -319,8 +373,10 @@ def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
         c0, w0 = time.process_time(), time.perf_counter()
         MARKS.mark("start")
         counting = counter is not None and self.step == 1  # the second step, as timed ones
-        with counter.mode() if counting else contextlib.nullcontext():
-            row = step_fn(self)
+        index = self.step
+        with prof.step(index) if prof else contextlib.nullcontext():
+            with counter.mode() if counting else contextlib.nullcontext():
+                row = step_fn(self)
         MARKS.mark("end")
         rows.append(_step_row(row["step"], row["tokens"], c0, w0))
         return row
@@ -331,13 +387,14 @@ def _wrap_trainer(trainer_cls, counter: _SyncSites | None) -> list[dict]:
     return rows
 
 
-def _cli_child(width: int, counter: _SyncSites | None) -> dict:
+def _cli_child(width: int, counter: _SyncSites | None, device: str, trace: str | None) -> dict:
     """bench_engines' plain case at de58a14 (bench/results/gpu/engines_cuda_bf16.json), at
-    hidden size ``width``."""
+    hidden size ``width`` (``REAL``: bench_engines' 1b shape, as run on CUDA)."""
     import torch
 
-    torch.set_num_threads(1)
-    lib = _stand_ins()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    lib = _stand_ins(device)
     from reflectioncoder.train.toydata import write_toy_jsonl
 
     from reflectioncoder.cli import main
@@ -346,8 +403,10 @@ def _cli_child(width: int, counter: _SyncSites | None) -> dict:
     from reflectioncoder.train import trainer
     from reflectioncoder.train.metrics import MetricsLogger
 
-    rows = _wrap_trainer(trainer.Trainer, counter)
+    prof = _StepProfile(None, device, 1, CLI_TIMED_STEPS)  # the second run's trace
+    rows = _wrap_trainer(trainer.Trainer, counter, prof)
     _time_parts(torch.optim.AdamW, MetricsLogger)
+    width = width or CLI_HIDDEN
     arch = {
         "hidden_size": width,
         "intermediate_size": round(width * CLI_INTERMEDIATE_PER_HIDDEN),
@@ -368,13 +427,12 @@ def _cli_child(width: int, counter: _SyncSites | None) -> dict:
             f"model.name_or_path={folder / 'model'}",
             "model.gradient_checkpointing=true",
             f"data.files=[{data}]",
-            f"checkpoint.out_dir={folder / 'run-plain'}",
             "checkpoint.save_every=0",
             "checkpoint.save_final=false",
             "train.samples_per_step=48",
-            "train.max_steps=4",
-            "train.device=cpu",
-            "train.threads=1",
+            f"train.max_steps={CLI_TIMED_STEPS + 1}",
+            f"train.device={device}",
+            *(["train.threads=1"] if device == "cpu" else []),
             "model.dtype=bf16",  # as on CUDA: fp32 weights under bf16 autocast, plain engine
             "optim.lr=1e-4",
             "packing.max_tokens=16384",
@@ -384,59 +442,90 @@ def _cli_child(width: int, counter: _SyncSites | None) -> dict:
             "distributed.backend=none",
         ):
             argv += ["--set", o]
-        if main(argv) != 0:
+        if main([*argv, "--set", f"checkpoint.out_dir={folder / 'run-plain'}"]) != 0:
             raise RuntimeError("reflectioncoder train failed")
-    lib._destroy()
-    return {"arch": arch, "steps": rows, "prepare_cpu_s": MARKS.prepare_cpu}
+        out = {"arch": arch, "steps": list(rows), "prepare_cpu_s": list(MARKS.prepare_cpu)}
+        if trace:  # the same run again in this process, profiled: its own warm-up step first
+            rows.clear()
+            prof.trace = trace
+            if main([*argv, "--set", f"checkpoint.out_dir={folder / 'run-profiled'}"]) != 0:
+                raise RuntimeError("reflectioncoder train (profiled) failed")
+            out["profiled_steps"] = rows
+    if lib is not None:
+        lib._destroy()
+    return out
 
 
-def _step_1b_child(width: int, counter: _SyncSites | None) -> dict:
+def _step_1b_child(width: int, counter: _SyncSites | None, device: str, trace: str | None) -> dict:
     """bench/test_train_step.py's ``ours`` at 3d82f92 with the headline profile (LLAMA_1B: 16
     layers, 32 / 8 heads, vocabulary 128256; 4 samples in 3 micro-batches; bf16 weights, no
-    checkpointing; torch's AdamW, foreach as on CUDA tensors), at hidden size ``width``."""
+    checkpointing; torch's AdamW, foreach as on CUDA tensors), at hidden size ``width``
+    (``REAL``: the profile's own shape and vocabulary, as run on CUDA)."""
     import torch
 
-    torch.set_num_threads(1)
-    lib = _stand_ins()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    lib = _stand_ins(device)
     import reflectioncoder.model as rm
     from bench.profiles import PROFILES
     from bench.providers import train_step as T
 
-    heads = min(32, width)
-    shape = dict(hidden=width, heads=heads, kv_heads=max(1, heads // 4), intermediate=4 * width)
-    cfg = T.TrainStepConfig(**{**PROFILES["headline"].train_step, **shape}, device="cpu")
+    headline = PROFILES["headline"].train_step
+    if width == REAL:
+        keys = ("hidden", "heads", "kv_heads", "intermediate", "layers", "vocab")
+        shape = {k: headline[k] for k in keys if k in headline}
+    else:
+        heads = min(32, width)
+        shape = dict(hidden=width, heads=heads, kv_heads=max(1, heads // 4), intermediate=4 * width)
+    cfg = T.TrainStepConfig(**{**headline, **shape}, device=device)
     cfg = dataclasses.replace(cfg, dtype="bf16")
     build = rm.build_tiny_llama
     # The samples are drawn with the run's vocabulary (so the lengths and packing are the
     # run's); the model and loss take ids modulo STEP_1B_VOCAB: the (rows, V) logits of a
     # 128K vocabulary would cost the CPU far more than their one GEMM launch; the chunks, one
     # per micro-batch at either size under the GPU's budget, and so the ops, are the same.
-    rm.build_tiny_llama = lambda vocab, **kw: build(STEP_1B_VOCAB, **kw)
+    vocab = STEP_1B_VOCAB if device == "cpu" else None
+    if vocab:
+        rm.build_tiny_llama = lambda _, **kw: build(vocab, **kw)
     _time_parts(torch.optim.AdamW)
     model, opt, data, step = T.setup_provider("ours", cfg)
     rm.build_tiny_llama = build
     for group in opt.param_groups:
         group["foreach"] = True  # torch's default for CUDA tensors (on the CPU a loop)
-    batches = [
-        dataclasses.replace(
-            b,
-            input_ids=b.input_ids % STEP_1B_VOCAB,
-            targets=torch.where(b.targets >= 0, b.targets % STEP_1B_VOCAB, b.targets),
-        )
-        for b in data[0]
-    ]
-    rows = []
+    batches = data[0]
+    if vocab:
+        batches = [
+            dataclasses.replace(
+                b,
+                input_ids=b.input_ids % vocab,
+                targets=torch.where(b.targets >= 0, b.targets % vocab, b.targets),
+            )
+            for b in batches
+        ]
+    tokens = sum(b.num_tokens for b in batches)
+    rows, profiled = [], []
     for i in range(1 + STEP_1B_ROUNDS):  # the suite: one warm-up call, then the timed ones
         MARKS.clear()
         c0, w0 = time.process_time(), time.perf_counter()
         MARKS.mark("start")
         with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
+            step(model, opt, batches, cfg)  # ends in the suite's synchronize on CUDA
+        MARKS.mark("end")
+        rows.append(_step_row(i + 1, tokens, c0, w0))
+    prof = _StepProfile(trace, device, 1, STEP_1B_ROUNDS)
+    for i in range(1, 1 + STEP_1B_ROUNDS) if trace else ():  # the timed calls again, profiled
+        MARKS.clear()
+        c0, w0 = time.process_time(), time.perf_counter()
+        MARKS.mark("start")
+        with prof.step(i):
             step(model, opt, batches, cfg)
         MARKS.mark("end")
-        rows.append(_step_row(i + 1, sum(b.num_tokens for b in batches), c0, w0))
-    lib._destroy()
+        profiled.append(_step_row(i + 1, tokens, c0, w0))
+    if lib is not None:
+        lib._destroy()
     micro = [[list(b.seq_lens), int(b.loss_rows.shape[0])] for b in batches]
-    return {"arch": shape, "steps": rows, "prepare_cpu_s": [], "micro_batches": micro}
+    out = {"arch": shape, "steps": rows, "prepare_cpu_s": [], "micro_batches": micro}
+    return out | ({"profiled_steps": [rows[0], *profiled]} if trace else {})
 
 
 # bench/results/gpu/pytest_benchmark_test_{mask,packing}.json: host-only rows the suite timed on
@@ -452,7 +541,7 @@ H200_HOST_ROWS_MS = {
 }
 
 
-def _host_speed_child(width: int, counter: _SyncSites | None) -> dict:
+def _host_speed_child(width: int, counter: _SyncSites | None, device: str, trace) -> dict:
     """The H200 suite's host-only rows at 3d82f92 (H200_HOST_ROWS_MS), timed as it timed them."""
     from bench.providers import mask as M
     from bench.providers import packing as P
@@ -477,11 +566,13 @@ def _host_speed_child(width: int, counter: _SyncSites | None) -> dict:
     return {"arch": {}, "steps": [], "prepare_cpu_s": [], "cpu_ms": rows}
 
 
-def _child(kind: str, site: Path, width: int, count_syncs: bool) -> dict:
+def _child(
+    kind: str, site: Path, width: int, count_syncs: bool, device: str = "cpu", trace=None
+) -> dict:
     sys.path.insert(0, str(site))
     counter = _SyncSites(site) if count_syncs else None
     run = {"cli": _cli_child, "step_1b": _step_1b_child, "host_speed": _host_speed_child}[kind]
-    out = {"width": width, **run(width, counter)}
+    out = {"width": width, "device": device, **run(width, counter, device, trace)}
     if counter is not None:
         out["syncs"], out["ops"] = counter.sites, counter.ops
     return out
@@ -491,10 +582,20 @@ def _child(kind: str, site: Path, width: int, count_syncs: bool) -> dict:
 # The parent: fresh processes per width and round, the least of the rounds, the fit to width 0.
 
 
-def _run_child(kind: str, site: Path, width: int, count_syncs: bool = False) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+def _run_child(
+    kind: str,
+    site: Path,
+    width: int,
+    count_syncs: bool = False,
+    device: str = "cpu",
+    trace: Path | None = None,
+) -> dict:
+    env = dict(os.environ)
+    if device == "cpu":
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--site", str(site)]
-    cmd += ["--width", str(width)] + (["--count-syncs"] if count_syncs else [])
+    cmd += ["--width", str(width), "--device", device]
+    cmd += (["--count-syncs"] if count_syncs else []) + (["--trace", str(trace)] if trace else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} width {width}: {proc.stderr[-3000:]}")
@@ -589,6 +690,270 @@ def host_speed(site: Path, rounds: int) -> dict:
     return {"commit": COMMITS["step_1b"], "rows": rows, "median_h200_over_here": ratio}
 
 
+# ---------------------------------------------------------------------------------------------
+# --profile: each timed step through torch.profiler, the GPU's side too on CUDA (real widths).
+
+DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+# Host calls that wait for the GPU to drain (a D2H copy to pageable memory is a cudaMemcpyAsync
+# followed by one of the synchronizes).
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+    "cuStreamSynchronize",
+    "cuCtxSynchronize",
+    "cuEventSynchronize",
+)
+SPLIT = ("gemm", "attention", "loss", "elementwise/other", "optimizer", "copy")
+CALIBRATION_ROWS = {"cli": "H200 1.06B CLI step", "step_1b": "H200 1.5B train step"}
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def _top_level(ops: list[dict]) -> int:
+    """How many of ``ops`` (one thread's, as Chrome trace events) no other op encloses."""
+    count, end = 0, float("-inf")
+    for op in sorted(ops, key=lambda e: (e["ts"], -e["dur"])):
+        if op["ts"] >= end:
+            count, end = count + 1, op["ts"] + op["dur"]
+    return count
+
+
+def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -> dict:
+    """One step's figures: its period [mark start, t1) (the next step's start; the trace's
+    last activity for the last step), microseconds in, seconds out."""
+    from bench.gpu_step_call import category
+
+    t0 = mark["ts"]
+    spans = [(max(e["ts"], t0), min(e["ts"] + e["dur"], t1)) for e in device]
+    busy = _union([(a, b) for a, b in spans if a < b])
+    gaps, last = [], t0
+    for a, b in busy:
+        if a > last:
+            gaps.append((last, a))
+        last = max(last, b)
+    if last < t1:
+        gaps.append((last, t1))
+    calls = [e for e in host if e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    calls = [e for e in calls if t0 <= e["ts"] < t1]
+    ops = [e for e in host if e.get("cat") == "cpu_op"]
+    syncs, sync_gaps = [], set()
+    for call in (c for c in calls if c["name"] in SYNC_CALLS):
+        end = call["ts"] + call["dur"]  # the GPU drained: idle from then to the next kernel
+        gap = next((g for g in gaps if g[0] <= end <= g[1]), None)
+        if gap:
+            sync_gaps.add(gap)
+        chain = [
+            o["name"]
+            for o in sorted(ops, key=lambda o: (o["ts"], -o["dur"]))
+            if o["ts"] <= call["ts"] and o["ts"] + o["dur"] >= end
+        ]
+        syncs.append(
+            {
+                "call": call["name"],
+                "ops": chain[:2] + chain[-1:] if len(chain) > 3 else chain,
+                "at_s": (call["ts"] - t0) * 1e-6,
+                "host_wait_s": call["dur"] * 1e-6,
+                "gpu_idle_after_s": (gap[1] - gap[0]) * 1e-6 if gap else 0.0,
+            }
+        )
+    inside = [e for e in device if t0 <= e["ts"] < t1]
+    split = dict.fromkeys(SPLIT, 0.0)
+    for e in inside:
+        what = category(e["name"]) if e["cat"] == "kernel" else "copy"
+        split[what] += e["dur"] * 1e-6
+    idle = sum(b - a for a, b in gaps) * 1e-6
+    at_syncs = sum(b - a for a, b in sync_gaps) * 1e-6
+    step_ops = [o for o in ops if mark["ts"] <= o["ts"] < mark["ts"] + mark["dur"]]
+    return {
+        "profiled_wall_s": (t1 - t0) * 1e-6,
+        "host_span_s": mark["dur"] * 1e-6,  # the host inside the step's call
+        "gpu_busy_s": sum(b - a for a, b in busy) * 1e-6,
+        "gpu_idle_s": idle,
+        "idle_at_syncs_s": at_syncs,
+        "idle_between_kernels_s": idle - at_syncs,
+        "idle_gaps_over_10us": sum(b - a > 10 for a, b in gaps),
+        "kernels": sum(e["cat"] == "kernel" for e in inside),
+        "copies": sum(e["cat"] != "kernel" for e in inside),
+        "launch_calls": sum("LaunchKernel" in c["name"] for c in calls),
+        "host_ops": _top_level(step_ops),
+        "syncs": syncs,
+        "kernel_split_s": split,
+    }
+
+
+def profile_steps(trace: dict) -> list[dict]:
+    """Per ``replay step N`` range of a Chrome trace (torch.profiler's export): the step's
+    GPU busy time (the union of its kernels' and copies' intervals), the GPU's idle gaps (the
+    one after each host sync apart from those between kernels), the host's kernel launches
+    and top-level ops (the main thread's), and its kernels' time by category."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "dur" in e]
+    marks = [e for e in events if e.get("cat") == "user_annotation"]
+    marks = sorted(
+        (e for e in marks if e["name"].startswith("replay step ")), key=lambda e: e["ts"]
+    )
+    if not marks:
+        raise ValueError("trace: no 'replay step N' range")
+    device = [e for e in events if e.get("cat") in DEVICE_CATS]
+    host = [
+        e for e in events if e.get("tid") == marks[0]["tid"] and e.get("pid") == marks[0]["pid"]
+    ]
+    end = max(e["ts"] + e["dur"] for e in marks + device)
+    rows = []
+    for i, mark in enumerate(marks):
+        t1 = marks[i + 1]["ts"] if i + 1 < len(marks) else end
+        rows.append(
+            {"step": int(mark["name"].split()[-1]) + 1, **_profile_step(mark, t1, device, host)}
+        )
+    return rows
+
+
+def _model_figures(kind: str) -> dict:
+    """The calibration row of this measured step (bench/step_model.py): measured and
+    modelled step seconds, and the model's GPU seconds (its note's)."""
+    import re
+
+    from bench import step_model
+
+    row = next(
+        r for r in step_model.calibration_rows() if r["what"].startswith(CALIBRATION_ROWS[kind])
+    )
+    gpu = re.search(r"GPU ([\d.]+) s; overlapped", row["note"])
+    return {
+        "measured_h200_s": row["measured"],
+        "model_step_s": row["predicted"],
+        "model_gpu_s": float(gpu.group(1)) if gpu else None,
+    }
+
+
+def _reading(median: dict, model: dict) -> str:
+    """Which explanation of the miss the profile supports. (b) the GPU is slower than
+    modelled: busy for most of the step and well over the model's GPU time; (a) a launch costs
+    the host more: the GPU busy for about the model's time, the rest of the step idle while
+    the host issues; else both, with the figures."""
+    busy, wall, gpu = median["gpu_busy_s"], median["wall_s"], model.get("model_gpu_s")
+    if not busy or not gpu:
+        return "no GPU in this run (or no model figure): a rehearsal of the path"
+    figures = (
+        f"GPU busy {busy:.3f} s ({busy / gpu:.2f}x the model's {gpu:.3f} s, "
+        f"{busy / wall:.0%} of the {wall:.3f} s step; measured then {model['measured_h200_s']} s), "
+        f"idle {median['idle_at_syncs_s']:.3f} s at syncs and "
+        f"{median['idle_between_kernels_s']:.3f} s between kernels; "
+        f"host {median['host_main_cpu_s']:.3f} s main-thread CPU for "
+        f"{median['launch_calls']:.0f} launches ({median['host_per_launch_us']:.1f} us each)"
+    )
+    if busy >= 0.8 * wall and busy > 1.2 * gpu:
+        return f"(b) the GPU is slower than modelled: {figures}"
+    if busy <= 1.2 * gpu:
+        return f"(a) the host is the bound, the GPU as modelled: {figures}"
+    return f"both (a) and (b): {figures}"
+
+
+MEDIAN_KEYS = (
+    "wall_s",
+    "host_main_cpu_s",
+    "host_cpu_s",
+    "profiled_wall_s",
+    "profiled_host_main_cpu_s",
+    "gpu_busy_s",
+    "gpu_idle_s",
+    "idle_at_syncs_s",
+    "idle_between_kernels_s",
+    "kernels",
+    "launch_calls",
+    "host_ops",
+    "host_per_launch_us",
+    "host_per_op_us",
+)
+
+
+def profile_case(kind: str, site: Path, device: str, width: int) -> dict:
+    """One fresh process runs the steps unprofiled (wall from one step's start to the next,
+    the main thread's CPU), then again profiled (the CLI: the whole run again, its warm-up
+    step included); per timed step both, with the host's CPU per launch (unprofiled CPU /
+    the profile's launches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        timed = _run_child(kind, site, width, device=device, trace=trace)
+        prof_rows = profile_steps(json.loads(trace.read_text()))
+    steps, again = timed["steps"][1:], timed["profiled_steps"][1:]
+    rows = []
+    for i, (t, p, q) in enumerate(zip(steps, prof_rows, again, strict=True)):
+        nxt = steps[i + 1]["start_wall_s"] if i + 1 < len(steps) else None
+        cpu = t["main_thread_cpu_s"]
+        row = {"step": t["step"], "tokens": t["tokens"]}
+        row["wall_s"] = nxt - t["start_wall_s"] if nxt else t["wall_s"]
+        row |= {"host_main_cpu_s": cpu, "host_cpu_s": t["cpu_s"]}
+        row |= {k: v for k, v in p.items() if k != "step"}
+        row["profiled_host_main_cpu_s"] = q["main_thread_cpu_s"]
+        row["host_per_launch_us"] = 1e6 * cpu / p["launch_calls"] if p["launch_calls"] else 0.0
+        row["host_per_op_us"] = 1e6 * cpu / p["host_ops"] if p["host_ops"] else 0.0
+        row["segments_main_cpu_s"] = t["segments_main_cpu_s"]
+        rows.append(row)
+    median = {k: statistics.median(r[k] for r in rows) for k in MEDIAN_KEYS}
+    median["kernel_split_s"] = {
+        c: statistics.median(r["kernel_split_s"][c] for r in rows) for c in SPLIT
+    }
+    model = _model_figures(kind)
+    out = {"commit": COMMITS[kind], "device": device, "width": width, "arch": timed["arch"]}
+    out |= {"steps": rows, "median": median, "model": model}
+    out["reading"] = (
+        _reading(median, model)
+        if device == "cuda"
+        else _reading({**median, "gpu_busy_s": 0}, model)
+    )
+    print(json.dumps({"case": kind, **median}), flush=True)
+    return out
+
+
+def profile_table(result: dict) -> str:
+    """The markdown table of ``--profile``'s result (medians over the timed steps)."""
+    head = (
+        "| step (commit) | device | width | wall s | measured H200 s | model step / GPU s "
+        "| GPU busy s | idle at syncs s (syncs) | idle between kernels s | host main CPU s "
+        "| kernels | launches | host us / launch | host us / op | " + " | ".join(SPLIT) + " |"
+    )
+    lines = [head, "|" + " --- |" * (14 + len(SPLIT))]
+    for kind in ("cli", "step_1b"):
+        if kind not in result:
+            continue
+        case = result[kind]
+        m, model = case["median"], case["model"]
+        syncs = statistics.median(len(r["syncs"]) for r in case["steps"])
+        gpu = f"{model['model_gpu_s']:.3f}" if model["model_gpu_s"] else "-"
+        cells = [
+            f"{kind} ({case['commit']})",
+            case["device"],
+            "as run" if case["width"] == REAL else str(case["width"]),
+            f"{m['wall_s']:.4f}",
+            f"{model['measured_h200_s']}",
+            f"{model['model_step_s']:.3f} / {gpu}",
+            f"{m['gpu_busy_s']:.4f}",
+            f"{m['idle_at_syncs_s']:.4f} ({syncs:g})",
+            f"{m['idle_between_kernels_s']:.4f}",
+            f"{m['host_main_cpu_s']:.4f}",
+            f"{m['kernels']:.0f}",
+            f"{m['launch_calls']:.0f}",
+            f"{m['host_per_launch_us']:.1f}",
+            f"{m['host_per_op_us']:.1f}",
+            *(f"{m['kernel_split_s'][c]:.4f}" for c in SPLIT),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for kind in ("cli", "step_1b"):
+        if kind in result:
+            lines.append(f"\n{kind}: {result[kind]['reading']}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -599,10 +964,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count-syncs", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: the steps at the measured runs' own shapes, their own kernels (implies "
+        "--profile); cpu: tiny widths, one-op stand-ins",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="each timed step through torch.profiler (the first of --widths on the CPU): "
+        "JSON to --out, a markdown table beside it (.md)",
+    )
+    parser.add_argument(
+        "--archives",
+        type=Path,
+        default=None,
+        help="read each commit's tree from ARCHIVES/<commit>.tar where there (a GPU's copy of "
+        "the working tree has no git history)",
+    )
+    parser.add_argument(
+        "--write-archives",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write DIR/<commit>.tar for both commits (git archive) and exit",
+    )
+    parser.add_argument("--trace", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, Path(args.site), args.width, args.count_syncs)))
+        child = _child(
+            args.child, Path(args.site), args.width, args.count_syncs, args.device, args.trace
+        )
+        print(json.dumps(child))
         return 0
+    if args.write_archives:
+        args.write_archives.mkdir(parents=True, exist_ok=True)
+        for commit in COMMITS.values():
+            (args.write_archives / f"{commit}.tar").write_bytes(archive(commit))
+        return 0
+    if args.profile or args.device == "cuda":
+        return _profile_main(args)
     import torch
 
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -613,13 +1016,34 @@ def main(argv: list[str] | None = None) -> int:
             commit = COMMITS["step_1b" if kind == "host_speed" else kind]
             site = Path(tmp) / commit / "_site"
             if not site.exists():
-                site = extract(commit, Path(tmp))
+                site = extract(commit, Path(tmp), args.archives)
             if kind == "host_speed":
                 result[kind] = host_speed(site, args.rounds)
             else:
                 result[kind] = replay(kind, site, widths, args.rounds)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _profile_main(args) -> int:
+    import torch
+
+    width = REAL if args.device == "cuda" else int(args.widths.split(",")[0])
+    cases = [k for k in args.cases.split(",") if k in COMMITS]
+    result: dict = {"meta": {"torch": torch.__version__, "cpu": _cpu_name()}}
+    if args.device == "cuda":
+        result["meta"]["gpu"] = torch.cuda.get_device_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in cases:
+            site = extract(COMMITS[kind], Path(tmp), args.archives)
+            result[kind] = profile_case(kind, site, args.device, width)
+    table = profile_table(result)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table)
     return 0
 
 
