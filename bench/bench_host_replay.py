@@ -842,7 +842,11 @@ def _reading(median: dict, model: dict) -> str:
     the host issues; else both, with the figures."""
     busy, wall, gpu = median["gpu_busy_s"], median["wall_s"], model.get("model_gpu_s")
     if not busy or not gpu:
-        return "no GPU in this run (or no model figure): a rehearsal of the path"
+        return (
+            f"no GPU in this run (or no model figure), a rehearsal of the path: host "
+            f"{median['host_main_cpu_s']:.3f} s main-thread CPU for {median['host_ops']:.0f} "
+            f"top-level ops ({median['host_per_op_us']:.1f} us each)"
+        )
     figures = (
         f"GPU busy {busy:.3f} s ({busy / gpu:.2f}x the model's {gpu:.3f} s, "
         f"{busy / wall:.0%} of the {wall:.3f} s step; measured then {model['measured_h200_s']} s), "
@@ -906,11 +910,7 @@ def profile_case(kind: str, site: Path, device: str, width: int) -> dict:
     model = _model_figures(kind)
     out = {"commit": COMMITS[kind], "device": device, "width": width, "arch": timed["arch"]}
     out |= {"steps": rows, "median": median, "model": model}
-    out["reading"] = (
-        _reading(median, model)
-        if device == "cuda"
-        else _reading({**median, "gpu_busy_s": 0}, model)
-    )
+    out["reading"] = _reading(median if device == "cuda" else {**median, "gpu_busy_s": 0}, model)
     print(json.dumps({"case": kind, **median}), flush=True)
     return out
 
@@ -930,6 +930,7 @@ def profile_table(result: dict) -> str:
         m, model = case["median"], case["model"]
         syncs = statistics.median(len(r["syncs"]) for r in case["steps"])
         gpu = f"{model['model_gpu_s']:.3f}" if model["model_gpu_s"] else "-"
+        on_gpu = case["device"] == "cuda"  # a CPU run has no kernels: its GPU cells are "-"
         cells = [
             f"{kind} ({case['commit']})",
             case["device"],
@@ -937,15 +938,15 @@ def profile_table(result: dict) -> str:
             f"{m['wall_s']:.4f}",
             f"{model['measured_h200_s']}",
             f"{model['model_step_s']:.3f} / {gpu}",
-            f"{m['gpu_busy_s']:.4f}",
-            f"{m['idle_at_syncs_s']:.4f} ({syncs:g})",
-            f"{m['idle_between_kernels_s']:.4f}",
+            f"{m['gpu_busy_s']:.4f}" if on_gpu else "-",
+            f"{m['idle_at_syncs_s']:.4f} ({syncs:g})" if on_gpu else "-",
+            f"{m['idle_between_kernels_s']:.4f}" if on_gpu else "-",
             f"{m['host_main_cpu_s']:.4f}",
-            f"{m['kernels']:.0f}",
-            f"{m['launch_calls']:.0f}",
-            f"{m['host_per_launch_us']:.1f}",
+            f"{m['kernels']:.0f}" if on_gpu else "-",
+            f"{m['launch_calls']:.0f}" if on_gpu else "-",
+            f"{m['host_per_launch_us']:.1f}" if on_gpu else "-",
             f"{m['host_per_op_us']:.1f}",
-            *(f"{m['kernel_split_s'][c]:.4f}" for c in SPLIT),
+            *(f"{m['kernel_split_s'][c]:.4f}" if on_gpu else "-" for c in SPLIT),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     for kind in ("cli", "step_1b"):
