@@ -728,6 +728,19 @@ def _top_level(ops: list[dict]) -> int:
     return count
 
 
+def _launched_in(host: list[dict], prefix: str) -> set[int]:
+    """Correlation ids of the launches the host made inside a range named ``prefix...``
+    (torch names each optimizer step ``Optimizer.step#AdamW.step``)."""
+    ranges = [e for e in host if e.get("cat") == "user_annotation"]
+    ranges = [(e["ts"], e["ts"] + e["dur"]) for e in ranges if e["name"].startswith(prefix)]
+    calls = [e for e in host if e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    return {
+        c["args"]["correlation"]
+        for c in calls
+        if "correlation" in c.get("args", {}) and any(a <= c["ts"] <= b for a, b in ranges)
+    }
+
+
 def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -> dict:
     """One step's figures: its period [mark start, t1) (the next step's start; the trace's
     last activity for the last step), microseconds in, seconds out."""
@@ -768,8 +781,11 @@ def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -
         )
     inside = [e for e in device if t0 <= e["ts"] < t1]
     split = dict.fromkeys(SPLIT, 0.0)
+    optimizer = _launched_in(host, "Optimizer.step")  # foreach AdamW's kernels are generic
     for e in inside:
         what = category(e["name"]) if e["cat"] == "kernel" else "copy"
+        if what != "copy" and e.get("args", {}).get("correlation") in optimizer:
+            what = "optimizer"
         split[what] += e["dur"] * 1e-6
     idle = sum(b - a for a, b in gaps) * 1e-6
     at_syncs = sum(b - a for a, b in sync_gaps) * 1e-6

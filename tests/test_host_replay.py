@@ -27,3 +27,100 @@ def test_cli_replay_finds_the_steps_syncs(tmp_path):
     assert [s["tokens"] for s in steps[1:]] == [7920, 7646, 7635]  # CLI_STEPS' tokens
     assert all(len(s["segments_main_cpu_s"]) == 4 for s in steps)
     assert out["ops"] > 1000
+
+
+def _x(name, cat, ts, dur, tid=1, pid=1, **args):
+    return {
+        "ph": "X",
+        "name": name,
+        "cat": cat,
+        "ts": ts,
+        "dur": dur,
+        "tid": tid,
+        "pid": pid,
+        "args": args,
+    }
+
+
+def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
+    """A hand-made CUDA trace of two steps (microseconds): GPU busy is the union of kernels and
+    copies, the idle gap after the nonzero's synchronize is the sync's, the rest between
+    kernels; AdamW's generic foreach kernel counts as optimizer (launched inside its range)."""
+    gpu = dict(tid=7, pid=0)
+    events = [
+        _x("replay step 1", "user_annotation", 0, 1000),
+        _x("replay step 2", "user_annotation", 2000, 500),
+        _x("aten::mm", "cpu_op", 10, 20),
+        _x("aten::nonzero", "cpu_op", 100, 300),
+        _x("aten::add", "cpu_op", 5, 3000, tid=2),  # the packing thread: not the step's host
+        _x("cudaLaunchKernel", "cuda_runtime", 15, 5, correlation=1),
+        _x("cuLaunchKernel", "cuda_driver", 60, 5, correlation=2),
+        _x("cudaMemcpyAsync", "cuda_runtime", 120, 5, correlation=3),
+        _x("cudaStreamSynchronize", "cuda_runtime", 150, 240),
+        _x("cudaLaunchKernel", "cuda_runtime", 420, 5, correlation=5),
+        _x("Optimizer.step#AdamW.step", "user_annotation", 800, 100),
+        _x("cudaLaunchKernel", "cuda_runtime", 810, 5, correlation=4),
+        _x("sm90_xmma_gemm_bf16bf16_bf16f32", "kernel", 30, 200, correlation=1, **gpu),
+        _x("_reflection_rows_kernel", "kernel", 230, 100, correlation=2, **gpu),
+        _x("Memcpy DtoH (Device -> Pageable)", "gpu_memcpy", 330, 50, correlation=3, **gpu),
+        _x("flash_fwd_kernel", "kernel", 450, 200, correlation=5, **gpu),
+        _x(
+            "multi_tensor_apply_kernel<TensorListMetadata<4>>",
+            "kernel",
+            850,
+            100,
+            correlation=4,
+            **gpu,
+        ),
+        _x("vectorized_elementwise_kernel", "kernel", 2100, 300, **gpu),
+        {"ph": "s", "name": "ac2g", "ts": 15, "id": 1},
+    ]
+    first, second = replay.profile_steps({"traceEvents": events})
+    assert first["profiled_wall_s"] == pytest.approx(2000e-6)
+    assert first["gpu_busy_s"] == pytest.approx(650e-6)
+    assert first["idle_at_syncs_s"] == pytest.approx(70e-6)
+    assert first["idle_between_kernels_s"] == pytest.approx(1280e-6)
+    assert first["idle_gaps_over_10us"] == 4
+    assert (first["kernels"], first["copies"], first["launch_calls"]) == (4, 1, 4)
+    assert first["host_ops"] == 2
+    assert first["syncs"] == [
+        {
+            "call": "cudaStreamSynchronize",
+            "ops": ["aten::nonzero"],
+            "at_s": pytest.approx(150e-6),
+            "host_wait_s": pytest.approx(240e-6),
+            "gpu_idle_after_s": pytest.approx(70e-6),
+        }
+    ]
+    split = {k: round(v * 1e6) for k, v in first["kernel_split_s"].items()}
+    assert split == {
+        "gemm": 200,
+        "attention": 200,
+        "loss": 100,
+        "elementwise/other": 0,
+        "optimizer": 100,
+        "copy": 50,
+    }
+    assert second["profiled_wall_s"] == pytest.approx(500e-6)  # to the trace's last activity
+    assert second["gpu_busy_s"] == pytest.approx(300e-6)
+    assert second["kernel_split_s"]["elementwise/other"] == pytest.approx(300e-6)
+
+
+def test_cpu_profile_of_the_1b_step_returns_every_field(tmp_path):
+    """--device cpu --profile: 3d82f92's step at width 2 through the profiler (CI's rehearsal of
+    the GPU case): per timed call the wall, host CPU, top-level ops, and the table's row."""
+    try:
+        site = replay.extract(replay.COMMITS["step_1b"], tmp_path)
+    except subprocess.CalledProcessError:
+        pytest.skip("3d82f92 is not in this clone's history")
+    case = replay.profile_case("step_1b", site, "cpu", 2)
+    assert len(case["steps"]) == replay.STEP_1B_ROUNDS
+    for step in case["steps"]:
+        assert step["tokens"] == 8857  # the headline profile's 3 micro-batches (RESULTS)
+        assert 0 < step["host_main_cpu_s"] <= step["wall_s"] * 1.5
+        assert step["host_ops"] > 1000 and step["host_per_op_us"] > 0
+        assert step["gpu_busy_s"] == 0 and step["kernels"] == step["launch_calls"] == 0
+    assert set(replay.MEDIAN_KEYS) <= set(case["median"])
+    assert case["model"]["measured_h200_s"] == 0.2194 and case["model"]["model_gpu_s"] > 0
+    table = replay.profile_table({"step_1b": case})
+    assert "| step_1b (3d82f92) | cpu | 2 |" in table and "rehearsal" in table
