@@ -72,7 +72,15 @@ def archive(commit: str, archives: Path | None = None) -> bytes:
     if saved is not None and saved.is_file():
         return saved.read_bytes()
     cmd = ["git", "-C", str(ROOT), "archive", commit]
-    return subprocess.run(cmd, check=True, capture_output=True).stdout
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        where = f"{saved} is missing and " if saved else ""
+        raise RuntimeError(
+            f"{commit}: {where}git archive failed ({getattr(e, 'stderr', b'') or e!s}); "
+            "where git has the history: python -m bench.bench_host_replay --write-archives "
+            ".replay, and carry .replay"
+        ) from e
 
 
 def extract(commit: str, folder: Path, archives: Path | None = None) -> Path:

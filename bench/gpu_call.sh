@@ -3,11 +3,18 @@
 #   bash bench/gpu_call.sh [OUT]      (OUT: default $OUT, else bench/results/gpu)
 # 1. installs nothing from a network (bench/gpu_env.sh: wheels carried in .whl/, the project
 #    imported from this checkout);
-# 2. python -m bench.gpu_suite (tests on the device, then the benchmark suites), capped;
-# 3. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
-# 4. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files);
-# 5. issue 22's ablation at its GPU size, when the model is on the device (below).
-# DEVICE=cpu rehearses the same path on a CPU (gpu_suite --dry-run, tiny sizes).
+# 2. issue 19's calibration miss: our two measured H200 steps replayed with the code of the
+#    commits that ran them, at their shapes, through torch.profiler (bench/bench_host_replay.py
+#    --device cuda: GPU busy against host time per step); the commits' trees from .replay/
+#    (`python -m bench.bench_host_replay --write-archives .replay` beforehand, carried: the
+#    device's copy has no git history);
+# 3. python -m bench.gpu_suite (tests on the device, then the benchmark suites), capped;
+# 4. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
+# 5. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files);
+# 6. issue 22's ablation at its GPU size, when the model is on the device (below).
+# The caps (REPLAY_LIMIT_S 150 + SUITE_LIMIT_S 310 + CKPT_LIMIT_S 80 s) keep the call inside
+# 9 minutes of the device's 10 a call (the suite took 144 s on an H200 on 2026-11-30).
+# DEVICE=cpu rehearses the same path on a CPU (gpu_suite --dry-run, the replay at width 2).
 set -uo pipefail
 out=${1:-${OUT:-bench/results/gpu}}
 device=${DEVICE:-cuda}
@@ -20,7 +27,12 @@ source bench/gpu_env.sh || exit 1
 export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: measured errors
 
 pack() { tar -czf "$out/gpu_call.tar.gz" -C "$work" . ; }
-timeout "${SUITE_LIMIT_S:-490}" python3 -m bench.gpu_suite $dry --out "$work/suite" 2>&1 \
+timeout "${REPLAY_LIMIT_S:-150}" python3 -m bench.bench_host_replay --device "$device" --profile \
+  --widths 2 --archives .replay --out "$work/host_replay_profile.json" 2>&1 \
+  | tee "$work/host_replay_profile.log" | tail -n 8
+cp "$work/host_replay_profile.md" "$out/" 2>/dev/null
+pack
+timeout "${SUITE_LIMIT_S:-310}" python3 -m bench.gpu_suite $dry --out "$work/suite" 2>&1 \
   | tee "$work/gpu_suite.log" | tail -n 60
 pack
 timeout "${CKPT_LIMIT_S:-80}" python3 -m bench.bench_checkpointing --device "$device" \

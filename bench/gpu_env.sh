@@ -17,3 +17,8 @@ if ! python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -c "import reflectioncoder.kernels, torch; print('torch', torch.__version__)"
+# bench_host_replay (gpu_call.sh's replay step) runs de58a14's and 3d82f92's own code: it needs
+# what the project needs (Liger and DeepSpeed from .whl/ too) and their trees in .replay/.
+python3 -c "import importlib.util as u; m = [n for n in ('liger_kernel', 'deepspeed', 'transformers', 'tokenizers', 'safetensors', 'yaml') if u.find_spec(n) is None]; print('gpu_env: the replayed commits miss', ', '.join(m)) if m else None"
+[ -f .replay/de58a14.tar ] || git cat-file -e de58a14^{commit} 2>/dev/null \
+  || echo "gpu_env: no .replay/ and no git history: the replay step fails (bench/README.md)"
