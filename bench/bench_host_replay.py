@@ -1,6 +1,8 @@
 """Host (CPU) time of a whole measured training step, replayed with the code that ran it.
 
     python -m bench.bench_host_replay --out bench/results/host_replay.json
+    python -m bench.bench_host_replay --device cuda --archives .replay --out OUT.json  # a GPU
+    python -m bench.bench_host_replay --device cpu --profile --widths 2    # the same path, CPU
 
 bench/step_model.py's calibration has two steps measured on an H200: the 1.06B CLI step
 (``reflectioncoder train`` through bench/bench_engines.py at commit de58a14) and the 1.5B
@@ -36,6 +38,16 @@ thread's CPU time between them, marked where each happens (the loss plan's ``non
 CLI's ``tolist`` after clipping). A separate run (``--count-syncs`` in the child) lists every
 op of one step that syncs on CUDA (``nonzero``, ``item`` / ``bool`` of a tensor, ``tolist``,
 ``repeat_interleave`` without ``output_size``) with the file and line that called it.
+
+``--device cuda`` (``--profile`` on the CPU) settles what the replay cannot: each step at the
+run's own shapes with its own CUDA kernels (Liger, torch's varlen attention pinned as on the
+H200, the fused loss's Triton kernels; on the CPU the stand-ins at the first of ``--widths``),
+timed unprofiled, then the timed steps again through torch.profiler in the same process. Per
+step: wall, the main thread's CPU, GPU busy time (the union of kernels and copies), the GPU's
+idle after each host sync and between kernels, kernels, launches, host CPU per launch, kernel
+time by category (``profile_steps`` reads the Chrome trace); the medians against the step
+model's calibration row, and a ``reading``: (a) a launch costs the host more, or (b) the GPU is
+slower at these shapes than modelled (``_reading``).
 """
 
 from __future__ import annotations
