@@ -864,10 +864,12 @@ def _model_figures(kind: str) -> dict:
         r for r in step_model.calibration_rows() if r["what"].startswith(CALIBRATION_ROWS[kind])
     )
     gpu = re.search(r"GPU ([\d.]+) s; overlapped", row["note"])
+    host = re.search(r"host ([\d.]+) s \(at the smallest", row["note"])
     return {
         "measured_h200_s": row["measured"],
         "model_step_s": row["predicted"],
         "model_gpu_s": float(gpu.group(1)) if gpu else None,
+        "replayed_host_s": float(host.group(1)) if host else None,  # the CPU replay's
     }
 
 
@@ -888,7 +890,8 @@ def _reading(median: dict, model: dict) -> str:
         f"{busy / wall:.0%} of the {wall:.3f} s step; measured then {model['measured_h200_s']} s), "
         f"idle {median['idle_at_syncs_s']:.3f} s at syncs and "
         f"{median['idle_between_kernels_s']:.3f} s between kernels; "
-        f"host {median['host_main_cpu_s']:.3f} s main-thread CPU for "
+        f"host {median['host_main_cpu_s']:.3f} s main-thread CPU (the CPU replay: "
+        f"{model['replayed_host_s']} s) for "
         f"{median['launch_calls']:.0f} launches ({median['host_per_launch_us']:.1f} us each)"
     )
     if busy >= 0.8 * wall and busy > 1.2 * gpu:
@@ -924,7 +927,15 @@ def profile_case(kind: str, site: Path, device: str, width: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
         timed = _run_child(kind, site, width, device=device, trace=trace)
-        prof_rows = profile_steps(json.loads(trace.read_text()))
+        case = summarise_case(kind, device, timed, profile_steps(json.loads(trace.read_text())))
+    print(json.dumps({"case": kind, **case["median"]}), flush=True)
+    return case
+
+
+def summarise_case(kind: str, device: str, timed: dict, prof_rows: list[dict]) -> dict:
+    """A child's timed steps (its output: ``steps`` unprofiled, ``profiled_steps``) beside
+    the profile of the same steps (``profile_steps``): per step, medians, the model's figures
+    and the reading."""
     steps, again = timed["steps"][1:], timed["profiled_steps"][1:]
     rows = []
     for i, (t, p, q) in enumerate(zip(steps, prof_rows, again, strict=True)):
@@ -935,7 +946,8 @@ def profile_case(kind: str, site: Path, device: str, width: int) -> dict:
         row |= {"host_main_cpu_s": cpu, "host_cpu_s": t["cpu_s"]}
         row |= {k: v for k, v in p.items() if k != "step"}
         row["profiled_host_main_cpu_s"] = q["main_thread_cpu_s"]
-        row["host_per_launch_us"] = 1e6 * cpu / p["launch_calls"] if p["launch_calls"] else 0.0
+        launches = p["launch_calls"] or p["kernels"]  # kernels: if the driver's went untraced
+        row["host_per_launch_us"] = 1e6 * cpu / launches if launches else 0.0
         row["host_per_op_us"] = 1e6 * cpu / p["host_ops"] if p["host_ops"] else 0.0
         row["segments_main_cpu_s"] = t["segments_main_cpu_s"]
         rows.append(row)
@@ -944,10 +956,9 @@ def profile_case(kind: str, site: Path, device: str, width: int) -> dict:
         c: statistics.median(r["kernel_split_s"][c] for r in rows) for c in SPLIT
     }
     model = _model_figures(kind)
-    out = {"commit": COMMITS[kind], "device": device, "width": width, "arch": timed["arch"]}
-    out |= {"steps": rows, "median": median, "model": model}
+    out = {"commit": COMMITS[kind], "device": device, "width": timed["width"]}
+    out |= {"arch": timed["arch"], "steps": rows, "median": median, "model": model}
     out["reading"] = _reading(median if device == "cuda" else {**median, "gpu_busy_s": 0}, model)
-    print(json.dumps({"case": kind, **median}), flush=True)
     return out
 
 

@@ -42,10 +42,8 @@ def _x(name, cat, ts, dur, tid=1, pid=1, **args):
     }
 
 
-def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
-    """A hand-made CUDA trace of two steps (microseconds): GPU busy is the union of kernels and
-    copies, the idle gap after the nonzero's synchronize is the sync's, the rest between
-    kernels; AdamW's generic foreach kernel counts as optimizer (launched inside its range)."""
+def _cuda_trace() -> dict:
+    """A hand-made CUDA trace of two steps (microseconds)."""
     gpu = dict(tid=7, pid=0)
     events = [
         _x("replay step 1", "user_annotation", 0, 1000),
@@ -75,7 +73,14 @@ def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
         _x("vectorized_elementwise_kernel", "kernel", 2100, 300, **gpu),
         {"ph": "s", "name": "ac2g", "ts": 15, "id": 1},
     ]
-    first, second = replay.profile_steps({"traceEvents": events})
+    return {"traceEvents": events}
+
+
+def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
+    """GPU busy is the union of kernels and copies, the idle gap after the nonzero's
+    synchronize is the sync's, the rest between kernels; AdamW's generic foreach kernel counts
+    as optimizer (launched inside its range)."""
+    first, second = replay.profile_steps(_cuda_trace())
     assert first["profiled_wall_s"] == pytest.approx(2000e-6)
     assert first["gpu_busy_s"] == pytest.approx(650e-6)
     assert first["idle_at_syncs_s"] == pytest.approx(70e-6)
@@ -124,3 +129,27 @@ def test_cpu_profile_of_the_1b_step_returns_every_field(tmp_path):
     assert case["model"]["measured_h200_s"] == 0.2194 and case["model"]["model_gpu_s"] > 0
     table = replay.profile_table({"step_1b": case})
     assert "| step_1b (3d82f92) | cpu | 2 |" in table and "rehearsal" in table
+
+
+def test_a_cuda_case_is_summarised_read_and_tabled():
+    """The parent's side of --device cuda (a child's rows beside the trace's), which only a
+    GPU runs otherwise: per-launch host cost, medians, the reading, the table row."""
+
+    def row(step, start, cpu):
+        segments = {"0: start -> end": cpu}
+        times = dict(start_wall_s=start, main_thread_cpu_s=cpu, cpu_s=cpu, wall_s=0.0015)
+        return dict(step=step, tokens=100, segments_main_cpu_s=segments, **times)
+
+    steps = [row(1, 0.0, 0.003), row(2, 1.0, 0.0008), row(3, 1.002, 0.0004)]
+    timed = {"width": replay.REAL, "arch": {}, "steps": steps, "profiled_steps": steps}
+    case = replay.summarise_case("step_1b", "cuda", timed, replay.profile_steps(_cuda_trace()))
+    first, second = case["steps"]
+    assert first["wall_s"] == pytest.approx(0.002)  # to the next step's start
+    assert first["host_per_launch_us"] == pytest.approx(800 / 4)
+    assert second["host_per_launch_us"] == pytest.approx(400 / 1)  # no launch traced: kernels
+    assert case["median"]["gpu_busy_s"] == pytest.approx(475e-6)
+    assert case["reading"].startswith("(a) the host is the bound")  # 0.5 ms GPU of a 143 ms model
+    table = replay.profile_table({"step_1b": case})
+    assert "| step_1b (3d82f92) | cuda | as run | 0.0018 | 0.2194 |" in table
+    median = dict(case["median"], gpu_busy_s=0.20, wall_s=0.22)
+    assert replay._reading(median, case["model"]).startswith("(b) the GPU is slower")
