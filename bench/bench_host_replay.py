@@ -89,10 +89,15 @@ def archive(commit: str, archives: Path | None = None) -> bytes:
     except (OSError, subprocess.CalledProcessError) as e:
         where = f"{saved} is missing and " if saved else ""
         raise RuntimeError(
-            f"{commit}: {where}git archive failed ({getattr(e, 'stderr', b'') or e!s}); "
+            f"{commit}: {where}git archive failed ({_why(e)}); "
             "where git has the history: python -m bench.bench_host_replay --write-archives "
             ".replay, and carry .replay"
         ) from e
+
+
+def _why(error: Exception) -> str:
+    stderr = getattr(error, "stderr", None)
+    return stderr.decode(errors="replace").strip() if stderr else str(error)
 
 
 def extract(commit: str, folder: Path, archives: Path | None = None) -> Path:
