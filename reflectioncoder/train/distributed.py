@@ -571,7 +571,14 @@ class LocalEngine:
     gradients over the ranks in buckets of about one D x D matrix, each launched as soon as its
     gradients are ready in the step's last backward (earlier micro-batches do not reduce).
     Its comm hook (``_sum_bucket``) sums where DDP would average, and for 16-bit weights adds
-    the bucket into the fp32 masters and reduces the fp32 sums."""
+    the bucket into the fp32 masters and reduces the fp32 sums.
+
+    ``distributed.offload_optimizer`` (one rank only; several are refused): the optimizer on
+    the host. The weights stay on the device, and so does each one's fp32 gradient sum
+    (``_sums``, summed as above); every weight's fp32 master and AdamW's m and v live in host
+    memory (pinned masters and gradients beside a GPU, for the copies), stepped by torch's
+    fused CPU AdamW (``finish_step``). 2 + 4 bytes a parameter on the device, none for states;
+    16 on the host (master, its gradient, m, v), as DeepSpeed's CPU Adam keeps them."""
 
     def __init__(self, module: torch.nn.Module, run: RunConfig, info: DistInfo) -> None:
         self.module = module
@@ -579,10 +586,14 @@ class LocalEngine:
         self.weights = [p for p in module.parameters() if p.requires_grad]
         self._ddp = _data_parallel(module) if info.world_size > 1 else None
         self._reduce_now = False  # DDP reduces this micro-batch's backward (the step's last)
-        self.params = [_fp32_master(p) for p in self.weights]  # what the optimizer steps
-        # id(weight) -> its fp32 master, for 16-bit weights only.
+        self.host_optimizer = _host_optimizer(run, info)
+        # What the optimizer steps: fp32 masters (on the host when offloaded, for every weight).
+        self.params = [_fp32_master(p, self.host_optimizer) for p in self.weights]
+        # id(weight) -> its fp32 master, for 16-bit weights only (every weight when offloaded).
         pairs = zip(self.weights, self.params, strict=True)
         self._masters = {id(w): m for w, m in pairs if w is not m}
+        # Offloaded: id(weight) -> the step's fp32 gradient sum, on the device.
+        self._sums: dict[int, torch.Tensor] = {}
         for w in self.weights:
             if id(w) in self._masters:
                 w.register_post_accumulate_grad_hook(self._into_master)
@@ -615,6 +626,14 @@ class LocalEngine:
         in a reducing backward DDP's bucket has it, and ``_sum_bucket`` adds it there."""
         if self._reduce_now:
             return
+        if self.host_optimizer:  # the sum stays on the device, beside the weight
+            total = self._sums.get(id(weight))
+            if total is None:
+                self._sums[id(weight)] = weight.grad.float()  # (fp32 weights: the grad itself)
+            else:
+                total.add_(weight.grad)
+            weight.grad = None
+            return
         master = self._masters[id(weight)]
         if master.grad is None:
             master.grad = weight.grad.float()
@@ -629,6 +648,8 @@ class LocalEngine:
         and step count unchanged), so the step's one host sync comes after the step is
         launched."""
         all_reduce_sum(stats)
+        if self.host_optimizer:
+            return self._finish_on_host(stats)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
         if self.skip_nonfinite:
@@ -647,15 +668,52 @@ class LocalEngine:
         applied = math.isfinite(host[0]) and math.isfinite(host[-1])
         return StepResult(host[:-1], host[-1], applied)
 
+    def _finish_on_host(self, stats: torch.Tensor) -> StepResult:
+        """The offloaded step: clip the device's fp32 sums and read the step's stats and norm
+        (the one sync the step had), then, if finite (else nothing changes: weights, moments,
+        step count), the sums to the host masters' gradients, the host's fused AdamW, and the
+        masters back into the weights (cast to their dtype).
+
+        The copies to the host BLOCK: a non_blocking copy out of the device could be read by
+        the CPU's AdamW before it lands and silently corrupt the step, and no CPU test can see
+        that; correctness first. So the step adds one sync a parameter tensor to the stats'
+        one, while the device has no more work queued (it waits for the new weights anyway)."""
+        sums = [self._sums[id(w)] for w in self.weights if id(w) in self._sums]
+        norm = torch.nn.utils.get_total_norm(sums, foreach=True)
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        # as clip_grad_norm_ scales (bitwise the same as the engine without offload)
+        torch._foreach_mul_(sums, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
+        applied = math.isfinite(host[0]) and math.isfinite(host[-1])
+        if applied or not self.skip_nonfinite:
+            with torch.no_grad():
+                for w, m in zip(self.weights, self.params, strict=True):
+                    total = self._sums.get(id(w))
+                    if total is None:  # no gradient this step: AdamW leaves it alone
+                        m.grad = None
+                        continue
+                    if m.grad is None:  # kept across steps (pinned beside a GPU)
+                        m.grad = torch.empty(m.shape, pin_memory=_pinned(w))
+                    m.grad.copy_(total)  # blocking (docstring)
+                self.optimizer.step()
+                for w, m in zip(self.weights, self.params, strict=True):
+                    w.copy_(m)
+        self._sums.clear()
+        return StepResult(host[:-1], host[-1], applied)
+
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
+        if self.host_optimizer:
+            masters = ", optimizer on the host (fp32 master weights and AdamW states in CPU memory)"
         ddp = ""
         if self._ddp is not None:
             mib = self._ddp.bucket_bytes_cap / 2**20
             ddp = f", DDP over {self.info.world_size} ranks ({mib:.3g} MiB buckets)"
         return f"single engine, {type(self.optimizer).__name__} (fused){masters}{ddp}"
 
-    offloads_optimizer = False
+    @property
+    def offloads_optimizer(self) -> bool:
+        return self.host_optimizer
 
     def layout(self) -> dict[str, Any]:
         return {"engine": "single", "zero_stage": None, "world_size": self.info.world_size}
@@ -713,12 +771,35 @@ class LocalEngine:
         return _unwrap(self.module.state_dict())
 
 
-def _fp32_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
+def _fp32_master(weight: torch.nn.Parameter, host: bool = False) -> torch.nn.Parameter:
     """``weight`` itself when fp32; else an fp32 copy (``LocalEngine._into_master`` sums its
-    gradients)."""
-    if weight.dtype == torch.float32:
+    gradients). ``host``: always a copy, in host memory (pinned beside a GPU)."""
+    if weight.dtype == torch.float32 and not host:
         return weight
-    return torch.nn.Parameter(weight.detach().float().clone())
+    if not host:
+        return torch.nn.Parameter(weight.detach().float().clone())
+    master = torch.empty(weight.shape, dtype=torch.float32, pin_memory=_pinned(weight))
+    master.copy_(weight.detach())
+    return torch.nn.Parameter(master)
+
+
+def _pinned(weight: torch.Tensor) -> bool:
+    """Whether ``weight``'s host copies are pinned: beside a GPU, for its copy engines."""
+    return weight.device.type == "cuda"
+
+
+def _host_optimizer(run: RunConfig, info: DistInfo) -> bool:
+    """Whether the one-process engine puts its optimizer on the host (``offload_optimizer``
+    true, or ``auto`` resolved to true by the trainer's plan); one rank only."""
+    if run.distributed.offload_optimizer is not True:
+        return False
+    if info.world_size > 1:
+        raise ConfigError(
+            f"true needs one rank without DeepSpeed (here {info.world_size}): use "
+            "distributed.backend=deepspeed (ZeRO-Offload) or offload_optimizer=false",
+            field="distributed.offload_optimizer",
+        )
+    return True
 
 
 def _data_parallel(module: torch.nn.Module) -> torch.nn.parallel.DistributedDataParallel:

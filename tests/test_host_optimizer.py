@@ -1,0 +1,124 @@
+"""The one-process engine with its optimizer on the host (``distributed.offload_optimizer``,
+what ``auto`` picks for a 7B on one GPU): bf16 weights and the fp32 gradient sums on the device,
+fp32 masters and AdamW's m and v in host memory. On the CPU the "device" is the CPU, so the
+copies are trivial, but the path runs: the same losses, weights, masters and moments as the
+engine without offload (bitwise), a non-finite step changes nothing, and its checkpoints are
+the same state as the engine's without offload (resumes across offload on and off)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_trainer import tiny_config
+
+from reflectioncoder.train.trainer import Trainer
+
+# bf16 weights, several micro-batches a step (gradient accumulation), clipping active
+BF16 = ("model.dtype=bf16", "packing.max_tokens=200", "optim.lr=1e-3", "optim.grad_clip=0.5")
+HOST = ("distributed.offload_optimizer=true",)
+DEVICE = ("distributed.offload_optimizer=false",)
+
+
+def _run(cfg, steps: int, resume: bool = False, save: bool = False) -> tuple[list[dict], Trainer]:
+    """``steps`` rows (each with the step's ``backwards``: its micro-batches) and the trainer
+    (``save``: a checkpoint after the last step)."""
+    trainer = Trainer(cfg, resume=resume)
+    engine, backward, calls = trainer.engine, trainer.engine.backward, []
+    engine.backward = lambda loss: (calls.append(1), backward(loss))[-1]
+    try:
+        rows = []
+        for _ in range(steps):
+            calls.clear()
+            rows.append(dict(trainer.train_step(), backwards=len(calls)))
+        if save:
+            trainer.save()
+        return rows, trainer
+    finally:
+        trainer.close()
+
+
+def _state(trainer: Trainer) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+    """Weights, masters and AdamW states (module order)."""
+    engine = trainer.engine
+    states = [engine.optimizer.state[m] for m in engine.params]
+    moments = [(s["exp_avg"], s["exp_avg_sq"], float(s["step"])) for s in states]
+    return [w.detach() for w in engine.weights], [m.detach() for m in engine.params], moments
+
+
+def _assert_same(a: Trainer, b: Trainer) -> None:
+    for x, y in zip(_state(a), _state(b), strict=True):
+        for u, v in zip(x, y, strict=True):
+            if isinstance(u, tuple):
+                assert all(torch.equal(p, q) for p, q in zip(u[:2], v[:2], strict=True))
+                assert u[2] == v[2]
+            else:
+                assert torch.equal(u, v)
+
+
+def test_host_optimizer_gives_the_device_engines_steps_bitwise(tmp_path, seed):
+    steps = 4
+    device, on_device = _run(tiny_config(tmp_path / "d", seed, extra=(*BF16, *DEVICE)), steps)
+    host, on_host = _run(tiny_config(tmp_path / "h", seed, extra=(*BF16, *HOST)), steps)
+    assert "optimizer on the host" in on_host.engine.describe()
+    assert "on the host" not in on_device.engine.describe()
+    assert on_host.engine.offloads_optimizer and not on_device.engine.offloads_optimizer
+    assert all(m.device.type == "cpu" and m.dtype == torch.float32 for m in on_host.engine.params)
+    assert all(w.dtype == torch.bfloat16 for w in on_host.engine.weights)
+    assert max(r["backwards"] for r in host) > 1  # the sums accumulate over micro-batches
+    assert any(r["grad_norm"] > 0.5 for r in host)  # clipping scaled some step
+    for d, h in zip(device, host, strict=True):
+        assert (h["loss"], h["grad_norm"], h["tokens"]) == (d["loss"], d["grad_norm"], d["tokens"])
+    _assert_same(on_device, on_host)
+    assert not on_host.engine._sums  # the step's sums dropped once stepped
+
+
+def test_a_nonfinite_step_changes_nothing_on_the_host(tmp_path, seed):
+    trainer = Trainer(tiny_config(tmp_path, seed, extra=(*BF16, *HOST)))
+    real = trainer.step_batches
+
+    def poison(step):
+        batches = real(step)
+        if step == 1:  # the second step (step_batches counts from 0)
+            b = batches[-1]
+            b.ce_weight = b.ce_weight.clone()
+            b.ce_weight[0] = float("nan")
+        return batches
+
+    trainer.step_batches = poison
+    try:
+        assert not trainer.train_step()["skipped"]
+        before = copy.deepcopy(_state(trainer))
+        assert trainer.train_step()["skipped"]
+        after = _state(trainer)
+        for x, y in zip(before, after, strict=True):
+            for u, v in zip(x, y, strict=True):
+                if isinstance(u, tuple):
+                    assert torch.equal(u[0], v[0]) and torch.equal(u[1], v[1]) and u[2] == v[2]
+                else:
+                    assert torch.equal(u, v)
+        assert not trainer.engine._sums  # the NaN sums are not carried into the next step
+        assert not trainer.train_step()["skipped"]
+    finally:
+        trainer.close()
+
+
+@pytest.mark.parametrize("first", [HOST, DEVICE], ids=["from_host", "from_device"])
+def test_resume_onto_the_host_optimizer_equals_the_uninterrupted_run(tmp_path, seed, first):
+    """Saved at step 2 by an offloaded (or not) engine, resumed offloaded: steps 3-4 and the
+    final state equal the uninterrupted offloaded run's."""
+    want, straight = _run(tiny_config(tmp_path / "s", seed, extra=(*BF16, *HOST)), 4)
+    _run(tiny_config(tmp_path / "r", seed, extra=(*BF16, *first)), 2, save=True)
+    got, resumed = _run(tiny_config(tmp_path / "r", seed, extra=(*BF16, *HOST)), 2, resume=True)
+    assert resumed.step == 4 and resumed.engine.offloads_optimizer
+    assert [r["loss"] for r in got] == [r["loss"] for r in want[2:]]
+    _assert_same(straight, resumed)
+
+
+def test_the_device_engine_resumes_an_offloaded_checkpoint(tmp_path, seed):
+    _, straight = _run(tiny_config(tmp_path / "s", seed, extra=(*BF16, *DEVICE)), 3)
+    _run(tiny_config(tmp_path / "r", seed, extra=(*BF16, *HOST)), 2, save=True)
+    _, resumed = _run(tiny_config(tmp_path / "r", seed, extra=(*BF16, *DEVICE)), 1, resume=True)
+    assert resumed.step == 3 and not resumed.engine.offloads_optimizer
+    _assert_same(straight, resumed)
