@@ -184,8 +184,9 @@ def resident_bytes(
     bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
     fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
     and the buckets at stage 2-3 and with an offloaded optimizer (which runs stage 1 as stage 2:
-    ``distributed.offloaded_stage``); fp32 master weights, m and v over 1/ranks (m and v under
-    autocast), none on the device when offloaded."""
+    ``distributed.offloaded_stage``; at stage 0, one rank, the whole fp32 sums 4P, the bucket
+    allowance covering the one bf16 gradient in flight); fp32 master weights, m and v over
+    1/ranks (m and v under autocast), none on the device when offloaded."""
     weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
     if stage >= 2 or offload:
         grads = 4 * params / ranks + BUCKET_BYTES
@@ -208,6 +209,12 @@ def reserve_bytes(device_bytes: float) -> float:
 def activation_budget(device_bytes: float, resident: float) -> float:
     """Bytes left for activations."""
     return device_bytes - resident - reserve_bytes(device_bytes)
+
+
+def can_offload(stage: int, ranks: int) -> bool:
+    """Whether an engine can put its optimizer on the host: DeepSpeed's ZeRO-1/2 (ZeRO-Offload),
+    or the one-process engine on one rank (``distributed.LocalEngine``)."""
+    return stage in (1, 2) or (stage == 0 and ranks == 1)
 
 
 def needs_offload(
@@ -382,7 +389,7 @@ def plan_run(
     if offload == "auto":
         offload = (
             device_bytes is not None
-            and stage in (1, 2)
+            and can_offload(stage, ranks)
             and needs_offload(device_bytes, params, layers, tokens, hidden, stage, ranks)
         )
     offload = bool(offload)

@@ -256,10 +256,13 @@ class DistributedConfig:
     deepspeed_config: str | None = None
     """A DeepSpeed JSON (the reference's format); its "auto" values are filled from this config."""
     offload_optimizer: bool | str = "auto"
-    """ZeRO-Offload the optimizer states (and the step) to CPU memory, run by DeepSpeed's CPU
-    Adam (also when the DeepSpeed JSON asks for an offload device). ``auto``: on under DeepSpeed
-    ZeRO-1/2 on CUDA when the weights, gradients and optimizer states leave no room for even
-    fully checkpointed activations (``activation_checkpointing.needs_offload``), else off."""
+    """The fp32 master weights, AdamW's states and its step in CPU memory: under DeepSpeed,
+    ZeRO-Offload with DeepSpeed's CPU Adam (also when the DeepSpeed JSON asks for an offload
+    device); in one process without DeepSpeed (one rank only: true on several is refused),
+    torch's fused AdamW on the host, the fp32 gradient sums kept on the GPU. ``auto``: on (on
+    CUDA, DeepSpeed ZeRO-1/2 or one process) when the weights, gradients and optimizer states
+    leave no room for even fully checkpointed activations
+    (``activation_checkpointing.needs_offload``), else off."""
     fp32_grad_accum: bool | str = "auto"
     """Sum a step's gradients over micro-batches and ranks in fp32 when the weights are bf16,
     under DeepSpeed ZeRO-1/2/3: ``data_types.grad_accum_dtype`` fp32 (ZeRO-1: the BF16

@@ -12,6 +12,7 @@ from reflectioncoder.activation_checkpointing import (
     activation_budget,
     activation_bytes,
     apply_plan,
+    can_offload,
     kept_bytes,
     named_plan,
     needs_offload,
@@ -61,7 +62,8 @@ def test_resident_bytes_by_engine():
     assert resident_bytes(P, stage=0, ranks=1, autocast=True) == pytest.approx(16 * P)
     # stage 1 offloaded runs as stage 2 (distributed.offloaded_stage): no whole fp32 grad_accum
     # beside the fp32 partition (tests/test_zero_fp32_sums.py)
-    for stage in (1, 2):
+    # one process offloaded (distributed.LocalEngine): bf16 weights and the whole fp32 sums
+    for stage in (0, 1, 2):
         offloaded = resident_bytes(P, stage=stage, ranks=1, offload=True)
         assert offloaded == pytest.approx(6 * P + 2**30)
     assert resident_bytes(P, stage=3, ranks=8) == pytest.approx(P * (2 + 4 + 12) / 8 + 2**30)
@@ -76,9 +78,17 @@ def test_one_h100_offloads_and_eight_do_not():
     assert memory.offload and "full" in plan and set(plan) != {"full"} and memory.fits
     budget = activation_budget(H100, resident_bytes(P, stage=1, ranks=1, offload=True))
     assert activation_bytes(plan, T, D) == memory.activation_bytes <= budget == memory.budget_bytes
-    # one process cannot offload: a 7B does not fit one 80 GB GPU, and the plan says so
-    assert not plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
-                        stage=0, ranks=1, offload="auto", device_bytes=H100).fits  # fmt: skip
+    # one process on one rank offloads as ZeRO-1 does (its device keeps the same 6P + buckets)
+    assert needs_offload(H100, P, LAYERS, T, D, stage=0, ranks=1)
+    local = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                     stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
+    assert local == memory
+    # ... but not on several ranks (DDP: no host optimizer), where a 7B does not fit, and the
+    # plan says so
+    assert not can_offload(0, 2) and can_offload(0, 1) and not can_offload(3, 1)
+    eight = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+                     stage=0, ranks=8, offload="auto", device_bytes=H100)  # fmt: skip
+    assert not eight.offload and not eight.fits
     # an explicit choice is kept; a CPU run plans `full` and never offloads by itself
     memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
                       stage=1, ranks=1, offload=False, device_bytes=None)  # fmt: skip

@@ -509,8 +509,8 @@ class Trainer:
             log.warning(
                 "GPU memory: the activations need %.1f GiB, %.1f GiB is left beside the "
                 "weights, gradients and optimizer states: expect out-of-memory; use "
-                "distributed.offload_optimizer (DeepSpeed ZeRO-1/2), more GPUs or ZeRO-3, or "
-                "a smaller packing.max_tokens",
+                "distributed.offload_optimizer (one rank, or DeepSpeed ZeRO-1/2), more GPUs or "
+                "ZeRO-3, or a smaller packing.max_tokens",
                 memory.activation_bytes / 2**30,
                 max(memory.budget_bytes, 0) / 2**30,
             )
