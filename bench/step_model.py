@@ -353,10 +353,17 @@ def _stage(engine: str) -> int:
     return {"local": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[engine]
 
 
+def default_engine(gpus: int) -> str:
+    """The engine ``paper_preset`` (``backend: auto``) runs: one process on one GPU, DeepSpeed
+    ZeRO-1 on several."""
+    return "local" if gpus == 1 else "zero1"
+
+
 def default_levers(arch: Arch, card: str, gpus: int, engine: str, work: Workload) -> Levers:
     """The shipped default on this layout: ``offload_optimizer: auto`` resolved as the trainer
-    does (``activation_checkpointing.needs_offload``; DeepSpeed ZeRO-1/2 only)."""
-    offload = _stage(engine) in (1, 2) and ac.needs_offload(
+    does (``activation_checkpointing.needs_offload``; DeepSpeed ZeRO-1/2, or one process on one
+    rank: ``can_offload``)."""
+    offload = ac.can_offload(_stage(engine), gpus) and ac.needs_offload(
         MEMORY[card], _params(arch), arch.layers, work.tokens, arch.hidden, _stage(engine), gpus
     )
     return Levers(offload=offload)
@@ -577,7 +584,7 @@ def make_row(
         "micro_batch_tokens": work.tokens,
         **{k: v for k, v in asdict(levers).items()},
         "lever": lever,
-        "default": lever == "default" and engine == "zero1",
+        "default": lever == "default" and engine == default_engine(gpus),
         "predicted_step_s": round(pred.step_s, 3),
         "micro_batch_s": round(pred.micro_s, 4),
         "split_s": {k: round(v, 4) for k, v in pred.split_s.items()},
@@ -610,7 +617,7 @@ def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
         ("attention=fa4", replace(base, attention="fa4")),
         ("loss=full_logits", replace(base, loss="full_logits")),
     ]
-    if _stage(engine) in (1, 2):
+    if _stage(engine) in (0, 1, 2):  # one process: one GPU only (model_rows)
         flip = "off" if base.offload else "on"
         out.append((f"offload={flip}", replace(base, offload=not base.offload)))
     if engine in ("zero2", "zero3"):
@@ -970,10 +977,11 @@ def calibration_markdown(rows: list[dict]) -> str:
 
 
 def headline(rows: list[dict]) -> list[dict]:
-    """The recipe, default and best rows of every model, card and GPU count: ZeRO-1 (the
-    shipped default), and ZeRO-3 on 8 GPUs (where 13B and 34B fit)."""
+    """The recipe, default and best rows of every model, card and GPU count: the shipped
+    default's engine (one process on one GPU, ZeRO-1 on 8), ZeRO-1 on one GPU beside it, and
+    ZeRO-3 on 8 GPUs (where 13B and 34B fit)."""
     keep = ("default", "best", "recipe")
-    engines = ("zero1", "zero3")
+    engines = ("local", "zero1", "zero3")
     return [r for r in rows if r["engine"] in engines and r["lever"] in keep]
 
 

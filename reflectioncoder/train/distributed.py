@@ -594,6 +594,7 @@ class LocalEngine:
         self._masters = {id(w): m for w, m in pairs if w is not m}
         # Offloaded: id(weight) -> the step's fp32 gradient sum, on the device.
         self._sums: dict[int, torch.Tensor] = {}
+        self._staging_buffers: dict[torch.dtype, torch.Tensor] = {}  # the masters' way back
         for w in self.weights:
             if id(w) in self._masters:
                 w.register_post_accumulate_grad_hook(self._into_master)
@@ -697,9 +698,21 @@ class LocalEngine:
                     m.grad.copy_(total)  # blocking (docstring)
                 self.optimizer.step()
                 for w, m in zip(self.weights, self.params, strict=True):
-                    w.copy_(m)
+                    staged = self._staging(w)[: m.numel()].view_as(m)
+                    staged.copy_(m)  # cast on the host: 2 bytes a parameter cross the link
+                    w.copy_(staged)  # blocking: the buffer is the next weight's
         self._sums.clear()
         return StepResult(host[:-1], host[-1], applied)
+
+    def _staging(self, weight: torch.Tensor) -> torch.Tensor:
+        """A flat host buffer of ``weight``'s dtype, as large as the largest weight, pinned
+        beside a GPU (a copy from pageable memory is staged by the driver, slower)."""
+        staging = self._staging_buffers.get(weight.dtype)
+        if staging is None:
+            largest = max(w.numel() for w in self.weights)
+            staging = torch.empty(largest, dtype=weight.dtype, pin_memory=_pinned(weight))
+            self._staging_buffers[weight.dtype] = staging
+        return staging
 
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
