@@ -6,8 +6,9 @@
 
 Rows: CodeLlama-7B / 13B / 34B shapes at 16K-token micro-batches, on H100 and H200, one GPU
 (engine ``local``: one process; ``zero1``: DeepSpeed, nothing to partition) and 8 (``zero1``,
-``zero2``, ``zero3``), each with the shipped default config (``default``: true on the ``zero1``
-rows, as ``paper_preset`` runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
+``zero2``, ``zero3``), each with the shipped default config (``default``: true on the engine
+``paper_preset``'s ``backend: auto`` runs, ``local`` on one GPU and ``zero1`` on 8
+(``default_engine``), as it runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
 ``none`` / ``save_gemms`` / ``offload`` / ``full``, the least recompute that fits, planned as
 the trainer plans it: reflectioncoder/activation_checkpointing.py, ``offload`` layers as far
 as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on under CUDA),
@@ -30,7 +31,7 @@ bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 1
 (``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB with an fp32
 partition's gradient memory, an upper bound: with the recipe's bf16 sums DeepSpeed keeps them on
 the host; 1.898 samples/s modelled, against 1.917 for the unrunnable recipe row, so our
-default's ratio over it is 1.90x, not the 1.88x printed), or use 4 GPUs or more. The 1-H100
+default's ratio over it is 2.00x, not the 1.99x printed), or use 4 GPUs or more. The 1-H100
 recipe row is kept as written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens

@@ -122,3 +122,15 @@ def test_the_device_engine_resumes_an_offloaded_checkpoint(tmp_path, seed):
     _, resumed = _run(tiny_config(tmp_path / "r", seed, extra=(*BF16, *DEVICE)), 1, resume=True)
     assert resumed.step == 3 and not resumed.engine.offloads_optimizer
     _assert_same(straight, resumed)
+
+
+def test_several_ranks_without_deepspeed_are_refused_naming_the_field(tmp_path, seed):
+    from reflectioncoder.errors import ConfigError, one_line
+    from reflectioncoder.train.distributed import DistInfo, LocalEngine
+
+    cfg = tiny_config(tmp_path, seed, extra=HOST)
+    two = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), deepspeed=False)
+    with pytest.raises(ConfigError) as err:
+        LocalEngine(torch.nn.Linear(2, 2), cfg, two)  # refused before any process group is used
+    line, _ = one_line(err.value)
+    assert line.startswith("distributed.offload_optimizer: true needs one rank"), line

@@ -584,9 +584,9 @@ class LocalEngine:
         self.module = module
         self.info = info
         self.weights = [p for p in module.parameters() if p.requires_grad]
+        self.host_optimizer = _host_optimizer(run, info)
         self._ddp = _data_parallel(module) if info.world_size > 1 else None
         self._reduce_now = False  # DDP reduces this micro-batch's backward (the step's last)
-        self.host_optimizer = _host_optimizer(run, info)
         # What the optimizer steps: fp32 masters (on the host when offloaded, for every weight).
         self.params = [_fp32_master(p, self.host_optimizer) for p in self.weights]
         # id(weight) -> its fp32 master, for 16-bit weights only (every weight when offloaded).
