@@ -588,7 +588,8 @@ class LocalEngine:
         self._ddp = _data_parallel(module) if info.world_size > 1 else None
         self._reduce_now = False  # DDP reduces this micro-batch's backward (the step's last)
         # What the optimizer steps: fp32 masters (on the host when offloaded, for every weight).
-        self.params = [_fp32_master(p, self.host_optimizer) for p in self.weights]
+        master = _host_master if self.host_optimizer else _fp32_master
+        self.params = [master(p) for p in self.weights]
         # id(weight) -> its fp32 master, for 16-bit weights only (every weight when offloaded).
         pairs = zip(self.weights, self.params, strict=True)
         self._masters = {id(w): m for w, m in pairs if w is not m}
@@ -784,13 +785,16 @@ class LocalEngine:
         return _unwrap(self.module.state_dict())
 
 
-def _fp32_master(weight: torch.nn.Parameter, host: bool = False) -> torch.nn.Parameter:
+def _fp32_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
     """``weight`` itself when fp32; else an fp32 copy (``LocalEngine._into_master`` sums its
-    gradients). ``host``: always a copy, in host memory (pinned beside a GPU)."""
-    if weight.dtype == torch.float32 and not host:
+    gradients)."""
+    if weight.dtype == torch.float32:
         return weight
-    if not host:
-        return torch.nn.Parameter(weight.detach().float().clone())
+    return torch.nn.Parameter(weight.detach().float().clone())
+
+
+def _host_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
+    """An fp32 copy of ``weight`` (of any dtype) in host memory, pinned beside a GPU."""
     master = torch.empty(weight.shape, dtype=torch.float32, pin_memory=_pinned(weight))
     master.copy_(weight.detach())
     return torch.nn.Parameter(master)
