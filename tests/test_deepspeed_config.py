@@ -14,7 +14,9 @@ from reflectioncoder.config_loader import load_config
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.train.distributed import (
     DistInfo,
+    check_skipped_sums,
     deepspeed_config,
+    drop_skipped_sums,
     offloads_optimizer,
     optim_with_deepspeed_section,
 )
@@ -100,6 +102,46 @@ def test_fp32_sums_at_every_zero_stage(tmp_path, stage, setting):
     assert cfg["bf16"].get("immediate_grad_update", False) == (stage == 1)
     told = _run(tmp_path, {"communication_data_type": "bf16"}, *sets)
     assert deepspeed_config(told, INFO)["communication_data_type"] == "bf16"  # the JSON's
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_the_jsons_own_sum_dtypes_win(tmp_path, stage):
+    """A DeepSpeed JSON's ``data_types.grad_accum_dtype`` and ``communication_data_type`` are
+    used as written (docs/training.md); "auto" is filled with fp32."""
+    sets = ("model.dtype=bf16", f"distributed.zero_stage={stage}")
+    ds = {"data_types": {"grad_accum_dtype": "bf16"}, "communication_data_type": "bf16"}
+    cfg = deepspeed_config(_run(tmp_path, ds, *sets), INFO)
+    assert cfg["data_types"] == {"grad_accum_dtype": "bf16"}
+    assert cfg["communication_data_type"] == "bf16"
+    assert "immediate_grad_update" not in cfg["bf16"]  # the BF16 optimizer's: fp32 sums only
+    ds = {"data_types": {"grad_accum_dtype": "auto"}}
+    assert deepspeed_config(_run(tmp_path, ds, *sets), INFO)["data_types"] == {
+        "grad_accum_dtype": "fp32"
+    }
+
+
+class _ZeroOptimizer:
+    """Stand-in for DeepSpeed 0.19.8's offloaded ``DeepSpeedZeroOptimizer`` (its attributes)."""
+
+    cpu_offload = True
+
+    def __init__(self) -> None:
+        self.averaged_gradients = {0: torch.full((4,), float("nan"))}
+
+
+def test_skipped_sums_need_deepspeeds_attributes(tmp_path):
+    """``drop_skipped_sums`` clears DeepSpeed's private fp32 partition: an offloaded ZeRO-1/2
+    optimizer without it stops at start-up in one line, not silently after a skipped step."""
+    offloaded = ("distributed.zero_stage=2", "distributed.offload_optimizer=true")
+    cfg = deepspeed_config(_run(tmp_path, None, *offloaded), INFO)
+    zero = _ZeroOptimizer()
+    check_skipped_sums(zero, cfg)
+    drop_skipped_sums(zero)
+    assert zero.averaged_gradients == {0: None}
+    del zero.averaged_gradients
+    with pytest.raises(RuntimeError, match=r"deepspeed \S+: .*ZeRO-2 .*averaged_gradients"):
+        check_skipped_sums(zero, cfg)
+    check_skipped_sums(object(), deepspeed_config(_run(tmp_path, None), INFO))  # not offloaded
 
 
 def test_fp32_sums_need_a_zero_stage(tmp_path):

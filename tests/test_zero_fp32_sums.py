@@ -11,15 +11,18 @@ gradient. Each element's per-rank, per-micro-batch gradients are powers of two (
 
 So the accumulate error says the dtype of the sums over micro-batches, the reduce error that of
 the cross-rank reduction (DeepSpeed's ``communication_data_type``). With an offloaded optimizer,
-a step with a NaN gradient is skipped and the next one applies (``drop_skipped_sums``).
+a step with a NaN gradient is skipped and the next one applies with its own gradient, norm and
+clipping, also from a checkpoint saved right after the skipped one (``drop_skipped_sums``;
+without it DeepSpeed 0.19.8 skips the next step too).
 
 Also recorded: the gradient storage a rank holds after a micro-batch's backward (the bucket is
 ELEMENTS elements, 1/2 of them a rank's partition): ZeRO-1 the BF16 optimizer's full fp32
 gradient (4 bytes an element); ZeRO-2 an fp32 partition (4 / 2); ZeRO-3 an fp32 partition and
-its reduce bucket, which is fp32 when the reduction is (4 / 2 + 4); ZeRO-1 with an offloaded
-optimizer a full fp32 ``grad_accum`` per parameter, an fp32 partition and an fp32 bucket
-(4 + 4 / 2 + 4). bench/step_model.py's memory (``activation_checkpointing.resident_bytes``)
-counts these."""
+its reduce bucket, which is fp32 when the reduction is (4 / 2 + 4). DeepSpeed's own ZeRO-1 with
+an offloaded optimizer would hold a full fp32 ``grad_accum`` per parameter, an fp32 partition
+and an fp32 bucket (4 + 4 / 2 + 4, measured before ``distributed.offloaded_stage``); it runs as
+ZeRO-2, so its case records ZeRO-2's. bench/step_model.py's memory
+(``activation_checkpointing.resident_bytes``) counts these."""
 
 from __future__ import annotations
 
@@ -113,14 +116,22 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
     return summed, described
 
 
-def skipped_step_then_clean(overrides: list[str]) -> list[bool]:
-    """Two steps with an offloaded optimizer, the first with a NaN gradient on rank 1: whether
-    each was applied, ``drop_skipped_sums`` run after a skipped one as ``DeepSpeedEngine`` runs
-    it, and whether the weights stayed finite."""
+def skipped_step_then_clean(overrides: list[str], folder: str) -> dict:
+    """Two steps with an offloaded optimizer (clipping at 1), the first with a NaN gradient on
+    rank 1, ``drop_skipped_sums`` run after a skipped one as ``DeepSpeedEngine`` runs it:
+    whether each was applied; the second's gradient norm and update against the clean step's
+    exact sum (nothing of the skipped step left in it); and the second step run again from a
+    checkpoint saved right after the skipped one."""
     import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
 
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.distributed import DistInfo, deepspeed_config, drop_skipped_sums
+    from reflectioncoder.train.distributed import (
+        DistInfo,
+        check_skipped_sums,
+        deepspeed_config,
+        drop_skipped_sums,
+    )
 
     run = load_config(
         base="tiny", overrides=["data.files=[x.jsonl]", "model.dtype=bf16", *overrides]
@@ -135,21 +146,40 @@ def skipped_step_then_clean(overrides: list[str]) -> list[bool]:
     engine, *_ = deepspeed.initialize(
         model=module, optimizer=torch.optim.SGD(module.parameters(), lr=1.0), config=config
     )
-    applied = []
-    for step in range(2):
+    check_skipped_sums(engine.optimizer, config)
+
+    def step(poison: bool) -> bool:
         for m in range(3):
             engine.set_gradient_accumulation_boundary(m == 2)
             x = gradients(rank, m).to(torch.bfloat16)
-            if step == 0 and m == 1 and rank == 1:
+            if poison and m == 1 and rank == 1:
                 x[3] = float("nan")
             engine.backward(engine(x) * world, scale_wrt_gas=False)
         engine.step()
-        applied.append(bool(engine.was_step_applied()))
-        if not applied[-1]:
+        if not engine.was_step_applied():
             drop_skipped_sums(engine.optimizer)
-    applied.append(bool(torch.isfinite(engine.module.w).all()))
+        return bool(engine.was_step_applied())
+
+    applied = [step(poison=True)]
+    engine.save_checkpoint(folder, tag="skipped")
+    applied.append(step(poison=False))
+    clean = sum(gradients(r, m) for r in range(world) for m in range(3))
+    norm = clean.norm().item()
+    weights = safe_get_full_fp32_param(engine.module.w).double()
+    # DeepSpeed's clipping: the gradient divided by (norm + 1e-6) / gradient_clipping
+    update_error = (weights + clean / ((norm + 1e-6) / run.optim.grad_clip)).abs().max().item()
+    engine.load_checkpoint(folder, tag="skipped")
+    again = [step(poison=False)]
+    again_equal = torch.equal(safe_get_full_fp32_param(engine.module.w).double(), weights)
+    result = {
+        "applied": applied,
+        "finite": bool(torch.isfinite(weights).all()),
+        "norm": [float(engine.get_global_grad_norm()), norm],
+        "update_error": update_error,
+        "resumed_after_skip": again + [again_equal],
+    }
     engine.destroy()
-    return applied
+    return result
 
 
 def gradient_bytes(engine) -> dict[str, int]:
@@ -222,8 +252,14 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
     for name in ("zero2_bf16_reduce", "zero1_bf16_reduce"):
         assert got[name]["errors"] == {"accumulate": 0.0, "reduce": SMALL}, got[name]
     # offloaded: a NaN step is skipped, and the next one applies (DeepSpeed alone skips it too)
+    # with the clean step's own norm and clipped update; saved right after the skipped step, the
+    # checkpoint runs the clean step again to the same weights
     for name in ("zero1_offload", "zero2_offload"):
-        assert got["skipped_then_clean"][name] == [False, True, True], got["skipped_then_clean"]
+        case = got["skipped_then_clean"][name]
+        assert case["applied"] == [False, True] and case["finite"], (name, case)
+        assert case["norm"][0] == pytest.approx(case["norm"][1], rel=1e-6), (name, case)
+        assert case["update_error"] < 1e-6, (name, case)
+        assert case["resumed_after_skip"] == [True, True], (name, case)
 
 
 if __name__ == "__main__":  # one process per rank under torchrun
@@ -234,8 +270,9 @@ if __name__ == "__main__":  # one process per rank under torchrun
     for name, overrides, extra in CASES:
         summed, described = run_case(overrides, extra)
         results[name] = {"errors": errors(summed), **described}
+    folder = os.path.join(os.path.dirname(sys.argv[1]), "checkpoint")
     results["skipped_then_clean"] = {
-        name: skipped_step_then_clean(overrides)
+        name: skipped_step_then_clean(overrides, os.path.join(folder, name))
         for name, overrides, _ in CASES
         if name in ("zero1_offload", "zero2_offload")
     }

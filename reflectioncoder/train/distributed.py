@@ -390,10 +390,13 @@ def _fp32_sums(cfg: dict[str, Any], bf16: dict[str, Any], stage: int, offload: b
     ZeRO-2/3 sum in bf16. ``communication_data_type`` fp32: the cross-rank sum, which DeepSpeed
     otherwise runs in bf16 at every stage (ZeRO-1 too: its fp32 sums are cast to bf16 for the
     all-reduce); twice the bytes, overlapped with the backward at ZeRO-2/3."""
-    cfg["data_types"] = dict(cfg.get("data_types", {}), grad_accum_dtype="fp32")
+    data_types = dict(cfg.get("data_types", {}))
+    if data_types.get("grad_accum_dtype", "auto") == "auto":  # the JSON's own wins
+        data_types["grad_accum_dtype"] = "fp32"
+    cfg["data_types"] = data_types
     if cfg.get("communication_data_type", "auto") == "auto":
         cfg["communication_data_type"] = "fp32"
-    if stage == 1 and not offload:
+    if stage == 1 and not offload and data_types["grad_accum_dtype"] == "fp32":
         # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
         # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
         bf16.setdefault("immediate_grad_update", True)
@@ -884,6 +887,7 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.config
         )
+        check_skipped_sums(self.optimizer, self.config)
         self.optimizer_name = type(optimizer).__name__
         self.module = self.engine.module
         # DeepSpeed averages gradients over ranks; our weights already normalise globally.
@@ -993,11 +997,31 @@ def drop_skipped_sums(zero_optimizer: Any) -> None:
     """After a skipped (non-finite) step: DeepSpeed 0.19.8's ZeRO-1/2 with an offloaded
     optimizer keeps that step's fp32 gradient partition (stage_1_and_2.py ``step`` resets only
     its host buffers on overflow), so the NaN would be summed into every later step and skip
-    it too (tests/test_zero_fp32_sums.py). Drop it, as DeepSpeed does without offload."""
-    sums = getattr(zero_optimizer, "averaged_gradients", None)
-    if getattr(zero_optimizer, "cpu_offload", False) and isinstance(sums, dict):
+    it too (tests/test_zero_fp32_sums.py). Drop it, as DeepSpeed does without offload and after
+    an applied step. ``check_skipped_sums`` vouches for the attributes at start-up."""
+    if getattr(zero_optimizer, "cpu_offload", False) is True:
+        sums = zero_optimizer.averaged_gradients
         for key in sums:
             sums[key] = None
+
+
+def check_skipped_sums(zero_optimizer: Any, config: dict[str, Any]) -> None:
+    """An offloaded ZeRO-1/2 optimizer has the private attributes ``drop_skipped_sums`` clears
+    (DeepSpeed 0.19.8's ``DeepSpeedZeroOptimizer``); another DeepSpeed without them stops here
+    in one line rather than skipping every step after a non-finite one."""
+    stage = config["zero_optimization"].get("stage", 0)
+    if not offloads_optimizer(config) or stage not in (1, 2):
+        return
+    sums = getattr(zero_optimizer, "averaged_gradients", None)
+    if getattr(zero_optimizer, "cpu_offload", None) is not True or not isinstance(sums, dict):
+        import deepspeed
+
+        raise RuntimeError(
+            f"deepspeed {deepspeed.__version__}: its offloaded ZeRO-{stage} optimizer "
+            f"({type(zero_optimizer).__name__}) has no cpu_offload / averaged_gradients dict, "
+            "which reflectioncoder clears after a skipped step (train.distributed."
+            "drop_skipped_sums, written against deepspeed 0.19.8)"
+        )
 
 
 # Where DeepSpeed's ZeRO 1-2, ZeRO-3 and BF16 optimizers keep their flat fp32 partitions.
