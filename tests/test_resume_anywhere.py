@@ -48,9 +48,11 @@ def _part(overrides: list[str], resume: bool, stop: int | None) -> None:
         trainer.close()
 
 
-def _run(overrides: list[str], ranks: int, resume: bool, stop: int | None) -> str:
-    """One part of the run: in this process (1 rank) or under torchrun (2 ranks); returns the
-    log of the torchrun part."""
+def _run(
+    overrides: list[str], ranks: int, resume: bool, stop: int | None, script: str = __file__
+) -> str:
+    """One part of the run: in this process (1 rank) or under torchrun (2 ranks, ``script``
+    the driver); returns the log of the torchrun part."""
     if ranks == 1:
         _part(overrides, resume, stop)
         return ""
@@ -58,7 +60,7 @@ def _run(overrides: list[str], ranks: int, resume: bool, stop: int | None) -> st
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
     spec = json.dumps({"overrides": overrides, "resume": resume, "stop": stop})
     args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
-    args += [f"--master_port={_free_port()}", __file__, spec]
+    args += [f"--master_port={_free_port()}", script, spec]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stderr
