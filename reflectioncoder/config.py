@@ -267,10 +267,11 @@ class DistributedConfig:
     """Sum a step's gradients over micro-batches and ranks in fp32 when the weights are bf16,
     under DeepSpeed ZeRO-1/2/3: ``data_types.grad_accum_dtype`` fp32 (ZeRO-1: the BF16
     optimizer's full fp32 gradient; ZeRO-2/3: an fp32 partition, 1/ranks of it; an offloaded
-    ZeRO-1 runs as ZeRO-2, since DeepSpeed's would keep both) and ``communication_data_type``
-    fp32 (the cross-rank sum; twice bf16's bytes). tests/test_zero_fp32_sums.py measures each stage.
-    ``auto``: on at ZeRO-1/2/3 (DeepSpeed's ZeRO-0 cannot). One process always does: its engine
-    owns the fp32 sums."""
+    ZeRO-1 runs as ZeRO-2 whatever this says, since DeepSpeed's would keep both) and
+    ``communication_data_type`` fp32 (the cross-rank sum; twice bf16's bytes); a DeepSpeed
+    JSON's own values of either win. tests/test_zero_fp32_sums.py measures each stage.
+    ``auto``: on at ZeRO-1/2/3 (DeepSpeed's ZeRO-0 cannot); ``false``: both left to DeepSpeed
+    (bf16). One process always does: its engine owns the fp32 sums."""
     timeout_minutes: int = 30
     """Collective timeout."""
 
