@@ -253,8 +253,8 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
         assert got[name]["errors"] == {"accumulate": 0.0, "reduce": SMALL}, got[name]
     # offloaded: a NaN step is skipped, and the next one applies (DeepSpeed alone skips it too)
     # with the clean step's own norm and clipped update; saved right after the skipped step, the
-    # checkpoint runs the clean step again to the same weights
-    for name in ("zero1_offload", "zero2_offload"):
+    # checkpoint runs the clean step again to the same weights (ZeRO-3 drops the partition itself)
+    for name in ("zero1_offload", "zero2_offload", "zero3_offload"):
         case = got["skipped_then_clean"][name]
         assert case["applied"] == [False, True] and case["finite"], (name, case)
         assert case["norm"][0] == pytest.approx(case["norm"][1], rel=1e-6), (name, case)
@@ -271,10 +271,11 @@ if __name__ == "__main__":  # one process per rank under torchrun
         summed, described = run_case(overrides, extra)
         results[name] = {"errors": errors(summed), **described}
     folder = os.path.join(os.path.dirname(sys.argv[1]), "checkpoint")
+    offloaded = {name: overrides for name, overrides, _ in CASES if name.endswith("_offload")}
+    offloaded["zero3_offload"] = ["distributed.zero_stage=3", "distributed.offload_optimizer=true"]
     results["skipped_then_clean"] = {
         name: skipped_step_then_clean(overrides, os.path.join(folder, name))
-        for name, overrides, _ in CASES
-        if name in ("zero1_offload", "zero2_offload")
+        for name, overrides in offloaded.items()
     }
     if int(os.environ["RANK"]) == 0:
         with open(sys.argv[1], "w") as f:
