@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import pytest
 from test_gradient_checkpointing import save_tiny_model
 
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -51,3 +53,30 @@ def test_paper_config_runs_when_pointed_at_local_folders(tmp_path, seed):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert (out / "final" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("world", [1, 8])
+def test_paper_preset_is_deepspeed_zero1_on_several_ranks_and_one_process_on_one(
+    monkeypatch, world
+):
+    """``backend: auto``: a launcher's WORLD_SIZE > 1 (torchrun, deepspeed) starts DeepSpeed at
+    the preset's ZeRO-1; one rank starts no process group and runs the one-process engine."""
+    import torch
+
+    from reflectioncoder.config_loader import load_config
+    from reflectioncoder.train import distributed
+
+    started = []
+    stub = types.ModuleType("deepspeed")  # setup's only DeepSpeed call, recorded
+    stub.init_distributed = lambda **kwargs: started.append(kwargs)
+    monkeypatch.setitem(sys.modules, "deepspeed", stub)
+    for key, value in (("WORLD_SIZE", world), ("RANK", 0), ("LOCAL_RANK", 0)):
+        monkeypatch.setenv(key, str(value))
+    cfg = load_config(base="paper", overrides=["data.files=[x.jsonl]"])
+    info = distributed.setup(cfg.distributed, device="cpu")
+    assert info.deepspeed is (world > 1) and info.world_size == world
+    assert [s["dist_backend"] for s in started] == (["gloo"] if world > 1 else [])
+    if world > 1:
+        assert distributed.deepspeed_config(cfg, info)["zero_optimization"]["stage"] == 1
+    else:
+        assert not torch.distributed.is_initialized()
