@@ -139,8 +139,10 @@ def test_skipped_sums_need_deepspeeds_attributes(tmp_path):
     drop_skipped_sums(zero)
     assert zero.averaged_gradients == {0: None}
     del zero.averaged_gradients
-    with pytest.raises(RuntimeError, match=r"deepspeed \S+: .*ZeRO-2 .*averaged_gradients"):
+    with pytest.raises(RuntimeError, match=r"deepspeed \S+: .*ZeRO-2 .*averaged_gradients") as err:
         check_skipped_sums(zero, cfg)
+    line = str(err.value)
+    assert "distributed.offload_optimizer=false" in line and "\n" not in line  # the remedy
     check_skipped_sums(object(), deepspeed_config(_run(tmp_path, None), INFO))  # not offloaded
 
 

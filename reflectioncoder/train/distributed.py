@@ -668,10 +668,7 @@ class LocalEngine:
                 w.grad = None
             with torch.no_grad():
                 torch._foreach_copy_(weights, [self._masters[id(w)] for w in weights])
-        # The one host sync per optimizer step (logging), the update already queued.
-        host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
-        applied = math.isfinite(host[0]) and math.isfinite(host[-1])
-        return StepResult(host[:-1], host[-1], applied)
+        return _read_step(stats, norm)  # the update already queued
 
     def _finish_on_host(self, stats: torch.Tensor) -> StepResult:
         """The offloaded step: clip the device's fp32 sums and read the step's stats and norm
@@ -688,9 +685,8 @@ class LocalEngine:
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         # as clip_grad_norm_ scales (bitwise the same as the engine without offload)
         torch._foreach_mul_(sums, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
-        applied = math.isfinite(host[0]) and math.isfinite(host[-1])
-        if applied or not self.skip_nonfinite:
+        result = _read_step(stats, norm)
+        if result.applied or not self.skip_nonfinite:
             with torch.no_grad():
                 for w, m in zip(self.weights, self.params, strict=True):
                     total = self._sums.get(id(w))
@@ -706,7 +702,7 @@ class LocalEngine:
                     staged.copy_(m)  # cast on the host: 2 bytes a parameter cross the link
                     w.copy_(staged)  # blocking: the buffer is the next weight's
         self._sums.clear()
-        return StepResult(host[:-1], host[-1], applied)
+        return result
 
     def _staging(self, weight: torch.Tensor) -> torch.Tensor:
         """A flat host buffer of ``weight``'s dtype, as large as the largest weight, pinned
@@ -786,6 +782,13 @@ class LocalEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
         return _unwrap(self.module.state_dict())
+
+
+def _read_step(stats: torch.Tensor, norm: torch.Tensor) -> StepResult:
+    """The one host sync per optimizer step (logging): the step's stats and gradient norm;
+    applied when the loss (stats[0]) and the norm are finite."""
+    host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
+    return StepResult(host[:-1], host[-1], math.isfinite(host[0]) and math.isfinite(host[-1]))
 
 
 def _fp32_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
@@ -1020,7 +1023,8 @@ def check_skipped_sums(zero_optimizer: Any, config: dict[str, Any]) -> None:
             f"deepspeed {deepspeed.__version__}: its offloaded ZeRO-{stage} optimizer "
             f"({type(zero_optimizer).__name__}) has no cpu_offload / averaged_gradients dict, "
             "which reflectioncoder clears after a skipped step (train.distributed."
-            "drop_skipped_sums, written against deepspeed 0.19.8)"
+            "drop_skipped_sums, written against deepspeed 0.19.8): install deepspeed==0.19.8, or "
+            "turn the offload off (distributed.offload_optimizer=false, none in the JSON)"
         )
 
 
