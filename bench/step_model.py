@@ -469,7 +469,10 @@ def predict(
 ) -> Prediction:
     """One optimizer step of ``work.samples_per_step`` samples (module docstring)."""
     if engine == "zero1" and levers.offload and levers.fp32_sums:
-        engine = "zero2"  # the trainer runs an offloaded ZeRO-1 as ZeRO-2 (offloaded_stage)
+        # the trainer runs an offloaded ZeRO-1 as ZeRO-2 (offloaded_stage), whatever the sums;
+        # with bf16 sums this stays DeepSpeed's own ZeRO-1, as the authors' code runs it (the
+        # recipe made runnable with ZeRO-Offload; the 1-GPU zero1 fp32_sums=off row too)
+        engine = "zero2"
     card = CARDS[card_name]
     peak, hbm = card.bf16_tflops * 1e12, card.hbm_tbs * 1e12 * BW_EFF
     shape = arch.shape()
