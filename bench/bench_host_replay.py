@@ -1057,11 +1057,16 @@ def main(argv: list[str] | None = None) -> int:
         for commit in COMMITS.values():
             (args.write_archives / f"{commit}.tar").write_bytes(archive(commit))
         return 0
+    unknown = sorted(set(args.cases.split(",")) - set(CASES))
+    if unknown:
+        parser.error(f"--cases: {', '.join(unknown)} not among {', '.join(CASES)}")
     if args.profile or args.device == "cuda":
         return _profile_main(args)
     import torch
 
     widths = tuple(int(w) for w in args.widths.split(","))
+    if len(set(widths)) < 2:  # one width cannot be extrapolated (_fit_zero)
+        parser.error(f"--widths: at least two different widths, got {args.widths!r}")
     result: dict = {"meta": {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}}
     result["meta"]["cpu"] = _cpu_name()
     with tempfile.TemporaryDirectory() as tmp:

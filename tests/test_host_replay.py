@@ -153,3 +153,15 @@ def test_a_cuda_case_is_summarised_read_and_tabled():
     assert "| step_1b (3d82f92) | cuda | as run | 0.0018 | 0.2194 |" in table
     median = dict(case["median"], gpu_busy_s=0.20, wall_s=0.22)
     assert replay._reading(median, case["model"]).startswith("(b) the GPU is slower")
+
+
+@pytest.mark.parametrize(
+    "argv, field",
+    [(["--widths", "2"], "--widths: at least two"), (["--cases", "cli,step1b"], "--cases: step1b")],
+)
+def test_bad_arguments_stop_in_one_line_naming_the_flag(argv, field, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        replay.main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: {field}" in last, last
