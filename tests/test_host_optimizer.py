@@ -126,3 +126,15 @@ def test_several_ranks_without_deepspeed_are_refused_naming_the_field(tmp_path, 
         LocalEngine(torch.nn.Linear(2, 2), cfg, two)  # refused before any process group is used
     line, _ = one_line(err.value)
     assert line.startswith("distributed.offload_optimizer: true needs one rank"), line
+
+
+def test_several_ranks_are_refused_before_the_model_loads(tmp_path, seed, monkeypatch):
+    """A 7B takes minutes to load: the refusal comes right after the launcher's ranks are read."""
+    from reflectioncoder.errors import ConfigError
+    from reflectioncoder.train import distributed, trainer
+
+    two = distributed.DistInfo(0, 2, 0, torch.device("cpu"), deepspeed=False)
+    monkeypatch.setattr(distributed, "setup", lambda *args, **kwargs: two)
+    monkeypatch.setattr(trainer, "build_model", lambda *args: pytest.fail("model built"))
+    with pytest.raises(ConfigError, match="true needs one rank"):
+        Trainer(tiny_config(tmp_path, seed, extra=HOST))

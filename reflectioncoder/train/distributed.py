@@ -606,7 +606,6 @@ class LocalEngine:
             self._ddp.register_comm_hook(self, _sum_bucket)
         self.optimizer = _adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
-        self.loss_factor = 1.0
         self.skip_nonfinite = run.train.skip_nonfinite
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
