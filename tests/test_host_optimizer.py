@@ -138,3 +138,33 @@ def test_several_ranks_are_refused_before_the_model_loads(tmp_path, seed, monkey
     monkeypatch.setattr(trainer, "build_model", lambda *args: pytest.fail("model built"))
     with pytest.raises(ConfigError, match="true needs one rank"):
         Trainer(tiny_config(tmp_path, seed, extra=HOST))
+
+
+@pytest.mark.parametrize(
+    "deepspeed, stage, planned",
+    [(True, 0, False), (True, 1, "auto"), (False, 0, "auto")],
+    ids=["deepspeed-zero0", "deepspeed-zero1", "one-process"],
+)
+def test_auto_offload_is_planned_only_where_the_engine_can(
+    tmp_path, seed, monkeypatch, deepspeed, stage, planned
+):
+    """``offload_optimizer: auto`` reaches the planner (which may turn it on, on a GPU) on an
+    engine that can offload; DeepSpeed's ZeRO-0 cannot: ``can_offload``'s stage 0 is the
+    one-process engine, so the trainer plans it off there."""
+    import types
+
+    from reflectioncoder import activation_checkpointing as ac
+    from reflectioncoder.model import build_tiny_llama
+    from reflectioncoder.train import distributed
+
+    seen, plan_run = [], ac.plan_run
+    monkeypatch.setattr(
+        ac, "plan_run", lambda *a, **k: (seen.append(k["offload"]), plan_run(*a, **k))[1]
+    )
+    info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=deepspeed)
+    trainer = types.SimpleNamespace(info=info, dtype=torch.float32,
+                                    _offloadable_layers=lambda *args: (0, 1))  # fmt: skip
+    cfg = tiny_config(tmp_path, seed, extra=(f"distributed.zero_stage={stage}",))
+    model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed)
+    Trainer._plan_memory(trainer, cfg, model)
+    assert seen == [planned]

@@ -479,6 +479,9 @@ class Trainer:
             self.info.deepspeed or cfg.model.mixed_precision == "masters"
         )
         offload_layers = self._offloadable_layers(cfg, model, 2 if half else 4)
+        offload = cfg.distributed.offload_optimizer
+        if self.info.deepspeed and stage == 0 and offload == "auto":
+            offload = False  # no ZeRO-Offload at DeepSpeed's ZeRO-0 (can_offload: one process)
         memory = plan_run(
             cfg.model.checkpointing_policy,
             cfg.model.gradient_checkpointing,
@@ -488,7 +491,7 @@ class Trainer:
             params=count_parameters(model),
             stage=stage,
             ranks=self.info.world_size,
-            offload=cfg.distributed.offload_optimizer,
+            offload=offload,
             device_bytes=(
                 torch.cuda.get_device_properties(device).total_memory
                 if device.type == "cuda"
@@ -516,8 +519,7 @@ class Trainer:
                 memory.activation_bytes / 2**30,
                 max(memory.budget_bytes, 0) / 2**30,
             )
-        offload = memory.offload
-        distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=offload)
+        distributed_cfg = dataclasses.replace(cfg.distributed, offload_optimizer=memory.offload)
         return dataclasses.replace(cfg, distributed=distributed_cfg)
 
     def _offloadable_layers(
