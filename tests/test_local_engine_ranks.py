@@ -96,8 +96,8 @@ def test_ddp_path_sums_the_micro_batches_as_one_process(seed, dtype, monkeypatch
     run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}"])
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
     prepare_model(model, liger=False)
-    batches = _batches(seed)[1][:3]
-    assert len(batches) == 3
+    # a step of 3 micro-batches (about 1 seed in 30 packs into 2: the next seed then)
+    batches = next(b for s in range(seed, seed + 20) if len(b := _batches(s)[1]) >= 3)[:3]
     real = dist.all_reduce
     calls, last = [], [False]
 
