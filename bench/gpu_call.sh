@@ -13,7 +13,9 @@
 # 5. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files);
 # 6. issue 22's ablation at its GPU size, when the model is on the device (below).
 # The caps (REPLAY_LIMIT_S 2 x 100 + SUITE_LIMIT_S 260 + CKPT_LIMIT_S 80 s) keep the call inside
-# 9 minutes of the device's 10 a call (the suite took 144 s on an H200 on 2026-11-30).
+# 9 minutes of the device's 10 a call (the suite took 144 s on an H200 on 2026-11-30); step 6
+# adds up to ABLATION_LIMIT_S (480 s) where its model is on the device: lower the caps then
+# (every step packs what it has, so a call cut short keeps the steps before).
 # DEVICE=cpu rehearses the same path on a CPU (gpu_suite --dry-run, the replay at width 2).
 set -uo pipefail
 out=${1:-${OUT:-bench/results/gpu}}
