@@ -199,12 +199,19 @@ def _stand_in_liger() -> None:
     """Liger's RMSNorm, RoPE and SwiGLU as prepare_model applies them on CUDA."""
     from transformers.models.llama import modeling_llama as ml
 
-    sys.path.append(str(ROOT / "bench"))  # this tree's bench_host_overhead, after the commit's
-    from bench_host_overhead import _fused_mlp, _fused_rms_norm, _fused_rope
+    overhead = _host_overhead()
+    ml.LlamaRMSNorm.forward = overhead._fused_rms_norm
+    ml.LlamaMLP.forward = overhead._fused_mlp
+    ml.apply_rotary_pos_emb = overhead._fused_rope
 
-    ml.LlamaRMSNorm.forward = _fused_rms_norm
-    ml.LlamaMLP.forward = _fused_mlp
-    ml.apply_rotary_pos_emb = _fused_rope
+
+def _host_overhead():
+    """This tree's bench/bench_host_overhead.py (the commit's ``bench`` comes first on the path)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.append(str(ROOT / "bench"))
+    import bench_host_overhead
+
+    return bench_host_overhead
 
 
 def _stand_in_varlen_attention():
@@ -285,7 +292,7 @@ class _SyncSites:
     def __init__(self, site: Path) -> None:
         self.roots = (str(site), str(site.resolve().parent))
         self.sites: dict[str, int] = {}
-        self.ops = 0  # ops that reach a kernel (views and detach left out): CUDA launches
+        self.ops = 0  # ops that reach a kernel (bench_host_overhead's _Count): CUDA launches
 
     def _where(self) -> str:
         import traceback
@@ -308,21 +315,17 @@ class _SyncSites:
     @contextlib.contextmanager
     def mode(self):
         import torch
-        from torch.utils._python_dispatch import TorchDispatchMode
 
         sites = self
 
-        class Mode(TorchDispatchMode):
+        class Mode(_host_overhead()._Count):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 name = func.overloadpacket.__name__
-                kwargs = kwargs or {}
-                if not func.is_view and name not in ("detach", "lift_fresh"):
-                    sites.ops += 1
                 if name in sites.OPS or (
-                    name == "repeat_interleave" and kwargs.get("output_size") is None
+                    name == "repeat_interleave" and (kwargs or {}).get("output_size") is None
                 ):
                     sites.count(name)
-                return func(*args, **kwargs)
+                return super().__torch_dispatch__(func, types, args, kwargs)
 
         tolist = torch.Tensor.tolist
 
@@ -331,11 +334,13 @@ class _SyncSites:
             return tolist(tensor)
 
         torch.Tensor.tolist = counted_tolist
+        mode = Mode()
         try:
-            with Mode():
+            with mode:
                 yield
         finally:
             torch.Tensor.tolist = tolist
+            self.ops += mode.ops
 
 
 class _StepProfile:
