@@ -641,6 +641,19 @@ def _fit_zero(widths: list[int], values: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def _fit_keys(widths: list[int], rows: list[dict], keys: list[str]) -> dict:
+    """Per key of ``rows`` (one a width): its ``_fit_zero`` as {at_width_0, per_width}."""
+    fit = {}
+    for key in keys:
+        a, b = _fit_zero(widths, [r[key] for r in rows])
+        fit[key] = {"at_width_0": a, "per_width": b}
+    return fit
+
+
+# A step's main-thread CPU split two ways: between its host syncs, and by PARTS.
+SPLITS = ("segments_main_cpu_s", "parts_main_cpu_s")
+
+
 def _summary(runs: list[dict], first: int) -> dict:
     """Per timed step the least over the rounds (its segments from the round with the least
     main-thread CPU), then the median over the timed steps (the run's own statistic)."""
@@ -659,14 +672,10 @@ def _summary(runs: list[dict], first: int) -> dict:
         k: statistics.median(s[k] for s in per_step)
         for k in ("cpu_s", "main_thread_cpu_s", "wall_s")
     }
-    median["segments_main_cpu_s"] = {
-        k: statistics.median(s["segments_main_cpu_s"][k] for s in per_step)
-        for k in per_step[0]["segments_main_cpu_s"]
-    }
-    median["parts_main_cpu_s"] = {
-        k: statistics.median(s["parts_main_cpu_s"][k] for s in per_step)
-        for k in per_step[0]["parts_main_cpu_s"]
-    }
+    for split in SPLITS:
+        median[split] = {
+            k: statistics.median(s[split][k] for s in per_step) for k in per_step[0][split]
+        }
     prepared = [r["prepare_cpu_s"][first:] for r in runs if r["prepare_cpu_s"]]
     if prepared:
         median["prepare_cpu_s"] = statistics.median(min(p) for p in zip(*prepared, strict=True))
@@ -683,21 +692,11 @@ def replay(kind: str, site: Path, widths: tuple[int, ...], rounds: int) -> dict:
             rows[-1]["micro_batches"] = runs[0]["micro_batches"]
         print(json.dumps({"case": kind, "width": width, **rows[-1]["median"]}), flush=True)
     ws = [r["width"] for r in rows]
-    fit = {}
-    for key in ("cpu_s", "main_thread_cpu_s", "wall_s", "prepare_cpu_s"):
-        if key in rows[0]["median"]:
-            a, b = _fit_zero(ws, [r["median"][key] for r in rows])
-            fit[key] = {"at_width_0": a, "per_width": b}
-    segments = {}
-    for seg in rows[0]["median"]["segments_main_cpu_s"]:
-        a, b = _fit_zero(ws, [r["median"]["segments_main_cpu_s"][seg] for r in rows])
-        segments[seg] = {"at_width_0": a, "per_width": b}
-    fit["segments_main_cpu_s"] = segments
-    parts = {}
-    for part in rows[0]["median"]["parts_main_cpu_s"]:
-        a, b = _fit_zero(ws, [r["median"]["parts_main_cpu_s"][part] for r in rows])
-        parts[part] = {"at_width_0": a, "per_width": b}
-    fit["parts_main_cpu_s"] = parts
+    medians = [r["median"] for r in rows]
+    keys = ("cpu_s", "main_thread_cpu_s", "wall_s", "prepare_cpu_s")
+    fit = _fit_keys(ws, medians, [k for k in keys if k in medians[0]])
+    for split in SPLITS:
+        fit[split] = _fit_keys(ws, [m[split] for m in medians], list(medians[0][split]))
     counted = _run_child(kind, site, widths[0], count_syncs=True)
     return {
         "commit": COMMITS[kind],
