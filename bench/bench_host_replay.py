@@ -770,9 +770,12 @@ def _launched_in(host: list[dict], prefix: str) -> set[int]:
     }
 
 
-def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -> dict:
+def _profile_step(
+    mark: dict, t1: float, device: list[dict], host: list[dict], optimizer: set[int]
+) -> dict:
     """One step's figures: its period [mark start, t1) (the next step's start; the trace's
-    last activity for the last step), microseconds in, seconds out."""
+    last activity for the last step), microseconds in, seconds out; ``optimizer``: the
+    correlation ids AdamW's steps launched (``_launched_in``)."""
     from bench.gpu_step_call import category
 
     t0 = mark["ts"]
@@ -787,18 +790,14 @@ def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -
         gaps.append((last, t1))
     calls = [e for e in host if e.get("cat") in ("cuda_runtime", "cuda_driver")]
     calls = [e for e in calls if t0 <= e["ts"] < t1]
-    ops = [e for e in host if e.get("cat") == "cpu_op"]
+    ops = sorted((e for e in host if e.get("cat") == "cpu_op"), key=lambda o: (o["ts"], -o["dur"]))
     syncs, sync_gaps = [], set()
     for call in (c for c in calls if c["name"] in SYNC_CALLS):
         end = call["ts"] + call["dur"]  # the GPU drained: idle from then to the next kernel
         gap = next((g for g in gaps if g[0] <= end <= g[1]), None)
         if gap:
             sync_gaps.add(gap)
-        chain = [
-            o["name"]
-            for o in sorted(ops, key=lambda o: (o["ts"], -o["dur"]))
-            if o["ts"] <= call["ts"] and o["ts"] + o["dur"] >= end
-        ]
+        chain = [o["name"] for o in ops if o["ts"] <= call["ts"] and o["ts"] + o["dur"] >= end]
         syncs.append(
             {
                 "call": call["name"],
@@ -810,7 +809,6 @@ def _profile_step(mark: dict, t1: float, device: list[dict], host: list[dict]) -
         )
     inside = [e for e in device if t0 <= e["ts"] < t1]
     split = dict.fromkeys(SPLIT, 0.0)
-    optimizer = _launched_in(host, "Optimizer.step")  # foreach AdamW's kernels are generic
     for e in inside:
         what = category(e["name"]) if e["cat"] == "kernel" else "copy"
         if what != "copy" and e.get("args", {}).get("correlation") in optimizer:
@@ -853,11 +851,15 @@ def profile_steps(trace: dict) -> list[dict]:
         e for e in events if e.get("tid") == marks[0]["tid"] and e.get("pid") == marks[0]["pid"]
     ]
     end = max(e["ts"] + e["dur"] for e in marks + device)
+    optimizer = _launched_in(host, "Optimizer.step")  # foreach AdamW's kernels are generic
     rows = []
     for i, mark in enumerate(marks):
         t1 = marks[i + 1]["ts"] if i + 1 < len(marks) else end
         rows.append(
-            {"step": int(mark["name"].split()[-1]) + 1, **_profile_step(mark, t1, device, host)}
+            {
+                "step": int(mark["name"].split()[-1]) + 1,
+                **_profile_step(mark, t1, device, host, optimizer),
+            }
         )
     return rows
 
