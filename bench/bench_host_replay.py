@@ -1070,11 +1070,13 @@ def main(argv: list[str] | None = None) -> int:
         return _profile_main(args)
     import torch
 
+    from bench.providers.common import cpu_model
+
     widths = tuple(int(w) for w in args.widths.split(","))
     if len(set(widths)) < 2:  # one width cannot be extrapolated (_fit_zero)
         parser.error(f"--widths: at least two different widths, got {args.widths!r}")
     result: dict = {"meta": {"torch": torch.__version__, "threads": 1, "rounds": args.rounds}}
-    result["meta"]["cpu"] = _cpu_name()
+    result["meta"]["cpu"] = cpu_model()
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.cases.split(","):
             commit = COMMITS["step_1b" if kind == "host_speed" else kind]
@@ -1093,9 +1095,11 @@ def main(argv: list[str] | None = None) -> int:
 def _profile_main(args) -> int:
     import torch
 
+    from bench.providers.common import cpu_model
+
     width = REAL if args.device == "cuda" else int(args.widths.split(",")[0])
     cases = [k for k in args.cases.split(",") if k in COMMITS]
-    result: dict = {"meta": {"torch": torch.__version__, "cpu": _cpu_name()}}
+    result: dict = {"meta": {"torch": torch.__version__, "cpu": cpu_model()}}
     if args.device == "cuda":
         result["meta"]["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp:
@@ -1109,13 +1113,6 @@ def _profile_main(args) -> int:
         out.write_text(json.dumps(result, indent=1) + "\n")
         out.with_suffix(".md").write_text(table)
     return 0
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -45,15 +45,18 @@ def device_name(device: torch.device | str) -> str:
     """The card's name on CUDA; 'CPU, <cores> cores, <model>' otherwise."""
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
+    return f"CPU, {os.cpu_count()} cores, {cpu_model()}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or 'unknown CPU'."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU, {os.cpu_count()} cores, {model}"
+    return "unknown CPU"
 
 
 def commit() -> str:
