@@ -195,6 +195,19 @@ def _step_row(step: int, tokens: int, c0: float, w0: float) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _timed_step(rows: list[dict], step: int = 0, tokens: int = 0):
+    """One step timed (its sync marks from a clear start): its ``_step_row`` appended to
+    ``rows``; the step and tokens as given, or as the caller sets them in the yielded dict."""
+    MARKS.clear()
+    c0, w0 = time.process_time(), time.perf_counter()
+    MARKS.mark("start")
+    given = {"step": step, "tokens": tokens}
+    yield given
+    MARKS.mark("end")
+    rows.append(_step_row(given["step"], given["tokens"], c0, w0))
+
+
 def _stand_in_liger() -> None:
     """Liger's RMSNorm, RoPE and SwiGLU as prepare_model applies them on CUDA."""
     from transformers.models.llama import modeling_llama as ml
@@ -399,16 +412,12 @@ def _wrap_trainer(
         return out
 
     def train_step(self):
-        MARKS.clear()
-        c0, w0 = time.process_time(), time.perf_counter()
-        MARKS.mark("start")
         counting = counter is not None and self.step == 1  # the second step, as timed ones
-        index = self.step
-        with prof.step(index) if prof else contextlib.nullcontext():
-            with counter.mode() if counting else contextlib.nullcontext():
-                row = step_fn(self)
-        MARKS.mark("end")
-        rows.append(_step_row(row["step"], row["tokens"], c0, w0))
+        with _timed_step(rows) as timed:
+            with prof.step(self.step) if prof else contextlib.nullcontext():
+                with counter.mode() if counting else contextlib.nullcontext():
+                    row = step_fn(self)
+            timed.update(step=row["step"], tokens=row["tokens"])
         return row
 
     trainer_cls.train_step = train_step
@@ -535,22 +544,13 @@ def _step_1b_child(width: int, counter: _SyncSites | None, device: str, trace: s
     tokens = sum(b.num_tokens for b in batches)
     rows, profiled = [], []
     for i in range(1 + STEP_1B_ROUNDS):  # the suite: one warm-up call, then the timed ones
-        MARKS.clear()
-        c0, w0 = time.process_time(), time.perf_counter()
-        MARKS.mark("start")
-        with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
-            step(model, opt, batches, cfg)  # ends in the suite's synchronize on CUDA
-        MARKS.mark("end")
-        rows.append(_step_row(i + 1, tokens, c0, w0))
+        with _timed_step(rows, i + 1, tokens):
+            with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
+                step(model, opt, batches, cfg)  # ends in the suite's synchronize on CUDA
     prof = _StepProfile(trace, device, 1, STEP_1B_ROUNDS)
     for i in range(1, 1 + STEP_1B_ROUNDS) if trace else ():  # the timed calls again, profiled
-        MARKS.clear()
-        c0, w0 = time.process_time(), time.perf_counter()
-        MARKS.mark("start")
-        with prof.step(i):
+        with _timed_step(profiled, i + 1, tokens), prof.step(i):
             step(model, opt, batches, cfg)
-        MARKS.mark("end")
-        profiled.append(_step_row(i + 1, tokens, c0, w0))
     if lib is not None:
         lib._destroy()
     micro = [[list(b.seq_lens), int(b.loss_rows.shape[0])] for b in batches]
