@@ -230,10 +230,9 @@ def _host_overhead():
 def _stand_in_varlen_attention():
     """torch's varlen attention, its Python and custom op as they ran; a CPU kernel of one
     op stands in for CUDA's (a causal SDPA over all T tokens at once would cost T^2 here)."""
-    import reflectioncoder.kernels  # noqa: F401  (its __init__ binds the function's name)
     import torch
 
-    va = sys.modules["reflectioncoder.kernels.varlen_attention"]
+    _pin_torch_varlen()
 
     def forward(q, k, v, *args, **kwargs):
         return q.mul(1.0), q.new_zeros(q.shape[1], q.shape[0]), q.new_zeros(2)
@@ -244,8 +243,15 @@ def _stand_in_varlen_attention():
     lib = torch.library.Library("torch_attn", "IMPL")
     lib.impl("_varlen_attn", forward, "CPU")
     lib.impl("_varlen_attn_backward", backward, "CPU")
-    va.varlen_backend = lambda *args, **kwargs: "torch_varlen"
     return lib
+
+
+def _pin_torch_varlen() -> None:
+    """The attention both commits picked on the H200 (no flash-attn there): torch's varlen."""
+    import reflectioncoder.kernels  # noqa: F401  (its __init__ binds the function's name)
+
+    va = sys.modules["reflectioncoder.kernels.varlen_attention"]
+    va.varlen_backend = lambda *args, **kwargs: "torch_varlen"
 
 
 def _stand_in_loss_kernels() -> None:
@@ -285,10 +291,7 @@ def _stand_ins(device: str):
     to torch's varlen kernel (what both commits picked on the H200, which had no flash-attn;
     a device with flash-attn installed would otherwise pick it)."""
     if device == "cuda":
-        import reflectioncoder.kernels  # noqa: F401
-
-        va = sys.modules["reflectioncoder.kernels.varlen_attention"]
-        va.varlen_backend = lambda *args, **kwargs: "torch_varlen"
+        _pin_torch_varlen()
         return None
     _stand_in_liger()
     _stand_in_loss_kernels()
