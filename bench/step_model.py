@@ -710,12 +710,6 @@ def _loss_ms() -> float:
     return row_.predicted_ms
 
 
-def _micro_batches_s(arch, card, levers, micro_batches) -> float:
-    """One GPU, one optimizer step over the given micro-batches (each its own shape)."""
-    preds = [predict(arch, card, 1, "local", levers, w) for w in micro_batches]
-    return sum(p.micro_s for p in preds) + preds[0].boundary_s
-
-
 def _replayed_host(case: str) -> tuple[list[float], float]:
     """(s a segment, s upper bound of the whole step): the host CPU time of a measured step
     between its host syncs, replayed with the code that ran it (bench/bench_host_replay.py,
