@@ -464,6 +464,11 @@ def _loss(arch: Arch, card_name: str, levers: Levers, work: Workload) -> rooflin
     )
 
 
+def _ew_rerun(plan: tuple[str, ...]) -> float:
+    """The share of layers whose element-wise ops run again (save_gemms too, not only full)."""
+    return sum(p != "none" for p in plan) / len(plan)
+
+
 def predict(
     arch: Arch, card_name: str, gpus: int, engine: str, levers: Levers, work: Workload
 ) -> Prediction:
@@ -480,7 +485,7 @@ def predict(
     t, layers = work.tokens, arch.layers
     plan = layer_plan(arch, card_name, gpus, engine, levers, work)
     rec = recomputed_share(plan)  # GEMMs and attention run again on full layers
-    ew_rerun = sum(p != "none" for p in plan) / layers  # element-wise ops on save_gemms too
+    ew_rerun = _ew_rerun(plan)
     square = layers * shape.attn_width * sum(n * n for n in work.seq_lens)
     gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * GEMM_EFF)
     # compiled layers (offloaded ones run eagerly): the custom op's backward reruns the forward
@@ -725,22 +730,22 @@ def _replayed_host(case: str) -> tuple[list[float], float]:
     return [speed * h for h in segments], speed * smallest
 
 
-def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, float, float]:
-    """(forward, loss, backward) GPU seconds of one eager micro-batch on one H200, from
-    ``predict``'s split: the forward's share of the GEMMs (2 of 6 + 2 x recomputed), of the
+def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, float, float, float]:
+    """(forward, loss, backward, optimizer) GPU seconds of one eager micro-batch on one H200,
+    from one ``predict``: the forward's share of the GEMMs (2 of 6 + 2 x recomputed), of the
     attention (4 of 12 + 4 x recomputed) and of the element-wise passes (1 of 3 + reruns); the
     fused loss apart (its forward computes its gradients); the rest (recompute, backward,
-    gradient accumulation) after it."""
+    gradient accumulation) after it; the optimizer step at the boundary (``boundary_s``)."""
     pred = predict(arch, "H200", 1, "local", levers, work)
     shape, split = arch.shape(), pred.split_s
     rec = recomputed_share(pred.plan)
-    ew_rerun = sum(p != "none" for p in pred.plan) / arch.layers
+    ew_rerun = _ew_rerun(pred.plan)
     body, again = shape.body_params, rec * shape.recomputed_params
     forward = split["gemm"] * 2 * body / (6 * body + 2 * again)
     forward += split["attention"] * 4 / (12 + 4 * rec) + split["elementwise"] / (3 + ew_rerun)
     compute = pred.step_s / (work.samples_per_step / work.samples) - pred.boundary_s
     compute -= split["host_bound"] + split["comm_exposed"] + split["activation_offload_exposed"]
-    return forward, split["loss"], compute - forward - split["loss"]
+    return forward, split["loss"], compute - forward - split["loss"], pred.boundary_s
 
 
 def synced_step_s(host: list[float], gpu: list[float]) -> float:
@@ -762,9 +767,9 @@ def _step_1b() -> tuple[float, str]:
     levers = Levers("none", "masters", compiled=False)
     micro = [Workload(lens, rows, 4 / 3, samples_per_step=4 / 3) for lens, rows in STEP_1B_MICRO]
     phases = [_gpu_phases(LLAMA_1B, levers, w) for w in micro]
-    boundary = predict(LLAMA_1B, "H200", 1, "local", levers, micro[0]).boundary_s
+    boundary = phases[0][3]
     gpu = [phases[0][0]]
-    for i, (_, loss, backward) in enumerate(phases):
+    for i, (_, loss, backward, _) in enumerate(phases):
         gpu.append(loss + backward + (phases[i + 1][0] if i + 1 < len(phases) else boundary))
     host, bound = _replayed_host("step_1b")
     step = synced_step_s(host, gpu)
@@ -785,8 +790,7 @@ def _cli_step() -> tuple[float, str]:
         base, extra = divmod(tokens, 96)  # segment lengths equal: attention is 1% of the step
         lens = tuple(base + (i < extra) for i in range(96))
         work = Workload(lens, rows, 48, 48)
-        forward, loss, backward = _gpu_phases(CLI_1B, levers, work)
-        boundary = predict(CLI_1B, "H200", 1, "local", levers, work).boundary_s
+        forward, loss, backward, boundary = _gpu_phases(CLI_1B, levers, work)
         gpu = [boundary + forward, loss, backward]
         host_3 = [host[3] + host[0], host[1], host[2]]
         steps.append((synced_step_s(host_3, gpu), gpu, host_3))
