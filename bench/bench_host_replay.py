@@ -982,7 +982,7 @@ def profile_table(result: dict) -> str:
         "| GPU busy s | idle at syncs s (syncs) | idle between kernels s | host main CPU s "
         "| kernels | launches | host us / launch | host us / op | " + " | ".join(SPLIT) + " |"
     )
-    lines = [head, "|" + " --- |" * (14 + len(SPLIT))]
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for kind in ("cli", "step_1b"):
         if kind not in result:
             continue
