@@ -4,19 +4,23 @@ clipping (slow: one short run of that commit's ``reflectioncoder train``)."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from bench import bench_host_replay as replay
 
 
+def _site(kind: str, folder):
+    """The measured commit's tree, extracted; skips where the clone lacks that commit
+    (``extract`` raises RuntimeError when git archive fails)."""
+    try:
+        return replay.extract(replay.COMMITS[kind], folder)
+    except RuntimeError:
+        pytest.skip(f"{replay.COMMITS[kind]} is not in this clone's history")
+
+
 @pytest.mark.slow
 def test_cli_replay_finds_the_steps_syncs(tmp_path):
-    try:
-        site = replay.extract(replay.COMMITS["cli"], tmp_path)
-    except subprocess.CalledProcessError:
-        pytest.skip("de58a14 is not in this clone's history")
+    site = _site("cli", tmp_path)
     out = replay._run_child("cli", site, 4, count_syncs=True)
     syncs = out["syncs"]
     nonzero = {k: n for k, n in syncs.items() if k.startswith("nonzero")}
@@ -114,10 +118,7 @@ def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
 def test_cpu_profile_of_the_1b_step_returns_every_field(tmp_path):
     """--device cpu --profile: 3d82f92's step at width 2 through the profiler (CI's rehearsal of
     the GPU case): per timed call the wall, host CPU, top-level ops, and the table's row."""
-    try:
-        site = replay.extract(replay.COMMITS["step_1b"], tmp_path)
-    except subprocess.CalledProcessError:
-        pytest.skip("3d82f92 is not in this clone's history")
+    site = _site("step_1b", tmp_path)
     case = replay.profile_case("step_1b", site, "cpu", 2)
     assert len(case["steps"]) == replay.STEP_1B_ROUNDS
     for step in case["steps"]:
