@@ -30,13 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from reflectioncoder.kernels import varlen_attention_op  # noqa: F401 (registers its op)
-
-try:  # registers torch.ops.torch_attn._varlen_attn (torch >= 2.9)
-    import torch.nn.attention.varlen  # noqa: F401
-except ImportError:
-    pass
-
 LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
 NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
 
@@ -242,8 +235,16 @@ _GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu"
 _ATTENTION_OPS = (("reflectioncoder", "varlen_attention"), ("torch_attn", "_varlen_attn"))
 
 
+@functools.cache
 def _kept_ops() -> frozenset:
-    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention."""
+    """The ops whose outputs ``save_gemms`` and ``offload`` keep: GEMMs and attention (found
+    once: every checkpointed layer's forward asks)."""
+    from reflectioncoder.kernels import varlen_attention_op  # noqa: F401 (registers its op)
+
+    try:  # registers torch.ops.torch_attn._varlen_attn (torch >= 2.9)
+        import torch.nn.attention.varlen  # noqa: F401
+    except ImportError:
+        pass
     ops = [getattr(torch.ops.aten, name) for name in _GEMM_OPS if hasattr(torch.ops.aten, name)]
     for namespace, name in _ATTENTION_OPS:
         if hasattr(getattr(torch.ops, namespace), name):

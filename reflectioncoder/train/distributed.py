@@ -587,7 +587,7 @@ class LocalEngine:
         self.module = module
         self.info = info
         self.weights = [p for p in module.parameters() if p.requires_grad]
-        self.host_optimizer = _host_optimizer(run, info)
+        self.host_optimizer = wants_host_optimizer(run, info)
         self._ddp = _data_parallel(module) if info.world_size > 1 else None
         self._reduce_now = False  # DDP reduces this micro-batch's backward (the step's last)
         # What the optimizer steps: fp32 masters (on the host when offloaded, for every weight).
@@ -631,18 +631,10 @@ class LocalEngine:
         if self._reduce_now:
             return
         if self.host_optimizer:  # the sum stays on the device, beside the weight
-            total = self._sums.get(id(weight))
-            if total is None:
-                self._sums[id(weight)] = weight.grad.float()  # (fp32 weights: the grad itself)
-            else:
-                total.add_(weight.grad)
-            weight.grad = None
-            return
-        master = self._masters[id(weight)]
-        if master.grad is None:
-            master.grad = weight.grad.float()
+            self._sums[id(weight)] = _add_fp32(self._sums.get(id(weight)), weight.grad)
         else:
-            master.grad.add_(weight.grad)
+            master = self._masters[id(weight)]
+            master.grad = _add_fp32(master.grad, weight.grad)
         weight.grad = None
 
     def finish_step(self, stats: torch.Tensor) -> StepResult:
@@ -783,6 +775,12 @@ class LocalEngine:
         return _unwrap(self.module.state_dict())
 
 
+def _add_fp32(total: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor:
+    """``total + grad`` in fp32, in place when there is a total (else ``grad`` as fp32: the
+    gradient itself when it is fp32 already)."""
+    return grad.float() if total is None else total.add_(grad)
+
+
 def _read_step(stats: torch.Tensor, norm: torch.Tensor) -> StepResult:
     """The one host sync per optimizer step (logging): the step's stats and gradient norm;
     applied when the loss (stats[0]) and the norm are finite."""
@@ -810,7 +808,7 @@ def _pinned(weight: torch.Tensor) -> bool:
     return weight.device.type == "cuda"
 
 
-def _host_optimizer(run: RunConfig, info: DistInfo) -> bool:
+def wants_host_optimizer(run: RunConfig, info: DistInfo) -> bool:
     """Whether the one-process engine puts its optimizer on the host (``offload_optimizer``
     true, or ``auto`` resolved to true by the trainer's plan); one rank only."""
     if run.distributed.offload_optimizer is not True:

@@ -329,7 +329,7 @@ class Trainer:
         self.overwrite = overwrite and not resume
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
-            distributed._host_optimizer(cfg, self.info)  # noqa: SLF001
+            distributed.wants_host_optimizer(cfg, self.info)
         if cfg.model.fused_projections and distributed.uses_zero3(cfg, self.info):
             raise ConfigError(
                 "not with ZeRO-3 (its hooks gather each projection's own weights): set it false "
