@@ -22,10 +22,12 @@ from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
 
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.config_presets import tiny_preset
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 STEPS = 3
+TINY_LR = tiny_preset()["optim"]["lr"]
 SINGLE = ["distributed.backend=none", f"train.max_steps={STEPS}", "train.epochs=2"]
 # bf16 weights round the fp32 masters after each step: a last-bit difference in a sum's order
 # can flip a rounding, so bf16 runs compare to bf16 precision.
@@ -64,9 +66,17 @@ def test_two_ranks_reduce_in_buckets_during_backward_and_match_one_process(tmp_p
     a = load_file(str(single / "final" / "model.safetensors"))
     b = load_file(str(multi / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
-    close = {"rtol": 1e-4, "atol": 1e-5} if dtype == "fp32" else {"rtol": 2e-2, "atol": 1e-3}
     for k in a:
-        torch.testing.assert_close(b[k].float(), a[k].float(), **close, msg=k)
+        if dtype == "fp32":
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+            continue
+        # bf16 weights: AdamW moves a weight by about lr a step whatever its gradient's size, so
+        # a weight whose tiny gradient changes sign with the bf16 sum's order moves the other
+        # way (2 lr a step at most); a few in a thousand may (TEST_SEED=465421214: 3 of 11232)
+        diff = (b[k].float() - a[k].float()).abs()
+        off = diff > 1e-3 + 2e-2 * a[k].float().abs()
+        assert off.float().mean() <= 5e-3, (k, int(off.sum()), diff.numel())
+        assert diff.max() <= 2 * TINY_LR * STEPS + 1e-3, (k, float(diff.max()))
 
     for rank in (0, 1):
         record = json.loads((multi / f"buckets-rank{rank}.json").read_text())
