@@ -563,6 +563,12 @@ def read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+# The offloaded boundary's buckets (``LocalEngine._step_on_host``): up to 200 MiB of fp32 sums
+# each, enough for a copy to run at the link's rate, little against the whole model's AdamW on
+# the host (the pipeline's fill: one bucket out and one back, about 8 ms over PCIe 5.0 at 7B).
+HOST_BUCKET_BYTES = 200 * 2**20
+
+
 class LocalEngine:
     """Plain PyTorch: AdamW, gradient sum over ranks (if any), clipping, non-finite skip.
 
@@ -580,8 +586,9 @@ class LocalEngine:
     the host. The weights stay on the device, and so does each one's fp32 gradient sum
     (``_sums``, summed as above); every weight's fp32 master and AdamW's m and v live in host
     memory (pinned masters and gradients beside a GPU, for the copies), stepped by torch's
-    fused CPU AdamW (``finish_step``). 2 + 4 bytes a parameter on the device, none for states;
-    16 on the host (master, its gradient, m, v), as DeepSpeed's CPU Adam keeps them."""
+    fused CPU AdamW bucket by bucket as the sums arrive (``_finish_on_host``). 2 + 4 bytes a
+    parameter on the device, none for states; 16 on the host (master, its gradient, m, v), as
+    DeepSpeed's CPU Adam keeps them, and two bucket-sized staging buffers for the way back."""
 
     def __init__(self, module: torch.nn.Module, run: RunConfig, info: DistInfo) -> None:
         self.module = module
@@ -598,7 +605,14 @@ class LocalEngine:
         self._masters = {id(w): m for w, m in pairs if w is not m}
         # Offloaded: id(weight) -> the step's fp32 gradient sum, on the device.
         self._sums: dict[int, torch.Tensor] = {}
-        self._staging_buffers: dict[torch.dtype, torch.Tensor] = {}  # the masters' way back
+        if self.host_optimizer:
+            self._buckets = _host_buckets(self.weights, self.params, HOST_BUCKET_BYTES)
+            largest = max(b.staging_bytes for b in self._buckets)
+            pinned = _pinned(self.weights[0])
+            # the masters' way back, two in turn: one fills while the other's copy runs
+            self._staging = [_Staging(largest, pinned) for _ in range(2)]
+            # side streams for the boundary's copies; None: plain blocking copies (the CPU)
+            self.copy_streams = _CopyStreams.beside(self.weights[0].device)
         for w in self.weights:
             if id(w) in self._masters:
                 w.register_post_accumulate_grad_hook(self._into_master)
@@ -663,14 +677,8 @@ class LocalEngine:
 
     def _finish_on_host(self, stats: torch.Tensor) -> StepResult:
         """The offloaded step: clip the device's fp32 sums and read the step's stats and norm
-        (the one sync the step had), then, if finite (else nothing changes: weights, moments,
-        step count), the sums to the host masters' gradients, the host's fused AdamW, and the
-        masters back into the weights (cast to their dtype).
-
-        The copies to the host BLOCK: a non_blocking copy out of the device could be read by
-        the CPU's AdamW before it lands and silently corrupt the step, and no CPU test can see
-        that; correctness first. So the step adds one sync a parameter tensor to the stats'
-        one, while the device has no more work queued (it waits for the new weights anyway)."""
+        (the one sync the step has), then, if finite (else nothing changes: weights, moments,
+        step count), the pipeline (``_step_on_host``)."""
         sums = [self._sums[id(w)] for w in self.weights if id(w) in self._sums]
         norm = torch.nn.utils.get_total_norm(sums, foreach=True)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
@@ -679,31 +687,69 @@ class LocalEngine:
         result = _read_step(stats, norm)
         if result.applied or not self.skip_nonfinite:
             with torch.no_grad():
-                for w, m in zip(self.weights, self.params, strict=True):
-                    total = self._sums.get(id(w))
-                    if total is None:  # no gradient this step: AdamW leaves it alone
-                        m.grad = None
-                        continue
-                    if m.grad is None:  # kept across steps (pinned beside a GPU)
-                        m.grad = torch.empty(m.shape, pin_memory=_pinned(w))
-                    m.grad.copy_(total)  # blocking (docstring)
-                self.optimizer.step()
-                for w, m in zip(self.weights, self.params, strict=True):
-                    staged = self._staging(w)[: m.numel()].view_as(m)
-                    staged.copy_(m)  # cast on the host: 2 bytes a parameter cross the link
-                    w.copy_(staged)  # blocking: the buffer is the next weight's
-        self._sums.clear()
+                self._step_on_host()
+        self._drop_sums()
         return result
 
-    def _staging(self, weight: torch.Tensor) -> torch.Tensor:
-        """A flat host buffer of ``weight``'s dtype, as large as the largest weight, pinned
-        beside a GPU (a copy from pageable memory is staged by the driver, slower)."""
-        staging = self._staging_buffers.get(weight.dtype)
-        if staging is None:
-            largest = max(w.numel() for w in self.weights)
-            staging = torch.empty(largest, dtype=weight.dtype, pin_memory=_pinned(weight))
-            self._staging_buffers[weight.dtype] = staging
-        return staging
+    def _step_on_host(self) -> None:
+        """The boundary as a pipeline of buckets (module order, ``HOST_BUCKET_BYTES`` each):
+        every bucket's sums are queued out at once on one side stream, so bucket k+1's copy
+        runs while the host's AdamW steps bucket k, which starts as soon as its own copy has
+        landed (its event); each stepped bucket goes back cast to the weights' dtype on a
+        second side stream while the host steps the next. The compute stream waits for the
+        last copy back (an event, not the host); the host waits only for the bucket it steps
+        next and for a staging buffer's previous copy. On the CPU the same steps run with
+        plain copies, one after the other."""
+        streams = self.copy_streams
+        if streams is not None:
+            streams.follow(torch.cuda.current_stream())  # the clipped sums, the backward's reads
+        buckets = [b for b in self._buckets if any(id(w) in self._sums for w in b.weights)]
+        landed = [self._send_out(b) for b in buckets]
+        for k, (bucket, sums_here) in enumerate(zip(buckets, landed, strict=True)):
+            _wait(sums_here)
+            self._step_bucket(bucket)
+            self._send_back(bucket, self._staging[k % 2])
+        if streams is not None:
+            torch.cuda.current_stream().wait_stream(streams.back)  # before the next forward
+
+    def _send_out(self, bucket: _HostBucket) -> torch.cuda.Event | None:
+        """Queue ``bucket``'s sums into its pinned host gradients; the event of their landing."""
+        out = self.copy_streams.out if self.copy_streams is not None else None
+        with _on(out):
+            for w, grad in zip(bucket.weights, bucket.grads, strict=True):
+                if id(w) in self._sums:
+                    grad.copy_(self._sums[id(w)], non_blocking=out is not None)
+        return _recorded(out)
+
+    def _step_bucket(self, bucket: _HostBucket) -> None:
+        """The host's AdamW over ``bucket`` only: the other masters have no gradient (AdamW
+        leaves them alone), nor do the bucket's weights that had none this step."""
+        for w, master, grad in zip(bucket.weights, bucket.masters, bucket.grads, strict=True):
+            master.grad = grad if id(w) in self._sums else None
+        self.optimizer.step()
+        for master in bucket.masters:
+            master.grad = None
+
+    def _send_back(self, bucket: _HostBucket, staging: _Staging) -> None:
+        """Cast ``bucket``'s stepped masters into ``staging`` on the host (2 bytes a parameter
+        cross the link), once its previous copy has read it, and queue them into the weights."""
+        back = self.copy_streams.back if self.copy_streams is not None else None
+        _wait(staging.read)
+        stepped = [(w, m, off) for w, m, off in bucket.returns() if id(w) in self._sums]
+        views = [staging.view(w, off) for w, _, off in stepped]
+        for view, (_, master, _) in zip(views, stepped, strict=True):
+            view.copy_(master)
+        with _on(back):
+            for view, (w, _, _) in zip(views, stepped, strict=True):
+                w.copy_(view, non_blocking=back is not None)
+        staging.read = _recorded(back)
+
+    def _drop_sums(self) -> None:
+        """Forget the step's sums; their memory is not reused before their copies out ran."""
+        if self.copy_streams is not None:
+            for total in self._sums.values():
+                total.record_stream(self.copy_streams.out)
+        self._sums.clear()
 
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
@@ -806,6 +852,102 @@ def _host_master(weight: torch.nn.Parameter) -> torch.nn.Parameter:
 def _pinned(weight: torch.Tensor) -> bool:
     """Whether ``weight``'s host copies are pinned: beside a GPU, for its copy engines."""
     return weight.device.type == "cuda"
+
+
+@dataclass
+class _HostBucket:
+    """Consecutive weights (module order) whose sums go out, step and come back together."""
+
+    weights: list[torch.nn.Parameter]
+    masters: list[torch.nn.Parameter]  # their fp32 masters, on the host
+    grads: list[torch.Tensor]  # the masters' gradients: views of one pinned fp32 buffer
+    offsets: list[int]  # each weight's byte offset in a staging buffer
+    staging_bytes: int
+
+    def returns(self) -> Iterator[tuple[torch.nn.Parameter, torch.nn.Parameter, int]]:
+        return zip(self.weights, self.masters, self.offsets, strict=True)
+
+
+def _host_buckets(
+    weights: list[torch.nn.Parameter], masters: list[torch.nn.Parameter], limit: int
+) -> list[_HostBucket]:
+    """``weights`` (module order, the forward's) in buckets of up to ``limit`` bytes of fp32
+    sums (a larger weight is a bucket of its own)."""
+    groups: list[list[int]] = []
+    size = 0
+    for i, master in enumerate(masters):
+        if not groups or size and size + 4 * master.numel() > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += 4 * master.numel()
+    return [_host_bucket([weights[i] for i in g], [masters[i] for i in g]) for g in groups]
+
+
+def _host_bucket(
+    weights: list[torch.nn.Parameter], masters: list[torch.nn.Parameter]
+) -> _HostBucket:
+    sizes = [m.numel() for m in masters]
+    flat = torch.empty(sum(sizes), pin_memory=_pinned(weights[0]))
+    grads = [g.view_as(m) for g, m in zip(flat.split(sizes), masters, strict=True)]
+    offsets, end = [], 0
+    for w in weights:
+        offsets.append(end)
+        end += -(-w.numel() * w.element_size() // 16) * 16  # aligned for any dtype's view
+    return _HostBucket(weights, masters, grads, offsets, end)
+
+
+class _Staging:
+    """A host buffer (pinned beside a GPU) the stepped masters go back through, cast to the
+    weights' dtype, and the event of the copy that read it last (None: none pending)."""
+
+    def __init__(self, nbytes: int, pinned: bool) -> None:
+        self.buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+        self.read: torch.cuda.Event | None = None
+
+    def view(self, weight: torch.Tensor, offset: int) -> torch.Tensor:
+        nbytes = weight.numel() * weight.element_size()
+        return self.buffer[offset : offset + nbytes].view(weight.dtype).view(weight.shape)
+
+
+@dataclass
+class _CopyStreams:
+    """The offloaded boundary's side streams: ``out`` carries the sums to the host, ``back``
+    the new weights to the device (PCIe carries both directions at once)."""
+
+    out: torch.cuda.Stream
+    back: torch.cuda.Stream
+
+    @staticmethod
+    def beside(device: torch.device) -> _CopyStreams | None:
+        """Streams on a CUDA device; None elsewhere (plain copies)."""
+        if device.type != "cuda":
+            return None
+        return _CopyStreams(torch.cuda.Stream(device), torch.cuda.Stream(device))
+
+    def follow(self, stream: torch.cuda.Stream) -> None:
+        """Both streams start after what ``stream`` has queued so far."""
+        self.out.wait_stream(stream)
+        self.back.wait_stream(stream)
+
+
+def _on(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager:
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _recorded(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
+    """An event at the end of what ``stream`` has queued (None without a stream)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _wait(event: torch.cuda.Event | None) -> None:
+    """The host waits for ``event`` (nothing to wait for without one: plain copies)."""
+    if event is not None:
+        event.synchronize()
 
 
 def wants_host_optimizer(run: RunConfig, info: DistInfo) -> bool:
