@@ -61,7 +61,31 @@ def _assert_same(a: Trainer, b: Trainer) -> None:
     _assert_equal(_state(a), _state(b))
 
 
-def test_host_optimizer_gives_the_device_engines_steps_bitwise(tmp_path, seed):
+# HOST_BUCKET_BYTES (the tiny model's weights hold 128 to 45,184 bytes of fp32): one bucket a
+# weight, several weights in most buckets (the largest alone), one bucket for all
+BUCKETS = {"per_weight": 1, "several": 8192, "one": 2**40}
+
+
+def _bucket_count(engine, kind: str) -> int:
+    """How many buckets ``kind`` gives the engine's weights (checked against what it made)."""
+    n = len(engine._buckets)
+    if kind == "per_weight":
+        assert n == len(engine.weights)
+    elif kind == "one":
+        assert n == 1
+    else:
+        assert 1 < n < len(engine.weights) and max(len(b.weights) for b in engine._buckets) > 1
+    assert [w for b in engine._buckets for w in b.weights] == engine.weights  # module order
+    return n
+
+
+@pytest.mark.parametrize("buckets", list(BUCKETS))
+def test_host_optimizer_gives_the_device_engines_steps_bitwise(
+    tmp_path, seed, monkeypatch, buckets
+):
+    from reflectioncoder.train import distributed
+
+    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     steps = 4
     device, on_device = _run(tiny_config(tmp_path / "d", seed, extra=(*BF16, *DEVICE)), steps)
     host, on_host = _run(tiny_config(tmp_path / "h", seed, extra=(*BF16, *HOST)), steps)
@@ -76,10 +100,17 @@ def test_host_optimizer_gives_the_device_engines_steps_bitwise(tmp_path, seed):
         assert (h["loss"], h["grad_norm"], h["tokens"]) == (d["loss"], d["grad_norm"], d["tokens"])
     _assert_same(on_device, on_host)
     assert not on_host.engine._sums  # the step's sums dropped once stepped
+    _bucket_count(on_host.engine, buckets)
+    assert all(m.grad is None for m in on_host.engine.params)  # set for its bucket's step only
 
 
-def test_a_nonfinite_step_changes_nothing_on_the_host(tmp_path, seed):
+@pytest.mark.parametrize("buckets", ["per_weight", "several"])
+def test_a_nonfinite_step_changes_nothing_on_the_host(tmp_path, seed, monkeypatch, buckets):
+    from reflectioncoder.train import distributed
+
+    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     trainer = Trainer(tiny_config(tmp_path, seed, extra=(*BF16, *HOST)))
+    _bucket_count(trainer.engine, buckets)
     backward = trainer.engine.backward
     try:
         assert not trainer.train_step()["skipped"]
