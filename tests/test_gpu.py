@@ -193,3 +193,49 @@ def _assert_close_to_reference(backend, seqlens, q, k, v, grad_out, out, ours) -
     ):
         err = (a.double().cpu() - b).abs().max() / b.abs().max()
         assert err <= tol, f"{backend} {name}: relative error {err:.2e} > {tol:.0e}"
+
+
+def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypatch) -> None:
+    """The offloaded one-process engine's boundary (``LocalEngine._step_on_host``: sums out on a
+    side stream, the host's AdamW on each bucket as its event says it landed, bf16 weights back
+    on another) gives the same 3 steps as plain blocking copies, bitwise: weights, masters, m,
+    v and step counts. Buckets of 8 MiB, so a host that read a bucket before its copy landed
+    would see the previous step's sums."""
+    import copy
+
+    from reflectioncoder.config_loader import load_config
+    from reflectioncoder.train import distributed
+
+    if device.type != "cuda":
+        pytest.skip("the copies overlap only on CUDA (the CPU's plain copies: test_host_optimizer)")
+    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", 8 * 2**20)
+    run = load_config(
+        base="tiny",
+        overrides=["distributed.offload_optimizer=true", "optim.lr=1e-3", "optim.grad_clip=0.5"],
+    )
+    info = distributed.DistInfo(0, 1, 0, device, deepspeed=False)
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])
+    inputs = [torch.randn(256, 1024, generator=gen) for _ in range(6)]  # 3 steps of 2
+    states = []
+    for pipelined in (True, False):
+        module = copy.deepcopy(model).to(device, torch.bfloat16)
+        engine = distributed.LocalEngine(module, run, info)
+        assert (engine.copy_streams is not None) and len(engine._buckets) >= 4
+        if not pipelined:
+            engine.copy_streams = None  # blocking copies on the compute stream
+        for step in range(3):
+            for j in (0, 1):
+                engine.start_micro_batch(last=j == 1)
+                x = inputs[2 * step + j].to(device, torch.bfloat16)
+                loss = engine(x).float().square().mean()
+                engine.backward(loss)
+            assert engine.finish_step(loss.detach().reshape(1)).applied
+        moments = [engine.optimizer.state[m] for m in engine.params]
+        states.append(
+            [w.detach().cpu() for w in engine.weights]
+            + [m.detach().clone() for m in engine.params]
+            + [s[k].cpu() for s in moments for k in ("exp_avg", "exp_avg_sq", "step")]
+        )
+    pipelined, blocking = states
+    assert all(torch.equal(a, b) for a, b in zip(pipelined, blocking, strict=True))

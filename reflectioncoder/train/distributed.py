@@ -702,7 +702,7 @@ class LocalEngine:
         plain copies, one after the other."""
         streams = self.copy_streams
         if streams is not None:
-            streams.follow(torch.cuda.current_stream())  # the clipped sums, the backward's reads
+            streams.start()
         buckets = [b for b in self._buckets if any(id(w) in self._sums for w in b.weights)]
         landed = [self._send_out(b) for b in buckets]
         for k, (bucket, sums_here) in enumerate(zip(buckets, landed, strict=True)):
@@ -710,7 +710,7 @@ class LocalEngine:
             self._step_bucket(bucket)
             self._send_back(bucket, self._staging[k % 2])
         if streams is not None:
-            torch.cuda.current_stream().wait_stream(streams.back)  # before the next forward
+            streams.join()
 
     def _send_out(self, bucket: _HostBucket) -> torch.cuda.Event | None:
         """Queue ``bucket``'s sums into its pinned host gradients; the event of their landing."""
@@ -735,12 +735,13 @@ class LocalEngine:
         cross the link), once its previous copy has read it, and queue them into the weights."""
         back = self.copy_streams.back if self.copy_streams is not None else None
         _wait(staging.read)
-        stepped = [(w, m, off) for w, m, off in bucket.returns() if id(w) in self._sums]
-        views = [staging.view(w, off) for w, _, off in stepped]
-        for view, (_, master, _) in zip(views, stepped, strict=True):
-            view.copy_(master)
+        stepped = [
+            (w, m, staging.view(w, off)) for w, m, off in bucket.returns() if id(w) in self._sums
+        ]
+        for _, master, view in stepped:
+            view.copy_(master)  # the cast, on the host
         with _on(back):
-            for view, (w, _, _) in zip(views, stepped, strict=True):
+            for w, _, view in stepped:
                 w.copy_(view, non_blocking=back is not None)
         staging.read = _recorded(back)
 
@@ -925,10 +926,16 @@ class _CopyStreams:
             return None
         return _CopyStreams(torch.cuda.Stream(device), torch.cuda.Stream(device))
 
-    def follow(self, stream: torch.cuda.Stream) -> None:
-        """Both streams start after what ``stream`` has queued so far."""
-        self.out.wait_stream(stream)
-        self.back.wait_stream(stream)
+    def start(self) -> None:
+        """Both side streams go on after what the compute stream has queued so far (the
+        clipped sums; the backward's last reads of the weights)."""
+        compute = torch.cuda.current_stream(self.out.device)
+        self.out.wait_stream(compute)
+        self.back.wait_stream(compute)
+
+    def join(self) -> None:
+        """The compute stream (the next forward) goes on after the last copy back."""
+        torch.cuda.current_stream(self.out.device).wait_stream(self.back)
 
 
 def _on(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager:
