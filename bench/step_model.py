@@ -132,7 +132,12 @@ to bf16) and all-gathers bf16 weights at the boundary, not overlapped;
 ZeRO-2 all-gathers the weights. With the optimizer offloaded (ZeRO-Offload) instead: the fp32
 gradient shard to the host and the bf16 weights back over each GPU's PCIe link (PCIE), and the
 host's CPU Adam over all P parameters (CPU_ADAM_PARAMS_S, the host shared by every rank), not
-overlapped; both rates ASSUMED (constants' comments), not measured.
+overlapped; both rates ASSUMED (constants' comments), not measured. The one-process engine
+(``local``) pipelines the same three in buckets of HOST_BUCKET_BYTES (200 MiB of fp32 sums,
+reflectioncoder/train/distributed.py ``LocalEngine._step_on_host``): the slowest of the three
+(the host's AdamW at 7B) plus one bucket through the other two, its fill and drain
+(``pipelined_boundary_s``); the device's norm and clip of the sums (12P bytes of HBM, about
+30 ms at 7B) are counted in neither.
 
 Memory per GPU (``activation_checkpointing.resident_bytes``, the function the trainer plans
 with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at
@@ -176,6 +181,7 @@ from pathlib import Path
 
 from bench import roofline
 from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder.train.distributed import HOST_BUCKET_BYTES
 from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_share
 
 # FITTED to llm-foundry's MPT-7B at seq 2048 (the calibration table): that row checks nothing
@@ -469,6 +475,16 @@ def _ew_rerun(plan: tuple[str, ...]) -> float:
     return sum(p != "none" for p in plan) / len(plan)
 
 
+def pipelined_boundary_s(params: int) -> float:
+    """The one-process engine's offloaded boundary (module docstring): fp32 sums out, the
+    host's AdamW and bf16 weights back, each bucket of HOST_BUCKET_BYTES of sums going through
+    the three in turn while the others run: the slowest stage's whole time, plus one bucket
+    through the other two."""
+    stages = (4 * params / PCIE, params / CPU_ADAM_PARAMS_S, 2 * params / PCIE)
+    bucket = min(1.0, HOST_BUCKET_BYTES / (4 * params))  # one bucket's share of each stage
+    return max(stages) + bucket * (sum(stages) - max(stages))
+
+
 def predict(
     arch: Arch, card_name: str, gpus: int, engine: str, levers: Levers, work: Workload
 ) -> Prediction:
@@ -523,7 +539,9 @@ def predict(
     exposed = comm if not levers.overlap else max(comm * (1 - OVERLAP), comm - busy)
     micro = busy + exposed + offload
     opt_shard = 1 if engine == "local" else gpus
-    if levers.offload:  # fp32 gradients out, the host's AdamW, bf16 weights back
+    if levers.offload and engine == "local":  # one process, the boundary pipelined
+        boundary = pipelined_boundary_s(params)
+    elif levers.offload:  # fp32 gradients out, the host's AdamW, bf16 weights back, in turn
         # each GPU its own PCIe link; the host's DRAM shared by every rank's CPU Adam
         boundary = (4 + 2) * params / opt_shard / PCIE + params / CPU_ADAM_PARAMS_S
     else:

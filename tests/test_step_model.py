@@ -178,3 +178,18 @@ def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
     for what, r in rows.items():
         if "1.5B train step" in what or "CLI step" in what:
             assert "host replayed" in r["note"], what
+
+
+def test_the_one_process_offloaded_boundary_is_a_pipeline():
+    """``local`` with its optimizer on the host: the slowest of sums out, host AdamW and weights
+    back, plus one bucket through the other two; one bucket holding every sum is their sum."""
+    params = 6_738_415_616  # CodeLlama-7B
+    stages = (4 * params / sm.PCIE, params / sm.CPU_ADAM_PARAMS_S, 2 * params / sm.PCIE)
+    bucket = sm.HOST_BUCKET_BYTES / (4 * params)
+    got = sm.pipelined_boundary_s(params)
+    assert got == pytest.approx(max(stages) + bucket * (sum(stages) - max(stages)))
+    assert max(stages) < got < 0.75 * sum(stages)
+    small = sm.HOST_BUCKET_BYTES // 8  # fp32 sums of one bucket
+    assert sm.pipelined_boundary_s(small) == pytest.approx(
+        6 * small / sm.PCIE + small / sm.CPU_ADAM_PARAMS_S
+    )
