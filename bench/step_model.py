@@ -137,7 +137,7 @@ overlapped; both rates ASSUMED (constants' comments), not measured. The one-proc
 reflectioncoder/train/distributed.py ``LocalEngine._step_on_host``): the slowest of the three
 (the host's AdamW at 7B) plus one bucket through the other two, its fill and drain
 (``pipelined_boundary_s``); the device's norm and clip of the sums (12P bytes of HBM, about
-30 ms at 7B) are counted in neither.
+30 ms at 7B on an H100) are counted in neither.
 
 Memory per GPU (``activation_checkpointing.resident_bytes``, the function the trainer plans
 with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at

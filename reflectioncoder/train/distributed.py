@@ -565,7 +565,7 @@ def read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
 
 # The offloaded boundary's buckets (``LocalEngine._step_on_host``): up to 200 MiB of fp32 sums
 # each, enough for a copy to run at the link's rate, little against the whole model's AdamW on
-# the host (the pipeline's fill: one bucket out and one back, about 8 ms over PCIe 5.0 at 7B).
+# the host (the pipeline's fill and drain: one bucket out and one back, about 6 ms at 7B).
 HOST_BUCKET_BYTES = 200 * 2**20
 
 
