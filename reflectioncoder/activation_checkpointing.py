@@ -21,14 +21,19 @@ and the memory the device has left once weights, gradients and optimizer states
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
 
 LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
 NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
@@ -252,8 +257,19 @@ def _kept_ops() -> frozenset:
     return frozenset(op.default for op in ops)
 
 
+def _compiling() -> bool:
+    """Whether torch.compile (dynamo, or AOT autograd's tracing: a proxy mode) is tracing."""
+    proxy = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY)
+    return torch.compiler.is_compiling() or proxy is not None
+
+
 def _save_gemms_context():
-    """torch's selective checkpoint: keep GEMM and attention outputs, recompute the rest."""
+    """``save_gemms``' checkpoint contexts: keep the GEMM and attention outputs a backward
+    reads (``KeptOutputs``), recompute the rest. Compiled, torch's selective checkpoint with
+    every GEMM and attention output MUST_SAVE: the partitioner saves only what its backward
+    graph reads."""
+    if not _compiling():
+        return KeptOutputs(_kept_ops()).contexts()
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     keep = _kept_ops()
@@ -262,6 +278,136 @@ def _save_gemms_context():
         return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [x for x in tree_leaves(tree) if isinstance(x, torch.Tensor)]
+
+
+class _Reads:
+    """Which kept outputs of one layer's forward a backward reads: those a tensor saved for
+    the backward (seen by the checkpoint's pack hook) comes from, itself or through ops the
+    recompute reruns. An output that only feeds a residual add (the MLP's down_proj: the
+    layer's output, which the next layer's checkpoint keeps, is read by no backward here) is
+    read by none. Kept outputs are keyed (op, index of the op's call among the layer's)."""
+
+    def __init__(self, keep: frozenset) -> None:
+        self.keep = keep
+        self.calls: dict[Any, int] = defaultdict(int)
+        self.sources = WeakIdKeyDictionary()  # tensor -> the kept outputs it is computed from
+        self.read: set = set()
+        self.seen = True  # whether the pack hook was seen (else every kept output counts read)
+
+    def op(self, func, args, kwargs, out) -> tuple | None:
+        """The key of a kept op's call, else None; notes what ``out`` is computed from."""
+        key = None
+        if func in self.keep:
+            key = (func, self.calls[func])
+            self.calls[func] += 1
+            sources = frozenset((key,))  # the recompute starts from it, not from its inputs
+        else:
+            sources = frozenset().union(
+                *(self.sources.get(t, ()) for t in _tensors((args, kwargs)))
+            )
+        for t in _tensors(out):
+            self.sources[t] = sources
+        return key
+
+    def saved(self, tensor: torch.Tensor) -> None:
+        self.read |= self.sources.get(tensor, frozenset())
+
+    def reads(self, key) -> bool:
+        return not self.seen or key in self.read
+
+    def hooks(self):
+        """The enclosing checkpoint's pack hook, noting each tensor saved: entered inside
+        checkpoint's own (``context_fn``'s forward context is)."""
+        top = torch._C._autograd._top_saved_tensors_default_hooks(True)
+        if top is None:  # not under a checkpoint: keep everything
+            self.seen = False
+            return contextlib.nullcontext()
+        pack, unpack = top
+
+        def seeing_pack(x):
+            self.saved(x)
+            return pack(x)
+
+        return torch.autograd.graph.saved_tensors_hooks(seeing_pack, unpack)
+
+
+class KeptOutputs:
+    """The outputs a checkpointed layer's forward keeps for its recompute (``save_gemms``: on
+    the device; ``activation_offload.LayerStore``: on the host): every call of a ``keep`` op
+    while the forward runs, then (``forward_done``) only those a backward reads (``_Reads``).
+    The recompute takes each from here; an op whose output was dropped would run again, but
+    torch's checkpoint stops the recompute (early stop, its default) once every tensor the
+    backward saves is back, which is before the last GEMM when only it was dropped (tested)."""
+
+    def __init__(self, keep: frozenset) -> None:
+        self.keep = keep
+        self.reads = _Reads(keep)
+        self.saved: dict[Any, Any] = {}
+
+    def hold(self, key, out) -> None:
+        self.saved[key] = tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, out)
+
+    def forward_done(self) -> None:
+        for key in [k for k in self.saved if not self.reads.reads(k)]:
+            del self.saved[key]
+        self.reads.sources.clear()
+
+    def restore(self, key):
+        """The kept output of ``key``, or None when it was dropped."""
+        return self.saved.get(key)
+
+    def contexts(self) -> tuple[TorchDispatchMode, TorchDispatchMode]:
+        """``checkpoint``'s ``context_fn``: the forward's and the recompute's modes."""
+        return _Keep(self), _Replay(self)
+
+
+class _Keep(TorchDispatchMode):
+    def __init__(self, store: KeptOutputs) -> None:
+        super().__init__()
+        self.store = store
+        self.hooks = contextlib.nullcontext()
+
+    def __enter__(self):
+        self.hooks = self.store.reads.hooks()
+        self.hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.hooks.__exit__(*exc)
+            self.store.forward_done()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        key = self.store.reads.op(func, args, kwargs, out)
+        if key is not None:
+            self.store.hold(key, out)
+        return out
+
+
+class _Replay(TorchDispatchMode):
+    def __init__(self, store: KeptOutputs) -> None:
+        super().__init__()
+        self.store = store
+        self.calls: dict[Any, int] = defaultdict(int)
+
+    def __enter__(self):
+        self.calls.clear()  # each recompute (a second backward too) takes them from the start
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func not in self.store.keep:
+            return func(*args, **(kwargs or {}))
+        key = (func, self.calls[func])
+        self.calls[func] += 1
+        out = self.store.restore(key)
+        return func(*args, **(kwargs or {})) if out is None else out
 
 
 def _enable(model: nn.Module) -> None:

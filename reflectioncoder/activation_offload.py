@@ -37,12 +37,11 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections import defaultdict
-from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
+
+from reflectioncoder.activation_checkpointing import KeptOutputs
 
 
 class _Saved:
@@ -84,66 +83,58 @@ class _Saved:
         return self.back
 
 
-class LayerStore:
-    """The saved outputs of one offloaded layer's forward, in order per op."""
+class LayerStore(KeptOutputs):
+    """The saved outputs of one offloaded layer's forward, those a backward reads
+    (``KeptOutputs``), in host memory. An output that the same layer's last forward found
+    unread (``OffloadSchedule.unread``) waits on the device for the forward's end instead of
+    leaving at once: it is dropped there, or, if read after all, sent then."""
 
-    def __init__(self, schedule: OffloadSchedule) -> None:
+    def __init__(self, schedule: OffloadSchedule, index: int | None = None) -> None:
+        super().__init__(schedule.keep)
         self.schedule = schedule
-        self.keep = schedule.keep
-        self.saved: dict[Any, list] = defaultdict(list)
+        self.index = index
+        self.unread = schedule.unread.get(index, frozenset())
         self.bytes = 0
 
-    def store(self, func, out):
+    def _send(self, out):
         def one(x):
             if not isinstance(x, torch.Tensor):
                 return x  # sizes: kept as they are
             self.bytes += x.numel() * x.element_size()
             return _Saved(x, self.schedule.stream_for(x.device))
 
-        self.saved[func].append(tree_map(one, out))
+        return tree_map(one, out)
+
+    def hold(self, key, out) -> None:
+        self.saved[key] = _Waiting(out) if key in self.unread else self._send(out)
+
+    def forward_done(self) -> None:
+        unread = frozenset(k for k in self.saved if not self.reads.reads(k))
+        super().forward_done()
+        for key, out in self.saved.items():
+            if isinstance(out, _Waiting):
+                self.saved[key] = self._send(out.out)
+        if self.index is not None:
+            self.schedule.unread[self.index] = unread
 
     def prefetch(self) -> None:
-        for outs in self.saved.values():
-            for out in outs:
-                tree_map(lambda s: s.prefetch() if isinstance(s, _Saved) else s, out)
+        for out in self.saved.values():
+            tree_map(lambda s: s.prefetch() if isinstance(s, _Saved) else s, out)
 
-    def restore(self, func, index: int):
-        out = self.saved[func][index]
-        return tree_map(lambda s: s.take() if isinstance(s, _Saved) else s, out)
-
-    def contexts(self) -> tuple[TorchDispatchMode, TorchDispatchMode]:
-        """``checkpoint``'s ``context_fn``: the forward's and the recompute's modes."""
-        return _Store(self), _Restore(self)
-
-
-class _Store(TorchDispatchMode):
-    def __init__(self, store: LayerStore) -> None:
-        super().__init__()
-        self.layer = store
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in self.layer.keep:
-            self.layer.store(func, out)
-        return out
+    def restore(self, key):
+        out = self.saved.get(key)
+        return (
+            None
+            if out is None
+            else tree_map(lambda s: s.take() if isinstance(s, _Saved) else s, out)
+        )
 
 
-class _Restore(TorchDispatchMode):
-    def __init__(self, store: LayerStore) -> None:
-        super().__init__()
-        self.layer = store
-        self.calls: dict[Any, int] = defaultdict(int)
+class _Waiting:
+    """An output held on the device until the forward's end (``LayerStore.hold``)."""
 
-    def __enter__(self):
-        self.calls.clear()  # each recompute (a second backward too) takes them from the start
-        return super().__enter__()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func not in self.layer.keep:
-            return func(*args, **(kwargs or {}))
-        index = self.calls[func]
-        self.calls[func] += 1
-        return self.layer.restore(func, index)
+    def __init__(self, out) -> None:
+        self.out = out
 
 
 class OffloadSchedule:
@@ -153,6 +144,7 @@ class OffloadSchedule:
     def __init__(self, keep: frozenset) -> None:
         self.keep = keep
         self.stores: dict[int, weakref.ref] = {}
+        self.unread: dict[int, frozenset] = {}  # per layer, what its last forward dropped
         self.streams: dict[torch.device, torch.cuda.Stream] = {}
 
     def stream_for(self, device: torch.device) -> torch.cuda.Stream | None:
@@ -168,7 +160,7 @@ class OffloadSchedule:
         """``_gradient_checkpointing_func`` of offloaded layer ``index``."""
         from torch.utils.checkpoint import checkpoint
 
-        store = LayerStore(self)
+        store = LayerStore(self, index)
         self.stores[index] = weakref.ref(store)
         out = checkpoint(fn, *args, use_reentrant=False, context_fn=store.contexts)
         if isinstance(out, torch.Tensor) and out.requires_grad:
