@@ -39,7 +39,7 @@ import functools
 import weakref
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from reflectioncoder.activation_checkpointing import KeptOutputs
 
@@ -94,19 +94,21 @@ class LayerStore(KeptOutputs):
         self.schedule = schedule
         self.index = index
         self.unread = schedule.unread.get(index, frozenset())
-        self.bytes = 0
+        self.bytes = 0  # what the host holds once the forward is done
 
     def _send(self, out):
         def one(x):
             if not isinstance(x, torch.Tensor):
                 return x  # sizes: kept as they are
-            self.bytes += x.numel() * x.element_size()
             return _Saved(x, self.schedule.stream_for(x.device))
 
         return tree_map(one, out)
 
     def hold(self, key, out) -> None:
-        self.saved[key] = _Waiting(out) if key in self.unread else self._send(out)
+        if key in self.unread:
+            self.saved[key] = _Waiting(out.detach() if isinstance(out, torch.Tensor) else out)
+        else:
+            self.saved[key] = self._send(out)
 
     def forward_done(self) -> None:
         unread = frozenset(k for k in self.saved if not self.reads.reads(k))
@@ -114,6 +116,8 @@ class LayerStore(KeptOutputs):
         for key, out in self.saved.items():
             if isinstance(out, _Waiting):
                 self.saved[key] = self._send(out.out)
+        held = [s.host for s in tree_leaves(list(self.saved.values())) if isinstance(s, _Saved)]
+        self.bytes = sum(h.numel() * h.element_size() for h in held)
         if self.index is not None:
             self.schedule.unread[self.index] = unread
 
