@@ -95,7 +95,7 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
 - activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
   time is that of ``save_gemms`` (its element-wise ops rerun) plus what the compute stream waits
   for the copies (``offload_exposed_s``): one side stream a GPU, each offloaded layer's bytes
-  (``activation_checkpointing.offloaded_bytes``: 20.8 D a token in bf16, measured on the CPU)
+  (``activation_checkpointing.offloaded_bytes``: 18.8 D a token in bf16, measured on the CPU)
   out in the forward and back in the backward at ``link_bytes_s``: the GPU's PCIe link (PCIE,
   ASSUMED) or its share of the host's DRAM, ``HOST_DMA_BYTES_S`` = 307 GB/s shared by all
   ranks' offload streams on a host (a two-socket DDR5-4800 server's 614 GB/s taken at half,
@@ -150,8 +150,8 @@ tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
 policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
-22.9 D, full 2.08 D, offload 2.09 D on the GPU) x T, plus one layer's whole set while a
-recomputed layer runs again, plus two offloaded layers in flight (20.8 D x T each: one arriving
+20.9 D, full 2.08 D, offload 2.08 D on the GPU) x T, plus one layer's whole set while a
+recomputed layer runs again, plus two offloaded layers in flight (18.8 D x T each: one arriving
 ahead of its backward, one still leaving at the forward's end: ``OFFLOAD_IN_FLIGHT``); the
 loss's workspace (roofline); 3 GiB for the CUDA context and cuBLAS workspaces. ``auto`` plans
 within the card less 5% for fragmentation (``RESERVE_SHARE``), and ``fits`` is that test:
