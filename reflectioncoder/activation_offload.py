@@ -1,5 +1,6 @@
 """Activation offload (the ``offload`` layer policy): a decoder layer keeps what ``save_gemms``
-keeps, its GEMM and attention outputs, but in host memory.
+keeps, its GEMM and attention outputs that a backward reads (``KeptOutputs``), but in host
+memory.
 
 Forward: the layer runs under torch's non-reentrant checkpoint with our own pair of dispatch
 modes (``context_fn``) in place of torch's selective-checkpoint pair: each GEMM / attention
