@@ -67,6 +67,11 @@ RESERVE_SHARE = 0.05
 # D = 4096), and an offloaded optimizer's bf16 buffer of the largest parameter (the embedding:
 # 0.26 GB at 7B); 1 GiB covers them
 BUCKET_BYTES = 2**30
+# FSDP2's gathered bytes besides its shards (resident_bytes): at 7B (202M parameters a layer,
+# 262M in the root) two layers' bf16 weights (0.8 GB), one layer's bf16 gradients (0.4 GB)
+# and their fp32 reduce-scatter input (0.8 GB), the root's bf16 weights (0.5 GB); 3 GiB
+# covers them (larger models: more per layer, taken the same; a GPU measurement is owed).
+FSDP_GATHERED_BYTES = 3 * 2**30
 
 
 def kept_bytes(policy: str, tokens: int, hidden: int, element_bytes: int = 2) -> float:
@@ -175,10 +180,19 @@ def plan_layers(
 
 
 def resident_bytes(
-    params: int, *, stage: int, ranks: int, offload: bool = False, autocast: bool = False
+    params: int,
+    *,
+    stage: int,
+    ranks: int,
+    offload: bool = False,
+    autocast: bool = False,
+    fsdp: bool = False,
 ) -> float:
     """Bytes a device holds for weights, gradients and optimizer states, by engine: ``stage`` 0
-    is one process without DeepSpeed, 1-3 DeepSpeed's ZeRO stage over ``ranks``.
+    is one process without DeepSpeed, 1-3 DeepSpeed's ZeRO stage over ``ranks``; ``fsdp``:
+    torch's FSDP2 (``train/fsdp_engine.py``), whose fp32 shards are the masters: 16 bytes a
+    parameter over the ranks (master, gradient, m, v) and what is gathered at once
+    (``FSDP_GATHERED_BYTES``).
 
     bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
     fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
@@ -186,6 +200,8 @@ def resident_bytes(
     ``distributed.offloaded_stage``; at stage 0, one rank, the whole fp32 sums 4P, the bucket
     allowance covering the one bf16 gradient in flight); fp32 master weights, m and v over
     1/ranks (m and v under autocast), none on the device when offloaded."""
+    if fsdp:
+        return 16 * params / ranks + FSDP_GATHERED_BYTES
     weights = (4 if autocast else 2) * params / (ranks if stage == 3 else 1)
     if stage >= 2 or offload:
         grads = 4 * params / ranks + BUCKET_BYTES
@@ -529,14 +545,17 @@ def plan_run(
     device_bytes: float | None,
     element_bytes: int = 2,
     offload_layers: tuple[int, int] = (0, 1),
+    fsdp: bool = False,
 ) -> MemoryPlan:
     """The plan of a run: ``policy`` and ``offload`` as configured (``auto`` resolved here),
     ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the GPU's memory (None on
     a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked);
-    ``offload_layers``: how many layers ``auto`` may offload, every how many (``offload_rule``)."""
+    ``offload_layers``: how many layers ``auto`` may offload, every how many (``offload_rule``);
+    ``fsdp``: torch's FSDP2 (``resident_bytes``; never offloads)."""
     if offload == "auto":
         offload = (
             device_bytes is not None
+            and not fsdp
             and can_offload(stage, ranks)
             and needs_offload(device_bytes, params, layers, tokens, hidden, stage, ranks)
         )
@@ -550,7 +569,9 @@ def plan_run(
     if device_bytes is None:
         return MemoryPlan(plan, offload)
     autocast = element_bytes == 4
-    resident = resident_bytes(params, stage=stage, ranks=ranks, offload=offload, autocast=autocast)
+    resident = resident_bytes(
+        params, stage=stage, ranks=ranks, offload=offload, autocast=autocast, fsdp=fsdp
+    )
     budget = activation_budget(device_bytes, resident)
     if on and policy == "auto":
         plan = plan_layers(layers, tokens, hidden, budget, element_bytes, offload_layers)

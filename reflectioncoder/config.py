@@ -22,7 +22,7 @@ from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-BACKENDS = ("auto", "none", "deepspeed")
+BACKENDS = ("auto", "none", "deepspeed", "fsdp")
 REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
 # "auto" and kernels/varlen_attention.py's BACKENDS, written out so that reading a config
 # imports no torch (tests/test_varlen_attention.py checks that the two agree).
@@ -247,10 +247,14 @@ class TrainConfig:
 
 @dataclass
 class DistributedConfig:
-    """Data parallelism: one process, or DeepSpeed ZeRO 1/2/3 under deepspeed or torchrun."""
+    """Data parallelism: one process, DeepSpeed ZeRO 1/2/3 under deepspeed or torchrun, or
+    torch's FSDP2 under torchrun."""
 
     backend: str = "auto"
-    """auto (deepspeed when launched with several ranks) | none | deepspeed."""
+    """auto (deepspeed when launched with several ranks) | none | deepspeed | fsdp (torch's
+    ``fully_shard`` per decoder layer and the root: fp32 master weights, gradients and AdamW
+    states sharded over the ranks, bf16 weights gathered per layer; ``train.fsdp_engine``;
+    ``zero_stage`` and ``deepspeed_config`` do not apply)."""
     zero_stage: int = 1
     """ZeRO stage 0-3 (the paper: 1; 3 for 33B/34B)."""
     deepspeed_config: str | None = None
@@ -280,6 +284,18 @@ class DistributedConfig:
             self.backend in BACKENDS,
             "distributed.backend",
             f"must be one of {BACKENDS}, got {self.backend!r}",
+        )
+        fsdp = self.backend == "fsdp"
+        _check(
+            not (fsdp and self.offload_optimizer is True),
+            "distributed.offload_optimizer",
+            "true is not supported with backend fsdp (its optimizer states stay sharded on the "
+            "GPUs): use false or auto, or backend deepspeed (ZeRO-Offload)",
+        )
+        _check(
+            not (fsdp and self.deepspeed_config),
+            "distributed.deepspeed_config",
+            "does not apply to backend fsdp: remove it, or use backend deepspeed",
         )
         _check(
             self.zero_stage in (0, 1, 2, 3),

@@ -1,14 +1,16 @@
 """Process groups and engines: the ONLY module that imports DeepSpeed.
 
-Two engines behind one interface, ``Engine`` (the step: ``backward``, ``finish_step``,
+Three engines behind one interface, ``Engine`` (the step: ``backward``, ``finish_step``,
 ``set_lr``; the state and its layout: ``save_state``, ``load_state``, ``layout``, ...):
 - ``LocalEngine``: plain PyTorch AdamW, one process (or several under torchrun, wrapped in
   torch's DDP: gradients summed in buckets during the backward), global-norm clipping,
   non-finite updates skipped;
 - ``DeepSpeedEngine``: DeepSpeed ZeRO 0-3, launched by ``deepspeed`` or ``torchrun`` (both set
-  RANK / WORLD_SIZE / LOCAL_RANK), multi-node; gloo on CPU, NCCL on GPU.
+  RANK / WORLD_SIZE / LOCAL_RANK), multi-node; gloo on CPU, NCCL on GPU;
+- ``FSDPEngine`` (train/fsdp_engine.py): torch's FSDP2, fp32 shards of masters, gradients and
+  AdamW states, bf16 weights gathered per layer.
 
-Both expect the loss of a micro-batch to be a SUM whose weights already carry the step's global
+All expect the loss of a micro-batch to be a SUM whose weights already carry the step's global
 normalisation (the data room computes them across all ranks' micro-batches), so gradients are
 summed over ranks, never averaged: DeepSpeed averages, so its losses are scaled by the world size.
 """
@@ -68,10 +70,11 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     use_ds = cfg.backend == "deepspeed" or (cfg.backend == "auto" and world > 1)
-    if (world > 1 or use_ds) and not dist.is_initialized():
+    grouped = world > 1 or use_ds or cfg.backend == "fsdp"
+    if grouped and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         timeout = datetime.timedelta(minutes=cfg.timeout_minutes)
-        if world == 1:  # DeepSpeed in one process started without a launcher: a group of one
+        if world == 1:  # DeepSpeed or FSDP in one process without a launcher: a group of one
             for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -530,7 +533,7 @@ class Engine(Protocol):
     def offloads_optimizer(self) -> bool: ...
 
     def layout(self) -> dict[str, Any]:
-        """What writes (or reads) its checkpoints: ``engine`` (single | deepspeed),
+        """What writes (or reads) its checkpoints: ``engine`` (single | deepspeed | fsdp),
         ``zero_stage`` (None for the single engine), ``world_size``."""
         ...
 
@@ -1219,4 +1222,8 @@ def make_engine(
     """The engine this run asks for."""
     if info.deepspeed:
         return DeepSpeedEngine(module, run, info, external_params)
+    if run.distributed.backend == "fsdp":
+        from reflectioncoder.train.fsdp_engine import FSDPEngine
+
+        return FSDPEngine(module, run, info)
     return LocalEngine(module, run, info)

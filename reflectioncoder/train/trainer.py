@@ -36,6 +36,7 @@ from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed, model_card, reporters
+from reflectioncoder.train.fsdp_engine import check_fsdp_run
 from reflectioncoder.train.flops import (
     ModelShape,
     StepFlops,
@@ -285,9 +286,11 @@ def build_model(
     )
     from reflectioncoder.zero3_load import has_safetensors, load_model_into_partitions
 
-    # DeepSpeed loads in its dtype (it keeps fp32 masters); one process loads fp32 and casts
-    # later (bf16 weights with fp32 masters in the engine, or fp32 weights under autocast).
-    load_dtype = dtype if info.deepspeed else torch.float32
+    # DeepSpeed and FSDP load in the training dtype (they keep fp32 masters); one process loads
+    # fp32 and casts later (bf16 weights with fp32 masters in the engine, or fp32 weights under
+    # autocast).
+    sharded = info.deepspeed or cfg.distributed.backend == "fsdp"
+    load_dtype = dtype if sharded else torch.float32
     path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
     if path is not None and distributed.uses_zero3(cfg, info) and has_safetensors(path):
         model, _ = load_model_into_partitions(
@@ -330,6 +333,7 @@ class Trainer:
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
             distributed.wants_host_optimizer(cfg, self.info)
+        check_fsdp_run(cfg, self.info.device)
         if cfg.model.fused_projections and distributed.uses_zero3(cfg, self.info):
             raise ConfigError(
                 "not with ZeRO-3 (its hooks gather each projection's own weights): set it false "
@@ -391,8 +395,8 @@ class Trainer:
                     local,
                     count_parameters(model),
                 )
-        elif self.info.deepspeed:
-            model.to(self.info.device, self.dtype)  # DeepSpeed keeps fp32 masters for bf16
+        elif self.info.deepspeed or cfg.distributed.backend == "fsdp":
+            model.to(self.info.device, self.dtype)  # the engine keeps fp32 masters for bf16
             autocast = None
         elif self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters":
             model.to(self.info.device, self.dtype)  # the engine keeps fp32 masters
@@ -475,8 +479,11 @@ class Trainer:
 
         device = self.info.device
         stage = distributed._zero_stage(cfg) if self.info.deepspeed else 0  # noqa: SLF001
+        fsdp = cfg.distributed.backend == "fsdp"
+        if fsdp:
+            stage = 3  # sharded as ZeRO-3 (resident_bytes counts FSDP's own bytes)
         half = self.dtype in (torch.bfloat16, torch.float16) and (
-            self.info.deepspeed or cfg.model.mixed_precision == "masters"
+            self.info.deepspeed or fsdp or cfg.model.mixed_precision == "masters"
         )
         offload_layers = self._offloadable_layers(cfg, model, 2 if half else 4)
         offload = cfg.distributed.offload_optimizer
@@ -492,6 +499,7 @@ class Trainer:
             stage=stage,
             ranks=self.info.world_size,
             offload=offload,
+            fsdp=fsdp,
             device_bytes=(
                 torch.cuda.get_device_properties(device).total_memory
                 if device.type == "cuda"

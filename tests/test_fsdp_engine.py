@@ -1,0 +1,244 @@
+"""torch's FSDP2 as an engine (``distributed.backend: fsdp``), over gloo on the CPU.
+
+On 2 ranks (torchrun) it logs the single engine's losses and gradient norms and ends with its
+weights (fp32: test_distributed's tolerances; bf16 weights with fp32 masters: the bf16 rule),
+a NaN step skipped alike, at most one host sync a step; its export loads into a fresh model.
+A relaunch resumes its sharded checkpoint (on the same ranks, on one, and from the single
+engine's) and continues as the uninterrupted run. In one process (a gloo group of one): one
+step of 3 micro-batches gives the single engine's gradients, norm and update; what it does not
+support is refused in one line before the model loads."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows, poison_step
+from test_local_engine_ranks import BF16_TOLERANCE, TINY_LR
+
+from reflectioncoder.config_loader import load_config
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+from reflectioncoder.train.trainer import Trainer
+
+STEPS, STOP, POISON = 4, 2, 1
+FSDP = ["distributed.backend=fsdp"]
+SINGLE = ["distributed.backend=none"]
+COMMON = [f"train.max_steps={STEPS}", "train.epochs=2"]
+
+
+def _train(overrides: list[str], poison: int | None = None) -> Trainer:
+    trainer = Trainer(load_config(base="tiny", overrides=overrides))
+    if poison is not None:
+        poison_step(trainer, poison)
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
+def _torchrun(spec: dict, ranks: int = 2) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
+    args += [f"--master_port={_free_port()}", __file__, json.dumps(spec)]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stderr
+
+
+def _same_rows(want: list[dict], got: list[dict], tolerance) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for w, g in zip(want, got, strict=True):
+        assert (g["samples"], g["tokens"]) == (w["samples"], w["tokens"]), g["step"]
+        assert g["skipped"] == w["skipped"], g["step"]
+        if g["skipped"]:
+            assert not math.isfinite(g["loss"]) and not math.isfinite(w["loss"])
+            continue
+        for key, rel, abs_ in tolerance:
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
+
+
+def _same_weights(a: dict, b: dict, dtype: str) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].dtype == a[k].dtype, k
+        if dtype == "fp32":
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+            continue
+        # bf16: as tests/test_local_engine_ranks.py (a tiny gradient's sign may flip with the
+        # sum's order, and AdamW moves that weight the other way: 2 lr a step at most)
+        diff = (b[k].float() - a[k].float()).abs()
+        off = diff > 1e-3 + 2e-2 * a[k].float().abs()
+        assert off.float().mean() <= 5e-3, (k, int(off.sum()), diff.numel())
+        assert diff.max() <= 2 * TINY_LR * STEPS + 1e-3, (k, float(diff.max()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
+    from transformers import AutoModelForCausalLM
+
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    extra = COMMON + [f"model.dtype={dtype}"]
+    _train(_overrides(data, single, seed, "sample") + extra + SINGLE, POISON)
+    overrides = _overrides(data, multi, seed, "sample") + extra + FSDP
+    spec = {"overrides": overrides, "poison": POISON, "record": str(multi)}
+    log = _torchrun(spec)
+    assert "fsdp2 (fully_shard per layer, 2 ranks)" in log
+
+    want, got = _rows(single), _rows(multi)
+    assert [r["skipped"] for r in got] == [k == POISON for k in range(STEPS)]
+    _same_rows(want, got, TOLERANCE if dtype == "fp32" else BF16_TOLERANCE)
+    assert got[-1]["loss"] != got[0]["loss"]  # it really trained
+    syncs = json.loads((multi / "syncs-rank0.json").read_text())
+    assert syncs and all(len(s) <= 1 for s in syncs), syncs
+    a = load_file(str(single / "final" / "model.safetensors"))
+    b = load_file(str(multi / "final" / "model.safetensors"))
+    _same_weights(a, b, dtype)
+    fresh = AutoModelForCausalLM.from_pretrained(multi / "final")  # the export loads as it is
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, b[name].to(value.dtype), rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "before, after",
+    [((2, FSDP), (2, FSDP)), ((2, FSDP), (1, FSDP)), ((1, SINGLE), (2, FSDP))],
+    ids=["2-ranks-relaunched", "2-ranks-to-1", "single-engine-to-2-ranks"],
+)
+def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after):
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    _train(_overrides(data, reference, seed, "sample") + COMMON + SINGLE)
+    for (ranks, layout), resume, stop in ((before, False, STOP), (after, True, None)):
+        overrides = _overrides(data, moved, seed, "sample") + COMMON + layout
+        spec = {"overrides": overrides, "resume": resume, "stop": stop}
+        if ranks == 1:
+            _part(spec)
+        else:
+            log = _torchrun(spec)
+            if resume:
+                assert f"at step {STOP}" in log
+    _same_rows(_rows(reference), _rows(moved), TOLERANCE)
+    a = load_file(str(reference / "final" / "model.safetensors"))
+    _same_weights(a, load_file(str(moved / "final" / "model.safetensors")), "fp32")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_one_step_gives_the_single_engines_update(seed, dtype):
+    """In this process, a gloo group of one: 3 micro-batches, then a step; the same step with
+    a NaN loss changes nothing."""
+    import torch.distributed as dist
+    from test_packed_rows import _batches
+
+    from reflectioncoder.model import build_tiny_llama, prepare_model
+    from reflectioncoder.train import distributed
+    from reflectioncoder.train.fsdp_engine import FSDPEngine
+    from reflectioncoder.train.trainer import ReflectionLossModule
+
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}", f"model.dtype={name}"])
+    model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
+    prepare_model(model, liger=False)
+    batches = next(b for s in range(seed, seed + 20) if len(b := _batches(s)[1]) >= 3)[:3]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=False)
+        local = distributed.LocalEngine(ReflectionLossModule(copy.deepcopy(model)), run, info)
+        fsdp = FSDPEngine(ReflectionLossModule(copy.deepcopy(model)), run, info)
+        for engine in (local, fsdp):
+            for j, batch in enumerate(batches):
+                engine.start_micro_batch(j == len(batches) - 1)
+                engine.backward(engine(batch)[0])
+        # fp32 sums of every micro-batch, as the fp32 masters' in one process
+        for a, b in zip(local.params, fsdp.params, strict=True):
+            assert b.grad.dtype == torch.float32
+            torch.testing.assert_close(b.grad.full_tensor(), a.grad, rtol=1e-5, atol=1e-8)
+        results = [e.finish_step(torch.ones(1, dtype=torch.float64)) for e in (local, fsdp)]
+        assert results[1].applied and results[1].grad_norm == pytest.approx(
+            results[0].grad_norm, rel=1e-5
+        )
+        want = local.full_state_dict()
+        got = fsdp.full_state_dict()
+        for k in want:
+            assert got[k].dtype == dtype, k
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+        masters = [p.full_tensor().clone() for p in fsdp.params]
+        fsdp.backward(fsdp(batches[0])[0] * float("nan"))
+        skipped = fsdp.finish_step(torch.full((1,), float("nan"), dtype=torch.float64))
+        assert not skipped.applied
+        for before, p in zip(masters, fsdp.params, strict=True):
+            assert torch.equal(before, p.full_tensor())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["distributed.offload_optimizer=true"], "distributed.offload_optimizer"),
+        (["model.dtype=fp16"], "model.dtype"),
+        (["model.dtype=bf16", "model.mixed_precision=autocast"], "model.mixed_precision"),
+    ],
+)
+def test_what_it_does_not_support_is_refused_before_the_model_loads(tmp_path, overrides, field):
+    from reflectioncoder.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises((ConfigError, ValueError), match=field):
+        cfg = load_config(base="tiny", overrides=FSDP + overrides + [f"checkpoint.out_dir={out}"])
+        Trainer(cfg)
+    assert not out.exists()
+
+
+def _part(spec: dict) -> None:
+    """Train (resuming when asked) up to ``stop`` and save there, or to the end."""
+    trainer = Trainer(load_config(base="tiny", overrides=spec["overrides"]), resume=spec["resume"])
+    try:
+        if spec["stop"] is None:
+            trainer.train()
+        else:
+            while trainer.step < spec["stop"]:
+                trainer.train_step()
+            trainer.save()
+    finally:
+        trainer.close()
+
+
+def _driver(spec: dict) -> None:
+    """One rank: train (a step poisoned), counting each step's host syncs."""
+    from test_host_syncs import SyncCounter
+
+    trainer = Trainer(load_config(base="tiny", overrides=spec["overrides"]))
+    poison_step(trainer, spec["poison"])
+    step, syncs = trainer.train_step, []
+
+    def train_step():
+        if trainer.step == 0:
+            return step()
+        trainer._ahead.result()  # the next step's host work, off this thread
+        with SyncCounter() as counter:
+            row = step()
+        syncs.append(counter.syncs)
+        return row
+
+    trainer.train_step = train_step
+    trainer.train()
+    record = Path(spec["record"], f"syncs-rank{trainer.info.rank}.json")
+    record.write_text(json.dumps(syncs))
+    trainer.close()
+
+
+if __name__ == "__main__":  # one rank under torchrun
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    spec = json.loads(sys.argv[1])
+    _part(spec) if "resume" in spec else _driver(spec)
