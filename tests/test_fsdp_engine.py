@@ -110,8 +110,13 @@ def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "before, after",
-    [((2, FSDP), (2, FSDP)), ((2, FSDP), (1, FSDP)), ((1, SINGLE), (2, FSDP))],
-    ids=["2-ranks-relaunched", "2-ranks-to-1", "single-engine-to-2-ranks"],
+    [
+        ((2, FSDP), (2, FSDP)),
+        ((2, FSDP), (1, FSDP)),
+        ((1, SINGLE), (2, FSDP)),
+        ((2, FSDP), (1, SINGLE)),
+    ],
+    ids=["2-ranks-relaunched", "2-ranks-to-1", "single-engine-to-2-ranks", "2-ranks-to-single"],
 )
 def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)

@@ -3,7 +3,8 @@
 OUT/checkpoints/step-000120/
     model/              config.json, model.safetensors, tokenizer (with the special tokens):
                         loadable by AutoModelForCausalLM.from_pretrained as is
-    optimizer.pt        AdamW state (single process), or deepspeed/ (ZeRO partitions, per rank)
+    optimizer.pt        AdamW state (single process), or deepspeed/ (ZeRO partitions, per rank),
+                        or fsdp/ (FSDP2's shards: torch.distributed.checkpoint, any ranks read)
     rng/rank-00000.pt   python, numpy, torch (and CUDA) RNG states of each rank
     trainer_state.json  step, skipped updates, the data plan's fingerprint, model_only
     COMPLETE            written last
@@ -21,8 +22,9 @@ Resume anywhere: trainer_state.json records the layout that wrote the checkpoint
 stage, ranks). A run of another layout (2 ranks -> 1, 1 -> 8, ZeRO-3 -> ZeRO-1, DeepSpeed -> one
 process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpeed's universal
 checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
-is read from optimizer.pt and model/; each rank then writes its own share of every parameter's
-fp32 weight and AdamW state. The step count and the data position carry over unchanged.
+is read from optimizer.pt and model/, an FSDP one through torch's ``dcp_to_torch_save`` (once,
+kept as step-N/fsdp-full.pt; FSDP reads its own shards on any number of ranks); each rank then
+writes its own share of every parameter's fp32 weight and AdamW state. The step count and the data position carry over unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ log = logging.getLogger("reflectioncoder.train")
 
 COMPLETE = "COMPLETE"
 UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint, converted on a resume that needs it
+FSDP_FULL = "fsdp-full.pt"  # FSDP's shards as full tensors, converted on a resume that needs it
 TMP_PREFIX = ".tmp-"
 # What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
@@ -284,7 +287,7 @@ def needs_conversion(saved: dict[str, Any], current: dict[str, Any]) -> bool:
     DeepSpeed's partitions only into the same ranks and stage)."""
     if saved["engine"] != current["engine"]:
         return True
-    if saved["engine"] == "single":
+    if saved["engine"] in ("single", "fsdp"):  # FSDP's DCP shards load on any ranks
         return False
     stage_known = saved["zero_stage"] is not None
     return saved["world_size"] != current["world_size"] or (
@@ -296,6 +299,8 @@ def describe_layout(layout: dict[str, Any]) -> str:
     ranks = f"{layout['world_size']} rank(s)"
     if layout["engine"] == "single":
         return f"the single engine on {ranks}"
+    if layout["engine"] == "fsdp":
+        return f"FSDP2 on {ranks}"
     stage = "?" if layout["zero_stage"] is None else layout["zero_stage"]
     return f"DeepSpeed ZeRO-{stage} on {ranks}"
 
@@ -317,6 +322,8 @@ def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
             tmp.rename(folder)
         distributed.barrier()
         return _universal_reader(folder / "zero")
+    if saved["engine"] == "fsdp":
+        return _fsdp_reader(path, info)
     return _single_reader(path)
 
 
@@ -347,6 +354,36 @@ def _universal_reader(zero: Path):
             weight,
             *moments,
             float(torch.load(step, weights_only=False)) if step.is_file() else default_step,
+        )
+
+    return read
+
+
+def _fsdp_reader(path: Path, info: DistInfo):
+    """FSDP's DCP shards (fsdp/), converted once by rank 0 into one file of full tensors."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from reflectioncoder.train.fsdp_engine import FSDP_DIR
+
+    full = path / FSDP_FULL
+    if info.is_main and not full.is_file():
+        tmp = path / (TMP_PREFIX + FSDP_FULL)
+        dcp_to_torch_save(str(path / FSDP_DIR), str(tmp))
+        tmp.rename(full)
+    distributed.barrier()
+    saved = torch.load(full, map_location="cpu", weights_only=False)
+    weights, states = saved["model"], saved["optim"]["state"]
+
+    def read(name: str, shape: torch.Size) -> ParamState:
+        if name not in weights:
+            raise ValueError(f"--resume: {path} holds no state for parameter {name}")
+        adam = states.get(name) or {}
+        zeros = torch.zeros(shape)
+        return ParamState(
+            weights[name].float().reshape(shape),
+            adam.get("exp_avg", zeros).float().reshape(shape),
+            adam.get("exp_avg_sq", zeros).float().reshape(shape),
+            float(adam.get("step", 0)),
         )
 
     return read
