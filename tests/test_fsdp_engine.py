@@ -149,7 +149,8 @@ def test_one_step_gives_the_single_engines_update(seed, dtype):
     from reflectioncoder.train.trainer import ReflectionLossModule
 
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
-    run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}", f"model.dtype={name}"])
+    arch = "model.arch={hidden_size: 32}"
+    run = load_config(base="tiny", overrides=[arch, f"model.dtype={name}"])
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
     prepare_model(model, liger=False)
     batches = next(b for s in range(seed, seed + 20) if len(b := _batches(s)[1]) >= 3)[:3]

@@ -24,7 +24,8 @@ process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpee
 checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
 is read from optimizer.pt and model/, an FSDP one through torch's ``dcp_to_torch_save`` (once,
 kept as step-N/fsdp-full.pt; FSDP reads its own shards on any number of ranks); each rank then
-writes its own share of every parameter's fp32 weight and AdamW state. The step count and the data position carry over unchanged.
+writes its own share of every parameter's fp32 weight and AdamW state. The step count and the
+data position carry over unchanged.
 """
 
 from __future__ import annotations

@@ -197,4 +197,3 @@ class FSDPEngine:
         if not self.info.is_main:
             return None
         return _unwrap({k: v.to(self.compute_dtype) for k, v in full.items()})
-

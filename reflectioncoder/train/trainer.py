@@ -36,7 +36,6 @@ from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
 from reflectioncoder.train import checkpoint, distributed, model_card, reporters
-from reflectioncoder.train.fsdp_engine import check_fsdp_run
 from reflectioncoder.train.flops import (
     ModelShape,
     StepFlops,
@@ -44,6 +43,7 @@ from reflectioncoder.train.flops import (
     recomputed_share,
     utilisation,
 )
+from reflectioncoder.train.fsdp_engine import check_fsdp_run
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
