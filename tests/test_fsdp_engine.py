@@ -87,6 +87,8 @@ def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
     single, multi = tmp_path / "single", tmp_path / "multi"
     extra = COMMON + [f"model.dtype={dtype}"]
+    if dtype == "bf16":  # FSDP's gathers under activation checkpointing's recompute too
+        extra.append("model.gradient_checkpointing=true")
     _train(_overrides(data, single, seed, "sample") + extra + SINGLE, POISON)
     overrides = _overrides(data, multi, seed, "sample") + extra + FSDP
     spec = {"overrides": overrides, "poison": POISON, "record": str(multi)}
@@ -136,10 +138,15 @@ def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after
     _same_weights(a, load_file(str(moved / "final" / "model.safetensors")), "fp32")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_one_step_gives_the_single_engines_update(seed, dtype):
+@pytest.mark.parametrize(
+    "dtype, compiled",
+    [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)],
+    ids=["fp32", "bf16", "bf16-compiled-checkpointed"],
+)
+def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
     """In this process, a gloo group of one: 3 micro-batches, then a step; the same step with
-    a NaN loss changes nothing."""
+    a NaN loss changes nothing. Compiled: regional compile of the layers (aot_eager) under full
+    activation checkpointing, on both engines (FSDP's hooks run outside the compiled graph)."""
     import torch.distributed as dist
     from test_packed_rows import _batches
 
@@ -153,16 +160,31 @@ def test_one_step_gives_the_single_engines_update(seed, dtype):
     run = load_config(base="tiny", overrides=[arch, f"model.dtype={name}"])
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
     prepare_model(model, liger=False)
+
+    def loss_module() -> ReflectionLossModule:
+        copied = copy.deepcopy(model)
+        if compiled:
+            from reflectioncoder.activation_checkpointing import set_checkpointing
+            from reflectioncoder.model import compile_layers
+
+            set_checkpointing(copied, True, "full")
+            compile_layers(copied, backend="aot_eager")
+        return ReflectionLossModule(copied)
+
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     batches = next(b for s in range(seed, seed + 20) if len(b := _batches(s)[1]) >= 3)[:3]
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=False)
-        local = distributed.LocalEngine(ReflectionLossModule(copy.deepcopy(model)), run, info)
-        fsdp = FSDPEngine(ReflectionLossModule(copy.deepcopy(model)), run, info)
+        local = distributed.LocalEngine(loss_module(), run, info)
+        fsdp = FSDPEngine(loss_module(), run, info)
         for engine in (local, fsdp):
             for j, batch in enumerate(batches):
                 engine.start_micro_batch(j == len(batches) - 1)
                 engine.backward(engine(batch)[0])
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled
         # fp32 sums of every micro-batch, as the fp32 masters' in one process
         for a, b in zip(local.params, fsdp.params, strict=True):
             assert b.grad.dtype == torch.float32
