@@ -6,7 +6,9 @@
 
 Rows: CodeLlama-7B / 13B / 34B shapes at 16K-token micro-batches, on H100 and H200, one GPU
 (engine ``local``: one process; ``zero1``: DeepSpeed, nothing to partition) and 8 (``zero1``,
-``zero2``, ``zero3``), each with the shipped default config (``default``: true on the engine
+``zero2``, ``zero3``, and ``fsdp``: torch's FSDP2, ``distributed.backend: fsdp``, sharded as
+ZeRO-3 with its own memory, 16 bytes a parameter over the GPUs, and gradient sums), each with
+the shipped default config (``default``: true on the engine
 ``paper_preset``'s ``backend: auto`` runs, ``local`` on one GPU and ``zero1`` on 8
 (``default_engine``), as it runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
 ``none`` / ``save_gemms`` / ``offload`` / ``full``, the least recompute that fits, planned as
@@ -208,17 +210,21 @@ OVERLAP = 0.8
 # - zero3: copied into the bucket, fp32 when the reduction is (6), interleaved (8) and averaged
 #   (8) for the reduce-scatter; the owned piece added into the fp32 partition (12)
 #   (stage3.py __add_grad_to_ipg_bucket, reduce_scatter_coalesced, partition_grads).
-# - fsdp (the calibration's torchtitan and llm-foundry runs, which reduce-scatter in fp32 and
-#   do not accumulate): the bf16 gradient cast into the fp32 reduce-scatter input (6; none
-#   with fp32 weights under autocast) and divided (8), the owned shard divided (8).
+# - fsdp (torch's FSDP2: our ``distributed.backend: fsdp``, and the calibration's torchtitan
+#   and llm-foundry runs): the bf16 gradient cast into the fp32 reduce-scatter input (6; none
+#   with fp32 weights under autocast), the reduce-scattered shard added into the sharded fp32
+#   gradient (12; train/fsdp_engine.py sums: no division; the calibration's runs divide inside
+#   NCCL's PREMUL_SUM and accumulate nothing, 0 there, their one micro-batch taken the same).
 GRAD_SUM_BYTES = {"local": (10, 0), "zero1": (18, 0), "zero2": (24, 18), "zero3": (22, 12)}
-GRAD_SUM_BYTES["fsdp"] = (14, 8)
+GRAD_SUM_BYTES["fsdp"] = (6, 12)
 # the same in bf16 (``fp32_sums`` off): autograd's bf16 sum at ZeRO-1 (6); at ZeRO-2 the bucket
 # copy, averaging and flattening (12), the owned slice copied back and added in bf16 (10); at
 # ZeRO-3 the bucket copy, interleaving and averaging (12), the owned piece added (6)
 BF16_SUM_BYTES = {"local": (10, 0), "zero1": (6, 0), "zero2": (12, 10), "zero3": (12, 6)}
 BF16_SUM_BYTES["fsdp"] = GRAD_SUM_BYTES["fsdp"]
 OPT_BYTES = {"masters": 30, "autocast": 28}
+# FSDP's AdamW writes no bf16 weight (its all-gather casts the fp32 shard): 28 in both precisions
+FSDP_OPT_BYTES = 28
 FIXED_BYTES = ac.RESERVE_FIXED
 MEMORY = {"H100": 81559 * 2**20, "H200": 143771 * 2**20}  # what nvidia-smi reports
 # ZeRO-Offload (an offloaded optimizer): fp32 gradients to the host and bf16 weights back over
@@ -386,7 +392,12 @@ def _resident(arch: Arch, gpus: int, engine: str, levers: Levers) -> float:
     autocast = levers.precision == "autocast"
     stage = _stage(engine)
     return ac.resident_bytes(
-        _params(arch), stage=stage, ranks=gpus, offload=levers.offload, autocast=autocast
+        _params(arch),
+        stage=stage,
+        ranks=gpus,
+        offload=levers.offload,
+        autocast=autocast,
+        fsdp=engine == "fsdp",
     )
 
 
@@ -545,7 +556,8 @@ def predict(
         # each GPU its own PCIe link; the host's DRAM shared by every rank's CPU Adam
         boundary = (4 + 2) * params / opt_shard / PCIE + params / CPU_ADAM_PARAMS_S
     else:
-        boundary = OPT_BYTES[levers.precision] * params / opt_shard / hbm
+        opt_bytes = FSDP_OPT_BYTES if engine == "fsdp" else OPT_BYTES[levers.precision]
+        boundary = opt_bytes * params / opt_shard / hbm
     if engine == "zero1":
         boundary += 2 * _ring(grad_bytes * params, gpus) + _ring(2 * params, gpus)
     elif engine == "zero2":
@@ -647,9 +659,9 @@ def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
     if _stage(engine) in (0, 1, 2):  # one process: one GPU only (model_rows)
         flip = "off" if base.offload else "on"
         out.append((f"offload={flip}", replace(base, offload=not base.offload)))
-    if engine in ("zero2", "zero3"):
+    if engine in ("zero2", "zero3", "fsdp"):
         out.append(("overlap=off", replace(base, overlap=False)))
-    if engine != "local":  # one process always sums in fp32
+    if engine not in ("local", "fsdp"):  # one process and FSDP always sum in fp32
         out.append(("fp32_sums=off", replace(base, fp32_sums=False)))
     return out
 
@@ -658,7 +670,8 @@ def model_rows() -> list[dict]:
     rows = []
     for arch in ARCHS.values():
         for card in ("H100", "H200"):
-            for gpus, engines in ((1, ("local", "zero1")), (8, ("zero1", "zero2", "zero3"))):
+            eight = ("zero1", "zero2", "zero3", "fsdp")
+            for gpus, engines in ((1, ("local", "zero1")), (8, eight)):
                 recipe = make_row(
                     arch, card, gpus, "zero1", RECIPE, "recipe", recipe_workload(), None
                 )
@@ -999,9 +1012,9 @@ def calibration_markdown(rows: list[dict]) -> str:
 def headline(rows: list[dict]) -> list[dict]:
     """The recipe, default and best rows of every model, card and GPU count: the shipped
     default's engine (one process on one GPU, ZeRO-1 on 8), ZeRO-1 on one GPU beside it, and
-    ZeRO-3 on 8 GPUs (where 13B and 34B fit)."""
+    ZeRO-3 and FSDP2 on 8 GPUs (where 13B and 34B fit)."""
     keep = ("default", "best", "recipe")
-    engines = ("local", "zero1", "zero3")
+    engines = ("local", "zero1", "zero3", "fsdp")
     return [r for r in rows if r["engine"] in engines and r["lever"] in keep]
 
 
