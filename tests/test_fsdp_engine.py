@@ -214,6 +214,7 @@ def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
         (["distributed.offload_optimizer=true"], "distributed.offload_optimizer"),
         (["model.dtype=fp16"], "model.dtype"),
         (["model.dtype=bf16", "model.mixed_precision=autocast"], "model.mixed_precision"),
+        (["model.fused_projections=true"], "model.fused_projections"),
     ],
 )
 def test_what_it_does_not_support_is_refused_before_the_model_loads(tmp_path, overrides, field):

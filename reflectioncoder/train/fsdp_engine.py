@@ -52,6 +52,12 @@ def check_fsdp_run(run: RunConfig, device: torch.device) -> None:
             "fp16 is not supported with distributed.backend fsdp (no loss scaler): use bf16",
             field="model.dtype",
         )
+    if run.model.fused_projections:
+        raise ConfigError(
+            "not with distributed.backend fsdp (each gather puts the weights apart: the fused "
+            "GEMM would concatenate them every call): set it false",
+            field="model.fused_projections",
+        )
     if dtype == torch.bfloat16 and run.model.mixed_precision == "autocast":
         raise ConfigError(
             "autocast is not supported with distributed.backend fsdp (it computes in bf16 from "
