@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows, poison_step
-from test_local_engine_ranks import BF16_TOLERANCE, TINY_LR
+from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
 
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -64,21 +64,6 @@ def _same_rows(want: list[dict], got: list[dict], tolerance) -> None:
             assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
 
 
-def _same_weights(a: dict, b: dict, dtype: str) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert b[k].dtype == a[k].dtype, k
-        if dtype == "fp32":
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
-            continue
-        # bf16: as tests/test_local_engine_ranks.py (a tiny gradient's sign may flip with the
-        # sum's order, and AdamW moves that weight the other way: 2 lr a step at most)
-        diff = (b[k].float() - a[k].float()).abs()
-        off = diff > 1e-3 + 2e-2 * a[k].float().abs()
-        assert off.float().mean() <= 5e-3, (k, int(off.sum()), diff.numel())
-        assert diff.max() <= 2 * TINY_LR * STEPS + 1e-3, (k, float(diff.max()))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
@@ -103,7 +88,7 @@ def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
     assert syncs and all(len(s) <= 1 for s in syncs), syncs
     a = load_file(str(single / "final" / "model.safetensors"))
     b = load_file(str(multi / "final" / "model.safetensors"))
-    _same_weights(a, b, dtype)
+    same_final_weights(a, b, dtype, STEPS)
     fresh = AutoModelForCausalLM.from_pretrained(multi / "final")  # the export loads as it is
     for name, value in fresh.state_dict().items():
         torch.testing.assert_close(value, b[name].to(value.dtype), rtol=0, atol=0, msg=name)
@@ -135,7 +120,7 @@ def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after
                 assert f"at step {STOP}" in log
     _same_rows(_rows(reference), _rows(moved), TOLERANCE)
     a = load_file(str(reference / "final" / "model.safetensors"))
-    _same_weights(a, load_file(str(moved / "final" / "model.safetensors")), "fp32")
+    same_final_weights(a, load_file(str(moved / "final" / "model.safetensors")), "fp32", STEPS)
 
 
 @pytest.mark.parametrize(

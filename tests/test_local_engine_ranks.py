@@ -34,6 +34,23 @@ SINGLE = ["distributed.backend=none", f"train.max_steps={STEPS}", "train.epochs=
 BF16_TOLERANCE = [("loss", 1e-2, 0.0), ("ce", 1e-2, 0.0), ("grad_norm", 3e-2, 0.0)]
 
 
+def same_final_weights(a: dict, b: dict, dtype: str, steps: int) -> None:
+    """Two runs' final weights agree: fp32 within test_distributed's tolerance, bf16 as below."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].dtype == a[k].dtype, k
+        if dtype == "fp32":
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+            continue
+        # bf16 weights: AdamW moves a weight by about lr a step whatever its gradient's size, so
+        # a weight whose tiny gradient changes sign with the bf16 sum's order moves the other
+        # way (2 lr a step at most); a few in a thousand may (TEST_SEED=465421214: 3 of 11232)
+        diff = (b[k].float() - a[k].float()).abs()
+        off = diff > 1e-3 + 2e-2 * a[k].float().abs()
+        assert off.float().mean() <= 5e-3, (k, int(off.sum()), diff.numel())
+        assert diff.max() <= 2 * TINY_LR * steps + 1e-3, (k, float(diff.max()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_two_ranks_reduce_in_buckets_during_backward_and_match_one_process(tmp_path, seed, dtype):
@@ -65,18 +82,7 @@ def test_two_ranks_reduce_in_buckets_during_backward_and_match_one_process(tmp_p
             assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
     a = load_file(str(single / "final" / "model.safetensors"))
     b = load_file(str(multi / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        if dtype == "fp32":
-            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
-            continue
-        # bf16 weights: AdamW moves a weight by about lr a step whatever its gradient's size, so
-        # a weight whose tiny gradient changes sign with the bf16 sum's order moves the other
-        # way (2 lr a step at most); a few in a thousand may (TEST_SEED=465421214: 3 of 11232)
-        diff = (b[k].float() - a[k].float()).abs()
-        off = diff > 1e-3 + 2e-2 * a[k].float().abs()
-        assert off.float().mean() <= 5e-3, (k, int(off.sum()), diff.numel())
-        assert diff.max() <= 2 * TINY_LR * STEPS + 1e-3, (k, float(diff.max()))
+    same_final_weights(a, b, dtype, STEPS)
 
     for rank in (0, 1):
         record = json.loads((multi / f"buckets-rank{rank}.json").read_text())
