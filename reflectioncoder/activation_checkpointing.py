@@ -339,8 +339,9 @@ class _Reads:
     def hooks(self):
         """The enclosing checkpoint's pack hook, noting each tensor saved: entered inside
         checkpoint's own (``context_fn``'s forward context is)."""
-        top = torch._C._autograd._top_saved_tensors_default_hooks(True)
-        if top is None:  # not under a checkpoint: keep everything
+        top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+        top = top_hooks(True) if top_hooks is not None else None  # private: torch >= 2.4 has it
+        if top is None:  # not under a checkpoint (or no way to see it): keep everything
             self.seen = False
             return contextlib.nullcontext()
         pack, unpack = top
