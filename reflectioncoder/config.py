@@ -275,7 +275,7 @@ class DistributedConfig:
     ``communication_data_type`` fp32 (the cross-rank sum; twice bf16's bytes); a DeepSpeed
     JSON's own values of either win. tests/test_zero_fp32_sums.py measures each stage.
     ``auto``: on at ZeRO-1/2/3 (DeepSpeed's ZeRO-0 cannot); ``false``: both left to DeepSpeed
-    (bf16). One process always does: its engine owns the fp32 sums."""
+    (bf16). One process and ``backend: fsdp`` always do: their engines own the fp32 sums."""
     timeout_minutes: int = 30
     """Collective timeout."""
 
@@ -291,6 +291,11 @@ class DistributedConfig:
             "distributed.offload_optimizer",
             "true is not supported with backend fsdp (its optimizer states stay sharded on the "
             "GPUs): use false or auto, or backend deepspeed (ZeRO-Offload)",
+        )
+        _check(
+            not (fsdp and self.fp32_grad_accum is False),
+            "distributed.fp32_grad_accum",
+            "false does not apply to backend fsdp (it always sums in fp32): use auto",
         )
         _check(
             not (fsdp and self.deepspeed_config),

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows, poison_step
 from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
 
+from reflectioncoder.activation_checkpointing import FSDP_GATHERED_BYTES
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
@@ -200,6 +201,7 @@ def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
         (["model.dtype=fp16"], "model.dtype"),
         (["model.dtype=bf16", "model.mixed_precision=autocast"], "model.mixed_precision"),
         (["model.fused_projections=true"], "model.fused_projections"),
+        (["distributed.fp32_grad_accum=false"], "distributed.fp32_grad_accum"),
     ],
 )
 def test_what_it_does_not_support_is_refused_before_the_model_loads(tmp_path, overrides, field):
@@ -210,6 +212,25 @@ def test_what_it_does_not_support_is_refused_before_the_model_loads(tmp_path, ov
         cfg = load_config(base="tiny", overrides=FSDP + overrides + [f"checkpoint.out_dir={out}"])
         Trainer(cfg)
     assert not out.exists()
+
+
+def test_the_step_model_has_fsdp_rows_as_the_trainer_plans_them():
+    """8-GPU rows of every model and card, never offloaded, its levers as ZeRO-3's (overlap)
+    less those the engine does not have (fp32 sums off, the optimizer's offload)."""
+    from bench import step_model as sm
+
+    rows = [r for r in sm.model_rows() if r["engine"] == "fsdp"]
+    assert {(r["model"], r["card"], r["gpus"]) for r in rows} == {
+        (m, c, 8) for m in sm.ARCHS for c in ("H100", "H200")
+    }
+    assert not any(r["offload"] or r["default"] for r in rows)
+    levers = {r["lever"] for r in rows}
+    assert "overlap=off" in levers and not {"fp32_sums=off", "offload=on"} & levers
+    arch = sm.ARCHS["CodeLlama-7B"]
+    work = sm.reflection_workload()
+    levers = sm.default_levers(arch, "H100", 8, "fsdp", work)
+    resident = sm._resident(arch, 8, "fsdp", levers)
+    assert resident == 16 * sm._params(arch) / 8 + FSDP_GATHERED_BYTES
 
 
 def _part(spec: dict) -> None:
