@@ -3,6 +3,7 @@
     python -m bench.bench_host_replay --out bench/results/host_replay.json
     python -m bench.bench_host_replay --device cuda --archives .replay --out OUT.json  # a GPU
     python -m bench.bench_host_replay --device cpu --profile --widths 2    # the same path, CPU
+    python -m bench.bench_host_replay --op-timeline --out bench/results/host_replay.json
 
 bench/step_model.py's calibration has two steps measured on an H200: the 1.06B CLI step
 (``reflectioncoder train`` through bench/bench_engines.py at commit de58a14) and the 1.5B
@@ -57,6 +58,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -127,9 +129,13 @@ class _Marks:
         self.marks: list[tuple[str, float]] = []
         self.prepare_cpu: list[float] = []
         self.parts: dict[str, float] = {}
+        self.inside: list[str] = []  # the PARTS being run now, outermost first
+        self.recorder: _OpRecorder | None = None  # --record-ops: every kernel's issue time
 
     def mark(self, name: str) -> None:
         self.marks.append((name, time.thread_time()))
+        if self.recorder is not None:
+            self.recorder.mark(name)
 
     def clear(self) -> None:
         self.marks.clear()
@@ -141,9 +147,13 @@ class _Marks:
 
         def wrapper(*args, **kwargs):
             t0 = time.thread_time()
+            self.inside.append(name)
+            if self.recorder is not None:
+                self.recorder.seed(args, kwargs)
             try:
                 return fn(*args, **kwargs)
             finally:
+                self.inside.pop()
                 self.parts[label] += time.thread_time() - t0
 
         setattr(owner, name, wrapper)
@@ -160,6 +170,162 @@ PARTS = {
     "step": "AdamW step",
     "log": "metrics log",
 }
+
+
+# --record-ops: the ops a CUDA run launches a kernel for, by what the step model times them as.
+GEMMS = frozenset(
+    {"mm", "addmm", "addmm_", "bmm", "baddbmm", "baddbmm_", "addbmm", "_addmm_activation"}
+)
+ATTENTION_OPS = frozenset({"_varlen_attn", "_varlen_attn_backward"})  # torch_attn's, as on CUDA
+COPIES = frozenset({"copy_", "_to_copy", "clone", "_copy_from", "_local_scalar_dense"})
+# Ops that launch no kernel (allocations, aliases); what they return still takes the tag.
+NO_KERNEL = frozenset(
+    {"detach", "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty", "alias"}
+    | {"new_empty_strided", "resize_", "set_", "_unsafe_view"}
+)
+OP_CATEGORIES = ("gemm", "attention", "loss", "elementwise", "copy", "optimizer")
+
+
+def _tensors(value) -> list:
+    """The tensors in an op's argument or result (lists and tuples opened)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+class _OpRecorder:
+    """Every op of the main thread that a CUDA run would launch a kernel for, with its issue
+    time: the main thread's CPU (``thread_time``) less the recorder's own (``skew``), so that
+    the times are the replay's; the sync marks likewise (``mark``). An op runs on the GPU
+    where one of its tensors would be there: the tensors of the model, the optimizer's states
+    (not its host ``step`` counts) and the arguments of the step's device parts (``seed``: the
+    batch, the hidden states), and what ops on them return; or where it makes a tensor from
+    nothing inside a device part (``torch.zeros`` in the loss). Per op: its name, category
+    (``OP_CATEGORIES``: the loss's and the optimizer's own by the part that issued them),
+    the shapes and item sizes of its tensors in and out, and for the attention the sum of
+    its segments' squared lengths (from cu_seqlens, host-readable on the CPU). What the mode
+    costs outside its own code (the dispatcher's call into Python, ``per_op_s``) is measured
+    on ops of nothing and taken off every op dispatched (``dispatched``)."""
+
+    def __init__(self) -> None:
+        from torch.utils.weak import WeakTensorKeyDictionary
+
+        self.on_device = WeakTensorKeyDictionary()
+        self.skew = 0.0
+        self.dispatched = 0
+        self.steps: list[list] = []
+        self.per_op_s = 0.0
+        self.per_op_s = self._calibrate()
+
+    def _calibrate(self, n: int = 4000, rounds: int = 3) -> float:
+        """Seconds the mode adds to an op beyond ``skew``: n host adds with and without it,
+        the least of ``rounds`` after a first (its one-time set-up) left out."""
+        import torch
+
+        x = torch.zeros(4)
+        self.steps.append([])
+        extra = []
+        for _ in range(rounds + 1):
+            t0 = time.thread_time()
+            for _ in range(n):
+                x.add(1)
+            plain = time.thread_time() - t0
+            skew, t0 = self.skew, time.thread_time()
+            with self.mode():
+                for _ in range(n):
+                    x.add(1)
+            extra.append((time.thread_time() - t0 - (self.skew - skew) - plain) / n)
+        self.steps.clear()
+        self.skew, self.dispatched = 0.0, 0
+        return max(0.0, min(extra[1:]))
+
+    def _now(self) -> float:
+        return time.thread_time() - self.skew - self.per_op_s * self.dispatched
+
+    def mark(self, name: str) -> None:
+        if name == "start":
+            self.steps.append([])
+        if self.steps:
+            self.steps[-1].append(["mark", name, self._now()])
+
+    def seed(self, args, kwargs) -> None:
+        """Tag the device tensors among a device part's arguments (one level into modules,
+        optimizers and dataclasses)."""
+        import torch
+
+        t0 = time.thread_time()
+        for arg in (*args, *kwargs.values()):
+            found = _tensors(arg)
+            if isinstance(arg, torch.nn.Module):
+                found = [t for p in arg.parameters() for t in (p, p.grad) if t is not None]
+            elif isinstance(arg, torch.optim.Optimizer):
+                found = [p for g in arg.param_groups for p in g["params"]]
+                for state in arg.state.values():
+                    found += [v for k, v in state.items() if k != "step" and torch.is_tensor(v)]
+            elif dataclasses.is_dataclass(arg):
+                found = _tensors([getattr(arg, f.name) for f in dataclasses.fields(arg)])
+            for t in found:
+                self.on_device[t] = True
+        self.skew += time.thread_time() - t0
+
+    def _category(self, name: str) -> str:
+        if "reflection_loss" in MARKS.inside:
+            return "loss"
+        if "step" in MARKS.inside or "clip_grad_norm_" in MARKS.inside:
+            return "optimizer"
+        if name in GEMMS:
+            return "gemm"
+        if name in ATTENTION_OPS:
+            return "attention"
+        return "copy" if name in COPIES else "elementwise"
+
+    @contextlib.contextmanager
+    def mode(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        rec = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                t0 = time.thread_time()
+                issue = rec._now()
+                rec.dispatched += 1
+                kwargs = kwargs or {}
+                ins = _tensors(list(args) + list(kwargs.values()))
+                parts = MARKS.inside and MARKS.inside[-1] != "log"
+                device = any(t in rec.on_device for t in ins) or (not ins and bool(parts))
+                t1 = time.thread_time()
+                out = func(*args, **kwargs)
+                t2 = time.thread_time()
+                name = func.overloadpacket.__name__
+                outs = _tensors(out)
+                if device:
+                    for t in outs:
+                        rec.on_device[t] = True
+                    if not func.is_view and name not in NO_KERNEL:
+                        rec.steps[-1].append(rec._op(name, issue, ins, outs))
+                rec.skew += (t1 - t0) + (time.thread_time() - t2)
+                return out
+
+        with Mode():
+            yield
+
+    def _op(self, name: str, issue: float, ins: list, outs: list) -> list:
+        import torch
+
+        extra = 0
+        if name in ATTENTION_OPS:  # cu_seq_q: the first 1-D int32 tensor
+            cu = next(t for t in ins if t.dim() == 1 and t.dtype == torch.int32).tolist()
+            extra = sum((b - a) ** 2 for a, b in zip(cu, cu[1:], strict=False))
+
+        def shapes(ts):
+            return [[list(t.shape), t.element_size()] for t in ts]
+
+        return [name, issue, self._category(name), shapes(ins), shapes(outs), extra]
 
 
 def _time_parts(optimizer_cls, logger_cls=None) -> None:
@@ -417,7 +583,7 @@ def _wrap_trainer(
         counting = counter is not None and self.step == 1  # the second step, as timed ones
         with _timed_step(rows) as timed:
             with prof.step(self.step) if prof else contextlib.nullcontext():
-                with counter.mode() if counting else contextlib.nullcontext():
+                with counter.mode() if counting else _recording():
                     row = step_fn(self)
             timed.update(step=row["step"], tokens=row["tokens"])
         return row
@@ -547,7 +713,7 @@ def _step_1b_child(width: int, counter: _SyncSites | None, device: str, trace: s
     rows, profiled = [], []
     for i in range(1 + STEP_1B_ROUNDS):  # the suite: one warm-up call, then the timed ones
         with _timed_step(rows, i + 1, tokens):
-            with counter.mode() if counter is not None and i == 1 else contextlib.nullcontext():
+            with counter.mode() if counter is not None and i == 1 else _recording():
                 step(model, opt, batches, cfg)  # ends in the suite's synchronize on CUDA
     prof = _StepProfile(trace, device, 1, STEP_1B_ROUNDS)
     for i in range(1, 1 + STEP_1B_ROUNDS) if trace else ():  # the timed calls again, profiled
@@ -598,15 +764,29 @@ def _host_speed_child(width: int, counter: _SyncSites | None, device: str, trace
     return {"arch": {}, "steps": [], "prepare_cpu_s": [], "cpu_ms": rows}
 
 
+def _recording():
+    """The op recorder's mode where ``--record-ops`` set one (``_OpRecorder``)."""
+    return MARKS.recorder.mode() if MARKS.recorder is not None else contextlib.nullcontext()
+
+
 def _child(
-    kind: str, site: Path, width: int, count_syncs: bool, device: str = "cpu", trace=None
+    kind: str,
+    site: Path,
+    width: int,
+    count_syncs: bool,
+    device: str = "cpu",
+    trace=None,
+    record_ops: bool = False,
 ) -> dict:
     sys.path.insert(0, str(site))
     counter = _SyncSites(site) if count_syncs else None
+    MARKS.recorder = _OpRecorder() if record_ops else None
     run = {"cli": _cli_child, "step_1b": _step_1b_child, "host_speed": _host_speed_child}[kind]
     out = {"width": width, "device": device, **run(width, counter, device, trace)}
     if counter is not None:
         out["syncs"], out["ops"] = counter.sites, counter.ops
+    if MARKS.recorder is not None:
+        out["op_steps"], out["recorder_per_op_s"] = MARKS.recorder.steps, MARKS.recorder.per_op_s
     return out
 
 
@@ -621,6 +801,7 @@ def _run_child(
     count_syncs: bool = False,
     device: str = "cpu",
     trace: Path | None = None,
+    record_ops: bool = False,
 ) -> dict:
     env = dict(os.environ)
     if device == "cpu":
@@ -628,6 +809,7 @@ def _run_child(
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--site", str(site)]
     cmd += ["--width", str(width), "--device", device]
     cmd += (["--count-syncs"] if count_syncs else []) + (["--trace", str(trace)] if trace else [])
+    cmd += ["--record-ops"] if record_ops else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} width {width}: {proc.stderr[-3000:]}")
@@ -706,6 +888,109 @@ def replay(kind: str, site: Path, widths: tuple[int, ...], rounds: int) -> dict:
         "fit": fit,
         "syncs_one_step": counted["syncs"],
         "ops_one_step": counted["ops"],
+    }
+
+
+# --op-timeline: the ops of one step at OP_WIDTHS, their issue times extrapolated to width 0
+# and their work at the run's own shapes (bench/step_model.py's calibration simulates them).
+# From 8 on the KV heads are a quarter of the heads as in both runs, and more than one (so
+# the stand-ins' broadcast gradients reduce as at the run's shapes, and the ops align).
+OP_WIDTHS = (8, 16)
+# the step whose ops are kept: the CLI's timed step of the median tokens (7,646: CLI_STEPS'
+# second), the 1.5B's first timed call (every call runs the same micro-batches)
+OP_STEP = {"cli": 2, "step_1b": 1}
+# the runs' hidden sizes, and the vocabulary the 1.5B replay shrinks (STEP_1B_VOCAB) as run
+# (LLAMA_1B at 3d82f92: 2048, 128256; bench_engines' 1b: CLI_HIDDEN, its own 407 kept)
+RUN_HIDDEN = {"cli": CLI_HIDDEN, "step_1b": 2048}
+RUN_VOCAB = {"cli": None, "step_1b": (STEP_1B_VOCAB, 128256)}
+
+
+def _real_shape(shapes: list[list[int]], widths, kind: str) -> list[int]:
+    """One tensor's shape at the run's width, from its shapes at ``widths`` (two): a size
+    that stays is kept (tokens, rows), the shrunk vocabulary restored; one that grows with
+    the width as the width does (within the rounding of the CLI's MLP width, 22 and 43 at 8
+    and 16) is the run's hidden size times its share (heads x head size 1 becomes the run's
+    width in one dimension: the elements are right)."""
+    (a, b), scale = shapes, RUN_HIDDEN[kind] / widths[1]
+    vocab = RUN_VOCAB[kind]
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            out.append(vocab[1] if vocab and y == vocab[0] else y)
+        elif x > 0 and abs(y * widths[0] - x * widths[1]) <= widths[1]:
+            out.append(round(y * scale))
+        else:
+            raise ValueError(f"{kind}: a size {x} at width {widths[0]}, {y} at {widths[1]}")
+    return out
+
+
+def _work(op: list, kind: str, ops_at: list[list], widths) -> tuple[float, float]:
+    """(FLOPs, bytes) of one op at the run's shapes: GEMMs 2 m n k, the attention the one
+    count's 4 x width x sum L^2 forward and twice that backward; bytes of every tensor in
+    and out."""
+    import math
+
+    def real(i: int, which: int) -> list[int]:
+        return _real_shape([o[which][i][0] for o in ops_at], widths, kind)
+
+    ins = [real(i, 3) for i in range(len(op[3]))]
+    outs = [real(i, 4) for i in range(len(op[4]))]
+    sizes = [t[1] for t in op[3]] + [t[1] for t in op[4]]
+    nbytes = sum(math.prod(s) * size for s, size in zip(ins + outs, sizes, strict=True))
+    flops = 0.0
+    if op[0] in GEMMS:  # (bias,) a, b (, out=)
+        first = 1 if op[0] not in ("mm", "bmm") else 0
+        a, b = ins[first], ins[first + 1]
+        flops = 2.0 * math.prod(a) * b[-1]
+    elif op[0] in ATTENTION_OPS:
+        q = ins[0] if op[0] == "_varlen_attn" else ins[1]
+        flops = (4.0 if op[0] == "_varlen_attn" else 8.0) * math.prod(q[1:]) * op[5]
+    return flops, float(nbytes)
+
+
+def _split_step(events: list) -> list[tuple[str, float, float, list]]:
+    """(name, start, end, ops) of each sync-separated segment of one recorded step."""
+    out, start, ops = [], None, []
+    for e in events:
+        if e[0] != "mark":
+            ops.append(e)
+            continue
+        if start is not None:
+            out.append((f"{len(out)}: {start[0]} -> {e[1]}", start[1], e[2], ops))
+        start, ops = (e[1], e[2]), []
+    return out
+
+
+def op_timeline(kind: str, site: Path, widths=OP_WIDTHS) -> dict:
+    """One recorded step per width (``_OpRecorder``), aligned op by op: per segment its host
+    CPU and per op its issue time since the segment's start, each extrapolated to width 0
+    (``_fit_zero``), its category and work at the run's shapes (``_work``)."""
+    runs = [_run_child(kind, site, w, record_ops=True) for w in widths]
+    steps = [_split_step(r["op_steps"][OP_STEP[kind]]) for r in runs]
+    names = [[[op[0] for op in seg[3]] for seg in st] for st in steps]
+    if any(n != names[0] for n in names):
+        raise RuntimeError(f"{kind}: the recorded ops differ between widths {widths}")
+    segments = []
+    for j, seg in enumerate(steps[-1]):
+        at = [st[j] for st in steps]
+        host, _ = _fit_zero(list(widths), [s[2] - s[1] for s in at])
+        ops, last = [], 0.0
+        for i, op in enumerate(seg[3]):
+            issue, _ = _fit_zero(list(widths), [s[3][i][1] - s[1] for s in at])
+            last = min(max(last, issue), host)  # in order, inside the segment
+            flops, nbytes = _work(op, kind, [s[3][i] for s in at], widths)
+            cat = OP_CATEGORIES.index(op[2])
+            ops.append([round(last, 7), cat, float(f"{flops:.4g}"), float(f"{nbytes:.4g}")])
+        segments.append({"name": seg[0], "host_s": host, "ops": ops})
+    totals = {n: sum(s[2] - s[1] for s in st) for n, st in zip(widths, steps, strict=True)}
+    return {
+        "commit": COMMITS[kind],
+        "widths": list(widths),
+        "step": OP_STEP[kind],
+        "recorder_per_op_s": [r["recorder_per_op_s"] for r in runs],
+        "recorded_main_cpu_s": totals,
+        "categories": list(OP_CATEGORIES),
+        "segments": segments,
     }
 
 
@@ -869,8 +1154,6 @@ def profile_steps(trace: dict) -> list[dict]:
 def _model_figures(kind: str) -> dict:
     """The calibration row of this measured step (bench/step_model.py): measured and
     modelled step seconds, and the model's GPU seconds (its note's)."""
-    import re
-
     from bench import step_model
 
     row = next(
@@ -1025,6 +1308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--count-syncs", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--record-ops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -1052,11 +1336,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="write DIR/<commit>.tar for both commits (git archive) and exit",
     )
+    parser.add_argument(
+        "--op-timeline",
+        action="store_true",
+        help="record every kernel-launching op of one step per case at OP_WIDTHS (issue time, "
+        "category, work at the run's shapes) into --out's 'op_timeline', keeping the rest",
+    )
     parser.add_argument("--trace", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child = _child(
-            args.child, Path(args.site), args.width, args.count_syncs, args.device, args.trace
+            args.child,
+            Path(args.site),
+            args.width,
+            args.count_syncs,
+            args.device,
+            args.trace,
+            args.record_ops,
         )
         print(json.dumps(child))
         return 0
@@ -1070,6 +1366,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cases: {', '.join(unknown)} not among {', '.join(CASES)}")
     if args.profile or args.device == "cuda":
         return _profile_main(args)
+    if args.op_timeline:
+        return _op_timeline_main(args)
     import torch
 
     from bench.providers.common import cpu_model
@@ -1091,6 +1389,25 @@ def main(argv: list[str] | None = None) -> int:
                 result[kind] = replay(kind, site, widths, args.rounds)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _op_timeline_main(args) -> int:
+    """``--op-timeline``: each case's ``op_timeline`` into --out (other keys kept)."""
+    out = Path(args.out) if args.out else None
+    result = json.loads(out.read_text()) if out and out.is_file() else {}
+    timelines = result.setdefault("op_timeline", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in (k for k in args.cases.split(",") if k in COMMITS):
+            site = extract(COMMITS[kind], Path(tmp), args.archives)
+            timelines[kind] = op_timeline(kind, site)
+            segments = [round(s["host_s"], 4) for s in timelines[kind]["segments"]]
+            print(json.dumps({"case": kind, "segments_host_s": segments}), flush=True)
+    if out:  # each innermost list on one line (an op a line, not a number a line)
+        text = json.dumps(result, indent=1)
+        inner = re.compile(r"\[\s+([^\[\]{}]*?)\s+\]")
+        text = inner.sub(lambda m: f"[{' '.join(m.group(1).split())}]", text)
+        out.write_text(text + "\n")
     return 0
 
 
