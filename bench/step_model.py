@@ -125,8 +125,8 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   micro-batches, loss, clipping, AdamW and logging at tiny widths, one thread, CUDA-only
   kernels as one-op CPU stand-ins), between its host syncs, extrapolated to width 0, times
   the H200 host's measured slowness against this CPU (1.26: the suite's host-only packing
-  rows timed there and here); combined with the modelled GPU time by ``synced_step_s``: the
-  sum over the sync-separated segments of max(host, GPU).
+  rows timed there and here); combined with the modelled GPU time by ``simulate_stream``
+  (below, "Calibration").
 Per optimizer step: fused AdamW reads and writes OPT_BYTES = 30 bytes a parameter (fp32 master,
 grad, m, v in and out, bf16 weight out; 28 with fp32 weights) over its 1/n shard; ZeRO-1
 all-reduces fp32 gradients (``communication_data_type`` fp32: DeepSpeed's own would cast them
@@ -167,9 +167,32 @@ ran (our two steps' micro-batches and host time replayed on the CPU with the cod
 commit that measured them; torchtitan's on its own H100s: 2.4 TB/s HBM2e, 500 W, peak between
 NVL's and SXM's); two constants are fitted, each to one row that is then marked as checking
 nothing; the host time is measured, not fitted; the misses are printed with what the model
-leaves out (our two H200 steps: -34% and -45% with host and GPU overlapped between syncs,
-+11% and +1% with no overlap at all; what a CUDA launch costs the host beyond a CPU op's is
-not replayed, bench/RESULTS.md).
+leaves out. Our two measured steps are simulated as one CUDA stream fed by the replayed host
+(``simulate_stream``):
+- REPLAYED (bench/bench_host_replay.py --op-timeline, results/host_replay.json's
+  ``op_timeline``): every op of one step that a CUDA run launches a kernel for (the
+  dispatched aten ops on the model's, optimizer's and batch's tensors, the CUDA-only kernels'
+  one-op stand-ins), in issue order, with its issue time (main-thread CPU since the segment's
+  start, less the recorder's own, at widths 8 and 16 extrapolated to width 0), its category
+  (GEMM, attention, loss, element-wise, copy, optimizer) and its FLOPs and bytes at the run's
+  own shapes (each size that grows with the width mapped to the run's hidden size: the
+  GEMMs' FLOPs come to the model's 6 x body params x T (+ recompute) exactly, the note's check);
+  each op issued at its share of its segment's host time, the segments' host as above;
+- MODELLED: each kernel's GPU seconds, its category's total from ``predict`` (the GEMMs,
+  attention, the loss, element-wise + gradient sums, the optimizer step) shared by its
+  roofline time at the run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs,
+  element-wise by bytes);
+- PUBLISHED: a floor a kernel, ``KERNEL_FLOOR_S``: none was found for H100 / H200 (the
+  closest, pytorch/pytorch#161104: a 1,024-element add 2,000 times in one CUDA graph, 1.1-1.3
+  us each, its card not stated), so 0; at 1.1-5 us the two rows move by under 1%;
+- SIMULATED: a kernel starts at max(its issue time, the end of the kernel before it); at each
+  sync the host waits for the stream to drain; the step is the sum of the segments.
+The two rows then: 1.5B -33.4%, CLI -41.9% (other recordings on this shared CPU: -32.3 to
+-33.4% and -41.6 to -42.9%; the per-segment max(host, GPU) before: -34.1% and -45.0%; no
+overlap at all: +11% and +1%; the note prints each segment's host, GPU busy and elapsed).
+What is left (bench/RESULTS.md): the GPU at these small shapes (1.5x for the 1.5B, 2.0x for
+the CLI would close them) or the host cost of a CUDA launch above a CPU op's (2.1x and 1.8x
+the replayed host); a GPU profile of either step settles it (bench/gpu_call.sh step 2).
 """
 
 from __future__ import annotations
@@ -761,6 +784,13 @@ def _replayed_host(case: str) -> tuple[list[float], float]:
     return [speed * h for h in segments], speed * smallest
 
 
+def _replayed_prepare(case: str) -> float:
+    """The background packing thread's CPU a step (s, at width 0, on the H200's host)."""
+    replay = json.loads(HOST_REPLAY.read_text())
+    speed = replay["host_speed"]["median_h200_over_here"]
+    return speed * replay[case]["fit"]["prepare_cpu_s"]["at_width_0"]
+
+
 def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, float, float, float]:
     """(forward, loss, backward, optimizer) GPU seconds of one eager micro-batch on one H200,
     from one ``predict``: the forward's share of the GEMMs (2 of 6 + 2 x recomputed), of the
@@ -777,6 +807,83 @@ def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, floa
     compute = pred.step_s / (work.samples_per_step / work.samples) - pred.boundary_s
     compute -= split["host_bound"] + split["comm_exposed"] + split["activation_offload_exposed"]
     return forward, split["loss"], compute - forward - split["loss"], pred.boundary_s
+
+
+# The least GPU time a kernel takes on the stream, whatever its size (FLOOR_NOTE says whose).
+KERNEL_FLOOR_S = 0.0
+FLOOR_NOTE = "no published per-kernel floor on H100 / H200 found: 0"
+# The recorded ops' categories (bench_host_replay.OP_CATEGORIES) -> the modelled GPU time
+# they share (``_gpu_totals``): copies and element-wise ops one pool, as the model counts them.
+OP_POOLS = {"copy": "elementwise"}
+
+
+def simulate_stream(segments: list[tuple[float, list[tuple[float, float]]]]) -> list[tuple]:
+    """One CUDA stream fed by one host thread, per sync-separated segment (host seconds, its
+    kernels as (issue time since the segment's start, GPU seconds) in issue order): a kernel
+    starts when issued or when the one before it ends, whichever is later; at the segment's
+    end the host waits for the stream to drain (its sync), and the next segment starts then.
+    The stream starts idle. Returns per segment (host s, GPU busy s, elapsed s); the step is
+    the sum of the elapsed."""
+    out, clock, free = [], 0.0, 0.0
+    for host, kernels in segments:
+        busy = 0.0
+        for issue, seconds in kernels:
+            free = max(clock + issue, free) + seconds
+            busy += seconds
+        end = max(clock + host, free)
+        out.append((host, busy, end - clock))
+        clock = end
+    return out
+
+
+def _gpu_totals(arch: Arch, levers: Levers, works: list[Workload]) -> dict[str, float]:
+    """GPU seconds by category of the micro-batches ``works`` on one H200 and the optimizer
+    step after them, from ``predict``: GEMMs, attention, the loss, element-wise passes with
+    the gradient sums, the optimizer (``boundary_s``)."""
+    totals = dict.fromkeys(("gemm", "attention", "loss", "elementwise"), 0.0)
+    for work in works:
+        pred = predict(arch, "H200", 1, "local", levers, work)
+        for key in totals:
+            totals[key] += pred.split_s[key]
+        totals["elementwise"] += pred.split_s["grad_accumulation"]
+    return totals | {"optimizer": pred.boundary_s}
+
+
+def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]], dict]:
+    """The replayed step's ops (results/host_replay.json's ``op_timeline``) as kernels:
+    per segment (issue share of the segment's host time, GPU seconds). A kernel's seconds:
+    its category's modelled total (``totals``) shared by its time at the roofline at the
+    run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs, element-wise by bytes),
+    never under KERNEL_FLOOR_S. Also the replay's GEMM and attention FLOPs summed (a check
+    of its shapes against the model's count)."""
+    timeline = json.loads(HOST_REPLAY.read_text())["op_timeline"][case]
+    cats = timeline["categories"]
+    card = CARDS["H200"]
+    peak, hbm = card.bf16_tflops * 1e12, card.hbm_tbs * 1e12 * BW_EFF
+    ops = [(s["host_s"], op) for s in timeline["segments"] for op in s["ops"]]
+    weight: dict[str, float] = {}
+    flops = dict.fromkeys(("gemm", "attention"), 0.0)
+    for _, (_, cat, f, b) in ops:
+        pool = OP_POOLS.get(cats[cat], cats[cat])
+        weight[pool] = weight.get(pool, 0.0) + max(f / peak, b / hbm)
+        flops[cats[cat]] = flops.get(cats[cat], 0.0) + f
+    kernels = []
+    for seg in timeline["segments"]:
+        kernels.append([])
+        for issue, cat, f, b in seg["ops"]:
+            pool = OP_POOLS.get(cats[cat], cats[cat])
+            share = totals[pool] * max(f / peak, b / hbm) / weight[pool]
+            kernels[-1].append((issue / seg["host_s"], max(KERNEL_FLOOR_S, share)))
+    return kernels, {k: flops[k] for k in ("gemm", "attention")}
+
+
+def _simulated(host: list[float], kernels: list[list[tuple]]) -> list[tuple]:
+    """``simulate_stream`` with each kernel issued at its share of its segment's host time."""
+    segments = [
+        (h, [(share * h, seconds) for share, seconds in ks])
+        for h, ks in zip(host, kernels, strict=True)
+    ]
+    return simulate_stream(segments)
 
 
 def synced_step_s(host: list[float], gpu: list[float]) -> float:
@@ -803,38 +910,80 @@ def _step_1b() -> tuple[float, str]:
     for i, (_, loss, backward, _) in enumerate(phases):
         gpu.append(loss + backward + (phases[i + 1][0] if i + 1 < len(phases) else boundary))
     host, bound = _replayed_host("step_1b")
-    step = synced_step_s(host, gpu)
-    return step, _replay_note(host, gpu, step, bound)
+    old = synced_step_s(host, gpu)
+    kernels, flops = _op_kernels("step_1b", _gpu_totals(LLAMA_1B, levers, micro))
+    sim = _simulated(host, kernels)
+    checked = _flop_check(LLAMA_1B, 0, micro, flops)
+    return sum(e for _, _, e in sim), _replay_note(host, gpu, old, bound, sim, checked)
+
+
+def _cli_work(tokens: int, rows: int) -> Workload:
+    base, extra = divmod(tokens, 96)  # segment lengths equal: attention is 1% of the step
+    return Workload(tuple(base + (i < extra) for i in range(96)), rows, 48, 48)
 
 
 def _cli_step() -> tuple[float, str]:
-    """The median of steps 2-4's models, as bench_engines took the median of their times; and
-    the note with the model's GPU and the replayed host seconds of that step. Its syncs (the
-    replay's count, de58a14): the loss plan's ``nonzero`` after the forward, the teacher-CE
-    pass's, and ``tolist`` after clipping; AdamW is issued after that and runs on the GPU while
-    the host starts the next step, so the period is max(host after the tolist + host to the
-    first nonzero, AdamW + forward) + max(host, loss) + max(host, teacher-CE + backward)."""
+    """The replayed step of the median tokens (steps 2-4's: 7,646, as bench_engines took the
+    median of their times) simulated, and the note with the replayed host and the model's
+    GPU seconds. Its syncs (the replay's count, de58a14): the loss plan's ``nonzero`` after
+    the forward, the teacher-CE pass's, and ``tolist`` after clipping; AdamW is issued after
+    that and runs on the GPU while the host starts the next step, so one period (from the
+    drained ``tolist`` to the next) is: the host after the tolist, the packing thread's CPU,
+    the host to the first nonzero as one segment, then the two others. The old per-segment
+    figure (the median of the three steps): max(host after the tolist + host to the first
+    nonzero, AdamW + forward) + max(host, loss) + max(host, teacher-CE + backward)."""
     levers = Levers("full", "autocast", compiled=False)
     host, bound = _replayed_host("cli")
+    host_3 = [host[3] + host[0], host[1], host[2]]
     steps = []
     for tokens, rows in CLI_STEPS:
-        base, extra = divmod(tokens, 96)  # segment lengths equal: attention is 1% of the step
-        lens = tuple(base + (i < extra) for i in range(96))
-        work = Workload(lens, rows, 48, 48)
-        forward, loss, backward, boundary = _gpu_phases(CLI_1B, levers, work)
+        forward, loss, backward, boundary = _gpu_phases(CLI_1B, levers, _cli_work(tokens, rows))
         gpu = [boundary + forward, loss, backward]
-        host_3 = [host[3] + host[0], host[1], host[2]]
-        steps.append((synced_step_s(host_3, gpu), gpu, host_3))
-    step, gpu, host_3 = sorted(steps)[1]
-    return step, _replay_note(host_3, gpu, step, bound)
+        steps.append((synced_step_s(host_3, gpu), gpu))
+    old, gpu = sorted(steps)[1]
+    work = _cli_work(*CLI_STEPS[1])
+    kernels, flops = _op_kernels("cli", _gpu_totals(CLI_1B, levers, [work]))
+    prepare = _replayed_prepare("cli")
+    after, first = host[3], host[0] - prepare  # the tolist's segment, the step's first
+    merged = [(share * after, sec) for share, sec in kernels[3]]
+    merged += [(after + prepare + share * first, sec) for share, sec in kernels[0]]
+    segments = [(host_3[0], merged)]
+    segments += [
+        (h, [(share * h, sec) for share, sec in kernels[i]])
+        for i, h in ((1, host[1]), (2, host[2]))
+    ]
+    sim = simulate_stream(segments)
+    checked = _flop_check(CLI_1B, 1, [work], flops)
+    return sum(e for _, _, e in sim), _replay_note(host_3, gpu, old, bound, sim, checked)
 
 
-def _replay_note(host: list[float], gpu: list[float], step: float, bound: float) -> str:
-    segments = ", ".join(f"{h:.3f} / {g:.3f}" for h, g in zip(host, gpu, strict=True))
+def _flop_check(arch: Arch, rec: float, works: list[Workload], flops: dict) -> str:
+    """The replayed ops' GEMM and attention FLOPs at the run's shapes over the model's count
+    (6 x body + 2 x recomputed params a token; 12 + 4 x recomputed x layers x width x sum
+    L^2): 1.00 where the replay's shapes map onto the run's."""
+    shape = arch.shape()
+    tokens = sum(w.tokens for w in works)
+    gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * tokens
+    square = sum(n * n for w in works for n in w.seq_lens)
+    attn = (12 + 4 * rec) * arch.layers * shape.attn_width * square
+    return f"GEMMs {flops['gemm'] / gemm:.3f}, attention {flops['attention'] / attn:.3f}"
+
+
+def _replay_note(
+    host: list[float], gpu: list[float], old: float, bound: float, sim: list, checked: str
+) -> str:
+    segments = ", ".join(f"{h:.4f} / {g:.4f} / {e:.4f}" for h, g, e in sim)
+    before = ", ".join(f"{h:.3f} / {g:.3f}" for h, g in zip(host, gpu, strict=True))
     return (
-        f"host / GPU s per sync-separated segment: {segments} (host replayed, GPU modelled); "
+        f"simulated, one CUDA stream fed by the replayed host (each op issued at its replayed "
+        f"time, its kernel the model's time of its category shared at the run's shapes, at "
+        f"least {1e6 * KERNEL_FLOOR_S:.1f} us: {FLOOR_NOTE}): host / GPU busy / elapsed s per "
+        f"segment: {segments}; step {sum(e for _, _, e in sim):.4f} s, GPU busy "
+        f"{sum(g for _, g, _ in sim):.4f} s; the replayed FLOPs over the model's: {checked}. "
+        f"Before (per-segment max): host / GPU s per sync-separated segment: {before} (host "
+        f"replayed, GPU modelled); "
         f"host {sum(host):.3f} s (at the smallest width, kernels left in: {bound:.3f}), GPU "
-        f"{sum(gpu):.3f} s; overlapped within segments: {step:.3f} s; no overlap at all: "
+        f"{sum(gpu):.3f} s; overlapped within segments: {old:.3f} s; no overlap at all: "
         f"{sum(host) + sum(gpu):.3f} s"
     )
 

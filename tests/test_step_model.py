@@ -193,3 +193,43 @@ def test_the_one_process_offloaded_boundary_is_a_pipeline():
     assert sm.pipelined_boundary_s(small) == pytest.approx(
         6 * small / sm.PCIE + small / sm.CPU_ADAM_PARAMS_S
     )
+
+
+def test_simulated_stream_on_a_hand_made_op_list():
+    """One stream fed by one host, worked by hand: segment A (host 10) issues kernels of 3, 5
+    and 1 at 0, 1 and 9: the second waits for the first (3 -> 8), the third runs 9 -> 10, the
+    segment ends at 10; segment B (host 2) starts at 10 and issues 4 and 1 at 0 and 1: the
+    host reaches its sync at 12, the stream drains at 15. A kernel issued after the stream is
+    idle starts at its issue time; no segment is shorter than max(host, GPU busy) nor longer
+    than host + GPU busy."""
+    segments = [(10.0, [(0.0, 3.0), (1.0, 5.0), (9.0, 1.0)]), (2.0, [(0.0, 4.0), (1.0, 1.0)])]
+    out = sm.simulate_stream(segments)
+    assert out == [(10.0, 9.0, 10.0), (2.0, 5.0, 5.0)]
+    assert sm.simulate_stream([(1.0, [(5.0, 2.0)])]) == [(1.0, 2.0, 7.0)]  # issued late: 5 -> 7
+    for host, busy, elapsed in out:
+        assert max(host, busy) <= elapsed <= host + busy
+
+
+def test_op_timeline_maps_the_replayed_ops_onto_the_runs_shapes():
+    """results/host_replay.json's op timelines: four sync-separated segments a step, the ops in
+    issue order inside their segment's host time, and the replay's GEMMs at the run's shapes
+    doing the model's FLOPs (6 x body params a token, + 2 x the recomputed ones for the CLI's
+    full checkpointing) within 0.5%; each row's simulation costs at least its modelled GPU."""
+    timelines = json.loads(sm.HOST_REPLAY.read_text())["op_timeline"]
+    for case, arch, rec, tokens in (
+        ("step_1b", sm.LLAMA_1B, 0, sum(sum(lens) for lens, _ in sm.STEP_1B_MICRO)),
+        ("cli", sm.CLI_1B, 1, sm.CLI_STEPS[1][0]),
+    ):
+        segments = timelines[case]["segments"]
+        assert len(segments) == 4
+        for seg in segments:
+            issues = [op[0] for op in seg["ops"]]
+            assert issues == sorted(issues) and 0 <= issues[0] and issues[-1] <= seg["host_s"]
+        gemm = timelines[case]["categories"].index("gemm")
+        flops = sum(op[2] for seg in segments for op in seg["ops"] if op[1] == gemm)
+        shape = arch.shape()
+        model = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * tokens
+        assert flops == pytest.approx(model, rel=0.005), case
+    for step, note in (sm._step_1b(), sm._cli_step()):
+        busy = float(note.split(" s, GPU busy ")[1].split(" s")[0])
+        assert busy <= step + 1e-4 and "simulated" in note
