@@ -40,6 +40,13 @@ CLI's ``tolist`` after clipping). A separate run (``--count-syncs`` in the child
 op of one step that syncs on CUDA (``nonzero``, ``item`` / ``bool`` of a tensor, ``tolist``,
 ``repeat_interleave`` without ``output_size``) with the file and line that called it.
 
+``--op-timeline`` records, for bench/step_model.py's simulation of one CUDA stream, every op of
+one step that a CUDA run launches a kernel for (``_OpRecorder``: a ``TorchDispatchMode`` over
+the main thread; the ops on the model's, optimizer's and batch's tensors and what they make,
+the stand-ins as one kernel each): its issue time since its segment's start (the recorder's
+own CPU taken off), category, and FLOPs and bytes at the run's own shapes (``_real_shape``),
+at ``OP_WIDTHS`` (least of 3 processes each), the issue times extrapolated to width 0.
+
 ``--device cuda`` (``--profile`` on the CPU) settles what the replay cannot: each step at the
 run's own shapes with its own CUDA kernels (Liger, torch's varlen attention pinned as on the
 H200, the fused loss's Triton kernels; on the CPU the stand-ins at the first of ``--widths``),
