@@ -73,8 +73,8 @@ def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
     single, multi = tmp_path / "single", tmp_path / "multi"
     extra = COMMON + [f"model.dtype={dtype}"]
-    if dtype == "bf16":  # FSDP's gathers under activation checkpointing's recompute too
-        extra.append("model.gradient_checkpointing=true")
+    if dtype == "bf16":  # FSDP's gathers under selective checkpointing's recompute too
+        extra += ["model.gradient_checkpointing=true", "model.checkpointing_policy=save_gemms"]
     _train(_overrides(data, single, seed, "sample") + extra + SINGLE, POISON)
     overrides = _overrides(data, multi, seed, "sample") + extra + FSDP
     spec = {"overrides": overrides, "poison": POISON, "record": str(multi)}
