@@ -85,8 +85,12 @@ def test_two_ranks_match_the_single_engine_and_export(tmp_path, seed, dtype):
     assert [r["skipped"] for r in got] == [k == POISON for k in range(STEPS)]
     _same_rows(want, got, TOLERANCE if dtype == "fp32" else BF16_TOLERANCE)
     assert got[-1]["loss"] != got[0]["loss"]  # it really trained
-    syncs = json.loads((multi / "syncs-rank0.json").read_text())
+    records = [json.loads((multi / f"rank{r}.json").read_text()) for r in (0, 1)]
+    syncs = records[0]["syncs"]
     assert syncs and all(len(s) <= 1 for s in syncs), syncs
+    # masters, m and v sharded: 12 bytes a parameter over the 2 ranks (rows split unevenly)
+    assert sum(r["held"] for r in records) == 12 * records[0]["params"]
+    assert all(r["held"] < 0.55 * 12 * r["params"] for r in records), records
     a = load_file(str(single / "final" / "model.safetensors"))
     b = load_file(str(multi / "final" / "model.safetensors"))
     same_final_weights(a, b, dtype, STEPS)
@@ -176,6 +180,12 @@ def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
             assert b.grad.dtype == torch.float32
             torch.testing.assert_close(b.grad.full_tensor(), a.grad, rtol=1e-5, atol=1e-8)
         results = [e.finish_step(torch.ones(1, dtype=torch.float64)) for e in (local, fsdp)]
+        # what resident_bytes(fsdp=True) counts: 16 bytes a parameter (master, gradient, m, v),
+        # all fp32 (the gradient's 4 counted above), over the ranks (here one)
+        n_params = sum(p.numel() for p in model.parameters())
+        states = [t for p in fsdp.params for t in (p, *fsdp.optimizer.state[p].values())]
+        held = sum(t.to_local().nbytes for t in states if t.ndim)
+        assert held == 12 * n_params
         assert results[1].applied and results[1].grad_norm == pytest.approx(
             results[0].grad_norm, rel=1e-5
         )
@@ -248,7 +258,8 @@ def _part(spec: dict) -> None:
 
 
 def _driver(spec: dict) -> None:
-    """One rank: train (a step poisoned), counting each step's host syncs."""
+    """One rank: train (a step poisoned), counting each step's host syncs and the bytes of
+    its shards."""
     from test_host_syncs import SyncCounter
 
     trainer = Trainer(load_config(base="tiny", overrides=spec["overrides"]))
@@ -266,8 +277,11 @@ def _driver(spec: dict) -> None:
 
     trainer.train_step = train_step
     trainer.train()
-    record = Path(spec["record"], f"syncs-rank{trainer.info.rank}.json")
-    record.write_text(json.dumps(syncs))
+    engine = trainer.engine  # this rank's fp32 masters, m and v: its shards only
+    states = [t for p in engine.params for t in (p, *engine.optimizer.state[p].values())]
+    held = sum(t.to_local().nbytes for t in states if t.ndim)
+    record = {"syncs": syncs, "held": held, "params": trainer.n_params}
+    Path(spec["record"], f"rank{trainer.info.rank}.json").write_text(json.dumps(record))
     trainer.close()
 
 
