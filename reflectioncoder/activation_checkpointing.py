@@ -301,6 +301,14 @@ def _tensors(tree) -> list[torch.Tensor]:
     return [x for x in tree_leaves(tree) if isinstance(x, torch.Tensor)]
 
 
+def _checkpoints(pack) -> bool:
+    """Whether ``pack`` is torch's non-reentrant checkpoint's own pack hook."""
+    name = getattr(pack, "__qualname__", "")
+    return getattr(pack, "__module__", None) == "torch.utils.checkpoint" and name.startswith(
+        "_checkpoint_hook."
+    )
+
+
 class _Reads:
     """Which kept outputs of one layer's forward a backward reads: those a tensor saved for
     the backward (seen by the checkpoint's pack hook) comes from, itself or through ops the
@@ -338,10 +346,12 @@ class _Reads:
 
     def hooks(self):
         """The enclosing checkpoint's pack hook, noting each tensor saved: entered inside
-        checkpoint's own (``context_fn``'s forward context is)."""
+        checkpoint's own (``context_fn``'s forward context is). Any other hooks on top (a
+        torch that entered the forward context first): keep everything, since wrapping
+        another pack hook would save the layer's tensors past the checkpoint's."""
         top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
         top = top_hooks(True) if top_hooks is not None else None  # private: torch >= 2.4 has it
-        if top is None:  # not under a checkpoint (or no way to see it): keep everything
+        if top is None or not _checkpoints(top[0]):  # no way to see it: keep everything
             self.seen = False
             return contextlib.nullcontext()
         pack, unpack = top

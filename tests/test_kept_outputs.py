@@ -174,15 +174,27 @@ def test_save_gemms_holds_no_down_proj_output():
     assert kept - 4 * d / 2 < extra < kept + 4 * d / 2, (extra, kept)
 
 
-def test_without_the_pack_hook_every_output_is_kept(seed, monkeypatch):
-    """Where torch offers no way to see the checkpoint's pack hook (a private API), every
-    GEMM and attention output is kept, as before: 8 a layer, the same gradients."""
+def _foreign_hooks(ignore_is_tracing):
+    """Hooks that are not the checkpoint's on top of the stack (a torch that entered
+    ``context_fn``'s forward context before its own hooks, under a caller's)."""
+    return (lambda x: x), (lambda x: x)
+
+
+@pytest.mark.parametrize("top", ["missing", "foreign"])
+def test_without_the_checkpoints_pack_hook_every_output_is_kept(seed, monkeypatch, top):
+    """Where torch offers no way to see the checkpoint's pack hook (a private API), or what it
+    shows is not the checkpoint's (wrapping it would save the layer's tensors past the
+    checkpoint), every GEMM and attention output is kept, as before: 8 a layer, the same
+    gradients."""
     stores, contexts = [], ac.KeptOutputs.contexts
     monkeypatch.setattr(
         ac.KeptOutputs, "contexts", lambda self: stores.append(self) or contexts(self)
     )
     want_gemms, want = _backward("none", False, False, seed)
-    monkeypatch.delattr(torch._C._autograd, "_top_saved_tensors_default_hooks")
+    if top == "missing":
+        monkeypatch.delattr(torch._C._autograd, "_top_saved_tensors_default_hooks")
+    else:
+        monkeypatch.setattr(torch._C._autograd, "_top_saved_tensors_default_hooks", _foreign_hooks)
     gemms, grads = _backward("save_gemms", False, False, seed)
     assert gemms == want_gemms and [len(s.saved) for s in stores] == [8] * LAYERS
     for name, g in grads.items():
