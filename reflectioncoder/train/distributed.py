@@ -691,7 +691,9 @@ class LocalEngine:
         if result.applied or not self.skip_nonfinite:
             with torch.no_grad():
                 self._step_on_host()
-        self._drop_sums()
+        # the host has waited for every copy out (its bucket's event), or none was queued:
+        # the sums' memory can go back to the compute stream's pool as it is
+        self._sums.clear()
         return result
 
     def _step_on_host(self) -> None:
@@ -747,13 +749,6 @@ class LocalEngine:
             for w, _, view in stepped:
                 w.copy_(view, non_blocking=back is not None)
         staging.read = _recorded(back)
-
-    def _drop_sums(self) -> None:
-        """Forget the step's sums; their memory is not reused before their copies out ran."""
-        if self.copy_streams is not None:
-            for total in self._sums.values():
-                total.record_stream(self.copy_streams.out)
-        self._sums.clear()
 
     def describe(self) -> str:
         masters = ", fp32 master weights" if self._masters else ""
