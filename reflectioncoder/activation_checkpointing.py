@@ -379,10 +379,13 @@ class KeptOutputs:
     def hold(self, key, out) -> None:
         self.saved[key] = tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, out)
 
-    def forward_done(self) -> None:
-        for key in [k for k in self.saved if not self.reads.reads(k)]:
+    def forward_done(self) -> frozenset:
+        """Drop the outputs no backward reads; returns their keys."""
+        dropped = frozenset(k for k in self.saved if not self.reads.reads(k))
+        for key in dropped:
             del self.saved[key]
         self.reads.sources.clear()
+        return dropped
 
     def restore(self, key):
         """The kept output of ``key``, or None when it was dropped."""

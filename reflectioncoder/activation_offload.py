@@ -111,9 +111,8 @@ class LayerStore(KeptOutputs):
         else:
             self.saved[key] = self._send(out)
 
-    def forward_done(self) -> None:
-        unread = frozenset(k for k in self.saved if not self.reads.reads(k))
-        super().forward_done()
+    def forward_done(self) -> frozenset:
+        unread = super().forward_done()
         for key, out in self.saved.items():
             if isinstance(out, _Waiting):
                 self.saved[key] = self._send(out.out)
@@ -121,6 +120,7 @@ class LayerStore(KeptOutputs):
         self.bytes = sum(h.numel() * h.element_size() for h in held)
         if self.index is not None:
             self.schedule.unread[self.index] = unread
+        return unread
 
     def prefetch(self) -> None:
         for out in self.saved.values():
