@@ -860,30 +860,34 @@ def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]],
     cats = timeline["categories"]
     card = CARDS["H200"]
     peak, hbm = card.bf16_tflops * 1e12, card.hbm_tbs * 1e12 * BW_EFF
-    ops = [(s["host_s"], op) for s in timeline["segments"] for op in s["ops"]]
     weight: dict[str, float] = {}
     flops = dict.fromkeys(("gemm", "attention"), 0.0)
-    for _, (_, cat, f, b) in ops:
-        pool = OP_POOLS.get(cats[cat], cats[cat])
-        weight[pool] = weight.get(pool, 0.0) + max(f / peak, b / hbm)
-        flops[cats[cat]] = flops.get(cats[cat], 0.0) + f
-    kernels = []
+    roofed = []  # per segment: (issue share, pool, roofline s) an op
     for seg in timeline["segments"]:
-        kernels.append([])
+        roofed.append([])
         for issue, cat, f, b in seg["ops"]:
-            pool = OP_POOLS.get(cats[cat], cats[cat])
-            share = totals[pool] * max(f / peak, b / hbm) / weight[pool]
-            kernels[-1].append((issue / seg["host_s"], max(KERNEL_FLOOR_S, share)))
+            pool, roof = OP_POOLS.get(cats[cat], cats[cat]), max(f / peak, b / hbm)
+            weight[pool] = weight.get(pool, 0.0) + roof
+            flops[cats[cat]] = flops.get(cats[cat], 0.0) + f
+            roofed[-1].append((issue / seg["host_s"], pool, roof))
+    kernels = [
+        [
+            (share, max(KERNEL_FLOOR_S, totals[pool] * roof / weight[pool]))
+            for share, pool, roof in seg
+        ]
+        for seg in roofed
+    ]
     return kernels, {k: flops[k] for k in ("gemm", "attention")}
+
+
+def _issued(host: float, kernels: list[tuple], start: float = 0.0) -> list[tuple]:
+    """``kernels`` (issue share, GPU s) issued over ``host`` seconds from ``start``."""
+    return [(start + share * host, seconds) for share, seconds in kernels]
 
 
 def _simulated(host: list[float], kernels: list[list[tuple]]) -> list[tuple]:
     """``simulate_stream`` with each kernel issued at its share of its segment's host time."""
-    segments = [
-        (h, [(share * h, seconds) for share, seconds in ks])
-        for h, ks in zip(host, kernels, strict=True)
-    ]
-    return simulate_stream(segments)
+    return simulate_stream([(h, _issued(h, ks)) for h, ks in zip(host, kernels, strict=True)])
 
 
 def synced_step_s(host: list[float], gpu: list[float]) -> float:
@@ -945,13 +949,8 @@ def _cli_step() -> tuple[float, str]:
     kernels, flops = _op_kernels("cli", _gpu_totals(CLI_1B, levers, [work]))
     prepare = _replayed_prepare("cli")
     after, first = host[3], host[0] - prepare  # the tolist's segment, the step's first
-    merged = [(share * after, sec) for share, sec in kernels[3]]
-    merged += [(after + prepare + share * first, sec) for share, sec in kernels[0]]
-    segments = [(host_3[0], merged)]
-    segments += [
-        (h, [(share * h, sec) for share, sec in kernels[i]])
-        for i, h in ((1, host[1]), (2, host[2]))
-    ]
+    merged = _issued(after, kernels[3]) + _issued(first, kernels[0], after + prepare)
+    segments = [(host_3[0], merged)] + [(host[i], _issued(host[i], kernels[i])) for i in (1, 2)]
     sim = simulate_stream(segments)
     checked = _flop_check(CLI_1B, 1, [work], flops)
     return sum(e for _, _, e in sim), _replay_note(host_3, gpu, old, bound, sim, checked)
