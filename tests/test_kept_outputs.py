@@ -199,3 +199,37 @@ def test_without_the_checkpoints_pack_hook_every_output_is_kept(seed, monkeypatc
     assert gemms == want_gemms and [len(s.saved) for s in stores] == [8] * LAYERS
     for name, g in grads.items():
         torch.testing.assert_close(g, want[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("unread", ["as_found", "all"])
+def test_an_offloaded_layers_next_forward_holds_what_it_found_unread(seed, unread):
+    """An offloaded layer's next forward holds on the device, until the forward's end, what its
+    last forward found unread (``OffloadSchedule.unread``): dropped there, or sent then when
+    read after all (``all``: every output marked unread, as after a forward whose ops
+    differed). At another micro-batch length: the gradients of no checkpointing, 7 outputs
+    a layer on the host."""
+
+    def two_steps(policy):
+        model = _model(False, False, torch.float32, seed)
+        ac.apply_plan(model, (policy,) * LAYERS)
+        schedule, grads, kept = model.rc_offload, [], []
+        for t in (T, T - 7):
+            ids = torch.randint(0, 64, (1, t), generator=torch.Generator().manual_seed(seed + t))
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids).logits.float().square().mean()
+            if schedule is not None:
+                stores = [schedule.stores[i]() for i in range(LAYERS)]
+                kept.append([len(s.saved) for s in stores])
+                if unread == "all":
+                    for i, s in enumerate(stores):
+                        schedule.unread[i] = schedule.unread[i] | frozenset(s.saved)
+            loss.backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        return grads, kept
+
+    want, _ = two_steps("none")
+    got, kept = two_steps("offload")
+    assert kept == [[7] * LAYERS] * 2
+    for w, g in zip(want, got, strict=True):
+        for name in w:
+            torch.testing.assert_close(g[name], w[name], rtol=1e-6, atol=1e-7, msg=name)
