@@ -133,7 +133,7 @@ def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after
     [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)],
     ids=["fp32", "bf16", "bf16-compiled-checkpointed"],
 )
-def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
+def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compiled):
     """In this process, a gloo group of one: 3 micro-batches, then a step; the same step with
     a NaN loss changes nothing. Compiled: regional compile of the layers (aot_eager) under full
     activation checkpointing, on both engines (FSDP's hooks run outside the compiled graph)."""
@@ -200,8 +200,26 @@ def test_one_step_gives_the_single_engines_update(seed, dtype, compiled):
         assert not skipped.applied
         for before, p in zip(masters, fsdp.params, strict=True):
             assert torch.equal(before, p.full_tensor())
+        _another_engine_reads_its_checkpoint(fsdp, tmp_path)
     finally:
         dist.destroy_process_group()
+
+
+def _another_engine_reads_its_checkpoint(fsdp, folder: Path) -> None:
+    """What another engine's resume reads from FSDP's shards: each parameter's fp32 master and
+    AdamW state whole, read one at a time (nothing converted, nothing else written)."""
+    from reflectioncoder.train.checkpoint import _state_reader
+
+    fsdp.save_state(folder)
+    read = _state_reader(folder, fsdp.layout(), fsdp.info)
+    for name, p in fsdp.module.named_parameters():
+        state = read(name, p.shape)
+        adam = fsdp.optimizer.state[p]
+        assert torch.equal(state.weight, p.full_tensor()), name
+        assert torch.equal(state.exp_avg, adam["exp_avg"].full_tensor()), name
+        assert torch.equal(state.exp_avg_sq, adam["exp_avg_sq"].full_tensor()), name
+        assert state.step == float(adam["step"]) == 1.0
+    assert [f.name for f in folder.iterdir()] == ["fsdp"]
 
 
 @pytest.mark.parametrize(

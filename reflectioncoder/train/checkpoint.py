@@ -22,8 +22,8 @@ Resume anywhere: trainer_state.json records the layout that wrote the checkpoint
 stage, ranks). A run of another layout (2 ranks -> 1, 1 -> 8, ZeRO-3 -> ZeRO-1, DeepSpeed -> one
 process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpeed's universal
 checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
-is read from optimizer.pt and model/, an FSDP one through torch's ``dcp_to_torch_save`` (once,
-kept as step-N/fsdp-full.pt; FSDP reads its own shards on any number of ranks); each rank then
+is read from optimizer.pt and model/, an FSDP one from its DCP shards a parameter at a time
+(FSDP reads its own shards on any number of ranks); each rank then
 writes its own share of every parameter's fp32 weight and AdamW state. The step count and the
 data position carry over unchanged.
 """
@@ -34,6 +34,7 @@ import json
 import logging
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ log = logging.getLogger("reflectioncoder.train")
 
 COMPLETE = "COMPLETE"
 UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint, converted on a resume that needs it
-FSDP_FULL = "fsdp-full.pt"  # FSDP's shards as full tensors, converted on a resume that needs it
 TMP_PREFIX = ".tmp-"
 # What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
@@ -324,7 +324,7 @@ def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
         distributed.barrier()
         return _universal_reader(folder / "zero")
     if saved["engine"] == "fsdp":
-        return _fsdp_reader(path, info)
+        return _fsdp_reader(path)
     return _single_reader(path)
 
 
@@ -360,32 +360,33 @@ def _universal_reader(zero: Path):
     return read
 
 
-def _fsdp_reader(path: Path, info: DistInfo):
-    """FSDP's DCP shards (fsdp/), converted once by rank 0 into one file of full tensors."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+def _fsdp_reader(path: Path):
+    """FSDP's DCP shards (fsdp/), read one parameter at a time by each rank on its own (DCP
+    reassembles the full tensors from every rank's shards): no rank holds more than one
+    parameter's state (at 7B, never the 84 GB of the whole fp32 state)."""
+    import torch.distributed.checkpoint as dcp
 
     from reflectioncoder.train.fsdp_engine import FSDP_DIR
 
-    full = path / FSDP_FULL
-    if info.is_main and not full.is_file():
-        tmp = path / (TMP_PREFIX + FSDP_FULL)
-        dcp_to_torch_save(str(path / FSDP_DIR), str(tmp))
-        tmp.rename(full)
-    distributed.barrier()
-    saved = torch.load(full, map_location="cpu", weights_only=False)
-    weights, states = saved["model"], saved["optim"]["state"]
+    folder = str(path / FSDP_DIR)
+    saved = dcp.FileSystemReader(folder).read_metadata().state_dict_metadata
 
     def read(name: str, shape: torch.Size) -> ParamState:
-        if name not in weights:
+        if f"model.{name}" not in saved:
             raise ValueError(f"--resume: {path} holds no state for parameter {name}")
-        adam = states.get(name) or {}
-        zeros = torch.zeros(shape)
+        moments = {k: torch.zeros(shape) for k in ("exp_avg", "exp_avg_sq")}
+        adam = {k: v for k, v in moments.items() if f"optim.state.{name}.{k}" in saved}
+        if f"optim.state.{name}.step" in saved:
+            adam["step"] = torch.zeros(())
+        state = {"model": {name: torch.empty(shape)}, "optim": {"state": {name: adam}}}
+        with warnings.catch_warnings():  # no_dist's "loading in a single process": meant
+            warnings.filterwarnings("ignore", "torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=folder, no_dist=True)
+        moments |= adam
         return ParamState(
-            weights[name].float().reshape(shape),
-            adam.get("exp_avg", zeros).float().reshape(shape),
-            adam.get("exp_avg_sq", zeros).float().reshape(shape),
+            state["model"][name], moments["exp_avg"], moments["exp_avg_sq"],
             float(adam.get("step", 0)),
-        )
+        )  # fmt: skip
 
     return read
 
