@@ -663,13 +663,9 @@ class LocalEngine:
         all_reduce_sum(stats)
         if self.host_optimizer:
             return self._finish_on_host(stats)
-        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        if self.skip_nonfinite:
-            finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
-            self.optimizer.found_inf = (~finite).float()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = _clip_and_step(
+            self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite
+        )
         if self._masters:
             weights = [w for w in self.weights if id(w) in self._masters]
             for w in weights:  # DDP's bucket views of the last micro-batch's 16-bit gradients
@@ -824,6 +820,31 @@ def _add_fp32(total: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor:
     """``total + grad`` in fp32, in place when there is a total (else ``grad`` as fp32: the
     gradient itself when it is fp32 already)."""
     return grad.float() if total is None else total.add_(grad)
+
+
+def _clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    stats: torch.Tensor,
+    grad_clip: float,
+    skip_nonfinite: bool,
+) -> torch.Tensor:
+    """Clip ``params``' gradients by their global norm (``grad_clip`` <= 0: not clipped), then
+    step the fused AdamW, skipped on the device when the loss (``stats[0]``) or the norm is not
+    finite (its ``found_inf``), and drop the gradients; the norm, on the device. FSDP's
+    DTensor gradients: the norm over every rank's shards (replicated: no communication)."""
+    from torch.distributed.tensor import DTensor
+
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    if skip_nonfinite:
+        finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
+        optimizer.found_inf = (~finite).float()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
 
 
 def _read_step(stats: torch.Tensor, norm: torch.Tensor) -> StepResult:

@@ -20,7 +20,6 @@ run of any number of ranks reads them back (DCP reshards).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from reflectioncoder.train.distributed import (
     StateReader,
     StepResult,
     _adamw,
+    _clip_and_step,
     _read_step,
     _unwrap,
     all_reduce_sum,
@@ -116,18 +116,10 @@ class FSDPEngine:
         """As ``LocalEngine.finish_step``: clip by the global norm (of every rank's shards),
         step on the device with a non-finite loss or norm skipping it (fused AdamW's
         ``found_inf``), then the step's one host read."""
-        from torch.distributed.tensor import DTensor
-
         all_reduce_sum(stats)
-        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()  # replicated already: no communication
-        if self.skip_nonfinite:
-            finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
-            self.optimizer.found_inf = (~finite).float()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = _clip_and_step(
+            self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite
+        )
         return _read_step(stats, norm)
 
     def describe(self) -> str:
