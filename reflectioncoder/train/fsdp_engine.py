@@ -194,4 +194,6 @@ class FSDPEngine:
         full = get_model_state_dict(self.module, options=options)
         if not self.info.is_main:
             return None
-        return _unwrap({k: v.to(self.compute_dtype) for k, v in full.items()})
+        for key, value in full.items():  # each fp32 copy freed once cast: rank 0's host holds
+            full[key] = value.to(self.compute_dtype)  # 4 bytes a parameter at most, not 4 + 2
+        return _unwrap(full)
