@@ -23,9 +23,9 @@ stage, ranks). A run of another layout (2 ranks -> 1, 1 -> 8, ZeRO-3 -> ZeRO-1, 
 process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpeed's universal
 checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
 is read from optimizer.pt and model/, an FSDP one from its DCP shards a parameter at a time
-(FSDP reads its own shards on any number of ranks); each rank then
-writes its own share of every parameter's fp32 weight and AdamW state. The step count and the
-data position carry over unchanged.
+(FSDP reads its own shards on any number of ranks); each rank then writes its own share of
+every parameter's fp32 weight and AdamW state. The step count and the data position carry
+over unchanged.
 """
 
 from __future__ import annotations
