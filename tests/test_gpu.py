@@ -429,6 +429,7 @@ def test_kept_outputs_on_cuda(device, seed, compiled, monkeypatch):
     Compiled layers keep torch's selective checkpoint (offloaded layers stay eager). The
     figures go to RC_GPU_FIGURES when set."""
     import torch._dynamo
+    from test_kept_outputs import GEMMS
 
     if device.type != "cuda":
         pytest.skip("Liger's Triton kernels and the CUDA attention (stand-ins on the CPU)")
@@ -454,7 +455,10 @@ def test_kept_outputs_on_cuda(device, seed, compiled, monkeypatch):
     want = runs["none"]
     assert want["gemms"]["mm"] > 0, want["gemms"]  # the count sees the backward's GEMMs
     for policy, run in runs.items():
-        assert run["gemms"] == want["gemms"], (policy, run["gemms"], want["gemms"])
+        got, expected = run["gemms"], want["gemms"]
+        if compiled and policy == "offload":  # eager: its attention not the compiled layer's op
+            got, expected = ({k: c[k] for k in GEMMS} for c in (got, expected))
+        assert got == expected, (policy, run["gemms"], want["gemms"])
         assert run["grads"].keys() == want["grads"].keys(), policy
         for name, g in run["grads"].items():
             ref = want["grads"][name].double()
