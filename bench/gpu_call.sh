@@ -28,7 +28,7 @@ work=$(mktemp -d)
 source bench/gpu_env.sh || exit 1
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv | tee "$work/nvidia_smi.csv"
-export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: measured errors
+export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: errors, FSDP rows, kept bytes
 
 pack() { tar -czf "$out/gpu_call.tar.gz" -C "$work" . ; }
 for case in step_1b cli; do  # each its own cap: one that runs long loses only itself

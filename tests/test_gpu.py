@@ -348,14 +348,18 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
                 result = _run_step(engine, micro_batches)
                 assert result.applied
                 rows[name].append({"loss": result.stats[0], "grad_norm": result.grad_norm})
+        if os.environ.get("RC_GPU_FIGURES"):
+            with open(os.environ["RC_GPU_FIGURES"], "a") as f:
+                f.write(json.dumps({"test": "fsdp_engine", "compiled": compiled, **rows}) + "\n")
         for want, got in zip(rows["local"], rows["fsdp"], strict=True):
             for key, rel, _ in BF16_TOLERANCE:
                 if key in got:
                     assert got[key] == pytest.approx(want[key], rel=rel), (key, rows)
-        assert rows["fsdp"][-1]["loss"] != rows["fsdp"][0]["loss"]  # it trained
         want = {k: v.cpu() for k, v in local.full_state_dict().items()}
         got = fsdp.full_state_dict()
         same_final_weights(want, got, "bf16", len(steps))
+        initial = _cuda_llama(seed).state_dict()  # every weight moved: it trained
+        assert not [k for k, v in initial.items() if torch.equal(got[k], v.cpu())]
 
         before = _fsdp_state(fsdp)
         assert not _run_step(fsdp, steps[0], poison=True).applied
