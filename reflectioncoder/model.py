@@ -226,6 +226,18 @@ def load_model(
     return model
 
 
+def cast_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:
+    """``model.to(device, dtype)`` that keeps each floating buffer in its own dtype, as
+    ``from_pretrained`` and DeepSpeed do: the rotary embedding's ``inv_freq`` stays fp32. In
+    bf16 (8 bits of mantissa) RoPE's angle at position p is off by up to p x 2^-9 rad, 20 rad at
+    16K, so a model trained with it would not see the positions inference gives it."""
+    buffers = {name: b for name, b in model.named_buffers() if b.is_floating_point()}
+    model.to(device, dtype)
+    for name, original in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = original.to(device)
+
+
 def prepare_model(
     model: PreTrainedModel,
     *,

@@ -73,3 +73,24 @@ def test_resume_restores_the_masters(tmp_path, seed):
 def test_unknown_mixed_precision_is_refused(tmp_path, seed):
     with pytest.raises(ValueError, match="model.mixed_precision"):
         tiny_config(tmp_path, seed, extra=("model.mixed_precision=fp8",))
+
+
+def test_rope_frequencies_stay_fp32(tmp_path, seed):
+    """bf16 weights, fp32 RoPE frequencies, as from_pretrained and DeepSpeed keep them: cast to
+    bf16 (8 bits of mantissa) the angle at position 16K would be off by up to 20 rad, and the
+    trained model would not see the positions inference gives it."""
+    trainer = Trainer(tiny_config(tmp_path / "rope", seed, n=16, extra=BF16))
+    try:
+        model = trainer.model
+        assert next(model.parameters()).dtype == torch.bfloat16
+        rotary = model.model.rotary_emb
+        assert rotary.inv_freq.dtype == torch.float32
+        dim = model.config.hidden_size // model.config.num_attention_heads
+        theta = model.config.rope_parameters["rope_theta"]
+        expected = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        torch.testing.assert_close(rotary.inv_freq, expected, rtol=1e-6, atol=0)
+        position = torch.tensor([[16383]])
+        cos, _ = rotary(torch.zeros(1, 1, dim, dtype=torch.float32), position)
+        torch.testing.assert_close(cos[0, 0, : dim // 2], torch.cos(16383 * expected))
+    finally:
+        trainer.close()

@@ -384,7 +384,12 @@ class Trainer:
             self._write_run_folder(original_tokenizer)
         distributed.barrier()
 
-        from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
+        from reflectioncoder.model import (
+            cast_weights,
+            count_parameters,
+            lm_head_weight,
+            prepare_model,
+        )
 
         if self._zero3_hf is not None:
             autocast = None  # loaded into partitions: never whole on one device
@@ -395,11 +400,12 @@ class Trainer:
                     local,
                     count_parameters(model),
                 )
-        elif self.info.deepspeed or cfg.distributed.backend == "fsdp":
-            model.to(self.info.device, self.dtype)  # the engine keeps fp32 masters for bf16
-            autocast = None
-        elif self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters":
-            model.to(self.info.device, self.dtype)  # the engine keeps fp32 masters
+        elif (
+            self.info.deepspeed
+            or cfg.distributed.backend == "fsdp"
+            or (self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters")
+        ):
+            cast_weights(model, self.info.device, self.dtype)  # the engine keeps fp32 masters
             autocast = None
         else:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
