@@ -252,9 +252,10 @@ def _cuda_llama(seed: int, plan: str | None = None, compiled: bool = False):
     from test_packed_rows import VOCAB
 
     from reflectioncoder.activation_checkpointing import apply_plan
-    from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
+    from reflectioncoder.model import build_tiny_llama, cast_weights, compile_layers, prepare_model
 
-    model = build_tiny_llama(VOCAB, seed=seed, **LLAMA).to("cuda", torch.bfloat16)
+    model = build_tiny_llama(VOCAB, seed=seed, **LLAMA)
+    cast_weights(model, "cuda", torch.bfloat16)  # as the trainer: RoPE's inv_freq stays fp32
     prepare_model(model)  # liger None: on, on CUDA
     assert model.model.layers[0].mlp._get_name() == "LigerSwiGLUMLP"
     if plan is not None:
