@@ -49,7 +49,13 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   0.75 (isolated large GEMMs) every end-to-end row came out fast (our step times 23-37%
   short, the published throughputs and MFU 6-36% high; ``--calibrate`` shows the rows that
   remain checks). Forward, data-gradient and weight-gradient GEMMs of the decoder
-  shapes, between element-wise kernels, reach less than one large isolated GEMM;
+  shapes, between element-wise kernels, reach less than one large isolated GEMM. A GEMM
+  under 275 GFLOP (2MNK) runs slower again, at its share of the large-GEMM rate in a
+  PUBLISHED cuBLAS sweep on an H100 (``GEMM_SWEEP_H100``, triton-lang/triton#2339: 0.71 at
+  2048^3, 0.85 at 2048 x 4096 x 4096; ``gemm_shape_factor``): 1 for every GEMM of the
+  headline rows' 16K-token micro-batches and of MPT-7B's fit, 0.93 for the recipe's 4K-token
+  q / k / v / o projections at 7B (its rows 1.7-1.9% slower, our ratio over it up 0.03-0.04),
+  0.81-0.86 for the 1.5B step's 2.5-3.5K-token micro-batches, 0.91 for the CLI step's;
 - attention: 12 x layers x width x sum L^2 (the count's full square), plus 4 x that per
   recomputed layer, and 4 x that again per compiled layer (every layer but the offloaded,
   which run eagerly) whose op reruns it: a compiled layer's attention is our custom op
@@ -185,20 +191,41 @@ leaves out. Our two measured steps are simulated as one CUDA stream fed by the r
 - PUBLISHED: a floor a kernel, ``KERNEL_FLOOR_S``: none was found for H100 / H200 (the
   closest, pytorch/pytorch#161104: a 1,024-element add 2,000 times in one CUDA graph, 1.1-1.3
   us each, its card not stated), so 0; at 1.1-5 us the two rows move by under 1%;
+- PUBLISHED: the driver's launch a kernel, which no CPU op of the replay makes,
+  ``HOST_LAUNCH_S`` = 3.0 us on the host before each op is issued (tritonbench PR 1017);
+  the GEMMs' shares weighted by ``gemm_share`` (a small GEMM takes more of the total);
 - SIMULATED: a kernel starts at max(its issue time, the end of the kernel before it); at each
   sync the host waits for the stream to drain; the step is the sum of the segments.
-The two rows then: 1.5B -33.4%, CLI -41.9% (other recordings on this shared CPU: -32.3 to
--33.4% and -41.6 to -42.9%; the per-segment max(host, GPU) before: -34.1% and -45.0%; no
-overlap at all: +11% and +1%; the note prints each segment's host, GPU busy and elapsed).
-What is left (bench/RESULTS.md): the GPU at these small shapes (1.5x for the 1.5B, 2.0x for
-the CLI would close them) or the host cost of a CUDA launch above a CPU op's (2.1x and 1.8x
-the replayed host); a GPU profile of either step settles it (bench/gpu_call.sh step 2).
+The two rows then: 1.5B -25.6%, CLI -39.0% (before the GEMM sweep and the launches: -33.4%
+and -41.9%; other recordings on this shared CPU moved those by about 1 point; no overlap at
+all: +11% and +1%; the note prints each segment's host, GPU busy and elapsed). The published
+candidates, each with its effect on the 1.5B / CLI rows (every other calibration row and the
+headline defaults move by under 0.3 points with all of them; bench/RESULTS.md has the table):
+- in the model: the H100 cuBLAS sweep by GEMM size (+7.6 / +1.4 points); the driver's
+  launch (+0.2 / +1.5);
+- left out: a GPU floor of 7 us a kernel (meta-pytorch/autoparallel's H100 cost model,
+  ``kernel_launch_overhead = 7`` us with element-wise ops at 70% of HBM, "empirically
+  obtained by minimizing the runtime over a set of examples on H100 GPUs", PR 146: a
+  planner's fit of whole eager ops, launch included, which the replayed host already carries;
+  as a GPU floor +1.7 / +0.2); Triton's Python launcher above the driver call for Liger's and
+  the loss's kernels (the replay runs their Python with a one-op stand-in: Triton's JIT
+  dispatch 8.7 us a call on a GB200, vllm-project/vllm PR 34838, CompiledKernel.run 4.7-5.6
+  us, tritonbench PR 1017; at most about 5.7 us more for some 550 (1.5B) and 390 (CLI)
+  launches: 3 and 2 ms, under 1.5 points); Liger's own H100 benchmark times a lone RMSNorm
+  backward at 0.30 ms flat from H = 1024 to 8192 (benchmark/data/all_benchmark_data.csv,
+  liger 0.8.0): host-bound, the autograd call around one kernel, which the replay measures.
+None closes the misses: the simulation would need the GPU 1.35x (1.5B; the CLI 1.91x) or the
+replayed host 2.0x (1.5B) and 1.77x (CLI), 32 and 48 us more a kernel, five to ten times the
+published launch costs; a GPU profile of either step settles it (bench/gpu_call.sh step 2,
+owed).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -211,6 +238,21 @@ from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_sha
 
 # FITTED to llm-foundry's MPT-7B at seq 2048 (the calibration table): that row checks nothing
 GEMM_EFF = 0.60
+# cuBLAS on one H100 (torch.matmul, fp16: Hopper's bf16 tensor-core rate is the same), TF/s at
+# (M, N, K), PUBLISHED: triton-lang/triton#2339 (2023-09, the issue's cuBLAS column); the
+# square sweep of triton-lang/triton#3672 (2024-04, H100) agrees within 6% at the FLOPs it
+# shares (2048^3: 511 against 515; 2560^3, 2816^3, 3072^3: 533, 616, 585 against 563, 583,
+# 602 interpolated). A GEMM's rate is read off this sweep by its FLOPs (2MNK, log-linear
+# between points) and taken relative to the sweep's largest point (275 GFLOP): GEMM_EFF,
+# fitted on MPT-7B's GEMMs (412 GFLOP and more), applies above it, a smaller GEMM runs at
+# GEMM_EFF x its share (``gemm_shape_factor``). H200: the same die and clocks, the same sweep.
+GEMM_SWEEP_H100 = (
+    ((2048, 512, 512), 102.6),
+    ((2048, 1024, 1024), 243.1),
+    ((2048, 2048, 2048), 515.2),
+    ((2048, 4096, 4096), 613.7),
+    ((2048, 8192, 8192), 721.6),
+)
 BW_EFF = roofline.BW_EFF
 ATTN_EFF = {"varlen": 0.325, "fa2": 0.325, "fa3": 0.52}
 ATTN_EFF["fa4"] = ATTN_EFF["fa3"]  # a stand-in (the docstring): no published FA4 Hopper rate
@@ -317,6 +359,35 @@ class Arch:
         kv = self.hidden * self.kv_heads // self.heads
         mlp = 4 * self.intermediate if self.gelu else 6 * self.intermediate
         return 28 * self.hidden + 12 * kv + mlp
+
+
+def gemm_share(flops: float) -> float:
+    """A GEMM's rate over the rate of GEMM_SWEEP_H100's largest point, read off the sweep by
+    its FLOPs (log-linear between points, proportional to the FLOPs below the smallest), at
+    most 1."""
+    points = [(2 * m * n * k, rate) for (m, n, k), rate in GEMM_SWEEP_H100]
+    top = points[-1][1]
+    if flops >= points[-1][0]:
+        return 1.0
+    if flops <= points[0][0]:
+        return points[0][1] * flops / points[0][0] / top
+    for (f0, r0), (f1, r1) in itertools.pairwise(points):
+        if flops <= f1:
+            x = math.log(flops / f0) / math.log(f1 / f0)
+            return (r0 + x * (r1 - r0)) / top
+    raise AssertionError("unreachable")
+
+
+def gemm_shape_factor(arch: Arch, tokens: int) -> float:
+    """The decoder's GEMMs at ``tokens`` rows: their FLOPs over the FLOPs they would do in the
+    same time at the large-GEMM rate, each projection (q, k, v, o, the MLP's) at its
+    ``gemm_share``; its data-gradient and weight-gradient GEMMs have its FLOPs, so the same
+    share. 1 where every projection is 275 GFLOP or more (every headline row at 16K tokens)."""
+    d, i = arch.hidden, arch.intermediate
+    kv = d * arch.kv_heads // arch.heads
+    mlp = [(i, d), (d, i)] if arch.gelu else [(i, d), (i, d), (d, i)]
+    flops = [2 * tokens * n * k for n, k in [(d, d), (kv, d), (kv, d), (d, d), *mlp]]
+    return sum(flops) / sum(f / gemm_share(f) for f in flops)
 
 
 ARCHS = {
@@ -537,7 +608,8 @@ def predict(
     rec = recomputed_share(plan)  # GEMMs and attention run again on full layers
     ew_rerun = _ew_rerun(plan)
     square = layers * shape.attn_width * sum(n * n for n in work.seq_lens)
-    gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * GEMM_EFF)
+    gemm_eff = GEMM_EFF * gemm_shape_factor(arch, t)  # small GEMMs run slower (GEMM_SWEEP_H100)
+    gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * gemm_eff)
     # compiled layers (offloaded ones run eagerly): the custom op's backward reruns the forward
     # unless it calls the kernel's own backward
     kernel = levers.attention_op == "kernel" and levers.attention in OP_KERNEL_BACKWARD
@@ -552,7 +624,7 @@ def predict(
     elementwise = ew_bytes / hbm
     # one layer's forward and backward (its element-wise rerun included), for the offload
     ew_layer = elementwise / (layers * (3 + ew_rerun))
-    fwd_layer = (2 * shape.body_params * t / (peak * GEMM_EFF)) / layers
+    fwd_layer = (2 * shape.body_params * t / (peak * gemm_eff)) / layers
     fwd_layer += 4 * square / layers / (peak * ATTN_EFF[levers.attention]) + ew_layer
     bwd_layer = 2 * fwd_layer + (1 if "offload" in plan else 0) * ew_layer
     offload = offload_exposed_s(plan, t, arch.hidden, gpus, fwd_layer, bwd_layer)
@@ -812,6 +884,12 @@ def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, floa
 # The least GPU time a kernel takes on the stream, whatever its size (FLOOR_NOTE says whose).
 KERNEL_FLOOR_S = 0.0
 FLOOR_NOTE = "no published per-kernel floor on H100 / H200 found: 0"
+# The host's driver call to launch a kernel (cuLaunchKernel), which a CPU op of the replay never
+# makes: PUBLISHED, 3.0 us (0 arguments) to 3.3 us (19), meta-pytorch/tritonbench PR 1017's
+# nop_triton_direct_culaunch (GB200's host, 2026-04, called through ctypes, so an upper end;
+# a walk-through of the eager path, jiahuanglin.xyz "From PyTorch op to kernel launch", puts
+# the driver at 1-3 us). Added once per replayed op, before the op is issued.
+HOST_LAUNCH_S = 3.0e-6
 # The recorded ops' categories (bench_host_replay.OP_CATEGORIES) -> the modelled GPU time
 # they share (``_gpu_totals``): copies and element-wise ops one pool, as the model counts them.
 OP_POOLS = {"copy": "elementwise"}
@@ -867,6 +945,8 @@ def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]],
         roofed.append([])
         for issue, cat, f, b in seg["ops"]:
             pool, roof = OP_POOLS.get(cats[cat], cats[cat]), max(f / peak, b / hbm)
+            if pool == "gemm":  # a small GEMM takes more of the total (gemm_share)
+                roof = max(f / (peak * gemm_share(f)), b / hbm)
             weight[pool] = weight.get(pool, 0.0) + roof
             flops[cats[cat]] = flops.get(cats[cat], 0.0) + f
             roofed[-1].append((issue / seg["host_s"], pool, roof))
@@ -881,13 +961,23 @@ def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]],
 
 
 def _issued(host: float, kernels: list[tuple], start: float = 0.0) -> list[tuple]:
-    """``kernels`` (issue share, GPU s) issued over ``host`` seconds from ``start``."""
-    return [(start + share * host, seconds) for share, seconds in kernels]
+    """``kernels`` (issue share, GPU s) issued over ``host`` seconds from ``start``, each after
+    its own launch and the launches before it (HOST_LAUNCH_S each)."""
+    return [
+        (start + share * host + (i + 1) * HOST_LAUNCH_S, seconds)
+        for i, (share, seconds) in enumerate(kernels)
+    ]
+
+
+def _launched(host: float, kernels: list[tuple]) -> float:
+    """A segment's replayed host time plus its kernels' launches."""
+    return host + len(kernels) * HOST_LAUNCH_S
 
 
 def _simulated(host: list[float], kernels: list[list[tuple]]) -> list[tuple]:
     """``simulate_stream`` with each kernel issued at its share of its segment's host time."""
-    return simulate_stream([(h, _issued(h, ks)) for h, ks in zip(host, kernels, strict=True)])
+    pairs = zip(host, kernels, strict=True)
+    return simulate_stream([(_launched(h, ks), _issued(h, ks)) for h, ks in pairs])
 
 
 def synced_step_s(host: list[float], gpu: list[float]) -> float:
@@ -949,8 +1039,10 @@ def _cli_step() -> tuple[float, str]:
     kernels, flops = _op_kernels("cli", _gpu_totals(CLI_1B, levers, [work]))
     prepare = _replayed_prepare("cli")
     after, first = host[3], host[0] - prepare  # the tolist's segment, the step's first
-    merged = _issued(after, kernels[3]) + _issued(first, kernels[0], after + prepare)
-    segments = [(host_3[0], merged)] + [(host[i], _issued(host[i], kernels[i])) for i in (1, 2)]
+    start = _launched(after, kernels[3]) + prepare
+    merged = _issued(after, kernels[3]) + _issued(first, kernels[0], start)
+    segments = [(_launched(host_3[0], kernels[3] + kernels[0]), merged)]
+    segments += [(_launched(host[i], kernels[i]), _issued(host[i], kernels[i])) for i in (1, 2)]
     sim = simulate_stream(segments)
     checked = _flop_check(CLI_1B, 1, [work], flops)
     return sum(e for _, _, e in sim), _replay_note(host_3, gpu, old, bound, sim, checked)

@@ -233,3 +233,40 @@ def test_op_timeline_maps_the_replayed_ops_onto_the_runs_shapes():
     for step, note in (sm._step_1b(), sm._cli_step()):
         busy = float(note.split(" s, GPU busy ")[1].split(" s")[0])
         assert busy <= step + 1e-4 and "simulated" in note
+
+
+def test_gemm_share_reads_the_published_h100_sweep():
+    """GEMM_SWEEP_H100 (triton-lang/triton#2339's cuBLAS column): each point's share is its
+    rate over the largest point's, 1 from 275 GFLOP up, log-linear and rising in between; a
+    decoder's factor is 1 for the headline models at 16K tokens and MPT-7B's fitted row, below
+    1 for the 1.5B step's micro-batches, and divides the GEMM time of ``predict``."""
+    top = sm.GEMM_SWEEP_H100[-1][1]
+    for (m, n, k), rate in sm.GEMM_SWEEP_H100:
+        assert sm.gemm_share(2 * m * n * k) == pytest.approx(rate / top)
+    assert sm.gemm_share(1e15) == 1.0
+    flops = [2 ** (30 + i / 4) for i in range(40)]
+    shares = [sm.gemm_share(f) for f in flops]
+    assert shares == sorted(shares) and 0 < shares[0] < shares[-1] == 1.0
+    for arch in sm.ARCHS.values():
+        assert sm.gemm_shape_factor(arch, 16384) == 1.0
+    assert sm.gemm_shape_factor(sm.MPT_7B, 6 * 2048) == 1.0
+    small = [sm.gemm_shape_factor(sm.LLAMA_1B, sum(lens)) for lens, _ in sm.STEP_1B_MICRO]
+    assert all(0.75 < f < 0.9 for f in small)
+    work = sm.Workload((2452,), 1095, 1, samples_per_step=1)
+    levers = sm.Levers("none", compiled=False)
+    gemm = sm.predict(sm.LLAMA_1B, "H200", 1, "local", levers, work).split_s["gemm"]
+    plain = 6 * sm.LLAMA_1B.shape().body_params * 2452 / (989e12 * sm.GEMM_EFF)
+    assert gemm == pytest.approx(plain / sm.gemm_shape_factor(sm.LLAMA_1B, 2452))
+
+
+def test_each_replayed_op_pays_the_drivers_launch_before_it_is_issued():
+    """HOST_LAUNCH_S (the published cuLaunchKernel cost): the i-th kernel of a segment is issued
+    after i + 1 launches on top of its replayed share, and the segment's host grows by one
+    launch a kernel, so no simulated step gets faster."""
+    launch = sm.HOST_LAUNCH_S
+    assert 1e-6 <= launch <= 5e-6
+    kernels = [(0.0, 3.0), (0.5, 1.0)]
+    assert sm._issued(10.0, kernels) == [(launch, 3.0), (5.0 + 2 * launch, 1.0)]
+    assert sm._launched(10.0, kernels) == 10.0 + 2 * launch
+    with_launch = sm._simulated([10.0], [kernels])
+    assert with_launch[0][0] == 10.0 + 2 * launch and with_launch[0][2] >= 10.0
