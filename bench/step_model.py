@@ -186,36 +186,39 @@ leaves out. Our two measured steps are simulated as one CUDA stream fed by the r
   each op issued at its share of its segment's host time, the segments' host as above;
 - MODELLED: each kernel's GPU seconds, its category's total from ``predict`` (the GEMMs,
   attention, the loss, element-wise + gradient sums, the optimizer step) shared by its
-  roofline time at the run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs,
-  element-wise by bytes);
-- PUBLISHED: a floor a kernel, ``KERNEL_FLOOR_S``: none was found for H100 / H200 (the
-  closest, pytorch/pytorch#161104: a 1,024-element add 2,000 times in one CUDA graph, 1.1-1.3
-  us each, its card not stated), so 0; at 1.1-5 us the two rows move by under 1%;
+  roofline time at the run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs at
+  their ``gemm_share``, element-wise by bytes);
+- a floor a kernel, ``KERNEL_FLOOR_S``: 0 (no published H100 / H200 floor of a kernel's own
+  time; the fixed time each kernel adds, below, is counted on top instead);
 - PUBLISHED: the driver's launch a kernel, which no CPU op of the replay makes,
   ``HOST_LAUNCH_S`` = 3.0 us on the host before each op is issued (tritonbench PR 1017);
-  the GEMMs' shares weighted by ``gemm_share`` (a small GEMM takes more of the total);
+  what each kernel adds to the stream whatever its size, ``KERNEL_FIXED_S`` = 1.2 us
+  (pytorch/pytorch#161104; Liger's H100 benchmark data); the GEMMs' shares weighted by
+  ``gemm_share`` (a small GEMM takes more of the total);
 - SIMULATED: a kernel starts at max(its issue time, the end of the kernel before it); at each
   sync the host waits for the stream to drain; the step is the sum of the segments.
-The two rows then: 1.5B -25.6%, CLI -39.0% (before the GEMM sweep and the launches: -33.4%
-and -41.9%; other recordings on this shared CPU moved those by about 1 point; no overlap at
-all: +11% and +1%; the note prints each segment's host, GPU busy and elapsed). The published
-candidates, each with its effect on the 1.5B / CLI rows (every other calibration row and the
-headline defaults move by under 0.3 points with all of them; bench/RESULTS.md has the table):
-- in the model: the H100 cuBLAS sweep by GEMM size (+7.6 / +1.4 points); the driver's
-  launch (+0.2 / +1.5);
+The two rows then: 1.5B -24.0%, CLI -38.6% (without the three published terms: -33.4% and
+-41.9%; other recordings on this shared CPU moved those by about 1 point; no overlap at all:
++11% and +1%; the note prints each segment's host, GPU busy and elapsed). The published
+candidates, each alone on the 1.5B / CLI rows (every other calibration row moves by 0.2
+points or less and no headline default row moves; bench/RESULTS.md has the tables):
+- in the model: the H100 cuBLAS sweep by GEMM size (-25.8 / -40.5 alone; 1 GFLOP and less
+  at the smallest point's time); the driver's
+  launch (-32.9 / -40.4); 1.2 us a kernel on the stream (-31.7 / -41.5);
 - left out: a GPU floor of 7 us a kernel (meta-pytorch/autoparallel's H100 cost model,
   ``kernel_launch_overhead = 7`` us with element-wise ops at 70% of HBM, "empirically
   obtained by minimizing the runtime over a set of examples on H100 GPUs", PR 146: a
   planner's fit of whole eager ops, launch included, which the replayed host already carries;
-  as a GPU floor +1.7 / +0.2); Triton's Python launcher above the driver call for Liger's and
-  the loss's kernels (the replay runs their Python with a one-op stand-in: Triton's JIT
-  dispatch 8.7 us a call on a GB200, vllm-project/vllm PR 34838, CompiledKernel.run 4.7-5.6
-  us, tritonbench PR 1017; at most about 5.7 us more for some 550 (1.5B) and 390 (CLI)
-  launches: 3 and 2 ms, under 1.5 points); Liger's own H100 benchmark times a lone RMSNorm
-  backward at 0.30 ms flat from H = 1024 to 8192 (benchmark/data/all_benchmark_data.csv,
-  liger 0.8.0): host-bound, the autograd call around one kernel, which the replay measures.
-None closes the misses: the simulation would need the GPU 1.35x (1.5B; the CLI 1.91x) or the
-replayed host 2.0x (1.5B) and 1.77x (CLI), 32 and 48 us more a kernel, five to ten times the
+  with the three above: -22.3 / -38.3); a lone kernel's 6.1 us instead of 1.2 (the CUDA-event
+  intercept of Liger's H100 element-wise sweep: -17.3 / -36.3, an upper bound, the events'
+  own cost in it); Triton's Python launcher above the driver call for Liger's and the loss's
+  kernels (the replay runs their Python with a one-op stand-in: Triton's JIT dispatch 8.7 us
+  a call on a GB200, vllm-project/vllm PR 34838, CompiledKernel.run 4.7-5.6 us, tritonbench
+  PR 1017; at most 5.7 us more for some 550 (1.5B) and 390 (CLI) launches: -23.9 / -38.2);
+  Liger's H100 benchmark times a lone RMSNorm backward at 0.30 ms flat from H = 1024 to 8192
+  (liger 0.8.0): the autograd call around one small kernel, host time the replay measures.
+None closes the misses: the simulation would need the GPU 1.33x (1.5B; the CLI 1.89x) or the
+replayed host 2.0x (1.5B) and 1.77x (CLI), 32 and 48 us more a kernel, ten times the
 published launch costs; a GPU profile of either step settles it (bench/gpu_call.sh step 2,
 owed).
 """
@@ -883,7 +886,17 @@ def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, floa
 
 # The least GPU time a kernel takes on the stream, whatever its size (FLOOR_NOTE says whose).
 KERNEL_FLOOR_S = 0.0
-FLOOR_NOTE = "no published per-kernel floor on H100 / H200 found: 0"
+FLOOR_NOTE = "no published floor of a kernel's own time on H100 / H200: 0"
+# What each kernel adds to the stream whatever its size (the GPU's launch, ramp and drain),
+# PUBLISHED, two ways: pytorch/pytorch#161104, a 1,024-element add 2,000 times back to back
+# in one CUDA graph, 1.1-1.3 us each (card not stated); Liger's H100 benchmark
+# (linkedin/Liger-Kernel benchmark/data/all_benchmark_data.csv, relu_squared, M = 4096, bf16,
+# N = 128-512: torch's two kernels against Liger's one), 0.7-1.3 us for the second kernel
+# once its bytes at the sweep's 3.04 TB/s are taken off. 1.2 us, added to every kernel of the
+# simulated stream (not to ``predict``: about 1,000 kernels a 7B micro-batch, 0.03%). A lone
+# kernel timed with CUDA events costs more (the same sweep's 6.1 us intercept, 7.3 us at
+# 2 MB), which is the events' and a cold launch's, not the stream's.
+KERNEL_FIXED_S = 1.2e-6
 # The host's driver call to launch a kernel (cuLaunchKernel), which a CPU op of the replay never
 # makes: PUBLISHED, 3.0 us (0 arguments) to 3.3 us (19), meta-pytorch/tritonbench PR 1017's
 # nop_triton_direct_culaunch (GB200's host, 2026-04, called through ctypes, so an upper end;
@@ -931,9 +944,10 @@ def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]],
     """The replayed step's ops (results/host_replay.json's ``op_timeline``) as kernels:
     per segment (issue share of the segment's host time, GPU seconds). A kernel's seconds:
     its category's modelled total (``totals``) shared by its time at the roofline at the
-    run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs, element-wise by bytes),
-    never under KERNEL_FLOOR_S. Also the replay's GEMM and attention FLOPs summed (a check
-    of its shapes against the model's count)."""
+    run's shapes (max(FLOPs / peak, bytes / HBM): GEMMs by FLOPs at their ``gemm_share``,
+    element-wise by bytes), never under KERNEL_FLOOR_S, plus KERNEL_FIXED_S. Also the
+    replay's GEMM and attention FLOPs summed (a check of its shapes against the model's
+    count)."""
     timeline = json.loads(HOST_REPLAY.read_text())["op_timeline"][case]
     cats = timeline["categories"]
     card = CARDS["H200"]
@@ -952,7 +966,7 @@ def _op_kernels(case: str, totals: dict[str, float]) -> tuple[list[list[tuple]],
             roofed[-1].append((issue / seg["host_s"], pool, roof))
     kernels = [
         [
-            (share, max(KERNEL_FLOOR_S, totals[pool] * roof / weight[pool]))
+            (share, KERNEL_FIXED_S + max(KERNEL_FLOOR_S, totals[pool] * roof / weight[pool]))
             for share, pool, roof in seg
         ]
         for seg in roofed
@@ -1067,8 +1081,9 @@ def _replay_note(
     before = ", ".join(f"{h:.3f} / {g:.3f}" for h, g in zip(host, gpu, strict=True))
     return (
         f"simulated, one CUDA stream fed by the replayed host (each op issued at its replayed "
-        f"time, its kernel the model's time of its category shared at the run's shapes, at "
-        f"least {1e6 * KERNEL_FLOOR_S:.1f} us: {FLOOR_NOTE}): host / GPU busy / elapsed s per "
+        f"time after {1e6 * HOST_LAUNCH_S:.1f} us of launch a kernel, its kernel the model's "
+        f"time of its category shared at the run's shapes plus {1e6 * KERNEL_FIXED_S:.1f} us, "
+        f"at least {1e6 * KERNEL_FLOOR_S:.1f} us: {FLOOR_NOTE}): host / GPU busy / elapsed s per "
         f"segment: {segments}; step {sum(e for _, _, e in sim):.4f} s, GPU busy "
         f"{sum(g for _, g, _ in sim):.4f} s; the replayed FLOPs over the model's: {checked}. "
         f"Before (per-segment max): host / GPU s per sync-separated segment: {before} (host "

@@ -270,3 +270,14 @@ def test_each_replayed_op_pays_the_drivers_launch_before_it_is_issued():
     assert sm._launched(10.0, kernels) == 10.0 + 2 * launch
     with_launch = sm._simulated([10.0], [kernels])
     assert with_launch[0][0] == 10.0 + 2 * launch and with_launch[0][2] >= 10.0
+
+
+def test_each_simulated_kernel_adds_the_streams_fixed_time():
+    """KERNEL_FIXED_S: the replayed kernels share each category's modelled total and each adds
+    the published fixed time on top, so a step's kernels sum to the totals plus n x that."""
+    assert 0.5e-6 <= sm.KERNEL_FIXED_S <= 2e-6 and sm.KERNEL_FLOOR_S == 0
+    totals = dict.fromkeys(("gemm", "attention", "loss", "elementwise", "optimizer"), 1.0)
+    kernels, _ = sm._op_kernels("step_1b", totals)
+    n = sum(len(seg) for seg in kernels)
+    got = sum(seconds for seg in kernels for _, seconds in seg)
+    assert got == pytest.approx(len(totals) + n * sm.KERNEL_FIXED_S)
