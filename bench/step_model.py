@@ -32,8 +32,8 @@ bf16 weights, fp32 gradients and fp32 master + m + v are 18 bytes a parameter, 1
 6.7B, before activations). To run it there a user would have to add DeepSpeed's ZeRO-Offload
 (``"offload_optimizer": {"device": "cpu"}`` in the ZeRO-1 config: 44.5 GiB with an fp32
 partition's gradient memory, an upper bound: with the recipe's bf16 sums DeepSpeed keeps them on
-the host; 1.898 samples/s modelled, against 1.917 for the unrunnable recipe row, so our
-default's ratio over it is 2.05x, not the 2.03x printed), or use 4 GPUs or more. The 1-H100
+the host; 1.865 samples/s modelled, against 1.884 for the unrunnable recipe row, so our
+default's ratio over it is 2.08x, not the 2.06x printed), or use 4 GPUs or more. The 1-H100
 recipe row is kept as written (``fits`` says NO) so the ratio is the smaller one.
 
 The workload (``reflection_workload``), stated: a sample's prompt + answer is L = 2048 tokens
