@@ -91,13 +91,18 @@ def run_case(name: str, folder: Path, data: Path, args) -> dict:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         return {"case": name, "error": "\n".join(tail)}
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    timed = metrics[1:] or metrics[:1]  # every figure from the same steps: all after the first
+    return {"case": name, **got, **summarise(metrics)}
+
+
+def summarise(metrics: list[dict]) -> dict:
+    """A case's figures from its metrics rows: every one over the same steps, all after the
+    first (its warm-up), or the first alone when it is the only one."""
+    timed = metrics[1:] or metrics[:1]
     seconds = sum(m["time"] for m in timed)
     return {
-        "case": name,
-        **got,
+        "timed_steps": [m["step"] for m in timed],
         "step_s": statistics.median(m["time"] for m in timed),
-        "tokens": metrics[0]["tokens"],
+        "tokens": sum(m["tokens"] for m in timed) / len(timed),  # a timed step's, on average
         "tokens_per_s": sum(m["tokens"] for m in timed) / seconds,
         "samples_per_s": sum(m["samples"] for m in timed) / seconds,
         # Each row's MFU is its FLOPs over its own seconds: weighted by time, the steps' total.

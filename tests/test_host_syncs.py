@@ -97,13 +97,23 @@ def test_train_step_syncs_at_most_once_and_never_in_a_micro_batch(tmp_path, seed
     trainer = Trainer(tiny_config(tmp_path, seed, n=12, extra=extra))
     try:
         trainer.train_step()  # the first step prepares itself; later ones on the host thread
+        optimizer = trainer.engine.optimizer
+        launch = optimizer.step
         for _ in range(2):
             trainer._ahead.result()  # host work of the next step done, off this thread
             micro_batches = len(trainer._ahead.result().batches)
             with SyncCounter() as counter:
+                before_step = []  # the syncs counted when the optimizer step was launched
+
+                def step(*a, seen=before_step, counter=counter, **k):
+                    seen.append(len(counter.syncs))
+                    return launch(*a, **k)
+
+                optimizer.step = step
                 trainer.train_step()
             assert micro_batches >= 2
             summary = "\n".join(f"{n} x {s}" for s, n in Counter(counter.syncs).most_common())
             assert len(counter.syncs) == 1, summary  # the stats read after the optimizer step
+            assert before_step == [0], (before_step, summary)  # none before it was launched
     finally:
         trainer.close()
