@@ -769,7 +769,10 @@ def model_rows() -> list[dict]:
     for arch in ARCHS.values():
         for card in ("H100", "H200"):
             eight = ("zero1", "zero2", "zero3", "fsdp")
-            for gpus, engines in ((1, ("local", "zero1")), (8, eight)):
+            # one GPU: ZeRO-2/3 partition nothing there, but a user may pick them (rows, not
+            # the markdown's headline)
+            one = ("local", "zero1", "zero2", "zero3")
+            for gpus, engines in ((1, one), (8, eight)):
                 recipe = make_row(
                     arch, card, gpus, "zero1", RECIPE, "recipe", recipe_workload(), None
                 )
@@ -1269,8 +1272,8 @@ def headline(rows: list[dict]) -> list[dict]:
     default's engine (one process on one GPU, ZeRO-1 on 8), ZeRO-1 on one GPU beside it, and
     ZeRO-3 and FSDP2 on 8 GPUs (where 13B and 34B fit)."""
     keep = ("default", "best", "recipe")
-    engines = ("local", "zero1", "zero3", "fsdp")
-    return [r for r in rows if r["engine"] in engines and r["lever"] in keep]
+    engines = {1: ("local", "zero1"), 8: ("zero1", "zero3", "fsdp")}
+    return [r for r in rows if r["engine"] in engines[r["gpus"]] and r["lever"] in keep]
 
 
 def main(argv: list[str] | None = None) -> int:
