@@ -42,7 +42,7 @@ def demo_data(folder: Path, n: int, seed: int, workers: int) -> tuple[Path, Path
 
 def train(name: str, data: Path, tokenizer: Path, folder: Path, steps: int, seed: int) -> dict:
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import local_engine
     from reflectioncoder.train.trainer import Trainer
 
     overrides = [
@@ -60,16 +60,16 @@ def train(name: str, data: Path, tokenizer: Path, folder: Path, steps: int, seed
         "logging.plot=false",
         *CASES[name],
     ]
-    real = distributed._fp32_master
+    real = local_engine._fp32_master
     if name == "bf16 plain PyTorch":
-        distributed._fp32_master = lambda weight: weight
+        local_engine._fp32_master = lambda weight: weight
     try:
         t0 = time.perf_counter()
         trainer = Trainer(load_config(base="tiny", overrides=overrides))
         losses = [trainer.train_step()["loss"] for _ in range(trainer.total_steps)]
         trainer.close()
     finally:
-        distributed._fp32_master = real
+        local_engine._fp32_master = real
     return {"case": name, "losses": losses, "seconds": time.perf_counter() - t0}
 
 

@@ -72,6 +72,7 @@ def _child(spec: dict) -> None:
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.model import count_parameters, load_model
     from reflectioncoder.train import distributed
+    from reflectioncoder.train.deepspeed_config import zero3_transformers_config
     from reflectioncoder.train.trainer import build_model
 
     cfg = load_config(
@@ -88,7 +89,7 @@ def _child(spec: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     before = _memory_mib("VmRSS")
     t0, c0 = time.perf_counter(), time.process_time()
-    keep = distributed.zero3_transformers_config(cfg, info)  # as the Trainer keeps it
+    keep = zero3_transformers_config(cfg, info)  # as the Trainer keeps it
     if spec["stage"] is None:  # what one process without the trainer does
         model = load_model(spec["model"], dtype=torch.bfloat16)
     else:

@@ -142,7 +142,7 @@ gradient shard to the host and the bf16 weights back over each GPU's PCIe link (
 host's CPU Adam over all P parameters (CPU_ADAM_PARAMS_S, the host shared by every rank), not
 overlapped; both rates ASSUMED (constants' comments), not measured. The one-process engine
 (``local``) pipelines the same three in buckets of HOST_BUCKET_BYTES (200 MiB of fp32 sums,
-reflectioncoder/train/distributed.py ``LocalEngine._step_on_host``): the slowest of the three
+reflectioncoder/train/local_engine.py ``LocalEngine._step_on_host``): the slowest of the three
 (the host's AdamW at 7B) plus one bucket through the other two, its fill and drain
 (``pipelined_boundary_s``); the device's norm and clip of the sums (12P bytes of HBM, about
 30 ms at 7B on an H100) are counted in neither.
@@ -153,7 +153,7 @@ ZeRO-1 (the BF16 optimizer frees each bf16 gradient once added) and under autoca
 fp32 4P for ``local``, an fp32 partition 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an
 offloaded optimizer (DeepSpeed's ZeRO-1 offloaded would also keep a whole fp32 sum 4P, its
 ``grad_accum``, so the trainer runs an offloaded ZeRO-1 as ZeRO-2, and so does this model:
-``distributed.offloaded_stage``; the gradient bytes each stage holds are measured by
+``deepspeed_config.offloaded_stage``; the gradient bytes each stage holds are measured by
 tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
@@ -236,8 +236,8 @@ from pathlib import Path
 
 from bench import roofline
 from reflectioncoder import activation_checkpointing as ac
-from reflectioncoder.train.distributed import HOST_BUCKET_BYTES
 from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_share
+from reflectioncoder.train.local_engine import HOST_BUCKET_BYTES
 
 # FITTED to llm-foundry's MPT-7B at seq 2048 (the calibration table): that row checks nothing
 GEMM_EFF = 0.60

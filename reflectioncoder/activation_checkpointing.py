@@ -63,7 +63,7 @@ HOST_DMA_BYTES_S = 0.5 * 614e9
 RESERVE_FIXED = 3 * 2**30
 RESERVE_SHARE = 0.05
 # ZeRO's reduce buckets (ZeRO-2/3, and ZeRO-1/2 with an offloaded optimizer): D x D elements
-# (distributed.BUCKETS_FROM_HIDDEN), two bf16 buffers and an fp32 copy to reduce (0.17 GB at
+# (deepspeed_config.BUCKETS_FROM_HIDDEN), two bf16 buffers and an fp32 copy to reduce (0.17 GB at
 # D = 4096), and an offloaded optimizer's bf16 buffer of the largest parameter (the embedding:
 # 0.26 GB at 7B); 1 GiB covers them
 BUCKET_BYTES = 2**30
@@ -197,7 +197,7 @@ def resident_bytes(
     bf16 weights (fp32 under autocast), gathered whole but at stage 3; gradients: bf16 plus the
     fp32 sums of a step's micro-batches (fp32 alone under autocast), or a 1/ranks fp32 partition
     and the buckets at stage 2-3 and with an offloaded optimizer (which runs stage 1 as stage 2:
-    ``distributed.offloaded_stage``; at stage 0, one rank, the whole fp32 sums 4P, the bucket
+    ``deepspeed_config.offloaded_stage``; at stage 0, one rank, the whole fp32 sums 4P, the bucket
     allowance covering the one bf16 gradient in flight); fp32 master weights, m and v over
     1/ranks (m and v under autocast), none on the device when offloaded."""
     if fsdp:
@@ -228,7 +228,7 @@ def activation_budget(device_bytes: float, resident: float) -> float:
 
 def can_offload(stage: int, ranks: int) -> bool:
     """Whether an engine can put its optimizer on the host: DeepSpeed's ZeRO-1/2 (ZeRO-Offload),
-    or the one-process engine on one rank (``distributed.LocalEngine``)."""
+    or the one-process engine on one rank (``local_engine.LocalEngine``)."""
     return stage in (1, 2) or (stage == 0 and ranks == 1)
 
 

@@ -3,7 +3,7 @@
 ``load_model_into_partitions`` is ``model.load_model`` then ``model.add_special_token_embeddings``
 for a model partitioned as it is built: each rank reads, with plain reads by element range
 (``SafetensorsFolder``), only its piece of every parameter, the special-token rows included, so
-no parameter is ever whole on a rank. DeepSpeed itself stays in ``train/distributed.py``: this
+no parameter is ever whole on a rank. DeepSpeed itself stays in ``train/deepspeed_config.py``: this
 module takes the partitioning context and each parameter's local piece as arguments.
 """
 

@@ -60,9 +60,9 @@ def test_resident_bytes_by_engine():
     assert resident_bytes(P, stage=1, ranks=8) == pytest.approx(P * (2 + 4 + 12 / 8))
     assert resident_bytes(P, stage=0, ranks=1) == pytest.approx(P * (2 + 6 + 12))
     assert resident_bytes(P, stage=0, ranks=1, autocast=True) == pytest.approx(16 * P)
-    # stage 1 offloaded runs as stage 2 (distributed.offloaded_stage): no whole fp32 grad_accum
+    # stage 1 offloaded runs as stage 2 (deepspeed_config.offloaded_stage): no whole fp32 grad_accum
     # beside the fp32 partition (tests/test_zero_fp32_sums.py)
-    # one process offloaded (distributed.LocalEngine): bf16 weights and the whole fp32 sums
+    # one process offloaded (local_engine.LocalEngine): bf16 weights and the whole fp32 sums
     for stage in (0, 1, 2):
         offloaded = resident_bytes(P, stage=stage, ranks=1, offload=True)
         assert offloaded == pytest.approx(6 * P + 2**30)

@@ -141,7 +141,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_deepspeed_json_auto_values_are_filled(tmp_path):
     """A DeepSpeed JSON in the reference's (HF Trainer) format works as is."""
-    from reflectioncoder.train.distributed import DistInfo, deepspeed_config
+    from reflectioncoder.train.deepspeed_config import deepspeed_config
+    from reflectioncoder.train.distributed import DistInfo
 
     ds = {
         "bf16": {"enabled": "auto"},

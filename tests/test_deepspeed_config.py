@@ -12,14 +12,13 @@ import torch
 
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.errors import ConfigError
-from reflectioncoder.train.distributed import (
-    DistInfo,
-    check_skipped_sums,
+from reflectioncoder.train.deepspeed_config import (
     deepspeed_config,
-    drop_skipped_sums,
     offloads_optimizer,
     optim_with_deepspeed_section,
 )
+from reflectioncoder.train.deepspeed_engine import check_skipped_sums, drop_skipped_sums
+from reflectioncoder.train.distributed import DistInfo
 
 INFO = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), deepspeed=True)
 

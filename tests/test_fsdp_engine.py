@@ -143,6 +143,7 @@ def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compile
     from reflectioncoder.model import build_tiny_llama, prepare_model
     from reflectioncoder.train import distributed
     from reflectioncoder.train.fsdp_engine import FSDPEngine
+    from reflectioncoder.train.local_engine import LocalEngine
     from reflectioncoder.train.trainer import ReflectionLossModule
 
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
@@ -168,7 +169,7 @@ def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compile
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=False)
-        local = distributed.LocalEngine(loss_module(), run, info)
+        local = LocalEngine(loss_module(), run, info)
         fsdp = FSDPEngine(loss_module(), run, info)
         for engine in (local, fsdp):
             for j, batch in enumerate(batches):

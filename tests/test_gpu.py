@@ -204,11 +204,11 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     import copy
 
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import distributed, local_engine
 
     if device.type != "cuda":
         pytest.skip("the copies overlap only on CUDA (the CPU's plain copies: test_host_optimizer)")
-    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", 8 * 2**20)
+    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", 8 * 2**20)
     run = load_config(
         base="tiny",
         overrides=["distributed.offload_optimizer=true", "optim.lr=1e-3", "optim.grad_clip=0.5"],
@@ -220,7 +220,7 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     states = []
     for pipelined in (True, False):
         module = copy.deepcopy(model).to(device, torch.bfloat16)
-        engine = distributed.LocalEngine(module, run, info)
+        engine = local_engine.LocalEngine(module, run, info)
         assert (engine.copy_streams is not None) and len(engine._buckets) >= 4
         if not pipelined:
             engine.copy_streams = None  # blocking copies on the compute stream
@@ -319,6 +319,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
     from reflectioncoder.train.fsdp_engine import FSDPEngine, check_fsdp_run
+    from reflectioncoder.train.local_engine import LocalEngine
     from reflectioncoder.train.trainer import ReflectionLossModule
 
     if device.type != "cuda":
@@ -340,7 +341,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
         def module() -> ReflectionLossModule:
             return ReflectionLossModule(_cuda_llama(seed, compiled=compiled))
 
-        local = distributed.LocalEngine(module(), run, info)
+        local = LocalEngine(module(), run, info)
         fsdp = FSDPEngine(module(), run, info)
         steps = _fsdp_steps(seed)
         rows = {"local": [], "fsdp": []}

@@ -83,9 +83,9 @@ def _bucket_count(engine, kind: str) -> int:
 def test_host_optimizer_gives_the_device_engines_steps_bitwise(
     tmp_path, seed, monkeypatch, buckets
 ):
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import local_engine
 
-    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", BUCKETS[buckets])
+    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     steps = 4
     device, on_device = _run(tiny_config(tmp_path / "d", seed, extra=(*BF16, *DEVICE)), steps)
     host, on_host = _run(tiny_config(tmp_path / "h", seed, extra=(*BF16, *HOST)), steps)
@@ -106,9 +106,9 @@ def test_host_optimizer_gives_the_device_engines_steps_bitwise(
 
 @pytest.mark.parametrize("buckets", ["per_weight", "several"])
 def test_a_nonfinite_step_changes_nothing_on_the_host(tmp_path, seed, monkeypatch, buckets):
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import local_engine
 
-    monkeypatch.setattr(distributed, "HOST_BUCKET_BYTES", BUCKETS[buckets])
+    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     trainer = Trainer(tiny_config(tmp_path, seed, extra=(*BF16, *HOST)))
     _bucket_count(trainer.engine, buckets)
     backward = trainer.engine.backward
@@ -149,7 +149,8 @@ def test_the_device_engine_resumes_an_offloaded_checkpoint(tmp_path, seed):
 
 def test_several_ranks_without_deepspeed_are_refused_naming_the_field(tmp_path, seed):
     from reflectioncoder.errors import ConfigError, one_line
-    from reflectioncoder.train.distributed import DistInfo, LocalEngine
+    from reflectioncoder.train.distributed import DistInfo
+    from reflectioncoder.train.local_engine import LocalEngine
 
     cfg = tiny_config(tmp_path, seed, extra=HOST)
     two = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), deepspeed=False)

@@ -106,7 +106,7 @@ def test_ddp_path_sums_the_micro_batches_as_one_process(seed, dtype, monkeypatch
     from test_packed_rows import _batches
 
     from reflectioncoder.model import build_tiny_llama, prepare_model
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import distributed, local_engine
     from reflectioncoder.train.trainer import ReflectionLossModule
 
     run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}"])
@@ -128,7 +128,7 @@ def test_ddp_path_sums_the_micro_batches_as_one_process(seed, dtype, monkeypatch
         for ranks in (1, 2):  # 2: the DDP path (the group itself has one rank)
             info = distributed.DistInfo(0, ranks, 0, torch.device("cpu"), deepspeed=False)
             module = ReflectionLossModule(copy.deepcopy(model))
-            engines.append(distributed.LocalEngine(module, run, info))
+            engines.append(local_engine.LocalEngine(module, run, info))
         for engine in engines:
             for j, batch in enumerate(batches):
                 last[0] = j == len(batches) - 1
@@ -151,11 +151,11 @@ def _driver(spec: dict) -> None:
     """One rank: train with a comm hook that records each call, and count host syncs."""
     from test_host_syncs import SyncCounter
 
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import local_engine
 
     state = {"step": 0, "last": False, "in_backward": False}
     calls: list[dict] = []
-    real = distributed._sum_bucket
+    real = local_engine._sum_bucket
 
     def recording(engine, bucket):
         calls.append(
@@ -168,7 +168,7 @@ def _driver(spec: dict) -> None:
         )
         return real(engine, bucket)
 
-    distributed._sum_bucket = recording
+    local_engine._sum_bucket = recording
     trainer = Trainer(load_config(base="tiny", overrides=spec["overrides"]))
     engine = trainer.engine
     start, backward, step = engine.start_micro_batch, engine.backward, trainer.train_step

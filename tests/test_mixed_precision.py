@@ -38,11 +38,11 @@ def test_masters_hold_the_fp32_state_and_the_weights_follow(tmp_path, seed):
 def test_bf16_rule_against_fp32(tmp_path, seed, monkeypatch):
     """The masters' losses stay as close to fp32's as twice plain PyTorch bf16's (bf16 weights
     and AdamW states, no masters), summed over the steps."""
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import local_engine
 
     fp32, _ = _losses(tmp_path, seed, "fp32", "packing.max_tokens=200", "optim.lr=1e-3")
     masters, _ = _losses(tmp_path, seed, "masters", *BF16)
-    monkeypatch.setattr(distributed, "_fp32_master", lambda weight: weight)
+    monkeypatch.setattr(local_engine, "_fp32_master", lambda weight: weight)
     plain, trainer = _losses(tmp_path, seed, "plain", *BF16)
     assert trainer.engine.params[0].dtype == torch.bfloat16  # no masters in that run
     ours = sum(abs(m - f) for m, f in zip(masters, fp32, strict=True))

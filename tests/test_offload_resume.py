@@ -1,6 +1,6 @@
 """The optimizer offloaded to the host (``distributed.offload_optimizer``, what ``auto`` picks for
 a 7B on one 80 GB GPU) resumes: ZeRO-1 asked (it runs as ZeRO-2 offloaded,
-``distributed.offloaded_stage``) with DeepSpeed's CPU Adam on 2 gloo ranks, saved at step 2 and
+``deepspeed_config.offloaded_stage``) with DeepSpeed's CPU Adam on 2 gloo ranks, saved at step 2 and
 continued, gives the uninterrupted offloaded run's steps (same samples and tokens, losses within
 test_distributed's tolerance). So does a checkpoint that older code wrote running ZeRO-1
 offloaded as ZeRO-1 (its layout says ZeRO-1): converted, with the log saying so."""
@@ -56,9 +56,9 @@ def _same_steps(want: list[dict], got: list[dict]) -> None:
 if __name__ == "__main__":  # a part run by the code before offloaded_stage, one process a rank
     import logging
 
-    import reflectioncoder.train.distributed as distributed
+    import reflectioncoder.train.deepspeed_config as deepspeed_config
 
     logging.basicConfig(level=logging.INFO)
-    distributed.offloaded_stage = lambda stage: stage  # ZeRO-1 offloaded ran as ZeRO-1
+    deepspeed_config.offloaded_stage = lambda stage: stage  # ZeRO-1 offloaded ran as ZeRO-1
     spec = json.loads(sys.argv[1])
     _part(spec["overrides"], spec["resume"], spec["stop"])

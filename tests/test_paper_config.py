@@ -65,6 +65,7 @@ def test_paper_preset_is_deepspeed_zero1_on_several_ranks_and_one_process_on_one
 
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
+    from reflectioncoder.train.deepspeed_config import deepspeed_config
 
     started = []
     stub = types.ModuleType("deepspeed")  # setup's only DeepSpeed call, recorded
@@ -77,6 +78,6 @@ def test_paper_preset_is_deepspeed_zero1_on_several_ranks_and_one_process_on_one
     assert info.deepspeed is (world > 1) and info.world_size == world
     assert [s["dist_backend"] for s in started] == (["gloo"] if world > 1 else [])
     if world > 1:
-        assert distributed.deepspeed_config(cfg, info)["zero_optimization"]["stage"] == 1
+        assert deepspeed_config(cfg, info)["zero_optimization"]["stage"] == 1
     else:
         assert not torch.distributed.is_initialized()

@@ -125,6 +125,7 @@ def _child(spec: dict) -> None:
 
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
+    from reflectioncoder.train.deepspeed_config import zero3_transformers_config
     from reflectioncoder.train.trainer import build_model
 
     info = None
@@ -144,7 +145,7 @@ def _child(spec: dict) -> None:
         dtype = distributed.resolve_dtype(cfg.model.dtype, info.device)
         tokenizer = AutoTokenizer.from_pretrained(case["folder"])
         want = reference(Path(case["folder"]), copy.deepcopy(tokenizer), dtype)
-        keep = distributed.zero3_transformers_config(cfg, info)  # as the Trainer keeps it
+        keep = zero3_transformers_config(cfg, info)  # as the Trainer keeps it
         model = build_model(cfg, tokenizer, dtype, info)
         whole = [name for name, p in model.named_parameters() if p.numel()]
         held = [getattr(p, "ds_tensor", p) for p in model.parameters()]

@@ -20,7 +20,7 @@ ELEMENTS elements, 1/2 of them a rank's partition): ZeRO-1 the BF16 optimizer's 
 gradient (4 bytes an element); ZeRO-2 an fp32 partition (4 / 2); ZeRO-3 an fp32 partition and
 its reduce bucket, which is fp32 when the reduction is (4 / 2 + 4). DeepSpeed's own ZeRO-1 with
 an offloaded optimizer would hold a full fp32 ``grad_accum`` per parameter, an fp32 partition
-and an fp32 bucket (4 + 4 / 2 + 4, measured before ``distributed.offloaded_stage``); it runs as
+and an fp32 bucket (4 + 4 / 2 + 4, measured before ``deepspeed_config.offloaded_stage``); it runs as
 ZeRO-2, so its case records ZeRO-2's. bench/step_model.py's memory
 (``activation_checkpointing.resident_bytes``) counts these."""
 
@@ -84,7 +84,8 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
     from deepspeed.utils import safe_get_full_fp32_param
 
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.distributed import DistInfo, deepspeed_config
+    from reflectioncoder.train.deepspeed_config import deepspeed_config
+    from reflectioncoder.train.distributed import DistInfo
 
     run = load_config(
         base="tiny",
@@ -126,12 +127,9 @@ def skipped_step_then_clean(overrides: list[str], folder: str) -> dict:
     from deepspeed.utils import safe_get_full_fp32_param
 
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.distributed import (
-        DistInfo,
-        check_skipped_sums,
-        deepspeed_config,
-        drop_skipped_sums,
-    )
+    from reflectioncoder.train.deepspeed_config import deepspeed_config
+    from reflectioncoder.train.deepspeed_engine import check_skipped_sums, drop_skipped_sums
+    from reflectioncoder.train.distributed import DistInfo
 
     run = load_config(
         base="tiny", overrides=["data.files=[x.jsonl]", "model.dtype=bf16", *overrides]
@@ -243,7 +241,7 @@ def test_zero_stages_sum_micro_batches_and_ranks_in_fp32(tmp_path):
     for name, want in held.items():
         assert got[name]["gradient_bytes_between"]["torch.float32"] == want, (name, got[name])
     # ZeRO-1 offloaded would keep a whole fp32 gradient beside its partition (10 e here): it runs
-    # as ZeRO-2 offloaded (distributed.offloaded_stage)
+    # as ZeRO-2 offloaded (deepspeed_config.offloaded_stage)
     offloaded = got["zero2_offload"]["gradient_bytes_between"]["torch.float32"]
     assert got["zero1_offload"]["gradient_bytes_between"]["torch.float32"] == offloaded < 10 * e
     # bf16 sums lose the 16 small gradients; a bf16 reduction the small rank's

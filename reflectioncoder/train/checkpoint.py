@@ -44,7 +44,9 @@ import torch
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
-from reflectioncoder.train.distributed import DistInfo, Engine, ParamState, read_weights
+from reflectioncoder.train.deepspeed_engine import convert_to_universal
+from reflectioncoder.train.distributed import DistInfo
+from reflectioncoder.train.engine import Engine, ParamState, read_weights
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -319,7 +321,7 @@ def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
         if info.is_main and not (folder / "zero").is_dir():
             tmp = path / (TMP_PREFIX + UNIVERSAL)
             shutil.rmtree(tmp, ignore_errors=True)
-            distributed.convert_to_universal(path / "deepspeed", tmp)
+            convert_to_universal(path / "deepspeed", tmp)
             tmp.rename(folder)
         distributed.barrier()
         return _universal_reader(folder / "zero")

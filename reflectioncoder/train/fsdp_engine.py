@@ -27,16 +27,14 @@ import torch
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.errors import ConfigError
-from reflectioncoder.train.distributed import (
-    DistInfo,
+from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, resolve_dtype
+from reflectioncoder.train.engine import (
     StateReader,
     StepResult,
     _adamw,
     _clip_and_step,
     _read_step,
     _unwrap,
-    all_reduce_sum,
-    resolve_dtype,
 )
 
 FSDP_DIR = "fsdp"  # a checkpoint's DCP folder

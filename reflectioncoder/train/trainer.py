@@ -35,7 +35,8 @@ from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
-from reflectioncoder.train import checkpoint, distributed, model_card, reporters
+from reflectioncoder.train import checkpoint, deepspeed_config, distributed, model_card, reporters
+from reflectioncoder.train.engine import make_engine
 from reflectioncoder.train.flops import (
     ModelShape,
     StepFlops,
@@ -44,6 +45,7 @@ from reflectioncoder.train.flops import (
     utilisation,
 )
 from reflectioncoder.train.fsdp_engine import check_fsdp_run
+from reflectioncoder.train.local_engine import wants_host_optimizer
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
 log = logging.getLogger("reflectioncoder.train")
@@ -292,14 +294,14 @@ def build_model(
     sharded = info.deepspeed or cfg.distributed.backend == "fsdp"
     load_dtype = dtype if sharded else torch.float32
     path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
-    if path is not None and distributed.uses_zero3(cfg, info) and has_safetensors(path):
+    if path is not None and deepspeed_config.uses_zero3(cfg, info) and has_safetensors(path):
         model, _ = load_model_into_partitions(
             path,
             tokenizer,
             add_special_tokens(tokenizer),
             dtype=load_dtype,
-            partition_context=distributed.zero3_partitioning(cfg, info),
-            local_piece=distributed.zero3_local_piece,
+            partition_context=deepspeed_config.zero3_partitioning(cfg, info),
+            local_piece=deepspeed_config.zero3_local_piece,
         )
         return model
     if path is not None:
@@ -321,7 +323,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
         # The DeepSpeed JSON's optimizer section, honoured (or refused) before anything starts.
-        optim = distributed.optim_with_deepspeed_section(cfg)
+        optim = deepspeed_config.optim_with_deepspeed_section(cfg)
         if optim is not cfg.optim:
             cfg = dataclasses.replace(cfg, optim=optim)
         self.cfg = cfg
@@ -332,9 +334,9 @@ class Trainer:
         self.overwrite = overwrite and not resume
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
-            distributed.wants_host_optimizer(cfg, self.info)
+            wants_host_optimizer(cfg, self.info)
         check_fsdp_run(cfg, self.info.device)
-        if cfg.model.fused_projections and distributed.uses_zero3(cfg, self.info):
+        if cfg.model.fused_projections and deepspeed_config.uses_zero3(cfg, self.info):
             raise ConfigError(
                 "not with ZeRO-3 (its hooks gather each projection's own weights): set it false "
                 "or use ZeRO stage 0-2",
@@ -361,7 +363,7 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
-        self._zero3_hf = distributed.zero3_transformers_config(cfg, self.info)
+        self._zero3_hf = deepspeed_config.zero3_transformers_config(cfg, self.info)
         model = build_model(cfg, self.tokenizer, self.dtype, self.info)
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
@@ -423,7 +425,7 @@ class Trainer:
         self.n_params = count_parameters(model)
         self.flop_shape = ModelShape.from_model(model)
         self.module = ReflectionLossModule(model, autocast)
-        self.engine = distributed.make_engine(
+        self.engine = make_engine(
             self.module, cfg, self.info, external_params=[lm_head_weight(model)]
         )
 
@@ -467,7 +469,7 @@ class Trainer:
                 self.dtype,
                 self.threads,
             )
-            one_zero3 = self.info.world_size == 1 and distributed.uses_zero3(cfg, self.info)
+            one_zero3 = self.info.world_size == 1 and deepspeed_config.uses_zero3(cfg, self.info)
             if one_zero3 and not self.engine.offloads_optimizer:
                 # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
                 log.warning(
@@ -484,7 +486,7 @@ class Trainer:
         from reflectioncoder.model import count_parameters
 
         device = self.info.device
-        stage = distributed._zero_stage(cfg) if self.info.deepspeed else 0  # noqa: SLF001
+        stage = deepspeed_config._zero_stage(cfg) if self.info.deepspeed else 0  # noqa: SLF001
         fsdp = cfg.distributed.backend == "fsdp"
         if fsdp:
             stage = 3  # sharded as ZeRO-3 (resident_bytes counts FSDP's own bytes)

@@ -1,0 +1,236 @@
+"""``DeepSpeedEngine``: DeepSpeed ZeRO 0-3 around our loss module (its config from
+``deepspeed_config.py``), the fixes its offloaded optimizer needs after a skipped step
+(``drop_skipped_sums``), and DeepSpeed's conversion of its checkpoints to the universal layout
+(``convert_to_universal``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reflectioncoder.config import RunConfig
+from reflectioncoder.train.deepspeed_config import (
+    _zero_stage,
+    deepspeed_config,
+    offloads_optimizer,
+    zero3_local_piece,
+)
+from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, is_zero3_param
+from reflectioncoder.train.engine import StateReader, StepResult, _adam_state, _adamw, _unwrap
+
+
+def convert_to_universal(deepspeed_dir: Path, out: Path) -> None:
+    """DeepSpeed's own conversion of a ZeRO 1-3 checkpoint (any number of ranks) into its
+    universal layout: OUT/zero/NAME/{fp32,exp_avg,exp_avg_sq}.pt, one full tensor per file."""
+    import argparse
+    import contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(deepspeed_dir),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # our checkpoints carry no universal-checkpoint info
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds_to_universal.main(args)
+    (out.parent / "latest_universal").unlink(missing_ok=True)  # a pointer we do not use
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO 0-3 around our loss module; we set the accumulation boundary ourselves."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        run: RunConfig,
+        info: DistInfo,
+        external_params: list[torch.nn.Parameter] = (),
+    ) -> None:
+        import deepspeed
+
+        self.info = info
+        hidden = module.model.config.get_text_config().hidden_size
+        self.config = deepspeed_config(run, info, hidden_size=hidden)
+        self.asked_stage = _zero_stage(run)
+        if self.config["zero_optimization"].get("stage", 0) == 3:
+            # The LM head is used by the fused loss outside its own module's forward.
+            for p in external_params:
+                deepspeed.zero.register_external_parameter(module, p)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = _adamw(params, run.optim, on_cpu=offloads_optimizer(self.config))
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=self.config
+        )
+        check_skipped_sums(self.optimizer, self.config)
+        self.optimizer_name = type(optimizer).__name__
+        self.module = self.engine.module
+        # DeepSpeed averages gradients over ranks; our weights already normalise globally.
+        self.loss_factor = float(info.world_size)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def describe(self) -> str:
+        weights, accum = self.engine.get_data_types()
+        offload = " offloaded" if self.offloads_optimizer else ""
+        stage = self.config["zero_optimization"]["stage"]
+        if stage != self.asked_stage:  # offloaded_stage
+            stage = f"{stage} (ZeRO-{self.asked_stage} asked: offloaded, it runs as {stage})"
+        return (
+            f"deepspeed ZeRO-{stage}, "
+            f"{self.optimizer_name}{offload}, weights {weights}, grad accumulation {accum}"
+        )
+
+    def start_micro_batch(self, last: bool) -> None:
+        """Reduce gradients only after the step's last micro-batch."""
+        self.engine.set_gradient_accumulation_boundary(last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss * self.loss_factor, scale_wrt_gas=False)
+
+    def finish_step(self, stats: torch.Tensor) -> StepResult:
+        """Step (DeepSpeed clips, and skips on a non-finite gradient norm), then one sync."""
+        all_reduce_sum(stats)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        norm = float("nan") if norm is None else float(norm)
+        # The one host sync per optimizer step (logging).
+        host = stats.tolist()
+        applied = bool(self.engine.was_step_applied())
+        if not applied:
+            drop_skipped_sums(self.optimizer)
+        return StepResult(host, norm, applied)
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        return offloads_optimizer(self.config)
+
+    def layout(self) -> dict[str, Any]:
+        stage = int(self.config["zero_optimization"].get("stage", 0))
+        return {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
+
+    def save_state(self, folder: Path) -> None:
+        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout)."""
+        self.engine.save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
+
+    def load_state(self, folder: Path) -> None:
+        """Module weights and optimizer partitions, from DeepSpeed's own files."""
+        load_path, _ = self.engine.load_checkpoint(
+            str(folder), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if load_path is None:
+            raise ValueError(f"--resume: no DeepSpeed state under {folder}/deepspeed")
+
+    def load_param_states(self, read: StateReader) -> None:
+        """Weights, fp32 masters and AdamW state from a checkpoint of another layout (another
+        number of ranks or ZeRO stage, or one process): each rank writes its own partition."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        _create_adam_state(self.optimizer)
+        steps = set()
+        for name, p in self.module.named_parameters():
+            if not p.requires_grad:
+                continue
+            zero3 = is_zero3_param(p)
+            state = read(name, p.ds_shape if zero3 else p.shape)
+            steps.add(state.step)
+            with torch.no_grad():
+                if zero3:
+                    piece, start = zero3_local_piece(p)
+                    flat = state.weight.flatten()
+                    n = max(0, min(piece.numel(), flat.numel() - start))
+                    piece[:n].copy_(flat[start : start + n])
+                else:
+                    p.copy_(state.weight.reshape(p.shape))
+            if zero3 or hasattr(p, "_hp_mapping"):
+                safe_set_full_fp32_param(p, state.weight.reshape(p.ds_shape if zero3 else p.shape))
+                for key in ("exp_avg", "exp_avg_sq"):
+                    value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
+                    safe_set_full_optimizer_state(p, value, key)
+            else:  # ZeRO-0 in fp32: DeepSpeed steps the client optimizer on the module's own
+                self.optimizer.state[p] = _adam_state(p, state, self.optimizer)
+        base = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the client's
+        for group_state in base.state.values():
+            if "step" in group_state:
+                group_state["step"] = torch.full_like(
+                    torch.as_tensor(group_state["step"]), max(steps)
+                )
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights on rank 0 (ZeRO-3 gathers: a collective, every rank calls it)."""
+        if self.config["zero_optimization"].get("stage", 0) == 3:
+            return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
+        return _unwrap(self.engine.module.state_dict())
+
+
+def drop_skipped_sums(zero_optimizer: Any) -> None:
+    """After a skipped (non-finite) step: DeepSpeed 0.19.8's ZeRO-1/2 with an offloaded
+    optimizer keeps that step's fp32 gradient partition (stage_1_and_2.py ``step`` resets only
+    its host buffers on overflow), so the NaN would be summed into every later step and skip
+    it too (tests/test_zero_fp32_sums.py). Drop it, as DeepSpeed does without offload and after
+    an applied step. ``check_skipped_sums`` vouches for the attributes at start-up."""
+    if getattr(zero_optimizer, "cpu_offload", False) is True:
+        sums = zero_optimizer.averaged_gradients
+        for key in sums:
+            sums[key] = None
+
+
+def check_skipped_sums(zero_optimizer: Any, config: dict[str, Any]) -> None:
+    """An offloaded ZeRO-1/2 optimizer has the private attributes ``drop_skipped_sums`` clears
+    (DeepSpeed 0.19.8's ``DeepSpeedZeroOptimizer``); another DeepSpeed without them stops here
+    in one line rather than skipping every step after a non-finite one."""
+    stage = config["zero_optimization"].get("stage", 0)
+    if not offloads_optimizer(config) or stage not in (1, 2):
+        return
+    sums = getattr(zero_optimizer, "averaged_gradients", None)
+    if getattr(zero_optimizer, "cpu_offload", None) is not True or not isinstance(sums, dict):
+        import deepspeed
+
+        raise RuntimeError(
+            f"deepspeed {deepspeed.__version__}: its offloaded ZeRO-{stage} optimizer "
+            f"({type(zero_optimizer).__name__}) has no cpu_offload / averaged_gradients dict, "
+            "which reflectioncoder clears after a skipped step (train.deepspeed_engine."
+            "drop_skipped_sums, written against deepspeed 0.19.8): install deepspeed==0.19.8, or "
+            "turn the offload off (distributed.offload_optimizer=false, none in the JSON)"
+        )
+
+
+# Where DeepSpeed's ZeRO 1-2, ZeRO-3 and BF16 optimizers keep their flat fp32 partitions.
+_FLAT_FP32 = (
+    "single_partition_of_fp32_groups",
+    "fp32_partitioned_groups_flat",
+    "fp32_groups_flat_partition",
+)
+
+
+def _create_adam_state(zero_optimizer: Any) -> None:
+    """DeepSpeed's optimizers create AdamW's state at their first step and only then link each
+    parameter's fragment of it; a resume writes the state before any step, so it creates the
+    (zero) state of every flat partition, as AdamW's first step would, and links it."""
+    name = next((a for a in _FLAT_FP32 if hasattr(zero_optimizer, a)), None)
+    if name is None:  # ZeRO-0 in fp32: the client optimizer, whose state is set per parameter
+        return
+    base = zero_optimizer.optimizer
+    for flat in getattr(zero_optimizer, name):
+        if not base.state.get(flat):
+            zeros = torch.zeros_like(flat)
+            base.state[flat] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": zeros,
+                "exp_avg_sq": zeros.clone(),
+            }
+    link = getattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
