@@ -201,6 +201,15 @@ def _yaml_origins(text: str, file: str) -> Origins:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                if name + "@key" in origins:  # PyYAML keeps the last silently: a lost section
+                    line = origins[name + "@key"][1]
+                    raise ConfigError(
+                        f"given twice (first at line {line}); merge the two into one",
+                        file=file,
+                        line=key.start_mark.line + 1,
+                        column=key.start_mark.column + 1,
+                        field=name,
+                    )
                 mark = value.start_mark
                 origins[name] = (file, mark.line + 1, mark.column + 1)
                 at_key = key.start_mark  # where an unknown field is pointed at
@@ -254,7 +263,10 @@ def load_config(
         data = _read_yaml(Path(path), origins)
         base = data.pop("preset", base)
     if base is not None:
-        data = _deep_merge(preset(base), data)
+        try:
+            data = _deep_merge(preset(base), data)
+        except UsageError as err:  # an unknown name: point at the file's `preset:` line
+            raise _config_error("preset", err.message, origins) from None
     data = apply_overrides(data, overrides or [], origins)
     if "model" not in data:
         raise ConfigError("missing section (give a preset or a model section)", field="model")

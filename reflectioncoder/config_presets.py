@@ -13,8 +13,8 @@ from reflectioncoder.errors import UsageError
 
 def preset(name: str) -> dict[str, Any]:
     """Preset ``name`` (a key of ``PRESETS``) as a nested dict."""
-    if name not in PRESETS:
-        raise UsageError(f"preset: unknown {name!r}; known: {sorted(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise UsageError(f"unknown {name!r}; known: {', '.join(sorted(PRESETS))}", field="preset")
     return PRESETS[name]()
 
 
