@@ -267,6 +267,22 @@ def _resumed_tokenizer(out_dir: Path, checkpoint_path: Path) -> Any:
     return tokenizer
 
 
+def _check_tokenizer_fits(cfg: RunConfig, tokenizer: Any, path: Path) -> None:
+    """A tokenizer whose own vocabulary runs past the model's embedding rows is another model's:
+    refused from the model's config.json, before the weights load."""
+    from transformers import AutoConfig
+
+    rows = getattr(AutoConfig.from_pretrained(str(path), local_files_only=True), "vocab_size", None)
+    if isinstance(rows, int) and tokenizer.vocab_size > rows:
+        field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
+        raise UserError(
+            f"{tokenizer.vocab_size} tokens, but the model {path} has {rows} embedding rows: "
+            "not this model's tokenizer (leave model.tokenizer unset to use the model's own)",
+            file=tokenizer.name_or_path or None,
+            field=field,
+        )
+
+
 def build_model(
     cfg: RunConfig, tokenizer: Any, dtype: torch.dtype, info: distributed.DistInfo
 ) -> nn.Module:
@@ -294,6 +310,8 @@ def build_model(
     sharded = info.deepspeed or cfg.distributed.backend == "fsdp"
     load_dtype = dtype if sharded else torch.float32
     path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
+    if path is not None:
+        _check_tokenizer_fits(cfg, tokenizer, path)
     if path is not None and deepspeed_config.uses_zero3(cfg, info) and has_safetensors(path):
         model, _ = load_model_into_partitions(
             path,
