@@ -30,16 +30,19 @@ over unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
@@ -174,24 +177,25 @@ def save_checkpoint(
         _clear_torn_saves(path.parent)
     distributed.barrier()
     full = engine.full_state_dict()  # a collective under ZeRO-3: every rank calls it
-    if info.is_main:
-        save_hf_model(model, tokenizer, full, tmp / "model", card)
-    del full
-    if not model_only:
-        engine.save_state(tmp)
-        (tmp / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
-    distributed.barrier()
-    if info.is_main:
-        state = dict(
-            trainer_state,
-            step=step,
-            world_size=info.world_size,
-            layout=engine.layout(),
-            model_only=model_only,
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        (tmp / COMPLETE).write_text("ok\n")
+    with _refused_write(tmp, path):
+        if info.is_main:
+            save_hf_model(model, tokenizer, full, tmp / "model", card)
+        del full
+        if not model_only:
+            engine.save_state(tmp)
+            (tmp / "rng").mkdir(parents=True, exist_ok=True)
+            torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
+        distributed.barrier()
+        if info.is_main:
+            state = dict(
+                trainer_state,
+                step=step,
+                world_size=info.world_size,
+                layout=engine.layout(),
+                model_only=model_only,
+            )
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            (tmp / COMPLETE).write_text("ok\n")
         _replace_dir(tmp, path)
         others = [p for p in list_checkpoints(out_dir) if p != path]
         for old in others[: max(0, len(others) - (keep_last - 1))]:
@@ -216,10 +220,28 @@ def save_final_model(
     leaves the previous OUT/final (or none), never half a model."""
     tmp = Path(out_dir) / (TMP_PREFIX + "final")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_hf_model(model, tokenizer, state_dict, tmp, card)
     final = Path(out_dir) / "final"
+    with _refused_write(tmp, final):
+        save_hf_model(model, tokenizer, state_dict, tmp, card)
     _replace_dir(tmp, final)
     return final
+
+
+@contextlib.contextmanager
+def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
+    """A save the disk refuses (full, read-only, over quota): one line naming where it was going,
+    and its partial folder removed, which gives back the space it took; what was saved before
+    is untouched."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(
+            f"not saved: {reason}; what was saved before is untouched",
+            file=home,
+            field="checkpoint.out_dir",
+        ) from err
 
 
 def _clear_torn_saves(root: Path) -> None:
