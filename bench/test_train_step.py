@@ -27,3 +27,11 @@ def test_train_step(provider, run_bench, device, profile) -> None:
     )
     seconds = info["wall_ms" if device == "cuda" else "cpu_ms"] * 1e-3
     info["model_tokens_per_s"] = round(tokens / seconds)
+    info["samples_per_s"] = round(cfg.samples / seconds, 4)  # the figure to compare
+    if provider == "reference":  # which recipe this is: the authors' as faithfully as it runs
+        info["recipe"] = {
+            "attention": T.reference_attention(cfg),
+            "checkpointing": cfg.ref_checkpointing,
+            "optimizer": "AdamW on fp32 masters" if cfg.dtype == "bf16" else "AdamW, fp32",
+            "logits": "full, every row",
+        }
