@@ -1,5 +1,6 @@
-"""Attention over a packed micro-batch: each varlen backend that runs here, and the padded
-SDPA of the recipe (the baseline), forward and forward + backward."""
+"""Attention over a packed micro-batch: each varlen backend that runs here, and a padded SDPA
+batch (the baseline; not the authors' flash_attention_2, which drops the padding), forward and
+forward + backward."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 ``setup_attention`` packs S sequences (teacher/student-like lengths) into (T, H, Dh) q, k, v
 with ``cu_seqlens``. Providers: ``varlen:<backend>`` for each ``varlen_attention`` backend
 (``sdpa`` per-segment loop everywhere; ``torch_varlen``, ``flash_attn``, ``flash_attn_3``,
-``flash_attn_4`` on CUDA where they run; the others skip, saying why) and ``padded_sdpa``,
-the recipe's way: the sequences padded to the longest into one (S, H, L, Dh) batch, one SDPA
-call with a causal + key-padding mask.
+``flash_attn_4`` on CUDA where they run; the others skip, saying why) and ``padded_sdpa``, the
+baseline: the sequences padded to the longest into one (S, H, L, Dh) batch, one SDPA call with
+a causal + key-padding mask. That is not the authors' attention (their flash_attention_2 with a
+2-D mask drops the padding as varlen attention does; the train-step suite times their recipe).
 FLOPs: 4 Hq Dh sum_s L_s^2 / 2 forward (causal), 2.5x that for the backward.
 """
 
