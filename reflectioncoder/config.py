@@ -27,6 +27,8 @@ REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
 # "auto" and kernels/varlen_attention.py's BACKENDS, written out so that reading a config
 # imports no torch (tests/test_varlen_attention.py checks that the two agree).
 ATTENTION = ("auto", "flash_attn_3", "flash_attn_4", "flash_attn", "torch_varlen", "sdpa")
+CHECKPOINTING_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
+MIXED_PRECISIONS = ("masters", "autocast")
 
 
 def _check(cond: bool, name: str, msg: str) -> None:
@@ -92,10 +94,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         _check(
-            self.checkpointing_policy in ("full", "save_gemms", "offload", "alternate", "auto"),
+            self.checkpointing_policy in CHECKPOINTING_POLICIES,
             "model.checkpointing_policy",
-            "must be full | save_gemms | offload | alternate | auto, got "
-            f"{self.checkpointing_policy!r}",
+            f"must be {' | '.join(CHECKPOINTING_POLICIES)}, got {self.checkpointing_policy!r}",
         )
         _check(
             isinstance(self.activation_offload, bool),
@@ -113,9 +114,9 @@ class ModelConfig:
             f"must be {' | '.join(ATTENTION)}, got {self.attention!r}",
         )
         _check(
-            self.mixed_precision in ("masters", "autocast"),
+            self.mixed_precision in MIXED_PRECISIONS,
             "model.mixed_precision",
-            f"must be masters | autocast, got {self.mixed_precision!r}",
+            f"must be {' | '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}",
         )
         _check(
             self.name_or_path is not None or bool(self.arch),

@@ -58,8 +58,8 @@ class MaskConfig:
     """Enabled strategies; one drawn uniformly per sample. Empty with distill on: the student
     sees every token (the reference's behaviour, KL = 0)."""
     block_order: str = "tce"
-    """Permutation of t, c, e for block_mask: the published command uses tce, the code's
-    default is etc."""
+    """Permutation of t, c, e for block_mask: the published command uses tce, the authors'
+    code defaults to etc."""
     distill: bool = True
     """Reflection self-distillation (student pass). False: reflection samples train like
     generation samples (teacher CE only)."""

@@ -16,11 +16,19 @@ class GenerationConfig:
     """Decoding settings; greedy (temperature 0) is the paper's one-off setting."""
 
     max_new_tokens: int = 1024
+    """Tokens generated at most per sample."""
     temperature: float = 0.0
+    """0: greedy; above 0: sampling at this temperature."""
     top_p: float = 1.0
-    n: int = 1  # samples per prompt
+    """Nucleus sampling mass, in (0, 1]; applies when sampling."""
+    n: int = 1
+    """Samples per prompt (above 1 needs temperature > 0)."""
     batch_size: int = 8
+    """Prompts per ``generate()`` call of the local transformers backend; vLLM and an
+    OpenAI-compatible server schedule their own batches."""
     seed: int = 0
+    """Sampling seed: the local backend's torch seed and the server's ``seed``; vLLM takes its
+    seed when the engine is built (``VllmModel(seed=...)``)."""
     stop: tuple[str, ...] = SPEC_STOPS
     """Special tokens that end a sequence (also cut from the text)."""
     stop_strings: tuple[str, ...] = ()
