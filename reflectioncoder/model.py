@@ -247,6 +247,7 @@ def prepare_model(
     checkpointing_policy: str = "full",
     fused_projections: bool = False,
     attention: str = "auto",
+    device: torch.device | None = None,
 ) -> PreTrainedModel:
     """Put ``model`` in training mode and switch attention (``attention``: our varlen kernel's
     backend, ``"auto"`` or one of ``varlen_attention.BACKENDS``; one that cannot run for this
@@ -258,12 +259,15 @@ def prepare_model(
     recomputes a checkpointed layer only when ``self.training`` is set, so without ``.train()``
     checkpointing would be silently off for every model loaded from disk.
     ``liger=None`` means on when the model is on CUDA: Liger's RMSNorm and SwiGLU kernels do
-    not run under the Triton interpreter, so ``liger=True`` on the CPU raises.
+    not run under the Triton interpreter, so ``liger=True`` on the CPU raises. ``device``: the
+    one the model will train on, when its parameters are not there yet (built on the meta
+    device); the parameters' own by default.
     """
+    device = device if device is not None else next(model.parameters()).device
     model.train()
     model.set_attn_implementation(attn_implementation)
-    set_attention_backend(model, attention)
-    on_cuda = next(model.parameters()).is_cuda
+    set_attention_backend(model, attention, device)
+    on_cuda = device.type == "cuda"
     if liger is None:
         liger = on_cuda
     if liger:
@@ -288,16 +292,18 @@ def prepare_model(
     return model
 
 
-def set_attention_backend(model: PreTrainedModel, attention: str) -> None:
+def set_attention_backend(
+    model: PreTrainedModel, attention: str, device: torch.device | None = None
+) -> None:
     """Every decoder layer's attention runs ``varlen_attention`` with ``backend=attention``.
-    A named backend is checked against the model's device and head size now (the dtype at each
-    call: under autocast it is not the weights')."""
+    A named backend is checked against ``device`` (the model's by default) and head size now
+    (the dtype at each call: under autocast it is not the weights')."""
     if attention != "auto":
         from reflectioncoder.kernels.varlen_attention import unavailable_reason
 
         cfg = model.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        device = next(model.parameters()).device
+        device = device if device is not None else next(model.parameters()).device
         why = unavailable_reason(attention, device, head_dim=head_dim)
         if why is not None:
             raise ValueError(f"model.attention: {attention!r} does not run here: {why}")

@@ -1,11 +1,13 @@
-"""Loading a Hugging Face checkpoint straight into ZeRO-3 partitions, from its safetensors files.
+"""Loading a Hugging Face checkpoint straight into ZeRO-3 partitions (or FSDP2 shards), from its
+safetensors files.
 
 ``load_model_into_partitions`` is ``model.load_model`` then ``model.add_special_token_embeddings``
 for a model partitioned as it is built: each rank reads, with plain reads by element range
 (``SafetensorsFolder``), only its piece of every parameter, the special-token rows included, so
-no parameter is ever whole on a rank. DeepSpeed itself stays in ``train/deepspeed_config.py``: this
-module takes the partitioning context and each parameter's local piece as arguments.
-"""
+no parameter is ever whole on a rank. Its two halves, ``build_without_values`` and
+``read_pieces``, also serve FSDP2 (``train/fsdp_load.py``), which shards between them. DeepSpeed
+itself stays in ``train/deepspeed_config.py``: this module takes the partitioning context and
+each parameter's local piece as arguments."""
 
 from __future__ import annotations
 
@@ -38,6 +40,9 @@ _SAFETENSORS_DTYPES = {
     "I32": torch.int32,
 }
 _READ_CHUNK_BYTES = 64 << 20  # bounds the staging buffer when the stored dtype differs
+# A parameter -> this rank's piece of it (1-D, written in place) and where the piece starts in
+# the flattened parameter.
+LocalPiece = Callable[[nn.Parameter], tuple[torch.Tensor, int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,33 +132,71 @@ def load_model_into_partitions(
     *,
     dtype: torch.dtype,
     partition_context: AbstractContextManager[Any],
-    local_piece: Callable[[nn.Parameter], tuple[torch.Tensor, int]],
+    local_piece: LocalPiece,
     attn_implementation: str = ATTN_IMPLEMENTATION,
 ) -> tuple[PreTrainedModel, dict[str, int]]:
     """``load_model`` then ``add_special_token_embeddings``, for parameters partitioned as they
     are built (ZeRO-3), with no parameter ever whole on a rank; the same values, bit for bit.
 
     The model is built inside ``partition_context`` (which partitions each module as it is
-    built, with no values), at its final vocabulary size. Each rank then reads, from the
-    safetensors files, only its piece of each parameter: ``local_piece(param)`` gives the piece
-    (1-D) and where it starts in the flattened parameter. The special-token rows (the mean of
-    their split's rows, read from the checkpoint) are written where they fall in the piece.
-    Returns the model (weights tied as its config says) and each special token -> its id.
+    built, with no values), at its final vocabulary size (``build_without_values``), then each
+    rank reads its piece of each parameter (``read_pieces``). Returns the model (weights tied as
+    its config says) and each special token -> its id.
     """
+    model, ids = build_without_values(
+        path, tokenizer, splits, dtype=dtype, context=partition_context,
+        attn_implementation=attn_implementation,
+    )  # fmt: skip
+    read_pieces(model, Path(path), splits, ids, dtype=dtype, local_piece=local_piece)
+    return model, ids
+
+
+def build_without_values(
+    path: str | Path,
+    tokenizer: Any,
+    splits: Mapping[str, Sequence[int]],
+    *,
+    dtype: torch.dtype,
+    context: AbstractContextManager[Any],
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+) -> tuple[PreTrainedModel, dict[str, int]]:
+    """The checkpoint's model built inside ``context`` (ZeRO-3's partitioning, or the meta
+    device), its values left to ``read_pieces``, its embeddings already at the vocabulary size
+    the special tokens need. Returns the model (weights tied as its config says) and each special
+    token -> its id."""
     path = Path(path)
-    reader = SafetensorsFolder(path)
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     text = config.get_text_config()
     ids = special_token_ids(tokenizer, splits, text.vocab_size)
     text.vocab_size = max(text.vocab_size, len(tokenizer), max(ids.values()) + 1)
     # No init: every value is read next (and ZeRO-3's partitions are empty until then).
-    with no_init_weights(), partition_context:
+    with no_init_weights(), context:
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation
         )
     model.tie_weights()
     if model.can_generate() and (path / "generation_config.json").is_file():  # as from_pretrained
         model.generation_config = GenerationConfig.from_pretrained(str(path), local_files_only=True)
+    return model, ids
+
+
+def read_pieces(
+    model: PreTrainedModel,
+    path: Path,
+    splits: Mapping[str, Sequence[int]],
+    ids: Mapping[str, int],
+    *,
+    dtype: torch.dtype,
+    local_piece: LocalPiece,
+) -> None:
+    """Each rank reads, from the safetensors files, only its piece of each parameter:
+    ``local_piece(param)`` gives the piece (1-D) and where it starts in the flattened parameter.
+    Values are those of the checkpoint in ``dtype`` (the training dtype), as ``load_model``
+    gives them, stored in the piece's own dtype (FSDP's fp32 masters hold bf16 values). The
+    special-token rows (the mean of their split's rows, read from the checkpoint) are written
+    where they fall in the piece; persistent buffers are read whole."""
+    reader = SafetensorsFolder(path)
+    text = model.config.get_text_config()
     tables = {id(t) for t in embedding_tables(model)}
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -164,14 +207,16 @@ def load_model_into_partitions(
             piece, start = local_piece(param)
             rows = {}
             if id(param) in tables:
-                rows = _new_rows(reader, name, shape, splits, ids, piece.dtype, text)
+                rows = _new_rows(reader, name, shape, splits, ids, dtype, text)
             elif stored.shape != shape:
                 raise ValueError(f"{path}: {name} has shape {stored.shape}, the model {shape}")
-            _load_piece(reader, name, shape, piece, start, rows)
+            staged = piece if piece.dtype == dtype else torch.empty_like(piece, dtype=dtype)
+            _load_piece(reader, name, shape, staged, start, rows)
+            if staged is not piece:
+                piece.copy_(staged)
         for name, buffer in model.named_buffers():
             if name in reader.tensors:  # persistent buffers are whole on every rank
                 reader.read_into(name, buffer.view(-1), 0)
-    return model, ids
 
 
 def _new_rows(

@@ -16,6 +16,9 @@ after its forward), so the fused loss reads the LM head's whole weight
 (``model.lm_head_weight``, read inside the loss module's forward). Checkpoints are torch's
 distributed checkpoint (``torch.distributed.checkpoint``): every rank writes its shards, and a
 run of any number of ranks reads them back (DCP reshards).
+
+A model with safetensors weights comes built on the meta device and gets its values only once
+sharded, each rank reading its own rows (``train/fsdp_load.py``): no rank ever holds it whole.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from reflectioncoder.train.engine import (
     _read_step,
     _unwrap,
 )
+from reflectioncoder.train.fsdp_load import load_shards, pending_load
 
 FSDP_DIR = "fsdp"  # a checkpoint's DCP folder
 
@@ -86,6 +90,8 @@ class FSDPEngine:
             fully_shard(layer, mesh=self.mesh, mp_policy=policy, reshard_after_forward=True)
         fully_shard(module, mesh=self.mesh, mp_policy=policy, reshard_after_forward=True)
         module.float()  # the shards become the fp32 masters (bf16 weights load exact)
+        if pending_load(module) is not None:  # built on meta: each rank reads its shards
+            load_shards(module, info.device)
         for sharded in module.modules():
             if isinstance(sharded, FSDPModule):
                 # a sum over ranks: our loss weights carry the global normalisation (gloo has

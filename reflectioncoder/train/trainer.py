@@ -45,6 +45,7 @@ from reflectioncoder.train.flops import (
     utilisation,
 )
 from reflectioncoder.train.fsdp_engine import check_fsdp_run
+from reflectioncoder.train.fsdp_load import build_on_meta, pending_load
 from reflectioncoder.train.local_engine import wants_host_optimizer
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 
@@ -293,7 +294,9 @@ def build_model(
     weights is built partitioned and each rank reads only its piece of every parameter, the
     special-token rows included: nothing is ever whole on a rank. Other checkpoints go through
     transformers' DeepSpeed integration (``Trainer`` keeps it alive), which gathers one module at
-    a time, and the special-token rows are written under gathered parameters.
+    a time, and the special-token rows are written under gathered parameters. Under FSDP such a
+    model is built on the meta device and each rank reads its shards once the engine has
+    sharded it (``train/fsdp_load.py``); other checkpoints load whole on every rank.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
     from reflectioncoder.model import (
@@ -322,6 +325,15 @@ def build_model(
             local_piece=deepspeed_config.zero3_local_piece,
         )
         return model
+    if path is not None and cfg.distributed.backend == "fsdp":
+        if has_safetensors(path):  # values read by each rank once sharded (FSDPEngine)
+            return build_on_meta(path, tokenizer, add_special_tokens(tokenizer), load_dtype)
+        if info.is_main:
+            log.info(
+                "FSDP: %s has no safetensors weights: each rank loads the whole model before "
+                "sharding it (save it with save_pretrained to load only each rank's shards)",
+                path,
+            )
     if path is not None:
         model = load_model(path, dtype=load_dtype)
     else:
@@ -420,6 +432,14 @@ class Trainer:
                     local,
                     count_parameters(model),
                 )
+        elif pending_load(model) is not None:
+            autocast = None  # built on meta: the engine reads each rank's shards (fp32 masters)
+            if self.info.is_main:
+                log.info(
+                    "FSDP: model built on the meta device; each rank reads only its shards of "
+                    "%s once sharded",
+                    pending_load(model).folder,
+                )
         elif (
             self.info.deepspeed
             or cfg.distributed.backend == "fsdp"
@@ -431,7 +451,10 @@ class Trainer:
             model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
             autocast = self.dtype if self.dtype != torch.float32 else None
         prepare_model(
-            model, fused_projections=cfg.model.fused_projections, attention=cfg.model.attention
+            model,
+            fused_projections=cfg.model.fused_projections,
+            attention=cfg.model.attention,
+            device=self.info.device,
         )
         cfg = self._plan_memory(cfg, model)
         compile_ = cfg.model.compile
