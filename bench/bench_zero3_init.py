@@ -38,15 +38,16 @@ SHAPE = {"hidden_size": 8192, "intermediate_size": 22016, "num_heads": 64, "num_
 VOCAB = 32000
 
 
-def _prepare(folder: Path, layers: int) -> None:
-    """The slice, random, saved in bf16 with a small locally trained tokenizer."""
+def _prepare(folder: Path, layers: int, shape: dict | None = None) -> None:
+    """The slice (``shape``: the 34B one by default), random, saved in bf16 with a small
+    locally trained tokenizer."""
     import torch
 
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.tokenizer import train_tokenizer
 
     torch.set_default_dtype(torch.bfloat16)  # never a whole fp32 copy, even here
-    model = build_tiny_llama(VOCAB, num_layers=layers, seed=0, **SHAPE)
+    model = build_tiny_llama(VOCAB, num_layers=layers, seed=0, **(shape or SHAPE))
     model.config._attn_implementation = "sdpa"
     model.save_pretrained(str(folder), max_shard_size="1GB")
     texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(300)]
