@@ -219,6 +219,17 @@ def read_pieces(
                 reader.read_into(name, buffer.view(-1), 0)
 
 
+def init_buffers(model: PreTrainedModel) -> None:
+    """Every buffer of a model built without values (after ``to_empty``) as ``from_pretrained``
+    computes the non-persistent ones: by the model's ``_init_weights`` (RoPE's ``inv_freq``
+    from the config). Run before ``read_pieces``, which overwrites the parameters and reads the
+    persistent buffers the checkpoint holds."""
+    with torch.no_grad():
+        for module in model.modules():
+            if next(module.buffers(recurse=False), None) is not None:
+                model._init_weights(module)
+
+
 def _new_rows(
     reader: SafetensorsFolder,
     name: str,

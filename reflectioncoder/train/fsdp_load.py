@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from reflectioncoder.zero3_load import build_without_values, read_pieces
+from reflectioncoder.zero3_load import build_without_values, init_buffers, read_pieces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +88,7 @@ def load_shards(module: nn.Module, device: torch.device) -> None:
     owner = _owner(module)
     pending = owner.rc_pending_load
     module.to_empty(device=device)
-    with torch.no_grad():  # the buffers as from_pretrained computes them (then read, if stored)
-        for sub in owner.modules():
-            if next(sub.buffers(recurse=False), None) is not None:
-                owner._init_weights(sub)
+    init_buffers(owner)
     read_pieces(
         owner, pending.folder, pending.splits, pending.ids, dtype=pending.dtype,
         local_piece=local_shard,
