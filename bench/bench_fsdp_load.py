@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench import RESULTS
-from bench.bench_zero3_init import _memory_mib
+from bench.bench_zero3_init import _memory_mib, rank_rows
 from bench.providers.common import commit, device_name, write_rows
 
 SHAPE = {"hidden_size": 2048, "intermediate_size": 5504, "num_heads": 16, "num_kv_heads": 4}
@@ -90,7 +90,7 @@ def run(layers: int) -> list[dict]:
         # fork and exec), so this process must never hold the model.
         shape = json.dumps(SHAPE)
         subprocess.run(
-            [sys.executable, "-m", "bench.bench_fsdp_load", "--prepare", str(folder),
+            [sys.executable, "-m", "bench.bench_zero3_init", "--prepare", str(folder),
              "--layers", str(layers), "--shape", shape],
             check=True, env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
         )  # fmt: skip
@@ -112,48 +112,36 @@ def run(layers: int) -> list[dict]:
                 "logging.tensorboard=false",
                 "logging.plot=false",
             ]
-            for got in _run_case(case, overrides):
-                for mode, value, unit in (
-                    ("peak_rss", got["peak"], "MiB"),
-                    ("rss_before", got["before"], "MiB"),
-                    ("construction_delta", got["peak"] - got["before"], "MiB"),
-                    ("fp32_shards", got["shard_mib"], "MiB"),
-                    ("params", got["params"], "count"),
-                    ("wall", got["wall"], "s"),
-                    ("cpu", got["cpu"], "s"),
-                ):
-                    rows.append(
-                        {
-                            **common,
-                            "provider": f"{case}/rank{got['rank']}",
-                            "mode": mode,
-                            "value": value,
-                            "unit": unit,
-                        }
-                    )
+            rows += [
+                row
+                for got in _run_case(case, overrides)
+                for row in rank_rows(
+                    common,
+                    f"{case}/rank{got['rank']}",
+                    got,
+                    [("fp32_shards", got["shard_mib"], "MiB")],
+                )
+            ]
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=RESULTS / "fsdp_load.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one rank of a case
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", help=argparse.SUPPRESS)
-    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=RESULTS / "fsdp_load.json")
     args = parser.parse_args()
-    if args.prepare:
-        from bench.bench_zero3_init import _prepare
-
-        _prepare(Path(args.prepare), args.layers, json.loads(args.shape))
-        return
     if args.child:
-        _child(json.loads(args.child))
-        return
+        return _child(json.loads(args.child))
     rows = run(args.layers)
     write_rows(rows, args.out)
+    by_provider: dict[str, list[str]] = {}
     for r in rows:
-        print(f"{r['provider']:>14} {r['mode']:>20}: {r['value']:.6g} {r['unit']}")
+        by_provider.setdefault(r["provider"], []).append(
+            f"{r['mode']} {r['value']:.6g} {r['unit']}"
+        )
+    for provider, figures in by_provider.items():
+        print(f"{provider}: " + ", ".join(figures))
 
 
 if __name__ == "__main__":

@@ -142,6 +142,26 @@ def _run_case(folder: Path, stage: int | None, ranks: int) -> list[dict]:
     return [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
 
 
+def rank_rows(
+    common: dict, provider: str, got: dict, extra: list[tuple[str, float, str]]
+) -> list[dict]:
+    """One rank's figures (peak and prior RSS, what construction added, ``extra``, parameters,
+    wall and CPU time) as report rows."""
+    figures = [
+        ("peak_rss", got["peak"], "MiB"),
+        ("rss_before", got["before"], "MiB"),
+        ("construction_delta", got["peak"] - got["before"], "MiB"),
+        *extra,
+        ("params", got["params"], "count"),
+        ("wall", got["wall"], "s"),
+        ("cpu", got["cpu"], "s"),
+    ]
+    return [
+        {**common, "provider": provider, "mode": mode, "value": value, "unit": unit}
+        for mode, value, unit in figures
+    ]
+
+
 def run(layers: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,24 +190,8 @@ def run(layers: int) -> list[dict]:
         cases = (("from_pretrained", None, 1), ("unpartitioned", 1, 1), ("zero3", 3, 2))
         for name, stage, ranks in cases:
             for got in _run_case(folder, stage, ranks):
-                for mode, value, unit in (
-                    ("peak_rss", got["peak"], "MiB"),
-                    ("rss_before", got["before"], "MiB"),
-                    ("construction_delta", got["peak"] - got["before"], "MiB"),
-                    ("local_params", got["local_params"], "count"),
-                    ("params", got["params"], "count"),
-                    ("wall", got["wall"], "s"),
-                    ("cpu", got["cpu"], "s"),
-                ):
-                    rows.append(
-                        {
-                            **common,
-                            "provider": f"{name}/rank{got['rank']}",
-                            "mode": mode,
-                            "value": value,
-                            "unit": unit,
-                        }
-                    )
+                extra = [("local_params", got["local_params"], "count")]
+                rows += rank_rows(common, f"{name}/rank{got['rank']}", got, extra)
     return rows
 
 
@@ -197,9 +201,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)  # JSON; bench_fsdp_load's model
     args = parser.parse_args()
     if args.prepare:
-        _prepare(Path(args.prepare), args.layers)
+        _prepare(Path(args.prepare), args.layers, args.shape and json.loads(args.shape))
         return
     if args.child:
         _child(json.loads(args.child))
