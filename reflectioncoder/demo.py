@@ -20,8 +20,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reflectioncoder.progress import Progress, setup_output
+
+if TYPE_CHECKING:  # the steps import these when they run: `--help` stays quick
+    from reflectioncoder.construct.build import BuildStats
+    from reflectioncoder.construct.problems import Problem
+
+TOTAL_STEPS = 5
 
 
 @dataclass
@@ -83,70 +90,22 @@ def run_demo(
     threads: int | None = 1,
 ) -> DemoResult:
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
-    from reflectioncoder.construct.build import build_dataset, write_jsonl
-    from reflectioncoder.construct.execute import run_tests
-    from reflectioncoder.construct.problems import generate_problems
-
     if n < 2:
         raise ValueError(f"n: the demo needs at least 2 samples, got {n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    total = 5
 
-    # 1 ---------------------------------------------------------------------------------------
-    _header(1, total, "Build reflection data by real execution (reflectioncoder build-data)")
-    print(
-        f"{n} samples from template problems: a buggy first attempt (a mutated reference\n"
-        "solution) runs with its tests in the sandbox; a reflection explains the real error;\n"
-        "the fix runs again; the one-off answer closes the sample (SPEC §1 ReflectionSeq).",
-        flush=True,
-    )
     t0 = time.perf_counter()
-    with Progress(None, "reflection samples", unit="sample", enabled=progress) as bar:
-
-        def tick(done: int, of: int) -> None:
-            bar.set_total(of)
-            bar.update(done - bar.n)
-
-        samples, stats = build_dataset(n, seed, workers=workers, progress=tick)
-    data_path = write_jsonl(samples, out / "data" / "reflection.jsonl")
+    samples, stats, data_path = _build_data(out, n, seed, workers, progress)
     seconds["data"] = time.perf_counter() - t0
-    print(f"wrote {data_path}\n{stats.summary()}")
-    example = next(s for s in samples if s["type"] == "reflection")
-    body = example["messages"][1]["content"]
-    print(f"\nOne reflection sequence ({example['task_id']}), blocks of message 2:")
-    for block in body:
-        content = block["content"] if block["type"] != "code" else "(code and its tests)"
-        print(f"  <{block['type']}>\n{_indent(content)}")
-
-    # 2 ---------------------------------------------------------------------------------------
-    _header(2, total, "Train a byte-level BPE tokenizer locally")
-    from reflectioncoder.data.tokenize import SPECIAL_TOKENS
-    from reflectioncoder.tokenizer import train_tokenizer
 
     t0 = time.perf_counter()
-    texts = [b["content"] for s in samples for m in s["messages"] for b in m["content"]]
-    tok_dir = out / "tokenizer"
-    tokenizer = train_tokenizer(texts, vocab_size, tok_dir)
+    tok_dir = _train_tokenizer(out, samples, vocab_size)
     seconds["tokenizer"] = time.perf_counter() - t0
-    line = "for x in nums:"
-    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(line, add_special_tokens=False))
-    print(f"vocabulary {len(tokenizer)} tokens, saved to {tok_dir}")
-    print(f"{line!r} -> {pieces}")
-    print(
-        f"the trainer adds SPEC's {len(SPECIAL_TOKENS)} special tokens: {' '.join(SPECIAL_TOKENS)}"
-    )
 
-    # 3 ---------------------------------------------------------------------------------------
-    _header(3, total, "Train a tiny Llama with the ReflectionCoder method (preset `tiny`)")
-    from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.metrics import read_metrics
-    from reflectioncoder.train.trainer import Trainer
-
+    t0 = time.perf_counter()
     run_dir = out / "train"
-    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start clean
-        shutil.rmtree(run_dir)
     overrides = [
         f"data.files=[{data_path}]",
         f"model.tokenizer={tok_dir}",
@@ -158,6 +117,102 @@ def run_demo(
     ]
     if max_steps is not None:
         overrides.append(f"train.max_steps={max_steps}")
+    steps, first, last = _train_model(run_dir, overrides)
+    seconds["train"] = time.perf_counter() - t0
+    plot = run_dir / "loss.png" if (run_dir / "loss.png").is_file() else None
+
+    t0 = time.perf_counter()
+    checkpoint = run_dir / "final"
+    problem, prompt, completion, passed = _generate_and_test(
+        checkpoint, samples, seed, max_new_tokens
+    )
+    seconds["generate"] = time.perf_counter() - t0
+
+    _header(5, TOTAL_STEPS, "Summary")
+    res = DemoResult(
+        data=data_path,
+        tokenizer=tok_dir,
+        run_dir=run_dir,
+        checkpoint=checkpoint,
+        metrics=run_dir / "metrics.jsonl",
+        plot=plot,
+        steps=steps,
+        first_loss=first,
+        last_loss=last,
+        prompt=prompt,
+        completion=completion,
+        completion_passed=passed,
+        seconds=seconds,
+    )
+    _print_summary(res, stats, problem.entry_point)
+    (out / "summary.json").write_text(
+        json.dumps(
+            {k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}, indent=2
+        )
+    )
+    return res
+
+
+def _build_data(
+    out: Path, n: int, seed: int, workers: int, progress: bool
+) -> tuple[list[dict], BuildStats, Path]:
+    """Step 1: ``n`` samples built by running code in the sandbox, written to OUT/data."""
+    from reflectioncoder.construct.build import build_dataset, write_jsonl
+
+    _header(1, TOTAL_STEPS, "Build reflection data by real execution (reflectioncoder build-data)")
+    print(
+        f"{n} samples from template problems: a buggy first attempt (a mutated reference\n"
+        "solution) runs with its tests in the sandbox; a reflection explains the real error;\n"
+        "the fix runs again; the one-off answer closes the sample (SPEC §1 ReflectionSeq).",
+        flush=True,
+    )
+    with Progress(None, "reflection samples", unit="sample", enabled=progress) as bar:
+
+        def tick(done: int, of: int) -> None:
+            bar.set_total(of)
+            bar.update(done - bar.n)
+
+        samples, stats = build_dataset(n, seed, workers=workers, progress=tick)
+    data_path = write_jsonl(samples, out / "data" / "reflection.jsonl")
+    print(f"wrote {data_path}\n{stats.summary()}")
+    example = next(s for s in samples if s["type"] == "reflection")
+    body = example["messages"][1]["content"]
+    print(f"\nOne reflection sequence ({example['task_id']}), blocks of message 2:")
+    for block in body:
+        content = block["content"] if block["type"] != "code" else "(code and its tests)"
+        print(f"  <{block['type']}>\n{_indent(content)}")
+    return samples, stats, data_path
+
+
+def _train_tokenizer(out: Path, samples: list[dict], vocab_size: int) -> Path:
+    """Step 2: a byte-level BPE tokenizer trained on the samples, saved to OUT/tokenizer."""
+    from reflectioncoder.data.tokenize import SPECIAL_TOKENS
+    from reflectioncoder.tokenizer import train_tokenizer
+
+    _header(2, TOTAL_STEPS, "Train a byte-level BPE tokenizer locally")
+    texts = [b["content"] for s in samples for m in s["messages"] for b in m["content"]]
+    tok_dir = out / "tokenizer"
+    tokenizer = train_tokenizer(texts, vocab_size, tok_dir)
+    line = "for x in nums:"
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode(line, add_special_tokens=False))
+    print(f"vocabulary {len(tokenizer)} tokens, saved to {tok_dir}")
+    print(f"{line!r} -> {pieces}")
+    print(
+        f"the trainer adds SPEC's {len(SPECIAL_TOKENS)} special tokens: {' '.join(SPECIAL_TOKENS)}"
+    )
+    return tok_dir
+
+
+def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float]:
+    """Step 3: the ``tiny`` preset trained with ``overrides`` into ``run_dir``; (steps, mean
+    loss of the first steps, of the last steps)."""
+    from reflectioncoder.config_loader import load_config
+    from reflectioncoder.train.metrics import read_metrics
+    from reflectioncoder.train.trainer import Trainer
+
+    _header(3, TOTAL_STEPS, "Train a tiny Llama with the ReflectionCoder method (preset `tiny`)")
+    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start clean
+        shutil.rmtree(run_dir)
     cfg = load_config(None, overrides, base="tiny")
     print(
         "teacher: the whole sequence; student: the reflection hidden by block_mask (order "
@@ -165,20 +220,24 @@ def run_demo(
         "(teacher + student) + KL(teacher || student)\non the answer.",
         flush=True,
     )
-    t0 = time.perf_counter()
     trainer = Trainer(cfg)
     try:
         summary = trainer.train()
     finally:
         trainer.close()  # flushes metrics and draws the loss plot
-    plot = run_dir / "loss.png" if (run_dir / "loss.png").is_file() else None
-    seconds["train"] = time.perf_counter() - t0
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if not r.get("skipped")]
     if not rows:
         raise RuntimeError(f"training wrote no metrics to {run_dir / 'metrics.jsonl'}")
     k = max(1, min(10, len(rows) // 5))  # mean of the first and last k steps: less noise
     first = sum(r["loss"] for r in rows[:k]) / k
     last = sum(r["loss"] for r in rows[-k:]) / k
+    _print_losses(rows)
+    print(f"loss: {first:.3f} (mean of the first {k} steps) -> {last:.3f} (last {k})")
+    return int(summary["steps"]), first, last
+
+
+def _print_losses(rows: list[dict]) -> None:
+    """About eight of the metrics rows (and the last) as a table of the loss's parts."""
     print("\nstep   loss     teacher CE  student CE  KL       mask rate")
     shown = rows[:: max(1, len(rows) // 8)]
     shown += [rows[-1]] if shown[-1] is not rows[-1] else []
@@ -190,12 +249,17 @@ def run_demo(
         "(teacher CE + student CE = CE, one mean over both passes' label tokens (SPEC §2); the\n"
         "student's share is small: it is scored on the final answer only)"
     )
-    print(f"loss: {first:.3f} (mean of the first {k} steps) -> {last:.3f} (last {k})")
-    checkpoint = run_dir / "final"
 
-    # 4 ---------------------------------------------------------------------------------------
-    _header(4, total, "Generate from the saved checkpoint (SPEC §5 prompt, greedy)")
-    t0 = time.perf_counter()
+
+def _generate_and_test(
+    checkpoint: Path, samples: list[dict], seed: int, max_new_tokens: int
+) -> tuple[Problem, str, str, bool]:
+    """Step 4: a completion of a problem the model has not trained on (where one is left), its
+    tests run in the sandbox; (problem, prompt, completion, passed)."""
+    from reflectioncoder.construct.execute import run_tests
+    from reflectioncoder.construct.problems import generate_problems
+
+    _header(4, TOTAL_STEPS, "Generate from the saved checkpoint (SPEC §5 prompt, greedy)")
     used = {s["task_id"] for s in samples}
     problems = generate_problems(seed)
     unseen = [p for p in problems if p.task_id not in used] or problems
@@ -203,51 +267,34 @@ def run_demo(
     prompt = generation_prompt(problem.prompt)
     completion = generate(checkpoint, prompt, max_new_tokens)
     result = run_tests(problem, completion, timeout_s=5.0)
-    seconds["generate"] = time.perf_counter() - t0
     note = "not in the training data" if problem.task_id not in used else "seen in training"
     print(f"problem {problem.task_id} ({note}):\n{_indent(problem.prompt.rstrip())}")
     print(f"completion (cut at the fence and stop strings):\n{_indent(completion or '(empty)')}")
-    verdict = "PASSED" if result.passed else "failed"
     last_line = result.output.splitlines()[-1] if result.output else ""
-    print(f"its tests, run in the sandbox: {verdict}  {last_line}")
+    print(f"its tests, run in the sandbox: {_verdict(result.passed)}  {last_line}")
+    return problem, prompt, completion, result.passed
 
-    # 5 ---------------------------------------------------------------------------------------
-    _header(5, total, "Summary")
-    res = DemoResult(
-        data=data_path,
-        tokenizer=tok_dir,
-        run_dir=run_dir,
-        checkpoint=checkpoint,
-        metrics=run_dir / "metrics.jsonl",
-        plot=plot,
-        steps=int(summary["steps"]),
-        first_loss=first,
-        last_loss=last,
-        prompt=prompt,
-        completion=completion,
-        completion_passed=result.passed,
-        seconds=seconds,
-    )
-    first_line = completion.splitlines()[0][:60] if completion else ""
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+
+def _verdict(passed: bool) -> str:
+    return "PASSED" if passed else "failed"
+
+
+def _print_summary(res: DemoResult, stats: BuildStats, entry_point: str) -> None:
+    """Step 5: where everything is."""
+    first_line = res.completion.splitlines()[0][:60] if res.completion else ""
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
     print(
-        f"data        {data_path}  ({stats.reflection} reflection + {stats.generation} "
+        f"data        {res.data}  ({stats.reflection} reflection + {stats.generation} "
         "generation samples)\n"
-        f"tokenizer   {tok_dir}\n"
-        f"training    {res.steps} steps, loss {first:.3f} -> {last:.3f}\n"
-        f"metrics     {res.metrics}  (TensorBoard: {run_dir / 'tensorboard'})\n"
-        f"loss plot   {plot}\n"
-        f"checkpoint  {checkpoint}  (AutoModelForCausalLM.from_pretrained loads it)\n"
-        f"sample      {problem.entry_point}: {first_line!r}"
-        f" ... tests {verdict}\n"
+        f"tokenizer   {res.tokenizer}\n"
+        f"training    {res.steps} steps, loss {res.first_loss:.3f} -> {res.last_loss:.3f}\n"
+        f"metrics     {res.metrics}  (TensorBoard: {res.run_dir / 'tensorboard'})\n"
+        f"loss plot   {res.plot}\n"
+        f"checkpoint  {res.checkpoint}  (AutoModelForCausalLM.from_pretrained loads it)\n"
+        f"sample      {entry_point}: {first_line!r}"
+        f" ... tests {_verdict(res.completion_passed)}\n"
         f"time        {timing}"
     )
-    (out / "summary.json").write_text(
-        json.dumps(
-            {k: str(v) if isinstance(v, Path) else v for k, v in vars(res).items()}, indent=2
-        )
-    )
-    return res
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,30 +163,27 @@ def build_packed_batch(
     else:
         s_ids = s_labels = torch.zeros(0, dtype=torch.int64)
     tokens = apply_masks_host(masks, s_ids, s_labels)
-    return _assemble(samples, students, masks, tokens, mask_cfg, normalisation, denominators)
+    return _assemble(samples, masks, tokens, mask_cfg, normalisation, denominators)
 
 
-def _assemble(
-    samples: Sequence[TokenizedSample],
-    students: list[TokenizedSample],
-    plan: MaskPlan,
-    tokens: StudentTokens,
-    mask_cfg: MaskConfig,
-    normalisation: str,
-    denominators: StepCounts,
-) -> PackedBatch:
-    """Interleave teachers and students; loss rows, targets, KL pairs and weights.
+@dataclass
+class _Layout:
+    """Where each sequence of a micro-batch sits in its flat (T,) arrays: a teacher per sample,
+    its student right after it (``s_offsets[i]`` -1 without one)."""
 
-    Per-token work is numpy over the whole batch (flat arrays of length T). The student rows
-    come from host counts: every position from ``end + 1`` on is visible, so the student index
-    of such a position p is p - (hidden tokens).
-    """
+    seq_lens: list[int]
+    t_offsets: list[int]
+    s_offsets: list[int]
+    hidden_of: dict[int, int]  # sample index -> tokens its student hides
+    total: int
+
+
+def _layout(samples: Sequence[TokenizedSample], plan: MaskPlan, mask_cfg: MaskConfig) -> _Layout:
     seq_lens: list[int] = []
-    t_offsets, s_offsets, weights = [], [], []
-    hidden_of: dict[int, int] = {}  # sample index -> tokens its student hides
+    t_offsets, s_offsets = [], []
+    hidden_of: dict[int, int] = {}
     offset = k = 0
     for i, s in enumerate(samples):
-        weights.append(sample_weights(s, mask_cfg, normalisation, denominators))
         seq_lens.append(len(s))
         t_offsets.append(offset)
         offset += len(s)
@@ -200,22 +197,31 @@ def _assemble(
             k += 1
         else:
             s_offsets.append(-1)
-    total = offset
+    return _Layout(seq_lens, t_offsets, s_offsets, hidden_of, offset)
 
-    # Flat per-token arrays: the CE target each row predicts, its weight, KL row marks.
-    target = np.full(total, IGNORE, dtype=np.int64)
-    ce_w = np.zeros(total, dtype=np.float32)
+
+def _loss_targets(
+    samples: Sequence[TokenizedSample],
+    layout: _Layout,
+    mask_cfg: MaskConfig,
+    normalisation: str,
+    denominators: StepCounts,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flat per-token arrays: the CE target each row predicts and its weight; the KL pairs'
+    teacher and student rows (token indices) and their weights."""
+    target = np.full(layout.total, IGNORE, dtype=np.int64)
+    ce_w = np.zeros(layout.total, dtype=np.float32)
     kl_t, kl_s, kl_w = [], [], []
     for i, s in enumerate(samples):
-        length, to = len(s), t_offsets[i]
-        w_ce, w_kl = weights[i]
+        length, to = len(s), layout.t_offsets[i]
+        w_ce, w_kl = sample_weights(s, mask_cfg, normalisation, denominators)
         labels = s.labels.numpy()
         target[to : to + length - 1] = labels[1:]  # teacher row j predicts labels[j + 1]
         ce_w[to : to + length - 1] = np.where(labels[1:] != IGNORE, w_ce, 0.0)
-        so = s_offsets[i]
+        so = layout.s_offsets[i]
         if so < 0:
             continue
-        hidden = hidden_of[i]
+        hidden = layout.hidden_of[i]
         a = s.answer_start
         # Student CE: row k predicts the student label at k + 1: rows of positions a-1 .. L-3.
         lo = so + a - 1 - hidden
@@ -227,6 +233,54 @@ def _assemble(
             kl_w.append(np.full(length - 1 - a, w_kl, dtype=np.float32))
     kt = np.concatenate(kl_t) if kl_t else np.zeros(0, np.int64)
     ks = np.concatenate(kl_s) if kl_s else np.zeros(0, np.int64)
+    kw = np.concatenate(kl_w) if kl_w else np.zeros(0, np.float32)
+    return target, ce_w, kt, ks, kw
+
+
+def _place_tokens(
+    samples: Sequence[TokenizedSample], layout: _Layout, plan: MaskPlan, tokens: StudentTokens
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat input ids and positions of teachers and students (the mask's output), each placed
+    with ONE scatter (no per-sample copies); and where the student tokens went."""
+    t_lens = np.asarray([len(x) for x in samples], dtype=np.int64)
+    t_start = np.asarray(layout.t_offsets, dtype=np.int64)
+    t_pos = np.arange(int(t_lens.sum())) - np.repeat(np.cumsum(t_lens) - t_lens, t_lens)
+    t_at = np.repeat(t_start, t_lens) + t_pos  # where each teacher token goes in T
+    s_lens = np.asarray(plan.student_lens, dtype=np.int64)
+    s_start = np.asarray([o for o in layout.s_offsets if o >= 0], dtype=np.int64)
+    s_at = (
+        np.repeat(s_start, s_lens)
+        + np.arange(int(s_lens.sum()))
+        - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
+    )  # where each student token goes in T
+    # numpy: torch's CPU index_put is far slower on these sizes
+    ids = np.empty(layout.total, dtype=np.int64)
+    pos = np.empty(layout.total, dtype=np.int64)
+    ids[t_at] = np.concatenate([x.ids.numpy() for x in samples])
+    pos[t_at] = t_pos
+    ids[s_at] = tokens.input_ids.numpy()
+    pos[s_at] = tokens.position_ids.numpy()
+    return ids, pos, s_at
+
+
+def _assemble(
+    samples: Sequence[TokenizedSample],
+    plan: MaskPlan,
+    tokens: StudentTokens,
+    mask_cfg: MaskConfig,
+    normalisation: str,
+    denominators: StepCounts,
+) -> PackedBatch:
+    """Interleave teachers and students; loss rows, targets, KL pairs and weights.
+
+    Per-token work is numpy over the whole batch (flat arrays of length T). The student rows
+    come from host counts: every position from ``end + 1`` on is visible, so the student index
+    of such a position p is p - (hidden tokens).
+    """
+    layout = _layout(samples, plan, mask_cfg)
+    target, ce_w, kt, ks, kl_w = _loss_targets(
+        samples, layout, mask_cfg, normalisation, denominators
+    )
     is_row = target != IGNORE
     num_ce = int(is_row.sum())
     is_row[kt] = True
@@ -234,43 +288,21 @@ def _assemble(
     loss_rows = np.flatnonzero(is_row)
     row_of = np.cumsum(is_row) - 1  # token index -> loss-row index
     kl_pairs = np.stack([row_of[kt], row_of[ks]], 1).reshape(-1, 2)
-
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
-    # Flat input ids / positions: teachers and students (the mask output), each placed with ONE
-    # scatter (no per-sample copies).
-    t_lens = np.asarray([len(x) for x in samples], dtype=np.int64)
-    t_start = np.asarray(t_offsets, dtype=np.int64)
-    t_pos = np.arange(int(t_lens.sum())) - np.repeat(np.cumsum(t_lens) - t_lens, t_lens)
-    t_at = np.repeat(t_start, t_lens) + t_pos  # where each teacher token goes in T
-    s_lens = np.asarray(plan.student_lens, dtype=np.int64)
-    s_start = np.asarray([o for o in s_offsets if o >= 0], dtype=np.int64)
-    s_at = (
-        np.repeat(s_start, s_lens)
-        + np.arange(int(s_lens.sum()))
-        - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
-    )  # where each student token goes in T
-    # numpy: torch's CPU index_put is far slower on these sizes
-    ids_np = np.empty(total, dtype=np.int64)
-    pos_np = np.empty(total, dtype=np.int64)
-    ids_np[t_at] = np.concatenate([x.ids.numpy() for x in samples])
-    pos_np[t_at] = t_pos
-    ids_np[s_at] = tokens.input_ids.numpy()
-    pos_np[s_at] = tokens.position_ids.numpy()
+    ids, pos, s_at = _place_tokens(samples, layout, plan, tokens)
     # Which loss rows are the student's, which have a CE term alone, which the teacher's CE.
-    is_student = np.zeros(total, dtype=bool)
+    is_student = np.zeros(layout.total, dtype=bool)
     is_student[s_at] = True
-    in_pair = np.zeros(total, dtype=bool)
+    in_pair = np.zeros(layout.total, dtype=bool)
     in_pair[kt] = in_pair[ks] = True
     has_ce = (target != IGNORE) & (ce_w != 0)
-    ce_only_rows = row_of[np.flatnonzero(has_ce & ~in_pair)]
-    teacher_ce_rows = row_of[np.flatnonzero(has_ce & ~is_student)]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    seq_lens = layout.seq_lens
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
     n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
-    padded = max(len(s) for s in samples)
     return PackedBatch(
-        input_ids=torch.from_numpy(ids_np),
-        position_ids=torch.from_numpy(pos_np),
+        input_ids=torch.from_numpy(ids),
+        position_ids=torch.from_numpy(pos),
         cu_seqlens=cu,
         max_seqlen=max(seq_lens),
         seq_lens=seq_lens,
@@ -278,15 +310,15 @@ def _assemble(
         targets=t(target[loss_rows]),
         ce_weight=t(ce_w[loss_rows]),
         kl_pairs=t(kl_pairs),
-        kl_weight=t(np.concatenate(kl_w) if kl_w else np.zeros(0, np.float32)),
+        kl_weight=t(kl_w),
         row_is_student=t(is_student[loss_rows]),
-        ce_only_rows=t(ce_only_rows),
-        teacher_ce_rows=t(teacher_ce_rows),
+        ce_only_rows=t(row_of[np.flatnonzero(has_ce & ~in_pair)]),
+        teacher_ce_rows=t(row_of[np.flatnonzero(has_ce & ~is_student)]),
         num_samples=len(samples),
-        num_tokens=total,
+        num_tokens=layout.total,
         num_label_tokens=num_ce,
         num_kl_rows=int(kt.size),
-        reference_tokens=n_passes * padded,
+        reference_tokens=n_passes * max(len(s) for s in samples),
         sources=[s.source for s in samples],
     )
 
