@@ -71,10 +71,13 @@ def parse_sample(obj: object, source: str) -> Sample:
     """Validate one decoded JSON object (SPEC §1); raise DataError naming the field."""
     if not isinstance(obj, dict):
         raise DataError(source, "<sample>", f"expected a JSON object, got {type(obj).__name__}")
-    kind = obj.get("type")
+    for key in ("type", "messages"):
+        if key not in obj:
+            raise DataError(source, key, f"missing (the sample's keys: {', '.join(obj) or 'none'})")
+    kind = obj["type"]
     if not isinstance(kind, str):
         raise DataError(source, "type", f"expected a string, got {kind!r}")
-    raw_messages = obj.get("messages")
+    raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
         raise DataError(source, "messages", f"expected a list, got {type(raw_messages).__name__}")
     messages = []
@@ -131,9 +134,10 @@ def parse_sample(obj: object, source: str) -> Sample:
     return Sample(kind, messages, source)
 
 
-def _decode(raw: bytes, source: str) -> str:
+def _decode(raw: bytes, source: str, first: bool = False) -> str:
     try:
-        return raw.decode("utf-8")
+        # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not data
+        return raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:
         raise DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})") from None
 
@@ -156,7 +160,7 @@ def load_jsonl(
             source = f"{path}:{lineno}"
             try:
                 try:
-                    obj = json.loads(_decode(raw, source))
+                    obj = json.loads(_decode(raw, source, first=lineno == 1))
                 except json.JSONDecodeError as e:
                     raise DataError(
                         source, "<json>", f"invalid JSON: {e.msg} (col {e.colno})"
