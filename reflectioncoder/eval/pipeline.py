@@ -45,11 +45,13 @@ def evaluate(req: EvalRequest) -> int:
         tasks = tk.load_mbpp_plus(req.data_dir)
     else:
         raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
-    tasks = _first(tasks, req.limit)
     generation: dict = {}
-    if req.samples is not None:
-        rows = read_samples(req.samples, solutions=not task.startswith("multiple"))
-    else:
+    if req.samples is not None:  # checked against every task: a --limit drops the others
+        rows = read_samples(
+            req.samples, solutions=not task.startswith("multiple"), tasks=(tasks, task)
+        )
+    tasks = _first(tasks, req.limit)
+    if req.samples is None:
         out = req.samples_out()
         rows = generate_samples(req, tasks, generation)
         _write_samples(out, rows)

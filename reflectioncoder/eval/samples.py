@@ -40,14 +40,26 @@ def _text_problem(row: Mapping, solutions: bool) -> str | None:
 
 
 def read_samples(
-    path: Path, *, solutions: bool = True, languages: Collection[str] | None = None
+    path: Path,
+    *,
+    solutions: bool = True,
+    languages: Collection[str] | None = None,
+    tasks: tuple[Collection[str], str] | None = None,
 ) -> list[dict]:
     """The rows of a samples file (JSON lines). ``languages``: each row must name one of
-    these (``--task multiple``). A bad row is a UserError naming its line and field."""
+    these (``--task multiple``); ``tasks``: (the benchmark's task ids, its --task name), each
+    row's task among them. A bad row is a UserError naming its line and field."""
     rows, lines = [], []
     for n, row in read_jsonl(path):
         if not isinstance(row, dict) or "task_id" not in row:
             raise UserError("missing", file=path, line=n, field="task_id")
+        if tasks is not None and row["task_id"] not in tasks[0]:
+            raise UserError(
+                f"{row['task_id']!r} is not a task of --task {tasks[1]}",
+                file=path,
+                line=n,
+                field="task_id",
+            )
         problem = _text_problem(row, solutions)
         if problem:
             raise UserError(problem, file=path, line=n, field="completion")
