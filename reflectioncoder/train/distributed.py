@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from reflectioncoder.config import DistributedConfig
+from reflectioncoder.errors import UserError
 
 
 @dataclass
@@ -54,9 +55,19 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device: cuda requested but torch.cuda.is_available() is False")
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise UserError(
+            f"rank {rank} is local rank {local_rank}, but this machine shows "
+            f"{torch.cuda.device_count()} GPU(s) (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): launch at most that many "
+            "processes per node (--nproc_per_node / --num_gpus)",
+            field="train.device",
+        )
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    elif not torch.cuda.is_available():  # what DeepSpeed detects, minus its mid-run warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     use_ds = cfg.backend == "deepspeed" or (cfg.backend == "auto" and world > 1)
     grouped = world > 1 or use_ds or cfg.backend == "fsdp"
     if grouped and not dist.is_initialized():

@@ -1,0 +1,35 @@
+"""A CPU run's log, as a person reads it in a file: DeepSpeed's "Setting accelerator to CPU"
+warning (imported by transformers' save_pretrained at the first checkpoint) no longer lands
+between the progress lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+from reflectioncoder.tokenizer import train_tokenizer
+
+
+def test_a_cpu_run_logs_no_accelerator_warning(tmp_path):
+    data = write_toy_jsonl(tmp_path / "data.jsonl", 4, seed=0)
+    train_tokenizer([data.read_text()], 300, tmp_path / "tok")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    sets = [
+        f"data.files=[{data}]",
+        f"model.tokenizer={tmp_path / 'tok'}",
+        f"checkpoint.out_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "checkpoint.save_every=1",
+        "logging.report_to=[none]",
+    ]
+    argv = [sys.executable, "-m", "reflectioncoder.cli", "train", "--preset", "tiny"]
+    for item in sets:
+        argv += ["--set", item]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "train: 2/2 steps" in log  # the plain progress lines of a log file
+    assert (tmp_path / "run" / "checkpoints" / "step-000001" / "COMPLETE").is_file()
+    assert "accelerator" not in log.lower(), log
