@@ -8,6 +8,7 @@ import json
 import pytest
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.cli import ONE_STEP, train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -21,24 +22,8 @@ def toy(tmp_path_factory):
 
 
 def _train(root, data, out):
-    return main(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--no-progress",
-            "--set",
-            f"data.files=[{data}]",
-            "--set",
-            f"model.tokenizer={root / 'tok'}",
-            "--set",
-            f"checkpoint.out_dir={out}",
-            "--set",
-            "train.max_steps=1",
-            "--set",
-            "logging.report_to=[none]",
-        ]
-    )
+    sets = {"data.files": f"[{data}]", "model.tokenizer": root / "tok", "checkpoint.out_dir": out}
+    return main(train_argv({**sets, **ONE_STEP}, "--no-progress"))
 
 
 def test_a_file_with_a_byte_order_mark_trains(toy, tmp_path, capsys):

@@ -13,6 +13,7 @@ import transformers.modeling_utils
 from safetensors import SafetensorError
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -30,10 +31,7 @@ def _argv(tmp_path, out, *extra):
         "train.max_steps": 4,  # checkpoints at 2 and 4
         "logging.report_to": "[none]",
     }
-    argv = ["train", "--preset", "tiny", "--no-progress", *extra]
-    for key, value in sets.items():
-        argv += ["--set", f"{key}={value}"]
-    return argv
+    return train_argv(sets, "--no-progress", *extra)
 
 
 # Where the disk fills: the optimizer state (torch.save, after the model is written), or the

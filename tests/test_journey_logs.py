@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -16,17 +17,15 @@ def test_a_cpu_run_logs_no_accelerator_warning(tmp_path):
     data = write_toy_jsonl(tmp_path / "data.jsonl", 4, seed=0)
     train_tokenizer([data.read_text()], 300, tmp_path / "tok")
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
-    sets = [
-        f"data.files=[{data}]",
-        f"model.tokenizer={tmp_path / 'tok'}",
-        f"checkpoint.out_dir={tmp_path / 'run'}",
-        "train.max_steps=2",
-        "checkpoint.save_every=1",
-        "logging.report_to=[none]",
-    ]
-    argv = [sys.executable, "-m", "reflectioncoder.cli", "train", "--preset", "tiny"]
-    for item in sets:
-        argv += ["--set", item]
+    sets = {
+        "data.files": f"[{data}]",
+        "model.tokenizer": tmp_path / "tok",
+        "checkpoint.out_dir": tmp_path / "run",
+        "train.max_steps": 2,
+        "checkpoint.save_every": 1,
+        "logging.report_to": "[none]",
+    }
+    argv = [sys.executable, "-m", "reflectioncoder.cli", *train_argv(sets)]
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.cli import train_argv
 
 
 def test_a_local_rank_past_the_gpus_is_refused(tmp_path, monkeypatch, capsys):
@@ -24,9 +25,8 @@ def test_a_local_rank_past_the_gpus_is_refused(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("")  # never read: the launch is refused first
     out = tmp_path / "run"
-    argv = ["train", "--preset", "tiny", "--set", f"data.files=[{data}]"]
-    argv += ["--set", "train.device=cuda", "--set", f"checkpoint.out_dir={out}"]
-    assert main(argv) == 1
+    sets = {"data.files": f"[{data}]", "train.device": "cuda", "checkpoint.out_dir": out}
+    assert main(train_argv(sets)) == 1
     assert capsys.readouterr().err == (
         "reflectioncoder train: train.device: rank 3 is local rank 3, but this machine shows "
         "2 GPU(s) (CUDA_VISIBLE_DEVICES=0,1): launch at most that many processes per node "

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from reflectioncoder.cli import main
 from reflectioncoder.model import build_tiny_llama
+from reflectioncoder.testing.cli import ONE_STEP, train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -30,26 +31,9 @@ def inputs(tmp_path_factory):
 
 
 def _train(root, tokenizer, out):
-    return main(
-        [
-            "train",
-            "--preset",
-            "tiny",
-            "--no-progress",
-            "--set",
-            f"data.files=[{root / 'data.jsonl'}]",
-            "--set",
-            f"model.name_or_path={root / 'model'}",
-            "--set",
-            f"model.tokenizer={tokenizer}",
-            "--set",
-            f"checkpoint.out_dir={out}",
-            "--set",
-            "train.max_steps=1",
-            "--set",
-            "logging.report_to=[none]",
-        ]
-    )
+    model = {"model.name_or_path": root / "model", "model.tokenizer": tokenizer}
+    sets = {"data.files": f"[{root / 'data.jsonl'}]", "checkpoint.out_dir": out, **model}
+    return main(train_argv({**sets, **ONE_STEP}, "--no-progress"))
 
 
 def test_another_models_tokenizer_is_refused_in_one_line(inputs, tmp_path, capsys):
