@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from reflectioncoder.train.model_card import cpu_model
+
 REPO = Path(__file__).resolve().parents[2]
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s and HBM bandwidth in TB/s, vendor
 # figures for the SXM parts; matched against torch.cuda.get_device_name().
@@ -46,17 +48,6 @@ def device_name(device: torch.device | str) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {os.cpu_count()} cores, {cpu_model()}"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or 'unknown CPU'."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def commit() -> str:

@@ -41,11 +41,12 @@ def hardware(device: Any, world_size: int) -> str:
 
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU ({_cpu_model()})"
+        name = f"CPU ({cpu_model()})"
     return f"{world_size} x {name}"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows of it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
