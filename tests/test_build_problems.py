@@ -27,6 +27,7 @@ from reflectioncoder.construct.from_problems import (
     parse_problem,
     progress_path,
 )
+from reflectioncoder.testing.tiny_model import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 PROBLEMS = REPO / "examples" / "problems.jsonl"
@@ -385,32 +386,13 @@ def test_http_errors_that_retrying_cannot_fix_stop_the_run(tmp_path, monkeypatch
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny random Llama and a locally trained tokenizer with a chat template, on disk."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from reflectioncoder.tokenizer import train_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-chat")
-    tok = train_tokenizer(["def f(x):\n    return x + 1\n", "Write `clamp`. ```python"] * 20, 300)
-    tok.chat_template = (
+    texts = ["def f(x):\n    return x + 1\n", "Write `clamp`. ```python"] * 20
+    template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    out = tmp_path_factory.mktemp("tiny-chat")
+    return save_tiny_model(out, texts, chat_template=template)
 
 
 def test_transformers_backend_from_disk(tiny_model, tmp_path, capsys):

@@ -10,20 +10,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
+from reference.serialise import SPECIALS
 
 from reflectioncoder import generate as gn
 from reflectioncoder.eval.cli import add_arguments, main
 from reflectioncoder.eval.prompts import GENERATION_STOP
-
-SPECIAL = [
-    "<|user|>",
-    "<|assistant|>",
-    "<|text|>",
-    "<|code|>",
-    "<|execution|>",
-    "<|endofblock|>",
-    "<|endofmessage|>",
-]
+from reflectioncoder.testing.tiny_model import save_tiny_model
 
 
 def _run_cli(*argv: str) -> int:
@@ -34,31 +26,9 @@ def _run_cli(*argv: str) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from reflectioncoder.tokenizer import train_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-llama")
     texts = ["def add(x, y):\n    return x + y\n", "Write a complete Python function."] * 20
-    tok = train_tokenizer(texts, 300)
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL})
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
+    out = tmp_path_factory.mktemp("tiny-llama")
+    return save_tiny_model(out, texts, num_layers=2, special_tokens=SPECIALS)
 
 
 def test_generate_hf_batched_greedy_is_deterministic(tiny_model):

@@ -231,17 +231,9 @@ def test_vllm_backend_on_a_real_model(tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("vllm needs a CUDA device; none here")
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from reflectioncoder.testing.tiny_model import save_tiny_model
 
-    from reflectioncoder.tokenizer import train_tokenizer
-
-    tok = train_tokenizer(["def add(x, y):\n    return x + y\n"] * 20, 300)
-    tok.save_pretrained(tmp_path)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    texts = ["def add(x, y):\n    return x + y\n"] * 20
+    save_tiny_model(tmp_path, texts, hidden_size=64, intermediate_size=128)
     texts = VllmModel(str(tmp_path)).complete(["def add("], GenerationConfig(max_new_tokens=4))
     assert len(texts) == 1 and len(texts[0]) == 1 and isinstance(texts[0][0], str)

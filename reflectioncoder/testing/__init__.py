@@ -4,4 +4,6 @@
   fixed) for trainer tests and smoke runs.
 - ``synthetic``: synthetic reflection samples with realistic lengths, as ``TokenizedSample``
   objects directly (random content ids, no tokenizer), for packing and step benchmarks.
+- ``tiny_model``: a tiny random Llama and a tokenizer trained on a few texts, saved as a
+  Hugging Face folder, for tests that hand ``--model`` a folder.
 """
