@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from reflectioncoder import __version__
 from reflectioncoder.errors import UsageError, is_expected, one_line
@@ -147,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
     argv = [a for a in argv if not a.startswith("--local_rank=")]
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    prog = _command_name(argv)
+    return guarded(_command_name(argv), lambda: _run(argv), "--debug" in argv)
+
+
+def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
+    """Run ``body`` inside the error boundary: a user's mistake is one line ``PROG: message``
+    (exit 1, 2 for a bad value), Ctrl-C prints ``interrupted`` (130), a closed pipe ends quietly
+    (141); ``debug`` re-raises instead (also with REFLECTIONCODER_DEBUG=1)."""
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        code = _run(argv)
+        code = body()
         sys.stdout.flush()  # here, so that a closed pipe is caught below
         return code
     except KeyboardInterrupt:

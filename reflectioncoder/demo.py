@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reflectioncoder.errors import UsageError
 from reflectioncoder.progress import Progress, setup_output
 
 if TYPE_CHECKING:  # the steps import these when they run: `--help` stays quick
@@ -91,7 +92,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
     if n < 2:
-        raise ValueError(f"n: the demo needs at least 2 samples, got {n}")
+        raise UsageError(f"the demo needs at least 2 samples, got {n}", field="--n")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -313,7 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         "more, and on a busy 2-core machine 2 threads ran 7x slower)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
+    from reflectioncoder.cli import guarded
+
+    # The one error boundary of every command: a bad value is one line, Ctrl-C `interrupted`.
+    return guarded(parser.prog, lambda: _demo(args), args.debug)
+
+
+def _demo(args: argparse.Namespace) -> int:
     setup_output(progress=not args.no_progress)  # plain lines, not bars, when logged to a file
     import torch
 
