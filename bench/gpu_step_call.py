@@ -167,10 +167,16 @@ def measure(name: str, cfg: TrainStepConfig, steps: int) -> dict:
 
 
 def extrapolate(rows: list[dict], peak_flops: float | None) -> list[dict]:
-    """Each case's 32-layer step from its 2- and 4-layer rows (linear in the layers)."""
+    """Each case's 32-layer step from its 2- and 4-layer rows (linear in the layers). A case
+    whose 4 layers were not slower than its 2 (noise above two layers' time: a toy dry run)
+    has nothing to extrapolate: its row says so, with no time, MFU or ratio."""
     out = []
     for name in dict.fromkeys(r["case"] for r in rows):
         two, four = (_row(rows, name, n) for n in (2, 4))
+        if four["step_s"] <= two["step_s"]:
+            out.append({"case": name, "layers": 32, "step_s": None,
+                        "note": "not extrapolated: 4 layers not slower than 2"})  # fmt: skip
+            continue
         at32 = {k: two[k] + 15 * (four[k] - two[k]) for k in EXTRAPOLATED}
         row = {"case": name, "layers": 32, **at32}
         # Samples a step stay; only the step's time grows with the layers.
@@ -179,9 +185,9 @@ def extrapolate(rows: list[dict], peak_flops: float | None) -> list[dict]:
             row["mfu"] = at32["model_flops"] / (at32["step_s"] * peak_flops)
             row["hfu"] = at32["hardware_flops"] / (at32["step_s"] * peak_flops)
         out.append(row)
-    recipe = next((r for r in out if r["case"] == "recipe"), None)
+    recipe = next((r for r in out if r["case"] == "recipe" and r["step_s"]), None)
     for row in out:
-        if recipe:
+        if recipe and row["step_s"]:
             row["samples_per_s_vs_recipe"] = row["samples_per_s"] / recipe["samples_per_s"]
     return out
 
@@ -225,9 +231,8 @@ def markdown(rows: list[dict], at32: list[dict], device: str, skipped: dict[str,
     for r in at32:
         vs = r.get("samples_per_s_vs_recipe")
         vs = "-" if vs is None else f"{vs:.2f}x"
-        lines.append(
-            f"| {r['case']} | {r['step_s']:.3f} | {_pct(r, 'mfu')} | {_pct(r, 'hfu')} | {vs} |"
-        )
+        step = r.get("note") if r["step_s"] is None else f"{r['step_s']:.3f}"
+        lines.append(f"| {r['case']} | {step} | {_pct(r, 'mfu')} | {_pct(r, 'hfu')} | {vs} |")
     return "\n".join(lines) + "\n"
 
 
