@@ -350,6 +350,9 @@ def build_from_problems(
     problems, bad = load_problems(problems_file)
     if not problems and not bad:
         raise UserError("no problems in it (one JSON object a line)", file=problems_file)
+    if not problems:  # a wrong file, or a wrong format: say so rather than write nothing
+        where, reason = bad[0]
+        raise UserError(f"none of its {len(bad)} rows is a problem; the first, {where}: {reason}")
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)
