@@ -345,6 +345,25 @@ def build_model(
     return model
 
 
+def _not_a_checkpoint(path: Path) -> str:
+    """Why ``--resume PATH`` cannot continue from ``path``, and what would."""
+    if not path.exists():
+        return "not found"
+    if (path.parent / checkpoint.COMPLETE).is_file():
+        return f"a folder inside the checkpoint {path.parent}: give that"
+    newest = checkpoint.latest_checkpoint(path)
+    if newest is not None:
+        return f"this is a run folder; its newest complete checkpoint is {newest}"
+    if path.name.startswith(checkpoint.TMP_PREFIX):
+        return "its save was interrupted: not a complete checkpoint"
+    if (path / "config.json").is_file():
+        return (
+            "a model, not a checkpoint (no optimizer state); to train it further, start a run "
+            f"with model.name_or_path={path}"
+        )
+    return "not a complete checkpoint folder (reflectioncoder runs RUN_FOLDER lists them)"
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -612,7 +631,7 @@ class Trainer:
         if isinstance(resume, str):
             path = Path(resume)
             if not (path / checkpoint.COMPLETE).is_file():
-                raise UserError("not a complete checkpoint folder", file=path, field="--resume")
+                raise UserError(_not_a_checkpoint(path), file=path, field="--resume")
             return path
         path = checkpoint.latest_checkpoint(self.out_dir)
         if path is None and checkpoint.list_checkpoints(self.out_dir):
