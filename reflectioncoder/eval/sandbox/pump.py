@@ -27,99 +27,141 @@ def pump(
     clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop.
     Returns why the sandbox stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"``
     (over ``limit``), ``"stopped"`` (``on_line`` said so), or None (it ended by itself)."""
-    deadline, cpu_deadline, cpu_clock = deadlines
-    poll = 0.5 if cpu_deadline is None else 0.05
-
-    def over_time() -> str | None:
-        if time.monotonic() >= deadline:
-            return "wall"
-        used = cpu_clock() if cpu_deadline is not None else None
-        return "cpu" if used is not None and used >= cpu_deadline else None  # type: ignore[operator]
-
-    sel = selectors.DefaultSelector()
-    assert proc.stdin and proc.stdout and proc.stderr
-    streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
-    for fd in streams:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    view, pos = memoryview(data_in), 0
-    in_fd = proc.stdin.fileno()
-    if data_in:
-        os.set_blocking(in_fd, False)
-        sel.register(in_fd, selectors.EVENT_WRITE)
-    else:
-        proc.stdin.close()
-    open_reads = len(streams)
-    partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
-    partial_size = 0
+    run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, on_line)
     try:
-        while open_reads:
-            if clock := over_time():
+        return run.until_output_closes() or run.until_exit() or run.last_line()
+    finally:
+        run.close()
+
+
+class _Pump:
+    """One process's pipes on one selector; each step returns why to stop, or None."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        data_in: bytes,
+        deadlines: tuple[float, float | None, Callable[[], float | None]],
+        limit: int,
+        chunks: dict[int, list[bytes]],
+        sizes: dict[int, int],
+        on_line: Callable[[bytes], bool] | None,
+    ) -> None:
+        self.proc, self.limit, self.on_line = proc, limit, on_line
+        self.chunks, self.sizes = chunks, sizes
+        self.deadline, self.cpu_deadline, self.cpu_clock = deadlines
+        self.poll = 0.5 if self.cpu_deadline is None else 0.05
+        self.sel = selectors.DefaultSelector()
+        assert proc.stdin and proc.stdout and proc.stderr
+        self.streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
+        for fd in self.streams:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ)
+        self.view, self.pos = memoryview(data_in), 0
+        self.in_fd = proc.stdin.fileno()
+        if data_in:
+            os.set_blocking(self.in_fd, False)
+            self.sel.register(self.in_fd, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        self.open_reads = len(self.streams)
+        self.partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
+        self.partial_size = 0
+
+    def over_time(self) -> str | None:
+        if time.monotonic() >= self.deadline:
+            return "wall"
+        used = self.cpu_clock() if self.cpu_deadline is not None else None
+        over = used is not None and used >= self.cpu_deadline  # type: ignore[operator]
+        return "cpu" if over else None
+
+    def until_output_closes(self) -> str | None:
+        """Feed stdin and read both pipes until the program closes them."""
+        while self.open_reads:
+            if clock := self.over_time():
                 return clock
-            left = deadline - time.monotonic()
-            for key, _ in sel.select(timeout=min(max(left, 0.001), poll)):
-                fd = key.fd
-                if fd == in_fd:
-                    try:
-                        pos += os.write(fd, view[pos : pos + 65536])
-                    except BlockingIOError:
-                        continue
-                    except OSError:  # the program closed its stdin: drop the rest
-                        pos = len(view)
-                    if pos >= len(view):
-                        sel.unregister(fd)
-                        proc.stdin.close()
-                    continue
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(fd)
-                    open_reads -= 1
-                    continue
-                which = streams[fd]
-                if on_line is not None and which == 1:
-                    # line mode: nothing is kept; the cap applies to one line. A long line
-                    # costs linear time (a flood without newlines must not cost quadratic)
-                    if b"\n" in chunk:
-                        *lines, rest = (b"".join(partial) + chunk).split(b"\n")
-                        partial, partial_size = [rest], len(rest)
-                        for line in lines:
-                            if len(line) > limit:
-                                return "output"
-                            if on_line(line):
-                                return "stopped"
-                    else:
-                        partial.append(chunk)
-                        partial_size += len(chunk)
-                    if partial_size > limit:
-                        return "output"
-                    continue
-                room = limit - sizes[which]
-                chunks[which].append(chunk[: max(room, 0)])
-                sizes[which] += len(chunk)
-                if sizes[which] > limit:
+            left = self.deadline - time.monotonic()
+            for key, _ in self.sel.select(timeout=min(max(left, 0.001), self.poll)):
+                if key.fd == self.in_fd:
+                    self._feed()
+                elif stop := self._read(key.fd):
+                    return stop
+        return None
+
+    def _feed(self) -> None:
+        fd = self.in_fd
+        try:
+            self.pos += os.write(fd, self.view[self.pos : self.pos + 65536])
+        except BlockingIOError:
+            return
+        except OSError:  # the program closed its stdin: drop the rest
+            self.pos = len(self.view)
+        if self.pos >= len(self.view):
+            self.sel.unregister(fd)
+            self.proc.stdin.close()  # type: ignore[union-attr]
+
+    def _read(self, fd: int) -> str | None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return None
+        if not chunk:
+            self.sel.unregister(fd)
+            self.open_reads -= 1
+            return None
+        which = self.streams[fd]
+        if self.on_line is not None and which == 1:
+            return self._judge_lines(chunk)
+        room = self.limit - self.sizes[which]
+        self.chunks[which].append(chunk[: max(room, 0)])
+        self.sizes[which] += len(chunk)
+        return "output" if self.sizes[which] > self.limit else None
+
+    def _judge_lines(self, chunk: bytes) -> str | None:
+        """Line mode: nothing is kept; the cap applies to one line. A long line costs linear
+        time (a flood without newlines must not cost quadratic)."""
+        if b"\n" in chunk:
+            *lines, rest = (b"".join(self.partial) + chunk).split(b"\n")
+            self.partial, self.partial_size = [rest], len(rest)
+            for line in lines:
+                if len(line) > self.limit:
                     return "output"
-        if proc.poll() is None:  # output closed; the program may still run (or wait)
-            try:  # a pidfd is readable when the process ends: no polling
-                sel.register(os.pidfd_open(proc.pid), selectors.EVENT_READ)
-                nap = poll
-            except (AttributeError, OSError):  # kernel before 5.3
-                nap = 0.01
-            while proc.poll() is None:
-                if clock := over_time():
-                    return clock
-                sel.select(timeout=min(max(deadline - time.monotonic(), 0.001), nap))
-        tail = b"".join(partial)
-        if on_line is not None and tail and on_line(tail):
+                if self.on_line(line):  # type: ignore[misc]
+                    return "stopped"
+        else:
+            self.partial.append(chunk)
+            self.partial_size += len(chunk)
+        return "output" if self.partial_size > self.limit else None
+
+    def until_exit(self) -> str | None:
+        """Output closed; the program may still run (or wait): wait for it, or a deadline."""
+        proc = self.proc
+        if proc.poll() is not None:
+            return None
+        try:  # a pidfd is readable when the process ends: no polling
+            self.sel.register(os.pidfd_open(proc.pid), selectors.EVENT_READ)
+            nap = self.poll
+        except (AttributeError, OSError):  # kernel before 5.3
+            nap = 0.01
+        while proc.poll() is None:
+            if clock := self.over_time():
+                return clock
+            self.sel.select(timeout=min(max(self.deadline - time.monotonic(), 0.001), nap))
+        return None
+
+    def last_line(self) -> str | None:
+        """Line mode: the last line, when the output did not end with a newline."""
+        tail = b"".join(self.partial)
+        if self.on_line is not None and tail and self.on_line(tail):
             return "stopped"
         return None
-    finally:
-        for key in list(sel.get_map().values()):
-            if key.fd not in streams and key.fd != in_fd:
+
+    def close(self) -> None:
+        for key in list(self.sel.get_map().values()):
+            if key.fd not in self.streams and key.fd != self.in_fd:
                 os.close(key.fd)  # the pidfd
-        sel.close()
-        if not proc.stdin.closed:
+        self.sel.close()
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.closed:
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                stdin.close()
