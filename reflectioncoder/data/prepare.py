@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationReport, sample_text
 from reflectioncoder.data.formats import FORMATS, convert_row
@@ -115,45 +116,18 @@ def prepare(
     Bad rows are skipped and listed; the output and its manifest appear atomically (written
     to temporary files, then renamed), so a failed run leaves any earlier output as it was.
     """
-    if fmt is not None and fmt not in FORMATS:
-        raise UsageError(
-            f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", field="--format"
-        )
     out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"{out} is a folder; name the output .jsonl file", field="--out")
-    sources = [pair for path in inputs for pair in expand_input(path)]
-    seen: set[Path] = set()
-    for _, path in sources:
-        if path.resolve() == out.resolve():
-            raise UsageError(f"{out} is also an input; choose another output file", field="--out")
-        if path.resolve() in seen:  # its rows would be written twice
-            raise UsageError(f"{path} is named twice", field="--in")
-        seen.add(path.resolve())
+    sources = _checked_sources(inputs, out, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    stats: list[InputStats] = []
     report = ContaminationReport()
     bar = Progress(None, "prepare", unit="row", enabled=progress, every=10000)
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for reader, path in sources:
-                s = InputStats(str(path), reader)
-                stats.append(s)
-                for source, row in read_rows(reader, path):
-                    s.read += 1
-                    bar.update()
-                    sample = _convert(row, fmt, source, s)
-                    if sample is None:
-                        continue
-                    hits = index.hits(sample_text(sample)) if index is not None else []
-                    if hits:
-                        report.add(source, hits)
-                        s.decontaminated += 1
-                        if not keep_contaminated:
-                            continue
-                    f.write(json.dumps(sample, ensure_ascii=False) + "\n")
-                    s.written += 1
+            stats = [
+                _write_input(f, reader, path, fmt, index, keep_contaminated, report, bar)
+                for reader, path in sources
+            ]
         contamination = None
         if index is not None:
             contamination = {
@@ -176,6 +150,58 @@ def prepare(
         bar.close()
         tmp.unlink(missing_ok=True)
     return PrepareResult(out, mpath, stats, contamination)
+
+
+def _checked_sources(
+    inputs: list[str | Path], out: Path, fmt: str | None
+) -> list[tuple[str, Path]]:
+    """(reader, path) of every input file; a UsageError for a bad format or output, or an
+    input named twice or also the output."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(
+            f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}", field="--format"
+        )
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; name the output .jsonl file", field="--out")
+    sources = [pair for path in inputs for pair in expand_input(path)]
+    seen: set[Path] = set()
+    for _, path in sources:
+        if path.resolve() == out.resolve():
+            raise UsageError(f"{out} is also an input; choose another output file", field="--out")
+        if path.resolve() in seen:  # its rows would be written twice
+            raise UsageError(f"{path} is named twice", field="--in")
+        seen.add(path.resolve())
+    return sources
+
+
+def _write_input(
+    f: TextIO,
+    reader: str,
+    path: Path,
+    fmt: str | None,
+    index: BenchmarkIndex | None,
+    keep_contaminated: bool,
+    report: ContaminationReport,
+    bar: Progress,
+) -> InputStats:
+    """Every good row of one input, converted, written to ``f`` (less the contaminated ones,
+    unless kept); what it gave."""
+    s = InputStats(str(path), reader)
+    for source, row in read_rows(reader, path):
+        s.read += 1
+        bar.update()
+        sample = _convert(row, fmt, source, s)
+        if sample is None:
+            continue
+        hits = index.hits(sample_text(sample)) if index is not None else []
+        if hits:
+            report.add(source, hits)
+            s.decontaminated += 1
+            if not keep_contaminated:
+                continue
+        f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        s.written += 1
+    return s
 
 
 def _convert(row: object, fmt: str | None, source: str, s: InputStats) -> dict | None:
