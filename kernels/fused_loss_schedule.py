@@ -76,6 +76,21 @@ def check_loss_inputs(
 ) -> None:
     """Raise ValueError naming the first bad argument. ``check_indices`` reads index ranges back
     to the host (a sync on CUDA), so it is the caller's choice there."""
+    _check_shapes(hidden, weight, targets, ce_weight, kl_pairs, kl_weight, ce_only_rows)
+    if check_indices:
+        _check_indices(weight.shape[0], targets, ce_weight, kl_pairs, ce_only_rows)
+
+
+def _check_shapes(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    ce_weight: torch.Tensor,
+    kl_pairs: torch.Tensor,
+    kl_weight: torch.Tensor,
+    ce_only_rows: torch.Tensor | None,
+) -> None:
+    """Shapes, dtypes and devices: no sync."""
     if hidden.dim() != 2 or not hidden.is_floating_point():
         raise ValueError(
             f"hidden: expected a (N, D) float tensor, got {tuple(hidden.shape)} {hidden.dtype}"
@@ -119,10 +134,18 @@ def check_loss_inputs(
     ):
         if t.device != hidden.device:
             raise ValueError(f"{name}: on {t.device}, hidden on {hidden.device}")
-    if not check_indices:
-        return
-    v = weight.shape[0]
-    # Host syncs on CUDA (one bool each); only reached when the caller asks for the check there.
+
+
+def _check_indices(
+    v: int,
+    targets: torch.Tensor,
+    ce_weight: torch.Tensor,
+    kl_pairs: torch.Tensor,
+    ce_only_rows: torch.Tensor | None,
+) -> None:
+    """Index ranges, ``v`` the vocabulary: host syncs on CUDA (one bool each), only made when
+    the caller asks for the check there."""
+    n, p = targets.shape[0], kl_pairs.shape[0]
     bad_target = ((targets != IGNORE_INDEX) & ((targets < 0) | (targets >= v))).any()
     if bool(bad_target):
         raise ValueError(f"targets: ids must lie in [0, V={v}) or be {IGNORE_INDEX}")

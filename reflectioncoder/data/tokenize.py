@@ -150,54 +150,25 @@ def build_sample(
     """
     ids_np = np.asarray(ids, dtype=np.int64)
     length = int(ids_np.shape[0])
-    labels = ids_np.copy()
-    if length:
-        labels[0] = IGNORE  # BOS
-    user, asst, eom = special[USER], special[ASSISTANT], special[END_OF_MESSAGE]
-    exe, eob = special[EXECUTION], special[END_OF_BLOCK]
-    type_of = {special[TEXT]: "text", special[CODE]: "code", exe: "execution"}
     specials = np.asarray(list(special.values()), dtype=np.int64)
     where = np.nonzero(np.isin(ids_np, specials))[0].tolist()
     toks = ids_np[where].tolist()
-    # Teacher labels: one left-to-right pass; a span with no closing token runs to the end.
-    closing = None
-    span_start = 0
-    for p, tok in zip(where, toks, strict=True):
-        if closing is None:
-            if tok == user:
-                closing, span_start = eom, p
-            elif tok == exe:
-                closing, span_start = eob, p
-        elif tok == closing:
-            labels[span_start : p + 1] = IGNORE
-            closing = None
-    if closing is not None:
-        labels[span_start:] = IGNORE
-
+    labels = _teacher_labels(ids_np, where, toks, special)
     student = np.full(length, IGNORE, dtype=np.int64)
     body_start = body_end = answer_start = 0
     blocks: list[tuple[int, int, str]] = []
     if is_reflection:
-        assistants = [p for p, t in zip(where, toks, strict=True) if t == asst]
+        assistants = [p for p, t in zip(where, toks, strict=True) if t == special[ASSISTANT]]
         if not assistants:
             raise ValueError(f"{source}: reflection sample without <|assistant|> token")
         answer_start = assistants[-1]
         # Student labels: positions a .. L-2 keep ids[p]; the final EOS stays IGNORE (quirk).
         student[answer_start : length - 1] = ids_np[answer_start : length - 1]
         body_start = assistants[0] + 1
+        eom = special[END_OF_MESSAGE]
         ends = [p for p, t in zip(where, toks, strict=True) if t == eom and p >= body_start]
         body_end = ends[0] if ends else length
-        open_at, open_type = -1, ""
-        for p, tok in zip(where, toks, strict=True):
-            if p < body_start or p >= body_end:
-                continue
-            if tok in type_of and open_at < 0:
-                open_at, open_type = p, type_of[tok]
-            elif tok == eob and open_at >= 0:
-                blocks.append((open_at, p + 1, open_type))
-                open_at = -1
-        if open_at >= 0:  # unclosed block runs to the body's end
-            blocks.append((open_at, body_end, open_type))
+        blocks = _body_blocks(where, toks, special, body_start, body_end)
     return TokenizedSample(
         ids=torch.from_numpy(ids_np),
         labels=torch.from_numpy(labels),
@@ -210,3 +181,51 @@ def build_sample(
         source=source,
         uid=uid,
     )
+
+
+def _teacher_labels(
+    ids: np.ndarray, where: list[int], toks: list[int], special: dict[str, int]
+) -> np.ndarray:
+    """The ids, less BOS, user messages and executions (``where``/``toks``: the special
+    tokens' positions and ids); one left-to-right pass, a span with no closing token runs to
+    the end."""
+    labels = ids.copy()
+    if len(labels):
+        labels[0] = IGNORE  # BOS
+    user, exe = special[USER], special[EXECUTION]
+    closing = None
+    span_start = 0
+    for p, tok in zip(where, toks, strict=True):
+        if closing is None:
+            if tok == user:
+                closing, span_start = special[END_OF_MESSAGE], p
+            elif tok == exe:
+                closing, span_start = special[END_OF_BLOCK], p
+        elif tok == closing:
+            labels[span_start : p + 1] = IGNORE
+            closing = None
+    if closing is not None:
+        labels[span_start:] = IGNORE
+    return labels
+
+
+def _body_blocks(
+    where: list[int], toks: list[int], special: dict[str, int], body_start: int, body_end: int
+) -> list[tuple[int, int, str]]:
+    """(start, end, type) of each block of the reflection body; an unclosed block runs to the
+    body's end."""
+    type_of = {special[TEXT]: "text", special[CODE]: "code", special[EXECUTION]: "execution"}
+    eob = special[END_OF_BLOCK]
+    blocks = []
+    open_at, open_type = -1, ""
+    for p, tok in zip(where, toks, strict=True):
+        if p < body_start or p >= body_end:
+            continue
+        if tok in type_of and open_at < 0:
+            open_at, open_type = p, type_of[tok]
+        elif tok == eob and open_at >= 0:
+            blocks.append((open_at, p + 1, open_type))
+            open_at = -1
+    if open_at >= 0:
+        blocks.append((open_at, body_end, open_type))
+    return blocks
