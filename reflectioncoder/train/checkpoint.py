@@ -196,10 +196,10 @@ def save_checkpoint(
             )
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             (tmp / COMPLETE).write_text("ok\n")
-        _replace_dir(tmp, path)
-        others = [p for p in list_checkpoints(out_dir) if p != path]
-        for old in others[: max(0, len(others) - (keep_last - 1))]:
-            shutil.rmtree(old, ignore_errors=True)
+            _replace_dir(tmp, path)  # rank 0 alone: another rank's rename would find no tmp
+            others = [p for p in list_checkpoints(out_dir) if p != path]
+            for old in others[: max(0, len(others) - (keep_last - 1))]:
+                shutil.rmtree(old, ignore_errors=True)
     distributed.barrier()
     return path
 
