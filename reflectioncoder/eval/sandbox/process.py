@@ -149,12 +149,7 @@ class PreparedRun:
         src.mkdir(mode=0o755)
         work.mkdir()
         src.chmod(0o755)  # read by the box's unprivileged uid, whatever the umask
-        for name, content in (files or {}).items():
-            if "/" in name or name.startswith("."):
-                raise ValueError(f"files: {name!r} must be a plain file name")
-            data = content.encode() if isinstance(content, str) else content
-            (src / name).write_bytes(data)
-            (src / name).chmod(0o644)
+        _write_files(src, files or {})
         use_bwrap = self.isolation.bwrap
         box_src, box_work = (
             (bwrap.SRC_IN_BOX, bwrap.WORK_IN_BOX) if use_bwrap else (str(src), str(work))
@@ -163,17 +158,7 @@ class PreparedRun:
         if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
             cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
-        child_env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONHASHSEED": "0",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "TMPDIR": box_work if not use_bwrap else "/tmp",
-            "HOME": box_work,
-            _MARKER_ENV: self.marker,
-        }
-        child_env.update(env or {})
+        child_env = _child_env(box_work, "/tmp" if use_bwrap else box_work, self.marker, env)
         seccomp_fd = bwrap.box_seccomp_fd() if use_bwrap else None
         # the fallback installs the box's filter itself, between fork and exec
         seccomp = None if use_bwrap else guards.seccomp_filter(os.uname().machine, None)
@@ -371,3 +356,29 @@ def _kill_tree(proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str) ->
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def _write_files(src: Path, files: dict[str, str | bytes]) -> None:
+    """The run's files, readable by the box's unprivileged uid; plain names only."""
+    for name, content in files.items():
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"files: {name!r} must be a plain file name")
+        data = content.encode() if isinstance(content, str) else content
+        (src / name).write_bytes(data)
+        (src / name).chmod(0o644)
+
+
+def _child_env(home: str, tmp: str, marker: str, extra: dict[str, str] | None) -> dict[str, str]:
+    """The whole environment of the run (nothing of ours leaks in), ``extra`` last."""
+    child_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TMPDIR": tmp,
+        "HOME": home,
+        _MARKER_ENV: marker,
+    }
+    child_env.update(extra or {})
+    return child_env
