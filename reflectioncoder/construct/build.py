@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflectioncoder.construct.backend import Backend, MutationBackend, Turn
-from reflectioncoder.construct.execute import run_tests
+from reflectioncoder.construct.backend import Backend, Draft, MutationBackend, Turn
+from reflectioncoder.construct.execute import Execution, run_tests
 from reflectioncoder.construct.problems import Problem, generate_problems
 from reflectioncoder.data.special import SPECIAL_TOKENS
 from reflectioncoder.errors import atomic_write_text, ctrl_c_to_main_thread
@@ -99,21 +99,19 @@ def reflection_sample(
     model's correct first answer is in the paper's pipeline.
     """
     stats = stats if stats is not None else BuildStats()
-    for _ in range(max_attempts):
-        draft = backend.attempt(problem, rng)
+
+    def run(draft: Draft) -> Turn:
+        stats.executions += 1 + draft.meta.get("runs", 0)  # with the backend's own runs
         program = problem.test_program(draft.code)
-        execution = run_tests(problem, draft.code, timeout_s=timeout_s)
-        stats.executions += 1 + draft.meta.get("runs", 0)
-        if execution.passed and redraw_passing:
+        return Turn(draft, program, run_tests(problem, draft.code, timeout_s=timeout_s))
+
+    for _ in range(max_attempts):
+        history = [run(backend.attempt(problem, rng))]
+        if history[-1].execution.passed and redraw_passing:
             stats.rejected["first attempt passed"] += 1
             continue
-        history = [Turn(draft, program, execution)]
         while not history[-1].execution.passed and len(history) <= max_rounds:
-            draft = backend.reflect(problem, history, rng)
-            program = problem.test_program(draft.code)
-            execution = run_tests(problem, draft.code, timeout_s=timeout_s)
-            history.append(Turn(draft, program, execution))
-            stats.executions += 1 + draft.meta.get("runs", 0)  # with the backend's own runs
+            history.append(run(backend.reflect(problem, history, rng)))
         if not history[-1].execution.passed:
             stats.rejected["never passed"] += 1
             continue
@@ -126,30 +124,7 @@ def reflection_sample(
         else:
             final = run_tests(problem, answer.code, timeout_s=timeout_s)
             stats.executions += 1
-        body = []
-        for turn in history:
-            body += [
-                _text(turn.draft.text),
-                {"type": "code", "content": turn.program.rstrip("\n")},
-                {"type": "execution", "content": turn.execution.output},
-            ]
-        instruction = problem.instruction(style)
-        sample = {
-            "type": "reflection",
-            "task_id": problem.task_id,
-            "construct": {
-                "backend": backend.name,
-                "mutations": [e.kind for e in history[0].draft.meta.get("edits", ())],
-                "rounds": len(history) - 1,
-                "final_passed": final.passed,
-            },
-            "messages": [
-                {"role": "user", "content": [_text(instruction)]},
-                {"role": "assistant", "content": body},
-                {"role": "user", "content": [_text(instruction)]},
-                {"role": "assistant", "content": [answer_block(answer.code)]},
-            ],
-        }
+        sample = _reflection_record(problem, backend.name, style, history, answer, final)
         if has_special_token(sample):
             stats.rejected["special-token string in content"] += 1
             continue
@@ -157,6 +132,42 @@ def reflection_sample(
         stats.kinds.update(sample["construct"]["mutations"])
         return sample
     return None
+
+
+def _reflection_record(
+    problem: Problem,
+    backend_name: str,
+    style: str,
+    history: list[Turn],
+    answer: Draft,
+    final: Execution,
+) -> dict:
+    """The SPEC §1 sample: the instruction, the reflection sequence (each turn's text, program
+    and real output), the instruction again and the one-off answer; how it was made."""
+    body = []
+    for turn in history:
+        body += [
+            _text(turn.draft.text),
+            {"type": "code", "content": turn.program.rstrip("\n")},
+            {"type": "execution", "content": turn.execution.output},
+        ]
+    instruction = problem.instruction(style)
+    return {
+        "type": "reflection",
+        "task_id": problem.task_id,
+        "construct": {
+            "backend": backend_name,
+            "mutations": [e.kind for e in history[0].draft.meta.get("edits", ())],
+            "rounds": len(history) - 1,
+            "final_passed": final.passed,
+        },
+        "messages": [
+            {"role": "user", "content": [_text(instruction)]},
+            {"role": "assistant", "content": body},
+            {"role": "user", "content": [_text(instruction)]},
+            {"role": "assistant", "content": [answer_block(answer.code)]},
+        ],
+    }
 
 
 def build_dataset(
