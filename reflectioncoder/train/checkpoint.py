@@ -31,14 +31,17 @@ over unchanged.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import random
 import shutil
+import socket
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -78,6 +81,31 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
             "it or --overwrite to start over (deletes it)",
             field="checkpoint.out_dir",
         )
+
+
+def lock_run_folder(out_dir: str | Path) -> IO[str]:
+    """Hold OUT/.lock while the run lives (the OS lets go when the process ends): a second
+    launch into the folder, a job submitted twice, stops here instead of interleaving its
+    metrics and checkpoints with this run's. Returns the open lock file; close it to let go."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = (out_dir / ".lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{holder} is training in this folder; wait for it to end or choose another folder",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 def clear_run_folder(out_dir: str | Path) -> None:

@@ -381,7 +381,11 @@ class Trainer:
         checkpoint.check_run_folder(self.out_dir, bool(resume), overwrite)
         reporters.check_installed(cfg.logging.trackers)  # at start-up, not after a step
         self.overwrite = overwrite and not resume
+        self.resumed = bool(resume)
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
+        self._lock = None  # OUT/.lock: taken now when OUT exists, else when it is written
+        if self.info.is_main and self.out_dir.is_dir():
+            self._lock = checkpoint.lock_run_folder(self.out_dir)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
             wants_host_optimizer(cfg, self.info)
         check_fsdp_run(cfg, self.info.device)
@@ -649,9 +653,12 @@ class Trainer:
 
     def _write_run_folder(self, original_tokenizer: Any) -> None:
         """OUT/config.yaml and OUT/tokenizer (the original one), once everything has loaded."""
+        if self._lock is None:
+            self._lock = checkpoint.lock_run_folder(self.out_dir)
+            # a launch that began with this one may have written its run meanwhile
+            checkpoint.check_run_folder(self.out_dir, self.resumed, self.overwrite)
         if self.overwrite:
             checkpoint.clear_run_folder(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.save(self.out_dir / "config.yaml")
         if self.resume_from is None:
             saved = self.out_dir / "tokenizer"
@@ -854,4 +861,6 @@ class Trainer:
         """Flush metrics, draw the loss plot, end the process group."""
         self._host.shutdown(wait=True, cancel_futures=True)
         self.metrics.close()
+        if self._lock is not None:
+            self._lock.close()
         distributed.shutdown()
