@@ -273,12 +273,17 @@ def _check_tokenizer_fits(cfg: RunConfig, tokenizer: Any, path: Path) -> None:
     refused from the model's config.json, before the weights load."""
     from transformers import AutoConfig
 
-    rows = getattr(AutoConfig.from_pretrained(str(path), local_files_only=True), "vocab_size", None)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    rows = getattr(config.get_text_config(), "vocab_size", None)  # a composite's: its text model's
     if isinstance(rows, int) and tokenizer.vocab_size > rows:
         field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
+        own = "leave model.tokenizer unset to use the model's own"
+        advice = (
+            own if cfg.model.tokenizer else "set model.tokenizer to the one it was trained with"
+        )
         raise UserError(
             f"{tokenizer.vocab_size} tokens, but the model {path} has {rows} embedding rows: "
-            "not this model's tokenizer (leave model.tokenizer unset to use the model's own)",
+            f"not this model's tokenizer ({advice})",
             file=tokenizer.name_or_path or None,
             field=field,
         )
