@@ -32,3 +32,20 @@ def test_a_cpu_run_logs_no_accelerator_warning(tmp_path):
     assert "train: 2/2 steps" in log  # the plain progress lines of a log file
     assert (tmp_path / "run" / "checkpoints" / "step-000001" / "COMPLETE").is_file()
     assert "accelerator" not in log.lower(), log
+
+
+def test_two_ranks_report_the_dropped_samples_once(tmp_path):
+    """torchrun's ranks each load the data; only rank 0 reports what was dropped."""
+    data = write_toy_jsonl(tmp_path / "data.jsonl", 8, seed=0)
+    train_tokenizer([data.read_text()], 300, tmp_path / "tok")
+    sets = {"data.files": f"[{data}]", "model.tokenizer": tmp_path / "tok"}
+    sets.update({"data.max_len": 200, "distributed.backend": "none", "train.max_steps": 1})
+    sets.update({"checkpoint.out_dir": tmp_path / "run", "logging.report_to": "[none]"})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    argv = [*torchrun, "-m", "reflectioncoder.cli", *train_argv(sets)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "over-length > max_len 200 dropped" in log
+    assert log.count("WARNING data: ") == 1, log

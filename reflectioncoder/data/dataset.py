@@ -145,8 +145,11 @@ def _tokenise_file(path: str, tokenizer, cfg: DataConfig) -> dict:
     }
 
 
-def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], DataReport]:
+def load_dataset(
+    cfg: DataConfig, tokenizer, warn: bool = True
+) -> tuple[list[TokenizedSample], DataReport]:
     """Load, validate and tokenise ``cfg.files`` (upsampled), cached under ``cfg.cache_dir``.
+    ``warn``: log the samples skipped or dropped (one rank of several: False, as rank 0 does).
 
     Raises DataError (file:line:field) on the first bad sample unless ``cfg.skip_bad``.
     Each returned sample has a distinct ``uid``: its index among the valid samples of the
@@ -198,6 +201,6 @@ def load_dataset(cfg: DataConfig, tokenizer) -> tuple[list[TokenizedSample], Dat
             ]
             next_uid += cached["loaded"]
     report.samples = len(out)
-    if report.skipped or report.over_length:  # never dropped silently, even if unreported
+    if warn and (report.skipped or report.over_length):  # never dropped silently
         log.warning("data: %s", report.summary(cfg.max_len))
     return out, report

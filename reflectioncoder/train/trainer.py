@@ -192,9 +192,7 @@ def load_samples(
     distinct (upsampled copies too), so mask draws depend on (seed, step, uid) only."""
     from reflectioncoder.data.dataset import load_dataset
 
-    if not cfg.data.files:
-        raise ValueError("data.files: no training files given")
-    samples, report = load_dataset(cfg.data, tokenizer)
+    samples, report = load_dataset(cfg.data, tokenizer, warn=is_main)
     if is_main and not (report.skipped or report.over_length):  # else load_dataset warned
         log.info("data: %s", report.summary(cfg.data.max_len))
     return samples, {
@@ -380,6 +378,11 @@ class Trainer:
         optim = deepspeed_config.optim_with_deepspeed_section(cfg)
         if optim is not cfg.optim:
             cfg = dataclasses.replace(cfg, optim=optim)
+        if not cfg.data.files:  # the presets name none: the first thing a new user meets
+            raise ConfigError(
+                "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
+                field="data.files",
+            )
         self.cfg = cfg
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
