@@ -61,6 +61,7 @@ UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint, converted on a resu
 TMP_PREFIX = ".tmp-"
 # What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
+LOCK_FILE = ".lock"  # held by the run training in the folder (lock_run_folder)
 
 
 class RunFolderError(UserError):
@@ -89,7 +90,7 @@ def lock_run_folder(out_dir: str | Path) -> IO[str]:
     metrics and checkpoints with this run's. Returns the open lock file; close it to let go."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    handle = (out_dir / ".lock").open("a+", encoding="utf-8")
+    handle = (out_dir / LOCK_FILE).open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

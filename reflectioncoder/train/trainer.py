@@ -378,11 +378,6 @@ class Trainer:
         optim = deepspeed_config.optim_with_deepspeed_section(cfg)
         if optim is not cfg.optim:
             cfg = dataclasses.replace(cfg, optim=optim)
-        if not cfg.data.files:  # the presets name none: the first thing a new user meets
-            raise ConfigError(
-                "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
-                field="data.files",
-            )
         self.cfg = cfg
         self.out_dir = Path(cfg.checkpoint.out_dir)
         # Before anything is written: a fresh launch never replaces a run by mistake.
@@ -391,8 +386,8 @@ class Trainer:
         self.overwrite = overwrite and not resume
         self.resumed = bool(resume)
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
-        self._lock = None  # OUT/.lock: taken now when OUT exists, else when it is written
-        if self.info.is_main and self.out_dir.is_dir():
+        self._lock = None  # OUT/.lock: taken now if a run made it, else when OUT is written
+        if self.info.is_main and (self.out_dir / checkpoint.LOCK_FILE).is_file():
             self._lock = checkpoint.lock_run_folder(self.out_dir)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
             wants_host_optimizer(cfg, self.info)
@@ -420,6 +415,11 @@ class Trainer:
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
         # Everything is loaded before anything is written: a start that fails on the data, the
         # tokenizer or the model leaves the run folder as it was.
+        if not cfg.data.files:  # the presets name none: the first thing a new user meets
+            raise ConfigError(
+                "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
+                field="data.files",
+            )
         self.resume_from = self._checkpoint_to_resume(resume)
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
