@@ -102,6 +102,13 @@ def lock_run_folder(out_dir: str | Path) -> IO[str]:
             file=out_dir,
             field="checkpoint.out_dir",
         ) from None
+    except OSError as err:  # no locks on this filesystem (Lustre without -o flock: ENOSYS)
+        log.warning(
+            "%s: not locked (the filesystem refuses flock: %s): a second launch into this "
+            "folder will not be stopped",
+            out_dir,
+            err.strerror or err,
+        )
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
