@@ -426,61 +426,15 @@ class Trainer:
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
         self._zero3_hf = deepspeed_config.zero3_transformers_config(cfg, self.info)
         model = build_model(cfg, self.tokenizer, self.dtype, self.info)
-        # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
-        if self.info.is_main:
-            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
-        distributed.barrier()
-        if not self.info.is_main:
-            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
-        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
-        self.total_steps = len(self.plan)
+        self._load_data_and_plan(cfg)
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
-        if self.resume_from is not None:
-            planned = checkpoint.read_trainer_state(self.resume_from).get("total_steps")
-            if planned != self.total_steps:
-                raise UserError(
-                    f"{self.resume_from} planned {planned} steps, this config plans "
-                    f"{self.total_steps} (data or batch size changed)",
-                    field="--resume",
-                )
         if self.info.is_main:
             self._write_run_folder(original_tokenizer)
         distributed.barrier()
 
-        from reflectioncoder.model import (
-            cast_weights,
-            count_parameters,
-            lm_head_weight,
-            prepare_model,
-        )
+        from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
 
-        if self._zero3_hf is not None:
-            autocast = None  # loaded into partitions: never whole on one device
-            if self.info.is_main:
-                local = sum(p.ds_tensor.numel() for p in model.parameters())
-                log.info(
-                    "ZeRO-3: model loaded into partitions, this rank holds %d of %d parameters",
-                    local,
-                    count_parameters(model),
-                )
-        elif pending_load(model) is not None:
-            autocast = None  # built on meta: the engine reads each rank's shards (fp32 masters)
-            if self.info.is_main:
-                log.info(
-                    "FSDP: model built on the meta device; each rank reads only its shards of "
-                    "%s once sharded",
-                    pending_load(model).folder,
-                )
-        elif (
-            self.info.deepspeed
-            or cfg.distributed.backend == "fsdp"
-            or (self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters")
-        ):
-            cast_weights(model, self.info.device, self.dtype)  # the engine keeps fp32 masters
-            autocast = None
-        else:
-            model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
-            autocast = self.dtype if self.dtype != torch.float32 else None
+        autocast = self._place_weights(model)
         prepare_model(
             model,
             fused_projections=cfg.model.fused_projections,
@@ -507,15 +461,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
-        resumed_totals = None
-        if self.resume_from is not None:
-            path = self.resume_from
-            if path is not None:
-                state = checkpoint.load_checkpoint(path, self.engine, self.info)
-                self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
-                resumed_totals = state.get("totals")
-                if self.info.is_main:
-                    log.info("resumed from %s at step %d", path, self.step)
+        resumed_totals = self._resume_state()
         peak = cfg.logging.peak_tflops
         if peak is None and self.info.device.type == "cuda":
             peak = guess_peak_tflops(torch.cuda.get_device_name(self.info.device))
@@ -530,25 +476,94 @@ class Trainer:
             start_totals=resumed_totals,
         )
         if self.info.is_main:
-            log.info(
-                "%d samples, %d optimizer steps, %d parameters, %d rank(s), %s, %s, "
-                "%d CPU thread(s) per rank",
-                len(self.samples),
-                self.total_steps,
-                self.n_params,
-                self.info.world_size,
-                self.engine.describe(),
-                self.dtype,
-                self.threads,
-            )
-            one_zero3 = self.info.world_size == 1 and deepspeed_config.uses_zero3(cfg, self.info)
-            if one_zero3 and not self.engine.offloads_optimizer:
-                # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
-                log.warning(
-                    "ZeRO-3 in one process partitions nothing and gathers every layer for "
-                    "nothing: on one GPU use distributed.zero_stage=0-2 or "
-                    "distributed.backend=none, or offload_optimizer=true to fit a larger model"
+            self._log_start(cfg)
+
+    def _load_data_and_plan(self, cfg: RunConfig) -> None:
+        """The samples, and the sample ids of every optimizer step; a resumed run must plan
+        the steps its checkpoint planned."""
+        # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
+        if self.info.is_main:
+            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
+        distributed.barrier()
+        if not self.info.is_main:
+            self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
+        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
+        self.total_steps = len(self.plan)
+        if self.resume_from is not None:
+            planned = checkpoint.read_trainer_state(self.resume_from).get("total_steps")
+            if planned != self.total_steps:
+                raise UserError(
+                    f"{self.resume_from} planned {planned} steps, this config plans "
+                    f"{self.total_steps} (data or batch size changed)",
+                    field="--resume",
                 )
+
+    def _place_weights(self, model: nn.Module) -> torch.dtype | None:
+        """Put the weights on the device in the dtype the engine wants; the dtype the loss
+        module computes under autocast (None: none)."""
+        from reflectioncoder.model import cast_weights, count_parameters
+
+        cfg = self.cfg
+        if self._zero3_hf is not None:  # loaded into partitions: never whole on one device
+            if self.info.is_main:
+                local = sum(p.ds_tensor.numel() for p in model.parameters())
+                log.info(
+                    "ZeRO-3: model loaded into partitions, this rank holds %d of %d parameters",
+                    local,
+                    count_parameters(model),
+                )
+            return None
+        if pending_load(model) is not None:
+            # built on meta: the engine reads each rank's shards (fp32 masters)
+            if self.info.is_main:
+                log.info(
+                    "FSDP: model built on the meta device; each rank reads only its shards of "
+                    "%s once sharded",
+                    pending_load(model).folder,
+                )
+            return None
+        if (
+            self.info.deepspeed
+            or cfg.distributed.backend == "fsdp"
+            or (self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters")
+        ):
+            cast_weights(model, self.info.device, self.dtype)  # the engine keeps fp32 masters
+            return None
+        model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
+        return self.dtype if self.dtype != torch.float32 else None
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """Load ``--resume``'s checkpoint into the engine and set the step and skip counts;
+        the metrics' running totals it saved (None on a fresh start)."""
+        if self.resume_from is None:
+            return None
+        state = checkpoint.load_checkpoint(self.resume_from, self.engine, self.info)
+        self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
+        if self.info.is_main:
+            log.info("resumed from %s at step %d", self.resume_from, self.step)
+        return state.get("totals")
+
+    def _log_start(self, cfg: RunConfig) -> None:
+        """What the run is about to do (rank 0), and a warning for ZeRO-3 in one process."""
+        log.info(
+            "%d samples, %d optimizer steps, %d parameters, %d rank(s), %s, %s, "
+            "%d CPU thread(s) per rank",
+            len(self.samples),
+            self.total_steps,
+            self.n_params,
+            self.info.world_size,
+            self.engine.describe(),
+            self.dtype,
+            self.threads,
+        )
+        one_zero3 = self.info.world_size == 1 and deepspeed_config.uses_zero3(cfg, self.info)
+        if one_zero3 and not self.engine.offloads_optimizer:
+            # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
+            log.warning(
+                "ZeRO-3 in one process partitions nothing and gathers every layer for "
+                "nothing: on one GPU use distributed.zero_stage=0-2 or "
+                "distributed.backend=none, or offload_optimizer=true to fit a larger model"
+            )
 
     def _plan_memory(self, cfg: RunConfig, model: nn.Module) -> RunConfig:
         """Give each layer its checkpointing policy and decide the optimizer's offload, once,
