@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
+from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.errors import UsageError
@@ -69,5 +71,16 @@ def main(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     if trainer.info.is_main:
-        logging.getLogger("reflectioncoder.train").info("done: %s", summary)
+        logging.getLogger("reflectioncoder.train").info("%s", done_line(summary, cfg))
     return 0
+
+
+def done_line(summary: dict, cfg: RunConfig) -> str:
+    """The run's last log line: how far it got, its last loss, where the model is."""
+    out = Path(summary["out_dir"])
+    model = out / "final" if cfg.checkpoint.save_final else out / "checkpoints"
+    steps = f"{summary['steps']} of {summary['total_steps']} steps"
+    if summary["loss"] is None:  # resumed at its end: nothing was trained
+        return f"done: the run was already complete ({steps}); model: {model}"
+    loss, skipped = summary["loss"], summary["skipped"]
+    return f"done: {steps}, {skipped} skipped, last loss {loss:.4f}; model: {model}"

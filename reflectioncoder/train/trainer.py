@@ -859,13 +859,17 @@ class Trainer:
         final model to OUT/final. Returns a summary (steps, skipped, last loss)."""
         every = self.cfg.checkpoint.save_every
         row: dict[str, Any] = {}
+        start = self.step
         while self.step < self.total_steps:
             row = self.train_step()
             if every and self.step % every == 0 and self.step < self.total_steps:
                 self.save()
-        if self.cfg.checkpoint.save_every:
+        if every and self.step > start:  # a finished run resumed has its last checkpoint
             self.save()
-        if self.cfg.checkpoint.save_final:
+        final_saved = (self.out_dir / "final" / "config.json").is_file()
+        if self.cfg.checkpoint.save_final and (
+            self.step > start or not distributed.broadcast_object(final_saved)
+        ):
             full = self.engine.full_state_dict()
             if self.info.is_main:
                 checkpoint.save_final_model(
