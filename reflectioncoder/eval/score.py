@@ -21,6 +21,7 @@ from reflectioncoder.eval.compare import Comparer
 from reflectioncoder.eval.expected import cache_dir
 from reflectioncoder.eval.samples import Sample, number_samples
 from reflectioncoder.eval.sandbox import (
+    ExecResult,
     PreparedRun,
     codec,
     harness_argv,
@@ -305,6 +306,12 @@ def check_sample(
         on_stdout_line=judge,
     )
     judge.close_batch()  # the last lines' CPU time, when the run ended without a verdict
+    _fail_undecided(phases, res, budget)
+    return _sample_result(task, completion_id, phases, res)
+
+
+def _fail_undecided(phases: list[_Phase], res: ExecResult, budget: float) -> None:
+    """A phase the judge left undecided failed by how the run ended."""
     for p in phases:
         if p.status is None:
             if res.timed_out:
@@ -316,6 +323,12 @@ def check_sample(
                 tail = res.stderr.strip().splitlines()[-1:] or [""]
                 ended = res.ending.describe() if res.ending else f"exit code {res.exit_code}"
                 p.fail(FAIL, p.next, f"process ended ({ended}) {tail[0][:200]}")
+
+
+def _sample_result(
+    task: PythonTask, completion_id: int, phases: list[_Phase], res: ExecResult
+) -> SampleResult:
+    """The verdict: plus counts only once base passed; the reason of the phase that failed."""
     base = phases[0]
     plus = phases[1] if len(phases) > 1 else None
     plus_status = None if plus is None or base.status != PASS else plus.status
