@@ -80,58 +80,63 @@ def parse_sample(obj: object, source: str) -> Sample:
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
         raise DataError(source, "messages", f"expected a list, got {type(raw_messages).__name__}")
-    messages = []
-    for m, raw in enumerate(raw_messages):
-        where = f"messages[{m}]"
-        if not isinstance(raw, dict):
-            raise DataError(source, where, "expected an object with role and content")
-        role = raw.get("role")
-        if role not in ROLE_TOKENS:
-            raise DataError(source, f"{where}.role", f"unknown role {role!r} (user | assistant)")
-        content = raw.get("content")
-        if not isinstance(content, list):
-            raise DataError(source, f"{where}.content", "expected a list of blocks")
-        blocks = []
-        for b, raw_block in enumerate(content):
-            bwhere = f"{where}.content[{b}]"
-            if not isinstance(raw_block, dict):
-                raise DataError(source, bwhere, "expected an object with type and content")
-            btype = raw_block.get("type")
-            if btype not in BLOCK_TOKENS:
-                raise DataError(
-                    source, f"{bwhere}.type", f"unknown block type {btype!r} (text|code|execution)"
-                )
-            text = raw_block.get("content")
-            if not isinstance(text, str):
-                raise DataError(source, f"{bwhere}.content", f"expected a string, got {text!r}")
-            for special in SPECIAL_TOKENS:
-                if special in text:
-                    raise DataError(
-                        source,
-                        f"{bwhere}.content",
-                        f"contains the special-token string {special!r}",
-                    )
-            blocks.append(Block(btype, text))
-        messages.append(Message(role, blocks))
-    roles = [m.role for m in messages]
-    if kind == "generation":
-        if len(messages) < 2 or roles[-1] != "assistant":
-            raise DataError(source, "messages", "missing final answer (last assistant message)")
-    else:
-        # SPEC §1: instruction, reflection sequence, instruction again, one-off answer. Like the
-        # authors' code, any number of turns in between: the reflection body is the first
-        # assistant message, the answer the last one (SPEC §2-3 find them by the role tokens).
-        if len(messages) < 4 or roles[-1] != "assistant":
-            raise DataError(
-                source, "messages", "missing final answer (reflection samples need >= 4 messages)"
-            )
-        if roles[:2] != ["user", "assistant"] or roles[-2] != "user":
-            raise DataError(
-                source,
-                "messages",
-                "roles must be user, assistant, ..., user, assistant; got " + str(roles),
-            )
+    messages = [_parse_message(raw, f"messages[{m}]", source) for m, raw in enumerate(raw_messages)]
+    _check_roles(kind, [m.role for m in messages], source)
     return Sample(kind, messages, source)
+
+
+def _parse_message(raw: object, where: str, source: str) -> Message:
+    if not isinstance(raw, dict):
+        raise DataError(source, where, "expected an object with role and content")
+    role = raw.get("role")
+    if role not in ROLE_TOKENS:
+        raise DataError(source, f"{where}.role", f"unknown role {role!r} (user | assistant)")
+    content = raw.get("content")
+    if not isinstance(content, list):
+        raise DataError(source, f"{where}.content", "expected a list of blocks")
+    blocks = [_parse_block(b, f"{where}.content[{i}]", source) for i, b in enumerate(content)]
+    return Message(role, blocks)
+
+
+def _parse_block(raw: object, where: str, source: str) -> Block:
+    if not isinstance(raw, dict):
+        raise DataError(source, where, "expected an object with type and content")
+    btype = raw.get("type")
+    if btype not in BLOCK_TOKENS:
+        raise DataError(
+            source, f"{where}.type", f"unknown block type {btype!r} (text|code|execution)"
+        )
+    text = raw.get("content")
+    if not isinstance(text, str):
+        raise DataError(source, f"{where}.content", f"expected a string, got {text!r}")
+    for special in SPECIAL_TOKENS:
+        if special in text:
+            raise DataError(
+                source, f"{where}.content", f"contains the special-token string {special!r}"
+            )
+    return Block(btype, text)
+
+
+def _check_roles(kind: str, roles: list[str], source: str) -> None:
+    """A generation sample ends with the assistant's answer; a reflection sample has the
+    instruction, the reflection sequence, the instruction again and the one-off answer."""
+    if kind == "generation":
+        if len(roles) < 2 or roles[-1] != "assistant":
+            raise DataError(source, "messages", "missing final answer (last assistant message)")
+        return
+    # SPEC §1: like the authors' code, any number of turns in between: the reflection body is
+    # the first assistant message, the answer the last one (SPEC §2-3 find them by the role
+    # tokens).
+    if len(roles) < 4 or roles[-1] != "assistant":
+        raise DataError(
+            source, "messages", "missing final answer (reflection samples need >= 4 messages)"
+        )
+    if roles[:2] != ["user", "assistant"] or roles[-2] != "user":
+        raise DataError(
+            source,
+            "messages",
+            "roles must be user, assistant, ..., user, assistant; got " + str(roles),
+        )
 
 
 def _decode(raw: bytes, source: str, first: bool = False) -> str:
