@@ -270,14 +270,28 @@ def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
     is untouched."""
     try:
         yield
-    except (OSError, SafetensorError) as err:
+    except BaseException as caught:  # DCP's CheckpointException is one (FSDP's shards)
+        err = _disk_error(caught)
+        if err is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise UserError(
             f"not saved: {reason}; what was saved before is untouched",
             file=home,
             field="checkpoint.out_dir",
-        ) from err
+        ) from caught
+
+
+def _disk_error(err: BaseException) -> OSError | SafetensorError | None:
+    """The disk's refusal in ``err``: itself, or the first one DCP's CheckpointException wraps
+    (it gathers each rank's error of an FSDP save); None for any other error."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict):
+        err = next(
+            (e for e, _ in failures.values() if isinstance(e, OSError | SafetensorError)), err
+        )
+    return err if isinstance(err, OSError | SafetensorError) else None
 
 
 def _clear_torn_saves(root: Path) -> None:
