@@ -73,29 +73,24 @@ def _plus_minus_one(node: ast.expr) -> ast.expr | None:
 def _candidates(tree: ast.Module) -> list[tuple[str, Callable[[], None]]]:
     """Every single-site mutation of ``tree`` as (kind, apply-in-place), in a fixed order."""
     nodes = list(ast.walk(tree))
-    out: list[tuple[str, Callable[[], None]]] = []
+    sites = _Sites(_assigned_names(nodes))
+    for node in nodes:
+        sites.comparison_or_operator(node)
+        sites.numbers_and_returns(node)
+        sites.missing_cases(node)
+    return sites.out
 
-    def setter(obj: object, attr: str, value: object) -> Callable[[], None]:
-        return lambda: setattr(obj, attr, value)
 
-    def item_setter(seq: list, index: int, value: object) -> Callable[[], None]:
-        return lambda: seq.__setitem__(index, value)
+def _setter(obj: object, attr: str, value: object) -> Callable[[], None]:
+    return lambda: setattr(obj, attr, value)
 
-    def off_by_one(holder: object, attr: str | None, index: int | None, expr: ast.expr) -> None:
-        inner = _plus_minus_one(expr)
-        if _is_int(expr):
-            alts: list[ast.expr] = [ast.Constant(expr.value + d) for d in (1, -1)]
-        elif inner is not None:
-            alts = [inner]
-        else:
-            alts = [ast.BinOp(expr, op(), ast.Constant(1)) for op in (ast.Sub, ast.Add)]
-        for alt in alts:
-            if attr is not None:
-                out.append(("off_by_one", setter(holder, attr, alt)))
-            else:
-                out.append(("off_by_one", item_setter(holder, index, alt)))
 
-    # Values a wrong return could plausibly hand back: parameters and assigned variables.
+def _item_setter(seq: list, index: int, value: object) -> Callable[[], None]:
+    return lambda: seq.__setitem__(index, value)
+
+
+def _assigned_names(nodes: list[ast.AST]) -> list[str]:
+    """Values a wrong return could plausibly hand back: parameters and assigned variables."""
     assigned: list[str] = []
     for node in nodes:
         if isinstance(node, ast.arg):
@@ -106,42 +101,78 @@ def _candidates(tree: ast.Module) -> list[tuple[str, Callable[[], None]]]:
             continue
         if name not in assigned and name != "_":
             assigned.append(name)
+    return assigned
 
-    for node in nodes:
+
+class _Sites:
+    """The mutations found so far, in the order they are found (``out``)."""
+
+    def __init__(self, assigned: list[str]) -> None:
+        self.assigned = assigned
+        self.out: list[tuple[str, Callable[[], None]]] = []
+
+    def off_by_one(
+        self, holder: object, attr: str | None, index: int | None, expr: ast.expr
+    ) -> None:
+        inner = _plus_minus_one(expr)
+        if _is_int(expr):
+            alts: list[ast.expr] = [ast.Constant(expr.value + d) for d in (1, -1)]
+        elif inner is not None:
+            alts = [inner]
+        else:
+            alts = [ast.BinOp(expr, op(), ast.Constant(1)) for op in (ast.Sub, ast.Add)]
+        for alt in alts:
+            if attr is not None:
+                self.out.append(("off_by_one", _setter(holder, attr, alt)))
+            else:
+                self.out.append(("off_by_one", _item_setter(holder, index, alt)))  # type: ignore[arg-type]
+
+    def comparison_or_operator(self, node: ast.AST) -> None:
         if isinstance(node, ast.Compare):
             for i, op in enumerate(node.ops):
                 for alt in _CMP_SWAPS.get(type(op), ()):
-                    out.append(("wrong_comparison", item_setter(node.ops, i, alt())))
+                    self.out.append(("wrong_comparison", _item_setter(node.ops, i, alt())))
             for i, comp in enumerate(node.comparators):
                 if _is_int(comp):
-                    off_by_one(node.comparators, None, i, comp)
+                    self.off_by_one(node.comparators, None, i, comp)
         elif isinstance(node, (ast.BinOp, ast.AugAssign)):
             for alt in _OP_SWAPS.get(type(node.op), ()):
-                out.append(("wrong_operator", setter(node, "op", alt())))
+                self.out.append(("wrong_operator", _setter(node, "op", alt())))
+
+    def numbers_and_returns(self, node: ast.AST) -> None:
+        """Off-by-one in range bounds, indices, slices and integer assignments; a return of
+        the other bool, another variable or the number plus one."""
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id == "range":
                 for i, arg in enumerate(node.args):
-                    off_by_one(node.args, None, i, arg)
+                    self.off_by_one(node.args, None, i, arg)
         elif isinstance(node, ast.Subscript) and not isinstance(node.slice, ast.Slice):
             if _is_int(node.slice) or _plus_minus_one(node.slice) is not None:
-                off_by_one(node, "slice", None, node.slice)
+                self.off_by_one(node, "slice", None, node.slice)
         elif isinstance(node, ast.Slice):
             for attr in ("lower", "upper"):
                 value = getattr(node, attr)
                 if value is not None and _is_int(value):
-                    off_by_one(node, attr, None, value)
+                    self.off_by_one(node, attr, None, value)
         elif isinstance(node, ast.Assign) and _is_int(node.value):
-            off_by_one(node, "value", None, node.value)
+            self.off_by_one(node, "value", None, node.value)
         elif isinstance(node, ast.Return) and node.value is not None:
             value = node.value
             if isinstance(value, ast.Constant) and isinstance(value.value, bool):
-                out.append(("wrong_return", setter(node, "value", ast.Constant(not value.value))))
+                self.out.append(
+                    ("wrong_return", _setter(node, "value", ast.Constant(not value.value)))
+                )
             elif isinstance(value, ast.Name):
-                for other in [n for n in assigned if n != value.id][:2]:
-                    out.append(("wrong_return", setter(node, "value", ast.Name(other))))
+                for other in [n for n in self.assigned if n != value.id][:2]:
+                    self.out.append(("wrong_return", _setter(node, "value", ast.Name(other))))
             elif _is_int(value):
-                out.append(("wrong_return", setter(node, "value", ast.Constant(value.value + 1))))
-        # Statement lists: leave out an early-return edge case, a condition, or an else branch.
+                self.out.append(
+                    ("wrong_return", _setter(node, "value", ast.Constant(value.value + 1)))
+                )
+
+    def missing_cases(self, node: ast.AST) -> None:
+        """Statement lists: leave out an early-return edge case, a condition, or an else
+        branch."""
         for attr in ("body", "orelse"):
             stmts = getattr(node, attr, None)
             if not isinstance(stmts, list) or not isinstance(node, (ast.stmt, ast.Module)):
@@ -151,12 +182,11 @@ def _candidates(tree: ast.Module) -> list[tuple[str, Callable[[], None]]]:
                     continue
                 returns = isinstance(stmt.body[-1], ast.Return)
                 if returns and not stmt.orelse and len(stmts) > 1:
-                    out.append(("missing_case", _deleter(stmts, i)))
+                    self.out.append(("missing_case", _deleter(stmts, i)))
                 elif not returns and not stmt.orelse:
-                    out.append(("missing_case", _inliner(stmts, i)))
+                    self.out.append(("missing_case", _inliner(stmts, i)))
                 if stmt.orelse:
-                    out.append(("missing_case", setter(stmt, "orelse", [])))
-    return out
+                    self.out.append(("missing_case", _setter(stmt, "orelse", [])))
 
 
 def _deleter(stmts: list, index: int) -> Callable[[], None]:
