@@ -125,7 +125,7 @@ class _Sites:
             if attr is not None:
                 self.out.append(("off_by_one", _setter(holder, attr, alt)))
             else:
-                self.out.append(("off_by_one", _item_setter(holder, index, alt)))  # type: ignore[arg-type]
+                self.out.append(("off_by_one", _item_setter(holder, index, alt)))
 
     def comparison_or_operator(self, node: ast.AST) -> None:
         if isinstance(node, ast.Compare):
