@@ -127,6 +127,14 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
             f"this is a run folder; its trained model is {path / 'final'}", file=path, field=field
         )
     has_model = (path / "config.json").is_file()
+    if not has_model:  # a checkpoint, or a run that has no final model yet: its models
+        models = sorted(path.glob("model/config.json")) or sorted(
+            path.glob("checkpoints/step-*/model/config.json")
+        )
+        if models:
+            raise UserError(
+                f"not a model folder; the model in it: {models[-1].parent}", file=path, field=field
+            )
     has_tokenizer = any(
         (path / name).is_file()
         for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")

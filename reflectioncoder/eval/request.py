@@ -122,6 +122,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.samples is not None:
         require_file(args.samples, "samples file", field="--samples")
+    for flag in ("--json", "--save-samples"):  # found now, not after hours of generation
+        where = getattr(args, flag[2:].replace("-", "_"))
+        if where is not None and Path(where).is_dir():
+            raise UsageError("is a folder; give a file name", file=where, field=flag)
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
     if args.model is not None and args.backend != "openai":
