@@ -175,26 +175,7 @@ def deepspeed_config(
             "train_batch_size",
         ):
             cfg[key] = value
-    zero = dict(cfg.get("zero_optimization", {}))
-    if zero.get("stage", "auto") == "auto":
-        zero["stage"] = run.distributed.zero_stage
-    if run.distributed.offload_optimizer is True and "offload_optimizer" not in zero:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if offloads_optimizer({"zero_optimization": zero}):
-        zero["stage"] = offloaded_stage(zero["stage"])
-    for key, size in BUCKETS_FROM_HIDDEN.items():
-        stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3
-        # DeepSpeed's own reduce bucket (5e8 elements) is 1 GB of bf16 twice over at ZeRO-2
-        # (overlap_comm), and 2 GB of fp32 at ZeRO-1 offloaded (tests/test_zero_fp32_sums.py)
-        reduce = key == "reduce_bucket_size" and zero["stage"] >= 1
-        wanted = zero.get(key) == "auto" or (key not in zero and (stage3 or reduce))
-        if hidden_size and wanted and (stage3 or not stage3_key):
-            zero[key] = size(hidden_size)
-    for key, value in list(zero.items()):
-        if value == "auto":  # no model to size it from (set-up before it is built): DeepSpeed's
-            del zero[key]
-    if zero["stage"] == 2:
-        zero.setdefault("overlap_comm", True)
+    zero = _zero_section(run, dict(cfg.get("zero_optimization", {})), hidden_size)
     cfg["zero_optimization"] = zero
     bf16 = dict(cfg.get("bf16", {}))
     fp16 = dict(cfg.get("fp16", {}))
@@ -220,6 +201,30 @@ def deepspeed_config(
     if leftover:
         raise ValueError(f"distributed.deepspeed_config: cannot fill 'auto' for {leftover}")
     return cfg
+
+
+def _zero_section(run: RunConfig, zero: dict[str, Any], hidden_size: int | None) -> dict[str, Any]:
+    """The user's ``zero_optimization`` with its stage, offload and bucket sizes filled."""
+    if zero.get("stage", "auto") == "auto":
+        zero["stage"] = run.distributed.zero_stage
+    if run.distributed.offload_optimizer is True and "offload_optimizer" not in zero:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offloads_optimizer({"zero_optimization": zero}):
+        zero["stage"] = offloaded_stage(zero["stage"])
+    for key, size in BUCKETS_FROM_HIDDEN.items():
+        stage3_key, stage3 = key.startswith("stage3_"), zero["stage"] == 3
+        # DeepSpeed's own reduce bucket (5e8 elements) is 1 GB of bf16 twice over at ZeRO-2
+        # (overlap_comm), and 2 GB of fp32 at ZeRO-1 offloaded (tests/test_zero_fp32_sums.py)
+        reduce = key == "reduce_bucket_size" and zero["stage"] >= 1
+        wanted = zero.get(key) == "auto" or (key not in zero and (stage3 or reduce))
+        if hidden_size and wanted and (stage3 or not stage3_key):
+            zero[key] = size(hidden_size)
+    for key, value in list(zero.items()):
+        if value == "auto":  # no model to size it from (set-up before it is built): DeepSpeed's
+            del zero[key]
+    if zero["stage"] == 2:
+        zero.setdefault("overlap_comm", True)
+    return zero
 
 
 def _fp32_sums(cfg: dict[str, Any], bf16: dict[str, Any], stage: int, offload: bool) -> None:
