@@ -31,6 +31,7 @@ from torch import nn
 
 from reflectioncoder import progress
 from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
+from reflectioncoder.data.dataset import load_dataset, tokenizer_fingerprint
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
@@ -190,8 +191,6 @@ def load_samples(
     """Load, validate and tokenise ``cfg.data.files`` (upsampled, cached; the data room's
     ``load_dataset``); over-length samples are dropped and counted. Each sample's ``uid`` is
     distinct (upsampled copies too), so mask draws depend on (seed, step, uid) only."""
-    from reflectioncoder.data.dataset import load_dataset
-
     samples, report = load_dataset(cfg.data, tokenizer, warn=is_main)
     if is_main and not (report.skipped or report.over_length):  # else load_dataset warned
         log.info("data: %s", report.summary(cfg.data.max_len))
@@ -211,13 +210,6 @@ def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:
     if not any(texts):
         raise UserError("no text to train a tokenizer on", field="data.files")
     return texts
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of what decides the ids (the data room's cache key uses the same)."""
-    from reflectioncoder.data.dataset import tokenizer_fingerprint as fingerprint
-
-    return fingerprint(tokenizer)
 
 
 def load_tokenizer(cfg: RunConfig, info: distributed.DistInfo, resume_from: Path | None) -> Any:
