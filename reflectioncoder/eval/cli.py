@@ -20,6 +20,7 @@ from reflectioncoder.eval import prompts as pr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to score (a samples file, or a model to generate them), how, and where to write."""
     languages = ", ".join(ml.LANGUAGES)
     parser.add_argument(
         "--task",
@@ -57,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the samples allow)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
+    _add_generation_arguments(parser)
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation (with --model)")
     gen.add_argument(
         "--backend",
