@@ -200,7 +200,7 @@ def build_dataset(
     n_reflection = n - n_generation
     stats = BuildStats()
 
-    def one(index: int) -> dict | None:
+    def one(index: int) -> tuple[dict | None, BuildStats]:
         problem = problems[index % len(problems)]
         rng = random.Random(f"{seed}/reflection/{index}")
         style = "humaneval" if rng.random() < 0.8 else "mbpp"
@@ -208,26 +208,7 @@ def build_dataset(
         sample = reflection_sample(problem, backend, rng, style, timeout_s=timeout_s, stats=local)
         return sample, local
 
-    reflections: list[dict] = []
-    next_index = 0
-    # A problem may yield no sample (every attempt passed); draw more indices until n are made.
-    # sandbox runs are subprocesses
-    pool = ThreadPoolExecutor(max_workers=workers, initializer=ctrl_c_to_main_thread)
-    try:
-        while len(reflections) < n_reflection and next_index < n_reflection * 4 + 8:
-            batch = range(next_index, next_index + (n_reflection - len(reflections)))
-            next_index = batch.stop
-            for sample, local in pool.map(one, batch):  # ordered: deterministic output
-                stats.executions += local.executions
-                stats.rejected.update(local.rejected)
-                stats.rounds.update(local.rounds)
-                stats.kinds.update(local.kinds)
-                if sample is not None and len(reflections) < n_reflection:
-                    reflections.append(sample)
-                    if progress is not None:
-                        progress(len(reflections), n_reflection)
-    finally:  # on Ctrl-C: drop the queued runs, wait only for those running
-        pool.shutdown(wait=True, cancel_futures=True)
+    reflections = _made_in_order(one, n_reflection, workers, stats, progress)
     if len(reflections) < n_reflection:
         raise RuntimeError(f"made only {len(reflections)} of {n_reflection} reflection samples")
     rng = random.Random(f"{seed}/generation")
@@ -240,6 +221,38 @@ def build_dataset(
     stats.reflection, stats.generation = len(reflections), len(generations)
     stats.seconds = time.perf_counter() - start
     return samples, stats
+
+
+def _made_in_order(
+    one: Callable[[int], tuple[dict | None, BuildStats]],
+    n: int,
+    workers: int,
+    stats: BuildStats,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict]:
+    """Up to ``n`` samples of ``one(index)`` for indices 0, 1, ... in order (deterministic
+    whatever ``workers`` is); each index's stats added to ``stats``."""
+    made: list[dict] = []
+    next_index = 0
+    # A problem may yield no sample (every attempt passed); draw more indices until n are made.
+    # sandbox runs are subprocesses
+    pool = ThreadPoolExecutor(max_workers=workers, initializer=ctrl_c_to_main_thread)
+    try:
+        while len(made) < n and next_index < n * 4 + 8:
+            batch = range(next_index, next_index + (n - len(made)))
+            next_index = batch.stop
+            for sample, local in pool.map(one, batch):  # ordered: deterministic output
+                stats.executions += local.executions
+                stats.rejected.update(local.rejected)
+                stats.rounds.update(local.rounds)
+                stats.kinds.update(local.kinds)
+                if sample is not None and len(made) < n:
+                    made.append(sample)
+                    if progress is not None:
+                        progress(len(made), n)
+    finally:  # on Ctrl-C: drop the queued runs, wait only for those running
+        pool.shutdown(wait=True, cancel_futures=True)
+    return made
 
 
 def write_jsonl(samples: list[dict], path: str | Path) -> Path:
