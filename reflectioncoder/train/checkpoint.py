@@ -48,7 +48,7 @@ import torch
 from safetensors import SafetensorError
 
 from reflectioncoder.chat_template import make_usable
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UsageError, UserError
 from reflectioncoder.train import distributed
 from reflectioncoder.train.deepspeed_engine import convert_to_universal
 from reflectioncoder.train.distributed import DistInfo
@@ -73,8 +73,18 @@ def step_dir(out_dir: str | Path, step: int) -> Path:
 
 
 def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a fresh launch into ``out_dir`` when it holds a run, touching nothing."""
+    """Refuse a fresh launch into ``out_dir`` when it holds a run, and a folder that cannot be
+    written, touching nothing: found at start, not after the model has loaded."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("is a file; give a folder", file=out_dir, field="checkpoint.out_dir")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"cannot be written ({existing} is read-only to this user)",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        )
     found = [m for m in RUN_MARKERS if (out_dir / m).exists()]
     if found and not (resume or overwrite):
         raise RunFolderError(
