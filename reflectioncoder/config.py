@@ -201,6 +201,10 @@ class TrainConfig:
     """Skip the update (and count it) when the loss or the gradient norm is not finite."""
     max_skipped_steps: int = 10
     """Abort after this many skipped updates in a row: the run is broken, not unlucky."""
+    eval_every: int = 0
+    """Compute the held-out loss (``data.validation_files`` or ``data.validation_fraction``)
+    every this many optimizer steps; it is always computed at the end of training. 0: only
+    at the end."""
     threads: int | None = None
     """torch CPU threads of each process. None: the cores this process may use, shared among
     the ranks on this machine, less the cores other programs keep busy (load average); at
@@ -238,6 +242,11 @@ class TrainConfig:
             self.threads is None or self.threads >= 1,
             "train.threads",
             f"must be >= 1 or null, got {self.threads}",
+        )
+        _check(
+            isinstance(self.eval_every, int) and self.eval_every >= 0,
+            "train.eval_every",
+            f"must be an int >= 0, got {self.eval_every!r}",
         )
         _check(
             self.max_skipped_steps >= 1,

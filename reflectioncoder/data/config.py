@@ -31,6 +31,13 @@ class DataConfig:
     """Where tokenised files are cached (key: tokenizer, file bytes, max_len); None: no cache."""
     num_workers: int = 1
     """Processes that tokenise (1: in this process)."""
+    validation_files: list[str] = field(default_factory=list)
+    """Held-out jsonl files (the format of ``files``, checked the same way): their loss is
+    computed every ``train.eval_every`` steps and at the end of training. Empty: none."""
+    validation_fraction: float = 0.0
+    """Instead of ``validation_files``: hold out this fraction of the distinct training
+    samples (upsampled copies go together), drawn by ``train.seed``; they are never trained
+    on. 0: none."""
 
     def __post_init__(self) -> None:
         if isinstance(self.files, str):
@@ -48,6 +55,17 @@ class DataConfig:
             raise ValueError(f"max_len: must be an int >= 2, got {self.max_len!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 1:
             raise ValueError(f"num_workers: must be an int >= 1, got {self.num_workers!r}")
+        if isinstance(self.validation_files, str):
+            self.validation_files = [self.validation_files]
+        self.validation_files = [str(f) for f in self.validation_files]
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction: must be in [0, 1), got {self.validation_fraction!r}"
+            )
+        if self.validation_fraction and self.validation_files:
+            raise ValueError(
+                "validation_fraction: give validation_files or validation_fraction, not both"
+            )
 
 
 @dataclass

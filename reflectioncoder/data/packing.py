@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -392,7 +392,14 @@ def pack_rank(
 ) -> list[PackedBatch]:
     """``rank``'s micro-batches of ``plan``, masked with the plan's draws. Summing the weighted
     losses of every rank's batches gives the step's loss (SPEC §2)."""
-    batches = []
+    return list(rank_batches(plan, rank, mask_cfg, packing_cfg))
+
+
+def rank_batches(
+    plan: StepPlan, rank: int, mask_cfg: MaskConfig, packing_cfg: PackingConfig
+) -> Iterator[PackedBatch]:
+    """``pack_rank``'s micro-batches, packed one at a time as they are asked for (a held-out
+    set's are never all in memory at once)."""
     for group, pad in zip(plan.groups[rank], plan.padding[rank], strict=True):
         rows = [plan.student_row[i] for i in group if plan.student_row[i] >= 0]
         batch = build_packed_batch(
@@ -402,8 +409,7 @@ def pack_rank(
             packing_cfg.normalisation,
             plan.denominators,
         )
-        batches.append(zero_weight(batch) if pad else batch)
-    return batches
+        yield zero_weight(batch) if pad else batch
 
 
 def zero_weight(batch: PackedBatch) -> PackedBatch:

@@ -29,7 +29,7 @@ log = logging.getLogger("reflectioncoder.train")
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0}
 
 # Metrics the plot draws, in this order.
-PLOTTED = ("loss", "teacher_ce", "student_ce", "kl")
+PLOTTED = ("loss", "teacher_ce", "student_ce", "kl", "val_loss")
 
 
 def guess_peak_tflops(device_name: str) -> float | None:
@@ -55,7 +55,8 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
-    """Draw the loss curves (loss, teacher CE, student CE, KL per step) to a PNG."""
+    """Draw the loss curves (loss, teacher CE, student CE, KL per step; the held-out loss
+    where measured) to a PNG."""
     if not rows:
         return None
     import matplotlib
@@ -110,7 +111,8 @@ class MetricsLogger:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # On resume, drop rows the killed run wrote after its last checkpoint: they are redone.
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
-        self.last_row = kept[-1] if kept else None
+        trained = [r for r in kept if "loss" in r]  # not a validation row
+        self.last_row = trained[-1] if trained else None
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
         self._reporters = make_reporters(
@@ -144,6 +146,26 @@ class MetricsLogger:
                 f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s"
             )
             self._bar.update(1)
+
+    def log_validation(self, row: dict[str, Any]) -> None:
+        """Write a held-out loss row (``val_loss``, ``val_ce``, ``val_kl``, ``val_samples``,
+        ``val_tokens``, ``val_time`` at ``step``), report it as ``val/...`` and log one line."""
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(row) + "\n")
+        for reporter in self._reporters:
+            reporter.log(scalars_of(row, "val"), row["step"])
+        log.info(
+            "step %d: validation loss %.4f (ce %.4f, kl %.2e) on %d held-out samples, "
+            "%d tokens (%.1f s)",
+            row["step"],
+            row["val_loss"],
+            row["val_ce"],
+            row["val_kl"],
+            row["val_samples"],
+            row["val_tokens"],
+            row["val_time"],
+        )
 
     def close(self, plot: bool | None = None) -> Path | None:
         """Flush and close; draw OUT/loss.png when asked (default: ``cfg.plot``)."""

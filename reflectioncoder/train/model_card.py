@@ -105,6 +105,7 @@ def _data(cfg: RunConfig, counts: dict[str, int]) -> str:
             [
                 ("samples read", counts.get("loaded")),
                 ("samples trained on (after upsampling)", counts.get("samples")),
+                ("held out for the validation loss", counts.get("validation")),
                 ("skipped as bad", counts.get("skipped_bad")),
                 (
                     f"dropped as longer than {cfg.data.max_len} tokens",

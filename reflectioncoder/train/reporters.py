@@ -59,10 +59,11 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def scalars_of(row: dict[str, Any]) -> dict[str, float]:
-    """The finite numbers of a metrics row, as ``train/NAME`` (bools and the step left out)."""
+def scalars_of(row: dict[str, Any], section: str = "train") -> dict[str, float]:
+    """The finite numbers of a metrics row, as ``SECTION/NAME`` (bools and the step left out;
+    a validation row's ``val_loss`` is ``val/loss``)."""
     return {
-        f"train/{key}": float(value)
+        f"{section}/{key.removeprefix(section + '_')}": float(value)
         for key, value in row.items()
         if key != "step"
         and isinstance(value, int | float)

@@ -33,7 +33,8 @@ def _losses(folder: Path) -> dict[int, float]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a torn last line (a kill)
-            rows[row["step"]] = row["loss"]
+            if "loss" in row:  # a training row (validation rows have val_loss)
+                rows[row["step"]] = row["loss"]
     return rows
 
 

@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
-from reflectioncoder.train import checkpoint, deepspeed_config, distributed, model_card, reporters
+from reflectioncoder.train import (
+    checkpoint,
+    deepspeed_config,
+    distributed,
+    model_card,
+    reporters,
+    validation,
+)
 from reflectioncoder.train.engine import make_engine
 from reflectioncoder.train.flops import (
     ModelShape,
@@ -412,6 +420,12 @@ class Trainer:
                 "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
                 field="data.files",
             )
+        if cfg.train.eval_every and not (cfg.data.validation_files or cfg.data.validation_fraction):
+            raise ConfigError(
+                "no held-out data to evaluate: set data.validation_files or "
+                "data.validation_fraction",
+                field="train.eval_every",
+            )
         self.resume_from = self._checkpoint_to_resume(resume)
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
@@ -476,9 +490,11 @@ class Trainer:
         # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
         if self.info.is_main:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, True)
+            self.samples, self.validation = self._split_validation(cfg, True)
         distributed.barrier()
         if not self.info.is_main:
             self.samples, self.data_counts = load_samples(cfg, self.tokenizer, False)
+            self.samples, self.validation = self._split_validation(cfg, False)
         self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
         self.total_steps = len(self.plan)
         if self.resume_from is not None:
@@ -489,6 +505,25 @@ class Trainer:
                     f"{self.total_steps} (data or batch size changed)",
                     field="--resume",
                 )
+
+    def _split_validation(
+        self, cfg: RunConfig, is_main: bool
+    ) -> tuple[list[TokenizedSample], list[TokenizedSample]]:
+        """(training samples, held-out samples): ``data.validation_fraction`` of the loaded
+        samples, or ``data.validation_files``, or none; counted in ``data_counts``."""
+        held: list[TokenizedSample] = []
+        if cfg.data.validation_fraction:
+            fraction, seed = cfg.data.validation_fraction, cfg.train.seed
+            samples, held = validation.hold_out(self.samples, fraction, seed)
+            self.data_counts["samples"] = len(samples)
+        elif cfg.data.validation_files:
+            samples = self.samples
+            held = validation.load_validation_files(cfg, self.tokenizer, is_main)
+        else:
+            samples = self.samples
+        if held:
+            self.data_counts["validation"] = len(held)
+        return samples, held
 
     def _place_weights(self, model: nn.Module) -> torch.dtype | None:
         """Put the weights on the device in the dtype the engine wants; the dtype the loss
@@ -809,6 +844,32 @@ class Trainer:
             )
         return row
 
+    # -- the held-out loss ----------------------------------------------------------------------
+
+    def validation_batches(self) -> Iterator[PackedBatch]:
+        """This rank's micro-batches of the held-out samples, masked as the step just trained
+        was (its mask rate), packed one at a time."""
+        info = self.info
+        step = max(self.step - 1, 0)
+        return validation.validation_batches(
+            self.validation, self.cfg, step, self.total_steps, info.rank, info.world_size
+        )
+
+    def validate(self) -> dict[str, Any]:
+        """The held-out loss at the current step (every rank calls this): a metrics row
+        (``val_loss``, ``val_ce``, ``val_kl``, ...), written and logged by rank 0."""
+        if not self.validation:
+            raise ValueError("validate: no held-out data (data.validation_files or _fraction)")
+        row = {"step": self.step}
+        row |= validation.validation_loss(self.engine, self.validation_batches(), self.info.device)
+        self.metrics.log_validation(row)
+        return row
+
+    def _validation_due(self) -> bool:
+        every = self.cfg.train.eval_every
+        due = self.step == self.total_steps or (every and self.step % every == 0)
+        return bool(self.validation) and bool(due)
+
     # -- the loop -----------------------------------------------------------------------------
 
     def save(self) -> Path:
@@ -854,6 +915,8 @@ class Trainer:
         start = self.step
         while self.step < self.total_steps:
             row = self.train_step()
+            if self._validation_due():
+                self.validate()
             if every and self.step % every == 0 and self.step < self.total_steps:
                 self.save()
         if every and self.step > start:  # a finished run resumed has its last checkpoint
