@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from reflectioncoder.kernels import fused_loss
 from test_trainer import TINY_ARCH, tiny_config
 
 from reflectioncoder.cli import main
-from reflectioncoder.kernels import fused_loss
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
@@ -100,9 +100,10 @@ def test_a_bad_validation_line_stops_in_one_line(tmp_path, capsys):
             "checkpoint.out_dir": tmp_path / "run", "train.max_steps": 1, **QUIET}  # fmt: skip
     assert main(train_argv(sets, *[f"--set={a}" for a in TINY_ARCH])) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"reflectioncoder train: {bad}:2:messages[0].role: ") and err.count(
-        "\n"
-    ) == 1, err
+    assert (
+        err.startswith(f"reflectioncoder train: {bad}:2:messages[0].role: ")
+        and err.count("\n") == 1
+    ), err
     assert not (tmp_path / "run").exists()
 
 
