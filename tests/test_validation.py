@@ -147,6 +147,7 @@ def test_two_gloo_ranks_give_one_ranks_validation_loss(tmp_path, seed):
         proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         assert "validation loss" in proc.stderr
+        assert ranks == 1 or "DDP over 2 ranks" in proc.stderr
         runs[ranks] = _val_rows(out)
     assert [r["step"] for r in runs[2]] == [2, 4] == [r["step"] for r in runs[1]]
     for one, two in zip(runs[1], runs[2], strict=True):
