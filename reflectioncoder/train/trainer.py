@@ -516,6 +516,8 @@ class Trainer:
             fraction, seed = cfg.data.validation_fraction, cfg.train.seed
             samples, held = validation.hold_out(self.samples, fraction, seed)
             self.data_counts["samples"] = len(samples)
+            if is_main:
+                log.info("validation: %d of the samples held out, never trained on", len(held))
         elif cfg.data.validation_files:
             samples = self.samples
             held = validation.load_validation_files(cfg, self.tokenizer, is_main)
