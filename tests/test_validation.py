@@ -1,7 +1,7 @@
 """The held-out loss (``data.validation_files`` / ``data.validation_fraction``,
 ``train.eval_every``): the training path's loss on the same batches, computed with no gradient
 by the fused loss's loss-only forward; held-out samples never trained on, the same after a
-relaunch and on every rank count; a bad validation file or value stops in one line."""
+relaunch and on every rank count and engine; a bad validation file or value stops in one line."""
 
 from __future__ import annotations
 
@@ -128,29 +128,52 @@ def test_bad_validation_settings_are_refused_in_one_line(tmp_path, capsys, setti
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_give_one_ranks_validation_loss(tmp_path, seed):
-    data = write_toy_jsonl(tmp_path / "toy.jsonl", 14, seed=seed)
-    held = write_toy_jsonl(tmp_path / "held.jsonl", 5, seed=seed + 1)
+def _launch(tmp_path, name: str, ranks: int, sets: dict) -> tuple[list[dict], str]:
+    """``reflectioncoder train`` under torchrun on ``ranks`` gloo ranks: its validation rows
+    and its log."""
+    out = tmp_path / name
+    argv = train_argv({**sets, "checkpoint.out_dir": out}, *[f"--set={a}" for a in TINY_ARCH])
+    launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+              "--standalone", "-m", "reflectioncoder.cli", *argv]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return _val_rows(out), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """A run on one rank (the single engine) with held-out files evaluated every 2 steps."""
+    tmp = tmp_path_factory.mktemp("validation")
+    data = write_toy_jsonl(tmp / "toy.jsonl", 14, seed=11)
+    held = write_toy_jsonl(tmp / "held.jsonl", 5, seed=12)
     sets = {"data.files": f"[{data}]", "data.validation_files": f"[{held}]",
-            "train.seed": seed, "train.samples_per_step": 4, "train.epochs": 1,
+            "train.seed": 11, "train.samples_per_step": 4, "train.epochs": 1,
             "train.eval_every": 2, "packing.max_tokens": 300, "checkpoint.save_final": "false",
-            "distributed.backend": "none", **QUIET}  # fmt: skip
-    arch = [f"--set={a}" for a in TINY_ARCH]
-    runs = {}
-    for ranks in (1, 2):
-        out = tmp_path / f"ranks{ranks}"
-        argv = train_argv({**sets, "checkpoint.out_dir": out}, *arch)
-        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-                  "--standalone", "-m", "reflectioncoder.cli", *argv]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        assert "validation loss" in proc.stderr
-        assert ranks == 1 or "DDP over 2 ranks" in proc.stderr
-        runs[ranks] = _val_rows(out)
-    assert [r["step"] for r in runs[2]] == [2, 4] == [r["step"] for r in runs[1]]
-    for one, two in zip(runs[1], runs[2], strict=True):
+            "model.dtype": "fp32", **QUIET}  # fmt: skip
+    rows, _ = _launch(tmp, "one", 1, {**sets, "distributed.backend": "none"})
+    assert [r["step"] for r in rows] == [2, 4]
+    return tmp, sets, rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("engine", "says"),
+    [
+        ({"distributed.backend": "none"}, "DDP over 2 ranks"),
+        ({"distributed.backend": "deepspeed", "distributed.zero_stage": 1}, "ZeRO-1"),
+        ({"distributed.backend": "deepspeed", "distributed.zero_stage": 3}, "ZeRO-3"),
+        ({"distributed.backend": "fsdp"}, "fsdp2"),
+    ],
+    ids=["ddp", "zero1", "zero3", "fsdp"],
+)
+def test_two_gloo_ranks_give_one_ranks_validation_loss(one_rank, engine, says):
+    tmp, sets, want = one_rank
+    name = "-".join(str(v) for v in engine.values())
+    got, log = _launch(tmp, name, 2, {**sets, **engine})
+    assert says in log and "validation loss" in log
+    assert [r["step"] for r in got] == [2, 4]
+    for one, two in zip(want, got, strict=True):
         assert (two["val_samples"], two["val_tokens"]) == (one["val_samples"], one["val_tokens"])
         for key in ("val_loss", "val_ce", "val_kl"):
-            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
+            assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), (name, key)
