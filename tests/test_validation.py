@@ -13,11 +13,13 @@ import sys
 import pytest
 import torch
 from reflectioncoder.kernels import fused_loss
+from test_reporters import _tensorboard
 from test_trainer import TINY_ARCH, tiny_config
 
 from reflectioncoder.cli import main
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+from reflectioncoder.train.cli import done_line
 from reflectioncoder.train.trainer import Trainer
 
 QUIET = {"logging.progress": "false", "logging.report_to": "[none]", "logging.plot": "false"}
@@ -29,7 +31,7 @@ def _val_rows(out) -> list[dict]:
 
 
 def test_validation_loss_is_the_training_loss_without_gradients(tmp_path, seed):
-    extra = ("data.validation_fraction=0.5", "packing.max_tokens=160")
+    extra = ("data.validation_fraction=0.5", "packing.max_tokens=160", "logging.tensorboard=true")
     trainer = Trainer(tiny_config(tmp_path, seed, n=12, extra=extra))
     calls = []  # (need_dh, need_dw, the model in train mode) of every fused-loss run
     real = fused_loss.run_chunks
@@ -59,6 +61,9 @@ def test_validation_loss_is_the_training_loss_without_gradients(tmp_path, seed):
     assert row["val_loss"] == pytest.approx(with_grad, rel=1e-5)
     assert row["val_loss"] == pytest.approx(row["val_ce"] + row["val_kl"], rel=1e-6)
     assert row in _val_rows(tmp_path / "run")
+    scalars, _ = _tensorboard(tmp_path / "run")  # the trackers get it as val/...
+    assert scalars["val/loss"] == {1: pytest.approx(row["val_loss"], rel=1e-6)}
+    assert scalars["val/samples"] == {1: 6.0} and "train/val_loss" not in scalars
 
 
 def test_held_out_samples_are_never_trained_and_stay_held_out_after_resume(tmp_path, seed):
@@ -82,10 +87,12 @@ def test_held_out_samples_are_never_trained_and_stay_held_out_after_resume(tmp_p
         assert again.step == 1
         assert [s.uid for s in again.validation] == held
         assert [s.uid for s in again.samples] == [s.uid for s in first.samples]
-        again.train()
+        summary = again.train()
     finally:
         again.close()
     rows = _val_rows(tmp_path / "run")
+    assert summary["val_loss"] == rows[-1]["val_loss"]
+    assert f"held-out loss {rows[-1]['val_loss']:.4f}; model" in done_line(summary, cfg)
     assert again.total_steps == 6 and [r["step"] for r in rows] == [2, 4, 6]
     assert all(r["val_samples"] == 8 for r in rows)
 

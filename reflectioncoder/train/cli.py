@@ -83,4 +83,6 @@ def done_line(summary: dict, cfg: RunConfig) -> str:
     if summary["loss"] is None:  # resumed at its end: nothing was trained
         return f"done: the run was already complete ({steps}); model: {model}"
     loss, skipped = summary["loss"], summary["skipped"]
-    return f"done: {steps}, {skipped} skipped, last loss {loss:.4f}; model: {model}"
+    held_out = summary.get("val_loss")
+    held_out = "" if held_out is None else f", held-out loss {held_out:.4f}"
+    return f"done: {steps}, {skipped} skipped, last loss {loss:.4f}{held_out}; model: {model}"

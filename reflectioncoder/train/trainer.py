@@ -517,7 +517,12 @@ class Trainer:
             samples, held = validation.hold_out(self.samples, fraction, seed)
             self.data_counts["samples"] = len(samples)
             if is_main:
-                log.info("validation: %d of the samples held out, never trained on", len(held))
+                log.info(
+                    "validation: %d of %d samples held out (data.validation_fraction), never "
+                    "trained on",
+                    len(held),
+                    len(self.samples),
+                )
         elif cfg.data.validation_files:
             samples = self.samples
             held = validation.load_validation_files(cfg, self.tokenizer, is_main)
@@ -914,11 +919,12 @@ class Trainer:
         final model to OUT/final. Returns a summary (steps, skipped, last loss)."""
         every = self.cfg.checkpoint.save_every
         row: dict[str, Any] = {}
+        held_out: dict[str, Any] = {}
         start = self.step
         while self.step < self.total_steps:
             row = self.train_step()
             if self._validation_due():
-                self.validate()
+                held_out = self.validate()
             if every and self.step % every == 0 and self.step < self.total_steps:
                 self.save()
         if every and self.step > start:  # a finished run resumed has its last checkpoint
@@ -938,6 +944,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "skipped": self.skipped,
             "loss": row.get("loss"),
+            "val_loss": held_out.get("val_loss"),
             "out_dir": str(self.out_dir),
         }
 
