@@ -35,6 +35,7 @@ import fcntl
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import socket
@@ -250,6 +251,38 @@ def save_checkpoint(
     return path
 
 
+ARCHITECTURE = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def check_same_model(path: Path, config: Any) -> None:
+    """--resume from ``path`` needs the model it trained: the shapes in its model/config.json
+    against this run's model ``config``, before anything is written or loaded into it."""
+    saved_file = Path(path) / "model" / "config.json"
+    if not saved_file.is_file():
+        return
+    saved, current = json.loads(saved_file.read_text()), config.to_dict()
+    changed = [
+        f"{key} {saved[key]} -> {current.get(key)}"
+        for key in ARCHITECTURE
+        if key in saved and saved[key] != current.get(key)
+    ]
+    if changed:
+        raise UserError(
+            f"its model is not this config's ({', '.join(changed)}): resume with the model it "
+            "was trained with (model.arch, model.name_or_path)",
+            file=path,
+            field="--resume",
+        )
+
+
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...)."""
     return json.loads((Path(path) / "trainer_state.json").read_text())
@@ -338,21 +371,41 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
             "state to continue from"
         )
     saved, current = saved_layout(path, state), engine.layout()
-    if needs_conversion(saved, current):
-        if info.is_main:
-            log.info(
-                "--resume: %s was written by %s; this run is %s: converting its state",
-                path,
-                describe_layout(saved),
-                describe_layout(current),
-            )
-        engine.load_param_states(_state_reader(path, saved, info))
-    else:
-        engine.load_state(path)
-    rng_file = path / "rng" / f"rank-{info.rank:05d}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+    with _damaged(path):
+        if needs_conversion(saved, current):
+            if info.is_main:
+                log.info(
+                    "--resume: %s was written by %s; this run is %s: converting its state",
+                    path,
+                    describe_layout(saved),
+                    describe_layout(current),
+                )
+            engine.load_param_states(_state_reader(path, saved, info))
+        else:
+            engine.load_state(path)
+        rng_file = path / "rng" / f"rank-{info.rank:05d}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
     return state
+
+
+@contextlib.contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """A checkpoint whose files cannot be read (damaged on disk, truncated by a copy): one line
+    naming it and the complete checkpoints before it, instead of torch's reader error."""
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, SafetensorError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "PytorchStreamReader" not in str(err):
+            raise  # not a file torch could not read
+        earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+        hint = f"; an earlier one: --resume {earlier[-1]}" if earlier else ""
+        reason = str(err).splitlines()[0].split(". ")[0]  # torch's first sentence
+        raise UserError(
+            f"cannot be read, a file in it is damaged ({reason}){hint}",
+            file=path,
+            field="--resume",
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -432,6 +432,8 @@ class Trainer:
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
         self._zero3_hf = deepspeed_config.zero3_transformers_config(cfg, self.info)
         model = build_model(cfg, self.tokenizer, self.dtype, self.info)
+        if self.resume_from is not None:
+            checkpoint.check_same_model(self.resume_from, model.config)
         self._load_data_and_plan(cfg)
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
         if self.info.is_main:
@@ -574,6 +576,7 @@ class Trainer:
         state = checkpoint.load_checkpoint(self.resume_from, self.engine, self.info)
         self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
         if self.info.is_main:
+            self.cfg.save(self.out_dir / "config.yaml")
             log.info("resumed from %s at step %d", self.resume_from, self.step)
         return state.get("totals")
 
@@ -716,8 +719,8 @@ class Trainer:
             checkpoint.check_run_folder(self.out_dir, self.resumed, self.overwrite)
         if self.overwrite:
             checkpoint.clear_run_folder(self.out_dir)
-        self.cfg.save(self.out_dir / "config.yaml")
-        if self.resume_from is None:
+        if self.resume_from is None:  # a resumed run's, once its checkpoint has loaded
+            self.cfg.save(self.out_dir / "config.yaml")
             saved = self.out_dir / "tokenizer"
             shutil.rmtree(saved, ignore_errors=True)
             original_tokenizer.save_pretrained(str(saved))
