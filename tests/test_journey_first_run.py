@@ -1,5 +1,6 @@
-"""A new user's first command, ``reflectioncoder train --preset tiny`` with no data: one line
-saying what to add (exit 2), nothing written (it said "no text to train a tokenizer on")."""
+"""A new user's first commands: ``reflectioncoder train --preset tiny`` with no data says what
+to add (it said "no text to train a tokenizer on"); --resume with --overwrite is refused (resume
+won silently). One line, exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ def test_train_without_data_says_what_to_give(tmp_path, monkeypatch, capsys, sta
         "--set data.files=[data/reflection.jsonl]\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)  # a run the user may mean to keep
+    argv = ["train", "--preset", "tiny", "--resume", "--overwrite"]
+    assert main([*argv, "--set", f"checkpoint.out_dir={run}"]) == 2
+    assert capsys.readouterr().err == (
+        "reflectioncoder train: --resume continues the run, --overwrite deletes it: give one of "
+        "them\n"
+    )
+    assert [p.name for p in run.iterdir()] == ["checkpoints"]

@@ -56,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.config is None and args.preset is None:
         raise UsageError("give --config FILE or --preset NAME")
+    if args.resume and args.overwrite:  # --resume won silently: the wrong one may be meant
+        raise UsageError("--resume continues the run, --overwrite deletes it: give one of them")
     overrides = args.overrides + (["logging.progress=false"] if args.no_progress else [])
     cfg = load_config(args.config, overrides, base=args.preset)
     if args.print_config:

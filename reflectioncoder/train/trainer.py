@@ -504,7 +504,7 @@ class Trainer:
             if planned != self.total_steps:
                 raise UserError(
                     f"{self.resume_from} planned {planned} steps, this config plans "
-                    f"{self.total_steps} (data or batch size changed)",
+                    f"{self.total_steps} (data, batch size, epochs or max_steps changed)",
                     field="--resume",
                 )
 
