@@ -90,7 +90,12 @@ class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, like every other error of the command."""
 
     def error(self, message: str) -> None:  # argparse's hook; exits 2, as argparse does
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        stray = message.removeprefix("unrecognized arguments: ")
+        if stray != message and stray.rstrip().endswith(("]", "}")):  # the shell split a list
+            hint = "a --set value with spaces needs quotes: --set 'data.files=[a.jsonl, b.jsonl]'"
+        else:
+            hint = f"see {self.prog} --help"
+        self.exit(2, f"{self.prog}: {message} ({hint})\n")
 
 
 def _command_parser(name: str, module) -> Parser:

@@ -59,3 +59,14 @@ def test_the_shipped_configs_still_load(capsys):
     for name in ("tiny.yaml", "paper.yaml", "paper-34b.yaml"):
         assert main(["train", "--config", str(root / name), "--print-config"]) == 0
     assert "name_or_path" in capsys.readouterr().out
+
+
+def test_a_list_split_by_the_shell_says_to_quote_it(capsys):
+    # what `--set data.files=[a.jsonl, b.jsonl]` typed unquoted reaches the command as
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--preset", "tiny", "--set", "data.files=[a.jsonl,", "b.jsonl]"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "reflectioncoder train: unrecognized arguments: b.jsonl] (a --set value with spaces "
+        "needs quotes: --set 'data.files=[a.jsonl, b.jsonl]')\n"
+    )
