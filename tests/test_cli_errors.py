@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.cli import ctrl_c_reaches
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -289,7 +290,7 @@ def _interrupt_when(argv: list[str], ready: str, timeout: float = 120.0):
     terminal does) once ``ready`` appears in its stderr; returns (exit code, stderr)."""
     proc = subprocess.Popen(
         argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     seen = []
     deadline = time.monotonic() + timeout

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from reflectioncoder import demo
+from reflectioncoder.testing.cli import ctrl_c_reaches
 
 
 def test_a_bad_option_is_one_line(tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_ctrl_c_while_the_demo_builds_its_data(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     for line in proc.stdout:  # the first step's header: the sandboxed runs start
         if line.startswith("[1/5]"):

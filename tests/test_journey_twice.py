@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from reflectioncoder.cli import main
-from reflectioncoder.testing.cli import train_argv
+from reflectioncoder.testing.cli import ctrl_c_reaches, train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
@@ -28,6 +28,7 @@ def test_a_second_launch_into_a_training_folder_stops(tmp_path, capsys):
     first = subprocess.Popen(
         [sys.executable, "-m", "reflectioncoder.cli", *train_argv(sets)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+        preexec_fn=ctrl_c_reaches,
     )  # fmt: skip
     try:
         for line in first.stderr:  # training: its run folder is written
