@@ -34,3 +34,12 @@ def test_a_stray_task_id_is_named_with_its_file_and_line(tmp_path, capsys):
         f"reflectioncoder evaluate: {samples}:8: task_id: 'HumanEval/999' is not a task of "
         "--task humaneval\n"
     )
+
+
+def test_a_samples_file_with_a_byte_order_mark_is_scored(tmp_path, capsys):
+    samples = tmp_path / "windows.jsonl"  # saved by a Windows editor: a BOM, CRLF line ends
+    samples.write_bytes(b"\xef\xbb\xbf" + (json.dumps(HUMANEVAL) + "\r\n").encode())
+    result = tmp_path / "result.json"
+    argv = ["evaluate", "--task", "humaneval", "--samples", str(samples), "--limit", "1"]
+    assert main([*argv, "--json", str(result)]) == 0, capsys.readouterr().err
+    assert "HumanEval/0" in result.read_text()

@@ -97,7 +97,8 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
             if not raw.strip():
                 continue
             try:
-                rows.append((n, json.loads(raw.decode("utf-8"))))
+                # utf-8-sig on line 1: a byte-order mark (Windows editors write one) is not data
+                rows.append((n, json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))))
             except UnicodeDecodeError as exc:
                 raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
             except json.JSONDecodeError as exc:
