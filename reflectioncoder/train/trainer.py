@@ -499,14 +499,34 @@ class Trainer:
             self.samples, self.validation = self._split_validation(cfg, False)
         self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
         self.total_steps = len(self.plan)
+        # What data.validation_fraction took out of the training data (None: nothing).
+        fraction = cfg.data.validation_fraction
+        self.held_out_sha256 = (
+            validation.held_out_fingerprint(self.validation) if fraction else None
+        )
         if self.resume_from is not None:
-            planned = checkpoint.read_trainer_state(self.resume_from).get("total_steps")
+            state = checkpoint.read_trainer_state(self.resume_from)
+            planned = state.get("total_steps")
             if planned != self.total_steps:
                 raise UserError(
                     f"{self.resume_from} planned {planned} steps, this config plans "
                     f"{self.total_steps} (data, batch size, epochs or max_steps changed)",
                     field="--resume",
                 )
+            self._check_held_out(state)
+
+    def _check_held_out(self, state: dict[str, Any]) -> None:
+        """A resumed run holding out samples holds out what its checkpoint's run held out: other
+        ones may have been trained on by the steps done (checkpoints from before the record:
+        not checked)."""
+        recorded = state.get("held_out_sha256", self.held_out_sha256)
+        if self.held_out_sha256 is not None and recorded != self.held_out_sha256:
+            before = "held out other samples" if recorded else "held out none"
+            raise UserError(
+                f"{self.resume_from} {before}: its steps may have trained on samples this "
+                "config holds out (data.validation_fraction, train.seed or data.files changed)",
+                field="data.validation_fraction",
+            )
 
     def _split_validation(
         self, cfg: RunConfig, is_main: bool
@@ -895,6 +915,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "skipped": self.skipped,
                 "tokenizer_sha256": self.tokenizer_sha256,
+                "held_out_sha256": self.held_out_sha256,
                 "totals": self.metrics.totals,
             },
             self.cfg.checkpoint.keep_last,

@@ -12,6 +12,7 @@ every micro-batch and rank are the loss: one all-reduce, one host read.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,14 @@ def hold_out(
     rng = np.random.default_rng([seed, HOLD_OUT_STREAM])
     held = {sources[i] for i in rng.permutation(len(sources))[:n].tolist()}
     return [s for s in samples if s.source not in held], [s for s in samples if s.source in held]
+
+
+def held_out_fingerprint(held: Sequence[TokenizedSample]) -> str:
+    """The sha256 of the held-out samples' token ids (upsampled copies once, in no order): a
+    resumed run must hold out what its checkpoint's run held out, or it may report a loss on
+    samples the steps already trained on."""
+    digests = sorted({hashlib.sha256(s.ids.numpy().tobytes()).hexdigest() for s in held})
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def load_validation_files(cfg: RunConfig, tokenizer: Any, is_main: bool) -> list[TokenizedSample]:
