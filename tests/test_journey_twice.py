@@ -34,6 +34,7 @@ def test_a_second_launch_into_a_training_folder_stops(tmp_path, capsys):
         for line in first.stderr:  # training: its run folder is written
             if line.startswith("train: "):
                 break
+        assert first.poll() is None, "the first run ended before the second launch"
         assert main(train_argv(sets, "--resume")) == 1
         assert capsys.readouterr().err == (
             f"reflectioncoder train: {out}: checkpoint.out_dir: pid {first.pid} on "
