@@ -355,7 +355,12 @@ def _replace_dir(src: Path, dst: Path) -> None:
     old = dst.with_name(TMP_PREFIX + "old-" + dst.name)
     if dst.exists():
         dst.rename(old)
-    src.rename(dst)
+    try:
+        src.rename(dst)
+    except BaseException:
+        if old.exists():  # the complete copy goes back where --resume looks
+            old.rename(dst)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
