@@ -89,7 +89,7 @@ def _parse_message(raw: object, where: str, source: str) -> Message:
     if not isinstance(raw, dict):
         raise DataError(source, where, "expected an object with role and content")
     role = raw.get("role")
-    if role not in ROLE_TOKENS:
+    if not isinstance(role, str) or role not in ROLE_TOKENS:  # a list is unhashable
         raise DataError(source, f"{where}.role", f"unknown role {role!r} (user | assistant)")
     content = raw.get("content")
     if not isinstance(content, list):
@@ -102,7 +102,7 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
     if not isinstance(raw, dict):
         raise DataError(source, where, "expected an object with type and content")
     btype = raw.get("type")
-    if btype not in BLOCK_TOKENS:
+    if not isinstance(btype, str) or btype not in BLOCK_TOKENS:
         raise DataError(
             source, f"{where}.type", f"unknown block type {btype!r} (text|code|execution)"
         )
