@@ -4,6 +4,8 @@ resumed run would report as held out, a held-out loss on trained data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_trainer import tiny_config
 
@@ -46,3 +48,30 @@ def test_a_resume_holding_out_the_same_or_no_samples_goes_on(tmp_path, seed):
     again = Trainer(tiny_config(tmp_path, seed, extra=KEEP), resume=True)
     again.close()
     assert again.step == 1 and not again.validation
+
+
+@pytest.mark.parametrize("how", ["files", "fraction"])
+def test_held_out_samples_also_in_the_training_data_are_named(tmp_path, seed, caplog, how):
+    """The same file given as data.files and data.validation_files, or a sample listed twice
+    of which one line is held out: the held-out loss covers trained samples, and the start says
+    how many."""
+    cfg = tiny_config(tmp_path, seed, extra=("train.max_steps=1",))
+    data = cfg.data.files[0]
+    lines = Path(data).read_text().splitlines()
+    if how == "files":
+        extra = (f"data.validation_files=[{data}]",)
+        want = len(lines)
+    else:  # every sample twice, on two lines: a held-out line's twin is trained on
+        twice = tmp_path / "twice.jsonl"
+        twice.write_text("\n".join(lines + lines) + "\n")
+        extra = (f"data.files=[{twice}]", "data.validation_fraction=0.25")
+        want = None
+    with caplog.at_level("WARNING", logger="reflectioncoder.train"):
+        trainer = Trainer(tiny_config(tmp_path, seed, extra=("train.max_steps=1", *extra)))
+        trainer.close()
+    if how == "fraction":
+        trained = {s.ids.numpy().tobytes() for s in trainer.samples}
+        want = sum(s.ids.numpy().tobytes() in trained for s in trainer.validation)
+        assert want > 0
+    said = [r.getMessage() for r in caplog.records if "also in the training data" in r.message]
+    assert said and said[0].startswith(f"validation: {want} of {len(trainer.validation)} ")

@@ -552,6 +552,13 @@ class Trainer:
             samples = self.samples
         if held:
             self.data_counts["validation"] = len(held)
+        if held and is_main and (n := validation.also_trained(samples, held)):
+            log.warning(
+                "validation: %d of %d held-out samples are also in the training data (the same "
+                "tokens): their loss is not a held-out one",
+                n,
+                len(held),
+            )
         return samples, held
 
     def _place_weights(self, model: nn.Module) -> torch.dtype | None:
