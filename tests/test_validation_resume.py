@@ -75,3 +75,27 @@ def test_held_out_samples_also_in_the_training_data_are_named(tmp_path, seed, ca
         assert want > 0
     said = [r.getMessage() for r in caplog.records if "also in the training data" in r.message]
     assert said and said[0].startswith(f"validation: {want} of {len(trainer.validation)} ")
+
+
+def test_the_model_card_gives_the_last_held_out_loss_after_a_resume(tmp_path, seed):
+    from reflectioncoder.train.model_card import parse
+
+    extra = ("data.validation_fraction=0.25", "train.eval_every=1", *KEEP)
+    first = Trainer(tiny_config(tmp_path, seed, extra=extra))
+    try:  # step 1 and its held-out loss row, as train() does them
+        first.train_step()
+        first.validate()
+        first.save()
+    finally:
+        first.close()
+    again = Trainer(tiny_config(tmp_path, seed, extra=extra), resume=True)
+    try:
+        assert "held-out loss" in again.model_card()  # the resumed run read it back
+        summary = again.train()
+    finally:
+        again.close()
+    card = (tmp_path / "run" / "checkpoints" / "step-000003" / "model" / "README.md").read_text()
+    results = parse(card)[2]["Training results"]
+    n = len(again.validation)
+    want = f"| held-out loss at step 3 ({n} samples) | {summary['val_loss']:.4f} |"
+    assert want in results, results

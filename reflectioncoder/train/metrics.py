@@ -100,6 +100,7 @@ class MetricsLogger:
         # row written: the model card's figures. A resume continues the checkpoint's totals.
         self.totals = dict(start_totals or {"samples": 0, "tokens": 0, "seconds": 0.0})
         self.last_row: dict[str, Any] | None = None
+        self.last_validation: dict[str, Any] | None = None  # the last held-out loss row
         self.enabled = enabled
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
@@ -113,6 +114,8 @@ class MetricsLogger:
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
         trained = [r for r in kept if "loss" in r]  # not a validation row
         self.last_row = trained[-1] if trained else None
+        held_out = [r for r in kept if "val_loss" in r]
+        self.last_validation = held_out[-1] if held_out else None
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
         self._reporters = make_reporters(
@@ -153,6 +156,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._file.write(json.dumps(row) + "\n")
+        self.last_validation = row
         for reporter in self._reporters:
             reporter.log(scalars_of(row, "val"), row["step"])
         log.info(

@@ -157,6 +157,9 @@ def _training(progress: dict[str, Any]) -> str:
         ("engine", progress.get("engine")),
         ("training time (sum of step times)", None if seconds is None else f"{seconds:.1f} s"),
     ]
+    if held := progress.get("last_validation"):
+        where = f"held-out loss at step {held['step']} ({held['val_samples']} samples)"
+        rows.append((where, f"{held['val_loss']:.4f}"))
     text = _table(rows, ("what", "value"))
     last = progress.get("last_row")
     if last:

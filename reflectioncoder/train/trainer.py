@@ -940,6 +940,7 @@ class Trainer:
             "skipped": self.skipped,
             "totals": self.metrics.totals,
             "last_row": self.metrics.last_row,
+            "last_validation": self.metrics.last_validation,
             "hardware": model_card.hardware(self.info.device, self.info.world_size),
             "engine": f"{self.engine.describe()}, {self.dtype}",
         }
