@@ -732,6 +732,13 @@ class Trainer:
                 file=self.out_dir,
                 field="--resume",
             )
+        if path is None and (self.out_dir / "final" / "config.json").is_file():
+            raise UserError(
+                "holds a finished run's final model and no checkpoint to resume from "
+                "(checkpoint.save_every: 0): nothing to continue; --overwrite trains it again",
+                file=self.out_dir,
+                field="--resume",
+            )
         if path is None and self.info.is_main:
             log.warning("--resume: no checkpoint in %s; starting from step 0", self.out_dir)
         elif self.info.is_main:
