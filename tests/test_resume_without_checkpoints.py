@@ -12,13 +12,17 @@ from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.train.trainer import Trainer
 
 
-def test_resuming_a_finished_run_without_checkpoints_is_refused(tmp_path, seed, capsys):
-    cfg = tiny_config(tmp_path, seed, extra=("train.max_steps=2", "checkpoint.save_every=0"))
-    first = Trainer(cfg)
+def _finished(cfg):
+    trainer = Trainer(cfg)
     try:
-        first.train()
+        trainer.train()
     finally:
-        first.close()
+        trainer.close()
+    return cfg
+
+
+def test_resuming_a_finished_run_without_checkpoints_is_refused(tmp_path, seed, capsys):
+    cfg = _finished(tiny_config(tmp_path, seed, extra=("train.max_steps=2",)))
     out = tmp_path / "run"
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
     assert (out / "final" / "config.json").is_file() and (out / "metrics.jsonl").stat().st_size
@@ -33,12 +37,7 @@ def test_resuming_a_finished_run_without_checkpoints_is_refused(tmp_path, seed, 
 
 def test_resuming_a_killed_run_without_checkpoints_starts_over(tmp_path, seed):
     """No final model either: nothing was finished, so it starts from step 0 (as before)."""
-    cfg = tiny_config(tmp_path, seed, extra=("train.max_steps=1", "checkpoint.save_final=false"))
-    first = Trainer(cfg)
-    try:
-        first.train()
-    finally:
-        first.close()
+    cfg = _finished(tiny_config(tmp_path, seed, extra=("checkpoint.save_final=false",)))
     again = Trainer(cfg, resume=True)
     again.close()
     assert again.step == 0
