@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -212,8 +211,6 @@ def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float
     from reflectioncoder.train.trainer import Trainer
 
     _header(3, TOTAL_STEPS, "Train a tiny Llama with the ReflectionCoder method (preset `tiny`)")
-    if (run_dir / "config.yaml").is_file():  # an earlier demo's run: start clean
-        shutil.rmtree(run_dir)
     cfg = load_config(None, overrides, base="tiny")
     print(
         "teacher: the whole sequence; student: the reflection hidden by block_mask (order "
@@ -221,7 +218,9 @@ def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float
         "(teacher + student) + KL(teacher || student)\non the answer.",
         flush=True,
     )
-    trainer = Trainer(cfg)
+    # An earlier demo's run is started over, under the folder's lock: a demo still training
+    # there is refused in one line, not deleted under its feet.
+    trainer = Trainer(cfg, overwrite=True)
     try:
         summary = trainer.train()
     finally:
