@@ -197,7 +197,7 @@ def final_answer_only(sample: dict) -> dict:
 
 def train_arm(arm: str, base: Path, data: Path, run: Path, size: Size, seed: int, args) -> dict:
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.metrics import read_metrics
+    from reflectioncoder.train.metrics import step_rows
     from reflectioncoder.train.trainer import Trainer
 
     overrides = [
@@ -220,7 +220,7 @@ def train_arm(arm: str, base: Path, data: Path, run: Path, size: Size, seed: int
         trainer.train()
     finally:
         trainer.close()
-    rows = [r for r in read_metrics(run / "metrics.jsonl") if not r.get("skipped")]
+    rows = step_rows(run / "metrics.jsonl")
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - cpu0, 1),

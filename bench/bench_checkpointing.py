@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench import RESULTS
 from bench.providers.common import commit, device_name, write_rows
+from reflectioncoder.train.metrics import step_rows
 
 ARCH = {
     "cpu": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 12, "num_heads": 4},
@@ -142,7 +143,7 @@ def run(samples_per_step: int, steps: int, device: str) -> list[dict]:
                 check=True,
             )
             got = json.loads(proc.stdout.strip().splitlines()[-1])
-            metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            metrics = step_rows(out / "metrics.jsonl")
             tokens = metrics[0]["tokens"]
             common = {
                 "kernel": "train_step",

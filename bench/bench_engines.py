@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.bench_checkpointing import prepare_model_and_data
 from bench.providers.common import commit, device_name, write_rows
+from reflectioncoder.train.metrics import step_rows
 
 SHAPES = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4},
@@ -90,7 +91,7 @@ def run_case(name: str, folder: Path, data: Path, args) -> dict:
     if got.get("rc") != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         return {"case": name, "error": "\n".join(tail)}
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = step_rows(out / "metrics.jsonl")
     return {"case": name, **got, **summarise(metrics)}
 
 

@@ -207,7 +207,7 @@ def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float
     """Step 3: the ``tiny`` preset trained with ``overrides`` into ``run_dir``; (steps, mean
     loss of the first steps, of the last steps)."""
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.metrics import read_metrics
+    from reflectioncoder.train.metrics import step_rows
     from reflectioncoder.train.trainer import Trainer
 
     _header(3, TOTAL_STEPS, "Train a tiny Llama with the ReflectionCoder method (preset `tiny`)")
@@ -225,7 +225,7 @@ def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float
         summary = trainer.train()
     finally:
         trainer.close()  # flushes metrics and draws the loss plot
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if not r.get("skipped")]
+    rows = step_rows(run_dir / "metrics.jsonl")
     if not rows:
         raise RuntimeError(f"training wrote no metrics to {run_dir / 'metrics.jsonl'}")
     k = max(1, min(10, len(rows) // 5))  # mean of the first and last k steps: less noise

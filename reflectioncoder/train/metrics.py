@@ -54,6 +54,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def step_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The applied optimizer steps' rows of a metrics.jsonl: not the skipped (non-finite) steps,
+    not the held-out loss's rows (``val_loss``, no ``loss``)."""
+    return [r for r in read_metrics(path) if "loss" in r and not r.get("skipped")]
+
+
 def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
     """Draw the loss curves (loss, teacher CE, student CE, KL per step; the held-out loss
     where measured) to a PNG."""
