@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -132,6 +133,20 @@ def plan_steps(lengths: list[int], cfg: TrainConfig) -> list[list[int]]:
     if cfg.max_steps is not None:
         steps = steps[: cfg.max_steps]
     return steps
+
+
+def plan_fingerprint(samples: list[TokenizedSample], plan: list[list[int]]) -> str:
+    """The sha256 of every step's samples' token ids, step by step: a resumed run must train the
+    steps its checkpoint's run planned, on the same data (the step count alone misses other
+    data of the same size, edited files, another seed)."""
+    per_sample: dict[int, bytes] = {}
+    digest = hashlib.sha256()
+    for step in plan:
+        for i in step:
+            if i not in per_sample:
+                per_sample[i] = hashlib.sha256(samples[i].ids.numpy().tobytes()).digest()
+            digest.update(per_sample[i])
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,6 +514,7 @@ class Trainer:
             self.samples, self.validation = self._split_validation(cfg, False)
         self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
         self.total_steps = len(self.plan)
+        self.plan_sha256 = plan_fingerprint(self.samples, self.plan)
         # What data.validation_fraction took out of the training data (None: nothing).
         fraction = cfg.data.validation_fraction
         self.held_out_sha256 = (
@@ -514,6 +530,19 @@ class Trainer:
                     field="--resume",
                 )
             self._check_held_out(state)
+            self._check_plan(state)
+
+    def _check_plan(self, state: dict[str, Any]) -> None:
+        """A resumed run trains the steps its checkpoint's run planned (checkpoints from before
+        the record: not checked)."""
+        recorded = state.get("plan_sha256", self.plan_sha256)
+        if recorded != self.plan_sha256:
+            raise UserError(
+                f"{self.resume_from} planned its steps on other samples or in another order "
+                "(data.files or their contents, train.seed or the data options changed): resume "
+                "with the run's own config and data, or start a new run",
+                field="data.files",
+            )
 
     def _check_held_out(self, state: dict[str, Any]) -> None:
         """A resumed run holding out samples holds out what its checkpoint's run held out: other
@@ -930,6 +959,7 @@ class Trainer:
                 "skipped": self.skipped,
                 "tokenizer_sha256": self.tokenizer_sha256,
                 "held_out_sha256": self.held_out_sha256,
+                "plan_sha256": self.plan_sha256,
                 "totals": self.metrics.totals,
             },
             self.cfg.checkpoint.keep_last,
