@@ -7,6 +7,7 @@ ids by one left-to-right scan over the special-token ids.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,6 +99,10 @@ class TokenizedSample:
     blocks: list[tuple[int, int, str]] = field(default_factory=list)
     source: str = ""
     uid: int = 0
+
+    def token_sha256(self) -> str:
+        """The sha256 of the token ids: what resume and held-out checks compare a sample by."""
+        return hashlib.sha256(self.ids.numpy().tobytes()).hexdigest()
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

@@ -139,13 +139,13 @@ def plan_fingerprint(samples: list[TokenizedSample], plan: list[list[int]]) -> s
     """The sha256 of every step's samples' token ids, step by step: a resumed run must train the
     steps its checkpoint's run planned, on the same data (the step count alone misses other
     data of the same size, edited files, another seed)."""
-    per_sample: dict[int, bytes] = {}
+    per_sample: dict[int, str] = {}
     digest = hashlib.sha256()
     for step in plan:
         for i in step:
-            if i not in per_sample:
-                per_sample[i] = hashlib.sha256(samples[i].ids.numpy().tobytes()).digest()
-            digest.update(per_sample[i])
+            if i not in per_sample:  # epochs repeat samples
+                per_sample[i] = samples[i].token_sha256()
+            digest.update(per_sample[i].encode())
     return digest.hexdigest()
 
 

@@ -60,19 +60,15 @@ def held_out_fingerprint(held: Sequence[TokenizedSample]) -> str:
     """The sha256 of the held-out samples' token ids (upsampled copies once, in no order): a
     resumed run must hold out what its checkpoint's run held out, or it may report a loss on
     samples the steps already trained on."""
-    digests = sorted({_digest(s) for s in held})
+    digests = sorted({s.token_sha256() for s in held})
     return hashlib.sha256("".join(digests).encode()).hexdigest()
-
-
-def _digest(sample: TokenizedSample) -> str:
-    return hashlib.sha256(sample.ids.numpy().tobytes()).hexdigest()
 
 
 def also_trained(samples: Sequence[TokenizedSample], held: Sequence[TokenizedSample]) -> int:
     """How many held-out samples have the tokens of a training sample (a file given as both
     ``data.files`` and ``data.validation_files``, or a sample on two lines)."""
-    trained = {_digest(s) for s in samples}
-    return sum(_digest(s) in trained for s in held)
+    trained = {s.token_sha256() for s in samples}
+    return sum(s.token_sha256() in trained for s in held)
 
 
 def load_validation_files(cfg: RunConfig, tokenizer: Any, is_main: bool) -> list[TokenizedSample]:
