@@ -155,28 +155,68 @@ def read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+class LossScale:
+    """fp16's dynamic loss scale, with torch.amp.GradScaler's rule and defaults: the loss is
+    multiplied by ``scale`` before the backward, so that fp16 gradients (the fused loss's d z,
+    the activations') do not flush to zero at a real step's loss weights; the fp32 gradients
+    are divided by it (exact: a power of two) before clipping; a non-finite step is skipped and
+    halves it, 2000 finite steps in a row double it. Device tensors: no host sync."""
+
+    GROWTH, BACKOFF, INTERVAL = 2.0, 0.5, 2000
+
+    def __init__(self, device: torch.device, init_scale: float = 2.0**16) -> None:
+        self.scale = torch.full((), init_scale, dtype=torch.float32, device=device)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=device)
+
+    def unscale_(self, grads: list[torch.Tensor]) -> None:
+        if grads:
+            torch._foreach_mul_(grads, self.scale.reciprocal())
+
+    def update(self, found_inf: torch.Tensor) -> None:
+        """``found_inf``: 1.0 when the step was skipped, else 0.0 (fp32, on the device)."""
+        torch._amp_update_scale_(
+            self.scale, self.growth_tracker, found_inf, self.GROWTH, self.BACKOFF, self.INTERVAL
+        )
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": float(self.scale), "growth_tracker": int(self.growth_tracker)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale.fill_(state["scale"])
+        self.growth_tracker.fill_(state["growth_tracker"])
+
+
 def _clip_and_step(
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     stats: torch.Tensor,
     grad_clip: float,
     skip_nonfinite: bool,
+    loss_scale: LossScale | None = None,
 ) -> torch.Tensor:
     """Clip ``params``' gradients by their global norm (``grad_clip`` <= 0: not clipped), then
     step the fused AdamW, skipped on the device when the loss (``stats[0]``) or the norm is not
     finite (its ``found_inf``), and drop the gradients; the norm, on the device. FSDP's
-    DTensor gradients: the norm over every rank's shards (replicated: no communication)."""
+    DTensor gradients: the norm over every rank's shards (replicated: no communication).
+    ``loss_scale`` (fp16): the gradients are unscaled first, and a non-finite norm always skips
+    the step (an overflow at the scale) and lowers the scale."""
     from torch.distributed.tensor import DTensor
 
+    if loss_scale is not None:
+        loss_scale.unscale_([p.grad for p in params if p.grad is not None])
     max_norm = grad_clip if grad_clip > 0 else math.inf
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
     if isinstance(norm, DTensor):
         norm = norm.full_tensor()
-    if skip_nonfinite:
-        finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
+    if skip_nonfinite or loss_scale is not None:
+        finite = torch.isfinite(norm)
+        if skip_nonfinite:
+            finite &= torch.isfinite(stats[0])
         optimizer.found_inf = (~finite).float()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if loss_scale is not None:
+        loss_scale.update(optimizer.found_inf)
     return norm
 
 

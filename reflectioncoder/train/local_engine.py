@@ -17,8 +17,9 @@ import torch.distributed as dist
 from reflectioncoder.config import RunConfig
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.train.deepspeed_config import BUCKETS_FROM_HIDDEN
-from reflectioncoder.train.distributed import DistInfo, all_reduce_sum
+from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, resolve_dtype
 from reflectioncoder.train.engine import (
+    LossScale,
     StateReader,
     StepResult,
     _adam_state,
@@ -88,6 +89,11 @@ class LocalEngine:
         self.optimizer = _adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.skip_nonfinite = run.train.skip_nonfinite
+        # fp16 (under autocast): without a loss scale its gradients flush to zero
+        fp16 = resolve_dtype(run.model.dtype, info.device) == torch.float16
+        self.loss_scale = LossScale(info.device) if fp16 else None
+        if self.loss_scale is not None:  # in the fused loss's weights: it writes d z in fp16
+            module.loss_scale = self.loss_scale.scale
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return (self._ddp or self.module)(*args, **kwargs)
@@ -104,6 +110,8 @@ class LocalEngine:
             self._reduce_now = last
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.loss_scale is not None:
+            loss = loss * self.loss_scale.scale
         loss.backward()
 
     def _into_master(self, weight: torch.Tensor) -> None:
@@ -128,8 +136,9 @@ class LocalEngine:
         if self.host_optimizer:
             return self._finish_on_host(stats)
         norm = _clip_and_step(
-            self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite
-        )
+            self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite,
+            self.loss_scale,
+        )  # fmt: skip
         if self._masters:
             weights = [w for w in self.weights if id(w) in self._masters]
             for w in weights:  # DDP's bucket views of the last micro-batch's 16-bit gradients
@@ -143,12 +152,17 @@ class LocalEngine:
         (the one sync the step has), then, if finite (else nothing changes: weights, moments,
         step count), the pipeline (``_step_on_host``)."""
         sums = [self._sums[id(w)] for w in self.weights if id(w) in self._sums]
+        if self.loss_scale is not None:
+            self.loss_scale.unscale_(sums)
         norm = torch.nn.utils.get_total_norm(sums, foreach=True)
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         # as clip_grad_norm_ scales (bitwise the same as the engine without offload)
         torch._foreach_mul_(sums, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         result = _read_step(stats, norm)
-        if result.applied or not self.skip_nonfinite:
+        overflow = self.loss_scale is not None and not math.isfinite(result.grad_norm)
+        if self.loss_scale is not None:  # an overflow at the scale is never stepped
+            self.loss_scale.update(torch.full((), float(overflow), device=norm.device))
+        if result.applied or not (self.skip_nonfinite or overflow):
             with torch.no_grad():
                 self._step_on_host()
         # the host has waited for every copy out (its bucket's event), or none was queued:
@@ -214,6 +228,8 @@ class LocalEngine:
         masters = ", fp32 master weights" if self._masters else ""
         if self.host_optimizer:
             masters = ", optimizer on the host (fp32 master weights and AdamW states in CPU memory)"
+        if self.loss_scale is not None:
+            masters += ", dynamic fp16 loss scale"
         ddp = ""
         if self._ddp is not None:
             mib = self._ddp.bucket_bytes_cap / 2**20
@@ -247,6 +263,8 @@ class LocalEngine:
     def state_dict(self) -> dict[str, Any]:
         names = optimizer_param_names(self.module, self.optimizer, self._masters)
         state = {"optimizer": self.optimizer.state_dict(), "names": names}
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale.state_dict()
         if self._masters:
             state["fp32_masters"] = [m.detach() for m in self.params]
             # The masters' names (module order, not the optimizer's): another layout reads them.
@@ -257,6 +275,8 @@ class LocalEngine:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.loss_scale is not None and "loss_scale" in state:
+            self.loss_scale.load_state_dict(state["loss_scale"])
         saved = state.get("fp32_masters")
         with torch.no_grad():
             for w, m, k in zip(self.weights, self.params, range(len(self.params)), strict=True):

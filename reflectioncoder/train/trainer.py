@@ -161,6 +161,8 @@ class ReflectionLossModule(nn.Module):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
+        # fp16's loss scale (0-dim, on the device), set by the engine (``train.engine.LossScale``)
+        self.loss_scale: torch.Tensor | None = None
 
     def forward(
         self, batch: PackedBatch, split: bool = False
@@ -186,7 +188,11 @@ class ReflectionLossModule(nn.Module):
             hidden = hidden.to(self.autocast_dtype)
             weight = weight.to(self.autocast_dtype)
         # The packing's indices are right by construction: no checks (each a host sync).
-        loss, parts = reflection_loss(hidden, batch, weight, check_inputs=False)
+        loss, parts = reflection_loss(hidden, self._scaled(batch), weight, check_inputs=False)
+        if self.loss_scale is not None and torch.is_grad_enabled():
+            # the scaled sums back to the loss (exact: a power of two); the backward's d z keep it
+            loss = loss / self.loss_scale
+            parts = {k: v / self.loss_scale for k, v in parts.items()}
         teacher_ce = torch.full((), float("nan"), device=loss.device)
         if split:
             with torch.no_grad():
@@ -202,6 +208,19 @@ class ReflectionLossModule(nn.Module):
                     hidden, only_teacher, weight, check_inputs=False, need_grad=False
                 )[1]["ce"]
         return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
+
+    def _scaled(self, batch: PackedBatch) -> PackedBatch:
+        """``batch`` with its loss weights times the fp16 loss scale when a gradient is wanted:
+        the fused loss writes its d z (upstream gradient 1) in the forward, in fp16, where they
+        would flush to zero at a real step's weights; the engine's backward then multiplies the
+        returned (unscaled) loss by the scale, so the d z arrive with an upstream gradient of 1."""
+        if self.loss_scale is None or not torch.is_grad_enabled():
+            return batch
+        return dataclasses.replace(
+            batch,
+            ce_weight=batch.ce_weight * self.loss_scale,
+            kl_weight=batch.kl_weight * self.loss_scale,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
