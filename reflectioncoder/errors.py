@@ -145,7 +145,68 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
         )
     if need in ("tokenizer", "both") and not has_tokenizer:
         raise UserError("no tokenizer files here (tokenizer.json)", file=path, field=field)
+    names = (_MODEL_JSON if need != "tokenizer" else ()) + (
+        _TOKENIZER_JSON if need != "model" else ()
+    )
+    for name in names:
+        _require_json(path / name, field)
+    if need != "tokenizer":
+        _require_weights(path, field)
     return path
+
+
+_MODEL_JSON = ("config.json", "generation_config.json", "model.safetensors.index.json")
+_TOKENIZER_JSON = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+
+
+def _require_json(path: Path, field: str) -> None:
+    """A model folder's JSON file that does not parse, named with its line and column
+    (transformers' own errors name neither the file nor the folder)."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_bytes())
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text ({err.reason})", file=path, field=field) from err
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"invalid JSON: {err.msg} (a damaged file?)",
+            file=path,
+            line=err.lineno,
+            column=err.colno,
+            field=field,
+        ) from err
+
+
+def _require_weights(path: Path, field: str) -> None:
+    """Each safetensors file of the folder has a whole header that covers the file (a file cut
+    short by a copy or a download shows here, named, instead of as safetensors' own error)."""
+    from safetensors import SafetensorError, safe_open
+
+    index = path / "model.safetensors.index.json"
+    shards = (
+        set(json.loads(index.read_bytes()).get("weight_map", {}).values())
+        if index.is_file()
+        else set()
+    )
+    for shard in sorted(shards):
+        if not (path / shard).is_file():
+            raise UserError(
+                f"{shard} is listed by {index.name} but missing", file=path, field=field
+            )
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"unreadable weights (damaged or cut short?): {err}", file=file, field=field
+            ) from err
 
 
 def ctrl_c_to_main_thread() -> None:

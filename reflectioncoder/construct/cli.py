@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
-from reflectioncoder.errors import UsageError, require_file
+from reflectioncoder.errors import UsageError, require_file, require_model_folder
 from reflectioncoder.generate import RetryPolicy
 from reflectioncoder.progress import Progress
 
@@ -92,6 +92,7 @@ def _backend(args: argparse.Namespace):
     if args.backend == "transformers":
         if not args.model:
             raise UsageError("--backend transformers needs --model FOLDER", field="--backend")
+        require_model_folder(args.model, "--model", need="both")
         return TransformersBackend(args.model, max_new_tokens=args.max_new_tokens)
     return MutationBackend(args.two_bug_rate, timeout_s=args.timeout)
 

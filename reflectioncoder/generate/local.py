@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from reflectioncoder.errors import UserError
 from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_stop
 
 
@@ -34,6 +35,7 @@ class LocalModel(Generator):
         self.tokenizer = tok
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        _require_fitting_tokenizer(model_dir, len(tok), model.get_input_embeddings().num_embeddings)
         self.model = model.to(self.device).eval()
         self._lock = threading.Lock()
 
@@ -134,6 +136,17 @@ class LocalModel(Generator):
             return self.complete([text], config, add_special_tokens=False)[0][0]
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.complete([text], config)[0][0]
+
+
+def _require_fitting_tokenizer(model_dir: str, tokens: int, rows: int) -> None:
+    """A tokenizer with ids past the model's embedding rows is another model's: refused at load,
+    not as an index error in the middle of generating."""
+    if tokens > rows:
+        raise UserError(
+            f"its tokenizer has {tokens} tokens but the model has {rows} embedding rows: "
+            "not this model's tokenizer (save the one it was trained with beside it)",
+            file=model_dir,
+        )
 
 
 def generate_hf(
