@@ -80,8 +80,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         choices=pr.PROMPT_FORMATS,
         default="spec",
         help="spec: SPEC §5's prompt (the paper's; for models trained here); chat: the same "
-        "request through the model's own chat template, for instruct models (HumanEval: the "
-        "reply repeats the signature and the model writes the body)",
+        "request through the model's own chat template, for instruct models (the reply opened "
+        "with a python fence; the model writes the whole function)",
     )
     gen.add_argument("--n-samples", type=int, default=1, help="samples per task")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")

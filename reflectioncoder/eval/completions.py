@@ -7,32 +7,55 @@ from __future__ import annotations
 import dataclasses
 
 from reflectioncoder.eval import prompts as pr
+from reflectioncoder.eval.journal import SampleJournal
 from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.progress import Progress
 
 
-def generate_samples(req: EvalRequest, tasks: dict, stats: dict) -> list[dict]:
-    """``{"task_id", "completion"}`` rows, ``req.decoding.n`` per task in task order.
-    ``stats`` receives the generation's tokens and speed (transformers backend)."""
+def generate_samples(
+    req: EvalRequest,
+    tasks: dict,
+    stats: dict,
+    journal: SampleJournal | None = None,
+    language: str | None = None,
+) -> list[dict]:
+    """``{"task_id", "completion"}`` rows (and ``"language"`` when given), ``req.decoding.n``
+    per task in task order. ``stats`` receives the generation's tokens and speed (transformers
+    backend). Tasks the ``journal`` holds are not generated again; each task's new rows go
+    into it as its batch is done."""
     ids = list(tasks)
     if req.task.startswith("multiple"):
-        prompts = [pr.multiple_prompt(tasks[t]) for t in ids]
+        prompts = {t: pr.multiple_prompt(tasks[t]) for t in ids}
         post = lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)  # noqa: E731
-        return _generate(req, ids, prompts, post, stats)
-    if req.prompt_format == "chat":
+        stops = ()
+    elif req.prompt_format == "chat":
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(req.model, local_files_only=True)
-        prompts = [pr.chat_prompt(tasks[t], tok) for t in ids]
+        prompts = {t: pr.chat_prompt(tasks[t], tok) for t in ids}
         post = lambda tid, raw: pr.postprocess_chat(raw)  # noqa: E731
-        return _generate(req, ids, prompts, post, stats, stop_strings=(pr.FENCE,))
-    prompts = [pr.python_prompt(tasks[t]) for t in ids]
-    return _generate(req, ids, prompts, lambda tid, raw: pr.postprocess(raw), stats)
+        stops = (pr.FENCE,)
+    else:
+        prompts = {t: pr.python_prompt(tasks[t]) for t in ids}
+        post = lambda tid, raw: pr.postprocess(raw)  # noqa: E731
+        stops = ()
+    kept = {t: journal.rows(t, language) for t in ids} if journal else {}
+    todo = [t for t in ids if not kept.get(t)]
+    extra = {} if language is None else {"language": language}
+
+    def keep(i: int, texts: list[str]) -> None:
+        tid = todo[i]
+        kept[tid] = [{"task_id": tid, "completion": post(tid, raw), **extra} for raw in texts]
+        if journal:
+            journal.add(kept[tid])
+
+    if todo:
+        _generate(req, [prompts[t] for t in todo], keep, stats, stop_strings=stops)
+    return [row for t in ids for row in kept[t]]
 
 
-def _generate(
-    req: EvalRequest, task_ids: list[str], prompts: list[str], post, stats: dict, stop_strings=()
-) -> list[dict]:
+def _generate(req: EvalRequest, prompts: list[str], on_done, stats: dict, stop_strings=()):
+    """Generate ``prompts``; ``on_done(i, texts)`` gets prompt i's texts as they are made."""
     from reflectioncoder import generate as gn
 
     config = gn.GenerationConfig(
@@ -42,20 +65,30 @@ def _generate(
     try:
         if req.backend == "hf":
             model = gn.LocalModel(req.model, device=req.device, threads=req.threads)
-            texts = model.complete(prompts, config, progress=bar, stats=stats)
+            run: dict = {}
+            model.complete(prompts, config, progress=bar, stats=run, on_done=on_done)
+            _add_stats(stats, run)
         elif req.backend == "vllm":
             model = gn.VllmModel(
                 req.model, tensor_parallel=req.tensor_parallel, seed=req.decoding.seed
             )
-            texts = model.complete(prompts, config, progress=bar)
+            model.complete(prompts, config, progress=bar, on_done=on_done)
         else:
             policy = gn.RetryPolicy(timeout_s=600.0)  # a long completion may take minutes
             client = gn.OpenAIClient(req.base_url, req.model, req.api_key, policy)
-            texts = client.complete(prompts, config, progress=bar)
+            client.complete(prompts, config, progress=bar, on_done=on_done)
     finally:
         bar.close()
-    return [
-        {"task_id": tid, "completion": post(tid, raw)}
-        for tid, outs in zip(task_ids, texts, strict=True)
-        for raw in outs
-    ]
+
+
+def _add_stats(total: dict, run: dict) -> None:
+    """``run``'s generation figures added to ``total`` (``--task multiple`` generates each
+    language in turn; its line reports them all)."""
+    for name in ("new_tokens", "seconds", "cpu_seconds"):
+        total[name] = round(total.get(name, 0) + run[name], 2)
+    seconds = total["seconds"]
+    total.update(
+        tokens_per_s=round(total["new_tokens"] / seconds, 2) if seconds else None,
+        threads=run["threads"],
+        batch_size=run["batch_size"],
+    )

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from operator import attrgetter
-from pathlib import Path
 
 from reflectioncoder.errors import UsageError, UserError, atomic_write_text
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.completions import generate_samples
+from reflectioncoder.eval.journal import SampleJournal, generation_key
 from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.eval.samples import read_samples, select_samples
 from reflectioncoder.eval.sandbox import Isolation, isolation
@@ -52,9 +53,9 @@ def evaluate(req: EvalRequest) -> int:
         )
     tasks = _first(tasks, req.limit)
     if req.samples is None:
-        out = req.samples_out()
-        rows = generate_samples(req, tasks, generation)
-        _write_samples(out, rows)
+        with SampleJournal(req.samples_out(), generation_key(req)) as journal:
+            rows = generate_samples(req, tasks, generation, journal)
+            journal.finish(rows)
     rows, ks = select_samples(tasks, rows, subset=bool(req.limit), k=req.k, file=req.samples)
     if task.startswith("multiple-"):
         scores, details = _score_multiple(req, tasks, rows, ks, task)
@@ -67,11 +68,6 @@ def evaluate(req: EvalRequest) -> int:
 
 def _first(tasks: dict, limit: int | None) -> dict:
     return dict(list(tasks.items())[:limit]) if limit else tasks
-
-
-def _write_samples(out: Path, rows: list[dict]) -> None:
-    atomic_write_text(out, "".join(json.dumps(s) + "\n" for s in rows))
-    print(f"samples: {out}", file=sys.stderr)
 
 
 def _multiple_languages(req: EvalRequest, rows: list[dict] | None) -> list[str]:
@@ -102,22 +98,22 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
     level = isolation()
     result = {"scores": {}, "isolation": level.name, "details": {}}
     generated, generation = [], {}
-    for lang in (lang for lang in wanted if lang not in unavailable):
-        tasks = _first(tk.load_multiple(req.data_dir, lang), req.limit)
-        if rows is None:
-            lang_rows = generate_samples(req, tasks, generation)
-            lang_rows = [{**s, "language": lang} for s in lang_rows]
-            generated += lang_rows
-        else:
-            lang_rows = [r for r in rows if r["language"] == lang]
-        lang_rows, ks = select_samples(
-            tasks, lang_rows, subset=bool(req.limit), k=req.k, file=req.samples
-        )
-        scores, details = _score_multiple(req, tasks, lang_rows, ks, f"multiple-{lang}", lang)
-        result["scores"].update(scores)
-        result["details"].update(details)
-    if out is not None:
-        _write_samples(out, generated)
+    with SampleJournal(out, generation_key(req)) if out else nullcontext() as journal:
+        for lang in (lang for lang in wanted if lang not in unavailable):
+            tasks = _first(tk.load_multiple(req.data_dir, lang), req.limit)
+            if rows is None:
+                lang_rows = generate_samples(req, tasks, generation, journal, language=lang)
+                generated += lang_rows
+            else:
+                lang_rows = [r for r in rows if r["language"] == lang]
+            lang_rows, ks = select_samples(
+                tasks, lang_rows, subset=bool(req.limit), k=req.k, file=req.samples
+            )
+            scores, details = _score_multiple(req, tasks, lang_rows, ks, f"multiple-{lang}", lang)
+            result["scores"].update(scores)
+            result["details"].update(details)
+        if journal is not None:
+            journal.finish(generated)
     if not result["scores"]:
         reasons = "; ".join(unavailable.values()) or "no language given"
         raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")

@@ -66,8 +66,9 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
 class Generator:
     """What every backend is: ``complete(prompts, config, progress=None)`` returns
     ``config.n`` texts per prompt, in the prompts' order; ``progress(k)`` is called as k more
-    prompts are done. A backend writes ``_complete_batch`` and says how many prompts it takes
-    at a time (``prompts_per_call``; None: all)."""
+    prompts are done, ``on_done(i, texts)`` as prompt i's texts are (to keep them at once). A
+    backend writes ``_complete_batch`` and says how many prompts it takes at a time
+    (``prompts_per_call``; None: all)."""
 
     prompts_per_call: int | None = None
 
@@ -77,12 +78,17 @@ class Generator:
         config: GenerationConfig,
         *,
         progress: Callable[[int], None] | None = None,
+        on_done: Callable[[int, list[str]], None] | None = None,
     ) -> list[list[str]]:
         size = self.prompts_per_call or max(len(prompts), 1)
         out: list[list[str]] = []
         for start in range(0, len(prompts), size):
             batch = list(prompts[start : start + size])
-            out += self._complete_batch(batch, config)
+            texts = self._complete_batch(batch, config)
+            for i, prompt_texts in enumerate(texts, start):
+                if on_done:
+                    on_done(i, prompt_texts)
+            out += texts
             if progress:
                 progress(len(batch))
         return out

@@ -58,12 +58,14 @@ class LocalModel(Generator):
         progress: Callable[[int], None] | None = None,
         stats: dict | None = None,
         add_special_tokens: bool = True,
+        on_done: Callable[[int, list[str]], None] | None = None,
     ) -> list[list[str]]:
         """``config.n`` texts per prompt, cut at the first stop. The prompts are encoded as they
         are (they may hold special tokens literally); ``add_special_tokens``: the tokenizer adds
         BOS (a chat template writes its own). ``stats``, when given, gets the tokens generated
         (padding excluded; so is the end token where it is the pad token), the wall and CPU
-        seconds of generation, the threads and the batch size."""
+        seconds of generation, the threads and the batch size. ``on_done(i, texts)`` is called as
+        prompt i's batch is done."""
         import torch
 
         tok = self.tokenizer
@@ -83,6 +85,8 @@ class LocalModel(Generator):
             texts = self._decode(new, config)
             for j, i in enumerate(chosen):
                 texts_by_prompt[i] = texts[j * config.n : (j + 1) * config.n]
+                if on_done:
+                    on_done(i, texts_by_prompt[i])
             if progress:
                 progress(len(batch))
         if stats is not None:

@@ -1,0 +1,39 @@
+"""What `reflectioncoder evaluate` tells a user: its help says what `--prompt-format chat`
+sends (docs/evaluation.md), and `--task multiple --model`'s generation line counts every
+language it generated, not the last one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from reference.serialise import SPECIALS
+
+from reflectioncoder.cli import main
+from reflectioncoder.testing.tiny_model import save_tiny_model
+
+
+def test_help_says_what_the_chat_format_sends(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    chat = text[text.rindex("--prompt-format {spec,chat}") :][:400]
+    assert "repeats the signature" not in chat  # the reply opens with the fence only
+    assert "the model writes the whole function" in chat
+
+
+def test_multiple_generation_line_counts_every_language(tmp_path, shared_dir, capsys):
+    texts = ["def add(x, y):\n    return x + y\n", "echo hi\n"] * 20
+    model = save_tiny_model(tmp_path / "model", texts, special_tokens=SPECIALS)
+    out = tmp_path / "ml.json"
+    argv = ["evaluate", "--task", "multiple", "--languages", "python", "sh", "--limit", "1"]
+    argv += ["--model", str(model), "--max-new-tokens", "8", "--device", "cpu"]
+    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress"]
+    assert main(argv) == 0
+    samples = [json.loads(x) for x in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert [s["language"] for s in samples] == ["python", "sh"]
+    generation = json.loads(Path(out).read_text())["generation"]
+    assert generation["new_tokens"] > 8, generation  # one language gives 8 at most
+    printed = capsys.readouterr().out
+    assert f"generation: {generation['new_tokens']} tokens" in printed

@@ -1,0 +1,128 @@
+"""``evaluate --model`` stopped by Ctrl-C midway through generation (a whole HumanEval is half an
+hour on a CPU) keeps what it generated; the same command run again continues from it instead of
+generating everything again, and ends with the samples an uninterrupted run writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from reference.serialise import SPECIALS
+
+from reflectioncoder.cli import main
+from reflectioncoder.eval.cli import add_arguments
+from reflectioncoder.eval.journal import generation_key
+from reflectioncoder.eval.request import EvalRequest
+from reflectioncoder.testing.cli import ctrl_c_reaches
+from reflectioncoder.testing.tiny_model import save_tiny_model
+
+TASKS = 12
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    texts = ["def add(x, y):\n    return x + y\n", "Write a complete Python function."] * 20
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    return save_tiny_model(out, texts, num_layers=2, special_tokens=SPECIALS)
+
+
+def _argv(model: Path, shared_dir: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "reflectioncoder.cli", "evaluate", "--task", "humaneval",
+        "--model", str(model), "--limit", str(TASKS), "--max-new-tokens", "32",
+        "--batch-size", "1", "--device", "cpu", "--threads", "1", "--base-only",
+        "--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress",
+    ]  # fmt: skip
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow  # three real runs of the command (about 40 s on a loaded 2-core machine)
+def test_ctrl_c_during_generation_then_the_same_command_continues(model, shared_dir, tmp_path):
+    out = tmp_path / "he.json"
+    samples = out.with_suffix(".samples.jsonl")
+    partial = samples.with_name(samples.name + ".partial")
+    proc = subprocess.Popen(
+        _argv(model, shared_dir, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_reaches,
+    )
+    deadline = time.monotonic() + 240
+    while not (partial.is_file() and len(partial.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not samples.exists() and not out.exists()
+    kept = _rows(partial)[1:]  # the first line: what generated them
+    assert 2 <= len(kept) < TASKS, "the interrupt came after the generation had ended"
+
+    again = subprocess.run(_argv(model, shared_dir, out), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"{partial}: continuing an interrupted run: {len(kept)} samples kept" in again.stderr
+    rows = _rows(samples)
+    assert [r["task_id"] for r in rows] == [f"HumanEval/{i}" for i in range(TASKS)]
+    by_id = {r["task_id"]: r for r in rows}
+    assert all(by_id[r["task_id"]] == r for r in kept)  # kept, not generated again
+    assert not partial.exists()
+    assert json.loads(out.read_text())["samples"] == str(model)
+
+    # Greedy, one prompt a batch: the same samples as a run never interrupted.
+    fresh = tmp_path / "fresh.json"
+    whole = subprocess.run(_argv(model, shared_dir, fresh), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    assert "continuing" not in whole.stderr
+    assert _rows(fresh.with_suffix(".samples.jsonl")) == rows
+
+
+def _in_process(model: Path, shared_dir: Path, out: Path, limit: int) -> int:
+    argv = _argv(model, shared_dir, out)[3:]  # the command line after `python -m ...cli`
+    argv[argv.index("--limit") + 1] = str(limit)
+    return main(argv)
+
+
+def test_kept_samples_are_not_generated_again(model, shared_dir, tmp_path, capsys):
+    """What an interrupted run leaves (its key, whole tasks, a line a kill cut short) is
+    continued: the kept rows are used as they are, the torn line's task generated again."""
+    out = tmp_path / "he.json"
+    samples = out.with_suffix(".samples.jsonl")
+    partial = samples.with_name(samples.name + ".partial")
+    assert _in_process(model, shared_dir, out, 3) == 0
+    whole = _rows(samples)
+    key = generation_key(EvalRequest.from_args(_parse(_argv(model, shared_dir, out)[4:])))
+    kept = [{**whole[0], "completion": "def kept(): pass"}, whole[1]]
+    torn = json.dumps(whole[2])[:20]
+    partial.write_text("".join(json.dumps(r) + "\n" for r in [{"key": key}, *kept]) + torn)
+    capsys.readouterr()
+    assert _in_process(model, shared_dir, out, 3) == 0
+    assert f"{partial}: continuing an interrupted run: 2 samples kept" in capsys.readouterr().err
+    assert _rows(samples) == [*kept, whole[2]] and not partial.exists()
+
+
+def test_another_model_in_the_folder_starts_over(model, shared_dir, tmp_path, capsys):
+    """A journal left by other weights (the model trained again in place) is not mixed in."""
+    out = tmp_path / "he.json"
+    samples = out.with_suffix(".samples.jsonl")
+    partial = samples.with_name(samples.name + ".partial")
+    stale = {"task_id": "HumanEval/0", "completion": "STALE"}
+    partial.write_text(json.dumps({"key": {"model": str(model)}}) + "\n" + json.dumps(stale))
+    assert _in_process(model, shared_dir, out, 1) == 0
+    assert "samples of another generation" in capsys.readouterr().err
+    assert "STALE" not in samples.read_text() and not partial.exists()
+
+
+def _parse(argv: list[str]):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
