@@ -66,9 +66,7 @@ def test_a_damaged_tokenizer_is_named_with_line_and_column(model, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("")  # never read: the folder is checked first
     proc = _run("inspect", "--data", str(data), "--tokenizer", str(bad), cwd=tmp_path)
-    assert f"{bad / 'tokenizer.json'}:2:13: --tokenizer: invalid JSON" in _one_line(
-        proc, "inspect"
-    )
+    assert f"{bad / 'tokenizer.json'}:2:13: --tokenizer: invalid JSON" in _one_line(proc, "inspect")
     sets = [f"data.files=[{data}]", f"checkpoint.out_dir={tmp_path / 'run'}"]
     sets.append(f"model.name_or_path={bad}")
     proc = _run("train", "--preset", "tiny", *(a for s in sets for a in ("--set", s)), cwd=tmp_path)
