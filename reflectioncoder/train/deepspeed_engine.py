@@ -74,6 +74,10 @@ class DeepSpeedEngine:
         self.module = self.engine.module
         # DeepSpeed averages gradients over ranks; our weights already normalise globally.
         self.loss_factor = float(info.world_size)
+        # fp16: DeepSpeed's loss scale also goes into the fused loss's weights (it writes its
+        # d z in fp16 in the forward, before DeepSpeed scales the loss: they flushed to zero)
+        self._fp16_scale: tuple[float, torch.Tensor] | None = None
+        self.scales_loss_weights = bool(self.engine.fp16_enabled())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.engine(*args, **kwargs)
@@ -94,8 +98,15 @@ class DeepSpeedEngine:
         )
 
     def start_micro_batch(self, last: bool) -> None:
-        """Reduce gradients only after the step's last micro-batch."""
+        """Reduce gradients only after the step's last micro-batch; in fp16, DeepSpeed's current
+        loss scale (a host float: it changes only in ``step``) into the loss module."""
         self.engine.set_gradient_accumulation_boundary(last)
+        if self.scales_loss_weights:
+            scale = float(self.optimizer.loss_scale)
+            if self._fp16_scale is None or self._fp16_scale[0] != scale:
+                device = next(self.module.parameters()).device
+                self._fp16_scale = (scale, torch.full((), scale, device=device))
+            self.module.loss_scale = self._fp16_scale[1]
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.loss_factor, scale_wrt_gas=False)
