@@ -29,7 +29,8 @@ $(VENV)/.installed: setup.py $(PINNED_BY)
 	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)"
 	# torch named again: --upgrade-strategy eager would otherwise take the newest torch from PyPI
 	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
-	touch $@
+	# The stamp names the lock the versions came from (empty: the newest allowed); tests/test_drift.py reads it
+	echo "$(PINNED_BY)" > $@
 
 env: $(VENV)/.installed
 
