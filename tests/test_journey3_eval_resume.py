@@ -1,6 +1,7 @@
 """``evaluate --model`` stopped by Ctrl-C midway through generation (a whole HumanEval is half an
-hour on a CPU) keeps what it generated; the same command run again continues from it instead of
-generating everything again, and ends with the samples an uninterrupted run writes."""
+hour on a CPU), or by a server that went away, keeps what it generated; the same command run
+again continues from it instead of generating everything again, and ends with the samples an
+uninterrupted run writes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -126,3 +129,53 @@ def _parse(argv: list[str]):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return parser.parse_args(argv)
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that answers ``answers`` requests, then fails with 503
+    (``Retry-After: 0``: the retries come at once)."""
+
+    answers = 1
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if _Flaky.answers <= 0:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        _Flaky.answers -= 1
+        data = json.dumps({"choices": [{"index": 0, "text": "    return 1\n```"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_server_that_goes_away_is_one_line_and_keeps_what_it_answered(
+    shared_dir, tmp_path, capsys
+):
+    server = HTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "he.json"
+    argv = ["evaluate", "--task", "humaneval", "--model", "m", "--backend", "openai"]
+    argv += ["--base-url", f"http://127.0.0.1:{server.server_port}", "--limit", "3"]
+    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress"]
+    try:
+        _Flaky.answers = 1
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("reflectioncoder evaluate: http://127.0.0.1:")
+        assert "HTTP 503" in err and "after 5 retries" in err and "internal error" not in err
+        _Flaky.answers = 2
+        assert main(argv) == 0
+        assert "continuing an interrupted run: 1 samples kept" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+    rows = _rows(out.with_suffix(".samples.jsonl"))
+    assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]

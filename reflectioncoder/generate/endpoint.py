@@ -23,8 +23,9 @@ from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-class BackendError(RuntimeError):
-    """The model could not be reached, or replied nonsense, after the retries."""
+class BackendError(UserError):
+    """The model could not be reached, or replied nonsense, after the retries: a user's to fix
+    (the server, its address), shown as one line, exit 1."""
 
 
 @dataclass(frozen=True)
