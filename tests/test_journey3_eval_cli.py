@@ -37,3 +37,14 @@ def test_multiple_generation_line_counts_every_language(tmp_path, shared_dir, ca
     assert generation["new_tokens"] > 8, generation  # one language gives 8 at most
     printed = capsys.readouterr().out
     assert f"generation: {generation['new_tokens']} tokens" in printed
+
+
+def test_an_unknown_multiple_language_is_a_bad_argument(tmp_path, capsys):
+    """Exit 3 means "its toolchain is not installed here" (scripts skip it); a misspelt
+    language is a bad --task: exit 2, the languages listed."""
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval_23_strlen", "completion": "x"}\n')
+    assert main(["evaluate", "--task", "multiple-cobol", "--samples", str(samples)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reflectioncoder evaluate: --task: no MultiPL-E language 'cobol'")
+    assert "python, cpp, cs" in err

@@ -35,6 +35,9 @@ def evaluate(req: EvalRequest) -> int:
     task = req.task
     if task.startswith("multiple-"):
         lang = task.removeprefix("multiple-")
+        if lang not in ml.LANGUAGES:  # a typo, not a toolchain to install (exit 3 says that)
+            known = ", ".join(ml.LANGUAGES)
+            raise UsageError(f"--task: no MultiPL-E language {lang!r}; LANG is one of {known}")
         problem = ml.toolchain_problem(lang)
         if problem:
             print(f"reflectioncoder evaluate: {problem}", file=sys.stderr)
