@@ -139,16 +139,12 @@ class _Flaky(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
-        if _Flaky.answers <= 0:
-            self.send_response(503)
-            self.send_header("Retry-After", "0")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        _Flaky.answers -= 1
-        data = json.dumps({"choices": [{"index": 0, "text": "    return 1\n```"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        ok = _Flaky.answers > 0
+        _Flaky.answers -= ok
+        choices = [{"index": 0, "text": "    return 1\n```"}]
+        data = json.dumps({"choices": choices}).encode() if ok else b""
+        self.send_response(200 if ok else 503)
+        self.send_header("Retry-After", "0")  # read on a 503 only
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
