@@ -10,14 +10,19 @@ measured is written: a figure that was not measured is left out, never estimated
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import yaml
 
 from reflectioncoder import __version__
+from reflectioncoder.errors import atomic_write_text
 
 if TYPE_CHECKING:  # evaluate imports this module: no config (or torch) import at run time
     from reflectioncoder.config import RunConfig
@@ -243,9 +248,18 @@ def add_eval_results(
     path = Path(folder) / README
     if not path.is_file():
         return None
-    meta, title, sections = parse(path.read_text(encoding="utf-8"))
-    if TAG not in (meta.get("tags") or []):
-        return None
+    with _locked(path) as card:  # two evaluations of one model at once: both entries kept
+        meta, title, sections = parse(card.read().decode("utf-8"))
+        if TAG not in (meta.get("tags") or []):
+            return None
+        _add_results(meta, title, scores, note)
+        sections["Evaluation results"] = _results(meta["model-index"])
+        atomic_write_text(path, render(meta, sections, title))  # a kill leaves it whole
+    return path
+
+
+def _add_results(meta: dict, title: str, scores: dict[str, dict[str, float]], note: str) -> None:
+    """``scores`` into ``meta``'s model-index (a benchmark and metric scored again: replaced)."""
     index = meta.setdefault("model-index", [{"name": title, "results": []}])
     results = index[0].setdefault("results", [])
     for bench, values in scores.items():
@@ -259,6 +273,19 @@ def add_eval_results(
             result["metrics"] = [m for m in result["metrics"] if m["name"] != name]
             entry = {"type": metric, "value": round(100 * value, 2), "name": name}
             result["metrics"].append(dict(entry, verified=False))
-    sections["Evaluation results"] = _results(index)
-    path.write_text(render(meta, sections, title), encoding="utf-8")
-    return path
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[BinaryIO]:
+    """``path`` open for reading under an exclusive lock, held until the block ends; taken on
+    the file now at ``path`` (a writer before us may have replaced the one we opened)."""
+    while True:
+        card = path.open("rb")
+        fcntl.flock(card, fcntl.LOCK_EX)
+        if os.fstat(card.fileno()).st_ino == os.stat(path).st_ino:
+            break
+        card.close()
+    try:
+        yield card
+    finally:
+        card.close()
