@@ -97,36 +97,65 @@ def test_no_scale_outside_fp16(tmp_path, seed, dtype):
 
 
 TESTS_DIR = Path(__file__).resolve().parent
-DEEPSPEED_FP16 = """
+DEEPSPEED_STEP = """
 import json, sys, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import test_review13_fp16_loss_scale as t
-extra = ("distributed.backend=deepspeed", "distributed.zero_stage=1")
-folder, seed = Path(sys.argv[2]), int(sys.argv[3])
-result, update, engine = t._run(folder, seed, "fp16", t.PAPER_WEIGHTS, *extra)
-torch.save(update, sys.argv[2] + "/update.pt")
-print(json.dumps([result.grad_norm, result.applied, engine.describe()]))
+folder, seed, dtype, stage, factor = Path(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+extra = ("distributed.backend=deepspeed", f"distributed.zero_stage={stage}")
+result, update, engine = t._run(folder, seed, dtype, float(factor), *extra)
+torch.save(update, folder / "update.pt")
+adam = getattr(engine.optimizer, "optimizer", engine.optimizer)
+steps = sorted({float(s["step"]) for s in adam.state.values() if "step" in s})
+print(json.dumps([result.grad_norm, result.applied, engine.describe(), steps]))
 """
 
 
-def test_deepspeed_fp16_at_the_papers_weights_matches_fp32(tmp_path, seed):
-    """DeepSpeed's fp16 (its own loss scale, ZeRO-1) against the one-process fp32 step (the
-    same within 1e-7 as DeepSpeed's fp32 here); in a process of its own, as DeepSpeed wants."""
-    want, want_update, _ = _run(tmp_path, seed, "fp32", PAPER_WEIGHTS)
+def _deepspeed_step(folder: Path, seed: int, dtype: str, stage: int, factor: float):
+    """``_run``'s step under DeepSpeed, in a process of its own (as DeepSpeed wants): (grad
+    norm, applied, the engine's description, AdamW's step counts, the update)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # no launcher
     env.setdefault("TORCH_EXTENSIONS_DIR", str(TESTS_DIR.parent / ".cache" / "torch_extensions"))
-    folder = tmp_path / "deepspeed"
     folder.mkdir()
-    argv = [sys.executable, "-c", DEEPSPEED_FP16, str(TESTS_DIR), str(folder), str(seed)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    args = [str(TESTS_DIR), str(folder), str(seed), dtype, str(stage), str(factor)]
+    proc = subprocess.run(
+        [sys.executable, "-c", DEEPSPEED_STEP, *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    norm, applied, describe = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "deepspeed ZeRO-1" in describe and "float16" in describe
-    assert applied
+    norm, applied, describe, steps = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert f"deepspeed ZeRO-{stage}," in describe and _TORCH[dtype] in describe
+    return norm, applied, steps, torch.load(folder / "update.pt")
+
+
+_TORCH = {"fp16": "torch.float16", "bf16": "torch.bfloat16"}
+
+
+@pytest.mark.parametrize("stage", [1, 0])
+def test_deepspeed_fp16_at_the_papers_weights_matches_fp32(tmp_path, seed, stage):
+    """DeepSpeed's fp16 (its own loss scale) against the one-process fp32 step (the same within
+    1e-7 as DeepSpeed's fp32 here). ZeRO-0 had three flaws of DeepSpeed 0.19.8 besides: its
+    engine never scaled the loss while its fp16 optimizer unscaled the gradients (65536 times too
+    small, never clipped), that optimizer reports the scaled norm, and its AdamW started at step
+    count 1 (the first update 0.744 of AdamW's)."""
+    want, want_update, _ = _run(tmp_path, seed, "fp32", PAPER_WEIGHTS)
+    norm, applied, steps, got_update = _deepspeed_step(
+        tmp_path / "deepspeed", seed, "fp16", stage, PAPER_WEIGHTS
+    )
+    assert applied and steps == [1.0]
     assert abs(norm - want.grad_norm) <= 2e-3 * want.grad_norm, (norm, want.grad_norm)
-    got_update = torch.load(folder / "update.pt")
     err = float((got_update - want_update).norm() / want_update.norm())
     assert err <= 5e-2, f"first update off by {err:.2e} of fp32's"
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_at_zero0_counts_adams_steps_from_zero(tmp_path, seed):
+    """bf16 at ZeRO-0 takes the same 16-bit optimizer: AdamW's step count 1 after one step, and
+    the norm within bf16's error of fp32's."""
+    want, _, _ = _run(tmp_path, seed, "fp32", 1.0)
+    norm, applied, steps, _ = _deepspeed_step(tmp_path / "deepspeed", seed, "bf16", 0, 1.0)
+    assert applied and steps == [1.0]
+    assert abs(norm - want.grad_norm) <= 1e-2 * want.grad_norm, (norm, want.grad_norm)

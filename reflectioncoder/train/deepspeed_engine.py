@@ -78,6 +78,13 @@ class DeepSpeedEngine:
         # d z in fp16 in the forward, before DeepSpeed scales the loss: they flushed to zero)
         self._fp16_scale: tuple[float, torch.Tensor] | None = None
         self.scales_loss_weights = bool(self.engine.fp16_enabled())
+        self.scales_loss = self.scales_loss_weights and not _deepspeed_scales_loss(self.engine)
+        # that optimizer reports the norm of the scaled gradients (its fused sibling divides)
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+        self._scaled_norm = self.scales_loss and isinstance(self.optimizer, FP16_UnfusedOptimizer)
+        if isinstance(self.optimizer, FP16_UnfusedOptimizer):
+            _restart_step_count(self.optimizer.optimizer)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.engine(*args, **kwargs)
@@ -109,7 +116,10 @@ class DeepSpeedEngine:
             self.module.loss_scale = self._fp16_scale[1]
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss * self.loss_factor, scale_wrt_gas=False)
+        loss = loss * self.loss_factor
+        if self.scales_loss:  # fp16 at ZeRO-0: DeepSpeed's step unscales what it never scaled
+            loss = loss * self._fp16_scale[1]
+        self.engine.backward(loss, scale_wrt_gas=False)
 
     def finish_step(self, stats: torch.Tensor) -> StepResult:
         """Step (DeepSpeed clips, and skips on a non-finite gradient norm), then one sync."""
@@ -117,6 +127,8 @@ class DeepSpeedEngine:
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
+        if self._scaled_norm:
+            norm /= self._fp16_scale[0]  # the scale this step's backward used
         # The one host sync per optimizer step (logging).
         host = stats.tolist()
         applied = bool(self.engine.was_step_applied())
@@ -184,6 +196,29 @@ class DeepSpeedEngine:
         if self.config["zero_optimization"].get("stage", 0) == 3:
             return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
         return _unwrap(self.engine.module.state_dict())
+
+
+def _deepspeed_scales_loss(engine: Any) -> bool:
+    """Whether DeepSpeed's ``engine.backward`` multiplies an fp16 loss by the loss scale. In
+    0.19.8 it does for its ZeRO optimizers (and torch autocast's GradScaler) only: at ZeRO-0 its
+    fp16 optimizer (``FP16_UnfusedOptimizer``) still divides the gradients by the scale in
+    ``step`` (65536 times too small: AdamW's eps then dominates, and clipping never triggers),
+    so the engine multiplies the loss itself (``DeepSpeedEngine.backward``)."""
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
+    return isinstance(engine.optimizer, ZeROOptimizer) or scaler is not None
+
+
+def _restart_step_count(optimizer: torch.optim.Optimizer) -> None:
+    """DeepSpeed 0.19.8's 16-bit optimizer at ZeRO-0 (``FP16_UnfusedOptimizer``) creates AdamW's
+    state with a step on zero gradients: the moments stay 0 but the step count is 1, so every
+    bias correction after is a step ahead (the first update was 0.744 of AdamW's). Back to 0."""
+    for state in optimizer.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"].zero_()
+        elif "step" in state:
+            state["step"] = 0
 
 
 def drop_skipped_sums(zero_optimizer: Any) -> None:
