@@ -113,7 +113,7 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
     """
     path = Path(path)
     if not path.exists():
-        raise UserError("folder not found", file=path, field=field)
+        raise UserError(f"folder not found{_install_hint(path)}", file=path, field=field)
     if path.suffix == ".gguf" and path.is_file():
         raise UserError(
             f"a GGUF file: convert it first (reflectioncoder convert-gguf {path} FOLDER)",
@@ -153,6 +153,17 @@ def require_model_folder(path: str | os.PathLike, field: str, need: str = "model
     if need != "tokenizer":
         _require_weights(path, field)
     return path
+
+
+def _install_hint(path: Path) -> str:
+    """How to get ``path`` when it is where ``install-model`` puts a model (the smollm2
+    preset's, README's evaluate command)."""
+    from reflectioncoder.install_model import MODELS, default_folder
+
+    for name in MODELS:
+        if path.resolve() == default_folder(name).resolve():
+            return f": install it with `reflectioncoder install-model {name}`"
+    return ""
 
 
 _MODEL_JSON = ("config.json", "generation_config.json", "model.safetensors.index.json")

@@ -101,3 +101,20 @@ def test_build_data_checks_its_model_folder(model, tmp_path):
     assert f"{other}: its tokenizer has {len(tok)} tokens" in line
     assert "not this model's tokenizer" in line
     assert not out.parent.exists()
+
+
+def test_the_smollm2_preset_without_its_model_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    """README's `train --preset smollm2` and `evaluate --model ~/.cache/.../smollm2-...`
+    before `install-model`: the one command that installs it, not a bare "folder not found"."""
+    from reflectioncoder.cli import main
+
+    monkeypatch.setenv("REFLECTIONCODER_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("")
+    argv = ["train", "--preset", "smollm2", "--set", f"data.files=[{data}]"]
+    assert main([*argv, "--set", f"checkpoint.out_dir={tmp_path / 'run'}"]) == 1
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    hint = "folder not found: install it with `reflectioncoder install-model smollm2-135m-instruct`"
+    assert capsys.readouterr().err.strip().endswith(f"{folder}: model.name_or_path: {hint}")
+    assert main(["evaluate", "--task", "mbpp", "--model", str(folder)]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{folder}: --model: {hint}")
