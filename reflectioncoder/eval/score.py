@@ -157,6 +157,15 @@ BATCH_S = 0.02  # the harness sends result lines together when they come within 
 # (floats may print longer than the expected ones and still be close enough)
 MAX_SAMPLE_OUTPUT = 64 << 20
 REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's reason
+# Inputs the harness may have finished without the scorer seeing their lines yet (it batches
+# up to 257 lines, ``runner``): the input under way is one of the next this many
+PENDING_INPUTS = 258
+# A step (a phase's load, or an input) that has lasted IDLE_AFTER(limit) of wall time while
+# the run used less than IDLE_SHARE of it in CPU is waiting (sleep, SIGSTOP, a blocking
+# read), not computing: a loaded machine gives a sample more than that (``wall_backstop``
+# assumes a fifth of a core). A load gets a longer floor: cold imports read the disk.
+IDLE_SHARE = 0.1
+IDLE_LOAD_S = 10.0
 
 
 class _Judge:
@@ -173,15 +182,45 @@ class _Judge:
         # (the harness sends a batch when an input ends more than BATCH_S after the last one)
         self.mark: float | None = None  # the clock when the current input started
         self.batch: tuple[_Phase, int, float, float] | None = None  # phase, i, clock, wall
+        self.step = (time.monotonic(), self.start)  # wall and clock when the last line came
 
     def __call__(self, line: bytes) -> bool:
         self.received += len(line)
+        self.step = (time.monotonic(), self.clock())
         try:
             if self.received > self.max_bytes:
                 return self._fail_current(FAIL, "output over the cap")
             return self._judge(codec.read_result_row(line))
         except Exception as exc:  # DecodeError, or anything a crafted value provokes
             return self._fail_current(FAIL, f"malformed result line: {type(exc).__name__}")
+
+    def stalled(self) -> bool:
+        """The watchdog, asked between lines: True (the phase under way failed) when the step
+        under way (its load, or its next input) is past its limit with no line to say so:
+        over its CPU time (a program that ignores or catches the harness's timer), waiting
+        instead of computing, or past the wall-clock backstop of its own limit (not of the
+        whole sample's budget: a sample that sleeps costs seconds, not minutes)."""
+        phase = next((p for p in self.phases if p.status is None), None)
+        if phase is None:
+            return False
+        wall = time.monotonic() - self.step[0]
+        cpu = self.clock() - self.step[1]
+        if phase.loaded:
+            limit = max(phase.limits[phase.next : phase.next + PENDING_INPUTS], default=1.0)
+            cpu_limit, idle_after, at = limit + BATCH_S + CPU_SLACK_S, 2 * limit + 1, phase.next
+        else:
+            limit = cpu_limit = phase.budget
+            idle_after, at = max(IDLE_LOAD_S, 2 * MIN_TIME_LIMIT + 1), None
+        if cpu > cpu_limit:
+            reason = "over its CPU-time limit, measured outside"
+        elif wall > idle_after and cpu < IDLE_SHARE * wall:
+            reason = "waiting, not computing, past its time limit"
+        elif wall > wall_backstop(limit):
+            reason = "over the wall-clock backstop of its time limit"
+        else:
+            return False
+        phase.fail(TIMEOUT, at, reason)
+        return True
 
     def _fail_current(self, status: str, reason: str) -> bool:
         for p in self.phases:
@@ -304,6 +343,7 @@ def check_sample(
         timeout_s=wall_backstop(budget),
         output_limit=codec.MAX_LINE,
         on_stdout_line=judge,
+        watchdog=judge.stalled,
     )
     judge.close_batch()  # the last lines' CPU time, when the run ended without a verdict
     _fail_undecided(phases, res, budget)

@@ -213,9 +213,12 @@ class PreparedRun:
         cpu_s: float | None = None,
         output_limit: int = 1 << 20,
         on_stdout_line: Callable[[bytes], bool] | None = None,
+        watchdog: Callable[[], bool] | None = None,
     ) -> ExecResult:
         """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
-        (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``."""
+        (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``.
+        ``watchdog``: asked between reads (at least every 50 ms); True stops the run as
+        ``on_stdout_line`` does (a judge whose verdict needs no line: a stalled program)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if self.used or self.proc is None:
@@ -238,6 +241,7 @@ class PreparedRun:
                 out_chunks,
                 sizes,
                 on_stdout_line,
+                watchdog,
             )
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0

@@ -1,6 +1,7 @@
 """A sandboxed process's I/O: stdin fed, stdout and stderr collected (or judged line by line)
 until it ends, a deadline passes (wall clock or the run's CPU clock), the output exceeds its
-cap or the caller's judge says stop. Event-driven: a selector on the pipes, then a pidfd."""
+cap or the caller's judge says stop (on a line, or from its watchdog between reads).
+Event-driven: a selector on the pipes, then a pidfd."""
 
 from __future__ import annotations
 
@@ -22,12 +23,14 @@ def pump(
     chunks: dict[int, list[bytes]],
     sizes: dict[int, int],
     on_line: Callable[[bytes], bool] | None,
+    watchdog: Callable[[], bool] | None = None,
 ) -> str | None:
     """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
-    clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop.
-    Returns why the sandbox stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"``
-    (over ``limit``), ``"stopped"`` (``on_line`` said so), or None (it ended by itself)."""
-    run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, on_line)
+    clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop, or
+    ``watchdog`` (asked between reads, at least every 50 ms) does. Returns why the sandbox
+    stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"`` (over ``limit``),
+    ``"stopped"`` (``on_line`` or ``watchdog`` said so), or None (it ended by itself)."""
+    run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, (on_line, watchdog))
     try:
         return run.until_output_closes() or run.until_exit() or run.last_line()
     finally:
@@ -45,12 +48,12 @@ class _Pump:
         limit: int,
         chunks: dict[int, list[bytes]],
         sizes: dict[int, int],
-        on_line: Callable[[bytes], bool] | None,
+        judges: tuple[Callable[[bytes], bool] | None, Callable[[], bool] | None],
     ) -> None:
-        self.proc, self.limit, self.on_line = proc, limit, on_line
+        self.proc, self.limit, (self.on_line, self.watchdog) = proc, limit, judges
         self.chunks, self.sizes = chunks, sizes
         self.deadline, self.cpu_deadline, self.cpu_clock = deadlines
-        self.poll = 0.5 if self.cpu_deadline is None else 0.05
+        self.poll = 0.5 if self.cpu_deadline is None and self.watchdog is None else 0.05
         self.sel = selectors.DefaultSelector()
         assert proc.stdin and proc.stdout and proc.stderr
         self.streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
@@ -72,8 +75,9 @@ class _Pump:
         if time.monotonic() >= self.deadline:
             return "wall"
         used = self.cpu_clock() if self.cpu_deadline is not None else None
-        over = used is not None and used >= self.cpu_deadline  # type: ignore[operator]
-        return "cpu" if over else None
+        if used is not None and used >= self.cpu_deadline:  # type: ignore[operator]
+            return "cpu"
+        return "stopped" if self.watchdog is not None and self.watchdog() else None
 
     def until_output_closes(self) -> str | None:
         """Feed stdin and read both pipes until the program closes them."""

@@ -1,0 +1,80 @@
+"""Timing games against the Python scorer: a sample that waits instead of computing (sleep,
+SIGSTOP on itself, a sleep at module level) or that ignores the harness's timer is timed out
+within seconds of its own limit, not at the wall-clock backstop of the whole sample's budget
+(before: 50 s for this 3-input task, about 6 minutes for a HumanEval(+) task, against EvalPlus's
+1 s). An honest input that is slower than the one before it still passes, while the scorer has
+not yet seen the earlier input's line (the harness batches them)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_sandbox_hostile import _task
+
+from reflectioncoder.eval import sandbox
+from reflectioncoder.eval.score import IDLE_LOAD_S, PASS, TIMEOUT, check_sample
+
+# Before the watchdog, each of these took the task's wall backstop: wall_backstop(8 CPU s).
+OLD_VERDICT_S = sandbox.wall_backstop(8.0)
+
+STALLS = {
+    "sleeps in the function": ("import time\ndef f(x):\n    time.sleep(1000)\n", 0, 6.0),
+    "stops itself": (
+        "import signal\ndef f(x):\n    signal.raise_signal(signal.SIGSTOP)\n",
+        0,
+        6.0,
+    ),
+    "ignores the timer and spins": (
+        "import signal\n"
+        "def f(x):\n"
+        "    signal.signal(signal.SIGPROF, signal.SIG_IGN)\n"
+        "    while True:\n"
+        "        pass\n",
+        0,
+        4.0,
+    ),
+    "sleeps at load": (
+        "import time\ntime.sleep(1000)\ndef f(x):\n    return x\n",
+        None,
+        IDLE_LOAD_S + 5.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STALLS))
+def test_a_stalled_sample_is_timed_out_within_seconds(seed, name):
+    code, failed_input, within_s = STALLS[name]
+    task, expected = _task(seed)
+    t0 = time.monotonic()
+    res = check_sample(task, code, expected)
+    took = time.monotonic() - t0
+    assert res.base == TIMEOUT and res.base_failed_input == failed_input, res
+    assert took < within_s < OLD_VERDICT_S, f"{name}: the verdict took {took:.1f} s"
+
+
+def test_a_slow_input_after_a_fast_one_still_passes(seed):
+    """Input 0 returns at once (its line waits in the harness's batch), input 1 computes for
+    about 1.3 s of CPU within its own 2 s limit: the watchdog, which cannot tell which input
+    is under way, allows the largest limit of those that may be, and the sample passes."""
+    task, expected = _task(seed)
+    plus = expected["plus"]["out"]
+    expected["base"] = {"out": [expected["base"]["out"][0], plus[0]], "t": [0.0, 0.5]}
+    expected["plus"] = {"out": plus[1:], "t": [0.0]}  # limits: max(1, 4 t) = 1 s, 2 s; 1 s
+    task.base_inputs, task.plus_inputs = (
+        [task.base_inputs[0], task.plus_inputs[0]],
+        [task.plus_inputs[1]],
+    )
+    body = task.canonical_solution.split("return", 1)[1].strip()
+    slow_x = task.base_inputs[1][0]
+    code = (
+        "import time\n"
+        "def f(x):\n"
+        f"    if x == {slow_x}:\n"
+        "        start = time.process_time()\n"
+        "        while time.process_time() - start < 1.3:\n"
+        "            pass\n"
+        f"    return {body}\n"
+    )
+    res = check_sample(task, code, expected)
+    assert (res.base, res.plus) == (PASS, PASS), res
