@@ -1,6 +1,6 @@
 """A sandboxed child's set-up between its start and the exec of its command: SIGINT back to
-its default, the run's cgroup entered, death with the scorer, the per-process limits, and (the
-fallback level) the seccomp filter. Standard library only.
+its default, the run's cgroup entered, first in line for the OOM killer, death with the
+scorer, the per-process limits, and (the fallback level) the seccomp filter. Standard library only.
 
 It runs either in the forked child (``process._preexec``, when the scorer is small) or as a
 script in a fresh interpreter that then execs the command (``python -I -S child.py CONFIG --
@@ -17,6 +17,7 @@ import resource
 import sys
 
 _PR_SET_PDEATHSIG = 1
+OOM_SCORE_ADJ = "1000"  # the most: killed first
 _SIG_DFL, _SIG_IGN = 0, 1  # C's signal dispositions (signal.h)
 
 
@@ -38,6 +39,11 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
     for procs in config["cgroup_procs"]:
         with open(procs, "w") as f:
             f.write("0")
+    # the kernel's first choice when memory runs out, above the scorer and the rest of the
+    # machine (a box's tmpfs files count for no process: without this, a limit on the
+    # scorer's own cgroup killed the scorer). Set by root, the program cannot lower it.
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write(OOM_SCORE_ADJ)
     lib.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     cpu = config["cpu"]
     for limit, value in (
