@@ -1,5 +1,6 @@
 """Timing games against the Python scorer: a sample that waits instead of computing (sleep,
-SIGSTOP on itself, a sleep at module level) or that ignores the harness's timer is timed out
+SIGSTOP on itself, a sleep at module level, a byte now and then on the result pipe, never a
+line) or that ignores the harness's timer is timed out
 within seconds of its own limit, not at the wall-clock backstop of the whole sample's budget
 (before: 50 s for this 3-input task, about 6 minutes for a HumanEval(+) task, against EvalPlus's
 1 s). An honest input that is slower than the one before it still passes, while the scorer has
@@ -13,7 +14,7 @@ import pytest
 from test_sandbox_hostile import _task
 
 from reflectioncoder.eval import sandbox
-from reflectioncoder.eval.score import IDLE_LOAD_S, PASS, TIMEOUT, check_sample
+from reflectioncoder.eval.score import FAIL, IDLE_LOAD_S, PASS, TIMEOUT, check_sample
 
 # Before the watchdog, each of these took the task's wall backstop: wall_backstop(8 CPU s).
 OLD_VERDICT_S = sandbox.wall_backstop(8.0)
@@ -33,6 +34,21 @@ STALLS = {
         "        pass\n",
         0,
         4.0,
+    ),
+    "drips bytes on the result pipe": (
+        "import os, stat, time\n"
+        "def f(x):\n"
+        "    pipe = next(fd for fd in range(3, 64) if _is_pipe(fd))\n"
+        "    while True:\n"
+        "        os.write(pipe, b' ')\n"
+        "        time.sleep(0.03)\n"
+        "def _is_pipe(fd):\n"
+        "    try:\n"
+        "        return stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
+        "    except OSError:\n"
+        "        return False\n",
+        0,
+        6.0,
     ),
     "sleeps at load": (
         "import time\ntime.sleep(1000)\ndef f(x):\n    return x\n",
@@ -78,3 +94,54 @@ def test_a_slow_input_after_a_fast_one_still_passes(seed):
     )
     res = check_sample(task, code, expected)
     assert (res.base, res.plus) == (PASS, PASS), res
+
+
+def test_precomputing_while_loading_is_not_caught(seed):
+    """The limit left open (EvalPlus 0.3.1's too): a solution 1.5 s per input against a 1 s
+    limit times out, but the same code that computes its phase's outputs while it loads,
+    reading the inputs from the runner's frame, passes within the phase's budget. Closing it
+    needs each input sent only after the previous result. This test fails once it is closed:
+    then turn it around."""
+    task, expected = _task(seed)
+    body = task.canonical_solution.split("return", 1)[1].strip()
+    slow = (
+        "import time\n"
+        "def f(x):\n"
+        "    start = time.process_time()\n"
+        "    while time.process_time() - start < 1.5:\n"
+        "        pass\n"
+        f"    return {body}\n"
+    )
+    ahead = slow.replace("def f(", "def _slow(") + (
+        "import sys\n"
+        "_known = {repr(i): _slow(*i) for i in sys._getframe(1).f_locals['inputs']}\n"
+        "def f(x):\n"
+        "    return _known[repr([x])]\n"
+    )
+    assert check_sample(task, slow, expected).base == TIMEOUT
+    res = check_sample(task, ahead, expected)
+    assert (res.base, res.plus) == (PASS, PASS), res
+
+
+def test_a_forged_huge_line_is_refused_before_it_is_decoded(seed):
+    """A result line far bigger than the task's expected outputs (8 MiB of empty lists, which
+    decoded would cost the scorer about 25 times that in memory) fails the sample at the
+    sandbox's line cap, before any decoding."""
+    task, expected = _task(seed)
+    expected["bytes"] = 200  # the size of the task's cache line, as ``load_expected`` gives
+    code = (
+        "import os, stat\n"
+        "def f(x):\n"
+        "    pipe = next(fd for fd in range(3, 64) if stat.S_ISFIFO(_mode(fd)))\n"
+        '    line = b\'{"phase":"base","i":0,"out":[\' + b\'[],\' * (8 << 18) + b\'[]]}\\n\'\n'
+        "    while line:\n"
+        "        line = line[os.write(pipe, line) :]\n"
+        "    return 0\n"
+        "def _mode(fd):\n"
+        "    try:\n"
+        "        return os.fstat(fd).st_mode\n"
+        "    except OSError:\n"
+        "        return 0\n"
+    )
+    res = check_sample(task, code, expected)
+    assert res.base == FAIL and res.reason == "output over the cap", res

@@ -156,6 +156,11 @@ BATCH_S = 0.02  # the harness sends result lines together when they come within 
 # bytes of result lines one sample may send in all: this plus 8x its expected outputs' encoding
 # (floats may print longer than the expected ones and still be close enough)
 MAX_SAMPLE_OUTPUT = 64 << 20
+# bytes of ONE result line: this plus 8x the task's expected outputs' encoding (one output is
+# part of it), at most codec.MAX_LINE. A forged line of 64 MiB (``[[],[],...]``) cost the
+# scorer 1.5 GiB and seconds to decode; a task's right output is never bigger than all its
+# expected outputs, floats aside
+MAX_LINE_FLOOR = 64 << 10
 REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's reason
 # Inputs the harness may have finished without the scorer seeing their lines yet (it batches
 # up to 257 lines, ``runner``): the input under way is one of the next this many
@@ -341,13 +346,21 @@ def check_sample(
         job,
         cpu_s=budget,
         timeout_s=wall_backstop(budget),
-        output_limit=codec.MAX_LINE,
+        output_limit=_line_limit(expected),
         on_stdout_line=judge,
         watchdog=judge.stalled,
     )
     judge.close_batch()  # the last lines' CPU time, when the run ended without a verdict
     _fail_undecided(phases, res, budget)
     return _sample_result(task, completion_id, phases, res)
+
+
+def _line_limit(expected: dict) -> int:
+    """The most one result line of the task may hold (``MAX_LINE_FLOOR``); codec.MAX_LINE
+    where the caller gave no size of the expected outputs (``bytes``, the cache line's)."""
+    if "bytes" not in expected:
+        return codec.MAX_LINE
+    return min(codec.MAX_LINE, MAX_LINE_FLOOR + 8 * expected["bytes"])
 
 
 def _fail_undecided(phases: list[_Phase], res: ExecResult, budget: float) -> None:

@@ -217,7 +217,7 @@ class PreparedRun:
     ) -> ExecResult:
         """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
         (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``.
-        ``watchdog``: asked between reads (at least every 50 ms); True stops the run as
+        ``watchdog``: asked every 50 ms, after reading what the pipes held; True stops the run as
         ``on_stdout_line`` does (a judge whose verdict needs no line: a stalled program)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")

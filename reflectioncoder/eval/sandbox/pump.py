@@ -27,8 +27,8 @@ def pump(
 ) -> str | None:
     """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
     clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop, or
-    ``watchdog`` (asked between reads, at least every 50 ms) does. Returns why the sandbox
-    stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"`` (over ``limit``),
+    ``watchdog`` does (asked every 50 ms, after reading what the pipes held). Returns why the
+    sandbox stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"`` (over ``limit``),
     ``"stopped"`` (``on_line`` or ``watchdog`` said so), or None (it ended by itself)."""
     run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, (on_line, watchdog))
     try:
@@ -54,6 +54,7 @@ class _Pump:
         self.chunks, self.sizes = chunks, sizes
         self.deadline, self.cpu_deadline, self.cpu_clock = deadlines
         self.poll = 0.5 if self.cpu_deadline is None and self.watchdog is None else 0.05
+        self.next_watch = 0.0
         self.sel = selectors.DefaultSelector()
         assert proc.stdin and proc.stdout and proc.stderr
         self.streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
@@ -75,9 +76,17 @@ class _Pump:
         if time.monotonic() >= self.deadline:
             return "wall"
         used = self.cpu_clock() if self.cpu_deadline is not None else None
-        if used is not None and used >= self.cpu_deadline:  # type: ignore[operator]
-            return "cpu"
-        return "stopped" if self.watchdog is not None and self.watchdog() else None
+        over = used is not None and used >= self.cpu_deadline  # type: ignore[operator]
+        return "cpu" if over else None
+
+    def ask_watchdog(self) -> str | None:
+        """Ask the watchdog (every 50 ms at most), right after reading what the pipes held:
+        with output still unread (this thread was slow to read it) the program may be waiting
+        on us, and lines not yet judged would make its step look longer than it is."""
+        if self.watchdog is None or time.monotonic() < self.next_watch:
+            return None
+        self.next_watch = time.monotonic() + 0.05
+        return "stopped" if self.watchdog() else None
 
     def until_output_closes(self) -> str | None:
         """Feed stdin and read both pipes until the program closes them."""
@@ -90,6 +99,8 @@ class _Pump:
                     self._feed()
                 elif stop := self._read(key.fd):
                     return stop
+            if stop := self.ask_watchdog():
+                return stop
         return None
 
     def _feed(self) -> None:
@@ -151,6 +162,8 @@ class _Pump:
             if clock := self.over_time():
                 return clock
             self.sel.select(timeout=min(max(self.deadline - time.monotonic(), 0.001), nap))
+            if stop := self.ask_watchdog():
+                return stop
         return None
 
     def last_line(self) -> str | None:
