@@ -8,6 +8,7 @@ not yet seen the earlier input's line (the harness batches them)."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -58,7 +59,10 @@ STALLS = {
 }
 
 
-@pytest.mark.parametrize("name", list(STALLS))
+# the load's idle floor is 10 s: that case runs with the slow set
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if "load" in n else n for n in STALLS]
+)
 def test_a_stalled_sample_is_timed_out_within_seconds(seed, name):
     code, failed_input, within_s = STALLS[name]
     task, expected = _task(seed)
@@ -96,6 +100,7 @@ def test_a_slow_input_after_a_fast_one_still_passes(seed):
     assert (res.base, res.plus) == (PASS, PASS), res
 
 
+@pytest.mark.slow  # 1.5 s of CPU per input, six times
 def test_precomputing_while_loading_is_not_caught(seed):
     """The limit left open (EvalPlus 0.3.1's too): a solution 1.5 s per input against a 1 s
     limit times out, but the same code that computes its phase's outputs while it loads,
@@ -145,3 +150,22 @@ def test_a_forged_huge_line_is_refused_before_it_is_decoded(seed):
     )
     res = check_sample(task, code, expected)
     assert res.base == FAIL and res.reason == "output over the cap", res
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [sys.executable, "-c", "import time\ntime.sleep(100)"],
+        ["/bin/sh", "-c", "kill -STOP $$"],
+    ],
+    ids=["python sleeps", "shell stops itself"],
+)
+def test_any_run_that_waits_is_timed_out_early(argv):
+    """Every sandboxed run (build-data's programs, ``run_python``), not only the scorer's:
+    one that waits is over its time limit once it has waited 2 x its CPU limit + 1 s, not at
+    the wall-clock backstop of 5 x + 10 s."""
+    t0 = time.monotonic()
+    res = sandbox.run_sandboxed(argv, cpu_s=1.0, timeout_s=sandbox.wall_backstop(1.0))
+    took = time.monotonic() - t0
+    assert res.timed_out and res.ending == sandbox.Ending("timeout", clock="wall"), res
+    assert took < 6.0 < sandbox.wall_backstop(1.0), took

@@ -30,6 +30,7 @@ from reflectioncoder.eval.sandbox import (
     site_paths,
     wall_backstop,
 )
+from reflectioncoder.eval.sandbox.records import IDLE_SHARE
 from reflectioncoder.eval.tasks import PythonTask
 
 __all__ = [
@@ -165,11 +166,9 @@ REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's r
 # Inputs the harness may have finished without the scorer seeing their lines yet (it batches
 # up to 257 lines, ``runner``): the input under way is one of the next this many
 PENDING_INPUTS = 258
-# A step (a phase's load, or an input) that has lasted IDLE_AFTER(limit) of wall time while
+# A step (a phase's load, or an input) that has lasted 2 x its limit + 1 s of wall time while
 # the run used less than IDLE_SHARE of it in CPU is waiting (sleep, SIGSTOP, a blocking
-# read), not computing: a loaded machine gives a sample more than that (``wall_backstop``
-# assumes a fifth of a core). A load gets a longer floor: cold imports read the disk.
-IDLE_SHARE = 0.1
+# read), not computing. A load waits this long at least: cold imports read the disk.
 IDLE_LOAD_S = 10.0
 
 

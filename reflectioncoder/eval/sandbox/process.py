@@ -25,7 +25,13 @@ from reflectioncoder.eval.sandbox import bwrap, child, guards
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import pump
-from reflectioncoder.eval.sandbox.records import DEFAULT_CPU_S, Ending, ExecResult, Limits
+from reflectioncoder.eval.sandbox.records import (
+    DEFAULT_CPU_S,
+    IDLE_SHARE,
+    Ending,
+    ExecResult,
+    Limits,
+)
 
 __all__ = ["PreparedRun", "run_sandboxed"]
 
@@ -106,6 +112,25 @@ def _sweep_marked(marker: str) -> None:
         if not found:
             return
         time.sleep(0.01)
+
+
+class IdleRule:
+    """A run that waits instead of computing (a sleep, SIGSTOP on itself, a blocking read):
+    past ``2 x cpu_s + 1`` seconds of wall time with less than ``IDLE_SHARE`` of that in CPU
+    time, it is over its time limit now rather than at the wall-clock backstop (``5 x cpu_s
+    + 10`` for ``run_python``): a loaded machine gives a run more than that share."""
+
+    def __init__(self, start: float, cpu0: float, cpu_s: float, clock) -> None:
+        self.start, self.cpu0, self.clock = start, cpu0, clock
+        self.after = 2 * cpu_s + 1
+        self.fired = False
+
+    def __call__(self) -> bool:
+        wall = time.monotonic() - self.start
+        if wall > self.after:
+            used = self.clock()
+            self.fired = used is not None and used - self.cpu0 < IDLE_SHARE * wall
+        return self.fired
 
 
 class PreparedRun:
@@ -218,7 +243,9 @@ class PreparedRun:
         """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
         (the constructor's by default) and ``timeout_s`` of wall clock; see ``run_sandboxed``.
         ``watchdog``: asked every 50 ms, after reading what the pipes held; True stops the run as
-        ``on_stdout_line`` does (a judge whose verdict needs no line: a stalled program)."""
+        ``on_stdout_line`` does (a judge whose verdict needs no line: a stalled program).
+        Without one, a run that waits instead of computing is timed out on the wall clock
+        long before ``timeout_s`` (``IdleRule``)."""
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if self.used or self.proc is None:
@@ -232,6 +259,9 @@ class PreparedRun:
         cpu_deadline = None if cpu0 is None else cpu0 + (cpu_s or self.cpu_s)
         cpu_used = cpu_now = None
         oom_kills = 0
+        idle = None
+        if watchdog is None and cpu0 is not None:
+            idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
         try:
             stop = pump(
                 self.proc,
@@ -241,8 +271,10 @@ class PreparedRun:
                 out_chunks,
                 sizes,
                 on_stdout_line,
-                watchdog,
+                watchdog or idle,
             )
+            if idle is not None and idle.fired:
+                stop = "wall"  # it waited: a time limit on the wall clock, reached early
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
             oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0

@@ -5,9 +5,13 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_CPU_S", "Ending", "ExecResult", "Limits"]
+__all__ = ["DEFAULT_CPU_S", "IDLE_SHARE", "Ending", "ExecResult", "Limits"]
 
 DEFAULT_CPU_S = 6.0  # a started-ahead run's CPU seconds, unless told (its run may change it)
+# A run (or a scorer's step) that used less than this share of its wall time in CPU is
+# waiting, not computing: a loaded machine gives a run more (``wall_backstop`` assumes a fifth
+# of a core)
+IDLE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
