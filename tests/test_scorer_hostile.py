@@ -29,6 +29,7 @@ FORGED = {
         {"phase": "base", "i": 0, "out": {"$set": [k * _P for k in range(1, 20_000)]}}
     ).encode(),
     "a giant load_error": b'{"phase":"base","load_error":"' + b"X" * 5_000_000 + b'"}',
+    "a long load_error": b'{"phase":"base","load_error":"' + b"X" * 50_000 + b'"}',
     "deep nesting": b'{"phase":"base","i":0,"out":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
     "a NaN literal": b'{"phase":"base","i":0,"out":NaN}',
 }
@@ -81,8 +82,12 @@ def test_forged_lines_fail_only_their_own_sample(shared_dir, tmp_path, monkeypat
     for name, verdict in zip(FORGED, hostile, strict=True):
         assert verdict["base"] == "fail", (name, verdict)
         assert len(verdict["reason"]) < 150, (name, verdict["reason"][:200])
+    # a line far over the task's expected outputs is refused before it is decoded; a shorter
+    # one is decoded, and its text clipped
     giant = hostile[list(FORGED).index("a giant load_error")]
-    assert giant["reason"].startswith("load error: XXX")
+    assert giant["reason"] == "output over the cap", giant
+    long = hostile[list(FORGED).index("a long load_error")]
+    assert long["reason"].startswith("load error: XXX"), long
     assert out.stat().st_size < 64 << 10  # nothing forged was copied in whole
     assert took < 120, f"the run took {took:.0f} s"
 
