@@ -73,6 +73,20 @@ def test_a_stalled_sample_is_timed_out_within_seconds(seed, name):
     assert took < within_s < OLD_VERDICT_S, f"{name}: the verdict took {took:.1f} s"
 
 
+def _right_after(task, seconds: float, when: str = "True") -> str:
+    """The task's right answer, after ``seconds`` of CPU on the inputs where ``when`` holds."""
+    body = task.canonical_solution.split("return", 1)[1].strip()
+    return (
+        "import time\n"
+        "def f(x):\n"
+        f"    if {when}:\n"
+        "        start = time.process_time()\n"
+        f"        while time.process_time() - start < {seconds}:\n"
+        "            pass\n"
+        f"    return {body}\n"
+    )
+
+
 def test_a_slow_input_after_a_fast_one_still_passes(seed):
     """Input 0 returns at once (its line waits in the harness's batch), input 1 computes for
     about 1.3 s of CPU within its own 2 s limit: the watchdog, which cannot tell which input
@@ -85,18 +99,8 @@ def test_a_slow_input_after_a_fast_one_still_passes(seed):
         [task.base_inputs[0], task.plus_inputs[0]],
         [task.plus_inputs[1]],
     )
-    body = task.canonical_solution.split("return", 1)[1].strip()
     slow_x = task.base_inputs[1][0]
-    code = (
-        "import time\n"
-        "def f(x):\n"
-        f"    if x == {slow_x}:\n"
-        "        start = time.process_time()\n"
-        "        while time.process_time() - start < 1.3:\n"
-        "            pass\n"
-        f"    return {body}\n"
-    )
-    res = check_sample(task, code, expected)
+    res = check_sample(task, _right_after(task, 1.3, when=f"x == {slow_x}"), expected)
     assert (res.base, res.plus) == (PASS, PASS), res
 
 
@@ -108,15 +112,7 @@ def test_precomputing_while_loading_is_not_caught(seed):
     needs each input sent only after the previous result. This test fails once it is closed:
     then turn it around."""
     task, expected = _task(seed)
-    body = task.canonical_solution.split("return", 1)[1].strip()
-    slow = (
-        "import time\n"
-        "def f(x):\n"
-        "    start = time.process_time()\n"
-        "    while time.process_time() - start < 1.5:\n"
-        "        pass\n"
-        f"    return {body}\n"
-    )
+    slow = _right_after(task, 1.5)
     ahead = slow.replace("def f(", "def _slow(") + (
         "import sys\n"
         "_known = {repr(i): _slow(*i) for i in sys._getframe(1).f_locals['inputs']}\n"
