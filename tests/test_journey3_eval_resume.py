@@ -175,3 +175,33 @@ def test_a_server_that_goes_away_is_one_line_and_keeps_what_it_answered(
         server.shutdown()
     rows = _rows(out.with_suffix(".samples.jsonl"))
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+
+
+def test_ctrl_c_while_scoring_then_nothing_is_generated_again(
+    model, shared_dir, tmp_path, capsys, monkeypatch
+):
+    """The samples are all made, the scoring is stopped: the same command scores them again
+    without loading the model (the journal goes only once the result is written)."""
+    from reflectioncoder import generate
+    from reflectioncoder.eval import score
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "he.json"
+    with monkeypatch.context() as patched:
+        patched.setattr(score, "score_python_samples", ctrl_c)
+        assert _in_process(model, shared_dir, out, 2) == 130
+    samples = out.with_suffix(".samples.jsonl")
+    made = _rows(samples)
+    assert len(made) == 2 and not out.exists()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded to generate again")
+
+    monkeypatch.setattr(generate, "LocalModel", no_model)
+    capsys.readouterr()
+    assert _in_process(model, shared_dir, out, 2) == 0
+    assert "continuing an interrupted run: 2 samples kept" in capsys.readouterr().err
+    assert _rows(samples) == made and out.is_file()
+    assert not samples.with_name(samples.name + ".partial").exists()

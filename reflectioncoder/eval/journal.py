@@ -3,7 +3,7 @@ samples file gets each task's rows the moment its batch is done, flushed to disk
 by Ctrl-C, a kill or a crash (a whole HumanEval on a CPU is half an hour of generation) is
 continued by the same command: the tasks found there are not generated again. The first line
 records what generated them (the model's files, backend, prompt format, decoding); rows made
-another way are never mixed in. The whole samples file replaces the journal at the end."""
+another way are never mixed in. It is removed once the evaluation's result is written."""
 
 from __future__ import annotations
 
@@ -103,10 +103,13 @@ class SampleJournal:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def finish(self, rows: list[dict]) -> None:
-        """All samples made: the samples file written whole, the journal removed."""
+    def write_samples(self, rows: list[dict]) -> None:
+        """All samples made: the samples file, written whole. The journal stays until the
+        result is written (``remove``): a run stopped while scoring generates nothing again."""
         atomic_write_text(self.out, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"samples: {self.out}", file=sys.stderr)
+
+    def remove(self) -> None:
         self.__exit__()
         self.path.unlink(missing_ok=True)
 

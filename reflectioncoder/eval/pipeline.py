@@ -55,10 +55,11 @@ def evaluate(req: EvalRequest) -> int:
             req.samples, solutions=not task.startswith("multiple"), tasks=(tasks, task)
         )
     tasks = _first(tasks, req.limit)
+    journal = None
     if req.samples is None:
         with SampleJournal(req.samples_out(), generation_key(req)) as journal:
             rows = generate_samples(req, tasks, generation, journal)
-            journal.finish(rows)
+        journal.write_samples(rows)
     rows, ks = select_samples(tasks, rows, subset=bool(req.limit), k=req.k, file=req.samples)
     if task.startswith("multiple-"):
         scores, details = _score_multiple(req, tasks, rows, ks, task)
@@ -66,7 +67,10 @@ def evaluate(req: EvalRequest) -> int:
         scores, details = _score_python(req, tasks, rows, ks)
     level = isolation()
     result = {"scores": scores, "isolation": level.name, "details": details}
-    return _report(req, result, level, generation, t0)
+    code = _report(req, result, level, generation, t0)
+    if journal is not None:  # kept until now: a run stopped while scoring generates nothing again
+        journal.remove()
+    return code
 
 
 def _first(tasks: dict, limit: int | None) -> dict:
@@ -116,12 +120,15 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
             result["scores"].update(scores)
             result["details"].update(details)
         if journal is not None:
-            journal.finish(generated)
+            journal.write_samples(generated)
     if not result["scores"]:
         reasons = "; ".join(unavailable.values()) or "no language given"
         raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")
     result["unavailable"] = unavailable
-    return _report(req, result, level, generation, t0)
+    code = _report(req, result, level, generation, t0)
+    if journal is not None:
+        journal.remove()
+    return code
 
 
 def _score_python(req: EvalRequest, tasks: dict, rows: list[dict], ks: tuple[int, ...]):
