@@ -110,23 +110,43 @@ adam = getattr(engine.optimizer, "optimizer", engine.optimizer)
 steps = sorted({float(s["step"]) for s in adam.state.values() if "step" in s})
 print(json.dumps([result.grad_norm, result.applied, engine.describe(), steps]))
 """
+# ZeRO-0 in fp32, two steps of one trainer: a finite one, then one whose loss is inf.
+DEEPSPEED_SKIP = """
+import json, sys, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import test_review13_fp16_loss_scale as t
+from test_trainer import tiny_config
+from reflectioncoder.train.trainer import Trainer
+extra = ("model.dtype=fp32", "distributed.backend=deepspeed", "distributed.zero_stage=0")
+trainer = Trainer(tiny_config(Path(sys.argv[2]), int(sys.argv[3]), extra=extra))
+rows = []
+for factor in (1.0, 1e39):
+    result, update = t._first_step(trainer, factor)
+    rows.append([result.grad_norm, result.applied, bool(update.isfinite().all()),
+                 int(torch.count_nonzero(update))])
+print(json.dumps(rows))
+"""
 
 
-def _deepspeed_step(folder: Path, seed: int, dtype: str, stage: int, factor: float):
-    """``_run``'s step under DeepSpeed, in a process of its own (as DeepSpeed wants): (grad
-    norm, applied, the engine's description, AdamW's step counts, the update)."""
+def _script_output(script: str, *args: str):
+    """The JSON ``script`` prints last, run in a process of its own (as DeepSpeed wants: one
+    engine a process) with the tests folder and ``args`` as its arguments."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # no launcher
     env.setdefault("TORCH_EXTENSIONS_DIR", str(TESTS_DIR.parent / ".cache" / "torch_extensions"))
-    folder.mkdir()
-    args = [str(TESTS_DIR), str(folder), str(seed), dtype, str(stage), str(factor)]
-    proc = subprocess.run(
-        [sys.executable, "-c", DEEPSPEED_STEP, *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    argv = [sys.executable, "-c", script, str(TESTS_DIR), *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    norm, applied, describe, steps = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _deepspeed_step(folder: Path, seed: int, dtype: str, stage: int, factor: float):
+    """``_run``'s step under DeepSpeed: (grad norm, applied, AdamW's step counts, the update)."""
+    folder.mkdir()
+    args = (str(folder), str(seed), dtype, str(stage), str(factor))
+    norm, applied, describe, steps = _script_output(DEEPSPEED_STEP, *args)
     assert f"deepspeed ZeRO-{stage}," in describe and _TORCH[dtype] in describe
     return norm, applied, steps, torch.load(folder / "update.pt")
 
@@ -159,3 +179,13 @@ def test_deepspeed_bf16_at_zero0_counts_adams_steps_from_zero(tmp_path, seed):
     norm, applied, steps, _ = _deepspeed_step(tmp_path / "deepspeed", seed, "bf16", 0, 1.0)
     assert applied and steps == [1.0]
     assert abs(norm - want.grad_norm) <= 1e-2 * want.grad_norm, (norm, want.grad_norm)
+
+
+def test_deepspeed_zero0_fp32_skips_a_nonfinite_step_and_logs_the_norm(tmp_path, seed):
+    """ZeRO-0 in fp32 (DeepSpeed steps our AdamW bare): the norm is the one-process engine's
+    (was NaN every step), and a step whose loss is inf is skipped, weights unchanged (it was
+    applied: NaN weights, and logged as applied)."""
+    want, _, _ = _run(tmp_path, seed, "fp32", 1.0)
+    finite, infinite = _script_output(DEEPSPEED_SKIP, str(tmp_path / "ds"), str(seed))
+    assert finite[1] and abs(finite[0] - want.grad_norm) <= 1e-5 * want.grad_norm, finite
+    assert infinite[1:] == [False, True, 0], infinite

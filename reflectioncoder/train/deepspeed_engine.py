@@ -18,7 +18,14 @@ from reflectioncoder.train.deepspeed_config import (
     zero3_local_piece,
 )
 from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, is_zero3_param
-from reflectioncoder.train.engine import StateReader, StepResult, _adam_state, _adamw, _unwrap
+from reflectioncoder.train.engine import (
+    StateReader,
+    StepResult,
+    _adam_state,
+    _adamw,
+    _read_step,
+    _unwrap,
+)
 
 
 def convert_to_universal(deepspeed_dir: Path, out: Path) -> None:
@@ -65,10 +72,18 @@ class DeepSpeedEngine:
             for p in external_params:
                 deepspeed.zero.register_external_parameter(module, p)
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = _adamw(params, run.optim, on_cpu=offloads_optimizer(self.config))
+        # ZeRO-0 in fp32: DeepSpeed steps our AdamW bare, with no norm and no non-finite skip;
+        # the fused one takes ``found_inf`` (finish_step)
+        self._bare = _steps_client_bare(self.config)
+        self._params, self.skip_nonfinite = params, run.train.skip_nonfinite
+        optimizer = _adamw(
+            params, run.optim, on_cpu=offloads_optimizer(self.config), fused=self._bare
+        )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=self.config
         )
+        if self._bare and self.optimizer is not optimizer:
+            raise RuntimeError(f"deepspeed wrapped ZeRO-0's fp32 optimizer in {self.optimizer}")
         check_skipped_sums(self.optimizer, self.config)
         self.optimizer_name = type(optimizer).__name__
         self.module = self.engine.module
@@ -124,6 +139,8 @@ class DeepSpeedEngine:
     def finish_step(self, stats: torch.Tensor) -> StepResult:
         """Step (DeepSpeed clips, and skips on a non-finite gradient norm), then one sync."""
         all_reduce_sum(stats)
+        if self._bare:
+            return self._finish_bare(stats)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         norm = float("nan") if norm is None else float(norm)
@@ -135,6 +152,19 @@ class DeepSpeedEngine:
         if not applied:
             drop_skipped_sums(self.optimizer)
         return StepResult(host, norm, applied)
+
+    def _finish_bare(self, stats: torch.Tensor) -> StepResult:
+        """ZeRO-0 in fp32: the norm of the (reduced) gradients, and a non-finite loss or norm
+        skipping the step on the device (fused AdamW's ``found_inf``), as the one-process
+        engine does; DeepSpeed clips and steps. Before, such a step was applied (NaN weights)
+        and every step's norm logged as NaN."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if self.skip_nonfinite:
+            finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
+            self.optimizer.found_inf = (~finite).float()
+        self.engine.step()
+        return _read_step(stats, norm)
 
     @property
     def offloads_optimizer(self) -> bool:
@@ -196,6 +226,13 @@ class DeepSpeedEngine:
         if self.config["zero_optimization"].get("stage", 0) == 3:
             return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
         return _unwrap(self.engine.module.state_dict())
+
+
+def _steps_client_bare(config: dict[str, Any]) -> bool:
+    """Whether DeepSpeed 0.19.8 steps the client optimizer itself, unwrapped: ZeRO-0 without
+    fp16 or bf16 (its ``_take_model_step``: clipping, then ``optimizer.step()``)."""
+    sixteen = config["fp16"].get("enabled") or config["bf16"].get("enabled")
+    return config["zero_optimization"].get("stage", 0) == 0 and not sixteen
 
 
 def _deepspeed_scales_loss(engine: Any) -> bool:
