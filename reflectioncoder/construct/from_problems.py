@@ -122,9 +122,11 @@ def parse_problem(row: object, source: str) -> UserProblem:
         raise DataError(source, "tests", "expected a non-empty list of assert lines")
     for i, line in enumerate(tests):
         try:
-            ast.parse(line.strip())
+            body = ast.parse(line.strip()).body
         except SyntaxError as e:
             raise DataError(source, f"tests[{i}]", f"not Python: {e.msg}") from None
+        if len(body) != 1 or not isinstance(body[0], ast.Assert):  # each is judged as one
+            raise DataError(source, f"tests[{i}]", f"not one assert statement: {line.strip()!r}")
     reference = row.get("reference") or ""
     if not isinstance(reference, str):
         raise DataError(source, "reference", "expected a string")
