@@ -189,3 +189,36 @@ def test_deepspeed_zero0_fp32_skips_a_nonfinite_step_and_logs_the_norm(tmp_path,
     finite, infinite = _script_output(DEEPSPEED_SKIP, str(tmp_path / "ds"), str(seed))
     assert finite[1] and abs(finite[0] - want.grad_norm) <= 1e-5 * want.grad_norm, finite
     assert infinite[1:] == [False, True, 0], infinite
+
+
+@pytest.mark.parametrize(
+    "extra, element_bytes",
+    [
+        (("model.dtype=fp16",), 4),  # fp32 weights under autocast (was planned as 2-byte weights)
+        (("model.dtype=fp16", "model.mixed_precision=autocast"), 4),
+        (("model.dtype=bf16",), 2),  # bf16 weights, fp32 masters
+        (("model.dtype=bf16", "model.mixed_precision=autocast"), 4),
+    ],
+)
+def test_the_memory_plan_counts_the_weights_the_run_keeps(tmp_path, seed, monkeypatch, extra,
+                                                          element_bytes):  # fmt: skip
+    """The activation-checkpointing / offload plan sizes the weights as ``_place_weights``
+    keeps them: fp16 in one process keeps fp32 weights, so 4 bytes (it was planned as bf16
+    masters' 2 whatever ``mixed_precision`` said)."""
+    from reflectioncoder import activation_checkpointing
+
+    seen = []
+    plan_run = activation_checkpointing.plan_run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["element_bytes"])
+        return plan_run(*args, **kwargs)
+
+    monkeypatch.setattr(activation_checkpointing, "plan_run", spy)
+    trainer = Trainer(tiny_config(tmp_path, seed, extra=extra))
+    try:
+        weights = {p.dtype for p in trainer.model.parameters()}
+    finally:
+        trainer.close()
+    assert seen == [element_bytes]
+    assert weights == ({torch.float32} if element_bytes == 4 else {torch.bfloat16})

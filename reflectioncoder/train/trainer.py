@@ -614,7 +614,6 @@ class Trainer:
         module computes under autocast (None: none)."""
         from reflectioncoder.model import cast_weights, count_parameters
 
-        cfg = self.cfg
         if self._zero3_hf is not None:  # loaded into partitions: never whole on one device
             if self.info.is_main:
                 local = sum(p.ds_tensor.numel() for p in model.parameters())
@@ -633,15 +632,21 @@ class Trainer:
                     pending_load(model).folder,
                 )
             return None
-        if (
-            self.info.deepspeed
-            or cfg.distributed.backend == "fsdp"
-            or (self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters")
-        ):
+        if self._casts_weights():
             cast_weights(model, self.info.device, self.dtype)  # the engine keeps fp32 masters
             return None
         model.to(self.info.device)  # fp32 weights; bf16 / fp16 through autocast
         return self.dtype if self.dtype != torch.float32 else None
+
+    def _casts_weights(self) -> bool:
+        """Whether the weights are cast to the training dtype (the engine keeping fp32 masters);
+        else they stay fp32 and a 16-bit dtype runs under autocast (fp16 in one process too)."""
+        cfg = self.cfg
+        return (
+            self.info.deepspeed
+            or cfg.distributed.backend == "fsdp"
+            or (self.dtype == torch.bfloat16 and cfg.model.mixed_precision == "masters")
+        )
 
     def _resume_state(self) -> dict[str, Any] | None:
         """Load ``--resume``'s checkpoint into the engine and set the step and skip counts;
@@ -689,9 +694,8 @@ class Trainer:
         fsdp = cfg.distributed.backend == "fsdp"
         if fsdp:
             stage = 3  # sharded as ZeRO-3 (resident_bytes counts FSDP's own bytes)
-        half = self.dtype in (torch.bfloat16, torch.float16) and (
-            self.info.deepspeed or fsdp or cfg.model.mixed_precision == "masters"
-        )
+        # fp16 in one process keeps fp32 weights under autocast, whatever mixed_precision says
+        half = self.dtype in (torch.bfloat16, torch.float16) and self._casts_weights()
         offload_layers = self._offloadable_layers(cfg, model, 2 if half else 4)
         offload = cfg.distributed.offload_optimizer
         if self.info.deepspeed and stage == 0 and offload == "auto":
