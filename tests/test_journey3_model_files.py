@@ -59,20 +59,25 @@ def test_evaluate_names_weights_cut_short_and_writes_nothing(model, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_damaged_tokenizer_is_named_with_line_and_column(model, tmp_path):
+def test_a_damaged_tokenizer_is_named_with_line_and_column(model, tmp_path, capsys):
     """inspect (a tokenizer folder) and train (model.name_or_path) alike."""
+    from reflectioncoder.cli import main
+
     bad = _copy(model, tmp_path, "badtok")
     (bad / "tokenizer.json").write_text('{"version": "1.0",\n  "model": {,}}\n')
     data = tmp_path / "data.jsonl"
     data.write_text("")  # never read: the folder is checked first
-    proc = _run("inspect", "--data", str(data), "--tokenizer", str(bad), cwd=tmp_path)
-    assert f"{bad / 'tokenizer.json'}:2:13: --tokenizer: invalid JSON" in _one_line(proc, "inspect")
+    assert main(["inspect", "--data", str(data), "--tokenizer", str(bad)]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line == (
+        f"reflectioncoder inspect: {bad / 'tokenizer.json'}:2:13: --tokenizer: invalid JSON: "
+        "Expecting property name enclosed in double quotes (a damaged file?)"
+    )
     sets = [f"data.files=[{data}]", f"checkpoint.out_dir={tmp_path / 'run'}"]
     sets.append(f"model.name_or_path={bad}")
-    proc = _run("train", "--preset", "tiny", *(a for s in sets for a in ("--set", s)), cwd=tmp_path)
-    assert f"{bad / 'tokenizer.json'}:2:13: model.name_or_path: invalid JSON" in _one_line(
-        proc, "train"
-    )
+    assert main(["train", "--preset", "tiny", *(a for s in sets for a in ("--set", s))]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{bad / 'tokenizer.json'}:2:13: model.name_or_path: invalid JSON" in line
     assert not (tmp_path / "run").exists()
 
 
