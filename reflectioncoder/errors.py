@@ -86,6 +86,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename: a kill or Ctrl-C
     leaves either the old file or the whole new one, never half of it."""
     path = Path(path)
+    if path.is_dir():  # os.replace would fail only after the whole file was written beside it
+        raise UserError("is a folder; give a file name", file=path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

@@ -123,3 +123,19 @@ def test_the_smollm2_preset_without_its_model_says_how_to_install_it(tmp_path, m
     assert capsys.readouterr().err.strip().endswith(f"{folder}: model.name_or_path: {hint}")
     assert main(["evaluate", "--task", "mbpp", "--model", str(folder)]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{folder}: --model: {hint}")
+
+
+def test_inspect_json_into_a_folder_is_one_line(model, tmp_path, capsys):
+    """`--json` given a folder: named as such (it said "/.tmp.tmpPID: Is a directory", a file
+    written into the folder's parent and removed again)."""
+    from reflectioncoder.cli import main
+    from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+
+    data = write_toy_jsonl(tmp_path / "data.jsonl", 2, seed=0)
+    folder = tmp_path / "views"
+    folder.mkdir()
+    argv = ["inspect", "--data", str(data), "--tokenizer", str(model), "--limit", "1"]
+    assert main([*argv, "--json", str(folder)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the tokenising line
+    assert err == f"reflectioncoder inspect: {folder}: is a folder; give a file name"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "views"]
