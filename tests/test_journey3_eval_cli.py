@@ -11,6 +11,7 @@ import pytest
 from reference.serialise import SPECIALS
 
 from reflectioncoder.cli import main
+from reflectioncoder.generate import vllm_available
 from reflectioncoder.testing.tiny_model import save_tiny_model
 
 
@@ -48,3 +49,18 @@ def test_an_unknown_multiple_language_is_a_bad_argument(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("reflectioncoder evaluate: --task: no MultiPL-E language 'cobol'")
     assert "python, cpp, cs" in err
+
+
+@pytest.mark.skipif(vllm_available(), reason="vllm is installed here")
+def test_vllm_backend_without_vllm_is_a_bad_argument(tmp_path, capsys):
+    """Refused with the flag before anything loads (it was a RuntimeError reported as "an
+    internal error: rerun with --debug")."""
+    model = save_tiny_model(tmp_path / "model", ["def f():\n    return 1\n"] * 5)
+    argv = ["evaluate", "--task", "humaneval", "--model", str(model), "--backend", "vllm"]
+    capsys.readouterr()
+    assert main([*argv, "--json", str(tmp_path / "he.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == "reflectioncoder evaluate: --backend vllm: vllm is not installed (pip install vllm)"
+    )
+    assert not (tmp_path / "he.json").exists()

@@ -130,6 +130,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
     if args.model is not None and args.backend != "openai":
         require_model_folder(args.model, "--model", need="both")
+    if args.model is not None and args.backend == "vllm":  # found now, not after loading data
+        from reflectioncoder.generate import vllm_available
+
+        if not vllm_available():
+            raise UsageError("--backend vllm: vllm is not installed (pip install vllm)")
     if args.model is not None and args.backend == "openai" and not args.base_url:
         raise UsageError("--backend openai needs --base-url")
     if args.prompt_format == "chat" and (args.backend == "openai" or args.task.startswith("mult")):

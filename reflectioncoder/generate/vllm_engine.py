@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reflectioncoder.errors import UserError
 from reflectioncoder.generate.config import GenerationConfig, Generator
 
 
@@ -19,7 +20,7 @@ class VllmModel(Generator):
 
     def __init__(self, model_dir: str, tensor_parallel: int = 1, seed: int = 0) -> None:
         if not vllm_available():
-            raise RuntimeError("--backend vllm: vllm is not installed (pip install vllm)")
+            raise UserError("--backend vllm: vllm is not installed (pip install vllm)")
         from vllm import LLM
 
         self.llm = LLM(model=model_dir, tensor_parallel_size=tensor_parallel, seed=seed)
