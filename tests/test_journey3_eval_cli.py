@@ -64,3 +64,20 @@ def test_vllm_backend_without_vllm_is_a_bad_argument(tmp_path, capsys):
         err == "reflectioncoder evaluate: --backend vllm: vllm is not installed (pip install vllm)"
     )
     assert not (tmp_path / "he.json").exists()
+
+
+def test_a_damaged_benchmark_file_is_named(tmp_path, shared_dir, capsys):
+    """--data-dir holding a benchmark file cut short (a copy that stopped) or not gzip at all:
+    the file and the line, not EOFError as "an internal error" or a bare "Not a gzipped file"."""
+    source = shared_dir / "evaldata/humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
+    data = tmp_path / "evaldata/humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
+    data.parent.mkdir(parents=True)
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return True"}\n')
+    argv = ["evaluate", "--task", "humaneval", "--samples", str(samples), "--limit", "1"]
+    argv += ["--data-dir", str(tmp_path / "evaldata"), "--no-progress"]
+    for damaged, where in ((source.read_bytes()[:300_000], ":54: "), (b"garbage", ":1: ")):
+        data.write_bytes(damaged)
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"reflectioncoder evaluate: {data}{where}damaged gzip file"), err

@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import json
 import os
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     with opener(path, "rb") as f:  # decoded per line, so bad bytes name their line
-        for n, raw in enumerate(f, 1):
+        for n, raw in enumerate(_lines(f, path), 1):
             if not raw.strip():
                 continue
             try:
@@ -106,6 +108,17 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
                     f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
                 ) from None
     return rows
+
+
+def _lines(f, path: Path) -> Iterator[bytes]:
+    """The file's lines; a gzip file that is not one, or is cut short, is a UserError."""
+    n = 0
+    try:
+        for n, raw in enumerate(f, 1):  # noqa: B007 - the line after n is the damaged one
+            yield raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        why = f"damaged gzip file (cut short, or not gzip): {exc}"
+        raise UserError(why, file=path, line=n + 1) from None
 
 
 def _need(row: dict, key: str, path: Path, n: int) -> Any:
