@@ -238,7 +238,7 @@ class MutationBackend:
 
 # ----------------------------------------------------------------------------- chat backends
 
-_FENCE_RE = re.compile(r"```(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL)
+_PYTHON_TAGS = ("python", "py", "python3")
 SYSTEM_PROMPT = "Write Python in one ```python fence. Tests are added and run for you."
 FEEDBACK_PROMPT = (
     "Running your code with the tests printed:\n```\n{output}\n```\n"
@@ -249,13 +249,34 @@ ANSWER_PROMPT = (
 )
 
 
+def _fenced_blocks(reply: str) -> list[tuple[str, int, str]]:
+    """The reply's closed code fences, in order: (tag, the offset where the fence opens, its
+    code). Fences are whole lines (CRLF too); a fence's closing line is never taken for the
+    opening of the next one, whatever the tags (``bash``, ``output``); a code line may end in
+    the closing fence."""
+    blocks, opened, offset = [], None, 0
+    for line in reply.splitlines(keepends=True):
+        mark = line.strip()
+        if opened is None and mark.startswith("```"):
+            opened = (mark[3:].strip().lower(), offset, offset + len(line))
+        elif opened is not None and mark.endswith("```"):  # "```", or "    return x```"
+            tag, start, body = opened
+            blocks.append((tag, start, reply[body : offset + line.rfind("```")]))
+            opened = None
+        offset += len(line)
+    return blocks
+
+
 def split_reply(reply: str) -> Draft:
-    """A chat reply -> (the text before the last python fence, the fenced code)."""
-    fences = list(_FENCE_RE.finditer(reply))
-    if not fences:
+    """A chat reply -> (the text before its last python fence, the fenced code). A fence
+    without a language tag counts only when the reply has no python-tagged one: an output or
+    shell block after the code is not the code."""
+    blocks = _fenced_blocks(reply)
+    code = [b for b in blocks if b[0] in _PYTHON_TAGS] or [b for b in blocks if not b[0]]
+    if not code:
         raise ValueError(f"reply: no python code fence in {reply[:200]!r}")
-    last = fences[-1]
-    return Draft(reply[: last.start()].strip(), last.group(1).strip() + "\n")
+    _, start, text = code[-1]
+    return Draft(reply[:start].strip(), text.replace("\r\n", "\n").strip() + "\n")
 
 
 class ChatBackend:
