@@ -4,6 +4,7 @@ lines keyed by the dataset file's sha256, so a run computes only the tasks not c
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -88,28 +89,86 @@ def expected_outputs(
     JSON lines, one task per line in the tagged encoding, so a run decodes only its tasks;
     tasks missing from it are computed by running their canonical solutions and appended."""
     cache = cache_dir() / f"expected-{source_hash[:32]}-v{CACHE_VERSION}.jsonl"
-    lines: dict[str, bytes] = {}
-    if cache.is_file():
-        with open(cache, "rb") as f:
-            for line in f:
-                head = line[: line.find(b",")]  # {"task_id": "...", ...}: the id leads each line
-                lines[json.loads(head + b"}")["task_id"]] = line
-    missing = [tid for tid in tasks if tid not in lines]
+    lines = _read_cache(cache)
+    rows = {tid: _decoded(lines[tid]) for tid in tasks if tid in lines}
+    missing = [tid for tid in tasks if rows.get(tid) is None]
     if missing:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max(1, parallel), initializer=ctrl_c_to_main_thread) as pool:
             got_all = pool.map(_run_ground_truth, [tasks[t] for t in missing])
-            with open(cache, "ab") as f:  # appends of whole lines: concurrent runs stay readable
-                for tid, got in zip(missing, got_all, strict=True):
-                    line = (json.dumps({"task_id": tid, **got}) + "\n").encode()
-                    f.write(line)
-                    f.flush()
-                    lines[tid] = line
-                    if progress:
-                        progress(1)
+            for tid, got in zip(missing, got_all, strict=True):
+                lines[tid] = (json.dumps({"task_id": tid, **got}) + "\n").encode()
+                _append_line(cache, lines[tid])
+                rows[tid] = _task_row(lines[tid])
+                if progress:
+                    progress(1)
     elif progress:
         progress(len(tasks))
-    return {tid: {**_task_row(lines[tid]), "bytes": len(lines[tid])} for tid in tasks}
+    return {tid: {**rows[tid], "bytes": len(lines[tid])} for tid in tasks}
+
+
+def _read_cache(cache: Path) -> dict[str, bytes]:
+    """Each task's last whole line. A last line without its newline (a run killed while
+    writing it, or one writing it now), lines that do not start as a row, and lines holding
+    more than one row (a torn line an older version appended to) are left out: their tasks
+    are computed again. (A quote inside a string is escaped, so ``{"task_id": `` occurs in a
+    line once per row.)"""
+    lines: dict[str, bytes] = {}
+    if not cache.is_file():
+        return lines
+    with open(cache, "rb") as f:
+        for line in f:
+            head = line[: line.find(b",")]  # {"task_id": "...", ...}: the id leads each line
+            whole = line.endswith(b"\n") and line.count(_ROW) == 1
+            try:
+                tid = json.loads(head + b"}")["task_id"] if whole else None
+            except (ValueError, TypeError, KeyError):
+                tid = None
+            if isinstance(tid, str):
+                lines[tid] = line
+    return lines
+
+
+_ROW = b'{"task_id": '
+
+
+def _decoded(line: bytes) -> dict | None:
+    """A cache line's row, or None when it does not decode (a damaged line: computed again)."""
+    try:
+        return _task_row(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _append_line(cache: Path, line: bytes) -> None:
+    """Append one whole line under the file's lock (concurrent runs share the cache). A tail
+    with no newline was left by a run killed mid-line (no writer holds the lock): it is cut
+    off first, so the new line does not continue it."""
+    with open(cache, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        end = f.seek(0, os.SEEK_END)
+        whole = _last_newline_end(cache, end)
+        if whole != end:
+            f.truncate(whole)
+        f.write(line)
+        f.flush()
+
+
+def _last_newline_end(cache: Path, end: int, chunk: int = 1 << 20) -> int:
+    """The offset just after the last newline before ``end`` (0 when there is none)."""
+    with open(cache, "rb") as f:
+        pos = end
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            block = f.read(pos - start)
+            if pos == end and block.endswith(b"\n"):
+                return end
+            at = block.rfind(b"\n")
+            if at >= 0:
+                return start + at + 1
+            pos = start
+    return 0
 
 
 class LazyOutputs(dict):
