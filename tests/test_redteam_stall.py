@@ -20,6 +20,19 @@ from reflectioncoder.eval.score import FAIL, IDLE_LOAD_S, PASS, TIMEOUT, check_s
 # Before the watchdog, each of these took the task's wall backstop: wall_backstop(8 CPU s).
 OLD_VERDICT_S = sandbox.wall_backstop(8.0)
 
+# The runner's result pipe, as a hostile program finds it: the pipe it holds open for writing
+RESULT_PIPE = (
+    "import fcntl, os, stat\n"
+    "def _result_pipe():\n"
+    "    for fd in range(3, 64):\n"
+    "        try:\n"
+    "            writes = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY\n"
+    "            if writes and stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+    "                return fd\n"
+    "        except OSError:\n"
+    "            pass\n"
+)
+
 STALLS = {
     "sleeps in the function": ("import time\ndef f(x):\n    time.sleep(1000)\n", 0, 6.0),
     "stops itself": (
@@ -37,17 +50,12 @@ STALLS = {
         4.0,
     ),
     "drips bytes on the result pipe": (
-        "import os, stat, time\n"
+        RESULT_PIPE + "import time\n"
         "def f(x):\n"
-        "    pipe = next(fd for fd in range(3, 64) if _is_pipe(fd))\n"
+        "    pipe = _result_pipe()\n"
         "    while True:\n"
         "        os.write(pipe, b' ')\n"
-        "        time.sleep(0.03)\n"
-        "def _is_pipe(fd):\n"
-        "    try:\n"
-        "        return stat.S_ISFIFO(os.fstat(fd).st_mode)\n"
-        "    except OSError:\n"
-        "        return False\n",
+        "        time.sleep(0.03)\n",
         0,
         6.0,
     ),
@@ -104,24 +112,47 @@ def test_a_slow_input_after_a_fast_one_still_passes(seed):
     assert (res.base, res.plus) == (PASS, PASS), res
 
 
-@pytest.mark.slow  # 1.5 s of CPU per input, six times
-def test_precomputing_while_loading_is_not_caught(seed):
-    """The limit left open (EvalPlus 0.3.1's too): a solution 1.5 s per input against a 1 s
-    limit times out, but the same code that computes its phase's outputs while it loads,
-    reading the inputs from the runner's frame, passes within the phase's budget. Closing it
-    needs each input sent only after the previous result. This test fails once it is closed:
-    then turn it around."""
-    task, expected = _task(seed)
-    slow = _right_after(task, 1.5)
-    ahead = slow.replace("def f(", "def _slow(") + (
+# Two ways to see the inputs before they are timed: the runner's frame while the program
+# loads, and a thread started while it loads that waits for them
+AHEAD = {
+    "while loading": (
         "import sys\n"
         "_known = {repr(i): _slow(*i) for i in sys._getframe(1).f_locals['inputs']}\n"
         "def f(x):\n"
         "    return _known[repr([x])]\n"
-    )
-    assert check_sample(task, slow, expected).base == TIMEOUT
-    res = check_sample(task, ahead, expected)
-    assert (res.base, res.plus) == (PASS, PASS), res
+    ),
+    "from a thread": (
+        "import sys, threading, time\n"
+        "_known, _main = {}, threading.main_thread().ident\n"
+        "def _steal():\n"
+        "    while True:\n"
+        "        frame = sys._current_frames().get(_main)\n"
+        "        while frame is not None and 'inputs' not in frame.f_locals:\n"
+        "            frame = frame.f_back\n"
+        "        if frame is not None:\n"
+        "            _known.update({repr(i): _slow(*i) for i in frame.f_locals['inputs']})\n"
+        "            return\n"
+        "        time.sleep(0.001)\n"
+        "threading.Thread(target=_steal, daemon=True).start()\n"
+        "def f(x):\n"
+        "    while repr([x]) not in _known:\n"
+        "        time.sleep(0.001)\n"
+        "    return _known[repr([x])]\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(AHEAD))
+def test_computing_ahead_gains_nothing(seed, how):
+    """A solution 1.5 s per input against a 1 s limit, that computes every output ahead and
+    answers each call at once. Before, reading the inputs from the runner's frame while it
+    loaded passed base and plus (EvalPlus 0.3.1 passes it too): the loading was bounded only
+    by the phase's budget. Now a phase's inputs reach the box only after its program has
+    loaded, and computing them from a thread counts against the first input's limit."""
+    task, expected = _task(seed)
+    code = _right_after(task, 1.5).replace("def f(", "def _slow(") + AHEAD[how]
+    res = check_sample(task, code, expected)
+    assert res.base != PASS, res
 
 
 def test_a_forged_huge_line_is_refused_before_it_is_decoded(seed):
@@ -130,19 +161,13 @@ def test_a_forged_huge_line_is_refused_before_it_is_decoded(seed):
     sandbox's line cap, before any decoding."""
     task, expected = _task(seed)
     expected["bytes"] = 200  # the size of the task's cache line, as ``load_expected`` gives
-    code = (
-        "import os, stat\n"
+    code = RESULT_PIPE + (
         "def f(x):\n"
-        "    pipe = next(fd for fd in range(3, 64) if stat.S_ISFIFO(_mode(fd)))\n"
+        "    pipe = _result_pipe()\n"
         '    line = b\'{"phase":"base","i":0,"out":[\' + b\'[],\' * (8 << 18) + b\'[]]}\\n\'\n'
         "    while line:\n"
         "        line = line[os.write(pipe, line) :]\n"
         "    return 0\n"
-        "def _mode(fd):\n"
-        "    try:\n"
-        "        return os.fstat(fd).st_mode\n"
-        "    except OSError:\n"
-        "        return 0\n"
     )
     res = check_sample(task, code, expected)
     assert res.base == FAIL and res.reason == "output over the cap", res

@@ -50,8 +50,11 @@ def _out(code: str) -> object:
     box = sc.prepare_harness()
     try:
         phase = sc._Phase("base", _task(), [[1]], {"out": [None], "t": [0.0]})
-        job = '{"code": ' + json.dumps(code) + ', "hidden": [], ' + sc._job_tail(_task(), [phase])
-        box.run(job, on_stdout_line=lambda line: rows.append(codec.read_result_row(line)) and False)
+        job, inputs = sc.job_lines(_task(), [phase], code, hide=[])
+        box.run(
+            job + b"".join(inputs),  # all at once: the runner reads the inputs when it needs them
+            on_stdout_line=lambda line: rows.append(codec.read_result_row(line)) and False,
+        )
     finally:
         box.discard()
     outs = [r["out"] for r in rows if "out" in r]

@@ -98,6 +98,7 @@ class _Phase:
         self.status: str | None = None
         self.failed_input: int | None = None
         self.reason = ""
+        self.inputs_line = b""  # sent to the program once it has loaded (``job_lines``)
 
     @property
     def expected(self) -> list:
@@ -109,13 +110,25 @@ class _Phase:
         self.status, self.failed_input, self.reason = status, i, reason
 
 
-_JOB_CACHE: dict[tuple[str, int, int], str] = {}
+_JOB_CACHE: dict[tuple[str, int, int], tuple[str, list[bytes]]] = {}
 
 
-def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
+def job_lines(
+    task: PythonTask, phases: list[_Phase], solution: str, hide: Sequence[str]
+) -> tuple[bytes, list[bytes]]:
+    """The job's first line (the program, its settings, each phase's name and limits) and
+    each phase's inputs as a line of their own, which the scorer sends only once the phase's
+    program has loaded: a program cannot compute every output while it loads, reading the
+    inputs from the runner (it would then answer each call at once, its time unseen)."""
+    tail, inputs = _job_tail(task, phases)
+    head = '{"code": ' + json.dumps(solution) + ', "hidden": ' + json.dumps(list(hide)) + ", "
+    return (head + tail + "\n").encode(), inputs
+
+
+def _job_tail(task: PythonTask, phases: list[_Phase]) -> tuple[str, list[bytes]]:
     key = (task.task_id, id(phases[0].source), len(phases))
-    tail = _JOB_CACHE.get(key)
-    if tail is None:
+    hit = _JOB_CACHE.get(key)
+    if hit is None:
         body = {
             "entry_point": task.entry_point,
             "guard": True,
@@ -123,14 +136,12 @@ def _job_tail(task: PythonTask, phases: list[_Phase]) -> str:
             "sys_path": site_paths(),
             "memory_bytes": MEMORY_MB << 20,
             "fail_fast": True,
-            "phases": [
-                {"name": p.name, "inputs": codec.encode(p.inputs), "time_limits": p.limits}
-                for p in phases
-            ],
+            "phases": [{"name": p.name, "time_limits": p.limits} for p in phases],
         }
-        tail = json.dumps(body)[1:]  # the job is '{"code": ..., ' + tail
-        _JOB_CACHE[key] = tail
-    return tail
+        inputs = [(json.dumps(codec.encode(p.inputs)) + "\n").encode() for p in phases]
+        hit = (json.dumps(body)[1:], inputs)  # the job is '{"code": ..., ' + tail
+        _JOB_CACHE[key] = hit
+    return hit
 
 
 def prepare_harness(hide: Sequence[str] = ()) -> PreparedRun:
@@ -174,7 +185,8 @@ IDLE_LOAD_S = 10.0
 
 class _Judge:
     """Judges one sample's result lines as they arrive; True stops the run (a verdict is
-    reached). Whatever a line holds, the worst it can do is fail this sample."""
+    reached), bytes are the next phase's inputs (answering its "loaded" line). Whatever a line
+    holds, the worst it can do is fail this sample."""
 
     def __init__(self, phases: list[_Phase], clock: Callable[[], float], max_bytes: int) -> None:
         self.phases, self.clock, self.received, self.max_bytes = phases, clock, 0, max_bytes
@@ -188,7 +200,7 @@ class _Judge:
         self.batch: tuple[_Phase, int, float, float] | None = None  # phase, i, clock, wall
         self.step = (time.monotonic(), self.start)  # wall and clock when the last line came
 
-    def __call__(self, line: bytes) -> bool:
+    def __call__(self, line: bytes) -> bool | bytes:
         self.received += len(line)
         self.step = (time.monotonic(), self.clock())
         try:
@@ -246,7 +258,7 @@ class _Judge:
             return True
         return False
 
-    def _judge(self, row: dict) -> bool:
+    def _judge(self, row: dict) -> bool | bytes:
         phase = self.by_name.get(row["phase"])
         if phase is None or phase.status is not None:  # the harness never writes these
             return self._fail_current(FAIL, "malformed result line: unexpected phase")
@@ -265,7 +277,7 @@ class _Judge:
             if phase.loaded:  # the harness says it once: a second one is forged
                 return self._fail_current(FAIL, "malformed result line: loaded twice")
             phase.loaded, self.mark = True, now
-            return False
+            return phase.inputs_line  # the phase's inputs, only now
         if row.get("done"):
             if self.close_batch():
                 return True
@@ -326,14 +338,9 @@ def check_sample(
     # the program sees neither the data nor the expected outputs (bwrap: hidden mounts;
     # fallback: the audit guard refuses reads there)
     hide = _hidden(hide)
-    job = (
-        '{"code": '
-        + json.dumps(solution)
-        + ', "hidden": '
-        + json.dumps(hide)
-        + ", "
-        + _job_tail(task, phases)
-    )
+    job, inputs = job_lines(task, phases, solution, hide)
+    for phase, line in zip(phases, inputs, strict=True):
+        phase.inputs_line = line
     budget = sum(p.budget for p in phases) + 1.0
     box = prepared or prepare_harness(hide)
     # Budgets count CPU seconds of the sample's cgroup (the wall clock where none counts them):

@@ -237,7 +237,7 @@ class PreparedRun:
         timeout_s: float = 5.0,
         cpu_s: float | None = None,
         output_limit: int = 1 << 20,
-        on_stdout_line: Callable[[bytes], bool] | None = None,
+        on_stdout_line: Callable[[bytes], bool | bytes] | None = None,
         watchdog: Callable[[], bool] | None = None,
     ) -> ExecResult:
         """Feed ``stdin`` and wait: at most ``cpu_s`` CPU seconds of the whole tree from now
@@ -342,7 +342,7 @@ def run_sandboxed(
     env: Mapping[str, str] | None = None,
     hide: Sequence[str] = (),
     ro_binds: Sequence[str] = (),
-    on_stdout_line: Callable[[bytes], bool] | None = None,
+    on_stdout_line: Callable[[bytes], bool | bytes] | None = None,
     pass_fds: Sequence[int] = (),
     **limit: float,
 ) -> ExecResult:
@@ -357,7 +357,8 @@ def run_sandboxed(
     Python's directories). ``output_limit`` caps stdout and stderr each, in bytes.
     ``on_stdout_line`` sees each line of stdout as it arrives (a trusted caller judging results
     while the run goes on); when it returns True the run is stopped there and killed
-    (``exit_code`` None); stdout is then not kept, and ``output_limit`` caps each line instead.
+    (``exit_code`` None), when it returns bytes they are fed to the program's stdin (which
+    then stays open); stdout is then not kept, and ``output_limit`` caps each line instead.
     ``pass_fds``: descriptors the program inherits (the caller's numbers).
     """
     if timeout_s <= 0:

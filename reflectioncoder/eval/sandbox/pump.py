@@ -22,14 +22,16 @@ def pump(
     limit: int,
     chunks: dict[int, list[bytes]],
     sizes: dict[int, int],
-    on_line: Callable[[bytes], bool] | None,
+    on_line: Callable[[bytes], bool | bytes] | None,
     watchdog: Callable[[], bool] | None = None,
 ) -> str | None:
     """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
     clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop, or
-    ``watchdog`` does (asked every 50 ms, after reading what the pipes held). Returns why the
-    sandbox stopped it: ``"wall"`` or ``"cpu"`` (a deadline), ``"output"`` (over ``limit``),
-    ``"stopped"`` (``on_line`` or ``watchdog`` said so), or None (it ended by itself)."""
+    ``watchdog`` does (asked every 50 ms, after reading what the pipes held). ``on_line`` may
+    answer a line with bytes instead: more input, fed to the program (in line mode its stdin
+    stays open for that). Returns why the sandbox stopped it: ``"wall"`` or ``"cpu"`` (a
+    deadline), ``"output"`` (over ``limit``), ``"stopped"`` (``on_line`` or ``watchdog`` said
+    so), or None (it ended by itself)."""
     run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, (on_line, watchdog))
     try:
         return run.until_output_closes() or run.until_exit() or run.last_line()
@@ -48,7 +50,7 @@ class _Pump:
         limit: int,
         chunks: dict[int, list[bytes]],
         sizes: dict[int, int],
-        judges: tuple[Callable[[bytes], bool] | None, Callable[[], bool] | None],
+        judges: tuple[Callable[[bytes], bool | bytes] | None, Callable[[], bool] | None],
     ) -> None:
         self.proc, self.limit, (self.on_line, self.watchdog) = proc, limit, judges
         self.chunks, self.sizes = chunks, sizes
@@ -63,10 +65,12 @@ class _Pump:
             self.sel.register(fd, selectors.EVENT_READ)
         self.view, self.pos = memoryview(data_in), 0
         self.in_fd = proc.stdin.fileno()
-        if data_in:
+        self.in_open = bool(data_in) or self.on_line is not None  # the judge may send more
+        if self.in_open:
             os.set_blocking(self.in_fd, False)
+        if data_in:
             self.sel.register(self.in_fd, selectors.EVENT_WRITE)
-        else:
+        elif not self.in_open:
             proc.stdin.close()
         self.open_reads = len(self.streams)
         self.partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
@@ -109,11 +113,21 @@ class _Pump:
             self.pos += os.write(fd, self.view[self.pos : self.pos + 65536])
         except BlockingIOError:
             return
-        except OSError:  # the program closed its stdin: drop the rest
-            self.pos = len(self.view)
+        except OSError:  # the program closed its stdin: drop the rest, and what comes later
+            self.pos, self.in_open = len(self.view), False
         if self.pos >= len(self.view):
             self.sel.unregister(fd)
-            self.proc.stdin.close()  # type: ignore[union-attr]
+            if not self.in_open or self.on_line is None:
+                self.in_open = False
+                self.proc.stdin.close()  # type: ignore[union-attr]
+
+    def send(self, data: bytes) -> None:
+        """More input (a judge's answer to a line), after what is still to be fed."""
+        if not self.in_open:
+            return
+        self.view, self.pos = memoryview(bytes(self.view[self.pos :]) + data), 0
+        if self.in_fd not in self.sel.get_map():
+            self.sel.register(self.in_fd, selectors.EVENT_WRITE)
 
     def _read(self, fd: int) -> str | None:
         try:
@@ -141,8 +155,11 @@ class _Pump:
             for line in lines:
                 if len(line) > self.limit:
                     return "output"
-                if self.on_line(line):  # type: ignore[misc]
+                verdict = self.on_line(line)  # type: ignore[misc]
+                if verdict is True:
                     return "stopped"
+                if verdict:  # more input for the program
+                    self.send(verdict)
         else:
             self.partial.append(chunk)
             self.partial_size += len(chunk)
@@ -169,7 +186,7 @@ class _Pump:
     def last_line(self) -> str | None:
         """Line mode: the last line, when the output did not end with a newline."""
         tail = b"".join(self.partial)
-        if self.on_line is not None and tail and self.on_line(tail):
+        if self.on_line is not None and tail and self.on_line(tail) is True:
             return "stopped"
         return None
 

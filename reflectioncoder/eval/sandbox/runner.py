@@ -1,9 +1,11 @@
 """The in-box runner, shipped into the box as a file beside ``codec`` and ``guards`` (standard
 library only) and run there as a script, in one of two modes:
 
-- the Python test run (``runner.pyc --warm``): reads one job from stdin, runs the function on
-  every input (EvalPlus semantics: each phase in fresh globals, a time limit per input (CPU
-  time), stdio swallowed, EvalPlus's reliability guard), and writes one JSON line per input to
+- the Python test run (``runner.pyc --warm``): reads one job from stdin (its first line; a
+  phase given without inputs reads them as the next line, after its program has loaded, so
+  the loading cannot compute ahead), runs the function on every input (EvalPlus semantics:
+  each phase in fresh globals, a time limit per input (CPU time), stdio swallowed, EvalPlus's
+  reliability guard), and writes one JSON line per input to
   the result stream: the output it computed, encoded as plain data (``codec``). It never sees
   an expected output, so nothing it prints can be a verdict: the scorer, outside, decodes the
   outputs and compares them;
@@ -38,7 +40,10 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     import time
 
     codec, guards = _siblings()
-    job = codec.loads_row(sys.stdin.buffer.read())
+    # the job's first line; a phase without "inputs" gets them as one more line once it has
+    # loaded (the scorer sends them then: the program's loading never sees them)
+    job_in = open(os.dup(0), "rb")  # kept: fd 0 becomes /dev/null below
+    job = codec.loads_row(job_in.readline())
     sys.path.extend(job.get("sys_path", []))  # started with -S: site-packages without .pth work
     out_fd = os.dup(1)
     write = os.write
@@ -83,7 +88,6 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
 
     record = bool(job.get("record"))
     not_none = bool(job.get("output_not_none"))
-    phases = [(p["name"], p["inputs"], p.get("time_limits")) for p in job["phases"]]
     # Limits and ground-truth times are CPU seconds of this process (ITIMER_PROF counts them):
     # they do not grow when the machine is loaded. The scorer's cgroup clock covers children.
     setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.process_time
@@ -92,7 +96,8 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
     if job.get("guard"):
         _reliability_guard(job.get("memory_bytes"))
     sink, saved = _WriteOnly(), (sys.stdout, sys.stderr, sys.stdin)
-    for name, inputs, limits in phases:
+    for phase in job["phases"]:
+        name, limits = phase["name"], phase.get("time_limits")
         env: dict = {}
         try:
             sys.stdout = sys.stderr = sys.stdin = sink
@@ -108,6 +113,7 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
             continue
         # the scorer starts the first input's CPU clock here (it measures each input outside)
         emit({"phase": name, "loaded": True}, now=True)
+        inputs = phase["inputs"] if "inputs" in phase else codec.loads_row(job_in.readline())
         for i, inp in enumerate(inputs):
             if record:
                 inp = __import__("copy").deepcopy(inp)
