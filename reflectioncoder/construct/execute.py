@@ -24,6 +24,21 @@ MAX_OUTPUT_CHARS = 2000
 # the program can print it and exit; ``run_tests`` judges outside (``judge_tests``).
 ALL_PASSED = "All tests passed."
 _FILE_RE = re.compile(r'File "([^"]+)"')
+
+
+def checked_assertion(call: str, expected: str) -> str:
+    """``assert CALL == EXPECTED`` whose failure prints the value the call returned: an
+    f-string message, or ``"got " + repr(CALL)`` where the f-string does not compile (before
+    Python 3.12 its expression may hold no double quote or backslash: ``f("it's")``,
+    ``f('a\\n')``)."""
+    line = f'assert {call} == {expected}, f"got {{{call}!r}}"'
+    try:
+        compile(line, "<test>", "exec")
+    except SyntaxError:
+        return f'assert {call} == {expected}, "got " + repr({call})'
+    return line
+
+
 _COMPARE: dict[type, Callable[[Any, Any], bool]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, MutationBackend
 from reflectioncoder.construct.build import BuildStats, reflection_sample
-from reflectioncoder.construct.execute import ALL_PASSED, Check, run_tests
+from reflectioncoder.construct.execute import ALL_PASSED, Check, checked_assertion, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.errors import UsageError, UserError, ctrl_c_to_main_thread
@@ -80,7 +80,7 @@ class AssertTest:
         eq = self._eq()
         if eq is None:
             return self.line
-        return f'assert {eq[0]} == {eq[1]}, f"got {{{eq[0]}!r}}"'
+        return checked_assertion(*eq)
 
 
 @dataclass(frozen=True)

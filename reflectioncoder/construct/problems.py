@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from reflectioncoder.construct.execute import ALL_PASSED, Check
+from reflectioncoder.construct.execute import ALL_PASSED, Check, checked_assertion
 
 # How a HumanEval-style instruction starts (SPEC §5 uses the same words at evaluation).
 HUMANEVAL_PREAMBLE = "Write a complete Python function for the problem."
@@ -34,7 +34,7 @@ class TestCase:
 
     def checked_assertion(self) -> str:
         """An assertion whose failure prints the value the call returned."""
-        return f'assert {self.call} == {self.expected}, f"got {{{self.call}!r}}"'
+        return checked_assertion(self.call, self.expected)
 
     def judged(self) -> Check:
         """For ``execute.judge_tests``: the call's value must equal this."""
