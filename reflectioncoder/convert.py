@@ -17,6 +17,7 @@ import argparse
 import collections
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,8 @@ def _write_hf_folder(file: Path, out: Path) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
+    if not torch.cuda.is_available():  # DeepSpeed, which transformers asks, would log a warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     folder, name = str(file.parent), file.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
