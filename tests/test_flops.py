@@ -44,7 +44,7 @@ def _addmm_flops(bias_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
-def _counted(module, batch) -> int:
+def _counted(module, batch, split: bool = False) -> int:
     """FLOPs torch counts for one forward + backward; SDPA's math backend, so that attention
     runs as matmuls the counter sees (the CPU flash kernel has no FLOP formula), and the
     in-place ``addmm_`` (the fused loss's d W GEMM) counted as ``addmm`` is (torch has no entry
@@ -55,7 +55,7 @@ def _counted(module, batch) -> int:
         sdpa_kernel(SDPBackend.MATH),
         FlopCounterMode(display=False, custom_mapping=in_place) as counter,
     ):
-        loss, *_ = module(batch)
+        loss, *_ = module(batch, split)
         loss.backward()
     return counter.get_total_flops()
 
@@ -79,6 +79,23 @@ def test_step_flops_match_torch_flop_counter(seed, policy):
         assert flops.hardware > (1.15 if policy == "full" else 1.05) * flops.model
     else:  # no checkpointing, or only element-wise ops rerun (no FLOPs counted)
         assert flops.hardware == flops.model
+
+
+def test_logging_steps_teacher_ce_pass_is_hardware_flops(seed):
+    """A step that logs the teacher's CE apart runs the head again on the teacher's CE rows:
+    executed (HFU), not useful work (MFU)."""
+    vocab = 1000
+    model = build_tiny_llama(vocab, seed=seed, **SIZES)
+    prepare_model(model, liger=False, gradient_checkpointing=False)
+    batch = _batch(seed, vocab)
+    assert batch.teacher_ce_rows.numel() > 0
+    shape = ModelShape.from_model(model)
+    plain, split = (batch_flops(shape, batch, 0.0, split=s) for s in (False, True))
+    assert split.model == plain.model
+    rows = batch.teacher_ce_rows.numel()
+    assert split.hardware - plain.hardware == pytest.approx(2 * vocab * SIZES["hidden_size"] * rows)
+    counted = _counted(ReflectionLossModule(model), batch, split=True)
+    assert counted == pytest.approx(split.hardware, rel=0.005)
 
 
 def test_shape_from_sizes_matches_the_built_model(seed):
@@ -121,7 +138,8 @@ def test_trainer_row_uses_the_same_count_and_seconds(tmp_path, seed):
         row = trainer.train_step()
     finally:
         trainer.close()
-    want = sum((batch_flops(trainer.flop_shape, b, True) for b in batches), StepFlops())
+    split = trainer._splits_ce(0)
+    want = sum((batch_flops(trainer.flop_shape, b, True, split) for b in batches), StepFlops())
     assert row["model_flops"] == pytest.approx(want.model, rel=1e-12)
     assert row["hardware_flops"] == pytest.approx(want.hardware, rel=1e-12)
     seconds = row["time"]

@@ -14,6 +14,8 @@ backward (each multiply-add 2 FLOPs, backward twice the forward):
                    + 4 x layers x heads x head_dim x sum L^2, times the share of layers
                    recomputed (``recomputed_share``: full 1, alternate 0.5, save_gemms 0,
                    whose reruns are element-wise)
+                   + on logging steps that split the CE (``logging.split_ce``), the teacher-CE
+                   pass: 2 x V x D x (the teacher's CE rows), a forward of the head alone
 
 Attention is counted as torchtitan and PaLM count it (the whole L x L square, not halved for
 the causal mask), so our MFU compares with the published anchors; a causal kernel executes
@@ -130,10 +132,13 @@ def packed_flops(
     return StepFlops(model, model + extra)
 
 
-def batch_flops(shape: ModelShape, batch, recompute: float) -> StepFlops:
+def batch_flops(shape: ModelShape, batch, recompute: float, split: bool = False) -> StepFlops:
     """``packed_flops`` of a ``PackedBatch`` (host figures only: no device sync). A zero-weight
-    filler batch (a rank's empty slot) is executed but does no useful work: hardware only."""
+    filler batch (a rank's empty slot) is executed but does no useful work: hardware only.
+    ``split``: a logging step's teacher-CE pass runs too (executed, not useful: hardware only)."""
     flops = packed_flops(shape, batch.seq_lens, batch.loss_rows.shape[0], recompute)
+    if split:
+        flops += StepFlops(0.0, 2.0 * shape.vocab * shape.hidden * batch.teacher_ce_rows.shape[0])
     return flops if batch.num_samples > 0 else StepFlops(0.0, flops.hardware)
 
 

@@ -832,12 +832,20 @@ class Trainer:
         the same number of micro-batches."""
         return pack_rank(self.step_plan(step), self.info.rank, self.cfg.mask, self.cfg.packing)
 
+    def _splits_ce(self, step: int) -> bool:
+        """Whether step ``step`` logs the teacher's and the student's CE apart (an extra
+        no-grad loss pass over the teacher's CE rows)."""
+        return self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0
+
     def _prepare(self, step: int) -> PreparedStep:
         """Step ``step``'s host work: plan, mask, pack, the host totals, and on CUDA pinned
         copies (so the copies to the device can overlap)."""
         batches = self.step_batches(step)
         recompute = recomputed_share(self.model.rc_checkpointing_plan)
-        flops = sum((batch_flops(self.flop_shape, b, recompute) for b in batches), StepFlops())
+        split = self._splits_ce(step)
+        flops = sum(
+            (batch_flops(self.flop_shape, b, recompute, split) for b in batches), StepFlops()
+        )
         totals = torch.tensor(
             [
                 sum(b.num_tokens for b in batches),
@@ -876,7 +884,7 @@ class Trainer:
         self.engine.set_lr(lr)
         prepared, host_wait = self._prepared(step)
         batches = prepared.batches
-        split = self.cfg.logging.split_ce and (step + 1) % self.cfg.logging.log_every == 0
+        split = self._splits_ce(step)
         device = self.info.device
         # loss, ce, kl, teacher_ce (summed over micro-batches), then this rank's host totals
         # (tokens, samples, model and hardware FLOPs); all summed over ranks.
