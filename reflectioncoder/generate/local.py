@@ -122,13 +122,17 @@ class LocalModel(Generator):
         return gen[:, enc["input_ids"].shape[1] :].cpu()
 
     def _decode(self, new, config: GenerationConfig) -> list[str]:
+        """Each sequence's text up to its first end token (the tokenizer's, the model's, a stop
+        token: whichever ended it; the padding after it goes too), cut at the first stop."""
         tok = self.tokenizer
-        if config.skip_special_tokens:
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-        else:  # the stops are special tokens: kept, then cut; padding and end tokens dropped
-            texts = tok.batch_decode(new, skip_special_tokens=False)
-            for special in (tok.pad_token, tok.eos_token):
-                texts = [t.replace(special, "") for t in texts] if special else texts
+        ends = set(self._end_ids(config.stop))
+        rows = []
+        for row in new.tolist():
+            end = next((j for j, t in enumerate(row) if t in ends), len(row))
+            while end and row[end - 1] == tok.pad_token_id:  # ended by a stop string
+                end -= 1
+            rows.append(row[:end])
+        texts = tok.batch_decode(rows, skip_special_tokens=config.skip_special_tokens)
         return [cut_at_stop(t, config.all_stops) for t in texts]
 
     def chat(self, messages: list[dict], config: GenerationConfig) -> str:
