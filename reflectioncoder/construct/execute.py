@@ -23,6 +23,8 @@ MAX_OUTPUT_CHARS = 2000
 # A test program's last line prints this (the feedback a model reads). It decides nothing:
 # the program can print it and exit; ``run_tests`` judges outside (``judge_tests``).
 ALL_PASSED = "All tests passed."
+# The last line of the feedback of a run stopped for printing more than the sandbox keeps
+OUTPUT_CAP_NOTE = "[stopped here: the program printed more output than the sandbox keeps]"
 _FILE_RE = re.compile(r'File "([^"]+)"')
 
 
@@ -81,6 +83,11 @@ def _normalise(text: str) -> str:
     return text
 
 
+def _last_line(output: str, line: str) -> str:
+    """``output`` ended by ``line`` (how the run ended, which the program could not print)."""
+    return output.rstrip() + ("\n" if output.strip() else "") + line
+
+
 def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Execution:
     """Run ``source`` as a whole program in the sandbox and keep what it printed; ``passed``
     here only says it LOOKED passed (exit code 0, no timeout, :data:`ALL_PASSED` the last line
@@ -95,8 +102,11 @@ def run_program(source: str, timeout_s: float = 5.0, memory_mb: int = 512) -> Ex
     # per-process CPU limit (the program then dies of SIGXCPU or SIGKILL: not a crash)
     timed_out = result.timed_out or (result.ending is not None and result.ending.kind == "timeout")
     if timed_out:
-        output = output.rstrip() + ("\n" if output.strip() else "")
-        output += f"TimeoutError: the program did not finish within {timeout_s:g} seconds"
+        output = _last_line(
+            output, f"TimeoutError: the program did not finish within {timeout_s:g} seconds"
+        )
+    elif result.output_truncated:  # stopped there: its cut last line goes, a note says why
+        output = _last_line(output[: output.rfind("\n") + 1], OUTPUT_CAP_NOTE)
     finished = stdout.rstrip().endswith(ALL_PASSED)
     passed = result.exit_code == 0 and not timed_out and finished
     return Execution(_normalise(output), passed, timed_out, result.exit_code, result.ending)
