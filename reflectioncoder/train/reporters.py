@@ -16,16 +16,18 @@ missing stops the run at start-up, in one line naming the extra to install.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UserError, atomic_write_text
 
 # Tracker -> the module it needs (and the setup.py extra that installs it).
 PACKAGES = {name: name for name in ("tensorboard", "wandb", "mlflow", "trackio")}
 MLFLOW_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
+RUN_IDS = "tracker_runs.json"  # OUT/: each tracker's run id, which a resume continues
 
 
 class Reporter(Protocol):
@@ -91,16 +93,21 @@ class TensorBoardReporter:
 
 
 class WandbReporter:
-    def __init__(self, out_dir: Path, config: dict[str, Any], project: str, name: str) -> None:
+    def __init__(
+        self, out_dir: Path, config: dict[str, Any], project: str, name: str, run_id: str | None
+    ) -> None:
         import wandb
 
+        resumed = {"id": run_id, "resume": "allow"} if run_id else {}
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", project),
             name=name,
             dir=str(out_dir),
             config=config,
             mode=os.environ.get("WANDB_MODE", "offline"),
+            **resumed,
         )
+        self.run_id = self.run.id
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
@@ -110,7 +117,9 @@ class WandbReporter:
 
 
 class MlflowReporter:
-    def __init__(self, out_dir: Path, config: dict[str, Any], project: str, name: str) -> None:
+    def __init__(
+        self, out_dir: Path, config: dict[str, Any], project: str, name: str, run_id: str | None
+    ) -> None:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
             # MLflow 3 refuses its file store unless asked for it: asking is the offline mode.
@@ -127,6 +136,10 @@ class MlflowReporter:
             if experiment is not None
             else self.client.create_experiment(project)
         )
+        if run_id is not None and _mlflow_run_exists(self.client, run_id):
+            self.run_id = run_id  # its params are logged; MLflow refuses to change one
+            self.client.update_run(run_id, status="RUNNING")
+            return
         self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
         params = [Param(k, str(v)) for k, v in flat_config(config).items()]
         for i in range(0, len(params), MLFLOW_PARAMS_PER_BATCH):
@@ -143,11 +156,27 @@ class MlflowReporter:
         self.client.set_terminated(self.run_id)
 
 
+def _mlflow_run_exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:  # another store (MLFLOW_TRACKING_URI changed), or deleted
+        return False
+    return True
+
+
 class TrackioReporter:
-    def __init__(self, config: dict[str, Any], project: str, name: str) -> None:
+    def __init__(self, config: dict[str, Any], project: str, name: str, resume: bool) -> None:
         import trackio
 
-        self.run = trackio.init(project=project, name=name, config=flat_config(config), embed=False)
+        self.run = trackio.init(
+            project=project,
+            name=name,
+            config=flat_config(config),
+            embed=False,
+            resume="allow" if resume else "never",  # runs are known by name in a project
+        )
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
@@ -164,18 +193,34 @@ def make_reporters(
     name: str | None,
     start_step: int = 0,
 ) -> list[Reporter]:
-    """One reporter per tracker in ``report_to`` ("none" and an empty list: none)."""
+    """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
+    run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
+    run killed and resumed is one run in W&B, MLflow and trackio, not two."""
     check_installed(report_to)
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
+    recorded = _recorded_run_ids(out_dir) if start_step > 0 else {}
     made: list[Reporter] = []
+    ids: dict[str, str] = {}
     for tracker in report_to:
         if tracker == "tensorboard":
             made.append(TensorBoardReporter(out_dir, config, start_step))
         elif tracker == "wandb":
-            made.append(WandbReporter(out_dir, config, project, name))
+            made.append(WandbReporter(out_dir, config, project, name, recorded.get(tracker)))
+            ids[tracker] = made[-1].run_id
         elif tracker == "mlflow":
-            made.append(MlflowReporter(out_dir, config, project, name))
+            made.append(MlflowReporter(out_dir, config, project, name, recorded.get(tracker)))
+            ids[tracker] = made[-1].run_id
         elif tracker == "trackio":
-            made.append(TrackioReporter(config, project, name))
+            made.append(TrackioReporter(config, project, name, resume=start_step > 0))
+    if ids:
+        atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
     return made
+
+
+def _recorded_run_ids(out_dir: Path) -> dict[str, str]:
+    try:
+        ids = json.loads((out_dir / RUN_IDS).read_text())
+    except (OSError, ValueError):  # none recorded, or damaged: new tracker runs
+        return {}
+    return ids if isinstance(ids, dict) else {}
