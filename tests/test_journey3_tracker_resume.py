@@ -14,27 +14,19 @@ from pathlib import Path
 import pytest
 from test_distributed import ARCH
 
+from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.metrics import read_metrics
 
 
 def _train(tmp_path: Path, out: Path, *flags: str) -> None:
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 8, seed=0)
-    sets = [
-        ARCH,
-        "model.tokenizer_vocab_size=400",
-        f"data.files=[{data}]",
-        f"checkpoint.out_dir={out}",
-        "checkpoint.save_every=2",
-        "train.max_steps=4",
-        "train.samples_per_step=2",
-        "packing.max_tokens=400",
-        "logging.report_to=[mlflow,wandb,trackio]",
-        "logging.run_name=toy",
-        "logging.plot=false",
-    ]
-    argv = ["train", "--preset", "tiny", "--no-progress", *flags]
-    argv += [a for s in sets for a in ("--set", s)]
+    arch = dict([ARCH.split("=", 1)])
+    sets = {"model.tokenizer_vocab_size": 400, "data.files": f"[{data}]", **arch}
+    sets.update({"checkpoint.out_dir": out, "checkpoint.save_every": 2, "train.max_steps": 4})
+    sets.update({"train.samples_per_step": 2, "packing.max_tokens": 400, "logging.plot": False})
+    sets.update({"logging.report_to": "[mlflow,wandb,trackio]", "logging.run_name": "toy"})
+    argv = train_argv(sets, "--no-progress", *flags)
     code = f"from reflectioncoder.cli import main\nraise SystemExit(main({argv!r}))"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
     env.update(OMP_NUM_THREADS="1", TRACKIO_DIR=str(tmp_path / "trackio"))
