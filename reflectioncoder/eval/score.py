@@ -202,7 +202,6 @@ class _Judge:
 
     def __call__(self, line: bytes) -> bool | bytes:
         self.received += len(line)
-        self.step = (time.monotonic(), self.clock())
         try:
             if self.received > self.max_bytes:
                 return self._fail_current(FAIL, "output over the cap")
@@ -262,8 +261,9 @@ class _Judge:
         phase = self.by_name.get(row["phase"])
         if phase is None or phase.status is not None:  # the harness never writes these
             return self._fail_current(FAIL, "malformed result line: unexpected phase")
-        now = self.clock()
-        if self.close_batch(time.monotonic()):
+        now, wall = self.clock(), time.monotonic()
+        self.step = (wall, now)  # the watchdog's step starts again (a forged line fails above)
+        if self.close_batch(wall):
             return True
         if phase.started is None:  # the base phase starts with the run, plus when base ends
             phase.started = self.start
