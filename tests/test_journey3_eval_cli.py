@@ -81,3 +81,18 @@ def test_a_damaged_benchmark_file_is_named(tmp_path, shared_dir, capsys):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"reflectioncoder evaluate: {data}{where}damaged gzip file"), err
+
+
+def test_a_run_folder_model_keeps_its_result_beside_its_samples(tmp_path, shared_dir):
+    """`evaluate --model RUN/final` with no --json (docs/training.md's command): the samples
+    went to RUN/eval/, the verdicts were only printed; the result goes beside them now."""
+    run = tmp_path / "run"
+    save_tiny_model(run / "final", ["def f():\n    return 1\n"] * 5, special_tokens=SPECIALS)
+    (run / "config.yaml").write_text("preset: tiny\n")
+    argv = ["evaluate", "--task", "humaneval", "--model", str(run / "final"), "--limit", "1"]
+    argv += ["--max-new-tokens", "4", "--data-dir", str(shared_dir / "evaldata"), "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((run / "eval" / "result-humaneval.json").read_text())
+    assert set(result["scores"]) == {"HumanEval", "HumanEval+"}
+    assert list(result["details"]) == ["HumanEval/0"]
+    assert (run / "eval" / "samples-humaneval.jsonl").is_file()

@@ -7,7 +7,7 @@ examples:
   reflectioncoder evaluate --task multiple --samples S.jsonl   # every language; rows name theirs
 
 Generated samples go beside --json (RESULT.samples.jsonl), to --save-samples, or into the run
-folder of a trained model (RUN/eval/); never silently into the current folder.
+folder of a trained model (RUN/eval/, with the result); never silently into the current folder.
 """
 
 from __future__ import annotations

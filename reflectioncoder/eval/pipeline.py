@@ -193,9 +193,10 @@ def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, 
         )
     for reason in result.get("unavailable", {}).values():
         print(reason)
-    if req.json:
-        atomic_write_text(req.json, json.dumps(result, indent=1))
-        print(f"result: {req.json}", file=sys.stderr)
+    out = req.result_out()
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=1))
+        print(f"result: {out}", file=sys.stderr)
     if req.model is not None and req.backend != "openai":
         from reflectioncoder.train.model_card import add_eval_results
 

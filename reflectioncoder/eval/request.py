@@ -86,13 +86,30 @@ class EvalRequest:
             return self.save_samples
         if self.json is not None:
             return self.json.with_suffix(".samples.jsonl")
-        model = Path(self.model).resolve()
-        for run in (model.parent, model.parent.parent.parent):
-            if (run / "config.yaml").is_file():
-                return run / "eval" / f"samples-{self.task}.jsonl"
+        run = self._run_folder()
+        if run is not None:
+            return run / "eval" / f"samples-{self.task}.jsonl"
         raise UsageError(
             "give --json RESULT or --save-samples FILE: where should the generated samples go?"
         )
+
+    def result_out(self) -> Path | None:
+        """Where the result goes: --json, or beside the samples in RUN/eval/ for a model inside
+        a run folder (the scores and every sample's verdict kept, not only printed)."""
+        if self.json is not None or self.samples is not None or self.save_samples is not None:
+            return self.json
+        run = self._run_folder()
+        return None if run is None else run / "eval" / f"result-{self.task}.json"
+
+    def _run_folder(self) -> Path | None:
+        """The run folder ``--model`` is in (RUN/final, RUN/checkpoints/step-N/model)."""
+        if self.model is None:
+            return None
+        model = Path(self.model).resolve()
+        for run in (model.parent, model.parent.parent.parent):
+            if (run / "config.yaml").is_file():
+                return run
+        return None
 
 
 def check_arguments(args: argparse.Namespace) -> None:
