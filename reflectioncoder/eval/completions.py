@@ -24,19 +24,19 @@ def generate_samples(
     backend). Tasks the ``journal`` holds are not generated again; each task's new rows go
     into it as its batch is done."""
     ids = list(tasks)
+    tok = _tokenizer(req)
+    # spec prompts start with BOS, as the training sequences do (a server's own tokenizer decides)
+    bos = pr.bos_text(tok) if tok is not None else ""
     if req.task.startswith("multiple"):
-        prompts = {t: pr.multiple_prompt(tasks[t]) for t in ids}
+        prompts = {t: bos + pr.multiple_prompt(tasks[t]) for t in ids}
         post = lambda tid, raw: pr.postprocess_multiple(tasks[tid], raw)  # noqa: E731
         stops = ()
     elif req.prompt_format == "chat":
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(req.model, local_files_only=True)
         prompts = {t: pr.chat_prompt(tasks[t], tok) for t in ids}
         post = lambda tid, raw: pr.postprocess_chat(raw)  # noqa: E731
         stops = (pr.FENCE,)
     else:
-        prompts = {t: pr.python_prompt(tasks[t]) for t in ids}
+        prompts = {t: bos + pr.python_prompt(tasks[t]) for t in ids}
         post = lambda tid, raw: pr.postprocess(raw)  # noqa: E731
         stops = ()
     kept = {t: journal.rows(t, language) for t in ids} if journal else {}
@@ -52,6 +52,15 @@ def generate_samples(
     if todo:
         _generate(req, [prompts[t] for t in todo], keep, stats, stop_strings=stops)
     return [row for t in ids for row in kept[t]]
+
+
+def _tokenizer(req: EvalRequest):
+    """The model folder's tokenizer (``--backend hf`` / ``vllm``); None behind an endpoint."""
+    if req.backend == "openai":
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(req.model, local_files_only=True)
 
 
 def _generate(req: EvalRequest, prompts: list[str], on_done, stats: dict, stop_strings=()):

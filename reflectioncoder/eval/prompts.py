@@ -14,6 +14,7 @@ from reflectioncoder.generate.config import SPEC_STOPS
 __all__ = [
     "GENERATION_STOP",
     "PROMPT_FORMATS",
+    "bos_text",
     "chat_prompt",
     "chat_request",
     "MULTIPLE_LANGUAGE_NAMES",
@@ -118,9 +119,22 @@ def chat_request(user: str, tokenizer) -> str:
         [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
     )
     bos = tokenizer.bos_token
-    if bos and text.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
         text = text[len(bos) :]  # the template writes BOS and encoding adds it again
     return text + f"{FENCE}python\n"
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether encoding a text (special tokens added) starts it with BOS."""
+    return tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+
+def bos_text(tokenizer) -> str:
+    """What a ``spec`` prompt starts with so that the model sees BOS first, as in every
+    training sequence (SPEC §1: ids = [BOS] + tokenize(text)): BOS's text where encoding does
+    not add it (SmolLM2's and Qwen's tokenizers), else nothing."""
+    bos = tokenizer.bos_token
+    return bos if bos and not _adds_bos(tokenizer) else ""
 
 
 def chat_prompt(task: PythonTask, tokenizer) -> str:
