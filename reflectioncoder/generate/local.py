@@ -36,6 +36,7 @@ class LocalModel(Generator):
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         _require_fitting_tokenizer(model_dir, len(tok), model.get_input_embeddings().num_embeddings)
+        model.generation_config = _ids_only(model.generation_config)
         self.model = model.to(self.device).eval()
         self._lock = threading.Lock()
 
@@ -113,8 +114,8 @@ class LocalModel(Generator):
             eos_token_id=self._end_ids(config.stop) or None,
             pad_token_id=tok.pad_token_id,
         )
-        if config.temperature > 0:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
+        if config.temperature > 0:  # no top-k (transformers' default is 50; vLLM's, none)
+            kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=0)
         if config.stop_strings:
             kwargs.update(stop_strings=list(config.stop_strings), tokenizer=tok)
         with self._lock, torch.no_grad():
@@ -123,15 +124,13 @@ class LocalModel(Generator):
 
     def _decode(self, new, config: GenerationConfig) -> list[str]:
         """Each sequence's text up to its first end token (the tokenizer's, the model's, a stop
-        token: whichever ended it; the padding after it goes too), cut at the first stop."""
+        token: whichever ended it), padding dropped, cut at the first stop."""
         tok = self.tokenizer
         ends = set(self._end_ids(config.stop))
         rows = []
         for row in new.tolist():
             end = next((j for j, t in enumerate(row) if t in ends), len(row))
-            while end and row[end - 1] == tok.pad_token_id:  # ended by a stop string
-                end -= 1
-            rows.append(row[:end])
+            rows.append([t for t in row[:end] if t != tok.pad_token_id])
         texts = tok.batch_decode(rows, skip_special_tokens=config.skip_special_tokens)
         return [cut_at_stop(t, config.all_stops) for t in texts]
 
@@ -144,6 +143,16 @@ class LocalModel(Generator):
             return self.complete([text], config, add_special_tokens=False)[0][0]
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.complete([text], config)[0][0]
+
+
+def _ids_only(saved):
+    """The model's generation config without its decoding defaults: decoding is
+    ``GenerationConfig``'s alone (a saved ``repetition_penalty`` or ``top_k``, as Qwen2.5-Coder
+    ships, made greedy decoding something else); its end, pad and BOS ids stay."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return HFGenerationConfig(**{name: getattr(saved, name, None) for name in ids})
 
 
 def _require_fitting_tokenizer(model_dir: str, tokens: int, rows: int) -> None:
