@@ -190,3 +190,16 @@ def test_any_run_that_waits_is_timed_out_early(argv):
     took = time.monotonic() - t0
     assert res.timed_out and res.ending == sandbox.Ending("timeout", clock="wall"), res
     assert took < 6.0 < sandbox.wall_backstop(1.0), took
+
+
+def test_a_line_for_a_later_phase_fails_at_once(seed):
+    """The plus phase's ``loaded`` line, forged while the base phase runs, would get the plus
+    inputs sent early (to be computed in the base inputs' spare time): it fails the sample
+    there, and the right answers after it change nothing."""
+    task, expected = _task(seed)
+    forged = b'{"phase":"plus","loaded":true}\n'
+    code = RESULT_PIPE + _right_after(task, 0.0).replace(
+        "def f(x):\n", f"def f(x):\n    os.write(_result_pipe(), {forged!r})\n"
+    )
+    res = check_sample(task, code, expected)
+    assert res.base == FAIL and res.reason == "malformed result line: unexpected phase", res

@@ -259,7 +259,9 @@ class _Judge:
 
     def _judge(self, row: dict) -> bool | bytes:
         phase = self.by_name.get(row["phase"])
-        if phase is None or phase.status is not None:  # the harness never writes these
+        current = next((p for p in self.phases if p.status is None), None)
+        if phase is None or phase is not current:  # the harness never writes these: a line
+            # for a later phase would get its inputs sent early, to be computed ahead
             return self._fail_current(FAIL, "malformed result line: unexpected phase")
         now, wall = self.clock(), time.monotonic()
         self.step = (wall, now)  # the watchdog's step starts again (a forged line fails above)
