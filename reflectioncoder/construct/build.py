@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from reflectioncoder.construct.backend import Backend, Draft, MutationBackend, T
 from reflectioncoder.construct.execute import Execution, run_tests
 from reflectioncoder.construct.problems import Problem, generate_problems
 from reflectioncoder.data.special import SPECIAL_TOKENS
-from reflectioncoder.errors import atomic_write_text, ctrl_c_to_main_thread
+from reflectioncoder.errors import UserError, atomic_write_text, ctrl_c_to_main_thread
 
 STYLES = ("humaneval", "mbpp")
 
@@ -170,6 +171,21 @@ def _reflection_record(
     }
 
 
+def attempt_policy(backend: Backend) -> dict:
+    """``reflection_sample``'s attempts for ``backend``: the mutation backend means to write a
+    bug, so a mutant that passes is redrawn (up to 6 times); a model's first answer that passes
+    is a sample with 0 rounds, as in the paper's pipeline (asking a greedy model again would
+    only repeat it)."""
+    mutation = isinstance(backend, MutationBackend)
+    return {"max_attempts": 6 if mutation else 1, "redraw_passing": mutation}
+
+
+def failure_kind(error: Exception) -> str:
+    """A failure's kind, the same for every problem it happens to (ids and quotes cut)."""
+    text = re.sub(r"^problem [^:]+: ", "", str(error))
+    return text.split(" in ")[0][:80]
+
+
 def build_dataset(
     n: int,
     seed: int,
@@ -205,12 +221,29 @@ def build_dataset(
         rng = random.Random(f"{seed}/reflection/{index}")
         style = "humaneval" if rng.random() < 0.8 else "mbpp"
         local = BuildStats()
-        sample = reflection_sample(problem, backend, rng, style, timeout_s=timeout_s, stats=local)
+        try:
+            sample = reflection_sample(
+                problem,
+                backend,
+                rng,
+                style,
+                timeout_s=timeout_s,
+                stats=local,
+                **attempt_policy(backend),
+            )
+        except UserError:  # the model could not be reached: the build stops, saying why
+            raise
+        except ValueError as e:  # a model's reply without code: this problem gives no sample
+            local.rejected[failure_kind(e)] += 1
+            sample = None
         return sample, local
 
     reflections = _made_in_order(one, n_reflection, workers, stats, progress)
     if len(reflections) < n_reflection:
-        raise RuntimeError(f"made only {len(reflections)} of {n_reflection} reflection samples")
+        why = ", ".join(f"{k}: {v}" for k, v in stats.rejected.most_common(3))
+        raise RuntimeError(
+            f"made only {len(reflections)} of {n_reflection} reflection samples (rejected: {why})"
+        )
     rng = random.Random(f"{seed}/generation")
     generations = [
         generation_sample(problems[i % len(problems)], rng.choice(STYLES))

@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflectioncoder.construct.backend import Backend, MutationBackend
-from reflectioncoder.construct.build import BuildStats, reflection_sample
+from reflectioncoder.construct.build import (
+    BuildStats,
+    attempt_policy,
+    failure_kind,
+    reflection_sample,
+)
 from reflectioncoder.construct.execute import ALL_PASSED, Check, checked_assertion, run_tests
 from reflectioncoder.data.readers import read_jsonl
 from reflectioncoder.data.schema import DataError
@@ -300,34 +305,24 @@ def _one(
         if reason is not None:
             return None, f"skip:{reason}", stats
     rng = random.Random(f"{seed}/{problem.task_id}")
-    # A model's first answer that passes is a sample with 0 rounds (stage 2 still runs); the
-    # mutation backend always means to write a bug, so a mutant that passes is redrawn.
-    mutation = isinstance(backend, MutationBackend)
     try:
         sample = reflection_sample(
             problem,
             backend,
             rng,
             max_rounds=max_rounds,
-            max_attempts=6 if mutation else 1,
             timeout_s=timeout_s,
             stats=stats,
-            redraw_passing=mutation,
+            **attempt_policy(backend),
         )
     except UserError:
         raise
     except ValueError as e:  # a reply without code, a reference that admits no mutation
-        return None, f"fail:{_failure_kind(e)}", stats
+        return None, f"fail:{failure_kind(e)}", stats
     if sample is None:
         kind = stats.rejected.most_common(1)[0][0] if stats.rejected else "no sample"
         return None, f"fail:{kind}", stats
     return sample, None, stats
-
-
-def _failure_kind(error: Exception) -> str:
-    """A failure's kind, the same for every problem it happens to (ids and quotes cut)."""
-    text = re.sub(r"^problem [^:]+: ", "", str(error))
-    return text.split(" in ")[0][:80]
 
 
 def build_from_problems(
