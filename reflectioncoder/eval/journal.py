@@ -36,6 +36,7 @@ def generation_key(req: EvalRequest) -> dict:
     }
     folder = Path(req.model or "")
     if req.backend != "openai" and folder.is_dir():
+        key["model"] = str(folder.resolve())  # `./m` and `m` are one model
         stats = [
             (f.name, f.stat().st_size, f.stat().st_mtime_ns)
             for pattern in _MODEL_FILES
