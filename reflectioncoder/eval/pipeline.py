@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from operator import attrgetter
 
@@ -200,8 +201,11 @@ def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, 
     if req.model is not None and req.backend != "openai":
         from reflectioncoder.train.model_card import add_eval_results
 
-        # A subset's score says so: "pass@1 (first 2 tasks)".
-        note = f" (first {len(result['details'])} tasks)" if req.limit else ""
+        # A subset's score says so: "pass@1 (first 2 tasks)". Tasks per benchmark (--task
+        # multiple keys its details language:task_id); fewer than --limit: scored whole.
+        per_language = Counter(key.partition(":")[0] for key in result["details"] if ":" in key)
+        scored = max(per_language.values(), default=len(result["details"]))
+        note = f" (first {scored} tasks)" if req.limit and scored >= req.limit else ""
         card = add_eval_results(req.model, result["scores"], note)
         if card is not None:
             print(f"model card: {card} (model-index updated)", file=sys.stderr)
