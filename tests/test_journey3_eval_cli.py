@@ -96,3 +96,21 @@ def test_a_run_folder_model_keeps_its_result_beside_its_samples(tmp_path, shared
     assert set(result["scores"]) == {"HumanEval", "HumanEval+"}
     assert list(result["details"]) == ["HumanEval/0"]
     assert (run / "eval" / "samples-humaneval.jsonl").is_file()
+
+
+def test_json_naming_the_samples_file_is_refused_before_it_is_overwritten(tmp_path, capsys):
+    """`--json` given the samples file (tab completion): refused at once; it replaced the
+    user's samples with the result, and the next run read the result as samples."""
+    samples = tmp_path / "s.jsonl"
+    text = '{"task_id": "HumanEval/0", "completion": "    return True"}\n'
+    samples.write_text(text)
+    argv = ["evaluate", "--task", "humaneval", "--limit", "1", "--no-progress"]
+    assert main([*argv, "--samples", str(samples), "--json", f"{tmp_path}/./s.jsonl"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--json: is the --samples file: the result would overwrite the samples" in err
+    assert samples.read_text() == text
+    model = save_tiny_model(tmp_path / "model", ["def f():\n    return 1\n"] * 5)
+    out = str(tmp_path / "gen.jsonl")
+    capsys.readouterr()
+    assert main([*argv, "--model", str(model), "--save-samples", out, "--json", out]) == 2
+    assert "--json: is the --save-samples file" in capsys.readouterr().err
