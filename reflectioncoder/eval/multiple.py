@@ -58,6 +58,10 @@ _SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 _RUN_TIMEOUT_NOTE = "timeout: sending signal KILL"
 
 
+# a top-level call of the tests' check function (``check(f)``, ``test_check()``)
+_CALLS_CHECK = re.compile(r"^(check\(\w+\)|test_check\(\))", re.MULTILINE)
+
+
 def _python_entry_point(prompt: str) -> str:
     names = re.findall(r"^def (\w+)\(", prompt, re.M)
     if not names:
@@ -93,7 +97,8 @@ def _tests_with_nonce(lang: Language, tests: str, nonce: str) -> str:
 def program_text(task: MultiplETask, completion: str, nonce: str = "") -> str:
     """The whole program MultiPL-E runs; with ``nonce``, printing it after the last test."""
     tests = task.tests
-    if task.language == "python":
+    if task.language == "python" and not _CALLS_CHECK.search(tests):
+        # MultiPL-E's own files end with the call; a copy without it gets it, once
         tests += f"\ncheck({_python_entry_point(task.prompt)})\n"
     if nonce:
         tests = _tests_with_nonce(LANGUAGES[task.language], tests, nonce)
