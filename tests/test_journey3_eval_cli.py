@@ -114,3 +114,17 @@ def test_json_naming_the_samples_file_is_refused_before_it_is_overwritten(tmp_pa
     capsys.readouterr()
     assert main([*argv, "--model", str(model), "--save-samples", out, "--json", out]) == 2
     assert "--json: is the --save-samples file" in capsys.readouterr().err
+
+
+def test_several_greedy_samples_name_the_flags(tmp_path, capsys):
+    """`--n-samples 2` without a temperature: a bad argument naming both flags (exit 2), before
+    the model loads (it said "n > 1 needs temperature > 0", exit 1, flags unnamed)."""
+    model = save_tiny_model(tmp_path / "model", ["def f():\n    return 1\n"] * 5)
+    argv = ["evaluate", "--task", "humaneval", "--model", str(model), "--n-samples", "2"]
+    capsys.readouterr()
+    assert main([*argv, "--json", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "reflectioncoder evaluate: --n-samples 2 needs --temperature > 0 "
+        "(greedy decoding gives 2 identical samples)"
+    )

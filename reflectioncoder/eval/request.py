@@ -135,6 +135,11 @@ def check_arguments(args: argparse.Namespace) -> None:
             )
     if args.temperature < 0:
         raise UsageError(f"--temperature: expected >= 0, got {args.temperature}")
+    if args.n_samples > 1 and args.temperature == 0 and args.model is not None:
+        raise UsageError(
+            f"--n-samples {args.n_samples} needs --temperature > 0 (greedy decoding gives "
+            f"{args.n_samples} identical samples)"
+        )
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.samples is not None:
