@@ -98,6 +98,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def refuse_overwriting_input(
+    out: str | os.PathLike | None, out_field: str, inputs: dict[str, object]
+) -> None:
+    """A ``UsageError`` if the output file ``out`` is one of the inputs (``{flag: path or
+    paths}``): the command would replace what it reads. Found before any work is done."""
+    if out is None:
+        return
+    target = Path(out).resolve()
+    for flag, given in inputs.items():
+        paths = [] if given is None else [given] if isinstance(given, str | os.PathLike) else given
+        if any(Path(p).resolve() == target for p in paths):
+            raise UsageError(
+                f"is the {flag} file: the output would overwrite it; give another name",
+                file=out,
+                field=out_field,
+            )
+
+
 def require_file(path: str | os.PathLike, what: str, field: str | None = None) -> Path:
     """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
     path = Path(path)

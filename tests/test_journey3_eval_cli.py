@@ -107,7 +107,7 @@ def test_json_naming_the_samples_file_is_refused_before_it_is_overwritten(tmp_pa
     argv = ["evaluate", "--task", "humaneval", "--limit", "1", "--no-progress"]
     assert main([*argv, "--samples", str(samples), "--json", f"{tmp_path}/./s.jsonl"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--json: is the --samples file: the result would overwrite the samples" in err
+    assert "--json: is the --samples file: the output would overwrite it" in err
     assert samples.read_text() == text
     model = save_tiny_model(tmp_path / "model", ["def f():\n    return 1\n"] * 5)
     out = str(tmp_path / "gen.jsonl")

@@ -19,7 +19,7 @@ from reflectioncoder.data.dataset import load_dataset
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
-from reflectioncoder.errors import atomic_write_text, require_model_folder
+from reflectioncoder.errors import atomic_write_text, refuse_overwriting_input, require_model_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"reflectioncoder inspect: {e}", file=sys.stderr)
         return 2
+    refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
     require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens

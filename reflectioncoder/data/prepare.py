@@ -21,7 +21,7 @@ from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationRepo
 from reflectioncoder.data.formats import FORMATS, convert_row
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
-from reflectioncoder.errors import UsageError
+from reflectioncoder.errors import UsageError, refuse_overwriting_input
 from reflectioncoder.progress import Progress
 
 MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
@@ -253,6 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Prepare, print a summary and each benchmark's overlap count."""
+    refuse_overwriting_input(args.out, "--out", {"--in": args.inputs})
     index = None
     if not args.no_decontaminate:
         from reflectioncoder.eval.tasks import default_data_dir

@@ -7,7 +7,12 @@ import argparse
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from reflectioncoder.errors import UsageError, require_file, require_model_folder
+from reflectioncoder.errors import (
+    UsageError,
+    refuse_overwriting_input,
+    require_file,
+    require_model_folder,
+)
 from reflectioncoder.eval import tasks as tk
 
 
@@ -148,14 +153,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         where = getattr(args, flag[2:].replace("-", "_"))
         if where is not None and Path(where).is_dir():
             raise UsageError("is a folder; give a file name", file=where, field=flag)
-    samples_file = args.samples if args.samples is not None else args.save_samples
-    if args.json is not None and samples_file is not None and _same_file(args.json, samples_file):
-        flag = "--samples" if args.samples is not None else "--save-samples"
-        raise UsageError(
-            f"is the {flag} file: the result would overwrite the samples; give another name",
-            file=args.json,
-            field="--json",
-        )
+    refuse_overwriting_input(
+        args.json, "--json", {"--samples": args.samples, "--save-samples": args.save_samples}
+    )
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
     if args.model is not None and args.backend != "openai":
@@ -171,10 +171,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--prompt-format chat: HumanEval and MBPP with --backend hf or vllm only")
     if args.device is not None and args.model is not None:
         check_device(args.device)
-
-
-def _same_file(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
 
 
 def check_device(device: str) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectioncoder.config import LoggingConfig
+from reflectioncoder.errors import atomic_write_text
 from reflectioncoder.progress import Progress
 from reflectioncoder.train.reporters import Reporter, make_reporters, scalars_of
 
@@ -122,7 +123,8 @@ class MetricsLogger:
         self.last_row = trained[-1] if trained else None
         held_out = [r for r in kept if "val_loss" in r]
         self.last_validation = held_out[-1] if held_out else None
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # through a rename: a kill while it is rewritten keeps the old history
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
         self._reporters = make_reporters(
             cfg.trackers, self.out_dir, run_config or {}, cfg.project, cfg.run_name, start_step

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from reflectioncoder.errors import UserError
 from reflectioncoder.eval.sandbox import bwrap, guards
 from reflectioncoder.eval.sandbox.cgroup import CgroupLayout, cgroup_layout
 
@@ -108,12 +109,26 @@ def isolation() -> Isolation:
 @lru_cache(maxsize=len(LEVELS))
 def _decide(wanted: str) -> Isolation:
     if wanted == "bwrap" and not bwrap_works():
-        raise RuntimeError("REFLECTIONCODER_SANDBOX=bwrap but bubblewrap cannot run here")
+        raise UserError(
+            f"bubblewrap cannot run here: {_why_no_bwrap()}", field="REFLECTIONCODER_SANDBOX=bwrap"
+        )
     if wanted != "rlimits" and bwrap_works():
         host_uid = bwrap.SANDBOX_UID if os.geteuid() == 0 else os.geteuid()
         filtered = guards.seccomp_filter(os.uname().machine, None) is not None
         return Isolation(True, filtered, host_uid, cgroup_layout())
     return Isolation(False, seccomp_available(), None, cgroup_layout())
+
+
+def _why_no_bwrap() -> str:
+    """What stops bubblewrap here, in the words a user can act on."""
+    if bwrap.bwrap_path() is None:
+        return "it is not installed (apt-get install bubblewrap), or unset it for auto"
+    if os.geteuid() == 0 and not os.path.exists(bwrap.setpriv_path()):
+        return "running as root needs setpriv (apt-get install util-linux), or unset it for auto"
+    return (
+        "it cannot create its namespaces (a container that refuses user namespaces?); "
+        "unset it for auto, which falls back to the rlimits level"
+    )
 
 
 def isolation_level() -> str:

@@ -163,19 +163,26 @@ def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox
     import sys
     import traceback
 
-    with open(path, encoding="utf-8") as f:
-        code = compile(f.read(), os.path.basename(path), "exec")
-    sys.argv = [os.path.basename(path)]
-    sys.path[:0] = [os.getcwd(), os.path.dirname(path)]  # the latter lets tracebacks show lines
-    name = code.co_filename
+    name = os.path.basename(path)
 
     def excepthook(t, v, tb) -> None:  # start the traceback at the program's own frames
         first = tb
         while first is not None and first.tb_frame.f_code.co_filename != name:
             first = first.tb_next
-        traceback.print_exception(t, v, first or tb)
+        # none of them (a SyntaxError from compile): the error alone, as python main.py shows it
+        traceback.print_exception(t, v, first)
 
-    sys.excepthook = excepthook
+    sys.excepthook = excepthook  # before compile, so a SyntaxError gets it too
+    sys.argv = [name]
+    sys.path[:0] = [os.getcwd(), os.path.dirname(path)]  # the latter lets tracebacks show lines
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    try:
+        code = compile(source, name, "exec")
+    except SyntaxError as e:  # the compiler reads the line from ./main.py, not here: give it
+        if e.text is None and e.lineno and e.lineno <= len(lines := source.splitlines()):
+            e.text = lines[e.lineno - 1] + "\n"
+        raise
     if strict:
         _siblings()[1].install_audit_guard(os.getcwd())
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
