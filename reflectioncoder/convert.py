@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.errors import UsageError, UserError, require_file
 
 SOURCE_FILE = "gguf_source.json"
 # llama.cpp's LLAMA_FTYPE names (general.file_type), for the record.
@@ -113,8 +113,7 @@ def convert_gguf(
     built beside ``out`` and renamed into place, so a failed conversion leaves nothing half
     written."""
     file, out = Path(file), Path(out)
-    if not file.is_file():
-        raise UserError("file not found", file=file, field="FILE")
+    require_file(file, "GGUF file", field="FILE")
     if out.exists() and not overwrite:
         raise UserError("already exists (give --overwrite to replace it)", file=out, field="OUT")
     summary = gguf_summary(file)

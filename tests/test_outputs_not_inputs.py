@@ -59,3 +59,24 @@ def test_resume_killed_while_rewriting_metrics_keeps_the_history(tmp_path, monke
     logger.close()
     assert read_metrics(path) == rows[:3]
     assert not list(tmp_path.glob(".metrics.jsonl.tmp*"))
+
+
+@pytest.mark.parametrize(
+    "line,want",
+    [
+        ("[1, 2]", "expected a JSON object, got an array"),
+        ('"x"', "expected a JSON object, got a string"),
+    ],
+)
+def test_samples_line_that_is_not_an_object_says_so(tmp_path, capsys, line, want):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return 1"}\n' + line + "\n")
+    argv = ["evaluate", "--task", "humaneval", "--samples", str(samples), "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{samples}:2: {want}" in err and "task_id" not in err
+
+
+def test_convert_given_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    assert main(["convert-gguf", str(tmp_path), str(tmp_path / "out")]) == 1
+    assert "GGUF file is a folder, not a file" in capsys.readouterr().err

@@ -51,7 +51,10 @@ def read_samples(
     row's task among them. A bad row is a UserError naming its line and field."""
     rows, lines = [], []
     for n, row in read_jsonl(path):
-        if not isinstance(row, dict) or "task_id" not in row:
+        if not isinstance(row, dict):
+            kind = {list: "an array", str: "a string"}.get(type(row), json.dumps(row))
+            raise UserError(f"expected a JSON object, got {kind}", file=path, line=n)
+        if "task_id" not in row:
             raise UserError("missing", file=path, line=n, field="task_id")
         if tasks is not None and row["task_id"] not in tasks[0]:
             raise UserError(
