@@ -37,7 +37,7 @@ from reflectioncoder.data.dataset import load_dataset, tokenizer_fingerprint
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
 from reflectioncoder.data.tokenize import TokenizedSample
-from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread
+from reflectioncoder.errors import ConfigError, UserError, ctrl_c_to_main_thread, require_file
 from reflectioncoder.train import (
     checkpoint,
     deepspeed_config,
@@ -454,6 +454,9 @@ class Trainer:
                 "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
                 field="data.files",
             )
+        for field in ("data.files", "data.validation_files"):  # a folder or typo: before any work
+            for path in getattr(cfg.data, field.split(".")[1]):
+                require_file(path, "data file", field=field)
         if cfg.train.eval_every and not (cfg.data.validation_files or cfg.data.validation_fraction):
             raise ConfigError(
                 "no held-out data to evaluate: set data.validation_files or "

@@ -16,7 +16,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,9 +75,6 @@ def load_validation_files(cfg: RunConfig, tokenizer: Any, is_main: bool) -> list
     a bad line stops the run naming its file, line and field."""
     from reflectioncoder.data.dataset import load_dataset
 
-    for path in cfg.data.validation_files:
-        if not Path(path).is_file():
-            raise UserError("not found", file=path, field="data.validation_files")
     data = dataclasses.replace(cfg.data, files=cfg.data.validation_files, upsample=None)
     samples, report = load_dataset(data, tokenizer, warn=is_main)
     if not samples:
