@@ -270,4 +270,22 @@ def load_config(
     data = apply_overrides(data, overrides or [], origins)
     if "model" not in data:
         raise ConfigError("missing section (give a preset or a model section)", field="model")
-    return _from_dict(RunConfig, data, "", origins)
+    cfg = _from_dict(RunConfig, data, "", origins)
+    _check_zero_stage_applies(cfg, origins)
+    return cfg
+
+
+def _check_zero_stage_applies(cfg: RunConfig, origins: Origins) -> None:
+    """A ZeRO stage the user gave while the backend (a preset's, or their file's) is ``none``
+    would be dropped silently: every rank holding the whole state, not the sharding asked for.
+    A ``--set distributed.backend=none`` is the user's last word and overrides their file."""
+    dist = cfg.distributed
+    given = "distributed.zero_stage" in origins
+    backend_by_set = origins.get("distributed.backend", ("",))[0].startswith("--set ")
+    if dist.backend == "none" and dist.zero_stage != 0 and given and not backend_by_set:
+        raise _config_error(
+            "distributed.zero_stage",
+            f"{dist.zero_stage} does not apply to distributed.backend none (every rank holds "
+            "the whole state): add --set distributed.backend=deepspeed, or remove it",
+            origins,
+        )

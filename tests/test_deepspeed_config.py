@@ -24,7 +24,7 @@ INFO = DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"), 
 
 
 def _run(tmp_path, ds: dict | None, *extra: str):
-    overrides = ["data.files=[x.jsonl]", *extra]
+    overrides = ["data.files=[x.jsonl]", "distributed.backend=deepspeed", *extra]
     if ds is not None:
         path = tmp_path / "ds.json"
         path.write_text(json.dumps(ds))
@@ -212,5 +212,10 @@ def test_buckets_sized_from_the_model(monkeypatch):
 
 def _run_stage(stage: int):
     return load_config(
-        base="tiny", overrides=["data.files=[x.jsonl]", f"distributed.zero_stage={stage}"]
+        base="tiny",
+        overrides=[
+            "data.files=[x.jsonl]",
+            "distributed.backend=deepspeed",
+            f"distributed.zero_stage={stage}",
+        ],
     )

@@ -196,7 +196,9 @@ def test_auto_offload_is_planned_only_where_the_engine_can(
     info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=deepspeed)
     trainer = types.SimpleNamespace(info=info, dtype=torch.float32,
                                     _offloadable_layers=lambda *args: (0, 1))  # fmt: skip
-    cfg = tiny_config(tmp_path, seed, extra=(f"distributed.zero_stage={stage}",))
+    backend = "deepspeed" if deepspeed else "none"
+    extra = (f"distributed.backend={backend}", f"distributed.zero_stage={stage}")
+    cfg = tiny_config(tmp_path, seed, extra=extra)
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed)
     Trainer._plan_memory(trainer, cfg, model)
     assert seen == [planned]

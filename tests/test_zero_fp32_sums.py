@@ -89,7 +89,13 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
 
     run = load_config(
         base="tiny",
-        overrides=["data.files=[x.jsonl]", "model.dtype=bf16", "optim.grad_clip=0", *overrides],
+        overrides=[
+            "data.files=[x.jsonl]",
+            "distributed.backend=deepspeed",
+            "model.dtype=bf16",
+            "optim.grad_clip=0",
+            *overrides,
+        ],
     )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
@@ -132,7 +138,13 @@ def skipped_step_then_clean(overrides: list[str], folder: str) -> dict:
     from reflectioncoder.train.distributed import DistInfo
 
     run = load_config(
-        base="tiny", overrides=["data.files=[x.jsonl]", "model.dtype=bf16", *overrides]
+        base="tiny",
+        overrides=[
+            "data.files=[x.jsonl]",
+            "distributed.backend=deepspeed",
+            "model.dtype=bf16",
+            *overrides,
+        ],
     )
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)

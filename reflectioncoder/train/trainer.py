@@ -244,6 +244,20 @@ def load_samples(
     }
 
 
+def _check_paths(cfg: RunConfig) -> None:
+    """The model folders, then every data file: a folder or a typo is named in one line before
+    a tokenizer is trained, data is read or weights are loaded."""
+    from reflectioncoder.model import resolve_model_path
+
+    if cfg.model.name_or_path is not None:
+        resolve_model_path(cfg.model.name_or_path, "model.name_or_path")
+    if cfg.model.tokenizer is not None:
+        resolve_model_path(cfg.model.tokenizer, "model.tokenizer", need="tokenizer")
+    for field in ("data.files", "data.validation_files"):
+        for path in getattr(cfg.data, field.split(".")[1]):
+            require_file(path, "data file", field=field)
+
+
 def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:
     from reflectioncoder.data.schema import load_files
 
@@ -454,9 +468,6 @@ class Trainer:
                 "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
                 field="data.files",
             )
-        for field in ("data.files", "data.validation_files"):  # a folder or typo: before any work
-            for path in getattr(cfg.data, field.split(".")[1]):
-                require_file(path, "data file", field=field)
         if cfg.train.eval_every and not (cfg.data.validation_files or cfg.data.validation_fraction):
             raise ConfigError(
                 "no held-out data to evaluate: set data.validation_files or "
@@ -464,6 +475,7 @@ class Trainer:
                 field="train.eval_every",
             )
         self.resume_from = self._checkpoint_to_resume(resume)
+        _check_paths(cfg)
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
