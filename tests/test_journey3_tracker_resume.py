@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from test_distributed import ARCH
+from test_reporters import trackio_store
 
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -62,9 +63,7 @@ def test_a_resumed_run_is_one_run_in_each_tracker(tmp_path):
     offline = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(f"-{ids['wandb']}") for name in offline)
 
-    os.environ["TRACKIO_DIR"] = str(tmp_path / "trackio")  # read when trackio is imported
-    from trackio.sqlite_storage import SQLiteStorage
-
-    assert SQLiteStorage.get_runs("reflectioncoder") == ["toy"]
-    logged = {log["step"] for log in SQLiteStorage.get_logs("reflectioncoder", "toy")}
+    store = trackio_store(tmp_path / "trackio")
+    assert store["runs"] == ["toy"]
+    logged = {log["step"] for log in store["logs"]}
     assert {1, 2, 3, 4} <= logged

@@ -118,16 +118,34 @@ def _mlflow(out: Path) -> tuple[dict, dict]:
     return scalars, run.data.params
 
 
-def _trackio(folder: Path) -> tuple[dict, dict]:
-    os.environ["TRACKIO_DIR"] = str(folder)  # read when trackio is imported
-    from trackio.sqlite_storage import SQLiteStorage
+def trackio_store(folder: Path) -> dict:
+    """trackio's own reader over the store in FOLDER: project reflectioncoder's runs, and the logs
+    and config of its run toy. In a fresh process, as trackio fixes its store's folder (TRACKIO_DIR)
+    when first imported: in this one, a later test would read an earlier test's store."""
+    code = (
+        "import json\n"
+        "from trackio.sqlite_storage import SQLiteStorage as S\n"
+        "p, r = 'reflectioncoder', 'toy'\n"
+        "store = {'runs': S.get_runs(p), 'logs': S.get_logs(p, r)}\n"
+        "store['config'] = S.get_run_config(p, r)\n"
+        "print(json.dumps(store, default=str))"
+    )
+    env = {**os.environ, "TRACKIO_DIR": str(folder)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
 
+
+def _trackio(folder: Path) -> tuple[dict, dict]:
+    store = trackio_store(folder)
     scalars: dict[str, dict[int, float]] = {}
-    for log in SQLiteStorage.get_logs("reflectioncoder", "toy"):
+    for log in store["logs"]:
         for key, value in log.items():
             if key.startswith("train/"):
                 scalars.setdefault(key, {})[log["step"]] = value
-    return scalars, SQLiteStorage.get_run_config("reflectioncoder", "toy")
+    return scalars, store["config"]
 
 
 @pytest.mark.slow  # four trackers start and write in a real run: 16 s here, more when busy
