@@ -147,6 +147,20 @@ def _decode(raw: bytes, source: str, first: bool = False) -> str:
         raise DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})") from None
 
 
+def _refuse_json_document(first: bytes, path: Path, source: str) -> None:
+    """A JSON array, or an object spread over lines (``indent=2``), is not JSON lines: one
+    ``DataError`` saying what it is and how to convert it, not line 1's parse error."""
+    text = first.removeprefix(b"\xef\xbb\xbf").strip()
+    kind = "a JSON array" if text.startswith(b"[") else "a JSON object over several lines"
+    if text.startswith(b"[") or text == b"{":
+        raise DataError(
+            source,
+            "<file>",
+            f"{kind}, not JSON lines (one sample per line): convert it with "
+            f"`reflectioncoder prepare-data --in {path} --out FILE.jsonl`",
+        )
+
+
 def load_jsonl(
     path: str | Path, skip_bad: bool = False, report: LoadReport | None = None
 ) -> list[Sample]:
@@ -163,6 +177,8 @@ def load_jsonl(
                 continue
             lineno_seen += 1
             source = f"{path}:{lineno}"
+            if lineno_seen == 1:  # a whole-file JSON document: every line would be "bad"
+                _refuse_json_document(raw, path, source)
             try:
                 try:
                     obj = json.loads(_decode(raw, source, first=lineno == 1))
