@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 
 from reflectioncoder import __version__
-from reflectioncoder.errors import UsageError, is_expected, one_line
+from reflectioncoder.errors import Terminated, UsageError, is_expected, one_line
 from reflectioncoder.progress import setup_output
 
 COMMANDS = {
@@ -165,11 +165,12 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         code = body()
         sys.stdout.flush()  # here, so that a closed pipe is caught below
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(err, Terminated)
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
     except BrokenPipeError:
         _quiet_closed_stdout()
         return 141  # as a process killed by SIGPIPE, which is what a shell expects

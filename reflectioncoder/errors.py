@@ -9,10 +9,36 @@ the same way, so a new command gets this without code of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, ``scancel``, ``docker stop``, ``timeout``, torchrun
+    ending the other ranks) taken as a Ctrl-C: the same clean exit, said as ``terminated``."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises ``Terminated`` in the main thread, so that the ``finally`` blocks
+    run (the trackers flushed and closed, a save left whole) instead of a silent death."""
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # only it takes signals
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class UserError(ValueError):

@@ -16,7 +16,7 @@ from pathlib import Path
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.config_presets import PRESETS
-from reflectioncoder.errors import UsageError
+from reflectioncoder.errors import UsageError, terminate_as_interrupt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +67,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from reflectioncoder.train.trainer import Trainer
 
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
-    try:
-        summary = trainer.train()
-    finally:
-        trainer.close()
+    with terminate_as_interrupt():  # a scheduler's SIGTERM: trackers flushed, as on Ctrl-C
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        try:
+            summary = trainer.train()
+        finally:
+            trainer.close()
     if trainer.info.is_main:
         logging.getLogger("reflectioncoder.train").info("%s", done_line(summary, cfg))
     return 0
