@@ -1,4 +1,5 @@
-"""A command's output never replaces what it reads (one refusal, before any work), and a
+"""A command's output never replaces what it reads (one refusal, before any work; build-data's
+own check: tests/test_build_problems.py), and a
 resumed run's metrics history survives a kill while it is rewritten."""
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ LINE = '{"id": "p1", "prompt": "def f():", "tests": ["assert f() == 1"]}\n'
     [
         ["inspect", "--data", "{x}", "--tokenizer", "{tmp}/no-tokenizer", "--json", "{same}"],
         ["prepare-data", "--in", "{x}", "--out", "{same}", "--no-decontaminate"],
-        ["build-data", "--problems", "{x}", "--out", "{same}"],
     ],
-    ids=["inspect", "prepare-data", "build-data"],
+    ids=["inspect", "prepare-data"],
 )
 def test_output_naming_an_input_is_refused(tmp_path, capsys, argv):
     data = tmp_path / "d.jsonl"
@@ -31,7 +31,7 @@ def test_output_naming_an_input_is_refused(tmp_path, capsys, argv):
     assert main([a.format(**names) for a in argv]) == 2
     err = capsys.readouterr().err.strip()
     flag = {"inspect": "--json"}.get(argv[0], "--out")
-    source = {"inspect": "--data", "prepare-data": "--in", "build-data": "--problems"}[argv[0]]
+    source = {"inspect": "--data", "prepare-data": "--in"}[argv[0]]
     assert f"{flag}: is the {source} file: the output would overwrite it" in err
     assert len(err.splitlines()) == 1
     assert data.read_text() == LINE

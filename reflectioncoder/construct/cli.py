@@ -15,12 +15,7 @@ from pathlib import Path
 
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
-from reflectioncoder.errors import (
-    UsageError,
-    refuse_overwriting_input,
-    require_file,
-    require_model_folder,
-)
+from reflectioncoder.errors import UsageError, require_file, require_model_folder
 from reflectioncoder.generate import RetryPolicy
 from reflectioncoder.progress import Progress
 
@@ -163,4 +158,3 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"expected seconds > 0, got {args.timeout}", field="--timeout")
     if Path(args.out).is_dir():
         raise UsageError("is a folder; give a file name", file=args.out, field="--out")
-    refuse_overwriting_input(args.out, "--out", {"--problems": args.problems})
