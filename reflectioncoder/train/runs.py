@@ -69,13 +69,24 @@ def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["step"], r["complete"]))
 
 
+def _run_folder_above(folder: Path) -> Path | None:
+    """The run folder that ``folder`` (its ``final/``, ``checkpoints/``, a step) lies in."""
+    for parent in list(folder.parents)[:3]:
+        if (parent / "config.yaml").is_file() and (parent / "checkpoints").is_dir():
+            return parent
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     folder: Path = args.folder
     if not folder.is_dir():
-        raise UsageError("not a folder", file=folder, field="FOLDER")
+        state = "a file, not a run folder" if folder.exists() else "not found"
+        raise UsageError(state, file=folder, field="FOLDER")
     rows = checkpoint_rows(folder)
     if not rows and not (folder / "final").is_dir():
-        raise UsageError("holds no checkpoints and no final model", file=folder, field="FOLDER")
+        run = _run_folder_above(folder)
+        why = f"a folder inside the run {run}: give that" if run else "holds no checkpoints"
+        raise UsageError(why if run else f"{why} and no final model", file=folder, field="FOLDER")
     print(f"{'checkpoint':<34}{'step':>8}{'loss':>10}  state")
     for r in rows:
         step = f"{r['step']}" if r["total_steps"] is None else f"{r['step']}/{r['total_steps']}"
