@@ -36,6 +36,30 @@ def _check(cond: bool, name: str, msg: str) -> None:
         raise ValueError(f"{name}: {msg}")
 
 
+# model.build_tiny_llama's keyword arguments that ``model.arch`` may set
+ARCH_SIZES = ("hidden_size", "num_layers", "num_heads", "num_kv_heads")
+ARCH_FIELDS = (*ARCH_SIZES, "intermediate_size", "max_position_embeddings",
+               "tie_word_embeddings", "rope_theta")  # fmt: skip
+
+
+def _check_arch(arch: dict[str, Any]) -> None:
+    """``model.arch`` checked when the config is read (``--print-config`` too), not as a
+    TypeError or a bare ``num_heads: ...`` once the data is tokenised."""
+    for key in arch:
+        _check(key in ARCH_FIELDS, f"model.arch.{key}",
+               f"unknown field; known: {', '.join(ARCH_FIELDS)}")  # fmt: skip
+    for key in ARCH_SIZES:
+        value = arch.get(key, 1)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+               f"model.arch.{key}", f"must be a positive integer, got {value!r}")  # fmt: skip
+    if "hidden_size" in arch or "num_heads" in arch or "num_kv_heads" in arch:
+        width, heads = arch.get("hidden_size", 64), arch.get("num_heads", 4)
+        kv = arch.get("num_kv_heads", 2)
+        _check(width % heads == 0 and heads % kv == 0, "model.arch",
+               f"hidden_size {width} must divide by num_heads {heads}, which must divide by "
+               f"num_kv_heads {kv}")  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     """The model: a Hugging Face checkpoint, or a small Llama built from ``arch`` (tests, demo)."""
@@ -123,6 +147,7 @@ class ModelConfig:
             "model.arch",
             "give model.name_or_path or model.arch (a LlamaConfig to build from scratch)",
         )
+        _check_arch(self.arch)
         _check(
             isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
             "model.tokenizer_vocab_size",

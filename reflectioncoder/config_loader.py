@@ -54,7 +54,8 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
         if where and not msg.startswith(where):
             msg = f"{where}.{msg}"
         field_name, _, reason = msg.partition(": ")
-        raise _config_error(field_name, reason or msg, origins) from err
+        unknown = reason.startswith("unknown field")  # pointed at its key, as _from_dict's
+        raise _config_error(field_name, reason or msg, origins, at_key=unknown) from err
 
 
 def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False) -> ConfigError:
