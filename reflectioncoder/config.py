@@ -342,10 +342,12 @@ class DistributedConfig:
             "distributed.zero_stage",
             f"must be 0, 1, 2 or 3, got {self.zero_stage!r}",
         )
+        ds_json = self.deepspeed_config
+        state = "a folder, not a file" if ds_json and Path(ds_json).is_dir() else "file not found"
         _check(
-            self.deepspeed_config is None or Path(self.deepspeed_config).is_file(),
+            ds_json is None or Path(ds_json).is_file(),
             "distributed.deepspeed_config",
-            f"file not found: {self.deepspeed_config}",
+            f"{state}: {ds_json}",
         )
         _check(
             self.offload_optimizer in (True, False, "auto"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 STRATEGIES: tuple[str, ...] = (
     "all_mask",
@@ -53,6 +54,8 @@ class DataConfig:
                 raise ValueError(f"upsample: factors must be ints >= 1, got {self.upsample}")
         if not isinstance(self.max_len, int) or self.max_len < 2:
             raise ValueError(f"max_len: must be an int >= 2, got {self.max_len!r}")
+        if self.cache_dir is not None and Path(self.cache_dir).is_file():  # not after tokenising
+            raise ValueError(f"cache_dir: {self.cache_dir} is a file; give a folder")
         if not isinstance(self.num_workers, int) or self.num_workers < 1:
             raise ValueError(f"num_workers: must be an int >= 1, got {self.num_workers!r}")
         if isinstance(self.validation_files, str):
