@@ -790,6 +790,14 @@ class Trainer:
             path = Path(resume)
             if not (path / checkpoint.COMPLETE).is_file():
                 raise UserError(_not_a_checkpoint(path), file=path, field="--resume")
+            run = path.parent.parent  # OUT/checkpoints/step-N: its tokenizer and metrics are there
+            if run.resolve() != self.out_dir.resolve():
+                raise UserError(
+                    f"a checkpoint of the run {run}, not of checkpoint.out_dir {self.out_dir}: "
+                    f"set checkpoint.out_dir={run} (a copy of that folder resumes too)",
+                    file=path,
+                    field="--resume",
+                )
             return path
         path = checkpoint.latest_checkpoint(self.out_dir)
         if path is None and checkpoint.list_checkpoints(self.out_dir):
