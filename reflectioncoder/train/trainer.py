@@ -396,6 +396,23 @@ def build_model(
     return model
 
 
+def _config_changes(saved: Path, cfg: RunConfig) -> list[str]:
+    """``section.field old -> new`` for each value ``cfg`` changes from the run's saved config."""
+    import yaml
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    try:
+        old = flat(yaml.safe_load(saved.read_text()))
+    except (OSError, yaml.YAMLError):
+        return []
+    new = flat(cfg.to_dict())
+    return [f"{k[:-1]} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
+
+
 def _not_a_checkpoint(path: Path) -> str:
     """Why ``--resume PATH`` cannot continue from ``path``, and what would."""
     if not path.exists():
@@ -671,8 +688,11 @@ class Trainer:
         state = checkpoint.load_checkpoint(self.resume_from, self.engine, self.info)
         self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
         if self.info.is_main:
+            changed = _config_changes(self.out_dir / "config.yaml", self.cfg)
             self.cfg.save(self.out_dir / "config.yaml")
             log.info("resumed from %s at step %d", self.resume_from, self.step)
+            if changed:  # config.yaml now says the new values: the log keeps the old ones
+                log.info("--resume: config changed from the run's: %s", "; ".join(changed))
         return state.get("totals")
 
     def _log_start(self, cfg: RunConfig) -> None:
