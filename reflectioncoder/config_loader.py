@@ -258,6 +258,23 @@ def load_config(
     that preset. ``base`` names a preset when no file is given. Raises ``ConfigError`` (a
     ``ValueError``) naming the field, the value and where it came from.
     """
+    return _load(path, overrides, base)[0]
+
+
+def load_launch_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: str | None = None
+) -> RunConfig:
+    """``load_config`` for a training launch (``reflectioncoder train``): also refuses what the
+    user set that the launch would drop silently (a ZeRO stage under backend ``none``). Code that
+    only reads a config (tests, tools building an engine's layout) uses ``load_config``."""
+    cfg, origins = _load(path, overrides, base)
+    _check_zero_stage_applies(cfg, origins)
+    return cfg
+
+
+def _load(
+    path: str | Path | None, overrides: list[str] | None, base: str | None
+) -> tuple[RunConfig, Origins]:
     data: dict[str, Any] = {}
     origins: Origins = {}
     if path is not None:
@@ -271,9 +288,7 @@ def load_config(
     data = apply_overrides(data, overrides or [], origins)
     if "model" not in data:
         raise ConfigError("missing section (give a preset or a model section)", field="model")
-    cfg = _from_dict(RunConfig, data, "", origins)
-    _check_zero_stage_applies(cfg, origins)
-    return cfg
+    return _from_dict(RunConfig, data, "", origins), origins
 
 
 def _check_zero_stage_applies(cfg: RunConfig, origins: Origins) -> None:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from reflectioncoder.config_loader import load_config
+from reflectioncoder.config_loader import load_config, load_launch_config
 
 
 def test_a_zero_stage_under_the_tiny_preset_is_refused_by_the_cli(tmp_path):
@@ -31,7 +31,8 @@ def test_a_file_with_both_is_located(tmp_path):
     config = tmp_path / "my.yaml"
     config.write_text("preset: tiny\ndistributed:\n  backend: none\n  zero_stage: 2\n")
     with pytest.raises(ValueError, match=r"my.yaml:4:15: distributed.zero_stage: 2 does not"):
-        load_config(config)
+        load_launch_config(config)
+    assert load_config(config).distributed.zero_stage == 2  # reading it alone is no launch
 
 
 @pytest.mark.parametrize(
@@ -44,4 +45,4 @@ def test_a_file_with_both_is_located(tmp_path):
     ],
 )
 def test_what_still_loads(base, path, sets):
-    load_config(path, overrides=sets, base=base)
+    load_launch_config(path, overrides=sets, base=base)

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from reflectioncoder.config import RunConfig
-from reflectioncoder.config_loader import load_config
+from reflectioncoder.config_loader import load_launch_config
 from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.errors import UsageError, terminate_as_interrupt
 
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:  # --resume won silently: the wrong one may be meant
         raise UsageError("--resume continues the run, --overwrite deletes it: give one of them")
     overrides = args.overrides + (["logging.progress=false"] if args.no_progress else [])
-    cfg = load_config(args.config, overrides, base=args.preset)
+    cfg = load_launch_config(args.config, overrides, base=args.preset)
     if args.print_config:
         import yaml
 
