@@ -157,13 +157,16 @@ def _append_line(cache: Path, line: bytes) -> None:
 def _last_newline_end(cache: Path, end: int, chunk: int = 1 << 20) -> int:
     """The offset just after the last newline before ``end`` (0 when there is none)."""
     with open(cache, "rb") as f:
+        if end == 0:
+            return 0
+        f.seek(end - 1)
+        if f.read(1) == b"\n":  # the usual case: one byte read, not the last MiB
+            return end
         pos = end
         while pos > 0:
             start = max(0, pos - chunk)
             f.seek(start)
             block = f.read(pos - start)
-            if pos == end and block.endswith(b"\n"):
-                return end
             at = block.rfind(b"\n")
             if at >= 0:
                 return start + at + 1
