@@ -29,7 +29,7 @@ def level(request, monkeypatch) -> str:
 def _task(seed: int) -> tuple[PythonTask, dict]:
     """f(x) = x * k + c on one base and two plus inputs; expected outputs computed here."""
     k, c = 2 + seed % 5, seed % 7
-    xs = [3 + seed % 11, 5 + seed % 13, 7 + seed % 17]
+    xs = [3 + seed % 11, 20 + seed % 13, 40 + seed % 17]  # distinct: tests slow one input
     task = PythonTask(
         task_id="Hostile/0",
         prompt="",
