@@ -36,24 +36,27 @@ IGNORE = -100
 
 
 def add_special_tokens(tokenizer) -> dict[str, list[int]]:
-    """Add the seven SPEC special tokens to ``tokenizer`` (in place).
+    """Add the seven SPEC special tokens to ``tokenizer`` (in place), as the reference does:
+    registered as the tokenizer's extra special tokens (``all_special_tokens``, the saved
+    ``tokenizer_config.json``, ``skip_special_tokens``), never split, never normalised.
 
     Returns, for each special-token string, the ORIGINAL tokenizer's split of it
     (``tokenizer.encode(s, add_special_tokens=False)`` recorded BEFORE adding), from which the
     model mean-initialises the new embedding rows. Idempotent: a token the tokenizer already
-    holds is left as is and maps to its own single id (so mean-initialisation copies its row).
+    holds keeps its id and maps to it alone (so mean-initialisation copies its row).
     """
     from tokenizers import AddedToken
 
-    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "add_tokens"):
+    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "add_special_tokens"):
         raise ValueError(f"tokenizer: expected a Hugging Face tokenizer, got {type(tokenizer)}")
     vocab = tokenizer.get_vocab()
     splits = {s: list(tokenizer.encode(s, add_special_tokens=False)) for s in SPECIAL_TOKENS}
-    missing = [s for s in SPECIAL_TOKENS if s not in vocab]
-    if missing:
-        tokenizer.add_tokens(
-            [AddedToken(s, special=True, normalized=False) for s in missing],
-            special_tokens=True,
+    unregistered = [s for s in SPECIAL_TOKENS if s not in tokenizer.all_special_tokens]
+    if unregistered:
+        tokens = [AddedToken(s, special=True, normalized=False) for s in unregistered]
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": tokens},
+            replace_extra_special_tokens=False,  # a tokenizer's own extra tokens stay special
         )
     ids = special_token_ids(tokenizer)
     for s in SPECIAL_TOKENS:
