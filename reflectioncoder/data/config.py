@@ -83,9 +83,11 @@ class MaskConfig:
     code defaults to etc."""
     distill: bool = True
     """Reflection self-distillation (student pass). False: reflection samples train like
-    generation samples (teacher CE only)."""
+    generation samples (teacher CE only): the reference run without its --logit flag, which
+    switches on the whole student pass."""
     kl: bool = True
-    """The KL logit-alignment term (the reference's --logit flag)."""
+    """The KL logit-alignment term (SPEC §2's "logit alignment"). False keeps the student's CE
+    and drops the KL (a variant the reference has no flag for)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.strategies, str):
