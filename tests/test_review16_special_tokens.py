@@ -6,20 +6,12 @@ split of its string."""
 
 from __future__ import annotations
 
+from reference.serialise import SPECIALS as SEVEN  # SPEC §1's list, written out there
 from transformers import AutoTokenizer
 
 from reflectioncoder.data.tokenize import add_special_tokens
 from reflectioncoder.tokenizer import train_tokenizer
 
-SEVEN = [
-    "<|user|>",
-    "<|assistant|>",
-    "<|text|>",
-    "<|code|>",
-    "<|execution|>",
-    "<|endofblock|>",
-    "<|endofmessage|>",
-]
 CORPUS = ["def f(x):\n    return x + 1\n", "Traceback: NameError <|x|>", "the bug is"] * 30
 
 
