@@ -227,8 +227,8 @@ def _sdpa_varlen(
         )
         outs.append(o[0].transpose(0, 1))
         start = end
-    if not outs:
-        return q.new_empty(q.shape)
+    if not outs:  # T = 0: an empty output, still in the graph of q, k and v
+        return q * 0.0 + k.sum() * 0.0 + v.sum() * 0.0
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
@@ -323,6 +323,9 @@ def varlen_attention(
     if seqlens is None:
         # Host copy of the lengths: free on the CPU; on CUDA one sync, avoided by passing seqlens.
         seqlens = torch.diff(cu_seqlens).tolist()
-        if sum(seqlens) != q.shape[0] or any(n < 0 for n in seqlens):
-            raise ValueError(f"cu_seqlens: must rise from 0 to T={q.shape[0]}, got {seqlens}")
+        bad = sum(seqlens) != q.shape[0] or any(n < 0 for n in seqlens)
+        if bad or int(cu_seqlens[0]) != 0:
+            raise ValueError(
+                f"cu_seqlens: must rise from 0 to T={q.shape[0]}, got {cu_seqlens.tolist()}"
+            )
     return _sdpa_varlen(q, k, v, seqlens, causal, scale)
