@@ -17,16 +17,19 @@ kernel is memory-bound (3 passes over 2 R V bytes). bench/roofline.py models tim
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from .fused_loss_schedule import (
     IGNORE_INDEX,
     ChunkBudget,
     LossPlan,
+    accum_dtype,
     build_plan,
     check_loss_inputs,
     default_budget,
@@ -247,6 +250,12 @@ def row_op_of(backend: str, tiles: RowTiles):
     return triton_row_op(tiles) if backend == "triton" else torch_row_op
 
 
+def on_device(device: torch.device):
+    """Make ``device`` current while the chunks run: Triton launches, and the side stream
+    waits, on the current CUDA device, which need not be the tensors' (``cuda:1``)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 class FusedReflectionLoss(torch.autograd.Function):
     """Forward runs the chunks (loss, per-slot d h, d W for an upstream gradient of 1);
     backward sums the slots per row and scales both gradients by the upstream gradient."""
@@ -257,31 +266,51 @@ class FusedReflectionLoss(torch.autograd.Function):
         hidden = hidden.contiguous()
         weight = weight.contiguous()
         loss_args = (targets, ce_weight, kl_pairs, kl_weight)
-        plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
-        ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), *grads)
+        with on_device(hidden.device):
+            plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
+            row_op = row_op_of(backend, tiles)
+            ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op, *grads)
         ctx.save_for_backward(dh_slots, dw, plan.rows)
         ctx.meta = (backend, hidden.shape[0], tiles)
-        ctx.used = False
+        ctx.dw_scale = None  # the upstream gradient d W was multiplied by, once it was
         ctx.mark_non_differentiable(ce, kl)
         return ce + kl, ce, kl
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss, _grad_ce, _grad_kl):
-        if ctx.used:
-            raise RuntimeError("fused_linear_reflection_loss: backward may run only once")
-        ctx.used = True
         dh_slots, dw, rows = ctx.saved_tensors
         backend, n, tiles = ctx.meta
-        g = grad_loss.to(torch.float32).reshape(())
+        dev = grad_loss.device
+        g = grad_loss.to(accum_dtype(dw.dtype if dh_slots is None else dh_slots.dtype))
+        g = g.reshape(())
         dh = None
-        if dh_slots is not None:
-            if backend == "triton":
-                dh = triton_sum_slots(dh_slots, rows, n, g, tiles)
-            else:
-                dh = torch_sum_slots(dh_slots, rows, n, g)
-        if dw is not None:
-            dw.mul_(g)  # in place: the forward's d W is used once; exact when g = 1
+        with on_device(dev):
+            if dh_slots is not None:
+                if backend == "triton":
+                    dh = triton_sum_slots(dh_slots, rows, n, g, tiles)
+                else:
+                    dh = torch_sum_slots(dh_slots, rows, n, g)
+            if dw is not None:
+                dw = FusedReflectionLoss._scaled_dw(ctx, dw, g)
         return dh, dw, None, None, None, None, None, None
+
+    @staticmethod
+    def _scaled_dw(ctx, dw, g):
+        """d W times g: in place the first time (the forward's buffer becomes the gradient, no
+        copy; exact when g = 1); a later backward of a retained graph (``retain_graph=True``,
+        ``torch.autograd.gradcheck``) rescales that product out of place."""
+        if ctx.dw_scale is None:
+            ctx.dw_scale = g
+            # the saved buffer keeps its version: a retained graph may unpack it again
+            with torch.autograd._unsafe_preserve_version_counter(dw):
+                return dw.mul_(g)
+        if bool(ctx.dw_scale == 0):  # a host sync, on a repeated backward only
+            raise RuntimeError(
+                "fused_linear_reflection_loss: a second backward after one with a zero upstream "
+                "gradient (d W was scaled to zero in place)"
+            )
+        return dw * (g / ctx.dw_scale)
 
 
 def triton_interpreted() -> bool:
@@ -307,11 +336,13 @@ def loss_only(
     backend, budget, tiles, schedule, gemm_tiles = run
     hidden = hidden.detach().contiguous()
     weight = weight.detach().contiguous()
-    plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
-    if schedule == "stats_epilogue":
-        ce, kl = stats_loss(hidden, weight, plan, gemm_tiles)
-    else:
-        ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op_of(backend, tiles), False, False)
+    with on_device(hidden.device):
+        plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
+        if schedule == "stats_epilogue":
+            ce, kl = stats_loss(hidden, weight, plan, gemm_tiles)
+        else:
+            row_op = row_op_of(backend, tiles)
+            ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op, False, False)
     return ce + kl, {"ce": ce, "kl": kl}
 
 
@@ -371,20 +402,21 @@ def fused_linear_reflection_loss(
     hidden: (N, D) float, the final hidden states of the loss rows; weight: (V, D) LM head, same
     dtype; targets: (N,) int64 next-token ids, -100 = no CE; ce_weight: (N,) fp32;
     kl_pairs: (P, 2) int64 (teacher_row, student_row) into the N rows; kl_weight: (P,) fp32.
-    Returns loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL(p_t || p_s) (0-dim fp32) and
-    {"ce", "kl"}, its two detached parts. The teacher of a pair gets no gradient from its KL.
-    backend: "triton" (CUDA: cuBLAS GEMMs + the Triton row kernel; the CPU interpreter in tests),
-    "torch" (the same chunks with PyTorch row maths), or "auto" (Triton on CUDA, PyTorch
-    elsewhere). check_inputs: check target and pair indices (default: on CPU; off on CUDA,
-    where it costs a host sync). ce_only_rows: (M,) int64, ascending, the rows with a CE term
+    Returns loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL(p_t || p_s) (0-dim fp32; fp64
+    for fp64 inputs) and {"ce", "kl"}, its two detached parts. The teacher of a pair gets no
+    gradient from its KL; the weights are constants (no gradient flows into them).
+    backend: "triton" (CUDA: cuBLAS GEMMs + the Triton row kernel; the CPU interpreter in tests; not
+    fp64), "torch" (the same chunks with PyTorch row maths), or "auto" (Triton on CUDA, PyTorch
+    elsewhere and for fp64). check_inputs: check target and pair indices (default: on CPU; off on
+    CUDA, where it costs a host sync). ce_only_rows: (M,) int64, ascending, the rows with a CE term
     (target given, weight non-zero) in no KL pair, when the caller knows them (``PackedBatch``
-    does): rows with a zero weight may be among them, paired rows may not; without it the count
-    is read from the device (one host sync on CUDA). need_grad: None (default) follows autograd
-    (grad mode on and ``hidden`` or ``weight`` requiring grad); False computes the loss alone
-    (validation, logging): no d z, no gradient GEMMs or buffers, and a loss without a graph.
-    loss_only_schedule: how that loss alone is computed (``LOSS_ONLY_SCHEDULES``):
-    "gemm_rows" (default) or "stats_epilogue" (backend "triton": the statistics in a Triton
-    GEMM's epilogue, no logits buffer: tens of MiB of workspace instead of about 0.5 GiB).
+    does): rows with a zero weight may be among them, paired rows may not; without it the count is
+    read from the device (one host sync on CUDA). need_grad: None (default) follows autograd (grad
+    mode on and ``hidden`` or ``weight`` requiring grad); False computes the loss alone (validation,
+    logging): no d z, no gradient GEMMs or buffers, and a loss without a graph. loss_only_schedule:
+    how that loss alone is computed (``LOSS_ONLY_SCHEDULES``): "gemm_rows" (default) or
+    "stats_epilogue" (backend "triton": the statistics in a Triton GEMM's epilogue, no logits
+    buffer: tens of MiB of workspace instead of about 0.5 GiB).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -399,11 +431,15 @@ def fused_linear_reflection_loss(
         check_indices=(not on_cuda) if check_inputs is None else check_inputs,
         ce_only_rows=ce_only_rows,
     )
+    wide = hidden.dtype == torch.float64
     if backend == "auto":
-        backend = "triton" if on_cuda else "torch"
+        backend = "triton" if on_cuda and not wide else "torch"
+    if backend == "triton" and wide:
+        raise ValueError("backend: 'triton' takes fp32 / bf16 / fp16; fp64 runs on 'torch'")
     if backend == "triton" and not on_cuda and not triton_interpreted():
         raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1)")
-    args = (hidden, weight, targets, ce_weight, kl_pairs, kl_weight)
+    # The weights are constants of the loss (SPEC §2's normalisation): no gradient flows to them.
+    args = (hidden, weight, targets, ce_weight.detach(), kl_pairs, kl_weight.detach())
     return linear_reflection_loss(
         *args, backend, ce_only_rows=ce_only_rows, need_grad=need_grad,
         loss_only_schedule=loss_only_schedule,

@@ -64,6 +64,12 @@ def default_budget(device: torch.device) -> ChunkBudget:
     return GPU_BUDGET if device.type == "cuda" else CPU_BUDGET
 
 
+def accum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The row maths' and sums' dtype: fp32, or fp64 for fp64 inputs (float64 checks such as
+    ``torch.autograd.gradcheck`` need the loss to float64's precision)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def check_loss_inputs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -189,7 +195,7 @@ class LossPlan:
     rows: torch.Tensor  # (S,) int64: the row of each slot
     targets: torch.Tensor  # (S,) int64: the slot's target, IGNORE_INDEX where it has no CE
     ce_weight: torch.Tensor  # (S,) fp32: 0 where the slot has no CE
-    kl_weight: torch.Tensor  # (P,) fp32
+    kl_weight: torch.Tensor  # (P,) fp32, contiguous
     chunks: list[Chunk]
     chunk_rows: int
 
@@ -235,7 +241,7 @@ def build_plan(
         rows=rows,
         targets=torch.where(mine, targets[rows], IGNORE_INDEX),
         ce_weight=torch.where(mine, ce_weight[rows], 0.0),
-        kl_weight=kl_weight,
+        kl_weight=kl_weight.contiguous(),  # the row kernel reads it at unit stride
         chunks=chunks,
         chunk_rows=chunk_rows,
     )
@@ -299,8 +305,9 @@ def run_chunks(
     rows = max((h[-1].stop - h[0].start for h in groups), default=0)
     logits = torch.empty(rows, v, dtype=hidden.dtype, device=dev)
     h_buf = torch.empty(rows, d, dtype=hidden.dtype, device=dev)
-    ce_out = torch.zeros(s, dtype=torch.float32, device=dev)
-    kl_out = torch.zeros(plan.kl_weight.shape[0], dtype=torch.float32, device=dev)
+    acc = accum_dtype(hidden.dtype)
+    ce_out = torch.zeros(s, dtype=acc, device=dev)
+    kl_out = torch.zeros(plan.kl_weight.shape[0], dtype=acc, device=dev)
     dh_slots = torch.empty(s, d, dtype=hidden.dtype, device=dev) if need_dh else None
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_dw else None
     side = SideStream(dev)
@@ -369,11 +376,14 @@ def _pair_rows(zt, zs, tgt_t, tgt_s, cw_t, cw_s, kw, ce_t, ce_s, kl_out, write_d
 
 
 def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
-    """The row maths in PyTorch, SUB_ROWS rows at a time in fp32 (cache-sized temporaries)."""
+    """The row maths in PyTorch, SUB_ROWS rows at a time in fp32 (fp64 for fp64 logits;
+    cache-sized temporaries)."""
     r = z.shape[0]
+    acc = accum_dtype(z.dtype)
+    ce_w = ce_w.to(acc)  # scatter_add_ takes its source in z's dtype
     if kl_w is None:
         for a in range(0, r, SUB_ROWS):
-            zf = z[a : a + SUB_ROWS].float()
+            zf = z[a : a + SUB_ROWS].to(acc)
             b = a + zf.shape[0]
             _ce_rows(zf, targets[a:b], ce_w[a:b], ce_out[a:b], write_dz)
             if write_dz:
@@ -381,10 +391,11 @@ def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
         return
     half = r // 2
     step = max(1, SUB_ROWS // 2)
+    kl_w = kl_w.to(acc)
     for a in range(0, half, step):
         b = min(half, a + step)
         t, s = slice(a, b), slice(half + a, half + b)
-        zt, zs = z[t].float(), z[s].float()
+        zt, zs = z[t].to(acc), z[s].to(acc)
         _pair_rows(
             zt, zs, targets[t], targets[s], ce_w[t], ce_w[s], kl_w[a:b],
             ce_out[t], ce_out[s], kl_out[a:b], write_dz,
@@ -395,7 +406,9 @@ def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
 
 
 def torch_sum_slots(dh_slots: torch.Tensor, rows: torch.Tensor, n: int, g: torch.Tensor):
-    """d h (N, D) in the slots' dtype: the slots of each row summed in fp32, times g."""
-    out = torch.zeros(n, dh_slots.shape[1], dtype=torch.float32, device=dh_slots.device)
-    out.index_add_(0, rows, dh_slots.float())  # sequential on CPU: a fixed order
+    """d h (N, D) in the slots' dtype: the slots of each row summed in fp32 (fp64 for fp64
+    slots), times g."""
+    acc = accum_dtype(dh_slots.dtype)
+    out = torch.zeros(n, dh_slots.shape[1], dtype=acc, device=dh_slots.device)
+    out.index_add_(0, rows, dh_slots.to(acc))  # sequential on CPU: a fixed order
     return out.mul_(g).to(dh_slots.dtype)
