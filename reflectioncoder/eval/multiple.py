@@ -34,7 +34,7 @@ from reflectioncoder.eval.multiple_languages import (
     toolchain_problem,
 )
 from reflectioncoder.eval.samples import Sample, number_samples
-from reflectioncoder.eval.sandbox import SANDBOX_UID, harness_files, python_env, run_sandboxed
+from reflectioncoder.eval.sandbox import harness_files, python_env, run_sandboxed
 from reflectioncoder.eval.tasks import MultiplETask
 
 __all__ = [
@@ -174,9 +174,7 @@ def run_program(language: str, program: str, *, run_s: float | None = None, nonc
     if nonce and not nonce_in_source(language):
         read_end, write_end = os.pipe()
         os.write(write_end, nonce.encode())
-        os.close(write_end)
-        if os.geteuid() == 0:  # reopened as /dev/fd/3 by the box's uid: the pipe is its own
-            os.fchown(read_end, SANDBOX_UID, SANDBOX_UID)
+        os.close(write_end)  # the sandbox hands the pipe to the program's uid
     try:
         return run_sandboxed(
             # bash: dash redirects only descriptors 0-9, and the pipe's number may be higher

@@ -28,6 +28,7 @@ __all__ = [
     "WORK_IN_BOX",
     "bwrap_argv",
     "bwrap_path",
+    "python_paths",
     "box_seccomp_fd",
     "setpriv_path",
     "toolchain_binds",
@@ -63,7 +64,7 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
-def _python_paths() -> list[str]:
+def python_paths() -> list[str]:
     """The interpreter, its standard library and the site-packages programs import from."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
@@ -165,7 +166,7 @@ def _host_layout() -> tuple[list[str], list[str]]:
         elif os.path.isdir(path):
             system += ["--ro-bind", path, path]
     etc = sorted({p for pat in _ETC_PATTERNS for p in glob.glob(os.path.join("/etc", pat))})
-    return system, [*etc, *_python_paths()]
+    return system, [*etc, *python_paths()]
 
 
 @functools.lru_cache(maxsize=1)

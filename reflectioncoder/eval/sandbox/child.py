@@ -17,6 +17,12 @@ import resource
 import sys
 
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP, _PR_SET_SECUREBITS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 24, 28, 47, 2
+# SECBIT_NO_SETUID_FIXUP and its lock: the uid change keeps the capabilities (then lowered to
+# the one kept) and access() uses them
+_SECBITS_KEEP_FOR_ACCESS = (1 << 2) | (1 << 3)
+CAP_DAC_READ_SEARCH = 2
+_CAP_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
 OOM_SCORE_ADJ = "1000"  # the most: killed first
 _SIG_DFL, _SIG_IGN = 0, 1  # C's signal dispositions (signal.h)
 
@@ -30,9 +36,11 @@ def libc() -> ctypes.CDLL:
 
 def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
     """``config``: ``cgroup_procs`` (files to write our pid to), ``memory``, ``cpu``,
-    ``file_size``, ``open_files``, ``nproc`` (None: not set), ``seccomp`` (hex of a filter, or
-    None). SIGINT: a held one is discarded (ignoring a signal drops it), then it is unblocked
-    with its default action (the scorer's pool threads block it)."""
+    ``file_size``, ``open_files``, ``nproc`` (None: not set), ``uid`` (the fallback started
+    by root: the run's own uid and gid to drop to; None: stay), ``read_all`` (keep
+    ``CAP_DAC_READ_SEARCH``), ``seccomp`` (hex of a filter, or None). SIGINT: a held one is
+    discarded (ignoring a signal drops it), then it is unblocked with its default action (the
+    scorer's pool threads block it)."""
     lib.signal(signal.SIGINT, _SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     lib.signal(signal.SIGINT, _SIG_DFL)
@@ -44,6 +52,9 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
     # scorer's own cgroup killed the scorer). Set by root, the program cannot lower it.
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write(OOM_SCORE_ADJ)
+    if config["uid"] is not None:
+        drop_root(config["uid"], bool(config["read_all"]), lib)
+    # after the drop: a change of uid clears it
     lib.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     cpu = config["cpu"]
     for limit, value in (
@@ -61,7 +72,36 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
         raise OSError("sandbox: the seccomp filter could not be installed")
 
 
-_INTS = ("memory", "cpu", "file_size", "open_files", "nproc")
+def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL) -> None:
+    """Root becomes ``uid``/gid ``uid`` with no supplementary group and no capability in any
+    set (bounding included), so no root-owned file, sysctl, device node, cgroup or process
+    is its own. ``read_all``: ``CAP_DAC_READ_SEARCH`` alone is kept (ambient, so the program
+    exec'd has it) for a toolchain no other user can reach (under a 0700 ``/root``), and
+    ``access()`` counts it (``SECBIT_NO_SETUID_FIXUP``: compilers look for their tools so)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if not (read_all and cap == CAP_DAC_READ_SEARCH) and lib.prctl(
+            _PR_CAPBSET_DROP, cap, 0, 0, 0
+        ):
+            raise OSError(ctypes.get_errno(), f"sandbox: cannot drop capability {cap}")
+    if read_all and lib.prctl(_PR_SET_SECUREBITS, _SECBITS_KEEP_FOR_ACCESS, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "sandbox: cannot set the securebits")
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if not read_all:
+        return  # a change from uid 0 cleared every capability
+    bit = 1 << CAP_DAC_READ_SEARCH
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(bit, bit, bit, 0, 0, 0)  # effective, permitted, inheritable
+    if lib.capset(header, data) or lib.prctl(
+        _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0
+    ):
+        raise OSError(ctypes.get_errno(), "sandbox: cannot keep CAP_DAC_READ_SEARCH")
+
+
+_INTS = ("memory", "cpu", "file_size", "open_files", "nproc", "uid", "read_all")
 
 
 def to_argv(config: dict) -> list[str]:

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import bwrap, child, guards
+from reflectioncoder.eval.sandbox import bwrap, child, guards, runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import pump
@@ -57,17 +58,26 @@ def _ctrl_c_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _child_config(limits: Limits, cpu_s: float, procs: list[str], seccomp: bytes | None) -> dict:
-    """What ``child.apply`` sets up (plain data: it may travel as a command-line argument)."""
+def _child_config(
+    limits: Limits, cpu_s: float, procs: list[str], seccomp: bytes | None, user: tuple
+) -> dict:
+    """What ``child.apply`` sets up (plain data: it may travel as a command-line argument).
+    ``user``: (the run's uid, keep CAP_DAC_READ_SEARCH), uid None where the child stays."""
+    uid, read_all = user
+    if uid is not None:  # its own uid: RLIMIT_NPROC counts this run's processes alone
+        nproc = limits.max_processes + 1
+    else:  # root ignores RLIMIT_NPROC (the cgroup covers that case); the limit counts ALL of
+        # the user's processes and threads, hence the headroom
+        nproc = None if os.geteuid() == 0 else limits.max_processes + 1024
     return {
         "cgroup_procs": procs,
         "memory": limits.memory_mb << 20,
         "cpu": int(cpu_s) + 1,  # per process; the cgroup's CPU clock is the real limit
         "file_size": limits.file_size_mb << 20,
         "open_files": limits.open_files,
-        # root ignores RLIMIT_NPROC (the cgroup covers that case); the limit counts ALL of the
-        # user's processes and threads, hence the headroom
-        "nproc": None if os.geteuid() == 0 else limits.max_processes + 1024,
+        "nproc": nproc,
+        "uid": uid,
+        "read_all": int(read_all),
         "seccomp": None if seccomp is None else seccomp.hex(),
     }
 
@@ -176,6 +186,7 @@ class PreparedRun:
         src.chmod(0o755)  # read by the box's unprivileged uid, whatever the umask
         _write_files(src, files or {})
         use_bwrap = self.isolation.bwrap
+        user = self._run_user(argv, src, work, ro_binds, pass_fds)
         box_src, box_work = (
             (bwrap.SRC_IN_BOX, bwrap.WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         )
@@ -194,7 +205,7 @@ class PreparedRun:
                 cmd = bwrap.bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd) + cmd
             self.cgroup = make_cgroup(self.isolation.cgroup, limits)
             procs = self.cgroup.procs_files() if self.cgroup else []
-            config = _child_config(limits, self.cpu_s, procs, seccomp)
+            config = _child_config(limits, self.cpu_s, procs, seccomp, user)
             preexec = None
             if _big_scorer():  # vfork + exec of a fresh interpreter that sets up, then execs
                 cmd = [
@@ -224,6 +235,26 @@ class PreparedRun:
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
+
+    def _run_user(self, argv, src: Path, work: Path, ro_binds, pass_fds) -> tuple:
+        """(uid, keep CAP_DAC_READ_SEARCH) the program runs as: in the fallback started by
+        root, a uid of the run's own (``runuser``), else None (bwrap drops to its own uid; a
+        caller that is not root stays itself). Root hands the passed pipes to the program's
+        uid: reopened through ``/dev/fd/N``, a pipe checks its owner."""
+        if os.geteuid() != 0:
+            return None, False
+        uid = bwrap.SANDBOX_UID if self.isolation.bwrap else runuser.new_run_uid()
+        for fd in pass_fds:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.fchown(fd, uid, uid)
+        if self.isolation.bwrap:
+            return None, False
+        assert self.root is not None
+        runuser.own_run_dirs(self.root, src, work, uid)
+        needed = [shutil.which(argv[0]) or argv[0], *ro_binds]
+        if any(sys.executable in arg for arg in argv):  # our interpreter, its site-packages
+            needed += bwrap.python_paths()
+        return uid, runuser.needs_read_all(needed)
 
     def cpu_time_s(self) -> float | None:
         """CPU seconds the run's whole process tree has used since it started (None where no

@@ -1,0 +1,60 @@
+"""The fallback level's user when the scorer is root: each run becomes a uid of its own.
+
+Without bubblewrap there is no mount or PID namespace, so a program that kept root's uid owned
+every root-owned file, sysctl, device node, cgroup and process on the machine (a C++ or shell
+sample could write anywhere, signal the scorer, leave its cgroup). Instead the child drops to
+a fresh uid/gid per run (``child.drop_root``) with no capability: the run's working dir is its
+own (0700), its source dir readable by its group only, and nothing else on the machine is its
+own. A uid per run, not one shared ``nobody``: the kernel then refuses one sample's signals and
+writes to another's processes and files as well.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["RUN_UIDS", "needs_read_all", "new_run_uid", "own_run_dirs"]
+
+# uids (and gids) runs take, one at random per run: above the ranges distributions give users
+# (< 60000), /etc/subuid's usual ranges (100000 + 65536 x n for a few thousand users) and
+# below 2^31 (some tools read a uid as a signed int)
+RUN_UIDS = range(1_900_000_000, 1_900_000_000 + (1 << 24))
+
+
+def new_run_uid() -> int:
+    return RUN_UIDS.start + secrets.randbelow(len(RUN_UIDS))
+
+
+def _reachable(path: str) -> bool:
+    """Whether any user can reach ``path`` (search every directory above it) and read it."""
+    real = Path(os.path.realpath(path))
+    try:
+        for parent in real.parents:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        mode = os.stat(real).st_mode
+    except OSError:
+        return True  # nothing there to reach: no reason to keep a capability
+    return bool(mode & (stat.S_IROTH | stat.S_IXOTH))
+
+
+def needs_read_all(paths: Iterable[str]) -> bool:
+    """True when a path the run needs (its interpreter, toolchain, libraries) lies where an
+    unprivileged uid cannot reach it (a toolchain under ``/root``, 0700): the run then keeps
+    ``CAP_DAC_READ_SEARCH`` (read and search any file, write none)."""
+    return not all(_reachable(p) for p in paths)
+
+
+def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
+    """The run's directories for ``uid``: ``root`` searchable (not listable), ``src``
+    root's and readable by the run's group only, ``work`` the run's own."""
+    root.chmod(0o711)
+    for path in (src, *src.iterdir()):
+        os.chown(path, 0, uid)
+        path.chmod(0o750 if path.is_dir() else 0o640)
+    os.chown(work, uid, uid)
+    work.chmod(0o700)
