@@ -29,8 +29,8 @@ what is in force):
   the same seccomp filter for every program (installed between fork and exec), and for Python
   programs a stricter one plus an audit hook that refuses writes and deletes outside the
   working directory, network connections, signals to other processes and new programs.
-  Weaker: programs run as the caller (as root: root's files), and native code (ctypes) can
-  bypass the audit hook.
+  Weaker: programs run as the caller (started by root: as a uid of each run's own, with no
+  capability, ``runuser``), and native code (ctypes) can bypass the audit hook.
 
 Both levels put each run in its own cgroup (``cgroup``: v2, or v1 controllers, where the machine
 lets us create one): ``memory`` (the whole tree's memory, /dev/shm included), ``pids``, ``cpu``
@@ -39,7 +39,8 @@ wall-clock backstop kills from outside with SIGKILL, which no program can ignore
 capped; a run that floods it is killed.
 
 Rooms: ``isolation`` (the probe and its record), ``cgroup`` (a run's cgroup), ``bwrap`` (the
-box's command line), ``process`` and ``pump`` (start, I/O, kill), ``records`` (``Limits``,
+box's command line), ``runuser`` (the fallback's uid per run when root starts it),
+``process`` and ``pump`` (start, I/O, kill), ``records`` (``Limits``,
 ``ExecResult``), ``launcher`` (Python in the box); shipped into the box as files: ``codec`` (the
 plain-data encoding both sides share), ``runner`` and ``guards`` (the in-box runner, its
 seccomp filters and audit hook).

@@ -35,10 +35,13 @@ _FALLBACK_GAPS = (
     "native code (a C extension) can step around the hook",
 )
 _FALLBACK_NATIVE_GAPS = (
-    "programs that are not Python (MultiPL-E compiled languages, shell) run as the caller "
-    "(root: every root-owned file, sysctls and device nodes writable) with rlimits, a process "
-    "group, the cgroup and the seccomp filter (no socket, mount, namespace, ptrace): no file "
-    "or /proc guard",
+    "programs that are not Python (MultiPL-E compiled languages, shell) have no file or /proc "
+    "guard beyond their user's rights (started by root: a uid of the run's own, no "
+    "capability; otherwise the caller's uid) with rlimits, a process group, the cgroup and "
+    "the seccomp filter (no socket, mount, namespace, ptrace): they can write to "
+    "world-writable folders (/tmp, /var/tmp, /dev/shm) and read what any user can, or every "
+    "file where the toolchain sits under a home no other user can enter "
+    "(CAP_DAC_READ_SEARCH kept)",
 )
 
 
@@ -46,7 +49,8 @@ _FALLBACK_NATIVE_GAPS = (
 class Isolation:
     """What is in force for every run: ``bwrap`` (bubblewrap's namespaces, host uid
     ``host_uid``, no capability, a minimal read-only file system) or the ``rlimits`` fallback
-    (programs run as the caller; Python programs behind the audit guard); ``seccomp``: the
+    (programs run as the caller, or as a uid of each run's own when the caller is root;
+    Python programs behind the audit guard); ``seccomp``: the
     kernel-call filter is installed; ``cgroup``: where runs' cgroups are made (None: none)."""
 
     bwrap: bool
@@ -75,7 +79,8 @@ class Isolation:
                 f"{filtered},fs=minimal-ro)"
             )
         else:
-            level = f"rlimits(caller-uid,audit-guard{filtered})"
+            who = "run-uid" if os.geteuid() == 0 else "caller-uid"
+            level = f"rlimits({who},audit-guard{filtered})"
         if self.cgroup is not None:
             level += "+" + self.cgroup.describe()
         return level + ("+time=cpu" if self.cpu_clock else "+time=wall")
