@@ -18,7 +18,8 @@ Isolation levels, strongest first (``isolation()`` decides, ``isolation().name``
 what is in force):
 
 - ``bwrap``: bubblewrap with its own PID, network, IPC, UTS and cgroup namespaces; the program
-  runs as uid/gid 65534 ON THE HOST with no capability in any set, under the seccomp filter
+  runs as a host uid/gid of the run's own (started by root; else 65534 mapped to the
+  caller) with no capability in any set, under the seccomp filter
   ``guards.seccomp_filter(machine, None)``; ``/proc/sys`` and ``/proc/pressure`` absent; a file
   system made only of what a program needs, read-only (``bwrap``). No data, cache, home, host
   socket or cgroup file system is visible. When the PID namespace's first process dies the

@@ -2,7 +2,8 @@
 unprivileged host uid, as one bwrap command line.
 
 Started by root, bwrap makes no user namespace (its uid 65534 would be host root): it mounts as
-root, then ``setpriv`` drops the program to host uid/gid 65534 with no capability at all.
+root, then ``setpriv`` drops the program to a host uid/gid of the run's own (``runuser``) with
+no capability at all.
 Started by another user, the user namespace maps 65534 to that unprivileged user. The file
 system holds only what a program needs, read-only (``/usr`` and the library dirs, a few
 ``/etc`` files, the Python installation and site-packages, the toolchain binds), a private
@@ -37,7 +38,8 @@ __all__ = [
 # Mount points inside the box (both under the private /tmp).
 SRC_IN_BOX = "/tmp/src"
 WORK_IN_BOX = "/tmp/work"
-SANDBOX_UID = 65534  # "nobody": the uid and gid programs have inside bwrap
+# "nobody": the uid and gid programs have inside bwrap started by a user that is not root
+SANDBOX_UID = 65534
 # What every program gets, read-only: the system's programs and libraries, and the few /etc
 # files that loaders and toolchains read (no passwd, shadow, hosts, ssh, ...).
 _SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -104,14 +106,18 @@ def bwrap_argv(
     ro_binds: Sequence[str],
     tmp_mb: int = 512,
     seccomp_fd: int | None = None,
+    run_uid: int | None = None,
 ) -> list[str]:
     """Namespaces, no privileges, and a file system of only what programs need (read-only).
 
     Started by root, bwrap makes no user namespace (its uid 65534 would be host root): it
-    mounts as root, then ``setpriv`` drops the program to host uid/gid 65534 with no
+    mounts as root, then ``setpriv`` drops the program to host uid/gid ``run_uid`` with no
     capability at all, so every root-owned host file (``/proc/sys``, the bound device nodes)
     stays out of its reach. Started by another user, the user namespace maps 65534 to that
-    unprivileged user. ``seccomp_fd``: a descriptor holding ``guards``' box filter."""
+    unprivileged user. ``seccomp_fd``: a descriptor holding ``guards``' box filter.
+    ``run_uid`` (root only): the host uid/gid setpriv drops to, the run's own (``runuser``):
+    a uid shared by every box would share the kernel's per-user counts (inotify instances,
+    message queue bytes), so one sample could use up a sibling's."""
     uid = str(SANDBOX_UID)
     argv = [exe, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
     argv += ["--unshare-cgroup-try", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -150,7 +156,8 @@ def bwrap_argv(
     argv += ["--chdir", WORK_IN_BOX, "--remount-ro", "/"]  # the box's root: nothing new on top
     argv += ["--setenv", "TMPDIR", "/tmp", "--setenv", "HOME", WORK_IN_BOX, "--"]
     if as_root:
-        argv += [setpriv_path(), f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        host = str(run_uid if run_uid is not None else SANDBOX_UID)
+        argv += [setpriv_path(), f"--reuid={host}", f"--regid={host}", "--clear-groups"]
         argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     return argv
 

@@ -55,7 +55,9 @@ class Isolation:
 
     bwrap: bool
     seccomp: bool
-    host_uid: int | None  # the host uid programs run as under bwrap (None: the caller's)
+    # the host uid programs run as under bwrap; None: a uid of each run's own (started by
+    # root, ``runuser``), or the fallback's caller
+    host_uid: int | None
     cgroup: CgroupLayout | None
 
     @property
@@ -70,14 +72,16 @@ class Isolation:
 
     @property
     def name(self) -> str:
-        """The level as results print it, e.g. ``bwrap(uid=65534,host-uid=65534,caps=none,
+        """The level as results print it, e.g. ``bwrap(uid=per-run,host-uid=per-run,caps=none,
         userns=none,seccomp,fs=minimal-ro)+cgroup-v1(cpu,cputime,memory,pids)+time=cpu``."""
         filtered = ",seccomp" if self.seccomp else ""
         if self.bwrap:
-            level = (
-                f"bwrap(uid={bwrap.SANDBOX_UID},host-uid={self.host_uid},caps=none,userns=none"
-                f"{filtered},fs=minimal-ro)"
+            uid = (
+                "per-run,host-uid=per-run"
+                if self.host_uid is None
+                else (f"{bwrap.SANDBOX_UID},host-uid={self.host_uid}")
             )
+            level = f"bwrap(uid={uid},caps=none,userns=none{filtered},fs=minimal-ro)"
         else:
             who = "run-uid" if os.geteuid() == 0 else "caller-uid"
             level = f"rlimits({who},audit-guard{filtered})"
@@ -118,7 +122,7 @@ def _decide(wanted: str) -> Isolation:
             f"bubblewrap cannot run here: {_why_no_bwrap()}", field="REFLECTIONCODER_SANDBOX=bwrap"
         )
     if wanted != "rlimits" and bwrap_works():
-        host_uid = bwrap.SANDBOX_UID if os.geteuid() == 0 else os.geteuid()
+        host_uid = None if os.geteuid() == 0 else os.geteuid()
         filtered = guards.seccomp_filter(os.uname().machine, None) is not None
         return Isolation(True, filtered, host_uid, cgroup_layout())
     return Isolation(False, seccomp_available(), None, cgroup_layout())

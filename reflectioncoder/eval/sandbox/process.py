@@ -59,13 +59,19 @@ def _ctrl_c_held() -> Iterator[None]:
 
 
 def _child_config(
-    limits: Limits, cpu_s: float, procs: list[str], seccomp: bytes | None, user: tuple
+    limits: Limits,
+    cpu_s: float,
+    procs: list[str],
+    seccomp: bytes | None,
+    user: tuple[int | None, bool],
+    drop: bool,
 ) -> dict:
     """What ``child.apply`` sets up (plain data: it may travel as a command-line argument).
-    ``user``: (the run's uid, keep CAP_DAC_READ_SEARCH), uid None where the child stays."""
+    ``user``: (the run's own uid, keep CAP_DAC_READ_SEARCH), uid None where it has none;
+    ``drop``: the child drops to it (else setpriv does, in the box)."""
     uid, read_all = user
     if uid is not None:  # its own uid: RLIMIT_NPROC counts this run's processes alone
-        nproc = limits.max_processes + 1
+        nproc = limits.max_processes + 8
     else:  # root ignores RLIMIT_NPROC (the cgroup covers that case); the limit counts ALL of
         # the user's processes and threads, hence the headroom
         nproc = None if os.geteuid() == 0 else limits.max_processes + 1024
@@ -76,8 +82,8 @@ def _child_config(
         "file_size": limits.file_size_mb << 20,
         "open_files": limits.open_files,
         "nproc": nproc,
-        "uid": uid,
-        "read_all": int(read_all),
+        "uid": uid if drop else None,
+        "read_all": int(read_all and drop),
         "seccomp": None if seccomp is None else seccomp.hex(),
     }
 
@@ -202,10 +208,11 @@ class PreparedRun:
         try:
             if use_bwrap:
                 exe = bwrap.bwrap_path() or "bwrap"
-                cmd = bwrap.bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd) + cmd
+                box = bwrap.bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd, user[0])
+                cmd = box + cmd
             self.cgroup = make_cgroup(self.isolation.cgroup, limits)
             procs = self.cgroup.procs_files() if self.cgroup else []
-            config = _child_config(limits, self.cpu_s, procs, seccomp, user)
+            config = _child_config(limits, self.cpu_s, procs, seccomp, user, not use_bwrap)
             preexec = None
             if _big_scorer():  # vfork + exec of a fresh interpreter that sets up, then execs
                 cmd = [
@@ -237,18 +244,18 @@ class PreparedRun:
                 os.close(seccomp_fd)
 
     def _run_user(self, argv, src: Path, work: Path, ro_binds, pass_fds) -> tuple:
-        """(uid, keep CAP_DAC_READ_SEARCH) the program runs as: in the fallback started by
-        root, a uid of the run's own (``runuser``), else None (bwrap drops to its own uid; a
-        caller that is not root stays itself). Root hands the passed pipes to the program's
-        uid: reopened through ``/dev/fd/N``, a pipe checks its owner."""
+        """(uid, keep CAP_DAC_READ_SEARCH) of the program. Started by root, a uid of the run's
+        own (``runuser``): bwrap's setpriv drops to it, or (the fallback) ``child.drop_root``;
+        root hands it the passed pipes (reopened through ``/dev/fd/N``, a pipe checks its
+        owner). None: bwrap's 65534 in its user namespace, or the fallback's caller."""
         if os.geteuid() != 0:
             return None, False
-        uid = bwrap.SANDBOX_UID if self.isolation.bwrap else runuser.new_run_uid()
+        uid = runuser.new_run_uid()
         for fd in pass_fds:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.fchown(fd, uid, uid)
         if self.isolation.bwrap:
-            return None, False
+            return uid, False
         assert self.root is not None
         runuser.own_run_dirs(self.root, src, work, uid)
         needed = [shutil.which(argv[0]) or argv[0], *ro_binds]

@@ -1,12 +1,14 @@
-"""The fallback level's user when the scorer is root: each run becomes a uid of its own.
+"""The user a run becomes when the scorer is root: a uid of the run's own, at either level.
 
-Without bubblewrap there is no mount or PID namespace, so a program that kept root's uid owned
-every root-owned file, sysctl, device node, cgroup and process on the machine (a C++ or shell
-sample could write anywhere, signal the scorer, leave its cgroup). Instead the child drops to
-a fresh uid/gid per run (``child.drop_root``) with no capability: the run's working dir is its
-own (0700), its source dir readable by its group only, and nothing else on the machine is its
-own. A uid per run, not one shared ``nobody``: the kernel then refuses one sample's signals and
-writes to another's processes and files as well.
+Under bubblewrap, setpriv drops to it: a uid shared by every box would share the kernel's
+per-user counts (128 inotify instances, message queue bytes, pending signals), so one sample
+could use up what a sibling needs. Without bubblewrap there is no mount or PID namespace, so a
+program that kept root's uid owned every root-owned file, sysctl, device node, cgroup and
+process on the machine (a C++ or shell sample could write anywhere, signal the scorer, leave
+its cgroup): the child drops to the run's uid/gid (``child.drop_root``) with no capability,
+its working dir its own (0700), its source dir readable by its group only, and nothing else
+on the machine its own. The kernel then refuses one sample's signals and writes to another's
+processes and files as well.
 """
 
 from __future__ import annotations
