@@ -12,6 +12,7 @@ then command-line overrides.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ def _check_arch(arch: dict[str, Any]) -> None:
     """``model.arch`` checked when the config is read (``--print-config`` too), not as a
     TypeError or a bare ``num_heads: ...`` once the data is tokenised."""
     for key in arch:
+        close = difflib.get_close_matches(str(key), ARCH_FIELDS, n=1, cutoff=0.7)
+        hint = f" (did you mean model.arch.{close[0]}?)" if close else ""
         _check(key in ARCH_FIELDS, f"model.arch.{key}",
-               f"unknown field; known: {', '.join(ARCH_FIELDS)}")  # fmt: skip
+               f"unknown field{hint}; known: {', '.join(ARCH_FIELDS)}")  # fmt: skip
     for key in ARCH_SIZES:
         value = arch.get(key, 1)
         _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,

@@ -10,6 +10,7 @@ name the field and where its value came from (file:line:column, or the ``--set``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -33,8 +34,8 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
     for key in data:
         if key not in names:
             name = f"{where}.{key}" if where else key
-            reason = f"unknown field; known: {', '.join(sorted(names))}"
-            raise _config_error(name, reason, origins, at_key=True)
+            reason = f"unknown field{_did_you_mean(key, names, where)}; known: "
+            raise _config_error(name, reason + ", ".join(sorted(names)), origins, at_key=True)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
@@ -56,6 +57,21 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
         field_name, _, reason = msg.partition(": ")
         unknown = reason.startswith("unknown field")  # pointed at its key, as _from_dict's
         raise _config_error(field_name, reason or msg, origins, at_key=unknown) from err
+
+
+def _did_you_mean(key: str, names: set[str], where: str) -> str:
+    """`` (did you mean train.max_steps?)`` for a misspelt field, or one put in another section
+    (``train.lr``: ``optim.lr``); empty when nothing is close."""
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean {where + '.' if where else ''}{close[0]}?)"
+    if where.count(".") == 0 and where:  # a field of a section: is it another section's?
+        hints = typing.get_type_hints(RunConfig)
+        for section in dataclasses.fields(RunConfig):
+            sub = _dataclass_of(hints[section.name])
+            if sub is not None and key in {f.name for f in dataclasses.fields(sub)}:
+                return f" (did you mean {section.name}.{key}?)"
+    return ""
 
 
 def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False) -> ConfigError:

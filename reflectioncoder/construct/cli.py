@@ -154,7 +154,27 @@ def check_arguments(args: argparse.Namespace) -> None:
     ):
         if not 0 <= value <= 1:
             raise UsageError(f"expected a value in [0, 1], got {value}", field=flag)
-    if not args.timeout > 0:
-        raise UsageError(f"expected seconds > 0, got {args.timeout}", field="--timeout")
+    for flag, value, ok, expected in (
+        ("--timeout", args.timeout, args.timeout > 0, "seconds > 0"),
+        ("--request-timeout", args.request_timeout, args.request_timeout > 0, "seconds > 0"),
+        ("--max-rounds", args.max_rounds, args.max_rounds >= 1, "at least 1"),
+        ("--retries", args.retries, args.retries >= 0, "a number >= 0"),
+        ("--rate-limit", args.rate_limit, args.rate_limit >= 0, "requests per second >= 0"),
+        ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "at least 1"),
+    ):
+        if not ok:  # here, so the line names the flag the user typed, not a field behind it
+            raise UsageError(f"expected {expected}, got {value}", field=flag)
+    if args.base_url is not None and not args.base_url.startswith(("http://", "https://")):
+        raise UsageError(f"expected an http(s) URL, got {args.base_url!r}", field="--base-url")
     if Path(args.out).is_dir():
         raise UsageError("is a folder; give a file name", file=args.out, field="--out")
+    if args.problems is None:
+        from reflectioncoder.construct.from_problems import progress_path
+
+        if progress_path(args.out).exists():  # template samples would replace that run's
+            raise UsageError(
+                f"holds a build-data --problems run ({progress_path(args.out).name}); --n "
+                "would write over its samples: choose another --out",
+                file=args.out,
+                field="--out",
+            )

@@ -350,6 +350,14 @@ def build_from_problems(
     if not problems:  # a wrong file, or a wrong format: say so rather than write nothing
         where, reason = bad[0]
         raise UserError(f"none of its {len(bad)} rows is a problem; the first, {where}: {reason}")
+    log_path = progress_path(out)
+    if not log_path.exists() and out.is_file() and out.stat().st_size:  # before the log exists
+        raise UserError(
+            f"holds samples that no build-data --problems run wrote (no {log_path.name} beside "
+            "it): appending would mix them in; choose another --out",
+            file=out,
+            field="--out",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
     summary.skipped.update(bad)

@@ -37,6 +37,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import socket
 import warnings
@@ -143,19 +144,27 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if (p / COMPLETE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in root.glob("step-*") if step_of(p) is not None and (p / COMPLETE).is_file()]
+    return sorted(done, key=step_of)
+
+
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder's name (``step-000120``: 120); None for any other name
+    (a user's copy, ``step-000120.bak``, is not a checkpoint of the run)."""
+    match = re.fullmatch(r"(?:\.tmp-)?step-(\d+)", path.name)
+    return int(match.group(1)) if match else None
 
 
 def is_resumable(path: Path) -> bool:
-    state = json.loads((path / "trainer_state.json").read_text())
-    return not state.get("model_only", False)
+    return not read_trainer_state(path).get("model_only", False)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The newest complete, resumable (not model-only) checkpoint, or None."""
-    found = [p for p in list_checkpoints(out_dir) if is_resumable(p)]
-    return found[-1] if found else None
+    for path in reversed(list_checkpoints(out_dir)):
+        if is_resumable(path):  # a damaged one stops here, naming the one before it
+            return path
+    return None
 
 
 def rng_state() -> dict[str, Any]:
@@ -284,8 +293,20 @@ def check_same_model(path: Path, config: Any) -> None:
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
-    """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...)."""
-    return json.loads((Path(path) / "trainer_state.json").read_text())
+    """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...); a damaged
+    one is one line naming it and the complete checkpoint before it."""
+    file = Path(path) / "trainer_state.json"
+    try:
+        return json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        run = file.parent.parent.parent
+        earlier = [p for p in list_checkpoints(run) if p.name < file.parent.name]
+        hint = f"; an earlier one: --resume {earlier[-1]}" if earlier else ""
+        raise UserError(
+            f"damaged ({err.msg if isinstance(err, json.JSONDecodeError) else err.reason}){hint}",
+            file=file,
+            field="--resume",
+        ) from err
 
 
 def save_final_model(

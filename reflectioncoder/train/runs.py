@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,20 @@ def _losses(folder: Path) -> dict[int, float]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a torn last line (a kill)
-            if "loss" in row:  # a training row (validation rows have val_loss)
+            if isinstance(row, dict) and "loss" in row and "step" in row:  # a training row
                 rows[row["step"]] = row["loss"]
     return rows
+
+
+def _trainer_state(file: Path) -> tuple[dict[str, Any], str | None]:
+    """(the checkpoint's trainer state, None), or ({}, why it cannot be read)."""
+    if not file.is_file():
+        return {}, None
+    try:
+        state = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return {}, f"is not valid JSON ({getattr(err, 'msg', None) or err.reason})"
+    return (state, None) if isinstance(state, dict) else ({}, "is not a JSON object")
 
 
 def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
@@ -45,12 +57,16 @@ def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
     losses = _losses(folder)
     rows = []
     for path in found:
-        step = int(path.name.rsplit("-", 1)[1])
-        state_file = path / "trainer_state.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        named = re.fullmatch(r"(?:\.tmp-)?step-(\d+)", path.name)  # not a copy, step-N.bak
+        if not named or not path.is_dir():
+            continue
+        step = int(named.group(1))
+        state, damaged = _trainer_state(path / "trainer_state.json")
         complete = (path / COMPLETE).is_file() and not path.name.startswith(TMP_PREFIX)
         if not complete:
             status = "incomplete (its save was interrupted)"
+        elif damaged:
+            status = f"damaged: trainer_state.json {damaged}"
         elif state.get("model_only"):
             status = "complete, model only (not resumable)"
         else:
@@ -62,7 +78,8 @@ def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
                 "total_steps": state.get("total_steps"),
                 "loss": losses.get(step),
                 "complete": complete,
-                "resumable": complete and not state.get("model_only"),
+                "resumable": complete and not damaged and not state.get("model_only"),
+                "damaged": complete and damaged is not None,
                 "status": status,
             }
         )
@@ -95,9 +112,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
     if (folder / "final").is_dir():
         print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
-    resumable = [r for r in rows if r["resumable"]]
-    if resumable:
-        print(f"--resume continues from {resumable[-1]['path']}")
-    else:
-        print("--resume: no resumable checkpoint (a resumed run starts from step 0)")
+    print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
+
+
+def _resume_line(candidates: list[dict[str, Any]]) -> str:
+    """What ``--resume`` does: the newest candidate, unless it is damaged (then it stops)."""
+    if not candidates:
+        return "--resume: no resumable checkpoint (a resumed run starts from step 0)"
+    if not candidates[-1]["damaged"]:
+        return f"--resume continues from {candidates[-1]['path']}"
+    earlier = [r for r in candidates if r["resumable"]]
+    then = f"--resume {earlier[-1]['path']} continues from" if earlier else "no checkpoint"
+    return f"--resume stops at {candidates[-1]['path']} (damaged); {then} the one before it"
