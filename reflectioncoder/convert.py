@@ -116,6 +116,14 @@ def convert_gguf(
     require_file(file, "GGUF file", field="FILE")
     if out.exists() and not overwrite:
         raise UserError("already exists (give --overwrite to replace it)", file=out, field="OUT")
+    if out.is_file() or (out.is_dir() and not (out / SOURCE_FILE).is_file() and any(out.iterdir())):
+        # --overwrite replaces an earlier conversion, never a folder of the user's (a run, models/)
+        raise UserError(
+            "exists and is not a converted model folder (no gguf_source.json); give a new or "
+            "empty folder",
+            file=out,
+            field="OUT",
+        )
     summary = gguf_summary(file)
     staging = out.with_name(out.name + ".converting")
     shutil.rmtree(staging, ignore_errors=True)
