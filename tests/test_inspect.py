@@ -115,7 +115,7 @@ def test_inspect_bad_arguments(tmp_path, tok_dir, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
     argv = ["inspect", "--data", "x.jsonl", "--tokenizer", tok_dir, "--block-order", "tc"]
     assert cli_main(argv) == 2
-    assert "block_order: must be a permutation of t, c, e" in capsys.readouterr().err
+    assert "--block-order: must be a permutation of t, c, e" in capsys.readouterr().err
 
 
 def test_inspect_bad_sample_message(tmp_path, tok_dir, capsys):

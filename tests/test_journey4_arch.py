@@ -13,8 +13,9 @@ from reflectioncoder.cli import main
     ("setting", "message"),
     [
         ("model.arch.num_layer=3", "--set model.arch.num_layer=3: model.arch.num_layer: unknown "
-         "field; known: hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, "
-         "max_position_embeddings, tie_word_embeddings, rope_theta"),
+         "field (did you mean model.arch.num_layers?); known: hidden_size, num_layers, "
+         "num_heads, num_kv_heads, intermediate_size, max_position_embeddings, "
+         "tie_word_embeddings, rope_theta"),
         ("model.arch.num_heads=0", "--set model.arch.num_heads=0: model.arch.num_heads: must be a "
          "positive integer, got 0"),
         ("model.arch.hidden_size=65", "--set model.arch.hidden_size=65: model.arch: hidden_size "

@@ -138,12 +138,16 @@ def main(args: argparse.Namespace) -> int:
             strategies=strategies, block_order=args.block_order, distill=not args.no_distill
         )
         data_cfg = DataConfig(files=args.data, max_len=args.max_len, skip_bad=args.skip_bad)
-        if args.step < 0 or args.total_steps < 0:
-            raise ValueError("--step and --total-steps must be >= 0")
+        if args.step < 0:
+            raise ValueError(f"--step: expected a step >= 0, got {args.step}")
+        if args.total_steps < 1:  # the mask rate is (step + 1) / total_steps
+            raise ValueError(f"--total-steps: expected a number >= 1, got {args.total_steps}")
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit: expected a number >= 1, got {args.limit}")
     except ValueError as e:
-        print(f"reflectioncoder inspect: {e}", file=sys.stderr)
+        field, _, reason = str(e).partition(": ")  # the configs' field names, as flags
+        flag = {"block_order": "--block-order", "max_len": "--max-len"}.get(field)
+        print(f"reflectioncoder inspect: {f'{flag}: {reason}' if flag else e}", file=sys.stderr)
         return 2
     refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
     require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")

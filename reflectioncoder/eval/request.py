@@ -156,6 +156,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     refuse_overwriting_input(
         args.json, "--json", {"--samples": args.samples, "--save-samples": args.save_samples}
     )
+    _refuse_writing_into_the_model(args)
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError("folder not found", file=args.data_dir, field="--data-dir")
     if args.model is not None and args.backend != "openai":
@@ -167,10 +168,32 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError("--backend vllm: vllm is not installed (pip install vllm)")
     if args.model is not None and args.backend == "openai" and not args.base_url:
         raise UsageError("--backend openai needs --base-url")
+    if args.base_url is not None and not args.base_url.startswith(("http://", "https://")):
+        raise UsageError(f"expected an http(s) URL, got {args.base_url!r}", field="--base-url")
     if args.prompt_format == "chat" and (args.backend == "openai" or args.task.startswith("mult")):
         raise UsageError("--prompt-format chat: HumanEval and MBPP with --backend hf or vllm only")
     if args.device is not None and args.model is not None:
         check_device(args.device)
+
+
+def _refuse_writing_into_the_model(args: argparse.Namespace) -> None:
+    """--json or --save-samples naming a file of the --model folder (its config.json, its
+    README.md) would replace it with a result: found now, before the model is touched."""
+    model = Path(args.model) if args.model is not None and args.backend != "openai" else None
+    if model is None or not model.is_dir():
+        return
+    for flag in ("--json", "--save-samples"):
+        where = getattr(args, flag[2:].replace("-", "_"))
+        if (
+            where is not None
+            and Path(where).is_file()
+            and model.resolve() in Path(where).resolve().parents
+        ):
+            raise UsageError(
+                "is a file of the --model folder: the output would overwrite it; give another name",
+                file=where,
+                field=flag,
+            )
 
 
 def check_device(device: str) -> None:
