@@ -353,10 +353,10 @@ def build_from_problems(
     log_path = progress_path(out)
     if not log_path.exists() and out.is_file() and out.stat().st_size:  # before the log exists
         raise UserError(
-            f"holds samples that no build-data --problems run wrote (no {log_path.name} beside "
-            "it): appending would mix them in; choose another --out",
+            f"not written by build-data --problems (no {log_path.name} beside it): appending "
+            "would mix its samples with this run's; choose another --out",
             file=out,
-            field="--out",
+            line=1,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(problems=len(problems) + len(bad))
