@@ -30,6 +30,7 @@ __all__ = [
     "bwrap_argv",
     "bwrap_path",
     "python_paths",
+    "readable_paths",
     "box_seccomp_fd",
     "setpriv_path",
     "toolchain_binds",
@@ -160,6 +161,13 @@ def bwrap_argv(
         argv += [setpriv_path(), f"--reuid={host}", f"--regid={host}", "--clear-groups"]
         argv += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
     return argv
+
+
+def readable_paths(ro_binds: Sequence[str]) -> list[str]:
+    """What a box may read, as host paths: the system's directories, the ``/etc`` files,
+    Python's, ``ro_binds`` and ``/proc`` (the fallback's Landlock rules: the same file system
+    as bubblewrap's, the run's own folders aside)."""
+    return [*_SYSTEM_PATHS, *_host_layout()[1], *map(os.path.abspath, ro_binds), "/proc"]
 
 
 @functools.lru_cache(maxsize=1)

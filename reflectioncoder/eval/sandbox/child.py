@@ -34,11 +34,13 @@ def libc() -> ctypes.CDLL:
     return lib
 
 
-def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
+def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> None:
     """``config``: ``cgroup_procs`` (files to write our pid to), ``memory``, ``cpu``,
     ``file_size``, ``open_files``, ``nproc`` (None: not set), ``uid`` (the fallback started
     by root: the run's own uid and gid to drop to; None: stay), ``read_all`` (keep
-    ``CAP_DAC_READ_SEARCH``), ``seccomp`` (hex of a filter, or None). SIGINT: a held one is
+    ``CAP_DAC_READ_SEARCH``), ``fs_read`` and ``fs_write`` (the fallback: what Landlock lets
+    the run read and change, ``landlock.restrict_files``; None: no Landlock), ``seccomp`` (hex
+    of a filter, or None). SIGINT: a held one is
     discarded (ignoring a signal drops it), then it is unblocked with its default action (the
     scorer's pool threads block it)."""
     lib.signal(signal.SIGINT, _SIG_IGN)
@@ -52,6 +54,11 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp) -> None:
     # scorer's own cgroup killed the scorer). Set by root, the program cannot lower it.
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write(OOM_SCORE_ADJ)
+    # while root (if it is): it opens every allowed path
+    if config["fs_read"] is not None and not restrict_files(
+        config["fs_read"], config["fs_write"], lib
+    ):
+        raise OSError("sandbox: Landlock could not be applied")
     if config["uid"] is not None:
         drop_root(config["uid"], bool(config["read_all"]), lib)
     # after the drop: a change of uid clears it
@@ -102,12 +109,15 @@ def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL) -> None:
 
 
 _INTS = ("memory", "cpu", "file_size", "open_files", "nproc", "uid", "read_all")
+_PATH_LISTS = ("fs_read", "fs_write")
 
 
 def to_argv(config: dict) -> list[str]:
     """``config`` as this script's arguments (``key=value``; no json: its import costs 2 ms of
     every start). Cgroup paths are ours (no ``:``); ``-`` is None."""
     args = [f"{k}={'-' if config[k] is None else config[k]}" for k in (*_INTS, "seccomp")]
+    for key in _PATH_LISTS:  # one argument each, the paths a line apart
+        args.append(f"{key}=" + ("-" if config[key] is None else "\n".join(config[key])))
     return [*args, "cgroup_procs=" + ":".join(config["cgroup_procs"])]
 
 
@@ -116,6 +126,8 @@ def from_argv(args: list[str]) -> dict:
     config: dict = {k: None if raw[k] == "-" else int(raw[k]) for k in _INTS}
     config["seccomp"] = None if raw["seccomp"] == "-" else raw["seccomp"]
     config["cgroup_procs"] = [p for p in raw["cgroup_procs"].split(":") if p]
+    for key in _PATH_LISTS:
+        config[key] = None if raw[key] == "-" else [p for p in raw[key].split("\n") if p]
     return config
 
 
@@ -123,14 +135,22 @@ def _main() -> None:  # runs as a script: child.py KEY=VALUE... -- ARGV...
     split = sys.argv.index("--")
     config, argv = from_argv(sys.argv[1:split]), sys.argv[split + 1 :]
 
+    here = os.path.dirname(os.path.abspath(__file__))
+
     def install_seccomp(code: bytes) -> bool:  # guards only where a filter is installed here
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, here)
         from guards import install_seccomp as install
 
         return install(code)
 
+    def restrict_files(read: list[str], write: list[str], lib: ctypes.CDLL) -> bool:
+        sys.path.insert(0, here)
+        from landlock import restrict_files as restrict
+
+        return restrict(read, write, lib)
+
     try:
-        apply(config, libc(), install_seccomp)
+        apply(config, libc(), install_seccomp, restrict_files)
         os.execvp(argv[0], argv)
     except OSError as exc:  # the scorer reads this as the run's failure to start
         sys.stderr.write(f"sandbox: cannot start {argv[0]}: {exc}\n")

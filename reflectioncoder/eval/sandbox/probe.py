@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from reflectioncoder.errors import UserError
-from reflectioncoder.eval.sandbox import bwrap, guards
+from reflectioncoder.eval.sandbox import bwrap, guards, landlock
 from reflectioncoder.eval.sandbox.cgroup import CgroupLayout, cgroup_layout
 
 __all__ = [
@@ -29,20 +29,31 @@ __all__ = [
 
 LEVELS = ("auto", "bwrap", "rlimits")
 _FALLBACK_GAPS = (
-    "host files outside the hidden data and cache directories can be read",
     "memory is limited per process (RLIMIT_AS), not per sample",
     "files and /proc are guarded by a Python audit hook (sockets by the seccomp filter): "
     "native code (a C extension) can step around the hook",
 )
-_FALLBACK_NATIVE_GAPS = (
-    "programs that are not Python (MultiPL-E compiled languages, shell) have no file or /proc "
-    "guard beyond their user's rights (started by root: a uid of the run's own, no "
-    "capability; otherwise the caller's uid) with rlimits, a process group, the cgroup and "
-    "the seccomp filter (no socket, mount, namespace, ptrace): they can write to "
-    "world-writable folders (/tmp, /var/tmp, /dev/shm) and read what any user can, or every "
-    "file where the toolchain sits under a home no other user can enter "
-    "(CAP_DAC_READ_SEARCH kept)",
-)
+_READS = {
+    False: "host files outside the hidden data and cache directories can be read",
+    True: "files under the system's, Python's and the toolchain's directories can be read "
+    "(Landlock), the data and the cache too where they lie inside those",
+}
+_NATIVE_READS = {
+    False: "they can write to world-writable folders (/tmp, /var/tmp, /dev/shm) and read what "
+    "any user can, or every file where the toolchain sits under a home no other user can "
+    "enter (CAP_DAC_READ_SEARCH kept)",
+    True: "Landlock lets them read only the system's, Python's and the toolchain's "
+    "directories and change only their working dir",
+}
+
+
+def _native_gap(landlocked: bool) -> str:
+    return (
+        "programs that are not Python (MultiPL-E compiled languages, shell) have no /proc guard "
+        "beyond their user's rights (started by root: a uid of the run's own, no capability; "
+        "otherwise the caller's uid) with rlimits, a process group, the cgroup and the seccomp "
+        "filter (no socket, mount, namespace, ptrace); " + _NATIVE_READS[landlocked]
+    )
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,9 @@ class Isolation:
     # root, ``runuser``), or the fallback's caller
     host_uid: int | None
     cgroup: CgroupLayout | None
+    # the fallback: Landlock lets each run read only what bubblewrap would bind and change
+    # only its working dir (``landlock``); False under bwrap (its mounts do that)
+    landlock: bool = False
 
     @property
     def audit_guard(self) -> bool:
@@ -84,7 +98,8 @@ class Isolation:
             level = f"bwrap(uid={uid},caps=none,userns=none{filtered},fs=minimal-ro)"
         else:
             who = "run-uid" if os.geteuid() == 0 else "caller-uid"
-            level = f"rlimits({who},audit-guard{filtered})"
+            files = ",landlock" if self.landlock else ""
+            level = f"rlimits({who}{files},audit-guard{filtered})"
         if self.cgroup is not None:
             level += "+" + self.cgroup.describe()
         return level + ("+time=cpu" if self.cpu_clock else "+time=wall")
@@ -92,15 +107,15 @@ class Isolation:
     def not_guaranteed(self, python_only: bool = True) -> list[str]:
         """What this level cannot promise (for Python programs only, or for programs in any
         language: MultiPL-E); the result file lists it, docs/evaluation.md has the table."""
-        return _gaps(self.bwrap, python_only)
+        return _gaps(self.bwrap, python_only, self.landlock)
 
 
-def _gaps(in_bwrap: bool, python_only: bool) -> list[str]:
+def _gaps(in_bwrap: bool, python_only: bool, landlocked: bool) -> list[str]:
     if in_bwrap:
         return []
-    gaps = list(_FALLBACK_GAPS)
+    gaps = [_READS[landlocked], *_FALLBACK_GAPS]
     if not python_only:
-        gaps += _FALLBACK_NATIVE_GAPS
+        gaps.append(_native_gap(landlocked))
     elif not seccomp_available():
         gaps.append("new processes are refused from Python only (no seccomp here)")
     return gaps
@@ -125,7 +140,7 @@ def _decide(wanted: str) -> Isolation:
         host_uid = None if os.geteuid() == 0 else os.geteuid()
         filtered = guards.seccomp_filter(os.uname().machine, None) is not None
         return Isolation(True, filtered, host_uid, cgroup_layout())
-    return Isolation(False, seccomp_available(), None, cgroup_layout())
+    return Isolation(False, seccomp_available(), None, cgroup_layout(), landlock.abi() >= 1)
 
 
 def _why_no_bwrap() -> str:
@@ -149,7 +164,8 @@ def not_guaranteed(level: Isolation | str, python_only: bool = True) -> list[str
     """What ``level`` (the record, or a level's name as results print it) cannot promise."""
     if isinstance(level, Isolation):
         return level.not_guaranteed(python_only)
-    return _gaps(level.partition("(")[0] == "bwrap", python_only)
+    name = level.partition("(")[0]
+    return _gaps(name == "bwrap", python_only, ",landlock," in level.partition(")")[0] + ",")
 
 
 @lru_cache(maxsize=1)

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import bwrap, child, guards, runuser
+from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import pump
@@ -65,10 +65,12 @@ def _child_config(
     seccomp: bytes | None,
     user: tuple[int | None, bool],
     drop: bool,
+    files: tuple[list[str], list[str]] | None,
 ) -> dict:
     """What ``child.apply`` sets up (plain data: it may travel as a command-line argument).
     ``user``: (the run's own uid, keep CAP_DAC_READ_SEARCH), uid None where it has none;
-    ``drop``: the child drops to it (else setpriv does, in the box)."""
+    ``drop``: the child drops to it (else setpriv does, in the box); ``files``: what
+    Landlock lets the run read and change (None: no Landlock)."""
     uid, read_all = user
     if uid is not None:  # its own uid: RLIMIT_NPROC counts this run's processes alone
         nproc = limits.max_processes + 8
@@ -84,6 +86,8 @@ def _child_config(
         "nproc": nproc,
         "uid": uid if drop else None,
         "read_all": int(read_all and drop),
+        "fs_read": None if files is None else files[0],
+        "fs_write": None if files is None else files[1],
         "seccomp": None if seccomp is None else seccomp.hex(),
     }
 
@@ -93,7 +97,7 @@ def _preexec(config: dict):
     lib = child.libc()
 
     def apply() -> None:
-        child.apply(config, lib, guards.install_seccomp)
+        child.apply(config, lib, guards.install_seccomp, landlock.restrict_files)
 
     return apply
 
@@ -212,7 +216,13 @@ class PreparedRun:
                 cmd = box + cmd
             self.cgroup = make_cgroup(self.isolation.cgroup, limits)
             procs = self.cgroup.procs_files() if self.cgroup else []
-            config = _child_config(limits, self.cpu_s, procs, seccomp, user, not use_bwrap)
+            files = None
+            if self.isolation.landlock:  # the fallback: bubblewrap's file system, by Landlock
+                files = (
+                    [*bwrap.readable_paths(ro_binds), str(src)],
+                    [str(work), *landlock.DEVICES],
+                )
+            config = _child_config(limits, self.cpu_s, procs, seccomp, user, not use_bwrap, files)
             preexec = None
             if _big_scorer():  # vfork + exec of a fresh interpreter that sets up, then execs
                 cmd = [
