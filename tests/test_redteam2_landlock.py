@@ -8,6 +8,7 @@ Every attempt goes through MultiPL-E's build-and-run (``multiple.run_program``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -134,3 +135,26 @@ def test_no_language_reads_a_host_file(fallback, secret, language):
     value, path = secret
     out = _run(language, READERS[language].replace("{f}", path))
     assert "probed" in out and value not in out, out[-2000:]
+
+
+@pytest.mark.skipif(landlock.abi() < 6, reason="Landlock scopes signals from ABI 6 (Linux 6.12)")
+def test_a_landlocked_run_signals_nothing_outside(tmp_path):
+    """A fallback started by a user that is not root runs every sample as that user: the
+    scorer and the siblings are then the sample's own processes, and Landlock's signal scope
+    is what refuses them (here as root, in a forked child that keeps root's uid)."""
+    import ctypes
+    import errno
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            lib = ctypes.CDLL(None, use_errno=True)
+            landlock.restrict_files(["/usr"], [str(tmp_path)], lib)
+            os.kill(os.getppid(), 0)
+        except PermissionError as exc:
+            code = 0 if exc.errno == errno.EPERM else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the Landlocked child signalled its parent"

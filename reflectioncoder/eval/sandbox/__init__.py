@@ -30,8 +30,11 @@ what is in force):
   the same seccomp filter for every program (installed between fork and exec), and for Python
   programs a stricter one plus an audit hook that refuses writes and deletes outside the
   working directory, network connections, signals to other processes and new programs.
-  Weaker: programs run as the caller (started by root: as a uid of each run's own, with no
-  capability, ``runuser``), and native code (ctypes) can bypass the audit hook.
+  Programs run as the caller (started by root: as a uid of each run's own, with no
+  capability, ``runuser``); where the kernel has Landlock (``landlock``), each run reads only
+  what bubblewrap would bind and changes only its working dir. Weaker: no PID or network
+  namespace, no hiding inside bound directories, and native code (ctypes) can bypass the
+  audit hook.
 
 Both levels put each run in its own cgroup (``cgroup``: v2, or v1 controllers, where the machine
 lets us create one): ``memory`` (the whole tree's memory, /dev/shm included), ``pids``, ``cpu``
@@ -40,7 +43,8 @@ wall-clock backstop kills from outside with SIGKILL, which no program can ignore
 capped; a run that floods it is killed.
 
 Rooms: ``isolation`` (the probe and its record), ``cgroup`` (a run's cgroup), ``bwrap`` (the
-box's command line), ``runuser`` (the fallback's uid per run when root starts it),
+box's command line), ``runuser`` (a uid per run when root starts it), ``landlock`` (the
+fallback's file rules),
 ``process`` and ``pump`` (start, I/O, kill), ``records`` (``Limits``,
 ``ExecResult``), ``launcher`` (Python in the box); shipped into the box as files: ``codec`` (the
 plain-data encoding both sides share), ``runner`` and ``guards`` (the in-box runner, its

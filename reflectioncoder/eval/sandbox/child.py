@@ -135,19 +135,13 @@ def _main() -> None:  # runs as a script: child.py KEY=VALUE... -- ARGV...
     split = sys.argv.index("--")
     config, argv = from_argv(sys.argv[1:split]), sys.argv[split + 1 :]
 
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def install_seccomp(code: bytes) -> bool:  # guards only where a filter is installed here
-        sys.path.insert(0, here)
-        from guards import install_seccomp as install
-
-        return install(code)
-
-    def restrict_files(read: list[str], write: list[str], lib: ctypes.CDLL) -> bool:
-        sys.path.insert(0, here)
-        from landlock import restrict_files as restrict
-
-        return restrict(read, write, lib)
+    # imported before apply: Landlock then refuses to read this folder
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    install_seccomp = restrict_files = None
+    if config["seccomp"] is not None:  # guards only where a filter is installed here
+        from guards import install_seccomp
+    if config["fs_read"] is not None:
+        from landlock import restrict_files
 
     try:
         apply(config, libc(), install_seccomp, restrict_files)
