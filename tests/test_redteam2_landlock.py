@@ -44,6 +44,10 @@ def secret():
 
 
 def _run(language: str, program: str) -> str:
+    """stdout and stderr of ``program`` built and run as a ``language`` sample."""
+    problem = multiple.toolchain_problem(language)
+    if problem:
+        pytest.skip(problem)
     res = multiple.run_program(language, program)
     assert res.isolation.startswith("rlimits"), res.isolation
     return res.stdout + res.stderr
@@ -83,8 +87,6 @@ COMPILE_TIME = {
 def test_compilers_read_nothing_outside(fallback, secret, language):
     """The compiler runs in the run's Landlock domain: the ``#include`` fails (Rust keeps
     CAP_DAC_READ_SEARCH here, its toolchain being under /root: Landlock holds all the same)."""
-    if multiple.toolchain_problem(language):
-        pytest.skip(multiple.toolchain_problem(language))
     value, path = secret
     out = _run(language, COMPILE_TIME[language].replace("{f}", path))
     assert value not in out
@@ -130,8 +132,6 @@ READERS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("language", sorted(READERS))
 def test_no_language_reads_a_host_file(fallback, secret, language):
-    if multiple.toolchain_problem(language):
-        pytest.skip(multiple.toolchain_problem(language))
     value, path = secret
     out = _run(language, READERS[language].replace("{f}", path))
     assert "probed" in out and value not in out, out[-2000:]
