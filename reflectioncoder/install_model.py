@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reflectioncoder.convert import SOURCE_FILE, convert_gguf, describe, sha256_of
-from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.errors import UsageError, UserError, require_file
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,10 @@ def default_folder(name: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.wheel is not None:
+        require_file(args.wheel, "wheel file", field="--wheel")
+    if args.out is not None and args.out.is_file():
+        raise UsageError("is a file; give a folder", file=args.out, field="--out")
     out = install_model(args.name, args.out, wheel=args.wheel, overwrite=args.overwrite)
     print(out)
     return 0

