@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.bench_checkpointing import prepare_model_and_data
-from bench.providers.common import commit, device_name, write_rows
+from bench.providers.common import commit, device_name, versions, write_rows
 from reflectioncoder.train.metrics import step_rows
 
 SHAPES = {
@@ -56,8 +56,9 @@ def _child(argv: list[str]) -> None:
     on_cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     device_peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    # the trainer set the thread count (``train.threads``, None: its default for this machine)
     print(json.dumps({"rc": rc, "device_peak": device_peak, "host_peak": host_peak,
-                      "wall": time.perf_counter() - t0}))  # fmt: skip
+                      "wall": time.perf_counter() - t0, "threads": torch.get_num_threads()}))  # fmt: skip
 
 
 def run_case(name: str, folder: Path, data: Path, args) -> dict:
@@ -92,7 +93,8 @@ def run_case(name: str, folder: Path, data: Path, args) -> dict:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         return {"case": name, "error": "\n".join(tail)}
     metrics = step_rows(out / "metrics.jsonl")
-    return {"case": name, **got, **summarise(metrics)}
+    # the code path and its settings: ``reflectioncoder train`` with exactly these arguments
+    return {"case": name, "train_args": argv, **got, **summarise(metrics)}
 
 
 def summarise(metrics: list[dict]) -> dict:
@@ -148,6 +150,7 @@ def main() -> None:
             row = run_case(name, folder, data, args)
             row.update(shape=shape, arch=SHAPES[shape], device=device_name(args.device))
             row["commit"] = commit()
+            row["versions"] = versions("torch", "transformers", "deepspeed", "liger-kernel")
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:  # kept after each case: a later one that overruns loses only itself

@@ -36,7 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.providers.common import REPO, commit, device_name, write_rows
+import torch
+
+from bench.providers.common import REPO, commit, device_name, versions, write_rows
 from bench.providers.train_step import (
     ALL_PROVIDERS,
     TrainStepConfig,
@@ -75,6 +77,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ref-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--loss-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--seed", type=int, default=3407)
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads of every provider (recorded)"
+    )
     p.add_argument("--out", default=str(REPO / "bench/results/train_step.json"))
     args = p.parse_args(argv)
     if not 0.0 < args.mask_rate <= 1.0:
@@ -93,6 +98,9 @@ def config_of(args: argparse.Namespace) -> TrainStepConfig:
 
 def run_provider(args: argparse.Namespace) -> dict:
     """One provider in this process: warm-up, timed steps, memory high-water."""
+    # torch's default (every core) can make a step on shared cores many times slower: every
+    # provider runs the same, stated number of threads
+    torch.set_num_threads(args.threads)
     cfg = config_of(args)
     model, opt, data, step_fn = setup_provider(args.provider, cfg)
     rss_setup_kb = _rss_now_kb()
@@ -174,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "mask_rate": args.mask_rate,
         "strategy": f"{args.strategy}:{args.block_order}",
         "ref_attn": reference_attention(config_of(args)),
+        "threads": args.threads,
+        "versions": versions("torch", "transformers", "liger-kernel", "flash-attn"),
         "lengths": {
             "instruction": args.instruction,
             "reflection": args.reflection,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -62,6 +63,17 @@ def commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def versions(*dists: str) -> dict[str, str | None]:
+    """Installed versions of ``dists`` (None: not installed): what a row was measured with."""
+    out: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def write_rows(rows: list[dict], out: str | Path, append: bool = False) -> Path:
