@@ -57,8 +57,9 @@ def _child(argv: list[str]) -> None:
     device_peak = torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None
     host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     # the trainer set the thread count (``train.threads``, None: its default for this machine)
+    threads = torch.get_num_threads()
     print(json.dumps({"rc": rc, "device_peak": device_peak, "host_peak": host_peak,
-                      "wall": time.perf_counter() - t0, "threads": torch.get_num_threads()}))  # fmt: skip
+                      "wall": time.perf_counter() - t0, "threads": threads}))  # fmt: skip
 
 
 def run_case(name: str, folder: Path, data: Path, args) -> dict:

@@ -36,8 +36,9 @@ def _printed() -> dict[str, set[str]]:
     printed = {
         "step_model": sm.markdown(rows).splitlines()[2:],
         "step_model --calibrate": sm.calibration_markdown(sm.calibration_rows()).splitlines()[2:],
-        "roofline --calibrate": roofline.calibration_markdown(roofline.calibration_rows())
-        .splitlines()[2:],
+        "roofline --calibrate": roofline.calibration_markdown(
+            roofline.calibration_rows()
+        ).splitlines()[2:],
     }
     loss_rows = [
         row
@@ -123,8 +124,6 @@ def test_the_fsdp_paragraph_states_the_models_ratios():
     )
     assert said, "docs/training.md no longer states FSDP2's modelled ratios"
     want = [
-        ratio[(card, engine)]
-        for card in ("H100", "H200")
-        for engine in ("fsdp", "zero1", "zero3")
+        ratio[(card, engine)] for card in ("H100", "H200") for engine in ("fsdp", "zero1", "zero3")
     ]
     assert [float(x) for x in said.groups()] == want
