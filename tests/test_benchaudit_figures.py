@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import roofline
+from bench import gpu_suite, roofline
 from bench import step_model as sm
+from bench.providers.common import CARD_PEAKS
+from reflectioncoder.train.flops import StepFlops, packed_flops, utilisation
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", REPO / "bench/README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -127,3 +129,56 @@ def test_the_fsdp_paragraph_states_the_models_ratios():
         ratio[(card, engine)] for card in ("H100", "H200") for engine in ("fsdp", "zero1", "zero3")
     ]
     assert [float(x) for x in said.groups()] == want
+
+
+def _one_count(arch, micro: list[tuple[tuple[int, ...], int]], recompute: float, seconds: float):
+    flops = StepFlops()
+    for lens, rows in micro:
+        flops += packed_flops(arch.shape(), lens, rows, recompute)
+    return utilisation(flops, seconds, 1, CARD_PEAKS["H200"][0] * 1e12)
+
+
+def _percent(pattern: str, text: str) -> list[float]:
+    said = re.search(pattern, " ".join(text.split()))
+    assert said, f"no longer stated: {pattern}"
+    return [float(x) for x in said.groups()]
+
+
+def test_measured_mfu_figures_are_the_one_count_over_the_measured_time():
+    """The H200 rows' MFU / HFU, recomputed from their measured seconds and replayed packing
+    (bench/step_model.py keeps both) with reflectioncoder/train/flops.py: a change to the count
+    must come with these figures recomputed or relabelled."""
+    results = (REPO / "bench/RESULTS.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    step_1b = _one_count(sm.LLAMA_1B, list(sm.STEP_1B_MICRO), 0.0, 0.2194)
+    cli = sm._cli_work(*sm.CLI_STEPS[1])  # the median step's tokens, as the row took
+    plain = _one_count(sm.CLI_1B, [(cli.seq_lens, cli.loss_rows)], 1.0, 0.314)
+    zero3 = _one_count(sm.CLI_1B, [(cli.seq_lens, cli.loss_rows)], 1.0, 0.756)
+    want = {
+        r"\*\*MFU (\d+\.\d)%\*\* under the one count": [step_1b["mfu"]],
+        r"plain PyTorch .{0,400}?\*\*Recomputed under the one count .{0,60}?: (\d+\.\d)% MFU, "
+        r"(\d+\.\d)% HFU\*\*": [plain["mfu"], plain["hfu"]],
+        r"ZeRO-3 on one rank .{0,60}?\*\*(\d+\.\d)% MFU, (\d+\.\d)% HFU\*\*": [
+            zero3["mfu"],
+            zero3["hfu"],
+        ],
+    }
+    for pattern, values in want.items():
+        assert _percent(pattern, results) == [round(100 * v, 1) for v in values], pattern
+    said = _percent(r"1\.5B Llama .{0,80}?: (\d+\.\d)% MFU \(the one FLOP count", readme)
+    assert said == [round(100 * step_1b["mfu"], 1)]
+
+
+def test_the_gpu_suite_names_every_gpu_command_owed():
+    """``gpu_suite --dry-run`` (CI) lists the GPU measurements other commands owe, and each is
+    a command bench/README.md documents."""
+    readme = (REPO / "bench/README.md").read_text()
+    text = gpu_suite.markdown(
+        {"device": "CPU", "dry_run": True},
+        {"summary": "", "rc": 0, "failures": [], "seconds": 0.0},
+        {"rc": 0, "rows": [], "failures": [], "skipped": [], "seconds": 0.0},
+    )
+    for command, _ in gpu_suite.OWED_ELSEWHERE:
+        assert f"`{command}`" in text
+        if command.startswith(("python", "bash")):
+            assert command.split(" --")[0] in readme, command
