@@ -229,3 +229,19 @@ def test_install_model_names_its_flags(tmp_path, capfd):
     _one_line_error(capfd, [*argv, "--out", str(tmp_path / "a-file")], 2, tmp_path,
                     "--out", "is a file")  # fmt: skip
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_prepare_data_names_a_damaged_gzip_input(cut, tmp_path, capfd):
+    """`Not a gzipped file (b'xx')` or `Compressed file ended before ...` named no file."""
+    import gzip
+
+    data = write_toy_jsonl(tmp_path / "d.jsonl", 4)
+    packed = gzip.compress(data.read_bytes())
+    bad = tmp_path / "in" / "d.jsonl.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(packed[: len(packed) // 2] if cut else b"xx not gzip")
+    out = tmp_path / "out"
+    argv = ["prepare-data", "--in", str(bad), "--out", str(out / "p.jsonl"), "--no-decontaminate"]
+    _one_line_error(capfd, argv, 1, out, "d.jsonl.gz: --in: not a readable gzip file")
+    assert not out.exists()

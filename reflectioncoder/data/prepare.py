@@ -9,6 +9,7 @@ contaminated, the formats met, and the message and round counts of its samples.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -118,6 +119,7 @@ def prepare(
     """
     out = Path(out)
     sources = _checked_sources(inputs, out, fmt)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     report = ContaminationReport()
@@ -146,6 +148,12 @@ def prepare(
         mtmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, out)
         os.replace(mtmp, mpath)
+    except BaseException:  # a failed run (an unreadable input, Ctrl-C) leaves no new folder
+        tmp.unlink(missing_ok=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,4 +179,14 @@ def read_rows(reader: str, path: Path) -> Iterator[Row]:
         "parquet": read_parquet,
         "save_to_disk": read_saved_dataset,
     }
-    return readers[reader](path)
+    if not path.name.endswith(".gz"):
+        return readers[reader](path)
+    return _gzip_errors_named(readers[reader](path), path)
+
+
+def _gzip_errors_named(rows: Iterator[Row], path: Path) -> Iterator[Row]:
+    """gzip's own errors (`Not a gzipped file (b'xx')`, a file cut short) name no file."""
+    try:
+        yield from rows
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise UserError(f"not a readable gzip file ({e})", file=path, field="--in") from e
