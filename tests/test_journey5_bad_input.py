@@ -206,13 +206,15 @@ def test_evaluate_names_a_base_url_without_a_scheme(tmp_path, capfd):
         (["--step", "-1"], ["--step", "got -1"]),
         (["--block-order", "xyz"], ["--block-order", "permutation"]),  # was block_order
         (["--max-len", "1"], ["--max-len", "got 1"]),  # was max_len
+        (["--json", "{tmp}"], ["--json", "is a folder"]),  # was found after tokenising
     ],
 )
 def test_inspect_names_its_flags(extra, words, tmp_path, capfd):
     data = write_toy_jsonl(tmp_path / "d.jsonl", 2)
     out = tmp_path / "out"
-    argv = ["inspect", "--data", str(data), "--tokenizer", str(tmp_path), "--json",
-            str(out / "v.json"), *extra]  # fmt: skip
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    json_out = [] if "--json" in extra else ["--json", str(out / "v.json")]
+    argv = ["inspect", "--data", str(data), "--tokenizer", str(tmp_path), *json_out, *extra]
     _one_line_error(capfd, argv, 2, out, *words)
 
 

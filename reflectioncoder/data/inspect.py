@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -19,7 +20,12 @@ from reflectioncoder.data.dataset import load_dataset
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
-from reflectioncoder.errors import atomic_write_text, refuse_overwriting_input, require_model_folder
+from reflectioncoder.errors import (
+    UsageError,
+    atomic_write_text,
+    refuse_overwriting_input,
+    require_model_folder,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +156,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"reflectioncoder inspect: {f'{flag}: {reason}' if flag else e}", file=sys.stderr)
         return 2
     refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
+    if args.json_out and os.path.isdir(args.json_out):  # found now, not after tokenising
+        raise UsageError("is a folder; give a file name", file=args.json_out, field="--json")
     require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens
