@@ -77,6 +77,14 @@ def generate(checkpoint: Path, prompt: str, max_new_tokens: int) -> str:
     return postprocess_chat(raw)
 
 
+def check_sizes(**sizes: int | None) -> None:
+    """Each count the demo takes is >= 1 (None: the default), checked before minutes of work."""
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"expected a number >= 1, got {value}", field=flag)
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     n: int = 240,
@@ -92,7 +100,11 @@ def run_demo(
     """Run the five steps; returns the paths and figures (also printed as it goes)."""
     if n < 2:
         raise UsageError(f"the demo needs at least 2 samples, got {n}", field="--n")
+    check_sizes(workers=workers, steps=max_steps, samples_per_step=samples_per_step,
+                threads=threads)  # fmt: skip
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError("is a file; give a folder", file=out, field="--out")
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
@@ -323,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     setup_output(progress=not args.no_progress)  # plain lines, not bars, when logged to a file
+    check_sizes(threads=args.threads)  # before torch takes it
     import torch
 
     torch.set_num_threads(args.threads)

@@ -247,3 +247,32 @@ def test_prepare_data_names_a_damaged_gzip_input(cut, tmp_path, capfd):
     argv = ["prepare-data", "--in", str(bad), "--out", str(out / "p.jsonl"), "--no-decontaminate"]
     _one_line_error(capfd, argv, 1, out, "d.jsonl.gz: --in: not a readable gzip file")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--steps", "0"], ["--steps", "got 0"]),  # was `--set train.max_steps=0`, after the data
+        (["--samples-per-step", "0"], ["--samples-per-step", "got 0"]),
+        (["--threads", "0"], ["--threads", "got 0"]),  # was an internal error from torch
+        (["--workers", "0"], ["--workers", "got 0"]),  # was `workers: ...`, after a header
+        (["--out", "{file}"], ["--out", "is a file"]),  # was `File exists`
+    ],
+)
+def test_the_demo_checks_its_counts_first(extra, words, tmp_path, capfd):
+    from reflectioncoder.demo import main as demo_main
+
+    (tmp_path / "a-file").write_text("mine")
+    out = tmp_path / "demo"
+    argv = [
+        "--out",
+        str(out),
+        "--no-progress",
+        *[a.format(file=tmp_path / "a-file") for a in extra],
+    ]
+    assert demo_main(argv) == 2
+    err = capfd.readouterr()
+    lines = [line for line in (err.out + err.err).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("python -m reflectioncoder.demo: "), lines
+    assert all(word in lines[0] for word in words), lines[0]
+    assert not out.exists() and (tmp_path / "a-file").read_text() == "mine"
