@@ -91,7 +91,8 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # argparse's hook; exits 2, as argparse does
         stray = message.removeprefix("unrecognized arguments: ")
-        if stray != message and stray.rstrip().endswith(("]", "}")):  # the shell split a list
+        takes_set = any("--set" in action.option_strings for action in self._actions)
+        if takes_set and stray != message and stray.rstrip().endswith(("]", "}")):  # a split list
             hint = "a --set value with spaces needs quotes: --set 'data.files=[a.jsonl, b.jsonl]'"
         else:
             hint = f"see {self.prog} --help"

@@ -276,3 +276,15 @@ def test_the_demo_checks_its_counts_first(extra, words, tmp_path, capfd):
     assert len(lines) == 1 and lines[0].startswith("python -m reflectioncoder.demo: "), lines
     assert all(word in lines[0] for word in words), lines[0]
     assert not out.exists() and (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_the_quoting_hint_is_given_only_where_there_is_a_set(capfd):
+    """A synopsis pasted as written (`eval-setup [--languages ...]`) was told to quote a --set
+    value that command does not have."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval-setup", "[--languages", "...]"])
+    err = capfd.readouterr().err
+    assert exit_.value.code == 2 and "--set" not in err and "see reflectioncoder eval-setup" in err
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "tiny", "--set", "data.files=[a.jsonl,", "b.jsonl]"])
+    assert "--set value with spaces needs quotes" in capfd.readouterr().err
