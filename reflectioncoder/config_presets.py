@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from reflectioncoder.errors import UsageError
@@ -14,7 +15,11 @@ from reflectioncoder.errors import UsageError
 def preset(name: str) -> dict[str, Any]:
     """Preset ``name`` (a key of ``PRESETS``) as a nested dict."""
     if not isinstance(name, str) or name not in PRESETS:
-        raise UsageError(f"unknown {name!r}; known: {', '.join(sorted(PRESETS))}", field="preset")
+        close = difflib.get_close_matches(str(name), sorted(PRESETS), n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(
+            f"unknown {name!r}{hint}; known: {', '.join(sorted(PRESETS))}", field="preset"
+        )
     return PRESETS[name]()
 
 

@@ -288,3 +288,11 @@ def test_the_quoting_hint_is_given_only_where_there_is_a_set(capfd):
     with pytest.raises(SystemExit):
         main(["train", "--preset", "tiny", "--set", "data.files=[a.jsonl,", "b.jsonl]"])
     assert "--set value with spaces needs quotes" in capfd.readouterr().err
+
+
+def test_a_misspelt_preset_is_suggested(tmp_path, capfd):
+    config = tmp_path / "my.yaml"
+    config.write_text("preset: tinny\n")
+    argv = ["train", "--config", str(config), "--print-config"]
+    _one_line_error(capfd, argv, 2, tmp_path / "run", ":1:9: preset: unknown 'tinny' (did you "
+                    "mean tiny?)")  # fmt: skip

@@ -41,7 +41,8 @@ def test_a_field_given_twice_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("text", "shown"), [("preset: tinyy\n", "'tinyy'"), ("preset: [tiny]\n", "['tiny']")]
+    ("text", "shown"),
+    [("preset: tinyy\n", "'tinyy' (did you mean tiny?)"), ("preset: [tiny]\n", "['tiny']")],
 )
 def test_an_unknown_preset_in_a_file_is_located(tmp_path, capsys, text, shown):
     config = tmp_path / "my.yaml"
