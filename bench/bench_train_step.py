@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "mask_rate": args.mask_rate,
         "strategy": f"{args.strategy}:{args.block_order}",
         "ref_attn": reference_attention(config_of(args)),
+        "dtype": config_of(args).dtype,
         "threads": args.threads,
         "versions": versions("torch", "transformers", "liger-kernel", "flash-attn"),
         "lengths": {

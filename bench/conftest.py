@@ -99,6 +99,7 @@ def run_bench(benchmark, profile, device, request):
             wall_ms=round(wall_s * 1e3, 3),
             cpu_ms=round(cpu_s * 1e3, 3),
             device=device_name(device),
+            threads=torch.get_num_threads(),
             profile=profile.name,
             **rates(wall_s if device == "cuda" else cpu_s, device, flops, bytes_moved),
         )

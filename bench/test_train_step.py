@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.providers import train_step as T
+from bench.providers.common import versions
 
 
 @pytest.mark.parametrize("provider", T.PROVIDERS)
@@ -23,6 +24,7 @@ def test_train_step(provider, run_bench, device, profile) -> None:
         baseline=provider == "reference",
         model_tokens=tokens,
         params=params,
+        versions=versions("torch", "transformers", "liger-kernel", "flash-attn"),
         warm=True,
     )
     seconds = info["wall_ms" if device == "cuda" else "cpu_ms"] * 1e-3
