@@ -9,8 +9,10 @@ central one (a file written outside the working dir) in every available language
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import uuid
 from pathlib import Path
 
@@ -192,3 +194,25 @@ def test_no_language_writes_outside(fallback, host):
             wrote.append(language)
     assert ran and wrote == [], f"wrote outside: {wrote}"
     assert _untouched(host)
+
+
+def test_no_cgroup_nothing_outlives_the_run(fallback, monkeypatch):
+    """Where no cgroup can be made, the run's processes were found by its process group and
+    the marker in their environment: a child that left the group (``setsid``) and cleared its
+    environment (``env -i``) outlived the verdict. Now the sweep also kills every process of
+    the run's own uid."""
+    from reflectioncoder.eval.sandbox import process
+
+    monkeypatch.setattr(process, "make_cgroup", lambda *args: None)
+    program = "setsid sh -c 'exec env -i /bin/sleep 60' > /dev/null 2>&1 &\necho $!\nsleep 1\n"
+    res = multiple.run_program("sh", program)
+    pid = int(res.stdout.split()[0])
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            alive = b"sleep" in f.read()
+    except OSError:
+        alive = False
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not alive, "the detached child outlived its run"

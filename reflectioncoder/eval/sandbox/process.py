@@ -111,20 +111,15 @@ def _big_scorer() -> bool:
         return False
 
 
-def _sweep_marked(marker: str) -> None:
-    """Kill processes that carry this run's marker in their environment (fallback mode: catches
-    children that left the process group with setsid)."""
+def _sweep_marked(marker: str, uid: int | None) -> None:
+    """Kill processes that carry this run's marker in their environment, or run as the run's
+    own uid (fallback without a cgroup: catches children that left the process group with
+    setsid; the uid also those that cleared their environment)."""
     needle = f"{_MARKER_ENV}={marker}".encode()
     for _ in range(20):
         found = False
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle not in f.read():
-                        continue
-            except OSError:
+            if not entry.isdigit() or not _is_the_runs(entry, needle, uid):
                 continue
             found = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -132,6 +127,21 @@ def _sweep_marked(marker: str) -> None:
         if not found:
             return
         time.sleep(0.01)
+
+
+def _is_the_runs(pid: str, needle: bytes, uid: int | None) -> bool:
+    try:
+        if uid is not None:  # the real uid (status: readable whatever the process does)
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        if int(line.split()[1]) == uid:
+                            return True
+                        break
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read()
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 class IdleRule:
@@ -197,6 +207,7 @@ class PreparedRun:
         _write_files(src, files or {})
         use_bwrap = self.isolation.bwrap
         user = self._run_user(argv, src, work, ro_binds, pass_fds)
+        self.run_uid = user[0]
         box_src, box_work = (
             (bwrap.SRC_IN_BOX, bwrap.WORK_IN_BOX) if use_bwrap else (str(src), str(work))
         )
@@ -372,7 +383,8 @@ class PreparedRun:
         root, cgroup, self.root, self.cgroup = self.root, self.cgroup, None, None
         try:
             if self.proc is not None:
-                _kill_tree(self.proc, cgroup, self.marker)  # every process is gone on return
+                # every process is gone on return
+                _kill_tree(self.proc, cgroup, self.marker, self.run_uid)
         finally:
             # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
             # the next verdict; not a daemon thread, so the interpreter waits for it at exit
@@ -427,14 +439,16 @@ def _remove_run(cgroup: RunCgroup | None, root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _kill_tree(proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str) -> None:
+def _kill_tree(
+    proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str, uid: int | None
+) -> None:
     """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     if cgroup is not None:
         cgroup.kill()
     else:  # the cgroup holds every process of the run; without one, sweep for the marker
-        _sweep_marked(marker)
+        _sweep_marked(marker, uid)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     proc.wait()
