@@ -105,6 +105,7 @@ def run_demo(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError("is a file; give a folder", file=out, field="--out")
+    _refuse_a_run_not_the_demos(out / "train")
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
 
@@ -163,6 +164,28 @@ def run_demo(
         )
     )
     return res
+
+
+def _refuse_a_run_not_the_demos(run_dir: Path) -> None:
+    """The demo starts its own earlier run over (OUT/train), never a run of the user's that
+    OUT/train happens to hold: one trained on other data or another tokenizer than OUT's."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return
+    import yaml
+
+    try:
+        saved = yaml.safe_load(config.read_text()) or {}
+        files = [Path(f).parts[-2:] for f in saved["data"]["files"]]
+        tokenizer = Path(saved["model"]["tokenizer"]).name
+    except (yaml.YAMLError, KeyError, TypeError, IndexError):
+        files, tokenizer = None, None
+    if files != [("data", "reflection.jsonl")] or tokenizer != "tokenizer":
+        raise UsageError(
+            f"{run_dir} holds a training run that is not a demo's; the demo would delete it: "
+            "choose another --out",
+            field="--out",
+        )
 
 
 def _build_data(

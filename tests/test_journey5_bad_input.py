@@ -296,3 +296,29 @@ def test_a_misspelt_preset_is_suggested(tmp_path, capfd):
     argv = ["train", "--config", str(config), "--print-config"]
     _one_line_error(capfd, argv, 2, tmp_path / "run", ":1:9: preset: unknown 'tinny' (did you "
                     "mean tiny?)")  # fmt: skip
+
+
+def test_the_demo_never_starts_over_a_run_that_is_not_a_demos(tmp_path, capfd):
+    """`--out runs` whose runs/train is the user's own run: the demo deleted it (overwrite)."""
+    from reflectioncoder.demo import _refuse_a_run_not_the_demos
+    from reflectioncoder.demo import main as demo_main
+
+    run = tmp_path / "runs" / "train"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        "data:\n  files: [data/mine.jsonl]\nmodel:\n  tokenizer: tok\n"
+    )
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    before = _snapshot(tmp_path / "runs")
+    assert demo_main(["--out", str(tmp_path / "runs"), "--no-progress"]) == 2
+    err = capfd.readouterr().err
+    assert err == (f"python -m reflectioncoder.demo: --out: {run} holds a training run that is "
+                   "not a demo's; the demo would delete it: choose another --out\n")  # fmt: skip
+    assert _snapshot(tmp_path / "runs") == before
+    demo_run = tmp_path / "demo" / "train"  # an earlier demo's run is started over, as before
+    demo_run.mkdir(parents=True)
+    (demo_run / "config.yaml").write_text(
+        "data:\n  files: [runs/demo/data/reflection.jsonl]\n"
+        "model:\n  tokenizer: runs/demo/tokenizer\n"
+    )
+    _refuse_a_run_not_the_demos(demo_run)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -60,11 +59,12 @@ def test_a_demo_does_not_delete_a_run_training_in_its_folder(tmp_path, capsys):
             if line.startswith("train: "):
                 break
         assert first.poll() is None
-        assert demo.main(["--out", str(out), "--n", "20", "--workers", "2", "--no-progress"]) == 1
+        # a run of other data than the demo's: refused before any work (journey5), and a
+        # demo's own run still training there by the run folder's lock
+        assert demo.main(["--out", str(out), "--n", "20", "--workers", "2", "--no-progress"]) == 2
         assert capsys.readouterr().err == (
-            f"python -m reflectioncoder.demo: {out / 'train'}: checkpoint.out_dir: pid "
-            f"{first.pid} on {socket.gethostname()} is training in this folder; wait for it "
-            "to end or choose another folder\n"
+            f"python -m reflectioncoder.demo: --out: {out / 'train'} holds a training run that "
+            "is not a demo's; the demo would delete it: choose another --out\n"
         )
         assert first.poll() is None and (out / "train" / "config.yaml").is_file()
     finally:
