@@ -182,3 +182,21 @@ def test_the_gpu_suite_names_every_gpu_command_owed():
         assert f"`{command}`" in text
         if command.startswith(("python", "bash")):
             assert command.split(" --")[0] in readme, command
+
+
+def test_every_modelled_mfu_and_ratio_pair_in_the_docs_is_a_row_of_today():
+    """Prose quotes the step model as "51.6% MFU and 2.06x" or "48.6% / 1.94x" (MFU, then
+    samples/s against the recipe): each such pair must be some row's pair today."""
+    pairs = {
+        (round(100 * r["mfu"], 1), round(r["samples_per_s_vs_recipe"], 2)) for r in sm.model_rows()
+    }
+    quoted = re.compile(r"(\d+\.\d)% (?:MFU )?(?:and|/) (\d\.\d\d)x")
+    found, stale = 0, []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = " ".join(doc.read_text().split())
+        for m in quoted.finditer(text):
+            found += 1
+            if (float(m.group(1)), float(m.group(2))) not in pairs:
+                stale.append(f"{doc.name}: ...{text[max(0, m.start() - 80) : m.end()]}")
+    assert found >= 5, "the docs no longer quote the step model's MFU and ratios as expected"
+    assert not stale, "pairs no step-model row gives today:\n" + "\n".join(stale)
