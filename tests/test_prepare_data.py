@@ -19,6 +19,7 @@ from reflectioncoder.data.decontaminate import BenchmarkIndex, benchmark_texts
 from reflectioncoder.data.prepare import manifest_path, prepare
 from reflectioncoder.data.schema import load_files
 from reflectioncoder.data.tokenize import add_special_tokens, special_token_ids
+from reflectioncoder.errors import UsageError
 from reflectioncoder.tokenizer import train_tokenizer
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "prepare"
@@ -190,8 +191,9 @@ def test_forced_format_and_unknown_rows(tmp_path):
     result = prepare([src], tmp_path / "a.jsonl", progress=False)
     assert list(result.inputs[0].skipped) == ["unknown format"]
     assert result.inputs[0].skipped["unknown format"][0].startswith(f"{src}:2:<row>:")
-    result = prepare([src], tmp_path / "b.jsonl", fmt="sharegpt", progress=False)
-    assert result.written == 0 and result.inputs[0].read == 2
+    with pytest.raises(UsageError, match="'sharegpt' converts none of the 2 rows"):
+        prepare([src], tmp_path / "b.jsonl", fmt="sharegpt", progress=False)
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 def test_cli_writes_output_and_manifest(tmp_path, evaldata, capsys):
@@ -384,5 +386,5 @@ def test_rows_users_get_wrong_are_one_bad_row_each(tmp_path, capsys):
     assert cli_main(argv) == 1
     assert f"{tmp_path / 'bad.parquet'}: --in: not a readable parquet" in capsys.readouterr().err
     argv = [*base, "--in", str(src), "--format", "sharegpt", "--out", str(tmp_path / "o.jsonl")]
-    assert cli_main(argv) == 0
-    assert f"warning: {src}: none of its 3 rows could be converted" in capsys.readouterr().err
+    assert cli_main(argv) == 2  # a wrong --format (tests/test_leftovers_prepare_format.py)
+    assert f"'sharegpt' converts none of the 3 rows of {src}" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationReport, sample_text
-from reflectioncoder.data.formats import FORMATS, convert_row
+from reflectioncoder.data.formats import FORMATS, convert_row, detect_format
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
 from reflectioncoder.errors import UsageError, refuse_overwriting_input
@@ -41,6 +41,7 @@ class InputStats:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> file:line:field
     messages: Counter = field(default_factory=Counter)  # messages per sample
     rounds: Counter = field(default_factory=Counter)  # code runs in a reflection sequence
+    looks_like: Counter = field(default_factory=Counter)  # detected formats of rejected rows
 
     def skip(self, error: DataError) -> None:
         self.skipped.setdefault(_reason_kind(error.reason), []).append(str(error))
@@ -126,10 +127,11 @@ def prepare(
     bar = Progress(None, "prepare", unit="row", enabled=progress, every=10000)
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            stats = [
-                _write_input(f, reader, path, fmt, index, keep_contaminated, report, bar)
-                for reader, path in sources
-            ]
+            stats = []
+            for reader, path in sources:
+                s = _write_input(f, reader, path, fmt, index, keep_contaminated, report, bar)
+                _refuse_wrong_format(s, fmt)
+                stats.append(s)
         contamination = None
         if index is not None:
             contamination = {
@@ -182,6 +184,20 @@ def _checked_sources(
     return sources
 
 
+def _refuse_wrong_format(s: InputStats, fmt: str | None) -> None:
+    """A UsageError when ``--format`` converted none of an input's rows: the format is wrong for
+    the file (its rows are not bad one by one), and an empty output would pass for a result."""
+    if fmt is None or not s.read or sum(s.formats.values()):
+        return
+    detected = [name for name, _ in s.looks_like.most_common() if name not in (fmt, None)]
+    hint = f" (its rows look like {' / '.join(detected)})" if detected else ""
+    raise UsageError(
+        f"{fmt!r} converts none of the {s.read} rows of {s.path}{hint}; formats: "
+        f"{', '.join(FORMATS)}, or leave --format out to detect each row's",
+        field="--format",
+    )
+
+
 def _write_input(
     f: TextIO,
     reader: str,
@@ -221,6 +237,7 @@ def _convert(row: object, fmt: str | None, source: str, s: InputStats) -> dict |
         parsed = parse_sample(sample, source)
     except DataError as e:
         s.skip(e)
+        s.looks_like[detect_format(row)] += 1
         return None
     s.formats[found] += 1
     s.messages[len(parsed.messages)] += 1
@@ -289,10 +306,10 @@ def main(args: argparse.Namespace) -> int:
             f"  {s.path}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
             f"contaminated {s.decontaminated}"
         )
-        if s.read and not s.written and not s.decontaminated:
+        if s.read and not s.written and not s.decontaminated:  # (a wrong --format raised)
             print(
                 f"warning: {s.path}: none of its {s.read} rows could be converted; "
-                f"is it the format you meant{' (--format)' if args.format else ''}?",
+                f"formats read: {', '.join(FORMATS)} (--format)",
                 file=sys.stderr,
             )
     if result.contamination is not None:
