@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,10 @@ class DeepSpeedEngine:
         optimizer = _adamw(
             params, run.optim, on_cpu=offloads_optimizer(self.config), fused=self._bare
         )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=self.config
-        )
+        with _no_decay_while_starting(optimizer, self.config):
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=module, optimizer=optimizer, config=self.config
+            )
         if self._bare and self.optimizer is not optimizer:
             raise RuntimeError(f"deepspeed wrapped ZeRO-0's fp32 optimizer in {self.optimizer}")
         check_skipped_sums(self.optimizer, self.config)
@@ -245,6 +247,27 @@ def _deepspeed_scales_loss(engine: Any) -> bool:
 
     scaler = getattr(engine, "torch_autocast_z0_gradscaler", None)
     return isinstance(engine.optimizer, ZeROOptimizer) or scaler is not None
+
+
+@contextlib.contextmanager
+def _no_decay_while_starting(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+    """No weight decay inside ``deepspeed.initialize`` at ZeRO-0 in 16 bits: DeepSpeed 0.19.8's
+    16-bit optimizer there (``FP16_UnfusedOptimizer``, bf16's too) steps AdamW on zero gradients
+    to create its state. The zero moments move nothing, but AdamW's decoupled decay shrank every
+    fp32 master by lr x weight_decay (the peak lr, whatever the warmup) before any gradient: the
+    first real step then carried that decay twice (tests/test_leftovers_zero0_decay.py)."""
+    starts_with_a_step = config["zero_optimization"].get("stage", 0) == 0 and not (
+        _steps_client_bare(config)
+    )
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
+    if starts_with_a_step:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = 0.0
+    try:
+        yield
+    finally:
+        for group, decay in zip(optimizer.param_groups, decays, strict=True):
+            group["weight_decay"] = decay
 
 
 def _restart_step_count(optimizer: torch.optim.Optimizer) -> None:
