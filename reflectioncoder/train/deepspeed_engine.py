@@ -18,7 +18,12 @@ from reflectioncoder.train.deepspeed_config import (
     offloads_optimizer,
     zero3_local_piece,
 )
-from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, is_zero3_param
+from reflectioncoder.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    deepspeed_prints_quieted,
+    is_zero3_param,
+)
 from reflectioncoder.train.engine import (
     StateReader,
     StepResult,
@@ -80,7 +85,7 @@ class DeepSpeedEngine:
         optimizer = _adamw(
             params, run.optim, on_cpu=offloads_optimizer(self.config), fused=self._bare
         )
-        with _no_decay_while_starting(optimizer, self.config):
+        with _no_decay_while_starting(optimizer, self.config), deepspeed_prints_quieted():
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=module, optimizer=optimizer, config=self.config
             )

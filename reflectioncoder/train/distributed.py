@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import os
+import re
+import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -81,12 +85,47 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
         if use_ds:
             import deepspeed
 
-            deepspeed.init_distributed(
-                dist_backend=backend, auto_mpi_discovery=False, timeout=timeout
-            )
+            quiet_deepspeed()
+            with deepspeed_prints_quieted():
+                deepspeed.init_distributed(
+                    dist_backend=backend, auto_mpi_discovery=False, timeout=timeout
+                )
         else:
             dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev, use_ds)
+
+
+# DeepSpeed's start-up noise, none of it a user's to act on (its logger's warnings and errors,
+# and any other line it prints, stay): its CPU collectives op's "built successfully" print
+# (deepspeed.comm.torch.build_shm_op), its BF16 optimizer's memory report (ZeRO-1 bf16 with fp32
+# sums: see_memory_usage(force=True), 18 lines), and torch's FutureWarning for the collectives
+# ZeRO calls by their deprecated names, a line pair a call: about 170 lines in a 2-step ZeRO-3
+# run on 2 ranks (tests/test_leftovers_deepspeed_quiet.py).
+DEEPSPEED_NOISE = re.compile(
+    r"(DeepSpeed deepspeed\.ops\.\S+ built successfully"
+    r"|(begin|end) bf16_ ?optimizer|(before|after) initializing group \d+"
+    r"|MA [\d.]+ GB +Max_MA [\d.]+ GB +CA [\d.]+ GB +Max_CA [\d.]+ GB *"
+    r"|CPU Virtual Memory: +used = [\d.]+ GB, percent = [\d.]+%)\n?"
+)
+_DEEPSPEED_DEPRECATED = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is"
+
+
+def quiet_deepspeed() -> None:
+    """Hide torch's deprecation of the collectives DeepSpeed's ZeRO calls (ours call none)."""
+    warnings.filterwarnings("ignore", _DEEPSPEED_DEPRECATED, FutureWarning)
+
+
+@contextlib.contextmanager
+def deepspeed_prints_quieted(noise: re.Pattern = DEEPSPEED_NOISE) -> Iterator[None]:
+    """What DeepSpeed prints inside goes to stdout afterwards, less the lines ``noise`` matches
+    whole (its logger holds its own reference to stdout: its lines are untouched)."""
+    stdout, printed = sys.stdout, io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        lines = printed.getvalue().splitlines(True)
+        stdout.write("".join(line for line in lines if not noise.fullmatch(line)))
 
 
 def _free_port() -> int:
