@@ -322,3 +322,13 @@ def test_the_demo_never_starts_over_a_run_that_is_not_a_demos(tmp_path, capfd):
         "model:\n  tokenizer: runs/demo/tokenizer\n"
     )
     _refuse_a_run_not_the_demos(demo_run)
+
+
+def test_evaluate_refuses_languages_it_would_ignore(tmp_path, capfd):
+    """`--languages cs` with `--task humaneval` scored HumanEval as if it were not given."""
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    pass\n"}) + "\n")
+    out = tmp_path / "out"
+    argv = ["evaluate", "--task", "humaneval", "--languages", "cs", "--samples", str(samples),
+            "--json", str(out / "r.json")]  # fmt: skip
+    _one_line_error(capfd, argv, 2, out, "--languages: only with --task multiple")

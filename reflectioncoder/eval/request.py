@@ -145,6 +145,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             f"--n-samples {args.n_samples} needs --temperature > 0 (greedy decoding gives "
             f"{args.n_samples} identical samples)"
         )
+    if args.languages and args.task != "multiple":  # ignored there: say so rather than score
+        raise UsageError(f"--languages: only with --task multiple, not --task {args.task}")
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.samples is not None:
