@@ -37,9 +37,11 @@ def _adamw(
     """AdamW over ``params``; ``on_cpu``: DeepSpeed's CPU Adam (ZeRO-Offload runs the step on
     the host, and DeepSpeed accepts no other client optimizer there); ``fused``: torch's fused
     kernel (one launch per dtype and device, no host reads, and it honours ``found_inf``)."""
-    # No weight decay on biases and norm weights (1-D), as usual for transformers.
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    # No weight decay on biases and norm weights (1-D), as usual for transformers. A ZeRO-3
+    # partitioned parameter (a model loaded from disk into partitions) is an empty 1-D tensor:
+    # its shape is its ``ds_shape``.
+    decay = [p for p in params if _full_ndim(p) >= 2]
+    no_decay = [p for p in params if _full_ndim(p) < 2]
     groups = [
         {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -53,6 +55,11 @@ def _adamw(
         )
     kind = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, **kind)
+
+
+def _full_ndim(param: torch.Tensor) -> int:
+    """A parameter's number of dimensions, whole (ZeRO-3's partitioned ones: ``ds_shape``)."""
+    return len(getattr(param, "ds_shape", param.shape))
 
 
 @dataclass
