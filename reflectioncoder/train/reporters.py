@@ -185,6 +185,24 @@ class TrackioReporter:
         self.run.finish()
 
 
+class SentBefore:
+    """A tracker that keeps every point it is sent (MLflow, trackio; W&B refuses a step below
+    its last): a resumed run sends it only the steps after those the killed run sent it,
+    ``through`` (section -> step: ``train``, ``val``), which it holds with the same values (the
+    resume repeats them); else each would be there twice. TensorBoard purges them instead."""
+
+    def __init__(self, reporter: Reporter, through: dict[str, int]) -> None:
+        self.reporter, self.through = reporter, through
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        section = next(iter(scalars), "train").split("/")[0]
+        if step > self.through.get(section, 0):
+            self.reporter.log(scalars, step)
+
+    def close(self) -> None:
+        self.reporter.close()
+
+
 def make_reporters(
     report_to: list[str],
     out_dir: str | Path,
@@ -192,10 +210,12 @@ def make_reporters(
     project: str,
     name: str | None,
     start_step: int = 0,
+    sent: dict[str, int] | None = None,
 ) -> list[Reporter]:
     """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
     run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
-    run killed and resumed is one run in W&B, MLflow and trackio, not two."""
+    run killed and resumed is one run in W&B, MLflow and trackio, not two; ``sent`` (section ->
+    the last step the killed run reported) keeps it from sending them a step twice."""
     check_installed(report_to)
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
@@ -213,6 +233,8 @@ def make_reporters(
             ids[tracker] = made[-1].run_id
         elif tracker == "trackio":
             made.append(TrackioReporter(config, project, name, resume=start_step > 0))
+        if tracker in ("wandb", "mlflow", "trackio") and start_step > 0 and sent:
+            made[-1] = SentBefore(made[-1], sent)
     if ids:
         atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
     return made
