@@ -200,4 +200,10 @@ class FSDPEngine:
             return None
         for key, value in full.items():  # each fp32 copy freed once cast: rank 0's host holds
             full[key] = value.to(self.compute_dtype)  # 4 bytes a parameter at most, not 4 + 2
+        # A tied weight comes back as two copies: one tensor under both names, as the module's
+        # own state_dict has it, so that save_pretrained writes it once (the LM head left out)
+        first: dict[int, str] = {}
+        for name, p in self.module.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(p), name) != name and name in full:
+                full[name] = full[first[id(p)]]
         return _unwrap(full)
