@@ -1,6 +1,6 @@
 """Every engine on 2 gloo ranks trains a tied-embedding Llama as one process does, with what the
-other equivalence tests leave at their defaults: weight decay on, gradients clipped on every
-step (grad_clip 0.5 under norms of about 1-1.5), and a last step of one sample (13 samples, 4 a step:
+other equivalence tests leave at their defaults: weight decay on, gradients clipped
+(grad_clip 0.5 under norms of about 1-1.5), and a last step of one sample (13 samples, 4 a step:
 one rank runs a zero-weight filler). Same samples and tokens per step, the losses and norms
 within test_distributed's tolerance, and the same final folder: keys (one tensor for the tied
 embedding and LM head) and weights. (FSDP2's folder had a separate ``lm_head.weight``.)"""
