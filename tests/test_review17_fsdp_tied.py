@@ -1,14 +1,16 @@
-"""FSDP2's saved model of a tied-embedding Llama is the single engine's folder.
+"""FSDP2's saved model of a tied-embedding Llama in bf16 is the single engine's folder.
 
 ``get_model_state_dict(full_state_dict=True)`` gives the tied input embedding and LM head as two
 separate copies, so ``save_pretrained`` wrote ``lm_head.weight`` beside
 ``model.embed_tokens.weight``: the final model and every checkpoint's model/ held a tensor the
 single and DeepSpeed engines' folders do not (found by a 2-rank run of each engine; in one
-process the copies come from the cast to bf16)."""
+process the copies come from the cast to bf16). Its config.json named the dtype of FSDP's fp32
+masters, not the bf16 weights saved: ``from_pretrained(dtype="auto")`` loaded them as fp32."""
 
 from __future__ import annotations
 
 import copy
+import json
 
 import torch
 from safetensors.torch import load_file
@@ -57,6 +59,9 @@ def test_a_tied_model_saved_by_fsdp_is_the_single_engines_folder(tmp_path, seed)
     for key, value in single.items():  # the same fp32 masters, rounded to bf16
         assert fsdp[key].dtype == value.dtype == torch.bfloat16, key
         torch.testing.assert_close(fsdp[key], value, rtol=1e-2, atol=1e-5, msg=key)
-    loaded = AutoModelForCausalLM.from_pretrained(saved["fsdp"], dtype=torch.bfloat16)
+    for folder in saved.values():  # the weights' dtype (FSDP's config named its fp32 masters')
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(saved["fsdp"], dtype="auto")
+    assert loaded.dtype == torch.bfloat16
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
     assert torch.equal(loaded.lm_head.weight.detach(), fsdp["model.embed_tokens.weight"])

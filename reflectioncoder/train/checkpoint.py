@@ -203,8 +203,14 @@ def save_hf_model(
     config = model.config
     saved_impl = config._attn_implementation
     config._attn_implementation = "sdpa"
+    # save_pretrained names the module's dtype: FSDP's are its fp32 masters, the weights saved
+    # are bf16 (a loader's dtype="auto", vLLM, would take them as fp32); it empties state_dict
+    saved = next((v.dtype for v in state_dict.values() if v.is_floating_point()), None)
     try:
         model.save_pretrained(str(path), state_dict=state_dict, safe_serialization=True)
+        if saved is not None and config.dtype != saved:
+            config.dtype = saved
+            config.save_pretrained(str(path))
     finally:
         config._attn_implementation = saved_impl
     if tokenizer is not None:
