@@ -7,9 +7,10 @@ every point they are sent: each such step used to be in their history twice."""
 from __future__ import annotations
 
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ from test_reporters import trackio_store
 from reflectioncoder.config import LoggingConfig
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+from reflectioncoder.train.checkpoint import list_checkpoints
 from reflectioncoder.train.metrics import MetricsLogger, read_metrics
+
+TINY_ARCH = ARCH.split("=", 1)
 
 
 def _mlflow_history(out: Path, key: str) -> list[tuple[int, float]]:
@@ -63,35 +67,35 @@ def test_a_resumed_logger_sends_mlflow_only_the_steps_it_lacks(tmp_path, monkeyp
     assert steps == [1, 2, 3, 4, 5]
 
 
-def _train(tmp_path: Path, out: Path, *flags: str) -> None:
-    data = write_toy_jsonl(tmp_path / "toy.jsonl", 8, seed=0)
-    arch = dict([ARCH.split("=", 1)])
-    sets = {"model.tokenizer_vocab_size": 400, "data.files": f"[{data}]", **arch}
-    sets.update({"checkpoint.out_dir": out, "checkpoint.save_every": 2, "train.max_steps": 4})
+def _argv(tmp_path: Path, out: Path, *flags: str) -> list[str]:
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 12, seed=0)
+    sets = {"model.tokenizer_vocab_size": 400, "data.files": f"[{data}]", **dict([TINY_ARCH])}
+    sets.update({"checkpoint.out_dir": out, "checkpoint.save_every": 2, "train.max_steps": 12})
     sets.update({"train.samples_per_step": 2, "packing.max_tokens": 400, "logging.plot": False})
     sets.update({"logging.report_to": "[mlflow,trackio]", "logging.run_name": "toy"})
-    argv = train_argv(sets, "--no-progress", *flags)
-    code = f"from reflectioncoder.cli import main\nraise SystemExit(main({argv!r}))"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
-    env.update(OMP_NUM_THREADS="1", TRACKIO_DIR=str(tmp_path / "trackio"))
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    return [sys.executable, "-m", "reflectioncoder.cli", *train_argv(sets, "--no-progress", *flags)]
 
 
-@pytest.mark.slow  # two real runs with two trackers: about 40 s on the shared 2 cores
-def test_a_run_resumed_by_the_cli_has_each_step_once_in_mlflow_and_trackio(tmp_path):
+@pytest.mark.slow  # a run SIGKILLed, then resumed, with two trackers: about 40 s on 2 cores
+def test_a_sigkilled_run_resumed_by_the_cli_has_each_step_once_in_mlflow_and_trackio(tmp_path):
     out = tmp_path / "run"
-    _train(tmp_path, out)
-    # As a kill after step 4's metrics and before its checkpoint leaves the folder.
-    shutil.rmtree(out / "checkpoints" / "step-000004")
-    shutil.rmtree(out / "final")
-    _train(tmp_path, out, "--resume")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(OMP_NUM_THREADS="1", TRACKIO_DIR=str(tmp_path / "trackio"))
+    killed = subprocess.Popen(_argv(tmp_path, out), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and killed.poll() is None:  # past a checkpoint, odd step
+        steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")] if out.is_dir() else []
+        if list_checkpoints(out) and len(steps) >= 3 and len(steps) % 2:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    done = subprocess.run(_argv(tmp_path, out, "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
-    assert sorted(rows) == [1, 2, 3, 4]
+    assert sorted(rows) == list(range(1, 13))
     history = _mlflow_history(out, "train/loss")
-    assert [step for step, _ in history] == [1, 2, 3, 4]
+    assert [step for step, _ in history] == list(range(1, 13))  # each step once
     assert dict(history) == pytest.approx(rows, rel=1e-6)
     logged = [log["step"] for log in trackio_store(tmp_path / "trackio")["logs"]]
-    assert sorted(logged) == [1, 2, 3, 4]
+    assert sorted(logged) == list(range(1, 13))
