@@ -1,4 +1,4 @@
-"""A resumed run sends its trackers no step twice.
+"""A resumed run sends MLflow and trackio no step twice.
 
 The killed run reported the steps after its last checkpoint; the resumed run trains them again
 (same values). TensorBoard purges the old events (``purge_step``), but MLflow and trackio keep

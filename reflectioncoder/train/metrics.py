@@ -118,13 +118,7 @@ class MetricsLogger:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # On resume, drop rows the killed run wrote after its last checkpoint: they are redone.
-        rows = read_metrics(self.path)
-        kept = [r for r in rows if r.get("step", 0) <= start_step]
-        # what the killed run sent its trackers (rows are written before they are sent)
-        sent = {
-            section: max((r["step"] for r in rows if key in r), default=0)
-            for section, key in (("train", "loss"), ("val", "val_loss"))
-        }
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
         trained = [r for r in kept if "loss" in r]  # not a validation row
         self.last_row = trained[-1] if trained else None
         held_out = [r for r in kept if "val_loss" in r]
@@ -133,13 +127,7 @@ class MetricsLogger:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
         self._reporters = make_reporters(
-            cfg.trackers,
-            self.out_dir,
-            run_config or {},
-            cfg.project,
-            cfg.run_name,
-            start_step,
-            sent,
+            cfg.trackers, self.out_dir, run_config or {}, cfg.project, cfg.run_name, start_step
         )
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.

@@ -74,6 +74,15 @@ def scalars_of(row: dict[str, Any], section: str = "train") -> dict[str, float]:
     }
 
 
+def _sent_before(scalars: dict[str, float], step: int, sent: dict[str, int]) -> bool:
+    """Whether the killed run this one resumes sent ``scalars`` of ``step`` to a tracker that
+    keeps every point (MLflow, trackio): ``sent`` (section -> its last step that the tracker
+    holds). Such steps are not sent again: the resume repeats their values, and each would be
+    there twice. (TensorBoard purges them instead; W&B keeps the first of a step.)"""
+    section = next(iter(scalars), "train").split("/")[0]
+    return step <= sent.get(section, 0)
+
+
 class TensorBoardReporter:
     def __init__(self, out_dir: Path, config: dict[str, Any], start_step: int) -> None:
         import yaml
@@ -136,9 +145,13 @@ class MlflowReporter:
             if experiment is not None
             else self.client.create_experiment(project)
         )
+        self.sent: dict[str, int] = {}
         if run_id is not None and _mlflow_run_exists(self.client, run_id):
             self.run_id = run_id  # its params are logged; MLflow refuses to change one
             self.client.update_run(run_id, status="RUNNING")
+            for section in ("train", "val"):
+                history = self.client.get_metric_history(run_id, f"{section}/loss")
+                self.sent[section] = max((m.step for m in history), default=0)
             return
         self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
         params = [Param(k, str(v)) for k, v in flat_config(config).items()]
@@ -148,6 +161,8 @@ class MlflowReporter:
     def log(self, scalars: dict[str, float], step: int) -> None:
         import time
 
+        if _sent_before(scalars, step, self.sent):
+            return
         now = int(time.time() * 1000)
         metrics = [self._metric(k, v, now, step) for k, v in scalars.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -177,30 +192,20 @@ class TrackioReporter:
             embed=False,
             resume="allow" if resume else "never",  # runs are known by name in a project
         )
+        self.sent: dict[str, int] = {}
+        if resume:  # what its store holds (a killed run's last points may never have left it)
+            from trackio.sqlite_storage import SQLiteStorage
+
+            for point in SQLiteStorage.get_logs(project, name):
+                for section in {key.split("/")[0] for key in point if "/" in key}:
+                    self.sent[section] = max(self.sent.get(section, 0), int(point["step"]))
 
     def log(self, scalars: dict[str, float], step: int) -> None:
-        self.run.log(scalars, step=step)
+        if not _sent_before(scalars, step, self.sent):
+            self.run.log(scalars, step=step)
 
     def close(self) -> None:
         self.run.finish()
-
-
-class SentBefore:
-    """A tracker that keeps every point it is sent (MLflow, trackio; W&B refuses a step below
-    its last): a resumed run sends it only the steps after those the killed run sent it,
-    ``through`` (section -> step: ``train``, ``val``), which it holds with the same values (the
-    resume repeats them); else each would be there twice. TensorBoard purges them instead."""
-
-    def __init__(self, reporter: Reporter, through: dict[str, int]) -> None:
-        self.reporter, self.through = reporter, through
-
-    def log(self, scalars: dict[str, float], step: int) -> None:
-        section = next(iter(scalars), "train").split("/")[0]
-        if step > self.through.get(section, 0):
-            self.reporter.log(scalars, step)
-
-    def close(self) -> None:
-        self.reporter.close()
 
 
 def make_reporters(
@@ -210,12 +215,10 @@ def make_reporters(
     project: str,
     name: str | None,
     start_step: int = 0,
-    sent: dict[str, int] | None = None,
 ) -> list[Reporter]:
     """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
     run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
-    run killed and resumed is one run in W&B, MLflow and trackio, not two; ``sent`` (section ->
-    the last step the killed run reported) keeps it from sending them a step twice."""
+    run killed and resumed is one run in W&B, MLflow and trackio, not two."""
     check_installed(report_to)
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
@@ -233,8 +236,6 @@ def make_reporters(
             ids[tracker] = made[-1].run_id
         elif tracker == "trackio":
             made.append(TrackioReporter(config, project, name, resume=start_step > 0))
-        if tracker in ("wandb", "mlflow", "trackio") and start_step > 0 and sent:
-            made[-1] = SentBefore(made[-1], sent)
     if ids:
         atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
     return made
