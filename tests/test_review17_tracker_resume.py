@@ -20,7 +20,7 @@ from test_reporters import trackio_store
 from reflectioncoder.config import LoggingConfig
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.checkpoint import list_checkpoints
+from reflectioncoder.train.checkpoint import latest_checkpoint, list_checkpoints, read_trainer_state
 from reflectioncoder.train.metrics import MetricsLogger, read_metrics
 
 TINY_ARCH = ARCH.split("=", 1)
@@ -70,7 +70,7 @@ def test_a_resumed_logger_sends_mlflow_only_the_steps_it_lacks(tmp_path, monkeyp
 def _argv(tmp_path: Path, out: Path, *flags: str) -> list[str]:
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 12, seed=0)
     sets = {"model.tokenizer_vocab_size": 400, "data.files": f"[{data}]", **dict([TINY_ARCH])}
-    sets.update({"checkpoint.out_dir": out, "checkpoint.save_every": 2, "train.max_steps": 12})
+    sets.update({"checkpoint.out_dir": out, "checkpoint.save_every": 4, "train.max_steps": 12})
     sets.update({"train.samples_per_step": 2, "packing.max_tokens": 400, "logging.plot": False})
     sets.update({"logging.report_to": "[mlflow,trackio]", "logging.run_name": "toy"})
     return [sys.executable, "-m", "reflectioncoder.cli", *train_argv(sets, "--no-progress", *flags)]
@@ -83,13 +83,16 @@ def test_a_sigkilled_run_resumed_by_the_cli_has_each_step_once_in_mlflow_and_tra
     env.update(OMP_NUM_THREADS="1", TRACKIO_DIR=str(tmp_path / "trackio"))
     killed = subprocess.Popen(_argv(tmp_path, out), env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and killed.poll() is None:  # past a checkpoint, odd step
+    while time.monotonic() < deadline and killed.poll() is None:
+        # Two steps past the step-4 checkpoint: steps 5 and 6 reached the trackers before step 7
+        # began (its row is written as it ends), and are trained again by the resume.
         steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")] if out.is_dir() else []
-        if list_checkpoints(out) and len(steps) >= 3 and len(steps) % 2:
+        if [p.name for p in list_checkpoints(out)] == ["step-000004"] and len(steps) >= 7:
             break
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
+    assert read_trainer_state(latest_checkpoint(out))["step"] == 4
     done = subprocess.run(_argv(tmp_path, out, "--resume"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
