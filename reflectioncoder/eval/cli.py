@@ -73,7 +73,8 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--api-key",
         default=None,
-        help="key for --base-url (default: none; the server may not need one)",
+        help="key for --base-url (default: $OPENAI_API_KEY, as build-data; prefer the "
+        "environment: a command line is visible to every process on the machine)",
     )
     gen.add_argument(
         "--prompt-format",

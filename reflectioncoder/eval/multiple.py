@@ -196,7 +196,9 @@ def run_program(language: str, program: str, *, run_s: float | None = None, nonc
 
 def verdict(lang: Language, res, nonce: str) -> tuple[str, str]:
     """(status, reason) of one run under ``lang``'s pass rule."""
-    if res.timed_out or (res.exit_code == 137 and _RUN_TIMEOUT_NOTE in res.stderr):
+    # coreutils `timeout` kills itself: 137 from a shell (bwrap), -9 from its parent (fallback)
+    killed = res.exit_code in (137, -9)
+    if res.timed_out or (killed and _RUN_TIMEOUT_NOTE in res.stderr):
         return "timeout", ""
     if not res.ok:  # how it ended, as the sandbox saw it (a signal, the memory limit, ...)
         return "fail", res.ending.describe() if res.ending else ""

@@ -4,6 +4,7 @@ the command line (its values checked there, each error naming its flag), read by
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -61,11 +62,12 @@ class EvalRequest:
         data_dir = args.data_dir or tk.default_data_dir()
         if data_dir is None:
             raise UsageError("--data-dir not given and ../shared/evaldata not found")
-        derived = {"data_dir", "k", "languages", "progress", "decoding"}
+        derived = {"data_dir", "api_key", "k", "languages", "progress", "decoding"}
         as_given = {f.name for f in fields(cls)} - derived
         return cls(
             **{name: getattr(args, name) for name in as_given},
             data_dir=data_dir,
+            api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
             k=tuple(args.k) if args.k is not None else None,
             languages=tuple(args.languages) if args.languages else None,
             progress=not args.no_progress,

@@ -1,0 +1,88 @@
+"""Two leftovers of the second red-team round (redteam2):
+
+- ``evaluate --backend openai`` takes its key from ``$OPENAI_API_KEY`` as build-data does, so a
+  user need not put it on a command line (which every process on the machine can read);
+- a MultiPL-E run that coreutils' ``timeout`` killed is a timeout at every sandbox level: the
+  fallback level sees the kill as exit -9, bubblewrap's shell as 137 (Go's timing-out sample was
+  labelled "fail" under ``REFLECTIONCODER_SANDBOX=rlimits``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
+
+import pytest
+
+from reflectioncoder.eval import multiple as ml
+from reflectioncoder.eval.cli import add_arguments, main
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    keys: list[str | None] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Recorder.keys.append(self.headers.get("Authorization"))
+        text = "    return x + y\n```"
+        data = json.dumps({"choices": [{"index": 0, "text": text}] * body.get("n", 1)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _evaluate_through_stub(tmp_path, shared_dir, *extra: str) -> list[str | None]:
+    _Recorder.keys = []
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    argv = ["--task", "mbpp", "--model", "stub", "--backend", "openai", "--limit", "1"]
+    argv += ["--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--base-only"]
+    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(tmp_path / "r.json")]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    try:
+        assert main(parser.parse_args([*argv, *extra, "--no-progress"])) == 0
+    finally:
+        server.shutdown()
+    return _Recorder.keys
+
+
+def test_the_key_comes_from_the_environment(tmp_path, shared_dir, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert _evaluate_through_stub(tmp_path, shared_dir) == ["Bearer sk-from-env"]
+
+
+def test_a_key_given_as_a_flag_wins(tmp_path, shared_dir, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    keys = _evaluate_through_stub(tmp_path, shared_dir, "--api-key", "sk-flag")
+    assert keys == ["Bearer sk-flag"]
+
+
+def test_no_key_sends_no_header(tmp_path, shared_dir, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert _evaluate_through_stub(tmp_path, shared_dir) == [None]
+
+
+@pytest.mark.parametrize("exit_code", [137, -9])
+def test_a_run_timeout_killed_is_a_timeout_at_every_level(exit_code):
+    lang = ml.LANGUAGES["go"]
+    killed = SimpleNamespace(
+        timed_out=False,
+        exit_code=exit_code,
+        ok=False,
+        ending=None,
+        stdout="",
+        stderr=f"{ml._RUN_TIMEOUT_NOTE}\n",
+    )
+    assert ml.verdict(lang, killed, "nonce")[0] == "timeout"
+    # a program that was killed without `timeout`'s note is not a timeout
+    other = SimpleNamespace(**{**vars(killed), "stderr": "Killed\n"})
+    assert ml.verdict(lang, other, "nonce")[0] == "fail"
