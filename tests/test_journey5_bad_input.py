@@ -35,6 +35,8 @@ PROBLEM = {
         (["--rate-limit", "-2"], ["--rate-limit", "got -2"]),
         (["--max-new-tokens", "0"], ["--max-new-tokens", "got 0"]),
         (["--backend", "openai", "--model", "m", "--base-url", "localhost:8000"], ["--base-url"]),
+        (["--n", "5"], ["--n", "not both"]),  # --n was ignored
+        (["--model", "m"], ["--model", "--backend openai"]),  # ignored by the mutation backend
     ],
 )
 def test_build_data_names_the_flag_it_refuses(extra, words, tmp_path, capfd):

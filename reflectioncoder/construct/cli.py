@@ -142,6 +142,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Argument values argparse cannot check alone: a UsageError naming the flag."""
     if args.problems is None and args.n is None:
         raise UsageError("give --n (template problems) or --problems FILE", field="--n")
+    if args.problems is not None and args.n is not None:  # --n would be ignored
+        raise UsageError("give --n (template problems) or --problems FILE, not both", field="--n")
+    for flag in ("--model", "--base-url"):
+        if args.backend == "mutation" and getattr(args, flag[2:].replace("-", "_")) is not None:
+            raise UsageError("needs --backend openai or transformers (the default, mutation, "
+                             "uses no model)", field=flag)  # fmt: skip
     if args.n is not None and args.n < 1:
         raise UsageError(f"expected a number of samples >= 1, got {args.n}", field="--n")
     if args.workers < 1:
