@@ -196,7 +196,8 @@ class TrackioReporter:
         if resume:  # what its store holds (a killed run's last points may never have left it)
             from trackio.sqlite_storage import SQLiteStorage
 
-            for point in SQLiteStorage.get_logs(project, name):
+            run_id = getattr(self.run, "id", None)  # the run resumed (not a namesake)
+            for point in SQLiteStorage.get_logs(project, name, run_id=run_id):
                 for section in {key.split("/")[0] for key in point if "/" in key}:
                     self.sent[section] = max(self.sent.get(section, 0), int(point["step"]))
 
