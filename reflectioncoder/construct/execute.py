@@ -25,6 +25,9 @@ MAX_OUTPUT_CHARS = 2000
 ALL_PASSED = "All tests passed."
 # The last line of the feedback of a run stopped for printing more than the sandbox keeps
 OUTPUT_CAP_NOTE = "[stopped here: the program printed more output than the sandbox keeps]"
+# The last line of the feedback of a failing run that printed the pass line itself (an early
+# exit, a rigged comparison): the feedback never reads as passed when the tests failed
+NOT_PASSED_NOTE = "[the tests did not pass: the line above was printed by the program]"
 _FILE_RE = re.compile(r'File "([^"]+)"')
 
 
@@ -137,12 +140,15 @@ def run_tests(problem: _Problem, code: str, timeout_s: float = 5.0) -> Execution
     program (``judge_tests``), so printing the pass line and exiting, or patching the asserts,
     passes nothing."""
     run = run_program(problem.test_program(code), timeout_s=timeout_s)
-    if not run.passed:
-        return run
-    checks = [t.judged() for t in problem.tests]
-    entry = (problem.entry_point,) if problem.entry_point.isidentifier() else ()
-    passed = judge_tests(code, checks, timeout_s, reference=problem.solution, program=entry)
-    return Execution(run.output, passed, run.timed_out, run.exit_code, run.ending)
+    passed = False
+    if run.passed:
+        checks = [t.judged() for t in problem.tests]
+        entry = (problem.entry_point,) if problem.entry_point.isidentifier() else ()
+        passed = judge_tests(code, checks, timeout_s, reference=problem.solution, program=entry)
+    output = run.output
+    if not passed and output.rstrip().endswith(ALL_PASSED):
+        output = _last_line(output, NOT_PASSED_NOTE)
+    return Execution(output, passed, run.timed_out, run.exit_code, run.ending)
 
 
 def judge_tests(

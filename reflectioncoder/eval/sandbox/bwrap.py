@@ -32,6 +32,7 @@ __all__ = [
     "python_paths",
     "readable_paths",
     "box_seccomp_fd",
+    "box_path",
     "setpriv_path",
     "toolchain_binds",
 ]
@@ -60,6 +61,8 @@ _ETC_PATTERNS = (
 # leaves /proc/sys writable when started by root) and pressure triggers
 _PROC_COVERED = ("/proc/sys", "/proc/pressure")
 _DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+# The box's PATH: the system's program directories, whatever the host's PATH holds
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,6 +91,16 @@ def toolchain_binds(tools: Sequence[str]) -> list[str]:
             if not any(_inside(parent, s) for s in _SYSTEM_PATHS):
                 binds.add(parent)
     return sorted(binds)
+
+
+def box_path(ro_binds: Sequence[str]) -> str:
+    """The run's PATH: the host PATH's directories that lie inside a bound toolchain path
+    (their order kept: ``~/.cargo/bin`` before ``/usr/bin``), then the system's; nothing else
+    of the host's (a home's ``bin``, a project's venv) reaches the box."""
+    binds = [os.path.abspath(b) for b in ro_binds]
+    host = os.environ.get("PATH", "").split(os.pathsep)
+    tools = [d for d in host if os.path.isabs(d) and any(_inside(d, b) for b in binds)]
+    return os.pathsep.join(dict.fromkeys([*tools, *SYSTEM_PATH]))
 
 
 def _ancestors(path: str) -> list[str]:

@@ -191,6 +191,7 @@ class PreparedRun:
         self.root: Path | None = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
         self.cgroup: RunCgroup | None = None
         self.proc: subprocess.Popen | None = None
+        self.run_uid: int | None = None
         self.used = False
         try:
             self._start(argv, files, limits, env, hide, ro_binds, pass_fds)
@@ -215,7 +216,8 @@ class PreparedRun:
         if use_bwrap and os.path.isabs(cmd[0]):  # "venv/../bin/python": only "bin" is mounted
             cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
-        child_env = _child_env(box_work, "/tmp" if use_bwrap else box_work, self.marker, env)
+        tmp = "/tmp" if use_bwrap else box_work
+        child_env = _child_env(box_work, tmp, self.marker, env, bwrap.box_path(ro_binds))
         seccomp_fd = bwrap.box_seccomp_fd() if use_bwrap else None
         # the fallback installs the box's filter itself, between fork and exec
         seccomp = None if use_bwrap else guards.seccomp_filter(os.uname().machine, None)
@@ -388,7 +390,10 @@ class PreparedRun:
         finally:
             # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
             # the next verdict; not a daemon thread, so the interpreter waits for it at exit
-            threading.Thread(target=_remove_run, args=(cgroup, root)).start()
+            # the fallback without Landlock: what the run's own uid left in world-writable folders
+            contained = self.isolation.bwrap or self.isolation.landlock
+            left_by = None if contained else self.run_uid
+            threading.Thread(target=_remove_run, args=(cgroup, root, left_by)).start()
 
 
 def run_sandboxed(
@@ -433,10 +438,12 @@ def run_sandboxed(
     )
 
 
-def _remove_run(cgroup: RunCgroup | None, root: Path) -> None:
+def _remove_run(cgroup: RunCgroup | None, root: Path, left_by: int | None) -> None:
     if cgroup is not None:
         cgroup.remove()
     shutil.rmtree(root, ignore_errors=True)
+    if left_by is not None:
+        runuser.remove_left_files(left_by)
 
 
 def _kill_tree(
@@ -467,10 +474,13 @@ def _write_files(src: Path, files: dict[str, str | bytes]) -> None:
         (src / name).chmod(0o644)
 
 
-def _child_env(home: str, tmp: str, marker: str, extra: dict[str, str] | None) -> dict[str, str]:
-    """The whole environment of the run (nothing of ours leaks in), ``extra`` last."""
+def _child_env(
+    home: str, tmp: str, marker: str, extra: dict[str, str] | None, path: str
+) -> dict[str, str]:
+    """The whole environment of the run (nothing of ours leaks in: ``path`` is the box's
+    fixed PATH, ``bwrap.box_path``), ``extra`` last."""
     child_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": path,
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
         "PYTHONHASHSEED": "0",

@@ -13,18 +13,23 @@ processes and files as well.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RUN_UIDS", "needs_read_all", "new_run_uid", "own_run_dirs"]
+__all__ = ["RUN_UIDS", "needs_read_all", "new_run_uid", "own_run_dirs", "remove_left_files"]
 
 # uids (and gids) runs take, one at random per run: above the ranges distributions give users
 # (< 60000), /etc/subuid's usual ranges (100000 + 65536 x n for a few thousand users) and
 # below 2^31 (some tools read a uid as a signed int)
 RUN_UIDS = range(1_900_000_000, 1_900_000_000 + (1 << 24))
+# World-writable folders a fallback run without Landlock can leave files in (the usual ones;
+# those missing on a machine are skipped)
+WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/crash")
 
 
 def new_run_uid() -> int:
@@ -60,3 +65,27 @@ def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
         path.chmod(0o750 if path.is_dir() else 0o640)
     os.chown(work, uid, uid)
     work.chmod(0o700)
+
+
+def remove_left_files(uid: int, roots: Iterable[str] = WORLD_WRITABLE) -> None:
+    """Remove what the run's ``uid`` left in world-writable folders (the fallback without
+    Landlock: the uid is the run's alone, so all of it is the run's). Descends only into
+    world-writable folders not its own: elsewhere a uid that owns nothing can create nothing."""
+    for root in roots:
+        with contextlib.suppress(OSError):
+            _remove_owned(root, uid)
+
+
+def _remove_owned(folder: str, uid: int) -> None:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            if info.st_uid == uid:
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(entry.path, ignore_errors=True)  # never follows links
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                with contextlib.suppress(OSError):
+                    _remove_owned(entry.path, uid)
