@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from reflectioncoder.eval import sandbox
-from reflectioncoder.eval.sandbox import bwrap, process
+from reflectioncoder.eval.sandbox import bwrap, process, runuser
 
 _FIXED_ENV = {"LANG", "OMP_NUM_THREADS", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "TMPDIR"}
 
@@ -86,3 +86,24 @@ def test_the_fallback_leaves_no_files(monkeypatch):
         time.sleep(0.05)
     assert not [str(p) for p in left if os.path.lexists(p)]
     assert Path("/etc/hostname").exists()  # the link went, not what it named
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to a run's uid is root's")
+def test_the_sweep_stops_at_its_depth(tmp_path):
+    """A sibling's chain of world-writable folders (another uid's, 300 deep) neither crashes
+    nor slows the sweep; files of the run's uid in the first levels go, the deeper ones stay
+    (until the sibling's own sweep removes its chain)."""
+    uid, sibling = runuser.new_run_uid(), runuser.new_run_uid()
+    folder = tmp_path
+    folder.chmod(0o1777)
+    for level in range(300):
+        mine = folder / f"left-{level}"
+        mine.write_text("x")
+        os.chown(mine, uid, uid)
+        folder = folder / "d"
+        folder.mkdir()
+        os.chown(folder, sibling, sibling)
+        folder.chmod(0o777)
+    runuser.remove_left_files(uid, [str(tmp_path)])
+    left = sorted(int(n.split("-")[1]) for _, _, names in os.walk(tmp_path) for n in names)
+    assert left == list(range(4, 300))

@@ -30,6 +30,7 @@ RUN_UIDS = range(1_900_000_000, 1_900_000_000 + (1 << 24))
 # World-writable folders a fallback run without Landlock can leave files in (the usual ones;
 # those missing on a machine are skipped)
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/crash")
+_SWEEP_DEPTH = 4  # those folders and three levels of world-writable folders under them
 
 
 def new_run_uid() -> int:
@@ -70,13 +71,14 @@ def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
 def remove_left_files(uid: int, roots: Iterable[str] = WORLD_WRITABLE) -> None:
     """Remove what the run's ``uid`` left in world-writable folders (the fallback without
     Landlock: the uid is the run's alone, so all of it is the run's). Descends only into
-    world-writable folders not its own: elsewhere a uid that owns nothing can create nothing."""
+    world-writable folders not its own (elsewhere a uid that owns nothing can create nothing),
+    ``_SWEEP_DEPTH`` deep at most: a sibling's chain of 0777 folders costs the sweep little."""
     for root in roots:
         with contextlib.suppress(OSError):
-            _remove_owned(root, uid)
+            _remove_owned(root, uid, _SWEEP_DEPTH)
 
 
-def _remove_owned(folder: str, uid: int) -> None:
+def _remove_owned(folder: str, uid: int, depth: int) -> None:
     with os.scandir(folder) as entries:
         for entry in entries:
             info = entry.stat(follow_symlinks=False)
@@ -86,6 +88,6 @@ def _remove_owned(folder: str, uid: int) -> None:
                 else:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-            elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+            elif depth > 1 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
                 with contextlib.suppress(OSError):
-                    _remove_owned(entry.path, uid)
+                    _remove_owned(entry.path, uid, depth - 1)
