@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reflectioncoder.errors import UsageError, UserError, require_file
+from reflectioncoder.file_modes import weights_mode_like_config
 
 SOURCE_FILE = "gguf_source.json"
 # llama.cpp's LLAMA_FTYPE names (general.file_type), for the record.
@@ -178,6 +179,7 @@ def _write_hf_folder(file: Path, out: Path) -> int:
     model.generation_config = loaded.generation_config
     out.mkdir(parents=True)
     model.save_pretrained(out)
+    weights_mode_like_config(out)
     tokenizer.save_pretrained(out)
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 

@@ -51,6 +51,7 @@ from safetensors import SafetensorError
 
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.file_modes import weights_mode_like_config
 from reflectioncoder.train import distributed
 from reflectioncoder.train.deepspeed_engine import convert_to_universal
 from reflectioncoder.train.distributed import DistInfo
@@ -213,6 +214,7 @@ def save_hf_model(
             config.save_pretrained(str(path))
     finally:
         config._attn_implementation = saved_impl
+    weights_mode_like_config(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     if card is not None:
