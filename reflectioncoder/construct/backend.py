@@ -267,6 +267,11 @@ def _fenced_blocks(reply: str) -> list[tuple[str, int, str]]:
     return blocks
 
 
+def _opens_unclosed_fence(reply: str) -> bool:
+    """Whether the reply's fence lines, paired in order, leave one open at its end."""
+    return sum(line.strip().startswith("```") for line in reply.splitlines()) % 2 == 1
+
+
 def split_reply(reply: str) -> Draft:
     """A chat reply -> (the text before its last python fence, the fenced code). A fence
     without a language tag counts only when the reply has no python-tagged one: an output or
@@ -274,6 +279,10 @@ def split_reply(reply: str) -> Draft:
     blocks = _fenced_blocks(reply)
     code = [b for b in blocks if b[0] in _PYTHON_TAGS] or [b for b in blocks if not b[0]]
     if not code:
+        if _opens_unclosed_fence(reply):  # a small model's reply cut at its token limit
+            raise ValueError(
+                f"reply: code fence never closed (cut short? --max-new-tokens) in {reply[-200:]!r}"
+            )
         raise ValueError(f"reply: no python code fence in {reply[:200]!r}")
     _, start, text = code[-1]
     return Draft(reply[:start].strip(), text.replace("\r\n", "\n").strip() + "\n")
