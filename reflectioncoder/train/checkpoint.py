@@ -261,9 +261,7 @@ def save_checkpoint(
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             (tmp / COMPLETE).write_text("ok\n")
             _replace_dir(tmp, path)  # rank 0 alone: another rank's rename would find no tmp
-            others = [p for p in list_checkpoints(out_dir) if p != path]
-            for old in others[: max(0, len(others) - (keep_last - 1))]:
-                shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(out_dir, keep_last, keep=path)
     distributed.barrier()
     return path
 
@@ -364,6 +362,17 @@ def _disk_error(err: BaseException) -> OSError | SafetensorError | None:
             (e for e, _ in failures.values() if isinstance(e, OSError | SafetensorError)), err
         )
     return err if isinstance(err, OSError | SafetensorError) else None
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int, keep: Path) -> None:
+    """Delete the oldest checkpoints but ``keep_last`` (``keep`` among them). Each is renamed
+    out of ``list_checkpoints``' sight before its files go: a Ctrl-C during the deletion left a
+    folder with COMPLETE but no model listed as complete (the next save clears the rest)."""
+    others = [p for p in list_checkpoints(out_dir) if p != keep]
+    for old in others[: max(0, len(others) - (keep_last - 1))]:
+        doomed = old.with_name(TMP_PREFIX + "pruned-" + old.name)
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _clear_torn_saves(root: Path) -> None:
