@@ -177,6 +177,8 @@ def _write_hf_folder(file: Path, out: Path) -> int:
         raise UserError(f"weights do not fit the config: missing {missing}, extra {unexpected}")
     model.tie_weights()
     model.generation_config = loaded.generation_config
+    if tokenizer.model_max_length > config.max_position_embeddings:  # GGUF has no such field
+        tokenizer.model_max_length = config.max_position_embeddings
     out.mkdir(parents=True)
     model.save_pretrained(out)
     weights_mode_like_config(out)

@@ -1,4 +1,5 @@
-"""A saved model's weights are as readable as the rest of its folder.
+"""Saved and converted model folders as other tools read them: weights as readable as the rest of
+the folder, and a converted tokenizer that knows the context length.
 
 safetensors 0.8 writes model.safetensors through a temporary file created 0600 (safetensors#782):
 the trained SmolLM2's final/ and checkpoint model/ folders, and the install-model / convert-gguf
@@ -47,3 +48,14 @@ def test_converted_gguf_weights_follow_the_umask(tmp_path):
     with _umask(0o022):
         assert cli_main(["convert-gguf", str(gguf), str(tmp_path / "hf"), "--no-progress"]) == 0
     assert _mode(tmp_path / "hf" / "model.safetensors") == 0o644
+
+
+def test_converted_tokenizer_knows_the_context_length(tmp_path):
+    """A GGUF carries no tokenizer model_max_length: SmolLM2's converted tokenizer said 1e30, so
+    nothing warned of or truncated a prompt past the model's 8192 positions."""
+    from transformers import AutoTokenizer
+
+    gguf = tmp_path / "tiny.Q8_0.gguf"
+    write_tiny_gguf(gguf)  # context length 256
+    assert cli_main(["convert-gguf", str(gguf), str(tmp_path / "hf"), "--no-progress"]) == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").model_max_length == 256
