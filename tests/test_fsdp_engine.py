@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows, poison_step
+from test_distributed import REPO_ROOT, TOLERANCE, _overrides, _rows, poison_step
 from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
 
 from reflectioncoder.activation_checkpointing import FSDP_GATHERED_BYTES
@@ -30,6 +30,9 @@ from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 
 STEPS, STOP, POISON = 4, 2, 1
+# torchrun's own rendezvous on a port it binds (localhost:0): a port picked here, closed and
+# handed over (_free_port) could be taken meanwhile by another test's launch on a busy machine
+STANDALONE = ["--standalone"]
 FSDP = ["distributed.backend=fsdp"]
 SINGLE = ["distributed.backend=none"]
 COMMON = [f"train.max_steps={STEPS}", "train.epochs=2"]
@@ -47,7 +50,7 @@ def _train(overrides: list[str], poison: int | None = None) -> Trainer:
 def _torchrun(spec: dict, ranks: int = 2) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}"]
-    args += [f"--master_port={_free_port()}", __file__, json.dumps(spec)]
+    args += [*STANDALONE, __file__, json.dumps(spec)]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stderr
@@ -304,9 +307,20 @@ def _driver(spec: dict) -> None:
     trainer.close()
 
 
+def leave(code: int = 0) -> None:
+    """End a rank whose work is done, its trainer closed (process group destroyed) and its
+    output flushed, skipping the interpreter's teardown: there gloo's threads can abort the
+    process (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489,
+    1 run in 17 of test_fsdp_load's driver before it did this) after every result is written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # one rank under torchrun
     import logging
 
     logging.basicConfig(level=logging.INFO)
     spec = json.loads(sys.argv[1])
     _part(spec) if "resume" in spec else _driver(spec)
+    leave()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import REPO_ROOT, _free_port, _overrides, _rows
-from test_fsdp_engine import _same_rows, _torchrun
+from test_distributed import REPO_ROOT, _overrides, _rows
+from test_fsdp_engine import STANDALONE, _same_rows, _torchrun, leave
 from test_zero3_load import save_model
 
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -113,7 +113,7 @@ def test_a_relaunch_resumes_over_the_sharded_load(tmp_path, seed):
 def _launch(spec: dict) -> list[dict]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    args += [f"--master_port={_free_port()}", __file__, json.dumps(spec)]
+    args += [*STANDALONE, __file__, json.dumps(spec)]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     ranks = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -205,8 +205,4 @@ def _compare(spec: dict) -> None:
 
 if __name__ == "__main__":  # one rank under torchrun
     _compare(json.loads(sys.argv[1])["compare"])
-    # Past here only interpreter teardown is left, where gloo's threads can abort a process that
-    # made two process-group users ("terminate called without an active exception", 1 run in 17
-    # here; pytorch/pytorch#190489): the results are printed and both trainers closed, so leave.
-    sys.stdout.flush()
-    os._exit(0)
+    leave()  # the results printed and both trainers closed: no interpreter teardown
