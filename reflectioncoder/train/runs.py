@@ -102,8 +102,15 @@ def main(args: argparse.Namespace) -> int:
     rows = checkpoint_rows(folder)
     if not rows and not (folder / "final").is_dir():
         run = _run_folder_above(folder)
-        why = f"a folder inside the run {run}: give that" if run else "holds no checkpoints"
-        raise UsageError(why if run else f"{why} and no final model", file=folder, field="FOLDER")
+        if run:
+            raise UsageError(
+                f"a folder inside the run {run}: give that", file=folder, field="FOLDER"
+            )
+        raise UsageError(
+            f"holds no checkpoints and no final model{_runs_inside(folder)}",
+            file=folder,
+            field="FOLDER",
+        )
     print(f"{'checkpoint':<34}{'step':>8}{'loss':>10}  state")
     for r in rows:
         step = f"{r['step']}" if r["total_steps"] is None else f"{r['step']}/{r['total_steps']}"
@@ -114,6 +121,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
     print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
+
+
+def _runs_inside(folder: Path) -> str:
+    """``; the runs in it: a, b: give one`` when ``folder`` holds run folders (``runs/``)."""
+    runs = sorted(p.name for p in folder.iterdir() if (p / "config.yaml").is_file())
+    return f"; the runs in it: {', '.join(runs)}: give one" if runs else ""
 
 
 def _resume_line(candidates: list[dict[str, Any]]) -> str:
