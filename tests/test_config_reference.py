@@ -70,7 +70,9 @@ def test_every_field_a_document_names_exists():
     quoted = re.compile(rf"`({sections})\.([a-z_0-9]+)`")
     named = set()
     for path in DOCUMENTS:
-        text = path.read_text()
+        # a line showing a misspelt field's suggestion names the misspelling on purpose
+        lines = path.read_text().splitlines()
+        text = "\n".join(line for line in lines if "did you mean" not in line)
         for section, name in override.findall(text) + quoted.findall(text):
             named.add((path.relative_to(ROOT), f"{section}.{name}"))
     assert len(named) > 20
