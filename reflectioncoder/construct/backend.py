@@ -267,6 +267,25 @@ def _fenced_blocks(reply: str) -> list[tuple[str, int, str]]:
     return blocks
 
 
+_CODE_STARTS = ("def ", "class ", "import ", "from ", "@")
+
+
+def _bare_code(reply: str) -> str | None:
+    """A reply that is code with no opening fence, up to a closing fence it may add (SmolLM2
+    answers so about half the time): that code when it compiles (compiled, never run), else
+    None."""
+    lines = reply.strip().splitlines()
+    if not lines or not lines[0].startswith(_CODE_STARTS):
+        return None
+    end = next((i for i, line in enumerate(lines) if line.strip().startswith("```")), len(lines))
+    code = "\n".join(lines[:end]).strip() + "\n"
+    try:
+        compile(code, "<reply>", "exec")
+    except (SyntaxError, ValueError):
+        return None
+    return code
+
+
 def _opens_unclosed_fence(reply: str) -> bool:
     """Whether the reply's fence lines, paired in order, leave one open at its end."""
     return sum(line.strip().startswith("```") for line in reply.splitlines()) % 2 == 1
@@ -275,10 +294,14 @@ def _opens_unclosed_fence(reply: str) -> bool:
 def split_reply(reply: str) -> Draft:
     """A chat reply -> (the text before its last python fence, the fenced code). A fence
     without a language tag counts only when the reply has no python-tagged one: an output or
-    shell block after the code is not the code."""
+    shell block after the code is not the code. A reply with no fence that starts as code and
+    compiles is that code (no text)."""
     blocks = _fenced_blocks(reply)
     code = [b for b in blocks if b[0] in _PYTHON_TAGS] or [b for b in blocks if not b[0]]
     if not code:
+        bare = _bare_code(reply)
+        if bare is not None:
+            return Draft("", bare)
         if _opens_unclosed_fence(reply):  # a small model's reply cut at its token limit
             raise ValueError(
                 f"reply: code fence never closed (cut short? --max-new-tokens) in {reply[-200:]!r}"

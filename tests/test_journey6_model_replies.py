@@ -1,4 +1,5 @@
-"""A model's reply cut at its token limit inside the code fence is counted as such.
+"""What build-data takes from a real model's replies: a fence cut at the token limit is counted as
+such, and a reply that is code without a fence is that code.
 
 SmolLM2-135M under `build-data --backend transformers --max-new-tokens 96` copied the problem's
 docstring into its fence and ran out of tokens before closing it: 7 attempts were rejected as
@@ -38,3 +39,34 @@ def test_a_cut_fence_is_named_as_cut():
 def test_build_data_counts_cut_replies_by_their_cause():
     with pytest.raises(RuntimeError, match="code fence never closed"):
         build_dataset(1, 0, backend=_CutModel(0), generation_fraction=0)
+
+
+# Replies SmolLM2-135M wrote under build-data (--max-new-tokens 128): 5 of 7 rejected replies
+# were the code itself with no opening fence, some with a closing one and prose after it.
+UNFENCED = (
+    "def any_less_than_8(nums: list[int]) -> bool:\n"
+    '    """Return True if at least one number in nums is less than 8."""\n'
+    "    return any(num <= 8 for num in nums)\n\n"
+    "# Test the function\nassert any_less_than_8([11, 4, 5]) == True\n"
+)
+
+
+@pytest.mark.parametrize(
+    "tail", ["", "```\n\nThis function uses a generator expression to filter the input list."]
+)
+def test_a_reply_that_is_code_without_a_fence_is_that_code(tail):
+    draft = split_reply(UNFENCED + tail)
+    assert draft.code == UNFENCED.strip() + "\n" and draft.text == ""
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        UNFENCED + "assert any_less_than_8([1, 2",  # cut mid-line: not Python
+        "Here is why it failed: the loop stops early.",
+        "import this is not python",
+    ],
+)
+def test_unfenced_text_that_is_not_code_is_still_refused(reply):
+    with pytest.raises(ValueError, match="reply: no python code fence"):
+        split_reply(reply)
