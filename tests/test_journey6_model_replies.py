@@ -60,13 +60,13 @@ def test_a_reply_that_is_code_without_a_fence_is_that_code(tail):
 
 
 @pytest.mark.parametrize(
-    "reply",
+    ("reply", "why"),
     [
-        UNFENCED + "assert any_less_than_8([1, 2",  # cut mid-line: not Python
-        "Here is why it failed: the loop stops early.",
-        "import this is not python",
+        (UNFENCED + "assert any_less_than_8([1, 2", "unfenced code that does not compile"),
+        ("import this is not python", "unfenced code that does not compile"),
+        ("Here is why it failed: the loop stops early.", "no python code fence"),
     ],
 )
-def test_unfenced_text_that_is_not_code_is_still_refused(reply):
-    with pytest.raises(ValueError, match="reply: no python code fence"):
+def test_unfenced_text_that_is_not_code_is_still_refused(reply, why):
+    with pytest.raises(ValueError, match=f"reply: {why}"):
         split_reply(reply)

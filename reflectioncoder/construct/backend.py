@@ -302,6 +302,11 @@ def split_reply(reply: str) -> Draft:
         bare = _bare_code(reply)
         if bare is not None:
             return Draft("", bare)
+        if reply.strip().startswith(_CODE_STARTS):  # no fence, cut at the token limit
+            raise ValueError(
+                "reply: unfenced code that does not compile (cut short? "
+                f"--max-new-tokens) in {reply[-200:]!r}"
+            )
         if _opens_unclosed_fence(reply):  # a small model's reply cut at its token limit
             raise ValueError(
                 f"reply: code fence never closed (cut short? --max-new-tokens) in {reply[-200:]!r}"
