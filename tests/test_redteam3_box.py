@@ -106,4 +106,10 @@ def test_the_sweep_stops_at_its_depth(tmp_path):
         folder.chmod(0o777)
     runuser.remove_left_files(uid, [str(tmp_path)])
     left = sorted(int(n.split("-")[1]) for _, _, names in os.walk(tmp_path) for n in names)
+    # bottom-up, here: pytest's later clean-up of old temp folders recurses and fails on 300
+    for root, dirs, names in os.walk(tmp_path, topdown=False):
+        for name in names:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
     assert left == list(range(4, 300))
