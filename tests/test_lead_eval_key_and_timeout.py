@@ -10,33 +10,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from types import SimpleNamespace
 
 import pytest
+from test_eval_generate import _Stub
 
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval.cli import add_arguments, main
 
 
-class _Recorder(BaseHTTPRequestHandler):
+class _Recorder(_Stub):
+    """The openai stub of test_eval_generate, keeping each request's Authorization header."""
+
     keys: list[str | None] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Recorder.keys.append(self.headers.get("Authorization"))
-        text = "    return x + y\n```"
-        data = json.dumps({"choices": [{"index": 0, "text": text}] * body.get("n", 1)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        super().do_POST()
 
 
 def _evaluate_through_stub(tmp_path, shared_dir, *extra: str) -> list[str | None]:
@@ -48,10 +40,12 @@ def _evaluate_through_stub(tmp_path, shared_dir, *extra: str) -> list[str | None
     argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(tmp_path / "r.json")]
     parser = argparse.ArgumentParser()
     add_arguments(parser)
+    kept = list(_Stub.requests)  # test_eval_generate counts the requests its stub saw
     try:
         assert main(parser.parse_args([*argv, *extra, "--no-progress"])) == 0
     finally:
         server.shutdown()
+        _Stub.requests[:] = kept
     return _Recorder.keys
 
 
