@@ -143,12 +143,14 @@ def _reflection_record(
     answer: Draft,
     final: Execution,
 ) -> dict:
-    """The SPEC §1 sample: the instruction, the reflection sequence (each turn's text, program
-    and real output), the instruction again and the one-off answer; how it was made."""
+    """The SPEC §1 sample: the instruction, the reflection sequence (each turn's text, unless it
+    has none, its program and real output), the instruction again and the one-off answer; how it
+    was made."""
     body = []
     for turn in history:
+        if turn.draft.text.strip():  # a reply that opens with its code has no text block
+            body.append(_text(turn.draft.text))
         body += [
-            _text(turn.draft.text),
             {"type": "code", "content": turn.program.rstrip("\n")},
             {"type": "execution", "content": turn.execution.output},
         ]
