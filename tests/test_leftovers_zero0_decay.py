@@ -68,11 +68,11 @@ def test_zero0_16bit_first_step_decays_once(tmp_path, seed, dtype, tolerance):
 
 def test_no_decay_while_deepspeed_starts_a_16bit_zero0_optimizer(seed):
     """The mechanism on torch's AdamW: the step on zero gradients DeepSpeed takes as it starts
-    leaves the weights as they were inside ``_no_decay_while_starting`` (it shrank them by
+    leaves the weights as they were inside ``_starting_step_undone`` (it shrank them by
     lr x weight_decay), and the decay is back for the next, real step. ZeRO 1-3 and fp32 ZeRO-0
     take no such step: their decay is left alone."""
     from reflectioncoder.config import OptimConfig
-    from reflectioncoder.train.deepspeed_engine import _no_decay_while_starting
+    from reflectioncoder.train.deepspeed_engine import _starting_step_undone
     from reflectioncoder.train.engine import _adamw
 
     def config(stage, fp16):
@@ -81,7 +81,7 @@ def test_no_decay_while_deepspeed_starts_a_16bit_zero0_optimizer(seed):
     weight = torch.nn.Parameter(torch.randn(8, 8))
     optimizer = _adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
     start = weight.detach().clone()
-    with _no_decay_while_starting(optimizer, config(0, True)):
+    with _starting_step_undone(optimizer, config(0, True)):
         weight.grad = torch.zeros_like(weight)  # FP16_UnfusedOptimizer.initialize_optimizer_states
         optimizer.step()
     assert torch.equal(weight.detach(), start)
@@ -89,5 +89,5 @@ def test_no_decay_while_deepspeed_starts_a_16bit_zero0_optimizer(seed):
     optimizer.step()  # a real step on the same zero gradient: the decay alone moves the weights
     torch.testing.assert_close(weight.detach(), start * (1 - 1e-2 * 5.0))
     for stage, fp16 in ((1, True), (3, False), (0, False)):
-        with _no_decay_while_starting(optimizer, config(stage, fp16)):
+        with _starting_step_undone(optimizer, config(stage, fp16)):
             assert optimizer.param_groups[0]["weight_decay"] == 5.0

@@ -85,7 +85,7 @@ class DeepSpeedEngine:
         optimizer = _adamw(
             params, run.optim, on_cpu=offloads_optimizer(self.config), fused=self._bare
         )
-        with _no_decay_while_starting(optimizer, self.config), deepspeed_prints_quieted():
+        with _starting_step_undone(optimizer, self.config), deepspeed_prints_quieted():
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=module, optimizer=optimizer, config=self.config
             )
@@ -105,8 +105,6 @@ class DeepSpeedEngine:
         from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
         self._scaled_norm = self.scales_loss and isinstance(self.optimizer, FP16_UnfusedOptimizer)
-        if isinstance(self.optimizer, FP16_UnfusedOptimizer):
-            _restart_step_count(self.optimizer.optimizer)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.engine(*args, **kwargs)
@@ -255,12 +253,14 @@ def _deepspeed_scales_loss(engine: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _no_decay_while_starting(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
-    """No weight decay inside ``deepspeed.initialize`` at ZeRO-0 in 16 bits: DeepSpeed 0.19.8's
-    16-bit optimizer there (``FP16_UnfusedOptimizer``, bf16's too) steps AdamW on zero gradients
-    to create its state. The zero moments move nothing, but AdamW's decoupled decay shrank every
-    fp32 master by lr x weight_decay (the peak lr, whatever the warmup) before any gradient: the
-    first real step then carried that decay twice (tests/test_leftovers_zero0_decay.py)."""
+def _starting_step_undone(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+    """Around ``deepspeed.initialize``: undo the step DeepSpeed 0.19.8's 16-bit optimizer at
+    ZeRO-0 (``FP16_UnfusedOptimizer``, bf16's too) takes on zero gradients to create AdamW's
+    state. The zero moments move nothing, but (1) AdamW's decoupled decay shrank every fp32
+    master by lr x weight_decay (the peak lr, whatever the warmup) before any gradient, so the
+    first real step carried the decay twice (tests/test_leftovers_zero0_decay.py): no decay
+    inside; (2) the step count is 1, so every bias correction after was a step ahead (the first
+    update 0.744 of AdamW's, tests/test_review13_fp16_loss_scale.py): back to 0 after."""
     starts_with_a_step = config["zero_optimization"].get("stage", 0) == 0 and not (
         _steps_client_bare(config)
     )
@@ -270,20 +270,15 @@ def _no_decay_while_starting(optimizer: torch.optim.Optimizer, config: dict[str,
             group["weight_decay"] = 0.0
     try:
         yield
+        if starts_with_a_step:
+            for state in optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"].zero_()
+                elif "step" in state:
+                    state["step"] = 0
     finally:
         for group, decay in zip(optimizer.param_groups, decays, strict=True):
             group["weight_decay"] = decay
-
-
-def _restart_step_count(optimizer: torch.optim.Optimizer) -> None:
-    """DeepSpeed 0.19.8's 16-bit optimizer at ZeRO-0 (``FP16_UnfusedOptimizer``) creates AdamW's
-    state with a step on zero gradients: the moments stay 0 but the step count is 1, so every
-    bias correction after is a step ahead (the first update was 0.744 of AdamW's). Back to 0."""
-    for state in optimizer.state.values():
-        if torch.is_tensor(state.get("step")):
-            state["step"].zero_()
-        elif "step" in state:
-            state["step"] = 0
 
 
 def drop_skipped_sums(zero_optimizer: Any) -> None:
