@@ -12,7 +12,6 @@ then command-line overrides.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
+from reflectioncoder.errors import did_you_mean
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -47,8 +47,7 @@ def _check_arch(arch: dict[str, Any]) -> None:
     """``model.arch`` checked when the config is read (``--print-config`` too), not as a
     TypeError or a bare ``num_heads: ...`` once the data is tokenised."""
     for key in arch:
-        close = difflib.get_close_matches(str(key), ARCH_FIELDS, n=1, cutoff=0.7)
-        hint = f" (did you mean model.arch.{close[0]}?)" if close else ""
+        hint = did_you_mean(key, ARCH_FIELDS, "model.arch")
         _check(key in ARCH_FIELDS, f"model.arch.{key}",
                f"unknown field{hint}; known: {', '.join(ARCH_FIELDS)}")  # fmt: skip
     for key in ARCH_SIZES:

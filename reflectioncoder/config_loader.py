@@ -10,7 +10,6 @@ name the field and where its value came from (file:line:column, or the ``--set``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -21,7 +20,7 @@ import yaml
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_presets import preset
-from reflectioncoder.errors import ConfigError, UsageError
+from reflectioncoder.errors import ConfigError, UsageError, did_you_mean
 
 Origins = dict[str, tuple[str, int | None, int | None]]  # "optim.lr" -> (file, line, column)
 
@@ -62,9 +61,9 @@ def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None)
 def _did_you_mean(key: str, names: set[str], where: str) -> str:
     """`` (did you mean train.max_steps?)`` for a misspelt field, or one put in another section
     (``train.lr``: ``optim.lr``); empty when nothing is close."""
-    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.7)
+    close = did_you_mean(key, names, where)
     if close:
-        return f" (did you mean {where + '.' if where else ''}{close[0]}?)"
+        return close
     if where.count(".") == 0 and where:  # a field of a section: is it another section's?
         hints = typing.get_type_hints(RunConfig)
         for section in dataclasses.fields(RunConfig):

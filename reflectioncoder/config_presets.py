@@ -6,17 +6,15 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from reflectioncoder.errors import UsageError
+from reflectioncoder.errors import UsageError, did_you_mean
 
 
 def preset(name: str) -> dict[str, Any]:
     """Preset ``name`` (a key of ``PRESETS``) as a nested dict."""
     if not isinstance(name, str) or name not in PRESETS:
-        close = difflib.get_close_matches(str(name), sorted(PRESETS), n=1, cutoff=0.7)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise UsageError(
             f"unknown {name!r}{hint}; known: {', '.join(sorted(PRESETS))}", field="preset"
         )

@@ -10,6 +10,7 @@ the same way, so a new command gets this without code of its own.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import signal
@@ -39,6 +40,14 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def did_you_mean(key: str, names: object, where: str = "") -> str:
+    """`` (did you mean train.max_steps?)`` when one of ``names`` is close to a misspelt
+    ``key`` (``where``: the section it is in, prefixed to the suggestion); empty otherwise. The
+    one home of the hint for config fields, presets and DeepSpeed JSON keys."""
+    close = difflib.get_close_matches(str(key), sorted(map(str, names)), n=1, cutoff=0.7)
+    return f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
 
 
 class UserError(ValueError):

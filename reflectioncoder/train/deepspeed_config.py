@@ -5,9 +5,13 @@ load a model into partitions (``zero3_partitioning``, ``zero3_local_piece``,
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import copy
 import dataclasses
+import functools
 import json
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 
 from reflectioncoder.config import OptimConfig, RunConfig
-from reflectioncoder.errors import ConfigError
+from reflectioncoder.errors import ConfigError, did_you_mean
 from reflectioncoder.train.distributed import DistInfo, resolve_dtype
 
 
@@ -75,7 +79,45 @@ def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
 
 def _user_json(run: RunConfig) -> dict[str, Any]:
     path = run.distributed.deepspeed_config
-    return json.loads(Path(path).read_text()) if path else {}
+    return read_deepspeed_json(path) if path else {}
+
+
+def read_deepspeed_json(path: str | Path) -> dict[str, Any]:
+    """The user's DeepSpeed JSON, checked against what the installed DeepSpeed reads: a key it
+    does not know (a typo it would ignore, or stop on deep in ``deepspeed.initialize``), or a
+    value its config models refuse, is one ``ConfigError`` naming the file, the line and the key
+    path, with the key meant when one is close. Read once per file version."""
+    stat = Path(path).stat()
+    return copy.deepcopy(_checked_json(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_json(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    text = Path(path).read_text(encoding="utf-8")
+    field = "distributed.deepspeed_config"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"not valid JSON: {err.msg}", file=path, line=err.lineno,
+                          column=err.colno, field=field) from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a JSON object, got {type(data).__name__}", file=path,
+                          field=field)  # fmt: skip
+    problem = deepspeed_json_problem(data)
+    if problem is not None:
+        keys, reason = problem
+        line, column = _line_of(text, keys[-1]) if keys else (None, None)
+        raise ConfigError(reason, file=path, line=line, column=column,
+                          field=".".join(map(str, keys)) or field)  # fmt: skip
+    return data
+
+
+def _line_of(text: str, key: object) -> tuple[int | None, int | None]:
+    """Where ``"key"`` first appears in the JSON text (1-based line and column)."""
+    at = text.find(json.dumps(str(key)))
+    if at < 0:
+        return None, None
+    return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
 
 
 def _zero_stage(run: RunConfig) -> int:
@@ -247,3 +289,211 @@ def _fp32_sums(cfg: dict[str, Any], bf16: dict[str, Any], stage: int, offload: b
         # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
         # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
         bf16.setdefault("immediate_grad_update", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# What DeepSpeed reads of its JSON: its config parser (``DeepSpeedConfig._initialize_params``)
+# run over dicts that record the keys it asks for, and its pydantic models (extra keys refused).
+
+
+class _Reads(dict):
+    """A JSON object that records which of its keys DeepSpeed's parser asks for. ``opaque``:
+    it was iterated (every key may be used); ``seen``: the dict paths read, newest last."""
+
+    def __init__(self, data: dict[str, Any], path: tuple = (), seen: list | None = None) -> None:
+        self.path, self.asked, self.opaque = path, set(), False
+        self.seen = seen if seen is not None else [path]
+        super().__init__({k: self._wrap(v, (*path, k)) for k, v in data.items()})
+
+    def _wrap(self, value: Any, path: tuple) -> Any:
+        return _Reads(value, path, self.seen) if isinstance(value, dict) else value
+
+    def _ask(self, key: Any) -> None:
+        self.asked.add(key)
+        value = dict.get(self, key)
+        if isinstance(value, _Reads):
+            self.seen.append(value.path)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._ask(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._ask(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self._ask(key)
+        return super().__contains__(key)
+
+    def keys(self) -> collections.abc.KeysView:
+        return _AskedKeys(self)
+
+    def __iter__(self):
+        self.opaque = True
+        return super().__iter__()
+
+    def items(self):
+        self.opaque = True
+        return super().items()
+
+    def values(self):
+        self.opaque = True
+        return super().values()
+
+
+class _AskedKeys(collections.abc.KeysView):
+    """``key in d.keys()`` asks for ``key``; iterating the keys makes ``d`` opaque."""
+
+    def __iter__(self):
+        self._mapping.opaque = True
+        return dict.__iter__(self._mapping)
+
+
+def _deepspeed_parses(data: _Reads) -> None:
+    """DeepSpeed's own reading of its JSON (no world, no batch-size arithmetic)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    parsed = object.__new__(DeepSpeedConfig)
+    parsed.world_size, parsed.global_rank, parsed._param_dict = 1, 0, data
+    parsed._initialize_params(data)
+
+
+@functools.cache
+def _top_level_keys() -> frozenset[str]:
+    """The top-level keys DeepSpeed's parser asks for (what a one-key JSON is asked: some
+    sections are looked for only in a JSON that is not empty)."""
+    probe = _Reads({"steps_per_print": 10})
+    _deepspeed_parses(probe)
+    return frozenset(probe.asked)
+
+
+def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
+    """The first key of a DeepSpeed JSON that the installed DeepSpeed does not know (a typo it
+    would ignore, or refuse deep in ``deepspeed.initialize``), or value its config models refuse:
+    (the key path, why); None when it reads the whole JSON (or DeepSpeed is not installed)."""
+    try:
+        import deepspeed
+        from deepspeed.runtime.config import DeepSpeedConfigError, _reject_removed_config_keys
+    except ImportError:
+        return None
+    unknown = f"unknown key: DeepSpeed {deepspeed.__version__} has no such setting"
+    try:
+        _reject_removed_config_keys(data)
+    except DeepSpeedConfigError as err:  # a section DeepSpeed removed: its own message
+        message = str(err).split(" See ")[0]
+        zero = data.get("zero_optimization")
+        keys = [(k,) for k in data] + [("zero_optimization", k) for k in _mapping(zero)]
+        return next((p for p in keys if f"{p[-1]}'" in message), ()), message
+    known = _top_level_keys()
+    for key in data:
+        if key not in known:
+            return (key,), unknown.replace(":", did_you_mean(key, known) + ":", 1)
+    autos = [path for path in _paths(data) if len(path) > 1 and _at(data, path) == "auto"]
+    for sentinel in (None, *autos):  # each "auto" (DeepSpeed drops them unread) asked alone
+        problem = _parse_problem(_without_autos(data, keep=sentinel), unknown, sentinel)
+        if problem is not None:
+            return problem
+    return None
+
+
+_ASKED = object()  # an "auto" value under test: any value the key's model refuses
+
+
+def _parse_problem(data: dict[str, Any], unknown: str, auto: tuple | None) -> tuple | None:
+    """DeepSpeed's parser over ``data``: an extra key or bad value its models refuse, or a key
+    of a section it reads key by key that it never asks for."""
+    import pydantic
+
+    reads = _Reads(data)
+    try:
+        _deepspeed_parses(reads)
+    except pydantic.ValidationError as err:
+        for error in err.errors():
+            path = _error_path(data, reads.seen, tuple(error["loc"]))
+            if error["input"] is _ASKED and error["type"] != "extra_forbidden":
+                continue  # a key DeepSpeed knows, refusing the test value: the "auto" is fine
+            if error["type"] == "extra_forbidden":
+                known = _model_fields(err.title, error["loc"][:-1])
+                hint = did_you_mean(path[-1], known, ".".join(map(str, path[:-1])))
+                return path, unknown.replace(":", hint + ":", 1)
+            return path, f"{error['msg']} (got {error['input']!r})"
+        return None
+    except Exception:  # noqa: BLE001 (a value DeepSpeed refuses by other means: its own error)
+        return None
+    for asked in _dicts(reads):
+        if asked.path and asked.asked and not asked.opaque:
+            extra = [k for k in dict.keys(asked) if k not in asked.asked]
+            if extra and (auto is None or (*asked.path, extra[0]) == auto):
+                where = ".".join(map(str, asked.path))
+                hint = did_you_mean(extra[0], asked.asked, where)
+                return (*asked.path, extra[0]), unknown.replace(":", hint + ":", 1)
+    return None
+
+
+def _error_path(data: dict[str, Any], seen: list[tuple], loc: tuple) -> tuple:
+    """A pydantic error's location as a path in the JSON: under the newest section read that
+    holds it (DeepSpeed validates sections it took out of the JSON)."""
+    for base in reversed(seen):
+        if _at(data, (*base, *loc)) is not None:
+            return (*base, *loc)
+    return loc
+
+
+def _model_fields(title: str, loc: tuple) -> set[str]:
+    """The field names and aliases of DeepSpeed's config model ``title`` at ``loc``."""
+    import pydantic
+    from deepspeed.runtime.config_utils import DeepSpeedConfigModel
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    for model in (c for c in subclasses(DeepSpeedConfigModel) if c.__name__ == title):
+        for key in loc:
+            field = model.model_fields.get(key)
+            hints = (field.annotation, *typing.get_args(field.annotation)) if field else ()
+            inner = [a for a in hints if isinstance(a, type) and issubclass(a, pydantic.BaseModel)]
+            if not inner:
+                break
+            model = inner[0]
+        else:
+            fields = model.model_fields.items()
+            return {n for name, f in fields for n in (name, f.alias) if n}
+    return set()
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _paths(data: Any, path: tuple = ()) -> list[tuple]:
+    if not isinstance(data, dict):
+        return [path]
+    return [p for key, value in data.items() for p in _paths(value, (*path, key))]
+
+
+def _at(data: Any, path: tuple) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _dicts(reads: _Reads) -> list[_Reads]:
+    inner = [d for v in dict.values(reads) if isinstance(v, _Reads) for d in _dicts(v)]
+    return [reads, *inner]
+
+
+def _without_autos(data: Any, keep: tuple | None, path: tuple = ()) -> Any:
+    """``data`` less its "auto" values (DeepSpeed never sees them: we fill or drop them), but
+    the one at ``keep``, which becomes a value no model takes (``_ASKED``)."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        here = (*path, key)
+        if value == "auto" and here != keep:
+            continue
+        out[key] = _ASKED if value == "auto" else _without_autos(value, keep, here)
+    return out
