@@ -1,4 +1,4 @@
-"""Run every benchmark of the project with its default (CPU-sized) arguments: `make bench`.
+"""Run every benchmark of the project with its default (CPU-sized) arguments: `make bench-reports`.
 
     python -m bench.run_all [--only NAME ...] [--list]
 

@@ -103,7 +103,10 @@ def _check_shapes(
         )
     n, d = hidden.shape
     if weight.dim() != 2 or weight.shape[1] != d:
-        raise ValueError(f"weight: expected (V, D={d}), got {tuple(weight.shape)}")
+        raise ValueError(  # either may be the wrong one: name both
+            f"weight: expected (V, D={d}), D being hidden's last dimension (hidden is "
+            f"{tuple(hidden.shape)}), got {tuple(weight.shape)}"
+        )
     if weight.dtype != hidden.dtype:
         raise ValueError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
     if weight.shape[0] == 0:

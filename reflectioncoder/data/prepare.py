@@ -22,7 +22,7 @@ from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationRepo
 from reflectioncoder.data.formats import FORMATS, convert_row, detect_format
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
-from reflectioncoder.errors import UsageError, refuse_overwriting_input
+from reflectioncoder.errors import UsageError, UserError, refuse_overwriting_input
 from reflectioncoder.progress import Progress
 
 MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
@@ -132,6 +132,7 @@ def prepare(
                 s = _write_input(f, reader, path, fmt, index, keep_contaminated, report, bar)
                 _refuse_wrong_format(s, fmt)
                 stats.append(s)
+            _refuse_nothing_converted(stats)
         contamination = None
         if index is not None:
             contamination = {
@@ -196,6 +197,18 @@ def _refuse_wrong_format(s: InputStats, fmt: str | None) -> None:
         f"{', '.join(FORMATS)}, or leave --format out to detect each row's",
         field="--format",
     )
+
+
+def _refuse_nothing_converted(stats: list[InputStats]) -> None:
+    """A UserError when no row of any input converted (empty files, or every row bad): an
+    empty output and exit 0 would pass for a result. Names the first bad row (file:line:field)."""
+    if any(sum(s.formats.values()) for s in stats):
+        return
+    read = sum(s.read for s in stats)
+    first = next((rows[0] for s in stats for rows in s.skipped.values() if rows), None)
+    if first is None:
+        raise UserError("no rows to convert: the input files are empty", field="--in")
+    raise UserError(f"{first}; none of the {read} rows read could be converted, nothing written")
 
 
 def _write_input(
