@@ -332,14 +332,21 @@ def _print_summary(res: DemoResult, stats: BuildStats, entry_point: str) -> None
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options, each with its help and default (``--help``)."""
     parser = argparse.ArgumentParser(prog="python -m reflectioncoder.demo", description=__doc__)
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--n", type=int, default=240, help="samples to build (default 240)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=8, help="sandboxed runs in parallel")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the data, the model and training (default 0)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8, help="sandboxed runs in parallel (default 8)"
+    )
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    parser.add_argument("--samples-per-step", type=int, default=4)
+    parser.add_argument(
+        "--samples-per-step", type=int, default=4, help="samples per optimizer step (default 4)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -349,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     from reflectioncoder.cli import guarded
 
