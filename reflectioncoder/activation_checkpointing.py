@@ -5,13 +5,16 @@ Per layer (``LAYER_POLICIES``):
   save_gemms  keep the outputs of its GEMMs and attention that a backward reads (``KeptOutputs``:
               not the MLP's down_proj output, which only feeds the residual add), rerun only the
               element-wise ops (norms, RoPE, SwiGLU) in the backward;
+  mlp_rerun   keep what save_gemms keeps of the attention half (q/k/v, the attention's output
+              and log-sum-exp, o_proj's output), nothing of the MLP: the backward reruns the
+              element-wise ops and the MLP's gate / up GEMMs (not down_proj: early stop);
   full        keep the layer's input only, rerun the whole layer in the backward;
   offload     keep what save_gemms keeps, but in host memory (reflectioncoder/activation_offload.py:
               copied out on a side CUDA stream in the forward, back ahead of the layer's
               backward): on the device only the layer's input, and what is in flight.
 
 ``model.checkpointing_policy`` names a plan for all layers: ``full``, ``save_gemms``,
-``offload`` (every layer), ``alternate`` (full on every second layer, none on the others), or
+``mlp_rerun``, ``offload`` (every layer), ``alternate`` (full on every second layer, none on the others), or
 ``auto``: the least recompute that fits the device, planned once at start (``plan_layers``) from
 the bytes each policy keeps per token and layer (measured on the CPU: ``KEPT_PER_TOKEN_HIDDEN``)
 and the memory the device has left once weights, gradients and optimizer states
@@ -36,8 +39,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
-LAYER_POLICIES = ("none", "save_gemms", "offload", "full")
-NAMED_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
+# In the order of what a layer reruns in the backward (``RERUN_COST``), least first.
+LAYER_POLICIES = ("none", "save_gemms", "offload", "mlp_rerun", "full")
+NAMED_POLICIES = ("full", "save_gemms", "mlp_rerun", "offload", "alternate", "auto")
 
 # Bytes a layer keeps on the device per token and per hidden unit, fp32 activations, measured
 # on the CPU (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256,
@@ -280,21 +284,67 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling() or proxy is not None
 
 
-def _save_gemms_context():
-    """``save_gemms``' checkpoint contexts: keep the GEMM and attention outputs a backward
-    reads (``KeptOutputs``), recompute the rest. Compiled, torch's selective checkpoint with
-    every GEMM and attention output MUST_SAVE: the partitioner saves only what its backward
-    graph reads."""
+def _attention_ops() -> frozenset:
+    """The kept ops that are an attention (``_kept_ops`` less the GEMMs)."""
+    gemms = {getattr(torch.ops.aten, n).default for n in ("mm", "addmm", "bmm")}
+    return _kept_ops() - gemms
+
+
+class AttentionHalf:
+    """``mlp_rerun``'s rule, told each kept op's call in the order the layer's forward runs
+    them: keep every one up to the first GEMM after the attention (o_proj: its output and the
+    layer's input give the residual the MLP reads), none after it (the MLP's GEMMs). One
+    rule for the dispatch mode and for the compiled selective checkpoint. A layer whose
+    attention no mode sees (an eager matmul attention) keeps every GEMM output, as
+    ``save_gemms``; what is not kept is recomputed, so the gradients never depend on it."""
+
+    def __init__(self) -> None:
+        self.attention = _attention_ops()
+        self.seen = self.done = False
+
+    def keeps(self, func) -> bool:
+        if self.done:
+            return False
+        if func in self.attention:
+            self.seen = True
+        elif self.seen:
+            self.done = True  # o_proj: kept, and the last
+        return True
+
+
+def _kept_contexts(half: type | None = None):
+    """The checkpoint contexts of ``save_gemms`` (``half`` None) and ``mlp_rerun`` (``half``
+    ``AttentionHalf``): keep the GEMM and attention outputs a backward reads (``KeptOutputs``),
+    of the attention half alone with ``half``; recompute the rest. Compiled, torch's selective
+    checkpoint with those outputs MUST_SAVE (the partitioner saves only what its backward graph
+    reads) and the rest PREFER_RECOMPUTE (which its partitioner always recomputes, GEMMs too)."""
     if not _compiling():
-        return KeptOutputs(_kept_ops()).contexts()
+        return KeptOutputs(_kept_ops(), half).contexts()
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     keep = _kept_ops()
+    rules = {}  # the forward's and the recompute's, each from the layer's first op
 
     def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+        if op not in keep:
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        if half is not None:
+            rule = rules.setdefault(ctx.is_recompute, half())
+            if not rule.keeps(op):
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE
 
     return create_selective_checkpoint_contexts(policy)
+
+
+def _save_gemms_context():
+    """``save_gemms``' checkpoint contexts (``_kept_contexts``)."""
+    return _kept_contexts()
+
+
+def _mlp_rerun_context():
+    """``mlp_rerun``'s checkpoint contexts (``_kept_contexts``, ``AttentionHalf``)."""
+    return _kept_contexts(AttentionHalf)
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -323,12 +373,14 @@ class _Reads:
         self.read: set = set()
         self.seen = True  # whether the pack hook was seen (else every kept output counts read)
 
-    def op(self, func, args, kwargs, out) -> tuple | None:
-        """The key of a kept op's call, else None; notes what ``out`` is computed from."""
+    def op(self, func, args, kwargs, out, held: bool = True) -> tuple | None:
+        """The key of a kept op's call, else None (``held`` False: a keep op's call that is
+        not kept, counted all the same); notes what ``out`` is computed from."""
         key = None
         if func in self.keep:
             key = (func, self.calls[func])
             self.calls[func] += 1
+        if key is not None and held:
             sources = frozenset((key,))  # the recompute starts from it, not from its inputs
         else:
             sources = frozenset().union(
@@ -336,7 +388,7 @@ class _Reads:
             )
         for t in _tensors(out):
             self.sources[t] = sources
-        return key
+        return key if held else None
 
     def saved(self, tensor: torch.Tensor) -> None:
         self.read |= self.sources.get(tensor, frozenset())
@@ -369,12 +421,19 @@ class KeptOutputs:
     while the forward runs, then (``forward_done``) only those a backward reads (``_Reads``).
     The recompute takes each from here; an op whose output was dropped would run again, but
     torch's checkpoint stops the recompute (early stop, its default) once every tensor the
-    backward saves is back, which is before the last GEMM when only it was dropped (tested)."""
+    backward saves is back, which is before the last GEMM when only it was dropped (tested).
+    ``half`` (``mlp_rerun``: ``AttentionHalf``): a rule made for each forward that says which
+    calls of a ``keep`` op are held at all (the others run again in the recompute)."""
 
-    def __init__(self, keep: frozenset) -> None:
+    def __init__(self, keep: frozenset, half: type | None = None) -> None:
         self.keep = keep
         self.reads = _Reads(keep)
         self.saved: dict[Any, Any] = {}
+        self.half = half() if half is not None else None
+
+    def holds(self, func) -> bool:
+        """Whether this call of a ``keep`` op (``func``) is held (``half``'s rule)."""
+        return self.half is None or func not in self.keep or self.half.keeps(func)
 
     def hold(self, key, out) -> None:
         self.saved[key] = tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, out)
@@ -416,7 +475,7 @@ class _Keep(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        key = self.store.reads.op(func, args, kwargs, out)
+        key = self.store.reads.op(func, args, kwargs, out, self.store.holds(func))
         if key is not None:
             self.store.hold(key, out)
         return out
@@ -493,7 +552,7 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
 
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     for layer, policy in zip(layers, plan, strict=True):
-        _copy_rotated_outputs(layer, policy in ("save_gemms", "offload"))
+        _copy_rotated_outputs(layer, policy in ("save_gemms", "mlp_rerun", "offload"))
     if all(p == "none" for p in plan):
         _disable(model)
         attach(model, offloaded, _kept_ops())
@@ -502,23 +561,24 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     _enable(model)  # the model's own switches (and the inputs' requires_grad hook)
     from torch.utils.checkpoint import checkpoint
 
-    selective = functools.partial(checkpoint, use_reentrant=False, context_fn=_save_gemms_context)
+    contexts = {"save_gemms": _save_gemms_context, "mlp_rerun": _mlp_rerun_context}
     for layer, policy in zip(layers, plan, strict=True):
         layer.gradient_checkpointing = policy != "none"
-        if policy == "save_gemms":
-            layer._gradient_checkpointing_func = selective
+        if policy in contexts:
+            layer._gradient_checkpointing_func = functools.partial(
+                checkpoint, use_reentrant=False, context_fn=contexts[policy]
+            )
     attach(model, offloaded, _kept_ops())  # the offloaded layers' own checkpoint function
     model.rc_checkpointing_plan = tuple(plan)
 
 
 def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
     """Recompute layers in backward (``use_reentrant=False``) as the named ``policy`` says
-    (``full`` | ``save_gemms`` | ``offload`` | ``alternate``; ``auto`` is planned by the
-    trainer, which then calls ``apply_plan``), or not."""
+    (``NAMED_POLICIES`` but ``auto``, which the trainer plans and then calls ``apply_plan``),
+    or not."""
     if policy not in NAMED_POLICIES or policy == "auto":
-        raise ValueError(
-            f"policy: expected full | save_gemms | offload | alternate, got {policy!r}"
-        )
+        named = " | ".join(p for p in NAMED_POLICIES if p != "auto")
+        raise ValueError(f"policy: expected {named}, got {policy!r}")
     layers = len(model.base_model.layers)
     apply_plan(model, named_plan(policy, layers) if on else ("none",) * layers)
 
