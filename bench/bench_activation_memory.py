@@ -26,7 +26,7 @@ from pathlib import Path
 from bench import RESULTS
 from bench.providers.common import write_rows
 
-POLICIES = ("none", "full", "save_gemms", "alternate", "offload")
+POLICIES = ("none", "full", "save_gemms", "mlp_rerun", "alternate", "offload")
 
 
 class _MallInfo2(ctypes.Structure):

@@ -355,6 +355,7 @@ class Arch:
             self.vocab,
             self.layers * per_layer + d,
             self.layers * (per_layer - d * i),
+            self.layers * d * i,  # up (the GELU's input)
         )
 
     def ew_bytes(self) -> float:
@@ -406,7 +407,7 @@ class Levers:
     ``auto``, compile ``auto`` = on under CUDA, torch's varlen attention, the fused loss; the
     optimizer offloaded where ``offload_optimizer: auto`` says: ``default_levers``)."""
 
-    checkpointing: str = "auto"  # auto | none | full | save_gemms | offload | alternate
+    checkpointing: str = "auto"  # auto | none | full | save_gemms | mlp_rerun | offload | alternate
     precision: str = "masters"  # masters (bf16 weights, fp32 masters) | autocast (fp32 weights)
     compiled: bool = True
     attention: str = "varlen"  # varlen | fa2 | fa3 | fa4
@@ -608,22 +609,25 @@ def predict(
     params = shape.body_params + 2 * shape.vocab * shape.hidden
     t, layers = work.tokens, arch.layers
     plan = layer_plan(arch, card_name, gpus, engine, levers, work)
-    rec = recomputed_share(plan)  # GEMMs and attention run again on full layers
+    # GEMMs and attention run again on full layers, the MLP's gate and up on mlp_rerun ones
+    rerun = recomputed_share(plan)
+    rec, again = rerun.layers, rerun.layers * shape.recomputed_params
+    again += rerun.mlp * shape.mlp_in_params
     ew_rerun = _ew_rerun(plan)
     square = layers * shape.attn_width * sum(n * n for n in work.seq_lens)
     gemm_eff = GEMM_EFF * gemm_shape_factor(arch, t)  # small GEMMs run slower (GEMM_SWEEP_H100)
-    gemm = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * t / (peak * gemm_eff)
+    gemm = (6 * shape.body_params + 2 * again) * t / (peak * gemm_eff)
     # compiled layers (offloaded ones run eagerly): the custom op's backward reruns the forward
     # unless it calls the kernel's own backward
     kernel = levers.attention_op == "kernel" and levers.attention in OP_KERNEL_BACKWARD
-    rerun = levers.compiled and not kernel
-    op_rerun = sum(p != "offload" for p in plan) / layers if rerun else 0.0
+    reruns_op = levers.compiled and not kernel
+    op_rerun = sum(p != "offload" for p in plan) / layers if reruns_op else 0.0
     attn = (12 + 4 * (rec + op_rerun)) * square / (peak * ATTN_EFF[levers.attention])
     loss = _loss(arch, card_name, levers, work)
     ew_bytes = arch.ew_bytes() * t * layers * (3 + ew_rerun)
     ew_bytes *= EW_COMPILED if levers.compiled else EW_HF if levers.kernels == "hf" else 1.0
     if levers.precision == "autocast":
-        ew_bytes = ew_bytes * 1.5 + 6 * params * (1 + rec)
+        ew_bytes = ew_bytes * 1.5 + 6 * params * (1 + rec) + 6 * rerun.mlp * shape.mlp_in_params
     elementwise = ew_bytes / hbm
     # one layer's forward and backward (its element-wise rerun included), for the offload
     ew_layer = elementwise / (layers * (3 + ew_rerun))
@@ -642,6 +646,7 @@ def predict(
         comm = 2 * _ring(grad_bytes * params, gpus)
     elif _stage(engine) == 3:  # bf16 weights gathered, gradients reduce-scattered
         comm = _ring(2 * params, gpus) * (2 + rec) + _ring(grad_bytes * params, gpus)
+        comm += _ring(2 * rerun.mlp * shape.mlp_in_params, gpus)  # gate / up gathered again
     compute = gemm + attn + loss.predicted_ms / 1e3 + elementwise + accum
     # the GPU cannot run ahead of the host that issues its kernels (module docstring)
     busy = max(compute, layers * (HOST_LAYER_S + ew_rerun * HOST_RERUN_S))
@@ -662,7 +667,7 @@ def predict(
         boundary += _ring(2 * params, gpus)
     micro_batches = work.samples_per_step / (work.samples * gpus)
     step = micro_batches * micro + boundary
-    flops = packed_flops(shape, work.seq_lens, work.loss_rows, rec)
+    flops = packed_flops(shape, work.seq_lens, work.loss_rows, rerun)
     split = {
         "gemm": gemm,
         "attention": attn,
@@ -743,7 +748,7 @@ def plan_text(plan: tuple[str, ...]) -> str:
 def lever_variants(engine: str, base: Levers) -> list[tuple[str, Levers]]:
     """The default (``base``), then one lever changed at a time."""
     out = [("default", base)]
-    for policy in ("full", "none", "save_gemms", "offload", "alternate"):
+    for policy in ("full", "none", "save_gemms", "mlp_rerun", "offload", "alternate"):
         out.append((f"checkpointing={policy}", replace(base, checkpointing=policy)))
     out.append(("activation_offload=off", replace(base, activation_offload=False)))
     if engine == "local":  # DeepSpeed always keeps bf16 weights and fp32 masters
@@ -877,9 +882,10 @@ def _gpu_phases(arch: Arch, levers: Levers, work: Workload) -> tuple[float, floa
     gradient accumulation) after it; the optimizer step at the boundary (``boundary_s``)."""
     pred = predict(arch, "H200", 1, "local", levers, work)
     shape, split = arch.shape(), pred.split_s
-    rec = recomputed_share(pred.plan)
-    ew_rerun = _ew_rerun(pred.plan)
-    body, again = shape.body_params, rec * shape.recomputed_params
+    rerun = recomputed_share(pred.plan)
+    rec, ew_rerun = rerun.layers, _ew_rerun(pred.plan)
+    body = shape.body_params
+    again = rec * shape.recomputed_params + rerun.mlp * shape.mlp_in_params
     forward = split["gemm"] * 2 * body / (6 * body + 2 * again)
     forward += split["attention"] * 4 / (12 + 4 * rec) + split["elementwise"] / (3 + ew_rerun)
     compute = pred.step_s / (work.samples_per_step / work.samples) - pred.boundary_s

@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +47,21 @@ NAMED_POLICIES = ("full", "save_gemms", "mlp_rerun", "offload", "alternate", "au
 # on the CPU (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256,
 # I=688: the 7B's I/D); activations of another element size scale with it (bf16: half).
 # ``offload``: what it keeps less what it sends to the host (measured: OFFLOADED_PER_TOKEN_HIDDEN).
-KEPT_PER_TOKEN_HIDDEN = {"none": 78.08, "save_gemms": 41.73, "offload": 4.17, "full": 4.15}
+KEPT_PER_TOKEN_HIDDEN = {
+    "none": 78.08, "save_gemms": 41.73, "offload": 4.17, "mlp_rerun": 20.23, "full": 4.15
+}  # fmt: skip
 OFFLOADED_PER_TOKEN_HIDDEN = 37.56
+# What a layer of each policy runs again in the backward, as a share of its forward's GEMM
+# FLOPs, at the 7B's shapes (multi-head attention, I/D = 11008/4096: q/k/v/o 4 D^2, gate / up /
+# down 3 D I): ``full`` all but down_proj (early stop), ``mlp_rerun`` gate and up; the others
+# only element-wise ops (``offload`` its copies too), 0 here; ``full``'s attention rerun is left
+# out (about 6% of a 7B layer's forward at 16K tokens in 2K-token segments). ``plan_layers``
+# takes the plan of least summed cost.
+_I_D = 11008 / 4096
+RERUN_COST = {
+    "none": 0.0, "save_gemms": 0.0, "offload": 0.0,
+    "mlp_rerun": 2 * _I_D / (4 + 3 * _I_D), "full": (4 + 2 * _I_D) / (4 + 3 * _I_D),
+}  # fmt: skip
 # Offloaded layers on the device at once ahead of a backward: the one in use and the one
 # arriving (activation_offload.py), or one still leaving at the forward's end.
 OFFLOAD_IN_FLIGHT = 2
@@ -94,10 +107,17 @@ def activation_bytes(
     """Peak activation bytes of a per-layer plan: what every layer keeps on the device, plus
     one layer's whole set while a recomputed layer runs again in the backward, plus the
     offloaded layers in flight (``OFFLOAD_IN_FLIGHT``)."""
-    kept = sum(kept_bytes(p, tokens, hidden, element_bytes) for p in plan)
-    if any(p != "none" for p in plan):
+    return _counts_bytes(Counter(plan), tokens, hidden, element_bytes)
+
+
+def _counts_bytes(
+    counts: Mapping[str, int], tokens: int, hidden: int, element_bytes: int = 2
+) -> float:
+    """``activation_bytes`` of a plan with ``counts`` layers of each policy (in any order)."""
+    kept = sum(n * kept_bytes(p, tokens, hidden, element_bytes) for p, n in counts.items())
+    if any(n for p, n in counts.items() if p != "none"):
         kept += kept_bytes("none", tokens, hidden, element_bytes)
-    in_flight = min(OFFLOAD_IN_FLIGHT, plan.count("offload"))
+    in_flight = min(OFFLOAD_IN_FLIGHT, counts.get("offload", 0))
     return kept + in_flight * offloaded_bytes(tokens, hidden, element_bytes)
 
 
@@ -148,39 +168,59 @@ def plan_layers(
     offload: tuple[int, int] = (0, 1),
 ) -> tuple[str, ...]:
     """The least recompute whose activations fit ``budget_bytes``: every layer ``none`` if that
-    fits; else the fewest ``full`` layers: up to ``offload[0]`` layers ``offload``, one every
+    fits; else, of the plans with up to ``offload[0]`` layers ``offload``, one every
     ``offload[1]`` from the first (``offload_rule``; they rerun what ``save_gemms`` reruns),
-    then as many ``save_gemms`` layers as fit on the device (they save a layer's GEMM rerun for
-    the fewest bytes), the rest ``full`` (of equal ``full`` counts, the fewest offloaded); bytes
-    still left turn ``save_gemms`` layers into ``none``. All ``full`` when not even that fits
-    (the caller says so)."""
+    and the other layers ``save_gemms``, ``mlp_rerun`` or ``full``, the one of least summed
+    ``RERUN_COST`` (ties: the fewest offloaded, then the fewest ``mlp_rerun``), with as many
+    ``save_gemms`` layers as fit; bytes still left turn ``save_gemms`` layers into ``none``.
+    Deterministic. All ``full`` when not even that fits (the caller says so)."""
     most, every = offload
 
-    def plan(off: int, kept: int, saved: int) -> tuple[str, ...]:
-        rest = iter(("none",) * kept + ("save_gemms",) * (saved - kept) + ("full",) * layers)
-        offloaded = range(0, off * every, every)
-        return tuple("offload" if i in offloaded else next(rest) for i in range(layers))
+    def counts(off: int, kept: int, saved: int, mlp: int) -> dict[str, int]:
+        full = layers - off - saved - mlp
+        return {"offload": off, "none": kept, "save_gemms": saved - kept, "mlp_rerun": mlp,
+                "full": full}  # fmt: skip
 
-    def fits(off: int, kept: int, saved: int) -> bool:
-        need = activation_bytes(plan(off, kept, saved), tokens, hidden, element_bytes)
+    def fits(off: int, kept: int, saved: int, mlp: int) -> bool:
+        need = _counts_bytes(counts(off, kept, saved, mlp), tokens, hidden, element_bytes)
         return need <= budget_bytes
 
-    if fits(0, layers, layers):
-        return ("none",) * layers
-    best = None  # (full layers, offloaded, saved)
-    for off in range(min(most, layers) + 1):
-        if not fits(off, 0, 0):
-            break
-        saved = 0
-        while off + saved < layers and fits(off, 0, saved + 1):
+    def most_saved(off: int, mlp: int) -> int:
+        """The most ``save_gemms`` layers that fit beside ``off`` and ``mlp`` (the rest
+        ``full``): the bytes are linear in them, the float rounding checked."""
+        room = layers - off - mlp
+        step = kept_bytes("save_gemms", tokens, hidden, element_bytes)
+        step -= kept_bytes("full", tokens, hidden, element_bytes)
+        left = budget_bytes - _counts_bytes(counts(off, 0, 0, mlp), tokens, hidden, element_bytes)
+        saved = max(0, min(room, int(left // step)))
+        while saved > 0 and not fits(off, 0, saved, mlp):
+            saved -= 1
+        while saved < room and fits(off, 0, saved + 1, mlp):
             saved += 1
-        if best is None or layers - off - saved < best[0]:
-            best = (layers - off - saved, off, saved)
-    off, saved = (0, 0) if best is None else best[1:]
+        return saved
+
+    if fits(0, layers, layers, 0):
+        return ("none",) * layers
+    best = None  # (cost, offloaded, mlp_rerun layers, save_gemms layers)
+    for off in range(min(most, layers) + 1):
+        if not fits(off, 0, 0, 0):
+            break
+        for mlp in range(layers - off + 1):
+            if not fits(off, 0, 0, mlp):
+                break
+            saved = most_saved(off, mlp)
+            full = layers - off - saved - mlp
+            cost = round(mlp * RERUN_COST["mlp_rerun"] + full * RERUN_COST["full"], 9)
+            if best is None or (cost, off, mlp) < best[:3]:
+                best = (cost, off, mlp, saved)
+    off, mlp, saved = (0, 0, 0) if best is None else best[1:]
     kept = 0
-    while kept < saved and fits(off, kept + 1, saved):
+    while kept < saved and fits(off, kept + 1, saved, mlp):
         kept += 1
-    return plan(off, kept, saved)
+    rest = iter(("none",) * kept + ("save_gemms",) * (saved - kept) + ("mlp_rerun",) * mlp
+                + ("full",) * layers)  # fmt: skip
+    offloaded = range(0, off * every, every)
+    return tuple("offload" if i in offloaded else next(rest) for i in range(layers))
 
 
 def resident_bytes(

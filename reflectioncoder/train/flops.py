@@ -12,8 +12,10 @@ backward (each multiply-add 2 FLOPs, backward twice the forward):
     hardware FLOPs = model FLOPs, plus with activation checkpointing one more forward of the
                    decoder layers but their last GEMM: 2 x recomputed_params x T
                    + 4 x layers x heads x head_dim x sum L^2, times the share of layers
-                   recomputed (``recomputed_share``: full 1, alternate 0.5, save_gemms 0,
-                   whose reruns are element-wise)
+                   recomputed (``recomputed_share``'s ``layers``: full 1, alternate 0.5,
+                   save_gemms 0, whose reruns are element-wise), plus the MLP's gate and up
+                   GEMMs again, 2 x mlp_in_params x T times the share of ``mlp_rerun`` layers
+                   (``recomputed_share``'s ``mlp``)
                    + on logging steps that split the CE (``logging.split_ce``), the teacher-CE
                    pass: 2 x V x D x (the teacher's CE rows), a forward of the head alone
 
@@ -45,6 +47,7 @@ class ModelShape:
     vocab: int  # V, rows of the LM head
     body_params: int  # parameters outside the input embedding and the LM head
     recomputed_params: int  # decoder-layer parameters checkpointing runs again (no down_proj)
+    mlp_in_params: int = 0  # the MLPs' parameters but down_proj's (gate and up: mlp_rerun's)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelShape:
@@ -59,10 +62,12 @@ class ModelShape:
         body = sum(_numel(p) for i, p in unique.items() if i not in outside)
         layers = model.base_model.layers
         recomputed = {id(p): p for p in layers.parameters()}
+        mlp_in = {id(p): p for layer in layers for p in _mlp(layer).parameters()}
         for layer in layers:
-            down = getattr(getattr(layer, "mlp", None), "down_proj", None)
+            down = getattr(_mlp(layer), "down_proj", None)
             for p in down.parameters() if down is not None else ():
                 recomputed.pop(id(p))
+                mlp_in.pop(id(p))
         return cls(
             layers=config.num_hidden_layers,
             hidden=config.hidden_size,
@@ -70,6 +75,7 @@ class ModelShape:
             vocab=int(getattr(head, "ds_shape", head.shape)[0]),
             body_params=body,
             recomputed_params=sum(_numel(p) for p in recomputed.values()),
+            mlp_in_params=sum(_numel(p) for p in mlp_in.values()),
         )
 
     @classmethod
@@ -95,6 +101,7 @@ class ModelShape:
             vocab=vocab,
             body_params=layers * per_layer + hidden,
             recomputed_params=layers * (per_layer - hidden * intermediate),
+            mlp_in_params=layers * 2 * hidden * intermediate,
         )
 
 
@@ -109,30 +116,47 @@ class StepFlops:
         return StepFlops(self.model + other.model, self.hardware + other.hardware)
 
 
-def recomputed_share(plan: Sequence[str]) -> float:
-    """The share of decoder layers whose GEMMs checkpointing runs again, from the per-layer
-    plan (``model.rc_checkpointing_plan``): ``full`` layers count 1, ``save_gemms`` 0 (only
-    element-wise ops rerun, which count no FLOPs here), ``none`` 0."""
-    return sum(p == "full" for p in plan) / len(plan) if plan else 0.0
+@dataclass(frozen=True)
+class Recompute:
+    """The shares of decoder layers whose GEMMs checkpointing runs again: ``layers`` whole but
+    their last GEMM (``full``), ``mlp`` their MLP's gate and up GEMMs alone (``mlp_rerun``)."""
+
+    layers: float = 0.0
+    mlp: float = 0.0
+
+
+def recomputed_share(plan: Sequence[str]) -> Recompute:
+    """``Recompute`` from the per-layer plan (``model.rc_checkpointing_plan``): ``full``
+    layers count to ``layers``, ``mlp_rerun`` ones to ``mlp``; ``save_gemms`` and ``offload``
+    to neither (only element-wise ops rerun, which count no FLOPs here), ``none`` neither."""
+    if not plan:
+        return Recompute()
+    return Recompute(plan.count("full") / len(plan), plan.count("mlp_rerun") / len(plan))
 
 
 def packed_flops(
-    shape: ModelShape, seq_lens: Sequence[int], loss_rows: int, recompute: float
+    shape: ModelShape, seq_lens: Sequence[int], loss_rows: int, recompute: float | Recompute
 ) -> StepFlops:
     """Forward + backward FLOPs of one packed micro-batch (module docstring).
 
     ``seq_lens``: the segments' lengths; ``loss_rows``: rows the LM head runs on;
-    ``recompute``: the share of decoder layers checkpointing runs forward again (True: all).
+    ``recompute``: what checkpointing runs forward again (``Recompute``), or the share of
+    decoder layers it runs whole (True: all).
     """
+    if not isinstance(recompute, Recompute):
+        recompute = Recompute(float(recompute))
     tokens = sum(seq_lens)
     square = shape.layers * shape.attn_width * sum(n * n for n in seq_lens)
     model = 6.0 * shape.body_params * tokens + 6.0 * shape.vocab * shape.hidden * loss_rows
     model += 12.0 * square
-    extra = float(recompute) * (2.0 * shape.recomputed_params * tokens + 4.0 * square)
+    extra = recompute.layers * (2.0 * shape.recomputed_params * tokens + 4.0 * square)
+    extra += recompute.mlp * 2.0 * shape.mlp_in_params * tokens
     return StepFlops(model, model + extra)
 
 
-def batch_flops(shape: ModelShape, batch, recompute: float, split: bool = False) -> StepFlops:
+def batch_flops(
+    shape: ModelShape, batch, recompute: float | Recompute, split: bool = False
+) -> StepFlops:
     """``packed_flops`` of a ``PackedBatch`` (host figures only: no device sync). A zero-weight
     filler batch (a rank's empty slot) is executed but does no useful work: hardware only.
     ``split``: a logging step's teacher-CE pass runs too (executed, not useful: hardware only)."""
@@ -146,6 +170,10 @@ def utilisation(flops: StepFlops, seconds: float, devices: int, peak_flops: floa
     """{"mfu", "hfu"}: the step's FLOPs over ``seconds`` x ``devices`` x the peak FLOP/s."""
     capacity = seconds * devices * peak_flops
     return {"mfu": flops.model / capacity, "hfu": flops.hardware / capacity}
+
+
+def _mlp(layer: nn.Module) -> nn.Module:
+    return getattr(layer, "mlp", None) or nn.Module()
 
 
 def _numel(param: nn.Parameter) -> int:
