@@ -28,7 +28,7 @@ REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
 # "auto" and kernels/varlen_attention.py's BACKENDS, written out so that reading a config
 # imports no torch (tests/test_varlen_attention.py checks that the two agree).
 ATTENTION = ("auto", "flash_attn_3", "flash_attn_4", "flash_attn", "torch_varlen", "sdpa")
-CHECKPOINTING_POLICIES = ("full", "save_gemms", "offload", "alternate", "auto")
+CHECKPOINTING_POLICIES = ("full", "save_gemms", "mlp_rerun", "offload", "alternate", "auto")
 MIXED_PRECISIONS = ("masters", "autocast")
 
 
@@ -84,6 +84,9 @@ class ModelConfig:
     """With checkpointing on, what each decoder layer keeps
     (``reflectioncoder.activation_checkpointing``): ``full`` (recompute every layer),
     ``save_gemms`` (keep GEMM and attention outputs, recompute the element-wise ops),
+    ``mlp_rerun`` (keep what ``save_gemms`` keeps of the attention half, nothing of the MLP:
+    the backward reruns the element-wise ops and the MLP's gate / up GEMMs; half
+    ``save_gemms``' bytes),
     ``offload`` (keep what ``save_gemms`` keeps, in host memory: copied out on a side CUDA
     stream in the forward and back ahead of the layer's backward; those layers are not
     compiled), ``alternate`` (recompute every second layer), ``auto`` (on CUDA: the least
