@@ -6,8 +6,9 @@ Per layer (``LAYER_POLICIES``):
               not the MLP's down_proj output, which only feeds the residual add), rerun only the
               element-wise ops (norms, RoPE, SwiGLU) in the backward;
   mlp_rerun   keep what save_gemms keeps of the attention half (q/k/v, the attention's output
-              and log-sum-exp, o_proj's output), nothing of the MLP: the backward reruns the
-              element-wise ops and the MLP's gate / up GEMMs (not down_proj: early stop);
+              and log-sum-exp, o_proj's output), nothing of the layer's ``mlp``: the
+              backward reruns the element-wise ops and the MLP's gate / up GEMMs (not
+              down_proj: early stop);
   full        keep the layer's input only, rerun the whole layer in the backward;
   offload     keep what save_gemms keeps, but in host memory (reflectioncoder/activation_offload.py:
               copied out on a side CUDA stream in the forward, back ahead of the layer's
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -324,55 +326,45 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling() or proxy is not None
 
 
-def _attention_ops() -> frozenset:
-    """The kept ops that are an attention (``_kept_ops`` less the GEMMs)."""
-    gemms = {getattr(torch.ops.aten, n).default for n in ("mm", "addmm", "bmm")}
-    return _kept_ops() - gemms
+# The MLPs of the layers ``apply_plan`` gave ``mlp_rerun`` (one shared checkpoint function for
+# those layers: a compiled layer guards on it, so a per-layer one would compile each apart).
+_RERUN_MLPS: weakref.WeakSet = weakref.WeakSet()
 
 
-class AttentionHalf:
-    """``mlp_rerun``'s rule, told each kept op's call in the order the layer's forward runs
-    them: keep every one up to the first GEMM after the attention (o_proj: its output and the
-    layer's input give the residual the MLP reads), none after it (the MLP's GEMMs). One
-    rule for the dispatch mode and for the compiled selective checkpoint. A layer whose
-    attention no mode sees (an eager matmul attention) keeps every GEMM output, as
-    ``save_gemms``; what is not kept is recomputed, so the gradients never depend on it."""
-
-    def __init__(self) -> None:
-        self.attention = _attention_ops()
-        self.seen = self.done = False
-
-    def keeps(self, func) -> bool:
-        if self.done:
-            return False
-        if func in self.attention:
-            self.seen = True
-        elif self.seen:
-            self.done = True  # o_proj: kept, and the last
-        return True
+def _mlp_weights() -> frozenset[int]:
+    """The storages of the ``mlp_rerun`` MLPs' parameters, looked up when a layer's forward
+    starts (ZeRO-3 and FSDP swap in the gathered ones for it)."""
+    ptrs = {p.untyped_storage().data_ptr() for m in _RERUN_MLPS for p in m.parameters()}
+    return frozenset(ptrs - {0})
 
 
-def _kept_contexts(half: type | None = None):
-    """The checkpoint contexts of ``save_gemms`` (``half`` None) and ``mlp_rerun`` (``half``
-    ``AttentionHalf``): keep the GEMM and attention outputs a backward reads (``KeptOutputs``),
-    of the attention half alone with ``half``; recompute the rest. Compiled, torch's selective
+def _traced_in_mlp() -> bool:
+    """Compiled: whether the node being traced runs inside the decoder layer's ``mlp`` module
+    (its module path; none known: False, so its output is kept)."""
+    import torch.fx.traceback as fx_traceback
+
+    stack = (fx_traceback.get_current_meta() or {}).get("nn_module_stack", {})
+    return any("mlp" in str(path).split(".") for path, *_ in stack.values())
+
+
+def _kept_contexts(rerun_mlp: bool = False):
+    """The checkpoint contexts of ``save_gemms`` and (``rerun_mlp``) ``mlp_rerun``: keep the
+    GEMM and attention outputs a backward reads (``KeptOutputs``), but with ``rerun_mlp`` none
+    of the MLP's (eager: the ops that read an ``mlp_rerun`` MLP's weights; compiled: the ops
+    traced inside the layer's ``mlp``); recompute the rest. Compiled, torch's selective
     checkpoint with those outputs MUST_SAVE (the partitioner saves only what its backward graph
-    reads) and the rest PREFER_RECOMPUTE (which its partitioner always recomputes, GEMMs too)."""
+    reads) and the rest PREFER_RECOMPUTE (which its partitioner always recomputes, GEMMs
+    too)."""
     if not _compiling():
-        return KeptOutputs(_kept_ops(), half).contexts()
+        return KeptOutputs(_kept_ops(), rerun_mlp).contexts()
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
     keep = _kept_ops()
-    rules = {}  # the forward's and the recompute's, each from the layer's first op
 
     def policy(ctx, op, *args, **kwargs):
-        if op not in keep:
-            return CheckpointPolicy.PREFER_RECOMPUTE
-        if half is not None:
-            rule = rules.setdefault(ctx.is_recompute, half())
-            if not rule.keeps(op):
-                return CheckpointPolicy.PREFER_RECOMPUTE
-        return CheckpointPolicy.MUST_SAVE
+        if op in keep and not (rerun_mlp and _traced_in_mlp()):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
 
     return create_selective_checkpoint_contexts(policy)
 
@@ -383,8 +375,8 @@ def _save_gemms_context():
 
 
 def _mlp_rerun_context():
-    """``mlp_rerun``'s checkpoint contexts (``_kept_contexts``, ``AttentionHalf``)."""
-    return _kept_contexts(AttentionHalf)
+    """``mlp_rerun``'s checkpoint contexts (``_kept_contexts``)."""
+    return _kept_contexts(rerun_mlp=True)
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -462,18 +454,22 @@ class KeptOutputs:
     The recompute takes each from here; an op whose output was dropped would run again, but
     torch's checkpoint stops the recompute (early stop, its default) once every tensor the
     backward saves is back, which is before the last GEMM when only it was dropped (tested).
-    ``half`` (``mlp_rerun``: ``AttentionHalf``): a rule made for each forward that says which
-    calls of a ``keep`` op are held at all (the others run again in the recompute)."""
+    ``rerun_mlp`` (``mlp_rerun``): the calls that read an ``mlp_rerun`` MLP's weights (a
+    GEMM's transposed weight is a view of it: the same storage) are not held at all (they
+    run again in the recompute)."""
 
-    def __init__(self, keep: frozenset, half: type | None = None) -> None:
+    def __init__(self, keep: frozenset, rerun_mlp: bool = False) -> None:
         self.keep = keep
         self.reads = _Reads(keep)
         self.saved: dict[Any, Any] = {}
-        self.half = half() if half is not None else None
+        self.rerun_mlp = rerun_mlp
+        self.mlp_weights: frozenset[int] = frozenset()
 
-    def holds(self, func) -> bool:
-        """Whether this call of a ``keep`` op (``func``) is held (``half``'s rule)."""
-        return self.half is None or func not in self.keep or self.half.keeps(func)
+    def holds(self, func, args) -> bool:
+        """Whether a call of ``func`` on ``args`` would be held if kept (``rerun_mlp``)."""
+        if not self.mlp_weights or func not in self.keep:
+            return True
+        return not any(t.untyped_storage().data_ptr() in self.mlp_weights for t in _tensors(args))
 
     def hold(self, key, out) -> None:
         self.saved[key] = tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, out)
@@ -502,6 +498,7 @@ class _Keep(TorchDispatchMode):
         self.hooks = contextlib.nullcontext()
 
     def __enter__(self):
+        self.store.mlp_weights = _mlp_weights() if self.store.rerun_mlp else frozenset()
         self.hooks = self.store.reads.hooks()
         self.hooks.__enter__()
         return super().__enter__()
@@ -515,7 +512,8 @@ class _Keep(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        key = self.store.reads.op(func, args, kwargs, out, self.store.holds(func))
+        held = self.store.holds(func, (args, kwargs))
+        key = self.store.reads.op(func, args, kwargs, out, held)
         if key is not None:
             self.store.hold(key, out)
         return out
@@ -593,6 +591,9 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     for layer, policy in zip(layers, plan, strict=True):
         _copy_rotated_outputs(layer, policy in ("save_gemms", "mlp_rerun", "offload"))
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None:
+            (_RERUN_MLPS.add if policy == "mlp_rerun" else _RERUN_MLPS.discard)(mlp)
     if all(p == "none" for p in plan):
         _disable(model)
         attach(model, offloaded, _kept_ops())
@@ -601,13 +602,15 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     _enable(model)  # the model's own switches (and the inputs' requires_grad hook)
     from torch.utils.checkpoint import checkpoint
 
-    contexts = {"save_gemms": _save_gemms_context, "mlp_rerun": _mlp_rerun_context}
+    selective = {
+        policy: functools.partial(checkpoint, use_reentrant=False, context_fn=contexts)
+        for policy, contexts in (("save_gemms", _save_gemms_context),
+                                 ("mlp_rerun", _mlp_rerun_context))
+    }  # fmt: skip
     for layer, policy in zip(layers, plan, strict=True):
         layer.gradient_checkpointing = policy != "none"
-        if policy in contexts:
-            layer._gradient_checkpointing_func = functools.partial(
-                checkpoint, use_reentrant=False, context_fn=contexts[policy]
-            )
+        if policy in selective:
+            layer._gradient_checkpointing_func = selective[policy]
     attach(model, offloaded, _kept_ops())  # the offloaded layers' own checkpoint function
     model.rc_checkpointing_plan = tuple(plan)
 
