@@ -15,9 +15,10 @@ Per layer (``LAYER_POLICIES``):
               backward): on the device only the layer's input, and what is in flight.
 
 ``model.checkpointing_policy`` names a plan for all layers: ``full``, ``save_gemms``,
-``mlp_rerun``, ``offload`` (every layer), ``alternate`` (full on every second layer, none on the others), or
-``auto``: the least recompute that fits the device, planned once at start (``plan_layers``) from
-the bytes each policy keeps per token and layer (measured on the CPU: ``KEPT_PER_TOKEN_HIDDEN``)
+``mlp_rerun``, ``offload`` (every layer), ``alternate`` (full on every second layer, none on
+the others), or ``auto``: the least recompute (``RERUN_COST``) that fits the device, planned
+once at start (``plan_layers``) from the bytes each policy keeps per token and layer (measured
+on the CPU: ``KEPT_PER_TOKEN_HIDDEN``)
 and the memory the device has left once weights, gradients and optimizer states
 (``resident_bytes``) and a reserve (``reserve_bytes``) are taken; on CUDA (and with
 ``model.activation_offload``) ``auto`` offloads the first layers that the host link can carry

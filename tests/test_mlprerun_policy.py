@@ -110,10 +110,10 @@ def test_compiled_backward_reruns_gate_and_up_not_the_attention(seed, monkeypatc
     """Compiled one-layer model: the backward graph runs 2 GEMMs more than no checkpointing's
     (gate, up) and the attention's forward no more often (2: the forward and the custom op's
     backward rerun on the CPU's SDPA), where ``full`` runs it a third time."""
+    from reflectioncoder.kernels import varlen_attention_op
     from test_compile import _varied_batches
     from test_kept_outputs import _CountGemms
 
-    from reflectioncoder.kernels import varlen_attention_op
     from reflectioncoder.model import compile_layers
 
     calls = []
