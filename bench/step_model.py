@@ -11,7 +11,8 @@ ZeRO-3 with its own memory, 16 bytes a parameter over the GPUs, and gradient sum
 the shipped default config (``default``: true on the engine
 ``paper_preset``'s ``backend: auto`` runs, ``local`` on one GPU and ``zero1`` on 8
 (``default_engine``), as it runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
-``none`` / ``save_gemms`` / ``offload`` / ``full``, the least recompute that fits, planned as
+``none`` / ``save_gemms`` / ``offload`` / ``mlp_rerun`` / ``full``, the least recompute
+(``RERUN_COST``) that fits, planned as
 the trainer plans it: reflectioncoder/activation_checkpointing.py, ``offload`` layers as far
 as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on under CUDA),
 bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
@@ -43,7 +44,10 @@ a sample (two segments) with the head on 0.418 of them, both ratios taken from t
 H200 step (8,857 packed tokens and 3,704 loss rows for samples the recipe runs as 11,534).
 
 Time of a micro-batch on one GPU = the sum of (no overlap between them but comm):
-- decoder GEMMs: 6 x body params x T, plus the recompute of flops.py, at GEMM_EFF = 0.60 of the
+- decoder GEMMs: 6 x body params x T, plus the recompute of flops.py (``full`` layers: 2 x their
+  parameters but down_proj's; ``mlp_rerun`` layers: 2 x their gate and up parameters, the
+  GEMMs their backward runs again, counted against torch's FLOP counter in
+  tests/test_mlprerun_policy.py), at GEMM_EFF = 0.60 of the
   dense bf16 peak, FITTED to one published row (llm-foundry MPT-7B, 8 x H100, seq 2048, no
   checkpointing: its error is 0 by construction and it checks nothing); with bench/roofline.py's
   0.75 (isolated large GEMMs) every end-to-end row came out fast (our step times 23-37%
@@ -82,12 +86,13 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
 - element-wise ops at HBM bandwidth x BW_EFF (0.85): per token and layer, forward, in bf16:
   2 RMSNorms (4D each way), RoPE on q and k, SwiGLU (read 2I, write I), two residual adds,
   q/k/v layout copies = 28 D + 12 D_kv + 6 I bytes; backward twice that; recomputed forwards
-  add it again (full 1, alternate 0.5, save_gemms 1: its reruns are these ops); compiled layers
+  add it again (full 1, alternate 0.5, save_gemms and mlp_rerun 1: their reruns include these
+  ops; the host's rerun time HOST_RERUN_S the same share); compiled layers
   move EW_COMPILED = 0.5 of those bytes (fusion); fp32 weights under autocast (``autocast``):
   x 1.5 for the fp32 residual stream and casts, plus every weight cast to bf16 (6 bytes a
-  parameter) in each forward and recompute; Hugging Face's eager ops (the recipe: RMSNorm in
-  fp32 in five passes, rotate_half's slices and cat, SiLU and the product apart) EW_HF = 2.5x
-  the bytes of Liger's fused RMSNorm / RoPE / SwiGLU;
+  parameter) in each forward and recompute (of ``mlp_rerun`` layers, gate's and up's); Hugging
+  Face's eager ops (the recipe: RMSNorm in fp32 in five passes, rotate_half's slices and cat,
+  SiLU and the product apart) EW_HF = 2.5x the bytes of Liger's fused RMSNorm / RoPE / SwiGLU;
 - summing gradients in fp32 (``distributed.fp32_grad_accum: auto``, on at every engine; fp32
   sums over micro-batches and over ranks, measured on the CPU by tests/test_zero_fp32_sums.py):
   GRAD_SUM_BYTES of HBM traffic a parameter per micro-batch, as each engine runs it (10 in one
@@ -98,6 +103,8 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
   each micro-batch's gradients in fp32 (DeepSpeed's default ``use_multi_rank_bucket_allreduce``
   all-reduces each bucket and keeps the rank's slice: twice a reduce-scatter's volume, and fp32
   twice bf16's bytes); ZeRO-3 all-gathers bf16 weights for the forward, each recomputed forward
+  (``mlp_rerun`` layers: gate's and up's; the weights of GEMMs whose kept outputs a recompute
+  takes, which DeepSpeed's hooks gather too, are not counted, for ``save_gemms`` either)
   and the backward, and reduce-scatters fp32 gradients; with overlap (ZeRO-2's overlap_comm,
   ZeRO-3's prefetch) OVERLAP = 0.8 of it hides behind compute (never more than the compute);
 - activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
@@ -158,9 +165,10 @@ tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
 activations (``activation_bytes``): the measured bytes per token and layer of each layer's
 policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
-20.9 D, full 2.08 D, offload 2.08 D on the GPU) x T, plus one layer's whole set while a
-recomputed layer runs again, plus two offloaded layers in flight (18.8 D x T each: one arriving
-ahead of its backward, one still leaving at the forward's end: ``OFFLOAD_IN_FLIGHT``); the
+20.9 D, mlp_rerun 10.1 D, full 2.08 D, offload 2.08 D on the GPU) x T, plus one layer's whole
+set while a recomputed layer runs again, plus two offloaded layers in flight (18.8 D x T each:
+one arriving ahead of its backward, one still leaving at the forward's end:
+``OFFLOAD_IN_FLIGHT``); the
 loss's workspace (roofline); 3 GiB for the CUDA context and cuBLAS workspaces. ``auto`` plans
 within the card less 5% for fragmentation (``RESERVE_SHARE``), and ``fits`` is that test:
 memory <= 0.95 x the card's memory as nvidia-smi reports it (81,559 / 143,771 MiB = 79.6 /
