@@ -65,6 +65,12 @@ def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
     whose backward reruns the forward), a micro-batch runs the attention forward twice (the
     forward, and the custom backward's rerun) as with no checkpointing, not a third time in
     the layer's recompute as ``full`` does."""
+    runs = attention_forwards_per_policy(seed, counted_attention_forwards(monkeypatch))
+    assert runs == {"none": 2, "save_gemms": 2, "full": 3}
+
+
+def counted_attention_forwards(monkeypatch) -> list:
+    """A list that gets an entry each time the custom op's attention runs its forward."""
     from reflectioncoder.kernels import varlen_attention_op
 
     calls = []
@@ -74,18 +80,37 @@ def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
         "varlen_attention",
         lambda *a, **k: calls.append(1) or attention(*a, **k),
     )
-    runs = attention_forwards_per_policy(seed, calls)
-    assert runs == {"none": 2, "save_gemms": 2, "full": 3}
+    return calls
 
 
-def attention_forwards_per_policy(seed: int, calls: list, attention: str = "auto") -> dict:
+def attention_forwards_per_policy(
+    seed: int,
+    calls: list,
+    attention: str = "auto",
+    policies: tuple[str, ...] = ("none", "save_gemms", "full"),
+    backward_ops: dict | None = None,
+) -> dict:
     """``len(calls)`` (the attention forwards counted there) for one micro-batch's forward and
-    backward through a compiled one-layer model, per checkpointing policy."""
+    backward through a compiled one-layer model, per checkpointing policy; ``backward_ops``:
+    filled with the aten ops each policy's backward runs (op name -> calls)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
     from reflectioncoder import activation_checkpointing as ac
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
 
     batch = _varied_batches(seed)[0]
     runs = {}
-    for policy in ("none", "save_gemms", "full"):
+    for policy in policies:
         torch._dynamo.reset()
         model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
                                  seed=seed)  # fmt: skip
@@ -93,6 +118,10 @@ def attention_forwards_per_policy(seed: int, calls: list, attention: str = "auto
         ac.apply_plan(model, (policy,))
         compile_layers(model, backend="aot_eager")
         calls.clear()
-        ReflectionLossModule(model)(batch)[0].backward()
+        loss = ReflectionLossModule(model)(batch)[0]
+        with Count() as count:
+            loss.backward()
         runs[policy] = len(calls)
+        if backward_ops is not None:
+            backward_ops[policy] = count.ops
     return runs

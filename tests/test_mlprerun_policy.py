@@ -110,35 +110,14 @@ def test_compiled_backward_reruns_gate_and_up_not_the_attention(seed, monkeypatc
     """Compiled one-layer model: the backward graph runs 2 GEMMs more than no checkpointing's
     (gate, up) and the attention's forward no more often (2: the forward and the custom op's
     backward rerun on the CPU's SDPA), where ``full`` runs it a third time."""
-    from reflectioncoder.kernels import varlen_attention_op
-    from test_compile import _varied_batches
-    from test_kept_outputs import _CountGemms
+    from test_compile import attention_forwards_per_policy, counted_attention_forwards
 
-    from reflectioncoder.model import compile_layers
-
-    calls = []
-    attention = varlen_attention_op.varlen_attention
-    monkeypatch.setattr(
-        varlen_attention_op,
-        "varlen_attention",
-        lambda *a, **k: calls.append(1) or attention(*a, **k),
-    )
-    batch = _varied_batches(seed)[0]
-    runs = {}
-    for policy in ("none", "mlp_rerun"):
-        torch._dynamo.reset()
-        model = build_tiny_llama(300, hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
-                                 seed=seed)  # fmt: skip
-        prepare_model(model, liger=False)
-        ac.apply_plan(model, (policy,))
-        compile_layers(model, backend="aot_eager")
-        calls.clear()
-        loss = ReflectionLossModule(model)(batch)[0]
-        with _CountGemms() as count:
-            loss.backward()
-        runs[policy] = (count.gemms["mm"], len(calls))
-    assert runs["mlp_rerun"][0] == runs["none"][0] + 2
-    assert runs["mlp_rerun"][1] == runs["none"][1] == 2
+    ops: dict = {}
+    calls = counted_attention_forwards(monkeypatch)
+    runs = attention_forwards_per_policy(seed, calls, policies=("none", "mlp_rerun"),
+                                         backward_ops=ops)  # fmt: skip
+    assert runs == {"none": 2, "mlp_rerun": 2}
+    assert ops["mlp_rerun"]["mm"] == ops["none"]["mm"] + 2
 
 
 def test_holds_the_attention_halfs_outputs_only():
