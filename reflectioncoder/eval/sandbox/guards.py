@@ -238,7 +238,9 @@ _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel":
 # refused at every level (the box's filter and the fallback's): the kernel's own state, other
 # processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
-# them), keys, tracing, modules. "process": refused to Python programs in the fallback only
+# them), keys, tracing, modules, POSIX message queues (a queue outlives its run where there is no
+# IPC namespace, and without the mqueue file system mounted nothing can list it; no toolchain
+# uses them). "process": refused to Python programs in the fallback only
 # (compilers in the box need them; rustc spawns its linker through a socketpair, which reaches
 # nothing but its own other end).
 _SYSCALL_TABLE = """
@@ -295,6 +297,7 @@ socket                41  198  kernel
 io_uring_setup       425  425  kernel
 io_uring_enter       426  426  kernel
 io_uring_register    427  427  kernel
+mq_open              240  180  kernel
 socketpair            53  199  process
 fork                  57    -  process
 vfork                 58    -  process

@@ -390,10 +390,11 @@ class PreparedRun:
         finally:
             # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
             # the next verdict; not a daemon thread, so the interpreter waits for it at exit
-            # the fallback without Landlock: what the run's own uid left in world-writable folders
-            contained = self.isolation.bwrap or self.isolation.landlock
-            left_by = None if contained else self.run_uid
-            threading.Thread(target=_remove_run, args=(cgroup, root, left_by)).start()
+            # the fallback: the IPC objects the run's own uid made (no IPC namespace ends with
+            # the run) and, without Landlock, what it left in world-writable folders
+            uid = None if self.isolation.bwrap else self.run_uid
+            files = not self.isolation.landlock
+            threading.Thread(target=_remove_run, args=(cgroup, root, uid, files)).start()
 
 
 def run_sandboxed(
@@ -438,12 +439,14 @@ def run_sandboxed(
     )
 
 
-def _remove_run(cgroup: RunCgroup | None, root: Path, left_by: int | None) -> None:
+def _remove_run(cgroup: RunCgroup | None, root: Path, uid: int | None, files: bool) -> None:
     if cgroup is not None:
         cgroup.remove()
     shutil.rmtree(root, ignore_errors=True)
-    if left_by is not None:
-        runuser.remove_left_files(left_by)
+    if uid is not None:
+        runuser.remove_ipc_objects(uid)
+        if files:
+            runuser.remove_left_files(uid)
 
 
 def _kill_tree(

@@ -14,6 +14,7 @@ processes and files as well.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -21,7 +22,14 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RUN_UIDS", "needs_read_all", "new_run_uid", "own_run_dirs", "remove_left_files"]
+__all__ = [
+    "RUN_UIDS",
+    "needs_read_all",
+    "new_run_uid",
+    "own_run_dirs",
+    "remove_ipc_objects",
+    "remove_left_files",
+]
 
 # uids (and gids) runs take, one at random per run: above the ranges distributions give users
 # (< 60000), /etc/subuid's usual ranges (100000 + 65536 x n for a few thousand users) and
@@ -31,6 +39,9 @@ RUN_UIDS = range(1_900_000_000, 1_900_000_000 + (1 << 24))
 # those missing on a machine are skipped)
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/crash")
 _SWEEP_DEPTH = 4  # those folders and three levels of world-writable folders under them
+# System V IPC objects: /proc/sysvipc's file, its id column, the libc call that removes one
+_SYSV_IPC = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
+_IPC_RMID = 0
 
 
 def new_run_uid() -> int:
@@ -91,3 +102,24 @@ def _remove_owned(folder: str, uid: int, depth: int) -> None:
             elif depth > 1 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
                 with contextlib.suppress(OSError):
                     _remove_owned(entry.path, uid, depth - 1)
+
+
+def remove_ipc_objects(uid: int) -> None:
+    """Remove the System V shared memory segments, message queues and semaphore sets that the
+    run's ``uid`` created (the fallback: no IPC namespace ends with the run, and they outlive
+    their processes, holding host memory until a reboot). By creator: a run can hand an
+    object to another owner (``IPC_SET``), never change who created it."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    for kind, id_column, remove in _SYSV_IPC:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except (OSError, ValueError):
+            continue  # a kernel without System V IPC
+        columns = header.split()
+        at_id, at_creator = columns.index(id_column), columns.index("cuid")
+        for row in rows:
+            fields = row.split()
+            if int(fields[at_creator]) == uid:  # semctl(id, semnum, cmd); the others (id, cmd, buf)
+                args = (0, _IPC_RMID) if kind == "sem" else (_IPC_RMID, None)
+                getattr(lib, remove)(int(fields[at_id]), *args)
