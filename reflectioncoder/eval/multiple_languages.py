@@ -125,7 +125,10 @@ LANGUAGES: dict[str, Language] = {
         "cp {src}/main_test.go {work}/ && cd {work} && GOCACHE={work}/.gocache GOPATH={work}/go "
         "GO111MODULE=off go test -c -o {work}/main.test ./main_test.go && "
         "{run} {work}/main.test -test.v",
-        ("go",), ("golang-go",), 'fmt.Println("{nonce}")', "brace-1",
+        ("go",), ("golang-go",),
+        # the scorer's own TestMain: the nonce only when every test passed; a completion that
+        # declares one (to exit 0 through testing.Main after failing tests) does not compile
+        'func TestMain(m *testing.M) {\n\tif m.Run() == 0 {\n\t\tfmt.Println("{nonce}")\n\t}\n}',
         memory_mb=4096, processes=128, build_s=60,
     ),
     "java": Language(
