@@ -69,7 +69,7 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> No
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_FSIZE, (config["file_size"], config["file_size"])),
         (resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"])),
-        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_CORE, (1, 1)),  # no dump, to a file or a pipe (guards.RLIMIT_CORE)
     ):
         resource.setrlimit(limit, value)
     if config["nproc"] is not None:

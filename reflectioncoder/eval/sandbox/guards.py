@@ -249,6 +249,8 @@ clone3               435  435  special
 kill                  62  129  special
 tkill                200  130  special
 tgkill               234  131  special
+setrlimit            160  164  special
+prlimit64            302  261  special
 ptrace               101  117  kernel
 process_vm_readv     310  270  kernel
 process_vm_writev    311  271  kernel
@@ -318,6 +320,10 @@ _DENIED_SYSCALLS = {**_KERNEL_SYSCALLS, **_PROCESS_SYSCALLS}
 # NEWNET; NEWTIME is 0x80)
 _CLONE_NEW_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
 _CLONE_NEW_NAMESPACES |= 0x20000000 | 0x40000000 | 0x00000080
+# Every run's processes get RLIMIT_CORE 1 (``child.apply``): the one value at which the kernel
+# neither writes a core file nor starts core_pattern's program (on the host, as root, outside
+# the run's cgroup: apport, systemd-coredump); the filter refuses any change to it.
+RLIMIT_CORE = 4
 
 
 def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
@@ -341,6 +347,7 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         prog.append((jge, "DENY", 0, 0x40000000))  # the x32 ABI's numbers
     prog += [(jeq, "DENY", 0, n) for n in denied]
     prog += [(jeq, "NOSYS", 0, nr["clone3"]), (jeq, "CLONE", 0, nr["clone"])]
+    prog += [(jeq, "SETRLIMIT", 0, nr["setrlimit"]), (jeq, "PRLIMIT", 0, nr["prlimit64"])]
     if pid is not None:
         prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
     prog.append((ret, 0, 0, allow))
@@ -356,6 +363,11 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         ]
     else:
         prog += [(ld, 0, 0, 16), (jset, "DENY", "ALLOW", _CLONE_NEW_NAMESPACES)]
+    labels["SETRLIMIT"] = len(prog)  # setrlimit(resource, new)
+    prog += [(ld, 0, 0, 16), (jeq, "DENY", "ALLOW", RLIMIT_CORE)]
+    labels["PRLIMIT"] = len(prog)  # prlimit64(pid, resource, new, old): new is a 64-bit pointer
+    prog += [(ld, 0, 0, 24), (jeq, 0, "ALLOW", RLIMIT_CORE), (ld, 0, 0, 32), (jeq, 0, "DENY", 0)]
+    prog += [(ld, 0, 0, 36), (jeq, "ALLOW", "DENY", 0)]
     for name, value in (("ALLOW", allow), ("DENY", deny), ("NOSYS", nosys), ("KILL", kill)):
         labels[name] = len(prog)
         prog.append((ret, 0, 0, value))
