@@ -8,7 +8,9 @@ process on the machine (a C++ or shell sample could write anywhere, signal the s
 its cgroup): the child drops to the run's uid/gid (``child.drop_root``) with no capability,
 its working dir its own (0700), its source dir readable by its group only, and nothing else
 on the machine its own. The kernel then refuses one sample's signals and writes to another's
-processes and files as well.
+processes and files as well. When a fallback run ends, what its uid created and left is
+removed: System V IPC objects (no IPC namespace ends with the run) and, without Landlock, its
+files in world-writable folders.
 """
 
 from __future__ import annotations
