@@ -12,7 +12,6 @@ each level as root:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import uuid
@@ -20,24 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import test_redteam4_ipc
 
 from reflectioncoder.eval import multiple, sandbox
-from reflectioncoder.eval.sandbox import process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
-
-
-@pytest.fixture(params=["bwrap", "rlimits", "rlimits-no-landlock"])
-def level(request, monkeypatch) -> str:
-    if request.param == "bwrap":
-        if not sandbox.isolation().bwrap:
-            pytest.skip("bubblewrap cannot run here")
-        return request.param
-    monkeypatch.setenv("REFLECTIONCODER_SANDBOX", "rlimits")
-    if request.param == "rlimits-no-landlock":
-        no_landlock = dataclasses.replace(sandbox.isolation(), landlock=False)
-        monkeypatch.setattr(process, "isolation", lambda: no_landlock)
-    return request.param
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
 
 
 # every open descriptor, and what it is
