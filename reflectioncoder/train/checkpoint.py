@@ -53,7 +53,7 @@ from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UsageError, UserError
 from reflectioncoder.file_modes import weights_mode_like_config
 from reflectioncoder.train import distributed
-from reflectioncoder.train.deepspeed_engine import convert_to_universal
+from reflectioncoder.train.deepspeed_engine import ZERO0_NAMES, convert_to_universal
 from reflectioncoder.train.distributed import DistInfo
 from reflectioncoder.train.engine import Engine, ParamState, read_weights
 
@@ -423,7 +423,7 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
                     describe_layout(saved),
                     describe_layout(current),
                 )
-            engine.load_param_states(_state_reader(path, saved, info))
+            engine.load_param_states(_state_reader(path, saved, info, current))
         else:
             engine.load_state(path)
         rng_file = path / "rng" / f"rank-{info.rank:05d}.pt"
@@ -486,15 +486,14 @@ def describe_layout(layout: dict[str, Any]) -> str:
     return f"DeepSpeed ZeRO-{stage} on {ranks}"
 
 
-def _state_reader(path: Path, saved: dict[str, Any], info: DistInfo):
-    """``read(name, shape) -> ParamState`` over a checkpoint of another layout."""
+def _state_reader(
+    path: Path, saved: dict[str, Any], info: DistInfo, current: dict[str, Any] | None = None
+):
+    """``read(name, shape) -> ParamState`` over a checkpoint of another layout (``current``:
+    the resuming run's, for what a refusal says)."""
     if saved["engine"] == "deepspeed":
-        if saved["zero_stage"] == 0:  # no ZeRO partition files: DeepSpeed's tool cannot read it
-            raise ValueError(
-                f"--resume: {path} was written by {describe_layout(saved)}, which DeepSpeed "
-                "cannot convert; resume it with distributed.zero_stage=0 on "
-                f"{saved['world_size']} rank(s)"
-            )
+        if saved["zero_stage"] == 0:  # no ZeRO partitions: its whole state, rank 0's file
+            return _zero0_reader(path, saved, current)
         folder = path / UNIVERSAL
         if info.is_main and not (folder / "zero").is_dir():
             tmp = path / (TMP_PREFIX + UNIVERSAL)
@@ -580,23 +579,60 @@ def _single_reader(path: Path):
             f"--resume: {path} predates resuming on another layout; resume it as it was saved "
             "(the single engine), then save again"
         )
-    states = saved["optimizer"]["state"]
-    by_name = {name: states.get(i) for i, name in enumerate(saved["names"])}
+    weights = {f"model.{k}": v for k, v in read_weights(path / "model").items()}
     masters = dict(zip(saved.get("master_names", []), saved.get("fp32_masters", []), strict=True))
-    weights = read_weights(path / "model")
+    return _whole_reader(path, saved["optimizer"], saved["names"], weights, masters)
+
+
+def _zero0_reader(path: Path, saved: dict[str, Any], current: dict[str, Any] | None):
+    """A DeepSpeed ZeRO-0 checkpoint: rank 0's model states (every rank's state is whole):
+    its weights, its AdamW state (by ``ZERO0_NAMES``) and, in 16 bits, the fp32 masters its
+    ``FP16_UnfusedOptimizer`` stepped."""
+    folder = path / "deepspeed"
+    if not (folder / ZERO0_NAMES).is_file():
+        raise UserError(
+            f"was written by {describe_layout(saved)} before such checkpoints named their "
+            "parameters, so it cannot be resumed as "
+            f"{describe_layout(current) if current else 'another layout'}; resume it with "
+            "distributed.backend=deepspeed distributed.zero_stage=0 on "
+            f"{saved['world_size']} rank(s), or start a new run from its weights "
+            f"(--set model.name_or_path={path / 'model'})",
+            file=path,
+            field="--resume",
+        )
+    names = json.loads((folder / ZERO0_NAMES).read_text())
+    model_states = folder / "mp_rank_00_model_states.pt"
+    states = torch.load(model_states, map_location="cpu", weights_only=False)
+    optimizer = states["optimizer"]
+    masters = [m for group in optimizer.get("fp32_groups", []) for m in group]
+    adam = optimizer.get("optimizer_state_dict", optimizer)
+    by_name = dict(zip(names, masters, strict=True)) if masters else {}
+    return _whole_reader(path, adam, names, states["module"], by_name)
+
+
+def _whole_reader(
+    path: Path,
+    adam: dict[str, Any],
+    names: list[str],
+    weights: dict[str, torch.Tensor],
+    masters: dict[str, torch.Tensor],
+):
+    """``read`` over a whole (unpartitioned) state: AdamW's state_dict ``adam`` whose indices
+    are ``names``, the weights by the loss module's names, the fp32 masters of 16-bit weights
+    (the weights saved are rounded)."""
+    by_name = {name: adam["state"].get(i) for i, name in enumerate(names)}
 
     def read(name: str, shape: torch.Size) -> ParamState:
-        key = name.removeprefix("model.")  # the loss module holds the model as .model
-        if key not in weights or name not in by_name:
+        if name not in weights or name not in by_name:
             raise ValueError(f"--resume: {path} holds no state for parameter {name}")
-        adam = by_name[name] or {}
+        state = by_name[name] or {}
         zeros = torch.zeros(shape)
-        weight = masters.get(name, weights[key])  # model/ holds 16-bit weights rounded
+        weight = masters.get(name, weights[name])
         return ParamState(
             weight.float().reshape(shape),
-            adam.get("exp_avg", zeros).float().reshape(shape),
-            adam.get("exp_avg_sq", zeros).float().reshape(shape),
-            float(adam.get("step", 0)),
+            state.get("exp_avg", zeros).float().reshape(shape),
+            state.get("exp_avg_sq", zeros).float().reshape(shape),
+            float(state.get("step", 0)),
         )
 
     return read

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,15 @@ from reflectioncoder.train.distributed import (
 from reflectioncoder.train.engine import (
     StateReader,
     StepResult,
-    _adam_state,
     _adamw,
     _read_step,
     _unwrap,
+    load_whole_states,
+    optimizer_param_names,
 )
+
+# ZeRO-0's parameter names in its optimizer's order, beside DeepSpeed's files of a checkpoint
+ZERO0_NAMES = "zero0_param_names.json"
 
 
 def convert_to_universal(deepspeed_dir: Path, out: Path) -> None:
@@ -180,8 +185,24 @@ class DeepSpeedEngine:
         return {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
 
     def save_state(self, folder: Path) -> None:
-        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout)."""
+        """Every rank writes its partition of the optimizer state (DeepSpeed's own layout). At
+        ZeRO-0, whose whole state DeepSpeed writes unnamed (rank 0's), also the parameters' names
+        in its optimizer's order: another layout resumes from it by name (``ZERO0_NAMES``)."""
         self.engine.save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
+        if self.layout()["zero_stage"] == 0 and self.info.is_main:
+            names = optimizer_param_names(self.module, *self._zero0_optimizer())
+            (folder / "deepspeed" / ZERO0_NAMES).write_text(json.dumps(names))
+
+    def _zero0_optimizer(self) -> tuple[torch.optim.Optimizer, dict[int, torch.Tensor]]:
+        """ZeRO-0's AdamW and what it steps: the weights themselves (fp32, stepped bare), or
+        in 16 bits the fp32 master of each weight (id(weight) -> master) that DeepSpeed's
+        ``FP16_UnfusedOptimizer`` keeps and steps with our AdamW."""
+        weights = getattr(self.optimizer, "fp16_groups", None)
+        if weights is None:
+            return self.optimizer, {}
+        masters = zip(weights, self.optimizer.fp32_groups, strict=True)
+        pairs = (pair for ws, ms in masters for pair in zip(ws, ms, strict=True))
+        return self.optimizer.optimizer, {id(w): m for w, m in pairs}
 
     def load_state(self, folder: Path) -> None:
         """Module weights and optimizer partitions, from DeepSpeed's own files."""
@@ -196,6 +217,9 @@ class DeepSpeedEngine:
         number of ranks or ZeRO stage, or one process): each rank writes its own partition."""
         from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+        if self.layout()["zero_stage"] == 0:  # every parameter whole on every rank
+            load_whole_states(self.module, *self._zero0_optimizer(), read)
+            return
         _create_adam_state(self.optimizer)
         steps = set()
         for name, p in self.module.named_parameters():
@@ -212,13 +236,10 @@ class DeepSpeedEngine:
                     piece[:n].copy_(flat[start : start + n])
                 else:
                     p.copy_(state.weight.reshape(p.shape))
-            if zero3 or hasattr(p, "_hp_mapping"):
-                safe_set_full_fp32_param(p, state.weight.reshape(p.ds_shape if zero3 else p.shape))
-                for key in ("exp_avg", "exp_avg_sq"):
-                    value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
-                    safe_set_full_optimizer_state(p, value, key)
-            else:  # ZeRO-0 in fp32: DeepSpeed steps the client optimizer on the module's own
-                self.optimizer.state[p] = _adam_state(p, state, self.optimizer)
+            safe_set_full_fp32_param(p, state.weight.reshape(p.ds_shape if zero3 else p.shape))
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
+                safe_set_full_optimizer_state(p, value, key)
         base = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the client's
         for group_state in base.state.values():
             if "step" in group_state:
@@ -325,9 +346,7 @@ def _create_adam_state(zero_optimizer: Any) -> None:
     """DeepSpeed's optimizers create AdamW's state at their first step and only then link each
     parameter's fragment of it; a resume writes the state before any step, so it creates the
     (zero) state of every flat partition, as AdamW's first step would, and links it."""
-    name = next((a for a in _FLAT_FP32 if hasattr(zero_optimizer, a)), None)
-    if name is None:  # ZeRO-0 in fp32: the client optimizer, whose state is set per parameter
-        return
+    name = next(a for a in _FLAT_FP32 if hasattr(zero_optimizer, a))
     base = zero_optimizer.optimizer
     for flat in getattr(zero_optimizer, name):
         if not base.state.get(flat):

@@ -103,6 +103,25 @@ def _adam_state(
     }
 
 
+def load_whole_states(
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    masters: dict[int, torch.Tensor],
+    read: StateReader,
+) -> None:
+    """Weights and AdamW state from a checkpoint of another layout (``read(name, shape)``) into
+    an engine that holds every parameter whole: each weight, its fp32 master (``masters``:
+    id(weight) -> the master the optimizer steps, when it is not the weight) and its state."""
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            state = read(name, p.shape)
+            master = masters.get(id(p), p)
+            with torch.no_grad():
+                master.copy_(state.weight.reshape(p.shape))
+                p.copy_(master)
+            optimizer.state[master] = _adam_state(master, state, optimizer)
+
+
 @dataclass
 class StepResult:
     """What one optimizer step did, on the host (after the step's single sync)."""

@@ -22,11 +22,11 @@ from reflectioncoder.train.engine import (
     LossScale,
     StateReader,
     StepResult,
-    _adam_state,
     _adamw,
     _clip_and_step,
     _read_step,
     _unwrap,
+    load_whole_states,
     optimizer_param_names,
     read_weights,
 )
@@ -286,14 +286,7 @@ class LocalEngine:
 
     def load_param_states(self, read: StateReader) -> None:
         """Weights and AdamW state from a checkpoint of another layout (``read(name, shape)``)."""
-        for name, p in self.module.named_parameters():
-            if p.requires_grad:
-                state = read(name, p.shape)
-                master = self._masters.get(id(p), p)
-                with torch.no_grad():
-                    master.copy_(state.weight.reshape(p.shape))
-                    p.copy_(master)
-                self.optimizer.state[master] = _adam_state(master, state, self.optimizer)
+        load_whole_states(self.module, self.optimizer, self._masters, read)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
