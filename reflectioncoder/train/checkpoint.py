@@ -20,12 +20,13 @@ masks are functions of (seed, step), so a resumed run sees exactly the batches i
 
 Resume anywhere: trainer_state.json records the layout that wrote the checkpoint (engine, ZeRO
 stage, ranks). A run of another layout (2 ranks -> 1, 1 -> 8, ZeRO-3 -> ZeRO-1, DeepSpeed -> one
-process, or back) converts on load: a DeepSpeed checkpoint goes through DeepSpeed's universal
-checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a one-process one
-is read from optimizer.pt and model/, an FSDP one from its DCP shards a parameter at a time
-(FSDP reads its own shards on any number of ranks); each rank then writes its own share of
-every parameter's fp32 weight and AdamW state. The step count and the data position carry
-over unchanged.
+process, or back) converts on load: a DeepSpeed ZeRO 1-3 checkpoint goes through DeepSpeed's
+universal checkpoint conversion (``ds_to_universal``, once, kept as step-N/universal/), a ZeRO-0
+one (its whole state in rank 0's file, which that tool cannot read) is read by the parameter
+names saved beside it, a one-process one is read from optimizer.pt and model/, an FSDP one
+from its DCP shards a parameter at a time (FSDP reads its own shards on any number of ranks);
+each rank then writes its own share of every parameter's fp32 weight and AdamW state. The step
+count and the data position carry over unchanged.
 """
 
 from __future__ import annotations
