@@ -123,13 +123,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     if path.is_dir():  # os.replace would fail only after the whole file was written beside it
         raise UserError("is a folder; give a file name", file=path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    except OSError as err:
+        if err.strerror is None:
+            raise
+        # the same error (the same subclass, from errno), naming the user's path, not our temporary
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

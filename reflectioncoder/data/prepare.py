@@ -123,6 +123,8 @@ def prepare(
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # innermost first
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    mpath = manifest_path(out)
+    mtmp = mpath.with_name(f".{mpath.name}.tmp{os.getpid()}")
     report = ContaminationReport()
     bar = Progress(None, "prepare", unit="row", enabled=progress, every=10000)
     try:
@@ -146,16 +148,17 @@ def prepare(
             "inputs": [s.as_dict() for s in stats],
             "decontamination": contamination,
         }
-        mpath = manifest_path(out)
-        mtmp = mpath.with_name(f".{mpath.name}.tmp{os.getpid()}")
         mtmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, out)
         os.replace(mtmp, mpath)
-    except BaseException:  # a failed run (an unreadable input, Ctrl-C) leaves no new folder
+    except BaseException as err:  # a failed run (an unreadable input, Ctrl-C) leaves no new folder
         tmp.unlink(missing_ok=True)
         for folder in made:
             with contextlib.suppress(OSError):
                 folder.rmdir()
+        named = {str(tmp): out, str(mtmp): mpath}  # the user's path, not our temporary file's
+        if isinstance(err, OSError) and err.strerror and err.filename in named:
+            raise OSError(err.errno, err.strerror, str(named[err.filename])) from err
         raise
     finally:
         bar.close()
