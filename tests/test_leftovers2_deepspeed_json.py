@@ -56,6 +56,9 @@ ACCEPTED = {
     "communication_data_type": "fp32",
     "gradient_clipping": "auto",
     "steps_per_print": 2000,
+    "vocabulary_size": 32000,  # read by DeepSpeed's checks, not its parser
+    "sequence_parallel_size": 1,  # read by deepspeed.initialize itself
+    "data_parallel_size": 2,
     "wall_clock_breakdown": False,
     "train_batch_size": "auto",
     "train_micro_batch_size_per_gpu": "auto",

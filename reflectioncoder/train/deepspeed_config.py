@@ -350,22 +350,29 @@ class _AskedKeys(collections.abc.KeysView):
         return dict.__iter__(self._mapping)
 
 
-def _deepspeed_parses(data: _Reads) -> None:
+def _deepspeed_parses(data: _Reads) -> Any:
     """DeepSpeed's own reading of its JSON (no world, no batch-size arithmetic)."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
     parsed = object.__new__(DeepSpeedConfig)
     parsed.world_size, parsed.global_rank, parsed._param_dict = 1, 0, data
     parsed._initialize_params(data)
+    return parsed
+
+
+# Top-level keys ``deepspeed.initialize`` reads from the dict itself, outside its config parser
+_READ_BY_INITIALIZE = ("sequence_parallel_size", "data_parallel_size")
 
 
 @functools.cache
 def _top_level_keys() -> frozenset[str]:
-    """The top-level keys DeepSpeed's parser asks for (what a one-key JSON is asked: some
-    sections are looked for only in a JSON that is not empty)."""
-    probe = _Reads({"steps_per_print": 10})
-    _deepspeed_parses(probe)
-    return frozenset(probe.asked)
+    """The top-level keys DeepSpeed asks for: what its parser and its checks ask of a one-key
+    JSON (some sections are looked for only in a JSON that is not empty)."""
+    probe = _Reads({"train_batch_size": 1})
+    parsed = _deepspeed_parses(probe)
+    parsed._configure_train_batch_size()
+    parsed._do_sanity_check()  # its warnings read one more key (vocabulary_size)
+    return frozenset(probe.asked) | frozenset(_READ_BY_INITIALIZE)
 
 
 def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
