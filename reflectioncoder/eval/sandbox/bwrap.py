@@ -57,9 +57,11 @@ _ETC_PATTERNS = (
     "ssl/openssl.cnf",
     "mono",
 )
-# /proc's files that write to the kernel beyond the process's own entries: sysctls (bwrap
-# leaves /proc/sys writable when started by root) and pressure triggers
-_PROC_COVERED = ("/proc/sys", "/proc/pressure")
+# What the box finds empty (read-only): /proc's files that write to the kernel beyond the
+# process's own entries, sysctls (bwrap leaves /proc/sys writable when started by root) and
+# pressure triggers; and /dev/pts, whose terminals (no program scored needs one) count
+# against the machine's kernel.pty.max: a sample held them all (3072) but the host's reserve
+_COVERED = ("/proc/sys", "/proc/pressure", "/dev/pts")
 _DROP_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 # The box's PATH: the system's program directories, whatever the host's PATH holds
 SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -143,7 +145,7 @@ def bwrap_argv(
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--hostname", "sandbox", "--proc", "/proc", "--dev", "/dev"]
-    for path in _PROC_COVERED:  # kernel settings and triggers: absent (empty, read-only)
+    for path in _COVERED:  # kernel settings, triggers, terminals: absent (empty, read-only)
         argv += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
     for mount in ("/tmp", "/dev/shm"):
         argv += ["--perms", "1777", "--size", str(tmp_mb << 20), "--tmpfs", mount]

@@ -1,0 +1,101 @@
+"""Red team, round 4: pseudo-terminals are a count of the whole machine (``kernel.pty.max``,
+4096 by default, of which ``kernel.pty.reserve``, 1024, only the host's own ``/dev/pts`` may
+use). A box's ``/dev/pts`` (bubblewrap's fresh instance) drew on the same count: a sample
+opening ``/dev/ptmx`` until its descriptors ran out held 253 of them per process, and its 64
+processes all 3072 that instances other than the host's may take, so no sibling box (nor a
+container on the machine) could open a terminal until it ended. No program scored needs a
+terminal: the box's ``/dev/pts`` is now an empty read-only folder. The fallback with Landlock
+refuses ``/dev/ptmx`` (not among the devices it may open); without Landlock it is left (the
+host's own ``/dev/pts``; docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from reflectioncoder.eval import multiple, sandbox
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
+
+_PTY_COUNT = "/proc/sys/kernel/pty/nr"
+
+# each opens every terminal it can, in 4 processes (Python: 1 in the fallback, which refuses
+# fork), reports, then holds them a while
+PROGRAMS = {
+    "cpp": r"""
+#include <cstdio>
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main() {
+    for (int i = 0; i < 3; i++) if (fork() == 0) break;
+    int n = 0;
+    while (open("/dev/ptmx", O_RDWR | O_NOCTTY) >= 0 || open("/dev/pts/ptmx", O_RDWR) >= 0) n++;
+    std::printf("opened %d\n", n);
+    std::fflush(stdout);
+    sleep(2);
+    while (wait(nullptr) > 0) {}
+}
+""",
+    "python": (
+        "import os, time\n"
+        "for _ in range(2):\n"
+        "    try:\n"
+        "        os.fork()\n"
+        "    except OSError:  # the fallback refuses it\n"
+        "        pass\n"
+        "n = 0\n"
+        "for path in ('/dev/ptmx', '/dev/pts/ptmx'):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            os.open(path, os.O_RDWR | os.O_NOCTTY)\n"
+        "            n += 1\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('opened', n, flush=True)\n"
+        "time.sleep(2)\n"
+    ),
+    "sh": (
+        "for p in 1 2 3 4; do (\n"
+        "  n=0; fd=10\n"
+        '  while [ $fd -lt 250 ] && eval "exec $fd<>/dev/ptmx" 2>/dev/null; do\n'
+        "    n=$((n+1)); fd=$((fd+1)); done\n"
+        '  echo "opened $n"; sleep 2) & done; wait\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("language", sorted(PROGRAMS))
+@pytest.mark.parametrize("level", ["bwrap", "rlimits"])
+def test_a_run_takes_no_terminal(level, language, monkeypatch):
+    if level == "bwrap" and not sandbox.isolation().bwrap:
+        pytest.skip("bubblewrap cannot run here")
+    if level == "rlimits":
+        monkeypatch.setenv("REFLECTIONCODER_SANDBOX", "rlimits")
+        if not sandbox.isolation().landlock:
+            pytest.skip("without Landlock the fallback opens the host's /dev/ptmx (left)")
+    if multiple.toolchain_problem(language):
+        pytest.skip(multiple.toolchain_problem(language))
+    before = int(open(_PTY_COUNT).read())
+    peak = [before]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], int(open(_PTY_COUNT).read()))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        res = multiple.run_program(language, PROGRAMS[language], run_s=10)
+    finally:
+        done.set()
+        watcher.join()
+    assert "opened" in res.stdout, res
+    # the box's own count, as the kernel keeps it (a little room for the machine's others)
+    assert peak[0] - before < 8, (level, language, res.stdout, peak[0] - before)
