@@ -20,10 +20,10 @@ what is in force):
 - ``bwrap``: bubblewrap with its own PID, network, IPC, UTS and cgroup namespaces; the program
   runs as a host uid/gid of the run's own (started by root; else 65534 mapped to the
   caller) with no capability in any set, under the seccomp filter
-  ``guards.seccomp_filter(machine, None)``; ``/proc/sys`` and ``/proc/pressure`` absent; a file
-  system made only of what a program needs, read-only (``bwrap``). No data, cache, home, host
-  socket or cgroup file system is visible. When the PID namespace's first process dies the
-  kernel kills every process in it, so nothing outlives the run.
+  ``guards.seccomp_filter(machine, None)``; ``/proc/sys``, ``/proc/pressure``, ``/dev/pts``
+  absent; a file system made only of what a program needs, read-only (``bwrap``). No data,
+  cache, home, host socket or cgroup file system is visible. When the PID namespace's first
+  process dies the kernel kills every process in it, so nothing outlives the run.
 - ``rlimits`` (fallback where bubblewrap or user namespaces are missing): a new session and
   process group, resource limits, a private working directory as ``cwd`` and ``TMPDIR``, a sweep
   of ``/proc`` for processes tagged with the run's marker (children that called ``setsid``), and

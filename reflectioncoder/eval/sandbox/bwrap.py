@@ -8,7 +8,7 @@ Started by another user, the user namespace maps 65534 to that unprivileged user
 system holds only what a program needs, read-only (``/usr`` and the library dirs, a few
 ``/etc`` files, the Python installation and site-packages, the toolchain binds), a private
 size-capped ``/tmp`` (the working directory lives there), ``/dev/shm`` and ``/dev``;
-``/proc/sys`` and ``/proc/pressure`` are absent.
+``/proc/sys``, ``/proc/pressure`` and ``/dev/pts`` (terminals) are absent.
 """
 
 from __future__ import annotations
