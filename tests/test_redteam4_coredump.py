@@ -13,15 +13,15 @@ back after), crashes samples at each level, and reads what the recorder saw.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 
 import pytest
+import test_redteam4_ipc
 
-from reflectioncoder.eval import multiple, sandbox
-from reflectioncoder.eval.sandbox import process, runuser
+from reflectioncoder.eval import multiple
+from reflectioncoder.eval.sandbox import runuser
 
 _PATTERN = Path("/proc/sys/kernel/core_pattern")
 
@@ -32,6 +32,7 @@ pytestmark = [
         reason="setting core_pattern is root's",
     ),
 ]
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
 
 # each crashes after asking for dumps of any size (0: no file, still the pipe), or as it is
 CRASHES = {
@@ -81,14 +82,7 @@ def _run_uids_recorded(log: Path) -> list[int]:
     return [int(u) for u in lines if int(u) in runuser.RUN_UIDS]
 
 
-@pytest.mark.parametrize("level", ["bwrap", "rlimits"])
-def test_a_crash_starts_no_host_program(level, recorded, monkeypatch):
-    if level == "bwrap" and not sandbox.isolation().bwrap:
-        pytest.skip("bubblewrap cannot run here")
-    if level == "rlimits":
-        monkeypatch.setenv("REFLECTIONCODER_SANDBOX", "rlimits")
-        no_landlock = dataclasses.replace(sandbox.isolation(), landlock=False)
-        monkeypatch.setattr(process, "isolation", lambda: no_landlock)
+def test_a_crash_starts_no_host_program(level, recorded):
     ran = []
     for language, program in CRASHES.items():
         if multiple.toolchain_problem(language):

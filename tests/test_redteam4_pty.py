@@ -16,10 +16,12 @@ import threading
 import time
 
 import pytest
+import test_redteam4_ipc
 
 from reflectioncoder.eval import multiple, sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
 
 _PTY_COUNT = "/proc/sys/kernel/pty/nr"
 
@@ -59,25 +61,19 @@ int main() {
         "print('opened', n, flush=True)\n"
         "time.sleep(2)\n"
     ),
-    "sh": (
-        "for p in 1 2 3 4; do (\n"
-        "  n=0; fd=10\n"
-        '  while [ $fd -lt 250 ] && eval "exec $fd<>/dev/ptmx" 2>/dev/null; do\n'
-        "    n=$((n+1)); fd=$((fd+1)); done\n"
-        '  echo "opened $n"; sleep 2) & done; wait\n'
-    ),
+    "sh": r"""
+for p in 1 2 3 4; do (
+  n=0; fd=10
+  while [ $fd -lt 250 ] && eval "exec $fd<>/dev/ptmx" 2>/dev/null; do n=$((n+1)); fd=$((fd+1)); done
+  echo "opened $n"; sleep 2) & done; wait
+""",
 }
 
 
 @pytest.mark.parametrize("language", sorted(PROGRAMS))
-@pytest.mark.parametrize("level", ["bwrap", "rlimits"])
-def test_a_run_takes_no_terminal(level, language, monkeypatch):
-    if level == "bwrap" and not sandbox.isolation().bwrap:
-        pytest.skip("bubblewrap cannot run here")
-    if level == "rlimits":
-        monkeypatch.setenv("REFLECTIONCODER_SANDBOX", "rlimits")
-        if not sandbox.isolation().landlock:
-            pytest.skip("without Landlock the fallback opens the host's /dev/ptmx (left)")
+def test_a_run_takes_no_terminal(level, language):
+    if level == "rlimits-no-landlock" or (level == "rlimits" and not sandbox.isolation().landlock):
+        pytest.skip("without Landlock the fallback opens the host's /dev/ptmx (left)")
     if multiple.toolchain_problem(language):
         pytest.skip(multiple.toolchain_problem(language))
     before = int(open(_PTY_COUNT).read())
