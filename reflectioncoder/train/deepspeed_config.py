@@ -380,11 +380,9 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     would ignore, or refuse deep in ``deepspeed.initialize``), or value its config models refuse:
     (the key path, why); None when it reads the whole JSON (or DeepSpeed is not installed)."""
     try:
-        import deepspeed
         from deepspeed.runtime.config import DeepSpeedConfigError, _reject_removed_config_keys
     except ImportError:
         return None
-    unknown = f"unknown key: DeepSpeed {deepspeed.__version__} has no such setting"
     try:
         _reject_removed_config_keys(data)
     except DeepSpeedConfigError as err:  # a section DeepSpeed removed: its own message
@@ -395,10 +393,10 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     known = _top_level_keys()
     for key in data:
         if key not in known:
-            return (key,), unknown.replace(":", did_you_mean(key, known) + ":", 1)
+            return (key,), _unknown_key(did_you_mean(key, known))
     autos = [path for path in _paths(data) if len(path) > 1 and _at(data, path) == "auto"]
     for sentinel in (None, *autos):  # each "auto" (DeepSpeed drops them unread) asked alone
-        problem = _parse_problem(_without_autos(data, keep=sentinel), unknown, sentinel)
+        problem = _parse_problem(_without_autos(data, keep=sentinel), sentinel)
         if problem is not None:
             return problem
     return None
@@ -407,7 +405,13 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
 _ASKED = object()  # an "auto" value under test: any value the key's model refuses
 
 
-def _parse_problem(data: dict[str, Any], unknown: str, auto: tuple | None) -> tuple | None:
+def _unknown_key(hint: str) -> str:
+    import deepspeed
+
+    return f"unknown key{hint}: DeepSpeed {deepspeed.__version__} has no such setting"
+
+
+def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
     """DeepSpeed's parser over ``data``: an extra key or bad value its models refuse, or a key
     of a section it reads key by key that it never asks for."""
     import pydantic
@@ -422,8 +426,7 @@ def _parse_problem(data: dict[str, Any], unknown: str, auto: tuple | None) -> tu
                 continue  # a key DeepSpeed knows, refusing the test value: the "auto" is fine
             if error["type"] == "extra_forbidden":
                 known = _model_fields(err.title, error["loc"][:-1])
-                hint = did_you_mean(path[-1], known, ".".join(map(str, path[:-1])))
-                return path, unknown.replace(":", hint + ":", 1)
+                return path, _unknown_key(did_you_mean(path[-1], known, _dotted(path[:-1])))
             return path, f"{error['msg']} (got {error['input']!r})"
         return None
     except Exception:  # noqa: BLE001 (a value DeepSpeed refuses by other means: its own error)
@@ -432,9 +435,8 @@ def _parse_problem(data: dict[str, Any], unknown: str, auto: tuple | None) -> tu
         if asked.path and asked.asked and not asked.opaque:
             extra = [k for k in dict.keys(asked) if k not in asked.asked]
             if extra and (auto is None or (*asked.path, extra[0]) == auto):
-                where = ".".join(map(str, asked.path))
-                hint = did_you_mean(extra[0], asked.asked, where)
-                return (*asked.path, extra[0]), unknown.replace(":", hint + ":", 1)
+                hint = did_you_mean(extra[0], asked.asked, _dotted(asked.path))
+                return (*asked.path, extra[0]), _unknown_key(hint)
     return None
 
 
@@ -442,7 +444,7 @@ def _error_path(data: dict[str, Any], seen: list[tuple], loc: tuple) -> tuple:
     """A pydantic error's location as a path in the JSON: under the newest section read that
     holds it (DeepSpeed validates sections it took out of the JSON)."""
     for base in reversed(seen):
-        if _at(data, (*base, *loc)) is not None:
+        if _at(data, (*base, *loc)) is not _MISSING:
             return (*base, *loc)
     return loc
 
@@ -479,12 +481,20 @@ def _paths(data: Any, path: tuple = ()) -> list[tuple]:
     return [p for key, value in data.items() for p in _paths(value, (*path, key))]
 
 
+_MISSING = object()
+
+
 def _at(data: Any, path: tuple) -> Any:
+    """The value at ``path`` in the JSON, or ``_MISSING``."""
     for key in path:
         if not isinstance(data, dict) or key not in data:
-            return None
+            return _MISSING
         data = data[key]
     return data
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(map(str, path))
 
 
 def _dicts(reads: _Reads) -> list[_Reads]:
