@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import weakref
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -327,16 +326,36 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling() or proxy is not None
 
 
-# The MLPs of the layers ``apply_plan`` gave ``mlp_rerun`` (one shared checkpoint function for
-# those layers: a compiled layer guards on it, so a per-layer one would compile each apart).
-_RERUN_MLPS: weakref.WeakSet = weakref.WeakSet()
+class _MlpRegion:
+    """How deep an eager forward is inside the MLP of an ``mlp_rerun`` layer, counted by the
+    hooks ``_mark_mlp`` gives it; reset as each checkpointed layer's forward starts (the
+    recompute's early stop leaves an MLP without its forward hook, and so does a forward that
+    raised there); compiled, the hooks do nothing (``_traced_in_mlp``)."""
+
+    depth = 0
 
 
-def _mlp_weights() -> frozenset[int]:
-    """The storages of the ``mlp_rerun`` MLPs' parameters, looked up when a layer's forward
-    starts (ZeRO-3 and FSDP swap in the gathered ones for it)."""
-    ptrs = {p.untyped_storage().data_ptr() for m in _RERUN_MLPS for p in m.parameters()}
-    return frozenset(ptrs - {0})
+def _enter_mlp(module: nn.Module, args: tuple) -> None:
+    if not torch.compiler.is_compiling():
+        _MlpRegion.depth += 1
+
+
+def _leave_mlp(module: nn.Module, args: tuple, out: Any) -> None:
+    if not torch.compiler.is_compiling():
+        _MlpRegion.depth -= 1
+
+
+def _mark_mlp(layer: nn.Module, on: bool) -> None:
+    """Give (``on``) or take back the hooks on ``layer``'s MLP that count ``_MlpRegion``.
+    Not ``always_call``: a compiled layer guards on that hook's id, one graph a layer."""
+    for handle in getattr(layer, "rc_mlp_hooks", ()):
+        handle.remove()
+    mlp = getattr(layer, "mlp", None)
+    on = on and mlp is not None
+    layer.rc_mlp_hooks = (
+        [mlp.register_forward_pre_hook(_enter_mlp), mlp.register_forward_hook(_leave_mlp)]
+        if on else []
+    )  # fmt: skip
 
 
 def _traced_in_mlp() -> bool:
@@ -351,8 +370,8 @@ def _traced_in_mlp() -> bool:
 def _kept_contexts(rerun_mlp: bool = False):
     """The checkpoint contexts of ``save_gemms`` and (``rerun_mlp``) ``mlp_rerun``: keep the
     GEMM and attention outputs a backward reads (``KeptOutputs``), but with ``rerun_mlp`` none
-    of the MLP's (eager: the ops that read an ``mlp_rerun`` MLP's weights; compiled: the ops
-    traced inside the layer's ``mlp``); recompute the rest. Compiled, torch's selective
+    of the MLP's (the ops run inside the layer's ``mlp``: eager, ``_MlpRegion``; compiled,
+    ``_traced_in_mlp``); recompute the rest. Compiled, torch's selective
     checkpoint with those outputs MUST_SAVE (the partitioner saves only what its backward graph
     reads) and the rest PREFER_RECOMPUTE (which its partitioner always recomputes, GEMMs
     too)."""
@@ -455,22 +474,18 @@ class KeptOutputs:
     The recompute takes each from here; an op whose output was dropped would run again, but
     torch's checkpoint stops the recompute (early stop, its default) once every tensor the
     backward saves is back, which is before the last GEMM when only it was dropped (tested).
-    ``rerun_mlp`` (``mlp_rerun``): the calls that read an ``mlp_rerun`` MLP's weights (a
-    GEMM's transposed weight is a view of it: the same storage) are not held at all (they
-    run again in the recompute)."""
+    ``rerun_mlp`` (``mlp_rerun``): the calls made inside the layer's MLP (``_MlpRegion``) are
+    not held at all (they run again in the recompute)."""
 
     def __init__(self, keep: frozenset, rerun_mlp: bool = False) -> None:
         self.keep = keep
         self.reads = _Reads(keep)
         self.saved: dict[Any, Any] = {}
         self.rerun_mlp = rerun_mlp
-        self.mlp_weights: frozenset[int] = frozenset()
 
-    def holds(self, func, args) -> bool:
-        """Whether a call of ``func`` on ``args`` would be held if kept (``rerun_mlp``)."""
-        if not self.mlp_weights or func not in self.keep:
-            return True
-        return not any(t.untyped_storage().data_ptr() in self.mlp_weights for t in _tensors(args))
+    def holds(self) -> bool:
+        """Whether the op now dispatched would be held if kept (``rerun_mlp``)."""
+        return not (self.rerun_mlp and _MlpRegion.depth > 0)
 
     def hold(self, key, out) -> None:
         self.saved[key] = tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, out)
@@ -499,7 +514,7 @@ class _Keep(TorchDispatchMode):
         self.hooks = contextlib.nullcontext()
 
     def __enter__(self):
-        self.store.mlp_weights = _mlp_weights() if self.store.rerun_mlp else frozenset()
+        _MlpRegion.depth = 0  # a layer's forward starts outside its MLP
         self.hooks = self.store.reads.hooks()
         self.hooks.__enter__()
         return super().__enter__()
@@ -513,8 +528,7 @@ class _Keep(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        held = self.store.holds(func, (args, kwargs))
-        key = self.store.reads.op(func, args, kwargs, out, held)
+        key = self.store.reads.op(func, args, kwargs, out, self.store.holds())
         if key is not None:
             self.store.hold(key, out)
         return out
@@ -592,9 +606,7 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     for layer, policy in zip(layers, plan, strict=True):
         _copy_rotated_outputs(layer, policy in ("save_gemms", "mlp_rerun", "offload"))
-        mlp = getattr(layer, "mlp", None)
-        if mlp is not None:
-            (_RERUN_MLPS.add if policy == "mlp_rerun" else _RERUN_MLPS.discard)(mlp)
+        _mark_mlp(layer, policy == "mlp_rerun")
     if all(p == "none" for p in plan):
         _disable(model)
         attach(model, offloaded, _kept_ops())

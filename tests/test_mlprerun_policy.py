@@ -42,6 +42,33 @@ def test_backward_reruns_gate_and_up_only(liger, fused, seed, request):
     assert full["mm"] > gemms["mm"]  # full reruns q / k / v / o too
 
 
+def test_a_copied_model_and_one_after_a_failed_forward_rerun_their_mlps(seed):
+    """The MLPs' hooks are the modules' own, so a deep copy (the compile tests' eager twin)
+    reruns gate / up too; after a forward that raised inside an MLP the next one keeps the
+    attention half as before."""
+    import copy
+
+    from test_kept_outputs import _CountGemms, _model
+
+    def backward_gemms(model) -> int:
+        loss = model(input_ids=torch.arange(24)[None]).logits.square().mean()
+        with _CountGemms() as count:
+            loss.backward()
+        return count.gemms["mm"]
+
+    model = _model(False, False, torch.float32, seed)
+    ac.apply_plan(model, ("none",) * LAYERS)
+    want = backward_gemms(model)
+    ac.apply_plan(model, ("mlp_rerun",) * LAYERS)
+    assert backward_gemms(copy.deepcopy(model)) == want + 2 * LAYERS
+    down = model.model.layers[0].mlp.down_proj.weight
+    data, down.data = down.data, torch.zeros(1)  # a shape error inside the MLP
+    with pytest.raises(RuntimeError):
+        model(input_ids=torch.arange(24)[None])
+    down.data = data
+    assert backward_gemms(model) == want + 2 * LAYERS  # the next forward counts afresh
+
+
 def test_bf16_gradients_of_no_checkpointing(seed):
     _, want = _backward("none", False, False, seed, dtype=torch.bfloat16)
     _, grads = _backward("mlp_rerun", False, False, seed, dtype=torch.bfloat16)
