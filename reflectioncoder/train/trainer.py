@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -65,11 +66,43 @@ log = logging.getLogger("reflectioncoder.train")
 @dataclasses.dataclass
 class PreparedStep:
     """One step's host work: this rank's micro-batches and its host totals (tokens, samples,
-    model FLOPs, hardware FLOPs: ``train.flops``), added to the step's device sums once."""
+    model FLOPs, hardware FLOPs: ``train.flops``, the reference recipe's tokens), added to the
+    step's device sums once."""
 
     step: int
     batches: list[PackedBatch]
     totals: torch.Tensor
+
+
+class EpochReport:
+    """Per epoch of the step plan: the tokens the packed steps computed against what the
+    reference recipe runs on the same samples (both passes padded), summed from the metrics
+    rows; one line when a step ends an epoch (or the run). A resumed run counts from its
+    first step."""
+
+    def __init__(self, plan: list[list[int]], epoch_samples: int, start: int) -> None:
+        self.ends = list(itertools.accumulate(len(s) for s in plan))  # samples up to each step
+        self.epoch_samples, self.first = epoch_samples, start + 1
+        self.tokens = self.reference = 0
+
+    def add(self, row: dict[str, Any]) -> str | None:
+        """Count step ``row["step"]``; the epoch's line when it ends one (or the run)."""
+        step, n = row["step"], self.epoch_samples
+        self.tokens += row["tokens"]
+        self.reference += row["reference_tokens"]
+        done, before = self.ends[step - 1], self.ends[step - 2] if step > 1 else 0
+        ends_epoch = done // n > before // n
+        if not ends_epoch and step < len(self.ends):
+            return None
+        epoch = f"epoch {done // n}" if ends_epoch else f"epoch {-(-done // n)} (part)"
+        ratio = self.tokens / self.reference if self.reference else 0.0
+        line = (
+            f"{epoch}, steps {self.first}-{step}: {self.tokens} tokens computed, packed with "
+            f"no padding; the reference recipe runs {self.reference} (teacher and student "
+            f"padded to each micro-batch's longest sample): {ratio:.2f}x, {1 - ratio:.0%} saved"
+        )
+        self.first, self.tokens, self.reference = step + 1, 0, 0
+        return line
 
 
 class NonFiniteError(RuntimeError):
@@ -895,6 +928,7 @@ class Trainer:
                 sum(b.num_samples for b in batches),
                 flops.model,
                 flops.hardware,
+                sum(b.reference_tokens for b in batches),
             ],
             dtype=torch.float64,
         )
@@ -930,8 +964,8 @@ class Trainer:
         split = self._splits_ce(step)
         device = self.info.device
         # loss, ce, kl, teacher_ce (summed over micro-batches), then this rank's host totals
-        # (tokens, samples, model and hardware FLOPs); all summed over ranks.
-        stats = torch.zeros(8, dtype=torch.float64, device=device)
+        # (tokens, samples, model and hardware FLOPs, the reference's tokens); summed over ranks.
+        stats = torch.zeros(9, dtype=torch.float64, device=device)
         stats[4:].copy_(prepared.totals, non_blocking=True)
         for j, batch in enumerate(batches):
             batch = batch.to(device, non_blocking=True)
@@ -940,7 +974,9 @@ class Trainer:
             self.engine.backward(loss)
             stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
         result = self.engine.finish_step(stats)  # the step's one host sync (inside)
-        loss, ce, kl, teacher_ce, tokens, n_samples, model_flops, hardware_flops = result.stats
+        loss, ce, kl, teacher_ce, tokens, n_samples, model_flops, hardware_flops, reference = (
+            result.stats
+        )
         elapsed = time.perf_counter() - t0
         self.step += 1
         row = {
@@ -955,6 +991,7 @@ class Trainer:
             "grad_norm": result.grad_norm,
             "samples": int(n_samples),
             "tokens": int(tokens),
+            "reference_tokens": int(reference),
             "tokens_per_s": tokens / elapsed,
             "samples_per_s": n_samples / elapsed,
             "model_flops": model_flops,
@@ -1064,8 +1101,12 @@ class Trainer:
         row: dict[str, Any] = {}
         held_out: dict[str, Any] = {}
         start = self.step
+        epochs = EpochReport(self.plan, len(self.samples), start)
         while self.step < self.total_steps:
             row = self.train_step()
+            line = epochs.add(row)
+            if line and self.info.is_main:
+                log.info(line)
             if self._validation_due():
                 held_out = self.validate()
             if every and self.step % every == 0 and self.step < self.total_steps:
