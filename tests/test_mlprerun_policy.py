@@ -110,6 +110,8 @@ def test_mixed_plans_from_disk_give_the_gradients_of_no_checkpointing(tmp_path):
             torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=f"{plan} {name}")
 
 
+@pytest.mark.slow  # 6-16 s alone, more beside the other compile tests; the fast suite keeps
+# the one-layer compiled test below
 def test_compiled_mlp_rerun_layers_match_eager_without_breaks(seed):
     """Compiled (torch's selective checkpoint with the same rule), a mixed plan: eager's
     gradients, no graph break, one graph a policy."""
