@@ -10,8 +10,8 @@ mix of bench/providers/train_step.py) packed into 16K-token micro-batches; bf16.
 ``Trainer.train_step`` with the shipped defaults (bf16 weights + fp32 masters, checkpointing
 ``auto``: at 2 and 4 layers every layer fits uncheckpointed, so it plans ``none``; the 32-layer
 plan is bench/step_model.py's; layers compiled on CUDA), then one lever changed at a time
-(checkpointing full, checkpointing off, save_gemms, alternate, eager layers, the old autocast
-engine, the attention kernel named: ``flash_attn_4`` and ``torch_varlen``; a kernel that
+(checkpointing full, checkpointing off, save_gemms, mlp_rerun, alternate, eager layers, the old
+autocast engine, the attention kernel named: ``flash_attn_4`` and ``torch_varlen``; a kernel that
 cannot run on the device skips its case, with the reason in the JSON and the table), and the
 recipe (one sample per micro-batch, 2-D mask through flash_attention_2 when installed, else
 SDPA; checkpointing; fp32 masters; full logits).
@@ -56,6 +56,7 @@ CASES = {
     "checkpointing full": ["model.checkpointing_policy=full"],
     "checkpointing off": ["model.gradient_checkpointing=false"],
     "save_gemms": ["model.checkpointing_policy=save_gemms"],
+    "mlp_rerun": ["model.checkpointing_policy=mlp_rerun"],
     "alternate": ["model.checkpointing_policy=alternate"],
     "offload": ["model.checkpointing_policy=offload"],
     "eager layers": ["model.compile=false"],
