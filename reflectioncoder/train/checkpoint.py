@@ -98,10 +98,12 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
         )
 
 
-def lock_run_folder(out_dir: str | Path) -> IO[str]:
+def lock_run_folder(out_dir: str | Path, announce: bool = True) -> IO[str]:
     """Hold OUT/.lock while the run lives (the OS lets go when the process ends): a second
     launch into the folder, a job submitted twice, stops here instead of interleaving its
-    metrics and checkpoints with this run's. Returns the open lock file; close it to let go."""
+    metrics and checkpoints with this run's. Returns the open lock file; close it to let go.
+    ``announce``: write this process into it now (else ``announce_holder`` does, once the run
+    writes its folder: a start that fails changes no file of an existing run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = (out_dir / LOCK_FILE).open("a+", encoding="utf-8")
@@ -123,11 +125,17 @@ def lock_run_folder(out_dir: str | Path) -> IO[str]:
             out_dir,
             err.strerror or err,
         )
+    if announce:
+        announce_holder(handle)
+    return handle
+
+
+def announce_holder(handle: IO[str]) -> None:
+    """Write this process into the held lock file (what a second launch is told)."""
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     handle.flush()
-    return handle
 
 
 def clear_run_folder(out_dir: str | Path) -> None:

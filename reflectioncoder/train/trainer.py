@@ -485,7 +485,7 @@ class Trainer:
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
         self._lock = None  # OUT/.lock: taken now if a run made it, else when OUT is written
         if self.info.is_main and (self.out_dir / checkpoint.LOCK_FILE).is_file():
-            self._lock = checkpoint.lock_run_folder(self.out_dir)
+            self._lock = checkpoint.lock_run_folder(self.out_dir, announce=False)
         if not self.info.deepspeed:  # offload_optimizer true on several ranks: before the model
             wants_host_optimizer(cfg, self.info)
         check_fsdp_run(cfg, self.info.device)
@@ -878,6 +878,8 @@ class Trainer:
             self._lock = checkpoint.lock_run_folder(self.out_dir)
             # a launch that began with this one may have written its run meanwhile
             checkpoint.check_run_folder(self.out_dir, self.resumed, self.overwrite)
+        else:  # held since the start, unchanged until now
+            checkpoint.announce_holder(self._lock)
         if self.overwrite:
             checkpoint.clear_run_folder(self.out_dir)
         if self.resume_from is None:  # a resumed run's, once its checkpoint has loaded
