@@ -30,6 +30,7 @@ __all__ = [
 LEVELS = ("auto", "bwrap", "rlimits")
 _FALLBACK_GAPS = (
     "memory is limited per process (RLIMIT_AS), not per sample",
+    "files a run writes go to the host's disk until it ends (64 MiB a file, any number)",
     "files and /proc are guarded by a Python audit hook (sockets by the seccomp filter): "
     "native code (a C extension) can step around the hook",
 )
@@ -39,9 +40,9 @@ _READS = {
     "(Landlock), the data and the cache too where they lie inside those",
 }
 _NATIVE_READS = {
-    False: "they can write to world-writable folders (/tmp, /var/tmp, /dev/shm) and read what "
-    "any user can, or every file where the toolchain sits under a home no other user can "
-    "enter (CAP_DAC_READ_SEARCH kept)",
+    False: "they can write to world-writable folders (/tmp, /var/tmp, /dev/shm), open the "
+    "host's terminals (/dev/ptmx) and read what any user can, or every file where the "
+    "toolchain sits under a home no other user can enter (CAP_DAC_READ_SEARCH kept)",
     True: "Landlock lets them read only the system's, Python's and the toolchain's "
     "directories and change only their working dir",
 }
