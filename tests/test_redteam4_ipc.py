@@ -13,14 +13,16 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
 from reflectioncoder.eval import multiple, sandbox
-from reflectioncoder.eval.sandbox import process
+from reflectioncoder.eval.sandbox import process, runuser
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
 
@@ -146,3 +148,48 @@ def test_no_ipc_object_outlives_the_run(language, level):
     made = lines[1] if len(lines) > 1 else "nothing"
     assert not left, f"{language} at {level} ({made}) left {left}"
     assert not queue_left, f"{language} at {level} left the POSIX queue {mq}"
+
+
+def _segment_as(uid: int, hold: bool) -> int:
+    """A child that becomes ``uid``, creates a shared memory segment and exits (a killed
+    scorer's run) or, ``hold``, stays alive (a run still going); its pid."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            ok = ctypes.CDLL(None).shmget(0, 4096, 0o1600) >= 0
+            os.write(write, b"1" if ok else b"0")
+            if hold:
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(write)
+    made = os.read(read, 1)
+    os.close(read)
+    assert made == b"1"
+    if not hold:
+        os.waitpid(pid, 0)
+    return pid
+
+
+def test_a_killed_scorers_objects_go_at_the_next_start():
+    """A scorer killed before a run's cleanup leaves what the run made; the next scorer's start
+    (its isolation probe, a fresh process here) removes the objects of run uids that no live
+    process has, and keeps those of a run still going (another scorer's) and the host's."""
+    gone, going = runuser.new_run_uid(), runuser.new_run_uid()
+    _segment_as(gone, hold=False)
+    holder = _segment_as(going, hold=True)
+    try:
+        start = "from reflectioncoder.eval import sandbox; sandbox.isolation()"
+        subprocess.run([sys.executable, "-c", start], check=True, timeout=120)
+        left = {uid: _objects_of(uid) for uid in (gone, going)}
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+        for uid in (gone, going):
+            for kind, ipc_id in _objects_of(uid):
+                subprocess.run(["ipcrm", _IPC_KINDS[kind][1], str(ipc_id)], check=False)
+    assert left[gone] == [], "a killed scorer's run kept its segment"
+    assert len(left[going]) == 1, "a live run lost its segment"

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from reflectioncoder.errors import UserError
-from reflectioncoder.eval.sandbox import bwrap, guards, landlock
+from reflectioncoder.eval.sandbox import bwrap, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.cgroup import CgroupLayout, cgroup_layout
 
 __all__ = [
@@ -133,6 +133,8 @@ def isolation() -> Isolation:
 
 @lru_cache(maxsize=len(LEVELS))
 def _decide(wanted: str) -> Isolation:
+    if os.geteuid() == 0:  # what the runs of a scorer killed before its cleanup left
+        runuser.remove_stale_ipc_objects()
     if wanted == "bwrap" and not bwrap_works():
         raise UserError(
             f"bubblewrap cannot run here: {_why_no_bwrap()}", field="REFLECTIONCODER_SANDBOX=bwrap"

@@ -31,6 +31,7 @@ __all__ = [
     "own_run_dirs",
     "remove_ipc_objects",
     "remove_left_files",
+    "remove_stale_ipc_objects",
 ]
 
 # uids (and gids) runs take, one at random per run: above the ranges distributions give users
@@ -111,6 +112,35 @@ def remove_ipc_objects(uid: int) -> None:
     run's ``uid`` created (the fallback: no IPC namespace ends with the run, and they outlive
     their processes, holding host memory until a reboot). By creator: a run can hand an
     object to another owner (``IPC_SET``), never change who created it."""
+    _remove_ipc(lambda creator: creator == uid)
+
+
+def remove_stale_ipc_objects() -> None:
+    """The same for runs whose scorer was killed before its cleanup: objects created by a run
+    uid (``RUN_UIDS``) no live process has (a run still going keeps its own). Root only."""
+    live: list[set[int]] = []  # read only when some object has a run's creator
+
+    def stale(creator: int) -> bool:
+        if creator not in RUN_UIDS:
+            return False
+        if not live:
+            live.append(_live_uids())
+        return creator not in live[0]
+
+    _remove_ipc(stale)
+
+
+def _live_uids() -> set[int]:
+    uids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/status") as f:
+                    uids.add(int(next(x for x in f if x.startswith("Uid:")).split()[1]))
+    return uids
+
+
+def _remove_ipc(created_by) -> None:
     lib = ctypes.CDLL(None, use_errno=True)
     for kind, id_column, remove in _SYSV_IPC:
         try:
@@ -122,6 +152,7 @@ def remove_ipc_objects(uid: int) -> None:
         at_id, at_creator = columns.index(id_column), columns.index("cuid")
         for row in rows:
             fields = row.split()
-            if int(fields[at_creator]) == uid:  # semctl(id, semnum, cmd); the others (id, cmd, buf)
+            if created_by(int(fields[at_creator])):
+                # semctl(id, semnum, cmd); shmctl and msgctl (id, cmd, buf)
                 args = (0, _IPC_RMID) if kind == "sem" else (_IPC_RMID, None)
                 getattr(lib, remove)(int(fields[at_id]), *args)
