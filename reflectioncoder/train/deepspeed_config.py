@@ -386,13 +386,10 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     try:
         _reject_removed_config_keys(data)
     except DeepSpeedConfigError as err:  # a section DeepSpeed removed: its own message
-        message = str(err).split(" See ")[0]
-        zero = data.get("zero_optimization")
-        keys = [(k,) for k in data] + [("zero_optimization", k) for k in _mapping(zero)]
-        return next((p for p in keys if f"{p[-1]}'" in message), ()), message
+        return _removed_key(data), str(err).split(" See ")[0]
     known = _top_level_keys()
     for key in data:
-        if key not in known:
+        if key not in known and not key.startswith(_COMMENT):
             return (key,), _unknown_key(did_you_mean(key, known))
     autos = [path for path in _paths(data) if len(path) > 1 and _at(data, path) == "auto"]
     for sentinel in (None, *autos):  # each "auto" (DeepSpeed drops them unread) asked alone
@@ -403,6 +400,27 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
 
 
 _ASKED = object()  # an "auto" value under test: any value the key's model refuses
+
+# JSON has no comments: a top-level "_comment" key (LLaMA-Factory's ds_z2_autotp_config.json),
+# which DeepSpeed ignores, is one
+_COMMENT = "_"
+
+
+def _removed_key(data: dict[str, Any]) -> tuple:
+    """The key of ``data`` that DeepSpeed refuses as removed: the first one it refuses alone
+    (its message may name another section, as "amp"'s names "fp16")."""
+    from deepspeed.runtime.config import DeepSpeedConfigError, _reject_removed_config_keys
+
+    zero = data.get("zero_optimization")
+    keys = [(k,) for k in data] + [("zero_optimization", k) for k in _mapping(zero)]
+    for path in keys:
+        try:
+            _reject_removed_config_keys(
+                {path[0]: {path[1]: None}} if len(path) > 1 else {path[0]: None}
+            )
+        except DeepSpeedConfigError:
+            return path
+    return ()
 
 
 def _unknown_key(hint: str) -> str:
