@@ -39,12 +39,14 @@ CRASHES = {
     "cpp": r"""
 #include <cstdlib>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 int main() {
     if (fork() == 0) abort();  // as it is
     struct rlimit zero = {0, 0};
-    setrlimit(RLIMIT_CORE, &zero);
+    setrlimit(RLIMIT_CORE, &zero);  // libc: prlimit64
     prlimit(0, RLIMIT_CORE, &zero, nullptr);
+    syscall(SYS_setrlimit, RLIMIT_CORE, &zero);  // the old call
     sleep(1);
     abort();
 }
