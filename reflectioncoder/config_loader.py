@@ -137,9 +137,10 @@ def _scalar(value: Any, hint: type) -> Any:
         return None  # true is not 1 here: a bool in a number field is a mistake
     if hint is str:
         return str(value) if isinstance(value, str | int | float) else None
-    if isinstance(value, str):
+    if isinstance(value, str):  # YAML's 1e-3 or 1e2 (a string to PyYAML), as --set reads it
+        text = value.strip()
         try:
-            value = float(value.strip()) if hint is float else int(value.strip())
+            value = float(text) if hint is float or _SCIENTIFIC.fullmatch(text) else int(text)
         except ValueError:
             return None
     if hint is float and isinstance(value, int | float):
