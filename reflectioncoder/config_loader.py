@@ -101,7 +101,8 @@ def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
     if hint is Any or (value is None and hint is Any):
         return value
     if origin in (list, tuple):
-        items = [value] if isinstance(value, str) and origin is list else value
+        any_length = origin is list or (bool(args) and args[-1] is Ellipsis)
+        items = [value] if isinstance(value, str) and any_length else value  # one name: a list
         if not isinstance(items, list | tuple):
             raise _config_error(name, f"expected a list, got {value!r}", origins)
         if origin is tuple and args and args[-1] is not Ellipsis and len(items) != len(args):

@@ -40,3 +40,11 @@ def test_a_fraction_in_an_integer_field_is_refused_both_ways(tmp_path, text):
         load_config(path)
     with pytest.raises(ConfigError, match="train.max_steps: expected an integer"):
         load_config(base="tiny", overrides=[f"train.max_steps={text}"])
+
+
+def test_one_mask_strategy_without_brackets_is_a_list_of_one(tmp_path):
+    """`mask.strategies: random_token_mask` as `data.files: a.jsonl` already was: one item."""
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny\nmask:\n  strategies: random_token_mask\n")
+    from_set = load_config(base="tiny", overrides=["mask.strategies=random_token_mask"])
+    assert load_config(path).mask.strategies == from_set.mask.strategies == ("random_token_mask",)
