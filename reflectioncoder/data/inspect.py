@@ -24,6 +24,7 @@ from reflectioncoder.errors import (
     UsageError,
     atomic_write_text,
     refuse_overwriting_input,
+    require_file,
     require_model_folder,
 )
 
@@ -156,6 +157,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"reflectioncoder inspect: {f'{flag}: {reason}' if flag else e}", file=sys.stderr)
         return 2
     refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
+    for path in args.data:  # named with its flag, before the tokenizer loads
+        require_file(path, "data file", field="--data")
     if args.json_out and os.path.isdir(args.json_out):  # found now, not after tokenising
         raise UsageError("is a folder; give a file name", file=args.json_out, field="--json")
     require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")
