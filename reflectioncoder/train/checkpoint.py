@@ -423,6 +423,7 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
             "state to continue from"
         )
     saved, current = saved_layout(path, state), engine.layout()
+    _check_rank_files(path, saved)
     with _damaged(path):
         if needs_conversion(saved, current):
             if info.is_main:
@@ -439,6 +440,30 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
     return state
+
+
+def _check_rank_files(path: Path, saved: dict[str, Any]) -> None:
+    """A DeepSpeed ZeRO checkpoint holds one optimizer file per rank that wrote it; one missing
+    (a copy that left some out, another node's local disk) is one line naming the ranks, not
+    DeepSpeed's error or a conversion of half the state."""
+    ranks, folder = saved.get("world_size"), path / "deepspeed"
+    if saved["engine"] != "deepspeed" or not saved["zero_stage"] or not ranks:
+        return
+    missing = [
+        r
+        for r in range(ranks)
+        if not any(folder.glob(f"*zero_pp_rank_{r}_mp_rank_*optim_states.pt"))
+    ]
+    if missing:
+        earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+        hint = f"; or an earlier one: --resume {earlier[-1]}" if earlier else ""
+        raise UserError(
+            f"holds no optimizer state of rank(s) {missing} of the {ranks} that wrote it (no "
+            f"deepspeed/*zero_pp_rank_{missing[0]}_mp_rank_00_optim_states.pt): copy those files "
+            f"into {folder} (a node-local disk holds its own ranks' files){hint}",
+            file=path,
+            field="--resume",
+        )
 
 
 @contextlib.contextmanager
@@ -507,7 +532,11 @@ def _state_reader(
         if info.is_main and not (folder / "zero").is_dir():
             tmp = path / (TMP_PREFIX + UNIVERSAL)
             shutil.rmtree(tmp, ignore_errors=True)
-            convert_to_universal(path / "deepspeed", tmp)
+            try:
+                convert_to_universal(path / "deepspeed", tmp)
+            except BaseException:  # a conversion that fails leaves the checkpoint as it was
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             tmp.rename(folder)
         distributed.barrier()
         return _universal_reader(folder / "zero")

@@ -609,7 +609,8 @@ class Trainer:
             if planned != self.total_steps:
                 raise UserError(
                     f"{self.resume_from} planned {planned} steps, this config plans "
-                    f"{self.total_steps} (data, batch size, epochs or max_steps changed)",
+                    f"{self.total_steps} (data, batch size, epochs or max_steps changed"
+                    f"{self._plan_changes()})",
                     field="--resume",
                 )
             self._check_held_out(state)
@@ -622,10 +623,17 @@ class Trainer:
         if recorded != self.plan_sha256:
             raise UserError(
                 f"{self.resume_from} planned its steps on other samples or in another order "
-                "(data.files or their contents, train.seed or the data options changed): resume "
-                "with the run's own config and data, or start a new run",
+                f"(data.files or their contents, train.seed or the data options changed"
+                f"{self._plan_changes()}): resume with the run's own config and data, or start a "
+                "new run",
                 field="data.files",
             )
+
+    def _plan_changes(self) -> str:
+        """What this config changes from the run's in the sections that plan its steps."""
+        changed = _config_changes(self.out_dir / "config.yaml", self.cfg)
+        planning = [c for c in changed if c.startswith(("data.", "train.", "packing."))]
+        return f"; changed from the run's: {'; '.join(planning)}" if planning else ""
 
     def _check_held_out(self, state: dict[str, Any]) -> None:
         """A resumed run holding out samples holds out what its checkpoint's run held out: other

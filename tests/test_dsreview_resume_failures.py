@@ -1,0 +1,128 @@
+"""--resume as a multi-GPU user hits it when something differs: a DeepSpeed checkpoint missing a
+rank's optimizer file (a copy that left it out, another node's local disk) stops in one line
+naming the ranks and what to do, where it converted half the state and failed with a reshape
+error; a damaged one that fails to convert leaves no ``.tmp-universal`` behind; a config that
+plans other steps names the setting that changed; another micro-batch size (packing.max_tokens)
+continues as the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_distributed import TOLERANCE, _overrides, _rows
+from test_resume_anywhere import SINGLE, _part
+
+from reflectioncoder.cli import main
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+from reflectioncoder.train import checkpoint
+from reflectioncoder.train.checkpoint import LOCK_FILE
+
+ZERO2_ON_2 = {"engine": "deepspeed", "zero_stage": 2, "world_size": 2}
+
+
+def _argv(data: Path, out: Path, *extra: str) -> list[str]:
+    sets = [f"data.files=[{data}]", f"checkpoint.out_dir={out}", "checkpoint.save_every=1",
+            "train.max_steps=2", "logging.tensorboard=false", *extra]  # fmt: skip
+    return ["train", "--preset", "tiny", "--no-progress", *(a for s in sets for a in ("--set", s))]
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every folder, and every file but the lock (a launch writes its pid there) with its size
+    and mtime."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        if p.is_file()
+        else None
+        for p in sorted(folder.rglob("*"))
+        if p.name != LOCK_FILE
+    }
+
+
+def _as_zero2_on_2_ranks(step: Path, rank_files: dict[int, bytes]) -> None:
+    """Make a one-process checkpoint read as DeepSpeed ZeRO-2 on 2 ranks wrote it, holding the
+    optimizer files of ``rank_files`` only."""
+    state = json.loads((step / "trainer_state.json").read_text())
+    state["layout"] = ZERO2_ON_2
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    folder = step / "deepspeed"
+    folder.mkdir()
+    (folder / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04 cut short")
+    for rank, data in rank_files.items():
+        (folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(data)
+
+
+@pytest.fixture
+def run(tmp_path, capsys) -> tuple[list[str], Path]:
+    """A finished 2-step one-process run saving every step, and its argv."""
+    data = write_toy_jsonl(tmp_path / "d.jsonl", 4)
+    argv = _argv(data, tmp_path / "run")
+    assert main(argv) == 0
+    capsys.readouterr()
+    return argv, tmp_path / "run" / "checkpoints"
+
+
+def test_a_missing_rank_file_stops_in_one_line_touching_nothing(run, capsys):
+    argv, checkpoints = run
+    step = checkpoints / "step-000002"
+    _as_zero2_on_2_ranks(step, {0: b"rank 0's"})
+    before = _tree(checkpoints.parent)
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"reflectioncoder train: {step}: --resume: holds no optimizer state of rank(s) [1] of the "
+        "2 that wrote it (no deepspeed/*zero_pp_rank_1_mp_rank_00_optim_states.pt): copy those "
+        f"files into {step / 'deepspeed'} (a node-local disk holds its own ranks' files); or an "
+        f"earlier one: --resume {checkpoints / 'step-000001'}"
+    ], err
+    assert _tree(checkpoints.parent) == before
+
+
+def test_a_conversion_that_fails_leaves_the_checkpoint_as_it_was(run, capsys, monkeypatch):
+    """DeepSpeed's universal conversion stopping on a damaged file once it has written part of
+    its output (as it does on a rank's optimizer file cut short): one line, and no
+    half-written .tmp-universal left in the checkpoint."""
+    argv, checkpoints = run
+    step = checkpoints / "step-000002"
+    _as_zero2_on_2_ranks(step, {0: b"rank 0's", 1: b"rank 1's"})
+
+    def converts_part(deepspeed_dir: Path, out: Path) -> None:
+        (out / "zero" / "model.embed_tokens.weight").mkdir(parents=True)
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr(checkpoint, "convert_to_universal", converts_part)
+    before = _tree(checkpoints.parent)
+    assert main([*argv, "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"reflectioncoder train: {step}: --resume: cannot be read, a file in it is damaged (Ran "
+        f"out of input); an earlier one: --resume {checkpoints / 'step-000001'}"
+    ], err
+    assert _tree(checkpoints.parent) == before
+
+
+def test_a_config_that_plans_other_steps_names_what_changed(run, capsys):
+    argv, checkpoints = run
+    before = _tree(checkpoints.parent)
+    assert main([*argv, "--set", "train.samples_per_step=3", "--resume"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed from the run's: train.samples_per_step 8 -> 3" in err[0], err
+    assert _tree(checkpoints.parent) == before
+
+
+def test_another_micro_batch_size_continues_as_the_uninterrupted_run(tmp_path, seed):
+    """packing.max_tokens sets the micro-batches a step is cut into, not the step's samples:
+    a resume with another continues with the same samples, tokens and losses."""
+    data = write_toy_jsonl(tmp_path / "toy.jsonl", 15, seed=seed, generation_fraction=0.2)
+    common = ["train.max_steps=4", "train.epochs=2", *SINGLE]
+    reference, moved = tmp_path / "reference", tmp_path / "moved"
+    _part(_overrides(data, reference, seed, "sample") + common, False, None)
+    _part(_overrides(data, moved, seed, "sample") + common, False, 2)
+    _part(_overrides(data, moved, seed, "sample") + common + ["packing.max_tokens=450"], True, None)
+    want, got = _rows(reference), _rows(moved)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for w, g in zip(want, got, strict=True):
+        assert (g["samples"], g["tokens"]) == (w["samples"], w["tokens"]), g["step"]
+        for key, rel, abs_ in TOLERANCE:
+            assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
