@@ -67,13 +67,31 @@ class LoadReport:
         return text
 
 
+def _convert_hint(obj: dict, source: str) -> str:
+    """Where a row is in a format prepare-data converts (CodeFeedback, ShareGPT, OpenAI
+    messages), say so: the user gave a downloaded file as it came."""
+    from reflectioncoder.data.formats import detect_format  # (formats imports this module)
+
+    kind = detect_format(obj)
+    if kind in (None, "reflectionseq"):
+        return ""
+    file = source.rsplit(":", 1)[0]
+    return (
+        f"; this is the {kind} format: convert the file with "
+        f"`reflectioncoder prepare-data --in {file} --out FILE.jsonl`"
+    )
+
+
 def parse_sample(obj: object, source: str) -> Sample:
     """Validate one decoded JSON object (SPEC §1); raise DataError naming the field."""
     if not isinstance(obj, dict):
         raise DataError(source, "<sample>", f"expected a JSON object, got {type(obj).__name__}")
     for key in ("type", "messages"):
         if key not in obj:
-            raise DataError(source, key, f"missing (the sample's keys: {', '.join(obj) or 'none'})")
+            keys = ", ".join(obj) or "none"
+            raise DataError(
+                source, key, f"missing (the sample's keys: {keys}){_convert_hint(obj, source)}"
+            )
     kind = obj["type"]
     if not isinstance(kind, str):
         raise DataError(source, "type", f"expected a string, got {kind!r}")
