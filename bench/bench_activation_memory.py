@@ -2,6 +2,7 @@
 policy (model.checkpointing_policy), measured on the CPU:
 
     python -m bench.bench_activation_memory --out bench/results/activation_memory.json
+    python -m bench.bench_activation_memory --shape gqa8 --out /tmp/gqa8.json   # one shape
 
 For each policy the model's forward + fused loss runs over one packed micro-batch at 2 and at 4
 layers; what the process still holds afterwards (glibc's in-use heap, ``mallinfo2``: every
@@ -103,16 +104,42 @@ SIZES = {
     "vocab": 512,
     "arch": {"hidden_size": 256, "intermediate_size": 688, "num_heads": 4, "num_kv_heads": 2},
 }
+# The shapes measured (``--shape``): ``base`` (SIZES: the 7B's I/D, KV width D/2); ``gqa8``
+# the 34B's KV width (D/8: 8 query heads, 1 KV head) at the same I/D; ``mha_i4``
+# multi-head attention (KV width D) at another MLP ratio (I = 4D); ``7b_d512`` the 7B's
+# ratios (multi-head, I/D = 2.6875) at twice the width. activation_checkpointing's
+# ``kept_per_token`` is checked against every row (tests/test_planshape_bytes.py).
+SHAPES = {
+    "base": SIZES,
+    "gqa8": {"vocab": 512, "arch": {"hidden_size": 256, "intermediate_size": 688,
+                                    "num_heads": 8, "num_kv_heads": 1}},
+    "mha_i4": {"vocab": 512, "arch": {"hidden_size": 256, "intermediate_size": 1024,
+                                      "num_heads": 4, "num_kv_heads": 4}},
+    "7b_d512": {"vocab": 512, "arch": {"hidden_size": 512, "intermediate_size": 1376,
+                                       "num_heads": 8, "num_kv_heads": 8}},
+}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--shape", choices=SHAPES, action="append",
+                        help="the shapes to measure (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "activation_memory.json")
     args = parser.parse_args()
-    rows = [per_token_and_layer(p, SIZES, args.tokens) for p in POLICIES]
+    rows = []
+    for name in args.shape or SHAPES:
+        rows += measure_shape(name, args.tokens)
+    write_rows(rows, args.out)
+    print(f"wrote {args.out}")
+
+
+def measure_shape(name: str, tokens: int) -> list[dict]:
+    """Every policy's row at one of ``SHAPES``, printed."""
+    sizes = SHAPES[name]
+    rows = [{"shape": name, **per_token_and_layer(p, sizes, tokens)} for p in POLICIES]
     none = rows[0]["bytes_per_token_layer"]
-    print(f"fp32, D = {SIZES['arch']['hidden_size']}, {rows[0]['tokens']} tokens:")
+    print(f"{name}: fp32, {sizes['arch']}, {rows[0]['tokens']} tokens:")
     for r in rows:
         r["vs_none"] = r["bytes_per_token_layer"] / none
         per, per_d = r["bytes_per_token_layer"], r["bytes_per_token_layer_per_hidden"]
@@ -122,8 +149,7 @@ def main() -> None:
             f"  {r['policy']:11s} {per:9.0f} B/token/layer ({per_d:.2f} x D; "
             f"{r['vs_none']:.3f}x{to_host})"
         )
-    write_rows(rows, args.out)
-    print(f"wrote {args.out}")
+    return rows
 
 
 if __name__ == "__main__":

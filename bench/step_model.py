@@ -357,13 +357,16 @@ class Arch:
         d, i = self.hidden, self.intermediate
         per_layer = 4 * d * d + 2 * d * i + 2 * d
         return ModelShape(
-            self.layers,
-            d,
-            d,
-            self.vocab,
-            self.layers * per_layer + d,
-            self.layers * (per_layer - d * i),
-            self.layers * d * i,  # up (the GELU's input)
+            layers=self.layers,
+            hidden=d,
+            attn_width=d,
+            vocab=self.vocab,
+            body_params=self.layers * per_layer + d,
+            recomputed_params=self.layers * (per_layer - d * i),
+            mlp_in_params=self.layers * d * i,  # up (the GELU's input)
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            intermediate=i,
         )
 
     def ew_bytes(self) -> float:
@@ -483,7 +486,7 @@ def default_levers(arch: Arch, card: str, gpus: int, engine: str, work: Workload
     does (``activation_checkpointing.needs_offload``; DeepSpeed ZeRO-1/2, or one process on one
     rank: ``can_offload``)."""
     offload = ac.can_offload(_stage(engine), gpus) and ac.needs_offload(
-        MEMORY[card], _params(arch), arch.layers, work.tokens, arch.hidden, _stage(engine), gpus
+        MEMORY[card], _params(arch), arch.layers, work.tokens, arch.shape(), _stage(engine), gpus
     )
     return Levers(offload=offload)
 
@@ -522,12 +525,17 @@ def layer_plan(
         peak = roofline.CARDS[card].bf16_tflops * 1e12
         forward_s = ac.layer_forward_s(layer_params, work.tokens, peak)
         link = ac.link_bytes_s(gpus)
-        offload = ac.offload_rule(arch.layers, work.tokens, arch.hidden, forward_s, link)
-    return ac.plan_layers(arch.layers, work.tokens, arch.hidden, budget, 2, offload)
+        offload = ac.offload_rule(arch.layers, work.tokens, arch.shape(), forward_s, link)
+    return ac.plan_layers(arch.layers, work.tokens, arch.shape(), budget, 2, offload)
 
 
 def offload_exposed_s(
-    plan: tuple[str, ...], tokens: int, hidden: int, gpus: int, forward_s: float, backward_s: float
+    plan: tuple[str, ...],
+    tokens: int,
+    shape: ModelShape,
+    gpus: int,
+    forward_s: float,
+    backward_s: float,
 ) -> float:
     """Seconds a micro-batch's compute stream waits on activation offload (docstring), one side
     stream carrying each offloaded layer's bytes out, then back: a copy out starts with its
@@ -538,7 +546,7 @@ def offload_exposed_s(
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     if not offloaded:
         return 0.0
-    one = ac.offloaded_bytes(tokens, hidden) / ac.link_bytes_s(gpus)
+    one = ac.offloaded_bytes(tokens, shape) / ac.link_bytes_s(gpus)
     free = 0.0
     for i in offloaded:
         free = max(free, i * forward_s) + one
@@ -642,7 +650,7 @@ def predict(
     fwd_layer = (2 * shape.body_params * t / (peak * gemm_eff)) / layers
     fwd_layer += 4 * square / layers / (peak * ATTN_EFF[levers.attention]) + ew_layer
     bwd_layer = 2 * fwd_layer + (1 if "offload" in plan else 0) * ew_layer
-    offload = offload_exposed_s(plan, t, arch.hidden, gpus, fwd_layer, bwd_layer)
+    offload = offload_exposed_s(plan, t, arch.shape(), gpus, fwd_layer, bwd_layer)
     whole, owned = (GRAD_SUM_BYTES if levers.fp32_sums else BF16_SUM_BYTES)[engine]
     if engine == "fsdp" and levers.precision == "autocast":
         whole -= 6
@@ -703,7 +711,7 @@ def memory(
 ) -> float:
     """Bytes a GPU holds at its peak (module docstring)."""
     resident = _resident(arch, gpus, engine, levers)
-    acts = ac.activation_bytes(plan, work.tokens, arch.hidden)
+    acts = ac.activation_bytes(plan, work.tokens, arch.shape())
     return resident + acts + loss_ws + FIXED_BYTES
 
 

@@ -16,9 +16,10 @@ Per layer (``LAYER_POLICIES``):
 
 ``model.checkpointing_policy`` names a plan for all layers: ``full``, ``save_gemms``,
 ``mlp_rerun``, ``offload`` (every layer), ``alternate`` (full on every second layer, none on
-the others), or ``auto``: the least recompute (``RERUN_COST``) that fits the device, planned
-once at start (``plan_layers``) from the bytes each policy keeps per token and layer (measured
-on the CPU: ``KEPT_PER_TOKEN_HIDDEN``)
+the others), or ``auto``: the least recompute (``rerun_cost``: the share of a layer's forward
+GEMM FLOPs each policy reruns, from the model's widths) that fits the device, planned once at
+start (``plan_layers``) from the bytes each policy keeps per token and layer (``KEPT_WIDTHS``:
+counts of the model's widths, checked against the CPU's heap at three shapes)
 and the memory the device has left once weights, gradients and optimizer states
 (``resident_bytes``) and a reserve (``reserve_bytes``) are taken; on CUDA (and with
 ``model.activation_offload``) ``auto`` offloads the first layers that the host link can carry
@@ -41,29 +42,59 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
-# In the order of what a layer reruns in the backward (``RERUN_COST``), least first.
+from reflectioncoder.train.flops import ModelShape
+
+# In the order of what a layer reruns in the backward (``rerun_cost``), least first.
 LAYER_POLICIES = ("none", "save_gemms", "offload", "mlp_rerun", "full")
 NAMED_POLICIES = ("full", "save_gemms", "mlp_rerun", "offload", "alternate", "auto")
 
-# Bytes a layer keeps on the device per token and per hidden unit, fp32 activations, measured
-# on the CPU (bench/bench_activation_memory.py -> bench/results/activation_memory.json, D=256,
-# I=688: the 7B's I/D); activations of another element size scale with it (bf16: half).
-# ``offload``: what it keeps less what it sends to the host (measured: OFFLOADED_PER_TOKEN_HIDDEN).
-KEPT_PER_TOKEN_HIDDEN = {
-    "none": 78.08, "save_gemms": 41.73, "offload": 4.17, "mlp_rerun": 20.23, "full": 4.15
+# What a layer keeps on the device per token, by policy, as counts of the shape's widths
+# (ModelShape: D hidden, D_q query width, D_kv key / value width, I intermediate) at the
+# activations' element size, and of its query heads' log-sum-exp (fp32):
+#   full     the layer's input (D);
+#   offload  the same (the rest on the host: OFFLOADED_WIDTHS);
+#   mlp_rerun  the input, q (D_q), k and v (D_kv each), the attention's output (D_q) and
+#            log-sum-exp, o_proj's output (D);
+#   save_gemms  those and gate's and up's outputs (I each);
+#   none     every tensor the backward reads (HF Llama's ops): the input, each RMSNorm's
+#            normalised input and output (2 x 2D) and the residual sum (D), the rotated q
+#            (D_q), k (D_kv), v (D_kv), the attention's output (D_q) and log-sum-exp, SwiGLU's
+#            gate, silu(gate), up and product (4I).
+# Checked against the heap the CPU measures at three shapes (bench/bench_activation_memory.py
+# -> bench/results/activation_memory.json; tests/test_planshape_bytes.py).
+KEPT_WIDTHS = {  # (D, D_q, D_kv, I, log-sum-exp)
+    "none": (6, 2, 2, 4, 1), "save_gemms": (2, 2, 2, 2, 1), "offload": (1, 0, 0, 0, 0),
+    "mlp_rerun": (2, 2, 2, 0, 1), "full": (1, 0, 0, 0, 0),
 }  # fmt: skip
-OFFLOADED_PER_TOKEN_HIDDEN = 37.56
-# What a layer of each policy runs again in the backward, as a share of its forward's GEMM
-# FLOPs, at the 7B's shapes (multi-head attention, I/D = 11008/4096: q/k/v/o 4 D^2, gate / up /
-# down 3 D I): ``full`` all but down_proj (early stop), ``mlp_rerun`` gate and up; the others
-# only element-wise ops (``offload`` its copies too), 0 here; ``full``'s attention rerun is left
-# out (about 6% of a 7B layer's forward at 16K tokens in 2K-token segments). ``plan_layers``
-# takes the plan of least summed cost.
-_I_D = 11008 / 4096
-RERUN_COST = {
-    "none": 0.0, "save_gemms": 0.0, "offload": 0.0,
-    "mlp_rerun": 2 * _I_D / (4 + 3 * _I_D), "full": (4 + 2 * _I_D) / (4 + 3 * _I_D),
-}  # fmt: skip
+OFFLOADED_WIDTHS = (1, 2, 2, 2, 1)  # save_gemms' outputs but the layer's input
+
+
+def _per_token(widths: tuple[int, ...], shape: ModelShape, element_bytes: int) -> float:
+    d, dq, dkv, i, lse = widths
+    elements = d * shape.hidden + dq * shape.attn_width + dkv * shape.kv_width
+    return (elements + i * shape.intermediate) * element_bytes + lse * 4 * shape.heads
+
+
+def kept_per_token(policy: str, shape: ModelShape, element_bytes: int = 2) -> float:
+    """Bytes one layer of ``policy`` keeps on the device per token (``KEPT_WIDTHS``)."""
+    return _per_token(KEPT_WIDTHS[policy], shape, element_bytes)
+
+
+def rerun_cost(shape: ModelShape) -> dict[str, float]:
+    """What a layer of each policy runs again in the backward, as a share of its forward's
+    GEMM FLOPs (q / k / v / o: D x (2 D_q + 2 D_kv), the MLP's input GEMMs: gate and up, then
+    down: D x I): ``full`` all but down_proj (early stop), ``mlp_rerun`` the MLP's input GEMMs;
+    the others only element-wise ops (``offload`` its copies too), 0 here; ``full``'s attention
+    rerun is left out (about 6% of a 7B layer's forward at 16K tokens in 2K-token segments).
+    CodeLlama-7B (multi-head): mlp_rerun 0.446, full 0.777; 34B (8 KV heads): 0.521, 0.739.
+    ``plan_layers`` takes the plan of least summed cost."""
+    attn = shape.hidden * (2 * shape.attn_width + 2 * shape.kv_width)
+    mlp_in = shape.mlp_in_params / shape.layers
+    forward = attn + mlp_in + shape.hidden * shape.intermediate
+    return {"none": 0.0, "save_gemms": 0.0, "offload": 0.0,
+            "mlp_rerun": mlp_in / forward, "full": (attn + mlp_in) / forward}  # fmt: skip
+
+
 # Offloaded layers on the device at once ahead of a backward: the one in use and the one
 # arriving (activation_offload.py), or one still leaving at the forward's end.
 OFFLOAD_IN_FLIGHT = 2
@@ -93,38 +124,38 @@ BUCKET_BYTES = 2**30
 FSDP_GATHERED_BYTES = 3 * 2**30
 
 
-def kept_bytes(policy: str, tokens: int, hidden: int, element_bytes: int = 2) -> float:
+def kept_bytes(policy: str, tokens: int, shape: ModelShape, element_bytes: int = 2) -> float:
     """Bytes one layer of ``policy`` keeps for the backward over ``tokens`` tokens."""
-    return KEPT_PER_TOKEN_HIDDEN[policy] * element_bytes / 4 * tokens * hidden
+    return kept_per_token(policy, shape, element_bytes) * tokens
 
 
-def offloaded_bytes(tokens: int, hidden: int, element_bytes: int = 2) -> float:
+def offloaded_bytes(tokens: int, shape: ModelShape, element_bytes: int = 2) -> float:
     """Bytes one ``offload`` layer sends to the host (and back) over ``tokens`` tokens."""
-    return OFFLOADED_PER_TOKEN_HIDDEN * element_bytes / 4 * tokens * hidden
+    return _per_token(OFFLOADED_WIDTHS, shape, element_bytes) * tokens
 
 
 def activation_bytes(
-    plan: Sequence[str], tokens: int, hidden: int, element_bytes: int = 2
+    plan: Sequence[str], tokens: int, shape: ModelShape, element_bytes: int = 2
 ) -> float:
     """Peak activation bytes of a per-layer plan: what every layer keeps on the device, plus
     one layer's whole set while a recomputed layer runs again in the backward, plus the
     offloaded layers in flight (``OFFLOAD_IN_FLIGHT``)."""
-    return _counts_bytes(Counter(plan), tokens, hidden, element_bytes)
+    return _counts_bytes(Counter(plan), tokens, shape, element_bytes)
 
 
 def _counts_bytes(
-    counts: Mapping[str, int], tokens: int, hidden: int, element_bytes: int = 2
+    counts: Mapping[str, int], tokens: int, shape: ModelShape, element_bytes: int = 2
 ) -> float:
     """``activation_bytes`` of a plan with ``counts`` layers of each policy (in any order)."""
-    kept = sum(n * kept_bytes(p, tokens, hidden, element_bytes) for p, n in counts.items())
+    kept = sum(n * kept_bytes(p, tokens, shape, element_bytes) for p, n in counts.items())
     if any(n for p, n in counts.items() if p != "none"):
-        kept += kept_bytes("none", tokens, hidden, element_bytes)
+        kept += kept_bytes("none", tokens, shape, element_bytes)
     in_flight = min(OFFLOAD_IN_FLIGHT, counts.get("offload", 0))
-    return kept + in_flight * offloaded_bytes(tokens, hidden, element_bytes)
+    return kept + in_flight * offloaded_bytes(tokens, shape, element_bytes)
 
 
 def offload_rule(
-    layers: int, tokens: int, hidden: int, layer_forward_s: float, link_bytes_s: float,
+    layers: int, tokens: int, shape: ModelShape, layer_forward_s: float, link_bytes_s: float,
     element_bytes: int = 2,
 ) -> tuple[int, int]:  # fmt: skip
     """(how many layers ``auto`` may offload, every how many layers), the rule: an offloaded
@@ -134,7 +165,7 @@ def offload_rule(
     they send to the host in a micro-batch leaves while the forward of the layers after the
     first runs: ``n x offloaded_bytes <= link_bytes_s x (layers - 1) x layer_forward_s``.
     ``layer_forward_s``: one layer's forward time (``layer_forward_s``)."""
-    per = offloaded_bytes(tokens, hidden, element_bytes)
+    per = offloaded_bytes(tokens, shape, element_bytes)
     every = max(1, math.ceil(per / link_bytes_s / (2 * layer_forward_s)))
     most = int(link_bytes_s * (layers - 1) * layer_forward_s // per)
     return max(0, min(math.ceil(layers / every), most)), every
@@ -164,7 +195,7 @@ def named_plan(policy: str, layers: int) -> tuple[str, ...]:
 def plan_layers(
     layers: int,
     tokens: int,
-    hidden: int,
+    shape: ModelShape,
     budget_bytes: float,
     element_bytes: int = 2,
     offload: tuple[int, int] = (0, 1),
@@ -173,10 +204,12 @@ def plan_layers(
     fits; else, of the plans with up to ``offload[0]`` layers ``offload``, one every
     ``offload[1]`` from the first (``offload_rule``; they rerun what ``save_gemms`` reruns),
     and the other layers ``save_gemms``, ``mlp_rerun`` or ``full``, the one of least summed
-    ``RERUN_COST`` (ties: the fewest offloaded, then the fewest ``mlp_rerun``), with as many
-    ``save_gemms`` layers as fit; bytes still left turn ``save_gemms`` layers into ``none``.
-    Deterministic. All ``full`` when not even that fits (the caller says so)."""
+    ``rerun_cost`` of ``shape`` (its bytes: ``kept_per_token``; ties: the fewest offloaded,
+    then the fewest ``mlp_rerun``), with as many ``save_gemms`` layers as fit; bytes still
+    left turn ``save_gemms`` layers into ``none``. Deterministic. All ``full`` when not even
+    that fits (the caller says so)."""
     most, every = offload
+    cost_of = rerun_cost(shape)
 
     def counts(off: int, kept: int, saved: int, mlp: int) -> dict[str, int]:
         full = layers - off - saved - mlp
@@ -184,16 +217,16 @@ def plan_layers(
                 "full": full}  # fmt: skip
 
     def fits(off: int, kept: int, saved: int, mlp: int) -> bool:
-        need = _counts_bytes(counts(off, kept, saved, mlp), tokens, hidden, element_bytes)
+        need = _counts_bytes(counts(off, kept, saved, mlp), tokens, shape, element_bytes)
         return need <= budget_bytes
 
     def most_saved(off: int, mlp: int) -> int:
         """The most ``save_gemms`` layers that fit beside ``off`` and ``mlp`` (the rest
         ``full``): the bytes are linear in them, the float rounding checked."""
         room = layers - off - mlp
-        step = kept_bytes("save_gemms", tokens, hidden, element_bytes)
-        step -= kept_bytes("full", tokens, hidden, element_bytes)
-        left = budget_bytes - _counts_bytes(counts(off, 0, 0, mlp), tokens, hidden, element_bytes)
+        step = kept_bytes("save_gemms", tokens, shape, element_bytes)
+        step -= kept_bytes("full", tokens, shape, element_bytes)
+        left = budget_bytes - _counts_bytes(counts(off, 0, 0, mlp), tokens, shape, element_bytes)
         saved = max(0, min(room, int(left // step)))
         while saved > 0 and not fits(off, 0, saved, mlp):
             saved -= 1
@@ -212,7 +245,7 @@ def plan_layers(
                 break
             saved = most_saved(off, mlp)
             full = layers - off - saved - mlp
-            cost = round(mlp * RERUN_COST["mlp_rerun"] + full * RERUN_COST["full"], 9)
+            cost = round(mlp * cost_of["mlp_rerun"] + full * cost_of["full"], 9)
             if best is None or (cost, off, mlp) < best[:3]:
                 best = (cost, off, mlp, saved)
     off, mlp, saved = (0, 0, 0) if best is None else best[1:]
@@ -279,12 +312,18 @@ def can_offload(stage: int, ranks: int) -> bool:
 
 
 def needs_offload(
-    device_bytes: float, params: int, layers: int, tokens: int, hidden: int, stage: int, ranks: int
+    device_bytes: float,
+    params: int,
+    layers: int,
+    tokens: int,
+    shape: ModelShape,
+    stage: int,
+    ranks: int,
 ) -> bool:
     """Whether the optimizer has to leave the device: not even all-``full`` checkpointing fits
     beside the weights, gradients and states that stay."""
     resident = resident_bytes(params, stage=stage, ranks=ranks)
-    least = activation_bytes(("full",) * layers, tokens, hidden)
+    least = activation_bytes(("full",) * layers, tokens, shape)
     return least > activation_budget(device_bytes, resident)
 
 
@@ -667,7 +706,7 @@ def plan_run(
     *,
     layers: int,
     tokens: int,
-    hidden: int,
+    shape: ModelShape,
     params: int,
     stage: int,
     ranks: int,
@@ -678,8 +717,9 @@ def plan_run(
     fsdp: bool = False,
 ) -> MemoryPlan:
     """The plan of a run: ``policy`` and ``offload`` as configured (``auto`` resolved here),
-    ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the GPU's memory (None on
-    a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked);
+    ``shape``: the model's (its widths size each policy's bytes and cost: ``kept_per_token``,
+    ``rerun_cost``); ``stage`` 0 for one process without DeepSpeed, ``device_bytes`` the
+    GPU's memory (None on a CPU: ``auto`` plans ``full``, never offloads, and nothing is checked);
     ``offload_layers``: how many layers ``auto`` may offload, every how many (``offload_rule``);
     ``fsdp``: torch's FSDP2 (``resident_bytes``; never offloads)."""
     if offload == "auto":
@@ -687,7 +727,7 @@ def plan_run(
             device_bytes is not None
             and not fsdp
             and can_offload(stage, ranks)
-            and needs_offload(device_bytes, params, layers, tokens, hidden, stage, ranks)
+            and needs_offload(device_bytes, params, layers, tokens, shape, stage, ranks)
         )
     offload = bool(offload)
     if not on:
@@ -704,5 +744,5 @@ def plan_run(
     )
     budget = activation_budget(device_bytes, resident)
     if on and policy == "auto":
-        plan = plan_layers(layers, tokens, hidden, budget, element_bytes, offload_layers)
-    return MemoryPlan(plan, offload, activation_bytes(plan, tokens, hidden, element_bytes), budget)
+        plan = plan_layers(layers, tokens, shape, budget, element_bytes, offload_layers)
+    return MemoryPlan(plan, offload, activation_bytes(plan, tokens, shape, element_bytes), budget)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from reflectioncoder.activation_checkpointing import (
-    RERUN_COST,
     activation_budget,
     activation_bytes,
     apply_plan,
@@ -19,28 +18,31 @@ from reflectioncoder.activation_checkpointing import (
     needs_offload,
     plan_layers,
     plan_run,
+    rerun_cost,
     resident_bytes,
 )
 from reflectioncoder.config import ModelConfig
 from reflectioncoder.model import build_tiny_llama, forward_hidden, prepare_model
+from reflectioncoder.train.flops import ModelShape
 
 # CodeLlama-7B: 32 layers, D = 4096, 6.74B parameters; 16K-token micro-batches.
 LAYERS, D, T, P = 32, 4096, 16384, 6_738_546_688
+S7 = ModelShape.llama(4096, 11008, 32, 32, 32, 32016)  # CodeLlama-7B's widths
 H100 = 81559 * 2**20
 
 
 def test_plan_is_the_least_recompute_that_fits():
-    none_all = activation_bytes(("none",) * LAYERS, T, D)
-    full_all = activation_bytes(("full",) * LAYERS, T, D)
-    assert plan_layers(LAYERS, T, D, none_all) == ("none",) * LAYERS
-    assert plan_layers(LAYERS, T, D, full_all - 1) == ("full",) * LAYERS  # nothing fits
+    none_all = activation_bytes(("none",) * LAYERS, T, S7)
+    full_all = activation_bytes(("full",) * LAYERS, T, S7)
+    assert plan_layers(LAYERS, T, S7, none_all) == ("none",) * LAYERS
+    assert plan_layers(LAYERS, T, S7, full_all - 1) == ("full",) * LAYERS  # nothing fits
     previous = None
     for budget in torch.linspace(full_all + 1e6, none_all, 40).tolist():
-        plan = plan_layers(LAYERS, T, D, budget)
-        assert len(plan) == LAYERS and activation_bytes(plan, T, D) <= budget
+        plan = plan_layers(LAYERS, T, S7, budget)
+        assert len(plan) == LAYERS and activation_bytes(plan, T, S7) <= budget
         # more memory never recomputes more: the summed cost (with mlp_rerun between
         # save_gemms and full, the count of full layers alone may rise as mlp_rerun ones go)
-        recomputed = sum(RERUN_COST[p] for p in plan)
+        recomputed = sum(rerun_cost(S7)[p] for p in plan)
         if previous is not None:
             assert recomputed <= previous + 1e-9
         previous = recomputed
@@ -49,15 +51,15 @@ def test_plan_is_the_least_recompute_that_fits():
             if policy in plan:
                 up = list(plan)
                 up[up.index(policy)] = better
-                assert activation_bytes(up, T, D) > budget
+                assert activation_bytes(up, T, S7) > budget
 
 
 def test_save_gemms_first_then_none():
-    one_save = activation_bytes(("save_gemms",) + ("full",) * (LAYERS - 1), T, D)
-    assert plan_layers(LAYERS, T, D, one_save) == ("save_gemms",) + ("full",) * (LAYERS - 1)
-    # a bf16 layer's bytes: the measured per-hidden figures, halved from fp32
-    assert kept_bytes("none", T, D) == pytest.approx(39.04 * T * D)
-    assert kept_bytes("full", T, D, element_bytes=4) == pytest.approx(4.15 * T * D)
+    one_save = activation_bytes(("save_gemms",) + ("full",) * (LAYERS - 1), T, S7)
+    assert plan_layers(LAYERS, T, S7, one_save) == ("save_gemms",) + ("full",) * (LAYERS - 1)
+    # a bf16 layer's bytes: counts of the widths (KEPT_WIDTHS), 2 bytes each, and fp32 lse
+    assert kept_bytes("none", T, S7) == pytest.approx((10 * D + 4 * 11008) * 2 * T + 4 * 32 * T)
+    assert kept_bytes("full", T, S7, element_bytes=4) == pytest.approx(4 * T * D)
 
 
 def test_resident_bytes_by_engine():
@@ -74,33 +76,33 @@ def test_resident_bytes_by_engine():
 
 
 def test_one_h100_offloads_and_eight_do_not():
-    assert needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=1)
-    assert not needs_offload(H100, P, LAYERS, T, D, stage=1, ranks=8)
-    memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+    assert needs_offload(H100, P, LAYERS, T, S7, stage=1, ranks=1)
+    assert not needs_offload(H100, P, LAYERS, T, S7, stage=1, ranks=8)
+    memory = plan_run("auto", True, layers=LAYERS, tokens=T, shape=S7, params=P,
                       stage=1, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
     plan = memory.layers
     assert memory.offload and "full" in plan and set(plan) != {"full"} and memory.fits
     budget = activation_budget(H100, resident_bytes(P, stage=1, ranks=1, offload=True))
-    assert activation_bytes(plan, T, D) == memory.activation_bytes <= budget == memory.budget_bytes
+    assert activation_bytes(plan, T, S7) == memory.activation_bytes <= budget == memory.budget_bytes
     # one process on one rank offloads as ZeRO-1 does (its device keeps the same 6P + buckets)
-    assert needs_offload(H100, P, LAYERS, T, D, stage=0, ranks=1)
-    local = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+    assert needs_offload(H100, P, LAYERS, T, S7, stage=0, ranks=1)
+    local = plan_run("auto", True, layers=LAYERS, tokens=T, shape=S7, params=P,
                      stage=0, ranks=1, offload="auto", device_bytes=H100)  # fmt: skip
     assert local == memory
     # ... but not on several ranks (DDP: no host optimizer), where a 7B does not fit, and the
     # plan says so
     assert not can_offload(0, 2) and can_offload(0, 1) and not can_offload(3, 1)
-    eight = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+    eight = plan_run("auto", True, layers=LAYERS, tokens=T, shape=S7, params=P,
                      stage=0, ranks=8, offload="auto", device_bytes=H100)  # fmt: skip
     assert not eight.offload and not eight.fits
     # an explicit choice is kept; a CPU run plans `full` and never offloads by itself
-    memory = plan_run("auto", True, layers=LAYERS, tokens=T, hidden=D, params=P,
+    memory = plan_run("auto", True, layers=LAYERS, tokens=T, shape=S7, params=P,
                       stage=1, ranks=1, offload=False, device_bytes=None)  # fmt: skip
     assert memory.layers == ("full",) * LAYERS and not memory.offload and memory.fits
-    plan = plan_run("alternate", True, layers=4, tokens=T, hidden=D, params=P,
+    plan = plan_run("alternate", True, layers=4, tokens=T, shape=S7, params=P,
                     stage=0, ranks=1, offload="auto", device_bytes=H100).layers  # fmt: skip
     assert plan == ("full", "none", "full", "none") == named_plan("alternate", 4)
-    plan = plan_run("auto", False, layers=4, tokens=T, hidden=D, params=P,
+    plan = plan_run("auto", False, layers=4, tokens=T, shape=S7, params=P,
                     stage=0, ranks=1, offload="auto", device_bytes=H100).layers  # fmt: skip
     assert plan == ("none",) * 4
 

@@ -203,19 +203,23 @@ def test_flops_counted_by_torch(seed, policy):
 
 # CodeLlama-7B: 32 layers, D = 4096; 16K-token micro-batches.
 LAYERS_7B, D, T = 32, 4096, 16384
+S7 = ModelShape.llama(4096, 11008, 32, 32, 32, 32016)  # CodeLlama-7B's widths
 
 
 def test_planner_puts_mlp_rerun_between_save_gemms_and_full():
     """The costs order the policies; a budget of one mlp_rerun layer over all-full gives that
     layer mlp_rerun (save_gemms does not fit); the plan is the same each call."""
-    cost = ac.RERUN_COST
+    cost = ac.rerun_cost(S7)
     assert [cost[p] for p in ac.LAYER_POLICIES] == sorted(cost[p] for p in ac.LAYER_POLICIES)
     assert 0 < cost["mlp_rerun"] < cost["full"]
     one = ("mlp_rerun",) + ("full",) * (LAYERS_7B - 1)
-    budget = ac.activation_bytes(one, T, D)
-    assert ac.activation_bytes(("save_gemms",) + ("full",) * (LAYERS_7B - 1), T, D) > budget
-    assert ac.plan_layers(LAYERS_7B, T, D, budget) == one == ac.plan_layers(LAYERS_7B, T, D, budget)
-    assert ac.kept_bytes("mlp_rerun", T, D) == pytest.approx(20.23 / 2 * T * D)
+    budget = ac.activation_bytes(one, T, S7)
+    assert ac.activation_bytes(("save_gemms",) + ("full",) * (LAYERS_7B - 1), T, S7) > budget
+    assert (
+        ac.plan_layers(LAYERS_7B, T, S7, budget) == one == ac.plan_layers(LAYERS_7B, T, S7, budget)
+    )
+    # input, o_proj, q, attention output, k, v (multi-head: D each), bf16; fp32 lse
+    assert ac.kept_bytes("mlp_rerun", T, S7) == pytest.approx(6 * D * 2 * T + 4 * 32 * T)
     assert ac.named_plan("mlp_rerun", 3) == ("mlp_rerun",) * 3
 
 
@@ -247,7 +251,12 @@ def test_step_model_costs_it_and_its_default_uses_it(monkeypatch):
     assert preds["mlp_rerun"].memory_bytes < preds["save_gemms"].memory_bytes
     default = sm.predict(arch, "H100", 8, "zero1", base, work)
     assert "mlp_rerun" in default.plan
-    monkeypatch.setitem(ac.RERUN_COST, "mlp_rerun", ac.RERUN_COST["full"])
+    shape_cost = ac.rerun_cost
+    monkeypatch.setattr(
+        ac,
+        "rerun_cost",
+        lambda shape: {**shape_cost(shape), "mlp_rerun": shape_cost(shape)["full"]},
+    )
     without = sm.predict(arch, "H100", 8, "zero1", base, work)
     assert "mlp_rerun" not in without.plan and without.step_s > default.step_s
     assert {"checkpointing=mlp_rerun"} <= {

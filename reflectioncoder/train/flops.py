@@ -47,7 +47,15 @@ class ModelShape:
     vocab: int  # V, rows of the LM head
     body_params: int  # parameters outside the input embedding and the LM head
     recomputed_params: int  # decoder-layer parameters checkpointing runs again (no down_proj)
-    mlp_in_params: int = 0  # the MLPs' parameters but down_proj's (gate and up: mlp_rerun's)
+    mlp_in_params: int  # the MLPs' parameters but down_proj's (gate and up: mlp_rerun's)
+    heads: int  # query heads
+    kv_heads: int  # key / value heads (grouped-query attention: fewer than ``heads``)
+    intermediate: int  # I, the MLP's width
+
+    @property
+    def kv_width(self) -> int:
+        """D_kv: key / value heads x head size."""
+        return self.attn_width // self.heads * self.kv_heads
 
     @classmethod
     def from_model(cls, model: nn.Module) -> ModelShape:
@@ -76,6 +84,9 @@ class ModelShape:
             body_params=body,
             recomputed_params=sum(_numel(p) for p in recomputed.values()),
             mlp_in_params=sum(_numel(p) for p in mlp_in.values()),
+            heads=heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            intermediate=config.intermediate_size,
         )
 
     @classmethod
@@ -102,6 +113,9 @@ class ModelShape:
             body_params=layers * per_layer + hidden,
             recomputed_params=layers * (per_layer - hidden * intermediate),
             mlp_in_params=layers * 2 * hidden * intermediate,
+            heads=heads,
+            kv_heads=kv_heads,
+            intermediate=intermediate,
         )
 
 

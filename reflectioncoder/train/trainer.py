@@ -771,7 +771,8 @@ class Trainer:
             stage = 3  # sharded as ZeRO-3 (resident_bytes counts FSDP's own bytes)
         # fp16 in one process keeps fp32 weights under autocast, whatever mixed_precision says
         half = self.dtype in (torch.bfloat16, torch.float16) and self._casts_weights()
-        offload_layers = self._offloadable_layers(cfg, model, 2 if half else 4)
+        shape = ModelShape.from_model(model)  # its widths size the planner's bytes and costs
+        offload_layers = self._offloadable_layers(cfg, model, shape, 2 if half else 4)
         offload = cfg.distributed.offload_optimizer
         if self.info.deepspeed and stage == 0 and offload == "auto":
             offload = False  # no ZeRO-Offload at DeepSpeed's ZeRO-0 (can_offload: one process)
@@ -780,7 +781,7 @@ class Trainer:
             cfg.model.gradient_checkpointing,
             layers=len(model.base_model.layers),
             tokens=cfg.packing.max_tokens,
-            hidden=model.config.hidden_size,
+            shape=shape,
             params=count_parameters(model),
             stage=stage,
             ranks=self.info.world_size,
@@ -817,7 +818,7 @@ class Trainer:
         return dataclasses.replace(cfg, distributed=distributed_cfg)
 
     def _offloadable_layers(
-        self, cfg: RunConfig, model: nn.Module, element_bytes: int
+        self, cfg: RunConfig, model: nn.Module, shape: ModelShape, element_bytes: int
     ) -> tuple[int, int]:
         """How many layers ``auto`` may offload on this GPU, every how many (``offload_rule``, with
         the GPU's peak from ``logging.peak_tflops`` or the card's name, the host link shared by
@@ -836,10 +837,9 @@ class Trainer:
         layer_params = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
         tokens = cfg.packing.max_tokens
         forward_s = ac.layer_forward_s(layer_params, tokens, peak * 1e12)
-        hidden = model.config.hidden_size
         on_host = int(os.environ.get("LOCAL_WORLD_SIZE", self.info.world_size))
         return ac.offload_rule(
-            len(layers), tokens, hidden, forward_s, ac.link_bytes_s(on_host), element_bytes
+            len(layers), tokens, shape, forward_s, ac.link_bytes_s(on_host), element_bytes
         )
 
     def _checkpoint_to_resume(self, resume: bool | str) -> Path | None:
