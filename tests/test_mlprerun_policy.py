@@ -236,7 +236,7 @@ def test_config_and_named_policy():
 
 def test_step_model_costs_it_and_its_default_uses_it(monkeypatch):
     """The lever row, all layers mlp_rerun: between save_gemms and full in time and memory; the
-    8 x H100 ZeRO-1 default plans mlp_rerun layers and is faster than its plan without them
+    1 x H100 default plans an mlp_rerun layer and is faster than its plan without it
     (mlp_rerun costed as full: the planner's ties take the fewest)."""
     from dataclasses import replace
 
@@ -249,7 +249,9 @@ def test_step_model_costs_it_and_its_default_uses_it(monkeypatch):
     assert preds["save_gemms"].step_s < preds["mlp_rerun"].step_s < preds["full"].step_s
     assert preds["full"].memory_bytes < preds["mlp_rerun"].memory_bytes
     assert preds["mlp_rerun"].memory_bytes < preds["save_gemms"].memory_bytes
-    default = sm.predict(arch, "H100", 8, "zero1", base, work)
+    # one H100 (``local``): the 7B's widths put one layer between save_gemms and full
+    one_gpu = sm.default_levers(arch, "H100", 1, "local", work)
+    default = sm.predict(arch, "H100", 1, "local", one_gpu, work)
     assert "mlp_rerun" in default.plan
     shape_cost = ac.rerun_cost
     monkeypatch.setattr(
@@ -257,7 +259,7 @@ def test_step_model_costs_it_and_its_default_uses_it(monkeypatch):
         "rerun_cost",
         lambda shape: {**shape_cost(shape), "mlp_rerun": shape_cost(shape)["full"]},
     )
-    without = sm.predict(arch, "H100", 8, "zero1", base, work)
+    without = sm.predict(arch, "H100", 1, "local", one_gpu, work)
     assert "mlp_rerun" not in without.plan and without.step_s > default.step_s
     assert {"checkpointing=mlp_rerun"} <= {
         r["lever"] for r in sm.model_rows() if r["model"] == "CodeLlama-7B"
