@@ -11,8 +11,10 @@ ZeRO-3 with its own memory, 16 bytes a parameter over the GPUs, and gradient sum
 the shipped default config (``default``: true on the engine
 ``paper_preset``'s ``backend: auto`` runs, ``local`` on one GPU and ``zero1`` on 8
 (``default_engine``), as it runs on CUDA: ``model.checkpointing_policy: auto`` (each layer
-``none`` / ``save_gemms`` / ``offload`` / ``mlp_rerun`` / ``full``, the least recompute
-(``RERUN_COST``) that fits, planned as
+``none`` / ``save_gemms`` / ``offload`` / ``mlp_rerun`` / ``full``, the least recompute that
+fits, costed and sized from each model's own widths (``Arch.shape``: ``rerun_cost``, the share
+of a layer's forward GEMM FLOPs each policy reruns, mlp_rerun / full 0.446 / 0.777 at 7B and
+13B, 0.521 / 0.739 at 34B's 8 KV heads; ``kept_per_token``), planned as
 the trainer plans it: reflectioncoder/activation_checkpointing.py, ``offload`` layers as far
 as ``offload_rule`` lets the host link carry them), ``model.compile: auto`` (on under CUDA),
 bf16 weights + fp32 masters, fp32 gradient sums (``distributed.fp32_grad_accum: auto``: DeepSpeed's
@@ -110,7 +112,8 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
 - activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
   time is that of ``save_gemms`` (its element-wise ops rerun) plus what the compute stream waits
   for the copies (``offload_exposed_s``): one side stream a GPU, each offloaded layer's bytes
-  (``activation_checkpointing.offloaded_bytes``: 18.8 D a token in bf16, measured on the CPU)
+  (``activation_checkpointing.offloaded_bytes``: in bf16 20.8 D a token at 7B, 17.3 D at
+  34B, from the widths, the CPU's measure at four shapes the check)
   out in the forward and back in the backward at ``link_bytes_s``: the GPU's PCIe link (PCIE,
   ASSUMED) or its share of the host's DRAM, ``HOST_DMA_BYTES_S`` = 307 GB/s shared by all
   ranks' offload streams on a host (a two-socket DDR5-4800 server's 614 GB/s taken at half,
@@ -163,10 +166,13 @@ offloaded optimizer (DeepSpeed's ZeRO-1 offloaded would also keep a whole fp32 s
 ``deepspeed_config.offloaded_stage``; the gradient bytes each stage holds are measured by
 tests/test_zero_fp32_sums.py);
 fp32 master + m + v 12P/n (m + v 8P under autocast; none on the GPU when offloaded);
-activations (``activation_bytes``): the measured bytes per token and layer of each layer's
-policy (bench/results/activation_memory.json, x D, halved for bf16: none 39.0 D, save_gemms
-20.9 D, mlp_rerun 10.1 D, full 2.08 D, offload 2.08 D on the GPU) x T, plus one layer's whole
-set while a recomputed layer runs again, plus two offloaded layers in flight (18.8 D x T each:
+activations (``activation_bytes``): the bytes per token and layer of each layer's policy
+from the model's widths (``kept_per_token``: counts of D, the query width, the KV width and I,
+in bf16, plus the fp32 log-sum-exp; the CPU's heap at four shapes, bench/results/
+activation_memory.json, is the check), per D at 7B: none 41.5, save_gemms 22.8, mlp_rerun
+12.0, full and offload 2.0; at 34B (8 KV heads): 38.0, 19.3, 8.5, 2.0) x T, plus one layer's
+whole set while a recomputed layer runs again, plus two offloaded layers in flight (at 7B
+20.8 D x T each:
 one arriving ahead of its backward, one still leaving at the forward's end:
 ``OFFLOAD_IN_FLIGHT``); the
 loss's workspace (roofline); 3 GiB for the CUDA context and cuBLAS workspaces. ``auto`` plans
