@@ -93,9 +93,9 @@ class EvalRequest:
             return self.save_samples
         if self.json is not None:
             return self.json.with_suffix(".samples.jsonl")
-        run = self._run_folder()
-        if run is not None:
-            return run / "eval" / f"samples-{self.task}.jsonl"
+        inside = self._in_run_folder("samples", ".jsonl")
+        if inside is not None:
+            return inside
         raise UsageError(
             "give --json RESULT or --save-samples FILE: where should the generated samples go?"
         )
@@ -105,17 +105,20 @@ class EvalRequest:
         a run folder (the scores and every sample's verdict kept, not only printed)."""
         if self.json is not None or self.samples is not None or self.save_samples is not None:
             return self.json
-        run = self._run_folder()
-        return None if run is None else run / "eval" / f"result-{self.task}.json"
+        return self._in_run_folder("result", ".json")
 
-    def _run_folder(self) -> Path | None:
-        """The run folder ``--model`` is in (RUN/final, RUN/checkpoints/step-N/model)."""
+    def _in_run_folder(self, kind: str, ext: str) -> Path | None:
+        """RUN/eval/KIND-TASK.EXT for a model inside a run folder: RUN/final, or with the
+        checkpoint's name for RUN/checkpoints/step-N/model (so that evaluating a checkpoint
+        does not replace the final model's samples and result); None elsewhere."""
         if self.model is None:
             return None
         model = Path(self.model).resolve()
-        for run in (model.parent, model.parent.parent.parent):
-            if (run / "config.yaml").is_file():
-                return run
+        if (model.parent / "config.yaml").is_file():
+            return model.parent / "eval" / f"{kind}-{self.task}{ext}"
+        run = model.parent.parent.parent
+        if (run / "config.yaml").is_file():
+            return run / "eval" / f"{kind}-{self.task}-{model.parent.name}{ext}"
         return None
 
 
