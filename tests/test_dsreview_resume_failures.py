@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 from test_distributed import TOLERANCE, _overrides, _rows
-from test_resume_anywhere import SINGLE, _part
+from test_resume_anywhere import SINGLE, _part, zero
+from test_resume_anywhere import (
+    test_resume_on_another_layout_continues_as_one_process as continues_as_one_process,
+)
 
 from reflectioncoder.cli import main
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -126,3 +129,15 @@ def test_another_micro_batch_size_continues_as_the_uninterrupted_run(tmp_path, s
         assert (g["samples"], g["tokens"]) == (w["samples"], w["tokens"]), g["step"]
         for key, rel, abs_ in TOLERANCE:
             assert g[key] == pytest.approx(w[key], rel=rel, abs=abs_), (g["step"], key)
+
+
+@pytest.mark.slow  # torchrun launches of 2 and 3 ranks and a reference: ~60 s here
+def test_zero3_on_ranks_that_do_not_divide_its_parameters(tmp_path, seed):
+    """ZeRO-3 on 2 ranks resumed on 3: a parameter of 1024 elements is 3 partitions of 342, the
+    last one padded past the end. DeepSpeed 0.19.8's full-parameter setters read past it
+    ("start (684) + length (342) exceeds dimension size (1024)"); each rank now writes its
+    padded share, and the run continues as one uninterrupted process."""
+    continues_as_one_process(
+        tmp_path, seed, (2, zero(3)), (3, zero(3)), "ZeRO-3 on 2 rank(s); this run is DeepSpeed "
+        "ZeRO-3 on 3 rank(s)"
+    )  # fmt: skip

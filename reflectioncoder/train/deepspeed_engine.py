@@ -215,7 +215,12 @@ class DeepSpeedEngine:
     def load_param_states(self, read: StateReader) -> None:
         """Weights, fp32 masters and AdamW state from a checkpoint of another layout (another
         number of ranks or ZeRO stage, or one process): each rank writes its own partition."""
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        from deepspeed.utils import (
+            safe_set_full_fp32_param,
+            safe_set_full_optimizer_state,
+            safe_set_local_fp32_param,
+            safe_set_local_optimizer_state,
+        )
 
         if self.layout()["zero_stage"] == 0:  # every parameter whole on every rank
             load_whole_states(self.module, *self._zero0_optimizer(), read)
@@ -228,18 +233,20 @@ class DeepSpeedEngine:
             zero3 = is_zero3_param(p)
             state = read(name, p.ds_shape if zero3 else p.shape)
             steps.add(state.step)
+            if zero3:
+                # This rank's share, padded as its partition: DeepSpeed 0.19.8's full setters
+                # read past the end of a parameter the ranks do not divide (3 ranks, 1024)
+                with torch.no_grad():
+                    p.ds_tensor.copy_(_zero3_share(p, state.weight))
+                safe_set_local_fp32_param(p, _zero3_share(p, state.weight))
+                for key in ("exp_avg", "exp_avg_sq"):
+                    safe_set_local_optimizer_state(p, _zero3_share(p, getattr(state, key)), key)
+                continue
             with torch.no_grad():
-                if zero3:
-                    piece, start = zero3_local_piece(p)
-                    flat = state.weight.flatten()
-                    n = max(0, min(piece.numel(), flat.numel() - start))
-                    piece[:n].copy_(flat[start : start + n])
-                else:
-                    p.copy_(state.weight.reshape(p.shape))
-            safe_set_full_fp32_param(p, state.weight.reshape(p.ds_shape if zero3 else p.shape))
+                p.copy_(state.weight.reshape(p.shape))
+            safe_set_full_fp32_param(p, state.weight.reshape(p.shape))
             for key in ("exp_avg", "exp_avg_sq"):
-                value = getattr(state, key).reshape(p.ds_shape if zero3 else p.shape)
-                safe_set_full_optimizer_state(p, value, key)
+                safe_set_full_optimizer_state(p, getattr(state, key).reshape(p.shape), key)
         base = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps the client's
         for group_state in base.state.values():
             if "step" in group_state:
@@ -252,6 +259,17 @@ class DeepSpeedEngine:
         if self.config["zero_optimization"].get("stage", 0) == 3:
             return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
         return _unwrap(self.engine.module.state_dict())
+
+
+def _zero3_share(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a ZeRO-3 parameter's ``full`` tensor, zero-padded to its partition's
+    size (the last ranks' pieces run past the end)."""
+    piece, start = zero3_local_piece(param)
+    share = torch.zeros(piece.numel(), dtype=full.dtype)
+    flat = full.flatten()
+    n = max(0, min(piece.numel(), flat.numel() - start))
+    share[:n] = flat[start : start + n]
+    return share
 
 
 def _steps_client_bare(config: dict[str, Any]) -> bool:
