@@ -141,3 +141,14 @@ def test_zero3_on_ranks_that_do_not_divide_its_parameters(tmp_path, seed):
         tmp_path, seed, (2, zero(3)), (3, zero(3)), "ZeRO-3 on 2 rank(s); this run is DeepSpeed "
         "ZeRO-3 on 3 rank(s)"
     )  # fmt: skip
+
+
+@pytest.mark.slow  # torchrun launches of 2 ranks and a reference: ~60 s here
+def test_zero2_resumed_on_the_same_ranks_with_the_optimizer_offloaded(tmp_path, seed):
+    """Same ranks and stage, DeepSpeed's CPU Adam now: its native load took torch AdamW's param
+    groups and stopped at the first step (KeyError 'bias_correction'); the layout records the
+    offload, so the state is converted, and the run continues as one uninterrupted process."""
+    continues_as_one_process(
+        tmp_path, seed, (2, zero(2)), (2, [*zero(2), "distributed.offload_optimizer=true"]),
+        "(its optimizer offloaded there: False, here: True): converting"
+    )  # fmt: skip

@@ -427,11 +427,16 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
     with _damaged(path):
         if needs_conversion(saved, current):
             if info.is_main:
+                offload = _offloaded(saved) != _offloaded(current)
                 log.info(
-                    "--resume: %s was written by %s; this run is %s: converting its state",
+                    "--resume: %s was written by %s; this run is %s%s: converting its state",
                     path,
                     describe_layout(saved),
                     describe_layout(current),
+                    f" (its optimizer offloaded there: {_offloaded(saved)}, here: "
+                    f"{_offloaded(current)})"
+                    if offload
+                    else "",
                 )
             engine.load_param_states(_state_reader(path, saved, info, current))
         else:
@@ -505,9 +510,15 @@ def needs_conversion(saved: dict[str, Any], current: dict[str, Any]) -> bool:
     if saved["engine"] in ("single", "fsdp"):  # FSDP's DCP shards load on any ranks
         return False
     stage_known = saved["zero_stage"] is not None
-    return saved["world_size"] != current["world_size"] or (
-        stage_known and saved["zero_stage"] != current["zero_stage"]
+    return (
+        saved["world_size"] != current["world_size"]
+        or (stage_known and saved["zero_stage"] != current["zero_stage"])
+        or _offloaded(saved) != _offloaded(current)
     )
+
+
+def _offloaded(layout: dict[str, Any]) -> bool:
+    return layout.get("offload_optimizer", False)
 
 
 def describe_layout(layout: dict[str, Any]) -> str:

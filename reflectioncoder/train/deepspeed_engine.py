@@ -182,7 +182,12 @@ class DeepSpeedEngine:
 
     def layout(self) -> dict[str, Any]:
         stage = int(self.config["zero_optimization"].get("stage", 0))
-        return {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
+        layout = {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
+        if (
+            self.offloads_optimizer
+        ):  # CPU Adam's state: torch's AdamW cannot load it, nor it AdamW's
+            layout["offload_optimizer"] = True
+        return layout
 
     def save_state(self, folder: Path) -> None:
         """Every rank writes its partition of the optimizer state (DeepSpeed's own layout). At
