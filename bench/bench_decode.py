@@ -1,6 +1,7 @@
 """Cost of decoding honest result lines: the bounded decoder the scorer uses for what a sample
-sends (``codec.read_result_row``: line cap, int-digit cap, collision check, schema) against the
-unbounded parse it replaced (``codec.loads_row``, still used for trusted cache lines).
+sends (``result_decode.read_result_row``: line cap, int-digit cap, collision check, schema)
+against the unbounded parse it replaced (``codec.loads_row``, still used for trusted cache
+lines).
 
 Rows are what a correct sample sends: every expected output of HumanEval+ as a
 ``{"phase", "i", "out"}`` line in the harness's encoding (expected outputs computed, or read
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.expected import expected_outputs
-from reflectioncoder.eval.sandbox import codec
+from reflectioncoder.eval.sandbox import codec, result_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared"))
@@ -56,7 +57,7 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {"unbounded": [], "bounded": []}
     for _ in range(args.repeats):
         runs["unbounded"].append(timed(codec.loads_row, rows))
-        runs["bounded"].append(timed(codec.read_result_row, rows))
+        runs["bounded"].append(timed(result_decode.read_result_row, rows))
     best = {name: min(r, key=lambda x: x[1]) for name, r in runs.items()}
     for name, (wall, cpu) in best.items():
         print(f"{name:10s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  {mib / cpu:5.0f} MiB/s (cpu)")

@@ -15,7 +15,7 @@ from reference.passk import pass_at_k
 
 from reflectioncoder.eval.cli import add_arguments, main
 from reflectioncoder.eval.compare import outputs_match
-from reflectioncoder.eval.sandbox import codec
+from reflectioncoder.eval.sandbox import codec, result_decode
 from reflectioncoder.eval.summary import estimate_pass_at_k
 from reflectioncoder.eval.tasks import PythonTask, load_mbpp_plus, mbpp_deserialize_inputs
 
@@ -102,7 +102,7 @@ def test_codec_round_trips_plain_data(seed):
         value = _random_value(rng)
         line = json.dumps(codec.encode(value))
         assert _same(codec.loads_row(line), value), value
-        assert _same(codec.decode(json.loads(line)), value), value
+        assert _same(result_decode.decode(json.loads(line)), value), value
 
 
 def test_codec_nan_and_numpy():
@@ -259,7 +259,7 @@ def _timed_reject(line: bytes, limit_s: float = 2.0) -> str:
 
     t0 = time.perf_counter()
     with pytest.raises(codec.DecodeError) as err:
-        codec.loads_result(line)
+        result_decode.loads_result(line)
     took = time.perf_counter() - t0
     assert took < limit_s, f"rejecting took {took:.1f} s"
     assert len(str(err.value)) < 300  # error text is clipped before it goes anywhere
@@ -276,7 +276,7 @@ def test_colliding_set_members_are_refused_in_linear_time(tag, seed):
     assert "colliding" in _timed_reject(json.dumps({"$dict": pairs}).encode())
     # honest sets and dicts of the same size decode, and equal what was sent
     honest = list(range(20_000))
-    assert codec.loads_result(json.dumps({tag: honest}).encode()) == set(honest)
+    assert result_decode.loads_result(json.dumps({tag: honest}).encode()) == set(honest)
 
 
 def test_huge_integers_are_refused_whatever_the_int_limit(seed):
@@ -288,7 +288,7 @@ def test_huge_integers_are_refused_whatever_the_int_limit(seed):
         msg = _timed_reject(f'{{"phase": "base", "i": 0, "out": [1, {digits}]}}'.encode())
         assert "digits" in msg
         ok = 10 ** (seed % 4000)
-        assert codec.loads_result(f'{{"out": {ok}}}'.encode()) == {"out": ok}
+        assert result_decode.loads_result(f'{{"out": {ok}}}'.encode()) == {"out": ok}
     finally:
         sys.set_int_max_str_digits(old)
 
@@ -312,12 +312,12 @@ def test_crafted_values_are_refused_cheaply(line):
 
 
 def test_overlong_lines_are_refused_before_parsing(monkeypatch):
-    monkeypatch.setattr(codec, "MAX_LINE", 1000)
+    monkeypatch.setattr(result_decode, "MAX_LINE", 1000)
     assert "MiB" in _timed_reject(b'{"out": "' + b"x" * 2000 + b'"}')
 
 
 def test_result_rows_are_schema_checked():
-    from reflectioncoder.eval.sandbox.codec import read_result_row as _result_row
+    from reflectioncoder.eval.sandbox.result_decode import read_result_row as _result_row
 
     assert _result_row(b'{"phase": "base", "i": 3, "out": {"$tuple": [1]}}')["out"] == (1,)
     for bad in [

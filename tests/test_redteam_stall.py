@@ -15,7 +15,8 @@ import pytest
 from test_sandbox_hostile import _task
 
 from reflectioncoder.eval import sandbox
-from reflectioncoder.eval.score import FAIL, IDLE_LOAD_S, PASS, TIMEOUT, check_sample
+from reflectioncoder.eval.judge import IDLE_LOAD_S
+from reflectioncoder.eval.score import FAIL, PASS, TIMEOUT, check_sample
 
 # Before the watchdog, each of these took the task's wall backstop: wall_backstop(8 CPU s).
 OLD_VERDICT_S = sandbox.wall_backstop(8.0)

@@ -95,7 +95,7 @@ def test_forged_lines_fail_only_their_own_sample(shared_dir, tmp_path, monkeypat
 @pytest.mark.parametrize("name", ["hash-colliding set members", "huge decimal int"])
 def test_forged_line_costs_the_scorer_little(name):
     """The decode of a crafted line is bounded: the scorer spends well under a second on it."""
-    from reflectioncoder.eval.sandbox.codec import read_result_row as _result_row
+    from reflectioncoder.eval.sandbox.result_decode import read_result_row as _result_row
 
     t0 = time.perf_counter()
     with pytest.raises(ValueError):

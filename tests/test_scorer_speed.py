@@ -15,7 +15,8 @@ from test_sandbox import _levels
 
 from reflectioncoder.eval import score as sc
 from reflectioncoder.eval.expected import LazyOutputs, _task_row
-from reflectioncoder.eval.sandbox import PreparedRun, codec
+from reflectioncoder.eval.judge import Phase
+from reflectioncoder.eval.sandbox import PreparedRun, codec, result_decode
 from reflectioncoder.eval.tasks import PythonTask
 
 
@@ -33,7 +34,7 @@ def test_box_json_is_jsons(seed):
         assert text == json.dumps(encoded, separators=(",", ":"))
         assert _same(codec.loads_row(text), codec.loads_row(json.dumps(encoded)))
         assert _same(
-            codec.loads_row(f" {text}\n".encode()), json.loads(text, object_hook=codec._tag_hook)
+            codec.loads_row(f" {text}\n".encode()), json.loads(text, object_hook=codec.tag_hook)
         )
     for bad in ("", "[1,", '{"a": 1} 2', "nul", b"\xff"):
         with pytest.raises(codec.DecodeError):
@@ -49,11 +50,11 @@ def _out(code: str) -> object:
     rows: list = []
     box = sc.prepare_harness()
     try:
-        phase = sc._Phase("base", _task(), [[1]], {"out": [None], "t": [0.0]})
+        phase = Phase("base", _task(), [[1]], {"out": [None], "t": [0.0]})
         job, inputs = sc.job_lines(_task(), [phase], code, hide=[])
         box.run(
             job + b"".join(inputs),  # all at once: the runner reads the inputs when it needs them
-            on_stdout_line=lambda line: rows.append(codec.read_result_row(line)) and False,
+            on_stdout_line=lambda line: rows.append(result_decode.read_result_row(line)) and False,
         )
     finally:
         box.discard()
@@ -98,7 +99,7 @@ def test_outputs_decoded_when_first_read(seed):
     keys = {"$dict": [['"plus": {"out": ', ', "t": '], ['"base": {"out": ', 1]]}
     tricky = {p: {"out": [keys], "t": [0.5]} for p in ("base", "plus")}  # keys inside strings
     row = _task_row(json.dumps({"task_id": "T/1", **tricky}).encode())
-    assert _same(row["plus"]["out"], [codec.decode(keys)]) and row["base"]["t"] == [0.5]
+    assert _same(row["plus"]["out"], [result_decode.decode(keys)]) and row["base"]["t"] == [0.5]
 
 
 def test_costliest_samples_first(monkeypatch, seed):

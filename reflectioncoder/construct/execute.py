@@ -339,7 +339,7 @@ def _program_values(code: str, exprs: list[str], timeout_s: float) -> list | Non
     plain data (``_Failed`` for one that raised or is not plain data); None: the run itself
     failed (timeout, truncated, unframed or reordered output)."""
     from reflectioncoder.eval import sandbox
-    from reflectioncoder.eval.sandbox import codec
+    from reflectioncoder.eval.sandbox import result_decode
 
     job = {
         "code": code,
@@ -361,12 +361,12 @@ def _program_values(code: str, exprs: list[str], timeout_s: float) -> list | Non
         cpu_s=timeout_s + 1.0,
         timeout_s=sandbox.wall_backstop(timeout_s + 1.0),
         memory_mb=512,
-        output_limit=codec.MAX_LINE,
+        output_limit=result_decode.MAX_LINE,
     )
     if res.timed_out or res.output_truncated:
         return None
     try:
-        rows = [codec.read_result_row(line.encode()) for line in res.stdout.splitlines()]
+        rows = [result_decode.read_result_row(line.encode()) for line in res.stdout.splitlines()]
     except ValueError:
         return None
     framed = len(rows) == len(exprs) + 2 and rows[0].get("loaded") and rows[-1].get("done")

@@ -1,5 +1,6 @@
 """The plain-data codec both sides of the box share (shipped into the box as a file: standard
-library only): the runner encodes what a function computed, the scorer decodes it, bounded.
+library only): the runner encodes what a function computed, the scorer decodes it, bounded (with
+``result_decode``, which stays outside the box).
 
 JSON with tags for what JSON lacks: ``{"$tuple": [...]}``, ``$set``, ``$frozenset``,
 ``$dict`` (a list of key/value pairs: keys need not be strings), ``$bytes`` (base64),
@@ -20,7 +21,7 @@ import sys
 
 # The box writes and reads JSON through json's C accelerator directly: json's own modules
 # import re (5 ms of CPU in every box's start-up, a fifth of it). The scorer's bounded
-# decoders still come from json (imported when first used, outside the box).
+# decoders (``result_decode``) still come from json (imported when first used, outside the box).
 try:
     import _json
 except ImportError:  # an interpreter built without it: json's pure-Python code
@@ -141,12 +142,10 @@ def _to_base(base: type, value: Any) -> Any:
 
 
 def _numpy_if_loaded():
-    import sys
-
     return sys.modules.get("numpy")
 
 
-_TAGS = {
+TAGS = {
     "$tuple",
     "$set",
     "$frozenset",
@@ -231,31 +230,6 @@ class Opaque:
         return f"<opaque {self.type_name}>"
 
 
-def decode(data: Any, _depth: int = 0) -> Any:
-    """Tagged structure -> Python value; raises DecodeError on anything unexpected."""
-    if _depth > 220:
-        raise DecodeError("nested too deeply")
-    t = type(data)
-    if data is None or t in (bool, int, float, str):
-        return data
-    d = _depth + 1
-    if t is list:
-        return [decode(v, d) for v in data]
-    if t is not dict or len(data) != 1:
-        raise DecodeError(f"unexpected {t.__name__}")
-    ((tag, body),) = data.items()
-    if tag not in _TAGS:
-        raise DecodeError(f"unknown tag {clip(str(tag))!r}")
-    try:
-        if type(body) is list:
-            body = [decode(v, d) for v in body]
-        return _build(tag, body)
-    except DecodeError:
-        raise
-    except (TypeError, ValueError, OverflowError, RecursionError, MemoryError) as exc:
-        raise DecodeError(f"{tag}: {clip(str(exc))}") from None
-
-
 def _list(body: Any) -> list:
     if type(body) is not list:
         raise DecodeError("expected a list")
@@ -268,7 +242,7 @@ def _str(body: Any) -> str:
     return body
 
 
-def _tag_hook(obj: dict) -> Any:
+def tag_hook(obj: dict) -> Any:
     """json.loads object hook: one-key ``$`` objects are tags (their bodies are already decoded:
     the parser works bottom-up); other objects stay as they are (result rows, job fields)."""
     if len(obj) != 1:
@@ -276,10 +250,10 @@ def _tag_hook(obj: dict) -> Any:
     ((tag, body),) = obj.items()
     if not tag.startswith("$"):
         return obj
-    if tag not in _TAGS:
+    if tag not in TAGS:
         raise DecodeError(f"unknown tag {clip(tag)!r}")
     try:
-        return _build(tag, body)
+        return build_tag(tag, body)
     except DecodeError:
         raise
     except (TypeError, ValueError, OverflowError, MemoryError) as exc:
@@ -333,7 +307,7 @@ _FROM_LIST = {
 }
 
 
-def _build(tag: str, body: Any) -> Any:
+def build_tag(tag: str, body: Any) -> Any:
     """One tag's value from its already-decoded body. Bounded: nothing here allocates more
     than a small multiple of the line, and no set or dict is built from members whose hashes
     collide (a crafted set of equal-hash members would cost quadratic time)."""
@@ -415,7 +389,7 @@ def loads_at(text: str, index: int) -> tuple[Any, int]:
         if _json is None:
             import json
 
-            return json.JSONDecoder(object_hook=_tag_hook).raw_decode(text, index)
+            return json.JSONDecoder(object_hook=tag_hook).raw_decode(text, index)
         return _json.make_scanner(_ScanContext())(text, index)  # per call: its own memo
     except DecodeError:
         raise
@@ -429,7 +403,7 @@ class _ScanContext:
     """What ``_json.make_scanner`` reads from a decoder: json.loads's defaults, the tag hook."""
 
     strict = True
-    object_hook = staticmethod(_tag_hook)
+    object_hook = staticmethod(tag_hook)
     object_pairs_hook = None
     parse_float = float
     parse_int = int
@@ -453,67 +427,3 @@ def dumps(value: Any) -> str:
         None, _not_plain, _json.encode_basestring_ascii, None, ":", ",", False, False, True
     )
     return "".join(encoder(value, 0))
-
-
-MAX_LINE = 64 << 20  # bytes of one result line from the untrusted side
-MAX_INT_DIGITS = 4300  # Python's own default int-from-str limit; bigger ints travel as $int
-
-
-def _bounded_int(text: str) -> int:
-    if len(text) > MAX_INT_DIGITS + 1:
-        raise DecodeError(f"an integer of {len(text)} digits (over {MAX_INT_DIGITS})")
-    return int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise DecodeError(f"{name} is not plain data (non-finite floats travel as $float)")
-
-
-_RESULT_DECODERS: list = []  # the fast one, then the one with the digit hook (first use)
-
-
-def _result_decoders() -> list:
-    if not _RESULT_DECODERS:
-        import json
-
-        hooks = {"object_hook": _tag_hook, "parse_constant": _no_constant}
-        _RESULT_DECODERS.append(json.JSONDecoder(**hooks))
-        _RESULT_DECODERS.append(json.JSONDecoder(**hooks, parse_int=_bounded_int))
-    return _RESULT_DECODERS
-
-
-def loads_result(line: bytes) -> Any:
-    """Decode one result line written by the untrusted side, at a cost bounded by its length:
-    the line is capped before parsing; integers are limited to MAX_INT_DIGITS digits (by the C
-    parser itself when Python's own limit is in force, else by a hook); big allocations (numpy
-    dtypes) are refused before they are made; sets and dicts whose members collide in hash
-    are refused instead of built. Raises DecodeError (a ValueError) and nothing else."""
-    if len(line) > MAX_LINE:
-        raise DecodeError(f"a line of {len(line)} bytes (over {MAX_LINE >> 20} MiB)")
-    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
-    decoder = _result_decoders()[0 if 0 < limit <= MAX_INT_DIGITS else 1]
-    try:
-        return decoder.decode(line.decode("utf-8"))
-    except DecodeError:
-        raise
-    except (ValueError, RecursionError, TypeError, MemoryError, OverflowError) as exc:
-        raise DecodeError(f"not JSON: {clip(str(exc))}") from None
-
-
-# The result rows the runner writes: these fields with these types, ``out`` any plain data.
-ROW_FIELDS = {"phase": str, "i": int, "error": str, "load_error": str, "done": bool, "loaded": bool}
-
-
-def read_result_row(line: bytes) -> dict:
-    """A result line decoded (bounded, see ``loads_result``) and schema-checked: a mapping of
-    known fields with the types the runner writes, ``out`` being any plain data. Raises
-    DecodeError (a ValueError) and nothing else."""
-    row = loads_result(line)
-    if type(row) is not dict:
-        raise DecodeError(f"a result row must be an object, not {type(row).__name__}")
-    for key, value in row.items():
-        if key != "out" and type(value) is not ROW_FIELDS.get(key):
-            raise DecodeError(f"field {clip(str(key), 40)!r}: unexpected")
-    if "phase" not in row:
-        raise DecodeError("a result row names its phase")
-    return row

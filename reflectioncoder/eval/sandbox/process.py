@@ -1,6 +1,6 @@
 """Starting a sandboxed process and running it: the run's directory, the command (bwrap's, or
 the fallback's), the child's set-up between fork and exec (cgroup, rlimits, seccomp), the I/O
-(``pump``), and the kill of the whole tree at the verdict.
+(``pump``), and the kill of the whole tree at the verdict (``teardown``).
 
 ``PreparedRun`` starts the process ahead of its input; ``run_sandboxed`` starts and runs one.
 """
@@ -33,10 +33,10 @@ from reflectioncoder.eval.sandbox.records import (
     ExecResult,
     Limits,
 )
+from reflectioncoder.eval.sandbox.teardown import MARKER_ENV, kill_tree, remove_run
 
 __all__ = ["PreparedRun", "run_sandboxed"]
 
-_MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
 # Resident memory above which a child is started through ``child.py`` in a fresh interpreter
 # (vfork + exec: no page tables copied) instead of a fork running ``child.apply`` (measured:
 # fork + exec of /bin/true from a 1.7 GB scorer 146 ms, from a 55 MB one about 20 ms).
@@ -107,39 +107,6 @@ def _big_scorer() -> bool:
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > _FORK_RSS
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def _sweep_marked(marker: str, uid: int | None) -> None:
-    """Kill processes that carry this run's marker in their environment, or run as the run's
-    own uid (fallback without a cgroup: catches children that left the process group with
-    setsid; the uid also those that cleared their environment)."""
-    needle = f"{_MARKER_ENV}={marker}".encode()
-    for _ in range(20):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or not _is_the_runs(entry, needle, uid):
-                continue
-            found = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.01)
-
-
-def _is_the_runs(pid: str, needle: bytes, uid: int | None) -> bool:
-    try:
-        if uid is not None:  # the real uid (status: readable whatever the process does)
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Uid:"):
-                        if int(line.split()[1]) == uid:
-                            return True
-                        break
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return needle in f.read()
     except (OSError, ValueError, IndexError):
         return False
 
@@ -386,7 +353,7 @@ class PreparedRun:
         try:
             if self.proc is not None:
                 # every process is gone on return
-                _kill_tree(self.proc, cgroup, self.marker, self.run_uid)
+                kill_tree(self.proc, cgroup, self.marker, self.run_uid)
         finally:
             # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
             # the next verdict; not a daemon thread, so the interpreter waits for it at exit
@@ -394,7 +361,7 @@ class PreparedRun:
             # the run) and, without Landlock, what it left in world-writable folders
             uid = None if self.isolation.bwrap else self.run_uid
             files = not self.isolation.landlock
-            threading.Thread(target=_remove_run, args=(cgroup, root, uid, files)).start()
+            threading.Thread(target=remove_run, args=(cgroup, root, uid, files)).start()
 
 
 def run_sandboxed(
@@ -439,34 +406,6 @@ def run_sandboxed(
     )
 
 
-def _remove_run(cgroup: RunCgroup | None, root: Path, uid: int | None, files: bool) -> None:
-    if cgroup is not None:
-        cgroup.remove()
-    shutil.rmtree(root, ignore_errors=True)
-    if uid is not None:
-        runuser.remove_ipc_objects(uid)
-        if files:
-            runuser.remove_left_files(uid)
-
-
-def _kill_tree(
-    proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str, uid: int | None
-) -> None:
-    """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if cgroup is not None:
-        cgroup.kill()
-    else:  # the cgroup holds every process of the run; without one, sweep for the marker
-        _sweep_marked(marker, uid)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
 def _write_files(src: Path, files: dict[str, str | bytes]) -> None:
     """The run's files, readable by the box's unprivileged uid; plain names only."""
     for name, content in files.items():
@@ -490,7 +429,7 @@ def _child_env(
         "PYTHONDONTWRITEBYTECODE": "1",
         "TMPDIR": tmp,
         "HOME": home,
-        _MARKER_ENV: marker,
+        MARKER_ENV: marker,
     }
     child_env.update(extra or {})
     return child_env
