@@ -25,7 +25,7 @@ from pathlib import Path
 from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.probe import isolation
-from reflectioncoder.eval.sandbox.pump import pump
+from reflectioncoder.eval.sandbox.pump import Pump
 from reflectioncoder.eval.sandbox.records import (
     DEFAULT_CPU_S,
     IDLE_SHARE,
@@ -291,7 +291,7 @@ class PreparedRun:
         if watchdog is None and cpu0 is not None:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
         try:
-            stop = pump(
+            stop = Pump(
                 self.proc,
                 data_in,
                 (start + timeout_s, cpu_deadline, self.cpu_time_s),
@@ -300,7 +300,7 @@ class PreparedRun:
                 sizes,
                 on_stdout_line,
                 watchdog or idle,
-            )
+            ).run()
             if idle is not None and idle.fired:
                 stop = "wall"  # it waited: a time limit on the wall clock, reached early
             cpu_now = self.cpu_time_s()

@@ -12,34 +12,10 @@ import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["pump"]
+__all__ = ["Pump"]
 
 
-def pump(
-    proc: subprocess.Popen,
-    data_in: bytes,
-    deadlines: tuple[float, float | None, Callable[[], float | None]],
-    limit: int,
-    chunks: dict[int, list[bytes]],
-    sizes: dict[int, int],
-    on_line: Callable[[bytes], bool | bytes] | None,
-    watchdog: Callable[[], bool] | None = None,
-) -> str | None:
-    """Feed stdin and collect stdout/stderr until the process exits, a deadline passes (wall
-    clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says stop, or
-    ``watchdog`` does (asked every 50 ms, after reading what the pipes held). ``on_line`` may
-    answer a line with bytes instead: more input, fed to the program (in line mode its stdin
-    stays open for that). Returns why the sandbox stopped it: ``"wall"`` or ``"cpu"`` (a
-    deadline), ``"output"`` (over ``limit``), ``"stopped"`` (``on_line`` or ``watchdog`` said
-    so), or None (it ended by itself)."""
-    run = _Pump(proc, data_in, deadlines, limit, chunks, sizes, (on_line, watchdog))
-    try:
-        return run.until_output_closes() or run.until_exit() or run.last_line()
-    finally:
-        run.close()
-
-
-class _Pump:
+class Pump:
     """One process's pipes on one selector; each step returns why to stop, or None."""
 
     def __init__(
@@ -50,9 +26,10 @@ class _Pump:
         limit: int,
         chunks: dict[int, list[bytes]],
         sizes: dict[int, int],
-        judges: tuple[Callable[[bytes], bool | bytes] | None, Callable[[], bool] | None],
+        on_line: Callable[[bytes], bool | bytes] | None,
+        watchdog: Callable[[], bool] | None = None,
     ) -> None:
-        self.proc, self.limit, (self.on_line, self.watchdog) = proc, limit, judges
+        self.proc, self.limit, self.on_line, self.watchdog = proc, limit, on_line, watchdog
         self.chunks, self.sizes = chunks, sizes
         self.deadline, self.cpu_deadline, self.cpu_clock = deadlines
         self.poll = 0.5 if self.cpu_deadline is None and self.watchdog is None else 0.05
@@ -75,6 +52,19 @@ class _Pump:
         self.open_reads = len(self.streams)
         self.partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
         self.partial_size = 0
+
+    def run(self) -> str | None:
+        """Feed stdin and collect stdout/stderr until the process exits, a deadline passes
+        (wall clock, or the run's CPU clock), the output exceeds ``limit`` or ``on_line`` says
+        stop, or ``watchdog`` does (asked every 50 ms, after reading what the pipes held).
+        ``on_line`` may answer a line with bytes instead: more input, fed to the program (in
+        line mode its stdin stays open for that). Returns why the sandbox stopped it:
+        ``"wall"`` or ``"cpu"`` (a deadline), ``"output"`` (over ``limit``), ``"stopped"``
+        (``on_line`` or ``watchdog`` said so), or None (it ended by itself)."""
+        try:
+            return self.until_output_closes() or self.until_exit() or self.last_line()
+        finally:
+            self.close()
 
     def over_time(self) -> str | None:
         if time.monotonic() >= self.deadline:
