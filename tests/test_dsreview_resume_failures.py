@@ -20,7 +20,7 @@ from test_resume_anywhere import (
 from reflectioncoder.cli import main
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train import checkpoint
-from reflectioncoder.train.checkpoint import LOCK_FILE
+from reflectioncoder.train.checkpoint import LOCK_FILE, needs_conversion
 
 ZERO2_ON_2 = {"engine": "deepspeed", "zero_stage": 2, "world_size": 2}
 
@@ -150,5 +150,16 @@ def test_zero2_resumed_on_the_same_ranks_with_the_optimizer_offloaded(tmp_path, 
     offload, so the state is converted, and the run continues as one uninterrupted process."""
     continues_as_one_process(
         tmp_path, seed, (2, zero(2)), (2, [*zero(2), "distributed.offload_optimizer=true"]),
-        "(its optimizer offloaded there: False, here: True): converting"
+        "(offload_optimizer there: False, here: True): converting"
     )  # fmt: skip
+
+
+def test_a_checkpoint_of_another_precision_or_offload_converts():
+    """DeepSpeed names a bf16 run's ZeRO files apart (bf16_zero_pp_rank_*: an fp32 run on the
+    same ranks looked for zero_pp_rank_* and stopped, file not found) and steps an offloaded
+    one with CPU Adam: either recorded, a change converts; unrecorded is off."""
+    zero1 = {"engine": "deepspeed", "zero_stage": 1, "world_size": 2}
+    assert not needs_conversion(zero1, dict(zero1))
+    assert not needs_conversion(dict(zero1, bf16=True), dict(zero1, bf16=True))
+    assert needs_conversion(dict(zero1, bf16=True), zero1)
+    assert needs_conversion(zero1, dict(zero1, offload_optimizer=True))

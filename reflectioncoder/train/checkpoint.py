@@ -427,16 +427,13 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
     with _damaged(path):
         if needs_conversion(saved, current):
             if info.is_main:
-                offload = _offloaded(saved) != _offloaded(current)
+                changes = "; ".join(_flag_changes(saved, current))
                 log.info(
                     "--resume: %s was written by %s; this run is %s%s: converting its state",
                     path,
                     describe_layout(saved),
                     describe_layout(current),
-                    f" (its optimizer offloaded there: {_offloaded(saved)}, here: "
-                    f"{_offloaded(current)})"
-                    if offload
-                    else "",
+                    f" ({changes})" if changes else "",
                 )
             engine.load_param_states(_state_reader(path, saved, info, current))
         else:
@@ -513,12 +510,21 @@ def needs_conversion(saved: dict[str, Any], current: dict[str, Any]) -> bool:
     return (
         saved["world_size"] != current["world_size"]
         or (stage_known and saved["zero_stage"] != current["zero_stage"])
-        or _offloaded(saved) != _offloaded(current)
+        or bool(_flag_changes(saved, current))
     )
 
 
-def _offloaded(layout: dict[str, Any]) -> bool:
-    return layout.get("offload_optimizer", False)
+# Layout flags a DeepSpeed checkpoint records only when set (one without had it off): its
+# optimizer (CPU Adam) or its files' names (a bf16 run's) differ with each, so a change converts
+_FLAGS = ("offload_optimizer", "bf16")
+
+
+def _flag_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    return [
+        f"{key} there: {saved.get(key, False)}, here: {current.get(key, False)}"
+        for key in _FLAGS
+        if saved.get(key, False) != current.get(key, False)
+    ]
 
 
 def describe_layout(layout: dict[str, Any]) -> str:

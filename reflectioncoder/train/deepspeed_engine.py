@@ -183,10 +183,10 @@ class DeepSpeedEngine:
     def layout(self) -> dict[str, Any]:
         stage = int(self.config["zero_optimization"].get("stage", 0))
         layout = {"engine": "deepspeed", "zero_stage": stage, "world_size": self.info.world_size}
-        if (
-            self.offloads_optimizer
-        ):  # CPU Adam's state: torch's AdamW cannot load it, nor it AdamW's
+        if self.offloads_optimizer:  # CPU Adam's state: AdamW's does not load into it
             layout["offload_optimizer"] = True
+        if stage >= 1 and self.engine.bfloat16_enabled():  # its files: bf16_zero_pp_rank_*
+            layout["bf16"] = True
         return layout
 
     def save_state(self, folder: Path) -> None:
