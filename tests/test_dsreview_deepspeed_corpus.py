@@ -202,3 +202,28 @@ def test_a_removed_section_is_located_by_its_own_key(tmp_path):
 )  # fmt: skip
 def test_typos_in_each_section_are_named_with_the_key_meant(data, meant):
     assert f"did you mean {meant}?" in deepspeed_json_problem(data)[1]
+
+
+def test_a_json_with_comments_passes_as_deepspeed_reads_it(tmp_path):
+    """DeepSpeed reads its config file as hjson: // and # comments, trailing commas."""
+    path = tmp_path / "ds.json"
+    path.write_text('{\n  // ZeRO-2\n  "zero_optimization": {"stage": 2,},\n'
+                    '  "bf16": {"enabled": "auto"}, # bf16 from model.dtype\n}\n')  # fmt: skip
+    assert read_deepspeed_json(path) == {"zero_optimization": {"stage": 2},
+                                         "bf16": {"enabled": "auto"}}  # fmt: skip
+
+
+def test_a_key_given_twice_is_named_where_it_is_repeated(tmp_path):
+    """DeepSpeed refuses a file with a duplicate key; read into a dict, the last one would win
+    without a word (a second "bf16" block turning bf16 off)."""
+    path = tmp_path / "ds.json"
+    path.write_text('{\n  "bf16": {"enabled": true},\n  "zero_optimization": {"stage": 2},\n'
+                    '  "bf16": {"enabled": false}\n}\n')  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        read_deepspeed_json(path)
+    assert str(err.value).endswith(
+        f"{path}:4:3: bf16: given twice (DeepSpeed refuses duplicate keys)"
+    )
+    path.write_text("{\n  not json at all\n")
+    with pytest.raises(ConfigError, match=r":2:3: distributed.deepspeed_config: not valid JSON"):
+        read_deepspeed_json(path)

@@ -96,10 +96,14 @@ def _checked_json(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     text = Path(path).read_text(encoding="utf-8")
     field = "distributed.deepspeed_config"
     try:
-        data = json.loads(text)
+        data = _parse(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"not valid JSON: {err.msg}", file=path, line=err.lineno,
                           column=err.colno, field=field) from None  # fmt: skip
+    except _DuplicateKey as err:  # DeepSpeed refuses a file with one; a dict keeps the last
+        line, column = _line_of(text, err.key, nth=2)
+        raise ConfigError("given twice (DeepSpeed refuses duplicate keys)", file=path,
+                          line=line, column=column, field=err.key) from None  # fmt: skip
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON object, got {type(data).__name__}", file=path,
                           field=field)  # fmt: skip
@@ -112,9 +116,43 @@ def _checked_json(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     return data
 
 
-def _line_of(text: str, key: object) -> tuple[int | None, int | None]:
-    """Where ``"key"`` first appears in the JSON text (1-based line and column)."""
-    at = text.find(json.dumps(str(key)))
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def _parse(text: str) -> Any:
+    """The JSON as DeepSpeed reads its config file: hjson (// and # comments, trailing commas)
+    when it is not plain JSON; a key given twice in one object raises ``_DuplicateKey``."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError:
+        try:
+            import hjson  # DeepSpeed's own dependency
+
+            return hjson.loads(text, object_pairs_hook=_no_duplicates)
+        except _DuplicateKey:
+            raise
+        except (ImportError, ValueError):  # not hjson either (HjsonDecodeError is a ValueError)
+            pass
+        raise  # the JSON parser's error: its line and message
+
+
+def _line_of(text: str, key: object, nth: int = 1) -> tuple[int | None, int | None]:
+    """Where ``"key"`` appears in the JSON text the ``nth`` time (1-based line and column)."""
+    at = -1
+    for _ in range(nth):
+        at = text.find(json.dumps(str(key)), at + 1)
     if at < 0:
         return None, None
     return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
