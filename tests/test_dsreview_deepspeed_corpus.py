@@ -18,6 +18,7 @@ from reflectioncoder.errors import ConfigError
 from reflectioncoder.train.deepspeed_config import (
     deepspeed_config,
     deepspeed_json_problem,
+    optim_with_deepspeed_section,
     read_deepspeed_json,
 )
 from reflectioncoder.train.distributed import DistInfo
@@ -129,6 +130,12 @@ ACCEPTED = {
                     "schedule_config": {"total_curriculum_step": 100, "difficulty_step": 8,
                                         "root_degree": 2}}}}}},
     },
+    "deepspeed_adam_spelt_out": {  # DeepSpeed's Adam params at their defaults, written out
+        "optimizer": {"type": "Adam", "params": {"lr": 3e-3, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                 "weight_decay": 0.0, "bias_correction": True,
+                                                 "amsgrad": False, "torch_adam": True}},
+        "zero_optimization": {"stage": 2},
+    },
     "legacy_zero_names": {  # DeepSpeed maps these to their new names, warning
         "zero_optimization": {"stage": 3, "stage3_gather_fp16_weights_on_model_save": True},
         "bfloat16": {"enabled": True},
@@ -151,11 +158,17 @@ REFUSED = {
 }  # fmt: skip
 
 
-def _filled(tmp_path, data: dict) -> dict:
+def _run(tmp_path, data: dict):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(data, indent=2))
     overrides = ["distributed.backend=deepspeed", f"distributed.deepspeed_config={path}"]
-    return deepspeed_config(load_config(base="tiny", overrides=overrides), ONE, hidden_size=64)
+    return load_config(base="tiny", overrides=overrides)
+
+
+def _filled(tmp_path, data: dict) -> dict:
+    run = _run(tmp_path, data)
+    optim_with_deepspeed_section(run)  # its optimizer section, honoured or refused
+    return deepspeed_config(run, ONE, hidden_size=64)
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
@@ -227,3 +240,10 @@ def test_a_key_given_twice_is_named_where_it_is_repeated(tmp_path):
     path.write_text("{\n  not json at all\n")
     with pytest.raises(ConfigError, match=r":2:3: distributed.deepspeed_config: not valid JSON"):
         read_deepspeed_json(path)
+
+
+@pytest.mark.parametrize(("param", "value"), [("bias_correction", False), ("amsgrad", True)])
+def test_an_adam_param_at_a_value_adamw_does_not_run_is_refused(tmp_path, param, value):
+    section = {"type": "Adam", "params": {"lr": 1e-3, param: value}}
+    with pytest.raises(ConfigError, match=rf"params \['{param}'\] cannot be honoured"):
+        optim_with_deepspeed_section(_run(tmp_path, {"optimizer": section}))

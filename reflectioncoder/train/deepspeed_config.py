@@ -170,6 +170,16 @@ _OPTIM_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "we
 
 _IMPLEMENTATION_PARAMS = ("torch_adam", "fused", "adam_w_mode")
 
+# DeepSpeed Adam params at the values our AdamW runs (its defaults, which configs spell out):
+# honoured as given, refused at any other value
+_ADAMW_RUNS = {"bias_correction": True, "amsgrad": False}
+
+
+def _honoured(key: str, value: Any) -> bool:
+    if key in _OPTIM_PARAMS or key in _IMPLEMENTATION_PARAMS:
+        return True
+    return key in _ADAMW_RUNS and value in (_ADAMW_RUNS[key], "auto")
+
 
 def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
     """``run.optim`` with the DeepSpeed JSON's optimizer section applied: an Adam/AdamW section's
@@ -189,10 +199,12 @@ def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
     params = dict(section.get("params", {}))
     if kind == "adam" and params.get("adam_w_mode") is False and params.get("weight_decay"):
         raise ConfigError("adam_w_mode=false (L2 weight decay) is not supported", field=where)
-    unknown = sorted(set(params) - set(_OPTIM_PARAMS) - set(_IMPLEMENTATION_PARAMS))
+    unknown = sorted(k for k, v in params.items() if not _honoured(k, v))
     if unknown:
         raise ConfigError(
-            f"params {unknown} cannot be honoured; known: lr, betas, eps, weight_decay", field=where
+            f"params {unknown} cannot be honoured; known: lr, betas, eps, weight_decay "
+            "(and bias_correction true, amsgrad false: what the trainer's AdamW runs)",
+            field=where,
         )
     chosen = {_OPTIM_PARAMS[k]: v for k, v in params.items() if k in _OPTIM_PARAMS and v != "auto"}
     try:
