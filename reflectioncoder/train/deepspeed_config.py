@@ -236,6 +236,24 @@ BUCKETS_FROM_HIDDEN = {
 }
 
 
+# The batch keys our trainer owns (DeepSpeed sees micro-batch 1 and one accumulation step)
+OWNED_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                    "train_batch_size")  # fmt: skip
+
+
+def overridden_batch_keys(run: RunConfig, info: DistInfo) -> list[str]:
+    """The user's JSON's batch keys given a number we do not use, as ``key=value`` (for the
+    start-up warning: the step's size comes from ``train.samples_per_step`` and packing)."""
+    raw, ours = _user_json(run), deepspeed_config_batch(info)
+    unused = [k for k in OWNED_BATCH_KEYS if raw.get(k, "auto") not in ("auto", ours[k])]
+    return [f"{k}={raw[k]}" for k in unused]
+
+
+def deepspeed_config_batch(info: DistInfo) -> dict[str, int]:
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "train_batch_size": info.world_size}  # fmt: skip
+
+
 def deepspeed_config(
     run: RunConfig, info: DistInfo, hidden_size: int | None = None
 ) -> dict[str, Any]:
@@ -252,20 +270,14 @@ def deepspeed_config(
     raw = _user_json(run)
     dtype = resolve_dtype(run.model.dtype, info.device)
     fill: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": info.world_size,
+        **deepspeed_config_batch(info),
         "gradient_clipping": run.optim.grad_clip,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
     cfg = {k: v for k, v in raw.items() if k not in ("optimizer", "scheduler")}
     for key, value in fill.items():
-        if cfg.get(key, "auto") == "auto" or key in (
-            "train_micro_batch_size_per_gpu",
-            "gradient_accumulation_steps",
-            "train_batch_size",
-        ):
+        if cfg.get(key, "auto") == "auto" or key in OWNED_BATCH_KEYS:
             cfg[key] = value
     zero = _zero_section(run, dict(cfg.get("zero_optimization", {})), hidden_size)
     cfg["zero_optimization"] = zero

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from reflectioncoder.train.deepspeed_config import (
     _zero_stage,
     deepspeed_config,
     offloads_optimizer,
+    overridden_batch_keys,
     zero3_local_piece,
 )
 from reflectioncoder.train.distributed import (
@@ -34,6 +36,8 @@ from reflectioncoder.train.engine import (
     load_whole_states,
     optimizer_param_names,
 )
+
+log = logging.getLogger("reflectioncoder.train")
 
 # ZeRO-0's parameter names in its optimizer's order, beside DeepSpeed's files of a checkpoint
 ZERO0_NAMES = "zero0_param_names.json"
@@ -77,6 +81,13 @@ class DeepSpeedEngine:
         self.info = info
         hidden = module.model.config.get_text_config().hidden_size
         self.config = deepspeed_config(run, info, hidden_size=hidden)
+        if info.is_main and (unused := overridden_batch_keys(run, info)):
+            log.warning(
+                "distributed.deepspeed_config: %s not used: the trainer packs each step from "
+                "train.samples_per_step and packing.max_tokens (DeepSpeed sees micro-batch 1, "
+                "one accumulation step)",
+                ", ".join(unused),
+            )
         self.asked_stage = _zero_stage(run)
         if self.config["zero_optimization"].get("stage", 0) == 3:
             # The LM head is used by the fused loss outside its own module's forward.
