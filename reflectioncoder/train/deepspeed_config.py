@@ -110,7 +110,7 @@ def _checked_json(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     problem = deepspeed_json_problem(data)
     if problem is not None:
         keys, reason = problem
-        line, column = _line_of(text, keys[-1]) if keys else (None, None)
+        line, column = _line_of_path(text, keys)
         raise ConfigError(reason, file=path, line=line, column=column,
                           field=".".join(map(str, keys)) or field)  # fmt: skip
     return data
@@ -156,6 +156,21 @@ def _line_of(text: str, key: object, nth: int = 1) -> tuple[int | None, int | No
     if at < 0:
         return None, None
     return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+
+
+def _line_of_path(text: str, keys: tuple) -> tuple[int | None, int | None]:
+    """Where the key path ``keys`` appears in the JSON text: each key looked for after the
+    section before it (``flops_profiler.enabled``, not the first "enabled" of the file)."""
+    at = 0
+    for key in keys:
+        found = text.find(json.dumps(str(key)), at)
+        if found < 0:
+            break
+        at = found
+    else:
+        if keys:
+            return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+    return _line_of(text, keys[-1]) if keys else (None, None)
 
 
 def _zero_stage(run: RunConfig) -> int:
@@ -300,11 +315,21 @@ def deepspeed_config(
                 field="distributed.fp32_grad_accum",
             )
         _fp32_sums(cfg, bf16, stage=zero["stage"], offload=offloads_optimizer(cfg))
+    _drop_unfilled_dtype_autos(cfg)
     cfg["zero_allow_untested_optimizer"] = True
     leftover = [k for k, v in cfg.items() if v == "auto"]
     if leftover:
         raise ValueError(f"distributed.deepspeed_config: cannot fill 'auto' for {leftover}")
     return cfg
+
+
+def _drop_unfilled_dtype_autos(cfg: dict[str, Any]) -> None:
+    """The dtype keys left "auto" (no fp32 sums to fill them with) take DeepSpeed's default."""
+    if cfg.get("communication_data_type") == "auto":
+        del cfg["communication_data_type"]
+    data_types = cfg.get("data_types")
+    if isinstance(data_types, dict) and data_types.get("grad_accum_dtype") == "auto":
+        cfg["data_types"] = {k: v for k, v in data_types.items() if k != "grad_accum_dtype"}
 
 
 def _zero_section(run: RunConfig, zero: dict[str, Any], hidden_size: int | None) -> dict[str, Any]:
@@ -362,16 +387,20 @@ class _Reads(dict):
     """A JSON object that records which of its keys DeepSpeed's parser asks for. ``opaque``:
     it was iterated (every key may be used); ``seen``: the dict paths read, newest last."""
 
-    def __init__(self, data: dict[str, Any], path: tuple = (), seen: list | None = None) -> None:
+    def __init__(self, data: dict[str, Any], path: tuple = (), seen: list | None = None,
+                 log: list | None = None) -> None:  # fmt: skip
         self.path, self.asked, self.opaque = path, set(), False
         self.seen = seen if seen is not None else [path]
+        self.log = log if log is not None else []  # the key paths asked for (present), in order
         super().__init__({k: self._wrap(v, (*path, k)) for k, v in data.items()})
 
     def _wrap(self, value: Any, path: tuple) -> Any:
-        return _Reads(value, path, self.seen) if isinstance(value, dict) else value
+        return _Reads(value, path, self.seen, self.log) if isinstance(value, dict) else value
 
     def _ask(self, key: Any) -> None:
         self.asked.add(key)
+        if dict.__contains__(self, key):
+            self.log.append((*self.path, key))
         value = dict.get(self, key)
         if isinstance(value, _Reads):
             self.seen.append(value.path)
@@ -453,11 +482,43 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     for key in data:
         if key not in known and not key.startswith(_COMMENT):
             return (key,), _unknown_key(did_you_mean(key, known))
-    autos = [path for path in _paths(data) if len(path) > 1 and _at(data, path) == "auto"]
-    for sentinel in (None, *autos):  # each "auto" (DeepSpeed drops them unread) asked alone
+    autos = [
+        p for p in _paths(data) if _at(data, p) == "auto" and (len(p) > 1 or not _filled_auto(p))
+    ]
+    for sentinel in (None, *autos):  # each "auto" asked alone: a key DeepSpeed knows, filled
         problem = _parse_problem(_without_autos(data, keep=sentinel), sentinel)
         if problem is not None:
             return problem
+    return _dtype_problem(data)
+
+
+# The "auto" values ``deepspeed_config`` fills (or drops for DeepSpeed's default): a key path,
+# or a section whose every "auto" it fills. DeepSpeed's own "auto" (its default) passes too.
+_FILLED_AUTOS = (
+    *((k,) for k in (*OWNED_BATCH_KEYS, "gradient_clipping", "steps_per_print",
+                     "wall_clock_breakdown", "communication_data_type")),
+    ("bf16", "enabled"), ("fp16", "enabled"), ("data_types", "grad_accum_dtype"),
+    ("zero_optimization",), ("optimizer",), ("scheduler",),
+)  # fmt: skip
+_DEEPSPEEDS_OWN_AUTOS = (("pipeline", "stages"), ("data_types", "keep_in_fp32_modules"))
+
+
+def _filled_auto(path: tuple) -> bool:
+    return any(path[: len(p)] == p for p in (*_FILLED_AUTOS, *_DEEPSPEEDS_OWN_AUTOS))
+
+
+# The data_types keys DeepSpeed resolves to a torch dtype once the engine runs, and the names
+# it takes for each (its DtypeEnum's, less int8, which no gradient or weight runs in)
+_DTYPE_KEYS = ("grad_accum_dtype", "param_dtype", "buffer_dtype")
+_DTYPE_NAMES = ("fp32", "float32", "torch.float32", "float", "bf16", "bfloat16",
+                "torch.bfloat16", "fp16", "float16", "torch.float16", "half")  # fmt: skip
+
+
+def _dtype_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
+    """A ``data_types`` dtype DeepSpeed would refuse only once the engine runs."""
+    for key, value in _mapping(data.get("data_types")).items():
+        if key in _DTYPE_KEYS and value not in (*_DTYPE_NAMES, None, "auto"):
+            return ("data_types", key), f"{value!r} is not a dtype; one of fp32, bf16, fp16"
     return None
 
 
@@ -509,15 +570,22 @@ def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
                 return path, _unknown_key(did_you_mean(path[-1], known, _dotted(path[:-1])))
             return path, f"{error['msg']} (got {error['input']!r})"
         return None
-    except Exception:  # noqa: BLE001 (a value DeepSpeed refuses by other means: its own error)
-        return None
+    except Exception as err:  # noqa: BLE001 (a value DeepSpeed refuses by other means)
+        if auto is not None:  # the key is read as it is: "auto" is no value it takes
+            return None if _filled_auto(auto) else (auto, _UNFILLED_AUTO)
+        return (reads.log[-1], str(err)) if reads.log else None  # the key read last
     for asked in _dicts(reads):
         if asked.path and asked.asked and not asked.opaque:
             extra = [k for k in dict.keys(asked) if k not in asked.asked]
             if extra and (auto is None or (*asked.path, extra[0]) == auto):
                 hint = did_you_mean(extra[0], asked.asked, _dotted(asked.path))
                 return (*asked.path, extra[0]), _unknown_key(hint)
-    return None
+    # no config model took the key (they drop "auto"): DeepSpeed reads "auto" as its value
+    return (auto, _UNFILLED_AUTO) if auto is not None and not _filled_auto(auto) else None
+
+
+_UNFILLED_AUTO = ("'auto' is not filled for this key (DeepSpeed would take the string as its "
+                  "value); give a value, or remove the key for DeepSpeed's default")  # fmt: skip
 
 
 def _error_path(data: dict[str, Any], seen: list[tuple], loc: tuple) -> tuple:
