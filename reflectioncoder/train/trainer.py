@@ -727,7 +727,8 @@ class Trainer:
             return None
         state = checkpoint.load_checkpoint(self.resume_from, self.engine, self.info)
         self.step, self.skipped = int(state["step"]), int(state.get("skipped", 0))
-        if self.info.is_main:
+        if self.info.is_main:  # a resume refused in its checks left the lock file as it was
+            checkpoint.announce_holder(self._lock)
             changed = _config_changes(self.out_dir / "config.yaml", self.cfg)
             self.cfg.save(self.out_dir / "config.yaml")
             log.info("resumed from %s at step %d", self.resume_from, self.step)
@@ -883,11 +884,11 @@ class Trainer:
     def _write_run_folder(self, original_tokenizer: Any) -> None:
         """OUT/config.yaml and OUT/tokenizer (the original one), once everything has loaded."""
         if self._lock is None:
-            self._lock = checkpoint.lock_run_folder(self.out_dir)
+            self._lock = checkpoint.lock_run_folder(self.out_dir, announce=False)
             # a launch that began with this one may have written its run meanwhile
             checkpoint.check_run_folder(self.out_dir, self.resumed, self.overwrite)
-        else:  # held since the start, unchanged until now
-            checkpoint.announce_holder(self._lock)
+        if self.resume_from is None:  # a resumed run's once its checkpoint loaded (_resume_state)
+            checkpoint.announce_holder(self._lock)  # held since the start, unchanged until now
         if self.overwrite:
             checkpoint.clear_run_folder(self.out_dir)
         if self.resume_from is None:  # a resumed run's, once its checkpoint has loaded
