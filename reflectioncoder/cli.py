@@ -7,7 +7,10 @@ import, for instance.
 This is also the one error boundary of every command: a user's mistake (``errors.UserError``,
 and the ``ValueError``/``OSError`` our loaders raise) is printed as one line
 ``reflectioncoder CMD: message`` and exits 1 (2 for a bad argument or config value); Ctrl-C
-prints ``interrupted`` and exits 130; a closed pipe (``... | head``) ends quietly. ``--debug``
+prints ``interrupted`` and exits 130; a closed pipe (``... | head``) ends quietly. Under a
+launcher (torchrun, ``deepspeed``) a bad argument or config value is printed by each node's local
+rank 0 only, the other ranks exiting 2 quietly; other errors are printed by every rank that
+has them. ``--debug``
 (or ``REFLECTIONCODER_DEBUG=1``) shows the traceback instead.
 """
 
@@ -181,6 +184,8 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if debug:
             raise
         message, code = one_line(err)
+        if code == 2 and is_expected(err) and os.environ.get("LOCAL_RANK", "0") != "0":
+            return code  # a bad argument or config value, the same on each rank: rank 0 says it
         if not is_expected(err):
             message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
         print(f"{prog}: {message}", file=sys.stderr)
