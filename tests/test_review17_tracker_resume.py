@@ -84,10 +84,12 @@ def test_a_sigkilled_run_resumed_by_the_cli_has_each_step_once_in_mlflow_and_tra
     killed = subprocess.Popen(_argv(tmp_path, out), env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and killed.poll() is None:
-        # Two steps past the step-4 checkpoint: steps 5 and 6 reached the trackers before step 7
-        # began (its row is written as it ends), and are trained again by the resume.
+        # Past the step-4 checkpoint: step 5 (and any up to 7) reached the trackers and is
+        # trained again by the resume. Any moment before the step-8 checkpoint will do: a
+        # window of three steps (one, waiting for step 7's row, was missed on a loaded machine
+        # and the run finished unkilled).
         steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")] if out.is_dir() else []
-        if [p.name for p in list_checkpoints(out)] == ["step-000004"] and len(steps) >= 7:
+        if [p.name for p in list_checkpoints(out)] == ["step-000004"] and len(steps) >= 5:
             break
         time.sleep(0.02)
     killed.send_signal(signal.SIGKILL)
