@@ -39,3 +39,17 @@ def test_auto_and_the_values_deepspeed_gets_anyway_are_not(tmp_path):
                train_batch_size=4)  # fmt: skip
     assert overridden_batch_keys(run, INFO) == []
     assert overridden_batch_keys(load_config(base="tiny"), INFO) == []  # no JSON at all
+
+
+def test_the_batch_keys_have_one_home(tmp_path, monkeypatch):
+    """One table says which batch keys the trainer owns and what DeepSpeed is given for each:
+    the filled config and the start-up warning both follow it."""
+    from reflectioncoder.train import deepspeed_config as ds
+
+    assert ds.OWNED_BATCH_KEYS == tuple(ds.BATCH_FROM_WORLD)
+    monkeypatch.setitem(ds.BATCH_FROM_WORLD, "train_batch_size", lambda world: 2 * world)
+    run = _run(tmp_path, train_batch_size=8)
+    assert deepspeed_config(run, INFO, hidden_size=64)["train_batch_size"] == 8
+    assert overridden_batch_keys(run, INFO) == []
+    run = _run(tmp_path, train_batch_size=16)
+    assert overridden_batch_keys(run, INFO) == ["train_batch_size=16"]

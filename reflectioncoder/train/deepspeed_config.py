@@ -251,9 +251,14 @@ BUCKETS_FROM_HIDDEN = {
 }
 
 
-# The batch keys our trainer owns (DeepSpeed sees micro-batch 1 and one accumulation step)
-OWNED_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                    "train_batch_size")  # fmt: skip
+# The batch keys our trainer owns, and what DeepSpeed is given for each from the world size:
+# micro-batch 1 and one accumulation step (the trainer packs each step and sets the boundary)
+BATCH_FROM_WORLD = {
+    "train_micro_batch_size_per_gpu": lambda world: 1,
+    "gradient_accumulation_steps": lambda world: 1,
+    "train_batch_size": lambda world: world,
+}
+OWNED_BATCH_KEYS = tuple(BATCH_FROM_WORLD)
 
 
 def overridden_batch_keys(run: RunConfig, info: DistInfo) -> list[str]:
@@ -265,8 +270,7 @@ def overridden_batch_keys(run: RunConfig, info: DistInfo) -> list[str]:
 
 
 def deepspeed_config_batch(info: DistInfo) -> dict[str, int]:
-    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "train_batch_size": info.world_size}  # fmt: skip
+    return {key: size(info.world_size) for key, size in BATCH_FROM_WORLD.items()}
 
 
 def deepspeed_config(
