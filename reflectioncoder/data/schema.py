@@ -132,7 +132,20 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
             raise DataError(
                 source, f"{where}.content", f"contains the special-token string {special!r}"
             )
+    _check_encodable(text, source, f"{where}.content")
     return Block(btype, text)
+
+
+def _check_encodable(text: str, source: str, where: str) -> None:
+    """JSON's escapes can spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can
+    encode: a bad field here, not a TypeError from the tokenizer later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = f"\\u{ord(text[e.start]):04x}"
+        raise DataError(
+            source, where, f"a lone surrogate {char} at character {e.start + 1} (not Unicode text)"
+        ) from None
 
 
 def _check_roles(kind: str, roles: list[str], source: str) -> None:

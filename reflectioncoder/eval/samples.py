@@ -56,6 +56,9 @@ def read_samples(
             raise UserError(f"expected a JSON object, got {kind}", file=path, line=n)
         if "task_id" not in row:
             raise UserError("missing", file=path, line=n, field="task_id")
+        if not isinstance(row["task_id"], str):  # a list or object: unhashable below
+            got = json.dumps(row["task_id"])
+            raise UserError(f"expected a string, got {got}", file=path, line=n, field="task_id")
         if tasks is not None and row["task_id"] not in tasks[0]:
             raise UserError(
                 f"{row['task_id']!r} is not a task of --task {tasks[1]}",
@@ -97,7 +100,7 @@ def number_samples(
     counts: collections.Counter[str] = collections.Counter()
     for n, s in enumerate(samples, 1):
         tid = s.get("task_id")
-        if tid not in tasks:
+        if not isinstance(tid, str) or tid not in tasks:
             raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
         problem = _text_problem(s, solutions)
         if problem:
