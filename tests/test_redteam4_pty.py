@@ -5,8 +5,9 @@ opening ``/dev/ptmx`` until its descriptors ran out held 253 of them per process
 processes all 3072 that instances other than the host's may take, so no sibling box (nor a
 container on the machine) could open a terminal until it ended. No program scored needs a
 terminal: the box's ``/dev/pts`` is now an empty read-only folder. The fallback with Landlock
-refuses ``/dev/ptmx`` (not among the devices it may open); without Landlock it is left (the
-host's own ``/dev/pts``; docs/evaluation.md).
+refuses ``/dev/ptmx`` (not among the devices it may open); without Landlock, its v1 ``devices``
+cgroup does (round 5, ``test_redteam5_devices.py``); with neither it is left (the host's own
+``/dev/pts``; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 import pytest
 import test_redteam4_ipc
 
-from reflectioncoder.eval import multiple, sandbox
+from reflectioncoder.eval import multiple
+from reflectioncoder.eval.sandbox import process
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
 level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
@@ -72,8 +74,9 @@ for p in 1 2 3 4; do (
 
 @pytest.mark.parametrize("language", sorted(PROGRAMS))
 def test_a_run_takes_no_terminal(level, language):
-    if level == "rlimits-no-landlock" or (level == "rlimits" and not sandbox.isolation().landlock):
-        pytest.skip("without Landlock the fallback opens the host's /dev/ptmx (left)")
+    iso = process.isolation()
+    if not (iso.bwrap or iso.landlock or iso.device_cgroup):
+        pytest.skip("without Landlock nor a v1 devices cgroup the fallback opens /dev/ptmx (left)")
     if multiple.toolchain_problem(language):
         pytest.skip(multiple.toolchain_problem(language))
     before = int(open(_PTY_COUNT).read())

@@ -13,10 +13,11 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from reflectioncoder.eval.sandbox.landlock import DEVICES
 from reflectioncoder.eval.sandbox.records import Limits
 
 __all__ = ["CgroupLayout", "RunCgroup", "cgroup_layout", "make_cgroup", "remove_stale_cgroups"]
@@ -37,6 +38,10 @@ _V2_PROBES = {
     "cputime": ("cpu.stat", None),
 }
 _V1_HIERARCHY = {"pids": "pids", "memory": "memory", "cpu": "cpu", "cputime": "cpuacct"}
+# The v1 ``devices`` controller: the fallback without Landlock puts each run in a cgroup that
+# allows the nodes bubblewrap binds alone (``landlock.DEVICES``), checked by the kernel at every
+# open and mknod of a device, whatever its path. Writing its lists takes CAP_SYS_ADMIN; v2 has
+# no file for it (a BPF program): not made there.
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,13 @@ class CgroupLayout:
 
     version: int
     parents: dict[str, Path]
+    # where a run's v1 ``devices`` cgroup can be made (None: nowhere); only the fallback
+    # without Landlock asks for one (``RunCgroup(devices=True)``)
+    devices: Path | None = None
 
-    def describe(self) -> str:
-        return f"cgroup-v{self.version}({','.join(sorted(self.parents))})"
+    def describe(self, devices: bool = False) -> str:
+        names = sorted([*self.parents, *(["devices"] if devices else [])])
+        return f"cgroup-v{self.version}({','.join(names)})"
 
 
 def _own_cgroup_paths() -> dict[str, str]:
@@ -141,13 +150,36 @@ def cgroup_layout() -> CgroupLayout | None:
     found = [lay for lay in (_v2_layout(mounts, own), _v1_layout(mounts, own)) if lay]
     layout = max(found, key=lambda lay: len(lay.parents), default=None)
     if layout is not None:
+        layout = replace(layout, devices=_devices_parent(mounts, own))
         remove_stale_cgroups(layout)
     return layout
 
 
+def _devices_parent(mounts, own) -> Path | None:
+    """Our cgroup's folder in the v1 ``devices`` hierarchy, where a child that refuses every
+    device can be made (CAP_SYS_ADMIN), else None."""
+    for fstype, point, root, opts in mounts:
+        if fstype == "cgroup" and "devices" in opts:
+            parent = _parent_dir(point, root, own.get("devices"))
+            probe = parent / f"rc-probe-{uuid.uuid4().hex[:8]}"
+            try:
+                probe.mkdir()
+            except OSError:
+                return None
+            try:
+                (probe / "devices.deny").write_text("a")
+                return parent
+            except OSError:
+                return None
+            finally:
+                with contextlib.suppress(OSError):
+                    probe.rmdir()
+    return None
+
+
 def remove_stale_cgroups(layout: CgroupLayout, older_than_s: float = 600.0) -> None:
     """Empty run cgroups left by scorers that were killed before their cleanup ran."""
-    for parent in set(layout.parents.values()):
+    for parent in {*layout.parents.values(), *([layout.devices] if layout.devices else [])}:
         for path in parent.glob("rc-sandbox-*"):
             with contextlib.suppress(OSError):
                 stale = time.time() - path.stat().st_mtime > older_than_s
@@ -162,10 +194,13 @@ class RunCgroup:
     """One run's cgroup: every process of the run is put in it before exec and cannot leave
     it (inside bwrap it runs as an unprivileged uid with no cgroup file system mounted)."""
 
-    def __init__(self, layout: CgroupLayout, limits: Limits) -> None:
+    def __init__(self, layout: CgroupLayout, limits: Limits, devices: bool = False) -> None:
+        """``devices``: the run may open only ``landlock.DEVICES`` (the layout's ``devices``)."""
         self.layout = layout
         name = f"rc-sandbox-{uuid.uuid4().hex}"
         self.dirs: dict[str, Path] = {c: p / name for c, p in layout.parents.items()}
+        if devices and layout.devices is not None:
+            self.dirs["devices"] = layout.devices / name
         self._clock: int | None = None  # the CPU clock's file, open once (``cpu_time_s``)
         for path in self.unique_dirs():
             path.mkdir()
@@ -182,6 +217,10 @@ class RunCgroup:
             self._write("memory", "memory.memsw.limit_in_bytes", mem, required=False)
             self._write("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
             self._write("cpu", "cpu.cfs_quota_us", quota)
+        if "devices" in self.dirs:
+            self._write("devices", "devices.deny", "a")
+            for node in _device_numbers():
+                self._write("devices", "devices.allow", f"c {node} rwm")
 
     def unique_dirs(self) -> list[Path]:
         return sorted(set(self.dirs.values()))
@@ -279,11 +318,25 @@ class RunCgroup:
                     time.sleep(0.01)
 
 
-def make_cgroup(layout: CgroupLayout | None, limits: Limits) -> RunCgroup | None:
-    """A run's cgroup under ``layout`` with ``limits`` written (None where there is no layout)."""
+@lru_cache(maxsize=1)
+def _device_numbers() -> tuple[str, ...]:
+    """``major:minor`` of ``landlock.DEVICES`` (the character devices found here)."""
+    found = []
+    for path in DEVICES:
+        with contextlib.suppress(OSError):
+            rdev = os.stat(path).st_rdev
+            found.append(f"{os.major(rdev)}:{os.minor(rdev)}")
+    return tuple(found)
+
+
+def make_cgroup(
+    layout: CgroupLayout | None, limits: Limits, devices: bool = False
+) -> RunCgroup | None:
+    """A run's cgroup under ``layout`` with ``limits`` written (None where there is no layout);
+    ``devices``: in a v1 ``devices`` cgroup too, where the layout has one."""
     if layout is None:
         return None
     try:
-        return RunCgroup(layout, limits)
+        return RunCgroup(layout, limits, devices)
     except OSError as exc:
         raise RuntimeError(f"sandbox: cannot set up the run's cgroup: {exc}") from None

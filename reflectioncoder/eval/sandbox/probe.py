@@ -48,12 +48,15 @@ _NATIVE_READS = {
 }
 
 
-def _native_gap(landlocked: bool) -> str:
+def _native_gap(landlocked: bool, devices: bool) -> str:
+    reads = _NATIVE_READS[landlocked]
+    if devices:  # the devices cgroup refuses the terminals (every node but the harmless ones)
+        reads = reads.replace(", open the host's terminals (/dev/ptmx)", "")
     return (
         "programs that are not Python (MultiPL-E compiled languages, shell) have no /proc guard "
         "beyond their user's rights (started by root: a uid of the run's own, no capability; "
         "otherwise the caller's uid) with rlimits, a process group, the cgroup and the seccomp "
-        "filter (no socket, mount, namespace, ptrace); " + _NATIVE_READS[landlocked]
+        "filter (no socket, mount, namespace, ptrace); " + reads
     )
 
 
@@ -81,6 +84,12 @@ class Isolation:
         return not self.bwrap
 
     @property
+    def device_cgroup(self) -> bool:
+        """Each run's device nodes are limited by a v1 ``devices`` cgroup: the fallback where
+        Landlock does not limit them (bubblewrap binds only the harmless ones)."""
+        return not self.bwrap and not self.landlock and bool(self.cgroup and self.cgroup.devices)
+
+    @property
     def cpu_clock(self) -> bool:
         """Time limits count CPU seconds of the run's cgroup (else the wall clock)."""
         return self.cgroup is not None and "cputime" in self.cgroup.parents
@@ -102,21 +111,21 @@ class Isolation:
             files = ",landlock" if self.landlock else ""
             level = f"rlimits({who}{files},audit-guard{filtered})"
         if self.cgroup is not None:
-            level += "+" + self.cgroup.describe()
+            level += "+" + self.cgroup.describe(self.device_cgroup)
         return level + ("+time=cpu" if self.cpu_clock else "+time=wall")
 
     def not_guaranteed(self, python_only: bool = True) -> list[str]:
         """What this level cannot promise (for Python programs only, or for programs in any
         language: MultiPL-E); the result file lists it, docs/evaluation.md has the table."""
-        return _gaps(self.bwrap, python_only, self.landlock)
+        return _gaps(self.bwrap, python_only, self.landlock, self.device_cgroup)
 
 
-def _gaps(in_bwrap: bool, python_only: bool, landlocked: bool) -> list[str]:
+def _gaps(in_bwrap: bool, python_only: bool, landlocked: bool, devices: bool) -> list[str]:
     if in_bwrap:
         return []
     gaps = [_READS[landlocked], *_FALLBACK_GAPS]
     if not python_only:
-        gaps.append(_native_gap(landlocked))
+        gaps.append(_native_gap(landlocked, devices))
     elif not seccomp_available():
         gaps.append("new processes are refused from Python only (no seccomp here)")
     return gaps
@@ -168,7 +177,9 @@ def not_guaranteed(level: Isolation | str, python_only: bool = True) -> list[str
     if isinstance(level, Isolation):
         return level.not_guaranteed(python_only)
     name = level.partition("(")[0]
-    return _gaps(name == "bwrap", python_only, ",landlock," in level.partition(")")[0] + ",")
+    landlocked = ",landlock," in level.partition(")")[0] + ","
+    devices = "devices" in level.partition("+cgroup-")[2].partition(")")[0]
+    return _gaps(name == "bwrap", python_only, landlocked, devices)
 
 
 @lru_cache(maxsize=1)

@@ -194,7 +194,7 @@ class PreparedRun:
                 exe = bwrap.bwrap_path() or "bwrap"
                 box = bwrap.bwrap_argv(exe, src, hide, ro_binds, limits.tmp_mb, seccomp_fd, user[0])
                 cmd = box + cmd
-            self.cgroup = make_cgroup(self.isolation.cgroup, limits)
+            self.cgroup = make_cgroup(self.isolation.cgroup, limits, self.isolation.device_cgroup)
             procs = self.cgroup.procs_files() if self.cgroup else []
             files = None
             if self.isolation.landlock:  # the fallback: bubblewrap's file system, by Landlock
