@@ -37,6 +37,21 @@ def test_a_resume_refused_as_its_checkpoint_loads_leaves_the_lock_as_it_was(tmp_
     assert _snapshot(out) == before
 
 
+def test_a_resume_refused_in_a_folder_without_a_lock_leaves_none(tmp_path, capsys):
+    """A run folder copied without its OUT/.lock (or made by an older version): the failed
+    resume takes the lock while it loads, and lets go of the file it made."""
+    out = tmp_path / "run"
+    assert main(train_argv(_sets(out), "--no-progress")) == 0
+    (out / ".lock").unlink()
+    (out / "checkpoints" / "step-000001" / "optimizer.pt").write_bytes(b"not a torch file")
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(train_argv(_sets(out), "--resume", "--no-progress")) == 1
+    assert "cannot be read, a file in it is damaged" in capsys.readouterr().err
+    assert not (out / ".lock").exists()
+    assert _snapshot(out) == before
+
+
 def test_a_resume_that_loads_names_itself_in_the_lock(tmp_path):
     out = tmp_path / "run"
     assert main(train_argv(_sets(out), "--no-progress")) == 0

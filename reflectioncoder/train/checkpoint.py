@@ -138,6 +138,14 @@ def announce_holder(handle: IO[str]) -> None:
     handle.flush()
 
 
+def release_lock(handle: IO[str], made: bool) -> None:
+    """Let go of OUT/.lock. One this launch ``made`` and never wrote into (a ``--resume`` that
+    failed before the run was named in it) is removed: the folder is left as it was."""
+    if made and os.fstat(handle.fileno()).st_size == 0:
+        Path(handle.name).unlink(missing_ok=True)  # while still held: no launch took it meanwhile
+    handle.close()
+
+
 def clear_run_folder(out_dir: str | Path) -> None:
     """--overwrite: remove the previous run's checkpoints, final model and metrics."""
     out_dir = Path(out_dir)

@@ -534,8 +534,19 @@ class Trainer:
             checkpoint.check_same_model(self.resume_from, model.config)
         self._load_data_and_plan(cfg)
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
+        self._lock_made = False  # whether this launch made OUT/.lock (_write_run_folder)
         if self.info.is_main:
             self._write_run_folder(original_tokenizer)
+        try:
+            self._start(cfg, model)
+        except BaseException:  # a failed start leaves the folder as it was: no lock file made
+            if self._lock is not None:
+                checkpoint.release_lock(self._lock, self._lock_made)
+            raise
+
+    def _start(self, cfg: RunConfig, model: nn.Module) -> None:
+        """The model placed and wrapped in its engine, ``--resume``'s checkpoint loaded, the
+        metrics opened: the start, once the run folder is written (or, resuming, locked)."""
         distributed.barrier()
 
         from reflectioncoder.model import count_parameters, lm_head_weight, prepare_model
@@ -884,6 +895,7 @@ class Trainer:
     def _write_run_folder(self, original_tokenizer: Any) -> None:
         """OUT/config.yaml and OUT/tokenizer (the original one), once everything has loaded."""
         if self._lock is None:
+            self._lock_made = not (self.out_dir / checkpoint.LOCK_FILE).exists()
             self._lock = checkpoint.lock_run_folder(self.out_dir, announce=False)
             # a launch that began with this one may have written its run meanwhile
             checkpoint.check_run_folder(self.out_dir, self.resumed, self.overwrite)
@@ -1147,5 +1159,5 @@ class Trainer:
         self._host.shutdown(wait=True, cancel_futures=True)
         self.metrics.close()
         if self._lock is not None:
-            self._lock.close()
+            checkpoint.release_lock(self._lock, self._lock_made)
         distributed.shutdown()
