@@ -101,6 +101,7 @@ class MetricsLogger:
         enabled: bool = True,
         run_config: dict[str, Any] | None = None,
         start_totals: dict[str, float] | None = None,
+        new_tracker_runs: bool = False,
     ) -> None:
         self.cfg = cfg
         # What the run has trained on so far (applied steps; seconds: all steps), and the last
@@ -127,7 +128,13 @@ class MetricsLogger:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = self.path.open("a", buffering=1)  # line-buffered: a kill loses no row
         self._reporters = make_reporters(
-            cfg.trackers, self.out_dir, run_config or {}, cfg.project, cfg.run_name, start_step
+            cfg.trackers,
+            self.out_dir,
+            run_config or {},
+            cfg.project,
+            cfg.run_name,
+            start_step,
+            replay=kept if new_tracker_runs and start_step > 0 else None,
         )
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.

@@ -28,6 +28,10 @@ from reflectioncoder.errors import UserError, atomic_write_text
 PACKAGES = {name: name for name in ("tensorboard", "wandb", "mlflow", "trackio")}
 MLFLOW_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 RUN_IDS = "tracker_runs.json"  # OUT/: each tracker's run id, which a resume continues
+# Config fields a --resume may change that leave each step's logged values as they were (how the
+# step runs, where it is saved, what is logged); any other change gives the trackers new runs.
+SAME_VALUES = ("logging.", "checkpoint.", "distributed.", "train.threads", "model.compile")
+SAME_VALUES += ("model.gradient_checkpointing", "model.checkpointing_policy", "data.cache_dir")
 
 
 class Reporter(Protocol):
@@ -72,6 +76,12 @@ def scalars_of(row: dict[str, Any], section: str = "train") -> dict[str, float]:
         and not isinstance(value, bool)
         and math.isfinite(value)
     }
+
+
+def changes_values(changed: list[str]) -> bool:
+    """Whether a resume that changes the config fields ``changed`` (``optim.lr``, ...) logs
+    other values than the run it resumes for the steps after its checkpoint."""
+    return any(not field.startswith(SAME_VALUES) for field in changed)
 
 
 def _sent_before(scalars: dict[str, float], step: int, sent: dict[str, int]) -> bool:
@@ -216,14 +226,22 @@ def make_reporters(
     project: str,
     name: str | None,
     start_step: int = 0,
+    replay: list[dict[str, Any]] | None = None,
 ) -> list[Reporter]:
     """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
     run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
-    run killed and resumed is one run in W&B, MLflow and trackio, not two."""
+    run killed and resumed is one run in W&B, MLflow and trackio, not two.
+
+    ``replay``: the metrics rows up to ``start_step`` of a resume whose config changes the
+    values of the steps after its checkpoint (``changes_values``). Those trackers keep what the
+    earlier run sent for such steps (MLflow and trackio keep every point, W&B the first, and
+    MLflow never changes a parameter), so each gets a new run instead: the rows replayed, then
+    the new steps, under the new config. TensorBoard purges the old steps itself."""
     check_installed(report_to)
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
-    recorded = _recorded_run_ids(out_dir) if start_step > 0 else {}
+    continues = start_step > 0 and replay is None
+    recorded = _recorded_run_ids(out_dir) if continues else {}
     made: list[Reporter] = []
     ids: dict[str, str] = {}
     for tracker in report_to:
@@ -236,10 +254,20 @@ def make_reporters(
             made.append(MlflowReporter(out_dir, config, project, name, recorded.get(tracker)))
             ids[tracker] = made[-1].run_id
         elif tracker == "trackio":
-            made.append(TrackioReporter(config, project, name, resume=start_step > 0))
+            made.append(TrackioReporter(config, project, name, resume=continues))
     if ids:
         atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
+    for reporter in made if replay else []:
+        if not isinstance(reporter, TensorBoardReporter):
+            _replay(reporter, replay)
     return made
+
+
+def _replay(reporter: Reporter, rows: list[dict[str, Any]]) -> None:
+    """``rows`` of metrics.jsonl (training and validation rows) into a new tracker run."""
+    for row in rows:
+        held_out = "val_loss" in row
+        reporter.log(scalars_of(row, "val" if held_out else "train"), row["step"])
 
 
 def _recorded_run_ids(out_dir: Path) -> dict[str, str]:

@@ -578,6 +578,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self._skipped_in_a_row = 0
+        self._changed_on_resume: list[str] = []  # config fields a --resume changed (rank 0)
         resumed_totals = self._resume_state()
         peak = cfg.logging.peak_tflops
         if peak is None and self.info.device.type == "cuda":
@@ -591,6 +592,7 @@ class Trainer:
             enabled=self.info.is_main,
             run_config=cfg.to_dict(),
             start_totals=resumed_totals,
+            new_tracker_runs=reporters.changes_values(self._changed_on_resume),
         )
         if self.info.is_main:
             self._log_start(cfg)
@@ -741,10 +743,18 @@ class Trainer:
         if self.info.is_main:  # a resume refused in its checks left the lock file as it was
             checkpoint.announce_holder(self._lock)
             changed = _config_changes(self.out_dir / "config.yaml", self.cfg)
+            self._changed_on_resume = [c.split(" ", 1)[0] for c in changed]
             self.cfg.save(self.out_dir / "config.yaml")
             log.info("resumed from %s at step %d", self.resume_from, self.step)
             if changed:  # config.yaml now says the new values: the log keeps the old ones
                 log.info("--resume: config changed from the run's: %s", "; ".join(changed))
+            others = [t for t in self.cfg.logging.trackers if t != "tensorboard"]
+            if others and reporters.changes_values(self._changed_on_resume):
+                log.info(
+                    "--resume: new %s run(s), as the change gives other values than those "
+                    "already sent after step %d (steps 1-%d copied from metrics.jsonl)",
+                    ", ".join(others), self.step, self.step,
+                )  # fmt: skip
         return state.get("totals")
 
     def _log_start(self, cfg: RunConfig) -> None:
