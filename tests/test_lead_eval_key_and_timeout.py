@@ -1,7 +1,8 @@
 """Two leftovers of the second red-team round (redteam2):
 
-- ``evaluate --backend openai`` takes its key from ``$OPENAI_API_KEY`` as build-data does, so a
-  user need not put it on a command line (which every process on the machine can read);
+- ``evaluate --backend openai`` takes its key from ``$OPENAI_API_KEY`` as build-data does, and
+  only from there: a key on a command line is readable by every process on the machine, so
+  ``--api-key`` is refused in one line naming the variable;
 - a MultiPL-E run that coreutils' ``timeout`` killed is a timeout at every sandbox level: the
   fallback level sees the kill as exit -9, bubblewrap's shell as 137 (Go's timing-out sample was
   labelled "fail" under ``REFLECTIONCODER_SANDBOX=rlimits``).
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from test_eval_generate import _Stub
 
+from reflectioncoder.cli import main as cli_main
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval.cli import add_arguments, main
 
@@ -54,10 +56,18 @@ def test_the_key_comes_from_the_environment(tmp_path, shared_dir, monkeypatch):
     assert _evaluate_through_stub(tmp_path, shared_dir) == ["Bearer sk-from-env"]
 
 
-def test_a_key_given_as_a_flag_wins(tmp_path, shared_dir, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
-    keys = _evaluate_through_stub(tmp_path, shared_dir, "--api-key", "sk-flag")
-    assert keys == ["Bearer sk-flag"]
+@pytest.mark.parametrize("flag", [["--api-key", "sk-flag"], ["--api-key=sk-flag"], ["--api-key"]])
+def test_a_key_on_the_command_line_is_refused_naming_the_variable(flag, capsys):
+    """A command line is readable by every process on the machine: --api-key is gone, and
+    giving it says, in one line that does not repeat the key, where the key goes."""
+    argv = ["evaluate", "--task", "mbpp", "--model", "stub", "--backend", "openai", *flag]
+    with pytest.raises(SystemExit) as exited:  # argparse's exit, as for any bad flag
+        cli_main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sk-flag" not in err[0], err
+    assert err[0].startswith("reflectioncoder evaluate: --api-key is no longer taken")
+    assert "set OPENAI_API_KEY" in err[0]
 
 
 def test_no_key_sends_no_header(tmp_path, shared_dir, monkeypatch):

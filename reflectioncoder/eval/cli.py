@@ -61,6 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_generation_arguments(parser)
 
 
+class _KeyOnCommandLine(argparse.Action):
+    """``--api-key``, removed: a command line is readable by every process on the machine (a
+    MultiPL-E sample could print it into its result). The key comes from $OPENAI_API_KEY."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(
+            "--api-key is no longer taken (a command line is readable by every process on the "
+            "machine): set OPENAI_API_KEY in the environment instead, as build-data reads it"
+        )
+
+
 def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation (with --model)")
     gen.add_argument(
@@ -69,13 +80,14 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         default="hf",
         help="transformers on a local folder, vLLM, or an OpenAI-compatible server",
     )
-    gen.add_argument("--base-url", default=None, help="OpenAI-compatible server (backend openai)")
     gen.add_argument(
-        "--api-key",
+        "--base-url",
         default=None,
-        help="key for --base-url (default: $OPENAI_API_KEY, as build-data; prefer the "
-        "environment: a command line is visible to every process on the machine)",
+        help="OpenAI-compatible server (backend openai); its key, if it needs one, is read from "
+        "$OPENAI_API_KEY (as build-data reads it: never on the command line, which every process "
+        "can read)",
     )
+    gen.add_argument("--api-key", nargs="?", action=_KeyOnCommandLine, help=argparse.SUPPRESS)
     gen.add_argument(
         "--prompt-format",
         choices=pr.PROMPT_FORMATS,

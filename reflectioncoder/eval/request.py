@@ -67,7 +67,7 @@ class EvalRequest:
         return cls(
             **{name: getattr(args, name) for name in as_given},
             data_dir=data_dir,
-            api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+            api_key=os.environ.get("OPENAI_API_KEY"),
             k=tuple(args.k) if args.k is not None else None,
             languages=tuple(args.languages) if args.languages else None,
             progress=not args.no_progress,
