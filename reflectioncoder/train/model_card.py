@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import yaml
 
 from reflectioncoder import __version__
-from reflectioncoder.errors import atomic_write_text
+from reflectioncoder.errors import UserError, atomic_write_text
 
 if TYPE_CHECKING:  # evaluate imports this module: no config (or torch) import at run time
     from reflectioncoder.config import RunConfig
@@ -61,11 +61,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _manifest(data_file: str) -> dict[str, Any] | None:
+def read_manifests(data_files: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``prepare-data`` manifest beside each data file that has one, read and checked once
+    at start-up: a damaged one is one line naming it then, not a failed first save."""
     from reflectioncoder.data.prepare import manifest_path
 
-    path = manifest_path(data_file)
-    return json.loads(path.read_text()) if path.is_file() else None
+    manifests = {}
+    for file in data_files:
+        path = manifest_path(file)
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_bytes().decode("utf-8"))
+            _manifest_text(file, manifest)  # every field the card reads is there
+        except UnicodeDecodeError as err:
+            raise UserError(f"not UTF-8 (byte {err.start + 1})", file=path) from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"invalid JSON: {err.msg}", file=path, line=err.lineno) from None
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise UserError(
+                f"not a prepare-data manifest ({type(err).__name__}: {err}); write it again "
+                "with `reflectioncoder prepare-data` or remove it",
+                file=path,
+            ) from None
+        manifests[file] = manifest
+    return manifests
 
 
 def _table(rows: list[tuple[str, Any]], head: tuple[str, str]) -> str:
@@ -102,7 +122,7 @@ def _method(cfg: RunConfig) -> str:
     return _table(rows, ("hyper-parameter", "value"))
 
 
-def _data(cfg: RunConfig, counts: dict[str, int]) -> str:
+def _data(cfg: RunConfig, counts: dict[str, int], manifests: dict[str, dict[str, Any]]) -> str:
     parts = [
         "Files: " + ", ".join(f"`{f}`" for f in cfg.data.files),
         "",
@@ -122,32 +142,34 @@ def _data(cfg: RunConfig, counts: dict[str, int]) -> str:
         ),
     ]
     for file in cfg.data.files:
-        manifest = _manifest(file)
-        if manifest is None:
-            continue
-        parts += ["", f"`{file}` was written by `reflectioncoder prepare-data`:"]
-        parts.append(
-            f"{manifest['written']} rows from "
-            + ", ".join(
-                f"`{i['path']}` ({i['written']} of {i['read']} rows)" for i in manifest["inputs"]
-            )
-        )
-        report = manifest.get("decontamination")
-        if report is None:
-            parts.append("Not decontaminated (no benchmark index was given).")
-            continue
-        action = "kept" if report["kept"] else "dropped"
-        rows = [
-            (b, f"{r['samples_matched']} samples matched {r['tasks_indexed']} tasks ({action})")
-            for b, r in report["benchmarks"].items()
-        ]
-        parts += [
-            "",
-            "Decontamination against the benchmarks:",
-            "",
-            _table(rows, ("benchmark", "matched")),
-        ]
+        if file in manifests:
+            parts += _manifest_text(file, manifests[file])
     return "\n".join(parts)
+
+
+def _manifest_text(file: str, manifest: dict[str, Any]) -> list[str]:
+    """The card's lines on data ``file`` from its prepare-data ``manifest``."""
+    parts = ["", f"`{file}` was written by `reflectioncoder prepare-data`:"]
+    parts.append(
+        f"{manifest['written']} rows from "
+        + ", ".join(
+            f"`{i['path']}` ({i['written']} of {i['read']} rows)" for i in manifest["inputs"]
+        )
+    )
+    report = manifest.get("decontamination")
+    if report is None:
+        return parts + ["Not decontaminated (no benchmark index was given)."]
+    action = "kept" if report["kept"] else "dropped"
+    rows = [
+        (b, f"{r['samples_matched']} samples matched {r['tasks_indexed']} tasks ({action})")
+        for b, r in report["benchmarks"].items()
+    ]
+    return parts + [
+        "",
+        "Decontamination against the benchmarks:",
+        "",
+        _table(rows, ("benchmark", "matched")),
+    ]
 
 
 def _training(progress: dict[str, Any]) -> str:
@@ -212,8 +234,16 @@ def parse(text: str) -> tuple[dict[str, Any], str, dict[str, str]]:
     return meta, title, {k: v.strip() for k, v in sections.items()}
 
 
-def run_card(cfg: RunConfig, counts: dict[str, int], progress: dict[str, Any]) -> str:
-    """The card of a run at ``progress["step"]`` (a checkpoint, or the end)."""
+def run_card(
+    cfg: RunConfig,
+    counts: dict[str, int],
+    progress: dict[str, Any],
+    manifests: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """The card of a run at ``progress["step"]`` (a checkpoint, or the end); ``manifests``
+    from ``read_manifests`` (read at start-up: the data the run loaded)."""
+    if manifests is None:
+        manifests = read_manifests(cfg.data.files)
     base = cfg.model.name_or_path
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
     if base is not None:
@@ -232,7 +262,7 @@ def run_card(cfg: RunConfig, counts: dict[str, int], progress: dict[str, Any]) -
             "dynamically masked, cross-entropy on both and KL(teacher || student) on the "
             "answer.\n\n" + _method(cfg)
         ),
-        "Training data": _data(cfg, counts),
+        "Training data": _data(cfg, counts, manifests),
         "Training results": _training(progress),
         "Evaluation results": _results([]),
     }

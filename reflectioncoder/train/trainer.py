@@ -525,6 +525,7 @@ class Trainer:
             )
         self.resume_from = self._checkpoint_to_resume(resume)
         _check_paths(cfg)
+        self.manifests = model_card.read_manifests(cfg.data.files)  # the card's, checked now
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
         original_tokenizer = copy.deepcopy(self.tokenizer)  # build_model adds the special tokens
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
@@ -1124,7 +1125,7 @@ class Trainer:
             "hardware": model_card.hardware(self.info.device, self.info.world_size),
             "engine": f"{self.engine.describe()}, {self.dtype}",
         }
-        return model_card.run_card(self.cfg, self.data_counts, progress)
+        return model_card.run_card(self.cfg, self.data_counts, progress, self.manifests)
 
     def train(self) -> dict[str, Any]:
         """Train to the end of the plan, saving every ``checkpoint.save_every`` steps and the
