@@ -10,6 +10,7 @@ name the field and where its value came from (file:line:column, or the ``--set``
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -126,6 +127,8 @@ def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
         if coerced is None:
             got = "nothing (null)" if value is None else repr(value)
             raise _config_error(name, f"expected {_EXPECTED[hint]}, got {got}", origins)
+        if hint is float and not math.isfinite(coerced):  # YAML's .inf, --set x=inf
+            raise _config_error(name, f"expected a finite number, got {value!r}", origins)
         return coerced
     return value
 
