@@ -20,6 +20,7 @@ import torch
 
 from reflectioncoder.config import OptimConfig, RunConfig
 from reflectioncoder.errors import ConfigError, did_you_mean
+from reflectioncoder.train.deepspeed_sections import handed_on_problem, unknown_key
 from reflectioncoder.train.distributed import DistInfo, resolve_dtype
 
 
@@ -485,7 +486,7 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     known = _top_level_keys()
     for key in data:
         if key not in known and not key.startswith(_COMMENT):
-            return (key,), _unknown_key(did_you_mean(key, known))
+            return (key,), unknown_key(did_you_mean(key, known))
     autos = [
         p for p in _paths(data) if _at(data, p) == "auto" and (len(p) > 1 or not _filled_auto(p))
     ]
@@ -493,7 +494,7 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
         problem = _parse_problem(_without_autos(data, keep=sentinel), sentinel)
         if problem is not None:
             return problem
-    return _dtype_problem(data)
+    return handed_on_problem(data) or _dtype_problem(data)
 
 
 # The "auto" values ``deepspeed_config`` fills (or drops for DeepSpeed's default): a key path,
@@ -550,12 +551,6 @@ def _removed_key(data: dict[str, Any]) -> tuple:
     return ()
 
 
-def _unknown_key(hint: str) -> str:
-    import deepspeed
-
-    return f"unknown key{hint}: DeepSpeed {deepspeed.__version__} has no such setting"
-
-
 def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
     """DeepSpeed's parser over ``data``: an extra key or bad value its models refuse, or a key
     of a section it reads key by key that it never asks for."""
@@ -571,7 +566,7 @@ def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
                 continue  # a key DeepSpeed knows, refusing the test value: the "auto" is fine
             if error["type"] == "extra_forbidden":
                 known = _model_fields(err.title, error["loc"][:-1])
-                return path, _unknown_key(did_you_mean(path[-1], known, _dotted(path[:-1])))
+                return path, unknown_key(did_you_mean(path[-1], known, _dotted(path[:-1])))
             return path, f"{error['msg']} (got {error['input']!r})"
         return None
     except Exception as err:  # noqa: BLE001 (a value DeepSpeed refuses by other means)
@@ -583,7 +578,7 @@ def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
             extra = [k for k in dict.keys(asked) if k not in asked.asked]
             if extra and (auto is None or (*asked.path, extra[0]) == auto):
                 hint = did_you_mean(extra[0], asked.asked, _dotted(asked.path))
-                return (*asked.path, extra[0]), _unknown_key(hint)
+                return (*asked.path, extra[0]), unknown_key(hint)
     # no config model took the key (they drop "auto"): DeepSpeed reads "auto" as its value
     return (auto, _UNFILLED_AUTO) if auto is not None and not _filled_auto(auto) else None
 
