@@ -10,6 +10,7 @@ and the run is resumable: run the same command again to continue a stopped run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -161,8 +162,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not 0 <= value <= 1:
             raise UsageError(f"expected a value in [0, 1], got {value}", field=flag)
     for flag, value, ok, expected in (
-        ("--timeout", args.timeout, args.timeout > 0, "seconds > 0"),
-        ("--request-timeout", args.request_timeout, args.request_timeout > 0, "seconds > 0"),
+        ("--timeout", args.timeout, 0 < args.timeout < math.inf, "finite seconds > 0"),
+        (
+            "--request-timeout",
+            args.request_timeout,
+            0 < args.request_timeout < math.inf,
+            "finite seconds > 0",
+        ),
         ("--max-rounds", args.max_rounds, args.max_rounds >= 1, "at least 1"),
         ("--retries", args.retries, args.retries >= 0, "a number >= 0"),
         ("--rate-limit", args.rate_limit, args.rate_limit >= 0, "requests per second >= 0"),

@@ -4,6 +4,7 @@ the command line (its values checked there, each error naming its flag), read by
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -143,8 +144,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"--k {k}: needs at least {k} samples per task; --n-samples is {args.n_samples}"
             )
-    if args.temperature < 0:
-        raise UsageError(f"--temperature: expected >= 0, got {args.temperature}")
+    if not 0 <= args.temperature < math.inf:  # nan and inf too
+        raise UsageError(f"--temperature: expected a finite number >= 0, got {args.temperature}")
     if args.n_samples > 1 and args.temperature == 0 and args.model is not None:
         raise UsageError(
             f"--n-samples {args.n_samples} needs --temperature > 0 (greedy decoding gives "
