@@ -201,12 +201,23 @@ def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, 
     if req.model is not None and req.backend != "openai":
         from reflectioncoder.train.model_card import add_eval_results
 
-        # A subset's score says so: "pass@1 (first 2 tasks)". Tasks per benchmark (--task
-        # multiple keys its details language:task_id); fewer than --limit: scored whole.
-        per_language = Counter(key.partition(":")[0] for key in result["details"] if ":" in key)
-        scored = max(per_language.values(), default=len(result["details"]))
-        note = f" (first {scored} tasks)" if req.limit and scored >= req.limit else ""
-        card = add_eval_results(req.model, result["scores"], note)
+        card = add_eval_results(req.model, result["scores"], _card_note(req, result))
         if card is not None:
             print(f"model card: {card} (model-index updated)", file=sys.stderr)
     return 0
+
+
+def _card_note(req: EvalRequest, result: dict) -> str:
+    """What a model-index entry's name adds to ``pass@k``, so that scores made another way keep
+    entries of their own: the chat prompt, sampling, a subset ("first 2 tasks")."""
+    parts = ["chat prompt"] if req.prompt_format == "chat" else []
+    if req.decoding.temperature > 0:
+        d = req.decoding
+        parts.append(f"temperature {d.temperature:g}, top-p {d.top_p:g}, {d.n} samples")
+    # Tasks per benchmark (--task multiple keys its details language:task_id); fewer than
+    # --limit: scored whole.
+    per_language = Counter(key.partition(":")[0] for key in result["details"] if ":" in key)
+    scored = max(per_language.values(), default=len(result["details"]))
+    if req.limit and scored >= req.limit:
+        parts.append(f"first {scored} tasks")
+    return f" ({', '.join(parts)})" if parts else ""

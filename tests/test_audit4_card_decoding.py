@@ -1,0 +1,42 @@
+"""`evaluate --model` on a folder with our model card keeps an entry per way of scoring: a
+sampled or chat-prompted pass@1 is named so, beside the greedy one, instead of replacing it
+under the same name 'pass@1' (issue 23: the card's evaluation results; nothing lost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reflectioncoder.cli import main
+from reflectioncoder.testing.tiny_model import save_tiny_model
+from reflectioncoder.train.model_card import TAG, parse, render
+
+TEXTS = ["def add(x, y):\n    return x + y\n", "Write a complete Python function."] * 10
+
+
+@pytest.fixture
+def carded_model(tmp_path) -> Path:
+    model = save_tiny_model(tmp_path / "model", TEXTS)
+    meta = {"library_name": "transformers", "tags": [TAG]}
+    (model / "README.md").write_text(render(meta, {"Evaluation results": "none"}, "m"))
+    return model
+
+
+def _names(model: Path) -> dict[str, list[str]]:
+    meta, _, _ = parse((model / "README.md").read_text())
+    results = meta["model-index"][0]["results"]
+    return {r["dataset"]["name"]: sorted(m["name"] for m in r["metrics"]) for r in results}
+
+
+def test_sampled_scores_keep_an_entry_beside_the_greedy_one(carded_model, tmp_path, shared_dir):
+    base = ["evaluate", "--task", "humaneval", "--model", str(carded_model), "--limit", "1",
+            "--max-new-tokens", "4", "--device", "cpu", "--no-progress", "--base-only",
+            "--data-dir", str(shared_dir / "evaldata")]  # fmt: skip
+    assert main([*base, "--json", str(tmp_path / "greedy.json")]) == 0
+    sampled = ["--temperature", "0.8", "--n-samples", "2", "--seed", "1"]
+    assert main([*base, *sampled, "--json", str(tmp_path / "sampled.json")]) == 0
+    assert _names(carded_model)["HumanEval"] == [
+        "pass@1 (first 1 tasks)",
+        "pass@1 (temperature 0.8, top-p 1, 2 samples, first 1 tasks)",
+    ]
