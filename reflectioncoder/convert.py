@@ -125,6 +125,7 @@ def convert_gguf(
             file=out,
             field="OUT",
         )
+    refuse_replacing_input(out, file, "FILE", "OUT")
     summary = gguf_summary(file)
     staging = out.with_name(out.name + ".converting")
     shutil.rmtree(staging, ignore_errors=True)
@@ -199,3 +200,15 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {p: version(p) for p in ("reflectioncoder", "transformers", "gguf", "torch")}
+
+
+def refuse_replacing_input(out: Path, given: Path, given_flag: str, out_flag: str) -> None:
+    """A UserError if the folder ``out``, which the command replaces whole, holds the input
+    ``given`` (``convert-gguf models/m/m.gguf models/m --overwrite``): it would be deleted."""
+    if out.exists() and given.resolve().is_relative_to(out.resolve()):
+        raise UserError(
+            f"holds the {given_flag} {given}: replacing the folder would delete it; move the "
+            "file out first or give another folder",
+            file=out,
+            field=out_flag,
+        )

