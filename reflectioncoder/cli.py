@@ -10,7 +10,8 @@ and the ``ValueError``/``OSError`` our loaders raise) is printed as one line
 prints ``interrupted`` and exits 130; a closed pipe (``... | head``) ends quietly. Under a
 launcher (torchrun, ``deepspeed``) a bad argument or config value is printed by each node's local
 rank 0 only, the other ranks exiting 2 quietly; other errors are printed by every rank that
-has them. ``--debug``
+has them; under torchrun each rank's line also goes into the error file torchrun's report
+shows. ``--debug``
 (or ``REFLECTIONCODER_DEBUG=1``) shows the traceback instead.
 """
 
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
 
 from reflectioncoder import __version__
@@ -173,7 +176,8 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if debug:
             raise
         terminated = isinstance(err, Terminated)
-        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        if not (terminated and _launched_rank()):  # a launcher ending the other ranks
+            print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
     except BrokenPipeError:
         _quiet_closed_stdout()
@@ -184,12 +188,34 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if debug:
             raise
         message, code = one_line(err)
-        if code == 2 and is_expected(err) and os.environ.get("LOCAL_RANK", "0") != "0":
-            return code  # a bad argument or config value, the same on each rank: rank 0 says it
         if not is_expected(err):
             message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
+        _tell_launcher(f"{prog}: {message}")
+        if code == 2 and is_expected(err) and _launched_rank():
+            return code  # a bad argument or config value, the same on each rank: rank 0 says it
         print(f"{prog}: {message}", file=sys.stderr)
         return code
+
+
+def _launched_rank() -> bool:
+    """Whether this process is a node's local rank other than 0 under a launcher."""
+    return os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def _tell_launcher(line: str) -> None:
+    """Under torchrun, the error line into the file its agent reads for this rank
+    ($TORCHELASTIC_ERROR_FILE, torch.distributed.elastic's format): its failure report
+    (``ChildFailedError``) then ends with our line as the failure's ``traceback``, not a link
+    telling the user how to enable tracebacks."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    report = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(report, file)
+    except OSError:  # the launcher's report is then its own: the line is printed all the same
+        pass
 
 
 def _quiet_closed_stdout() -> None:
