@@ -102,7 +102,9 @@ class Parser(argparse.ArgumentParser):
             hint = "a --set value with spaces needs quotes: --set 'data.files=[a.jsonl, b.jsonl]'"
         else:
             hint = f"see {self.prog} --help"
-        self.exit(2, f"{self.prog}: {message} ({hint})\n")
+        line = f"{self.prog}: {message} ({hint})"
+        _tell_launcher(line)
+        self.exit(2, None if _launched_rank() else f"{line}\n")  # the same on each rank
 
 
 def _command_parser(name: str, module) -> Parser:

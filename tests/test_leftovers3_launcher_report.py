@@ -1,9 +1,9 @@
-"""Under torchrun, a rank's one-line error is also written where torchrun's elastic agent reads
-a failed rank's error ($TORCHELASTIC_ERROR_FILE): its failure report (``ChildFailedError``) then
+"""Under torchrun, a rank's one-line error is also written where torchrun's elastic agent reads a
+failed rank's error ($TORCHELASTIC_ERROR_FILE): its failure report (``ChildFailedError``) then
 ends with our line as the failure's ``traceback``, where it said "To enable traceback see:
-https://pytorch.org/docs/stable/elastic/errors.html" and nothing of the error. A rank other than
-a node's local rank 0 that the launcher ends (SIGTERM, once one rank failed) exits quietly: the
-error line stays the last line of ours."""
+https://pytorch.org/docs/stable/elastic/errors.html" and nothing of the error. A bad flag
+(argparse's error) is said once too. A rank other than a node's local rank 0 that the launcher
+ends (SIGTERM, once one rank failed) exits quietly: the error line stays the last line of ours."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def test_the_error_line_is_what_torchrun_reports_for_the_rank(
     traceback = [line for line in report.splitlines() if "traceback :" in line]
     assert len(traceback) == 1 and f"reflectioncoder train: {expected}" in traceback[0], report
     assert printed == (traceback[0].split("traceback : ")[1:] if local_rank == "0" else [])
+
+
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_a_bad_flag_is_said_once_and_reported_to_torchrun(
+    tmp_path, capsys, monkeypatch, local_rank
+):
+    """argparse's error (a mistyped flag: the same on every rank) as any other exit-2 error."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--preset", "tiny", "--reusme"])
+    line = (
+        "reflectioncoder train: unrecognized arguments: --reusme (see reflectioncoder train --help)"
+    )
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ([line] if local_rank == "0" else [])
+    failure = errors.ProcessFailure(local_rank=0, pid=1, exitcode=2, error_file=str(error_file))
+    assert failure.message["message"] == line
 
 
 def test_no_launcher_no_error_file(tmp_path, capsys, monkeypatch):
