@@ -234,6 +234,46 @@ def parse(text: str) -> tuple[dict[str, Any], str, dict[str, str]]:
     return meta, title, {k: v.strip() for k, v in sections.items()}
 
 
+def _provenance(folder: Path) -> dict[str, Any]:
+    """What a local base-model folder records of where its weights came from: install-model's
+    ORIGIN.json, else convert-gguf's record ({} when neither is there or readable)."""
+    from reflectioncoder.convert import SOURCE_FILE
+
+    for name in ("ORIGIN.json", SOURCE_FILE):
+        try:
+            record = json.loads((folder / name).read_text())
+        except (OSError, ValueError):  # absent or damaged: the card says less, the run goes on
+            continue
+        if isinstance(record, dict):
+            return record if name == "ORIGIN.json" else {"gguf": record}
+    return {}
+
+
+def _base_model(base: str) -> tuple[str | None, str]:
+    """(the Hub id for ``base_model``, the card's base-model text). A local folder is not a
+    Hub id: its id is written only where the folder records one (install-model)."""
+    folder = Path(base)
+    if not folder.is_dir():
+        return base, f"`{base}`"
+    record = _provenance(folder)
+    model = str(record.get("model", ""))
+    hub_id = model.split()[0] if "/" in model.split(" ", 1)[0] else None
+    text = f"`{base}` (a local folder)"
+    if model:
+        text += f": {model}"
+    if record.get("package"):
+        text += f", installed by `reflectioncoder install-model` from `{record['package']}`"
+    gguf = record.get("gguf")
+    if isinstance(gguf, dict) and gguf.get("file"):
+        text += (
+            f". Its weights were dequantised to float32 from the GGUF file `{gguf['file']}` "
+            f"({gguf.get('file_type', 'quantisation not recorded')}, sha256 "
+            f"{gguf.get('sha256', 'not recorded')}): this fine-tune starts from the quantised "
+            "model, not the original weights"
+        )
+    return hub_id, text + "."
+
+
 def run_card(
     cfg: RunConfig,
     counts: dict[str, int],
@@ -246,14 +286,14 @@ def run_card(
         manifests = read_manifests(cfg.data.files)
     base = cfg.model.name_or_path
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation"}
-    if base is not None:
-        meta["base_model"] = base
-    meta["tags"] = [TAG, "code", "reflection"]
     if base is None:
         arch = ", ".join(f"{k} {v}" for k, v in cfg.model.arch.items())
         base_text = f"None: a Llama built from scratch ({arch})."
     else:
-        base_text = f"`{base}`"
+        hub_id, base_text = _base_model(base)
+        if hub_id is not None:
+            meta["base_model"] = hub_id
+    meta["tags"] = [TAG, "code", "reflection"]
     sections = {
         "Base model": base_text,
         "Training procedure": (
