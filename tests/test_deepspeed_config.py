@@ -57,6 +57,10 @@ def test_optimizer_section_is_honoured(tmp_path):
         ({"type": "AdamW", "params": {"lr": 1e-3, "amsgrad": True}}, r"params \['amsgrad'\]"),
         ({"type": "Adam", "params": {"adam_w_mode": False, "weight_decay": 0.1}}, "adam_w_mode"),
         ({"type": "AdamW", "params": {"lr": -1}}, "optim.lr: must be > 0"),
+        (
+            {"type": "AdamW", "params": {"weight_decy": 0.1}},
+            r"params \['weight_decy'\] cannot be honoured \(did you mean params.weight_decay\?\)",
+        ),
     ],
 )
 def test_optimizer_section_refused_by_name(tmp_path, section, message):

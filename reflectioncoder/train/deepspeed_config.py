@@ -217,8 +217,10 @@ def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
         raise ConfigError("adam_w_mode=false (L2 weight decay) is not supported", field=where)
     unknown = sorted(k for k, v in params.items() if not _honoured(k, v))
     if unknown:
+        honoured = (*_OPTIM_PARAMS, *_IMPLEMENTATION_PARAMS, *_ADAMW_RUNS)
+        hint = did_you_mean(unknown[0], [k for k in honoured if k not in params], "params")
         raise ConfigError(
-            f"params {unknown} cannot be honoured; known: lr, betas, eps, weight_decay "
+            f"params {unknown} cannot be honoured{hint}; known: lr, betas, eps, weight_decay "
             "(and bias_correction true, amsgrad false: what the trainer's AdamW runs)",
             field=where,
         )
