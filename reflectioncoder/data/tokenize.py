@@ -138,11 +138,14 @@ def serialise(sample: Sample) -> str:
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """[BOS] + tokenize(text, no special tokens added) + [EOS], the whole text in one call."""
+    """[BOS] + tokenize(text, no special tokens added) + [EOS], the whole text in one call. A
+    tokenizer with no BOS token (Qwen2's) starts at the first role token, as its evaluation
+    prompt does (``eval.prompts.bos_text``); position 0 is never a target either way."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise ValueError("tokenizer: needs both a bos_token and an eos_token")
-    return [int(bos), *tokenizer.encode(text, add_special_tokens=False), int(eos)]
+    if eos is None:
+        raise ValueError("tokenizer: needs an eos_token (it ends every sequence)")
+    start = [] if bos is None else [int(bos)]
+    return [*start, *tokenizer.encode(text, add_special_tokens=False), int(eos)]
 
 
 def build_sample(
