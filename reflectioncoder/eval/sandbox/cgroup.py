@@ -278,7 +278,8 @@ class RunCgroup:
                     return int(line.split()[1])
         return 0
 
-    def _pids(self) -> list[int]:
+    def pids(self) -> list[int]:
+        """The run's processes now."""
         pids: set[int] = set()
         for path in self.unique_dirs():
             with contextlib.suppress(OSError, ValueError):
@@ -292,7 +293,7 @@ class RunCgroup:
             with contextlib.suppress(OSError):
                 (path / "cgroup.kill").write_text("1")
         for attempt in range(600):
-            pids = self._pids()
+            pids = self.pids()
             if not pids:
                 return
             for pid in pids:

@@ -30,7 +30,8 @@ __all__ = [
 LEVELS = ("auto", "bwrap", "rlimits")
 _FALLBACK_GAPS = (
     "memory is limited per process (RLIMIT_AS), not per sample",
-    "files a run writes go to the host's disk until it ends (64 MiB a file, any number)",
+    "files a run writes go to the host's disk until it ends (up to tmp_mb, measured every 50 ms "
+    "from outside: what it writes within one interval may pass it)",
     "files and /proc are guarded by a Python audit hook (sockets by the seccomp filter): "
     "native code (a C extension) can step around the hook",
 )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
+from reflectioncoder.eval.sandbox.diskguard import DiskGuard
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import Pump
 from reflectioncoder.eval.sandbox.records import (
@@ -155,6 +156,7 @@ class PreparedRun:
         self.isolation = isolation()
         self.level = self.isolation.name
         self.cpu_s = limits.cpu_s if limits.cpu_s is not None else DEFAULT_CPU_S
+        self.tmp_mb = limits.tmp_mb
         self.root: Path | None = Path(tempfile.mkdtemp(prefix="rc-sandbox-"))
         self.cgroup: RunCgroup | None = None
         self.proc: subprocess.Popen | None = None
@@ -290,6 +292,8 @@ class PreparedRun:
         idle = None
         if watchdog is None and cpu0 is not None:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
+        disk = self._disk_guard()  # the fallback: its files are on the host's disk
+        watch = disk.watching(watchdog or idle) if disk is not None else watchdog or idle
         try:
             stop = Pump(
                 self.proc,
@@ -299,10 +303,12 @@ class PreparedRun:
                 out_chunks,
                 sizes,
                 on_stdout_line,
-                watchdog or idle,
+                watch,
             ).run()
             if idle is not None and idle.fired:
                 stop = "wall"  # it waited: a time limit on the wall clock, reached early
+            if disk is not None and disk.fired:
+                stop = "disk"
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
             oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
@@ -320,6 +326,14 @@ class PreparedRun:
             cpu_time_s=cpu_used,
             ending=self._ending(stop, status, oom_kills, cpu_now),
         )
+
+    def _disk_guard(self) -> DiskGuard | None:
+        """The fallback's bound on the files a run keeps on the host's disk (``diskguard``)."""
+        if self.isolation.bwrap or self.root is None or self.proc is None:
+            return None
+        pids = self.cgroup.pids if self.cgroup is not None else [self.proc.pid].copy
+        shared = () if self.isolation.landlock else runuser.WORLD_WRITABLE  # also writable
+        return DiskGuard(str(self.root / "work"), self.tmp_mb, pids, self.run_uid, shared)
 
     def _ending(self, stop: str | None, status: int, oom_kills: int, cpu: float | None) -> Ending:
         """How the run ended, from the sandbox's evidence: its own stop, the status, the

@@ -24,7 +24,8 @@ class Limits:
     run's wall-clock limit (``run_sandboxed``) or ``DEFAULT_CPU_S`` (``PreparedRun``).
     ``max_processes``: processes and threads (cgroup pids). ``cpu_cores``: CPU quota.
     ``file_size_mb``, ``open_files``: per process (rlimits). ``tmp_mb``: size of the private
-    ``/tmp`` and ``/dev/shm`` (bwrap)."""
+    ``/tmp`` and ``/dev/shm`` (bwrap); in the fallback, the blocks (and ``tmp_mb x 16`` files)
+    the run may keep on the host's disk (``diskguard``)."""
 
     memory_mb: int = 512
     cpu_s: float | None = None
@@ -46,7 +47,8 @@ class Ending:
     """How a run ended, as the sandbox saw it (never as the program said): ``kind`` is
     ``exit`` (``code`` its status), ``signal`` (``code`` the signal), ``timeout`` (``clock``
     ``cpu`` or ``wall``: the run's limit, or the per-process CPU limit the kernel enforces),
-    ``memory`` (killed by the run's memory limit), ``output`` (over the cap) or ``stopped``
+    ``memory`` (killed by the run's memory limit), ``output`` (over the cap), ``disk`` (the
+    fallback: more files on the host's disk than ``Limits.tmp_mb``) or ``stopped``
     (the caller's judge had its verdict)."""
 
     kind: str
@@ -69,6 +71,8 @@ class Ending:
             return "killed at its memory limit"
         if self.kind == "output":
             return "output over the cap"
+        if self.kind == "disk":
+            return "over its disk limit (the files it keeps)"
         return "stopped at its verdict"
 
 
