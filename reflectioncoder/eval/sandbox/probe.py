@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 LEVELS = ("auto", "bwrap", "rlimits")
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 _FALLBACK_GAPS = (
     "memory is limited per process (RLIMIT_AS), not per sample",
     "files a run writes go to the host's disk until it ends (up to tmp_mb, measured every 50 ms "
@@ -123,13 +124,30 @@ class Isolation:
 
 def _gaps(in_bwrap: bool, python_only: bool, landlocked: bool, devices: bool) -> list[str]:
     if in_bwrap:
-        return []
-    gaps = [_READS[landlocked], *_FALLBACK_GAPS]
+        return _host_gaps()
+    gaps = [*_host_gaps(), _READS[landlocked], *_FALLBACK_GAPS]
     if not python_only:
         gaps.append(_native_gap(landlocked, devices))
     elif not seccomp_available():
         gaps.append("new processes are refused from Python only (no seccomp here)")
     return gaps
+
+
+def _host_gaps() -> list[str]:
+    """What no level can promise on this host, read now: a ``kernel.core_pattern`` that sends
+    dumps to a socket (``@path``, Linux 6.16+) is connected by the kernel on every crash,
+    whatever RLIMIT_CORE is (RLIMIT_CORE 1 stops the file and pipe patterns), so a crashing
+    sample's memory reaches the service there; nothing a process keeps across exec stops it."""
+    try:
+        pattern = Path(CORE_PATTERN).read_text().strip()
+    except OSError:
+        return []
+    if not pattern.startswith("@"):
+        return []
+    return [
+        f"crash dumps go to a socket (kernel.core_pattern {pattern.split()[0]}): a crashing "
+        "program's memory reaches the service listening there, whatever its limits"
+    ]
 
 
 def isolation() -> Isolation:
