@@ -79,3 +79,41 @@ def test_the_level_names_the_device_cgroup(level):
     assert iso.device_cgroup and "devices" in iso.name
     gaps = " ".join(sandbox.not_guaranteed(iso.name, python_only=False))
     assert "/dev/ptmx" not in gaps and gaps == " ".join(iso.not_guaranteed(python_only=False))
+
+
+TERMINAL = r"""
+#include <cstdio>
+#include <dirent.h>
+#include <fcntl.h>
+#include <string>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+int main() {
+    char c = 'x';
+    for (int fd = 0; fd < 3; fd++)
+        if (ioctl(fd, TIOCSTI, &c) == 0) std::printf("typed into %d\n", fd);
+    std::string paths[] = {"/dev/tty", "/dev/console", "/dev/tty0", "/dev/ptmx"};
+    for (auto& p : paths)
+        if (open(p.c_str(), O_RDWR | O_NOCTTY) >= 0) std::printf("opened %s\n", p.c_str());
+    if (DIR* d = opendir("/dev/pts"))
+        while (dirent* e = readdir(d)) {
+            std::string p = std::string("/dev/pts/") + e->d_name;
+            if (e->d_name[0] != '.' && open(p.c_str(), O_RDWR | O_NOCTTY) >= 0)
+                std::printf("opened %s\n", p.c_str());
+        }
+    std::puts("checked");
+}
+"""
+
+
+def test_no_terminal_to_type_into(level):
+    """The question left by round 4 for the fallback without Landlock: what a terminal lets a
+    run do. It has none: its own session (no controlling terminal: ``/dev/tty`` is ENXIO), pipes
+    for 0-2 (no ``TIOCSTI``), the host's terminals and console are root's, and the devices cgroup
+    refuses ``/dev/ptmx`` (a new terminal of its own)."""
+    if multiple.toolchain_problem("cpp"):
+        pytest.skip(multiple.toolchain_problem("cpp"))
+    res = multiple.run_program("cpp", TERMINAL)
+    assert "checked" in res.stdout, res
+    assert [line for line in res.stdout.splitlines() if line != "checked"] == [], level

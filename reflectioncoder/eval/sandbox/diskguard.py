@@ -28,6 +28,8 @@ _MIN_GAP_S = 0.05  # walks at most every 50 ms, and at most 1/_COST_SHARE of the
 _COST_SHARE = 20
 _SHARED_DEPTH = 4  # world-writable folders walked this deep (``runuser.remove_left_files``)
 _SHARED_VISITS = 20_000  # entries of others' looked at in them per walk, at most
+# a folder only, never through a link, never waiting (a folder swapped for a FIFO)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class DiskGuard:
@@ -75,7 +77,7 @@ class DiskGuard:
 
     def _walk_work(self) -> bool:
         try:
-            top = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            top = os.open(self.work, _DIR_FLAGS)
         except OSError:
             return True  # removed already: the run is over
         return self._walk(top, lambda info: True, depth=None)
@@ -83,7 +85,7 @@ class DiskGuard:
     def _walk_roots(self) -> bool:
         for root in self.roots:
             with contextlib.suppress(OSError):
-                top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                top = os.open(root, _DIR_FLAGS)
                 self.visits = 0
                 if not self._walk(top, lambda info: info.st_uid == self.uid, _SHARED_DEPTH):
                     return False
@@ -118,8 +120,7 @@ class DiskGuard:
                         else:
                             continue
                         with contextlib.suppress(OSError):
-                            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                            todo.append((os.open(entry.name, flags, dir_fd=fd), *nxt))
+                            todo.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), *nxt))
                 except OSError:
                     pass  # gone, or not a folder any more
                 finally:
