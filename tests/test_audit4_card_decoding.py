@@ -40,3 +40,18 @@ def test_sampled_scores_keep_an_entry_beside_the_greedy_one(carded_model, tmp_pa
         "pass@1 (first 1 tasks)",
         "pass@1 (temperature 0.8, top-p 1, 2 samples, first 1 tasks)",
     ]
+
+
+def test_a_multipl_e_score_names_its_hub_dataset(tmp_path):
+    from reflectioncoder.train.model_card import add_eval_results
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "README.md").write_text(render({"tags": [TAG]}, {"Evaluation results": ""}, "m"))
+    add_eval_results(model, {"multiple-sh": {"pass@1": 0.5}, "HumanEval": {"pass@1": 0.25}})
+    meta, _, _ = parse((model / "README.md").read_text())
+    datasets = [r["dataset"] for r in meta["model-index"][0]["results"]]
+    assert datasets == [
+        {"name": "multiple-sh", "type": "nuprl/MultiPL-E", "config": "humaneval-sh"},
+        {"name": "HumanEval", "type": "openai/openai_humaneval"},
+    ]

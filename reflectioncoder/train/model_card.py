@@ -335,7 +335,7 @@ def _add_results(meta: dict, title: str, scores: dict[str, dict[str, float]], no
     for bench, values in scores.items():
         result = next((r for r in results if r["dataset"]["name"] == bench), None)
         if result is None:
-            dataset = {"name": bench, "type": DATASETS.get(bench, bench)}
+            dataset = _dataset(bench)
             result = {"task": {"type": "text-generation"}, "dataset": dataset, "metrics": []}
             results.append(result)
         for metric, value in values.items():
@@ -343,6 +343,15 @@ def _add_results(meta: dict, title: str, scores: dict[str, dict[str, float]], no
             result["metrics"] = [m for m in result["metrics"] if m["name"] != name]
             entry = {"type": metric, "value": round(100 * value, 2), "name": name}
             result["metrics"].append(dict(entry, verified=False))
+
+
+def _dataset(bench: str) -> dict[str, str]:
+    """The model-index ``dataset`` of a score-table row: its Hub id as ``type`` (MultiPL-E's
+    ``multiple-LANG``: nuprl/MultiPL-E, config humaneval-LANG)."""
+    if bench.startswith("multiple-"):
+        config = f"humaneval-{bench.removeprefix('multiple-')}"
+        return {"name": bench, "type": "nuprl/MultiPL-E", "config": config}
+    return {"name": bench, "type": DATASETS.get(bench, bench)}
 
 
 @contextmanager
