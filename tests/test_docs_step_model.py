@@ -57,3 +57,21 @@ def test_readme_states_the_defaults_predicted_figures():
         round(100 * want[2], 1),
         round(want[3], 2),
     ]
+
+
+def test_readme_states_the_fsdp_and_zero1_8_gpu_ratios():
+    """README's FSDP2 sentence: the 8-H100 7B rows of fsdp and of the shipped default (ZeRO-1)."""
+    rows = [r for r in sm.model_rows() if r["model"] == "CodeLlama-7B" and r["card"] == "H100"]
+    (fsdp,) = [
+        r for r in rows if r["gpus"] == 8 and r["engine"] == "fsdp" and r["lever"] == "default"
+    ]
+    zero1 = _default(rows, 8)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    said = re.search(
+        r"a 7B on 8 H100s modelled at (\d+\.\d\d)x the authors' recipe's samples/s "
+        r"against ZeRO-1's (\d+\.\d\d)x",
+        readme,
+    )
+    assert said, "README.md no longer states FSDP2's modelled 7B ratio on 8 H100s"
+    want = [round(fsdp["samples_per_s_vs_recipe"], 2), round(zero1["samples_per_s_vs_recipe"], 2)]
+    assert [float(x) for x in said.groups()] == want
