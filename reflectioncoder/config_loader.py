@@ -1,7 +1,9 @@
-"""A ``RunConfig`` from a preset and/or a YAML file, then ``section.field=value`` overrides.
+"""A ``RunConfig`` from a preset and/or a YAML or TOML file, then ``section.field=value``
+overrides.
 
 Sources, later ones win: a preset (``config_presets``: tiny | paper | smollm2) or a YAML file
-(which may name its preset with a top-level ``preset:`` key), then command-line overrides
+(``*.toml``: TOML; either may name its preset with a top-level ``preset`` key), then command-line
+overrides
 (values parsed as YAML: ``1e-4``, ``true``, ``[a, b]``). Each value is checked against its
 field's type, by name, before the dataclass checks its range; errors are ``ConfigError``s that
 name the field and where its value came from (file:line:column, or the ``--set`` argument).
@@ -241,7 +243,67 @@ def _yaml_origins(text: str, file: str) -> Origins:
     return origins
 
 
-def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
+_TOML_TABLE = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_TOML_KEY = re.compile(r"^(\s*)([A-Za-z0-9_\-.\s\"']+?)\s*=\s*")
+
+
+def _toml_name(dotted: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in dotted.split("."))
+
+
+def _toml_origins(text: str, file: str) -> Origins:
+    """Where each ``section.field`` value is in a TOML text, for the usual layout (``[section]``
+    headers, one ``key = value`` a line); keys it cannot place are named without a line."""
+    origins: Origins = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TOML_TABLE.match(line)
+        if header:
+            table = _toml_name(header.group(1))
+            origins.setdefault(table, (file, number, 1))
+            continue
+        key = _TOML_KEY.match(line)
+        if key:
+            name = f"{table}.{_toml_name(key.group(2))}".lstrip(".")
+            origins[name] = (file, number, key.end() + 1)
+            origins[name + "@key"] = (file, number, len(key.group(1)) + 1)
+    return origins
+
+
+def _toml_module(path: Path) -> Any:
+    """tomllib (Python >= 3.11), else the tomli package it came from (setup.py allows 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise UsageError(
+                "a TOML config needs Python >= 3.11 or `pip install tomli`; or write it as YAML",
+                file=path,
+                field="--config",
+            ) from None
+    return tomllib
+
+
+def _read_toml(text: str, path: Path, origins: Origins) -> Any:
+    tomllib = _toml_module(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        where = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
+        reason = str(err).split(" (at ")[0]
+        raise ConfigError(
+            f"invalid TOML: {reason}",
+            file=path,
+            line=int(where.group(1)) if where else None,
+            column=int(where.group(2)) if where else None,
+        ) from None
+    origins.update(_toml_origins(text, str(path)))
+    return data
+
+
+def _read_config_file(path: Path, origins: Origins) -> dict[str, Any]:
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "not found"
         raise UsageError(f"config file {state}", file=path, field="--config")
@@ -252,6 +314,8 @@ def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
         raise ConfigError(f"not UTF-8 (byte {column})", file=path, line=line) from None
+    if path.suffix.lower() == ".toml":
+        return _read_toml(text, path, origins)
     try:
         data = yaml.safe_load(text) or {}
         origins.update(_yaml_origins(text, str(path)))
@@ -272,9 +336,9 @@ def _read_yaml(path: Path, origins: Origins) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, base: str | None = None
 ) -> RunConfig:
-    """Build a ``RunConfig`` from a preset and/or a YAML file, then ``overrides``.
+    """Build a ``RunConfig`` from a preset and/or a YAML (or ``*.toml``) file, then ``overrides``.
 
-    A YAML file may name its preset with a top-level ``preset: tiny`` key; its other keys update
+    A file may name its preset with a top-level ``preset: tiny`` key; its other keys update
     that preset. ``base`` names a preset when no file is given. Raises ``ConfigError`` (a
     ``ValueError``) naming the field, the value and where it came from.
     """
@@ -298,7 +362,7 @@ def _load(
     data: dict[str, Any] = {}
     origins: Origins = {}
     if path is not None:
-        data = _read_yaml(Path(path), origins)
+        data = _read_config_file(Path(path), origins)
         base = data.pop("preset", base)
     if base is not None:
         try:

@@ -20,7 +20,9 @@ from reflectioncoder.errors import UsageError, terminate_as_interrupt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML run config (may name a preset: `preset: tiny`)")
+    parser.add_argument(
+        "--config", help="YAML (or *.toml) run config (may name a preset: `preset: tiny`)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset")
     parser.add_argument(
         "--set",
