@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,20 @@ def _write_hf_folder(file: Path, out: Path) -> int:
 
     if not torch.cuda.is_available():  # DeepSpeed, which transformers asks, would log a warning
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    folder, name = str(file.parent), file.name
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (ValueError, KeyError, NotImplementedError) as err:
-        raise UserError(f"transformers cannot load this GGUF: {err}", file=file) from None
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    # transformers reads the GGUF's folder too: a tokenizer.json or tokenizer_config.json beside
+    # the file (a Hub repo that ships both, an earlier conversion) would replace the GGUF's own
+    # vocabulary, end token and chat template. The file is read alone, through a link.
+    with tempfile.TemporaryDirectory(prefix="reflectioncoder-gguf-") as folder:
+        name = file.name
+        (Path(folder) / name).symlink_to(file.resolve())
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            loaded = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32
+            )
+        except (ValueError, KeyError, NotImplementedError) as err:
+            raise UserError(f"transformers cannot load this GGUF: {err}", file=file) from None
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
     for key in ("quantization_config", "_model_name_or_path"):
         if hasattr(config, key):
             delattr(config, key)
