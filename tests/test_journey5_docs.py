@@ -2,9 +2,10 @@
 `$ command` line of an output block) of README.md, docs/*.md and bench/README.md is read as a
 user copies it, and each command in it must at least start: a `reflectioncoder` command (also
 behind `deepspeed --module` / `torchrun -m`) parses its arguments, a `train` command's config
-and `--set` fields load, a `python -m bench.X` module exists and knows its flags, a `make`
-target exists, and a repository file it names (tests/data/..., examples/..., configs/...) is
-there. Fast: nothing is run.
+and `--set` fields load, an `evaluate --model` command says where its samples go (`--json`,
+`--save-samples`, or a run folder's model: the command refuses anything else), a `python -m
+bench.X` module exists and knows its flags, a `make` target exists, and a repository file it
+names (tests/data/..., examples/..., configs/...) is there. Fast: nothing is run.
 """
 
 from __future__ import annotations
@@ -125,6 +126,18 @@ def _check_reflectioncoder(where: str, argv: list[str]) -> None:
         from reflectioncoder.config_loader import load_config
 
         load_config(args.config, args.overrides, base=args.preset)
+    if argv[0] == "evaluate":  # generated samples have somewhere to go
+        _check_evaluate_output(where, args)
+
+
+def _check_evaluate_output(where: str, args) -> None:
+    if args.model is None or args.json or args.save_samples:
+        return
+    # else EvalRequest.samples_out() writes into the model's run folder: RUN/final or
+    # RUN/checkpoints/step-N/model, as the docs name them; anything else is refused there
+    model = Path(args.model)
+    if model.name != "final" and model.parent.parent.name != "checkpoints":
+        pytest.fail(f"{where}: `evaluate --model {args.model}` names no --json or --save-samples")
 
 
 def test_a_documented_command_with_a_bad_flag_or_field_is_caught(monkeypatch):
@@ -136,3 +149,5 @@ def test_a_documented_command_with_a_bad_flag_or_field_is_caught(monkeypatch):
 
     with pytest.raises(ConfigError, match="did you mean train.max_steps"):
         _check_reflectioncoder("x.md:1", ["train", "--preset", "tiny", "--set", "train.max_step=3"])
+    with pytest.raises(pytest.fail.Exception, match="names no --json"):  # nowhere to write
+        _check_reflectioncoder("x.md:1", ["evaluate", "--task", "mbpp", "--model", "my-model"])
