@@ -1,9 +1,12 @@
 """Generation speed of `evaluate --model` on a CPU: batch size x torch threads, same prompts.
 
 The first MBPP prompts in the `chat` format (a real instruct model: the installed SmolLM2 by
-default), greedy, a fixed number of new tokens (no stop: every configuration generates the same
-count). Per configuration: wall seconds, CPU seconds of this process, tokens per wall second and
-per CPU second (the latter steadier on a shared machine), and the ratio to the first row.
+default), greedy, at most --tokens new tokens, generated through evaluate's own client
+(`reflectioncoder.generate.LocalModel`, with the stops `evaluate --prompt-format chat` uses: the
+end token and the closing code fence), so the figures are the command's. Greedy decoding gives
+every configuration the same texts. Per configuration: the tokens generated, wall seconds, CPU
+seconds of this process, tokens per wall second and per CPU second (the latter steadier on a
+shared machine), and the ratio to the first row.
 
   python -m bench.bench_generate --prompts 6 --tokens 48 --configs 1x1 6x1 6x2
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 from bench.providers.common import write_rows
@@ -28,44 +30,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reflectioncoder.eval import prompts as pr
     from reflectioncoder.eval import tasks as tk
+    from reflectioncoder.generate import GenerationConfig, LocalModel
     from reflectioncoder.install_model import default_folder
 
-    model_dir = args.model or default_folder("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = LocalModel(str(args.model or default_folder("smollm2-135m-instruct")), device="cpu")
     tasks = list(tk.load_mbpp_plus(tk.default_data_dir()).values())[: args.prompts]
-    prompts = [pr.chat_prompt(t, tok) for t in tasks]
+    prompts = [pr.chat_prompt(t, model.tokenizer) for t in tasks]
     rows = []
     for config in args.configs:
         batch, threads = (int(x) for x in config.split("x"))
         torch.set_num_threads(threads)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        for start in range(0, len(prompts), batch):
-            enc = tok(prompts[start : start + batch], return_tensors="pt", padding=True)
-            with torch.no_grad():
-                model.generate(
-                    **enc,
-                    max_new_tokens=args.tokens,
-                    min_new_tokens=args.tokens,
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )
-        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        n = args.tokens * len(prompts)
+        decoding = GenerationConfig(
+            max_new_tokens=args.tokens, batch_size=batch, stop_strings=(pr.FENCE,)
+        )
+        stats: dict = {}
+        model.complete(prompts, decoding, stats=stats)
+        wall, cpu, n = stats["seconds"], stats["cpu_seconds"], stats["new_tokens"]
         rows.append(
             {
                 "batch": batch,
                 "threads": threads,
                 "tokens": n,
-                "wall_s": round(wall, 2),
-                "cpu_s": round(cpu, 2),
-                "tokens_per_s": round(n / wall, 2),
-                "tokens_per_cpu_s": round(n / cpu, 2),
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "tokens_per_s": round(n / wall, 2) if wall else None,
+                "tokens_per_cpu_s": round(n / cpu, 2) if cpu else None,
                 "load": os.getloadavg()[0],
             }
         )
