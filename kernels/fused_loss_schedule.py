@@ -161,6 +161,12 @@ def _check_indices(
     if p > 0 and bool(((kl_pairs < 0) | (kl_pairs >= n)).any()):
         raise ValueError(f"kl_pairs: row indices must lie in [0, N={n})")
     if ce_only_rows is not None:
+        m = ce_only_rows.shape[0]
+        if m > 0 and bool((ce_only_rows < 0).any() | (ce_only_rows >= n).any()):
+            raise ValueError(f"ce_only_rows: row indices must lie in [0, N={n})")
+        if m > 1 and bool((ce_only_rows[1:] <= ce_only_rows[:-1]).any()):
+            # a row given twice would have its CE counted twice
+            raise ValueError("ce_only_rows: must be strictly ascending (each row once)")
         # Every row with a CE term alone must be given, and no given row may be in a pair.
         given = torch.zeros(n, dtype=torch.bool, device=targets.device)
         given[ce_only_rows] = True
