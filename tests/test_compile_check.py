@@ -59,3 +59,16 @@ def test_sass_reader_and_runtime_specialisation(tmp_path):
     assert {"Z_ptr", "Tgt_ptr", "V", "Z_stride"} <= set(rows["aligned_args"])
     assert rows["constexprs"]["BLOCK_V"] == 2048 and rows["constexprs"]["PAIRS"] is True
     assert rows["ok"] and rows["atomics_total"] == 0 and rows["spill_ops_in_loops"] == 0
+
+
+def test_the_loss_doc_counts_every_kernel_the_check_compiles():
+    """docs/loss.md shows the check's last line: as many kernels as it compiles today, each for
+    sm_80 and sm_90 (--arch's default)."""
+    import re
+
+    import bench.compile_check as cc
+
+    compiled = 2 * len(cc.discover_specs())
+    text = (REPO_ROOT / "docs" / "loss.md").read_text(encoding="utf-8")
+    shown = re.findall(r"(\d+)/(\d+) compiled within limits", text)
+    assert shown == [(str(compiled), str(compiled))]
