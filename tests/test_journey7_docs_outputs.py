@@ -1,13 +1,53 @@
-"""What the docs show a command or a run writing is what it writes today (a new user compares
-the two): docs/training.md's `OUT/metrics.jsonl` row has a real row's fields."""
+"""What the docs show is what a new user gets today: docs/training.md's `OUT/metrics.jsonl` row
+has a real row's fields, and each Python block of README.md and docs/*.md defines or imports
+every name it uses, but those a leading `# given: a, b` comment says the reader supplies."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    found = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for block in PYTHON_BLOCK.finditer(text):
+            line = text[: block.start()].count("\n") + 1
+            found.append((f"{path.relative_to(REPO)}:{line}", block.group(1)))
+    return found
+
+
+def undefined_names(source: str) -> set[str]:
+    """The names pyflakes' rule F821 (through ruff) finds used and never defined or imported."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "F821",
+         "--output-format", "concise", "--stdin-filename", "block.py", "-"],
+        input=source, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode in (0, 1) and "invalid-syntax" not in run.stdout, run.stdout + run.stderr
+    return set(re.findall(r"F821 Undefined name `(\w+)`", run.stdout))
+
+
+@pytest.mark.parametrize("where, source", python_blocks(), ids=[w for w, _ in python_blocks()])
+def test_python_block_names_come_from_it_or_the_reader(where, source):
+    given = re.match(r"# given: (.*(?:\n# .*)*)", source)
+    supplied = set(re.findall(r"\b(\w+)\b(?![^(]*\))", given.group(1))) if given else set()
+    missing = undefined_names(source) - supplied
+    assert not missing, f"{where}: uses {sorted(missing)} without importing or defining them"
+
+
+def test_an_undefined_name_is_found():
+    assert undefined_names("import os\nx = torch.ones(2)\nos.sep\n") == {"torch"}
 
 
 def _documented_metrics_row() -> dict:
