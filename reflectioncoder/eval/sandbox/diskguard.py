@@ -20,7 +20,9 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["FILES_PER_MB", "DiskGuard"]
+from reflectioncoder.eval.sandbox.runuser import WORLD_WRITABLE
+
+__all__ = ["FILES_PER_MB", "DiskGuard", "fallback_guard"]
 
 FILES_PER_MB = 16  # files (and folders) a run may hold per MiB of tmp_mb: 8192 for 512 MiB
 # (Go's build, the most, holds about 450 in its working dir)
@@ -144,6 +146,16 @@ class DiskGuard:
                         if stat.S_ISREG(info.st_mode) and not self._add(info):
                             return False
         return True
+
+
+def fallback_guard(run) -> DiskGuard | None:
+    """The guard of a fallback run (``process.PreparedRun``, started): its working dir, its
+    cgroup's processes (else its main one), and without Landlock the world-writable folders."""
+    if run.root is None or run.proc is None:
+        return None
+    pids = run.cgroup.pids if run.cgroup is not None else [run.proc.pid].copy
+    shared = () if run.isolation.landlock else WORLD_WRITABLE
+    return DiskGuard(str(run.root / "work"), run.tmp_mb, pids, run.run_uid, shared)
 
 
 def _deleted_files(pid: int) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
-from reflectioncoder.eval.sandbox.diskguard import DiskGuard
+from reflectioncoder.eval.sandbox.diskguard import fallback_guard
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import Pump
 from reflectioncoder.eval.sandbox.records import (
@@ -34,7 +34,7 @@ from reflectioncoder.eval.sandbox.records import (
     ExecResult,
     Limits,
 )
-from reflectioncoder.eval.sandbox.teardown import MARKER_ENV, kill_tree, remove_run
+from reflectioncoder.eval.sandbox.teardown import MARKER_ENV, kill_all, kill_tree, remove_run
 
 __all__ = ["PreparedRun", "run_sandboxed"]
 
@@ -292,8 +292,12 @@ class PreparedRun:
         idle = None
         if watchdog is None and cpu0 is not None:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
-        disk = self._disk_guard()  # the fallback: its files are on the host's disk
+        disk = None if self.isolation.bwrap else fallback_guard(self)  # the host's disk
         watch = disk.watching(watchdog or idle) if disk is not None else watchdog or idle
+        # the fallback ends a run with its main process, as a box does (its PID namespace):
+        # a child it left holding the pipes (timeout's limit escaped) is killed then
+        proc, cgroup, fallback = self.proc, self.cgroup, not self.isolation.bwrap
+        on_exit = (lambda: kill_all(proc, cgroup, self.marker, self.run_uid)) if fallback else None
         try:
             stop = Pump(
                 self.proc,
@@ -304,6 +308,7 @@ class PreparedRun:
                 sizes,
                 on_stdout_line,
                 watch,
+                on_exit,
             ).run()
             if idle is not None and idle.fired:
                 stop = "wall"  # it waited: a time limit on the wall clock, reached early
@@ -326,14 +331,6 @@ class PreparedRun:
             cpu_time_s=cpu_used,
             ending=self._ending(stop, status, oom_kills, cpu_now),
         )
-
-    def _disk_guard(self) -> DiskGuard | None:
-        """The fallback's bound on the files a run keeps on the host's disk (``diskguard``)."""
-        if self.isolation.bwrap or self.root is None or self.proc is None:
-            return None
-        pids = self.cgroup.pids if self.cgroup is not None else [self.proc.pid].copy
-        shared = () if self.isolation.landlock else runuser.WORLD_WRITABLE  # also writable
-        return DiskGuard(str(self.root / "work"), self.tmp_mb, pids, self.run_uid, shared)
 
     def _ending(self, stop: str | None, status: int, oom_kills: int, cpu: float | None) -> Ending:
         """How the run ended, from the sandbox's evidence: its own stop, the status, the

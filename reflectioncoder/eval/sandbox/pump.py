@@ -28,8 +28,10 @@ class Pump:
         sizes: dict[int, int],
         on_line: Callable[[bytes], bool | bytes] | None,
         watchdog: Callable[[], bool] | None = None,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.proc, self.limit, self.on_line, self.watchdog = proc, limit, on_line, watchdog
+        self.on_exit = on_exit
         self.chunks, self.sizes = chunks, sizes
         self.deadline, self.cpu_deadline, self.cpu_clock = deadlines
         self.poll = 0.5 if self.cpu_deadline is None and self.watchdog is None else 0.05
@@ -52,6 +54,7 @@ class Pump:
         self.open_reads = len(self.streams)
         self.partial: list[bytes] = []  # the line being read, in chunks: joined once, when it ends
         self.partial_size = 0
+        self.exit_fd = self._watch_exit() if on_exit is not None else None
 
     def run(self) -> str | None:
         """Feed stdin and collect stdout/stderr until the process exits, a deadline passes
@@ -82,14 +85,34 @@ class Pump:
         self.next_watch = time.monotonic() + 0.05
         return "stopped" if self.watchdog() else None
 
+    def _watch_exit(self) -> int | None:
+        """A pidfd of the main process on the selector (None: a kernel before 5.3)."""
+        try:
+            fd = os.pidfd_open(self.proc.pid)
+        except (AttributeError, OSError):
+            return None
+        self.sel.register(fd, selectors.EVENT_READ)
+        return fd
+
+    def main_exited(self) -> None:
+        """The main process ended: ``on_exit`` ends what it left (its pipes then close)."""
+        fd, self.exit_fd = self.exit_fd, None
+        if fd is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
+        self.on_exit()  # type: ignore[misc]
+
     def until_output_closes(self) -> str | None:
-        """Feed stdin and read both pipes until the program closes them."""
+        """Feed stdin and read both pipes until the program closes them (with ``on_exit``,
+        until its main process ends and what it left is killed: a box's end)."""
         while self.open_reads:
             if clock := self.over_time():
                 return clock
             left = self.deadline - time.monotonic()
             for key, _ in self.sel.select(timeout=min(max(left, 0.001), self.poll)):
-                if key.fd == self.in_fd:
+                if key.fd == self.exit_fd:
+                    self.main_exited()
+                elif key.fd == self.in_fd:
                     self._feed()
                 elif stop := self._read(key.fd):
                     return stop
@@ -160,11 +183,12 @@ class Pump:
         proc = self.proc
         if proc.poll() is not None:
             return None
-        try:  # a pidfd is readable when the process ends: no polling
-            self.sel.register(os.pidfd_open(proc.pid), selectors.EVENT_READ)
-            nap = self.poll
-        except (AttributeError, OSError):  # kernel before 5.3
-            nap = 0.01
+        nap = self.poll
+        if self.exit_fd is None:
+            try:  # a pidfd is readable when the process ends: no polling
+                self.sel.register(os.pidfd_open(proc.pid), selectors.EVENT_READ)
+            except (AttributeError, OSError):  # kernel before 5.3
+                nap = 0.01
         while proc.poll() is None:
             if clock := self.over_time():
                 return clock

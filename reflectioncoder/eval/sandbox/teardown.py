@@ -15,7 +15,7 @@ from pathlib import Path
 from reflectioncoder.eval.sandbox import runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup
 
-__all__ = ["MARKER_ENV", "kill_tree", "remove_run"]
+__all__ = ["MARKER_ENV", "kill_all", "kill_tree", "remove_run"]
 
 # In every run's environment (``process``), with the run's own marker: the sweep finds by it
 # the processes of a run that has no cgroup
@@ -38,18 +38,25 @@ def kill_tree(
     proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str, uid: int | None
 ) -> None:
     """Nothing of the run survives: its process group, its cgroup, marked stragglers."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if cgroup is not None:
-        cgroup.kill()
-    else:  # the cgroup holds every process of the run; without one, sweep for the marker
-        _sweep_marked(marker, uid)
+    kill_all(proc, cgroup, marker, uid)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     proc.wait()
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def kill_all(
+    proc: subprocess.Popen, cgroup: RunCgroup | None, marker: str, uid: int | None
+) -> None:
+    """SIGKILL every process of the run (its pipes stay open to be read to their end)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if cgroup is not None:
+        cgroup.kill()
+    else:  # the cgroup holds every process of the run; without one, sweep for the marker
+        _sweep_marked(marker, uid)
 
 
 def _sweep_marked(marker: str, uid: int | None) -> None:

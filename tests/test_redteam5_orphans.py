@@ -1,0 +1,64 @@
+"""Red team, round 5: a run outliving its main process to escape its time limit. MultiPL-E
+runs a program as ``timeout -s KILL RUN_S PROGRAM``; a completion that forks and lets the
+parent return 0 ends ``timeout`` and the shell at once, with status 0, while its child goes on
+with the tests past the limit, holding the run's stdout and the nonce's descriptor. Under
+bubblewrap the box's PID namespace dies with its main process, so the child goes too. The
+fallback kept reading the pipes until the child closed them: a C++ solution three times too
+slow printed the nonce and passed (a timeout scored as a pass). Now the fallback ends a run
+when its main process ends, as a box does: what it left is killed, its pipes read to their
+end. Also the Python scorer's own runs (no fork there) and build-data's keep their verdicts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import test_redteam4_ipc
+
+from reflectioncoder.eval import multiple, sandbox
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
+
+SLOW_CHILD = {
+    "cpp": r"""
+#include <cstdio>
+#include <ctime>
+#include <unistd.h>
+int main() {
+    if (fork() > 0) return 0;  // the main process ends at once: timeout and the shell exit 0
+    volatile long x = 0;
+    std::clock_t t = std::clock();
+    while (std::clock() - t < 3 * CLOCKS_PER_SEC) x++;  // 3 s of CPU, past the 1 s limit
+    char b[128];
+    ssize_t n = read(3, b, sizeof b);
+    std::printf("%.*s\n", (int)(n > 0 ? n : 0), b);
+}
+""",
+    "sh": r"""
+( end=$(( $(date +%s) + 3 )); while [ "$(date +%s)" -lt "$end" ]; do :; done; cat <&3 ) &
+exit 0
+""",
+}
+
+
+@pytest.mark.parametrize("language", sorted(SLOW_CHILD))
+def test_a_child_left_behind_does_not_outlive_the_time_limit(level, language):
+    if multiple.toolchain_problem(language):
+        pytest.skip(multiple.toolchain_problem(language))
+    nonce = f"rc-done-{uuid.uuid4().hex}"
+    res = multiple.run_program(language, SLOW_CHILD[language], run_s=1, nonce=nonce)
+    status, _ = multiple.verdict(multiple.LANGUAGES[language], res, nonce)
+    assert status != "pass", f"{language} at {level}: {res}"
+    assert nonce not in res.stdout and res.duration_s < 2.5, res
+
+
+def test_output_written_before_the_end_is_kept(level):
+    """Ending with the main process loses nothing it wrote: a child's last words before the
+    main process ends are read to the pipe's end."""
+    program = "(echo child; sleep 5) & sleep 0.3; echo main"
+    res = sandbox.run_sandboxed(["/bin/sh", "-c", program], timeout_s=20)
+    assert res.stdout.split() == ["child", "main"] and res.ok, res
+    assert res.duration_s < 3 if level != "bwrap" else True, res
