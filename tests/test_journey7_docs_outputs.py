@@ -72,3 +72,22 @@ def test_training_doc_metrics_row_has_a_real_rows_fields(tmp_path, seed):
     written = [list(row) for row in rows if "loss" in row]
     assert written and all(keys == written[0] for keys in written)
     assert list(_documented_metrics_row()) == written[0]
+
+
+def test_the_loss_plot_adds_no_line_to_the_log_on_a_fresh_machine(tmp_path):
+    """The CLI logs at INFO; matplotlib's first run there logs `generated new fontManager` at
+    INFO, a line docs/demo.md does not show. A fresh MPLCONFIGDIR is such a first run."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from reflectioncoder.train.metrics import plot_losses\n"
+        "plot_losses([{'step': 1, 'loss': 2.0}, {'step': 2, 'loss': 1.0}], sys.argv[1])\n"
+    )
+    env = {"MPLCONFIGDIR": str(tmp_path / "mpl"), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "loss.png")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert run.stdout + run.stderr == ""

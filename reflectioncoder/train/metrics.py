@@ -66,6 +66,9 @@ def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
     where measured) to a PNG."""
     if not rows:
         return None
+    quiet = logging.getLogger("matplotlib")  # its INFO lines ("generated new fontManager", on a
+    if quiet.level == logging.NOTSET:  # fresh machine) would pass the CLI's INFO logging
+        quiet.setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training machines
