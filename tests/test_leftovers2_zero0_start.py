@@ -12,7 +12,7 @@ import torch
 
 from reflectioncoder.config import OptimConfig
 from reflectioncoder.train.deepspeed_engine import _starting_step_undone
-from reflectioncoder.train.engine import _adamw
+from reflectioncoder.train.engine import make_adamw
 
 
 def _config(stage: int, fp16: bool) -> dict:
@@ -27,7 +27,7 @@ def _starting_step(optimizer: torch.optim.Optimizer, weight: torch.nn.Parameter)
 
 def test_the_starting_step_leaves_no_trace():
     weight = torch.nn.Parameter(torch.randn(8, 8))
-    optimizer = _adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
+    optimizer = make_adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
     start = weight.detach().clone()
     with _starting_step_undone(optimizer, _config(0, True)):
         _starting_step(optimizer, weight)
@@ -46,7 +46,7 @@ def test_the_starting_step_leaves_no_trace():
 def test_other_stages_are_left_alone():
     for stage, fp16 in ((1, True), (3, False), (0, False)):
         weight = torch.nn.Parameter(torch.randn(4, 4))  # 2-D: a decayed group
-        optimizer = _adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
+        optimizer = make_adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
         with _starting_step_undone(optimizer, _config(stage, fp16)):
             assert optimizer.param_groups[0]["weight_decay"] == 5.0
             _starting_step(optimizer, weight)

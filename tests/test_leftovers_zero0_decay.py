@@ -73,13 +73,13 @@ def test_no_decay_while_deepspeed_starts_a_16bit_zero0_optimizer(seed):
     take no such step: their decay is left alone."""
     from reflectioncoder.config import OptimConfig
     from reflectioncoder.train.deepspeed_engine import _starting_step_undone
-    from reflectioncoder.train.engine import _adamw
+    from reflectioncoder.train.engine import make_adamw
 
     def config(stage, fp16):
         return {"zero_optimization": {"stage": stage}, "fp16": {"enabled": fp16}, "bf16": {}}
 
     weight = torch.nn.Parameter(torch.randn(8, 8))
-    optimizer = _adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
+    optimizer = make_adamw([weight], OptimConfig(lr=1e-2, weight_decay=5.0))
     start = weight.detach().clone()
     with _starting_step_undone(optimizer, config(0, True)):
         weight.grad = torch.zeros_like(weight)  # FP16_UnfusedOptimizer.initialize_optimizer_states

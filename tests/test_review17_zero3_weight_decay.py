@@ -15,13 +15,13 @@ from test_zero3_one_process import _train
 
 from reflectioncoder.config import OptimConfig
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.engine import _adamw
+from reflectioncoder.train.engine import make_adamw
 
 
 def test_a_partitioned_matrix_is_decayed_and_a_partitioned_norm_is_not():
     matrix, norm = torch.nn.Parameter(torch.zeros(0)), torch.nn.Parameter(torch.zeros(0))
     matrix.ds_shape, norm.ds_shape = torch.Size([8, 4]), torch.Size([4])  # ZeRO-3's, emptied
-    optimizer = _adamw([matrix, norm], OptimConfig(weight_decay=0.1))
+    optimizer = make_adamw([matrix, norm], OptimConfig(weight_decay=0.1))
     decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert decays == {id(matrix): 0.1, id(norm): 0.0}
 

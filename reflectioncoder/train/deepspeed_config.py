@@ -59,7 +59,7 @@ def zero3_local_piece(param: torch.nn.Parameter) -> tuple[torch.Tensor, int]:
 
 
 def uses_zero3(run: RunConfig, info: DistInfo) -> bool:
-    return info.deepspeed and _zero_stage(run) == 3
+    return info.deepspeed and zero_stage_of(run) == 3
 
 
 def zero3_transformers_config(run: RunConfig, info: DistInfo) -> Any:
@@ -174,7 +174,7 @@ def _line_of_path(text: str, keys: tuple) -> tuple[int | None, int | None]:
     return _line_of(text, keys[-1]) if keys else (None, None)
 
 
-def _zero_stage(run: RunConfig) -> int:
+def zero_stage_of(run: RunConfig) -> int:
     stage = _user_json(run).get("zero_optimization", {}).get("stage", "auto")
     return run.distributed.zero_stage if stage == "auto" else int(stage)
 

@@ -15,11 +15,11 @@ import torch
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.train.deepspeed_config import (
-    _zero_stage,
     deepspeed_config,
     offloads_optimizer,
     overridden_batch_keys,
     zero3_local_piece,
+    zero_stage_of,
 )
 from reflectioncoder.train.distributed import (
     DistInfo,
@@ -30,11 +30,11 @@ from reflectioncoder.train.distributed import (
 from reflectioncoder.train.engine import (
     StateReader,
     StepResult,
-    _adamw,
-    _read_step,
-    _unwrap,
+    hf_state_dict,
     load_whole_states,
+    make_adamw,
     optimizer_param_names,
+    read_step,
 )
 
 log = logging.getLogger("reflectioncoder.train")
@@ -88,7 +88,7 @@ class DeepSpeedEngine:
                 "one accumulation step)",
                 ", ".join(unused),
             )
-        self.asked_stage = _zero_stage(run)
+        self.asked_stage = zero_stage_of(run)
         if self.config["zero_optimization"].get("stage", 0) == 3:
             # The LM head is used by the fused loss outside its own module's forward.
             for p in external_params:
@@ -98,7 +98,7 @@ class DeepSpeedEngine:
         # the fused one takes ``found_inf`` (finish_step)
         self._bare = _steps_client_bare(self.config)
         self._params, self.skip_nonfinite = params, run.train.skip_nonfinite
-        optimizer = _adamw(
+        optimizer = make_adamw(
             params, run.optim, on_cpu=offloads_optimizer(self.config), fused=self._bare
         )
         with _starting_step_undone(optimizer, self.config), deepspeed_prints_quieted():
@@ -185,7 +185,7 @@ class DeepSpeedEngine:
             finite = torch.isfinite(stats[0]) & torch.isfinite(norm)
             self.optimizer.found_inf = (~finite).float()
         self.engine.step()
-        return _read_step(stats, norm)
+        return read_step(stats, norm)
 
     @property
     def offloads_optimizer(self) -> bool:
@@ -273,8 +273,8 @@ class DeepSpeedEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights on rank 0 (ZeRO-3 gathers: a collective, every rank calls it)."""
         if self.config["zero_optimization"].get("stage", 0) == 3:
-            return _unwrap(self.engine._zero3_consolidated_16bit_state_dict())
-        return _unwrap(self.engine.module.state_dict())
+            return hf_state_dict(self.engine._zero3_consolidated_16bit_state_dict())
+        return hf_state_dict(self.engine.module.state_dict())
 
 
 def _zero3_share(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:

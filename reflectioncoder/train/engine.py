@@ -28,7 +28,7 @@ from reflectioncoder.config import OptimConfig, RunConfig
 from reflectioncoder.train.distributed import DistInfo
 
 
-def _adamw(
+def make_adamw(
     params: list[torch.nn.Parameter],
     optim: OptimConfig,
     on_cpu: bool = False,
@@ -212,7 +212,7 @@ class LossScale:
         self.growth_tracker.fill_(state["growth_tracker"])
 
 
-def _clip_and_step(
+def clip_and_step(
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     stats: torch.Tensor,
@@ -246,14 +246,14 @@ def _clip_and_step(
     return norm
 
 
-def _read_step(stats: torch.Tensor, norm: torch.Tensor) -> StepResult:
+def read_step(stats: torch.Tensor, norm: torch.Tensor) -> StepResult:
     """The one host sync per optimizer step (logging): the step's stats and gradient norm;
     applied when the loss (stats[0]) and the norm are finite."""
     host = torch.cat([stats, norm.reshape(1).to(stats)]).tolist()
     return StepResult(host[:-1], host[-1], math.isfinite(host[0]) and math.isfinite(host[-1]))
 
 
-def _unwrap(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+def hf_state_dict(state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     """The Hugging Face model's keys: our loss module holds it as ``.model``."""
     if state is None:  # ZeRO-3 consolidates on rank 0 only
         return None

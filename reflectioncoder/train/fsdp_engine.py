@@ -34,10 +34,10 @@ from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, resolve_
 from reflectioncoder.train.engine import (
     StateReader,
     StepResult,
-    _adamw,
-    _clip_and_step,
-    _read_step,
-    _unwrap,
+    clip_and_step,
+    hf_state_dict,
+    make_adamw,
+    read_step,
 )
 from reflectioncoder.train.fsdp_load import load_shards, pending_load
 
@@ -99,7 +99,7 @@ class FSDPEngine:
                 sharded.set_gradient_divide_factor(1.0)
                 sharded.set_force_sum_reduction_for_comms(True)
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = _adamw(self.params, run.optim, fused=True)
+        self.optimizer = make_adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.skip_nonfinite = run.train.skip_nonfinite
 
@@ -121,10 +121,10 @@ class FSDPEngine:
         step on the device with a non-finite loss or norm skipping it (fused AdamW's
         ``found_inf``), then the step's one host read."""
         all_reduce_sum(stats)
-        norm = _clip_and_step(
+        norm = clip_and_step(
             self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite
         )
-        return _read_step(stats, norm)
+        return read_step(stats, norm)
 
     def describe(self) -> str:
         return (
@@ -206,4 +206,4 @@ class FSDPEngine:
         for name, p in self.module.named_parameters(remove_duplicate=False):
             if first.setdefault(id(p), name) != name and name in full:
                 full[name] = full[first[id(p)]]
-        return _unwrap(full)
+        return hf_state_dict(full)

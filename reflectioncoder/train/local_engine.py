@@ -22,12 +22,12 @@ from reflectioncoder.train.engine import (
     LossScale,
     StateReader,
     StepResult,
-    _adamw,
-    _clip_and_step,
-    _read_step,
-    _unwrap,
+    clip_and_step,
+    hf_state_dict,
     load_whole_states,
+    make_adamw,
     optimizer_param_names,
+    read_step,
     read_weights,
 )
 
@@ -86,7 +86,7 @@ class LocalEngine:
                 w.register_post_accumulate_grad_hook(self._into_master)
         if self._ddp is not None:
             self._ddp.register_comm_hook(self, _sum_bucket)
-        self.optimizer = _adamw(self.params, run.optim, fused=True)
+        self.optimizer = make_adamw(self.params, run.optim, fused=True)
         self.grad_clip = run.optim.grad_clip
         self.skip_nonfinite = run.train.skip_nonfinite
         # fp16 (under autocast): without a loss scale its gradients flush to zero
@@ -135,7 +135,7 @@ class LocalEngine:
         all_reduce_sum(stats)
         if self.host_optimizer:
             return self._finish_on_host(stats)
-        norm = _clip_and_step(
+        norm = clip_and_step(
             self.optimizer, self.params, stats, self.grad_clip, self.skip_nonfinite,
             self.loss_scale,
         )  # fmt: skip
@@ -145,7 +145,7 @@ class LocalEngine:
                 w.grad = None
             with torch.no_grad():
                 torch._foreach_copy_(weights, [self._masters[id(w)] for w in weights])
-        return _read_step(stats, norm)  # the update already queued
+        return read_step(stats, norm)  # the update already queued
 
     def _finish_on_host(self, stats: torch.Tensor) -> StepResult:
         """The offloaded step: clip the device's fp32 sums and read the step's stats and norm
@@ -158,7 +158,7 @@ class LocalEngine:
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         # as clip_grad_norm_ scales (bitwise the same as the engine without offload)
         torch._foreach_mul_(sums, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        result = _read_step(stats, norm)
+        result = read_step(stats, norm)
         overflow = self.loss_scale is not None and not math.isfinite(result.grad_norm)
         if self.loss_scale is not None:  # an overflow at the scale is never stepped
             self.loss_scale.update(torch.full((), float(overflow), device=norm.device))
@@ -290,7 +290,7 @@ class LocalEngine:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's full weights (rank 0 holds them all here)."""
-        return _unwrap(self.module.state_dict())
+        return hf_state_dict(self.module.state_dict())
 
 
 def _add_fp32(total: torch.Tensor | None, grad: torch.Tensor) -> torch.Tensor:

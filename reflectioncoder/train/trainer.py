@@ -788,7 +788,7 @@ class Trainer:
         from reflectioncoder.model import count_parameters
 
         device = self.info.device
-        stage = deepspeed_config._zero_stage(cfg) if self.info.deepspeed else 0  # noqa: SLF001
+        stage = deepspeed_config.zero_stage_of(cfg) if self.info.deepspeed else 0  # noqa: SLF001
         fsdp = cfg.distributed.backend == "fsdp"
         if fsdp:
             stage = 3  # sharded as ZeRO-3 (resident_bytes counts FSDP's own bytes)
