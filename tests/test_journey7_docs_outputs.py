@@ -1,6 +1,7 @@
 """What the docs show is what a new user gets today: docs/training.md's `OUT/metrics.jsonl` row
-has a real row's fields, and each Python block of README.md and docs/*.md defines or imports
-every name it uses, but those a leading `# given: a, b` comment says the reader supplies."""
+has a real row's fields; each Python block of README.md and docs/*.md defines or imports every
+name it uses, but those a leading `# given: a, b` comment says the reader supplies; docs/demo.md's
+output is one run's, with no line today's code does not print."""
 
 from __future__ import annotations
 
@@ -91,3 +92,18 @@ def test_the_loss_plot_adds_no_line_to_the_log_on_a_fresh_machine(tmp_path):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "loss.png").stat().st_size > 0
     assert run.stdout + run.stderr == ""
+
+
+def test_demo_doc_output_is_one_runs():
+    """docs/demo.md's printed run is one run: its progress lines' clock fits in the training time
+    its summary gives, and the summary's steps fit in its total."""
+    text = (REPO / "docs" / "demo.md").read_text(encoding="utf-8")
+    block = text.split("What it prints", 1)[1].split("```", 2)[1]
+    last_progress = int(re.findall(r"^train: \d+/\d+ steps .*\((\d+) s\)$", block, re.M)[-1])
+    parts = re.search(
+        r"^time +data (\d+) s, tokenizer (\d+) s, train (\d+) s, generate (\d+) s$", block, re.M
+    )
+    total = int(re.search(r"^demo finished in (\d+) s$", block, re.M).group(1))
+    data, tokenizer, train, generate = (int(x) for x in parts.groups())
+    assert last_progress <= train
+    assert data + tokenizer + train + generate <= total
