@@ -62,6 +62,11 @@ def no_gather(params: list[nn.Parameter]) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
+# Attention arguments some models pass that our kernels do not apply: Gemma 2's logit
+# soft-capping, GPT-OSS's attention sinks.
+_UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "s_aux", "sinks")
+
+
 def _varlen_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -94,6 +99,9 @@ def _varlen_attention_forward(
         raise ValueError(f"{ATTN_IMPLEMENTATION}: attention_mask must be None (packed batches)")
     if kwargs.get("sliding_window") is not None:  # e.g. Qwen2 with use_sliding_window=True
         raise ValueError(f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported")
+    for name in _UNSUPPORTED_ATTENTION_KWARGS:  # each changes the softmax: dropping it is wrong
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{ATTN_IMPLEMENTATION}: attention with {name!r} is not supported")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     backend = getattr(module, "rc_attention", "auto")  # model.attention (prepare_model)
     if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
@@ -238,6 +246,35 @@ def cast_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtyp
         model.get_submodule(owner)._buffers[attr] = original.to(device)
 
 
+# Config fields, with the value that leaves the model as the fused loss and our attention compute
+# it, of models that change their logits after the LM head's GEMM (Cohere, Granite, Falcon-H1,
+# Gemma 2/3: scaled or soft-capped; the scale's direction differs by model) or soft-cap their
+# attention scores. Trained through ``forward_hidden`` and the fused loss (logits = W h), such a
+# model would learn from logits it never produces: refused in one line instead.
+_UNSUPPORTED_CONFIG = {
+    "logit_scale": (None, 1, 1.0),
+    "logits_scaling": (None, 1, 1.0),
+    "lm_head_multiplier": (None, 1, 1.0),
+    "final_logit_softcapping": (None,),
+    "attn_logit_softcapping": (None,),
+}
+
+
+def check_supported(model: PreTrainedModel) -> None:
+    """Raise ValueError naming the config field when ``model`` rescales or soft-caps its logits
+    or attention scores (``_UNSUPPORTED_CONFIG``)."""
+    config = model.config
+    for name, plain in _UNSUPPORTED_CONFIG.items():
+        value = getattr(config, name, None)
+        if value not in plain:
+            raise ValueError(
+                f"model: {type(config).__name__}.{name} = {value!r} changes the "
+                f"{'attention scores' if name.startswith('attn') else 'logits after the LM head'}"
+                ", which packed training (varlen attention, the fused loss: logits = W h) does "
+                "not apply; this architecture is not supported"
+            )
+
+
 def prepare_model(
     model: PreTrainedModel,
     *,
@@ -263,6 +300,7 @@ def prepare_model(
     one the model will train on, when its parameters are not there yet (built on the meta
     device); the parameters' own by default.
     """
+    check_supported(model)
     device = device if device is not None else next(model.parameters()).device
     model.train()
     model.set_attn_implementation(attn_implementation)

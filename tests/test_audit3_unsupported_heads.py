@@ -1,0 +1,91 @@
+"""Models that change their logits after the LM head's GEMM (Granite divides by
+``logits_scaling``, Cohere multiplies by ``logit_scale``, Gemma 2 soft-caps them) or soft-cap
+their attention scores trained silently on the wrong loss: packed training computes logits as
+W h (the fused loss) and attention without soft-capping. Such a model is now refused in one
+line naming the config field, before the run folder is written; the plain values train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+
+from reflectioncoder.cli import main
+from reflectioncoder.model import _varlen_attention_forward, check_supported
+
+DATA = Path(__file__).parent / "data" / "reflection_small.jsonl"
+SIZES = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    num_attention_heads=4, num_key_value_heads=2,
+)  # fmt: skip
+
+REFUSED = {
+    "granite": (tf.GraniteConfig, tf.GraniteForCausalLM, {"logits_scaling": 4.0}, "logits_scaling"),
+    "cohere": (tf.CohereConfig, tf.CohereForCausalLM, {}, "logit_scale"),
+    "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 8}, "final_logit_softcapping"),
+    "gemma2 attention": (
+        tf.Gemma2Config, tf.Gemma2ForCausalLM,
+        {"head_dim": 8, "final_logit_softcapping": None}, "attn_logit_softcapping",
+    ),
+}  # fmt: skip
+
+
+def _model(config_cls, model_cls, extra):
+    torch.manual_seed(0)
+    return model_cls(config_cls(**SIZES, **extra))
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_a_model_with_a_rescaled_or_capped_head_is_refused(name):
+    config_cls, model_cls, extra, field = REFUSED[name]
+    with pytest.raises(ValueError, match=rf"^model: {config_cls.__name__}\.{field} = "):
+        check_supported(_model(config_cls, model_cls, extra))
+
+
+def test_the_plain_values_are_supported():
+    check_supported(_model(tf.GraniteConfig, tf.GraniteForCausalLM, {"logits_scaling": 1.0}))
+    check_supported(_model(tf.LlamaConfig, tf.LlamaForCausalLM, {}))
+
+
+def test_the_granite_head_is_not_w_h():
+    """Why: its logits are W h / logits_scaling, not the W h the fused loss computes."""
+    model = _model(tf.GraniteConfig, tf.GraniteForCausalLM, {"logits_scaling": 4.0}).eval()
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(model(input_ids=ids).logits, model.lm_head(hidden) / 4.0)
+
+
+def test_train_refuses_it_before_writing_the_run_folder(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from reflectioncoder.testing.tiny_model import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "llama", DATA.read_text().splitlines())
+    tok = AutoTokenizer.from_pretrained(folder)
+    granite = tmp_path / "granite"
+    tok.save_pretrained(granite)
+    sizes = dict(SIZES, vocab_size=len(tok))
+    tf.GraniteForCausalLM(tf.GraniteConfig(**sizes, logits_scaling=8.0)).save_pretrained(granite)
+    capsys.readouterr()  # the saves' progress bars
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--set", f"data.files=[{DATA}]", "--no-progress",
+            "--set", f"model.name_or_path={granite}",
+            "--set", f"checkpoint.out_dir={out}"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GraniteConfig.logits_scaling = 8.0" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwarg", ["softcap", "s_aux", "sinks"])
+def test_attention_arguments_it_cannot_apply_are_refused(kwarg):
+    q = torch.zeros(1, 2, 3, 4)
+    cu = torch.tensor([0, 3], dtype=torch.int32)
+    with pytest.raises(ValueError, match=f"attention with '{kwarg}' is not supported"):
+        _varlen_attention_forward(
+            torch.nn.Module(), q, q, q, None, cu_seq_lens_q=cu, max_length_q=3,
+            **{kwarg: torch.ones(2) if kwarg != "softcap" else 50.0},
+        )  # fmt: skip
