@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import re
 from dataclasses import dataclass, field
@@ -291,13 +292,27 @@ def _opens_unclosed_fence(reply: str) -> bool:
     return sum(line.strip().startswith("```") for line in reply.splitlines()) % 2 == 1
 
 
+def _defines(code: str) -> bool:
+    """Whether ``code`` defines a function or class at its top level (a solution, not a
+    usage example such as ``print(add_one(5))``)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return any(isinstance(node, kinds) for node in tree.body)
+
+
 def split_reply(reply: str) -> Draft:
-    """A chat reply -> (the text before its last python fence, the fenced code). A fence
+    """A chat reply -> (the text before its code fence, the fenced code): the last python
+    fence that defines a function or class, else the last python fence (a model that writes
+    the solution, then "You can use it like this:" and a call, ran the call alone). A fence
     without a language tag counts only when the reply has no python-tagged one: an output or
     shell block after the code is not the code. A reply with no fence that starts as code and
     compiles is that code (no text)."""
     blocks = _fenced_blocks(reply)
     code = [b for b in blocks if b[0] in _PYTHON_TAGS] or [b for b in blocks if not b[0]]
+    code = [b for b in code if _defines(b[2])] or code
     if not code:
         bare = _bare_code(reply)
         if bare is not None:
