@@ -240,7 +240,9 @@ _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
 # them), keys, tracing, modules, POSIX message queues (a queue outlives its run where there is no
 # IPC namespace, and without the mqueue file system mounted nothing can list it; no toolchain
-# uses them). "process": refused to Python programs in the fallback only
+# uses them), and the mount and quota calls' newer forms (open_tree_attr, quotactl_fd) and
+# legacy calls no program needs (modify_ldt: x86's LDT, an old exploit surface; uselib, ustat,
+# sysfs, lookup_dcookie). "process": refused to Python programs in the fallback only
 # (compilers in the box need them; rustc spawns its linker through a socketpair, which reaches
 # nothing but its own other end).
 _SYSCALL_TABLE = """
@@ -300,6 +302,13 @@ io_uring_setup       425  425  kernel
 io_uring_enter       426  426  kernel
 io_uring_register    427  427  kernel
 mq_open              240  180  kernel
+open_tree_attr       467  467  kernel
+quotactl_fd          443  443  kernel
+modify_ldt           154    -  kernel
+uselib               134    -  kernel
+ustat                136    -  kernel
+sysfs                139    -  kernel
+lookup_dcookie       212   18  kernel
 socketpair            53  199  process
 fork                  57    -  process
 vfork                 58    -  process
