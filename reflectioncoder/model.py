@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -194,19 +195,24 @@ def resolve_model_path(
     from reflectioncoder.errors import UserError, require_model_folder
 
     path = Path(name)
-    if not path.exists() and not path.is_absolute() and str(name).count("/") == 1:
+    if not path.exists() and _HUB_ID.fullmatch(str(name)):
         from huggingface_hub import snapshot_download
 
         try:
             path = Path(snapshot_download(str(name), local_files_only=True))
         except Exception as err:  # not in the cache (or no such repo): say what to do
             raise UserError(
-                f"{name}: a hub name not in the local Hugging Face cache; download it first "
-                f"(e.g. `huggingface-cli download {name} --local-dir /models/{path.name}`) and "
-                f"set {field} to that folder",
+                f"{name}: a hub name not in the local Hugging Face cache (nor a folder here); "
+                f"download it first (e.g. `huggingface-cli download {name} --local-dir "
+                f"/models/{path.name}`) and set {field} to that folder",
                 field=field,
             ) from err
     return require_model_folder(path, field, need)
+
+
+# A hub repo id, ``org/name``: what is not one (``./x``, ``../runs/x``, ``~/m``, ``a/b/c``) is a
+# path, and a missing path is "folder not found", not a download to suggest.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def load_model(
