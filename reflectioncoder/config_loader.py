@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -87,6 +88,18 @@ def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False
     return ConfigError(reason, file=file, line=line, column=column, field=name or "config")
 
 
+# The fields that name files or folders (``~`` is the user's home in them).
+PATH_FIELDS = frozenset(
+    {
+        "data.files",
+        "data.validation_files",
+        "data.cache_dir",
+        "model.name_or_path",
+        "model.tokenizer",
+        "checkpoint.out_dir",
+        "distributed.deepspeed_config",
+    }
+)
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -131,6 +144,8 @@ def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
             raise _config_error(name, f"expected {_EXPECTED[hint]}, got {got}", origins)
         if hint is float and not math.isfinite(coerced):  # YAML's .inf, --set x=inf
             raise _config_error(name, f"expected a finite number, got {value!r}", origins)
+        if hint is str and name.partition("[")[0] in PATH_FIELDS:
+            return os.path.expanduser(coerced)  # ~/data.jsonl: no shell expands it in YAML
         return coerced
     return value
 
