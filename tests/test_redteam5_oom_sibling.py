@@ -1,14 +1,12 @@
-"""Red team, round 5: a door found and NOT closed (docs/evaluation.md's threat model says so).
-When the scorer's own cgroup has a memory limit (a container's) below what its runs may use
-together, a sample that fills its box's tmpfs (files charged to its cgroup, but to no process's
-resident size) pushes the scorer's cgroup over its limit; the kernel's OOM killer then picks,
-among the processes of every run (all at ``oom_score_adj`` 1000), the one with the most
-resident memory: an honest sibling holding 300 MiB is killed (ending ``memory``, a failed
-sample) and the hostile one ends with exit 0. Measured here, cgroup v1, bubblewrap, a 800 MiB
-scorer cgroup, two runs of 1 GiB each. A fix needs the runs' limits to fit the scorer's
-together (admission), or an OOM kill that did not come from the run's own limit (its
-``failcnt`` 0) treated as the scorer's, and the sample scored again: neither is built. The
-test is a strict xfail: it fails the day the door is closed, to have the docs changed.
+"""Red team, round 5: when the scorer's own cgroup has a memory limit (a container's) below
+what its runs may use together, a sample that filled its box's tmpfs (files charged to its
+cgroup, but to no process's resident size) pushed the scorer's cgroup over its limit; the
+kernel's OOM killer then picked, among the processes of every run (all at ``oom_score_adj``
+1000), the one with the most resident memory: an honest sibling holding 300 MiB was killed
+(ending ``memory``, a failed sample) and the hostile one ended with exit 0 (measured: cgroup
+v1, bubblewrap, a 800 MiB scorer cgroup, two runs of 1 GiB each). Now a run holds its memory
+limit from the scorer cgroup's budget while its code may run (``sandbox.admission``), and
+waits while it does not fit beside the others: each run reaches its own limit first.
 """
 
 from __future__ import annotations
@@ -16,10 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
 from test_redteam_oom import REPO, _memory_parent, _remove
+
+from reflectioncoder.eval.sandbox import admission
 
 SCORER = r"""
 from concurrent.futures import ThreadPoolExecutor
@@ -54,8 +55,8 @@ with ThreadPoolExecutor(2) as pool:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="NOT closed: an ancestor's OOM kills the biggest run")
-def test_a_sample_filling_its_tmpfs_does_not_get_a_sibling_killed():
+@pytest.mark.parametrize("level", ["bwrap", "rlimits"])
+def test_a_sample_filling_its_tmpfs_does_not_get_a_sibling_killed(level):
     limited = _memory_parent() / f"rc-redteam5-{uuid.uuid4().hex[:12]}"
     limited.mkdir()
     try:
@@ -64,7 +65,7 @@ def test_a_sample_filling_its_tmpfs_does_not_get_a_sibling_killed():
         def enter() -> None:
             (limited / "cgroup.procs").write_text("0")
 
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "REFLECTIONCODER_SANDBOX": level}
         ran = subprocess.run(
             [sys.executable, "-c", SCORER],
             preexec_fn=enter,
@@ -77,3 +78,21 @@ def test_a_sample_filling_its_tmpfs_does_not_get_a_sibling_killed():
         _remove(limited)
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "honest: exit" in ran.stdout, ran.stdout
+
+
+def test_runs_wait_only_while_their_limits_do_not_fit():
+    """The budget: a run alone is always let in; a second waits until the first gives back;
+    without a limit nothing is held."""
+    assert admission.Admission(None).take(1 << 40) == 0
+    budget = admission.Admission(admission.MARGIN + admission._own_resident() + (300 << 20))
+    assert budget.take(1 << 40) == 1 << 40  # alone: in, whatever it asks
+    second: list = []
+    waiter = threading.Thread(target=lambda: second.append(budget.take(200 << 20)))
+    waiter.start()
+    waiter.join(0.3)
+    assert second == [], "let in beside a run that holds more than the budget"
+    budget.give(1 << 40)
+    waiter.join(5)
+    assert second == [200 << 20]
+    third = budget.take(50 << 20)  # fits beside the second
+    assert third == 50 << 20 and budget.held == 250 << 20

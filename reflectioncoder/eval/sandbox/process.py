@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
+from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.diskguard import fallback_guard
 from reflectioncoder.eval.sandbox.probe import isolation
@@ -147,6 +148,7 @@ class PreparedRun:
         hide: Sequence[str] = (),
         ro_binds: Sequence[str] = (),
         pass_fds: Sequence[int] = (),
+        admit_now: bool = False,
         **limit: float,
     ) -> None:
         limits = dataclasses.replace(limits or Limits(), **limit)
@@ -162,7 +164,10 @@ class PreparedRun:
         self.proc: subprocess.Popen | None = None
         self.run_uid: int | None = None
         self.used = False
+        self.memory, self.held = limits.memory_mb << 20, 0  # ``admission``: while code may run
         try:
+            if admit_now:
+                self.held = admission().take(self.memory)
             self._start(argv, files, limits, env, hide, ro_binds, pass_fds)
         except BaseException:
             self.discard()
@@ -281,6 +286,7 @@ class PreparedRun:
         if self.used or self.proc is None:
             raise RuntimeError("a PreparedRun runs once")
         self.used = True
+        self.held = self.held or admission().take(self.memory)
         data_in = stdin.encode() if isinstance(stdin, str) else stdin
         out_chunks: dict[int, list[bytes]] = {1: [], 2: []}
         sizes = {1: 0, 2: 0}
@@ -366,6 +372,8 @@ class PreparedRun:
                 # every process is gone on return
                 kill_tree(self.proc, cgroup, self.marker, self.run_uid)
         finally:
+            held, self.held = self.held, 0
+            admission().give(held)  # its processes are gone, its box's tmpfs with them
             # removing the empty cgroup (tens of ms in v1) and the run's files: off the path of
             # the next verdict; not a daemon thread, so the interpreter waits for it at exit
             # the fallback: the IPC objects the run's own uid made (no IPC namespace ends with
@@ -411,7 +419,7 @@ def run_sandboxed(
     if limits.cpu_s is None:
         limits = dataclasses.replace(limits, cpu_s=timeout_s)
     where = {"files": files, "env": env, "hide": hide, "ro_binds": ro_binds}
-    prepared = PreparedRun(argv, limits=limits, pass_fds=pass_fds, **where)
+    prepared = PreparedRun(argv, limits=limits, pass_fds=pass_fds, admit_now=True, **where)
     return prepared.run(
         stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
     )
