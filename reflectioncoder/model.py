@@ -268,17 +268,25 @@ _UNSUPPORTED_CONFIG = {
 
 def check_supported(model: PreTrainedModel) -> None:
     """Raise ValueError naming the config field when ``model`` rescales or soft-caps its logits
-    or attention scores (``_UNSUPPORTED_CONFIG``)."""
+    or attention scores (``_UNSUPPORTED_CONFIG``), in its config or, for a model that wraps a
+    language model (Gemma 3's image-text checkpoints), in its ``text_config``."""
     config = model.config
-    for name, plain in _UNSUPPORTED_CONFIG.items():
-        value = getattr(config, name, None)
-        if value not in plain:
-            raise ValueError(
-                f"model: {type(config).__name__}.{name} = {value!r} changes the "
-                f"{'attention scores' if name.startswith('attn') else 'logits after the LM head'}"
-                ", which packed training (varlen attention, the fused loss: logits = W h) does "
-                "not apply; this architecture is not supported"
-            )
+    text = config.get_text_config()
+    owners = {type(config).__name__: config}
+    if text is not config:
+        owners[f"{type(config).__name__}.text_config"] = text
+    for owner, cfg in owners.items():
+        for name, plain in _UNSUPPORTED_CONFIG.items():
+            value = getattr(cfg, name, None)
+            if value not in plain:
+                changes = (
+                    "attention scores" if name.startswith("attn") else "logits after the LM head"
+                )
+                raise ValueError(
+                    f"model: {owner}.{name} = {value!r} changes the {changes}, which packed "
+                    "training (varlen attention, the fused loss: logits = W h) does not apply; "
+                    "this architecture is not supported"
+                )
 
 
 def prepare_model(
