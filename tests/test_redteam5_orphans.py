@@ -62,3 +62,33 @@ def test_output_written_before_the_end_is_kept(level):
     res = sandbox.run_sandboxed(["/bin/sh", "-c", program], timeout_s=20)
     assert res.stdout.split() == ["child", "main"] and res.ok, res
     assert res.duration_s < 3 if level != "bwrap" else True, res
+
+
+STOPS_TIMEOUT = r"""
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <unistd.h>
+int main() {
+    kill(getppid(), SIGSTOP);  // timeout, stopped: its timer's signal waits
+    volatile long x = 0;
+    std::clock_t t = std::clock();
+    while (std::clock() - t < 3 * CLOCKS_PER_SEC) x++;  // past the 1 s limit
+    char b[128];
+    ssize_t n = read(3, b, sizeof b);
+    std::printf("%.*s\n", (int)(n > 0 ? n : 0), b);
+    std::fflush(stdout);
+    kill(getppid(), SIGCONT);  // resumed, timeout kills: the run is a timeout
+}
+"""
+
+
+@pytest.mark.slow
+def test_stopping_timeout_gains_nothing(level):
+    """Held before this round too: ``timeout`` stopped, the program runs on past its limit,
+    prints the nonce and resumes it; ``timeout`` then handles its timer first and kills."""
+    if multiple.toolchain_problem("cpp"):
+        pytest.skip(multiple.toolchain_problem("cpp"))
+    nonce = f"rc-done-{uuid.uuid4().hex}"
+    res = multiple.run_program("cpp", STOPS_TIMEOUT, run_s=1, nonce=nonce)
+    assert multiple.verdict(multiple.LANGUAGES["cpp"], res, nonce)[0] == "timeout", (level, res)
