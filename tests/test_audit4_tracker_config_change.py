@@ -114,3 +114,22 @@ def test_resuming_an_earlier_checkpoint_with_a_new_lr_shows_the_new_values_in_ea
 
     logs = trackio_store(tmp_path / "trackio")["logs"]  # the newest run named toy
     assert {log["step"]: log["train/loss"] for log in logs} == pytest.approx(losses, rel=1e-6)
+
+
+def test_a_tracker_added_on_resume_gets_the_steps_before(tmp_path, monkeypatch):
+    """`--resume --set logging.report_to=[tensorboard,mlflow]`: the new MLflow run held only the
+    steps after the checkpoint."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    before = LoggingConfig(report_to=[], progress=False, plot=False)
+    first = MetricsLogger(tmp_path, before, total_steps=4, run_config={"seed": 1})
+    for step in (1, 2, 3):  # checkpoint at step 2, killed after step 3
+        first.log(_row(step, 10.0 - step))
+    first.close(plot=False)
+
+    added = LoggingConfig(report_to=["mlflow"], progress=False, plot=False)
+    resumed = MetricsLogger(tmp_path, added, 4, start_step=2, run_config={"seed": 1})
+    for step in (3, 4):
+        resumed.log(_row(step, 10.0 - step))
+    resumed.close(plot=False)
+    losses, _ = _mlflow_run(tmp_path)
+    assert losses == {1: 9.0, 2: 8.0, 3: 7.0, 4: 6.0}

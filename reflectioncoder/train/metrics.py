@@ -137,7 +137,8 @@ class MetricsLogger:
             cfg.project,
             cfg.run_name,
             start_step,
-            replay=kept if new_tracker_runs and start_step > 0 else None,
+            history=kept,
+            new_runs=new_tracker_runs,
         )
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.

@@ -127,6 +127,7 @@ class WandbReporter:
             **resumed,
         )
         self.run_id = self.run.id
+        self.continued = run_id is not None  # an earlier launch's run, which holds its steps
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
@@ -156,7 +157,8 @@ class MlflowReporter:
             else self.client.create_experiment(project)
         )
         self.sent: dict[str, int] = {}
-        if run_id is not None and _mlflow_run_exists(self.client, run_id):
+        self.continued = run_id is not None and _mlflow_run_exists(self.client, run_id)
+        if self.continued:
             self.run_id = run_id  # its params are logged; MLflow refuses to change one
             self.client.update_run(run_id, status="RUNNING")
             for section in ("train", "val"):
@@ -210,6 +212,7 @@ class TrackioReporter:
             for point in SQLiteStorage.get_logs(project, name, run_id=run_id):
                 for section in {key.split("/")[0] for key in point if "/" in key}:
                     self.sent[section] = max(self.sent.get(section, 0), int(point["step"]))
+        self.continued = bool(self.sent)
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         if not _sent_before(scalars, step, self.sent):
@@ -226,21 +229,24 @@ def make_reporters(
     project: str,
     name: str | None,
     start_step: int = 0,
-    replay: list[dict[str, Any]] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    new_runs: bool = False,
 ) -> list[Reporter]:
     """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
     run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
     run killed and resumed is one run in W&B, MLflow and trackio, not two.
 
-    ``replay``: the metrics rows up to ``start_step`` of a resume whose config changes the
-    values of the steps after its checkpoint (``changes_values``). Those trackers keep what the
-    earlier run sent for such steps (MLflow and trackio keep every point, W&B the first, and
-    MLflow never changes a parameter), so each gets a new run instead: the rows replayed, then
-    the new steps, under the new config. TensorBoard purges the old steps itself."""
+    ``history``: the metrics rows a resume keeps (steps up to ``start_step``). A tracker run
+    that does not hold them (a tracker added to ``report_to`` on resume, or ``new_runs``) gets
+    them first, so that each run holds every step. ``new_runs``: the resume's config changes the
+    values of the steps after its checkpoint (``changes_values``). The earlier runs keep what
+    they were sent for such steps (MLflow and trackio keep every point, W&B the first, and
+    MLflow never changes a parameter), so W&B, MLflow and trackio get new runs instead, under
+    the new config. TensorBoard purges the old steps itself."""
     check_installed(report_to)
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
-    continues = start_step > 0 and replay is None
+    continues = start_step > 0 and not new_runs
     recorded = _recorded_run_ids(out_dir) if continues else {}
     made: list[Reporter] = []
     ids: dict[str, str] = {}
@@ -257,9 +263,9 @@ def make_reporters(
             made.append(TrackioReporter(config, project, name, resume=continues))
     if ids:
         atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
-    for reporter in made if replay else []:
-        if not isinstance(reporter, TensorBoardReporter):
-            _replay(reporter, replay)
+    for reporter in made if start_step > 0 and history else []:
+        if not isinstance(reporter, TensorBoardReporter) and not reporter.continued:
+            _replay(reporter, history)
     return made
 
 
