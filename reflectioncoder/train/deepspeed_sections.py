@@ -34,8 +34,8 @@ def handed_on_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
 
 
 def _scheduler_problem(section: Any) -> tuple[tuple, str] | None:
-    if not isinstance(section, dict) or section.get("type", "auto") == "auto":
-        return None  # no type: DeepSpeed reads no params either
+    if not isinstance(section, dict) or section.get("type", "auto") in (None, "auto"):
+        return None  # no type (null: DeepSpeed builds no scheduler): it reads no params either
     name = section["type"]
     scheduler = _scheduler_classes().get(name) if isinstance(name, str) else None
     if scheduler is None:
