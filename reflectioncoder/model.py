@@ -35,6 +35,7 @@ from transformers import (
 
 from reflectioncoder.activation_checkpointing import set_checkpointing
 from reflectioncoder.kernels.varlen_attention import varlen_attention
+from reflectioncoder.model_support import check_supported
 
 ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
 
@@ -98,8 +99,12 @@ def _varlen_attention_forward(
         raise ValueError(f"{ATTN_IMPLEMENTATION}: attention dropout {dropout} is not supported")
     if attention_mask is not None:  # packing replaces padding masks; a custom mask would be lost
         raise ValueError(f"{ATTN_IMPLEMENTATION}: attention_mask must be None (packed batches)")
-    if kwargs.get("sliding_window") is not None:  # e.g. Qwen2 with use_sliding_window=True
-        raise ValueError(f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported")
+    window = kwargs.get("sliding_window")
+    if window is not None and max_length_q > window:  # shorter sequences: the window never binds
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported (window {window}, "
+            f"a sequence of {max_length_q} tokens)"
+        )
     for name in _UNSUPPORTED_ATTENTION_KWARGS:  # each changes the softmax: dropping it is wrong
         if kwargs.get(name) is not None:
             raise ValueError(f"{ATTN_IMPLEMENTATION}: attention with {name!r} is not supported")
@@ -250,43 +255,6 @@ def cast_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtyp
     for name, original in buffers.items():
         owner, _, attr = name.rpartition(".")
         model.get_submodule(owner)._buffers[attr] = original.to(device)
-
-
-# Config fields, with the value that leaves the model as the fused loss and our attention compute
-# it, of models that change their logits after the LM head's GEMM (Cohere, Granite, Falcon-H1,
-# Gemma 2/3: scaled or soft-capped; the scale's direction differs by model) or soft-cap their
-# attention scores. Trained through ``forward_hidden`` and the fused loss (logits = W h), such a
-# model would learn from logits it never produces: refused in one line instead.
-_UNSUPPORTED_CONFIG = {
-    "logit_scale": (None, 1, 1.0),
-    "logits_scaling": (None, 1, 1.0),
-    "lm_head_multiplier": (None, 1, 1.0),
-    "final_logit_softcapping": (None,),
-    "attn_logit_softcapping": (None,),
-}
-
-
-def check_supported(model: PreTrainedModel) -> None:
-    """Raise ValueError naming the config field when ``model`` rescales or soft-caps its logits
-    or attention scores (``_UNSUPPORTED_CONFIG``), in its config or, for a model that wraps a
-    language model (Gemma 3's image-text checkpoints), in its ``text_config``."""
-    config = model.config
-    text = config.get_text_config()
-    owners = {type(config).__name__: config}
-    if text is not config:
-        owners[f"{type(config).__name__}.text_config"] = text
-    for owner, cfg in owners.items():
-        for name, plain in _UNSUPPORTED_CONFIG.items():
-            value = getattr(cfg, name, None)
-            if value not in plain:
-                changes = (
-                    "attention scores" if name.startswith("attn") else "logits after the LM head"
-                )
-                raise ValueError(
-                    f"model: {owner}.{name} = {value!r} changes the {changes}, which packed "
-                    "training (varlen attention, the fused loss: logits = W h) does not apply; "
-                    "this architecture is not supported"
-                )
 
 
 def prepare_model(

@@ -13,7 +13,8 @@ import torch
 import transformers as tf
 
 from reflectioncoder.cli import main
-from reflectioncoder.model import _varlen_attention_forward, check_supported
+from reflectioncoder.model import _varlen_attention_forward
+from reflectioncoder.model_support import check_supported
 
 DATA = Path(__file__).parent / "data" / "reflection_small.jsonl"
 SIZES = dict(
@@ -89,3 +90,55 @@ def test_attention_arguments_it_cannot_apply_are_refused(kwarg):
             torch.nn.Module(), q, q, q, None, cu_seq_lens_q=cu, max_length_q=3,
             **{kwarg: torch.ones(2) if kwarg != "softcap" else 50.0},
         )  # fmt: skip
+
+
+# Sliding windows (StarCoder2, Mistral-7B-v0.1: 4096) and other layouts. A window no sequence of
+# the run is longer than never binds: such a model trains (it was refused at its first step, with
+# its run folder already written, which then blocked a relaunch); one that binds is refused
+# before anything is written. A biased head (Phi) and a layout without `layers` (GPTBigCode,
+# StarCoder 1) were refused at the first step too, or were an internal AttributeError.
+
+
+def _starcoder2(window: int):
+    torch.manual_seed(0)
+    config = tf.Starcoder2Config(**SIZES, sliding_window=window)
+    return tf.Starcoder2ForCausalLM(config).double()
+
+
+def test_a_window_that_never_binds_trains_exactly():
+    from test_model import _packed, _per_segment_eager
+
+    from reflectioncoder.model import forward_hidden, prepare_model
+
+    model = prepare_model(_starcoder2(window=16))
+    check_supported(model, max_len=16)
+    batch = _packed([16, 5, 11], SIZES["vocab_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            forward_hidden(model, batch), _per_segment_eager(model, batch), atol=1e-10, rtol=1e-10
+        )
+        with pytest.raises(ValueError, match="sliding-window attention is not supported"):
+            forward_hidden(model, _packed([17, 5], SIZES["vocab_size"]))
+
+
+def test_a_window_that_binds_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"Starcoder2Config\.sliding_window = 16 is shorter than "):
+        check_supported(_starcoder2(window=16), max_len=17)
+    check_supported(_starcoder2(window=16), max_len=16)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (lambda: tf.PhiForCausalLM(tf.PhiConfig(**SIZES)), "an LM head with a bias"),
+        (
+            lambda: tf.GPTBigCodeForCausalLM(
+                tf.GPTBigCodeConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4)
+            ),
+            "GPTBigCodeModel keeps its decoder layers elsewhere than `layers`",
+        ),
+    ],
+)
+def test_other_layouts_are_refused_by_name(model, message):
+    with pytest.raises(ValueError, match=message):
+        check_supported(model())

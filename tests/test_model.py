@@ -241,8 +241,8 @@ def test_varlen_attention_rejects_masks_and_sliding_window(seed: int) -> None:
         max_window_layers=0,
     )
     model = prepare_model(Qwen2ForCausalLM(cfg))
-    with pytest.raises(ValueError, match="sliding-window"):
-        forward_hidden(model, _packed([3, 4], 40))
+    with pytest.raises(ValueError, match="sliding-window"):  # a segment longer than the window
+        forward_hidden(model, _packed([3, 6], 40))
     llama = build_tiny_llama(40, hidden_size=32, num_layers=1)
     batch = _packed([3, 4], 40)
     with pytest.raises(ValueError, match="attention_mask"):

@@ -531,9 +531,10 @@ class Trainer:
         # Alive as long as the model: transformers' ZeRO-3 integration (None without ZeRO-3).
         self._zero3_hf = deepspeed_config.zero3_transformers_config(cfg, self.info)
         model = build_model(cfg, self.tokenizer, self.dtype, self.info)
-        from reflectioncoder.model import check_supported
+        from reflectioncoder.model_support import check_supported
 
-        check_supported(model)  # before the run folder is written (prepare_model checks again)
+        # before the run folder is written (prepare_model checks again, without the lengths)
+        check_supported(model, max_len=max(cfg.data.max_len, 1))
         if self.resume_from is not None:
             checkpoint.check_same_model(self.resume_from, model.config)
         self._load_data_and_plan(cfg)

@@ -1,0 +1,86 @@
+"""Which loaded models packed training computes as they compute themselves (``check_supported``).
+
+Packed training runs the decoder layers (``base_model.layers``) with our varlen attention and
+takes the logits as ``W h`` in the fused loss, on the loss rows. A model that does more than
+that (a biased or rescaled LM head, soft-capped logits or attention scores, a sliding window
+that binds at the run's lengths, another layer layout) would train on a loss it never computes
+itself, or fail at its first step once the run folder is written: it is refused in one line
+naming the field, before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+# Config fields, with the values that leave the model as packed training computes it: logits
+# rescaled after the LM head's GEMM (Cohere, Granite, Falcon-H1; the direction differs by model)
+# or soft-capped (Gemma 2/3), attention scores soft-capped (Gemma 2/3).
+PLAIN_VALUES = {
+    "logit_scale": (None, 1, 1.0),
+    "logits_scaling": (None, 1, 1.0),
+    "lm_head_multiplier": (None, 1, 1.0),
+    "final_logit_softcapping": (None,),
+    "attn_logit_softcapping": (None,),
+}
+
+
+def check_supported(model: Any, max_len: int | None = None) -> None:
+    """Raise ValueError naming what of ``model`` packed training would not compute as the model
+    does; ``max_len``, the longest sequence the run trains on, decides whether a sliding window
+    can bind (unchecked when None: the attention refuses one that binds)."""
+    config = model.config
+    name = type(config).__name__
+    _check_values(config)
+    if not isinstance(getattr(model.base_model, "layers", None), nn.ModuleList):
+        raise ValueError(
+            f"model: {type(model.base_model).__name__} keeps its decoder layers elsewhere than "
+            "`layers` (the Llama-style layout packed training runs); this architecture is not "
+            "supported"
+        )
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "bias", None) is not None:
+        raise ValueError(
+            f"model: {name}: an LM head with a bias is not supported by the fused loss "
+            "(logits = W h); this architecture is not supported"
+        )
+    window = sliding_window(config.get_text_config())
+    if window is not None and max_len is not None and max_len > window:
+        raise ValueError(
+            f"model: {name}.sliding_window = {window} is shorter than data.max_len {max_len}: "
+            f"sliding-window attention is not supported; train with data.max_len <= {window} "
+            "(the window then never binds)"
+        )
+
+
+def _check_values(config: Any) -> None:
+    """``PLAIN_VALUES`` in ``config`` and, for a model that wraps a language model (Gemma 3's
+    image-text checkpoints), in its ``text_config``."""
+    owners = {type(config).__name__: config}
+    text = config.get_text_config()
+    if text is not config:
+        owners[f"{type(config).__name__}.text_config"] = text
+    for owner, cfg in owners.items():
+        for field, plain in PLAIN_VALUES.items():
+            value = getattr(cfg, field, None)
+            if value not in plain:
+                what = "attention scores"
+                if not field.startswith("attn"):
+                    what = "logits after the LM head"
+                raise ValueError(
+                    f"model: {owner}.{field} = {value!r} changes the {what}, which packed "
+                    "training (varlen attention, the fused loss: logits = W h) does not apply; "
+                    "this architecture is not supported"
+                )
+
+
+def sliding_window(config: Any) -> int | None:
+    """The sliding window some of the model's layers attend within, or None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
