@@ -1,7 +1,8 @@
 """What the docs show is what a new user gets today: docs/training.md's `OUT/metrics.jsonl` row
 has a real row's fields; each Python block of README.md and docs/*.md defines or imports every
 name it uses, but those a leading `# given: a, b` comment says the reader supplies; docs/demo.md's
-output is one run's, with no line today's code does not print."""
+output is one run's, with no line today's code does not print; docs/loss.md's bench_loss rows
+name the providers it runs."""
 
 from __future__ import annotations
 
@@ -107,3 +108,17 @@ def test_demo_doc_output_is_one_runs():
     data, tokenizer, train, generate = (int(x) for x in parts.groups())
     assert last_progress <= train
     assert data + tokenizer + train + generate <= total
+
+
+def test_loss_doc_bench_rows_name_providers_bench_loss_prints():
+    """docs/loss.md's `python -m bench.bench_loss` table: each row's provider is one the bench
+    runs today, and each row has the header's columns."""
+    from bench.bench_loss import PROVIDERS
+
+    text = (REPO / "docs" / "loss.md").read_text(encoding="utf-8")
+    block = text.split("Benchmark: `python -m bench.bench_loss`", 1)[1].split("```", 2)[1]
+    header, *rows = [ln for ln in block.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert rows
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] in PROVIDERS and len(cells) == header.count("|") - 1, row
