@@ -55,3 +55,25 @@ def test_a_multipl_e_score_names_its_hub_dataset(tmp_path):
         {"name": "multiple-sh", "type": "nuprl/MultiPL-E", "config": "humaneval-sh"},
         {"name": "HumanEval", "type": "openai/openai_humaneval"},
     ]
+
+
+@pytest.mark.parametrize(
+    "head, where",
+    [
+        ("tags: [reflectioncoder\nmodel-index: []\n", ":3: its YAML metadata does not parse"),
+        ("tags: [reflectioncoder]\nmodel-index: 5\n", ": its model-index is not as"),
+    ],
+)
+def test_a_card_edited_by_hand_is_named_and_left_alone(carded_model, tmp_path, capsys, head, where):
+    """A card whose YAML was edited since (broken, or a model-index of another shape) ended
+    evaluate in an internal error after scoring, exit 1."""
+    card = carded_model / "README.md"
+    card.write_text(f"---\n{head}---\n\n# m\n")
+    before = card.read_text()
+    argv = ["evaluate", "--task", "humaneval", "--model", str(carded_model), "--limit", "1",
+            "--max-new-tokens", "4", "--device", "cpu", "--no-progress", "--base-only",
+            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"model card: {card}{where}" in err and "internal error" not in err
+    assert card.read_text() == before and (tmp_path / "r.json").is_file()

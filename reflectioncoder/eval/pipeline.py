@@ -201,9 +201,13 @@ def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, 
     if req.model is not None and req.backend != "openai":
         from reflectioncoder.train.model_card import add_eval_results
 
-        card = add_eval_results(req.model, result["scores"], _card_note(req, result))
-        if card is not None:
-            print(f"model card: {card} (model-index updated)", file=sys.stderr)
+        try:
+            card = add_eval_results(req.model, result["scores"], _card_note(req, result))
+        except UserError as err:  # a card edited since: the scores are kept all the same
+            print(f"model card: {err}", file=sys.stderr)
+        else:
+            if card is not None:
+                print(f"model card: {card} (model-index updated)", file=sys.stderr)
     return 0
 
 

@@ -319,11 +319,26 @@ def add_eval_results(
     if not path.is_file():
         return None
     with _locked(path) as card:  # two evaluations of one model at once: both entries kept
-        meta, title, sections = parse(card.read().decode("utf-8"))
-        if TAG not in (meta.get("tags") or []):
-            return None
-        _add_results(meta, title, scores, note)
-        sections["Evaluation results"] = _results(meta["model-index"])
+        try:
+            meta, title, sections = parse(card.read().decode("utf-8"))
+            if not isinstance(meta, dict) or TAG not in (meta.get("tags") or []):
+                return None
+            _add_results(meta, title, scores, note)
+            sections["Evaluation results"] = _results(meta["model-index"])
+        except UnicodeDecodeError as err:
+            raise UserError(f"not UTF-8 (byte {err.start + 1}); not updated", file=path) from None
+        except yaml.YAMLError as err:  # edited by hand since
+            mark = getattr(err, "problem_mark", None)
+            line = None if mark is None else mark.line + 2  # the metadata starts on line 2
+            raise UserError(
+                "its YAML metadata does not parse; not updated", file=path, line=line
+            ) from None
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            raise UserError(
+                f"its model-index is not as reflectioncoder writes it ({type(err).__name__}: "
+                f"{err}); not updated",
+                file=path,
+            ) from None
         atomic_write_text(path, render(meta, sections, title))  # a kill leaves it whole
     return path
 
