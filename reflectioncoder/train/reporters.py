@@ -251,16 +251,24 @@ def make_reporters(
     made: list[Reporter] = []
     ids: dict[str, str] = {}
     for tracker in report_to:
-        if tracker == "tensorboard":
-            made.append(TensorBoardReporter(out_dir, config, start_step))
-        elif tracker == "wandb":
-            made.append(WandbReporter(out_dir, config, project, name, recorded.get(tracker)))
-            ids[tracker] = made[-1].run_id
-        elif tracker == "mlflow":
-            made.append(MlflowReporter(out_dir, config, project, name, recorded.get(tracker)))
-            ids[tracker] = made[-1].run_id
-        elif tracker == "trackio":
-            made.append(TrackioReporter(config, project, name, resume=continues))
+        try:
+            if tracker == "tensorboard":
+                made.append(TensorBoardReporter(out_dir, config, start_step))
+            elif tracker == "wandb":
+                made.append(WandbReporter(out_dir, config, project, name, recorded.get(tracker)))
+                ids[tracker] = made[-1].run_id
+            elif tracker == "mlflow":
+                made.append(MlflowReporter(out_dir, config, project, name, recorded.get(tracker)))
+                ids[tracker] = made[-1].run_id
+            elif tracker == "trackio":
+                made.append(TrackioReporter(config, project, name, resume=continues))
+        except Exception as err:  # its own message (W&B online without a key, a server down)
+            for reporter in made:
+                reporter.close()
+            message = " ".join(str(err).split()) or type(err).__name__
+            raise UserError(
+                f"{tracker} did not start: {message}", field="logging.report_to"
+            ) from err
     if ids:
         atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
     for reporter in made if start_step > 0 and history else []:

@@ -445,6 +445,24 @@ def _config_changes(saved: Path, cfg: RunConfig) -> list[str]:
     return [f"{k[:-1]} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
 
 
+def _entries(folder: Path) -> set[str] | None:
+    """The names in ``folder`` (None when it does not exist)."""
+    return set(os.listdir(folder)) if folder.is_dir() else None
+
+
+def _remove_added(folder: Path, before: set[str] | None) -> None:
+    """Remove what a failed fresh start added to ``folder`` (``before``: ``_entries`` then);
+    the folder itself when the launch made it and nothing else is left."""
+    for name in set(_entries(folder) or ()) - set(before or ()):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)  # OUT/.lock too, while this launch still holds it
+    if before is None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def _not_a_checkpoint(path: Path) -> str:
     """Why ``--resume PATH`` cannot continue from ``path``, and what would."""
     if not path.exists():
@@ -540,11 +558,18 @@ class Trainer:
         self._load_data_and_plan(cfg)
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
         self._lock_made = False  # whether this launch made OUT/.lock (_write_run_folder)
+        # What OUT held before this launch wrote to it (None: no folder): a fresh start that
+        # fails (a tracker that cannot start, the engine) removes what it added, so the same
+        # command can run again instead of finding "a run" of an empty metrics.jsonl there.
+        fresh = self.info.is_main and self.resume_from is None and not self.overwrite
+        before = _entries(self.out_dir) if fresh else set()
         if self.info.is_main:
             self._write_run_folder(original_tokenizer)
         try:
             self._start(cfg, model)
         except BaseException:  # a failed start leaves the folder as it was: no lock file made
+            if fresh:
+                _remove_added(self.out_dir, before)
             if self._lock is not None:
                 checkpoint.release_lock(self._lock, self._lock_made)
             raise
