@@ -293,20 +293,30 @@ def _opens_unclosed_fence(reply: str) -> bool:
 
 
 def _defines(code: str) -> bool:
-    """Whether ``code`` defines a function or class at its top level (a solution, not a
-    usage example such as ``print(add_one(5))``)."""
+    """Whether ``code`` defines a function or class at its top level that is not a test (a
+    solution, not a usage example such as ``print(add_one(5))`` nor the tests a model writes
+    after it: ``def test_add():``, ``class TestAdd(unittest.TestCase):``)."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return False
     kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return any(isinstance(node, kinds) for node in tree.body)
+    return any(isinstance(node, kinds) and not _is_test(node) for node in tree.body)
+
+
+def _is_test(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> bool:
+    """A pytest function (``test_*``) or a test class (``Test*``, a ``...TestCase`` base)."""
+    if not isinstance(node, ast.ClassDef):
+        return node.name == "test" or node.name.startswith("test_")
+    bases = [ast.unparse(base) for base in node.bases]
+    return node.name.startswith("Test") or any(b.endswith("TestCase") for b in bases)
 
 
 def split_reply(reply: str) -> Draft:
     """A chat reply -> (the text before its code fence, the fenced code): the last python
-    fence that defines a function or class, else the last python fence (a model that writes
-    the solution, then "You can use it like this:" and a call, ran the call alone). A fence
+    fence that defines a function or class other than tests, else the last python fence (a
+    model that writes the solution, then "You can use it like this:" and a call, or its tests,
+    ran those alone). A fence
     without a language tag counts only when the reply has no python-tagged one: an output or
     shell block after the code is not the code. A reply with no fence that starts as code and
     compiles is that code (no text)."""
