@@ -273,3 +273,17 @@ def test_the_readme_real_model_commands_parse():
     assert {c[0] for c in commands} >= {"install-model", "convert-gguf", "evaluate", "train"}
     for argv in commands:
         _command_parser(argv[0], importlib.import_module(COMMANDS[argv[0]][0])).parse_args(argv[1:])
+
+
+def test_the_readme_shows_what_convert_gguf_prints(tiny_gguf, tmp_path, monkeypatch, capsys):
+    """README's convert-gguf output line is the command's, for the file it names."""
+    import re
+    import shutil
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"^models/my-model: .* of (\S+)$", readme, re.M)
+    assert shown, "README.md shows no convert-gguf output line"
+    shutil.copy(tiny_gguf[0], tmp_path / shown.group(1))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["convert-gguf", shown.group(1), "models/my-model", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines() == [shown.group(0)]
