@@ -121,7 +121,7 @@ class WandbReporter:
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", project),
             name=name,
-            dir=str(out_dir),
+            dir=os.environ.get("WANDB_DIR", str(out_dir)),
             config=config,
             mode=os.environ.get("WANDB_MODE", "offline"),
             **resumed,
@@ -150,6 +150,7 @@ class MlflowReporter:
 
         self._metric = Metric
         self.client = MlflowClient(uri)
+        project = os.environ.get("MLFLOW_EXPERIMENT_NAME", project)  # as HF Trainer reads it
         experiment = self.client.get_experiment_by_name(project)
         experiment_id = (
             experiment.experiment_id
