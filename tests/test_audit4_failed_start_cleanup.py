@@ -28,9 +28,14 @@ def _refusing(*args, **kwargs):
 def test_a_tracker_that_cannot_start_is_one_line_and_the_folder_is_left_as_it_was(
     tmp_path, capsys, monkeypatch, existing
 ):
-    monkeypatch.setattr(reporters, "TensorBoardReporter", _refusing)
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 8, seed=0)
     out = tmp_path / "run"
+
+    def refusing(*args, **kwargs):  # meanwhile another launch made its run folder inside
+        (out / "b" / "checkpoints").mkdir(parents=True)
+        _refusing()
+
+    monkeypatch.setattr(reporters, "TensorBoardReporter", refusing)
     if existing:  # a folder of the user's: its files stay, the run's go
         (out / "tensorboard").mkdir(parents=True)
         (out / "notes.txt").write_text("mine")
@@ -44,7 +49,5 @@ def test_a_tracker_that_cannot_start_is_one_line_and_the_folder_is_left_as_it_wa
         "reflectioncoder train: logging.report_to: tensorboard did not start: No API key "
         "configured. Use `wandb login` to log in."
     )
-    if existing:
-        assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "tensorboard"]
-    else:
-        assert not out.exists()
+    kept = ["b", "notes.txt", "tensorboard"] if existing else ["b"]
+    assert sorted(p.name for p in out.iterdir()) == kept

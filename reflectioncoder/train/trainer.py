@@ -450,10 +450,18 @@ def _entries(folder: Path) -> set[str] | None:
     return set(os.listdir(folder)) if folder.is_dir() else None
 
 
+# What a start writes into OUT before its first step (the trackers' folders included).
+_START_FILES = frozenset(
+    {"config.yaml", "tokenizer", "metrics.jsonl", "tensorboard", "wandb", "mlruns"}
+    | {"tracker_runs.json", checkpoint.LOCK_FILE}
+)
+
+
 def _remove_added(folder: Path, before: set[str] | None) -> None:
-    """Remove what a failed fresh start added to ``folder`` (``before``: ``_entries`` then);
-    the folder itself when the launch made it and nothing else is left."""
-    for name in set(_entries(folder) or ()) - set(before or ()):
+    """Remove what a failed fresh start added to ``folder`` (``before``: ``_entries`` then):
+    only the run's own names, never another's file that appeared meanwhile; the folder itself
+    when the launch made it and nothing else is left."""
+    for name in (set(_entries(folder) or ()) - set(before or ())) & _START_FILES:
         path = folder / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
