@@ -2,7 +2,7 @@
 has a real row's fields; each Python block of README.md and docs/*.md defines or imports every
 name it uses, but those a leading `# given: a, b` comment says the reader supplies; docs/demo.md's
 output is one run's, with no line today's code does not print; docs/loss.md's bench_loss rows
-name the providers it runs."""
+name the providers it runs; the packing figures docs/data.md points to are today's bench output."""
 
 from __future__ import annotations
 
@@ -122,3 +122,14 @@ def test_loss_doc_bench_rows_name_providers_bench_loss_prints():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] in PROVIDERS and len(cells) == header.count("|") - 1, row
+
+
+def test_packing_results_docs_point_to_are_todays_bench_output():
+    """docs/data.md sends the reader to bench/results/packing.md for the packing figures: it is
+    what today's `python -m bench.bench_packing --md` writes from the rows beside it."""
+    from bench.bench_packing import to_markdown
+
+    rows = json.loads((REPO / "bench/results/packing.json").read_text(encoding="utf-8"))
+    written = (REPO / "bench/results/packing.md").read_text(encoding="utf-8")
+    assert "bench/results/packing.md" in (REPO / "docs/data.md").read_text(encoding="utf-8")
+    assert to_markdown(rows, rows[0]["samples"], 16) == written  # 16: the bench's --batch
