@@ -1,8 +1,11 @@
-"""What the docs show is what a new user gets today: docs/training.md's `OUT/metrics.jsonl` row
-has a real row's fields; each Python block of README.md and docs/*.md defines or imports every
-name it uses, but those a leading `# given: a, b` comment says the reader supplies; docs/demo.md's
-output is one run's, with no line today's code does not print; docs/loss.md's bench_loss rows
-name the providers it runs; the packing figures docs/data.md points to are today's bench output."""
+"""What the docs show is what a new user gets today:
+- docs/training.md's `OUT/metrics.jsonl` row has a real row's fields, and a refusal it shows is
+  the line `train` prints;
+- each Python block of README.md and docs/*.md defines or imports every name it uses, but those
+  a leading `# given: a, b` comment says the reader supplies;
+- docs/demo.md's output is one run's, with no line today's code does not print;
+- docs/loss.md's bench_loss rows name the providers it runs, and the packing figures
+  docs/data.md points to are today's bench output."""
 
 from __future__ import annotations
 
@@ -133,3 +136,27 @@ def test_packing_results_docs_point_to_are_todays_bench_output():
     written = (REPO / "bench/results/packing.md").read_text(encoding="utf-8")
     assert "bench/results/packing.md" in (REPO / "docs/data.md").read_text(encoding="utf-8")
     assert to_markdown(rows, rows[0]["samples"], 16) == written  # 16: the bench's --batch
+
+
+def test_training_doc_relaunch_refusal_is_what_train_prints(tmp_path, monkeypatch, capsys):
+    """docs/training.md's `$ reflectioncoder train ...` into README's finished runs/tiny: the
+    command's one line, as the doc shows it."""
+    import shlex
+    import shutil
+
+    from reflectioncoder.cli import main as cli_main
+
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = re.search(
+        r"^\$ (reflectioncoder train --config configs/tiny\.yaml .*)\n(.*)$", text, re.M
+    )
+    assert shown, "docs/training.md no longer shows the relaunch into runs/tiny"
+    (tmp_path / "configs").mkdir()
+    shutil.copy(REPO / "configs" / "tiny.yaml", tmp_path / "configs")
+    run = tmp_path / "runs" / "tiny"
+    for folder in ("checkpoints/step-000096", "final"):  # what a finished run leaves
+        (run / folder).mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(shlex.split(shown.group(1))[1:]) == 1
+    assert capsys.readouterr().err.strip() == shown.group(2)
