@@ -323,8 +323,8 @@ def _read_config_file(path: Path, origins: Origins) -> dict[str, Any]:
         state = "is a folder, not a file" if path.is_dir() else "not found"
         raise UsageError(f"config file {state}", file=path, field="--config")
     raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
+    try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not TOML's first key
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
