@@ -6,7 +6,9 @@ Every error names ``file:line:field``. By default loading stops at the first bad
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,18 +194,36 @@ def _refuse_json_document(first: bytes, path: Path, source: str) -> None:
         )
 
 
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def _lines(f, path: Path):
+    """(line number, bytes) of ``f``; a damaged gzip stream is one DataError naming the file and
+    the last line read whole, not gzip's own exception."""
+    lineno = 0
+    try:
+        for lineno, raw in enumerate(f, start=1):  # noqa: B007 (read after the loop)
+            yield lineno, raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(
+            str(path), "<file>", f"not a whole gzip file after line {lineno} ({err})"
+        ) from None
+
+
 def load_jsonl(
     path: str | Path, skip_bad: bool = False, report: LoadReport | None = None
 ) -> list[Sample]:
-    """Read one ReflectionSeq jsonl file into a list of Samples (blank lines ignored)."""
+    """Read one ReflectionSeq jsonl file (``*.gz``: gzip-compressed) into a list of Samples
+    (blank lines ignored)."""
     report = report if report is not None else LoadReport()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     samples: list[Sample] = []
     lineno_seen = 0  # non-blank lines
-    with path.open("rb") as f:  # decoded per line: bad bytes are one bad row, named
-        for lineno, raw in enumerate(f, start=1):
+    with _open_bytes(path) as f:  # decoded per line: bad bytes are one bad row, named
+        for lineno, raw in _lines(f, path):
             if not raw.strip():
                 continue
             lineno_seen += 1
