@@ -5,7 +5,9 @@ into a completion."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
+from reflectioncoder.data.special import END_OF_BLOCK, TEXT, USER
 from reflectioncoder.eval import prompts as pr
 from reflectioncoder.eval.journal import SampleJournal
 from reflectioncoder.eval.request import EvalRequest
@@ -25,6 +27,7 @@ def generate_samples(
     into it as its batch is done."""
     ids = list(tasks)
     tok = _tokenizer(req)
+    _note_prompt_format(req, tok)
     # spec prompts start with BOS, as the training sequences do (a server's own tokenizer decides)
     bos = pr.bos_text(tok) if tok is not None else ""
     if req.task.startswith("multiple"):
@@ -52,6 +55,21 @@ def generate_samples(
     if todo:
         _generate(req, [prompts[t] for t in todo], keep, stats, stop_strings=stops)
     return [row for t in ids for row in kept[t]]
+
+
+def _note_prompt_format(req: EvalRequest, tok) -> None:
+    """One line when the SPEC prompt goes to a model that was not trained on it: its tokenizer
+    has none of SPEC §5's tokens but a chat template (an instruct model, such as SmolLM2)."""
+    if req.prompt_format != "spec" or tok is None or req.task.startswith("multiple"):
+        return
+    ids = tok.convert_tokens_to_ids([USER, TEXT, END_OF_BLOCK])
+    unknown = all(i is None or i == tok.unk_token_id for i in ids)
+    if unknown and getattr(tok, "chat_template", None):
+        print(
+            f"note: {req.model} has no {USER} token (not trained by reflectioncoder) but a chat "
+            "template: an instruct model answers --prompt-format chat, not the default spec",
+            file=sys.stderr,
+        )
 
 
 def _tokenizer(req: EvalRequest):
