@@ -1,6 +1,6 @@
 """Timing games against the Python scorer: a sample that waits instead of computing (sleep,
-SIGSTOP on itself, a sleep at module level, a byte now and then on the result pipe, never a
-line) or that ignores the harness's timer is timed out
+SIGSTOP on itself, refused since round 5, a sleep at module level, a byte now and then on the
+result pipe, never a line) or that ignores the harness's timer is timed out
 within seconds of its own limit, not at the wall-clock backstop of the whole sample's budget
 (before: 50 s for this 3-input task, about 6 minutes for a HumanEval(+) task, against EvalPlus's
 1 s). An honest input that is slower than the one before it still passes, while the scorer has
@@ -36,11 +36,6 @@ RESULT_PIPE = (
 
 STALLS = {
     "sleeps in the function": ("import time\ndef f(x):\n    time.sleep(1000)\n", 0, 6.0),
-    "stops itself": (
-        "import signal\ndef f(x):\n    signal.raise_signal(signal.SIGSTOP)\n",
-        0,
-        6.0,
-    ),
     "ignores the timer and spins": (
         "import signal\n"
         "def f(x):\n"
@@ -80,6 +75,17 @@ def test_a_stalled_sample_is_timed_out_within_seconds(seed, name):
     took = time.monotonic() - t0
     assert res.base == TIMEOUT and res.base_failed_input == failed_input, res
     assert took < within_s < OLD_VERDICT_S, f"{name}: the verdict took {took:.1f} s"
+
+
+def test_a_sample_cannot_stop_itself(seed):
+    """SIGSTOP on itself, once a way to wait past its limit, is refused by the seccomp filter
+    (round 5: stop signals are refused to every program): the sample fails at once."""
+    task, expected = _task(seed)
+    t0 = time.monotonic()
+    code = "import signal\ndef f(x):\n    signal.raise_signal(signal.SIGSTOP)\n"
+    res = check_sample(task, code, expected)
+    assert res.base == FAIL and res.reason == "PermissionError", res
+    assert time.monotonic() - t0 < 6.0
 
 
 def _right_after(task, seconds: float, when: str = "True") -> str:
@@ -178,9 +184,9 @@ def test_a_forged_huge_line_is_refused_before_it_is_decoded(seed):
     "argv",
     [
         [sys.executable, "-c", "import time\ntime.sleep(100)"],
-        ["/bin/sh", "-c", "kill -STOP $$"],
+        ["/bin/sh", "-c", "kill -STOP $$; sleep 100"],
     ],
-    ids=["python sleeps", "shell stops itself"],
+    ids=["python sleeps", "shell stops itself (refused), then sleeps"],
 )
 def test_any_run_that_waits_is_timed_out_early(argv):
     """Every sandboxed run (build-data's programs, ``run_python``), not only the scorer's:

@@ -251,6 +251,8 @@ clone3               435  435  special
 kill                  62  129  special
 tkill                200  130  special
 tgkill               234  131  special
+rt_sigqueueinfo      129  138  special
+rt_tgsigqueueinfo    297  240  special
 setrlimit            160  164  special
 prlimit64            302  261  special
 ptrace               101  117  kernel
@@ -333,6 +335,20 @@ _CLONE_NEW_NAMESPACES |= 0x20000000 | 0x40000000 | 0x00000080
 # neither writes a core file nor starts core_pattern's program (on the host, as root, outside
 # the run's cgroup: apport, systemd-coredump); the filter refuses any change to it.
 RLIMIT_CORE = 4
+# Stop signals (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: 19-22 on x86-64 and aarch64) are refused to
+# every program: a MultiPL-E program stopped the ``timeout`` that limits it (its parent, its
+# uid), ran on past its limit, printed the nonce and resumed it: scored a pass when the stop
+# came before timeout armed its timer. No program scored stops a process (a stop of its own
+# was one more way to wait). The calls that send a signal and where its number is (byte
+# offset of the argument in seccomp_data)
+_STOP_SIGNALS = (19, 22)
+_SIGNAL_ARG = (
+    ("kill", 24),
+    ("tkill", 24),
+    ("tgkill", 32),
+    ("rt_sigqueueinfo", 24),
+    ("rt_tgsigqueueinfo", 32),
+)
 
 
 def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
@@ -349,7 +365,7 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
     nr = {name: numbers[col] for name, numbers in _SPECIAL_SYSCALLS.items()}
     table = _DENIED_SYSCALLS if pid is not None else _KERNEL_SYSCALLS
     denied = [n[col] for n in table.values() if n[col] is not None]
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    ld, jeq, jge, jgt, jset, ret = 0x20, 0x15, 0x35, 0x25, 0x45, 0x06
     allow, deny, nosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
     prog: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", arch), (ld, 0, 0, 0)]
     if machine == "x86_64":
@@ -357,10 +373,19 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
     prog += [(jeq, "DENY", 0, n) for n in denied]
     prog += [(jeq, "NOSYS", 0, nr["clone3"]), (jeq, "CLONE", 0, nr["clone"])]
     prog += [(jeq, "SETRLIMIT", 0, nr["setrlimit"]), (jeq, "PRLIMIT", 0, nr["prlimit64"])]
-    if pid is not None:
-        prog += [(jeq, "SIGNAL", 0, nr[n]) for n in ("kill", "tkill", "tgkill")]
+    signals = dict(_SIGNAL_ARG)
+    if pid is None:  # refused outright to the fallback's Python programs (a "process" call)
+        nr["pidfd_send_signal"] = _PROCESS_SYSCALLS["pidfd_send_signal"][col]
+        signals["pidfd_send_signal"] = 24
+    prog += [(jeq, f"SIG{offset}", 0, nr[name]) for name, offset in signals.items()]
     prog.append((ret, 0, 0, allow))
-    labels = {"CLONE": len(prog)}
+    # a stop signal (its own or another's) is refused; then (``pid``) the target is checked
+    after, labels = ("SIGNAL" if pid is not None else "ALLOW"), {}
+    for offset in (24, 32):
+        labels[f"SIG{offset}"] = len(prog)
+        prog += [(ld, 0, 0, offset), (jge, 0, after, _STOP_SIGNALS[0])]
+        prog.append((jgt, after, "DENY", _STOP_SIGNALS[1]))
+    labels["CLONE"] = len(prog)
     if pid is not None:
         prog += [(ld, 0, 0, 16), (jset, "ALLOW", "DENY", 0x00010000)]  # CLONE_THREAD
         labels["SIGNAL"] = len(prog)
