@@ -15,10 +15,15 @@ missing stops the run at start-up, in one line naming the extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import os
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -198,13 +203,14 @@ class TrackioReporter:
     def __init__(self, config: dict[str, Any], project: str, name: str, resume: bool) -> None:
         import trackio
 
-        self.run = trackio.init(
-            project=project,
-            name=name,
-            config=flat_config(config),
-            embed=False,
-            resume="allow" if resume else "never",  # runs are known by name in a project
-        )
+        with _plain_stdout():
+            self.run = trackio.init(
+                project=project,
+                name=name,
+                config=flat_config(config),
+                embed=False,
+                resume="allow" if resume else "never",  # runs are known by name in a project
+            )
         self.sent: dict[str, int] = {}
         if resume:  # what its store holds (a killed run's last points may never have left it)
             from trackio.sqlite_storage import SQLiteStorage
@@ -221,6 +227,24 @@ class TrackioReporter:
 
     def close(self) -> None:
         self.run.finish()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@contextlib.contextmanager
+def _plain_stdout() -> Iterator[None]:
+    """What a tracker prints inside, without its colour codes when stdout is not a terminal
+    (trackio prints its `trackio show` hint in bold orange: escape codes in a log file)."""
+    if sys.stdout.isatty():
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        sys.stdout.write(_ANSI.sub("", buffer.getvalue()))
 
 
 def make_reporters(
