@@ -50,6 +50,18 @@ def did_you_mean(key: str, names: object, where: str = "") -> str:
     return f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` is not Unicode text (None when it is): JSON's escapes can spell a lone
+    UTF-16 surrogate (``"\\ud83d"``, half of an emoji's pair), which no tokenizer, compiler
+    or file can take as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        char = f"\\u{ord(text[e.start]):04x}"
+        return f"a lone surrogate {char} at character {e.start + 1} (not Unicode text)"
+    return None
+
+
 class UserError(ValueError):
     """A mistake in what the user gave (a file, a folder, a value): exit 1. A ValueError, so
     that code which checks its input with ValueError keeps working."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflectioncoder.data.special import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
+from reflectioncoder.errors import lone_surrogate
 
 
 class DataError(ValueError):
@@ -139,15 +140,10 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
 
 
 def _check_encodable(text: str, source: str, where: str) -> None:
-    """JSON's escapes can spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can
-    encode: a bad field here, not a TypeError from the tokenizer later."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        char = f"\\u{ord(text[e.start]):04x}"
-        raise DataError(
-            source, where, f"a lone surrogate {char} at character {e.start + 1} (not Unicode text)"
-        ) from None
+    """A lone surrogate is a bad field here, not a TypeError from the tokenizer later."""
+    problem = lone_surrogate(text)
+    if problem is not None:
+        raise DataError(source, where, problem)
 
 
 def _check_roles(kind: str, roles: list[str], source: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.errors import UsageError, UserError, lone_surrogate
 from reflectioncoder.eval.tasks import read_jsonl
 
 __all__ = ["Sample", "number_samples", "read_samples", "select_samples"]
@@ -36,7 +36,9 @@ class Sample:
 def _text_problem(row: Mapping, solutions: bool) -> str | None:
     """What is wrong with a row's program text (``"solution"`` counts when ``solutions``)."""
     got = row.get("solution") if solutions and "solution" in row else row.get("completion")
-    return None if isinstance(got, str) else f"expected a string, got {json.dumps(got)}"
+    if not isinstance(got, str):
+        return f"expected a string, got {json.dumps(got)}"
+    return lone_surrogate(got)  # a compiled language's source file cannot hold one
 
 
 def read_samples(
