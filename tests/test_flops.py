@@ -3,6 +3,8 @@ packed micro-batch through the trainer's loss module, forward + backward, on the
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -25,19 +27,24 @@ SIZES = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, interme
 
 
 def _batch(seed: int, vocab: int, generation: float = 0.3):
-    samples = synthetic_samples(
-        4,
-        vocab_size=vocab,
-        seed=seed,
-        instruction=(10, 40),
-        reflection=(30, 120),
-        answer=(10, 40),
-        generation_fraction=generation,
-    )
+    """A packed micro-batch of four synthetic samples with at least one teacher/student pair and
+    several segments: the first seed from ``seed`` on that gives one (four samples can all be
+    generation samples, or the step's mask can leave no KL row)."""
     mask, packing = MaskConfig(), PackingConfig(max_tokens=4096)
-    plan = plan_step(samples, 500, 1000, mask, packing, seed)
-    (batch,) = pack_rank(plan, 0, mask, packing)
-    return batch
+    for attempt in itertools.count(seed):
+        samples = synthetic_samples(
+            4,
+            vocab_size=vocab,
+            seed=attempt,
+            instruction=(10, 40),
+            reflection=(30, 120),
+            answer=(10, 40),
+            generation_fraction=generation,
+        )
+        plan = plan_step(samples, 500, 1000, mask, packing, attempt)
+        (batch,) = pack_rank(plan, 0, mask, packing)
+        if batch.num_kl_rows > 0 and len(batch.seq_lens) > 2:
+            return batch
 
 
 def _addmm_flops(bias_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
