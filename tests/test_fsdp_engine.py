@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _overrides, _rows, poison_step
 from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
@@ -140,7 +141,6 @@ def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compile
     """In this process, a gloo group of one: 3 micro-batches, then a step; the same step with
     a NaN loss changes nothing. Compiled: regional compile of the layers (aot_eager) under full
     activation checkpointing, on both engines (FSDP's hooks run outside the compiled graph)."""
-    import torch.distributed as dist
     from test_packed_rows import _batches
 
     from reflectioncoder.model import build_tiny_llama, prepare_model
@@ -244,6 +244,21 @@ def test_what_it_does_not_support_is_refused_before_the_model_loads(tmp_path, ov
         cfg = load_config(base="tiny", overrides=FSDP + overrides + [f"checkpoint.out_dir={out}"])
         Trainer(cfg)
     assert not out.exists()
+    # the group of one it started is gone: a caller that catches the error can start another
+    assert not dist.is_initialized()
+
+
+def test_a_failed_start_leaves_a_group_it_did_not_start(tmp_path):
+    from reflectioncoder.errors import ConfigError
+
+    overrides = FSDP + ["model.dtype=fp16", f"checkpoint.out_dir={tmp_path / 'run'}"]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(ConfigError, match="model.dtype"):
+            Trainer(load_config(base="tiny", overrides=overrides))
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_the_step_model_has_fsdp_rows_as_the_trainer_plans_them():

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import io
 import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,24 @@ def set_threads(requested: int | None, local_ranks: int) -> int:
     threads = requested if requested is not None else default_threads(local_ranks)
     torch.set_num_threads(threads)
     return threads
+
+
+def shut_down_if_failed(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` (a constructor that calls ``setup``) made undone on failure: the process group it
+    started is destroyed, so a caller that catches the error (a notebook, a test) can start one
+    again; a group that was there before it ran is left alone."""
+
+    @functools.wraps(init)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        was_started = dist.is_available() and dist.is_initialized()
+        try:
+            init(*args, **kwargs)
+        except BaseException:
+            if not was_started:
+                shutdown()
+            raise
+
+    return wrapper
 
 
 def shutdown() -> None:

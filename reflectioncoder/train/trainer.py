@@ -496,6 +496,7 @@ def _not_a_checkpoint(path: Path) -> str:
 class Trainer:
     """Trains one run. ``Trainer(cfg)`` sets everything up (resuming if asked)."""
 
+    @distributed.shut_down_if_failed
     def __init__(self, cfg: RunConfig, resume: bool | str = False, overwrite: bool = False) -> None:
         # The DeepSpeed JSON's optimizer section, honoured (or refused) before anything starts.
         optim = deepspeed_config.optim_with_deepspeed_section(cfg)
