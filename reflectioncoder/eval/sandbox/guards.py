@@ -253,6 +253,7 @@ tkill                200  130  special
 tgkill               234  131  special
 rt_sigqueueinfo      129  138  special
 rt_tgsigqueueinfo    297  240  special
+fcntl                 72   25  special
 setrlimit            160  164  special
 prlimit64            302  261  special
 ptrace               101  117  kernel
@@ -342,6 +343,7 @@ RLIMIT_CORE = 4
 # was one more way to wait). The calls that send a signal and where its number is (byte
 # offset of the argument in seccomp_data)
 _STOP_SIGNALS = (19, 22)
+F_SETSIG = 10  # fcntl's command that picks the signal its I/O notifications send
 _SIGNAL_ARG = (
     ("kill", 24),
     ("tkill", 24),
@@ -378,7 +380,7 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         nr["pidfd_send_signal"] = _PROCESS_SYSCALLS["pidfd_send_signal"][col]
         signals["pidfd_send_signal"] = 24
     prog += [(jeq, f"SIG{offset}", 0, nr[name]) for name, offset in signals.items()]
-    prog.append((ret, 0, 0, allow))
+    prog += [(jeq, "FCNTL", 0, nr["fcntl"]), (ret, 0, 0, allow)]
     # a stop signal (its own or another's) is refused; then (``pid``) the target is checked
     after, labels = ("SIGNAL" if pid is not None else "ALLOW"), {}
     for offset in (24, 32):
@@ -397,6 +399,11 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         ]
     else:
         prog += [(ld, 0, 0, 16), (jset, "DENY", "ALLOW", _CLONE_NEW_NAMESPACES)]
+    # fcntl(fd, F_SETSIG, sig): the kernel sends ``sig`` to the fd's owner (F_SETOWN: any pid of
+    # its uid, ``timeout`` too) at each I/O; a stop signal there is refused as kill's is
+    labels["FCNTL"] = len(prog)
+    prog += [(ld, 0, 0, 24), (jeq, 0, "ALLOW", F_SETSIG), (ld, 0, 0, 32)]
+    prog += [(jge, 0, "ALLOW", _STOP_SIGNALS[0]), (jgt, "ALLOW", "DENY", _STOP_SIGNALS[1])]
     labels["SETRLIMIT"] = len(prog)  # setrlimit(resource, new)
     prog += [(ld, 0, 0, 16), (jeq, "DENY", "ALLOW", RLIMIT_CORE)]
     labels["PRLIMIT"] = len(prog)  # prlimit64(pid, resource, new, old): new is a 64-bit pointer
