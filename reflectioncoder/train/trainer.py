@@ -453,7 +453,7 @@ def _entries(folder: Path) -> set[str] | None:
 # What a start writes into OUT before its first step (the trackers' folders included).
 _START_FILES = frozenset(
     {"config.yaml", "tokenizer", "metrics.jsonl", "tensorboard", "wandb", "mlruns"}
-    | {"tracker_runs.json", checkpoint.LOCK_FILE}
+    | {reporters.RUN_IDS, checkpoint.LOCK_FILE}
 )
 
 

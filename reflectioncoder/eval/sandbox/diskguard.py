@@ -30,8 +30,8 @@ _MIN_GAP_S = 0.05  # walks at most every 50 ms, and at most 1/_COST_SHARE of the
 _COST_SHARE = 20
 _SHARED_DEPTH = 4  # world-writable folders walked this deep (``runuser.remove_left_files``)
 _SHARED_VISITS = 20_000  # entries of others' looked at in them per walk, at most
-# a folder only, never through a link, never waiting (a folder swapped for a FIFO)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# a folder only (O_DIRECTORY: a FIFO swapped in is ENOTDIR at once), never through a link
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DiskGuard:

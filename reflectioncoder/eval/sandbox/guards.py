@@ -344,13 +344,8 @@ RLIMIT_CORE = 4
 # offset of the argument in seccomp_data)
 _STOP_SIGNALS = (19, 22)
 F_SETSIG = 10  # fcntl's command that picks the signal its I/O notifications send
-_SIGNAL_ARG = (
-    ("kill", 24),
-    ("tkill", 24),
-    ("tgkill", 32),
-    ("rt_sigqueueinfo", 24),
-    ("rt_tgsigqueueinfo", 32),
-)
+_SIGNAL_ARG = (("kill", 24), ("tkill", 24), ("tgkill", 32), ("rt_sigqueueinfo", 24),
+               ("rt_tgsigqueueinfo", 32))  # fmt: skip
 
 
 def seccomp_filter(machine: str, pid: int | None) -> bytes | None:

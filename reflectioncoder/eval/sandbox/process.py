@@ -27,10 +27,9 @@ from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.diskguard import fallback_guard
 from reflectioncoder.eval.sandbox.probe import isolation
-from reflectioncoder.eval.sandbox.pump import Pump
+from reflectioncoder.eval.sandbox.pump import IdleRule, Pump
 from reflectioncoder.eval.sandbox.records import (
     DEFAULT_CPU_S,
-    IDLE_SHARE,
     Ending,
     ExecResult,
     Limits,
@@ -111,25 +110,6 @@ def _big_scorer() -> bool:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > _FORK_RSS
     except (OSError, ValueError, IndexError):
         return False
-
-
-class IdleRule:
-    """A run that waits instead of computing (a sleep, SIGSTOP on itself, a blocking read):
-    past ``2 x cpu_s + 1`` seconds of wall time with less than ``IDLE_SHARE`` of that in CPU
-    time, it is over its time limit now rather than at the wall-clock backstop (``5 x cpu_s
-    + 10`` for ``run_python``): a loaded machine gives a run more than that share."""
-
-    def __init__(self, start: float, cpu0: float, cpu_s: float, clock) -> None:
-        self.start, self.cpu0, self.clock = start, cpu0, clock
-        self.after = 2 * cpu_s + 1
-        self.fired = False
-
-    def __call__(self) -> bool:
-        wall = time.monotonic() - self.start
-        if wall > self.after:
-            used = self.clock()
-            self.fired = used is not None and used - self.cpu0 < IDLE_SHARE * wall
-        return self.fired
 
 
 class PreparedRun:
@@ -298,12 +278,7 @@ class PreparedRun:
         idle = None
         if watchdog is None and cpu0 is not None:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
-        disk = None if self.isolation.bwrap else fallback_guard(self)  # the host's disk
-        watch = disk.watching(watchdog or idle) if disk is not None else watchdog or idle
-        # the fallback ends a run with its main process, as a box does (its PID namespace):
-        # a child it left holding the pipes (timeout's limit escaped) is killed then
-        proc, cgroup, fallback = self.proc, self.cgroup, not self.isolation.bwrap
-        on_exit = (lambda: kill_all(proc, cgroup, self.marker, self.run_uid)) if fallback else None
+        disk, watch, on_exit = self._fallback_watch(watchdog or idle)
         try:
             stop = Pump(
                 self.proc,
@@ -337,6 +312,16 @@ class PreparedRun:
             cpu_time_s=cpu_used,
             ending=self._ending(stop, status, oom_kills, cpu_now),
         )
+
+    def _fallback_watch(self, judge: Callable[[], bool] | None) -> tuple:
+        """At the fallback level (no box): the host's disk bound around ``judge``, and the run
+        ended with its main process as a box's PID namespace ends it (a child left holding the
+        pipes escaped timeout's limit). Returns (the disk guard, the watchdog, on_exit)."""
+        if self.isolation.bwrap:
+            return None, judge, None
+        disk, proc, cgroup = fallback_guard(self), self.proc, self.cgroup
+        watch = disk.watching(judge) if disk is not None else judge
+        return disk, watch, lambda: kill_all(proc, cgroup, self.marker, self.run_uid)
 
     def _ending(self, stop: str | None, status: int, oom_kills: int, cpu: float | None) -> Ending:
         """How the run ended, from the sandbox's evidence: its own stop, the status, the

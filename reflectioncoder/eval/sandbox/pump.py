@@ -12,7 +12,9 @@ import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["Pump"]
+from reflectioncoder.eval.sandbox.records import IDLE_SHARE
+
+__all__ = ["IdleRule", "Pump"]
 
 
 class Pump:
@@ -213,3 +215,22 @@ class Pump:
         if stdin is not None and not stdin.closed:
             with contextlib.suppress(OSError):
                 stdin.close()
+
+
+class IdleRule:
+    """A run that waits instead of computing (a sleep, SIGSTOP on itself, a blocking read):
+    past ``2 x cpu_s + 1`` seconds of wall time with less than ``IDLE_SHARE`` of that in CPU
+    time, it is over its time limit now rather than at the wall-clock backstop (``5 x cpu_s
+    + 10`` for ``run_python``): a loaded machine gives a run more than that share."""
+
+    def __init__(self, start: float, cpu0: float, cpu_s: float, clock) -> None:
+        self.start, self.cpu0, self.clock = start, cpu0, clock
+        self.after = 2 * cpu_s + 1
+        self.fired = False
+
+    def __call__(self) -> bool:
+        wall = time.monotonic() - self.start
+        if wall > self.after:
+            used = self.clock()
+            self.fired = used is not None and used - self.cpu0 < IDLE_SHARE * wall
+        return self.fired
