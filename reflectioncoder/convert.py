@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from reflectioncoder.errors import UsageError, UserError, require_file
+from reflectioncoder.errors import UsageError, UserError, refuse_replacing_input, require_file
 from reflectioncoder.file_modes import weights_mode_like_config
 
 SOURCE_FILE = "gguf_source.json"
@@ -208,15 +208,3 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {p: version(p) for p in ("reflectioncoder", "transformers", "gguf", "torch")}
-
-
-def refuse_replacing_input(out: Path, given: Path, given_flag: str, out_flag: str) -> None:
-    """A UserError if the folder ``out``, which the command replaces whole, holds the input
-    ``given`` (``convert-gguf models/m/m.gguf models/m --overwrite``): it would be deleted."""
-    if out.exists() and given.resolve().is_relative_to(out.resolve()):
-        raise UserError(
-            f"holds the {given_flag} {given}: replacing the folder would delete it; move the "
-            "file out first or give another folder",
-            file=out,
-            field=out_flag,
-        )

@@ -169,6 +169,18 @@ def refuse_overwriting_input(
             )
 
 
+def refuse_replacing_input(out: Path, given: Path, given_flag: str, out_flag: str) -> None:
+    """A UserError if the folder ``out``, which the command replaces whole, holds the input
+    ``given`` (``convert-gguf models/m/m.gguf models/m --overwrite``): it would be deleted."""
+    if out.exists() and given.resolve().is_relative_to(out.resolve()):
+        raise UserError(
+            f"holds the {given_flag} {given}: replacing the folder would delete it; move the "
+            "file out first or give another folder",
+            file=out,
+            field=out_flag,
+        )
+
+
 def require_file(path: str | os.PathLike, what: str, field: str | None = None) -> Path:
     """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
     path = Path(path)

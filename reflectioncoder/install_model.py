@@ -27,10 +27,9 @@ from reflectioncoder.convert import (
     SOURCE_FILE,
     convert_gguf,
     describe,
-    refuse_replacing_input,
     sha256_of,
 )
-from reflectioncoder.errors import UsageError, UserError, require_file
+from reflectioncoder.errors import UsageError, UserError, refuse_replacing_input, require_file
 
 
 @dataclass(frozen=True)
