@@ -64,6 +64,8 @@ COMPLETE = "COMPLETE"
 UNIVERSAL = "universal"  # DeepSpeed's universal checkpoint, converted on a resume that needs it
 TMP_PREFIX = ".tmp-"
 # What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
+# metrics.jsonl counts once it holds a row: a start that stopped before its first step was
+# logged (an error in the first forward, an out-of-memory, a kill) left only its start files.
 RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
 LOCK_FILE = ".lock"  # held by the run training in the folder (lock_run_folder)
 
@@ -76,9 +78,27 @@ def step_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step-{step:06d}"
 
 
+def run_markers(out_dir: str | Path) -> list[str]:
+    """What in ``out_dir`` is a run's work (RUN_MARKERS): its checkpoints (a torn save too),
+    its final model, a metrics.jsonl with a row. None: nothing a fresh start would replace."""
+    out_dir = Path(out_dir)
+    return [m for m in RUN_MARKERS if _holds_work(out_dir / m)]
+
+
+def _holds_work(path: Path) -> bool:
+    if path.name != "metrics.jsonl" or not path.is_file():
+        return path.exists()
+    with path.open("rb") as file:  # any byte but blanks: a row, even a torn one, is kept
+        while chunk := file.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
 def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a fresh launch into ``out_dir`` when it holds a run, and a folder that cannot be
-    written, touching nothing: found at start, not after the model has loaded."""
+    """Refuse a fresh launch into ``out_dir`` when it holds a run (``run_markers``), and a
+    folder that cannot be written, touching nothing: found at start, not after the model has
+    loaded. A run that never logged a step and saved nothing is started again."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError("is a file; give a folder", file=out_dir, field="checkpoint.out_dir")
@@ -89,7 +109,7 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
             file=out_dir,
             field="checkpoint.out_dir",
         )
-    found = [m for m in RUN_MARKERS if (out_dir / m).exists()]
+    found = run_markers(out_dir)
     if found and not (resume or overwrite):
         raise RunFolderError(
             f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "

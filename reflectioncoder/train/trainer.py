@@ -471,6 +471,16 @@ def _remove_added(folder: Path, before: set[str] | None) -> None:
         folder.rmdir()
 
 
+def _note_restart(out_dir: Path) -> None:
+    """Say so when a fresh launch starts again a run that stopped before its first step."""
+    if (out_dir / "config.yaml").is_file():  # and no run_markers: check_run_folder passed
+        log.warning(
+            "%s: its run stopped before its first step (no checkpoint, no metrics row): "
+            "starting it again (config.yaml and tokenizer/ are rewritten)",
+            out_dir,
+        )
+
+
 def _not_a_checkpoint(path: Path) -> str:
     """Why ``--resume PATH`` cannot continue from ``path``, and what would."""
     if not path.exists():
@@ -510,6 +520,8 @@ class Trainer:
         self.overwrite = overwrite and not resume
         self.resumed = bool(resume)
         self.info = distributed.setup(cfg.distributed, cfg.train.device)
+        if self.info.is_main and not (resume or overwrite):  # check_run_folder let it start
+            _note_restart(self.out_dir)
         self._lock = None  # OUT/.lock: taken now if a run made it, else when OUT is written
         if self.info.is_main and (self.out_dir / checkpoint.LOCK_FILE).is_file():
             self._lock = checkpoint.lock_run_folder(self.out_dir, announce=False)
