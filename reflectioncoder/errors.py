@@ -46,6 +46,9 @@ def did_you_mean(key: str, names: object, where: str = "") -> str:
     """`` (did you mean train.max_steps?)`` when one of ``names`` is close to a misspelt
     ``key`` (``where``: the section it is in, prefixed to the suggestion); empty otherwise. The
     one home of the hint for config fields, presets and DeepSpeed JSON keys."""
+    name, colon, value = str(key).partition(":")
+    if colon and name.strip() in map(str, names):  # YAML reads {a:1} as the key "a:1"
+        return f" (YAML needs a space after the colon: {name.strip()}: {value.strip()})"
     close = difflib.get_close_matches(str(key), sorted(map(str, names)), n=1, cutoff=0.7)
     return f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
 
