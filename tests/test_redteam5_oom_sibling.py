@@ -11,14 +11,10 @@ waits while it does not fit beside the others: each run reaches its own limit fi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import uuid
 
 import pytest
-from test_redteam_oom import REPO, _memory_parent, _remove
+from test_redteam_oom import run_in_limited_cgroup
 
 from reflectioncoder.eval.sandbox import admission
 
@@ -57,25 +53,7 @@ with ThreadPoolExecutor(2) as pool:
 @pytest.mark.slow
 @pytest.mark.parametrize("level", ["bwrap", "rlimits"])
 def test_a_sample_filling_its_tmpfs_does_not_get_a_sibling_killed(level):
-    limited = _memory_parent() / f"rc-redteam5-{uuid.uuid4().hex[:12]}"
-    limited.mkdir()
-    try:
-        (limited / "memory.limit_in_bytes").write_text(str(800 << 20))
-
-        def enter() -> None:
-            (limited / "cgroup.procs").write_text("0")
-
-        env = {**os.environ, "PYTHONPATH": str(REPO), "REFLECTIONCODER_SANDBOX": level}
-        ran = subprocess.run(
-            [sys.executable, "-c", SCORER],
-            preexec_fn=enter,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        _remove(limited)
+    ran = run_in_limited_cgroup(SCORER, 800 << 20, level, "rc-redteam5")
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert "honest: exit" in ran.stdout, ran.stdout
 

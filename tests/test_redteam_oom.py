@@ -54,17 +54,27 @@ def _memory_parent() -> Path:
 
 
 def test_a_box_filling_its_tmpfs_cannot_get_the_scorer_killed():
-    limited = _memory_parent() / f"rc-redteam-{uuid.uuid4().hex[:12]}"
+    ran = run_in_limited_cgroup(SCORER, 700 << 20, "auto", "rc-redteam")
+    assert ran.returncode == 0, (ran.returncode, ran.stderr[-2000:])
+    assert "scorer survived: memory" in ran.stdout, ran.stdout
+
+
+def run_in_limited_cgroup(
+    script: str, limit_bytes: int, level: str, prefix: str
+) -> subprocess.CompletedProcess:
+    """``script`` run by a Python started inside a new cgroup of ``limit_bytes`` of memory
+    (a memory-limited container), at sandbox level ``level``; the cgroup removed after."""
+    limited = _memory_parent() / f"{prefix}-{uuid.uuid4().hex[:12]}"
     limited.mkdir()
     try:
-        (limited / "memory.limit_in_bytes").write_text(str(700 << 20))
+        (limited / "memory.limit_in_bytes").write_text(str(limit_bytes))
 
         def enter() -> None:
             (limited / "cgroup.procs").write_text("0")
 
-        env = {**os.environ, "PYTHONPATH": str(REPO), "REFLECTIONCODER_SANDBOX": "auto"}
-        ran = subprocess.run(
-            [sys.executable, "-c", SCORER],
+        env = {**os.environ, "PYTHONPATH": str(REPO), "REFLECTIONCODER_SANDBOX": level}
+        return subprocess.run(
+            [sys.executable, "-c", script],
             preexec_fn=enter,
             env=env,
             capture_output=True,
@@ -73,8 +83,6 @@ def test_a_box_filling_its_tmpfs_cannot_get_the_scorer_killed():
         )
     finally:
         _remove(limited)
-    assert ran.returncode == 0, (ran.returncode, ran.stderr[-2000:])
-    assert "scorer survived: memory" in ran.stdout, ran.stdout
 
 
 def _remove(cgroup: Path) -> None:
