@@ -172,3 +172,32 @@ def test_a_sample_of_exactly_max_len_ids_is_kept_one_more_is_dropped(tokenizer, 
     assert len(kept) == 1 and len(kept[0]) == n and not report.over_length
     dropped, report = load_dataset(DataConfig(files=[path], max_len=n - 1), tokenizer)
     assert dropped == [] and len(report.over_length) == 1
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_special_rows_mean_initialised_inside_a_padded_vocabulary(seed, tied):
+    """SPEC §1's mean initialisation also where the checkpoint pads its vocabulary (DeepSeek's
+    32256 rows): the new ids fall inside the existing rows, nothing grows, and each of the
+    seven rows (input and output) still becomes the mean of its original split's rows."""
+    from reflectioncoder.model import add_special_token_embeddings, build_tiny_llama, lm_head_weight
+
+    tok = train_tokenizer(CORPUS, vocab_size=300)
+    splits = {s: tok.encode(s, add_special_tokens=False) for s in SPECIALS}  # before adding
+    padded = len(tok) + 20
+    model = build_tiny_llama(padded, hidden_size=16, num_layers=1, tie_word_embeddings=tied)
+    with torch.no_grad():  # distinct rows everywhere, the padding rows included
+        model.get_input_embeddings().weight.normal_(generator=torch.Generator().manual_seed(seed))
+        lm_head_weight(model).add_(torch.randn(lm_head_weight(model).shape) if not tied else 0)
+    emb = model.get_input_embeddings().weight.detach().double().clone()
+    head = lm_head_weight(model).detach().double().clone()
+    assert add_special_tokens(tok) == splits and len(tok) < padded
+    ids = add_special_token_embeddings(model, tok, splits)
+    assert model.get_input_embeddings().weight.shape[0] == padded
+    new_emb = model.get_input_embeddings().weight.double()
+    new_head = lm_head_weight(model).double()
+    for s in SPECIALS:
+        assert ids[s] == tok.convert_tokens_to_ids(s) < padded
+        torch.testing.assert_close(new_emb[ids[s]], emb[splits[s]].mean(0), atol=1e-6, rtol=0)
+        torch.testing.assert_close(new_head[ids[s]], head[splits[s]].mean(0), atol=1e-6, rtol=0)
+    others = [i for i in range(padded) if i not in ids.values()]
+    assert torch.equal(new_emb[others], emb[others])
