@@ -46,7 +46,8 @@ Rooms: ``isolation`` (the probe and its record), ``cgroup`` (a run's cgroup), ``
 box's command line), ``runuser`` (a uid per run when root starts it), ``landlock`` (the
 fallback's file rules),
 ``process`` and ``pump`` (start, I/O), ``diskguard`` (the fallback's bound on the files a run
-keeps on the host's disk), ``admission`` (runs' memory limits within the scorer cgroup's),
+keeps on the host's disk), ``filetable`` (a run's share of the machine's open-file
+table, every level), ``admission`` (runs' memory limits within the scorer cgroup's),
 ``teardown`` (the kill at the verdict, the clean-up),
 ``records`` (``Limits``, ``ExecResult``), ``launcher`` (Python in the box), ``result_decode``
 (the scorer's bounded reading of result lines); shipped into the box as files: ``codec`` (the

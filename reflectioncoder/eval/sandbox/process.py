@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import bwrap, child, guards, landlock, runuser
+from reflectioncoder.eval.sandbox import bwrap, child, filetable, guards, landlock, runuser
 from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.diskguard import fallback_guard
@@ -279,6 +279,8 @@ class PreparedRun:
         if watchdog is None and cpu0 is not None:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
         disk, watch, on_exit = self._fallback_watch(watchdog or idle)
+        files = filetable.run_guard(self)  # its share of the machine's open files, any level
+        watch = files.watching(watch)
         try:
             stop = Pump(
                 self.proc,
@@ -295,6 +297,8 @@ class PreparedRun:
                 stop = "wall"  # it waited: a time limit on the wall clock, reached early
             if disk is not None and disk.fired:
                 stop = "disk"
+            if files.fired:
+                stop = "files"
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
             oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0

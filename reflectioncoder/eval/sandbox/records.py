@@ -48,7 +48,8 @@ class Ending:
     ``exit`` (``code`` its status), ``signal`` (``code`` the signal), ``timeout`` (``clock``
     ``cpu`` or ``wall``: the run's limit, or the per-process CPU limit the kernel enforces),
     ``memory`` (killed by the run's memory limit), ``output`` (over the cap), ``disk`` (the
-    fallback: more files on the host's disk than ``Limits.tmp_mb``) or ``stopped``
+    fallback: more files on the host's disk than ``Limits.tmp_mb``), ``files`` (more open
+    files than its share of the machine's table, ``filetable``) or ``stopped``
     (the caller's judge had its verdict)."""
 
     kind: str
@@ -73,6 +74,8 @@ class Ending:
             return "output over the cap"
         if self.kind == "disk":
             return "over its disk limit (the files it keeps)"
+        if self.kind == "files":
+            return "over its share of the machine's open-file table"
         return "stopped at its verdict"
 
 

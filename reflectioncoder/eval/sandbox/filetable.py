@@ -1,0 +1,104 @@
+"""A run's share of the machine's open-file table (``fs.file-max``), at every level.
+
+The kernel keeps one count of open files (``struct file``) for the whole machine: past
+``fs.file-max`` every process without ``CAP_SYS_ADMIN`` gets ``ENFILE`` at each open (a
+sibling sample's compiler, its runtime loading a library, another user's job), while the
+scorer (root) goes on. No namespace has its own, and a run's per-process limits do not bound
+what it holds: a file it maps stays open after it closes the descriptor, so a process holds
+up to ``vm.max_map_count`` (65,530) files with 256 descriptors, and a run of 64 processes
+about four million, at some 400 bytes of its memory limit each (a C++ run's 2 GiB holds a
+million). Where the table is sized from the machine's memory (1 slot per 10 KiB: 2.4 million
+on a 24 GiB machine, without systemd raising it), one run could fill it.
+
+``FileTableGuard`` stops a run holding more than ``1/SHARE`` of the table (its processes'
+descriptors and file mappings, counted from ``/proc``). It counts only while the machine's
+whole count is past that share (no run can be over its share before), so it costs one read
+of ``/proc/sys/fs/file-nr`` per 50 ms tick on a machine where nothing holds many files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable
+
+__all__ = ["SHARE", "FileTableGuard", "files_held", "run_guard", "table"]
+
+SHARE = 64  # a run may hold 1/64 of the table: 38,000 slots of 2.4 million (an honest run
+# holds tens to a few hundred: its descriptors and the libraries it maps, 1 to 5 times each)
+_FILE_NR = "/proc/sys/fs/file-nr"  # allocated, free (always 0 since 2.6), max
+_COST_SHARE = 20  # a count costs at most 1/20 of the run's wall time
+
+
+def table() -> tuple[int, int] | None:
+    """(files open on the machine now, ``fs.file-max``), or None where /proc does not say."""
+    try:
+        with open(_FILE_NR, "rb") as f:
+            allocated, _, maximum = f.read().split()[:3]
+        return int(allocated), int(maximum)
+    except (OSError, ValueError):
+        return None
+
+
+def files_held(pids: Iterable[int], stop_over: int) -> int:
+    """Open files ``pids`` hold: descriptors plus file-backed mappings (each mapping counted:
+    one may be the only holder of its file). Counting stops once past ``stop_over``."""
+    held = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            held += len(os.listdir(f"/proc/{pid}/fd"))
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)  # a mapping of a file has a nonzero inode
+                held += len(fields) > 4 and fields[4] != b"0"
+                if held > stop_over:
+                    return held
+    return held
+
+
+class FileTableGuard:
+    """``__call__`` is True once the run's processes (``pids``) hold more than their share of
+    the machine's open-file table (then ``fired``). Asked every 50 ms by the I/O loop."""
+
+    def __init__(self, pids: Callable[[], Iterable[int]], share: int = SHARE) -> None:
+        now = table()
+        self.pids = pids
+        self.bound = None if now is None else max(now[1] // share, 4096)
+        self.fired = False
+        self.next_count = 0.0
+
+    def watching(self, inner: Callable[[], bool] | None) -> Callable[[], bool]:
+        """A watchdog asking this guard, then ``inner`` (the caller's, or None)."""
+        return lambda: self() or bool(inner is not None and inner())
+
+    def __call__(self) -> bool:
+        start = time.monotonic()
+        if self.fired or self.bound is None or start < self.next_count:
+            return self.fired
+        now = table()
+        if now is None or now[0] <= self.bound:
+            return False  # the whole machine holds less than one run's share
+        self.fired = files_held(self.pids(), self.bound) > self.bound
+        self.next_count = start + _COST_SHARE * (time.monotonic() - start)
+        return self.fired
+
+
+def run_guard(run) -> FileTableGuard:
+    """The guard of a started ``process.PreparedRun``: its cgroup's processes, else its main
+    process and those under it."""
+    main = run.proc.pid
+    return FileTableGuard(run.cgroup.pids if run.cgroup is not None else lambda: descendants(main))
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and the processes under it (a run without a cgroup to list them)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 4096:
+        parent = todo.pop()
+        found.append(parent)
+        with contextlib.suppress(OSError, ValueError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+    return found
