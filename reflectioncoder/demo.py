@@ -249,8 +249,8 @@ def _train_model(run_dir: Path, overrides: list[str]) -> tuple[int, float, float
     cfg = load_config(None, overrides, base="tiny")
     print(
         "teacher: the whole sequence; student: the reflection hidden by block_mask (order "
-        f"{cfg.mask.block_order}),\nthe mask rate rising from 0 to 1 over the run; loss = CE "
-        "(teacher + student) + KL(teacher || student)\non the answer.",
+        f"{cfg.mask.block_order}),\nthe mask rate step / steps, 1 at the last step (SPEC §3); "
+        "loss = CE (teacher + student) + KL(teacher || student)\non the answer.",
         flush=True,
     )
     # An earlier demo's run is started over, under the folder's lock: a demo still training
