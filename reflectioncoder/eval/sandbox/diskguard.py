@@ -20,7 +20,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 
-from reflectioncoder.eval.sandbox.runuser import WORLD_WRITABLE
+from reflectioncoder.eval.sandbox.runuser import world_writable_folders
 
 __all__ = ["FILES_PER_MB", "DiskGuard", "fallback_guard"]
 
@@ -154,7 +154,7 @@ def fallback_guard(run) -> DiskGuard | None:
     if run.root is None or run.proc is None:
         return None
     pids = run.cgroup.pids if run.cgroup is not None else [run.proc.pid].copy
-    shared = () if run.isolation.landlock else WORLD_WRITABLE
+    shared = () if run.isolation.landlock or run.run_uid is None else world_writable_folders()
     return DiskGuard(str(run.root / "work"), run.tmp_mb, pids, run.run_uid, shared)
 
 

@@ -21,27 +21,39 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
     "RUN_UIDS",
+    "WORLD_WRITABLE",
     "needs_read_all",
     "new_run_uid",
     "own_run_dirs",
     "remove_ipc_objects",
     "remove_left_files",
     "remove_stale_ipc_objects",
+    "world_writable_folders",
 ]
 
 # uids (and gids) runs take, one at random per run: above the ranges distributions give users
 # (< 60000), /etc/subuid's usual ranges (100000 + 65536 x n for a few thousand users) and
 # below 2^31 (some tools read a uid as a signed int)
 RUN_UIDS = range(1_900_000_000, 1_900_000_000 + (1 << 24))
-# World-writable folders a fallback run without Landlock can leave files in (the usual ones;
-# those missing on a machine are skipped)
+# World-writable folders a fallback run without Landlock can leave files in: the usual ones
+# (those missing on a machine are skipped), and every other the machine has
+# (``world_writable_folders``: PHP's /var/lib/php/sessions, a shared /data/scratch, ...)
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue", "/var/crash")
 _SWEEP_DEPTH = 4  # those folders and three levels of world-writable folders under them
+# the kernel's own file systems: no folder there takes a file
+_KERNEL_FS = frozenset(
+    "proc sysfs cgroup cgroup2 devpts debugfs tracefs securityfs bpf configfs fusectl pstore "
+    "binfmt_misc autofs efivarfs selinuxfs nsfs hugetlbfs".split()
+)
+_SEARCH_VISITS = 1_000_000  # folders looked at by the search, at most
+_FOUND: list[tuple[str, ...]] = []
+_FOUND_LOCK = threading.Lock()
 # System V IPC objects: /proc/sysvipc's file, its id column, the libc call that removes one
 _SYSV_IPC = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
 _IPC_RMID = 0
@@ -82,12 +94,54 @@ def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
     work.chmod(0o700)
 
 
-def remove_left_files(uid: int, roots: Iterable[str] = WORLD_WRITABLE) -> None:
+def world_writable_folders() -> tuple[str, ...]:
+    """Every folder on the machine where a uid that owns nothing may make a file (others may
+    write and search it, and search every folder above it), and the usual ones: searched once
+    per scorer (3 s for 62,000 folders here), by root for the fallback without Landlock.
+    The search does not enter a world-writable folder (the sweeps walk those, ``_SWEEP_DEPTH``
+    deep) nor the kernel's file systems."""
+    with _FOUND_LOCK:
+        if not _FOUND:
+            _FOUND.append(tuple(dict.fromkeys([*WORLD_WRITABLE, *_search("/")])))
+        return _FOUND[0]
+
+
+def _search(top: str) -> list[str]:
+    skip, found, todo, visits = _kernel_mounts(), [], [top], 0
+    while todo and visits < _SEARCH_VISITS:
+        folder = todo.pop()
+        visits += 1
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    if not stat.S_ISDIR(info.st_mode) or entry.path in skip:
+                        continue
+                    if info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_IXOTH:
+                        found.append(entry.path)
+                    elif info.st_mode & stat.S_IXOTH:
+                        todo.append(entry.path)
+    return found
+
+
+def _kernel_mounts() -> set[str]:
+    """Mount points of the kernel's own file systems (``/proc/self/mountinfo``)."""
+    found = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            mount, _, fs = line.partition(" - ")
+            if fs.split()[:1] and fs.split()[0] in _KERNEL_FS:
+                found.add(mount.split()[4])
+    return found
+
+
+def remove_left_files(uid: int, roots: Iterable[str] | None = None) -> None:
     """Remove what the run's ``uid`` left in world-writable folders (the fallback without
     Landlock: the uid is the run's alone, so all of it is the run's). Descends only into
     world-writable folders not its own (elsewhere a uid that owns nothing can create nothing),
-    ``_SWEEP_DEPTH`` deep at most: a sibling's chain of 0777 folders costs the sweep little."""
-    for root in roots:
+    ``_SWEEP_DEPTH`` deep at most: a sibling's chain of 0777 folders costs the sweep little.
+    ``roots``: the world-writable folders (``world_writable_folders`` by default)."""
+    for root in world_writable_folders() if roots is None else roots:
         with contextlib.suppress(OSError):
             _remove_owned(root, uid, _SWEEP_DEPTH)
 
