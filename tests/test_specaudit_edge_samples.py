@@ -201,3 +201,28 @@ def test_special_rows_mean_initialised_inside_a_padded_vocabulary(seed, tied):
         torch.testing.assert_close(new_head[ids[s]], head[splits[s]].mean(0), atol=1e-6, rtol=0)
     others = [i for i in range(padded) if i not in ids.values()]
     assert torch.equal(new_emb[others], emb[others])
+
+
+def test_inspect_shows_non_ascii_text_whole(tokenizer, tmp_path, capsys):
+    """`reflectioncoder inspect` on the edge samples: a character the byte-level tokenizer
+    splits over several tokens reads whole in both views (it printed U+FFFD per token), and
+    the marks sit where the reference labels and mask say."""
+    from reflectioncoder.cli import main as cli_main
+
+    tokenizer.save_pretrained(str(tmp_path / "tok"))
+    data = _write(tmp_path / "edge.jsonl", list(edge_samples().values()))
+    argv = ["inspect", "--data", data, "--tokenizer", str(tmp_path / "tok"), "--no-progress"]
+    assert cli_main(argv + ["--step", "0", "--total-steps", "4", "--block-order", "etc"]) == 0
+    out = capsys.readouterr().out
+    assert "\ufffd" not in out
+    ask = "<|user|><|text|>Write f(x) qui renvoie x + 1 — 日本<|endofblock|><|endofmessage|>"
+    # teacher: the first instruction unlabelled, after BOS; the answer labelled through EOS
+    assert f"<s>{ask}[[<|assistant|><|text|>Essai.<|endofblock|>" in out
+    # student at rate 1/4, order etc: the first instruction and <|assistant|> hidden, the
+    # execution block hidden, text and code visible; the end of the reflection hidden
+    n_hidden = len(tokenizer.encode(ask, add_special_tokens=False)) + 2  # + <s>, <|assistant|>
+    assert f"<~{n_hidden} hidden~><|text|>Essai.<|endofblock|><|code|>def f(x):" in out
+    assert "print(f(1))<|endofblock|><~" in out and "<|text|>+1<|endofblock|><~1 hidden~>" in out
+    # executions inside the final answer keep their student labels (SPEC §2)
+    assert "[[<|assistant|><|code|>print(1)<|endofblock|><|execution|>1<|endofblock|>" in out
+    assert "<|execution|>λ ✓<|endofblock|>" in out  # the teacher's view of that sample

@@ -86,39 +86,41 @@ def sample_views(
     return views
 
 
-def _render(pieces: list[str], labelled: list[bool], shown: list[bool] | None = None) -> str:
-    """Concatenate token strings; [[ ]] around labelled runs, <~N hidden~> for hidden runs."""
-    out, hidden, inside = [], 0, False
-    for p, text in enumerate(pieces):
-        if shown is not None and not shown[p]:
-            if inside:
-                out.append("]]")
-                inside = False
-            hidden += 1
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of equal consecutive ``keys``."""
+    cuts = [p for p in range(1, len(keys)) if keys[p] != keys[p - 1]]
+    return list(zip([0, *cuts], [*cuts, len(keys)], strict=True)) if keys else []
+
+
+def _render(ids: list[int], decode, labelled: list[bool], shown: list[bool] | None = None) -> str:
+    """The tokens as text, [[ ]] around labelled runs, <~N hidden~> for hidden runs. Each run
+    is decoded as one piece: a character a byte-level tokenizer splits over several tokens
+    (most non-ASCII text) reads whole, where decoding token by token printed U+FFFD."""
+    shown = shown if shown is not None else [True] * len(ids)
+    keys = [(shown[p], shown[p] and labelled[p]) for p in range(len(ids))]
+    out = []
+    for lo, hi in _runs(keys):
+        visible, marked = keys[lo]
+        if not visible:
+            out.append(f"<~{hi - lo} hidden~>")
             continue
-        if hidden:
-            out.append(f"<~{hidden} hidden~>")
-            hidden = 0
-        if labelled[p] != inside:
-            out.append("[[" if labelled[p] else "]]")
-            inside = labelled[p]
-        out.append(text)
-    if hidden:
-        out.append(f"<~{hidden} hidden~>")
-    if inside:
-        out.append("]]")
+        text = decode(ids[lo:hi])
+        out.append(f"[[{text}]]" if marked else text)
     return "".join(out)
 
 
 def format_view(view: dict, tokenizer) -> str:
     ids = view["input_ids"]
-    pieces = [tokenizer.decode([i]) for i in ids]
+
+    def decode(run: list[int]) -> str:
+        return tokenizer.decode(run, clean_up_tokenization_spaces=False)
+
     teacher_lab = [lab != IGNORE for lab in view["labels"]]
     lines = [
         f"== {view['source']}  {view['type']}  {len(ids)} tokens, "
         f"{sum(teacher_lab)} teacher labels",
         "-- teacher:",
-        _render(pieces, teacher_lab),
+        _render(ids, decode, teacher_lab),
     ]
     if view["student_positions"]:
         pos = view["student_positions"]
@@ -131,7 +133,7 @@ def format_view(view: dict, tokenizer) -> str:
             f"-- student ({view['strategy'] or 'no strategy'}, rate {view['rate']:.4g}): "
             f"{len(pos)} of {len(ids)} tokens, {sum(student_lab)} labels, "
             f"{len(view['kl_positions'])} KL rows",
-            _render(pieces, student_lab, shown),
+            _render(ids, decode, student_lab, shown),
         ]
     return "\n".join(lines)
 
