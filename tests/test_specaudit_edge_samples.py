@@ -226,3 +226,61 @@ def test_inspect_shows_non_ascii_text_whole(tokenizer, tmp_path, capsys):
     # executions inside the final answer keep their student labels (SPEC §2)
     assert "[[<|assistant|><|code|>print(1)<|endofblock|><|execution|>1<|endofblock|>" in out
     assert "<|execution|>λ ✓<|endofblock|>" in out  # the teacher's view of that sample
+
+
+def sentencepiece_like_tokenizer():
+    """A Llama-style tokenizer (Metaspace pre-tokenizer, "▁" prepended to the first piece of a
+    call only, byte fallback), trained here: tokenising block by block gives other ids at the
+    seams than tokenising the whole text, which a byte-level BPE never shows."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=[f"<0x{i:02X}>" for i in range(256)],
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    add_special_tokens(fast)
+    return fast
+
+
+def test_the_whole_text_is_tokenised_in_one_call(tmp_path):
+    """SPEC §1: ids = [BOS] + tokenize(text) + [EOS], the whole text in ONE call; with a
+    SentencePiece-style tokenizer block-by-block ids differ, and labels and the body follow
+    the one-call ids."""
+    tok = sentencepiece_like_tokenizer()
+    sp = {s: tok.convert_tokens_to_ids(s) for s in SPECIALS}
+    objs = list(edge_samples().values())
+    samples, _ = load_dataset(DataConfig(files=[_write(tmp_path / "sp.jsonl", objs)]), tok)
+    differ = 0
+    for obj, t in zip(objs, samples, strict=True):
+        ids = ids_ref(obj, tok)
+        assert t.ids.tolist() == ids
+        assert t.labels.tolist() == teacher_labels_ref(ids, sp)
+        pieces = [
+            piece
+            for m in obj["messages"]
+            for piece in (
+                f"<|{m['role']}|>",
+                *(
+                    x
+                    for b in m["content"]
+                    for x in (f"<|{b['type']}|>", b["content"], "<|endofblock|>")
+                ),
+                "<|endofmessage|>",
+            )
+        ]
+        by_block = [i for p in pieces for i in tok.encode(p, add_special_tokens=False)]
+        differ += by_block != ids[1:-1]
+        if t.is_reflection:
+            assert t.student_labels.tolist() == student_labels_ref(ids, sp)
+            assert (t.body_start, t.body_end) == body_ref(ids, sp)
+    assert differ == len(objs)  # the test can tell the two tokenisations apart
