@@ -238,8 +238,10 @@ _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel":
 # refused at every level (the box's filter and the fallback's): the kernel's own state, other
 # processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
-# them), keys, tracing, modules, POSIX message queues (a queue outlives its run where there is no
-# IPC namespace, and without the mqueue file system mounted nothing can list it; no toolchain
+# them), kernel AIO contexts (io_setup: ``fs.aio-max-nr`` is one count for the machine, and a
+# run that took it all failed every host io_setup, DeepSpeed's NVMe offload too), keys,
+# tracing, modules, POSIX message queues (a queue outlives its run where there is no IPC
+# namespace, and without the mqueue file system mounted nothing can list it; no toolchain
 # uses them), and the mount and quota calls' newer forms (open_tree_attr, quotactl_fd) and
 # legacy calls no program needs (modify_ldt: x86's LDT, an old exploit surface; uselib, ustat,
 # sysfs, lookup_dcookie). "process": refused to Python programs in the fallback only
@@ -304,6 +306,7 @@ socket                41  198  kernel
 io_uring_setup       425  425  kernel
 io_uring_enter       426  426  kernel
 io_uring_register    427  427  kernel
+io_setup             206    0  kernel
 mq_open              240  180  kernel
 open_tree_attr       467  467  kernel
 quotactl_fd          443  443  kernel
