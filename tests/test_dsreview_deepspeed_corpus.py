@@ -120,10 +120,10 @@ ACCEPTED = {
         "torch_autocast": {"enabled": False},
         "hybrid_engine": {"enabled": False, "max_out_tokens": 512},
     },
-    "deepspeed_data_efficiency": {
-        "data_efficiency": {"enabled": True, "seed": 1234, "data_sampling": {
-            "enabled": True, "num_epochs": 1, "curriculum_learning": {
-                "enabled": True, "data_cluster_path": "/tmp", "curriculum_metrics": {"seqlen": {
+    "deepspeed_data_efficiency": {  # turned off: DeepSpeed's data pipeline does not run here
+        "data_efficiency": {"enabled": False, "seed": 1234, "data_sampling": {
+            "enabled": False, "num_epochs": 1, "curriculum_learning": {
+                "enabled": False, "data_cluster_path": "/tmp", "curriculum_metrics": {"seqlen": {
                     "index_to_sample_path": "a", "index_to_metric_path": "b",
                     "difficulty_type": "value", "clustering_type": "single_cluster",
                     "min_difficulty": 80, "max_difficulty": 2048, "schedule_type": "fixed_root",
@@ -245,5 +245,7 @@ def test_a_key_given_twice_is_named_where_it_is_repeated(tmp_path):
 @pytest.mark.parametrize(("param", "value"), [("bias_correction", False), ("amsgrad", True)])
 def test_an_adam_param_at_a_value_adamw_does_not_run_is_refused(tmp_path, param, value):
     section = {"type": "Adam", "params": {"lr": 1e-3, param: value}}
-    with pytest.raises(ConfigError, match=rf"params \['{param}'\] cannot be honoured"):
+    with pytest.raises(
+        ConfigError, match=rf":\d+:\d+: optimizer.params.{param}: cannot be honoured"
+    ):
         optim_with_deepspeed_section(_run(tmp_path, {"optimizer": section}))

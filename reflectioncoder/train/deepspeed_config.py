@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import functools
 import json
+import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,13 @@ import torch
 
 from reflectioncoder.config import OptimConfig, RunConfig
 from reflectioncoder.errors import ConfigError, did_you_mean
-from reflectioncoder.train.deepspeed_sections import handed_on_problem, unknown_key
+from reflectioncoder.train.deepspeed_sections import (
+    OPTIM_PARAMS,
+    handed_on_problem,
+    json_kind,
+    optimizer_problem,
+    unknown_key,
+)
 from reflectioncoder.train.distributed import DistInfo, resolve_dtype
 
 
@@ -179,55 +186,19 @@ def zero_stage_of(run: RunConfig) -> int:
     return run.distributed.zero_stage if stage == "auto" else int(stage)
 
 
-# The DeepSpeed JSON optimizer section's params we honour (-> OptimConfig field), and those
-# that change nothing here (which implementation runs is ours to choose).
-_OPTIM_PARAMS = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay"}
-
-
-_IMPLEMENTATION_PARAMS = ("torch_adam", "fused", "adam_w_mode")
-
-# DeepSpeed Adam params at the values our AdamW runs (its defaults, which configs spell out):
-# honoured as given, refused at any other value
-_ADAMW_RUNS = {"bias_correction": True, "amsgrad": False}
-
-
-def _honoured(key: str, value: Any) -> bool:
-    if key in _OPTIM_PARAMS or key in _IMPLEMENTATION_PARAMS:
-        return True
-    return key in _ADAMW_RUNS and value in (_ADAMW_RUNS[key], "auto")
-
-
 def optim_with_deepspeed_section(run: RunConfig) -> OptimConfig:
     """``run.optim`` with the DeepSpeed JSON's optimizer section applied: an Adam/AdamW section's
-    explicit params (lr, betas, eps, weight_decay) win over the config's, "auto" keeps ours; any
-    other optimizer, or a param we cannot honour, is refused naming it."""
+    explicit params (lr, betas, eps, weight_decay) win over the config's, "auto" keeps ours. The
+    JSON's reader refused anything else (``optimizer_problem``), naming its line."""
     section = _user_json(run).get("optimizer")
     if not section:
         return run.optim
-    where = f"{run.distributed.deepspeed_config}: optimizer"
-    kind = str(section.get("type", "")).lower()
-    if kind not in ("adam", "adamw"):
-        raise ConfigError(
-            f"type {section.get('type')!r} is not supported: the trainer runs AdamW (DeepSpeed's "
-            "CPU Adam under offload); use Adam or AdamW, or remove the section",
-            field=where,
-        )
-    params = dict(section.get("params", {}))
-    if kind == "adam" and params.get("adam_w_mode") is False and params.get("weight_decay"):
-        raise ConfigError("adam_w_mode=false (L2 weight decay) is not supported", field=where)
-    unknown = sorted(k for k, v in params.items() if not _honoured(k, v))
-    if unknown:
-        honoured = (*_OPTIM_PARAMS, *_IMPLEMENTATION_PARAMS, *_ADAMW_RUNS)
-        hint = did_you_mean(unknown[0], [k for k in honoured if k not in params], "params")
-        raise ConfigError(
-            f"params {unknown} cannot be honoured{hint}; known: lr, betas, eps, weight_decay "
-            "(and bias_correction true, amsgrad false: what the trainer's AdamW runs)",
-            field=where,
-        )
-    chosen = {_OPTIM_PARAMS[k]: v for k, v in params.items() if k in _OPTIM_PARAMS and v != "auto"}
+    params = section.get("params", {})
+    chosen = {OPTIM_PARAMS[k]: v for k, v in params.items() if k in OPTIM_PARAMS and v != "auto"}
     try:
         return dataclasses.replace(run.optim, **chosen)
     except ValueError as err:
+        where = f"{run.distributed.deepspeed_config}: optimizer"
         raise ConfigError(str(err), field=where) from err
 
 
@@ -395,14 +366,17 @@ class _Reads(dict):
     it was iterated (every key may be used); ``seen``: the dict paths read, newest last."""
 
     def __init__(self, data: dict[str, Any], path: tuple = (), seen: list | None = None,
-                 log: list | None = None) -> None:  # fmt: skip
+                 log: list | None = None, scalars: list | None = None) -> None:  # fmt: skip
         self.path, self.asked, self.opaque = path, set(), False
         self.seen = seen if seen is not None else [path]
         self.log = log if log is not None else []  # the key paths asked for (present), in order
+        self.scalars = scalars if scalars is not None else []  # read as one value (see get)
         super().__init__({k: self._wrap(v, (*path, k)) for k, v in data.items()})
 
     def _wrap(self, value: Any, path: tuple) -> Any:
-        return _Reads(value, path, self.seen, self.log) if isinstance(value, dict) else value
+        if not isinstance(value, dict):
+            return value
+        return _Reads(value, path, self.seen, self.log, self.scalars)
 
     def _ask(self, key: Any) -> None:
         self.asked.add(key)
@@ -414,6 +388,10 @@ class _Reads(dict):
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._ask(key)
+        # DeepSpeed reads its one-value keys through config_utils.get_scalar_param, which takes
+        # an object or a list as the value unchecked (gradient_clipping: {...} passed)
+        if sys._getframe(1).f_code.co_name == "get_scalar_param":
+            self.scalars.append((*self.path, key))
         return super().get(key, default)
 
     def __getitem__(self, key: Any) -> Any:
@@ -480,7 +458,7 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     try:
         from deepspeed.runtime.config import DeepSpeedConfigError, _reject_removed_config_keys
     except ImportError:
-        return None
+        return optimizer_problem(data.get("optimizer"))  # ours to honour, DeepSpeed or not
     try:
         _reject_removed_config_keys(data)
     except DeepSpeedConfigError as err:  # a section DeepSpeed removed: its own message
@@ -489,6 +467,9 @@ def deepspeed_json_problem(data: dict[str, Any]) -> tuple[tuple, str] | None:
     for key in data:
         if key not in known and not key.startswith(_COMMENT):
             return (key,), unknown_key(did_you_mean(key, known))
+    problem = optimizer_problem(data.get("optimizer"))
+    if problem is not None:
+        return problem
     autos = [
         p for p in _paths(data) if _at(data, p) == "auto" and (len(p) > 1 or not _filled_auto(p))
     ]
@@ -574,8 +555,14 @@ def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
     except Exception as err:  # noqa: BLE001 (a value DeepSpeed refuses by other means)
         if auto is not None:  # the key is read as it is: "auto" is no value it takes
             return None if _filled_auto(auto) else (auto, _UNFILLED_AUTO)
-        return (reads.log[-1], str(err)) if reads.log else None  # the key read last
+        return (reads.log[-1], _read_failure(data, reads.log[-1], err)) if reads.log else None
+    for path in reads.scalars:
+        if isinstance(_at(data, path), dict | list):
+            return path, _ONE_VALUE + json_kind(_at(data, path))
     for asked in _dicts(reads):
+        # data_efficiency's keys: against DeepSpeed's names (a section it turns off is unread)
+        if asked.path[:1] == ("data_efficiency",):
+            continue
         if asked.path and asked.asked and not asked.opaque:
             extra = [k for k in dict.keys(asked) if k not in asked.asked]
             if extra and (auto is None or (*asked.path, extra[0]) == auto):
@@ -583,6 +570,18 @@ def _parse_problem(data: dict[str, Any], auto: tuple | None) -> tuple | None:
                 return (*asked.path, extra[0]), unknown_key(hint)
     # no config model took the key (they drop "auto"): DeepSpeed reads "auto" as its value
     return (auto, _UNFILLED_AUTO) if auto is not None and not _filled_auto(auto) else None
+
+
+_ONE_VALUE = "expected a single value (a number, a string, true/false or null), got "
+
+
+def _read_failure(data: dict[str, Any], path: tuple, err: Exception) -> str:
+    """Why DeepSpeed's parser stopped at the key read last: an object or a list where it reads
+    one value (its own message names a Python attribute), else its message."""
+    value = _at(data, path)
+    if isinstance(value, list) and ("mapping" in str(err) or "'list' object" in str(err)):
+        return f"expected a JSON object, got {json_kind(value)}"  # a section: its keys read
+    return _ONE_VALUE + json_kind(value) if isinstance(value, dict | list) else str(err)
 
 
 _UNFILLED_AUTO = ("'auto' is not filled for this key (DeepSpeed would take the string as its "
