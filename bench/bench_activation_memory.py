@@ -67,7 +67,7 @@ def _model_and_batch(layers: int, policy: str, sizes: dict, tokens: int, seed: i
 
 def held_after_forward(layers: int, policy: str, sizes: dict, tokens: int, seed: int = 0):
     """(bytes held after the forward + loss, tokens of the batch, the loss) of one setting."""
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     model, batch = _model_and_batch(layers, policy, sizes, tokens, seed)
     module = ReflectionLossModule(model)

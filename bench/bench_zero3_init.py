@@ -13,9 +13,9 @@ resident memory (VmHWM) and the resident memory just before loading (VmRSS, afte
 process group and the tokenizer):
 
 - ``from_pretrained``: one process, ``from_pretrained`` in bf16 (the baseline);
-- ``unpartitioned``: one process, ``trainer.build_model`` under DeepSpeed ZeRO-1 (bf16, then
+- ``unpartitioned``: one process, ``train.load.build_model`` under DeepSpeed ZeRO-1 (bf16, then
   the special tokens: the tables are resized, so copied);
-- ``zero3``: 2 ranks under torchrun, ``trainer.build_model`` under ZeRO-3: the model is built
+- ``zero3``: 2 ranks under torchrun, ``train.load.build_model`` under ZeRO-3: the model is built
   partitioned with no values and each rank reads only its piece of each parameter from the
   safetensors files, the special-token rows included.
 """
@@ -74,7 +74,7 @@ def _child(spec: dict) -> None:
     from reflectioncoder.model import count_parameters, load_model
     from reflectioncoder.train import distributed
     from reflectioncoder.train.deepspeed_config import zero3_transformers_config
-    from reflectioncoder.train.trainer import build_model
+    from reflectioncoder.train.load import build_model
 
     cfg = load_config(
         base="tiny",

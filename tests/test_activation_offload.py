@@ -28,7 +28,7 @@ MIXED = ("offload", "save_gemms", "offload", "full", "none")
 
 def _run(plan, seed, calls=None):
     from bench.bench_activation_memory import _model_and_batch
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     model, batch = _model_and_batch(len(plan), "full", SIZES, tokens=400, seed=seed)
     ac.apply_plan(model, plan)
@@ -159,8 +159,8 @@ def test_offload_through_train_step_without_host_syncs(tmp_path, seed):
                 assert trainer.model.rc_checkpointing_plan == ("offload",) * 5  # the config's
                 ac.apply_plan(trainer.model, MIXED)
             losses = [trainer.train_step()["loss"]]
-            trainer._ahead.result()
-            micro_batches = len(trainer._ahead.result().batches)
+            trainer.ahead.pending.result()
+            micro_batches = len(trainer.ahead.pending.result().batches)
             with SyncCounter() as counter:
                 losses.append(trainer.train_step()["loss"])
             assert micro_batches >= 2

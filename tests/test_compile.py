@@ -15,7 +15,7 @@ from test_packed_rows import _batches
 from torch._dynamo.utils import counters
 
 from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
-from reflectioncoder.train.trainer import ReflectionLossModule
+from reflectioncoder.train.loss_module import ReflectionLossModule
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from reflectioncoder.train.flops import (
     packed_flops,
     recomputed_share,
 )
-from reflectioncoder.train.trainer import ReflectionLossModule
+from reflectioncoder.train.loss_module import ReflectionLossModule
 
 SIZES = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=352)
 

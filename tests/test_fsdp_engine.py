@@ -147,7 +147,7 @@ def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compile
     from reflectioncoder.train import distributed
     from reflectioncoder.train.fsdp_engine import FSDPEngine
     from reflectioncoder.train.local_engine import LocalEngine
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
     arch = "model.arch={hidden_size: 32}"
@@ -306,7 +306,7 @@ def _driver(spec: dict) -> None:
     def train_step():
         if trainer.step == 0:
             return step()
-        trainer._ahead.result()  # the next step's host work, off this thread
+        trainer.ahead.pending.result()  # the next step's host work, off this thread
         with SyncCounter() as counter:
             row = step()
         syncs.append(counter.syncs)

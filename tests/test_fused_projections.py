@@ -21,7 +21,8 @@ from reflectioncoder.fused_projections import GroupHead, GroupMember, fuse_proje
 from reflectioncoder.model import build_tiny_llama, load_model, prepare_model
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.checkpoint import save_hf_model
-from reflectioncoder.train.trainer import ReflectionLossModule, Trainer
+from reflectioncoder.train.loss_module import ReflectionLossModule
+from reflectioncoder.train.trainer import Trainer
 
 
 def _grads_close(fused, plain, **tol) -> None:

@@ -320,7 +320,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
     from reflectioncoder.train import distributed
     from reflectioncoder.train.fsdp_engine import FSDPEngine, check_fsdp_run
     from reflectioncoder.train.local_engine import LocalEngine
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     if device.type != "cuda":
         pytest.skip("NCCL and FSDP2's CUDA path (the CPU's gloo runs: tests/test_fsdp_engine.py)")

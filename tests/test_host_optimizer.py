@@ -183,22 +183,18 @@ def test_auto_offload_is_planned_only_where_the_engine_can(
     """``offload_optimizer: auto`` reaches the planner (which may turn it on, on a GPU) on an
     engine that can offload; DeepSpeed's ZeRO-0 cannot: ``can_offload``'s stage 0 is the
     one-process engine, so the trainer plans it off there."""
-    import types
-
     from reflectioncoder import activation_checkpointing as ac
     from reflectioncoder.model import build_tiny_llama
-    from reflectioncoder.train import distributed
+    from reflectioncoder.train import distributed, placement
 
     seen, plan_run = [], ac.plan_run
     monkeypatch.setattr(
         ac, "plan_run", lambda *a, **k: (seen.append(k["offload"]), plan_run(*a, **k))[1]
     )
     info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=deepspeed)
-    trainer = types.SimpleNamespace(info=info, dtype=torch.float32,
-                                    _offloadable_layers=lambda *args: (0, 1))  # fmt: skip
     backend = "deepspeed" if deepspeed else "none"
     extra = (f"distributed.backend={backend}", f"distributed.zero_stage={stage}")
     cfg = tiny_config(tmp_path, seed, extra=extra)
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed)
-    Trainer._plan_memory(trainer, cfg, model)
+    placement.plan_memory(cfg, model, info, torch.float32)
     assert seen == [planned]

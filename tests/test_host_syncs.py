@@ -100,8 +100,8 @@ def test_train_step_syncs_at_most_once_and_never_in_a_micro_batch(tmp_path, seed
         optimizer = trainer.engine.optimizer
         launch = optimizer.step
         for _ in range(2):
-            trainer._ahead.result()  # host work of the next step done, off this thread
-            micro_batches = len(trainer._ahead.result().batches)
+            trainer.ahead.pending.result()  # host work of the next step done, off this thread
+            micro_batches = len(trainer.ahead.pending.result().batches)
             with SyncCounter() as counter:
                 before_step = []  # the syncs counted when the optimizer step was launched
 

@@ -107,7 +107,7 @@ def test_ddp_path_sums_the_micro_batches_as_one_process(seed, dtype, monkeypatch
 
     from reflectioncoder.model import build_tiny_llama, prepare_model
     from reflectioncoder.train import distributed, local_engine
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}"])
     model = build_tiny_llama(300, hidden_size=32, num_layers=2, seed=seed).to(dtype)
@@ -190,7 +190,7 @@ def _driver(spec: dict) -> None:
         state["step"] = trainer.step
         if trainer.step == 0:  # the first step builds DDP's buckets (a one-time exchange)
             return step()
-        trainer._ahead.result()  # the next step's host work, off this thread (as in one process)
+        trainer.ahead.pending.result()  # the next step's host work, off this thread (as alone)
         with SyncCounter() as counter:
             row = step()
         syncs.append(counter.syncs)

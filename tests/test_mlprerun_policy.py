@@ -19,7 +19,7 @@ from reflectioncoder import activation_checkpointing as ac
 from reflectioncoder.config import ModelConfig
 from reflectioncoder.model import build_tiny_llama, forward_hidden, load_model, prepare_model
 from reflectioncoder.train.flops import ModelShape, batch_flops, recomputed_share
-from reflectioncoder.train.trainer import ReflectionLossModule
+from reflectioncoder.train.loss_module import ReflectionLossModule
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])

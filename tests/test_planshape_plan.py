@@ -92,23 +92,26 @@ def test_each_plan_is_the_least_recompute_for_its_shape(name, shape, other):
 
 
 def test_the_trainer_plans_with_the_models_shape(tmp_path, seed, monkeypatch):
-    """The trainer's ``auto`` plan on a GPU (its memory faked) takes the loaded model's widths:
-    a grouped-query model's heads, KV heads and I reach ``plan_run``, and the plan applied is
-    ``plan_layers``' for that shape."""
+    """The trainer's ``auto`` plan (``train.placement.plan_memory``) on a GPU (its memory
+    faked) takes the loaded model's widths: a grouped-query model's heads, KV heads and I reach
+    ``plan_run``, and the plan applied is ``plan_layers``' for that shape."""
     import types
 
     from test_trainer import tiny_config
 
     from reflectioncoder.model import count_parameters
-    from reflectioncoder.train import distributed
-    from reflectioncoder.train.trainer import Trainer
+    from reflectioncoder.train import distributed, placement
 
     model = build_tiny_llama(300, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=1,
                              intermediate_size=688, seed=seed)  # fmt: skip
     cfg = tiny_config(
         tmp_path,
         seed,
-        extra=("model.gradient_checkpointing=true", "model.checkpointing_policy=auto"),
+        extra=(
+            "model.gradient_checkpointing=true",
+            "model.checkpointing_policy=auto",
+            "model.activation_offload=false",  # no layer offloaded: the GPU's peak is not asked
+        ),
     )
     tokens, shape = cfg.packing.max_tokens, ModelShape.from_model(model)
     # a device whose activation budget is one save_gemms, one mlp_rerun and two full layers
@@ -120,9 +123,7 @@ def test_the_trainer_plans_with_the_models_shape(tmp_path, seed, monkeypatch):
     seen, plan_run = [], ac.plan_run
     monkeypatch.setattr(ac, "plan_run", lambda *a, **k: (seen.append(k), plan_run(*a, **k))[1])
     info = distributed.DistInfo(0, 1, 0, torch.device("cuda"), deepspeed=False)
-    trainer = types.SimpleNamespace(info=info, dtype=torch.float32, _casts_weights=lambda: False,
-                                    _offloadable_layers=lambda *args: (0, 1))  # fmt: skip
-    Trainer._plan_memory(trainer, cfg, model)
+    placement.plan_memory(cfg, model, info, torch.float32)
     (called,) = seen
     assert called["shape"] == shape
     assert (shape.heads, shape.kv_heads, shape.kv_width, shape.intermediate) == (8, 1, 32, 688)

@@ -23,9 +23,10 @@ from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 PATCHED_TRAIN = """
 import sys, time
 from pathlib import Path
-from reflectioncoder.train import trainer
+from reflectioncoder.train.loss_module import ReflectionLossModule
+from reflectioncoder.train.trainer import Trainer
 how, sys.argv = sys.argv[1], sys.argv[:1] + sys.argv[2:]
-forward, train_step = trainer.ReflectionLossModule.forward, trainer.Trainer.train_step
+forward, train_step = ReflectionLossModule.forward, Trainer.train_step
 def broken_forward(self, *args, **kwargs):
     if how == "oom":
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -36,9 +37,9 @@ def second_step_fails(self):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
     return train_step(self)
 if how == "second":
-    trainer.Trainer.train_step = second_step_fails
+    Trainer.train_step = second_step_fails
 else:
-    trainer.ReflectionLossModule.forward = broken_forward
+    ReflectionLossModule.forward = broken_forward
 from reflectioncoder.cli import main
 sys.exit(main())
 """

@@ -202,7 +202,7 @@ def test_deepspeed_zero0_fp32_skips_a_nonfinite_step_and_logs_the_norm(tmp_path,
 )
 def test_the_memory_plan_counts_the_weights_the_run_keeps(tmp_path, seed, monkeypatch, extra,
                                                           element_bytes):  # fmt: skip
-    """The activation-checkpointing / offload plan sizes the weights as ``_place_weights``
+    """The activation-checkpointing / offload plan sizes the weights as ``placement.place_weights``
     keeps them: fp16 in one process keeps fp32 weights, so 4 bytes (it was planned as bf16
     masters' 2 whatever ``mixed_precision`` said)."""
     from reflectioncoder import activation_checkpointing

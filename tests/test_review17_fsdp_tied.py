@@ -28,7 +28,7 @@ def test_a_tied_model_saved_by_fsdp_is_the_single_engines_folder(tmp_path, seed)
     from reflectioncoder.train.checkpoint import save_final_model
     from reflectioncoder.train.fsdp_engine import FSDPEngine
     from reflectioncoder.train.local_engine import LocalEngine
-    from reflectioncoder.train.trainer import ReflectionLossModule
+    from reflectioncoder.train.loss_module import ReflectionLossModule
 
     run = load_config(base="tiny", overrides=["model.arch={hidden_size: 32}", "model.dtype=bf16"])
     model = build_tiny_llama(VOCAB, hidden_size=32, tie_word_embeddings=True, seed=seed)

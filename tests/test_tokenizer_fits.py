@@ -1,4 +1,4 @@
-"""The tokenizer-against-model check (``trainer._check_tokenizer_fits``) on the configs the
+"""The tokenizer-against-model check (``train.load.check_tokenizer_fits``) on the configs the
 journey test does not write: a composite model's config.json (its rows are its text config's:
 the top level has no ``vocab_size``, and the check was silently skipped), and a model whose own
 tokenizer does not fit it (the advice to leave model.tokenizer unset would change nothing)."""
@@ -12,7 +12,7 @@ from transformers import Gemma3Config
 
 from reflectioncoder.errors import UserError
 from reflectioncoder.tokenizer import train_tokenizer
-from reflectioncoder.train.trainer import _check_tokenizer_fits
+from reflectioncoder.train.load import check_tokenizer_fits
 
 TEXTS = ["def add(a, b):\n    return a + b\n" * 20, "print('hello world')\n" * 20]
 ROWS = 200  # fewer than the tokenizer trained on TEXTS has
@@ -32,7 +32,7 @@ def big(tmp_path_factory):
 def test_a_composite_models_text_rows_are_checked(tmp_path, big):
     Gemma3Config(text_config={"vocab_size": ROWS}).save_pretrained(tmp_path)
     with pytest.raises(UserError) as err:
-        _check_tokenizer_fits(_cfg(str(tmp_path / "tok")), big, tmp_path)
+        check_tokenizer_fits(_cfg(str(tmp_path / "tok")), big, tmp_path)
     assert f"{big.vocab_size} tokens, but the model {tmp_path} has {ROWS} embedding rows" in str(
         err.value
     )
@@ -41,7 +41,7 @@ def test_a_composite_models_text_rows_are_checked(tmp_path, big):
 def test_the_models_own_tokenizer_gets_the_advice_that_applies(tmp_path, big):
     Gemma3Config(text_config={"vocab_size": ROWS}).save_pretrained(tmp_path)
     with pytest.raises(UserError) as err:
-        _check_tokenizer_fits(_cfg(None), big, tmp_path)
+        check_tokenizer_fits(_cfg(None), big, tmp_path)
     message = str(err.value)
     assert "model.name_or_path" in message and "leave model.tokenizer unset" not in message
     assert "set model.tokenizer to the one it was trained with" in message

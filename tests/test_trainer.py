@@ -16,7 +16,9 @@ from reflectioncoder.config import OptimConfig, TrainConfig
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.trainer import NonFiniteError, Trainer, lr_at, plan_steps
+from reflectioncoder.train.schedule import lr_at, plan_steps
+from reflectioncoder.train.skipped_steps import NonFiniteError
+from reflectioncoder.train.trainer import Trainer
 
 TINY_ARCH = [
     "model.arch={hidden_size: 32, intermediate_size: 48, num_layers: 2, num_heads: 4, "
@@ -220,7 +222,7 @@ def test_nonfinite_loss_skips_the_update(tmp_path, seed, caplog):
         opt_before = copy.deepcopy(trainer.engine.optimizer.state_dict())
         with caplog.at_level("WARNING", logger="reflectioncoder.train"):
             row = trainer.train_step()
-        assert row["skipped"] and trainer.skipped == 1 and row["skipped_total"] == 1
+        assert row["skipped"] and trainer.skips.total == 1 and row["skipped_total"] == 1
         assert not math.isfinite(row["loss"])
         assert "update skipped" in caplog.text and "1 skipped so far" in caplog.text
         for k, v in trainer.model.state_dict().items():

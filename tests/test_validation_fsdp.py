@@ -12,7 +12,7 @@ from reflectioncoder.config_loader import load_config
 from reflectioncoder.model import build_tiny_llama, prepare_model
 from reflectioncoder.train import distributed
 from reflectioncoder.train.fsdp_engine import FSDPEngine
-from reflectioncoder.train.trainer import ReflectionLossModule
+from reflectioncoder.train.loss_module import ReflectionLossModule
 from reflectioncoder.train.validation import validation_loss
 
 

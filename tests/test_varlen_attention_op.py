@@ -36,7 +36,7 @@ from test_compile import _varied_batches, attention_forwards_per_policy
 from torch._dynamo.utils import counters
 
 from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_model
-from reflectioncoder.train.trainer import ReflectionLossModule
+from reflectioncoder.train.loss_module import ReflectionLossModule
 
 va = importlib.import_module("reflectioncoder.kernels.varlen_attention")
 KERNEL_BACKENDS = ("torch_varlen", "flash_attn", "flash_attn_4")

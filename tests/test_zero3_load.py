@@ -126,7 +126,7 @@ def _child(spec: dict) -> None:
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed
     from reflectioncoder.train.deepspeed_config import zero3_transformers_config
-    from reflectioncoder.train.trainer import build_model
+    from reflectioncoder.train.load import build_model
 
     info = None
     report = []

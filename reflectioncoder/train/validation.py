@@ -85,6 +85,42 @@ def load_validation_files(cfg: RunConfig, tokenizer: Any, is_main: bool) -> list
     return samples
 
 
+def split_validation(
+    samples: list[TokenizedSample],
+    counts: dict[str, int],
+    cfg: RunConfig,
+    tokenizer: Any,
+    is_main: bool,
+) -> tuple[list[TokenizedSample], list[TokenizedSample]]:
+    """(training samples, held-out samples): ``data.validation_fraction`` of the loaded
+    ``samples``, or ``data.validation_files``, or none; counted in the data's ``counts``."""
+    held: list[TokenizedSample] = []
+    trained = samples
+    if cfg.data.validation_fraction:
+        fraction, seed = cfg.data.validation_fraction, cfg.train.seed
+        trained, held = hold_out(samples, fraction, seed)
+        counts["samples"] = len(trained)
+        if is_main:
+            log.info(
+                "validation: %d of %d samples held out (data.validation_fraction), never "
+                "trained on",
+                len(held),
+                len(samples),
+            )
+    elif cfg.data.validation_files:
+        held = load_validation_files(cfg, tokenizer, is_main)
+    if held:
+        counts["validation"] = len(held)
+    if held and is_main and (n := also_trained(trained, held)):
+        log.warning(
+            "validation: %d of %d held-out samples are also in the training data (the same "
+            "tokens): their loss is not a held-out one",
+            n,
+            len(held),
+        )
+    return trained, held
+
+
 def validation_batches(
     samples: Sequence[TokenizedSample], cfg: RunConfig, step: int, total_steps: int, rank: int,
     world_size: int,

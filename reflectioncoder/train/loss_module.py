@@ -1,0 +1,82 @@
+"""The model and its loss as one module, what every engine wraps (DeepSpeed included; under
+ZeRO-3 the LM head is registered as an external parameter of it, since the fused loss reads it
+outside lm_head)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from reflectioncoder.data.packing import PackedBatch
+from reflectioncoder.loss import reflection_loss
+
+
+class ReflectionLossModule(nn.Module):
+    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``."""
+
+    def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast_dtype = autocast_dtype
+        # fp16's loss scale (0-dim, on the device), set by the engine (``train.engine.LossScale``)
+        self.loss_scale: torch.Tensor | None = None
+
+    def forward(
+        self, batch: PackedBatch, split: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weighted loss sums of one packed micro-batch (0-dim tensors, no host sync).
+
+        ``split``: also returns the teacher's CE part (one extra no-grad loss pass over the
+        teacher's CE rows, ``batch.teacher_ce_rows``, on logging steps only); else teacher_ce
+        is NaN.
+        """
+        # model.py loads transformers: on the first forward, so importing the trainer stays fast
+        from reflectioncoder.model import forward_hidden, lm_head_weight
+
+        device_type = batch.input_ids.device.type
+        with torch.autocast(
+            device_type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=bool(self.autocast_dtype),
+        ):
+            hidden = forward_hidden(self.model, batch)
+        weight = lm_head_weight(self.model)
+        if self.autocast_dtype is not None:
+            hidden = hidden.to(self.autocast_dtype)
+            weight = weight.to(self.autocast_dtype)
+        # The packing's indices are right by construction: no checks (each a host sync).
+        loss, parts = reflection_loss(hidden, self._scaled(batch), weight, check_inputs=False)
+        if self.loss_scale is not None and torch.is_grad_enabled():
+            # the scaled sums back to the loss (exact: a power of two); the backward's d z keep it
+            loss = loss / self.loss_scale
+            parts = {k: v / self.loss_scale for k, v in parts.items()}
+        teacher_ce = torch.full((), float("nan"), device=loss.device)
+        if split:
+            with torch.no_grad():
+                only_teacher = dataclasses.replace(
+                    batch,
+                    ce_weight=batch.ce_weight * ~batch.row_is_student,
+                    kl_pairs=batch.kl_pairs[:0],
+                    kl_weight=batch.kl_weight[:0],
+                    ce_only_rows=batch.teacher_ce_rows,
+                )
+                # the loss alone: no d z, no gradient GEMMs or buffers (a forward's cost)
+                teacher_ce = reflection_loss(
+                    hidden, only_teacher, weight, check_inputs=False, need_grad=False
+                )[1]["ce"]
+        return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
+
+    def _scaled(self, batch: PackedBatch) -> PackedBatch:
+        """``batch`` with its loss weights times the fp16 loss scale when a gradient is wanted:
+        the fused loss writes its d z (upstream gradient 1) in the forward, in fp16, where they
+        would flush to zero at a real step's weights; the engine's backward then multiplies the
+        returned (unscaled) loss by the scale, so the d z arrive with an upstream gradient of 1."""
+        if self.loss_scale is None or not torch.is_grad_enabled():
+            return batch
+        return dataclasses.replace(
+            batch,
+            ce_weight=batch.ce_weight * self.loss_scale,
+            kl_weight=batch.kl_weight * self.loss_scale,
+        )

@@ -1,0 +1,56 @@
+"""What a start refuses before any work: a config this machine or engine cannot run, and
+model folders or data files that are not there; each named in one line before a tokenizer is
+trained, data is read or weights are loaded."""
+
+from __future__ import annotations
+
+from reflectioncoder.config import RunConfig
+from reflectioncoder.errors import ConfigError, require_file
+from reflectioncoder.train import deepspeed_config
+from reflectioncoder.train.distributed import DistInfo
+from reflectioncoder.train.fsdp_engine import check_fsdp_run
+from reflectioncoder.train.local_engine import wants_host_optimizer
+
+
+def check_runnable(cfg: RunConfig, info: DistInfo) -> None:
+    """The engine, the kernels and the data the config names can run here."""
+    if not info.deepspeed:  # offload_optimizer true on several ranks: before the model
+        wants_host_optimizer(cfg, info)
+    check_fsdp_run(cfg, info.device)
+    if cfg.model.fused_projections and deepspeed_config.uses_zero3(cfg, info):
+        raise ConfigError(
+            "not with ZeRO-3 (its hooks gather each projection's own weights): set it false "
+            "or use ZeRO stage 0-2",
+            field="model.fused_projections",
+        )
+    if cfg.model.attention != "auto":  # a named kernel that cannot run: before any work
+        from reflectioncoder.kernels.varlen_attention import unavailable_reason
+
+        why = unavailable_reason(cfg.model.attention, info.device)
+        if why is not None:
+            raise ConfigError(f"{cfg.model.attention!r} does not run here: {why}",
+                              field="model.attention")  # fmt: skip
+    if not cfg.data.files:  # the presets name none: the first thing a new user meets
+        raise ConfigError(
+            "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
+            field="data.files",
+        )
+    if cfg.train.eval_every and not (cfg.data.validation_files or cfg.data.validation_fraction):
+        raise ConfigError(
+            "no held-out data to evaluate: set data.validation_files or data.validation_fraction",
+            field="train.eval_every",
+        )
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """The model folders, then every data file: a folder or a typo is named in one line before
+    a tokenizer is trained, data is read or weights are loaded."""
+    from reflectioncoder.model import resolve_model_path
+
+    if cfg.model.name_or_path is not None:
+        resolve_model_path(cfg.model.name_or_path, "model.name_or_path")
+    if cfg.model.tokenizer is not None:
+        resolve_model_path(cfg.model.tokenizer, "model.tokenizer", need="tokenizer")
+    for field in ("data.files", "data.validation_files"):
+        for path in getattr(cfg.data, field.split(".")[1]):
+            require_file(path, "data file", field=field)
