@@ -7,12 +7,22 @@ and while it ran every ``io_setup`` on the host failed with EAGAIN, root's too (
 NVMe offload makes its AIO contexts so). No toolchain uses kernel AIO (glibc's ``aio_*`` are
 threads); the seccomp filter now refuses it.
 
+The same for huge pages: ``mmap(MAP_HUGETLB)`` and ``memfd_create(MFD_HUGETLB)`` take pages
+from the machine's pool (``vm.nr_hugepages``), outside the run's memory cgroup, with no
+privilege. With a pool of 32 pages set up here, a C++ sample took it and the host's own
+``MAP_HUGETLB`` failed (ENOMEM) while it ran (before the pool is set up, as here, the call
+answers ENOMEM: the test asks for EPERM). ``SHM_HUGETLB`` was refused already (only
+``vm.hugetlb_shm_group`` may); the filter refuses all three flags. No toolchain asks for them.
+
 What held, kept: setting the clocks (``settimeofday``, ``clock_settime``, ``adjtimex``,
 ``clock_adjtime``: a jump of the real-time clock cannot move a timeout, which the sandbox
 measures on the monotonic clock anyway), a wake-alarm timer, the host and domain names,
 ``reboot``, ``kexec``, modules, swap, ``acct``, ``syslog``, ``iopl``/``ioperm``,
 ``vhangup``, keys, ``bpf``, ``perf_event_open``, io_uring, file handles
-(``name_to_handle_at``, ``open_by_handle_at``), and pid 1's ``environ`` and root.
+(``name_to_handle_at``, ``open_by_handle_at``), pid 1's ``environ`` and root, a hard link
+to a root-owned file (to keep past the run), ``/dev/kmsg``, a lease on a bound file (which
+would stall its other readers), and the scorer's end of its stdout
+reopened through ``/proc/<parent>/fd/1`` (the pipe is root's).
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ PROBE = r"""
 #include <ctime>
 #include <fcntl.h>
 #include <linux/aio_abi.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/timex.h>
@@ -45,6 +57,11 @@ static void attempt(const char* name, long r) {
 int main() {
     aio_context_t ctx = 0;
     attempt("io_setup", syscall(SYS_io_setup, 4096, &ctx));
+    void* huge = mmap(nullptr, 2 << 20, PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+    attempt("mmap MAP_HUGETLB", huge == MAP_FAILED ? -1 : 0);
+    attempt("memfd_create MFD_HUGETLB", syscall(SYS_memfd_create, "rc", 4));
+    attempt("shmget SHM_HUGETLB", shmget(IPC_PRIVATE, 2 << 20, IPC_CREAT | 0600 | SHM_HUGETLB));
     timeval tv{};
     gettimeofday(&tv, nullptr);
     tv.tv_sec += 3600;
@@ -80,6 +97,13 @@ int main() {
     attempt("open_by_handle_at", syscall(SYS_open_by_handle_at, AT_FDCWD, handle, O_RDONLY));
     attempt("/proc/1/environ", open("/proc/1/environ", O_RDONLY));
     attempt("/proc/1/root/", open("/proc/1/root/", O_RDONLY | O_DIRECTORY));
+    attempt("link a root-owned file", link("/usr/bin/env", "env-link"));
+    attempt("open /dev/kmsg", open("/dev/kmsg", O_RDONLY));
+    int cache = open("/etc/ld.so.cache", O_RDONLY);
+    attempt("lease on a bound file", fcntl(cache, F_SETLEASE, F_RDLCK));
+    char out[64];  // the scorer's end of stdout, reopened through the parent (a root-owned pipe)
+    std::snprintf(out, sizeof out, "/proc/%d/fd/1", getppid());
+    attempt("reopen the parent's stdout", open(out, O_WRONLY));
 }
 """
 
@@ -89,8 +113,10 @@ def test_calls_on_the_machine_are_refused(level):
         pytest.skip(multiple.toolchain_problem("cpp"))
     res = multiple.run_program("cpp", PROBE)
     got = dict(line.split("=", 1) for line in res.stdout.splitlines())
-    assert len(got) == 22, res
-    files = {"/proc/1/environ", "/proc/1/root/"}  # refused by the uid (EACCES), not seccomp
+    assert len(got) == 29, res
+    # refused by the uid, the file system or Landlock (EACCES, EXDEV, ...), not by seccomp
+    files = {"/proc/1/environ", "/proc/1/root/", "link a root-owned file", "open /dev/kmsg"}
+    files |= {"lease on a bound file", "reopen the parent's stdout"}
     assert {name: r for name, r in got.items() if name in files and r == "ok"} == {}, got
     assert {name: r for name, r in got.items() if name not in files and r != "EPERM"} == {}, (
         level,

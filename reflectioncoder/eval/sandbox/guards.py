@@ -55,41 +55,14 @@ _WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY O_RDWR O_CREAT O_
 _DIR_FLAGS = 0o200000 | 0o10000000  # O_DIRECTORY | O_PATH (x86-64 and aarch64 values differ:
 _DIR_FLAGS_ARM = 0o40000 | 0o10000000  # O_DIRECTORY is 0o40000 on aarch64)
 _SAFE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-_PATH_EVENTS = (
-    "os.remove",
-    "os.rmdir",
-    "os.rename",
-    "os.truncate",
-    "os.chmod",
-    "os.chown",
-    "os.link",
-    "os.symlink",
-    "os.mkdir",
-    "shutil.rmtree",
-    "shutil.move",
-    "os.utime",
-    "os.setxattr",
-    "os.removexattr",
+_PATH_EVENTS = tuple(
+    "os.remove os.rmdir os.rename os.truncate os.chmod os.chown os.link os.symlink os.mkdir "
+    "shutil.rmtree shutil.move os.utime os.setxattr os.removexattr".split()
 )
-_DENIED_EVENTS = (
-    "os.exec",
-    "os.posix_spawn",
-    "os.spawn",
-    "os.system",
-    "subprocess.Popen",
-    "os.fork",
-    "os.forkpty",
-    "pty.spawn",
-    "os.startfile",
-    "gc.get_objects",
-    "gc.get_referrers",
-    "gc.get_referents",
-    "sys.settrace",
-    "sys.setprofile",
-    "socket.connect",
-    "socket.bind",
-    "socket.sendto",
-    "socket.sendmsg",
+_DENIED_EVENTS = tuple(
+    "os.exec os.posix_spawn os.spawn os.system subprocess.Popen os.fork os.forkpty pty.spawn "
+    "os.startfile gc.get_objects gc.get_referrers gc.get_referents sys.settrace sys.setprofile "
+    "socket.connect socket.bind socket.sendto socket.sendmsg".split()
 )
 _DENIED_IMPORTS = ("_posixsubprocess", "_ctypes", "ctypes", "_testcapi", "_testinternalcapi")
 
@@ -258,6 +231,9 @@ rt_tgsigqueueinfo    297  240  special
 fcntl                 72   25  special
 setrlimit            160  164  special
 prlimit64            302  261  special
+mmap                   9  222  special
+memfd_create         319  279  special
+shmget                29  194  special
 ptrace               101  117  kernel
 process_vm_readv     310  270  kernel
 process_vm_writev    311  271  kernel
@@ -378,6 +354,7 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         nr["pidfd_send_signal"] = _PROCESS_SYSCALLS["pidfd_send_signal"][col]
         signals["pidfd_send_signal"] = 24
     prog += [(jeq, f"SIG{offset}", 0, nr[name]) for name, offset in signals.items()]
+    prog += [(jeq, name.upper(), 0, nr[name]) for name in ("mmap", "memfd_create", "shmget")]
     prog += [(jeq, "FCNTL", 0, nr["fcntl"]), (ret, 0, 0, allow)]
     # a stop signal (its own or another's) is refused; then (``pid``) the target is checked
     after, labels = ("SIGNAL" if pid is not None else "ALLOW"), {}
@@ -402,6 +379,16 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
     labels["FCNTL"] = len(prog)
     prog += [(ld, 0, 0, 24), (jeq, 0, "ALLOW", F_SETSIG), (ld, 0, 0, 32)]
     prog += [(jge, 0, "ALLOW", _STOP_SIGNALS[0]), (jgt, "ALLOW", "DENY", _STOP_SIGNALS[1])]
+    # huge pages come from the machine's pool (``vm.nr_hugepages``), outside the run's memory
+    # cgroup: a sample took it all, failing the host's own MAP_HUGETLB. None for any run
+    # (MAP_HUGETLB in mmap's flags, MFD_HUGETLB in memfd_create's, SHM_HUGETLB in shmget's)
+    for label, offset, flag in (
+        ("MMAP", 40, 0x40000),
+        ("MEMFD_CREATE", 24, 4),
+        ("SHMGET", 32, 0x800),
+    ):
+        labels[label] = len(prog)
+        prog += [(ld, 0, 0, offset), (jset, "DENY", "ALLOW", flag)]
     labels["SETRLIMIT"] = len(prog)  # setrlimit(resource, new)
     prog += [(ld, 0, 0, 16), (jeq, "DENY", "ALLOW", RLIMIT_CORE)]
     labels["PRLIMIT"] = len(prog)  # prlimit64(pid, resource, new, old): new is a 64-bit pointer
