@@ -2,7 +2,8 @@
 (the kernel's ``kill(-1, SIGKILL)``: every process the sender may signal) and ``kill -9 0``
 (its process group) beside a sibling sample that sleeps, as root. Held at each level: the
 box's own PID namespace, else the run's own uid (the kernel signals only processes of the
-sender's uid); the sibling and the scorer live on (``kill -9 0`` ends the attacker's own run; ``-1`` spares the sender).
+sender's uid); the sibling and the scorer live on (``kill -9 0`` ends the attacker's own
+run; ``-1`` spares the sender).
 """
 
 from __future__ import annotations
