@@ -13,9 +13,11 @@ step's loss under the configured normalisation (the weights of SPEC §2's sample
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,49 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+REPLACED = "metrics.replaced.jsonl"  # OUT/: the rows a --resume logs again, kept
+
+
+def rows_after(path: str | Path, step: int) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl logged after ``step``: those a resume from ``step`` logs
+    again (all of them when it starts from step 0, having no checkpoint)."""
+    return [r for r in read_metrics(path) if r.get("step", 0) > step]
+
+
+def _steps(rows: list[dict[str, Any]]) -> str:
+    """``the rows of 4 steps (11-14)``: which steps ``rows`` log."""
+    steps = sorted({r.get("step", 0) for r in rows})
+    span = f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else f"{steps[0]}"
+    return f"the rows of {len(steps)} step{'s' if len(steps) > 1 else ''} ({span})"
+
+
+def restart_note(out_dir: str | Path, trackers: list[str]) -> str:
+    """What a ``--resume`` that finds no checkpoint in ``out_dir`` does, in one line: it trains
+    from step 0 again, keeping the rows logged so far beside the new ones (``REPLACED``)."""
+    out_dir = Path(out_dir)
+    said = f"no checkpoint in {out_dir}; starting from step 0"
+    rows = rows_after(out_dir / "metrics.jsonl", 0)
+    if not rows:
+        return said
+    said += f"; {_steps(rows)} logged so far move to {out_dir / REPLACED}"
+    if any(t != "tensorboard" for t in trackers):
+        said += " and the trackers start new runs"
+    return said
+
+
+def _keep_replaced(out_dir: Path, rows: list[dict[str, Any]], start_step: int) -> Path:
+    """Append the rows a resume from ``start_step`` logs again to OUT/``REPLACED``, each
+    marked with when and from which step: earlier attempts' rows are never lost."""
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    marks = {"replaced_at": when, "resumed_from_step": start_step}
+    path = out_dir / REPLACED
+    with path.open("a") as file:  # before metrics.jsonl is rewritten: a kill loses none
+        file.write("".join(json.dumps({**row, **marks}) + "\n" for row in rows))
+        file.flush()
+        os.fsync(file.fileno())
+    return path
 
 
 def step_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -121,8 +166,16 @@ class MetricsLogger:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        # On resume, drop rows the killed run wrote after its last checkpoint: they are redone.
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= start_step]
+        # On resume, the rows the killed run wrote after its last checkpoint (all of them with
+        # no checkpoint) are logged again: they move to OUT/metrics.replaced.jsonl
+        rows = read_metrics(self.path)
+        kept = [r for r in rows if r.get("step", 0) <= start_step]
+        replaced = [r for r in rows if r.get("step", 0) > start_step]
+        if replaced:
+            aside = _keep_replaced(self.out_dir, replaced, start_step)
+            if start_step > 0:  # from step 0, the trainer's restart_note said so
+                log.info("--resume: %s logged after step %d move to %s; this run logs them again",
+                         _steps(replaced), start_step, aside)  # fmt: skip
         trained = [r for r in kept if "loss" in r]  # not a validation row
         self.last_row = trained[-1] if trained else None
         held_out = [r for r in kept if "val_loss" in r]

@@ -10,14 +10,16 @@ from typing import Any
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.errors import UserError
-from reflectioncoder.train import checkpoint, reporters
+from reflectioncoder.train import checkpoint, metrics, reporters
 
 log = logging.getLogger("reflectioncoder.train")
 
 
-def checkpoint_to_resume(resume: bool | str, out_dir: Path, is_main: bool) -> Path | None:
+def checkpoint_to_resume(
+    resume: bool | str, out_dir: Path, is_main: bool, trackers: list[str] = ()
+) -> Path | None:
     """The checkpoint ``--resume`` continues from (None: a fresh start): the one named, or the
-    newest complete one in ``out_dir``."""
+    newest complete one in ``out_dir``. ``trackers``: the run's, for the restart's one line."""
     if not resume:
         return None
     if isinstance(resume, str):
@@ -49,7 +51,7 @@ def checkpoint_to_resume(resume: bool | str, out_dir: Path, is_main: bool) -> Pa
             field="--resume",
         )
     if path is None and is_main:
-        log.warning("--resume: no checkpoint in %s; starting from step 0", out_dir)
+        log.warning("--resume: %s", metrics.restart_note(out_dir, list(trackers)))
     elif is_main:
         log.info("--resume: the newest complete checkpoint is %s", path)
     return path

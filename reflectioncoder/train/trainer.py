@@ -89,7 +89,9 @@ class Trainer:
         self.dtype = distributed.resolve_dtype(cfg.model.dtype, self.info.device)
         # Everything is loaded before anything is written: a start that fails on the data, the
         # tokenizer or the model leaves the run folder as it was.
-        self.resume_from = checkpoint_to_resume(resume, self.out_dir, self.info.is_main)
+        self.resume_from = checkpoint_to_resume(
+            resume, self.out_dir, self.info.is_main, cfg.logging.trackers
+        )
         preflight.check_paths(cfg)
         self.manifests = model_card.read_manifests(cfg.data.files)  # the card's, checked now
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
