@@ -55,22 +55,30 @@ class Progress:
         unit: str = "it",
         enabled: bool = True,
         every: int | None = None,
+        initial: int = 0,
     ) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
-        self.n = 0
+        # ``initial``: items done before this process (a resumed run); the rate and the time
+        # left count only the items done here.
+        self.n = self.initial = self._printed_at = initial
         self.enabled = enabled and _enabled
         self.every = every
         self.text = ""
-        self._printed_at = 0
         self._start = time.monotonic()
         self._bar = None
         if self.enabled and is_terminal():
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=False
+                total=total,
+                desc=desc,
+                unit=unit,
+                initial=initial,
+                leave=False,
+                dynamic_ncols=True,
+                disable=False,
             )
 
     def set_total(self, total: int) -> None:
@@ -118,8 +126,26 @@ class Progress:
         of = f"/{self.total}" if self.total else ""
         seconds = time.monotonic() - self._start
         text = f"  {self.text}" if self.text else ""
+        left = self.seconds_left(seconds)
+        eta = f", {duration(left)} left" if left is not None else ""
         print(
-            f"{self.desc}: {self.n}{of} {self.unit}s{text}  ({seconds:.0f} s)",
+            f"{self.desc}: {self.n}{of} {self.unit}s{text}  ({seconds:.0f} s{eta})",
             file=sys.stderr,
             flush=True,
         )
+
+    def seconds_left(self, seconds: float) -> float | None:
+        """The time left at this process's rate so far (None before an item or once done)."""
+        done = self.n - self.initial
+        if not self.total or done <= 0 or self.n >= self.total:
+            return None
+        return seconds / done * (self.total - self.n)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``7.5 min``, ``3.2 h``: a time a person reads at a glance."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -103,7 +103,8 @@ def test_demo_doc_output_is_one_runs():
     its summary gives, and the summary's steps fit in its total."""
     text = (REPO / "docs" / "demo.md").read_text(encoding="utf-8")
     block = text.split("What it prints", 1)[1].split("```", 2)[1]
-    last_progress = int(re.findall(r"^train: \d+/\d+ steps .*\((\d+) s\)$", block, re.M)[-1])
+    line = r"^train: \d+/\d+ steps .*\((\d+) s(?:, [\d.]+ (?:s|min|h) left)?\)$"
+    last_progress = int(re.findall(line, block, re.M)[-1])
     parts = re.search(
         r"^time +data (\d+) s, tokenizer (\d+) s, train (\d+) s, generate (\d+) s$", block, re.M
     )

@@ -137,6 +137,18 @@ def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
     return out_png
 
 
+def progress_text(row: dict[str, Any]) -> str:
+    """The step's figures on the progress line; MFU where the row has it (a GPU, or
+    ``logging.peak_tflops``)."""
+    text = (
+        f"loss {row['loss']:.4f}  kl {row['kl']:.2e}  mask {row['mask_rate']:.2f}  "
+        f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s"
+    )
+    if isinstance(row.get("mfu"), int | float):
+        text += f"  MFU {100 * row['mfu']:.1f}%"
+    return text
+
+
 class MetricsLogger:
     """Writes metrics rows (rank 0 only; other ranks get a silent logger)."""
 
@@ -196,8 +208,7 @@ class MetricsLogger:
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.
             every = cfg.print_every or max(1, total_steps // 20)
-            self._bar = Progress(total_steps, "train", unit="step", every=every)
-            self._bar.n = self._bar._printed_at = start_step
+            self._bar = Progress(total_steps, "train", unit="step", every=every, initial=start_step)
 
     def log(self, row: dict[str, Any]) -> None:
         """Write one row (``row["step"]`` is the 1-based optimizer step just finished)."""
@@ -216,10 +227,7 @@ class MetricsLogger:
                 reporter.log(scalars, step)
         if self._bar is not None:
             # The text first: the bar then shows the step just finished, not the one before.
-            self._bar.note(
-                f"loss {row['loss']:.4f}  kl {row['kl']:.2e}  mask {row['mask_rate']:.2f}  "
-                f"lr {row['lr']:.2e}  {row['tokens_per_s']:.0f} tok/s"
-            )
+            self._bar.note(progress_text(row))
             self._bar.update(1)
 
     def log_validation(self, row: dict[str, Any]) -> None:
