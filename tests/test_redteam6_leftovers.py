@@ -73,5 +73,11 @@ def test_the_search_finds_writable_folders_and_does_not_enter_them(tmp_path):
     (tmp_path / "closed" / "w").mkdir(parents=True)
     (tmp_path / "closed").chmod(0o700)  # no uid but root's reaches w
     (tmp_path / "closed" / "w").chmod(0o777)
+    deep = tmp_path.joinpath(*"defghijkl")  # 9 levels below the top: past the search
+    deep.mkdir(parents=True)
+    deep.chmod(0o777)
     assert runuser._search(str(tmp_path)) == [str(tmp_path / "a" / "b")]
+    shallower = deep.parent.parent / "m"  # 8 levels: found
+    deep.rename(shallower)
+    assert sorted(runuser._search(str(tmp_path))) == [str(tmp_path / "a" / "b"), str(shallower)]
     assert "/var/tmp" in runuser.world_writable_folders()

@@ -51,7 +51,9 @@ _KERNEL_FS = frozenset(
     "proc sysfs cgroup cgroup2 devpts debugfs tracefs securityfs bpf configfs fusectl pstore "
     "binfmt_misc autofs efivarfs selinuxfs nsfs hugetlbfs".split()
 )
-_SEARCH_VISITS = 1_000_000  # folders looked at by the search, at most
+# the search: folders down to 8 levels below / (PHP's sessions are 4 deep; 10,000 folders
+# here, 0.7 s, against 62,000 and 3.7 s for all), 200,000 at most (a big dataset tree)
+_SEARCH_DEPTH, _SEARCH_VISITS = 8, 200_000
 _FOUND: list[tuple[str, ...]] = []
 _FOUND_LOCK = threading.Lock()
 # System V IPC objects: /proc/sysvipc's file, its id column, the libc call that removes one
@@ -96,8 +98,8 @@ def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
 
 def world_writable_folders() -> tuple[str, ...]:
     """Every folder on the machine where a uid that owns nothing may make a file (others may
-    write and search it, and search every folder above it), and the usual ones: searched once
-    per scorer (3 s for 62,000 folders here), by root for the fallback without Landlock.
+    write and search it, and search every folder above it) down to ``_SEARCH_DEPTH`` levels,
+    and the usual ones: searched once per scorer, by root for the fallback without Landlock.
     The search does not enter a world-writable folder (the sweeps walk those, ``_SWEEP_DEPTH``
     deep) nor the kernel's file systems."""
     with _FOUND_LOCK:
@@ -107,9 +109,9 @@ def world_writable_folders() -> tuple[str, ...]:
 
 
 def _search(top: str) -> list[str]:
-    skip, found, todo, visits = _kernel_mounts(), [], [top], 0
+    skip, found, todo, visits = _kernel_mounts(), [], [(top, 0)], 0
     while todo and visits < _SEARCH_VISITS:
-        folder = todo.pop()
+        folder, depth = todo.pop()
         visits += 1
         with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
@@ -119,8 +121,8 @@ def _search(top: str) -> list[str]:
                         continue
                     if info.st_mode & stat.S_IWOTH and info.st_mode & stat.S_IXOTH:
                         found.append(entry.path)
-                    elif info.st_mode & stat.S_IXOTH:
-                        todo.append(entry.path)
+                    elif info.st_mode & stat.S_IXOTH and depth + 1 < _SEARCH_DEPTH:
+                        todo.append((entry.path, depth + 1))
     return found
 
 
