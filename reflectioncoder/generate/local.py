@@ -124,13 +124,15 @@ class LocalModel(Generator):
 
     def _decode(self, new, config: GenerationConfig) -> list[str]:
         """Each sequence's text up to its first end token (the tokenizer's, the model's, a stop
-        token: whichever ended it), padding dropped, cut at the first stop."""
+        token: whichever ended it), cut at the first stop. A pad token the model wrote before
+        its end stays, as greedy decoding wrote it; the padding of a sequence that a stop
+        string ended follows that string, so the cut removes it."""
         tok = self.tokenizer
         ends = set(self._end_ids(config.stop))
         rows = []
         for row in new.tolist():
             end = next((j for j, t in enumerate(row) if t in ends), len(row))
-            rows.append([t for t in row[:end] if t != tok.pad_token_id])
+            rows.append(row[:end])
         texts = tok.batch_decode(rows, skip_special_tokens=config.skip_special_tokens)
         return [cut_at_stop(t, config.all_stops) for t in texts]
 
