@@ -122,3 +122,21 @@ def test_calls_on_the_machine_are_refused(level):
         level,
         got,
     )
+
+
+HUGE_FROM_PYTHON = """
+import mmap
+try:
+    mmap.mmap(-1, 2 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)  # MAP_HUGETLB
+    print("huge pages: ok")
+except OSError as exc:
+    print("huge pages:", exc.errno)
+"""
+
+
+def test_python_gets_no_huge_pages_either(level):
+    """The filter is the kernel's, whatever the language: a HumanEval-style Python program."""
+    from reflectioncoder.eval import sandbox
+
+    res = sandbox.run_python(HUGE_FROM_PYTHON, timeout_s=10)
+    assert res.stdout.strip() == "huge pages: 1", (level, res)  # EPERM (before: 12, ENOMEM)
