@@ -101,3 +101,20 @@ def test_files_held_counts_descriptors_and_mappings(tmp_path):
         m.close()
     assert during - before == 7  # one descriptor, three mappings (each with its own dup)
     assert filetable.files_held([os.getpid()], 2) < before  # stops counting past its bound
+
+
+def test_a_run_without_a_cgroup_counts_its_whole_tree():
+    """Without a cgroup to list them, the guard counts the main process and those under it."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 5 & sleep 5 & wait"])
+    try:
+        deadline = time.monotonic() + 5
+        while len(filetable.descendants(proc.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = filetable.descendants(proc.pid)
+        assert tree[0] == proc.pid and len(tree) == 3, tree
+    finally:
+        proc.kill()
+        proc.wait()
