@@ -157,7 +157,7 @@ reflectioncoder/train/local_engine.py ``LocalEngine._step_on_host``): the slowes
 (``pipelined_boundary_s``); the device's norm and clip of the sums (12P bytes of HBM, about
 30 ms at 7B on an H100) are counted in neither.
 
-Memory per GPU (``activation_checkpointing.resident_bytes``, the function the trainer plans
+Memory per GPU (``memory_plan.resident_bytes``, the function the trainer plans
 with): bf16 weights 2P (fp32 4P under autocast; 1/n under ZeRO-3); gradients: fp32 sums 4P at
 ZeRO-1 (the BF16 optimizer frees each bf16 gradient once added) and under autocast, bf16 2P +
 fp32 4P for ``local``, an fp32 partition 4P/n + 1 GiB of buckets at ZeRO-2/3 and with an
@@ -250,6 +250,7 @@ from pathlib import Path
 
 from bench import roofline
 from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import memory_plan as mp
 from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_share
 from reflectioncoder.train.local_engine import HOST_BUCKET_BYTES
 
@@ -307,7 +308,7 @@ BF16_SUM_BYTES["fsdp"] = GRAD_SUM_BYTES["fsdp"]
 OPT_BYTES = {"masters": 30, "autocast": 28}
 # FSDP's AdamW writes no bf16 weight (its all-gather casts the fp32 shard): 28 in both precisions
 FSDP_OPT_BYTES = 28
-FIXED_BYTES = ac.RESERVE_FIXED
+FIXED_BYTES = mp.RESERVE_FIXED
 MEMORY = {"H100": 81559 * 2**20, "H200": 143771 * 2**20}  # what nvidia-smi reports
 # ZeRO-Offload (an offloaded optimizer): fp32 gradients to the host and bf16 weights back over
 # PCIe 5.0 x16 (64 GB/s a direction), taken at 0.8 of it, ASSUMED (not measured here); the
@@ -489,9 +490,9 @@ def default_engine(gpus: int) -> str:
 
 def default_levers(arch: Arch, card: str, gpus: int, engine: str, work: Workload) -> Levers:
     """The shipped default on this layout: ``offload_optimizer: auto`` resolved as the trainer
-    does (``activation_checkpointing.needs_offload``; DeepSpeed ZeRO-1/2, or one process on one
+    does (``memory_plan.needs_offload``; DeepSpeed ZeRO-1/2, or one process on one
     rank: ``can_offload``)."""
-    offload = ac.can_offload(_stage(engine), gpus) and ac.needs_offload(
+    offload = mp.can_offload(_stage(engine), gpus) and mp.needs_offload(
         MEMORY[card], _params(arch), arch.layers, work.tokens, arch.shape(), _stage(engine), gpus
     )
     return Levers(offload=offload)
@@ -506,7 +507,7 @@ def _resident(arch: Arch, gpus: int, engine: str, levers: Levers) -> float:
     """Weights, gradients and optimizer states on a GPU (``activation_checkpointing``)."""
     autocast = levers.precision == "autocast"
     stage = _stage(engine)
-    return ac.resident_bytes(
+    return mp.resident_bytes(
         _params(arch),
         stage=stage,
         ranks=gpus,
@@ -524,15 +525,15 @@ def layer_plan(
         return ac.named_plan(levers.checkpointing, arch.layers)
     resident = _resident(arch, gpus, engine, levers)
     workspace = _loss(arch, card, levers, work).workspace_bytes
-    budget = ac.activation_budget(MEMORY[card], resident + workspace)
+    budget = mp.activation_budget(MEMORY[card], resident + workspace)
     offload = (0, 1)
     if levers.activation_offload:  # the trainer's rule and its GEMM-only forward time
         layer_params = arch.shape().body_params // arch.layers
         peak = roofline.CARDS[card].bf16_tflops * 1e12
-        forward_s = ac.layer_forward_s(layer_params, work.tokens, peak)
-        link = ac.link_bytes_s(gpus)
-        offload = ac.offload_rule(arch.layers, work.tokens, arch.shape(), forward_s, link)
-    return ac.plan_layers(arch.layers, work.tokens, arch.shape(), budget, 2, offload)
+        forward_s = mp.layer_forward_s(layer_params, work.tokens, peak)
+        link = mp.link_bytes_s(gpus)
+        offload = mp.offload_rule(arch.layers, work.tokens, arch.shape(), forward_s, link)
+    return mp.plan_layers(arch.layers, work.tokens, arch.shape(), budget, 2, offload)
 
 
 def offload_exposed_s(
@@ -552,7 +553,7 @@ def offload_exposed_s(
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     if not offloaded:
         return 0.0
-    one = ac.offloaded_bytes(tokens, shape) / ac.link_bytes_s(gpus)
+    one = mp.offloaded_bytes(tokens, shape) / mp.link_bytes_s(gpus)
     free = 0.0
     for i in offloaded:
         free = max(free, i * forward_s) + one
@@ -717,13 +718,13 @@ def memory(
 ) -> float:
     """Bytes a GPU holds at its peak (module docstring)."""
     resident = _resident(arch, gpus, engine, levers)
-    acts = ac.activation_bytes(plan, work.tokens, arch.shape())
+    acts = mp.activation_bytes(plan, work.tokens, arch.shape())
     return resident + acts + loss_ws + FIXED_BYTES
 
 
 def fits(memory_bytes: float, card: str) -> bool:
     """Within the card less the planner's share for fragmentation (``RESERVE_SHARE``)."""
-    return memory_bytes <= (1 - ac.RESERVE_SHARE) * MEMORY[card]
+    return memory_bytes <= (1 - mp.RESERVE_SHARE) * MEMORY[card]
 
 
 def make_row(

@@ -17,7 +17,7 @@ costs time only when the prefetch is late. Nothing here reads a tensor on the ho
 sync is added (the pinned buffers come from torch's caching host allocator).
 
 Ahead of a backward, at most two offloaded layers' outputs are on the device (the one in use,
-the one arriving); ``activation_checkpointing.activation_bytes`` counts two (one still leaving
+the one arriving); ``memory_plan.activation_bytes`` counts two (one still leaving
 at the forward's end). The planner offloads the first layers (their backward comes last, so
 their copies have the whole forward to leave and most of the backward to come back).
 

@@ -306,7 +306,7 @@ class DistributedConfig:
     torch's fused AdamW on the host, the fp32 gradient sums kept on the GPU. ``auto``: on (on
     CUDA, DeepSpeed ZeRO-1/2 or one process) when the weights, gradients and optimizer states
     leave no room for even fully checkpointed activations
-    (``activation_checkpointing.needs_offload``), else off."""
+    (``memory_plan.needs_offload``), else off."""
     fp32_grad_accum: bool | str = "auto"
     """Sum a step's gradients over micro-batches and ranks in fp32 when the weights are bf16,
     under DeepSpeed ZeRO-1/2/3: ``data_types.grad_accum_dtype`` fp32 (ZeRO-1: the BF16

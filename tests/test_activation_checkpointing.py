@@ -8,20 +8,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from reflectioncoder.activation_checkpointing import (
+from reflectioncoder.activation_checkpointing import apply_plan, named_plan
+from reflectioncoder.config import ModelConfig
+from reflectioncoder.memory_plan import (
     activation_budget,
     activation_bytes,
-    apply_plan,
     can_offload,
     kept_bytes,
-    named_plan,
     needs_offload,
     plan_layers,
     plan_run,
     rerun_cost,
     resident_bytes,
 )
-from reflectioncoder.config import ModelConfig
 from reflectioncoder.model import build_tiny_llama, forward_hidden, prepare_model
 from reflectioncoder.train.flops import ModelShape
 

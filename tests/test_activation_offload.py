@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from reflectioncoder import activation_checkpointing as ac
 from reflectioncoder import activation_offload
+from reflectioncoder import memory_plan as mp
 from reflectioncoder.config import ModelConfig
 from reflectioncoder.train.flops import ModelShape
 
@@ -175,26 +176,26 @@ def test_offload_through_train_step_without_host_syncs(tmp_path, seed):
 
 
 def test_the_rule_offloads_the_first_layers_spaced_and_recomputes_less():
-    per = ac.offloaded_bytes(T, S7)
-    forward_s = ac.layer_forward_s(202_383_360, T, 989e12)
-    count, every = ac.offload_rule(LAYERS, T, S7, forward_s, ac.link_bytes_s(1))
+    per = mp.offloaded_bytes(T, S7)
+    forward_s = mp.layer_forward_s(202_383_360, T, 989e12)
+    count, every = mp.offload_rule(LAYERS, T, S7, forward_s, mp.link_bytes_s(1))
     # out during the forward of the layers after the first; back within the layers' backward
-    assert count * per <= ac.PCIE_BYTES_S * (LAYERS - 1) * forward_s < (count + 1) * per
-    assert (every - 1) * 2 * forward_s < per / ac.PCIE_BYTES_S <= every * 2 * forward_s
-    assert ac.link_bytes_s(8) == ac.HOST_DMA_BYTES_S / 8 < ac.link_bytes_s(1) == ac.PCIE_BYTES_S
-    assert ac.offload_rule(LAYERS, T, S7, forward_s, ac.link_bytes_s(8))[0] < count
-    budget = ac.activation_bytes(("save_gemms",) * 20 + ("full",) * 12, T, S7)
-    plain = ac.plan_layers(LAYERS, T, S7, budget)
-    plan = ac.plan_layers(LAYERS, T, S7, budget, offload=(count, every))
-    assert ac.activation_bytes(plan, T, S7) <= budget
+    assert count * per <= mp.PCIE_BYTES_S * (LAYERS - 1) * forward_s < (count + 1) * per
+    assert (every - 1) * 2 * forward_s < per / mp.PCIE_BYTES_S <= every * 2 * forward_s
+    assert mp.link_bytes_s(8) == mp.HOST_DMA_BYTES_S / 8 < mp.link_bytes_s(1) == mp.PCIE_BYTES_S
+    assert mp.offload_rule(LAYERS, T, S7, forward_s, mp.link_bytes_s(8))[0] < count
+    budget = mp.activation_bytes(("save_gemms",) * 20 + ("full",) * 12, T, S7)
+    plain = mp.plan_layers(LAYERS, T, S7, budget)
+    plan = mp.plan_layers(LAYERS, T, S7, budget, offload=(count, every))
+    assert mp.activation_bytes(plan, T, S7) <= budget
     assert plan.count("full") < plain.count("full")
     where = [i for i, p in enumerate(plan) if p == "offload"]
     assert 0 < len(where) <= count and where == list(range(0, every * len(where), every))
     # in flight: two offloaded layers' outputs on the device beside what the others keep
-    assert ac.activation_bytes(("offload",) * 3, T, S7) == pytest.approx(
-        3 * ac.kept_bytes("offload", T, S7) + ac.kept_bytes("none", T, S7) + 2 * per
+    assert mp.activation_bytes(("offload",) * 3, T, S7) == pytest.approx(
+        3 * mp.kept_bytes("offload", T, S7) + mp.kept_bytes("none", T, S7) + 2 * per
     )
-    assert ac.plan_layers(LAYERS, T, S7, budget, offload=(0, 1)) == plain
+    assert mp.plan_layers(LAYERS, T, S7, budget, offload=(0, 1)) == plain
 
 
 def test_the_config_names_the_policy_and_the_switch():
@@ -221,7 +222,7 @@ def test_offloaded_layers_stay_out_of_compile():
 def test_the_step_model_plans_offload_as_the_trainer_and_charges_late_copies():
     from bench import step_model as sm
 
-    assert (sm.PCIE, sm.GEMM_EFF) == (ac.PCIE_BYTES_S, ac.GEMM_EFF)  # one figure each
+    assert (sm.PCIE, sm.GEMM_EFF) == (mp.PCIE_BYTES_S, mp.GEMM_EFF)  # one figure each
     arch, work = sm.ARCHS["CodeLlama-7B"], sm.reflection_workload()
     # one H100 at ZeRO-2: at ZeRO-1 the offloaded optimizer's whole fp32 grad_accum (DeepSpeed's,
     # tests/test_zero_fp32_sums.py) leaves activation offload no room
@@ -243,7 +244,7 @@ def test_the_step_model_plans_offload_as_the_trainer_and_charges_late_copies():
         assert every.split_s["activation_offload_exposed"] > 0
     # the wait: none when each copy has a layer's backward, the excess when it has not
     plan = ("offload", "none", "offload", "none")
-    one = ac.offloaded_bytes(T, S7) / ac.link_bytes_s(1)
+    one = mp.offloaded_bytes(T, S7) / mp.link_bytes_s(1)
     assert sm.offload_exposed_s(plan, T, S7, 1, one, one) == 0
     assert sm.offload_exposed_s(("offload",) * 3, T, S7, 1, one, one / 2) > 0
 

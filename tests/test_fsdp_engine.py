@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 from test_distributed import REPO_ROOT, TOLERANCE, _overrides, _rows, poison_step
 from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
 
-from reflectioncoder.activation_checkpointing import FSDP_GATHERED_BYTES
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.memory_plan import FSDP_GATHERED_BYTES
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.train.trainer import Trainer
 

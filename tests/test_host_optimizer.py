@@ -183,13 +183,13 @@ def test_auto_offload_is_planned_only_where_the_engine_can(
     """``offload_optimizer: auto`` reaches the planner (which may turn it on, on a GPU) on an
     engine that can offload; DeepSpeed's ZeRO-0 cannot: ``can_offload``'s stage 0 is the
     one-process engine, so the trainer plans it off there."""
-    from reflectioncoder import activation_checkpointing as ac
+    from reflectioncoder import memory_plan as mp
     from reflectioncoder.model import build_tiny_llama
     from reflectioncoder.train import distributed, placement
 
-    seen, plan_run = [], ac.plan_run
+    seen, plan_run = [], mp.plan_run
     monkeypatch.setattr(
-        ac, "plan_run", lambda *a, **k: (seen.append(k["offload"]), plan_run(*a, **k))[1]
+        mp, "plan_run", lambda *a, **k: (seen.append(k["offload"]), plan_run(*a, **k))[1]
     )
     info = distributed.DistInfo(0, 1, 0, torch.device("cpu"), deepspeed=deepspeed)
     backend = "deepspeed" if deepspeed else "none"

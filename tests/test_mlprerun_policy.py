@@ -16,6 +16,7 @@ from test_flops import _batch, _counted
 from test_kept_outputs import LAYERS, _backward, liger_stand_ins  # noqa: F401 (a fixture)
 
 from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import memory_plan as mp
 from reflectioncoder.config import ModelConfig
 from reflectioncoder.model import build_tiny_llama, forward_hidden, load_model, prepare_model
 from reflectioncoder.train.flops import ModelShape, batch_flops, recomputed_share
@@ -209,17 +210,17 @@ S7 = ModelShape.llama(4096, 11008, 32, 32, 32, 32016)  # CodeLlama-7B's widths
 def test_planner_puts_mlp_rerun_between_save_gemms_and_full():
     """The costs order the policies; a budget of one mlp_rerun layer over all-full gives that
     layer mlp_rerun (save_gemms does not fit); the plan is the same each call."""
-    cost = ac.rerun_cost(S7)
+    cost = mp.rerun_cost(S7)
     assert [cost[p] for p in ac.LAYER_POLICIES] == sorted(cost[p] for p in ac.LAYER_POLICIES)
     assert 0 < cost["mlp_rerun"] < cost["full"]
     one = ("mlp_rerun",) + ("full",) * (LAYERS_7B - 1)
-    budget = ac.activation_bytes(one, T, S7)
-    assert ac.activation_bytes(("save_gemms",) + ("full",) * (LAYERS_7B - 1), T, S7) > budget
+    budget = mp.activation_bytes(one, T, S7)
+    assert mp.activation_bytes(("save_gemms",) + ("full",) * (LAYERS_7B - 1), T, S7) > budget
     assert (
-        ac.plan_layers(LAYERS_7B, T, S7, budget) == one == ac.plan_layers(LAYERS_7B, T, S7, budget)
+        mp.plan_layers(LAYERS_7B, T, S7, budget) == one == mp.plan_layers(LAYERS_7B, T, S7, budget)
     )
     # input, o_proj, q, attention output, k, v (multi-head: D each), bf16; fp32 lse
-    assert ac.kept_bytes("mlp_rerun", T, S7) == pytest.approx(6 * D * 2 * T + 4 * 32 * T)
+    assert mp.kept_bytes("mlp_rerun", T, S7) == pytest.approx(6 * D * 2 * T + 4 * 32 * T)
     assert ac.named_plan("mlp_rerun", 3) == ("mlp_rerun",) * 3
 
 
@@ -253,9 +254,9 @@ def test_step_model_costs_it_and_its_default_uses_it(monkeypatch):
     one_gpu = sm.default_levers(arch, "H100", 1, "local", work)
     default = sm.predict(arch, "H100", 1, "local", one_gpu, work)
     assert "mlp_rerun" in default.plan
-    shape_cost = ac.rerun_cost
+    shape_cost = mp.rerun_cost
     monkeypatch.setattr(
-        ac,
+        mp,
         "rerun_cost",
         lambda shape: {**shape_cost(shape), "mlp_rerun": shape_cost(shape)["full"]},
     )

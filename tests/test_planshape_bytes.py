@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import memory_plan as mp
 from reflectioncoder.train.flops import ModelShape
 
 ROWS = json.loads(
@@ -32,16 +32,16 @@ def _close(predicted: float, measured: float) -> bool:
 
 
 def test_every_measured_row_is_predicted_from_its_shape():
-    rows = [r for r in ROWS if r["policy"] in ac.KEPT_WIDTHS]
+    rows = [r for r in ROWS if r["policy"] in mp.KEPT_WIDTHS]
     assert {r["shape"] for r in rows} >= {"base", "gqa8", "mha_i4", "7b_d512"}
     for row in rows:
         shape = _shape(row)
-        predicted = ac.kept_per_token(row["policy"], shape, element_bytes=4)
+        predicted = mp.kept_per_token(row["policy"], shape, element_bytes=4)
         measured = row["bytes_per_token_layer"]
         assert _close(predicted, measured), (row["shape"], row["policy"], predicted, measured)
         if row["policy"] == "offload":  # what goes to the host: counted by the stores, exact
             sent = row["offloaded_bytes_per_token_layer"]
-            assert ac.offloaded_bytes(1, shape, element_bytes=4) == pytest.approx(sent, abs=1)
+            assert mp.offloaded_bytes(1, shape, element_bytes=4) == pytest.approx(sent, abs=1)
 
 
 def test_bytes_per_hidden_unit_alone_miss_the_other_shapes():
@@ -61,8 +61,8 @@ def test_bytes_per_hidden_unit_alone_miss_the_other_shapes():
 
 def test_bf16_halves_the_activations_not_the_log_sum_exp():
     shape = ModelShape.llama(8192, 22016, 48, 64, 8, 32000)  # CodeLlama-34B
-    fp32 = ac.kept_per_token("save_gemms", shape, 4)
-    bf16 = ac.kept_per_token("save_gemms", shape, 2)
+    fp32 = mp.kept_per_token("save_gemms", shape, 4)
+    bf16 = mp.kept_per_token("save_gemms", shape, 2)
     lse = 4 * 64
     assert bf16 - lse == pytest.approx((fp32 - lse) / 2)
     # input, o_proj: 2D; q, attention output: 2D; k, v: 2 x 1024; gate, up: 2I

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import memory_plan as mp
 from reflectioncoder.model import build_tiny_llama
 from reflectioncoder.train.flops import ModelShape
 
@@ -42,10 +42,10 @@ def counted_shares(heads: int, kv_heads: int) -> tuple[ModelShape, dict[str, flo
 @pytest.mark.parametrize("name", TINY)
 def test_rerun_costs_are_the_flop_counters(name):
     shape, shares = counted_shares(**TINY[name])
-    cost = ac.rerun_cost(shape)
+    cost = mp.rerun_cost(shape)
     for policy, share in shares.items():
         assert cost[policy] == pytest.approx(share, rel=1e-9)
-    big = ac.rerun_cost(S7 if name == "7b" else S34)  # the same ratios at full size
+    big = mp.rerun_cost(S7 if name == "7b" else S34)  # the same ratios at full size
     for policy, share in shares.items():
         assert big[policy] == pytest.approx(share, rel=1e-9)
 
@@ -58,7 +58,7 @@ def brute_force(layers: int, tokens: int, shape: ModelShape, budget: float, cost
         if full < 0:
             continue
         counts = {"none": none, "save_gemms": saved, "mlp_rerun": mlp, "full": full}
-        if ac._counts_bytes(counts, tokens, shape) > budget:  # noqa: SLF001
+        if mp._counts_bytes(counts, tokens, shape) > budget:  # noqa: SLF001
             continue
         total = mlp * cost["mlp_rerun"] + full * cost["full"]
         best = total if best is None else min(best, total)
@@ -74,19 +74,19 @@ def test_each_plan_is_the_least_recompute_for_its_shape(name, shape, other):
     layers, tokens = 12, 16384
     _, cost = counted_shares(**TINY[name])
     cost = {"none": 0.0, "save_gemms": 0.0, **cost}
-    low = ac.activation_bytes(("full",) * layers, tokens, shape)
-    high = ac.activation_bytes(("save_gemms",) * layers, tokens, shape)
-    misweight = ac.rerun_cost(other) if other is not None else None
+    low = mp.activation_bytes(("full",) * layers, tokens, shape)
+    high = mp.activation_bytes(("save_gemms",) * layers, tokens, shape)
+    misweight = mp.rerun_cost(other) if other is not None else None
     worse = 0
     for budget in torch.linspace(low, high, 25).tolist():
-        plan = ac.plan_layers(layers, tokens, shape, budget)
-        assert ac.activation_bytes(plan, tokens, shape) <= budget
+        plan = mp.plan_layers(layers, tokens, shape, budget)
+        assert mp.activation_bytes(plan, tokens, shape) <= budget
         least = brute_force(layers, tokens, shape, budget, cost)
         assert sum(cost[p] for p in plan) == pytest.approx(least, abs=1e-9), budget
         if misweight is not None:
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(ac, "rerun_cost", lambda _: misweight)
-                misweighted = ac.plan_layers(layers, tokens, shape, budget)
+                patch.setattr(mp, "rerun_cost", lambda _: misweight)
+                misweighted = mp.plan_layers(layers, tokens, shape, budget)
             worse += sum(cost[p] for p in misweighted) > least + 1e-9
     assert misweight is None or worse > 0
 
@@ -115,18 +115,18 @@ def test_the_trainer_plans_with_the_models_shape(tmp_path, seed, monkeypatch):
     )
     tokens, shape = cfg.packing.max_tokens, ModelShape.from_model(model)
     # a device whose activation budget is one save_gemms, one mlp_rerun and two full layers
-    want = ac.activation_bytes(("save_gemms", "mlp_rerun", "full", "full"), tokens, shape, 4)
-    resident = ac.resident_bytes(count_parameters(model), stage=0, ranks=1, autocast=True)
-    total = (want + resident + ac.RESERVE_FIXED) / (1 - ac.RESERVE_SHARE) + 1
+    want = mp.activation_bytes(("save_gemms", "mlp_rerun", "full", "full"), tokens, shape, 4)
+    resident = mp.resident_bytes(count_parameters(model), stage=0, ranks=1, autocast=True)
+    total = (want + resident + mp.RESERVE_FIXED) / (1 - mp.RESERVE_SHARE) + 1
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: types.SimpleNamespace(total_memory=total))  # fmt: skip
-    seen, plan_run = [], ac.plan_run
-    monkeypatch.setattr(ac, "plan_run", lambda *a, **k: (seen.append(k), plan_run(*a, **k))[1])
+    seen, plan_run = [], mp.plan_run
+    monkeypatch.setattr(mp, "plan_run", lambda *a, **k: (seen.append(k), plan_run(*a, **k))[1])
     info = distributed.DistInfo(0, 1, 0, torch.device("cuda"), deepspeed=False)
     placement.plan_memory(cfg, model, info, torch.float32)
     (called,) = seen
     assert called["shape"] == shape
     assert (shape.heads, shape.kv_heads, shape.kv_width, shape.intermediate) == (8, 1, 32, 688)
-    budget = total - resident - ac.reserve_bytes(total)
-    assert model.rc_checkpointing_plan == ac.plan_layers(4, tokens, shape, budget, 4)
+    budget = total - resident - mp.reserve_bytes(total)
+    assert model.rc_checkpointing_plan == mp.plan_layers(4, tokens, shape, budget, 4)
     assert model.rc_checkpointing_plan == ("save_gemms", "mlp_rerun", "full", "full")

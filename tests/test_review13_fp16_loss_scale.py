@@ -205,16 +205,16 @@ def test_the_memory_plan_counts_the_weights_the_run_keeps(tmp_path, seed, monkey
     """The activation-checkpointing / offload plan sizes the weights as ``placement.place_weights``
     keeps them: fp16 in one process keeps fp32 weights, so 4 bytes (it was planned as bf16
     masters' 2 whatever ``mixed_precision`` said)."""
-    from reflectioncoder import activation_checkpointing
+    from reflectioncoder import memory_plan
 
     seen = []
-    plan_run = activation_checkpointing.plan_run
+    plan_run = memory_plan.plan_run
 
     def spy(*args, **kwargs):
         seen.append(kwargs["element_bytes"])
         return plan_run(*args, **kwargs)
 
-    monkeypatch.setattr(activation_checkpointing, "plan_run", spy)
+    monkeypatch.setattr(memory_plan, "plan_run", spy)
     trainer = Trainer(tiny_config(tmp_path, seed, extra=extra))
     try:
         weights = {p.dtype for p in trainer.model.parameters()}

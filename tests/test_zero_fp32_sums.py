@@ -22,7 +22,7 @@ its reduce bucket, which is fp32 when the reduction is (4 / 2 + 4). DeepSpeed's 
 an offloaded optimizer would hold a full fp32 ``grad_accum`` per parameter, an fp32 partition
 and an fp32 bucket (4 + 4 / 2 + 4, measured before ``deepspeed_config.offloaded_stage``); it runs as
 ZeRO-2, so its case records ZeRO-2's. bench/step_model.py's memory
-(``activation_checkpointing.resident_bytes``) counts these."""
+(``memory_plan.resident_bytes``) counts these."""
 
 from __future__ import annotations
 

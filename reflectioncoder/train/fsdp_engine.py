@@ -9,7 +9,7 @@ micro-batch's shard into the sharded fp32 ``.grad``: the step's gradient sums ov
 micro-batches and ranks are fp32, 1/ranks of them per rank. AdamW (torch's fused kernel)
 steps the DTensor shards. 16 bytes a parameter over the ranks (master, gradient, m, v) where
 DeepSpeed's ZeRO-3 keeps 18 (its bf16 partition besides the fp32 one:
-``activation_checkpointing.resident_bytes``).
+``memory_plan.resident_bytes``).
 
 The root stays gathered from its forward to its backward (FSDP2 does not reshard the root
 after its forward), so the fused loss reads the LM head's whole weight

@@ -1,6 +1,6 @@
 """The model made ready on its device: the weights placed in the dtype the engine wants, its
 packed attention and projections (``model.prepare_model``), the memory plan applied once from
-the GPU's memory (each layer's checkpointing policy, ``activation_checkpointing.plan_run``,
+the GPU's memory (each layer's checkpointing policy, ``memory_plan.plan_run``,
 and whether the optimizer is offloaded), its layers compiled."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from reflectioncoder import activation_checkpointing as ac
+from reflectioncoder import memory_plan
 from reflectioncoder.config import RunConfig
 from reflectioncoder.train import deepspeed_config
 from reflectioncoder.train.distributed import DistInfo
@@ -89,7 +90,7 @@ def casts_weights(cfg: RunConfig, info: DistInfo, dtype: torch.dtype) -> bool:
 
 def plan_memory(cfg: RunConfig, model: nn.Module, info: DistInfo, dtype: torch.dtype) -> RunConfig:
     """Give each layer its checkpointing policy and decide the optimizer's offload, once,
-    from the GPU's memory (``activation_checkpointing.plan_run``); the config with the
+    from the GPU's memory (``memory_plan.plan_run``); the config with the
     offload decided."""
     from reflectioncoder.model import count_parameters
 
@@ -105,7 +106,7 @@ def plan_memory(cfg: RunConfig, model: nn.Module, info: DistInfo, dtype: torch.d
     offload = cfg.distributed.offload_optimizer
     if info.deepspeed and stage == 0 and offload == "auto":
         offload = False  # no ZeRO-Offload at DeepSpeed's ZeRO-0 (can_offload: one process)
-    memory = ac.plan_run(
+    memory = memory_plan.plan_run(
         cfg.model.checkpointing_policy,
         cfg.model.gradient_checkpointing,
         layers=len(model.base_model.layers),
@@ -162,8 +163,8 @@ def _offloadable_layers(
     layers = model.base_model.layers
     layer_params = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
     tokens = cfg.packing.max_tokens
-    forward_s = ac.layer_forward_s(layer_params, tokens, peak * 1e12)
+    forward_s = memory_plan.layer_forward_s(layer_params, tokens, peak * 1e12)
     on_host = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-    return ac.offload_rule(
-        len(layers), tokens, shape, forward_s, ac.link_bytes_s(on_host), element_bytes
+    return memory_plan.offload_rule(
+        len(layers), tokens, shape, forward_s, memory_plan.link_bytes_s(on_host), element_bytes
     )
