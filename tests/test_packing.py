@@ -7,9 +7,10 @@ import torch
 from reference.mask import rate_ref, visible_drawn
 from reference.packing import ToyCausalModel, packed_loss, sample_terms, step_loss_ref
 
+from reflectioncoder.data.balance import balance_groups
 from reflectioncoder.data.config import STRATEGIES, MaskConfig, PackingConfig
 from reflectioncoder.data.masking import sample_rng
-from reflectioncoder.data.packing import PackedBatch, balance_groups, pack_rank, plan_step
+from reflectioncoder.data.packing import PackedBatch, pack_rank, plan_step
 from reflectioncoder.data.tokenize import IGNORE
 from reflectioncoder.testing.synthetic import default_special_ids, synthetic_samples
 

@@ -9,19 +9,19 @@ so that summing the loss over the step's micro-batches gives the step's loss.
 One plan object per optimizer step, built once and alike on every rank (``plan_step``): the
 step's samples, the global denominators, every student's mask draw, and each rank's
 micro-batches, balanced by tokens so that every rank runs the same number of them with nearly
-equal token counts. ``pack_rank`` turns one rank's share into ``PackedBatch``es.
+equal token counts (``balance.py``). ``pack_rank`` turns one rank's share into ``PackedBatch``es,
+weighted by SPEC §2's normalisation (``normalisation.py``).
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
 
+from reflectioncoder.data.balance import balance_groups
 from reflectioncoder.data.config import MaskConfig, PackingConfig
 from reflectioncoder.data.masking import (
     MaskPlan,
@@ -30,6 +30,7 @@ from reflectioncoder.data.masking import (
     draw_masks,
     select_masks,
 )
+from reflectioncoder.data.normalisation import StepCounts, has_student, sample_weights, step_counts
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample
 
 
@@ -87,61 +88,6 @@ class PackedBatch:
         return PackedBatch(**values)
 
 
-@dataclass
-class StepCounts:
-    """Denominators of one optimizer step (sum them over data-parallel ranks)."""
-
-    samples: int = 0
-    label_tokens: int = 0
-    kl_rows: int = 0
-
-    def __add__(self, other: StepCounts) -> StepCounts:
-        return StepCounts(
-            self.samples + other.samples,
-            self.label_tokens + other.label_tokens,
-            self.kl_rows + other.kl_rows,
-        )
-
-
-def _has_student(sample: TokenizedSample, cfg: MaskConfig) -> bool:
-    return sample.is_reflection and cfg.distill
-
-
-def _sample_counts(sample: TokenizedSample, cfg: MaskConfig) -> tuple[int, int]:
-    """(CE label tokens, KL rows) of one sample; both step-independent, as the student's
-    labels (a .. L-2) all lie after the reflection body and are never hidden."""
-    teacher = int(np.count_nonzero(sample.labels.numpy()[1:] != IGNORE))
-    if not _has_student(sample, cfg):
-        return teacher, 0
-    student = int(np.count_nonzero(sample.student_labels.numpy()[1:] != IGNORE))
-    return teacher + student, (student if cfg.kl else 0)
-
-
-def step_counts(samples: Sequence[TokenizedSample], mask_cfg: MaskConfig) -> StepCounts:
-    """This rank's counts for one optimizer step (samples, CE label tokens, KL rows)."""
-    total = StepCounts()
-    for s in samples:
-        ce, kl = _sample_counts(s, mask_cfg)
-        total = total + StepCounts(1, ce, kl)
-    return total
-
-
-def sample_weights(
-    sample: TokenizedSample, mask_cfg: MaskConfig, normalisation: str, denominators: StepCounts
-) -> tuple[float, float]:
-    """(weight of each CE row, weight of each KL row) of one sample (SPEC §2)."""
-    ce, kl = _sample_counts(sample, mask_cfg)
-    if normalisation == "sample":
-        n = max(denominators.samples, 1)
-        return (1.0 / (n * ce) if ce else 0.0), (1.0 / (n * kl) if kl else 0.0)
-    if normalisation == "token":
-        return (
-            1.0 / denominators.label_tokens if denominators.label_tokens else 0.0,
-            1.0 / denominators.kl_rows if denominators.kl_rows else 0.0,
-        )
-    raise ValueError(f"normalisation: must be sample or token, got {normalisation!r}")
-
-
 def build_packed_batch(
     samples: Sequence[TokenizedSample],
     masks: MaskPlan,
@@ -154,7 +100,7 @@ def build_packed_batch(
     step's counts across micro-batches and ranks."""
     if not samples:
         raise ValueError("samples: a micro-batch needs at least one sample")
-    students = [s for s in samples if _has_student(s, mask_cfg)]
+    students = [s for s in samples if has_student(s, mask_cfg)]
     if len(masks.student_lens) != len(students):
         raise ValueError(f"masks: {len(masks.student_lens)} draws for {len(students)} students")
     if students:
@@ -187,7 +133,7 @@ def _layout(samples: Sequence[TokenizedSample], plan: MaskPlan, mask_cfg: MaskCo
         seq_lens.append(len(s))
         t_offsets.append(offset)
         offset += len(s)
-        if _has_student(s, mask_cfg):
+        if has_student(s, mask_cfg):
             if s.answer_start - 1 <= s.body_end:  # the row formula needs [a - 1, L) visible
                 raise ValueError(f"samples: {s.source}: answer overlaps the reflection body")
             seq_lens.append(plan.student_lens[k])
@@ -299,7 +245,7 @@ def _assemble(
     seq_lens = layout.seq_lens
     cu = torch.zeros(len(seq_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.tensor(seq_lens, dtype=torch.int64).cumsum(0).to(torch.int32)
-    n_passes = sum(2 if _has_student(s, mask_cfg) else 1 for s in samples)
+    n_passes = sum(2 if has_student(s, mask_cfg) else 1 for s in samples)
     return PackedBatch(
         input_ids=torch.from_numpy(ids),
         position_ids=torch.from_numpy(pos),
@@ -365,7 +311,7 @@ def plan_step(
     samples = list(samples)
     if not samples:
         raise ValueError("samples: a step needs at least one sample")
-    which = [i for i, s in enumerate(samples) if _has_student(s, mask_cfg)]
+    which = [i for i, s in enumerate(samples) if has_student(s, mask_cfg)]
     masks = draw_masks([samples[i] for i in which], step, total_steps, mask_cfg, seed)
     student_row = [-1] * len(samples)
     tokens = [len(s) for s in samples]
@@ -426,82 +372,3 @@ def zero_weight(batch: PackedBatch) -> PackedBatch:
         num_kl_rows=0,
         reference_tokens=0,
     )
-
-
-def balance_groups(
-    tokens: Sequence[int], world_size: int, max_tokens: int
-) -> tuple[list[list[list[int]]], list[list[bool]]]:
-    """Deal samples (``tokens[i]`` each) into ``world_size`` x m micro-batches under
-    ``max_tokens``, m as small as fits, with nearly equal token counts: largest first into the
-    lightest micro-batch, then moves and swaps out of the heaviest. A sample over the budget
-    gets a micro-batch of its own. Micro-batches are dealt so that each rank's j-th ones are
-    alike in size (ranks run them in lockstep under ZeRO-3). Returns (groups, padding)."""
-    if world_size < 1:
-        raise ValueError(f"world_size: must be >= 1, got {world_size}")
-    m = max(1, math.ceil(sum(tokens) / (world_size * max_tokens)))
-    while (bins := _fill(tokens, world_size * m, max_tokens)) is None:
-        m += 1
-    _even_out(bins, tokens, max_tokens)
-    loads = [sum(tokens[i] for i in b) for b in bins]
-    order = sorted(range(len(bins)), key=lambda b: (-loads[b], min(bins[b], default=-1)))
-    groups: list[list[list[int]]] = [[] for _ in range(world_size)]
-    for j in range(m):
-        slot = order[j * world_size : (j + 1) * world_size]
-        if j % 2:  # snake: the ranks' totals even out too
-            slot = slot[::-1]
-        for rank, b in enumerate(slot):
-            groups[rank].append(sorted(bins[b]))
-    # Too few samples for every slot: a zero-weight copy of the step's smallest sample.
-    smallest = min(range(len(tokens)), key=lambda i: (tokens[i], i))
-    padding = [[not g for g in rank] for rank in groups]
-    groups = [[g or [smallest] for g in rank] for rank in groups]
-    return groups, padding
-
-
-def _fill(tokens: Sequence[int], n_bins: int, max_tokens: int) -> list[list[int]] | None:
-    """Largest first into the lightest bin; None when it does not fit in ``n_bins``."""
-    heap = [(0, b) for b in range(n_bins)]
-    bins: list[list[int]] = [[] for _ in range(n_bins)]
-    for i in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
-        load, b = heapq.heappop(heap)
-        if load + tokens[i] > max_tokens and bins[b]:
-            return None  # the lightest bin is full, so every bin is
-        bins[b].append(i)
-        heapq.heappush(heap, (load + tokens[i], b))
-    return bins
-
-
-def _even_out(bins: list[list[int]], tokens: Sequence[int], max_tokens: int) -> None:
-    """Lower the heaviest bin by a move or a swap with a lighter one, while one helps."""
-    loads = [sum(tokens[i] for i in b) for b in bins]
-    for _ in range(4 * sum(len(b) for b in bins)):
-        top = max(range(len(bins)), key=loads.__getitem__)
-        if not _improve(bins, loads, tokens, top, max_tokens):
-            return
-
-
-def _improve(bins, loads, tokens, top: int, max_tokens: int) -> bool:
-    peak = loads[top]
-    for other in sorted(range(len(bins)), key=loads.__getitem__):
-        if loads[other] >= peak:
-            return False
-        for x in bins[top]:
-            if (
-                len(bins[top]) > 1
-                and loads[other] + tokens[x] < peak
-                and (loads[other] + tokens[x] <= max_tokens)
-            ):
-                bins[top].remove(x)
-                bins[other].append(x)
-                loads[top] -= tokens[x]
-                loads[other] += tokens[x]
-                return True
-            for y in bins[other]:
-                delta = tokens[x] - tokens[y]
-                if 0 < delta and loads[other] + delta < peak and loads[other] + delta <= max_tokens:
-                    bins[top][bins[top].index(x)] = y
-                    bins[other][bins[other].index(y)] = x
-                    loads[top] -= delta
-                    loads[other] += delta
-                    return True
-    return False

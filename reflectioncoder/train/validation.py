@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from reflectioncoder.config import RunConfig
-from reflectioncoder.data.packing import PackedBatch, plan_step, rank_batches, step_counts
+from reflectioncoder.data.normalisation import step_counts
+from reflectioncoder.data.packing import PackedBatch, plan_step, rank_batches
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import UserError
 from reflectioncoder.train import distributed
