@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -29,10 +30,13 @@ from typing import Any, Protocol
 
 from reflectioncoder.errors import UserError, atomic_write_text
 
+log = logging.getLogger("reflectioncoder.train")
+
 # Tracker -> the module it needs (and the setup.py extra that installs it).
 PACKAGES = {name: name for name in ("tensorboard", "wandb", "mlflow", "trackio")}
 MLFLOW_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 RUN_IDS = "tracker_runs.json"  # OUT/: each tracker's run id, which a resume continues
+RUN_NAME = "run_name"  # in RUN_IDS: the name the tracker runs were started under
 # Config fields a --resume may change that leave each step's logged values as they were (how the
 # step runs, where it is saved, what is logged); any other change gives the trackers new runs.
 SAME_VALUES = ("logging.", "checkpoint.", "distributed.", "train.threads", "model.compile")
@@ -273,6 +277,7 @@ def make_reporters(
     name = name or out_dir.resolve().name
     continues = start_step > 0 and not new_runs
     recorded = _recorded_run_ids(out_dir) if continues else {}
+    name = _continued_name(recorded.get(RUN_NAME), name, report_to)
     made: list[Reporter] = []
     ids: dict[str, str] = {}
     for tracker in report_to:
@@ -294,12 +299,28 @@ def make_reporters(
             raise UserError(
                 f"{tracker} did not start: {message}", field="logging.report_to"
             ) from err
-    if ids:
-        atomic_write_text(out_dir / RUN_IDS, json.dumps(ids, indent=1))
+    if ids or "trackio" in report_to:
+        atomic_write_text(out_dir / RUN_IDS, json.dumps({RUN_NAME: name, **ids}, indent=1))
     for reporter in made if start_step > 0 and history else []:
         if not isinstance(reporter, TensorBoardReporter) and not reporter.continued:
             _replay(reporter, history)
     return made
+
+
+def _continued_name(earlier: Any, name: str, report_to: list[str]) -> str:
+    """The name a resume's tracker runs go on under: the run's own (``earlier``, recorded in
+    ``RUN_IDS``), whatever ``logging.run_name`` now says (a requeued job's script may name
+    each launch anew, or the folder, the default name, was moved). trackio knows a run by its
+    name, so a new one would split the run in two; W&B would rename it. Said in one line."""
+    if not isinstance(earlier, str) or earlier == name:
+        return name
+    if any(t in report_to for t in ("wandb", "mlflow", "trackio")):
+        log.warning(
+            "--resume: the tracker runs continue as %r, the run's name (logging.run_name now "
+            "gives %r; a run keeps its name: a new name starts with a new checkpoint.out_dir)",
+            earlier, name,
+        )  # fmt: skip
+    return earlier
 
 
 def _replay(reporter: Reporter, rows: list[dict[str, Any]]) -> None:
