@@ -42,6 +42,13 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def check_field(cond: bool, name: str, msg: str) -> None:
+    """A config section's own check (``__post_init__``): ``ValueError("name: msg")`` unless
+    ``cond``."""
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
 def did_you_mean(key: str, names: object, where: str = "") -> str:
     """`` (did you mean train.max_steps?)`` when one of ``names`` is close to a misspelt
     ``key`` (``where``: the section it is in, prefixed to the suggestion); empty otherwise. The

@@ -17,6 +17,7 @@ import yaml
 from reflectioncoder import config as rc
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.train import config as train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
@@ -30,11 +31,11 @@ CHOICES = {
     "model.compile": ("auto", "true", "false"),
     "model.mixed_precision": rc.MIXED_PRECISIONS,
     "model.attention": rc.ATTENTION,
-    "optim.schedule": rc.SCHEDULES,
-    "distributed.backend": rc.BACKENDS,
+    "optim.schedule": train_config.SCHEDULES,
+    "distributed.backend": train_config.BACKENDS,
     "distributed.offload_optimizer": ("auto", "true", "false"),
     "distributed.fp32_grad_accum": ("auto", "true", "false"),
-    "logging.report_to": rc.REPORTERS,
+    "logging.report_to": train_config.REPORTERS,
 }
 
 
@@ -132,7 +133,7 @@ def _construct(section: str, name: str, value: object) -> None:
 
 @pytest.mark.parametrize(
     "path", ["reflectioncoder/config.py", "reflectioncoder/data/config.py",
-             "reflectioncoder/generate/config.py"],
+             "reflectioncoder/train/config.py", "reflectioncoder/generate/config.py"],
 )  # fmt: skip
 def test_every_config_field_has_a_docstring(path):
     """The house style: a docstring under each field of a config dataclass."""
