@@ -7,7 +7,7 @@ import, for instance.
 This is also the one error boundary of every command: a user's mistake (``errors.UserError``,
 and the ``ValueError``/``OSError`` our loaders raise) is printed as one line
 ``reflectioncoder CMD: message`` and exits 1 (2 for a bad argument or config value); Ctrl-C
-prints ``interrupted`` and exits 130; a closed pipe (``... | head``) ends quietly. Under a
+prints ``interrupted`` and exits 130; a closed pipe (``... | head``) is no error. Under a
 launcher (torchrun, ``deepspeed``) a bad argument or config value is printed by each node's local
 rank 0 only, the other ranks exiting 2 quietly; other errors are printed by every rank that
 has them; under torchrun each rank's line also goes into the error file torchrun's report
@@ -18,6 +18,7 @@ shows. ``--debug``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -167,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
     """Run ``body`` inside the error boundary: a user's mistake is one line ``PROG: message``
-    (exit 1, 2 for a bad value), Ctrl-C prints ``interrupted`` (130), a closed pipe ends quietly
-    (141); ``debug`` re-raises instead (also with REFLECTIONCODER_DEBUG=1)."""
+    (exit 1, 2 for a bad value), Ctrl-C prints ``interrupted`` (130); ``debug`` re-raises
+    instead (also with REFLECTIONCODER_DEBUG=1). A reader that closes stdout (``| head``)
+    stops nothing: what the command prints after goes nowhere, the files it writes are written
+    (evaluate's --json, inspect's --json), and it exits as it would have (``ReaderGone``)."""
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    stdout = sys.stdout
+    sys.stdout = ReaderGone(stdout)
     try:
         code = body()
-        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        sys.stdout.flush()
         return code
     except KeyboardInterrupt as err:
         if debug:
@@ -181,9 +186,9 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if not (terminated and _launched_rank()):  # a launcher ending the other ranks
             print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
-    except BrokenPipeError:
+    except BrokenPipeError:  # written past the proxy (sys.stdout.buffer): the reader is gone
         _quiet_closed_stdout()
-        return 141  # as a process killed by SIGPIPE, which is what a shell expects
+        return 0
     except SystemExit:
         raise
     except Exception as err:  # the one boundary: every error is one line unless --debug
@@ -197,6 +202,39 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
             return code  # a bad argument or config value, the same on each rank: rank 0 says it
         print(f"{prog}: {message}", file=sys.stderr)
         return code
+    finally:
+        sys.stdout = stdout
+
+
+class ReaderGone:
+    """``sys.stdout`` that a closed reader (``| head``, ``| less`` quit early) does not stop:
+    its first BrokenPipeError points stdout at /dev/null, quietly, and the command goes on.
+    An exit status of 141 (SIGPIPE) would fail a ``set -o pipefail`` script that had what it
+    wanted, and stopping at the print would lose the files the command writes after it."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        _quiet_closed_stdout()
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()  # what was buffered for the reader, into /dev/null
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _launched_rank() -> bool:
