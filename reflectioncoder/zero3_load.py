@@ -24,12 +24,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from reflectioncoder.model import (
-    ATTN_IMPLEMENTATION,
-    embedding_tables,
-    mean_row,
-    special_token_ids,
-)
+from reflectioncoder.model import embedding_tables, mean_row, special_token_ids
+from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 
 _SAFETENSORS_DTYPES = {
     "BF16": torch.bfloat16,

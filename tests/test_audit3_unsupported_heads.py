@@ -13,8 +13,8 @@ import torch
 import transformers as tf
 
 from reflectioncoder.cli import main
-from reflectioncoder.model import _varlen_attention_forward
 from reflectioncoder.model_support import check_supported
+from reflectioncoder.packed_attention import _varlen_attention_forward
 
 DATA = Path(__file__).parent / "data" / "reflection_small.jsonl"
 SIZES = dict(

@@ -13,7 +13,6 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from reflectioncoder.activation_checkpointing import checkpointing_on
 from reflectioncoder.data.tokenize import SPECIAL_TOKENS, add_special_tokens
 from reflectioncoder.model import (
-    ATTN_IMPLEMENTATION,
     add_special_token_embeddings,
     build_tiny_llama,
     count_parameters,
@@ -22,6 +21,7 @@ from reflectioncoder.model import (
     load_model,
     prepare_model,
 )
+from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 from reflectioncoder.tokenizer import train_tokenizer
 
 TEXTS = [

@@ -1,0 +1,79 @@
+"""Packed attention through transformers' ``AttentionInterface``: the decoder layers' attention
+call, registered as ``ATTN_IMPLEMENTATION``, runs ``kernels.varlen_attention`` over the packed
+segments that ``cu_seq_lens_q`` gives (``model.forward_hidden`` passes them explicitly: never
+inferred from position ids, which have gaps in the student segments); what the kernels would
+not compute as the model does is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+from reflectioncoder.kernels.varlen_attention import varlen_attention
+
+ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
+
+
+# Attention arguments some models pass that our kernels do not apply: Gemma 2's logit
+# soft-capping, GPT-OSS's attention sinks.
+_UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "s_aux", "sinks")
+
+
+def _varlen_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    rc_seqlens: list[int] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention signature: query (1, Hq, T, Dh), key/value (1, Hkv, T, Dh)
+    -> ((1, T, Hq, Dh), None). The packing comes from ``cu_seq_lens_q`` only."""
+    if cu_seq_lens_q is None or max_length_q is None:
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION}: cu_seq_lens_q and max_length_q are required (packed "
+            "batches only); call reflectioncoder.model.forward_hidden"
+        )
+    if cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: cu_seq_lens_k must be cu_seq_lens_q")
+    if query.shape[0] != 1:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: packed batch must be (1, T), got {query.shape}")
+    if dropout > 0.0:
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: attention dropout {dropout} is not supported")
+    if attention_mask is not None:  # packing replaces padding masks; a custom mask would be lost
+        raise ValueError(f"{ATTN_IMPLEMENTATION}: attention_mask must be None (packed batches)")
+    window = kwargs.get("sliding_window")
+    if window is not None and max_length_q > window:  # shorter sequences: the window never binds
+        raise ValueError(
+            f"{ATTN_IMPLEMENTATION}: sliding-window attention is not supported (window {window}, "
+            f"a sequence of {max_length_q} tokens)"
+        )
+    for name in _UNSUPPORTED_ATTENTION_KWARGS:  # each changes the softmax: dropping it is wrong
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{ATTN_IMPLEMENTATION}: attention with {name!r} is not supported")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    backend = getattr(module, "rc_attention", "auto")  # model.attention (prepare_model)
+    if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
+        from reflectioncoder.kernels.varlen_attention_op import varlen_attention_op
+
+        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+        out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale, backend)
+    else:
+        out = varlen_attention(
+            q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scaling,
+            seqlens=rc_seqlens, backend=backend,
+        )  # fmt: skip
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _varlen_attention_forward)
