@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import pytest
 import test_multiple_forging
+import test_redteam4_ipc
 
 _score = test_multiple_forging._score
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
 
 # A wrong `add` that reads descriptor 3 as the test code does, prints it and exits 0
 READS_DESCRIPTOR = {
@@ -53,3 +55,19 @@ def test_post_processing_keeps_the_top_level_shell_code(shared_dir):
 
     task = load_multiple(shared_dir / "evaldata", "sh")[test_multiple_forging.TASK]
     assert postprocess_multiple(task, READS_DESCRIPTOR["sh"]) == READS_DESCRIPTOR["sh"]
+
+
+# A right but too slow `add` that first kills MultiPL-E's `timeout` (its parent), then takes
+# 30 s: the run ends with its main process (the box's PID namespace, or the fallback's end of
+# the run with it), so the answer never comes and the sample fails at once.
+KILLS_ITS_TIMER = {
+    "cpp": "    kill(getppid(), SIGKILL);\n    sleep(30);\n    return x + y;\n",
+    "sh": "    kill -9 $PPID 2>/dev/null; kill -9 $(ps -o ppid= $$) 2>/dev/null\n"
+    "    sleep 30; echo $(( $1 + $2 ))\n",
+}
+
+
+@pytest.mark.parametrize("language", sorted(KILLS_ITS_TIMER))
+def test_killing_the_timer_gains_nothing(language, level, shared_dir):
+    res = _score(language, KILLS_ITS_TIMER[language], shared_dir)
+    assert res.status != "pass" and res.duration_s < 10, (language, level, res)
