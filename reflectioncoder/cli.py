@@ -62,10 +62,11 @@ DEBUG_ENV = "REFLECTIONCODER_DEBUG"
 EPILOG = """\
 examples:
   make demo                                        # the whole method on a CPU, in minutes
-  reflectioncoder build-data --n 200 --out data.jsonl
-  reflectioncoder train --preset tiny --set data.files=[data.jsonl] --set checkpoint.out_dir=run
-  reflectioncoder runs run                         # its checkpoints: step, loss, complete
-  reflectioncoder evaluate --task humaneval --model run/final --json run/humaneval.json
+  reflectioncoder build-data --n 200 --out data/reflection.jsonl
+  reflectioncoder train --preset tiny --set data.files=[data/reflection.jsonl] \\
+      --set checkpoint.out_dir=runs/mine
+  reflectioncoder runs runs/mine                   # its checkpoints: step, loss, complete
+  reflectioncoder evaluate --task humaneval --model runs/mine/final   # -> runs/mine/eval/
 
 Run `reflectioncoder COMMAND --help` for a command's options. Add --debug (or set
 REFLECTIONCODER_DEBUG=1) to see a Python traceback instead of the one-line error.
