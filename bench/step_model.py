@@ -152,7 +152,7 @@ gradient shard to the host and the bf16 weights back over each GPU's PCIe link (
 host's CPU Adam over all P parameters (CPU_ADAM_PARAMS_S, the host shared by every rank), not
 overlapped; both rates ASSUMED (constants' comments), not measured. The one-process engine
 (``local``) pipelines the same three in buckets of HOST_BUCKET_BYTES (200 MiB of fp32 sums,
-reflectioncoder/train/local_engine.py ``LocalEngine._step_on_host``): the slowest of the three
+reflectioncoder/train/host_optimizer.py ``HostPipeline.step``): the slowest of the three
 (the host's AdamW at 7B) plus one bucket through the other two, its fill and drain
 (``pipelined_boundary_s``); the device's norm and clip of the sums (12P bytes of HBM, about
 30 ms at 7B on an H100) are counted in neither.
@@ -252,7 +252,7 @@ from bench import roofline
 from reflectioncoder import activation_checkpointing as ac
 from reflectioncoder import memory_plan as mp
 from reflectioncoder.train.flops import ModelShape, packed_flops, recomputed_share
-from reflectioncoder.train.local_engine import HOST_BUCKET_BYTES
+from reflectioncoder.train.host_optimizer import HOST_BUCKET_BYTES
 
 # FITTED to llm-foundry's MPT-7B at seq 2048 (the calibration table): that row checks nothing
 GEMM_EFF = 0.60

@@ -196,7 +196,7 @@ def _assert_close_to_reference(backend, seqlens, q, k, v, grad_out, out, ours) -
 
 
 def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypatch) -> None:
-    """The offloaded one-process engine's boundary (``LocalEngine._step_on_host``: sums out on a
+    """The offloaded one-process engine's boundary (``HostPipeline.step``: sums out on a
     side stream, the host's AdamW on each bucket as its event says it landed, bf16 weights back
     on another) gives the same 3 steps as plain blocking copies, bitwise: weights, masters, m,
     v and step counts. Buckets of 8 MiB, so a host that read a bucket before its copy landed
@@ -204,11 +204,11 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     import copy
 
     from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train import distributed, local_engine
+    from reflectioncoder.train import distributed, host_optimizer, local_engine
 
     if device.type != "cuda":
         pytest.skip("the copies overlap only on CUDA (the CPU's plain copies: test_host_optimizer)")
-    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", 8 * 2**20)
+    monkeypatch.setattr(host_optimizer, "HOST_BUCKET_BYTES", 8 * 2**20)
     run = load_config(
         base="tiny",
         overrides=["distributed.offload_optimizer=true", "optim.lr=1e-3", "optim.grad_clip=0.5"],
@@ -221,9 +221,9 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     for pipelined in (True, False):
         module = copy.deepcopy(model).to(device, torch.bfloat16)
         engine = local_engine.LocalEngine(module, run, info)
-        assert (engine.copy_streams is not None) and len(engine._buckets) >= 4
+        assert (engine.host.copy_streams is not None) and len(engine.host.buckets) >= 4
         if not pipelined:
-            engine.copy_streams = None  # blocking copies on the compute stream
+            engine.host.copy_streams = None  # blocking copies on the compute stream
         for step in range(3):
             for j in (0, 1):
                 engine.start_micro_batch(last=j == 1)

@@ -68,14 +68,14 @@ BUCKETS = {"per_weight": 1, "several": 8192, "one": 2**40}
 
 def _bucket_count(engine, kind: str) -> int:
     """How many buckets ``kind`` gives the engine's weights (checked against what it made)."""
-    n = len(engine._buckets)
+    n = len(engine.host.buckets)
     if kind == "per_weight":
         assert n == len(engine.weights)
     elif kind == "one":
         assert n == 1
     else:
-        assert 1 < n < len(engine.weights) and max(len(b.weights) for b in engine._buckets) > 1
-    assert [w for b in engine._buckets for w in b.weights] == engine.weights  # module order
+        assert 1 < n < len(engine.weights) and max(len(b.weights) for b in engine.host.buckets) > 1
+    assert [w for b in engine.host.buckets for w in b.weights] == engine.weights  # module order
     return n
 
 
@@ -83,9 +83,9 @@ def _bucket_count(engine, kind: str) -> int:
 def test_host_optimizer_gives_the_device_engines_steps_bitwise(
     tmp_path, seed, monkeypatch, buckets
 ):
-    from reflectioncoder.train import local_engine
+    from reflectioncoder.train import host_optimizer
 
-    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", BUCKETS[buckets])
+    monkeypatch.setattr(host_optimizer, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     steps = 4
     device, on_device = _run(tiny_config(tmp_path / "d", seed, extra=(*BF16, *DEVICE)), steps)
     host, on_host = _run(tiny_config(tmp_path / "h", seed, extra=(*BF16, *HOST)), steps)
@@ -106,9 +106,9 @@ def test_host_optimizer_gives_the_device_engines_steps_bitwise(
 
 @pytest.mark.parametrize("buckets", ["per_weight", "several"])
 def test_a_nonfinite_step_changes_nothing_on_the_host(tmp_path, seed, monkeypatch, buckets):
-    from reflectioncoder.train import local_engine
+    from reflectioncoder.train import host_optimizer
 
-    monkeypatch.setattr(local_engine, "HOST_BUCKET_BYTES", BUCKETS[buckets])
+    monkeypatch.setattr(host_optimizer, "HOST_BUCKET_BYTES", BUCKETS[buckets])
     trainer = Trainer(tiny_config(tmp_path, seed, extra=(*BF16, *HOST)))
     _bucket_count(trainer.engine, buckets)
     backward = trainer.engine.backward

@@ -9,7 +9,7 @@ from reflectioncoder.errors import ConfigError, require_file
 from reflectioncoder.train import deepspeed_config
 from reflectioncoder.train.distributed import DistInfo
 from reflectioncoder.train.fsdp_engine import check_fsdp_run
-from reflectioncoder.train.local_engine import wants_host_optimizer
+from reflectioncoder.train.host_optimizer import wants_host_optimizer
 
 
 def check_runnable(cfg: RunConfig, info: DistInfo) -> None:
