@@ -230,7 +230,13 @@ class TrackioReporter:
             self.run.log(scalars, step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        import trackio
+        from trackio import context_vars
+
+        if context_vars.current_run.get() is self.run:
+            trackio.finish()  # also forgets it: trackio's exit handler would finish it again
+        else:
+            self.run.finish()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
