@@ -91,13 +91,14 @@ def smollm2_preset() -> dict[str, Any]:
             "dtype": "fp32",
             "gradient_checkpointing": False,
         },
-        "data": {"files": [], "max_len": 1024},
+        "data": {"files": [], "max_len": 2048},  # build-data samples: up to 1408 ids
         "mask": {"strategies": ["block_mask"], "block_order": "tce", "distill": True, "kl": True},
         "packing": {"max_tokens": 4096, "normalisation": "sample"},
         "optim": {"lr": 5e-5, "schedule": "cosine", "warmup_ratio": 0.05, "grad_clip": 1.0},
         "train": {"max_steps": 30, "samples_per_step": 8, "seed": 3407, "device": "cpu"},
         "distributed": {"backend": "none", "zero_stage": 0},
-        "checkpoint": {"out_dir": "runs/smollm2", "save_every": 0, "keep_last": 1},
+        # a step takes minutes on a CPU: a Ctrl-C loses at most 4 of them
+        "checkpoint": {"out_dir": "runs/smollm2", "save_every": 4, "keep_last": 1},
         "logging": {"log_every": 1},
     }
 

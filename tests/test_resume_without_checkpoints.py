@@ -1,5 +1,5 @@
-"""--resume into a finished run that saved no checkpoint (``checkpoint.save_every: 0``, the
-smollm2 preset's) is refused in one line, touching nothing: it warned 'no checkpoint; starting
+"""--resume into a finished run that saved no checkpoint (``checkpoint.save_every: 0``) is
+refused in one line, touching nothing: it warned 'no checkpoint; starting
 from step 0', cut metrics.jsonl to nothing at once and trained the whole run again over its
 final model (a requeued job, a resume-always script)."""
 
