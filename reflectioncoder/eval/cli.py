@@ -106,7 +106,9 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads for generation (default: torch's, every core)",
+        help="torch CPU threads for generation (default: the cores this process may use, its "
+        "affinity and cgroup CPU quota, less those other programs keep busy; OMP_NUM_THREADS "
+        "when set)",
     )
     gen.add_argument("--tensor-parallel", type=int, default=1, help="vLLM tensor parallelism")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed")

@@ -7,10 +7,12 @@ threads may share it.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 
+from reflectioncoder.cpus import default_threads
 from reflectioncoder.errors import UserError
 from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_stop
 
@@ -18,13 +20,16 @@ from reflectioncoder.generate.config import GenerationConfig, Generator, cut_at_
 class LocalModel(Generator):
     """A model folder, loaded once: bfloat16 on CUDA, float32 on the CPU.
 
-    ``device``: None picks CUDA when there is one. ``threads``: torch's CPU threads (None leaves
-    torch's setting)."""
+    ``device``: None picks CUDA when there is one. ``threads``: torch's CPU threads (None: the
+    cores this process may use, less those other programs keep busy, ``cpus.default_threads``;
+    torch's own count when OMP_NUM_THREADS is set: the user's)."""
 
     def __init__(self, model_dir: str, device: str | None = None, threads: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if threads is None and "OMP_NUM_THREADS" not in os.environ:
+            threads = default_threads()  # torch's is every core of the host, busy or not
         if threads is not None:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

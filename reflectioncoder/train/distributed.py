@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from reflectioncoder.config import DistributedConfig
+from reflectioncoder.cpus import default_threads
 from reflectioncoder.errors import UserError
 
 
@@ -135,23 +136,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask; a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def default_threads(local_ranks: int) -> int:
-    """torch threads per rank: this machine's cores shared among its ranks, less the cores other
-    programs keep busy. On 2 busy cores, 2 threads made a tiny-model step 19-72x slower than 1
-    (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
-    cores = usable_cores()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores // max(1, local_ranks), cores - busy))
 
 
 def set_threads(requested: int | None, local_ranks: int) -> int:
