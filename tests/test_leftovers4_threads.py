@@ -76,9 +76,10 @@ def test_evaluate_in_a_one_cpu_cgroup_generates_with_one_thread(tmp_path, shared
     model = save_tiny_model(tmp_path / "model", texts, num_layers=1, special_tokens=SPECIALS)
     group = _one_cpu_cgroup()
     out = tmp_path / "result.json"
+    data = shared_dir / "evaldata"
     argv = [sys.executable, "-m", "reflectioncoder.cli", "evaluate", "--task", "humaneval",
             "--model", str(model), "--limit", "1", "--max-new-tokens", "4", "--device", "cpu",
-            "--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress"]  # fmt: skip
+            "--data-dir", str(data), "--json", str(out), "--no-progress"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
     def join_group() -> None:
