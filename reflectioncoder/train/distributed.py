@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import functools
 import io
+import logging
 import os
 import re
 import sys
@@ -88,6 +89,8 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
             import deepspeed
 
             quiet_deepspeed()
+            if not use_cuda and local_rank == 0:
+                announce_shm_op_build()
             with deepspeed_prints_quieted():
                 deepspeed.init_distributed(
                     dist_backend=backend, auto_mpi_discovery=False, timeout=timeout
@@ -128,6 +131,37 @@ def deepspeed_prints_quieted(noise: re.Pattern = DEEPSPEED_NOISE) -> Iterator[No
     finally:
         lines = printed.getvalue().splitlines(True)
         stdout.write("".join(line for line in lines if not noise.fullmatch(line)))
+
+
+def shm_op_to_build() -> str | None:
+    """The folder DeepSpeed will compile its CPU collectives op in (deepspeed_shm_comm, built by
+    ``deepspeed.init_distributed`` on a CPU), when it is neither built there nor installed."""
+    try:
+        import deepspeed.ops
+        from deepspeed.accelerator import get_accelerator
+        from deepspeed.git_version_info import installed_ops
+        from torch.utils.cpp_extension import _get_build_directory
+
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+            return None
+        if installed_ops.get(builder.name, False):
+            return None
+        folder = _get_build_directory(builder.name, verbose=False)
+    except Exception:  # another DeepSpeed layout: no word, as before
+        return None
+    return None if os.path.isfile(os.path.join(folder, f"{builder.name}.so")) else folder
+
+
+def announce_shm_op_build() -> None:
+    """Its first build prints nothing for minutes (about 2 on 2 busy cores): say why first."""
+    folder = shm_op_to_build()
+    if folder is not None:
+        logging.getLogger("reflectioncoder.train").info(
+            "DeepSpeed compiles its CPU collectives op (deepspeed_shm_comm) on first use, "
+            "1-3 minutes once per machine; later runs load it from %s",
+            folder,
+        )
 
 
 def _free_port() -> int:
