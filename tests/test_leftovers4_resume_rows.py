@@ -15,13 +15,15 @@ import shutil
 import pytest
 from test_relaunch_first_step import _argv, _train
 
-from reflectioncoder.train.metrics import REPLACED, read_metrics
+from reflectioncoder.config import LoggingConfig
+from reflectioncoder.train.metrics import REPLACED, MetricsLogger, read_metrics, restart_note
 
 
 def _steps(rows: list[dict]) -> list[int]:
     return [r["step"] for r in rows]
 
 
+@pytest.mark.slow  # two real runs: about 50 s on a loaded 2-core machine
 def test_resume_without_a_checkpoint_keeps_the_rows_it_logs_again(tmp_path):
     failed = _train(_argv(tmp_path), how="second")  # step 1 logged, failed in step 2, no save
     assert failed.returncode == 1, failed.stderr[-3000:]
@@ -65,3 +67,33 @@ def test_resume_from_a_checkpoint_keeps_the_rows_logged_after_it(tmp_path):
     kept = [json.loads(line) for line in (out / REPLACED).read_text().splitlines()]
     assert [r["resumed_from_step"] for r in kept] == [2, 2]
     assert [{k: r[k] for k in before[2]} for r in kept] == before[2:]
+
+
+def _row(step: int) -> dict:
+    return {"step": step, "loss": 10.0 - step, "kl": 0.1, "samples": 2, "tokens": 9}
+
+
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_the_metrics_logger_keeps_every_row_a_resume_logs_again(tmp_path, start_step):
+    """The trainer's logger as a resume opens it: from step 0 (no checkpoint) or from 2."""
+    cfg = LoggingConfig(report_to=["none"], progress=False, plot=False)
+    first = MetricsLogger(tmp_path, cfg, total_steps=5)
+    for step in (1, 2, 3):
+        first.log(_row(step))
+    first.close()
+    if start_step == 0:
+        assert restart_note(tmp_path, ["tensorboard", "wandb"]) == (
+            f"no checkpoint in {tmp_path}; starting from step 0; the rows of 3 steps (1-3) "
+            f"logged so far move to {tmp_path / REPLACED} and the trackers start new runs"
+        )
+    again = MetricsLogger(tmp_path, cfg, total_steps=5, start_step=start_step)
+    again.close()
+    assert _steps(read_metrics(tmp_path / "metrics.jsonl")) == [1, 2, 3][:start_step]
+    kept = read_metrics(tmp_path / REPLACED)
+    assert [{k: r[k] for k in _row(1)} for r in kept] == [_row(s) for s in (1, 2, 3)][start_step:]
+    assert {r["resumed_from_step"] for r in kept} == {start_step}
+    assert restart_note(tmp_path, []) == f"no checkpoint in {tmp_path}; starting from step 0" + (
+        ""
+        if start_step == 0
+        else f"; the rows of 2 steps (1-2) logged so far move to {tmp_path / REPLACED}"
+    )
