@@ -90,3 +90,25 @@ def test_a_loose_output_is_found():
     assert _outputs(["build-data", "--out", "data.jsonl"]) == ["data.jsonl"]
     assert _outputs(["train", "--preset", "tiny", "--set", "checkpoint.out_dir=run"]) == ["run"]
     assert _outputs(["inspect", "--step", "S", "--json", "views.json"]) == ["views.json"]
+
+
+# A shell redirect of a documented command (`make demo > log.txt 2>&1`), in a code block or span
+REDIRECT = re.compile(
+    r"(?:reflectioncoder|make|python -m \S+)[^`\n]*?\s(?:>|>>|tee)\s*([^\s&|`;)]+)"
+)
+
+
+def _redirects() -> list[tuple[str, str]]:
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        for match in REDIRECT.finditer(text):
+            line = text[: match.start()].count("\n") + 1
+            found.append((f"{path.relative_to(REPO)}:{line}", match.group(1)))
+    return found
+
+
+def test_a_documented_redirect_writes_into_a_folder():
+    loose = [(w, f) for w, f in _redirects() if "/" not in f and not f.startswith("$")]
+    assert not loose, f"redirected into the clone's root: {loose}"
+    assert REDIRECT.search("`make demo > log.txt 2>&1`").group(1) == "log.txt"
