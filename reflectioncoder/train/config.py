@@ -90,7 +90,8 @@ class TrainConfig:
     every this many optimizer steps; it is always computed at the end of training. 0: only
     at the end."""
     threads: int | None = None
-    """torch CPU threads of each process. None: the cores this process may use, shared among
+    """torch CPU threads of each process. None: the cores this process may use (its affinity
+    mask capped by its cgroup's CPU quota: ``reflectioncoder.cpus``), shared among
     the ranks on this machine, less the cores other programs keep busy (load average); at
     least 1, never more than the cores (torch's own default takes every core in every rank)."""
 
