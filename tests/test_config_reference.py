@@ -69,13 +69,17 @@ def test_every_field_a_document_names_exists():
     sections = "|".join(SECTIONS)
     override = re.compile(rf"\b({sections})\.([a-z_0-9]+)=")
     quoted = re.compile(rf"`({sections})\.([a-z_0-9]+)`")
+    refused = re.compile(rf"\b((?:{sections})\.[a-z_0-9]+): unknown field \(did you mean")
     named = set()
     for path in DOCUMENTS:
-        # a line showing a misspelt field's suggestion names the misspelling on purpose
-        lines = path.read_text().splitlines()
-        text = "\n".join(line for line in lines if "did you mean" not in line)
+        # a misspelling shown with its refusal (``optim.lrr: unknown field (did you mean
+        # optim.lr?)``) is named on purpose, in that line and in the command that made it
+        whole = path.read_text()
+        on_purpose = set(refused.findall(whole))
+        text = "\n".join(line for line in whole.splitlines() if "did you mean" not in line)
         for section, name in override.findall(text) + quoted.findall(text):
-            named.add((path.relative_to(ROOT), f"{section}.{name}"))
+            if f"{section}.{name}" not in on_purpose:
+                named.add((path.relative_to(ROOT), f"{section}.{name}"))
     assert len(named) > 20
     unknown = sorted(
         f"{doc}: {key}"

@@ -102,10 +102,11 @@ def world_writable_folders() -> tuple[str, ...]:
     and the usual ones: searched once per scorer, by root for the fallback without Landlock.
     The search does not enter a world-writable folder (the sweeps walk those, ``_SWEEP_DEPTH``
     deep) nor the kernel's file systems."""
+    found = _FOUND  # one list throughout: a test may rebind the name while a teardown reads it
     with _FOUND_LOCK:
-        if not _FOUND:
-            _FOUND.append(tuple(dict.fromkeys([*WORLD_WRITABLE, *_search("/")])))
-        return _FOUND[0]
+        if not found:
+            found.append(tuple(dict.fromkeys([*WORLD_WRITABLE, *_search("/")])))
+        return found[0]
 
 
 def _search(top: str) -> list[str]:
