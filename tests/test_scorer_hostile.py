@@ -97,7 +97,7 @@ def test_forged_line_costs_the_scorer_little(name):
     """The decode of a crafted line is bounded: the scorer spends well under a second on it."""
     from reflectioncoder.eval.sandbox.result_decode import read_result_row as _result_row
 
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # CPU time: the work is bounded, whatever the machine's load
     with pytest.raises(ValueError):
         _result_row(FORGED[name])
-    assert time.perf_counter() - t0 < 1.0
+    assert time.thread_time() - t0 < 1.0
