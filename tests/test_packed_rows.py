@@ -17,7 +17,7 @@ from reflectioncoder.testing.synthetic import synthetic_samples
 VOCAB = 300
 
 
-def _batches(seed: int, kl: bool = True):
+def _batches(seed: int, kl: bool = True, generation_fraction: float = 0.3):
     samples = synthetic_samples(
         7,
         vocab_size=VOCAB,
@@ -25,7 +25,7 @@ def _batches(seed: int, kl: bool = True):
         instruction=(2, 12),
         reflection=(6, 40),
         answer=(2, 12),
-        generation_fraction=0.3,
+        generation_fraction=generation_fraction,
     )
     mask, packing = MaskConfig(kl=kl), PackingConfig(max_tokens=150)
     plan = plan_step(samples, 3, 10, mask, packing, seed)
@@ -59,8 +59,12 @@ def test_rows_agree_with_the_layout(seed, kl):
 def test_loss_with_the_given_rows_is_bitwise_the_found_ones(seed):
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(VOCAB, 16, generator=g, requires_grad=True)
-    for batch in _batches(seed)[1]:
+    # The step as drawn (a micro-batch of generation samples alone has no KL pair: TEST_SEED=31),
+    # and one of reflection samples only, whose every micro-batch has both kinds of rows.
+    mixed, reflections = _batches(seed)[1], _batches(seed, generation_fraction=0.0)[1]
+    for batch in reflections:
         assert batch.ce_only_rows.numel() and batch.kl_pairs.numel()
+    for batch in mixed + reflections:
         hidden = torch.randn(batch.num_tokens, 16, generator=g, requires_grad=True)
         found = dataclasses.replace(batch, ce_only_rows=None)
         results = []
