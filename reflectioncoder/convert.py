@@ -70,15 +70,22 @@ def describe(record: dict[str, Any], out: Path) -> str:
     )
 
 
-def gguf_summary(path: Path) -> dict[str, Any]:
-    """What a GGUF file holds, without reading its tensors: its general.* metadata, its declared
-    file type and the number of tensors per stored type."""
+def require_gguf() -> None:
+    """The gguf package, or one line saying how to install it (before any download or work)."""
     try:
-        from gguf import GGUFReader
+        import gguf  # noqa: F401
     except ImportError:
         raise UsageError(
             "reading GGUF needs the gguf package: pip install 'reflectioncoder[gguf]'"
         ) from None
+
+
+def gguf_summary(path: Path) -> dict[str, Any]:
+    """What a GGUF file holds, without reading its tensors: its general.* metadata, its declared
+    file type and the number of tensors per stored type."""
+    require_gguf()
+    from gguf import GGUFReader
+
     try:
         reader = GGUFReader(str(path))
     except (ValueError, OSError) as err:

