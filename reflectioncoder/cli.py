@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import json
 import os
+import select
 import sys
 import time
 from collections.abc import Callable
@@ -187,24 +188,42 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if not (terminated and _launched_rank()):  # a launcher ending the other ranks
             print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
-    except BrokenPipeError:  # written past the proxy (sys.stdout.buffer): the reader is gone
-        _quiet_closed_stdout()
-        return 0
+    except BrokenPipeError as err:
+        if _stdout_reader_gone():  # written past the proxy (sys.stdout.buffer)
+            _quiet_closed_stdout()
+            return 0
+        return _one_line_error(prog, err, debug)  # another pipe: a real failure, not success
     except SystemExit:
         raise
     except Exception as err:  # the one boundary: every error is one line unless --debug
-        if debug:
-            raise
-        message, code = one_line(err)
-        if not is_expected(err):
-            message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
-        _tell_launcher(f"{prog}: {message}")
-        if code == 2 and is_expected(err) and _launched_rank():
-            return code  # a bad argument or config value, the same on each rank: rank 0 says it
-        print(f"{prog}: {message}", file=sys.stderr)
-        return code
+        return _one_line_error(prog, err, debug)
     finally:
         sys.stdout = stdout
+
+
+def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
+    """``err`` printed as ``PROG: message`` (re-raised with ``debug``); its exit code."""
+    if debug:
+        raise err
+    message, code = one_line(err)
+    if not is_expected(err):
+        message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
+    _tell_launcher(f"{prog}: {message}")
+    if code == 2 and is_expected(err) and _launched_rank():
+        return code  # a bad argument or config value, the same on each rank: rank 0 says it
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout's reader closed its end: poll() says POLLERR (a pipe) or POLLHUP (a
+    socket). A BrokenPipeError of another pipe (a child's, a worker's) is a failure."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class ReaderGone:
