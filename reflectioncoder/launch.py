@@ -13,10 +13,11 @@ exits with that rank's code (torchrun exits 1 whatever it was)::
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from reflectioncoder.cli import COMMANDS, guarded
-from reflectioncoder.errors import UsageError
+from reflectioncoder.errors import Terminated, UsageError
 
 PROG = "reflectioncoder launch"
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch(argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -55,6 +57,8 @@ def _launch(argv: list[str]) -> int:
         print(f"{PROG}: {_failure_line(err, args.nproc_per_node)}", file=sys.stderr)
         _, failure = err.get_first_failure()
         return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as err:  # the agent's handler: Ctrl-C, scancel, docker stop
+        raise KeyboardInterrupt if err.sigval == signal.SIGINT else Terminated from None
     return 0
 
 
