@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from reflectioncoder.errors import UsageError
 
 COMPLETE = "COMPLETE"  # checkpoint.COMPLETE (not imported: it would import torch)
@@ -100,6 +102,10 @@ def main(args: argparse.Namespace) -> int:
         state = "a file, not a run folder" if folder.exists() else "not found"
         raise UsageError(state, file=folder, field="FOLDER")
     rows = checkpoint_rows(folder)
+    if not rows and not (folder / "final").is_dir() and (folder / "config.yaml").is_file():
+        print(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
+        print(_resume_line([]))
+        return 0
     if not rows and not (folder / "final").is_dir():
         run = _run_folder_above(folder)
         if run:
@@ -121,6 +127,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
     print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
+
+
+def _unsaved_run(folder: Path) -> str:
+    """What a run folder with no checkpoint and no final model holds: the steps it logged."""
+    losses = _losses(folder)
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        every = f" (checkpoint.save_every: {config['checkpoint']['save_every']})"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        every = ""
+    if not losses:
+        return f"{folder}: a run that stopped before its first step; no checkpoint{every}"
+    last = max(losses)
+    return (
+        f"{folder}: a run that logged {last} step(s) (last loss {losses[last]:.4f}) and saved "
+        f"no checkpoint{every}"
+    )
 
 
 def _runs_inside(folder: Path) -> str:
