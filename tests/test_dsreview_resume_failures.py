@@ -19,8 +19,9 @@ from test_resume_anywhere import (
 
 from reflectioncoder.cli import main
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train import checkpoint
-from reflectioncoder.train.checkpoint import LOCK_FILE, needs_conversion
+from reflectioncoder.train import restore
+from reflectioncoder.train.restore import needs_conversion
+from reflectioncoder.train.run_folder import LOCK_FILE
 
 ZERO2_ON_2 = {"engine": "deepspeed", "zero_stage": 2, "world_size": 2}
 
@@ -94,7 +95,7 @@ def test_a_conversion_that_fails_leaves_the_checkpoint_as_it_was(run, capsys, mo
         (out / "zero" / "model.embed_tokens.weight").mkdir(parents=True)
         raise EOFError("Ran out of input")
 
-    monkeypatch.setattr(checkpoint, "convert_to_universal", converts_part)
+    monkeypatch.setattr(restore, "convert_to_universal", converts_part)
     before = _tree(checkpoints.parent)
     assert main([*argv, "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

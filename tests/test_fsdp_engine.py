@@ -212,7 +212,7 @@ def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compile
 def _another_engine_reads_its_checkpoint(fsdp, folder: Path) -> None:
     """What another engine's resume reads from FSDP's shards: each parameter's fp32 master and
     AdamW state whole, read one at a time (nothing converted, nothing else written)."""
-    from reflectioncoder.train.checkpoint import _state_reader
+    from reflectioncoder.train.restore import _state_reader
 
     fsdp.save_state(folder)
     read = _state_reader(folder, fsdp.layout(), fsdp.info)

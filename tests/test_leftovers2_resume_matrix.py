@@ -60,7 +60,8 @@ ZERO0_BF16 = """
 import json, sys, torch
 from pathlib import Path
 from reflectioncoder.config_loader import load_config
-from reflectioncoder.train.checkpoint import _state_reader, read_trainer_state
+from reflectioncoder.train.checkpoint import read_trainer_state
+from reflectioncoder.train.restore import _state_reader
 from reflectioncoder.train.trainer import Trainer
 overrides, source = json.loads(sys.argv[2]), Path(sys.argv[3])
 trainer = Trainer(load_config(base="tiny", overrides=overrides), resume=str(source))

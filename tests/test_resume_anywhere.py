@@ -17,12 +17,8 @@ from test_distributed import REPO_ROOT, TOLERANCE, _free_port, _overrides, _rows
 
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.checkpoint import (
-    _state_reader,
-    needs_conversion,
-    read_trainer_state,
-    step_dir,
-)
+from reflectioncoder.train.checkpoint import read_trainer_state, step_dir
+from reflectioncoder.train.restore import _state_reader, needs_conversion
 from reflectioncoder.train.trainer import Trainer
 
 STEPS, STOP = 4, 2  # the run plans 4 steps; the first part saves at step 2 and stops

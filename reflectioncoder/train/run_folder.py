@@ -5,16 +5,128 @@ start added removed again, so the same command can run again."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import IO, Any
 
 from reflectioncoder.config import RunConfig
-from reflectioncoder.train import checkpoint, reporters
+from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.train import reporters
 
 log = logging.getLogger("reflectioncoder.train")
+
+# What makes a folder hold a run: a fresh launch into it is refused (--resume or --overwrite).
+# metrics.jsonl counts once it holds a row: a start that stopped before its first step was
+# logged (an error in the first forward, an out-of-memory, a kill) left only its start files.
+RUN_MARKERS = ("checkpoints", "final", "metrics.jsonl")
+LOCK_FILE = ".lock"  # held by the run training in the folder (lock_run_folder)
+
+
+class RunFolderError(UserError):
+    """A fresh run was launched into a folder that holds a run."""
+
+
+def run_markers(out_dir: str | Path) -> list[str]:
+    """What in ``out_dir`` is a run's work (RUN_MARKERS): its checkpoints (a torn save too),
+    its final model, a metrics.jsonl with a row. None: nothing a fresh start would replace."""
+    out_dir = Path(out_dir)
+    return [m for m in RUN_MARKERS if _holds_work(out_dir / m)]
+
+
+def _holds_work(path: Path) -> bool:
+    if path.name != "metrics.jsonl" or not path.is_file():
+        return path.exists()
+    with path.open("rb") as file:  # any byte but blanks: a row, even a torn one, is kept
+        while chunk := file.read(1 << 16):
+            if chunk.strip():
+                return True
+    return False
+
+
+def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a fresh launch into ``out_dir`` when it holds a run (``run_markers``), and a
+    folder that cannot be written, touching nothing: found at start, not after the model has
+    loaded. A run that never logged a step and saved nothing is started again."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("is a file; give a folder", file=out_dir, field="checkpoint.out_dir")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"cannot be written ({existing} is read-only to this user)",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        )
+    found = run_markers(out_dir)
+    if found and not (resume or overwrite):
+        raise RunFolderError(
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
+            "it or --overwrite to start over (deletes it)",
+            field="checkpoint.out_dir",
+        )
+
+
+def lock_run_folder(out_dir: str | Path, announce: bool = True) -> IO[str]:
+    """Hold OUT/.lock while the run lives (the OS lets go when the process ends): a second
+    launch into the folder, a job submitted twice, stops here instead of interleaving its
+    metrics and checkpoints with this run's. Returns the open lock file; close it to let go.
+    ``announce``: write this process into it now (else ``announce_holder`` does, once the run
+    writes its folder: a start that fails changes no file of an existing run)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = (out_dir / LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"{holder} is training in this folder; wait for it to end or choose another folder",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        ) from None
+    except OSError as err:  # no locks on this filesystem (Lustre without -o flock: ENOSYS)
+        log.warning(
+            "%s: not locked (the filesystem refuses flock: %s): a second launch into this "
+            "folder will not be stopped",
+            out_dir,
+            err.strerror or err,
+        )
+    if announce:
+        announce_holder(handle)
+    return handle
+
+
+def announce_holder(handle: IO[str]) -> None:
+    """Write this process into the held lock file (what a second launch is told)."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+
+
+def release_lock(handle: IO[str], made: bool) -> None:
+    """Let go of OUT/.lock. One this launch ``made`` and never wrote into (a ``--resume`` that
+    failed before the run was named in it) is removed: the folder is left as it was."""
+    if made and os.fstat(handle.fileno()).st_size == 0:
+        Path(handle.name).unlink(missing_ok=True)  # while still held: no launch took it meanwhile
+    handle.close()
+
+
+def clear_run_folder(out_dir: str | Path) -> None:
+    """--overwrite: remove the previous run's checkpoints, final model and metrics."""
+    out_dir = Path(out_dir)
+    for name in (*RUN_MARKERS, "tensorboard", "wandb", "mlruns", "loss.png"):
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _entries(folder: Path) -> set[str] | None:
@@ -25,7 +137,7 @@ def _entries(folder: Path) -> set[str] | None:
 # What a start writes into OUT before its first step (the trackers' folders included).
 _START_FILES = frozenset(
     {"config.yaml", "tokenizer", "metrics.jsonl", "tensorboard", "wandb", "mlruns"}
-    | {reporters.RUN_IDS, checkpoint.LOCK_FILE}
+    | {reporters.RUN_IDS, LOCK_FILE}
 )
 
 
@@ -54,12 +166,12 @@ def _note_restart(out_dir: Path) -> None:
 
 
 class RunFolder:
-    """OUT for one launch: its checks, its lock (``checkpoint.lock_run_folder``) and what a
+    """OUT for one launch: its checks, its lock (``lock_run_folder``) and what a
     fresh start writes there."""
 
     def __init__(self, out_dir: Path, resume: bool, overwrite: bool) -> None:
         """Refuse a folder this launch may not write (before anything is written)."""
-        checkpoint.check_run_folder(out_dir, resume, overwrite)
+        check_run_folder(out_dir, resume, overwrite)
         self.path = out_dir
         self.resumed = resume
         self.overwrite = overwrite and not resume
@@ -75,8 +187,8 @@ class RunFolder:
             return
         if not (self.resumed or self.overwrite):  # check_run_folder let it start
             _note_restart(self.path)
-        if (self.path / checkpoint.LOCK_FILE).is_file():
-            self.lock = checkpoint.lock_run_folder(self.path, announce=False)
+        if (self.path / LOCK_FILE).is_file():
+            self.lock = lock_run_folder(self.path, announce=False)
 
     def write(self, cfg: RunConfig, original_tokenizer: Any, resuming: bool) -> None:
         """Rank 0: OUT/config.yaml and OUT/tokenizer (the original one), once everything has
@@ -85,19 +197,24 @@ class RunFolder:
         if self._undoable:  # what OUT held before (None: no folder), for undo_start
             self._before = _entries(self.path)
         if self.lock is None:
-            self._lock_made = not (self.path / checkpoint.LOCK_FILE).exists()
-            self.lock = checkpoint.lock_run_folder(self.path, announce=False)
+            self._lock_made = not (self.path / LOCK_FILE).exists()
+            self.lock = lock_run_folder(self.path, announce=False)
             # a launch that began with this one may have written its run meanwhile
-            checkpoint.check_run_folder(self.path, self.resumed, self.overwrite)
+            check_run_folder(self.path, self.resumed, self.overwrite)
         if not resuming:  # a resumed run's once its checkpoint has loaded
-            checkpoint.announce_holder(self.lock)  # held since the start, unchanged until now
+            announce_holder(self.lock)  # held since the start, unchanged until now
         if self.overwrite:
-            checkpoint.clear_run_folder(self.path)
+            clear_run_folder(self.path)
         if not resuming:
             cfg.save(self.path / "config.yaml")
             saved = self.path / "tokenizer"
             shutil.rmtree(saved, ignore_errors=True)
             original_tokenizer.save_pretrained(str(saved))
+
+    def announce(self) -> None:
+        """Name this process in the held lock file (a resumed run's, once its checkpoint has
+        loaded: a resume refused in its checks leaves the file as it was)."""
+        announce_holder(self.lock)
 
     def undo_start(self) -> None:
         """A start that failed once written: a fresh start's files removed, so the folder is
@@ -109,4 +226,4 @@ class RunFolder:
     def release(self) -> None:
         """Let go of OUT/.lock (removed if this launch made it)."""
         if self.lock is not None:
-            checkpoint.release_lock(self.lock, self._lock_made)
+            release_lock(self.lock, self._lock_made)

@@ -53,6 +53,7 @@ from reflectioncoder.train.flops import ModelShape, StepFlops, recomputed_share,
 from reflectioncoder.train.load import build_model, load_samples, load_tokenizer
 from reflectioncoder.train.loss_module import ReflectionLossModule
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
+from reflectioncoder.train.restore import load_checkpoint
 from reflectioncoder.train.resume import check_same_run, checkpoint_to_resume, record_resumed_config
 from reflectioncoder.train.run_folder import RunFolder
 from reflectioncoder.train.schedule import EpochReport, lr_at, plan_fingerprint, plan_steps
@@ -196,10 +197,10 @@ class Trainer:
         the metrics' running totals it saved (None on a fresh start)."""
         if self.resume_from is None:
             return None
-        state = checkpoint.load_checkpoint(self.resume_from, self.engine, self.info)
+        state = load_checkpoint(self.resume_from, self.engine, self.info)
         self.step, self.skips.total = int(state["step"]), int(state.get("skipped", 0))
         if self.info.is_main:  # a resume refused in its checks left the lock file as it was
-            checkpoint.announce_holder(self.run_folder.lock)
+            self.run_folder.announce()
             self._changed_on_resume = record_resumed_config(
                 self.cfg, self.out_dir, self.resume_from, self.step
             )
