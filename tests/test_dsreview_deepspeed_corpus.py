@@ -15,12 +15,9 @@ import torch
 
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.errors import ConfigError
-from reflectioncoder.train.deepspeed_config import (
-    deepspeed_config,
-    deepspeed_json_problem,
-    optim_with_deepspeed_section,
-    read_deepspeed_json,
-)
+from reflectioncoder.train.deepspeed_config import deepspeed_config, optim_with_deepspeed_section
+from reflectioncoder.train.deepspeed_json import read_deepspeed_json
+from reflectioncoder.train.deepspeed_reads import deepspeed_json_problem
 from reflectioncoder.train.distributed import DistInfo
 
 DeepSpeedConfig = pytest.importorskip("deepspeed.runtime.config").DeepSpeedConfig

@@ -17,7 +17,8 @@ import torch
 from reflectioncoder.cli import main
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.deepspeed_config import deepspeed_config, deepspeed_json_problem
+from reflectioncoder.train.deepspeed_config import deepspeed_config
+from reflectioncoder.train.deepspeed_reads import deepspeed_json_problem
 from reflectioncoder.train.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,8 @@ import torch
 from reflectioncoder.cli import main
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.deepspeed_config import deepspeed_json_problem, read_deepspeed_json
+from reflectioncoder.train.deepspeed_json import read_deepspeed_json
+from reflectioncoder.train.deepspeed_reads import deepspeed_json_problem
 
 lr_schedules = pytest.importorskip("deepspeed.runtime.lr_schedules")
 

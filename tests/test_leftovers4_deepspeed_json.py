@@ -19,7 +19,7 @@ import pytest
 
 from reflectioncoder.cli import main
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
-from reflectioncoder.train.deepspeed_config import deepspeed_json_problem
+from reflectioncoder.train.deepspeed_reads import deepspeed_json_problem
 
 pytest.importorskip("deepspeed")
 

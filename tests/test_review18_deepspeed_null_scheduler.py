@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from reflectioncoder.train.deepspeed_config import deepspeed_json_problem
+from reflectioncoder.train.deepspeed_reads import deepspeed_json_problem
 
 pytest.importorskip("deepspeed")
 
