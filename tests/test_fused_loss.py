@@ -190,10 +190,12 @@ def test_bf16_within_twice_torch_error(seed, backend):
 def test_bf16_rule_over_many_chunks(seed):
     """d W is kept in bf16 across chunks (one rounding per chunk): with 7 pair chunks and the
     CE-only rows' (the headline shape has 8 chunks), the bf16 rule still holds (torch backend:
-    the same GEMM accumulation as the GPU path). Errors summed over 6 batches: the worst d W
-    ratio was 1.64 over 30 seeds (1.95 over 40 with 3 batches; about 16 chunks reach 2.1)."""
+    the same GEMM accumulation as the GPU path). Errors summed over 12 batches: the rule is on
+    the error's size, and a sum over few batches is a noisy measure of it (with 6 the d W ratio
+    reached 2.08 at TEST_SEED=688, 1 seed in 800; with 12 the worst of those 800 was 1.73;
+    about 16 chunks reach 2.1)."""
     ours, plain = [0.0] * 3, [0.0] * 3
-    for _ in range(6):
+    for _ in range(12):
         case = make_case(64, 48, 97, 28, dtype=torch.bfloat16, ignore=0.1)
         ref = reference_with_grads(case, 1.0)
         hidden, weight, *rest = case
