@@ -58,10 +58,11 @@ def test_a_child_left_behind_does_not_outlive_the_time_limit(level, language):
 def test_output_written_before_the_end_is_kept(level):
     """Ending with the main process loses nothing it wrote: a child's last words before the
     main process ends are read to the pipe's end."""
-    program = "(echo child; sleep 5) & sleep 0.3; echo main"
+    program = "(echo child; sleep 60) & sleep 0.3; echo main"
     res = sandbox.run_sandboxed(["/bin/sh", "-c", program], timeout_s=20)
+    # ok: it ended with the main process, not at the 20 s limit the child's 60 s would reach
+    # (no wall-time bound here that a loaded machine's slow start could break)
     assert res.stdout.split() == ["child", "main"] and res.ok, res
-    assert res.duration_s < 4.5, res  # not the child's 5 s
 
 
 STOPS_TIMEOUT = r"""
