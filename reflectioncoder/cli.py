@@ -185,7 +185,9 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if debug:
             raise
         terminated = isinstance(err, Terminated)
-        if not (terminated and _launched_rank()):  # a launcher ending the other ranks
+        # Under a launcher every rank gets the signal (Ctrl-C reaches the terminal's whole
+        # process group; a launcher ends the others): local rank 0 says it for the node.
+        if not _launched_rank():
             print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
     except BrokenPipeError as err:
