@@ -1,10 +1,11 @@
-"""What a run loads before it writes anything: its samples, its tokenizer (given, the resumed
-run's own, or trained on the data) and its model (loaded, built, partitioned under ZeRO-3 or on
-meta under FSDP), with the special tokens added. The data and model rooms do the work; this
-wires them to the config."""
+"""What a run loads before it writes anything: its samples and step plan (``load_run_data``),
+its tokenizer (given, the resumed run's own, or trained on the data) and its model (loaded,
+built, partitioned under ZeRO-3 or on meta under FSDP), with the special tokens added. The data
+and model rooms do the work; this wires them to the config."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from reflectioncoder.config import RunConfig
 from reflectioncoder.data.dataset import load_dataset, tokenizer_fingerprint
 from reflectioncoder.data.tokenize import TokenizedSample
 from reflectioncoder.errors import UserError
-from reflectioncoder.train import checkpoint, deepspeed_config, distributed
+from reflectioncoder.train import checkpoint, deepspeed_config, distributed, validation
 from reflectioncoder.train.fsdp_load import build_on_meta
+from reflectioncoder.train.schedule import plan_fingerprint, plan_steps
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -37,6 +39,44 @@ def load_samples(
         "skipped_bad": len(report.skipped),
         "dropped_too_long": len(report.over_length),
     }
+
+
+@dataclasses.dataclass
+class RunData:
+    """The run's training samples, its held-out ones and their counts, and its step plan (the
+    sample ids of every optimizer step) with the fingerprints a checkpoint records of them."""
+
+    samples: list[TokenizedSample]
+    validation: list[TokenizedSample]
+    counts: dict[str, int]
+    plan: list[list[int]]
+    plan_sha256: str
+    held_out_sha256: str | None  # what data.validation_fraction took out (None: nothing)
+
+    def planned(self) -> dict[str, Any]:
+        """What a checkpoint records of the plan (a resumed run's is checked against it)."""
+        return {
+            "total_steps": len(self.plan),
+            "plan_sha256": self.plan_sha256,
+            "held_out_sha256": self.held_out_sha256,
+        }
+
+
+def load_run_data(cfg: RunConfig, tokenizer: Any, info: distributed.DistInfo) -> RunData:
+    """The samples (``load_samples``), the held-out ones (``validation.split_validation``) and
+    the step plan. Rank 0 tokenises (and fills data.cache_dir) first; the others then read the
+    cache."""
+    if info.is_main:
+        samples, counts = load_samples(cfg, tokenizer, True)
+        samples, held = validation.split_validation(samples, counts, cfg, tokenizer, True)
+    distributed.barrier()
+    if not info.is_main:
+        samples, counts = load_samples(cfg, tokenizer, False)
+        samples, held = validation.split_validation(samples, counts, cfg, tokenizer, False)
+    plan = plan_steps([len(s) for s in samples], cfg.train)
+    fraction = cfg.data.validation_fraction
+    held_sha256 = validation.held_out_fingerprint(held) if fraction else None
+    return RunData(samples, held, counts, plan, plan_fingerprint(samples, plan), held_sha256)
 
 
 def _texts_for_tokenizer(cfg: RunConfig) -> list[str]:

@@ -50,13 +50,13 @@ from reflectioncoder.train import (
 )
 from reflectioncoder.train.engine import make_engine
 from reflectioncoder.train.flops import ModelShape, StepFlops, recomputed_share, utilisation
-from reflectioncoder.train.load import build_model, load_samples, load_tokenizer
+from reflectioncoder.train.load import build_model, load_run_data, load_tokenizer
 from reflectioncoder.train.loss_module import ReflectionLossModule
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
 from reflectioncoder.train.restore import load_checkpoint
 from reflectioncoder.train.resume import check_same_run, checkpoint_to_resume, record_resumed_config
 from reflectioncoder.train.run_folder import RunFolder
-from reflectioncoder.train.schedule import EpochReport, lr_at, plan_fingerprint, plan_steps
+from reflectioncoder.train.schedule import EpochReport, lr_at
 from reflectioncoder.train.skipped_steps import SkippedSteps
 from reflectioncoder.train.step_ahead import PreparedStep, StepAhead, prepare_step
 
@@ -106,7 +106,11 @@ class Trainer:
         check_supported(model, max_len=max(cfg.data.max_len, 1))
         if self.resume_from is not None:
             checkpoint.check_same_model(self.resume_from, model.config)
-        self._load_data_and_plan(cfg)
+        self.run_data = load_run_data(cfg, self.tokenizer, self.info)
+        self.samples, self.validation = self.run_data.samples, self.run_data.validation
+        self.plan, self.total_steps = self.run_data.plan, len(self.run_data.plan)
+        if self.resume_from is not None:  # it must plan the steps its checkpoint planned
+            check_same_run(self.resume_from, cfg, self.out_dir, self.run_data.planned())
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
         if self.info.is_main:
             self.run_folder.write(cfg, original_tokenizer, self.resume_from is not None)
@@ -155,42 +159,6 @@ class Trainer:
         )
         if self.info.is_main:
             self._log_start(cfg)
-
-    def _load_data_and_plan(self, cfg: RunConfig) -> None:
-        """The samples, and the sample ids of every optimizer step; a resumed run must plan
-        the steps its checkpoint planned."""
-        # Rank 0 tokenises (and fills data.cache_dir) first; the others then read the cache.
-        if self.info.is_main:
-            self._load_samples(cfg)
-        distributed.barrier()
-        if not self.info.is_main:
-            self._load_samples(cfg)
-        self.plan = plan_steps([len(s) for s in self.samples], cfg.train)  # sample ids per step
-        self.total_steps = len(self.plan)
-        self.plan_sha256 = plan_fingerprint(self.samples, self.plan)
-        # What data.validation_fraction took out of the training data (None: nothing).
-        fraction = cfg.data.validation_fraction
-        self.held_out_sha256 = (
-            validation.held_out_fingerprint(self.validation) if fraction else None
-        )
-        if self.resume_from is not None:
-            check_same_run(self.resume_from, self.cfg, self.out_dir, self._planned())
-
-    def _load_samples(self, cfg: RunConfig) -> None:
-        """The training samples, the held-out ones and their counts."""
-        is_main = self.info.is_main
-        samples, self.data_counts = load_samples(cfg, self.tokenizer, is_main)
-        self.samples, self.validation = validation.split_validation(
-            samples, self.data_counts, cfg, self.tokenizer, is_main
-        )
-
-    def _planned(self) -> dict[str, Any]:
-        """What a checkpoint records of the run's plan, for a resumed run to check against."""
-        return {
-            "total_steps": self.total_steps,
-            "plan_sha256": self.plan_sha256,
-            "held_out_sha256": self.held_out_sha256,
-        }
 
     def _resume_state(self) -> dict[str, Any] | None:
         """Load ``--resume``'s checkpoint into the engine and set the step and skip counts;
@@ -367,8 +335,8 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "skipped": self.skips.total,
                 "tokenizer_sha256": self.tokenizer_sha256,
-                "held_out_sha256": self.held_out_sha256,
-                "plan_sha256": self.plan_sha256,
+                "held_out_sha256": self.run_data.held_out_sha256,
+                "plan_sha256": self.run_data.plan_sha256,
                 "totals": self.metrics.totals,
             },
             self.cfg.checkpoint.keep_last,
@@ -390,7 +358,7 @@ class Trainer:
             "hardware": model_card.hardware(self.info.device, self.info.world_size),
             "engine": f"{self.engine.describe()}, {self.dtype}",
         }
-        return model_card.run_card(self.cfg, self.data_counts, progress, self.manifests)
+        return model_card.run_card(self.cfg, self.run_data.counts, progress, self.manifests)
 
     def train(self) -> dict[str, Any]:
         """Train to the end of the plan, saving every ``checkpoint.save_every`` steps and the
