@@ -112,7 +112,7 @@ Time of a micro-batch on one GPU = the sum of (no overlap between them but comm)
 - activation offload (``offload`` layers, reflectioncoder/activation_offload.py): a layer's
   time is that of ``save_gemms`` (its element-wise ops rerun) plus what the compute stream waits
   for the copies (``offload_exposed_s``): one side stream a GPU, each offloaded layer's bytes
-  (``activation_checkpointing.offloaded_bytes``: in bf16 20.8 D a token at 7B, 17.3 D at
+  (``memory_plan.offloaded_bytes``: in bf16 20.8 D a token at 7B, 17.3 D at
   34B, from the widths, the CPU's measure at four shapes the check)
   out in the forward and back in the backward at ``link_bytes_s``: the GPU's PCIe link (PCIE,
   ASSUMED) or its share of the host's DRAM, ``HOST_DMA_BYTES_S`` = 307 GB/s shared by all

@@ -243,5 +243,5 @@ def _fp32_sums(cfg: dict[str, Any], bf16: dict[str, Any], stage: int, offload: b
         cfg["communication_data_type"] = "fp32"
     if stage == 1 and not offload and data_types["grad_accum_dtype"] == "fp32":
         # each bf16 gradient added to the fp32 sums as backward makes it, then freed: 2
-        # bytes a parameter less at the peak (activation_checkpointing.resident_bytes)
+        # bytes a parameter less at the peak (memory_plan.resident_bytes)
         bf16.setdefault("immediate_grad_update", True)
