@@ -41,13 +41,19 @@ def _launch(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    at = next((i for i, word in enumerate(argv) if word in COMMANDS), None)
-    if at is None:
-        raise UsageError(
-            "name the command to launch after torchrun's options, e.g. "
-            "python -m reflectioncoder.launch --nproc_per_node 8 train --config configs/paper.yaml"
-        )
-    args = get_args_parser().parse_args([*argv[:at], "-m", "reflectioncoder.cli", *argv[at:]])
+    name_one = (
+        "name the command to launch after torchrun's options, e.g. "
+        "python -m reflectioncoder.launch --nproc_per_node 8 train --config configs/paper.yaml"
+    )
+    if not any(word in COMMANDS for word in argv):
+        raise UsageError(name_one)
+    # torchrun's own parser tells an option's value (--rdzv-id train) from the command
+    args = get_args_parser().parse_args(argv)
+    command = args.training_script
+    if command not in COMMANDS or args.module or args.no_python:
+        raise UsageError(f"{command!r} is not a reflectioncoder command: {name_one}")
+    args.module, args.training_script = True, "reflectioncoder.cli"
+    args.training_script_args = [command, *args.training_script_args]
     for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
                  "torch.distributed.elastic.multiprocessing.errors.error_handler"):  # fmt: skip
         logging.getLogger(name).addFilter(_SaidByOurLine())

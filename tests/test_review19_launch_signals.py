@@ -53,3 +53,17 @@ def test_sigterm_stops_a_real_launch_with_143(tmp_path):
     assert proc.wait(timeout=120) == 143, "".join(lines)
     assert lines[-1].strip() == "reflectioncoder launch: terminated", "".join(lines)
     assert not any("internal error" in line for line in lines), "".join(lines)
+
+
+def test_an_option_whose_value_is_a_command_name_is_torchruns(tmp_path):
+    """``--rdzv-id train`` (a job named after what it does) is torchrun's option and its value:
+    the command is the first word torchrun's parser leaves (it took ``train`` for it)."""
+    argv = [sys.executable, "-m", "reflectioncoder.launch", "--rdzv-id", "train",
+            "--nproc_per_node", "1", "runs", str(tmp_path)]  # fmt: skip
+    # an empty folder: runs says so, exit 2 (what matters is that runs was launched)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "usage:" not in done.stderr, done.stderr[-3000:]
+    assert lines[-1].startswith("reflectioncoder launch: rank 0 failed (exit code 2): "
+                                "reflectioncoder runs: "), lines[-1]  # fmt: skip
