@@ -111,7 +111,7 @@ def test_demo_doc_output_is_one_runs():
     total = int(re.search(r"^demo finished in (\d+) s$", block, re.M).group(1))
     data, tokenizer, train, generate = (int(x) for x in parts.groups())
     assert last_progress <= train
-    assert data + tokenizer + train + generate <= total
+    assert data + tokenizer + train + generate <= total + 2  # four parts, each rounded
 
 
 def test_loss_doc_bench_rows_name_providers_bench_loss_prints():
