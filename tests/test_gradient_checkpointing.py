@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reflectioncoder import model as model_room
+from reflectioncoder import packed_attention as attention_room
 from reflectioncoder.config_loader import load_config
 from reflectioncoder.model import build_tiny_llama
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
@@ -56,7 +56,7 @@ def test_loaded_model_recomputes_every_layer_in_backward(
         layers = trainer.model.config.num_hidden_layers
         calls = {"forward": 0, "in_backward": 0}
         phase = {"backward": False}
-        attention = model_room.varlen_attention
+        attention = attention_room.varlen_attention
 
         def counted_attention(*args, **kwargs):  # runs inside each decoder layer's forward
             calls["forward"] += 1
@@ -71,7 +71,7 @@ def test_loaded_model_recomputes_every_layer_in_backward(
             phase["backward"] = False
 
         trainer.engine.backward = backward
-        monkeypatch.setattr(model_room, "varlen_attention", counted_attention)
+        monkeypatch.setattr(attention_room, "varlen_attention", counted_attention)
         batches = trainer.step_batches(trainer.step)
         row = trainer.train_step()
     finally:

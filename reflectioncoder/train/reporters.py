@@ -130,7 +130,9 @@ class WandbReporter:
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", project),
             name=name,
-            dir=os.environ.get("WANDB_DIR", str(out_dir)),
+            # absolute: wandb's service, one per process, resolves a relative folder in the
+            # working directory of the process's first run, not this one's
+            dir=str(Path(os.environ.get("WANDB_DIR", out_dir)).resolve()),
             config=config,
             mode=os.environ.get("WANDB_MODE", "offline"),
             **resumed,
