@@ -38,6 +38,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .flop_formulas import register_attention_formulas
+
+register_attention_formulas()  # torch's FLOP counter sees the CPU path's SDPA
+
 
 def _regular_package(name: str) -> bool:
     """``name`` is installed with its own ``__init__`` (not only a namespace: flash-attn-4's

@@ -37,6 +37,7 @@ import importlib
 
 import torch
 
+from .flop_formulas import register_attention_formulas
 from .varlen_attention import _parameters, resolve_backend, varlen_attention
 
 # The arguments each backend's internals must take for the kernel backward (else: rerun).
@@ -278,3 +279,4 @@ def _backward(ctx, grad, grad_lse, grad_rng_state):
 
 
 varlen_attention_with_stats.register_autograd(_backward, setup_context=_setup_context)
+register_attention_formulas()  # torch's FLOP counter sees both ops
