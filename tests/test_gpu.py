@@ -166,7 +166,8 @@ def test_compiled_attention_op_on_device(device, seed, backend) -> None:
     from reflectioncoder.kernels.varlen_attention_op import kernel_backward, varlen_attention_op
 
     seqlens, q, k, v, cu = _attention_case(device, seed, backend)
-    assert backend != "torch_varlen" or kernel_backward(backend, 64)
+    # torch 2.11 (the lent GPUs' image) has no enable_gqa in torch_attn's ops: there it reruns
+    assert backend != "torch_varlen" or torch.__version__ < (2, 13) or kernel_backward(backend, 64)
 
     @torch.compile(fullgraph=True, dynamic=True)
     def layer(q, k, v):
@@ -206,8 +207,8 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train import distributed, host_optimizer, local_engine
 
-    if device.type != "cuda":
-        pytest.skip("the copies overlap only on CUDA (the CPU's plain copies: test_host_optimizer)")
+    # On the CPU (the dry run, tests/test_gpu_names.py) both runs copy plainly: the same body
+    # runs, so a rename fails there rather than on a lent GPU.
     monkeypatch.setattr(host_optimizer, "HOST_BUCKET_BYTES", 8 * 2**20)
     run = load_config(
         base="tiny",
@@ -221,7 +222,8 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
     for pipelined in (True, False):
         module = copy.deepcopy(model).to(device, torch.bfloat16)
         engine = local_engine.LocalEngine(module, run, info)
-        assert (engine.host.copy_streams is not None) and len(engine.host.buckets) >= 4
+        on_cuda = device.type == "cuda"
+        assert (engine.host.copy_streams is not None) == on_cuda and len(engine.host.buckets) >= 4
         if not pipelined:
             engine.host.copy_streams = None  # blocking copies on the compute stream
         for step in range(3):
@@ -265,7 +267,7 @@ def _cuda_llama(seed: int, plan: str | None = None, compiled: bool = False):
     return model
 
 
-def _fsdp_steps(seed: int) -> list[list]:
+def _fsdp_steps(seed: int, device: str = "cuda") -> list[list]:
     """3 steps of 2 packed micro-batches each (the first seeds from ``seed`` that pack >= 2)."""
     from test_packed_rows import _batches
 
@@ -274,7 +276,7 @@ def _fsdp_steps(seed: int) -> list[list]:
         batches = _batches(s)[1]
         s += 1
         if len(batches) >= 2:
-            steps.append([b.to("cuda") for b in batches[:2]])
+            steps.append([b.to(device) for b in batches[:2]])
     return steps
 
 
@@ -380,7 +382,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
         distributed.shutdown()
 
 
-def _packed_inputs(seed: int, tokens: int = 4096, sequences: int = 4):
+def _packed_inputs(seed: int, tokens: int = 4096, sequences: int = 4, device: str = "cuda"):
     """A packed batch of ``sequences`` equal sequences (forward_hidden's inputs)."""
     from types import SimpleNamespace
 
@@ -389,9 +391,9 @@ def _packed_inputs(seed: int, tokens: int = 4096, sequences: int = 4):
     gen = torch.Generator().manual_seed(seed)
     n = tokens // sequences
     return SimpleNamespace(
-        input_ids=torch.randint(0, VOCAB, (tokens,), generator=gen).cuda(),
-        position_ids=torch.arange(n).repeat(sequences).cuda(),
-        cu_seqlens=torch.arange(0, tokens + 1, n, dtype=torch.int32).cuda(),
+        input_ids=torch.randint(0, VOCAB, (tokens,), generator=gen).to(device),
+        position_ids=torch.arange(n).repeat(sequences).to(device),
+        cu_seqlens=torch.arange(0, tokens + 1, n, dtype=torch.int32).to(device),
         max_seqlen=n,
         seq_lens=[n] * sequences,
     )
