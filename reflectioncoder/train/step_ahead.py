@@ -72,8 +72,9 @@ class StepAhead:
         t0 = time.perf_counter()
         ahead, self.pending = self.pending, None
         prepared = ahead.result() if ahead is not None else None
-        if prepared is None or prepared.step != step:
-            prepared = self._prepare(step)
+        if prepared is None or prepared.step != step:  # the first step: prepared now, on the
+            # same thread as every other, so the training thread never reads a host tensor
+            prepared = self._pool.submit(self._prepare, step).result()
         waited = time.perf_counter() - t0
         if step + 1 < self._total_steps:
             self.pending = self._pool.submit(self._prepare, step + 1)
