@@ -23,6 +23,7 @@ from reflectioncoder.eval.sandbox.records import Limits
 __all__ = ["CgroupLayout", "RunCgroup", "cgroup_layout", "make_cgroup", "remove_stale_cgroups"]
 
 CPU_PERIOD_US = 100_000
+_LEAST_QUOTA_US = 1000  # the kernel's least quota: 1% of a core
 
 # The file that proves a controller works in a run's cgroup, and a value to write there.
 _V1_PROBES = {
@@ -204,7 +205,8 @@ class RunCgroup:
         self._clock: int | None = None  # the CPU clock's file, open once (``cpu_time_s``)
         for path in self.unique_dirs():
             path.mkdir()
-        quota = str(max(1000, int(limits.cpu_cores * CPU_PERIOD_US)))
+        quota = str(max(_LEAST_QUOTA_US, int(limits.cpu_cores * CPU_PERIOD_US)))
+        self.quota = quota
         mem, max_processes = str(limits.memory_mb << 20), limits.max_processes
         if layout.version == 2:
             self._write("pids", "pids.max", str(max_processes))
@@ -232,6 +234,17 @@ class RunCgroup:
             except OSError:
                 if required:
                     raise
+
+    def hold_cpu(self, held: bool) -> None:
+        """The run's CPU quota at its least (1% of a core) while ``held``, else its own:
+        ``filetable`` counts what it holds without it opening more meanwhile. A held run's
+        CPU clock stands still, so its time limits lose nothing."""
+        quota = str(_LEAST_QUOTA_US) if held else self.quota
+        with contextlib.suppress(OSError):  # ended meanwhile: its cgroup is going
+            if self.layout.version == 2:
+                self._write("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            else:
+                self._write("cpu", "cpu.cfs_quota_us", quota)
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.unique_dirs()]

@@ -10,17 +10,25 @@ about four million, at some 400 bytes of its memory limit each (a C++ run's 2 Gi
 million). Where the table is sized from the machine's memory (1 slot per 10 KiB: 2.4 million
 on a 24 GiB machine, without systemd raising it), one run could fill it.
 
-``FileTableGuard`` stops a run holding more than ``1/SHARE`` of the table (its processes'
-descriptors and file mappings, counted from ``/proc``). It counts only while the machine's
-whole count is past that share (no run can be over its share before), so it costs one read
-of ``/proc/sys/fs/file-nr`` per 50 ms tick on a machine where nothing holds many files.
+``FileTableGuard`` stops a run holding more than its share of the table (its processes'
+descriptors and file mappings, counted from ``/proc``): ``1/SHARE``, less where more runs are
+under way in this process (their shares together stay under half the table, whatever the
+scorer's ``--parallel``; round 7: 64 runs at 1/64 each could fill it). It counts only while
+the machine's whole count is past that share (no run can be over its share before), so it
+costs one read of ``/proc/sys/fs/file-nr`` per 50 ms tick on a machine where nothing holds
+many files. A count walks every mapping of every process (some 0.7 us each, 65,530 a
+process), so the run's CPU is held (its cgroup's quota at its least) while it is counted, and
+it is counted at every tick while the machine is past its share: before (round 7), a run
+that padded its processes with anonymous mappings made each count take seconds, the next
+came 20 counts' time later, and it opened files all the while (2.7 times its share, measured,
+and more with more padding).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
+import threading
 from collections.abc import Callable, Iterable
 
 __all__ = ["SHARE", "FileTableGuard", "files_held", "run_guard", "table"]
@@ -28,7 +36,8 @@ __all__ = ["SHARE", "FileTableGuard", "files_held", "run_guard", "table"]
 SHARE = 64  # a run may hold 1/64 of the table: 38,000 slots of 2.4 million (an honest run
 # holds tens to a few hundred: its descriptors and the libraries it maps, 1 to 5 times each)
 _FILE_NR = "/proc/sys/fs/file-nr"  # allocated, free (always 0 since 2.6), max
-_COST_SHARE = 20  # a count costs at most 1/20 of the run's wall time
+_LIVE: set[int] = set()  # ids of the guards of runs under way in this process
+_LIVE_LOCK = threading.Lock()
 
 
 def table() -> tuple[int, int] | None:
@@ -59,36 +68,63 @@ def files_held(pids: Iterable[int], stop_over: int) -> int:
 
 class FileTableGuard:
     """``__call__`` is True once the run's processes (``pids``) hold more than their share of
-    the machine's open-file table (then ``fired``). Asked every 50 ms by the I/O loop."""
+    the machine's open-file table (then ``fired``). Asked every 50 ms by the I/O loop; counts
+    with the run's CPU held (``hold(True)``), released after unless it fired (the run is
+    then killed). Under way from its making to ``close``."""
 
-    def __init__(self, pids: Callable[[], Iterable[int]], share: int = SHARE) -> None:
+    def __init__(
+        self,
+        pids: Callable[[], Iterable[int]],
+        share: int = SHARE,
+        hold: Callable[[bool], None] = lambda held: None,
+    ) -> None:
         now = table()
-        self.pids = pids
-        self.bound = None if now is None else max(now[1] // share, 4096)
+        self.pids, self.share, self.hold = pids, share, hold
+        self.maximum = None if now is None else now[1]
         self.fired = False
-        self.next_count = 0.0
+        with _LIVE_LOCK:
+            _LIVE.add(id(self))
+
+    def close(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE.discard(id(self))
+
+    @property
+    def bound(self) -> int | None:
+        """Files the run may hold: ``1/share`` of the table, and with more than ``share / 2``
+        runs under way in this process, half the table among them (never under 4096: an
+        honest run holds tens to a few hundred)."""
+        if self.maximum is None:
+            return None
+        return max(self.maximum // max(self.share, 2 * len(_LIVE)), 4096)
 
     def watching(self, inner: Callable[[], bool] | None) -> Callable[[], bool]:
         """A watchdog asking this guard, then ``inner`` (the caller's, or None)."""
         return lambda: self() or bool(inner is not None and inner())
 
     def __call__(self) -> bool:
-        start = time.monotonic()
-        if self.fired or self.bound is None or start < self.next_count:
+        bound = self.bound
+        if self.fired or bound is None:
             return self.fired
         now = table()
-        if now is None or now[0] <= self.bound:
+        if now is None or now[0] <= bound:
             return False  # the whole machine holds less than one run's share
-        self.fired = files_held(self.pids(), self.bound) > self.bound
-        self.next_count = start + _COST_SHARE * (time.monotonic() - start)
+        self.hold(True)  # the run opens nothing more while it is counted
+        try:
+            self.fired = files_held(self.pids(), bound) > bound
+        finally:
+            if not self.fired:
+                self.hold(False)
         return self.fired
 
 
 def run_guard(run) -> FileTableGuard:
-    """The guard of a started ``process.PreparedRun``: its cgroup's processes, else its main
-    process and those under it."""
+    """The guard of a started ``process.PreparedRun``: its cgroup's processes, its CPU held
+    while counted; else its main process and those under it."""
+    if run.cgroup is not None:
+        return FileTableGuard(run.cgroup.pids, hold=run.cgroup.hold_cpu)
     main = run.proc.pid
-    return FileTableGuard(run.cgroup.pids if run.cgroup is not None else lambda: descendants(main))
+    return FileTableGuard(lambda: descendants(main))
 
 
 def descendants(pid: int) -> list[int]:

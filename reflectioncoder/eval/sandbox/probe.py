@@ -29,6 +29,7 @@ __all__ = [
 
 LEVELS = ("auto", "bwrap", "rlimits")
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+OVERCOMMIT = "/proc/sys/vm/overcommit_memory"
 _FALLBACK_GAPS = (
     "memory is limited per process (RLIMIT_AS), not per sample",
     "files a run writes go to the host's disk until it ends (up to tmp_mb, measured every 50 ms "
@@ -134,20 +135,43 @@ def _gaps(in_bwrap: bool, python_only: bool, landlocked: bool, devices: bool) ->
 
 
 def _host_gaps() -> list[str]:
-    """What no level can promise on this host, read now: a ``kernel.core_pattern`` that sends
-    dumps to a socket (``@path``, Linux 6.16+) is connected by the kernel on every crash,
-    whatever RLIMIT_CORE is (RLIMIT_CORE 1 stops the file and pipe patterns), so a crashing
-    sample's memory reaches the service there; nothing a process keeps across exec stops it."""
+    """What no level can promise on this host, read now (``_core_socket_gap``,
+    ``_strict_commit_gap``)."""
+    return [gap for gap in (_core_socket_gap(), _strict_commit_gap()) if gap]
+
+
+def _core_socket_gap() -> str:
+    """A ``kernel.core_pattern`` that sends dumps to a socket (``@path``, Linux 6.16+) is
+    connected by the kernel on every crash, whatever RLIMIT_CORE is (RLIMIT_CORE 1 stops the
+    file and pipe patterns), so a crashing sample's memory reaches the service there; nothing a
+    process keeps across exec stops it."""
     try:
         pattern = Path(CORE_PATTERN).read_text().strip()
     except OSError:
-        return []
+        return ""
     if not pattern.startswith("@"):
-        return []
-    return [
+        return ""
+    return (
         f"crash dumps go to a socket (kernel.core_pattern {pattern.split()[0]}): a crashing "
         "program's memory reaches the service listening there, whatever its limits"
-    ]
+    )
+
+
+def _strict_commit_gap() -> str:
+    """Strict overcommit (``vm.overcommit_memory`` 2): the machine's commit limit is one count,
+    charged at each writable private mapping whether or not a page is touched; no cgroup bounds
+    it, and a run's processes may each commit their address-space limit (round 7)."""
+    try:
+        mode = Path(OVERCOMMIT).read_text().strip()
+    except OSError:
+        return ""
+    if mode != "2":
+        return ""
+    return (
+        "strict overcommit (vm.overcommit_memory 2): a run may commit up to its processes "
+        "times its memory limit of the machine's one commit limit without using a page, "
+        "failing other processes' allocations (the scorer's, a sibling sample's) while it runs"
+    )
 
 
 def isolation() -> Isolation:

@@ -305,6 +305,7 @@ class PreparedRun:
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
             oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
         finally:
+            files.close()
             self.discard()
         status = self.proc.returncode
         return ExecResult(
