@@ -104,3 +104,23 @@ def test_the_counter_sees_the_compiled_layers_custom_op(seed):
         out.sum().backward()
     rerun = not kernel_backward("sdpa", 16)
     assert counter.get_total_flops() == (8 + 4 * rerun) * square
+
+
+@pytest.mark.parametrize("extra", [(), ("model.gradient_checkpointing=true",)])
+def test_a_train_steps_row_is_what_the_counter_sees(tmp_path, seed, extra):
+    """``Trainer.train_step`` under a plain counter: the row's hardware FLOPs are what ran
+    (the teacher-CE logging pass and checkpointing's recompute included), within 1%."""
+    from test_trainer import tiny_config
+
+    from reflectioncoder.train.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, seed, n=12, extra=("packing.max_tokens=300", *extra))
+    trainer = Trainer(cfg)
+    try:
+        for _ in range(2):
+            with FlopCounterMode(display=False) as counter:
+                row = trainer.train_step()
+            assert counter.get_total_flops() == pytest.approx(row["hardware_flops"], rel=0.01)
+            assert row["model_flops"] < row["hardware_flops"]
+    finally:
+        trainer.close()

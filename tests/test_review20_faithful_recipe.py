@@ -23,7 +23,7 @@ def test_the_recipe_runs_as_the_authors_do():
     model, opt, data, step = ts.setup_provider("reference", CFG)
     assert ts.reference_attention(CFG) == "sdpa"  # the CPU's stand-in for flash_attention_2
     assert model.config._attn_implementation == "sdpa"
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     assert isinstance(opt, ts.Fp32MasterAdamW)
     assert all(m.dtype == torch.float32 for m in opt.masters)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
