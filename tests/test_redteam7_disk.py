@@ -1,0 +1,60 @@
+"""Red team, round 7: ``fallocate`` took the host's disk faster than the fallback's disk guard
+looks. The guard (``sandbox/diskguard.py``) measures what a fallback run keeps every 50 ms
+(less often when a walk costs more); writes fill a disk at the page cache's pace, but one
+``fallocate`` reserves 64 MiB (RLIMIT_FSIZE) of blocks at once: a C++ run with a 16 MiB bound
+held 704 MiB of the host's disk before it was stopped (11 files in one look; more where the
+walk is slow), where writes reached 17-57 MiB. Now the box's seccomp filter answers
+``fallocate`` with EOPNOTSUPP at every level, as a file system without it does: glibc's
+``posix_fallocate`` then writes the blocks, LLVM's and Go's linkers go on without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import test_redteam4_ipc
+
+from reflectioncoder.eval import sandbox
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are root's: run as root")
+level = test_redteam4_ipc.level  # the fixture: bwrap, the fallback, the fallback without Landlock
+
+ATTACK = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main() {
+    char name[32];
+    int made = 0, err = 0;
+    for (int i = 0; i < 48; i++) {  /* 3 GiB of blocks, at once */
+        snprintf(name, sizeof name, "f%d", i);
+        int fd = open(name, O_CREAT | O_WRONLY, 0600);
+        if (fallocate(fd, 0, 0, 64 << 20) != 0) { err = errno; break; }
+        close(fd);
+        made++;
+    }
+    printf("made %d: %s\n", made, strerror(err));
+    int fd = open("honest", O_CREAT | O_WRONLY, 0600);  /* the portable call still works */
+    struct stat st;
+    int rc = posix_fallocate(fd, 0, 1 << 20);
+    fstat(fd, &st);
+    printf("posix_fallocate %d size %ld\n", rc, (long)st.st_size);
+    fflush(stdout);
+    sleep(1);
+}
+"""
+
+
+def test_fallocate_takes_no_disk_at_once(level):
+    build = "gcc -O1 -o {work}/a {src}/a.c && cd {work} && ./a"
+    res = sandbox.run_sandboxed(
+        ["/bin/sh", "-c", build], files={"a.c": ATTACK}, timeout_s=30, cpu_s=30, tmp_mb=16
+    )
+    assert "made 0: Operation not supported" in res.stdout, (level, res)
+    assert "posix_fallocate 0 size 1048576" in res.stdout, (level, res)
+    assert res.ok, (level, res)
