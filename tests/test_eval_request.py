@@ -45,9 +45,9 @@ def test_evaluate_leaves_its_arguments_as_given(shared_dir, tmp_path):
 
 def test_request_is_frozen_and_typed(shared_dir):
     args = _parse("--task", "mbpp", "--samples", __file__, "--k", "1", "10",
-                  "--data-dir", str(shared_dir / "evaldata"), "--n-samples", "3")  # fmt: skip
+                  "--data-dir", str(shared_dir / "evaldata"), "--parallel", "3")  # fmt: skip
     req = EvalRequest.from_args(args)
-    assert req.k == (1, 10) and req.decoding.n == 3 and req.progress
+    assert req.k == (1, 10) and req.parallel == 3 and req.progress
     with pytest.raises(dataclasses.FrozenInstanceError):
         req.k = (1,)  # type: ignore[misc]
     with pytest.raises(UsageError, match="--parallel"):

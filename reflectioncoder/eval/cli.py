@@ -121,6 +121,15 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def generation_defaults() -> dict[str, object]:
+    """Each generation flag's default (``--temperature``: 0.0): what a flag the user did not
+    give holds, so one given with ``--samples``, where nothing is generated, can be named."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_generation_arguments(parser)
+    given = vars(parser.parse_args([]))
+    return {"--" + dest.replace("_", "-"): value for dest, value in given.items()}
+
+
 def main(args: argparse.Namespace) -> int:
     from reflectioncoder.eval.pipeline import evaluate
     from reflectioncoder.eval.request import EvalRequest

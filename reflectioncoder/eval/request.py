@@ -157,6 +157,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.samples is not None:
         require_file(args.samples, "samples file", field="--samples")
+    _refuse_ignored_generation_flags(args)
     for flag in ("--json", "--save-samples"):  # found now, not after hours of generation
         where = getattr(args, flag[2:].replace("-", "_"))
         if where is not None and Path(where).is_dir():
@@ -182,6 +183,32 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--prompt-format chat: HumanEval and MBPP with --backend hf or vllm only")
     if args.device is not None and args.model is not None:
         check_device(args.device)
+
+
+def _refuse_ignored_generation_flags(args: argparse.Namespace) -> None:
+    """A flag that would change nothing is refused, naming it, rather than dropped: generation
+    flags with --samples (nothing is generated), --base-url off the openai backend (the model
+    would run here, not on that server), --tensor-parallel off vLLM."""
+    from reflectioncoder.eval.cli import generation_defaults
+
+    if args.samples is not None:
+        for flag, default in generation_defaults().items():
+            if getattr(args, flag[2:].replace("-", "_")) != default:
+                raise UsageError(
+                    "only with --model (it sets how samples are generated); --samples are "
+                    "scored as they are",
+                    field=flag,
+                )
+        return
+    if args.base_url is not None and args.backend != "openai":
+        raise UsageError(
+            f"needs --backend openai (--backend {args.backend} runs --model here, not on "
+            "that server)",
+            field="--base-url",
+        )
+    if args.tensor_parallel != 1 and args.backend != "vllm":
+        raise UsageError(f"needs --backend vllm, not --backend {args.backend}",
+                         field="--tensor-parallel")  # fmt: skip
 
 
 def _refuse_writing_into_the_model(args: argparse.Namespace) -> None:
