@@ -59,8 +59,8 @@ def test_a_generation_flag_with_samples_is_named(capsys, samples, shared_dir, fl
 
 def test_the_defaults_given_with_samples_still_score(capsys, samples, shared_dir, tmp_path):
     out = tmp_path / "r.json"
-    code, _ = _evaluate(capsys, "--samples", str(samples), "--temperature", "0", "--seed", "0", "--limit", "1",
-                        "--data-dir", str(shared_dir / "evaldata"), "--json", str(out))  # fmt: skip
+    code, _ = _evaluate(capsys, "--samples", str(samples), "--temperature", "0", "--seed", "0",
+                        "--limit", "1", "--data-dir", str(shared_dir / "evaldata"), "--json", str(out))  # fmt: skip
     assert code == 0 and json.loads(out.read_text())["scores"]["HumanEval"]["pass@1"] == 0.0
 
 
