@@ -47,3 +47,27 @@ def test_two_processes_give_the_same_bytes(seed, backend):
 
     first, second = run(), run()
     assert len(first) == 64 and first == second
+
+
+def test_two_trainer_runs_give_the_same_losses_and_gradients(tmp_path, seed):
+    """Two runs of one config (fresh Trainers): every step's loss, parts and gradient norm,
+    and the final weights, bitwise equal."""
+    import torch
+    from test_trainer import tiny_config
+
+    from reflectioncoder.train.trainer import Trainer
+
+    def run(name: str):
+        extra = ("packing.max_tokens=200", "logging.split_ce=true", "logging.log_every=1")
+        trainer = Trainer(tiny_config(tmp_path / name, seed, n=12, extra=extra))
+        try:
+            rows = [trainer.train_step() for _ in range(3)]
+            weights = [p.detach().clone() for p in trainer.model.parameters()]
+        finally:
+            trainer.close()
+        keys = ("loss", "ce", "kl", "teacher_ce", "grad_norm", "tokens", "model_flops")
+        return [[row[k] for k in keys] for row in rows], weights
+
+    (rows_a, weights_a), (rows_b, weights_b) = run("a"), run("b")
+    assert rows_a == rows_b
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
