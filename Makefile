@@ -23,16 +23,26 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 .PHONY: env check-latest lock demo test test-all lint format bench bench-compare bench-reports gpu-suite compile-check clean
 
+# pip needs the package index: when it fails, .ci/env_state.py says whether the index answers
+# and what state the environment is in (an older stamp stays, so the next make tries again).
+ENV_STATE = python3 .ci/env_state.py --venv $(VENV) --lock "$(PINNED_BY)"
+PIP_FAILED = { $(ENV_STATE) failed; exit 1; }
+
 $(VENV)/.installed: setup.py $(PINNED_BY)
+	@$(ENV_STATE) before
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --upgrade pip || $(PIP_FAILED)
+	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)" || $(PIP_FAILED)
 	# torch named again: --upgrade-strategy eager would otherwise take the newest torch from PyPI
-	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(PIP_PINS) -e ".[$(EXTRAS)]" "$(TORCH_SPEC)" || $(PIP_FAILED)
 	# The stamp names the lock the versions came from (empty: the newest allowed); tests/test_drift.py reads it
 	echo "$(PINNED_BY)" > $@
 
+# An environment whose Python was removed or replaced since (a pyenv version uninstalled, the
+# system's Python upgraded) has an up-to-date stamp but no interpreter: say so rather than "No such file".
 env: $(VENV)/.installed
+	@$(PY) -c "" 2>/dev/null || { echo "make env: $(VENV)/bin/python does not run (the Python \
+	it was made with moved or was removed); make it again: rm -rf $(VENV) && make env" >&2; exit 1; }
 
 # The newest versions setup.py allows (torch stays at TORCH_SPEC: an unpinned torch is a CUDA
 # build of several GB), made afresh each time: imports, the fast tests of the loss, model,
