@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -47,9 +48,12 @@ def _canonical(name: str) -> str:
 
 def installed() -> dict[str, str]:
     """{canonical name: version} of this interpreter's distributions, local labels dropped
-    (torch's `+cpu`), so the lock also constrains a CUDA build of the same version."""
+    (torch's `+cpu`), so the lock also constrains a CUDA build of the same version. Read from
+    site-packages, not sys.path: once imported, setuptools (torch's cpp_extension imports it)
+    puts its vendored packages' metadata on sys.path."""
+    paths = sysconfig.get_paths()
     versions = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=sorted({paths["purelib"], paths["platlib"]})):
         name = dist.metadata["Name"]
         if name and _canonical(name) not in {"reflectioncoder", "pip", "setuptools", "wheel"}:
             versions[_canonical(name)] = dist.version.split("+")[0]

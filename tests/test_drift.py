@@ -4,7 +4,9 @@ names the packages it involves."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +68,23 @@ def test_failure_names_the_packages_in_its_traceback():
         "ImportError: cannot import name 'CUDAProperties' from 'kernels'\n"
     )
     assert drift.suspects(output, changed) == [changed[0], changed[2]]
+
+
+def test_installed_reads_site_packages_not_what_setuptools_vendors():
+    """torch's cpp_extension imports setuptools, which puts its vendored packages' metadata on
+    sys.path: the lock check then saw a dozen packages "not locked" after such a test ran."""
+    script = str(ROOT / ".ci" / "drift.py")
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('drift', {script!r})\n"
+        "drift = importlib.util.module_from_spec(spec); spec.loader.exec_module(drift)\n"
+        "before = drift.installed()\n"
+        "import setuptools\n"
+        "print(json.dumps([before, drift.installed()]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "No module named 'setuptools'" in run.stderr:
+        pytest.skip("setuptools not installed")
+    assert run.returncode == 0, run.stderr[-2000:]
+    before, after = json.loads(run.stdout)
+    assert after == before

@@ -6,6 +6,7 @@ Face's `kernels` from another folder and from the repository root."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -46,7 +47,8 @@ def _package_files(tree: Path) -> set[str]:
 
 
 def _build(kind: str, source: Path, out: Path) -> Path:
-    pytest.importorskip("setuptools")
+    if importlib.util.find_spec("setuptools") is None:  # not imported: it adds its vendored
+        pytest.skip("setuptools not installed")  # packages to sys.path for this process
     code = f"from setuptools import build_meta; print(build_meta.build_{kind}({str(out)!r}))"
     run = subprocess.run([sys.executable, "-c", code], cwd=source, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
