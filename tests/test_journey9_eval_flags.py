@@ -59,8 +59,9 @@ def test_a_generation_flag_with_samples_is_named(capsys, samples, shared_dir, fl
 
 def test_the_defaults_given_with_samples_still_score(capsys, samples, shared_dir, tmp_path):
     out = tmp_path / "r.json"
+    data = str(shared_dir / "evaldata")
     code, _ = _evaluate(capsys, "--samples", str(samples), "--temperature", "0", "--seed", "0",
-                        "--limit", "1", "--data-dir", str(shared_dir / "evaldata"), "--json", str(out))  # fmt: skip
+                        "--limit", "1", "--data-dir", data, "--json", str(out))  # fmt: skip
     assert code == 0 and json.loads(out.read_text())["scores"]["HumanEval"]["pass@1"] == 0.0
 
 
@@ -79,5 +80,6 @@ def test_tensor_parallel_off_vllm_is_named(capsys, model_dir, tmp_path):
     code, err = _evaluate(capsys, "--model", str(model_dir), "--tensor-parallel", "2",
                           "--json", str(tmp_path / "r.json"))  # fmt: skip
     assert (code, err) == (
-        2, "reflectioncoder evaluate: --tensor-parallel: needs --backend vllm, not --backend hf"
+        2,
+        "reflectioncoder evaluate: --tensor-parallel: needs --backend vllm, not --backend hf",
     )
