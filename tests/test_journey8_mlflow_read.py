@@ -43,4 +43,6 @@ def test_the_documented_mlflow_commands_list_the_run(tmp_path, monkeypatch):
     script = block.replace("--experiment-id ID", f"--experiment-id {exp_id}")
     listed = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr[-1500:]
-    assert re.search(r"^\S.*\s+tiny\s+[0-9a-f]{32}\s*$", listed.stdout, re.M), listed.stdout
+    assert re.search(r"^\S.*\s+runs-tiny-\d{8}-\d{4}\s+[0-9a-f]{32}\s*$", listed.stdout, re.M), (
+        listed.stdout
+    )

@@ -93,7 +93,8 @@ class TrainConfig:
     """torch CPU threads of each process. None: the cores this process may use (its affinity
     mask capped by its cgroup's CPU quota: ``reflectioncoder.cpus``), shared among
     the ranks on this machine, less the cores other programs keep busy (load average); at
-    least 1, never more than the cores (torch's own default takes every core in every rank)."""
+    least 1, never more than the cores (torch's own default takes every core in every rank);
+    a --resume keeps the number the run used (its checkpoint records it)."""
 
     def __post_init__(self) -> None:
         check_field(self.epochs > 0, "train.epochs", f"must be > 0, got {self.epochs}")
@@ -266,7 +267,8 @@ class LoggingConfig:
     project: str = "reflectioncoder"
     """The trackers' project (W&B project, MLflow experiment, trackio project)."""
     run_name: str | None = None
-    """The run's name in the trackers (None: the name of ``checkpoint.out_dir``)."""
+    """The run's name in the trackers (None: ``checkpoint.out_dir``'s parent, its name and the
+    start time, ``demo-train-20261206-0153``); a --resume keeps the run's recorded name."""
     progress: bool = True
     """Show progress (rank 0): a live bar on a terminal, else a plain line every print_every
     steps and one per data phase. False: none at all (``--no-progress``)."""

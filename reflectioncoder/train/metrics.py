@@ -162,6 +162,7 @@ class MetricsLogger:
         run_config: dict[str, Any] | None = None,
         start_totals: dict[str, float] | None = None,
         new_tracker_runs: bool = False,
+        resumed: bool = False,
     ) -> None:
         self.cfg = cfg
         # What the run has trained on so far (applied steps; seconds: all steps), and the last
@@ -204,6 +205,7 @@ class MetricsLogger:
             start_step,
             history=kept,
             new_runs=new_tracker_runs,
+            resumed=resumed,
         )
         if cfg.progress:
             # A plain line every print_every steps when stderr is not a terminal.

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reflectioncoder.errors import UserError, atomic_write_text
+from reflectioncoder.train.tracker_names import end_abandoned_mlflow_run, ending_status, run_name
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -144,13 +145,22 @@ class WandbReporter:
         self.run.log(scalars, step=step)
 
     def close(self) -> None:
-        self.run.finish()
+        self.run.finish(exit_code=0 if ending_status() == "FINISHED" else 1)
 
 
 class MlflowReporter:
     def __init__(
-        self, out_dir: Path, config: dict[str, Any], project: str, name: str, run_id: str | None
+        self,
+        out_dir: Path,
+        config: dict[str, Any],
+        project: str,
+        name: str,
+        run_id: str | None,
+        earlier_id: str | None = None,
     ) -> None:
+        """``run_id``: the run to continue (None: a new one); ``earlier_id``: the run an
+        earlier launch of this run folder started (marked KILLED if left RUNNING and not
+        continued)."""
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:
             # MLflow 3 refuses its file store unless asked for it: asking is the offline mode.
@@ -170,6 +180,7 @@ class MlflowReporter:
         )
         self.sent: dict[str, int] = {}
         self.continued = run_id is not None and _mlflow_run_exists(self.client, run_id)
+        end_abandoned_mlflow_run(self.client, earlier_id, run_id if self.continued else None)
         if self.continued:
             self.run_id = run_id  # its params are logged; MLflow refuses to change one
             self.client.update_run(run_id, status="RUNNING")
@@ -192,7 +203,7 @@ class MlflowReporter:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+        self.client.set_terminated(self.run_id, status=ending_status())  # Ctrl-C: KILLED
 
 
 def _mlflow_run_exists(client, run_id: str) -> bool:
@@ -268,10 +279,13 @@ def make_reporters(
     start_step: int = 0,
     history: list[dict[str, Any]] | None = None,
     new_runs: bool = False,
+    resumed: bool = False,
 ) -> list[Reporter]:
     """One reporter per tracker in ``report_to`` ("none" and an empty list: none). A resumed
     run (``start_step`` > 0) continues the tracker runs its folder records (``RUN_IDS``), so a
-    run killed and resumed is one run in W&B, MLflow and trackio, not two.
+    run killed and resumed is one run in W&B, MLflow and trackio, not two; they go on under
+    the run's name (``tracker_names.run_name``; ``name``: ``logging.run_name``; ``resumed``:
+    a ``--resume`` launch, from a checkpoint or not).
 
     ``history``: the metrics rows a resume keeps (steps up to ``start_step``). A tracker run
     that does not hold them (a tracker added to ``report_to`` on resume, or ``new_runs``) gets
@@ -279,13 +293,14 @@ def make_reporters(
     values of the steps after its checkpoint (``changes_values``). The earlier runs keep what
     they were sent for such steps (MLflow and trackio keep every point, W&B the first, and
     MLflow never changes a parameter), so W&B, MLflow and trackio get new runs instead, under
-    the new config. TensorBoard purges the old steps itself."""
+    the new config. TensorBoard purges the old steps itself. An earlier MLflow run not
+    continued, left RUNNING by a kill, is marked KILLED."""
     check_installed(report_to)
     out_dir = Path(out_dir)
-    name = name or out_dir.resolve().name
     continues = start_step > 0 and not new_runs
-    recorded = _recorded_run_ids(out_dir) if continues else {}
-    name = _continued_name(recorded.get(RUN_NAME), name, report_to)
+    earlier = _recorded_run_ids(out_dir)
+    recorded = earlier if continues else {}
+    name = run_name(out_dir, name, earlier, resumed or start_step > 0, continues, report_to)
     made: list[Reporter] = []
     ids: dict[str, str] = {}
     for tracker in report_to:
@@ -296,7 +311,8 @@ def make_reporters(
                 made.append(WandbReporter(out_dir, config, project, name, recorded.get(tracker)))
                 ids[tracker] = made[-1].run_id
             elif tracker == "mlflow":
-                made.append(MlflowReporter(out_dir, config, project, name, recorded.get(tracker)))
+                run_ids = recorded.get(tracker), earlier.get(tracker)
+                made.append(MlflowReporter(out_dir, config, project, name, *run_ids))
                 ids[tracker] = made[-1].run_id
             elif tracker == "trackio":
                 made.append(TrackioReporter(config, project, name, resume=continues))
@@ -307,28 +323,12 @@ def make_reporters(
             raise UserError(
                 f"{tracker} did not start: {message}", field="logging.report_to"
             ) from err
-    if ids or "trackio" in report_to:
+    if report_to:  # TensorBoard alone too: a tracker added on --resume gets the run's name
         atomic_write_text(out_dir / RUN_IDS, json.dumps({RUN_NAME: name, **ids}, indent=1))
     for reporter in made if start_step > 0 and history else []:
         if not isinstance(reporter, TensorBoardReporter) and not reporter.continued:
             _replay(reporter, history)
     return made
-
-
-def _continued_name(earlier: Any, name: str, report_to: list[str]) -> str:
-    """The name a resume's tracker runs go on under: the run's own (``earlier``, recorded in
-    ``RUN_IDS``), whatever ``logging.run_name`` now says (a requeued job's script may name
-    each launch anew, or the folder, the default name, was moved). trackio knows a run by its
-    name, so a new one would split the run in two; W&B would rename it. Said in one line."""
-    if not isinstance(earlier, str) or earlier == name:
-        return name
-    if any(t in report_to for t in ("wandb", "mlflow", "trackio")):
-        log.warning(
-            "--resume: the tracker runs continue as %r, the run's name (logging.run_name now "
-            "gives %r; a run keeps its name: a new name starts with a new checkpoint.out_dir)",
-            earlier, name,
-        )  # fmt: skip
-    return earlier
 
 
 def _replay(reporter: Reporter, rows: list[dict[str, Any]]) -> None:

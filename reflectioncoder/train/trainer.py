@@ -156,6 +156,7 @@ class Trainer:
             run_config=cfg.to_dict(),
             start_totals=resumed_totals,
             new_tracker_runs=reporters.changes_values(self._changed_on_resume),
+            resumed=self.run_folder.resumed,
         )
         if self.info.is_main:
             self._log_start(cfg)
