@@ -26,9 +26,23 @@ def default_threads(local_ranks: int = 1) -> int:
     """torch threads per rank: the usable cores shared among this machine's ranks, less the
     cores other programs keep busy. On 2 busy cores, 2 threads made a tiny-model step 19-72x
     slower than 1 (bench/RESULTS.md): threads that wait for a core spin, they do not help."""
+    return thread_choice(local_ranks)[0]
+
+
+def thread_choice(local_ranks: int = 1) -> tuple[int, str]:
+    """``default_threads`` and why, in words for the log: it depends on the machine's load at
+    start (the 1-minute load average), so two runs of one config may differ, and a float sum
+    over another number of threads differs in its last bits."""
     cores = usable_cores()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    return max(1, min(cores // max(1, local_ranks), cores - busy))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    share = cores // max(1, local_ranks)
+    threads = max(1, min(share, cores - round(load)))
+    why = f"{cores} usable core(s)"
+    if local_ranks > 1:
+        why += f" shared by {local_ranks} ranks"
+    if threads < share:
+        why += f", {round(load)} kept busy by other programs (1-minute load average {load:.1f})"
+    return threads, why
 
 
 def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:

@@ -213,6 +213,13 @@ def check_same_model(path: Path, config: Any) -> None:
         )
 
 
+def run_threads(path: Path | None) -> int | None:
+    """The CPU threads per rank the run of the checkpoint at ``path`` trained with (None: no
+    checkpoint, or one saved before the number was recorded)."""
+    threads = read_trainer_state(path).get("threads") if path is not None else None
+    return threads if isinstance(threads, int) and threads >= 1 else None
+
+
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """trainer_state.json of a checkpoint (step, total_steps, tokenizer_sha256, ...); a damaged
     one is one line naming it and the complete checkpoint before it."""

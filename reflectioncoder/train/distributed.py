@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from reflectioncoder.config import DistributedConfig
-from reflectioncoder.cpus import default_threads
+from reflectioncoder.cpus import thread_choice
 from reflectioncoder.errors import UserError
 
 
@@ -172,9 +172,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def set_threads(requested: int | None, local_ranks: int) -> int:
-    """Apply ``train.threads`` (None: ``default_threads``); returns the number set."""
-    threads = requested if requested is not None else default_threads(local_ranks)
+def set_threads(
+    requested: int | None, local_ranks: int, run_threads: int | None = None, say: bool = True
+) -> int:
+    """Apply ``train.threads``; returns the number set. None: ``run_threads``, the number the
+    run resumed from used (its steps then compute as they did: another number of threads sums
+    in another order), else ``cpus.thread_choice``, said in one line (it depends on the load).
+    ``say``: log where the number comes from (rank 0)."""
+    threads, why = requested or run_threads, "as the run used before --resume"
+    if threads is None:
+        threads, why = thread_choice(local_ranks)
+        why += "; set train.threads for the same number on every launch"
+    if say and requested is None:
+        logging.getLogger("reflectioncoder.train").info(
+            "train.threads: %d CPU thread(s) per rank (%s)", threads, why
+        )
     torch.set_num_threads(threads)
     return threads
 

@@ -82,8 +82,6 @@ class Trainer:
         preflight.check_runnable(cfg, self.info)
         if not cfg.logging.progress or not self.info.is_main:
             progress.quiet()
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        self.threads = distributed.set_threads(cfg.train.threads, local_ranks)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
 
@@ -92,6 +90,12 @@ class Trainer:
         # tokenizer or the model leaves the run folder as it was.
         self.resume_from = checkpoint_to_resume(
             resume, self.out_dir, self.info.is_main, cfg.logging.trackers
+        )
+        self.threads = distributed.set_threads(
+            cfg.train.threads,
+            int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+            checkpoint.run_threads(self.resume_from),
+            say=self.info.is_main,
         )
         preflight.check_paths(cfg)
         self.manifests = model_card.read_manifests(cfg.data.files)  # the card's, checked now
@@ -339,6 +343,7 @@ class Trainer:
                 "held_out_sha256": self.run_data.held_out_sha256,
                 "plan_sha256": self.run_data.plan_sha256,
                 "totals": self.metrics.totals,
+                "threads": self.threads,  # a resume computes with as many
             },
             self.cfg.checkpoint.keep_last,
             self.cfg.checkpoint.model_only,
