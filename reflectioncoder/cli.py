@@ -203,10 +203,20 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         sys.stdout = stdout
 
 
+# What gloo and NCCL say in the other ranks when a rank exits mid-collective (its own error)
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+
+
 def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
     """``err`` printed as ``PROG: message`` (re-raised with ``debug``); its exit code."""
     if debug:
         raise err
+    if _peer_gone(err):  # not this rank's error: the failed rank printed its own line
+        line = f"{prog}: stopped: another rank failed (its line is above, or in its node's output)"
+        _tell_launcher(line)
+        if not _launched_rank():  # a node's local rank 0: the failed rank was on another node
+            print(line, file=sys.stderr)
+        return 1
     message, code = one_line(err)
     if not is_expected(err):
         message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
@@ -215,6 +225,12 @@ def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
         return code  # a bad argument or config value, the same on each rank: rank 0 says it
     print(f"{prog}: {message}", file=sys.stderr)
     return code
+
+
+def _peer_gone(err: Exception) -> bool:
+    """Whether ``err`` is a collective broken by another rank's exit, under a launcher."""
+    launched = "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+    return launched and isinstance(err, RuntimeError) and any(s in str(err) for s in PEER_GONE)
 
 
 def _stdout_reader_gone() -> bool:
