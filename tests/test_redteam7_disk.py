@@ -58,3 +58,53 @@ def test_fallocate_takes_no_disk_at_once(level):
     assert "made 0: Operation not supported" in res.stdout, (level, res)
     assert "posix_fallocate 0 size 1048576" in res.stdout, (level, res)
     assert res.ok, (level, res)
+
+
+PADDED = r"""
+#include <cstdio>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main() {
+    for (int p = 0; p < 16; p++) {
+        if (fork() == 0) {  // anonymous mappings that never merge: each look reads them all
+            long pages = 50000;
+            char* a = (char*)mmap(nullptr, pages * 4096, PROT_READ,
+                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            for (long i = 0; i < pages; i += 2) mprotect(a + i * 4096, 4096, PROT_NONE);
+            sleep(6);
+            _exit(0);
+        }
+    }
+    sleep(2);  // a look at the padded run has begun: the next one came 20 looks' time later
+    static char block[1 << 20];
+    for (int f = 0; f < 3; f++) {
+        char name[16];
+        std::snprintf(name, sizeof name, "big%d", f);
+        int fd = open(name, O_CREAT | O_WRONLY, 0600);
+        for (int i = 0; i < 16; i++) write(fd, block, sizeof block);
+        close(fd);
+    }
+    std::puts("done");
+    std::fflush(stdout);
+    sleep(1);
+    for (int p = 0; p < 16; p++) wait(nullptr);
+}
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_slows_the_disk_guard_is_still_stopped(level):
+    """The fallback's disk guard reads every mapping of the run's processes (its deleted files
+    held mapped): 16 processes padded with 50,000 anonymous mappings each made a look take
+    most of a second, and the next came 20 looks' time later; 48 MiB written past a 16 MiB
+    bound in between ended with the run (exit 0). Now the run's CPU is held while it is looked
+    at, and the next look comes within 0.25 s."""
+    if level == "bwrap":
+        pytest.skip("the box's files are in its tmpfs, bounded by its size")
+    build = "g++ -O1 -o {work}/a {src}/a.cpp && cd {work} && ./a"
+    res = sandbox.run_sandboxed(
+        ["/bin/sh", "-c", build], files={"a.cpp": PADDED}, timeout_s=60, cpu_s=60, tmp_mb=16
+    )
+    assert res.ending is not None and res.ending.kind == "disk", (level, res)

@@ -26,8 +26,9 @@ __all__ = ["FILES_PER_MB", "DiskGuard", "fallback_guard"]
 
 FILES_PER_MB = 16  # files (and folders) a run may hold per MiB of tmp_mb: 8192 for 512 MiB
 # (Go's build, the most, holds about 450 in its working dir)
-_MIN_GAP_S = 0.05  # walks at most every 50 ms, and at most 1/_COST_SHARE of the time
-_COST_SHARE = 20
+_MIN_GAP_S = 0.05  # walks at most every 50 ms, and at most 1/_COST_SHARE of the time, but
+_COST_SHARE = 20  # at least every _MAX_GAP_S: a run whose processes padded their mappings made
+_MAX_GAP_S = 0.25  # a look take most of a second, and wrote on until the next (round 7)
 _SHARED_DEPTH = 4  # world-writable folders walked this deep (``runuser.remove_left_files``)
 _SHARED_VISITS = 20_000  # entries of others' looked at in them per walk, at most
 # a folder only (O_DIRECTORY: a FIFO swapped in is ENOTDIR at once), never through a link
@@ -39,7 +40,7 @@ class DiskGuard:
     ``tmp_mb x FILES_PER_MB`` files (then ``fired``). ``work``: the run's working dir (all of
     it counts); ``uid``: the run's own uid, whose files count in ``roots`` (world-writable
     folders); ``pids``: the run's processes now (their deleted, still open or mapped files
-    count too)."""
+    count too); ``hold``: the run's CPU held (True) or given back while it is looked at."""
 
     def __init__(
         self,
@@ -48,8 +49,9 @@ class DiskGuard:
         pids: Callable[[], Iterable[int]],
         uid: int | None = None,
         roots: Iterable[str] = (),
+        hold: Callable[[bool], None] = lambda held: None,
     ) -> None:
-        self.work, self.pids = work, pids
+        self.work, self.pids, self.hold = work, pids, hold
         self.budget, self.max_files = tmp_mb << 20, tmp_mb * FILES_PER_MB
         self.uid, self.roots = uid, tuple(roots) if uid is not None else ()
         self.devices = _devices([work, *self.roots])
@@ -66,9 +68,14 @@ class DiskGuard:
         if self.fired or now < self.next_walk:
             return self.fired
         self.used = self.files = 0
-        self.fired = not (self._walk_work() and self._walk_roots() and self._open_deleted())
+        self.hold(True)  # it writes nothing more while it is looked at
+        try:
+            self.fired = not (self._walk_work() and self._walk_roots() and self._open_deleted())
+        finally:
+            if not self.fired:
+                self.hold(False)
         cost = time.monotonic() - now
-        self.next_walk = now + max(_MIN_GAP_S, _COST_SHARE * cost)
+        self.next_walk = now + min(max(_MIN_GAP_S, _COST_SHARE * cost), _MAX_GAP_S)
         return self.fired
 
     def _add(self, info: os.stat_result) -> bool:
@@ -154,8 +161,9 @@ def fallback_guard(run) -> DiskGuard | None:
     if run.root is None or run.proc is None:
         return None
     pids = run.cgroup.pids if run.cgroup is not None else [run.proc.pid].copy
+    hold = run.cgroup.hold_cpu if run.cgroup is not None else lambda held: None
     shared = () if run.isolation.landlock or run.run_uid is None else world_writable_folders()
-    return DiskGuard(str(run.root / "work"), run.tmp_mb, pids, run.run_uid, shared)
+    return DiskGuard(str(run.root / "work"), run.tmp_mb, pids, run.run_uid, shared, hold)
 
 
 def _deleted_files(pid: int) -> list[str]:
