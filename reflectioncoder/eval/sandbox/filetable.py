@@ -27,6 +27,8 @@ and more with more padding).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -51,12 +53,17 @@ def table() -> tuple[int, int] | None:
 
 
 def files_held(pids: Iterable[int], stop_over: int) -> int:
-    """Open files ``pids`` hold: descriptors plus file-backed mappings (each mapping counted:
-    one may be the only holder of its file). Counting stops once past ``stop_over``."""
+    """Open files ``pids`` hold: descriptors (of each descriptor table: a thread made without
+    ``CLONE_FILES`` has its own, which ``/proc/<pid>/fd`` does not show) plus file-backed
+    mappings (each mapping counted: one may be the only holder of its file). Counting stops
+    once past ``stop_over``."""
     held = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             held += len(os.listdir(f"/proc/{pid}/fd"))
+        for tid in _own_tables(pid):
+            with contextlib.suppress(OSError):
+                held += len(os.listdir(f"/proc/{pid}/task/{tid}/fd"))
         with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as f:
             for line in f:
                 fields = line.split(maxsplit=5)  # a mapping of a file has a nonzero inode
@@ -64,6 +71,37 @@ def files_held(pids: Iterable[int], stop_over: int) -> int:
                 if held > stop_over:
                     return held
     return held
+
+
+def _own_tables(pid: int) -> list[int]:
+    """The threads of ``pid`` whose descriptor table is not its own (``kcmp``, where the
+    kernel has it and we may compare; else every thread: shared tables counted again)."""
+    with contextlib.suppress(OSError):
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        if not tids:
+            return []
+        kcmp = _kcmp()
+        if kcmp is None:
+            return tids
+        return [t for t in tids if kcmp(pid, t, _KCMP_FILES, 0, 0) != 0]
+    return []
+
+
+_KCMP_FILES = 2
+_KCMP_NR = {"x86_64": 312, "aarch64": 272}
+
+
+@functools.lru_cache(maxsize=1)
+def _kcmp() -> Callable[..., int] | None:
+    """``kcmp(pid1, pid2, type, idx1, idx2)`` (0: the same object), or None where it fails."""
+    number = _KCMP_NR.get(os.uname().machine)
+    if number is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = os.getpid()
+    if libc.syscall(number, pid, pid, _KCMP_FILES, 0, 0) != 0:
+        return None  # no kcmp here (CONFIG_KCMP), or not allowed
+    return lambda *args: libc.syscall(number, *args)
 
 
 class FileTableGuard:
