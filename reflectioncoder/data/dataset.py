@@ -123,12 +123,26 @@ def encode_texts(tokenizer, texts: list[str], num_workers: int = 1, desc: str = 
     return out
 
 
+def surely_over_length_bytes(tokenizer, max_len: int) -> int:
+    """A text of more UTF-8 bytes than this has more than ``max_len`` ids whatever it holds: no
+    id covers more bytes than the vocabulary's longest entry spells (a byte-level 'Ġ' or
+    SentencePiece's '▁' spells more than it covers), doubled for what a normaliser folds."""
+    longest = max((len(str(entry).encode()) for entry in tokenizer.get_vocab()), default=1)
+    return 2 * max(longest, 1) * max_len
+
+
 def _tokenise_file(path: str, tokenizer, cfg: DataConfig) -> dict:
     report = LoadReport()
     samples = load_jsonl(path, skip_bad=cfg.skip_bad, report=report)
     texts = [serialise(s) for s in samples]
-    ids = encode_texts(tokenizer, texts, cfg.num_workers, desc=Path(path).name)
-    keep = [i for i, x in enumerate(ids) if len(x) <= cfg.max_len]
+    # a huge line (a pasted log, a data blob) is dropped unread: tokenising 10 MB took minutes
+    bound = surely_over_length_bytes(tokenizer, cfg.max_len)
+    sizes = [len(t.encode()) if len(t) * 4 > bound else 0 for t in texts]
+    huge = {i for i, n in enumerate(sizes) if n > bound}
+    short = [t for i, t in enumerate(texts) if i not in huge]
+    encoded = iter(encode_texts(tokenizer, short, cfg.num_workers, desc=Path(path).name))
+    ids = [None if i in huge else next(encoded) for i in range(len(texts))]
+    keep = [i for i, x in enumerate(ids) if x is not None and len(x) <= cfg.max_len]
     lens = [len(ids[i]) for i in keep]
     flat = [t for i in keep for t in ids[i]]
     return {
@@ -140,7 +154,11 @@ def _tokenise_file(path: str, tokenizer, cfg: DataConfig) -> dict:
         "loaded": len(samples),
         "skipped": list(report.skipped),
         "over_length": [
-            f"{samples[i].source} ({len(x)} ids)" for i, x in enumerate(ids) if len(x) > cfg.max_len
+            f"{samples[i].source} ({sizes[i]} bytes of text: over {cfg.max_len} ids, not tokenised)"
+            if x is None
+            else f"{samples[i].source} ({len(x)} ids)"
+            for i, x in enumerate(ids)
+            if x is None or len(x) > cfg.max_len
         ],
     }
 
