@@ -115,6 +115,7 @@ class MultiplEResult:
     exit_code: int | None
     reason: str  # why a run that exited 0 still failed
     stderr_tail: str
+    stdout_tail: str  # of a run that did not pass (tsc prints its errors there)
     duration_s: float
 
     @property
@@ -244,6 +245,7 @@ def score_multiple_samples(
             res.exit_code,
             reason,
             res.stderr[-500:],
+            "" if status == "pass" else res.stdout[-500:],
             res.duration_s,
         )
 
