@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Everything a lent GPU measures, in one call of the device tool, inside ~9 minutes:
+# Everything a lent GPU measures, in one call of the device tool (bash bench/gpu_prepare.sh here
+# first: the wheels, the replayed commits' trees and the call to make):
 #   bash bench/gpu_call.sh [OUT]      (OUT: default $OUT, else bench/results/gpu)
-# 1. installs nothing from a network (bench/gpu_env.sh: wheels carried in .whl/, the project
-#    imported from this checkout);
-# 2. issue 19's calibration miss: our two measured H200 steps replayed with the code of the
-#    commits that ran them, at their shapes, through torch.profiler (bench/bench_host_replay.py
-#    --device cuda: GPU busy against host time per step); the commits' trees from .replay/
-#    (`python -m bench.bench_host_replay --write-archives .replay` beforehand, carried: the
-#    device's copy has no git history);
-# 3. python -m bench.gpu_suite (tests on the device, then the benchmark suites), capped;
-# 4. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
-# 5. everything also packed into OUT/gpu_call.tar.gz (the device returns at most 8 files);
-# 6. issue 22's ablation at its GPU size, when the model is on the device (below).
-# The caps (REPLAY_LIMIT_S 2 x 100 + SUITE_LIMIT_S 290 + CKPT_LIMIT_S 80 s = 570 s) keep the call
-# inside 9.5 minutes of the device's 10 a call (the suite took 144 s on an H200 on 2026-11-30,
-# its tests 26 s; tests/test_gpu.py's FSDP-engine and kept-outputs cases add about 1-2 minutes,
-# estimated: the suite about 230 s, the call about 5 minutes plus the replay's, unmeasured); step 6
-# adds up to ABLATION_LIMIT_S (480 s) where its model is on the device: lower the caps then
-# (every step packs what it has, so a call cut short keeps the steps before).
-# DEVICE=cpu rehearses the same path on a CPU (gpu_suite --dry-run, the replay at width 2).
+# Steps, in the order of their value, each under its own cap and all under CALL_BUDGET_S (560 s
+# of the device tool's 600 s a command; a lent GPU gives a session 15 minutes, its start
+# included); a step is given at most what is left, one that cannot get its least is not started,
+# and every step packs what it has into OUT/gpu_call.tar.gz, so a call cut short keeps the
+# steps before. OUT/steps.tsv lists each step's exit status, seconds and limit.
+#   1. issue 19's calibration miss: our two measured H200 steps replayed with the code of the
+#      commits that ran them, at their shapes, through torch.profiler (bench_host_replay
+#      --device cuda; the trees from .replay/, carried);
+#   2. issue 19's step call: CodeLlama-7B layers, the recipe and our default first, then each
+#      lever (bench.gpu_step_call, its cases in order until its budget);
+#   3. issue 20's loss providers side by side at the headline shapes (gpu_suite --parts loss);
+#   4. the tests on the device, the train-step, attention, mask and packing suites (gpu_suite);
+#   5. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
+#   6. issue 22's ablation at its GPU size, when its model is on the device (ABLATION_MODEL).
+# Estimated on an H100 / H200, unmeasured: 1: 30-60 s a step; 2: its budget (a case about
+# 20-40 s, the first compiled one a minute more); 3: 100-150 s; 4: 120 s of tests (26 s
+# measured on an H200 before the FSDP and kept-outputs cases) and 200 s of suites (109 s
+# measured for all four on 2026-11-30), as far as the budget goes.
+# DEVICE=cpu rehearses the same path on a CPU (dry runs, the replay at width 2).
 set -uo pipefail
 out=${1:-${OUT:-bench/results/gpu}}
 device=${DEVICE:-cuda}
+budget=${CALL_BUDGET_S:-$([ "$device" = cpu ] && echo 3600 || echo 560)}
 dry=$([ "$device" = cpu ] && echo --dry-run)
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -29,33 +32,68 @@ source bench/gpu_env.sh || exit 1
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv | tee "$work/nvidia_smi.csv"
 export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: errors, FSDP rows, kept bytes
+printf 'step\texit\tseconds\tlimit_s\n' >"$work/steps.tsv"
 
-pack() { tar -czf "$out/gpu_call.tar.gz" -C "$work" . ; }
-for case in step_1b cli; do  # each its own cap: one that runs long loses only itself
-  timeout "${REPLAY_LIMIT_S:-100}" python3 -m bench.bench_host_replay --device "$device" --profile \
-    --widths 2 --cases $case --archives .replay --out "$work/host_replay_$case.json" 2>&1 \
-    | tee "$work/host_replay_$case.log" | tail -n 6
-  cp "$work/host_replay_$case.md" "$out/" 2>/dev/null
-done
-pack
-timeout "${SUITE_LIMIT_S:-290}" python3 -m bench.gpu_suite $dry --out "$work/suite" 2>&1 \
-  | tee "$work/gpu_suite.log" | tail -n 60
-pack
-timeout "${CKPT_LIMIT_S:-80}" python3 -m bench.bench_checkpointing --device "$device" \
-  --out "$work/checkpointing_cuda.json" 2>&1 | tee "$work/checkpointing.log" | tail -n 14
-pack
-# 5. issue 22's ablation at its GPU size (bench/ablation.py), on SmolLM2-135M-Instruct converted
-#    beforehand (ABLATION_MODEL; `reflectioncoder install-model smollm2-135m-instruct` writes it);
-#    skipped, and said so, when the folder is not on the device.
-model=${ABLATION_MODEL:-$HOME/.cache/reflectioncoder/models/smollm2-135m-instruct}
-if [ "$device" = cpu ]; then
-  echo "ablation: its toy size ran inside gpu_suite --dry-run" | tee "$work/ablation.log"
-elif [ -f "$model/config.json" ]; then
-  timeout "${ABLATION_LIMIT_S:-480}" python3 -m bench.ablation --size gpu --device cuda \
-    --model "$model" --out "$work/ablation" 2>&1 | tee "$work/ablation.log" | tail -n 12
-else
-  echo "ablation: skipped, no model at $model (ABLATION_MODEL)" | tee "$work/ablation.log"
-fi
-pack
-cp "$work/suite/gpu_suite.md" "$out/" 2>/dev/null
+pack() {
+  cp "$work/steps.tsv" "$out/"
+  tar -czf "$out/gpu_call.tar.gz" -C "$work" .
+}
+# step NAME CAP LEAST COMMAND...: COMMAND under min(CAP, what the budget has left), its output
+# in NAME.log (the end of it printed); not started when that is under LEAST seconds.
+step() {
+  local name=$1 cap=$2 least=$3
+  shift 3
+  local left=$((budget - SECONDS - 15))  # 15 s: a killed step's grace, the last packing
+  local limit=$((cap < left ? cap : left))
+  [ "$device" = cpu ] && limit=$left  # the rehearsal: the caps are the GPU's
+  if ((limit < least)); then
+    printf '%s\tnot started\t0\t%s\n' "$name" "$limit" | tee -a "$work/steps.tsv"
+    pack
+    return
+  fi
+  local t0=$SECONDS
+  STEP_LIMIT_S=$limit timeout -k 5 "$limit" bash -c '"$@"' _ "$@" >"$work/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $((SECONDS - t0)) "$limit" | tee -a "$work/steps.tsv"
+  tail -n "${TAIL_LINES:-8}" "$work/$name.log"
+  pack
+}
+replay() {
+  python3 -m bench.bench_host_replay --device "$device" --profile --widths 2 --cases "$1" \
+    --archives .replay --out "$work/host_replay_$1.json" &&
+    cp "$work/host_replay_$1.md" "$out/"
+}
+step_call() {
+  python3 -m bench.gpu_step_call $dry --steps 2 --budget-s $((STEP_LIMIT_S - 10)) \
+    --case-limit-s 120 --out "$work/step_call.json" && cp "$work/step_call.md" "$out/"
+}
+suite() {  # suite NAME PARTS: gpu_suite's PARTS into NAME/, its table to OUT/NAME.md
+  python3 -m bench.gpu_suite $dry --parts "$2" --budget-s $((STEP_LIMIT_S - 10)) \
+    --out "$work/$1"
+  local rc=$?
+  cp "$work/$1/gpu_suite.md" "$out/$1.md"
+  return $rc
+}
+ablation() {
+  local model=${ABLATION_MODEL:-$HOME/.cache/reflectioncoder/models/smollm2-135m-instruct}
+  if [ "$device" = cpu ]; then
+    echo "ablation: its toy size ran inside gpu_suite --dry-run"
+  elif [ -f "$model/config.json" ]; then
+    python3 -m bench.ablation --size gpu --device cuda --model "$model" --out "$work/ablation"
+  else
+    echo "ablation: skipped, no model at $model (ABLATION_MODEL)"
+  fi
+}
+export -f replay step_call suite ablation  # each step runs in a bash of its own, under timeout
+export device dry work out
+
+step replay_step_1b "${REPLAY_LIMIT_S:-90}" 40 replay step_1b
+step replay_cli "${REPLAY_LIMIT_S:-90}" 40 replay cli
+step step_call "${STEP_CALL_LIMIT_S:-170}" 60 step_call
+TAIL_LINES=40 step suite_loss "${LOSS_LIMIT_S:-160}" 60 suite suite_loss loss
+step suite_rest 400 60 suite suite_rest tests,train_step,attention,mask,ablation
+step checkpointing "${CKPT_LIMIT_S:-80}" 60 python3 -m bench.bench_checkpointing \
+  --device "$device" --out "$work/checkpointing_cuda.json"
+step ablation "${ABLATION_LIMIT_S:-480}" 120 ablation
+cat "$work/steps.tsv"
 ls -la "$out"

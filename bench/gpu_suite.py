@@ -19,8 +19,11 @@
 interpreter, RC_TEST_DEVICE=cpu), and runs the ablation (bench/ablation.py) at its toy size,
 every arm and benchmark (its GPU size is a step of bench/gpu_call.sh): CI runs it. Budget: at
 most 10 minutes by its limits (2.4 measured on an H200 before tests/test_gpu.py's FSDP-engine
-and kept-outputs cases, which add about 1-2 minutes, estimated; bench/gpu_call.sh caps it at
-SUITE_LIMIT_S).
+and kept-outputs cases, which add about 1-2 minutes, estimated). ``--parts`` picks what runs
+and in which order, ``--budget-s`` bounds them all (each part's limit is at most what is
+left; a part that cannot start is listed as such); the JSON and markdown are rewritten after
+every part, so a call cut short keeps what it measured. bench/gpu_call.sh runs the loss suite
+(issue 20's providers) first, then the rest.
 """
 
 from __future__ import annotations
@@ -57,26 +60,31 @@ OPTIONAL = {
 # tests/test_gpu.py: 26 s on an H200 (2026-11-30) before the FSDP-engine and kept-outputs cases,
 # which add about 1-2 minutes (estimated: two inductor compiles of a tiny Llama layer, cold)
 TEST_TIMEOUT_S = 200
+GPU_TESTS = "tests/test_gpu.py"  # every test marked gpu
 CASE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 ABLATION_TIMEOUT_S = 400  # the toy ablation: ~75 s on the shared 2-core CPU at load 12
 # One pytest run per suite, each with its own limit, so that one overrunning loses only itself;
 # 10 minutes in all at most with the tests' (a lent GPU gives a session 15 minutes, its start
 # included; expected well under: the limits are for a card slower than planned).
-SUITES = (
-    ("bench/test_loss.py", 200),  # 11 providers at two shapes
-    ("bench/test_attention.py", 45),
-    ("bench/test_mask.py bench/test_packing.py", 45),
-    ("bench/test_train_step.py", 110),
-)
+SUITES = {
+    "loss": ("bench/test_loss.py", 200),  # 11 providers at two shapes
+    "train_step": ("bench/test_train_step.py", 110),
+    "attention": ("bench/test_attention.py", 45),
+    "mask": ("bench/test_mask.py bench/test_packing.py", 45),
+}
+PARTS = ("tests", *SUITES, "ablation")  # --parts: what runs, in this order (ablation: dry run)
+MIN_PART_S = 30  # a part started with less left than this is not started (said so)
 
 # GPU measurements owed that this suite does not take: each with the command that takes it (so
 # a dry run lists every GPU figure the docs say is owed, not only the suite's own).
 OWED_ELSEWHERE = (
     ("bash bench/gpu_call.sh", "the calibration misses replayed on the GPU (bench_host_replay "
-     "--device cuda), checkpointing's CUDA peak and host wait, the ablation at its GPU size"),
+     "--device cuda), issue 19's step call (below), then this suite, checkpointing's CUDA "
+     "peak and host wait, the ablation at its GPU size, in that order inside one budget"),
     ("python -m bench.gpu_step_call", "issue 19: CodeLlama-7B layer shapes, each lever on and "
      "off, against the authors' faithful recipe (flash_attention_2, checkpointing, fp32 "
-     "masters); step time, MFU / HFU, the 32-layer extrapolation (its own call, < 8 min)"),
+     "masters); step time, MFU / HFU, the 32-layer extrapolation (a step of gpu_call.sh, "
+     "the cases in order of value until its budget)"),
     ("python -m bench.bench_engines --device cuda", "the engines' step time, tokens/s, "
      "samples/s, MFU / HFU in bf16 under the one count (the H200 rows were recomputed, not "
      "re-run; in no prepared call)"),
@@ -131,12 +139,14 @@ def _run(cmd: list[str], env: dict, timeout: int) -> tuple[int, str, float]:
     return rc, text, time.perf_counter() - start
 
 
-def run_tests(dry_run: bool) -> dict:
+def run_tests(dry_run: bool, timeout: float = TEST_TIMEOUT_S) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
     if dry_run:
         env["RC_TEST_DEVICE"] = "cpu"
-    cmd = [sys.executable, "-m", "pytest", "-v", "-rs", "-m", "gpu", "tests", "-p", "no:randomly"]
-    rc, text, seconds = _run(cmd, env, TEST_TIMEOUT_S)
+    # the marked file alone (tests/test_gpu_names.py keeps the marker there): collecting every
+    # test module would import what the GPU machine lacks, and take seconds
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rs", "-m", "gpu", GPU_TESTS, "-p", "no:randomly"]
+    rc, text, seconds = _run(cmd, env, timeout)
     lines = text.splitlines()
     summary = next((line for line in reversed(lines) if " in " in line), "")
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
@@ -147,13 +157,19 @@ def run_tests(dry_run: bool) -> dict:
             "skipped": skipped, "seconds": seconds}  # fmt: skip
 
 
-def run_benchmarks(dry_run: bool, out: Path) -> dict:
-    """Each suite (``tiny`` profile on a dry run, else ``headline``); rows from their
-    --benchmark-json files."""
+def run_benchmarks(dry_run: bool, out: Path, names=tuple(SUITES), left=None, saved=None) -> dict:
+    """Suites ``names`` in order (``tiny`` profile on a dry run, else ``headline``); rows from
+    their --benchmark-json files. ``left()``: the seconds the call has left (each suite's limit
+    is at most that); ``saved(bench)``: called after each suite with what is measured so far."""
     profile = "tiny" if dry_run else "headline"
     env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
-    rows, skipped, failures, rcs, seconds = [], [], [], [], 0.0
-    for paths, timeout in SUITES:
+    bench = {"rc": 0, "rows": [], "skipped": [], "failures": [], "seconds": 0.0}
+    for name in names:
+        paths, timeout = SUITES[name]
+        timeout = min(timeout, left()) if left else timeout
+        if timeout < MIN_PART_S:
+            bench["failures"].append(f"{paths}: not started, {timeout:.0f} s of the budget left")
+            continue
         json_path = out / f"pytest_benchmark_{Path(paths.split()[0]).stem}.json"
         json_path.unlink(missing_ok=True)
         cmd = [
@@ -162,18 +178,19 @@ def run_benchmarks(dry_run: bool, out: Path) -> dict:
             "--benchmark-group-by=group", "--benchmark-columns=min,median,max,rounds",
         ]  # fmt: skip
         rc, text, took = _run(cmd, env, timeout)
-        rcs.append(rc)
-        seconds += took
+        bench["rc"] = bench["rc"] or rc
+        bench["seconds"] += took
         if json_path.exists():
             for b in json.loads(json_path.read_text())["benchmarks"]:
-                rows.append(dict(b["extra_info"], group=b["group"], name=b["name"]))
+                bench["rows"].append(dict(b["extra_info"], group=b["group"], name=b["name"]))
         lines = text.splitlines()
-        skipped += [line for line in lines if line.startswith("SKIPPED")]
-        failures += [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+        bench["skipped"] += [line for line in lines if line.startswith("SKIPPED")]
+        bench["failures"] += [line for line in lines if line.startswith(("FAILED", "ERROR"))]
         if rc == 124:
-            failures.append(f"{paths}: timed out after {timeout} s")
-    rc = next((r for r in rcs if r != 0), 0)
-    return {"rc": rc, "rows": rows, "skipped": skipped, "failures": failures, "seconds": seconds}
+            bench["failures"].append(f"{paths}: timed out after {timeout:.0f} s")
+        if saved:
+            saved(bench)
+    return bench
 
 
 def markdown(env: dict, tests: dict, bench: dict) -> str:
@@ -210,7 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (CI)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/gpu")
     parser.add_argument("--skip-tests", action="store_true", help="benchmarks only")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"what runs, in this order (of {', '.join(PARTS)})"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="all parts together (each its own limit)"
+    )
     args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if not (args.skip_tests and p == "tests")]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"--parts: {', '.join(unknown)} not among {', '.join(PARTS)}")
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -218,32 +245,49 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or REPO / "bench" / "results" / ("gpu_dry_run" if args.dry_run else "gpu")
     out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+
+    def left() -> float:
+        return args.budget_s - (time.monotonic() - start) if args.budget_s else float("inf")
+
     env = environment(args.dry_run)
     print(json.dumps(env), flush=True)
-    skipped = {"rc": 0, "summary": "skipped (--skip-tests)", "failures": [], "seconds": 0.0}
-    tests = skipped if args.skip_tests else run_tests(args.dry_run)
-    print(f"tests: {tests['summary']} (exit {tests['rc']})", flush=True)
-    bench = run_benchmarks(args.dry_run, out)
-    ablation = run_ablation_toy(out) if args.dry_run else {"rc": 0}
-    (out / "gpu_suite.json").write_text(
-        json.dumps(
-            {
-                "environment": env,
-                "tests": tests,
-                "benchmarks": bench,
-                "ablation": ablation,
-                "owed_elsewhere": [{"command": c, "what": w} for c, w in OWED_ELSEWHERE],
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    text = markdown(env, tests, bench)
-    (out / "gpu_suite.md").write_text(text)
+    result = {
+        "environment": env,
+        "tests": {"rc": 0, "summary": "not run (--parts)", "failures": [], "seconds": 0.0},
+        "benchmarks": {"rc": 0, "rows": [], "skipped": [], "failures": [], "seconds": 0.0},
+        "ablation": {"rc": 0},
+        "owed_elsewhere": [{"command": c, "what": w} for c, w in OWED_ELSEWHERE],
+    }
+    save(out, result)  # what is measured so far, after every part
+    if "tests" in parts:
+        result["tests"] = run_tests(args.dry_run, min(TEST_TIMEOUT_S, left()))
+        print(f"tests: {result['tests']['summary']} (exit {result['tests']['rc']})", flush=True)
+        save(out, result)
+
+    def saved(bench: dict) -> None:
+        result["benchmarks"] = bench
+        save(out, result)
+
+    suites = [p for p in parts if p in SUITES]
+    result["benchmarks"] = run_benchmarks(args.dry_run, out, suites, left, saved)
+    if args.dry_run and "ablation" in parts:  # on a GPU: gpu_call.sh's step, at its GPU size
+        result["ablation"] = run_ablation_toy(out)
+    text = save(out, result)
     print(f"-> {out / 'gpu_suite.json'}, {out / 'gpu_suite.md'}\n")
     print(text)
-    ok = tests["rc"] == 0 and bench["rc"] == 0 and bench["rows"] and ablation["rc"] == 0
+    tests, bench = result["tests"], result["benchmarks"]
+    ok = tests["rc"] == 0 and bench["rc"] == 0 and not bench["failures"]
+    ok = ok and (bench["rows"] or not suites) and result["ablation"]["rc"] == 0
     return 0 if ok else 1
+
+
+def save(out: Path, result: dict) -> str:
+    """gpu_suite.json and gpu_suite.md of ``result`` as it stands; the markdown."""
+    (out / "gpu_suite.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result["environment"], result["tests"], result["benchmarks"])
+    (out / "gpu_suite.md").write_text(text)
+    return text
 
 
 def run_ablation_toy(out: Path) -> dict:

@@ -325,3 +325,13 @@ def test_kept_outputs_case_measures_a_model_on_the_cpu(monkeypatch):
     probe = torch.randn(64, test_gpu.LLAMA["hidden_size"])
     run = test_gpu._kept_run(model, batch, probe)
     assert run["gemms"]["mm"] > 0 and run["grads"] and run["held"] == run["peak"] == 0
+
+
+def test_the_gpu_suite_runs_every_test_marked_gpu():
+    """gpu_suite runs ``-m gpu`` over GPU_TESTS alone (collecting every test module would
+    import what the GPU machine lacks): a case marked elsewhere would never run there."""
+    from bench.gpu_suite import GPU_TESTS
+
+    marker = re.compile(r"pytest\.mark\.gpu\b")
+    marked = [p for p in sorted((REPO / "tests").glob("test_*.py")) if marker.search(p.read_text())]
+    assert [str(p.relative_to(REPO)) for p in marked] == [GPU_TESTS]

@@ -46,3 +46,28 @@ def test_a_case_not_slower_at_four_layers_gets_no_figure():
     assert recipe["samples_per_s_vs_recipe"] == pytest.approx(1.0)
     text = markdown(rows, [trainer, recipe], "CPU", {})
     assert "| trainer | not extrapolated: 4 layers not slower than 2 | - | - | - |" in text
+
+
+def test_a_case_cut_short_after_one_depth_gets_no_figure():
+    rows = [_row("trainer", 2, 1.0, 10.0), _row("recipe", 2, 2.0, 12.0),
+            _row("recipe", 4, 3.0, 22.0)]  # fmt: skip
+    trainer, recipe = extrapolate(rows, peak_flops=100.0)
+    assert trainer["step_s"] is None and "one depth measured" in trainer["note"]
+    assert recipe["step_s"] == pytest.approx(17.0)
+
+
+def test_the_call_keeps_its_table_when_a_case_is_stopped_or_not_started(tmp_path):
+    """A case stopped at its limit, and cases the budget leaves no room for, are listed in the
+    JSON and the table the call writes (never an empty or missing file)."""
+    import json
+
+    from bench.gpu_step_call import main
+
+    out = tmp_path / "step_call.json"
+    args = ["--dry-run", "--steps", "1", "--out", str(out), "--cases", "recipe"]
+    assert main([*args, "--case-limit-s", "0.5"]) == 1  # its process cannot even start
+    result = json.loads(out.read_text())
+    assert result["rows"] == [] and "stopped at its limit" in result["stopped"]["recipe"]
+    assert "cut short, recipe: stopped at its limit" in out.with_suffix(".md").read_text()
+    assert main([*args, "--budget-s", "5"]) == 1
+    assert "not started" in json.loads(out.read_text())["stopped"]["recipe"]
