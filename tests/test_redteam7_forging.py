@@ -17,7 +17,10 @@ from reflectioncoder.eval.tasks import load_multiple
 FORGERIES = {
     # the tests run under `set -e`: a DEBUG trap turns it off again before every command, so
     # a failed `[[ ... ]]` no longer ends the script (closed on its own line: no "\n}" stop)
-    "sh:debug-trap": ("HumanEval_53_add", "    echo 0; }\ntrap 'set +e' DEBUG\nrc_unused() {\n    :\n"),
+    "sh:debug-trap": (
+        "HumanEval_53_add",
+        "    echo 0; }\ntrap 'set +e' DEBUG\nrc_unused() {\n    :\n",
+    ),
     # or a function named `set` (bash allows it outside POSIX mode): `set -e` does nothing
     "sh:set-function": ("HumanEval_53_add", "    echo 0; }\nset() { :; }\nrc_unused() {\n    :\n"),
     # assert(f(...).equals(expected)): an ArrayList whose equals says yes to everything
