@@ -71,11 +71,27 @@ def read_samples(
         problem = _text_problem(row, solutions)
         if problem:
             raise UserError(problem, file=path, line=n, field="completion")
+        if tasks is not None and tasks[1].startswith("multiple-") and "language" in row:
+            _check_own_language(row["language"], tasks[1], path, n)
         rows.append(row)
         lines.append(n)
     if languages is not None:
         _check_languages(rows, lines, path, languages)
     return rows
+
+
+def _check_own_language(language: object, task: str, path: Path, n: int) -> None:
+    """A row of ``--task multiple-LANG`` that names its language names LANG (MultiPL-E's task
+    ids are the same in every language: a Java row would be run, and fail, as C#)."""
+    own = task.removeprefix("multiple-")
+    if language != own:
+        raise UserError(
+            f"{json.dumps(language)} is not --task {task}'s language ({own}); a file of several "
+            "languages is scored with --task multiple (--languages LANG for some of them)",
+            file=path,
+            line=n,
+            field="language",
+        )
 
 
 def _check_languages(
