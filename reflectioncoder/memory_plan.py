@@ -35,8 +35,10 @@ from reflectioncoder.train.flops import ModelShape
 #            normalised input and output (2 x 2D) and the residual sum (D), the rotated q
 #            (D_q), k (D_kv), v (D_kv), the attention's output (D_q) and log-sum-exp, SwiGLU's
 #            gate, silu(gate), up and product (4I).
-# Checked against the heap the CPU measures at three shapes (bench/bench_activation_memory.py
-# -> bench/results/activation_memory.json; tests/test_planshape_bytes.py).
+# Checked against the heap the CPU measures at four shapes (bench/bench_activation_memory.py
+# -> bench/results/activation_memory.json; tests/test_planshape_bytes.py); there ``none`` keeps
+# one D_q more: the CPU's per-segment SDPA keeps each segment's output and o_proj their
+# concatenation, where a varlen kernel's one output is both.
 KEPT_WIDTHS = {  # (D, D_q, D_kv, I, log-sum-exp)
     "none": (6, 2, 2, 4, 1), "save_gemms": (2, 2, 2, 2, 1), "offload": (1, 0, 0, 0, 0),
     "mlp_rerun": (2, 2, 2, 0, 1), "full": (1, 0, 0, 0, 0),
