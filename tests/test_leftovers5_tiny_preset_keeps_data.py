@@ -2,7 +2,7 @@
 was 1024 ids, which dropped the longest reflections (17 of the demo's 240 samples with the demo's
 1024-token tokenizer; more with the preset's own 512-token one, README's route), so the demo
 threw away its own data. The drop is still said in one line when it happens
-(tests/test_journey_logs.py); here, none happens."""
+(tests/test_journey_logs.py), with the longest sample's length: the max_len that keeps them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.data.config import DataConfig
-from reflectioncoder.data.dataset import load_dataset
+from reflectioncoder.data.dataset import DataReport, load_dataset
 from reflectioncoder.data.schema import load_files
 from reflectioncoder.data.tokenize import add_special_tokens
 from reflectioncoder.tokenizer import train_tokenizer
@@ -36,3 +36,12 @@ def test_the_tiny_preset_keeps_every_sample_the_demo_builds(tmp_path):
     assert longest > 1024  # the old max_len dropped these
     assert tiny["data"]["max_len"] <= tiny["model"]["arch"]["max_position_embeddings"]
     assert tiny["data"]["max_len"] <= tiny["packing"]["max_tokens"]  # a sample fits a pack
+
+
+def test_a_drop_says_how_many_why_and_the_length_that_would_keep_them():
+    report = DataReport(loaded=5, samples=3)
+    report.over_length = ["a.jsonl:3 (1142 ids)", "a.jsonl:9 (1255 ids)"]
+    assert report.summary(1024) == (
+        "3 samples (5 read, 2 over-length > max_len 1024 dropped (up to 1255 ids): "
+        "a.jsonl:3 (1142 ids), a.jsonl:9 (1255 ids))"
+    )

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,8 @@ class DataReport:
             text += " ..." if len(self.skipped) > 3 else ""
         if self.over_length:
             limit = f" > max_len {max_len}" if max_len is not None else ""
-            text += f", {len(self.over_length)} over-length{limit} dropped: "
+            longest = max(int(re.search(r"\((\d+) ids\)$", o).group(1)) for o in self.over_length)
+            text += f", {len(self.over_length)} over-length{limit} dropped (up to {longest} ids): "
             text += ", ".join(self.over_length[:3]) + (" ..." if len(self.over_length) > 3 else "")
         return text + ")"
 
