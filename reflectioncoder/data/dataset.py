@@ -54,8 +54,10 @@ class DataReport:
             text += " ..." if len(self.skipped) > 3 else ""
         if self.over_length:
             limit = f" > max_len {max_len}" if max_len is not None else ""
-            longest = max(int(re.search(r"\((\d+) ids\)$", o).group(1)) for o in self.over_length)
-            text += f", {len(self.over_length)} over-length{limit} dropped (up to {longest} ids): "
+            lengths = [re.search(r"\((\d+) ids\)$", o) for o in self.over_length]
+            longest = max((int(m.group(1)) for m in lengths if m), default=None)
+            up_to = f" (up to {longest} ids)" if longest else ""
+            text += f", {len(self.over_length)} over-length{limit} dropped{up_to}: "
             text += ", ".join(self.over_length[:3]) + (" ..." if len(self.over_length) > 3 else "")
         return text + ")"
 
