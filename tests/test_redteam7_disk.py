@@ -108,3 +108,47 @@ def test_a_run_that_slows_the_disk_guard_is_still_stopped(level):
         ["/bin/sh", "-c", build], files={"a.cpp": PADDED}, timeout_s=60, cpu_s=60, tmp_mb=16
     )
     assert res.ending is not None and res.ending.kind == "disk", (level, res)
+
+
+def test_a_wide_tree_takes_none_of_the_scorers_descriptors(level, monkeypatch):
+    """The disk guard opened every subfolder it found at once: a run of 2,000 empty folders
+    held 2,000 of the scorer's descriptors at each look, and under the usual soft limit of
+    1,024 a sibling's start failed, ``Too many open files`` (55 of 335 starts, measured).
+    Now a walk holds one descriptor per level."""
+    if level == "bwrap":
+        pytest.skip("the box's files are in its tmpfs, bounded by its size")
+    import resource
+    import threading
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    done, siblings = threading.Event(), []
+
+    def sibling() -> None:
+        while not done.is_set():
+            try:
+                res = sandbox.run_sandboxed(["/bin/sh", "-c", "echo hi"], timeout_s=10)
+                siblings.append(res.stdout.strip() == "hi" or res)
+            except OSError as exc:
+                siblings.append(exc)
+
+    beside = threading.Thread(target=sibling)
+    beside.start()
+    try:
+        attack = "i=0; while [ $i -lt 2000 ]; do mkdir d$i; i=$((i+1)); done; echo made; sleep 2"
+        res = sandbox.run_sandboxed(["/bin/sh", "-c", attack], timeout_s=30, cpu_s=30)
+    finally:
+        done.set()
+        beside.join()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert res.ok and "made" in res.stdout, (level, res)  # under its bound: 2,000 of 8,192
+    failed = [s for s in siblings if s is not True]
+    assert siblings and not failed, (level, failed[:3], len(siblings))
+
+
+def test_nesting_deeper_than_a_walk_holds_is_over_the_bound(level):
+    if level == "bwrap":
+        pytest.skip("the box's files are in its tmpfs, bounded by its size")
+    attack = "i=0; while [ $i -lt 200 ]; do mkdir d; cd d; i=$((i+1)); done; echo made; sleep 2"
+    res = sandbox.run_sandboxed(["/bin/sh", "-c", attack], timeout_s=30, cpu_s=30)
+    assert res.ending is not None and res.ending.kind == "disk", (level, res)

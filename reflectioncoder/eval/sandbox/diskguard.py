@@ -31,6 +31,7 @@ _COST_SHARE = 20  # at least every _MAX_GAP_S: a run whose processes padded thei
 _MAX_GAP_S = 0.25  # a look take most of a second, and wrote on until the next (round 7)
 _SHARED_DEPTH = 4  # world-writable folders walked this deep (``runuser.remove_left_files``)
 _SHARED_VISITS = 20_000  # entries of others' looked at in them per walk, at most
+_MAX_DEPTH = 128  # folders open at once in a walk (one a level): a run nesting deeper is over
 # a folder only (O_DIRECTORY: a FIFO swapped in is ENOTDIR at once), never through a link
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -101,43 +102,58 @@ class DiskGuard:
         return True
 
     def _walk(self, top: int, counts: Callable[[os.stat_result], bool], depth: int | None) -> bool:
-        """Walk from the open folder ``top`` (closed here), one folder's descriptor open at a
-        time besides those waiting: a folder that ``counts`` is walked whole (everything in it
-        is the run's), another (world-writable, not the run's) only ``depth`` levels deep."""
-        todo = [(top, counts, depth)]
+        """Walk from the open folder ``top`` (closed here) depth first, one descriptor open per
+        level: a folder that ``counts`` is walked whole (everything in it is the run's),
+        another (world-writable, not the run's) only ``depth`` levels deep. A run nesting
+        deeper than ``_MAX_DEPTH`` is over its bound. Before (round 7), every subfolder found
+        was opened at once: 2,000 empty folders held 2,000 of the scorer's descriptors, and
+        under the usual limit of 1,024 a sibling's start failed (``Too many open files``)."""
+        stack: list[tuple[int, list | None]] = [(top, None)]
         try:
-            while todo:
-                fd, rule, left = todo.pop()
+            stack[-1] = (top, self._scan(top, counts, depth))
+            while stack:
+                fd, todo = stack[-1]
+                if todo is None or (todo and len(stack) >= _MAX_DEPTH):
+                    return False
+                if not todo:
+                    os.close(stack.pop()[0])
+                    continue
+                name, rule, left = todo.pop()
                 try:
-                    for entry in os.scandir(fd):
-                        try:  # one gone entry (a churn of temp files) hides none after it
-                            info = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        mine = rule(info)
-                        if mine and not self._add(info):
-                            return False
-                        if not stat.S_ISDIR(info.st_mode):
-                            continue
-                        if mine:
-                            nxt: tuple = (lambda i: True, None)
-                        elif left is not None and left > 1 and info.st_mode & stat.S_IWOTH:
-                            self.visits += 1
-                            if self.visits > _SHARED_VISITS:
-                                continue
-                            nxt = (rule, left - 1)
-                        else:
-                            continue
-                        with contextlib.suppress(OSError):
-                            todo.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), *nxt))
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except OSError:
-                    pass  # gone, or not a folder any more
-                finally:
-                    os.close(fd)
+                    continue  # gone, or not a folder any more
+                stack.append((child, None))
+                stack[-1] = (child, self._scan(child, rule, left))
+            return True
         finally:
-            for fd, _, _ in todo:
+            for fd, _ in stack:
                 os.close(fd)
-        return True
+
+    def _scan(self, fd: int, rule: Callable[[os.stat_result], bool], left: int | None):
+        """Count what the open folder ``fd`` holds under ``rule``; returns its subfolders to
+        walk, (name, rule, levels left), or None once over a bound."""
+        todo = []
+        try:
+            for entry in os.scandir(fd):
+                try:  # one gone entry (a churn of temp files) hides none after it
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                mine = rule(info)
+                if mine and not self._add(info):
+                    return None
+                if not stat.S_ISDIR(info.st_mode):
+                    continue
+                if mine:
+                    todo.append((entry.name, lambda i: True, None))
+                elif left is not None and left > 1 and info.st_mode & stat.S_IWOTH:
+                    self.visits += 1
+                    if self.visits <= _SHARED_VISITS:
+                        todo.append((entry.name, rule, left - 1))
+        except OSError:
+            pass  # gone, or not a folder any more
+        return todo
 
     def _open_deleted(self) -> bool:
         """Files the run deleted but holds open, or mapped, on the file systems it writes to:
