@@ -10,8 +10,8 @@
 #   1. issue 19's calibration miss: our two measured H200 steps replayed with the code of the
 #      commits that ran them, at their shapes, through torch.profiler (bench_host_replay
 #      --device cuda; the trees from .replay/, carried);
-#   2. issue 19's step call: CodeLlama-7B layers, the recipe and our default first, then each
-#      lever (bench.gpu_step_call, its cases in order until its budget);
+#   2. issue 19's step call: CodeLlama-7B layers, the recipe and our default first (eager, then
+#      compiled), then each lever (bench.gpu_step_call, its cases in order until its budget);
 #   3. issue 20's loss providers side by side at the headline shapes (gpu_suite --parts loss);
 #   4. the tests on the device, the train-step, attention, mask and packing suites (gpu_suite);
 #   5. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
@@ -65,7 +65,7 @@ replay() {
 }
 step_call() {
   python3 -m bench.gpu_step_call $dry --steps 2 --budget-s $((STEP_LIMIT_S - 10)) \
-    --case-limit-s 120 --out "$work/step_call.json" && cp "$work/step_call.md" "$out/"
+    --case-limit-s 150 --out "$work/step_call.json" && cp "$work/step_call.md" "$out/"
 }
 suite() {  # suite NAME PARTS: gpu_suite's PARTS into NAME/, its table to OUT/NAME.md
   python3 -m bench.gpu_suite $dry --parts "$2" --budget-s $((STEP_LIMIT_S - 10)) \
