@@ -17,6 +17,8 @@ PIP_PINS := -c $(LOCK)
 PINNED_BY := $(LOCK)
 endif
 PY := $(VENV)/bin/python
+# The Python the environment is made with (setup.py's python_requires; the lock's is in its header)
+PYTHON ?= python3
 # The CPU build lies on disk here; on a GPU machine set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.13.0
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
@@ -25,12 +27,12 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 # pip needs the package index: when it fails, .ci/env_state.py says whether the index answers
 # and what state the environment is in (an older stamp stays, so the next make tries again).
-ENV_STATE = python3 .ci/env_state.py --venv $(VENV) --lock "$(PINNED_BY)"
+ENV_STATE = $(PYTHON) .ci/env_state.py --venv $(VENV) --lock "$(PINNED_BY)"
 PIP_FAILED = { $(ENV_STATE) failed; exit 1; }
 
 $(VENV)/.installed: setup.py $(PINNED_BY)
 	@$(ENV_STATE) before
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip || $(PIP_FAILED)
 	$(PY) -m pip install -q $(PIP_PINS) "$(TORCH_SPEC)" || $(PIP_FAILED)
 	# torch named again: --upgrade-strategy eager would otherwise take the newest torch from PyPI

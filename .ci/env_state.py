@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -26,13 +27,29 @@ def _stamp(venv: Path) -> Path:
     return venv / ".installed"
 
 
-def before(venv: Path, lock: str) -> None:
-    """One line when an environment that `make env` finished before is installed into again."""
+def python_needed(setup: Path = Path("setup.py")) -> tuple[int, int] | None:
+    """setup.py's python_requires lower bound, e.g. (3, 11)."""
+    found = re.search(r"python_requires=\"\s*>=\s*(\d+)\.(\d+)", setup.read_text(encoding="utf-8"))
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def before(venv: Path, lock: str) -> int:
+    """Stops on a Python older than setup.py allows (pip would first fetch torch for it, then
+    fail on a pin); one line when an environment made before is installed into again."""
+    needed = python_needed()
+    if needed and sys.version_info[:2] < needed:
+        print(
+            f"make env: FAILED: {sys.executable} is Python {sys.version.split()[0]}; "
+            f"reflectioncoder needs {needed[0]}.{needed[1]} or newer (setup.py's python_requires): "
+            f"make env PYTHON=python{needed[0]}.{needed[1]} (any newer one works too)",
+            file=sys.stderr,
+        )
+        return 1
     if not _stamp(venv).is_file():
         if venv.is_dir():
             print(f"make env: {venv} has no stamp (made by hand, or its install was cut short):")
             print(f"make env: installing into it; this needs the package index ({index_url(venv)})")
-        return
+        return 0
     made_from = _stamp(venv).read_text(encoding="utf-8").strip() or "the newest allowed versions"
     changed = [p for p in ("setup.py", lock) if p and Path(p).stat().st_mtime > _mtime(venv)]
     print(
@@ -40,6 +57,7 @@ def before(venv: Path, lock: str) -> None:
         f"bringing it to {lock or 'the newest allowed versions'} "
         f"(needs the package index, {index_url(venv)})"
     )
+    return 0
 
 
 def _mtime(venv: Path) -> float:
@@ -75,7 +93,7 @@ def reachable(url: str, timeout: float = 10) -> str | None:
     return None
 
 
-def failed(venv: Path, lock: str) -> None:
+def failed(venv: Path, lock: str) -> int:
     """The last lines after pip failed: the index unreachable, or pip's own error above."""
     url = index_url(venv)
     wanted = f"the versions of {lock}" if lock else "the newest allowed versions"
@@ -94,6 +112,7 @@ def failed(venv: Path, lock: str) -> None:
     else:
         cause = f"pip could not install {wanted} (its error is above; the index {url} answers)"
     print(f"make env: FAILED: {cause}. {state}.", file=sys.stderr)
+    return 1
 
 
 def main() -> int:
@@ -102,8 +121,7 @@ def main() -> int:
     parser.add_argument("--venv", type=Path, required=True)
     parser.add_argument("--lock", default="", help="the lock the environment is pinned by, if any")
     args = parser.parse_args()
-    (before if args.step == "before" else failed)(args.venv, args.lock)
-    return 0
+    return (before if args.step == "before" else failed)(args.venv, args.lock)
 
 
 if __name__ == "__main__":

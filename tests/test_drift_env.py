@@ -104,3 +104,16 @@ def test_environment_whose_python_is_gone_says_how_to_remake_it(checkout):
     assert "make env: .venv/bin/python does not run" in run.stderr
     assert "rm -rf .venv && make env" in run.stderr
     assert "No such file" not in run.stderr
+
+
+def test_python_older_than_setup_allows_stops_before_pip(checkout):
+    """On Python 3.10, pip fetched torch, then found no triton 3.9.0 for it: now one line first."""
+    setup = checkout / "setup.py"
+    text = setup.read_text(encoding="utf-8")
+    assert 'python_requires=">=3.11"' in text
+    setup.write_text(text.replace('python_requires=">=3.11"', 'python_requires=">=3.99"'))
+    run = _make(checkout, "http://127.0.0.1:9/simple/", target="env")
+    assert run.returncode != 0
+    assert "reflectioncoder needs 3.99 or newer (setup.py's python_requires)" in run.stderr
+    assert "make env PYTHON=python3.99" in run.stderr
+    assert "pip install" not in run.stdout and "-m venv" not in run.stdout

@@ -6,7 +6,9 @@ Face's `kernels` from another folder and from the repository root."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +100,41 @@ def test_sdist_holds_the_sources_only_and_builds_the_same_wheel(built, tmp_path)
     unpacked = tmp_path / sdist.name.removesuffix(".tar.gz")
     rebuilt = _build("wheel", unpacked, tmp_path / "rebuilt")
     assert _wheel_files(rebuilt) == _wheel_files(wheel)
+
+
+def _setup_arguments() -> dict:
+    """setup.py's python_requires and requirements (all extras), as setuptools reads them."""
+    code = (
+        "import json, setuptools\n"
+        "from distutils.core import run_setup\n"
+        "d = run_setup('setup.py', stop_after='init')\n"
+        "print(json.dumps([d.python_requires, d.install_requires, d.extras_require]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    python, required, extras = json.loads(run.stdout)
+    return {"python": python, "requirements": required + sum(extras.values(), [])}
+
+
+def test_every_exact_pin_installs_on_the_oldest_python_we_allow():
+    """python_requires said 3.10 while triton==3.9.0 needs 3.11: `pip install .` on 3.10 found
+    no triton 3.9.0 and stopped. Each `==` pin installed here must admit the lowest Python."""
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    setup = _setup_arguments()
+    lowest = min(s.version for s in SpecifierSet(setup["python"]) if s.operator == ">=")
+    refused = []
+    for requirement in map(Requirement, setup["requirements"]):
+        if not any(s.operator == "==" for s in requirement.specifier):
+            continue
+        try:
+            needs = importlib.metadata.metadata(requirement.name)["Requires-Python"]
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an extra not installed here
+        if needs and lowest not in SpecifierSet(needs):
+            refused.append(f"{requirement} needs Python {needs}")
+    assert refused == [], f"python_requires {setup['python']!r}, yet: {refused}"
 
 
 def _python_in(venv: Path, code: str, cwd: Path) -> str:
