@@ -152,3 +152,47 @@ def test_nesting_deeper_than_a_walk_holds_is_over_the_bound(level):
     attack = "i=0; while [ $i -lt 200 ]; do mkdir d; cd d; i=$((i+1)); done; echo made; sleep 2"
     res = sandbox.run_sandboxed(["/bin/sh", "-c", attack], timeout_s=30, cpu_s=30)
     assert res.ending is not None and res.ending.kind == "disk", (level, res)
+
+
+DEEP = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+int main() {
+    int n = 0;
+    while (n < 6000 && mkdir("d", 0700) == 0 && chdir("d") == 0) n++;
+    printf("deep %d\n", n);
+    fflush(stdout);
+    sleep(2);
+}
+"""
+
+
+def test_a_deep_tree_is_removed_after_the_run(level, monkeypatch):
+    """``shutil.rmtree`` takes one Python frame per level: a run 6,000 folders deep (made
+    within one look of the disk guard) raised RecursionError in the cleanup thread, and the
+    run's folder stayed on the host (with its IPC objects and, without Landlock, its files in
+    world-writable folders: the cleanup stopped there). Now ``rm`` removes what rmtree
+    cannot."""
+    import subprocess
+    import tempfile
+    import time
+    import uuid
+
+    if level == "bwrap":
+        pytest.skip("the box's working dir is in its tmpfs, gone with it")
+    runs = f"/tmp/rc-redteam7-{uuid.uuid4().hex[:8]}"  # where the run's folder is made
+    os.mkdir(runs, 0o755)  # the run's uid passes through it, as through /tmp
+    monkeypatch.setattr(tempfile, "tempdir", runs)
+    build = "gcc -O1 -o {work}/a {src}/a.c && cd {work} && ./a"
+    res = sandbox.run_sandboxed(
+        ["/bin/sh", "-c", build], files={"a.c": DEEP}, timeout_s=30, cpu_s=30
+    )
+    try:
+        assert res.ending is not None and res.ending.kind == "disk", (level, res)
+        deadline = time.monotonic() + 20  # removed off the verdict's path
+        while os.listdir(runs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert os.listdir(runs) == [], level
+    finally:
+        subprocess.run(["rm", "-rf", runs], check=False)

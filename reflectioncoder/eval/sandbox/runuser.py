@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "remove_ipc_objects",
     "remove_left_files",
     "remove_stale_ipc_objects",
+    "remove_tree",
     "world_writable_folders",
 ]
 
@@ -155,13 +157,30 @@ def _remove_owned(folder: str, uid: int, depth: int) -> None:
             info = entry.stat(follow_symlinks=False)
             if info.st_uid == uid:
                 if stat.S_ISDIR(info.st_mode):
-                    shutil.rmtree(entry.path, ignore_errors=True)  # never follows links
+                    remove_tree(entry.path)
                 else:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             elif depth > 1 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
                 with contextlib.suppress(OSError):
                     _remove_owned(entry.path, uid, depth - 1)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a folder a run made, however deep, never following a link. ``shutil.rmtree``
+    takes one Python frame per level: a run 6,000 folders deep raised RecursionError in the
+    cleanup thread, and its folder, its IPC objects and its files in world-writable folders
+    stayed on the host (round 7); ``rm``'s walk has no such bound."""
+    with contextlib.suppress(RecursionError):
+        shutil.rmtree(path, ignore_errors=True)  # never follows links
+    if os.path.lexists(path):
+        rm = shutil.which("rm") or "/bin/rm"
+        subprocess.run(
+            [rm, "-rf", "--one-file-system", "--", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
 
 def remove_ipc_objects(uid: int) -> None:

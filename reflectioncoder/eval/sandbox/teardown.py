@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -27,7 +26,7 @@ def remove_run(cgroup: RunCgroup | None, root: Path, uid: int | None, files: boo
     own uid) its IPC objects and, with ``files``, what it left in world-writable folders."""
     if cgroup is not None:
         cgroup.remove()
-    shutil.rmtree(root, ignore_errors=True)
+    runuser.remove_tree(root)
     if uid is not None:
         runuser.remove_ipc_objects(uid)
         if files:
