@@ -164,7 +164,7 @@ BAD = [
     ),
     (
         {"type": "generation", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
-        r"bad\.jsonl:2:messages\[0\]\.content\[0\]\.content: expected a string",
+        r"bad\.jsonl:2:messages\[0\]\.content\[0\]\.content: missing",
     ),
 ]
 

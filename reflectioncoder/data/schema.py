@@ -100,7 +100,7 @@ def parse_sample(obj: object, source: str) -> Sample:
         raise DataError(source, "type", f"expected a string, got {kind!r}")
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
-        raise DataError(source, "messages", f"expected a list, got {type(raw_messages).__name__}")
+        raise DataError(source, "messages", f"expected a list, got {_json_kind(raw_messages)}")
     messages = [_parse_message(raw, f"messages[{m}]", source) for m, raw in enumerate(raw_messages)]
     _check_roles(kind, [m.role for m in messages], source)
     return Sample(kind, messages, source)
@@ -110,11 +110,15 @@ def _parse_message(raw: object, where: str, source: str) -> Message:
     if not isinstance(raw, dict):
         raise DataError(source, where, "expected an object with role and content")
     role = raw.get("role")
+    if "role" not in raw:
+        raise DataError(source, f"{where}.role", "missing (user | assistant)")
     if not isinstance(role, str) or role not in ROLE_TOKENS:  # a list is unhashable
-        raise DataError(source, f"{where}.role", f"unknown role {role!r} (user | assistant)")
+        shown = repr(role) if isinstance(role, str) else _json_kind(role)
+        raise DataError(source, f"{where}.role", f"unknown role {shown} (user | assistant)")
     content = raw.get("content")
     if not isinstance(content, list):
-        raise DataError(source, f"{where}.content", "expected a list of blocks")
+        got = f"expected a list of blocks, got {_json_kind(content)}"
+        raise DataError(source, f"{where}.content", got if "content" in raw else "missing")
     blocks = [_parse_block(b, f"{where}.content[{i}]", source) for i, b in enumerate(content)]
     return Message(role, blocks)
 
@@ -124,12 +128,13 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
         raise DataError(source, where, "expected an object with type and content")
     btype = raw.get("type")
     if not isinstance(btype, str) or btype not in BLOCK_TOKENS:
-        raise DataError(
-            source, f"{where}.type", f"unknown block type {btype!r} (text|code|execution)"
-        )
+        shown = repr(btype) if isinstance(btype, str) else _json_kind(btype)
+        what = "missing" if "type" not in raw else f"unknown block type {shown}"
+        raise DataError(source, f"{where}.type", f"{what} (text|code|execution)")
     text = raw.get("content")
     if not isinstance(text, str):
-        raise DataError(source, f"{where}.content", f"expected a string, got {text!r}")
+        got = f"expected a string, got {_json_kind(text)}" if "content" in raw else "missing"
+        raise DataError(source, f"{where}.content", got)
     for special in SPECIAL_TOKENS:
         if special in text:
             raise DataError(
@@ -137,6 +142,12 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
             )
     _check_encodable(text, source, f"{where}.content")
     return Block(btype, text)
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value as the file spells it (null, 5, true); a string, list or object by its kind."""
+    kinds = {str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value)) or json.dumps(value)
 
 
 def _check_encodable(text: str, source: str, where: str) -> None:
