@@ -250,16 +250,17 @@ def test_pipelined_host_optimizer_equals_blocking_copies(device, seed, monkeypat
 LLAMA = {"hidden_size": 128, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1}
 
 
-def _cuda_llama(seed: int, plan: str | None = None, compiled: bool = False):
+def _cuda_llama(seed: int, plan: str | None = None, compiled: bool = False, device="cuda"):
     from test_packed_rows import VOCAB
 
     from reflectioncoder.activation_checkpointing import apply_plan
     from reflectioncoder.model import build_tiny_llama, cast_weights, compile_layers, prepare_model
 
     model = build_tiny_llama(VOCAB, seed=seed, **LLAMA)
-    cast_weights(model, "cuda", torch.bfloat16)  # as the trainer: RoPE's inv_freq stays fp32
+    cast_weights(model, device, torch.bfloat16)  # as the trainer: RoPE's inv_freq stays fp32
     prepare_model(model)  # liger None: on, on CUDA
-    assert model.model.layers[0].mlp._get_name() == "LigerSwiGLUMLP"
+    mlp = model.model.layers[0].mlp._get_name()
+    assert mlp == ("LigerSwiGLUMLP" if device == "cuda" else "LlamaMLP"), mlp
     if plan is not None:
         apply_plan(model, (plan,) * LLAMA["num_layers"])
     if compiled:
@@ -314,7 +315,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
     norms and final weights within the bf16 rule (tests/test_local_engine_ranks.py's); a NaN
     step changes no master; the sharded checkpoint (DCP) saved and read into a fresh engine
     gives the masters, m, v and step counts bitwise, and the next step as the engine that
-    saved it."""
+    saved it. On the CPU (the dry run) the same body runs eager over gloo, without Liger."""
     import torch._dynamo
     from test_local_engine_ranks import BF16_TOLERANCE, same_final_weights
 
@@ -324,8 +325,11 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
     from reflectioncoder.train.local_engine import LocalEngine
     from reflectioncoder.train.loss_module import ReflectionLossModule
 
-    if device.type != "cuda":
-        pytest.skip("NCCL and FSDP2's CUDA path (the CPU's gloo runs: tests/test_fsdp_engine.py)")
+    if device.type != "cuda" and compiled:  # the eager case runs this body over gloo there
+        pytest.skip(
+            "inductor's CPU build takes minutes (compiled FSDP on the CPU: test_fsdp_engine)"
+        )
+    on = device.type
     torch._dynamo.reset()
     port = str(distributed._free_port())
     group_of_one = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
@@ -333,19 +337,20 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
     for key, value in group_of_one.items():  # what setup sets without a launcher, undone after
         monkeypatch.setenv(key, value)
     arch = "model.arch={hidden_size: 128, num_layers: 2, num_heads: 2, num_kv_heads: 1}"
-    overrides = [arch, "model.dtype=bf16", "distributed.backend=fsdp", "train.device=cuda"]
+    overrides = [arch, "model.dtype=bf16", "distributed.backend=fsdp", f"train.device={on}"]
     run = load_config(base="tiny", overrides=overrides)
-    info = distributed.setup(run.distributed, "cuda")
+    info = distributed.setup(run.distributed, on)
     try:
-        assert torch.distributed.get_backend() == "nccl" and info.world_size == 1
+        backend = "nccl" if on == "cuda" else "gloo"
+        assert torch.distributed.get_backend() == backend and info.world_size == 1
         check_fsdp_run(run, info.device)
 
         def module() -> ReflectionLossModule:
-            return ReflectionLossModule(_cuda_llama(seed, compiled=compiled))
+            return ReflectionLossModule(_cuda_llama(seed, compiled=compiled, device=on))
 
         local = LocalEngine(module(), run, info)
         fsdp = FSDPEngine(module(), run, info)
-        steps = _fsdp_steps(seed)
+        steps = _fsdp_steps(seed, on)
         rows = {"local": [], "fsdp": []}
         for name, engine in (("local", local), ("fsdp", fsdp)):
             for micro_batches in steps:
@@ -362,7 +367,7 @@ def test_fsdp_engine_on_nccl_gives_the_local_engines_steps(
         want = {k: v.cpu() for k, v in local.full_state_dict().items()}
         got = fsdp.full_state_dict()
         same_final_weights(want, got, "bf16", len(steps))
-        initial = _cuda_llama(seed).state_dict()  # every weight moved: it trained
+        initial = _cuda_llama(seed, device=on).state_dict()  # every weight moved: it trained
         assert not [k for k, v in initial.items() if torch.equal(got[k], v.cpu())]
 
         before = _fsdp_state(fsdp)
