@@ -115,6 +115,8 @@ def parse_problem(row: object, source: str) -> UserProblem:
     if not isinstance(pid, str | int) or isinstance(pid, bool) or str(pid).strip() == "":
         raise DataError(source, "id", f"expected a non-empty string or number, got {pid!r}")
     prompt = row.get("prompt")
+    if "prompt" in row and not isinstance(prompt, str):
+        raise DataError(source, "prompt", f"expected a string, got {_json_kind(prompt)}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise DataError(source, "prompt", "missing or empty")
     language = row.get("language") or "python"
@@ -123,8 +125,13 @@ def parse_problem(row: object, source: str) -> UserProblem:
     tests = row.get("tests")
     if isinstance(tests, str):
         tests = [t for t in tests.splitlines() if t.strip()]
-    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
-        raise DataError(source, "tests", "expected a non-empty list of assert lines")
+    if not isinstance(tests, list) or not tests:
+        wanted = "a non-empty list of assert lines, or one string of them"
+        got = f"expected {wanted}, got {_json_kind(tests)}" if "tests" in row else None
+        raise DataError(source, "tests", got or f"missing ({wanted})")
+    for i, line in enumerate(tests):
+        if not isinstance(line, str):
+            raise DataError(source, f"tests[{i}]", f"expected a string, got {_json_kind(line)}")
     for i, line in enumerate(tests):
         try:
             body = ast.parse(line.strip()).body
@@ -147,6 +154,13 @@ def parse_problem(row: object, source: str) -> UserProblem:
     return UserProblem(
         str(pid), prompt, tuple(AssertTest(t.strip()) for t in tests), reference, entry
     )
+
+
+def _json_kind(value: object) -> str:
+    """A JSON value as the file spells it (null, 5); a list or object by its kind."""
+    if isinstance(value, list):
+        return "an empty list" if not value else "a list"
+    return "an object" if isinstance(value, dict) else json.dumps(value)
 
 
 def load_problems(path: str | Path) -> tuple[list[UserProblem], list[tuple[str, str]]]:
