@@ -211,3 +211,34 @@ def test_threads_with_their_own_descriptor_tables_count(level):
     res = multiple.run_program("cpp", program)
     assert "clone failed" not in res.stdout, res
     assert res.ending is not None and res.ending.kind == "files", (level, res)
+
+
+def test_anonymous_mappings_count_so_no_count_reads_more_than_the_share():
+    """Padding with anonymous mappings made each count read them all (seconds for a run of
+    many processes); counted, a count stops within the share's lines."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.mmap.restype = ctypes.c_void_p\n"
+        "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,"
+        " ctypes.c_int, ctypes.c_long]\n"
+        "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n"
+        "a = libc.mmap(None, 4000 * 4096, 1, 0x22, -1, 0)\n"  # PROT_READ, PRIVATE|ANONYMOUS
+        "for i in range(0, 4000, 2):\n"
+        "    libc.mprotect(a + i * 4096, 4096, 0)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert filetable.files_held([proc.pid], 10**9) >= 4000  # 4,000 mappings, none a file
+        assert filetable.files_held([proc.pid], 100) == 101  # stops just past its bound
+    finally:
+        proc.kill()
+        proc.wait()

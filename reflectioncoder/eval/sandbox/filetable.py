@@ -11,7 +11,7 @@ million). Where the table is sized from the machine's memory (1 slot per 10 KiB:
 on a 24 GiB machine, without systemd raising it), one run could fill it.
 
 ``FileTableGuard`` stops a run holding more than its share of the table (its processes'
-descriptors and file mappings, counted from ``/proc``): ``1/SHARE``, less where more runs are
+descriptors and mappings, counted from ``/proc``): ``1/SHARE``, less where more runs are
 under way in this process (their shares together stay under half the table, whatever the
 scorer's ``--parallel``; round 7: 64 runs at 1/64 each could fill it). It counts only while
 the machine's whole count is past that share (no run can be over its share before), so it
@@ -54,9 +54,10 @@ def table() -> tuple[int, int] | None:
 
 def files_held(pids: Iterable[int], stop_over: int) -> int:
     """Open files ``pids`` hold: descriptors (of each descriptor table: a thread made without
-    ``CLONE_FILES`` has its own, which ``/proc/<pid>/fd`` does not show) plus file-backed
-    mappings (each mapping counted: one may be the only holder of its file). Counting stops
-    once past ``stop_over``."""
+    ``CLONE_FILES`` has its own, which ``/proc/<pid>/fd`` does not show) plus mappings (each
+    counted: one may be the only holder of its file; anonymous ones too: a count reads them
+    all, so a run padding its processes with them made each count take seconds, and with them
+    counted no count reads more than ``stop_over`` lines). Stops once past ``stop_over``."""
     held = 0
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -65,9 +66,8 @@ def files_held(pids: Iterable[int], stop_over: int) -> int:
             with contextlib.suppress(OSError):
                 held += len(os.listdir(f"/proc/{pid}/task/{tid}/fd"))
         with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", "rb") as f:
-            for line in f:
-                fields = line.split(maxsplit=5)  # a mapping of a file has a nonzero inode
-                held += len(fields) > 4 and fields[4] != b"0"
+            for _ in f:
+                held += 1
                 if held > stop_over:
                     return held
     return held
