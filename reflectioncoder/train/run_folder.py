@@ -118,15 +118,27 @@ def release_lock(handle: IO[str], made: bool) -> None:
     handle.close()
 
 
-def clear_run_folder(out_dir: str | Path) -> None:
-    """--overwrite: remove the previous run's checkpoints, final model and metrics."""
+def clear_run_folder(out_dir: str | Path) -> list[str]:
+    """--overwrite: remove the previous run's checkpoints, final model, metrics and trackers'
+    folders, and say so; the names removed. Only from a folder that held a run (its
+    config.yaml or a run marker): ``--overwrite`` into a project's own folder (``out_dir=.``)
+    removed that project's wandb/, mlruns/ and tensorboard/."""
     out_dir = Path(out_dir)
+    if not ((out_dir / "config.yaml").is_file() or run_markers(out_dir)):
+        return []
+    removed = []
     for name in (*RUN_MARKERS, "tensorboard", "wandb", "mlruns", "loss.png"):
         target = out_dir / name
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("--overwrite: removed the earlier run's %s from %s", ", ".join(removed), out_dir)
+    return removed
 
 
 def _entries(folder: Path) -> set[str] | None:
