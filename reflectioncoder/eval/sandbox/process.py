@@ -372,7 +372,8 @@ class PreparedRun:
             # the run) and, without Landlock, what it left in world-writable folders
             uid = None if self.isolation.bwrap else self.run_uid
             files = not self.isolation.landlock
-            threading.Thread(target=remove_run, args=(cgroup, root, uid, files)).start()
+            args = (cgroup, root, uid, files, self.run_uid)
+            threading.Thread(target=remove_run, args=args).start()
 
 
 def run_sandboxed(

@@ -21,16 +21,22 @@ __all__ = ["MARKER_ENV", "kill_all", "kill_tree", "remove_run"]
 MARKER_ENV = "REFLECTIONCODER_SANDBOX_RUN"
 
 
-def remove_run(cgroup: RunCgroup | None, root: Path, uid: int | None, files: bool) -> None:
+def remove_run(
+    cgroup: RunCgroup | None, root: Path, uid: int | None, files: bool, run_uid: int | None
+) -> None:
     """What a killed run left: its empty cgroup, its directory, and (``uid``: the fallback's
-    own uid) its IPC objects and, with ``files``, what it left in world-writable folders."""
-    if cgroup is not None:
-        cgroup.remove()
-    runuser.remove_tree(root)
-    if uid is not None:
-        runuser.remove_ipc_objects(uid)
-        if files:
-            runuser.remove_left_files(uid)
+    own uid) its IPC objects and, with ``files``, what it left in world-writable folders;
+    then its ``run_uid`` (either level) is free for another run."""
+    try:
+        if cgroup is not None:
+            cgroup.remove()
+        runuser.remove_tree(root)
+        if uid is not None:
+            runuser.remove_ipc_objects(uid)
+            if files:
+                runuser.remove_left_files(uid)
+    finally:
+        runuser.release_run_uid(run_uid)
 
 
 def kill_tree(
