@@ -1,6 +1,6 @@
 """Red team, round 7: two runs at once could draw the same uid. A run's uid (started by root)
 was drawn at random from 2^24 with no look at the runs under way: about once in 16.7 million /
-(runs at once) draws two shared one (38% over 100,000 runs 64 at a time), and with it the
+(runs at once) draws two shared one (31% over 100,000 runs 64 at a time), and with it the
 kernel's per-user counts, each other's signals where nothing else parts them (the fallback
 without Landlock: ``kill -9 -1``), and the first to end removed the other's IPC objects and
 files in world-writable folders. Now a uid is held from its draw to its run's cleanup and

@@ -71,7 +71,7 @@ _IN_USE_LOCK = threading.Lock()
 def new_run_uid() -> int:
     """A uid no other run of this process holds until ``release_run_uid``. Drawn at random
     alone, two runs at once shared one about once in 16.7 million / (runs at once) draws
-    (38% over 100,000 runs 64 at a time): their per-user counts and signals, and the first
+    (31% over 100,000 runs 64 at a time): their per-user counts and signals, and the first
     to end removed the other's IPC objects and left files (round 7)."""
     with _IN_USE_LOCK:
         while True:
