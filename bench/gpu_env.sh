@@ -5,6 +5,10 @@
 # or, where that leaves reflectioncoder.kernels unimportable (an old setuptools' egg-link
 # ignores setup.py's package_dir), a link (reflectioncoder.kernels is the top-level kernels/).
 export PYTHONUNBUFFERED=1
+# No network there: nothing may wait on Hugging Face's hub (a dropped connection can hang for
+# its timeout); Triton compiles for real unless the rehearsal asks otherwise.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+[ "${DEVICE:-cuda}" = cpu ] || export TRITON_INTERPRET=0
 # The copy has no git history: the commit comes from the caller or from gpu_prepare.sh's note.
 [ -n "${RC_COMMIT:-}" ] || RC_COMMIT=$(cat .replay/COMMIT 2>/dev/null || echo unknown)
 export RC_COMMIT
