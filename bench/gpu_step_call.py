@@ -67,9 +67,11 @@ CASES = {
     "recipe": None,
     "eager layers": ["model.compile=false"],
     "trainer (defaults)": [],
-    "checkpointing full": ["model.checkpointing_policy=full"],
     "autocast (fp32 weights)": ["model.mixed_precision=autocast"],
     "save_gemms": ["model.checkpointing_policy=save_gemms"],
+    # compiled under full checkpointing torch 2.11 (the lent GPUs') raised CheckpointError on
+    # the CPU: after the cases that should run there (bench/README.md)
+    "checkpointing full": ["model.checkpointing_policy=full"],
     "offload": ["model.checkpointing_policy=offload"],
     "mlp_rerun": ["model.checkpointing_policy=mlp_rerun"],
     "alternate": ["model.checkpointing_policy=alternate"],
