@@ -5,7 +5,8 @@ looks. The guard (``sandbox/diskguard.py``) measures what a fallback run keeps e
 held 704 MiB of the host's disk before it was stopped (11 files in one look; more where the
 walk is slow), where writes reached 17-57 MiB. Now the box's seccomp filter answers
 ``fallocate`` with EOPNOTSUPP at every level, as a file system without it does: glibc's
-``posix_fallocate`` then writes the blocks, LLVM's and Go's linkers go on without it.
+``posix_fallocate`` then writes the blocks; every installed MultiPL-E language's verdicts
+are unchanged at both levels (Go's linker calls ``fallocate`` and goes on without it).
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # nothing but its own other end). "unsupported": answered EOPNOTSUPP at every level, as a file
 # system without the call answers (fallocate: blocks of the host's disk at once, 64 MiB a call,
 # past the fallback's disk guard before its next look; round 7: 704 MiB in one look, a 16 MiB
-# bound. glibc's posix_fallocate then writes, LLVM's and Go's linkers go on without it).
+# bound. glibc's posix_fallocate then writes; every installed toolchain builds as before).
 _SYSCALL_TABLE = """
 clone                 56  220  special
 clone3               435  435  special
