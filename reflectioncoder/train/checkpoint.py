@@ -25,8 +25,10 @@ Loading one back, natively or from another layout: ``restore.py``; the run folde
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -263,7 +265,7 @@ def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as caught:  # DCP's CheckpointException is one (FSDP's shards)
-        err = _disk_error(caught)
+        err = _disk_error(caught, tmp)
         if err is None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
@@ -275,15 +277,33 @@ def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
         ) from caught
 
 
-def _disk_error(err: BaseException) -> OSError | SafetensorError | None:
+# torch.save's zip writer on a failed write (a full disk): RuntimeErrors, not OSError
+TORCH_WRITE_FAILED = ("iostream error", "unexpected pos", "PytorchStreamWriter failed")
+
+
+def _disk_error(err: BaseException, folder: Path) -> OSError | SafetensorError | None:
     """The disk's refusal in ``err``: itself, or the first one DCP's CheckpointException wraps
-    (it gathers each rank's error of an FSDP save); None for any other error."""
+    (it gathers each rank's error of an FSDP save), or torch.save's failed write into
+    ``folder`` (a full disk: said as ENOSPC when the disk has no room left); None for any other
+    error."""
     failures = getattr(err, "failures", None)
     if isinstance(failures, dict):
         err = next(
             (e for e, _ in failures.values() if isinstance(e, OSError | SafetensorError)), err
         )
+    if isinstance(err, RuntimeError) and any(m in str(err) for m in TORCH_WRITE_FAILED):
+        full = _free_bytes(folder) == 0
+        return OSError(errno.ENOSPC if full else errno.EIO,
+                       os.strerror(errno.ENOSPC) if full else f"write failed ({err})")  # fmt: skip
     return err if isinstance(err, OSError | SafetensorError) else None
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes this user may still write where ``folder`` is (None: unknown)."""
+    for place in (folder, *folder.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(place).free
+    return None
 
 
 def prune_checkpoints(out_dir: str | Path, keep_last: int, keep: Path) -> None:

@@ -132,8 +132,16 @@ def plot_losses(rows: list[dict[str, Any]], out_png: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png)
-    plt.close(fig)
+    tmp = out_png.with_name(f".{out_png.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, out_png)  # a kill or a full disk never leaves half a PNG
+    except OSError as err:  # the run's work is saved: a plot the disk refuses does not fail it
+        log.warning("%s not drawn: %s", out_png, err.strerror or err)
+        return None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out_png
 
 
@@ -261,7 +269,10 @@ class MetricsLogger:
             self._bar.close()
             self._bar = None
         for reporter in self._reporters:
-            reporter.close()
+            try:
+                reporter.close()
+            except Exception as err:  # a full disk, a server gone: not the run's own error
+                log.warning("%s not closed: %s", type(reporter).__name__, err)
         self._reporters = []
         if self._file is not None:
             self._file.close()

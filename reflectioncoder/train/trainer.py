@@ -405,8 +405,11 @@ class Trainer:
         }
 
     def close(self) -> None:
-        """Flush metrics, draw the loss plot, end the process group."""
-        self.ahead.close()
-        self.metrics.close()
-        self.run_folder.release()
-        distributed.shutdown()
+        """Flush metrics, draw the loss plot, end the process group: each even when one
+        before it fails (a full disk), so the lock and the process group are let go."""
+        try:
+            self.ahead.close()
+            self.metrics.close()
+        finally:
+            self.run_folder.release()
+            distributed.shutdown()
