@@ -57,3 +57,38 @@ def test_a_uid_is_free_again_after_its_run():
     assert uid in runuser._IN_USE
     runuser.release_run_uid(uid)
     assert uid not in runuser._IN_USE
+
+
+def test_a_uid_another_scorer_holds_is_never_drawn(monkeypatch):
+    """Two scorer processes on one machine (HumanEval and MBPP at once, or a job per GPU)
+    each kept its own list: a uid held by the other's run could still be drawn."""
+    import subprocess
+    import sys
+
+    uid = runuser.RUN_UIDS.start + 7
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from reflectioncoder.eval.sandbox import runuser\n"
+            f"print(runuser._claim({uid})[0], flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "True"
+        draws = itertools.chain([7, 7], itertools.count(8))
+        monkeypatch.setattr(runuser.secrets, "randbelow", lambda n: next(draws))
+        mine = runuser.new_run_uid()
+        assert mine != uid
+        runuser.release_run_uid(mine)
+    finally:
+        other.kill()
+        other.wait()
+    draws = itertools.chain([7], itertools.count(8))  # its scorer gone: the claim is stale
+    monkeypatch.setattr(runuser.secrets, "randbelow", lambda n: next(draws))
+    assert runuser.new_run_uid() == uid
+    runuser.release_run_uid(uid)
+    assert not os.path.exists(f"{runuser.CLAIMS}/{uid}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import secrets
 import shutil
@@ -64,27 +65,58 @@ _SYSV_IPC = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "se
 _IPC_RMID = 0
 
 
-_IN_USE: set[int] = set()  # uids of this process's runs not yet cleaned up
+# A file per uid a run holds, locked while it does (root's folder, no run reaches it): runs of
+# other scorer processes on the machine never draw it either; a scorer killed before its
+# cleanup leaves a file no one locks, taken over by the next draw of its uid
+CLAIMS = "/run/reflectioncoder-run-uids"
+_IN_USE: dict[int, int | None] = {}  # this process's runs' uids: their claim's descriptor
 _IN_USE_LOCK = threading.Lock()
 
 
 def new_run_uid() -> int:
-    """A uid no other run of this process holds until ``release_run_uid``. Drawn at random
-    alone, two runs at once shared one about once in 16.7 million / (runs at once) draws
-    (31% over 100,000 runs 64 at a time): their per-user counts and signals, and the first
-    to end removed the other's IPC objects and left files (round 7)."""
+    """A uid no other run holds until ``release_run_uid``: none of this process's runs, and
+    none of another scorer's on this machine (``CLAIMS``). Drawn at random alone, two runs at
+    once shared one about once in 16.7 million / (runs at once) draws (31% over 100,000 runs
+    64 at a time): their per-user counts and signals, and the first to end removed the
+    other's IPC objects and left files (round 7)."""
     with _IN_USE_LOCK:
         while True:
             uid = RUN_UIDS.start + secrets.randbelow(len(RUN_UIDS))
-            if uid not in _IN_USE:
-                _IN_USE.add(uid)
+            if uid in _IN_USE:
+                continue
+            claimed, fd = _claim(uid)
+            if claimed:
+                _IN_USE[uid] = fd
                 return uid
+
+
+def _claim(uid: int) -> tuple[bool, int | None]:
+    """(whether ``uid`` is ours now, the descriptor holding its claim). Where no claim can be
+    made (no folder under /run for us), (True, None): this process's own list alone."""
+    try:
+        os.makedirs(CLAIMS, mode=0o700, exist_ok=True)
+        flags = os.O_CREAT | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(f"{CLAIMS}/{uid}", flags, 0o600)
+    except OSError:
+        return True, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(f"{CLAIMS}/{uid}").st_ino:
+            return True, fd
+    except OSError:
+        pass  # another run holds it, or its file was released while we opened it
+    os.close(fd)
+    return False, None
 
 
 def release_run_uid(uid: int | None) -> None:
     """The run's uid is free again (its processes, files and IPC objects are gone)."""
     with _IN_USE_LOCK:
-        _IN_USE.discard(uid)  # type: ignore[arg-type]
+        fd = _IN_USE.pop(uid, None)  # type: ignore[arg-type]
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(f"{CLAIMS}/{uid}")
+        os.close(fd)
 
 
 def _reachable(path: str) -> bool:
