@@ -35,11 +35,18 @@ GPU_ONLY = (
     "bench/providers/loss.py",
     "bench/providers/attention.py",
     "bench/providers/common.py",
+    "bench/providers/mask.py",
+    "bench/providers/packing.py",
     "bench/test_loss.py",
     "bench/test_attention.py",
     "bench/test_train_step.py",
+    "bench/test_mask.py",
+    "bench/test_packing.py",
     "bench/conftest.py",
-)
+    "bench/report.py",
+    "bench/ablation.py",
+)  # not bench/bench_host_replay.py: its children import the replayed commits' own modules
+# (tests/test_host_replay.py runs its CPU path)
 # Installed on a GPU only where carried (bench/README.md), and skipped without: not checked.
 OPTIONAL = {
     "flash_attn", "flash_attn_interface", "flash_attn_4", "cutlass", "quack",
