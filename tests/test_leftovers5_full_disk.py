@@ -83,3 +83,32 @@ def test_a_full_disk_while_checkpointing_then_resume(small_disk):
     again = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "final" / "config.json").is_file()
+
+
+class _FullDisk:
+    """metrics.jsonl's file on a full disk: every write and the final flush refused."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_metrics_row_the_disk_refuses_names_the_file(tmp_path, caplog):
+    from reflectioncoder.config import LoggingConfig
+    from reflectioncoder.errors import one_line
+    from reflectioncoder.train.metrics import MetricsLogger
+
+    cfg = LoggingConfig(report_to=["none"], progress=False, plot=False)
+    logger = MetricsLogger(tmp_path, cfg, total_steps=2)
+    logger._file.close()
+    logger._file = _FullDisk()
+    row = {"step": 1, "loss": 2.0, "kl": 0.1, "samples": 2, "tokens": 9}
+    with pytest.raises(OSError) as raised:
+        logger.log(row)
+    path = tmp_path / "metrics.jsonl"
+    assert one_line(raised.value) == (f"{path}: No space left on device", 1)
+    with caplog.at_level(logging.WARNING, logger="reflectioncoder.train"):
+        logger.close(plot=False)  # does not raise over the error above
+    assert caplog.messages == [f"{path}: its last row not written: No space left on device"]

@@ -230,7 +230,7 @@ class MetricsLogger:
             self.totals["samples"] += row["samples"]
             self.totals["tokens"] += row["tokens"]
         if step % self.cfg.log_every == 0 or row.get("skipped"):
-            self._file.write(json.dumps(row) + "\n")
+            self._write(row)
             self.last_row = row
             scalars = scalars_of(row)
             for reporter in self._reporters:
@@ -245,7 +245,7 @@ class MetricsLogger:
         ``val_tokens``, ``val_time`` at ``step``), report it as ``val/...`` and log one line."""
         if not self.enabled:
             return
-        self._file.write(json.dumps(row) + "\n")
+        self._write(row)
         self.last_validation = row
         for reporter in self._reporters:
             reporter.log(scalars_of(row, "val"), row["step"])
@@ -261,6 +261,16 @@ class MetricsLogger:
             row["val_time"],
         )
 
+    def _write(self, row: dict[str, Any]) -> None:
+        """One row into metrics.jsonl; a write the disk refuses names the file (the bare
+        ``[Errno 28] No space left on device`` named none)."""
+        try:
+            self._file.write(json.dumps(row) + "\n")
+        except OSError as err:
+            if err.filename is not None or err.strerror is None:
+                raise
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
+
     def close(self, plot: bool | None = None) -> Path | None:
         """Flush and close; draw OUT/loss.png when asked (default: ``cfg.plot``)."""
         if not self.enabled:
@@ -275,7 +285,10 @@ class MetricsLogger:
                 log.warning("%s not closed: %s", type(reporter).__name__, err)
         self._reporters = []
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as err:  # its buffered rows: a full disk's error was said already
+                log.warning("%s: its last row not written: %s", self.path, err.strerror or err)
             self._file = None
         if plot if plot is not None else self.cfg.plot:
             return plot_losses(read_metrics(self.path), self.out_dir / "loss.png")
