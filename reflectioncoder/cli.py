@@ -165,7 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
     argv = [a for a in argv if not a.startswith("--local_rank=")]
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        _end_with_the_launcher()
     return guarded(_command_name(argv), lambda: _run(argv), "--debug" in argv)
+
+
+def _end_with_the_launcher() -> None:
+    """A rank gets SIGTERM (``terminated``, its outputs left whole) when the launcher that
+    started it dies, SIGKILL included: it trained on as an orphan, holding the run folder's
+    lock, so a relaunch with --resume was refused until it had finished."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere as before
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the launcher died before the line above: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:

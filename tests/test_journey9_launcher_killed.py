@@ -1,0 +1,69 @@
+"""A launcher killed with SIGKILL (``kill -9`` of its pid, an OOM killer choosing it) takes its
+ranks with it: they trained on as orphans, holding the run folder's lock, so the relaunch with
+``--resume`` the user typed next was refused (``pid N is training in this folder``) until they
+had finished the run. Each rank now asks the kernel for SIGTERM when its parent dies
+(PR_SET_PDEATHSIG), and SIGTERM ends a run with its outputs whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch.distributed.run")
+
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl  # noqa: E402
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its reaper may be slow to collect it
+
+
+@pytest.mark.slow  # a real 2-rank launch, killed in its steps: about 30 s
+def test_the_ranks_end_when_the_launcher_is_killed(tmp_path):
+    write_toy_jsonl(tmp_path / "toy.jsonl", 2000, seed=0)
+    sets = {"data.files": f"[{tmp_path / 'toy.jsonl'}]", "model.tokenizer_vocab_size": 400,
+            "train.max_steps": 1000, "logging.report_to": "[none]",
+            "checkpoint.out_dir": tmp_path / "run"}  # fmt: skip
+    argv = [sys.executable, "-m", "reflectioncoder.launch", "--nproc_per_node", "2", "train",
+            "--preset", "tiny", "--no-progress"]  # fmt: skip
+    argv += [word for key, value in sets.items() for word in ("--set", f"{key}={value}")]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    lines = []
+    for line in proc.stderr:  # the ranks are training once the step plan is said
+        lines.append(line)
+        if "optimizer steps" in line:
+            break
+    ranks = _children(proc.pid)
+    assert len(ranks) == 2, "".join(lines)
+    proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 90
+    while any(_running(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [pid for pid in ranks if _running(pid)]
+    for pid in left:  # the test's own cleanup: never leave a training process behind
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"ranks {left} trained on after their launcher was killed"
