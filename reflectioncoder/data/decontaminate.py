@@ -114,20 +114,19 @@ class BenchmarkIndex:
         grams: dict[str, list[tuple[str, str]]] = defaultdict(list)
         whole: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for bench, items in texts.items():
-            owners: dict[str, set[str]] = defaultdict(set)
-            first: dict[str, str] = {}
+            # n-gram -> {task: its first id}; MultiPL-E: one task in many languages counts once
+            # (its name after the "/").
+            owners: dict[str, dict[str, str]] = defaultdict(dict)
             for task_id, text in items:
                 seq = words(text)
                 if MIN_WHOLE_WORDS <= len(seq) < NGRAM:
                     whole[" ".join(seq)].append((bench, task_id))
-                # MultiPL-E: one task in many languages counts once (its name after the "/").
                 task_key = task_id.split("/", 1)[-1]
                 for g in ngrams(seq):
-                    owners[g].add(task_key)
-                    first.setdefault(g, task_id)
+                    owners[g].setdefault(task_key, task_id)
             for g, tasks in owners.items():
                 if len(tasks) <= MAX_TASKS_PER_NGRAM:
-                    grams[g].append((bench, first[g]))
+                    grams[g].extend((bench, task_id) for task_id in tasks.values())
         return cls(dict(grams), dict(whole), {b: len(items) for b, items in texts.items()})
 
     @classmethod
@@ -136,9 +135,11 @@ class BenchmarkIndex:
         return _load_index(str(Path(data_dir).resolve()))
 
     def hits(self, text: str) -> list[Hit]:
-        """One hit per benchmark whose text ``text`` shares an n-gram with (or holds whole)."""
+        """One hit per benchmark whose text ``text`` shares an n-gram with (or holds whole): the
+        task it shares the most n-grams with (an n-gram two tasks share, as HumanEval/40 and
+        /43 do, names the one the text copies), with its first shared n-gram."""
         seq = words(text)
-        found: dict[str, Hit] = {}
+        shared: dict[tuple[str, str], list] = {}  # (benchmark, task) -> [count, first n-gram]
         last_unknown = -1  # windows reaching back to an unindexed word are skipped unjoined
         for end, word in enumerate(seq):
             if word not in self.vocab:
@@ -148,8 +149,13 @@ class BenchmarkIndex:
             if start <= last_unknown:
                 continue
             g = " ".join(seq[start : end + 1])
-            for bench, task_id in self.grams.get(g, ()):
-                found.setdefault(bench, Hit(bench, task_id, g))
+            for owner in self.grams.get(g, ()):
+                shared.setdefault(owner, [0, g])[0] += 1
+        found: dict[str, Hit] = {}
+        best: dict[str, int] = {}
+        for (bench, task_id), (count, g) in shared.items():
+            if count > best.get(bench, 0):
+                best[bench], found[bench] = count, Hit(bench, task_id, g)
         if self.whole:
             joined = f" {' '.join(seq)} "
             for short, owners in self.whole.items():
