@@ -70,3 +70,22 @@ def test_the_bound_holds_for_the_longest_entry_repeated(tmp_path):
     text = piece * (bound // max(len(piece.encode()), 1) + 1)
     assert len(text.encode()) > bound
     assert len(encode_text(tok, text)) > max_len
+
+
+def test_the_summary_names_no_max_len_that_would_keep_a_huge_line(tmp_path):
+    """'up to N ids' says that a max_len of N keeps every dropped sample: not so for a huge
+    text, whose ids were never counted."""
+    tok = _tokenizer(tmp_path)
+    max_len = 64
+    longer = "def f(x):\n    return x + 1\n" * 8  # over 64 ids, tokenised and counted
+    huge = "AssertionError: got 5\n" * (surely_over_length_bytes(tok, max_len) // 10)
+    data = tmp_path / "d.jsonl"
+    data.write_text(_sample("add one") + _sample(longer) + _sample(huge))
+    _, report = load_dataset(DataConfig(files=[str(data)], max_len=max_len), tok)
+    counted, uncounted = report.over_length
+    assert counted.startswith(f"{data}:2 (") and counted.endswith(" ids)")
+    assert uncounted.endswith("not tokenised)")
+    assert "up to" not in report.summary(max_len)
+    data.write_text(_sample("add one") + _sample(longer))
+    _, report = load_dataset(DataConfig(files=[str(data)], max_len=max_len), tok)
+    assert " (up to " in report.summary(max_len)  # counted alone: the count is said

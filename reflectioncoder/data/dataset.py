@@ -56,7 +56,8 @@ class DataReport:
             limit = f" > max_len {max_len}" if max_len is not None else ""
             lengths = [re.search(r"\((\d+) ids\)$", o) for o in self.over_length]
             longest = max((int(m.group(1)) for m in lengths if m), default=None)
-            up_to = f" (up to {longest} ids)" if longest else ""
+            # a huge text dropped untokenised has no count: no max_len is said to keep them all
+            up_to = f" (up to {longest} ids)" if longest and all(lengths) else ""
             text += f", {len(self.over_length)} over-length{limit} dropped{up_to}: "
             text += ", ".join(self.over_length[:3]) + (" ..." if len(self.over_length) > 3 else "")
         return text + ")"
