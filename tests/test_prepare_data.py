@@ -78,7 +78,7 @@ def test_codefeedback_equals_the_authors_conversion(name, tmp_path):
     if name.endswith("jsonl"):
         assert any(r.startswith(f"{FIXTURES / name}:3:<json>: invalid JSON") for r in rows)
     bad_line = 5 if name.endswith("jsonl") else 4
-    assert f"{FIXTURES / name}:{bad_line}:answer: expected a string, got NoneType" in rows
+    assert f"{FIXTURES / name}:{bad_line}:answer: expected a string, got null" in rows
     samples, report = load_files([out])
     assert len(samples) == 4 and not report.skipped
 

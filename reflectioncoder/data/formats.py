@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 
-from reflectioncoder.data.schema import DataError
+from reflectioncoder.data.schema import DataError, json_kind
 
 FORMATS = ("reflectionseq", "codefeedback", "openai", "sharegpt")
 
@@ -58,7 +58,7 @@ def detect_format(row: object) -> str | None:
 def _string(row: dict, key: str, source: str, field: str | None = None) -> str:
     value = row.get(key)
     if not isinstance(value, str):
-        got = "missing" if key not in row else f"got {type(value).__name__}"
+        got = "missing" if key not in row else f"got {json_kind(value)}"
         raise DataError(source, field or key, f"expected a string, {got}")
     return value
 

@@ -322,6 +322,8 @@ def main(args: argparse.Namespace) -> int:
             f"  {s.path}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
             f"contaminated {s.decontaminated}"
         )
+        for rows in s.skipped.values():  # where each kind first happened (all: the manifest)
+            print(f"    e.g. {rows[0]}")
         if s.read and not s.written and not s.decontaminated:  # (a wrong --format raised)
             print(
                 f"warning: {s.path}: none of its {s.read} rows could be converted; "

@@ -100,7 +100,7 @@ def parse_sample(obj: object, source: str) -> Sample:
         raise DataError(source, "type", f"expected a string, got {kind!r}")
     raw_messages = obj["messages"]
     if not isinstance(raw_messages, list):
-        raise DataError(source, "messages", f"expected a list, got {_json_kind(raw_messages)}")
+        raise DataError(source, "messages", f"expected a list, got {json_kind(raw_messages)}")
     messages = [_parse_message(raw, f"messages[{m}]", source) for m, raw in enumerate(raw_messages)]
     _check_roles(kind, [m.role for m in messages], source)
     return Sample(kind, messages, source)
@@ -113,11 +113,11 @@ def _parse_message(raw: object, where: str, source: str) -> Message:
     if "role" not in raw:
         raise DataError(source, f"{where}.role", "missing (user | assistant)")
     if not isinstance(role, str) or role not in ROLE_TOKENS:  # a list is unhashable
-        shown = repr(role) if isinstance(role, str) else _json_kind(role)
+        shown = repr(role) if isinstance(role, str) else json_kind(role)
         raise DataError(source, f"{where}.role", f"unknown role {shown} (user | assistant)")
     content = raw.get("content")
     if not isinstance(content, list):
-        got = f"expected a list of blocks, got {_json_kind(content)}"
+        got = f"expected a list of blocks, got {json_kind(content)}"
         raise DataError(source, f"{where}.content", got if "content" in raw else "missing")
     blocks = [_parse_block(b, f"{where}.content[{i}]", source) for i, b in enumerate(content)]
     return Message(role, blocks)
@@ -128,12 +128,12 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
         raise DataError(source, where, "expected an object with type and content")
     btype = raw.get("type")
     if not isinstance(btype, str) or btype not in BLOCK_TOKENS:
-        shown = repr(btype) if isinstance(btype, str) else _json_kind(btype)
+        shown = repr(btype) if isinstance(btype, str) else json_kind(btype)
         what = "missing" if "type" not in raw else f"unknown block type {shown}"
         raise DataError(source, f"{where}.type", f"{what} (text|code|execution)")
     text = raw.get("content")
     if not isinstance(text, str):
-        got = f"expected a string, got {_json_kind(text)}" if "content" in raw else "missing"
+        got = f"expected a string, got {json_kind(text)}" if "content" in raw else "missing"
         raise DataError(source, f"{where}.content", got)
     for special in SPECIAL_TOKENS:
         if special in text:
@@ -144,10 +144,14 @@ def _parse_block(raw: object, where: str, source: str) -> Block:
     return Block(btype, text)
 
 
-def _json_kind(value: object) -> str:
-    """A JSON value as the file spells it (null, 5, true); a string, list or object by its kind."""
+def json_kind(value: object) -> str:
+    """A JSON value as the file spells it (null, 5, true); a string, list or object by its kind
+    (a parquet file's other values by their type's name)."""
     kinds = {str: "a string", list: "a list", dict: "an object"}
-    return kinds.get(type(value)) or json.dumps(value)
+    try:
+        return kinds.get(type(value)) or json.dumps(value)
+    except (TypeError, ValueError):
+        return type(value).__name__
 
 
 def _check_encodable(text: str, source: str, where: str) -> None:
