@@ -1,0 +1,101 @@
+"""Issue 23 as a user meets it: a run launched from the command line on 2 processes (gloo, the
+documented `python -m reflectioncoder.launch`) resumes from its step-2 checkpoint in 1 process
+(`reflectioncoder train --resume PATH`), and a 1-process run resumes on 2: every step after the
+checkpoint takes the samples and tokens of an uninterrupted 1-process run of the same data, and
+logs its losses within the tolerance docs/training.md states. Each part is its own process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_distributed import ARCH, TOLERANCE
+
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4
+
+
+def _overrides(data: Path, out: Path, seed: int, layout: list[str]) -> list[str]:
+    sets = [
+        ARCH,
+        "model.tokenizer_vocab_size=400",
+        f"data.files=[{data}]",
+        f"checkpoint.out_dir={out}",
+        "checkpoint.save_every=2",
+        "checkpoint.keep_last=10",
+        f"train.seed={seed}",
+        f"train.max_steps={STEPS}",
+        "train.samples_per_step=5",
+        "optim.lr=3e-3",
+        "packing.max_tokens=300",
+        "logging.progress=false",
+        "logging.report_to=[none]",
+        "logging.plot=false",
+        *layout,
+    ]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def _train(ranks: int, sets: list[str], resume: str | None = None) -> str:
+    cli = ["train", "--preset", "tiny", *sets] + (["--resume", resume] if resume else [])
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "reflectioncoder.cli", *cli]
+    else:
+        cmd = [sys.executable, "-m", "reflectioncoder.launch", f"--nproc_per_node={ranks}", *cli]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stderr
+
+
+def _by_step(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    return {r["step"]: r for r in rows if "loss" in r}
+
+
+def _close(a: float, b: float, rel: float, abs_: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+@pytest.mark.slow  # three CLI runs, two of them on 2 processes: minutes on the shared CPU
+@pytest.mark.parametrize(
+    "before, after, layout",
+    [
+        (2, 1, ["distributed.backend=deepspeed", "distributed.zero_stage=2"]),
+        (1, 2, ["distributed.backend=deepspeed", "distributed.zero_stage=1"]),
+    ],
+    ids=["2-processes-to-1", "1-process-to-2"],
+)
+def test_cli_run_resumes_on_another_number_of_processes(tmp_path, before, after, layout):
+    seed = random.randrange(1000)
+    data = write_toy_jsonl(tmp_path / "data.jsonl", 30, seed=seed)
+    single = ["distributed.backend=none", "distributed.zero_stage=0"]
+    reference = tmp_path / "reference"
+    _train(1, _overrides(data, reference, seed, single))
+
+    run = tmp_path / "run"
+    first, second = (layout, single) if before == 2 else (single, layout)
+    _train(before, _overrides(data, run, seed, first))
+    checkpoint = run / "checkpoints" / "step-000002"
+    assert (checkpoint / "trainer_state.json").is_file(), sorted(run.rglob("*"))
+    log = _train(after, _overrides(data, run, seed, second), resume=str(checkpoint))
+    assert "converting its state" in log, log[-3000:]
+
+    want, got = _by_step(reference), _by_step(run)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1)), (sorted(got), sorted(want))
+    for step in range(3, STEPS + 1):
+        for key in ("samples", "tokens"):
+            if key in want[step]:
+                assert got[step][key] == want[step][key], (step, key, got[step], want[step])
+        for key, rel, abs_ in TOLERANCE:
+            if key in want[step]:
+                assert _close(got[step][key], want[step][key], rel, abs_), (step, key)
