@@ -24,7 +24,7 @@ import yaml
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_presets import preset
-from reflectioncoder.errors import ConfigError, UsageError, did_you_mean
+from reflectioncoder.errors import ConfigError, UsageError, did_you_mean, not_a_file_state
 
 Origins = dict[str, tuple[str, int | None, int | None]]  # "optim.lr" -> (file, line, column)
 
@@ -320,8 +320,7 @@ def _read_toml(text: str, path: Path, origins: Origins) -> Any:
 
 def _read_config_file(path: Path, origins: Origins) -> dict[str, Any]:
     if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "not found"
-        raise UsageError(f"config file {state}", file=path, field="--config")
+        raise UsageError(f"config file {not_a_file_state(path)}", file=path, field="--config")
     raw = path.read_bytes()
     try:  # utf-8-sig: a byte-order mark (Windows editors write one) is not TOML's first key
         text = raw.decode("utf-8-sig")

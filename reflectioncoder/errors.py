@@ -195,9 +195,18 @@ def require_file(path: str | os.PathLike, what: str, field: str | None = None) -
     """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
     path = Path(path)
     if not path.is_file():
-        state = "is a folder, not a file" if path.is_dir() else "not found"
-        raise UserError(f"{what} {state}", file=path, field=field)
+        raise UserError(f"{what} {not_a_file_state(path)}", file=path, field=field)
     return path
+
+
+def not_a_file_state(path: Path) -> str:
+    """Why ``path`` is not a readable regular file, in words: /dev/null or a pipe exists, so
+    "not found" would send the user looking for a typo that is not there."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.exists():
+        return "is not a regular file (a device, pipe or socket)"
+    return "not found"
 
 
 def require_model_folder(path: str | os.PathLike, field: str, need: str = "model") -> Path:
