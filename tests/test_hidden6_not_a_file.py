@@ -17,7 +17,10 @@ CASES = [
 def _run(args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "reflectioncoder.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "REFLECTIONCODER_DEBUG": ""},
     )
 
