@@ -177,11 +177,11 @@ def _end_with_the_launcher() -> None:
     import ctypes
     import signal
 
+    # No check of getppid() == 1 for a launcher gone before this line: a launcher may be a
+    # container's PID 1 (`docker run IMAGE torchrun ...`), whose ranks would end at once.
     with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere as before
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the launcher died before the line above: no signal will come
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:

@@ -67,3 +67,25 @@ def test_the_ranks_end_when_the_launcher_is_killed(tmp_path):
     for pid in left:  # the test's own cleanup: never leave a training process behind
         os.kill(pid, signal.SIGKILL)
     assert not left, f"ranks {left} trained on after their launcher was killed"
+
+
+def test_a_rank_whose_launcher_is_pid_1_trains(monkeypatch):
+    """A launcher may be a container's PID 1 (`docker run IMAGE torchrun ...`): its ranks'
+    parent is 1 from the start, which is no sign of a dead launcher; the rank only asks the
+    kernel for SIGTERM at its parent's death, and sends itself nothing."""
+    import ctypes
+
+    from reflectioncoder import cli
+
+    asked, sent = [], []
+
+    class FakeLibc:
+        def prctl(self, *args):
+            asked.append(args)
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: FakeLibc())
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+    monkeypatch.setattr(os, "kill", lambda *args: sent.append(args))
+    cli._end_with_the_launcher()
+    assert asked == [(1, signal.SIGTERM, 0, 0, 0)] and sent == []
