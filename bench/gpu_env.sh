@@ -9,8 +9,10 @@ export PYTHONUNBUFFERED=1
 # its timeout); Triton compiles for real unless the rehearsal asks otherwise.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 [ "${DEVICE:-cuda}" = cpu ] || export TRITON_INTERPRET=0
-# The copy has no git history: the commit comes from the caller or from gpu_prepare.sh's note.
-[ -n "${RC_COMMIT:-}" ] || RC_COMMIT=$(cat .replay/COMMIT 2>/dev/null || echo unknown)
+# The device's copy has no git history: the commit comes from the caller, else git where there
+# is one (a rehearsal), else gpu_prepare.sh's note.
+[ -n "${RC_COMMIT:-}" ] || RC_COMMIT=$(git rev-parse --short HEAD 2>/dev/null ||
+  cat .replay/COMMIT 2>/dev/null || echo unknown)
 export RC_COMMIT
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 if compgen -G ".whl/*.whl" >/dev/null; then
