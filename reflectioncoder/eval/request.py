@@ -157,11 +157,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--top-p: expected a value in (0, 1], got {args.top_p}")
     if args.samples is not None:
         require_file(args.samples, "samples file", field="--samples")
-    _refuse_ignored_generation_flags(args)
     for flag in ("--json", "--save-samples"):  # found now, not after hours of generation
         where = getattr(args, flag[2:].replace("-", "_"))
         if where is not None and Path(where).is_dir():
             raise UsageError("is a folder; give a file name", file=where, field=flag)
+    _refuse_ignored_generation_flags(args)
     refuse_overwriting_input(
         args.json, "--json", {"--samples": args.samples, "--save-samples": args.save_samples}
     )
