@@ -199,7 +199,7 @@ def _fail_undecided(phases: list[Phase], res: ExecResult, budget: float) -> None
             else:
                 tail = res.stderr.strip().splitlines()[-1:] or [""]
                 ended = res.ending.describe() if res.ending else f"exit code {res.exit_code}"
-                p.fail(FAIL, p.next, f"process ended ({ended}) {tail[0][:200]}")
+                p.fail(FAIL, p.next, f"process ended ({ended}) {tail[0][:200]}".rstrip())
 
 
 def _sample_result(
