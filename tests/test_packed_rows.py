@@ -84,7 +84,12 @@ def test_filler_batch_keeps_its_rows_and_adds_nothing(seed):
 
 
 def test_checked_inputs_refuse_wrong_rows(seed):
-    batch = next(b for b in _batches(seed)[1] if b.ce_only_rows.numel() > 1)
+    # Reflection samples only: a micro-batch of generation samples alone has no KL pair to
+    # misplace (TEST_SEED=1610184931 drew one first).
+    batch = next(
+        b for b in _batches(seed, generation_fraction=0.0)[1] if b.ce_only_rows.numel() > 1
+    )
+    assert batch.kl_pairs.numel()
     hidden, weight = torch.randn(batch.num_tokens, 8), torch.randn(VOCAB, 8)
     missing = dataclasses.replace(batch, ce_only_rows=batch.ce_only_rows[1:])
     paired = dataclasses.replace(
