@@ -1,6 +1,7 @@
 """Issue 23 as a user meets it: a run launched from the command line on 2 processes (gloo, the
 documented `python -m reflectioncoder.launch`) resumes from its step-2 checkpoint in 1 process
-(`reflectioncoder train --resume PATH`), and a 1-process run resumes on 2: every step after the
+(`reflectioncoder train --resume PATH`), a 1-process run resumes on 2, and a ZeRO-3 run on 2
+processes resumes as ZeRO-1: every step after the
 checkpoint takes the samples and tokens of an uninterrupted 1-process run of the same data, and
 logs its losses within the tolerance docs/training.md states. Each part is its own process."""
 
@@ -66,28 +67,30 @@ def _close(a: float, b: float, rel: float, abs_: float) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
 
 
+SINGLE = ["distributed.backend=none", "distributed.zero_stage=0"]
+
+
+def zero(stage: int) -> list[str]:
+    return ["distributed.backend=deepspeed", f"distributed.zero_stage={stage}"]
+
+
 @pytest.mark.slow  # three CLI runs, two of them on 2 processes: minutes on the shared CPU
 @pytest.mark.parametrize(
-    "before, after, layout",
-    [
-        (2, 1, ["distributed.backend=deepspeed", "distributed.zero_stage=2"]),
-        (1, 2, ["distributed.backend=deepspeed", "distributed.zero_stage=1"]),
-    ],
-    ids=["2-processes-to-1", "1-process-to-2"],
+    "before, after",
+    [((2, zero(2)), (1, SINGLE)), ((1, SINGLE), (2, zero(1))), ((2, zero(3)), (2, zero(1)))],
+    ids=["2-processes-to-1", "1-process-to-2", "zero3-to-zero1"],
 )
-def test_cli_run_resumes_on_another_number_of_processes(tmp_path, before, after, layout):
+def test_cli_run_resumes_on_another_layout(tmp_path, before, after):
     seed = random.randrange(1000)
     data = write_toy_jsonl(tmp_path / "data.jsonl", 30, seed=seed)
-    single = ["distributed.backend=none", "distributed.zero_stage=0"]
     reference = tmp_path / "reference"
-    _train(1, _overrides(data, reference, seed, single))
+    _train(1, _overrides(data, reference, seed, SINGLE))
 
     run = tmp_path / "run"
-    first, second = (layout, single) if before == 2 else (single, layout)
-    _train(before, _overrides(data, run, seed, first))
+    _train(before[0], _overrides(data, run, seed, before[1]))
     checkpoint = run / "checkpoints" / "step-000002"
     assert (checkpoint / "trainer_state.json").is_file(), sorted(run.rglob("*"))
-    log = _train(after, _overrides(data, run, seed, second), resume=str(checkpoint))
+    log = _train(after[0], _overrides(data, run, seed, after[1]), resume=str(checkpoint))
     assert "converting its state" in log, log[-3000:]
 
     want, got = _by_step(reference), _by_step(run)
