@@ -11,8 +11,10 @@ import json
 import math
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,9 @@ def _overrides(data: Path, out: Path, seed: int, layout: list[str]) -> list[str]
 
 
 def _train(ranks: int, sets: list[str], resume: str | None = None) -> str:
-    cli = ["train", "--preset", "tiny", *sets] + (["--resume", resume] if resume else [])
+    cli = ["train", "--preset", "tiny", *sets]
+    if resume is not None:  # "": --resume alone, the newest complete checkpoint
+        cli += ["--resume", resume] if resume else ["--resume"]
     if ranks == 1:
         cmd = [sys.executable, "-m", "reflectioncoder.cli", *cli]
     else:
@@ -102,3 +106,41 @@ def test_cli_run_resumes_on_another_layout(tmp_path, before, after):
         for key, rel, abs_ in TOLERANCE:
             if key in want[step]:
                 assert _close(got[step][key], want[step][key], rel, abs_), (step, key)
+
+
+@pytest.mark.slow  # a reference run, a 2-process run killed midway, a 1-process resume
+def test_a_sigkilled_two_process_run_resumes_in_one_with_plain_resume(tmp_path):
+    """The user's path: the 2-process run is killed (SIGKILL to the whole launch) after a
+    checkpoint; `train --resume` (no step) in one process picks the newest complete checkpoint,
+    says which, and every step of metrics.jsonl then equals the uninterrupted run's."""
+    seed = random.randrange(1000)
+    data = write_toy_jsonl(tmp_path / "data.jsonl", 30, seed=seed)
+    reference = tmp_path / "reference"
+    _train(1, _overrides(data, reference, seed, SINGLE))
+
+    run = tmp_path / "run"
+    sets = _overrides(data, run, seed, zero(2)) + ["--set", "checkpoint.save_every=1"]
+    cmd = [sys.executable, "-m", "reflectioncoder.launch", "--nproc_per_node=2", "train"]
+    cmd += ["--preset", "tiny", *sets]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    launch = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **quiet)
+    deadline = time.monotonic() + 600
+    while launch.poll() is None and time.monotonic() < deadline:
+        if (run / "checkpoints" / "step-000002" / "COMPLETE").is_file():
+            os.killpg(launch.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    launch.wait(timeout=60)
+    assert launch.returncode == -signal.SIGKILL, "the 2-process run ended before it was killed"
+
+    log = _train(1, _overrides(data, run, seed, SINGLE), resume="")
+    assert "--resume: the newest complete checkpoint is" in log, log[-3000:]
+    want, got = _by_step(reference), _by_step(run)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        for key in ("samples", "tokens"):
+            assert got[step][key] == want[step][key], (step, key)
+        for key, rel, abs_ in TOLERANCE:
+            assert _close(got[step][key], want[step][key], rel, abs_), (step, key)
