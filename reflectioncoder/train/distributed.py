@@ -175,20 +175,29 @@ def _free_port() -> int:
 def set_threads(
     requested: int | None, local_ranks: int, run_threads: int | None = None, say: bool = True
 ) -> int:
-    """Apply ``train.threads``; returns the number set. None: ``run_threads``, the number the
-    run resumed from used (its steps then compute as they did: another number of threads sums
-    in another order), else ``cpus.thread_choice``, said in one line (it depends on the load).
-    ``say``: log where the number comes from (rank 0)."""
+    """Apply ``train.threads``; returns the number set. ``say``: log where the number comes
+    from (rank 0), ``thread_setting``'s line."""
+    threads, line = thread_setting(requested, local_ranks, run_threads)
+    if say and line:
+        logging.getLogger("reflectioncoder.train").info(line)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def thread_setting(
+    requested: int | None, local_ranks: int, run_threads: int | None = None
+) -> tuple[int, str | None]:
+    """``train.threads`` and, when it was not given, the line that says where the number comes
+    from. None: ``run_threads``, the number the run resumed from used (its steps then compute
+    as they did: another number of threads sums in another order), else
+    ``cpus.thread_choice`` (it depends on the load)."""
     threads, why = requested or run_threads, "as the run used before --resume"
     if threads is None:
         threads, why = thread_choice(local_ranks)
         why += "; set train.threads for the same number on every launch"
-    if say and requested is None:
-        logging.getLogger("reflectioncoder.train").info(
-            "train.threads: %d CPU thread(s) per rank (%s)", threads, why
-        )
-    torch.set_num_threads(threads)
-    return threads
+    if requested is not None:
+        return threads, None
+    return threads, f"train.threads: {threads} CPU thread(s) per rank ({why})"
 
 
 def shut_down_if_failed(init: Callable[..., None]) -> Callable[..., None]:

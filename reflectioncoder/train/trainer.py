@@ -91,12 +91,11 @@ class Trainer:
         self.resume_from = checkpoint_to_resume(
             resume, self.out_dir, self.info.is_main, cfg.logging.trackers
         )
-        self.threads = distributed.set_threads(
-            cfg.train.threads,
-            int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-            checkpoint.run_threads(self.resume_from),
-            say=self.info.is_main,
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        threads, threads_line = distributed.thread_setting(
+            cfg.train.threads, local_ranks, checkpoint.run_threads(self.resume_from)
         )
+        self.threads = distributed.set_threads(threads, local_ranks, say=False)
         preflight.check_paths(cfg)
         self.manifests = model_card.read_manifests(cfg.data.files)  # the card's, checked now
         self.tokenizer = load_tokenizer(cfg, self.info, self.resume_from)
@@ -116,6 +115,8 @@ class Trainer:
         if self.resume_from is not None:  # it must plan the steps its checkpoint planned
             check_same_run(self.resume_from, cfg, self.out_dir, self.run_data.planned())
         self.tokenizer_sha256 = tokenizer_fingerprint(original_tokenizer)
+        if self.info.is_main and threads_line:  # said once the start can no longer fail on
+            log.info(threads_line)  # a user's file: a bad input's error stays one line
         if self.info.is_main:
             self.run_folder.write(cfg, original_tokenizer, self.resume_from is not None)
         try:
