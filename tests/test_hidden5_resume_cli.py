@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def test_cli_run_resumes_on_another_layout(tmp_path, before, after):
 def test_a_sigkilled_two_process_run_resumes_in_one_with_plain_resume(tmp_path):
     """The user's path: the 2-process run is killed (SIGKILL to the whole launch) after a
     checkpoint; `train --resume` (no step) in one process picks the newest complete checkpoint,
-    says which, and every step of metrics.jsonl then equals the uninterrupted run's."""
+    says which, and every step of metrics.jsonl then equals the uninterrupted run's; the model
+    card says which steps ran on which hardware and engine (it named the last launch's alone)."""
     seed = random.randrange(1000)
     data = write_toy_jsonl(tmp_path / "data.jsonl", 30, seed=seed)
     reference = tmp_path / "reference"
@@ -137,6 +139,13 @@ def test_a_sigkilled_two_process_run_resumes_in_one_with_plain_resume(tmp_path):
 
     log = _train(1, _overrides(data, run, seed, SINGLE), resume="")
     assert "--resume: the newest complete checkpoint is" in log, log[-3000:]
+    (k,) = re.findall(r"newest complete checkpoint is \S+step-0*(\d+)", log)
+    card = (run / "final" / "README.md").read_text()
+    (hardware,) = re.findall(r"^\| hardware \| (.+) \|$", card, re.M)
+    (engine,) = re.findall(r"^\| engine \| (.+) \|$", card, re.M)
+    assert re.fullmatch(rf"steps 1-{k}: 2 x CPU.*; steps {int(k) + 1}-{STEPS}: 1 x CPU.*", hardware)
+    assert re.fullmatch(rf"steps 1-{k}: .*ZeRO-2.*; steps {int(k) + 1}-{STEPS}: single .*", engine)
+
     want, got = _by_step(reference), _by_step(run)
     assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):

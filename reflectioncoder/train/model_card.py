@@ -180,8 +180,7 @@ def _training(progress: dict[str, Any]) -> str:
         ("updates skipped (non-finite)", progress.get("skipped")),
         ("samples", totals.get("samples")),
         ("tokens", totals.get("tokens")),
-        ("hardware", progress.get("hardware")),
-        ("engine", progress.get("engine")),
+        *_layouts(progress.get("launches") or [], progress["step"]),
         ("training time (sum of step times)", None if seconds is None else f"{seconds:.1f} s"),
     ]
     if held := progress.get("last_validation"):
@@ -194,6 +193,25 @@ def _training(progress: dict[str, Any]) -> str:
         text += f"\n\nLosses at step {last['step']} (the last logged):\n\n"
         text += _table(losses, ("loss", "nats"))
     return text
+
+
+def _layouts(launches: list[dict[str, Any]], last_step: int) -> list[tuple[str, Any]]:
+    """The hardware and engine rows: one value, or each launch's steps when a resumed run
+    changed them (2 ranks under ZeRO-2, then one process)."""
+    if len({_layout(x) for x in launches}) <= 1:
+        last = launches[-1] if launches else {}
+        return [("hardware", last.get("hardware")), ("engine", last.get("engine"))]
+    runs = [x for i, x in enumerate(launches) if i == 0 or _layout(x) != _layout(launches[i - 1])]
+    ends = [x["first_step"] - 1 for x in runs[1:]] + [last_step]
+    spans = [f"steps {x['first_step']}-{end}" for x, end in zip(runs, ends, strict=True)]
+    return [
+        (key, "; ".join(f"{s}: {x[key]}" for s, x in zip(spans, runs, strict=True)))
+        for key in ("hardware", "engine")
+    ]
+
+
+def _layout(launch: dict[str, Any]) -> tuple[str, str]:
+    return launch["hardware"], launch["engine"]
 
 
 def _results(index: list[dict[str, Any]]) -> str:

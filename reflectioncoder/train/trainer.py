@@ -147,7 +147,9 @@ class Trainer:
         self.step = 0
         self.skips = SkippedSteps(cfg.train.max_skipped_steps, warn=self.info.is_main)
         self._changed_on_resume: list[str] = []  # config fields a --resume changed (rank 0)
+        self._earlier_launches: list[dict[str, Any]] = []  # the layouts of a resumed run's steps
         resumed_totals = self._resume_state()
+        self._launch_first_step = self.step + 1
         peak = cfg.logging.peak_tflops
         if peak is None and self.info.device.type == "cuda":
             peak = guess_peak_tflops(torch.cuda.get_device_name(self.info.device))
@@ -173,6 +175,8 @@ class Trainer:
             return None
         state = load_checkpoint(self.resume_from, self.engine, self.info)
         self.step, self.skips.total = int(state["step"]), int(state.get("skipped", 0))
+        earlier = state.get("launches") or []
+        self._earlier_launches = [x for x in earlier if x.get("first_step", 0) <= self.step]
         if self.info.is_main:  # a resume refused in its checks left the lock file as it was
             self.run_folder.announce()
             self._changed_on_resume = record_resumed_config(
@@ -345,11 +349,22 @@ class Trainer:
                 "plan_sha256": self.run_data.plan_sha256,
                 "totals": self.metrics.totals,
                 "threads": self.threads,  # a resume computes with as many
+                "launches": self.launches(),
             },
             self.cfg.checkpoint.keep_last,
             self.cfg.checkpoint.model_only,
             card=self.model_card(),
         )
+
+    def launches(self) -> list[dict[str, Any]]:
+        """Each launch's first step, hardware and engine: a run resumed on another layout was
+        trained on each in turn, and its card says so."""
+        this = {
+            "first_step": self._launch_first_step,
+            "hardware": model_card.hardware(self.info.device, self.info.world_size),
+            "engine": f"{self.engine.describe()}, {self.dtype}",
+        }
+        return [*self._earlier_launches, this]
 
     def model_card(self) -> str | None:
         """The run's model card at this step (rank 0; None on the others)."""
@@ -362,8 +377,7 @@ class Trainer:
             "totals": self.metrics.totals,
             "last_row": self.metrics.last_row,
             "last_validation": self.metrics.last_validation,
-            "hardware": model_card.hardware(self.info.device, self.info.world_size),
-            "engine": f"{self.engine.describe()}, {self.dtype}",
+            "launches": self.launches(),
         }
         return model_card.run_card(self.cfg, self.run_data.counts, progress, self.manifests)
 
