@@ -46,7 +46,7 @@ setup(
     package_data={"reflectioncoder.construct": ["*.jsonl", "*.json"]},
     # Versions shown to work together on CPU (TRITON_INTERPRET=1) and as a GPU stack.
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.11",  # reflectioncoder/torch_floor.py: the lowest checked
         "triton==3.9.0",
         "transformers>=5.0,<6",
         "tokenizers>=0.21",

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from reflectioncoder import __version__
 from reflectioncoder.errors import Terminated, UsageError, is_expected, one_line
 from reflectioncoder.progress import setup_output
+from reflectioncoder.torch_floor import unsupported_torch
 
 COMMANDS = {
     "train": ("reflectioncoder.train.cli", "train a model with the ReflectionCoder method"),
@@ -163,6 +164,10 @@ def _command_name(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    too_old = unsupported_torch()
+    if too_old is not None:
+        print(f"error: {too_old}", file=sys.stderr)
+        return 2
     # The `deepspeed` launcher puts --local_rank=N before the command; ranks read LOCAL_RANK.
     argv = [a for a in argv if not a.startswith("--local_rank=")]
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:

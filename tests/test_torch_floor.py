@@ -1,0 +1,31 @@
+"""An older torch than the lowest checked gets one clear line from the CLI, and setup.py's
+``torch>=`` names that same floor."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from reflectioncoder import cli, torch_floor
+
+
+def test_setup_py_names_the_checked_floor():
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    floor = re.search(r'"torch>=(\d+)\.(\d+)"', setup)
+    assert floor is not None
+    assert tuple(map(int, floor.groups())) == torch_floor.MIN_TORCH
+
+
+def test_versions_at_and_above_the_floor_pass():
+    assert torch_floor.unsupported_torch("2.11.0+cu130") is None
+    assert torch_floor.unsupported_torch("2.13.0") is None
+    assert torch_floor.unsupported_torch("3.0.0") is None
+    assert torch_floor.unsupported_torch() is None  # the installed one
+
+
+def test_an_older_torch_gets_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch_floor.metadata, "version", lambda name: "2.4.1+cu121")
+    assert cli.main(["--help"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: reflectioncoder needs torch>=2.11, found torch 2.4.1+cu121: "
+                   "pip install 'torch>=2.11'")  # fmt: skip
