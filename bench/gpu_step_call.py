@@ -69,8 +69,7 @@ CASES = {
     "trainer (defaults)": [],
     "autocast (fp32 weights)": ["model.mixed_precision=autocast"],
     "save_gemms": ["model.checkpointing_policy=save_gemms"],
-    # compiled under full checkpointing torch 2.11 (the lent GPUs') raised CheckpointError on
-    # the CPU: after the cases that should run there (bench/README.md)
+    # after the default's levers: the most valuable cases first (bench/README.md)
     "checkpointing full": ["model.checkpointing_policy=full"],
     "offload": ["model.checkpointing_policy=offload"],
     "mlp_rerun": ["model.checkpointing_policy=mlp_rerun"],

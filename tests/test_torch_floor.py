@@ -29,3 +29,15 @@ def test_an_older_torch_gets_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("error: reflectioncoder needs torch>=2.11, found torch 2.4.1+cu121: "
                    "pip install 'torch>=2.11'")  # fmt: skip
+
+
+def test_setup_py_admits_the_triton_the_floor_torch_ships_with():
+    """torch 2.11's wheels require triton 3.6.0: with setup.py's triton==3.9.0 a machine
+    carrying torch 2.11 could not install the project without pip replacing its torch."""
+    from packaging.requirements import Requirement
+
+    setup = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
+    (line,) = re.findall(r'"(triton[^"]*)"', setup)
+    triton = Requirement(line)
+    assert triton.specifier.contains("3.6.0"), line
+    assert triton.specifier.contains("3.9.0"), line  # the lock's
