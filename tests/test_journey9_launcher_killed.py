@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 pytest.importorskip("torch.distributed.run")
 
-from reflectioncoder.testing.toy_jsonl import write_toy_jsonl  # noqa: E402
+from reflectioncoder.testing.live_run import start_training_launch  # noqa: E402
 
 
 def _children(pid: int) -> list[int]:
@@ -42,20 +40,7 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.slow  # a real 2-rank launch, killed in its steps: about 30 s
 def test_the_ranks_end_when_the_launcher_is_killed(tmp_path):
-    write_toy_jsonl(tmp_path / "toy.jsonl", 2000, seed=0)
-    sets = {"data.files": f"[{tmp_path / 'toy.jsonl'}]", "model.tokenizer_vocab_size": 400,
-            "train.max_steps": 1000, "logging.report_to": "[none]",
-            "checkpoint.out_dir": tmp_path / "run"}  # fmt: skip
-    argv = [sys.executable, "-m", "reflectioncoder.launch", "--nproc_per_node", "2", "train",
-            "--preset", "tiny", "--no-progress"]  # fmt: skip
-    argv += [word for key, value in sets.items() for word in ("--set", f"{key}={value}")]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    lines = []
-    for line in proc.stderr:  # the ranks are training once the step plan is said
-        lines.append(line)
-        if "optimizer steps" in line:
-            break
+    proc, lines = start_training_launch(tmp_path, nproc=2)
     ranks = _children(proc.pid)
     assert len(ranks) == 2, "".join(lines)
     proc.kill()

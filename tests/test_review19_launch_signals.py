@@ -18,7 +18,7 @@ pytest.importorskip("torch.distributed.run")
 from torch.distributed.elastic.multiprocessing import SignalException  # noqa: E402
 
 from reflectioncoder import launch  # noqa: E402
-from reflectioncoder.testing.toy_jsonl import write_toy_jsonl  # noqa: E402
+from reflectioncoder.testing.live_run import start_training_launch  # noqa: E402
 
 
 @pytest.mark.parametrize(("sig", "code", "word"), [
@@ -34,20 +34,7 @@ def test_a_signal_to_the_agent_is_its_exit_status(monkeypatch, capsys, sig, code
 
 @pytest.mark.slow  # a real launch of a training run, stopped in its steps: about 20 s
 def test_sigterm_stops_a_real_launch_with_143(tmp_path):
-    write_toy_jsonl(tmp_path / "toy.jsonl", 2000, seed=0)
-    sets = {"data.files": f"[{tmp_path / 'toy.jsonl'}]", "model.tokenizer_vocab_size": 400,
-            "train.max_steps": 1000, "logging.report_to": "[none]",
-            "checkpoint.out_dir": tmp_path / "run"}  # fmt: skip
-    argv = [sys.executable, "-m", "reflectioncoder.launch", "--nproc_per_node", "1", "train",
-            "--preset", "tiny", "--no-progress"]  # fmt: skip
-    argv += [word for key, value in sets.items() for word in ("--set", f"{key}={value}")]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    lines = []
-    for line in proc.stderr:  # the ranks are training once the step plan is said
-        lines.append(line)
-        if "optimizer steps" in line:
-            break
+    proc, lines = start_training_launch(tmp_path)
     proc.send_signal(signal.SIGTERM)
     lines += proc.stderr.readlines()
     assert proc.wait(timeout=120) == 143, "".join(lines)

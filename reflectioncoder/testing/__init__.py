@@ -6,4 +6,7 @@
   objects directly (random content ids, no tokenizer), for packing and step benchmarks.
 - ``tiny_model``: a tiny random Llama and a tokenizer trained on a few texts, saved as a
   Hugging Face folder, for tests that hand ``--model`` a folder.
+- ``cli``: ``reflectioncoder train`` command lines as a user types them.
+- ``live_run``: a real tiny-preset launch started and read until its ranks train, for tests
+  that signal, kill or relaunch a run while it trains.
 """
