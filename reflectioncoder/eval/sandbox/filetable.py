@@ -13,7 +13,9 @@ on a 24 GiB machine, without systemd raising it), one run could fill it.
 ``FileTableGuard`` stops a run holding more than its share of the table (its processes'
 descriptors and mappings, counted from ``/proc``): ``1/SHARE``, less where more runs are
 under way in this process (their shares together stay under half the table, whatever the
-scorer's ``--parallel``; round 7: 64 runs at 1/64 each could fill it). It counts only while
+scorer's ``--parallel``; round 7: 64 runs at 1/64 each could fill it), and with the runs of
+every other scorer on the machine started by root counted too (their uid claims,
+``runuser.claims_held``; round 8: two scorers each gave their runs half). It counts only while
 the machine's whole count is past that share (no run can be over its share before), so it
 costs one read of ``/proc/sys/fs/file-nr`` per 50 ms tick on a machine where nothing holds
 many files. A count walks every mapping of every process (some 0.7 us each, 65,530 a
@@ -31,15 +33,30 @@ import ctypes
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 
-__all__ = ["SHARE", "FileTableGuard", "files_held", "run_guard", "table"]
+from reflectioncoder.eval.sandbox import runuser
+from reflectioncoder.eval.sandbox.teardown import marked_pids
+
+__all__ = ["SHARE", "FileTableGuard", "files_held", "machine_runs", "run_guard", "table"]
 
 SHARE = 64  # a run may hold 1/64 of the table: 38,000 slots of 2.4 million (an honest run
 # holds tens to a few hundred: its descriptors and the libraries it maps, 1 to 5 times each)
 _FILE_NR = "/proc/sys/fs/file-nr"  # allocated, free (always 0 since 2.6), max
 _LIVE: set[int] = set()  # ids of the guards of runs under way in this process
 _LIVE_LOCK = threading.Lock()
+_MACHINE = [-1.0, 0]  # when the machine's runs were last counted, and how many
+_MACHINE_AGE_S = 0.5  # counted again at most this often (one listdir)
+
+
+def machine_runs(max_age_s: float = _MACHINE_AGE_S) -> int:
+    """Runs under way on the machine in every scorer started by root (``runuser.CLAIMS``: each
+    holds a uid claim while under way), read at most every ``max_age_s``."""
+    with _LIVE_LOCK:
+        if time.monotonic() - _MACHINE[0] >= max_age_s:
+            _MACHINE[:] = [time.monotonic(), runuser.claims_held()]
+        return int(_MACHINE[1])
 
 
 def table() -> tuple[int, int] | None:
@@ -130,11 +147,12 @@ class FileTableGuard:
     @property
     def bound(self) -> int | None:
         """Files the run may hold: ``1/share`` of the table, and with more than ``share / 2``
-        runs under way in this process, half the table among them (never under 4096: an
-        honest run holds tens to a few hundred)."""
+        runs under way in this process or on the machine (every root scorer's), half the
+        table among them (never under 4096: an honest run holds tens to a few hundred)."""
         if self.maximum is None:
             return None
-        return max(self.maximum // max(self.share, 2 * len(_LIVE)), 4096)
+        runs = max(len(_LIVE), machine_runs())
+        return max(self.maximum // max(self.share, 2 * runs), 4096)
 
     def watching(self, inner: Callable[[], bool] | None) -> Callable[[], bool]:
         """A watchdog asking this guard, then ``inner`` (the caller's, or None)."""
@@ -158,11 +176,13 @@ class FileTableGuard:
 
 def run_guard(run) -> FileTableGuard:
     """The guard of a started ``process.PreparedRun``: its cgroup's processes, its CPU held
-    while counted; else its main process and those under it."""
+    while counted; else its main process and those under it, and those of its own uid or
+    marker wherever they lie (round 8: a double fork's orphan, reparented out of the tree,
+    held files no count saw)."""
     if run.cgroup is not None:
         return FileTableGuard(run.cgroup.pids, hold=run.cgroup.hold_cpu)
-    main = run.proc.pid
-    return FileTableGuard(lambda: descendants(main))
+    main, marker, uid = run.proc.pid, run.marker, run.run_uid
+    return FileTableGuard(lambda: dict.fromkeys([*descendants(main), *marked_pids(marker, uid)]))
 
 
 def descendants(pid: int) -> list[int]:

@@ -187,6 +187,7 @@ def isolation() -> Isolation:
 def _decide(wanted: str) -> Isolation:
     if os.geteuid() == 0:  # what the runs of a scorer killed before its cleanup left
         runuser.remove_stale_ipc_objects()
+        runuser.remove_stale_claims()  # each would shrink every run's share of open files
     if wanted == "bwrap" and not bwrap_works():
         raise UserError(
             f"bubblewrap cannot run here: {_why_no_bwrap()}", field="REFLECTIONCODER_SANDBOX=bwrap"

@@ -28,13 +28,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "CLAIMS",
     "RUN_UIDS",
     "WORLD_WRITABLE",
+    "claims_held",
     "needs_read_all",
     "new_run_uid",
     "own_run_dirs",
     "remove_ipc_objects",
     "remove_left_files",
+    "remove_stale_claims",
     "remove_stale_ipc_objects",
     "remove_tree",
     "release_run_uid",
@@ -107,6 +110,37 @@ def _claim(uid: int) -> tuple[bool, int | None]:
         pass  # another run holds it, or its file was released while we opened it
     os.close(fd)
     return False, None
+
+
+def claims_held() -> int:
+    """Runs under way on this machine, of every scorer started by root (the claims in
+    ``CLAIMS``; a claim a killed scorer left counts until ``remove_stale_claims``): 0 where
+    none can be read (a scorer that is not root)."""
+    try:
+        return len(os.listdir(CLAIMS))
+    except OSError:
+        return 0
+
+
+def remove_stale_claims() -> None:
+    """Remove the claims no run holds (their scorer was killed before its cleanup), so they
+    count in no ``claims_held``. A claim is removed under its lock: a run drawing that uid
+    meanwhile finds its file gone (``_claim``'s inode check) and draws again."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(CLAIMS):
+            path = f"{CLAIMS}/{name}"
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    os.unlink(path)
+            except OSError:
+                pass  # held: a run under way
+            finally:
+                os.close(fd)
 
 
 def release_run_uid(uid: int | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from reflectioncoder.eval.sandbox import runuser
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup
 
-__all__ = ["MARKER_ENV", "kill_all", "kill_tree", "remove_run"]
+__all__ = ["MARKER_ENV", "kill_all", "kill_tree", "marked_pids", "remove_run"]
 
 # In every run's environment (``process``), with the run's own marker: the sweep finds by it
 # the processes of a run that has no cgroup
@@ -68,18 +68,26 @@ def _sweep_marked(marker: str, uid: int | None) -> None:
     """Kill processes that carry this run's marker in their environment, or run as the run's
     own uid (fallback without a cgroup: catches children that left the process group with
     setsid; the uid also those that cleared their environment)."""
-    needle = f"{MARKER_ENV}={marker}".encode()
     for _ in range(20):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or not _is_the_runs(entry, needle, uid):
-                continue
-            found = True
+        found = marked_pids(marker, uid)
+        for pid in found:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
         if not found:
             return
         time.sleep(0.01)
+
+
+def marked_pids(marker: str, uid: int | None) -> list[int]:
+    """The processes of a run without a cgroup, wherever they lie in the process tree: those
+    running as its own ``uid`` (started by root: what it does cannot change that) and those
+    carrying its marker in their environment (a process that clears it is not found)."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and _is_the_runs(entry, needle, uid)
+    ]
 
 
 def _is_the_runs(pid: str, needle: bytes, uid: int | None) -> bool:
