@@ -20,9 +20,10 @@ target=GPUTarget("cuda", cap, 32))``; per kernel and target the report gives reg
 shared memory, and from ``cuobjdump -sass`` (bundled with Triton) the spill bytes (LDL/STL,
 as ptxas -v counts them), the tensor-core instruction shapes (HMMA / HGMMA with their n),
 async copies (LDGSTS, UTMALDG), fences (MEMBAR) and atomics (ATOM/ATOMG/RED) inside loops
-(the hot loops: the ranges closed by a backward branch). Exit status 1 when a kernel fails to compile, needs more shared memory per
-block than the card has (sm_80: 163 KiB, sm_90: 227 KiB), spills inside a loop (LDL/STL there),
-or has a fenced atomic (MEMBAR next to an atomic) inside a loop.
+(the hot loops: the ranges closed by a backward branch). Exit status 1 when a kernel fails to
+compile, needs more shared memory per block than the card has (sm_80: 163 KiB, sm_90: 227 KiB),
+spills inside a loop (LDL/STL there), or has a fenced atomic (MEMBAR next to an atomic) inside a
+loop.
 The interpreter must be off for ``triton.jit`` to build compilable functions: the module unsets
 TRITON_INTERPRET before anything imports the kernels.
 """
