@@ -8,10 +8,11 @@ This is also the one error boundary of every command: a user's mistake (``errors
 and the ``ValueError``/``OSError`` our loaders raise) is printed as one line
 ``reflectioncoder CMD: message`` and exits 1 (2 for a bad argument or config value); Ctrl-C
 prints ``interrupted`` and exits 130; a closed pipe (``... | head``) is no error. Under a
-launcher (torchrun, ``deepspeed``) a bad argument or config value is printed by each node's local
-rank 0 only, the other ranks exiting 2 quietly; other errors are printed by every rank that
-has them; under torchrun each rank's line also goes into the error file torchrun's report
-shows. ``--debug``
+launcher (torchrun, ``deepspeed``) a bad argument or config value, or a run folder that holds
+a run, is printed by each node's local rank 0 only, the other ranks exiting quietly; other
+errors are printed by every rank that has them; under torchrun each rank's line also goes into
+the error file torchrun's report shows, and under ``reflectioncoder.launch``, which prints
+that line itself, only there. ``--debug``
 (or ``REFLECTIONCODER_DEBUG=1``) shows the traceback instead.
 """
 
@@ -107,8 +108,8 @@ class Parser(argparse.ArgumentParser):
         else:
             hint = f"see {self.prog} --help"
         line = f"{self.prog}: {message} ({hint})"
-        _tell_launcher(line)
-        self.exit(2, None if _launched_rank() else f"{line}\n")  # the same on each rank
+        told = _tell_launcher(line)
+        self.exit(2, None if _quiet_rank(told, same_on_every_rank=True) else f"{line}\n")
 
 
 def _command_parser(name: str, module) -> Parser:
@@ -207,8 +208,9 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
             raise
         terminated = isinstance(err, Terminated)
         # Under a launcher every rank gets the signal (Ctrl-C reaches the terminal's whole
-        # process group; a launcher ends the others): local rank 0 says it for the node.
-        if not _launched_rank():
+        # process group; a launcher ends the others): local rank 0 says it for the node, and
+        # reflectioncoder.launch for them all.
+        if not _launched_rank() and not _under_our_launcher():
             print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
     except BrokenPipeError as err:
@@ -226,6 +228,7 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
 
 # What gloo and NCCL say in the other ranks when a rank exits mid-collective (its own error)
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
+PEER_GONE_LINE = "stopped: another rank failed"  # what such a rank says instead
 
 
 def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
@@ -233,18 +236,19 @@ def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
     if debug:
         raise err
     if _peer_gone(err):  # not this rank's error: the failed rank printed its own line
-        line = f"{prog}: stopped: another rank failed (its line is above, or in its node's output)"
-        _tell_launcher(line)
-        if not _launched_rank():  # a node's local rank 0: the failed rank was on another node
+        line = f"{prog}: {PEER_GONE_LINE} (its line is above, or in its node's output)"
+        told = _tell_launcher(line)
+        if not _quiet_rank(told, same_on_every_rank=True):  # the failed rank: another node's
             print(line, file=sys.stderr)
         return 1
     message, code = one_line(err)
     if not is_expected(err):
         message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
-    _tell_launcher(f"{prog}: {message}")
-    if code == 2 and is_expected(err) and _launched_rank():
-        return code  # a bad argument or config value, the same on each rank: rank 0 says it
-    print(f"{prog}: {message}", file=sys.stderr)
+    told = _tell_launcher(f"{prog}: {message}")
+    # a bad argument or config value, a run folder that holds a run: the same on each rank
+    same = is_expected(err) and (code == 2 or getattr(err, "same_on_every_rank", False))
+    if not _quiet_rank(told, same):
+        print(f"{prog}: {message}", file=sys.stderr)
     return code
 
 
@@ -301,20 +305,39 @@ def _launched_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0"
 
 
-def _tell_launcher(line: str) -> None:
+# Set by reflectioncoder.launch for its ranks: it prints the failed rank's line itself, once
+OUR_LAUNCHER_ENV = "REFLECTIONCODER_LAUNCH"
+
+
+def _under_our_launcher() -> bool:
+    """Whether this process is a rank that reflectioncoder.launch started."""
+    return os.environ.get(OUR_LAUNCHER_ENV) == "1" and "LOCAL_RANK" in os.environ
+
+
+def _quiet_rank(told: bool, same_on_every_rank: bool) -> bool:
+    """Whether this rank leaves its error line unprinted: reflectioncoder.launch says the line
+    it was ``told`` (one line for the launch, not one a rank and then the launcher's); under
+    another launcher a line ``same_on_every_rank`` is said by each node's local rank 0."""
+    if told and _under_our_launcher():
+        return True
+    return same_on_every_rank and _launched_rank()
+
+
+def _tell_launcher(line: str) -> bool:
     """Under torchrun, the error line into the file its agent reads for this rank
     ($TORCHELASTIC_ERROR_FILE, torch.distributed.elastic's format): its failure report
     (``ChildFailedError``) then ends with our line as the failure's ``traceback``, not a link
-    telling the user how to enable tracebacks."""
+    telling the user how to enable tracebacks. Whether the line was written there."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
-        return
+        return False
     report = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}
     try:
         with open(path, "w", encoding="utf-8") as file:
             json.dump(report, file)
     except OSError:  # the launcher's report is then its own: the line is printed all the same
-        pass
+        return False
+    return True
 
 
 def _quiet_closed_stdout() -> None:

@@ -5,7 +5,10 @@ torchrun itself ends a failed run with its own Python traceback (``raise ChildFa
 torchrun's code: it says that a rank failed, not where) and a report of every rank, after the
 rank's one-line error. Here the same launch (``torch.distributed.run``, the same options)
 ends with ``reflectioncoder launch: rank 0 of 2 failed (exit code 2): <the rank's line>`` and
-exits with that rank's code (torchrun exits 1 whatever it was)::
+exits with that rank's code (torchrun exits 1 whatever it was). The ranks leave their line to
+it (``cli.OUR_LAUNCHER_ENV``): the launch ends in that one line, not the rank's and then
+ours. A ``train`` whose rank 0 was killed outright (the OOM killer) has its MLflow run, left
+RUNNING, marked KILLED once the ranks have ended, and the line says so::
 
     python -m reflectioncoder.launch --nproc_per_node 8 train --config configs/paper.yaml
 """
@@ -13,17 +16,24 @@ exits with that rank's code (torchrun exits 1 whatever it was)::
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
-from reflectioncoder.cli import COMMANDS, guarded
+from reflectioncoder.cli import COMMANDS, OUR_LAUNCHER_ENV, PEER_GONE_LINE, guarded
 from reflectioncoder.errors import Terminated, UsageError
 
 PROG = "reflectioncoder launch"
 
-# torchrun's own lines that the one line replaces: the agent's "failed (exitcode: ...)" and its
-# note that torchrun has no error file of its own to copy the rank's into
-_SAID_BY_OUR_LINE = ("failed (exitcode", "no error file defined for parent")
+# torchrun's own lines that the one line replaces: the agent's "failed (exitcode: ...)", its
+# note that torchrun has no error file of its own to copy the rank's into, its ending the other
+# ranks once one failed, and the signal that stopped it (said "terminated", "interrupted")
+_SAID_BY_OUR_LINE = (
+    "failed (exitcode",
+    "no error file defined for parent",
+    "Sending process",
+    "Received %s death signal",
+)
 
 
 class _SaidByOurLine(logging.Filter):
@@ -55,34 +65,79 @@ def _launch(argv: list[str]) -> int:
     args.module, args.training_script = True, "reflectioncoder.cli"
     args.training_script_args = [command, *args.training_script_args]
     for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
-                 "torch.distributed.elastic.multiprocessing.errors.error_handler"):  # fmt: skip
+                 "torch.distributed.elastic.multiprocessing.errors.error_handler",
+                 "torch.distributed.elastic.agent.server.api"):  # fmt: skip
         logging.getLogger(name).addFilter(_SaidByOurLine())
+    os.environ[OUR_LAUNCHER_ENV] = "1"  # the ranks' environment: this process says their line
     try:
         run(args)
     except ChildFailedError as err:
-        print(f"{PROG}: {_failure_line(err, args.nproc_per_node)}", file=sys.stderr)
-        _, failure = err.get_first_failure()
+        rank, failure = _root_failure(err)
+        ended = _end_tracker_runs(command, args.training_script_args[1:])
+        print(f"{PROG}: {_failure_line(rank, failure, len(err.failures))}{ended}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as err:  # the agent's handler: Ctrl-C, scancel, docker stop
+        _end_tracker_runs(command, args.training_script_args[1:])
         raise KeyboardInterrupt if err.sigval == signal.SIGINT else Terminated from None
+    finally:
+        os.environ.pop(OUR_LAUNCHER_ENV, None)
     return 0
 
 
-def _failure_line(err, nproc_per_node: str) -> str:
-    """The first failed rank, its exit code (or signal) and what it said (its error file's
-    line, which our command line writes there, or torchrun's words for a signal)."""
-    rank, failure = err.get_first_failure()
-    message = failure.message
+def _said(failure) -> str:
+    """The line the rank wrote into its error file (cli._tell_launcher), or ""."""
+    message = failure.error_file_data.get("message", "")  # {"message": "<NONE>"}: no file
     if isinstance(message, dict):
         message = message.get("message", "")
+    return "" if message == "<NONE>" else " ".join(str(message).split())
+
+
+def _root_failure(err):
+    """(rank, failure) that says what went wrong: a rank's own error line first, then a rank
+    killed by a signal (the OOM killer), then one stopped because another failed, then the
+    rest (ended by the agent), each the earliest of its kind."""
+
+    def rank_of(item) -> tuple[int, int]:
+        _, failure = item
+        said = _said(failure)
+        if said and PEER_GONE_LINE not in said:
+            return 0, failure.timestamp
+        if failure.exitcode < 0:
+            return 1, failure.timestamp
+        return (2 if said else 3), failure.timestamp
+
+    return min(err.failures.items(), key=rank_of)
+
+
+def _failure_line(rank: int, failure, total: int) -> str:
+    """The failed rank, its exit code (or signal) and the line it said."""
     if failure.exitcode < 0:
         how = f"killed by {failure.signal_name()}"
     else:
         how = f"exit code {failure.exitcode}"
-    total = len(err.failures)
     others = f"; {total - 1} other rank(s) failed too" if total > 1 else ""
-    said = " ".join(str(message).split()) or "no error line (see its output above)"
-    return f"rank {rank} failed ({how}{others}): {said}"
+    said = _said(failure)
+    if said:
+        return f"rank {rank} failed ({how}{others}): {said}"
+    if failure.exitcode < 0:  # the signal is what there is to say
+        return f"rank {rank} failed ({how}{others})"
+    return f"rank {rank} failed ({how}{others}): no error line (see its output above)"
+
+
+def _end_tracker_runs(command: str, command_args: list[str]) -> str:
+    """Once a ``train`` launch's ranks have ended: its MLflow run, left RUNNING by a rank 0
+    killed outright, marked KILLED (``; its MLflow run ID ...``), or ""."""
+    if command != "train":
+        return ""
+    from reflectioncoder.train.cli import run_folder_of
+    from reflectioncoder.train.tracker_names import end_killed_launch
+
+    try:
+        out_dir = run_folder_of(command_args)
+    except Exception:  # noqa: BLE001 - a command line the ranks refused: they said why
+        return ""
+    run_id = end_killed_launch(out_dir)
+    return f"; its MLflow run {run_id}, left RUNNING, marked KILLED" if run_id else ""
 
 
 if __name__ == "__main__":

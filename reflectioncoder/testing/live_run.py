@@ -36,14 +36,19 @@ def read_until(stream: IO[str], marker: str) -> list[str]:
 
 
 def start_training_launch(
-    tmp_path: Path, nproc: int = 1, more_sets: Mapping[str, object] | None = None, **popen
+    tmp_path: Path,
+    nproc: int = 1,
+    more_sets: Mapping[str, object] | None = None,
+    flags: tuple[str, ...] = (),
+    **popen,
 ) -> tuple[subprocess.Popen, list[str]]:
     """Start ``python -m reflectioncoder.launch --nproc_per_node NPROC train --preset tiny`` on
-    :func:`long_run_sets` (updated by ``more_sets``) and return once its ranks train: the
-    process (stderr a text pipe, still open) and the stderr lines read so far (all of them if
-    it ended first). ``popen`` goes to ``subprocess.Popen`` (``start_new_session``, say)."""
+    :func:`long_run_sets` (updated by ``more_sets``; ``flags``: more of train's, ``--resume``)
+    and return once its ranks train: the process (stderr a text pipe, still open) and the
+    stderr lines read so far (all of them if it ended first). ``popen`` goes to
+    ``subprocess.Popen`` (``start_new_session``, say)."""
     sets = {**long_run_sets(tmp_path), **(more_sets or {})}
-    argv = [*LAUNCH, "--nproc_per_node", str(nproc), *train_argv(sets, "--no-progress")]
+    argv = [*LAUNCH, "--nproc_per_node", str(nproc), *train_argv(sets, "--no-progress", *flags)]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)  # fmt: skip
     return proc, read_until(proc.stderr, STEP_PLAN)

@@ -80,6 +80,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_folder_of(argv: list[str]) -> Path:
+    """The run folder (``checkpoint.out_dir``) a ``train`` command line trains in, as its
+    ranks read it (for the launcher, once they have ended)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    cfg = load_launch_config(args.config, args.overrides, base=args.preset)
+    return Path(cfg.checkpoint.out_dir)
+
+
 def done_line(summary: dict, cfg: RunConfig) -> str:
     """The run's last log line: how far it got, its last loss, where the model is."""
     out = Path(summary["out_dir"])

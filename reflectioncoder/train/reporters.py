@@ -29,7 +29,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reflectioncoder.errors import UserError, atomic_write_text
-from reflectioncoder.train.tracker_names import end_abandoned_mlflow_run, ending_status, run_name
+from reflectioncoder.train.tracker_names import (
+    end_abandoned_mlflow_run,
+    ending_status,
+    mlflow_client,
+    run_name,
+)
 
 log = logging.getLogger("reflectioncoder.train")
 
@@ -161,16 +166,10 @@ class MlflowReporter:
         """``run_id``: the run to continue (None: a new one); ``earlier_id``: the run an
         earlier launch of this run folder started (marked KILLED if left RUNNING and not
         continued)."""
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if uri is None:
-            # MLflow 3 refuses its file store unless asked for it: asking is the offline mode.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = (out_dir / "mlruns").resolve().as_uri()
         from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
 
         self._metric = Metric
-        self.client = MlflowClient(uri)
+        self.client = mlflow_client(out_dir)
         project = os.environ.get("MLFLOW_EXPERIMENT_NAME", project)  # as HF Trainer reads it
         experiment = self.client.get_experiment_by_name(project)
         experiment_id = (

@@ -29,6 +29,8 @@ LOCK_FILE = ".lock"  # held by the run training in the folder (lock_run_folder)
 class RunFolderError(UserError):
     """A fresh run was launched into a folder that holds a run."""
 
+    same_on_every_rank = True  # every rank checks the folder: one line a node (cli)
+
 
 def run_markers(out_dir: str | Path) -> list[str]:
     """What in ``out_dir`` is a run's work (RUN_MARKERS): its checkpoints (a torn save too),

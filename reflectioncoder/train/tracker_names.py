@@ -10,7 +10,11 @@ else the folder's name), and the log says so."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,20 +95,58 @@ def ending_status() -> str:
     return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
-def end_abandoned_mlflow_run(client: Any, run_id: str | None, continued_id: str | None) -> None:
+def mlflow_client(out_dir: Path) -> Any:
+    """The MLflow client of a run folder's runs: $MLFLOW_TRACKING_URI, else OUT/mlruns."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        # MLflow 3 refuses its file store unless asked for it: asking is the offline mode.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (out_dir / "mlruns").resolve().as_uri()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def end_abandoned_mlflow_run(client: Any, run_id: str | None, continued_id: str | None) -> bool:
     """An earlier launch's MLflow run that this launch does not continue (a ``--resume`` with
     no checkpoint yet, a resume that starts new runs, ``--overwrite``), left RUNNING by a kill,
-    marked KILLED: it would stay RUNNING forever."""
+    marked KILLED: it would stay RUNNING forever. Whether it was."""
     if not run_id or run_id == continued_id:
-        return
+        return False
     from mlflow.exceptions import MlflowException
 
     try:
         info = client.get_run(run_id).info
         if info.status != "RUNNING":
-            return
+            return False
         client.set_terminated(run_id, status="KILLED")
     except MlflowException:  # another store (MLFLOW_TRACKING_URI changed), or deleted
-        return
+        return False
     log.info("mlflow: the earlier launch's run %s was left RUNNING (killed): marked KILLED",
              run_id)  # fmt: skip
+    return True
+
+
+def end_killed_launch(out_dir: Path) -> str | None:
+    """After a launch whose ranks have all ended: the run folder's MLflow run, left RUNNING by
+    a rank 0 killed outright (the OOM killer, ``kill -9``), marked KILLED now rather than by
+    the next launch; its id (None: none was left RUNNING). Only while no launch trains in the
+    folder (its lock, OUT/.lock, is free): a second launch refused there leaves the first
+    one's run alone. A ``--resume`` continues the run as before (RUNNING again)."""
+    try:
+        ids = json.loads((out_dir / "tracker_runs.json").read_text(encoding="utf-8"))
+        lock = (out_dir / ".lock").open("r")  # run_folder.LOCK_FILE; never made here
+    except (OSError, ValueError):  # no tracker runs recorded, or no run started here
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a launch holds the folder: its run is alive
+            return None
+        run_id = ids.get("mlflow") if isinstance(ids, dict) else None
+        if not isinstance(run_id, str):
+            return None
+        with contextlib.suppress(ImportError):  # mlflow uninstalled since
+            if end_abandoned_mlflow_run(mlflow_client(out_dir), run_id, None):
+                return run_id
+    return None
