@@ -32,7 +32,9 @@ from reflectioncoder.errors import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", help="jsonl file(s) (SPEC §1)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (local)")
-    parser.add_argument("--step", type=int, default=0, help="optimizer step (from 0)")
+    parser.add_argument(
+        "--step", type=int, default=0, help="optimizer step (from 0, below --total-steps)"
+    )
     parser.add_argument("--total-steps", type=int, default=1, help="optimizer steps of the run")
     parser.add_argument("--seed", type=int, default=3407, help="the run's seed")
     parser.add_argument(
@@ -151,6 +153,12 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--step: expected a step >= 0, got {args.step}")
         if args.total_steps < 1:  # the mask rate is (step + 1) / total_steps
             raise ValueError(f"--total-steps: expected a number >= 1, got {args.total_steps}")
+        if args.step >= args.total_steps:  # a mask rate over 1: a step no run of N steps has
+            raise ValueError(
+                f"--step: step {args.step} is past the run's {args.total_steps} step(s) "
+                f"(--total-steps {args.total_steps}: steps 0-{args.total_steps - 1}); "
+                "give the run's --total-steps"
+            )
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit: expected a number >= 1, got {args.limit}")
     except ValueError as e:
