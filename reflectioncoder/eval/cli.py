@@ -8,6 +8,11 @@ examples:
 
 Generated samples go beside --json (RESULT.samples.jsonl), to --save-samples, or into the run
 folder of a trained model (RUN/eval/, with the result); never silently into the current folder.
+
+exit status: 0 scored; 1 a file or folder given cannot be used (one line names it); 2 a bad
+argument; 3 nothing scored because the toolchain of the MultiPL-E language(s) asked for is not
+installed here (`reflectioncoder eval-setup` installs it), so a script scoring many languages
+can tell "skipped" from a failure; 130 interrupted.
 """
 
 from __future__ import annotations

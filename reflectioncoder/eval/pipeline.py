@@ -26,10 +26,12 @@ from reflectioncoder.eval.summary import print_table, summarise
 from reflectioncoder.progress import Progress
 
 TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
+NO_TOOLCHAIN = 3  # the exit status of "skipped: its toolchain is not installed here"
 
 
 def evaluate(req: EvalRequest) -> int:
-    """Run the request: 0 when scored, 3 when the language's toolchain is missing here."""
+    """Run the request: 0 when scored, NO_TOOLCHAIN when the toolchain of every language it
+    asks for is missing here."""
     t0 = time.monotonic()
     if req.task == "multiple":
         return _evaluate_multiple_all(req, t0)
@@ -42,7 +44,7 @@ def evaluate(req: EvalRequest) -> int:
         problem = ml.toolchain_problem(lang)
         if problem:
             print(f"reflectioncoder evaluate: {problem}", file=sys.stderr)
-            return 3
+            return NO_TOOLCHAIN
         tasks = tk.load_multiple(req.data_dir, lang)
     elif task == "humaneval":
         tasks = tk.load_humaneval_plus(req.data_dir)
@@ -102,6 +104,11 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
     wanted = _multiple_languages(req, rows)
     unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
     unavailable = {lang: why for lang, why in unavailable.items() if why}
+    if wanted and len(unavailable) == len(wanted):  # skipped, as --task multiple-LANG is
+        reasons = "; ".join(unavailable.values())
+        print(f"reflectioncoder evaluate: no MultiPL-E language asked for runs here ({reasons}); "
+              "see eval-setup", file=sys.stderr)  # fmt: skip
+        return NO_TOOLCHAIN
     out = req.samples_out() if rows is None else None  # before generating: fail fast
     level = isolation()
     result = {"scores": {}, "isolation": level.name, "details": {}}
@@ -123,8 +130,8 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
         if journal is not None:
             journal.write_samples(generated)
     if not result["scores"]:
-        reasons = "; ".join(unavailable.values()) or "no language given"
-        raise UserError(f"no MultiPL-E language runs here ({reasons}); see eval-setup")
+        where = "the samples name none" if rows is not None else f"no data in {req.data_dir}"
+        raise UserError(f"no MultiPL-E language to score ({where})")
     result["unavailable"] = unavailable
     code = _report(req, result, level, generation, t0)
     if journal is not None:
