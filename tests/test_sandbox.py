@@ -181,9 +181,9 @@ def test_a_big_scorer_starts_children_through_a_fresh_interpreter(level, monkeyp
     from concurrent.futures import ThreadPoolExecutor
 
     from reflectioncoder.errors import ctrl_c_to_main_thread
-    from reflectioncoder.eval.sandbox import process
+    from reflectioncoder.eval.sandbox import spawn
 
-    monkeypatch.setattr(process, "_FORK_RSS", 0)
+    monkeypatch.setattr(spawn, "_FORK_RSS", 0)
     started: list[list[str]] = []
     real_popen = subprocess.Popen
 

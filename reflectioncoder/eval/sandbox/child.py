@@ -2,7 +2,7 @@
 its default, the run's cgroup entered, first in line for the OOM killer, death with the
 scorer, the per-process limits, and (the fallback level) the seccomp filter. Standard library only.
 
-It runs either in the forked child (``process._preexec``, when the scorer is small) or as a
+It runs either in the forked child (``spawn.preexec``, when the scorer is small) or as a
 script in a fresh interpreter that then execs the command (``python -I -S child.py CONFIG --
 argv...``), when the scorer holds so much memory (MBPP+'s expected outputs: 1.7 GB) that a fork
 copying its page tables costs more than starting Python (146 ms against about 15 ms, measured).

@@ -182,7 +182,9 @@ def run_guard(run) -> FileTableGuard:
     if run.cgroup is not None:
         return FileTableGuard(run.cgroup.pids, hold=run.cgroup.hold_cpu)
     main, marker, uid = run.proc.pid, run.marker, run.run_uid
-    return FileTableGuard(lambda: dict.fromkeys([*descendants(main), *marked_pids(marker, uid)]))
+    return FileTableGuard(
+        lambda: list(dict.fromkeys([*descendants(main), *marked_pids(marker, uid)]))
+    )
 
 
 def descendants(pid: int) -> list[int]:

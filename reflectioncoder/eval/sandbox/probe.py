@@ -160,7 +160,8 @@ def _core_socket_gap() -> str:
 def _strict_commit_gap() -> str:
     """Strict overcommit (``vm.overcommit_memory`` 2): the machine's commit limit is one count,
     charged at each writable private mapping whether or not a page is touched; no cgroup bounds
-    it, and a run's processes may each commit their address-space limit (round 7)."""
+    it. Round 7: a run's processes could each commit their address-space limit; round 8: a
+    run is stopped past its memory limit (``commitguard``), and what is left is named."""
     try:
         mode = Path(OVERCOMMIT).read_text().strip()
     except OSError:
@@ -168,9 +169,10 @@ def _strict_commit_gap() -> str:
     if mode != "2":
         return ""
     return (
-        "strict overcommit (vm.overcommit_memory 2): a run may commit up to its processes "
-        "times its memory limit of the machine's one commit limit without using a page, "
-        "failing other processes' allocations (the scorer's, a sibling sample's) while it runs"
+        "strict overcommit (vm.overcommit_memory 2): a run may commit up to its memory limit "
+        "of the machine's one commit limit without using a page (stopped past it, within a "
+        "50 ms look), and the runs under way the sum of their limits, failing other "
+        "processes' allocations (the scorer's, a sibling sample's) while they run"
     )
 
 

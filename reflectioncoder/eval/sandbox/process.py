@@ -7,7 +7,6 @@ the fallback's), the child's set-up between fork and exec (cgroup, rlimits, secc
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -19,10 +18,19 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import bwrap, child, filetable, guards, landlock, runuser
+from reflectioncoder.eval.sandbox import (
+    bwrap,
+    child,
+    commitguard,
+    filetable,
+    guards,
+    landlock,
+    runuser,
+    spawn,
+)
 from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
 from reflectioncoder.eval.sandbox.diskguard import fallback_guard
@@ -34,82 +42,9 @@ from reflectioncoder.eval.sandbox.records import (
     ExecResult,
     Limits,
 )
-from reflectioncoder.eval.sandbox.teardown import MARKER_ENV, kill_all, kill_tree, remove_run
+from reflectioncoder.eval.sandbox.teardown import kill_all, kill_tree, remove_run
 
 __all__ = ["PreparedRun", "run_sandboxed"]
-
-# Resident memory above which a child is started through ``child.py`` in a fresh interpreter
-# (vfork + exec: no page tables copied) instead of a fork running ``child.apply`` (measured:
-# fork + exec of /bin/true from a 1.7 GB scorer 146 ms, from a 55 MB one about 20 ms).
-_FORK_RSS = 256 << 20
-_CHILD_SCRIPT = str(Path(__file__).with_name("child.py"))
-
-
-@contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """Hold SIGINT in this thread while forking a sandboxed child. The child runs Python's
-    after-fork hooks before ``setsid`` takes it out of the terminal's process group; a Ctrl-C
-    landing there raised KeyboardInterrupt inside ``threading._after_fork`` and printed a
-    traceback on the user's terminal (1 run in 8 of tests/test_cli_errors.py's Ctrl-C test).
-    The child drops a held SIGINT and unblocks it once in its own session (``_preexec``)."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def _child_config(
-    limits: Limits,
-    cpu_s: float,
-    procs: list[str],
-    seccomp: bytes | None,
-    user: tuple[int | None, bool],
-    drop: bool,
-    files: tuple[list[str], list[str]] | None,
-) -> dict:
-    """What ``child.apply`` sets up (plain data: it may travel as a command-line argument).
-    ``user``: (the run's own uid, keep CAP_DAC_READ_SEARCH), uid None where it has none;
-    ``drop``: the child drops to it (else setpriv does, in the box); ``files``: what
-    Landlock lets the run read and change (None: no Landlock)."""
-    uid, read_all = user
-    if uid is not None:  # its own uid: RLIMIT_NPROC counts this run's processes alone
-        nproc = limits.max_processes + 8
-    else:  # root ignores RLIMIT_NPROC (the cgroup covers that case); the limit counts ALL of
-        # the user's processes and threads, hence the headroom
-        nproc = None if os.geteuid() == 0 else limits.max_processes + 1024
-    return {
-        "cgroup_procs": procs,
-        "memory": limits.memory_mb << 20,
-        "cpu": int(cpu_s) + 1,  # per process; the cgroup's CPU clock is the real limit
-        "file_size": limits.file_size_mb << 20,
-        "open_files": limits.open_files,
-        "nproc": nproc,
-        "uid": uid if drop else None,
-        "read_all": int(read_all and drop),
-        "fs_read": None if files is None else files[0],
-        "fs_write": None if files is None else files[1],
-        "seccomp": None if seccomp is None else seccomp.hex(),
-    }
-
-
-def _preexec(config: dict):
-    """Runs in the forked child between fork and exec: ``child.apply``."""
-    lib = child.libc()
-
-    def apply() -> None:
-        child.apply(config, lib, guards.install_seccomp, landlock.restrict_files)
-
-    return apply
-
-
-def _big_scorer() -> bool:
-    """Whether this process is so big that forking it costs more than starting Python."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > _FORK_RSS
-    except (OSError, ValueError, IndexError):
-        return False
 
 
 class PreparedRun:
@@ -159,7 +94,7 @@ class PreparedRun:
         src.mkdir(mode=0o755)
         work.mkdir()
         src.chmod(0o755)  # read by the box's unprivileged uid, whatever the umask
-        _write_files(src, files or {})
+        spawn.write_files(src, files or {})
         use_bwrap = self.isolation.bwrap
         user = self._run_user(argv, src, work, ro_binds, pass_fds)
         self.run_uid = user[0]
@@ -171,7 +106,7 @@ class PreparedRun:
             cmd[0] = os.path.normpath(cmd[0])
         self.marker = uuid.uuid4().hex
         tmp = "/tmp" if use_bwrap else box_work
-        child_env = _child_env(box_work, tmp, self.marker, env, bwrap.box_path(ro_binds))
+        child_env = spawn.child_env(box_work, tmp, self.marker, env, bwrap.box_path(ro_binds))
         seccomp_fd = bwrap.box_seccomp_fd() if use_bwrap else None
         # the fallback installs the box's filter itself, between fork and exec
         seccomp = None if use_bwrap else guards.seccomp_filter(os.uname().machine, None)
@@ -189,21 +124,23 @@ class PreparedRun:
                     [*bwrap.readable_paths(ro_binds), str(src)],
                     [str(work), *landlock.DEVICES],
                 )
-            config = _child_config(limits, self.cpu_s, procs, seccomp, user, not use_bwrap, files)
+            config = spawn.child_config(
+                limits, self.cpu_s, procs, seccomp, user, not use_bwrap, files
+            )
             preexec = None
-            if _big_scorer():  # vfork + exec of a fresh interpreter that sets up, then execs
+            if spawn.big_scorer():  # vfork + exec of a fresh interpreter that sets up, then execs
                 cmd = [
                     sys.executable,
                     "-I",
                     "-S",
                     "-B",
-                    _CHILD_SCRIPT,
+                    spawn.CHILD_SCRIPT,
                     *child.to_argv(config),
                     "--",
                 ] + cmd
             else:
-                preexec = _preexec(config)
-            with _ctrl_c_held():  # until the child is in its own session (child.apply)
+                preexec = spawn.preexec(config)
+            with spawn.ctrl_c_held():  # until the child is in its own session (child.apply)
                 self.proc = subprocess.Popen(
                     cmd,
                     stdin=subprocess.PIPE,
@@ -282,7 +219,8 @@ class PreparedRun:
             idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
         disk, watch, on_exit = self._fallback_watch(watchdog or idle)
         files = filetable.run_guard(self)  # its share of the machine's open files, any level
-        watch = files.watching(watch)
+        commit = commitguard.run_guard(self, files.pids)  # strict overcommit: its memory limit
+        watch = commit.watching(files.watching(watch))
         try:
             stop = Pump(
                 self.proc,
@@ -301,6 +239,8 @@ class PreparedRun:
                 stop = "disk"
             if files.fired:
                 stop = "files"
+            if commit.fired:
+                stop = "commit"
             cpu_now = self.cpu_time_s()
             cpu_used = None if cpu0 is None or cpu_now is None else cpu_now - cpu0
             oom_kills = self.cgroup.oom_kills() if self.cgroup is not None else 0
@@ -344,7 +284,7 @@ class PreparedRun:
             sig = status - 128
         if sig is None:
             return Ending("exit", status)
-        hard_cpu = int(self.cpu_s) + 2  # _preexec's hard RLIMIT_CPU
+        hard_cpu = int(self.cpu_s) + 2  # child.apply's hard RLIMIT_CPU
         if sig == signal.SIGXCPU or (
             sig == signal.SIGKILL and cpu is not None and cpu >= hard_cpu - 0.05
         ):
@@ -416,32 +356,3 @@ def run_sandboxed(
     return prepared.run(
         stdin, timeout_s=timeout_s, output_limit=output_limit, on_stdout_line=on_stdout_line
     )
-
-
-def _write_files(src: Path, files: dict[str, str | bytes]) -> None:
-    """The run's files, readable by the box's unprivileged uid; plain names only."""
-    for name, content in files.items():
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"files: {name!r} must be a plain file name")
-        data = content.encode() if isinstance(content, str) else content
-        (src / name).write_bytes(data)
-        (src / name).chmod(0o644)
-
-
-def _child_env(
-    home: str, tmp: str, marker: str, extra: dict[str, str] | None, path: str
-) -> dict[str, str]:
-    """The whole environment of the run (nothing of ours leaks in: ``path`` is the box's
-    fixed PATH, ``bwrap.box_path``), ``extra`` last."""
-    child_env = {
-        "PATH": path,
-        "LANG": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONHASHSEED": "0",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "TMPDIR": tmp,
-        "HOME": home,
-        MARKER_ENV: marker,
-    }
-    child_env.update(extra or {})
-    return child_env

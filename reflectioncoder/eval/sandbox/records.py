@@ -49,7 +49,9 @@ class Ending:
     ``cpu`` or ``wall``: the run's limit, or the per-process CPU limit the kernel enforces),
     ``memory`` (killed by the run's memory limit), ``output`` (over the cap), ``disk`` (the
     fallback: more files on the host's disk than ``Limits.tmp_mb``), ``files`` (more open
-    files than its share of the machine's table, ``filetable``) or ``stopped``
+    files than its share of the machine's table, ``filetable``), ``commit`` (more memory
+    committed than its memory limit, on a host in strict overcommit: ``commitguard``) or
+    ``stopped``
     (the caller's judge had its verdict)."""
 
     kind: str
@@ -76,6 +78,8 @@ class Ending:
             return "over its disk limit (the files it keeps)"
         if self.kind == "files":
             return "over its share of the machine's open-file table"
+        if self.kind == "commit":
+            return "over its memory limit in memory committed (strict overcommit)"
         return "stopped at its verdict"
 
 
