@@ -48,7 +48,8 @@ fallback's file rules),
 ``process`` and ``pump`` (start, I/O), ``diskguard`` (the fallback's bound on the files a run
 keeps on the host's disk), ``filetable`` (a run's share of the machine's open-file
 table, every level), ``commitguard`` (a run's commit bound on a host in strict overcommit),
-``spawn`` (the child's settings, environment and files), ``admission`` (runs' memory limits within the scorer cgroup's),
+``spawn`` (the child's settings, environment and files), ``admission`` (runs' memory
+limits within the scorer cgroup's),
 ``teardown`` (the kill at the verdict, the clean-up),
 ``records`` (``Limits``, ``ExecResult``), ``launcher`` (Python in the box), ``result_decode``
 (the scorer's bounded reading of result lines); shipped into the box as files: ``codec`` (the
