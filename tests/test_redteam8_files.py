@@ -81,7 +81,7 @@ def test_a_killed_scorers_claims_go_at_the_next_start(claims):
     held = set(os.listdir(claims))
     killed = _other_scorer(claims, 2)
     killed.kill()
-    killed.wait()
+    killed.communicate()  # its pipes closed now, not at some later collection
     try:
         assert filetable.machine_runs(0) == 5
         runuser.remove_stale_claims()
