@@ -31,7 +31,9 @@ atomics / ATOMIC_RATE) + LAUNCH_S. The assumptions, stated once for every schedu
 - LAUNCH_S = 5 us per kernel launch;
 - ATOMIC_RATE: fenced fp32 atomic adds resolved at L2 (4e11/s on H100/H200, 2.5e11/s on A100).
   No public figure calibrates it; it matters only for the old atomic kernel.
-- peak and bandwidth are the vendors' dense figures (CARDS).
+- peak and bandwidth are the vendors' dense figures (CARDS); bf16 and fp16 GEMMs run on the
+  tensor cores, fp32 GEMMs on the CUDA cores at the card's FP32 peak (PyTorch's fp32 matmul
+  leaves TF32 off, and so does the project): --dtype fp32 at the bf16 rate was 10x too fast.
 Calibration (``--calibrate``; bench/RESULTS.md): the same model applied to published runs of
 others, with their shapes and schedules, against their published times (CALIBRATION, with the
 sources). Useful FLOPs are 6 N D V (an unfused forward + backward); pct_of_peak is useful FLOPs
@@ -62,12 +64,21 @@ class Card:
     hbm_tbs: float  # HBM bandwidth, TB/s
     sms: int
     atomic_rate: float  # fenced fp32 atomic adds per second at L2 (assumed)
+    fp32_tflops: float | None = None  # dense FP32 peak without tensor cores (TF32 off)
+
+    def peak_tflops(self, dtype: str) -> float:
+        """The dense peak a GEMM in ``dtype`` runs against."""
+        if dtype != "fp32":
+            return self.bf16_tflops
+        if self.fp32_tflops is None:
+            raise ValueError(f"roofline: no FP32 peak for {self.name}")
+        return self.fp32_tflops
 
 
 CARDS = {
-    "H100": Card("H100", 989.0, 3.35, 132, 4e11),  # SXM5 80 GB
-    "H200": Card("H200", 989.0, 4.8, 132, 4e11),  # SXM 141 GB
-    "A100": Card("A100", 312.0, 2.039, 108, 2.5e11),  # SXM4 80 GB
+    "H100": Card("H100", 989.0, 3.35, 132, 4e11, 67.0),  # SXM5 80 GB
+    "H200": Card("H200", 989.0, 4.8, 132, 4e11, 67.0),  # SXM 141 GB
+    "A100": Card("A100", 312.0, 2.039, 108, 2.5e11, 19.5),  # SXM4 80 GB
 }
 
 
@@ -81,9 +92,9 @@ class Kernel:
     count: int = 1  # launches of this kernel
     tc_eff: float = TC_EFF  # the share of the tensor-core peak its FLOPs run at
 
-    def seconds(self, card: Card) -> float:
+    def seconds(self, card: Card, dtype: str = "bf16") -> float:
         return self.count * LAUNCH_S + max(
-            self.flops / (card.bf16_tflops * 1e12 * self.tc_eff),
+            self.flops / (card.peak_tflops(dtype) * 1e12 * self.tc_eff),
             self.hbm / (card.hbm_tbs * 1e12 * BW_EFF),
             self.atomics / card.atomic_rate,
         )
@@ -438,21 +449,21 @@ class Row:
     gemm_eff_for_75pct: float | None  # what every GEMM would need for 75% of peak (None: > 1)
 
 
-def gemm_eff_for(sched: Schedule, card: Card, useful: float, pct: float = 75.0) -> float:
+def gemm_eff_for(sched: Schedule, card: Card, useful: float, dtype: str, pct=75.0) -> float:
     """The one tensor-core efficiency that, given to every kernel with FLOPs, brings ``sched``
     to ``pct`` % of the peak (bisection); None where even the whole peak would not."""
     lo, hi = 0.01, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
         at = [Kernel(k.name, k.flops, k.hbm, k.l2, k.atomics, k.count, mid) for k in sched.kernels]
-        seconds = sum(k.seconds(card) for k in at)
+        seconds = sum(k.seconds(card, dtype) for k in at)
         lo, hi = (mid, hi) if useful / seconds < pct / 100 * card.bf16_tflops * 1e12 else (lo, mid)
     return None if hi > 0.999 else hi
 
 
 def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False, passes=3) -> Row:
     """``passes``: useful GEMMs of 2 N D V FLOPs (3: forward + backward; 1: the loss alone)."""
-    seconds = sum(k.seconds(card) for k in sched.kernels)
+    seconds = sum(k.seconds(card, dtype) for k in sched.kernels)
     useful = passes * 2.0 * n * d * v
     return Row(
         schedule=name,
@@ -472,7 +483,7 @@ def evaluate(name, sched: Schedule, card: Card, n, d, v, dtype, default=False, p
         kernel_launches=sum(k.count for k in sched.kernels),
         predicted_ms=seconds * 1e3,
         pct_of_peak=100.0 * useful / seconds / (card.bf16_tflops * 1e12),
-        gemm_eff_for_75pct=gemm_eff_for(sched, card, useful),
+        gemm_eff_for_75pct=gemm_eff_for(sched, card, useful, dtype),
     )
 
 
