@@ -33,9 +33,14 @@ class Sample:
     whole: bool = False
 
 
+def _text_field(row: Mapping, solutions: bool) -> str:
+    """The field holding a row's program text: ``"solution"`` wins when ``solutions``."""
+    return "solution" if solutions and "solution" in row else "completion"
+
+
 def _text_problem(row: Mapping, solutions: bool) -> str | None:
-    """What is wrong with a row's program text (``"solution"`` counts when ``solutions``)."""
-    got = row.get("solution") if solutions and "solution" in row else row.get("completion")
+    """What is wrong with a row's program text (in ``_text_field``)."""
+    got = row.get(_text_field(row, solutions))
     if not isinstance(got, str):
         return f"expected a string, got {json.dumps(got)}"
     return lone_surrogate(got)  # a compiled language's source file cannot hold one
@@ -70,7 +75,7 @@ def read_samples(
             )
         problem = _text_problem(row, solutions)
         if problem:
-            raise UserError(problem, file=path, line=n, field="completion")
+            raise UserError(problem, file=path, line=n, field=_text_field(row, solutions))
         if tasks is not None and tasks[1].startswith("multiple-") and "language" in row:
             _check_own_language(row["language"], tasks[1], path, n)
         rows.append(row)
@@ -122,9 +127,9 @@ def number_samples(
             raise ValueError(f"samples:{n}:task_id: {tid!r} is not a task of this benchmark")
         problem = _text_problem(s, solutions)
         if problem:
-            raise ValueError(f"samples:{n}:completion: {problem}")
-        whole = solutions and "solution" in s
-        out.append(Sample(tid, counts[tid], s["solution" if whole else "completion"], whole))
+            raise ValueError(f"samples:{n}:{_text_field(s, solutions)}: {problem}")
+        field = _text_field(s, solutions)
+        out.append(Sample(tid, counts[tid], s[field], field == "solution"))
         counts[tid] += 1
     return out
 
