@@ -7,24 +7,23 @@ Maths (docs/kernel-math.md). Rows r: h_r (D), z_r = W h_r (V), p_r = softmax(z_r
 
 GPU schedule (fused_loss_schedule.py has the layout): chunks of slots that keep each teacher and
 student together, each run as two halves; per half a cuBLAS GEMM to (R / 2, V) logits in the
-input dtype, ONE Triton row kernel (below) on a side stream that reads each logit row once for
-lse, CE and KL and once more to write d z in place (beside the other half's GEMM), and d h =
-d z W; per chunk d W += d z^T h; cuBLAS GEMMs with fp32 accumulation. No
-atomics: per-slot d h rows are summed per row by a second small kernel in a fixed order, so the
-gradients are bitwise reproducible. 6 R D V FLOPs, all on tensor cores in cuBLAS; the row
-kernel is memory-bound (3 passes over 2 R V bytes). bench/roofline.py models time and memory.
+input dtype, ONE Triton row kernel (fused_loss_rows.py) on a side stream that reads each logit
+row once for lse, CE and KL and once more to write d z in place (beside the other half's GEMM),
+and d h = d z W; per chunk d W += d z^T h; cuBLAS GEMMs with fp32 accumulation. No atomics:
+per-slot d h rows are summed per row by a second small kernel in a fixed order
+(fused_loss_slot_sums.py), so the gradients are bitwise reproducible. 6 R D V FLOPs, all on
+tensor cores in cuBLAS; the row kernel is memory-bound (3 passes over 2 R V bytes).
+bench/roofline.py models time and memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .fused_loss_rows import TILES, RowTiles, row_kernel_specs, triton_interpreted, triton_row_op
 from .fused_loss_schedule import (
     IGNORE_INDEX,
     ChunkBudget,
@@ -37,6 +36,7 @@ from .fused_loss_schedule import (
     torch_row_op,
     torch_sum_slots,
 )
+from .fused_loss_slot_sums import slot_sum_spec, triton_sum_slots
 from .fused_loss_stats import GemmTiles, stats_loss
 
 BACKENDS = ("auto", "triton", "torch")
@@ -47,158 +47,6 @@ BACKENDS = ("auto", "triton", "torch")
 LOSS_ONLY_SCHEDULES = ("gemm_rows", "stats_epilogue")
 
 
-@dataclass(frozen=True)
-class RowTiles:
-    """Tile sizes of the two Triton kernels. Production values below; tests pass small ones."""
-
-    block_v: int = 2048  # logits per row-kernel iteration: 8 fp32 per thread per row at 8 warps
-    block_d: int = 1024  # columns of d h per slot-sum program
-    num_warps: int = 8
-
-
-TILES = RowTiles()
-
-
-@triton.jit
-def _reflection_rows_kernel(
-    Z_ptr,  # (R, V) logits of the chunk, input dtype; overwritten by d z when WRITE_DZ
-    Tgt_ptr,  # (R,) int64: target of each slot, -100 = no CE
-    CW_ptr,  # (R,) fp32: CE weight of each slot (0 where no CE)
-    KW_ptr,  # (R / 2,) fp32: KL weight of each pair (PAIRS only)
-    CE_ptr,  # (R,) fp32 out: c * CE of each slot
-    KL_ptr,  # (R / 2,) fp32 out: k * KL of each pair (PAIRS only)
-    V,  # vocabulary size
-    Z_stride,  # row stride of Z
-    HALF,  # PAIRS: slot of the first student (= pairs in the chunk)
-    PAIRS: tl.constexpr,  # program i takes teacher slot i and student slot HALF + i
-    WRITE_DZ: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
-    """One program per pair (or per CE-only row): pass 1 online (m, S) per row, the target
-    logit and, per pair, C = sum exp(z_t - m_t) (z_t - z_s); pass 2 writes d z over z."""
-    i = tl.program_id(0).to(tl.int64)
-    b_slot = HALF + i if PAIRS else i
-    za_row = Z_ptr + i * Z_stride
-    zb_row = Z_ptr + b_slot * Z_stride
-    tgt_a = tl.load(Tgt_ptr + i)
-    tgt_b = tl.load(Tgt_ptr + b_slot)
-    cols = tl.arange(0, BLOCK_V)
-    m_a = float("-inf")
-    m_b = float("-inf")
-    s_a = 0.0
-    s_b = 0.0
-    zy_a = 0.0
-    zy_b = 0.0
-    c_ab = 0.0
-    for v0 in range(0, V, BLOCK_V):
-        in_v = cols < V - v0
-        za = tl.load(za_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
-        m_a_new = tl.maximum(m_a, tl.max(tl.where(in_v, za, float("-inf")), axis=0))
-        e_a = tl.where(in_v, tl.exp(za - m_a_new), 0.0)
-        scale_a = tl.exp(m_a - m_a_new)
-        s_a = s_a * scale_a + tl.sum(e_a, axis=0)
-        zy_a += tl.sum(tl.where(cols == tgt_a - v0, za, 0.0), axis=0)
-        if PAIRS:
-            zb = tl.load(zb_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
-            m_b_new = tl.maximum(m_b, tl.max(tl.where(in_v, zb, float("-inf")), axis=0))
-            e_b = tl.where(in_v, tl.exp(zb - m_b_new), 0.0)
-            s_b = s_b * tl.exp(m_b - m_b_new) + tl.sum(e_b, axis=0)
-            zy_b += tl.sum(tl.where(cols == tgt_b - v0, zb, 0.0), axis=0)
-            c_ab = c_ab * scale_a + tl.sum(e_a * (za - zb), axis=0)
-            m_b = m_b_new
-        m_a = m_a_new
-    lse_a = m_a + tl.log(s_a)
-    cw_a = tl.load(CW_ptr + i)
-    tl.store(CE_ptr + i, tl.where(cw_a != 0, cw_a * (lse_a - zy_a), 0.0))
-    lse_b = 0.0
-    cw_b = 0.0
-    kw = 0.0
-    if PAIRS:
-        lse_b = m_b + tl.log(s_b)
-        cw_b = tl.load(CW_ptr + b_slot)
-        kw = tl.load(KW_ptr + i)
-        tl.store(CE_ptr + b_slot, tl.where(cw_b != 0, cw_b * (lse_b - zy_b), 0.0))
-        tl.store(KL_ptr + i, tl.where(kw != 0, kw * (c_ab / s_a - lse_a + lse_b), 0.0))
-    if WRITE_DZ:
-        for v0 in range(0, V, BLOCK_V):
-            in_v = cols < V - v0
-            za = tl.load(za_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
-            p_a = tl.exp(za - lse_a)
-            dz_a = cw_a * (p_a - tl.where(cols == tgt_a - v0, 1.0, 0.0))
-            if PAIRS:
-                zb = tl.load(zb_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
-                p_b = tl.exp(zb - lse_b)
-                # students: c (p_s - onehot) + k (p_s - p_t); teachers get nothing from the KL
-                dz_b = cw_b * (p_b - tl.where(cols == tgt_b - v0, 1.0, 0.0)) + kw * (p_b - p_a)
-                tl.store(zb_row + v0 + cols, dz_b.to(Z_ptr.dtype.element_ty), mask=in_v)
-            tl.store(za_row + v0 + cols, dz_a.to(Z_ptr.dtype.element_ty), mask=in_v)
-
-
-@triton.jit
-def _sum_slots_kernel(
-    DHS_ptr,  # (S, D) d h of each slot, input dtype
-    Order_ptr,  # (S,) int64: slots sorted by row (stable: a fixed order)
-    Start_ptr,  # (N + 1,) int64: row n's slots are Order[Start[n]:Start[n + 1]]
-    G_ptr,  # () fp32: upstream gradient (read on the device: no host sync)
-    DH_ptr,  # (N, D) out, input dtype
-    D,  # hidden size
-    DHS_stride,  # row stride of DHS
-    DH_stride,  # row stride of DH
-    BLOCK_D: tl.constexpr,
-):
-    """d h of one row and D tile: its slots summed in fp32 in a fixed order, times g."""
-    n = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    in_d = cols < D
-    acc = tl.zeros((BLOCK_D,), tl.float32)
-    for k in range(tl.load(Start_ptr + n), tl.load(Start_ptr + n + 1)):
-        slot = tl.load(Order_ptr + k)
-        acc += tl.load(DHS_ptr + slot * DHS_stride + cols, mask=in_d, other=0.0).to(tl.float32)
-    acc *= tl.load(G_ptr)
-    tl.store(DH_ptr + n * DH_stride + cols, acc.to(DH_ptr.dtype.element_ty), mask=in_d)
-
-
-def triton_row_op(tiles: RowTiles):
-    """The row maths as one launch of the Triton row kernel per chunk (a ``RowOp``)."""
-
-    def row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
-        r, v = z.shape
-        pairs = kl_w is not None
-        _reflection_rows_kernel[(r // 2 if pairs else r,)](
-            z,
-            targets,
-            ce_w,
-            kl_w if pairs else ce_w,
-            ce_out,
-            kl_out if pairs else ce_out,
-            v,
-            z.stride(0),
-            r // 2 if pairs else 0,
-            PAIRS=pairs,
-            WRITE_DZ=write_dz,
-            BLOCK_V=tiles.block_v,
-            num_warps=tiles.num_warps,
-        )
-
-    return row_op
-
-
-def triton_sum_slots(dh_slots, rows, n, g, tiles: RowTiles):
-    """d h (N, D): each row's slots summed in a fixed order (no atomics), times g."""
-    d = dh_slots.shape[1]
-    order = torch.argsort(rows, stable=True)
-    start = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
-    torch.cumsum(torch.bincount(rows, minlength=n), 0, out=start[1:])
-    dh = torch.empty(n, d, dtype=dh_slots.dtype, device=dh_slots.device)
-    if n > 0:
-        grid = (n, triton.cdiv(d, tiles.block_d))
-        _sum_slots_kernel[grid](
-            dh_slots, order, start, g, dh, d, dh_slots.stride(0), dh.stride(0),
-            BLOCK_D=tiles.block_d, num_warps=tiles.num_warps,
-        )  # fmt: skip
-    return dh
-
-
 def _compile_specs() -> list[dict]:
     """Production launches at the headline shape (D = 4096, V = 128256, 1024-slot halves of
     2048-slot chunks) for bench/compile_check.py, with arguments as the launcher passes them
@@ -207,31 +55,7 @@ def _compile_specs() -> list[dict]:
     d, v, rows = 4096, 128256, 1024
     specs = []
     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        z = torch.empty(16, dtype=dtype)
-        i64 = torch.empty(16, dtype=torch.int64)
-        f32 = torch.empty(16, dtype=torch.float32)
-        for pairs in (True, False):
-            args = dict(Z_ptr=z, Tgt_ptr=i64, CW_ptr=f32, KW_ptr=f32, CE_ptr=f32, KL_ptr=f32)
-            args |= dict(V=v, Z_stride=v, HALF=rows // 2 if pairs else 0)
-            args |= dict(PAIRS=pairs, WRITE_DZ=True, BLOCK_V=TILES.block_v)
-            specs.append(
-                {
-                    "name": f"reflection_rows/{'pairs' if pairs else 'ce_only'}/{name}",
-                    "kernel": _reflection_rows_kernel,
-                    "args": args,
-                    "num_warps": TILES.num_warps,
-                }
-            )
-        args = dict(DHS_ptr=z, Order_ptr=i64, Start_ptr=i64, G_ptr=f32, DH_ptr=z, D=d)
-        args |= dict(DHS_stride=d, DH_stride=d, BLOCK_D=TILES.block_d)
-        specs.append(
-            {
-                "name": f"sum_slots/{name}",
-                "kernel": _sum_slots_kernel,
-                "args": args,
-                "num_warps": TILES.num_warps,
-            }
-        )
+        specs += [*row_kernel_specs(name, dtype, v, rows), slot_sum_spec(name, dtype, d)]
     return specs
 
 
@@ -311,11 +135,6 @@ class FusedReflectionLoss(torch.autograd.Function):
                 "gradient (d W was scaled to zero in place)"
             )
         return dw * (g / ctx.dw_scale)
-
-
-def triton_interpreted() -> bool:
-    """True when the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 at import)."""
-    return not isinstance(_reflection_rows_kernel, triton.runtime.JITFunction)
 
 
 def wants_grad(hidden: torch.Tensor, weight: torch.Tensor, need_grad: bool | None):
