@@ -2,6 +2,7 @@
 
     python -m bench.roofline                       # headline shape and V=32000, H100 and H200
     python -m bench.roofline --json                # the same rows as a JSON list
+    python -m bench.roofline --json > bench/results/roofline.json   # the committed rows
     python -m bench.roofline --n 8192 --d 4096 --v 128256 --card H200 --dtype bf16
     python -m bench.roofline --calibrate           # the model against published figures
 

@@ -82,3 +82,23 @@ def test_no_dtype_runs_faster_than_its_peak(capsys, card, dtype):
         if r["schedule"].startswith("loss alone"):
             continue
         assert r["predicted_ms"] >= floor_ms * 0.999, (r["schedule"], r["predicted_ms"], floor_ms)
+
+
+def test_committed_figures_are_the_models(capsys):
+    """bench/results/roofline.json (the JSON rows RESULTS.md points to) is what
+    `python -m bench.roofline --json` prints today, and RESULTS.md's table holds the default
+    schedule's rows as the model prints them."""
+    now = _rows(capsys)
+    saved = json.loads((REPO_ROOT / "bench" / "results" / "roofline.json").read_text("utf-8"))
+    key = lambda r: (r["schedule"], r["card"], r["N"], r["V"])  # noqa: E731
+    assert sorted(map(key, saved)) == sorted(map(key, now)), "stale bench/results/roofline.json"
+    saved = {key(r): r for r in saved}
+    for r in now:
+        for field in ("predicted_ms", "pct_of_peak", "workspace_bytes", "atomic_ops"):
+            assert saved[key(r)][field] == pytest.approx(r[field], rel=1e-9), (key(r), field)
+    assert roofline_main([]) == 0
+    table = capsys.readouterr().out.splitlines()
+    results = (REPO_ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    defaults = [line for line in table if line.startswith("| pipelined | yes |")]
+    assert len(defaults) == 4
+    assert all(line in results for line in defaults), "RESULTS.md's model table is stale"
