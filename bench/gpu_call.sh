@@ -31,7 +31,7 @@ work=$(mktemp -d)
 source bench/gpu_env.sh || exit 1
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw \
   --format=csv | tee "$work/nvidia_smi.csv"
-export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu.py: errors, FSDP rows, kept bytes
+export RC_GPU_FIGURES=$work/gpu_figures.jsonl  # tests/test_gpu_*.py: errors, FSDP rows, kept bytes
 printf 'step\texit\tseconds\tlimit_s\n' >"$work/steps.tsv"
 
 pack() {

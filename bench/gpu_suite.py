@@ -3,7 +3,8 @@
 1. The environment: card, driver, torch / CUDA / Triton versions, which optional packages
    (flash-attn-4, flash-attn, FA3, Liger) are installed and the attention kernel ``auto``
    picks. Nothing is installed: what is missing is skipped (FA4: the attention benchmark's
-   ``varlen:flash_attn_4`` row and tests/test_gpu.py's FA4 case, each skipped with its reason).
+   ``varlen:flash_attn_4`` row and tests/test_gpu_kernels.py's FA4 case, each skipped with its
+   reason).
 2. The tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for real).
 3. The pytest-benchmark suites (bench/test_*.py) at the ``headline`` profile: the fused loss at
    N=16384, D=4096, V=128256 and V=32000 in bf16 (ours per backend, the reference
@@ -18,9 +19,9 @@
 ``--dry-run`` takes the same path at the ``tiny`` profile on the CPU (tests through the Triton
 interpreter, RC_TEST_DEVICE=cpu), and runs the ablation (bench/ablation.py) at its toy size,
 every arm and benchmark (its GPU size is a step of bench/gpu_call.sh): CI runs it. Budget: at
-most 10 minutes by its limits (2.4 measured on an H200 before tests/test_gpu.py's FSDP-engine
-and kept-outputs cases, which add about 1-2 minutes, estimated). ``--parts`` picks what runs
-and in which order, ``--budget-s`` bounds them all (each part's limit is at most what is
+most 10 minutes by its limits (2.4 measured on an H200 before tests/test_gpu_engines.py's
+FSDP-engine and kept-outputs cases, which add about 1-2 minutes, estimated). ``--parts`` picks
+what runs and in which order, ``--budget-s`` bounds them all (each part's limit is at most what is
 left; a part that cannot start is listed as such); the JSON and markdown are rewritten after
 every part, so a call cut short keeps what it measured. bench/gpu_call.sh runs the loss suite
 (issue 20's providers) first, then the rest.
@@ -57,10 +58,10 @@ OPTIONAL = {
     "quack-kernels": "quack",
     "cut-cross-entropy": "cut_cross_entropy",
 }
-# tests/test_gpu.py: 26 s on an H200 (2026-11-30) before the FSDP-engine and kept-outputs cases,
+# tests/test_gpu_*.py: 26 s on an H200 (2026-11-30) before the FSDP-engine and kept-outputs cases,
 # which add about 1-2 minutes (estimated: two inductor compiles of a tiny Llama layer, cold)
 TEST_TIMEOUT_S = 200
-GPU_TESTS = "tests/test_gpu.py"  # every test marked gpu
+GPU_TESTS = ("tests/test_gpu_kernels.py", "tests/test_gpu_engines.py")  # every test marked gpu
 CASE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 ABLATION_TIMEOUT_S = 400  # the toy ablation: ~75 s on the shared 2-core CPU at load 12
 # One pytest run per suite, each with its own limit, so that one overrunning loses only itself;
@@ -143,9 +144,20 @@ def run_tests(dry_run: bool, timeout: float = TEST_TIMEOUT_S) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
     if dry_run:
         env["RC_TEST_DEVICE"] = "cpu"
-    # the marked file alone (tests/test_gpu_names.py keeps the marker there): collecting every
+    # the marked files alone (tests/test_gpu_names.py keeps the marker there): collecting every
     # test module would import what the GPU machine lacks, and take seconds
-    cmd = [sys.executable, "-m", "pytest", "-v", "-rs", "-m", "gpu", GPU_TESTS, "-p", "no:randomly"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-v",
+        "-rs",
+        "-m",
+        "gpu",
+        *GPU_TESTS,
+        "-p",
+        "no:randomly",
+    ]
     rc, text, seconds = _run(cmd, env, timeout)
     lines = text.splitlines()
     summary = next((line for line in reversed(lines) if " in " in line), "")

@@ -32,6 +32,15 @@ def seed() -> int:
 
 
 @pytest.fixture
+def device() -> torch.device:
+    """The GPU cases' device (tests/test_gpu_*.py): CUDA, or RC_TEST_DEVICE (cpu: the dry run)."""
+    name = os.environ.get("RC_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
+    if not name:
+        pytest.skip("needs CUDA (or RC_TEST_DEVICE=cpu)")
+    return torch.device(name)
+
+
+@pytest.fixture
 def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"{SHARED_DIR} not found (set REFLECTIONCODER_SHARED)")

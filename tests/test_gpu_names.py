@@ -1,7 +1,7 @@
 """Every name the GPU-only code uses resolves on the CPU, so that a rename fails CI rather than
 the one prepared GPU call (bench/gpu_call.sh; a lent GPU comes by chance, 15 minutes at most).
 
-The code that only a GPU runs (tests/test_gpu.py's CUDA cases, bench/gpu_*.py's CUDA branches,
+The code that only a GPU runs (tests/test_gpu_*.py's CUDA cases, bench/gpu_*.py's CUDA branches,
 the suites' GPU rows) is read as text: every import in it (at the top or inside a function)
 must import, every ``module.attr.attr`` chain on an imported module or class must exist, and
 every ``monkeypatch.setattr(obj, "name")`` / ``delattr`` must find ``name`` on ``obj``. A
@@ -25,7 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 # The files the GPU call runs whose CUDA paths run nowhere else.
 GPU_ONLY = (
-    "tests/test_gpu.py",
+    "tests/test_gpu_kernels.py",
+    "tests/test_gpu_engines.py",
     "tests/test_gpu_step_call_extrapolate.py",
     "bench/gpu_suite.py",
     "bench/gpu_step_call.py",
@@ -247,7 +248,7 @@ def test_every_name_the_gpu_code_uses_resolves(name) -> None:
     assert unresolved(REPO / name) == []
 
 
-# tests/test_gpu.py's cases that skip without CUDA even in the dry run (RC_TEST_DEVICE=cpu)
+# tests/test_gpu_engines.py's cases that skip without CUDA even in the dry run (RC_TEST_DEVICE=cpu)
 CUDA_ONLY = (
     "test_fsdp_engine_on_nccl_gives_the_local_engines_steps",
     "test_kept_outputs_on_cuda",
@@ -260,10 +261,10 @@ NO_CUDA = re.compile(r"not compiled with CUDA|no NVIDIA driver|cuda requested bu
 @pytest.mark.parametrize("name", CUDA_ONLY)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_cuda_only_cases_reach_their_first_cuda_call(name, compiled, monkeypatch, tmp_path):
-    """Each CUDA-only case of tests/test_gpu.py, called here with a CUDA device: everything
+    """Each CUDA-only case of tests/test_gpu_engines.py, called here with a CUDA device: everything
     before its first CUDA call runs (its imports, config overrides, helpers), and it stops
     there, for want of a GPU, rather than at a name or a config key that moved."""
-    import test_gpu
+    import test_gpu_engines as test_gpu
 
     if torch.cuda.is_available():
         pytest.skip("a GPU runs them for real (pytest -m gpu)")
@@ -279,7 +280,7 @@ def test_cuda_only_cases_reach_their_first_cuda_call(name, compiled, monkeypatch
 def test_pipelined_host_optimizer_case_runs_on_the_cpu(monkeypatch):
     """The offloaded engine's CUDA case, its whole body on the CPU (plain copies both times):
     the engine's names it reads (``host.buckets``, ``host.copy_streams``, masters, moments)."""
-    import test_gpu
+    import test_gpu_engines as test_gpu
 
     test_gpu.test_pipelined_host_optimizer_equals_blocking_copies(
         torch.device("cpu"), 0, monkeypatch
@@ -290,7 +291,7 @@ def test_fsdp_case_helpers_drive_an_engine_on_the_cpu():
     """The FSDP case's step and state helpers (the engine API: ``start_micro_batch``,
     ``backward``, ``finish_step``'s StepResult, the optimizer's state) on the one-process
     engine in bf16 on the CPU, with the case's own batches."""
-    import test_gpu
+    import test_gpu_engines as test_gpu
     from test_packed_rows import VOCAB
 
     from reflectioncoder.config_loader import load_config
@@ -316,7 +317,7 @@ def test_fsdp_case_helpers_drive_an_engine_on_the_cpu():
 def test_kept_outputs_case_measures_a_model_on_the_cpu(monkeypatch):
     """The kept-outputs case's measurement (``_kept_run``: forward, backward, the GEMM count,
     CUDA's memory counters, here stand-ins) on the case's packed inputs and model, on the CPU."""
-    import test_gpu
+    import test_gpu_engines as test_gpu
     from test_packed_rows import VOCAB
 
     from reflectioncoder.activation_checkpointing import apply_plan
@@ -341,4 +342,4 @@ def test_the_gpu_suite_runs_every_test_marked_gpu():
 
     marker = re.compile(r"pytest\.mark\.gpu\b")
     marked = [p for p in sorted((REPO / "tests").glob("test_*.py")) if marker.search(p.read_text())]
-    assert [str(p.relative_to(REPO)) for p in marked] == [GPU_TESTS]
+    assert [str(p.relative_to(REPO)) for p in marked] == sorted(GPU_TESTS)
