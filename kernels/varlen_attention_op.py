@@ -13,8 +13,10 @@ runs one attention forward and one attention backward per micro-batch, as the ea
 
 - ``torch_varlen``: ``torch.ops.torch_attn._varlen_attn`` -> ``(out, lse (Hq, T) fp32,
   rng_state (2,) uint64)``, then ``torch_attn._varlen_attn_backward`` (the two ops torch's own
-  ``varlen_attn`` autograd uses; torch 2.13's schemas, with ``window_size`` and
-  ``enable_gqa``; GQA heads as they are, the kernel sums dk / dv over each group).
+  ``varlen_attn`` autograd uses, torch >= 2.11's schemas, with ``window_size``). GQA: torch
+  2.13's ``enable_gqa`` hands the KV heads as they are (the kernel sums dk / dv over each
+  group); torch 2.11's op has no such flag, so the op repeats each KV head for its group of
+  query heads (as the eager path does there) and sums dk / dv over the group itself.
 - ``flash_attn_4``: ``flash_attn.cute.interface._flash_attn_fwd(..., return_lse=True)`` ->
   ``(out, lse (Hq, T))``, then ``_flash_attn_bwd`` (flash-attn-4 4.0.0b40's signatures).
 - ``flash_attn`` (flash-attn >= 2.7): ``_wrapped_flash_attn_varlen_forward`` -> ``(out, lse
@@ -41,7 +43,7 @@ from .flop_formulas import register_attention_formulas
 from .varlen_attention import _parameters, resolve_backend, varlen_attention
 
 # The arguments each backend's internals must take for the kernel backward (else: rerun).
-_TORCH_FORWARD_ARGS = {"cu_seq_q", "max_q", "is_causal", "scale", "window_size", "enable_gqa"}
+_TORCH_FORWARD_ARGS = {"cu_seq_q", "max_q", "is_causal", "scale", "window_size"}
 _TORCH_BACKWARD_ARGS = {"out", "lse", "rng_state", "scale", "window_size"}
 _FA4_FORWARD_ARGS = {"cu_seqlens_q", "max_seqlen_q", "softmax_scale", "causal", "return_lse"}
 _FA4_BACKWARD_ARGS = {"cu_seqlens_q", "max_seqlen_q", "softmax_scale", "causal"}
@@ -100,13 +102,48 @@ def _window(causal: bool) -> list[int]:
     return [-1, 0] if causal else [-1, -1]
 
 
+def _torch_takes_gqa() -> bool:
+    """Whether torch's ``_varlen_attn`` takes ``enable_gqa`` (2.13: yes; 2.11: no)."""
+    return "enable_gqa" in _schema_names(torch.ops.torch_attn._varlen_attn)
+
+
+def _torch_kv_groups(q, k) -> int:
+    """How many times the torch op repeats each KV head: its GQA group size where torch has
+    no ``enable_gqa`` (2.11), else 1 (no GQA, or the kernel takes the heads as they are)."""
+    group = q.shape[1] // k.shape[1]
+    return 1 if group == 1 or _torch_takes_gqa() else group
+
+
+def _repeated(kv: torch.Tensor, group: int) -> torch.Tensor:
+    return kv if group == 1 else kv.repeat_interleave(group, 1)
+
+
+def _torch_forward(q, k, v, cu_seqlens, max_seqlen, causal, scale):
+    group = _torch_kv_groups(q, k)
+    k, v = _repeated(k, group), _repeated(v, group)
+    gqa = [q.shape[1] != k.shape[1]] if _torch_takes_gqa() else []
+    return torch.ops.torch_attn._varlen_attn(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal, scale,
+        _window(causal), *gqa,
+    )  # fmt: skip
+
+
+def _torch_backward(grad, q, k, v, out, lse, rng_state, cu_seqlens, max_seqlen, causal, scale):
+    group = _torch_kv_groups(q, k)
+    dq, dk, dv = torch.ops.torch_attn._varlen_attn_backward(
+        grad, q, _repeated(k, group), _repeated(v, group), out, lse, cu_seqlens, cu_seqlens,
+        max_seqlen, max_seqlen, causal, rng_state, scale, _window(causal),
+    )  # fmt: skip
+    if group == 1:
+        return dq, dk, dv
+    # a repeated head's gradient is the sum over its copies (each group's heads stand together)
+    return dq, *(d.unflatten(1, (k.shape[1], group)).sum(2) for d in (dk, dv))
+
+
 def _forward_with_stats(backend, q, k, v, cu_seqlens, max_seqlen, causal, scale):
     """(out, lse, rng_state) from ``backend``'s own forward."""
     if backend == "torch_varlen":
-        return torch.ops.torch_attn._varlen_attn(
-            q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal, scale,
-            _window(causal), q.shape[1] != k.shape[1],
-        )  # fmt: skip
+        return _torch_forward(q, k, v, cu_seqlens, max_seqlen, causal, scale)
     if backend == "flash_attn_4":
         from flash_attn.cute.interface import _flash_attn_fwd
 
@@ -129,10 +166,9 @@ def _kernel_backward(backend, grad, q, k, v, out, lse, rng_state, cu_seqlens, ma
     """(dq, dk, dv) from ``backend``'s own backward, with the forward's out, lse, rng_state."""
     grad = grad.contiguous()
     if backend == "torch_varlen":
-        return torch.ops.torch_attn._varlen_attn_backward(
-            grad, q, k, v, out, lse, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal,
-            rng_state, scale, _window(causal),
-        )  # fmt: skip
+        return _torch_backward(
+            grad, q, k, v, out, lse, rng_state, cu_seqlens, max_seqlen, causal, scale
+        )
     if backend == "flash_attn_4":
         from flash_attn.cute.interface import _flash_attn_bwd
 

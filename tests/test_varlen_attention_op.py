@@ -39,6 +39,7 @@ from reflectioncoder.model import build_tiny_llama, compile_layers, prepare_mode
 from reflectioncoder.train.loss_module import ReflectionLossModule
 
 va = importlib.import_module("reflectioncoder.kernels.varlen_attention")
+op_module = importlib.import_module("reflectioncoder.kernels.varlen_attention_op")
 KERNEL_BACKENDS = ("torch_varlen", "flash_attn", "flash_attn_4")
 
 
@@ -50,7 +51,9 @@ class StandIn:
         self.backwards: list[dict] = []
 
     def forward(self, q, k, v, cu, max_seqlen, causal, scale):
-        self.forwards.append(dict(cu=cu, max_seqlen=max_seqlen, causal=causal, scale=scale))
+        self.forwards.append(
+            dict(cu=cu, max_seqlen=max_seqlen, causal=causal, scale=scale, kv_heads=k.shape[1])
+        )
         seqlens = torch.diff(cu).tolist()
         out = varlen_attention_reference(q, k, v, seqlens, causal, scale).to(q.dtype)
         lse = varlen_attention_reference_lse(q, k, seqlens, causal, scale).float()
@@ -255,6 +258,27 @@ def test_compiled_op_calls_the_kernels_backward_once(stand_in, seed, dtype, caus
     # micro-batch (no forward rerun), gradients as the float64 reference's within the dtype's
     # tolerance, no graph break across two lengths.
     backend, calls = stand_in
+    _check_one_forward_one_backward(calls, seed, dtype, causal)
+    assert kernel_backward(backend, 16)
+
+
+def test_torch_op_without_enable_gqa_repeats_the_kv_heads(monkeypatch, seed) -> None:
+    # torch 2.11's _varlen_attn has no enable_gqa: the op hands the kernels each KV head
+    # repeated for its group and sums dk / dv over the group; still one forward, one backward.
+    recorder = StandIn()
+    lib = _install_torch_varlen(recorder, monkeypatch)
+    monkeypatch.setattr(
+        va, "unavailable_reason", lambda b, *a, **kw: None if b in ("torch_varlen", "sdpa") else "-"
+    )
+    monkeypatch.setattr(op_module, "_torch_takes_gqa", lambda: False)
+    try:
+        _check_one_forward_one_backward(recorder, seed, torch.float32, True)
+    finally:
+        lib._destroy()
+    assert {call["kv_heads"] for call in recorder.forwards} == {6}
+
+
+def _check_one_forward_one_backward(calls: StandIn, seed, dtype, causal) -> None:
     torch._dynamo.reset()
     counters.clear()
 
@@ -280,7 +304,6 @@ def test_compiled_op_calls_the_kernels_backward_once(stand_in, seed, dtype, caus
         for name, a, b in zip("qkv", ours, want, strict=True):
             err = (a.grad.double() - b).abs().max() / b.abs().max()
             assert err <= tol, f"d{name}: max error {err:.2e} of max |d{name}|"
-    assert kernel_backward(backend, 16)
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] == 1  # the second length reused the graph
 
