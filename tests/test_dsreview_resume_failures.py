@@ -8,6 +8,7 @@ continues as the uninterrupted run."""
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,15 @@ def _as_zero2_on_2_ranks(step: Path, rank_files: dict[int, bytes]) -> None:
     (step / "trainer_state.json").write_text(json.dumps(state))
     folder = step / "deepspeed"
     folder.mkdir()
-    (folder / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04 cut short")
+    # whole zip archives, as torch.save writes (what `runs` and --resume look at before a load)
+    _whole_archive(folder / "mp_rank_00_model_states.pt", b"model states")
     for rank, data in rank_files.items():
-        (folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(data)
+        _whole_archive(folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", data)
+
+
+def _whole_archive(file: Path, data: bytes) -> None:
+    with zipfile.ZipFile(file, "w") as archive:
+        archive.writestr("archive/data.pkl", data)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from reflectioncoder.train.checkpoint import (
     read_trainer_state,
     set_rng_state,
 )
+from reflectioncoder.train.checkpoint_files import damage
 from reflectioncoder.train.deepspeed_engine import ZERO0_NAMES, convert_to_universal
 from reflectioncoder.train.distributed import DistInfo
 from reflectioncoder.train.engine import Engine, ParamState, read_weights
@@ -58,6 +59,13 @@ def load_checkpoint(path: str | Path, engine: Engine, info: DistInfo) -> dict[st
         )
     saved, current = saved_layout(path, state), engine.layout()
     _check_rank_files(path, saved)
+    why = damage(path)  # what `reflectioncoder runs` lists as damaged, found before any load
+    if why:
+        raise UserError(
+            f"cannot be read, a file in it is damaged ({why}){_earlier(path)}",
+            file=path,
+            field="--resume",
+        )
     with _damaged(path):
         if needs_conversion(saved, current):
             if info.is_main:
@@ -91,12 +99,11 @@ def _check_rank_files(path: Path, saved: dict[str, Any]) -> None:
         if not any(folder.glob(f"*zero_pp_rank_{r}_mp_rank_*optim_states.pt"))
     ]
     if missing:
-        earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
-        hint = f"; or an earlier one: --resume {earlier[-1]}" if earlier else ""
         raise UserError(
             f"holds no optimizer state of rank(s) {missing} of the {ranks} that wrote it (no "
             f"deepspeed/*zero_pp_rank_{missing[0]}_mp_rank_00_optim_states.pt): copy those files "
-            f"into {folder} (a node-local disk holds its own ranks' files){hint}",
+            f"into {folder} (a node-local disk holds its own ranks' files)"
+            f"{_earlier(path, 'or an earlier one')}",
             file=path,
             field="--resume",
         )
@@ -111,14 +118,18 @@ def _damaged(path: Path) -> Iterator[None]:
     except (pickle.UnpicklingError, EOFError, SafetensorError, RuntimeError) as err:
         if isinstance(err, RuntimeError) and "PytorchStreamReader" not in str(err):
             raise  # not a file torch could not read
-        earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
-        hint = f"; an earlier one: --resume {earlier[-1]}" if earlier else ""
         reason = str(err).splitlines()[0].split(". ")[0]  # torch's first sentence
         raise UserError(
-            f"cannot be read, a file in it is damaged ({reason}){hint}",
+            f"cannot be read, a file in it is damaged ({reason}){_earlier(path)}",
             file=path,
             field="--resume",
         ) from err
+
+
+def _earlier(path: Path, words: str = "an earlier one") -> str:
+    """``; an earlier one: --resume STEP`` naming the complete checkpoint before ``path``."""
+    earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+    return f"; {words}: --resume {earlier[-1]}" if earlier else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 
 A checkpoint is complete once its COMPLETE file is written (a save killed midway leaves a
 ``.tmp-step-N`` folder, listed as incomplete); model-only checkpoints are complete but cannot
-be resumed from. The loss is the metrics row of that step, when one was logged.
+be resumed from; a complete one whose files are not whole (a copy cut short) is listed as
+damaged, by the look ``--resume`` takes before it loads one (``checkpoint_files.damage``). The
+loss is the metrics row of that step, when one was logged; the name the run's tracker runs
+(W&B, MLflow, trackio) go under is said with their ids.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any
 import yaml
 
 from reflectioncoder.errors import UsageError
+from reflectioncoder.train.checkpoint_files import damage, trainer_state
 
 COMPLETE = "COMPLETE"  # checkpoint.COMPLETE (not imported: it would import torch)
 TMP_PREFIX = ".tmp-"
+RUN_IDS = "tracker_runs.json"  # reporters.RUN_IDS (not imported: it would import the trackers)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,17 +46,6 @@ def _losses(folder: Path) -> dict[int, float]:
     return rows
 
 
-def _trainer_state(file: Path) -> tuple[dict[str, Any], str | None]:
-    """(the checkpoint's trainer state, None), or ({}, why it cannot be read)."""
-    if not file.is_file():
-        return {}, None
-    try:
-        state = json.loads(file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return {}, f"is not valid JSON ({getattr(err, 'msg', None) or err.reason})"
-    return (state, None) if isinstance(state, dict) else ({}, "is not a JSON object")
-
-
 def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
     """One dict per checkpoint folder (complete or not), oldest step first."""
     root = folder / "checkpoints"
@@ -63,12 +57,13 @@ def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
         if not named or not path.is_dir():
             continue
         step = int(named.group(1))
-        state, damaged = _trainer_state(path / "trainer_state.json")
+        state, _ = trainer_state(path)
         complete = (path / COMPLETE).is_file() and not path.name.startswith(TMP_PREFIX)
+        damaged = damage(path) if complete else None
         if not complete:
             status = "incomplete (its save was interrupted)"
         elif damaged:
-            status = f"damaged: trainer_state.json {damaged}"
+            status = f"damaged: {damaged}"
         elif state.get("model_only"):
             status = "complete, model only (not resumable)"
         else:
@@ -104,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
     rows = checkpoint_rows(folder)
     if not rows and not (folder / "final").is_dir() and (folder / "config.yaml").is_file():
         print(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
+        _print_tracker_runs(folder)
         print(_resume_line([]))
         return 0
     if not rows and not (folder / "final").is_dir():
@@ -125,8 +121,21 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
     if (folder / "final").is_dir():
         print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
+    _print_tracker_runs(folder)
     print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
+
+
+def _print_tracker_runs(folder: Path) -> None:
+    """``tracker runs: NAME (mlflow ID, wandb ID)`` from OUT/tracker_runs.json, if it names one."""
+    try:
+        recorded = json.loads((folder / RUN_IDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no trackers, or a file from before names were recorded
+        return
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("run_name"), str):
+        return
+    ids = ", ".join(f"{k} {v}" for k, v in recorded.items() if k != "run_name")
+    print(f"tracker runs: {recorded['run_name']}{f' ({ids})' if ids else ''}")
 
 
 def _unsaved_run(folder: Path) -> str:
