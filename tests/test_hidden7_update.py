@@ -53,7 +53,11 @@ def reference_step_loss(trainer: Trainer, model64: torch.nn.Module, step: int) -
 CLIP = 0.4  # the tiny model's first gradients have norms of about 1-3: clipped at each step
 
 
-def test_grad_norm_clipping_and_adamw_match_float64(tmp_path, seed):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_grad_norm_clipping_and_adamw_match_float64(tmp_path, seed, weight_decay):
+    """With weight decay, AdamW's decoupled decay (lr x decay) applies to the matrices and
+    embeddings, not to the norms' 1-D weights (as Hugging Face's Trainer leaves LayerNorm
+    weights and biases undecayed)."""
     cfg = tiny_config(
         tmp_path,
         seed,
@@ -65,6 +69,7 @@ def test_grad_norm_clipping_and_adamw_match_float64(tmp_path, seed):
             f"optim.grad_clip={CLIP}",
             "optim.eps=1.0",
             "optim.lr=0.05",
+            f"optim.weight_decay={weight_decay}",
         ),
     )
     trainer = Trainer(cfg)
@@ -73,10 +78,14 @@ def test_grad_norm_clipping_and_adamw_match_float64(tmp_path, seed):
         model64.set_attn_implementation(REFERENCE_ATTN)
         params64 = dict(model64.named_parameters())
         o = cfg.optim
-        adamw = torch.optim.AdamW(
-            params64.values(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=0.0
-        )
-        assert o.weight_decay == 0.0  # the tiny preset's; decay's parameter groups not in play
+        groups = [
+            {
+                "params": [p for p in params64.values() if p.dim() >= 2],
+                "weight_decay": weight_decay,
+            },
+            {"params": [p for p in params64.values() if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        adamw = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         factors = []
         for step in range(2):
             with torch.no_grad():  # the reference continues from the trainer's weights
