@@ -4,7 +4,7 @@ the HTTP errors that retrying cannot fix stopping the run (the rest: test_build_
 
 from __future__ import annotations
 
-import http.server
+import contextlib
 import json
 import threading
 import time
@@ -15,6 +15,7 @@ from reflectioncoder.cli import main as cli_main
 from reflectioncoder.construct.backend import ANSWER_PROMPT
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.from_problems import done_ids
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 
 BUGGY = {
     "sum_even": "def sum_even(nums):\n    return sum(nums)\n",
@@ -67,34 +68,18 @@ class Script:
         return 200, f"{text}\n```python\n{code}```", {}
 
 
-def serve(script: Script):
-    class Handler(http.server.BaseHTTPRequestHandler):
+def scripted_handler(script: Script) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             assert self.path == "/v1/chat/completions"
             assert self.headers["Authorization"] == "Bearer sk-test"
             assert body["model"] == "stub-coder"
             status, content, headers = script.reply(body)
-            data = json.dumps(
-                {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
-            ).encode()
-            try:
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client timed out
-                pass
+            message = {"index": 0, "message": {"role": "assistant", "content": content}}
+            self.reply({"choices": [message]}, status, headers)
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return Handler
 
 
 def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
@@ -111,10 +96,10 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
     path.write_text("".join(json.dumps(p) + "\n" for p in problems))
     script = Script(problems)
     script.down.add("later")  # unreachable for this problem in the first run
-    server = serve(script)
+    server = contextlib.ExitStack()
+    url = server.enter_context(serving(scripted_handler(script))) + "/v1"
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     out = tmp_path / "o.jsonl"
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     argv = ["build-data", "--problems", str(path), "--out", str(out), "--backend", "openai"]
     argv += ["--base-url", url, "--model", "stub-coder", "--request-timeout", "0.5"]
     argv += ["--retries", "2", "--workers", "4", "--rate-limit", "50"]
@@ -163,7 +148,7 @@ def test_http_backend_end_to_end(tmp_path, monkeypatch, capsys):
         assert [s for s in samples[:4] if s["task_id"] != "is_palindrome"] == first
         assert sorted(s["task_id"] for s in samples) == sorted([*ids, "later"])
     finally:
-        server.shutdown()
+        server.close()
         BUGGY.pop("later", None)
 
 
@@ -187,29 +172,17 @@ def test_rate_limit_spaces_requests_over_threads():
 
 
 def test_http_errors_that_retrying_cannot_fix_stop_the_run(tmp_path, monkeypatch, capsys):
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            data = b'{"error": {"message": "model not found"}}'
-            self.send_response(404)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.read_json()
+            self.reply(b'{"error": {"message": "model not found"}}', 404)
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in problem_rows(["sum_even"])))
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    argv = ["build-data", "--problems", str(path), "--out", str(tmp_path / "o.jsonl")]
-    argv += ["--backend", "openai", "--base-url", url, "--model", "nope"]
-    try:
+    with serving(Handler) as base:
+        argv = ["build-data", "--problems", str(path), "--out", str(tmp_path / "o.jsonl")]
+        argv += ["--backend", "openai", "--base-url", base + "/v1", "--model", "nope"]
         assert cli_main(argv) == 1
-    finally:
-        server.shutdown()
     err = capsys.readouterr().err
     assert "HTTP 404" in err and "model not found" in err
     assert done_ids(tmp_path / "o.jsonl") == set()  # nothing recorded: a rerun does it all

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ast
-import http.server
 import json
 import random
-import threading
 
 import pytest
 from reference.construct import structure_errors
@@ -29,6 +27,7 @@ from reflectioncoder.construct.build import (
 from reflectioncoder.construct.execute import run_program
 from reflectioncoder.construct.mutate import KINDS, apply_mutations, site_kinds
 from reflectioncoder.construct.problems import generate_problems
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 
 FENCE = "```python\n"
 
@@ -247,34 +246,18 @@ def test_openai_backend_against_a_local_stub(seed: int) -> None:
     ]
     requests: list[dict] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             requests.append(
                 {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
             )
-            reply = {"choices": [{"message": {"role": "assistant", "content": replies.pop(0)}}]}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply({"choices": [{"message": {"role": "assistant", "content": replies.pop(0)}}]})
 
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        backend = OpenAIBackend(url, "stub-model", api_key="k")
+    with serving(Handler, threaded=False) as base:
+        backend = OpenAIBackend(base + "/v1", "stub-model", api_key="k")
         assert isinstance(backend, Backend) and isinstance(MutationBackend(), Backend)
         sample = reflection_sample(problem, backend, rng, max_attempts=1)
-    finally:
-        server.shutdown()
-        thread.join()
     assert sample is not None and structure_errors(sample) == []
     assert [r["path"] for r in requests] == ["/v1/chat/completions"] * 3
     assert all(r["auth"] == "Bearer k" and r["body"]["model"] == "stub-model" for r in requests)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from reference.serialise import SPECIALS
 from reflectioncoder import generate as gn
 from reflectioncoder.eval.cli import add_arguments, main
 from reflectioncoder.eval.prompts import GENERATION_STOP
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 from reflectioncoder.testing.tiny_model import save_tiny_model
 
 
@@ -83,31 +82,19 @@ def test_evaluate_model_dir(tiny_model, tmp_path, shared_dir):
     assert set(result["details"]) == {"HumanEval/0", "HumanEval/1"}
 
 
-class _Stub(BaseHTTPRequestHandler):
+class _Stub(JsonHandler):
     requests: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         _Stub.requests.append({"path": self.path, **body})
         # an answer that closes the fence and then keeps talking past the stop token
         text = "    return x + y\n```<|endofblock|><|endofmessage|>ignored"
-        choices = [{"index": i, "text": text} for i in range(body.get("n", 1))]
-        data = json.dumps({"choices": choices}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply({"choices": [{"index": i, "text": text} for i in range(body.get("n", 1))]})
 
 
 def test_openai_compatible_endpoint(tmp_path, shared_dir):
-    server = HTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_Stub, threaded=False) as base:
         out = tmp_path / "r.json"
         rc = _run_cli(
             "--task",
@@ -117,7 +104,7 @@ def test_openai_compatible_endpoint(tmp_path, shared_dir):
             "--backend",
             "openai",
             "--base-url",
-            f"http://127.0.0.1:{server.server_port}/v1",
+            base + "/v1",
             "--limit",
             "3",
             "--base-only",
@@ -126,8 +113,6 @@ def test_openai_compatible_endpoint(tmp_path, shared_dir):
             "--json",
             str(out),
         )
-    finally:
-        server.shutdown()
     assert rc == 0
     assert len(_Stub.requests) == 3
     req = _Stub.requests[0]

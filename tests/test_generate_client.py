@@ -5,10 +5,7 @@ it is)."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import sys
-import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ from reflectioncoder.generate import (
     vllm_available,
 )
 from reflectioncoder.generate.endpoint import retry_after
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 
 
 @dataclass
@@ -42,56 +40,38 @@ class Script:
     paths: list[str] = field(default_factory=list)
 
 
-def serve(script: Script) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
+def scripted_handler(script: Script) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             script.arrivals.append(time.monotonic())
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = self.read_json()
             script.bodies.append(body)
             script.paths.append(self.path)
             step = script.steps.pop(0) if script.steps else "ok"
             if step == "slow":
                 time.sleep(script.slow_s)
             if isinstance(step, int):
-                self._send(step, b'{"error": {"message": "scripted"}}', script.headers)
+                self.reply(b'{"error": {"message": "scripted"}}', step, script.headers)
             elif step == "garbage":
-                self._send(200, b"<html>not json</html>")
+                self.reply(b"<html>not json</html>")
             elif "messages" in body:
-                reply = {"choices": [{"message": {"role": "assistant", "content": script.text}}]}
-                self._send(200, json.dumps(reply).encode())
+                self.reply(
+                    {"choices": [{"message": {"role": "assistant", "content": script.text}}]}
+                )
             else:  # /completions: n choices, served out of order
                 n = body.get("n", 1) + script.extra_choices
                 choices = [{"index": i, "text": f"{i}:{script.text}"} for i in reversed(range(n))]
-                self._send(200, json.dumps({"choices": choices}).encode())
+                self.reply({"choices": choices})
 
-        def _send(self, status: int, data: bytes, headers: dict | None = None) -> None:
-            try:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                pass
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    serving = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    serving.start()
-    return server
+    return Handler
 
 
 @pytest.fixture
 def endpoint():
     """(script, base URL) of a fresh scripted server; shut down after the test."""
     script = Script()
-    server = serve(script)
-    yield script, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(scripted_handler(script), poll_s=0.05) as base:
+        yield script, base + "/v1"
 
 
 def gaps(arrivals: list[float]) -> list[float]:

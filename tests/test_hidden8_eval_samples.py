@@ -12,15 +12,14 @@ import json
 import random
 import subprocess
 import sys
-import threading
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from math import comb
 from pathlib import Path
 
 import pytest
 
 from reflectioncoder.cli import main
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +164,7 @@ def test_the_cli_names_the_solution_field_it_refuses(tmp_path):
     )
 
 
-class _Scripted(BaseHTTPRequestHandler):
+class _Scripted(JsonHandler):
     """An OpenAI-compatible /v1/completions server: for each prompt, n choices, each the task's
     canonical function or a wrong one as ``plan`` says (the task found by its entry point)."""
 
@@ -174,7 +173,7 @@ class _Scripted(BaseHTTPRequestHandler):
     served: dict[str, int] = {}
 
     def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         task = next(t for t in self.tasks if f"def {t['entry_point']}(" in body["prompt"])
         tid = task["task_id"]
         choices = []
@@ -184,15 +183,7 @@ class _Scripted(BaseHTTPRequestHandler):
             right = self.plan[tid][k]
             code = task["prompt"] + (task["canonical_solution"] if right else "    return None\n")
             choices.append({"index": i, "text": code + "\n```<|endofblock|><|endofmessage|>"})
-        data = json.dumps({"choices": choices}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.reply({"choices": choices})
 
 
 def test_sampled_generation_scores_each_sample_and_the_unbiased_estimator(
@@ -205,18 +196,14 @@ def test_sampled_generation_scores_each_sample_and_the_unbiased_estimator(
     _Scripted.tasks = tasks
     _Scripted.plan = {t["task_id"]: [rng.random() < 0.5 for _ in range(4)] for t in tasks}
     _Scripted.served = {}
-    server = HTTPServer(("127.0.0.1", 0), _Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     result = tmp_path / "sampled.json"
-    argv = ["evaluate", "--task", "humaneval", "--model", "scripted", "--backend", "openai",
-            "--base-url", f"http://127.0.0.1:{server.server_port}", "--n-samples", "4",
-            "--temperature", "0.8", "--k", "1", "2", "4", "--limit", "3", "--base-only",
-            "--no-progress", "--data-dir", str(shared_dir / "evaldata"),
-            "--json", str(result)]  # fmt: skip
-    try:
+    with serving(_Scripted, threaded=False) as base:
+        argv = ["evaluate", "--task", "humaneval", "--model", "scripted", "--backend", "openai",
+                "--base-url", base, "--n-samples", "4",
+                "--temperature", "0.8", "--k", "1", "2", "4", "--limit", "3", "--base-only",
+                "--no-progress", "--data-dir", str(shared_dir / "evaldata"),
+                "--json", str(result)]  # fmt: skip
         code = main(argv)
-    finally:
-        server.shutdown()
     assert code == 0
     assert _Scripted.served == {t["task_id"]: 4 for t in tasks}
     got = json.loads(result.read_text())

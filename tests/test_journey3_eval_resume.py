@@ -10,9 +10,7 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from reflectioncoder.eval.cli import add_arguments
 from reflectioncoder.eval.journal import generation_key
 from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.testing.cli import ctrl_c_reaches
+from reflectioncoder.testing.http_stub import JsonHandler, serving
 from reflectioncoder.testing.tiny_model import save_tiny_model
 
 TASKS = 12
@@ -131,38 +130,29 @@ def _parse(argv: list[str]):
     return parser.parse_args(argv)
 
 
-class _Flaky(BaseHTTPRequestHandler):
+class _Flaky(JsonHandler):
     """An OpenAI-compatible server that answers ``answers`` requests, then fails with 503
     (``Retry-After: 0``: the retries come at once)."""
 
     answers = 1
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.read_json()
         ok = _Flaky.answers > 0
         _Flaky.answers -= ok
         choices = [{"index": 0, "text": "    return 1\n```"}]
-        data = json.dumps({"choices": choices}).encode() if ok else b""
-        self.send_response(200 if ok else 503)
-        self.send_header("Retry-After", "0")  # read on a 503 only
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+        retry_at_once = {"Retry-After": "0"}  # read on a 503 only
+        self.reply({"choices": choices} if ok else b"", 200 if ok else 503, retry_at_once)
 
 
 def test_a_server_that_goes_away_is_one_line_and_keeps_what_it_answered(
     shared_dir, tmp_path, capsys
 ):
-    server = HTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "he.json"
-    argv = ["evaluate", "--task", "humaneval", "--model", "m", "--backend", "openai"]
-    argv += ["--base-url", f"http://127.0.0.1:{server.server_port}", "--limit", "3"]
-    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress"]
-    try:
+    with serving(_Flaky, threaded=False) as base:
+        argv = ["evaluate", "--task", "humaneval", "--model", "m", "--backend", "openai"]
+        argv += ["--base-url", base, "--limit", "3"]
+        argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(out), "--no-progress"]
         _Flaky.answers = 1
         assert main(argv) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -171,8 +161,6 @@ def test_a_server_that_goes_away_is_one_line_and_keeps_what_it_answered(
         _Flaky.answers = 2
         assert main(argv) == 0
         assert "continuing an interrupted run: 1 samples kept" in capsys.readouterr().err
-    finally:
-        server.shutdown()
     rows = _rows(out.with_suffix(".samples.jsonl"))
     assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
 

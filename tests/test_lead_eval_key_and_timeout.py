@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import threading
-from http.server import HTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +19,7 @@ from test_eval_generate import _Stub
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval.cli import add_arguments, main
+from reflectioncoder.testing.http_stub import serving
 
 
 class _Recorder(_Stub):
@@ -35,18 +34,16 @@ class _Recorder(_Stub):
 
 def _evaluate_through_stub(tmp_path, shared_dir, *extra: str) -> list[str | None]:
     _Recorder.keys = []
-    server = HTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    argv = ["--task", "mbpp", "--model", "stub", "--backend", "openai", "--limit", "1"]
-    argv += ["--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--base-only"]
-    argv += ["--data-dir", str(shared_dir / "evaldata"), "--json", str(tmp_path / "r.json")]
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     kept = list(_Stub.requests)  # test_eval_generate counts the requests its stub saw
     try:
-        assert main(parser.parse_args([*argv, *extra, "--no-progress"])) == 0
+        with serving(_Recorder, threaded=False) as base:
+            argv = ["--task", "mbpp", "--model", "stub", "--backend", "openai", "--limit", "1"]
+            argv += ["--base-url", base + "/v1", "--base-only", "--data-dir"]
+            argv += [str(shared_dir / "evaldata"), "--json", str(tmp_path / "r.json")]
+            assert main(parser.parse_args([*argv, *extra, "--no-progress"])) == 0
     finally:
-        server.shutdown()
         _Stub.requests[:] = kept
     return _Recorder.keys
 

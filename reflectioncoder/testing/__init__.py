@@ -7,6 +7,8 @@
 - ``tiny_model``: a tiny random Llama and a tokenizer trained on a few texts, saved as a
   Hugging Face folder, for tests that hand ``--model`` a folder.
 - ``cli``: ``reflectioncoder train`` command lines as a user types them.
+- ``http_stub``: scripted OpenAI-compatible servers on loopback (``JsonHandler``, ``serving``)
+  for tests of the HTTP clients.
 - ``live_run``: a real tiny-preset launch started and read until its ranks train, for tests
   that signal, kill or relaunch a run while it trains.
 """
