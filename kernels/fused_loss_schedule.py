@@ -416,8 +416,12 @@ def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
 
 def torch_sum_slots(dh_slots: torch.Tensor, rows: torch.Tensor, n: int, g: torch.Tensor):
     """d h (N, D) in the slots' dtype: the slots of each row summed in fp32 (fp64 for fp64
-    slots), times g."""
+    slots) in slot order, times g. A segmented sum over the slots sorted by row: each row's sum
+    runs in one place in a fixed order, with no atomics on CUDA (index_add_ there adds in an
+    order that varies from run to run) and no host sync (the segments' count is N)."""
     acc = accum_dtype(dh_slots.dtype)
-    out = torch.zeros(n, dh_slots.shape[1], dtype=acc, device=dh_slots.device)
-    out.index_add_(0, rows, dh_slots.to(acc))  # sequential on CPU: a fixed order
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=n)
+    by_row = dh_slots.index_select(0, order).to(acc)
+    out = torch.segment_reduce(by_row, "sum", lengths=counts, axis=0, unsafe=True, initial=0)
     return out.mul_(g).to(dh_slots.dtype)
