@@ -16,13 +16,15 @@ from torch import nn
 
 # Config fields, with the values that leave the model as packed training computes it: logits
 # rescaled after the LM head's GEMM (Cohere, Granite, Falcon-H1; the direction differs by model)
-# or soft-capped (Gemma 2/3), attention scores soft-capped (Gemma 2/3).
+# or soft-capped (Gemma 2/3), attention scores soft-capped (Gemma 2/3), attention probabilities
+# dropped out in training (StarCoder2's released configs: 0.1).
 PLAIN_VALUES = {
     "logit_scale": (None, 1, 1.0),
     "logits_scaling": (None, 1, 1.0),
     "lm_head_multiplier": (None, 1, 1.0),
     "final_logit_softcapping": (None,),
     "attn_logit_softcapping": (None,),
+    "attention_dropout": (None, 0, 0.0),
 }
 
 
@@ -64,6 +66,12 @@ def _check_values(config: Any) -> None:
     for owner, cfg in owners.items():
         for field, plain in PLAIN_VALUES.items():
             value = getattr(cfg, field, None)
+            if field == "attention_dropout" and value not in plain:
+                raise ValueError(
+                    f"model: {owner}.{field} = {value!r}: packed attention (varlen kernels) "
+                    'applies no attention dropout; set "attention_dropout": 0.0 in the '
+                    "model's config.json to train without it"
+                )
             if value not in plain:
                 what = "attention scores"
                 if not field.startswith("attn"):
