@@ -33,8 +33,10 @@ FAST_TESTS = [
     "tests/test_cli_errors.py",
 ]
 IMPORT_ALL = """
-import importlib, pkgutil, reflectioncoder
+import importlib, pkgutil, reflectioncoder, reflectioncoder.kernels as kernels
 names = [m.name for m in pkgutil.walk_packages(reflectioncoder.__path__, "reflectioncoder.")]
+# kernels/ is installed as reflectioncoder.kernels, not a folder under reflectioncoder/
+names += [m.name for m in pkgutil.walk_packages(kernels.__path__, "reflectioncoder.kernels.")]
 for name in ["reflectioncoder.kernels", *names]:
     importlib.import_module(name)
 import transformers.modeling_utils  # imports Hugging Face's `kernels` where it is installed

@@ -131,3 +131,28 @@ def test_latest_check_failure_names_the_package_that_broke_it(tmp_path, monkeypa
     monkeypatch.setattr(drift, "_steps", lambda work: [("ok", [sys.executable, "-c", "pass"])])
     assert drift.check(lock) == 0
     assert "pass the quick check" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_latest_checks_import_step_imports_every_module_of_ours():
+    """Item 3's quick check imports every module: kernels/ (installed as
+    reflectioncoder.kernels, so not under reflectioncoder/ on disk) included."""
+    files = [p for p in (ROOT / "reflectioncoder").rglob("*.py") if "__pycache__" not in p.parts]
+    expected = {
+        ".".join(
+            ("reflectioncoder", *p.relative_to(ROOT / "reflectioncoder").with_suffix("").parts)
+        )
+        for p in files
+    }
+    expected |= {f"reflectioncoder.kernels.{p.stem}" for p in (ROOT / "kernels").glob("*.py")}
+    expected = {name.removesuffix(".__init__") for name in expected}
+    expected.discard("reflectioncoder.__main__")  # runs the CLI when imported
+    code = _drift().IMPORT_ALL + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    import json
+
+    imported = set(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert sorted(expected - imported) == []
