@@ -16,9 +16,8 @@ import copy
 import pytest
 import torch
 from reference.recipe import REFERENCE_ATTN, reference_logits, reference_loss
-from test_trainer import tiny_config
+from test_trainer import step_samples, tiny_config
 
-from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.train.schedule import lr_at
 from reflectioncoder.train.trainer import Trainer
 
@@ -27,17 +26,7 @@ def reference_step_loss(trainer: Trainer, model64: torch.nn.Module, step: int) -
     """SPEC §2's loss of optimizer ``step`` in float64 (with its graph), masks drawn as the
     trainer draws them: (seed, step, uid)."""
     cfg = trainer.cfg
-    samples = [trainer.samples[i] for i in trainer.plan[step]]
-    students = [s for s in samples if s.is_reflection and cfg.mask.distill]
-    plan = draw_masks(students, step, trainer.total_steps, cfg.mask, cfg.train.seed)
-    vis_all = visibility_host(plan)
-    visible, k = [], 0
-    for s in samples:
-        if s.is_reflection and cfg.mask.distill:
-            visible.append(vis_all[int(plan.offsets[k]) : int(plan.offsets[k + 1])])
-            k += 1
-        else:
-            visible.append(None)
+    samples, visible = step_samples(trainer, step)
     teacher, student = reference_logits(model64, [s.ids for s in samples], visible)
     loss, _, _ = reference_loss(
         teacher,

@@ -115,9 +115,9 @@ def test_plan_covers_each_epoch_once(seed):
 # -- the step's loss against SPEC ---------------------------------------------------------------
 
 
-def _reference_step(trainer: Trainer, model64: torch.nn.Module, step: int) -> dict[str, float]:
-    """SPEC §2 loss of optimizer step ``step`` in float64, from the reference recipe (padded,
-    doubled batch, masked eager attention, full logits); masks from the same (seed, step) draws."""
+def step_samples(trainer: Trainer, step: int) -> tuple[list, list]:
+    """The samples of optimizer ``step`` and each one's student visibility (None: no student),
+    the masks drawn as the trainer draws them: (seed, step, uid)."""
     cfg = trainer.cfg
     samples = [trainer.samples[i] for i in trainer.plan[step]]
     students = [s for s in samples if s.is_reflection and cfg.mask.distill]
@@ -131,6 +131,14 @@ def _reference_step(trainer: Trainer, model64: torch.nn.Module, step: int) -> di
             k += 1
         else:
             visible.append(None)
+    return samples, visible
+
+
+def _reference_step(trainer: Trainer, model64: torch.nn.Module, step: int) -> dict[str, float]:
+    """SPEC §2 loss of optimizer step ``step`` in float64, from the reference recipe (padded,
+    doubled batch, masked eager attention, full logits); masks from the same (seed, step) draws."""
+    cfg = trainer.cfg
+    samples, visible = step_samples(trainer, step)
     with torch.no_grad():
         teacher, student = reference_logits(model64, [s.ids for s in samples], visible)
     terms, teacher_terms = [], []
