@@ -135,3 +135,76 @@ def test_default_schedule_ptx_has_no_atomics_or_fences(tmp_path):
     assert all(any(op.startswith(("atom.", "red.")) for op in ops) for ops in control), control
     assert len(found) == 12  # rows (pairs, CE only) and slot sums, bf16 and fp32, two targets
     assert all(ops == [] for ops in found.values()), {k: v for k, v in found.items() if v}
+
+
+LAUNCH_PROBE = """
+import json
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.compiler.compiler import make_backend
+import bench.compile_check as cc
+from reflectioncoder.kernels import fused_loss as fl
+from reflectioncoder.kernels import fused_loss_rows as rows_module
+from reflectioncoder.kernels import fused_loss_slot_sums as sums_module
+from reflectioncoder.kernels.fused_loss_schedule import GPU_BUDGET
+
+launches = []
+
+class Recorder:
+    def __init__(self, kernel):
+        self.kernel = kernel
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            names = self.kernel.arg_names
+            values = dict(zip(names, args)) | {k: v for k, v in kw.items() if k in names}
+            launches.append((self.kernel, values, kw.get("num_warps")))
+        return launch
+
+rows_kernel = rows_module._reflection_rows_kernel
+sums_kernel = sums_module._sum_slots_kernel
+rows_module._reflection_rows_kernel = Recorder(rows_kernel)
+sums_module._sum_slots_kernel = Recorder(sums_kernel)
+# The launcher at the headline vocabulary in fp32 (GPU budget: 1024-slot chunks of two
+# 512-slot halves), all rows in pairs, two full chunks; D = 64 stands in for 4096 (both / 16).
+n, d, v = 2048, 64, 128256
+hidden = torch.randn(n, d).requires_grad_()
+weight = (torch.randn(v, d) / 8).requires_grad_()
+targets = torch.randint(0, v, (n,))
+pairs = torch.stack([torch.arange(n // 2), torch.arange(n // 2) + n // 2], 1)
+loss, _ = fl.linear_reflection_loss(
+    hidden, weight, targets, torch.rand(n), pairs, torch.rand(n // 2),
+    backend="triton", budget=GPU_BUDGET, tiles=fl.TILES,
+)
+loss.backward()
+target = GPUTarget("cuda", 90, 32)
+backend = make_backend(target)
+
+def specialisation(kernel, args, num_warps):
+    src, _ = cc.runtime_source(
+        {"kernel": kernel, "args": args, "num_warps": num_warps, "num_stages": 3}, backend
+    )
+    names = src.fn.arg_names
+    aligned = sorted(names[k[0]] for k, a in src.attrs.items() if ["tt.divisibility", 16] in a)
+    consts = {src.fn.arg_names[k[0]]: v for k, v in src.constants.items()}
+    return {"signature": dict(src.signature), "aligned": aligned, "constexprs": consts}
+
+specs = {s["name"]: s for s in fl.COMPILE_SPECS}
+out = []
+for kernel, args, warps in launches[:1] + [l for l in launches if l[0] is sums_kernel][:1]:
+    name = "reflection_rows/pairs/fp32" if kernel is rows_kernel else "sum_slots/fp32"
+    spec = specs[name]
+    out.append([name, specialisation(kernel, args, warps),
+                specialisation(spec["kernel"], spec["args"], spec["num_warps"])])
+print(json.dumps([len(launches)] + out, default=str))
+"""
+
+
+@pytest.mark.slow
+def test_compile_specs_are_the_launchers_real_launches(tmp_path):
+    """bench/compile_check.py must compile the kernels the launcher runs: the specialisation
+    Triton's runtime derives from a real launch (dtypes, constexprs, which pointers and ints
+    are 16-aligned) of a full production chunk equals the one from COMPILE_SPECS."""
+    count, *pairs = _run_probe(tmp_path, LAUNCH_PROBE)
+    assert count == 5 and len(pairs) == 2  # 4 halves' row kernels, one slot sum
+    for name, launched, registered in pairs:
+        assert launched == registered, name
