@@ -64,12 +64,39 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
             field="checkpoint.out_dir",
         )
     found = run_markers(out_dir)
+    holder = held_by(out_dir) if found else None
+    if holder and not (resume or overwrite):  # neither flag would do: it is training now
+        raise RunFolderError(
+            f"{holder} is training in this folder now; wait for it to end or choose another folder",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        )
     if found and not (resume or overwrite):
         raise RunFolderError(
             f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
             "it or --overwrite to start over (deletes it)",
             field="checkpoint.out_dir",
         )
+
+
+def held_by(out_dir: str | Path) -> str | None:
+    """Who trains in ``out_dir`` now (OUT/.lock's text, ``pid N on HOST``), read from the
+    kernel's table of held locks (Linux's /proc/locks) without taking the lock, which a probe
+    would take from a launch starting then; None when no one holds it, or no table is read."""
+    lock = Path(out_dir) / LOCK_FILE
+    try:
+        stat = lock.stat()
+        with open("/proc/locks", encoding="ascii") as table:
+            held = table.read().split()
+    except OSError:
+        return None
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    if where not in held:
+        return None
+    try:
+        return lock.read_text(encoding="utf-8").strip() or "another process"
+    except (OSError, UnicodeDecodeError):
+        return "another process"
 
 
 def lock_run_folder(out_dir: str | Path, announce: bool = True) -> IO[str]:

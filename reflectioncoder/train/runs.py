@@ -22,6 +22,7 @@ import yaml
 
 from reflectioncoder.errors import UsageError
 from reflectioncoder.train.checkpoint_files import damage, trainer_state
+from reflectioncoder.train.run_folder import held_by
 
 COMPLETE = "COMPLETE"  # checkpoint.COMPLETE (not imported: it would import torch)
 TMP_PREFIX = ".tmp-"
@@ -100,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
     if not rows and not (folder / "final").is_dir() and (folder / "config.yaml").is_file():
         print(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
         _print_tracker_runs(folder)
+        _print_training(folder)
         print(_resume_line([]))
         return 0
     if not rows and not (folder / "final").is_dir():
@@ -122,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
     if (folder / "final").is_dir():
         print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
     _print_tracker_runs(folder)
+    _print_training(folder)
     print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
 
@@ -136,6 +139,13 @@ def _print_tracker_runs(folder: Path) -> None:
         return
     ids = ", ".join(f"{k} {v}" for k, v in recorded.items() if k != "run_name")
     print(f"tracker runs: {recorded['run_name']}{f' ({ids})' if ids else ''}")
+
+
+def _print_training(folder: Path) -> None:
+    """``training now: pid N on HOST`` while a launch holds the folder (its lock)."""
+    holder = held_by(folder)
+    if holder:
+        print(f"training now: {holder} (--resume once it has ended)")
 
 
 def _unsaved_run(folder: Path) -> str:
