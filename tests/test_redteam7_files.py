@@ -111,7 +111,9 @@ def test_a_run_that_slows_its_count_still_stops_near_its_share(level):
     assert peak < 1.6 * share, (level, peak, share)
 
 
-def test_runs_under_way_together_hold_at_most_half_the_table():
+def test_runs_under_way_together_hold_at_most_half_the_table(monkeypatch):
+    # this process's runs alone (another scorer's on the machine: test_redteam8_files.py)
+    monkeypatch.setattr(filetable, "machine_runs", lambda *args: 0)
     maximum = 10_000_000
     guards = [filetable.FileTableGuard(list) for _ in range(200)]
     try:
