@@ -39,11 +39,13 @@ PHP_EXITS = {
 }
 
 
+@pytest.mark.slow  # tsc: 5-7 s a sample here
 def test_typescript_reading_itself_finds_no_nonce(shared_dir):
     res = _score("ts", TS_READS_ITSELF, shared_dir)
     assert res.status == "fail", (res.reason, res.stderr_tail, res.stdout_tail)
 
 
+@pytest.mark.slow  # tsc: 5-7 s a sample here
 def test_typescript_patching_node_assert_forges_a_pass(shared_dir):
     """MultiPL-E's own limit, stated in docs/evaluation.md's table."""
     res = _score("ts", TS_REDEFINES, shared_dir)
