@@ -62,18 +62,33 @@ def _varlen_attention_forward(
         if kwargs.get(name) is not None:
             raise ValueError(f"{ATTN_IMPLEMENTATION}: attention with {name!r} is not supported")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    q, k, v, v_dim = _one_head_size(q, k, v)
     backend = getattr(module, "rc_attention", "auto")  # model.attention (prepare_model)
     if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
         from reflectioncoder.kernels.varlen_attention_op import varlen_attention_op
 
-        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
         out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale, backend)
     else:
         out = varlen_attention(
-            q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scaling,
+            q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scale,
             seqlens=rc_seqlens, backend=backend,
         )  # fmt: skip
-    return out.unsqueeze(0), None
+    return out[..., :v_dim].unsqueeze(0), None
+
+
+def _one_head_size(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """(q, k, v, v's head size) with one head size for all three, as the kernels take: multi-head
+    latent attention (DeepSeek-V2/V3) has values of another head size than queries and keys.
+    Zero columns change nothing: in q and k they add 0 to every score (the scale is fixed
+    before), in v they give output columns of 0, cut off after."""
+    v_dim = v.shape[-1]
+    size = max(k.shape[-1], v_dim)
+    if k.shape[-1] < size:
+        q, k = (torch.nn.functional.pad(t, (0, size - t.shape[-1])) for t in (q, k))
+    if v_dim < size:
+        v = torch.nn.functional.pad(v, (0, size - v_dim))
+    return q, k, v, v_dim
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, _varlen_attention_forward)
