@@ -78,10 +78,11 @@ class Probe(torch.nn.Module):
         return (self.w * x).sum()
 
 
-def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
-    """The summed gradient one SGD step applied (every rank), and the config it ran with."""
+def probe_engine(overrides: list[str], extra: dict | None = None):
+    """(engine, run config, DeepSpeed config): ``Probe`` under DeepSpeed with SGD (lr 1) on this
+    rank, configured as the trainer configures it from the tiny preset in bf16 and
+    ``overrides``; ``extra``: more of DeepSpeed's keys."""
     import deepspeed
-    from deepspeed.utils import safe_get_full_fp32_param
 
     from reflectioncoder.config_loader import load_config
     from reflectioncoder.train.deepspeed_config import deepspeed_config
@@ -93,7 +94,6 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
             "data.files=[x.jsonl]",
             "distributed.backend=deepspeed",
             "model.dtype=bf16",
-            "optim.grad_clip=0",
             *overrides,
         ],
     )
@@ -101,12 +101,21 @@ def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
     info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
     config = {
         **deepspeed_config(run, info, hidden_size=HIDDEN),
-        **extra,
+        **(extra or {}),
         "zero_force_ds_cpu_optimizer": False,
     }
     module = Probe()
     sgd = torch.optim.SGD(module.parameters(), lr=1.0)
     engine, *_ = deepspeed.initialize(model=module, optimizer=sgd, config=config)
+    return engine, run, config
+
+
+def run_case(overrides: list[str], extra: dict) -> tuple[torch.Tensor, dict]:
+    """The summed gradient one SGD step applied (every rank), and the config it ran with."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    engine, _, _ = probe_engine(["optim.grad_clip=0", *overrides], extra)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     described = {}
     for m in range(MICRO_BATCHES):
         engine.set_gradient_accumulation_boundary(m == MICRO_BATCHES - 1)
@@ -129,33 +138,12 @@ def skipped_step_then_clean(overrides: list[str], folder: str) -> dict:
     whether each was applied; the second's gradient norm and update against the clean step's
     exact sum (nothing of the skipped step left in it); and the second step run again from a
     checkpoint saved right after the skipped one."""
-    import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from reflectioncoder.config_loader import load_config
-    from reflectioncoder.train.deepspeed_config import deepspeed_config
     from reflectioncoder.train.deepspeed_engine import check_skipped_sums, drop_skipped_sums
-    from reflectioncoder.train.distributed import DistInfo
 
-    run = load_config(
-        base="tiny",
-        overrides=[
-            "data.files=[x.jsonl]",
-            "distributed.backend=deepspeed",
-            "model.dtype=bf16",
-            *overrides,
-        ],
-    )
+    engine, run, config = probe_engine(overrides)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    info = DistInfo(rank, world, rank, torch.device("cpu"), deepspeed=True)
-    config = {
-        **deepspeed_config(run, info, hidden_size=HIDDEN),
-        "zero_force_ds_cpu_optimizer": False,
-    }
-    module = Probe()
-    engine, *_ = deepspeed.initialize(
-        model=module, optimizer=torch.optim.SGD(module.parameters(), lr=1.0), config=config
-    )
     check_skipped_sums(engine.optimizer, config)
 
     def step(poison: bool) -> bool:
