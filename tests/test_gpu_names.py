@@ -46,6 +46,7 @@ GPU_ONLY = (
     "bench/conftest.py",
     "bench/report.py",
     "bench/ablation.py",
+    "bench/host_replay_profile.py",
 )  # not bench/bench_host_replay.py: its children import the replayed commits' own modules
 # (tests/test_host_replay.py runs its CPU path)
 # Installed on a GPU only where carried (bench/README.md), and skipped without: not checked.

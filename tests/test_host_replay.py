@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import bench_host_replay as replay
+from bench import host_replay_profile as profile
 
 
 def _site(kind: str, folder):
@@ -84,7 +85,7 @@ def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
     """GPU busy is the union of kernels and copies, the idle gap after the nonzero's
     synchronize is the sync's, the rest between kernels; AdamW's generic foreach kernel counts
     as optimizer (launched inside its range)."""
-    first, second = replay.profile_steps(_cuda_trace())
+    first, second = profile.profile_steps(_cuda_trace())
     assert first["profiled_wall_s"] == pytest.approx(2000e-6)
     assert first["gpu_busy_s"] == pytest.approx(650e-6)
     assert first["idle_at_syncs_s"] == pytest.approx(70e-6)
@@ -126,9 +127,9 @@ def test_cpu_profile_of_the_1b_step_returns_every_field(tmp_path):
         assert 0 < step["host_main_cpu_s"] <= step["wall_s"] * 1.5
         assert step["host_ops"] > 1000 and step["host_per_op_us"] > 0
         assert step["gpu_busy_s"] == 0 and step["kernels"] == step["launch_calls"] == 0
-    assert set(replay.MEDIAN_KEYS) <= set(case["median"])
+    assert set(profile.MEDIAN_KEYS) <= set(case["median"])
     assert case["model"]["measured_h200_s"] == 0.2194 and case["model"]["model_gpu_s"] > 0
-    table = replay.profile_table({"step_1b": case})
+    table = profile.profile_table({"step_1b": case})
     assert "| step_1b (3d82f92) | cpu | 2 |" in table and "rehearsal" in table
 
 
@@ -143,17 +144,17 @@ def test_a_cuda_case_is_summarised_read_and_tabled():
 
     steps = [row(1, 0.0, 0.003), row(2, 1.0, 0.0008), row(3, 1.002, 0.0004)]
     timed = {"width": replay.REAL, "arch": {}, "steps": steps, "profiled_steps": steps}
-    case = replay.summarise_case("step_1b", "cuda", timed, replay.profile_steps(_cuda_trace()))
+    case = profile.summarise_case("step_1b", "cuda", timed, profile.profile_steps(_cuda_trace()))
     first, second = case["steps"]
     assert first["wall_s"] == pytest.approx(0.002)  # to the next step's start
     assert first["host_per_launch_us"] == pytest.approx(800 / 4)
     assert second["host_per_launch_us"] == pytest.approx(400 / 1)  # no launch traced: kernels
     assert case["median"]["gpu_busy_s"] == pytest.approx(475e-6)
     assert case["reading"].startswith("(a) the host is the bound")  # 0.5 ms GPU of a 143 ms model
-    table = replay.profile_table({"step_1b": case})
+    table = profile.profile_table({"step_1b": case})
     assert "| step_1b (3d82f92) | cuda | as run | 0.0018 | 0.2194 |" in table
     median = dict(case["median"], gpu_busy_s=0.20, wall_s=0.22)
-    assert replay._reading(median, case["model"]).startswith("(b) the GPU is slower")
+    assert profile._reading(median, case["model"]).startswith("(b) the GPU is slower")
 
 
 @pytest.mark.parametrize(
