@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import bench_host_replay as replay
+from bench import host_replay_ops as ops
 from bench import host_replay_profile as profile
 
 
@@ -174,14 +175,14 @@ def test_real_shape_maps_what_grows_with_the_width():
     doubles with the width becomes the run's share of its hidden size (heads x head size 1
     -> the run's width; the CLI's MLP width, 22 and 43 at 8 and 16, -> 5504); anything else
     is an error, not a guess."""
-    widths = replay.OP_WIDTHS
-    assert replay._real_shape([[4527, 8], [4527, 16]], widths, "step_1b") == [4527, 2048]
-    assert replay._real_shape([[512, 8], [512, 16]], widths, "step_1b") == [128256, 2048]
-    assert replay._real_shape([[7646, 2, 1], [7646, 4, 1]], widths, "step_1b") == [7646, 512, 1]
-    assert replay._real_shape([[22, 8], [43, 16]], widths, "cli") == [5504, 2048]
-    assert replay._real_shape([[407, 8], [407, 16]], widths, "cli") == [407, 2048]
+    widths = ops.OP_WIDTHS
+    assert ops._real_shape([[4527, 8], [4527, 16]], widths, "step_1b") == [4527, 2048]
+    assert ops._real_shape([[512, 8], [512, 16]], widths, "step_1b") == [128256, 2048]
+    assert ops._real_shape([[7646, 2, 1], [7646, 4, 1]], widths, "step_1b") == [7646, 512, 1]
+    assert ops._real_shape([[22, 8], [43, 16]], widths, "cli") == [5504, 2048]
+    assert ops._real_shape([[407, 8], [407, 16]], widths, "cli") == [407, 2048]
     with pytest.raises(ValueError):
-        replay._real_shape([[5, 8], [7, 16]], widths, "cli")
+        ops._real_shape([[5, 8], [7, 16]], widths, "cli")
 
 
 @pytest.mark.slow
@@ -190,7 +191,7 @@ def test_op_timeline_records_the_1b_step_aligned_across_widths(tmp_path):
     GEMMs at the run's shapes do 6 x body params x tokens (bench/step_model.py's count)."""
     from bench import step_model as sm
 
-    out = replay.op_timeline("step_1b", _site("step_1b", tmp_path))
+    out = ops.op_timeline("step_1b", _site("step_1b", tmp_path))
     assert len(out["segments"]) == 4 and all(p > 0 for p in out["recorder_per_op_s"])
     gemm = out["categories"].index("gemm")
     flops = sum(op[2] for s in out["segments"] for op in s["ops"] if op[1] == gemm)
