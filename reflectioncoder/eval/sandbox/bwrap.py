@@ -72,12 +72,19 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+# What the interpreter reads of each prefix (a venv's, the base install's): never the prefix
+# itself, where pip keeps its site config (``pip.conf``: an index URL with a token) and a
+# user anything else (round 8: every box, of every language, read a venv's ``pip.conf``)
+_PREFIX_PARTS = ("bin", "lib", "lib64", "pyvenv.cfg")
+
+
 def python_paths() -> list[str]:
     """The interpreter, its standard library and the site-packages programs import from."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    paths = {os.path.dirname(os.path.realpath(sys.executable))}
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        paths.update(os.path.join(prefix, part) for part in _PREFIX_PARTS)
     paths.update(p for p in sys.path if "-packages" in p)  # site dirs, .pth-added ones too
-    return sorted(p for p in paths if os.path.isdir(p))
+    return sorted(p for p in paths if os.path.exists(p))
 
 
 def toolchain_binds(tools: Sequence[str]) -> list[str]:
