@@ -154,12 +154,14 @@ def profile_steps(trace: dict) -> list[dict]:
 
 
 def _model_figures(kind: str) -> dict:
-    """The calibration row of this measured step (bench/step_model.py): measured and
+    """The calibration row of this measured step (bench/step_calibration.py): measured and
     modelled step seconds, and the model's GPU seconds (its note's)."""
-    from bench import step_model
+    from bench import step_calibration
 
     row = next(
-        r for r in step_model.calibration_rows() if r["what"].startswith(CALIBRATION_ROWS[kind])
+        r
+        for r in step_calibration.calibration_rows()
+        if r["what"].startswith(CALIBRATION_ROWS[kind])
     )
     gpu = re.search(r"GPU ([\d.]+) s; overlapped", row["note"])
     host = re.search(r"host ([\d.]+) s \(at the smallest", row["note"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpu_suite, roofline
+from bench import step_calibration as sc
 from bench import step_model as sm
 from bench.providers.common import CARD_PEAKS
 from reflectioncoder.train.flops import StepFlops, packed_flops, utilisation
@@ -37,7 +38,7 @@ def _printed() -> dict[str, set[str]]:
     rows = sm.model_rows()
     printed = {
         "step_model": sm.markdown(rows).splitlines()[2:],
-        "step_model --calibrate": sm.calibration_markdown(sm.calibration_rows()).splitlines()[2:],
+        "step_model --calibrate": sc.calibration_markdown(sc.calibration_rows()).splitlines()[2:],
         "roofline --calibrate": roofline.calibration_markdown(
             roofline.calibration_rows()
         ).splitlines()[2:],
@@ -150,8 +151,8 @@ def test_measured_mfu_figures_are_the_one_count_over_the_measured_time():
     must come with these figures recomputed or relabelled."""
     results = (REPO / "bench/RESULTS.md").read_text()
     readme = (REPO / "README.md").read_text()
-    step_1b = _one_count(sm.LLAMA_1B, list(sm.STEP_1B_MICRO), 0.0, 0.2194)
-    cli = sm._cli_work(*sm.CLI_STEPS[1])  # the median step's tokens, as the row took
+    step_1b = _one_count(sm.LLAMA_1B, list(sc.STEP_1B_MICRO), 0.0, 0.2194)
+    cli = sc._cli_work(*sc.CLI_STEPS[1])  # the median step's tokens, as the row took
     plain = _one_count(sm.CLI_1B, [(cli.seq_lens, cli.loss_rows)], 1.0, 0.314)
     zero3 = _one_count(sm.CLI_1B, [(cli.seq_lens, cli.loss_rows)], 1.0, 0.756)
     want = {

@@ -189,11 +189,12 @@ def test_real_shape_maps_what_grows_with_the_width():
 def test_op_timeline_records_the_1b_step_aligned_across_widths(tmp_path):
     """The 1.5B step's ops recorded at both widths align op by op, in four segments, and its
     GEMMs at the run's shapes do 6 x body params x tokens (bench/step_model.py's count)."""
+    from bench import step_calibration as sc
     from bench import step_model as sm
 
     out = ops.op_timeline("step_1b", _site("step_1b", tmp_path))
     assert len(out["segments"]) == 4 and all(p > 0 for p in out["recorder_per_op_s"])
     gemm = out["categories"].index("gemm")
     flops = sum(op[2] for s in out["segments"] for op in s["ops"] if op[1] == gemm)
-    tokens = sum(sum(lens) for lens, _ in sm.STEP_1B_MICRO)
+    tokens = sum(sum(lens) for lens, _ in sc.STEP_1B_MICRO)
     assert flops == pytest.approx(6 * sm.LLAMA_1B.shape().body_params * tokens, rel=0.005)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bench import step_calibration as sc
 from bench import step_model as sm
 
 KEYS = {
@@ -155,9 +156,9 @@ def test_synced_step_overlaps_only_between_syncs():
     sync they add: one segment is max(host, GPU), more syncs never make a step faster, and no
     split is slower than host + GPU."""
     host, gpu = [0.03, 0.01, 0.02], [0.01, 0.04, 0.02]
-    assert sm.synced_step_s([sum(host)], [sum(gpu)]) == pytest.approx(max(sum(host), sum(gpu)))
-    assert sm.synced_step_s(host, gpu) == pytest.approx(0.03 + 0.04 + 0.02)
-    assert max(sum(host), sum(gpu)) <= sm.synced_step_s(host, gpu) <= sum(host) + sum(gpu)
+    assert sc.synced_step_s([sum(host)], [sum(gpu)]) == pytest.approx(max(sum(host), sum(gpu)))
+    assert sc.synced_step_s(host, gpu) == pytest.approx(0.03 + 0.04 + 0.02)
+    assert max(sum(host), sum(gpu)) <= sc.synced_step_s(host, gpu) <= sum(host) + sum(gpu)
 
 
 def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
@@ -170,7 +171,7 @@ def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
         ("step_1b", 3 * sm.LLAMA_1B.layers, sm.HOST_LAYER_S),
         ("cli", sm.CLI_1B.layers, sm.HOST_LAYER_S + sm.HOST_RERUN_S),
     ):
-        host, bound = sm._replayed_host(case)
+        host, bound = sc._replayed_host(case)
         assert len(host) == 4 and all(h > 0 for h in host) and sum(host) < bound
         # the replayed layers issue more than one bench_host_overhead layer (their attention
         # path's Python, the step around them): the constants are the table's lower bound
@@ -204,9 +205,9 @@ def test_simulated_stream_on_a_hand_made_op_list():
     idle starts at its issue time; no segment is shorter than max(host, GPU busy) nor longer
     than host + GPU busy."""
     segments = [(10.0, [(0.0, 3.0), (1.0, 5.0), (9.0, 1.0)]), (2.0, [(0.0, 4.0), (1.0, 1.0)])]
-    out = sm.simulate_stream(segments)
+    out = sc.simulate_stream(segments)
     assert out == [(10.0, 9.0, 10.0), (2.0, 5.0, 5.0)]
-    assert sm.simulate_stream([(1.0, [(5.0, 2.0)])]) == [(1.0, 2.0, 7.0)]  # issued late: 5 -> 7
+    assert sc.simulate_stream([(1.0, [(5.0, 2.0)])]) == [(1.0, 2.0, 7.0)]  # issued late: 5 -> 7
     for host, busy, elapsed in out:
         assert max(host, busy) <= elapsed <= host + busy
 
@@ -218,8 +219,8 @@ def test_op_timeline_maps_the_replayed_ops_onto_the_runs_shapes():
     full checkpointing) within 0.5%; each row's simulation costs at least its modelled GPU."""
     timelines = json.loads(sm.HOST_REPLAY.read_text())["op_timeline"]
     for case, arch, rec, tokens in (
-        ("step_1b", sm.LLAMA_1B, 0, sum(sum(lens) for lens, _ in sm.STEP_1B_MICRO)),
-        ("cli", sm.CLI_1B, 1, sm.CLI_STEPS[1][0]),
+        ("step_1b", sm.LLAMA_1B, 0, sum(sum(lens) for lens, _ in sc.STEP_1B_MICRO)),
+        ("cli", sm.CLI_1B, 1, sc.CLI_STEPS[1][0]),
     ):
         segments = timelines[case]["segments"]
         assert len(segments) == 4
@@ -231,7 +232,7 @@ def test_op_timeline_maps_the_replayed_ops_onto_the_runs_shapes():
         shape = arch.shape()
         model = (6 * shape.body_params + 2 * rec * shape.recomputed_params) * tokens
         assert flops == pytest.approx(model, rel=0.005), case
-    for step, note in (sm._step_1b(), sm._cli_step()):
+    for step, note in (sc._step_1b(), sc._cli_step()):
         busy = float(note.split(" s, GPU busy ")[1].split(" s")[0])
         assert busy <= step + 1e-4 and "simulated" in note
 
@@ -251,7 +252,7 @@ def test_gemm_share_reads_the_published_h100_sweep():
     for arch in sm.ARCHS.values():
         assert sm.gemm_shape_factor(arch, 16384) == 1.0
     assert sm.gemm_shape_factor(sm.MPT_7B, 6 * 2048) == 1.0
-    small = [sm.gemm_shape_factor(sm.LLAMA_1B, sum(lens)) for lens, _ in sm.STEP_1B_MICRO]
+    small = [sm.gemm_shape_factor(sm.LLAMA_1B, sum(lens)) for lens, _ in sc.STEP_1B_MICRO]
     assert all(0.75 < f < 0.9 for f in small)
     work = sm.Workload((2452,), 1095, 1, samples_per_step=1)
     levers = sm.Levers("none", compiled=False)
@@ -264,21 +265,21 @@ def test_each_replayed_op_pays_the_drivers_launch_before_it_is_issued():
     """HOST_LAUNCH_S (the published cuLaunchKernel cost): the i-th kernel of a segment is issued
     after i + 1 launches on top of its replayed share, and the segment's host grows by one
     launch a kernel, so no simulated step gets faster."""
-    launch = sm.HOST_LAUNCH_S
+    launch = sc.HOST_LAUNCH_S
     assert 1e-6 <= launch <= 5e-6
     kernels = [(0.0, 3.0), (0.5, 1.0)]
-    assert sm._issued(10.0, kernels) == [(launch, 3.0), (5.0 + 2 * launch, 1.0)]
-    assert sm._launched(10.0, kernels) == 10.0 + 2 * launch
-    with_launch = sm._simulated([10.0], [kernels])
+    assert sc._issued(10.0, kernels) == [(launch, 3.0), (5.0 + 2 * launch, 1.0)]
+    assert sc._launched(10.0, kernels) == 10.0 + 2 * launch
+    with_launch = sc._simulated([10.0], [kernels])
     assert with_launch[0][0] == 10.0 + 2 * launch and with_launch[0][2] >= 10.0
 
 
 def test_each_simulated_kernel_adds_the_streams_fixed_time():
     """KERNEL_FIXED_S: the replayed kernels share each category's modelled total and each adds
     the published fixed time on top, so a step's kernels sum to the totals plus n x that."""
-    assert 0.5e-6 <= sm.KERNEL_FIXED_S <= 2e-6 and sm.KERNEL_FLOOR_S == 0
+    assert 0.5e-6 <= sc.KERNEL_FIXED_S <= 2e-6 and sc.KERNEL_FLOOR_S == 0
     totals = dict.fromkeys(("gemm", "attention", "loss", "elementwise", "optimizer"), 1.0)
-    kernels, _ = sm._op_kernels("step_1b", totals)
+    kernels, _ = sc._op_kernels("step_1b", totals)
     n = sum(len(seg) for seg in kernels)
     got = sum(seconds for seg in kernels for _, seconds in seg)
-    assert got == pytest.approx(len(totals) + n * sm.KERNEL_FIXED_S)
+    assert got == pytest.approx(len(totals) + n * sc.KERNEL_FIXED_S)
