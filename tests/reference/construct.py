@@ -8,15 +8,7 @@ special-token strings.
 
 from __future__ import annotations
 
-SPECIAL = (
-    "<|user|>",
-    "<|assistant|>",
-    "<|text|>",
-    "<|code|>",
-    "<|execution|>",
-    "<|endofblock|>",
-    "<|endofmessage|>",
-)
+from reference.serialise import SPECIALS  # the seven special-token strings (SPEC §1)
 
 
 def structure_errors(sample: dict) -> list[str]:
@@ -33,7 +25,7 @@ def structure_errors(sample: dict) -> list[str]:
                 errors.append(f"messages[{m}].content[{b}].type: {block.get('type')!r}")
             if not isinstance(block.get("content"), str):
                 errors.append(f"messages[{m}].content[{b}].content: not a string")
-            elif any(s in block["content"] for s in SPECIAL):
+            elif any(s in block["content"] for s in SPECIALS):
                 errors.append(f"messages[{m}].content[{b}].content: holds a special token")
     roles = [message.get("role") for message in messages]
     if sample.get("type") == "generation":
