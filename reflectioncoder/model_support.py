@@ -41,6 +41,7 @@ def check_supported(model: Any, max_len: int | None = None) -> None:
             "`layers` (the Llama-style layout packed training runs); this architecture is not "
             "supported"
         )
+    _check_attention_layers(model)
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "bias", None) is not None:
         raise ValueError(
@@ -54,6 +55,28 @@ def check_supported(model: Any, max_len: int | None = None) -> None:
             f"sliding-window attention is not supported; train with data.max_len <= {window} "
             "(the window then never binds)"
         )
+
+
+def _check_attention_layers(model: Any) -> None:
+    """Every decoder layer attends through ``self_attn``, which transformers' attention interface
+    feeds (``_supports_attention_backend``: the packed segments reach our varlen attention).
+    Models without it either never pass them (StableLM: it stopped at the first step) or mix
+    tokens across segments outside attention (Mamba, Jamba, Qwen3-Next, Falcon-H1's state-space
+    layers: a packed batch would train silently on the wrong sums)."""
+    cls = type(model).__name__
+    if not getattr(model, "_supports_attention_backend", False):
+        raise ValueError(
+            f"model: {cls} does not run its attention through transformers' attention "
+            "interface (_supports_attention_backend is False), which packed training feeds the "
+            "segments through; this architecture is not supported"
+        )
+    for i, layer in enumerate(model.base_model.layers):
+        if not isinstance(getattr(layer, "self_attn", None), nn.Module):
+            raise ValueError(
+                f"model: {cls}: layer {i} ({type(layer).__name__}) has no `self_attn`, the "
+                "attention packed training runs with the segments; this architecture is not "
+                "supported"
+            )
 
 
 def _check_values(config: Any) -> None:
