@@ -77,6 +77,11 @@ def _check_attention_layers(model: Any) -> None:
                 "attention packed training runs with the segments; this architecture is not "
                 "supported"
             )
+        if getattr(layer.self_attn, "sinks", None) is not None:  # GPT-OSS: a softmax term more
+            raise ValueError(
+                f"model: {cls}: layer {i}'s attention has sinks, which the varlen attention "
+                "does not apply; this architecture is not supported"
+            )
 
 
 def _check_values(config: Any) -> None:

@@ -4,8 +4,9 @@ the model: StableLM (StableCode) stopped at the first step with 'cu_seq_lens_q a
 are required', GPT-NeoX, Mamba, Jamba and Qwen3-Next with an internal AttributeError
 ('... has no attribute self_attn'), and Falcon-H1, whose state-space layers run over the whole
 packed batch, trained silently on hidden states mixed across samples (1e-2 off each sample run
-alone). The architectures that train keep training: their packed forward equals each segment
-run alone."""
+alone). GPT-OSS, whose attention sinks the varlen attention does not apply, stopped at the
+first step ('attention with s_aux is not supported'). The architectures that train keep
+training: their packed forward equals each segment run alone."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def _model(name: str, **extra):
         ("Qwen3Next", {}, "attention interface"),
         ("GPTNeoX", {}, "has no `self_attn`"),
         ("Lfm2", {"layer_types": ["conv", "full_attention"]}, "has no `self_attn`"),
+        ("GptOss", {"head_dim": 8, "num_local_experts": 4}, "attention has sinks"),
     ],
 )
 def test_refused_naming_the_model(name, extra, words):
