@@ -6,6 +6,7 @@ import pytest
 
 from bench import step_calibration as sc
 from bench import step_model as sm
+from bench import step_stream as ss
 
 KEYS = {
     "model",
@@ -156,9 +157,9 @@ def test_synced_step_overlaps_only_between_syncs():
     sync they add: one segment is max(host, GPU), more syncs never make a step faster, and no
     split is slower than host + GPU."""
     host, gpu = [0.03, 0.01, 0.02], [0.01, 0.04, 0.02]
-    assert sc.synced_step_s([sum(host)], [sum(gpu)]) == pytest.approx(max(sum(host), sum(gpu)))
-    assert sc.synced_step_s(host, gpu) == pytest.approx(0.03 + 0.04 + 0.02)
-    assert max(sum(host), sum(gpu)) <= sc.synced_step_s(host, gpu) <= sum(host) + sum(gpu)
+    assert ss.synced_step_s([sum(host)], [sum(gpu)]) == pytest.approx(max(sum(host), sum(gpu)))
+    assert ss.synced_step_s(host, gpu) == pytest.approx(0.03 + 0.04 + 0.02)
+    assert max(sum(host), sum(gpu)) <= ss.synced_step_s(host, gpu) <= sum(host) + sum(gpu)
 
 
 def test_measured_steps_use_the_replayed_host_split_at_their_syncs(capsys):
@@ -205,9 +206,9 @@ def test_simulated_stream_on_a_hand_made_op_list():
     idle starts at its issue time; no segment is shorter than max(host, GPU busy) nor longer
     than host + GPU busy."""
     segments = [(10.0, [(0.0, 3.0), (1.0, 5.0), (9.0, 1.0)]), (2.0, [(0.0, 4.0), (1.0, 1.0)])]
-    out = sc.simulate_stream(segments)
+    out = ss.simulate_stream(segments)
     assert out == [(10.0, 9.0, 10.0), (2.0, 5.0, 5.0)]
-    assert sc.simulate_stream([(1.0, [(5.0, 2.0)])]) == [(1.0, 2.0, 7.0)]  # issued late: 5 -> 7
+    assert ss.simulate_stream([(1.0, [(5.0, 2.0)])]) == [(1.0, 2.0, 7.0)]  # issued late: 5 -> 7
     for host, busy, elapsed in out:
         assert max(host, busy) <= elapsed <= host + busy
 
@@ -265,21 +266,21 @@ def test_each_replayed_op_pays_the_drivers_launch_before_it_is_issued():
     """HOST_LAUNCH_S (the published cuLaunchKernel cost): the i-th kernel of a segment is issued
     after i + 1 launches on top of its replayed share, and the segment's host grows by one
     launch a kernel, so no simulated step gets faster."""
-    launch = sc.HOST_LAUNCH_S
+    launch = ss.HOST_LAUNCH_S
     assert 1e-6 <= launch <= 5e-6
     kernels = [(0.0, 3.0), (0.5, 1.0)]
-    assert sc._issued(10.0, kernels) == [(launch, 3.0), (5.0 + 2 * launch, 1.0)]
-    assert sc._launched(10.0, kernels) == 10.0 + 2 * launch
-    with_launch = sc._simulated([10.0], [kernels])
+    assert ss._issued(10.0, kernels) == [(launch, 3.0), (5.0 + 2 * launch, 1.0)]
+    assert ss._launched(10.0, kernels) == 10.0 + 2 * launch
+    with_launch = ss._simulated([10.0], [kernels])
     assert with_launch[0][0] == 10.0 + 2 * launch and with_launch[0][2] >= 10.0
 
 
 def test_each_simulated_kernel_adds_the_streams_fixed_time():
     """KERNEL_FIXED_S: the replayed kernels share each category's modelled total and each adds
     the published fixed time on top, so a step's kernels sum to the totals plus n x that."""
-    assert 0.5e-6 <= sc.KERNEL_FIXED_S <= 2e-6 and sc.KERNEL_FLOOR_S == 0
+    assert 0.5e-6 <= ss.KERNEL_FIXED_S <= 2e-6 and ss.KERNEL_FLOOR_S == 0
     totals = dict.fromkeys(("gemm", "attention", "loss", "elementwise", "optimizer"), 1.0)
     kernels, _ = sc._op_kernels("step_1b", totals)
     n = sum(len(seg) for seg in kernels)
     got = sum(seconds for seg in kernels for _, seconds in seg)
-    assert got == pytest.approx(len(totals) + n * sc.KERNEL_FIXED_S)
+    assert got == pytest.approx(len(totals) + n * ss.KERNEL_FIXED_S)
