@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
-from reflectioncoder.errors import check_field, did_you_mean
+from reflectioncoder.errors import atomic_write_text, check_field, did_you_mean
 from reflectioncoder.train.config import (
     CheckpointConfig,
     DistributedConfig,
@@ -181,8 +181,7 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML (the run folder keeps the exact config it ran with)."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))  # a kill: whole
 
 
 def _to_plain(obj: Any) -> Any:

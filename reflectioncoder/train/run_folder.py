@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
+
 from reflectioncoder.config import RunConfig
 from reflectioncoder.errors import UsageError, UserError
 from reflectioncoder.train import reporters
@@ -63,6 +65,13 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
             file=out_dir,
             field="checkpoint.out_dir",
         )
+    if not is_run_config(out_dir / "config.yaml"):
+        raise RunFolderError(
+            "holds a config.yaml that is not a reflectioncoder run's (another project's folder?): "
+            "a run would replace it; choose another folder",
+            file=out_dir,
+            field="checkpoint.out_dir",
+        )
     found = run_markers(out_dir)
     holder = held_by(out_dir) if found else None
     if holder and not (resume or overwrite):  # neither flag would do: it is training now
@@ -77,6 +86,23 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
             "it or --overwrite to start over (deletes it)",
             field="checkpoint.out_dir",
         )
+
+
+# The sections every run's config.yaml holds (RunConfig.to_dict), older runs' included
+RUN_SECTIONS = frozenset({"model", "data", "train", "checkpoint"})
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether ``path`` is absent or a run's config.yaml (RunConfig.save): a run folder's is
+    rewritten by the next start, and a folder given as checkpoint.out_dir may be another
+    project's, whose own config.yaml would be lost."""
+    if not path.exists():
+        return True
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and RUN_SECTIONS <= set(config)
 
 
 def held_by(out_dir: str | Path) -> str | None:
@@ -153,7 +179,8 @@ def clear_run_folder(out_dir: str | Path) -> list[str]:
     config.yaml or a run marker): ``--overwrite`` into a project's own folder (``out_dir=.``)
     removed that project's wandb/, mlruns/ and tensorboard/."""
     out_dir = Path(out_dir)
-    if not ((out_dir / "config.yaml").is_file() or run_markers(out_dir)):
+    ours = (out_dir / "config.yaml").is_file() and is_run_config(out_dir / "config.yaml")
+    if not (ours or run_markers(out_dir)):
         return []
     removed = []
     for name in (*RUN_MARKERS, "tensorboard", "wandb", "mlruns", "loss.png"):
