@@ -46,3 +46,11 @@ def test_a_runs_own_config_is_a_runs(tmp_path, project):
     assert is_run_config(tmp_path / "config.yaml")
     assert not is_run_config(project / "config.yaml")
     assert clear_run_folder(project) == [] and (project / "wandb" / "run.txt").is_file()
+
+
+def test_runs_does_not_take_it_for_a_run(project, capsys):
+    """`runs` said "a run that stopped before its first step" of a project's folder."""
+    assert main(["runs", str(project)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"reflectioncoder runs: {project}: FOLDER: holds no checkpoints and no final model"
+    ]

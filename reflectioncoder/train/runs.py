@@ -22,7 +22,7 @@ import yaml
 
 from reflectioncoder.errors import UsageError
 from reflectioncoder.train.checkpoint_files import damage, trainer_state
-from reflectioncoder.train.run_folder import held_by
+from reflectioncoder.train.run_folder import held_by, is_run_config
 
 COMPLETE = "COMPLETE"  # checkpoint.COMPLETE (not imported: it would import torch)
 TMP_PREFIX = ".tmp-"
@@ -98,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
         state = "a file, not a run folder" if folder.exists() else "not found"
         raise UsageError(state, file=folder, field="FOLDER")
     rows = checkpoint_rows(folder)
-    if not rows and not (folder / "final").is_dir() and (folder / "config.yaml").is_file():
+    config = folder / "config.yaml"
+    if not rows and not (folder / "final").is_dir() and config.is_file() and is_run_config(config):
         print(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
         _print_tracker_runs(folder)
         _print_training(folder)
