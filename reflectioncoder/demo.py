@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reflectioncoder.errors import UsageError
+from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress, setup_output
 
 if TYPE_CHECKING:  # the steps import these when they run: `--help` stays quick
@@ -304,9 +305,10 @@ def _generate_and_test(
     result = run_tests(problem, completion, timeout_s=5.0)
     note = "not in the training data" if problem.task_id not in used else "seen in training"
     print(f"problem {problem.task_id} ({note}):\n{_indent(problem.prompt.rstrip())}")
-    print(f"completion (cut at the fence and stop strings):\n{_indent(completion or '(empty)')}")
+    shown = printable(completion, lines=True) or "(empty)"  # model-written: escapes escaped
+    print(f"completion (cut at the fence and stop strings):\n{_indent(shown)}")
     last_line = result.output.splitlines()[-1] if result.output else ""
-    print(f"its tests, run in the sandbox: {_verdict(result.passed)}  {last_line}")
+    print(f"its tests, run in the sandbox: {_verdict(result.passed)}  {printable(last_line)}")
     return problem, prompt, completion, result.passed
 
 

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from reflectioncoder.printable import printable
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit, ``scancel``, ``docker stop``, ``timeout``, torchrun
@@ -136,7 +138,8 @@ def is_expected(err: BaseException) -> bool:
 
 
 def _flat(text: str) -> str:
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+    # a message may quote a file, a program's output or a server's reply: escapes escaped
+    return printable(" ".join(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -18,6 +18,7 @@ from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, Tr
 from reflectioncoder.construct.build import build_dataset, write_jsonl
 from reflectioncoder.errors import UsageError, require_file, require_model_folder
 from reflectioncoder.generate import RetryPolicy
+from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
 
@@ -114,9 +115,9 @@ def main(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             seed=args.seed,
         )
-        print(f"{args.out}: {summary.summary()}")
+        print(f"{args.out}: {printable(summary.summary())}")  # reasons quote programs' output
         for where, reason in list(summary.skipped.items())[:20]:
-            print(f"  skipped {where}: {reason}")
+            print(f"  skipped {printable(where)}: {printable(reason)}")
         print(f"  progress log: {progress_path(args.out)}")
         return 1 if summary.left else 0
     with Progress(None, "reflection samples", unit="sample", enabled=not args.no_progress) as bar:

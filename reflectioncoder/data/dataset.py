@@ -28,6 +28,7 @@ from reflectioncoder.data.tokenize import (
     serialise,
     special_token_ids,
 )
+from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
 log = logging.getLogger("reflectioncoder.data")
@@ -225,5 +226,5 @@ def load_dataset(
             next_uid += cached["loaded"]
     report.samples = len(out)
     if warn and (report.skipped or report.over_length):  # never dropped silently
-        log.warning("data: %s", report.summary(cfg.max_len))
+        log.warning("data: %s", printable(report.summary(cfg.max_len)))  # quotes rows
     return out, report

@@ -27,6 +27,7 @@ from reflectioncoder.errors import (
     require_file,
     require_model_folder,
 )
+from reflectioncoder.printable import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,13 +180,13 @@ def main(args: argparse.Namespace) -> int:
     except (DataError, FileNotFoundError) as e:
         print(f"reflectioncoder inspect: {e}", file=sys.stderr)
         return 1
-    print(f"# {report.summary(args.max_len)}")
+    print(f"# {printable(report.summary(args.max_len))}")  # the lines quote the data's fields
     for line in report.skipped + [f"over-length: {s}" for s in report.over_length]:
-        print(f"#   {line}")
+        print(f"#   {printable(line)}")
     views = sample_views(samples, args.step, args.total_steps, mask_cfg, args.seed)
     shown = views if args.limit is None else views[: args.limit]
     for view in shown:
-        print(format_view(view, tokenizer))
+        print(printable(format_view(view, tokenizer), lines=True))
         print()
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(views))

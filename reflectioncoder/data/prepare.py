@@ -23,6 +23,7 @@ from reflectioncoder.data.formats import FORMATS, convert_row, detect_format
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
 from reflectioncoder.errors import UsageError, UserError, refuse_overwriting_input
+from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
 MAX_LISTED = 100  # skipped rows listed per reason in the manifest (all are counted)
@@ -323,7 +324,7 @@ def main(args: argparse.Namespace) -> int:
             f"contaminated {s.decontaminated}"
         )
         for rows in s.skipped.values():  # where each kind first happened (all: the manifest)
-            print(f"    e.g. {rows[0]}")
+            print(f"    e.g. {printable(rows[0])}")  # quotes the row's fields
         if s.read and not s.written and not s.decontaminated:  # (a wrong --format raised)
             print(
                 f"warning: {s.path}: none of its {s.read} rows could be converted; "

@@ -19,6 +19,7 @@ import time
 
 from reflectioncoder.errors import UsageError
 from reflectioncoder.eval import multiple_languages as ml
+from reflectioncoder.printable import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +52,9 @@ def _install(packages: list[str]) -> int:
         print("$ " + " ".join(argv), file=sys.stderr)
         proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if proc.returncode != 0:
-            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
-            print(f"error: {argv[0]} {argv[1]} failed: {' / '.join(tail)}", file=sys.stderr)
+            tail = " / ".join(proc.stderr.decode(errors="replace").strip().splitlines()[-3:])
+            tail = printable(tail)  # apt quotes what it read: a mirror's reply
+            print(f"error: {argv[0]} {argv[1]} failed: {tail}", file=sys.stderr)
             return proc.returncode
     print(f"installed {len(packages)} packages in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return 0

@@ -1,0 +1,47 @@
+"""Untrusted text (a dataset's fields, a program's output, model-written code) reaches the
+terminal with its control characters escaped: a hostile problems file cannot clear the screen,
+retitle the terminal or overwrite the line printed before it."""
+
+from __future__ import annotations
+
+import json
+
+from reflectioncoder.cli import main as cli_main
+from reflectioncoder.errors import UserError, one_line
+from reflectioncoder.printable import printable
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rok\x08\x9b1m\u202e"
+
+
+def test_control_characters_are_escaped_and_text_is_kept():
+    assert printable(HOSTILE) == "\\x1b]0;pwned\\x07\\x1b[2J\\rok\\x08\\x9b1m\\u202e"
+    assert printable("naïve café λ → 日本 \\ 'q'") == "naïve café λ → 日本 \\ 'q'"
+    assert printable("a\n\tb\x1b") == "a\\n\\tb\\x1b"
+    assert printable("a\n\tb\x1b\r", lines=True) == "a\n\tb\\x1b\\r"
+    assert printable("\udc80") == "\\udc80"  # a lone surrogate: printed, not a crash
+
+
+def test_one_line_errors_escape_what_they_quote():
+    message, code = one_line(UserError(f"HTTP 500: {HOSTILE}", file="x.jsonl", line=3))
+    assert "\x1b" not in message and "\x07" not in message and "\r" not in message
+    assert message.startswith("x.jsonl:3: HTTP 500: \\x1b]0;pwned\\x07")
+
+
+def test_build_data_prints_a_failing_reference_escaped(tmp_path, capsys):
+    problems = tmp_path / "problems.jsonl"
+    hostile = {
+        "id": "evil\x1b[31m",
+        "prompt": "Write `f(x)`.",
+        "reference": f"def f(x):\n    raise ValueError({HOSTILE.replace(chr(13), '')!r})\n",
+        "tests": ["assert f(1) == 1"],
+    }
+    problems.write_text(json.dumps(hostile) + "\n")
+    out = tmp_path / "refl.jsonl"
+    argv = ["build-data", "--problems", str(problems), "--out", str(out), "--timeout", "2"]
+    cli_main(argv)
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\u202e" not in text
+    skipped = next(line for line in text.splitlines() if line.startswith("  skipped "))
+    assert skipped.startswith("  skipped evil\\x1b[31m: the tests fail on the reference: ")
+    assert skipped.endswith("ValueError: \\x1b]0;pwned\\x07\\x1b[2Jok\\x08\\x9b1m\\u202e")
