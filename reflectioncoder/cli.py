@@ -62,6 +62,10 @@ COMMANDS = {
 
 DEBUG_ENV = "REFLECTIONCODER_DEBUG"
 
+# `reflectioncoder launch [torchrun's options] COMMAND ...`: reflectioncoder.launch, torchrun
+# for a command whose failure ends in one line (its arguments are torchrun's, not a parser's)
+LAUNCH = ("launch", "torchrun for a command: a failed launch ends in one line (see --help)")
+
 EPILOG = """\
 examples:
   make demo                                        # the whole method on a CPU, in minutes
@@ -137,13 +141,17 @@ def _top_parser() -> Parser:
         "--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (_, help_text) in [*COMMANDS.items(), (LAUNCH[0], (None, LAUNCH[1]))]:
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def _run(argv: list[str]) -> int:
     top = [a for a in argv if a != "--debug"]
+    if top and top[0] == LAUNCH[0]:
+        from reflectioncoder import launch
+
+        return launch.main(argv[argv.index(LAUNCH[0]) + 1 :])
     if not top or top[0] not in COMMANDS:
         parser = _top_parser()
         if not top or top[0] in ("-h", "--help"):

@@ -1,5 +1,6 @@
-"""``python -m reflectioncoder.launch [torchrun's options] COMMAND [its arguments]``: torchrun
-for a ``reflectioncoder`` command, whose failure ends in one readable line.
+"""``reflectioncoder launch [torchrun's options] COMMAND [its arguments]`` (or ``python -m
+reflectioncoder.launch``): torchrun for a ``reflectioncoder`` command, whose failure ends in one
+readable line.
 
 torchrun itself ends a failed run with its own Python traceback (``raise ChildFailedError``,
 torchrun's code: it says that a rank failed, not where) and a report of every rank, after the
@@ -43,6 +44,9 @@ class _SaidByOurLine(logging.Filter):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     return guarded(PROG, lambda: _launch(argv), "--debug" in argv)
 
 

@@ -223,3 +223,28 @@ def test_a_killed_rank_0_leaves_no_mlflow_run_running(tmp_path, monkeypatch):
     assert proc.wait(timeout=120) == 143
     assert client.get_run(run_id).info.status == "KILLED"
     assert json.loads((tmp_path / "run" / "tracker_runs.json").read_text())["mlflow"] == run_id
+
+
+# -- `reflectioncoder launch`: the same launcher as a command -------------------------------------
+
+
+def test_reflectioncoder_launch_is_the_launcher(capsys):
+    assert main(["launch", "--nproc_per_node", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "reflectioncoder launch: name the command to launch after torchrun's options, e.g. "
+        "python -m reflectioncoder.launch --nproc_per_node 8 train --config configs/paper.yaml"
+    ]
+    assert main(["--help"]) == 0
+    assert "launch       torchrun for a command" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a real 2-process launch: about 10 s
+def test_reflectioncoder_launch_ends_a_bad_value_in_one_line(tmp_path):
+    command = Path(sys.executable).with_name("reflectioncoder")
+    argv = [str(command), "launch", "--nproc_per_node", "2", *BAD_VALUE]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = _not_logs(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("reflectioncoder launch: rank "), lines
+    assert SAID in lines[0]
