@@ -23,7 +23,8 @@ def training(tmp_path):
     """A run folder with a logged step whose lock a launch (this test) holds."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("model: {}\ndata: {}\ntrain: {}\ncheckpoint: {save_every: 50}\n")
+    sections = "model: {}\ndata: {}\ntrain: {}\ncheckpoint: {save_every: 50}\n"
+    (run / "config.yaml").write_text(sections)  # a run's (run_folder.RUN_SECTIONS)
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
     with (run / LOCK_FILE).open("a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
