@@ -208,3 +208,33 @@ def test_compile_specs_are_the_launchers_real_launches(tmp_path):
     assert count == 5 and len(pairs) == 2  # 4 halves' row kernels, one slot sum
     for name, launched, registered in pairs:
         assert launched == registered, name
+
+
+def test_importing_the_check_leaves_the_interpreter_on():
+    """tests import bench.compile_check in a session that runs every kernel in the interpreter;
+    the import popped TRITON_INTERPRET, so the Triton kernels the session ran afterwards failed
+    (Gluon's lazy import asserts the interpreter; new kernels were compiled for a GPU)."""
+    code = "import os, bench.compile_check; print(os.environ.get('TRITON_INTERPRET'))"
+    env = _compile_env() | {"TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"
+
+
+@pytest.mark.slow
+def test_the_command_still_compiles_under_an_interpreted_environment(tmp_path):
+    """`TRITON_INTERPRET=1 python -m bench.compile_check` (a shell that exported it for the
+    tests) still compiles the real kernels."""
+    out = tmp_path / "report.json"
+    env = _compile_env() | {"TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "bench.compile_check", "--only", "sum_slots/fp32", "--arch", "80"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    rows = json.loads(out.read_text(encoding="utf-8"))["kernels"]
+    assert [(r["kernel"], r["arch"], r["ok"]) for r in rows] == [("sum_slots/fp32", "sm_80", True)]
