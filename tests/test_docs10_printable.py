@@ -45,3 +45,16 @@ def test_build_data_prints_a_failing_reference_escaped(tmp_path, capsys):
     skipped = next(line for line in text.splitlines() if line.startswith("  skipped "))
     assert skipped.startswith("  skipped evil\\x1b[31m: the tests fail on the reference: ")
     assert skipped.endswith("ValueError: \\x1b]0;pwned\\x07\\x1b[2Jok\\x08\\x9b1m\\u202e")
+
+
+def test_prepare_data_prints_a_hostile_file_name_escaped(tmp_path, capsys):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    row = {"query": "Add one.", "answer": "def f(x):\n    return x + 1"}
+    (downloads / "evil\x1b[2J.jsonl").write_text(json.dumps(row) + "\n{not json\n")
+    out = tmp_path / "prepared.jsonl"
+    argv = ["prepare-data", "--in", str(downloads), "--out", str(out), "--no-decontaminate"]
+    assert cli_main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed
+    assert "    e.g. " + str(downloads) + "/evil\\x1b[2J.jsonl:2:<json>: invalid JSON" in printed

@@ -320,14 +320,14 @@ def main(args: argparse.Namespace) -> int:
     for s in result.inputs:
         skipped = ", ".join(f"{k}: {len(v)}" for k, v in s.skipped.items()) or "none"
         print(
-            f"  {s.path}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
+            f"  {printable(s.path)}: read {s.read}, wrote {s.written}, skipped ({skipped}), "
             f"contaminated {s.decontaminated}"
         )
         for rows in s.skipped.values():  # where each kind first happened (all: the manifest)
             print(f"    e.g. {printable(rows[0])}")  # quotes the row's fields
         if s.read and not s.written and not s.decontaminated:  # (a wrong --format raised)
             print(
-                f"warning: {s.path}: none of its {s.read} rows could be converted; "
+                f"warning: {printable(s.path)}: none of its {s.read} rows could be converted; "
                 f"formats read: {', '.join(FORMATS)} (--format)",
                 file=sys.stderr,
             )
