@@ -221,3 +221,21 @@ def test_sampled_generation_scores_each_sample_and_the_unbiased_estimator(
         assert got["scores"]["HumanEval"][f"pass@{k}"] == pytest.approx(
             _unbiased(counts, k), abs=1e-12
         )
+
+
+@pytest.mark.parametrize(
+    ("language", "words"),
+    [(5, "expected a string, got 5"), (None, "expected a string, got null"),
+     (["python"], 'expected a string, got ["python"]'), ("missing", "missing (--task multiple)")],
+)  # fmt: skip
+def test_a_multiple_row_names_what_is_wrong_with_its_language(language, words, tmp_path, capsys):
+    """--task multiple: a row whose language is there but not a string was said 'missing'."""
+    row = {"task_id": "HumanEval_0_has_close_elements", "completion": "    return True\n"}
+    if language != "missing":
+        row["language"] = language
+    samples = tmp_path / "multi.jsonl"
+    good = {**row, "language": "python"}
+    samples.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    code = main(["evaluate", "--task", "multiple", "--samples", str(samples), "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == f"reflectioncoder evaluate: {samples}:2: language: {words}\n"

@@ -103,8 +103,11 @@ def _check_languages(
     rows: list[dict], lines: list[int], path: Path, known: Collection[str]
 ) -> None:
     for n, row in zip(lines, rows, strict=True):
-        if not isinstance(row.get("language"), str):
+        if "language" not in row:
             raise UserError("missing (--task multiple)", file=path, line=n, field="language")
+        if not isinstance(row["language"], str):
+            got = f"expected a string, got {json.dumps(row['language'])}"
+            raise UserError(got, file=path, line=n, field="language")
         if row["language"] not in known:
             raise UserError(
                 f"{row['language']!r} is not a MultiPL-E language here ({' '.join(sorted(known))})",
