@@ -239,3 +239,26 @@ def test_a_multiple_row_names_what_is_wrong_with_its_language(language, words, t
     code = main(["evaluate", "--task", "multiple", "--samples", str(samples), "--limit", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err == f"reflectioncoder evaluate: {samples}:2: language: {words}\n"
+
+
+def test_missing_tasks_are_named_in_the_benchmarks_order(shared_dir, tmp_path, capsys):
+    """Samples of HumanEval/0-11 scored without --limit: the tasks named are the next ones
+    (was HumanEval/100, /101, /102: sorted as text), and --limit 12 is suggested."""
+    task = _humaneval_plus(shared_dir, 1)[0]
+    body = task["canonical_solution"]
+    rows = [{"task_id": f"HumanEval/{i}", "completion": body} for i in range(12)]
+    samples = tmp_path / "first12.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["evaluate", "--task", "humaneval", "--samples", str(samples),
+                 "--data-dir", str(shared_dir / "evaldata")])  # fmt: skip
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"reflectioncoder evaluate: {samples}: no sample for 152 tasks, e.g. ['HumanEval/12', "
+        "'HumanEval/13', 'HumanEval/14'] (the samples are of the first 12 tasks: --limit 12 "
+        "scores those)\n"
+    )
+    rows[3]["task_id"] = "HumanEval/40"  # not a prefix: no --limit suggested
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["evaluate", "--task", "humaneval", "--samples", str(samples),
+                 "--data-dir", str(shared_dir / "evaldata")]) == 1  # fmt: skip
+    assert "e.g. ['HumanEval/3', 'HumanEval/12', 'HumanEval/13']\n" in capsys.readouterr().err

@@ -150,9 +150,16 @@ def select_samples(
     task's samples allow. Every task needs a sample (a UserError naming ``file`` otherwise)."""
     if subset:
         rows = [s for s in rows if s["task_id"] in tasks]
-    missing = sorted(set(tasks) - {s["task_id"] for s in rows})
+    have = {s["task_id"] for s in rows}
+    missing = [t for t in tasks if t not in have]  # in the benchmark's order
     if missing:
-        raise UserError(f"no sample for {len(missing)} tasks, e.g. {missing[:3]}", file=file)
+        first = len(tasks) - len(missing)
+        hint = (
+            f" (the samples are of the first {first} tasks: --limit {first} scores those)"
+            if not subset and first and have == set(list(tasks)[:first])
+            else ""
+        )
+        raise UserError(f"no sample for {len(missing)} tasks, e.g. {missing[:3]}{hint}", file=file)
     per_task = collections.Counter(s["task_id"] for s in rows)
     fewest = min(per_task[t] for t in tasks)
     if k is None:
