@@ -69,9 +69,10 @@ demo: env
 # registers, spills, shared memory, fences and atomics, the loss's roofline model and the step
 # model's calibration are printed, and the GPU suite takes its whole path at toy sizes on the CPU (bench/README.md).
 # `test` (CI) leaves out the tests marked slow; `test-all` runs them too.
+# The 25 slowest tests are listed at the end, so a test that makes CI slow is named in its log.
 PYTEST_MARK ?= not slow
 test: env
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)"
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "$(PYTEST_MARK)" --durations 25
 	$(PY) -m bench.compile_check --out bench/results/compile_check.json
 	$(PY) -m bench.roofline
 	$(PY) -m bench.step_model --calibrate
