@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+import step_rows
 
 from bench import gpu_suite, roofline
 from bench import step_calibration as sc
@@ -35,7 +36,7 @@ def _cells(line: str) -> list[str]:
 @functools.cache
 def _printed() -> dict[str, set[str]]:
     """Each model's printed table rows, by the command that prints them."""
-    rows = sm.model_rows()
+    rows = step_rows.model_rows()
     printed = {
         "step_model": sm.markdown(rows).splitlines()[2:],
         "step_model --calibrate": sc.calibration_markdown(sc.calibration_rows()).splitlines()[2:],
@@ -114,7 +115,7 @@ def test_a_figure_said_to_be_current_is_in_the_checked_section():
 def test_the_fsdp_paragraph_states_the_models_ratios():
     rows = [
         r
-        for r in sm.model_rows()
+        for r in step_rows.model_rows()
         if r["model"] == "CodeLlama-7B" and r["gpus"] == 8 and r["lever"] == "default"
     ]
     ratio = {(r["card"], r["engine"]): r["samples_per_s_vs_recipe"] for r in rows}
@@ -189,7 +190,8 @@ def test_every_modelled_mfu_and_ratio_pair_in_the_docs_is_a_row_of_today():
     """Prose quotes the step model as "51.6% MFU and 2.06x" or "48.6% / 1.94x" (MFU, then
     samples/s against the recipe): each such pair must be some row's pair today."""
     pairs = {
-        (round(100 * r["mfu"], 1), round(r["samples_per_s_vs_recipe"], 2)) for r in sm.model_rows()
+        (round(100 * r["mfu"], 1), round(r["samples_per_s_vs_recipe"], 2))
+        for r in step_rows.model_rows()
     }
     quoted = re.compile(r"(\d+\.\d)% (?:MFU )?(?:and|/) (\d\.\d\d)x")
     found, stale = 0, []

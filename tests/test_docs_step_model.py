@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import step_rows
+
 from bench import step_model as sm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ def _default(rows: list[dict], gpus: int) -> dict:
 
 
 def test_readme_states_the_defaults_predicted_figures():
-    rows = [r for r in sm.model_rows() if r["model"] == "CodeLlama-7B"]
+    rows = [r for r in step_rows.model_rows() if r["model"] == "CodeLlama-7B"]
     one, eight = _default(rows, 1), _default(rows, 8)
     assert eight["engine"] == "zero1"
     readme = " ".join((REPO / "README.md").read_text().split())
@@ -61,7 +63,9 @@ def test_readme_states_the_defaults_predicted_figures():
 
 def test_readme_states_the_fsdp_and_zero1_8_gpu_ratios():
     """README's FSDP2 sentence: the 8-H100 7B rows of fsdp and of the shipped default (ZeRO-1)."""
-    rows = [r for r in sm.model_rows() if r["model"] == "CodeLlama-7B" and r["card"] == "H100"]
+    rows = [
+        r for r in step_rows.model_rows() if r["model"] == "CodeLlama-7B" and r["card"] == "H100"
+    ]
     (fsdp,) = [
         r for r in rows if r["gpus"] == 8 and r["engine"] == "fsdp" and r["lever"] == "default"
     ]

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import step_rows
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -134,7 +135,12 @@ def test_relaunch_resumes_as_the_uninterrupted_run(tmp_path, seed, before, after
 
 @pytest.mark.parametrize(
     "dtype, compiled",
-    [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)],
+    [
+        (torch.float32, False),
+        (torch.bfloat16, False),
+        # compiling the layers takes 40-120 s on 2 cores
+        pytest.param(torch.bfloat16, True, marks=pytest.mark.slow),
+    ],
     ids=["fp32", "bf16", "bf16-compiled-checkpointed"],
 )
 def test_one_step_gives_the_single_engines_update(tmp_path, seed, dtype, compiled):
@@ -269,7 +275,7 @@ def test_the_step_model_has_fsdp_rows_as_the_trainer_plans_them():
     less those the engine does not have (fp32 sums off, the optimizer's offload)."""
     from bench import step_model as sm
 
-    rows = [r for r in sm.model_rows() if r["engine"] == "fsdp"]
+    rows = [r for r in step_rows.model_rows() if r["engine"] == "fsdp"]
     assert {(r["model"], r["card"], r["gpus"]) for r in rows} == {
         (m, c, 8) for m in sm.ARCHS for c in ("H100", "H200")
     }
