@@ -196,6 +196,18 @@ def test_skip_bad_reports_lines(tmp_path, seed, tokenizer):
     assert "2 bad skipped" in report.summary()
 
 
+def test_skip_bad_warning_escapes_the_file_name(tmp_path, seed, tokenizer, caplog):
+    """The warning quotes the file's name and fields: a name holding an escape code is logged
+    escaped (reflectioncoder/printable.py), not sent to the terminal."""
+    path = tmp_path / "evil\x1b]0;pwned\x07.jsonl"
+    path.write_text(json.dumps(random_sample(random.Random(seed))) + "\n{oops\n")
+    with caplog.at_level("WARNING", logger=dataset_mod.log.name):
+        load_dataset(DataConfig(files=[str(path)], skip_bad=True), tokenizer)
+    (warning,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert "\x1b" not in warning and "\x07" not in warning
+    assert "evil\\x1b]0;pwned\\x07.jsonl:2:<json>: invalid JSON" in warning
+
+
 def test_empty_content_is_valid(tmp_path, tokenizer):
     obj = {
         "type": "reflection",
