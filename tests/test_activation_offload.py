@@ -70,6 +70,7 @@ def test_offload_gives_the_loss_and_gradients_of_no_checkpointing(seed, monkeypa
         assert schedule.offloaded_bytes() == 0  # the stores went with the graph
 
 
+@pytest.mark.slow
 def test_kept_outputs_survive_liger_rope_in_place(seed, monkeypatch):
     """Liger's RoPE (prepare_model's default on CUDA) rotates q and k in place, in the q_proj /
     k_proj GEMM outputs themselves: a layer that keeps those outputs (save_gemms; offload, whose

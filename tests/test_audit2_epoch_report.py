@@ -11,12 +11,15 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.testing.cli import train_argv
 
 SMALL = Path(__file__).resolve().parent / "data" / "reflection_small.jsonl"
 
 
+@pytest.mark.slow
 def test_train_logs_each_epoch_against_the_reference(tmp_path, caplog):
     out = tmp_path / "run"
     sets = {

@@ -29,6 +29,7 @@ def _names(model: Path) -> dict[str, list[str]]:
     return {r["dataset"]["name"]: sorted(m["name"] for m in r["metrics"]) for r in results}
 
 
+@pytest.mark.slow
 def test_sampled_scores_keep_an_entry_beside_the_greedy_one(carded_model, tmp_path, shared_dir):
     base = ["evaluate", "--task", "humaneval", "--model", str(carded_model), "--limit", "1",
             "--max-new-tokens", "4", "--device", "cpu", "--no-progress", "--base-only",

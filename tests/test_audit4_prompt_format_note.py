@@ -24,6 +24,7 @@ TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfo
 SPEC = (USER, ASSISTANT, TEXT, CODE, EXECUTION, END_OF_BLOCK, END_OF_MESSAGE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained_here", [False, True])
 def test_spec_prompt_to_an_instruct_model_is_noted(trained_here, tmp_path, capsys):
     specials = SPEC if trained_here else ()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from reflectioncoder.config import LoggingConfig
 from reflectioncoder.train.metrics import MetricsLogger
 
@@ -28,6 +30,7 @@ def test_mlflow_experiment_name_from_the_environment(tmp_path, monkeypatch):
     assert run.data.metrics["train/loss"] == 2.0
 
 
+@pytest.mark.slow
 def test_wandb_dir_from_the_environment(tmp_path, monkeypatch):
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)

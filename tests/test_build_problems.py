@@ -60,6 +60,7 @@ def answer_code(sample: dict) -> str:
     return text.removeprefix("```python\n").removesuffix("\n```")
 
 
+@pytest.mark.slow
 def test_mutation_backend_on_the_shipped_problems(tmp_path, capsys):
     out = tmp_path / "refl.jsonl"
     argv = ["build-data", "--problems", str(PROBLEMS), "--out", str(out), "--timeout", "2"]

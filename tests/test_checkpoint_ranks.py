@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_distributed import ARCH, _torchrun_cli
 
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 
 
+@pytest.mark.slow
 def test_two_ranks_save_and_prune_their_checkpoints(tmp_path):
     data = write_toy_jsonl(tmp_path / "toy.jsonl", 10, seed=0, generation_fraction=0.2)
     out = tmp_path / "run"

@@ -60,6 +60,7 @@ def _varied_batches(seed: int) -> list:
     raise AssertionError(f"no seed in {seed}..{seed + 49} gives three micro-batch lengths")
 
 
+@pytest.mark.slow
 def test_compiled_save_gemms_keeps_the_attention_output(seed, monkeypatch):
     """``save_gemms`` keeps the attention's output: compiled (the custom op; SDPA on the CPU,
     whose backward reruns the forward), a micro-batch runs the attention forward twice (the

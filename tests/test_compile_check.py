@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import REPO_ROOT
 
 PROBE = textwrap.dedent(
@@ -36,6 +37,7 @@ PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sass_reader_and_runtime_specialisation(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO_ROOT)
