@@ -124,3 +124,23 @@ def test_inspect_bad_sample_message(tmp_path, tok_dir, capsys):
     assert cli_main(["inspect", "--data", str(data), "--tokenizer", tok_dir]) == 1
     err = capsys.readouterr().err
     assert f"{data}:1:messages[0].role: unknown role 'bot' (user | assistant)" in err
+
+
+def test_inspect_prints_escape_codes_escaped(tmp_path, tok_dir, capsys):
+    """A sample's text and a skipped row's file name are the data's: their escape codes are
+    shown escaped (the view keeps its lines), never sent to the terminal."""
+    code = "print('\x1b]0;pwned\x07')\nx = 1"
+    sample = {
+        "type": "generation",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "content": "Clear the screen."}]},
+            {"role": "assistant", "content": [{"type": "code", "content": code}]},
+        ],
+    }
+    data = tmp_path / "evil\x1b[2J.jsonl"
+    data.write_text(json.dumps(sample) + "\n{oops\n")
+    assert cli_main(["inspect", "--data", str(data), "--tokenizer", tok_dir, "--skip-bad"]) == 0
+    text = capsys.readouterr().out
+    assert "\x1b" not in text and "\x07" not in text
+    assert "evil\\x1b[2J.jsonl:2:<json>: invalid JSON" in text
+    assert "print('\\x1b]0;pwned\\x07')\nx = 1" in text
