@@ -5,6 +5,7 @@ retitle the terminal or overwrite the line printed before it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.errors import UserError, one_line
@@ -58,3 +59,17 @@ def test_prepare_data_prints_a_hostile_file_name_escaped(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "\x1b" not in printed
     assert "    e.g. " + str(downloads) + "/evil\\x1b[2J.jsonl:2:<json>: invalid JSON" in printed
+
+
+def test_demo_prints_the_models_completion_escaped(monkeypatch, capsys):
+    """The demo's step 4 shows model-written code and its test run's last line: escapes
+    escaped, the completion's lines kept."""
+    from reflectioncoder import demo
+
+    completion = "print('\x1b[2J')\nraise ValueError('\x1b]0;pwned\x07')\n"
+    monkeypatch.setattr(demo, "generate", lambda checkpoint, prompt, n: completion)
+    demo._generate_and_test(Path("unused"), [], seed=0, max_new_tokens=8)
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert "print('\\x1b[2J')\n" in printed  # its own line still
+    assert "failed  ValueError: \\x1b]0;pwned\\x07" in printed
