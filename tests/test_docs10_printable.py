@@ -5,6 +5,7 @@ retitle the terminal or overwrite the line printed before it."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from reflectioncoder.cli import main as cli_main
@@ -73,3 +74,15 @@ def test_demo_prints_the_models_completion_escaped(monkeypatch, capsys):
     assert "\x1b" not in printed and "\x07" not in printed
     assert "print('\\x1b[2J')\n" in printed  # its own line still
     assert "failed  ValueError: \\x1b]0;pwned\\x07" in printed
+
+
+def test_eval_setup_prints_apts_failure_escaped(monkeypatch, capsys):
+    """apt's last lines quote what a mirror sent: shown escaped."""
+    from reflectioncoder.eval import toolchains
+
+    failed = subprocess.CompletedProcess([], 100, b"", b"E: bad reply \x1b]0;pwned\x07\n")
+    monkeypatch.setattr(toolchains.subprocess, "run", lambda *a, **k: failed)
+    assert toolchains._install(["mono-mcs"]) == 100
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    assert "error: apt-get update failed: E: bad reply \\x1b]0;pwned\\x07" in err
