@@ -23,6 +23,7 @@ import sys
 
 from reflectioncoder.cli import COMMANDS, OUR_LAUNCHER_ENV, PEER_GONE_LINE, guarded
 from reflectioncoder.errors import Terminated, UsageError
+from reflectioncoder.printable import printable
 
 PROG = "reflectioncoder launch"
 
@@ -93,7 +94,8 @@ def _said(failure) -> str:
     message = failure.error_file_data.get("message", "")  # {"message": "<NONE>"}: no file
     if isinstance(message, dict):
         message = message.get("message", "")
-    return "" if message == "<NONE>" else " ".join(str(message).split())
+    # a rank's uncaught exception, recorded by torch, may quote a program's output or a file
+    return "" if message == "<NONE>" else printable(" ".join(str(message).split()))
 
 
 def _root_failure(err):

@@ -8,6 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.errors import UserError, one_line
 from reflectioncoder.printable import printable
@@ -86,3 +88,17 @@ def test_eval_setup_prints_apts_failure_escaped(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err
     assert "error: apt-get update failed: E: bad reply \\x1b]0;pwned\\x07" in err
+
+
+def test_launch_reports_a_ranks_recorded_error_escaped(tmp_path):
+    """The line torch recorded for a rank (an uncaught exception's message) is shown escaped."""
+    errors = pytest.importorskip("torch.distributed.elastic.multiprocessing.errors")
+    from reflectioncoder.launch import _failure_line
+
+    error_file = tmp_path / "error.json"
+    recorded = {"message": f"RuntimeError: {HOSTILE}", "extraInfo": {"timestamp": "0"}}
+    error_file.write_text(json.dumps({"message": recorded}))
+    failure = errors.ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))
+    line = _failure_line(0, failure, 1)
+    assert line.startswith("rank 0 failed (exit code 1): RuntimeError: \\x1b]0;pwned\\x07")
+    assert "\x1b" not in line and "\u202e" not in line
