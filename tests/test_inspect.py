@@ -144,3 +144,11 @@ def test_inspect_prints_escape_codes_escaped(tmp_path, tok_dir, capsys):
     assert "\x1b" not in text and "\x07" not in text
     assert "evil\\x1b[2J.jsonl:2:<json>: invalid JSON" in text
     assert "print('\\x1b]0;pwned\\x07')\nx = 1" in text
+
+
+def test_inspect_bad_sample_message_escaped(tmp_path, tok_dir, capsys):
+    data = tmp_path / "evil\x1b[2J.jsonl"
+    data.write_text("{oops\n")
+    assert cli_main(["inspect", "--data", str(data), "--tokenizer", tok_dir]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "evil\\x1b[2J.jsonl:1:<json>: invalid JSON" in err

@@ -165,7 +165,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         field, _, reason = str(e).partition(": ")  # the configs' field names, as flags
         flag = {"block_order": "--block-order", "max_len": "--max-len"}.get(field)
-        print(f"reflectioncoder inspect: {f'{flag}: {reason}' if flag else e}", file=sys.stderr)
+        shown = f"{flag}: {reason}" if flag else str(e)
+        print(f"reflectioncoder inspect: {printable(shown)}", file=sys.stderr)
         return 2
     refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
     for path in args.data:  # named with its flag, before the tokenizer loads
@@ -178,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         samples, report = load_dataset(data_cfg, tokenizer)
     except (DataError, FileNotFoundError) as e:
-        print(f"reflectioncoder inspect: {e}", file=sys.stderr)
+        print(f"reflectioncoder inspect: {printable(e)}", file=sys.stderr)  # quotes the data
         return 1
     print(f"# {printable(report.summary(args.max_len))}")  # the lines quote the data's fields
     for line in report.skipped + [f"over-length: {s}" for s in report.over_length]:
