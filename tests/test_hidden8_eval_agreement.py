@@ -91,13 +91,9 @@ def test_string_sequence_of_a_million_as_a_str_subclass_passes(humaneval):
     assert _verdict(humaneval, "HumanEval/15", solution) == ("pass", "pass")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandbox bug (redteam8's room, reported): EvalPlus's guard sets os.putenv to None "
-    "before the program runs and numpy's import calls it (load error: TypeError); EvalPlus's "
-    "worker has numpy imported already, so the same completion passes there",
-)
 def test_a_completion_that_imports_numpy_passes(humaneval):
+    """EvalPlus's guard sets os.putenv to None and numpy's import calls it; EvalPlus's worker
+    has numpy imported already, so the completion passes there and must here."""
     task = humaneval[0]["HumanEval/0"]
     solution = _wrapped(task, "bool(np.bool_(r))", "import numpy as np\n")
     assert _verdict(humaneval, "HumanEval/0", solution) == ("pass", "pass")

@@ -333,6 +333,22 @@ def test_patched_helpers(level, seed):
     assert _judge(level, seed, code).base == FAIL
 
 
+def test_numpy_imports_and_the_guard_stays(level, seed):
+    """numpy's import calls os.putenv, which the guard removes: EvalPlus imported numpy before
+    its guard, so a completion's numpy works there; here the import is lent putenv, and the
+    completion still finds it None afterwards."""
+    pytest.importorskip("numpy")
+    task, _ = _task(seed)
+    code = task.canonical_solution + (
+        "_f = f\n"
+        "def f(x):\n"
+        "    import os\n    import numpy as np\n"
+        "    assert os.putenv is None\n"
+        "    return int(np.int64(_f(x)))\n"
+    )
+    assert _judge(level, seed, code).base == PASS
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -191,6 +191,9 @@ def _run_program(path: str, strict: bool) -> None:  # pragma: no cover - sandbox
 # What EvalPlus's guard sets to None in modules a program may import: patched when it imports
 # them (importing both up front cost 5 ms of every box's start-up, and most programs never do)
 _PATCHED_ON_IMPORT = {"shutil": ("rmtree", "move", "chown"), "subprocess": ("Popen",)}
+# What the guard takes from os that a module's own import calls (numpy's _core calls putenv):
+# lent back while that module runs, as EvalPlus's worker imported numpy before its guard
+_LENT_ON_IMPORT = {"numpy": ("putenv",)}
 
 
 def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - sandbox side
@@ -211,6 +214,7 @@ def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - 
     builtins.exit = None
     builtins.quit = None
     os.environ["OMP_NUM_THREADS"] = "1"
+    lent = {m: {n: getattr(os, n) for n in names} for m, names in _LENT_ON_IMPORT.items()}
     for name in (
         "kill system putenv remove removedirs rmdir fchdir setuid fork forkpty killpg "
         "rename renames truncate replace unlink fchmod fchown chmod chown chroot "
@@ -221,7 +225,7 @@ def _reliability_guard(memory_bytes: int | None) -> None:  # pragma: no cover - 
     for module, names in _PATCHED_ON_IMPORT.items():
         if module in sys.modules:
             _set_none(sys.modules[module], names)
-    sys.meta_path.insert(0, _PatchOnImport())
+    sys.meta_path.insert(0, _PatchOnImport(lent))
     builtins.help = None
     for mod in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
         sys.modules[mod] = None
@@ -235,33 +239,45 @@ def _set_none(module, names) -> None:  # pragma: no cover - sandbox side
 class _PatchOnImport:  # pragma: no cover - sandbox side
     """A finder ahead of the others: for ``_PATCHED_ON_IMPORT``'s modules it finds the real
     module through the finders behind it and sets the guarded names to None once the module
-    has run, before the importer sees it (``from subprocess import Popen`` gets None)."""
+    has run, before the importer sees it (``from subprocess import Popen`` gets None); for
+    ``_LENT_ON_IMPORT``'s, it lends os the real functions while the module runs (``lent``:
+    module -> name -> function, saved before the guard)."""
+
+    def __init__(self, lent: dict) -> None:
+        self.lent = lent
 
     def find_spec(self, name, path=None, target=None):
         import sys
 
-        names = _PATCHED_ON_IMPORT.get(name)
-        if names is None:
+        names, lent = _PATCHED_ON_IMPORT.get(name, ()), self.lent.get(name, {})
+        if not names and not lent:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader, names)
+                spec.loader = _PatchingLoader(spec.loader, names, lent)
                 return spec
         return None
 
 
 class _PatchingLoader:  # pragma: no cover - sandbox side
-    def __init__(self, loader, names) -> None:
-        self.loader, self.names = loader, names
+    def __init__(self, loader, names, lent) -> None:
+        self.loader, self.names, self.lent = loader, names, lent
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
+        import os
+
+        for name, fn in self.lent.items():
+            setattr(os, name, fn)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            _set_none(os, self.lent)
         _set_none(module, self.names)
 
 
