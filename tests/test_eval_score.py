@@ -153,6 +153,38 @@ def test_big_strings_travel_as_digests(seed):
     assert a != b
 
 
+def test_big_subclassed_sequences_travel_as_their_base_types_digest(seed):
+    """A str/list/tuple subclass is read through its base type before the size check (EvalPlus
+    compares it with the base type's __eq__); its overridden methods change nothing."""
+    rng = random.Random(seed)
+    text = "".join(rng.choice("xyz") for _ in range(codec.BIG_STR + 10))
+    pool = [c * (codec.HUGE_ITEMS // 100_000 + 1) for c in "xyz"]  # 100,001 of them: a digest
+    items = [rng.choice(pool) for _ in range(100_001)]
+
+    class Liar:
+        def __str__(self):
+            return "forged"
+
+        __repr__ = __str__
+
+        def __iter__(self):
+            return iter([0])
+
+        def __len__(self):
+            return 1
+
+        def __eq__(self, other):
+            return True
+
+    kinds = [(str, text), (list, items), (tuple, tuple(items))]
+    for base, value in kinds:
+        sub = type("Sub", (Liar, base), {})(value)
+        got = codec.encode_output(sub)
+        assert got == codec.encode_output(value) and "$sha" in got, base
+    other = type("Sub", (Liar, str), {})(text[:-1] + "w")
+    assert codec.encode_output(other) != codec.encode_output(text)
+
+
 def _task(entry_point="f", atol=0.0, dataset="humaneval") -> PythonTask:
     return PythonTask("T/0", "", entry_point, "", [], [], atol, dataset)
 

@@ -80,12 +80,10 @@ def test_a_big_string_of_a_str_subclass_equals_the_string(humaneval, body, want)
     assert (got.base, got.plus) == want, got.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandbox bug (redteam8's room, reported): codec.encode_output ships a str subclass "
-    "whole, so a 6.9 MB one is 'output over the cap' where EvalPlus 0.3.1 passes it",
-)
+@pytest.mark.slow  # 5.5 s (the canonical solution's 2.5 s of CPU, twice); fast neighbours:
+# test_a_big_string_of_a_str_subclass_equals_the_string, tests/test_eval_score.py's digests
 def test_string_sequence_of_a_million_as_a_str_subclass_passes(humaneval):
+    """A 6.9 MB str subclass travels as its string's digest, not whole (over the cap)."""
     task = humaneval[0]["HumanEval/15"]
     solution = _wrapped(task, "S(r)", "class S(str):\n    pass\n")
     assert _verdict(humaneval, "HumanEval/15", solution) == ("pass", "pass")

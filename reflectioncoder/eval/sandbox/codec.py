@@ -173,6 +173,7 @@ def encode_output(value: Any) -> Any:
     (values that are equal across types, like 1 and 1.0, do not: the price of not shipping)."""
     import hashlib
 
+    value = _plain_sequence(value)
     t = type(value)
     if t is str and len(value) > BIG_STR:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
@@ -187,6 +188,22 @@ def encode_output(value: Any) -> Any:
                 h.update(b"\0")
             return {"$sha": [h.hexdigest(), len(value)]}
     return encode(value)
+
+
+def _plain_sequence(value: Any) -> Any:
+    """A str/list/tuple subclass as its base type's value (read with the base type's methods,
+    as ``encode`` reads it), so that a big one takes the digest path too; anything else as is."""
+    t = type(value)
+    if t is str or t is list or t is tuple or not issubclass(t, (str, list, tuple)):
+        return value
+    numpy = _numpy_if_loaded()
+    if numpy is not None and issubclass(t, numpy.generic):  # numpy.str_: encode's $np
+        return value
+    base = str if issubclass(t, str) else list if issubclass(t, list) else tuple
+    try:
+        return _to_base(base, value)
+    except Exception:
+        return value  # encode makes it opaque
 
 
 class Digest:
