@@ -161,3 +161,26 @@ def test_training_doc_relaunch_refusal_is_what_train_prints(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert cli_main(shlex.split(shown.group(1))[1:]) == 1
     assert capsys.readouterr().err.strip() == shown.group(2)
+
+
+def test_tiny_run_on_the_demo_data_shows_todays_step_counts():
+    """README.md's and docs/training.md's `train --preset tiny` on `make demo`'s data (its
+    `--n` samples, the preset's epochs, samples per step, save_every and keep_last) show the
+    steps, the kept checkpoints and the done line that run gives today (they said 96 steps
+    once the demo wrote 240 samples, 120 steps)."""
+    from reflectioncoder.config_presets import preset
+    from reflectioncoder.demo import build_parser
+
+    samples = build_parser().parse_args([]).n
+    tiny = preset("tiny")
+    steps = samples * tiny["train"]["epochs"] // tiny["train"]["samples_per_step"]
+    every, keep = tiny["checkpoint"]["save_every"], tiny["checkpoint"]["keep_last"]
+    saved = sorted({*range(every, steps + 1, every), steps})[-keep:]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    training = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    assert f"INFO done: {steps} of {steps} steps" in readme
+    assert re.search(rf"^train: \d+/{steps} steps ", readme, re.M)
+    assert f"the run was already complete ({steps} of {steps} steps)" in training
+    table = re.findall(r"^checkpoints/step-(\d+) +(\d+)/(\d+) ", training, re.M)
+    assert [(int(a), int(b), int(c)) for a, b, c in table] == [(s, s, steps) for s in saved]
+    assert f"--resume continues from runs/tiny/checkpoints/step-{steps:06d}" in training
