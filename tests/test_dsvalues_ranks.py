@@ -47,6 +47,7 @@ def test_a_rank_s_own_error_is_still_said_by_that_rank(tmp_path, capsys, monkeyp
     assert len(err) == 1 and "missing.jsonl" in err[0], err
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_ranks_prints_the_config_error_once(tmp_path):
     argv, expected = _bad_json_argv(tmp_path)
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

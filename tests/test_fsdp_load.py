@@ -49,6 +49,7 @@ def _run(data: Path, out: Path, seed: int, model: str, dtype: str) -> list[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tied, stored, dtype",
     [(False, torch.float32, "bf16"), (True, torch.bfloat16, "fp32")],

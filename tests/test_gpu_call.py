@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 # Runs bench.X's main with sys.argv as given, stopping right after its parser accepted them.
 VALIDATE = """
@@ -68,6 +70,7 @@ def _call(tmp_path: Path, budget: int) -> tuple[list[str], list[list[str]], Path
     return record.read_text().splitlines(), steps, out
 
 
+@pytest.mark.slow
 def test_every_command_of_the_gpu_call_is_accepted_by_its_parser(tmp_path):
     calls, steps, out = _call(tmp_path, budget=3600)
     parsed = [line.split(" ", 2) for line in calls if line.startswith("parsed ")]

@@ -117,6 +117,7 @@ def test_profile_steps_splits_gpu_time_at_syncs_and_by_category():
     assert second["kernel_split_s"]["elementwise/other"] == pytest.approx(300e-6)
 
 
+@pytest.mark.slow
 def test_cpu_profile_of_the_1b_step_returns_every_field(tmp_path):
     """--device cpu --profile: 3d82f92's step at width 2 through the profiler (CI's rehearsal of
     the GPU case): per timed call the wall, host CPU, top-level ops, and the table's row."""

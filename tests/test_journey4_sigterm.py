@@ -11,10 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "reflection_small.jsonl"
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_says_terminated_and_leaves_it_resumable(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(DATA.read_text() * 8)

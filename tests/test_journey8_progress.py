@@ -61,6 +61,7 @@ def test_the_progress_line_shows_mfu_where_the_row_has_it():
     assert progress_text({**ROW, "mfu": 0.4512}).endswith("100 tok/s  MFU 45.1%")
 
 
+@pytest.mark.slow
 def test_a_log_files_train_lines_say_how_long_is_left(tmp_path):
     data = write_toy_jsonl(tmp_path / "data.jsonl", 4, seed=0)
     train_tokenizer([data.read_text()], 300, tmp_path / "tok")

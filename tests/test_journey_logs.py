@@ -8,11 +8,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 from reflectioncoder.tokenizer import train_tokenizer
 
 
+@pytest.mark.slow
 def test_a_cpu_run_logs_no_accelerator_warning(tmp_path):
     data = write_toy_jsonl(tmp_path / "data.jsonl", 4, seed=0)
     train_tokenizer([data.read_text()], 300, tmp_path / "tok")
@@ -34,6 +37,7 @@ def test_a_cpu_run_logs_no_accelerator_warning(tmp_path):
     assert "accelerator" not in log.lower(), log
 
 
+@pytest.mark.slow
 def test_two_ranks_report_the_dropped_samples_once(tmp_path):
     """torchrun's ranks each load the data; only rank 0 reports what was dropped."""
     data = write_toy_jsonl(tmp_path / "data.jsonl", 8, seed=0)
