@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -184,3 +185,37 @@ def test_tiny_run_on_the_demo_data_shows_todays_step_counts():
     table = re.findall(r"^checkpoints/step-(\d+) +(\d+)/(\d+) ", training, re.M)
     assert [(int(a), int(b), int(c)) for a, b, c in table] == [(s, s, steps) for s in saved]
     assert f"--resume continues from runs/tiny/checkpoints/step-{steps:06d}" in training
+
+
+def test_train_picks_deepspeeds_cpu_accelerator_before_checking_its_config(monkeypatch):
+    """Without a GPU, `train` names DeepSpeed's CPU accelerator before anything imports it:
+    a config check no longer prints DeepSpeed's `Setting accelerator to CPU` warning first."""
+    import torch
+
+    from reflectioncoder.cli import main as cli_main
+
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli_main(["train", "--preset", "tiny", "--print-config"]) == 0
+    assert os.environ.get("DS_ACCELERATOR") == "cpu"
+
+
+@pytest.mark.slow
+def test_training_doc_deepspeed_typo_line_is_all_train_prints(tmp_path):
+    """docs/training.md's misspelt DeepSpeed key: the one line it shows, and nothing before it
+    (DeepSpeed's accelerator warning used to come first on a CPU machine)."""
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = re.search(r"^reflectioncoder train: docs/examples/ds-zero3-typo\.json.*$", text, re.M)
+    assert shown, "docs/training.md no longer shows the misspelt DeepSpeed key"
+    argv = ["train", "--preset", "tiny", "--set", "data.files=[tests/data/reflection_small.jsonl]"]
+    argv += ["--set", f"checkpoint.out_dir={tmp_path / 'ds-typo'}"]
+    argv += ["--set", "distributed.backend=deepspeed"]
+    argv += ["--set", "distributed.deepspeed_config=docs/examples/ds-zero3-typo.json"]
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    done = subprocess.run(
+        [sys.executable, "-m", "reflectioncoder.cli", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (done.stdout + done.stderr).strip() == shown.group(0)  # DeepSpeed logs to stdout

@@ -61,6 +61,9 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:  # --resume won silently: the wrong one may be meant
         raise UsageError("--resume continues the run, --overwrite deletes it: give one of them")
     overrides = args.overrides + (["logging.progress=false"] if args.no_progress else [])
+    from reflectioncoder.train.distributed import deepspeed_on_cpu_without_gpu
+
+    deepspeed_on_cpu_without_gpu()  # before the config's DeepSpeed JSON is checked
     cfg = load_launch_config(args.config, overrides, base=args.preset)
     if args.print_config:
         import yaml

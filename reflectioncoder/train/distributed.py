@@ -73,8 +73,8 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    elif not torch.cuda.is_available():  # what DeepSpeed detects, minus its mid-run warning
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        deepspeed_on_cpu_without_gpu()
     use_ds = cfg.backend == "deepspeed" or (cfg.backend == "auto" and world > 1)
     grouped = world > 1 or use_ds or cfg.backend == "fsdp"
     if grouped and not dist.is_initialized():
@@ -113,6 +113,13 @@ DEEPSPEED_NOISE = re.compile(
     r"|CPU Virtual Memory: +used = [\d.]+ GB, percent = [\d.]+%)\n?"
 )
 _DEEPSPEED_DEPRECATED = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is"
+
+
+def deepspeed_on_cpu_without_gpu() -> None:
+    """``DS_ACCELERATOR=cpu`` where torch sees no GPU: what DeepSpeed would detect, minus the
+    warning its first import prints (a config check imports it before the run starts)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def quiet_deepspeed() -> None:
