@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from reflectioncoder.errors import ctrl_c_to_main_thread
+from reflectioncoder.eval.compare import MBPP_OUTPUT_SET_EQ
 from reflectioncoder.eval.expected import cache_dir
 from reflectioncoder.eval.judge import (
     FAIL,
@@ -101,6 +102,7 @@ def _job_tail(task: PythonTask, phases: list[Phase]) -> tuple[str, list[bytes]]:
             "sys_path": site_paths(),
             "memory_bytes": MEMORY_MB << 20,
             "fail_fast": True,
+            "output_set_eq": task.dataset == "mbpp" and task.entry_point in MBPP_OUTPUT_SET_EQ,
             "phases": [{"name": p.name, "time_limits": p.limits} for p in phases],
         }
         inputs = [(json.dumps(codec.encode(p.inputs)) + "\n").encode() for p in phases]

@@ -88,6 +88,9 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
 
     record = bool(job.get("record"))
     not_none = bool(job.get("output_not_none"))
+    # MBPP's set-equality tasks: EvalPlus compares set(out), so any iterable may pass; it is
+    # listed here, under the input's time limit, as only plain data leaves the box
+    set_eq = bool(job.get("output_set_eq"))
     # Limits and ground-truth times are CPU seconds of this process (ITIMER_PROF counts them):
     # they do not grow when the machine is loaded. The scorer's cgroup clock covers children.
     setitimer, signal_fn, perf = signal.setitimer, signal.signal, time.process_time
@@ -135,6 +138,8 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
                     # swallow stdio (cheaper than contextlib per input; restored below)
                     sys.stdout = sys.stderr = sys.stdin = sink
                     out = fn(*inp)
+                    if set_eq:
+                        out = _listed(out, codec.HUGE_ITEMS)
                 finally:
                     setitimer(signal.ITIMER_PROF, 0)
                     sys.stdout, sys.stderr, sys.stdin = saved
@@ -145,6 +150,37 @@ def _main() -> None:  # pragma: no cover - runs inside the sandbox
                 continue
             emit({"phase": name, "i": i, "out": codec.encode_output(out)})
         emit({"phase": name, "done": True}, now=True)
+
+
+# What the codec ships as plain data (subclasses read through these): left as they are
+_PLAIN_TYPES = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
+
+
+class OutputTooLong(Exception):
+    pass
+
+
+def _listed(value, cap: int):
+    """A set-equality task's output as EvalPlus reads it (``set(out)``): an iterable that is not
+    plain data (a deque, a generator, a dict view) as the list of its elements. A Python loop,
+    so the time limit's signal stops an endless one; past ``cap`` elements it fails."""
+    import sys
+
+    numpy = sys.modules.get("numpy")  # its arrays and scalars the codec ships as they are
+    plain = _PLAIN_TYPES + ((numpy.ndarray, numpy.generic) if numpy is not None else ())
+    if value is None or issubclass(type(value), plain):
+        return value
+    try:
+        elements = iter(value)
+    except TypeError:
+        return value  # not iterable: shipped opaque, and fails as set(out) does
+    items: list = []
+    append = items.append
+    for item in elements:
+        append(item)
+        if len(items) > cap:
+            raise OutputTooLong
+    return items
 
 
 def _evaluator(env: dict):
