@@ -6,11 +6,12 @@ each task's verdict (base, base and plus) must be EvalPlus 0.3.1's on the same f
 EvalPlus's verdicts are in tests/data/hidden8_evalplus_verdicts.json, recorded on 2026-12-06
 with `python -m evalplus.evaluate --dataset humaneval|mbpp --samples S --parallel 2` (offline:
 HUMANEVAL_OVERRIDE_PATH / MBPP_OVERRIDE_PATH on ../shared/evaldata, load 11 on 2 cores); the 7
-tasks where it ran out of wall time there were run again alone (`untrusted_check`, 10 s limits).
-The file's "excluded" names six tasks and why (EvalPlus failing a canonical solution here; a
-deque or generator on a set-equality task, not plain data; a big str subclass, a sandbox bug;
-two whose verdict is a race with the time limit). Not dressed at all: numpy values
-(the sandbox's guard breaks `import numpy`, tests/test_hidden8_eval_agreement.py) and
+tasks where it ran out of wall time there were run again alone (`untrusted_check`, 10 s limits);
+HumanEval/15 (a 6.9 MB str subclass), Mbpp/7 and Mbpp/232 (a deque and a generator on
+set-equality tasks), excluded until the sandbox fixes adb7a99 and ee45520, were recorded with
+evalplus.evaluate.check_correctness (1 s minimum, factor 4). The file's "excluded" names three
+tasks and why (EvalPlus failing a canonical solution here; two whose verdict is a race with the
+time limit). Not dressed at all: numpy values (tests/test_hidden8_eval_agreement.py) and
 Fraction/Decimal values (not plain data: a failure by issue 5's rule, where EvalPlus compares
 them with `==`)."""
 
