@@ -42,6 +42,7 @@ def check_supported(model: Any, max_len: int | None = None) -> None:
             "supported"
         )
     _check_attention_layers(model)
+    _check_router_loss(config.get_text_config(), getattr(config, "_name_or_path", "") or name)
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "bias", None) is not None:
         raise ValueError(
@@ -82,6 +83,22 @@ def _check_attention_layers(model: Any) -> None:
                 f"model: {cls}: layer {i}'s attention has sinks, which the varlen attention "
                 "does not apply; this architecture is not supported"
             )
+
+
+def _check_router_loss(config: Any, folder: str) -> None:
+    """A mixture-of-experts config asking for the router's load-balancing loss
+    (``output_router_logits``, weighted by ``router_aux_loss_coef``: Mixtral, Qwen2/3-MoE, ...):
+    the packed forward and the fused loss compute CE + KL only, so it would train silently on
+    another objective. A coefficient of 0 adds nothing; one the config does not name (another
+    field) is taken as not 0."""
+    coef = getattr(config, "router_aux_loss_coef", getattr(config, "aux_loss_coef", None))
+    if getattr(config, "output_router_logits", False) and coef != 0:
+        raise ValueError(
+            f"model: {folder}: config.json's output_router_logits = true asks for the router's "
+            f"load-balancing loss (router_aux_loss_coef = {coef}), which packed training does "
+            'not add; set "output_router_logits": false in config.json to train without the '
+            "balancing loss"
+        )
 
 
 def _check_values(config: Any) -> None:
