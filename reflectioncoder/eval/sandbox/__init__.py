@@ -53,8 +53,8 @@ limits within the scorer cgroup's),
 ``teardown`` (the kill at the verdict, the clean-up),
 ``records`` (``Limits``, ``ExecResult``), ``launcher`` (Python in the box), ``result_decode``
 (the scorer's bounded reading of result lines); shipped into the box as files: ``codec`` (the
-plain-data encoding both sides share), ``runner`` and ``guards`` (the in-box runner, its
-seccomp filters and audit hook).
+plain-data encoding both sides share; ``tagdecode``, its decoding side), ``runner`` and
+``guards`` (the in-box runner, its seccomp filters and audit hook).
 
 Force a level with ``REFLECTIONCODER_SANDBOX=bwrap|rlimits`` (``auto`` by default).
 """

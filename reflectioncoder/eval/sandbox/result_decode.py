@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from reflectioncoder.eval.sandbox.codec import TAGS, DecodeError, build_tag, clip, tag_hook
+from reflectioncoder.eval.sandbox.tagdecode import TAGS, DecodeError, build_tag, clip, tag_hook
 
 __all__ = ["MAX_LINE", "decode", "loads_result", "read_result_row"]
 

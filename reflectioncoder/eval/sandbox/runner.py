@@ -1,4 +1,5 @@
-"""The in-box runner, shipped into the box as a file beside ``codec`` and ``guards`` (standard
+"""The in-box runner, shipped into the box as a file beside ``codec`` (with its ``tagdecode``)
+and ``guards`` (standard
 library only) and run there as a script, in one of two modes:
 
 - the Python test run (``runner.pyc --warm``): reads one job from stdin (its first line; a
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 
 def _siblings():  # pragma: no cover - runs inside the sandbox
-    """``codec`` and ``guards``, shipped beside this file (``-I`` puts no folder on sys.path)."""
+    """``codec`` and ``guards``, shipped beside this file (``-I`` puts no folder on sys.path;
+    ``codec`` imports ``tagdecode`` from it while it is there)."""
     import sys
 
     folder = __file__.rpartition("/")[0] or "."
