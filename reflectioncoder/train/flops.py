@@ -5,7 +5,10 @@ decoder of ``layers`` layers whose attention is ``heads x head_dim`` wide, costs
 backward (each multiply-add 2 FLOPs, backward twice the forward):
 
     model FLOPs    = 6 x body_params x T              (every parameter outside the input
-                                                        embedding and the LM head)
+                                                        embedding and the LM head; of a
+                                                        mixture of experts' routed experts,
+                                                        the share a token runs through:
+                                                        top-k / experts)
                    + 6 x V x D x R                     (the LM head, on the loss rows only)
                    + 12 x layers x heads x head_dim x sum_i L_i^2   (attention scores and
                                                         their use, per segment)
@@ -67,8 +70,16 @@ class ModelShape:
         head = model.get_output_embeddings().weight
         outside = {id(embedding): embedding, id(head): head}
         unique = {id(p): p for p in model.parameters()}
-        body = sum(_numel(p) for i, p in unique.items() if i not in outside)
         layers = model.base_model.layers
+        routed = {id(p) for layer in layers for p in _routed_experts(layer).parameters()}
+        share = _active_expert_share(config)
+
+        def active(params: dict) -> int:  # a routed expert's weights work on its tokens only
+            return sum(
+                round(_numel(p) * share) if i in routed else _numel(p) for i, p in params.items()
+            )
+
+        body = active({i: p for i, p in unique.items() if i not in outside})
         recomputed = {id(p): p for p in layers.parameters()}
         mlp_in = {id(p): p for layer in layers for p in _mlp(layer).parameters()}
         for layer in layers:
@@ -82,8 +93,8 @@ class ModelShape:
             attn_width=heads * head_dim,
             vocab=int(getattr(head, "ds_shape", head.shape)[0]),
             body_params=body,
-            recomputed_params=sum(_numel(p) for p in recomputed.values()),
-            mlp_in_params=sum(_numel(p) for p in mlp_in.values()),
+            recomputed_params=active(recomputed),
+            mlp_in_params=active(mlp_in),
             heads=heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             intermediate=config.intermediate_size,
@@ -188,6 +199,23 @@ def utilisation(flops: StepFlops, seconds: float, devices: int, peak_flops: floa
 
 def _mlp(layer: nn.Module) -> nn.Module:
     return getattr(layer, "mlp", None) or nn.Module()
+
+
+def _routed_experts(layer: nn.Module) -> nn.Module:
+    """A mixture-of-experts layer's routed experts (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3:
+    ``mlp.experts``; shared experts and the router see every token), or an empty module."""
+    experts = getattr(_mlp(layer), "experts", None)
+    return experts if isinstance(experts, nn.Module) else nn.Module()
+
+
+def _active_expert_share(config) -> float:
+    """The share of the routed experts' weights one token runs through: top-k over the experts."""
+    top_k = getattr(config, "num_experts_per_tok", None)
+    for field in ("n_routed_experts", "num_local_experts", "num_experts"):
+        experts = getattr(config, field, None)
+        if top_k and experts:
+            return top_k / experts
+    return 1.0
 
 
 def _numel(param: nn.Parameter) -> int:
