@@ -56,6 +56,7 @@ class Progress:
         enabled: bool = True,
         every: int | None = None,
         initial: int = 0,
+        parallel: int = 1,
     ) -> None:
         self.total = total
         self.desc = desc
@@ -63,6 +64,10 @@ class Progress:
         # ``initial``: items done before this process (a resumed run); the rate and the time
         # left count only the items done here.
         self.n = self.initial = self._printed_at = initial
+        # ``parallel``: items run that many at a time. Once every item left is running, the
+        # rate says nothing about when they end (one may hang until its time limit): no time
+        # left is shown then, only how many are still running.
+        self.parallel = parallel
         self.enabled = enabled and _enabled
         self.every = every
         self.text = ""
@@ -95,6 +100,8 @@ class Progress:
     def update(self, n: int = 1) -> None:
         self.n += n
         if self._bar is not None:
+            running = self.running_at_the_end()
+            self._bar.bar_format = _TAIL_FORMAT.format(running=running) if running else None
             self._bar.update(n)
         elif self.enabled and self.n - self._printed_at >= self._every():
             self._line()
@@ -128,6 +135,8 @@ class Progress:
         text = f"  {self.text}" if self.text else ""
         left = self.seconds_left(seconds)
         eta = f", {duration(left)} left" if left is not None else ""
+        if self.running_at_the_end():
+            eta = f", the last {self.running_at_the_end()} running"
         print(
             f"{self.desc}: {self.n}{of} {self.unit}s{text}  ({seconds:.0f} s{eta})",
             file=sys.stderr,
@@ -135,11 +144,21 @@ class Progress:
         )
 
     def seconds_left(self, seconds: float) -> float | None:
-        """The time left at this process's rate so far (None before an item or once done)."""
+        """The time left at this process's rate so far (None before an item, once done, or
+        once every item left is running: see ``parallel``)."""
         done = self.n - self.initial
-        if not self.total or done <= 0 or self.n >= self.total:
+        if not self.total or done <= 0 or self.n >= self.total or self.running_at_the_end():
             return None
         return seconds / done * (self.total - self.n)
+
+    def running_at_the_end(self) -> int:
+        """How many items are left when all of them are running at once (else 0)."""
+        left = (self.total or 0) - self.n
+        return left if self.parallel > 1 and 0 < left <= self.parallel else 0
+
+
+# tqdm's bar without its time left (its rate's guess) once the last items are all running
+_TAIL_FORMAT = "{{l_bar}}{{bar}}| {{n_fmt}}/{{total_fmt}} [{{elapsed}}, the last {running} running]"
 
 
 def duration(seconds: float) -> str:

@@ -394,8 +394,16 @@ def _lock(log, out: Path) -> None:
 def _run(todo, out, log, summary, backend, workers, settings, progress: bool) -> None:
     """Build ``todo`` on ``workers`` threads; each finished problem is recorded at once."""
     total = summary.resumed + len(todo)
-    bar = Progress(total, "problems", unit="problem", enabled=progress)
-    bar.n = summary.resumed
+    # the time left at this run's rate (not counting the resumed problems), while it can know:
+    # not once every problem left is running (a hanging one takes its whole time limit)
+    bar = Progress(
+        total,
+        "problems",
+        unit="problem",
+        enabled=progress,
+        initial=summary.resumed,
+        parallel=workers,
+    )
     with (
         out.open("a", encoding="utf-8") as samples,
         ThreadPoolExecutor(max_workers=workers, initializer=ctrl_c_to_main_thread) as pool,
