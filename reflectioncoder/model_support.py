@@ -89,10 +89,11 @@ def _check_router_loss(config: Any, folder: str) -> None:
     """A mixture-of-experts config asking for the router's load-balancing loss
     (``output_router_logits``, weighted by ``router_aux_loss_coef``: Mixtral, Qwen2/3-MoE, ...):
     the packed forward and the fused loss compute CE + KL only, so it would train silently on
-    another objective. A coefficient of 0 adds nothing; one the config does not name (another
-    field) is taken as not 0."""
+    another objective. A coefficient of 0 adds nothing, and so does a config without one
+    (DeepSeek-V2/V3: transformers computes no balancing loss for them); JetMoE names it
+    ``aux_loss_coef``."""
     coef = getattr(config, "router_aux_loss_coef", getattr(config, "aux_loss_coef", None))
-    if getattr(config, "output_router_logits", False) and coef != 0:
+    if getattr(config, "output_router_logits", False) and coef not in (None, 0):
         raise ValueError(
             f"model: {folder}: config.json's output_router_logits = true asks for the router's "
             f"load-balancing loss (router_aux_loss_coef = {coef}), which packed training does "

@@ -40,6 +40,17 @@ def test_router_loss_is_refused_naming_the_field(config_cls, model_cls, experts)
     check_supported(model_cls(config))
 
 
+def test_a_config_without_a_balancing_loss_still_trains():
+    """DeepSeek-V2/V3 record router logits but transformers adds no loss of them: no coefficient."""
+    config = tf.DeepseekV3Config(
+        **SIZES, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        n_group=1, topk_group=1, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=4,
+        qk_nope_head_dim=4, v_head_dim=8, output_router_logits=True,
+    )  # fmt: skip
+    assert getattr(config, "router_aux_loss_coef", None) is None
+    check_supported(tf.DeepseekV3ForCausalLM(config))
+
+
 def _save_mixtral(folder: Path, output_router_logits: bool) -> Path:
     """A tiny Mixtral beside save_tiny_model's tokenizer, saved as users have it."""
     from reflectioncoder.testing.tiny_model import save_tiny_model
