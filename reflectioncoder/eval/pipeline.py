@@ -23,6 +23,7 @@ from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.eval.samples import read_samples, select_samples
 from reflectioncoder.eval.sandbox import Isolation, isolation
 from reflectioncoder.eval.summary import print_table, summarise
+from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
 TASKS = ("humaneval", "mbpp", "multiple", "multiple-LANG")
@@ -43,7 +44,7 @@ def evaluate(req: EvalRequest) -> int:
             raise UsageError(f"--task: no MultiPL-E language {lang!r}; LANG is one of {known}")
         problem = ml.toolchain_problem(lang)
         if problem:
-            print(f"reflectioncoder evaluate: {problem}", file=sys.stderr)
+            print(f"reflectioncoder evaluate: {printable(problem)}", file=sys.stderr)
             return NO_TOOLCHAIN
         tasks = tk.load_multiple(req.data_dir, lang)
     elif task == "humaneval":
@@ -105,7 +106,7 @@ def _evaluate_multiple_all(req: EvalRequest, t0: float) -> int:
     unavailable = {lang: ml.toolchain_problem(lang) for lang in wanted}
     unavailable = {lang: why for lang, why in unavailable.items() if why}
     if wanted and len(unavailable) == len(wanted):  # skipped, as --task multiple-LANG is
-        reasons = "; ".join(unavailable.values())
+        reasons = printable("; ".join(unavailable.values()))
         print(f"reflectioncoder evaluate: no MultiPL-E language asked for runs here ({reasons}); "
               "see eval-setup", file=sys.stderr)  # fmt: skip
         return NO_TOOLCHAIN
@@ -200,7 +201,7 @@ def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, 
             f"{generation['threads']} thread(s), batch {generation['batch_size']})"
         )
     for reason in result.get("unavailable", {}).values():
-        print(reason)
+        print(printable(reason))
     out = req.result_out()
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=1))

@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     missing = 0
     for lang in chosen:
         problem = ml.toolchain_problem(lang)
-        print(f"{lang:<7} {'available' if problem is None else problem}")
+        print(printable(f"{lang:<7} {'available' if problem is None else problem}"))
         # Julia and Swift are not packaged: only a failure when asked for by name
         asked = args.languages is not None or not ml.LANGUAGES[lang].unavailable
         missing += problem is not None and asked

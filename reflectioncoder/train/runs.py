@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from reflectioncoder.errors import UsageError
+from reflectioncoder.printable import printable
 from reflectioncoder.train.checkpoint_files import damage, trainer_state
 from reflectioncoder.train.run_folder import held_by, is_run_config
 
@@ -42,9 +43,13 @@ def _losses(folder: Path) -> dict[int, float]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a torn last line (a kill)
-            if isinstance(row, dict) and "loss" in row and "step" in row:  # a training row
-                rows[row["step"]] = row["loss"]
+            if isinstance(row, dict) and _is_number(row.get("loss")) and "step" in row:
+                rows[row["step"]] = row["loss"]  # a training row
     return rows
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def checkpoint_rows(folder: Path) -> list[dict[str, Any]]:
@@ -100,10 +105,10 @@ def main(args: argparse.Namespace) -> int:
     rows = checkpoint_rows(folder)
     config = folder / "config.yaml"
     if not rows and not (folder / "final").is_dir() and config.is_file() and is_run_config(config):
-        print(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
+        _say(_unsaved_run(folder))  # a run stopped (Ctrl-C, a kill) before its first save
         _print_tracker_runs(folder)
         _print_training(folder)
-        print(_resume_line([]))
+        _say(_resume_line([]))
         return 0
     if not rows and not (folder / "final").is_dir():
         run = _run_folder_above(folder)
@@ -116,18 +121,24 @@ def main(args: argparse.Namespace) -> int:
             file=folder,
             field="FOLDER",
         )
-    print(f"{'checkpoint':<34}{'step':>8}{'loss':>10}  state")
+    _say(f"{'checkpoint':<34}{'step':>8}{'loss':>10}  state")
     for r in rows:
         step = f"{r['step']}" if r["total_steps"] is None else f"{r['step']}/{r['total_steps']}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
         name = str(r["path"].relative_to(folder))
-        print(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
+        _say(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
     if (folder / "final").is_dir():
-        print(f"{'final':<34}{'':>8}{'':>10}  the trained model")
+        _say(f"{'final':<34}{'':>8}{'':>10}  the trained model")
     _print_tracker_runs(folder)
     _print_training(folder)
-    print(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
+    _say(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
     return 0
+
+
+def _say(line: str) -> None:
+    """One line of the listing, escaped: it quotes the run's files (a tracker's run name, the
+    lock's holder, a checkpoint's state), which a terminal must not take as its codes."""
+    print(printable(line))
 
 
 def _print_tracker_runs(folder: Path) -> None:
@@ -139,14 +150,14 @@ def _print_tracker_runs(folder: Path) -> None:
     if not isinstance(recorded, dict) or not isinstance(recorded.get("run_name"), str):
         return
     ids = ", ".join(f"{k} {v}" for k, v in recorded.items() if k != "run_name")
-    print(f"tracker runs: {recorded['run_name']}{f' ({ids})' if ids else ''}")
+    _say(f"tracker runs: {recorded['run_name']}{f' ({ids})' if ids else ''}")
 
 
 def _print_training(folder: Path) -> None:
     """``training now: pid N on HOST`` while a launch holds the folder (its lock)."""
     holder = held_by(folder)
     if holder:
-        print(f"training now: {holder} (--resume once it has ended)")
+        _say(f"training now: {holder} (--resume once it has ended)")
 
 
 def _unsaved_run(folder: Path) -> str:
