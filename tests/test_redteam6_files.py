@@ -11,6 +11,8 @@ held 150,000 files, ending exit 0. Now a run holding more than its share
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import test_redteam4_ipc
@@ -88,17 +90,37 @@ def test_an_honest_run_is_far_below_its_share(level):
     assert res.ok and "held 200" in res.stdout, (level, res)
 
 
+# A process of its own holds the file: the test process's threads left by earlier tests (a
+# trainer's planner, a scorer's pumps) map and unmap memory while it counts.
+HOLDER = """
+import mmap, sys
+maps = []
+print("ready", flush=True)
+sys.stdin.readline()
+f = open(sys.argv[1], "rb")
+maps.extend(mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ) for _ in range(3))
+print("mapped", flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_files_held_counts_descriptors_and_mappings(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"x" * 4096)
-    import mmap
-
-    before = filetable.files_held([os.getpid()], 10**9)
-    with open(path, "rb") as f:
-        maps = [mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ) for _ in range(3)]
-        during = filetable.files_held([os.getpid()], 10**9)
-    for m in maps:
-        m.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        before = filetable.files_held([holder.pid], 10**9)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "mapped\n"
+        during = filetable.files_held([holder.pid], 10**9)
+    finally:
+        holder.kill()
+        holder.wait()
     assert during - before == 7  # one descriptor, three mappings (each with its own dup)
     assert filetable.files_held([os.getpid()], 2) < before  # stops counting past its bound
 
