@@ -24,6 +24,7 @@ from pathlib import Path
 
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import tasks as tk
+from reflectioncoder.printable import printable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("REFLECTIONCODER_SHARED", ROOT.parent / "shared")) / "evaldata"
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = ml.toolchain_problem(lang)
         if problem:
             rows.append({"language": lang, "unavailable": problem})
-            print(problem, flush=True)
+            print(printable(problem), flush=True)  # a program's words: no terminal codes
             continue
         row = bench_language(lang, args.tasks, args.bare)
         rows.append(row)

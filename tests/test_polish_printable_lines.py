@@ -2,7 +2,7 @@
 evaluate line that skips a language) print text read from files and programs: a tracker's run
 name, the lock's holder, a checkpoint's trainer state, a toolchain's reason. Its control
 characters are escaped (reflectioncoder/printable.py): no file can clear or retitle the
-terminal of a user listing a run."""
+terminal of a user listing a run; bench/bench_multiple.py prints its skipped languages so too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import argparse
 import fcntl
 import json
 
+from bench import bench_multiple
 from reflectioncoder.cli import main as cli_main
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import toolchains
@@ -62,3 +63,12 @@ def test_evaluate_prints_a_toolchains_reason_escaped(tmp_path, monkeypatch, caps
     cli_main(["evaluate", "--task", "multiple-cs", "--samples", str(samples)])
     err = capsys.readouterr().err
     assert "reflectioncoder evaluate: multiple-cs: no mcs\\x1b[2J" in err and "\x1b" not in err
+
+
+def test_bench_multiple_prints_a_toolchains_reason_escaped(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_multiple.ml, "toolchain_problem", lambda lang: f"no mcs{TITLE}")
+    out = tmp_path / "multiple.json"
+    assert bench_multiple.main(["--languages", "cs", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == "no mcs\\x1b]0;owned\\x07\n"
+    row = {"language": "cs", "unavailable": f"no mcs{TITLE}"}  # the file keeps it (JSON escapes)
+    assert json.loads(out.read_text())["rows"] == [row]
