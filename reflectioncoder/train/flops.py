@@ -1,7 +1,9 @@
 """The one FLOP count of a packed training step (the trainer's MFU / HFU, every bench, the docs).
 
 A micro-batch of S packed segments of lengths L_1..L_S (T tokens) with R loss rows, on a
-decoder of ``layers`` layers whose attention is ``heads x head_dim`` wide, costs, forward +
+decoder of ``layers`` layers of ``heads`` query heads, whose scores QK^T are ``qk_dim`` wide a
+head and whose values ``v_dim`` (both ``head_dim`` but for multi-head latent attention:
+DeepSeek-V2/V3's qk_nope_head_dim + qk_rope_head_dim and v_head_dim), costs, forward +
 backward (each multiply-add 2 FLOPs, backward twice the forward):
 
     model FLOPs    = 6 x body_params x T              (every parameter outside the input
@@ -10,11 +12,12 @@ backward (each multiply-add 2 FLOPs, backward twice the forward):
                                                         the share a token runs through:
                                                         top-k / experts)
                    + 6 x V x D x R                     (the LM head, on the loss rows only)
-                   + 12 x layers x heads x head_dim x sum_i L_i^2   (attention scores and
-                                                        their use, per segment)
+                   + 6 x layers x heads x (qk_dim + v_dim) x sum_i L_i^2   (QK^T and PV,
+                                                        per segment; equal widths:
+                                                        12 x layers x heads x head_dim x ...)
     hardware FLOPs = model FLOPs, plus with activation checkpointing one more forward of the
                    decoder layers but their last GEMM: 2 x recomputed_params x T
-                   + 4 x layers x heads x head_dim x sum L^2, times the share of layers
+                   + 2 x layers x heads x (qk_dim + v_dim) x sum L^2, times the share of layers
                    recomputed (``recomputed_share``'s ``layers``: full 1, alternate 0.5,
                    save_gemms 0, whose reruns are element-wise), plus the MLP's gate and up
                    GEMMs again, 2 x mlp_in_params x T times the share of ``mlp_rerun`` layers
@@ -29,7 +32,8 @@ about half of that term. The embedding lookup, norms, RoPE and activations count
 (seconds x devices x peak); HFU = hardware FLOPs over the same. torch's non-reentrant checkpoint
 stops recomputing a layer once every tensor its backward saved is back (early stop), so the
 layer's last GEMM (the MLP's down projection, whose output only feeds the residual add) is not
-run again: ``recomputed_params`` leaves it out.
+run again: ``recomputed_params`` leaves it out. Multi-head latent attention's low-rank
+projections (q_a / q_b, kv_a / kv_b) are in ``body_params`` as the modules they are.
 """
 
 from __future__ import annotations
@@ -54,6 +58,18 @@ class ModelShape:
     heads: int  # query heads
     kv_heads: int  # key / value heads (grouped-query attention: fewer than ``heads``)
     intermediate: int  # I, the MLP's width
+    qk_width: int = 0  # query heads x a query / key head's size where not attn_width's (MLA)
+    v_width: int = 0  # query heads x a value head's size where not attn_width's (MLA)
+
+    @property
+    def score_width(self) -> int:
+        """Query heads x the head size QK^T runs over (MLA: qk_nope + qk_rope)."""
+        return self.qk_width or self.attn_width
+
+    @property
+    def value_width(self) -> int:
+        """Query heads x the head size PV runs over (MLA: v_head_dim)."""
+        return self.v_width or self.attn_width
 
     @property
     def kv_width(self) -> int:
@@ -98,6 +114,8 @@ class ModelShape:
             heads=heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
             intermediate=config.intermediate_size,
+            qk_width=heads * _latent_qk_head_dim(config),
+            v_width=heads * (getattr(config, "v_head_dim", None) or 0),
         )
 
     @classmethod
@@ -171,10 +189,11 @@ def packed_flops(
     if not isinstance(recompute, Recompute):
         recompute = Recompute(float(recompute))
     tokens = sum(seq_lens)
-    square = shape.layers * shape.attn_width * sum(n * n for n in seq_lens)
+    # QK^T and PV of every segment, a forward's multiply-adds: 2 FLOPs each, 6 with backward
+    square = shape.layers * (shape.score_width + shape.value_width) * sum(n * n for n in seq_lens)
     model = 6.0 * shape.body_params * tokens + 6.0 * shape.vocab * shape.hidden * loss_rows
-    model += 12.0 * square
-    extra = recompute.layers * (2.0 * shape.recomputed_params * tokens + 4.0 * square)
+    model += 6.0 * square
+    extra = recompute.layers * (2.0 * shape.recomputed_params * tokens + 2.0 * square)
     extra += recompute.mlp * 2.0 * shape.mlp_in_params * tokens
     return StepFlops(model, model + extra)
 
@@ -216,6 +235,13 @@ def _active_expert_share(config) -> float:
         if top_k and experts:
             return top_k / experts
     return 1.0
+
+
+def _latent_qk_head_dim(config) -> int:
+    """A query / key head's size under multi-head latent attention (its config's head_dim is
+    the rotary part alone), or 0 for attention whose heads are head_dim wide."""
+    nope, rope = (getattr(config, f"qk_{part}_head_dim", None) for part in ("nope", "rope"))
+    return nope + rope if nope and rope else 0
 
 
 def _numel(param: nn.Parameter) -> int:
