@@ -202,7 +202,8 @@ def _build_data(
         "the fix runs again; the one-off answer closes the sample (SPEC §1 ReflectionSeq).",
         flush=True,
     )
-    with Progress(None, "reflection samples", unit="sample", enabled=progress) as bar:
+    bar = Progress(None, "reflection samples", unit="sample", enabled=progress, parallel=workers)
+    with bar:  # workers samples at a time: no time left guessed for the last of them
 
         def tick(done: int, of: int) -> None:
             bar.set_total(of)

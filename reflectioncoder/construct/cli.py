@@ -120,7 +120,15 @@ def main(args: argparse.Namespace) -> int:
             print(f"  skipped {printable(where)}: {printable(reason)}")
         print(f"  progress log: {progress_path(args.out)}")
         return 1 if summary.left else 0
-    with Progress(None, "reflection samples", unit="sample", enabled=not args.no_progress) as bar:
+    # --workers samples are made at a time: no time left is guessed for the last of them
+    bar = Progress(
+        None,
+        "reflection samples",
+        unit="sample",
+        enabled=not args.no_progress,
+        parallel=args.workers,
+    )
+    with bar:
 
         def progress(done: int, total: int) -> None:
             bar.set_total(total)

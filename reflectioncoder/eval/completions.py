@@ -88,7 +88,8 @@ def _generate(req: EvalRequest, prompts: list[str], on_done, stats: dict, stop_s
     config = gn.GenerationConfig(
         **dataclasses.asdict(req.decoding), stop_strings=tuple(stop_strings)
     )
-    bar = Progress(len(prompts), "generate", unit="item", enabled=req.progress)
+    at_a_time = _prompts_at_a_time(req, len(prompts))
+    bar = Progress(len(prompts), "generate", unit="item", enabled=req.progress, parallel=at_a_time)
     try:
         if req.backend == "hf":
             model = gn.LocalModel(req.model, device=req.device, threads=req.threads)
@@ -106,6 +107,15 @@ def _generate(req: EvalRequest, prompts: list[str], on_done, stats: dict, stop_s
             client.complete(prompts, config, progress=bar, on_done=on_done)
     finally:
         bar.close()
+
+
+def _prompts_at_a_time(req: EvalRequest, n: int) -> int:
+    """How many prompts are generated together: a batch (hf), all of them (vLLM schedules
+    them at once), one (an endpoint: one request per prompt). The last batch's time is not the
+    rate's guess (its prompts are the longest: batches go by length), so the bar says so."""
+    if req.backend == "hf":
+        return req.decoding.batch_size
+    return max(n, 1) if req.backend == "vllm" else 1
 
 
 def _add_stats(total: dict, run: dict) -> None:

@@ -146,14 +146,14 @@ def _score_python(req: EvalRequest, tasks: dict, rows: list[dict], ks: tuple[int
 
     rel = tk.HUMANEVAL_PLUS_FILE if req.task == "humaneval" else tk.MBPP_PLUS_FILE
     source = tk.dataset_file(req.data_dir, rel)
-    bar = Progress(len(tasks), "expected outputs", unit="item", enabled=req.progress)
+    bar = _sandbox_bar(req, len(tasks), "expected outputs")
     try:
         expected = expected_outputs(
             tasks, tk.file_hash(source), parallel=req.parallel, progress=bar
         )
     finally:
         bar.close()
-    bar = Progress(len(rows), "score", unit="item", enabled=req.progress)
+    bar = _sandbox_bar(req, len(rows), "score")
     try:
         results = sc.score_python_samples(
             tasks,
@@ -178,13 +178,19 @@ def _score_multiple(
 ):
     """One MultiPL-E language's row; ``lang``: the details are keyed ``lang:task_id``."""
     desc = f"score {name}" if lang else "score"
-    bar = Progress(len(rows), desc, unit="item", enabled=req.progress)
+    bar = _sandbox_bar(req, len(rows), desc)
     try:
         results = ml.score_multiple_samples(tasks, rows, parallel=req.parallel, progress=bar)
     finally:
         bar.close()
     prefix = f"{lang}:" if lang else ""
     return summarise(results, {name: attrgetter("passed")}, ks, prefix=prefix)
+
+
+def _sandbox_bar(req: EvalRequest, total: int, desc: str) -> Progress:
+    """A bar over sandboxed runs, ``--parallel`` at a time: once every item left is running
+    it says so instead of a time left (one may run out its whole time limit)."""
+    return Progress(total, desc, unit="item", enabled=req.progress, parallel=req.parallel)
 
 
 def _report(req: EvalRequest, result: dict, level: Isolation, generation: dict, t0: float) -> int:
