@@ -13,7 +13,11 @@ import math
 
 import pytest
 import torch
-from reference.loss import reflection_loss_reference, reflection_loss_reference_chunked
+from reference.loss import (
+    plain_reflection_loss,
+    reflection_loss_reference,
+    reflection_loss_reference_chunked,
+)
 from reflectioncoder.kernels.fused_loss import TILES, linear_reflection_loss
 from reflectioncoder.kernels.fused_loss_schedule import GPU_BUDGET
 from test_fused_loss import SMALL, LateSideStream, budget
@@ -55,8 +59,29 @@ def _reference(case, dtype):
     return loss.detach(), ce.detach(), kl.detach(), h.grad, w.grad
 
 
-def _assert_close(ours, ref, tol):
-    for name, a, b in zip(("loss", "ce", "kl", "d hidden", "d weight"), ours, ref, strict=True):
+def _plain(case, dtype):
+    """Plain PyTorch, every op in ``dtype``: the low-precision rule's yardstick."""
+    hidden, weight, *rest = case
+    h = hidden.to(dtype).detach().clone().requires_grad_()
+    w = weight.to(dtype).detach().clone().requires_grad_()
+    loss, ce, kl = plain_reflection_loss(h, w, *rest)
+    loss.backward()
+    return loss.detach(), ce.detach(), kl.detach(), h.grad, w.grad
+
+
+def _max_errors(outputs, ref) -> list[float]:
+    return [
+        float((a.double() - b).abs().max()) if b.numel() else 0.0
+        for a, b in zip(outputs, ref, strict=True)
+    ]
+
+
+def _assert_close(ours, ref, tol, allowed=None):
+    """Max error within ``tol`` of the largest reference value, or within ``allowed`` (per
+    output) where that is larger."""
+    allowed = allowed or [0.0] * 5
+    names = ("loss", "ce", "kl", "d hidden", "d weight")
+    for name, a, b, extra in zip(names, ours, ref, allowed, strict=True):
         assert a.shape == b.shape, name
         assert torch.isfinite(a).all(), name
         if b.numel() == 0:
@@ -64,7 +89,7 @@ def _assert_close(ours, ref, tol):
         # an exact zero (V = 1: every softmax is 1) is held to the dtype's rounding of O(1)
         scale = float(b.abs().max()) or 1.0
         err = float((a.double() - b).abs().max())
-        assert err <= tol * scale, f"{name}: rel err {err / scale:.2e} > {tol:.0e}"
+        assert err <= max(tol * scale, extra), f"{name}: rel err {err / scale:.2e} > {tol:.0e}"
 
 
 def _case(name: str):
@@ -100,7 +125,14 @@ CASES = ["self pair", "pair twice", "cycle", "V=1", "D=1", "no rows", "sharp", "
 @pytest.mark.parametrize("name", CASES)
 def test_reflection_batches_match_float64(seed, name, backend, dtype):
     case = _case(name)
-    _assert_close(_ours(backend, case, dtype), _reference(case, dtype), TOL[dtype])
+    ref = _reference(case, dtype)
+    allowed = None
+    if name == "sharp" and dtype != torch.float32:
+        # logits in the thousands: their bf16 rounding moves a softmax by O(1), so the rule
+        # is the project's low-precision one, at most twice plain PyTorch's error (the torch
+        # backend's d W reached 3.2% of its largest value at TEST_SEED=617534632)
+        allowed = [2 * e for e in _max_errors(_plain(case, dtype), ref)]
+    _assert_close(_ours(backend, case, dtype), ref, TOL[dtype], allowed)
 
 
 def _assert_bitwise(a, b):
