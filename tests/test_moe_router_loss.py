@@ -15,6 +15,7 @@ import transformers as tf
 
 from reflectioncoder.cli import main
 from reflectioncoder.model_support import check_supported
+from reflectioncoder.testing.cli import train_argv
 
 DATA = Path(__file__).parent / "data" / "reflection_small.jsonl"
 SIZES = dict(
@@ -72,9 +73,8 @@ def test_train_refuses_it_before_writing_the_run_folder(tmp_path, capsys):
     folder = _save_mixtral(tmp_path / "model", output_router_logits=True)
     capsys.readouterr()  # the save's progress bars
     out = tmp_path / "run"
-    args = ["train", "--preset", "tiny", "--set", f"data.files=[{DATA}]", "--no-progress",
-            "--set", f"model.name_or_path={folder}", "--set", "train.max_steps=1",
-            "--set", f"checkpoint.out_dir={out}"]  # fmt: skip
+    sets = {"data.files": f"[{DATA}]", "model.name_or_path": folder, "train.max_steps": 1}
+    args = train_argv({**sets, "checkpoint.out_dir": out}, "--no-progress")
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -28,33 +28,18 @@ except ImportError:  # an interpreter built without it: json's pure-Python code
     _json = None  # type: ignore[assignment]
 
 if __package__:  # the scorer's side: the package
-    from reflectioncoder.eval.sandbox.tagdecode import (
-        COLLISIONS_ALLOWED,
-        MAX_NUMPY_BYTES,
-        TAGS,
-        DecodeError,
-        Digest,
-        Opaque,
-        build_tag,
-        clip,
-        loads_at,
-        loads_row,
-        tag_hook,
-    )
+    from reflectioncoder.eval.sandbox import tagdecode
 else:  # in the box: shipped beside this file as a top-level module
-    from tagdecode import (  # type: ignore[no-redef]
-        COLLISIONS_ALLOWED,
-        MAX_NUMPY_BYTES,
-        TAGS,
-        DecodeError,
-        Digest,
-        Opaque,
-        build_tag,
-        clip,
-        loads_at,
-        loads_row,
-        tag_hook,
-    )
+    import tagdecode  # type: ignore[no-redef]
+
+COLLISIONS_ALLOWED, MAX_NUMPY_BYTES, TAGS = (
+    tagdecode.COLLISIONS_ALLOWED,
+    tagdecode.MAX_NUMPY_BYTES,
+    tagdecode.TAGS,
+)
+DecodeError, Digest, Opaque = tagdecode.DecodeError, tagdecode.Digest, tagdecode.Opaque
+build_tag, clip, tag_hook = tagdecode.build_tag, tagdecode.clip, tagdecode.tag_hook
+loads_at, loads_row = tagdecode.loads_at, tagdecode.loads_row
 
 __all__ = [  # the encoding here; the decoding re-exported from ``tagdecode``
     "BIG_STR",
