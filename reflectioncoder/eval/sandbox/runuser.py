@@ -66,6 +66,8 @@ _FOUND_LOCK = threading.Lock()
 # System V IPC objects: /proc/sysvipc's file, its id column, the libc call that removes one
 _SYSV_IPC = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
 _IPC_RMID = 0
+# a folder only, never through a link (the sweeps walk folders other runs may change)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # A file per uid a run holds, locked while it does (root's folder, no run reaches it): runs of
@@ -231,40 +233,69 @@ def remove_left_files(uid: int, roots: Iterable[str] | None = None) -> None:
     Landlock: the uid is the run's alone, so all of it is the run's). Descends only into
     world-writable folders not its own (elsewhere a uid that owns nothing can create nothing),
     ``_SWEEP_DEPTH`` deep at most: a sibling's chain of 0777 folders costs the sweep little.
-    ``roots``: the world-writable folders (``world_writable_folders`` by default)."""
+    ``roots``: the world-writable folders (``world_writable_folders`` by default).
+
+    Root walks folders other runs may change, so each is held open (never through a link) and
+    what it checked is removed in that folder by descriptor. Round 9: the sweep removed
+    ``folder/name`` by path after checking its owner, and a sibling run that owned the folder
+    put a link in its place meanwhile: root followed it and removed a root folder of the same
+    name elsewhere (``tests/test_redteam9_sweep.py``)."""
     for root in world_writable_folders() if roots is None else roots:
         with contextlib.suppress(OSError):
-            _remove_owned(root, uid, _SWEEP_DEPTH)
+            fd = os.open(root, _DIR_FLAGS)
+            try:
+                _remove_owned(fd, uid, _SWEEP_DEPTH)
+            finally:
+                os.close(fd)
 
 
-def _remove_owned(folder: str, uid: int, depth: int) -> None:
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            info = entry.stat(follow_symlinks=False)
+def _remove_owned(folder: int, uid: int, depth: int) -> None:
+    """The sweep of the open folder ``folder``: ``uid``'s entries removed, world-writable
+    folders not its own walked ``depth - 1`` levels more."""
+    with os.scandir(folder) as listing:
+        entries = list(listing)
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)  # fstatat in ``folder``, no link followed
             if info.st_uid == uid:
                 if stat.S_ISDIR(info.st_mode):
-                    remove_tree(entry.path)
+                    _remove_tree_at(folder, entry.name)
                 else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+                    os.unlink(entry.name, dir_fd=folder)
             elif depth > 1 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
-                with contextlib.suppress(OSError):
-                    _remove_owned(entry.path, uid, depth - 1)
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=folder)
+                try:
+                    _remove_owned(child, uid, depth - 1)
+                finally:
+                    os.close(child)
 
 
 def remove_tree(path: str | Path) -> None:
-    """Remove a folder a run made, however deep, never following a link. ``shutil.rmtree``
-    takes one Python frame per level: a run 6,000 folders deep raised RecursionError in the
-    cleanup thread, and its folder, its IPC objects and its files in world-writable folders
-    stayed on the host (round 7); ``rm``'s walk has no such bound."""
+    """Remove a folder a run made, however deep, never following a link (the run's own
+    folder: root's, in a folder no run may write)."""
+    parent = os.open(os.path.dirname(os.path.abspath(path)) or "/", _DIR_FLAGS)
+    try:
+        _remove_tree_at(parent, os.path.basename(os.path.abspath(path)))
+    finally:
+        os.close(parent)
+
+
+def _remove_tree_at(folder: int, name: str) -> None:
+    """Remove ``name`` in the open folder ``folder`` and all under it, never following a
+    link. ``shutil.rmtree`` takes one Python frame per level: a run 6,000 folders deep raised
+    RecursionError in the cleanup thread, and its folder, its IPC objects and its files in
+    world-writable folders stayed on the host (round 7); ``rm``'s walk has no such bound, and
+    is given the folder through the scorer's descriptor (``/proc/self/fd``), not its path."""
     with contextlib.suppress(RecursionError):
-        shutil.rmtree(path, ignore_errors=True)  # never follows links
-    if os.path.lexists(path):
+        shutil.rmtree(name, ignore_errors=True, dir_fd=folder)  # never follows links
+    with contextlib.suppress(OSError):
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
         rm = shutil.which("rm") or "/bin/rm"
         subprocess.run(
-            [rm, "-rf", "--one-file-system", "--", str(path)],
+            [rm, "-rf", "--one-file-system", "--", f"/proc/self/fd/{folder}/{name}"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            pass_fds=(folder,),
             check=False,
         )
 
