@@ -84,6 +84,14 @@ def _config_error(name: str, reason: str, origins: Origins, at_key: bool = False
         return ConfigError(reason, file=file, line=line, column=column, field=name)
     key = name.split("[")[0]  # a list item is located by its list
     near = [v for k, v in origins.items() if k == key or k.startswith(key + ".")]
+    if not near:  # a preset's value refused beside the user's (two fields that exclude each
+        # other): the user's field, named in the reason, is the one to point at and to fix
+        given = [k for k in re.findall(r"\b\w+\.\w+\b", reason) if k in origins]
+        if given:
+            name, near = given[-1], [origins[given[-1]]]
+    while not near and "." in key:  # model.arch.x of --set model.arch={x: 1}: model.arch's
+        key = key.rpartition(".")[0]
+        near = [origins[key]] if key in origins else []
     file, line, column = near[0] if near else (None, None, None)
     return ConfigError(reason, file=file, line=line, column=column, field=name or "config")
 
@@ -100,6 +108,7 @@ PATH_FIELDS = frozenset(
         "distributed.deepspeed_config",
     }
 )
+SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -113,6 +122,9 @@ def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _coerce(value, inner[0], name, origins)
+        if all(a in _EXPECTED for a in inner) and type(value) not in inner:  # 1 is no `true`
+            expected = " or ".join(_EXPECTED[a] for a in inner)
+            raise _config_error(name, f"expected {expected}, got {value!r}", origins)
         return value
     if hint is Any or (value is None and hint is Any):
         return value
@@ -144,6 +156,10 @@ def _coerce(value: Any, hint: Any, name: str, origins: Origins) -> Any:
             raise _config_error(name, f"expected {_EXPECTED[hint]}, got {got}", origins)
         if hint is float and not math.isfinite(coerced):  # YAML's .inf, --set x=inf
             raise _config_error(name, f"expected a finite number, got {value!r}", origins)
+        if hint is int and not -(2**63) <= coerced < 2**63:  # torch and numpy take int64
+            raise _config_error(name, f"out of range (a 64-bit integer), got {value!r}", origins)
+        if hint is str and not coerced.strip():  # a path "" is the current folder
+            raise _config_error(name, f"expected a non-empty string, got {value!r}", origins)
         if hint is str and name.partition("[")[0] in PATH_FIELDS:
             return os.path.expanduser(coerced)  # ~/data.jsonl: no shell expands it in YAML
         return coerced
@@ -378,6 +394,8 @@ def _load(
     if path is not None:
         data = _read_config_file(Path(path), origins)
         base = data.pop("preset", base)
+        # a section whose fields are all commented out reads as null: it changes nothing
+        data = {k: v for k, v in data.items() if not (v is None and k in SECTIONS)}
     if base is not None:
         try:
             data = _deep_merge(preset(base), data)

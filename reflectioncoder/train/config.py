@@ -12,6 +12,7 @@ from reflectioncoder.errors import check_field
 SCHEDULES = ("cosine", "linear", "constant")
 BACKENDS = ("auto", "none", "deepspeed", "fsdp")
 REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
+MAX_TIMEOUT_MINUTES = 10**9  # ~1900 years; datetime.timedelta overflows not far above
 
 
 @dataclass
@@ -119,6 +120,9 @@ class TrainConfig:
             "train.tokens_per_step",
             f"must be > 0, got {self.tokens_per_step}",
         )
+        check_field(  # numpy's generators take no negative seed: refused now, not at step 0
+            self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}"
+        )
         check_field(
             self.device in ("auto", "cpu", "cuda"),
             "train.device",
@@ -221,9 +225,9 @@ class DistributedConfig:
             f"must be true | false | auto, got {self.fp32_grad_accum!r}",
         )
         check_field(
-            self.timeout_minutes > 0,
+            0 < self.timeout_minutes <= MAX_TIMEOUT_MINUTES,
             "distributed.timeout_minutes",
-            f"must be > 0, got {self.timeout_minutes}",
+            f"must be in [1, {MAX_TIMEOUT_MINUTES}], got {self.timeout_minutes}",
         )
 
 
