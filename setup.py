@@ -85,5 +85,12 @@ setup(
         "bench": ["evalplus==0.3.1", "cut-cross-entropy==25.1.1"],
     },
     cmdclass={"build_py": FreshBuildPy},
-    entry_points={"console_scripts": ["reflectioncoder=reflectioncoder.cli:main"]},
+    entry_points={
+        "console_scripts": ["reflectioncoder=reflectioncoder.cli:main"],
+        # torch loads these into torchrun's process: a failed torchrun of a reflectioncoder
+        # command ends in one line (reflectioncoder/launch_torchrun.py)
+        "torchrun.handlers": [
+            "reflectioncoder-one-line=reflectioncoder.launch_torchrun:rendezvous_plugin"
+        ],
+    },
 )

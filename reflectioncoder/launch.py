@@ -43,6 +43,14 @@ class _SaidByOurLine(logging.Filter):
         return not str(record.msg).startswith(_SAID_BY_OUR_LINE)
 
 
+def hide_torchruns_own_lines() -> None:
+    """Leave out torchrun's log lines that the one line ending a failed launch says."""
+    for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
+                 "torch.distributed.elastic.multiprocessing.errors.error_handler",
+                 "torch.distributed.elastic.agent.server.api"):  # fmt: skip
+        logging.getLogger(name).addFilter(_SaidByOurLine())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv in (["-h"], ["--help"]):
@@ -69,10 +77,7 @@ def _launch(argv: list[str]) -> int:
         raise UsageError(f"{command!r} is not a reflectioncoder command: {name_one}")
     args.module, args.training_script = True, "reflectioncoder.cli"
     args.training_script_args = [command, *args.training_script_args]
-    for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
-                 "torch.distributed.elastic.multiprocessing.errors.error_handler",
-                 "torch.distributed.elastic.agent.server.api"):  # fmt: skip
-        logging.getLogger(name).addFilter(_SaidByOurLine())
+    hide_torchruns_own_lines()
     os.environ[OUR_LAUNCHER_ENV] = "1"  # the ranks' environment: this process says their line
     try:
         run(args)
@@ -100,7 +105,8 @@ def _said(failure) -> str:
 
 def _root_failure(err):
     """(rank, failure) that says what went wrong: a rank's own error line first, then a rank
-    killed by a signal (the OOM killer), then one stopped because another failed, then the
+    killed by a signal (the OOM killer; SIGTERM, what the agent ends the others with, after
+    the rest), then one stopped because another failed (whatever ended it then), then the
     rest (ended by the agent), each the earliest of its kind."""
 
     def rank_of(item) -> tuple[int, int]:
@@ -108,9 +114,11 @@ def _root_failure(err):
         said = _said(failure)
         if said and PEER_GONE_LINE not in said:
             return 0, failure.timestamp
+        if said:
+            return 3, failure.timestamp
         if failure.exitcode < 0:
-            return 1, failure.timestamp
-        return (2 if said else 3), failure.timestamp
+            return (2 if -failure.exitcode == signal.SIGTERM else 1), failure.timestamp
+        return 4, failure.timestamp
 
     return min(err.failures.items(), key=rank_of)
 

@@ -101,6 +101,19 @@ def test_the_line_names_the_rank_that_failed_not_one_ended_after(tmp_path):
     )
 
 
+def test_a_rank_killed_outright_is_named_not_the_one_that_said_it_was_gone(tmp_path):
+    """kill -9 of rank 1 under torchrun: rank 0, in a collective with it, wrote that another
+    rank failed and the agent's SIGTERM then took it (-15), its line stamped first; the
+    launch said `rank 0 failed (killed by SIGTERM ...)`, naming the wrong rank."""
+    gone = "reflectioncoder train: stopped: another rank failed (its line is above, ...)"
+    failures = {0: _failure(tmp_path, 0, -15, gone, 1), 1: _failure(tmp_path, 1, -9, None, 2),
+                2: _failure(tmp_path, 2, -15, None, 0)}  # fmt: skip
+    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch._failure_line(rank, failure, 3) == (
+        "rank 1 failed (killed by SIGKILL; 2 other rank(s) failed too)"
+    )
+
+
 # -- MLflow: a run left RUNNING by a killed rank 0 ----------------------------------------------
 
 

@@ -13,6 +13,7 @@ from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 
 LAUNCH = [sys.executable, "-m", "reflectioncoder.launch"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]  # plain torchrun: -m reflectioncoder.cli
 STEP_PLAN = "optimizer steps"  # the trainer's step plan: said once the ranks train
 
 
@@ -40,15 +41,19 @@ def start_training_launch(
     nproc: int = 1,
     more_sets: Mapping[str, object] | None = None,
     flags: tuple[str, ...] = (),
+    torchrun: bool = False,
     **popen,
 ) -> tuple[subprocess.Popen, list[str]]:
     """Start ``python -m reflectioncoder.launch --nproc_per_node NPROC train --preset tiny`` on
     :func:`long_run_sets` (updated by ``more_sets``; ``flags``: more of train's, ``--resume``)
     and return once its ranks train: the process (stderr a text pipe, still open) and the
     stderr lines read so far (all of them if it ended first). ``popen`` goes to
-    ``subprocess.Popen`` (``start_new_session``, say)."""
+    ``subprocess.Popen`` (``start_new_session``, say); ``torchrun``: launched with plain
+    ``torchrun ... -m reflectioncoder.cli`` instead."""
     sets = {**long_run_sets(tmp_path), **(more_sets or {})}
-    argv = [*LAUNCH, "--nproc_per_node", str(nproc), *train_argv(sets, "--no-progress", *flags)]
+    command = ["-m", "reflectioncoder.cli"] if torchrun else []
+    argv = [*(TORCHRUN if torchrun else LAUNCH), "--nproc_per_node", str(nproc), *command,
+            *train_argv(sets, "--no-progress", *flags)]  # fmt: skip
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)  # fmt: skip
     return proc, read_until(proc.stderr, STEP_PLAN)
