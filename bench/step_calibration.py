@@ -3,8 +3,8 @@ checked against, measured (the 1.06B CLI step and the 1.5B suite step on an H200
 time replayed on the CPU: bench/bench_host_replay.py) and published (torchtitan's Llama-3.1-8B,
 llm-foundry's MPT-7B), each predicted by bench/step_model.py; the measured steps through the
 simulation of one CUDA stream (``simulate_stream``: the replayed ops issued by the host, run in
-order on the GPU, the host waiting at each sync). bench/step_model.py's docstring says what
-each constant is and where it comes from.
+order on the GPU, the host waiting at each sync). bench/step_predict.py's docstring and
+bench/step_inputs.py say what each constant is and where it comes from.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 
 from bench import roofline
-from bench.step_model import (
+from bench.step_inputs import (
     ARCHS,
     ATTN_EFF,
     BW_EFF,
@@ -27,11 +27,10 @@ from bench.step_model import (
     Arch,
     Levers,
     Workload,
-    _ew_rerun,
     gemm_share,
-    predict,
     reflection_workload,
 )
+from bench.step_predict import _ew_rerun, predict
 from bench.step_stream import (
     FLOOR_NOTE,
     HOST_LAUNCH_S,
