@@ -208,21 +208,23 @@ def _make_audit_hook(work: str, hidden: tuple, pid: int):  # pragma: no cover - 
 # (None: the machine has no such call; aarch64 has only clone and *at variants)
 _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # name, x86-64 number, aarch64 number (-: none), role, in the form of the kernel's syscall .tbl
-# files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel":
-# refused at every level (the box's filter and the fallback's): the kernel's own state, other
-# processes' memory, namespaces, mounts, sockets of every family (and io_uring, which can make
-# them), kernel AIO contexts (io_setup: ``fs.aio-max-nr`` is one count for the machine, and a
-# run that took it all failed every host io_setup, DeepSpeed's NVMe offload too), keys,
-# tracing, modules, POSIX message queues (a queue outlives its run where there is no IPC
-# namespace, and without the mqueue file system mounted nothing can list it; no toolchain
-# uses them), and the mount and quota calls' newer forms (open_tree_attr, quotactl_fd) and
-# legacy calls no program needs (modify_ldt: x86's LDT, an old exploit surface; uselib, ustat,
-# sysfs, lookup_dcookie). "process": refused to Python programs in the fallback only
-# (compilers in the box need them; rustc spawns its linker through a socketpair, which reaches
-# nothing but its own other end). "unsupported": answered EOPNOTSUPP at every level, as a file
-# system without the call answers (fallocate: blocks of the host's disk at once, 64 MiB a call,
-# past the fallback's disk guard before its next look; round 7: 704 MiB in one look, a 16 MiB
-# bound. glibc's posix_fallocate then writes; every installed toolchain builds as before).
+# files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel": refused
+# at every level (the box's filter and the fallback's): the kernel's own state, other processes'
+# memory, namespaces, mounts, sockets of every family (and io_uring, which can make them), kernel
+# AIO contexts (io_setup: ``fs.aio-max-nr`` is one count for the machine, and a run that took it all
+# failed every host io_setup, DeepSpeed's NVMe offload too), keys, tracing, modules, POSIX message
+# queues (a queue outlives its run where there is no IPC namespace, and without the mqueue file
+# system mounted nothing can list it; no toolchain uses them), and the mount and quota calls' newer
+# forms (open_tree_attr, quotactl_fd) and legacy calls no program needs (modify_ldt: x86's LDT, an
+# old exploit surface; uselib, ustat, sysfs, lookup_dcookie), and System V IPC (round 9: without an
+# IPC namespace, the fallback, a run read and wrote the host's 0666 segments and queues, and could
+# take the machine's counts, shmmni and the rest, failing the host's own shmget; no toolchain uses
+# it: POSIX semaphores and shared memory are files). "process": refused to Python programs in the
+# fallback only (compilers in the box need them; rustc spawns its linker through a socketpair, which
+# reaches nothing but its own other end). "unsupported": answered EOPNOTSUPP at every level, as a
+# file system without the call answers (fallocate: blocks of the host's disk at once, 64 MiB a call,
+# past the fallback's disk guard before its next look; round 7: 704 MiB in one look, a 16 MiB bound.
+# glibc's posix_fallocate then writes; every installed toolchain builds as before).
 _SYSCALL_TABLE = """
 clone                 56  220  special
 clone3               435  435  special
@@ -236,7 +238,6 @@ setrlimit            160  164  special
 prlimit64            302  261  special
 mmap                   9  222  special
 memfd_create         319  279  special
-shmget                29  194  special
 ptrace               101  117  kernel
 process_vm_readv     310  270  kernel
 process_vm_writev    311  271  kernel
@@ -294,6 +295,18 @@ uselib               134    -  kernel
 ustat                136    -  kernel
 sysfs                139    -  kernel
 lookup_dcookie       212   18  kernel
+shmget                29  194  kernel
+shmat                 30  196  kernel
+shmctl                31  195  kernel
+shmdt                 67  197  kernel
+semget                64  190  kernel
+semop                 65  193  kernel
+semctl                66  191  kernel
+semtimedop           220  192  kernel
+msgget                68  186  kernel
+msgsnd                69  189  kernel
+msgrcv                70  188  kernel
+msgctl                71  187  kernel
 socketpair            53  199  process
 fork                  57    -  process
 vfork                 58    -  process
@@ -360,7 +373,7 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
         nr["pidfd_send_signal"] = _PROCESS_SYSCALLS["pidfd_send_signal"][col]
         signals["pidfd_send_signal"] = 24
     prog += [(jeq, f"SIG{offset}", 0, nr[name]) for name, offset in signals.items()]
-    prog += [(jeq, name.upper(), 0, nr[name]) for name in ("mmap", "memfd_create", "shmget")]
+    prog += [(jeq, name.upper(), 0, nr[name]) for name in ("mmap", "memfd_create")]
     prog += [(jeq, "FCNTL", 0, nr["fcntl"]), (ret, 0, 0, allow)]
     # a stop signal (its own or another's) is refused; then (``pid``) the target is checked
     after, labels = ("SIGNAL" if pid is not None else "ALLOW"), {}
@@ -387,12 +400,8 @@ def seccomp_filter(machine: str, pid: int | None) -> bytes | None:
     prog += [(jge, 0, "ALLOW", _STOP_SIGNALS[0]), (jgt, "ALLOW", "DENY", _STOP_SIGNALS[1])]
     # huge pages come from the machine's pool (``vm.nr_hugepages``), outside the run's memory
     # cgroup: a sample took it all, failing the host's own MAP_HUGETLB. None for any run
-    # (MAP_HUGETLB in mmap's flags, MFD_HUGETLB in memfd_create's, SHM_HUGETLB in shmget's)
-    for label, offset, flag in (
-        ("MMAP", 40, 0x40000),
-        ("MEMFD_CREATE", 24, 4),
-        ("SHMGET", 32, 0x800),
-    ):
+    # (MAP_HUGETLB in mmap's flags, MFD_HUGETLB in memfd_create's; shmget is refused whole)
+    for label, offset, flag in (("MMAP", 40, 0x40000), ("MEMFD_CREATE", 24, 4)):
         labels[label] = len(prog)
         prog += [(ld, 0, 0, offset), (jset, "DENY", "ALLOW", flag)]
     labels["SETRLIMIT"] = len(prog)  # setrlimit(resource, new)
