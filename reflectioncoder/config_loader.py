@@ -11,12 +11,14 @@ name the field and where its value came from (file:line:column, or the ``--set``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,13 @@ import yaml
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_presets import preset
-from reflectioncoder.errors import ConfigError, UsageError, did_you_mean, not_a_file_state
+from reflectioncoder.errors import (
+    ConfigError,
+    UsageError,
+    UserError,
+    did_you_mean,
+    not_a_file_state,
+)
 
 Origins = dict[str, tuple[str, int | None, int | None]]  # "optim.lr" -> (file, line, column)
 
@@ -376,14 +384,38 @@ def load_config(
 
 
 def load_launch_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, base: str | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: str | None = None,
+    origins: Origins | None = None,
 ) -> RunConfig:
     """``load_config`` for a training launch (``reflectioncoder train``): also refuses what the
     user set that the launch would drop silently (a ZeRO stage under backend ``none``). Code that
-    only reads a config (tests, tools building an engine's layout) uses ``load_config``."""
-    cfg, origins = _load(path, overrides, base)
-    _check_zero_stage_applies(cfg, origins)
+    only reads a config (tests, tools building an engine's layout) uses ``load_config``.
+    ``origins``, when given, is filled with where each field came from (``errors_located``)."""
+    cfg, found = _load(path, overrides, base)
+    _check_zero_stage_applies(cfg, found)
+    if origins is not None:
+        origins.update(found)
     return cfg
+
+
+@contextlib.contextmanager
+def errors_located(origins: Origins) -> Iterator[None]:
+    """A field refused after loading (a kernel that does not run here, eval_every without
+    held-out data) is named where the user set it, file:line:column, as the loader's own."""
+    try:
+        yield
+    except UserError as err:
+        if err.file is not None or not err.field or type(err) not in _LOCATABLE:
+            raise
+        at = _config_error(err.field, err.message, origins)
+        raise type(err)(
+            at.message, file=at.file, line=at.line, column=at.column, field=at.field
+        ) from err
+
+
+_LOCATABLE = (UserError, UsageError, ConfigError)  # not a subclass with fields of its own
 
 
 def _load(

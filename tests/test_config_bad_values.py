@@ -20,6 +20,7 @@ from test_cli_errors import _one_line_error, _snapshot
 
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import load_config
+from reflectioncoder.testing.toy_jsonl import write_toy_jsonl
 
 SECTIONS = {f.name: typing.get_type_hints(RunConfig)[f.name] for f in dataclasses.fields(RunConfig)}
 FIELDS = [
@@ -182,7 +183,7 @@ def run_folder(tmp_path: Path) -> Path:
     (run / "checkpoints" / "step-2").mkdir(parents=True)
     (run / "checkpoints" / "step-2" / "state.pt").write_bytes(b"weights")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
-    (run / "config.yaml").write_text("preset: tiny\n")
+    load_config(base="tiny").save(run / "config.yaml")
     return run
 
 
@@ -211,3 +212,23 @@ def test_train_refuses_in_one_line_as_a_process(run_folder, tmp_path):
         f"reflectioncoder train: {config}:4:7: optim.lr: must be > 0, got -1.0"
     ]
     assert _snapshot(run_folder) == before
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("train:\n  eval_every: 2\n", ":5:15: train.eval_every: no held-out data"),
+        ("model:\n  attention: flash_attn_3\n", ":5:14: model.attention: 'flash_attn_3' does not"),
+    ],
+)
+def test_a_field_refused_at_the_start_is_named_where_it_was_set(text, where, run_folder,
+                                                                 tmp_path, capfd):  # fmt: skip
+    """Refused once the machine is known (no held-out data, a kernel that does not run here):
+    the line named the field alone, not the file and line that set it."""
+    data = tmp_path / "data.jsonl"
+    write_toy_jsonl(data, 4)
+    config = _write(tmp_path, f"preset: tiny\ncheckpoint: {{out_dir: {run_folder}}}\n"
+                              f"data: {{files: [{data}]}}\n{text}")  # fmt: skip
+    line = _one_line_error(capfd, ["train", "--config", str(config), "--overwrite"], 2,
+                           run_folder, f"reflectioncoder train: {config}{where}")  # fmt: skip
+    assert line.startswith(f"reflectioncoder train: {config}{where}")

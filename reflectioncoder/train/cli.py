@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from reflectioncoder.config import RunConfig
-from reflectioncoder.config_loader import load_launch_config
+from reflectioncoder.config_loader import Origins, errors_located, load_launch_config
 from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.errors import UsageError, terminate_as_interrupt
 
@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     from reflectioncoder.train.distributed import deepspeed_on_cpu_without_gpu
 
     deepspeed_on_cpu_without_gpu()  # before the config's DeepSpeed JSON is checked
-    cfg = load_launch_config(args.config, overrides, base=args.preset)
+    origins: Origins = {}
+    cfg = load_launch_config(args.config, overrides, base=args.preset, origins=origins)
     if args.print_config:
         import yaml
 
@@ -73,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     from reflectioncoder.train.trainer import Trainer
 
     with terminate_as_interrupt():  # a scheduler's SIGTERM: trackers flushed, as on Ctrl-C
-        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
+        with errors_located(origins):  # a start's refusal of a field: where the user set it
+            trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         try:
             summary = trainer.train()
         finally:
