@@ -27,11 +27,38 @@ PLAIN_VALUES = {
     "attention_dropout": (None, 0, 0.0),
 }
 
+# The ``layer_types`` the varlen attention computes as the model does: causal softmax attention
+# within each sequence (a sliding window too, checked against data.max_len). Linear attention
+# (MiniMax, Qwen3-Next, Qwen3.5), convolutions (LFM), DeepSeek-V3.2's indexed sparse attention
+# (it selects keys from a dense mask), DeepSeek-V4's compressed attention or Llama 4's chunked
+# attention would mix the packed samples or attend where the model does not.
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+# Layers and attentions transformers ships whose packed forward cannot equal the model's own,
+# found by reflectioncoder/testing/archsweep.py (rerun it on a transformers upgrade):
+# class name -> why.
+UNPACKABLE_CLASSES = {
+    "NemotronDecoderLayer": "its decoder layers do not pass the packed segments on to their "
+    "attention (transformers' NemotronDecoderLayer drops the attention arguments)",
+    "DogeAttention": "its attention adds a dynamic mask computed from the values to the scores, "
+    "which the varlen attention does not apply",
+}
+
 
 def check_supported(model: Any, max_len: int | None = None) -> None:
     """Raise ValueError naming what of ``model`` packed training would not compute as the model
     does; ``max_len``, the longest sequence the run trains on, decides whether a sliding window
     can bind (unchecked when None: the attention refuses one that binds)."""
+    try:
+        _check_model(model, max_len)
+    except ValueError as err:  # the line names the folder the user gave, where it has one
+        folder = getattr(model.config, "_name_or_path", "") or ""
+        if folder and folder not in str(err):
+            raise ValueError(f"{err} (model folder: {folder})") from None
+        raise
+
+
+def _check_model(model: Any, max_len: int | None) -> None:
     config = model.config
     name = type(config).__name__
     _check_values(config)
@@ -42,6 +69,7 @@ def check_supported(model: Any, max_len: int | None = None) -> None:
             "supported"
         )
     _check_attention_layers(model)
+    _check_layer_types(model)
     _check_router_loss(config.get_text_config(), getattr(config, "_name_or_path", "") or name)
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "bias", None) is not None:
@@ -72,6 +100,10 @@ def _check_attention_layers(model: Any) -> None:
             "segments through; this architecture is not supported"
         )
     for i, layer in enumerate(model.base_model.layers):
+        for part in (layer, getattr(layer, "self_attn", None)):
+            why = UNPACKABLE_CLASSES.get(type(part).__name__)
+            if why is not None:
+                raise ValueError(f"model: {cls}: {why}; this architecture is not supported")
         if not isinstance(getattr(layer, "self_attn", None), nn.Module):
             raise ValueError(
                 f"model: {cls}: layer {i} ({type(layer).__name__}) has no `self_attn`, the "
@@ -82,6 +114,20 @@ def _check_attention_layers(model: Any) -> None:
             raise ValueError(
                 f"model: {cls}: layer {i}'s attention has sinks, which the varlen attention "
                 "does not apply; this architecture is not supported"
+            )
+
+
+def _check_layer_types(model: Any) -> None:
+    """Every entry of the config's ``layer_types`` one of ``ATTENTION_LAYER_TYPES``."""
+    layer_types = vars(model.config.get_text_config()).get("layer_types")
+    for i, kind in enumerate(layer_types if isinstance(layer_types, list | tuple) else ()):
+        if kind not in ATTENTION_LAYER_TYPES:
+            raise ValueError(
+                f"model: {type(model).__name__}: config.json's layer_types[{i}] = {kind!r}: "
+                "packed training "
+                f"runs causal softmax attention within each sample "
+                f"({', '.join(ATTENTION_LAYER_TYPES)}), which would not compute this layer as "
+                "the model does; this architecture is not supported"
             )
 
 

@@ -1,0 +1,255 @@
+"""Every causal LM transformers maps (``MODEL_FOR_CAUSAL_LM_MAPPING``), tiny, through what
+``reflectioncoder train`` does with it: the start's ``check_supported``, the packed forward
+against the model's own unpacked forward (float64, each segment alone, eager attention: logits
+and CE loss), and ``train`` steps on the CPU through the CLI. One outcome per model type:
+
+- ``trains-exact``: accepted, packed logits and loss equal the unpacked model's, steps run;
+- ``refused``: ``check_supported`` (so the start, before the run folder is written) says why;
+- ``FAILS``: accepted but wrong (packed != unpacked) or crashed (load, forward or a step);
+- ``skipped``: not a decoder-only text model a tiny config can stand for (the reason given).
+
+``python -m reflectioncoder.testing.archsweep DATA.jsonl [TYPE ...]`` prints the table;
+``tests/test_archsweep_sweep.py`` (slow) runs it and checks that no type FAILS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import tempfile
+import types
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Sizes of the tiny config, set where the type's config has the field.
+SIZES = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+    "max_position_embeddings": 512, "n_embd": 32, "n_layer": 2, "n_head": 4, "n_layers": 2,
+    "num_layers": 2, "num_heads": 4, "d_model": 32, "n_positions": 512, "n_inner": 64,
+    "ffn_hidden_size": 64, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "moe_intermediate_size": 16, "n_shared_experts": 1,
+    "shared_expert_intermediate_size": 16, "n_group": 1, "topk_group": 1, "kv_lora_rank": 16,
+    "q_lora_rank": None, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8,
+    "router_jitter_noise": 0.0, "output_router_logits": False, "use_cache": False,
+}  # fmt: skip
+# Where a type's default config is not what its checkpoints hold: LFM2's defaults have no
+# convolution layer; multi-head latent attention has no one head size (q_lora_rank: set).
+TYPE_SIZES = {
+    "lfm2": {"layer_types": ["conv", "full_attention"]},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+}
+MLA_SIZES = {"q_lora_rank": 16, "num_key_value_heads": 4, "head_dim": None}
+SEGMENTS = (16, 5, 11)  # a packed batch: a teacher-like, a short and a gapped one
+TOLERANCE = 1e-6  # float64 both ways: a sample mixed into another is off by ~1e-2
+
+
+@dataclass
+class Outcome:
+    model_type: str
+    outcome: str  # trains-exact | refused | FAILS | skipped
+    detail: str = ""
+
+
+def causal_lm_types() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def tiny_config(model_type: str, vocab_size: int, special: dict[str, int | None]):
+    """The type's config at ``SIZES``, dropout off, one layer per distinct layer type (at
+    least two), or (None, why skipped)."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    default = cls()
+    if getattr(default, "is_encoder_decoder", False):
+        return None, "encoder-decoder"
+    subs = set(getattr(cls, "sub_configs", {}) or {}) - {"text_config"}
+    if subs:
+        return None, f"multimodal ({', '.join(sorted(subs))})"
+    fields = {k for k in vars(default) if not isinstance(getattr(cls, k, None), property)}
+    kwargs = {k: v for k, v in SIZES.items() if k in fields}
+    if "kv_lora_rank" in fields:
+        kwargs.update({k: v for k, v in MLA_SIZES.items() if k in fields and v is not None})
+        kwargs.pop("head_dim", None)
+    kwargs["vocab_size"] = vocab_size
+    kwargs.update({k: v for k, v in special.items() if k in fields})
+    for name in fields:
+        if name.endswith(("dropout", "pdrop", "dropout_prob", "dropout_rate")):
+            kwargs[name] = 0.0
+    layer_types = vars(default).get("layer_types")
+    if "layer_types" in fields and isinstance(layer_types, list | tuple) and layer_types:
+        kinds = list(dict.fromkeys(layer_types))
+        kinds += kinds[-1:] * (2 - len(kinds))
+        kwargs["layer_types"] = kinds
+    kwargs.update(TYPE_SIZES.get(model_type, {}))
+    if "layer_types" in kwargs:
+        kwargs["num_hidden_layers"] = len(kwargs["layer_types"])
+    return cls(**kwargs), None
+
+
+def build_folder(model_type: str, folder: Path, tokenizer) -> str | None:
+    """Save a seeded tiny model of ``model_type`` with ``tokenizer`` in ``folder``; or why not."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config, why = tiny_config(model_type, len(tokenizer), special)
+    if config is None:
+        return why
+    torch.manual_seed(0)
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return None
+
+
+def packed_batch(vocab: int, seed: int = 0) -> types.SimpleNamespace:
+    """Three segments, the last two with a gap in their positions (a student's)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (sum(SEGMENTS),), generator=gen)
+    pos = []
+    for n in SEGMENTS:
+        p = torch.arange(n)
+        if n > 8:
+            p[n // 2 :] += 3
+        pos.append(p)
+    cu = torch.zeros(len(SEGMENTS) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(SEGMENTS).cumsum(0)
+    return types.SimpleNamespace(
+        input_ids=ids, position_ids=torch.cat(pos), cu_seqlens=cu, max_seqlen=max(SEGMENTS),
+        seq_lens=list(SEGMENTS),
+    )  # fmt: skip
+
+
+def packed_error(model) -> float:
+    """The largest gap, logits or per-segment CE, between the packed forward (what training
+    computes: ``forward_hidden`` then ``W h``) and the model's own forward of each segment alone
+    (eager attention, its own loss), both in float64."""
+    import torch.nn.functional as F
+
+    from reflectioncoder.model import forward_hidden, lm_head_weight, prepare_model
+    from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
+
+    if getattr(model, "_can_set_experts_implementation", lambda: False)():
+        model.set_experts_implementation("eager")  # the grouped GEMM takes no float64
+    model = prepare_model(model.double())
+    batch = packed_batch(model.get_input_embeddings().weight.shape[0])
+    with torch.no_grad():
+        logits = forward_hidden(model, batch) @ lm_head_weight(model).T
+        model.set_attn_implementation("eager")
+        cu = batch.cu_seqlens.tolist()
+        worst = 0.0
+        for a, b in zip(cu[:-1], cu[1:], strict=True):
+            ids = batch.input_ids[a:b]
+            # an explicit mask: without one transformers reads a gap in the positions as the
+            # start of another packed sequence
+            out = model(input_ids=ids[None], position_ids=batch.position_ids[None, a:b],
+                        attention_mask=torch.ones_like(ids)[None], labels=ids[None],
+                        use_cache=False)  # fmt: skip
+            ce = F.cross_entropy(logits[a : b - 1], ids[1:])
+            worst = max(
+                worst,
+                float((logits[a:b] - out.logits[0]).abs().max()),
+                float((ce - out.loss).abs()),
+            )
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    return worst
+
+
+def train_steps(folder: Path, data: Path, out: Path) -> str | None:
+    """``reflectioncoder train`` on ``folder``, two steps on the CPU: None, or its error."""
+    from reflectioncoder.cli import main
+    from reflectioncoder.testing.cli import train_argv
+
+    sets = {
+        "model.name_or_path": folder, "data.files": f"[{data}]", "data.max_len": 512,
+        "packing.max_tokens": 1024, "train.max_steps": 2, "train.samples_per_step": 2,
+        "train.threads": 1, "logging.report_to": "[none]", "checkpoint.out_dir": out,
+        "checkpoint.save_every": 0,
+    }  # fmt: skip
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(train_argv(sets, "--no-progress"))
+        except BaseException as exc:  # noqa: BLE001 - a crash is the finding
+            return f"{type(exc).__name__}: {exc}"
+    if code != 0:
+        lines = [x for x in err.getvalue().splitlines() if x.strip()]
+        return f"exit {code}: {lines[-1] if lines else ''}"
+    return None
+
+
+def sweep_one(model_type: str, tokenizer, data: Path, work: Path) -> Outcome:
+    from reflectioncoder.model import load_model
+    from reflectioncoder.model_support import check_supported
+
+    folder = work / model_type / "model"
+    try:
+        why = build_folder(model_type, folder, tokenizer)
+    except Exception as exc:  # noqa: BLE001 - the sweep's own tiny config did not build
+        return Outcome(model_type, "skipped", f"tiny config does not build: {_line(exc)}")
+    if why is not None:
+        return Outcome(model_type, "skipped", why)
+    try:
+        model = load_model(folder, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        return Outcome(model_type, "FAILS", f"load: {_line(exc)}")
+    try:
+        check_supported(model, max_len=512)
+    except ValueError as exc:
+        return Outcome(model_type, "refused", _line(exc))
+    try:
+        gap = packed_error(model)
+    except Exception as exc:  # noqa: BLE001
+        return Outcome(model_type, "FAILS", f"packed forward: {_line(exc)}")
+    if not gap <= TOLERANCE:
+        return Outcome(model_type, "FAILS", f"packed != unpacked: off by {gap:.2e}")
+    err = train_steps(folder, data, work / model_type / "run")
+    if err is not None:
+        return Outcome(model_type, "FAILS", f"train: {_line(err)}")
+    return Outcome(model_type, "trains-exact", f"packed == unpacked to {gap:.0e}")
+
+
+def _line(exc: object) -> str:
+    text = str(exc).strip().splitlines()
+    return (f"{type(exc).__name__}: " if isinstance(exc, BaseException) else "") + (
+        text[0][:300] if text else ""
+    )
+
+
+def sweep(model_types: Iterable[str], data: Path) -> Iterator[Outcome]:
+    from reflectioncoder.testing.tiny_model import save_tiny_model
+
+    texts = data.read_text().splitlines()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(save_tiny_model(work / "tok", texts))
+        for model_type in model_types:
+            print(f"archsweep: {model_type}", file=sys.__stderr__, flush=True)
+            yield sweep_one(model_type, tok, data, work)
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    logging.disable(logging.WARNING)
+    data, names = Path(argv[0]), argv[1:] or causal_lm_types()
+    for row in sweep(names, data):
+        print(f"| `{row.model_type}` | {row.outcome} | {row.detail} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

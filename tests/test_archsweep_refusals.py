@@ -1,0 +1,53 @@
+"""archsweep: causal LMs transformers ships that passed the start's checks, wrote the run folder
+and then trained wrong or stopped (reflectioncoder/testing/archsweep.py found them) are refused by
+``check_supported`` in one line naming the model, the reason and its folder: MiniMax's linear
+attention layers trained silently on hidden states mixed across the packed samples (2e-2 off the
+unpacked model), DeepSeek-V3.2 / GLM-MoE-DSA's indexed sparse attention and Doge's dynamic mask
+stopped at the first step (their attention reads a dense mask), Nemotron's decoder layers never
+pass the packed segments on to their attention (it stopped at the first step)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from reflectioncoder.model import load_model
+from reflectioncoder.model_support import check_supported
+from reflectioncoder.testing.archsweep import tiny_config
+
+
+def _tiny(model_type: str):
+    config, why = tiny_config(model_type, 64, {})
+    assert why is None, why
+    torch.manual_seed(0)
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+
+
+@pytest.mark.parametrize(
+    "model_type, words",
+    [
+        ("minimax", r"layer_types\[1\] = 'linear_attention'"),
+        ("deepseek_v32", r"layer_types\[0\] = 'indexed_attention'"),
+        ("glm_moe_dsa", r"layer_types\[0\] = 'indexed_attention'"),
+        ("nemotron", "do not pass the packed segments on to their attention"),
+        ("doge", "dynamic mask"),
+    ],
+)
+def test_refused_in_one_line_naming_the_model(model_type, words):
+    model = _tiny(model_type)
+    with pytest.raises(ValueError, match=rf"^model: {type(model).__name__}: .*{words}") as err:
+        check_supported(model, max_len=64)
+    assert "\n" not in str(err.value) and "not supported" in str(err.value)
+
+
+def test_the_line_names_the_model_folder(tmp_path):
+    _tiny("minimax").save_pretrained(tmp_path / "minimax")
+    model = load_model(tmp_path / "minimax", dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"linear_attention.*\(model folder: .*minimax\)$"):
+        check_supported(model, max_len=64)
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "ministral"])
+def test_full_and_sliding_layers_still_accepted(model_type):
+    check_supported(_tiny(model_type), max_len=64)
