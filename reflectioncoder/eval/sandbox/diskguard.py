@@ -40,8 +40,9 @@ class DiskGuard:
     """``__call__`` is True once the run holds more than ``tmp_mb`` MiB of blocks or
     ``tmp_mb x FILES_PER_MB`` files (then ``fired``). ``work``: the run's working dir (all of
     it counts); ``uid``: the run's own uid, whose files count in ``roots`` (world-writable
-    folders); ``pids``: the run's processes now (their deleted, still open or mapped files
-    count too); ``hold``: the run's CPU held (True) or given back while it is looked at."""
+    folders, or what returns them: read at each look, as the list may grow meanwhile); ``pids``:
+    the run's processes now (their deleted, still open or mapped files count too); ``hold``:
+    the run's CPU held (True) or given back while it is looked at."""
 
     def __init__(
         self,
@@ -49,13 +50,14 @@ class DiskGuard:
         tmp_mb: int,
         pids: Callable[[], Iterable[int]],
         uid: int | None = None,
-        roots: Iterable[str] = (),
+        roots: Iterable[str] | Callable[[], tuple[str, ...]] = (),
         hold: Callable[[bool], None] = lambda held: None,
     ) -> None:
         self.work, self.pids, self.hold = work, pids, hold
         self.budget, self.max_files = tmp_mb << 20, tmp_mb * FILES_PER_MB
-        self.uid, self.roots = uid, tuple(roots) if uid is not None else ()
-        self.devices = _devices([work, *self.roots])
+        fixed = () if uid is None or callable(roots) else tuple(roots)
+        self.uid, self.roots_now = uid, roots if uid is not None and callable(roots) else None
+        self.roots, self.devices = fixed, _devices([work, *fixed])
         self.next_walk = 0.0
         self.fired = False
         self.used = self.files = self.visits = 0
@@ -93,6 +95,9 @@ class DiskGuard:
         return self._walk(top, lambda info: True, depth=None)
 
     def _walk_roots(self) -> bool:
+        if self.roots_now is not None and self.roots_now() is not self.roots:
+            self.roots = self.roots_now()  # a refreshed search (``runuser._refresh``)
+            self.devices = _devices([self.work, *self.roots])
         for root in self.roots:
             with contextlib.suppress(OSError):
                 top = os.open(root, _DIR_FLAGS)
@@ -178,7 +183,7 @@ def fallback_guard(run) -> DiskGuard | None:
         return None
     pids = run.cgroup.pids if run.cgroup is not None else [run.proc.pid].copy
     hold = run.cgroup.hold_cpu if run.cgroup is not None else lambda held: None
-    shared = () if run.isolation.landlock or run.run_uid is None else world_writable_folders()
+    shared = () if run.isolation.landlock or run.run_uid is None else world_writable_folders
     return DiskGuard(str(run.root / "work"), run.tmp_mb, pids, run.run_uid, shared, hold)
 
 

@@ -24,7 +24,8 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "own_run_dirs",
     "remove_ipc_objects",
     "remove_left_files",
+    "remove_stale_left_files",
     "remove_stale_claims",
     "remove_stale_ipc_objects",
     "remove_tree",
@@ -63,6 +65,8 @@ _KERNEL_FS = frozenset(
 _SEARCH_DEPTH, _SEARCH_VISITS = 8, 200_000
 _FOUND: list[tuple[str, ...]] = []
 _FOUND_LOCK = threading.Lock()
+_RESEARCH_S = 60.0  # the search again (0.7-1.9 s of CPU here) when its list is this old
+_REFRESH = {"at": 0.0, "running": False}
 # System V IPC objects: /proc/sysvipc's file, its id column, the libc call that removes one
 _SYSV_IPC = (("shm", "shmid", "shmctl"), ("msg", "msqid", "msgctl"), ("sem", "semid", "semctl"))
 _IPC_RMID = 0
@@ -189,14 +193,62 @@ def own_run_dirs(root: Path, src: Path, work: Path, uid: int) -> None:
 def world_writable_folders() -> tuple[str, ...]:
     """Every folder on the machine where a uid that owns nothing may make a file (others may
     write and search it, and search every folder above it) down to ``_SEARCH_DEPTH`` levels,
-    and the usual ones: searched once per scorer, by root for the fallback without Landlock.
-    The search does not enter a world-writable folder (the sweeps walk those, ``_SWEEP_DEPTH``
+    and the usual ones: searched by root for the fallback without Landlock, once, then again
+    in the background whenever the list is older than ``_RESEARCH_S`` (``_refresh``). The
+    search does not enter a world-writable folder (the sweeps walk those, ``_SWEEP_DEPTH``
     deep) nor the kernel's file systems."""
     found = _FOUND  # one list throughout: a test may rebind the name while a teardown reads it
     with _FOUND_LOCK:
         if not found:
-            found.append(tuple(dict.fromkeys([*WORLD_WRITABLE, *_search("/")])))
+            found.append(_folders())
+            _REFRESH.update(at=time.monotonic(), running=False)
+        elif not _REFRESH["running"] and time.monotonic() - _REFRESH["at"] > _RESEARCH_S:
+            _REFRESH["running"] = True
+            threading.Thread(target=_refresh, args=(found,), daemon=True).start()
         return found[0]
+
+
+def _folders() -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*WORLD_WRITABLE, *_search("/")]))
+
+
+def _refresh(found: list[tuple[str, ...]]) -> None:
+    """The search again, off every run's path; then what runs that are over left in any of
+    the folders is removed. Round 9: a folder made world-writable after the one search (a
+    package installed, a ``chmod``) was in no list: a run's files there stayed for good and
+    counted against no ``tmp_mb``; now the disk guard counts them once the list has it (it
+    reads the list at each look) and they are removed by the refresh after the run."""
+    try:
+        folders = _folders()
+        with _FOUND_LOCK:
+            found[0] = folders
+        remove_stale_left_files(folders)
+    finally:
+        _REFRESH.update(at=time.monotonic(), running=False)
+
+
+def remove_stale_left_files(roots: Iterable[str]) -> None:
+    """Remove what runs that are over left in ``roots``: files of run uids (``RUN_UIDS``)
+    that no process has and no run holds, of this scorer or another (a run whose folder was
+    not in the list when it ended, or whose scorer was killed). A run holds its uid before
+    its first process starts, so a claim is looked for at each file, after it was seen."""
+    procs = _live_uids()
+    for root in roots:
+        with contextlib.suppress(OSError):
+            fd = os.open(root, _DIR_FLAGS)
+            try:
+                _remove_owned(fd, lambda uid: _stale(uid, procs), _SWEEP_DEPTH)
+            finally:
+                os.close(fd)
+
+
+def _stale(uid: int, procs: set[int]) -> bool:
+    if uid not in RUN_UIDS or uid in procs:
+        return False
+    with _IN_USE_LOCK:
+        if uid in _IN_USE:
+            return False
+    return not os.path.lexists(f"{CLAIMS}/{uid}")
 
 
 def _search(top: str) -> list[str]:
@@ -244,20 +296,20 @@ def remove_left_files(uid: int, roots: Iterable[str] | None = None) -> None:
         with contextlib.suppress(OSError):
             fd = os.open(root, _DIR_FLAGS)
             try:
-                _remove_owned(fd, uid, _SWEEP_DEPTH)
+                _remove_owned(fd, lambda owner: owner == uid, _SWEEP_DEPTH)
             finally:
                 os.close(fd)
 
 
-def _remove_owned(folder: int, uid: int, depth: int) -> None:
-    """The sweep of the open folder ``folder``: ``uid``'s entries removed, world-writable
-    folders not its own walked ``depth - 1`` levels more."""
+def _remove_owned(folder: int, left: Callable[[int], bool], depth: int) -> None:
+    """The sweep of the open folder ``folder``: the entries whose owner is ``left`` removed,
+    world-writable folders not theirs walked ``depth - 1`` levels more."""
     with os.scandir(folder) as listing:
         entries = list(listing)
     for entry in entries:
         with contextlib.suppress(OSError):
             info = entry.stat(follow_symlinks=False)  # fstatat in ``folder``, no link followed
-            if info.st_uid == uid:
+            if left(info.st_uid):
                 if stat.S_ISDIR(info.st_mode):
                     _remove_tree_at(folder, entry.name)
                 else:
@@ -265,7 +317,7 @@ def _remove_owned(folder: int, uid: int, depth: int) -> None:
             elif depth > 1 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
                 child = os.open(entry.name, _DIR_FLAGS, dir_fd=folder)
                 try:
-                    _remove_owned(child, uid, depth - 1)
+                    _remove_owned(child, left, depth - 1)
                 finally:
                     os.close(child)
 
