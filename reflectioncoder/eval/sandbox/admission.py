@@ -1,4 +1,4 @@
-"""Runs admitted only while their memory limits fit the scorer's cgroup together.
+"""Runs admitted only while their memory limits fit the scorer's cgroup and the machine.
 
 Each run's cgroup is nested under the scorer's own, so where that cgroup has a memory limit (a
 container's) smaller than the runs' limits together, a run can push the scorer's cgroup over
@@ -8,8 +8,10 @@ its box's tmpfs (charged to its cgroup, to no process's resident size) got an ho
 killed that way (``tests/test_redteam5_oom_sibling.py``). So a run whose code may run holds
 its memory limit from a budget, the scorer's cgroup limit less the scorer's own resident
 memory and a margin, and waits while it does not fit beside the runs holding theirs (a run
-alone is always let in: its limit is then its own to reach). Where no cgroup above the scorer
-limits memory, nothing is held and nothing waits.
+alone is always let in: its limit is then its own to reach). The machine's memory is one more
+such limit (round 9): where no cgroup limits the scorer, the runs' limits together could pass
+it (``--parallel 16`` of Go's 4 GiB on a 32 GiB machine), and the kernel's global OOM killer
+picks its victim by the same rule, an honest sibling beside a sample that filled its tmpfs.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ _UNLIMITED = 1 << 60  # v1 reports "no limit" as the page counter's maximum (abo
 
 
 class Admission:
-    """A budget of bytes the runs' memory limits draw on (``limit``: the scorer's cgroup's,
-    None: no limit, nothing held)."""
+    """A budget of bytes the runs' memory limits draw on (``limit``: the scorer's cgroup's or
+    the machine's, None: no limit, nothing held)."""
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
@@ -54,20 +56,21 @@ class Admission:
 
 @lru_cache(maxsize=1)
 def admission() -> Admission:
-    """This process's budget (the scorer's cgroup limit, read once)."""
+    """This process's budget (the scorer's cgroup limit or the machine's memory, read once)."""
     return Admission(scorer_memory_limit())
 
 
 def scorer_memory_limit() -> int | None:
-    """The smallest memory limit of the scorer's cgroup and those above it (v1 or v2), or
-    None where none is set."""
+    """The smallest memory limit of the scorer's cgroup, those above it (v1 or v2) and the
+    machine's memory (``MemTotal``), or None where none can be read."""
     from reflectioncoder.eval.sandbox.cgroup import cgroup_layout
 
+    machine = _machine_memory()
+    found = [] if machine is None else [machine]
     layout = cgroup_layout()
     if layout is None or "memory" not in layout.parents:
-        return None
+        return min(found, default=None)
     name = "memory.max" if layout.version == 2 else "memory.limit_in_bytes"
-    found = []
     for folder in (layout.parents["memory"], *layout.parents["memory"].parents):
         try:
             text = (folder / name).read_text().strip()
@@ -76,6 +79,18 @@ def scorer_memory_limit() -> int | None:
         if text != "max" and int(text) < _UNLIMITED:
             found.append(int(text))
     return min(found, default=None)
+
+
+def _machine_memory() -> int | None:
+    """The machine's memory (``MemTotal``; swap not counted: a run's cgroup may not swap)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _own_resident() -> int:
