@@ -40,8 +40,7 @@ def test_runs_whose_limits_pass_the_machine_do_not_run_together(small_machine):
     program = "import time\nprint(time.time())\ntime.sleep(1)\nprint(time.time())\n"
     with ThreadPoolExecutor(2) as pool:
         runs = [
-            pool.submit(sandbox.run_python, program, timeout_s=30, memory_mb=2048)
-            for _ in range(2)
+            pool.submit(sandbox.run_python, program, timeout_s=30, memory_mb=2048) for _ in range(2)
         ]
         spans = sorted(tuple(map(float, r.result().stdout.split())) for r in runs)
     assert spans[1][0] >= spans[0][1] - 0.05, spans  # before: both within the same second
