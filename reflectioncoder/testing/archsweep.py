@@ -78,7 +78,7 @@ def tiny_config(model_type: str, vocab_size: int, special: dict[str, int | None]
     if "kv_lora_rank" in fields:
         kwargs.update({k: v for k, v in MLA_SIZES.items() if k in fields and v is not None})
         kwargs.pop("head_dim", None)
-    kwargs["vocab_size"] = vocab_size
+    kwargs.update({k: vocab_size for k in fields if k.startswith("vocab_size")})
     kwargs.update({k: v for k, v in special.items() if k in fields})
     for name in fields:
         if name.endswith(("dropout", "pdrop", "dropout_prob", "dropout_rate")):

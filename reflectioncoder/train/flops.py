@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -81,7 +82,7 @@ class ModelShape:
         """The shape of a Hugging Face causal LM (ZeRO-3 partitions counted whole)."""
         config = model.config.get_text_config()
         heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        head_dim = _per_layer(config, "head_dim") or config.hidden_size // heads
         embedding = model.get_input_embeddings().weight
         head = model.get_output_embeddings().weight
         outside = {id(embedding): embedding, id(head): head}
@@ -113,7 +114,7 @@ class ModelShape:
             mlp_in_params=active(mlp_in),
             heads=heads,
             kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            intermediate=config.intermediate_size,
+            intermediate=_mlp_width(config),
             qk_width=heads * _latent_qk_head_dim(config),
             v_width=heads * (getattr(config, "v_head_dim", None) or 0),
         )
@@ -235,6 +236,33 @@ def _active_expert_share(config) -> float:
         if top_k and experts:
             return top_k / experts
     return 1.0
+
+
+def _per_layer(config, name: str) -> Any:
+    """``config.<name>``, or None; where the layers differ (a heterogeneous config: Gemma 4's
+    head sizes, which transformers refuses to read globally) the largest layer's: the memory
+    plan sizes for it."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError:  # AmbiguousGlobalPerLayerAttributeError
+        values = [getattr(layer, name, None) for layer in config.per_layer_config]
+        return max((v for v in values if v is not None), default=None)
+
+
+def _mlp_width(config) -> int:
+    """I, the MLP width a token runs through: ``intermediate_size``; a model with experts in
+    every layer and no dense width (Solar Open, Kolibri, Ergo) runs its top-k experts' and its
+    shared experts' widths."""
+    width = _per_layer(config, "intermediate_size")
+    if width:
+        return int(width)
+    expert = getattr(config, "moe_intermediate_size", None) or 0
+    shared = getattr(config, "shared_expert_intermediate_size", None) or getattr(
+        config, "shared_intermediate_size", None
+    )
+    if shared is None:
+        shared = expert * (getattr(config, "n_shared_experts", None) or 0)
+    return int(expert * (getattr(config, "num_experts_per_tok", None) or 1) + shared)
 
 
 def _latent_qk_head_dim(config) -> int:
