@@ -380,12 +380,15 @@ def forward_hidden(
     batch: PackedInputs,
     *,
     seqlens: list[int] | None = None,
-) -> torch.Tensor:
+    router_logits: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Final hidden states (after the last norm) of a packed batch: (T, D).
 
     ``batch`` gives input_ids (T,), position_ids (T,), cu_seqlens (S + 1,) int32, max_seqlen.
     ``seqlens`` (host list of the S lengths; taken from ``batch.seq_lens`` when it has them)
-    spares the PyTorch attention path a device sync per layer on CUDA.
+    spares the PyTorch attention path a device sync per layer on CUDA. ``router_logits``: a
+    mixture of experts' router logits too, one (T, E) tensor per MoE layer, as the model
+    records them (its ``output_router_logits``): returns (hidden, router_logits).
     """
     impl = model.config._attn_implementation
     if impl != ATTN_IMPLEMENTATION:
@@ -412,5 +415,8 @@ def forward_hidden(
         max_length_q=int(batch.max_seqlen),
         max_length_k=int(batch.max_seqlen),
         rc_seqlens=seqlens,
+        **({"output_router_logits": True} if router_logits else {}),
     )
+    if router_logits:
+        return out.last_hidden_state[0], tuple(out.router_logits)
     return out.last_hidden_state[0]

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from reflectioncoder.router_loss import router_loss_of
+
 # Config fields, with the values that leave the model as packed training computes it: logits
 # rescaled after the LM head's GEMM (Cohere, Granite, Falcon-H1; the direction differs by model)
 # or soft-capped (Gemma 2/3), attention scores soft-capped (Gemma 2/3), attention probabilities
@@ -70,7 +72,7 @@ def _check_model(model: Any, max_len: int | None) -> None:
         )
     _check_attention_layers(model)
     _check_layer_types(model)
-    _check_router_loss(config.get_text_config(), getattr(config, "_name_or_path", "") or name)
+    router_loss_of(model)  # a balancing loss packed training cannot add is refused
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "bias", None) is not None:
         raise ValueError(
@@ -129,23 +131,6 @@ def _check_layer_types(model: Any) -> None:
                 f"({', '.join(ATTENTION_LAYER_TYPES)}), which would not compute this layer as "
                 "the model does; this architecture is not supported"
             )
-
-
-def _check_router_loss(config: Any, folder: str) -> None:
-    """A mixture-of-experts config asking for the router's load-balancing loss
-    (``output_router_logits``, weighted by ``router_aux_loss_coef``: Mixtral, Qwen2/3-MoE, ...):
-    the packed forward and the fused loss compute CE + KL only, so it would train silently on
-    another objective. A coefficient of 0 adds nothing, and so does a config without one
-    (DeepSeek-V2/V3: transformers computes no balancing loss for them); JetMoE names it
-    ``aux_loss_coef``."""
-    coef = getattr(config, "router_aux_loss_coef", getattr(config, "aux_loss_coef", None))
-    if getattr(config, "output_router_logits", False) and coef not in (None, 0):
-        raise ValueError(
-            f"model: {folder}: config.json's output_router_logits = true asks for the router's "
-            f"load-balancing loss (router_aux_loss_coef = {coef}), which packed training does "
-            'not add; set "output_router_logits": false in config.json to train without the '
-            "balancing loss"
-        )
 
 
 def _check_values(config: Any) -> None:

@@ -47,6 +47,9 @@ class PackedBatch:
     rows with a CE term and in no KL pair; teacher_ce_rows: (K,) int64, the teacher rows with a
     CE term (both ascending, into the R rows: the fused loss's plan reads no count from the
     device with them, and the teacher/student CE split needs no rebuilding of the layout).
+    token_sample: (T,) int64, the sample (0 .. num_samples-1 of this batch) each token is of;
+    aux_weight: (n,) float32, each sample's weight in a mixture of experts' balancing loss
+    (1 / the step's samples: reflectioncoder/router_loss.py).
     Host counts: num_samples, num_tokens (T), num_label_tokens (CE targets), num_kl_rows (P),
     reference_tokens (what the reference runs: passes x samples x padded length).
     """
@@ -64,6 +67,8 @@ class PackedBatch:
     row_is_student: torch.Tensor
     ce_only_rows: torch.Tensor
     teacher_ce_rows: torch.Tensor
+    token_sample: torch.Tensor
+    aux_weight: torch.Tensor
     num_samples: int = 0
     num_tokens: int = 0
     num_label_tokens: int = 0
@@ -122,6 +127,12 @@ class _Layout:
     s_offsets: list[int]
     hidden_of: dict[int, int]  # sample index -> tokens its student hides
     total: int
+
+    @property
+    def sample_tokens(self) -> list[int]:
+        """Each sample's tokens: its teacher's and its student's (adjacent in T)."""
+        ends = [*self.t_offsets[1:], self.total]
+        return [end - start for start, end in zip(self.t_offsets, ends, strict=True)]
 
 
 def _layout(samples: Sequence[TokenizedSample], plan: MaskPlan, mask_cfg: MaskConfig) -> _Layout:
@@ -260,6 +271,8 @@ def _assemble(
         row_is_student=t(is_student[loss_rows]),
         ce_only_rows=t(row_of[np.flatnonzero(has_ce & ~in_pair)]),
         teacher_ce_rows=t(row_of[np.flatnonzero(has_ce & ~is_student)]),
+        token_sample=t(np.repeat(np.arange(len(samples)), layout.sample_tokens)),
+        aux_weight=torch.full((len(samples),), 1.0 / max(denominators.samples, 1)),
         num_samples=len(samples),
         num_tokens=layout.total,
         num_label_tokens=num_ce,
@@ -366,6 +379,7 @@ def zero_weight(batch: PackedBatch) -> PackedBatch:
         batch,
         ce_weight=torch.zeros_like(batch.ce_weight),
         kl_weight=torch.zeros_like(batch.kl_weight),
+        aux_weight=torch.zeros_like(batch.aux_weight),
         num_samples=0,
         num_tokens=0,
         num_label_tokens=0,

@@ -11,10 +11,14 @@ from torch import nn
 
 from reflectioncoder.data.packing import PackedBatch
 from reflectioncoder.loss import reflection_loss
+from reflectioncoder.router_loss import balancing_loss, router_loss_of
 
 
 class ReflectionLossModule(nn.Module):
-    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``."""
+    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``; for a
+    mixture of experts whose config asks for the router's balancing loss (``router_loss``), the
+    loss adds ``coef x aux`` and ``aux_loss`` holds the last forward's aux (reflectioncoder/
+    router_loss.py)."""
 
     def __init__(self, model: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -22,6 +26,9 @@ class ReflectionLossModule(nn.Module):
         self.autocast_dtype = autocast_dtype
         # fp16's loss scale (0-dim, on the device), set by the engine (``train.engine.LossScale``)
         self.loss_scale: torch.Tensor | None = None
+        self.router_loss = router_loss_of(model)  # None: the model adds no balancing loss
+        # the last forward's weighted balancing loss (0-dim, detached; None without one)
+        self.aux_loss: torch.Tensor | None = None
 
     def forward(
         self, batch: PackedBatch, split: bool = False
@@ -41,7 +48,10 @@ class ReflectionLossModule(nn.Module):
             dtype=self.autocast_dtype or torch.float32,
             enabled=bool(self.autocast_dtype),
         ):
-            hidden = forward_hidden(self.model, batch)
+            if self.router_loss is None:
+                hidden = forward_hidden(self.model, batch)
+            else:
+                hidden, router_logits = forward_hidden(self.model, batch, router_logits=True)
         weight = lm_head_weight(self.model)
         if self.autocast_dtype is not None:
             hidden = hidden.to(self.autocast_dtype)
@@ -52,6 +62,12 @@ class ReflectionLossModule(nn.Module):
             # the scaled sums back to the loss (exact: a power of two); the backward's d z keep it
             loss = loss / self.loss_scale
             parts = {k: v / self.loss_scale for k, v in parts.items()}
+        if self.router_loss is not None:  # the engine's backward scales it as the loss
+            aux = balancing_loss(
+                router_logits, batch.token_sample, batch.aux_weight, self.router_loss
+            )
+            loss = loss + self.router_loss.coef * aux.to(loss.dtype)
+            self.aux_loss = aux.detach()
         teacher_ce = torch.full((), float("nan"), device=loss.device)
         if split:
             with torch.no_grad():

@@ -257,18 +257,22 @@ class Trainer:
         batches = prepared.batches
         split = self._splits_ce(step)
         device = self.info.device
-        # loss, ce, kl, teacher_ce (summed over micro-batches), then this rank's host totals
-        # (tokens, samples, model and hardware FLOPs, the reference's tokens); summed over ranks.
-        stats = torch.zeros(9, dtype=torch.float64, device=device)
-        stats[4:].copy_(prepared.totals, non_blocking=True)
+        # loss, ce, kl, teacher_ce, a mixture of experts' balancing loss (summed over
+        # micro-batches), then this rank's host totals (tokens, samples, model and hardware
+        # FLOPs, the reference's tokens); summed over ranks.
+        stats = torch.zeros(10, dtype=torch.float64, device=device)
+        stats[5:].copy_(prepared.totals, non_blocking=True)
+        router_loss = self.module.router_loss
         for j, batch in enumerate(batches):
             batch = batch.to(device, non_blocking=True)
             self.engine.start_micro_batch(last=j == len(batches) - 1)
             loss, ce, kl, teacher_ce = self.engine(batch, split)
             self.engine.backward(loss)
             stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
+            if router_loss is not None:  # its weighted sum, kept by the module's forward
+                stats[4] += self.module.aux_loss.double()
         result = self.engine.finish_step(stats)  # the step's one host sync (inside)
-        loss, ce, kl, teacher_ce, tokens, n_samples, model_flops, hardware_flops, reference = (
+        loss, ce, kl, teacher_ce, aux, tokens, n_samples, model_flops, hardware_flops, reference = (
             result.stats
         )
         elapsed = time.perf_counter() - t0
@@ -280,6 +284,8 @@ class Trainer:
             "teacher_ce": teacher_ce if split else None,
             "student_ce": ce - teacher_ce if split else None,
             "kl": kl,
+            # a mixture of experts' balancing loss (unweighted by its coef: loss has coef x it)
+            **({"aux_loss": aux} if router_loss is not None else {}),
             "mask_rate": mask_rate(step, self.total_steps),
             "lr": lr,
             "grad_norm": result.grad_norm,
