@@ -9,6 +9,8 @@ One row per logged optimizer step (rank 0 writes), e.g.::
 
 ``loss = ce + kl`` and ``ce = teacher_ce + student_ce``: each is that part's contribution to the
 step's loss under the configured normalisation (the weights of SPEC §2's sample or token mode).
+A mixture of experts training with its router's balancing loss has ``aux_loss`` too, and
+``loss = ce + kl + coef x aux_loss`` (reflectioncoder/router_loss.py).
 """
 
 from __future__ import annotations
