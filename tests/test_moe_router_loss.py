@@ -199,13 +199,16 @@ def test_deepseeks_own_balancing_loss_is_refused_in_one_line():
 
 
 def test_another_kind_of_router_loss_is_refused_in_one_line():
-    """Doge's balancing loss takes its product-key routing too: not the Switch-style term."""
+    """Doge's balancing loss takes its product-key routing too: not the Switch-style term (its
+    attention is refused first by check_supported; the router's refusal stands on its own)."""
     config = tf.DogeConfig(
         **SIZES, is_moe=True, num_experts=16, num_experts_per_tok=2, output_router_logits=True,
         router_aux_loss_coef=0.01,
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"DogeForCausalLM's own router loss .* set \"output"):
-        check_supported(tf.DogeForCausalLM(config))
+        router_loss_of(tf.DogeForCausalLM(config))
+    config.output_router_logits = False
+    assert router_loss_of(tf.DogeForCausalLM(config)) is None
 
 
 def _save_mixtral(folder: Path, output_router_logits: bool) -> Path:
