@@ -12,17 +12,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from bench.bench_host_replay import (
-    ATTENTION_OPS,
-    CLI_HIDDEN,
-    COMMITS,
-    GEMMS,
-    OP_CATEGORIES,
-    STEP_1B_VOCAB,
-    _fit_zero,
-    _run_child,
-    extract,
-)
+from bench.bench_host_replay import COMMITS, _fit_zero, _run_child, extract
+from bench.host_replay_cases import CLI_HIDDEN, STEP_1B_VOCAB
+from bench.host_replay_record import ATTENTION_OPS, GEMMS, OP_CATEGORIES
 
 # --op-timeline: the ops of one step at OP_WIDTHS, their issue times extrapolated to width 0
 # and their work at the run's own shapes (bench/step_model.py's calibration simulates them).

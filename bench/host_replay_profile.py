@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import statistics
 
-from bench.bench_host_replay import COMMITS, REAL
+from bench.bench_host_replay import COMMITS
+from bench.host_replay_cases import REAL
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 # Host calls that wait for the GPU to drain (a D2H copy to pageable memory is a cudaMemcpyAsync
