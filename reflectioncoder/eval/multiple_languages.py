@@ -174,9 +174,11 @@ LANGUAGES: dict[str, Language] = {
     ),
     "rb": Language(
         "main.rb", "{run} ruby {src}/main.rb", ("ruby",), ("ruby", "ruby-test-unit"),
-        # test-unit runs its cases at exit; this one sorts after every test_<name> case
+        # test-unit runs its cases at exit; this one sorts after every test_<name> case and
+        # prints only when none failed (test-unit goes on after a failure: an at_exit exit!(0)
+        # made a failed run exit 0 after the nonce, round 9)
         "class TestHumanEval\n  def test_zzzz_rc_nonce\n"
-        "    puts \"\\n\" + IO.new(3).read\n  end\nend",
+        "    puts \"\\n\" + IO.new(3).read if current_result.passed?\n  end\nend",
         memory_mb=1024,
         library="test-unit", probe=("ruby", "-e", "gem 'test-unit'"),
     ),
