@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from reflectioncoder.config import RunConfig
 from reflectioncoder.data.dataset import tokenizer_fingerprint
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
+from reflectioncoder.errors import Terminated
 from reflectioncoder.train import (
     checkpoint,
     deepspeed_config,
@@ -53,6 +54,7 @@ from reflectioncoder.train.flops import ModelShape, StepFlops, recomputed_share,
 from reflectioncoder.train.load import build_model, load_run_data, load_tokenizer
 from reflectioncoder.train.loss_module import ReflectionLossModule
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
+from reflectioncoder.train.preemption import sigterm_at_step_end
 from reflectioncoder.train.restore import load_checkpoint
 from reflectioncoder.train.resume import check_same_run, checkpoint_to_resume, record_resumed_config
 from reflectioncoder.train.run_folder import RunFolder
@@ -145,6 +147,7 @@ class Trainer:
         # The next step's host work runs on a background thread while the current step computes.
         self.ahead = StepAhead(self._prepare, self.total_steps)
         self.step = 0
+        self.stop_asked = False  # a rank got SIGTERM (train_step)
         self.skips = SkippedSteps(cfg.train.max_skipped_steps, warn=self.info.is_main)
         self._changed_on_resume: list[str] = []  # config fields a --resume changed (rank 0)
         self._earlier_launches: list[dict[str, Any]] = []  # the layouts of a resumed run's steps
@@ -245,8 +248,10 @@ class Trainer:
             self.info.device,
         )
 
-    def train_step(self) -> dict[str, Any]:
-        """Run optimizer step ``self.step``; returns its metrics row (host values)."""
+    def train_step(self, sigterm_noted: Callable[[], bool] = bool) -> dict[str, Any]:
+        """Run optimizer step ``self.step``; returns its metrics row (host values).
+        ``sigterm_noted``: whether this rank was asked to stop (train.preemption), summed over
+        the ranks with the step's stats: ``self.stop_asked`` is then the same on every rank."""
         if self.step >= self.total_steps:
             raise ValueError(f"train_step: the run's {self.total_steps} steps are done")
         t0 = time.perf_counter()
@@ -259,9 +264,9 @@ class Trainer:
         device = self.info.device
         # loss, ce, kl, teacher_ce, a mixture of experts' balancing loss (summed over
         # micro-batches), then this rank's host totals (tokens, samples, model and hardware
-        # FLOPs, the reference's tokens); summed over ranks.
-        stats = torch.zeros(10, dtype=torch.float64, device=device)
-        stats[5:].copy_(prepared.totals, non_blocking=True)
+        # FLOPs, the reference's tokens), then the ranks that got SIGTERM; summed over ranks.
+        stats = torch.zeros(11, dtype=torch.float64, device=device)
+        stats[5:10].copy_(prepared.totals, non_blocking=True)
         router_loss = self.module.router_loss
         for j, batch in enumerate(batches):
             batch = batch.to(device, non_blocking=True)
@@ -271,10 +276,12 @@ class Trainer:
             stats[:4] += torch.stack([loss.detach(), ce, kl, teacher_ce]).double()
             if router_loss is not None:  # its weighted sum, kept by the module's forward
                 stats[4] += self.module.aux_loss.double()
+        stats[10] = float(sigterm_noted())  # as late as can be: read with the sums below
         result = self.engine.finish_step(stats)  # the step's one host sync (inside)
         loss, ce, kl, teacher_ce, aux, tokens, n_samples, model_flops, hardware_flops, reference = (
-            result.stats
+            result.stats[:10]
         )
+        self.stop_asked = result.stats[10] > 0
         elapsed = time.perf_counter() - t0
         self.step += 1
         row = {
@@ -395,15 +402,18 @@ class Trainer:
         held_out: dict[str, Any] = {}
         start = self.step
         epochs = EpochReport(self.plan, len(self.samples), start)
-        while self.step < self.total_steps:
-            row = self.train_step()
-            line = epochs.add(row)
-            if line and self.info.is_main:
-                log.info(line)
-            if self._validation_due():
-                held_out = self.validate()
-            if every and self.step % every == 0 and self.step < self.total_steps:
-                self.save()
+        with sigterm_at_step_end(self.info.is_main) as sigterm_noted:
+            while self.step < self.total_steps:
+                row = self.train_step(sigterm_noted)
+                line = epochs.add(row)
+                if line and self.info.is_main:
+                    log.info(line)
+                if self.stop_asked and self.step < self.total_steps:
+                    self._save_and_stop(every)
+                if self._validation_due():
+                    held_out = self.validate()
+                if every and self.step % every == 0 and self.step < self.total_steps:
+                    self.save()
         if every and self.step > start:  # a finished run resumed has its last checkpoint
             self.save()
         final_saved = (self.out_dir / "final" / "config.json").is_file()
@@ -424,6 +434,14 @@ class Trainer:
             "val_loss": held_out.get("val_loss"),
             "out_dir": str(self.out_dir),
         }
+
+    def _save_and_stop(self, every: int) -> None:
+        """A rank got SIGTERM (train.preemption): the step done saved (if any are), then stop."""
+        if every:
+            saved = self.save()
+            if self.info.is_main:
+                log.warning("SIGTERM: saved %s; --resume continues from it", saved)
+        raise Terminated
 
     def close(self) -> None:
         """Flush metrics, draw the loss plot, end the process group: each even when one
