@@ -1,7 +1,7 @@
 """Ctrl-C on a 2-rank launch (the terminal sends SIGINT to the launcher and every rank) printed
 `reflectioncoder train: interrupted` once per rank: 8 identical lines on an 8-GPU node. Local
 rank 0 says it for the node, as it already did for SIGTERM's `terminated`; each rank still
-exits 130."""
+exits 130. Under reflectioncoder.launch the launch says it once, for every node."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_ctrl_c_on_a_two_rank_launch_says_interrupted_once(tmp_path):
     train_tokenizer([data.read_text()], 300, tmp_path / "tok")
     out = tmp_path / "run"
     sets = {"data.files": f"[{data}]", "model.tokenizer": tmp_path / "tok"}
-    sets.update({"distributed.backend": "none", "train.max_steps": 100000, "train.threads": 1})
+    # train.max_steps stops a run, it does not extend one: 8 samples were 4 steps, over before
+    # the Ctrl-C came (then a rank's abort in its exit: "terminate called ...")
+    sets.update({"distributed.backend": "none", "train.epochs": 5000, "train.threads": 1})
     sets.update({"checkpoint.out_dir": out, "logging.report_to": "[none]"})
     launch = [sys.executable, "-m", "reflectioncoder.launch", "--nproc_per_node", "2"]
     argv = [*launch, *train_argv(sets)]
@@ -50,4 +52,7 @@ def test_ctrl_c_on_a_two_rank_launch_says_interrupted_once(tmp_path):
         time.sleep(0.5)
     os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = run.communicate(timeout=120)
-    assert err.count("reflectioncoder train: interrupted") == 1, err
+    # the ranks leave it to reflectioncoder.launch (runs6): said once for the launch
+    assert err.count("interrupted") == 1, err
+    assert err.strip().splitlines()[-1] == "reflectioncoder launch: interrupted", err
+    assert run.returncode == 130, err

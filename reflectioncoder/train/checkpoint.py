@@ -166,6 +166,7 @@ def save_checkpoint(
             engine.save_state(tmp)
             (tmp / "rng").mkdir(parents=True, exist_ok=True)
             torch.save(rng_state(), tmp / "rng" / f"rank-{info.rank:05d}.pt")
+        sync_to_disk(tmp)  # each rank: what its node wrote (a node-local disk holds its own)
         distributed.barrier()
         if info.is_main:
             state = dict(
@@ -177,6 +178,7 @@ def save_checkpoint(
             )
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
             (tmp / COMPLETE).write_text("ok\n")
+            sync_to_disk(tmp, files=("trainer_state.json", COMPLETE))
             _replace_dir(tmp, path)  # rank 0 alone: another rank's rename would find no tmp
             prune_checkpoints(out_dir, keep_last, keep=path)
     distributed.barrier()
@@ -253,8 +255,40 @@ def save_final_model(
     final = Path(out_dir) / "final"
     with _refused_write(tmp, final):
         save_hf_model(model, tokenizer, state_dict, tmp, card)
+        sync_to_disk(tmp)
     _replace_dir(tmp, final)
     return final
+
+
+def sync_to_disk(folder: Path, files: tuple[str, ...] | None = None) -> None:
+    """``files`` of ``folder`` (None: every file under it) and the folder itself flushed to
+    disk (fsync) before the rename that makes a save complete. Without it a node lost after the
+    rename (a power cut, a preempted VM) could leave the renamed checkpoint's files empty or cut
+    short, after pruning had deleted the ones before it: the run lost. A write the disk refuses
+    only now (NFS, a quota) is raised here, inside the save's one-line refusal."""
+    if files is None:
+        for root, _, names in os.walk(folder):
+            for name in names:
+                # another rank's file renamed away mid-walk (safetensors writes through a
+                # temporary file): that rank syncs it
+                with contextlib.suppress(FileNotFoundError):
+                    _fsync(Path(root) / name)
+            _fsync(Path(root))
+        return
+    for name in files:
+        _fsync(folder / name)
+    _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # a folder on a filesystem that cannot sync one: its files are
+        if not path.is_dir() or err.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -341,4 +375,5 @@ def _replace_dir(src: Path, dst: Path) -> None:
         if old.exists():  # the complete copy goes back where --resume looks
             old.rename(dst)
         raise
+    _fsync(dst.parent)  # the rename itself on disk before an older copy is deleted
     shutil.rmtree(old, ignore_errors=True)
