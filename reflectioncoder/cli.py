@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from reflectioncoder import __version__
-from reflectioncoder.errors import Terminated, UsageError, is_expected, one_line
+from reflectioncoder.errors import Terminated, UsageError, is_expected, keep_traceback, one_line
 from reflectioncoder.progress import setup_output
 from reflectioncoder.torch_floor import unsupported_torch
 
@@ -251,7 +251,12 @@ def _one_line_error(prog: str, err: Exception, debug: bool) -> int:
         return 1
     message, code = one_line(err)
     if not is_expected(err):
-        message += f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
+        kept = keep_traceback(err)  # a run's: in its folder, to read after a long run
+        message += (
+            f" (an internal error; its traceback: {kept})"
+            if kept
+            else f" (an internal error: rerun with --debug or {DEBUG_ENV}=1 for details)"
+        )
     told = _tell_launcher(f"{prog}: {message}")
     # a bad argument or config value, a run folder that holds a run: the same on each rank
     same = is_expected(err) and (code == 2 or getattr(err, "same_on_every_rank", False))

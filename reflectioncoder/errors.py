@@ -137,6 +137,34 @@ def is_expected(err: BaseException) -> bool:
     return isinstance(err, UserError | ValueError | OSError)
 
 
+def raised_in_run(err: BaseException, run_folder: Path) -> None:
+    """Note on ``err`` the run folder whose steps it stopped: an internal error's traceback is
+    kept there (:func:`keep_traceback`), where a run stopped at step 40000 would otherwise
+    have only "rerun with --debug" to go on."""
+    with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+        err.run_folder = Path(run_folder)
+
+
+def keep_traceback(err: BaseException) -> Path | None:
+    """``err``'s traceback appended to OUT/logs/traceback-rank-N.txt (this rank's) of the run
+    it stopped (:func:`raised_in_run`); that file, or None (no run, or a disk that refuses)."""
+    import time
+    import traceback
+
+    folder = getattr(err, "run_folder", None)
+    if folder is None:
+        return None
+    path = folder / "logs" / f"traceback-rank-{os.environ.get('RANK', '0')}.txt"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with path.open("a", encoding="utf-8") as file:
+            file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()}\n")
+            file.write("".join(traceback.format_exception(err)))
+    except OSError:
+        return None
+    return path
+
+
 def _flat(text: str) -> str:
     # a message may quote a file, a program's output or a server's reply: escapes escaped
     return printable(" ".join(line.strip() for line in text.splitlines() if line.strip()))

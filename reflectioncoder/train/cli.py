@@ -16,7 +16,7 @@ from pathlib import Path
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import Origins, errors_located, load_launch_config
 from reflectioncoder.config_presets import PRESETS
-from reflectioncoder.errors import UsageError, terminate_as_interrupt
+from reflectioncoder.errors import UsageError, raised_in_run, terminate_as_interrupt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +78,9 @@ def main(args: argparse.Namespace) -> int:
             trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         try:
             summary = trainer.train()
+        except Exception as err:
+            raised_in_run(err, trainer.out_dir)  # a bug's traceback kept in OUT/logs
+            raise
         finally:
             trainer.close()
     if trainer.info.is_main:
