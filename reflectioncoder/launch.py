@@ -29,12 +29,15 @@ PROG = "reflectioncoder launch"
 
 # torchrun's own lines that the one line replaces: the agent's "failed (exitcode: ...)", its
 # note that torchrun has no error file of its own to copy the rank's into, its ending the other
-# ranks once one failed, and the signal that stopped it (said "terminated", "interrupted")
+# ranks once one failed, and the signal that stopped it (said "terminated", "interrupted");
+# and its banner setting OMP_NUM_THREADS=1, which asks for tuning the trainer does: each rank
+# sets its threads itself and logs how many (train.threads)
 _SAID_BY_OUR_LINE = (
     "failed (exitcode",
     "no error file defined for parent",
     "Sending process",
     "Received %s death signal",
+    "\n*****************************************\nSetting OMP_NUM_THREADS",
 )
 
 
@@ -45,7 +48,9 @@ class _SaidByOurLine(logging.Filter):
 
 def hide_torchruns_own_lines() -> None:
     """Leave out torchrun's log lines that the one line ending a failed launch says."""
-    for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api",
+    # torchrun's own logger is __main__ under python -m torch.distributed.run
+    for name in ("torch.distributed.run", "__main__", "torch.distributed.elastic",
+                 "torch.distributed.elastic.multiprocessing.api",
                  "torch.distributed.elastic.multiprocessing.errors.error_handler",
                  "torch.distributed.elastic.agent.server.api"):  # fmt: skip
         logging.getLogger(name).addFilter(_SaidByOurLine())

@@ -8,6 +8,7 @@ point into torchrun's process (reflectioncoder/launch_torchrun.py); torch is not
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -124,3 +125,18 @@ def test_ctrl_c_ends_a_torchrun_in_one_line(tmp_path):
     assert proc.wait(timeout=120) == 130, "".join(lines)
     assert "Traceback" not in "".join(lines), "".join(lines)
     assert lines[-1].strip() == "torchrun: interrupted", "".join(lines)
+
+
+@pytest.mark.parametrize("logger", ["torch.distributed.run", "__main__"])
+def test_torchruns_omp_banner_is_left_out(logger):
+    """torchrun's 4-line banner setting OMP_NUM_THREADS=1 ("please further tune ...") opened
+    every launch without it set: the trainer sets each rank's threads itself and logs them."""
+    from reflectioncoder.launch import hide_torchruns_own_lines
+
+    hide_torchruns_own_lines()
+    banner = ("\n*****************************************\nSetting OMP_NUM_THREADS environment "
+              "variable for each process to be %s in default, ...\n*****")  # fmt: skip
+    said = logging.getLogger(logger)
+    assert not said.filter(logging.LogRecord(logger, 30, "run.py", 1, banner, (1,), None))
+    other = "node_rank is only used for static rdzv_backend"
+    assert said.filter(logging.LogRecord(logger, 30, "run.py", 1, other, (), None))
