@@ -1,4 +1,6 @@
-"""FLOP formulas for ``torch.utils.flop_counter`` where torch has none for an attention we run.
+"""FLOP formulas for ``torch.utils.flop_counter`` where torch has none for an attention we run,
+nor for the grouped GEMM of a mixture of experts' routed experts (``_grouped_mm``: transformers'
+default experts implementation).
 
 torch 2.13 counts SDPA's CUDA kernels but not its CPU flash kernel
 (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward), which our varlen
@@ -72,8 +74,17 @@ def _varlen_backward(
     return (8 + 4 * rerun) * _square(q, cu_seqlens)
 
 
+def _grouped_mm(a, b, *args, out_val=None, **kwargs) -> int:
+    """2 x rows x K x N: each row of ``a`` meets one group's (K, N) matrix (the forward's
+    (S, K) x (E, K, N), and the weight gradients' (K, S) x (S, N) -> (E, K, N) alike)."""
+    rows, inner = (a.shape[0], a.shape[1]) if b.dim() == 3 else (a.shape[1], a.shape[0])
+    return 2 * rows * inner * b.shape[-1]
+
+
 def register_attention_formulas() -> None:
-    """Count the CPU flash kernel and our varlen ops (idempotent)."""
+    """Count the CPU flash kernel, our varlen ops and the grouped GEMM (idempotent)."""
+    if hasattr(aten, "_grouped_mm"):
+        _register([aten._grouped_mm], _grouped_mm, get_raw=True)
     _register([aten._scaled_dot_product_flash_attention_for_cpu], _cpu_flash)
     _register([aten._scaled_dot_product_flash_attention_for_cpu_backward], _cpu_flash_backward)
     ops = torch.ops.reflectioncoder

@@ -3,8 +3,9 @@
 Per layer (``LAYER_POLICIES``):
   none        keep every activation (no recompute);
   save_gemms  keep the outputs of its GEMMs and attention that a backward reads (``KeptOutputs``:
-              not the MLP's down_proj output, which only feeds the residual add), rerun only the
-              element-wise ops (norms, RoPE, SwiGLU) in the backward;
+              not the MLP's down_proj output, which only feeds the residual add; a mixture of
+              experts' grouped GEMMs too), rerun only the element-wise ops (norms, RoPE,
+              SwiGLU) in the backward;
   mlp_rerun   keep what save_gemms keeps of the attention half (q/k/v, the attention's output
               and log-sum-exp, o_proj's output), nothing of the layer's ``mlp``: the
               backward reruns the element-wise ops and the MLP's gate / up GEMMs (not
@@ -52,15 +53,22 @@ def named_plan(policy: str, layers: int) -> tuple[str, ...]:
 # Applying a plan to a Hugging Face model
 # ---------------------------------------------------------------------------------------------
 
-_GEMM_OPS = ("mm", "addmm", "bmm", "_scaled_dot_product_flash_attention_for_cpu",
+# ``_grouped_mm``: a mixture of experts' routed experts (transformers' default "grouped_mm"
+# experts implementation), whose GEMMs a save_gemms layer would otherwise run again.
+_GEMM_OPS = ("mm", "addmm", "bmm", "_grouped_mm", "_scaled_dot_product_flash_attention_for_cpu",
              "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
              "_scaled_dot_product_cudnn_attention", "_flash_attention_forward")  # fmt: skip
 
 
-# Attention ops of their own namespace: ours (a compiled layer's, varlen_attention_op) and
+# Ops of their own namespace: attention, ours (a compiled layer's, varlen_attention_op) and
 # torch's varlen attention (model.attention torch_varlen, torch >= 2.9), one op each to a
-# dispatch mode (what they call inside is not seen). flash-attn's kernels: not yet.
-_ATTENTION_OPS = (("reflectioncoder", "varlen_attention"), ("torch_attn", "_varlen_attn"))
+# dispatch mode (what they call inside is not seen); transformers' grouped GEMM of experts where
+# torch's cannot run. flash-attn's kernels: not yet.
+_ATTENTION_OPS = (
+    ("reflectioncoder", "varlen_attention"),
+    ("torch_attn", "_varlen_attn"),
+    ("transformers", "grouped_mm_fallback"),
+)
 
 
 @functools.cache

@@ -32,12 +32,19 @@ about half of that term. The embedding lookup, norms, RoPE and activations count
 (seconds x devices x peak); HFU = hardware FLOPs over the same. torch's non-reentrant checkpoint
 stops recomputing a layer once every tensor its backward saved is back (early stop), so the
 layer's last GEMM (the MLP's down projection, whose output only feeds the residual add) is not
-run again: ``recomputed_params`` leaves it out. Multi-head latent attention's low-rank
+run again: ``recomputed_params`` leaves it out. Of a mixture of experts, the layer's last GEMM
+is its shared experts' down projection where they are added after the routed experts
+(DeepSeek-V2/V3); the routed experts' down projections do run again (the router's weight
+multiplies their outputs, whose backward reads them), at their top-k share as everywhere, and so
+does every GEMM of an ``mlp_rerun`` layer's MLP but its last (``_last_gemm``; counted by hand
+and by torch's FLOP counter in tests/test_moe_flops.py). Multi-head latent attention's low-rank
 projections (q_a / q_b, kv_a / kv_b) are in ``body_params`` as the modules they are.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +61,8 @@ class ModelShape:
     attn_width: int  # query heads x head size
     vocab: int  # V, rows of the LM head
     body_params: int  # parameters outside the input embedding and the LM head
-    recomputed_params: int  # decoder-layer parameters checkpointing runs again (no down_proj)
-    mlp_in_params: int  # the MLPs' parameters but down_proj's (gate and up: mlp_rerun's)
+    recomputed_params: int  # decoder-layer parameters checkpointing runs again (no last GEMM)
+    mlp_in_params: int  # the MLPs' parameters but the last GEMM's (mlp_rerun's: gate and up)
     heads: int  # query heads
     kv_heads: int  # key / value heads (grouped-query attention: fewer than ``heads``)
     intermediate: int  # I, the MLP's width
@@ -100,8 +107,7 @@ class ModelShape:
         recomputed = {id(p): p for p in layers.parameters()}
         mlp_in = {id(p): p for layer in layers for p in _mlp(layer).parameters()}
         for layer in layers:
-            down = getattr(_mlp(layer), "down_proj", None)
-            for p in down.parameters() if down is not None else ():
+            for p in _last_gemm(layer).parameters():
                 recomputed.pop(id(p))
                 mlp_in.pop(id(p))
         return cls(
@@ -219,6 +225,37 @@ def utilisation(flops: StepFlops, seconds: float, devices: int, peak_flops: floa
 
 def _mlp(layer: nn.Module) -> nn.Module:
     return getattr(layer, "mlp", None) or nn.Module()
+
+
+def _last_gemm(layer: nn.Module) -> nn.Module:
+    """The module of a decoder layer's last GEMM, which torch's checkpoint does not run again
+    (early stop: its output only feeds adds, read by no backward), or an empty module: a dense
+    MLP's down_proj; the shared experts' down_proj of a mixture of experts that adds them after
+    its routed experts (DeepSeek-V2/V3, GLM-4-MoE, ...). A routed expert's down projection runs
+    again: the router's weight multiplies its output, and that product's backward reads it; so
+    does Qwen2-MoE's shared expert's (a sigmoid gate multiplies it), and shared experts that run
+    before the routed ones (ERNIE 4.5). tests/test_moe_flops.py counts each by hand."""
+    mlp = _mlp(layer)
+    down = getattr(mlp, "down_proj", None)
+    if isinstance(down, nn.Module):
+        return down
+    shared = getattr(getattr(mlp, "shared_experts", None), "down_proj", None)
+    if isinstance(shared, nn.Module) and _adds_shared_experts_last(type(mlp)):
+        return shared
+    return nn.Module()
+
+
+@functools.cache
+def _adds_shared_experts_last(block: type) -> bool:
+    """Whether a mixture-of-experts block's forward calls its shared experts after its routed
+    ones (read from its source: transformers' blocks say ``self.experts(...)`` then
+    ``self.shared_experts(...)``, then add; a source not to be had: False, counted rerun)."""
+    try:
+        source = inspect.getsource(block.forward)
+    except (OSError, TypeError):
+        return False
+    routed, shared = source.find("self.experts("), source.find("self.shared_experts(")
+    return 0 <= routed < shared
 
 
 def _routed_experts(layer: nn.Module) -> nn.Module:
