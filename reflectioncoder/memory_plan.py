@@ -39,6 +39,7 @@ from reflectioncoder.train.flops import ModelShape
 # -> bench/results/activation_memory.json; tests/test_planshape_bytes.py); there ``none`` keeps
 # one D_q more: the CPU's per-segment SDPA keeps each segment's output and o_proj their
 # concatenation, where a varlen kernel's one output is both.
+# Multi-head latent attention (DeepSeek-V2/V3) has other attention tensors (``_latent``).
 KEPT_WIDTHS = {  # (D, D_q, D_kv, I, log-sum-exp)
     "none": (6, 2, 2, 4, 1), "save_gemms": (2, 2, 2, 2, 1), "offload": (1, 0, 0, 0, 0),
     "mlp_rerun": (2, 2, 2, 0, 1), "full": (1, 0, 0, 0, 0),
@@ -46,15 +47,42 @@ KEPT_WIDTHS = {  # (D, D_q, D_kv, I, log-sum-exp)
 OFFLOADED_WIDTHS = (1, 2, 2, 2, 1)  # save_gemms' outputs but the layer's input
 
 
-def _per_token(widths: tuple[int, ...], shape: ModelShape, element_bytes: int) -> float:
+def _per_token(
+    widths: tuple[int, ...], shape: ModelShape, element_bytes: int, every: bool = False
+) -> float:
+    """Bytes a token keeps of ``widths``; ``every``: ``none``'s set (the attention's inputs
+    rather than its projections' outputs, which differ under multi-head latent attention)."""
     d, dq, dkv, i, lse = widths
-    elements = d * shape.hidden + dq * shape.attn_width + dkv * shape.kv_width
+    attention = dq * shape.attn_width + dkv * shape.kv_width
+    if shape.kv_lora and dq + dkv:
+        attention = _latent(shape, every)
+    elements = d * shape.hidden + attention
     return (elements + i * shape.intermediate) * element_bytes + lse * 4 * shape.heads
+
+
+def _latent(shape: ModelShape, every: bool) -> int:
+    """The attention's elements a token keeps under multi-head latent attention (q_lora ``Q``,
+    kv_lora ``C``, a head's rotary part ``R``, its scores' width ``S`` (= nope + R), its values'
+    ``V``, H heads; the packed attention runs every head ``P = max(S, V)`` wide, padding the
+    narrower with zeros). Its GEMMs' outputs (``save_gemms``, ``mlp_rerun``, ``offload``):
+    q_a's (Q) and q_b's (H S; or q_proj's alone), kv_a's (C + R) and kv_b's (H (nope + V)),
+    the attention's output (H P). Everything (``none``): q_a's output and its norm's (2 Q), kv_a's
+    (C + R) and its norm's (C), q, k and v as the attention takes them (3 H P), its output
+    (H P) and o_proj's input, the output cut to V (H V). DeepSeek-V3 (H 128, S 192, V 128):
+    save_gemms 84032 elements where 64-wide heads counted 32768 (tests/test_mla_memory_plan.py:
+    by hand and against the CPU's heap)."""
+    heads, score, value = shape.heads, shape.qk_width, shape.v_width
+    padded = max(score, value)  # H P
+    if not every:
+        kv_b = score - heads * shape.rope_dim + value
+        return shape.q_lora + score + shape.kv_lora + shape.rope_dim + kv_b + padded
+    low_rank = 2 * shape.q_lora + 2 * shape.kv_lora + shape.rope_dim
+    return low_rank + 4 * padded + value
 
 
 def kept_per_token(policy: str, shape: ModelShape, element_bytes: int = 2) -> float:
     """Bytes one layer of ``policy`` keeps on the device per token (``KEPT_WIDTHS``)."""
-    return _per_token(KEPT_WIDTHS[policy], shape, element_bytes)
+    return _per_token(KEPT_WIDTHS[policy], shape, element_bytes, every=policy == "none")
 
 
 def rerun_cost(shape: ModelShape) -> dict[str, float]:
@@ -65,11 +93,24 @@ def rerun_cost(shape: ModelShape) -> dict[str, float]:
     rerun is left out (about 6% of a 7B layer's forward at 16K tokens in 2K-token segments).
     CodeLlama-7B (multi-head): mlp_rerun 0.446, full 0.777; 34B (8 KV heads): 0.521, 0.739.
     ``plan_layers`` takes the plan of least summed cost."""
-    attn = shape.hidden * (2 * shape.attn_width + 2 * shape.kv_width)
+    attn = attention_params(shape)
     mlp_in = shape.mlp_in_params / shape.layers
     forward = attn + mlp_in + shape.hidden * shape.intermediate
     return {"none": 0.0, "save_gemms": 0.0, "offload": 0.0,
             "mlp_rerun": mlp_in / forward, "full": (attn + mlp_in) / forward}  # fmt: skip
+
+
+def attention_params(shape: ModelShape) -> int:
+    """A layer's attention GEMMs' parameters: q / k / v / o, D x (2 D_q + 2 D_kv); under
+    multi-head latent attention q_a (D x Q) and q_b (Q x H S) or q_proj (D x H S), kv_a
+    (D x (C + R)), kv_b (C x H (nope + V)) and o_proj (H V x D) (``_latent``'s names)."""
+    d = shape.hidden
+    if not shape.kv_lora:
+        return d * (2 * shape.attn_width + 2 * shape.kv_width)
+    score, value = shape.qk_width, shape.v_width
+    q = (d + score) * shape.q_lora if shape.q_lora else d * score
+    kv_b = shape.kv_lora * (score - shape.heads * shape.rope_dim + value)
+    return q + d * (shape.kv_lora + shape.rope_dim) + kv_b + value * d
 
 
 # Offloaded layers on the device at once ahead of a backward: the one in use and the one

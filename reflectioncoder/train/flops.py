@@ -68,6 +68,9 @@ class ModelShape:
     intermediate: int  # I, the MLP's width
     qk_width: int = 0  # query heads x a query / key head's size where not attn_width's (MLA)
     v_width: int = 0  # query heads x a value head's size where not attn_width's (MLA)
+    q_lora: int = 0  # MLA: the queries' low-rank width (q_lora_rank; 0: one q_proj)
+    kv_lora: int = 0  # MLA: the keys' and values' low-rank width (kv_lora_rank)
+    rope_dim: int = 0  # MLA: a query / key head's rotary part (qk_rope_head_dim), one key's
 
     @property
     def score_width(self) -> int:
@@ -123,6 +126,7 @@ class ModelShape:
             intermediate=_mlp_width(config),
             qk_width=heads * _latent_qk_head_dim(config),
             v_width=heads * (getattr(config, "v_head_dim", None) or 0),
+            **_latent_ranks(config),
         )
 
     @classmethod
@@ -307,6 +311,18 @@ def _latent_qk_head_dim(config) -> int:
     the rotary part alone), or 0 for attention whose heads are head_dim wide."""
     nope, rope = (getattr(config, f"qk_{part}_head_dim", None) for part in ("nope", "rope"))
     return nope + rope if nope and rope else 0
+
+
+def _latent_ranks(config) -> dict[str, int]:
+    """Multi-head latent attention's low-rank widths (``q_lora``, ``kv_lora``, ``rope_dim``:
+    the memory plan's), none for other attention."""
+    if not _latent_qk_head_dim(config):
+        return {}
+    return {
+        "q_lora": getattr(config, "q_lora_rank", None) or 0,
+        "kv_lora": config.kv_lora_rank,
+        "rope_dim": config.qk_rope_head_dim,
+    }
 
 
 def _numel(param: nn.Parameter) -> int:
