@@ -4,7 +4,9 @@ then the run stops as before (``terminated``, exit 143), instead of stopping mid
 every step since the last ``checkpoint.save_every``. Schedulers give that time before SIGKILL
 (Slurm's KillWait and Kubernetes' grace period 30 s, torchrun 30 s, ``docker stop`` 10 s); a
 SIGKILL that comes first leaves the save's ``.tmp-step-*`` folder and the checkpoint before it
-whole, as any kill does. A second SIGTERM stops at once; Ctrl-C stops at once.
+whole, as any kill does. A SIGTERM after the first changes nothing: Slurm signals every process
+of the job, torchrun's agent then passes its own on, so each rank gets two at once. Ctrl-C stops
+at once.
 
 Every rank gets the signal, not at the same moment: each notes it, and the note is summed with
 the step's statistics in the step's one all-reduce (``Trainer.train_step``), so every rank
@@ -18,25 +20,20 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-from reflectioncoder.errors import Terminated
-
 log = logging.getLogger("reflectioncoder.train")
 
 
 @contextlib.contextmanager
 def sigterm_at_step_end(is_main: bool) -> Iterator[Callable[[], bool]]:
-    """Inside, the first SIGTERM is noted, not raised; yields whether one was. A second raises
-    ``Terminated`` there and then. Outside the main thread (which alone takes signals),
-    nothing changes."""
+    """Inside, SIGTERM is noted, not raised; yields whether one was. Outside the main thread
+    (which alone takes signals), nothing changes."""
     noted = threading.Event()
 
     def note(signum: int, frame: object) -> None:
-        if noted.is_set():
-            raise Terminated
-        noted.set()
-        if is_main:
+        if is_main and not noted.is_set():
             log.warning("SIGTERM: finishing this step and saving a checkpoint of it, then "
-                        "stopping (a second SIGTERM stops now)")  # fmt: skip
+                        "stopping (Ctrl-C or SIGKILL stops now)")  # fmt: skip
+        noted.set()
 
     if threading.current_thread() is not threading.main_thread():
         yield noted.is_set
