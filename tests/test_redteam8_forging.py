@@ -2,7 +2,8 @@
 
 TypeScript: a wrong ``add`` that reads its own compiled program, the source folder and the
 environment for the nonce, prints what it finds and exits 0, fails (the nonce is on descriptor
-3 only); one that patches ``node:assert`` passes: MultiPL-E's own limit, as in JS.
+3 only); one that patches ``node:assert`` passed, MultiPL-E's own limit, as in JS (since round
+9 it fails: the scorer freezes node:assert before the completion runs).
 PHP: the tests compare with ``!==`` and throw, and no completion can overload either; an
 exception handler that exits 0, or an early ``exit(0)``, ends the program before the nonce.
 """
@@ -46,10 +47,10 @@ def test_typescript_reading_itself_finds_no_nonce(shared_dir):
 
 
 @pytest.mark.slow  # tsc: 5-7 s a sample here
-def test_typescript_patching_node_assert_forges_a_pass(shared_dir):
-    """MultiPL-E's own limit, stated in docs/evaluation.md's table."""
+def test_typescript_patching_node_assert_gains_nothing(shared_dir):
+    """Round 9: node:assert is frozen before the completion's code runs (it passed before)."""
     res = _score("ts", TS_REDEFINES, shared_dir)
-    assert res.status == "pass", (res.reason, res.stderr_tail, res.stdout_tail)
+    assert res.status == "fail", (res.reason, res.stderr_tail, res.stdout_tail)
 
 
 @pytest.mark.parametrize("attack", sorted(PHP_EXITS))

@@ -35,3 +35,47 @@ def test_ruby_redefining_assert_equal_forges_a_pass(shared_dir):
     """MultiPL-E's own limit, stated in the table."""
     res = _score("rb", RB_REDEFINES, shared_dir)
     assert res.status == "pass", (res.reason, res.stdout_tail, res.stderr_tail)
+
+
+# Round 9: the tests' checks are the scorer's own in C++, C#, JS/TS, Rust and Scala
+# (``Language.checks``): a wrong ``add`` that takes the next step after redefining the check by
+# its usual name (test_multiple_forging.REDEFINES, which now fail too) fails as well.
+CHECKS_REDEFINED = {
+    "cpp:ndebug": "    return x * y;\n}\n#define NDEBUG\n#undef assert\n"
+    "#define assert(x) ((void)0)\nvoid rc_unused() {\n",
+    "cpp:assert_fail": "    return x * y;\n}\n#define __assert_fail(...) ((void)0)\n"
+    "void rc_unused() {\n",
+    "js:require": "  return x * y;\n}\nrequire = () => ({ deepEqual() {} });\n",
+    "js:patch": "  require('node:assert').deepEqual = () => {};\n  return x * y;\n}\n",
+    "scala:predef": "        x * y\n    }\n"
+    "    object Predef { def assert(ok: Boolean): Unit = () }\n"
+    "    def rcUnused(): Long = {\n        0L\n",
+}
+
+
+@pytest.mark.parametrize(
+    "attack",
+    # scalac takes seconds a sample: Scala's case runs with the slow set
+    [pytest.param(a, marks=pytest.mark.slow) if a.startswith("scala") else a
+     for a in sorted(CHECKS_REDEFINED)],
+)  # fmt: skip
+def test_the_scorers_checks_hold(attack, shared_dir):
+    res = _score(attack.partition(":")[0], CHECKS_REDEFINED[attack], shared_dir)
+    assert res.status == "fail", (res.reason, res.stdout_tail, res.stderr_tail)
+
+
+# Left (round 9, decided): where the language gives a completion the check itself, making the
+# tests' call the scorer's gains nothing. Perl: a completion that marks Test::Deep loaded and
+# defines eq_deeply (the tests' `use` then imports nothing); R: all.equal dispatches on the class
+# of what the completion returns (base::all.equal too). Both pass wrong: MultiPL-E's own limit.
+LEFT = {
+    "pl": "    return $x * $y;\n}\nBEGIN { $INC{'Test/Deep.pm'} = 1; }\nsub eq_deeply { 1 }\n",
+    "r": "    structure(x * y, class = 'rcw')\n}\n"
+    "all.equal.rcw <- function(target, current, ...) TRUE\n",
+}
+
+
+@pytest.mark.parametrize("language", sorted(LEFT))
+def test_checks_the_language_hands_to_the_completion_forge_a_pass(language, shared_dir):
+    res = _score(language, LEFT[language], shared_dir)
+    assert res.status == "pass", (res.reason, res.stdout_tail, res.stderr_tail)

@@ -94,36 +94,18 @@ def _tests_with_nonce(lang: Language, tests: str, nonce: str) -> str:
     return tests.rstrip("\n") + "\n" + statement + "\n"
 
 
-# C#: mono's Debug.Assert reports a failure to the trace listeners and goes on (MultiPL-E then
-# fails the run on stderr), so a completion that cleared the listeners passed wrong; the tests'
-# asserts call this method of the tests' own class instead (a completion declaring one of that
-# name does not compile): a failure ends the run, as nothing the completion does can undo
-_CS_ASSERT = (
-    "    static void RcAssert(bool ok) {\n"
-    '        if (!ok) { Console.Error.WriteLine("DEBUG ASSERTION FAILED"); Environment.Exit(1); }\n'
-    "    }\n"
-)
-
-
-def _cs_asserts_end_the_run(tests: str) -> str:
-    main = tests.find("public static void Main(")
-    if main < 0:
-        raise ValueError("the C# tests have no Main")
-    head = tests[:main].rstrip(" ")
-    return head + _CS_ASSERT + "    " + tests[main:].replace("Debug.Assert(", "RcAssert(")
-
-
 def program_text(task: MultiplETask, completion: str, nonce: str = "") -> str:
     """The whole program MultiPL-E runs; with ``nonce``, printing it after the last test."""
     tests = task.tests
     if task.language == "python" and not _CALLS_CHECK.search(tests):
         # MultiPL-E's own files end with the call; a copy without it gets it, once
         tests += f"\ncheck({_python_entry_point(task.prompt)})\n"
-    if task.language == "cs":
-        tests = _cs_asserts_end_the_run(tests)
+    lang = LANGUAGES[task.language]
+    for text, replacement in lang.checks:  # the tests' checks, the scorer's own
+        tests = tests.replace(text, replacement)
     if nonce:
-        tests = _tests_with_nonce(LANGUAGES[task.language], tests, nonce)
-    return task.prompt + completion + "\n" + tests
+        tests = _tests_with_nonce(lang, tests, nonce)
+    return lang.prelude + task.prompt + completion + "\n" + tests
 
 
 @dataclass

@@ -62,6 +62,11 @@ class Language:
     env: tuple[tuple[str, str], ...] = ()
     stderr_fails: bool = False
     fail_marks: tuple[str, ...] = ()  # text in stdout or stderr that fails a run
+    # the tests' checks made the scorer's own, so that a completion redefining a check by its
+    # usual name gains nothing: (text, replacement) pairs applied to the tests in order, and
+    # code put before the program (it runs before any of the completion's)
+    checks: tuple[tuple[str, str], ...] = ()
+    prelude: str = ""
     unavailable: str = ""  # why the toolchain cannot be installed from Debian's packages
     memory_mb: int = 4096  # the run's memory (cgroup) and each process's address space
     processes: int = 64  # pids cgroup: threads count too (JVM, Go)
@@ -82,6 +87,22 @@ _JVM_FLAGS = (
 _JVM = " ".join(_JVM_FLAGS)
 _JAVAC_JVM = " ".join("-J" + flag for flag in _JVM_FLAGS)
 
+# The checks of C++, C# and JS/TS tests, the scorer's own (``Language.checks``; round 9: a wrong
+# completion that #defined assert away, cleared C#'s trace listeners, or patched node:assert
+# passed). C++: <assert.h> again (it defines assert anew at each inclusion) after undoing what
+# would switch it off; C#: mono's Debug.Assert reports to the trace listeners and goes on (the
+# run then failed on stderr), so the tests call a method of their own class that ends the run
+# (a completion declaring one of that name does not compile); JS/TS: node:assert taken and
+# frozen before the completion's code runs, and the tests' require of it replaced by that
+_CPP_ASSERT = "#undef NDEBUG\n#undef assert\n#undef __assert_fail\n#include <assert.h>\n"
+_CS_ASSERT = (
+    "static void RcAssert(bool ok) {\n"
+    '        if (!ok) { Console.Error.WriteLine("DEBUG ASSERTION FAILED"); Environment.Exit(1); }\n'
+    "    }\n    "
+)
+_JS_ASSERT = "const rc_assert = Object.freeze(require('node:assert'));\n"
+_JS_CHECKS = (("require('node:assert')", "rc_assert"),)
+
 LANGUAGES: dict[str, Language] = {
     # through the harness: its audit guard and seccomp filter in the fallback level
     "python": Language(
@@ -95,6 +116,8 @@ LANGUAGES: dict[str, Language] = {
         '{ std::ifstream rc_f("/dev/fd/3"); std::string rc_s; std::getline(rc_f, rc_s); '
         "std::cout << rc_s << std::endl; }",
         "brace-1",
+        # assert as <assert.h> defines it, whatever the completion #defined
+        checks=(("int main() {", _CPP_ASSERT + "int main() {"),),
         memory_mb=2048, build_s=60,
     ),
     "cs": Language(
@@ -107,6 +130,8 @@ LANGUAGES: dict[str, Language] = {
         # mono reports a failed Debug.Assert on this listener and goes on with exit status 0
         env=(("MONO_TRACE_LISTENER", "Console.Error"),),
         fail_marks=("DEBUG ASSERTION FAILED", "DefaultTraceListener.Fail", "Unhandled Exception"),
+        checks=(("public static void Main(", _CS_ASSERT + "public static void Main("),
+                ("Debug.Assert(", "RcAssert(")),
         memory_mb=2048, processes=64, build_s=60,
     ),
     "d": Language(
@@ -151,6 +176,7 @@ LANGUAGES: dict[str, Language] = {
     "js": Language(
         "main.js", "{run} node {src}/main.js", ("node",), ("nodejs",),
         'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));', memory_mb=2048,
+        checks=_JS_CHECKS, prelude=_JS_ASSERT,
     ),
     "lua": Language(
         "main.lua", "{run} lua5.4 {src}/main.lua", ("lua5.4",), ("lua5.4", "lua-unit"),
@@ -195,6 +221,7 @@ LANGUAGES: dict[str, Language] = {
         "{rustc} --edition 2021 -o {work}/main {src}/main.rs && {run} {work}/main",
         ("rustc",), ("rustc",),
         'println!("{}", std::fs::read_to_string("/dev/fd/3").unwrap_or_default());', "brace-1",
+        checks=(("assert_eq!(", "::std::assert_eq!("),),  # no macro_rules! shadows a path
         memory_mb=2048, build_s=60,
     ),
     "scala": Language(
@@ -208,6 +235,7 @@ LANGUAGES: dict[str, Language] = {
         ("scalac", "java"), ("scala",),
         "RcNonce.print()",
         "brace-2",
+        checks=(("assert(", "_root_.scala.Predef.assert("),),  # no member shadows _root_
         library=SCALA_LIBRARY_JAR, probe=("test", "-f", SCALA_LIBRARY_JAR),
         binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=120,
         stderr_fails=True,  # MultiPL-E: exit 0 and nothing on stderr
@@ -231,6 +259,7 @@ LANGUAGES: dict[str, Language] = {
         "{run} node {work}/main.js",
         ("tsc", "node"), ("node-typescript", "nodejs"),
         'console.log(require("fs").readFileSync("/dev/fd/3", "utf8"));',
+        checks=_JS_CHECKS, prelude=_JS_ASSERT,
         memory_mb=2048, build_s=60,
     ),
 }  # fmt: skip
