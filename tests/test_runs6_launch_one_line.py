@@ -188,8 +188,13 @@ def test_plain_torchrun_says_a_folder_holding_a_run_once(tmp_path):
             "reflectioncoder.cli", *train_argv({"checkpoint.out_dir": out})]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    ours = [line for line in done.stderr.splitlines() if line.startswith("reflectioncoder train:")]
-    assert len(ours) == 1 and "already holds a run" in ours[0], done.stderr
+    # torchrun's one line carries the rank's (launch_torchrun.py): `torchrun: rank N failed
+    # (...): reflectioncoder train: ... already holds a run ...`, said once, not per rank
+    said = [line for line in done.stderr.splitlines() if "already holds a run" in line]
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith("torchrun: rank "), done.stderr
+    assert f"reflectioncoder train: checkpoint.out_dir: {out} already holds a run" in said[0]
+    assert done.returncode == 1, done.stderr
 
 
 def launch_argv(nproc: int) -> list[str]:
