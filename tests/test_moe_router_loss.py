@@ -232,9 +232,18 @@ def _save_mixtral(folder: Path, output_router_logits: bool) -> Path:
 def test_train_logs_the_term_as_its_own_metric(tmp_path, capsys, router_logits):
     folder = _save_mixtral(tmp_path / "model", output_router_logits=router_logits)
     out = tmp_path / "run"
-    sets = {"data.files": f"[{DATA}]", "model.name_or_path": folder, "train.max_steps": 2}
+    sets = {"data.files": f"[{DATA}]", "model.name_or_path": folder, "train.max_steps": 2,
+            "data.validation_files": f"[{DATA}]"}  # fmt: skip
     assert main(train_argv({**sets, "checkpoint.out_dir": out}, "--no-progress")) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (held_out,) = [row for row in rows if "val_loss" in row]  # at the end of training
+    if router_logits:  # the held-out loss is the training loss's objective, its term apart
+        aux = held_out["val_aux_loss"]
+        assert held_out["val_loss"] == pytest.approx(
+            held_out["val_ce"] + held_out["val_kl"] + COEF * aux
+        )
+    else:
+        assert "val_aux_loss" not in held_out
     rows = [row for row in rows if "loss" in row]
     assert len(rows) == 2
     for row in rows:

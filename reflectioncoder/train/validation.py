@@ -147,10 +147,12 @@ def validation_loss(
     module called as the training step calls it; then back to train mode."""
     t0 = time.perf_counter()
     module = engine.module
+    router_loss = getattr(module, "router_loss", None)  # a mixture of experts' balancing loss
     was_training = module.training
     module.eval()  # dropout off
-    # loss, ce, kl (device sums), then tokens and samples (host counts); all summed over ranks
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    # loss, ce, kl, the balancing loss (device sums), then tokens and samples (host counts); all
+    # summed over ranks
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
     counts = [0, 0]
     try:
         with torch.no_grad():
@@ -159,14 +161,17 @@ def validation_loss(
                 counts[1] += batch.num_samples
                 loss, ce, kl, _ = engine(batch.to(device, non_blocking=True))
                 sums[:3] += torch.stack([loss, ce, kl]).double()
+                if router_loss is not None:
+                    sums[3] += module.aux_loss.double()
     finally:
         module.train(was_training)
-    sums[3:] += torch.tensor(counts, dtype=torch.float64, device=device)
-    loss, ce, kl, tokens, samples = distributed.all_reduce_sum(sums).tolist()  # one host read
+    sums[4:] += torch.tensor(counts, dtype=torch.float64, device=device)
+    loss, ce, kl, aux, tokens, samples = distributed.all_reduce_sum(sums).tolist()  # one read
     return {
         "val_loss": loss,
         "val_ce": ce,
         "val_kl": kl,
+        **({"val_aux_loss": aux} if router_loss is not None else {}),
         "val_samples": int(samples),
         "val_tokens": int(tokens),
         "val_time": time.perf_counter() - t0,
