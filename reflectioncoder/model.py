@@ -34,8 +34,8 @@ from transformers import (
 )
 
 from reflectioncoder.activation_checkpointing import set_checkpointing
-from reflectioncoder.model_support import check_supported
-from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
+from reflectioncoder.model_support import check_attention_interface, check_supported
+from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION, hand_packing_to_attention
 
 # A factory of a context in which the given parameters are whole and writable: under ZeRO-3,
 # ``reflectioncoder.train.distributed.gathered_params`` (GatheredParameters, modifier_rank=0).
@@ -164,7 +164,9 @@ def load_model(
     gradient checkpointing.
     """
     path = resolve_model_path(path, field="path")
-    AutoConfig.from_pretrained(str(path), local_files_only=True)  # clear error on a bad config
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)  # a bad one: one line
+    if attn_implementation == ATTN_IMPLEMENTATION:  # before the weights: some fail to load
+        check_attention_interface(_causal_lm_class(config), str(path))
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype if dtype is not None else "auto",
@@ -174,6 +176,19 @@ def load_model(
     if device is not None:
         model.to(device)
     return model
+
+
+def _causal_lm_class(config: Any) -> type:
+    """The class ``AutoModelForCausalLM`` builds for ``config``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise ValueError(
+            f"model: {type(config).__name__} ({config.model_type}) has no causal-LM class in "
+            "transformers (AutoModelForCausalLM): not a decoder-only language model"
+        ) from None
 
 
 def cast_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -217,6 +232,7 @@ def prepare_model(
     device = device if device is not None else next(model.parameters()).device
     model.train()
     model.set_attn_implementation(attn_implementation)
+    hand_packing_to_attention(model)
     set_attention_backend(model, attention, device)
     on_cuda = device.type == "cuda"
     if liger is None:

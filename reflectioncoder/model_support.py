@@ -40,8 +40,6 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 # found by reflectioncoder/testing/archsweep.py (rerun it on a transformers upgrade):
 # class name -> why.
 UNPACKABLE_CLASSES = {
-    "NemotronDecoderLayer": "its decoder layers do not pass the packed segments on to their "
-    "attention (transformers' NemotronDecoderLayer drops the attention arguments)",
     "DogeAttention": "its attention adds a dynamic mask computed from the values to the scores, "
     "which the varlen attention does not apply",
 }
@@ -95,12 +93,7 @@ def _check_attention_layers(model: Any) -> None:
     tokens across segments outside attention (Mamba, Jamba, Qwen3-Next, Falcon-H1's state-space
     layers: a packed batch would train silently on the wrong sums)."""
     cls = type(model).__name__
-    if not getattr(model, "_supports_attention_backend", False):
-        raise ValueError(
-            f"model: {cls} does not run its attention through transformers' attention "
-            "interface (_supports_attention_backend is False), which packed training feeds the "
-            "segments through; this architecture is not supported"
-        )
+    check_attention_interface(type(model))
     for i, layer in enumerate(model.base_model.layers):
         for part in (layer, getattr(layer, "self_attn", None)):
             why = UNPACKABLE_CLASSES.get(type(part).__name__)
@@ -117,6 +110,19 @@ def _check_attention_layers(model: Any) -> None:
                 f"model: {cls}: layer {i}'s attention has sinks, which the varlen attention "
                 "does not apply; this architecture is not supported"
             )
+
+
+def check_attention_interface(model_class: type, folder: str = "") -> None:
+    """Refuse a model class whose attention does not go through transformers' attention
+    interface; ``load_model`` asks before loading the weights (GPT-Neo's own attention table
+    stopped the load with ``KeyError: 'reflectioncoder_varlen'``)."""
+    if not getattr(model_class, "_supports_attention_backend", False):
+        where = f" (model folder: {folder})" if folder else ""
+        raise ValueError(
+            f"model: {model_class.__name__} does not run its attention through transformers' "
+            "attention interface (_supports_attention_backend is False), which packed training "
+            f"feeds the segments through; this architecture is not supported{where}"
+        )
 
 
 def _check_layer_types(model: Any) -> None:

@@ -91,4 +91,33 @@ def _one_head_size(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return q, k, v, v_dim
 
 
+# The packing arguments forward_hidden gives the decoder stack, which the attention needs.
+PACKING_ARGUMENTS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "rc_seqlens")
+
+# Decoder layers that call their attention without the arguments they were given.
+DROPS_ATTENTION_ARGUMENTS = ("NemotronDecoderLayer",)
+
+
+def hand_packing_to_attention(model: nn.Module) -> None:
+    """Give each layer of ``DROPS_ATTENTION_ARGUMENTS`` (transformers' Nemotron) hooks that
+    carry the packing arguments the layer receives to its ``self_attn``, which it calls without
+    them: a hook on the layer keeps them, one on the attention adds them to its call. The
+    checkpointed recompute runs the layer again, hooks and all, with the same arguments."""
+    for layer in model.base_model.layers:
+        if type(layer).__name__ not in DROPS_ATTENTION_ARGUMENTS or hasattr(layer, "rc_handing"):
+            continue
+        attn = layer.self_attn
+
+        def keep(module, args, kwargs, attn=attn):
+            attn.rc_packing = {k: kwargs[k] for k in PACKING_ARGUMENTS if k in kwargs}
+
+        def give(module, args, kwargs):
+            return args, {**getattr(module, "rc_packing", {}), **kwargs}
+
+        layer.rc_handing = (
+            layer.register_forward_pre_hook(keep, with_kwargs=True),
+            attn.register_forward_pre_hook(give, with_kwargs=True),
+        )
+
+
 AttentionInterface.register(ATTN_IMPLEMENTATION, _varlen_attention_forward)
