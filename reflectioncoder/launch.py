@@ -42,18 +42,24 @@ _SAID_BY_OUR_LINE = (
 
 
 class _SaidByOurLine(logging.Filter):
+    def __init__(self, said: tuple[str, ...]) -> None:
+        super().__init__()
+        self.said = said
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_SAID_BY_OUR_LINE)
+        return not str(record.msg).startswith(self.said)
 
 
-def hide_torchruns_own_lines() -> None:
-    """Leave out torchrun's log lines that the one line ending a failed launch says."""
+def hide_torchruns_own_lines(keep_failures: bool = False) -> None:
+    """Leave out torchrun's log lines that the one line ending a failed launch says
+    (``keep_failures``: its "failed (exitcode ...)", the one word of a rank it restarts)."""
+    said = tuple(s for s in _SAID_BY_OUR_LINE if not (keep_failures and s == "failed (exitcode"))
     # torchrun's own logger is __main__ under python -m torch.distributed.run
     for name in ("torch.distributed.run", "__main__", "torch.distributed.elastic",
                  "torch.distributed.elastic.multiprocessing.api",
                  "torch.distributed.elastic.multiprocessing.errors.error_handler",
                  "torch.distributed.elastic.agent.server.api"):  # fmt: skip
-        logging.getLogger(name).addFilter(_SaidByOurLine())
+        logging.getLogger(name).addFilter(_SaidByOurLine(said))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +88,7 @@ def _launch(argv: list[str]) -> int:
         raise UsageError(f"{command!r} is not a reflectioncoder command: {name_one}")
     args.module, args.training_script = True, "reflectioncoder.cli"
     args.training_script_args = [command, *args.training_script_args]
-    hide_torchruns_own_lines()
+    hide_torchruns_own_lines(keep_failures=args.max_restarts > 0)
     os.environ[OUR_LAUNCHER_ENV] = "1"  # the ranks' environment: this process says their line
     try:
         run(args)

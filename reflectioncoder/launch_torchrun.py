@@ -53,11 +53,23 @@ def launches_reflectioncoder(argv: list[str]) -> bool:
                for word in argv[1:])  # fmt: skip
 
 
+def _restarts(argv: list[str]) -> int:
+    """torchrun's --max-restarts in ``argv`` (0 when not given or not a number)."""
+    for n, word in enumerate(argv):
+        name, eq, value = word.partition("=")
+        if name in ("--max-restarts", "--max_restarts"):
+            value = value if eq else (argv[n + 1] if n + 1 < len(argv) else "")
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
 def _end_in_one_line() -> None:
     from reflectioncoder.cli import OUR_LAUNCHER_ENV
     from reflectioncoder.launch import hide_torchruns_own_lines
 
-    hide_torchruns_own_lines()
+    # a rank's failure that torchrun restarts from (--max-restarts) ends nothing: its own
+    # line says which rank failed, before the restarted ranks resume
+    hide_torchruns_own_lines(keep_failures=_restarts(sys.argv) > 0)
     os.environ[OUR_LAUNCHER_ENV] = "1"  # the ranks' environment: this process says their line
     previous = sys.excepthook
 

@@ -140,3 +140,27 @@ def test_torchruns_omp_banner_is_left_out(logger):
     assert not said.filter(logging.LogRecord(logger, 30, "run.py", 1, banner, (1,), None))
     other = "node_rank is only used for static rdzv_backend"
     assert said.filter(logging.LogRecord(logger, 30, "run.py", 1, other, (), None))
+
+
+@pytest.mark.parametrize(("argv", "restarts"), [
+    (["torchrun", "--max-restarts", "3", "-m", "reflectioncoder.cli"], 3),
+    (["torchrun", "--max_restarts=2", "-m", "reflectioncoder.cli"], 2),
+    (["torchrun", "-m", "reflectioncoder.cli", "train"], 0),
+])  # fmt: skip
+def test_a_launch_that_restarts_keeps_torchruns_word_of_each_failure(argv, restarts):
+    """With --max-restarts a rank's failure ends nothing: torchrun's "failed (exitcode ...)"
+    is the one line that says why its ranks restarted, so it stays."""
+    from reflectioncoder.launch import hide_torchruns_own_lines
+
+    assert launch_torchrun._restarts(argv) == restarts
+    logger = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+    saved = list(logger.filters)
+    try:
+        logger.filters.clear()
+        hide_torchruns_own_lines(keep_failures=restarts > 0)
+        failed = logging.LogRecord(
+            logger.name, 40, "api.py", 1, "failed (exitcode: %s)", (-9,), None
+        )
+        assert bool(logger.filter(failed)) is (restarts > 0)
+    finally:
+        logger.filters[:] = saved

@@ -85,6 +85,11 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
                 os.environ.setdefault(key, value)
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        store = restart_store(timeout)
+        if store is not None:  # DeepSpeed takes the group as it is (deepspeed.comm)
+            dist.init_process_group(
+                backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
         if use_ds:
             import deepspeed
 
@@ -95,9 +100,23 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
                 deepspeed.init_distributed(
                     dist_backend=backend, auto_mpi_discovery=False, timeout=timeout
                 )
-        else:
+        elif store is None:
             dist.init_process_group(backend, timeout=timeout)
     return DistInfo(rank, world, local_rank, dev, use_ds)
+
+
+def restart_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun's store for this attempt of its ranks, on a restart (``--max-restarts``; None
+    on the first). Its default rendezvous keeps one store for every attempt, and gloo's and
+    NCCL's keys hold the same names in each: a rank that came to init_process_group later than
+    another read the killed attempt's addresses (``Gloo connectFullMesh failed ...
+    Connection refused``), and every restart failed so. Under a prefix of the attempt each
+    attempt's keys are its own."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or "MASTER_ADDR" not in os.environ:
+        return None
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    return dist.PrefixStore(f"reflectioncoder/attempt-{attempt}", store)
 
 
 # DeepSpeed's start-up noise, none of it a user's to act on (its logger's warnings and errors,
