@@ -67,3 +67,21 @@ def test_torchrun_restarts_resume_the_run(tmp_path):
     assert "resumed from" in said, said
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()]
     assert steps == list(range(1, 31)), steps
+
+
+def test_a_restart_never_overwrites_what_the_launch_trained(tmp_path, monkeypatch, capsys):
+    """torchrun --max-restarts ... --overwrite: its restart deleted the run its first attempt
+    had trained (500 steps, say) and started over; now it is refused, the run untouched."""
+    from reflectioncoder.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-000002").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert main(train_argv({"checkpoint.out_dir": run}, "--overwrite")) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(
+        "reflectioncoder train: --overwrite: this is torchrun's restart 1 of the launch"
+    ), said
+    assert (run / "checkpoints" / "step-000002").is_dir() and (run / "metrics.jsonl").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from reflectioncoder.config import RunConfig
@@ -60,6 +61,13 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("give --config FILE or --preset NAME")
     if args.resume and args.overwrite:  # --resume won silently: the wrong one may be meant
         raise UsageError("--resume continues the run, --overwrite deletes it: give one of them")
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if args.overwrite and restart != "0":  # the run deleted would be this launch's own
+        raise UsageError(
+            f"--overwrite: this is torchrun's restart {restart} of the launch (--max-restarts), "
+            "which would delete what its first attempt trained; relaunch with --resume (in a "
+            "command torchrun may restart, --resume also starts a fresh run)"
+        )
     overrides = args.overrides + (["logging.progress=false"] if args.no_progress else [])
     from reflectioncoder.train.distributed import deepspeed_on_cpu_without_gpu
 
