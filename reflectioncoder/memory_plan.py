@@ -57,7 +57,35 @@ def _per_token(
     if shape.kv_lora and dq + dkv:
         attention = _latent(shape, every)
     elements = d * shape.hidden + attention
-    return (elements + i * shape.intermediate) * element_bytes + lse * 4 * shape.heads
+    mlp, index_bytes = _mlp(i, shape, every)
+    return (elements + mlp) * element_bytes + index_bytes + lse * 4 * shape.heads
+
+
+def _mlp(i: int, shape: ModelShape, every: bool) -> tuple[float, float]:
+    """(elements, int64 bytes) the MLPs keep a token, on average over the layers: a dense MLP
+    ``i`` of I (gate and up; with every: their activation and product too); a mixture of
+    experts' MoE layer (E experts, top-k of them I_e wide, shared ones I_s): the router's
+    logits, each routed expert's gate / up and down outputs (its router weight multiplies the
+    latter), the shared experts' gate / up (their down output too where a gate multiplies it:
+    Qwen2-MoE); with every: the router's probabilities, each routed token's gathered input, the
+    activation and product, I_s's too, and each routed pair's indices (6 int64: the sort and its
+    inverse). Measured on the CPU's heap for Mixtral, Qwen2-MoE and DeepSeek-V3 shapes
+    (tests/test_moe_memory_plan.py)."""
+    moe = shape.experts
+    if moe is None or not i:
+        return i * shape.intermediate, 0.0
+    d, k, width, shared = shape.hidden, moe.top_k, moe.width, moe.shared_width
+    if every:
+        routed = 2 * moe.experts + k * (2 * d + 4 * width)
+        shared_kept = 4 * shared + (d + 2) * moe.shared_gated
+    else:
+        routed = moe.experts + k * (2 * width + d)
+        shared_kept = 2 * shared + (d + 1) * moe.shared_gated
+    dense = shape.layers - moe.layers
+    per_layer = (
+        dense * i * shape.intermediate + moe.layers * (routed + shared_kept)
+    ) / shape.layers
+    return per_layer, 48.0 * k * every * moe.layers / shape.layers
 
 
 def _latent(shape: ModelShape, every: bool) -> int:

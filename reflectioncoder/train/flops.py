@@ -53,6 +53,18 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class ExpertShape:
+    """What the memory plan needs of a mixture of experts' MoE layers (the first one's)."""
+
+    layers: int  # decoder layers with routed experts (the others: a dense MLP of intermediate)
+    experts: int  # E, routed experts
+    top_k: int  # the experts each token runs through
+    width: int  # a routed expert's MLP width
+    shared_width: int = 0  # the shared experts' MLP width together (0: none)
+    shared_gated: bool = False  # a gate multiplies the shared experts' output (Qwen2-MoE)
+
+
+@dataclass(frozen=True)
 class ModelShape:
     """What the FLOP count needs of a decoder-only model."""
 
@@ -71,6 +83,7 @@ class ModelShape:
     q_lora: int = 0  # MLA: the queries' low-rank width (q_lora_rank; 0: one q_proj)
     kv_lora: int = 0  # MLA: the keys' and values' low-rank width (kv_lora_rank)
     rope_dim: int = 0  # MLA: a query / key head's rotary part (qk_rope_head_dim), one key's
+    experts: ExpertShape | None = None  # a mixture of experts' MoE layers (memory plan)
 
     @property
     def score_width(self) -> int:
@@ -127,6 +140,7 @@ class ModelShape:
             qk_width=heads * _latent_qk_head_dim(config),
             v_width=heads * (getattr(config, "v_head_dim", None) or 0),
             **_latent_ranks(config),
+            experts=_expert_shape(layers, config),
         )
 
     @classmethod
@@ -311,6 +325,31 @@ def _latent_qk_head_dim(config) -> int:
     the rotary part alone), or 0 for attention whose heads are head_dim wide."""
     nope, rope = (getattr(config, f"qk_{part}_head_dim", None) for part in ("nope", "rope"))
     return nope + rope if nope and rope else 0
+
+
+def _expert_shape(layers: nn.ModuleList, config) -> ExpertShape | None:
+    """The MoE layers' widths, read from the first one's modules (a shared expert's from its
+    down_proj's input), or None for a dense model."""
+    moe = [layer for layer in layers if any(True for _ in _routed_experts(layer).parameters())]
+    top_k = _per_layer(config, "num_experts_per_tok")
+    counts = (
+        _per_layer(config, f) for f in ("n_routed_experts", "num_local_experts", "num_experts")
+    )
+    experts = next((n for n in counts if n), None)
+    width = _per_layer(config, "moe_intermediate_size") or _per_layer(config, "intermediate_size")
+    if not moe or not top_k or not experts or not width:
+        return None
+    mlp = _mlp(moe[0])
+    shared = getattr(mlp, "shared_experts", None) or getattr(mlp, "shared_expert", None)
+    down = getattr(shared, "down_proj", None)
+    return ExpertShape(
+        layers=len(moe),
+        experts=int(experts),
+        top_k=int(top_k),
+        width=int(width),
+        shared_width=int(getattr(down, "in_features", 0) or 0),
+        shared_gated=isinstance(getattr(mlp, "shared_expert_gate", None), nn.Module),
+    )
 
 
 def _latent_ranks(config) -> dict[str, int]:
