@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="a .gguf model file")
     parser.add_argument("out", type=Path, help="the Hugging Face folder to write (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="convert again if installed (an --out folder that is not a converted model is "
         "never replaced)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
 
 
 def default_folder(name: str) -> Path:

@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--step", type=int, default=0, help="optimizer step (from 0, below --total-steps)"
     )
     parser.add_argument("--total-steps", type=int, default=1, help="optimizer steps of the run")
-    parser.add_argument("--seed", type=int, default=3407, help="the run's seed")
+    parser.add_argument(
+        "--seed", type=int, default=3407, help="the run's train.seed (the masks are drawn from it)"
+    )
     parser.add_argument(
         "--strategy",
         action="append",
@@ -45,7 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mask strategy (repeat for several; default block_mask)",
     )
     parser.add_argument("--block-order", default="tce", help="block_mask order, e.g. tce or etc")
-    parser.add_argument("--max-len", type=int, default=4096, help="drop (and report) longer")
+    parser.add_argument(
+        "--max-len",
+        type=int,
+        default=4096,
+        help="drop (and report) samples with more ids (data.max_len)",
+    )
     parser.add_argument("--no-distill", action="store_true", help="no student pass")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad samples, report them")
     parser.add_argument("--limit", type=int, default=None, help="print at most this many (>= 1)")

@@ -43,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluation data (default: $REFLECTIONCODER_DATA_DIR or ../shared/evaldata)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
-    parser.add_argument("--parallel", type=int, default=2, help="sandboxed workers")
+    parser.add_argument(
+        "--parallel", type=int, default=2, help="programs scored at once, each in its own sandbox"
+    )
     parser.add_argument("--base-only", action="store_true", help="skip the plus tests")
     parser.add_argument(
         "--languages",
@@ -102,7 +104,9 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "with a python fence; the model writes the whole function)",
     )
     gen.add_argument("--n-samples", type=int, default=1, help="samples per task")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)"
+    )
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
     gen.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per completion")
     gen.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call")
@@ -116,7 +120,9 @@ def _add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "when set)",
     )
     gen.add_argument("--tensor-parallel", type=int, default=1, help="vLLM tensor parallelism")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument(
+        "--seed", type=int, default=0, help="the sampling seed (torch's, or the server's seed)"
+    )
     gen.add_argument(
         "--save-samples",
         type=Path,
