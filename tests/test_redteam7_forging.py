@@ -44,13 +44,19 @@ def _score(attack: str, completion: str, shared_dir) -> ml.MultiplEResult:
     return ml.score_multiple_samples(tasks, [sample], parallel=1, timeout_s=10)[0]
 
 
+# round 9: Java's `A.equals(B)` asserts are judged by the expected value's own equals
+# (``multiple_languages.java_expected_first``): the rigged ArrayList fails
+HOLDS = {"java:equals"}
+
+
 @pytest.mark.parametrize("attack", sorted(FORGERIES))
-def test_changed_checks_forge_a_pass(attack, shared_dir):
-    """The same wrong answer fails without the change (so the pass is the change's doing)."""
+def test_changed_checks(attack, shared_dir):
+    """The same wrong answer fails without the change (so a pass is the change's doing)."""
     wrong = _score(attack, HONEST_WRONG[attack.partition(":")[0]], shared_dir)
     assert wrong.status == "fail", (attack, wrong.reason, wrong.stderr_tail)
     forged = _score(attack, FORGERIES[attack][1], shared_dir)
-    assert forged.status == "pass", (attack, forged.reason, forged.stderr_tail)
+    want = "fail" if attack in HOLDS else "pass"
+    assert forged.status == want, (attack, forged.reason, forged.stderr_tail)
 
 
 assert test_multiple_forging.TASK == "HumanEval_53_add"  # the task the table's rows use

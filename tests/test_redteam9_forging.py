@@ -79,3 +79,21 @@ LEFT = {
 def test_checks_the_language_hands_to_the_completion_forge_a_pass(language, shared_dir):
     res = _score(language, LEFT[language], shared_dir)
     assert res.status == "pass", (res.reason, res.stdout_tail, res.stderr_tail)
+
+
+def test_java_asserts_ask_the_expected_value():
+    """``assert(A.equals(B));`` is judged by ``B.equals(A)`` (B: what the tests built); any
+    other shape is left as MultiPL-E wrote it."""
+    from reflectioncoder.eval.multiple_languages import java_expected_first
+
+    tests = (
+        '    assert(f(("a)")).equals((new ArrayList<String>(Arrays.asList("b.equals(")))));\n'
+        "    assert(g((1l)) == (2l));\n"
+        "    assert(h(1).equals(x) && y);\n"
+    )
+    assert java_expected_first(tests).splitlines() == [
+        '    assert(java.util.Objects.equals((new ArrayList<String>(Arrays.asList("b.equals("))),'
+        ' f(("a)"))));',
+        "    assert(g((1l)) == (2l));",
+        "    assert(h(1).equals(x) && y);",
+    ]

@@ -103,6 +103,8 @@ def program_text(task: MultiplETask, completion: str, nonce: str = "") -> str:
     lang = LANGUAGES[task.language]
     for text, replacement in lang.checks:  # the tests' checks, the scorer's own
         tests = tests.replace(text, replacement)
+    if lang.rewrite is not None:
+        tests = lang.rewrite(tests)
     if nonce:
         tests = _tests_with_nonce(lang, tests, nonce)
     return lang.prelude + task.prompt + completion + "\n" + tests

@@ -11,10 +11,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -67,6 +68,7 @@ class Language:
     # code put before the program (it runs before any of the completion's)
     checks: tuple[tuple[str, str], ...] = ()
     prelude: str = ""
+    rewrite: Callable[[str], str] | None = None  # of the tests, after ``checks``
     unavailable: str = ""  # why the toolchain cannot be installed from Debian's packages
     memory_mb: int = 4096  # the run's memory (cgroup) and each process's address space
     processes: int = 64  # pids cgroup: threads count too (JVM, Go)
@@ -102,6 +104,49 @@ _CS_ASSERT = (
 )
 _JS_ASSERT = "const rc_assert = Object.freeze(require('node:assert'));\n"
 _JS_CHECKS = (("require('node:assert')", "rc_assert"),)
+
+
+def java_expected_first(tests: str) -> str:
+    """Java's ``assert(A.equals(B));`` lines as ``assert(java.util.Objects.equals(B, A));``: the
+    expected value's own ``equals`` (a JDK or javatuples class the tests build) judges what
+    the completion returned, not the returned object's (round 9: round 7's ArrayList whose
+    ``equals`` says yes to everything passed wrong; the JDK's collections compare element by
+    element with the expected elements' ``equals``). A line of another shape is left as is."""
+    lines = []
+    for line in tests.split("\n"):
+        found = re.fullmatch(r"(\s*)assert\((.*)\);(\s*)", line)
+        parts = _receiver_and_argument(found.group(2)) if found else None
+        if parts:
+            line = f"{found.group(1)}assert(java.util.Objects.equals({parts[1]}, {parts[0]}));"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _receiver_and_argument(text: str) -> tuple[str, str] | None:
+    """``(A, B)`` where ``text`` is exactly ``A.equals(B)`` at the top level (string and char
+    literals skipped), else None."""
+    depth, quote, i, opened, closed = 0, "", 0, -1, -1
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            i += 2 if ch == "\\" else 1
+            quote = "" if ch == quote else quote
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            if depth == 0 and ch == "(" and text.endswith(".equals", 0, i):
+                opened = i
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0 and opened >= 0 and closed < opened:
+                closed = i
+        i += 1
+    if opened < 0 or depth != 0 or closed != len(text) - 1:
+        return None
+    return text[: opened - len(".equals")], text[opened + 1 : closed]
+
 
 LANGUAGES: dict[str, Language] = {
     # through the harness: its audit guard and seccomp filter in the fallback level
@@ -165,6 +210,7 @@ LANGUAGES: dict[str, Language] = {
         "try { System.out.println(new String(java.nio.file.Files.readAllBytes("
         'java.nio.file.Paths.get("/dev/fd/3")))); } catch (Exception rc_e) { }',
         "brace-2",
+        rewrite=java_expected_first,
         library=JAVATUPLES_JAR, probe=("test", "-f", JAVATUPLES_JAR),
         binds=("/etc/java-*",), memory_mb=3072, processes=128, build_s=60,
     ),
