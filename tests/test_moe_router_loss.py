@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from test_sync_counts import Syncs
+from test_sync_counts import Syncs, _marked_step
+from test_trainer import tiny_config
 
 from reflectioncoder.cli import main
 from reflectioncoder.data.config import MaskConfig, PackingConfig
@@ -27,6 +28,7 @@ from reflectioncoder.router_loss import balancing_loss, router_loss_of
 from reflectioncoder.testing.cli import train_argv
 from reflectioncoder.testing.synthetic import synthetic_samples
 from reflectioncoder.train.loss_module import ReflectionLossModule
+from reflectioncoder.train.trainer import Trainer
 
 DATA = Path(__file__).parent / "data" / "reflection_small.jsonl"
 VOCAB = 300
@@ -270,3 +272,20 @@ def test_checkpointing_keeps_the_routers_gradient(policy, seed):
         grads.append([layer.mlp.gate.weight.grad for layer in model.model.layers])
     for plain, checkpointed in zip(*grads, strict=True):
         torch.testing.assert_close(checkpointed, plain, rtol=1e-12, atol=0)
+
+
+def test_a_step_with_the_term_syncs_once_and_never_in_a_micro_batch(tmp_path, seed):
+    """tests/test_sync_counts.py's count through Trainer.train_step, of a Mixtral with its
+    balancing loss (transformers' default grouped GEMM of experts): none from the first
+    micro-batch's start to the optimizer step's launch, one a step (the stats' read)."""
+    folder = _save_mixtral(tmp_path / "model", output_router_logits=True)
+    extra = ("packing.max_tokens=160", f"model.name_or_path={folder}")
+    trainer = Trainer(tiny_config(tmp_path, seed, n=12, extra=extra))
+    try:
+        assert trainer.module.router_loss is not None
+        for step in range(2):  # the first step too
+            marks, seen = _marked_step(trainer)
+            assert [kind for kind, _ in marks].count("micro-batch") >= 2, marks
+            assert {n for _, n in marks} == {0} and len(seen) <= 1, (step, marks, seen)
+    finally:
+        trainer.close()
