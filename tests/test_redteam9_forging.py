@@ -67,8 +67,11 @@ def test_the_scorers_checks_hold(attack, shared_dir):
 # Left (round 9, decided): where the language gives a completion the check itself, making the
 # tests' call the scorer's gains nothing. Perl: a completion that marks Test::Deep loaded and
 # defines eq_deeply (the tests' `use` then imports nothing); R: all.equal dispatches on the class
-# of what the completion returns (base::all.equal too). Both pass wrong: MultiPL-E's own limit.
+# of what the completion returns (base::all.equal too); Lua: luaunit raises a failure through
+# the global `error`, which the completion may replace (taking assertEquals before it runs did
+# not help). Each passes wrong: MultiPL-E's own limit.
 LEFT = {
+    "lua": "    return x * y\nend\nerror = function() end\n",
     "pl": "    return $x * $y;\n}\nBEGIN { $INC{'Test/Deep.pm'} = 1; }\nsub eq_deeply { 1 }\n",
     "r": "    structure(x * y, class = 'rcw')\n}\n"
     "all.equal.rcw <- function(target, current, ...) TRUE\n",
