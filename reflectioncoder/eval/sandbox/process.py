@@ -172,7 +172,7 @@ class PreparedRun:
             return uid, False
         assert self.root is not None
         runuser.own_run_dirs(self.root, src, work, uid)
-        if not self.isolation.landlock:  # searched once, before any run's clock starts
+        if not self.isolation.landlock:  # the first search before any run's clock starts
             runuser.world_writable_folders()
         needed = [shutil.which(argv[0]) or argv[0], *ro_binds]
         if any(sys.executable in arg for arg in argv):  # our interpreter, its site-packages
