@@ -215,11 +215,15 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if debug:
             raise
         terminated = isinstance(err, Terminated)
+        line = f"{prog}: {'terminated' if terminated else 'interrupted'}"
+        if terminated and str(err):  # what the run did first (its step saved: train)
+            line += f" ({err})"
+            _tell_launcher(line)  # a rank's own SIGTERM: the launch's line says it for it
         # Under a launcher every rank gets the signal (Ctrl-C reaches the terminal's whole
         # process group; a launcher ends the others): local rank 0 says it for the node, and
         # reflectioncoder.launch for them all.
         if not _launched_rank() and not _under_our_launcher():
-            print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            print(line, file=sys.stderr)
         return 143 if terminated else 130  # as a shell reports SIGTERM / SIGINT
     except BrokenPipeError as err:
         if _stdout_reader_gone():  # written past the proxy (sys.stdout.buffer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -55,7 +56,7 @@ def test_sigterm_mid_step_saves_that_step_then_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train_step", preempted_at_step_3)
     try:
-        with terminate_as_interrupt(), pytest.raises(Terminated):  # as train's command runs it
+        with terminate_as_interrupt(), pytest.raises(Terminated, match="step 3 saved"):
             trainer.train()
     finally:
         trainer.close()
@@ -79,10 +80,35 @@ def test_a_preempted_torchrun_saves_the_step_it_reached(tmp_path, every_process)
         proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     lines += proc.stderr.readlines()
     assert proc.wait(timeout=120) == 143, "".join(lines)
-    assert lines[-1].strip() == "torchrun: terminated", "".join(lines)
+    assert lines[-1].strip() == "torchrun: terminated", "".join(lines)  # torchrun's SIGTERM
     saved = list_checkpoints(out)
     logged = sum(1 for _ in (out / "metrics.jsonl").open())
     assert [p.name for p in saved] == [f"step-{logged:06d}"], "".join(lines)
     assert any(f"SIGTERM: saved {saved[0]}; --resume continues from it" in line for line in lines)
     ranks = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
     assert not ranks.stdout.split(), "a rank outlived the launch"
+
+
+@pytest.mark.slow  # a real 2-rank training run under plain torchrun: about 30 s
+def test_sigterm_to_one_rank_saves_on_all_and_says_so(tmp_path):
+    """A SIGTERM to one rank alone (a node's own preemption): every rank learns it at the same
+    step, they save it together, and the launch's line says so; it said `rank 0 failed (killed
+    by SIGTERM ...)`, naming the other rank and nothing of the save."""
+    proc, lines = start_training_launch(
+        tmp_path, nproc=2, torchrun=True, more_sets={"checkpoint.save_every": 500}
+    )
+    out = tmp_path / "run"
+    while proc.poll() is None and not (out / "metrics.jsonl").stat().st_size:
+        lines.append(proc.stderr.readline())
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    os.kill(int(ranks.stdout.split()[-1]), signal.SIGTERM)
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 143, "".join(lines)
+    saved = list_checkpoints(out)
+    assert len(saved) == 1, "".join(lines)
+    assert re.fullmatch(
+        r"torchrun: rank [01] failed \(exit code 143; 1 other rank\(s\) failed "
+        r"too\): reflectioncoder train: terminated \(step \d+ saved: --resume "
+        rf"continues from {re.escape(str(saved[0]))}\)",
+        lines[-1].strip(),
+    ), lines

@@ -437,11 +437,12 @@ class Trainer:
 
     def _save_and_stop(self, every: int) -> None:
         """A rank got SIGTERM (train.preemption): the step done saved (if any are), then stop."""
-        if every:
-            saved = self.save()
-            if self.info.is_main:
-                log.warning("SIGTERM: saved %s; --resume continues from it", saved)
-        raise Terminated
+        saved = self.save() if every else None
+        if saved is None:
+            raise Terminated
+        if self.info.is_main:
+            log.warning("SIGTERM: saved %s; --resume continues from it", saved)
+        raise Terminated(f"step {self.step} saved: --resume continues from {saved}")
 
     def close(self) -> None:
         """Flush metrics, draw the loss plot, end the process group: each even when one
