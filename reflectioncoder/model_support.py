@@ -39,9 +39,15 @@ ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 # Layers and attentions transformers ships whose packed forward cannot equal the model's own,
 # found by reflectioncoder/testing/archsweep.py (rerun it on a transformers upgrade):
 # class name -> why.
+_DRAFTER = (
+    "a speculative-decoding drafter: its layers attend to its target model's keys and values, "
+    "it is not a language model that runs (or trains) alone"
+)
 UNPACKABLE_CLASSES = {
     "DogeAttention": "its attention adds a dynamic mask computed from the values to the scores, "
     "which the varlen attention does not apply",
+    "Gemma4AssistantForCausalLM": _DRAFTER,
+    "Gemma4UnifiedAssistantForCausalLM": _DRAFTER,
 }
 
 
@@ -94,6 +100,10 @@ def _check_attention_layers(model: Any) -> None:
     layers: a packed batch would train silently on the wrong sums)."""
     cls = type(model).__name__
     check_attention_interface(type(model))
+    if type(model).__name__ in UNPACKABLE_CLASSES:
+        raise ValueError(
+            f"model: {cls}: {UNPACKABLE_CLASSES[cls]}; this architecture is not supported"
+        )
     for i, layer in enumerate(model.base_model.layers):
         for part in (layer, getattr(layer, "self_attn", None)):
             why = UNPACKABLE_CLASSES.get(type(part).__name__)

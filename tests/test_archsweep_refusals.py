@@ -3,7 +3,8 @@ and then trained wrong or stopped (reflectioncoder/testing/archsweep.py found th
 ``check_supported`` in one line naming the model, the reason and its folder: MiniMax's linear
 attention layers trained silently on hidden states mixed across the packed samples (2e-2 off the
 unpacked model), DeepSeek-V3.2 / GLM-MoE-DSA's indexed sparse attention and Doge's dynamic mask
-stopped at the first step (their attention reads a dense mask). GPT-Neo, whose
+stopped at the first step (their attention reads a dense mask), and so did Gemma 4's assistant
+(a drafter: its attention reads its target model's keys and values). GPT-Neo, whose
 attention keeps its own table of implementations, stopped the load itself with
 ``KeyError: 'reflectioncoder_varlen'``: ``load_model`` refuses it before reading the weights."""
 
@@ -38,6 +39,7 @@ def _tiny(model_type: str):
         ("deepseek_v32", r"layer_types\[0\] = 'indexed_attention'"),
         ("glm_moe_dsa", r"layer_types\[0\] = 'indexed_attention'"),
         ("doge", "dynamic mask"),
+        ("gemma4_unified_assistant", "speculative-decoding drafter"),
     ],
 )
 def test_refused_in_one_line_naming_the_model(model_type, words):

@@ -76,25 +76,35 @@ def causal_lm_types() -> list[str]:
 
 def tiny_config(model_type: str, vocab_size: int, special: dict[str, int | None]):
     """The type's config at ``SIZES``, dropout off, one layer per distinct layer type (at
-    least two), or (None, why skipped)."""
+    least two), each sub-config (an image-text model's text and vision configs) too; or
+    (None, why skipped)."""
     from transformers import CONFIG_MAPPING
 
     cls = CONFIG_MAPPING[model_type]
     default = cls()
     if getattr(default, "is_encoder_decoder", False):
         return None, "encoder-decoder"
-    subs = set(getattr(cls, "sub_configs", {}) or {}) - {"text_config"}
-    if subs:
-        return None, f"multimodal ({', '.join(sorted(subs))})"
+    subs = sorted(getattr(cls, "sub_configs", {}) or {})
+    kwargs = {}
+    for name in subs:
+        sub = type(getattr(default, name, None))  # the default's own (AutoConfig: any model)
+        if not callable(getattr(sub, "to_dict", None)) or sub.__name__ == "PreTrainedConfig":
+            return None, f"multimodal ({', '.join(subs)})"
+        kwargs[name] = _tiny(sub, "", vocab_size, special)
+    return _tiny(cls, model_type, vocab_size, {**special, **kwargs}), None
+
+
+def _tiny(cls, model_type: str, vocab_size: int, extra: dict):
+    default = cls()
     fields = {k for k in vars(default) if not isinstance(getattr(cls, k, None), property)}
     kwargs = {k: v for k, v in SIZES.items() if k in fields}
     if "kv_lora_rank" in fields:
         kwargs.update({k: v for k, v in MLA_SIZES.items() if k in fields})
     kwargs.update({k: vocab_size for k in fields if k.startswith("vocab_size")})
-    kwargs.update({k: v for k, v in special.items() if k in fields})
+    kwargs.update({k: v for k, v in extra.items() if k in fields})
     for name in fields:
         if name.endswith(("dropout", "pdrop", "dropout_prob", "dropout_rate")):
-            kwargs[name] = 0.0
+            kwargs[name] = 0 if type(getattr(default, name)) is int else 0.0
     layer_types = vars(default).get("layer_types")
     if "layer_types" in fields and isinstance(layer_types, list | tuple) and layer_types:
         kinds = list(dict.fromkeys(layer_types))
@@ -104,12 +114,12 @@ def tiny_config(model_type: str, vocab_size: int, special: dict[str, int | None]
     if "layer_types" in kwargs:
         kwargs["num_hidden_layers"] = len(kwargs["layer_types"])
     try:
-        return cls(**kwargs), None
+        return cls(**kwargs)
     except Exception:  # noqa: BLE001 - layer_types tied to other fields (Zamba): all layers
         if not isinstance(layer_types, list | tuple):
             raise
         kwargs.pop("layer_types", None)
-        return cls(**{**kwargs, "num_hidden_layers": len(layer_types)}), None
+        return cls(**{**kwargs, "num_hidden_layers": len(layer_types)})
 
 
 def build_folder(model_type: str, folder: Path, tokenizer) -> str | None:
@@ -248,7 +258,7 @@ def sweep_one(model_type: str, tokenizer, data: Path, work: Path) -> Outcome:
     try:
         model = load_model(folder, dtype=torch.float32)
     except ValueError as exc:  # the start's refusal, before the weights are read
-        if "not supported" not in str(exc):
+        if not str(exc).startswith("model: "):
             return Outcome(model_type, "FAILS", f"load: {_line(exc)}")
         return Outcome(model_type, "refused", _line(exc))
     except Exception as exc:  # noqa: BLE001
