@@ -120,10 +120,15 @@ def rerun_cost(shape: ModelShape) -> dict[str, float]:
     the others only element-wise ops (``offload`` its copies too), 0 here; ``full``'s attention
     rerun is left out (about 6% of a 7B layer's forward at 16K tokens in 2K-token segments).
     CodeLlama-7B (multi-head): mlp_rerun 0.446, full 0.777; 34B (8 KV heads): 0.521, 0.739.
-    ``plan_layers`` takes the plan of least summed cost."""
+    A mixture of experts' last GEMM is its shared experts' down projection or none (Mixtral:
+    ``full`` reruns all of its GEMMs; train/flops.py's ``_last_gemm``). ``plan_layers`` takes
+    the plan of least summed cost."""
     attn = attention_params(shape)
     mlp_in = shape.mlp_in_params / shape.layers
-    forward = attn + mlp_in + shape.hidden * shape.intermediate
+    last = shape.hidden * shape.intermediate  # down_proj
+    if shape.experts is not None:  # what checkpointing skips: shared experts' down, or none
+        last = (shape.body_params - shape.recomputed_params) / shape.layers
+    forward = attn + mlp_in + last
     return {"none": 0.0, "save_gemms": 0.0, "offload": 0.0,
             "mlp_rerun": mlp_in / forward, "full": (attn + mlp_in) / forward}  # fmt: skip
 

@@ -73,6 +73,13 @@ def test_a_moe_layer_keeps_what_a_hand_count_says(name, tmp_path):
     assert mlp("mlp_rerun") == mlp("full") == 0  # nothing of the MLP kept: it runs again
     sent = mp.offloaded_bytes(1, shape, 1) - mp.offloaded_bytes(1, without, 1)
     assert sent == pytest.approx(save_gemms)
+    # what full reruns of a layer's GEMMs: all of a Mixtral's (no last GEMM left out but the
+    # final norm's D / layers), all but the down projections that end its layers otherwise
+    cost = mp.rerun_cost(shape)
+    if name == "mixtral":
+        assert cost["full"] == pytest.approx(1.0, abs=2e-3)
+    else:
+        assert 0.5 < cost["full"] < 1.0
 
 
 def test_a_dense_model_has_no_experts():
