@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import step_rows
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -273,6 +272,9 @@ def test_a_failed_start_leaves_a_group_it_did_not_start(tmp_path):
 def test_the_step_model_has_fsdp_rows_as_the_trainer_plans_them():
     """8-GPU rows of every model and card, never offloaded, its levers as ZeRO-3's (overlap)
     less those the engine does not have (fp32 sums off, the optimizer's offload)."""
+    # imported here: torchrun's ranks run this file, and bench/ is not on their path
+    import step_rows
+
     from bench import step_model as sm
 
     rows = [r for r in step_rows.model_rows() if r["engine"] == "fsdp"]
