@@ -85,3 +85,18 @@ def test_a_restart_never_overwrites_what_the_launch_trained(tmp_path, monkeypatc
         "reflectioncoder train: --overwrite: this is torchrun's restart 1 of the launch"
     ), said
     assert (run / "checkpoints" / "step-000002").is_dir() and (run / "metrics.jsonl").is_file()
+
+
+def test_a_restart_refused_for_the_launchs_own_run_says_put_resume_in(tmp_path, monkeypatch):
+    """A restart of a command without --resume was told `pass --resume to continue it or
+    --overwrite to start over (deletes it)`: --overwrite there deletes what the launch trained."""
+    from reflectioncoder.train.run_folder import RunFolderError, check_run_folder
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    with pytest.raises(RunFolderError, match="this is torchrun's restart 2 of the launch") as err:
+        check_run_folder(tmp_path, resume=False, overwrite=False)
+    assert "--overwrite" not in str(err.value)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    with pytest.raises(RunFolderError, match="pass --resume to continue it or --overwrite"):
+        check_run_folder(tmp_path, resume=False, overwrite=False)

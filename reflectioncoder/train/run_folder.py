@@ -82,10 +82,20 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
         )
     if found and not (resume or overwrite):
         raise RunFolderError(
-            f"{out_dir} already holds a run ({', '.join(found)}); pass --resume to continue "
-            "it or --overwrite to start over (deletes it)",
+            f"{out_dir} already holds a run ({', '.join(found)}); {_what_to_pass()}",
             field="checkpoint.out_dir",
         )
+
+
+def _what_to_pass() -> str:
+    """What a launch refused for the run in its folder is told to add. torchrun's restart of
+    a command (--max-restarts) finds the run its first attempt trained: --overwrite there
+    would delete it (and is refused, train.cli), --resume continues it."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart != "0":
+        return (f"this is torchrun's restart {restart} of the launch (--max-restarts): put "
+                "--resume in the command, which also starts a fresh run")  # fmt: skip
+    return "pass --resume to continue it or --overwrite to start over (deletes it)"
 
 
 # The sections every run's config.yaml holds (RunConfig.to_dict), older runs' included
