@@ -52,6 +52,13 @@ TYPE_SIZES = {
     "gemma4_assistant": {"hidden_size_per_layer_input": 0},
 }
 MLA_SIZES = {"num_key_value_heads": 4, "qk_head_dim": 16}  # multi-head latent attention
+# The train runs: as the defaults are, and with what hooks into the layers most (activation
+# checkpointing that keeps the GEMMs' outputs, q/k/v and gate/up fused).
+TRAIN_VARIANTS = (
+    {},
+    {"model.gradient_checkpointing": True, "model.checkpointing_policy": "save_gemms",
+     "model.fused_projections": True},
+)  # fmt: skip
 MAX_PARAMETERS = 50_000_000  # Fuyu's defaults left a 9.4G-parameter "tiny" model
 REFERENCE_ATTN = "archsweep_float64_eager"
 SEGMENTS = (16, 5, 11)  # a packed batch: a teacher-like, a short and a gapped one
@@ -221,8 +228,9 @@ def packed_error(model) -> dict[str, float]:
     return worst
 
 
-def train_steps(folder: Path, data: Path, out: Path) -> str | None:
-    """``reflectioncoder train`` on ``folder``, two steps on the CPU: None, or its error."""
+def train_steps(folder: Path, data: Path, out: Path, **extra: object) -> str | None:
+    """``reflectioncoder train`` on ``folder``, two steps on the CPU (``extra``: more ``--set``
+    items, such as ``{"model.fused_projections": True}``): None, or its error."""
     from reflectioncoder.cli import main
     from reflectioncoder.testing.cli import train_argv
 
@@ -230,7 +238,7 @@ def train_steps(folder: Path, data: Path, out: Path) -> str | None:
         "model.name_or_path": folder, "data.files": f"[{data}]", "data.max_len": 512,
         "packing.max_tokens": 1024, "train.max_steps": 2, "train.samples_per_step": 2,
         "train.threads": 1, "logging.report_to": "[none]", "checkpoint.out_dir": out,
-        "checkpoint.save_every": 0,
+        "checkpoint.save_every": 0, **extra,
     }  # fmt: skip
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -274,9 +282,10 @@ def sweep_one(model_type: str, tokenizer, data: Path, work: Path) -> Outcome:
     off = [f"{k} off by {v:.1e}" for k, v in gap.items() if not v <= TOLERANCE[k]]
     if off:
         return Outcome(model_type, "FAILS", f"packed != unpacked: {', '.join(off)}")
-    err = train_steps(folder, data, work / model_type / "run")
-    if err is not None:
-        return Outcome(model_type, "FAILS", f"train: {_line(err)}")
+    for i, extra in enumerate(TRAIN_VARIANTS):
+        err = train_steps(folder, data, work / model_type / f"run{i}", **extra)
+        if err is not None:
+            return Outcome(model_type, "FAILS", f"train {extra}: {_line(err)}")
     said = ", ".join(f"{k} to {v:.0e}" for k, v in gap.items())
     return Outcome(model_type, "trains-exact", f"packed == unpacked: {said}")
 
