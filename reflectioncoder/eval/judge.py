@@ -71,6 +71,12 @@ REASON_CHARS = 100  # untrusted text (an exception's name) kept in a verdict's r
 # Inputs the harness may have finished without the scorer seeing their lines yet (it batches
 # up to 257 lines, ``runner``): the input under way is one of the next this many
 PENDING_INPUTS = 258
+# The scorer's thread asks the watchdog every 50 ms (``sandbox.pump``); a call later than
+# SCORER_LATE_S past that finds the scorer was held up (another sample's long result line
+# decoded under the GIL, the machine's load): that time is not the sample's. Round 9: an honest
+# sample waiting for its plus inputs was timed out "waiting, not computing" beside a hostile
+# one whose 60 MB result line the scorer decoded meanwhile.
+WATCH_S, SCORER_LATE_S = 0.05, 0.1
 # A step (a phase's load, or an input) that has lasted 2 x its limit + 1 s of wall time while
 # the run used less than IDLE_SHARE of it in CPU is waiting (sleep, SIGSTOP, a blocking
 # read), not computing. A load waits this long at least: cold imports read the disk.
@@ -93,8 +99,23 @@ class Judge:
         self.mark: float | None = None  # the clock when the current input started
         self.batch: tuple[Phase, int, float, float] | None = None  # phase, i, clock, wall
         self.step = (time.monotonic(), self.start)  # wall and clock when the last line came
+        self.seen: float | None = None  # when the scorer's thread last called this judge
+        self.late = False  # the scorer was held up since the open batch began
+        self.batch_first = 0  # the open batch's first input
+        self.batch_late = False  # its CPU time spans a hold-up: checked against its inputs'
+
+    def _scorer_held_up(self) -> None:
+        """Take the time the scorer's own thread was held up out of the step under way (its
+        wall clock starts that much later), and remember it for the batch it spans."""
+        now = time.monotonic()
+        lag = now - (self.seen if self.seen is not None else now) - WATCH_S
+        self.seen = now
+        if lag > SCORER_LATE_S:
+            self.step = (self.step[0] + lag, self.step[1])
+            self.late = True
 
     def __call__(self, line: bytes) -> bool | bytes:
+        self._scorer_held_up()
         self.received += len(line)
         try:
             if self.received > self.max_bytes:
@@ -109,6 +130,7 @@ class Judge:
         over its CPU time (a program that ignores or catches the harness's timer), waiting
         instead of computing, or past the wall-clock backstop of its own limit (not of the
         whole sample's budget: a sample that sleeps costs seconds, not minutes)."""
+        self._scorer_held_up()
         phase = next((p for p in self.phases if p.status is None), None)
         if phase is None:
             return False
@@ -146,7 +168,9 @@ class Judge:
         phase, i, cpu, _ = self.batch
         self.batch = None
         used, self.mark = cpu - (self.mark if self.mark is not None else cpu), cpu
-        if used > phase.limits[i] + BATCH_S + CPU_SLACK_S and phase.status is None:
+        # a batch read after the scorer was held up holds what the program computed meanwhile
+        first = self.batch_first if self.batch_late else i
+        if used > sum(phase.limits[first : i + 1]) + BATCH_S + CPU_SLACK_S and not phase.status:
             phase.fail(TIMEOUT, i, "over its CPU-time limit, measured outside")
             return True
         return False
@@ -187,6 +211,7 @@ class Judge:
             return True
         if self.batch is None:
             self.batch = (phase, i, now, time.monotonic())
+            self.batch_first, self.batch_late, self.late = i, self.late, False
         else:
             self.batch = (phase, i, self.batch[2], self.batch[3])
         if "error" in row:
