@@ -116,6 +116,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, None if _quiet_rank(told, same_on_every_rank=True) else f"{line}\n")
 
 
+def int64(text: str) -> int:
+    """An integer flag's value: a 64-bit integer, as torch and numpy take it (``--seed
+    99999999999999999999`` ended, after the model had loaded, in an internal OverflowError)."""
+    value = int(text)  # a ValueError: argparse's "invalid int value: 'abc'"
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"out of range (a 64-bit integer), got {text}")
+    return value
+
+
+int64.__name__ = "int"  # argparse names the type in "invalid int value"
+
+
 def _command_parser(name: str, module) -> Parser:
     parser = Parser(
         prog=f"reflectioncoder {name}",
@@ -123,6 +135,9 @@ def _command_parser(name: str, module) -> Parser:
         formatter_class=HelpFormatter,
     )
     module.add_arguments(parser)
+    for action in parser._actions:  # every command's integer flags, in one place
+        if action.type is int:
+            action.type = int64
     parser.add_argument(
         "--debug", action="store_true", help=f"show tracebacks (also: {DEBUG_ENV}=1)"
     )

@@ -219,6 +219,7 @@ def test_train_refuses_in_one_line_as_a_process(run_folder, tmp_path):
     [
         ("train:\n  eval_every: 2\n", ":5:15: train.eval_every: no held-out data"),
         ("model:\n  attention: flash_attn_3\n", ":5:14: model.attention: 'flash_attn_3' does not"),
+        ("train:\n  threads: 100000\n", ":5:12: train.threads: expected at most the"),  # torch
     ],
 )
 def test_a_field_refused_at_the_start_is_named_where_it_was_set(text, where, run_folder,

@@ -10,7 +10,6 @@ and the run is resumable: run the same command again to continue a stopped run.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -148,6 +147,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+# Waits past ~1e11 s overflow the platform's time_t (an internal error, every sample rejected).
+MAX_SECONDS = 86400
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Argument values argparse cannot check alone: a UsageError naming the flag."""
     if args.problems is None and args.n is None:
@@ -162,6 +165,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"expected a number of samples >= 1, got {args.n}", field="--n")
     if args.workers < 1:
         raise UsageError(f"expected at least 1, got {args.workers}", field="--workers")
+    if args.seed < 0:
+        raise UsageError(f"expected a seed >= 0, got {args.seed}", field="--seed")
     if args.problems is not None:
         require_file(args.problems, "problems file", field="--problems")
     for flag, value in (
@@ -170,13 +175,14 @@ def check_arguments(args: argparse.Namespace) -> None:
     ):
         if not 0 <= value <= 1:
             raise UsageError(f"expected a value in [0, 1], got {value}", field=flag)
+    seconds = f"finite seconds > 0, at most {MAX_SECONDS} (a day)"
     for flag, value, ok, expected in (
-        ("--timeout", args.timeout, 0 < args.timeout < math.inf, "finite seconds > 0"),
+        ("--timeout", args.timeout, 0 < args.timeout <= MAX_SECONDS, seconds),
         (
             "--request-timeout",
             args.request_timeout,
-            0 < args.request_timeout < math.inf,
-            "finite seconds > 0",
+            0 < args.request_timeout <= MAX_SECONDS,
+            seconds,
         ),
         ("--max-rounds", args.max_rounds, args.max_rounds >= 1, "at least 1"),
         ("--retries", args.retries, args.retries >= 0, "a number >= 0"),

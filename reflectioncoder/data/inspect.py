@@ -159,6 +159,8 @@ def main(args: argparse.Namespace) -> int:
         data_cfg = DataConfig(files=args.data, max_len=args.max_len, skip_bad=args.skip_bad)
         if args.step < 0:
             raise ValueError(f"--step: expected a step >= 0, got {args.step}")
+        if args.seed < 0:  # as train.seed: a run never has one
+            raise ValueError(f"--seed: expected a seed >= 0, got {args.seed}")
         if args.total_steps < 1:  # the mask rate is (step + 1) / total_steps
             raise ValueError(f"--total-steps: expected a number >= 1, got {args.total_steps}")
         if args.step >= args.total_steps:  # a mask rate over 1: a step no run of N steps has

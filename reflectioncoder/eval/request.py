@@ -137,6 +137,11 @@ def check_arguments(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise UsageError(f"{flag}: expected a number >= 1, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed: expected a seed >= 0, got {args.seed}")
+    cores = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cores:  # torch crashes far above
+        raise UsageError(f"--threads: expected at most the {cores} cores here, got {args.threads}")
     for k in args.k or []:
         if k < 1:
             raise UsageError(f"--k: expected numbers >= 1, got {k}")

@@ -4,6 +4,8 @@ trained, data is read or weights are loaded."""
 
 from __future__ import annotations
 
+import os
+
 from reflectioncoder.config import RunConfig
 from reflectioncoder.errors import ConfigError, require_file
 from reflectioncoder.train import deepspeed_config
@@ -30,6 +32,10 @@ def check_runnable(cfg: RunConfig, info: DistInfo) -> None:
         if why is not None:
             raise ConfigError(f"{cfg.model.attention!r} does not run here: {why}",
                               field="model.attention")  # fmt: skip
+    cores = os.cpu_count() or 1
+    if cfg.train.threads is not None and cfg.train.threads > cores:  # torch crashes far above
+        raise ConfigError(f"expected at most the {cores} cores here, got {cfg.train.threads}",
+                          field="train.threads")  # fmt: skip
     if not cfg.data.files:  # the presets name none: the first thing a new user meets
         raise ConfigError(
             "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
