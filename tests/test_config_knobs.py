@@ -10,11 +10,14 @@ or the whole record passed on field by field (``dataclasses.asdict(req.decoding)
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
+import importlib
 import typing
 from pathlib import Path
 
+from reflectioncoder.cli import COMMANDS, _command_parser
 from reflectioncoder.config import RunConfig
 from reflectioncoder.eval.request import Decoding, EvalRequest
 from reflectioncoder.eval.sandbox.records import Limits
@@ -226,3 +229,31 @@ def test_the_finder_catches_a_dead_field():
         "_ToyConfig.property_unread",
         "_ToyConfig.same_name_elsewhere",
     ]
+
+
+def _namespace_reads(sources: dict[str, str]) -> set[str]:
+    """The attributes read off a parsed command line: ``args.x``, ``getattr(args, "x")``."""
+    reads = set()
+    for text in sources.values():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "args":
+                reads.add(node.attr)
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "getattr":
+                if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
+                    reads.add(node.args[1].value)
+    return reads
+
+
+def test_every_flag_changes_something():
+    """The command line's knobs: each flag --help shows is read by its command (evaluate's
+    become ``EvalRequest`` fields by name, whose reads the test above checks)."""
+    reads = _namespace_reads(_product_sources())
+    request = {f.name for f in dataclasses.fields(EvalRequest)}
+    unread = []
+    for name, (module, _) in sorted(COMMANDS.items()):
+        for action in _command_parser(name, importlib.import_module(module))._actions:
+            if action.dest == "help" or action.help == argparse.SUPPRESS:
+                continue
+            if action.dest not in reads and not (name == "evaluate" and action.dest in request):
+                unread.append(f"{name} {max(action.option_strings or [action.dest], key=len)}")
+    assert not unread
