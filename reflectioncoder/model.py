@@ -34,7 +34,11 @@ from transformers import (
 )
 
 from reflectioncoder.activation_checkpointing import set_checkpointing
-from reflectioncoder.model_support import check_attention_interface, check_supported
+from reflectioncoder.model_support import (
+    LOGIT_SCALES,
+    check_attention_interface,
+    check_supported,
+)
 from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION, hand_packing_to_attention
 
 # A factory of a context in which the given parameters are whole and writable: under ZeRO-3,
@@ -389,6 +393,17 @@ def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
     if getattr(head, "bias", None) is not None:
         raise ValueError("model: LM head with a bias is not supported by the fused loss")
     return head.weight
+
+
+def logit_scale(model: PreTrainedModel) -> float:
+    """The constant the model's forward multiplies ``W h`` by after the LM head (1.0 for most);
+    ``LOGIT_SCALES`` names the heads that have one."""
+    config = model.config
+    field, times = LOGIT_SCALES.get(getattr(config, "model_type", ""), (None, True))
+    value = getattr(config, field, None) if field else None
+    if value is None:
+        return 1.0
+    return float(value) if times else 1.0 / float(value)
 
 
 def forward_hidden(

@@ -2,14 +2,15 @@
 
 Packed training runs the decoder layers (``base_model.layers``) with our varlen attention and
 takes the logits as ``W h`` in the fused loss, on the loss rows. A model that does more than
-that (a biased or rescaled LM head, soft-capped logits or attention scores, a sliding window
-that binds at the run's lengths, another layer layout) would train on a loss it never computes
-itself, or fail at its first step once the run folder is written: it is refused in one line
-naming the field, before anything is written.
+that (a biased LM head, logits rescaled other than ``LOGIT_SCALES`` says, soft-capped logits or
+attention scores, a sliding window that binds at the run's lengths, another layer layout) would
+train on a loss it never computes itself, or fail at its first step once the run folder is
+written: it is refused in one line naming the field, before anything is written.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -17,9 +18,10 @@ from torch import nn
 from reflectioncoder.router_loss import router_loss_of
 
 # Config fields, with the values that leave the model as packed training computes it: logits
-# rescaled after the LM head's GEMM (Cohere, Granite, Falcon-H1; the direction differs by model)
-# or soft-capped (Gemma 2/3), attention scores soft-capped (Gemma 2/3), attention probabilities
-# dropped out in training (StarCoder2's released configs: 0.1).
+# rescaled after the LM head's GEMM (a type LOGIT_SCALES names trains with its own scale:
+# Cohere, Granite; another type's is refused, its meaning unknown) or soft-capped (Gemma 2/3),
+# attention scores soft-capped (Gemma 2/3), attention probabilities dropped out in training
+# (StarCoder2's released configs: 0.1).
 PLAIN_VALUES = {
     "logit_scale": (None, 1, 1.0),
     "logits_scaling": (None, 1, 1.0),
@@ -28,6 +30,25 @@ PLAIN_VALUES = {
     "attn_logit_softcapping": (None,),
     "attention_dropout": (None, 0, 0.0),
 }
+
+# Heads whose logits are their config's constant times W h (or W h over it), by model type:
+# (config field, True: logits = value * W h; False: logits = W h / value). The loss is linear in
+# h before the softmax, so feeding the fused loss ``logit_scale(model) * h`` is exact.
+LOGIT_SCALES = {
+    "cohere": ("logit_scale", True),
+    "cohere2": ("logit_scale", True),
+    "cohere2_moe": ("logit_scale", True),
+    "cohere_compass_text": ("logit_scale", True),
+    "granite": ("logits_scaling", False),
+    "granite_swa": ("logits_scaling", False),
+    "granitemoe": ("logits_scaling", False),
+    "granitemoe_swa": ("logits_scaling", False),
+    "granitemoehybrid": ("logits_scaling", False),
+    "granitemoeshared": ("logits_scaling", False),
+    "hyperclovax": ("logits_scaling", True),  # the same field as Granite's, multiplied
+    "falcon_h1": ("lm_head_multiplier", True),
+}
+
 
 # The ``layer_types`` the varlen attention computes as the model does: causal softmax attention
 # within each sequence (a sliding window too, checked against data.max_len). Linear attention
@@ -156,9 +177,12 @@ def _check_values(config: Any) -> None:
     text = config.get_text_config()
     if text is not config:
         owners[f"{type(config).__name__}.text_config"] = text
+    scaled = _check_logit_scale(config)
     for owner, cfg in owners.items():
         for field, plain in PLAIN_VALUES.items():
             value = getattr(cfg, field, None)
+            if cfg is config and field == scaled:  # the fused loss takes it (model.logit_scale)
+                continue
             if field == "attention_dropout" and value not in plain:
                 raise ValueError(
                     f"model: {owner}.{field} = {value!r}: packed attention (varlen kernels) "
@@ -174,6 +198,19 @@ def _check_values(config: Any) -> None:
                     "training (varlen attention, the fused loss: logits = W h) does not apply; "
                     "this architecture is not supported"
                 )
+
+
+def _check_logit_scale(config: Any) -> str | None:
+    """The config field of the head's logit scale (``LOGIT_SCALES``), checked finite and
+    non-zero; None when the model type has none."""
+    field = LOGIT_SCALES.get(getattr(config, "model_type", ""), (None,))[0]
+    value = getattr(config, field, None) if field else None
+    if value is None or (isinstance(value, int | float) and math.isfinite(value) and value):
+        return field
+    raise ValueError(
+        f"model: {type(config).__name__}.{field} = {value!r}: the logits' scale must be a "
+        "finite non-zero number"
+    )
 
 
 def sliding_window(config: Any) -> int | None:

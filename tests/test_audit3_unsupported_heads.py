@@ -2,7 +2,9 @@
 ``logits_scaling``, Cohere multiplies by ``logit_scale``, Gemma 2 soft-caps them) or soft-cap
 their attention scores trained silently on the wrong loss: packed training computes logits as
 W h (the fused loss) and attention without soft-capping. Such a model is now refused in one
-line naming the config field, before the run folder is written; the plain values train."""
+line naming the config field, before the run folder is written; the plain values train. (A
+head that only multiplies its logits by a constant, Granite's and Cohere's, now trains with it:
+tests/test_heads_logit_scale.py.)"""
 
 from __future__ import annotations
 
@@ -23,8 +25,6 @@ SIZES = dict(
 )  # fmt: skip
 
 REFUSED = {
-    "granite": (tf.GraniteConfig, tf.GraniteForCausalLM, {"logits_scaling": 4.0}, "logits_scaling"),
-    "cohere": (tf.CohereConfig, tf.CohereForCausalLM, {}, "logit_scale"),
     "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 8}, "final_logit_softcapping"),
     "gemma2 attention": (
         tf.Gemma2Config, tf.Gemma2ForCausalLM,
@@ -66,18 +66,18 @@ def test_train_refuses_it_before_writing_the_run_folder(tmp_path, capsys):
 
     folder = save_tiny_model(tmp_path / "llama", DATA.read_text().splitlines())
     tok = AutoTokenizer.from_pretrained(folder)
-    granite = tmp_path / "granite"
-    tok.save_pretrained(granite)
-    sizes = dict(SIZES, vocab_size=len(tok))
-    tf.GraniteForCausalLM(tf.GraniteConfig(**sizes, logits_scaling=8.0)).save_pretrained(granite)
+    gemma2 = tmp_path / "gemma2"
+    tok.save_pretrained(gemma2)
+    sizes = dict(SIZES, vocab_size=len(tok), head_dim=8)
+    tf.Gemma2ForCausalLM(tf.Gemma2Config(**sizes)).save_pretrained(gemma2)
     capsys.readouterr()  # the saves' progress bars
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--set", f"data.files=[{DATA}]", "--no-progress",
-            "--set", f"model.name_or_path={granite}",
+            "--set", f"model.name_or_path={gemma2}",
             "--set", f"checkpoint.out_dir={out}"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "GraniteConfig.logits_scaling = 8.0" in err[0], err
+    assert len(err) == 1 and "Gemma2Config.final_logit_softcapping = 30.0" in err[0], err
     assert not out.exists()
 
 

@@ -50,6 +50,12 @@ TYPE_SIZES = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "zaya": {"num_experts_per_tok": 1},
     "gemma4_assistant": {"hidden_size_per_layer_input": 0},
+    # a logit scale other than the default 1 (released Granite checkpoints: 8 or 16), so the
+    # sweep checks that training applies it
+    "granite": {"logits_scaling": 3.0},
+    "granitemoe": {"logits_scaling": 3.0},
+    "granitemoeshared": {"logits_scaling": 3.0},
+    "hyperclovax": {"logits_scaling": 3.0},
 }
 MLA_SIZES = {"num_key_value_heads": 4, "qk_head_dim": 16}  # multi-head latent attention
 # The train runs: as the defaults are, and with what hooks into the layers most (activation
@@ -196,12 +202,12 @@ def packed_batch(vocab: int, seed: int = 0) -> types.SimpleNamespace:
 
 def packed_error(model) -> dict[str, float]:
     """The largest gaps, of the logits and of each segment's CE loss, between the packed
-    forward (what training computes: ``forward_hidden`` then ``W h``) and the model's own
-    forward of each segment alone (its own mask, eager attention in float64, its own loss),
-    both in float64."""
+    forward (what training computes: ``forward_hidden`` times the head's logit scale, then
+    ``W h``) and the model's own forward of each segment alone (its own mask, eager attention
+    in float64, its own loss), both in float64."""
     import torch.nn.functional as F
 
-    from reflectioncoder.model import forward_hidden, lm_head_weight, prepare_model
+    from reflectioncoder.model import forward_hidden, lm_head_weight, logit_scale, prepare_model
     from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 
     if getattr(model, "_can_set_experts_implementation", lambda: False)():
@@ -209,7 +215,7 @@ def packed_error(model) -> dict[str, float]:
     model = prepare_model(model.double())
     batch = packed_batch(model.get_input_embeddings().weight.shape[0])
     with torch.no_grad():
-        logits = forward_hidden(model, batch) @ lm_head_weight(model).T
+        logits = (forward_hidden(model, batch) * logit_scale(model)) @ lm_head_weight(model).T
         _register_reference()
         model.set_attn_implementation(REFERENCE_ATTN)
         cu = batch.cu_seqlens.tolist()

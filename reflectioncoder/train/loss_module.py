@@ -15,7 +15,8 @@ from reflectioncoder.router_loss import balancing_loss, router_loss_of
 
 
 class ReflectionLossModule(nn.Module):
-    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``; for a
+    """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``, the
+    hidden states times the head's logit scale (``model.logit_scale``); for a
     mixture of experts whose config asks for the router's balancing loss (``router_loss``), the
     loss adds ``coef x aux`` and ``aux_loss`` holds the last forward's aux (reflectioncoder/
     router_loss.py)."""
@@ -26,7 +27,12 @@ class ReflectionLossModule(nn.Module):
         self.autocast_dtype = autocast_dtype
         # fp16's loss scale (0-dim, on the device), set by the engine (``train.engine.LossScale``)
         self.loss_scale: torch.Tensor | None = None
+        from reflectioncoder.model import logit_scale
+
         self.router_loss = router_loss_of(model)  # None: the model adds no balancing loss
+        # what the model multiplies W h by (model.LOGIT_SCALES): the loss, the held-out loss and
+        # the teacher-CE pass all read the hidden states scaled by it (exact: linear in h)
+        self.logit_scale = logit_scale(model)
         # the last forward's weighted balancing loss (0-dim, detached; None without one)
         self.aux_loss: torch.Tensor | None = None
 
@@ -53,6 +59,8 @@ class ReflectionLossModule(nn.Module):
             else:
                 hidden, router_logits = forward_hidden(self.model, batch, router_logits=True)
         weight = lm_head_weight(self.model)
+        if self.logit_scale != 1.0:  # the head's logits are scale * W h (Cohere, Granite)
+            hidden = hidden * self.logit_scale
         if self.autocast_dtype is not None:
             hidden = hidden.to(self.autocast_dtype)
             weight = weight.to(self.autocast_dtype)
