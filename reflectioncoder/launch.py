@@ -136,12 +136,14 @@ def _root_failure(err):
 
 def _failure_line(rank: int, failure, total: int) -> str:
     """The failed rank, its exit code (or signal) and the line it said."""
-    if failure.exitcode < 0:
+    said = _said(failure)
+    if failure.exitcode == -signal.SIGTERM and said:  # the agent ended it on its way out
+        how = "ended by SIGTERM after its error"
+    elif failure.exitcode < 0:
         how = f"killed by {failure.signal_name()}"
     else:
         how = f"exit code {failure.exitcode}"
     others = f"; {total - 1} other rank(s) failed too" if total > 1 else ""
-    said = _said(failure)
     if said:
         return f"rank {rank} failed ({how}{others}): {said}"
     if failure.exitcode < 0:  # the signal is what there is to say

@@ -56,8 +56,9 @@ def test_plain_torchrun_says_a_bad_data_line_once(tmp_path):
     assert done.returncode != 0
     ours = [line for line in done.stderr.splitlines() if "reflectioncoder train:" in line]
     # torchrun's last line, said for rank 0 (reflectioncoder/launch_torchrun.py)
-    assert len(ours) == 1 and ours[0].startswith("torchrun: rank 0 failed (exit code 1"), (
-        done.stderr[-3000:]
-    )
+    # exit code 1, or, on a loaded machine, ended by the agent's SIGTERM once it had said it
+    assert len(ours) == 1 and ours[0].startswith(
+        ("torchrun: rank 0 failed (exit code 1", "torchrun: rank 0 failed (ended by SIGTERM")
+    ), done.stderr[-3000:]
     assert f"): reflectioncoder train: {data}:1:type: " in ours[0], ours
     assert "internal error" not in done.stderr and "GLHF" not in done.stderr

@@ -266,3 +266,14 @@ def test_reflectioncoder_launch_ends_a_bad_value_in_one_line(tmp_path):
     lines = _not_logs(done.stderr)
     assert len(lines) == 1 and lines[0].startswith("reflectioncoder launch: rank "), lines
     assert SAID in lines[0]
+
+
+def test_a_rank_ended_after_its_error_is_not_said_killed(tmp_path):
+    """Rank 0 wrote its line, then the agent's SIGTERM took it before it exited (a loaded
+    machine): the launch said `killed by SIGTERM`, as if the signal were the failure."""
+    line = f"reflectioncoder train: data.jsonl:4: {SAID}"
+    failures = {0: _failure(tmp_path, 0, -15, line, 1), 1: _failure(tmp_path, 1, -15, None, 2)}
+    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch._failure_line(rank, failure, 2) == (
+        f"rank 0 failed (ended by SIGTERM after its error; 1 other rank(s) failed too): {line}"
+    )
