@@ -29,6 +29,7 @@ def reflection_loss(
     backend: str = "auto",
     check_inputs: bool | None = None,
     need_grad: bool | None = None,
+    lm_head_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of a packed micro-batch; no host sync when ``check_inputs`` is off.
 
@@ -42,6 +43,8 @@ def reflection_loss(
             sync, and a batch from ``data.packing`` has its indices right by construction).
         need_grad: False computes the loss alone (no gradient work or buffers); None follows
             autograd (``torch.no_grad()`` or inputs without grad also skip the gradients).
+        lm_head_bias: (V,) the head's bias, or None: logits = W h + b, computed as
+            [W | b] [h; 1] (exact, every backend; costs a copy of W and of its gradient).
 
     Returns:
         (loss, parts): loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL_j (0-dim; the
@@ -54,9 +57,13 @@ def reflection_loss(
             f"hidden: expected (T, D={lm_head_weight.shape[1]}), got {tuple(hidden.shape)}"
         )
     rows = hidden.index_select(0, batch.loss_rows)  # (R, D): only rows that carry a loss
+    weight = lm_head_weight
+    if lm_head_bias is not None:  # autograd splits the gradient back into d W, d b and d h
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        weight = torch.cat([weight, lm_head_bias.to(weight.dtype)[:, None]], dim=1)
     return fused_linear_reflection_loss(
         rows,
-        lm_head_weight,
+        weight,
         batch.targets,
         batch.ce_weight,
         batch.kl_pairs,

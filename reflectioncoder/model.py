@@ -390,9 +390,13 @@ def lm_head_weight(model: PreTrainedModel) -> torch.Tensor:
     head = model.get_output_embeddings()
     if head is None:
         raise ValueError("model: has no output embeddings (not a causal LM)")
-    if getattr(head, "bias", None) is not None:
-        raise ValueError("model: LM head with a bias is not supported by the fused loss")
     return head.weight
+
+
+def lm_head_bias(model: PreTrainedModel) -> torch.Tensor | None:
+    """The LM head's (V,) bias (Phi-1 / 1.5 / 2: logits = W h + b), or None."""
+    head = model.get_output_embeddings()
+    return getattr(head, "bias", None) if head is not None else None
 
 
 def logit_scale(model: PreTrainedModel) -> float:

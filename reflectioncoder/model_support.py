@@ -2,7 +2,7 @@
 
 Packed training runs the decoder layers (``base_model.layers``) with our varlen attention and
 takes the logits as ``W h`` in the fused loss, on the loss rows. A model that does more than
-that (a biased LM head, logits rescaled other than ``LOGIT_SCALES`` says, soft-capped logits or
+that (logits rescaled other than ``LOGIT_SCALES`` says, soft-capped logits or
 attention scores, a sliding window that binds at the run's lengths, another layer layout) would
 train on a loss it never computes itself, or fail at its first step once the run folder is
 written: it is refused in one line naming the field, before anything is written.
@@ -98,12 +98,6 @@ def _check_model(model: Any, max_len: int | None) -> None:
     _check_attention_layers(model)
     _check_layer_types(model)
     router_loss_of(model)  # a balancing loss packed training cannot add is refused
-    head = model.get_output_embeddings()
-    if head is not None and getattr(head, "bias", None) is not None:
-        raise ValueError(
-            f"model: {name}: an LM head with a bias is not supported by the fused loss "
-            "(logits = W h); this architecture is not supported"
-        )
     window = sliding_window(config.get_text_config())
     if window is not None and max_len is not None and max_len > window:
         raise ValueError(

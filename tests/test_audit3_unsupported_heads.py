@@ -130,7 +130,6 @@ def test_a_window_that_binds_is_refused_by_name():
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (lambda: tf.PhiForCausalLM(tf.PhiConfig(**SIZES)), "an LM head with a bias"),
         (
             lambda: tf.GPTBigCodeForCausalLM(
                 tf.GPTBigCodeConfig(vocab_size=64, n_embd=32, n_layer=1, n_head=4)

@@ -207,7 +207,13 @@ def packed_error(model) -> dict[str, float]:
     in float64, its own loss), both in float64."""
     import torch.nn.functional as F
 
-    from reflectioncoder.model import forward_hidden, lm_head_weight, logit_scale, prepare_model
+    from reflectioncoder.model import (
+        forward_hidden,
+        lm_head_bias,
+        lm_head_weight,
+        logit_scale,
+        prepare_model,
+    )
     from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 
     if getattr(model, "_can_set_experts_implementation", lambda: False)():
@@ -216,6 +222,8 @@ def packed_error(model) -> dict[str, float]:
     batch = packed_batch(model.get_input_embeddings().weight.shape[0])
     with torch.no_grad():
         logits = (forward_hidden(model, batch) * logit_scale(model)) @ lm_head_weight(model).T
+        if lm_head_bias(model) is not None:  # Phi's head (no type has both: scale it else)
+            logits = logits + lm_head_bias(model) * logit_scale(model)
         _register_reference()
         model.set_attn_implementation(REFERENCE_ATTN)
         cu = batch.cu_seqlens.tolist()

@@ -46,7 +46,7 @@ class ReflectionLossModule(nn.Module):
         is NaN.
         """
         # model.py loads transformers: on the first forward, so importing the trainer stays fast
-        from reflectioncoder.model import forward_hidden, lm_head_weight
+        from reflectioncoder.model import forward_hidden, lm_head_bias, lm_head_weight
 
         device_type = batch.input_ids.device.type
         with torch.autocast(
@@ -58,14 +58,17 @@ class ReflectionLossModule(nn.Module):
                 hidden = forward_hidden(self.model, batch)
             else:
                 hidden, router_logits = forward_hidden(self.model, batch, router_logits=True)
-        weight = lm_head_weight(self.model)
+        weight, bias = lm_head_weight(self.model), lm_head_bias(self.model)  # bias: Phi's
         if self.logit_scale != 1.0:  # the head's logits are scale * W h (Cohere, Granite)
             hidden = hidden * self.logit_scale
+            bias = None if bias is None else bias * self.logit_scale
         if self.autocast_dtype is not None:
             hidden = hidden.to(self.autocast_dtype)
             weight = weight.to(self.autocast_dtype)
         # The packing's indices are right by construction: no checks (each a host sync).
-        loss, parts = reflection_loss(hidden, self._scaled(batch), weight, check_inputs=False)
+        loss, parts = reflection_loss(
+            hidden, self._scaled(batch), weight, check_inputs=False, lm_head_bias=bias
+        )
         if self.loss_scale is not None and torch.is_grad_enabled():
             # the scaled sums back to the loss (exact: a power of two); the backward's d z keep it
             loss = loss / self.loss_scale
@@ -88,7 +91,12 @@ class ReflectionLossModule(nn.Module):
                 )
                 # the loss alone: no d z, no gradient GEMMs or buffers (a forward's cost)
                 teacher_ce = reflection_loss(
-                    hidden, only_teacher, weight, check_inputs=False, need_grad=False
+                    hidden,
+                    only_teacher,
+                    weight,
+                    check_inputs=False,
+                    need_grad=False,
+                    lm_head_bias=bias,
                 )[1]["ce"]
         return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
 

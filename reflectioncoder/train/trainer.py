@@ -132,7 +132,7 @@ class Trainer:
         metrics opened: the start, once the run folder is written (or, resuming, locked)."""
         distributed.barrier()
 
-        from reflectioncoder.model import count_parameters, lm_head_weight
+        from reflectioncoder.model import count_parameters, lm_head_bias, lm_head_weight
 
         partitioned = self._zero3_hf is not None
         cfg, autocast = placement.make_ready(model, cfg, self.info, self.dtype, partitioned)
@@ -140,9 +140,9 @@ class Trainer:
         self.n_params = count_parameters(model)
         self.flop_shape = ModelShape.from_model(model)
         self.module = ReflectionLossModule(model, autocast)
-        self.engine = make_engine(
-            self.module, cfg, self.info, external_params=[lm_head_weight(model)]
-        )
+        bias = lm_head_bias(model)  # the fused loss reads the head outside lm_head's forward
+        head = [lm_head_weight(model), *([] if bias is None else [bias])]
+        self.engine = make_engine(self.module, cfg, self.info, external_params=head)
 
         # The next step's host work runs on a background thread while the current step computes.
         self.ahead = StepAhead(self._prepare, self.total_steps)
