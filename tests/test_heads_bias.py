@@ -7,6 +7,7 @@ gradient)."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -70,7 +71,7 @@ def test_a_tiny_phi_trains_on_its_own_loss(tmp_path):
     check_supported(model, max_len=512)  # it was refused
     assert lm_head_bias(model).abs().max() > 1
     batch = _batch()
-    loss, ce, kl, _ = ReflectionLossModule(model)(batch, split=True)
+    loss, ce, kl, teacher_ce = ReflectionLossModule(model)(batch, split=True)
     loss.backward()
     packed = _grads(model)
 
@@ -79,7 +80,11 @@ def test_a_tiny_phi_trains_on_its_own_loss(tmp_path):
     ref_loss, ref_ce, ref_kl = _unpacked_loss(model, batch)
     ref_loss.backward()
     reference = _grads(model)
-    for got, want in ((loss, ref_loss), (ce, ref_ce), (kl, ref_kl)):
+    with torch.no_grad():  # the logging step's teacher-CE pass takes the bias too
+        teacher_rows = dataclasses.replace(batch, ce_weight=batch.ce_weight * ~batch.row_is_student)
+        ref_teacher_ce = _unpacked_loss(model, teacher_rows)[1]
+    assert ref_teacher_ce > 0 and ref_teacher_ce < ref_ce
+    for got, want in ((loss, ref_loss), (ce, ref_ce), (kl, ref_kl), (teacher_ce, ref_teacher_ce)):
         torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
     assert sorted(packed) == sorted(reference) and "lm_head.bias" in packed
     for key, want in reference.items():
