@@ -147,7 +147,7 @@ def build_folder(model_type: str, folder: Path, tokenizer) -> str | None:
     config, why = tiny_config(model_type, len(tokenizer), special)
     if config is None:
         return why
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    cls = _checkpoint_class(config, MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
     with contextlib.suppress(Exception), torch.device("meta"):  # some build on meta only
         size = sum(p.numel() for p in cls(config).parameters())
         if size > MAX_PARAMETERS:
@@ -180,6 +180,23 @@ def _register_reference() -> None:
 
     AttentionInterface.register(REFERENCE_ATTN, _float64_eager)
     AttentionMaskInterface.register(REFERENCE_ATTN, eager_mask)
+
+
+def _checkpoint_class(config, causal_lm: type) -> type:
+    """The class whose saved folder a user's checkpoint of ``config`` is: the causal-LM class,
+    or, where that takes the text config alone (Qwen3.5, Llama 4), the image-text one
+    (``AutoModelForCausalLM`` then loads the folder its own way, or refuses it)."""
+    from transformers.models.auto import modeling_auto as auto
+
+    if isinstance(config, causal_lm.config_class):
+        return causal_lm
+    for mapping in (
+        auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+        auto.MODEL_FOR_MULTIMODAL_LM_MAPPING,
+    ):
+        if type(config) in mapping:
+            return mapping[type(config)]
+    return causal_lm
 
 
 def packed_batch(vocab: int, seed: int = 0) -> types.SimpleNamespace:
