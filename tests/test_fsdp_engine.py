@@ -314,12 +314,12 @@ def _driver(spec: dict) -> None:
     poison_step(trainer, spec["poison"])
     step, syncs = trainer.train_step, []
 
-    def train_step():
+    def train_step(*args):  # Trainer.train passes sigterm_noted
         if trainer.step == 0:
-            return step()
+            return step(*args)
         trainer.ahead.pending.result()  # the next step's host work, off this thread
         with SyncCounter() as counter:
-            row = step()
+            row = step(*args)
         syncs.append(counter.syncs)
         return row
 

@@ -186,13 +186,13 @@ def _driver(spec: dict) -> None:
         finally:
             state["in_backward"] = False
 
-    def train_step():
+    def train_step(*args):  # Trainer.train passes sigterm_noted
         state["step"] = trainer.step
         if trainer.step == 0:  # the first step builds DDP's buckets (a one-time exchange)
-            return step()
+            return step(*args)
         trainer.ahead.pending.result()  # the next step's host work, off this thread (as alone)
         with SyncCounter() as counter:
-            row = step()
+            row = step(*args)
         syncs.append(counter.syncs)
         return row
 
