@@ -27,12 +27,7 @@ import yaml
 from reflectioncoder.config import RunConfig
 from reflectioncoder.config_files import Origins, read_config_file
 from reflectioncoder.config_presets import preset
-from reflectioncoder.errors import (
-    ConfigError,
-    UsageError,
-    UserError,
-    did_you_mean,
-)
+from reflectioncoder.errors import ConfigError, UsageError, did_you_mean
 
 
 def _from_dict(cls: type, data: Any, where: str, origins: Origins | None = None) -> Any:
@@ -288,16 +283,10 @@ def errors_located(origins: Origins) -> Iterator[None]:
     held-out data) is named where the user set it, file:line:column, as the loader's own."""
     try:
         yield
-    except UserError as err:
-        if err.file is not None or not err.field or type(err) not in _LOCATABLE:
+    except ConfigError as err:  # a value refused (a run folder's state, a tracker's: not)
+        if err.file is not None or not err.field:
             raise
-        at = _config_error(err.field, err.message, origins)
-        raise type(err)(
-            at.message, file=at.file, line=at.line, column=at.column, field=at.field
-        ) from err
-
-
-_LOCATABLE = (UserError, UsageError, ConfigError)  # not a subclass with fields of its own
+        raise _config_error(err.field, err.message, origins) from err
 
 
 def _load(
