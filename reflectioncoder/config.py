@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from reflectioncoder.data.config import DataConfig, MaskConfig, PackingConfig
-from reflectioncoder.errors import atomic_write_text, check_field, did_you_mean
+from reflectioncoder.errors import atomic_write_text, check_field, did_you_mean, hint
 from reflectioncoder.train.config import (
     CheckpointConfig,
     DistributedConfig,
@@ -121,12 +121,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_field(
-            self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}"
+            self.dtype in DTYPES,
+            "model.dtype",
+            f"must be one of {DTYPES}, got {self.dtype!r}{hint(self.dtype, DTYPES)}",
         )
         check_field(
             self.checkpointing_policy in CHECKPOINTING_POLICIES,
             "model.checkpointing_policy",
-            f"must be {' | '.join(CHECKPOINTING_POLICIES)}, got {self.checkpointing_policy!r}",
+            f"must be {' | '.join(CHECKPOINTING_POLICIES)}, got {self.checkpointing_policy!r}"
+            + hint(self.checkpointing_policy, CHECKPOINTING_POLICIES),
         )
         check_field(
             isinstance(self.activation_offload, bool),
@@ -136,17 +139,19 @@ class ModelConfig:
         check_field(
             self.compile in (True, False, "auto"),
             "model.compile",
-            f"must be true | false | auto, got {self.compile!r}",
+            f"must be true | false | auto, got {self.compile!r}{hint(self.compile, ('auto',))}",
         )
         check_field(
             self.attention in ATTENTION,
             "model.attention",
-            f"must be {' | '.join(ATTENTION)}, got {self.attention!r}",
+            f"must be {' | '.join(ATTENTION)}, got {self.attention!r}"
+            + hint(self.attention, ATTENTION),
         )
         check_field(
             self.mixed_precision in MIXED_PRECISIONS,
             "model.mixed_precision",
-            f"must be {' | '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}",
+            f"must be {' | '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}"
+            + hint(self.mixed_precision, MIXED_PRECISIONS),
         )
         check_field(
             self.name_or_path is not None or bool(self.arch),

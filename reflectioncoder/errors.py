@@ -62,6 +62,12 @@ def did_you_mean(key: str, names: object, where: str = "") -> str:
     return f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else ""
 
 
+def hint(value: object, choices: object) -> str:
+    """`` (did you mean cosine?)`` for a string value close to one of ``choices`` (a field's
+    named values: ``optim.schedule: cosin``); empty otherwise."""
+    return did_you_mean(value, choices) if isinstance(value, str) else ""
+
+
 def lone_surrogate(text: str) -> str | None:
     """Why ``text`` is not Unicode text (None when it is): JSON's escapes can spell a lone
     UTF-16 surrogate (``"\\ud83d"``, half of an emoji's pair), which no tokenizer, compiler

@@ -233,3 +233,34 @@ def test_a_field_refused_at_the_start_is_named_where_it_was_set(text, where, run
     line = _one_line_error(capfd, ["train", "--config", str(config), "--overwrite"], 2,
                            run_folder, f"reflectioncoder train: {config}{where}")  # fmt: skip
     assert line.startswith(f"reflectioncoder train: {config}{where}")
+
+
+def _named_values() -> list[tuple[str, str, str]]:
+    """(section, field, value) of each field whose default is a named value (a string, or a
+    list of them): ``optim.schedule`` cosine, ``logging.report_to`` tensorboard."""
+    found = []
+    for section, name, _ in FIELDS:
+        default = getattr(SECTIONS[section](**_required(section)), name)
+        value = default[0] if isinstance(default, list | tuple) and default else default
+        if isinstance(value, str) and value:
+            found.append((section, name, value))
+    return found
+
+
+def _required(section: str) -> dict[str, Any]:
+    return {"arch": {"hidden_size": 8}} if section == "model" else {}
+
+
+def test_a_near_miss_value_is_named_with_the_value_meant(tmp_path):
+    """``optim.schedule: cosinee`` -> ``(did you mean cosine?)``, for every field that takes
+    named values (a free one, a path or a project, takes the near miss as it is)."""
+    hinted = []
+    for section, name, value in _named_values():
+        typo = value + value[-1]  # cosinee, autoo, tcee
+        path = _write(tmp_path, f"preset: tiny\n{section}:\n  {name}: {typo}\n")
+        try:
+            load_config(path)
+        except ValueError as err:
+            assert f"(did you mean {value}?)" in str(err), str(err)
+            hinted.append(f"{section}.{name}")
+    assert len(hinted) >= 14, hinted

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reflectioncoder.errors import hint
+
 STRATEGIES: tuple[str, ...] = (
     "all_mask",
     "random_token_mask",
@@ -14,6 +16,7 @@ STRATEGIES: tuple[str, ...] = (
     "block_mask",
 )
 NORMALISATIONS = ("sample", "token")
+BLOCK_ORDERS = ("tce", "tec", "cte", "cet", "etc", "ect")
 
 
 @dataclass
@@ -95,13 +98,16 @@ class MaskConfig:
         self.strategies = tuple(self.strategies)
         for s in self.strategies:
             if s not in STRATEGIES:
-                raise ValueError(f"strategies: unknown strategy {s!r}; choose from {STRATEGIES}")
+                raise ValueError(
+                    f"strategies: unknown strategy {s!r}{hint(s, STRATEGIES)}; choose from "
+                    f"{STRATEGIES}"
+                )
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies: listed twice in {self.strategies}")
         if sorted(self.block_order) != ["c", "e", "t"]:
             raise ValueError(
                 "block_order: must be a permutation of t, c, e (e.g. tce), "
-                f"got {self.block_order!r}"
+                f"got {self.block_order!r}{hint(self.block_order, BLOCK_ORDERS)}"
             )
 
 
@@ -123,4 +129,5 @@ class PackingConfig:
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(
                 f"normalisation: must be one of {NORMALISATIONS}, got {self.normalisation!r}"
+                + hint(self.normalisation, NORMALISATIONS)
             )

@@ -7,11 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reflectioncoder.errors import check_field
+from reflectioncoder.errors import check_field, hint
 
 SCHEDULES = ("cosine", "linear", "constant")
 BACKENDS = ("auto", "none", "deepspeed", "fsdp")
 REPORTERS = ("tensorboard", "wandb", "mlflow", "trackio", "none")
+DEVICES = ("auto", "cpu", "cuda")
 MAX_TIMEOUT_MINUTES = 10**9  # ~1900 years; datetime.timedelta overflows not far above
 
 
@@ -51,7 +52,7 @@ class OptimConfig:
         check_field(
             self.schedule in SCHEDULES,
             "optim.schedule",
-            f"must be one of {SCHEDULES}, got {self.schedule!r}",
+            f"must be one of {SCHEDULES}, got {self.schedule!r}{hint(self.schedule, SCHEDULES)}",
         )
         check_field(
             0 <= self.warmup_ratio < 1,
@@ -124,9 +125,9 @@ class TrainConfig:
             self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}"
         )
         check_field(
-            self.device in ("auto", "cpu", "cuda"),
+            self.device in DEVICES,
             "train.device",
-            f"must be auto | cpu | cuda, got {self.device!r}",
+            f"must be auto | cpu | cuda, got {self.device!r}{hint(self.device, DEVICES)}",
         )
         check_field(
             self.threads is None or self.threads >= 1,
@@ -183,7 +184,7 @@ class DistributedConfig:
         check_field(
             self.backend in BACKENDS,
             "distributed.backend",
-            f"must be one of {BACKENDS}, got {self.backend!r}",
+            f"must be one of {BACKENDS}, got {self.backend!r}{hint(self.backend, BACKENDS)}",
         )
         fsdp = self.backend == "fsdp"
         check_field(
@@ -217,12 +218,14 @@ class DistributedConfig:
         check_field(
             self.offload_optimizer in (True, False, "auto"),
             "distributed.offload_optimizer",
-            f"must be true | false | auto, got {self.offload_optimizer!r}",
+            f"must be true | false | auto, got {self.offload_optimizer!r}"
+            + hint(self.offload_optimizer, ("auto",)),
         )
         check_field(
             self.fp32_grad_accum in (True, False, "auto"),
             "distributed.fp32_grad_accum",
-            f"must be true | false | auto, got {self.fp32_grad_accum!r}",
+            f"must be true | false | auto, got {self.fp32_grad_accum!r}"
+            + hint(self.fp32_grad_accum, ("auto",)),
         )
         check_field(
             0 < self.timeout_minutes <= MAX_TIMEOUT_MINUTES,
@@ -297,7 +300,8 @@ class LoggingConfig:
         check_field(
             not unknown,
             "logging.report_to",
-            f"unknown {unknown}; known: {', '.join(REPORTERS)}",
+            f"unknown {unknown}{hint(unknown[0] if unknown else None, REPORTERS)}; known: "
+            + ", ".join(REPORTERS),
         )
         check_field(
             "none" not in self.report_to or len(self.report_to) == 1,
