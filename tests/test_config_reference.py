@@ -60,8 +60,9 @@ def test_shipped_configs_load(path):
     assert isinstance(load_config(path), RunConfig)
 
 
-# Functions the documents name in the same form (the train room's setup, transformers').
-CODE_NAMES = {"distributed.setup", "model.generate"}
+# Functions the documents name in the same form (the train room's setup, transformers',
+# reflectioncoder.model.logit_scale).
+CODE_NAMES = {"distributed.setup", "model.generate", "model.logit_scale"}
 
 
 def test_every_field_a_document_names_exists():
