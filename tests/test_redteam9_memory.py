@@ -25,9 +25,9 @@ from reflectioncoder.eval.sandbox import admission
 def small_machine(monkeypatch):
     """A machine of 3 GiB (``MemTotal``), read afresh by the budget."""
     monkeypatch.setattr(admission, "_machine_memory", lambda: 3 << 30, raising=False)
-    admission.admission.cache_clear()
+    admission._made.cache_clear()
     yield
-    admission.admission.cache_clear()
+    admission._made.cache_clear()
 
 
 def test_the_machines_memory_is_a_limit(small_machine):
@@ -45,3 +45,21 @@ def test_runs_whose_limits_pass_the_machine_do_not_run_together(small_machine):
         spans = sorted(tuple(map(float, r.result().stdout.split())) for r in runs)
     assert spans[1][0] >= spans[0][1] - 0.05, spans  # before: both within the same second
     assert time.time() >= spans[1][1]
+
+
+def test_runs_starting_at_once_share_one_budget(monkeypatch):
+    """The first calls of several runs at once get one budget (lru_cache alone made one each:
+    the test above then saw both runs of 2 GiB start together, 1 time in 4)."""
+
+    def slow_limit():
+        time.sleep(0.05)
+        return 3 << 30
+
+    monkeypatch.setattr(admission, "scorer_memory_limit", slow_limit)
+    admission._made.cache_clear()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            budgets = list(pool.map(lambda _: admission.admission(), range(4)))
+    finally:
+        admission._made.cache_clear()
+    assert all(b is budgets[0] for b in budgets)

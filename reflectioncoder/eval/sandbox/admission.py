@@ -54,9 +54,17 @@ class Admission:
                 self.cond.notify_all()
 
 
-@lru_cache(maxsize=1)
+_MAKING = threading.Lock()
+
+
 def admission() -> Admission:
     """This process's budget (the scorer's cgroup limit or the machine's memory, read once)."""
+    with _MAKING:  # lru_cache alone: two runs' first calls at once made two budgets
+        return _made()
+
+
+@lru_cache(maxsize=1)
+def _made() -> Admission:
     return Admission(scorer_memory_limit())
 
 
