@@ -93,12 +93,12 @@ def _launch(argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        rank, failure = _root_failure(err)
-        ended = _end_tracker_runs(command, args.training_script_args[1:])
-        print(f"{PROG}: {_failure_line(rank, failure, len(err.failures))}{ended}", file=sys.stderr)
+        rank, failure = root_failure(err)
+        ended = end_tracker_runs(command, args.training_script_args[1:])
+        print(f"{PROG}: {failure_line(rank, failure, len(err.failures))}{ended}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as err:  # the agent's handler: Ctrl-C, scancel, docker stop
-        _end_tracker_runs(command, args.training_script_args[1:])
+        end_tracker_runs(command, args.training_script_args[1:])
         raise KeyboardInterrupt if err.sigval == signal.SIGINT else Terminated from None
     finally:
         os.environ.pop(OUR_LAUNCHER_ENV, None)
@@ -114,7 +114,7 @@ def _said(failure) -> str:
     return "" if message == "<NONE>" else printable(" ".join(str(message).split()))
 
 
-def _root_failure(err):
+def root_failure(err):
     """(rank, failure) that says what went wrong: a rank's own error line first, then a rank
     killed by a signal (the OOM killer; SIGTERM, what the agent ends the others with, after
     the rest), then one stopped because another failed (whatever ended it then), then the
@@ -134,7 +134,7 @@ def _root_failure(err):
     return min(err.failures.items(), key=rank_of)
 
 
-def _failure_line(rank: int, failure, total: int) -> str:
+def failure_line(rank: int, failure, total: int) -> str:
     """The failed rank, its exit code (or signal) and the line it said."""
     said = _said(failure)
     if failure.exitcode == -signal.SIGTERM and said:  # the agent ended it on its way out
@@ -151,7 +151,7 @@ def _failure_line(rank: int, failure, total: int) -> str:
     return f"rank {rank} failed ({how}{others}): no error line (see its output above)"
 
 
-def _end_tracker_runs(command: str, command_args: list[str]) -> str:
+def end_tracker_runs(command: str, command_args: list[str]) -> str:
     """Once a ``train`` launch's ranks have ended: its MLflow run, left RUNNING by a rank 0
     killed outright, marked KILLED (``; its MLflow run ID ...``), or ""."""
     if command != "train":

@@ -92,18 +92,18 @@ def _said_in_one_line(error: BaseException) -> int | None:
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from reflectioncoder.launch import _end_tracker_runs, _failure_line, _root_failure
+    from reflectioncoder.launch import end_tracker_runs, failure_line, root_failure
 
     if not isinstance(error, (ChildFailedError, SignalException)):
         return None
     command, command_args = _command()
-    ended = _end_tracker_runs(command, command_args)
+    ended = end_tracker_runs(command, command_args)
     if isinstance(error, SignalException):  # Ctrl-C, scancel, docker stop: as our commands say
         word, code = ("interrupted", 130) if error.sigval == signal.SIGINT else ("terminated", 143)
         print(f"{PROG}: {word}{ended}", file=sys.stderr)
         return code
-    rank, failure = _root_failure(error)
-    print(f"{PROG}: {_failure_line(rank, failure, len(error.failures))}{ended}", file=sys.stderr)
+    rank, failure = root_failure(error)
+    print(f"{PROG}: {failure_line(rank, failure, len(error.failures))}{ended}", file=sys.stderr)
     return failure.exitcode if failure.exitcode > 0 else 1
 
 

@@ -93,12 +93,12 @@ def test_eval_setup_prints_apts_failure_escaped(monkeypatch, capsys):
 def test_launch_reports_a_ranks_recorded_error_escaped(tmp_path):
     """The line torch recorded for a rank (an uncaught exception's message) is shown escaped."""
     errors = pytest.importorskip("torch.distributed.elastic.multiprocessing.errors")
-    from reflectioncoder.launch import _failure_line
+    from reflectioncoder.launch import failure_line
 
     error_file = tmp_path / "error.json"
     recorded = {"message": f"RuntimeError: {HOSTILE}", "extraInfo": {"timestamp": "0"}}
     error_file.write_text(json.dumps({"message": recorded}))
     failure = errors.ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))
-    line = _failure_line(0, failure, 1)
+    line = failure_line(0, failure, 1)
     assert line.startswith("rank 0 failed (exit code 1): RuntimeError: \\x1b]0;pwned\\x07")
     assert "\x1b" not in line and "\u202e" not in line

@@ -89,14 +89,14 @@ def test_the_line_names_the_rank_that_failed_not_one_ended_after(tmp_path):
     failures = {0: _failure(tmp_path, 0, 143, None, 1), 1: _failure(tmp_path, 1, 1, gone, 2),
                 2: _failure(tmp_path, 2, 1, f"reflectioncoder train: data.jsonl:4: {SAID}", 3),
                 3: _failure(tmp_path, 3, -9, None, 4)}  # fmt: skip
-    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
-    assert launch._failure_line(rank, failure, 4) == (
+    rank, failure = launch.root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch.failure_line(rank, failure, 4) == (
         f"rank 2 failed (exit code 1; 3 other rank(s) failed too): reflectioncoder train: "
         f"data.jsonl:4: {SAID}"
     )
     del failures[2]
-    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
-    assert launch._failure_line(rank, failure, 3) == (
+    rank, failure = launch.root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch.failure_line(rank, failure, 3) == (
         "rank 3 failed (killed by SIGKILL; 2 other rank(s) failed too)"
     )
 
@@ -108,8 +108,8 @@ def test_a_rank_killed_outright_is_named_not_the_one_that_said_it_was_gone(tmp_p
     gone = "reflectioncoder train: stopped: another rank failed (its line is above, ...)"
     failures = {0: _failure(tmp_path, 0, -15, gone, 1), 1: _failure(tmp_path, 1, -9, None, 2),
                 2: _failure(tmp_path, 2, -15, None, 0)}  # fmt: skip
-    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
-    assert launch._failure_line(rank, failure, 3) == (
+    rank, failure = launch.root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch.failure_line(rank, failure, 3) == (
         "rank 1 failed (killed by SIGKILL; 2 other rank(s) failed too)"
     )
 
@@ -135,7 +135,7 @@ def test_the_launcher_marks_a_run_left_running_killed(tmp_path, monkeypatch):
 
     client, run_id = _mlflow_run(tmp_path, monkeypatch)
     argv = train_argv({"checkpoint.out_dir": tmp_path})[1:]
-    assert launch._end_tracker_runs("train", argv) == (
+    assert launch.end_tracker_runs("train", argv) == (
         f"; its MLflow run {run_id}, left RUNNING, marked KILLED"
     )
     assert client.get_run(run_id).info.status == "KILLED"
@@ -273,7 +273,7 @@ def test_a_rank_ended_after_its_error_is_not_said_killed(tmp_path):
     machine): the launch said `killed by SIGTERM`, as if the signal were the failure."""
     line = f"reflectioncoder train: data.jsonl:4: {SAID}"
     failures = {0: _failure(tmp_path, 0, -15, line, 1), 1: _failure(tmp_path, 1, -15, None, 2)}
-    rank, failure = launch._root_failure(ChildFailedError("reflectioncoder.cli", failures))
-    assert launch._failure_line(rank, failure, 2) == (
+    rank, failure = launch.root_failure(ChildFailedError("reflectioncoder.cli", failures))
+    assert launch.failure_line(rank, failure, 2) == (
         f"rank 0 failed (ended by SIGTERM after its error; 1 other rank(s) failed too): {line}"
     )
