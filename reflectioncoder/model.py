@@ -36,6 +36,7 @@ from transformers import (
 from reflectioncoder.activation_checkpointing import set_checkpointing
 from reflectioncoder.model_support import (
     LOGIT_SCALES,
+    causal_lm_class,
     check_attention_interface,
     check_supported,
 )
@@ -170,7 +171,7 @@ def load_model(
     path = resolve_model_path(path, field="path")
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)  # a bad one: one line
     if attn_implementation == ATTN_IMPLEMENTATION:  # before the weights: some fail to load
-        check_attention_interface(_causal_lm_class(config), str(path))
+        check_attention_interface(causal_lm_class(config), str(path))
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
         dtype=dtype if dtype is not None else "auto",
@@ -180,19 +181,6 @@ def load_model(
     if device is not None:
         model.to(device)
     return model
-
-
-def _causal_lm_class(config: Any) -> type:
-    """The class ``AutoModelForCausalLM`` builds for ``config``."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
-    except KeyError:
-        raise ValueError(
-            f"model: {type(config).__name__} ({config.model_type}) has no causal-LM class in "
-            "transformers (AutoModelForCausalLM): not a decoder-only language model"
-        ) from None
 
 
 def cast_weights(model: nn.Module, device: torch.device | str, dtype: torch.dtype) -> None:

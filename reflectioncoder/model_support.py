@@ -216,3 +216,16 @@ def sliding_window(config: Any) -> int | None:
     if layer_types is not None and "sliding_attention" not in layer_types:
         return None
     return int(window)
+
+
+def causal_lm_class(config: Any) -> type:
+    """The class ``AutoModelForCausalLM`` builds for ``config``."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise ValueError(
+            f"model: {type(config).__name__} ({config.model_type}) has no causal-LM class in "
+            "transformers (AutoModelForCausalLM): not a decoder-only language model"
+        ) from None

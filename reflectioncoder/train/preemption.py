@@ -20,6 +20,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
+from reflectioncoder.errors import Terminated
+
 log = logging.getLogger("reflectioncoder.train")
 
 
@@ -43,3 +45,14 @@ def sigterm_at_step_end(is_main: bool) -> Iterator[Callable[[], bool]]:
         yield noted.is_set
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def save_and_stop(save: Callable[[], object] | None, step: int, is_main: bool) -> None:
+    """A rank got SIGTERM: the step done saved (``save``: None when the run saves nothing),
+    then stop (``Terminated``, saying where ``--resume`` continues from)."""
+    saved = save() if save is not None else None
+    if saved is None:
+        raise Terminated
+    if is_main:
+        log.warning("SIGTERM: saved %s; --resume continues from it", saved)
+    raise Terminated(f"step {step} saved: --resume continues from {saved}")

@@ -38,7 +38,6 @@ from reflectioncoder.config import RunConfig
 from reflectioncoder.data.dataset import tokenizer_fingerprint
 from reflectioncoder.data.masking import mask_rate
 from reflectioncoder.data.packing import PackedBatch, StepPlan, pack_rank, plan_step
-from reflectioncoder.errors import Terminated
 from reflectioncoder.train import (
     checkpoint,
     deepspeed_config,
@@ -54,7 +53,7 @@ from reflectioncoder.train.flops import ModelShape, StepFlops, recomputed_share,
 from reflectioncoder.train.load import build_model, load_run_data, load_tokenizer
 from reflectioncoder.train.loss_module import ReflectionLossModule
 from reflectioncoder.train.metrics import MetricsLogger, guess_peak_tflops
-from reflectioncoder.train.preemption import sigterm_at_step_end
+from reflectioncoder.train.preemption import save_and_stop, sigterm_at_step_end
 from reflectioncoder.train.restore import load_checkpoint
 from reflectioncoder.train.resume import check_same_run, checkpoint_to_resume, record_resumed_config
 from reflectioncoder.train.run_folder import RunFolder
@@ -409,7 +408,7 @@ class Trainer:
                 if line and self.info.is_main:
                     log.info(line)
                 if self.stop_asked and self.step < self.total_steps:
-                    self._save_and_stop(every)
+                    save_and_stop(self.save if every else None, self.step, self.info.is_main)
                 if self._validation_due():
                     held_out = self.validate()
                 if every and self.step % every == 0 and self.step < self.total_steps:
@@ -434,15 +433,6 @@ class Trainer:
             "val_loss": held_out.get("val_loss"),
             "out_dir": str(self.out_dir),
         }
-
-    def _save_and_stop(self, every: int) -> None:
-        """A rank got SIGTERM (train.preemption): the step done saved (if any are), then stop."""
-        saved = self.save() if every else None
-        if saved is None:
-            raise Terminated
-        if self.info.is_main:
-            log.warning("SIGTERM: saved %s; --resume continues from it", saved)
-        raise Terminated(f"step {self.step} saved: --resume continues from {saved}")
 
     def close(self) -> None:
         """Flush metrics, draw the loss plot, end the process group: each even when one

@@ -211,20 +211,18 @@ _ARCH = {"x86_64": (0, 0xC000003E), "aarch64": (1, 0xC00000B7)}  # AUDIT_ARCH_*
 # files. "special": calls the filter looks at (clone's flags, signals' targets). "kernel": refused
 # at every level (the box's filter and the fallback's): the kernel's own state, other processes'
 # memory, namespaces, mounts, sockets of every family (and io_uring, which can make them), kernel
-# AIO contexts (io_setup: ``fs.aio-max-nr`` is one count for the machine, and a run that took it all
+# AIO contexts (io_setup: ``fs.aio-max-nr`` is one count for the machine: a run that took it all
 # failed every host io_setup, DeepSpeed's NVMe offload too), keys, tracing, modules, POSIX message
-# queues (a queue outlives its run where there is no IPC namespace, and without the mqueue file
-# system mounted nothing can list it; no toolchain uses them), and the mount and quota calls' newer
-# forms (open_tree_attr, quotactl_fd) and legacy calls no program needs (modify_ldt: x86's LDT, an
-# old exploit surface; uselib, ustat, sysfs, lookup_dcookie), and System V IPC (round 9: without an
-# IPC namespace, the fallback, a run read and wrote the host's 0666 segments and queues, and could
-# take the machine's counts, shmmni and the rest, failing the host's own shmget; no toolchain uses
-# it: POSIX semaphores and shared memory are files). "process": refused to Python programs in the
-# fallback only (compilers in the box need them; rustc spawns its linker through a socketpair, which
-# reaches nothing but its own other end). "unsupported": answered EOPNOTSUPP at every level, as a
-# file system without the call answers (fallocate: blocks of the host's disk at once, 64 MiB a call,
-# past the fallback's disk guard before its next look; round 7: 704 MiB in one look, a 16 MiB bound.
-# glibc's posix_fallocate then writes; every installed toolchain builds as before).
+# queues (a queue outlives its run without an IPC namespace, and nothing can list it), System V
+# IPC (round 9: in the fallback a run read and wrote the host's 0666 segments and queues and could
+# take the machine's counts, failing the host's shmget), the newer mount and quota calls
+# (open_tree_attr, quotactl_fd) and legacy calls no program needs (modify_ldt: x86's LDT, an old
+# exploit surface; uselib, ustat, sysfs, lookup_dcookie); no toolchain uses any of them.
+# "process": refused to Python programs in the fallback only (compilers in the box need them;
+# rustc spawns its linker through a socketpair, which reaches nothing but its own other end).
+# "unsupported": answered EOPNOTSUPP at every level, as a file system without the call answers
+# (fallocate: 64 MiB of the host's disk a call, past the fallback's disk guard before its next
+# look; round 7: 704 MiB in one look, a 16 MiB bound; glibc's posix_fallocate then writes).
 _SYSCALL_TABLE = """
 clone                 56  220  special
 clone3               435  435  special
