@@ -23,7 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from reflectioncoder.errors import UsageError, UserError, refuse_replacing_input, require_file
+from reflectioncoder.errors import (
+    UsageError,
+    UserError,
+    refuse_replacing_input,
+    require_file,
+    require_writable_output,
+)
 from reflectioncoder.file_modes import weights_mode_like_config
 
 SOURCE_FILE = "gguf_source.json"
@@ -134,6 +140,7 @@ def convert_gguf(
             field="OUT",
         )
     refuse_replacing_input(out, file, "FILE", "OUT")
+    require_writable_output(out, "OUT", folder=True)
     summary = gguf_summary(file)
     staging = out.with_name(out.name + ".converting")
     shutil.rmtree(staging, ignore_errors=True)

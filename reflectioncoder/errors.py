@@ -228,6 +228,29 @@ def refuse_replacing_input(out: Path, given: Path, given_flag: str, out_flag: st
         )
 
 
+def require_writable_output(
+    path: str | os.PathLike, field: str | None = None, folder: bool = False
+) -> Path:
+    """Check, before any work, that the output ``path`` (a file, or a ``folder``) can be made:
+    a UserError naming the file in the way (``out/x.jsonl`` under a file ``out``; the OS says
+    "File exists" or "Not a directory", after the work, of a temporary name) or the folder that
+    cannot be written (a read-only mount, permissions)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        wanted = "is a file; give a folder" if folder else "is a folder; give a file name"
+        raise UsageError(wanted, file=path, field=field)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if existing != path and not existing.is_dir():
+        raise UserError(
+            f"cannot be created: {existing} is a file, not a folder", file=path, field=field
+        )
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"cannot be written ({existing} is read-only to this user)", file=path, field=field
+        )
+    return path
+
+
 def require_file(path: str | os.PathLike, what: str, field: str | None = None) -> Path:
     """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
     path = Path(path)

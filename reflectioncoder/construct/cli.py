@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from reflectioncoder.construct.backend import MutationBackend, OpenAIBackend, TransformersBackend
 from reflectioncoder.construct.build import build_dataset, write_jsonl
-from reflectioncoder.errors import UsageError, require_file, require_model_folder
+from reflectioncoder.errors import (
+    UsageError,
+    require_file,
+    require_model_folder,
+    require_writable_output,
+)
 from reflectioncoder.generate import RetryPolicy
 from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
@@ -193,8 +197,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"expected {expected}, got {value}", field=flag)
     if args.base_url is not None and not args.base_url.startswith(("http://", "https://")):
         raise UsageError(f"expected an http(s) URL, got {args.base_url!r}", field="--base-url")
-    if Path(args.out).is_dir():
-        raise UsageError("is a folder; give a file name", file=args.out, field="--out")
+    require_writable_output(args.out, "--out")
     if args.problems is None:
         from reflectioncoder.construct.from_problems import progress_path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -21,11 +20,11 @@ from reflectioncoder.data.masking import draw_masks, visibility_host
 from reflectioncoder.data.schema import DataError
 from reflectioncoder.data.tokenize import IGNORE, TokenizedSample, add_special_tokens
 from reflectioncoder.errors import (
-    UsageError,
     atomic_write_text,
     refuse_overwriting_input,
     require_file,
     require_model_folder,
+    require_writable_output,
 )
 from reflectioncoder.printable import printable
 
@@ -180,8 +179,8 @@ def main(args: argparse.Namespace) -> int:
     refuse_overwriting_input(args.json_out, "--json", {"--data": args.data})
     for path in args.data:  # named with its flag, before the tokenizer loads
         require_file(path, "data file", field="--data")
-    if args.json_out and os.path.isdir(args.json_out):  # found now, not after tokenising
-        raise UsageError("is a folder; give a file name", file=args.json_out, field="--json")
+    if args.json_out:  # found now, not after tokenising
+        require_writable_output(args.json_out, "--json")
     require_model_folder(args.tokenizer, "--tokenizer", need="tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
     add_special_tokens(tokenizer)  # used as given when it already holds the seven tokens

@@ -22,7 +22,12 @@ from reflectioncoder.data.decontaminate import BenchmarkIndex, ContaminationRepo
 from reflectioncoder.data.formats import FORMATS, convert_row, detect_format
 from reflectioncoder.data.readers import expand_input, read_rows
 from reflectioncoder.data.schema import DataError, parse_sample
-from reflectioncoder.errors import UsageError, UserError, refuse_overwriting_input
+from reflectioncoder.errors import (
+    UsageError,
+    UserError,
+    refuse_overwriting_input,
+    require_writable_output,
+)
 from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
@@ -296,6 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Prepare, print a summary and each benchmark's overlap count."""
     refuse_overwriting_input(args.out, "--out", {"--in": args.inputs})
+    require_writable_output(args.out, "--out")
     index = None
     if not args.no_decontaminate:
         from reflectioncoder.eval.tasks import default_data_dir

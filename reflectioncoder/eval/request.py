@@ -14,6 +14,7 @@ from reflectioncoder.errors import (
     refuse_overwriting_input,
     require_file,
     require_model_folder,
+    require_writable_output,
 )
 from reflectioncoder.eval import tasks as tk
 
@@ -164,8 +165,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         require_file(args.samples, "samples file", field="--samples")
     for flag in ("--json", "--save-samples"):  # found now, not after hours of generation
         where = getattr(args, flag[2:].replace("-", "_"))
-        if where is not None and Path(where).is_dir():
-            raise UsageError("is a folder; give a file name", file=where, field=flag)
+        if where is not None:
+            require_writable_output(where, flag)
     _refuse_ignored_generation_flags(args)
     refuse_overwriting_input(
         args.json, "--json", {"--samples": args.samples, "--save-samples": args.save_samples}

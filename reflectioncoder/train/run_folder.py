@@ -16,7 +16,7 @@ from typing import IO, Any
 import yaml
 
 from reflectioncoder.config import RunConfig
-from reflectioncoder.errors import UsageError, UserError
+from reflectioncoder.errors import UserError, require_writable_output
 from reflectioncoder.train import reporters
 
 log = logging.getLogger("reflectioncoder.train")
@@ -55,16 +55,7 @@ def check_run_folder(out_dir: str | Path, resume: bool, overwrite: bool) -> None
     """Refuse a fresh launch into ``out_dir`` when it holds a run (``run_markers``), and a
     folder that cannot be written, touching nothing: found at start, not after the model has
     loaded. A run that never logged a step and saved nothing is started again."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError("is a file; give a folder", file=out_dir, field="checkpoint.out_dir")
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(
-            f"cannot be written ({existing} is read-only to this user)",
-            file=out_dir,
-            field="checkpoint.out_dir",
-        )
+    out_dir = require_writable_output(out_dir, "checkpoint.out_dir", folder=True)
     if not is_run_config(out_dir / "config.yaml"):
         raise RunFolderError(
             "holds a config.yaml that is not a reflectioncoder run's (another project's folder?): "
