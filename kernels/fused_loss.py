@@ -19,6 +19,8 @@ bench/roofline.py models time and memory.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -33,11 +35,10 @@ from .fused_loss_schedule import (
     check_loss_inputs,
     default_budget,
     run_chunks,
-    torch_row_op,
-    torch_sum_slots,
 )
 from .fused_loss_slot_sums import slot_sum_spec, triton_sum_slots
 from .fused_loss_stats import GemmTiles, stats_loss
+from .fused_loss_torch_rows import torch_row_op, torch_sum_slots
 
 BACKENDS = ("auto", "triton", "torch")
 # How the loss alone is computed: "gemm_rows" (the logits GEMM into the chunk's buffer, then one
@@ -70,8 +71,12 @@ def plan_chunks(weight, budget: ChunkBudget, loss_args: tuple, ce_only_rows=None
     return build_plan(*loss_args, max(2, rows // 2), ce_only_rows)
 
 
-def row_op_of(backend: str, tiles: RowTiles):
-    return triton_row_op(tiles) if backend == "triton" else torch_row_op
+def row_op_of(backend: str, tiles: RowTiles, softcap: float | None = None):
+    """The backend's row maths; ``softcap``: the logits are c tanh(z / c) (None: z, and the
+    kernels without it)."""
+    if backend == "triton":
+        return triton_row_op(tiles, softcap)
+    return torch_row_op if softcap is None else functools.partial(torch_row_op, softcap=softcap)
 
 
 def on_device(device: torch.device):
@@ -86,13 +91,13 @@ class FusedReflectionLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows):
-        backend, grads, budget, tiles = run
+        backend, grads, budget, tiles, softcap = run
         hidden = hidden.contiguous()
         weight = weight.contiguous()
         loss_args = (targets, ce_weight, kl_pairs, kl_weight)
         with on_device(hidden.device):
             plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
-            row_op = row_op_of(backend, tiles)
+            row_op = row_op_of(backend, tiles, softcap)
             ce, kl, dh_slots, dw = run_chunks(hidden, weight, plan, row_op, *grads)
         ctx.save_for_backward(dh_slots, dw, plan.rows)
         ctx.meta = (backend, hidden.shape[0], tiles)
@@ -149,18 +154,18 @@ def loss_only(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The forward alone: no d z, no d h / d W GEMMs, no gradient buffers. ``loss_args``:
     (targets, ce_weight, kl_pairs, kl_weight); ``run``: (backend, budget, tiles, schedule,
-    gemm_tiles). "gemm_rows": per chunk the logits GEMM and one read of them by the row maths,
-    memory one chunk's logits and h; "stats_epilogue": per chunk one statistics GEMM, memory
-    one chunk's h and its tile statistics (``LOSS_ONLY_SCHEDULES``)."""
-    backend, budget, tiles, schedule, gemm_tiles = run
+    gemm_tiles, softcap). "gemm_rows": per chunk the logits GEMM and one read of them by the
+    row maths, memory one chunk's logits and h; "stats_epilogue": per chunk one statistics
+    GEMM, memory one chunk's h and its tile statistics (``LOSS_ONLY_SCHEDULES``)."""
+    backend, budget, tiles, schedule, gemm_tiles, softcap = run
     hidden = hidden.detach().contiguous()
     weight = weight.detach().contiguous()
     with on_device(hidden.device):
         plan = plan_chunks(weight, budget, loss_args, ce_only_rows)
         if schedule == "stats_epilogue":
-            ce, kl = stats_loss(hidden, weight, plan, gemm_tiles)
+            ce, kl = stats_loss(hidden, weight, plan, gemm_tiles, softcap)
         else:
-            row_op = row_op_of(backend, tiles)
+            row_op = row_op_of(backend, tiles, softcap)
             ce, kl, _, _ = run_chunks(hidden, weight, plan, row_op, False, False)
     return ce + kl, {"ce": ce, "kl": kl}
 
@@ -179,9 +184,11 @@ def linear_reflection_loss(
     need_grad: bool | None = None,
     loss_only_schedule: str = "gemm_rows",
     gemm_tiles: GemmTiles | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One backend on checked inputs; ``budget`` / ``tiles`` / ``gemm_tiles`` overrides are for
-    tests; ``loss_only_schedule`` applies when no gradient is wanted (``LOSS_ONLY_SCHEDULES``)."""
+    tests; ``loss_only_schedule`` applies when no gradient is wanted (``LOSS_ONLY_SCHEDULES``);
+    ``softcap``: the logits' soft cap (``check_softcap``)."""
     if loss_only_schedule not in LOSS_ONLY_SCHEDULES:
         raise ValueError(
             f"loss_only_schedule: expected one of {LOSS_ONLY_SCHEDULES}, got {loss_only_schedule!r}"
@@ -190,17 +197,28 @@ def linear_reflection_loss(
         raise ValueError(
             f"loss_only_schedule: 'stats_epilogue' needs backend 'triton', not {backend!r}"
         )
+    check_softcap(softcap)
     budget = budget or default_budget(hidden.device)
     grads = wants_grad(hidden, weight, need_grad)
     if not any(grads):
         loss_args = (targets, ce_weight, kl_pairs, kl_weight)
-        run = (backend, budget, tiles, loss_only_schedule, gemm_tiles)
+        run = (backend, budget, tiles, loss_only_schedule, gemm_tiles, softcap)
         return loss_only(hidden, weight, loss_args, run, ce_only_rows)
-    run = (backend, grads, budget, tiles)
+    run = (backend, grads, budget, tiles, softcap)
     loss, ce, kl = FusedReflectionLoss.apply(
         hidden, weight, targets, ce_weight, kl_pairs, kl_weight, run, ce_only_rows
     )
     return loss, {"ce": ce, "kl": kl}
+
+
+def check_softcap(softcap) -> None:
+    """A soft cap is None or a finite number > 0 (c tanh(z / c) needs c > 0)."""
+    if softcap is None:
+        return
+    if isinstance(softcap, bool) or not isinstance(softcap, int | float):
+        raise ValueError(f"softcap: expected None or a number > 0, got {softcap!r}")
+    if not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap: expected a finite number > 0, got {softcap!r}")
 
 
 def fused_linear_reflection_loss(
@@ -215,6 +233,7 @@ def fused_linear_reflection_loss(
     ce_only_rows: torch.Tensor | None = None,
     need_grad: bool | None = None,
     loss_only_schedule: str = "gemm_rows",
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of packed rows straight from hidden states; no (N, V) tensor is built.
 
@@ -235,7 +254,9 @@ def fused_linear_reflection_loss(
     logging): no d z, no gradient GEMMs or buffers, and a loss without a graph. loss_only_schedule:
     how that loss alone is computed (``LOSS_ONLY_SCHEDULES``): "gemm_rows" (default) or
     "stats_epilogue" (backend "triton": the statistics in a Triton GEMM's epilogue, no logits
-    buffer: tens of MiB of workspace instead of about 0.5 GiB).
+    buffer: tens of MiB of workspace instead of about 0.5 GiB). softcap: None (default), or
+    c > 0: the logits are c tanh(W h / c) (Gemma 2's final_logit_softcapping), in the CE, the
+    KL and their gradients (d z times 1 - tanh^2); off, the kernels are the ones without it.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -261,7 +282,7 @@ def fused_linear_reflection_loss(
     args = (hidden, weight, targets, ce_weight.detach(), kl_pairs, kl_weight.detach())
     return linear_reflection_loss(
         *args, backend, ce_only_rows=ce_only_rows, need_grad=need_grad,
-        loss_only_schedule=loss_only_schedule,
+        loss_only_schedule=loss_only_schedule, softcap=softcap,
     )  # fmt: skip
 
 

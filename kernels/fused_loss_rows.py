@@ -24,6 +24,12 @@ TILES = RowTiles()
 
 
 @triton.jit
+def tanh(x):
+    """tanh(x) from one exp (Triton's core has no tanh): +-1 at the extremes, never NaN."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
 def _reflection_rows_kernel(
     Z_ptr,  # (R, V) logits of the chunk, input dtype; overwritten by d z when WRITE_DZ
     Tgt_ptr,  # (R,) int64: target of each slot, -100 = no CE
@@ -34,12 +40,15 @@ def _reflection_rows_kernel(
     V,  # vocabulary size
     Z_stride,  # row stride of Z
     HALF,  # PAIRS: slot of the first student (= pairs in the chunk)
+    CAP,  # SOFTCAP: the final-logit soft cap c
     PAIRS: tl.constexpr,  # program i takes teacher slot i and student slot HALF + i
     WRITE_DZ: tl.constexpr,
+    SOFTCAP: tl.constexpr,  # the logits are c tanh(z / c) (Gemma 2); off: not compiled in
     BLOCK_V: tl.constexpr,
 ):
     """One program per pair (or per CE-only row): pass 1 online (m, S) per row, the target
-    logit and, per pair, C = sum exp(z_t - m_t) (z_t - z_s); pass 2 writes d z over z."""
+    logit and, per pair, C = sum exp(z_t - m_t) (z_t - z_s); pass 2 writes d z over z. With
+    SOFTCAP both passes read z as c tanh(z / c), and d z carries tanh's derivative 1 - tanh^2."""
     i = tl.program_id(0).to(tl.int64)
     b_slot = HALF + i if PAIRS else i
     za_row = Z_ptr + i * Z_stride
@@ -57,6 +66,8 @@ def _reflection_rows_kernel(
     for v0 in range(0, V, BLOCK_V):
         in_v = cols < V - v0
         za = tl.load(za_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            za = CAP * tanh(za / CAP)
         m_a_new = tl.maximum(m_a, tl.max(tl.where(in_v, za, float("-inf")), axis=0))
         e_a = tl.where(in_v, tl.exp(za - m_a_new), 0.0)
         scale_a = tl.exp(m_a - m_a_new)
@@ -64,6 +75,8 @@ def _reflection_rows_kernel(
         zy_a += tl.sum(tl.where(cols == tgt_a - v0, za, 0.0), axis=0)
         if PAIRS:
             zb = tl.load(zb_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
+            if SOFTCAP:
+                zb = CAP * tanh(zb / CAP)
             m_b_new = tl.maximum(m_b, tl.max(tl.where(in_v, zb, float("-inf")), axis=0))
             e_b = tl.where(in_v, tl.exp(zb - m_b_new), 0.0)
             s_b = s_b * tl.exp(m_b - m_b_new) + tl.sum(e_b, axis=0)
@@ -87,19 +100,30 @@ def _reflection_rows_kernel(
         for v0 in range(0, V, BLOCK_V):
             in_v = cols < V - v0
             za = tl.load(za_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
+            if SOFTCAP:
+                t_a = tanh(za / CAP)
+                za = CAP * t_a
             p_a = tl.exp(za - lse_a)
             dz_a = cw_a * (p_a - tl.where(cols == tgt_a - v0, 1.0, 0.0))
+            if SOFTCAP:
+                dz_a = dz_a * (1.0 - t_a * t_a)
             if PAIRS:
                 zb = tl.load(zb_row + v0 + cols, mask=in_v, other=0.0).to(tl.float32)
+                if SOFTCAP:
+                    t_b = tanh(zb / CAP)
+                    zb = CAP * t_b
                 p_b = tl.exp(zb - lse_b)
                 # students: c (p_s - onehot) + k (p_s - p_t); teachers get nothing from the KL
                 dz_b = cw_b * (p_b - tl.where(cols == tgt_b - v0, 1.0, 0.0)) + kw * (p_b - p_a)
+                if SOFTCAP:
+                    dz_b = dz_b * (1.0 - t_b * t_b)
                 tl.store(zb_row + v0 + cols, dz_b.to(Z_ptr.dtype.element_ty), mask=in_v)
             tl.store(za_row + v0 + cols, dz_a.to(Z_ptr.dtype.element_ty), mask=in_v)
 
 
-def triton_row_op(tiles: RowTiles):
-    """The row maths as one launch of the Triton row kernel per chunk (a ``RowOp``)."""
+def triton_row_op(tiles: RowTiles, softcap: float | None = None):
+    """The row maths as one launch of the Triton row kernel per chunk (a ``RowOp``); logits
+    soft-capped at ``softcap`` (None: the kernel without it)."""
 
     def row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
         r, v = z.shape
@@ -114,8 +138,10 @@ def triton_row_op(tiles: RowTiles):
             v,
             z.stride(0),
             r // 2 if pairs else 0,
+            float(softcap or 0.0),
             PAIRS=pairs,
             WRITE_DZ=write_dz,
+            SOFTCAP=softcap is not None,
             BLOCK_V=tiles.block_v,
             num_warps=tiles.num_warps,
         )
@@ -137,8 +163,8 @@ def row_kernel_specs(name: str, dtype: torch.dtype, v: int, rows: int) -> list[d
     specs = []
     for pairs in (True, False):
         args = dict(Z_ptr=z, Tgt_ptr=i64, CW_ptr=f32, KW_ptr=f32, CE_ptr=f32, KL_ptr=f32)
-        args |= dict(V=v, Z_stride=v, HALF=rows // 2 if pairs else 0)
-        args |= dict(PAIRS=pairs, WRITE_DZ=True, BLOCK_V=TILES.block_v)
+        args |= dict(V=v, Z_stride=v, HALF=rows // 2 if pairs else 0, CAP=0.0)
+        args |= dict(PAIRS=pairs, WRITE_DZ=True, SOFTCAP=False, BLOCK_V=TILES.block_v)
         specs.append(
             {
                 "name": f"reflection_rows/{'pairs' if pairs else 'ce_only'}/{name}",

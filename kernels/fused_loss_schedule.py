@@ -1,5 +1,5 @@
-"""Fused linear reflection loss: the chunked schedule, shared by both backends, and its PyTorch
-row maths (the CPU production path).
+"""Fused linear reflection loss: the chunked schedule, shared by both backends (the PyTorch row
+maths, the CPU production path, is fused_loss_torch_rows.py).
 
 Maths (docs/kernel-math.md). Rows r have hidden h_r (D), logits z_r = W h_r (V), p_r = softmax(z_r):
   loss = sum_r c_r (lse_r - z_r[y_r]) + sum_j k_j sum_v p_tv (log p_tv - log p_sv),  j = (t, s)
@@ -12,10 +12,11 @@ of a pair are in the same half; then rows with CE and no pair. A row in several 
 CE in exactly one slot (its first), so it is counted once. Per chunk of R slots (two halves a, b
 sharing one (R, V) logits buffer):
   1. z = h W^T per half: a GEMM into the buffer in the input dtype (fp32 accumulation);
-  2. the row maths per half (torch here, one Triton row kernel on the GPU) reads z once for lse,
-     CE and KL and, when a gradient is wanted, once more to write d z over z in place; on CUDA
-     on a side stream, so that half a's runs beside half b's logits GEMM and half b's beside
-     half a's d h GEMM (the pipelined schedule of bench/roofline.py);
+  2. the row maths per half (PyTorch: fused_loss_torch_rows.py; one Triton row kernel on the
+     GPU) reads z once for lse, CE and KL and, when a gradient is wanted, once more to write
+     d z over z in place; on CUDA on a side stream, so that half a's runs beside half b's
+     logits GEMM and half b's beside half a's d h GEMM (the pipelined schedule of
+     bench/roofline.py);
   3. d h = d z W per half into its rows of an (S, D) per-slot buffer, and d W (+)= d z^T h once
      for the chunk: GEMMs with fp32 accumulation; d W lives in the weight's dtype (one rounding
      per chunk; the first chunk's GEMM writes it, so it is never zeroed).
@@ -34,8 +35,6 @@ from dataclasses import dataclass
 import torch
 
 IGNORE_INDEX = -100
-# Rows per softmax sub-block of the torch row maths: 32 x 32K fp32 = 4 MiB, cache-sized.
-SUB_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -356,72 +355,3 @@ def _row_call(row_op, z, plan: LossPlan, c: Chunk, ce_out, kl_out, write_dz):
     tgt, cw = plan.targets[c.start : c.stop], plan.ce_weight[c.start : c.stop]
     ce_c = ce_out[c.start : c.stop]
     return lambda: row_op(z, tgt, cw, kw, ce_c, kl_out_c, write_dz)
-
-
-def _ce_rows(z, targets, ce_w, ce_out, write_dz) -> None:
-    """CE of fp32 rows z (r, V) into ce_out; with ``write_dz`` z becomes c (p - onehot(y))."""
-    y = targets.clamp(min=0)[:, None]
-    torch.log_softmax(z, dim=-1, out=z)  # one fused pass; row-wise, so in place is safe
-    ce_out.copy_(-ce_w * z.gather(1, y).squeeze(1))
-    if write_dz:
-        z.exp_().mul_(ce_w[:, None]).scatter_add_(1, y, -ce_w[:, None])
-
-
-def _pair_rows(zt, zs, tgt_t, tgt_s, cw_t, cw_s, kw, ce_t, ce_s, kl_out, write_dz) -> None:
-    """CE and KL of r pairs, fp32 logits zt, zs (r, V); with ``write_dz`` they become d z:
-    teachers c_t (p_t - onehot), students (c_s + k) p_s - k p_t - c_s onehot."""
-    y_t = tgt_t.clamp(min=0)[:, None]
-    y_s = tgt_s.clamp(min=0)[:, None]
-    torch.log_softmax(zt, dim=-1, out=zt)
-    torch.log_softmax(zs, dim=-1, out=zs)
-    ce_t.copy_(-cw_t * zt.gather(1, y_t).squeeze(1))
-    ce_s.copy_(-cw_s * zs.gather(1, y_s).squeeze(1))
-    p_t = zt.exp()
-    kl_out.copy_(kw * torch.linalg.vecdot(p_t, zt - zs))  # sum_v p_t (log p_t - log p_s)
-    if write_dz:
-        zs.exp_().mul_((cw_s + kw)[:, None]).addcmul_(p_t, -kw[:, None])
-        zs.scatter_add_(1, y_s, -cw_s[:, None])
-        torch.mul(p_t, cw_t[:, None], out=zt).scatter_add_(1, y_t, -cw_t[:, None])
-
-
-def torch_row_op(z, targets, ce_w, kl_w, ce_out, kl_out, write_dz) -> None:
-    """The row maths in PyTorch, SUB_ROWS rows at a time in fp32 (fp64 for fp64 logits;
-    cache-sized temporaries)."""
-    r = z.shape[0]
-    acc = accum_dtype(z.dtype)
-    ce_w = ce_w.to(acc)  # scatter_add_ takes its source in z's dtype
-    if kl_w is None:
-        for a in range(0, r, SUB_ROWS):
-            zf = z[a : a + SUB_ROWS].to(acc)
-            b = a + zf.shape[0]
-            _ce_rows(zf, targets[a:b], ce_w[a:b], ce_out[a:b], write_dz)
-            if write_dz:
-                z[a:b].copy_(zf)
-        return
-    half = r // 2
-    step = max(1, SUB_ROWS // 2)
-    kl_w = kl_w.to(acc)
-    for a in range(0, half, step):
-        b = min(half, a + step)
-        t, s = slice(a, b), slice(half + a, half + b)
-        zt, zs = z[t].to(acc), z[s].to(acc)
-        _pair_rows(
-            zt, zs, targets[t], targets[s], ce_w[t], ce_w[s], kl_w[a:b],
-            ce_out[t], ce_out[s], kl_out[a:b], write_dz,
-        )  # fmt: skip
-        if write_dz:
-            z[t].copy_(zt)
-            z[s].copy_(zs)
-
-
-def torch_sum_slots(dh_slots: torch.Tensor, rows: torch.Tensor, n: int, g: torch.Tensor):
-    """d h (N, D) in the slots' dtype: the slots of each row summed in fp32 (fp64 for fp64
-    slots) in slot order, times g. A segmented sum over the slots sorted by row: each row's sum
-    runs in one place in a fixed order, with no atomics on CUDA (index_add_ there adds in an
-    order that varies from run to run) and no host sync (the segments' count is N)."""
-    acc = accum_dtype(dh_slots.dtype)
-    order = torch.argsort(rows, stable=True)
-    counts = torch.bincount(rows, minlength=n)
-    by_row = dh_slots.index_select(0, order).to(acc)
-    out = torch.segment_reduce(by_row, "sum", lengths=counts, axis=0, unsafe=True, initial=0)
-    return out.mul_(g).to(dh_slots.dtype)

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_loss_rows import tanh
 from .fused_loss_schedule import LossPlan
 
 PAIR_STATS = 7  # m_t, s_t, z_t[y_t], m_s, s_s, z_s[y_s], c
@@ -48,9 +49,12 @@ def gemm_tiles_for(dtype: torch.dtype) -> GemmTiles:
 
 
 @triton.jit
-def _tile_stats(acc, in_v, cols, tgt, OUT_TY: tl.constexpr):
-    """(z rounded to the input dtype, its max over V, exp(z - max) (0 outside V), target logit)."""
+def _tile_stats(acc, in_v, cols, tgt, CAP, OUT_TY: tl.constexpr, SOFTCAP: tl.constexpr):
+    """(z rounded to the input dtype, then soft-capped to c tanh(z / c) with SOFTCAP, its max
+    over V, exp(z - max) (0 outside V), target logit)."""
     z = acc.to(OUT_TY).to(tl.float32)
+    if SOFTCAP:
+        z = CAP * tanh(z / CAP)
     m = tl.max(tl.where(in_v[None, :], z, float("-inf")), axis=1)
     e = tl.where(in_v[None, :], tl.exp(z - m[:, None]), 0.0)
     zy = tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
@@ -68,7 +72,9 @@ def _logits_stats_kernel(
     D,  # hidden size
     H_stride,  # row stride of H
     W_stride,  # row stride of W
+    CAP,  # SOFTCAP: the final-logit soft cap c
     PAIRS: tl.constexpr,  # rows i < A are teachers, A + i their students
+    SOFTCAP: tl.constexpr,  # the logits are c tanh(z / c) (Gemma 2); off: not compiled in
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs; ignored for 16-bit ones
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
@@ -100,13 +106,13 @@ def _logits_stats_kernel(
     plane = nt.to(tl.int64) * A
     ty = H_ptr.dtype.element_ty
     tgt_a = tl.load(Tgt_ptr + rows64, mask=in_m, other=-1)
-    za, m_a, e_a, zy_a = _tile_stats(acc_a, in_v, cols, tgt_a, ty)
+    za, m_a, e_a, zy_a = _tile_stats(acc_a, in_v, cols, tgt_a, CAP, ty, SOFTCAP)
     tl.store(out, m_a, mask=in_m)
     tl.store(out + plane, tl.sum(e_a, axis=1), mask=in_m)
     tl.store(out + 2 * plane, zy_a, mask=in_m)
     if PAIRS:
         tgt_b = tl.load(Tgt_ptr + rows64 + A, mask=in_m, other=-1)
-        zb, m_b, e_b, zy_b = _tile_stats(acc_b, in_v, cols, tgt_b, ty)
+        zb, m_b, e_b, zy_b = _tile_stats(acc_b, in_v, cols, tgt_b, CAP, ty, SOFTCAP)
         c = tl.sum(e_a * (za - zb), axis=1)  # e_a is 0 outside V, where z is 0
         tl.store(out + 3 * plane, m_b, mask=in_m)
         tl.store(out + 4 * plane, tl.sum(e_b, axis=1), mask=in_m)
@@ -137,9 +143,10 @@ def finish_chunk(stats, ce_w, kl_w, ce_out, kl_out) -> None:
     kl_out.copy_(torch.where(kl_w != 0, kl_w * (c[0] / s_a - lse_a + lse_b), 0.0))
 
 
-def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None):
+def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None, softcap=None):
     """(ce sum, kl sum) of ``plan``: per chunk one statistics GEMM launch, then the fold.
-    ``tiles``: the dtype's production tiles unless given (tests)."""
+    ``tiles``: the dtype's production tiles unless given (tests); ``softcap``: the logits'
+    soft cap c (None: none)."""
     tiles = tiles or gemm_tiles_for(hidden.dtype)
     v, d = weight.shape
     dev = hidden.device
@@ -161,7 +168,8 @@ def stats_loss(hidden, weight, plan: LossPlan, tiles: GemmTiles | None = None):
         stats = stats_buf[: planes * a * nt].view(planes, a, nt)
         _logits_stats_kernel[(triton.cdiv(a, tiles.block_m), nt)](
             h, weight, plan.targets[c.start : c.stop], stats, a, v, d, h.stride(0),
-            weight.stride(0), PAIRS=c.pairs, DOT_PRECISION=precision, BLOCK_M=tiles.block_m,
+            weight.stride(0), float(softcap or 0.0), PAIRS=c.pairs,
+            SOFTCAP=softcap is not None, DOT_PRECISION=precision, BLOCK_M=tiles.block_m,
             BLOCK_V=tiles.block_v, BLOCK_K=tiles.block_k, num_warps=tiles.num_warps,
             num_stages=tiles.num_stages,
         )  # fmt: skip
@@ -189,7 +197,8 @@ def _compile_specs() -> list[dict]:
             args = dict(H_ptr=x, W_ptr=x, Tgt_ptr=torch.empty(16, dtype=torch.int64))
             args |= dict(Stats_ptr=torch.empty(16, dtype=torch.float32))
             args |= dict(A=rows // 2 if pairs else rows, V=v, D=d, H_stride=d, W_stride=d)
-            args |= dict(PAIRS=pairs, DOT_PRECISION=precision, BLOCK_M=tiles.block_m)
+            args |= dict(CAP=0.0, PAIRS=pairs, SOFTCAP=False, DOT_PRECISION=precision)
+            args |= dict(BLOCK_M=tiles.block_m)
             args |= dict(BLOCK_V=tiles.block_v, BLOCK_K=tiles.block_k)
             specs.append(
                 {

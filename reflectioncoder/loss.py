@@ -30,6 +30,7 @@ def reflection_loss(
     check_inputs: bool | None = None,
     need_grad: bool | None = None,
     lm_head_bias: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted CE + KL of a packed micro-batch; no host sync when ``check_inputs`` is off.
 
@@ -45,6 +46,8 @@ def reflection_loss(
             autograd (``torch.no_grad()`` or inputs without grad also skip the gradients).
         lm_head_bias: (V,) the head's bias, or None: logits = W h + b, computed as
             [W | b] [h; 1] (exact, every backend; costs a copy of W and of its gradient).
+        softcap: None, or c > 0: the logits are c tanh((W h + b) / c) (Gemma 2's
+            ``final_logit_softcapping``), applied inside the fused loss (``model.logit_softcap``).
 
     Returns:
         (loss, parts): loss = sum_i ce_weight_i CE_i + sum_j kl_weight_j KL_j (0-dim; the
@@ -72,4 +75,5 @@ def reflection_loss(
         check_inputs=check_inputs,
         ce_only_rows=getattr(batch, "ce_only_rows", None),
         need_grad=need_grad,
+        softcap=softcap,
     )

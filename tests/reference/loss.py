@@ -34,6 +34,11 @@ def _weighted_loss(
     return ce + kl, ce, kl
 
 
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma 2's final-logit soft cap, as transformers writes it: c tanh(z / c)."""
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
 def reflection_loss_reference(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -41,10 +46,11 @@ def reflection_loss_reference(
     ce_weight: torch.Tensor,
     kl_pairs: torch.Tensor,
     kl_weight: torch.Tensor,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, ce, kl) in float64; differentiable in ``hidden`` and ``weight`` if they are float64
-    leaves (pass ``hidden.double().requires_grad_()``)."""
-    logits = hidden.double() @ weight.double().T
+    leaves (pass ``hidden.double().requires_grad_()``); ``softcap`` c: logits c tanh(W h / c)."""
+    logits = _capped(hidden.double() @ weight.double().T, softcap)
     return _weighted_loss(logits, targets, ce_weight, kl_pairs, kl_weight)
 
 
@@ -97,9 +103,12 @@ def plain_reflection_loss(
     ce_weight: torch.Tensor,
     kl_pairs: torch.Tensor,
     kl_weight: torch.Tensor,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same maths, every op in the inputs' dtype (bf16 stays bf16)."""
-    return _weighted_loss(hidden @ weight.T, targets, ce_weight, kl_pairs, kl_weight)
+    return _weighted_loss(
+        _capped(hidden @ weight.T, softcap), targets, ce_weight, kl_pairs, kl_weight
+    )
 
 
 def recipe_loss(
