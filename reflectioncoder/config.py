@@ -75,6 +75,13 @@ class ModelConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     """``model.build_tiny_llama`` keyword arguments for a model built from scratch
     (hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, ...)."""
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fields of the model's Hugging Face config set before the model is built, e.g.
+    ``{attention_dropout: 0.0}`` for StarCoder2's released checkpoints (``--set
+    model.config_overrides.attention_dropout=0.0``): the downloaded folder is never edited. Each
+    must name a field the config has, with a value of its type (a mapping for a nested config:
+    ``text_config``); checked against the model's config.json at start. The saved
+    checkpoints' config.json carries them."""
     dtype: str = "auto"
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
     gradient_checkpointing: bool = False
@@ -159,6 +166,9 @@ class ModelConfig:
             "give model.name_or_path or model.arch (a LlamaConfig to build from scratch)",
         )
         _check_arch(self.arch)
+        bad = [k for k in self.config_overrides if not isinstance(k, str) or not k.strip()]
+        check_field(not bad, "model.config_overrides",
+                    f"expected field names of the model's config, got {bad[:1]}")  # fmt: skip
         check_field(
             isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
             "model.tokenizer_vocab_size",

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -27,13 +26,14 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PreTrainedModel,
-)
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from reflectioncoder.activation_checkpointing import set_checkpointing
+from reflectioncoder.model_config import (
+    apply_config_overrides,
+    read_model_config,
+    resolve_model_path,
+)
 from reflectioncoder.model_support import (
     LOGIT_SCALES,
     causal_lm_class,
@@ -79,8 +79,10 @@ def build_tiny_llama(
     rope_theta: float = 10000.0,
     attn_implementation: str = ATTN_IMPLEMENTATION,
     seed: int | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """A random Llama-architecture model (RMSNorm, RoPE, GQA, SwiGLU) in float32."""
+    """A random Llama-architecture model (RMSNorm, RoPE, GQA, SwiGLU) in float32;
+    ``config_overrides``: fields of its LlamaConfig set (``model.config_overrides``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     for name, value in (
@@ -111,6 +113,7 @@ def build_tiny_llama(
         eos_token_id=None,
         pad_token_id=None,
     )
+    apply_config_overrides(config, config_overrides or {})
     config._attn_implementation = attn_implementation
     with _fork_rng(seed):
         model = LlamaForCausalLM(config)
@@ -127,53 +130,27 @@ def _fork_rng(seed: int | None) -> Iterator[None]:
         yield
 
 
-def resolve_model_path(
-    name: str | Path, field: str = "model.name_or_path", need: str = "model"
-) -> Path:
-    """A local model (or tokenizer: ``need``) folder: ``name`` itself, or a hub name's snapshot
-    already in the local Hugging Face cache. Never downloads: training machines are often
-    offline, and a 34B download inside a 64-rank launch would be repeated by every node."""
-    from reflectioncoder.errors import UserError, require_model_folder
-
-    path = Path(name)
-    if not path.exists() and _HUB_ID.fullmatch(str(name)):
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(str(name), local_files_only=True))
-        except Exception as err:  # not in the cache (or no such repo): say what to do
-            raise UserError(
-                f"{name}: a hub name not in the local Hugging Face cache (nor a folder here); "
-                f"download it first (e.g. `huggingface-cli download {name} --local-dir "
-                f"/models/{path.name}`) and set {field} to that folder",
-                field=field,
-            ) from err
-    return require_model_folder(path, field, need)
-
-
-# A hub repo id, ``org/name``: what is not one (``./x``, ``../runs/x``, ``~/m``, ``a/b/c``) is a
-# path, and a missing path is "folder not found", not a download to suggest.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
-
 def load_model(
     path: str | Path,
     *,
     dtype: torch.dtype | None = None,
     attn_implementation: str = ATTN_IMPLEMENTATION,
     device: str | torch.device | None = None,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM from a local folder (config.json + weights); never downloads.
 
-    ``dtype`` defaults to the checkpoint's. Call ``prepare_model`` next for Liger and
+    ``dtype`` defaults to the checkpoint's; ``config_overrides`` are set on its config before
+    the model is built (``model.config_overrides``). Call ``prepare_model`` next for Liger and
     gradient checkpointing.
     """
     path = resolve_model_path(path, field="path")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)  # a bad one: one line
+    config = read_model_config(path, config_overrides)
     if attn_implementation == ATTN_IMPLEMENTATION:  # before the weights: some fail to load
         check_attention_interface(causal_lm_class(config), str(path))
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
+        config=config,
         dtype=dtype if dtype is not None else "auto",
         attn_implementation=attn_implementation,
         local_files_only=True,

@@ -178,10 +178,11 @@ def _check_values(config: Any) -> None:
             if cfg is config and field == scaled:  # the fused loss takes it (model.logit_scale)
                 continue
             if field == "attention_dropout" and value not in plain:
+                inner = "" if cfg is config else "text_config."
                 raise ValueError(
-                    f"model: {owner}.{field} = {value!r}: packed attention (varlen kernels) "
-                    'applies no attention dropout; set "attention_dropout": 0.0 in the '
-                    "model's config.json to train without it"
+                    f"model: {owner}.{field} = {value!r} (the model's config.json): packed "
+                    "attention (varlen kernels) applies no attention dropout; to train without "
+                    f"it: --set model.config_overrides.{inner}attention_dropout=0.0"
                 )
             if value not in plain:
                 what = "attention scores"

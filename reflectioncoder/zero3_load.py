@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.initialization import no_init_weights
 
 from reflectioncoder.model import embedding_tables, mean_row, special_token_ids
+from reflectioncoder.model_config import read_model_config
 from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 
 _SAFETENSORS_DTYPES = {
@@ -130,6 +131,7 @@ def load_model_into_partitions(
     partition_context: AbstractContextManager[Any],
     local_piece: LocalPiece,
     attn_implementation: str = ATTN_IMPLEMENTATION,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, dict[str, int]]:
     """``load_model`` then ``add_special_token_embeddings``, for parameters partitioned as they
     are built (ZeRO-3), with no parameter ever whole on a rank; the same values, bit for bit.
@@ -141,7 +143,7 @@ def load_model_into_partitions(
     """
     model, ids = build_without_values(
         path, tokenizer, splits, dtype=dtype, context=partition_context,
-        attn_implementation=attn_implementation,
+        attn_implementation=attn_implementation, config_overrides=config_overrides,
     )  # fmt: skip
     read_pieces(model, Path(path), splits, ids, dtype=dtype, local_piece=local_piece)
     return model, ids
@@ -155,13 +157,14 @@ def build_without_values(
     dtype: torch.dtype,
     context: AbstractContextManager[Any],
     attn_implementation: str = ATTN_IMPLEMENTATION,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, dict[str, int]]:
     """The checkpoint's model built inside ``context`` (ZeRO-3's partitioning, or the meta
     device), its values left to ``read_pieces``, its embeddings already at the vocabulary size
-    the special tokens need. Returns the model (weights tied as its config says) and each special
-    token -> its id."""
+    the special tokens need, ``config_overrides`` set on its config. Returns the model (weights
+    tied as its config says) and each special token -> its id."""
     path = Path(path)
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config = read_model_config(path, config_overrides)
     text = config.get_text_config()
     ids = special_token_ids(tokenizer, splits, text.vocab_size)
     text.vocab_size = max(text.vocab_size, len(tokenizer), max(ids.values()) + 1)

@@ -4,8 +4,9 @@ data with a local model)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def save_tiny_model(
@@ -18,11 +19,15 @@ def save_tiny_model(
     special_tokens: Sequence[str] = (),
     chat_template: str | None = None,
     seed: int = 0,
+    model_type: str = "llama",
+    config_fields: Mapping[str, Any] | None = None,
 ) -> Path:
-    """``out`` holding a Llama of random weights (seeded) and a byte-level BPE tokenizer of 300
-    tokens trained on ``texts``, plus ``special_tokens`` and a ``chat_template`` when given."""
+    """``out`` holding a Llama (or another ``model_type`` taking Llama's size fields:
+    ``starcoder2``, ``qwen2``, ...) of random weights (seeded), ``config_fields`` set in its
+    config (``{"attention_dropout": 0.1}``), and a byte-level BPE tokenizer of 300 tokens trained
+    on ``texts``, plus ``special_tokens`` and a ``chat_template`` when given."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from reflectioncoder.tokenizer import train_tokenizer
 
@@ -33,7 +38,8 @@ def save_tiny_model(
         tok.chat_template = chat_template
     tok.save_pretrained(out)
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = AutoConfig.for_model(
+        model_type,
         vocab_size=len(tok),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -44,6 +50,7 @@ def save_tiny_model(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **(config_fields or {}),
     )
-    LlamaForCausalLM(config).save_pretrained(out)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
     return out

@@ -59,13 +59,20 @@ class PendingLoad:
 
 
 def build_on_meta(
-    path: Path, tokenizer: Any, splits: Mapping[str, Sequence[int]], dtype: torch.dtype
+    path: Path,
+    tokenizer: Any,
+    splits: Mapping[str, Sequence[int]],
+    dtype: torch.dtype,
+    config_overrides: Mapping[str, Any] | None = None,
 ) -> PreTrainedModel:
     """The checkpoint's model on the meta device (no storage, no values), at the vocabulary size
-    the special tokens need; ``load_shards`` gives it its values once the engine has sharded it.
-    ``tokenizer`` already holds the special tokens (``splits``)."""
+    the special tokens need, ``config_overrides`` set on its config; ``load_shards`` gives it its
+    values once the engine has sharded it. ``tokenizer`` already holds the special tokens
+    (``splits``)."""
     context = torch.device("meta")
-    model, ids = build_without_values(path, tokenizer, splits, dtype=dtype, context=context)
+    model, ids = build_without_values(
+        path, tokenizer, splits, dtype=dtype, context=context, config_overrides=config_overrides
+    )
     model.rc_pending_load = PendingLoad(Path(path), splits, ids, dtype)
     return model
 

@@ -102,7 +102,7 @@ def load_tokenizer(cfg: RunConfig, info: distributed.DistInfo, resume_from: Path
         return _resumed_tokenizer(Path(cfg.checkpoint.out_dir), resume_from)
     source = cfg.model.tokenizer or cfg.model.name_or_path
     if source is not None:
-        from reflectioncoder.model import resolve_model_path
+        from reflectioncoder.model_config import resolve_model_path
 
         field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
         folder = resolve_model_path(source, field, need="tokenizer")
@@ -137,10 +137,11 @@ def _resumed_tokenizer(out_dir: Path, checkpoint_path: Path) -> Any:
 
 def check_tokenizer_fits(cfg: RunConfig, tokenizer: Any, path: Path) -> None:
     """A tokenizer whose own vocabulary runs past the model's embedding rows is another model's:
-    refused from the model's config.json, before the weights load."""
-    from transformers import AutoConfig
+    refused from the model's config.json (with ``model.config_overrides``: refused there if
+    one does not fit it), before the weights load."""
+    from reflectioncoder.model_config import read_model_config
 
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config = read_model_config(path, cfg.model.config_overrides)
     rows = getattr(config.get_text_config(), "vocab_size", None)  # a composite's: its text model's
     if isinstance(rows, int) and tokenizer.vocab_size > rows:
         field = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
@@ -171,12 +172,8 @@ def build_model(
     sharded it (``train/fsdp_load.py``); other checkpoints load whole on every rank.
     """
     from reflectioncoder.data.tokenize import add_special_tokens
-    from reflectioncoder.model import (
-        add_special_token_embeddings,
-        build_tiny_llama,
-        load_model,
-        resolve_model_path,
-    )
+    from reflectioncoder.model import add_special_token_embeddings, build_tiny_llama, load_model
+    from reflectioncoder.model_config import resolve_model_path
     from reflectioncoder.zero3_load import has_safetensors, load_model_into_partitions
 
     # DeepSpeed and FSDP load in the training dtype (they keep fp32 masters); one process loads
@@ -184,6 +181,7 @@ def build_model(
     # autocast).
     sharded = info.deepspeed or cfg.distributed.backend == "fsdp"
     load_dtype = dtype if sharded else torch.float32
+    overrides = cfg.model.config_overrides  # set on the model's config before it is built
     path = None if cfg.model.name_or_path is None else resolve_model_path(cfg.model.name_or_path)
     if path is not None:
         check_tokenizer_fits(cfg, tokenizer, path)
@@ -195,11 +193,13 @@ def build_model(
             dtype=load_dtype,
             partition_context=deepspeed_config.zero3_partitioning(cfg, info),
             local_piece=deepspeed_config.zero3_local_piece,
+            config_overrides=overrides,
         )
         return model
     if path is not None and cfg.distributed.backend == "fsdp":
         if has_safetensors(path):  # values read by each rank once sharded (FSDPEngine)
-            return build_on_meta(path, tokenizer, add_special_tokens(tokenizer), load_dtype)
+            splits = add_special_tokens(tokenizer)
+            return build_on_meta(path, tokenizer, splits, load_dtype, overrides)
         if info.is_main:
             log.info(
                 "FSDP: %s has no safetensors weights: each rank loads the whole model before "
@@ -207,9 +207,11 @@ def build_model(
                 path,
             )
     if path is not None:
-        model = load_model(path, dtype=load_dtype)
+        model = load_model(path, dtype=load_dtype, config_overrides=overrides)
     else:
-        model = build_tiny_llama(len(tokenizer), seed=cfg.train.seed, **cfg.model.arch)
+        model = build_tiny_llama(
+            len(tokenizer), seed=cfg.train.seed, config_overrides=overrides, **cfg.model.arch
+        )
     splits = add_special_tokens(tokenizer)
     add_special_token_embeddings(
         model, tokenizer, splits, gather_for_update=distributed.gathered_params

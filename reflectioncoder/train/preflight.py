@@ -49,12 +49,14 @@ def check_runnable(cfg: RunConfig, info: DistInfo) -> None:
 
 
 def check_paths(cfg: RunConfig) -> None:
-    """The model folders, then every data file: a folder or a typo is named in one line before
-    a tokenizer is trained, data is read or weights are loaded."""
-    from reflectioncoder.model import resolve_model_path
+    """The model folders (and ``model.config_overrides`` against the model's config), then every
+    data file: a folder or a typo is named in one line before a tokenizer is trained, data is
+    read or weights are loaded."""
+    from reflectioncoder.model_config import read_model_config, resolve_model_path
 
     if cfg.model.name_or_path is not None:
-        resolve_model_path(cfg.model.name_or_path, "model.name_or_path")
+        folder = resolve_model_path(cfg.model.name_or_path, "model.name_or_path")
+        read_model_config(folder, cfg.model.config_overrides)  # each override fits its config
     if cfg.model.tokenizer is not None:
         resolve_model_path(cfg.model.tokenizer, "model.tokenizer", need="tokenizer")
     for field in ("data.files", "data.validation_files"):

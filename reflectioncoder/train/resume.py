@@ -90,7 +90,14 @@ def config_changes(saved: Path, cfg: RunConfig) -> list[str]:
     except (OSError, yaml.YAMLError):
         return []
     new = flat(cfg.to_dict())
-    return [f"{k[:-1]} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
+    changed = [f"{k[:-1]} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
+    # a model.config_overrides entry added or dropped changes the model (a field absent from
+    # the run's config.yaml elsewhere is one this version added: not a change)
+    added_or_dropped = sorted(k for k in old.keys() ^ new.keys() if k.startswith(_OVERRIDES))
+    return changed + [f"{k[:-1]} {old.get(k)!r} -> {new.get(k)!r}" for k in added_or_dropped]
+
+
+_OVERRIDES = "model.config_overrides."
 
 
 def check_same_run(path: Path, cfg: RunConfig, out_dir: Path, planned: dict[str, Any]) -> None:
