@@ -34,7 +34,8 @@ class DataConfig:
     cache_dir: str | None = None
     """Where tokenised files are cached (key: tokenizer, file bytes, max_len); None: no cache."""
     num_workers: int = 1
-    """Processes that tokenise (1: in this process)."""
+    """Processes that tokenise (1: in this process); at most the usable cores (refused at the
+    start of a run above them: they would only share the cores)."""
     validation_files: list[str] = field(default_factory=list)
     """Held-out jsonl files (the format of ``files``, checked the same way): their loss is
     computed every ``train.eval_every`` steps and at the end of training. Empty: none."""

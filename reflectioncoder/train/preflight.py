@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from reflectioncoder.config import RunConfig
+from reflectioncoder.cpus import usable_cores
 from reflectioncoder.errors import ConfigError, require_file
 from reflectioncoder.train import deepspeed_config
 from reflectioncoder.train.distributed import DistInfo
@@ -36,6 +37,13 @@ def check_runnable(cfg: RunConfig, info: DistInfo) -> None:
     if cfg.train.threads is not None and cfg.train.threads > cores:  # torch crashes far above
         raise ConfigError(f"expected at most the {cores} cores here, got {cfg.train.threads}",
                           field="train.threads")  # fmt: skip
+    usable = usable_cores()  # more tokenising processes than cores only share them
+    if cfg.data.num_workers > usable:
+        raise ConfigError(
+            f"expected at most the {usable} usable cores here (affinity, CPU quota), got "
+            f"{cfg.data.num_workers}",
+            field="data.num_workers",
+        )
     if not cfg.data.files:  # the presets name none: the first thing a new user meets
         raise ConfigError(
             "no training files given, e.g. --set data.files=[data/reflection.jsonl]",
