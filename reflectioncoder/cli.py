@@ -234,6 +234,8 @@ def guarded(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         if terminated and str(err):  # what the run did first (its step saved: train)
             line += f" ({err})"
             _tell_launcher(line)  # a rank's own SIGTERM: the launch's line says it for it
+        elif str(err):  # what to run next (train: where --resume continues)
+            line += f"; {err}"
         # Under a launcher every rank gets the signal (Ctrl-C reaches the terminal's whole
         # process group; a launcher ends the others): local rank 0 says it for the node, and
         # reflectioncoder.launch for them all.

@@ -338,7 +338,7 @@ def test_ctrl_c_in_train_keeps_what_it_wrote_whole(files, tmp_path):
     )  # fmt: skip
     rc, err = _interrupt_when(argv, "train: 2/")
     assert rc == 130, err
-    assert err.strip().splitlines()[-1] == "reflectioncoder train: interrupted"
+    assert err.strip().splitlines()[-1].startswith("reflectioncoder train: interrupted; --resume")
     assert "Traceback" not in err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))

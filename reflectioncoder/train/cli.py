@@ -18,6 +18,7 @@ from reflectioncoder.config import RunConfig
 from reflectioncoder.config_loader import Origins, errors_located, load_launch_config
 from reflectioncoder.config_presets import PRESETS
 from reflectioncoder.errors import UsageError, raised_in_run, terminate_as_interrupt
+from reflectioncoder.train.runs import resume_hint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +89,10 @@ def main(args: argparse.Namespace) -> int:
             summary = trainer.train()
         except Exception as err:
             raised_in_run(err, trainer.out_dir)  # a bug's traceback kept in OUT/logs
+            raise
+        except KeyboardInterrupt as stop:  # Ctrl-C: said with where --resume continues
+            if type(stop) is KeyboardInterrupt and trainer.info.is_main:
+                raise KeyboardInterrupt(resume_hint(trainer.out_dir)) from None
             raise
         finally:
             trainer.close()

@@ -183,6 +183,12 @@ def _runs_inside(folder: Path) -> str:
     return f"; the runs in it: {', '.join(runs)}: give one" if runs else ""
 
 
+def resume_hint(folder: Path) -> str:
+    """What ``--resume`` does in ``folder`` now, as ``runs`` ends its listing: the line a run
+    stopped by Ctrl-C ends with, so the user need not run ``runs`` to learn it."""
+    return _resume_line([r for r in checkpoint_rows(folder) if r["resumable"] or r["damaged"]])
+
+
 def _resume_line(candidates: list[dict[str, Any]]) -> str:
     """What ``--resume`` does: the newest candidate, unless it is damaged (then it stops)."""
     if not candidates:
