@@ -29,6 +29,7 @@ import torch.distributed as dist
 from reflectioncoder.config import DistributedConfig
 from reflectioncoder.cpus import thread_choice
 from reflectioncoder.errors import UserError
+from reflectioncoder.train.build_locks import clear_stale_build_locks
 
 
 @dataclass
@@ -94,6 +95,7 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
             import deepspeed
 
             quiet_deepspeed()
+            clear_stale_build_locks(say=local_rank == 0)  # else torch waits on one forever
             if not use_cuda and local_rank == 0:
                 announce_shm_op_build()
             with deepspeed_prints_quieted():
