@@ -27,6 +27,26 @@ from reflectioncoder.printable import printable
 
 PROG = "reflectioncoder launch"
 
+# What --help prints: the module's docstring is for the developers (torchrun's internals)
+HELP = f"""\
+usage: {PROG} [torchrun's options] COMMAND [its flags]
+       (or: python -m reflectioncoder.launch [torchrun's options] COMMAND [its flags])
+
+torchrun for a reflectioncoder command: the same options and ranks, but a failed launch ends in
+one line naming the rank and its reason, and exits with that rank's code:
+  {PROG}: rank 0 of 2 failed (exit code 2): <the rank's one-line error>
+
+examples:
+  {PROG} --nproc_per_node 8 train --config configs/paper.yaml
+  {PROG} --nproc_per_node 8 train --config configs/paper.yaml --resume
+  {PROG} --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK \\
+      --master_addr node1 --master_port 29500 train --config configs/paper.yaml
+
+COMMAND: one of {", ".join(COMMANDS)}
+(its flags: reflectioncoder COMMAND --help).
+torchrun's options (--nproc_per_node, --nnodes, --rdzv-endpoint, --max-restarts, ...):
+torchrun --help. More: docs/training.md, "Many GPUs, many nodes"."""
+
 # torchrun's own lines that the one line replaces: the agent's "failed (exitcode: ...)", its
 # note that torchrun has no error file of its own to copy the rank's into, its ending the other
 # ranks once one failed, and the signal that stopped it (said "terminated", "interrupted");
@@ -64,9 +84,9 @@ def hide_torchruns_own_lines(keep_failures: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv in (["-h"], ["--help"]):
-        print(__doc__)
-        return 0
+    if argv in ([], ["-h"], ["--help"]):
+        print(HELP, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     return guarded(PROG, lambda: _launch(argv), "--debug" in argv)
 
 
