@@ -20,49 +20,21 @@ heap's figure less those.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 from pathlib import Path
 
 from bench import RESULTS
 from bench.providers.common import write_rows
+from reflectioncoder.testing.heap import held_by_loss, prepare_for, synthetic_batch
 
 POLICIES = ("none", "full", "save_gemms", "mlp_rerun", "alternate", "offload")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                     "uordblks", "fordblks", "keepcost")
-    ]  # fmt: skip
-
-
-def heap_in_use() -> int:
-    """Bytes malloc has handed out and not had back (small chunks + mmapped blocks)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
 def _model_and_batch(layers: int, policy: str, sizes: dict, tokens: int, seed: int):
-    from reflectioncoder.data.config import MaskConfig, PackingConfig
-    from reflectioncoder.data.packing import pack_rank, plan_step
-    from reflectioncoder.model import build_tiny_llama, prepare_model
-    from reflectioncoder.testing.synthetic import synthetic_samples
+    from reflectioncoder.model import build_tiny_llama
 
     model = build_tiny_llama(sizes["vocab"], num_layers=layers, seed=seed, **sizes["arch"])
-    on = policy != "none"
-    prepare_model(model, liger=False, gradient_checkpointing=on,
-                  checkpointing_policy=policy if on else "full")  # fmt: skip
-    samples = synthetic_samples(
-        max(1, tokens // 700), vocab_size=sizes["vocab"], seed=seed, instruction=(50, 100),
-        reflection=(200, 400), answer=(50, 100),
-    )  # fmt: skip
-    mask, packing = MaskConfig(), PackingConfig(max_tokens=10**6)
-    (batch,) = pack_rank(plan_step(samples, 500, 1000, mask, packing, seed), 0, mask, packing)
-    return model, batch
+    prepare_for(model, policy)
+    return model, synthetic_batch(max(1, tokens // 700), sizes["vocab"], seed)
 
 
 def held_after_forward(layers: int, policy: str, sizes: dict, tokens: int, seed: int = 0):
@@ -70,12 +42,7 @@ def held_after_forward(layers: int, policy: str, sizes: dict, tokens: int, seed:
     from reflectioncoder.train.loss_module import ReflectionLossModule
 
     model, batch = _model_and_batch(layers, policy, sizes, tokens, seed)
-    module = ReflectionLossModule(model)
-    gc.collect()
-    before = heap_in_use()
-    loss, *_ = module(batch)
-    gc.collect()
-    held = heap_in_use() - before
+    held, (loss, *_) = held_by_loss(ReflectionLossModule(model), batch)
     return held, batch.num_tokens, loss, model
 
 

@@ -8,8 +8,6 @@ saved tiny config, and against the heap the CPU holds (as tests/test_planshape_b
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 import torch
 import transformers as tf
@@ -89,30 +87,10 @@ def test_a_plain_attention_keeps_its_widths():
 
 def _held(layers: int, policy: str, sizes: dict) -> tuple[int, int, ModelShape]:
     """(heap bytes held after a forward + loss, tokens) of a dense DeepSeek-V3 (fp32, CPU)."""
-    from bench.bench_activation_memory import heap_in_use
-    from reflectioncoder.data.config import MaskConfig, PackingConfig
-    from reflectioncoder.data.packing import pack_rank, plan_step
-    from reflectioncoder.model import prepare_model
-    from reflectioncoder.testing.synthetic import synthetic_samples
-    from reflectioncoder.train.loss_module import ReflectionLossModule
+    from reflectioncoder.testing.heap import held_by_forward
 
     torch.manual_seed(0)
-    model = _dense_v3(layers, vocab_size=512, **sizes)
-    on = policy != "none"
-    prepare_model(model, liger=False, gradient_checkpointing=on,
-                  checkpointing_policy=policy if on else "full")  # fmt: skip
-    samples = synthetic_samples(4, vocab_size=512, seed=0, instruction=(50, 100),
-                                reflection=(200, 400), answer=(50, 100))  # fmt: skip
-    mask, packing = MaskConfig(), PackingConfig(max_tokens=10**6)
-    (batch,) = pack_rank(plan_step(samples, 500, 1000, mask, packing, 0), 0, mask, packing)
-    module = ReflectionLossModule(model)
-    gc.collect()
-    before = heap_in_use()
-    loss = module(batch)[0]
-    gc.collect()
-    held = heap_in_use() - before
-    del loss
-    return held, batch.num_tokens, ModelShape.from_model(model)
+    return held_by_forward(_dense_v3(layers, vocab_size=512, **sizes), policy, samples=4)
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ configs; against the heap (slow), differenced over two token counts and two dept
 from __future__ import annotations
 
 import dataclasses
-import gc
 
 import pytest
 import torch
@@ -105,30 +104,10 @@ HEAP_CASES = {
 
 def _held(name: str, layers: int, policy: str, samples: int) -> tuple[int, int, ModelShape]:
     """(heap bytes held after a forward + loss, tokens, shape), fp32 on the CPU."""
-    from bench.bench_activation_memory import heap_in_use
-    from reflectioncoder.data.config import MaskConfig, PackingConfig
-    from reflectioncoder.data.packing import pack_rank, plan_step
-    from reflectioncoder.model import prepare_model
-    from reflectioncoder.testing.synthetic import synthetic_samples
-    from reflectioncoder.train.loss_module import ReflectionLossModule
+    from reflectioncoder.testing.heap import held_by_forward
 
     torch.manual_seed(0)
-    model = HEAP_CASES[name](layers)
-    on = policy != "none"
-    prepare_model(model, liger=False, gradient_checkpointing=on,
-                  checkpointing_policy=policy if on else "full")  # fmt: skip
-    data = synthetic_samples(samples, vocab_size=512, seed=0, instruction=(50, 100),
-                             reflection=(200, 400), answer=(50, 100))  # fmt: skip
-    mask, packing = MaskConfig(), PackingConfig(max_tokens=10**6)
-    (batch,) = pack_rank(plan_step(data, 500, 1000, mask, packing, 0), 0, mask, packing)
-    module = ReflectionLossModule(model)
-    gc.collect()
-    before = heap_in_use()
-    loss = module(batch)[0]
-    gc.collect()
-    held = heap_in_use() - before
-    del loss
-    return held, batch.num_tokens, ModelShape.from_model(model)
+    return held_by_forward(HEAP_CASES[name](layers), policy, samples)
 
 
 @pytest.mark.slow

@@ -11,4 +11,6 @@
   for tests of the HTTP clients.
 - ``live_run``: a real tiny-preset launch started and read until its ranks train, for tests
   that signal, kill or relaunch a run while it trains.
+- ``heap``: the CPU heap a packed forward + loss leaves held (``held_by_forward``), the
+  measure the memory plan's tests and bench/bench_activation_memory.py check it against.
 """
