@@ -127,3 +127,27 @@ def test_a_released_starcoder2_trains_with_the_override(tmp_path, capsys, caplog
     assert "config changed from the run's: model.config_overrides.residual_dropout None -> 0" in (
         caplog.text
     )
+
+
+def test_every_way_of_building_the_model_takes_them(tmp_path):
+    """One process's load, the sharded engines' build without values (ZeRO-3 and FSDP share
+    it) and a model built from ``model.arch``: each module is built from the overridden config."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from reflectioncoder.data.tokenize import add_special_tokens
+    from reflectioncoder.model import build_tiny_llama, load_model
+    from reflectioncoder.testing.tiny_model import save_tiny_model
+    from reflectioncoder.train.fsdp_load import build_on_meta
+
+    folder = save_tiny_model(tmp_path, DATA.read_text().splitlines(), model_type="starcoder2",
+                             config_fields=DROPOUTS)  # fmt: skip
+    overrides = {"attention_dropout": 0.0}
+    loaded = load_model(folder, config_overrides=overrides)
+    tok = AutoTokenizer.from_pretrained(folder)
+    meta = build_on_meta(folder, tok, add_special_tokens(tok), torch.float32, overrides)
+    for model in (loaded, meta):
+        assert model.model.layers[0].self_attn.attention_dropout == 0.0
+        assert model.config.residual_dropout == 0.1
+    built = build_tiny_llama(300, config_overrides={"attention_dropout": 0.1})
+    assert built.model.layers[0].self_attn.attention_dropout == 0.1
