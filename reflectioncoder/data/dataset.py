@@ -55,13 +55,32 @@ class DataReport:
             text += " ..." if len(self.skipped) > 3 else ""
         if self.over_length:
             limit = f" > max_len {max_len}" if max_len is not None else ""
-            lengths = [re.search(r"\((\d+) ids\)$", o) for o in self.over_length]
-            longest = max((int(m.group(1)) for m in lengths if m), default=None)
-            # a huge text dropped untokenised has no count: no max_len is said to keep them all
-            up_to = f" (up to {longest} ids)" if longest and all(lengths) else ""
+            longest = self.longest_dropped()
+            up_to = f" (up to {longest} ids)" if longest else ""
             text += f", {len(self.over_length)} over-length{limit} dropped{up_to}: "
             text += ", ".join(self.over_length[:3]) + (" ..." if len(self.over_length) > 3 else "")
         return text + ")"
+
+    def longest_dropped(self) -> int | None:
+        """The ids of the longest over-length sample: a max_len of it keeps them all; None when
+        a huge text was dropped untokenised (its ids never counted) or none was dropped."""
+        lengths = [re.search(r"\((\d+) ids\)$", o) for o in self.over_length]
+        if not lengths or not all(lengths):
+            return None
+        return max(int(m.group(1)) for m in lengths if m)
+
+    def why_none_kept(self, max_len: int) -> str:
+        """Why no sample was kept, and what to change: ``data.files: no training samples``
+        alone sent the user to look for a missing file."""
+        why = []
+        if self.over_length:
+            longest = self.longest_dropped()
+            up_to = f" (up to {longest} ids)" if longest else ""
+            why.append(f"{len(self.over_length)} longer than data.max_len {max_len}{up_to}: "
+                       "raise data.max_len")  # fmt: skip
+        if self.skipped:
+            why.append(f"{len(self.skipped)} bad skipped (data.skip_bad), e.g. {self.skipped[0]}")
+        return "no training samples: " + "; ".join(why) if why else "no training samples"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -31,6 +31,8 @@ def load_samples(
     ``load_dataset``); over-length samples are dropped and counted. Each sample's ``uid`` is
     distinct (upsampled copies too), so mask draws depend on (seed, step, uid) only."""
     samples, report = load_dataset(cfg.data, tokenizer, warn=is_main)
+    if not samples:  # said here, with the report: the step plan would say only "none"
+        raise UserError(report.why_none_kept(cfg.data.max_len), field="data.files")
     if is_main and not (report.skipped or report.over_length):  # else load_dataset warned
         log.info("data: %s", report.summary(cfg.data.max_len))
     return samples, {
