@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from reflectioncoder.eval.compare import Comparer
 from reflectioncoder.eval.sandbox import wall_backstop
+from reflectioncoder.eval.sandbox.cpuwait import IdleWindow
 from reflectioncoder.eval.sandbox.records import IDLE_SHARE
 from reflectioncoder.eval.sandbox.result_decode import read_result_row
 from reflectioncoder.eval.tasks import PythonTask
@@ -88,8 +89,16 @@ class Judge:
     reached), bytes are the next phase's inputs (answering its "loaded" line). Whatever a line
     holds, the worst it can do is fail this sample."""
 
-    def __init__(self, phases: list[Phase], clock: Callable[[], float], max_bytes: int) -> None:
+    def __init__(
+        self,
+        phases: list[Phase],
+        clock: Callable[[], float],
+        max_bytes: int,
+        window: IdleWindow | None = None,
+    ) -> None:
         self.phases, self.clock, self.received, self.max_bytes = phases, clock, 0, max_bytes
+        # tells a step that waits from one starved of CPU by the machine's load (``cpuwait``)
+        self.window = window
         self.start = clock()
         self.by_name = {p.name: p for p in phases}
         # Each input's limit, checked here on the run's own clock (a program that catches the
@@ -142,9 +151,12 @@ class Judge:
         else:
             limit = cpu_limit = phase.budget
             idle_after, at = max(IDLE_LOAD_S, 2 * MIN_TIME_LIMIT + 1), None
+        looks_idle = wall > idle_after and cpu < IDLE_SHARE * wall
+        if not looks_idle and self.window is not None:
+            self.window.reset()
         if cpu > cpu_limit:
             reason = "over its CPU-time limit, measured outside"
-        elif wall > idle_after and cpu < IDLE_SHARE * wall:
+        elif looks_idle and (self.window is None or self.window.idle()):
             reason = "waiting, not computing, past its time limit"
         elif wall > wall_backstop(limit):
             reason = "over the wall-clock backstop of its time limit"

@@ -167,7 +167,8 @@ def check_sample(
     # EvalPlus's limits are wall time on an idle machine, which is CPU time; a loaded machine
     # then changes no verdict. The wall clock only backs them up, generously.
     clock = box.cpu_time_s if box.cpu_time_s() is not None else time.monotonic
-    judge = Judge(phases, clock, MAX_SAMPLE_OUTPUT + 8 * expected.get("bytes", 0))
+    max_bytes = MAX_SAMPLE_OUTPUT + 8 * expected.get("bytes", 0)
+    judge = Judge(phases, clock, max_bytes, box.idle_window())
     res = box.run(
         job,
         cpu_s=budget,

@@ -33,6 +33,7 @@ from reflectioncoder.eval.sandbox import (
 )
 from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
+from reflectioncoder.eval.sandbox.cpuwait import IdleWindow
 from reflectioncoder.eval.sandbox.diskguard import fallback_guard
 from reflectioncoder.eval.sandbox.probe import isolation
 from reflectioncoder.eval.sandbox.pump import IdleRule, Pump
@@ -184,6 +185,10 @@ class PreparedRun:
         cgroup counts it)."""
         return self.cgroup.cpu_time_s() if self.cgroup is not None else None
 
+    def idle_window(self) -> IdleWindow | None:
+        """What tells this run idle from starved of CPU (``cpuwait``; None without a cgroup)."""
+        return IdleWindow(self.cpu_time_s, self.cgroup.pids) if self.cgroup is not None else None
+
     def run(
         self,
         stdin: str | bytes = b"",
@@ -216,7 +221,7 @@ class PreparedRun:
         oom_kills = 0
         idle = None
         if watchdog is None and cpu0 is not None:
-            idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s)
+            idle = IdleRule(start, cpu0, cpu_s or self.cpu_s, self.cpu_time_s, self.idle_window())
         disk, watch, on_exit = self._fallback_watch(watchdog or idle)
         files = filetable.run_guard(self)  # its share of the machine's open files, any level
         commit = commitguard.run_guard(self, files.pids)  # strict overcommit: its memory limit

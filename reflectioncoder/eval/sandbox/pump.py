@@ -220,11 +220,12 @@ class Pump:
 class IdleRule:
     """A run that waits instead of computing (a sleep, SIGSTOP on itself, a blocking read):
     past ``2 x cpu_s + 1`` seconds of wall time with less than ``IDLE_SHARE`` of that in CPU
-    time, it is over its time limit now rather than at the wall-clock backstop (``5 x cpu_s
-    + 10`` for ``run_python``): a loaded machine gives a run more than that share."""
+    time, and idle over a ``window`` (``cpuwait``: a run starved by the machine's load waits
+    runnable, not idle), it is over its time limit now rather than at the wall-clock backstop
+    (``5 x cpu_s + 10`` for ``run_python``)."""
 
-    def __init__(self, start: float, cpu0: float, cpu_s: float, clock) -> None:
-        self.start, self.cpu0, self.clock = start, cpu0, clock
+    def __init__(self, start: float, cpu0: float, cpu_s: float, clock, window=None) -> None:
+        self.start, self.cpu0, self.clock, self.window = start, cpu0, clock, window
         self.after = 2 * cpu_s + 1
         self.fired = False
 
@@ -232,5 +233,8 @@ class IdleRule:
         wall = time.monotonic() - self.start
         if wall > self.after:
             used = self.clock()
-            self.fired = used is not None and used - self.cpu0 < IDLE_SHARE * wall
+            looks_idle = used is not None and used - self.cpu0 < IDLE_SHARE * wall
+            if not looks_idle and self.window is not None:
+                self.window.reset()
+            self.fired = looks_idle and (self.window is None or self.window.idle())
         return self.fired
