@@ -35,7 +35,8 @@ def test_a_full_disk_while_fsdp_writes_its_shards(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert err == (
         f"reflectioncoder train: {out / 'checkpoints' / 'step-000004'}: checkpoint.out_dir: "
-        "not saved: No space left on device; what was saved before is untouched\n"
+        "not saved: No space left on device; the checkpoints before it are whole: make room, then "
+        f"the same command with --resume continues from {out / 'checkpoints' / 'step-000002'}\n"
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
     assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()

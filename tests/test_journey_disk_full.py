@@ -66,9 +66,11 @@ def test_a_full_disk_while_saving_a_checkpoint(tmp_path, capsys, monkeypatch, wh
         f"reflectioncoder train: {out / 'checkpoints' / 'step-000004'}: checkpoint.out_dir: "
         "not saved: "
     )
-    assert err.endswith("No space left on device; what was saved before is untouched\n") or (
-        err.endswith("(os error 28); what was saved before is untouched\n")
+    then = (  # what to run once there is room: where --resume continues
+        "; the checkpoints before it are whole: make room, then the same command with --resume "
+        f"continues from {out / 'checkpoints' / 'step-000002'}\n"
     )
+    assert err.endswith(f"No space left on device{then}") or err.endswith(f"(os error 28){then}")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002"]
     assert (out / "checkpoints" / "step-000002" / "COMPLETE").is_file()
 

@@ -74,7 +74,9 @@ def test_a_full_disk_while_checkpointing_then_resume(small_disk):
         f"reflectioncoder train: {out}/checkpoints/step-000"
     ), full.stderr[-3000:]
     assert ours[0].endswith(
-        "checkpoint.out_dir: not saved: No space left on device; what was saved before is untouched"
+        "checkpoint.out_dir: not saved: No space left on device; the checkpoints before it are "
+        f"whole: make room, then the same command with --resume continues from {out}/checkpoints/"
+        "step-000002"
     )
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]  # no partial
     plot = out / "loss.png"

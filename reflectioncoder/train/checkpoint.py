@@ -293,9 +293,9 @@ def _fsync(path: Path) -> None:
 
 @contextlib.contextmanager
 def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
-    """A save the disk refuses (full, read-only, over quota): one line naming where it was going,
-    and its partial folder removed, which gives back the space it took; what was saved before
-    is untouched."""
+    """A save the disk refuses (full, read-only, over quota): one line naming where it was going
+    and what to run once the disk takes it, and its partial folder removed, which gives back
+    the space it took; what was saved before is untouched."""
     try:
         yield
     except BaseException as caught:  # DCP's CheckpointException is one (FSDP's shards)
@@ -305,10 +305,29 @@ def _refused_write(tmp: Path, home: Path) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise UserError(
-            f"not saved: {reason}; what was saved before is untouched",
+            f"not saved: {reason}; {_what_then(home, err)}",
             file=home,
             field="checkpoint.out_dir",
         ) from caught
+
+
+def _what_then(home: Path, err: OSError | SafetensorError) -> str:
+    """What the user runs once the disk takes the save: where --resume continues from (it said
+    "what was saved before is untouched" also where nothing had been saved)."""
+    from reflectioncoder.train.runs import newest_resumable
+
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        f"os error {code}" in str(err) for code in (errno.ENOSPC, errno.EDQUOT)
+    )  # safetensors says the OS's error in its text
+    fix = "make room, then" if full else "once the disk takes writes,"
+    newest = newest_resumable(
+        home.parent.parent if home.parent.name == "checkpoints" else home.parent
+    )
+    if newest is None:
+        return (f"no checkpoint was saved before it: {fix} the same command with "
+                "--resume starts the run again from step 0")  # fmt: skip
+    return (f"the checkpoints before it are whole: {fix} the same command with --resume "
+            f"continues from {newest}")  # fmt: skip
 
 
 # torch.save's zip writer on a failed write (a full disk): RuntimeErrors, not OSError

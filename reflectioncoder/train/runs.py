@@ -183,6 +183,12 @@ def _runs_inside(folder: Path) -> str:
     return f"; the runs in it: {', '.join(runs)}: give one" if runs else ""
 
 
+def newest_resumable(folder: Path) -> Path | None:
+    """The checkpoint ``--resume`` would continue from, if one is whole (None: none)."""
+    rows = [r for r in checkpoint_rows(folder) if r["resumable"]]
+    return rows[-1]["path"] if rows else None
+
+
 def resume_hint(folder: Path) -> str:
     """What ``--resume`` does in ``folder`` now, as ``runs`` ends its listing: the line a run
     stopped by Ctrl-C ends with, so the user need not run ``runs`` to learn it."""
