@@ -20,7 +20,7 @@ what is in force):
 - ``bwrap``: bubblewrap with its own PID, network, IPC, UTS and cgroup namespaces; the program
   runs as a host uid/gid of the run's own (started by root; else 65534 mapped to the
   caller) with no capability in any set, under the seccomp filter
-  ``guards.seccomp_filter(machine, None)``; ``/proc/sys``, ``/proc/pressure``, ``/dev/pts``
+  ``syscall_filter.seccomp_filter(machine, None)``; ``/proc/sys``, ``/proc/pressure``, ``/dev/pts``
   absent; a file system made only of what a program needs, read-only (``bwrap``). No data,
   cache, home, host socket or cgroup file system is visible. When the PID namespace's first
   process dies the kernel kills every process in it, so nothing outlives the run.
@@ -53,8 +53,8 @@ limits within the scorer cgroup's),
 ``teardown`` (the kill at the verdict, the clean-up),
 ``records`` (``Limits``, ``ExecResult``), ``launcher`` (Python in the box), ``result_decode``
 (the scorer's bounded reading of result lines); shipped into the box as files: ``codec`` (the
-plain-data encoding both sides share; ``tagdecode``, its decoding side), ``runner`` and
-``guards`` (the in-box runner, its seccomp filters and audit hook).
+plain-data encoding both sides share; ``tagdecode``, its decoding side), ``runner``,
+``guards`` and ``syscall_filter`` (the in-box runner, its audit hook and the seccomp filters).
 
 Force a level with ``REFLECTIONCODER_SANDBOX=bwrap|rlimits`` (``auto`` by default).
 """

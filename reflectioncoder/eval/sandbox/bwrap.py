@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import guards
+from reflectioncoder.eval.sandbox import syscall_filter
 
 __all__ = [
     "SANDBOX_UID",
@@ -137,7 +137,7 @@ def bwrap_argv(
     mounts as root, then ``setpriv`` drops the program to host uid/gid ``run_uid`` with no
     capability at all, so every root-owned host file (``/proc/sys``, the bound device nodes)
     stays out of its reach. Started by another user, the user namespace maps 65534 to that
-    unprivileged user. ``seccomp_fd``: a descriptor holding ``guards``' box filter.
+    unprivileged user. ``seccomp_fd``: a descriptor holding ``syscall_filter``'s box filter.
     ``run_uid`` (root only): the host uid/gid setpriv drops to, the run's own (``runuser``):
     a uid shared by every box would share the kernel's per-user counts (inotify instances,
     message queue bytes), so one sample could use up a sibling's."""
@@ -214,7 +214,7 @@ def setpriv_path() -> str:
 def box_seccomp_fd() -> int | None:
     """A descriptor (a memfd at offset 0) holding the box's seccomp program, for bwrap's
     ``--seccomp``; None on a machine we have no syscall table for."""
-    code = guards.seccomp_filter(os.uname().machine, None)
+    code = syscall_filter.seccomp_filter(os.uname().machine, None)
     if code is None:
         return None
     fd = os.memfd_create("rc-seccomp", 0)

@@ -69,7 +69,7 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> No
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_FSIZE, (config["file_size"], config["file_size"])),
         (resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"])),
-        (resource.RLIMIT_CORE, (1, 1)),  # no dump, to a file or a pipe (guards.RLIMIT_CORE)
+        (resource.RLIMIT_CORE, (1, 1)),  # no dump, to a file or a pipe (syscall_filter.RLIMIT_CORE)
     ):
         resource.setrlimit(limit, value)
     if config["nproc"] is not None:
@@ -139,7 +139,7 @@ def _main() -> None:  # runs as a script: child.py KEY=VALUE... -- ARGV...
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     install_seccomp = restrict_files = None
     if config["seccomp"] is not None:  # guards only where a filter is installed here
-        from guards import install_seccomp
+        from syscall_filter import install_seccomp
     if config["fs_read"] is not None:
         from landlock import restrict_files
 

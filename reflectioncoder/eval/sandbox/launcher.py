@@ -1,6 +1,6 @@
 """Launching Python in the box: the in-box files (``runner``, ``codec``, ``tagdecode``,
-``guards``) compiled once here and shipped as bytecode, the command lines, and ``run_python``
-for whole programs."""
+``guards``, ``syscall_filter``) compiled once here and shipped as bytecode, the command lines,
+and ``run_python`` for whole programs."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ __all__ = [
     "wall_backstop",
 ]
 
-# the runner imports codec and guards beside it; codec imports tagdecode beside it
-_IN_BOX = ("runner", "codec", "tagdecode", "guards")
+# the runner imports codec and guards beside it; codec imports tagdecode, guards syscall_filter
+_IN_BOX = ("runner", "codec", "tagdecode", "guards", "syscall_filter")
 
 
 @cache
 def harness_files() -> dict[str, bytes]:
     """The in-box files as bytecode (``runner.pyc``, ``codec.pyc``, ``tagdecode.pyc``,
-    ``guards.pyc``): compiled once here, so each sandboxed run skips compiling them."""
+    ``guards.pyc``, ``syscall_filter.pyc``): compiled once here, so each sandboxed run skips
+    compiling them."""
     folder = Path(__file__).parent
     flags = (0).to_bytes(4, "little")  # timestamp-based pyc, checked against nothing
     header = importlib.util.MAGIC_NUMBER + flags + (0).to_bytes(8, "little")

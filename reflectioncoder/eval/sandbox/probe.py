@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from reflectioncoder.errors import UserError
-from reflectioncoder.eval.sandbox import bwrap, guards, landlock, runuser
+from reflectioncoder.eval.sandbox import bwrap, landlock, runuser, syscall_filter
 from reflectioncoder.eval.sandbox.cgroup import CgroupLayout, cgroup_layout
 
 __all__ = [
@@ -196,7 +196,7 @@ def _decide(wanted: str) -> Isolation:
         )
     if wanted != "rlimits" and bwrap_works():
         host_uid = None if os.geteuid() == 0 else os.geteuid()
-        filtered = guards.seccomp_filter(os.uname().machine, None) is not None
+        filtered = syscall_filter.seccomp_filter(os.uname().machine, None) is not None
         return Isolation(True, filtered, host_uid, cgroup_layout())
     return Isolation(False, seccomp_available(), None, cgroup_layout(), landlock.abi() >= 1)
 
@@ -259,7 +259,7 @@ def bwrap_works() -> bool:
 def seccomp_available() -> bool:
     """Whether the fallback's seccomp filter (new processes, ptrace, mounts...) can be
     installed here: a machine we have syscall tables for, and a kernel with seccomp."""
-    if guards.seccomp_filter(os.uname().machine, 1) is None:
+    if syscall_filter.seccomp_filter(os.uname().machine, 1) is None:
         return False
     try:
         return "Seccomp:" in Path("/proc/self/status").read_text()

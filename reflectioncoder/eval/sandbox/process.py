@@ -26,10 +26,10 @@ from reflectioncoder.eval.sandbox import (
     child,
     commitguard,
     filetable,
-    guards,
     landlock,
     runuser,
     spawn,
+    syscall_filter,
 )
 from reflectioncoder.eval.sandbox.admission import admission
 from reflectioncoder.eval.sandbox.cgroup import RunCgroup, make_cgroup
@@ -110,7 +110,7 @@ class PreparedRun:
         child_env = spawn.child_env(box_work, tmp, self.marker, env, bwrap.box_path(ro_binds))
         seccomp_fd = bwrap.box_seccomp_fd() if use_bwrap else None
         # the fallback installs the box's filter itself, between fork and exec
-        seccomp = None if use_bwrap else guards.seccomp_filter(os.uname().machine, None)
+        seccomp = None if use_bwrap else syscall_filter.seccomp_filter(os.uname().machine, None)
         fds = [fd for fd in (seccomp_fd, *pass_fds) if fd is not None]
         try:
             if use_bwrap:

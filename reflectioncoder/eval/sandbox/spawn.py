@@ -11,7 +11,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from reflectioncoder.eval.sandbox import child, guards, landlock
+from reflectioncoder.eval.sandbox import child, landlock, syscall_filter
 from reflectioncoder.eval.sandbox.records import Limits
 from reflectioncoder.eval.sandbox.teardown import MARKER_ENV
 
@@ -85,7 +85,7 @@ def preexec(config: dict):
     lib = child.libc()
 
     def apply() -> None:
-        child.apply(config, lib, guards.install_seccomp, landlock.restrict_files)
+        child.apply(config, lib, syscall_filter.install_seccomp, landlock.restrict_files)
 
     return apply
 
