@@ -43,7 +43,8 @@ wall-clock backstop kills from outside with SIGKILL, which no program can ignore
 capped; a run that floods it is killed.
 
 Rooms: ``isolation`` (the probe and its record), ``cgroup`` (a run's cgroup), ``bwrap`` (the
-box's command line), ``runuser`` (a uid per run when root starts it), ``landlock`` (the
+box's command line), ``runuser`` (a uid per run when root starts it), ``searchgrant`` (the
+fallback's search on a toolchain under a 0700 home, for the runs' group), ``landlock`` (the
 fallback's file rules),
 ``process`` and ``pump`` (start, I/O), ``diskguard`` (the fallback's bound on the files a run
 keeps on the host's disk), ``filetable`` (a run's share of the machine's open-file

@@ -38,11 +38,11 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> No
     """``config``: ``cgroup_procs`` (files to write our pid to), ``memory``, ``cpu``,
     ``file_size``, ``open_files``, ``nproc`` (None: not set), ``uid`` (the fallback started
     by root: the run's own uid and gid to drop to; None: stay), ``read_all`` (keep
-    ``CAP_DAC_READ_SEARCH``), ``fs_read`` and ``fs_write`` (the fallback: what Landlock lets
-    the run read and change, ``landlock.restrict_files``; None: no Landlock), ``seccomp`` (hex
-    of a filter, or None). SIGINT: a held one is
-    discarded (ignoring a signal drops it), then it is unblocked with its default action (the
-    scorer's pool threads block it)."""
+    ``CAP_DAC_READ_SEARCH``), ``group`` (its one supplementary group, or None), ``fs_read``
+    and ``fs_write`` (the fallback: what Landlock lets the run read and change,
+    ``landlock.restrict_files``; None: no Landlock), ``seccomp`` (hex of a filter, or None).
+    SIGINT: a held one is discarded (ignoring a signal drops it), then it is unblocked with
+    its default action (the scorer's pool threads block it)."""
     lib.signal(signal.SIGINT, _SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     lib.signal(signal.SIGINT, _SIG_DFL)
@@ -60,7 +60,7 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> No
     ):
         raise OSError("sandbox: Landlock could not be applied")
     if config["uid"] is not None:
-        drop_root(config["uid"], bool(config["read_all"]), lib)
+        drop_root(config["uid"], bool(config["read_all"]), lib, config["group"])
     # after the drop: a change of uid clears it
     lib.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     cpu = config["cpu"]
@@ -79,12 +79,14 @@ def apply(config: dict, lib: ctypes.CDLL, install_seccomp, restrict_files) -> No
         raise OSError("sandbox: the seccomp filter could not be installed")
 
 
-def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL) -> None:
-    """Root becomes ``uid``/gid ``uid`` with no supplementary group and no capability in any
-    set (bounding included), so no root-owned file, sysctl, device node, cgroup or process
-    is its own. ``read_all``: ``CAP_DAC_READ_SEARCH`` alone is kept (ambient, so the program
-    exec'd has it) for a toolchain no other user can reach (under a 0700 ``/root``), and
-    ``access()`` counts it (``SECBIT_NO_SETUID_FIXUP``: compilers look for their tools so)."""
+def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL, group: int | None = None) -> None:
+    """Root becomes ``uid``/gid ``uid`` with no supplementary group but ``group`` (the runs'
+    own, ``searchgrant``: search on the folders leading to a toolchain under a 0700 home) and
+    no capability in any set (bounding included), so no root-owned file, sysctl, device
+    node, cgroup or process is its own. ``read_all``: ``CAP_DAC_READ_SEARCH`` alone is kept
+    (ambient, so the program exec'd has it) for a toolchain no other user can reach (under a
+    0700 ``/root``) where no ACL could give the group search, and ``access()`` counts it
+    (``SECBIT_NO_SETUID_FIXUP``: compilers look for their tools so)."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         last = int(f.read())
     for cap in range(last + 1):
@@ -94,7 +96,7 @@ def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL) -> None:
             raise OSError(ctypes.get_errno(), f"sandbox: cannot drop capability {cap}")
     if read_all and lib.prctl(_PR_SET_SECUREBITS, _SECBITS_KEEP_FOR_ACCESS, 0, 0, 0):
         raise OSError(ctypes.get_errno(), "sandbox: cannot set the securebits")
-    os.setgroups([])
+    os.setgroups([] if group is None else [group])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     if not read_all:
@@ -108,7 +110,7 @@ def drop_root(uid: int, read_all: bool, lib: ctypes.CDLL) -> None:
         raise OSError(ctypes.get_errno(), "sandbox: cannot keep CAP_DAC_READ_SEARCH")
 
 
-_INTS = ("memory", "cpu", "file_size", "open_files", "nproc", "uid", "read_all")
+_INTS = ("memory", "cpu", "file_size", "open_files", "nproc", "uid", "read_all", "group")
 _PATH_LISTS = ("fs_read", "fs_write")
 
 

@@ -28,6 +28,7 @@ from reflectioncoder.eval.sandbox import (
     filetable,
     landlock,
     runuser,
+    searchgrant,
     spawn,
     syscall_filter,
 )
@@ -159,18 +160,20 @@ class PreparedRun:
                 os.close(seccomp_fd)
 
     def _run_user(self, argv, src: Path, work: Path, ro_binds, pass_fds) -> tuple:
-        """(uid, keep CAP_DAC_READ_SEARCH) of the program. Started by root, a uid of the run's
-        own (``runuser``): bwrap's setpriv drops to it, or (the fallback) ``child.drop_root``;
-        root hands it the passed pipes (reopened through ``/dev/fd/N``, a pipe checks its
-        owner). None: bwrap's 65534 in its user namespace, or the fallback's caller."""
+        """(uid, keep CAP_DAC_READ_SEARCH, supplementary group) of the program. Started by
+        root, a uid of the run's own (``runuser``): bwrap's setpriv drops to it, or (the
+        fallback) ``child.drop_root``; root hands it the passed pipes (reopened through
+        ``/dev/fd/N``, a pipe checks its owner). None: bwrap's 65534 in its user namespace, or
+        the fallback's caller. The group: ``searchgrant``'s, where a toolchain lies under a
+        folder only root may search (the capability only where no ACL can be set)."""
         if os.geteuid() != 0:
-            return None, False
+            return None, False, None
         uid = runuser.new_run_uid()
         for fd in pass_fds:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
                 os.fchown(fd, uid, uid)
         if self.isolation.bwrap:
-            return uid, False
+            return uid, False, None
         assert self.root is not None
         runuser.own_run_dirs(self.root, src, work, uid)
         if not self.isolation.landlock:  # the first search before any run's clock starts
@@ -178,7 +181,11 @@ class PreparedRun:
         needed = [shutil.which(argv[0]) or argv[0], *ro_binds]
         if any(sys.executable in arg for arg in argv):  # our interpreter, its site-packages
             needed += bwrap.python_paths()
-        return uid, runuser.needs_read_all(needed)
+        if not runuser.needs_read_all(needed):
+            return uid, False, None
+        if searchgrant.grant_search(needed):  # round 10: the capability read every file
+            return uid, False, searchgrant.RUNS_GID
+        return uid, True, None
 
     def cpu_time_s(self) -> float | None:
         """CPU seconds the run's whole process tree has used since it started (None where no

@@ -51,15 +51,16 @@ def child_config(
     cpu_s: float,
     procs: list[str],
     seccomp: bytes | None,
-    user: tuple[int | None, bool],
+    user: tuple[int | None, bool, int | None],
     drop: bool,
     files: tuple[list[str], list[str]] | None,
 ) -> dict:
     """What ``child.apply`` sets up (plain data: it may travel as a command-line argument).
-    ``user``: (the run's own uid, keep CAP_DAC_READ_SEARCH), uid None where it has none;
+    ``user``: (the run's own uid, keep CAP_DAC_READ_SEARCH, its supplementary group or None),
+    uid None where it has none;
     ``drop``: the child drops to it (else setpriv does, in the box); ``files``: what
     Landlock lets the run read and change (None: no Landlock)."""
-    uid, read_all = user
+    uid, read_all, group = user
     if uid is not None:  # its own uid: RLIMIT_NPROC counts this run's processes alone
         nproc = limits.max_processes + 8
     else:  # root ignores RLIMIT_NPROC (the cgroup covers that case); the limit counts ALL of
@@ -74,6 +75,7 @@ def child_config(
         "nproc": nproc,
         "uid": uid if drop else None,
         "read_all": int(read_all and drop),
+        "group": group if drop else None,
         "fs_read": None if files is None else files[0],
         "fs_write": None if files is None else files[1],
         "seccomp": None if seccomp is None else seccomp.hex(),
