@@ -44,8 +44,9 @@ _READS = {
 }
 _NATIVE_READS = {
     False: "they can write to world-writable folders (/tmp, /var/tmp, /dev/shm), open the "
-    "host's terminals (/dev/ptmx) and read what any user can, or every file where the "
-    "toolchain sits under a home no other user can enter (CAP_DAC_READ_SEARCH kept)",
+    "host's terminals (/dev/ptmx) and read what any user can (where the toolchain sits "
+    "under a home no other user can enter: what others may read beneath it, or every file "
+    "where no ACL can give the runs' group search and CAP_DAC_READ_SEARCH is kept)",
     True: "Landlock lets them read only the system's, Python's and the toolchain's "
     "directories and change only their working dir",
 }
