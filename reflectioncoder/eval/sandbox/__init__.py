@@ -49,7 +49,8 @@ fallback's file rules),
 ``process`` and ``pump`` (start, I/O), ``diskguard`` (the fallback's bound on the files a run
 keeps on the host's disk), ``filetable`` (a run's share of the machine's open-file
 table, every level), ``commitguard`` (a run's commit bound on a host in strict overcommit),
-``spawn`` (the child's settings, environment and files), ``admission`` (runs' memory
+``spawn`` (the child's settings, environment and files), ``cpuwait`` (a run that looks idle
+waits, or is starved), ``admission`` (runs' memory
 limits within the scorer cgroup's),
 ``teardown`` (the kill at the verdict, the clean-up),
 ``records`` (``Limits``, ``ExecResult``), ``launcher`` (Python in the box), ``result_decode``
