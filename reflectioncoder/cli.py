@@ -131,7 +131,7 @@ int64.__name__ = "int"  # argparse names the type in "invalid int value"
 def _command_parser(name: str, module) -> Parser:
     parser = Parser(
         prog=f"reflectioncoder {name}",
-        description=module.__doc__,
+        description=module.__doc__.replace("``", "`"),  # the docstring's markup, as help shows code
         formatter_class=HelpFormatter,
     )
     module.add_arguments(parser)

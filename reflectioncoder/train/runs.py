@@ -5,9 +5,10 @@
 A checkpoint is complete once its COMPLETE file is written (a save killed midway leaves a
 ``.tmp-step-N`` folder, listed as incomplete); model-only checkpoints are complete but cannot
 be resumed from; a complete one whose files are not whole (a copy cut short) is listed as
-damaged, by the look ``--resume`` takes before it loads one (``checkpoint_files.damage``). The
-loss is the metrics row of that step, when one was logged; the name the run's tracker runs
-(W&B, MLflow, trackio) go under is said with their ids.
+damaged, by the look ``--resume`` takes before it loads one. The loss is the metrics row of
+that step, when one was logged; the scores ``evaluate`` wrote into the run
+(``eval/result-*.json``, of its final model or a checkpoint's) follow, one line each; the name
+the run's tracker runs (W&B, MLflow, trackio) go under is said with their ids.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def main(args: argparse.Namespace) -> int:
         _say(f"{name:<34}{step:>8}{loss:>10}  {r['status']}")
     if (folder / "final").is_dir():
         _say(f"{'final':<34}{'':>8}{'':>10}  the trained model")
+    _print_evaluations(folder)
     _print_tracker_runs(folder)
     _print_training(folder)
     _say(_resume_line([r for r in rows if r["resumable"] or r["damaged"]]))
@@ -139,6 +141,22 @@ def _say(line: str) -> None:
     """One line of the listing, escaped: it quotes the run's files (a tracker's run name, the
     lock's holder, a checkpoint's state), which a terminal must not take as its codes."""
     print(printable(line))
+
+
+def _print_evaluations(folder: Path) -> None:
+    """``evaluated eval/result-TASK.json: HumanEval pass@1 12.2, ... (164 tasks)``: a line for
+    each result ``evaluate`` wrote into the run (RUN/eval/: its final model's, a checkpoint's)."""
+    for path in sorted((folder / "eval").glob("result-*.json")):
+        name = path.relative_to(folder)
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            scores = [f"{bench} {k} {100 * v:.1f}" for bench, at in result["scores"].items()
+                      for k, v in at.items()]  # fmt: skip
+            tasks = f" ({len(result['details'])} tasks)" if "details" in result else ""
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            _say(f"evaluated {name}: not a whole result file")
+            continue
+        _say(f"evaluated {name}: {', '.join(scores)}{tasks}")
 
 
 def _print_tracker_runs(folder: Path) -> None:
