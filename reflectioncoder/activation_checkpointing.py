@@ -35,6 +35,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from reflectioncoder.decoder_layout import layer_attention, mlp_modules, require_layers
+
 # In the order of what a layer reruns in the backward (``memory_plan.rerun_cost``), least first.
 LAYER_POLICIES = ("none", "save_gemms", "offload", "mlp_rerun", "full")
 NAMED_POLICIES = ("full", "save_gemms", "mlp_rerun", "offload", "alternate", "auto")
@@ -98,9 +100,11 @@ class _MlpRegion:
     """How deep an eager forward is inside the MLP of an ``mlp_rerun`` layer, counted by the
     hooks ``_mark_mlp`` gives it; reset as each checkpointed layer's forward starts (the
     recompute's early stop leaves an MLP without its forward hook, and so does a forward that
-    raised there); compiled, the hooks do nothing (``_traced_in_mlp``)."""
+    raised there); compiled, the hooks do nothing (``_traced_in_mlp``, by the MLP modules'
+    ``names`` in the layer: ``mlp``, OPT's ``fc1`` and ``fc2``)."""
 
     depth = 0
+    names: set[str] = {"mlp"}
 
 
 def _enter_mlp(module: nn.Module, args: tuple) -> None:
@@ -113,15 +117,19 @@ def _leave_mlp(module: nn.Module, args: tuple, out: Any) -> None:
         _MlpRegion.depth -= 1
 
 
-def _mark_mlp(layer: nn.Module, on: bool) -> None:
-    """Give (``on``) or take back the hooks on ``layer``'s MLP that count ``_MlpRegion``.
+def _mark_mlp(layer: nn.Module, attention: nn.Module | None, on: bool) -> None:
+    """Give (``on``) or take back the hooks on ``layer``'s MLP (``decoder_layout.mlp_modules``)
+    that count ``_MlpRegion``.
     Not ``always_call``: a compiled layer guards on that hook's id, one graph a layer."""
     for handle in getattr(layer, "rc_mlp_hooks", ()):
         handle.remove()
-    mlp = getattr(layer, "mlp", None)
-    on = on and mlp is not None
+    parts = mlp_modules(layer, attention)  # [mlp], or OPT's [fc1, fc2]: enter at the first
+    on = on and bool(parts)
+    if on:
+        _MlpRegion.names |= {n for n, m in layer.named_children() if any(m is p for p in parts)}
     layer.rc_mlp_hooks = (
-        [mlp.register_forward_pre_hook(_enter_mlp), mlp.register_forward_hook(_leave_mlp)]
+        [parts[0].register_forward_pre_hook(_enter_mlp),
+         parts[-1].register_forward_hook(_leave_mlp)]
         if on else []
     )  # fmt: skip
 
@@ -132,7 +140,7 @@ def _traced_in_mlp() -> bool:
     import torch.fx.traceback as fx_traceback
 
     stack = (fx_traceback.get_current_meta() or {}).get("nn_module_stack", {})
-    return any("mlp" in str(path).split(".") for path, *_ in stack.values())
+    return any(_MlpRegion.names & set(str(path).split(".")) for path, *_ in stack.values())
 
 
 def _kept_contexts(rerun_mlp: bool = False):
@@ -348,11 +356,10 @@ def _copy_output(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Ten
     return out.clone()
 
 
-def _copy_rotated_outputs(layer: nn.Module, on: bool) -> None:
+def _copy_rotated_outputs(layer: nn.Module, attn: nn.Module | None, on: bool) -> None:
     """Give (``on``) or take back the copy of ``layer``'s q / k projections' outputs."""
     for handle in getattr(layer, "rc_rope_copies", ()):
         handle.remove()
-    attn = getattr(layer, "self_attn", None)
     projections = [getattr(attn, name, None) for name in _ROTATED_PROJECTIONS]
     layer.rc_rope_copies = [
         p.register_forward_hook(_copy_output) for p in projections if on and p is not None
@@ -363,7 +370,7 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
     """Give each decoder layer its policy (``LAYER_POLICIES``; ``plan`` has one per layer).
     transformers >= 5.2x names it activation checkpointing (gradient_checkpointing_*
     deprecated); 5.0-5.1x only have the gradient_checkpointing_* names."""
-    layers = model.base_model.layers
+    layers = require_layers(model)
     if len(plan) != len(layers):
         raise ValueError(f"plan: {len(plan)} policies for {len(layers)} layers")
     bad = [p for p in plan if p not in LAYER_POLICIES]
@@ -373,8 +380,9 @@ def apply_plan(model: nn.Module, plan: Sequence[str]) -> None:
 
     offloaded = [i for i, p in enumerate(plan) if p == "offload"]
     for layer, policy in zip(layers, plan, strict=True):
-        _copy_rotated_outputs(layer, policy in ("save_gemms", "mlp_rerun", "offload"))
-        _mark_mlp(layer, policy == "mlp_rerun")
+        attn = layer_attention(model, layer)
+        _copy_rotated_outputs(layer, attn, policy in ("save_gemms", "mlp_rerun", "offload"))
+        _mark_mlp(layer, attn, policy == "mlp_rerun")
     if all(p == "none" for p in plan):
         _disable(model)
         attach(model, offloaded, _kept_ops())
@@ -403,7 +411,7 @@ def set_checkpointing(model: nn.Module, on: bool, policy: str = "full") -> None:
     if policy not in NAMED_POLICIES or policy == "auto":
         named = " | ".join(p for p in NAMED_POLICIES if p != "auto")
         raise ValueError(f"policy: expected {named}, got {policy!r}")
-    layers = len(model.base_model.layers)
+    layers = len(require_layers(model))
     apply_plan(model, named_plan(policy, layers) if on else ("none",) * layers)
 
 

@@ -6,15 +6,16 @@ Forward: the layer runs under torch's non-reentrant checkpoint with our own pair
 modes (``context_fn``) in place of torch's selective-checkpoint pair: each GEMM / attention
 output is copied to pinned host memory on a side CUDA stream as soon as it is made (the side
 stream waits on an event of the compute stream, never the other way round), and the device
-copy is released to the allocator once the copy is done (``record_stream``). Backward: when
-the gradient of an offloaded layer's output arrives (a tensor hook: that layer's backward is
-next), the saved outputs of the next offloaded layer below it are copied back on the side
-stream (the planner spaces offloaded layers so that the layers between cover the copy); the final
-norm's output hook does the same for the last offloaded layer, ahead of the whole decoder
-backward. The recompute (torch's checkpoint) reruns the element-wise ops and takes each GEMM /
-attention output from the host copy: the compute stream waits on the prefetch's event, which
-costs time only when the prefetch is late. Nothing here reads a tensor on the host, so no host
-sync is added (the pinned buffers come from torch's caching host allocator).
+copy is released to the allocator once the copy is done (``record_stream``). Backward: when the
+gradient of an offloaded layer's output arrives (a tensor hook: that layer's backward is next),
+the saved outputs of the next offloaded layer below it are copied back on the side stream (the
+planner spaces offloaded layers so that the layers between cover the copy); a hook on the
+decoder stack's output (after its final norm) does the same for the last offloaded layer, ahead
+of the whole decoder backward. The recompute (torch's checkpoint) reruns the element-wise ops
+and takes each GEMM / attention output from the host copy: the compute stream waits on the
+prefetch's event, which costs time only when the prefetch is late. Nothing here reads a tensor
+on the host, so no host sync is added (the pinned buffers come from torch's caching host
+allocator).
 
 Ahead of a backward, at most two offloaded layers' outputs are on the device (the one in use,
 the one arriving); ``memory_plan.activation_bytes`` counts two (one still leaving
@@ -192,6 +193,7 @@ class OffloadSchedule:
 
 
 def _hook_norm_output(schedule: OffloadSchedule, module, args, out) -> None:
+    out = getattr(out, "last_hidden_state", out)  # the decoder stack's output
     if isinstance(out, torch.Tensor) and out.requires_grad:
         out.register_hook(schedule.backward_starts)
 
@@ -206,16 +208,16 @@ def attach(model: torch.nn.Module, layers: list[int], keep: frozenset) -> Offloa
     model.rc_offload = None
     if not layers:
         return None
+    from reflectioncoder.decoder_layout import decoder_stack, require_layers
+
     schedule = OffloadSchedule(keep)
-    decoder = model.base_model
+    decoder = require_layers(model)
     for index in layers:
-        decoder.layers[index]._gradient_checkpointing_func = functools.partial(
-            schedule.run_layer, index
-        )
-    norm = getattr(decoder, "norm", None)
-    if norm is not None:  # the last offloaded layer comes back during the layers above it
-        model.rc_offload_norm_hook = norm.register_forward_hook(
-            functools.partial(_hook_norm_output, schedule)
-        )
+        decoder[index]._gradient_checkpointing_func = functools.partial(schedule.run_layer, index)
+    # the last offloaded layer comes back during the layers above it: from when the backward
+    # reaches the stack's output (after its final norm: Llama's norm, GPT-2's ln_f, ...)
+    model.rc_offload_norm_hook = decoder_stack(model).register_forward_hook(
+        functools.partial(_hook_norm_output, schedule)
+    )
     model.rc_offload = schedule
     return schedule

@@ -40,6 +40,39 @@ def fuse_projections(model: nn.Module) -> int:
     return fused
 
 
+def nothing_to_fuse(model: nn.Module) -> str | None:
+    """Why ``model.fused_projections`` would fuse nothing in ``model``, in one line (None: it
+    fuses a group, or has fused): GPT-2's, StarCoder-1's and CodeGen's attention computes q, k
+    and v in one GEMM already (c_attn, qkv_proj), and their MLPs have no gate / up pair."""
+    from reflectioncoder.decoder_layout import (
+        gemm_in_width,
+        gemm_width,
+        is_gemm,
+        layer_attention,
+        require_layers,
+    )
+
+    modules = list(model.modules())
+    if any(isinstance(m, GroupHead) for m in modules) or any(
+        _fusable([getattr(m, name, None) for name in names]) for m in modules for names in GROUPS
+    ):
+        return None
+    layer = require_layers(model)[0]
+    attn = layer_attention(model, layer) or nn.Module()
+    wide = [f"{type(attn).__name__}.{n}" for n, m in attn.named_children()
+            if is_gemm(m) and gemm_width(m) > gemm_in_width(m)]  # fmt: skip
+    already = (
+        f"their attention computes q, k and v in one GEMM already ({', '.join(wide)})"
+        if wide
+        else "their attention has no q_proj, k_proj, v_proj of plain Linear layers"
+    )
+    return (
+        f"model.fused_projections: {type(layer).__name__} layers have no q/k/v or gate/up "
+        f"projections to fuse: {already}, and their MLP no gate_proj/up_proj pair; set "
+        "model.fused_projections: false"
+    )
+
+
 def _fusable(linears: list[nn.Module | None]) -> bool:
     """Plain Linear layers (not LoRA, not quantised) over one input size, dtype and device,
     all with biases or none."""

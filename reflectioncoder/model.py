@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from reflectioncoder import decoder_layout as layout
 from reflectioncoder.activation_checkpointing import set_checkpointing
 from reflectioncoder.model_config import (
     apply_config_overrides,
@@ -197,7 +198,7 @@ def prepare_model(
     one the model will train on, when its parameters are not there yet (built on the meta
     device); the parameters' own by default.
     """
-    check_supported(model)
+    check_supported(model, fused_projections=fused_projections)
     device = device if device is not None else next(model.parameters()).device
     model.train()
     model.set_attn_implementation(attn_implementation)
@@ -237,14 +238,14 @@ def set_attention_backend(
     if attention != "auto":
         from reflectioncoder.kernels.varlen_attention import unavailable_reason
 
-        cfg = model.config
+        cfg = model.config.get_text_config()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         device = device if device is not None else next(model.parameters()).device
         why = unavailable_reason(attention, device, head_dim=head_dim)
         if why is not None:
             raise ValueError(f"model.attention: {attention!r} does not run here: {why}")
-    for layer in model.base_model.layers:
-        layer.self_attn.rc_attention = attention
+    for attn in layout.attention_modules(model):
+        attn.rc_attention = attention
 
 
 def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
@@ -259,10 +260,10 @@ def compile_layers(model: PreTrainedModel, backend: str = "inductor") -> None:
     # recompute has no use for it being set again.
     torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     plan = getattr(model, "rc_checkpointing_plan", ())
-    for index, layer in enumerate(model.base_model.layers):
+    for index, layer in enumerate(layout.require_layers(model)):
         if index < len(plan) and plan[index] == "offload":
             continue
-        layer.self_attn.rc_custom_op = True
+        layout.layer_attention(model, layer).rc_custom_op = True
         layer.compile(backend=backend, dynamic=True)
     model.rc_compiled = True
 
@@ -295,11 +296,12 @@ def add_special_token_embeddings(
     ``GatheredParameters(params, modifier_rank=0)``), so the rows are edited whole.
     Returns each token string -> its id.
     """
-    # ZeRO-3 partitions leave an empty local tensor; ds_shape is the whole one.
-    emb = model.get_input_embeddings().weight
-    current = int(getattr(emb, "ds_shape", emb.shape)[0])
+    # ZeRO-3 partitions leave an empty local tensor; ds_shape is the whole one. A head of fewer
+    # rows than the input (Mllama's: 8 image rows fewer) grows to it: each id a row of both.
+    rows = [int(getattr(t, "ds_shape", t.shape)[0]) for t in embedding_tables(model)]
+    current = min(rows)
     ids = special_token_ids(tokenizer, splits, current)
-    n_vocab = max(len(tokenizer), max(ids.values()) + 1)
+    n_vocab = max(len(tokenizer), max(ids.values()) + 1, *rows)
     if n_vocab > current:
         # mean_resizing=False: the rows are set just below; skip transformers' covariance init.
         model.resize_token_embeddings(n_vocab, mean_resizing=False)
@@ -406,6 +408,8 @@ def forward_hidden(
         seqlens = getattr(batch, "seq_lens", None)
     cu = batch.cu_seqlens
     body = model.base_model  # the decoder stack without the LM head
+    if body is model:  # a base_model_prefix that names no module (Mllama's text model)
+        body = layout.decoder_stack(model)
     out = body(
         input_ids=ids.unsqueeze(0),
         position_ids=pos.unsqueeze(0),

@@ -1,9 +1,11 @@
 """Which loaded models packed training computes as they compute themselves (``check_supported``).
 
-Packed training runs the decoder layers (``base_model.layers``) with our varlen attention and
+Packed training runs the decoder layers (``decoder_layout.decoder_layers``: Llama's
+``model.layers``, GPT-2's ``transformer.h``, ...) with our varlen attention and
 takes the logits as ``W h`` in the fused loss, on the loss rows. A model that does more than
 that (logits rescaled other than ``LOGIT_SCALES`` says, soft-capped logits or
-attention scores, a sliding window that binds at the run's lengths, another layer layout) would
+attention scores, attention dropout, a sliding window that binds at the run's lengths, decoder
+layers not found) would
 train on a loss it never computes itself, or fail at its first step once the run folder is
 written: it is refused in one line naming the field, before anything is written.
 """
@@ -11,10 +13,17 @@ written: it is refused in one line naming the field, before anything is written.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
-from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
+from reflectioncoder.decoder_layout import (
+    attention_modules,
+    decoder_stack,
+    layer_attention,
+    require_layers,
+)
 from reflectioncoder.router_loss import router_loss_of
 
 # Config fields, with the values that leave the model as packed training computes it: logits
@@ -72,12 +81,21 @@ UNPACKABLE_CLASSES = {
 }
 
 
-def check_supported(model: Any, max_len: int | None = None) -> None:
+def check_supported(
+    model: Any, max_len: int | None = None, fused_projections: bool = False
+) -> None:
     """Raise ValueError naming what of ``model`` packed training would not compute as the model
     does; ``max_len``, the longest sequence the run trains on, decides whether a sliding window
-    can bind (unchecked when None: the attention refuses one that binds)."""
+    can bind (unchecked when None: the attention refuses one that binds); with
+    ``fused_projections`` (model.fused_projections), a model with nothing to fuse is refused."""
     try:
         _check_model(model, max_len)
+        if fused_projections:
+            from reflectioncoder.fused_projections import nothing_to_fuse
+
+            why = nothing_to_fuse(model)
+            if why is not None:
+                raise ValueError(why)
     except ValueError as err:  # the line names the folder the user gave, where it has one
         folder = getattr(model.config, "_name_or_path", "") or ""
         if folder and folder not in str(err):
@@ -89,14 +107,10 @@ def _check_model(model: Any, max_len: int | None) -> None:
     config = model.config
     name = type(config).__name__
     _check_values(config)
-    if not isinstance(getattr(model.base_model, "layers", None), nn.ModuleList):
-        raise ValueError(
-            f"model: {type(model.base_model).__name__} keeps its decoder layers elsewhere than "
-            "`layers` (the Llama-style layout packed training runs); this architecture is not "
-            "supported"
-        )
+    require_layers(model)  # decoder_layout.py: where transformers itself finds them
     _check_attention_layers(model)
     _check_layer_types(model)
+    _check_head(model)
     router_loss_of(model)  # a balancing loss packed training cannot add is refused
     window = sliding_window(config.get_text_config())
     if window is not None and max_len is not None and max_len > window:
@@ -108,7 +122,8 @@ def _check_model(model: Any, max_len: int | None) -> None:
 
 
 def _check_attention_layers(model: Any) -> None:
-    """Every decoder layer attends through ``self_attn``, which transformers' attention interface
+    """Every decoder layer attends through its attention module (``decoder_layout``: Llama's
+    ``self_attn``, GPT-2's ``attn``), which transformers' attention interface
     feeds (``_supports_attention_backend``: the packed segments reach our varlen attention).
     Models without it either never pass them (StableLM: it stopped at the first step) or mix
     tokens across segments outside attention (Mamba, Jamba, Qwen3-Next, Falcon-H1's state-space
@@ -119,22 +134,45 @@ def _check_attention_layers(model: Any) -> None:
         raise ValueError(
             f"model: {cls}: {UNPACKABLE_CLASSES[cls]}; this architecture is not supported"
         )
-    for i, layer in enumerate(model.base_model.layers):
-        for part in (layer, getattr(layer, "self_attn", None)):
+    _check_recomputable(model)
+    for layer in require_layers(model):
+        for part in (layer, layer_attention(model, layer)):
             why = UNPACKABLE_CLASSES.get(type(part).__name__)
             if why is not None:
                 raise ValueError(f"model: {cls}: {why}; this architecture is not supported")
-        if not isinstance(getattr(layer, "self_attn", None), nn.Module):
+    for i, attn in enumerate(attention_modules(model)):
+        if getattr(attn, "is_causal", True) is False:  # BERT-like: is_decoder false
             raise ValueError(
-                f"model: {cls}: layer {i} ({type(layer).__name__}) has no `self_attn`, the "
-                "attention packed training runs with the segments; this architecture is not "
-                "supported"
+                f"model: {cls}: layer {i}'s attention ({type(attn).__name__}) is not causal "
+                "(is_causal is False: each token attends to the tokens after it too), which "
+                "packed training's causal attention would not compute as the model does; this "
+                "architecture is not supported"
             )
-        if getattr(layer.self_attn, "sinks", None) is not None:  # GPT-OSS: a softmax term more
+        if getattr(attn, "sinks", None) is not None:  # GPT-OSS: a softmax term more
             raise ValueError(
                 f"model: {cls}: layer {i}'s attention has sinks, which the varlen attention "
                 "does not apply; this architecture is not supported"
             )
+
+
+def _check_recomputable(model: Any) -> None:
+    """Activation checkpointing (which ``auto``'s memory plan may choose) can recompute the
+    layers: the model supports it (JetMoE does not) and its layers are transformers'
+    ``GradientCheckpointingLayer`` (CTRL's are not: a plan would be silently off)."""
+    cls = type(model).__name__
+    if getattr(model, "supports_gradient_checkpointing", True) is False:
+        raise ValueError(
+            f"model: {cls} does not support activation checkpointing "
+            "(supports_gradient_checkpointing is False), which the memory plan may choose; "
+            "this architecture is not supported"
+        )
+    layer = require_layers(model)[0]
+    if not isinstance(layer, GradientCheckpointingLayer):
+        raise ValueError(
+            f"model: {cls}: its decoder layers ({type(layer).__name__}) are not transformers' "
+            "GradientCheckpointingLayer, through which activation checkpointing (which the "
+            "memory plan may choose) recomputes a layer; this architecture is not supported"
+        )
 
 
 def check_attention_interface(model_class: type, folder: str = "") -> None:
@@ -147,6 +185,23 @@ def check_attention_interface(model_class: type, folder: str = "") -> None:
             f"model: {model_class.__name__} does not run its attention through transformers' "
             "attention interface (_supports_attention_backend is False), which packed training "
             f"feeds the segments through; this architecture is not supported{where}"
+        )
+
+
+def _check_head(model: Any) -> None:
+    """Nothing with weights between the decoder stack and the LM head: the fused loss takes the
+    logits as ``W h`` of the stack's output (ModernBERT-decoder's ``lm_head`` is a prediction
+    head, dense, activation and norm, that its ``decoder``, the output embedding, follows)."""
+    stack, head = decoder_stack(model), model.get_output_embeddings()
+    for name, child in model.named_children():
+        inside = any(m is stack for m in child.modules())
+        if child is head or inside or not any(True for _ in child.parameters()):
+            continue
+        raise ValueError(
+            f"model: {type(model).__name__}: its `{name}` ({type(child).__name__}) computes on "
+            "the hidden states outside the decoder stack, which packed training (the fused "
+            "loss: logits = W h of the stack's output) does not apply; this architecture is "
+            "not supported"
         )
 
 
@@ -173,17 +228,13 @@ def _check_values(config: Any) -> None:
         owners[f"{type(config).__name__}.text_config"] = text
     scaled = _check_logit_scale(config)
     for owner, cfg in owners.items():
+        _check_attention_dropout(owner, cfg, "" if cfg is config else "text_config.")
         for field, plain in PLAIN_VALUES.items():
             value = getattr(cfg, field, None)
             if cfg is config and field == scaled:  # the fused loss takes it (model.logit_scale)
                 continue
-            if field == "attention_dropout" and value not in plain:
-                inner = "" if cfg is config else "text_config."
-                raise ValueError(
-                    f"model: {owner}.{field} = {value!r} (the model's config.json): packed "
-                    "attention (varlen kernels) applies no attention dropout; to train without "
-                    f"it: --set model.config_overrides.{inner}attention_dropout=0.0"
-                )
+            if ATTENTION_DROPOUT.search(field):  # _check_attention_dropout
+                continue
             if value not in plain:
                 what = "attention scores"
                 if not field.startswith("attn"):
@@ -193,6 +244,23 @@ def _check_values(config: Any) -> None:
                     "training (varlen attention, the fused loss: logits = W h) does not apply; "
                     "this architecture is not supported"
                 )
+
+
+# Config fields of the attention probabilities' dropout, by their name (Llama's
+# attention_dropout, GPT-2's and StarCoder-1's attn_pdrop, BERT-like attention_probs_dropout_prob):
+# packed attention applies none. Residual and embedding dropout (resid_pdrop, embd_pdrop) the
+# model applies itself, token by token, packed or not.
+ATTENTION_DROPOUT = re.compile(r"(attn|attention).*drop")
+
+
+def _check_attention_dropout(owner: str, cfg: Any, inner: str) -> None:
+    for field, value in vars(cfg).items():
+        if ATTENTION_DROPOUT.search(field) and value not in (None, 0, 0.0, False):
+            raise ValueError(
+                f"model: {owner}.{field} = {value!r} (the model's config.json): packed "
+                "attention (varlen kernels) applies no attention dropout; to train without "
+                f"it: --set model.config_overrides.{inner}{field}=0.0"
+            )
 
 
 def _check_logit_scale(config: Any) -> str | None:

@@ -103,10 +103,12 @@ def hand_packing_to_attention(model: nn.Module) -> None:
     carry the packing arguments the layer receives to its ``self_attn``, which it calls without
     them: a hook on the layer keeps them, one on the attention adds them to its call. The
     checkpointed recompute runs the layer again, hooks and all, with the same arguments."""
-    for layer in model.base_model.layers:
+    from reflectioncoder.decoder_layout import layer_attention, require_layers
+
+    for layer in require_layers(model):
         if type(layer).__name__ not in DROPS_ATTENTION_ARGUMENTS or hasattr(layer, "rc_handing"):
             continue
-        attn = layer.self_attn
+        attn = layer_attention(model, layer)
 
         def keep(module, args, kwargs, attn=attn):
             attn.rc_packing = {k: kwargs[k] for k in PACKING_ARGUMENTS if k in kwargs}

@@ -1,11 +1,12 @@
-"""hidden7: causal LMs whose layers do not attend through transformers' attention interface
-are refused by ``check_supported`` (so in one line, before the run folder is written), naming
-the model: StableLM (StableCode) stopped at the first step with 'cu_seq_lens_q and max_length_q
-are required', GPT-NeoX, Mamba, Jamba and Qwen3-Next with an internal AttributeError
-('... has no attribute self_attn'), and Falcon-H1, whose state-space layers run over the whole
-packed batch, trained silently on hidden states mixed across samples (1e-2 off each sample run
-alone). GPT-OSS, whose attention sinks the varlen attention does not apply, stopped at the
-first step ('attention with s_aux is not supported'). The architectures that train keep
+"""hidden7: causal LMs whose layers do not attend through transformers' attention interface are
+refused by ``check_supported`` (so in one line, before the run folder is written), naming the
+model: StableLM (StableCode) stopped at the first step with 'cu_seq_lens_q and max_length_q are
+required', Mamba, Jamba and Qwen3-Next with an internal AttributeError ('... has no attribute
+self_attn'; GPT-NeoX, whose attention is its layers' ``attention``, now trains:
+reflectioncoder/decoder_layout.py finds it), and Falcon-H1, whose state-space layers run over
+the whole packed batch, trained silently on hidden states mixed across samples (1e-2 off each
+sample run alone). GPT-OSS, whose attention sinks the varlen attention does not apply, stopped
+at the first step ('attention with s_aux is not supported'). The architectures that train keep
 training: their packed forward equals each segment run alone."""
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def _model(name: str, **extra):
         ("Mamba", {}, "attention interface"),
         ("Jamba", {}, "attention interface"),
         ("Qwen3Next", {}, "attention interface"),
-        ("GPTNeoX", {}, "has no `self_attn`"),
-        ("Lfm2", {"layer_types": ["conv", "full_attention"]}, "has no `self_attn`"),
+        ("Lfm2", {"layer_types": ["conv", "full_attention"]}, "has no self-attention module"),
         ("GptOss", {"head_dim": 8, "num_local_experts": 4}, "attention has sinks"),
     ],
 )
@@ -48,7 +48,9 @@ def test_refused_naming_the_model(name, extra, words):
         check_supported(_model(name, **extra), max_len=64)
 
 
-@pytest.mark.parametrize("name", ["Llama", "Qwen2", "Starcoder2", "Mistral", "Qwen3", "Gemma"])
+@pytest.mark.parametrize(
+    "name", ["Llama", "Qwen2", "Starcoder2", "Mistral", "Qwen3", "Gemma", "GPTNeoX"]
+)
 def test_supported_ones_train_as_each_segment_alone(seed, name):
     model = _model(name).double()
     check_supported(model, max_len=64)

@@ -50,6 +50,9 @@ TYPE_SIZES = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "zaya": {"num_experts_per_tok": 1},
     "gemma4_assistant": {"hidden_size_per_layer_input": 0},
+    # rotary dims of at most the tiny head size (their defaults: 64)
+    "codegen": {"rotary_dim": 4},
+    "gptj": {"rotary_dim": 4},
     # a logit scale other than the default 1 (released Granite checkpoints: 8 or 16), so the
     # sweep checks that training applies it
     "granite": {"logits_scaling": 3.0},
@@ -59,7 +62,8 @@ TYPE_SIZES = {
 }
 MLA_SIZES = {"num_key_value_heads": 4, "qk_head_dim": 16}  # multi-head latent attention
 # The train runs: as the defaults are, and with what hooks into the layers most (activation
-# checkpointing that keeps the GEMMs' outputs, q/k/v and gate/up fused).
+# checkpointing that keeps the GEMMs' outputs, q/k/v and gate/up fused where the model has
+# separate ones: model.fused_projections is refused where there is nothing to fuse).
 TRAIN_VARIANTS = (
     {},
     {"model.gradient_checkpointing": True, "model.checkpointing_policy": "save_gemms",
@@ -306,6 +310,9 @@ def sweep_one(model_type: str, tokenizer, data: Path, work: Path) -> Outcome:
         check_supported(model, max_len=512)
     except ValueError as exc:
         return Outcome(model_type, "refused", _line(exc))
+    from reflectioncoder.fused_projections import nothing_to_fuse
+
+    fusable = nothing_to_fuse(model) is None  # else refused (GPT-2's c_attn: fused already)
     try:
         gap = packed_error(model)
     except Exception as exc:  # noqa: BLE001
@@ -314,6 +321,8 @@ def sweep_one(model_type: str, tokenizer, data: Path, work: Path) -> Outcome:
     if off:
         return Outcome(model_type, "FAILS", f"packed != unpacked: {', '.join(off)}")
     for i, extra in enumerate(TRAIN_VARIANTS):
+        if not fusable:
+            extra = {k: v for k, v in extra.items() if k != "model.fused_projections"}
         err = train_steps(folder, data, work / model_type / f"run{i}", **extra)
         if err is not None:
             return Outcome(model_type, "FAILS", f"train {extra}: {_line(err)}")

@@ -6,8 +6,9 @@ head and whose values ``v_dim`` (both ``head_dim`` but for multi-head latent att
 DeepSeek-V2/V3's qk_nope_head_dim + qk_rope_head_dim and v_head_dim), costs, forward +
 backward (each multiply-add 2 FLOPs, backward twice the forward):
 
-    model FLOPs    = 6 x body_params x T              (every parameter outside the input
-                                                        embedding and the LM head; of a
+    model FLOPs    = 6 x body_params x T              (every parameter of the decoder
+                                                        stack outside its embeddings (of
+                                                        tokens, of learned positions); of a
                                                         mixture of experts' routed experts,
                                                         the share a token runs through:
                                                         top-k / experts)
@@ -51,6 +52,15 @@ from typing import Any
 
 from torch import nn
 
+from reflectioncoder.decoder_layout import (
+    decoder_stack,
+    gemm_width,
+    layer_attention,
+    mlp_gemms,
+    mlp_modules,
+    require_layers,
+)
+
 
 @dataclass(frozen=True)
 class ExpertShape:
@@ -72,7 +82,7 @@ class ModelShape:
     hidden: int  # D
     attn_width: int  # query heads x head size
     vocab: int  # V, rows of the LM head
-    body_params: int  # parameters outside the input embedding and the LM head
+    body_params: int  # the decoder stack's parameters outside its embeddings
     recomputed_params: int  # decoder-layer parameters checkpointing runs again (no last GEMM)
     mlp_in_params: int  # the MLPs' parameters but the last GEMM's (mlp_rerun's: gate and up)
     heads: int  # query heads
@@ -106,11 +116,12 @@ class ModelShape:
         config = model.config.get_text_config()
         heads = config.num_attention_heads
         head_dim = _per_layer(config, "head_dim") or config.hidden_size // heads
-        embedding = model.get_input_embeddings().weight
         head = model.get_output_embeddings().weight
-        outside = {id(embedding): embedding, id(head): head}
-        unique = {id(p): p for p in model.parameters()}
-        layers = model.base_model.layers
+        stack = decoder_stack(model)  # not an image-text model's vision tower: text runs alone
+        outside = {id(p) for m in stack.modules() if isinstance(m, nn.Embedding)
+                   for p in m.parameters()}  # fmt: skip
+        unique = {id(p): p for p in stack.parameters()}
+        layers = require_layers(model)
         routed = {id(p) for layer in layers for p in _routed_experts(layer).parameters()}
         share = _active_expert_share(config)
 
@@ -122,6 +133,7 @@ class ModelShape:
         body = active({i: p for i, p in unique.items() if i not in outside})
         recomputed = {id(p): p for p in layers.parameters()}
         mlp_in = {id(p): p for layer in layers for p in _mlp(layer).parameters()}
+        kv_heads = _kv_heads(model, layers[0], config, heads)
         for layer in layers:
             for p in _last_gemm(layer).parameters():
                 recomputed.pop(id(p))
@@ -135,8 +147,8 @@ class ModelShape:
             recomputed_params=active(recomputed),
             mlp_in_params=active(mlp_in),
             heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            intermediate=_mlp_width(config),
+            kv_heads=kv_heads,
+            intermediate=_mlp_width(config, layers[0]),
             qk_width=heads * _latent_qk_head_dim(config),
             v_width=heads * (getattr(config, "v_head_dim", None) or 0),
             **_latent_ranks(config),
@@ -242,7 +254,9 @@ def utilisation(flops: StepFlops, seconds: float, devices: int, peak_flops: floa
 
 
 def _mlp(layer: nn.Module) -> nn.Module:
-    return getattr(layer, "mlp", None) or nn.Module()
+    """The layer's MLP as one module (OPT's fc1 and fc2 in a list: ``decoder_layout``)."""
+    parts = mlp_modules(layer)
+    return parts[0] if len(parts) == 1 else nn.ModuleList(parts)
 
 
 def _last_gemm(layer: nn.Module) -> nn.Module:
@@ -257,6 +271,9 @@ def _last_gemm(layer: nn.Module) -> nn.Module:
     down = getattr(mlp, "down_proj", None)
     if isinstance(down, nn.Module):
         return down
+    if not any(True for _ in _routed_experts(layer).parameters()):  # a dense MLP: its last GEMM
+        gemms = mlp_gemms(layer)  # GPT-2's c_proj, GPT-J's fc_out, OPT's fc2
+        return gemms[-1] if gemms else nn.Module()
     shared = getattr(getattr(mlp, "shared_experts", None), "down_proj", None)
     if isinstance(shared, nn.Module) and _adds_shared_experts_last(type(mlp)):
         return shared
@@ -293,6 +310,16 @@ def _active_expert_share(config) -> float:
     return 1.0
 
 
+def _kv_heads(model: nn.Module, layer: nn.Module, config, heads: int) -> int:
+    """Key / value heads, as the attention computes them: its ``num_key_value_groups`` query
+    heads share one (transformers' eager attention repeats them so; StarCoder-1's multi-query
+    attention: all of them, whatever num_key_value_heads says), else the config's."""
+    groups = getattr(layer_attention(model, layer), "num_key_value_groups", None)
+    if isinstance(groups, int) and groups > 0 and heads % groups == 0:
+        return heads // groups
+    return getattr(config, "num_key_value_heads", None) or heads
+
+
 def _per_layer(config, name: str) -> Any:
     """``config.<name>``, or None; where the layers differ (a heterogeneous config: Gemma 4's
     head sizes, which transformers refuses to read globally) the largest layer's: the memory
@@ -304,13 +331,18 @@ def _per_layer(config, name: str) -> Any:
         return max((v for v in values if v is not None), default=None)
 
 
-def _mlp_width(config) -> int:
+def _mlp_width(config, layer: nn.Module) -> int:
     """I, the MLP width a token runs through: ``intermediate_size``; a model with experts in
     every layer and no dense width (Solar Open, Kolibri, Ergo) runs its top-k experts' and its
-    shared experts' widths."""
+    shared experts' widths; a config without either (GPT-2's n_inner, None: 4 D; OPT's
+    ffn_dim) the output width of ``layer``'s first MLP GEMM."""
     width = _per_layer(config, "intermediate_size")
     if width:
         return int(width)
+    if not any(True for _ in _routed_experts(layer).parameters()):
+        gemms = mlp_gemms(layer)
+        if gemms:
+            return gemm_width(gemms[0])
     expert = getattr(config, "moe_intermediate_size", None) or 0
     shared = getattr(config, "shared_expert_intermediate_size", None) or getattr(
         config, "shared_intermediate_size", None

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from reflectioncoder.config import RunConfig
+from reflectioncoder.decoder_layout import require_layers
 from reflectioncoder.errors import ConfigError
 from reflectioncoder.train.distributed import DistInfo, all_reduce_sum, resolve_dtype
 from reflectioncoder.train.engine import (
@@ -86,7 +87,7 @@ class FSDPEngine:
             reduce_dtype=torch.float32,
             cast_forward_inputs=False,
         )
-        for layer in module.model.base_model.layers:
+        for layer in require_layers(module.model):
             fully_shard(layer, mesh=self.mesh, mp_policy=policy, reshard_after_forward=True)
         fully_shard(module, mesh=self.mesh, mp_policy=policy, reshard_after_forward=True)
         module.float()  # the shards become the fp32 masters (bf16 weights load exact)

@@ -15,6 +15,7 @@ from torch import nn
 from reflectioncoder import activation_checkpointing as ac
 from reflectioncoder import memory_plan
 from reflectioncoder.config import RunConfig
+from reflectioncoder.decoder_layout import require_layers
 from reflectioncoder.train import deepspeed_config
 from reflectioncoder.train.distributed import DistInfo
 from reflectioncoder.train.flops import ModelShape
@@ -109,7 +110,7 @@ def plan_memory(cfg: RunConfig, model: nn.Module, info: DistInfo, dtype: torch.d
     memory = memory_plan.plan_run(
         cfg.model.checkpointing_policy,
         cfg.model.gradient_checkpointing,
-        layers=len(model.base_model.layers),
+        layers=len(require_layers(model)),
         tokens=cfg.packing.max_tokens,
         shape=shape,
         params=count_parameters(model),
@@ -160,7 +161,7 @@ def _offloadable_layers(
     if not peak:
         log.info("activation offload off: the GPU's peak is unknown (logging.peak_tflops)")
         return (0, 1)
-    layers = model.base_model.layers
+    layers = require_layers(model)
     layer_params = sum(getattr(p, "ds_numel", p.numel()) for p in layers[0].parameters())
     tokens = cfg.packing.max_tokens
     forward_s = memory_plan.layer_forward_s(layer_params, tokens, peak * 1e12)

@@ -107,7 +107,7 @@ class Trainer:
         from reflectioncoder.model_support import check_supported
 
         # before the run folder is written (prepare_model checks again, without the lengths)
-        check_supported(model, max_len=max(cfg.data.max_len, 1))
+        check_supported(model, max(cfg.data.max_len, 1), cfg.model.fused_projections)
         if self.resume_from is not None:
             checkpoint.check_same_model(self.resume_from, model.config)
         self.run_data = load_run_data(cfg, self.tokenizer, self.info)

@@ -1,0 +1,199 @@
+"""GPT-2-layout causal LMs (decoder layers in ``transformer.h``: StarCoder-1 / SantaCoder's
+gpt_bigcode, GPT-2, CodeGen, GPT-J; OPT's ``model.decoder.layers``; Gemma 3's image-text
+checkpoints, layers in ``language_model``) were refused ("keeps its decoder layers elsewhere than
+`layers`"). reflectioncoder/decoder_layout.py finds the layers, their attention and their MLP as
+transformers does; a saved StarCoder-1-shaped model (multi-query attention, fused c_attn, learned
+absolute positions) trains from disk exactly: its packed float64 forward equals its own forward
+of each segment, every checkpointing policy gives the gradients of none, and the FLOP count is
+what a FLOP counter sees."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from test_flops import _batch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import GPT2Config, GPTBigCodeConfig, GPTBigCodeForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from reflectioncoder.decoder_layout import (
+    decoder_layers,
+    decoder_stack,
+    layer_attention,
+    mlp_gemms,
+)
+from reflectioncoder.model import load_model, prepare_model
+from reflectioncoder.model_support import check_supported
+from reflectioncoder.testing.archsweep import TOLERANCE, packed_error, tiny_config
+from reflectioncoder.train.flops import ModelShape, batch_flops, recomputed_share
+from reflectioncoder.train.loss_module import ReflectionLossModule
+
+VOCAB = 96
+
+
+def _tiny(model_type: str, **fields):
+    config, why = tiny_config(model_type, VOCAB, {})
+    assert why is None, why
+    for name, value in fields.items():
+        setattr(config, name, value)
+    torch.manual_seed(0)
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
+
+
+# model type -> (the layers, a layer's attention, its MLP's GEMMs), as paths in the model
+LAYOUTS = {
+    "gpt_bigcode": ("transformer.h", "attn", ["mlp.c_fc", "mlp.c_proj"]),
+    "gpt2": ("transformer.h", "attn", ["mlp.c_fc", "mlp.c_proj"]),
+    "codegen": ("transformer.h", "attn", ["mlp.fc_in", "mlp.fc_out"]),
+    "gptj": ("transformer.h", "attn", ["mlp.fc_in", "mlp.fc_out"]),
+    "opt": ("model.decoder.layers", "self_attn", ["fc1", "fc2"]),
+    "gemma3": (
+        "model.language_model.layers",
+        "self_attn",
+        ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+    ),
+    "llama": ("model.layers", "self_attn", ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(LAYOUTS))
+def test_the_layout_is_found_where_transformers_keeps_it(model_type):
+    model = _tiny(model_type)
+    layers_path, attention, mlp = LAYOUTS[model_type]
+    layers = decoder_layers(model)
+    assert layers is model.get_submodule(layers_path)
+    assert decoder_stack(model) is model.get_submodule(layers_path.rsplit(".", 1)[0])
+    layer = layers[0]
+    assert layer_attention(model, layer) is layer.get_submodule(attention)
+    assert mlp_gemms(layer, layer_attention(model, layer)) == [layer.get_submodule(p) for p in mlp]
+    check_supported(model, max_len=64)
+
+
+def test_a_layers_cross_attention_is_not_its_attention():
+    model = _tiny("gpt2", add_cross_attention=True)
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(model.config)](model.config)
+    layer = decoder_layers(model)[0]
+    assert layer_attention(model, layer) is layer.attn
+
+
+def test_attention_dropout_is_refused_naming_the_field_and_the_fix():
+    model = _tiny("gpt2", resid_pdrop=0.1, embd_pdrop=0.1)  # the model applies these itself
+    check_supported(model, max_len=64)
+    model.config.attn_pdrop = 0.1  # GPT-2's, StarCoder-1's released value
+    with pytest.raises(ValueError) as err:
+        check_supported(model, max_len=64)
+    line = str(err.value)
+    assert line.startswith("model: GPT2Config.attn_pdrop = 0.1: ") and "\n" not in line
+    assert '"attn_pdrop": 0.0' in line
+
+
+@pytest.mark.parametrize("model_type", ["gpt_bigcode", "gpt2", "codegen"])
+def test_fused_projections_are_refused_where_c_attn_is_fused_already(model_type):
+    model = _tiny(model_type)
+    with pytest.raises(ValueError) as err:
+        check_supported(model, max_len=64, fused_projections=True)
+    line = str(err.value)
+    assert line.startswith("model.fused_projections: ") and "\n" not in line
+    assert "one GEMM already" in line and "model.fused_projections: false" in line
+
+
+@pytest.mark.parametrize("model_type", ["gptj", "opt", "llama"])
+def test_fused_projections_fuse_separate_q_k_v(model_type):
+    check_supported(_tiny(model_type), max_len=64, fused_projections=True)
+
+
+def test_multi_query_widths_and_the_gemms_counted():
+    """StarCoder-1: one key / value head; GPT-2-style MLP of c_fc and c_proj (no gate); the
+    learned position table and the LM head are not GEMMs of the body."""
+    model = _tiny("gpt_bigcode")
+    cfg = model.config
+    assert cfg.multi_query
+    shape = ModelShape.from_model(model)
+    d, head_dim, inner = cfg.n_embd, cfg.n_embd // cfg.n_head, model.transformer.h[0].mlp.c_fc
+    assert (shape.kv_heads, shape.kv_width) == (1, head_dim)
+    assert shape.intermediate == inner.out_features == cfg.n_inner
+    stack = sum(p.numel() for p in model.transformer.parameters())
+    tables = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    assert shape.body_params == stack - tables
+    layer_params = sum(p.numel() for p in model.transformer.h.parameters())
+    c_proj = sum(p.numel() for layer in model.transformer.h for p in layer.mlp.c_proj.parameters())
+    assert shape.recomputed_params == layer_params - c_proj
+    assert shape.mlp_in_params == cfg.n_layer * (d * inner.out_features + inner.out_features)
+
+
+@pytest.fixture(scope="module")
+def bigcode_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("starcoder1") / "model"
+    config = GPTBigCodeConfig(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=512,
+        multi_query=True, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPTBigCodeForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_starcoder1_model_trains_exactly_from_disk(bigcode_folder):
+    model = load_model(bigcode_folder, dtype=torch.float32)
+    check_supported(model, max_len=512)
+    gap = packed_error(model)  # float64, gapped student positions through wpe
+    assert all(gap[k] <= TOLERANCE[k] for k in gap), gap
+
+
+def _step(model, batch, policy):
+    prepare_model(
+        model, gradient_checkpointing=policy is not None, checkpointing_policy=policy or "full"
+    )
+    with FlopCounterMode(display=False) as counter:
+        loss, *_ = ReflectionLossModule(model)(batch)
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads, counter.get_total_flops()
+
+
+def _gemms_only(model, shape: ModelShape) -> ModelShape:
+    """``shape`` without its vector parameters (biases, LayerNorm weights), which the count
+    takes as GEMMs' and a FLOP counter does not see: 6% of this tiny model's layers."""
+    layers = model.transformer.h
+    vectors = [p for p in layers.parameters() if p.dim() == 1]
+    last = [layer.mlp.c_proj.bias for layer in layers]
+    in_mlp = [layer.mlp.c_fc.bias for layer in layers]
+    final = model.transformer.ln_f
+
+    def numel(params):
+        return sum(p.numel() for p in params)
+
+    return dataclasses.replace(
+        shape,
+        body_params=shape.body_params - numel(vectors) - numel(final.parameters()),
+        recomputed_params=shape.recomputed_params - numel(vectors) + numel(last),
+        mlp_in_params=shape.mlp_in_params - numel(in_mlp),
+    )
+
+
+def test_every_checkpointing_policy_gives_the_gradients_and_flops_it_counts(bigcode_folder):
+    model = load_model(bigcode_folder, dtype=torch.float32)
+    batch = _batch(0, VOCAB)
+    shape = _gemms_only(model, ModelShape.from_model(model))
+    want_loss, want, counted = _step(model, batch, None)
+    assert counted == pytest.approx(batch_flops(shape, batch, 0.0).hardware, rel=0.005)
+    for policy in ("full", "save_gemms", "mlp_rerun", "offload", "alternate"):
+        loss, grads, flops = _step(model, batch, policy)
+        assert loss == pytest.approx(want_loss, rel=1e-6), policy
+        for name, g in want.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+        expected = batch_flops(shape, batch, recomputed_share(model.rc_checkpointing_plan))
+        rerun = expected.hardware - expected.model
+        assert flops - counted == pytest.approx(rerun, rel=0.005, abs=0), policy
+
+
+def test_gpt2_config_defaults_are_refused_before_training():
+    """GPT-2's own defaults (attn_pdrop 0.1) are refused at the start, one line."""
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[GPT2Config](
+        GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=64)
+    )
+    with pytest.raises(ValueError, match=r"^model: GPT2Config\.attn_pdrop = 0\.1: "):
+        check_supported(model)
