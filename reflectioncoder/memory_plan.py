@@ -34,7 +34,9 @@ from reflectioncoder.train.flops import ModelShape
 #   none     every tensor the backward reads (HF Llama's ops): the input, each RMSNorm's
 #            normalised input and output (2 x 2D) and the residual sum (D), the rotated q
 #            (D_q), k (D_kv), v (D_kv), the attention's output (D_q) and log-sum-exp, SwiGLU's
-#            gate, silu(gate), up and product (4I).
+#            gate, silu(gate), up and product (4I). A plain MLP (GPT-2's, StarCoder-1's: one
+#            input GEMM, ``ModelShape.mlp_inputs``) keeps half of each I count: c_fc's output,
+#            its activation's.
 # Checked against the heap the CPU measures at four shapes (bench/bench_activation_memory.py
 # -> bench/results/activation_memory.json; tests/test_planshape_bytes.py); there ``none`` keeps
 # one D_q more: the CPU's per-segment SDPA keeps each segment's output and o_proj their
@@ -72,8 +74,8 @@ def _mlp(i: int, shape: ModelShape, every: bool) -> tuple[float, float]:
     inverse). Measured on the CPU's heap for Mixtral, Qwen2-MoE and DeepSeek-V3 shapes
     (tests/test_moe_memory_plan.py)."""
     moe = shape.experts
-    if moe is None or not i:
-        return i * shape.intermediate, 0.0
+    if moe is None or not i:  # a plain MLP (one input GEMM, GPT-2's c_fc) keeps half
+        return i * shape.intermediate * shape.mlp_inputs / 2, 0.0
     d, k, width, shared = shape.hidden, moe.top_k, moe.width, moe.shared_width
     if every:
         routed = 2 * moe.experts + k * (2 * d + 4 * width)

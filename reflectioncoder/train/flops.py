@@ -94,6 +94,7 @@ class ModelShape:
     kv_lora: int = 0  # MLA: the keys' and values' low-rank width (kv_lora_rank)
     rope_dim: int = 0  # MLA: a query / key head's rotary part (qk_rope_head_dim), one key's
     experts: ExpertShape | None = None  # a mixture of experts' MoE layers (memory plan)
+    mlp_inputs: int = 2  # the MLP's GEMMs before its last: gate and up, or GPT-2's c_fc alone
 
     @property
     def score_width(self) -> int:
@@ -153,6 +154,7 @@ class ModelShape:
             v_width=heads * (getattr(config, "v_head_dim", None) or 0),
             **_latent_ranks(config),
             experts=_expert_shape(layers, config),
+            mlp_inputs=_mlp_inputs(active(mlp_in), layers, config),
         )
 
     @classmethod
@@ -308,6 +310,15 @@ def _active_expert_share(config) -> float:
         if top_k and experts:
             return top_k / experts
     return 1.0
+
+
+def _mlp_inputs(mlp_in: int, layers: nn.ModuleList, config) -> int:
+    """How many I-wide GEMM outputs a dense MLP makes before its last GEMM: 2 (gate, up), or 1
+    (GPT-2's, StarCoder-1's, OPT's c_fc / fc1): its input GEMMs' parameters over D x I."""
+    width = _mlp_width(config, layers[0])
+    if _expert_shape(layers, config) is not None or not width:
+        return 2
+    return max(1, min(2, round(mlp_in / len(layers) / (config.hidden_size * width))))
 
 
 def _kv_heads(model: nn.Module, layer: nn.Module, config, heads: int) -> int:
