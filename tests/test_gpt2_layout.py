@@ -85,8 +85,8 @@ def test_attention_dropout_is_refused_naming_the_field_and_the_fix():
     with pytest.raises(ValueError) as err:
         check_supported(model, max_len=64)
     line = str(err.value)
-    assert line.startswith("model: GPT2Config.attn_pdrop = 0.1: ") and "\n" not in line
-    assert '"attn_pdrop": 0.0' in line
+    assert line.startswith("model: GPT2Config.attn_pdrop = 0.1 ") and "\n" not in line
+    assert line.endswith("--set model.config_overrides.attn_pdrop=0.0")
 
 
 @pytest.mark.parametrize("model_type", ["gpt_bigcode", "gpt2", "codegen"])
@@ -195,7 +195,7 @@ def test_gpt2_config_defaults_are_refused_before_training():
     model = MODEL_FOR_CAUSAL_LM_MAPPING[GPT2Config](
         GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=64)
     )
-    with pytest.raises(ValueError, match=r"^model: GPT2Config\.attn_pdrop = 0\.1: "):
+    with pytest.raises(ValueError, match=r"^model: GPT2Config\.attn_pdrop = 0\.1 "):
         check_supported(model)
 
 
@@ -206,41 +206,23 @@ def test_the_memory_plan_predicts_what_a_starcoder1_layer_keeps():
     shape, against the CPU heap (bench/bench_activation_memory.py's way: 4 layers less 2), at
     test_planshape_bytes' tolerance. Counted with a gated MLP's gate and up outputs, save_gemms
     was 46% over (12816 bytes a token and layer in fp32, 8766 measured)."""
-    import gc
-
-    from bench.bench_activation_memory import heap_in_use
     from reflectioncoder import memory_plan as mp
-    from reflectioncoder.data.config import MaskConfig, PackingConfig
-    from reflectioncoder.data.packing import pack_rank, plan_step
-    from reflectioncoder.testing.synthetic import synthetic_samples
-
-    samples = synthetic_samples(
-        3, vocab_size=VOCAB, seed=0, instruction=(50, 100), reflection=(200, 400),
-        answer=(50, 100),
-    )  # fmt: skip
-    mask, packing = MaskConfig(), PackingConfig(max_tokens=10**6)
-    (batch,) = pack_rank(plan_step(samples, 500, 1000, mask, packing, 0), 0, mask, packing)
+    from reflectioncoder.testing.heap import held_by_forward
 
     def held(layers: int, policy: str):
         torch.manual_seed(0)
         model = GPTBigCodeForCausalLM(GPTBigCodeConfig(
-            vocab_size=VOCAB, n_embd=256, n_layer=layers, n_head=4, n_inner=1024,
+            vocab_size=512, n_embd=256, n_layer=layers, n_head=4, n_inner=1024,
             n_positions=4096, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
         ))  # fmt: skip
-        prepare_model(model, liger=False, gradient_checkpointing=True, checkpointing_policy=policy)
-        module = ReflectionLossModule(model)
-        gc.collect()
-        before = heap_in_use()
-        loss, *_ = module(batch)
-        gc.collect()
-        return heap_in_use() - before, model
+        return held_by_forward(model, policy, samples=3)
 
     for policy in ("save_gemms", "mlp_rerun", "full"):
         held(2, policy)  # warm: a first forward leaves memory the next ones reuse
-        two, _ = held(2, policy)
-        four, model = held(4, policy)
-        measured = (four - two) / (2 * batch.num_tokens)
-        predicted = mp.kept_per_token(policy, ModelShape.from_model(model), element_bytes=4)
+        two, tokens, _ = held(2, policy)
+        four, _, shape = held(4, policy)
+        measured = (four - two) / (2 * tokens)
+        predicted = mp.kept_per_token(policy, shape, element_bytes=4)
         assert abs(predicted - measured) <= max(0.02 * measured, 48), (policy, predicted, measured)
 
 
@@ -288,3 +270,34 @@ def test_special_tokens_get_a_row_of_a_head_smaller_than_the_input():
     assert model.lm_head.weight.shape[0] == model.get_input_embeddings().weight.shape[0] == rows
     for token, split in splits.items():
         torch.testing.assert_close(model.lm_head.weight[ids[token]], head_before[split].mean(0))
+
+
+@pytest.mark.slow  # two CLI train runs: 6 s
+def test_a_starcoder1_folder_as_released_trains_with_the_override_the_refusal_names(tmp_path):
+    """StarCoder-1's config.json as released: attn_pdrop, resid_pdrop and embd_pdrop 0.1. The
+    start refuses it in one line naming the --set that trains without attention dropout (the
+    folder untouched); with it, two CLI steps run (residual and embedding dropout on)."""
+    from pathlib import Path
+
+    from reflectioncoder.testing.archsweep import train_steps
+    from reflectioncoder.testing.tiny_model import save_tiny_model
+
+    data = Path(__file__).parent / "data" / "reflection_small.jsonl"
+    tok_folder = save_tiny_model(tmp_path / "tok", data.read_text().splitlines())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_folder)
+    folder = tmp_path / "starcoder1"
+    config = GPTBigCodeConfig(
+        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=512,
+        attn_pdrop=0.1, resid_pdrop=0.1, embd_pdrop=0.1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPTBigCodeForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    refused = train_steps(folder, data, tmp_path / "run0")
+    assert refused is not None and "GPTBigCodeConfig.attn_pdrop = 0.1" in refused, refused
+    assert "it: --set model.config_overrides.attn_pdrop=0.0 (model folder: " in refused, refused
+    assert not (tmp_path / "run0").exists()
+    overridden = {"model.config_overrides.attn_pdrop": 0.0}
+    assert train_steps(folder, data, tmp_path / "run1", **overridden) is None
