@@ -14,7 +14,7 @@ from collections import Counter
 from contextlib import nullcontext
 from operator import attrgetter
 
-from reflectioncoder.errors import UsageError, UserError, atomic_write_text
+from reflectioncoder.errors import UsageError, UserError, atomic_write_text, did_you_mean
 from reflectioncoder.eval import multiple as ml
 from reflectioncoder.eval import tasks as tk
 from reflectioncoder.eval.completions import generate_samples
@@ -23,6 +23,7 @@ from reflectioncoder.eval.request import EvalRequest
 from reflectioncoder.eval.samples import read_samples, select_samples
 from reflectioncoder.eval.sandbox import Isolation, isolation
 from reflectioncoder.eval.summary import print_table, summarise
+from reflectioncoder.eval.toolchains import meant_languages
 from reflectioncoder.printable import printable
 from reflectioncoder.progress import Progress
 
@@ -41,7 +42,10 @@ def evaluate(req: EvalRequest) -> int:
         lang = task.removeprefix("multiple-")
         if lang not in ml.LANGUAGES:  # a typo, not a toolchain to install (exit 3 says that)
             known = ", ".join(ml.LANGUAGES)
-            raise UsageError(f"--task: no MultiPL-E language {lang!r}; LANG is one of {known}")
+            meant = meant_languages([lang])
+            raise UsageError(
+                f"--task: no MultiPL-E language {lang!r}{meant}; LANG is one of {known}"
+            )
         problem = ml.toolchain_problem(lang)
         if problem:
             print(f"reflectioncoder evaluate: {printable(problem)}", file=sys.stderr)
@@ -52,7 +56,8 @@ def evaluate(req: EvalRequest) -> int:
     elif task == "mbpp":
         tasks = tk.load_mbpp_plus(req.data_dir)
     else:
-        raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+        typo = did_you_mean(task, ("humaneval", "mbpp", "multiple"))
+        raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}{typo}")
     generation: dict = {}
     if req.samples is not None:  # checked against every task: a --limit drops the others
         rows = read_samples(
@@ -88,7 +93,8 @@ def _multiple_languages(req: EvalRequest, rows: list[dict] | None) -> list[str]:
     if req.languages:
         bad = [lang for lang in req.languages if lang not in on_disk or lang not in ml.LANGUAGES]
         if bad:
-            raise UsageError(f"--languages: no MultiPL-E runner or data for {' '.join(bad)}")
+            raise UsageError(f"--languages: no MultiPL-E runner or data for {' '.join(bad)}"
+                             f"{meant_languages(bad)}")  # fmt: skip
         return list(req.languages)
     named = None if rows is None else {r["language"] for r in rows}
     return [lang for lang in ml.LANGUAGES if lang in on_disk and (named is None or lang in named)]

@@ -11,11 +11,13 @@ prints the command to run. Then it prints which languages run here and why the o
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 from reflectioncoder.errors import UsageError
 from reflectioncoder.eval import multiple_languages as ml
@@ -60,12 +62,30 @@ def _install(packages: list[str]) -> int:
     return 0
 
 
+# What people call the languages MultiPL-E names by their files' extensions
+_CALLED = {"c++": "cpp", "csharp": "cs", "c#": "cs", "javascript": "js", "typescript": "ts",
+           "rust": "rs", "ruby": "rb", "julia": "jl", "perl": "pl", "racket": "rkt",
+           "bash": "sh", "shell": "sh", "golang": "go"}  # fmt: skip
+
+
+def meant_languages(unknown: Iterable[str]) -> str:
+    """`` (did you mean rs for rust?)`` for names that are not MultiPL-E's (empty if none)."""
+    meant = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.lower(), ml.LANGUAGES, n=1, cutoff=0.7)
+        close = [_CALLED[name.lower()]] if name.lower() in _CALLED else close
+        meant += [f"{close[0]} for {name}"] if close else []
+    return f" (did you mean {', '.join(meant)}?)" if meant else ""
+
+
 def main(args: argparse.Namespace) -> int:
     chosen = args.languages or list(ml.LANGUAGES)
     unknown = [lang for lang in chosen if lang not in ml.LANGUAGES]
     if unknown:
         raise UsageError(
-            f"unknown {' '.join(unknown)} (known: {' '.join(ml.LANGUAGES)})", field="--languages"
+            f"unknown {' '.join(unknown)}{meant_languages(unknown)} (known: "
+            f"{' '.join(ml.LANGUAGES)})",
+            field="--languages",
         )
     packages = ml.setup_packages(lang for lang in chosen if not ml.LANGUAGES[lang].unavailable)
     if packages:
