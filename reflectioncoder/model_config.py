@@ -60,7 +60,8 @@ def read_model_config(path: str | Path, overrides: Mapping[str, Any] | None = No
 
 def apply_config_overrides(config: Any, overrides: Mapping[str, Any], where: str = FIELD) -> None:
     """Set each of ``overrides`` on ``config`` (in place): a field the config has, to a value of
-    its type (a mapping for a nested config such as a composite's ``text_config``). Raises a
+    its type (a mapping for a nested config such as a composite's ``text_config``, or for a
+    dict field such as ``rope_parameters``: the keys it names, the others kept). Raises a
     ConfigError naming ``where.field`` otherwise, before anything is set."""
     for key, value in overrides.items():
         _check_override(config, key, value, where)
@@ -69,6 +70,8 @@ def apply_config_overrides(config: Any, overrides: Mapping[str, Any], where: str
         if _is_config(current) and isinstance(value, Mapping):
             apply_config_overrides(current, value, f"{where}.{key}")
             continue
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            value = {**current, **value}  # the keys named: rope_parameters.factor keeps rope_type
         if _fits(value, int) and _float_only(config, key, current):
             value = float(value)  # YAML's 1 for a field declared float
         try:
