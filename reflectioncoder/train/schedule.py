@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from reflectioncoder.config import OptimConfig, TrainConfig
+from reflectioncoder.config import OptimConfig, RunConfig, TrainConfig
 from reflectioncoder.data.tokenize import TokenizedSample
 
 
@@ -31,6 +31,24 @@ def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
     else:
         factor = 1.0 - progress
     return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * factor)
+
+
+def no_step_learns(total_steps: int, cfg: RunConfig) -> str | None:
+    """A warning when every step of the run has learning rate 0 (the paper's 512 samples a
+    step over a small set: one step, inside the warm-up, which starts at 0): the run trains
+    and saves a model that is the one it started from. None otherwise."""
+    if any(lr_at(s, total_steps, cfg.optim) for s in range(min(total_steps, 2))):
+        return None  # a step after the first has lr > 0 whenever the first step's schedule does
+    spp = cfg.train.samples_per_step
+    more = "more data or train.epochs" + ("" if spp is None else f", or fewer than {spp} "
+                                          "train.samples_per_step")  # fmt: skip
+    if cfg.train.max_steps == total_steps:  # a smoke test's max_steps=1 cut the run short
+        more = "a larger train.max_steps"
+    return (
+        f"every optimizer step of this run has learning rate 0 ({total_steps} step(s); the "
+        "warm-up starts at 0, as the authors' Trainer's): the model will not change; give it "
+        f"more steps ({more}) or set optim.warmup_ratio=0"
+    )
 
 
 def plan_steps(lengths: list[int], cfg: TrainConfig) -> list[list[int]]:

@@ -57,7 +57,7 @@ from reflectioncoder.train.preemption import save_and_stop, sigterm_at_step_end
 from reflectioncoder.train.restore import load_checkpoint
 from reflectioncoder.train.resume import check_same_run, checkpoint_to_resume, record_resumed_config
 from reflectioncoder.train.run_folder import RunFolder
-from reflectioncoder.train.schedule import EpochReport, lr_at
+from reflectioncoder.train.schedule import EpochReport, lr_at, no_step_learns
 from reflectioncoder.train.skipped_steps import SkippedSteps
 from reflectioncoder.train.step_ahead import PreparedStep, StepAhead, prepare_step
 
@@ -199,6 +199,8 @@ class Trainer:
             self.dtype,
             self.threads,
         )
+        if still := no_step_learns(self.total_steps, cfg):
+            log.warning("%s", still)
         one_zero3 = self.info.world_size == 1 and deepspeed_config.uses_zero3(cfg, self.info)
         if one_zero3 and not self.engine.offloads_optimizer:
             # Measured on an H200 (bench/RESULTS.md): 2.4x the step time, nothing saved.
