@@ -24,6 +24,12 @@ applies:
   (``seqlens``), so the loop issues no device sync.
 All take (T, H, Dh) packed tensors and GQA natively (no repeated k / v).
 
+Attention-score soft-capping (Gemma 2's ``attn_logit_softcapping``): ``softcap=c`` makes the
+scores c tanh(scale q . k / c) before the causal softmax. The flash backends take it as their
+``softcap`` argument; ``sdpa`` (SDPA has none) computes such segments written out
+(``_capped_varlen``: scores and softmax in fp32 or wider, autograd's backward, O(H L^2) memory
+per segment); torch's varlen kernel has none and is refused for it (``SOFTCAP_BACKENDS``).
+
 Cost: 4 * Hq * Dh * sum_s L_s^2 / 2 FLOPs forward (causal), twice that backward.
 """
 
@@ -66,6 +72,8 @@ _HAS_FLASH_ATTN = _regular_package("flash_attn")
 _HAS_FLASH_ATTN_3 = importlib.util.find_spec("flash_attn_interface") is not None
 _HAS_TORCH_VARLEN = importlib.util.find_spec("torch.nn.attention.varlen") is not None
 BACKENDS = ("flash_attn_3", "flash_attn_4", "flash_attn", "torch_varlen", "sdpa")
+# The backends that apply a soft cap on the scores (the flash ones: their `softcap` argument).
+SOFTCAP_BACKENDS = ("flash_attn_3", "flash_attn_4", "flash_attn", "sdpa")
 # The flash kernels' limits: half precision, head size up to 256 (a multiple of 8 for torch's
 # and FA4's; FA4 on sm_100: up to 128, or 256).
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -104,11 +112,15 @@ def unavailable_reason(
     device: torch.device,
     dtype: torch.dtype | None = None,
     head_dim: int | None = None,
+    softcap: float | None = None,
 ) -> str | None:
     """Why ``backend`` does not run for q on ``device`` with ``dtype`` and head size
-    ``head_dim`` (either None: not checked), in one line; None when it runs."""
+    ``head_dim`` (either None: not checked), or for a model whose scores are soft-capped at
+    ``softcap``, in one line; None when it runs."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    if softcap and backend not in SOFTCAP_BACKENDS:
+        return "it applies no attention-score soft cap (the model's attn_logit_softcapping)"
     if backend == "sdpa":
         return None
     if not backend_installed(backend):
@@ -150,21 +162,32 @@ def backend_available(
 
 
 def varlen_backend(
-    device: torch.device, dtype: torch.dtype = torch.bfloat16, head_dim: int = 128
+    device: torch.device,
+    dtype: torch.dtype = torch.bfloat16,
+    head_dim: int = 128,
+    softcap: float | None = None,
 ) -> str:
     """The backend ``varlen_attention`` picks for (device, dtype, head_dim): the first of
-    BACKENDS that is available."""
-    return next(b for b in BACKENDS if backend_available(b, device, dtype, head_dim))
+    BACKENDS that is available (of SOFTCAP_BACKENDS with a ``softcap``)."""
+    names = BACKENDS if not softcap else SOFTCAP_BACKENDS
+    return next(b for b in names if backend_available(b, device, dtype, head_dim))
 
 
-def resolve_backend(q: torch.Tensor, backend: str) -> str:
+def resolve_backend(q: torch.Tensor, backend: str, softcap: float | None = None) -> str:
     """The backend that runs for q: ``varlen_backend``'s choice for "auto", else ``backend``
-    itself, checked (one that cannot run for q's device, dtype and head size raises)."""
+    itself, checked (one that cannot run for q's device, dtype and head size, or cannot apply
+    the ``softcap`` asked for, raises)."""
     if backend == "auto":
-        return varlen_backend(q.device, q.dtype, q.shape[-1])
+        return varlen_backend(q.device, q.dtype, q.shape[-1], softcap)
     if not backend_available(backend, q.device, q.dtype, q.shape[-1]):
         why = unavailable_reason(backend, q.device, q.dtype, q.shape[-1])
         raise ValueError(f"backend: {backend!r} does not run here: {why}")
+    if softcap and backend not in SOFTCAP_BACKENDS:
+        raise ValueError(
+            f"backend: {backend!r} applies no attention-score soft cap (softcap {softcap}, the "
+            "model's attn_logit_softcapping); set model.attention to auto, sdpa or a flash-attn "
+            "backend"
+        )
     return backend
 
 
@@ -174,7 +197,10 @@ def _check_inputs(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
     seqlens: list[int] | None,
+    softcap: float | None = None,
 ) -> None:
+    if softcap is not None and not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap: expected None, 0 (none) or a finite number > 0, got {softcap}")
     if q.dim() != 3:
         raise ValueError(f"q: expected (T, Hq, Dh), got shape {tuple(q.shape)}")
     if k.dim() != 3 or k.shape != v.shape:
@@ -231,9 +257,35 @@ def _sdpa_varlen(
         )
         outs.append(o[0].transpose(0, 1))
         start = end
-    if not outs:  # T = 0: an empty output, still in the graph of q, k and v
+    return _joined(outs, q, k, v)
+
+
+def _joined(outs: list[torch.Tensor], q, k, v) -> torch.Tensor:
+    """The segments' outputs end to end; T = 0: an empty output, still in the graph of q, k, v."""
+    if not outs:
         return q * 0.0 + k.sum() * 0.0 + v.sum() * 0.0
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+
+def _capped_varlen(q, k, v, seqlens: list[int], causal: bool, scale: float, cap: float):
+    """Per-segment attention with soft-capped scores, c tanh(scale q . k / c), before the
+    (causal) softmax; q (T, Hq, Dh), k/v (T, Hkv, Dh) -> (T, Hq, Dh). Written out (SDPA takes no
+    cap): scores and softmax in fp32 (fp64 for fp64 inputs), as the flash kernels keep them;
+    autograd differentiates it exactly (tanh's derivative included)."""
+    group = q.shape[1] // k.shape[1]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    outs, start = [], 0
+    for n in (n for n in seqlens if n):
+        rows = slice(start, start + n)
+        qs = q[rows].transpose(0, 1).to(acc)  # (Hq, L, Dh)
+        ks, vs = (t[rows].transpose(0, 1).repeat_interleave(group, 0).to(acc) for t in (k, v))
+        scores = torch.tanh(qs @ ks.transpose(1, 2) * (scale / cap)) * cap
+        if causal:
+            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        outs.append((torch.softmax(scores, dim=-1) @ vs).transpose(0, 1).to(q.dtype))
+        start += n
+    return _joined(outs, q, k, v)
 
 
 def _flash_varlen(
@@ -245,8 +297,11 @@ def _flash_varlen(
     max_seqlen: int,
     causal: bool,
     scale: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """One varlen flash call over the whole packed batch (no host sync, no padding)."""
+    """One varlen flash call over the whole packed batch (no host sync, no padding); a
+    ``softcap`` goes to the flash kernel's own ``softcap`` (torch's kernel has none: refused
+    by ``resolve_backend``)."""
     if backend == "torch_varlen":
         from torch.nn.attention.varlen import varlen_attn
 
@@ -270,6 +325,15 @@ def _flash_varlen(
         from flash_attn_interface import flash_attn_varlen_func
     else:
         from flash_attn import flash_attn_varlen_func
+    capped = {}
+    if softcap:
+        if "softcap" not in _parameters(flash_attn_varlen_func):
+            raise ValueError(
+                f"backend: {backend!r}: this release's flash_attn_varlen_func takes no softcap "
+                "(the model soft-caps its attention scores); upgrade it or set model.attention "
+                "to sdpa"
+            )
+        capped = {"softcap": softcap}
     out = flash_attn_varlen_func(
         q,
         k,
@@ -280,6 +344,7 @@ def _flash_varlen(
         max_seqlen_k=max_seqlen,
         softmax_scale=scale,
         causal=causal,
+        **capped,
     )
     return out[0] if isinstance(out, tuple) else out  # FA4 and some FA3 releases: (out, lse)
 
@@ -301,6 +366,7 @@ def varlen_attention(
     softmax_scale: float | None = None,
     seqlens: list[int] | None = None,
     backend: str = "auto",
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of each packed sequence over itself.
 
@@ -315,15 +381,19 @@ def varlen_attention(
             and reading them from ``cu_seqlens`` otherwise costs one device sync on CUDA.
         backend: "auto" (``varlen_backend``'s choice) or one of BACKENDS (benchmarks, tests);
             an unavailable one raises.
+        softcap: None or 0 (none), or c > 0: the scores become c tanh(scale q . k / c) before
+            the softmax (Gemma 2's attn_logit_softcapping; a backend of SOFTCAP_BACKENDS).
 
     Returns:
         (T, Hq, Dh) attention output, q's dtype.
     """
-    _check_inputs(q, k, v, cu_seqlens, seqlens)
+    _check_inputs(q, k, v, cu_seqlens, seqlens, softcap)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    backend = resolve_backend(q, backend)
+    softcap = float(softcap) if softcap else None
+    backend = resolve_backend(q, backend, softcap)
     if backend != "sdpa":
-        return _flash_varlen(backend, q, k, v, cu_seqlens, int(max_seqlen), causal, scale)
+        args = (q, k, v, cu_seqlens, int(max_seqlen), causal, scale, softcap)
+        return _flash_varlen(backend, *args)
     if seqlens is None:
         # Host copy of the lengths: free on the CPU; on CUDA one sync, avoided by passing seqlens.
         seqlens = torch.diff(cu_seqlens).tolist()
@@ -332,4 +402,6 @@ def varlen_attention(
             raise ValueError(
                 f"cu_seqlens: must rise from 0 to T={q.shape[0]}, got {cu_seqlens.tolist()}"
             )
+    if softcap:
+        return _capped_varlen(q, k, v, seqlens, causal, scale, softcap)
     return _sdpa_varlen(q, k, v, seqlens, causal, scale)

@@ -1,9 +1,10 @@
 """``varlen_attention`` as a ``torch.library`` custom op, so that ``torch.compile`` traces a
 decoder layer around it without a graph break: ``torch.ops.reflectioncoder.varlen_attention``.
 
-    out = varlen_attention_op(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend)
+    out = varlen_attention_op(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend, softcap)
     # q (T, Hq, Dh), k / v (T, Hkv, Dh), cu_seqlens (S + 1,) int32 -> (T, Hq, Dh)
     # backend: "auto" or one of varlen_attention.BACKENDS (model.attention)
+    # softcap: 0.0 (none) or the scores' soft cap c (Gemma 2: c tanh(s / c))
 
 The compiler sees an opaque op of known output shapes: the segment lengths never become
 guards, so micro-batches of other lengths reuse the compiled layer (with ``dynamic=True``,
@@ -28,8 +29,10 @@ The rest rerun: the backward runs the forward again under autograd and different
 ``sdpa`` (per-segment SDPA has no log-sum-exp API worth it; the CPU path), ``flash_attn_3``
 (FA3's ``_flash_attn_forward`` / ``_flash_attn_backward`` changed signature between commits
 and no release pins one), and any installed version whose internals lack the arguments
-above (``kernel_backward`` checks their names). The backend is resolved inside both the op and
-its fake from q's device, dtype and head size (``resolve_backend``), never in traced code.
+above (``kernel_backward`` checks their names), and every soft-capped call (``softcap`` > 0:
+the rerun hands the cap to the backend's forward, ``varlen_attention``). The backend is
+resolved inside both the op and its fake from q's device, dtype and head size
+(``resolve_backend``), never in traced code.
 """
 
 from __future__ import annotations
@@ -210,24 +213,27 @@ def varlen_attention_with_stats(
     causal: bool,
     scale: float,
     backend: str = "auto",
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out (T, Hq, Dh), lse (Hq, T) fp32, rng_state) of each packed sequence's attention over
-    itself; ``lse`` and ``rng_state`` empty where the backward reruns (``kernel_backward``)."""
-    resolved = resolve_backend(q, backend)
-    if kernel_backward(resolved, q.shape[-1]):
+    itself; ``lse`` and ``rng_state`` empty where the backward reruns (``kernel_backward``, or
+    scores soft-capped at ``softcap`` > 0)."""
+    resolved = resolve_backend(q, backend, softcap)
+    if not softcap and kernel_backward(resolved, q.shape[-1]):
         return _forward_with_stats(resolved, q, k, v, cu_seqlens, max_seqlen, causal, scale)
     out = varlen_attention(
-        q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale, backend=resolved
-    )
+        q, k, v, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale, backend=resolved,
+        softcap=softcap,
+    )  # fmt: skip
     return out, _no_lse(q), _no_rng_state(q)
 
 
 @varlen_attention_with_stats.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend="auto"):
-    resolved = resolve_backend(q, backend)
+def _(q, k, v, cu_seqlens, max_seqlen, causal, scale, backend="auto", softcap=0.0):
+    resolved = resolve_backend(q, backend, softcap)
     # FA4 allocates its output contiguous; torch's and flash-attn 2's take q's strides.
     out = q.new_empty(q.shape) if resolved == "flash_attn_4" else torch.empty_like(q)
-    if not kernel_backward(resolved, q.shape[-1]):
+    if softcap or not kernel_backward(resolved, q.shape[-1]):
         return out, _no_lse(q), _no_rng_state(q)
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     numel, dtype = _RNG_STATE.get(resolved, (0, torch.int64))
@@ -260,13 +266,14 @@ def _with_autograd() -> torch._C._ForceDispatchKeyGuard:
     )
 
 
-def _rerun_backward(grad, q, k, v, cu_seqlens, max_seqlen, causal, scale, backend):
+def _rerun_backward(grad, q, k, v, cu_seqlens, max_seqlen, causal, scale, backend, softcap):
     """(dq, dk, dv): the forward again under autograd, differentiated."""
     with _with_autograd(), torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         out = varlen_attention(
-            *leaves, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale, backend=backend
-        )
+            *leaves, cu_seqlens, max_seqlen, causal=causal, softmax_scale=scale,
+            backend=backend, softcap=softcap,
+        )  # fmt: skip
         dq, dk, dv = torch.autograd.grad(out, leaves, grad)
     return dq, dk, dv
 
@@ -285,33 +292,36 @@ def varlen_attention_backward(
     causal: bool,
     scale: float,
     backend: str,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) for an upstream ``grad`` (T, Hq, Dh): the backend's own backward from the
     forward's ``out``, ``lse`` and ``rng_state``, or the forward again, differentiated."""
-    resolved = resolve_backend(q, backend)
-    if kernel_backward(resolved, q.shape[-1]):
+    resolved = resolve_backend(q, backend, softcap)
+    if not softcap and kernel_backward(resolved, q.shape[-1]):
         return _kernel_backward(
             resolved, grad, q, k, v, out, lse, rng_state, cu_seqlens, max_seqlen, causal, scale
         )
-    return _rerun_backward(grad, q, k, v, cu_seqlens, max_seqlen, causal, scale, resolved)
+    args = (cu_seqlens, max_seqlen, causal, scale, resolved, softcap)
+    return _rerun_backward(grad, q, k, v, *args)
 
 
 @varlen_attention_backward.register_fake
-def _(grad, q, k, v, out, lse, rng_state, cu_seqlens, max_seqlen, causal, scale, backend):
+def _(grad, q, k, v, out, lse, rng_state, cu_seqlens, max_seqlen, causal, scale, backend,
+      softcap=0.0):  # fmt: skip
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu_seqlens, max_seqlen, causal, scale, backend = inputs
+    q, k, v, cu_seqlens, max_seqlen, causal, scale, backend, softcap = inputs
     out, lse, rng_state = output
     ctx.save_for_backward(q, k, v, out, lse, rng_state, cu_seqlens)
-    ctx.args = (max_seqlen, causal, scale, backend)
+    ctx.args = (max_seqlen, causal, scale, backend, softcap)
 
 
 def _backward(ctx, grad, grad_lse, grad_rng_state):
     # lse and rng_state are statistics for the backward, never used downstream: no gradient.
     dq, dk, dv = varlen_attention_backward(grad, *ctx.saved_tensors, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 varlen_attention_with_stats.register_autograd(_backward, setup_context=_setup_context)

@@ -241,7 +241,8 @@ def set_attention_backend(
         cfg = model.config.get_text_config()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         device = device if device is not None else next(model.parameters()).device
-        why = unavailable_reason(attention, device, head_dim=head_dim)
+        softcap = getattr(cfg, "attn_logit_softcapping", None)  # Gemma 2's: not torch_varlen's
+        why = unavailable_reason(attention, device, head_dim=head_dim, softcap=softcap)
         if why is not None:
             raise ValueError(f"model.attention: {attention!r} does not run here: {why}")
     for attn in layout.attention_modules(model):

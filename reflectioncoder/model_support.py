@@ -3,11 +3,10 @@
 Packed training runs the decoder layers (``decoder_layout.decoder_layers``: Llama's
 ``model.layers``, GPT-2's ``transformer.h``, ...) with our varlen attention and
 takes the logits as ``W h`` in the fused loss, on the loss rows. A model that does more than
-that (logits rescaled other than ``LOGIT_SCALES`` says, soft-capped logits or
-attention scores, attention dropout, a sliding window that binds at the run's lengths, decoder
-layers not found) would
-train on a loss it never computes itself, or fail at its first step once the run folder is
-written: it is refused in one line naming the field, before anything is written.
+that (logits rescaled other than ``LOGIT_SCALES`` says, attention dropout, a sliding window
+that binds at the run's lengths, decoder layers not found; soft caps, ``SOFTCAPS``, are
+applied) would train on a loss it never computes itself, or fail at its first step once the
+run folder is written: it is refused in one line naming the field, before anything is written.
 """
 
 from __future__ import annotations
@@ -28,17 +27,25 @@ from reflectioncoder.router_loss import router_loss_of
 
 # Config fields, with the values that leave the model as packed training computes it: logits
 # rescaled after the LM head's GEMM (a type LOGIT_SCALES names trains with its own scale:
-# Cohere, Granite; another type's is refused, its meaning unknown) or soft-capped (Gemma 2/3),
-# attention scores soft-capped (Gemma 2/3), attention probabilities dropped out in training
-# (StarCoder2's released configs: 0.1).
+# Cohere, Granite; another type's is refused, its meaning unknown), attention probabilities
+# dropped out in training (StarCoder2's released configs: 0.1).
 PLAIN_VALUES = {
     "logit_scale": (None, 1, 1.0),
     "logits_scaling": (None, 1, 1.0),
     "lm_head_multiplier": (None, 1, 1.0),
-    "final_logit_softcapping": (None,),
-    "attn_logit_softcapping": (None,),
     "attention_dropout": (None, 0, 0.0),
 }
+# Soft caps packed training applies as the model does (Gemma 2, VaultGemma, nanochat): the final
+# logits' c tanh(z / c) in the fused loss (``final_logit_softcap``), the attention scores' in
+# the varlen attention (the ``softcap`` the model's attention passes it). None or a number > 0.
+SOFTCAPS = ("final_logit_softcapping", "attn_logit_softcapping")
+
+
+def final_logit_softcap(model: Any) -> float | None:
+    """The soft cap c of the model's logits (c tanh(W h / c) after the LM head), or None."""
+    value = getattr(model.config, "final_logit_softcapping", None)
+    return None if value is None else float(value)
+
 
 # Heads whose logits are their config's constant times W h (or W h over it), by model type:
 # (config field, True: logits = value * W h; False: logits = W h / value). The loss is linear in
@@ -229,6 +236,7 @@ def _check_values(config: Any) -> None:
     scaled = _check_logit_scale(config)
     for owner, cfg in owners.items():
         _check_attention_dropout(owner, cfg, "" if cfg is config else "text_config.")
+        _check_softcaps(owner, cfg, wrapped=cfg is not config)
         for field, plain in PLAIN_VALUES.items():
             value = getattr(cfg, field, None)
             if cfg is config and field == scaled:  # the fused loss takes it (model.logit_scale)
@@ -236,13 +244,10 @@ def _check_values(config: Any) -> None:
             if ATTENTION_DROPOUT.search(field):  # _check_attention_dropout
                 continue
             if value not in plain:
-                what = "attention scores"
-                if not field.startswith("attn"):
-                    what = "logits after the LM head"
                 raise ValueError(
-                    f"model: {owner}.{field} = {value!r} changes the {what}, which packed "
-                    "training (varlen attention, the fused loss: logits = W h) does not apply; "
-                    "this architecture is not supported"
+                    f"model: {owner}.{field} = {value!r} changes the logits after the LM head, "
+                    "which packed training (varlen attention, the fused loss: logits = W h) does "
+                    "not apply; this architecture is not supported"
                 )
 
 
@@ -260,6 +265,29 @@ def _check_attention_dropout(owner: str, cfg: Any, inner: str) -> None:
                 f"model: {owner}.{field} = {value!r} (the model's config.json): packed "
                 "attention (varlen kernels) applies no attention dropout; to train without "
                 f"it: --set model.config_overrides.{inner}{field}=0.0"
+            )
+
+
+def _check_softcaps(owner: str, config: Any, wrapped: bool) -> None:
+    """``SOFTCAPS`` None or a finite number > 0 (c tanh(z / c) divides by c); a wrapped language
+    model's (``wrapped``: an image-text model's text_config) final cap is refused: whether its
+    wrapper's head applies it is the wrapper's (Gemma 3's does not), unknown to the loss."""
+    for field in SOFTCAPS:
+        value = getattr(config, field, None)
+        if value is None:
+            continue
+        if wrapped and field == "final_logit_softcapping":
+            raise ValueError(
+                f"model: {owner}.{field} = {value!r} soft-caps a wrapped language model's "
+                "logits, which packed training (the fused loss: the causal LM's own cap) does "
+                "not apply; this architecture is not supported"
+            )
+        if not isinstance(value, int | float) or isinstance(value, bool) or not (
+            math.isfinite(value) and value > 0
+        ):  # fmt: skip
+            raise ValueError(
+                f"model: {owner}.{field} = {value!r}: a soft cap must be null or a finite "
+                "number > 0"
             )
 
 

@@ -17,9 +17,9 @@ from reflectioncoder.kernels.varlen_attention import varlen_attention
 ATTN_IMPLEMENTATION = "reflectioncoder_varlen"
 
 
-# Attention arguments some models pass that our kernels do not apply: Gemma 2's logit
-# soft-capping, GPT-OSS's attention sinks.
-_UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "s_aux", "sinks")
+# Attention arguments some models pass that our kernels do not apply: GPT-OSS's attention sinks.
+# (Gemma 2's ``softcap`` on the scores is applied: ``varlen_attention(softcap=)``.)
+_UNSUPPORTED_ATTENTION_KWARGS = ("s_aux", "sinks")
 
 
 def _varlen_attention_forward(
@@ -65,14 +65,16 @@ def _varlen_attention_forward(
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     q, k, v, v_dim = _one_head_size(q, k, v)
     backend = getattr(module, "rc_attention", "auto")  # model.attention (prepare_model)
+    softcap = float(kwargs.get("softcap") or 0.0)  # Gemma 2's attn_logit_softcapping
     if getattr(module, "rc_custom_op", False):  # inside a compiled layer: one opaque op
         from reflectioncoder.kernels.varlen_attention_op import varlen_attention_op
 
-        out = varlen_attention_op(q, k, v, cu_seq_lens_q, max_length_q, True, scale, backend)
+        args = (cu_seq_lens_q, max_length_q, True, scale, backend, softcap)
+        out = varlen_attention_op(q, k, v, *args)
     else:
         out = varlen_attention(
             q, k, v, cu_seq_lens_q, max_length_q, causal=True, softmax_scale=scale,
-            seqlens=rc_seqlens, backend=backend,
+            seqlens=rc_seqlens, backend=backend, softcap=softcap,
         )  # fmt: skip
     return out[..., :v_dim].unsqueeze(0), None
 

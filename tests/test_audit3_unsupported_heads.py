@@ -1,10 +1,11 @@
 """Models that change their logits after the LM head's GEMM (Granite divides by
 ``logits_scaling``, Cohere multiplies by ``logit_scale``, Gemma 2 soft-caps them) or soft-cap
-their attention scores trained silently on the wrong loss: packed training computes logits as
-W h (the fused loss) and attention without soft-capping. Such a model is now refused in one
-line naming the config field, before the run folder is written; the plain values train. (A
-head that only multiplies its logits by a constant, Granite's and Cohere's, now trains with it:
-tests/test_heads_logit_scale.py.)"""
+their attention scores trained silently on the wrong loss: packed training computed logits as
+W h (the fused loss) and attention without soft-capping. Such a model was refused in one line
+naming the config field, before the run folder is written; the plain values train. (A head
+that only multiplies its logits by a constant, Granite's and Cohere's, now trains with it:
+tests/test_heads_logit_scale.py; Gemma 2's soft caps are applied: tests/test_heads_softcap.py.
+A scale on a type whose meaning is unknown, or a cap that is not a number > 0, is refused.)"""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ SIZES = dict(
 )  # fmt: skip
 
 REFUSED = {
-    "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 8}, "final_logit_softcapping"),
-    "gemma2 attention": (
+    "llama with a logit scale": (
+        tf.LlamaConfig, tf.LlamaForCausalLM, {"logit_scale": 2.0}, "logit_scale",
+    ),
+    "gemma2 with a zero cap": (
         tf.Gemma2Config, tf.Gemma2ForCausalLM,
-        {"head_dim": 8, "final_logit_softcapping": None}, "attn_logit_softcapping",
+        {"head_dim": 8, "final_logit_softcapping": 0.0}, "final_logit_softcapping",
     ),
 }  # fmt: skip
 
@@ -69,7 +72,9 @@ def test_train_refuses_it_before_writing_the_run_folder(tmp_path, capsys):
     gemma2 = tmp_path / "gemma2"
     tok.save_pretrained(gemma2)
     sizes = dict(SIZES, vocab_size=len(tok), head_dim=8)
-    tf.Gemma2ForCausalLM(tf.Gemma2Config(**sizes)).save_pretrained(gemma2)
+    tf.Gemma2ForCausalLM(tf.Gemma2Config(**sizes, attn_logit_softcapping=0.0)).save_pretrained(
+        gemma2
+    )
     capsys.readouterr()  # the saves' progress bars
     out = tmp_path / "run"
     args = ["train", "--preset", "tiny", "--set", f"data.files=[{DATA}]", "--no-progress",
@@ -77,11 +82,11 @@ def test_train_refuses_it_before_writing_the_run_folder(tmp_path, capsys):
             "--set", f"checkpoint.out_dir={out}"]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Gemma2Config.final_logit_softcapping = 30.0" in err[0], err
+    assert len(err) == 1 and "Gemma2Config.attn_logit_softcapping = 0.0" in err[0], err
     assert not out.exists()
 
 
-@pytest.mark.parametrize("kwarg", ["softcap", "s_aux", "sinks"])
+@pytest.mark.parametrize("kwarg", ["s_aux", "sinks"])  # softcap is applied (softcap tests)
 def test_attention_arguments_it_cannot_apply_are_refused(kwarg):
     q = torch.zeros(1, 2, 3, 4)
     cu = torch.tensor([0, 3], dtype=torch.int32)

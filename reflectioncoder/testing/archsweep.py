@@ -59,6 +59,12 @@ TYPE_SIZES = {
     "granitemoe": {"logits_scaling": 3.0},
     "granitemoeshared": {"logits_scaling": 3.0},
     "hyperclovax": {"logits_scaling": 3.0},
+    # soft caps that bind at the tiny models' scores and logits (released: 50 and 30 against
+    # scores and logits tens of times larger), so the sweep checks that training applies them
+    "gemma2": {"attn_logit_softcapping": 0.02, "final_logit_softcapping": 0.05},
+    "vaultgemma": {"attn_logit_softcapping": 0.02, "final_logit_softcapping": 0.05},
+    "nanochat": {"final_logit_softcapping": 0.05},
+    "beam": {"final_logit_softcapping": 0.05},
 }
 MLA_SIZES = {"num_key_value_heads": 4, "qk_head_dim": 16}  # multi-head latent attention
 # The train runs: as the defaults are, and with what hooks into the layers most (activation
@@ -165,13 +171,16 @@ def build_folder(model_type: str, folder: Path, tokenizer) -> str | None:
 
 def _float64_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
     """transformers' eager attention with the softmax in float64 (its own takes it in float32):
-    the model's own mask (``eager_mask``: causal, its window), every score."""
-    for name in ("softcap", "sinks", "s_aux"):  # refused by check_supported before this runs
+    the model's own mask (``eager_mask``: causal, its window), every score, soft-capped as
+    transformers' Gemma 2 writes it where the model passes a ``softcap``."""
+    for name in ("sinks", "s_aux"):  # refused by check_supported before this runs
         if kw.get(name) is not None:
             raise ValueError(f"{REFERENCE_ATTN}: {name} is not applied")
     rep = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
     scores = query @ key.transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
+    if kw.get("softcap") is not None:
+        scores = torch.tanh(scores / kw["softcap"]) * kw["softcap"]
     if attention_mask is not None:
         scores = scores + attention_mask[..., : key.shape[-2]]
     out = torch.softmax(scores.double(), dim=-1).to(query.dtype) @ value
@@ -224,8 +233,8 @@ def packed_batch(vocab: int, seed: int = 0) -> types.SimpleNamespace:
 def packed_error(model) -> dict[str, float]:
     """The largest gaps, of the logits and of each segment's CE loss, between the packed
     forward (what training computes: ``forward_hidden`` times the head's logit scale, then
-    ``W h``) and the model's own forward of each segment alone (its own mask, eager attention
-    in float64, its own loss), both in float64."""
+    ``W h``, soft-capped where the model caps its logits) and the model's own forward of each
+    segment alone (its own mask, eager attention in float64, its own loss), both in float64."""
     import torch.nn.functional as F
 
     from reflectioncoder.model import (
@@ -235,6 +244,7 @@ def packed_error(model) -> dict[str, float]:
         logit_scale,
         prepare_model,
     )
+    from reflectioncoder.model_support import final_logit_softcap
     from reflectioncoder.packed_attention import ATTN_IMPLEMENTATION
 
     if getattr(model, "_can_set_experts_implementation", lambda: False)():
@@ -245,6 +255,8 @@ def packed_error(model) -> dict[str, float]:
         logits = (forward_hidden(model, batch) * logit_scale(model)) @ lm_head_weight(model).T
         if lm_head_bias(model) is not None:  # Phi's head (no type has both: scale it else)
             logits = logits + lm_head_bias(model) * logit_scale(model)
+        if final_logit_softcap(model) is not None:  # Gemma 2's: c tanh(z / c), the fused loss's
+            logits = torch.tanh(logits / final_logit_softcap(model)) * final_logit_softcap(model)
         _register_reference()
         model.set_attn_implementation(REFERENCE_ATTN)
         cu = batch.cu_seqlens.tolist()

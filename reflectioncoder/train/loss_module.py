@@ -16,7 +16,8 @@ from reflectioncoder.router_loss import balancing_loss, router_loss_of
 
 class ReflectionLossModule(nn.Module):
     """model + fused reflection loss: ``forward(batch) -> (loss, ce, kl, teacher_ce)``, the
-    hidden states times the head's logit scale (``model.logit_scale``); for a
+    hidden states times the head's logit scale (``model.logit_scale``), soft-capped where the
+    model caps its logits (``model_support.final_logit_softcap``); for a
     mixture of experts whose config asks for the router's balancing loss (``router_loss``), the
     loss adds ``coef x aux`` and ``aux_loss`` holds the last forward's aux (reflectioncoder/
     router_loss.py)."""
@@ -28,11 +29,14 @@ class ReflectionLossModule(nn.Module):
         # fp16's loss scale (0-dim, on the device), set by the engine (``train.engine.LossScale``)
         self.loss_scale: torch.Tensor | None = None
         from reflectioncoder.model import logit_scale
+        from reflectioncoder.model_support import final_logit_softcap
 
         self.router_loss = router_loss_of(model)  # None: the model adds no balancing loss
         # what the model multiplies W h by (model.LOGIT_SCALES): the loss, the held-out loss and
         # the teacher-CE pass all read the hidden states scaled by it (exact: linear in h)
         self.logit_scale = logit_scale(model)
+        # the soft cap of the logits (Gemma 2: c tanh(z / c), after the scale), or None
+        self.logit_softcap = final_logit_softcap(model)
         # the last forward's weighted balancing loss (0-dim, detached; None without one)
         self.aux_loss: torch.Tensor | None = None
 
@@ -67,7 +71,12 @@ class ReflectionLossModule(nn.Module):
             weight = weight.to(self.autocast_dtype)
         # The packing's indices are right by construction: no checks (each a host sync).
         loss, parts = reflection_loss(
-            hidden, self._scaled(batch), weight, check_inputs=False, lm_head_bias=bias
+            hidden,
+            self._scaled(batch),
+            weight,
+            check_inputs=False,
+            lm_head_bias=bias,
+            softcap=self.logit_softcap,
         )
         if self.loss_scale is not None and torch.is_grad_enabled():
             # the scaled sums back to the loss (exact: a power of two); the backward's d z keep it
@@ -97,6 +106,7 @@ class ReflectionLossModule(nn.Module):
                     check_inputs=False,
                     need_grad=False,
                     lm_head_bias=bias,
+                    softcap=self.logit_softcap,
                 )[1]["ce"]
         return loss, parts["ce"].detach(), parts["kl"].detach(), teacher_ce.detach()
 

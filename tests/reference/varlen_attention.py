@@ -14,8 +14,10 @@ def varlen_attention_reference(
     seqlens: list[int],
     causal: bool = True,
     softmax_scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """q (T, Hq, Dh), k/v (T, Hkv, Dh) -> (T, Hq, Dh) float64, segment by segment."""
+    """q (T, Hq, Dh), k/v (T, Hkv, Dh) -> (T, Hq, Dh) float64, segment by segment; ``softcap``
+    c: the scores c tanh(s / c) before the mask and softmax (transformers' Gemma 2 eager)."""
     q, k, v = q.double(), k.double(), v.double()
     hq, hkv, dh = q.shape[1], k.shape[1], q.shape[2]
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(dh)
@@ -28,6 +30,8 @@ def varlen_attention_reference(
             ks = k[start : start + n, g]
             vs = v[start : start + n, g]
             scores = qs @ ks.T * scale
+            if softcap:
+                scores = torch.tanh(scores / softcap) * softcap
             if causal:
                 future = torch.ones(n, n, dtype=torch.bool).triu(1)
                 scores = scores.masked_fill(future, float("-inf"))
