@@ -2,29 +2,32 @@
 # Everything a lent GPU measures, in one call of the device tool (bash bench/gpu_prepare.sh here
 # first: the wheels, the replayed commits' trees and the call to make):
 #   bash bench/gpu_call.sh [OUT]      (OUT: default $OUT, else bench/results/gpu)
-# Steps, in the order of their value, each under its own cap and all under CALL_BUDGET_S (560 s
-# of the device tool's 600 s a command; a lent GPU gives a session 15 minutes, its start
-# included); a step is given at most what is left, one that cannot get its least is not started,
+# Steps, in the order of their value, each under its own cap and all under CALL_BUDGET_S (470 s:
+# the call is to stay under 8 minutes of the 15 a lent GPU gives a session, its start included);
+# a step is given at most what is left, one that cannot get its least is not started,
 # and every step packs what it has into OUT/gpu_call.tar.gz, so a call cut short keeps the
 # steps before. OUT/steps.tsv lists each step's exit status, seconds and limit.
 #   1. issue 19's calibration miss: our two measured H200 steps replayed with the code of the
 #      commits that ran them, at their shapes, through torch.profiler (bench_host_replay
 #      --device cuda; the trees from .replay/, carried);
-#   2. issue 19's step call: CodeLlama-7B layers, the recipe and our default first (eager, then
+#   2. the checks owed since the call's last review (gpu_suite --parts checks): the fused loss's
+#      head bias, logit scale and soft cap, the MoE router loss in a packed step, dropout from
+#      config overrides checkpointed and compiled, the compiled torch_varlen op on torch 2.11;
+#   3. issue 19's step call: CodeLlama-7B layers, the recipe and our default first (eager, then
 #      compiled), then each lever (bench.gpu_step_call, its cases in order until its budget);
-#   3. issue 20's loss providers side by side at the headline shapes (gpu_suite --parts loss);
-#   4. the tests on the device, the train-step, attention, mask and packing suites (gpu_suite);
-#   5. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
-#   6. issue 22's ablation at its GPU size, when its model is on the device (ABLATION_MODEL).
-# Estimated on an H100 / H200, unmeasured: 1: 30-60 s a step; 2: its budget (a case about
-# 20-40 s, the first compiled one a minute more); 3: 100-150 s; 4: 120 s of tests (26 s
-# measured on an H200 before the FSDP and kept-outputs cases) and 200 s of suites (109 s
-# measured for all four on 2026-11-30), as far as the budget goes.
+#   4. issue 20's loss providers side by side at the headline shapes (gpu_suite --parts loss);
+#   5. the tests on the device, the train-step, attention, mask and packing suites (gpu_suite);
+#   6. issue 9's CUDA figures: checkpointing's peak CUDA memory and the un-overlapped host wait;
+#   7. issue 22's ablation at its GPU size, when its model is on the device (ABLATION_MODEL).
+# PREDICTED: each step's seconds on an H100 / H200 (estimated, unmeasured; bench/README.md's
+# table). tests/test_gpu_call.py plays them through the budget's rule: steps 1-4 start, 5-7 are
+# not reached (440 s in all, under the 8 minutes), unless the earlier ones end sooner.
+PREDICTED="gpu_env=15 replay_step_1b=45 replay_cli=45 checks=90 step_call=170 suite_loss=75 suite_rest=200 checkpointing=60 ablation=5"
 # DEVICE=cpu rehearses the same path on a CPU (dry runs, the replay at width 2).
 set -uo pipefail
 out=${1:-${OUT:-bench/results/gpu}}
 device=${DEVICE:-cuda}
-budget=${CALL_BUDGET_S:-$([ "$device" = cpu ] && echo 3600 || echo 560)}
+budget=${CALL_BUDGET_S:-$([ "$device" = cpu ] && echo 3600 || echo 470)}
 dry=$([ "$device" = cpu ] && echo --dry-run)
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -86,9 +89,11 @@ ablation() {
 }
 export -f replay step_call suite ablation  # each step runs in a bash of its own, under timeout
 export device dry work out
+echo "gpu_call: budget $budget s; predicted (s): $PREDICTED"
 
 step replay_step_1b "${REPLAY_LIMIT_S:-90}" 40 replay step_1b
 step replay_cli "${REPLAY_LIMIT_S:-90}" 40 replay cli
+step checks "${CHECKS_LIMIT_S:-150}" 60 suite suite_checks checks
 step step_call "${STEP_CALL_LIMIT_S:-170}" 60 step_call
 TAIL_LINES=40 step suite_loss "${LOSS_LIMIT_S:-160}" 60 suite suite_loss loss
 step suite_rest 400 60 suite suite_rest tests,train_step,attention,mask,ablation

@@ -62,6 +62,17 @@ OPTIONAL = {
 # which add about 1-2 minutes (estimated: two inductor compiles of a tiny Llama layer, cold)
 TEST_TIMEOUT_S = 200
 GPU_TESTS = ("tests/test_gpu_kernels.py", "tests/test_gpu_engines.py")  # every test marked gpu
+# What the call owes since its last review, checked first as a part of its own (bench/README.md's
+# "owed on a GPU"): the capabilities' file (head bias, logit scale and soft cap in the fused loss;
+# the MoE router's balancing loss; dropout from config overrides, checkpointed and compiled)
+# and the compiled torch_varlen op on the image's torch 2.11. Their figures (errors against
+# float64, tolerance per dtype) come back through RC_GPU_FIGURES into the JSON and the table.
+CHECKS = (
+    "tests/test_gpu_capabilities.py",
+    "tests/test_gpu_kernels.py::test_compiled_attention_op_on_device[torch_varlen]",
+)
+CHECK_FIGURES = ("head_options", "router_loss", "dropout_recompute")  # their rows' "test"
+CHECKS_TIMEOUT_S = 150  # about 60-90 s on an H100 / H200, estimated: an inductor compile, cold
 CASE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 ABLATION_TIMEOUT_S = 400  # the toy ablation: ~75 s on the shared 2-core CPU at load 12
 # One pytest run per suite, each with its own limit, so that one overrunning loses only itself;
@@ -73,7 +84,8 @@ SUITES = {
     "attention": ("bench/test_attention.py", 45),
     "mask": ("bench/test_mask.py bench/test_packing.py", 45),
 }
-PARTS = ("tests", *SUITES, "ablation")  # --parts: what runs, in this order (ablation: dry run)
+# --parts: what runs, in this order (ablation: dry run)
+PARTS = ("checks", "tests", *SUITES, "ablation")
 MIN_PART_S = 30  # a part started with less left than this is not started (said so)
 
 # GPU measurements owed that this suite does not take: each with the command that takes it (so
@@ -140,7 +152,7 @@ def _run(cmd: list[str], env: dict, timeout: int) -> tuple[int, str, float]:
     return rc, text, time.perf_counter() - start
 
 
-def run_tests(dry_run: bool, timeout: float = TEST_TIMEOUT_S) -> dict:
+def run_tests(dry_run: bool, timeout: float = TEST_TIMEOUT_S, paths=GPU_TESTS) -> dict:
     env = dict(os.environ, TRITON_INTERPRET="1" if dry_run else "0")
     if dry_run:
         env["RC_TEST_DEVICE"] = "cpu"
@@ -154,7 +166,7 @@ def run_tests(dry_run: bool, timeout: float = TEST_TIMEOUT_S) -> dict:
         "-rs",
         "-m",
         "gpu",
-        *GPU_TESTS,
+        *paths,
         "-p",
         "no:randomly",
     ]
@@ -205,13 +217,41 @@ def run_benchmarks(dry_run: bool, out: Path, names=tuple(SUITES), left=None, sav
     return bench
 
 
-def markdown(env: dict, tests: dict, bench: dict) -> str:
+def check_figures(path: str | None) -> list[dict]:
+    """The capability checks' rows (``CHECK_FIGURES``) of the figures file at ``path``."""
+    if not path or not Path(path).is_file():
+        return []
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("test") in CHECK_FIGURES]
+
+
+def checks_table(checks: dict) -> list[str]:
+    """The checks part's lines: outcome, then a row per case, its worst error against float64
+    (relative, in norm) beside the tolerance of its dtype."""
+    lines = [f"Checks owed since the last review (`pytest -m gpu {' '.join(CHECKS)}`): "
+             f"{checks['summary'] or 'no summary'} (exit {checks['rc']}, "
+             f"{checks['seconds']:.0f} s).",
+             *[f"- {f}" for f in checks["failures"] + checks.get("skipped", [])]]  # fmt: skip
+    if checks.get("figures"):
+        lines += ["", "| check | case | dtype | error nearest its bound (of) | bound | within |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in checks["figures"]:
+            tol = r["tol"] if isinstance(r["tol"], dict) else dict.fromkeys(r["errors"], r["tol"])
+            worst = max(r["errors"], key=lambda k: r["errors"][k] / tol[k])  # nearest its bound
+            e = r["errors"][worst]
+            lines.append(f"| {r['test']} | {r['case']} | {r['dtype']} | {e:.2e} ({worst}) | "
+                         f"{tol[worst]:.1e} | {'yes' if e <= tol[worst] else 'NO'} |")  # fmt: skip
+    return [*lines, ""]
+
+
+def markdown(env: dict, tests: dict, bench: dict, checks: dict | None = None) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("device", "dry_run"))
     lines = [
         f"# GPU suite{' (dry run, CPU)' if env['dry_run'] else ''}: {env['device']}",
         "",
         f"{versions}.",
         "",
+        *(checks_table(checks) if checks else []),
         f"Tests on the device (`pytest -m gpu`): {tests['summary'] or 'no summary'} "
         f"(exit {tests['rc']}, {tests['seconds']:.0f} s).",
         *[f"- {f}" for f in tests["failures"] + tests.get("skipped", [])],
@@ -264,14 +304,25 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment(args.dry_run)
     print(json.dumps(env), flush=True)
+    if not os.environ.get("RC_GPU_FIGURES"):  # gpu_call.sh sets one for the whole call
+        os.environ["RC_GPU_FIGURES"] = str(out / "gpu_figures.jsonl")
+        (out / "gpu_figures.jsonl").unlink(missing_ok=True)
+    not_run = {"rc": 0, "summary": "not run (--parts)", "failures": [], "seconds": 0.0}
     result = {
         "environment": env,
-        "tests": {"rc": 0, "summary": "not run (--parts)", "failures": [], "seconds": 0.0},
+        "checks": dict(not_run, figures=[]),
+        "tests": dict(not_run),
         "benchmarks": {"rc": 0, "rows": [], "skipped": [], "failures": [], "seconds": 0.0},
         "ablation": {"rc": 0},
         "owed_elsewhere": [{"command": c, "what": w} for c, w in OWED_ELSEWHERE],
     }
     save(out, result)  # what is measured so far, after every part
+    if "checks" in parts:
+        checks = run_tests(args.dry_run, min(CHECKS_TIMEOUT_S, left()), CHECKS)
+        checks["figures"] = check_figures(os.environ["RC_GPU_FIGURES"])
+        result["checks"] = checks
+        print(f"checks: {checks['summary']} (exit {checks['rc']})", flush=True)
+        save(out, result)
     if "tests" in parts:
         result["tests"] = run_tests(args.dry_run, min(TEST_TIMEOUT_S, left()))
         print(f"tests: {result['tests']['summary']} (exit {result['tests']['rc']})", flush=True)
@@ -289,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"-> {out / 'gpu_suite.json'}, {out / 'gpu_suite.md'}\n")
     print(text)
     tests, bench = result["tests"], result["benchmarks"]
-    ok = tests["rc"] == 0 and bench["rc"] == 0 and not bench["failures"]
+    ok = tests["rc"] == 0 and result["checks"]["rc"] == 0
+    ok = ok and bench["rc"] == 0 and not bench["failures"]
     ok = ok and (bench["rows"] or not suites) and result["ablation"]["rc"] == 0
     return 0 if ok else 1
 
@@ -297,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 def save(out: Path, result: dict) -> str:
     """gpu_suite.json and gpu_suite.md of ``result`` as it stands; the markdown."""
     (out / "gpu_suite.json").write_text(json.dumps(result, indent=1) + "\n")
-    text = markdown(result["environment"], result["tests"], result["benchmarks"])
+    text = markdown(result["environment"], result["tests"], result["benchmarks"], result["checks"])
     (out / "gpu_suite.md").write_text(text)
     return text
 

@@ -7,6 +7,7 @@ gets; and the budget's order: what cannot start is listed, and OUT has what was 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -81,7 +82,7 @@ def test_every_command_of_the_gpu_call_is_accepted_by_its_parser(tmp_path):
     }  # fmt: skip
     assert [p for p in parsed if p[1] != "0"] == []
     assert [s[0] for s in steps] == [
-        "replay_step_1b", "replay_cli", "step_call", "suite_loss", "suite_rest",
+        "replay_step_1b", "replay_cli", "checks", "step_call", "suite_loss", "suite_rest",
         "checkpointing", "ablation",
     ]  # fmt: skip
     # the GPU's flags: the replay on CUDA from the carried trees, no dry run anywhere
@@ -91,11 +92,42 @@ def test_every_command_of_the_gpu_call_is_accepted_by_its_parser(tmp_path):
 
 
 def test_the_budget_runs_the_first_steps_and_lists_the_rest(tmp_path):
-    # 70 s, less 15 for the packing: both replays get 55 s (their least: 40), the step call
-    # cannot get its least (60 s), nor can what comes after it
+    # 70 s, less 15 for the packing: both replays get 55 s (their least: 40), the checks
+    # cannot get their least (60 s), nor can what comes after them
     _, steps, _ = _call(tmp_path, budget=70)
     started = [s[0] for s in steps if s[1] != "not started"]
     assert started == ["replay_step_1b", "replay_cli"]
     assert [s[0] for s in steps if s[1] == "not started"] == [
-        "step_call", "suite_loss", "suite_rest", "checkpointing", "ablation",
+        "checks", "step_call", "suite_loss", "suite_rest", "checkpointing", "ablation",
     ]  # fmt: skip
+
+
+def _planned_steps(script: str) -> list[tuple[str, int, int]]:
+    """(name, cap, least) of each ``step`` line of gpu_call.sh, caps at their defaults."""
+    line = r'^(?:\w+=\S+ )?step (\w+) "?(?:\$\{\w+:-)?(\d+)\}?"? (\d+) '
+    found = re.findall(line, script, re.MULTILINE)
+    return [(name, int(cap), int(least)) for name, cap, least in found]
+
+
+def test_the_predicted_call_is_under_8_minutes():
+    """gpu_call.sh's PREDICTED seconds (each step on an H100 / H200, estimated) played through
+    its budget's rule, as ``step`` applies it: the call's predicted time is under 8 minutes, the
+    owed checks start, and each started step is predicted within its cap."""
+    script = (REPO / "bench/gpu_call.sh").read_text()
+    predicted = dict(
+        (name, int(s)) for name, s in re.findall(r"(\w+)=(\d+)", re.search(
+            r'^PREDICTED="([^"]*)"', script, re.MULTILINE).group(1))
+    )  # fmt: skip
+    budget = int(re.search(r"echo 3600 \|\| echo (\d+)\)", script).group(1))
+    steps = _planned_steps(script)
+    assert [s[0] for s in steps] == [n for n in predicted if n != "gpu_env"]
+    t, started = predicted["gpu_env"], []
+    for name, cap, least in steps:
+        limit = min(cap, budget - t - 15)
+        if limit < least:
+            continue
+        assert predicted[name] <= cap, name
+        t += min(predicted[name], limit)
+        started.append(name)
+    assert t <= 8 * 60 and budget + 10 <= 8 * 60, (t, budget)
+    assert started == ["replay_step_1b", "replay_cli", "checks", "step_call", "suite_loss"]

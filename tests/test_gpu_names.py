@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 GPU_ONLY = (
     "tests/test_gpu_kernels.py",
     "tests/test_gpu_engines.py",
+    "tests/test_gpu_capabilities.py",
     "tests/test_gpu_step_call_extrapolate.py",
     "bench/gpu_suite.py",
     "bench/gpu_step_call.py",
@@ -337,10 +338,11 @@ def test_kept_outputs_case_measures_a_model_on_the_cpu(monkeypatch):
 
 
 def test_the_gpu_suite_runs_every_test_marked_gpu():
-    """gpu_suite runs ``-m gpu`` over GPU_TESTS alone (collecting every test module would
-    import what the GPU machine lacks): a case marked elsewhere would never run there."""
-    from bench.gpu_suite import GPU_TESTS
+    """gpu_suite runs ``-m gpu`` over GPU_TESTS and CHECKS alone (collecting every test module
+    would import what the GPU machine lacks): a case marked elsewhere would never run there."""
+    from bench.gpu_suite import CHECKS, GPU_TESTS
 
     marker = re.compile(r"pytest\.mark\.gpu\b")
     marked = [p for p in sorted((REPO / "tests").glob("test_*.py")) if marker.search(p.read_text())]
-    assert [str(p.relative_to(REPO)) for p in marked] == sorted(GPU_TESTS)
+    files = {path.split("::")[0] for path in (*GPU_TESTS, *CHECKS)}
+    assert [str(p.relative_to(REPO)) for p in marked] == sorted(files)
