@@ -5,7 +5,12 @@
    picks. Nothing is installed: what is missing is skipped (FA4: the attention benchmark's
    ``varlen:flash_attn_4`` row and tests/test_gpu_kernels.py's FA4 case, each skipped with its
    reason).
-2. The tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for real).
+2. The checks owed since the call's last review (``CHECKS``: the fused loss's head bias, logit
+   scale and soft cap, the MoE router's balancing loss in a packed micro-batch, dropout from
+   config overrides under checkpointing of compiled layers, the compiled torch_varlen op), each
+   against float64 with a tolerance per dtype, their errors in ``checks.figures`` and a table;
+   then the tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for
+   real).
 3. The pytest-benchmark suites (bench/test_*.py) at the ``headline`` profile: the fused loss at
    N=16384, D=4096, V=128256 and V=32000 in bf16 (ours per backend, the reference
    formulation, and every fused linear CE a user could pick instead: torch's
@@ -19,12 +24,13 @@
 ``--dry-run`` takes the same path at the ``tiny`` profile on the CPU (tests through the Triton
 interpreter, RC_TEST_DEVICE=cpu), and runs the ablation (bench/ablation.py) at its toy size,
 every arm and benchmark (its GPU size is a step of bench/gpu_call.sh): CI runs it. Budget: at
-most 10 minutes by its limits (2.4 measured on an H200 before tests/test_gpu_engines.py's
-FSDP-engine and kept-outputs cases, which add about 1-2 minutes, estimated). ``--parts`` picks
+most 12.5 minutes by its limits (2.4 measured on an H200 before tests/test_gpu_engines.py's
+FSDP-engine and kept-outputs cases, which add about 1-2 minutes, and the checks, about 1.5,
+estimated); the GPU call gives each of its steps less (``--budget-s``). ``--parts`` picks
 what runs and in which order, ``--budget-s`` bounds them all (each part's limit is at most what is
 left; a part that cannot start is listed as such); the JSON and markdown are rewritten after
-every part, so a call cut short keeps what it measured. bench/gpu_call.sh runs the loss suite
-(issue 20's providers) first, then the rest.
+every part, so a call cut short keeps what it measured. bench/gpu_call.sh runs the checks, the
+loss suite (issue 20's providers), then the rest, each as a step of its own.
 """
 
 from __future__ import annotations
@@ -92,8 +98,10 @@ MIN_PART_S = 30  # a part started with less left than this is not started (said 
 # a dry run lists every GPU figure the docs say is owed, not only the suite's own).
 OWED_ELSEWHERE = (
     ("bash bench/gpu_call.sh", "the calibration misses replayed on the GPU (bench_host_replay "
-     "--device cuda), issue 19's step call (below), then this suite, checkpointing's CUDA "
-     "peak and host wait, the ablation at its GPU size, in that order inside one budget"),
+     "--device cuda), this suite's checks, issue 19's step call (below), this suite's loss "
+     "providers, then its tests and other suites, checkpointing's CUDA peak and host wait, the "
+     "ablation at its GPU size, in that order inside one budget (470 s; predicted to reach "
+     "the loss providers, bench/README.md)"),
     ("python -m bench.gpu_step_call", "issue 19: CodeLlama-7B layer shapes, each lever on and "
      "off, against the authors' faithful recipe (flash_attention_2, checkpointing, fp32 "
      "masters); step time, MFU / HFU, the 32-layer extrapolation (a step of gpu_call.sh, "
