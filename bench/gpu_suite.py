@@ -6,8 +6,9 @@
    ``varlen:flash_attn_4`` row and tests/test_gpu_kernels.py's FA4 case, each skipped with its
    reason).
 2. The checks owed since the call's last review (``CHECKS``: the fused loss's head bias, logit
-   scale and soft cap, the MoE router's balancing loss in a packed micro-batch, dropout from
-   config overrides under checkpointing of compiled layers, the compiled torch_varlen op), each
+   scale and soft cap, a Gemma 2's soft caps, the MoE router's balancing loss in a packed
+   micro-batch, dropout from config overrides under checkpointing of compiled layers, the
+   compiled torch_varlen op), each
    against float64 with a tolerance per dtype, their errors in ``checks.figures`` and a table;
    then the tests on the device (``pytest -m gpu``, TRITON_INTERPRET=0: kernels compiled for
    real).
@@ -77,7 +78,8 @@ CHECKS = (
     "tests/test_gpu_capabilities.py",
     "tests/test_gpu_kernels.py::test_compiled_attention_op_on_device[torch_varlen]",
 )
-CHECK_FIGURES = ("head_options", "router_loss", "dropout_recompute")  # their rows' "test"
+# the "test" of their rows in RC_GPU_FIGURES
+CHECK_FIGURES = ("head_options", "soft_caps", "router_loss", "dropout_recompute")
 CHECKS_TIMEOUT_S = 150  # about 60-90 s on an H100 / H200, estimated: an inductor compile, cold
 CASE = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 ABLATION_TIMEOUT_S = 400  # the toy ablation: ~75 s on the shared 2-core CPU at load 12

@@ -3,6 +3,7 @@
 
 - the fused loss's LM-head options: ``lm_head_bias=``, the logit scale (on h and b, as
   ``ReflectionLossModule`` applies it) and the final-logit soft cap (``softcap=``), together;
+  and a Gemma 2's own soft caps (final logits and attention scores) through the loss module;
 - the MoE router's balancing loss (reflectioncoder/router_loss.py) through a packed micro-batch's
   forward and backward (what the engine runs in a train step) of a tiny Mixtral and Qwen3-MoE,
   transformers' default experts kernel on CUDA;
@@ -97,6 +98,45 @@ def test_head_bias_scale_and_softcap_on_device(device, seed, backend, dtype) -> 
     names = ("loss", "ce", "kl", "dh", "dW", "db")
     errors = {k: _rel(a, e) for k, a, e in zip(names, ours, refs, strict=True)}
     _assert_within("head_options", backend, dtype, errors, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_gemma2_soft_caps_in_a_packed_step_on_device(device, seed, dtype) -> None:
+    """A tiny Gemma 2 whose caps bind (attention scores and final logits, tests/
+    test_heads_softcap.py's): the loss module on the device (the final cap in the fused loss, the
+    attention ``auto`` picks for a capped model: a flash kernel's own cap, else sdpa's written-out
+    segments) against the same weights in float64 on the CPU through the same module (which
+    tests/test_heads_softcap.py holds to transformers' own forward): loss, CE, KL, gradients."""
+    import copy
+
+    import transformers as tf
+
+    from reflectioncoder.model import cast_weights, prepare_model
+    from reflectioncoder.train.loss_module import ReflectionLossModule
+
+    sizes = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 attn_logit_softcapping=0.05, final_logit_softcapping=0.2)  # fmt: skip
+    torch.manual_seed(seed)
+    reference = tf.Gemma2ForCausalLM(tf.Gemma2Config(**sizes)).double()
+    model = copy.deepcopy(reference).float()
+    cast_weights(model, device, DTYPES[dtype])
+    prepare_model(model, device=device)
+    with torch.no_grad():  # the reference from the device's rounded weights
+        for p, q in zip(reference.parameters(), model.parameters(), strict=True):
+            p.copy_(q.double().cpu())
+    prepare_model(reference, liger=False, attention="sdpa")
+    batch = _packed_step(seed)
+    results = []
+    for m, b in ((model, batch.to(device)), (reference, batch)):
+        loss, ce, kl, _ = ReflectionLossModule(m)(b)
+        loss.backward()
+        results.append([loss, ce, kl, *(p.grad for p in m.parameters())])
+    names = ["loss", "ce", "kl", *(f"d_{n}" for n, _ in model.named_parameters())]
+    errors = {k: _rel(a, e) for k, a, e in zip(names, *results, strict=True)}
+    worst = max(names[3:], key=errors.get)
+    figures = {k: errors[k] for k in ("loss", "ce", "kl", worst)}
+    _assert_within("soft_caps", "gemma2", dtype, figures, TOL[dtype])
 
 
 # -- the MoE router's balancing loss in a packed micro-batch -----------------------------------
