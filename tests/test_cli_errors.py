@@ -150,7 +150,7 @@ def test_train_cuda_on_a_cpu_build(files, tmp_path, capfd):
     out = tmp_path / "out"
     argv = ["train", "--preset", "tiny", "--set", f"checkpoint.out_dir={out}"]
     argv += ["--set", "train.device=cuda", "--set", f"data.files=[{files['good']}]"]
-    _one_line_error(capfd, argv, 1, out, "train.device", "cuda")
+    _one_line_error(capfd, argv, 2, out, "--set train.device=cuda: train.device", "cuda")
 
 
 EVAL_CASES = {

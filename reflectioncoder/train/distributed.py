@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from reflectioncoder.config import DistributedConfig
 from reflectioncoder.cpus import thread_choice
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import ConfigError, UserError
 from reflectioncoder.train.build_locks import clear_stale_build_locks
 
 
@@ -62,7 +62,11 @@ def setup(cfg: DistributedConfig, device: str = "auto") -> DistInfo:
     local_rank = _env_int("LOCAL_RANK", 0)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: cuda requested but torch.cuda.is_available() is False")
+        raise ConfigError(  # a value refused here: named where it was set (errors_located)
+            "cuda requested but this torch build or machine has no CUDA device "
+            "(torch.cuda.is_available() is False); auto, the default, trains on the CPU here",
+            field="train.device",
+        )
     if use_cuda and local_rank >= torch.cuda.device_count():
         raise UserError(
             f"rank {rank} is local rank {local_rank}, but this machine shows "
