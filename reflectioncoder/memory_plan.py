@@ -36,7 +36,8 @@ from reflectioncoder.train.flops import ModelShape
 #            (D_q), k (D_kv), v (D_kv), the attention's output (D_q) and log-sum-exp, SwiGLU's
 #            gate, silu(gate), up and product (4I). A plain MLP (GPT-2's, StarCoder-1's: one
 #            input GEMM, ``ModelShape.mlp_inputs``) keeps half of each I count: c_fc's output,
-#            its activation's.
+#            its activation's; ``none`` also what the activation saves itself
+#            (``ModelShape.act_extra``: GPT-2's gelu_new, 3 I).
 # Checked against the heap the CPU measures at four shapes (bench/bench_activation_memory.py
 # -> bench/results/activation_memory.json; tests/test_planshape_bytes.py); there ``none`` keeps
 # one D_q more: the CPU's per-segment SDPA keeps each segment's output and o_proj their
@@ -75,7 +76,8 @@ def _mlp(i: int, shape: ModelShape, every: bool) -> tuple[float, float]:
     (tests/test_moe_memory_plan.py)."""
     moe = shape.experts
     if moe is None or not i:  # a plain MLP (one input GEMM, GPT-2's c_fc) keeps half
-        return i * shape.intermediate * shape.mlp_inputs / 2, 0.0
+        extra = shape.act_extra * every  # what a Python activation keeps (gelu_new)
+        return (i * shape.mlp_inputs / 2 + extra) * shape.intermediate, 0.0
     d, k, width, shared = shape.hidden, moe.top_k, moe.width, moe.shared_width
     if every:
         routed = 2 * moe.experts + k * (2 * d + 4 * width)

@@ -95,6 +95,7 @@ class ModelShape:
     rope_dim: int = 0  # MLA: a query / key head's rotary part (qk_rope_head_dim), one key's
     experts: ExpertShape | None = None  # a mixture of experts' MoE layers (memory plan)
     mlp_inputs: int = 2  # the MLP's GEMMs before its last: gate and up, or GPT-2's c_fc alone
+    act_extra: float = 0.0  # what the MLP's activation saves for itself, per I (gelu_new: 3)
 
     @property
     def score_width(self) -> int:
@@ -155,6 +156,7 @@ class ModelShape:
             **_latent_ranks(config),
             experts=_expert_shape(layers, config),
             mlp_inputs=_mlp_inputs(active(mlp_in), layers, config),
+            act_extra=_activation_extra(layers[0]),
         )
 
     @classmethod
@@ -319,6 +321,36 @@ def _mlp_inputs(mlp_in: int, layers: nn.ModuleList, config) -> int:
     if _expert_shape(layers, config) is not None or not width:
         return 2
     return max(1, min(2, round(mlp_in / len(layers) / (config.hidden_size * width))))
+
+
+def _activation_extra(layer: nn.Module) -> float:
+    """Tensors the layer's MLP activation saves for its backward besides its input and output
+    (counted already), per element of its input: 0 for SiLU, GELU and PyTorch's tanh GELU
+    (one op each); 3 for GPT-2's, CodeGen's and GPT-J's ``gelu_new``, whose Python tanh
+    formula keeps tanh's output, x / 2 and 1 + tanh. Found by running it once on a small CPU
+    tensor (an activation module has no weights)."""
+    import torch
+
+    acts = [
+        m
+        for part in [*mlp_modules(layer), layer]
+        for m in part.children()
+        if type(m).__module__ in ("transformers.activations", "torch.nn.modules.activation")
+    ]
+    if not acts:
+        return 0.0
+    x = torch.randn(64, requires_grad=True)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.data_ptr()] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = acts[0](x)
+    for counted in (x, y):  # the input (c_fc's output) and the output (c_proj's input)
+        saved.pop(counted.data_ptr(), None)
+    return sum(saved.values()) / x.numel()
 
 
 def _kv_heads(model: nn.Module, layer: nn.Module, config, heads: int) -> int:
