@@ -50,12 +50,41 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 def read_model_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The ``PretrainedConfig`` of the model folder ``path`` with ``overrides`` applied."""
+    """The ``PretrainedConfig`` of the model folder ``path`` with ``overrides`` applied (none
+    that resizes its weights: ``WEIGHT_SHAPES``)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path), local_files_only=True)  # a bad one: one line
+    _refuse_new_shapes(config, overrides or {}, FIELD)
     apply_config_overrides(config, overrides or {})
     return config
+
+
+# Config fields that size the weights (as the config names them, or its ``attribute_map``'s
+# standard name: GPT-2's n_embd is hidden_size): the folder's weights are of its config.json's.
+WEIGHT_SHAPES = (
+    "hidden_size", "intermediate_size", "n_inner", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "vocab_size", "num_local_experts", "num_experts",
+    "moe_intermediate_size", "n_routed_experts", "kv_lora_rank", "q_lora_rank",
+)  # fmt: skip
+
+
+def _refuse_new_shapes(config: Any, overrides: Mapping[str, Any], where: str) -> None:
+    """A ConfigError naming the first override that resizes the weights loaded from the folder:
+    transformers then fails with "an internal error" (a size mismatch) or, for the layer count,
+    loads some layers and draws the others at random."""
+    standard = {real: name for name, real in getattr(config, "attribute_map", {}).items()}
+    for key, value in overrides.items():
+        current = getattr(config, key, None)
+        if _is_config(current) and isinstance(value, Mapping):
+            _refuse_new_shapes(current, value, f"{where}.{key}")
+        elif standard.get(key, key) in WEIGHT_SHAPES and value != current:
+            raise ConfigError(
+                f"{type(config).__name__}.{key} is {current!r} in the model's config.json, the "
+                f"size of its weights; an override cannot resize them, got {value!r} (a model "
+                "of other sizes is built from scratch: model.arch)",
+                field=f"{where}.{key}",
+            )
 
 
 def apply_config_overrides(config: Any, overrides: Mapping[str, Any], where: str = FIELD) -> None:

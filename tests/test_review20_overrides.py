@@ -2,12 +2,16 @@
 keys it names and keeps the others, as a nested config's mapping does and as ``--set
 model.config_overrides.rope_parameters.factor=4.0`` reads: replacing the whole dict dropped
 ``rope_type`` and ``rope_theta`` (the model's build then failed with a KeyError traceback, or a
-model trained on another rope base)."""
+model trained on another rope base). One that resizes the weights of a model folder is refused in
+one line naming it, as the start of a run checks them."""
 
 from __future__ import annotations
 
+import pytest
+
 from reflectioncoder.config_loader import load_config
-from reflectioncoder.model_config import apply_config_overrides
+from reflectioncoder.errors import ConfigError
+from reflectioncoder.model_config import apply_config_overrides, read_model_config
 
 
 def test_a_dict_field_keeps_the_keys_not_named():
@@ -22,3 +26,46 @@ def test_a_dict_field_keeps_the_keys_not_named():
     assert config.rope_parameters == {"rope_theta": 500000.0, "rope_type": "linear", "factor": 4.0}
     rotary = LlamaForCausalLM(config).model.rotary_emb
     assert rotary.rope_type == "linear" and rotary.attention_scaling == 1.0
+
+
+def _folder(tmp_path, config):
+    config.save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"intermediate_size": 48}, "model.config_overrides.intermediate_size"),
+        ({"num_hidden_layers": 2}, "model.config_overrides.num_hidden_layers"),
+        ({"attention_dropout": 0.0, "vocab_size": 65}, "model.config_overrides.vocab_size"),
+    ],
+)  # fmt: skip
+def test_an_override_that_resizes_the_weights_is_refused_naming_it(tmp_path, overrides, field):
+    """The folder's weights are of its config.json's sizes: a resized config failed at load as
+    "an internal error" (transformers' size mismatch) or, for the layer count, drew the missing
+    layers at random; refused at the start, naming the override."""
+    from transformers import Starcoder2Config
+
+    folder = _folder(tmp_path, Starcoder2Config(vocab_size=64, hidden_size=32,
+                                                intermediate_size=64, num_hidden_layers=1,
+                                                num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        read_model_config(folder, overrides)
+    assert err.value.field == field, err.value.field
+    assert "cannot resize" in err.value.message and "\n" not in err.value.message
+    same = {k: v for k, v in overrides.items() if k == "attention_dropout"}
+    assert read_model_config(folder, {**same, "intermediate_size": 64}).attention_dropout == 0.0
+
+
+def test_a_resize_by_another_name_or_inside_a_nested_config_is_refused(tmp_path):
+    from transformers import GPT2Config, Gemma3Config
+
+    gpt2 = _folder(tmp_path / "gpt2", GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64))
+    with pytest.raises(ConfigError, match="GPT2Config.n_embd is 32") as err:
+        read_model_config(gpt2, {"n_embd": 48})  # GPT-2's name of hidden_size
+    assert err.value.field == "model.config_overrides.n_embd"
+    gemma3 = _folder(tmp_path / "gemma3", Gemma3Config())
+    with pytest.raises(ConfigError) as err:
+        read_model_config(gemma3, {"text_config": {"attention_dropout": 0.0, "hidden_size": 8}})
+    assert err.value.field == "model.config_overrides.text_config.hidden_size"
