@@ -200,3 +200,13 @@ def test_a_bad_cap_is_refused(cap):
     case = make_case(4, 8, 16, 1)
     with pytest.raises(ValueError, match=r"^softcap: expected"):
         fused_linear_reflection_loss(*case, softcap=cap)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vocab_over_64k(seed, backend):
+    """V above 64K (and odd): tiny N and D, several 16K vocabulary tiles, the cap binding."""
+    case = capped_case(5, 7, 65_599, 3, 1.5)
+    tiles = SMALL.__class__(block_v=16384, block_d=16, num_warps=1)
+    ours = ours_with_grads(backend, case, 1.5, 0.7, tiles=tiles, rows=4)
+    # fp32 sums over 65K terms: test_fused_loss's looser bound for this shape
+    assert_close(ours, reference_with_grads(case, 1.5, 0.7), 5 * TOL[torch.float32])
