@@ -47,9 +47,9 @@ def test_an_override_that_resizes_the_weights_is_refused_naming_it(tmp_path, ove
     layers at random; refused at the start, naming the override."""
     from transformers import Starcoder2Config
 
-    folder = _folder(tmp_path, Starcoder2Config(vocab_size=64, hidden_size=32,
-                                                intermediate_size=64, num_hidden_layers=1,
-                                                num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    sizes = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    folder = _folder(tmp_path, Starcoder2Config(**sizes))
     with pytest.raises(ConfigError) as err:
         read_model_config(folder, overrides)
     assert err.value.field == field, err.value.field
@@ -59,7 +59,7 @@ def test_an_override_that_resizes_the_weights_is_refused_naming_it(tmp_path, ove
 
 
 def test_a_resize_by_another_name_or_inside_a_nested_config_is_refused(tmp_path):
-    from transformers import GPT2Config, Gemma3Config
+    from transformers import Gemma3Config, GPT2Config
 
     gpt2 = _folder(tmp_path / "gpt2", GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64))
     with pytest.raises(ConfigError, match="GPT2Config.n_embd is 32") as err:
