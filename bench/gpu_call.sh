@@ -11,8 +11,9 @@
 #      commits that ran them, at their shapes, through torch.profiler (bench_host_replay
 #      --device cuda; the trees from .replay/, carried);
 #   2. the checks owed since the call's last review (gpu_suite --parts checks): the fused loss's
-#      head bias, logit scale and soft cap, the MoE router loss in a packed step, dropout from
-#      config overrides checkpointed and compiled, the compiled torch_varlen op on torch 2.11;
+#      head bias, logit scale and soft cap, a Gemma 2's soft caps, the MoE router loss in a
+#      packed step, dropout from config overrides checkpointed and compiled, the compiled
+#      torch_varlen op on torch 2.11;
 #   3. issue 19's step call: CodeLlama-7B layers, the recipe and our default first (eager, then
 #      compiled), then each lever (bench.gpu_step_call, its cases in order until its budget);
 #   4. issue 20's loss providers side by side at the headline shapes (gpu_suite --parts loss);
