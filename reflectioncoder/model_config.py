@@ -114,8 +114,13 @@ def _check_override(config: Any, key: str, value: Any, where: str) -> None:
     name = f"{where}.{key}"
     known = _field_names(config)
     if key not in known:
+        # config.json's rope_theta is rope_parameters' now (transformers 5 moved it there)
+        inside = [f for f in known if isinstance(getattr(config, f, None), dict)
+                  and key in getattr(config, f)]  # fmt: skip
+        hint = f" (did you mean {where}.{inside[0]}.{key}?)" if inside else ""
         raise ConfigError(
-            f"{type(config).__name__} has no field {key!r}{did_you_mean(key, known, where)} "
+            f"{type(config).__name__} has no field {key!r}"
+            f"{hint or did_you_mean(key, known, where)} "
             "(config_overrides set fields of the model's config.json)",
             field=name,
         )

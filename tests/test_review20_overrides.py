@@ -69,3 +69,16 @@ def test_a_resize_by_another_name_or_inside_a_nested_config_is_refused(tmp_path)
     with pytest.raises(ConfigError) as err:
         read_model_config(gemma3, {"text_config": {"attention_dropout": 0.0, "hidden_size": 8}})
     assert err.value.field == "model.config_overrides.text_config.hidden_size"
+
+
+def test_a_field_transformers_moved_into_a_dict_is_named_there():
+    """Llama 3's config.json says ``"rope_theta": 500000.0``; transformers 5 keeps it in
+    rope_parameters, and the refusal named no field to set instead."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(rope_theta=500000.0)
+    with pytest.raises(ConfigError) as err:
+        apply_config_overrides(config, {"rope_theta": 1e6})
+    assert "did you mean model.config_overrides.rope_parameters.rope_theta?" in err.value.message
+    apply_config_overrides(config, {"rope_parameters": {"rope_theta": 1e6}})
+    assert config.rope_parameters == {"rope_theta": 1e6, "rope_type": "default"}
