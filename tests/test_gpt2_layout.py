@@ -329,3 +329,23 @@ def test_a_starcoder1_folder_as_released_trains_with_the_override_the_refusal_na
     assert not (tmp_path / "run0").exists()
     overridden = {"model.config_overrides.attn_pdrop": 0.0}
     assert train_steps(folder, data, tmp_path / "run1", **overridden) is None
+
+
+@pytest.mark.parametrize("model_type", ["codegen", "gptj", "gpt2"])
+def test_heads_train_exactly_tied_or_with_a_bias(model_type):
+    """CodeGen's and GPT-J's untied LM heads have a bias (logits = W h + b: the fused loss's
+    bias path), given a non-zero one here (their initialisation's is zero); GPT-2's head is its
+    input embedding (tied). The packed float64 forward equals the model's own."""
+    from reflectioncoder.model import lm_head_bias, lm_head_weight
+
+    model = _tiny(model_type)
+    head = model.get_output_embeddings()
+    if model_type == "gpt2":
+        assert lm_head_weight(model) is model.transformer.wte.weight
+        assert lm_head_bias(model) is None
+    else:
+        assert lm_head_weight(model) is not model.get_input_embeddings().weight
+        with torch.no_grad():
+            head.bias.normal_(0.0, 0.5)
+    gap = packed_error(model)
+    assert all(gap[k] <= TOLERANCE[k] for k in gap), gap
