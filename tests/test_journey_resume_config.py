@@ -36,8 +36,8 @@ def test_resume_with_another_model_is_refused(run, capsys):
     assert main(argv) == 1
     assert capsys.readouterr().err == (
         f"reflectioncoder train: {out / 'checkpoints' / 'step-000002'}: --resume: its model is not "
-        "this config's (hidden_size 64 -> 32): resume with the model it was trained with "
-        "(model.arch, model.name_or_path)\n"
+        "this config's (hidden_size 64 -> 32, head_dim 16 -> 8): resume with the model it was "
+        "trained with (model.arch, model.name_or_path)\n"
     )
     assert _files(out) == before
 

@@ -82,3 +82,19 @@ def test_a_field_transformers_moved_into_a_dict_is_named_there():
     assert "did you mean model.config_overrides.rope_parameters.rope_theta?" in err.value.message
     apply_config_overrides(config, {"rope_parameters": {"rope_theta": 1e6}})
     assert config.rope_parameters == {"rope_theta": 1e6, "rope_type": "default"}
+
+
+def test_resume_refuses_a_gpt2_layout_model_of_other_shapes(tmp_path):
+    """--resume compared the shapes by Llama's names (hidden_size, num_hidden_layers, ...),
+    which a GPT-2-layout config.json (n_embd, n_layer, n_head) does not have: a checkpoint of
+    another width or depth went on to load. ``WEIGHT_SHAPES`` by the config's own names."""
+    from transformers import GPT2Config
+
+    from reflectioncoder.errors import UserError
+    from reflectioncoder.train.checkpoint import check_same_model
+
+    GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64).save_pretrained(tmp_path / "model")
+    check_same_model(tmp_path, GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64))
+    with pytest.raises(UserError, match=r"n_embd 32 -> 48, n_layer 1 -> 2\)") as err:
+        check_same_model(tmp_path, GPT2Config(n_embd=48, n_layer=2, n_head=4, vocab_size=64))
+    assert err.value.field == "--resume"

@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 from reflectioncoder.chat_template import make_usable
 from reflectioncoder.errors import UserError
 from reflectioncoder.file_modes import weights_mode_like_config
+from reflectioncoder.model_config import WEIGHT_SHAPES
 from reflectioncoder.train import distributed
 from reflectioncoder.train.distributed import DistInfo
 from reflectioncoder.train.engine import Engine
@@ -185,27 +186,19 @@ def save_checkpoint(
     return path
 
 
-ARCHITECTURE = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "intermediate_size",
-    "vocab_size",
-)
-
-
 def check_same_model(path: Path, config: Any) -> None:
     """--resume from ``path`` needs the model it trained: the shapes in its model/config.json
-    against this run's model ``config``, before anything is written or loaded into it."""
+    (``model_config.WEIGHT_SHAPES``, by the names the config uses) against this run's model
+    ``config``, before anything is written or loaded into it."""
     saved_file = Path(path) / "model" / "config.json"
     if not saved_file.is_file():
         return
     saved, current = json.loads(saved_file.read_text()), config.to_dict()
+    named = getattr(config, "attribute_map", {})  # GPT-2's config.json says n_embd, n_layer
+    keys = ["model_type", *(named.get(name, name) for name in WEIGHT_SHAPES)]
     changed = [
         f"{key} {saved[key]} -> {current.get(key)}"
-        for key in ARCHITECTURE
+        for key in keys
         if key in saved and saved[key] != current.get(key)
     ]
     if changed:
