@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from reflectioncoder.decoder_layout import (
@@ -119,12 +120,35 @@ def _check_model(model: Any, max_len: int | None) -> None:
     _check_layer_types(model)
     _check_head(model)
     router_loss_of(model)  # a balancing loss packed training cannot add is refused
+    if max_len is not None:
+        _check_position_table(model, max_len)
     window = sliding_window(config.get_text_config())
     if window is not None and max_len is not None and max_len > window:
         raise ValueError(
             f"model: {name}.sliding_window = {window} is shorter than data.max_len {max_len}: "
             f"sliding-window attention is not supported; train with data.max_len <= {window} "
             "(the window then never binds)"
+        )
+
+
+def _check_position_table(model: Any, max_len: int) -> None:
+    """A learned position table (GPT-2's and StarCoder-1's wpe: max_position_embeddings rows;
+    OPT's, 2 more) has a row for every position a sample of data.max_len tokens takes (past
+    it, the first step stopped on an index out of range, the run folder written)."""
+    config = model.config.get_text_config()
+    limit = getattr(config, "max_position_embeddings", None)
+    token = model.get_input_embeddings()
+    tables = [
+        m for m in decoder_stack(model).children()
+        if isinstance(m, nn.Embedding) and m is not token and limit
+        and limit <= m.num_embeddings <= limit + 2
+    ]  # fmt: skip
+    if tables and max_len > limit:  # named as config.json names it (GPT-2's n_positions)
+        field = config.attribute_map.get("max_position_embeddings", "max_position_embeddings")
+        raise ValueError(
+            f"model: {type(config).__name__}.{field} = {limit} is shorter than "
+            f"data.max_len {max_len}: its learned position table has no row past it; train "
+            f"with data.max_len <= {limit}"
         )
 
 

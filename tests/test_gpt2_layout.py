@@ -349,3 +349,21 @@ def test_heads_train_exactly_tied_or_with_a_bias(model_type):
             head.bias.normal_(0.0, 0.5)
     gap = packed_error(model)
     assert all(gap[k] <= TOLERANCE[k] for k in gap), gap
+
+
+@pytest.mark.parametrize(
+    "model_type, field", [("gpt2", "n_positions"), ("gpt_bigcode", "n_positions"),
+                          ("opt", "max_position_embeddings")]
+)  # fmt: skip
+def test_a_position_table_shorter_than_max_len_is_refused(model_type, field):
+    """A learned position table has max_position_embeddings rows (OPT's 2 more): a sample of
+    data.max_len tokens past it stopped the first step on an index out of range."""
+    model = _tiny(model_type, **{field: 64})
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(model.config)](model.config)
+    check_supported(model, max_len=64)
+    with pytest.raises(ValueError) as err:
+        check_supported(model, max_len=65)
+    line = str(err.value)
+    assert line.startswith(f"model: {type(model.config).__name__}.{field} = 64 is shorter ")
+    assert line.endswith("train with data.max_len <= 64") and "\n" not in line
+    check_supported(_tiny("llama", max_position_embeddings=64), max_len=65)  # RoPE: no table
