@@ -40,6 +40,13 @@ MIXED_PRECISIONS = ("masters", "autocast")
 ARCH_SIZES = ("hidden_size", "num_layers", "num_heads", "num_kv_heads")
 ARCH_FIELDS = (*ARCH_SIZES, "intermediate_size", "max_position_embeddings",
                "tie_word_embeddings", "rope_theta")  # fmt: skip
+# The LlamaConfig fields model.arch sets, by their arch name: an override of one is refused
+# for a model built from arch (its one home, checked there: heads dividing the width, ...)
+ARCH_OF_CONFIG = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
+                  "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
+                  "intermediate_size": "intermediate_size",
+                  "max_position_embeddings": "max_position_embeddings",
+                  "tie_word_embeddings": "tie_word_embeddings"}  # fmt: skip
 
 
 def _check_arch(arch: dict[str, Any]) -> None:
@@ -80,7 +87,8 @@ class ModelConfig:
     ``{attention_dropout: 0.0}`` for StarCoder2's released checkpoints (``--set
     model.config_overrides.attention_dropout=0.0``): the downloaded folder is never edited. Each
     must name a field the config has, with a value of its type (a mapping for a nested config:
-    ``text_config``); checked against the model's config.json at start. The saved
+    ``text_config``); checked against the model's config.json at start (none resizing its
+    weights; a model built from ``arch`` takes the sizes arch sets there). The saved
     checkpoints' config.json carries them."""
     dtype: str = "auto"
     """Training dtype of the weights' compute: auto = bf16 on GPU, fp32 on CPU."""
@@ -169,6 +177,10 @@ class ModelConfig:
         bad = [k for k in self.config_overrides if not isinstance(k, str) or not k.strip()]
         check_field(not bad, "model.config_overrides",
                     f"expected field names of the model's config, got {bad[:1]}")  # fmt: skip
+        for key in self.config_overrides if self.name_or_path is None else ():
+            check_field(key not in ARCH_OF_CONFIG, f"model.config_overrides.{key}",
+                        f"a model built from model.arch takes it as "
+                        f"model.arch.{ARCH_OF_CONFIG.get(key)} (checked there)")  # fmt: skip
         check_field(
             isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
             "model.tokenizer_vocab_size",

@@ -98,3 +98,18 @@ def test_resume_refuses_a_gpt2_layout_model_of_other_shapes(tmp_path):
     with pytest.raises(UserError, match=r"n_embd 32 -> 48, n_layer 1 -> 2\)") as err:
         check_same_model(tmp_path, GPT2Config(n_embd=48, n_layer=2, n_head=4, vocab_size=64))
     assert err.value.field == "--resume"
+
+
+def test_an_arch_models_sizes_are_set_in_model_arch_not_overridden():
+    """A model built from model.arch: an override of a size arch sets bypassed arch's checks
+    (num_attention_heads=5 with 2 kv heads failed at the first step, after the run folder was
+    written, as "q, k: Hq=5 must be a multiple of Hkv=2", naming no field); refused when the
+    config is read, naming arch's field. A model folder's other fields are unaffected."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.config_overrides.num_attention_heads=5"], base="tiny")
+    assert err.value.field == "model.config_overrides.num_attention_heads"
+    assert "model.arch.num_heads" in err.value.message
+    sets = ["model.config_overrides.attention_dropout=0.0"]
+    assert load_config(None, sets, base="tiny").model.config_overrides == {"attention_dropout": 0.0}
+    sets = ["model.name_or_path=/models/x", "model.config_overrides.num_attention_heads=5"]
+    assert load_config(None, sets, base="tiny").model.config_overrides  # checked on its folder
