@@ -62,10 +62,11 @@ def read_model_config(path: str | Path, overrides: Mapping[str, Any] | None = No
 
 # Config fields that size the weights (as the config names them, or its ``attribute_map``'s
 # standard name: GPT-2's n_embd is hidden_size): the folder's weights are of its config.json's.
+# GPT-2's n_positions sizes its learned position table (a rotary model's limit sizes nothing).
 WEIGHT_SHAPES = (
-    "hidden_size", "intermediate_size", "n_inner", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "vocab_size", "num_local_experts", "num_experts",
-    "moe_intermediate_size", "n_routed_experts", "kv_lora_rank", "q_lora_rank",
+    "hidden_size", "intermediate_size", "n_inner", "n_positions", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "num_local_experts",
+    "num_experts", "moe_intermediate_size", "n_routed_experts", "kv_lora_rank", "q_lora_rank",
 )  # fmt: skip
 
 
@@ -78,7 +79,7 @@ def _refuse_new_shapes(config: Any, overrides: Mapping[str, Any], where: str) ->
         current = getattr(config, key, None)
         if _is_config(current) and isinstance(value, Mapping):
             _refuse_new_shapes(current, value, f"{where}.{key}")
-        elif standard.get(key, key) in WEIGHT_SHAPES and value != current:
+        elif {key, standard.get(key)} & set(WEIGHT_SHAPES) and value != current:
             raise ConfigError(
                 f"{type(config).__name__}.{key} is {current!r} in the model's config.json, the "
                 f"size of its weights; an override cannot resize them, got {value!r} (a model "

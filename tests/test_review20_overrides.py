@@ -65,6 +65,8 @@ def test_a_resize_by_another_name_or_inside_a_nested_config_is_refused(tmp_path)
     with pytest.raises(ConfigError, match="GPT2Config.n_embd is 32") as err:
         read_model_config(gpt2, {"n_embd": 48})  # GPT-2's name of hidden_size
     assert err.value.field == "model.config_overrides.n_embd"
+    with pytest.raises(ConfigError, match="GPT2Config.n_positions is 1024"):
+        read_model_config(gpt2, {"n_positions": 2048})  # its learned position table's rows
     gemma3 = _folder(tmp_path / "gemma3", Gemma3Config())
     with pytest.raises(ConfigError) as err:
         read_model_config(gemma3, {"text_config": {"attention_dropout": 0.0, "hidden_size": 8}})
