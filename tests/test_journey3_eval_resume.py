@@ -193,3 +193,26 @@ def test_ctrl_c_while_scoring_then_nothing_is_generated_again(
     assert "continuing an interrupted run: 2 samples kept" in capsys.readouterr().err
     assert _rows(samples) == made and out.is_file()
     assert not samples.with_name(samples.name + ".partial").exists()
+
+
+def test_ctrl_c_during_generation_says_what_was_kept(model, shared_dir, tmp_path, capsys,
+                                                     monkeypatch):  # fmt: skip
+    """Ctrl-C says how many samples are kept and that the same command continues from them
+    (journey9: it said "interrupted" alone, as if the half hour of generation was lost)."""
+    from reflectioncoder.eval.journal import SampleJournal
+
+    real_add = SampleJournal.add
+
+    def ctrl_c_after_two_tasks(self, rows):
+        real_add(self, rows)
+        if self.saved == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SampleJournal, "add", ctrl_c_after_two_tasks)
+    out = tmp_path / "he.json"
+    assert _in_process(model, shared_dir, out, 4) == 130
+    partial = out.with_suffix(".samples.jsonl.partial")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"reflectioncoder evaluate: interrupted; 2 samples kept in {partial}: the same command "
+        "continues from them"
+    )

@@ -59,6 +59,7 @@ class SampleJournal:
         # A task is kept with all its n samples (a kill may cut its lines short).
         self.done = {task: rows for task, rows in done.items() if len(rows) == key["n"]}
         self._kept = [row for rows in self.done.values() for row in rows]
+        self.saved = len(self._kept)  # samples on disk, for what a Ctrl-C says
         self._file = None  # opened at the first new row: a run that made none leaves no file
 
     def _read(self) -> list[dict]:
@@ -103,6 +104,7 @@ class SampleJournal:
         self._file.write("".join(json.dumps(r) + "\n" for r in rows))
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.saved += len(rows)
 
     def write_samples(self, rows: list[dict]) -> None:
         """All samples made: the samples file, written whole. The journal stays until the
@@ -117,7 +119,17 @@ class SampleJournal:
     def __enter__(self) -> SampleJournal:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind=None, stop=None, traceback=None) -> None:
         if self._file is not None:  # kept on disk unless finished: the next run continues
             self._file.close()
             self._file = None
+        if (
+            kind is not None
+            and issubclass(kind, KeyboardInterrupt)
+            and self.saved
+            and not str(stop)
+        ):
+            # Ctrl-C (or SIGTERM) says what was kept and how to go on, not "interrupted" alone
+            raise kind(
+                f"{self.saved} samples kept in {self.path}: the same command continues from them"
+            ) from None
