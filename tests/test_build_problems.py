@@ -274,3 +274,26 @@ def test_an_out_that_build_data_did_not_write_is_refused_untouched(tmp_path, cap
     )
     assert "empty.jsonl: no problems in it" in capsys.readouterr().err
     assert other.read_bytes() == b'{"messages": []}\n{"messages": ['
+
+
+def test_ctrl_c_says_what_is_kept_and_that_the_command_continues(tmp_path, capsys, monkeypatch):
+    """journey9: Ctrl-C said "interrupted" alone; the run is resumable, so it says so."""
+    from reflectioncoder.construct import from_problems
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in problem_rows(GOOD[:3])))
+    real_record = from_problems._record
+
+    def ctrl_c_after_one(future, problem, samples, log, summary):
+        real_record(future, problem, samples, log, summary)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(from_problems, "_record", ctrl_c_after_one)
+    out = tmp_path / "mine.jsonl"
+    argv = ["build-data", "--problems", str(problems), "--workers", "1", "--no-progress"]
+    assert cli_main([*argv, "--out", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"reflectioncoder build-data: interrupted; 1 problem(s) done, kept in {out}: the same "
+        "command continues with the rest"
+    )
+    assert len(rows(out)) == 1

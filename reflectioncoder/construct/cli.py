@@ -109,15 +109,25 @@ def main(args: argparse.Namespace) -> int:
     if args.problems is not None:
         from reflectioncoder.construct.from_problems import build_from_problems, progress_path
 
-        summary = build_from_problems(
-            args.problems,
-            args.out,
-            backend,
-            workers=args.workers,
-            max_rounds=args.max_rounds,
-            timeout_s=args.timeout,
-            seed=args.seed,
-        )
+        try:
+            summary = build_from_problems(
+                args.problems,
+                args.out,
+                backend,
+                workers=args.workers,
+                max_rounds=args.max_rounds,
+                timeout_s=args.timeout,
+                seed=args.seed,
+            )
+        except KeyboardInterrupt as stop:  # Ctrl-C: what is kept and how to go on
+            log = progress_path(args.out)
+            done = sum(1 for line in log.open("rb") if line.strip()) if log.is_file() else 0
+            if str(stop) or not done:
+                raise
+            raise type(stop)(
+                f"{done} problem(s) done, kept in {args.out}: the same command continues with "
+                "the rest"
+            ) from None
         print(f"{args.out}: {printable(summary.summary())}")  # reasons quote programs' output
         for where, reason in list(summary.skipped.items())[:20]:
             print(f"  skipped {printable(where)}: {printable(reason)}")
