@@ -35,3 +35,12 @@ def test_an_empty_folder_says_only_what_it_lacks(tmp_path, capsys, inside):
         (folder / "notes").mkdir()
     assert main(["runs", str(folder)]) == 2
     assert capsys.readouterr().err.strip().endswith("holds no checkpoints and no final model")
+
+
+def test_runs_one_folder_deeper_are_named_too(tmp_path, capsys):
+    """journey9: `make demo` trains in runs/demo/train, which `runs runs` left out."""
+    _run(tmp_path / "runs" / "demo" / "train")
+    (tmp_path / "runs" / "demo" / "data").mkdir()
+    _run(tmp_path / "runs" / "tiny")
+    assert main(["runs", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip().endswith("the runs in it: demo/train, tiny: give one")

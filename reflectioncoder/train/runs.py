@@ -197,7 +197,8 @@ def _unsaved_run(folder: Path) -> str:
 
 def _runs_inside(folder: Path) -> str:
     """``; the runs in it: a, b: give one`` when ``folder`` holds run folders (``runs/``)."""
-    runs = sorted(p.name for p in folder.iterdir() if (p / "config.yaml").is_file())
+    found = [*folder.glob("*/config.yaml"), *folder.glob("*/*/config.yaml")]  # runs/demo/train too
+    runs = sorted(str(p.parent.relative_to(folder)) for p in found if p.is_file())
     return f"; the runs in it: {', '.join(runs)}: give one" if runs else ""
 
 
