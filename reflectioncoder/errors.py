@@ -251,6 +251,13 @@ def require_writable_output(
     return path
 
 
+def not_utf8(err: UnicodeDecodeError, of: str = "the line") -> str:
+    """``not UTF-8 (byte 198 of the line is 0xff: ...)``: "byte 198" alone read as a byte's value
+    as well as its place; the value tells Latin-1 (0xe9) from a binary file (0x00)."""
+    return (f"not UTF-8 (byte {err.start + 1} of {of} is 0x{err.object[err.start]:02x}: save the "
+            "file as UTF-8)")  # fmt: skip
+
+
 def require_file(path: str | os.PathLike, what: str, field: str | None = None) -> Path:
     """``path`` as a Path if it is a file, else a ``UserError`` naming it."""
     path = Path(path)

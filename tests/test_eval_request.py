@@ -118,5 +118,7 @@ def test_task_files_name_the_line_of_bad_bytes(tmp_path):
     folder.mkdir()
     good = {"name": "HumanEval_0_x", "prompt": "f() {\n", "tests": "", "stop_tokens": []}
     (folder / "humaneval-sh.jsonl").write_bytes(json.dumps(good).encode() + b'\n{"name": "\xff"}\n')
-    with pytest.raises(ValueError, match=r"humaneval-sh.jsonl:2: not UTF-8 \(byte 11\)"):
+    with pytest.raises(
+        ValueError, match=r"humaneval-sh.jsonl:2: not UTF-8 \(byte 11 of the line is 0xff"
+    ):
         load_multiple(tmp_path, "sh")

@@ -372,7 +372,9 @@ def test_rows_users_get_wrong_are_one_bad_row_each(tmp_path, capsys):
     result = prepare([src], tmp_path / "out.jsonl", progress=False)
     assert result.written == 1
     assert result.inputs[0].skipped == {
-        "not UTF-8": [f"{src}:2:<text>: not UTF-8 (byte 15)"],
+        "not UTF-8": [
+            f"{src}:2:<text>: not UTF-8 (byte 15 of the line is 0xe9: save the file as UTF-8)"
+        ],
         "expected a string": [f"{src}:3:answer: expected a string, missing"],
     }
     base = ["prepare-data", "--no-decontaminate", "--no-progress"]

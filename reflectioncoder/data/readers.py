@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from reflectioncoder.data.schema import DataError
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UserError, not_utf8
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
 # Files of a `datasets` folder or hub snapshot that describe the data rather than hold it.
@@ -39,7 +39,7 @@ def read_jsonl(path: Path) -> Iterator[Row]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                yield source, DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})")
+                yield source, DataError(source, "<text>", not_utf8(e))
                 continue
             if not line.strip():
                 continue
@@ -56,7 +56,7 @@ def read_json(path: Path) -> Iterator[Row]:
         yield from _read_json(path)
     except UnicodeDecodeError as e:  # the whole document is unreadable: the file's one error
         source = f"{path}:1"
-        yield source, DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})")
+        yield source, DataError(source, "<text>", not_utf8(e, of="the file"))
 
 
 def _read_json(path: Path) -> Iterator[Row]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reflectioncoder.data.special import BLOCK_TOKENS, ROLE_TOKENS, SPECIAL_TOKENS
-from reflectioncoder.errors import lone_surrogate
+from reflectioncoder.errors import lone_surrogate, not_utf8
 
 
 class DataError(ValueError):
@@ -188,7 +188,7 @@ def _decode(raw: bytes, source: str, first: bool = False) -> str:
         # utf-8-sig on the first line: a byte-order mark (Windows editors write one) is not data
         return raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(source, "<text>", f"not UTF-8 (byte {e.start + 1})") from None
+        raise DataError(source, "<text>", not_utf8(e)) from None
 
 
 def _refuse_json_document(first: bytes, path: Path, source: str) -> None:

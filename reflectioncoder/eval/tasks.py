@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reflectioncoder.errors import UserError
+from reflectioncoder.errors import UserError, not_utf8
 
 __all__ = [
     "PythonTask",
@@ -102,7 +102,7 @@ def read_jsonl(path: Path) -> list[tuple[int, Any]]:
                 # utf-8-sig on line 1: a byte-order mark (Windows editors write one) is not data
                 rows.append((n, json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))))
             except UnicodeDecodeError as exc:
-                raise UserError(f"not UTF-8 (byte {exc.start + 1})", file=path, line=n) from None
+                raise UserError(not_utf8(exc), file=path, line=n) from None
             except json.JSONDecodeError as exc:
                 raise UserError(
                     f"invalid JSON: {exc.msg}", file=path, line=n, column=exc.colno
