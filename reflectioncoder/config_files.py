@@ -103,6 +103,16 @@ def _read_toml(text: str, path: Path, origins: Origins) -> Any:
     return data
 
 
+def _yaml_hint(reason: str) -> str:
+    """What PyYAML's words mean for a config file: a tab an editor put in, a line indented
+    unlike its section's other fields."""
+    if "'\\t'" in reason:
+        return " (YAML indents with spaces, not tabs)"
+    if "expected <block end>" in reason:
+        return " (this line is indented unlike the fields above it)"
+    return ""
+
+
 def read_config_file(path: Path, origins: Origins) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file {not_a_file_state(path)}", file=path, field="--config")
@@ -122,7 +132,7 @@ def read_config_file(path: Path, origins: Origins) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         reason = getattr(err, "problem", None) or str(err)
         raise ConfigError(
-            f"invalid YAML: {reason}",
+            f"invalid YAML: {reason}{_yaml_hint(reason)}",
             file=path,
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,
