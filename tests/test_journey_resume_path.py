@@ -32,7 +32,9 @@ WRONG = {
     "run/checkpoints/step-000002/model": "a folder inside the checkpoint "
     "{run}/checkpoints/step-000002: give that",
     "run/checkpoints/.tmp-step-000003": "its save was interrupted: not a complete checkpoint",
-    "run/checkpoints/step-2": "not found",
+    # journey9: a mistyped step names the run's checkpoints
+    "run/checkpoints/step-2": "not found; the run's checkpoints: step-000001, step-000002",
+    "elsewhere/step-000002": "not found",
 }
 
 

@@ -59,8 +59,9 @@ def checkpoint_to_resume(
 
 def _not_a_checkpoint(path: Path) -> str:
     """Why ``--resume PATH`` cannot continue from ``path``, and what would."""
-    if not path.exists():
-        return "not found"
+    if not path.exists():  # a mistyped step: the run's own are named
+        steps = [p.name for p in checkpoint.list_checkpoints(path.parent.parent)]
+        return f"not found; the run's checkpoints: {', '.join(steps)}" if steps else "not found"
     if (path.parent / checkpoint.COMPLETE).is_file():
         return f"a folder inside the checkpoint {path.parent}: give that"
     newest = checkpoint.latest_checkpoint(path)
