@@ -121,10 +121,15 @@ class EpochReport:
         ends_epoch = done // n > before // n
         if not ends_epoch and step < len(self.ends):
             return None
-        epoch = f"epoch {done // n}" if ends_epoch else f"epoch {-(-done // n)} (part)"
+        # one step may span epochs (512 samples a step over a smaller set): both are said
+        first = (self.ends[self.first - 2] if self.first > 1 else 0) // n + 1
+        last = done // n if ends_epoch else -(-done // n)
+        epoch = f"epoch {last}" if first >= last else f"epochs {first}-{last}"
+        epoch += "" if ends_epoch else " (part)"
+        steps = f"step {step}" if self.first == step else f"steps {self.first}-{step}"
         ratio = self.tokens / self.reference if self.reference else 0.0
         line = (
-            f"{epoch}, steps {self.first}-{step}: {self.tokens} tokens computed; the reference "
+            f"{epoch}, {steps}: {self.tokens} tokens computed; the reference "
             f"recipe runs {self.reference} (both passes, padded): {ratio:.2f}x"
         )
         self.first, self.tokens, self.reference = step + 1, 0, 0
