@@ -181,6 +181,12 @@ class ModelConfig:
             check_field(key not in ARCH_OF_CONFIG, f"model.config_overrides.{key}",
                         f"a model built from model.arch takes it as "
                         f"model.arch.{ARCH_OF_CONFIG.get(key)} (checked there)")  # fmt: skip
+        if self.name_or_path is None and self.config_overrides:  # arch's LlamaConfig: check now
+            from transformers import LlamaConfig
+
+            from reflectioncoder.model_config import check_config_overrides
+
+            check_config_overrides(LlamaConfig(), self.config_overrides)
         check_field(
             isinstance(self.tokenizer_vocab_size, int) and self.tokenizer_vocab_size >= 300,
             "model.tokenizer_vocab_size",

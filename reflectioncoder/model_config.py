@@ -88,6 +88,13 @@ def _refuse_new_shapes(config: Any, overrides: Mapping[str, Any], where: str) ->
             )
 
 
+def check_config_overrides(config: Any, overrides: Mapping[str, Any], where: str = FIELD) -> None:
+    """The ConfigError ``apply_config_overrides`` would raise for ``overrides`` on ``config``,
+    without setting anything (a model.arch run's LlamaConfig, checked when the config is read)."""
+    for key, value in overrides.items():
+        _check_override(config, key, value, where)
+
+
 def apply_config_overrides(config: Any, overrides: Mapping[str, Any], where: str = FIELD) -> None:
     """Set each of ``overrides`` on ``config`` (in place): a field the config has, to a value of
     its type (a mapping for a nested config such as a composite's ``text_config``, or for a
