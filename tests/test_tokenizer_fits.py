@@ -19,7 +19,9 @@ ROWS = 200  # fewer than the tokenizer trained on TEXTS has
 
 
 def _cfg(tokenizer):
-    return types.SimpleNamespace(model=types.SimpleNamespace(tokenizer=tokenizer))
+    return types.SimpleNamespace(
+        model=types.SimpleNamespace(tokenizer=tokenizer, config_overrides={})
+    )
 
 
 @pytest.fixture(scope="module")
