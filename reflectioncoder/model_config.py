@@ -100,8 +100,7 @@ def apply_config_overrides(config: Any, overrides: Mapping[str, Any], where: str
     its type (a mapping for a nested config such as a composite's ``text_config``, or for a
     dict field such as ``rope_parameters``: the keys it names, the others kept). Raises a
     ConfigError naming ``where.field`` otherwise, before anything is set."""
-    for key, value in overrides.items():
-        _check_override(config, key, value, where)
+    check_config_overrides(config, overrides, where)
     for key, value in overrides.items():
         current = getattr(config, key, None)
         if _is_config(current) and isinstance(value, Mapping):
