@@ -286,8 +286,8 @@ def _check_attention_dropout(owner: str, cfg: Any, inner: str) -> None:
     for field, value in vars(cfg).items():
         if ATTENTION_DROPOUT.search(field) and value not in (None, 0, 0.0, False):
             raise ValueError(
-                f"model: {owner}.{field} = {value!r} (the model's config.json): packed "
-                "attention (varlen kernels) applies no attention dropout; to train without "
+                f"model: {owner}.{field} = {value!r} (config.json or model.config_overrides): "
+                "packed attention (varlen kernels) applies no attention dropout; to train without "
                 f"it: --set model.config_overrides.{inner}{field}=0.0"
             )
 

@@ -38,6 +38,8 @@ def test_attention_dropout_is_refused_naming_the_field(config_cls, model_cls):
     model = model_cls(config_cls(**SIZES, attention_dropout=0.1))
     with pytest.raises(ValueError, match=rf"^model: {config_cls.__name__}\.attention_dropout = "):
         check_supported(model)
+    with pytest.raises(ValueError, match=r"\(config.json or model.config_overrides\)"):
+        check_supported(model)  # the value may be an override's, not the folder's
     check_supported(model_cls(config_cls(**SIZES, attention_dropout=0.0)))
 
 
