@@ -75,10 +75,11 @@ def _grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
-def assert_packed_equals_unpacked(model, grad_share: float) -> None:
+def assert_packed_equals_unpacked(model, grad_share: float) -> dict[str, torch.Tensor]:
     """The packed loss (CE, KL) and every gradient equal the model's own unpacked forward's
     (float64 eager attention); gradients within ``grad_share`` of each one's largest entry (a
-    norm that runs in float32 is 1e-7 of float64)."""
+    norm that runs in float32 is 1e-7 of float64). Returns the packed gradients; the model is
+    left on the reference attention."""
     batch = _batch()
     loss, ce, kl, _ = ReflectionLossModule(model)(batch)
     loss.backward()
@@ -96,6 +97,7 @@ def assert_packed_equals_unpacked(model, grad_share: float) -> None:
         torch.testing.assert_close(
             packed[key], want, rtol=0, atol=atol, msg=lambda m, k=key: f"{k}: {m}"
         )
+    return packed
 
 
 @pytest.mark.parametrize("name", sorted(SCALED))
